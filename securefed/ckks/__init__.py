@@ -1,0 +1,1 @@
+"""securefed.ckks (see securefed/README.md)."""

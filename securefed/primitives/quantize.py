@@ -1,0 +1,178 @@
+"""Fixed-point quantization into the ring Z_{2^k}: scale, rounding, embedding and bounds.
+
+One module holds scale, offset and overflow bounds (STYLE.md §7). Signed integers are embedded
+in the ring in two's complement (centred representatives), so there is no offset to track: the
+sum of n embedded vectors decodes to the signed integer sum as long as every partial sum stays in
+[-2^(k-1), 2^(k-1)). :func:`plan_quantization` picks the largest scale for which that holds for
+``max_clients`` inputs of L2 norm at most ``clip`` and refuses configurations that could wrap.
+
+Error bound (per coordinate, before dividing by anything): each stochastic rounding is unbiased
+and off by < 1 unit, so |dequantize(Σ q_i) − Σ x_i| < n / scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from securefed.primitives.rng import Entropy, uniform_float64
+
+__all__ = [
+    "RingSpec",
+    "QuantizationPlan",
+    "plan_quantization",
+    "stochastic_round",
+    "to_ring",
+    "from_ring",
+    "quantize",
+    "dequantize_sum",
+]
+
+MIN_RING_BITS = 16
+MAX_RING_BITS = 32
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    """The ring Z_{2^bits}; elements are stored as uint16 (bits <= 16) or uint32."""
+
+    bits: int = 32
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool):
+            raise TypeError("ring bits must be an int")
+        if not MIN_RING_BITS <= self.bits <= MAX_RING_BITS:
+            raise ValueError(f"ring bits must be in [{MIN_RING_BITS}, {MAX_RING_BITS}], got {self.bits}")
+
+    @property
+    def modulus(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def mask(self) -> int:
+        return self.modulus - 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint16) if self.bits <= 16 else np.dtype(np.uint32)
+
+    @property
+    def bytes_per_element(self) -> int:
+        return self.dtype.itemsize
+
+    def reduce(self, x: np.ndarray) -> np.ndarray:
+        """Reduce an array of the storage dtype in place modulo 2^bits (no-op when bits fills it)."""
+        if self.bits != 8 * self.dtype.itemsize:
+            np.bitwise_and(x, self.dtype.type(self.mask), out=x)
+        return x
+
+
+@dataclass(frozen=True)
+class QuantizationPlan:
+    """How real vectors of L2 norm <= clip become ring elements for a cohort of <= max_clients."""
+
+    clip: float
+    ring: RingSpec
+    max_clients: int
+    scale: float
+
+    @property
+    def max_abs_per_client(self) -> int:
+        """Largest |q_j| one client can produce: |x_j| <= ||x||_2 <= clip, rounding adds < 1."""
+        return math.floor(self.clip * self.scale) + 1
+
+    @property
+    def sum_error_bound(self) -> float:
+        """Per-coordinate bound on |dequantize(Σ q_i) − Σ x_i| for max_clients inputs."""
+        return self.max_clients / self.scale
+
+    def check_no_wrap(self, n_clients: int) -> None:
+        """Raise ValueError if n_clients inputs could wrap the centred ring."""
+        if n_clients > self.max_clients:
+            raise ValueError(
+                f"{n_clients} clients exceed the plan's max_clients={self.max_clients}: the sum could wrap Z_2^{self.ring.bits}"
+            )
+
+
+def plan_quantization(*, clip: float, ring_bits: int = 32, max_clients: int, scale: float | None = None) -> QuantizationPlan:
+    """Choose (or check) the scale so that the sum of max_clients clipped inputs never wraps.
+
+    Requirement: max_clients * (clip*scale + 1) <= 2^(k-1) - 1 (centred representatives).
+    """
+    if not isinstance(clip, (int, float)) or isinstance(clip, bool):
+        raise TypeError("clip must be a number")
+    if not math.isfinite(clip) or clip <= 0:
+        raise ValueError(f"clip must be a finite number > 0, got {clip}")
+    if not isinstance(max_clients, int) or isinstance(max_clients, bool):
+        raise TypeError("max_clients must be an int")
+    if max_clients < 1:
+        raise ValueError("max_clients must be >= 1")
+    ring = RingSpec(ring_bits)
+    half = (1 << (ring.bits - 1)) - 1
+    largest = (half // max_clients - 1) / float(clip)
+    if largest < 1.0:
+        raise ValueError(
+            f"ring of {ring.bits} bits is too small for {max_clients} clients at clip {clip}: "
+            "the sum would wrap; use more ring bits or fewer clients"
+        )
+    if scale is None:
+        scale = largest
+    else:
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError("scale must be a finite number > 0")
+        if scale > largest:
+            raise ValueError(
+                f"scale {scale} could wrap Z_2^{ring.bits} for {max_clients} clients at clip {clip} "
+                f"(largest safe scale {largest:.6g})"
+            )
+    return QuantizationPlan(clip=float(clip), ring=ring, max_clients=max_clients, scale=float(scale))
+
+
+def stochastic_round(x: np.ndarray, entropy: Entropy) -> np.ndarray:
+    """Unbiased randomized rounding to int64: floor(x) + [u < x - floor(x)], u ~ U[0,1)."""
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("cannot round non-finite values")
+    lo = np.floor(x)
+    u = uniform_float64(entropy, x.size).reshape(x.shape)
+    return (lo + (u < (x - lo))).astype(np.int64)
+
+
+def to_ring(values: np.ndarray, ring: RingSpec) -> np.ndarray:
+    """Embed signed int64 values in Z_{2^k} (two's complement), stored in ring.dtype."""
+    v = np.asarray(values)
+    if v.dtype.kind != "i":
+        raise TypeError("to_ring expects a signed integer array")
+    return (v.astype(np.int64) & ring.mask).astype(ring.dtype)
+
+
+def from_ring(r: np.ndarray, ring: RingSpec) -> np.ndarray:
+    """Centred lift of ring elements to int64 in [-2^(k-1), 2^(k-1))."""
+    r = np.asarray(r)
+    if r.dtype != ring.dtype:
+        raise TypeError(f"expected ring elements of dtype {ring.dtype}, got {r.dtype}")
+    v = r.astype(np.int64) & ring.mask
+    return v - ((v >> (ring.bits - 1)) << ring.bits)
+
+
+def quantize(x: np.ndarray, plan: QuantizationPlan, entropy: Entropy) -> np.ndarray:
+    """Clip-checked fixed-point encoding of one client's float vector into the ring.
+
+    ``x`` must already be clipped to L2 norm <= plan.clip (a 1e-6 relative slack absorbs float error).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError("quantize expects a flat vector")
+    norm = float(np.linalg.norm(x))
+    if not math.isfinite(norm):
+        raise ValueError("update contains non-finite values")
+    if norm > plan.clip * (1 + 1e-6):
+        raise ValueError(f"update norm {norm:.6g} exceeds the clip bound {plan.clip:.6g}: clip before quantizing")
+    return to_ring(stochastic_round(x * plan.scale, entropy), plan.ring)
+
+
+def dequantize_sum(ring_sum: np.ndarray, plan: QuantizationPlan) -> np.ndarray:
+    """Decode the ring sum of <= max_clients quantized vectors back to a float32 sum."""
+    return (from_ring(ring_sum, plan.ring).astype(np.float64) / plan.scale).astype(np.float32)

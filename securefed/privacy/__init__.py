@@ -1,0 +1,1 @@
+"""securefed.privacy (see securefed/README.md)."""

@@ -1,0 +1,1 @@
+"""securefed.report (see securefed/README.md)."""

@@ -1,0 +1,1 @@
+"""securefed.runtime (see securefed/README.md)."""

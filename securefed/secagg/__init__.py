@@ -1,0 +1,1 @@
+"""securefed.secagg (see securefed/README.md)."""

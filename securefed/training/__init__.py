@@ -1,0 +1,1 @@
+"""securefed.training (see securefed/README.md)."""

@@ -1,0 +1,1 @@
+"""securefed.transport (see securefed/README.md)."""
