@@ -1,0 +1,37 @@
+"""Centralized baseline: the same model init, the union of the holders' data, the same inner optimizer
+and schedule shape, trained to exactly the token counts at which the federated run was evaluated."""
+
+from __future__ import annotations
+
+import math
+
+from securefed.training.models import build_model
+from securefed.training.trainer import LocalTrainer
+
+__all__ = ["run_centralized_baseline"]
+
+
+def run_centralized_baseline(sim, token_points: list[int]) -> list[dict]:
+    cfg = sim.cfg
+    if not token_points:
+        return []
+    data = sim.data.central_train
+    tokens_per_step = cfg.train.batch_size * data.shape[1]
+    total_steps = max(1, math.ceil(token_points[-1] / tokens_per_step))
+    model = build_model(cfg.model.preset, vocab_size=len(sim.data.tokenizer), seq_len=cfg.data.seq_len, seed=cfg.seed)
+    trainer = LocalTrainer(model, cfg.train)
+    from securefed.training.flat import get_flat
+
+    theta = get_flat(model)
+    holder = trainer.new_holder(0, data, seed=cfg.seed, total_steps=total_steps, local_steps=1)
+    curve, done = [], 0
+    for tokens in sim.progress.iter(token_points, "centralized baseline"):
+        target = max(done, math.ceil(tokens / tokens_per_step))
+        if target > done:
+            holder.local_steps = target - done
+            holder.train_round(theta)
+            theta = get_flat(trainer.raw_model)  # continue exactly where the chunk ended
+            done = target
+        loss = trainer.evaluate(sim.data.eval_global)
+        curve.append({"step": done, "tokens_seen": done * tokens_per_step, "eval_loss": loss, "eval_ppl": math.exp(loss)})
+    return curve

@@ -1,0 +1,35 @@
+"""Final model export: RUN_DIR/model loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import securefed
+
+__all__ = ["export_model", "versions"]
+
+
+def export_model(model, tokenizer, out: Path) -> None:
+    out = Path(out)
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def versions() -> dict:
+    import lightning
+    import torch
+    import transformers
+
+    return {"securefed": securefed.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "lightning": lightning.__version__}

@@ -1,0 +1,68 @@
+"""Outer optimizers on the flat global model (Photon / DiLoCo).
+
+The averaged pseudo-gradient Δ̄ = mean_i(θ_global − θ_i) is treated as a gradient of θ_global and
+fed to ``torch.optim.SGD`` on one flat parameter:
+- FedAvg:   θ ← θ − lr·Δ̄                      (lr = 1 gives exactly the mean of the local models)
+- FedMom:   m ← β·m + Δ̄;  θ ← θ − lr·m         (heavy-ball server momentum)
+- Nesterov: m ← β·m + Δ̄;  θ ← θ − lr·(Δ̄ + β·m)  (DiLoCo: lr 0.7, β 0.9)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+__all__ = ["OuterConfig", "OuterOptimizer"]
+
+
+@dataclass(frozen=True)
+class OuterConfig:
+    name: Literal["fedavg", "fedmom", "nesterov"] = "fedavg"
+    lr: float = 1.0
+    momentum: float = 0.9          # ignored by fedavg
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"outer.lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"outer.momentum must be in [0, 1), got {self.momentum}")
+
+
+class OuterOptimizer:
+    def __init__(self, initial: torch.Tensor, cfg: OuterConfig) -> None:
+        if initial.ndim != 1:
+            raise ValueError("the global model must be a flat vector")
+        self.cfg = cfg
+        self.theta = torch.nn.Parameter(initial.detach().clone().to(torch.float32), requires_grad=False)
+        momentum = 0.0 if cfg.name == "fedavg" else cfg.momentum
+        self.opt = torch.optim.SGD([self.theta], lr=cfg.lr, momentum=momentum, nesterov=cfg.name == "nesterov")
+
+    @torch.no_grad()
+    def step(self, mean_delta: torch.Tensor) -> torch.Tensor:
+        if mean_delta.shape != self.theta.shape:
+            raise ValueError(f"pseudo-gradient has shape {tuple(mean_delta.shape)}, model {tuple(self.theta.shape)}")
+        if not torch.isfinite(mean_delta).all():
+            raise ValueError("aggregated pseudo-gradient contains non-finite values")
+        self.theta.grad = mean_delta.to(self.theta.dtype).clone()
+        self.opt.step()
+        self.theta.grad = None
+        return self.theta.detach()
+
+    @property
+    def params(self) -> torch.Tensor:
+        return self.theta.detach()
+
+    def state_dict(self) -> dict:
+        return {"theta": self.theta.detach().clone(), "opt": self.opt.state_dict(), "name": self.cfg.name}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("name") != self.cfg.name:
+            raise ValueError(f"checkpoint outer optimizer is {state.get('name')!r}, config says {self.cfg.name!r}")
+        theta = state["theta"]
+        if theta.shape != self.theta.shape:
+            raise ValueError(f"checkpoint model has {theta.numel()} parameters, this model has {self.theta.numel()}")
+        with torch.no_grad():
+            self.theta.copy_(theta)
+        self.opt.load_state_dict(state["opt"])

@@ -1,0 +1,216 @@
+"""The holder's local trainer (Photon's inner loop) on Lightning Fabric.
+
+Per round a holder loads θ_global, runs K AdamW steps on its own sequences and returns the
+pseudo-gradient Δ = θ_global − θ_local as a flat float32 vector (securefed.training.flat order).
+
+Why Fabric and not ``Trainer.fit``: re-running ``fit`` with the same ``max_steps`` trains nothing
+(Lightning issue #11425) and ``configure_optimizers`` would rebuild AdamW each round; Fabric gives an
+explicit K-step loop while keeping Lightning's precision plugins (bf16-mixed on GPU) and strategies
+(DDP/FSDP for a holder with several GPUs). In simulation all holders share one model object; each
+holder owns its AdamW instance (state persists across rounds unless ``reset_optimizer``), its step
+counter (the LR schedule runs over the holder's planned total steps) and its data cursor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from lightning.fabric import Fabric
+
+from securefed.training.flat import get_flat, set_flat
+
+__all__ = ["TrainConfig", "LocalUpdate", "LocalTrainer", "HolderTrainer", "make_fabric", "evaluate_loss"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_steps: int = 16                      # K, inner steps per round
+    batch_size: int = 16                       # sequences per inner step
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1                  # cosine floor, as a fraction of lr
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0                     # inner-step gradient norm clip (not the DP clip)
+    reset_optimizer: bool = False              # Photon option: fresh AdamW state every round
+    precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    devices: int = 1
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    compile: bool = False
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.local_steps < 1:
+            raise ValueError(f"train.local_steps (K) must be >= 1, got {self.local_steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("train.min_lr_ratio must be in [0, 1]")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("train.warmup_steps, grad_clip and weight_decay must be >= 0")
+        if self.devices < 1 or self.eval_batch_size < 1:
+            raise ValueError("train.devices and train.eval_batch_size must be >= 1")
+
+
+def make_fabric(cfg: TrainConfig) -> Fabric:
+    accelerator = cfg.accelerator
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if accelerator == "cuda" else "32-true"
+    fabric = Fabric(accelerator=accelerator, devices=cfg.devices, precision=precision, strategy=cfg.strategy)
+    if cfg.devices > 1:
+        fabric.launch()
+    return fabric
+
+
+@dataclass
+class LocalUpdate:
+    holder_id: int
+    delta: torch.Tensor          # (P,) float32 on CPU: θ_global − θ_local
+    tokens: int
+    steps: int
+    mean_loss: float
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio·lr at total_steps."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+class LocalTrainer:
+    """Owns the Fabric and the (shared) model; hands out one HolderTrainer per data holder."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, *, fabric: Fabric | None = None) -> None:
+        self.cfg = cfg
+        self.fabric = fabric or make_fabric(cfg)
+        self.raw_model = model
+        self.model = self.fabric.setup_module(model)
+        self._step_fn = self._train_step
+        if cfg.compile:
+            self._forward = torch.compile(self.model)
+        else:
+            self._forward = self.model
+
+    def new_holder(self, holder_id: int, data: torch.Tensor, *, seed: int, total_steps: int,
+                   local_steps: int | None = None, batch_size: int | None = None) -> "HolderTrainer":
+        return HolderTrainer(self, holder_id, data, seed=seed, total_steps=total_steps,
+                             local_steps=local_steps or self.cfg.local_steps,
+                             batch_size=batch_size or self.cfg.batch_size)
+
+    def _train_step(self, opt, x: torch.Tensor) -> torch.Tensor:
+        out = self._forward(input_ids=x, labels=x)
+        self.fabric.backward(out.loss)
+        if self.cfg.grad_clip > 0:
+            self.fabric.clip_gradients(self.model, opt, max_norm=self.cfg.grad_clip, error_if_nonfinite=False)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return out.loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self, data: torch.Tensor) -> float:
+        return evaluate_loss(self.model, data, batch_size=self.cfg.eval_batch_size, device=self.fabric.device)
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, data: torch.Tensor, *, batch_size: int, device) -> float:
+    """Mean next-token cross-entropy (nats/token) over (M, T) sequences."""
+    if data.ndim != 2 or data.shape[0] == 0:
+        raise ValueError("evaluation data must be a non-empty (M, T) tensor")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, data.shape[0], batch_size):
+        x = data[i : i + batch_size].to(device)
+        loss = model(input_ids=x, labels=x).loss
+        n = x.shape[0] * (x.shape[1] - 1)  # predicted tokens in this batch
+        total += float(loss) * n
+        count += n
+    model.train(was_training)
+    return total / count
+
+
+class HolderTrainer:
+    """One data holder's inner optimisation state: AdamW, step counter, data cursor."""
+
+    def __init__(self, parent: LocalTrainer, holder_id: int, data: torch.Tensor, *, seed: int,
+                 total_steps: int, local_steps: int, batch_size: int) -> None:
+        if data.ndim != 2 or data.dtype != torch.long:
+            raise ValueError(f"holder {holder_id}: training data must be a (N, T) LongTensor")
+        if data.shape[0] < 1:
+            raise ValueError(f"holder {holder_id}: has no training sequences")
+        if local_steps < 1:
+            raise ValueError(f"holder {holder_id}: local_steps (K) must be >= 1")
+        self.parent, self.holder_id, self.data = parent, holder_id, data
+        self.seed, self.total_steps = seed, max(1, total_steps)
+        self.local_steps, self.batch_size = local_steps, min(batch_size, data.shape[0])
+        self.step = 0            # inner steps taken so far (drives the LR schedule)
+        self.epoch, self.cursor = 0, 0
+        self._perm_epoch, self._perm_cache = -1, torch.empty(0, dtype=torch.long)
+        self.optimizer = self._make_optimizer()
+
+    def _make_optimizer(self):
+        cfg = self.parent.cfg
+        fused = self.parent.fabric.device.type == "cuda"
+        opt = torch.optim.AdamW(self.parent.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                weight_decay=cfg.weight_decay, fused=fused)
+        return opt
+
+    def _perm(self) -> torch.Tensor:
+        # the epoch's shuffle is a pure function of (seed, holder, epoch): nothing to checkpoint but the cursor
+        if self._perm_epoch != self.epoch:
+            key = (self.seed * 1_000_003 + self.holder_id * 7_919 + self.epoch) % (2**63 - 1)
+            self._perm_cache = torch.randperm(self.data.shape[0], generator=torch.Generator().manual_seed(key))
+            self._perm_epoch = self.epoch
+        return self._perm_cache
+
+    def _next_batch(self) -> torch.Tensor:
+        if self.cursor + self.batch_size > self.data.shape[0]:
+            self.epoch, self.cursor = self.epoch + 1, 0
+        idx = self._perm()[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return self.data[idx]
+
+    def train_round(self, global_flat: torch.Tensor) -> LocalUpdate:
+        """K inner steps from θ_global; returns Δ = θ_global − θ_local (flat, float32, CPU)."""
+        parent, cfg = self.parent, self.parent.cfg
+        set_flat(parent.raw_model, global_flat)
+        if cfg.reset_optimizer:
+            self.optimizer = self._make_optimizer()
+        opt = self.optimizer
+        parent.model.train()
+        device = parent.fabric.device
+        losses = torch.zeros((), device=device)
+        for _ in range(self.local_steps):
+            lr = lr_at(cfg, self.step, self.total_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x = self._next_batch().to(device, non_blocking=True)
+            losses += parent._step_fn(opt, x)
+            self.step += 1
+        delta = global_flat.to(torch.float32) - get_flat(parent.raw_model)
+        tokens = self.local_steps * self.batch_size * self.data.shape[1]
+        return LocalUpdate(self.holder_id, delta, tokens, self.local_steps, float(losses) / self.local_steps)
+
+    def state_dict(self) -> dict:
+        return {"holder_id": self.holder_id, "step": self.step, "epoch": self.epoch, "cursor": self.cursor,
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("holder_id") != self.holder_id:
+            raise ValueError(f"checkpoint state is for holder {state.get('holder_id')}, not {self.holder_id}")
+        self.step, self.epoch, self.cursor = int(state["step"]), int(state["epoch"]), int(state["cursor"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,106 @@
+"""Training core: FedAvg arithmetic, optimizer state across rounds, K-step loop, Δ sign."""
+
+import pytest
+import torch
+
+from securefed.training.flat import get_flat, set_flat
+from securefed.training.models import build_model, count_parameters, get_preset, PRESETS
+from securefed.training.outer import OuterConfig, OuterOptimizer
+from securefed.training.trainer import LocalTrainer, TrainConfig, lr_at
+
+
+def _data(seed: int, n: int = 24, t: int = 16, vocab: int = 64) -> torch.Tensor:
+    return torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    model = build_model("tiny", vocab_size=64, seq_len=16, seed=0)
+    return LocalTrainer(model, TrainConfig(local_steps=3, batch_size=4, warmup_steps=0, accelerator="cpu"))
+
+
+def test_fedavg_lr1_equals_mean_of_local_models(trainer):
+    theta0 = get_flat(trainer.raw_model).clone()
+    locals_, deltas = [], []
+    for h in range(3):
+        ht = trainer.new_holder(h, _data(h), seed=1, total_steps=10)
+        upd = ht.train_round(theta0)
+        locals_.append(get_flat(trainer.raw_model).clone())
+        deltas.append(upd.delta)
+        # Δ = θ_global − θ_local exactly
+        torch.testing.assert_close(upd.delta, theta0 - locals_[-1], rtol=0, atol=0)
+    outer = OuterOptimizer(theta0, OuterConfig(name="fedavg", lr=1.0))
+    new = outer.step(torch.stack(deltas).mean(0))
+    torch.testing.assert_close(new, torch.stack(locals_).mean(0), rtol=1e-6, atol=1e-6)
+
+
+def test_nesterov_matches_closed_form():
+    theta = torch.zeros(5)
+    outer = OuterOptimizer(theta, OuterConfig(name="nesterov", lr=0.7, momentum=0.9))
+    d1, d2 = torch.ones(5), 2 * torch.ones(5)
+    t1 = outer.step(d1).clone()          # m1 = 1; θ1 = −0.7·(1 + 0.9·1) = −1.33
+    torch.testing.assert_close(t1, torch.full((5,), -1.33))
+    t2 = outer.step(d2)                  # m2 = 0.9·1 + 2 = 2.9; θ2 = θ1 − 0.7·(2 + 0.9·2.9) = −1.33 − 3.227
+    torch.testing.assert_close(t2, torch.full((5,), -1.33 - 3.227))
+
+
+def test_optimizer_state_survives_rounds(trainer):
+    theta0 = get_flat(trainer.raw_model).clone()
+    ht = trainer.new_holder(7, _data(7), seed=1, total_steps=20)
+    ht.train_round(theta0)
+    state = ht.optimizer.state_dict()["state"]
+    assert state and all(int(s["step"]) == 3 for s in state.values())
+    ht.train_round(theta0)
+    assert all(int(s["step"]) == 6 for s in ht.optimizer.state_dict()["state"].values())
+    assert ht.step == 6
+
+
+def test_reset_optimizer_option():
+    model = build_model("tiny", vocab_size=64, seq_len=16, seed=0)
+    tr = LocalTrainer(model, TrainConfig(local_steps=2, batch_size=4, reset_optimizer=True, accelerator="cpu"))
+    theta0 = get_flat(model).clone()
+    ht = tr.new_holder(0, _data(0), seed=1, total_steps=10)
+    ht.train_round(theta0)
+    ht.train_round(theta0)
+    assert all(int(s["step"]) == 2 for s in ht.optimizer.state_dict()["state"].values())
+
+
+def test_holder_state_roundtrip_is_bit_identical():
+    def run(split: bool):
+        model = build_model("tiny", vocab_size=64, seq_len=16, seed=3)
+        tr = LocalTrainer(model, TrainConfig(local_steps=2, batch_size=4, accelerator="cpu"))
+        theta = get_flat(model).clone()
+        ht = tr.new_holder(1, _data(1), seed=5, total_steps=10)
+        d1 = ht.train_round(theta).delta
+        if split:
+            st = ht.state_dict()
+            ht = tr.new_holder(1, _data(1), seed=5, total_steps=10)
+            ht.load_state_dict(st)
+        return d1, ht.train_round(theta - d1).delta
+    a, b = run(False), run(True)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0, 100) == pytest.approx(0.25)
+    assert lr_at(cfg, 3, 100) == pytest.approx(1.0)
+    assert lr_at(cfg, 100, 100) == pytest.approx(0.1)
+
+
+def test_presets_shapes_and_errors():
+    assert get_preset("125m").d_model == 768 and get_preset("125m").n_layers == 12
+    assert get_preset("1.3b").d_model == 2048 and get_preset("1.3b").n_heads == 16
+    tiny = build_model("tiny", vocab_size=4096, seq_len=128, seed=0)
+    assert 1_000_000 <= count_parameters(tiny) <= 5_000_000
+    with pytest.raises(ValueError, match="unknown model preset"):
+        get_preset("7b")
+    with pytest.raises(ValueError, match="local_steps"):
+        TrainConfig(local_steps=0)
+    assert set(PRESETS) == {"tiny", "20m", "75m", "125m", "350m", "1.3b"}
+
+
+def test_set_flat_rejects_wrong_size():
+    model = build_model("tiny", vocab_size=64, seq_len=16, seed=0)
+    with pytest.raises(ValueError, match="parameters"):
+        set_flat(model, torch.zeros(10))
