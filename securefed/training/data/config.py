@@ -1,0 +1,78 @@
+"""DataConfig: what data to build and how (a frozen dataclass loadable by securefed.configio)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["DataConfig", "default_cache_dir"]
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "stdlib" or a path (dir / .jsonl / .parquet) whose documents are grouped by source (top-level
+    # subdirectory name, or a JSONL/Parquet "source" field when present)
+    source: str = "stdlib"
+    # optional: one local path per holder (each holder's own data); overrides partitioning when given
+    holder_paths: tuple[str, ...] = ()
+    text_field: str = "text"
+    partition: Literal["iid", "by_source", "dirichlet"] = "by_source"
+    dirichlet_alpha: float = 0.5
+    max_bytes_per_source: int = 400_000
+    max_sources: int | None = 8  # not applied to holder_paths (a holder's data is all its own)
+    eval_fraction: float = 0.1
+    # "train" (byte-level BPE on the public tokenizer corpus) or a path to tokenizer.json / a dir
+    tokenizer: str = "train"
+    vocab_size: int = 4096  # used when tokenizer == "train"
+    seq_len: int = 128
+    cache_dir: str | None = None  # default: $SECUREFED_CACHE or ~/.cache/securefed
+
+    def __post_init__(self) -> None:
+        for name in ("source", "text_field", "tokenizer"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                raise TypeError(f"data.{name} must be a string, got {type(v).__name__}")
+            if not v.strip():
+                raise ValueError(f"data.{name} must not be empty")
+        if not isinstance(self.holder_paths, tuple) or not all(isinstance(p, str) for p in self.holder_paths):
+            raise TypeError("data.holder_paths must be a tuple of strings")
+        if any(not p.strip() for p in self.holder_paths):
+            raise ValueError("data.holder_paths must not contain empty paths")
+        if self.partition not in ("iid", "by_source", "dirichlet"):
+            raise ValueError(f"data.partition must be 'iid', 'by_source' or 'dirichlet', got {self.partition!r}")
+        a = self.dirichlet_alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)):
+            raise TypeError("data.dirichlet_alpha must be a number")
+        if not (a > 0 and math.isfinite(a)):
+            raise ValueError(f"data.dirichlet_alpha must be positive and finite, got {a}")
+        for name, lo in (("max_bytes_per_source", 1), ("vocab_size", 260), ("seq_len", 2)):
+            v = getattr(self, name)
+            if not _is_int(v):
+                raise TypeError(f"data.{name} must be an int, got {v!r}")
+            if v < lo:
+                raise ValueError(f"data.{name} must be >= {lo}, got {v}")
+        if self.max_sources is not None:
+            if not _is_int(self.max_sources):
+                raise TypeError(f"data.max_sources must be an int or null, got {self.max_sources!r}")
+            if self.max_sources < 1:
+                raise ValueError(f"data.max_sources must be >= 1 or null, got {self.max_sources}")
+        f = self.eval_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)):
+            raise TypeError("data.eval_fraction must be a number")
+        if not 0.0 < f < 1.0:
+            raise ValueError(f"data.eval_fraction must be in (0, 1), got {f}")
+        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir.strip()):
+            raise ValueError("data.cache_dir must be a non-empty string or null")
+
+
+def default_cache_dir(configured: str | None = None) -> Path:
+    """``configured``, else ``$SECUREFED_CACHE``, else ``~/.cache/securefed``."""
+    raw = configured or os.environ.get("SECUREFED_CACHE") or "~/.cache/securefed"
+    return Path(raw).expanduser()

@@ -1,0 +1,241 @@
+"""Documents and the local sources they come from.
+
+A data holder points at its own local data; three layouts are read:
+
+* a directory of text files (recursive). Each top-level subdirectory is one *source*; files lying
+  directly in the directory form a source named after the directory itself.
+* a JSONL file, one JSON object per line with a text field (name configurable) and optionally a
+  ``"source"`` field (default source: the file's stem).
+* a Parquet file with a text column and optionally a ``"source"`` column.
+
+Every document gets a stable id ``"<source>/<relative path>"`` that is also a safe relative file
+path, so a corpus written out by ``securefed corpus build`` and read back yields the same ids, and
+hence the same hash-based evaluation split. Bad input raises :class:`DataError` (a ``ValueError``)
+with one message naming the path and the problem.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DataError",
+    "Document",
+    "TEXT_SUFFIXES",
+    "load_documents",
+    "group_by_source",
+    "select_documents",
+    "content_hash",
+    "safe_name",
+]
+
+# Suffixes read as text from directories; ``name.<suffix>.gz`` is read too (installed doc trees
+# such as /usr/share/doc keep most files gzipped).
+TEXT_SUFFIXES = frozenset(
+    ".txt .md .rst .py .pyi .c .h .cc .cpp .hpp .rs .go .java .js .ts .sh .tex .html .htm .xml "
+    ".yaml .yml .toml .cfg .ini .csv .org .adoc".split()
+)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+class DataError(ValueError):
+    """Local data is missing, empty, unreadable or too small for the requested setup."""
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str  # "<source>/<relative path>", a safe relative path; unique within a corpus
+    source: str
+    text: str
+
+    @property
+    def n_bytes(self) -> int:
+        return len(self.text.encode("utf-8"))
+
+
+def safe_name(name: str) -> str:
+    """A name usable as one path component (sources become directory names)."""
+    cleaned = _UNSAFE.sub("_", name).strip("._")
+    return cleaned or "source"
+
+
+def _is_text_file(p: Path) -> bool:
+    name = p.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return Path(name).suffix in TEXT_SUFFIXES
+
+
+def _read_text(p: Path) -> str | None:
+    """The file's text, or None when it is not UTF-8 text (binary, NUL bytes, bad gzip)."""
+    try:
+        raw = gzip.decompress(p.read_bytes()) if p.name.lower().endswith(".gz") else p.read_bytes()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
+        return None
+    if "\x00" in text:
+        return None
+    return text
+
+
+def _walk_files(root: Path) -> list[Path]:
+    """Text files under ``root``, sorted, skipping hidden entries, caches and directory symlinks."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: no cycles, no escapes
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for f in filenames:
+            p = Path(dirpath, f)
+            if not f.startswith(".") and _is_text_file(p) and p.is_file():
+                out.append(p)
+    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _load_directory(root: Path) -> tuple[list[Document], int]:
+    files = _walk_files(root)
+    if not files:
+        raise DataError(
+            f"data directory {root} is empty: no text files ({', '.join(sorted(TEXT_SUFFIXES))}, "
+            "optionally .gz) under it"
+        )
+    docs, skipped = [], 0
+    for p in files:
+        rel = p.relative_to(root)
+        text = _read_text(p)
+        if text is None or not text.strip():
+            skipped += 1
+            continue
+        if len(rel.parts) == 1:
+            source, inner = safe_name(root.resolve().name), rel.as_posix()
+        else:
+            source, inner = safe_name(rel.parts[0]), Path(*rel.parts[1:]).as_posix()
+        docs.append(Document(f"{source}/{inner}", source, text))
+    return docs, skipped
+
+
+def _record(source: str | None, default: str, stem: str, n: int, text: str) -> Document:
+    src = safe_name(source) if source else default
+    return Document(f"{src}/{stem}-{n:07d}.txt", src, text)
+
+
+def _load_jsonl(path: Path, text_field: str) -> tuple[list[Document], int]:
+    docs, skipped, default, stem = [], 0, safe_name(path.stem), safe_name(path.stem)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or text_field not in obj:
+                keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                raise DataError(
+                    f"{path}, line {lineno}: no text field {text_field!r} (found {keys}); "
+                    "set text_field to the field holding the document text"
+                )
+            text, source = obj[text_field], obj.get("source")
+            if not isinstance(text, str) or not text.strip():
+                skipped += 1
+                continue
+            docs.append(_record(source if isinstance(source, str) else None, default, stem, lineno, text))
+    return docs, skipped
+
+
+def _load_parquet(path: Path, text_field: str) -> tuple[list[Document], int]:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    if text_field not in schema.names:
+        raise DataError(
+            f"{path}: no text column {text_field!r} (columns: {schema.names}); "
+            "set text_field to the column holding the document text"
+        )
+    columns = [text_field] + (["source"] if "source" in schema.names else [])
+    table = pq.read_table(path, columns=columns)
+    texts = table.column(text_field).to_pylist()
+    sources = table.column("source").to_pylist() if "source" in columns else [None] * len(texts)
+    docs, skipped, default = [], 0, safe_name(path.stem)
+    for row, (text, source) in enumerate(zip(texts, sources)):
+        if not isinstance(text, str) or not text.strip():
+            skipped += 1
+            continue
+        docs.append(_record(source if isinstance(source, str) else None, default, default, row, text))
+    return docs, skipped
+
+
+def load_documents(path: str | os.PathLike, *, text_field: str = "text") -> list[Document]:
+    """All readable documents at ``path`` (directory, ``.jsonl[.gz]`` or ``.parquet``), in a
+    deterministic order (sorted by id)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"data path {p} does not exist")
+    name = p.name.lower()
+    if p.is_dir():
+        docs, skipped = _load_directory(p)
+    elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        docs, skipped = _load_jsonl(p, text_field)
+    elif name.endswith((".parquet", ".pq")):
+        docs, skipped = _load_parquet(p, text_field)
+    else:
+        raise DataError(f"data path {p}: expected a directory, a .jsonl or a .parquet file")
+    if not docs:
+        raise DataError(f"no readable documents in {p} ({skipped} empty or non-UTF-8 entries skipped)")
+    ids = [d.doc_id for d in docs]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{p}: duplicate document ids (two records map to the same source/file name)")
+    return sorted(docs, key=lambda d: d.doc_id)
+
+
+def group_by_source(docs: Iterable[Document]) -> dict[str, list[Document]]:
+    """Documents per source, sources in first-seen order, documents in their given order."""
+    groups: dict[str, list[Document]] = {}
+    for d in docs:
+        groups.setdefault(d.source, []).append(d)
+    return groups
+
+
+def select_documents(
+    groups: dict[str, list[Document]],
+    *,
+    max_sources: int | None,
+    max_bytes_per_source: int,
+) -> dict[str, list[Document]]:
+    """Cap every source at ``max_bytes_per_source`` UTF-8 bytes, taking documents in order while
+    they fit (one that does not fit is skipped; later, smaller ones may still fit), then keep the
+    first ``max_sources`` sources that are not empty. Whole documents only: the eval split is by
+    document."""
+    out: dict[str, list[Document]] = {}
+    for source, docs in groups.items():
+        if max_sources is not None and len(out) >= max_sources:
+            break
+        chosen, used = [], 0
+        for d in docs:
+            if used + d.n_bytes <= max_bytes_per_source:
+                chosen.append(d)
+                used += d.n_bytes
+        if chosen:
+            out[source] = chosen
+    return out
+
+
+def content_hash(docs: Sequence[Document]) -> str:
+    """SHA-256 over (source, id, text) of every document, in order: identifies a corpus."""
+    h = hashlib.sha256(b"securefed-corpus-v1\x00")
+    for d in docs:
+        for part in (d.source, d.doc_id, d.text):
+            b = part.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little") + b)
+    return h.hexdigest()

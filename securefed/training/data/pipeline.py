@@ -1,0 +1,200 @@
+"""prepare_federated_data: documents -> public tokenizer -> eval split -> partition -> packed tensors.
+
+    select documents per source (stdlib packages, a local path, or one path per holder)
+    tokenizer  = BPE trained on the PUBLIC stdlib modules (cached), or loaded from a file
+    token ids  per document (cached by corpus hash + tokenizer hash)
+    per source: hash-ranked held-out documents -> eval_per_source; the rest -> training pool
+    partition the training pool among holders (iid / by_source / dirichlet), or holder_paths
+    pack each holder's documents into (N_i, seq_len) rows; central_train = their union
+
+The order matters for privacy and honesty: the eval split is taken before partitioning, so no eval
+document is in any holder's training data, and the tokenizer never sees a holder's document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from ...configio import to_dict
+from .config import DataConfig, default_cache_dir
+from .documents import DataError, Document, content_hash, group_by_source, load_documents, select_documents
+from .packing import pack, split_eval, unigram_perplexity
+from .partition import partition
+from .progress import Steps
+from .stdlib import python_version, stdlib_sources, tokenizer_corpus
+from .tokenizer import load_tokenizer, tokenizer_hash, trained_tokenizer
+
+__all__ = ["FederatedData", "prepare_federated_data", "load_sources", "tokenize_documents"]
+
+
+@dataclass
+class FederatedData:
+    tokenizer: PreTrainedTokenizerFast
+    holder_train: list[torch.Tensor]  # one (N_i, seq_len) LongTensor per holder
+    holder_sources: list[tuple[str, ...]]  # which sources each holder holds
+    central_train: torch.Tensor  # the union of all holders' training rows (centralized baseline)
+    eval_global: torch.Tensor  # (M, seq_len): all per-source eval rows, concatenated
+    eval_per_source: dict[str, torch.Tensor]
+    unigram_eval_ppl: float
+    manifest: dict  # what was built: sources, doc counts, bytes, tokens, hashes, python version
+
+
+def load_sources(config: DataConfig) -> list[dict[str, list[Document]]]:
+    """Selected documents per source: one mapping per holder path, or a single one for the pool."""
+    if config.holder_paths:
+        out = []
+        for i, path in enumerate(config.holder_paths):
+            groups = group_by_source(load_documents(path, text_field=config.text_field))
+            renamed = {
+                f"holder{i}:{src}": [Document(f"holder{i}:{d.doc_id}", f"holder{i}:{src}", d.text) for d in docs]
+                for src, docs in groups.items()
+            }  # prefix: two holders' "docs" directories stay two sources
+            out.append(select_documents(renamed, max_sources=None, max_bytes_per_source=config.max_bytes_per_source))
+        return out
+    if config.source == "stdlib":
+        return [stdlib_sources(max_sources=config.max_sources, max_bytes_per_source=config.max_bytes_per_source)]
+    groups = group_by_source(load_documents(config.source, text_field=config.text_field))
+    return [select_documents(groups, max_sources=config.max_sources, max_bytes_per_source=config.max_bytes_per_source)]
+
+
+def tokenize_documents(
+    docs: Sequence[Document], tokenizer: PreTrainedTokenizerFast, *, cache_dir: Path | None, steps: Steps
+) -> dict[str, np.ndarray]:
+    """Token ids (no special tokens) per document id; cached as one flat array + offsets."""
+    key = hashlib.sha256(f"{content_hash(docs)}:{tokenizer_hash(tokenizer)}".encode()).hexdigest()[:32]
+    path = cache_dir / "tokens" / f"{key}.npz" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as z:
+                flat, offsets = z["tokens"], z["offsets"]
+            if len(offsets) == len(docs) + 1:
+                return {d.doc_id: flat[offsets[i] : offsets[i + 1]] for i, d in enumerate(docs)}
+        except (OSError, ValueError, KeyError):
+            pass  # damaged cache entry: recompute and overwrite
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # fast: no offsets
+    arrays: list[np.ndarray] = []
+    batch = 32
+    for start in steps.track(range(0, len(docs), batch), len(range(0, len(docs), batch)), "tokenizing"):
+        encs = encode([d.text for d in docs[start : start + batch]], add_special_tokens=False)
+        arrays.extend(np.asarray(e.ids, dtype=np.int32) for e in encs)
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum([a.size for a in arrays], out=offsets[1:])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".npz", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+            np.savez(fh, tokens=flat, offsets=offsets)
+        os.replace(tmp, path)  # atomic: never a half-written cache file
+    return {d.doc_id: a for d, a in zip(docs, arrays)}
+
+
+def _check_args(config: DataConfig, n_holders: int, seed: int) -> None:
+    if not isinstance(config, DataConfig):
+        raise TypeError(f"config must be a DataConfig, got {type(config).__name__}")
+    if isinstance(n_holders, bool) or not isinstance(n_holders, int):
+        raise TypeError(f"n_holders must be an int, got {type(n_holders).__name__}")
+    if n_holders < 1:
+        raise ValueError(f"n_holders must be >= 1, got {n_holders}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if config.holder_paths and len(config.holder_paths) != n_holders:
+        raise ValueError(f"data.holder_paths lists {len(config.holder_paths)} paths but n_holders is {n_holders}")
+
+
+def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int, progress: bool = True) -> FederatedData:
+    """Build every holder's training rows, the eval splits and the shared tokenizer (see module doc)."""
+    _check_args(config, n_holders, seed)
+    cache = default_cache_dir(config.cache_dir)
+    t0 = time.perf_counter()
+    with Steps(progress) as steps:
+        with steps.step("reading documents"):
+            parts = load_sources(config)
+        groups = {src: docs for p in parts for src, docs in p.items()}
+        all_docs = [d for docs in groups.values() for d in docs]
+        where = "the standard library" if config.source == "stdlib" and not config.holder_paths else "the data"
+        with steps.step("tokenizer"):
+            if config.tokenizer == "train":
+                public = tokenizer_corpus()
+                tok = trained_tokenizer(public, vocab_size=config.vocab_size, cache_dir=cache, progress=False)
+                tok_info = {"kind": "trained", "corpus": "stdlib single-file modules (public, disjoint from holders)",
+                            "corpus_hash": content_hash(public), "corpus_documents": len(public),
+                            "corpus_bytes": sum(d.n_bytes for d in public)}  # fmt: skip
+            else:
+                tok = load_tokenizer(config.tokenizer)
+                tok_info = {"kind": "file", "path": config.tokenizer}
+        ids = tokenize_documents(all_docs, tok, cache_dir=cache, steps=steps)
+        n_tok = {d.doc_id: int(ids[d.doc_id].size) + 1 for d in all_docs}  # + EOS
+        total = sum(n_tok.values())
+        if total < config.seq_len + 1:
+            raise DataError(f"{where} holds {total} tokens after tokenization, less than one sequence "
+                            f"(seq_len={config.seq_len}); add documents or lower seq_len")  # fmt: skip
+
+        train_by_source, eval_per_source, src_stats = {}, {}, {}
+        for src, docs in groups.items():
+            tr, ev = split_eval(docs, eval_fraction=config.eval_fraction,
+                                n_tokens=lambda d: n_tok[d.doc_id], min_eval_tokens=config.seq_len)  # fmt: skip
+            train_by_source[src] = tr
+            rows = pack([ids[d.doc_id] for d in ev], seq_len=config.seq_len, eos_id=tok.eos_token_id)
+            if len(rows):
+                eval_per_source[src] = rows
+            src_stats[src] = {"documents": len(docs), "bytes": sum(d.n_bytes for d in docs),
+                              "tokens": sum(n_tok[d.doc_id] for d in docs), "train_documents": len(tr),
+                              "eval_documents": len(ev), "eval_sequences": len(rows)}  # fmt: skip
+        if not eval_per_source:
+            raise DataError(f"{where} leaves no held-out evaluation sequence: every source has fewer than "
+                            f"two documents or too little text for one sequence of seq_len={config.seq_len}")  # fmt: skip
+
+        if config.holder_paths:
+            holder_docs = [[d for src in p for d in train_by_source[src]] for p in parts]
+        else:
+            pool = [d for docs in train_by_source.values() for d in docs]
+            holder_docs = partition(pool, n_holders, method=config.partition, seed=seed, alpha=config.dirichlet_alpha)
+        holder_train, holder_sources, holder_stats = [], [], []
+        for i, docs in enumerate(holder_docs):
+            rows = pack([ids[d.doc_id] for d in docs], seq_len=config.seq_len, eos_id=tok.eos_token_id)
+            present = {d.source for d in docs}
+            srcs = tuple(s for s in groups if s in present)
+            if len(rows) == 0:
+                raise DataError(f"holder {i} (sources {list(srcs)}) has {sum(n_tok[d.doc_id] for d in docs)} training "
+                                f"tokens, less than one sequence (seq_len={config.seq_len}); give it more data, "
+                                "use fewer holders or a shorter seq_len")  # fmt: skip
+            holder_train.append(rows)
+            holder_sources.append(srcs)
+            holder_stats.append({"sources": list(srcs), "documents": len(docs), "sequences": len(rows),
+                                 "tokens": int(rows.numel())})  # fmt: skip
+        central = torch.cat(holder_train)
+        eval_global = torch.cat(list(eval_per_source.values()))
+        with steps.step("unigram baseline"):
+            ppl = unigram_perplexity(central, eval_global, len(tok))
+    manifest = {
+        "format": "securefed-data-manifest-v1",
+        "python_version": python_version(),
+        "corpus": "stdlib" if config.source == "stdlib" and not config.holder_paths else
+                  (list(config.holder_paths) or config.source),  # fmt: skip
+        "content_hash": content_hash(all_docs),
+        "sources": src_stats,
+        "holders": holder_stats,
+        "eval": {"documents": sum(s["eval_documents"] for s in src_stats.values()),
+                 "sequences": len(eval_global), "tokens": int(eval_global.numel())},  # fmt: skip
+        "tokenizer": {**tok_info, "hash": tokenizer_hash(tok), "vocab_size": len(tok)},
+        "partition": {"method": "holder_paths" if config.holder_paths else config.partition,
+                      "n_holders": n_holders, "seed": seed, "dirichlet_alpha": config.dirichlet_alpha},  # fmt: skip
+        "unigram_eval_ppl": ppl,
+        "config": to_dict(config),
+    }
+    steps.done(f"data: {len(groups)} sources, {len(all_docs)} documents, {n_holders} holders, "
+               f"{len(central)} train / {len(eval_global)} eval rows of {config.seq_len}, unigram ppl {ppl:.1f} "
+               f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    return FederatedData(tok, holder_train, holder_sources, central, eval_global, eval_per_source, ppl, manifest)
