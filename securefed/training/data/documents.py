@@ -34,14 +34,17 @@ __all__ = [
     "select_documents",
     "content_hash",
     "safe_name",
+    "CORPUS_MANIFEST",
 ]
 
 # Suffixes read as text from directories; ``name.<suffix>.gz`` is read too (installed doc trees
 # such as /usr/share/doc keep most files gzipped).
+# Files without a suffix (README, copyright, changelog) are read too when they decode as UTF-8.
 TEXT_SUFFIXES = frozenset(
     ".txt .md .rst .py .pyi .c .h .cc .cpp .hpp .rs .go .java .js .ts .sh .tex .html .htm .xml "
-    ".yaml .yml .toml .cfg .ini .csv .org .adoc".split()
+    ".yaml .yml .toml .cfg .ini .csv .org .adoc .debian".split()
 )
+CORPUS_MANIFEST = "manifest.json"  # written by `securefed corpus build`; fixes the source order
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -70,7 +73,8 @@ def _is_text_file(p: Path) -> bool:
     name = p.name.lower()
     if name.endswith(".gz"):
         name = name[:-3]
-    return Path(name).suffix in TEXT_SUFFIXES
+    suffix = Path(name).suffix
+    return suffix in TEXT_SUFFIXES or suffix == ""
 
 
 def _read_text(p: Path) -> str | None:
@@ -101,12 +105,14 @@ def _load_directory(root: Path) -> tuple[list[Document], int]:
     files = _walk_files(root)
     if not files:
         raise DataError(
-            f"data directory {root} is empty: no text files ({', '.join(sorted(TEXT_SUFFIXES))}, "
-            "optionally .gz) under it"
+            f"data directory {root} is empty: no text files under it (suffixes "
+            f"{' '.join(sorted(TEXT_SUFFIXES))}, none, or those + .gz)"
         )
-    docs, skipped = [], 0
+    docs, skipped, seen = [], 0, set()
     for p in files:
         rel = p.relative_to(root)
+        if rel.as_posix() == CORPUS_MANIFEST:
+            continue
         text = _read_text(p)
         if text is None or not text.strip():
             skipped += 1
@@ -115,8 +121,25 @@ def _load_directory(root: Path) -> tuple[list[Document], int]:
             source, inner = safe_name(root.resolve().name), rel.as_posix()
         else:
             source, inner = safe_name(rel.parts[0]), Path(*rel.parts[1:]).as_posix()
-        docs.append(Document(f"{source}/{inner}", source, text))
+        if inner.lower().endswith(".gz"):
+            inner = inner[:-3]  # the id names the text, which is what a written corpus stores
+        doc_id = f"{source}/{inner}"
+        if doc_id in seen:  # e.g. both NEWS and NEWS.gz: keep the first (sorted) one
+            skipped += 1
+            continue
+        seen.add(doc_id)
+        docs.append(Document(doc_id, source, text))
     return docs, skipped
+
+
+def _manifest_order(root: Path) -> list[str]:
+    """Source order recorded by ``securefed corpus build`` (empty when there is no manifest)."""
+    try:
+        data = json.loads((root / CORPUS_MANIFEST).read_text(encoding="utf-8"))
+        sources = data["sources"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [s for s in sources if isinstance(s, str)] if isinstance(sources, (list, dict)) else []
 
 
 def _record(source: str | None, default: str, stem: str, n: int, text: str) -> Document:
@@ -176,7 +199,8 @@ def _load_parquet(path: Path, text_field: str) -> tuple[list[Document], int]:
 
 def load_documents(path: str | os.PathLike, *, text_field: str = "text") -> list[Document]:
     """All readable documents at ``path`` (directory, ``.jsonl[.gz]`` or ``.parquet``), in a
-    deterministic order (sorted by id)."""
+    deterministic order: sorted by id, except that a corpus directory's manifest.json fixes the
+    order of its sources (so a written stdlib corpus reads back exactly as it was built)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     p = Path(path).expanduser()
@@ -196,7 +220,8 @@ def load_documents(path: str | os.PathLike, *, text_field: str = "text") -> list
     ids = [d.doc_id for d in docs]
     if len(set(ids)) != len(ids):
         raise DataError(f"{p}: duplicate document ids (two records map to the same source/file name)")
-    return sorted(docs, key=lambda d: d.doc_id)
+    rank = {s: i for i, s in enumerate(_manifest_order(p))} if p.is_dir() else {}
+    return sorted(docs, key=lambda d: (rank.get(d.source, len(rank)), d.doc_id))
 
 
 def group_by_source(docs: Iterable[Document]) -> dict[str, list[Document]]:

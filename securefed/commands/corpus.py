@@ -1,0 +1,146 @@
+"""`securefed corpus`: build a corpus directory from the stdlib or local paths, train a public
+tokenizer, or inspect any data path (sources, documents, bytes, tokens).
+
+    securefed corpus build OUT [--from stdlib|PATH ...] [--max-sources N] [--max-bytes-per-source N]
+    securefed corpus inspect PATH [--tokenizer train|FILE|DIR] [--vocab-size N]
+    securefed corpus tokenizer OUT [--from stdlib-modules|PATH ...] [--vocab-size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("corpus", help="build, inspect or tokenize local corpora",
+                       description="Build a corpus directory (one subdirectory per source + manifest.json), "
+                                   "inspect a data path, or train a tokenizer on PUBLIC text.")  # fmt: skip
+    actions = p.add_subparsers(dest="corpus_action", metavar="ACTION")
+
+    b = actions.add_parser("build", help="write a corpus directory from the stdlib and/or local paths")
+    b.add_argument("out", help="directory to create (must be new or empty unless --overwrite)")
+    b.add_argument("--from", dest="inputs", action="append", metavar="stdlib|PATH",
+                   help="'stdlib' (default) or a directory / .jsonl / .parquet (repeatable), "
+                        "e.g. --from /usr/share/doc")  # fmt: skip
+    b.add_argument("--max-sources", type=_positive_int, default=8, help="sources kept per input (default 8)")
+    b.add_argument("--all-sources", action="store_true", help="keep every source (no --max-sources limit)")
+    b.add_argument("--max-bytes-per-source", type=_positive_int, default=400_000, help="default 400000")
+    b.add_argument("--text-field", default="text", help="JSONL/Parquet text field (default: text)")
+    b.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    i = actions.add_parser("inspect", help="print sources, documents, bytes and tokens of a data path")
+    i.add_argument("path", help="a corpus directory, a directory of text files, a .jsonl or a .parquet")
+    i.add_argument("--tokenizer", default="train",
+                   help="'train' (public BPE, cached), a tokenizer.json or a saved tokenizer dir")  # fmt: skip
+    i.add_argument("--vocab-size", type=_positive_int, default=4096)
+    i.add_argument("--text-field", default="text")
+    i.add_argument("--cache-dir", help="default: $SECUREFED_CACHE or ~/.cache/securefed")
+
+    t = actions.add_parser("tokenizer", help="train a byte-level BPE on PUBLIC text and save it")
+    t.add_argument("out", help="directory for the saved tokenizer (loadable with AutoTokenizer)")
+    t.add_argument("--from", dest="inputs", action="append", metavar="stdlib-modules|PATH",
+                   help="public text only (default: the stdlib's single-file modules); never a holder's data")
+    t.add_argument("--vocab-size", type=_positive_int, default=4096)
+    t.add_argument("--text-field", default="text")
+    p.set_defaults(func=run, corpus_parser=p)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from securefed.training.data.corpus import collect_sources, write_corpus
+
+    inputs = args.inputs or ["stdlib"]
+    max_sources = None if args.all_sources else args.max_sources
+    groups = collect_sources(inputs, text_field=args.text_field, max_sources=max_sources,
+                             max_bytes_per_source=args.max_bytes_per_source)  # fmt: skip
+    limits = {"max_sources": max_sources, "max_bytes_per_source": args.max_bytes_per_source}
+    m = write_corpus(groups, args.out, inputs=inputs, limits=limits, overwrite=args.overwrite)
+    Console().print(f"wrote {args.out}: {len(m['sources'])} sources, {m['documents']} documents, "
+                    f"{m['bytes']:,} bytes (content hash {m['content_hash'][:16]}…)")  # fmt: skip
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from securefed.training.data.config import default_cache_dir
+    from securefed.training.data.corpus import corpus_stats
+    from securefed.training.data.stdlib import tokenizer_corpus
+    from securefed.training.data.tokenizer import load_tokenizer, trained_tokenizer
+
+    if args.tokenizer == "train":
+        tok = trained_tokenizer(tokenizer_corpus(), vocab_size=args.vocab_size,
+                                cache_dir=default_cache_dir(args.cache_dir))  # fmt: skip
+    else:
+        tok = load_tokenizer(args.tokenizer)
+    rows, manifest = corpus_stats(args.path, tokenizer=tok, text_field=args.text_field)
+    table = Table(title=f"{args.path}")
+    for col in ("source", "documents", "bytes", "tokens", "bytes/token"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for r in rows:
+        table.add_row(r["source"], f"{r['documents']:,}", f"{r['bytes']:,}", f"{r['tokens']:,}",
+                      f"{r['bytes'] / max(r['tokens'], 1):.2f}")  # fmt: skip
+    tot = {k: sum(r[k] for r in rows) for k in ("documents", "bytes", "tokens")}
+    table.add_row("[bold]total", f"{tot['documents']:,}", f"{tot['bytes']:,}", f"{tot['tokens']:,}",
+                  f"{tot['bytes'] / max(tot['tokens'], 1):.2f}", end_section=True)  # fmt: skip
+    console = Console()
+    console.print(table)
+    console.print(f"tokenizer: {args.tokenizer} (vocab {len(tok)})")
+    if manifest is not None:
+        ok = manifest.get("content_hash_ok")
+        console.print(f"manifest: {manifest.get('format')}, built with {manifest.get('python_version')}, "
+                      f"inputs {manifest.get('inputs')}; content hash "
+                      + ("[green]matches[/]" if ok else "[red]DIFFERS (files changed since the build)[/]"))  # fmt: skip
+    return 0
+
+
+def _tokenizer(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from securefed.training.data.corpus import collect_sources
+    from securefed.training.data.stdlib import tokenizer_corpus
+    from securefed.training.data.tokenizer import train_bpe, wrap
+
+    out = Path(args.out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
+    inputs = args.inputs or ["stdlib-modules"]
+    docs = []
+    for item in inputs:
+        if item == "stdlib-modules":
+            docs.extend(tokenizer_corpus())
+        else:
+            groups = collect_sources([item], text_field=args.text_field, max_sources=None,
+                                     max_bytes_per_source=1 << 62)  # fmt: skip
+            docs.extend(d for ds in groups.values() for d in ds)
+    fast = wrap(train_bpe([d.text for d in docs], vocab_size=args.vocab_size, show_progress=True))
+    fast.save_pretrained(str(out))
+    print(f"saved a {len(fast)}-token byte-level BPE trained on {len(docs)} public documents to {out}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from securefed.training.data.documents import DataError
+
+    action = {"build": _build, "inspect": _inspect, "tokenizer": _tokenizer}.get(args.corpus_action or "")
+    if action is None:
+        args.corpus_parser.print_help()
+        return 2
+    try:
+        return action(args)
+    except (DataError, FileExistsError, ValueError) as e:
+        print(f"securefed corpus {args.corpus_action}: {e}", file=sys.stderr)
+        return 2

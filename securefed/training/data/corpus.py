@@ -1,0 +1,123 @@
+"""Corpus directories: build one from the stdlib and/or local paths, and measure one.
+
+Layout written by :func:`write_corpus` (read back by ``load_documents`` / ``DataConfig.source``)::
+
+    OUT/
+      manifest.json        format, python version, inputs, limits, content hash, per-source stats
+      <source>/<path>      one text file per document; the id "<source>/<path>" is kept
+
+The directory is written beside OUT under a temporary name and renamed into place, so an
+interrupted build never leaves a half-written corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from transformers import PreTrainedTokenizerFast
+
+from .documents import CORPUS_MANIFEST, DataError, Document, content_hash, group_by_source, load_documents
+from .documents import select_documents
+from .stdlib import python_version, stdlib_sources
+
+__all__ = ["collect_sources", "write_corpus", "corpus_stats", "CORPUS_FORMAT"]
+
+CORPUS_FORMAT = "securefed-corpus-v1"
+
+
+def collect_sources(
+    inputs: Sequence[str], *, text_field: str = "text", max_sources: int | None, max_bytes_per_source: int
+) -> dict[str, list[Document]]:
+    """Documents per source from each input ("stdlib" or a path), limits applied per input."""
+    if not inputs:
+        raise ValueError("inputs must name at least one source ('stdlib' or a path)")
+    out: dict[str, list[Document]] = {}
+    owner: dict[str, str] = {}
+    for item in inputs:
+        if item == "stdlib":
+            groups = stdlib_sources(max_sources=max_sources, max_bytes_per_source=max_bytes_per_source)
+        else:
+            groups = select_documents(group_by_source(load_documents(item, text_field=text_field)),
+                                      max_sources=max_sources, max_bytes_per_source=max_bytes_per_source)  # fmt: skip
+        for src, docs in groups.items():
+            if src in out:
+                raise DataError(f"source {src!r} comes from both {owner[src]} and {item}; rename one of them")
+            out[src], owner[src] = docs, item
+    return out
+
+
+def _safe_relpath(doc_id: str) -> PurePosixPath:
+    rel = PurePosixPath(doc_id)
+    if rel.is_absolute() or ".." in rel.parts or len(rel.parts) < 2:
+        raise DataError(f"document id {doc_id!r} is not a safe relative path")
+    return rel
+
+
+def write_corpus(
+    groups: dict[str, list[Document]], out: str | Path, *, inputs: Sequence[str], limits: dict,
+    overwrite: bool = False,
+) -> dict:
+    """Write ``groups`` as a corpus directory at ``out``; returns its manifest."""
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new directory or pass --overwrite")
+    docs = [d for ds in groups.values() for d in ds]
+    manifest = {
+        "format": CORPUS_FORMAT,
+        "python_version": python_version(),
+        "inputs": list(inputs),
+        "limits": limits,
+        "content_hash": content_hash(docs),
+        "documents": len(docs),
+        "bytes": sum(d.n_bytes for d in docs),
+        "sources": {s: {"documents": len(ds), "bytes": sum(d.n_bytes for d in ds)} for s, ds in groups.items()},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for d in docs:
+            target = tmp.joinpath(*_safe_relpath(d.doc_id).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(d.text.encode("utf-8"))  # bytes: no newline translation
+        (tmp / CORPUS_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def corpus_stats(
+    path: str | Path, *, tokenizer: PreTrainedTokenizerFast | None = None, text_field: str = "text"
+) -> tuple[list[dict], dict | None]:
+    """Per-source rows (source, documents, bytes, tokens) of the data at ``path``, and the
+    corpus manifest when there is one (with ``content_hash_ok`` set by re-hashing the documents)."""
+    docs = load_documents(path, text_field=text_field)
+    rows = []
+    for src, ds in group_by_source(docs).items():
+        row = {"source": src, "documents": len(ds), "bytes": sum(d.n_bytes for d in ds)}
+        if tokenizer is not None:
+            encs = tokenizer.backend_tokenizer.encode_batch([d.text for d in ds], add_special_tokens=False)
+            row["tokens"] = sum(len(e.ids) for e in encs)
+        rows.append(row)
+    manifest = None
+    p = Path(path).expanduser()
+    if p.is_dir() and (p / CORPUS_MANIFEST).is_file():
+        try:
+            manifest = json.loads((p / CORPUS_MANIFEST).read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise DataError(f"{p / CORPUS_MANIFEST} is not valid JSON: {e}") from None
+        if isinstance(manifest, dict):
+            manifest["content_hash_ok"] = manifest.get("content_hash") == content_hash(docs)
+    return rows, manifest
