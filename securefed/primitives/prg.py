@@ -1,0 +1,91 @@
+"""AES-256-CTR mask PRG mapped exactly uniformly into Z_{2^k} (protocols/secagg.md §3.3).
+
+The keystream (NIST SP 800-38A §6.5, initial counter block 0^128) is written straight into a
+preallocated numpy buffer with ``update_into`` — no per-call allocation — and read as little-endian
+uint16 (k ≤ 16) or uint32 words. 2^k divides the word range, so keeping the low k bits is exactly
+uniform. Callers that accumulate several streams mod 2^k may skip the per-stream reduction and
+reduce once at the end (reduction is a ring homomorphism Z_{2^32} → Z_{2^k}).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from securefed.primitives.quantize import RingSpec
+
+__all__ = ["MaskStream", "expand", "expand_into", "accumulate_masks"]
+
+_ZERO_IV = b"\x00" * 16
+if sys.byteorder != "little":  # pragma: no cover - we only run on little-endian hosts
+    raise ImportError("securefed.primitives.prg assumes a little-endian host")
+
+
+class MaskStream:
+    """One PRG stream: successive ``fill`` calls continue the same keystream (chunking-invariant)."""
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, (bytes, bytearray)):
+            raise TypeError("key must be bytes")
+        if len(key) != 32:
+            raise ValueError("key must be 32 bytes (AES-256)")
+        self._enc = Cipher(algorithms.AES(bytes(key)), modes.CTR(_ZERO_IV)).encryptor()
+
+    def fill(self, out: np.ndarray, zeros: memoryview | None = None) -> np.ndarray:
+        """Overwrite the contiguous 1-D ``out`` (uint16/uint32) with the next keystream words.
+
+        ``zeros`` is an optional all-zero buffer of at least ``out.nbytes`` bytes (reused by hot loops).
+        """
+        if not isinstance(out, np.ndarray) or out.dtype not in (np.uint16, np.uint32) or out.ndim != 1:
+            raise TypeError("out must be a 1-D uint16 or uint32 numpy array")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be contiguous and writeable")
+        nbytes = out.nbytes
+        src = zeros[:nbytes] if zeros is not None else memoryview(bytes(nbytes))
+        if len(src) != nbytes:
+            raise ValueError("zeros buffer is too small")
+        self._enc.update_into(src, memoryview(out).cast("B"))
+        return out
+
+
+def expand_into(key: bytes, out: np.ndarray, ring: RingSpec) -> np.ndarray:
+    """Fill ``out`` (dtype ring.dtype) with PRG(key) reduced into Z_{2^k}; returns ``out``."""
+    if out.dtype != ring.dtype:
+        raise TypeError(f"out must have dtype {ring.dtype}, got {out.dtype}")
+    MaskStream(key).fill(out)
+    return ring.reduce(out)
+
+
+def expand(key: bytes, length: int, ring: RingSpec) -> np.ndarray:
+    """PRG(key) as a new vector of ``length`` ring elements."""
+    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+        raise ValueError("length must be a non-negative int")
+    return expand_into(key, np.empty(length, dtype=ring.dtype), ring)
+
+
+def accumulate_masks(acc: np.ndarray, keys_and_signs: list[tuple[bytes, int]], ring: RingSpec, *, chunk_elements: int) -> np.ndarray:
+    """acc += Σ sign · PRG(key) (mod 2^k), in place, streaming over chunks; returns ``acc``.
+
+    Memory: one scratch chunk (chunk_elements words) + one zero buffer; numpy uint16/uint32 adds wrap
+    mod 2^16/2^32 and the final ``ring.reduce`` maps to Z_{2^k}.
+    """
+    if not isinstance(acc, np.ndarray) or acc.dtype != ring.dtype or acc.ndim != 1 or not acc.flags.c_contiguous:
+        raise TypeError(f"acc must be a contiguous 1-D array of dtype {ring.dtype}")
+    if not isinstance(chunk_elements, int) or chunk_elements < 1:
+        raise ValueError("chunk_elements must be a positive int")
+    n = acc.shape[0]
+    step = min(chunk_elements, max(n, 1))
+    scratch = np.empty(step, dtype=ring.dtype)
+    zeros = memoryview(bytearray(scratch.nbytes))
+    for key, sign in keys_and_signs:
+        if sign not in (1, -1):
+            raise ValueError("sign must be +1 or -1")
+        stream = MaskStream(key)
+        op = np.add if sign == 1 else np.subtract
+        for lo in range(0, n, step):  # loop over chunks, never over elements
+            hi = min(lo + step, n)
+            ks = stream.fill(scratch[: hi - lo], zeros)
+            op(acc[lo:hi], ks, out=acc[lo:hi])
+    return ring.reduce(acc)
