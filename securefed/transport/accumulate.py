@@ -1,0 +1,148 @@
+"""The round's running ring sum of masked inputs, folded chunk by chunk (protocols/transport.md §4.3).
+
+    total ← total + y_i   (mod 2^k), element-wise, as y_i's chunks arrive
+
+Memory: one (P,) array for the whole round, whatever n is — never n buffered updates. A stream that
+fails after some chunks were folded (truncated, wrong hash, connection lost, deadline) must leave no
+trace in the sum, else the round's unmasking is wrong. Each fold is therefore also appended to an
+on-disk *undo journal* (the masked words, which the server sees anyway); ``abort()`` reads it back and
+subtracts, ``commit()`` deletes it. Disk, not RAM, holds the in-flight streams.
+
+The MaskedInput byte layout is the secagg serializer's (protocols/secagg.md §7): a 19-byte prefix
+``"SFSA" ‖ u8(1) ‖ u8(5) ‖ u32(sender) ‖ u8(k) ‖ u64(P)`` then P little-endian words. The prefix is
+checked as soon as its 19 bytes are in (sender = the TLS-authenticated holder, k and P as the round
+says), before any word is folded.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from securefed.transport.frames import FrameError
+
+__all__ = ["RingAccumulator", "MaskedFold", "MASKED_PREFIX", "masked_prefix"]
+
+MASKED_PREFIX = 19
+_PREFIX = struct.Struct(">4sBBIBQ")
+_MASKED_TYPE = 5
+
+
+def masked_prefix(sender: int, ring_bits: int, length: int) -> bytes:
+    return _PREFIX.pack(b"SFSA", 1, _MASKED_TYPE, sender, ring_bits, length)
+
+
+class RingAccumulator:
+    """Σ y_i mod 2^k over committed streams; thread-safe folds; undo journals under ``spool``."""
+
+    def __init__(self, length: int, ring_bits: int, spool: str | Path) -> None:
+        if not isinstance(length, int) or length < 1:
+            raise ValueError("length must be a positive int")
+        if not isinstance(ring_bits, int) or not 16 <= ring_bits <= 32:
+            raise ValueError("ring_bits must be in [16, 32]")
+        self.length, self.ring_bits = length, ring_bits
+        self.dtype = np.dtype("<u2") if ring_bits <= 16 else np.dtype("<u4")
+        self.mask = None if ring_bits in (16, 32) else self.dtype.type((1 << ring_bits) - 1)
+        self.total = np.zeros(length, dtype=self.dtype)             # (P,) ring elements
+        self.spool = Path(spool)
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.committed: set[int] = set()
+        self._lock = threading.Lock()
+
+    def _apply(self, start: int, words: np.ndarray, sign: int) -> None:
+        with self._lock:
+            view = self.total[start:start + words.size]
+            if sign > 0:
+                np.add(view, words, out=view)          # wraps mod 2^16 / 2^32 (unsigned overflow)
+            else:
+                np.subtract(view, words, out=view)
+            if self.mask is not None:
+                np.bitwise_and(view, self.mask, out=view)
+
+    def open(self, sender: int) -> "MaskedFold":
+        return MaskedFold(self, sender)
+
+
+class MaskedFold:
+    """A Sink (securefed.transport.stream) for one holder's MaskedInput stream."""
+
+    def __init__(self, acc: RingAccumulator, sender: int) -> None:
+        self.acc, self.sender = acc, sender
+        self.prefix = bytearray()
+        self.carry = b""                 # < word-size bytes split across two chunks
+        self.next_elem = 0
+        fd, path = tempfile.mkstemp(prefix=f"undo-{sender}-", dir=acc.spool)
+        self.journal_path = Path(path)
+        self.journal = os.fdopen(fd, "wb")
+        self.done = False
+
+    def write(self, offset: int, data: bytes) -> None:
+        if self.done:
+            raise FrameError("masked stream already closed")
+        mv = memoryview(data)
+        if len(self.prefix) < MASKED_PREFIX:
+            take = min(MASKED_PREFIX - len(self.prefix), len(mv))
+            self.prefix += mv[:take]
+            mv = mv[take:]
+            if len(self.prefix) == MASKED_PREFIX:
+                self._check_prefix()
+        if not len(mv):
+            return
+        w = self.acc.dtype.itemsize
+        buf = self.carry + bytes(mv) if self.carry else mv
+        usable = (len(buf) // w) * w
+        self.carry = bytes(buf[usable:])
+        if usable == 0:
+            return
+        words = np.frombuffer(buf[:usable], dtype=self.acc.dtype)
+        if self.next_elem + words.size > self.acc.length:
+            raise FrameError("masked input is longer than the model")
+        if self.acc.mask is not None and np.any(words > self.acc.mask):
+            raise FrameError(f"masked input has elements outside Z_2^{self.acc.ring_bits}")
+        self.journal.write(words.tobytes())            # undo record first, then fold
+        self.acc._apply(self.next_elem, words, +1)
+        self.next_elem += words.size
+
+    def _check_prefix(self) -> None:
+        magic, ver, mtype, sender, k, p = _PREFIX.unpack(bytes(self.prefix))
+        if magic != b"SFSA" or ver != 1 or mtype != _MASKED_TYPE:
+            raise FrameError("masked stream is not a secagg v1 MaskedInput")
+        if sender != self.sender:
+            raise FrameError("MaskedInput sender differs from the authenticated holder")
+        if k != self.acc.ring_bits or p != self.acc.length:
+            raise FrameError("MaskedInput ring bits or length differ from the round's")
+
+    def commit(self) -> None:
+        if self.done:
+            raise FrameError("masked stream already closed")
+        if len(self.prefix) != MASKED_PREFIX or self.carry or self.next_elem != self.acc.length:
+            self.abort()
+            raise FrameError("masked input is incomplete")
+        self.done = True
+        self.journal.close()
+        self.journal_path.unlink(missing_ok=True)
+        with self.acc._lock:
+            self.acc.committed.add(self.sender)
+
+    def abort(self) -> None:
+        """Subtract every folded word back out (read from the undo journal), then delete it."""
+        if self.done:
+            return
+        self.done = True
+        self.journal.close()
+        chunk = 1 << 20                                 # elements per read: bounded memory
+        with open(self.journal_path, "rb") as f:
+            start = 0
+            while True:
+                raw = f.read(chunk * self.acc.dtype.itemsize)
+                if not raw:
+                    break
+                words = np.frombuffer(raw, dtype=self.acc.dtype)
+                self.acc._apply(start, words, -1)
+                start += words.size
+        self.journal_path.unlink(missing_ok=True)

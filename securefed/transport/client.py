@@ -1,0 +1,128 @@
+"""Holder side of the wire: fetch and submit streams, reconnect with back-off (protocols/transport.md §5, §6).
+
+``Backoff`` is capped exponential back-off with full jitter (delay = U(0, min(cap, base·2^attempt))), so
+a coordinator restart does not see every holder reconnect in the same instant. Transient gRPC errors
+(UNAVAILABLE, DEADLINE_EXCEEDED during connection) are retried by the caller's loop; PERMISSION_DENIED
+and UNAUTHENTICATED are not (a refused certificate will not become valid by retrying).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from securefed.transport.frames import (DEFAULT_CHUNK, Ack, FetchRequest, FrameError, Kind, decode, encode,
+                                        iter_stream_frames, sha256_parts)
+from securefed.transport.service import Stub, make_channel, parse_json
+from securefed.transport.stream import BytesSink, StreamReceiver, expect_header
+
+__all__ = ["Backoff", "Fetched", "TransportClient", "FATAL_CODES", "Refused"]
+
+FATAL_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
+class Refused(RuntimeError):
+    """The coordinator refused a submitted stream (Ack status != 0)."""
+
+
+@dataclass
+class Backoff:
+    base: float = 0.5
+    cap: float = 30.0
+    attempt: int = 0
+
+    def next_delay(self, rng: random.Random | None = None) -> float:
+        hi = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return (rng or random).uniform(0, hi)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass
+class Fetched:
+    kind: Kind
+    payload: bytes
+
+
+class TransportClient:
+    def __init__(self, target: str, creds: grpc.ChannelCredentials, *, server_name: str | None = None,
+                 chunk_size: int = DEFAULT_CHUNK, max_fetch: int = 1 << 34) -> None:
+        self.target, self.creds, self.server_name = target, creds, server_name
+        self.chunk_size, self.max_fetch = chunk_size, max_fetch
+        self.run_id = b"\x00" * 16
+        self.bytes_up = self.bytes_down = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        self.channel = make_channel(self.target, self.creds, server_name=self.server_name)
+        self.stub = Stub(self.channel)
+
+    def reconnect(self) -> None:
+        self.channel.close()
+        self._connect()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def join(self, hello: dict, *, timeout: float) -> dict:
+        reply = self.stub.join(json.dumps(hello).encode(), timeout=timeout, wait_for_ready=True)
+        welcome = parse_json(reply, "welcome")
+        rid = bytes.fromhex(str(welcome.get("run_id", "")))
+        if len(rid) != 16:
+            raise ValueError("welcome: run_id must be 16 bytes of hex")
+        self.run_id = rid
+        return welcome
+
+    def status(self, *, timeout: float) -> dict:
+        return parse_json(self.stub.status(b"", timeout=timeout), "status")
+
+    def fetch(self, round_index: int, stage: int, kinds: tuple[Kind, ...], *, wait_s: float,
+              max_len: int | None = None) -> Fetched:
+        """Long-poll the coordinator for this holder's stream of (round, stage); verify it (§4.2)."""
+        req = encode(FetchRequest(self.run_id, round_index, stage, int(wait_s * 1000)))
+        frames = self.stub.fetch(req, timeout=wait_s + 30)
+        it = iter(frames)
+        try:
+            head = decode(next(it))
+        except StopIteration:
+            raise FrameError("empty fetch response") from None
+        h = expect_header(head, run_id=self.run_id, round_index=round_index, stage=stage,
+                          kinds=(*kinds, Kind.WAIT), max_len=max_len or self.max_fetch)
+        sink = BytesSink(h.total_len)
+        rx = StreamReceiver(h, sink)
+        for raw in it:
+            rx.feed(decode(raw))
+            self.bytes_down += len(raw)
+        rx.finish()
+        return Fetched(h.kind, sink.value or b"")
+
+    def submit(self, round_index: int, stage: int, kind: Kind, parts: Iterable[bytes | memoryview] | bytes, *,
+               timeout: float) -> None:
+        """Stream a payload (bytes or re-iterable parts) with its length and SHA-256 commitment (§4.1)."""
+        if isinstance(parts, (bytes, bytearray, memoryview)):
+            parts = [parts]
+        parts = list(parts)
+        total, digest = sha256_parts(parts)
+        frames = iter_stream_frames(self.run_id, round_index, stage, kind, parts, total_len=total, digest=digest,
+                                    chunk_size=self.chunk_size)
+
+        def counted():
+            for f in frames:
+                self.bytes_up += len(f)
+                yield f
+
+        ack = decode(self.stub.submit(counted(), timeout=timeout))
+        if not isinstance(ack, Ack):
+            raise FrameError("submit answer is not an ack")
+        if ack.status != 0:
+            raise Refused(ack.reason or "refused")

@@ -1,0 +1,248 @@
+"""Frames: the only bytes that cross the gRPC service (protocols/transport.md §3, §4).
+
+Every gRPC message is exactly one frame (``"SFTR" ‖ version ‖ type ‖ body``, big-endian integers).
+A *stream* is one HEADER frame followed by CHUNK frames whose payloads concatenate to ``total_len``
+bytes with SHA-256 ``digest``. Chunks are at most ``chunk_size`` ≤ MAX_CHUNK bytes, so no gRPC message
+comes near the transport's message cap, however large the payload (a 1.3B-parameter update is ~5 GB).
+
+The decoder validates magic, version, type, every length and value range, and rejects trailing
+bytes; every failure is a ``FrameError`` (a ValueError) whose message names the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+
+__all__ = [
+    "VERSION", "MAGIC", "MAX_CHUNK", "DEFAULT_CHUNK", "MAX_FRAME", "FrameError", "Kind", "FrameType",
+    "Header", "Chunk", "FetchRequest", "Ack", "encode", "decode", "iter_stream_frames",
+]
+
+MAGIC = b"SFTR"
+VERSION = 1
+MAX_CHUNK = 4 << 20          # 4 MiB: the largest payload one frame may carry
+DEFAULT_CHUNK = 1 << 20      # 1 MiB
+MAX_FRAME = MAX_CHUNK + 64   # header/chunk overhead < 64 bytes; gRPC's limits are set from this
+MAX_REASON = 256
+_PREFIX = struct.Struct(">4sBB")
+_HEADER = struct.Struct(">16sIBBQ32sI")      # run_id, round, stage, kind, total_len, digest, chunk_size
+_CHUNK = struct.Struct(">IQI")               # seq, offset, length
+_FETCH = struct.Struct(">16sIBI")            # run_id, round, stage, wait_ms
+_ACK = struct.Struct(">BH")                  # status, reason length
+
+
+class FrameError(ValueError):
+    """A frame or stream is malformed, oversized, truncated or fails its integrity check."""
+
+
+class FrameType(IntEnum):
+    HEADER = 1
+    CHUNK = 2
+    FETCH = 3
+    ACK = 4
+
+
+class Kind(IntEnum):
+    """What a stream's payload is (protocols/transport.md §4.2)."""
+
+    HELLO = 1          # C→S: join request (JSON, no secrets)
+    WELCOME = 2        # S→C: run id, resolved config, next round (JSON)
+    ROUND = 3          # S→C: round manifest (JSON: cohort, model hash, stage deadlines)
+    MODEL = 4          # S→C: global model θ_r, float32 little-endian
+    SECAGG = 5         # both: one serialized secagg message (protocols/secagg.md §7), carried unchanged
+    MASKED = 6         # C→S: the MaskedInput message, streamed; folded into the running sum as it arrives
+    RESULT = 7         # C→S: round report (JSON: tokens, loss, clip info, no data)
+    WAIT = 8           # S→C: nothing for you yet / you are not in this round (JSON)
+
+
+_MAX_STAGE = 255
+
+
+@dataclass(frozen=True)
+class Header:
+    run_id: bytes
+    round: int
+    stage: int
+    kind: Kind
+    total_len: int
+    digest: bytes
+    chunk_size: int = DEFAULT_CHUNK
+
+    def __post_init__(self) -> None:
+        _check_bytes("run_id", self.run_id, 16)
+        _check_int("round", self.round, 0, 2**32 - 1)
+        _check_int("stage", self.stage, 0, _MAX_STAGE)
+        if not isinstance(self.kind, Kind):
+            raise FrameError("kind must be a transport Kind")
+        _check_int("total_len", self.total_len, 0, 2**64 - 1)
+        _check_bytes("digest", self.digest, 32)
+        _check_int("chunk_size", self.chunk_size, 1, MAX_CHUNK)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    seq: int
+    offset: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check_int("seq", self.seq, 0, 2**32 - 1)
+        _check_int("offset", self.offset, 0, 2**64 - 1)
+        if not isinstance(self.data, (bytes, bytearray, memoryview)):
+            raise FrameError("chunk data must be bytes")
+        if not 0 < len(self.data) <= MAX_CHUNK:
+            raise FrameError(f"chunk length {len(self.data)} outside [1, {MAX_CHUNK}]")
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """C→S: 'give me my stream for (round, stage)', long-polling up to wait_ms."""
+
+    run_id: bytes
+    round: int
+    stage: int
+    wait_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        _check_bytes("run_id", self.run_id, 16)
+        _check_int("round", self.round, 0, 2**32 - 1)
+        _check_int("stage", self.stage, 0, _MAX_STAGE)
+        _check_int("wait_ms", self.wait_ms, 0, 600_000)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """S→C answer to a submitted stream: status 0 accepted, else refused (reason is generic)."""
+
+    status: int
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check_int("status", self.status, 0, 255)
+        if not isinstance(self.reason, str) or len(self.reason.encode()) > MAX_REASON:
+            raise FrameError(f"ack reason must be a str of at most {MAX_REASON} bytes")
+
+
+Frame = Header | Chunk | FetchRequest | Ack
+
+
+def _check_int(name: str, v: object, lo: int, hi: int) -> None:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise FrameError(f"{name} must be an int")
+    if not lo <= v <= hi:
+        raise FrameError(f"{name}={v} outside [{lo}, {hi}]")
+
+
+def _check_bytes(name: str, v: object, n: int) -> None:
+    if not isinstance(v, bytes) or len(v) != n:
+        raise FrameError(f"{name} must be {n} bytes")
+
+
+def encode(frame: Frame) -> bytes:
+    """One frame → bytes (protocols/transport.md §3)."""
+    if isinstance(frame, Header):
+        body = _HEADER.pack(frame.run_id, frame.round, frame.stage, int(frame.kind), frame.total_len,
+                            frame.digest, frame.chunk_size)
+        return _PREFIX.pack(MAGIC, VERSION, FrameType.HEADER) + body
+    if isinstance(frame, Chunk):
+        return _PREFIX.pack(MAGIC, VERSION, FrameType.CHUNK) + _CHUNK.pack(frame.seq, frame.offset, len(frame.data)) \
+            + bytes(frame.data)
+    if isinstance(frame, FetchRequest):
+        return _PREFIX.pack(MAGIC, VERSION, FrameType.FETCH) + _FETCH.pack(frame.run_id, frame.round, frame.stage,
+                                                                         frame.wait_ms)
+    if isinstance(frame, Ack):
+        reason = frame.reason.encode()
+        return _PREFIX.pack(MAGIC, VERSION, FrameType.ACK) + _ACK.pack(frame.status, len(reason)) + reason
+    raise TypeError(f"frame must be a Header, Chunk, FetchRequest or Ack, not {type(frame).__name__}")
+
+
+def decode(data: bytes) -> Frame:
+    """bytes → one frame; FrameError on anything malformed (never another exception type)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise FrameError("frame must be bytes")
+    data = bytes(data)
+    if len(data) > MAX_FRAME:
+        raise FrameError(f"frame of {len(data)} bytes exceeds {MAX_FRAME}")
+    if len(data) < _PREFIX.size:
+        raise FrameError("frame shorter than its prefix")
+    magic, version, ftype = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise FrameError("bad magic")
+    if version != VERSION:
+        raise FrameError(f"unsupported frame version {version}")
+    body = data[_PREFIX.size:]
+    if ftype == FrameType.HEADER:
+        _exact(body, _HEADER.size, "header")
+        run_id, rnd, stage, kind, total, digest, csize = _HEADER.unpack(body)
+        try:
+            kind = Kind(kind)
+        except ValueError:
+            raise FrameError(f"unknown stream kind {kind}") from None
+        return Header(run_id, rnd, stage, kind, total, digest, csize)
+    if ftype == FrameType.CHUNK:
+        if len(body) < _CHUNK.size:
+            raise FrameError("chunk frame shorter than its fields")
+        seq, offset, length = _CHUNK.unpack_from(body)
+        _exact(body, _CHUNK.size + length, "chunk")
+        return Chunk(seq, offset, body[_CHUNK.size:])
+    if ftype == FrameType.FETCH:
+        _exact(body, _FETCH.size, "fetch")
+        return FetchRequest(*_FETCH.unpack(body))
+    if ftype == FrameType.ACK:
+        if len(body) < _ACK.size:
+            raise FrameError("ack frame shorter than its fields")
+        status, n = _ACK.unpack_from(body)
+        _exact(body, _ACK.size + n, "ack")
+        try:
+            reason = body[_ACK.size:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FrameError("ack reason is not UTF-8") from None
+        return Ack(status, reason)
+    raise FrameError(f"unknown frame type {ftype}")
+
+
+def _exact(body: bytes, n: int, what: str) -> None:
+    if len(body) != n:
+        raise FrameError(f"{what} frame has {len(body)} body bytes, expected {n}")
+
+
+def iter_stream_frames(run_id: bytes, round_index: int, stage: int, kind: Kind, parts: Iterable[bytes | memoryview],
+                       *, total_len: int, digest: bytes, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
+    """Encoded HEADER then CHUNK frames re-cut from ``parts`` into chunk_size pieces (§4.1).
+
+    ``total_len`` and ``digest`` are the sender's commitment, known before the first chunk (the sender
+    hashes its payload first; for a large vector that is one extra pass over memory it already holds).
+    """
+    yield encode(Header(run_id, round_index, stage, kind, total_len, digest, chunk_size))
+    seq, offset, pending = 0, 0, bytearray()
+    for part in parts:
+        mv = memoryview(part).cast("B")
+        while len(mv):
+            if not pending and len(mv) >= chunk_size:      # fast path: no copy into the pending buffer
+                piece, mv = mv[:chunk_size], mv[chunk_size:]
+                yield encode(Chunk(seq, offset, bytes(piece)))
+                seq, offset = seq + 1, offset + len(piece)
+                continue
+            take = min(chunk_size - len(pending), len(mv))
+            pending += mv[:take]
+            mv = mv[take:]
+            if len(pending) == chunk_size:
+                yield encode(Chunk(seq, offset, bytes(pending)))
+                seq, offset, pending = seq + 1, offset + len(pending), bytearray()
+    if pending:
+        yield encode(Chunk(seq, offset, bytes(pending)))
+        offset += len(pending)
+    if offset != total_len:
+        raise FrameError(f"payload has {offset} bytes, the header committed to {total_len}")
+
+
+def sha256_parts(parts: Iterable[bytes | memoryview]) -> tuple[int, bytes]:
+    h, n = hashlib.sha256(), 0
+    for p in parts:
+        h.update(p)
+        n += memoryview(p).nbytes
+    return n, h.digest()

@@ -1,0 +1,143 @@
+"""The gRPC service with mutual TLS: bytes in, bytes out (protocols/transport.md §2, §6, §7).
+
+Service ``securefed.transport.v1.Coordinator``, defined with grpc's generic handlers (no codegen;
+every request/response is one frame of securefed.transport.frames or a bounded JSON document):
+
+    Join    unary-unary    JSON hello            -> JSON welcome (run id, config, next round)
+    Fetch   unary-stream   FETCH frame           -> HEADER + CHUNK frames (the holder's stream for a stage)
+    Submit  stream-unary   HEADER + CHUNK frames -> ACK frame
+    Status  unary-unary    empty                 -> JSON status (round, stage, holders)
+
+Every RPC first authenticates the peer: the TLS layer has verified its certificate against the
+federation CA (``require_client_auth=True``); the holder id is read from that certificate and must be on
+the roster, else the call ends with PERMISSION_DENIED and one generic message (no oracle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from securefed.transport.frames import MAX_FRAME
+from securefed.transport.pki import holder_id_from_cert
+
+__all__ = ["SERVICE", "MAX_JSON", "channel_options", "server_options", "make_server", "make_channel",
+           "peer_holder_id", "Handlers", "Stub", "load_client_credentials"]
+
+log = logging.getLogger("securefed.transport")
+
+SERVICE = "securefed.transport.v1.Coordinator"
+MAX_JSON = 1 << 20
+_MSG_LIMIT = MAX_FRAME + 4096
+_KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 20_000),            # ping an idle connection every 20 s ...
+    ("grpc.keepalive_timeout_ms", 20_000),         # ... and declare it dead after 20 s without an answer
+    ("grpc.keepalive_permit_without_calls", 1),    # keep pinging while a holder trains (no RPC in flight)
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def channel_options(server_name: str | None = None) -> list[tuple[str, object]]:
+    opts = [("grpc.max_send_message_length", _MSG_LIMIT), ("grpc.max_receive_message_length", _MSG_LIMIT),
+            ("grpc.enable_retries", 0), *_KEEPALIVE]
+    if server_name:
+        opts.append(("grpc.ssl_target_name_override", server_name))
+    return opts
+
+
+def server_options() -> list[tuple[str, object]]:
+    return [("grpc.max_send_message_length", _MSG_LIMIT), ("grpc.max_receive_message_length", _MSG_LIMIT),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000), ("grpc.http2.max_ping_strikes", 0),
+            ("grpc.so_reuseport", 0), *_KEEPALIVE]
+
+
+def peer_holder_id(context: grpc.ServicerContext, roster_ids: frozenset[int] | set[int]) -> int:
+    """The authenticated holder id of this call's peer, or abort PERMISSION_DENIED (§7.2)."""
+    auth = context.auth_context()
+    pems = auth.get("x509_pem_cert") or []
+    try:
+        if len(pems) != 1:
+            raise ValueError("no single peer certificate")
+        hid = holder_id_from_cert(pems[0])
+        if hid not in roster_ids:
+            raise ValueError("holder not on the roster")
+    except ValueError as e:
+        log.warning("refused a call from %s: %s", context.peer(), e)
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "not authorized")
+        raise  # unreachable: abort raises
+    return hid
+
+
+class Handlers:
+    """What the coordinator implements; each gets (holder_id, request, context)."""
+
+    def __init__(self, *, join: Callable, fetch: Callable, submit: Callable, status: Callable) -> None:
+        self.join, self.fetch, self.submit, self.status = join, fetch, submit, status
+
+
+def make_server(handlers: Handlers, *, host: str, port: int, cert: Path, key: Path, ca: Path,
+                roster_ids: frozenset[int], max_workers: int = 64) -> tuple[grpc.Server, int]:
+    """A started-later gRPC server with mTLS bound to host:port (port 0: pick a free one)."""
+
+    def authed(fn):
+        def call(request, context):
+            return fn(peer_holder_id(context, roster_ids), request, context)
+        return call
+
+    def status(request, context):  # any holder with a valid certificate may read the status line
+        peer_holder_id(context, roster_ids)
+        return json.dumps(handlers.status()).encode()
+
+    rpc = {
+        "Join": grpc.unary_unary_rpc_method_handler(authed(handlers.join)),
+        "Fetch": grpc.unary_stream_rpc_method_handler(authed(handlers.fetch)),
+        "Submit": grpc.stream_unary_rpc_method_handler(authed(handlers.submit)),
+        "Status": grpc.unary_unary_rpc_method_handler(status),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+                         handlers=[grpc.method_handlers_generic_handler(SERVICE, rpc)],
+                         options=server_options(), maximum_concurrent_rpcs=max_workers)
+    creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())], root_certificates=ca.read_bytes(),
+                                        require_client_auth=True)
+    bound = server.add_secure_port(f"{host}:{port}", creds)
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    return server, bound
+
+
+def load_client_credentials(*, cert: Path, key: Path, ca: Path) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes(), private_key=key.read_bytes(),
+                                        certificate_chain=cert.read_bytes())
+
+
+def make_channel(target: str, creds: grpc.ChannelCredentials, *, server_name: str | None = None) -> grpc.Channel:
+    return grpc.secure_channel(target, creds, options=channel_options(server_name))
+
+
+class Stub:
+    """Client-side callables of the four RPCs (raw bytes, no (de)serializers)."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.join = channel.unary_unary(f"/{SERVICE}/Join")
+        self.fetch: Callable[..., Iterator[bytes]] = channel.unary_stream(f"/{SERVICE}/Fetch")
+        self.submit = channel.stream_unary(f"/{SERVICE}/Submit")
+        self.status = channel.unary_unary(f"/{SERVICE}/Status")
+
+
+def parse_json(data: bytes, what: str) -> dict:
+    """A bounded JSON object; ValueError otherwise."""
+    if not isinstance(data, bytes) or len(data) > MAX_JSON:
+        raise ValueError(f"{what}: not bytes or larger than {MAX_JSON}")
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{what}: not JSON") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what}: not a JSON object")
+    return obj

@@ -1,0 +1,122 @@
+"""Receiving streams: order, bounds and integrity checks (protocols/transport.md §4).
+
+``StreamReceiver`` consumes decoded frames of one stream: the header must be the expected one (run,
+round, stage, kind; total_len within the receiver's cap), chunks must arrive in order with contiguous
+offsets, no byte past total_len; at the end the length and SHA-256 must match the header. Payload bytes
+go to a *sink* as they arrive:
+
+- ``BytesSink``: collects a small payload (secagg control messages, JSON) — used only after
+  ``finish()`` has verified it;
+- ``securefed.transport.accumulate.MaskedFold``: folds a MaskedInput's ring words into the round's
+  running sum as they arrive, with an undo journal, so a stream that later fails is subtracted back
+  out (memory O(P) for the whole round, §4.3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Protocol
+
+from securefed.transport.frames import Chunk, FrameError, Header, Kind
+
+__all__ = ["Sink", "BytesSink", "StreamReceiver", "expect_header"]
+
+
+class Sink(Protocol):
+    def write(self, offset: int, data: bytes) -> None: ...
+    def abort(self) -> None: ...
+    def commit(self) -> None: ...
+
+
+class BytesSink:
+    """Collect a payload of at most ``cap`` bytes in memory."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self._buf = cap, bytearray()
+        self.value: bytes | None = None
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset != len(self._buf) or len(self._buf) + len(data) > self.cap:
+            raise FrameError("payload exceeds the receiver's cap")
+        self._buf += data
+
+    def abort(self) -> None:
+        self._buf = bytearray()
+
+    def commit(self) -> None:
+        self.value = bytes(self._buf)
+        self._buf = bytearray()
+
+
+def expect_header(h: object, *, run_id: bytes, round_index: int, stage: int, kinds: tuple[Kind, ...],
+                  max_len: int) -> Header:
+    """Check a stream header against what this receiver expects (§4.2); FrameError otherwise."""
+    if not isinstance(h, Header):
+        raise FrameError("stream must start with a header frame")
+    if not hmac.compare_digest(h.run_id, run_id):
+        raise FrameError("stream is for another run")
+    if h.round != round_index:
+        raise FrameError(f"stream is for round {h.round}, expected {round_index}")
+    if h.stage != stage:
+        raise FrameError(f"stream is for stage {h.stage}, expected {stage}")
+    if h.kind not in kinds:
+        raise FrameError(f"stream kind {h.kind.name} not accepted here")
+    if h.total_len > max_len:
+        raise FrameError(f"stream of {h.total_len} bytes exceeds the cap of {max_len}")
+    return h
+
+
+class StreamReceiver:
+    """One stream: feed chunk frames, then ``finish()``. Any error aborts the sink (§4.2)."""
+
+    def __init__(self, header: Header, sink: Sink) -> None:
+        self.header, self.sink = header, sink
+        self.received, self.next_seq = 0, 0
+        self._hash = hashlib.sha256()
+        self.closed = False
+
+    def feed(self, frame: object) -> None:
+        if self.closed:
+            raise FrameError("stream already closed")
+        try:
+            if not isinstance(frame, Chunk):
+                raise FrameError("expected a chunk frame")
+            if frame.seq != self.next_seq or frame.offset != self.received:
+                raise FrameError(f"chunk {frame.seq} at offset {frame.offset} out of order")
+            n = len(frame.data)
+            if n > self.header.chunk_size:
+                raise FrameError(f"chunk of {n} bytes exceeds the stream's chunk size {self.header.chunk_size}")
+            if self.received + n > self.header.total_len:
+                raise FrameError("stream is longer than its header says")
+            self._hash.update(frame.data)
+            self.sink.write(self.received, bytes(frame.data))
+            self.received += n
+            self.next_seq += 1
+        except BaseException:
+            self._fail()
+            raise
+
+    def finish(self) -> None:
+        """Verify total length and SHA-256 (§4.2); only then commit the sink."""
+        if self.closed:
+            raise FrameError("stream already closed")
+        try:
+            if self.received != self.header.total_len:
+                raise FrameError(f"stream truncated: {self.received} of {self.header.total_len} bytes")
+            if not hmac.compare_digest(self._hash.digest(), self.header.digest):
+                raise FrameError("stream SHA-256 does not match its header")
+            self.sink.commit()
+            self.closed = True
+        except BaseException:
+            self._fail()
+            raise
+
+    def abort(self) -> None:
+        """The connection broke or a deadline passed: undo whatever the sink took."""
+        if not self.closed:
+            self._fail()
+
+    def _fail(self) -> None:
+        self.closed = True
+        self.sink.abort()
