@@ -26,12 +26,15 @@ if sys.byteorder != "little":  # pragma: no cover - we only run on little-endian
 class MaskStream:
     """One PRG stream: successive ``fill`` calls continue the same keystream (chunking-invariant)."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, *, _initial_counter: bytes = _ZERO_IV) -> None:
+        # _initial_counter is injectable only so tests can replay NIST SP 800-38A F.5.5.
         if not isinstance(key, (bytes, bytearray)):
             raise TypeError("key must be bytes")
         if len(key) != 32:
             raise ValueError("key must be 32 bytes (AES-256)")
-        self._enc = Cipher(algorithms.AES(bytes(key)), modes.CTR(_ZERO_IV)).encryptor()
+        if not isinstance(_initial_counter, bytes) or len(_initial_counter) != 16:
+            raise ValueError("initial counter block must be 16 bytes")
+        self._enc = Cipher(algorithms.AES(bytes(key)), modes.CTR(_initial_counter)).encryptor()
 
     def fill(self, out: np.ndarray, zeros: memoryview | None = None) -> np.ndarray:
         """Overwrite the contiguous 1-D ``out`` (uint16/uint32) with the next keystream words.
