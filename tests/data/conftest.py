@@ -35,7 +35,7 @@ def random_text(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(WORDS) + str(rng.randrange(1000)) for _ in range(n_words))
 
 
-def write_tree(root: Path, sources: dict[str, int], *, docs_per_source: int = 6, words: int = 200, seed: int = 0) -> Path:
+def _write_tree(root: Path, sources: dict[str, int], *, docs_per_source: int = 6, words: int = 200, seed: int = 0) -> Path:
     """root/<source>/doc<k>.txt with random, unique text (so token windows identify documents)."""
     rng = random.Random(seed)
     for src in sources:
@@ -44,3 +44,9 @@ def write_tree(root: Path, sources: dict[str, int], *, docs_per_source: int = 6,
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(random_text(rng, words * sources[src]), encoding="utf-8")
     return root
+
+
+@pytest.fixture
+def write_tree():
+    """``write_tree(root, {source: length_factor}, docs_per_source=, words=, seed=)`` -> root."""
+    return _write_tree

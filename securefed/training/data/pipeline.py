@@ -67,6 +67,12 @@ def load_sources(config: DataConfig) -> list[dict[str, list[Document]]]:
     return [select_documents(groups, max_sources=config.max_sources, max_bytes_per_source=config.max_bytes_per_source)]
 
 
+def _encode(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> list[np.ndarray]:
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # fast: no char offsets
+    return [np.asarray(e.ids, dtype=np.int32) for e in encode(texts, add_special_tokens=False)]
+
+
 def tokenize_documents(
     docs: Sequence[Document], tokenizer: PreTrainedTokenizerFast, *, cache_dir: Path | None, steps: Steps
 ) -> dict[str, np.ndarray]:
@@ -81,13 +87,10 @@ def tokenize_documents(
                 return {d.doc_id: flat[offsets[i] : offsets[i + 1]] for i, d in enumerate(docs)}
         except (OSError, ValueError, KeyError):
             pass  # damaged cache entry: recompute and overwrite
-    backend = tokenizer.backend_tokenizer
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # fast: no offsets
     arrays: list[np.ndarray] = []
     batch = 32
     for start in steps.track(range(0, len(docs), batch), len(range(0, len(docs), batch)), "tokenizing"):
-        encs = encode([d.text for d in docs[start : start + batch]], add_special_tokens=False)
-        arrays.extend(np.asarray(e.ids, dtype=np.int32) for e in encs)
+        arrays.extend(_encode(tokenizer, [d.text for d in docs[start : start + batch]]))
     offsets = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum([a.size for a in arrays], out=offsets[1:])
     if path is not None:
