@@ -1,0 +1,202 @@
+"""Privacy accountants: one :class:`RoundEvent` per round, composed into (ε, δ).
+
+State is only the list of events (rebuilt from the ledger on resume, protocols/dp.md §6); ε is
+recomputed from the pure functions in :mod:`securefed.privacy.rdp` on demand (as Opacus does).
+
+Neighbouring relations (protocols/dp.md §2): Poisson sampling ↔ add/remove one holder; fixed-size
+sampling without replacement ↔ replace one holder (sensitivities doubled); "none" means no sampling
+amplification at all (q = 1), used for each holder's own ledger because the coordinator knows the cohort.
+Accountant "prv" (Opacus PRV, Gopi et al. 2021) applies to the Gaussian mechanism with Poisson
+sampling only; every other combination uses RDP and refuses "prv".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+
+from securefed.privacy import rdp as R
+
+__all__ = ["RoundEvent", "event_rdp", "Accountant", "accountant_version", "calibrate_noise_multiplier"]
+
+Mechanism = Literal["none", "gaussian", "ddgauss", "skellam"]
+Sampling = Literal["poisson", "fixed", "none"]
+
+
+def accountant_version(kind: str) -> str:
+    import dp_accounting  # noqa: F401  (imported for its presence; version from metadata)
+    import opacus
+    from importlib.metadata import version
+
+    return f"securefed-{kind}/1 (opacus {opacus.__version__}, dp-accounting {version('dp-accounting')})"
+
+
+@dataclass(frozen=True)
+class RoundEvent:
+    """One release. Gaussian: ``noise_multiplier`` = noise std / C. Discrete: integer-unit add/remove
+    sensitivities (l1, l2), and the noise actually in the sum (n_shares × share_std, or variance)."""
+
+    mechanism: Mechanism
+    sampling: Sampling = "none"
+    q: float = 1.0
+    noise_multiplier: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
+    share_std: float = 0.0
+    n_shares: int = 0
+    dim: int = 0
+    variance: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in ("none", "gaussian", "ddgauss", "skellam"):
+            raise ValueError(f"unknown mechanism {self.mechanism!r}")
+        if self.sampling not in ("poisson", "fixed", "none"):
+            raise ValueError(f"unknown sampling {self.sampling!r}")
+        if not 0 < self.q <= 1:
+            raise ValueError(f"sampling rate q must be in (0, 1], got {self.q}")
+        if self.noise_multiplier < 0:
+            raise ValueError("noise_multiplier must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RoundEvent":
+        if not isinstance(d, dict) or set(d) != {f.name for f in dataclasses.fields(cls)}:
+            raise ValueError("malformed privacy event")
+        return cls(**d)
+
+    def unsampled(self) -> "RoundEvent":
+        return dataclasses.replace(self, sampling="none", q=1.0)
+
+
+@functools.lru_cache(maxsize=512)
+def event_rdp(ev: RoundEvent) -> np.ndarray:
+    """RDP curve of one event on rdp.ORDERS (read-only array)."""
+    orders = np.asarray(R.ORDERS)
+    if ev.mechanism == "none":
+        out = np.full(orders.shape, np.inf)
+    elif ev.mechanism == "gaussian":
+        if ev.sampling == "poisson":
+            out = R.poisson_gaussian_rdp(ev.q, ev.noise_multiplier)
+        elif ev.sampling == "fixed":
+            out = R.wor_gaussian_rdp(ev.q, ev.noise_multiplier / 2.0)  # replace-one sensitivity is 2C
+        else:
+            out = R.gaussian_rdp(ev.noise_multiplier)
+    else:
+        out = _discrete_rdp(ev)
+    out = np.asarray(out, dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
+def _discrete_base(ev: RoundEvent, factor: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Unsampled RDP curve with sensitivities multiplied by ``factor`` (2 for replace-one)."""
+    l1, l2 = ev.l1 * factor, ev.l2 * factor
+    if ev.mechanism == "ddgauss":
+        return lambda a: R.ddgauss_rdp(l1=l1, l2=l2, sigma=ev.share_std, n=ev.n_shares, dim=ev.dim, orders=a)
+    return lambda a: R.skellam_rdp(l1=l1, l2=l2, variance=ev.variance, orders=a)
+
+
+def _discrete_rdp(ev: RoundEvent) -> np.ndarray:
+    if ev.sampling == "none" or ev.q >= 1.0:
+        return _discrete_base(ev, 1.0)(np.asarray(R.ORDERS))
+    factor = 1.0 if ev.sampling == "poisson" else 2.0
+    base = _discrete_base(ev, factor)
+    ints = np.arange(2, 257, dtype=np.float64)
+    table = base(ints)  # curve at integer orders, looked up by the amplification bounds
+    fn = lambda a: float(table[int(a) - 2])  # noqa: E731
+    amp = R.poisson_subsampled_rdp if ev.sampling == "poisson" else R.wor_subsampled_rdp
+    return amp(fn, ev.q)
+
+
+class Accountant:
+    """Composes events; ``kind`` is "rdp" or "prv" (see module doc)."""
+
+    def __init__(self, kind: Literal["rdp", "prv"] = "rdp") -> None:
+        if kind not in ("rdp", "prv"):
+            raise ValueError(f"accountant must be 'rdp' or 'prv', got {kind!r}")
+        self.kind = kind
+        self.events: list[RoundEvent] = []
+
+    @staticmethod
+    def check_supported(kind: str, ev: RoundEvent) -> None:
+        if kind == "prv" and not (ev.mechanism == "gaussian" and ev.sampling in ("poisson", "none")):
+            raise ValueError("accountant 'prv' supports only the Gaussian mechanism with Poisson sampling; use 'rdp'")
+
+    def add(self, ev: RoundEvent) -> None:
+        self.check_supported(self.kind, ev)
+        self.events.append(ev)
+
+    def epsilon(self, delta: float, extra: Sequence[RoundEvent] = ()) -> float:
+        """ε at δ of all events so far plus ``extra`` (a projection; state unchanged)."""
+        evs = list(self.events) + list(extra)
+        if not evs:
+            return 0.0
+        if any(e.mechanism == "none" for e in evs):
+            return math.inf
+        if self.kind == "prv":
+            return _prv_epsilon(evs, delta)
+        total = np.zeros(len(R.ORDERS))
+        for e in evs:
+            total = total + event_rdp(e)
+        return R.eps_from_rdp(total, delta)[0]
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "events": [e.to_dict() for e in self.events]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("kind") != self.kind or not isinstance(state.get("events"), list):
+            raise ValueError("accountant state is malformed or of another kind")
+        self.events = [RoundEvent.from_dict(e) for e in state["events"]]
+
+
+def _prv_epsilon(evs: Sequence[RoundEvent], delta: float) -> float:
+    from opacus.accountants import PRVAccountant
+
+    hist: list[tuple[float, float, int]] = []
+    for e in evs:
+        key = (e.noise_multiplier, e.q if e.sampling == "poisson" else 1.0)
+        if hist and hist[-1][:2] == key:
+            hist[-1] = (key[0], key[1], hist[-1][2] + 1)  # run-length history, as Opacus keeps it
+        else:
+            hist.append((key[0], key[1], 1))
+    acc = PRVAccountant()
+    acc.history = hist
+    return float(acc.get_epsilon(delta=delta, eps_error=0.01))
+
+
+def calibrate_noise_multiplier(
+    eps_of_sigma: Callable[[float], float], target_epsilon: float, *, lo: float = 0.05, hi: float = 4.0, tol: float = 1e-3
+) -> float:
+    """Smallest σ (within relative ``tol``) with eps_of_sigma(σ) ≤ target, by bisection (ε falls with σ).
+
+    eps_of_sigma may raise ValueError for σ it cannot support (read as ε = ∞). Returns the safe end.
+    """
+    if not isinstance(target_epsilon, (int, float)) or not math.isfinite(target_epsilon) or target_epsilon <= 0:
+        raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
+
+    def f(s: float) -> float:
+        try:
+            return eps_of_sigma(s)
+        except ValueError:
+            return math.inf
+
+    while f(hi) > target_epsilon:
+        hi *= 2.0
+        if hi > 1e6:
+            raise ValueError(f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon}")
+    while lo > 1e-6 and f(lo) <= target_epsilon:
+        lo /= 2.0
+    while hi / lo > 1 + tol:
+        mid = math.sqrt(lo * hi)  # bisection in log σ
+        if f(mid) <= target_epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -1,0 +1,125 @@
+"""Hash-chained, append-only privacy ledger (protocols/dp.md §7).
+
+One JSON object per line, written in canonical form (sorted keys, no spaces, ASCII, ±∞ as the strings
+"inf"/"-inf"). Each entry carries ``seq`` (0, 1, …) and ``prev_hash`` = SHA-256 of the canonical JSON
+of the previous entry (64 zeros for the first). :func:`read_ledger` re-derives the chain and refuses
+the file on any mismatch, non-canonical line or torn (unterminated) last line: a broken ledger is
+never silently continued. The head hash (hash of the last entry) is anchored in checkpoints
+(PrivacySession.state_dict) and in the report, which is what catches edits of the *last* entry.
+
+Appends are one ``os.write`` of the whole line on an O_APPEND descriptor followed by ``fsync``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["GENESIS", "LedgerError", "canonical_json", "entry_hash", "read_ledger", "Ledger"]
+
+GENESIS = "0" * 64
+
+
+class LedgerError(ValueError):
+    """The ledger file is malformed or its hash chain is broken."""
+
+
+def _encode_floats(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if math.isnan(obj):
+            raise LedgerError("NaN cannot be stored in the ledger")
+        return "inf" if obj > 0 else "-inf"
+    if isinstance(obj, dict):
+        return {str(k): _encode_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode_floats(v) for v in obj]
+    return obj
+
+
+def canonical_json(entry: dict) -> str:
+    return json.dumps(_encode_floats(entry), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def entry_hash(entry: dict) -> str:
+    return hashlib.sha256(canonical_json(entry).encode("ascii")).hexdigest()
+
+
+def read_ledger(path: str | Path) -> list[dict]:
+    """All entries of a ledger, after verifying every line and link; [] if the file does not exist."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    raw = p.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raise LedgerError(f"{p}: last line is incomplete (torn write or truncation); refusing to continue")
+    entries: list[dict] = []
+    prev = GENESIS
+    for i, line in enumerate(raw.decode("ascii", errors="strict").splitlines()):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            raise LedgerError(f"{p}: line {i + 1} is not valid JSON") from None
+        if not isinstance(entry, dict) or canonical_json(entry) != line:
+            raise LedgerError(f"{p}: line {i + 1} is not a canonical ledger entry (edited?)")
+        if entry.get("seq") != i:
+            raise LedgerError(f"{p}: line {i + 1} has seq {entry.get('seq')!r}, expected {i}")
+        if entry.get("prev_hash") != prev:
+            raise LedgerError(f"{p}: hash chain broken at line {i + 1} (entry {i - 1} was modified, removed or reordered)")
+        prev = entry_hash(entry)
+        entries.append(entry)
+    return entries
+
+
+def decode_floats(value: Any) -> Any:
+    """Inverse of the ±∞ string encoding for one value."""
+    if value == "inf":
+        return math.inf
+    if value == "-inf":
+        return -math.inf
+    return value
+
+
+class Ledger:
+    """An open, verified ledger file; :meth:`append` fills in ``seq`` and ``prev_hash``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.entries = read_ledger(self.path)
+
+    @property
+    def head(self) -> str:
+        return entry_hash(self.entries[-1]) if self.entries else GENESIS
+
+    def head_at(self, n: int) -> str:
+        """Hash of entry n−1 (the head after the first n entries)."""
+        if not 0 <= n <= len(self.entries):
+            raise LedgerError(f"ledger has {len(self.entries)} entries, not {n}")
+        return entry_hash(self.entries[n - 1]) if n else GENESIS
+
+    def append(self, fields: dict) -> dict:
+        if "seq" in fields or "prev_hash" in fields:
+            raise ValueError("seq and prev_hash are set by the ledger")
+        entry = dict(fields, seq=len(self.entries), prev_hash=self.head)
+        line = (canonical_json(entry) + "\n").encode("ascii")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.write(fd, line) != len(line):  # pragma: no cover - regular files write fully
+                raise OSError("short write to the ledger")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new:  # make the new directory entry durable too
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        stored = json.loads(canonical_json(entry))
+        self.entries.append(stored)
+        return stored

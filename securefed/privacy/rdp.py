@@ -1,0 +1,192 @@
+"""Pure Rényi-DP math: per-mechanism RDP curves, subsampling amplification, conversion to (ε, δ).
+
+No state and no I/O (the accountant composes; the ledger stores). All curves are evaluated on the
+fixed order grid :data:`ORDERS`; composition is addition of curves (Mironov 2017, Prop. 1).
+
+Mechanisms, each for ONE release, sensitivities in the units of the noise:
+- Gaussian with Poisson sampling: Mironov, Talwar, Zhang 2019 (sampled Gaussian mechanism), computed
+  by Opacus' ``compute_rdp``. Without replacement (replace-one): Wang, Balle, Kasiviswanathan 2019,
+  Thm. 27, computed by Google's dp-accounting (Opacus has no WOR accountant).
+- Sum of n discrete Gaussians N_Z(0, σ²) (distributed discrete Gaussian): Kairouz, Liu, Steinke 2021,
+  arXiv:2102.06387 Proposition 14 (Thm. 1 is its zCDP corollary):
+      D_α ≤ min{ αΔ₂²/(2nσ²) + τd,  (α/2)(Δ₂²/(nσ²) + 2Δ₁τ/(√n σ) + τ²d),  (α/2)(Δ₂/(√n σ) + τ√d)² },
+      τ = 10 Σ_{k=1}^{n−1} exp(−2π²σ² k/(k+1)),  valid for σ ≥ 1/2.
+- Skellam with variance μ: Agarwal, Kairouz, Liu 2021 (NeurIPS), Thm. 3.5 / Cor. 3.6, integer α > 1:
+      ε(α) ≤ αΔ₂²/(2μ) + min{ ((2α−1)Δ₂² + 6Δ₁)/(4μ²), 3Δ₁/(2μ) }.
+- Poisson subsampling of any mechanism (add/remove): Zhu & Wang 2019 (ICML), Thm. 6 general upper
+  bound, integer α ≥ 2.
+- Sampling without replacement of any mechanism (replace-one): Wang, Balle, Kasiviswanathan 2019
+  (AISTATS), Thm. 9 with ε(∞) = ∞, integer α ≥ 2.
+Conversion RDP → (ε, δ): Canonne, Kamath, Steinke 2020 Prop. 12 / Asoodeh et al. 2020 (Opacus'
+``get_privacy_spent``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy.special import gammaln, logsumexp
+
+__all__ = [
+    "ORDERS",
+    "gaussian_rdp",
+    "poisson_gaussian_rdp",
+    "wor_gaussian_rdp",
+    "ddgauss_tau",
+    "ddgauss_rdp",
+    "skellam_rdp",
+    "poisson_subsampled_rdp",
+    "wor_subsampled_rdp",
+    "eps_from_rdp",
+]
+
+# fractional orders help large ε; integers up to 256 serve small ε and the integer-only bounds
+ORDERS: tuple[float, ...] = (1.05, 1.1, 1.25, 1.5, 1.75) + tuple(float(a) for a in range(2, 257))
+
+RdpFn = Callable[[float], float]
+
+
+def _orders(orders: Sequence[float] | None) -> np.ndarray:
+    return np.asarray(ORDERS if orders is None else orders, dtype=np.float64)
+
+
+def gaussian_rdp(noise_multiplier: float, orders: Sequence[float] | None = None) -> np.ndarray:
+    """Gaussian mechanism, no sampling: α / (2 z²) with z = noise std / L2 sensitivity."""
+    a = _orders(orders)
+    if noise_multiplier == 0:
+        return np.full_like(a, np.inf)
+    return a / (2.0 * noise_multiplier**2)
+
+
+def poisson_gaussian_rdp(q: float, noise_multiplier: float, orders: Sequence[float] | None = None) -> np.ndarray:
+    """Sampled Gaussian mechanism (Mironov et al. 2019) through Opacus ``compute_rdp`` (add/remove)."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    a = _orders(orders)
+    if q >= 1.0:
+        return gaussian_rdp(noise_multiplier, a)
+    return np.asarray(compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=1, orders=list(a)), dtype=np.float64)
+
+
+def wor_gaussian_rdp(q: float, noise_multiplier: float, orders: Sequence[float] | None = None) -> np.ndarray:
+    """Gaussian with sampling without replacement (WBK 2019 Thm. 27) via dp-accounting (replace-one).
+
+    ``noise_multiplier`` is relative to the replace-one sensitivity (2C for a sum of C-clipped vectors).
+    """
+    from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_sample_wor_gaussian
+
+    a = _orders(orders)
+    if q >= 1.0:
+        return gaussian_rdp(noise_multiplier, a)
+    return np.asarray(_compute_rdp_sample_wor_gaussian(q, noise_multiplier, list(a)), dtype=np.float64)
+
+
+def ddgauss_tau(sigma: float, n: int) -> float:
+    """τ of KLS 2021 Thm. 1: 10 Σ_{k=1}^{n−1} exp(−2π²σ² k/(k+1))."""
+    k = np.arange(1, n, dtype=np.float64)
+    return float(10.0 * np.exp(-2.0 * math.pi**2 * sigma**2 * k / (k + 1)).sum())
+
+
+def ddgauss_rdp(*, l1: float, l2: float, sigma: float, n: int, dim: int, orders: Sequence[float] | None = None) -> np.ndarray:
+    """RDP of Σ_{i≤n} N_Z(0, σ²)^d added to an integer query (KLS 2021 Prop. 14)."""
+    if sigma < 0.5:
+        raise ValueError(f"KLS 2021 Prop. 14 needs a per-share discrete Gaussian sigma >= 1/2, got {sigma}")
+    if n < 1:
+        raise ValueError("n (number of noise shares) must be >= 1")
+    a = _orders(orders)
+    tau = ddgauss_tau(sigma, n)
+    r = l2**2 / (n * sigma**2)
+    s = math.sqrt(n) * sigma
+    b1 = a * r / 2.0 + tau * dim
+    b2 = a / 2.0 * (r + 2.0 * l1 * tau / s + tau**2 * dim)
+    b3 = a / 2.0 * (l2 / s + tau * math.sqrt(dim)) ** 2
+    return np.minimum(np.minimum(b1, b2), b3)
+
+
+def skellam_rdp(*, l1: float, l2: float, variance: float, orders: Sequence[float] | None = None) -> np.ndarray:
+    """RDP of Skellam noise with the given variance μ (AKL 2021 Thm. 3.5); non-integer orders -> inf."""
+    if variance <= 0:
+        raise ValueError("Skellam variance must be > 0")
+    a = _orders(orders)
+    mu = float(variance)
+    extra = np.minimum(((2 * a - 1) * l2**2 + 6 * l1) / (4 * mu**2), 3 * l1 / (2 * mu))
+    out = a * l2**2 / (2 * mu) + extra
+    return np.where(a == np.floor(a), out, np.inf)
+
+
+def _log_comb(n: int, k: np.ndarray) -> np.ndarray:
+    return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+
+
+def poisson_subsampled_rdp(base: RdpFn, q: float, orders: Sequence[float] | None = None) -> np.ndarray:
+    """Zhu & Wang 2019 Thm. 6 (general upper bound, add/remove), integer orders; others -> inf.
+
+    ε'(α) ≤ 1/(α−1) · log[ (1−q)^{α−1}(αq − q + 1) + C(α,2) q² (1−q)^{α−2} e^{ε(2)}
+                            + 3 Σ_{l=3}^{α} C(α,l) q^l (1−q)^{α−l} e^{(l−1)ε(l)} ]
+    The unsampled curve is also a bound, so the minimum of the two is returned.
+    """
+    a_all = _orders(orders)
+    out = np.full_like(a_all, np.inf)
+    if q >= 1.0:
+        return np.array([base(float(a)) for a in a_all])
+    lq, l1q = math.log(q), math.log1p(-q)
+    top = int(max(a_all))
+    eps_int = {l: base(float(l)) for l in range(2, top + 1)}
+    for i, a in enumerate(a_all):
+        if a != math.floor(a) or a < 2:
+            continue
+        al = int(a)
+        terms = [(al - 1) * l1q + math.log(al * q - q + 1), float(_log_comb(al, np.array(2.0))) + 2 * lq + (al - 2) * l1q + eps_int[2]]
+        ls = np.arange(3, al + 1)
+        if ls.size:
+            e = np.array([eps_int[int(l)] for l in ls])
+            terms.extend(list(math.log(3) + _log_comb(al, ls.astype(np.float64)) + ls * lq + (al - ls) * l1q + (ls - 1) * e))
+        out[i] = min(float(logsumexp(terms)) / (al - 1), eps_int[al])
+    return out
+
+
+def wor_subsampled_rdp(base: RdpFn, q: float, orders: Sequence[float] | None = None) -> np.ndarray:
+    """Wang, Balle, Kasiviswanathan 2019 Thm. 9 with ε(∞) = ∞ (replace-one), integer orders.
+
+    ε'(α) ≤ 1/(α−1) · log[ 1 + q² C(α,2) min{4(e^{ε(2)} − 1), 2e^{ε(2)}} + Σ_{j=3}^{α} 2 q^j C(α,j) e^{(j−1)ε(j)} ]
+    ``base`` must be the curve under replace-one sensitivity. Minimum with the unsampled curve.
+    """
+    a_all = _orders(orders)
+    out = np.full_like(a_all, np.inf)
+    if q >= 1.0:
+        return np.array([base(float(a)) for a in a_all])
+    lq = math.log(q)
+    top = int(max(a_all))
+    eps_int = {l: base(float(l)) for l in range(2, top + 1)}
+    e2 = eps_int[2]
+    # log min{4(e^{ε2} − 1), 2e^{ε2}}, with expm1 for small ε2
+    log_m2 = min(math.log(4.0) + math.log(math.expm1(e2)) if e2 > 0 else -math.inf, math.log(2.0) + e2)
+    for i, a in enumerate(a_all):
+        if a != math.floor(a) or a < 2:
+            continue
+        al = int(a)
+        terms = [0.0, 2 * lq + float(_log_comb(al, np.array(2.0))) + log_m2]
+        js = np.arange(3, al + 1)
+        if js.size:
+            e = np.array([eps_int[int(j)] for j in js])
+            terms.extend(list(math.log(2.0) + js * lq + _log_comb(al, js.astype(np.float64)) + (js - 1) * e))
+        out[i] = min(float(logsumexp(terms)) / (al - 1), eps_int[al])
+    return out
+
+
+def eps_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[float] | None = None) -> tuple[float, float]:
+    """(ε, best order) at δ from a composed RDP curve (Opacus ``get_privacy_spent``)."""
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    a = _orders(orders)
+    rdp = np.asarray(rdp, dtype=np.float64)
+    if not np.isfinite(rdp).any():
+        return math.inf, float("nan")
+    finite = np.isfinite(rdp)
+    with warnings.catch_warnings():  # Opacus warns when the best order is at an end of the grid
+        warnings.simplefilter("ignore", UserWarning)
+        eps, best = get_privacy_spent(orders=list(a[finite]), rdp=list(rdp[finite]), delta=delta)
+    return float(eps), float(best)

@@ -1,0 +1,146 @@
+"""RoundPrivacy: one round's encoders/decoders, made by PrivacySession.begin_round (one-shot object).
+
+Holder side: :meth:`encode` (secure-aggregation path) or :meth:`clip` (plain baseline path).
+Server side: :meth:`decode` or :meth:`noise_plain_sum`, then :meth:`finish` records the release.
+Modes (protocols/dp.md §3): "none" and "central" quantize with primitives.quantize (central adds
+continuous Gaussian noise N(0, (z_Δ·C)²) at the trusted server after decoding); "distributed" uses
+encoders.DiscretePlan (each holder adds its discrete noise share before masking).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+
+from securefed.privacy.clipping import ClipInfo, adaptive_update, bit_noise_std, data_noise_multiplier, l2_clip
+from securefed.privacy.encoders import DiscretePlan, gaussian_noise
+from securefed.primitives.quantize import QuantizationPlan, RingSpec, dequantize_sum, quantize
+from securefed.primitives.rng import Entropy, SystemEntropy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from securefed.privacy.session import PrivacySession
+
+__all__ = ["RoundPrivacy"]
+
+
+class RoundPrivacy:
+    def __init__(self, session: "PrivacySession", round_index: int, cohort: tuple[int, ...], participants: tuple[int, ...],
+                 refused: tuple[int, ...], dim: int, plan: DiscretePlan | QuantizationPlan | None, z: float) -> None:
+        self._s = session
+        self.mode = session.config.mode
+        self.round_index = round_index
+        self.cohort = cohort
+        self.participants = participants  # the cohort minus holders that refused for their cap
+        self.refused = refused
+        self.dim = dim
+        self.plan = plan
+        self.noise_multiplier = z  # the accounted σ
+        self.clip_bound = session.clip  # C of this round (adaptive clipping moves it between rounds)
+        self.ring = plan.ring if plan is not None else RingSpec(session.config.ring_bits)
+        self.scale = float(plan.scale) if plan is not None else 0.0
+        self.encoded_dim = plan.encoded_dim if isinstance(plan, DiscretePlan) else dim
+        n = max(1, len(participants))
+        self.sigma_b = bit_noise_std(n, z) if (session.config.adaptive_clip and session.config.dp_on) else None
+        self.data_noise_multiplier = z if self.sigma_b is None else data_noise_multiplier(z, self.sigma_b)
+        self.decoded = False
+        self.finished = False
+        self._entropy: Entropy | None = None
+        self._noisy_fraction: float | None = None
+
+    @property
+    def aggregate_noise_std(self) -> float:
+        """Std of the noise in the decoded sum per coordinate (real units) when every participant survives."""
+        return self.data_noise_multiplier * self.clip_bound if self._s.config.dp_on else 0.0
+
+    def _check_holder(self, holder_id: int) -> None:
+        if holder_id in self.refused:
+            raise PermissionError(f"holder {holder_id} refused this round (its epsilon cap): it must not send anything")
+        if holder_id not in self.participants:
+            raise ValueError(f"holder {holder_id} is not a participant of round {self.round_index}")
+
+    def _check_delta(self, delta: np.ndarray) -> np.ndarray:
+        if not isinstance(delta, np.ndarray):
+            raise TypeError("delta must be a numpy array")
+        if delta.shape != (self.dim,):
+            raise ValueError(f"delta must be a flat vector of length {self.dim}, got shape {delta.shape}")
+        return delta
+
+    # ------------------------------------------------------------------ holder side
+    def clip(self, holder_id: int, delta: np.ndarray) -> tuple[np.ndarray, ClipInfo]:
+        """Plain path: the clipped float32 update and its ClipInfo."""
+        self._check_holder(holder_id)
+        return l2_clip(self._check_delta(delta), self.clip_bound)
+
+    def encode(self, holder_id: int, delta: np.ndarray, entropy: Entropy) -> tuple[np.ndarray, ClipInfo]:
+        """float32 Δ -> ring vector of length ``encoded_dim`` (clip, [rotate + noise share], quantize)."""
+        x, info = self.clip(holder_id, delta)
+        if isinstance(self.plan, DiscretePlan):
+            return self.plan.encode(x, not info.clipped, entropy), info
+        return quantize(x, self.plan, entropy), info
+
+    # ------------------------------------------------------------------ server side
+    def _check_survivors(self, survivors: Sequence[int]) -> tuple[int, ...]:
+        s = tuple(survivors)
+        if len(set(s)) != len(s) or not set(s) <= set(self.participants):
+            raise ValueError("survivors must be distinct participants of this round")
+        return s
+
+    def decode(self, ring_sum: np.ndarray, *, survivors: Sequence[int], entropy: Entropy) -> np.ndarray:
+        """Ring sum of the survivors' encodings -> float32 SUM of their clipped (noised) updates, length dim."""
+        if self.finished:
+            raise RuntimeError("round already finished")
+        s = self._check_survivors(survivors)
+        self._entropy = entropy
+        ring_sum = np.asarray(ring_sum)
+        if ring_sum.dtype != self.ring.dtype or ring_sum.shape != (self.encoded_dim,):
+            raise ValueError(f"ring_sum must be {self.ring.dtype} of length {self.encoded_dim}")
+        if isinstance(self.plan, DiscretePlan):
+            out, self._noisy_fraction = self.plan.decode(ring_sum, len(s))
+        else:
+            out = dequantize_sum(ring_sum, self.plan)
+            if self.mode == "central":
+                out = self._central_noise(out, entropy)
+        self.decoded = True
+        return out
+
+    def _central_noise(self, x: np.ndarray, entropy: Entropy) -> np.ndarray:
+        noise = gaussian_noise(entropy, x.size, self.data_noise_multiplier * self.clip_bound)
+        return (x.astype(np.float64) + noise).astype(np.float32)
+
+    def noise_plain_sum(self, sum_f32: np.ndarray, entropy: Entropy) -> np.ndarray:
+        """Plain path: central -> add N(0, (z_Δ C)²); none -> identity; distributed -> refused."""
+        if self.mode == "distributed":
+            raise ValueError("distributed DP needs secure aggregation: the plain aggregation path is refused")
+        x = np.asarray(sum_f32, dtype=np.float32)
+        if x.shape != (self.dim,):
+            raise ValueError(f"sum must have length {self.dim}")
+        self._entropy = entropy
+        self.decoded = True
+        return self._central_noise(x, entropy) if self.mode == "central" else x.copy()
+
+    def finish(self, *, survivors: Sequence[int], clip_infos: Mapping[int, ClipInfo]) -> dict:
+        """Record the release: holder ledgers, then the server ledger. Returns the server entry
+        (plus ``clip_fraction``, the exact fraction of clipped survivors: simulation telemetry, not in the ledger)."""
+        if self.finished:
+            raise RuntimeError("round already finished")
+        s = self._check_survivors(survivors)
+        infos = [clip_infos[h] for h in s if h in clip_infos]
+        exact_within = sum(1 for i in infos if not i.clipped)
+        frac: float | None = None
+        next_clip = self.clip_bound
+        if self._s.config.adaptive_clip and s:
+            if self.mode == "distributed":
+                frac = self._noisy_fraction
+            elif self.mode == "central":  # trusted server noises the count (Andrew et al. 2021 Alg. 1)
+                e = self._entropy if self._entropy is not None else SystemEntropy()
+                frac = (exact_within + float(gaussian_noise(e, 1, self.sigma_b)[0])) / len(s)
+            else:
+                frac = exact_within / max(1, len(infos))
+            if frac is not None:
+                next_clip = adaptive_update(self.clip_bound, frac, self._s.config.target_quantile)
+        entry = self._s.record(self, s, frac, next_clip)
+        self.finished = True
+        entry["clip_fraction"] = (1 - exact_within / len(infos)) if infos else math.nan
+        return entry

@@ -1,0 +1,260 @@
+"""PrivacySession: the facade the runtime calls once per round (protocols/dp.md §3–§8).
+
+    session = PrivacySession(cfg, population=N, cohort_size=m, rounds_planned=R, sampling="poisson", ledger_dir=d)
+    rp = session.begin_round(r, cohort=ids, dim=P)        # BudgetExhausted at the server cap
+    y_i = rp.encode(i, delta_i, entropy_i)                 # for i in rp.participants (refusers send nothing)
+    s = rp.decode(Σ y_i mod 2^k, survivors=S, entropy=e)   # float32 sum, length P
+    entry = rp.finish(survivors=S, clip_infos=infos)       # ledgers appended (holders first, then server)
+
+Two ε are kept (protocols/dp.md §6): the *release* ε in RUN_DIR/privacy/ledger.jsonl (amplified by the
+client sampling, against anyone who sees the models but not the cohorts) and each holder's own ε in
+privacy/holders/holder-<id>.jsonl (no amplification, only rounds whose sum held its data: against the
+coordinator, who knows the cohort). The ledgers are the source of truth: a new session on an existing
+ledger_dir verifies and replays them, so resume neither loses nor double-counts a release.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal, Mapping, Sequence
+
+from securefed.privacy.accountant import Accountant, RoundEvent, accountant_version, calibrate_noise_multiplier
+from securefed.privacy.clipping import bit_noise_std, data_noise_multiplier
+from securefed.privacy.config import BudgetExhausted, DPConfig, default_delta
+from securefed.privacy.encoders import plan_discrete
+from securefed.privacy.ledger import Ledger, LedgerError, decode_floats
+from securefed.privacy.round import RoundPrivacy
+from securefed.primitives.quantize import plan_quantization
+
+__all__ = ["PrivacySession"]
+
+
+def _int(name: str, v: object, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int")
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
+    return v
+
+
+class PrivacySession:
+    def __init__(
+        self,
+        config: DPConfig,
+        *,
+        population: int,
+        cohort_size: int,
+        rounds_planned: int,
+        sampling: Literal["poisson", "fixed"],
+        ledger_dir: Path,
+        holder_caps: Mapping[int, float] | None = None,
+        public_seed: bytes = b"securefed",
+    ) -> None:
+        if not isinstance(config, DPConfig):
+            raise TypeError("config must be a DPConfig")
+        self.config = config
+        self.population = _int("population", population, 1)
+        self.cohort_size = _int("cohort_size", cohort_size, 1)
+        if cohort_size > population:
+            raise ValueError(f"cohort_size {cohort_size} exceeds population {population}")
+        self.rounds_planned = _int("rounds_planned", rounds_planned, 1)
+        if sampling not in ("poisson", "fixed"):
+            raise ValueError(f"sampling must be 'poisson' or 'fixed', got {sampling!r}")
+        self.sampling = sampling
+        self.q = cohort_size / population
+        self.delta = config.delta if config.delta is not None else default_delta(population)
+        if config.dp_on and self.delta >= 1.0 / population:
+            raise ValueError(f"delta {self.delta:.3g} must be < 1/population = {1.0 / population:.3g}")
+        if config.accountant == "prv" and sampling != "poisson":
+            raise ValueError("accountant 'prv' needs Poisson sampling; fixed-size sampling uses 'rdp'")
+        self.holder_caps: dict[int, float] = {}
+        for h, cap in (holder_caps or {}).items():
+            if isinstance(h, bool) or not isinstance(h, int):
+                raise TypeError("holder_caps keys must be int holder ids")
+            if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0:
+                raise ValueError(f"holder_caps[{h}] must be a number > 0, got {cap!r}")
+            self.holder_caps[h] = float(cap)
+        if self.holder_caps and not config.dp_on:
+            raise ValueError("holder epsilon caps need DP (mode central or distributed)")
+        if not isinstance(public_seed, (bytes, bytearray)):
+            raise TypeError("public_seed must be bytes")
+        self.public_seed = bytes(public_seed)
+        self.ledger_dir = Path(ledger_dir)
+        self._holder_ledgers: dict[int, Ledger] = {}
+        self._holder_acc: dict[int, Accountant] = {}
+        self._open: RoundPrivacy | None = None
+        self._replay()
+
+    # ---------------------------------------------------------------- state from the ledgers
+    @property
+    def neighbouring(self) -> str:
+        return "add/remove" if self.sampling == "poisson" else "replace-one"
+
+    def _replay(self) -> None:
+        self.ledger = Ledger(self.ledger_dir / "ledger.jsonl")
+        self.accountant = Accountant(self.config.accountant)
+        self.clip = self.config.clip
+        self.noise_multiplier = self.config.noise_multiplier
+        for e in self.ledger.entries:
+            for key, want in (("mode", self.config.mode), ("mechanism", self._mechanism), ("sampling", self.sampling),
+                              ("population", self.population), ("ring_bits", self.config.ring_bits)):
+                if e.get(key) != want:
+                    raise LedgerError(f"ledger entry {e['seq']} has {key}={e.get(key)!r}, this run has {want!r}")
+            if self.config.dp_on and not math.isclose(float(e["delta"]), self.delta, rel_tol=1e-12):
+                raise LedgerError(f"ledger entry {e['seq']} was accounted at delta={e['delta']}, this run uses {self.delta}")
+            self.accountant.add(RoundEvent.from_dict(e["event"]))
+            self.clip = float(e["next_clip"])
+            if self.config.dp_on:
+                self.noise_multiplier = float(e["noise_multiplier"])
+
+    @property
+    def _mechanism(self) -> str:
+        return "none" if not self.config.dp_on else self.config.mechanism
+
+    def _holder(self, h: int) -> tuple[Ledger, Accountant]:
+        if h not in self._holder_ledgers:
+            led = Ledger(self.ledger_dir / "holders" / f"holder-{h}.jsonl")
+            acc = Accountant("rdp")
+            for e in led.entries:
+                if e["status"] == "included":
+                    acc.add(RoundEvent.from_dict(e["event"]))
+            self._holder_ledgers[h], self._holder_acc[h] = led, acc
+        return self._holder_ledgers[h], self._holder_acc[h]
+
+    def holder_cap(self, h: int) -> float | None:
+        return self.holder_caps.get(h, self.config.holder_epsilon_cap)
+
+    def holder_epsilon(self, h: int) -> float:
+        return self._holder(h)[1].epsilon(self.delta)
+
+    def epsilon_spent(self) -> tuple[float, float]:
+        return self.accountant.epsilon(self.delta), self.delta
+
+    # ---------------------------------------------------------------- planning
+    def _plan(self, round_index: int, dim: int, n: int, z: float, clip: float):
+        if self.config.mode == "distributed":
+            sb = bit_noise_std(n, z) if self.config.adaptive_clip else None
+            zd = z if sb is None else data_noise_multiplier(z, sb)
+            return plan_discrete(mechanism=self.config.mechanism, ring_bits=self.config.ring_bits, dim=dim, clip=clip,
+                                 data_noise_multiplier=zd, n_shares=n, sigma_b=sb, seed=self.public_seed, round_index=round_index)
+        return plan_quantization(clip=clip, ring_bits=self.config.ring_bits, max_clients=max(1, n))
+
+    def _event(self, plan, z: float, survivors: int, *, sampled: bool) -> RoundEvent:
+        samp, q = (self.sampling, self.q) if sampled else ("none", 1.0)
+        if not self.config.dp_on:
+            return RoundEvent("none", samp, q)
+        if self.config.mode == "central":
+            return RoundEvent("gaussian", samp, q, noise_multiplier=z)
+        l1, l2 = plan.sensitivity()
+        m = max(1, survivors)  # the shares actually in the sum: the dropout shortfall is accounted here
+        if self.config.mechanism == "ddgauss":
+            return RoundEvent("ddgauss", samp, q, noise_multiplier=z, l1=l1, l2=l2, share_std=plan.share_std, n_shares=m, dim=plan.encoded_dim)
+        return RoundEvent("skellam", samp, q, noise_multiplier=z, l1=l1, l2=l2, dim=plan.encoded_dim, variance=m * plan.share_std**2)
+
+    def _resolve_sigma(self, dim: int) -> float:
+        if self.noise_multiplier is None:  # calibrate once, on the planned cohort, then it is in the ledger
+            n, r = self.cohort_size, self.rounds_planned
+
+            def eps(z: float) -> float:
+                ev = self._event(self._plan(0, dim, n, z, self.config.clip), z, n, sampled=True)
+                return Accountant(self.config.accountant).epsilon(self.delta, [ev] * r)
+
+            self.noise_multiplier = calibrate_noise_multiplier(eps, self.config.target_epsilon)
+        return self.noise_multiplier
+
+    # ---------------------------------------------------------------- rounds
+    def begin_round(self, round_index: int, *, cohort: Sequence[int], dim: int, min_survivors: int | None = None) -> RoundPrivacy:
+        """Plan round ``round_index``; refusals by holder caps and the server cap are decided here,
+        before anything is encoded. Holder checks assume ``min_survivors`` survivors (default: all)."""
+        _int("round_index", round_index, 0)
+        _int("dim", dim, 1)
+        ids = tuple(cohort)
+        for h in ids:
+            _int("cohort holder id", h, 0)
+        if len(set(ids)) != len(ids):
+            raise ValueError("cohort has duplicate holder ids")
+        if self._open is not None and self._open.decoded and not self._open.finished:
+            raise RuntimeError("the previous round was decoded but not finished: its release must be recorded first")
+        cfg = self.config
+        z = self._resolve_sigma(dim) if cfg.dp_on else 0.0
+        eps_now = self.accountant.epsilon(self.delta)
+        if cfg.server_epsilon_cap is not None and eps_now >= cfg.server_epsilon_cap:
+            raise BudgetExhausted(f"server epsilon cap {cfg.server_epsilon_cap} already spent (epsilon {eps_now:.4g})")
+        participants = list(ids)
+        refused: list[int] = []
+        while True:  # refusals shrink n, which changes each share: iterate to a fixed point
+            n = len(participants)
+            plan = self._plan(round_index, dim, n, z, self.clip) if n else None
+            newly = []
+            for h in participants:
+                cap = self.holder_cap(h)
+                if cap is None:
+                    continue
+                m = n if min_survivors is None else max(1, min(n, min_survivors))
+                if self._holder(h)[1].epsilon(self.delta, [self._event(plan, z, m, sampled=False)]) > cap:
+                    newly.append(h)
+            if not newly:
+                break
+            refused.extend(newly)
+            participants = [h for h in participants if h not in newly]
+        if participants and cfg.server_epsilon_cap is not None:
+            proj = self.accountant.epsilon(self.delta, [self._event(plan, z, len(participants), sampled=True)])
+            if proj > cfg.server_epsilon_cap:
+                raise BudgetExhausted(f"round {round_index} would take the server to epsilon {proj:.4g} > cap {cfg.server_epsilon_cap}")
+        self._open = RoundPrivacy(self, round_index, ids, tuple(participants), tuple(refused), dim, plan, z)
+        return self._open
+
+    def record(self, rp: RoundPrivacy, survivors: Sequence[int], noisy_fraction: float | None, next_clip: float) -> dict:
+        """Append holder entries, then the server entry (called by RoundPrivacy.finish)."""
+        z, surv = rp.noise_multiplier, tuple(sorted(survivors))
+        common = {"version": 1, "round": rp.round_index, "privacy_unit": "holder", "neighbouring_relation": self.neighbouring,
+                  "mode": self.config.mode, "mechanism": self._mechanism, "clip": rp.clip_bound, "noise_multiplier": z,
+                  "ring_bits": self.config.ring_bits, "delta": self.delta, "accountant": self.config.accountant,
+                  "accountant_version": accountant_version(self.config.accountant)}
+        hev = self._event(rp.plan, z, len(surv), sampled=False) if rp.plan is not None else RoundEvent("none")
+        for h in rp.cohort:
+            led, acc = self._holder(h)
+            status = "refused" if h in rp.refused else ("included" if h in surv else "dropped")
+            if status == "included":
+                acc.add(hev)
+            led.append(dict(common, holder_id=h, status=status, event=hev.to_dict(), epsilon=acc.epsilon(self.delta),
+                            cap=self.holder_cap(h), accountant="rdp", accountant_version=accountant_version("rdp")))
+        ev = self._event(rp.plan, z, len(surv), sampled=True) if rp.plan is not None else RoundEvent("none", self.sampling, self.q)
+        self.accountant.add(ev)
+        eps = self.accountant.epsilon(self.delta)
+        entry = self.ledger.append(dict(
+            common, role="server", cohort_size=len(rp.cohort), cohort_size_planned=self.cohort_size, population=self.population,
+            sampling=self.sampling, sampling_rate=self.q, participants=len(rp.participants), refused=list(rp.refused),
+            survivors=list(surv), n_survivors=len(surv), dim=rp.dim, encoded_dim=rp.encoded_dim, scale=rp.scale,
+            noisy_within_clip_fraction=noisy_fraction, next_clip=next_clip, event=ev.to_dict(), epsilon=eps,
+            reexecuted=any(e["round"] == rp.round_index for e in self.ledger.entries)))
+        self.clip = next_clip
+        return {k: decode_floats(v) for k, v in entry.items()}
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {"version": 1, "ledger_entries": len(self.ledger.entries), "ledger_head": self.ledger.head,
+                "noise_multiplier": self.noise_multiplier, "clip": self.clip}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Check the checkpoint's anchor against the ledger, then rebuild everything from the ledger.
+
+        Entries written after the checkpoint are kept and counted: those releases happened."""
+        if not isinstance(state, dict) or state.get("version") != 1:
+            raise ValueError("privacy state is malformed or of an unknown version")
+        n, head = state.get("ledger_entries"), state.get("ledger_head")
+        if isinstance(n, bool) or not isinstance(n, int) or not isinstance(head, str):
+            raise ValueError("privacy state lacks ledger_entries/ledger_head")
+        self._holder_ledgers.clear()
+        self._holder_acc.clear()
+        self._replay()
+        if n > len(self.ledger.entries) or self.ledger.head_at(n) != head:
+            raise LedgerError("the ledger does not extend the checkpoint's ledger (entries lost or rewritten)")
+        self._open = None
+
+    def summary(self) -> dict:
+        eps, delta = self.epsilon_spent()
+        return {"epsilon": eps, "delta": delta, "noise_multiplier": self.noise_multiplier, "clip": self.clip,
+                "rounds_recorded": len(self.ledger.entries), "ledger_head": self.ledger.head}
+
