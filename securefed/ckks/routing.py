@@ -105,6 +105,15 @@ class RoutingPolicy:
         """Largest |Σ x| per slot that decodes without wrapping (§4.2): 2^(data_bits - scale_bits - 2)."""
         return float(2 ** (self.data_bits - self.scale_bits - 2))
 
+    def error_bound(self, n: int, max_abs: float) -> float:
+        """Documented bound on |decrypted sum - plaintext sum| per coordinate (protocols/ckks.md §4.4)
+        for ``n`` inputs with |x| <= ``max_abs``: flooding (8 sigma) + per-input encryption noise
+        (2^16 / scale, measured <= 2^14.3) + float64 encode/decode error (n * max_abs * 2^-44)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError("n must be a positive int")
+        flood = 8.0 * 2.0 ** (self.decrypt_flood_bits - self.scale_bits) if self.decrypt_flood_bits else 0.0
+        return flood + n * (2.0 ** (16 - self.scale_bits) + 2.0**-44 * max(1.0, float(max_abs)))
+
     def routes_to_ckks(self, name: str, numel: int) -> bool:
         if not self.enabled or any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
             return False

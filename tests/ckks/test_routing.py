@@ -1,0 +1,111 @@
+"""protocols/ckks.md §2: routing policy and plan."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from securefed.ckks import RoutingPolicy, plan_routes
+from securefed.configio import ConfigError, from_dict, to_dict
+
+# a tiny Llama-style layer list: norms (768) go to CKKS, matrices to secagg
+SHAPES = [
+    ("model.embed_tokens.weight", (1000, 64)),
+    ("model.layers.0.input_layernorm.weight", (64,)),
+    ("model.layers.0.self_attn.q_proj.weight", (128, 64)),
+    ("model.layers.0.post_attention_layernorm.weight", (64,)),
+    ("model.layers.0.mlp.up_proj.weight", (256, 64)),
+    ("model.norm.weight", (64,)),
+    ("lm_head.weight", (1000, 64)),
+]
+
+
+def test_default_policy_routes_nothing_to_ckks():
+    plan = plan_routes(SHAPES, RoutingPolicy())
+    assert plan.ckks_size == 0 and plan.n_ciphertexts == 0
+    assert plan.ranges("secagg") == ((0, plan.total_size),)  # one contiguous range
+
+
+def test_threshold_routes_small_tensors_and_ranges_are_exact():
+    plan = plan_routes(SHAPES, RoutingPolicy(enabled=True))
+    ckks = [e.name for e in plan.entries if e.route == "ckks"]
+    assert ckks == [SHAPES[1][0], SHAPES[3][0], SHAPES[5][0]]
+    assert plan.ckks_size == 3 * 64 and plan.n_ciphertexts == 1
+    # offsets: embed 64000, norm 64000..64064, q_proj (8192) 64064..72256, norm 72256..72320
+    assert plan.ranges("ckks")[:2] == ((64000, 64064), (72256, 72320))
+
+
+def test_include_exclude_globs():
+    pol = RoutingPolicy(enabled=True, max_elements=0, include=("*norm*",), exclude=("model.norm.weight",))
+    plan = plan_routes(SHAPES, pol)
+    assert [e.name for e in plan.entries if e.route == "ckks"] == [SHAPES[1][0], SHAPES[3][0]]
+    pol = RoutingPolicy(enabled=True, include=("lm_head.*",))  # forces a big tensor in
+    assert plan_routes(SHAPES, pol).entries[-1].route == "ckks"
+
+
+def test_packing_uses_ceil_of_slots_and_tensors_straddle():
+    shapes = [(f"n{i}", (3000,)) for i in range(3)]  # 9000 values, 4096 slots -> 3 ciphertexts
+    plan = plan_routes(shapes, RoutingPolicy(enabled=True))
+    assert plan.n_ciphertexts == 3
+    assert plan.to_json()["tensors"][1]["ciphertexts"] == [0, 1]  # 3000..5999 spans ct 0 and 1
+
+
+def test_split_merge_roundtrip():
+    plan = plan_routes(SHAPES, RoutingPolicy(enabled=True))
+    flat = np.arange(plan.total_size, dtype=np.float64)
+    ck, sa = plan.split(flat)
+    assert ck.shape == (plan.ckks_size,) and sa.shape == (plan.secagg_size,)
+    assert ck[0] == 64000 and sa[0] == 0
+    np.testing.assert_array_equal(plan.merge(ck, sa), flat)
+    with pytest.raises(ValueError, match="flat"):
+        plan.split(flat[:-1])
+
+
+def test_renderings_for_run_directory():
+    plan = plan_routes(SHAPES, RoutingPolicy(enabled=True))
+    text = plan.to_text()
+    assert "model.norm.weight" in text and "ckks: 192 values in 1 ciphertext(s)" in text
+    data = json.loads(plan.dumps_json())
+    assert data["ckks_size"] == 192 and len(data["tensors"]) == len(SHAPES)
+
+
+def test_policy_loads_from_config_and_round_trips():
+    pol = from_dict(RoutingPolicy, {"enabled": True, "include": ["*.bias"], "poly_modulus_degree": 16384})
+    assert pol.include == ("*.bias",) and pol.slots == 8192
+    assert from_dict(RoutingPolicy, to_dict(pol)) == pol
+    with pytest.raises(ConfigError, match="poly_modulus_degree"):
+        from_dict(RoutingPolicy, {"poly_modulus_degree": 4096})
+    with pytest.raises(ConfigError, match="unknown"):
+        from_dict(RoutingPolicy, {"max_elemnts": 3})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"coeff_mod_bit_sizes": (60, 60, 60, 60)}, "128-bit limit"),  # 240 > 218 at N=8192
+        ({"coeff_mod_bit_sizes": (60,)}, ">= 2 primes"),
+        ({"scale_bits": 119}, "scale_bits"),
+        ({"rotate_key_every_rounds": 0}, "rotate_key_every_rounds"),
+        ({"max_elements": -1}, "max_elements"),
+        ({"min_survivors": 0}, "min_survivors"),
+        ({"decrypt_flood_bits": 81}, "decrypt_flood_bits"),
+    ],
+)
+def test_policy_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RoutingPolicy(**kwargs)
+
+
+def test_policy_allows_larger_chain_at_16384():
+    assert RoutingPolicy(poly_modulus_degree=16384, coeff_mod_bit_sizes=(60,) * 7).data_bits == 360  # 420 <= 438
+
+
+def test_plan_rejects_duplicate_names_and_bad_shapes():
+    with pytest.raises(ValueError, match="duplicate"):
+        plan_routes([("a", (1,)), ("a", (2,))], RoutingPolicy())
+    with pytest.raises(ValueError, match="shape"):
+        plan_routes([("a", (-1,))], RoutingPolicy())
+    with pytest.raises(TypeError, match="policy"):
+        plan_routes([("a", (1,))], {"enabled": True})
