@@ -149,7 +149,7 @@ def test_rotation_schedule_cohort_and_roster_changes(policy):
     assert kr.key_id is None and not kr.holder(0).has_key
     out = run_ckks_round({h: xs[h % 4] for h in (0, 1, 7)}, policy=pol, round_index=5, keyring=kr,
                          entropy_for=entropy_for)
-    assert kr.generation == 4 and out.survivors == {0, 1, 7}
+    assert kr.generation == 5 and out.survivors == {0, 1, 7}
 
 
 def test_roster_scope_does_not_rekey_on_cohort_change(policy):
