@@ -211,10 +211,10 @@ class SecAggClient:
         alive, dropped = set(m.alive), set(m.dropped)
         if m.alive != self._signed_u3:
             self._abort("alive list differs from the survivor list we signed")
-        if alive & dropped:
-            self._abort("a holder is listed as both alive and dropped")
         if self.id in dropped:
             self._abort("we are listed as dropped")
+        if alive & dropped:
+            self._abort("a holder is listed as both alive and dropped")
         if any(j not in self._peers for j in dropped):
             self._abort("dropped list names holders that never advertised keys")
         signed = self._signed_u3
