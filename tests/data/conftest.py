@@ -35,7 +35,9 @@ def random_text(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(WORDS) + str(rng.randrange(1000)) for _ in range(n_words))
 
 
-def _write_tree(root: Path, sources: dict[str, int], *, docs_per_source: int = 6, words: int = 200, seed: int = 0) -> Path:
+def _write_tree(
+    root: Path, sources: dict[str, int], *, docs_per_source: int = 6, words: int = 200, seed: int = 0
+) -> Path:
     """root/<source>/doc<k>.txt with random, unique text (so token windows identify documents)."""
     rng = random.Random(seed)
     for src in sources:

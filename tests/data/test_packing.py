@@ -23,7 +23,9 @@ def test_pack_joins_with_eos_and_drops_the_tail():
 
 
 def docs_of(sizes):
-    return [Document(f"s/{i:03d}", "s", "x") for i in range(len(sizes))], dict(zip((f"s/{i:03d}" for i in range(len(sizes))), sizes))
+    """Documents s/000, s/001, ... and their token counts."""
+    docs = [Document(f"s/{i:03d}", "s", "x") for i in range(len(sizes))]
+    return docs, {d.doc_id: n for d, n in zip(docs, sizes, strict=True)}
 
 
 def test_split_eval_holds_out_about_the_fraction_of_tokens_by_whole_documents():

@@ -60,6 +60,12 @@ def test_iid_is_balanced_and_seeded():
     docs = corpus([10, 10, 10])
     parts = partition(docs, 3, method="iid", seed=1)
     assert [len(p) for p in parts] == [10, 10, 10]
+    # heavy-tailed sizes: least-loaded dealing keeps holders within one (largest) document of
+    # each other in characters
+    sizes = [10 * 2 ** (i % 9) for i in range(60)]  # 10 .. 2560 characters
+    uneven = [Document(f"s/{i}", "s", "x" * n) for i, n in enumerate(sizes)]
+    loads = [sum(len(d.text) for d in p) for p in partition(uneven, 4, method="iid", seed=3)]
+    assert max(loads) - min(loads) <= max(sizes)
     assert parts != partition(docs, 3, method="iid", seed=2)
     with pytest.raises(DataError, match="3 training documents cannot be split among 4 holders"):
         partition(corpus([3]), 4, method="iid", seed=0)

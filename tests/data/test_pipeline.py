@@ -68,7 +68,7 @@ def test_cached_run_is_identical_and_skips_tokenizing(small_config, tmp_path, mo
 
     monkeypatch.setattr(pipemod, "_encode", no_encode)
     second = prepare_federated_data(cfg, n_holders=2, seed=1, progress=False)
-    for a, b in zip(first.holder_train, second.holder_train):
+    for a, b in zip(first.holder_train, second.holder_train, strict=True):
         assert torch.equal(a, b)
     assert torch.equal(first.eval_global, second.eval_global)
 
@@ -82,7 +82,7 @@ def test_corpus_dir_round_trip_matches_stdlib(small_config, tmp_path):
     b = prepare_federated_data(small_config(source=str(tmp_path / "corpus")), n_holders=2, seed=0, progress=False)
     assert a.manifest["content_hash"] == b.manifest["content_hash"]
     assert a.holder_sources == b.holder_sources
-    assert all(torch.equal(x, y) for x, y in zip(a.holder_train, b.holder_train))
+    assert all(torch.equal(x, y) for x, y in zip(a.holder_train, b.holder_train, strict=True))
     assert torch.equal(a.eval_global, b.eval_global)
 
 
@@ -129,9 +129,16 @@ def test_config_loads_with_configio_and_validates():
         from_dict(DataConfig, {"seq_length": 64})
     with pytest.raises(ConfigError, match="'random' is not one of"):
         from_dict(DataConfig, {"partition": "random"})
-    for bad, msg in [({"eval_fraction": 1.0}, "eval_fraction must be in"), ({"seq_len": 1}, "seq_len must be >= 2"),
-                     ({"dirichlet_alpha": 0.0}, "dirichlet_alpha"), ({"max_sources": 0}, "max_sources"),
-                     ({"vocab_size": 100}, "vocab_size must be >= 260"), ({"source": ""}, "source must not be empty")]:  # fmt: skip
+    bad_values = [
+        ({"eval_fraction": 1.0}, "eval_fraction must be in"),
+        ({"seq_len": 1}, "seq_len must be >= 2"),
+        ({"dirichlet_alpha": 0.0}, "dirichlet_alpha"),
+        ({"max_sources": 0}, "max_sources"),
+        ({"vocab_size": 100}, "vocab_size must be >= 260"),
+        ({"source": ""}, "source must not be empty"),
+        ({"holder_paths": ("a", " ")}, "holder_paths must not contain empty"),
+    ]
+    for bad, msg in bad_values:
         with pytest.raises(ValueError, match=msg):
             DataConfig(**bad)
     with pytest.raises(TypeError, match="seq_len must be an int"):

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from securefed.training.data import stdlib_sources, tokenizer_corpus, trained_tokenizer, load_tokenizer
-from securefed.training.data import DataError, content_hash
+from securefed.training.data import (
+    DataError,
+    content_hash,
+    load_tokenizer,
+    stdlib_sources,
+    tokenizer_corpus,
+    trained_tokenizer,
+)
 from securefed.training.data import tokenizer as tokmod
 from securefed.training.data.stdlib import PREFERRED_SOURCES
 

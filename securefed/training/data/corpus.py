@@ -20,8 +20,15 @@ from pathlib import Path, PurePosixPath
 
 from transformers import PreTrainedTokenizerFast
 
-from .documents import CORPUS_MANIFEST, DataError, Document, content_hash, group_by_source, load_documents
-from .documents import select_documents
+from .documents import (
+    CORPUS_MANIFEST,
+    DataError,
+    Document,
+    content_hash,
+    group_by_source,
+    load_documents,
+    select_documents,
+)
 from .stdlib import python_version, stdlib_sources
 
 __all__ = ["collect_sources", "write_corpus", "corpus_stats", "CORPUS_FORMAT"]

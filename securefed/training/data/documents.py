@@ -189,7 +189,7 @@ def _load_parquet(path: Path, text_field: str) -> tuple[list[Document], int]:
     texts = table.column(text_field).to_pylist()
     sources = table.column("source").to_pylist() if "source" in columns else [None] * len(texts)
     docs, skipped, default = [], 0, safe_name(path.stem)
-    for row, (text, source) in enumerate(zip(texts, sources)):
+    for row, (text, source) in enumerate(zip(texts, sources, strict=True)):
         if not isinstance(text, str) or not text.strip():
             skipped += 1
             continue

@@ -100,7 +100,7 @@ def tokenize_documents(
             flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
             np.savez(fh, tokens=flat, offsets=offsets)
         os.replace(tmp, path)  # atomic: never a half-written cache file
-    return {d.doc_id: a for d, a in zip(docs, arrays)}
+    return {d.doc_id: a for d, a in zip(docs, arrays, strict=True)}
 
 
 def _check_args(config: DataConfig, n_holders: int, seed: int) -> None:
@@ -116,88 +116,125 @@ def _check_args(config: DataConfig, n_holders: int, seed: int) -> None:
         raise ValueError(f"data.holder_paths lists {len(config.holder_paths)} paths but n_holders is {n_holders}")
 
 
+def _tokenizer(config: DataConfig, cache: Path) -> tuple[PreTrainedTokenizerFast, dict]:
+    if config.tokenizer != "train":
+        return load_tokenizer(config.tokenizer), {"kind": "file", "path": config.tokenizer}
+    public = tokenizer_corpus()  # never the holders' documents: see tokenizer.py
+    tok = trained_tokenizer(public, vocab_size=config.vocab_size, cache_dir=cache)
+    info = {
+        "kind": "trained",
+        "corpus": "stdlib single-file modules (public, disjoint from holders)",
+        "corpus_hash": content_hash(public),
+        "corpus_documents": len(public),
+        "corpus_bytes": sum(d.n_bytes for d in public),
+    }
+    return tok, info
+
+
+def _hold_out(
+    groups: dict[str, list[Document]], ids: dict[str, np.ndarray], config: DataConfig, eos_id: int
+) -> tuple[dict[str, list[Document]], dict[str, torch.Tensor], dict[str, dict]]:
+    """Per source: (training documents, packed eval rows, stats); sources too small for one eval
+    row are left out of the eval dict (their stats say eval_sequences = 0)."""
+    n_tok = {d.doc_id: int(ids[d.doc_id].size) + 1 for docs in groups.values() for d in docs}  # + EOS
+    train, evals, stats = {}, {}, {}
+    for src, docs in groups.items():
+        tr, ev = split_eval(
+            docs, eval_fraction=config.eval_fraction, n_tokens=lambda d: n_tok[d.doc_id], min_eval_tokens=config.seq_len
+        )
+        rows = pack([ids[d.doc_id] for d in ev], seq_len=config.seq_len, eos_id=eos_id)
+        train[src] = tr
+        if len(rows):
+            evals[src] = rows
+        stats[src] = {
+            "documents": len(docs),
+            "bytes": sum(d.n_bytes for d in docs),
+            "tokens": sum(n_tok[d.doc_id] for d in docs),
+            "train_documents": len(tr),
+            "eval_documents": len(ev),
+            "eval_sequences": len(rows),
+        }
+    return train, evals, stats
+
+
 def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int, progress: bool = True) -> FederatedData:
     """Build every holder's training rows, the eval splits and the shared tokenizer (see module doc)."""
     _check_args(config, n_holders, seed)
     cache = default_cache_dir(config.cache_dir)
+    stdlib = config.source == "stdlib" and not config.holder_paths
+    where = "the standard library corpus" if stdlib else "the data"
     t0 = time.perf_counter()
     with Steps(progress) as steps:
         with steps.step("reading documents"):
-            parts = load_sources(config)
+            parts = load_sources(config)  # one mapping per holder path, or one for the whole pool
         groups = {src: docs for p in parts for src, docs in p.items()}
         all_docs = [d for docs in groups.values() for d in docs]
-        where = "the standard library" if config.source == "stdlib" and not config.holder_paths else "the data"
         with steps.step("tokenizer"):
-            if config.tokenizer == "train":
-                public = tokenizer_corpus()
-                tok = trained_tokenizer(public, vocab_size=config.vocab_size, cache_dir=cache, progress=False)
-                tok_info = {"kind": "trained", "corpus": "stdlib single-file modules (public, disjoint from holders)",
-                            "corpus_hash": content_hash(public), "corpus_documents": len(public),
-                            "corpus_bytes": sum(d.n_bytes for d in public)}  # fmt: skip
-            else:
-                tok = load_tokenizer(config.tokenizer)
-                tok_info = {"kind": "file", "path": config.tokenizer}
+            tok, tok_info = _tokenizer(config, cache)
+        eos = tok.eos_token_id
         ids = tokenize_documents(all_docs, tok, cache_dir=cache, steps=steps)
-        n_tok = {d.doc_id: int(ids[d.doc_id].size) + 1 for d in all_docs}  # + EOS
-        total = sum(n_tok.values())
-        if total < config.seq_len + 1:
-            raise DataError(f"{where} holds {total} tokens after tokenization, less than one sequence "
-                            f"(seq_len={config.seq_len}); add documents or lower seq_len")  # fmt: skip
 
-        train_by_source, eval_per_source, src_stats = {}, {}, {}
-        for src, docs in groups.items():
-            tr, ev = split_eval(docs, eval_fraction=config.eval_fraction,
-                                n_tokens=lambda d: n_tok[d.doc_id], min_eval_tokens=config.seq_len)  # fmt: skip
-            train_by_source[src] = tr
-            rows = pack([ids[d.doc_id] for d in ev], seq_len=config.seq_len, eos_id=tok.eos_token_id)
-            if len(rows):
-                eval_per_source[src] = rows
-            src_stats[src] = {"documents": len(docs), "bytes": sum(d.n_bytes for d in docs),
-                              "tokens": sum(n_tok[d.doc_id] for d in docs), "train_documents": len(tr),
-                              "eval_documents": len(ev), "eval_sequences": len(rows)}  # fmt: skip
+        total = sum(int(a.size) + 1 for a in ids.values())
+        if total < config.seq_len:
+            raise DataError(
+                f"{where} holds {total} tokens after tokenization, less than one sequence "
+                f"(seq_len={config.seq_len}); add documents or lower seq_len"
+            )
+        train_by_source, eval_per_source, src_stats = _hold_out(groups, ids, config, eos)
         if not eval_per_source:
-            raise DataError(f"{where} leaves no held-out evaluation sequence: every source has fewer than "
-                            f"two documents or too little text for one sequence of seq_len={config.seq_len}")  # fmt: skip
+            raise DataError(
+                f"{where} leaves no held-out evaluation sequence: every source has fewer than two "
+                f"documents or too little text for one sequence of seq_len={config.seq_len}"
+            )
 
-        if config.holder_paths:
+        if config.holder_paths:  # each holder keeps its own documents (minus its held-out ones)
             holder_docs = [[d for src in p for d in train_by_source[src]] for p in parts]
         else:
             pool = [d for docs in train_by_source.values() for d in docs]
             holder_docs = partition(pool, n_holders, method=config.partition, seed=seed, alpha=config.dirichlet_alpha)
         holder_train, holder_sources, holder_stats = [], [], []
         for i, docs in enumerate(holder_docs):
-            rows = pack([ids[d.doc_id] for d in docs], seq_len=config.seq_len, eos_id=tok.eos_token_id)
+            rows = pack([ids[d.doc_id] for d in docs], seq_len=config.seq_len, eos_id=eos)  # (N_i, seq_len)
             present = {d.source for d in docs}
             srcs = tuple(s for s in groups if s in present)
             if len(rows) == 0:
-                raise DataError(f"holder {i} (sources {list(srcs)}) has {sum(n_tok[d.doc_id] for d in docs)} training "
-                                f"tokens, less than one sequence (seq_len={config.seq_len}); give it more data, "
-                                "use fewer holders or a shorter seq_len")  # fmt: skip
+                n = sum(int(ids[d.doc_id].size) + 1 for d in docs)
+                raise DataError(
+                    f"holder {i} (sources {list(srcs)}) has {n} training tokens, less than one sequence "
+                    f"(seq_len={config.seq_len}); give it more data, use fewer holders or a shorter seq_len"
+                )
             holder_train.append(rows)
             holder_sources.append(srcs)
             holder_stats.append({"sources": list(srcs), "documents": len(docs), "sequences": len(rows),
                                  "tokens": int(rows.numel())})  # fmt: skip
-        central = torch.cat(holder_train)
-        eval_global = torch.cat(list(eval_per_source.values()))
-        with steps.step("unigram baseline"):
-            ppl = unigram_perplexity(central, eval_global, len(tok))
+        central = torch.cat(holder_train)  # (sum N_i, seq_len)
+        eval_global = torch.cat(list(eval_per_source.values()))  # (M, seq_len)
+        ppl = unigram_perplexity(central, eval_global, len(tok))
+        steps.done(
+            f"data: {len(groups)} sources, {len(all_docs)} documents, {n_holders} holders, {len(central)} train / "
+            f"{len(eval_global)} eval rows of {config.seq_len}, unigram ppl {ppl:.1f} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
     manifest = {
         "format": "securefed-data-manifest-v1",
         "python_version": python_version(),
-        "corpus": "stdlib" if config.source == "stdlib" and not config.holder_paths else
-                  (list(config.holder_paths) or config.source),  # fmt: skip
+        "corpus": "stdlib" if stdlib else (list(config.holder_paths) or config.source),
         "content_hash": content_hash(all_docs),
         "sources": src_stats,
         "holders": holder_stats,
-        "eval": {"documents": sum(s["eval_documents"] for s in src_stats.values()),
-                 "sequences": len(eval_global), "tokens": int(eval_global.numel())},  # fmt: skip
+        "eval": {
+            "documents": sum(s["eval_documents"] for s in src_stats.values()),
+            "sequences": len(eval_global),
+            "tokens": int(eval_global.numel()),
+        },
         "tokenizer": {**tok_info, "hash": tokenizer_hash(tok), "vocab_size": len(tok)},
-        "partition": {"method": "holder_paths" if config.holder_paths else config.partition,
-                      "n_holders": n_holders, "seed": seed, "dirichlet_alpha": config.dirichlet_alpha},  # fmt: skip
+        "partition": {
+            "method": "holder_paths" if config.holder_paths else config.partition,
+            "n_holders": n_holders,
+            "seed": seed,
+            "dirichlet_alpha": config.dirichlet_alpha,
+        },
         "unigram_eval_ppl": ppl,
         "config": to_dict(config),
     }
-    steps.done(f"data: {len(groups)} sources, {len(all_docs)} documents, {n_holders} holders, "
-               f"{len(central)} train / {len(eval_global)} eval rows of {config.seq_len}, unigram ppl {ppl:.1f} "
-               f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
     return FederatedData(tok, holder_train, holder_sources, central, eval_global, eval_per_source, ppl, manifest)
