@@ -1,30 +1,28 @@
 """Pairwise holder-to-holder channel for the CKKS secret context (protocols/ckks.md §3.2, §6).
 
 X25519 static-static agreement between the two holders' long-term keys, HKDF-SHA256 with a
-labelled ``info`` (protocol, version, purpose, generation, round, sender, receiver), AES-256-GCM
-with the same fields plus the key id in the associated data. The server relays the result and
-cannot read it. Built directly on ``cryptography`` because securefed.primitives.{kdf,aead,keys}
-had not landed when this was written; the interface here (``HolderSecrets``, ``HolderPublic``,
-``seal_share``, ``open_share``, ``sign``/``verify``) is what the rest of securefed.ckks uses, so
-switching to those helpers later touches this file only.
+labelled ``info`` (protocol+version, purpose, round, generation, sender, receiver), AES-256-GCM
+with the same fields plus the key id as associated data. The server relays the result and cannot
+read it. Built on securefed.primitives.{keys,kdf,aead} (the secure-aggregation helpers): the
+X25519 low-order check, the ``info`` encoding, the one-key-one-message AES-GCM with its opaque
+failure and the Ed25519 identity keys are theirs; this file only fixes the CKKS labels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
+from securefed.primitives import aead
+from securefed.primitives.kdf import encode_info, hkdf_sha256, labelled_hash
+from securefed.primitives.keys import (
+    IdentityKey, X25519KeyPair, generate_identity, validate_x25519_public, verify_signature, x25519_shared,
+)
 from securefed.primitives.rng import Entropy
 
 __all__ = [
     "PROTOCOL",
     "VERSION",
+    "LABEL",
     "LABELS",
     "KeyShareError",
     "HolderPublic",
@@ -37,29 +35,34 @@ __all__ = [
 
 PROTOCOL = "securefed-ckks"
 VERSION = 1
-# Every KDF info / AEAD associated data / signed statement starts with one of these (§6).
+LABEL = f"{PROTOCOL}/v{VERSION}"
+# Every KDF info / AEAD associated data / signed statement is label(<one of these>, ...) (§6).
 LABELS = {
     "keyshare_key": "keyshare-key",  # HKDF info -> AES-256-GCM key for one secret-context share
     "keyshare_ad": "keyshare-ad",  # AES-GCM associated data of that share
     "pubctx_sig": "public-context",  # Ed25519 statement: leader announces the public context
     "upload_sig": "upload",  # Ed25519 statement: holder uploads its ciphertexts
 }
-_NONCE = 12
+_SALT = labelled_hash(LABEL, "hkdf-salt")  # fixed public salt (RFC 5869 §3.1), 32 bytes
 
 
 class KeyShareError(ValueError):
     """A key share could not be opened. Deliberately opaque (no oracle on why)."""
 
 
-def label(purpose: str, **fields: int | str) -> bytes:
-    """``securefed-ckks|v1|<purpose>|k1=v1|k2=v2...`` with keys in the given (fixed) order."""
+def label(purpose: str, *, round: int, **fields: int | str) -> bytes:
+    """``encode_info("securefed-ckks/v1", purpose, round, lp("k1=v1"), lp("k2=v2"), ...)``.
+
+    The fields are length-prefixed ``name=value`` ASCII strings in a fixed order per purpose.
+    """
     if purpose not in LABELS.values():
         raise ValueError(f"purpose {purpose!r} is not a registered label")
+    parts = []
     for k, v in fields.items():
-        if isinstance(v, bool) or not isinstance(v, (int, str)) or "|" in str(v) or "=" in str(v):
-            raise ValueError(f"label field {k} must be an int or a plain string")
-    parts = [PROTOCOL, f"v{VERSION}", purpose] + [f"{k}={v}" for k, v in fields.items()]
-    return "|".join(parts).encode("ascii")
+        if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).isascii():
+            raise ValueError(f"label field {k} must be an int or an ASCII string")
+        parts.append(f"{k}={v}".encode("ascii"))
+    return encode_info(LABEL, purpose, round, *parts)
 
 
 @dataclass(frozen=True)
@@ -80,58 +83,56 @@ class HolderPublic:
 
 
 class HolderSecrets:
-    """A holder's long-term private keys. Never serialised by securefed.ckks."""
+    """A holder's long-term private keys (X25519 agreement + Ed25519 identity). Never serialised here."""
 
-    def __init__(self, holder_id: int, x25519: X25519PrivateKey, ed25519: Ed25519PrivateKey) -> None:
+    def __init__(self, holder_id: int, x25519: X25519KeyPair, identity: IdentityKey) -> None:
         if isinstance(holder_id, bool) or not isinstance(holder_id, int) or holder_id < 0:
             raise TypeError("holder_id must be a non-negative int")
-        if not isinstance(x25519, X25519PrivateKey) or not isinstance(ed25519, Ed25519PrivateKey):
-            raise TypeError("x25519/ed25519 must be cryptography private keys")
+        if not isinstance(x25519, X25519KeyPair) or not isinstance(identity, IdentityKey):
+            raise TypeError("x25519 must be an X25519KeyPair and identity an IdentityKey")
         self.holder_id = holder_id
         self._x = x25519
-        self._ed = ed25519
+        self._id = identity
 
     @classmethod
     def generate(cls, holder_id: int, entropy: Entropy) -> "HolderSecrets":
-        x = X25519PrivateKey.from_private_bytes(entropy.random_bytes(32))
-        ed = Ed25519PrivateKey.from_private_bytes(entropy.random_bytes(32))
-        return cls(holder_id, x, ed)
+        return cls(holder_id, X25519KeyPair.generate(entropy), generate_identity(entropy))
 
     def public(self) -> HolderPublic:
-        raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        return HolderPublic(self.holder_id, self._x.public_key().public_bytes(*raw), self._ed.public_key().public_bytes(*raw))
+        return HolderPublic(self.holder_id, self._x.public, self._id.public_bytes)
 
     def sign(self, statement: bytes) -> bytes:
-        return self._ed.sign(statement)
+        return self._id.sign(statement)
 
     def _channel_key(self, peer_x25519: bytes, info: bytes) -> bytes:
-        if not isinstance(peer_x25519, bytes) or len(peer_x25519) != 32:
-            raise ValueError("peer_x25519 must be 32 bytes")
         try:
-            shared = self._x.exchange(X25519PublicKey.from_public_bytes(peer_x25519))
+            shared = x25519_shared(self._x.private, validate_x25519_public(peer_x25519))
         except ValueError:  # low-order point: all-zero shared secret (RFC 7748 §6.1)
             raise KeyShareError("peer_x25519 is not a valid X25519 public key") from None
-        # RFC 5869: salt = protocol name (fixed, public); info = labelled context (protocols/ckks.md §6)
-        return HKDF(hashes.SHA256(), 32, PROTOCOL.encode(), info).derive(shared)
+        return hkdf_sha256(shared, salt=_SALT, info=info)
 
     def __repr__(self) -> str:  # never print key material
         return f"HolderSecrets(holder_id={self.holder_id})"
 
 
-def _share_fields(generation: int, round_index: int, sender: int, receiver: int) -> dict:
-    return {"generation": generation, "round": round_index, "sender": sender, "receiver": receiver}
+def _fields(generation: int, sender: int, receiver: int) -> dict:
+    return {"generation": generation, "sender": sender, "receiver": receiver}
 
 
 def seal_share(
     *, sender: HolderSecrets, receiver: HolderPublic, generation: int, round_index: int,
-    key_id: str, plaintext: bytes, entropy: Entropy,
+    key_id: str, plaintext: bytes, entropy: Entropy | None = None,
 ) -> bytes:
-    """nonce(12) || AES-256-GCM(k, nonce, plaintext, ad); k = HKDF(X25519(sender, receiver), info)."""
-    f = _share_fields(generation, round_index, sender.holder_id, receiver.holder_id)
-    key = sender._channel_key(receiver.x25519, label(LABELS["keyshare_key"], **f))
-    nonce = entropy.random_bytes(_NONCE)
-    ad = label(LABELS["keyshare_ad"], **f, key_id=key_id)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, ad)
+    """AES-256-GCM(k, plaintext, ad), k = HKDF(X25519(sender, receiver), info) (§3.2).
+
+    k is unique to (generation, round, sender -> receiver) and seals exactly one message, so the
+    fixed nonce of primitives.aead is never reused under a key; ``entropy`` is accepted for
+    interface stability and not needed.
+    """
+    f = _fields(generation, sender.holder_id, receiver.holder_id)
+    key = sender._channel_key(receiver.x25519, label(LABELS["keyshare_key"], round=round_index, **f))
+    ad = label(LABELS["keyshare_ad"], round=round_index, **f, key_id=key_id)
+    return aead.seal(key, plaintext, ad)
 
 
 def open_share(
@@ -139,23 +140,17 @@ def open_share(
     key_id: str, blob: bytes,
 ) -> bytes:
     """Inverse of :func:`seal_share`; any failure raises one opaque :class:`KeyShareError`."""
-    if not isinstance(blob, bytes) or len(blob) < _NONCE + 16:
+    if not isinstance(blob, bytes):
         raise KeyShareError("key share failed authentication")
-    f = _share_fields(generation, round_index, sender.holder_id, receiver.holder_id)
-    key = receiver._channel_key(sender.x25519, label(LABELS["keyshare_key"], **f))
-    ad = label(LABELS["keyshare_ad"], **f, key_id=key_id)
+    f = _fields(generation, sender.holder_id, receiver.holder_id)
+    key = receiver._channel_key(sender.x25519, label(LABELS["keyshare_key"], round=round_index, **f))
+    ad = label(LABELS["keyshare_ad"], round=round_index, **f, key_id=key_id)
     try:
-        return AESGCM(key).decrypt(blob[:_NONCE], blob[_NONCE:], ad)
-    except InvalidTag:
+        return aead.open_(key, blob, ad)
+    except aead.DecryptionFailed:
         raise KeyShareError("key share failed authentication") from None
 
 
 def verify(public: HolderPublic, signature: bytes, statement: bytes) -> bool:
     """Ed25519 verification against the roster's key; False (never an exception) on failure."""
-    if not isinstance(signature, bytes) or len(signature) != 64:
-        return False
-    try:
-        Ed25519PublicKey.from_public_bytes(public.ed25519).verify(signature, statement)
-    except InvalidSignature:
-        return False
-    return True
+    return verify_signature(public.ed25519, signature, statement)

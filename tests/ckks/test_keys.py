@@ -110,13 +110,17 @@ def test_low_order_x25519_point_is_refused(pair):
 
 
 def test_labels_are_domain_separated():
-    assert label("keyshare-key", generation=1, round=2, sender=3, receiver=4) == (
-        b"securefed-ckks|v1|keyshare-key|generation=1|round=2|sender=3|receiver=4"
+    # primitives.kdf.encode_info: label "/" purpose 0x00 u32(round) lp(field)...
+    assert label("keyshare-key", round=2, generation=1, sender=3, receiver=4) == (
+        b"securefed-ckks/v1/keyshare-key\x00\x00\x00\x00\x02"
+        b"\x00\x00\x00\x0cgeneration=1\x00\x00\x00\x08sender=3\x00\x00\x00\x0areceiver=4"
     )
+    assert label("keyshare-key", round=2, generation=1, sender=3, receiver=4) != label(
+        "keyshare-ad", round=2, generation=1, sender=3, receiver=4)
     with pytest.raises(ValueError, match="purpose"):
-        label("made-up", x=1)
+        label("made-up", round=0, x=1)
     with pytest.raises(ValueError, match="field"):
-        label("upload", key_id="a|b")
+        label("upload", round=0, key_id="\u00e9")
 
 
 def test_holder_secrets_repr_hides_keys(pair):
