@@ -14,6 +14,7 @@ document is in any holder's training data, and the tokenizer never sees a holder
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -33,6 +34,8 @@ from .partition import partition
 from .progress import Steps
 from .stdlib import python_version, stdlib_sources, tokenizer_corpus
 from .tokenizer import load_tokenizer, tokenizer_hash, trained_tokenizer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FederatedData", "prepare_federated_data", "load_sources", "tokenize_documents"]
 
@@ -73,6 +76,22 @@ def _encode(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> list[np.nda
     return [np.asarray(e.ids, dtype=np.int32) for e in encode(texts, add_special_tokens=False)]
 
 
+def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """Write an .npz via a temporary file + rename: readers never see a half-written cache file.
+    A cache that cannot be written slows later runs down; it must not stop this one."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot write the cache file %s (%s); continuing without it", path, e)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
 def tokenize_documents(
     docs: Sequence[Document], tokenizer: PreTrainedTokenizerFast, *, cache_dir: Path | None, steps: Steps
 ) -> dict[str, np.ndarray]:
@@ -94,12 +113,8 @@ def tokenize_documents(
     offsets = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum([a.size for a in arrays], out=offsets[1:])
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".npz", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
-            np.savez(fh, tokens=flat, offsets=offsets)
-        os.replace(tmp, path)  # atomic: never a half-written cache file
+        flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+        _save_atomic(path, tokens=flat, offsets=offsets)
     return {d.doc_id: a for d, a in zip(docs, arrays, strict=True)}
 
 

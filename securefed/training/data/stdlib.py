@@ -108,6 +108,8 @@ def tokenizer_corpus(max_bytes: int = 8_000_000) -> list[Document]:
     lib = stdlib_dir()
     docs, used = [], 0
     for p in sorted(lib.glob("*.py"), key=lambda p: p.name):
+        if p.name.startswith("_sysconfigdata"):
+            continue  # this machine's build settings (paths, compiler flags): not portable text
         text = _read_text(p)
         if text is None or not text.strip():
             continue

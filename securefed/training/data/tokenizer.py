@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +33,8 @@ __all__ = [
     "EOS_TOKEN", "BOS_TOKEN", "PAD_TOKEN", "UNK_TOKEN", "SPECIAL_TOKENS",
     "train_bpe", "wrap", "load_tokenizer", "trained_tokenizer", "tokenizer_hash",
 ]  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 EOS_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|bos|>"
@@ -126,8 +129,12 @@ def trained_tokenizer(
         except (OSError, ValueError):
             shutil.rmtree(target, ignore_errors=True)  # a damaged cache entry: retrain
     fast = wrap(train_bpe([d.text for d in corpus], vocab_size=vocab_size, show_progress=progress))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    except OSError as e:  # a read-only cache slows later runs down; it must not stop this one
+        log.warning("cannot write the tokenizer cache under %s (%s); continuing without it", target.parent, e)
+        return fast
     fast.save_pretrained(str(tmp))
     try:
         os.rename(tmp, target)  # atomic: readers see a complete directory or none
