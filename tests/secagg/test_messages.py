@@ -1,0 +1,107 @@
+"""The versioned, validating serializer (protocols/secagg.md §7)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from securefed.secagg import MessageError, decode, encode
+from securefed.secagg.messages import MaskedInput, RoundStart, SurvivorList, UnmaskShares
+
+from tests.secagg.samples import SAMPLES
+
+
+def same(a, b):
+    if isinstance(a, MaskedInput):
+        return (a.sender, a.ring_bits) == (b.sender, b.ring_bits) and np.array_equal(a.vector, b.vector)
+    return a == b
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip_and_every_truncation_rejected(msg):
+    data = encode(msg)
+    assert data[:4] == b"SFSA" and data[4] == 1
+    assert same(decode(data), msg)
+    for cut in range(len(data)):
+        with pytest.raises(MessageError):
+            decode(data[:cut])
+    with pytest.raises(MessageError, match="trailing"):
+        decode(data + b"\x00")
+
+
+def test_header_checks():
+    data = encode(SAMPLES[0])
+    for bad, match in ((b"XXXX" + data[4:], "magic"), (data[:4] + b"\x02" + data[5:], "version"),
+                       (data[:5] + b"\x63" + data[6:], "type")):
+        with pytest.raises(MessageError, match=match):
+            decode(bad)
+    with pytest.raises(MessageError):
+        decode("text")
+
+
+def test_field_validation():
+    with pytest.raises(MessageError, match="strictly increasing"):
+        encode(SurvivorList((3, 1)))
+    with pytest.raises(MessageError, match="strictly increasing"):
+        encode(SurvivorList((1, 1)))
+    with pytest.raises(MessageError, match="holder id"):
+        encode(SurvivorList((0,)))
+    with pytest.raises(MessageError, match="ring_bits"):
+        encode(dataclasses.replace(SAMPLES[0], ring_bits=40))
+    with pytest.raises(MessageError, match="thresholds"):
+        encode(dataclasses.replace(SAMPLES[0], threshold=9))
+    with pytest.raises(MessageError, match="share must be"):
+        encode(UnmaskShares(3, ((1, 0, b"\x00" * 65),)))
+    with pytest.raises(MessageError, match="kind"):
+        encode(UnmaskShares(3, ((1, 2, b"\x00" * 66),)))
+    with pytest.raises(MessageError, match="c_public"):
+        encode(dataclasses.replace(SAMPLES[1], c_public=b"\x01" * 31))
+    with pytest.raises(MessageError, match="context"):
+        encode(dataclasses.replace(SAMPLES[0], context=b"x" * 5000))
+    with pytest.raises(TypeError):
+        encode("not a message")
+
+
+def test_vector_encoding_sizes_and_ring_range():
+    # 4 bytes per element at k in (16, 32], 2 bytes at k <= 16: upload ~1.0x fp32 / 0.5x
+    v32 = encode(MaskedInput(1, 32, np.zeros(1000, np.uint32)))
+    v16 = encode(MaskedInput(1, 16, np.zeros(1000, np.uint16)))
+    assert len(v32) == 19 + 4000 and len(v16) == 19 + 2000
+    with pytest.raises(MessageError, match="1-D"):
+        encode(MaskedInput(1, 16, np.zeros(10, np.uint32)))
+    bad = encode(MaskedInput(1, 32, np.full(4, 1 << 20, np.uint32)))
+    bad = bad[:10] + bytes([20]) + bad[11:]  # relabel as k=20: elements 2^20 are outside Z_2^20
+    with pytest.raises(MessageError, match="outside"):
+        decode(bad)
+    ok = decode(encode(MaskedInput(1, 20, np.full(4, (1 << 20) - 1, np.uint32))))
+    assert ok.vector.dtype == np.dtype("<u4") and not ok.vector.flags.writeable
+
+
+def test_huge_declared_lengths_rejected_without_allocation():
+    data = bytearray(encode(MaskedInput(1, 32, np.zeros(2, np.uint32))))
+    data[11:19] = (1 << 60).to_bytes(8, "big")
+    with pytest.raises(MessageError, match="truncated"):
+        decode(bytes(data))
+    data = bytearray(encode(SurvivorList((1,))))
+    data[6:10] = (1 << 30).to_bytes(4, "big")
+    with pytest.raises(MessageError, match="too long"):
+        decode(bytes(data))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from(SAMPLES))
+def test_fuzz_only_message_error(noise, msg):
+    data = bytearray(encode(msg))
+    for k, b in enumerate(noise[:8]):
+        data[(k * 37 + b) % len(data)] ^= b | 1
+    for blob in (bytes(data), b"SFSA\x01" + noise, noise):
+        try:
+            decode(blob)
+        except MessageError:
+            pass
+
+
+def test_round_start_context_binary_safe():
+    m = RoundStart(bytes(range(256)), 0, (1, 2, 3), 16, 1, 2, 2, 2)
+    assert decode(encode(m)) == m
