@@ -78,9 +78,8 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
         "pad_token": _find(tok, (PAD_TOKEN, "<pad>", "[PAD]")) or PAD_TOKEN,
         "unk_token": _find(tok, (UNK_TOKEN, "<unk>", "[UNK]")) or UNK_TOKEN,
     }
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **names)
-    # Not `model_max_length`: packing chunks sequences itself; the model config owns the limit.
-    return fast
+    # model_max_length stays unset: packing cuts rows itself, and the model config owns the limit.
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **names)
 
 
 def tokenizer_hash(fast: PreTrainedTokenizerFast) -> str:
