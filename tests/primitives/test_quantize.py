@@ -1,0 +1,46 @@
+"""Properties of securefed/primitives/quantize.py that secure aggregation relies on."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from securefed.primitives.prg import expand
+from securefed.primitives.quantize import RingSpec, dequantize_sum, from_ring, plan_quantization, quantize, to_ring
+from securefed.primitives.rng import DeterministicEntropy
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 12), p=st.integers(1, 64), bits=st.sampled_from([16, 20, 32]), clip=st.floats(0.01, 10.0), seed=st.integers(0, 99))
+def test_masked_ring_sum_dequantizes_within_bound(n, p, bits, clip, seed):
+    # dequantize(Σ q_i + Σ masks − Σ masks) ≈ Σ x_i within n/scale per coordinate (quantize.py docstring)
+    plan = plan_quantization(clip=clip, ring_bits=bits, max_clients=n)
+    ring = plan.ring
+    rng = np.random.default_rng(seed)
+    xs = []
+    acc = np.zeros(p, ring.dtype)
+    for i in range(n):
+        x = rng.normal(size=p)
+        x *= clip * rng.uniform(0, 1) / max(np.linalg.norm(x), 1e-12)
+        xs.append(x)
+        q = quantize(x, plan, DeterministicEntropy.from_int(seed * 100 + i))
+        m = expand(bytes([i]) * 32, p, ring)
+        np.add(acc, q, out=acc); np.add(acc, m, out=acc); np.subtract(acc, m, out=acc)
+    ring.reduce(acc)
+    err = np.abs(dequantize_sum(acc, plan).astype(np.float64) - np.sum(xs, axis=0))
+    assert np.all(err <= plan.sum_error_bound * (1 + 1e-6) + 1e-6 * clip * n)
+
+
+def test_wrap_refused():
+    with pytest.raises(ValueError, match="wrap|too small"):
+        plan_quantization(clip=1.0, ring_bits=16, max_clients=40000)
+    plan = plan_quantization(clip=1.0, ring_bits=16, max_clients=10)
+    with pytest.raises(ValueError, match="exceed"):
+        plan.check_no_wrap(11)
+    with pytest.raises(ValueError, match="clip"):
+        quantize(np.ones(4), plan, DeterministicEntropy.from_int(0))
+
+
+def test_two_complement_round_trip():
+    ring = RingSpec(20)
+    v = np.array([-(1 << 19), -1, 0, 1, (1 << 19) - 1], dtype=np.int64)
+    assert np.array_equal(from_ring(to_ring(v, ring), ring), v)
