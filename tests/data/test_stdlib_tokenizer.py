@@ -84,3 +84,9 @@ def test_load_tokenizer_errors(tmp_path):
         load_tokenizer(tmp_path / "d")
     with pytest.raises(ValueError, match="vocab_size must be >= 260"):
         tokmod.train_bpe(["abc"], vocab_size=100)
+
+
+def test_bpe_training_is_deterministic():
+    texts = [d.text for d in tokenizer_corpus()[:20]]
+    hashes = {tokmod.tokenizer_hash(tokmod.wrap(tokmod.train_bpe(texts, vocab_size=400))) for _ in range(2)}
+    assert len(hashes) == 1  # every party that trains on the same public text gets the same tokenizer
