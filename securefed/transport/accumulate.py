@@ -52,7 +52,26 @@ class RingAccumulator:
         self.spool = Path(spool)
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.committed: set[int] = set()
+        self.sealed = False
+        self._open: set[MaskedFold] = set()
         self._lock = threading.Lock()
+
+    @classmethod
+    def over(cls, total: np.ndarray, ring_bits: int, spool: str | Path) -> "RingAccumulator":
+        """Fold into an existing (P,) ring array (e.g. SecAggServer.total) instead of a fresh one."""
+        acc = cls(1, ring_bits, spool)
+        if not isinstance(total, np.ndarray) or total.ndim != 1 or total.dtype != acc.dtype:
+            raise TypeError(f"total must be a 1-D {acc.dtype} array")
+        acc.length, acc.total = total.shape[0], total
+        return acc
+
+    def seal(self) -> None:
+        """End of the stage: refuse new streams, undo every uncommitted one now (§4.3)."""
+        with self._lock:
+            self.sealed = True
+            pending = list(self._open)
+        for fold in pending:
+            fold.abort()
 
     def _apply(self, start: int, words: np.ndarray, sign: int) -> None:
         with self._lock:
@@ -64,15 +83,23 @@ class RingAccumulator:
             if self.mask is not None:
                 np.bitwise_and(view, self.mask, out=view)
 
-    def open(self, sender: int) -> "MaskedFold":
-        return MaskedFold(self, sender)
+    def open(self, sender: int, on_commit=None) -> "MaskedFold":
+        with self._lock:
+            if self.sealed:
+                raise FrameError("the masked-input stage is closed")
+            if sender in self.committed or any(f.sender == sender for f in self._open):
+                raise FrameError("a masked input from this holder is already in")
+            fold = MaskedFold(self, sender, on_commit)
+            self._open.add(fold)
+            return fold
 
 
 class MaskedFold:
     """A Sink (securefed.transport.stream) for one holder's MaskedInput stream."""
 
-    def __init__(self, acc: RingAccumulator, sender: int) -> None:
-        self.acc, self.sender = acc, sender
+    def __init__(self, acc: RingAccumulator, sender: int, on_commit=None) -> None:
+        self.acc, self.sender, self.on_commit = acc, sender, on_commit
+        self._lock = threading.Lock()            # a write and a seal-time abort never interleave
         self.prefix = bytearray()
         self.carry = b""                 # < word-size bytes split across two chunks
         self.next_elem = 0
@@ -82,6 +109,10 @@ class MaskedFold:
         self.done = False
 
     def write(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         if self.done:
             raise FrameError("masked stream already closed")
         mv = memoryview(data)
@@ -118,22 +149,35 @@ class MaskedFold:
             raise FrameError("MaskedInput ring bits or length differ from the round's")
 
     def commit(self) -> None:
-        if self.done:
-            raise FrameError("masked stream already closed")
-        if len(self.prefix) != MASKED_PREFIX or self.carry or self.next_elem != self.acc.length:
-            self.abort()
-            raise FrameError("masked input is incomplete")
-        self.done = True
+        """Accept the (verified) stream: atomically with respect to ``seal`` (the stage closing)."""
+        with self._lock:
+            if self.done:
+                raise FrameError("masked stream already closed")
+            complete = len(self.prefix) == MASKED_PREFIX and not self.carry and self.next_elem == self.acc.length
+            with self.acc._lock:
+                if complete and not self.acc.sealed:
+                    self.done = True
+                    self.acc._open.discard(self)
+                    self.acc.committed.add(self.sender)
+                    if self.on_commit is not None:
+                        self.on_commit(self.sender)
+            if not self.done:
+                self._abort_locked()
+                raise FrameError("masked input is incomplete or arrived after the stage closed")
         self.journal.close()
         self.journal_path.unlink(missing_ok=True)
-        with self.acc._lock:
-            self.acc.committed.add(self.sender)
 
     def abort(self) -> None:
         """Subtract every folded word back out (read from the undo journal), then delete it."""
+        with self._lock:
+            self._abort_locked()
+
+    def _abort_locked(self) -> None:
         if self.done:
             return
         self.done = True
+        with self.acc._lock:
+            self.acc._open.discard(self)
         self.journal.close()
         chunk = 1 << 20                                 # elements per read: bounded memory
         with open(self.journal_path, "rb") as f:

@@ -1,0 +1,42 @@
+"""`securefed keygen DIR --holders N`: a demo CA, server and holder certificates, identity keys, roster.
+
+For a real federation, see protocols/transport.md §7.3: each institution generates its own key pair
+and certificate request; the federation's CA (kept offline) signs them; only public keys and
+certificates are exchanged, never a private key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keygen", help="create a demo PKI (CA, server/holder certificates, identity keys, roster)",
+                       description="Writes DIR/ca.pem, DIR/server/, DIR/holders/<id>/ and DIR/roster.yaml with "
+                                   "private files 0600 and directories 0700. Never overwrites existing keys.")
+    p.add_argument("dir", help="output directory (must not exist or be empty)")
+    p.add_argument("--holders", type=int, required=True, help="number of data holders (ids 1..N)")
+    p.add_argument("--server-name", action="append", default=[],
+                   help="extra DNS name or IP for the server certificate (localhost and 127.0.0.1 are always in)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from securefed.transport.pki import make_demo_pki
+
+    try:
+        lay = make_demo_pki(args.dir, holders=args.holders, server_names=tuple(args.server_name))
+    except (ValueError, TypeError, FileExistsError) as e:
+        print(f"securefed keygen: {e}", file=sys.stderr)
+        return 2
+    print(f"demo PKI for {args.holders} holders in {lay.root} (roster: {lay.roster}); "
+          "the CA key in ca.key is for demos only: keep a real federation's CA offline")
+    return 0
+
+
+if __name__ == "__main__":
+    _p = argparse.ArgumentParser(prog="securefed")
+    register(_p.add_subparsers())
+    _a = _p.parse_args(["keygen", *sys.argv[1:]])
+    sys.exit(run(_a))

@@ -1,0 +1,194 @@
+"""One data holder's process in a networked federation (protocols/transport.md §5, §6, §8).
+
+    connect (mTLS, own certificate) → Join → for each round:
+        ROUND manifest (or WAIT: not in this cohort) → θ_r (hash-checked) → K local steps → Δ
+        clip → quantize → SecAggClient stages (messages carried unchanged) → state saved atomically
+
+Network loss (UNAVAILABLE, a broken stream, a deadline): reconnect with capped exponential back-off,
+Join again, continue at the coordinator's next round. A refused certificate (PERMISSION_DENIED) is
+final (exit 3). The holder's own state — trainer/optimizer state and its own hash-chained ledger of
+the rounds it released a masked input in — lives in ``--state DIR`` and is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from securefed.primitives.keys import Roster
+from securefed.primitives.quantize import plan_quantization, quantize
+from securefed.primitives.rng import SystemEntropy
+from securefed.privacy.clipping import l2_clip
+from securefed.runtime.rundir import atomic_torch_save
+from securefed.secagg import SecAggAborted, SecAggClient, SecAggConfig, UnexpectedMessage
+from securefed.transport.client import FATAL_CODES, Backoff, Refused, TransportClient
+from securefed.transport.coordinator import SECAGG_STAGES, Stage
+from securefed.transport.frames import FrameError, Kind
+from securefed.transport.pki import Layout, holder_id_from_cert, load_identity
+from securefed.transport.service import load_client_credentials, parse_json
+from securefed.transport.workload import theta_hash
+
+__all__ = ["NetClient"]
+
+log = logging.getLogger("securefed.client")
+EXIT = {"ok": 0, "error": 1, "usage": 2, "auth": 3, "state": 4, "unreachable": 6}
+
+
+class NetClient:
+    def __init__(self, holder_id: int, *, pki: str | Path, target: str, state_dir: str | Path,
+                 workload_factory, server_name: str | None = None, max_failures: int = 20,
+                 backoff: Backoff | None = None) -> None:
+        lay = Layout(pki)
+        d = lay.holder_dir(holder_id)
+        cert = (d / "cert.pem").read_bytes()
+        if holder_id_from_cert(cert) != holder_id:
+            raise ValueError(f"certificate in {d} does not name holder {holder_id}")
+        self.id, self.identity = holder_id, load_identity(d / "identity.key")
+        self.roster = Roster.load(lay.roster)
+        if self.roster.keys.get(holder_id) != self.identity.public_bytes:
+            raise ValueError(f"holder {holder_id}: identity key does not match its roster entry")
+        ca = d / "ca.pem" if (d / "ca.pem").exists() else lay.ca_cert
+        self.creds = load_client_credentials(cert=d / "cert.pem", key=d / "key.pem", ca=ca)
+        self.target, self.server_name, self.factory = target, server_name, workload_factory
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.max_failures, self.backoff = max_failures, backoff or Backoff()
+        self.workload, self.welcome, self.tc = None, None, None
+
+    # ------------------------------------------------------------------ outer loop
+    def run(self) -> int:
+        failures = 0
+        while True:
+            try:
+                if self.tc is None:
+                    self.tc = TransportClient(self.target, self.creds, server_name=self.server_name)
+                self._join()
+                r = max(int(self.welcome["next_round"]), self._state.get("next_round", 0))
+                while r < int(self.welcome["rounds"]):
+                    r = self._round(r)
+                    failures = 0
+                    self.backoff.reset()
+                log.info("holder %d: all %d rounds done", self.id, self.welcome["rounds"])
+                return EXIT["ok"]
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else None
+                if code in FATAL_CODES:
+                    log.error("holder %d: the coordinator refused this holder's certificate", self.id)
+                    return EXIT["auth"]
+                why = f"{code}"
+            except (FrameError, Refused, ValueError) as e:
+                why = f"{type(e).__name__}: {e}"
+            failures += 1
+            if failures > self.max_failures:
+                log.error("holder %d: giving up after %d failed attempts", self.id, failures - 1)
+                return EXIT["unreachable"]
+            delay = self.backoff.next_delay()
+            log.warning("holder %d: connection problem (%s); retry %d in %.1fs", self.id, why, failures, delay)
+            time.sleep(delay)
+            self.tc.reconnect()
+
+    def _join(self) -> None:
+        self.welcome = self.tc.join({"version": 1, "holder": self.id}, timeout=60)
+        if self.workload is None:
+            self.workload = self.factory(self.id, self.welcome)
+            self._load_state()
+        elif self._state.get("run_id") not in (None, self.welcome["run_id"]):
+            raise ValueError("the coordinator now runs a different run id")
+
+    # ------------------------------------------------------------------ local state
+    @property
+    def _state_file(self) -> Path:
+        return self.state_dir / "holder_state.pt"
+
+    def _load_state(self) -> None:
+        import torch
+
+        self._state = {}
+        if self._state_file.exists():
+            st = torch.load(self._state_file, weights_only=False)
+            if st.get("run_id") != self.welcome["run_id"]:
+                raise ValueError(f"{self._state_file} belongs to another run")
+            self.workload.load_state_dict(st["workload"])
+            self._state = st
+            log.info("holder %d: restored local state (next round %d)", self.id, st["next_round"])
+        from securefed.privacy.ledger import Ledger
+
+        self.ledger = Ledger(self.state_dir / "ledger.jsonl")
+
+    def _save_state(self, next_round: int) -> None:
+        self._state = {"version": 1, "run_id": self.welcome["run_id"], "next_round": next_round,
+                       "workload": self.workload.state_dict()}
+        atomic_torch_save(self._state, self._state_file)
+
+    def _record_release(self, r: int, manifest: dict) -> None:
+        """Own ledger: one entry per round this holder released a masked input (before sending it)."""
+        if any(e.get("round") == r and e.get("run_id") == self.welcome["run_id"] for e in self.ledger.entries):
+            return
+        self.ledger.append({"round": r, "run_id": self.welcome["run_id"], "clip": self.welcome["clip"],
+                            "mechanism": "none", "cohort_size": len(manifest["cohort"]),
+                            "model_sha256": manifest["model_sha256"]})
+
+    # ------------------------------------------------------------------ one round
+    def _fetch(self, r: int, s: int, kinds, *, budget: float, max_len: int | None = None):
+        end = time.monotonic() + budget
+        while True:
+            f = self.tc.fetch(r, s, kinds, wait_s=min(30.0, max(1.0, end - time.monotonic())), max_len=max_len)
+            if f.kind != Kind.WAIT:
+                return f, None
+            info = parse_json(f.payload, "wait")
+            if info.get("reason") not in ("not_yet", "not_open") or time.monotonic() > end:
+                return None, info
+
+    def _round(self, r: int) -> int:
+        wl = self.welcome
+        dl = wl["deadlines"]
+        f, info = self._fetch(r, Stage.ROUND, (Kind.ROUND,), budget=dl["join"] + dl["train"])
+        if f is None:
+            return int(info.get("next_round", r + 1)) if info.get("reason") != "not_open" else r
+        man = parse_json(f.payload, "manifest")
+        if man.get("round") != r or self.id not in man.get("cohort", []):
+            raise FrameError("round manifest is for another round or does not list this holder")
+        dim = int(wl["dim"])
+        m, info = self._fetch(r, Stage.MODEL, (Kind.MODEL,), budget=dl["control"], max_len=4 * dim)
+        if m is None or len(m.payload) != 4 * dim or theta_hash(m.payload).hex() != man["model_sha256"]:
+            log.warning("holder %d: round %d model missing or not the announced one; skipping", self.id, r)
+            return r + 1
+        t0 = time.perf_counter()
+        theta = np.frombuffer(m.payload, dtype="<f4").astype(np.float32)
+        upd = self.workload.train_round(theta, r)
+        clipped, clip_info = l2_clip(upd.delta, float(wl["clip"]))
+        cfg = SecAggConfig(**wl["secagg"])
+        qplan = plan_quantization(clip=float(wl["clip"]), ring_bits=cfg.ring_bits, max_clients=int(man["max_clients"]))
+        if not np.isclose(qplan.scale, float(man["quant_scale"]), rtol=1e-12):
+            raise FrameError("the manifest's quantization scale differs from ours")
+        x = quantize(clipped, qplan, SystemEntropy())
+        ctx = b"securefed/transport/v1|" + bytes.fromhex(wl["run_id"]) + theta_hash(m.payload)
+        sc = SecAggClient(self.id, identity=self.identity, roster=self.roster, config=cfg, session_context=ctx,
+                          round_index=r, vector=x, entropy=SystemEntropy())
+        del x, clipped
+        result = {"tokens": upd.tokens, "loss": upd.mean_loss, "clipped": bool(clip_info.clipped),
+                  "train_seconds": time.perf_counter() - t0}
+        self.tc.submit(r, Stage.ADVERTISE, Kind.RESULT, json.dumps(result).encode(), timeout=dl["control"])
+        for s in SECAGG_STAGES:
+            budget = dl["train"] if s == Stage.ADVERTISE else dl["upload"] + dl["control"]
+            f, info = self._fetch(r, s, (Kind.SECAGG,), budget=budget)
+            if f is None:
+                log.warning("holder %d: dropped from round %d at stage %d (%s)", self.id, r, s, info.get("reason"))
+                break
+            try:
+                reply = sc.handle(f.payload)
+            except (SecAggAborted, UnexpectedMessage) as e:
+                log.warning("holder %d: secure aggregation aborted in round %d: %s", self.id, r, e)
+                break
+            if s == Stage.MASKED:
+                self._record_release(r, man)
+            timeout = dl["upload"] if s == Stage.MASKED else dl["control"]
+            self.tc.submit(r, s, Kind.MASKED if s == Stage.MASKED else Kind.SECAGG, reply, timeout=timeout)
+        self._save_state(r + 1)
+        log.info("holder %d: round %d done (up %d B, down %d B)", self.id, r, self.tc.bytes_up, self.tc.bytes_down)
+        return r + 1

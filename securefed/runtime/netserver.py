@@ -1,0 +1,230 @@
+"""The coordinator + aggregator process of a networked federation (protocols/transport.md §5, §8).
+
+    keygen'd PKI + roster ──► gRPC server (mTLS) ──► RoundBoard (stages, deadlines)
+    for r in rounds (from the checkpoint):
+        wait for holders → cohort → RoundStart, θ_r → secagg stages → Σ q_i (ring)
+        θ_{r+1} = outer.step(dequantize(Σ) / |U3|)
+        metrics row, status line → checkpoint (WAL: the round's ledger entry) → ledger append
+
+Crash recovery (§8): the checkpoint is written atomically (runtime.rundir) *before* the round's ledger
+entry is appended and records the entry it expects; on restart, a ledger one entry short is completed
+from the checkpoint, a ledger that matches is continued, anything else refuses to start (exit 4). So a
+``kill -9`` at any instant neither loses nor double-counts a round's privacy spend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from securefed.primitives.keys import Roster
+from securefed.primitives.quantize import dequantize_sum, plan_quantization
+from securefed.runtime.rundir import RunDir, atomic_torch_save, atomic_write_text
+from securefed.secagg import SecAggConfig, SecAggServer
+from securefed.transport.coordinator import Deadlines, RoundBoard
+from securefed.transport.frames import DEFAULT_CHUNK
+from securefed.transport.pki import Layout
+from securefed.transport.service import Handlers, make_server
+from securefed.transport.workload import theta_hash
+
+__all__ = ["ServerPlan", "NetServer", "EXIT", "StateError"]
+
+log = logging.getLogger("securefed.server")
+
+# protocols/transport.md §10
+EXIT = {"ok": 0, "error": 1, "usage": 2, "auth": 3, "state": 4, "too_few": 5, "unreachable": 6}
+
+
+class StateError(RuntimeError):
+    """Checkpoint and privacy ledger disagree: refuse to continue (exit 4)."""
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    rounds: int
+    cohort_size: int
+    min_holders: int
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    clip: float = 1.0
+    seed: int = 0
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    chunk_size: int = DEFAULT_CHUNK
+    max_aborted_rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.cohort_size < 3 or not 3 <= self.min_holders <= self.cohort_size:
+            raise ValueError("need rounds >= 1 and 3 <= min_holders <= cohort_size")
+
+
+class NetServer:
+    def __init__(self, plan: ServerPlan, workload, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1",
+                 port: int = 0, resume: bool = False, config_text: str = "") -> None:
+        self.plan, self.workload, self.resume = plan, workload, resume
+        self.pki = Layout(pki)
+        self.roster = Roster.load(self.pki.roster)
+        self.rd = RunDir(out)
+        if resume and not self.rd.checkpoint_file.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.rd.checkpoint_file}")
+        self.rd.create(resume=resume)
+        self.spool = self.rd.root / "spool"
+        self.ledger_path = self.rd.privacy / "ledger.jsonl"
+        self.run_id, self.next_round, self.metrics = os.urandom(16), 0, []
+        self.sampler = random.Random(plan.seed)
+        if resume:
+            self._restore()
+        else:
+            atomic_write_text(self.rd.config, config_text or json.dumps(self.plan_dict(), indent=2) + "\n")
+            self._checkpoint(None)
+        self.board = RoundBoard(self.run_id, self.spool, chunk_size=plan.chunk_size)
+        handlers = Handlers(join=self._join, fetch=self.board.fetch, submit=self.board.submit, status=self.status)
+        self.server, self.port = make_server(handlers, host=host, port=port, cert=self.pki.server_cert,
+                                             key=self.pki.server_key, ca=self.pki.ca_cert,
+                                             roster_ids=frozenset(self.roster.keys),
+                                             max_workers=max(32, 3 * len(self.roster.keys) + 8))
+
+    def plan_dict(self) -> dict:
+        p = self.plan
+        return {"rounds": p.rounds, "cohort_size": p.cohort_size, "min_holders": p.min_holders, "clip": p.clip,
+                "secagg": vars(p.secagg), "deadlines": vars(p.deadlines), "seed": p.seed,
+                "holder_config": {k: v for k, v in self.workload.holder_config().items() if k != "config_yaml"}}
+
+    # ------------------------------------------------------------ RPC: join / status
+    def _join(self, hid: int, request: bytes, context) -> bytes:
+        log.info("holder %d joined (%s)", hid, context.peer())
+        welcome = {"run_id": self.run_id.hex(), "holder": hid, "next_round": self.next_round,
+                   "rounds": self.plan.rounds, "clip": self.plan.clip, "secagg": vars(self.plan.secagg),
+                   "deadlines": vars(self.plan.deadlines), **self.workload.holder_config()}
+        return json.dumps(welcome).encode()
+
+    def status(self) -> dict:
+        return {"run_id": self.run_id.hex(), "next_round": self.next_round, "rounds": self.plan.rounds,
+                "board": self.board.status(), "last": self.metrics[-1] if self.metrics else None}
+
+    # ------------------------------------------------------------ checkpoint (§8)
+    def _checkpoint(self, pending_entry: dict | None) -> None:
+        n = len(self._ledger().entries) + (1 if pending_entry else 0)
+        state = {"version": 1, "run_id": self.run_id, "next_round": self.next_round, "dim": self.workload.dim,
+                 "workload": self.workload.state_dict(), "sampler": self.sampler.getstate(),
+                 "ledger_entries": n, "pending_ledger": pending_entry, "metrics": self.metrics,
+                 "roster": self.roster.to_dict()}
+        atomic_torch_save(state, self.rd.checkpoint_file)
+
+    def _ledger(self):
+        from securefed.privacy.ledger import Ledger
+
+        return Ledger(self.ledger_path)
+
+    def _restore(self) -> None:
+        import torch
+
+        st = torch.load(self.rd.checkpoint_file, weights_only=False)
+        if st.get("dim") != self.workload.dim:
+            raise StateError(f"checkpoint has {st.get('dim')} parameters, this model {self.workload.dim}")
+        if st.get("roster") != self.roster.to_dict():
+            raise StateError("the roster differs from the one this run started with")
+        ledger, want = self._ledger(), int(st["ledger_entries"])
+        have = len(ledger.entries)
+        if have == want - 1 and st.get("pending_ledger"):
+            ledger.append(st["pending_ledger"])          # the crash hit between checkpoint and append
+            log.warning("completed the privacy ledger with round %s's entry from the checkpoint",
+                        st["pending_ledger"].get("round"))
+        elif have != want:
+            raise StateError(f"privacy ledger has {have} entries, the checkpoint expects {want}")
+        self.run_id, self.next_round, self.metrics = st["run_id"], int(st["next_round"]), list(st["metrics"])
+        self.workload.load_state_dict(st["workload"])
+        self.sampler.setstate(st["sampler"])
+        self.rd.write_jsonl(self.rd.metrics, self.metrics)
+        log.info("resumed run %s at round %d", self.run_id.hex(), self.next_round)
+
+    # ------------------------------------------------------------ rounds
+    def serve(self) -> int:
+        self.server.start()
+        log.info("listening on port %d (mTLS), run %s, %d holders on the roster", self.port, self.run_id.hex(),
+                 len(self.roster.keys))
+        self._write_status()
+        aborted_in_a_row = 0
+        try:
+            while self.next_round < self.plan.rounds:
+                row = self.run_round(self.next_round)
+                if row is None:
+                    return EXIT["too_few"]
+                if row.get("aborted"):
+                    aborted_in_a_row += 1
+                    if aborted_in_a_row >= self.plan.max_aborted_rounds:
+                        return EXIT["too_few"]
+                else:
+                    aborted_in_a_row = 0
+            self._write_status(final=True)
+            return EXIT["ok"]
+        finally:
+            self.server.stop(grace=2.0)
+
+    def run_round(self, r: int) -> dict | None:
+        p = self.plan
+        ready = self.board.wait_for_holders(r, want=p.cohort_size, timeout=p.deadlines.join)
+        if len(ready) < p.min_holders:
+            log.error("round %d: only %d holders connected (need %d) after %.0fs", r, len(ready), p.min_holders,
+                      p.deadlines.join)
+            return None
+        cohort = sorted(self.sampler.sample(ready, min(p.cohort_size, len(ready))))
+        theta = self.workload.theta_bytes()
+        mhash = theta_hash(theta)
+        ctx = b"securefed/transport/v1|" + self.run_id + mhash       # secagg ctx: run id + global-model hash
+        sa = SecAggServer(config=p.secagg, cohort=cohort, vector_length=self.workload.dim, round_index=r,
+                          session_context=ctx, roster=self.roster)
+        qplan = plan_quantization(clip=p.clip, ring_bits=p.secagg.ring_bits, max_clients=len(cohort))
+        manifest = {"round": r, "cohort": cohort, "model_sha256": mhash.hex(), "dim": self.workload.dim,
+                    "quant_scale": qplan.scale, "max_clients": len(cohort), "deadlines": vars(p.deadlines)}
+        out = self.board.run_round(r, cohort, manifest, theta, sa, p.deadlines)
+        row = {"round": r, "clients_sampled": len(cohort), "clients_survived": len(out.survivors),
+               "joined": list(out.cohort), "dropped": sorted(set(out.cohort) - set(out.survivors)),
+               "bytes_up": out.bytes_up, "bytes_down": out.bytes_down, "aggregation": "secagg",
+               "seconds": out.stage_seconds.get("total"), "stage_seconds": out.stage_seconds}
+        entry = None
+        if out.aborted:
+            row["aborted"] = out.aborted
+        else:
+            total = dequantize_sum(out.ring_total, qplan)                     # Σ_{i∈U3} Δ_i (clipped)
+            self.workload.step(total / np.float32(len(out.survivors)))
+            losses = [out.results[h].get("loss") for h in out.survivors if h in out.results]
+            losses = [x for x in losses if isinstance(x, (int, float))]
+            row["train_loss"] = float(np.mean(losses)) if losses else None
+            row["tokens_seen"] = (self.metrics[-1].get("tokens_seen", 0) if self.metrics else 0) + sum(
+                int(out.results.get(h, {}).get("tokens", 0) or 0) for h in out.survivors)
+            row.update(self.workload.evaluate())
+            entry = {"round": r, "run_id": self.run_id.hex(), "mechanism": "none", "clip": p.clip,
+                     "cohort": list(out.cohort), "survivors": list(out.survivors), "epsilon": float("inf"),
+                     "model_sha256_before": mhash.hex()}
+        self.metrics.append(row)
+        self.next_round = r + 1
+        self.rd.write_jsonl(self.rd.metrics, self.metrics)
+        self._checkpoint(entry)                    # WAL: the entry is in the checkpoint before the ledger
+        if entry is not None:
+            self._ledger().append(entry)
+        self._write_status()
+        line = status_line(row)
+        log.info(line, extra={"event": "round", "row": row})
+        print(line, flush=True)
+        return row
+
+    def _write_status(self, final: bool = False) -> None:
+        st = {"run_id": self.run_id.hex(), "next_round": self.next_round, "rounds": self.plan.rounds,
+              "finished": final, "pid": os.getpid(), "port": self.port, "updated": time.time(),
+              "last": self.metrics[-1] if self.metrics else None}
+        self.rd.write_json(self.rd.root / "status.json", st)
+
+
+def status_line(row: dict) -> str:
+    if row.get("aborted"):
+        return f"round {row['round'] + 1}: ABORTED ({row['aborted']}), joined {row['joined']}"
+    loss = f", train_loss {row['train_loss']:.3f}" if row.get("train_loss") is not None else ""
+    return (f"round {row['round'] + 1}: joined {row['joined']} dropped {row['dropped']} -> "
+            f"{row['clients_survived']}/{row['clients_sampled']} survived{loss}, up {row['bytes_up'] / 1e6:.2f} MB, "
+            f"down {row['bytes_down'] / 1e6:.2f} MB, {row['seconds']:.1f}s")
