@@ -85,7 +85,10 @@ def event_rdp(ev: RoundEvent) -> np.ndarray:
         if ev.sampling == "poisson":
             out = R.poisson_gaussian_rdp(ev.q, ev.noise_multiplier)
         elif ev.sampling == "fixed":
-            out = R.wor_gaussian_rdp(ev.q, ev.noise_multiplier / 2.0)  # replace-one sensitivity is 2C
+            # WBK 2019 Thm. 9 on the Gaussian curve (replace-one sensitivity 2C); test-checked against
+            # dp-accounting's Thm. 27 computation, which is ~100x slower over 256 orders
+            z = ev.noise_multiplier / 2.0
+            out = R.wor_subsampled_rdp(lambda a: a / (2.0 * z * z), ev.q)
         else:
             out = R.gaussian_rdp(ev.noise_multiplier)
     else:

@@ -34,6 +34,7 @@ __all__ = ["K_STD", "BETA", "DiscretePlan", "plan_discrete", "rounded_l2_bound",
 
 K_STD = 6.0
 BETA = math.exp(-0.5)
+MAX_ROUNDING_INFLATION = 2.0  # refuse a ring so small that rounding more than doubles Δ₂
 MAX_ROUNDING_TRIES = 200  # each try fails with probability ≤ β ≈ 0.61: 0.61^200 ≈ 1e-43
 
 
@@ -168,6 +169,12 @@ def plan_discrete(
     if sigma_b is not None:
         w = 2 * max(1, round(z * c * scale / (2.0 * sigma_b)))
     plan = DiscretePlan(mechanism, ring, dim, c, scale, z, n, w, bytes(seed), round_index)
+    if plan.data_l2 > MAX_ROUNDING_INFLATION * scale * c:
+        raise ValueError(
+            f"ring_bits={ring.bits} leaves only {scale * c:.3g} integer steps for the clip bound of {n} holders at "
+            f"noise_multiplier={z:.4g}: randomised rounding over {plan.padded} coordinates would inflate the "
+            f"sensitivity {plan.data_l2 / (scale * c):.2f}x (limit {MAX_ROUNDING_INFLATION}); use more ring bits"
+        )
     if mechanism == "ddgauss" and plan.share_std < 0.5:
         raise ValueError(
             f"per-holder discrete Gaussian std {plan.share_std:.3g} < 1/2 (KLS 2021 Prop. 14 needs >= 1/2): "

@@ -1,0 +1,137 @@
+"""Accountants: golden values, hand-checked formulas, and the dp-accounting cross-check (within 1%).
+
+Golden values were computed with this code (opacus 1.6.0, dp-accounting 0.6.0) and frozen; the
+cross-checks are what make them trustworthy.
+"""
+
+import math
+
+import dp_accounting as dpa
+import numpy as np
+import pytest
+from dp_accounting.pld import PLDAccountant
+from dp_accounting.rdp import RdpAccountant
+
+from securefed.privacy import rdp as R
+from securefed.privacy.accountant import Accountant, RoundEvent, calibrate_noise_multiplier
+
+DELTA = 1e-5
+
+
+DPA_ORDERS = [1.05, 1.1, 1.25, 1.5, 1.75] + list(range(2, 65)) + [80, 96, 128, 256]
+
+
+def _dpa_rdp(event, count, relation=dpa.NeighboringRelation.ADD_OR_REMOVE_ONE):
+    acc = RdpAccountant(DPA_ORDERS, neighboring_relation=relation)
+    acc.compose(event, count)
+    return acc.get_epsilon(DELTA)
+
+
+@pytest.mark.parametrize("q,sigma,steps", [(0.01, 1.1, 1000), (0.1, 0.8, 50), (1.0, 2.0, 10)])
+def test_poisson_gaussian_rdp_matches_dp_accounting(q, sigma, steps):
+    ours = Accountant("rdp").epsilon(DELTA, [RoundEvent("gaussian", "poisson", q, sigma)] * steps)
+    theirs = _dpa_rdp(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(sigma)), steps)
+    assert ours == pytest.approx(theirs, rel=0.01)
+
+
+def test_golden_poisson_gaussian():
+    # Abadi et al. 2016 style setting: q = 0.01, σ = 1.1, 1000 steps, δ = 1e-5
+    assert Accountant().epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, 1.1)] * 1000) == pytest.approx(1.725290818044953, rel=1e-9)
+
+
+def test_prv_matches_dp_accounting_pld():
+    ours = Accountant("prv").epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.1, 1.0)] * 100)
+    pld = PLDAccountant()
+    pld.compose(dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(1.0)), 100)
+    assert ours == pytest.approx(pld.get_epsilon(DELTA), rel=0.01)
+
+
+def test_fixed_size_gaussian_matches_dp_accounting_replace_one():
+    # replace-one sensitivity of a sum of C-clipped vectors is 2C: σ relative to it is σ/2
+    ours = Accountant().epsilon(DELTA, [RoundEvent("gaussian", "fixed", 0.01, 2.2)] * 1000)
+    theirs = _dpa_rdp(dpa.SampledWithoutReplacementDpEvent(1000, 10, dpa.GaussianDpEvent(1.1)), 1000,
+                      dpa.NeighboringRelation.REPLACE_ONE)
+    assert ours == pytest.approx(theirs, rel=0.01)
+    # our general WBK Thm. 9 bound applied to the Gaussian agrees with dp-accounting's Thm. 27
+    general = R.wor_subsampled_rdp(lambda a: a / (2 * 1.1**2), 0.01)
+    assert R.eps_from_rdp(1000 * general, DELTA)[0] == pytest.approx(theirs, rel=0.01)
+
+
+def test_general_poisson_bound_is_valid_and_not_tighter_than_the_exact_gaussian():
+    exact = R.eps_from_rdp(1000 * R.poisson_gaussian_rdp(0.01, 1.1), DELTA)[0]
+    general = R.eps_from_rdp(1000 * R.poisson_subsampled_rdp(lambda a: a / (2 * 1.1**2), 0.01), DELTA)[0]
+    assert exact <= general < 1.3 * exact  # Zhu–Wang Thm. 6 is an upper bound, and a useful one
+
+
+def test_kls_tau_by_hand():
+    # τ = 10 Σ_{k=1}^{9} exp(−2π²·0.25·k/(k+1)) ≈ 10 × 0.23453
+    assert R.ddgauss_tau(0.5, 10) == pytest.approx(2.3453253192467702, rel=1e-12)
+    assert R.ddgauss_tau(3.0, 1) == 0.0
+
+
+def test_ddgauss_approaches_the_gaussian_when_tau_vanishes():
+    # 10 shares of σ=40 on Δ₂=100: effective z = √10·40/100; τ ≈ 1e-6900, so Prop. 14 ≈ Gaussian RDP
+    ddg = R.eps_from_rdp(R.ddgauss_rdp(l1=5000.0, l2=100.0, sigma=40.0, n=10, dim=1024), DELTA)[0]
+    gauss = _dpa_rdp(dpa.GaussianDpEvent(math.sqrt(10) * 40 / 100), 1)
+    assert ddg == pytest.approx(gauss, rel=0.01)
+    assert ddg == pytest.approx(3.627851872825227, rel=1e-9)  # golden
+
+
+def test_ddgauss_small_sigma_pays_tau():
+    # at σ = 1/2 the τ terms dominate: strictly more than the Gaussian-equivalent RDP
+    r = R.ddgauss_rdp(l1=4.0, l2=2.0, sigma=0.5, n=10, dim=16, orders=[2.0])
+    assert r[0] > 2.0 * 4.0 / (2 * 10 * 0.25)
+    with pytest.raises(ValueError, match="1/2"):
+        R.ddgauss_rdp(l1=4.0, l2=2.0, sigma=0.49, n=10, dim=16)
+
+
+def test_skellam_formula_by_hand_and_gaussian_limit():
+    # α=2: 2·9/40 + min((3·9+60)/1600, 30/40) = 0.45 + 0.054375;  α=3: 0.675 + 0.065625
+    r = R.skellam_rdp(l1=10.0, l2=3.0, variance=20.0, orders=[2.0, 3.0, 2.5])
+    assert r[0] == pytest.approx(0.504375) and r[1] == pytest.approx(0.740625) and math.isinf(r[2])
+    sk = R.eps_from_rdp(R.skellam_rdp(l1=5000.0, l2=100.0, variance=16000.0), DELTA)[0]
+    gauss = _dpa_rdp(dpa.GaussianDpEvent(math.sqrt(16000) / 100), 1)
+    assert sk == pytest.approx(gauss, rel=0.01)
+
+
+def test_golden_composed_discrete_events():
+    ddg = RoundEvent("ddgauss", "poisson", 0.05, 1.0, l1=5000.0, l2=100.0, share_std=40.0, n_shares=10, dim=1024)
+    assert Accountant().epsilon(DELTA, [ddg] * 50) == pytest.approx(2.5264260310131164, rel=1e-9)
+    sk = RoundEvent("skellam", "fixed", 0.05, 1.0, l1=5000.0, l2=100.0, variance=16000.0, dim=1024)
+    assert Accountant().epsilon(DELTA, [sk] * 50) == pytest.approx(13.083603691165143, rel=1e-9)
+
+
+def test_fewer_noise_shares_cost_more():
+    full = RoundEvent("ddgauss", "none", 1.0, 1.0, l1=5000.0, l2=100.0, share_std=40.0, n_shares=10, dim=1024)
+    short = RoundEvent("ddgauss", "none", 1.0, 1.0, l1=5000.0, l2=100.0, share_std=40.0, n_shares=6, dim=1024)
+    assert Accountant().epsilon(DELTA, [short]) > Accountant().epsilon(DELTA, [full]) * 1.2
+
+
+def test_calibration_hits_the_target_and_matches_dp_accounting():
+    def eps(s):
+        return Accountant().epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, s)] * 1000)
+
+    sigma = calibrate_noise_multiplier(eps, 1.0)
+    assert eps(sigma) <= 1.0 < eps(sigma * 0.995)
+    assert sigma == pytest.approx(1.5133914878901196, rel=2e-3)
+    from dp_accounting import mechanism_calibration as mc
+
+    theirs = mc.calibrate_dp_mechanism(
+        lambda: RdpAccountant(DPA_ORDERS), lambda s: dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.01, dpa.GaussianDpEvent(s)), 1000),
+        1.0, DELTA, mc.LowerEndpointAndGuess(0.3, 1.0), tol=1e-4)
+    assert sigma == pytest.approx(theirs, rel=0.01)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="target_epsilon"):
+        calibrate_noise_multiplier(lambda s: 1.0, 0.0)
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        RoundEvent("gaussian", "poisson", 0.1, -1.0)
+    with pytest.raises(ValueError, match="q"):
+        RoundEvent("gaussian", "poisson", 0.0, 1.0)
+    with pytest.raises(ValueError, match="prv"):
+        Accountant("prv").add(RoundEvent("ddgauss", "poisson", 0.1, 1.0, l1=1, l2=1, share_std=1, n_shares=1, dim=1))
+    with pytest.raises(ValueError, match="malformed"):
+        RoundEvent.from_dict({"mechanism": "gaussian"})
+    assert math.isinf(Accountant().epsilon(DELTA, [RoundEvent("none")]))
+    assert np.isinf(R.eps_from_rdp(np.full(len(R.ORDERS), np.inf), DELTA)[0])

@@ -1,0 +1,79 @@
+"""Hash-chained ledger: append, verify, and detection of every kind of tampering."""
+
+import json
+import math
+
+import pytest
+
+from securefed.privacy.ledger import GENESIS, Ledger, LedgerError, canonical_json, entry_hash, read_ledger
+
+
+def _make(path, n=4):
+    led = Ledger(path)
+    for r in range(n):
+        led.append({"round": r, "epsilon": 0.5 * (r + 1), "mechanism": "ddgauss"})
+    return led
+
+
+def test_chain_links_each_entry_to_the_previous(tmp_path):
+    led = _make(tmp_path / "l.jsonl")
+    entries = read_ledger(tmp_path / "l.jsonl")
+    assert [e["seq"] for e in entries] == [0, 1, 2, 3]
+    assert entries[0]["prev_hash"] == GENESIS
+    for a, b in zip(entries, entries[1:]):
+        assert b["prev_hash"] == entry_hash(a)
+    assert led.head == entry_hash(entries[-1]) and led.head_at(0) == GENESIS
+
+
+def test_infinite_epsilon_round_trips(tmp_path):
+    led = Ledger(tmp_path / "l.jsonl")
+    led.append({"epsilon": math.inf})
+    assert read_ledger(tmp_path / "l.jsonl")[0]["epsilon"] == "inf"
+
+
+def _lines(p):
+    return p.read_text().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("how", ["edit_value", "edit_reencoded", "delete", "swap", "truncate", "bad_json"])
+def test_tampering_is_detected(tmp_path, how):
+    p = tmp_path / "l.jsonl"
+    _make(p)
+    lines = _lines(p)
+    if how == "edit_value":  # change epsilon of entry 1 in place (non-canonical edit is caught too)
+        lines[1] = lines[1].replace('"epsilon":1.0', '"epsilon":0.1')
+    elif how == "edit_reencoded":  # rewrite entry 1 canonically: caught by entry 2's prev_hash
+        e = json.loads(lines[1])
+        e["epsilon"] = 0.01
+        lines[1] = canonical_json(e) + "\n"
+    elif how == "delete":
+        del lines[2]
+    elif how == "swap":
+        lines[1], lines[2] = lines[2], lines[1]
+    elif how == "truncate":
+        lines[-1] = lines[-1][:20]
+    else:
+        lines[0] = "{not json\n"
+    p.write_text("".join(lines))
+    with pytest.raises(LedgerError):
+        read_ledger(p)
+    with pytest.raises(LedgerError):
+        Ledger(p)
+
+
+def test_editing_the_last_entry_is_caught_by_the_anchor(tmp_path):
+    p = tmp_path / "l.jsonl"
+    head = _make(p).head
+    lines = _lines(p)
+    e = json.loads(lines[-1])
+    e["epsilon"] = 0.0
+    lines[-1] = canonical_json(e) + "\n"
+    p.write_text("".join(lines))
+    assert Ledger(p).head != head  # the checkpoint/report anchor no longer matches
+
+
+def test_append_refuses_reserved_fields(tmp_path):
+    with pytest.raises(ValueError, match="seq"):
+        Ledger(tmp_path / "l.jsonl").append({"seq": 3})
+    with pytest.raises(LedgerError, match="NaN"):
+        Ledger(tmp_path / "l.jsonl").append({"epsilon": math.nan})
