@@ -1,0 +1,125 @@
+"""The streamed ring sum: chunk-wise folding equals the whole-vector sum; failed streams leave no trace."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from securefed.secagg.messages import MaskedInput, encode as sa_encode
+from securefed.transport.accumulate import MASKED_PREFIX, RingAccumulator
+from securefed.transport.frames import FrameError
+
+
+def _msg(sender, vec, k=32):
+    return sa_encode(MaskedInput(sender, k, vec))
+
+
+def _feed(fold, data, cuts):
+    off = 0
+    for c in cuts:
+        fold.write(off, data[off:c])
+        off = c
+    fold.write(off, data[off:])
+
+
+@pytest.mark.parametrize("k,dtype", [(32, np.uint32), (16, np.uint16), (24, np.uint32)])
+def test_fold_at_odd_chunk_boundaries_equals_ring_sum(tmp_path, k, dtype):
+    rng = np.random.default_rng(0)
+    P = 1001
+    vecs = {i: rng.integers(0, 1 << k, P, dtype=np.uint64).astype(dtype) for i in (1, 2, 3)}
+    acc = RingAccumulator(P, k, tmp_path)
+    for i, v in vecs.items():
+        data = _msg(i, v, k)
+        fold = acc.open(i)
+        _feed(fold, data, [1, 7, MASKED_PREFIX, MASKED_PREFIX + 3, 500, 2001, len(data) - 1])
+        fold.commit()
+    expect = sum(v.astype(np.uint64) for v in vecs.values()) % (1 << k)   # exact sum mod 2^k
+    assert np.array_equal(acc.total.astype(np.uint64), expect)
+    assert acc.committed == {1, 2, 3}
+    assert not list(tmp_path.iterdir())                                     # undo journals deleted
+
+
+def test_aborted_stream_is_subtracted_back_out(tmp_path):
+    P = 5000
+    a, b = np.arange(P, dtype=np.uint32), np.full(P, 0xFFFFFFF0, dtype=np.uint32)
+    acc = RingAccumulator(P, 32, tmp_path)
+    f = acc.open(1)
+    f.write(0, _msg(1, a))
+    f.commit()
+    half = _msg(2, b)[: MASKED_PREFIX + 4 * 3000 + 2]                      # truncated mid-word
+    g = acc.open(2)
+    g.write(0, half)
+    assert not np.array_equal(acc.total, a)                                  # partially folded ...
+    g.abort()
+    assert np.array_equal(acc.total, a)                                      # ... and undone exactly
+    assert acc.committed == {1}
+
+
+def test_commit_of_incomplete_stream_fails_and_undoes(tmp_path):
+    acc = RingAccumulator(10, 32, tmp_path)
+    f = acc.open(1)
+    f.write(0, _msg(1, np.ones(10, np.uint32))[:-4])
+    with pytest.raises(FrameError, match="incomplete"):
+        f.commit()
+    assert not acc.total.any()
+
+
+def test_seal_undoes_inflight_and_refuses_late_commit(tmp_path):
+    acc = RingAccumulator(10, 32, tmp_path)
+    data = _msg(4, np.full(10, 7, np.uint32))
+    f = acc.open(4)
+    f.write(0, data[:30])
+    acc.seal()
+    assert not acc.total.any()
+    with pytest.raises(FrameError):
+        f.write(30, data[30:])
+    with pytest.raises(FrameError):
+        acc.open(5)
+
+
+@pytest.mark.parametrize("sender,k,P,msg", [(2, 32, 10, "sender"), (1, 16, 10, "ring bits"), (1, 32, 11, "length")])
+def test_prefix_checked_before_any_word_is_folded(tmp_path, sender, k, P, msg):
+    acc = RingAccumulator(10, 32, tmp_path)
+    dt = np.uint16 if k <= 16 else np.uint32
+    f = acc.open(1)
+    with pytest.raises(FrameError, match=msg):
+        f.write(0, _msg(sender, np.ones(P, dt), k))
+    f.abort()
+    assert not acc.total.any()
+
+
+def test_one_stream_per_holder(tmp_path):
+    acc = RingAccumulator(4, 32, tmp_path)
+    acc.open(1)
+    with pytest.raises(FrameError, match="already"):
+        acc.open(1)
+
+
+def test_concurrent_folds_do_not_lose_updates(tmp_path):
+    P, n = 200_000, 6
+    acc = RingAccumulator(P, 32, tmp_path)
+    vecs = [np.full(P, i + 1, np.uint32) for i in range(n)]
+
+    def go(i):
+        data = _msg(i + 1, vecs[i])
+        f = acc.open(i + 1)
+        for off in range(0, len(data), 4099):
+            f.write(off, data[off:off + 4099])
+        f.commit()
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert np.all(acc.total == n * (n + 1) // 2)                              # 1+2+...+6 = 21
+
+
+def test_over_existing_array(tmp_path):
+    total = np.zeros(8, np.uint32)
+    acc = RingAccumulator.over(total, 32, tmp_path)
+    f = acc.open(3)
+    f.write(0, _msg(3, np.arange(8, dtype=np.uint32)))
+    f.commit()
+    assert np.array_equal(total, np.arange(8))
+    with pytest.raises(TypeError):
+        RingAccumulator.over(np.zeros(8, np.uint16), 32, tmp_path)

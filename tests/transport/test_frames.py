@@ -1,0 +1,146 @@
+"""Frames and streams: round trips, chunk bounds, integrity (length + SHA-256), hostile input."""
+
+import hashlib
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from securefed.transport.frames import (DEFAULT_CHUNK, MAX_CHUNK, MAX_FRAME, Ack, Chunk, FetchRequest, FrameError,
+                                        Header, Kind, decode, encode, iter_stream_frames)
+from securefed.transport.stream import BytesSink, StreamReceiver, expect_header
+
+RUN = bytes(range(16))
+
+
+def _stream(payload: bytes, chunk: int, *, parts=None):
+    parts = parts if parts is not None else [payload]
+    return [decode(f) for f in iter_stream_frames(RUN, 3, 4, Kind.SECAGG, parts, total_len=len(payload),
+                                                  digest=hashlib.sha256(payload).digest(), chunk_size=chunk)]
+
+
+def _receive(frames, cap=1 << 30):
+    h = expect_header(frames[0], run_id=RUN, round_index=3, stage=4, kinds=(Kind.SECAGG,), max_len=cap)
+    sink = BytesSink(h.total_len)
+    rx = StreamReceiver(h, sink)
+    for f in frames[1:]:
+        rx.feed(f)
+    rx.finish()
+    return sink.value
+
+
+@pytest.mark.parametrize("frame", [
+    Header(RUN, 7, 2, Kind.MODEL, 123, b"\x01" * 32, 4096),
+    Chunk(5, 1 << 40, b"abc"),
+    FetchRequest(RUN, 9, 6, 1500),
+    Ack(1, "refused"),
+])
+def test_round_trip(frame):
+    assert decode(encode(frame)) == frame
+
+
+@pytest.mark.parametrize("size,chunk", [(0, 16), (1, 16), (16, 16), (17, 16), (1000, 7), (3 << 20, DEFAULT_CHUNK)])
+def test_chunking_reassembles_and_respects_chunk_size(size, chunk):
+    payload = bytes((i * 31) % 251 for i in range(size))
+    frames = _stream(payload, chunk)
+    assert all(len(c.data) <= chunk for c in frames[1:])
+    assert len(frames) - 1 == -(-size // chunk)          # ceil(size / chunk) chunks
+    assert _receive(frames) == payload
+
+
+def test_parts_are_recut_into_full_chunks():
+    payload = bytes(range(256)) * 10
+    parts = [payload[:5], payload[5:700], payload[700:701], payload[701:]]
+    frames = _stream(payload, 256, parts=parts)
+    assert [len(c.data) for c in frames[1:]] == [256] * 10
+    assert _receive(frames) == payload
+
+
+def test_no_frame_near_grpc_limits():
+    payload = b"\x00" * (MAX_CHUNK * 2 + 5)
+    raw = list(iter_stream_frames(RUN, 0, 0, Kind.MODEL, [payload], total_len=len(payload),
+                                  digest=hashlib.sha256(payload).digest(), chunk_size=MAX_CHUNK))
+    assert max(len(f) for f in raw) <= MAX_FRAME < 8 << 20
+
+
+def test_truncated_stream_rejected():
+    frames = _stream(b"x" * 100, 10)
+    with pytest.raises(FrameError, match="truncated"):
+        _receive(frames[:-1])
+
+
+def test_tampered_chunk_rejected_by_hash():
+    frames = _stream(b"x" * 100, 10)
+    frames[3] = Chunk(frames[3].seq, frames[3].offset, b"y" * 10)
+    with pytest.raises(FrameError, match="SHA-256"):
+        _receive(frames)
+
+
+def test_overlong_stream_rejected():
+    frames = _stream(b"x" * 100, 10)
+    frames.append(Chunk(10, 100, b"z"))
+    with pytest.raises(FrameError, match="longer"):
+        _receive(frames)
+
+
+def test_out_of_order_chunk_rejected():
+    frames = _stream(b"x" * 100, 10)
+    frames[2], frames[3] = frames[3], frames[2]
+    with pytest.raises(FrameError, match="out of order"):
+        _receive(frames)
+
+
+def test_oversized_header_rejected_before_any_chunk():
+    frames = _stream(b"x" * 100, 10)
+    with pytest.raises(FrameError, match="exceeds the cap"):
+        _receive(frames, cap=99)
+
+
+@pytest.mark.parametrize("field,value,msg", [("run_id", b"\x00" * 16, "another run"), ("round", 4, "round 4"),
+                                             ("stage", 5, "stage 5"), ("kind", Kind.MODEL, "kind")])
+def test_header_for_another_run_round_stage_or_kind_rejected(field, value, msg):
+    h = dict(run_id=RUN, round=3, stage=4, kind=Kind.SECAGG, total_len=1, digest=b"\x00" * 32)
+    h[field] = value
+    with pytest.raises(FrameError, match=msg):
+        expect_header(Header(**h), run_id=RUN, round_index=3, stage=4, kinds=(Kind.SECAGG,), max_len=10)
+
+
+@pytest.mark.parametrize("bad", [b"", b"SFTR", b"XXXX\x01\x01", b"SFTR\x02\x01" + b"\x00" * 70, b"SFTR\x01\x09",
+                                 encode(Chunk(0, 0, b"ab"))[:-1], encode(Chunk(0, 0, b"ab")) + b"!",
+                                 b"SFTR\x01\x02" + b"\x00" * 16, b"SFTR\x01\x04\x00\x00\x05ab"])
+def test_malformed_frames_raise_frame_error(bad):
+    with pytest.raises(FrameError):
+        decode(bad)
+
+
+def test_oversized_frame_rejected():
+    with pytest.raises(FrameError, match="exceeds"):
+        decode(b"SFTR\x01\x02" + b"\x00" * MAX_FRAME)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_decode_only_frame_error(data):
+    try:
+        decode(data)
+    except FrameError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 3), st.binary(min_size=1, max_size=60))
+def test_fuzz_valid_prefix_garbage_body(ftype, body):
+    try:
+        decode(b"SFTR\x01" + bytes([ftype]) + body)
+    except FrameError:
+        pass
+
+
+def test_constructors_validate_fields():
+    with pytest.raises(FrameError, match="run_id"):
+        Header(b"short", 0, 0, Kind.MODEL, 0, b"\x00" * 32)
+    with pytest.raises(FrameError, match="chunk length"):
+        Chunk(0, 0, b"x" * (MAX_CHUNK + 1))
+    with pytest.raises(FrameError, match="round"):
+        FetchRequest(RUN, -1, 0)
+    with pytest.raises(TypeError):
+        encode("not a frame")

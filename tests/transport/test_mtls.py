@@ -1,0 +1,144 @@
+"""Mutual TLS and identity: who may talk to the coordinator, and as whom (protocols/transport.md §7)."""
+
+import json
+import os
+import stat
+
+import grpc
+import pytest
+
+from securefed.transport.client import TransportClient
+from securefed.transport.frames import Ack, encode
+from securefed.transport.pki import holder_id_from_cert, load_identity, make_demo_pki
+from securefed.transport.service import Handlers, load_client_credentials, make_server
+
+
+@pytest.fixture(scope="module")
+def pkis(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pki")
+    return make_demo_pki(root / "fed", holders=3), make_demo_pki(root / "other", holders=3)
+
+
+@pytest.fixture(scope="module")
+def server(pkis):
+    lay, _ = pkis
+    seen = []
+    handlers = Handlers(join=lambda h, req, ctx: (seen.append(h), json.dumps({"run_id": "00" * 16}).encode())[1],
+                        fetch=lambda h, req, ctx: iter(()), submit=lambda h, it, ctx: encode(Ack(0)),
+                        status=lambda: {"ok": True})
+    srv, port = make_server(handlers, host="127.0.0.1", port=0, cert=lay.server_cert, key=lay.server_key,
+                            ca=lay.ca_cert, roster_ids=frozenset({1, 2}))     # holder 3 has a cert, no roster entry
+    srv.start()
+    yield port, seen
+    srv.stop(0)
+
+
+def _client(port, creds, name=None):
+    return TransportClient(f"127.0.0.1:{port}", creds, server_name=name)
+
+
+def _creds(lay, hid, ca=None):
+    d = lay.holder_dir(hid)
+    return load_client_credentials(cert=d / "cert.pem", key=d / "key.pem", ca=ca or lay.ca_cert)
+
+
+def test_roster_holder_with_ca_signed_cert_is_accepted_and_identified(pkis, server):
+    lay, _ = pkis
+    port, seen = server
+    c = _client(port, _creds(lay, 2))
+    c.join({}, timeout=10)
+    assert seen[-1] == 2                              # id from the certificate, not from the message
+    c.close()
+
+
+def _expect_refused(c, code):
+    with pytest.raises(grpc.RpcError) as e:
+        c.stub.status(b"", timeout=5)
+    assert e.value.code() == code
+    c.close()
+
+
+def test_cert_from_another_ca_refused_at_handshake(pkis, server):
+    lay, other = pkis
+    d = other.holder_dir(1)   # holder 1 of another federation: same id, wrong CA
+    creds = load_client_credentials(cert=d / "cert.pem", key=d / "key.pem", ca=lay.ca_cert)
+    _expect_refused(_client(server[0], creds), grpc.StatusCode.UNAVAILABLE)
+
+
+def test_client_without_certificate_refused(pkis, server):
+    lay, _ = pkis
+    creds = grpc.ssl_channel_credentials(root_certificates=lay.ca_cert.read_bytes())
+    _expect_refused(_client(server[0], creds), grpc.StatusCode.UNAVAILABLE)
+
+
+def test_ca_signed_holder_not_on_roster_refused(pkis, server):
+    lay, _ = pkis
+    _expect_refused(_client(server[0], _creds(lay, 3)), grpc.StatusCode.PERMISSION_DENIED)
+
+
+def test_wrong_server_certificate_refused_by_client(pkis, server):
+    lay, other = pkis
+    # the holder trusts only the other federation's CA: our server's certificate does not verify
+    _expect_refused(_client(server[0], _creds(lay, 1, ca=other.ca_cert)), grpc.StatusCode.UNAVAILABLE)
+
+
+def test_server_name_mismatch_refused(pkis, server):
+    lay, _ = pkis
+    _expect_refused(_client(server[0], _creds(lay, 1), name="coordinator.evil.example"), grpc.StatusCode.UNAVAILABLE)
+
+
+def test_keygen_permissions_and_roster(pkis, tmp_path):
+    lay, _ = pkis
+    for p in [lay.root, *lay.root.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        if p.is_dir():
+            assert mode == 0o700, p
+        elif p.name.endswith(".key") or p.name == "key.pem":
+            assert mode == 0o600, p
+    from securefed.primitives.keys import Roster
+
+    roster = Roster.load(lay.roster)
+    assert sorted(roster.keys) == [1, 2, 3]
+    for h in (1, 2, 3):
+        assert load_identity(lay.holder_dir(h) / "identity.key").public_bytes == roster.keys[h]
+        assert holder_id_from_cert((lay.holder_dir(h) / "cert.pem").read_bytes()) == h
+    assert b"PRIVATE" not in lay.roster.read_bytes()
+
+
+def test_keygen_never_overwrites(pkis):
+    lay, _ = pkis
+    with pytest.raises(FileExistsError):
+        make_demo_pki(lay.root, holders=1)
+
+
+def test_identity_file_readable_by_others_refused(pkis, tmp_path):
+    lay, _ = pkis
+    src = lay.holder_dir(1) / "identity.key"
+    p = tmp_path / "identity.key"
+    p.write_bytes(src.read_bytes())
+    os.chmod(p, 0o644)
+    with pytest.raises(PermissionError):
+        load_identity(p)
+
+
+def test_cert_without_holder_identity_rejected(pkis):
+    lay, _ = pkis
+    with pytest.raises(ValueError, match="exactly one holder"):
+        holder_id_from_cert(lay.server_cert.read_bytes())
+
+
+def test_client_refuses_mismatched_id_or_identity(pkis, tmp_path):
+    from securefed.runtime.netclient import NetClient
+
+    lay, other = pkis
+    with pytest.raises(FileNotFoundError):
+        NetClient(9, pki=lay.root, target="127.0.0.1:1", state_dir=tmp_path / "s", workload_factory=None)
+    # holder 1's directory with another federation's identity key: not its roster entry
+    import shutil
+
+    fake = tmp_path / "fake"
+    shutil.copytree(lay.root, fake)
+    os.chmod(fake / "holders" / "1" / "identity.key", 0o600)
+    (fake / "holders" / "1" / "identity.key").write_bytes((other.holder_dir(1) / "identity.key").read_bytes())
+    with pytest.raises(ValueError, match="roster"):
+        NetClient(1, pki=fake, target="127.0.0.1:1", state_dir=tmp_path / "s", workload_factory=None)
