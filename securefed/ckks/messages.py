@@ -1,4 +1,4 @@
-"""Typed CKKS wire messages and their versioned, validating serializer (protocols/ckks.md §5).
+"""Typed CKKS wire messages and their versioned, validating serializer (protocols/ckks.md §7).
 
 Encoding: ``b"SFCK" | version u8 | kind u8 | fields...``; ints are u64 big-endian, byte strings
 u32 length + bytes, tuples u32 count + items. Decoding rejects unknown versions/kinds, short or
