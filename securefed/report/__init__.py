@@ -1,1 +1,5 @@
-"""securefed.report (see securefed/README.md)."""
+"""securefed.report: renders RUN_DIR/report from the run directory's files only (see render.py)."""
+
+from securefed.report.render import load_run, render_report
+
+__all__ = ["render_report", "load_run"]

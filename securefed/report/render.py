@@ -1,0 +1,198 @@
+"""Render RUN_DIR/report/{report.json, report.md, report.html, *.png} from the run directory's files only.
+
+Inputs (DESIGN.md "Run directory contract"): config.yaml, metrics.jsonl, summary.json,
+privacy/ledger.jsonl (+ privacy/holders/*.jsonl), optional baseline/metrics.jsonl. Every input may be
+missing (an interrupted run); the report says what it could not find. The ledger's hash chain is
+verified and the verdict is printed at the top — a broken chain is flagged loudly, never hidden.
+The Markdown and the HTML are built from one list of sections; the HTML embeds the PNGs as base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from securefed.privacy.ledger import LedgerError, entry_hash, read_ledger
+from securefed.report import text
+
+__all__ = ["render_report", "load_run"]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last metrics line of an interrupted run
+    return out
+
+
+def _num(v: Any) -> float:
+    if v == "inf":
+        return math.inf
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def load_run(run_dir: Path) -> dict:
+    """Everything the report needs, read from files."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    cfg_path = run_dir / "config.yaml"
+    config = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    ledger: dict[str, Any] = {"path": "privacy/ledger.jsonl", "ok": False, "entries": [], "error": None, "head": None}
+    lp = run_dir / "privacy" / "ledger.jsonl"
+    if not lp.is_file():
+        ledger["error"] = "no privacy ledger found"
+    else:
+        try:
+            ledger["entries"] = read_ledger(lp)
+            ledger["ok"] = True
+            ledger["head"] = entry_hash(ledger["entries"][-1]) if ledger["entries"] else None
+        except LedgerError as e:
+            ledger["error"] = str(e)
+    holders: dict[str, dict] = {}
+    for hp in sorted((run_dir / "privacy" / "holders").glob("holder-*.jsonl")):
+        try:
+            es = read_ledger(hp)
+            holders[hp.stem] = {"ok": True, "epsilon": _num(es[-1]["epsilon"]) if es else 0.0, "cap": es[-1].get("cap") if es else None,
+                                "included": sum(e["status"] == "included" for e in es), "refused": sum(e["status"] == "refused" for e in es),
+                                "dropped": sum(e["status"] == "dropped" for e in es)}
+        except LedgerError as e:
+            holders[hp.stem] = {"ok": False, "error": str(e)}
+    return {"run_dir": str(run_dir), "config": config or {}, "summary": summary, "metrics": _jsonl(run_dir / "metrics.jsonl"),
+            "baseline": _jsonl(run_dir / "baseline" / "metrics.jsonl"), "ledger": ledger, "holders": holders}
+
+
+def _plots(run: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    entries = run["ledger"]["entries"]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    xs = [e["round"] for e in entries]
+    ys = [_num(e["epsilon"]) for e in entries]
+    if entries and all(math.isfinite(y) for y in ys):
+        ax.plot(xs, ys, marker="o", ms=3)
+        ax.set_ylabel(f"cumulative ε (δ = {_num(entries[-1]['delta']):.2g})")
+    else:
+        ax.text(0.5, 0.5, "ε = ∞ (no DP)" if entries else "no ledger entries", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("round")
+    ax.set_title("Privacy spent (server ledger)")
+    fig.tight_layout()
+    fig.savefig(out / "epsilon.png", dpi=110)
+    plt.close(fig)
+    names.append("epsilon.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fed = [(m.get("tokens_seen"), m.get("eval_ppl")) for m in run["metrics"] if m.get("eval_ppl") is not None]
+    base = [(m.get("tokens_seen"), m.get("eval_ppl")) for m in run["baseline"] if m.get("eval_ppl") is not None]
+    for pts, label in ((fed, "federated"), (base, "centralized baseline")):
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("eval perplexity")
+    ax.set_yscale("log")
+    ax.set_title("Perplexity vs tokens")
+    if fed or base:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "perplexity.png", dpi=110)
+    plt.close(fig)
+    names.append("perplexity.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    cf = [(m.get("round"), m.get("clip_fraction")) for m in run["metrics"] if m.get("clip_fraction") is not None]
+    if cf:
+        ax.plot([c[0] for c in cf], [c[1] for c in cf], marker="o", ms=3)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("round")
+    ax.set_ylabel("fraction of holders clipped")
+    ax.set_title("Clip fraction")
+    fig.tight_layout()
+    fig.savefig(out / "clip_fraction.png", dpi=110)
+    plt.close(fig)
+    names.append("clip_fraction.png")
+    return names
+
+
+def _md(sections: list) -> str:
+    lines = []
+    for title, blocks in sections:
+        lines.append(f"## {title}\n")
+        for b in blocks:
+            if isinstance(b, tuple) and b[0] == "table":
+                rows = b[1]
+                lines.append("| " + " | ".join(rows[0]) + " |")
+                lines.append("|" + "---|" * len(rows[0]))
+                lines.extend("| " + " | ".join(str(c) for c in r) + " |" for r in rows[1:])
+                lines.append("")
+            elif isinstance(b, tuple) and b[0] == "img":
+                lines.append(f"![{b[1]}]({b[1]})\n")
+            else:
+                lines.append(str(b) + "\n")
+    return "\n".join(lines)
+
+
+def _html(title: str, sections: list, out: Path, alarm: str | None) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+             "body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.45}table{border-collapse:collapse}"
+             "td,th{border:1px solid #bbb;padding:.2em .6em}.alarm{background:#b00;color:#fff;padding:1em;font-weight:bold}"
+             "</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    if alarm:
+        parts.append(f"<div class='alarm'>{html.escape(alarm)}</div>")
+    for sec_title, blocks in sections:
+        parts.append(f"<h2>{html.escape(sec_title)}</h2>")
+        for b in blocks:
+            if isinstance(b, tuple) and b[0] == "table":
+                rows = b[1]
+                parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0]) + "</tr>")
+                parts.extend("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows[1:])
+                parts.append("</table>")
+            elif isinstance(b, tuple) and b[0] == "img":
+                data = base64.b64encode((out / b[1]).read_bytes()).decode("ascii")
+                parts.append(f"<p><img alt='{html.escape(b[1])}' src='data:image/png;base64,{data}'></p>")
+            else:
+                parts.append(f"<p>{html.escape(str(b))}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict:
+    """Write the report files; returns the report.json content (``ledger_ok`` says if the chain verified)."""
+    run = load_run(Path(run_dir))
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(run, out)
+    facts = text.facts(run)
+    sections = text.sections(run, facts) + [("Plots", [("img", p) for p in plots])]
+    alarm = None
+    if not run["ledger"]["ok"]:
+        alarm = f"PRIVACY LEDGER NOT VERIFIED: {run['ledger']['error']}. The privacy figures below cannot be trusted."
+    report = {"run_dir": run["run_dir"], "ledger_ok": run["ledger"]["ok"], "ledger_error": run["ledger"]["error"],
+              "ledger_head": run["ledger"]["head"], "facts": facts, "holders": run["holders"], "plots": plots,
+              "sections": [[t, [b if isinstance(b, str) else list(b) for b in bs]] for t, bs in sections]}
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+    md = "# securefed privacy and training report\n\n" + (f"> **{alarm}**\n\n" if alarm else "") + _md(sections)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(_html("securefed privacy and training report", sections, out, alarm))
+    return report

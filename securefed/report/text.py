@@ -1,0 +1,135 @@
+"""The report's words: facts pulled from the run files, and the plain-language sections."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MECH_WORDS = {
+    "none": "no differential privacy: updates are clipped and quantized, but no noise is added (ε = ∞)",
+    "gaussian": "the Gaussian mechanism at a trusted aggregator (central DP): the server adds N(0, σ²C²) to the sum",
+    "ddgauss": "the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021): each holder adds its share of integer "
+               "Gaussian noise before secure aggregation, so the server only ever sees a noised sum",
+    "skellam": "the distributed Skellam mechanism (Agarwal, Kairouz, Liu 2021): each holder adds its share of integer "
+               "Skellam noise before secure aggregation, so the server only ever sees a noised sum",
+}
+
+
+def _find(d: Any, key: str) -> Any:
+    """First value of ``key`` anywhere in a nested config mapping (None if absent)."""
+    if isinstance(d, dict):
+        if key in d:
+            return d[key]
+        for v in d.values():
+            r = _find(v, key)
+            if r is not None:
+                return r
+    return None
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "∞" if math.isinf(v) else f"{v:.4g}"
+    if v == "inf":
+        return "∞"
+    return "—" if v is None else str(v)
+
+
+def facts(run: dict) -> dict:
+    es = run["ledger"]["entries"]
+    last = es[-1] if es else {}
+    metrics = run["metrics"]
+    cfg = run["config"]
+    priv = cfg.get("privacy", {}) if isinstance(cfg.get("privacy"), dict) else {}
+    agg = metrics[-1].get("aggregation") if metrics else _find(cfg.get("aggregation", {}), "mode")
+    return {
+        "mode": last.get("mode", priv.get("mode", "unknown")),
+        "mechanism": last.get("mechanism", "unknown"),
+        "privacy_unit": last.get("privacy_unit", "holder"),
+        "neighbouring_relation": last.get("neighbouring_relation", "unknown"),
+        "epsilon": last.get("epsilon", "unknown") if es else "unknown",
+        "delta": last.get("delta"),
+        "noise_multiplier": last.get("noise_multiplier"),
+        "clip_first": es[0].get("clip") if es else priv.get("clip"),
+        "clip_last": last.get("next_clip"),
+        "adaptive_clip": priv.get("adaptive_clip"),
+        "ring_bits": last.get("ring_bits"),
+        "population": last.get("population"),
+        "cohort_size_planned": last.get("cohort_size_planned"),
+        "sampling": last.get("sampling"),
+        "sampling_rate": last.get("sampling_rate"),
+        "rounds_recorded": len(es),
+        "reexecuted_rounds": sum(1 for e in es if e.get("reexecuted")),
+        "accountant": last.get("accountant_version", last.get("accountant")),
+        "aggregation": agg,
+        "secagg_threshold": _find(cfg.get("aggregation", {}), "threshold"),
+        "server_epsilon_cap": priv.get("server_epsilon_cap"),
+        "holder_epsilon_cap": priv.get("holder_epsilon_cap"),
+        "fed_eval_ppl": run["summary"].get("fed_eval_ppl"),
+        "central_eval_ppl": run["summary"].get("central_eval_ppl"),
+        "tokens": run["summary"].get("tokens"),
+        "rounds": run["summary"].get("rounds", len(metrics)),
+    }
+
+
+def sections(run: dict, f: dict) -> list:
+    led = run["ledger"]
+    dp = f["mode"] in ("central", "distributed")
+    verdict = (f"Verified: {len(led['entries'])} entries, hash chain intact, head {led['head']}." if led["ok"]
+               else f"NOT VERIFIED — {led['error']}. Treat every privacy number in this report as untrustworthy.")
+    eps_words = (f"After {f['rounds_recorded']} recorded rounds the federation has spent ε = {_fmt(f['epsilon'])} at "
+                 f"δ = {_fmt(f['delta'])}." if dp else "Differential privacy was off in this run: ε is infinite.")
+    trust = {
+        "distributed": "The server is not trusted with individual updates: secure aggregation shows it only the sum of "
+                       f"the survivors' masked vectors (aggregation: {_fmt(f['aggregation'])}; secure aggregation "
+                       f"threshold: {_fmt(f['secagg_threshold'])}). The DP guarantee assumes the holders whose inputs "
+                       "are in the sum added their noise shares honestly; noise missing because holders dropped out is "
+                       "accounted (each round's ε uses the survivors' actual noise). Holders colluding with the server "
+                       "remove their own shares from the noise: the guarantee degrades to that of the honest shares.",
+        "central": "The aggregator is trusted: it sees the (securely aggregated or plain) sum before adding the Gaussian "
+                   "noise. The guarantee protects holders against everyone who sees the model, not against the aggregator.",
+        "none": "No DP noise: protection rests on secure aggregation alone (the server sees only sums), which bounds "
+                "no inference from the released models.",
+    }.get(f["mode"], "unknown mode")
+    holders = run["holders"]
+    hrows = [["holder", "ε (own ledger)", "cap", "rounds included", "refused", "dropped"]]
+    for name, h in holders.items():
+        if h.get("ok"):
+            hrows.append([name, _fmt(h["epsilon"]), _fmt(h["cap"]), h["included"], h["refused"], h["dropped"]])
+        else:
+            hrows.append([name, "LEDGER BROKEN: " + h["error"], "", "", "", ""])
+    params = [["parameter", "value"]] + [[k, _fmt(f[k])] for k in (
+        "mode", "mechanism", "noise_multiplier", "clip_first", "clip_last", "adaptive_clip", "ring_bits", "population",
+        "cohort_size_planned", "sampling", "sampling_rate", "delta", "epsilon", "server_epsilon_cap", "holder_epsilon_cap",
+        "accountant", "rounds_recorded", "reexecuted_rounds")]
+    nist = [["factor (NIST SP 800-226)", "this run"],
+            ["unit of privacy", "one data holder (all of its records together): the guarantee covers a holder's whole "
+             "contribution, which is stronger than record-level DP. Optional DP-SGD adds a record-level guarantee inside a holder."],
+            ["privacy parameters ε, δ", f"ε = {_fmt(f['epsilon'])}, δ = {_fmt(f['delta'])} (δ < 1/population)"],
+            ["neighbouring relation", f"{_fmt(f['neighbouring_relation'])} one holder ({_fmt(f['sampling'])} sampling of cohorts)"],
+            ["accounting", f"{_fmt(f['accountant'])}; composition over all recorded rounds, re-executed rounds counted again"],
+            ["trust model / threat", trust],
+            ["implementation", "noise from the OS CSPRNG (never a seeded library RNG); integer noise and modular ring "
+             "arithmetic for distributed DP (no floating-point noise attacks on the released sum); hash-chained ledger"]]
+    train = [["figure", "value"], ["federated eval perplexity", _fmt(f["fed_eval_ppl"])],
+             ["centralized baseline eval perplexity", _fmt(f["central_eval_ppl"])], ["tokens", _fmt(f["tokens"])],
+             ["rounds", _fmt(f["rounds"])]]
+    return [
+        ("Ledger integrity", [verdict]),
+        ("What was protected, in plain words", [
+            f"Privacy unit: {f['privacy_unit']} — each data holder's entire pseudo-gradient in a round is bounded in size "
+            f"(clipped to L2 norm C) and then hidden by noise, so the released models reveal little about whether any one "
+            f"holder took part.", eps_words,
+            "Two ε are kept: the ledger above is the guarantee for the released models, with amplification by the random "
+            "choice of cohorts (valid against anyone who does not know the cohorts); each holder's own ledger counts only "
+            "the rounds its data was in, without that amplification (valid even against the coordinator)."]),
+        ("Mechanism", [MECH_WORDS.get(f["mechanism"], str(f["mechanism"]))]),
+        ("Trust model", [trust]),
+        ("Weights", ["With DP on, every holder's update has the same weight (uniform averaging: the sum is divided by the "
+                     "planned cohort size), so the sensitivity used by the accountant is the true one: one holder moves the "
+                     "sum by at most C." if dp else "DP is off: holder weights follow the run's configured weighting."]),
+        ("Parameters", [("table", params)]),
+        ("NIST SP 800-226 factors", [("table", nist)]),
+        ("Holder budgets", [("table", hrows)] if len(hrows) > 1 else ["No holder ledgers found."]),
+        ("Training", [("table", train)]),
+    ]
