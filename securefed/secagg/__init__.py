@@ -7,7 +7,8 @@ Public API for the runtime and the transport::
     SecAggClient.handle(bytes) -> bytes;  SecAggServer.round_start() / receive(sender, bytes) / close_stage()
 """
 
-from securefed.primitives.keys import IdentityKey, Roster, RosterError, generate_identity
+from securefed.primitives.keys import IdentityKey, generate_identity
+from securefed.secagg.roster import Roster, RosterError
 from securefed.secagg.client import CLIENT_TRANSITIONS, ClientStage, SecAggClient
 from securefed.secagg.config import SecAggConfig, Thresholds, threshold_for
 from securefed.secagg.driver import DropoutPlan, SecAggOutcome, Stage, run_secagg_round

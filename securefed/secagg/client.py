@@ -17,7 +17,8 @@ import numpy as np
 from securefed.primitives import shamir
 from securefed.primitives.aead import DecryptionFailed, associated_data, open_, seal
 from securefed.primitives.kdf import u32
-from securefed.primitives.keys import IdentityKey, Roster, X25519KeyPair, validate_x25519_public, verify_signature
+from securefed.primitives.keys import IdentityKey, X25519KeyPair, validate_x25519_public, verify_signature
+from securefed.secagg.roster import Roster
 from securefed.primitives.prg import accumulate_masks
 from securefed.primitives.rng import Entropy
 from securefed.secagg import common as cm
@@ -68,6 +69,8 @@ class SecAggClient:
         ring = cm.RingSpec(config.ring_bits)
         if not isinstance(vector, np.ndarray) or vector.ndim != 1 or vector.dtype != ring.dtype:
             raise TypeError(f"vector must be a 1-D array of dtype {ring.dtype}")
+        if ring.bits not in (16, 32) and np.any(vector >> ring.dtype.type(ring.bits)):
+            raise ValueError(f"vector has elements outside Z_2^{ring.bits}")
         self.id, self._identity, self._roster, self._config = client_id, identity, roster, config
         self._ctx, self._round, self._x, self._entropy = bytes(session_context), round_index, vector, entropy
         self.stage = ClientStage.AWAIT_ROUND_START

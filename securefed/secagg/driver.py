@@ -14,7 +14,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from securefed.primitives.keys import IdentityKey, Roster
+from securefed.primitives.keys import IdentityKey
+from securefed.secagg.roster import Roster
 from securefed.primitives.quantize import RingSpec
 from securefed.primitives.rng import Entropy
 from securefed.secagg.client import SecAggClient

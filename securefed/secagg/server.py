@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from securefed.primitives import shamir
-from securefed.primitives.keys import Roster, X25519KeyPair, validate_x25519_public, verify_signature
+from securefed.primitives.keys import X25519KeyPair, validate_x25519_public, verify_signature
+from securefed.secagg.roster import Roster
 from securefed.primitives.prg import accumulate_masks
 from securefed.secagg import common as cm
 from securefed.secagg.config import SecAggConfig

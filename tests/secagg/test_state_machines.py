@@ -58,3 +58,25 @@ def test_server_drops_senders_of_unexpected_messages(k, sample):
         return
     s.receive(1, encode(sample))
     assert 1 in s.offenders and s.stage is SERVER_ORDER[k]
+
+
+def test_constructor_and_driver_validation():
+    import numpy as np
+    from securefed.primitives.rng import DeterministicEntropy
+    from securefed.secagg import SecAggClient, SecAggConfig, run_secagg_round
+    from tests.secagg.helpers import CTX, federation
+    ids, roster = federation(4)
+    kw = dict(roster=roster, session_context=CTX, round_index=0, entropy=DeterministicEntropy.from_int(0))
+    with pytest.raises(ValueError, match="outside Z_2\\^20"):
+        SecAggClient(1, identity=ids[1], config=SecAggConfig(ring_bits=20), vector=np.full(3, 1 << 20, np.uint32), **kw)
+    with pytest.raises(TypeError, match="dtype"):
+        SecAggClient(1, identity=ids[1], config=SecAggConfig(), vector=np.zeros(3, np.int32), **kw)
+    with pytest.raises(ValueError, match="does not match the roster"):
+        SecAggClient(1, identity=ids[2], config=SecAggConfig(), vector=np.zeros(3, np.uint32), **kw)
+    ent = lambda i: DeterministicEntropy.from_int(i)
+    with pytest.raises(ValueError, match="same length"):
+        run_secagg_round({1: np.zeros(3, np.uint32), 2: np.zeros(4, np.uint32), 3: np.zeros(3, np.uint32)},
+                         config=SecAggConfig(), round_index=0, session_context=CTX, identities=ids, roster=roster, entropy_for=ent)
+    with pytest.raises(ValueError, match="identities"):
+        run_secagg_round({9: np.zeros(3, np.uint32)}, config=SecAggConfig(), round_index=0, session_context=CTX,
+                         identities=ids, roster=roster, entropy_for=ent)
