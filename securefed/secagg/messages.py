@@ -9,7 +9,7 @@ bytes; it raises :class:`MessageError` and nothing else.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -329,5 +329,3 @@ def decode(data: bytes) -> Message:
         raise MessageError("trailing bytes after message")
     return msg
 
-
-_ = fields

@@ -6,7 +6,7 @@ import numpy as np
 
 from securefed.primitives.quantize import RingSpec
 from securefed.primitives.rng import DeterministicEntropy
-from securefed.secagg import (Roster, SecAggClient, SecAggConfig, SecAggServer, decode, encode, generate_identity,
+from securefed.secagg import (Roster, SecAggClient, SecAggConfig, SecAggServer, decode, generate_identity,
                               run_secagg_round)
 
 CTX = b"global-model-sha256:" + bytes(range(32))
@@ -81,6 +81,3 @@ class Harness:
             self.step()
         return self
 
-
-def reencode(msg) -> bytes:
-    return encode(msg)

@@ -14,7 +14,7 @@ from securefed.secagg import common as cm
 from securefed.secagg.client import ClientStage
 from securefed.secagg.messages import AdvertiseKeys, KIND_B, UnmaskShares
 
-from tests.secagg.helpers import CTX, Harness, ring_sum
+from tests.secagg.helpers import Harness, ring_sum
 
 replace = dataclasses.replace
 
@@ -307,4 +307,3 @@ def test_stage_misuse_raises():
         h.server.receive(1, b"x")
     with pytest.raises(ValueError, match="cannot be closed"):
         h.server.close_stage()
-    assert CTX
