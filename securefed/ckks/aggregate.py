@@ -17,6 +17,7 @@ from securefed.ckks.keyshare import HolderPublic, HolderSecrets, KeyShareError
 from securefed.ckks.messages import AggregateMsg, KeyShareMsg, decode, encode
 from securefed.ckks.routing import RoutingPolicy
 from securefed.ckks.server import CkksServer, UploadRejected
+from securefed.primitives.keys import IdentityKey
 from securefed.primitives.rng import Entropy
 
 __all__ = ["CkksOutcome", "CkksKeyring", "setup_keyring", "run_ckks_round"]
@@ -83,13 +84,22 @@ class CkksKeyring:
             if i not in holders:
                 role.forget_key()  # former key holders delete their copy
         roster = self.roster
-        pub_msg, shares = self._holders[leader].make_keys(
-            generation=generation, round_index=round_index,
-            receivers=[roster[i] for i in sorted(holders)], entropy=entropy_for(leader))
+        up = down = 0
+        adverts: dict[int, bytes] = {}
+        for i in sorted(holders):  # §3.2 step 1: fresh signed X25519 keys, relayed by the server
+            wire = encode(self._holders[i].advertise(generation=generation, round_index=round_index, entropy=entropy_for(i)))
+            up += len(wire)
+            adverts[i] = server.relay(wire)
+        # the server forwards the others' adverts to the leader and the leader's advert to the others
+        down += sum(len(a) for i, a in adverts.items() if i != leader) + len(adverts[leader]) * (len(holders) - 1)
+        leader_advert = decode(adverts[leader])
+        pub_msg, shares, _refused = self._holders[leader].make_keys(
+            generation=generation, round_index=round_index, roster=roster,
+            adverts=[decode(a) for i, a in adverts.items() if i != leader])
         self._pubctx = encode(pub_msg)
         server.receive_public_context(self._pubctx, key_holders=holders)
-        up, down = len(self._pubctx), 0
-        for share in shares:
+        up += len(self._pubctx)
+        for share in shares:  # §3.2 step 2: sealed secret contexts, relayed by the server
             wire = encode(share)
             up += len(wire)
             relayed = server.relay(wire)
@@ -98,9 +108,12 @@ class CkksKeyring:
             if not isinstance(msg, KeyShareMsg):
                 raise ValueError("relay returned a non-key-share")
             try:
-                self._holders[msg.receiver].accept_share(msg, leader=roster[leader], generation=generation)
+                self._holders[msg.receiver].accept_share(msg, leader_advert=leader_advert, leader=roster[leader],
+                                                         generation=generation)
             except (KeyShareError, ValueError):
                 self._holders[msg.receiver].forget_key()  # that holder cannot take part this generation
+        for i in holders - {leader} - {s.receiver for s in shares}:
+            self._holders[i].forget_key()  # refused advert: no share, no key
         self.generation, self.key_holders, self.key_id = generation, holders, self._holders[leader].key_id
         self.epoch = round_index // self.policy.rotate_key_every_rounds
         return up, down
@@ -115,10 +128,11 @@ class CkksKeyring:
 
 def setup_keyring(
     holder_ids: Iterable[int], *, policy: RoutingPolicy, entropy_for: Callable[[int], Entropy],
-    identities: Mapping[int, HolderSecrets] | None = None,
+    identities: Mapping[int, HolderSecrets | IdentityKey] | None = None,
 ) -> CkksKeyring:
-    """Keyring for a roster. ``identities`` are the holders' long-term X25519/Ed25519 keys; when
-    absent (simulation) each holder draws its own from ``entropy_for(holder_id)``."""
+    """Keyring for a roster. ``identities`` are the holders' long-term Ed25519 identity keys (the
+    roster keys, ``securefed.primitives.keys.IdentityKey``); when absent (simulation) each holder
+    draws its own from ``entropy_for(holder_id)``. X25519 keys are fresh per generation (§3.2)."""
     ids = sorted(set(holder_ids))
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
         raise ValueError("holder_ids must be non-negative ints, at least one")
@@ -126,6 +140,8 @@ def setup_keyring(
         identities = {i: HolderSecrets.generate(i, entropy_for(i)) for i in ids}
     elif set(identities) != set(ids):
         raise ValueError("identities must cover exactly holder_ids")
+    else:
+        identities = {i: k if isinstance(k, HolderSecrets) else HolderSecrets(i, k) for i, k in identities.items()}
     return CkksKeyring(policy, identities)
 
 

@@ -15,13 +15,14 @@ import tenseal as ts
 
 from securefed.ckks import keys
 from securefed.ckks.keyshare import (
-    LABELS, HolderPublic, HolderSecrets, KeyShareError, label, open_share, seal_share, verify,
+    LABELS, HolderPublic, HolderSecrets, KeyShareError, advert_statement, label, open_share, seal_share, verify,
 )
-from securefed.ckks.messages import AggregateMsg, KeyShareMsg, PublicContextMsg, UploadMsg, decode
+from securefed.ckks.messages import AggregateMsg, KeyAdvertMsg, KeyShareMsg, PublicContextMsg, UploadMsg, decode
 from securefed.ckks.routing import RoutingPolicy
+from securefed.primitives.keys import X25519KeyPair, validate_x25519_public
 from securefed.primitives.rng import Entropy, uniform_float64
 
-__all__ = ["HolderRole", "expected_leader", "upload_statement", "pubctx_statement", "check_ciphertext"]
+__all__ = ["HolderRole", "expected_leader", "upload_statement", "pubctx_statement", "check_advert", "check_ciphertext"]
 
 
 def expected_leader(key_holders: frozenset[int], generation: int) -> int:
@@ -41,6 +42,18 @@ def upload_statement(round_index: int, generation: int, holder: int, key_id: str
         h.update(len(c).to_bytes(8, "big") + c)
     return label(LABELS["upload_sig"], round=round_index, generation=generation, holder=holder,
                  key_id=key_id, ciphertexts=h.hexdigest())
+
+
+def check_advert(adv: KeyAdvertMsg, roster: Mapping[int, HolderPublic], generation: int) -> bytes:
+    """The advertised X25519 public key, after checking generation, roster signature and order (§3.2)."""
+    if adv.generation != generation or adv.holder not in roster:
+        raise KeyShareError(f"key advert of holder {adv.holder}: wrong generation or not on the roster")
+    if not verify(roster[adv.holder], adv.signature, advert_statement(generation, adv.round_index, adv.holder, adv.x25519)):
+        raise KeyShareError(f"key advert of holder {adv.holder}: failed authentication")
+    try:
+        return validate_x25519_public(adv.x25519)
+    except (TypeError, ValueError):
+        raise KeyShareError(f"key advert of holder {adv.holder}: invalid X25519 key") from None
 
 
 def check_ciphertext(blob: bytes, ctx: ts.Context, policy: RoutingPolicy, length: int, what: str) -> ts.CKKSVector:
@@ -87,48 +100,74 @@ class HolderRole:
         self._ctx: ts.Context | None = None
         self.generation = 0  # 0: no key yet; generations start at 1
         self.key_id: str | None = None
+        self._eph: tuple[int, X25519KeyPair] | None = None  # (generation, fresh X25519 key pair)
 
     @property
     def has_key(self) -> bool:
         return self._ctx is not None
 
     def forget_key(self) -> None:
-        self._ctx, self.key_id = None, None
+        self._ctx, self.key_id, self._eph = None, None, None
 
-    # §3.1 leader: fresh keys, public context for the server, one sealed share per other key holder
-    def make_keys(
-        self, *, generation: int, round_index: int, receivers: Sequence[HolderPublic], entropy: Entropy
-    ) -> tuple[PublicContextMsg, list[KeyShareMsg]]:
+    # §3.2: a fresh X25519 key for this generation, signed with the roster key
+    def advertise(self, *, generation: int, round_index: int, entropy: Entropy) -> KeyAdvertMsg:
         if generation <= self.generation:
             raise ValueError("generation must increase")
+        pair = X25519KeyPair.generate(entropy)
+        self._eph = (generation, pair)
+        sig = self.secrets.sign(advert_statement(generation, round_index, self.holder_id, pair.public))
+        return KeyAdvertMsg(generation, round_index, self.holder_id, pair.public, sig)
+
+    def _fresh_key(self, generation: int) -> X25519KeyPair:
+        if self._eph is None or self._eph[0] != generation:
+            raise KeyShareError(f"holder {self.holder_id} has no fresh key for generation {generation}")
+        return self._eph[1]
+
+    # §3.1 leader: fresh CKKS keys, the public context for the server, one sealed share per other
+    # key holder whose advert verifies; returns (public context, shares, holders left without a share)
+    def make_keys(
+        self, *, generation: int, round_index: int, adverts: Sequence[KeyAdvertMsg], roster: Mapping[int, HolderPublic],
+    ) -> tuple[PublicContextMsg, list[KeyShareMsg], set[int]]:
+        mine = self._fresh_key(generation)
         ctx = keys.generate_secret_context(self.policy)
         pub = keys.public_context_bytes(ctx)
         key_id = keys.key_id_of(pub)
         secret = keys.secret_context_bytes(ctx)
-        shares = [
-            KeyShareMsg(generation, round_index, self.holder_id, r.holder_id, key_id,
-                        seal_share(sender=self.secrets, receiver=r, generation=generation, round_index=round_index,
-                                   key_id=key_id, plaintext=secret, entropy=entropy))
-            for r in receivers if r.holder_id != self.holder_id
-        ]
+        shares, refused = [], set()
+        for adv in adverts:
+            if adv.holder == self.holder_id:
+                continue
+            try:
+                peer = check_advert(adv, roster, generation)
+                blob = seal_share(sender=self.holder_id, sender_key=mine, receiver=adv.holder, receiver_public=peer,
+                                  generation=generation, round_index=round_index, key_id=key_id, plaintext=secret)
+            except KeyShareError:
+                refused.add(adv.holder)
+                continue
+            shares.append(KeyShareMsg(generation, round_index, self.holder_id, adv.holder, key_id, blob))
         del secret
+        self._eph = None  # forward secrecy: the fresh private key is gone once the shares are sealed
         self._ctx, self.generation, self.key_id = ctx, generation, key_id
         sig = self.secrets.sign(pubctx_statement(generation, round_index, self.holder_id, key_id))
-        return PublicContextMsg(generation, round_index, self.holder_id, pub, sig), shares
+        return PublicContextMsg(generation, round_index, self.holder_id, pub, sig), shares, refused
 
-    # §3.2 receiver MUST rules: addressed to me, from the leader I compute, newer generation,
-    # authentic, right parameters, and its public part hashes to the announced key id
-    def accept_share(self, msg: KeyShareMsg, *, leader: HolderPublic, generation: int) -> None:
-        if not isinstance(msg, KeyShareMsg):
-            raise TypeError("msg must be a KeyShareMsg")
+    # §3.2 receiver MUST rules H1-H5: addressed to me, from the leader I compute (whose signed
+    # advert I check), newer generation, authentic, right parameters, public part hashes to key id
+    def accept_share(self, msg: KeyShareMsg, *, leader_advert: KeyAdvertMsg, leader: HolderPublic,
+                     generation: int) -> None:
+        if not isinstance(msg, KeyShareMsg) or not isinstance(leader_advert, KeyAdvertMsg):
+            raise TypeError("msg must be a KeyShareMsg and leader_advert a KeyAdvertMsg")
         if msg.receiver != self.holder_id:
             raise KeyShareError(f"key share addressed to holder {msg.receiver}, not {self.holder_id}")
-        if msg.sender != leader.holder_id:
+        if msg.sender != leader.holder_id or leader_advert.holder != leader.holder_id:
             raise KeyShareError(f"key share from holder {msg.sender}, expected leader {leader.holder_id}")
         if msg.generation != generation or generation <= self.generation:
             raise KeyShareError(f"key share for generation {msg.generation}: stale or unexpected")
-        secret = open_share(receiver=self.secrets, sender=leader, generation=msg.generation,
-                            round_index=msg.round_index, key_id=msg.key_id, blob=msg.blob)
+        leader_public = check_advert(leader_advert, {leader.holder_id: leader}, generation)
+        mine = self._fresh_key(generation)
+        self._eph = None  # one use only
+        secret = open_share(receiver=self.holder_id, receiver_key=mine, sender=msg.sender, sender_public=leader_public,
+                            generation=msg.generation, round_index=msg.round_index, key_id=msg.key_id, blob=msg.blob)
         ctx = keys.load_secret_context(secret, self.policy)
         del secret
         if keys.key_id_of(keys.public_context_bytes(ctx)) != msg.key_id:

@@ -1,11 +1,16 @@
 """Pairwise holder-to-holder channel for the CKKS secret context (protocols/ckks.md §3.2, §6).
 
-X25519 static-static agreement between the two holders' long-term keys, HKDF-SHA256 with a
-labelled ``info`` (protocol+version, purpose, round, generation, sender, receiver), AES-256-GCM
-with the same fields plus the key id as associated data. The server relays the result and cannot
-read it. Built on securefed.primitives.{keys,kdf,aead} (the secure-aggregation helpers): the
-X25519 low-order check, the ``info`` encoding, the one-key-one-message AES-GCM with its opaque
-failure and the Ed25519 identity keys are theirs; this file only fixes the CKKS labels.
+Per key generation every key holder draws a fresh X25519 key pair and advertises its public half
+signed with its long-term Ed25519 identity (the roster key). The leader seals the secret context for
+holder j under HKDF-SHA256(X25519(leader's fresh key, j's fresh key)) with a labelled ``info``
+(protocol+version, purpose, round, generation, sender, receiver, both public keys), AES-256-GCM with
+the key id in the associated data. Fresh keys on both sides give forward secrecy: the private halves
+are deleted once the share is sealed/opened, so a later compromise of a roster key does not open
+recorded shares. The server relays adverts and shares and can read neither.
+
+Built on securefed.primitives.{keys,kdf,aead} (the secure-aggregation helpers): X25519 key pairs
+and the low-order check, the ``info`` encoding, one-key-one-message AES-GCM with its opaque failure,
+Ed25519 identities; this file fixes the CKKS labels only.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ __all__ = [
     "HolderPublic",
     "HolderSecrets",
     "label",
+    "advert_statement",
     "seal_share",
     "open_share",
     "verify",
@@ -38,6 +44,7 @@ VERSION = 1
 LABEL = f"{PROTOCOL}/v{VERSION}"
 # Every KDF info / AEAD associated data / signed statement is label(<one of these>, ...) (§6).
 LABELS = {
+    "advert_sig": "key-advert",  # Ed25519 statement: a holder's fresh X25519 key for one generation
     "keyshare_key": "keyshare-key",  # HKDF info -> AES-256-GCM key for one secret-context share
     "keyshare_ad": "keyshare-ad",  # AES-GCM associated data of that share
     "pubctx_sig": "public-context",  # Ed25519 statement: leader announces the public context
@@ -67,84 +74,87 @@ def label(purpose: str, *, round: int, **fields: int | str) -> bytes:
 
 @dataclass(frozen=True)
 class HolderPublic:
-    """What the roster publishes about a holder: id, X25519 and Ed25519 public keys (32 B each)."""
+    """What the roster publishes about a holder: its id and Ed25519 identity key (32 bytes)."""
 
     holder_id: int
-    x25519: bytes
     ed25519: bytes
 
     def __post_init__(self) -> None:
         if isinstance(self.holder_id, bool) or not isinstance(self.holder_id, int) or self.holder_id < 0:
             raise TypeError("holder_id must be a non-negative int")
-        for name in ("x25519", "ed25519"):
-            v = getattr(self, name)
-            if not isinstance(v, bytes) or len(v) != 32:
-                raise ValueError(f"{name} must be 32 bytes")
+        if not isinstance(self.ed25519, bytes) or len(self.ed25519) != 32:
+            raise ValueError("ed25519 must be 32 bytes")
 
 
 class HolderSecrets:
-    """A holder's long-term private keys (X25519 agreement + Ed25519 identity). Never serialised here."""
+    """A holder's long-term Ed25519 identity (the roster key). Never serialised here."""
 
-    def __init__(self, holder_id: int, x25519: X25519KeyPair, identity: IdentityKey) -> None:
+    def __init__(self, holder_id: int, identity: IdentityKey) -> None:
         if isinstance(holder_id, bool) or not isinstance(holder_id, int) or holder_id < 0:
             raise TypeError("holder_id must be a non-negative int")
-        if not isinstance(x25519, X25519KeyPair) or not isinstance(identity, IdentityKey):
-            raise TypeError("x25519 must be an X25519KeyPair and identity an IdentityKey")
+        if not isinstance(identity, IdentityKey):
+            raise TypeError("identity must be a securefed.primitives.keys.IdentityKey")
         self.holder_id = holder_id
-        self._x = x25519
         self._id = identity
 
     @classmethod
     def generate(cls, holder_id: int, entropy: Entropy) -> "HolderSecrets":
-        return cls(holder_id, X25519KeyPair.generate(entropy), generate_identity(entropy))
+        return cls(holder_id, generate_identity(entropy))
 
     def public(self) -> HolderPublic:
-        return HolderPublic(self.holder_id, self._x.public, self._id.public_bytes)
+        return HolderPublic(self.holder_id, self._id.public_bytes)
 
     def sign(self, statement: bytes) -> bytes:
         return self._id.sign(statement)
-
-    def _channel_key(self, peer_x25519: bytes, info: bytes) -> bytes:
-        try:
-            shared = x25519_shared(self._x.private, validate_x25519_public(peer_x25519))
-        except ValueError:  # low-order point: all-zero shared secret (RFC 7748 §6.1)
-            raise KeyShareError("peer_x25519 is not a valid X25519 public key") from None
-        return hkdf_sha256(shared, salt=_SALT, info=info)
 
     def __repr__(self) -> str:  # never print key material
         return f"HolderSecrets(holder_id={self.holder_id})"
 
 
-def _fields(generation: int, sender: int, receiver: int) -> dict:
-    return {"generation": generation, "sender": sender, "receiver": receiver}
+def advert_statement(generation: int, round_index: int, holder: int, x25519_public: bytes) -> bytes:
+    """What a holder signs to advertise its fresh X25519 key for one generation (§3.2)."""
+    return label(LABELS["advert_sig"], round=round_index, generation=generation, holder=holder,
+                 x25519=bytes(x25519_public).hex())
+
+
+def _share_key(mine: X25519KeyPair, peer_public: bytes, info: bytes) -> bytes:
+    try:
+        shared = x25519_shared(mine.private, validate_x25519_public(peer_public))
+    except ValueError:  # low-order point: all-zero shared secret (RFC 7748 §6.1)
+        raise KeyShareError("peer X25519 key is not a valid public key") from None
+    return hkdf_sha256(shared, salt=_SALT, info=info)
+
+
+def _labels(generation: int, round_index: int, sender: int, receiver: int, sender_pk: bytes,
+            receiver_pk: bytes, key_id: str) -> tuple[bytes, bytes]:
+    f = {"generation": generation, "sender": sender, "receiver": receiver,
+         "sender_key": bytes(sender_pk).hex(), "receiver_key": bytes(receiver_pk).hex()}
+    return (label(LABELS["keyshare_key"], round=round_index, **f),
+            label(LABELS["keyshare_ad"], round=round_index, **f, key_id=key_id))
 
 
 def seal_share(
-    *, sender: HolderSecrets, receiver: HolderPublic, generation: int, round_index: int,
-    key_id: str, plaintext: bytes, entropy: Entropy | None = None,
+    *, sender: int, sender_key: X25519KeyPair, receiver: int, receiver_public: bytes, generation: int,
+    round_index: int, key_id: str, plaintext: bytes,
 ) -> bytes:
-    """AES-256-GCM(k, plaintext, ad), k = HKDF(X25519(sender, receiver), info) (§3.2).
+    """AES-256-GCM(k, plaintext, ad), k = HKDF(X25519(sender_key, receiver_public), info) (§3.2).
 
-    k is unique to (generation, round, sender -> receiver) and seals exactly one message, so the
-    fixed nonce of primitives.aead is never reused under a key; ``entropy`` is accepted for
-    interface stability and not needed.
+    k is unique to (generation, round, sender -> receiver, both fresh keys) and seals exactly one
+    message, so the fixed nonce of primitives.aead is never reused under a key.
     """
-    f = _fields(generation, sender.holder_id, receiver.holder_id)
-    key = sender._channel_key(receiver.x25519, label(LABELS["keyshare_key"], round=round_index, **f))
-    ad = label(LABELS["keyshare_ad"], round=round_index, **f, key_id=key_id)
-    return aead.seal(key, plaintext, ad)
+    info, ad = _labels(generation, round_index, sender, receiver, sender_key.public, receiver_public, key_id)
+    return aead.seal(_share_key(sender_key, receiver_public, info), plaintext, ad)
 
 
 def open_share(
-    *, receiver: HolderSecrets, sender: HolderPublic, generation: int, round_index: int,
-    key_id: str, blob: bytes,
+    *, receiver: int, receiver_key: X25519KeyPair, sender: int, sender_public: bytes, generation: int,
+    round_index: int, key_id: str, blob: bytes,
 ) -> bytes:
     """Inverse of :func:`seal_share`; any failure raises one opaque :class:`KeyShareError`."""
     if not isinstance(blob, bytes):
         raise KeyShareError("key share failed authentication")
-    f = _fields(generation, sender.holder_id, receiver.holder_id)
-    key = receiver._channel_key(sender.x25519, label(LABELS["keyshare_key"], round=round_index, **f))
-    ad = label(LABELS["keyshare_ad"], round=round_index, **f, key_id=key_id)
+    info, ad = _labels(generation, round_index, sender, receiver, sender_public, receiver_key.public, key_id)
+    key = _share_key(receiver_key, sender_public, info)
     try:
         return aead.open_(key, blob, ad)
     except aead.DecryptionFailed:

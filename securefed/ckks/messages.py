@@ -11,7 +11,9 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-__all__ = ["MessageError", "PublicContextMsg", "KeyShareMsg", "UploadMsg", "AggregateMsg", "encode", "decode"]
+__all__ = [
+    "MessageError", "PublicContextMsg", "KeyShareMsg", "UploadMsg", "AggregateMsg", "KeyAdvertMsg", "encode", "decode",
+]
 
 MAGIC = b"SFCK"
 WIRE_VERSION = 1
@@ -113,7 +115,22 @@ class AggregateMsg(_Msg):
     uploads: tuple[bytes, ...]
 
 
-_KINDS = {c.KIND: c for c in (PublicContextMsg, KeyShareMsg, UploadMsg, AggregateMsg)}
+@dataclass(frozen=True)
+class KeyAdvertMsg(_Msg):
+    """Holder -> server -> leader (and leader's -> every key holder): a fresh X25519 key for one
+    key generation, signed with the holder's roster key (§3.2)."""
+
+    KIND: ClassVar[int] = 5
+    SPEC: ClassVar[dict[str, str]] = {"generation": "int", "round_index": "int", "holder": "int",
+                                      "x25519": "bytes", "signature": "bytes"}
+    generation: int
+    round_index: int
+    holder: int
+    x25519: bytes
+    signature: bytes
+
+
+_KINDS = {c.KIND: c for c in (PublicContextMsg, KeyShareMsg, UploadMsg, AggregateMsg, KeyAdvertMsg)}
 
 
 def encode(msg: _Msg) -> bytes:

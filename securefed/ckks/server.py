@@ -14,7 +14,7 @@ import tenseal as ts
 from securefed.ckks import keys
 from securefed.ckks.holder import check_ciphertext, chunk_lengths, expected_leader, pubctx_statement, upload_statement
 from securefed.ckks.keyshare import HolderPublic, verify
-from securefed.ckks.messages import AggregateMsg, KeyShareMsg, MessageError, PublicContextMsg, UploadMsg, decode, encode
+from securefed.ckks.messages import AggregateMsg, KeyAdvertMsg, KeyShareMsg, MessageError, PublicContextMsg, UploadMsg, decode, encode
 from securefed.ckks.routing import RoutingPolicy
 
 __all__ = ["UploadRejected", "CkksServer"]
@@ -59,12 +59,17 @@ class CkksServer:
         self._ctx, self.generation, self.key_id, self.key_holders = ctx, msg.generation, key_id, key_holders
 
     def relay(self, data: bytes) -> bytes:
-        """Forward a sealed key share unchanged (the server cannot open it); checks addressing only."""
+        """Forward a key advert or a sealed key share unchanged (the server cannot open a share);
+        checks kind and addressing only."""
         msg = decode(data)
-        if not isinstance(msg, KeyShareMsg):
-            raise ValueError("relay: not a key share")
-        if msg.receiver not in self.roster or msg.sender not in self.roster:
-            raise ValueError("relay: sender or receiver not in the roster")
+        if isinstance(msg, KeyShareMsg):
+            if msg.receiver not in self.roster or msg.sender not in self.roster:
+                raise ValueError("relay: sender or receiver not in the roster")
+        elif isinstance(msg, KeyAdvertMsg):
+            if msg.holder not in self.roster:
+                raise ValueError("relay: advert from a holder not in the roster")
+        else:
+            raise ValueError("relay: not a key advert or key share")
         self.relayed_bytes += len(data)
         return data
 

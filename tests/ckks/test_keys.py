@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import tenseal as ts
 
 from securefed.ckks import ContextRejected, HolderSecrets, KeyShareError, RoutingPolicy
 from securefed.ckks import keys
+from securefed.ckks.holder import HolderRole
 from securefed.ckks.keyshare import label, open_share, seal_share
+from securefed.primitives.keys import X25519KeyPair
 from securefed.ckks.messages import KeyShareMsg, MessageError, UploadMsg, decode, encode
 from securefed.primitives.rng import DeterministicEntropy
 
@@ -19,9 +23,8 @@ def leader_ctx(policy):
 
 @pytest.fixture(scope="module")
 def pair():
-    a = HolderSecrets.generate(1, DeterministicEntropy.from_int(1))
-    b = HolderSecrets.generate(2, DeterministicEntropy.from_int(2))
-    return a, b
+    """Two fresh X25519 key pairs (holder 1 = leader, holder 2 = receiver)."""
+    return X25519KeyPair.generate(DeterministicEntropy.from_int(1)), X25519KeyPair.generate(DeterministicEntropy.from_int(2))
 
 
 def test_public_context_has_no_secret_and_loads(policy, leader_ctx):
@@ -72,41 +75,70 @@ def test_bfv_context_is_refused(policy):
 SHARE = dict(generation=3, round_index=7, key_id="ab" * 32)
 
 
+def _seal(a, b, pt=b"secret", **kw):
+    return seal_share(sender=1, sender_key=a, receiver=2, receiver_public=b.public, plaintext=pt, **{**SHARE, **kw})
+
+
+def _open(a, b, blob, **kw):
+    args = dict(receiver=2, receiver_key=b, sender=1, sender_public=a.public, blob=blob, **SHARE)
+    return open_share(**{**args, **kw})
+
+
 def test_key_share_round_trip(pair):
     a, b = pair
-    blob = seal_share(sender=a, receiver=b.public(), plaintext=b"secret", entropy=DeterministicEntropy.from_int(9), **SHARE)
+    blob = _seal(a, b)
     assert b"secret" not in blob
-    assert open_share(receiver=b, sender=a.public(), blob=blob, **SHARE) == b"secret"
+    assert _open(a, b, blob) == b"secret"
 
 
 @pytest.mark.parametrize("field, value", [("generation", 4), ("round_index", 8), ("key_id", "cd" * 32)])
 def test_key_share_bound_to_generation_round_and_key_id(pair, field, value):
     a, b = pair
-    blob = seal_share(sender=a, receiver=b.public(), plaintext=b"k", entropy=DeterministicEntropy.from_int(9), **SHARE)
     with pytest.raises(KeyShareError, match="^key share failed authentication$"):
-        open_share(receiver=b, sender=a.public(), blob=blob, **{**SHARE, field: value})
+        _open(a, b, _seal(a, b), **{field: value})
 
 
 def test_key_share_bound_to_sender_and_receiver(pair):
     a, b = pair
-    c = HolderSecrets.generate(3, DeterministicEntropy.from_int(3))
-    blob = seal_share(sender=a, receiver=b.public(), plaintext=b"k", entropy=DeterministicEntropy.from_int(9), **SHARE)
+    c = X25519KeyPair.generate(DeterministicEntropy.from_int(3))
+    blob = _seal(a, b)
     with pytest.raises(KeyShareError):
-        open_share(receiver=c, sender=a.public(), blob=blob, **SHARE)  # wrong receiver
+        _open(a, b, blob, receiver=5)  # wrong receiver id
     with pytest.raises(KeyShareError):
-        open_share(receiver=b, sender=c.public(), blob=blob, **SHARE)  # wrong claimed sender
+        _open(a, c, blob)  # wrong receiver key
+    with pytest.raises(KeyShareError):
+        _open(a, b, blob, sender=4)  # wrong sender id
+    with pytest.raises(KeyShareError):
+        _open(c, b, blob)  # wrong claimed sender key
     tampered = blob[:-1] + bytes([blob[-1] ^ 1])
     with pytest.raises(KeyShareError, match="^key share failed authentication$"):
-        open_share(receiver=b, sender=a.public(), blob=tampered, **SHARE)
+        _open(a, b, tampered)
 
 
 def test_low_order_x25519_point_is_refused(pair):
-    a, _ = pair
-    from securefed.ckks.keyshare import HolderPublic
-
-    zero = HolderPublic(9, b"\x00" * 32, b"\x01" * 32)  # RFC 7748 §6.1: all-zero shared secret
+    a, b = pair
+    zero = X25519KeyPair.generate(DeterministicEntropy.from_int(4))
+    with pytest.raises(KeyShareError, match="X25519"):  # RFC 7748 §6.1: all-zero shared secret
+        seal_share(sender=1, sender_key=a, receiver=2, receiver_public=b"\x00" * 32, plaintext=b"k", **SHARE)
     with pytest.raises(KeyShareError, match="X25519"):
-        seal_share(sender=a, receiver=zero, plaintext=b"k", entropy=DeterministicEntropy.from_int(9), **SHARE)
+        _open(a, zero, b"x" * 40, sender_public=(1).to_bytes(32, "little"))  # u = 1 has order 4
+
+
+def test_signed_key_adverts_are_checked(policy):
+    """§3.2: a leader seals only to adverts signed by the roster key for this generation."""
+    roster_keys = {i: HolderSecrets.generate(i, DeterministicEntropy.from_int(50 + i)) for i in (1, 2, 3)}
+    roster = {i: s.public() for i, s in roster_keys.items()}
+    leader, good, forged = (HolderRole(roster_keys[i], policy) for i in (1, 2, 3))
+    ent = DeterministicEntropy.from_int(77)
+    leader.advertise(generation=1, round_index=0, entropy=ent)
+    adv_good = good.advertise(generation=1, round_index=0, entropy=ent)
+    adv_forged = dataclasses.replace(forged.advertise(generation=1, round_index=0, entropy=ent),
+                                     x25519=X25519KeyPair.generate(ent).public)  # server swaps the key
+    adv_stale = dataclasses.replace(adv_good, holder=3, generation=0)
+    _, shares, refused = leader.make_keys(generation=1, round_index=0, roster=roster,
+                                          adverts=[adv_good, adv_forged, adv_stale])
+    assert [s.receiver for s in shares] == [2] and refused == {3}
+    assert leader._eph is None  # fresh private key deleted once used
 
 
 def test_labels_are_domain_separated():
@@ -123,8 +155,8 @@ def test_labels_are_domain_separated():
         label("upload", round=0, key_id="\u00e9")
 
 
-def test_holder_secrets_repr_hides_keys(pair):
-    assert repr(pair[0]) == "HolderSecrets(holder_id=1)"
+def test_holder_secrets_repr_hides_keys():
+    assert repr(HolderSecrets.generate(1, DeterministicEntropy.from_int(1))) == "HolderSecrets(holder_id=1)"
 
 
 def test_messages_round_trip_and_reject_malformed():
