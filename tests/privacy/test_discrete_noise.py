@@ -93,3 +93,18 @@ def test_bad_parameters_refused(bad):
         dn.skellam(e, 10, bad)
     with pytest.raises(TypeError, match="n must be an int"):
         dn.poisson(e, 2.5, 1.0)
+
+
+class _ConstantEntropy:
+    """Returns the same byte forever: if the output is constant, the sampler used no other randomness."""
+
+    def random_bytes(self, n):
+        return b"\x5a" * n
+
+
+def test_samplers_draw_only_from_the_entropy():
+    state = np.random.get_state()[1].copy()
+    a = dn.discrete_gaussian(_ConstantEntropy(), 200, 4.0)
+    b = dn.skellam(_ConstantEntropy(), 200, 50.0)
+    assert len(set(a.tolist())) == 1 and len(set(b.tolist())) == 1
+    assert np.array_equal(state, np.random.get_state()[1])  # numpy's global RNG untouched

@@ -218,3 +218,18 @@ def test_one_shot_and_participant_checks(tmp_path):
     with pytest.raises(ValueError, match="duplicate"):
         s.begin_round(2, cohort=[1, 1], dim=DIM)
     assert isinstance(ClipInfo(1.0, False).norm, float)
+
+
+def test_adaptive_clipping_moves_the_clip_privately(tmp_path):
+    # every update has norm ≥ 0.5 > C = 0.1: the noisy within-clip fraction is ≈ 0, so C grows
+    cfg = DPConfig(mode="distributed", noise_multiplier=1.0, clip=0.1, adaptive_clip=True, target_quantile=0.5)
+    s = _session(tmp_path, cfg)
+    *_, e0 = _run_round(s, 0, list(range(8)))
+    assert e0["clip"] == 0.1 and e0["next_clip"] > 0.1 and e0["noisy_within_clip_fraction"] < 0.5
+    # the bit coordinate is in the ring vector and in the accounted sensitivity; σ accounted stays 1.0
+    plain = _session(tmp_path / "plain", dataclasses.replace(cfg, adaptive_clip=False))
+    *_, p0 = _run_round(plain, 0, list(range(8)))
+    assert e0["encoded_dim"] == p0["encoded_dim"] + 1
+    assert e0["epsilon"] == pytest.approx(p0["epsilon"], rel=0.05)
+    rp = s.begin_round(1, cohort=list(range(8)), dim=DIM)
+    assert rp.clip_bound == pytest.approx(e0["next_clip"])
