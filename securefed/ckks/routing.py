@@ -234,8 +234,8 @@ def plan_routes(named_shapes: Sequence[tuple[str, tuple[int, ...]]], policy: Rou
     seen: set[str] = set()
     offset = ckks_offset = 0
     for item in named_shapes:
-        if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], str):
-            raise TypeError("named_shapes must be a sequence of (name, shape) tuples")
+        if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str):
+            raise TypeError("named_shapes must be a sequence of (name, shape) pairs")
         name, shape = item[0], tuple(item[1])
         if name in seen:
             raise ValueError(f"named_shapes: duplicate tensor name {name!r}")

@@ -231,3 +231,20 @@ def test_input_checks_fail_closed(policy, keyring4):
                        keyring=setup_keyring([0], policy=off, entropy_for=entropy_for), entropy_for=entropy_for)
     with pytest.raises(ValueError, match="roster"):
         run_ckks_round({9: np.zeros(3)}, policy=policy, round_index=0, keyring=keyring4, entropy_for=entropy_for)
+
+
+def test_plan_split_round_merge_matches_the_plaintext_sum(policy):
+    """The runtime's path: split each flat update, CKKS-sum the small part, merge with the other part."""
+    from securefed.ckks import plan_routes
+
+    shapes = [("embed", (500, 32)), ("l0.norm", (32,)), ("l0.q", (32, 200)), ("l0.bias", (200,)), ("norm", (32,))]
+    plan = plan_routes(shapes, policy)
+    assert plan.ckks_size == 264 and plan.secagg_size == 16000 + 6400
+    rng = np.random.default_rng(11)
+    flats = {h: rng.uniform(-0.5, 0.5, plan.total_size) for h in range(3)}
+    kr = setup_keyring(range(3), policy=policy, entropy_for=entropy_for)
+    out = run_ckks_round({h: plan.split(f)[0] for h, f in flats.items()}, policy=policy, round_index=0,
+                         keyring=kr, entropy_for=entropy_for)
+    other = sum(plan.split(f)[1] for f in flats.values())  # stands in for the secure-aggregation sum
+    total = plan.merge(out.total, other)
+    assert np.max(np.abs(total - sum(flats.values()))) <= policy.error_bound(3, 0.5)

@@ -109,3 +109,18 @@ def test_plan_rejects_duplicate_names_and_bad_shapes():
         plan_routes([("a", (-1,))], RoutingPolicy())
     with pytest.raises(TypeError, match="policy"):
         plan_routes([("a", (1,))], {"enabled": True})
+
+
+def test_runtime_contract_of_the_driver():
+    """The exact API the runtime calls (issue 6): names, keyword-only arguments, outcome fields."""
+    import dataclasses
+    import inspect
+
+    import securefed.ckks as ck
+
+    params = inspect.signature(ck.run_ckks_round).parameters
+    assert list(params)[:7] == ["inputs", "policy", "round_index", "keyring", "entropy_for", "tamper", "server"]
+    assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in list(params)[1:])
+    assert params["tamper"].default is None and params["server"].default is None
+    assert [f.name for f in dataclasses.fields(ck.CkksOutcome)] == ["total", "survivors", "rejected", "bytes_up", "bytes_down"]
+    assert ck.CkksOutcome.__dataclass_params__.frozen
