@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from securefed.primitives.keys import Roster
+from securefed.secagg import Roster
 from securefed.primitives.quantize import plan_quantization, quantize
 from securefed.primitives.rng import SystemEntropy
 from securefed.privacy.clipping import l2_clip
@@ -185,6 +185,7 @@ class NetClient:
             except (SecAggAborted, UnexpectedMessage) as e:
                 log.warning("holder %d: secure aggregation aborted in round %d: %s", self.id, r, e)
                 break
+            _test_pause(r, s)
             if s == Stage.MASKED:
                 self._record_release(r, man)
             timeout = dl["upload"] if s == Stage.MASKED else dl["control"]
@@ -192,3 +193,18 @@ class NetClient:
         self._save_state(r + 1)
         log.info("holder %d: round %d done (up %d B, down %d B)", self.id, r, self.tc.bytes_up, self.tc.bytes_down)
         return r + 1
+
+
+def _test_pause(r: int, s: int) -> None:
+    """Test hook (tests/transport e2e): SECUREFED_TEST_PAUSE="round,stage,marker" makes this holder
+    write ``marker`` and hang just before submitting that stage, so a test can SIGKILL it mid-round
+    deterministically. Unset in any real deployment."""
+    import os
+
+    spec = os.environ.get("SECUREFED_TEST_PAUSE")
+    if not spec:
+        return
+    pr, ps, marker = spec.split(",", 2)
+    if (int(pr), int(ps)) == (r, s):
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(3600)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from securefed.primitives.keys import Roster
+from securefed.secagg import Roster
 from securefed.primitives.quantize import dequantize_sum, plan_quantization
 from securefed.runtime.rundir import RunDir, atomic_torch_save, atomic_write_text
 from securefed.secagg import SecAggConfig, SecAggServer
@@ -83,6 +83,8 @@ class NetServer:
             atomic_write_text(self.rd.config, config_text or json.dumps(self.plan_dict(), indent=2) + "\n")
             self._checkpoint(None)
         self.board = RoundBoard(self.run_id, self.spool, chunk_size=plan.chunk_size)
+        self.board.on_stage = lambda r, s, expect: self._write_status(stage={"round": r, "stage": s,
+                                                                              "expect": expect})
         handlers = Handlers(join=self._join, fetch=self.board.fetch, submit=self.board.submit, status=self.status)
         self.server, self.port = make_server(handlers, host=host, port=port, cert=self.pki.server_cert,
                                              key=self.pki.server_key, ca=self.pki.ca_cert,
@@ -214,9 +216,9 @@ class NetServer:
         print(line, flush=True)
         return row
 
-    def _write_status(self, final: bool = False) -> None:
+    def _write_status(self, final: bool = False, stage: dict | None = None) -> None:
         st = {"run_id": self.run_id.hex(), "next_round": self.next_round, "rounds": self.plan.rounds,
-              "finished": final, "pid": os.getpid(), "port": self.port, "updated": time.time(),
+              "finished": final, "current": stage, "pid": os.getpid(), "port": self.port, "updated": time.time(),
               "last": self.metrics[-1] if self.metrics else None}
         self.rd.write_json(self.rd.root / "status.json", st)
 

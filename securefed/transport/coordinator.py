@@ -107,6 +107,7 @@ class RoundBoard:
         self.sa: SecAggServer | None = None
         self.acc: RingAccumulator | None = None
         self.bytes_up = self.bytes_down = 0
+        self.on_stage = None                       # callback(round, stage, expected holders): status file
 
     # ------------------------------------------------------------------ RPC side
     def fetch(self, hid: int, request: bytes, context):
@@ -275,6 +276,8 @@ class RoundBoard:
 
     def _open_stage(self, s: int, expect: set[int]) -> None:
         self.stage, self.expect, self.submitted = s, set(expect), set()
+        if self.on_stage is not None:
+            self.on_stage(self.round, s, sorted(expect))
 
     def status(self) -> dict:
         with self.cond:

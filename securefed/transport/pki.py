@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from securefed.primitives.keys import IdentityKey, Roster
+from securefed.secagg import IdentityKey, Roster
 
 __all__ = ["HOLDER_URI", "make_demo_pki", "holder_id_from_cert", "load_identity", "write_private", "Layout"]
 

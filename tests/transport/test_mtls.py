@@ -95,7 +95,7 @@ def test_keygen_permissions_and_roster(pkis, tmp_path):
             assert mode == 0o700, p
         elif p.name.endswith(".key") or p.name == "key.pem":
             assert mode == 0o600, p
-    from securefed.primitives.keys import Roster
+    from securefed.secagg import Roster
 
     roster = Roster.load(lay.roster)
     assert sorted(roster.keys) == [1, 2, 3]
