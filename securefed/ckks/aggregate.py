@@ -153,6 +153,8 @@ def run_ckks_round(
     """One CKKS round over the cohort ``inputs.keys()`` (protocols/ckks.md §5).
 
     ``inputs[h]`` is holder h's packed CKKS slice (RoutePlan.split), already clipped/noised.
+    ``entropy_for(h)`` is called at most once per holder per call and MUST return a stream that
+    never repeats across calls (SystemEntropy, or DeterministicEntropy seeded per run, round, holder).
     ``tamper[h]`` rewrites h's upload bytes in transit (tests, audits). ``server`` may be kept
     across rounds; a fresh one per round (default) gets the public context re-sent. With no
     valid upload, ``total`` is zeros and ``survivors`` empty.
@@ -170,10 +172,17 @@ def run_ckks_round(
         raise ValueError("inputs must all be 1-D vectors of one length")
     length = next(iter(lengths))[0]
     cohort = frozenset(inputs)
+    streams: dict[int, Entropy] = {}
+
+    def stream(h: int) -> Entropy:  # one entropy_for(h) call per holder per round, used sequentially
+        if h not in streams:
+            streams[h] = entropy_for(h)
+        return streams[h]
+
     server = server if server is not None else CkksServer(policy, keyring.roster)
     up = down = 0
     if keyring.needs_rotation(round_index, cohort):
-        u, d = keyring.rotate(round_index, cohort, server, entropy_for)
+        u, d = keyring.rotate(round_index, cohort, server, stream)
         up, down = up + u, down + d
     elif server.key_id != keyring.key_id:
         up += keyring.publish_to(server)
@@ -201,6 +210,6 @@ def run_ckks_round(
     if not isinstance(msg, AggregateMsg):
         raise ValueError("server returned a non-aggregate")
     total = keyring.holder(decryptor).decrypt(msg, length=length, cohort=cohort, roster=keyring.roster,
-                                              entropy=entropy_for(decryptor))
+                                              entropy=stream(decryptor))
     up += total.nbytes  # the released float64 sum goes back to the aggregator
     return CkksOutcome(total, frozenset(server.survivors), frozenset(rejected), up, down)

@@ -248,3 +248,16 @@ def test_plan_split_round_merge_matches_the_plaintext_sum(policy):
     other = sum(plan.split(f)[1] for f in flats.values())  # stands in for the secure-aggregation sum
     total = plan.merge(out.total, other)
     assert np.max(np.abs(total - sum(flats.values()))) <= policy.error_bound(3, 0.5)
+
+
+def test_entropy_for_is_called_once_per_holder_per_round(policy):
+    """Fresh X25519 keys and flooding noise come from one stream per holder, used sequentially."""
+    calls: list[int] = []
+
+    def counting(h):
+        calls.append(h)
+        return entropy_for(h)
+
+    kr = setup_keyring(range(4), policy=policy, entropy_for=entropy_for)
+    run_ckks_round(vectors(4, 10), policy=policy, round_index=0, keyring=kr, entropy_for=counting)
+    assert sorted(calls) == [0, 1, 2, 3]  # 4 adverts; the decryptor (0) reuses its stream
