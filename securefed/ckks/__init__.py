@@ -6,7 +6,7 @@ Spec: protocols/ckks.md; threat model: threat_models/ckks.md. Public API for the
 ``CkksServer`` (the aggregator role, public context only).
 """
 
-from securefed.ckks.aggregate import CkksKeyring, CkksOutcome, run_ckks_round, setup_keyring
+from securefed.ckks.aggregate import CkksKeyring, CkksOutcome, make_keyring, run_ckks_round, setup_keyring
 from securefed.ckks.keys import ContextRejected
 from securefed.ckks.keyshare import HolderPublic, HolderSecrets, KeyShareError
 from securefed.ckks.routing import RouteEntry, RoutePlan, RoutingPolicy, plan_routes
@@ -20,6 +20,7 @@ __all__ = [
     "CkksKeyring",
     "CkksOutcome",
     "setup_keyring",
+    "make_keyring",
     "run_ckks_round",
     "CkksServer",
     "UploadRejected",

@@ -18,9 +18,9 @@ from securefed.ckks.messages import AggregateMsg, KeyShareMsg, decode, encode
 from securefed.ckks.routing import RoutingPolicy
 from securefed.ckks.server import CkksServer, UploadRejected
 from securefed.primitives.keys import IdentityKey
-from securefed.primitives.rng import Entropy
+from securefed.primitives.rng import Entropy, SystemEntropy
 
-__all__ = ["CkksOutcome", "CkksKeyring", "setup_keyring", "run_ckks_round"]
+__all__ = ["CkksOutcome", "CkksKeyring", "setup_keyring", "make_keyring", "run_ckks_round"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,16 @@ def setup_keyring(
     else:
         identities = {i: k if isinstance(k, HolderSecrets) else HolderSecrets(i, k) for i, k in identities.items()}
     return CkksKeyring(policy, identities)
+
+
+def make_keyring(
+    holder_ids: Iterable[int], *, policy: RoutingPolicy, identities: Mapping[int, HolderSecrets | IdentityKey] | None = None,
+    entropy_for: Callable[[int], Entropy] | None = None,
+) -> CkksKeyring:
+    """:func:`setup_keyring` with optional entropy: without ``identities`` or ``entropy_for``,
+    identities are drawn from the OS (``SystemEntropy``). Pass the roster's ``IdentityKey``s."""
+    return setup_keyring(holder_ids, policy=policy, identities=identities,
+                         entropy_for=entropy_for or (lambda _h: SystemEntropy()))
 
 
 def run_ckks_round(

@@ -167,6 +167,10 @@ class RoutePlan:
         parts = [np.arange(a, b, dtype=np.int64) for a, b in self.ranges(route)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
+    def index_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ckks indices, secagg indices) into the flat vector, int64, each in plan order."""
+        return self._index("ckks"), self._index("secagg")
+
     def split(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ckks part, secagg part) of a flat vector of ``total_size`` values, in plan order."""
         flat = np.asarray(flat)

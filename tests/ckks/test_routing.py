@@ -59,6 +59,8 @@ def test_split_merge_roundtrip():
     assert ck.shape == (plan.ckks_size,) and sa.shape == (plan.secagg_size,)
     assert ck[0] == 64000 and sa[0] == 0
     np.testing.assert_array_equal(plan.merge(ck, sa), flat)
+    ci, si = plan.index_arrays()
+    np.testing.assert_array_equal(flat[ci], ck) and np.testing.assert_array_equal(flat[si], sa)
     with pytest.raises(ValueError, match="flat"):
         plan.split(flat[:-1])
 

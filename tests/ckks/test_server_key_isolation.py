@@ -174,3 +174,19 @@ def test_persistent_server_skips_the_public_context(policy):
     # round 0: public context + 3 key shares + 4 uploads; round 1: 4 uploads only (+ release)
     assert second.bytes_up < fresh.bytes_up < first.bytes_up
     assert fresh.bytes_up - second.bytes_up == len(kr._pubctx)
+
+
+def test_make_keyring_with_roster_identities(policy):
+    """The runtime passes the roster's Ed25519 IdentityKeys; holder ids start at 1 there."""
+    from securefed.ckks import make_keyring
+    from securefed.primitives.keys import generate_identity
+
+    ids = {h: generate_identity(entropy_for(h)) for h in (1, 2, 3)}
+    kr = make_keyring([1, 2, 3], policy=policy, identities=ids)
+    assert {h: p.ed25519 for h, p in kr.roster.items()} == {h: k.public_bytes for h, k in ids.items()}
+    xs = vectors(3, 10)
+    out = run_ckks_round({h + 1: x for h, x in xs.items()}, policy=policy, round_index=0, keyring=kr,
+                         entropy_for=entropy_for)
+    assert out.survivors == {1, 2, 3}
+    assert np.max(np.abs(out.total - sum(xs.values()))) <= policy.error_bound(3, 1.0)
+    assert make_keyring([4, 5], policy=policy).roster.keys() == {4, 5}  # OS entropy when none given
