@@ -24,7 +24,7 @@ from securefed.privacy import rdp as R
 
 __all__ = ["RoundEvent", "event_rdp", "Accountant", "accountant_version", "calibrate_noise_multiplier"]
 
-Mechanism = Literal["none", "gaussian", "ddgauss", "skellam"]
+Mechanism = Literal["none", "empty", "gaussian", "ddgauss", "skellam"]
 Sampling = Literal["poisson", "fixed", "none"]
 
 
@@ -53,7 +53,7 @@ class RoundEvent:
     variance: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.mechanism not in ("none", "gaussian", "ddgauss", "skellam"):
+        if self.mechanism not in ("none", "empty", "gaussian", "ddgauss", "skellam"):
             raise ValueError(f"unknown mechanism {self.mechanism!r}")
         if self.sampling not in ("poisson", "fixed", "none"):
             raise ValueError(f"unknown sampling {self.sampling!r}")
@@ -81,6 +81,8 @@ def event_rdp(ev: RoundEvent) -> np.ndarray:
     orders = np.asarray(R.ORDERS)
     if ev.mechanism == "none":
         out = np.full(orders.shape, np.inf)
+    elif ev.mechanism == "empty":  # nothing was released (no survivors): no privacy cost
+        out = np.zeros(orders.shape)
     elif ev.mechanism == "gaussian":
         if ev.sampling == "poisson":
             out = R.poisson_gaussian_rdp(ev.q, ev.noise_multiplier)
@@ -129,7 +131,7 @@ class Accountant:
 
     @staticmethod
     def check_supported(kind: str, ev: RoundEvent) -> None:
-        if kind == "prv" and not (ev.mechanism == "gaussian" and ev.sampling in ("poisson", "none")):
+        if kind == "prv" and not (ev.mechanism in ("gaussian", "empty") and ev.sampling in ("poisson", "none")):
             raise ValueError("accountant 'prv' supports only the Gaussian mechanism with Poisson sampling; use 'rdp'")
 
     def add(self, ev: RoundEvent) -> None:
@@ -163,12 +165,14 @@ def _prv_epsilon(evs: Sequence[RoundEvent], delta: float) -> float:
     from opacus.accountants import PRVAccountant
 
     hist: list[tuple[float, float, int]] = []
-    for e in evs:
+    for e in (e for e in evs if e.mechanism != "empty"):
         key = (e.noise_multiplier, e.q if e.sampling == "poisson" else 1.0)
         if hist and hist[-1][:2] == key:
             hist[-1] = (key[0], key[1], hist[-1][2] + 1)  # run-length history, as Opacus keeps it
         else:
             hist.append((key[0], key[1], 1))
+    if not hist:
+        return 0.0
     acc = PRVAccountant()
     acc.history = hist
     return float(acc.get_epsilon(delta=delta, eps_error=0.01))

@@ -144,10 +144,12 @@ class PrivacySession:
         samp, q = (self.sampling, self.q) if sampled else ("none", 1.0)
         if not self.config.dp_on:
             return RoundEvent("none", samp, q)
+        if plan is None or survivors == 0:  # no survivor: nothing was released this round
+            return RoundEvent("empty", samp, q)
         if self.config.mode == "central":
             return RoundEvent("gaussian", samp, q, noise_multiplier=z)
         l1, l2 = plan.sensitivity()
-        m = max(1, survivors)  # the shares actually in the sum: the dropout shortfall is accounted here
+        m = survivors  # the shares actually in the sum: the dropout shortfall is accounted here
         if self.config.mechanism == "ddgauss":
             return RoundEvent("ddgauss", samp, q, noise_multiplier=z, l1=l1, l2=l2, share_std=plan.share_std, n_shares=m, dim=plan.encoded_dim)
         return RoundEvent("skellam", samp, q, noise_multiplier=z, l1=l1, l2=l2, dim=plan.encoded_dim, variance=m * plan.share_std**2)
@@ -212,7 +214,7 @@ class PrivacySession:
                   "mode": self.config.mode, "mechanism": self._mechanism, "clip": rp.clip_bound, "noise_multiplier": z,
                   "ring_bits": self.config.ring_bits, "delta": self.delta, "accountant": self.config.accountant,
                   "accountant_version": accountant_version(self.config.accountant)}
-        hev = self._event(rp.plan, z, len(surv), sampled=False) if rp.plan is not None else RoundEvent("none")
+        hev = self._event(rp.plan, z, len(surv), sampled=False)
         for h in rp.cohort:
             led, acc = self._holder(h)
             status = "refused" if h in rp.refused else ("included" if h in surv else "dropped")
@@ -220,7 +222,7 @@ class PrivacySession:
                 acc.add(hev)
             led.append(dict(common, holder_id=h, status=status, event=hev.to_dict(), epsilon=acc.epsilon(self.delta),
                             cap=self.holder_cap(h), accountant="rdp", accountant_version=accountant_version("rdp")))
-        ev = self._event(rp.plan, z, len(surv), sampled=True) if rp.plan is not None else RoundEvent("none", self.sampling, self.q)
+        ev = self._event(rp.plan, z, len(surv), sampled=True)
         self.accountant.add(ev)
         eps = self.accountant.epsilon(self.delta)
         entry = self.ledger.append(dict(

@@ -62,7 +62,7 @@ def facts(run: dict) -> dict:
         "reexecuted_rounds": sum(1 for e in es if e.get("reexecuted")),
         "accountant": last.get("accountant_version", last.get("accountant")),
         "aggregation": agg,
-        "secagg_threshold": _find(cfg.get("aggregation", {}), "threshold"),
+        "secagg_threshold": _find(cfg.get("aggregation", {}), "threshold_fraction") or _find(cfg.get("aggregation", {}), "threshold"),
         "server_epsilon_cap": priv.get("server_epsilon_cap"),
         "holder_epsilon_cap": priv.get("holder_epsilon_cap"),
         "fed_eval_ppl": run["summary"].get("fed_eval_ppl"),

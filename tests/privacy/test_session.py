@@ -233,3 +233,13 @@ def test_adaptive_clipping_moves_the_clip_privately(tmp_path):
     assert e0["epsilon"] == pytest.approx(p0["epsilon"], rel=0.05)
     rp = s.begin_round(1, cohort=list(range(8)), dim=DIM)
     assert rp.clip_bound == pytest.approx(e0["next_clip"])
+
+
+def test_a_round_without_survivors_costs_nothing(tmp_path):
+    cfg = DPConfig(mode="distributed", noise_multiplier=1.0, holder_epsilon_cap=1e-3)  # every holder refuses
+    s = _session(tmp_path, cfg)
+    rp = s.begin_round(0, cohort=list(range(8)), dim=DIM)
+    assert rp.participants == () and len(rp.refused) == 8
+    entry = rp.finish(survivors=[], clip_infos={})
+    assert entry["event"]["mechanism"] == "empty" and entry["epsilon"] == 0.0
+    assert [e["status"] for e in read_ledger(tmp_path / "privacy" / "holders" / "holder-0.jsonl")] == ["refused"]
