@@ -20,7 +20,7 @@ from securefed.primitives.kdf import u32
 from securefed.primitives.keys import IdentityKey, X25519KeyPair, validate_x25519_public, verify_signature
 from securefed.secagg.roster import Roster
 from securefed.primitives.prg import accumulate_masks
-from securefed.primitives.rng import Entropy
+from securefed.primitives.rng import DeterministicEntropy, Entropy
 from securefed.secagg import common as cm
 from securefed.secagg.config import SecAggConfig
 from securefed.secagg.errors import MessageError, SecAggAborted, UnexpectedMessage
@@ -104,7 +104,7 @@ class SecAggClient:
         raise SecAggAborted(f"client {self.id} aborted: {why}")
 
     def _erase(self) -> None:  # C10: drop every secret of the round
-        for name in ("_c", "_s", "_b", "_held", "_x"):
+        for name in ("_c", "_s", "_b", "_held", "_x", "_rng"):
             setattr(self, name, None)
 
     # -- stages -----------------------------------------------------------------------------
@@ -122,9 +122,13 @@ class SecAggClient:
             self._abort("thresholds or graph degree differ from our configuration")
         self._start, self._phash = m, cm.params_hash(m)
         self._graph = cm.graph_for(m, self._phash)
-        self._c = X25519KeyPair.generate(self._entropy)
-        self._s = X25519KeyPair.generate(self._entropy)
-        self._b = self._entropy.random_bytes(32)
+        # §3.2 client-secrets: every secret of this round comes from a hedged, session-bound DRBG
+        seed = cm.hedged_seed(self._entropy.random_bytes(32), self._identity.sign(cm.hedge_message(self._phash)),
+                              phash=self._phash, round_index=self._round, holder=self.id)
+        self._rng = DeterministicEntropy(seed)
+        self._c = X25519KeyPair.generate(self._rng)
+        self._s = X25519KeyPair.generate(self._rng)
+        self._b = self._rng.random_bytes(32)
         commit = cm.commitment(self._phash, self.id, self._b)
         sig = self._identity.sign(cm.advert_message(self._phash, self.id, self._c.public, self._s.public, commit))
         self._advert = AdvertiseKeys(self.id, self._c.public, self._s.public, commit, sig)
@@ -157,8 +161,8 @@ class SecAggClient:
         t = self._start.threshold
         if len(xs) < t:
             self._abort("fewer than t of our share holders advertised keys")
-        b_sh = shamir.split(self._b, threshold=t, xs=xs, entropy=self._entropy)
-        s_sh = shamir.split(self._s.private_bytes(), threshold=t, xs=xs, entropy=self._entropy)
+        b_sh = shamir.split(self._b, threshold=t, xs=xs, entropy=self._rng)
+        s_sh = shamir.split(self._s.private_bytes(), threshold=t, xs=xs, entropy=self._rng)
         self._held = {self.id: (b_sh[self.id], s_sh[self.id])}
         out = []
         for j in xs:

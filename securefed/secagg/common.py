@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from securefed.primitives.graph import NeighbourGraph
-from securefed.primitives.kdf import derive_key, labelled_hash, u32
+from securefed.primitives.kdf import derive_key, hkdf_sha256, encode_info, labelled_hash, u32
 from securefed.primitives.quantize import RingSpec
 from securefed.secagg.messages import AdvertiseKeys, RoundStart, encode
 
 __all__ = [
     "LABEL", "params_hash", "graph_for", "commitment", "advert_message", "session_id",
-    "consistency_message", "pairwise_key", "self_mask_key", "share_key", "sigma", "ring_of",
+    "consistency_message", "pairwise_key", "self_mask_key", "share_key", "sigma", "ring_of", "hedge_message",
+    "hedged_seed",
 ]
 
 LABEL = "securefed/secagg/v1"
@@ -68,3 +69,19 @@ def share_key(shared: bytes, *, sid: bytes, round_index: int, sender: int, recei
 def sigma(i: int, j: int) -> int:
     """§1: +1 if i < j else −1 (the sign with which i adds PRG(s_ij))."""
     return 1 if i < j else -1
+
+
+def hedge_message(phash: bytes) -> bytes:
+    """§3.2: the string a holder signs (deterministic Ed25519) to hedge its round randomness."""
+    return LABEL.encode() + b"/hedge\x00" + phash
+
+
+def hedged_seed(fresh: bytes, hedge_signature: bytes, *, phash: bytes, round_index: int, holder: int) -> bytes:
+    """§3.2 `client-secrets`: 32-byte seed of every secret a holder draws this round.
+
+    HKDF(ikm = fresh entropy ‖ Sig_identity(hedge), salt = params_hash). Even if an Entropy repeats
+    (a replayed deterministic seed, a rerun of the same round), a different session gets different
+    keys, and a broken Entropy still yields secrets known only to the identity-key holder.
+    """
+    return hkdf_sha256(fresh + hedge_signature, salt=phash,
+                       info=encode_info(LABEL, "client-secrets", round_index, u32(holder)), length=32)

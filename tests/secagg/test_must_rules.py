@@ -307,3 +307,15 @@ def test_stage_misuse_raises():
         h.server.receive(1, b"x")
     with pytest.raises(ValueError, match="cannot be closed"):
         h.server.close_stage()
+
+
+def test_hedged_randomness_binds_secrets_to_the_session():
+    # the same Entropy seed in two sessions (another cohort, as in a rerun) must not repeat any secret
+    a = Harness(n=6, seed=0)
+    b = Harness(n=7, seed=0)  # same per-client entropy seeds, different cohort -> different params hash
+    a.step(); b.step()
+    ka, kb = (h.clients[1] for h in (a, b))
+    assert ka._c.public != kb._c.public and ka._s.public != kb._s.public and ka._b != kb._b
+    again = Harness(n=6, seed=0)
+    again.step()
+    assert again.clients[1]._s.public == ka._s.public  # deterministic given (entropy, identity, session)
