@@ -185,6 +185,8 @@ def eps_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[float] | None =
     rdp = np.asarray(rdp, dtype=np.float64)
     if not np.isfinite(rdp).any():
         return math.inf, float("nan")
+    if np.all(rdp == 0):  # nothing released: ε = 0 (Opacus' conversion would add a positive offset)
+        return 0.0, float("nan")
     finite = np.isfinite(rdp)
     with warnings.catch_warnings():  # Opacus warns when the best order is at an end of the grid
         warnings.simplefilter("ignore", UserWarning)
