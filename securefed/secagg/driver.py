@@ -69,7 +69,14 @@ def run_secagg_round(inputs: Mapping[int, np.ndarray], *, config: SecAggConfig, 
                      session_context: bytes, identities: Mapping[int, IdentityKey], roster: Roster,
                      entropy_for: Callable[[int], Entropy], dropouts: DropoutPlan | None = None,
                      transcript_dir: Path | None = None) -> SecAggOutcome:
-    """Run one round; the exact ring sum of the survivors' inputs, or :class:`SecAggAborted`."""
+    """Run one round; the exact ring sum of the survivors' inputs, or :class:`SecAggAborted`.
+
+    ``identities[i]`` is holder i's Ed25519 private key (only its own client sees it);
+    ``session_context`` must carry the global-model hash; ``entropy_for(i)`` is called once per holder
+    (the server needs no randomness, so -1 is never asked for). Holders that abort (a MUST rule failed)
+    or vanish per ``dropouts`` count as dropped; inputs of holders whose masked input was accepted are in
+    the sum even if they vanish later (protocols/secagg.md §8).
+    """
     if not isinstance(config, SecAggConfig):
         raise TypeError("config must be a SecAggConfig")
     if not isinstance(inputs, Mapping) or not inputs:
