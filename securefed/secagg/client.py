@@ -117,7 +117,10 @@ class SecAggClient:
             self._abort("ring bits or vector length differ from ours")
         if self.id not in m.cohort or any(j not in self._roster for j in m.cohort):
             self._abort("cohort does not contain us or names holders outside the roster")
-        th = self._config.thresholds(len(m.cohort))
+        try:
+            th = self._config.thresholds(len(m.cohort))
+        except ValueError:
+            self._abort("cohort is too small for secure aggregation")
         if (m.threshold, m.min_survivors, m.degree) != (th.threshold, th.min_survivors, th.degree):
             self._abort("thresholds or graph degree differ from our configuration")
         self._start, self._phash = m, cm.params_hash(m)

@@ -35,6 +35,7 @@ def aborts(h, i, msg, match):
     (dict(cohort=(2, 3, 4, 5, 6, 7), degree=5), "cohort"),
     (dict(cohort=(1, 2, 3, 4, 5, 6, 7, 99)), "cohort"),
     (dict(threshold=2, min_survivors=2), "thresholds"),
+    (dict(cohort=(1, 2), threshold=2, min_survivors=2, degree=1), "too small"),
 ])
 def test_c1_round_start_checked(change, match):
     h = Harness()
