@@ -18,13 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-name", help="expected name in the server certificate, if not the HOST")
     p.add_argument("--state", required=True, help="directory for this holder's local state and own ledger")
     p.add_argument("--shard", type=int, help="LM workload: data shard index (default id-1)")
+    p.add_argument("--torch-threads", type=int, help="LM workload: torch intra-op threads (1 when many holders share a machine)")
     p.add_argument("--max-failures", type=int, default=20, help="reconnect attempts before giving up (exit 6)")
     p.add_argument("--log-json", action="store_true", help="JSON-lines logs on stderr")
     p.add_argument("--log-level", dest="net_log_level", default="INFO")
     p.set_defaults(func=run)
 
 
-def make_workload(holder_id: int, welcome: dict, shard: int | None = None):
+def make_workload(holder_id: int, welcome: dict, shard: int | None = None, threads: int | None = None):
     from securefed.transport.workload import LMHolder, SyntheticHolder
 
     if welcome.get("workload") == "synthetic":
@@ -36,6 +37,10 @@ def make_workload(holder_id: int, welcome: dict, shard: int | None = None):
         from securefed.runtime.config import RunConfig
 
         cfg = from_dict(RunConfig, yaml.safe_load(welcome["config_yaml"]))
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         return LMHolder(holder_id, cfg, shard=shard)
     raise ValueError(f"unknown workload {welcome.get('workload')!r}")
 
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         client = NetClient(args.id, pki=args.pki, target=args.server, state_dir=args.state,
                            server_name=args.server_name, max_failures=args.max_failures,
-                           workload_factory=lambda hid, welcome: make_workload(hid, welcome, args.shard))
+                           workload_factory=lambda hid, welcome: make_workload(hid, welcome, args.shard, args.torch_threads))
     except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
         print(f"securefed client: {e}", file=sys.stderr)
         return EXIT["usage"]

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pickle
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +27,6 @@ from securefed.secagg import Roster
 from securefed.primitives.quantize import plan_quantization, quantize
 from securefed.primitives.rng import SystemEntropy
 from securefed.privacy.clipping import l2_clip
-from securefed.runtime.rundir import atomic_torch_save
 from securefed.secagg import SecAggAborted, SecAggClient, SecAggConfig, UnexpectedMessage
 from securefed.transport.client import FATAL_CODES, Backoff, Refused, TransportClient
 from securefed.transport.coordinator import SECAGG_STAGES, Stage
@@ -103,14 +105,12 @@ class NetClient:
     # ------------------------------------------------------------------ local state
     @property
     def _state_file(self) -> Path:
-        return self.state_dir / "holder_state.pt"
+        return self.state_dir / "holder_state.pkl"
 
     def _load_state(self) -> None:
-        import torch
-
         self._state = {}
         if self._state_file.exists():
-            st = torch.load(self._state_file, weights_only=False)
+            st = pickle.loads(self._state_file.read_bytes())    # own state dir (0700): same trust as torch.load
             if st.get("run_id") != self.welcome["run_id"]:
                 raise ValueError(f"{self._state_file} belongs to another run")
             self.workload.load_state_dict(st["workload"])
@@ -123,7 +123,7 @@ class NetClient:
     def _save_state(self, next_round: int) -> None:
         self._state = {"version": 1, "run_id": self.welcome["run_id"], "next_round": next_round,
                        "workload": self.workload.state_dict()}
-        atomic_torch_save(self._state, self._state_file)
+        _atomic_write(self._state_file, pickle.dumps(self._state, protocol=5))
 
     def _record_release(self, r: int, manifest: dict) -> None:
         """Own ledger: one entry per round this holder released a masked input (before sending it)."""
@@ -199,8 +199,6 @@ def _test_pause(r: int, s: int) -> None:
     """Test hook (tests/transport e2e): SECUREFED_TEST_PAUSE="round,stage,marker" makes this holder
     write ``marker`` and hang just before submitting that stage, so a test can SIGKILL it mid-round
     deterministically. Unset in any real deployment."""
-    import os
-
     spec = os.environ.get("SECUREFED_TEST_PAUSE")
     if not spec:
         return
@@ -208,3 +206,18 @@ def _test_pause(r: int, s: int) -> None:
     if (int(pr), int(ps)) == (r, s):
         Path(marker).write_text(str(os.getpid()))
         time.sleep(3600)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write-to-temp + fsync + rename, as runtime.rundir.atomic_write_bytes (which imports torch at module
+    load: a synthetic holder must not pay that, see the 100-process load test). Mode 0600."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
