@@ -29,11 +29,15 @@ Sampling = Literal["poisson", "fixed", "none"]
 
 
 def accountant_version(kind: str) -> str:
-    import dp_accounting  # noqa: F401  (imported for its presence; version from metadata)
-    import opacus
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return f"securefed-{kind}/1 (opacus {opacus.__version__}, dp-accounting {version('dp-accounting')})"
+    def v(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "absent"
+
+    return f"securefed-{kind}/1 (opacus {v('opacus')}, dp-accounting {v('dp-accounting')})"
 
 
 @dataclass(frozen=True)
