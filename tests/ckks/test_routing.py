@@ -126,3 +126,28 @@ def test_runtime_contract_of_the_driver():
     assert params["tamper"].default is None and params["server"].default is None
     assert [f.name for f in dataclasses.fields(ck.CkksOutcome)] == ["total", "survivors", "rejected", "bytes_up", "bytes_down"]
     assert ck.CkksOutcome.__dataclass_params__.frozen
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dims=st.lists(st.lists(st.integers(0, 70), min_size=0, max_size=3), min_size=1, max_size=12),
+    max_elements=st.integers(0, 300),
+    include_first=st.booleans(),
+)
+def test_plan_partitions_the_flat_vector(dims, max_elements, include_first):
+    shapes = [(f"t{i}.{'norm' if i % 3 == 0 else 'w'}", tuple(d)) for i, d in enumerate(dims)]
+    pol = RoutingPolicy(enabled=True, max_elements=max_elements, include=("t0.*",) if include_first else (),
+                        exclude=("*.w",) if not include_first else ())
+    plan = plan_routes(shapes, pol)
+    ck, sa = plan.index_arrays()
+    # the two index sets partition [0, total) and follow the policy rule tensor by tensor
+    assert sorted(np.concatenate([ck, sa]).tolist()) == list(range(plan.total_size))
+    for e in plan.entries:
+        assert (e.route == "ckks") == pol.routes_to_ckks(e.name, e.numel)
+    assert plan.n_ciphertexts == -(-plan.ckks_size // pol.slots)
+    flat = np.arange(plan.total_size, dtype=np.float64)
+    np.testing.assert_array_equal(plan.merge(*plan.split(flat)), flat)
