@@ -51,11 +51,12 @@ class CkksKeyring:
         """Replace the roster; any change of membership forces a new key at the next round (§3.4)."""
         if not identities or not all(isinstance(s, HolderSecrets) and s.holder_id == i for i, s in identities.items()):
             raise TypeError("identities must map holder id -> HolderSecrets with the same id")
-        if set(identities) != set(self._holders):
+        new = {i: s.public() for i, s in identities.items()}
+        if new != self.roster:  # membership or identity keys changed
             for role in self._holders.values():
                 role.forget_key()
             self.key_holders, self.key_id, self._pubctx = frozenset(), None, None
-        self._holders = {i: self._holders.get(i) or HolderRole(s, self.policy) for i, s in identities.items()}
+            self._holders = {i: HolderRole(s, self.policy) for i, s in identities.items()}
 
     @property
     def roster(self) -> dict[int, HolderPublic]:

@@ -151,6 +151,11 @@ def test_rotation_schedule_cohort_and_roster_changes(policy):
     out = run_ckks_round({h: xs[h % 4] for h in (0, 1, 7)}, policy=pol, round_index=5, keyring=kr,
                          entropy_for=entropy_for)
     assert kr.generation == 5 and out.survivors == {0, 1, 7}
+    kr.update_roster(ids)  # same roster: nothing changes
+    assert kr.key_id is not None and kr.holder(0).has_key
+    ids[1] = HolderSecrets.generate(1, entropy_for(1))  # holder 1 re-keys its identity: re-key
+    kr.update_roster(ids)
+    assert kr.key_id is None and kr.roster[1].ed25519 == ids[1].public().ed25519
 
 
 def test_roster_scope_does_not_rekey_on_cohort_change(policy):
