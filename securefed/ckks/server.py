@@ -2,11 +2,13 @@
 
 This object never receives the secret key in an honest run: the only context it deserialises comes
 through :func:`keys.load_public_context`, which refuses private contexts. For audits and tests it
-keeps every context it accepted (``contexts``); a refused context is dropped at once. Key shares pass through :meth:`relay` as opaque AES-GCM ciphertexts.
+keeps the latest contexts it accepted (``contexts``); a refused context is dropped at once. Key
+adverts and sealed key shares pass through :meth:`relay` unchanged.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Mapping
 
 import tenseal as ts
@@ -31,7 +33,8 @@ class CkksServer:
         if not all(isinstance(p, HolderPublic) and p.holder_id == i for i, p in roster.items()):
             raise TypeError("roster must map holder id -> HolderPublic with the same id")
         self.policy, self.roster = policy, dict(roster)
-        self.contexts: list[ts.Context] = []  # every context accepted (public only)
+        # the contexts accepted (public only), the latest 16 kept for audits; older ones are dropped
+        self.contexts: deque[ts.Context] = deque(maxlen=16)
         self._ctx: ts.Context | None = None
         self.generation, self.key_id, self.key_holders = 0, None, frozenset()
         self.relayed_bytes = 0
