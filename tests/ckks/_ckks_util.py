@@ -1,4 +1,4 @@
-"""Helpers shared by tests/ckks (imported by name: pytest puts this folder on sys.path)."""
+"""Helpers shared by tests/ckks (relative imports: tests/ckks is a package)."""
 
 from __future__ import annotations
 

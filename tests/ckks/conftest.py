@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from _ckks_util import entropy_for
 
 from securefed.ckks import RoutingPolicy, setup_keyring
+
+from ._ckks_util import entropy_for
 
 
 @pytest.fixture(scope="session")

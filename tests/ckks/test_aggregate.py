@@ -13,7 +13,8 @@ from securefed.ckks import keys
 from securefed.ckks.holder import upload_statement
 from securefed.ckks.messages import AggregateMsg, UploadMsg, decode, encode
 
-from _ckks_util import entropy_for, vectors
+from ._ckks_util import entropy_for, vectors
+
 
 L = 5000  # two ciphertexts at N = 8192 (4096 + 904 slots)
 

@@ -11,12 +11,13 @@ import dataclasses
 import numpy as np
 import pytest
 import tenseal as ts
-from _ckks_util import entropy_for, vectors
 
 from securefed.ckks import CkksServer, ContextRejected, run_ckks_round, setup_keyring
 from securefed.ckks import holder as holder_mod
 from securefed.ckks import keys
 from securefed.ckks.messages import KeyAdvertMsg, KeyShareMsg, PublicContextMsg, decode
+
+from ._ckks_util import entropy_for, vectors
 
 
 class SpyServer(CkksServer):
