@@ -135,7 +135,7 @@ class MaskedFold:
             raise FrameError("masked input is longer than the model")
         if self.acc.mask is not None and np.any(words > self.acc.mask):
             raise FrameError(f"masked input has elements outside Z_2^{self.acc.ring_bits}")
-        self.journal.write(words.tobytes())            # undo record first, then fold
+        self.journal.write(buf[:usable])               # undo record first, then fold
         self.acc._apply(self.next_elem, words, +1)
         self.next_elem += words.size
 
@@ -156,11 +156,16 @@ class MaskedFold:
             complete = len(self.prefix) == MASKED_PREFIX and not self.carry and self.next_elem == self.acc.length
             with self.acc._lock:
                 if complete and not self.acc.sealed:
-                    self.done = True
-                    self.acc._open.discard(self)
-                    self.acc.committed.add(self.sender)
-                    if self.on_commit is not None:
-                        self.on_commit(self.sender)
+                    try:             # the protocol must accept the sender first, else the words come back out
+                        if self.on_commit is not None:
+                            self.on_commit(self.sender)
+                        accepted = True
+                    except (FrameError, ValueError):
+                        accepted = False
+                    if accepted:
+                        self.done = True
+                        self.acc._open.discard(self)
+                        self.acc.committed.add(self.sender)
             if not self.done:
                 self._abort_locked()
                 raise FrameError("masked input is incomplete or arrived after the stage closed")

@@ -108,6 +108,7 @@ class RoundBoard:
         self.acc: RingAccumulator | None = None
         self.bytes_up = self.bytes_down = 0
         self.on_stage = None                       # callback(round, stage, expected holders): status file
+        self._digest_cache: tuple[bytes, int, bytes] | None = None
 
     # ------------------------------------------------------------------ RPC side
     def fetch(self, hid: int, request: bytes, context):
@@ -150,7 +151,13 @@ class RoundBoard:
             self.bytes_down += n
 
     def _frames(self, r: int, s: int, kind: Kind, payload: bytes):
-        total, digest = sha256_parts([payload])
+        cached = self._digest_cache      # the model is one shared bytes object: hash it once per round
+        if cached is not None and cached[0] is payload:
+            total, digest = cached[1], cached[2]
+        else:
+            total, digest = sha256_parts([payload])
+            if len(payload) > (1 << 20):
+                self._digest_cache = (payload, total, digest)   # holds a reference: identity stays sound
         yield from iter_stream_frames(self.run_id, r, s, kind, [payload], total_len=total, digest=digest,
                                       chunk_size=self.chunk_size)
 
@@ -217,7 +224,8 @@ class RoundBoard:
             now = time.monotonic()
             return sorted(h for h, t in self.waiting.items() if now - t < fresh)
         with self.cond:
-            self.round, self.stage = max(self.round, r - 1), -1
+            if self.round < r - 1:                     # fresh start or resume: round r-1 counts as over
+                self.round, self.stage = r - 1, Stage.UNMASK + 1
             _wait(self.cond, lambda: len(ready()) >= want, end - time.monotonic())
             return ready()
 

@@ -149,8 +149,8 @@ def encode(frame: Frame) -> bytes:
                             frame.digest, frame.chunk_size)
         return _PREFIX.pack(MAGIC, VERSION, FrameType.HEADER) + body
     if isinstance(frame, Chunk):
-        return _PREFIX.pack(MAGIC, VERSION, FrameType.CHUNK) + _CHUNK.pack(frame.seq, frame.offset, len(frame.data)) \
-            + bytes(frame.data)
+        return b"".join((_PREFIX.pack(MAGIC, VERSION, FrameType.CHUNK),
+                         _CHUNK.pack(frame.seq, frame.offset, len(frame.data)), frame.data))
     if isinstance(frame, FetchRequest):
         return _PREFIX.pack(MAGIC, VERSION, FrameType.FETCH) + _FETCH.pack(frame.run_id, frame.round, frame.stage,
                                                                          frame.wait_ms)
@@ -164,12 +164,13 @@ def decode(data: bytes) -> Frame:
     """bytes → one frame; FrameError on anything malformed (never another exception type)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FrameError("frame must be bytes")
-    data = bytes(data)
+    data = memoryview(data).cast("B")               # zero-copy: chunk data below is a view into the frame
     if len(data) > MAX_FRAME:
         raise FrameError(f"frame of {len(data)} bytes exceeds {MAX_FRAME}")
     if len(data) < _PREFIX.size:
         raise FrameError("frame shorter than its prefix")
     magic, version, ftype = _PREFIX.unpack_from(data)
+    magic = bytes(magic)
     if magic != MAGIC:
         raise FrameError("bad magic")
     if version != VERSION:
@@ -177,7 +178,7 @@ def decode(data: bytes) -> Frame:
     body = data[_PREFIX.size:]
     if ftype == FrameType.HEADER:
         _exact(body, _HEADER.size, "header")
-        run_id, rnd, stage, kind, total, digest, csize = _HEADER.unpack(body)
+        run_id, rnd, stage, kind, total, digest, csize = _HEADER.unpack(bytes(body))
         try:
             kind = Kind(kind)
         except ValueError:
@@ -191,14 +192,14 @@ def decode(data: bytes) -> Frame:
         return Chunk(seq, offset, body[_CHUNK.size:])
     if ftype == FrameType.FETCH:
         _exact(body, _FETCH.size, "fetch")
-        return FetchRequest(*_FETCH.unpack(body))
+        return FetchRequest(*_FETCH.unpack(bytes(body)))
     if ftype == FrameType.ACK:
         if len(body) < _ACK.size:
             raise FrameError("ack frame shorter than its fields")
         status, n = _ACK.unpack_from(body)
         _exact(body, _ACK.size + n, "ack")
         try:
-            reason = body[_ACK.size:].decode("utf-8")
+            reason = bytes(body[_ACK.size:]).decode("utf-8")
         except UnicodeDecodeError:
             raise FrameError("ack reason is not UTF-8") from None
         return Ack(status, reason)
@@ -224,7 +225,7 @@ def iter_stream_frames(run_id: bytes, round_index: int, stage: int, kind: Kind, 
         while len(mv):
             if not pending and len(mv) >= chunk_size:      # fast path: no copy into the pending buffer
                 piece, mv = mv[:chunk_size], mv[chunk_size:]
-                yield encode(Chunk(seq, offset, bytes(piece)))
+                yield encode(Chunk(seq, offset, piece))        # one copy: into the frame
                 seq, offset = seq + 1, offset + len(piece)
                 continue
             take = min(chunk_size - len(pending), len(mv))

@@ -90,7 +90,7 @@ class StreamReceiver:
             if self.received + n > self.header.total_len:
                 raise FrameError("stream is longer than its header says")
             self._hash.update(frame.data)
-            self.sink.write(self.received, bytes(frame.data))
+            self.sink.write(self.received, frame.data)     # a view into the frame: sinks copy what they keep
             self.received += n
             self.next_seq += 1
         except BaseException:

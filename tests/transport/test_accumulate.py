@@ -123,3 +123,15 @@ def test_over_existing_array(tmp_path):
     assert np.array_equal(total, np.arange(8))
     with pytest.raises(TypeError):
         RingAccumulator.over(np.zeros(8, np.uint16), 32, tmp_path)
+
+
+def test_protocol_refusing_the_sender_undoes_the_fold(tmp_path):
+    acc = RingAccumulator(6, 32, tmp_path)
+
+    def refuse(sender):
+        raise FrameError("not expected")
+    f = acc.open(2, on_commit=refuse)
+    f.write(0, _msg(2, np.full(6, 9, np.uint32)))
+    with pytest.raises(FrameError):
+        f.commit()
+    assert not acc.total.any() and acc.committed == set()
