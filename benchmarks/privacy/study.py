@@ -84,8 +84,8 @@ def fmt(v, nd=4) -> str:
     return str(v)
 
 
-def write_results(rows: list[dict], meta: dict) -> None:
-    (HERE / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+def write_results(rows: list[dict], meta: dict, where: Path = HERE) -> None:
+    (where / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
     lines = ["# Privacy/utility study (securefed simulate)", "", f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
              f"Rounds: {meta['rounds']}, clip C = {meta['clip']}, holders = preset (population = cohort unless overridden)", "",
              "| setting | mechanism | ring bits | σ (noise multiplier) | ε (ledger) | δ | final eval ppl | eval ppl by round | wall s | status |",
@@ -96,7 +96,7 @@ def write_results(rows: list[dict], meta: dict) -> None:
                      f"{fmt(r.get('ledger_epsilon'))} | {fmt(r.get('delta'), 3)} | {fmt(r.get('fed_eval_ppl'))} | {ppl_curve} | "
                      f"{r['seconds']} | {'ok' if r['returncode'] == 0 else r.get('error', 'failed')} |")
     lines += ["", meta.get("notes", "")]
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    (where / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
@@ -110,19 +110,20 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=3600)
     ap.add_argument("--machine", default=os.uname().nodename)
     ap.add_argument("--notes", default="")
+    ap.add_argument("--results-dir", default=str(HERE), help="where results.json/results.md go")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = settings(args.eps, args.clip)
     rows = []
+    meta = {"command": "python " + " ".join(sys.argv), "machine": args.machine, "rounds": args.rounds, "clip": args.clip,
+            "notes": args.notes}
     for i, run in enumerate(runs):
         if args.only and i not in args.only:
             continue
         rows.append(run_one(run, out, args.rounds, args.extra, args.timeout))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "command"}), flush=True)
-    meta = {"command": "python " + " ".join(sys.argv), "machine": args.machine, "rounds": args.rounds, "clip": args.clip,
-            "notes": args.notes}
-    write_results(rows, meta)
+        write_results(rows, meta, Path(args.results_dir))  # after every run: partial results survive a timeout
     return 0 if all(r["returncode"] == 0 for r in rows) else 1
 
 

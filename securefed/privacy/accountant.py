@@ -4,8 +4,9 @@ State is only the list of events (rebuilt from the ledger on resume, protocols/d
 recomputed from the pure functions in :mod:`securefed.privacy.rdp` on demand (as Opacus does).
 
 Neighbouring relations (protocols/dp.md §2): Poisson sampling ↔ add/remove one holder; fixed-size
-sampling without replacement ↔ replace one holder (sensitivities doubled); "none" means no sampling
-amplification at all (q = 1), used for each holder's own ledger because the coordinator knows the cohort.
+sampling without replacement ↔ replace one holder (sensitivities doubled, also when q = 1). Each
+holder's own ledger uses the run's relation with q = 1 (no amplification: the coordinator knows the
+cohort); sampling "none" is add/remove without amplification.
 Accountant "prv" (Opacus PRV, Gopi et al. 2021) applies to the Gaussian mechanism with Poisson
 sampling only; every other combination uses RDP and refuses "prv".
 """
@@ -113,9 +114,9 @@ def _discrete_base(ev: RoundEvent, factor: float) -> Callable[[np.ndarray], np.n
 
 
 def _discrete_rdp(ev: RoundEvent) -> np.ndarray:
+    factor = 2.0 if ev.sampling == "fixed" else 1.0  # replace-one doubles the sensitivities, also at q = 1
     if ev.sampling == "none" or ev.q >= 1.0:
-        return _discrete_base(ev, 1.0)(np.asarray(R.ORDERS))
-    factor = 1.0 if ev.sampling == "poisson" else 2.0
+        return _discrete_base(ev, factor)(np.asarray(R.ORDERS))
     base = _discrete_base(ev, factor)
     ints = np.arange(2, 257, dtype=np.float64)
     table = base(ints)  # curve at integer orders, looked up by the amplification bounds

@@ -141,7 +141,7 @@ class PrivacySession:
         return plan_quantization(clip=clip, ring_bits=self.config.ring_bits, max_clients=max(1, n))
 
     def _event(self, plan, z: float, survivors: int, *, sampled: bool) -> RoundEvent:
-        samp, q = (self.sampling, self.q) if sampled else ("none", 1.0)
+        samp, q = (self.sampling, self.q) if sampled else (self.sampling, 1.0)  # holder view: same relation, no amplification
         if not self.config.dp_on:
             return RoundEvent("none", samp, q)
         if plan is None or survivors == 0:  # no survivor: nothing was released this round

@@ -135,3 +135,13 @@ def test_bad_input():
         RoundEvent.from_dict({"mechanism": "gaussian"})
     assert math.isinf(Accountant().epsilon(DELTA, [RoundEvent("none")]))
     assert np.isinf(R.eps_from_rdp(np.full(len(R.ORDERS), np.inf), DELTA)[0])
+
+
+def test_fixed_size_relation_doubles_sensitivity_even_without_sampling():
+    # replace-one: a holder's Δ can move the sum by 2C, so at q = 1 the Gaussian with σ costs what σ/2 costs under add/remove
+    fixed = Accountant().epsilon(DELTA, [RoundEvent("gaussian", "fixed", 1.0, 2.0)])
+    assert fixed == pytest.approx(Accountant().epsilon(DELTA, [RoundEvent("gaussian", "none", 1.0, 1.0)]), rel=1e-9)
+    kw = dict(share_std=40.0, n_shares=10, dim=1024)
+    ddg_fixed = Accountant().epsilon(DELTA, [RoundEvent("ddgauss", "fixed", 1.0, 1.0, l1=5000.0, l2=100.0, **kw)])
+    ddg_double = Accountant().epsilon(DELTA, [RoundEvent("ddgauss", "none", 1.0, 1.0, l1=10000.0, l2=200.0, **kw)])
+    assert ddg_fixed == pytest.approx(ddg_double, rel=1e-9)
