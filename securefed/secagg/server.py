@@ -108,6 +108,18 @@ class SecAggServer:
             return
         self._got[sender] = msg
 
+    def accept_streamed_masked(self, sender: int) -> None:
+        """Record ``sender``'s masked input that a streaming transport already folded into ``total``.
+
+        For transports that add chunks of y_i into ``self.total`` as they arrive (O(chunk) memory)
+        instead of calling ``receive`` with the whole message: the transport has checked S1 and S4
+        (authenticated sender, ring bits k, exactly P words) and undoes a half-received input itself.
+        It is also responsible for the transcript of those bytes. ValueError if not expected now (S1).
+        """
+        if self.stage is not ServerStage.COLLECT_MASKED or sender not in self._expected() or sender in self._got:
+            raise ValueError(f"a masked input from {sender} is not expected now")
+        self._got[sender] = MaskedInput(sender, self.ring.bits, np.empty(0, dtype=self.ring.dtype))
+
     def _check_AdvertiseKeys(self, m: AdvertiseKeys) -> None:  # S2
         signed = cm.advert_message(self._phash, m.sender, m.c_public, m.s_public, m.commitment)
         if not verify_signature(self._roster.public_key(m.sender), m.signature, signed) or m.c_public == m.s_public:

@@ -80,3 +80,23 @@ def test_constructor_and_driver_validation():
     with pytest.raises(ValueError, match="identities"):
         run_secagg_round({9: np.zeros(3, np.uint32)}, config=SecAggConfig(), round_index=0, session_context=CTX,
                          identities=ids, roster=roster, entropy_for=ent)
+
+
+def test_streamed_masked_input_equals_receive_path():
+    import numpy as np
+    from securefed.secagg import decode
+    from tests.secagg.helpers import ring_sum
+    h = Harness(n=5).steps(2)
+    for i, data in h.outbox.items():
+        m = decode(h.clients[i].handle(data))
+        if i == 1:
+            h.server.receive(1, encode(m))
+            continue
+        for lo in range(0, m.vector.shape[0], 3):  # a transport folding chunks as they arrive
+            np.add(h.server.total[lo:lo + 3], m.vector[lo:lo + 3], out=h.server.total[lo:lo + 3])
+        h.server.accept_streamed_masked(i)
+    with pytest.raises(ValueError, match="not expected"):
+        h.server.accept_streamed_masked(2)  # twice
+    h.outbox = h.server.close_stage()
+    h.steps(2)
+    assert np.array_equal(h.server.result, ring_sum(h.inputs, range(1, 6)))
