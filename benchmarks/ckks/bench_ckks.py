@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -73,7 +72,7 @@ def masking_floor(xs: dict[int, np.ndarray], reps: int) -> dict:
         t_mask.append((t1 - t0) / n)
         t_server.append(t2 - t1)
     err = float(np.max(np.abs(total - sum(xs.values()))))
-    return {"mask_s_per_holder": statistics.median(t_mask), "server_s": statistics.median(t_server),
+    return {"mask_s_per_holder": min(t_mask), "server_s": min(t_server),
             "bytes_up_per_holder": length * 4, "max_abs_error": err}
 
 
@@ -108,10 +107,10 @@ def ckks_costs(xs: dict[int, np.ndarray], policy: RoutingPolicy, reps: int) -> d
         errs += [float(np.max(np.abs(total - sum(xs.values())))), float(np.max(np.abs(out.total - sum(xs.values()))))]
     up = len(next(iter(wires.values())))
     return {
-        "encrypt_s_per_holder": statistics.median(t_enc),
-        "validate_add_s_per_upload": statistics.median(t_add),
-        "decrypt_s": statistics.median(t_dec),
-        "round_s": statistics.median(t_round),
+        "encrypt_s_per_holder": min(t_enc),
+        "validate_add_s_per_upload": min(t_add),
+        "decrypt_s": min(t_dec),
+        "round_s": min(t_round),
         "first_round_s_with_key_distribution": t_round0,
         "bytes_up_per_holder": up,
         "bytes_per_param": up / length,
@@ -156,13 +155,13 @@ def run(quick: bool) -> dict:
     for preset in presets:
         shapes = model_small_tensors(preset)
         for n in ns:
-            r = ckks_round_overhead(shapes, n, reps=1 if quick else 3)
+            r = ckks_round_overhead(shapes, n, reps=1 if quick else 5)
             r["model"] = preset
             results["sets"].append(r)
             print(f"{preset} n={n}: {json.dumps(r)}", flush=True)
     for N in ([] if quick else [16384]):
         pol = RoutingPolicy(enabled=True, poly_modulus_degree=N)
-        r = ckks_round_overhead(model_small_tensors("125m"), 10, policy=pol, reps=3)
+        r = ckks_round_overhead(model_small_tensors("125m"), 10, policy=pol, reps=5)
         r["model"], r["poly_modulus_degree"] = "125m", N
         results["sets"].append(r)
         print(f"125m N={N} n=10: {json.dumps(r)}", flush=True)
@@ -202,7 +201,8 @@ coeff_mod_bit_sizes (60, 60, 60), scale 2^80, noise flooding sigma = 2^-40, veri
 decryptor re-sums the survivors' signed uploads), unless N says 16384. Tensor sets: every tensor
 with <= 4096 elements of securefed's Llama presets = the RMSNorm gains (a Llama model has no
 biases): `tiny` (d = 128, 4 layers: 9 x 128 = 1152 values) and `125m` (d = 768, 12 layers:
-25 x 768 = 19 200 values). Inputs uniform in [-1, 1]; medians over 3 rounds.
+25 x 768 = 19 200 values). Inputs uniform in [-1, 1]; times are the minimum over 5 repetitions
+(robust to the shared cores).
 
 Masking side: the **floor** of pairwise masking on the same values, built from the secure-aggregation
 helper's PRG (`securefed.primitives.prg.accumulate_masks`, AES-256-CTR keystream into uint32): per
@@ -222,10 +222,13 @@ Reading it:
   worse when slots go unused: 228 B/param for the tiny set (1152 of 4096 slots used), 68 B/param for
   125M (19 200 of 20 480). Masking sends 4 B/param (k = 32). N = 16384 halves the ciphertext count
   but wastes more slots here (82 B/param).
-- Time: CKKS encryption costs ~10 ms per ciphertext per holder, i.e. a few us per parameter at
-  125M, two orders of magnitude above the masking floor per parameter. In absolute terms the CKKS
-  part of a 125M round is ~0.05-0.2 s per holder; the decryptor's verified re-sum grows with n
-  (`verify_aggregate: false` removes it but trusts the server's survivor list, protocols/ckks.md §5.3).
+- Time: CKKS encryption costs ~5 ms per ciphertext per holder (1.3 us per parameter at 125M),
+  about two orders of magnitude above the masking floor per parameter. In absolute terms the CKKS
+  part of a 125M round is ~25 ms of encryption per holder; the whole in-process round (all
+  holders, server validation, decryptor) takes ~0.3 s at n = 10 and ~1 s at n = 32, most of the
+  growth being the decryptor's verified re-sum (`verify_aggregate: false` removes it but trusts
+  the server's survivor list, protocols/ckks.md §5.3). At the tiny preset the CKKS part is < 0.1 s
+  per round for n <= 10.
 - Key rotation: public context {pub:.0f} KB + one {sec:.0f} KB sealed secret context per other key
   holder (relayed, so counted up and down) + adverts. Rotating every round (the default) makes this
   the largest CKKS cost; `rotate_key_every_rounds` trades it against exposure (threat_models/ckks.md
