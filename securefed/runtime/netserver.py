@@ -163,7 +163,7 @@ class NetServer:
                         return EXIT["too_few"]
                 else:
                     aborted_in_a_row = 0
-            self._write_status(final=True)
+            self._finish()
             return EXIT["ok"]
         finally:
             self.server.stop(grace=2.0)
@@ -201,7 +201,8 @@ class NetServer:
             row["tokens_seen"] = (self.metrics[-1].get("tokens_seen", 0) if self.metrics else 0) + sum(
                 int(out.results.get(h, {}).get("tokens", 0) or 0) for h in out.survivors)
             row.update(self.workload.evaluate())
-            entry = {"round": r, "run_id": self.run_id.hex(), "mechanism": "none", "clip": p.clip,
+            entry = {"version": 1, "role": "server", "round": r, "run_id": self.run_id.hex(), "mode": "none",
+                     "mechanism": "none", "privacy_unit": "holder", "clip": p.clip, "ring_bits": p.secagg.ring_bits,
                      "cohort": list(out.cohort), "survivors": list(out.survivors), "epsilon": float("inf"),
                      "model_sha256_before": mhash.hex()}
         self.metrics.append(row)
@@ -215,6 +216,24 @@ class NetServer:
         log.info(line, extra={"event": "round", "row": row})
         print(line, flush=True)
         return row
+
+    def _finish(self) -> None:
+        """Run-directory contract (shared/DESIGN.md): model/, summary.json, report/."""
+        self.workload.export(self.rd.model)
+        done = [m for m in self.metrics if not m.get("aborted")]
+        summary = {"rounds": len(done), "rounds_aborted": len(self.metrics) - len(done),
+                   "tokens": done[-1].get("tokens_seen", 0) if done else 0, "epsilon": float("inf"), "delta": None,
+                   "wall_seconds": sum(m.get("seconds") or 0 for m in self.metrics), "aggregation": "secagg",
+                   "model_params": self.workload.dim, "privacy_mode": "none", "deployment": "network",
+                   "fed_eval_ppl": None, "run_id": self.run_id.hex()}
+        self.rd.write_json(self.rd.summary, summary)
+        self._write_status(final=True)
+        try:
+            from securefed.report import render_report
+
+            render_report(self.rd.root)
+        except Exception as e:  # the report is a convenience: never fail a finished run on it
+            log.warning("report not rendered: %s", e)
 
     def _write_status(self, final: bool = False, stage: dict | None = None) -> None:
         st = {"run_id": self.run_id.hex(), "next_round": self.next_round, "rounds": self.plan.rounds,

@@ -45,6 +45,12 @@ class SyntheticServer:
     def evaluate(self) -> dict:
         return {}
 
+    def export(self, out) -> None:
+        from pathlib import Path
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        np.save(Path(out) / "theta.npy", self.theta)
+
     def state_dict(self) -> dict:
         return {"kind": "synthetic", "theta": self.theta.copy()}
 
@@ -108,6 +114,14 @@ class LMServer:
 
     def evaluate(self) -> dict:
         return {}
+
+    def export(self, out) -> None:
+        """RUN_DIR/model: loadable with transformers AutoModelForCausalLM.from_pretrained."""
+        from securefed.runtime.export import export_model
+        from securefed.training.flat import set_flat
+
+        set_flat(self.model, self.outer.params)
+        export_model(self.model, self.tokenizer, out)
 
     def state_dict(self) -> dict:
         return {"kind": "lm", "outer": self.outer.state_dict()}

@@ -75,6 +75,9 @@ def test_e2e_five_holders_sigkill_holder_and_server_resume(tmp_path):
     ck = torch.load(rd.checkpoint_file, weights_only=False)
     assert ck["next_round"] == 3 and ck["ledger_entries"] == 3
     assert "resumed run" in procs.log("server2")
+    summary = read_json(rd.summary)
+    assert summary["rounds"] == 3 and summary["model_params"] == ck["dim"]
+    assert (rd.model / "config.json").exists() and (rd.report / "report.md").exists()
     # holder 5's own ledger: round 1 only up to its masked input? It hung before releasing it, so not even that
     own5 = read_ledger(tmp_path / "state5" / "ledger.jsonl")
     assert 1 not in [e["round"] for e in own5] and 2 in [e["round"] for e in own5]
