@@ -102,6 +102,7 @@ class RoundBoard:
         self.outbox: dict[tuple[int, int], tuple[Kind, bytes]] = {}
         self.expect: set[int] = set()
         self.submitted: set[int] = set()
+        self.failed: set[int] = set()              # expected holders whose stream failed this stage
         self.results: dict[int, dict] = {}
         self.waiting: dict[int, float] = {}        # holder -> last time it asked for the next round
         self.sa: SecAggServer | None = None
@@ -163,7 +164,7 @@ class RoundBoard:
 
     def submit(self, hid: int, frames, context) -> bytes:
         it = iter(frames)
-        rx = None
+        rx, stage_key = None, None
         try:
             with self.cond:
                 r, s = self.round, self.stage
@@ -173,8 +174,11 @@ class RoundBoard:
                     max_len = 19 + self.acc.length * self.acc.dtype.itemsize
                 if hid not in self.expect:
                     raise FrameError(f"holder is not expected in round {r} stage {s}")
+                if hid in self.failed:
+                    raise FrameError("holder already failed this stage")
             head = expect_header(decode(next(it)), run_id=self.run_id, round_index=r, stage=s, kinds=kinds,
                                  max_len=max_len if s == Stage.MASKED else max(MAX_CONTROL, MAX_RESULT))
+            stage_key = (r, s)
             if head.kind == Kind.MASKED:
                 sink = self.acc.open(hid, on_commit=lambda h: accept_streamed_masked(self.sa, h))
             else:
@@ -198,6 +202,11 @@ class RoundBoard:
         finally:
             if rx is not None:
                 rx.abort()
+        if stage_key is not None:        # an expected holder's stream failed: it is dropped for this stage (S6),
+            with self.cond:              # so the stage need not wait for its deadline on its account
+                if (self.round, self.stage) == stage_key:
+                    self.failed.add(hid)
+                    self.cond.notify_all()
         return encode(Ack(1, "refused"))
 
     def _accept(self, hid: int, r: int, s: int, kind: Kind, sink) -> None:
@@ -250,7 +259,7 @@ class RoundBoard:
         for s in SECAGG_STAGES:
             ts = time.perf_counter()
             with self.cond:
-                _wait(self.cond, lambda: self.expect <= self.submitted, deadlines.for_stage(s))
+                _wait(self.cond, lambda: self.expect <= self.submitted | self.failed, deadlines.for_stage(s))
                 missing = sorted(self.expect - self.submitted)
                 self.stage = s + 0.5       # closing: late submissions are refused from here on
             if s == Stage.MASKED:
@@ -283,7 +292,7 @@ class RoundBoard:
                                 self.bytes_down, aborted, times)
 
     def _open_stage(self, s: int, expect: set[int]) -> None:
-        self.stage, self.expect, self.submitted = s, set(expect), set()
+        self.stage, self.expect, self.submitted, self.failed = s, set(expect), set(), set()
         if self.on_stage is not None:
             self.on_stage(self.round, s, sorted(expect))
 
