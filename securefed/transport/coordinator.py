@@ -91,6 +91,24 @@ def accept_streamed_masked(sa: SecAggServer, sender: int) -> None:
     sa._got[sender] = MaskedInput(sender, sa.ring.bits, np.empty(0, dtype=sa.ring.dtype))
 
 
+def _round_report(data: bytes) -> dict:
+    """A holder's RESULT (§5.2): only known keys with sane values reach metrics; else ValueError."""
+    obj = json.loads(data.decode("utf-8"))
+    if not isinstance(obj, dict):
+        raise ValueError("result must be a JSON object")
+    out = {}
+    tokens, loss = obj.get("tokens", 0), obj.get("loss")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens < 2**53:
+        raise ValueError("result.tokens must be a non-negative int")
+    out["tokens"] = tokens
+    if loss is not None:
+        if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not np.isfinite(loss):
+            raise ValueError("result.loss must be a finite number or null")
+        out["loss"] = float(loss)
+    out["clipped"] = obj.get("clipped") is True
+    return out
+
+
 class RoundBoard:
     """Thread-safe state shared by the RPC handlers and the round driver."""
 
@@ -214,10 +232,7 @@ class RoundBoard:
             if self.round != r or self.stage != s:
                 raise FrameError("stage closed before the stream completed")
             if kind == Kind.RESULT:
-                obj = json.loads(sink.value.decode())
-                if not isinstance(obj, dict):
-                    raise FrameError("result must be a JSON object")
-                self.results[hid] = obj
+                self.results[hid] = _round_report(sink.value)
                 return
             if kind == Kind.SECAGG:
                 self.sa.receive(hid, sink.value)
