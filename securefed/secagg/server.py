@@ -1,4 +1,4 @@
-"""Aggregator-side state machine (protocols/secagg.md §5.1, §6, MUST rules S1–S7, unmasking §6.3).
+"""Aggregator-side state machine (protocols/secagg.md §5.1, §6, MUST rules S1–S7, unmasking §6.4).
 
 ``receive(sender, bytes)`` during a stage (sender = the transport-authenticated holder id),
 ``close_stage() -> {holder: bytes}`` to end it. Memory is O(P): masked inputs are added into one
@@ -231,13 +231,13 @@ class SecAggServer:
 
         keys: list[tuple[bytes, int]] = []
         r, sid = self.start.round_index, self.sid
-        for i in self.u3:  # §6.3: remove self masks of survivors
+        for i in self.u3:  # §6.4: remove self masks of survivors
             b = secret(i, KIND_B)
             if cm.commitment(self._phash, i, b) != self.adverts[i].commitment:
                 raise SecAggAborted(f"reconstructed self-mask seed of {i} does not match its commitment")
             keys.append((cm.self_mask_key(b, sid=sid, round_index=r, i=i), -1))
         alive = set(self.u3)
-        for j in self.dropped_after_sharing:  # §6.3: remove pairwise masks between dropped and survivors
+        for j in self.dropped_after_sharing:  # §6.4: remove pairwise masks between dropped and survivors
             partners = sorted(self.graph.neighbours(j) & alive)
             if not partners:
                 continue

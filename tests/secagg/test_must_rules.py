@@ -248,7 +248,7 @@ def test_s2_duplicate_keys_drop_all_owners():
     assert sorted(h.server.close_stage()) == [1, 4, 5, 6, 7]
 
 
-def test_s3_s4_s5_invalid_messages_drop_the_sender():
+def test_s3_s4_s5_s6_invalid_messages_drop_the_sender():
     h = Harness(n=7).steps(1)
     replies = {i: h.clients[i].handle(h.outbox[i]) for i in h.ids}
     sk = decode(replies[2])
@@ -320,3 +320,11 @@ def test_hedged_randomness_binds_secrets_to_the_session():
     again = Harness(n=6, seed=0)
     again.step()
     assert again.clients[1]._s.public == ka._s.public  # deterministic given (entropy, identity, session)
+
+
+def test_c4_plain_input_released_after_masking():
+    h = Harness(n=5).steps(2)
+    c = h.clients[1]
+    assert c._x is not None
+    h.step()
+    assert c._x is None and c.stage is ClientStage.AWAIT_SURVIVORS
