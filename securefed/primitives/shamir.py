@@ -7,6 +7,7 @@ secret, so a secret is embedded as its big-endian integer and recovered exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 from securefed.primitives.rng import Entropy
@@ -61,6 +62,20 @@ def split(secret: bytes, *, threshold: int, xs: Iterable[int], entropy: Entropy)
     return shares
 
 
+@functools.lru_cache(maxsize=1024)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """Lagrange basis at 0: λ_i = Π_{j≠i} x_j / (x_j − x_i) mod p (public: depends on the ids only)."""
+    out = []
+    for i in xs:
+        num, den = 1, 1
+        for j in xs:
+            if j != i:
+                num = num * j % PRIME
+                den = den * (j - i) % PRIME
+        out.append(num * pow(den, -1, PRIME) % PRIME)
+    return tuple(out)
+
+
 def reconstruct(shares: Mapping[int, int], *, threshold: int) -> bytes:
     """f(0) from exactly ``threshold`` shares (the first ``threshold`` by x if more are given)."""
     if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
@@ -74,13 +89,8 @@ def reconstruct(shares: Mapping[int, int], *, threshold: int) -> bytes:
         if not isinstance(y, int) or not 0 <= y < PRIME:
             raise ValueError("share value outside the field")
     secret = 0
-    for i in xs:  # Lagrange basis at 0: Π_{j≠i} x_j / (x_j − x_i)
-        num, den = 1, 1
-        for j in xs:
-            if j != i:
-                num = num * j % PRIME
-                den = den * (j - i) % PRIME
-        secret = (secret + shares[i] * num * pow(den, -1, PRIME)) % PRIME
+    for x, lam in zip(xs, _lagrange_at_zero(tuple(xs))):
+        secret = (secret + shares[x] * lam) % PRIME
     if secret >= 1 << (8 * SECRET_BYTES):
         raise ValueError("shares are inconsistent: reconstructed value is not a 32-byte secret")
     return secret.to_bytes(SECRET_BYTES, "big")
