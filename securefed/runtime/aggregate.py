@@ -26,6 +26,7 @@ class RoundInputs:
     deltas: dict[int, torch.Tensor]      # holder -> weighted Δ (float32, CPU)
     round_index: int
     model_hash: bytes
+    weights: dict[int, float]            # holder -> aggregation weight already applied to its Δ
 
 
 @dataclass
@@ -90,34 +91,37 @@ def _secagg(sim, rp, inputs: RoundInputs) -> AggregateResult:
 
 
 def _hybrid(sim, rp, inputs: RoundInputs) -> AggregateResult:
-    """Small tensors via CKKS, the rest via pairwise masking (protocols/ckks.md §routing)."""
+    """Small tensors via CKKS, the rest via pairwise masking (protocols/ckks.md §routing).
+
+    CKKS runs first: holders whose ciphertexts are rejected never enter the masked sum, so no sum is
+    ever released twice over different sets (two sums would expose the difference). Masking dropouts
+    after that shrink only the masked half's survivor set B ⊆ A; the CKKS half (over A) is rescaled to
+    the same denominator so each half is the weighted mean over its own survivors.
+    """
     from securefed.ckks import run_ckks_round
 
     r = inputs.round_index
-    ckks_idx, sec_idx = sim.route_indices
+    plan = sim.route_plan
     clipped, infos = {}, {}
     for h, d in inputs.deltas.items():
-        c, infos[h] = rp.clip(h, d.numpy())
-        clipped[h] = c
-    plan = plan_quantization(clip=sim.cfg.privacy.clip, ring_bits=sim.cfg.aggregation.secagg.ring_bits,
-                             max_clients=max(1, len(clipped)))
-    ring_inputs = {h: quantize(c[sec_idx], plan, sim.entropy.for_party(r, h, "encode")) for h, c in clipped.items()}
-    sec = _run_secure_sum(sim, ring_inputs, inputs)
-    survivors = sorted(sec.survivors)
-    he = run_ckks_round({h: clipped[h][ckks_idx] for h in survivors}, policy=sim.cfg.aggregation.ckks,
-                        round_index=r, keyring=sim.ckks_keyring,
+        clipped[h], infos[h] = rp.clip(h, d.numpy())
+    he = run_ckks_round({h: plan.split(c)[0] for h, c in clipped.items()}, policy=sim.cfg.aggregation.ckks,
+                        round_index=r, keyring=sim.ckks_keyring, server=sim.ckks_server,
                         entropy_for=lambda party: sim.entropy.for_party(r, party, "ckks"))
-    # a holder whose ciphertext was rejected is dropped from both halves: recompute the masked half
-    if he.survivors != frozenset(survivors):
-        keep = sorted(he.survivors)
-        sec = _run_secure_sum(sim, {h: ring_inputs[h] for h in keep}, inputs)
-        survivors = sorted(sec.survivors)
-        he = run_ckks_round({h: clipped[h][ckks_idx] for h in survivors}, policy=sim.cfg.aggregation.ckks,
-                            round_index=r, keyring=sim.ckks_keyring,
-                            entropy_for=lambda party: sim.entropy.for_party(r, party, "ckks"))
-    total = np.zeros(sim.dim, dtype=np.float64)
-    total[sec_idx] = dequantize_sum(sec.total, plan)
-    total[ckks_idx] = he.total
+    a = sorted(he.survivors)
+    if not a:
+        from securefed.secagg import SecAggAborted
+
+        raise SecAggAborted("no holder's CKKS upload was accepted")
+    qplan = plan_quantization(clip=sim.cfg.privacy.clip, ring_bits=sim.cfg.aggregation.secagg.ring_bits,
+                              max_clients=len(a))
+    ring_inputs = {h: quantize(plan.split(clipped[h])[1], qplan, sim.entropy.for_party(r, h, "encode")) for h in a}
+    sec = _run_secure_sum(sim, ring_inputs, inputs)
+    b = sorted(sec.survivors)
+    ckks_total = np.asarray(he.total, dtype=np.float64)
+    if sim.cfg.privacy.mode == "none" and b != a:
+        ckks_total = ckks_total * (sum(inputs.weights[h] for h in b) / sum(inputs.weights[h] for h in a))
+    total = plan.merge(ckks_total, dequantize_sum(sec.total, qplan).astype(np.float64))
     total = rp.noise_plain_sum(total.astype(np.float32), sim.entropy.for_party(r, -1, "noise"))
-    return AggregateResult(torch.from_numpy(np.asarray(total, dtype=np.float32)), tuple(survivors), infos,
+    return AggregateResult(torch.from_numpy(np.asarray(total, dtype=np.float32)), tuple(b), infos,
                            sec.bytes_up + he.bytes_up, sec.bytes_down + he.bytes_down)

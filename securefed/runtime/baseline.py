@@ -1,8 +1,13 @@
 """Centralized baseline: the same model init, the union of the holders' data, the same inner optimizer
-and schedule shape, trained to exactly the token counts at which the federated run was evaluated."""
+and schedule shape, trained to exactly the token counts at which the federated run was evaluated.
+
+Its batch is by default the federation's global batch (cohort size x holder batch), i.e. what
+data-parallel training over the same holders would use: the comparison the paper makes.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from securefed.training.models import build_model
@@ -16,10 +21,11 @@ def run_centralized_baseline(sim, token_points: list[int]) -> list[dict]:
     if not token_points:
         return []
     data = sim.data.central_train
-    tokens_per_step = cfg.train.batch_size * data.shape[1]
+    batch = cfg.baseline_batch_size or cfg.federation.cohort_size * cfg.train.batch_size
+    tokens_per_step = batch * data.shape[1]
     total_steps = max(1, math.ceil(token_points[-1] / tokens_per_step))
     model = build_model(cfg.model.preset, vocab_size=len(sim.data.tokenizer), seq_len=cfg.data.seq_len, seed=cfg.seed)
-    trainer = LocalTrainer(model, cfg.train)
+    trainer = LocalTrainer(model, dataclasses.replace(cfg.train, batch_size=batch))
     from securefed.training.flat import get_flat
 
     theta = get_flat(model)

@@ -86,6 +86,7 @@ class RunConfig:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     privacy: DPConfig = field(default_factory=DPConfig)
     baseline: bool = True                            # also train the centralized baseline at equal tokens
+    baseline_batch_size: int | None = None           # None: cohort_size x train.batch_size (data-parallel equivalent)
     deterministic_secrets: bool = False              # derive all secret randomness from the seed (tests/replay only)
 
     def __post_init__(self) -> None:

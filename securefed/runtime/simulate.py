@@ -87,15 +87,15 @@ class Simulation:
                                       rounds_planned=fed.rounds, sampling=fed.sampling,
                                       ledger_dir=self.run_dir.privacy)
         self.sampler = np.random.default_rng(cfg.seed)
-        self.route_indices = None
-        self.ckks_keyring = None
+        self.route_plan = self.ckks_keyring = self.ckks_server = None
         if cfg.aggregation.mode == "ckks+secagg":
-            from securefed.ckks import make_keyring, plan_routes
+            from securefed.ckks import CkksServer, make_keyring, plan_routes
 
-            plan = plan_routes(self.layout, cfg.aggregation.ckks)
-            self.route_plan = plan
-            self.route_indices = plan.index_arrays()
-            self.ckks_keyring = make_keyring(sorted(self.holders), policy=cfg.aggregation.ckks)
+            self.route_plan = plan_routes(self.layout, cfg.aggregation.ckks)
+            self.ckks_keyring = make_keyring(sorted(self.holders), policy=cfg.aggregation.ckks,
+                                             identities=self.identities,
+                                             entropy_for=lambda h: self.entropy.for_party(0, h, "ckks-identity"))
+            self.ckks_server = CkksServer(cfg.aggregation.ckks, self.ckks_keyring.roster)
         self.metrics: list[dict] = []
         self.start_round = 0
 
@@ -135,13 +135,15 @@ class Simulation:
 
     def dropout_plan(self, round_index: int, participants: list[int]):
         """Simulated dropouts: each holder vanishes with federation.dropout_rate at a random stage."""
-        from securefed.secagg import DropoutPlan
+        from securefed.secagg import DropoutPlan, Stage
 
         rate = self.cfg.federation.dropout_rate
         if rate <= 0:
             return None
         rng = np.random.default_rng([self.cfg.seed, round_index, 7])
-        return DropoutPlan.random(participants, rate=rate, rng=rng)
+        stages = list(Stage)
+        vanish = {h: stages[int(rng.integers(len(stages)))] for h in participants if rng.random() < rate}
+        return DropoutPlan(vanish=vanish)
 
     def run_round(self, r: int) -> dict:
         from securefed.training.flat import flat_hash, set_flat
@@ -156,12 +158,17 @@ class Simulation:
             updates[h] = self.holders[h].train_round(theta)
         weights = self._weights(updates)
         deltas = {h: u.delta * weights[h] for h, u in updates.items()}
+        from securefed.secagg import SecAggAborted
+
+        agg, aborted = None, None
         if deltas:
-            agg = aggregate_round(self, rp, RoundInputs(deltas, r, flat_hash(theta)))
-            denom = self._denominator(agg.survivors, weights)
-            self.outer.step(agg.total / denom)
-        else:
-            agg = None
+            try:
+                agg = aggregate_round(self, rp, RoundInputs(deltas, r, flat_hash(theta), weights))
+            except SecAggAborted as e:  # below threshold: nothing was revealed, the model stays as it was
+                aborted = str(e)
+                self.progress.print(f"[yellow]round {r + 1} aborted: {e}[/]")
+        if agg is not None:
+            self.outer.step(agg.total / self._denominator(agg.survivors, weights))
         entry = rp.finish(survivors=list(agg.survivors) if agg else [], clip_infos=agg.clip_infos if agg else {})
         row = {
             "round": r, "clients_sampled": len(cohort), "clients_refused": len(rp.refused),
@@ -176,6 +183,8 @@ class Simulation:
                               if agg and agg.clip_infos else 0.0),
             "epsilon": entry.get("epsilon"), "delta": entry.get("delta"),
         }
+        if aborted:
+            row["aborted"] = aborted
         if (r + 1) % self.cfg.federation.eval_every == 0 or r + 1 == self.cfg.federation.rounds:
             set_flat(self.model, self.outer.params)
             loss = self.trainer.evaluate(self.data.eval_global)
@@ -205,6 +214,9 @@ class Simulation:
             self._restore()
         else:
             atomic_write_text(rd.config, dump_yaml(self.cfg) + "# versions: " + json.dumps(versions()) + "\n")
+            if self.route_plan is not None:
+                atomic_write_text(rd.root / "ckks_plan.txt", self.route_plan.to_text())
+                atomic_write_text(rd.root / "ckks_plan.json", self.route_plan.dumps_json())
             rd.write_json(rd.root / "data_manifest.json", self.data.manifest)
             self._checkpoint(0)
         t_start = time.perf_counter()

@@ -1,0 +1,20 @@
+"""Small, fast run settings for end-to-end tests of `securefed simulate`."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def sim_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("sim-cache"))
+
+
+@pytest.fixture
+def small_overrides(sim_cache):
+    """4 holders x 4 stdlib sources of 30 kB, vocab 512, rows of 32 tokens, K=2, batch 4."""
+    return [
+        "data.max_sources=4", "data.max_bytes_per_source=30000", "data.vocab_size=512", "data.seq_len=32",
+        f"data.cache_dir={sim_cache}", "train.local_steps=2", "train.batch_size=4", "train.warmup_steps=1",
+        "train.eval_batch_size=64", "federation.rounds=2",
+    ]

@@ -1,0 +1,36 @@
+"""Run configuration: presets load, unknown keys and bad values give one clear error."""
+
+import pytest
+
+from securefed.configio import ConfigError
+from securefed.runtime.config import RunConfig, list_presets, load_run_config
+
+
+def test_demo_preset_is_default_and_valid():
+    assert "demo" in list_presets()
+    cfg = load_run_config()
+    assert isinstance(cfg, RunConfig)
+    assert cfg.model.preset == "tiny" and cfg.aggregation.mode == "secagg"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("federation.nope=3", "unknown key"),
+    ("train.local_steps=0", "local_steps"),
+    ("model.preset=7b", "unknown model preset"),
+    ("aggregation.mode=telepathy", "not one of"),
+    ("federation.rounds=abc", "integer"),
+])
+def test_bad_settings_are_refused_clearly(override, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        load_run_config(overrides=[override])
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown run preset"):
+        load_run_config(preset="nope")
+
+
+def test_dp_requires_uniform_weights():
+    with pytest.raises((ConfigError, ValueError), match="uniform"):
+        load_run_config(overrides=["privacy.mode=central", "privacy.mechanism=gaussian", "privacy.noise_multiplier=1.0",
+                                   "federation.weighting=tokens"])

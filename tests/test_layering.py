@@ -1,0 +1,59 @@
+"""A lower layer never imports a higher one (securefed/README.md)."""
+
+import ast
+from pathlib import Path
+
+import securefed
+
+ROOT = Path(securefed.__file__).parent
+
+LAYERS = {
+    "configio": 0, "primitives": 1, "secagg": 2, "ckks": 2, "privacy": 3, "training": 4,
+    "report": 5, "runtime": 5, "transport": 6, "commands": 7, "cli": 7, "presets": 0,
+}
+# the network roles of the runtime sit beside the transport they drive
+SPECIAL = {"securefed.runtime.netserver": 6, "securefed.runtime.netclient": 6}
+
+
+def _layer(module: str) -> int | None:
+    if module in SPECIAL:
+        return SPECIAL[module]
+    parts = module.split(".")
+    if parts[0] != "securefed" or len(parts) < 2:
+        return None
+    return LAYERS.get(parts[1])
+
+
+def _imports(path: Path, module: str):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import: resolve against the package
+                base = module.split(".")[: -node.level]
+                yield ".".join(base + ([node.module] if node.module else []))
+            elif node.module:
+                yield node.module
+
+
+def test_no_upward_imports():
+    violations = []
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        module = ".".join(rel.parts).removesuffix(".__init__")
+        own = _layer(module)
+        if own is None:
+            continue
+        for imp in _imports(path, module):
+            other = _layer(imp)
+            if other is not None and other > own:
+                violations.append(f"{module} (layer {own}) imports {imp} (layer {other})")
+    assert not violations, "\n".join(violations)
+
+
+def test_every_subpackage_has_a_layer():
+    for p in ROOT.iterdir():
+        if p.is_dir() and (p / "__init__.py").exists():
+            assert p.name in LAYERS, f"securefed.{p.name} has no layer in tests/test_layering.py"
