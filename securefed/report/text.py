@@ -79,6 +79,9 @@ def sections(run: dict, f: dict) -> list:
                else f"NOT VERIFIED — {led['error']}. Treat every privacy number in this report as untrustworthy.")
     eps_words = (f"After {f['rounds_recorded']} recorded rounds the federation has spent ε = {_fmt(f['epsilon'])} at "
                  f"δ = {_fmt(f['delta'])}." if dp else "Differential privacy was off in this run: ε is infinite.")
+    if dp and isinstance(f["delta"], (int, float)) and f["delta"] > 1e-3:
+        eps_words += (f" WARNING: δ = {_fmt(f['delta'])} is large (the population is small): with probability up to δ the "
+                      "guarantee may fail entirely; treat this run as a demonstration, not as meaningful protection.")
     trust = {
         "distributed": "The server is not trusted with individual updates: secure aggregation shows it only the sum of "
                        f"the survivors' masked vectors (aggregation: {_fmt(f['aggregation'])}; secure aggregation "
@@ -92,6 +95,9 @@ def sections(run: dict, f: dict) -> list:
                 "no inference from the released models.",
     }.get(f["mode"], "unknown mode")
     holders = run["holders"]
+    worst = max((h["epsilon"] for h in holders.values() if h.get("ok")), default=None)
+    if worst is not None and dp:
+        eps_words += f" The largest ε in any holder's own ledger (no amplification) is {_fmt(worst)}."
     hrows = [["holder", "ε (own ledger)", "cap", "rounds included", "refused", "dropped"]]
     for name, h in holders.items():
         if h.get("ok"):
