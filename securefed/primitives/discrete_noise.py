@@ -99,10 +99,29 @@ def _poisson_small(entropy: Entropy, n: int, lam: float) -> np.ndarray:
     return k
 
 
+def _log_poisson_pmf(k: np.ndarray, lam: float) -> np.ndarray:
+    """log P(K = k) for K ~ Poisson(λ), accurate also for λ ~ 1e16 (where −λ + k ln λ − ln k! cancels).
+
+    For k ≥ 10: with x = k − λ, log p = x − k·log1p(x/λ) − ½ln(2πk) − (1/(12k) − 1/(360k³) + 1/(1260k⁵))
+    (Stirling series for ln k!, error < 1e-12), every term of moderate size.
+    """
+    k = k.astype(np.float64)
+    kk = np.maximum(k, 10.0)
+    x = kk - lam
+    stable = x - kk * np.log1p(x / lam) - 0.5 * np.log(2 * math.pi * kk) - (1 / (12 * kk) - 1 / (360 * kk**3) + 1 / (1260 * kk**5))
+    direct = -lam + np.maximum(k, 0) * math.log(lam) - gammaln(np.maximum(k, 0) + 1)
+    return np.where(k >= 10, stable, direct)
+
+
 def _poisson_ptrs(entropy: Entropy, n: int, lam: float) -> np.ndarray:
-    """PTRS of Hörmann 1993 (λ ≥ 10), vectorised over the outputs still missing."""
+    """PTRS of Hörmann 1993 (λ ≥ 10), vectorised over the outputs still missing.
+
+    The candidate is formed as ⌊λ⌋ + an offset of moderate size, so it stays exact in int64 even
+    where float64 cannot hold λ + 0.43 to integer precision (λ ≳ 2^52).
+    """
     slam = math.sqrt(lam)
-    loglam = math.log(lam)
+    lam_int = math.floor(lam)
+    lam_frac = lam - lam_int
     b = 0.931 + 2.53 * slam
     a = -0.059 + 0.02483 * b
     invalpha = 1.1239 + 1.1328 / (b - 3.4)
@@ -116,14 +135,15 @@ def _poisson_ptrs(entropy: Entropy, n: int, lam: float) -> np.ndarray:
         u = uv[:m] - 0.5
         v = uv[m:]
         us = 0.5 - np.abs(u)
-        k = np.floor((2 * a / np.maximum(us, 1e-300) + b) * u + lam + 0.43)
+        off = np.floor((2 * a / np.maximum(us, 1e-300) + b) * u + lam_frac + 0.43)  # k − ⌊λ⌋
+        k = lam_int + off.astype(np.int64)
         quick = (us >= 0.07) & (v <= vr)
         valid = (k >= 0) & ~((us < 0.013) & (v > us))
         with np.errstate(divide="ignore", invalid="ignore"):
             lhs = np.log(np.maximum(v, 1e-300)) + math.log(invalpha) - np.log(a / (us * us) + b)
-            rhs = -lam + k * loglam - gammaln(np.maximum(k, 0) + 1)
+            rhs = _log_poisson_pmf(k, lam)
         accept = quick | (valid & (lhs <= rhs))
-        got = k[accept][:need].astype(np.int64)
+        got = k[accept][:need]
         out[filled : filled + got.size] = got
         filled += got.size
     return out

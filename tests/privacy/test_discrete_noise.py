@@ -42,7 +42,7 @@ def test_discrete_gaussian_pmf_chi_square():
     assert chi2 < stats.chi2.ppf(1 - 1e-4, keep.sum() - 1)
 
 
-@pytest.mark.parametrize("variance", [0.7, 6.0, 40.0, 1e4, 1e9])
+@pytest.mark.parametrize("variance", [0.7, 6.0, 40.0, 1e4, 1e9, 1e16, 6e17])
 def test_skellam_mean_and_variance(variance):
     x = dn.skellam(DeterministicEntropy.from_int(3), N, variance)
     assert abs(x.mean()) < 5 * math.sqrt(variance / N)
