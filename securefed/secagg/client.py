@@ -167,6 +167,7 @@ class SecAggClient:
         b_sh = shamir.split(self._b, threshold=t, xs=xs, entropy=self._rng)
         s_sh = shamir.split(self._s.private_bytes(), threshold=t, xs=xs, entropy=self._rng)
         self._held = {self.id: (b_sh[self.id], s_sh[self.id])}
+        self._rng = None  # every secret of the round is drawn: the DRBG state goes (C10)
         out = []
         for j in xs:
             if j == self.id:
