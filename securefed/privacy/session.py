@@ -220,7 +220,7 @@ class PrivacySession:
             status = "refused" if h in rp.refused else ("included" if h in surv else "dropped")
             if status == "included":
                 acc.add(hev)
-            led.append(dict(common, holder_id=h, status=status, event=hev.to_dict(), epsilon=acc.epsilon(self.delta),
+            led.append(dict(common, role="holder", holder_id=h, status=status, event=hev.to_dict(), epsilon=acc.epsilon(self.delta),
                             cap=self.holder_cap(h), accountant="rdp", accountant_version=accountant_version("rdp")))
         ev = self._event(rp.plan, z, len(surv), sampled=True)
         self.accountant.add(ev)
