@@ -119,17 +119,14 @@ class DiscretePlan:
             noise = skellam(entropy, r.size, self.share_std**2)
         return to_ring(r + noise, self.ring)
 
-    def decode(self, ring_sum: np.ndarray, n_survivors: int) -> tuple[np.ndarray, float | None]:
-        """(float32 sum of the survivors' clipped updates + noise, noisy within-clip fraction or None)."""
+    def decode(self, ring_sum: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """(float32 sum of the survivors' clipped updates + noise, noisy Σ(b − ½) or None)."""
         v = from_ring(np.asarray(ring_sum), self.ring)  # centred lift: modular clipping
         if v.shape != (self.encoded_dim,):
             raise ValueError(f"ring sum must have length {self.encoded_dim}, got shape {v.shape}")
         data = hadamard.unrotate(v[: self.padded].astype(np.float64) / self.scale, self.seed, self.round_index, self.dim)
-        frac = None
-        if self.bit_weight:
-            # Σ (b − ½) w + noise  ->  (count of b = 1) / survivors
-            frac = (float(v[-1]) / self.bit_weight + n_survivors / 2.0) / max(1, n_survivors)
-        return data.astype(np.float32), frac
+        bits = float(v[-1]) / self.bit_weight if self.bit_weight else None  # Σ (b − ½) + noise / w
+        return data.astype(np.float32), bits
 
 
 def plan_discrete(

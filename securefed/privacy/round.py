@@ -47,7 +47,7 @@ class RoundPrivacy:
         self.decoded = False
         self.finished = False
         self._entropy: Entropy | None = None
-        self._noisy_fraction: float | None = None
+        self._noisy_bits: float | None = None  # Σ (b − ½) + N(0, σ_b²) over the survivors
 
     @property
     def aggregate_noise_std(self) -> float:
@@ -97,7 +97,7 @@ class RoundPrivacy:
         if ring_sum.dtype != self.ring.dtype or ring_sum.shape != (self.encoded_dim,):
             raise ValueError(f"ring_sum must be {self.ring.dtype} of length {self.encoded_dim}")
         if isinstance(self.plan, DiscretePlan):
-            out, self._noisy_fraction = self.plan.decode(ring_sum, len(s))
+            out, self._noisy_bits = self.plan.decode(ring_sum)
         else:
             out = dequantize_sum(ring_sum, self.plan)
             if self.mode == "central":
@@ -131,11 +131,14 @@ class RoundPrivacy:
         frac: float | None = None
         next_clip = self.clip_bound
         if self._s.config.adaptive_clip and s:
+            # Andrew et al. 2021: release Σ(b − ½) + N(0, σ_b²) (sensitivity ½) and divide by the *expected*
+            # number of clients (public), so the exact survivor count does not leak into the clip
+            m = float(self._s.cohort_size)
             if self.mode == "distributed":
-                frac = self._noisy_fraction
-            elif self.mode == "central":  # trusted server noises the count (Andrew et al. 2021 Alg. 1)
+                frac = None if self._noisy_bits is None else self._noisy_bits / m + 0.5
+            elif self.mode == "central":  # the trusted server noises the centred count
                 e = self._entropy if self._entropy is not None else SystemEntropy()
-                frac = (exact_within + float(gaussian_noise(e, 1, self.sigma_b)[0])) / len(s)
+                frac = (exact_within - len(infos) / 2.0 + float(gaussian_noise(e, 1, self.sigma_b)[0])) / m + 0.5
             else:
                 frac = exact_within / max(1, len(infos))
             if frac is not None:

@@ -128,7 +128,9 @@ def sections(run: dict, f: dict) -> list:
             f"holder took part.", eps_words,
             "Two ε are kept: the ledger above is the guarantee for the released models, with amplification by the random "
             "choice of cohorts (valid against anyone who does not know the cohorts); each holder's own ledger counts only "
-            "the rounds its data was in, without that amplification (valid even against the coordinator)."]),
+            "the rounds its data was in, without that amplification (valid even against the coordinator). The ledger "
+            "files themselves list who took part in each round: keep them with the coordinator's records; against a "
+            "reader of the ledger only the holder ε holds."]),
         ("Mechanism", [MECH_WORDS.get(f["mechanism"], str(f["mechanism"]))]),
         ("Trust model", [trust]),
         ("Weights", ["With DP on, every holder's update has the same weight (uniform averaging: the sum is divided by the "
