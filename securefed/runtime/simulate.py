@@ -185,6 +185,9 @@ class Simulation:
         }
         if aborted:
             row["aborted"] = aborted
+        record_eps = [u.record_epsilon for u in updates.values() if u.record_epsilon is not None]
+        if record_eps:  # record-level DP-SGD inside holders: the largest holder ε so far
+            row["record_epsilon_max"] = max(record_eps)
         if (r + 1) % self.cfg.federation.eval_every == 0 or r + 1 == self.cfg.federation.rounds:
             set_flat(self.model, self.outer.params)
             loss = self.trainer.evaluate(self.data.eval_global)

@@ -14,7 +14,7 @@ counter (the LR schedule runs over the holder's planned total steps) and its dat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -22,7 +22,26 @@ from lightning.fabric import Fabric
 
 from securefed.training.flat import get_flat, set_flat
 
-__all__ = ["TrainConfig", "LocalUpdate", "LocalTrainer", "HolderTrainer", "make_fabric", "evaluate_loss"]
+__all__ = ["DPSGDConfig", "TrainConfig", "LocalUpdate", "LocalTrainer", "HolderTrainer", "make_fabric", "evaluate_loss"]
+
+
+@dataclass(frozen=True)
+class DPSGDConfig:
+    """Optional record-level DP-SGD inside each holder (Opacus; securefed.privacy.dpsgd).
+
+    Batches are then Poisson-sampled (each sequence with probability batch_size / N), each sequence's
+    gradient is clipped to max_grad_norm and Gaussian noise N(0, (σ·max_grad_norm)²) is added per step;
+    the holder's own RDP accountant gives its record-level ε at ``delta``.
+    """
+
+    enabled: bool = False
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or not 0 < self.delta < 1:
+            raise ValueError("train.dp_sgd: noise_multiplier >= 0, max_grad_norm > 0 and 0 < delta < 1 required")
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,7 @@ class TrainConfig:
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     compile: bool = False
     eval_batch_size: int = 32
+    dp_sgd: DPSGDConfig = field(default_factory=DPSGDConfig)
 
     def __post_init__(self) -> None:
         if self.local_steps < 1:
@@ -79,6 +99,7 @@ class LocalUpdate:
     tokens: int
     steps: int
     mean_loss: float
+    record_epsilon: float | None = None   # record-level ε of this holder's DP-SGD so far (None: off)
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -98,7 +119,13 @@ class LocalTrainer:
         self.cfg = cfg
         self.fabric = fabric or make_fabric(cfg)
         self.raw_model = model
-        self.model = self.fabric.setup_module(model)
+        if cfg.dp_sgd.enabled:
+            from opacus import GradSampleModule
+
+            # per-sample gradients for every holder's steps (hooks live on the shared model)
+            self.model = self.fabric.setup_module(GradSampleModule(model, loss_reduction="mean"))
+        else:
+            self.model = self.fabric.setup_module(model)
         self._step_fn = self._train_step
         if cfg.compile:
             self._forward = torch.compile(self.model)
@@ -114,7 +141,7 @@ class LocalTrainer:
     def _train_step(self, opt, x: torch.Tensor) -> torch.Tensor:
         out = self._forward(input_ids=x, labels=x)
         self.fabric.backward(out.loss)
-        if self.cfg.grad_clip > 0:
+        if self.cfg.grad_clip > 0 and not self.cfg.dp_sgd.enabled:  # DP-SGD clips per sample instead
             self.fabric.clip_gradients(self.model, opt, max_norm=self.cfg.grad_clip, error_if_nonfinite=False)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -160,13 +187,25 @@ class HolderTrainer:
         self.step = 0            # inner steps taken so far (drives the LR schedule)
         self.epoch, self.cursor = 0, 0
         self._perm_epoch, self._perm_cache = -1, torch.empty(0, dtype=torch.long)
+        self.accountant = None   # record-level DP-SGD accountant (Opacus RDP) when train.dp_sgd is on
         self.optimizer = self._make_optimizer()
 
     def _make_optimizer(self):
         cfg = self.parent.cfg
         fused = self.parent.fabric.device.type == "cuda"
-        opt = torch.optim.AdamW(self.parent.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        opt = torch.optim.AdamW(self.parent.raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                 weight_decay=cfg.weight_decay, fused=fused)
+        if cfg.dp_sgd.enabled:
+            from securefed.privacy.dpsgd import attach_dp_sgd
+
+            gsm = self.parent.model.module if hasattr(self.parent.model, "module") else self.parent.model
+            _, opt, accountant = attach_dp_sgd(gsm, opt, noise_multiplier=cfg.dp_sgd.noise_multiplier,
+                                               max_grad_norm=cfg.dp_sgd.max_grad_norm,
+                                               expected_batch_size=self.batch_size,
+                                               sample_rate=self.batch_size / self.data.shape[0])
+            if getattr(self, "accountant", None) is not None:  # optimizer reset: the spend carries on
+                accountant.load_state_dict(self.accountant.state_dict())
+            self.accountant = accountant
         return opt
 
     def _perm(self) -> torch.Tensor:
@@ -178,6 +217,11 @@ class HolderTrainer:
         return self._perm_cache
 
     def _next_batch(self) -> torch.Tensor:
+        if self.parent.cfg.dp_sgd.enabled:
+            # Poisson sampling (the accountant's assumption): each row independently with q = B / N
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.holder_id * 7_919 + self.step) % (2**63 - 1))
+            mask = torch.rand(self.data.shape[0], generator=g) < self.batch_size / self.data.shape[0]
+            return self.data[mask]
         if self.cursor + self.batch_size > self.data.shape[0]:
             self.epoch, self.cursor = self.epoch + 1, 0
         idx = self._perm()[self.cursor : self.cursor + self.batch_size]
@@ -199,18 +243,28 @@ class HolderTrainer:
             for group in opt.param_groups:
                 group["lr"] = lr
             x = self._next_batch().to(device, non_blocking=True)
-            losses += parent._step_fn(opt, x)
             self.step += 1
+            if x.shape[0] == 0:  # an empty Poisson batch releases nothing: skip the update
+                continue
+            losses += parent._step_fn(opt, x)
         delta = global_flat.to(torch.float32) - get_flat(parent.raw_model)
         tokens = self.local_steps * self.batch_size * self.data.shape[1]
-        return LocalUpdate(self.holder_id, delta, tokens, self.local_steps, float(losses) / self.local_steps)
+        eps = None
+        if cfg.dp_sgd.enabled:
+            eps = float(self.accountant.get_epsilon(cfg.dp_sgd.delta))
+        return LocalUpdate(self.holder_id, delta, tokens, self.local_steps, float(losses) / self.local_steps, eps)
 
     def state_dict(self) -> dict:
-        return {"holder_id": self.holder_id, "step": self.step, "epoch": self.epoch, "cursor": self.cursor,
-                "optimizer": self.optimizer.state_dict()}
+        state = {"holder_id": self.holder_id, "step": self.step, "epoch": self.epoch, "cursor": self.cursor,
+                 "optimizer": self.optimizer.state_dict()}
+        if getattr(self, "accountant", None) is not None:
+            state["dp_sgd_accountant"] = self.accountant.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("holder_id") != self.holder_id:
             raise ValueError(f"checkpoint state is for holder {state.get('holder_id')}, not {self.holder_id}")
         self.step, self.epoch, self.cursor = int(state["step"]), int(state["epoch"]), int(state["cursor"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "dp_sgd_accountant" in state:
+            self.accountant.load_state_dict(state["dp_sgd_accountant"])

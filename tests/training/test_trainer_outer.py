@@ -104,3 +104,24 @@ def test_set_flat_rejects_wrong_size():
     model = build_model("tiny", vocab_size=64, seq_len=16, seed=0)
     with pytest.raises(ValueError, match="parameters"):
         set_flat(model, torch.zeros(10))
+
+
+def test_dp_sgd_round_accounts_and_persists():
+    from securefed.training.trainer import DPSGDConfig
+
+    model = build_model("tiny", vocab_size=64, seq_len=16, seed=0)
+    cfg = TrainConfig(local_steps=3, batch_size=4, accelerator="cpu",
+                      dp_sgd=DPSGDConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=0.5))
+    tr = LocalTrainer(model, cfg)
+    theta = get_flat(model).clone()
+    ht = tr.new_holder(1, _data(1, n=40), seed=0, total_steps=10)
+    upd = ht.train_round(theta)
+    assert upd.record_epsilon is not None and 0 < upd.record_epsilon < float("inf")
+    eps1 = upd.record_epsilon
+    assert ht.train_round(theta).record_epsilon > eps1          # spend accumulates over rounds
+    assert torch.isfinite(upd.delta).all() and upd.delta.abs().sum() > 0
+    # the accountant's state survives a checkpoint round trip
+    st = ht.state_dict()
+    ht2 = tr.new_holder(1, _data(1, n=40), seed=0, total_steps=10)
+    ht2.load_state_dict(st)
+    assert ht2.accountant.get_epsilon(1e-5) == pytest.approx(ht.accountant.get_epsilon(1e-5))
