@@ -89,7 +89,11 @@ class PrivacySession:
     # ---------------------------------------------------------------- state from the ledgers
     @property
     def neighbouring(self) -> str:
-        return "add/remove" if self.sampling == "poisson" else "replace-one"
+        if self.sampling == "fixed":
+            return "replace-one"
+        # distributed noise: the absent holder still runs the protocol with a zero Δ, so the number of
+        # noise shares is the same in both worlds (protocols/dp.md §2, "zero-out")
+        return "zero-out (add/remove)" if self.config.mode == "distributed" else "add/remove"
 
     def _replay(self) -> None:
         self.ledger = Ledger(self.ledger_dir / "ledger.jsonl")
