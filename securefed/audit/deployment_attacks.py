@@ -1,0 +1,101 @@
+"""Attacks on how the networked deployment configures the protocol (securefed/runtime/netclient.py).
+
+SEC-11: the holder builds its SecAggConfig from the coordinator's welcome message. The protocol's
+downgrade checks (C1, SEC-10) compare the RoundStart against *that* config, so a coordinator that
+announces a sparse SecAgg+ graph lowers the Shamir threshold t that protects every holder — and,
+because the graph is seeded by the params hash it controls (cohort, model), it can grind the graph so
+that two holders it has corrupted are exactly the target's share holders (Bell et al. CCS 2020 assume
+a random graph the server cannot choose).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import re
+
+import numpy as np
+
+from securefed.audit.findings import MITIGATED, VULNERABLE, Finding
+from securefed.audit.harness import CTX, Round, federation
+from securefed.primitives import shamir
+from securefed.primitives.keys import X25519KeyPair
+from securefed.primitives.prg import accumulate_masks
+from securefed.secagg import SecAggConfig, SecAggServer, decode
+from securefed.secagg import common as cm
+from securefed.secagg.messages import KIND_B, KIND_S, UnmaskShares
+
+__all__ = ["welcome_downgrade", "holder_takes_config_from_welcome"]
+
+MALICIOUS_WELCOME = {"secagg": {"ring_bits": 32, "threshold_fraction": 0.5, "neighbours": 2, "chunk_elements": 1 << 20}}
+
+
+def holder_takes_config_from_welcome() -> bool:
+    """True while NetClient builds SecAggConfig from the welcome with no holder-side floor."""
+    from securefed.runtime import netclient
+
+    src = inspect.getsource(netclient)
+    return bool(re.search(r"SecAggConfig\(\*\*\s*wl\[", src)) and not re.search(r"policy|min_threshold|floor", src, re.I)
+
+
+def welcome_downgrade(roster_size: int = 16, cohort_size: int = 10, length: int = 64) -> Finding:
+    target, colluders = 1, (2, 3)
+    cfg = SecAggConfig(**MALICIOUS_WELCOME["secagg"])  # exactly what NetClient._round does with the welcome
+    fed = federation(roster_size, seed=5)
+    ids, roster = fed
+    rest = [i for i in ids if i not in (target, *colluders)]
+    tries, cohort = 0, None
+    for combo in itertools.combinations(rest, cohort_size - 3):  # grind the cohort until the graph suits us
+        tries += 1
+        c = sorted((target, *colluders, *combo))
+        srv = SecAggServer(config=cfg, cohort=c, vector_length=length, round_index=0, session_context=CTX, roster=roster)
+        if srv.graph.neighbours(target) == frozenset(colluders):
+            cohort = c
+            break
+    ev = {"holder_config_from_welcome": holder_takes_config_from_welcome(), "welcome_secagg": MALICIOUS_WELCOME["secagg"],
+          "cohorts_tried": tries}
+    default_t = SecAggConfig().thresholds(cohort_size).threshold
+    if cohort is None:
+        ev["graph_found"] = False
+        return Finding("SEC-11", "Coordinator downgrades the holders' secure-aggregation parameters", MITIGATED,
+                       "grinding failed", ev, ("SA-08", "TR-12", "SYS-11"))
+    r = Round(cohort=cohort, config=cfg, federation_=fed, length=length, seed=5).steps(3)
+    held = {j: r.clients[j]._held[target][KIND_S] for j in colluders}   # what the corrupted holders hand over
+    y_target = decode(r.replies[2][target]).vector                      # the target's masked input, as received
+    r.steps(2)                                                           # honest unmasking: x survives
+    t = r.server.start.threshold
+    b_shares = {}
+    for j, data in r.replies[4].items():
+        for k, kind, s in decode(data).shares:
+            if k == target and kind == KIND_B:
+                b_shares[j] = shamir.share_from_bytes(s)
+    b = shamir.reconstruct(b_shares, threshold=t)
+    s_key = X25519KeyPair.from_private_bytes(shamir.reconstruct(held, threshold=t))
+    sid, rnd = r.server.sid, r.server.start.round_index
+    keys = [(cm.self_mask_key(b, sid=sid, round_index=rnd, i=target), -1)]
+    for j in sorted(r.server.graph.neighbours(target)):
+        k = cm.pairwise_key(s_key.shared(r.server.adverts[j].s_public), sid=sid, round_index=rnd, i=target, j=j)
+        keys.append((k, -cm.sigma(target, j)))
+    x = np.array(y_target, copy=True)
+    accumulate_masks(x, keys, r.server.ring, chunk_elements=cfg.chunk_elements)
+    recovered = bool(np.array_equal(x, r.inputs[target]))
+    ev.update({"graph_found": True, "cohort": cohort, "threshold_t_after_downgrade": t,
+               "threshold_t_holder_default": default_t, "colluding_holders_used": len(colluders),
+               "colluders_needed_by_default": default_t,
+               "target_input_recovered_exactly": recovered, "vector_words": length})
+    vulnerable = recovered and ev["holder_config_from_welcome"]
+    return Finding(
+        "SEC-11", "Coordinator downgrades the holders' secure-aggregation parameters (welcome message)",
+        VULNERABLE if vulnerable else MITIGATED,
+        f"`securefed client` takes ring bits, threshold fraction and the SecAgg+ degree from the coordinator's "
+        f"welcome (netclient.py: SecAggConfig(**wl['secagg'])), so C1 checks the RoundStart against the attacker's "
+        f"own numbers. Announcing neighbours=2 cut t from {default_t} to {t}; grinding the cohort ({tries} tries) put "
+        f"the 2 corrupted holders on the target's share set, and coordinator + 2 holders recovered the target's "
+        f"input exactly ({recovered}). The holders' default needs {default_t} colluders.",
+        ev, ("SA-08", "SA-09", "TR-12", "SYS-11"),
+        fix=("runtime/netclient.py: give the holder its own SecAggPolicy (CLI flags / holder config: "
+             "min ring_bits, min threshold_fraction, neighbours None or >= a minimum degree, max clip; default = "
+             "SecAggConfig() i.e. complete graph, f=0.5, k=32) and refuse the welcome (exit 2, clear message) when "
+             "wl['secagg'] is weaker; also check man['max_clients'] == len(man['cohort']). For SecAgg+ graphs, seed "
+             "the graph from holder-contributed randomness (commit-reveal) or a public beacon instead of the params "
+             "hash the coordinator controls."))
