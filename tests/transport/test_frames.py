@@ -160,3 +160,14 @@ def test_round_report_keeps_only_known_fields():
 
     assert _round_report(b'{"tokens": 5, "loss": 1.5, "clipped": true, "extra": "x"}') == \
         {"tokens": 5, "loss": 1.5, "clipped": True}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_json_documents_only_value_error(data):
+    from securefed.transport.service import parse_json
+
+    try:
+        assert isinstance(parse_json(data, "doc"), dict)
+    except ValueError:
+        pass
