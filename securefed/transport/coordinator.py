@@ -240,7 +240,7 @@ class RoundBoard:
             self.cond.notify_all()
 
     # ------------------------------------------------------------------ driver side
-    def wait_for_holders(self, r: int, *, want: int, timeout: float, fresh: float = 90.0) -> list[int]:
+    def wait_for_holders(self, r: int, *, want: int, timeout: float, fresh: float = 45.0) -> list[int]:
         """Holders that asked for round ``r`` recently; waits until ``want`` of them or the timeout."""
         end = time.monotonic() + timeout
 
