@@ -36,7 +36,7 @@ def test_e2e_five_holders_sigkill_holder_and_server_resume(tmp_path):
     status = out / "status.json"
     procs = Procs(tmp_path)
     server_args = ["--pki", pki.root, "--out", out, "--config", tmp_path / "cfg.yaml", "--deadline-join", 150,
-                   "--deadline-train", 150, "--deadline-control", 60, "--deadline-upload", 8, "--log-json"]
+                   "--deadline-train", 150, "--deadline-control", 60, "--deadline-upload", 25, "--log-json"]
     try:
         procs.start("server", "securefed.commands.server", *server_args, "--port", 0)
         port = wait_until(lambda: (read_json(status) or {}).get("port"), 90, "server ready")
