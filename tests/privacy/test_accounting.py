@@ -145,3 +145,16 @@ def test_fixed_size_relation_doubles_sensitivity_even_without_sampling():
     ddg_fixed = Accountant().epsilon(DELTA, [RoundEvent("ddgauss", "fixed", 1.0, 1.0, l1=5000.0, l2=100.0, **kw)])
     ddg_double = Accountant().epsilon(DELTA, [RoundEvent("ddgauss", "none", 1.0, 1.0, l1=10000.0, l2=200.0, **kw)])
     assert ddg_fixed == pytest.approx(ddg_double, rel=1e-9)
+
+
+@pytest.mark.parametrize("events,golden,rel", [
+    ([RoundEvent("gaussian", "poisson", 0.1, 1.0)] * 100, 7.057056439561377, 1e-6),  # Opacus PRV (see below)
+    ([RoundEvent("gaussian", "fixed", 0.01, 2.2)] * 1000, 3.189998778360638, 1e-9),
+    ([RoundEvent("ddgauss", "fixed", 0.05, 1.0, l1=5000.0, l2=100.0, share_std=40.0, n_shares=10, dim=1024)] * 50, 13.083099023840058, 1e-9),
+    ([RoundEvent("ddgauss", "none", 1.0, 1.0, l1=5000.0, l2=100.0, share_std=40.0, n_shares=10, dim=1024)] * 5, 9.337861628831662, 1e-9),
+    ([RoundEvent("skellam", "poisson", 0.05, 1.0, l1=5000.0, l2=100.0, variance=16000.0, dim=1024)] * 50, 2.526647534827558, 1e-9),
+    ([RoundEvent("gaussian", "none", 1.0, 3.0)] * 20, 7.532306073276111, 1e-9),
+])
+def test_golden_every_accountant_path(events, golden, rel):
+    kind = "prv" if golden == 7.057056439561377 else "rdp"
+    assert Accountant(kind).epsilon(DELTA, events) == pytest.approx(golden, rel=rel)
