@@ -77,3 +77,30 @@ def test_append_refuses_reserved_fields(tmp_path):
         Ledger(tmp_path / "l.jsonl").append({"seq": 3})
     with pytest.raises(LedgerError, match="NaN"):
         Ledger(tmp_path / "l.jsonl").append({"epsilon": math.nan})
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 6), line=st.integers(0, 5), pos=st.integers(0, 10_000), byte=st.integers(33, 126))
+def test_any_single_character_change_is_detected(tmp_path_factory, n, line, pos, byte):
+    p = tmp_path_factory.mktemp("l") / "l.jsonl"
+    anchor = _make(p, n).head
+    lines = _lines(p)
+    i = line % n
+    body = lines[i][:-1]
+    j = pos % len(body)
+    if body[j] == chr(byte):
+        return
+    lines[i] = body[:j] + chr(byte) + body[j + 1:] + "\n"
+    p.write_text("".join(lines))
+    head_before = None
+    try:
+        led = Ledger(p)
+        head_before = led.head
+    except LedgerError:
+        return  # detected by the chain or the canonical-form check
+    # only an edit of the last line that stays canonical JSON can pass the chain: the anchor catches it
+    assert i == n - 1 and head_before != anchor
