@@ -32,14 +32,33 @@ class Entropy(Protocol):
 
 
 class SystemEntropy:
-    """The operating system's CSPRNG (``os.urandom``)."""
+    """The operating system's CSPRNG, stretched for bulk draws.
+
+    Requests up to 64 bytes (keys, seeds) come straight from ``os.urandom``. Bulk requests (rounding
+    bits, noise: megabytes per round) come from an AES-256-CTR keystream keyed by 32 fresh
+    ``os.urandom`` bytes — the CTR_DRBG construction of NIST SP 800-90A without derivation function —
+    re-keyed from the OS every 2^30 bytes, because ``os.urandom`` alone costs more than the masking.
+    """
+
+    _RESEED_BYTES = 1 << 30
+    _DIRECT_MAX = 64
+
+    def __init__(self) -> None:
+        self._enc = None
+        self._used = 0
 
     def random_bytes(self, n: int) -> bytes:
         if not isinstance(n, int) or isinstance(n, bool):
             raise TypeError("n must be an int")
         if n < 0:
             raise ValueError("n must be >= 0")
-        return os.urandom(n)
+        if n <= self._DIRECT_MAX:
+            return os.urandom(n)
+        if self._enc is None or self._used + n > self._RESEED_BYTES:
+            self._enc = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(b"\x00" * 16)).encryptor()
+            self._used = 0
+        self._used += n
+        return self._enc.update(bytes(n))
 
 
 class DeterministicEntropy:
