@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.pki or not args.out:
         print("securefed server: --pki and --out are required", file=sys.stderr)
         return 2
+    from securefed.privacy import DPConfig
     from securefed.runtime.netserver import EXIT, NetServer, ServerPlan, StateError
     from securefed.secagg import SecAggConfig
     from securefed.transport.coordinator import Deadlines
@@ -64,22 +65,22 @@ def run(args: argparse.Namespace) -> int:
         if args.synthetic_dim:
             sa = SecAggConfig(neighbours=args.neighbours)
             cohort = args.cohort or 5
-            workload, seed, rounds, clip, text = SyntheticServer(args.synthetic_dim), 0, args.rounds or 1, 1.0, ""
+            workload, seed, rounds, text = SyntheticServer(args.synthetic_dim), 0, args.rounds or 1, ""
+            privacy = DPConfig(clip=1.0)
         else:
             from securefed.configio import dump_yaml
             from securefed.runtime.config import load_run_config
             from securefed.transport.workload import LMServer
 
             cfg = load_run_config(preset=args.preset, config_file=args.config, overrides=args.overrides)
-            if cfg.privacy.mode != "none" or cfg.aggregation.mode != "secagg":
-                raise ValueError("the networked deployment supports aggregation.mode=secagg with privacy.mode=none "
-                                 "for now (DP encoding on holders awaits the privacy session's holder API)")
+            if cfg.aggregation.mode != "secagg":
+                raise ValueError("the networked deployment supports aggregation.mode=secagg only")
             sa, cohort, seed = cfg.aggregation.secagg, cfg.federation.cohort_size, cfg.seed
-            rounds, clip, text = cfg.federation.rounds, cfg.privacy.clip, dump_yaml(cfg)
+            rounds, privacy, text = cfg.federation.rounds, cfg.privacy, dump_yaml(cfg)
             workload = LMServer(cfg)
         t_min = sa.thresholds(cohort).min_survivors
         plan = ServerPlan(rounds=rounds, cohort_size=cohort, min_holders=args.min_holders or t_min, secagg=sa,
-                          clip=clip, seed=seed, deadlines=dl, chunk_size=chunk)
+                          privacy=privacy, seed=seed, deadlines=dl, chunk_size=chunk)
         srv = NetServer(plan, workload, pki=args.pki, out=args.out, host=args.host, port=args.port,
                         resume=args.resume, config_text=text)
     except StateError as e:

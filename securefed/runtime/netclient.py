@@ -129,8 +129,8 @@ class NetClient:
         """Own ledger: one entry per round this holder released a masked input (before sending it)."""
         if any(e.get("round") == r and e.get("run_id") == self.welcome["run_id"] for e in self.ledger.entries):
             return
-        self.ledger.append({"round": r, "run_id": self.welcome["run_id"], "clip": self.welcome["clip"],
-                            "mechanism": "none", "cohort_size": len(manifest["cohort"]),
+        self.ledger.append({"round": r, "run_id": self.welcome["run_id"], "clip": manifest["clip"],
+                            "privacy_mode": manifest["privacy_mode"], "cohort_size": len(manifest["cohort"]),
                             "model_sha256": manifest["model_sha256"]})
 
     # ------------------------------------------------------------------ one round
@@ -161,17 +161,20 @@ class NetClient:
         t0 = time.perf_counter()
         theta = np.frombuffer(m.payload, dtype="<f4").astype(np.float32)
         upd = self.workload.train_round(theta, r)
-        clipped, clip_info = l2_clip(upd.delta, float(wl["clip"]))
         cfg = SecAggConfig(**wl["secagg"])
-        qplan = plan_quantization(clip=float(wl["clip"]), ring_bits=cfg.ring_bits, max_clients=int(man["max_clients"]))
-        if not np.isclose(qplan.scale, float(man["quant_scale"]), rtol=1e-12):
-            raise FrameError("the manifest's quantization scale differs from ours")
+        if int(man["ring_bits"]) != cfg.ring_bits:
+            raise FrameError("the manifest's ring differs from the secure-aggregation ring")
+        # as RoundPrivacy.encode (modes none/central): clip to the round's C, quantize with its scale;
+        # plan_quantization refuses a scale that could wrap the ring for max_clients holders
+        clipped, clip_info = l2_clip(upd.delta, float(man["clip"]))
+        qplan = plan_quantization(clip=float(man["clip"]), ring_bits=cfg.ring_bits, max_clients=int(man["max_clients"]),
+                                  scale=float(man["quant_scale"]))
         x = quantize(clipped, qplan, SystemEntropy())
         ctx = b"securefed/transport/v1|" + bytes.fromhex(wl["run_id"]) + theta_hash(m.payload)
         sc = SecAggClient(self.id, identity=self.identity, roster=self.roster, config=cfg, session_context=ctx,
                           round_index=r, vector=x, entropy=SystemEntropy())
         del x, clipped
-        result = {"tokens": upd.tokens, "loss": upd.mean_loss, "clipped": bool(clip_info.clipped),
+        result = {"tokens": upd.tokens, "loss": upd.mean_loss, "clipped": bool(clip_info.clipped), "norm": clip_info.norm,
                   "train_seconds": time.perf_counter() - t0}
         self.tc.submit(r, Stage.ADVERTISE, Kind.RESULT, json.dumps(result).encode(), timeout=dl["control"])
         for s in SECAGG_STAGES:

@@ -3,13 +3,14 @@
     keygen'd PKI + roster ──► gRPC server (mTLS) ──► RoundBoard (stages, deadlines)
     for r in rounds (from the checkpoint):
         wait for holders → cohort → RoundStart, θ_r → secagg stages → Σ q_i (ring)
-        θ_{r+1} = outer.step(dequantize(Σ) / |U3|)
-        metrics row, status line → checkpoint (WAL: the round's ledger entry) → ledger append
+        θ_{r+1} = outer.step(RoundPrivacy.decode(Σ) / denominator)
+        metrics row → checkpoint (WAL: the round's pending accounting) → PrivacySession ledgers → checkpoint
 
-Crash recovery (§8): the checkpoint is written atomically (runtime.rundir) *before* the round's ledger
-entry is appended and records the entry it expects; on restart, a ledger one entry short is completed
-from the checkpoint, a ledger that matches is continued, anything else refuses to start (exit 4). So a
-``kill -9`` at any instant neither loses nor double-counts a round's privacy spend.
+Crash recovery (§8): the checkpoint is written atomically (runtime.rundir) *before* the round's privacy
+accounting is appended and records it as pending; on restart a pending round whose ledger entry is
+missing is replayed, one whose entry exists is kept, and a ledger that does not extend the checkpoint's
+anchor refuses to start (exit 4). So a ``kill -9`` at any instant neither loses nor double-counts a
+round's privacy spend (transport/netprivacy.py).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from securefed.secagg import Roster
-from securefed.primitives.quantize import dequantize_sum, plan_quantization
+from securefed.privacy import BudgetExhausted, DPConfig
+from securefed.privacy.clipping import ClipInfo
 from securefed.runtime.rundir import RunDir, atomic_torch_save, atomic_write_text
 from securefed.secagg import SecAggConfig, SecAggServer
 from securefed.transport.coordinator import Deadlines, RoundBoard
 from securefed.transport.frames import DEFAULT_CHUNK
+from securefed.transport.netprivacy import NetPrivacy
 from securefed.transport.pki import Layout
 from securefed.transport.service import Handlers, make_server
 from securefed.transport.workload import theta_hash
@@ -52,7 +55,7 @@ class ServerPlan:
     cohort_size: int
     min_holders: int
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
-    clip: float = 1.0
+    privacy: DPConfig = field(default_factory=DPConfig)     # modes none / central (netprivacy.py)
     seed: int = 0
     deadlines: Deadlines = field(default_factory=Deadlines)
     chunk_size: int = DEFAULT_CHUNK
@@ -69,12 +72,14 @@ class NetServer:
         self.plan, self.workload, self.resume = plan, workload, resume
         self.pki = Layout(pki)
         self.roster = Roster.load(self.pki.roster)
+        NetPrivacy.check(plan.privacy, plan.secagg.ring_bits)
         self.rd = RunDir(out)
         if resume and not self.rd.checkpoint_file.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.rd.checkpoint_file}")
         self.rd.create(resume=resume)
         self.spool = self.rd.root / "spool"
-        self.ledger_path = self.rd.privacy / "ledger.jsonl"
+        self.privacy = NetPrivacy(plan.privacy, population=len(self.roster.keys), cohort_size=plan.cohort_size,
+                                  rounds=plan.rounds, ring_bits=plan.secagg.ring_bits, ledger_dir=self.rd.privacy)
         self.run_id, self.next_round, self.metrics = os.urandom(16), 0, []
         self.sampler = random.Random(plan.seed)
         if resume:
@@ -93,7 +98,7 @@ class NetServer:
 
     def plan_dict(self) -> dict:
         p = self.plan
-        return {"rounds": p.rounds, "cohort_size": p.cohort_size, "min_holders": p.min_holders, "clip": p.clip,
+        return {"rounds": p.rounds, "cohort_size": p.cohort_size, "min_holders": p.min_holders, "privacy": vars(p.privacy),
                 "secagg": vars(p.secagg), "deadlines": vars(p.deadlines), "seed": p.seed,
                 "holder_config": {k: v for k, v in self.workload.holder_config().items() if k != "config_yaml"}}
 
@@ -101,7 +106,7 @@ class NetServer:
     def _join(self, hid: int, request: bytes, context) -> bytes:
         log.info("holder %d joined (%s)", hid, context.peer())
         welcome = {"run_id": self.run_id.hex(), "holder": hid, "next_round": self.next_round,
-                   "rounds": self.plan.rounds, "clip": self.plan.clip, "secagg": vars(self.plan.secagg),
+                   "rounds": self.plan.rounds, "privacy_mode": self.plan.privacy.mode, "secagg": vars(self.plan.secagg),
                    "deadlines": vars(self.plan.deadlines), **self.workload.holder_config()}
         return json.dumps(welcome).encode()
 
@@ -110,39 +115,32 @@ class NetServer:
                 "board": self.board.status(), "last": self.metrics[-1] if self.metrics else None}
 
     # ------------------------------------------------------------ checkpoint (§8)
-    def _checkpoint(self, pending_entry: dict | None) -> None:
-        n = len(self._ledger().entries) + (1 if pending_entry else 0)
-        state = {"version": 1, "run_id": self.run_id, "next_round": self.next_round, "dim": self.workload.dim,
+    def _checkpoint(self, pending_finish: dict | None) -> None:
+        state = {"version": 2, "run_id": self.run_id, "next_round": self.next_round, "dim": self.workload.dim,
                  "workload": self.workload.state_dict(), "sampler": self.sampler.getstate(),
-                 "ledger_entries": n, "pending_ledger": pending_entry, "metrics": self.metrics,
+                 "privacy": self.privacy.state_dict(), "pending_finish": pending_finish, "metrics": self.metrics,
                  "roster": self.roster.to_dict()}
         atomic_torch_save(state, self.rd.checkpoint_file)
-
-    def _ledger(self):
-        from securefed.privacy.ledger import Ledger
-
-        return Ledger(self.ledger_path)
 
     def _restore(self) -> None:
         import torch
 
         st = torch.load(self.rd.checkpoint_file, weights_only=False)
-        if st.get("dim") != self.workload.dim:
-            raise StateError(f"checkpoint has {st.get('dim')} parameters, this model {self.workload.dim}")
+        if st.get("version") != 2 or st.get("dim") != self.workload.dim:
+            raise StateError(f"checkpoint (version {st.get('version')}, {st.get('dim')} parameters) does not fit "
+                             f"this run ({self.workload.dim} parameters)")
         if st.get("roster") != self.roster.to_dict():
             raise StateError("the roster differs from the one this run started with")
-        ledger, want = self._ledger(), int(st["ledger_entries"])
-        have = len(ledger.entries)
-        if have == want - 1 and st.get("pending_ledger"):
-            ledger.append(st["pending_ledger"])          # the crash hit between checkpoint and append
-            log.warning("completed the privacy ledger with round %s's entry from the checkpoint",
-                        st["pending_ledger"].get("round"))
-        elif have != want:
-            raise StateError(f"privacy ledger has {have} entries, the checkpoint expects {want}")
+        try:
+            replayed = self.privacy.restore(st["privacy"], st.get("pending_finish"))
+        except ValueError as e:           # LedgerError: entries lost or rewritten since the checkpoint
+            raise StateError(f"privacy ledger does not match the checkpoint: {e}") from None
         self.run_id, self.next_round, self.metrics = st["run_id"], int(st["next_round"]), list(st["metrics"])
         self.workload.load_state_dict(st["workload"])
         self.sampler.setstate(st["sampler"])
         self.rd.write_jsonl(self.rd.metrics, self.metrics)
+        if replayed or st.get("pending_finish"):
+            self._checkpoint(None)
         log.info("resumed run %s at round %d", self.run_id.hex(), self.next_round)
 
     # ------------------------------------------------------------ rounds
@@ -154,7 +152,11 @@ class NetServer:
         aborted_in_a_row = 0
         try:
             while self.next_round < self.plan.rounds:
-                row = self.run_round(self.next_round)
+                try:
+                    row = self.run_round(self.next_round)
+                except BudgetExhausted as e:
+                    log.warning("stopping: %s", e)
+                    break
                 if row is None:
                     return EXIT["too_few"]
                 if row.get("aborted"):
@@ -176,41 +178,48 @@ class NetServer:
                       p.deadlines.join)
             return None
         cohort = sorted(self.sampler.sample(ready, min(p.cohort_size, len(ready))))
+        rp = self.privacy.begin(r, cohort, self.workload.dim)      # holders past their caps refuse here
+        cohort = sorted(rp.participants)
+        if len(cohort) < max(3, p.min_holders):
+            raise BudgetExhausted(f"round {r}: only {len(cohort)} holders within their privacy caps")
         theta = self.workload.theta_bytes()
         mhash = theta_hash(theta)
         ctx = b"securefed/transport/v1|" + self.run_id + mhash       # secagg ctx: run id + global-model hash
         sa = SecAggServer(config=p.secagg, cohort=cohort, vector_length=self.workload.dim, round_index=r,
                           session_context=ctx, roster=self.roster)
-        qplan = plan_quantization(clip=p.clip, ring_bits=p.secagg.ring_bits, max_clients=len(cohort))
         manifest = {"round": r, "cohort": cohort, "model_sha256": mhash.hex(), "dim": self.workload.dim,
-                    "quant_scale": qplan.scale, "max_clients": len(cohort), "deadlines": vars(p.deadlines)}
+                    "deadlines": vars(p.deadlines), **NetPrivacy.manifest(rp)}
         out = self.board.run_round(r, cohort, manifest, theta, sa, p.deadlines)
-        row = {"round": r, "clients_sampled": len(cohort), "clients_survived": len(out.survivors),
-               "joined": list(out.cohort), "dropped": sorted(set(out.cohort) - set(out.survivors)),
-               "bytes_up": out.bytes_up, "bytes_down": out.bytes_down, "aggregation": "secagg",
-               "seconds": out.stage_seconds.get("total"), "stage_seconds": out.stage_seconds}
-        entry = None
+        row = {"round": r, "clients_sampled": len(cohort), "clients_refused": len(rp.refused),
+               "clients_survived": len(out.survivors), "joined": list(out.cohort),
+               "dropped": sorted(set(out.cohort) - set(out.survivors)), "bytes_up": out.bytes_up,
+               "bytes_down": out.bytes_down, "aggregation": "secagg", "seconds": out.stage_seconds.get("total"),
+               "stage_seconds": out.stage_seconds}
+        pending = None
         if out.aborted:
             row["aborted"] = out.aborted
         else:
-            total = dequantize_sum(out.ring_total, qplan)                     # Σ_{i∈U3} Δ_i (clipped)
-            self.workload.step(total / np.float32(len(out.survivors)))
-            losses = [out.results[h].get("loss") for h in out.survivors if h in out.results]
-            losses = [x for x in losses if isinstance(x, (int, float))]
+            survivors = list(out.survivors)
+            total = self.privacy.decode(rp, out.ring_total, survivors)   # Σ_{i∈U3} clip(Δ_i) (+ central noise)
+            self.workload.step(total / np.float32(self.privacy.denominator(survivors)))
+            infos = {h: ClipInfo(norm=float(out.results[h].get("norm", 0.0)), clipped=out.results[h]["clipped"])
+                     for h in survivors if h in out.results}
+            losses = [out.results[h]["loss"] for h in survivors if "loss" in out.results.get(h, {})]
             row["train_loss"] = float(np.mean(losses)) if losses else None
+            row["clip_fraction"] = float(np.mean([i.clipped for i in infos.values()])) if infos else 0.0
             row["tokens_seen"] = (self.metrics[-1].get("tokens_seen", 0) if self.metrics else 0) + sum(
-                int(out.results.get(h, {}).get("tokens", 0) or 0) for h in out.survivors)
+                out.results.get(h, {}).get("tokens", 0) for h in survivors)
             row.update(self.workload.evaluate())
-            entry = {"version": 1, "role": "server", "round": r, "run_id": self.run_id.hex(), "mode": "none",
-                     "mechanism": "none", "privacy_unit": "holder", "clip": p.clip, "ring_bits": p.secagg.ring_bits,
-                     "cohort": list(out.cohort), "survivors": list(out.survivors), "epsilon": float("inf"),
-                     "model_sha256_before": mhash.hex()}
+            pending = NetPrivacy.pending(rp, survivors, infos)
         self.metrics.append(row)
         self.next_round = r + 1
         self.rd.write_jsonl(self.rd.metrics, self.metrics)
-        self._checkpoint(entry)                    # WAL: the entry is in the checkpoint before the ledger
-        if entry is not None:
-            self._ledger().append(entry)
+        self._checkpoint(pending)                  # WAL: the round's accounting is in the checkpoint first
+        if pending is not None:
+            entry = self.privacy.finish(rp, pending["survivors"], infos)
+            row.update(epsilon=entry.get("epsilon"), delta=entry.get("delta"))
+            self.rd.write_jsonl(self.rd.metrics, self.metrics)
+            self._checkpoint(None)
         self._write_status()
         line = status_line(row)
         log.info(line, extra={"event": "round", "row": row})
@@ -222,9 +231,10 @@ class NetServer:
         self.workload.export(self.rd.model)
         done = [m for m in self.metrics if not m.get("aborted")]
         summary = {"rounds": len(done), "rounds_aborted": len(self.metrics) - len(done),
-                   "tokens": done[-1].get("tokens_seen", 0) if done else 0, "epsilon": float("inf"), "delta": None,
+                   "tokens": done[-1].get("tokens_seen", 0) if done else 0,
+                   "epsilon": self.privacy.epsilon()[0], "delta": self.privacy.epsilon()[1],
                    "wall_seconds": sum(m.get("seconds") or 0 for m in self.metrics), "aggregation": "secagg",
-                   "model_params": self.workload.dim, "privacy_mode": "none", "deployment": "network",
+                   "model_params": self.workload.dim, "privacy_mode": self.plan.privacy.mode, "deployment": "network",
                    "fed_eval_ppl": None, "run_id": self.run_id.hex()}
         self.rd.write_json(self.rd.summary, summary)
         self._write_status(final=True)

@@ -106,6 +106,10 @@ def _round_report(data: bytes) -> dict:
             raise ValueError("result.loss must be a finite number or null")
         out["loss"] = float(loss)
     out["clipped"] = obj.get("clipped") is True
+    norm = obj.get("norm", 0.0)
+    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not (np.isfinite(norm) and norm >= 0):
+        raise ValueError("result.norm must be a finite number >= 0")
+    out["norm"] = float(norm)
     return out
 
 

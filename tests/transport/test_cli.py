@@ -30,10 +30,10 @@ def test_keygen_then_usage_errors_and_status(tmp_path, capsys):
 def test_server_refuses_dp_modes_it_cannot_run_yet(tmp_path, capsys):
     cli.main(["keygen", str(tmp_path / "pki"), "--holders", "3"])
     rc = cli.main(["server", "--pki", str(tmp_path / "pki"), "--out", str(tmp_path / "run"), "--set",
-                   "privacy.mode=central", "--set", "privacy.mechanism=gaussian", "--set", "privacy.noise_multiplier=1.0",
+                   "privacy.mode=distributed", "--set", "privacy.noise_multiplier=1.0",
                    "--set", "federation.weighting=uniform"])
     assert rc == 2 and not (tmp_path / "run").exists()
-    assert "privacy.mode=none" in capsys.readouterr().err
+    assert "distributed is not available over the network" in capsys.readouterr().err
 
 
 def test_client_refused_certificate_exits_3(tmp_path):

@@ -55,7 +55,7 @@ def test_e2e_five_holders_sigkill_holder_and_server_resume(tmp_path):
         # coordinator killed during round 3 (once its secure aggregation has started), then resumed
         wait_until(lambda: ((read_json(status) or {}).get("current") or {}).get("round") == 2, 120, "round 3 open")
         procs.kill("server")
-        assert len(read_ledger(rd.privacy / "ledger.jsonl")) == 2
+        assert [e["round"] for e in read_ledger(rd.privacy / "ledger.jsonl")] == [0, 1]
         procs.start("server2", "securefed.commands.server", *server_args, "--port", port, "--resume")
         procs.start("holder5b", "securefed.commands.client", "--pki", pki.root, "--id", 5, "--server",
                     f"127.0.0.1:{port}", "--state", tmp_path / "state5", "--max-failures", 60, env=ONE_THREAD)
@@ -71,9 +71,11 @@ def test_e2e_five_holders_sigkill_holder_and_server_resume(tmp_path):
     assert rows[0]["clients_survived"] == 5 and rows[1]["clients_survived"] == 4
     ledger = read_ledger(rd.privacy / "ledger.jsonl")           # re-derives the hash chain
     assert [e["round"] for e in ledger] == [0, 1, 2]             # nothing lost, nothing counted twice
-    assert ledger[1]["survivors"] == [1, 2, 3, 4]
+    assert ledger[1]["survivors"] == [1, 2, 3, 4] and not any(e["reexecuted"] for e in ledger)
+    holder5 = read_ledger(rd.privacy / "holders" / "holder-5.jsonl")
+    assert [e["status"] for e in holder5] == ["included", "dropped", "included"]
     ck = torch.load(rd.checkpoint_file, weights_only=False)
-    assert ck["next_round"] == 3 and ck["ledger_entries"] == 3
+    assert ck["next_round"] == 3 and ck["privacy"]["ledger_entries"] == 3 and ck["pending_finish"] is None
     assert "resumed run" in procs.log("server2")
     summary = read_json(rd.summary)
     assert summary["rounds"] == 3 and summary["model_params"] == ck["dim"]

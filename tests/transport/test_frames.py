@@ -159,7 +159,7 @@ def test_round_report_keeps_only_known_fields():
     from securefed.transport.coordinator import _round_report
 
     assert _round_report(b'{"tokens": 5, "loss": 1.5, "clipped": true, "extra": "x"}') == \
-        {"tokens": 5, "loss": 1.5, "clipped": True}
+        {"tokens": 5, "loss": 1.5, "clipped": True, "norm": 0.0}
 
 
 @settings(max_examples=300, deadline=None)

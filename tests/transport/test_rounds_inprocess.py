@@ -26,7 +26,7 @@ DIM, N, ROUNDS = 20_000, 4, 2
 
 def _start(tmp_path, rounds, upload=30.0):
     pki = make_demo_pki(tmp_path / "pki", holders=N)
-    plan = ServerPlan(rounds=rounds, cohort_size=N, min_holders=N, secagg=SecAggConfig(), clip=1.0,
+    plan = ServerPlan(rounds=rounds, cohort_size=N, min_holders=N, secagg=SecAggConfig(),
                       deadlines=Deadlines(join=60, train=60, control=30, upload=upload), chunk_size=4096)
     srv = NetServer(plan, SyntheticServer(DIM), pki=pki.root, out=tmp_path / "run", port=0)
     code = {}
