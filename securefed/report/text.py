@@ -115,8 +115,11 @@ def sections(run: dict, f: dict) -> list:
             ["neighbouring relation", f"{_fmt(f['neighbouring_relation'])} one holder ({_fmt(f['sampling'])} sampling of cohorts)"],
             ["accounting", f"{_fmt(f['accountant'])}; composition over all recorded rounds, re-executed rounds counted again"],
             ["trust model / threat", trust],
-            ["implementation", "noise from the OS CSPRNG (never a seeded library RNG); integer noise and modular ring "
-             "arithmetic for distributed DP (no floating-point noise attacks on the released sum); hash-chained ledger"]]
+            ["implementation", "noise from the OS CSPRNG (never a seeded library RNG); " + (
+                "integer noise and modular ring arithmetic (no floating-point noise in the released sum)"
+                if f["mode"] == "distributed" else "continuous float64 Gaussian noise at the server (floating-point "
+                "effects on the noise are not mitigated)" if f["mode"] == "central" else "no noise")
+             + "; hash-chained, fsync'ed ledgers verified when this report was made"]]
     train = [["figure", "value"], ["federated eval perplexity", _fmt(f["fed_eval_ppl"])],
              ["centralized baseline eval perplexity", _fmt(f["central_eval_ppl"])], ["tokens", _fmt(f["tokens"])],
              ["rounds", _fmt(f["rounds"])]]
@@ -131,7 +134,7 @@ def sections(run: dict, f: dict) -> list:
             "the rounds its data was in, without that amplification (valid even against the coordinator). The ledger "
             "files themselves list who took part in each round: keep them with the coordinator's records; against a "
             "reader of the ledger only the holder ε holds."]),
-        ("Mechanism", [MECH_WORDS.get(f["mechanism"], str(f["mechanism"]))]),
+        ("Mechanism", [MECH_WORDS.get(f["mechanism"], str(f["mechanism"])).capitalize() + "."]),
         ("Trust model", [trust]),
         ("Weights", ["With DP on, every holder's update has the same weight (uniform averaging: the sum is divided by the "
                      "planned cohort size), so the sensitivity used by the accountant is the true one: one holder moves the "
