@@ -35,6 +35,10 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
+def _sentence(t: str) -> str:
+    return t[:1].upper() + t[1:] + "."
+
+
 def facts(run: dict) -> dict:
     es = run["ledger"]["entries"]
     last = es[-1] if es else {}
@@ -134,7 +138,7 @@ def sections(run: dict, f: dict) -> list:
             "the rounds its data was in, without that amplification (valid even against the coordinator). The ledger "
             "files themselves list who took part in each round: keep them with the coordinator's records; against a "
             "reader of the ledger only the holder ε holds."]),
-        ("Mechanism", [MECH_WORDS.get(f["mechanism"], str(f["mechanism"])).capitalize() + "."]),
+        ("Mechanism", [_sentence(MECH_WORDS.get(f["mechanism"], str(f["mechanism"])))]),
         ("Trust model", [trust]),
         ("Weights", ["With DP on, every holder's update has the same weight (uniform averaging: the sum is divided by the "
                      "planned cohort size), so the sensitivity used by the accountant is the true one: one holder moves the "
