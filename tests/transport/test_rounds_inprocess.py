@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from securefed.primitives.quantize import plan_quantization
+from securefed.privacy import DPConfig
 from securefed.privacy.clipping import l2_clip
+from securefed.privacy.ledger import read_ledger
 from securefed.runtime.netclient import NetClient
 from securefed.runtime.netserver import NetServer, ServerPlan
 from securefed.secagg import SecAggConfig
@@ -24,9 +26,9 @@ from securefed.transport.workload import SyntheticHolder, SyntheticServer
 DIM, N, ROUNDS = 20_000, 4, 2
 
 
-def _start(tmp_path, rounds, upload=30.0):
+def _start(tmp_path, rounds, upload=30.0, privacy=None):
     pki = make_demo_pki(tmp_path / "pki", holders=N)
-    plan = ServerPlan(rounds=rounds, cohort_size=N, min_holders=N, secagg=SecAggConfig(),
+    plan = ServerPlan(rounds=rounds, cohort_size=N, min_holders=N, secagg=SecAggConfig(), privacy=privacy or DPConfig(),
                       deadlines=Deadlines(join=60, train=60, control=30, upload=upload), chunk_size=4096)
     srv = NetServer(plan, SyntheticServer(DIM), pki=pki.root, out=tmp_path / "run", port=0)
     code = {}
@@ -146,3 +148,19 @@ def test_masked_upload_cut_mid_stream_is_undone_and_round_completes(tmp_path):
     bound = plan_quantization(clip=1.0, max_clients=N).sum_error_bound / 3 + 1e-6
     assert np.max(np.abs(srv.workload.theta + _mean_clipped([1, 2, 3], 0))) <= bound
     assert not list((tmp_path / "run" / "spool").iterdir())          # undo journal removed
+
+
+def test_central_dp_round_is_noised_and_accounted(tmp_path):
+    """privacy.mode=central over the network: the coordinator adds N(0, (zC)^2) to the sum, divides by the
+    planned cohort, and the PrivacySession ledger records a finite epsilon for the round."""
+    dp = DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, clip=1.0)
+    pki, srv, t, code = _start(tmp_path, rounds=1, privacy=dp)
+    try:
+        rcs = _run_all(_clients(pki, srv, tmp_path), t)
+    finally:
+        srv.server.stop(0)
+    assert code.get("rc") == 0 and rcs == {h: 0 for h in range(1, N + 1)}
+    (entry,) = read_ledger(tmp_path / "run" / "privacy" / "ledger.jsonl")
+    assert entry["mode"] == "central" and 0 < entry["epsilon"] < float("inf") and entry["survivors"] == [1, 2, 3, 4]
+    noise = srv.workload.theta + _mean_clipped(range(1, N + 1), 0)        # θ − (−mean) = −noise / N
+    assert abs(float(np.std(noise)) - 1.0 / N) < 0.1 / N                 # std zC/N = 0.25, within 10 %
