@@ -29,6 +29,7 @@ Mechanism = Literal["none", "empty", "gaussian", "ddgauss", "skellam"]
 Sampling = Literal["poisson", "fixed", "none"]
 
 
+@functools.lru_cache(maxsize=4)
 def accountant_version(kind: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
