@@ -113,7 +113,7 @@ def _hybrid(sim, rp, inputs: RoundInputs) -> AggregateResult:
         from securefed.secagg import SecAggAborted
 
         raise SecAggAborted("no holder's CKKS upload was accepted")
-    qplan = plan_quantization(clip=sim.cfg.privacy.clip, ring_bits=sim.cfg.aggregation.secagg.ring_bits,
+    qplan = plan_quantization(clip=rp.clip_bound, ring_bits=sim.cfg.aggregation.secagg.ring_bits,
                               max_clients=len(a))
     ring_inputs = {h: quantize(plan.split(clipped[h])[1], qplan, sim.entropy.for_party(r, h, "encode")) for h in a}
     sec = _run_secure_sum(sim, ring_inputs, inputs)

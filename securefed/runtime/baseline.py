@@ -39,5 +39,5 @@ def run_centralized_baseline(sim, token_points: list[int]) -> list[dict]:
             theta = get_flat(trainer.raw_model)  # continue exactly where the chunk ended
             done = target
         loss = trainer.evaluate(sim.data.eval_global)
-        curve.append({"step": done, "tokens_seen": done * tokens_per_step, "eval_loss": loss, "eval_ppl": math.exp(loss)})
+        curve.append({"step": done, "tokens_seen": done * tokens_per_step, "eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))})
     return curve

@@ -98,6 +98,12 @@ class RunConfig:
             raise ValueError("aggregation.mode=ckks+secagg needs aggregation.ckks.enabled=true")
         if not math.isfinite(self.privacy.clip):
             raise ValueError("privacy.clip must be finite")
+        if self.aggregation.mode != "plain" and self.privacy.ring_bits != self.aggregation.secagg.ring_bits:
+            raise ValueError(f"privacy.ring_bits ({self.privacy.ring_bits}) must equal aggregation.secagg.ring_bits "
+                             f"({self.aggregation.secagg.ring_bits}): the encoder and the masks share one ring")
+        if self.privacy.mode == "distributed" and self.aggregation.mode == "ckks+secagg":
+            raise ValueError("privacy.mode=distributed is not supported with aggregation.mode=ckks+secagg "
+                             "(the rotation mixes all coordinates); use secagg, or central DP")
 
 
 def list_presets() -> list[str]:

@@ -151,7 +151,11 @@ class Simulation:
         t0 = time.perf_counter()
         theta = self.outer.params.clone()
         cohort = self.sample_cohort()
-        rp = self.privacy.begin_round(r, cohort=cohort, dim=self.dim)
+        min_surv = None
+        if self.cfg.aggregation.mode != "plain" and len(cohort) >= 3:
+            # holders check their caps assuming only t_min survive (fewer shares of noise, larger ε)
+            min_surv = self.cfg.aggregation.secagg.thresholds(len(cohort)).min_survivors
+        rp = self.privacy.begin_round(r, cohort=cohort, dim=self.dim, min_survivors=min_surv)
         participants = list(rp.participants)
         updates = {}
         for h in self.progress.iter(participants, f"round {r + 1}: local training"):
@@ -191,7 +195,7 @@ class Simulation:
         if (r + 1) % self.cfg.federation.eval_every == 0 or r + 1 == self.cfg.federation.rounds:
             set_flat(self.model, self.outer.params)
             loss = self.trainer.evaluate(self.data.eval_global)
-            row.update(eval_loss=loss, eval_ppl=math.exp(loss))
+            row.update(eval_loss=loss, eval_ppl=math.exp(min(loss, 700.0)))  # a DP-wrecked model must not crash
         row["seconds"] = time.perf_counter() - t0
         return row
 
