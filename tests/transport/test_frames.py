@@ -149,14 +149,14 @@ def test_constructors_validate_fields():
 @pytest.mark.parametrize("bad", [b"[]", b"{\"tokens\": \"many\"}", b"{\"tokens\": -1}", b"{\"loss\": \"NaN\"}",
                                  b"{\"loss\": NaN}", b"{\"tokens\": true}", b"\xff\xfe", b"{" * 5000])
 def test_round_report_validation(bad):
-    from securefed.transport.coordinator import _round_report
+    from securefed.transport.stages import round_report as _round_report
 
     with pytest.raises((ValueError, RecursionError)):
         _round_report(bad)
 
 
 def test_round_report_keeps_only_known_fields():
-    from securefed.transport.coordinator import _round_report
+    from securefed.transport.stages import round_report as _round_report
 
     assert _round_report(b'{"tokens": 5, "loss": 1.5, "clipped": true, "extra": "x"}') == \
         {"tokens": 5, "loss": 1.5, "clipped": True, "norm": 0.0}
