@@ -25,7 +25,7 @@ from securefed.secagg import SecAggConfig, SecAggServer, decode
 from securefed.secagg import common as cm
 from securefed.secagg.messages import KIND_B, KIND_S, UnmaskShares
 
-__all__ = ["welcome_downgrade", "holder_takes_config_from_welcome"]
+__all__ = ["welcome_downgrade", "holder_takes_config_from_welcome", "checkpoint_code_execution"]
 
 MALICIOUS_WELCOME = {"secagg": {"ring_bits": 32, "threshold_fraction": 0.5, "neighbours": 2, "chunk_elements": 1 << 20}}
 
@@ -99,3 +99,61 @@ def welcome_downgrade(roster_size: int = 16, cohort_size: int = 10, length: int 
              "wl['secagg'] is weaker; also check man['max_clients'] == len(man['cohort']). For SecAgg+ graphs, seed "
              "the graph from holder-contributed randomness (commit-reveal) or a public beacon instead of the params "
              "hash the coordinator controls."))
+
+
+class _Payload:
+    """Unpickling this runs Path.write_text(marker, ...): a stand-in for any code an attacker wants run."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.write_text, (Path(self.marker), "code ran inside --resume"))
+
+
+def checkpoint_code_execution() -> Finding:
+    """An attacker who can write RUN_DIR/checkpoints/latest.pt gets code execution on `--resume`."""
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+
+    import securefed
+    from securefed.runtime.simulate import Simulation
+
+    root = Path(securefed.__file__).parent
+    sites = [f"{p.relative_to(root.parent)}:{n}" for p in sorted(root.rglob("*.py")) if "audit" not in p.parts
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if "weights_only=False" in line or "pickle.loads(" in line]
+    with tempfile.TemporaryDirectory() as tmp:
+        marker, ck = Path(tmp) / "executed", Path(tmp) / "latest.pt"
+        torch.save({"version": 1, "next_round": _Payload(marker)}, ck)
+        fake = SimpleNamespace(run_dir=SimpleNamespace(checkpoint_file=ck), dim=1,
+                               cfg=SimpleNamespace(model=SimpleNamespace(preset="tiny")))
+        try:
+            Simulation._restore(fake)  # the real resume code path of `securefed simulate --resume`
+        except Exception:
+            pass
+        executed = marker.exists()
+        marker.unlink(missing_ok=True)
+        try:
+            torch.load(ck, weights_only=True)
+            safe_loader_refuses = False
+        except Exception:
+            safe_loader_refuses = True
+        safe_loader_ran_code = marker.exists()
+    ev = {"unsafe_load_sites": sites, "payload_executed_on_resume": executed,
+          "weights_only_true_refuses_payload": safe_loader_refuses and not safe_loader_ran_code,
+          "weights_only_true_loads_a_real_simulate_checkpoint": "checked by hand on a quick-profile run (all keys load)"}
+    return Finding(
+        "SEC-12", "Tampered checkpoint runs code at resume (pickle)", VULNERABLE if executed else MITIGATED,
+        "Checkpoints are loaded with torch.load(weights_only=False), i.e. full pickle, before any check: whoever can "
+        "write RUN_DIR/checkpoints/latest.pt (shared storage, a restored backup — the 'operator with file access' of "
+        f"threat_models/privacy.md) runs arbitrary code as the coordinator on --resume (payload executed: {executed}), "
+        "which defeats the ledger anchor and every privacy cap.", ev, ("PV-08", "TR-10", "SYS-13"),
+        fix=("runtime/simulate.py:_restore and runtime/netserver.py: torch.load(..., weights_only=True) (simulate's "
+             "checkpoint already loads that way: only tensors, dicts, ints, strings); netclient's own state file: "
+             "JSON instead of pickle. Optionally authenticate the checkpoint (HMAC with a key outside RUN_DIR)."))

@@ -29,6 +29,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("SEC-09", "Disaggregation by varying cohorts (Lam et al.)", inp.disaggregation, RESIDUAL),
     Scenario("SEC-10", "Downgrade inside the protocol", inp.protocol_downgrade, MITIGATED),
     Scenario("SEC-11", "Downgrade through the coordinator's welcome", dep.welcome_downgrade, VULNERABLE),
+    Scenario("SEC-12", "Tampered checkpoint runs code at resume", dep.checkpoint_code_execution, VULNERABLE),
 )
 
 
@@ -55,7 +56,12 @@ def run_audit(profile: str, out: Path, *, privacy: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     findings = run_security()
-    priv = privacy_audit(profile, out / "work") if privacy else None
+    priv = None
+    if privacy:  # LM run directories (models, checkpoints) go to a scratch directory, not into the report
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="securefed-audit-") as work:
+            priv = privacy_audit(profile, Path(work))
     result = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "profile": profile, "securefed_version": securefed.__version__, "python": platform.python_version(),
