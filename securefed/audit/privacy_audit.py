@@ -27,8 +27,7 @@ def lm_overrides(profile: dict, eps: float | None, cache_dir: str | None) -> lis
     ov = ["data.max_sources=4", f"data.max_bytes_per_source={profile['max_bytes']}", "data.vocab_size=512",
           "data.seq_len=32", f"train.local_steps={profile['local_steps']}", "train.batch_size=8", "train.lr=0.01",
           "train.warmup_steps=1", "train.eval_batch_size=64", f"federation.rounds={profile['rounds']}",
-          f"federation.eval_every={profile['rounds']}", "federation.weighting=uniform", "baseline=false",
-          "deterministic_secrets=true"]
+          f"federation.eval_every={profile['rounds']}", "federation.weighting=uniform", "baseline=false"]
     if cache_dir:
         ov.append(f"data.cache_dir={cache_dir}")
     # no DP: C = 100 (the demo's, in effect no clipping); DP: the small C a 4-holder model survives the noise with
