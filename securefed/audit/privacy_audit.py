@@ -17,9 +17,9 @@ __all__ = ["PROFILES", "lm_overrides", "lm_exposure_run", "privacy_audit"]
 # quick: CI on 2 shared cores; full: what audits/reports/ was generated with
 PROFILES = {
     "quick": {"lm_runs": ("none",), "rounds": 8, "local_steps": 8, "max_bytes": 30000, "rows_per_canary": 150,
-              "dp_clip": 0.05, "canaries": 200, "dim": 2048, "one_run_rounds": 3, "one_run_eps": (8.0, 2.0)},
+              "dp_clip": 0.002, "canaries": 200, "dim": 2048, "one_run_rounds": 3, "one_run_eps": (8.0, 2.0)},
     "full": {"lm_runs": ("none", 8.0, 2.0), "rounds": 12, "local_steps": 8, "max_bytes": 30000, "rows_per_canary": 150,
-             "dp_clip": 0.05, "canaries": 1000, "dim": 8192, "one_run_rounds": 5, "one_run_eps": (8.0, 2.0)},
+             "dp_clip": 0.002, "canaries": 1000, "dim": 8192, "one_run_rounds": 5, "one_run_eps": (8.0, 2.0)},
 }
 
 
