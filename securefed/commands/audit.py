@@ -12,7 +12,7 @@ def register(subparsers) -> None:
                                           "audit (canary exposure, one-run epsilon lower bound) of a profile.")
     p.add_argument("--profile", choices=("quick", "full"), default="quick",
                    help="quick: CI-sized (about a minute); full: the committed example report")
-    p.add_argument("--out", help="report directory (default: audits/reports/<UTC date>-<profile>)")
+    p.add_argument("--out", help="report directory (default: audits/reports/<UTC date>/ for full, <UTC date>-quick/ for quick)")
     p.add_argument("--security-only", action="store_true", help="skip the privacy audit (seconds)")
     p.add_argument("--strict", action="store_true", help="exit 1 if any scenario is VULNERABLE, even if known")
     p.set_defaults(func=run)
@@ -21,7 +21,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from securefed.audit import VULNERABLE, run_audit
 
-    out = Path(args.out or f"audits/reports/{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}-{args.profile}")
+    day = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
+    out = Path(args.out or f"audits/reports/{day}" + ("" if args.profile == "full" else f"-{args.profile}"))
     res = run_audit(args.profile, out, privacy=not args.security_only)
     for f in res["findings"]:
         print(f"{f['id']:7} {f['verdict']:20} {f['title']}")
