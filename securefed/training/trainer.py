@@ -183,7 +183,8 @@ class HolderTrainer:
             raise ValueError(f"holder {holder_id}: local_steps (K) must be >= 1")
         self.parent, self.holder_id, self.data = parent, holder_id, data
         self.seed, self.total_steps = seed, max(1, total_steps)
-        self.local_steps, self.batch_size = local_steps, min(batch_size, data.shape[0])
+        self.world_size = parent.fabric.world_size
+        self.local_steps, self.batch_size = local_steps, min(batch_size, max(1, data.shape[0] // self.world_size))
         self.step = 0            # inner steps taken so far (drives the LR schedule)
         self.epoch, self.cursor = 0, 0
         self._perm_epoch, self._perm_cache = -1, torch.empty(0, dtype=torch.long)
@@ -222,11 +223,15 @@ class HolderTrainer:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.holder_id * 7_919 + self.step) % (2**63 - 1))
             mask = torch.rand(self.data.shape[0], generator=g) < self.batch_size / self.data.shape[0]
             return self.data[mask]
-        if self.cursor + self.batch_size > self.data.shape[0]:
+        # A holder with several GPUs (train.devices > 1): every rank walks the same permutation and takes
+        # its own slice of world·batch rows, so ranks see different data (batch_size is per device).
+        world, rank = self.world_size, self.parent.fabric.global_rank
+        need = self.batch_size * world
+        if self.cursor + need > self.data.shape[0]:
             self.epoch, self.cursor = self.epoch + 1, 0
-        idx = self._perm()[self.cursor : self.cursor + self.batch_size]
-        self.cursor += self.batch_size
-        return self.data[idx]
+        idx = self._perm()[self.cursor : self.cursor + need]
+        self.cursor += need
+        return self.data[idx[rank * self.batch_size : (rank + 1) * self.batch_size]]
 
     def train_round(self, global_flat: torch.Tensor) -> LocalUpdate:
         """K inner steps from θ_global; returns Δ = θ_global − θ_local (flat, float32, CPU)."""
@@ -248,7 +253,7 @@ class HolderTrainer:
                 continue
             losses += parent._step_fn(opt, x)
         delta = global_flat.to(torch.float32) - get_flat(parent.raw_model)
-        tokens = self.local_steps * self.batch_size * self.data.shape[1]
+        tokens = self.local_steps * self.batch_size * self.world_size * self.data.shape[1]
         eps = None
         if cfg.dp_sgd.enabled:
             eps = float(self.accountant.get_epsilon(cfg.dp_sgd.delta))
