@@ -212,15 +212,7 @@ def _test_pause(r: int, s: int) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write-to-temp + fsync + rename, as runtime.rundir.atomic_write_bytes (which imports torch at module
-    load: a synthetic holder must not pay that, see the 100-process load test). Mode 0600."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write-to-temp + fsync + rename (mkstemp files are mode 0600); torch is not imported."""
+    from securefed.runtime.rundir import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
