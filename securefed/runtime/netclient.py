@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import time
 from pathlib import Path
 

@@ -27,7 +27,7 @@ from securefed.configio import dump_yaml
 from securefed.runtime.aggregate import RoundInputs, aggregate_round
 from securefed.runtime.baseline import run_centralized_baseline
 from securefed.runtime.config import RunConfig
-from securefed.runtime.parties import SERVER_PARTY, EntropyFactory
+from securefed.runtime.parties import EntropyFactory
 from securefed.runtime.progress import Progress
 from securefed.runtime.rundir import RunDir, atomic_torch_save, atomic_write_text
 from securefed.runtime.export import export_model, versions
