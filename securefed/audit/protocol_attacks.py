@@ -202,7 +202,8 @@ def replay() -> Finding:
                    "the round's params hash / session id and are refused when replayed. A replayed MaskedInput is NOT "
                    "authenticated by secagg: it is accepted and silently corrupts the sum (no privacy loss: the "
                    "server still learns only a sum). In deployment the mTLS channel and the frame header (run id, "
-                   "round, stage; TR-04/TR-06) stop it; an in-process caller must not feed untrusted bytes.",
+                   "round, stage; TR-04/TR-06) stop it; an in-process caller must not feed untrusted bytes. Hardening: "
+                   "have each holder sign SHA-256(sid ‖ y_i) in its ConsistencySignature and the server check it.",
                    ev, ("SA-05", "TR-06", "SYS-06"))
 
 

@@ -69,8 +69,10 @@ def run_audit(profile: str, out: Path, *, privacy: bool = True) -> dict:
         "findings": [f.to_dict() for f in findings], "privacy": priv,
         "unexpected": [f.id for f, s in zip(findings, SCENARIOS) if f.verdict != s.expected],
     }
+    lm = {k: v["overrides"] for k, v in priv["lm_runs"].items()} if priv else {}
     (out / "config.json").write_text(json.dumps({"profile": profile, "settings": PROFILES[profile],
-                                                  "scenarios": [s.id for s in SCENARIOS]}, indent=2, default=str) + "\n")
+                                                  "lm_run_overrides": lm, "scenarios": [s.id for s in SCENARIOS]},
+                                                 indent=2, default=str) + "\n")
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     write_report(result, out)
     return result

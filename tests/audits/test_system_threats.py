@@ -25,3 +25,19 @@ def test_round_secrets_are_erased_when_the_round_ends():
     r = Round(n=5, client_ctx={1: b"another model"})                   # holder 1 aborts at RoundStart
     r.deliver()
     assert 1 in r.aborted and all(getattr(r.clients[1], n, None) is None for n in SECRETS)
+
+
+def test_audit_exit_status_flags_changed_verdicts_and_strict_vulnerabilities(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    from securefed.audit import suite
+    from securefed.cli import main
+
+    by_id = {s.id: s for s in suite.SCENARIOS}
+    sybil, pickle_ck = by_id["SEC-03"], by_id["SEC-12"]                 # both fast; MITIGATED and VULNERABLE
+    monkeypatch.setattr(suite, "SCENARIOS", (sybil, pickle_ck))
+    assert main(["audit", "--security-only", "--out", str(tmp_path / "a")]) == 0          # verdicts as expected
+    assert main(["audit", "--security-only", "--strict", "--out", str(tmp_path / "b")]) == 1  # known VULNERABLE
+    monkeypatch.setattr(suite, "SCENARIOS", (dataclasses.replace(sybil, expected="VULNERABLE"),))
+    assert main(["audit", "--security-only", "--out", str(tmp_path / "c")]) == 1          # a verdict changed
+    assert "verdicts differ from the expected ones: SEC-03" in capsys.readouterr().out
