@@ -49,7 +49,8 @@ def main() -> int:
             t_start = time.perf_counter()
             for h in range(1, a.holders + 1):
                 procs.start(f"h{h}", "securefed.commands.client", "--pki", pki.root, "--id", h, "--server",
-                            f"127.0.0.1:{port}", "--state", tmp / f"s{h}", "--log-level", "WARNING", env=env)
+                            f"127.0.0.1:{port}", "--state", tmp / f"s{h}", "--log-level", "WARNING",
+                            "--min-graph", "auto", env=env)
             rc = procs.wait("server", 1200)
             t_all = time.perf_counter() - t_start
             codes = [procs.wait(f"h{h}", 120) for h in range(1, a.holders + 1)]

@@ -10,9 +10,7 @@ a random graph the server cannot choose).
 
 from __future__ import annotations
 
-import inspect
 import itertools
-import re
 
 import numpy as np
 
@@ -31,11 +29,16 @@ MALICIOUS_WELCOME = {"secagg": {"ring_bits": 32, "threshold_fraction": 0.5, "nei
 
 
 def holder_takes_config_from_welcome() -> bool:
-    """True while NetClient builds SecAggConfig from the welcome with no holder-side floor."""
-    from securefed.runtime import netclient
+    """True if a holder with the default policy would accept the malicious welcome (behavioural check
+    of the floor in runtime/netclient.py, run on the very config the attack announces)."""
+    from securefed.runtime.netclient import PolicyRefused, check_holder_policy
 
-    src = inspect.getsource(netclient)
-    return bool(re.search(r"SecAggConfig\(\*\*\s*wl\[", src)) and not re.search(r"policy|min_threshold|floor", src, re.I)
+    cfg = SecAggConfig(**MALICIOUS_WELCOME["secagg"])
+    try:
+        check_holder_policy(cfg, {"cohort": list(range(1, 11)), "max_clients": 10}, floor=SecAggConfig())
+    except PolicyRefused:
+        return False
+    return True
 
 
 def welcome_downgrade(roster_size: int = 16, cohort_size: int = 10, length: int = 64) -> Finding:

@@ -28,8 +28,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("SEC-08", "Unclipped / poisoned update", inp.poisoned_update, RESIDUAL),
     Scenario("SEC-09", "Disaggregation by varying cohorts (Lam et al.)", inp.disaggregation, RESIDUAL),
     Scenario("SEC-10", "Downgrade inside the protocol", inp.protocol_downgrade, MITIGATED),
-    Scenario("SEC-11", "Downgrade through the coordinator's welcome", dep.welcome_downgrade, VULNERABLE),
-    Scenario("SEC-12", "Tampered checkpoint runs code at resume", dep.checkpoint_code_execution, VULNERABLE),
+    Scenario("SEC-11", "Downgrade through the coordinator's welcome", dep.welcome_downgrade, MITIGATED),
+    Scenario("SEC-12", "Tampered checkpoint runs code at resume", dep.checkpoint_code_execution, MITIGATED),
 )
 
 

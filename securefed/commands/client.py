@@ -1,7 +1,8 @@
 """`securefed client`: one data holder of a networked federation (gRPC, mutual TLS).
 
 Exit codes (protocols/transport.md §10): 0 all rounds done · 1 unexpected error · 2 usage/config error ·
-3 the coordinator refused this holder's certificate · 6 coordinator unreachable after --max-failures.
+3 the coordinator refused this holder's certificate · 6 coordinator unreachable after --max-failures ·
+7 the coordinator asked for secure-aggregation settings below this holder's floor (--min-graph/--min-ring-bits).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", type=int, help="LM workload: data shard index (default id-1)")
     p.add_argument("--torch-threads", type=int, help="LM workload: torch intra-op threads (1 when many holders share a machine)")
     p.add_argument("--max-failures", type=int, default=20, help="reconnect attempts before giving up (exit 6)")
+    p.add_argument("--min-graph", choices=("complete", "auto"), default="complete",
+                   help="weakest neighbour graph this holder accepts: complete (SecAgg, default) or auto "
+                        "(SecAgg+ with at least the O(log n) degree of protocols/secagg.md §4)")
+    p.add_argument("--min-ring-bits", type=int, default=32, help="smallest ring this holder accepts (16..32)")
+    p.add_argument("--min-threshold-fraction", type=float, default=0.5, help="smallest Shamir threshold fraction accepted")
     p.add_argument("--log-json", action="store_true", help="JSON-lines logs on stderr")
     p.add_argument("--log-level", dest="net_log_level", default="INFO")
     p.set_defaults(func=run)
@@ -47,12 +53,15 @@ def make_workload(holder_id: int, welcome: dict, shard: int | None = None, threa
 
 def run(args: argparse.Namespace) -> int:
     from securefed.runtime.netclient import EXIT, NetClient
+    from securefed.secagg import SecAggConfig
     from securefed.transport.logjson import setup_logging
 
     setup_logging(json_lines=args.log_json, level=args.net_log_level)
     try:
+        floor = SecAggConfig(ring_bits=args.min_ring_bits, threshold_fraction=args.min_threshold_fraction,
+                             neighbours=None if args.min_graph == "complete" else 0)
         client = NetClient(args.id, pki=args.pki, target=args.server, state_dir=args.state,
-                           server_name=args.server_name, max_failures=args.max_failures,
+                           server_name=args.server_name, max_failures=args.max_failures, policy=floor,
                            workload_factory=lambda hid, welcome: make_workload(hid, welcome, args.shard, args.torch_threads))
     except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
         print(f"securefed client: {e}", file=sys.stderr)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import time
 from pathlib import Path
 
@@ -37,13 +36,42 @@ from securefed.transport.workload import theta_hash
 __all__ = ["NetClient"]
 
 log = logging.getLogger("securefed.client")
-EXIT = {"ok": 0, "error": 1, "usage": 2, "auth": 3, "state": 4, "unreachable": 6}
+EXIT = {"ok": 0, "error": 1, "usage": 2, "auth": 3, "state": 4, "unreachable": 6, "policy": 7}
+
+
+class PolicyRefused(RuntimeError):
+    """The coordinator asked for secure-aggregation settings weaker than this holder accepts."""
+
+
+def check_holder_policy(cfg: SecAggConfig, manifest: dict, *, floor: SecAggConfig) -> None:
+    """The holder's own floor, checked before anything is encoded (audit SEC-11).
+
+    The coordinator's welcome must not be able to weaken the protocol: the holder compares its
+    ring, threshold fraction and neighbour-graph degree with its own policy ``floor`` (default: the
+    complete graph, f = 0.5, k = 32), and the quantization plan's max_clients with the cohort.
+    """
+    cohort = manifest.get("cohort", [])
+    n = len(cohort)
+    if n < 3:
+        raise PolicyRefused(f"cohort of {n} holders: secure aggregation needs at least 3")
+    if int(manifest.get("max_clients", -1)) != n:
+        raise PolicyRefused(f"manifest max_clients {manifest.get('max_clients')} differs from the cohort size {n}")
+    if cfg.ring_bits < floor.ring_bits:
+        raise PolicyRefused(f"ring of {cfg.ring_bits} bits is below this holder's floor of {floor.ring_bits}")
+    if cfg.threshold_fraction < floor.threshold_fraction:
+        raise PolicyRefused(f"threshold fraction {cfg.threshold_fraction} is below this holder's floor "
+                            f"{floor.threshold_fraction}")
+    got, need = cfg.thresholds(n), floor.thresholds(n)
+    if got.degree < need.degree or got.threshold < need.threshold or got.min_survivors < need.min_survivors:
+        raise PolicyRefused(f"graph degree/threshold/t_min {got.degree}/{got.threshold}/{got.min_survivors} are "
+                            f"weaker than this holder's floor {need.degree}/{need.threshold}/{need.min_survivors}")
 
 
 class NetClient:
     def __init__(self, holder_id: int, *, pki: str | Path, target: str, state_dir: str | Path,
                  workload_factory, server_name: str | None = None, max_failures: int = 20,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, policy: SecAggConfig | None = None) -> None:
+        self.policy = policy or SecAggConfig()
         lay = Layout(pki)
         d = lay.holder_dir(holder_id)
         cert = (d / "cert.pem").read_bytes()
@@ -76,6 +104,9 @@ class NetClient:
                     self.backoff.reset()
                 log.info("holder %d: all %d rounds done", self.id, self.welcome["rounds"])
                 return EXIT["ok"]
+            except PolicyRefused as e:
+                log.error("holder %d: refusing the coordinator's settings: %s", self.id, e)
+                return EXIT["policy"]
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
                 if code in FATAL_CODES:
@@ -104,12 +135,12 @@ class NetClient:
     # ------------------------------------------------------------------ local state
     @property
     def _state_file(self) -> Path:
-        return self.state_dir / "holder_state.pkl"
+        return self.state_dir / "holder_state.json"
 
     def _load_state(self) -> None:
         self._state = {}
         if self._state_file.exists():
-            st = pickle.loads(self._state_file.read_bytes())    # own state dir (0700): same trust as torch.load
+            st = _loads_state(self._state_file.read_bytes())    # JSON + typed arrays: loading never runs code
             if st.get("run_id") != self.welcome["run_id"]:
                 raise ValueError(f"{self._state_file} belongs to another run")
             self.workload.load_state_dict(st["workload"])
@@ -122,7 +153,7 @@ class NetClient:
     def _save_state(self, next_round: int) -> None:
         self._state = {"version": 1, "run_id": self.welcome["run_id"], "next_round": next_round,
                        "workload": self.workload.state_dict()}
-        _atomic_write(self._state_file, pickle.dumps(self._state, protocol=5))
+        _atomic_write(self._state_file, _dumps_state(self._state))
 
     def _record_release(self, r: int, manifest: dict) -> None:
         """Own ledger: one entry per round this holder released a masked input (before sending it)."""
@@ -161,6 +192,7 @@ class NetClient:
         theta = np.frombuffer(m.payload, dtype="<f4").astype(np.float32)
         upd = self.workload.train_round(theta, r)
         cfg = SecAggConfig(**wl["secagg"])
+        check_holder_policy(cfg, man, floor=self.policy)
         if int(man["ring_bits"]) != cfg.ring_bits:
             raise FrameError("the manifest's ring differs from the secure-aggregation ring")
         # as RoundPrivacy.encode (modes none/central): clip to the round's C, quantize with its scale;
@@ -208,6 +240,43 @@ def _test_pause(r: int, s: int) -> None:
     if (int(pr), int(ps)) == (r, s):
         Path(marker).write_text(str(os.getpid()))
         time.sleep(3600)
+
+
+def _dumps_state(obj) -> bytes:
+    """JSON with numpy arrays as {"__ndarray__": base64, "dtype", "shape"} (no pickle: audit SEC-12)."""
+    import base64
+
+    def enc(o):
+        if isinstance(o, np.ndarray):
+            return {"__ndarray__": base64.b64encode(np.ascontiguousarray(o).tobytes()).decode(),
+                    "dtype": o.dtype.str, "shape": list(o.shape)}
+        if isinstance(o, dict):
+            return {str(k): enc(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [enc(v) for v in o]
+        if isinstance(o, (np.integer, np.floating)):
+            return o.item()
+        return o
+
+    return json.dumps(enc(obj), sort_keys=True).encode()
+
+
+def _loads_state(data: bytes):
+    import base64
+
+    def dec(o):
+        if isinstance(o, dict):
+            if "__ndarray__" in o:
+                dtype = np.dtype(o["dtype"])
+                if dtype.kind not in "fiub":
+                    raise ValueError("holder state: unexpected array dtype")
+                return np.frombuffer(base64.b64decode(o["__ndarray__"]), dtype=dtype).reshape(o["shape"]).copy()
+            return {k: dec(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [dec(v) for v in o]
+        return o
+
+    return dec(json.loads(data))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

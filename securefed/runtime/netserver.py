@@ -125,7 +125,7 @@ class NetServer:
     def _restore(self) -> None:
         import torch
 
-        st = torch.load(self.rd.checkpoint_file, weights_only=False)
+        st = torch.load(self.rd.checkpoint_file, weights_only=True)  # no pickle: a planted checkpoint must not run code
         if st.get("version") != 2 or st.get("dim") != self.workload.dim:
             raise StateError(f"checkpoint (version {st.get('version')}, {st.get('dim')} parameters) does not fit "
                              f"this run ({self.workload.dim} parameters)")

@@ -112,7 +112,7 @@ class Simulation:
         atomic_torch_save(state, self.run_dir.checkpoint_file)
 
     def _restore(self) -> None:
-        state = torch.load(self.run_dir.checkpoint_file, weights_only=False)
+        state = torch.load(self.run_dir.checkpoint_file, weights_only=True)  # no pickle: a planted checkpoint must not run code
         if state.get("model_preset") != self.cfg.model.preset or state.get("dim") != self.dim:
             raise ValueError(f"checkpoint is for model {state.get('model_preset')!r} with {state.get('dim')} parameters, "
                              f"not {self.cfg.model.preset!r} with {self.dim}")

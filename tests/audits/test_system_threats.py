@@ -34,10 +34,14 @@ def test_audit_exit_status_flags_changed_verdicts_and_strict_vulnerabilities(tmp
     from securefed.cli import main
 
     by_id = {s.id: s for s in suite.SCENARIOS}
-    sybil, pickle_ck = by_id["SEC-03"], by_id["SEC-12"]                 # both fast; MITIGATED and VULNERABLE
+    sybil, pickle_ck = by_id["SEC-03"], by_id["SEC-12"]                 # both fast, both MITIGATED
     monkeypatch.setattr(suite, "SCENARIOS", (sybil, pickle_ck))
     assert main(["audit", "--security-only", "--out", str(tmp_path / "a")]) == 0          # verdicts as expected
-    assert main(["audit", "--security-only", "--strict", "--out", str(tmp_path / "b")]) == 1  # known VULNERABLE
+    assert main(["audit", "--security-only", "--strict", "--out", str(tmp_path / "b")]) == 0  # no VULNERABLE left
+    known_bad = dataclasses.replace(pickle_ck, run=lambda: dataclasses.replace(pickle_ck.run(), verdict="VULNERABLE"),
+                                    expected="VULNERABLE")
+    monkeypatch.setattr(suite, "SCENARIOS", (known_bad,))
+    assert main(["audit", "--security-only", "--strict", "--out", str(tmp_path / "d")]) == 1  # --strict flags it
     monkeypatch.setattr(suite, "SCENARIOS", (dataclasses.replace(sybil, expected="VULNERABLE"),))
     assert main(["audit", "--security-only", "--out", str(tmp_path / "c")]) == 1          # a verdict changed
     assert "verdicts differ from the expected ones: SEC-03" in capsys.readouterr().out
