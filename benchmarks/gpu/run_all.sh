@@ -3,9 +3,9 @@
 #
 #   RES=/tmp/gpu-results bash benchmarks/gpu/run_all.sh      # from the repository root, .corpus/ built
 #
-# With 2+ GPUs: (6) one holder on 2 GPUs (DDP) first, alone; then GPU 0 runs (a) the throughput
-# table alone while GPU 1 runs (b) fed-vs-central for 20m/75m/125m, (c) secagg-vs-plain rounds at
-# 125m n=8 and (d) the 1.3B round, side by side (their perplexities, bytes, peak memory and the
+# With 2+ GPUs: one holder on 2 GPUs (DDP) first, alone; then GPU 0 runs (a) the throughput table
+# and after it (d) the 1.3B round, while GPU 1 runs (b) fed-vs-central for 20m/75m/125m and (c)
+# secagg-vs-plain rounds at 125m n=8 side by side (their perplexities, bytes, peak memory and the
 # CPU-side aggregation times do not depend on sharing the GPU; their training seconds do, and are
 # reported as such). With 1 GPU: (a) first, then the rest side by side on that GPU.
 # Results go to $RES (JSON per study + logs), packed into $PACK (a .tgz) every 20 s so a cut run
@@ -34,19 +34,22 @@ fi
 
 study() {  # name preset [extra args...]
   local name=$1 preset=$2; shift 2
-  CUDA_VISIBLE_DEVICES=$ST_GPU OMP_NUM_THREADS=4 timeout "$T_STUDY" python3 benchmarks/gpu/fed_study.py \
+  CUDA_VISIBLE_DEVICES=${GPU:-$ST_GPU} OMP_NUM_THREADS=4 timeout "$T_STUDY" python3 benchmarks/gpu/fed_study.py \
     --preset "$preset" --out "/tmp/sfruns/$name" --result "$RES/$name.json" --label "$name" "$@" \
     > "$RES/$name.log" 2>&1
   echo "$name rc=$?"
 }
 
-CUDA_VISIBLE_DEVICES=$TP_GPU timeout "$T_TP" python3 benchmarks/gpu/throughput.py --out "$RES/throughput.jsonl" \
-  --deadline "$TP_DEADLINE" > "$RES/throughput.log" 2>&1 &
+# (a), then (d) on the same GPU: the 1.3B round needs ~63 GiB and must not share a GPU with (b)/(c)
+# (it ran out of memory beside them once).
+( CUDA_VISIBLE_DEVICES=$TP_GPU timeout "$T_TP" python3 benchmarks/gpu/throughput.py --out "$RES/throughput.jsonl" \
+    --deadline "$TP_DEADLINE" > "$RES/throughput.log" 2>&1
+  if [ "$NGPU" -ge 2 ]; then GPU=$TP_GPU study d-1.3b gpu-1.3b --stop-after-round 1; fi ) &
 TP=$!
 if [ "$NGPU" -lt 2 ]; then wait $TP; fi
 
 PIDS=""
-study d-1.3b gpu-1.3b --stop-after-round 1 & PIDS="$PIDS $!"
+if [ "$NGPU" -lt 2 ]; then study d-1.3b gpu-1.3b --stop-after-round 1 & PIDS="$PIDS $!"; fi
 for s in 20m 75m 125m; do study "b-$s" "gpu-$s" & PIDS="$PIDS $!"; done
 ( study c-secagg gpu-125m --stop-after-round 1 --set federation.n_holders=8 --set data.partition=iid \
     --set federation.rounds=1 --set train.local_steps=8 --set train.batch_size=8 --set data.seq_len=2048 \
