@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from lightning.fabric import Fabric
 
-from securefed.training.flat import get_flat, set_flat
+from securefed.training.flat import set_flat
 
 __all__ = ["DPSGDConfig", "TrainConfig", "LocalUpdate", "LocalTrainer", "HolderTrainer", "make_fabric", "evaluate_loss"]
 
@@ -236,12 +236,14 @@ class HolderTrainer:
     def train_round(self, global_flat: torch.Tensor) -> LocalUpdate:
         """K inner steps from θ_global; returns Δ = θ_global − θ_local (flat, float32, CPU)."""
         parent, cfg = self.parent, self.parent.cfg
-        set_flat(parent.raw_model, global_flat)
+        device = parent.fabric.device
+        # one host->device copy of θ_global; it stays on the device to form Δ there (one copy back)
+        theta = global_flat.to(device=device, dtype=torch.float32, copy=True)  # never alias the caller's
+        set_flat(parent.raw_model, theta)
         if cfg.reset_optimizer:
             self.optimizer = self._make_optimizer()
         opt = self.optimizer
         parent.model.train()
-        device = parent.fabric.device
         losses = torch.zeros((), device=device)
         for _ in range(self.local_steps):
             lr = lr_at(cfg, self.step, self.total_steps)
@@ -252,7 +254,10 @@ class HolderTrainer:
             if x.shape[0] == 0:  # an empty Poisson batch releases nothing: skip the update
                 continue
             losses += parent._step_fn(opt, x)
-        delta = global_flat.to(torch.float32) - get_flat(parent.raw_model)
+        with torch.no_grad():
+            local = torch.cat([p.detach().reshape(-1).to(torch.float32) for p in parent.raw_model.parameters()])
+            delta = theta.sub_(local).to("cpu")     # (P,) float32: θ_global − θ_local
+        del local
         tokens = self.local_steps * self.batch_size * self.world_size * self.data.shape[1]
         eps = None
         if cfg.dp_sgd.enabled:
