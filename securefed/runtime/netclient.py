@@ -137,12 +137,22 @@ class NetClient:
     def _state_file(self) -> Path:
         return self.state_dir / "holder_state.json"
 
+    @property
+    def _torch_state_file(self) -> Path:
+        return self.state_dir / "holder_state.pt"
+
     def _load_state(self) -> None:
         self._state = {}
-        if self._state_file.exists():
+        st = None
+        if self._torch_state_file.exists():   # LM holders: optimizer tensors (torch, weights_only: never runs code)
+            import torch
+
+            st = torch.load(self._torch_state_file, weights_only=True)
+        elif self._state_file.exists():
             st = _loads_state(self._state_file.read_bytes())    # JSON + typed arrays: loading never runs code
+        if st is not None:
             if st.get("run_id") != self.welcome["run_id"]:
-                raise ValueError(f"{self._state_file} belongs to another run")
+                raise ValueError(f"holder state in {self.state_dir} belongs to another run")
             self.workload.load_state_dict(st["workload"])
             self._state = st
             log.info("holder %d: restored local state (next round %d)", self.id, st["next_round"])
@@ -153,7 +163,12 @@ class NetClient:
     def _save_state(self, next_round: int) -> None:
         self._state = {"version": 1, "run_id": self.welcome["run_id"], "next_round": next_round,
                        "workload": self.workload.state_dict()}
-        _atomic_write(self._state_file, _dumps_state(self._state))
+        if _holds_tensors(self._state):
+            from securefed.runtime.rundir import atomic_torch_save
+
+            atomic_torch_save(self._state, self._torch_state_file)
+        else:
+            _atomic_write(self._state_file, _dumps_state(self._state))
 
     def _record_release(self, r: int, manifest: dict) -> None:
         """Own ledger: one entry per round this holder released a masked input (before sending it)."""
@@ -240,6 +255,17 @@ def _test_pause(r: int, s: int) -> None:
     if (int(pr), int(ps)) == (r, s):
         Path(marker).write_text(str(os.getpid()))
         time.sleep(3600)
+
+
+def _holds_tensors(obj) -> bool:
+    """True if a torch tensor is anywhere in obj (checked without importing torch)."""
+    if type(obj).__module__.startswith("torch"):
+        return True
+    if isinstance(obj, dict):
+        return any(_holds_tensors(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_tensors(v) for v in obj)
+    return False
 
 
 def _dumps_state(obj) -> bytes:

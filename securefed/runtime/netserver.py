@@ -39,6 +39,32 @@ from securefed.transport.workload import theta_hash
 
 __all__ = ["ServerPlan", "NetServer", "EXIT", "StateError"]
 
+
+def _plain(obj):
+    """Only what torch.load(weights_only=True) accepts: numpy arrays become tensors, numpy scalars Python."""
+    import torch
+
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
+def _numpy(obj):
+    """Inverse of _plain for a workload state: tensors back to numpy arrays."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, dict):
+        return {k: _numpy(v) for k, v in obj.items()}
+    return obj
+
 log = logging.getLogger("securefed.server")
 
 # protocols/transport.md §10
@@ -120,12 +146,14 @@ class NetServer:
                  "workload": self.workload.state_dict(), "sampler": self.sampler.getstate(),
                  "privacy": self.privacy.state_dict(), "pending_finish": pending_finish, "metrics": self.metrics,
                  "roster": self.roster.to_dict()}
-        atomic_torch_save(state, self.rd.checkpoint_file)
+        atomic_torch_save(_plain(state), self.rd.checkpoint_file)
 
     def _restore(self) -> None:
         import torch
 
         st = torch.load(self.rd.checkpoint_file, weights_only=True)  # no pickle: a planted checkpoint must not run code
+        if isinstance(st.get("workload"), dict) and st["workload"].get("kind") == "synthetic":
+            st["workload"] = _numpy(st["workload"])  # the synthetic workload keeps numpy; LM keeps tensors
         if st.get("version") != 2 or st.get("dim") != self.workload.dim:
             raise StateError(f"checkpoint (version {st.get('version')}, {st.get('dim')} parameters) does not fit "
                              f"this run ({self.workload.dim} parameters)")

@@ -16,5 +16,5 @@ def small_overrides(sim_cache):
     return [
         "data.max_sources=4", "data.max_bytes_per_source=30000", "data.vocab_size=512", "data.seq_len=32",
         f"data.cache_dir={sim_cache}", "train.local_steps=2", "train.batch_size=4", "train.warmup_steps=1",
-        "train.eval_batch_size=64", "federation.rounds=2",
+        "train.eval_batch_size=64", "federation.rounds=2", "federation.eval_every=1",
     ]
