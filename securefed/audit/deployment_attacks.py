@@ -21,7 +21,7 @@ from securefed.primitives.keys import X25519KeyPair
 from securefed.primitives.prg import accumulate_masks
 from securefed.secagg import SecAggConfig, SecAggServer, decode
 from securefed.secagg import common as cm
-from securefed.secagg.messages import KIND_B, KIND_S, UnmaskShares
+from securefed.secagg.messages import KIND_B, KIND_S
 
 __all__ = ["welcome_downgrade", "holder_takes_config_from_welcome", "checkpoint_code_execution"]
 
@@ -90,9 +90,12 @@ def welcome_downgrade(roster_size: int = 16, cohort_size: int = 10, length: int 
     return Finding(
         "SEC-11", "Coordinator downgrades the holders' secure-aggregation parameters (welcome message)",
         VULNERABLE if vulnerable else MITIGATED,
-        f"`securefed client` takes ring bits, threshold fraction and the SecAgg+ degree from the coordinator's "
-        f"welcome (netclient.py: SecAggConfig(**wl['secagg'])), so C1 checks the RoundStart against the attacker's "
-        f"own numbers. Announcing neighbours=2 cut t from {default_t} to {t}; grinding the cohort ({tries} tries) put "
+        ("`securefed client` takes ring bits, threshold fraction and the SecAgg+ degree from the coordinator's "
+         "welcome with no floor of its own, so C1 checks the RoundStart against the attacker's numbers. "
+         if vulnerable else
+         "Holders now check the welcome against their own floor (runtime/netclient.py check_holder_policy): the "
+         "malicious welcome is refused before anything is encoded. Had a holder accepted it: ")
+        + f"announcing neighbours=2 cuts t from {default_t} to {t}; grinding the cohort ({tries} tries) put "
         f"the 2 corrupted holders on the target's share set, and coordinator + 2 holders recovered the target's "
         f"input exactly ({recovered}). The holders' default needs {default_t} colluders.",
         ev, ("SA-08", "SA-09", "TR-12", "SYS-11"),
@@ -153,10 +156,12 @@ def checkpoint_code_execution() -> Finding:
           "weights_only_true_loads_a_real_simulate_checkpoint": "checked by hand on a quick-profile run (all keys load)"}
     return Finding(
         "SEC-12", "Tampered checkpoint runs code at resume (pickle)", VULNERABLE if executed else MITIGATED,
-        "Checkpoints are loaded with torch.load(weights_only=False), i.e. full pickle, before any check: whoever can "
-        "write RUN_DIR/checkpoints/latest.pt (shared storage, a restored backup — the 'operator with file access' of "
-        f"threat_models/privacy.md) runs arbitrary code as the coordinator on --resume (payload executed: {executed}), "
-        "which defeats the ledger anchor and every privacy cap.", ev, ("PV-08", "TR-10", "SYS-13"),
+        ("Checkpoints are loaded with full pickle before any check: whoever can write RUN_DIR/checkpoints/latest.pt "
+         "(shared storage, a restored backup) runs arbitrary code as the coordinator on --resume, which defeats the "
+         "ledger anchor and every privacy cap." if executed else
+         "A checkpoint carrying a pickled code payload was planted and `--resume` run through the real "
+         "Simulation._restore path: the loader (torch.load weights_only=True) refused it and no code ran "
+         f"(payload executed: {executed}; unsafe load sites left in securefed/: {len(sites)})."), ev, ("PV-08", "TR-10", "SYS-13"),
         fix=("runtime/simulate.py:_restore and runtime/netserver.py: torch.load(..., weights_only=True) (simulate's "
              "checkpoint already loads that way: only tensors, dicts, ints, strings); netclient's own state file: "
              "JSON instead of pickle. Optionally authenticate the checkpoint (HMAC with a key outside RUN_DIR)."))
