@@ -7,7 +7,8 @@ sum of n embedded vectors decodes to the signed integer sum as long as every par
 ``max_clients`` inputs of L2 norm at most ``clip`` and refuses configurations that could wrap.
 
 Error bound (per coordinate, before dividing by anything): each stochastic rounding is unbiased
-and off by < 1 unit, so |dequantize(Σ q_i) − Σ x_i| < n / scale.
+and off by < 1 unit, so |dequantize(Σ q_i) − Σ x_i| < n / scale, plus the float32 cast of the
+result (≤ n·C·2^-24); :attr:`QuantizationPlan.sum_error_bound` states both.
 """
 
 from __future__ import annotations
@@ -85,8 +86,12 @@ class QuantizationPlan:
 
     @property
     def sum_error_bound(self) -> float:
-        """Per-coordinate bound on |dequantize(Σ q_i) − Σ x_i| for max_clients inputs."""
-        return self.max_clients / self.scale
+        """Per-coordinate bound on |dequantize(Σ q_i) − Σ x_i| for max_clients inputs.
+
+        n/scale from the roundings, plus the float32 cast of the result: |Σ x_i| <= n·clip, rounded
+        to float32 with relative error <= 2^-24.
+        """
+        return self.max_clients / self.scale + self.max_clients * self.clip * 2.0**-24
 
     def check_no_wrap(self, n_clients: int) -> None:
         """Raise ValueError if n_clients inputs could wrap the centred ring."""

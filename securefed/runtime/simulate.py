@@ -227,9 +227,9 @@ class Simulation:
             rd.write_json(rd.root / "data_manifest.json", self.data.manifest)
             self._checkpoint(0)
         t_start = time.perf_counter()
-        for r in self.progress.iter(range(self.start_round, fed.rounds), "federated rounds"):
-            from securefed.privacy import BudgetExhausted
+        from securefed.privacy import BudgetExhausted
 
+        for r in self.progress.iter(range(self.start_round, fed.rounds), "federated rounds"):
             try:
                 row = self.run_round(r)
             except BudgetExhausted as e:
