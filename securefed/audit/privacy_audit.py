@@ -26,7 +26,10 @@ PROFILES = {
 def lm_overrides(profile: dict, eps: float | None, cache_dir: str | None) -> list[str]:
     ov = ["data.max_sources=4", f"data.max_bytes_per_source={profile['max_bytes']}", "data.vocab_size=512",
           "data.seq_len=32", f"train.local_steps={profile['local_steps']}", "train.batch_size=8", "train.lr=0.01",
-          "train.warmup_steps=1", "train.eval_batch_size=64", f"federation.rounds={profile['rounds']}",
+          "train.warmup_steps=1", "train.eval_batch_size=64",
+          # pinned (not inherited from the demo preset, which is tuned for its own comparison): the
+          # optimizer the audit's exposure thresholds were calibrated with
+          "train.min_lr_ratio=0.1", "train.beta1=0.9", "train.beta2=0.95", "train.grad_clip=1.0", f"federation.rounds={profile['rounds']}",
           f"federation.eval_every={profile['rounds']}", "federation.weighting=uniform", "baseline=false"]
     if cache_dir:
         ov.append(f"data.cache_dir={cache_dir}")

@@ -71,6 +71,8 @@ def facts(run: dict) -> dict:
         "holder_epsilon_cap": priv.get("holder_epsilon_cap"),
         "fed_eval_ppl": run["summary"].get("fed_eval_ppl"),
         "central_eval_ppl": run["summary"].get("central_eval_ppl"),
+        "central_lr": run["summary"].get("central_lr"),
+        "central_batch_size": run["summary"].get("central_batch_size"),
         "tokens": run["summary"].get("tokens"),
         "rounds": run["summary"].get("rounds", len(metrics)),
     }
@@ -125,7 +127,9 @@ def sections(run: dict, f: dict) -> list:
                 "effects on the noise are not mitigated)" if f["mode"] == "central" else "no noise")
              + "; hash-chained, fsync'ed ledgers verified when this report was made"]]
     train = [["figure", "value"], ["federated eval perplexity", _fmt(f["fed_eval_ppl"])],
-             ["centralized baseline eval perplexity", _fmt(f["central_eval_ppl"])], ["tokens", _fmt(f["tokens"])],
+             ["centralized baseline eval perplexity", _fmt(f["central_eval_ppl"])],
+             ["centralized baseline inner lr / batch", f"{_fmt(f['central_lr'])} / {_fmt(f['central_batch_size'])}"],
+             ["tokens", _fmt(f["tokens"])],
              ["rounds", _fmt(f["rounds"])]]
     return [
         ("Ledger integrity", [verdict]),

@@ -1,5 +1,5 @@
 """Centralized baseline: the same model init, the union of the holders' data, the same inner optimizer
-and schedule shape, trained to exactly the token counts at which the federated run was evaluated.
+and schedule shape (at ``baseline_lr`` when set, else the holders' lr), trained to exactly the token counts at which the federated run was evaluated.
 
 Its batch is by default the federation's global batch (cohort size x holder batch), i.e. what
 data-parallel training over the same holders would use: the comparison the paper makes.
@@ -25,7 +25,8 @@ def run_centralized_baseline(sim, token_points: list[int]) -> list[dict]:
     tokens_per_step = batch * data.shape[1]
     total_steps = max(1, math.ceil(token_points[-1] / tokens_per_step))
     model = build_model(cfg.model.preset, vocab_size=len(sim.data.tokenizer), seq_len=cfg.data.seq_len, seed=cfg.seed)
-    trainer = LocalTrainer(model, dataclasses.replace(cfg.train, batch_size=batch))
+    lr = cfg.train.lr if cfg.baseline_lr is None else float(cfg.baseline_lr)
+    trainer = LocalTrainer(model, dataclasses.replace(cfg.train, batch_size=batch, lr=lr))
     from securefed.training.flat import get_flat
 
     theta = get_flat(model)
@@ -39,5 +40,6 @@ def run_centralized_baseline(sim, token_points: list[int]) -> list[dict]:
             theta = get_flat(trainer.raw_model)  # continue exactly where the chunk ended
             done = target
         loss = trainer.evaluate(sim.data.eval_global)
-        curve.append({"step": done, "tokens_seen": done * tokens_per_step, "eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))})
+        curve.append({"step": done, "tokens_seen": done * tokens_per_step, "eval_loss": loss,
+                      "eval_ppl": math.exp(min(loss, 700.0)), "lr": lr, "batch_size": batch})
     return curve

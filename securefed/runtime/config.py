@@ -87,9 +87,17 @@ class RunConfig:
     privacy: DPConfig = field(default_factory=DPConfig)
     baseline: bool = True                            # also train the centralized baseline at equal tokens
     baseline_batch_size: int | None = None           # None: cohort_size x train.batch_size (data-parallel equivalent)
+    # None: train.lr. The baseline's own tuned inner lr: federated averaging tolerates a higher inner lr
+    # than one centralized trajectory does (Photon), so a fair comparison runs each side at its own best
+    baseline_lr: float | None = None
     deterministic_secrets: bool = False              # derive all secret randomness from the seed (tests/replay only)
 
     def __post_init__(self) -> None:
+        if self.baseline_lr is not None:
+            if isinstance(self.baseline_lr, bool) or not isinstance(self.baseline_lr, (int, float)):
+                raise TypeError(f"baseline_lr must be a number or null, got {self.baseline_lr!r}")
+            if not (self.baseline_lr > 0 and math.isfinite(self.baseline_lr)):
+                raise ValueError(f"baseline_lr must be > 0 and finite, got {self.baseline_lr}")
         if self.privacy.mode == "distributed" and self.aggregation.mode == "plain":
             raise ValueError("privacy.mode=distributed needs secure aggregation (aggregation.mode secagg or ckks+secagg)")
         if self.privacy.mode != "none" and self.federation.weighting != "uniform":

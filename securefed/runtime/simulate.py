@@ -265,6 +265,8 @@ class Simulation:
             curve = run_centralized_baseline(self, [m["tokens_seen"] for m in self.metrics if "eval_ppl" in m])
             self.run_dir.write_jsonl(self.run_dir.baseline / "metrics.jsonl", curve)
             summary["central_eval_ppl"] = curve[-1]["eval_ppl"] if curve else None
+            if curve:  # what the comparison was made at (README: run directory contract)
+                summary["central_lr"], summary["central_batch_size"] = curve[-1]["lr"], curve[-1]["batch_size"]
             if summary["central_eval_ppl"] and summary["fed_eval_ppl"]:
                 summary["fed_over_central_ppl"] = summary["fed_eval_ppl"] / summary["central_eval_ppl"]
         return summary

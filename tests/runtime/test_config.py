@@ -19,6 +19,9 @@ def test_demo_preset_is_default_and_valid():
     ("model.preset=7b", "unknown model preset"),
     ("aggregation.mode=telepathy", "not one of"),
     ("federation.rounds=abc", "integer"),
+    ("baseline_lr=0", "baseline_lr must be > 0"),
+    ("baseline_lr=-0.1", "baseline_lr must be > 0"),
+    ("baseline_lr=abc", "expected a number"),
 ])
 def test_bad_settings_are_refused_clearly(override, message):
     with pytest.raises((ConfigError, ValueError), match=message):
