@@ -6,7 +6,8 @@ Same data pipeline, model, LocalTrainer and OuterOptimizer as `securefed simulat
 clear (secure aggregation changes the sum by < n/scale; the demo itself runs it). Keys and defaults are
 in ``a`` below (R rounds, K local steps, n holders, bs holder batch, olr outer lr, b1/b2 AdamW betas,
 clip inner grad-clip, minlr cosine floor, warm warmup steps, fed=0 / central=0 to skip a side; d/L
-override the model width/depth). THREADS sets torch threads; STDLIB_DIR points the stdlib corpus at a
+override the model width/depth; resetm scales each holder's AdamW first moment by 1 - resetm between
+rounds; n=1 cbs=16 fed=0 gives one holder's own trajectory). THREADS sets torch threads; STDLIB_DIR points the stdlib corpus at a
 copy of another Python's Lib (to replay this machine's corpus elsewhere).
 """
 import sys, math, time, json, dataclasses, os, torch
@@ -22,7 +23,7 @@ from securefed.training.outer import OuterOptimizer, OuterConfig
 from securefed.training.flat import get_flat, set_flat
 a = dict(R=16, K=6, lr=0.003, outer="fedavg", olr=1.0, mom=0.9, bs=16, warm=10, minlr=0.1,
          part="by_source", ms=8, mb=400000, central=1, reset=0, wd=0.1, cbs=0, n=4, model="tiny",
-         weighting="tokens", seq=128, olr_warm=0, b2=0.95, clip=1.0, seed=0, fed=1, b1=0.9, d=0, L=0)
+         weighting="tokens", seq=128, olr_warm=0, b2=0.95, clip=1.0, seed=0, fed=1, b1=0.9, d=0, L=0, resetm=0.0)
 for kv in sys.argv[1:]:
     k, v = kv.split("="); a[k] = type(a[k])(v) if not isinstance(a[k], str) else v
 R, K, n = a["R"], a["K"], a["n"]
@@ -38,6 +39,10 @@ hs = [tr.new_holder(i + 1, d.holder_train[i], seed=a["seed"], total_steps=R * K)
 t = time.time(); curve = []
 for r in range(R if a["fed"] else 0):
     ds = [h.train_round(oo.params.clone()) for h in hs]
+    if a["resetm"]:  # experiment: damp each holder's AdamW first moment between rounds (1.0 = zero it)
+        for h in hs:
+            for st in h.optimizer.state.values():
+                st["exp_avg"].mul_(1.0 - a["resetm"])
     if a["weighting"] == "tokens":
         tot = sum(u.tokens for u in ds); mean = sum(u.delta * u.tokens for u in ds) / tot
     else:
