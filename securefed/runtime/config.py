@@ -93,6 +93,8 @@ class RunConfig:
     deterministic_secrets: bool = False              # derive all secret randomness from the seed (tests/replay only)
 
     def __post_init__(self) -> None:
+        if self.baseline_batch_size is not None and self.baseline_batch_size < 1:
+            raise ValueError(f"baseline_batch_size must be >= 1 or null, got {self.baseline_batch_size}")
         if self.baseline_lr is not None:
             if isinstance(self.baseline_lr, bool) or not isinstance(self.baseline_lr, (int, float)):
                 raise TypeError(f"baseline_lr must be a number or null, got {self.baseline_lr!r}")

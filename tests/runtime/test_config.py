@@ -22,6 +22,7 @@ def test_demo_preset_is_default_and_valid():
     ("baseline_lr=0", "baseline_lr must be > 0"),
     ("baseline_lr=-0.1", "baseline_lr must be > 0"),
     ("baseline_lr=abc", "expected a number"),
+    ("baseline_batch_size=0", "baseline_batch_size must be >= 1"),
 ])
 def test_bad_settings_are_refused_clearly(override, message):
     with pytest.raises((ConfigError, ValueError), match=message):

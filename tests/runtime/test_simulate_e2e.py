@@ -28,6 +28,11 @@ def test_cli_demo_writes_the_run_directory_contract(tmp_path, small_overrides, c
     assert math.isfinite(summary["fed_eval_ppl"]) and math.isfinite(summary["central_eval_ppl"])
     # both models learned something: far below the uniform-guess perplexity (vocab 512)
     assert summary["fed_eval_ppl"] < 512 and summary["central_eval_ppl"] < 512
+    # the baseline ran at its own lr (the demo's baseline_lr, not train.lr) and the federation's global batch
+    cfg = load_run_config(overrides=small_overrides)
+    assert cfg.baseline_lr is not None and cfg.baseline_lr != cfg.train.lr
+    assert summary["central_lr"] == cfg.baseline_lr
+    assert summary["central_batch_size"] == cfg.federation.cohort_size * cfg.train.batch_size
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1]
     for key in ("clients_sampled", "clients_survived", "train_loss", "eval_loss", "eval_ppl", "tokens_seen",
