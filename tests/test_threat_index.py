@@ -26,12 +26,10 @@ def test_indexes_are_found():
     assert {"index.yaml", "privacy_index.yaml", "ckks_index.yaml", "transport_index.yaml", "system_index.yaml"} <= names
 
 
-@pytest.mark.parametrize("index", INDEXES, ids=lambda p: p.name)
-def test_every_threat_has_a_test_that_exists(index):
-    data = yaml.safe_load(index.read_text())
-    assert isinstance(data, dict) and isinstance(data.get("threats"), list) and data["threats"], index.name
-    problems, cache = [], {}
-    for t in data["threats"]:
+def _problems(threats: list, cache: dict | None = None) -> list[str]:
+    cache = {} if cache is None else cache
+    problems = []
+    for t in threats:
         missing_keys = {"id", "title", "adversary", "mitigations", "tests"} - set(t)
         if missing_keys:
             problems.append(f"{t.get('id')}: missing {sorted(missing_keys)}")
@@ -50,6 +48,14 @@ def test_every_threat_has_a_test_that_exists(index):
                 cache[path] = _defined(path)
             if name.split("::")[-1].split("[")[0] not in cache[path]:
                 problems.append(f"{t['id']}: {ref} (no such test)")
+    return problems
+
+
+@pytest.mark.parametrize("index", INDEXES, ids=lambda p: p.name)
+def test_every_threat_has_a_test_that_exists(index):
+    data = yaml.safe_load(index.read_text())
+    assert isinstance(data, dict) and isinstance(data.get("threats"), list) and data["threats"], index.name
+    problems = _problems(data["threats"])
     assert not problems, f"{index.name}:\n" + "\n".join(problems)
 
 
@@ -71,8 +77,13 @@ def test_every_system_threat_in_markdown_is_indexed():
     assert in_md and in_md == indexed, sorted(in_md ^ indexed)
 
 
-def test_checker_catches_a_missing_test(tmp_path):
+def test_checker_catches_a_missing_test():
     """The checker itself can fail: a reference to a test that does not exist is reported."""
     fake = ROOT / "tests" / "test_threat_index.py"
     assert "test_checker_catches_a_missing_test" in _defined(fake)
     assert "test_that_does_not_exist" not in _defined(fake)
+    base = {"id": "X-1", "title": "t", "adversary": "a", "mitigations": ["m"]}
+    assert _problems([dict(base, tests=["tests/test_threat_index.py::test_checker_catches_a_missing_test"])]) == []
+    assert _problems([dict(base, tests=["tests/test_threat_index.py::test_that_does_not_exist"])])
+    assert _problems([dict(base, tests=["tests/no_such_file.py::test_x"])])
+    assert _problems([dict(base, tests=[])]) and _problems([{"id": "X-2"}])

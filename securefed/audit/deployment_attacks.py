@@ -11,6 +11,7 @@ a random graph the server cannot choose).
 from __future__ import annotations
 
 import itertools
+import pickle
 
 import numpy as np
 
@@ -58,9 +59,10 @@ def welcome_downgrade(roster_size: int = 16, cohort_size: int = 10, length: int 
     ev = {"holder_config_from_welcome": holder_takes_config_from_welcome(), "welcome_secagg": MALICIOUS_WELCOME["secagg"],
           "cohorts_tried": tries}
     default_t = SecAggConfig().thresholds(cohort_size).threshold
-    if cohort is None:
+    if cohort is None:  # the attack could not be staged: the verdict rests on the holder's own check alone
         ev["graph_found"] = False
-        return Finding("SEC-11", "Coordinator downgrades the holders' secure-aggregation parameters", MITIGATED,
+        return Finding("SEC-11", "Coordinator downgrades the holders' secure-aggregation parameters",
+                       VULNERABLE if ev["holder_config_from_welcome"] else MITIGATED,
                        "grinding failed", ev, ("SA-08", "TR-12", "SYS-11"))
     r = Round(cohort=cohort, config=cfg, federation_=fed, length=length, seed=5).steps(3)
     held = {j: r.clients[j]._held[target][KIND_S] for j in colluders}   # what the corrupted holders hand over
@@ -133,16 +135,17 @@ def checkpoint_code_execution() -> Finding:
     root = Path(securefed.__file__).parent
     sites = [f"{p.relative_to(root.parent)}:{n}" for p in sorted(root.rglob("*.py")) if "audit" not in p.parts
              for n, line in enumerate(p.read_text().splitlines(), 1)
-             if "weights_only=False" in line or "pickle.loads(" in line]
+             if ("torch.load(" in line and "weights_only=True" not in line) or "pickle.load" in line]
     with tempfile.TemporaryDirectory() as tmp:
         marker, ck = Path(tmp) / "executed", Path(tmp) / "latest.pt"
         torch.save({"version": 1, "next_round": _Payload(marker)}, ck)
         fake = SimpleNamespace(run_dir=SimpleNamespace(checkpoint_file=ck), dim=1,
                                cfg=SimpleNamespace(model=SimpleNamespace(preset="tiny")))
+        refused_with = None
         try:
             Simulation._restore(fake)  # the real resume code path of `securefed simulate --resume`
-        except Exception:
-            pass
+        except pickle.UnpicklingError as e:  # the safe loader's refusal; anything else crashes the scenario
+            refused_with = type(e).__name__
         executed = marker.exists()
         marker.unlink(missing_ok=True)
         try:
@@ -151,14 +154,16 @@ def checkpoint_code_execution() -> Finding:
         except Exception:
             safe_loader_refuses = True
         safe_loader_ran_code = marker.exists()
-    ev = {"unsafe_load_sites": sites, "payload_executed_on_resume": executed,
+    # mitigated only if the resume path refused the payload AND no pickle-capable load is left anywhere
+    verdict = VULNERABLE if executed or refused_with is None or sites else MITIGATED
+    ev = {"unsafe_load_sites": sites, "payload_executed_on_resume": executed, "resume_refused_with": refused_with,
           "weights_only_true_refuses_payload": safe_loader_refuses and not safe_loader_ran_code,
           "weights_only_true_loads_a_real_simulate_checkpoint": "checked by hand on a quick-profile run (all keys load)"}
     return Finding(
-        "SEC-12", "Tampered checkpoint runs code at resume (pickle)", VULNERABLE if executed else MITIGATED,
+        "SEC-12", "Tampered checkpoint runs code at resume (pickle)", verdict,
         ("Checkpoints are loaded with full pickle before any check: whoever can write RUN_DIR/checkpoints/latest.pt "
          "(shared storage, a restored backup) runs arbitrary code as the coordinator on --resume, which defeats the "
-         "ledger anchor and every privacy cap." if executed else
+         "ledger anchor and every privacy cap." if verdict == VULNERABLE else
          "A checkpoint carrying a pickled code payload was planted and `--resume` run through the real "
          "Simulation._restore path: the loader (torch.load weights_only=True) refused it and no code ran "
          f"(payload executed: {executed}; unsafe load sites left in securefed/: {len(sites)})."), ev, ("PV-08", "TR-10", "SYS-13"),

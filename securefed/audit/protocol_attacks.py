@@ -11,13 +11,13 @@ import dataclasses
 import numpy as np
 
 from securefed.audit.findings import MITIGATED, RESIDUAL, Finding
-from securefed.audit.harness import CTX, Round
+from securefed.audit.harness import Round
 from securefed.primitives import shamir
 from securefed.primitives.keys import X25519KeyPair, generate_identity
 from securefed.primitives.rng import DeterministicEntropy
 from securefed.secagg import decode, encode
-from securefed.secagg.messages import (KIND_B, KIND_S, AdvertiseKeys, ConsistencySignature, ForwardedShares, KeyRoster,
-                                       SurvivorList, UnmaskRequest, UnmaskShares)
+from securefed.secagg.messages import (KIND_B, KIND_S, ForwardedShares, KeyRoster, SurvivorList, UnmaskRequest,
+                                       UnmaskShares)
 
 __all__ = ["lying_dropouts", "key_substitution", "sybil_holders", "model_inconsistency", "replay", "bad_shares"]
 
