@@ -91,7 +91,7 @@ class RoundPrivacy:
         """Ring sum of the survivors' encodings -> float32 SUM of their clipped (noised) updates, length dim."""
         if self.finished:
             raise RuntimeError("round already finished")
-        s = self._check_survivors(survivors)
+        self._check_survivors(survivors)
         self._entropy = entropy
         ring_sum = np.asarray(ring_sum)
         if ring_sum.dtype != self.ring.dtype or ring_sum.shape != (self.encoded_dim,):
@@ -120,7 +120,7 @@ class RoundPrivacy:
         self.decoded = True
         return self._central_noise(x, entropy) if self.mode == "central" else x.copy()
 
-    def finish(self, *, survivors: Sequence[int], clip_infos: Mapping[int, ClipInfo]) -> dict:
+    def finish(self, *, survivors: Sequence[int], clip_infos: Mapping[int, ClipInfo], completing: bool = False) -> dict:
         """Record the release: holder ledgers, then the server ledger. Returns the server entry
         (plus ``clip_fraction``, the exact fraction of clipped survivors: simulation telemetry, not in the ledger)."""
         if self.finished:
@@ -143,7 +143,7 @@ class RoundPrivacy:
                 frac = exact_within / max(1, len(infos))
             if frac is not None:
                 next_clip = adaptive_update(self.clip_bound, frac, self._s.config.target_quantile)
-        entry = self._s.record(self, s, frac, next_clip)
+        entry = self._s.record(self, s, frac, next_clip, completing=completing)
         self.finished = True
         entry["clip_fraction"] = (1 - exact_within / len(infos)) if infos else math.nan
         return entry

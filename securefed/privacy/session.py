@@ -148,10 +148,12 @@ class PrivacySession:
         samp, q = (self.sampling, self.q) if sampled else (self.sampling, 1.0)  # holder view: same relation, no amplification
         if not self.config.dp_on:
             return RoundEvent("none", samp, q)
-        if plan is None or survivors == 0:  # no survivor: nothing was released this round
-            return RoundEvent("empty", samp, q)
-        if self.config.mode == "central":
+        if self.config.mode == "central":  # the server's noise does not depend on survivors (dp.md §6.1)
             return RoundEvent("gaussian", samp, q, noise_multiplier=z)
+        # distributed: under zero-out the survivor count does not depend on any one holder's data, so a
+        # round whose sum holds no share released nothing (dp.md §6.1)
+        if plan is None or survivors == 0:
+            return RoundEvent("empty", samp, q)
         l1, l2 = plan.sensitivity()
         m = survivors  # the shares actually in the sum: the dropout shortfall is accounted here
         if self.config.mechanism == "ddgauss":
@@ -211,8 +213,14 @@ class PrivacySession:
         self._open = RoundPrivacy(self, round_index, ids, tuple(participants), tuple(refused), dim, plan, z)
         return self._open
 
-    def record(self, rp: RoundPrivacy, survivors: Sequence[int], noisy_fraction: float | None, next_clip: float) -> dict:
-        """Append holder entries, then the server entry (called by RoundPrivacy.finish)."""
+    def record(self, rp: RoundPrivacy, survivors: Sequence[int], noisy_fraction: float | None, next_clip: float,
+               *, completing: bool = False) -> dict:
+        """Append holder entries, then the server entry (called by RoundPrivacy.finish).
+
+        ``completing``: this finishes the accounting of a release that already happened (a coordinator
+        killed between the holder appends and the server append); a holder whose ledger already holds
+        this round is not charged again. Without it, a round that runs again is a new release and is
+        charged again."""
         z, surv = rp.noise_multiplier, tuple(sorted(survivors))
         common = {"version": 1, "round": rp.round_index, "privacy_unit": "holder", "neighbouring_relation": self.neighbouring,
                   "mode": self.config.mode, "mechanism": self._mechanism, "clip": rp.clip_bound, "noise_multiplier": z,
@@ -221,6 +229,8 @@ class PrivacySession:
         hev = self._event(rp.plan, z, len(surv), sampled=False)
         for h in rp.cohort:
             led, acc = self._holder(h)
+            if completing and any(e.get("round") == rp.round_index for e in led.entries):
+                continue
             status = "refused" if h in rp.refused else ("included" if h in surv else "dropped")
             if status == "included":
                 acc.add(hev)

@@ -92,7 +92,7 @@ class NetPrivacy:
             return False
         rp = self.session.begin_round(pending["round"], cohort=pending["cohort"], dim=pending["dim"])
         infos = {int(h): ClipInfo(norm=v[0], clipped=v[1]) for h, v in pending["clip_infos"].items()}
-        rp.finish(survivors=pending["survivors"], clip_infos=infos)
+        rp.finish(survivors=pending["survivors"], clip_infos=infos, completing=True)  # holders already charged: not again
         log.warning("replayed round %d's privacy accounting from the checkpoint", pending["round"])
         return True
 

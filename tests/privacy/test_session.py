@@ -243,3 +243,24 @@ def test_a_round_without_survivors_costs_nothing(tmp_path):
     entry = rp.finish(survivors=[], clip_infos={})
     assert entry["event"]["mechanism"] == "empty" and entry["epsilon"] == 0.0
     assert [e["status"] for e in read_ledger(tmp_path / "privacy" / "holders" / "holder-0.jsonl")] == ["refused"]
+
+
+def test_central_round_without_survivors_is_still_charged(tmp_path):
+    # the server's Gaussian noise does not depend on survivors (dp.md §6.1): no "empty" shortcut
+    s = _session(tmp_path, DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0))
+    rp = s.begin_round(0, cohort=list(range(8)), dim=DIM)
+    entry = rp.finish(survivors=[], clip_infos={})
+    assert entry["event"]["mechanism"] == "gaussian" and entry["epsilon"] > 0.0
+
+
+def test_completing_a_round_does_not_charge_its_holders_twice(tmp_path):
+    # a coordinator killed after the holder appends, before the server append, completes the same release
+    cfg = DPConfig(mode="distributed", noise_multiplier=1.0)
+    s = _session(tmp_path, cfg)
+    _run_round(s, 0, list(range(8)))
+    once = s.holder_epsilon(0)
+    s.ledger.entries.pop()  # as if the server entry had never been appended (holder entries were)
+    rp = s.begin_round(0, cohort=list(range(8)), dim=DIM)
+    rp.finish(survivors=list(rp.participants), clip_infos={}, completing=True)
+    assert s.holder_epsilon(0) == pytest.approx(once)
+    assert [e["round"] for e in read_ledger(tmp_path / "privacy" / "holders" / "holder-0.jsonl")] == [0]
