@@ -26,6 +26,8 @@ from securefed.primitives.quantize import plan_quantization, quantize
 from securefed.primitives.rng import SystemEntropy
 from securefed.privacy.clipping import l2_clip
 from securefed.secagg import SecAggAborted, SecAggClient, SecAggConfig, UnexpectedMessage
+from securefed.secagg.messages import RoundStart
+from securefed.secagg.messages import decode as secagg_decode
 from securefed.transport.client import FATAL_CODES, Backoff, Refused, TransportClient
 from securefed.transport.coordinator import SECAGG_STAGES, Stage
 from securefed.transport.frames import FrameError, Kind
@@ -203,13 +205,13 @@ class NetClient:
         if m is None or len(m.payload) != 4 * dim or theta_hash(m.payload).hex() != man["model_sha256"]:
             log.warning("holder %d: round %d model missing or not the announced one; skipping", self.id, r)
             return r + 1
+        cfg = SecAggConfig(**wl["secagg"])
+        check_holder_policy(cfg, man, floor=self.policy)  # before any local work: a refused round costs nothing
+        if int(man["ring_bits"]) != cfg.ring_bits:
+            raise PolicyRefused("the manifest's ring differs from the secure-aggregation ring")
         t0 = time.perf_counter()
         theta = np.frombuffer(m.payload, dtype="<f4").astype(np.float32)
         upd = self.workload.train_round(theta, r)
-        cfg = SecAggConfig(**wl["secagg"])
-        check_holder_policy(cfg, man, floor=self.policy)
-        if int(man["ring_bits"]) != cfg.ring_bits:
-            raise FrameError("the manifest's ring differs from the secure-aggregation ring")
         # as RoundPrivacy.encode (modes none/central): clip to the round's C, quantize with its scale;
         # plan_quantization refuses a scale that could wrap the ring for max_clients holders
         clipped, clip_info = l2_clip(upd.delta, float(man["clip"]))
@@ -229,6 +231,8 @@ class NetClient:
             if f is None:
                 log.warning("holder %d: dropped from round %d at stage %d (%s)", self.id, r, s, info.get("reason"))
                 break
+            if s == SECAGG_STAGES[0]:
+                _check_round_start(f.payload, man)
             try:
                 reply = sc.handle(f.payload)
             except (SecAggAborted, UnexpectedMessage) as e:
@@ -242,6 +246,20 @@ class NetClient:
         self._save_state(r + 1)
         log.info("holder %d: round %d done (up %d B, down %d B)", self.id, r, self.tc.bytes_up, self.tc.bytes_down)
         return r + 1
+
+
+def _check_round_start(payload: bytes, manifest: dict) -> None:
+    """The policy floor was checked against the manifest's cohort: the secure-aggregation round must
+    run on exactly that cohort, or a coordinator could pass the floor with a small announced cohort and
+    run the protocol on another (different graph degree, more values in the ring) (audit SEC-11)."""
+    try:
+        msg = secagg_decode(payload)
+    except Exception:
+        raise PolicyRefused("the secure-aggregation round start could not be decoded") from None
+    if not isinstance(msg, RoundStart) or tuple(sorted(msg.cohort)) != tuple(sorted(manifest["cohort"])):
+        raise PolicyRefused("the secure-aggregation round's cohort differs from the round manifest's")
+    if msg.round_index != manifest["round"] or msg.ring_bits != int(manifest["ring_bits"]):
+        raise PolicyRefused("the secure-aggregation round start differs from the round manifest (round or ring)")
 
 
 def _test_pause(r: int, s: int) -> None:

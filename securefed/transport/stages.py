@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from securefed.secagg import SecAggServer, ServerStage
-from securefed.secagg.messages import MaskedInput
+from securefed.secagg import SecAggServer
 from securefed.transport.frames import FrameError
 
 __all__ = ["Stage", "SECAGG_STAGES", "MAX_CONTROL", "MAX_RESULT", "Deadlines", "RoundOutcome",
@@ -50,19 +49,12 @@ class RoundOutcome:
 
 
 def accept_streamed_masked(sa: SecAggServer, sender: int) -> None:
-    """Register an already-folded MaskedInput with the secagg server (S1, S4 checked by the stream).
-
-    SecAggServer has no public entry for inputs folded chunk-wise into ``sa.total``; until it does
-    (requested: ``SecAggServer.accept_streamed_masked(sender)``), this records the acceptance the way
-    ``receive`` would, with an empty vector (the words are already in ``sa.total``).
-    """
-    public = getattr(sa, "accept_streamed_masked", None)
-    if public is not None:
-        public(sender)
-        return
-    if sa.stage is not ServerStage.COLLECT_MASKED or sender not in sa._expected() or sender in sa._got:
-        raise FrameError("masked input not expected from this holder")
-    sa._got[sender] = MaskedInput(sender, sa.ring.bits, np.empty(0, dtype=sa.ring.dtype))
+    """Register an already-folded MaskedInput with the secagg server (S1, S4 checked by the stream);
+    a holder not expected now is a FrameError, as any other out-of-protocol frame."""
+    try:
+        sa.accept_streamed_masked(sender)
+    except ValueError as e:
+        raise FrameError("masked input not expected from this holder") from e
 
 
 def round_report(data: bytes) -> dict:
