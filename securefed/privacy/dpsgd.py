@@ -30,13 +30,16 @@ def attach_dp_sgd(
     max_grad_norm: float,
     expected_batch_size: int,
     sample_rate: float,
+    generator: torch.Generator | None = None,
 ) -> tuple[GradSampleModule, DPOptimizer, RDPAccountant]:
     """Wrap ``model``/``optimizer`` for DP-SGD; returns (GradSampleModule, DPOptimizer, accountant).
 
     Every ``optimizer.step()`` clips each sample's gradient to ``max_grad_norm``, adds
     N(0, (noise_multiplier·max_grad_norm)²) to the sum, divides by ``expected_batch_size`` and records
     one step (noise_multiplier, sample_rate) in the accountant. Note the model must be called with
-    per-sample-separable losses (no batch-coupled layers such as BatchNorm).
+    per-sample-separable losses (no batch-coupled layers such as BatchNorm). ``generator``: where the
+    noise is drawn from (on the parameters' device); None falls back to torch's global RNG, which is
+    predictable from a seed: callers that release models pass a secretly seeded one.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError("model must be a torch.nn.Module")
@@ -59,6 +62,7 @@ def attach_dp_sgd(
         noise_multiplier=float(noise_multiplier),
         max_grad_norm=float(max_grad_norm),
         expected_batch_size=expected_batch_size,
+        generator=generator,
     )
     accountant = RDPAccountant()
     dp_opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=float(sample_rate)))

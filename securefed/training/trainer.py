@@ -14,6 +14,7 @@ counter (the LR schedule runs over the holder's planned total steps) and its dat
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -133,10 +134,11 @@ class LocalTrainer:
             self._forward = self.model
 
     def new_holder(self, holder_id: int, data: torch.Tensor, *, seed: int, total_steps: int,
-                   local_steps: int | None = None, batch_size: int | None = None) -> "HolderTrainer":
+                   local_steps: int | None = None, batch_size: int | None = None,
+                   dp_secret_seed: int | None = None) -> "HolderTrainer":
         return HolderTrainer(self, holder_id, data, seed=seed, total_steps=total_steps,
                              local_steps=local_steps or self.cfg.local_steps,
-                             batch_size=batch_size or self.cfg.batch_size)
+                             batch_size=batch_size or self.cfg.batch_size, dp_secret_seed=dp_secret_seed)
 
     def _train_step(self, opt, x: torch.Tensor) -> torch.Tensor:
         out = self._forward(input_ids=x, labels=x)
@@ -174,7 +176,7 @@ class HolderTrainer:
     """One data holder's inner optimisation state: AdamW, step counter, data cursor."""
 
     def __init__(self, parent: LocalTrainer, holder_id: int, data: torch.Tensor, *, seed: int,
-                 total_steps: int, local_steps: int, batch_size: int) -> None:
+                 total_steps: int, local_steps: int, batch_size: int, dp_secret_seed: int | None = None) -> None:
         if data.ndim != 2 or data.dtype != torch.long:
             raise ValueError(f"holder {holder_id}: training data must be a (N, T) LongTensor")
         if data.shape[0] < 1:
@@ -189,6 +191,13 @@ class HolderTrainer:
         self.epoch, self.cursor = 0, 0
         self._perm_epoch, self._perm_cache = -1, torch.empty(0, dtype=torch.long)
         self.accountant = None   # record-level DP-SGD accountant (Opacus RDP) when train.dp_sgd is on
+        # DP-SGD's Poisson batches and Gaussian noise must be unpredictable: seeded from 64 OS-random bits
+        # (never from the public run seed, never checkpointed); tests pass dp_secret_seed to replay.
+        # torch's generators are not CSPRNGs (Opacus' secure_mode needs torchcsprng): README says so.
+        if parent.cfg.dp_sgd.enabled:
+            secret = int.from_bytes(os.urandom(8), "little") if dp_secret_seed is None else int(dp_secret_seed)
+            self._dp_batch_gen = torch.Generator().manual_seed(secret)
+            self._dp_noise_gen = torch.Generator(device=parent.fabric.device).manual_seed(secret ^ 0x5DEECE66D)
         self.optimizer = self._make_optimizer()
 
     def _make_optimizer(self):
@@ -203,7 +212,8 @@ class HolderTrainer:
             _, opt, accountant = attach_dp_sgd(gsm, opt, noise_multiplier=cfg.dp_sgd.noise_multiplier,
                                                max_grad_norm=cfg.dp_sgd.max_grad_norm,
                                                expected_batch_size=self.batch_size,
-                                               sample_rate=self.batch_size / self.data.shape[0])
+                                               sample_rate=self.batch_size / self.data.shape[0],
+                                               generator=self._dp_noise_gen)
             if getattr(self, "accountant", None) is not None:  # optimizer reset: the spend carries on
                 accountant.load_state_dict(self.accountant.state_dict())
             self.accountant = accountant
@@ -220,8 +230,7 @@ class HolderTrainer:
     def _next_batch(self) -> torch.Tensor:
         if self.parent.cfg.dp_sgd.enabled:
             # Poisson sampling (the accountant's assumption): each row independently with q = B / N
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.holder_id * 7_919 + self.step) % (2**63 - 1))
-            mask = torch.rand(self.data.shape[0], generator=g) < self.batch_size / self.data.shape[0]
+            mask = torch.rand(self.data.shape[0], generator=self._dp_batch_gen) < self.batch_size / self.data.shape[0]
             return self.data[mask]
         # A holder with several GPUs (train.devices > 1): every rank walks the same permutation and takes
         # its own slice of world·batch rows, so ranks see different data (batch_size is per device).
