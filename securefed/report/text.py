@@ -102,7 +102,11 @@ def sections(run: dict, f: dict) -> list:
     }.get(f["mode"], "unknown mode")
     holders = run["holders"]
     worst = max((h["epsilon"] for h in holders.values() if h.get("ok")), default=None)
-    if worst is not None and dp:
+    broken = [name for name, h in holders.items() if not h.get("ok")]
+    if broken and dp:  # never state a maximum that silently leaves out a ledger we could not read
+        eps_words += (f" The largest ε in any holder's own ledger is unknown: the ledger of {', '.join(broken)} "
+                      "is broken.")
+    elif worst is not None and dp:
         eps_words += f" The largest ε in any holder's own ledger (no amplification) is {_fmt(worst)}."
     hrows = [["holder", "ε (own ledger)", "cap", "rounds included", "refused", "dropped"]]
     for name, h in holders.items():
@@ -125,7 +129,8 @@ def sections(run: dict, f: dict) -> list:
                 "integer noise and modular ring arithmetic (no floating-point noise in the released sum)"
                 if f["mode"] == "distributed" else "continuous float64 Gaussian noise at the server (floating-point "
                 "effects on the noise are not mitigated)" if f["mode"] == "central" else "no noise")
-             + "; hash-chained, fsync'ed ledgers verified when this report was made"]]
+             + ("; hash-chained, fsync'ed ledgers verified when this report was made" if led["ok"] and not broken
+                else "; hash-chained, fsync'ed ledgers — verification FAILED when this report was made (see above)")]]
     train = [["figure", "value"], ["federated eval perplexity", _fmt(f["fed_eval_ppl"])],
              ["centralized baseline eval perplexity", _fmt(f["central_eval_ppl"])],
              ["centralized baseline inner lr / batch", f"{_fmt(f['central_lr'])} / {_fmt(f['central_batch_size'])}"],

@@ -25,7 +25,7 @@ import torch
 
 from securefed.configio import dump_yaml
 from securefed.runtime.aggregate import RoundInputs, aggregate_round
-from securefed.runtime.baseline import run_centralized_baseline
+from securefed.runtime.baseline import baseline_lr_and_batch, run_centralized_baseline
 from securefed.runtime.config import RunConfig
 from securefed.runtime.parties import EntropyFactory
 from securefed.runtime.progress import Progress
@@ -168,7 +168,8 @@ class Simulation:
         if deltas:
             try:
                 agg = aggregate_round(self, rp, RoundInputs(deltas, r, flat_hash(theta), weights))
-            except SecAggAborted as e:  # below threshold: nothing was revealed, the model stays as it was
+            except SecAggAborted as e:  # below threshold: no masked sum revealed, the model stays as it was
+                # (with ckks+secagg the CKKS-routed part was already decrypted: README, Secure aggregation)
                 aborted = str(e)
                 self.progress.print(f"[yellow]round {r + 1} aborted: {e}[/]")
         if agg is not None:
@@ -265,8 +266,7 @@ class Simulation:
             curve = run_centralized_baseline(self, [m["tokens_seen"] for m in self.metrics if "eval_ppl" in m])
             self.run_dir.write_jsonl(self.run_dir.baseline / "metrics.jsonl", curve)
             summary["central_eval_ppl"] = curve[-1]["eval_ppl"] if curve else None
-            if curve:  # what the comparison was made at (README: run directory contract)
-                summary["central_lr"], summary["central_batch_size"] = curve[-1]["lr"], curve[-1]["batch_size"]
+            summary["central_lr"], summary["central_batch_size"] = baseline_lr_and_batch(self.cfg)
             if summary["central_eval_ppl"] and summary["fed_eval_ppl"]:
                 summary["fed_over_central_ppl"] = summary["fed_eval_ppl"] / summary["central_eval_ppl"]
         return summary
