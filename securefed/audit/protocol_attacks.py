@@ -132,7 +132,8 @@ def sybil_holders() -> Finding:
         ev["server_refuses_unrostered_cohort"] = False
     except (ValueError, KeyError):
         ev["server_refuses_unrostered_cohort"] = True
-    ok = ev["cohort_with_unrostered_ids"]["holders_aborted"] == 7 and ev["sybil_with_roster_id"]["holders_aborted"] == 6
+    ok = (ev["cohort_with_unrostered_ids"]["holders_aborted"] == 7 and ev["sybil_with_roster_id"]["holders_aborted"] == 6
+          and ev["server_refuses_unrostered_cohort"])
     return Finding("SEC-03", "Sybil holders beyond the roster", MITIGATED if ok else "VULNERABLE",
                    "Holders abort on a cohort naming ids outside the roster (C1) and on advertisements not signed by "
                    "the roster key of their id (C2). Residual: whoever distributes the roster decides who is a holder "

@@ -105,7 +105,8 @@ def _hybrid(sim, rp, inputs: RoundInputs) -> AggregateResult:
     clipped, infos = {}, {}
     for h, d in inputs.deltas.items():
         clipped[h], infos[h] = rp.clip(h, d.numpy())
-    he = run_ckks_round({h: plan.split(c)[0] for h, c in clipped.items()}, policy=sim.cfg.aggregation.ckks,
+    parts = {h: plan.split(c) for h, c in clipped.items()}  # (CKKS half, masked half), split once
+    he = run_ckks_round({h: p[0] for h, p in parts.items()}, policy=sim.cfg.aggregation.ckks,
                         round_index=r, keyring=sim.ckks_keyring, server=sim.ckks_server,
                         entropy_for=lambda party: sim.entropy.for_party(r, party, "ckks"))
     a = sorted(he.survivors)
@@ -115,7 +116,7 @@ def _hybrid(sim, rp, inputs: RoundInputs) -> AggregateResult:
         raise SecAggAborted("no holder's CKKS upload was accepted")
     qplan = plan_quantization(clip=rp.clip_bound, ring_bits=sim.cfg.aggregation.secagg.ring_bits,
                               max_clients=len(a))
-    ring_inputs = {h: quantize(plan.split(clipped[h])[1], qplan, sim.entropy.for_party(r, h, "encode")) for h in a}
+    ring_inputs = {h: quantize(parts[h][1], qplan, sim.entropy.for_party(r, h, "encode")) for h in a}
     sec = _run_secure_sum(sim, ring_inputs, inputs)
     b = sorted(sec.survivors)
     ckks_total = np.asarray(he.total, dtype=np.float64)
