@@ -101,6 +101,7 @@ class HolderRole:
         self.generation = 0  # 0: no key yet; generations start at 1
         self.key_id: str | None = None
         self._eph: tuple[int, X25519KeyPair] | None = None  # (generation, fresh X25519 key pair)
+        self._released: set[tuple[int, int]] = set()  # (generation, round) whose sum this holder decrypted
 
     @property
     def has_key(self) -> bool:
@@ -194,12 +195,19 @@ class HolderRole:
     # §5.3 decryption of the aggregate and noise flooding before release (§4.3)
     def decrypt(
         self, msg: AggregateMsg, *, length: int, cohort: frozenset[int],
-        roster: Mapping[int, HolderPublic], entropy: Entropy,
+        roster: Mapping[int, HolderPublic], entropy: Entropy, round_index: int | None = None,
     ) -> np.ndarray:
+        """D1–D4 (protocols/ckks.md §5.3); D4: at most one released sum per (key generation, round),
+        for the round the caller is in (``round_index``): two sums over different sets would expose
+        their difference, and an old round's aggregate must not be released again."""
         if self._ctx is None:
             raise ValueError(f"holder {self.holder_id} has no CKKS key")
         if msg.generation != self.generation or msg.key_id != self.key_id:
             raise ValueError("aggregate is under another key generation")
+        if round_index is not None and msg.round_index != round_index:
+            raise ValueError(f"aggregate is for round {msg.round_index}, not the current round {round_index}")
+        if (msg.generation, msg.round_index) in self._released:
+            raise ValueError(f"a sum of round {msg.round_index} was already released under this key (D4)")
         survivors = set(msg.survivors)
         if len(survivors) != len(msg.survivors) or not survivors <= cohort:
             raise ValueError("aggregate: survivors must be distinct members of the cohort")
@@ -213,6 +221,7 @@ class HolderRole:
                 raise ValueError(f"aggregate has {len(msg.ciphertexts)} ciphertexts, expected {len(lens)}")
             sums = [check_ciphertext(b, self._ctx, self.policy, n, f"aggregate[{i}]")
                     for i, (b, n) in enumerate(zip(msg.ciphertexts, lens))]
+        self._released.add((msg.generation, msg.round_index))  # recorded before the sum leaves this holder
         total = np.concatenate([np.asarray(v.decrypt()) for v in sums]).astype(np.float64)
         if self.policy.decrypt_flood_bits > 0:
             total += gaussian(entropy, length) * 2.0 ** (self.policy.decrypt_flood_bits - self.policy.scale_bits)

@@ -1,8 +1,10 @@
-"""`securefed client`: one data holder of a networked federation (gRPC, mutual TLS).
+"""`securefed client`: one data holder of a networked federation (gRPC + mutual TLS).
 
-Exit codes (protocols/transport.md §10): 0 all rounds done · 1 unexpected error · 2 usage/config error ·
-3 the coordinator refused this holder's certificate · 6 coordinator unreachable after --max-failures ·
-7 the coordinator asked for secure-aggregation settings below this holder's floor (--min-graph/--min-ring-bits).
+The holder's own YAML config (securefed.federation.holder_config) fixes its data, its floors, its ε
+budget and its hardware; nothing the coordinator sends can change them. Exit codes
+(protocols/transport.md §10): 0 all rounds done · 1 unexpected error · 2 usage/config error (bad or
+contradictory holder config, missing key or data file) · 3 the coordinator refused this holder's
+certificate · 6 coordinator unreachable after max_failures · 7 the run is below this holder's floors.
 """
 
 from __future__ import annotations
@@ -12,61 +14,27 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("client", help="run one data holder against a coordinator (gRPC + mutual TLS)")
-    p.add_argument("--pki", required=True, help="directory with holders/<id>/{cert,key,identity.key,ca.pem} and roster.yaml")
-    p.add_argument("--id", type=int, required=True, help="this holder's id (must match its certificate)")
-    p.add_argument("--server", default="127.0.0.1:50051", help="coordinator HOST:PORT")
-    p.add_argument("--server-name", help="expected name in the server certificate, if not the HOST")
-    p.add_argument("--state", required=True, help="directory for this holder's local state and own ledger")
-    p.add_argument("--shard", type=int, help="LM workload: data shard index (default id-1)")
-    p.add_argument("--torch-threads", type=int, help="LM workload: torch intra-op threads (1 when many holders share a machine)")
-    p.add_argument("--max-failures", type=int, default=20, help="reconnect attempts before giving up (exit 6)")
-    p.add_argument("--min-graph", choices=("complete", "auto"), default="complete",
-                   help="weakest neighbour graph this holder accepts: complete (SecAgg, default) or auto "
-                        "(SecAgg+ with at least the O(log n) degree of protocols/secagg.md §4)")
-    p.add_argument("--min-ring-bits", type=int, default=32, help="smallest ring this holder accepts (16..32)")
-    p.add_argument("--min-threshold-fraction", type=float, default=0.5, help="smallest Shamir threshold fraction accepted")
+    p = sub.add_parser("client", help="run one data holder against a coordinator (gRPC + mutual TLS)",
+                       description="Joins a federation as one data holder. Everything the holder decides for "
+                                   "itself is in its own config file (see README, 'Deployment'): data paths, secure-"
+                                   "aggregation and privacy floors, its epsilon cap, hardware, key directory.")
+    p.add_argument("--config", required=True, help="this holder's YAML config (holder_id, state_dir, pki, data, policy)")
+    p.add_argument("--server", help="coordinator HOST:PORT (overrides the config's server)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting of the holder config, e.g. --set policy.epsilon_cap=4 (repeatable)")
+    p.add_argument("--launched", action="store_true", help=argparse.SUPPRESS)  # by simulate --backend grpc: test fields allowed
     p.add_argument("--log-json", action="store_true", help="JSON-lines logs on stderr")
-    p.add_argument("--log-level", dest="net_log_level", default="INFO")
+    p.add_argument("--log-level", dest="net_log_level", default="INFO", help="log level of the holder (default INFO)")
     p.set_defaults(func=run)
 
 
-def make_workload(holder_id: int, welcome: dict, shard: int | None = None, threads: int | None = None):
-    from securefed.transport.workload import LMHolder, SyntheticHolder
-
-    if welcome.get("workload") == "synthetic":
-        return SyntheticHolder(holder_id, int(welcome["dim"]))
-    if welcome.get("workload") == "lm":
-        import yaml
-
-        from securefed.configio import from_dict
-        from securefed.runtime.config import RunConfig
-
-        cfg = from_dict(RunConfig, yaml.safe_load(welcome["config_yaml"]))
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        return LMHolder(holder_id, cfg, shard=shard)
-    raise ValueError(f"unknown workload {welcome.get('workload')!r}")
-
-
 def run(args: argparse.Namespace) -> int:
-    from securefed.runtime.netclient import EXIT, NetClient
-    from securefed.secagg import SecAggConfig
     from securefed.transport.logjson import setup_logging
 
     setup_logging(json_lines=args.log_json, level=args.net_log_level)
-    try:
-        floor = SecAggConfig(ring_bits=args.min_ring_bits, threshold_fraction=args.min_threshold_fraction,
-                             neighbours=None if args.min_graph == "complete" else 0)
-        client = NetClient(args.id, pki=args.pki, target=args.server, state_dir=args.state,
-                           server_name=args.server_name, max_failures=args.max_failures, policy=floor,
-                           workload_factory=lambda hid, welcome: make_workload(hid, welcome, args.shard, args.torch_threads))
-    except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
-        print(f"securefed client: {e}", file=sys.stderr)
-        return EXIT["usage"]
-    return client.run()
+    from securefed.federation.client import main
+
+    return main(args.config, overrides=args.overrides, server=args.server, simulation=args.launched)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override one setting, e.g. --set federation.rounds=4 (repeatable)")
     p.add_argument("--out", help="run directory (default: runs/run-<UTC timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--backend", choices=("inproc", "grpc"), default="inproc",
+                   help="inproc: every holder in this process (default); grpc: the coordinator and each holder as "
+                        "separate processes on loopback with fresh mutual-TLS keys (the deployment code path)")
+    p.add_argument("--threads-per-holder", type=int, metavar="N",
+                   help="torch threads of each holder's training (both backends; 1 makes runs bit-comparable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-presets", action="store_true", help="list run presets and exit")
@@ -44,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
         print("securefed simulate: --resume needs --out RUN_DIR", file=sys.stderr)
         return 2
     out = args.out or str(default_run_dir())
-    from securefed.runtime.simulate import Simulation
+    from securefed.federation.simulation import Simulation
 
     try:
-        sim = Simulation(cfg, out, resume=args.resume, progress=not args.quiet)
+        sim = Simulation(cfg, out, resume=args.resume, progress=not args.quiet, backend=args.backend,
+                         threads_per_holder=args.threads_per_holder)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"securefed simulate: {e}", file=sys.stderr)
         return 2

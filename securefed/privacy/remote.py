@@ -1,19 +1,26 @@
-"""Holder side of a round for a *remote* holder (network deployment): public round spec, local encode,
-local budget.
+"""The holder's side of a round's privacy: the public round spec, the one update encoder, the holder's own budget.
 
-The coordinator publishes :func:`round_spec` (JSON-safe, nothing secret: γ, w, σ, n, the public
-rotation seed...). The holder rebuilds the encoder from it with :func:`spec_encode`, and keeps its own
-hash-chained ledger with :class:`HolderBudget`, whose ε is computed from the plan the holder itself
-encodes with (protocols/dp.md §6.2) — so the holder's accounting matches the noise it actually adds.
-A holder MUST check ``spec["n_shares"]`` against the cohort it sees in secure aggregation (a server
-that inflates n shrinks every share) and ``spec["round"]`` against the round it is asked to join.
+The coordinator publishes a :class:`RoundSpec` (protocols/dp.md §6.2; nothing secret: C, σ, δ, the
+ring, γ, the share count n, the public rotation seed). A holder rebuilds the encoder from it
+(:func:`spec_plan`) and encodes its Δ with :func:`spec_encode` — the only Δ → ring encoder in
+securefed: ``RoundPrivacy.encode`` is this function applied to :func:`round_spec` of the round.
+
+:class:`HolderBudget` is the holder's own hash-chained ledger and ε cap (protocols/federation.md §5).
+The holder projects a round's cost from the spec it will itself encode with, assuming only the
+fewest survivors the protocol allows (t_min: fewer noise shares, larger ε), and refuses before
+training when the cap would be crossed. It charges a release durably *before* sending anything
+that carries its data (``released``, at the worst case) and may settle it once the survivor list
+is signed (``settled``, at the actual survivor count); a crash between the two leaves the
+conservative charge. ε = RDP over each round's effective event (settled if present, else released).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import numpy as np
 
@@ -21,127 +28,270 @@ from securefed.privacy.accountant import Accountant, RoundEvent, accountant_vers
 from securefed.privacy.clipping import ClipInfo, l2_clip
 from securefed.privacy.encoders import DiscretePlan
 from securefed.privacy.ledger import Ledger
-from securefed.privacy.round import RoundPrivacy
-from securefed.primitives.quantize import RingSpec, plan_quantization, quantize
+from securefed.primitives.quantize import QuantizationPlan, RingSpec, plan_quantization, quantize
 from securefed.primitives.rng import Entropy
 
-__all__ = ["SPEC_VERSION", "round_spec", "spec_plan", "spec_encode", "spec_holder_event", "HolderBudget"]
+__all__ = ["SPEC_VERSION", "RoundSpec", "round_spec", "spec_plan", "spec_encode", "spec_holder_event",
+           "holder_effective_events", "HolderBudget"]
 
 SPEC_VERSION = 1
+_HEX64 = 64
+_UNSET_DELTA = 1e-5
 
 
-def round_spec(rp: RoundPrivacy) -> dict:
-    """The public description of ``rp`` that a remote holder needs to encode and account."""
+@dataclass(frozen=True)
+class RoundSpec:
+    """The public description of one round's privacy plan (protocols/dp.md §6.2)."""
+
+    round: int
+    mode: Literal["none", "central", "distributed"]
+    mechanism: Literal["none", "gaussian", "ddgauss", "skellam"]
+    dim: int
+    clip: float
+    ring_bits: int
+    noise_multiplier: float
+    delta: float
+    sampling: Literal["poisson", "fixed"]
+    participants: tuple[int, ...]
+    scale: float
+    n_shares: int
+    data_noise_multiplier: float = 0.0     # distributed only
+    bit_weight: int = 0                    # distributed only (adaptive clipping coordinate)
+    seed: str = ""                         # distributed only: public rotation seed, hex
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        def num(name: str, lo: float, hi: float = math.inf) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or not math.isfinite(v):
+                raise ValueError(f"round spec field {name!r} must be a finite number in [{lo}, {hi}], got {v!r}")
+
+        def integer(name: str, lo: int, hi: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"round spec field {name!r} must be an int in [{lo}, {hi}], got {v!r}")
+
+        if self.version != SPEC_VERSION:
+            raise ValueError(f"round spec version {self.version!r} is not {SPEC_VERSION}")
+        integer("round", 0, 2**31)
+        integer("dim", 1, 2**40)
+        integer("ring_bits", 1, 64)
+        integer("n_shares", 1, 1 << 20)
+        integer("bit_weight", 0, 1 << 30)
+        for name in ("clip", "noise_multiplier", "scale", "data_noise_multiplier"):
+            num(name, 0.0)
+        num("delta", 0.0, 1.0)
+        if self.clip <= 0 or self.scale <= 0:
+            raise ValueError("round spec: clip and scale must be > 0")
+        if self.mode not in ("none", "central", "distributed") or self.sampling not in ("poisson", "fixed"):
+            raise ValueError(f"round spec has unknown mode {self.mode!r} or sampling {self.sampling!r}")
+        want = {"none": ("none",), "central": ("gaussian",), "distributed": ("ddgauss", "skellam")}[self.mode]
+        if self.mechanism not in want:
+            raise ValueError(f"round spec: mechanism {self.mechanism!r} does not fit mode {self.mode!r}")
+        ids = self.participants
+        if not isinstance(ids, tuple) or not ids or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in ids):
+            raise ValueError("round spec: participants must be a non-empty tuple of holder ids >= 1")
+        if len(set(ids)) != len(ids) or list(ids) != sorted(ids):
+            raise ValueError("round spec: participants must be sorted and distinct")
+        if self.mode == "distributed":
+            if self.data_noise_multiplier <= 0 or self.noise_multiplier <= 0:
+                raise ValueError("round spec: a distributed plan needs noise")
+            if len(self.seed) != _HEX64 or any(c not in "0123456789abcdef" for c in self.seed):
+                raise ValueError("round spec: seed must be 32 bytes of lowercase hex")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["participants"] = list(self.participants)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: object) -> "RoundSpec":
+        if not isinstance(d, dict):
+            raise ValueError("round spec must be a mapping")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not set(d) <= names or not {"round", "mode", "dim"} <= set(d):
+            raise ValueError(f"round spec has unknown or missing fields: {sorted(set(d) ^ names)[:6]}")
+        d = dict(d)
+        if isinstance(d.get("participants"), list):
+            d["participants"] = tuple(d["participants"])
+        for k in ("clip", "noise_multiplier", "scale", "data_noise_multiplier", "delta"):  # JSON may drop ".0"
+            if isinstance(d.get(k), int) and not isinstance(d.get(k), bool):
+                d[k] = float(d[k])
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ValueError(f"round spec: {e}") from None
+
+    def min_survivors(self, threshold_min: int | None) -> int:
+        """Shares assumed in the sum for a worst-case projection: t_min, clamped to [1, n]."""
+        n = self.n_shares
+        return n if threshold_min is None else max(1, min(n, threshold_min))
+
+
+def round_spec(rp) -> RoundSpec:
+    """The public description of a :class:`~securefed.privacy.round.RoundPrivacy`."""
     s = rp._s
-    spec: dict[str, Any] = {"version": SPEC_VERSION, "round": rp.round_index, "mode": s.config.mode, "dim": rp.dim,
-                            "clip": rp.clip_bound, "ring_bits": rp.ring.bits, "noise_multiplier": rp.noise_multiplier,
-                            "delta": s.delta, "sampling": s.sampling, "participants": list(rp.participants)}
+    common = dict(round=rp.round_index, mode=s.config.mode, dim=rp.dim, clip=float(rp.clip_bound),
+                  ring_bits=rp.ring.bits, noise_multiplier=float(rp.noise_multiplier), delta=float(s.delta),
+                  sampling=s.sampling, participants=tuple(sorted(rp.participants)))
     if isinstance(rp.plan, DiscretePlan):
         p = rp.plan
-        spec.update(mechanism=p.mechanism, scale=p.scale, data_noise_multiplier=p.data_noise_multiplier,
-                    n_shares=p.n_shares, bit_weight=p.bit_weight, seed=p.seed.hex())
-    else:
-        spec.update(mechanism="gaussian" if s.config.mode == "central" else "none", scale=rp.scale,
-                    n_shares=len(rp.participants))
-    return spec
+        return RoundSpec(mechanism=p.mechanism, scale=float(p.scale), n_shares=p.n_shares,
+                         data_noise_multiplier=float(p.data_noise_multiplier), bit_weight=int(p.bit_weight),
+                         seed=p.seed.hex(), **common)
+    return RoundSpec(mechanism="gaussian" if s.config.mode == "central" else "none", scale=float(rp.scale),
+                     n_shares=max(1, len(rp.participants)), **common)
 
 
-def _get(spec: dict, key: str, kind: type) -> Any:
-    v = spec.get(key)
-    if kind is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
-        raise ValueError(f"round spec field {key!r} is missing or not a {kind.__name__}")
-    return v
-
-
-def spec_plan(spec: dict) -> DiscretePlan | Any:
+def spec_plan(spec: RoundSpec) -> DiscretePlan | QuantizationPlan:
     """Rebuild the encoder plan (DiscretePlan, or a QuantizationPlan in modes none/central)."""
-    if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
-        raise ValueError("round spec is malformed or of an unknown version")
-    mode = _get(spec, "mode", str)
-    if mode == "distributed":
-        plan = DiscretePlan(_get(spec, "mechanism", str), RingSpec(_get(spec, "ring_bits", int)), _get(spec, "dim", int),
-                            _get(spec, "clip", float), _get(spec, "scale", float), _get(spec, "data_noise_multiplier", float),
-                            _get(spec, "n_shares", int), _get(spec, "bit_weight", int), bytes.fromhex(_get(spec, "seed", str)),
-                            _get(spec, "round", int))
-        if plan.mechanism not in ("ddgauss", "skellam") or plan.n_shares < 1 or plan.scale <= 0 or plan.data_noise_multiplier <= 0:
-            raise ValueError("round spec describes an invalid distributed plan")
+    if not isinstance(spec, RoundSpec):
+        raise TypeError("spec must be a RoundSpec")
+    if spec.mode == "distributed":
+        plan = DiscretePlan(spec.mechanism, RingSpec(spec.ring_bits), spec.dim, spec.clip, spec.scale,
+                            spec.data_noise_multiplier, spec.n_shares, spec.bit_weight, bytes.fromhex(spec.seed), spec.round)
         if plan.mechanism == "ddgauss" and plan.share_std < 0.5:
             raise ValueError("round spec gives a discrete Gaussian share below 1/2")
         return plan
-    if mode not in ("none", "central"):
-        raise ValueError(f"round spec has unknown mode {mode!r}")
-    return plan_quantization(clip=_get(spec, "clip", float), ring_bits=_get(spec, "ring_bits", int),
-                             max_clients=_get(spec, "n_shares", int), scale=_get(spec, "scale", float))
+    # plan_quantization refuses a scale that could wrap the ring for n_shares holders
+    return plan_quantization(clip=spec.clip, ring_bits=spec.ring_bits, max_clients=spec.n_shares, scale=spec.scale)
 
 
-def spec_encode(spec: dict, delta: np.ndarray, entropy: Entropy) -> tuple[np.ndarray, ClipInfo]:
-    """What RoundPrivacy.encode does, from the public spec only."""
+def spec_encode(spec: RoundSpec, delta: np.ndarray, entropy: Entropy, *,
+                clipped: tuple[np.ndarray, ClipInfo] | None = None) -> tuple[np.ndarray, ClipInfo]:
+    """float32 Δ → ring vector: clip to C, [rotate + discrete noise share], quantize (protocols/dp.md §3).
+
+    ``clipped``: an already clipped (part of a) update and the ClipInfo of the whole Δ — the hybrid
+    route quantizes only its masked part (protocols/ckks.md §routing), with the same plan."""
     plan = spec_plan(spec)
-    if not isinstance(delta, np.ndarray) or delta.shape != (spec["dim"],):
-        raise ValueError(f"delta must be a flat numpy vector of length {spec['dim']}")
-    x, info = l2_clip(delta, float(spec["clip"]))
+    if clipped is None:
+        if not isinstance(delta, np.ndarray) or delta.shape != (spec.dim,):
+            raise ValueError(f"delta must be a flat numpy vector of length {spec.dim}")
+        x, info = l2_clip(delta, spec.clip)
+    else:
+        x, info = clipped
     if isinstance(plan, DiscretePlan):
         return plan.encode(x, not info.clipped, entropy), info
     return quantize(x, plan, entropy), info
 
 
-def spec_holder_event(spec: dict, survivors: int | None = None) -> RoundEvent:
+def spec_holder_event(spec: RoundSpec, survivors: int | None = None) -> RoundEvent:
     """The holder-view event (no amplification) if ``survivors`` shares end in the sum (default: all)."""
     plan = spec_plan(spec)
-    samp = _get(spec, "sampling", str)
-    mode = spec["mode"]
-    if mode == "none":
+    samp = spec.sampling
+    if spec.mode == "none":
         return RoundEvent("none", samp, 1.0)
-    m = plan.n_shares if isinstance(plan, DiscretePlan) and survivors is None else (survivors or 0)
-    if mode == "central":
-        return RoundEvent("gaussian", samp, 1.0, noise_multiplier=_get(spec, "noise_multiplier", float))
-    if m == 0:
+    if spec.mode == "central":  # the server's noise does not depend on the survivors (dp.md §6.1)
+        return RoundEvent("gaussian", samp, 1.0, noise_multiplier=spec.noise_multiplier)
+    m = spec.n_shares if survivors is None else survivors
+    if m <= 0:
         return RoundEvent("empty", samp, 1.0)
     l1, l2 = plan.sensitivity()
-    z = _get(spec, "noise_multiplier", float)
+    z = spec.noise_multiplier
     if plan.mechanism == "ddgauss":
-        return RoundEvent("ddgauss", samp, 1.0, noise_multiplier=z, l1=l1, l2=l2, share_std=plan.share_std, n_shares=m, dim=plan.encoded_dim)
-    return RoundEvent("skellam", samp, 1.0, noise_multiplier=z, l1=l1, l2=l2, dim=plan.encoded_dim, variance=m * plan.share_std**2)
+        return RoundEvent("ddgauss", samp, 1.0, noise_multiplier=z, l1=l1, l2=l2, share_std=plan.share_std,
+                          n_shares=m, dim=plan.encoded_dim)
+    return RoundEvent("skellam", samp, 1.0, noise_multiplier=z, l1=l1, l2=l2, dim=plan.encoded_dim,
+                      variance=m * plan.share_std**2)
+
+
+def holder_effective_events(entries: list[dict]) -> list[RoundEvent]:
+    """One event per released round: its ``settled`` entry if any, else its ``released`` one (module doc)."""
+    by_round: dict[tuple[str, int], RoundEvent] = {}
+    for e in entries:
+        if e.get("status") not in ("released", "settled"):
+            continue
+        key = (str(e.get("run_id")), int(e["round"]))
+        if e["status"] == "settled" or key not in by_round:
+            by_round[key] = RoundEvent.from_dict(e["event"])
+    return list(by_round.values())
+
+
+def _accountant(entries: list[dict]) -> Accountant:
+    acc = Accountant("rdp")
+    for ev in holder_effective_events(entries):
+        acc.add(ev)
+    return acc
 
 
 class HolderBudget:
-    """A remote holder's own ledger and cap (the same file format as the simulation's holder ledgers)."""
+    """A holder's own ledger and ε cap (protocols/federation.md §5): refuse, release, settle."""
 
-    def __init__(self, ledger_path: str | Path, *, holder_id: int, cap: float | None, delta: float) -> None:
-        if cap is not None and not (isinstance(cap, (int, float)) and cap > 0):
+    def __init__(self, ledger_path: str | Path, *, holder_id: int, cap: float | None, delta: float | None,
+                 run_id: str = "") -> None:
+        """``delta``: this holder's δ; None adopts the first DP plan's δ (:meth:`adopt_delta`), fixed after."""
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
             raise ValueError("cap must be a number > 0 or None")
-        if not 0 < delta < 1:
+        if delta is not None and not 0 < delta < 1:
             raise ValueError("delta must be in (0, 1)")
-        self.holder_id, self.cap, self.delta = holder_id, cap, float(delta)
+        self.holder_id, self.cap, self.run_id = holder_id, cap, run_id
         self.ledger = Ledger(ledger_path)
-        self.acc = Accountant("rdp")
         for e in self.ledger.entries:
-            if e["status"] == "included":
-                self.acc.add(RoundEvent.from_dict(e["event"]))
+            if e.get("holder_id") != holder_id:
+                raise ValueError(f"{ledger_path} is not the ledger of holder {holder_id}")
+        charged = {float(e["delta"]) for e in self.ledger.entries if e.get("status") in ("released", "settled")
+                   and e.get("mode") not in (None, "none")}
+        if len(charged) > 1 or (delta is not None and charged and charged != {float(delta)}):
+            raise ValueError(f"{ledger_path} was accounted at delta {sorted(charged)}, not {delta}")
+        self.delta = float(delta) if delta is not None else (charged.pop() if charged else None)
+        self._rebuild()
+
+    def adopt_delta(self, delta: float) -> bool:
+        """Fix δ on the first DP plan if the holder set none; False if δ is already fixed to another value."""
+        if self.delta is None:
+            self.delta = float(delta)
+        return math.isclose(self.delta, delta, rel_tol=1e-12)
+
+    def _rebuild(self) -> None:
+        self.acc = _accountant(self.ledger.entries)
 
     def epsilon(self) -> float:
-        return self.acc.epsilon(self.delta)
+        return self.acc.epsilon(self._delta_or_unset)
 
-    def admits(self, spec: dict, *, min_survivors: int | None = None) -> bool:
-        """Would joining keep ε ≤ cap? Decide BEFORE sending anything; refuse on a δ mismatch."""
-        if not math.isclose(_get(spec, "delta", float), self.delta, rel_tol=1e-12):
-            raise ValueError("round spec delta differs from this holder's delta")
-        if self.cap is None:
-            return True
-        return self.acc.epsilon(self.delta, [spec_holder_event(spec, min_survivors)]) <= self.cap
+    def projected(self, event: RoundEvent) -> float:
+        return self.acc.epsilon(self._delta_or_unset, [event])
 
-    def record(self, spec: dict, *, status: str, survivors: int | None = None) -> dict:
-        """Append this round: status "included" (with the number of shares in the sum), "dropped" or "refused"."""
-        if status not in ("included", "dropped", "refused"):
-            raise ValueError("status must be included, dropped or refused")
-        ev = spec_holder_event(spec, survivors)
-        if status == "included":
-            self.acc.add(ev)
-        return self.ledger.append({"version": 1, "role": "holder", "holder_id": self.holder_id, "round": spec["round"],
-                                   "status": status, "mode": spec["mode"], "mechanism": spec["mechanism"],
-                                   "clip": spec["clip"], "noise_multiplier": spec["noise_multiplier"],
-                                   "ring_bits": spec["ring_bits"], "delta": self.delta, "event": ev.to_dict(),
-                                   "epsilon": self.epsilon(), "cap": self.cap, "accountant": "rdp",
-                                   "accountant_version": accountant_version("rdp")})
+    @property
+    def _delta_or_unset(self) -> float:
+        # δ is unset only before the first DP release: then there is no event or only 'none' events (ε = ∞)
+        return self.delta if self.delta is not None else _UNSET_DELTA
+
+    def admits(self, spec: RoundSpec, *, min_survivors: int | None = None) -> tuple[bool, float]:
+        """(joining keeps ε ≤ cap, projected ε) — decided BEFORE anything is sent; δ must be this holder's."""
+        if self.delta is None or not math.isclose(spec.delta, self.delta, rel_tol=1e-12):
+            raise ValueError(f"round spec delta {spec.delta:.3g} differs from this holder's delta {self.delta}")
+        proj = self.projected(spec_holder_event(spec, spec.min_survivors(min_survivors)))
+        return (self.cap is None or proj <= self.cap), proj
+
+    def released_rounds(self) -> set[int]:
+        return {int(e["round"]) for e in self.ledger.entries
+                if e.get("status") == "released" and e.get("run_id") == self.run_id}
+
+    def _append(self, spec: RoundSpec | None, round_index: int, status: str, event: RoundEvent | None,
+                survivors: int | None = None, reason: str | None = None) -> dict:
+        fields = {"version": 1, "role": "holder", "run_id": self.run_id, "holder_id": self.holder_id,
+                  "round": round_index, "status": status, "event": (event or RoundEvent("none")).to_dict(),
+                  "cap": self.cap, "delta": spec.delta if spec else self.delta, "accountant": "rdp", "accountant_version": accountant_version("rdp"),
+                  "mode": spec.mode if spec else None, "mechanism": spec.mechanism if spec else None,
+                  "clip": spec.clip if spec else None, "noise_multiplier": spec.noise_multiplier if spec else None,
+                  "ring_bits": spec.ring_bits if spec else None, "survivors": survivors, "reason": reason}
+        fields["epsilon"] = _accountant([*self.ledger.entries, fields]).epsilon(self._delta_or_unset)  # ε after this entry
+        entry = self.ledger.append(fields)
+        self._rebuild()
+        return entry
+
+    def refuse(self, round_index: int, reason: str, spec: RoundSpec | None = None) -> dict:
+        return self._append(spec, round_index, "refused", None, reason=reason[:500])
+
+    def release(self, spec: RoundSpec, *, min_survivors: int | None) -> dict:
+        """Charge round ``spec.round`` at its worst case, durably, before the holder sends its data."""
+        if spec.round in self.released_rounds():
+            raise ValueError(f"round {spec.round} was already released: a holder releases each round once")
+        m = spec.min_survivors(min_survivors)
+        return self._append(spec, spec.round, "released", spec_holder_event(spec, m), survivors=m)
+
+    def settle(self, spec: RoundSpec, *, survivors: int) -> dict:
+        """The signed survivor list is known: charge the round at the actual number of shares."""
+        if spec.round not in self.released_rounds():
+            raise ValueError(f"round {spec.round} was not released")
+        return self._append(spec, spec.round, "settled", spec_holder_event(spec, survivors), survivors=survivors)

@@ -16,7 +16,7 @@ import numpy as np
 
 from securefed.privacy.clipping import ClipInfo, adaptive_update, bit_noise_std, data_noise_multiplier, l2_clip
 from securefed.privacy.encoders import DiscretePlan, gaussian_noise
-from securefed.primitives.quantize import QuantizationPlan, RingSpec, dequantize_sum, quantize
+from securefed.primitives.quantize import QuantizationPlan, RingSpec, dequantize_sum
 from securefed.primitives.rng import Entropy, SystemEntropy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,11 +74,13 @@ class RoundPrivacy:
         return l2_clip(self._check_delta(delta), self.clip_bound)
 
     def encode(self, holder_id: int, delta: np.ndarray, entropy: Entropy) -> tuple[np.ndarray, ClipInfo]:
-        """float32 Δ -> ring vector of length ``encoded_dim`` (clip, [rotate + noise share], quantize)."""
-        x, info = self.clip(holder_id, delta)
-        if isinstance(self.plan, DiscretePlan):
-            return self.plan.encode(x, not info.clipped, entropy), info
-        return quantize(x, self.plan, entropy), info
+        """float32 Δ -> ring vector of length ``encoded_dim`` (clip, [rotate + noise share], quantize).
+
+        The one encoder is the holder's: this is :func:`securefed.privacy.remote.spec_encode` of this
+        round's public spec, so an in-process caller encodes exactly as a remote holder does."""
+        from securefed.privacy.remote import round_spec, spec_encode
+
+        return spec_encode(round_spec(self), delta, entropy, clipped=self.clip(holder_id, delta))
 
     # ------------------------------------------------------------------ server side
     def _check_survivors(self, survivors: Sequence[int]) -> tuple[int, ...]:

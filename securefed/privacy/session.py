@@ -172,9 +172,12 @@ class PrivacySession:
         return self.noise_multiplier
 
     # ---------------------------------------------------------------- rounds
-    def begin_round(self, round_index: int, *, cohort: Sequence[int], dim: int, min_survivors: int | None = None) -> RoundPrivacy:
+    def begin_round(self, round_index: int, *, cohort: Sequence[int], dim: int, min_survivors: int | None = None,
+                    refused: Sequence[int] = ()) -> RoundPrivacy:
         """Plan round ``round_index``; refusals by holder caps and the server cap are decided here,
-        before anything is encoded. Holder checks assume ``min_survivors`` survivors (default: all)."""
+        before anything is encoded. Holder checks assume ``min_survivors`` survivors (default: all).
+        ``refused``: cohort members that refused the round themselves (their own caps or policy,
+        protocols/federation.md §4): they are not participants and are recorded as refused."""
         _int("round_index", round_index, 0)
         _int("dim", dim, 1)
         ids = tuple(cohort)
@@ -189,8 +192,10 @@ class PrivacySession:
         eps_now = self.accountant.epsilon(self.delta)
         if cfg.server_epsilon_cap is not None and eps_now >= cfg.server_epsilon_cap:
             raise BudgetExhausted(f"server epsilon cap {cfg.server_epsilon_cap} already spent (epsilon {eps_now:.4g})")
-        participants = list(ids)
-        refused: list[int] = []
+        if not set(refused) <= set(ids):
+            raise ValueError("refused holders must be members of the cohort")
+        participants = [h for h in ids if h not in set(refused)]
+        refused = list(refused)
         while True:  # refusals shrink n, which changes each share: iterate to a fixed point
             n = len(participants)
             plan = self._plan(round_index, dim, n, z, self.clip) if n else None

@@ -24,28 +24,29 @@ def baseline_lr_and_batch(cfg) -> tuple[float, int]:
     return lr, cfg.baseline_batch_size or cfg.federation.cohort_size * cfg.train.batch_size
 
 
-def run_centralized_baseline(sim, token_points: list[int]) -> list[dict]:
-    cfg = sim.cfg
+def run_centralized_baseline(cfg, data, token_points: list[int], *, progress) -> list[dict]:
+    """``data``: .central_train (the union of the holders' rows), .eval_global, .tokenizer."""
+    fd = data
     if not token_points:
         return []
-    data = sim.data.central_train
+    data = fd.central_train
     lr, batch = baseline_lr_and_batch(cfg)
     tokens_per_step = batch * data.shape[1]
     total_steps = max(1, math.ceil(token_points[-1] / tokens_per_step))
-    model = build_model(cfg.model.preset, vocab_size=len(sim.data.tokenizer), seq_len=cfg.data.seq_len, seed=cfg.seed)
+    model = build_model(cfg.model.preset, vocab_size=len(fd.tokenizer), seq_len=cfg.data.seq_len, seed=cfg.seed)
     trainer = LocalTrainer(model, dataclasses.replace(cfg.train, batch_size=batch, lr=lr))
     from securefed.training.flat import get_flat
 
     theta = get_flat(model)
     holder = trainer.new_holder(0, data, seed=cfg.seed, total_steps=total_steps, local_steps=1)
     curve, done = [], 0
-    for tokens in sim.progress.iter(token_points, "centralized baseline"):
+    for tokens in progress.iter(token_points, "centralized baseline"):
         target = max(done, math.ceil(tokens / tokens_per_step))
         if target > done:
             holder.local_steps = target - done
             holder.train_round(theta)
             theta = get_flat(trainer.raw_model)  # continue exactly where the chunk ended
             done = target
-        loss = trainer.evaluate(sim.data.eval_global)
+        loss = trainer.evaluate(fd.eval_global)
         curve.append({"step": done, "tokens_seen": done * tokens_per_step, "eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))})
     return curve

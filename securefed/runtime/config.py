@@ -23,7 +23,8 @@ from securefed.training.models import get_preset
 from securefed.training.outer import OuterConfig
 from securefed.training.trainer import TrainConfig
 
-__all__ = ["ModelSection", "FederationConfig", "AggregationConfig", "RunConfig", "load_run_config", "list_presets"]
+__all__ = ["ModelSection", "FederationConfig", "AggregationConfig", "NetworkConfig", "RunConfig", "load_run_config",
+           "list_presets"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,32 @@ class AggregationConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    """The networked deployment (`securefed server`, `simulate --backend grpc`; protocols/transport.md §6.1):
+    seconds each stage may take, the stream chunk size, and when the coordinator gives up."""
+
+    join: float = 120.0                  # wait for holders before a round opens
+    train: float = 600.0                 # θ download + K local steps + encoding (stage PLAN)
+    control: float = 60.0                # each small stage
+    upload: float = 600.0                # a streamed update
+    chunk_mib: float = 1.0               # stream chunk size (<= 4)
+    min_holders: int | None = None       # holders needed to open a round (default: the cohort's t_min)
+    max_aborted_rounds: int = 3          # consecutive aborted rounds before the coordinator stops (exit 5)
+
+    def __post_init__(self) -> None:
+        for name in ("join", "train", "control", "upload"):
+            v = getattr(self, name)
+            if not 0 < v <= 7 * 86400:
+                raise ValueError(f"network.{name} must be in (0, 604800] seconds, got {v}")
+        if not 0 < self.chunk_mib <= 4:
+            raise ValueError("network.chunk_mib must be in (0, 4]")
+        if self.min_holders is not None and self.min_holders < 1:
+            raise ValueError("network.min_holders must be >= 1 or null")
+        if self.max_aborted_rounds < 1:
+            raise ValueError("network.max_aborted_rounds must be >= 1")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     model: ModelSection = field(default_factory=ModelSection)
@@ -85,6 +112,7 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     privacy: DPConfig = field(default_factory=DPConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     baseline: bool = True                            # also train the centralized baseline at equal tokens
     baseline_batch_size: int | None = None           # None: cohort_size x train.batch_size (data-parallel equivalent)
     # None: train.lr. The baseline's own tuned inner lr: federated averaging tolerates a higher inner lr

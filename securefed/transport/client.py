@@ -8,7 +8,6 @@ and UNAUTHENTICATED are not (a refused certificate will not become valid by retr
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import grpc
 
 from securefed.transport.frames import (DEFAULT_CHUNK, Ack, FetchRequest, FrameError, Kind, decode, encode,
                                         iter_stream_frames, sha256_parts)
-from securefed.transport.service import Stub, make_channel, parse_json
+from securefed.transport.service import MAX_JSON, Stub, make_channel, parse_json
 from securefed.transport.stream import BytesSink, StreamReceiver, expect_header
 
 __all__ = ["Backoff", "Fetched", "TransportClient", "FATAL_CODES", "Refused"]
@@ -48,6 +47,7 @@ class Backoff:
 class Fetched:
     kind: Kind
     payload: bytes
+    stage: int = 0
 
 
 class TransportClient:
@@ -73,37 +73,43 @@ class TransportClient:
     def wait_ready(self, timeout: float) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
-    def join(self, hello: dict, *, timeout: float) -> dict:
-        reply = self.stub.join(json.dumps(hello).encode(), timeout=timeout, wait_for_ready=True)
-        welcome = parse_json(reply, "welcome")
-        rid = bytes.fromhex(str(welcome.get("run_id", "")))
-        if len(rid) != 16:
-            raise ValueError("welcome: run_id must be 16 bytes of hex")
-        self.run_id = rid
-        return welcome
+    def join(self, hello: bytes, *, timeout: float) -> bytes:
+        """The Join RPC: hello bytes in, welcome bytes out (their codec is the caller's); bounded in size."""
+        reply = self.stub.join(hello, timeout=timeout, wait_for_ready=True)
+        if not isinstance(reply, bytes) or len(reply) > MAX_JSON:
+            raise FrameError("welcome: not bytes or too large")
+        return reply
+
+    def set_run(self, run_id: bytes) -> None:
+        if not isinstance(run_id, bytes) or len(run_id) != 16:
+            raise ValueError("run_id must be 16 bytes")
+        self.run_id = run_id
 
     def status(self, *, timeout: float) -> dict:
         return parse_json(self.stub.status(b"", timeout=timeout), "status")
 
-    def fetch(self, round_index: int, stage: int, kinds: tuple[Kind, ...], *, wait_s: float,
+    def fetch(self, round_index: int, from_stage: int, kinds: tuple[Kind, ...], *, wait_s: float,
               max_len: int | None = None) -> Fetched:
-        """Long-poll the coordinator for this holder's stream of (round, stage); verify it (§4.2)."""
-        req = encode(FetchRequest(self.run_id, round_index, stage, int(wait_s * 1000)))
+        """Long-poll the coordinator for this holder's first stream of round ``round_index`` at a stage
+        ≥ ``from_stage`` (or a WAIT); verify it (§4.2)."""
+        req = encode(FetchRequest(self.run_id, round_index, from_stage, int(wait_s * 1000)))
         frames = self.stub.fetch(req, timeout=wait_s + 30)
         it = iter(frames)
         try:
             head = decode(next(it))
         except StopIteration:
             raise FrameError("empty fetch response") from None
-        h = expect_header(head, run_id=self.run_id, round_index=round_index, stage=stage,
+        h = expect_header(head, run_id=self.run_id, round_index=round_index, stage=None,
                           kinds=(*kinds, Kind.WAIT), max_len=max_len or self.max_fetch)
+        if h.stage < from_stage:
+            raise FrameError(f"stream is for stage {h.stage}, asked for stages from {from_stage}")
         sink = BytesSink(h.total_len)
         rx = StreamReceiver(h, sink)
         for raw in it:
             rx.feed(decode(raw))
             self.bytes_down += len(raw)
         rx.finish()
-        return Fetched(h.kind, sink.value or b"")
+        return Fetched(h.kind, sink.value or b"", h.stage)
 
     def submit(self, round_index: int, stage: int, kind: Kind, parts: Iterable[bytes | memoryview] | bytes, *,
                timeout: float) -> None:

@@ -57,6 +57,8 @@ class Kind(IntEnum):
     MASKED = 6         # C→S: the MaskedInput message, streamed; folded into the running sum as it arrives
     RESULT = 7         # C→S: round report (JSON: tokens, loss, clip info, no data)
     WAIT = 8           # S→C: nothing for you yet / you are not in this round (JSON)
+    STAGE = 9          # S→C: the holder's message of one stage of a round (securefed.federation)
+    REPLY = 10         # C→S: the holder's reply to that stage
 
 
 _MAX_STAGE = 255

@@ -49,16 +49,17 @@ class BytesSink:
         self._buf = bytearray()
 
 
-def expect_header(h: object, *, run_id: bytes, round_index: int, stage: int, kinds: tuple[Kind, ...],
+def expect_header(h: object, *, run_id: bytes, round_index: int, stage: int | None, kinds: tuple[Kind, ...],
                   max_len: int) -> Header:
-    """Check a stream header against what this receiver expects (§4.2); FrameError otherwise."""
+    """Check a stream header against what this receiver expects (§4.2; ``stage`` None: the caller
+    checks it); FrameError otherwise."""
     if not isinstance(h, Header):
         raise FrameError("stream must start with a header frame")
     if not hmac.compare_digest(h.run_id, run_id):
         raise FrameError("stream is for another run")
     if h.round != round_index:
         raise FrameError(f"stream is for round {h.round}, expected {round_index}")
-    if h.stage != stage:
+    if stage is not None and h.stage != stage:
         raise FrameError(f"stream is for stage {h.stage}, expected {stage}")
     if h.kind not in kinds:
         raise FrameError(f"stream kind {h.kind.name} not accepted here")

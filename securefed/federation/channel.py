@@ -1,0 +1,59 @@
+"""The channel interface: how the Coordinator's stage messages reach holders and their replies come back.
+
+The round is written once (coordinator.py, holder.py); a channel only moves bytes:
+
+    open(welcome_for, run_id)      make holders reachable; each gets welcome_for(holder_id)
+    available(r, want, timeout)    holders able to take part in round r
+    send(r, stage, outbox)         one-way messages (stage MODEL)
+    exchange(r, stage, outbox, deadline) -> {holder: reply bytes}
+    collect(r, stage, outbox, deadline, sink) -> {holders whose reply the sink committed}
+    end_round(r)                   the round is over for everyone still in it
+    close()
+
+A holder that does not answer by the deadline, answers garbage or disconnects is simply absent from
+the result: for secure aggregation that is a dropout (protocols/secagg.md §8). ``collect`` streams
+large replies (a masked input, a plain update, CKKS ciphertexts) into a per-holder sink
+(transport.stream.Sink) instead of returning them: the masked-input sink folds each holder's words
+into the round's ring sum as they arrive, so the coordinator's memory is O(P) whatever the cohort.
+
+Implementations: inproc.InProcChannel (holders in this process, called directly), grpc.GrpcChannel
+(holders in other processes or institutions, gRPC + mutual TLS). Every channel counts the bytes it
+carried in the round (``bytes_up``, ``bytes_down``; reset by ``available``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+
+__all__ = ["Channel", "SinkFactory"]
+
+SinkFactory = Callable[[int], object]   # holder id -> transport.stream.Sink for its reply
+
+
+class Channel(ABC):
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+    @abstractmethod
+    def open(self, *, welcome_for: Callable[[int], bytes], run_id: bytes) -> None: ...
+
+    @abstractmethod
+    def available(self, round_index: int, *, want: int, timeout: float) -> list[int]: ...
+
+    @abstractmethod
+    def send(self, round_index: int, stage: int, outbox: Mapping[int, bytes]) -> None: ...
+
+    @abstractmethod
+    def exchange(self, round_index: int, stage: int, outbox: Mapping[int, bytes], *, deadline: float,
+                 max_reply: int) -> dict[int, bytes]: ...
+
+    @abstractmethod
+    def collect(self, round_index: int, stage: int, outbox: Mapping[int, bytes], *, deadline: float,
+                sink: SinkFactory, max_reply: int) -> set[int]: ...
+
+    @abstractmethod
+    def end_round(self, round_index: int) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass

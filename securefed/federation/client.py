@@ -1,0 +1,49 @@
+"""One data holder of a networked federation: the Holder role over the gRPC channel (`securefed client`)."""
+
+from __future__ import annotations
+
+import sys
+
+from securefed.federation.grpc import EXIT, run_holder
+
+__all__ = ["main"]
+
+
+def main(config: str, *, overrides=(), server: str | None = None, simulation: bool = False) -> int:
+    """Load and check this holder's own config, its keys and data, then take part; an exit code."""
+    from securefed.configio import ConfigError
+    from securefed.federation.holder import Holder
+    from securefed.federation.holder_config import HolderConfigError, check_holder_config, load_holder_config
+    from securefed.secagg import Roster, RosterError
+    from securefed.training.data import DataError
+    from securefed.transport.pki import Layout, holder_id_from_cert, load_identity
+    from securefed.transport.service import load_client_credentials
+
+    def usage(msg: str) -> int:
+        print(f"securefed client: {msg}", file=sys.stderr)
+        return EXIT["usage"]
+
+    try:
+        cfg = load_holder_config(config, overrides)
+        check_holder_config(cfg, deployment=True, simulation=simulation)
+        lay = Layout(cfg.pki)
+        d = lay.holder_dir(cfg.holder_id)
+        if holder_id_from_cert((d / "cert.pem").read_bytes()) != cfg.holder_id:
+            raise HolderConfigError(f"the certificate in {d} does not name holder {cfg.holder_id}")
+        identity = load_identity(d / "identity.key")
+        roster = Roster.load(lay.roster)
+        ca = d / "ca.pem" if (d / "ca.pem").exists() else lay.ca_cert
+        creds = load_client_credentials(cert=d / "cert.pem", key=d / "key.pem", ca=ca)
+    except (HolderConfigError, ConfigError, RosterError, PermissionError, ValueError, OSError) as e:
+        return usage(str(e))
+    if cfg.hardware.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.hardware.torch_threads)
+    try:
+        holder = Holder(cfg, identity=identity, roster=roster)
+        holder._load_data()   # this holder's own data, before anything is sent
+    except (DataError, ValueError, OSError) as e:
+        return usage(str(e))
+    return run_holder(holder, target=server or cfg.server, creds=creds, server_name=cfg.server_name,
+                      max_failures=cfg.max_failures)

@@ -1,0 +1,441 @@
+"""The Coordinator role, written once for every channel (protocols/federation.md §4, §6).
+
+    for r in 1..R:
+        checkpoint {in flight: r}                      a restart never runs round r again (§6)
+        cohort   = sample(available holders)           fixed-size or Poisson
+        OFFER    provisional privacy plan              holders decide for themselves (own floors, own ε cap)
+        plan     = privacy.begin_round(accepters)      the server's cap; the final plan over the accepters
+        MODEL    θ_r                                   holders train K steps
+        PLAN     final plan, per-holder weight         → Ready (tokens, loss)
+        Σ        = secure_sum / ckks_sum + secure_sum / plain_sum
+        θ_{r+1}  = outer.step(decode(Σ) / denominator)
+        eval, metrics row, checkpoint {pending accounting} → ledgers → checkpoint (§6: exactly once)
+
+The coordinator never sees an individual update (except with the warned ``plain`` baseline); it sees
+Σ, who is in it, each holder's decision and its round report (tokens, loss).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from securefed.configio import dump_yaml
+from securefed.federation.aggregation import MAX_CONTROL, CkksRoute, plain_sum, secure_sum
+from securefed.federation.channel import Channel
+from securefed.federation.holder import model_sha256, session_context
+from securefed.federation.messages import Decision, MessageError, Offer, Plan, Ready, Welcome, decode, encode
+from securefed.federation.stages import Deadlines, Stage
+from securefed.privacy import BudgetExhausted, PrivacySession
+from securefed.privacy.clipping import ClipInfo
+from securefed.privacy.remote import round_spec
+from securefed.primitives.quantize import dequantize_sum
+from securefed.runtime.parties import SERVER_PARTY, EntropyFactory
+from securefed.runtime.rundir import RunDir, atomic_torch_save, atomic_write_text
+from securefed.secagg import Roster, SecAggAborted
+
+__all__ = ["Coordinator", "CoordinatorOptions", "StateError", "status_line"]
+
+log = logging.getLogger("securefed.coordinator")
+
+
+class StateError(RuntimeError):
+    """Checkpoint and privacy ledger disagree: refuse to continue (exit 4)."""
+
+
+@dataclass(frozen=True)
+class CoordinatorOptions:
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    min_holders: int | None = None            # holders needed to open a round (default: the secagg t_min, else 1)
+    max_aborted_rounds: int | None = None     # stop after this many aborted rounds in a row (None: never)
+    deployment: str = "simulation"            # recorded in summary.json: simulation | network
+    backend: str = "inproc"
+
+
+class Coordinator:
+    def __init__(self, cfg, channel: Channel, run_dir: RunDir, *, data, roster: Roster,
+                 options: CoordinatorOptions = CoordinatorOptions(), progress=None, resume: bool = False,
+                 stop_after_round: int | None = None) -> None:
+        import torch  # noqa: F401 - the model and outer optimizer are torch
+
+        from securefed.training.flat import get_flat, param_layout
+        from securefed.training.models import build_model
+        from securefed.training.outer import OuterOptimizer
+        from securefed.training.trainer import DPSGDConfig, LocalTrainer
+
+        self.cfg, self.channel, self.rd, self.data, self.roster = cfg, channel, run_dir, data, roster
+        self.opt, self.progress, self.resume, self.stop_after_round = options, progress, resume, stop_after_round
+        fed = cfg.federation
+        self.holder_ids = sorted(roster.keys)
+        if len(self.holder_ids) != fed.n_holders:
+            raise ValueError(f"the roster lists {len(self.holder_ids)} holders, federation.n_holders is {fed.n_holders}")
+        model = build_model(cfg.model.preset, vocab_size=len(data.tokenizer), seq_len=cfg.data.seq_len, seed=cfg.seed)
+        self.evaluator = LocalTrainer(model, replace(cfg.train, dp_sgd=DPSGDConfig()))
+        self.layout = param_layout(model)
+        theta0 = get_flat(model)
+        self.dim = theta0.numel()
+        self.init_sha256 = model_sha256(theta0.numpy().astype("<f4").tobytes())
+        self.outer = OuterOptimizer(theta0, cfg.outer)
+        self.entropy = EntropyFactory(seed=cfg.seed, deterministic=cfg.deterministic_secrets)
+        # holders decide on their own caps (protocols/federation.md §5): the server keeps only its own
+        self.privacy = PrivacySession(replace(cfg.privacy, holder_epsilon_cap=None), population=fed.n_holders,
+                                      cohort_size=fed.cohort_size, rounds_planned=fed.rounds, sampling=fed.sampling,
+                                      ledger_dir=self.rd.privacy)
+        self.sampler = np.random.default_rng(cfg.seed)
+        self.ckks = self.route_plan = None
+        if cfg.aggregation.mode == "ckks+secagg":
+            from securefed.ckks import plan_routes
+
+            self.route_plan = plan_routes(self.layout, cfg.aggregation.ckks)
+            self.ckks = CkksRoute(cfg.aggregation.ckks, roster, ckks_size=self.route_plan.ckks_size)
+        self.run_id = (hashlib.sha256(f"securefed-run|{cfg.seed}".encode()).digest()[:16] if cfg.deterministic_secrets
+                       else os.urandom(16))
+        self.next_round, self.metrics, self.wall = 1, [], 0.0
+
+    # ------------------------------------------------------------------ per-holder settings
+    def _index(self, h: int) -> int:
+        return self.holder_ids.index(h)
+
+    def local_steps(self, h: int) -> int:
+        ks = self.cfg.federation.holder_local_steps
+        return ks[self._index(h)] if ks else self.cfg.train.local_steps
+
+    def batch_size(self, h: int) -> int:
+        bs = self.cfg.federation.holder_batch_sizes
+        return bs[self._index(h)] if bs else self.cfg.train.batch_size
+
+    def welcome_for(self, h: int) -> bytes:
+        cfg, fed = self.cfg, self.cfg.federation
+        k = self.local_steps(h)
+        per_holder_rounds = math.ceil(fed.rounds * fed.cohort_size / fed.n_holders)
+        agg = cfg.aggregation
+        return encode(Welcome(
+            run_id=self.run_id, holder_id=h, rounds=fed.rounds, next_round=self.next_round,
+            model_preset=cfg.model.preset, vocab_size=len(self.data.tokenizer), seq_len=cfg.data.seq_len, dim=self.dim,
+            tokenizer_sha256=self.data.tokenizer_sha256, init_sha256=self.init_sha256, seed=cfg.seed,
+            aggregation=agg.mode, secagg=agg.secagg, ckks=agg.ckks if agg.mode == "ckks+secagg" else None,
+            privacy_mode=cfg.privacy.mode, sampling=fed.sampling, train=cfg.train, local_steps=k,
+            batch_size=self.batch_size(h), total_steps=per_holder_rounds * k))
+
+    # ------------------------------------------------------------------ checkpoint (§6)
+    def _checkpoint(self, *, in_flight: int | None = None, pending: dict | None = None) -> None:
+        state = {"version": 3, "run_id": self.run_id.hex(), "next_round": self.next_round, "in_flight": in_flight,
+                 "model_preset": self.cfg.model.preset, "dim": self.dim, "outer": self.outer.state_dict(),
+                 "sampler": self.sampler.bit_generator.state, "privacy": self.privacy.state_dict(), "pending": pending,
+                 "metrics": self.metrics, "ckks_generation": self.ckks.generation if self.ckks else 0,
+                 "roster": self.roster.to_dict(), "wall": self.wall}
+        atomic_torch_save(state, self.rd.checkpoint_file)
+
+    def _restore(self) -> None:
+        import torch
+
+        st = torch.load(self.rd.checkpoint_file, weights_only=True)  # no pickle: a planted checkpoint must not run code
+        if st.get("version") != 3 or st.get("model_preset") != self.cfg.model.preset or st.get("dim") != self.dim:
+            raise StateError(f"checkpoint is for model {st.get('model_preset')!r} with {st.get('dim')} parameters "
+                             f"(version {st.get('version')}), not {self.cfg.model.preset!r} with {self.dim}")
+        if st.get("roster") != self.roster.to_dict():
+            raise StateError("the roster differs from the one this run started with")
+        try:
+            self.privacy.load_state_dict(st["privacy"])
+            replayed = self._complete_pending(st)
+        except ValueError as e:           # LedgerError: entries lost or rewritten since the checkpoint
+            raise StateError(f"privacy ledger does not match the checkpoint: {e}") from None
+        self.run_id, self.next_round = bytes.fromhex(st["run_id"]), int(st["next_round"])
+        self.metrics, self.wall = list(st["metrics"]), float(st.get("wall", 0.0))
+        self.outer.load_state_dict(st["outer"])
+        self.sampler.bit_generator.state = st["sampler"]
+        if self.ckks:
+            self.ckks.generation = int(st["ckks_generation"])
+        if st.get("in_flight") is not None:   # killed mid-round: that round index is never run again
+            r = int(st["in_flight"])
+            log.warning("round %d was in flight when the coordinator stopped: it counts as aborted", r)
+            self.metrics.append({"round": r, "aborted": "the coordinator restarted during this round",
+                                 "clients_sampled": 0, "clients_survived": 0, "aggregation": self.cfg.aggregation.mode})
+            self.next_round = r + 1
+        self.rd.write_jsonl(self.rd.metrics, self.metrics)
+        if replayed or st.get("pending") or st.get("in_flight") is not None:
+            self._checkpoint()
+
+    def _complete_pending(self, st: dict) -> bool:
+        """A round whose accounting was checkpointed but not (fully) appended is completed, once."""
+        p = st.get("pending")
+        if not p:
+            return False
+        tail = self.privacy.ledger.entries[int(st["privacy"]["ledger_entries"]):]
+        if any(e.get("round") == p["round"] for e in tail):
+            return False
+        rp = self.privacy.begin_round(p["round"], cohort=p["cohort"], dim=p["dim"], min_survivors=p["min_survivors"],
+                                      refused=p["refused"])
+        infos = {int(h): ClipInfo(norm=0.0, clipped=bool(c)) for h, c in p["clipped"].items()}
+        rp.finish(survivors=p["survivors"], clip_infos=infos, completing=True)   # holders already charged: not again
+        log.warning("completed round %d's privacy accounting from the checkpoint", p["round"])
+        return True
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        rd, fed = self.rd, self.cfg.federation
+        if self.resume:
+            self._restore()
+        else:
+            from securefed.runtime.export import versions
+
+            atomic_write_text(rd.config, dump_yaml(self.cfg) + "# versions: " + json.dumps(versions()) + "\n")
+            if self.route_plan is not None:
+                atomic_write_text(rd.root / "ckks_plan.txt", self.route_plan.to_text())
+                atomic_write_text(rd.root / "ckks_plan.json", self.route_plan.dumps_json())
+            self._checkpoint()
+        self.channel.open(welcome_for=self.welcome_for, run_id=self.run_id)
+        aborted_in_a_row = 0
+        rounds = range(self.next_round, fed.rounds + 1)
+        for r in (self.progress.iter(rounds, "federated rounds") if self.progress else rounds):
+            t0 = time.perf_counter()
+            try:
+                row = self.run_round(r)
+            except BudgetExhausted as e:
+                self._say(f"stopping: {e}")
+                break
+            self.wall += time.perf_counter() - t0
+            if row is None:
+                self.exit_reason = "too_few"
+                break
+            aborted_in_a_row = aborted_in_a_row + 1 if row.get("aborted") else 0
+            if self.opt.max_aborted_rounds and aborted_in_a_row >= self.opt.max_aborted_rounds:
+                self.exit_reason = "too_few"
+                self._say(f"stopping: {aborted_in_a_row} rounds in a row aborted")
+                break
+            if self.stop_after_round is not None and r >= self.stop_after_round:
+                return {"stopped_after_round": r}
+        return self.finish()
+
+    def _say(self, msg: str) -> None:
+        log.info(msg)
+        if self.progress is not None:
+            self.progress.print(msg)
+
+    def sample_cohort(self, available: list[int]) -> list[int]:
+        fed, ids = self.cfg.federation, sorted(available)
+        if fed.sampling == "poisson":
+            q = fed.cohort_size / fed.n_holders
+            return [h for h, u in zip(ids, self.sampler.random(len(ids))) if u < q]
+        return sorted(int(h) for h in self.sampler.choice(ids, size=min(fed.cohort_size, len(ids)), replace=False))
+
+    def _t_min(self, n: int) -> int | None:
+        if self.cfg.aggregation.mode == "plain" or n < 3:
+            return None
+        return self.cfg.aggregation.secagg.thresholds(n).min_survivors
+
+    def _weights(self, participants: list[int]) -> dict[int, float]:
+        """w_i = tokens_i / max_j tokens_j ≤ 1 (tokens = K·B, set by the coordinator), so w·Δ keeps the clip bound."""
+        if self.cfg.federation.weighting == "uniform" or not participants:
+            return {h: 1.0 for h in participants}
+        tokens = {h: self.local_steps(h) * self.batch_size(h) for h in participants}
+        top = max(tokens.values())
+        return {h: t / top for h, t in tokens.items()}
+
+    def run_round(self, r: int) -> dict | None:
+        cfg, fed, dl = self.cfg, self.cfg.federation, self.opt.deadlines
+        t0 = time.perf_counter()
+        self._checkpoint(in_flight=r)
+        available = self.channel.available(r, want=fed.cohort_size, timeout=dl.join)
+        need = self.opt.min_holders or 1
+        if len(available) < need:
+            log.error("round %d: only %d holders available (need %d)", r, len(available), need)
+            self._checkpoint()
+            return None
+        theta = self.outer.params.clone()
+        theta_bytes = theta.numpy().astype("<f4").tobytes()
+        mhash = model_sha256(theta_bytes)
+        cohort = self.sample_cohort(available)
+        secure = cfg.aggregation.mode != "plain"
+        rp0 = self.privacy.begin_round(r, cohort=cohort, dim=self.dim, min_survivors=self._t_min(len(cohort)))
+        row = {"round": r, "clients_sampled": len(cohort), "aggregation": cfg.aggregation.mode}
+        decisions: dict[int, Decision] = {}
+        if cohort and (not secure or len(cohort) >= 3):
+            offer = encode(Offer(r, tuple(cohort), mhash, round_spec(rp0)))
+            for h, data in self.channel.exchange(r, Stage.OFFER, {h: offer for h in cohort}, deadline=dl.control,
+                                                 max_reply=MAX_CONTROL).items():
+                d = _decode(data, Decision, h, r)
+                if d is not None:
+                    decisions[h] = d
+        accepted = [h for h in cohort if h in decisions and decisions[h].accept]
+        refused = [h for h in cohort if h not in accepted]
+        refusals = {str(h): decisions[h].reason if h in decisions else "no answer" for h in refused}
+        t_min = self._t_min(len(accepted))
+        rp = self.privacy.begin_round(r, cohort=cohort, dim=self.dim, min_survivors=t_min, refused=refused)
+        participants = list(rp.participants)
+        ready: dict[int, Ready] = {}
+        result, aborted = None, None
+        if not participants or (secure and len(participants) < 3):
+            aborted = f"{len(participants)} of {len(cohort)} sampled holders took part: too few"
+        else:
+            self.channel.send(r, Stage.MODEL, {h: theta_bytes for h in participants})
+            weights = self._weights(participants)
+            spec = round_spec(rp)
+            plans = {h: encode(Plan(r, spec, weight=float(weights[h]))) for h in participants}
+            for h, data in self.channel.exchange(r, Stage.PLAN, plans, deadline=dl.train, max_reply=MAX_CONTROL).items():
+                msg = _decode(data, (Ready, Decision), h, r)
+                if isinstance(msg, Ready):
+                    ready[h] = msg
+                elif isinstance(msg, Decision):
+                    refusals[str(h)] = msg.reason
+            try:
+                result = self._aggregate(r, rp, sorted(ready), weights, mhash)
+            except SecAggAborted as e:   # below threshold: no masked sum revealed, the model stays as it was
+                aborted = str(e)
+        survivors = list(result[1]) if result else []
+        if result is not None:
+            total, _, denominator = result
+            self.outer.step(_torch(total) / denominator)
+        clipped = {h: ready[h].clipped for h in survivors if ready[h].clipped is not None}
+        row.update({
+            "clients_refused": len(refused), "clients_survived": len(survivors),
+            "train_loss": float(np.mean([ready[h].loss for h in ready if ready[h].loss is not None])) if ready else None,
+            "tokens_seen": (self._tokens_so_far()) + sum(ready[h].tokens for h in survivors),
+            "bytes_up": self.channel.bytes_up, "bytes_down": self.channel.bytes_down,
+            "clip_fraction": float(np.mean(list(clipped.values()))) if clipped else None,
+        })
+        if refusals:
+            row["refusals"] = refusals
+        if aborted:
+            row["aborted"] = aborted
+            self._say(f"[yellow]round {r} aborted: {aborted}[/]")
+        record_eps = [ready[h].record_epsilon for h in ready if ready[h].record_epsilon is not None]
+        if record_eps:   # record-level DP-SGD inside holders: the largest holder ε so far
+            row["record_epsilon_max"] = max(record_eps)
+        if r % fed.eval_every == 0 or r == fed.rounds:
+            row.update(self.evaluate())
+        row["seconds"] = time.perf_counter() - t0
+        pending = {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": survivors, "refused": refused,
+                   "min_survivors": t_min, "clipped": {str(h): bool(c) for h, c in clipped.items()}}
+        self.metrics.append(row)
+        self.next_round = r + 1
+        self._checkpoint(pending=pending)          # WAL: the round's accounting is in the checkpoint first
+        entry = rp.finish(survivors=survivors, clip_infos={h: ClipInfo(0.0, bool(c)) for h, c in clipped.items()})
+        if cfg.privacy.mode != "none":
+            row.update(epsilon=entry.get("epsilon"), delta=entry.get("delta"))
+        self.rd.write_jsonl(self.rd.metrics, self.metrics)
+        self._checkpoint()
+        self.channel.end_round(r)
+        self._say(status_line(row, fed.rounds))
+        return row
+
+    def _tokens_so_far(self) -> int:
+        for m in reversed(self.metrics):
+            if "tokens_seen" in m:
+                return int(m["tokens_seen"])
+        return 0
+
+    def _aggregate(self, r: int, rp, ready: list[int], weights: dict[int, float], mhash: str):
+        """(float32 sum over the survivors, survivors, denominator); SecAggAborted if it cannot be formed."""
+        cfg, dl = self.cfg, self.opt.deadlines
+        mode = cfg.aggregation.mode
+        noise = self.entropy.for_party(r, SERVER_PARTY, "noise")
+        if mode == "plain":
+            total, survivors = plain_sum(self.channel, r, ready, dim=self.dim, clip=rp.clip_bound, deadlines=dl)
+            if not survivors:
+                raise SecAggAborted("no plain update arrived")
+            total = rp.noise_plain_sum(total, noise)
+        else:
+            if len(ready) < 3:
+                raise SecAggAborted(f"only {len(ready)} holders finished training: secure aggregation needs 3")
+            ckks_total, masked_cohort = None, ready
+            if mode == "ckks+secagg":
+                ckks_total, a = self.ckks.sum(self.channel, r, ready, dl)
+                masked_cohort = list(a)   # CKKS first: a holder rejected there never enters the masked sum
+                if len(masked_cohort) < 3:
+                    raise SecAggAborted(f"only {len(masked_cohort)} CKKS uploads accepted: secure aggregation needs 3")
+            length = self.route_plan.secagg_size if mode == "ckks+secagg" else rp.encoded_dim
+            transcript = self.rd.transcript / f"round-{r:05d}" if cfg.aggregation.transcript else None
+            out = secure_sum(self.channel, r, masked_cohort, length=length, config=cfg.aggregation.secagg,
+                             roster=self.roster, context=session_context(self.run_id, bytes.fromhex(mhash)),
+                             deadlines=dl, spool=self.rd.root / "spool", transcript=transcript)
+            survivors = out.survivors
+            if mode == "ckks+secagg":
+                masked = dequantize_sum(out.total, rp.plan).astype(np.float64)
+                if cfg.privacy.mode == "none" and list(survivors) != masked_cohort:
+                    # the CKKS half sums over A, the masked half over B ⊆ A: rescale so each is the mean over its own
+                    ckks_total = ckks_total * (sum(weights[h] for h in survivors) / sum(weights[h] for h in masked_cohort))
+                total = rp.noise_plain_sum(self.route_plan.merge(ckks_total, masked).astype(np.float32), noise)
+            else:
+                total = rp.decode(out.total, survivors=list(survivors), entropy=noise)
+        # DP: a fixed denominator (the planned cohort) bounds one holder's influence by C / cohort
+        denominator = (float(self.cfg.federation.cohort_size) if cfg.privacy.mode != "none"
+                       else float(sum(weights[h] for h in survivors)) or 1.0)
+        return np.asarray(total, dtype=np.float32), survivors, denominator
+
+    def evaluate(self) -> dict:
+        from securefed.training.flat import set_flat
+
+        if self.data.eval_rows is None:
+            return {}
+        set_flat(self.evaluator.raw_model, self.outer.params)
+        loss = self.evaluator.evaluate(self.data.eval_rows)
+        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))}   # a DP-wrecked model must not crash
+
+    # ------------------------------------------------------------------ the end of the run
+    def finish(self) -> dict:
+        """Run-directory contract: model/ (with its SHA-256), summary.json (the report is the caller's)."""
+        from securefed.runtime.export import export_model
+        from securefed.training.flat import set_flat
+
+        set_flat(self.evaluator.raw_model, self.outer.params)
+        export_model(self.evaluator.raw_model, self.data.tokenizer, self.rd.model)
+        done = [m for m in self.metrics if not m.get("aborted")]
+        evals = [m for m in self.metrics if "eval_ppl" in m]
+        eps, delta = self.privacy.epsilon_spent()
+        summary = {
+            "fed_eval_ppl": evals[-1]["eval_ppl"] if evals else None,
+            "rounds": len(done), "rounds_aborted": len(self.metrics) - len(done),
+            "tokens": self._tokens_so_far(), "epsilon": eps if self.cfg.privacy.mode != "none" else None,
+            "delta": delta if self.cfg.privacy.mode != "none" else None, "wall_seconds": self.wall,
+            "aggregation": self.cfg.aggregation.mode, "model_params": self.dim, "model_preset": self.cfg.model.preset,
+            "unigram_eval_ppl": self.data.unigram_eval_ppl, "privacy_mode": self.cfg.privacy.mode,
+            "run_id": self.run_id.hex(), "deployment": self.opt.deployment, "backend": self.opt.backend,
+            "holders": self.cfg.federation.n_holders, "model_sha256": _file_sha256(self.rd.model / "model.safetensors"),
+            "ledger_head": self.privacy.ledger.head,
+        }
+        self.rd.write_json(self.rd.summary, summary)
+        return summary
+
+
+def _decode(data: bytes, kinds, h: int, r: int):
+    """A holder's reply of the expected kind, for this round, from this holder; None (logged) otherwise."""
+    try:
+        msg = decode(data)
+    except MessageError as e:
+        log.warning("round %d: holder %d sent a malformed reply: %s", r, h, e)
+        return None
+    if not isinstance(msg, kinds) or msg.round != r or msg.holder_id != h:
+        log.warning("round %d: holder %d's reply is of the wrong kind, round or sender", r, h)
+        return None
+    return msg
+
+
+def _torch(x: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _file_sha256(path) -> str | None:
+    if not path.exists():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def status_line(row: dict, rounds: int) -> str:
+    ppl = f" eval_ppl {row['eval_ppl']:.2f}" if "eval_ppl" in row else ""
+    loss = f"{row['train_loss']:.3f}" if row.get("train_loss") is not None else "n/a"
+    return (f"round {row['round']}/{rounds}: {row['clients_survived']}/{row['clients_sampled']} holders, "
+            f"train_loss {loss}{ppl}, up {row['bytes_up'] / 1e6:.2f} MB, {row['seconds']:.1f}s")

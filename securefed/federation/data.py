@@ -1,0 +1,79 @@
+"""What each role builds from its own configuration: a holder's training rows, the coordinator's model
+and evaluation set, and (within one process) the shared pieces.
+
+In a simulation every holder of one process asks for the same corpus; building it once and sharing
+the trainer's model object (each holder keeps its own AdamW state, step counter and data cursor,
+training/trainer.py) is what lets many holders fit in one process. Holders in separate processes
+build exactly the same tensors from the same configuration, so every channel computes the same Δ.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+__all__ = ["HolderData", "federated_data", "holder_rows", "shared_trainer", "CoordinatorData", "coordinator_data"]
+
+_lock = threading.Lock()
+_corpora: dict = {}
+_trainers: dict = {}
+
+
+def federated_data(data_cfg, *, n_holders: int, seed: int, progress: bool):
+    """``prepare_federated_data`` once per (config, holders, seed) in this process."""
+    from securefed.training.data import prepare_federated_data
+
+    key = (data_cfg, n_holders, seed)
+    with _lock:
+        if key not in _corpora:
+            _corpora.clear()   # one corpus at a time: a process runs one federation
+            _corpora[key] = prepare_federated_data(data_cfg, n_holders=n_holders, seed=seed, progress=progress)
+        return _corpora[key]
+
+
+@dataclass
+class HolderData:
+    train: object                 # (N, seq_len) LongTensor: this holder's own training rows
+    tokenizer: object
+    tokenizer_sha256: str
+    manifest: dict
+
+
+def holder_rows(cfg, *, progress: bool = False) -> HolderData:
+    """A holder's rows from its own HolderConfig: its own path (data.holder_paths / data.source), or —
+    in a simulation — shard ``cfg.shard`` of ``cfg.data`` split ``cfg.n_shards`` ways."""
+    from securefed.training.data.tokenizer import tokenizer_hash
+
+    fd = federated_data(cfg.data, n_holders=cfg.n_shards, seed=cfg.data_seed, progress=progress)
+    man = dict(fd.manifest, holders=[fd.manifest["holders"][cfg.shard]])
+    return HolderData(fd.holder_train[cfg.shard], fd.tokenizer, tokenizer_hash(fd.tokenizer), man)
+
+
+def shared_trainer(preset: str, vocab_size: int, seq_len: int, seed: int, train_cfg):
+    """One LocalTrainer (model object) per (model, recipe) in this process; holders add their own state."""
+    from securefed.training.models import build_model
+    from securefed.training.trainer import LocalTrainer
+
+    key = (preset, vocab_size, seq_len, seed, train_cfg)
+    with _lock:
+        if key not in _trainers:
+            model = build_model(preset, vocab_size=vocab_size, seq_len=seq_len, seed=seed)
+            _trainers[key] = LocalTrainer(model, train_cfg)
+        return _trainers[key]
+
+
+@dataclass
+class CoordinatorData:
+    tokenizer: object
+    tokenizer_sha256: str
+    eval_rows: object | None      # (M, seq_len) or None: no server-side evaluation
+    unigram_eval_ppl: float | None
+    manifest: dict | None
+
+
+def coordinator_data(cfg, *, progress: bool) -> CoordinatorData:
+    """The public tokenizer and the coordinator's own evaluation rows (RunConfig.evaluation)."""
+    from securefed.training.data.tokenizer import tokenizer_hash
+
+    fd = federated_data(cfg.data, n_holders=cfg.federation.n_holders, seed=cfg.seed, progress=progress)
+    return CoordinatorData(fd.tokenizer, tokenizer_hash(fd.tokenizer), fd.eval_global, fd.unigram_eval_ppl, fd.manifest)

@@ -1,0 +1,214 @@
+"""The gRPC channel (deployment across institutions): the coordinator's side (:class:`GrpcChannel`) and
+the holder's (:func:`run_holder`), over securefed.transport (frames, streams, mutual TLS, mailboxes).
+
+Coordinator: a gRPC server with mutual TLS whose Join answers each authenticated holder with its
+Welcome, and whose Fetch/Submit serve the stage mailboxes (transport.board.StageBoard). Holder: join,
+check the Welcome against its own floors, then for each round long-poll its next stage message, hand
+it to the same ``Holder.handle`` the in-process channel calls, and stream the reply back.
+
+Exit codes of a holder (protocols/transport.md §10): 0 all rounds done · 1 unexpected error ·
+2 usage/config error · 3 certificate refused · 6 coordinator unreachable after max_failures ·
+7 the run is below this holder's floors (nothing was sent).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import grpc
+
+from securefed.federation.channel import Channel, SinkFactory
+from securefed.federation.messages import MAX_MESSAGE, Hello, MessageError, decode_as, encode
+from securefed.federation.stages import RELEASE_STAGES, Stage
+from securefed.runtime.rundir import atomic_write_text
+from securefed.secagg import Roster
+from securefed.transport.board import StageBoard
+from securefed.transport.frames import DEFAULT_CHUNK, FrameError, Kind
+from securefed.transport.pki import Layout
+from securefed.transport.service import Handlers, make_server
+
+__all__ = ["GrpcChannel", "run_holder", "EXIT"]
+
+log = logging.getLogger("securefed.channel.grpc")
+
+# protocols/transport.md §10
+EXIT = {"ok": 0, "error": 1, "usage": 2, "auth": 3, "state": 4, "too_few": 5, "unreachable": 6, "policy": 7}
+
+
+class GrpcChannel(Channel):
+    def __init__(self, *, pki: str | Path, roster: Roster, host: str = "127.0.0.1", port: int = 0,
+                 chunk_size: int = DEFAULT_CHUNK, status_path: Path | None = None) -> None:
+        self.pki, self.roster, self.host, self.want_port = Layout(pki), roster, host, port
+        self.chunk_size, self.status_path = chunk_size, status_path
+        self.board: StageBoard | None = None
+        self.server = None
+        self.port = None
+
+    # bytes carried this round
+    bytes_up = property(lambda self: self.board.bytes_up if self.board else 0)
+    bytes_down = property(lambda self: self.board.bytes_down if self.board else 0)
+
+    def open(self, *, welcome_for: Callable[[int], bytes], run_id: bytes) -> None:
+        self.board = StageBoard(run_id, chunk_size=self.chunk_size)
+
+        def join(hid: int, request: bytes, context) -> bytes:
+            try:
+                hello = decode_as(request, Hello)
+            except MessageError as e:
+                log.warning("holder %d: malformed hello: %s", hid, e)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed hello")
+            if hello.holder_id != hid:   # the id comes from the TLS certificate, never from a message
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "not authorized")
+            log.info("holder %d joined (%s)", hid, context.peer())
+            return welcome_for(hid)
+
+        handlers = Handlers(join=join, fetch=self.board.fetch, submit=self.board.submit, status=self.status)
+        n = len(self.roster.keys)
+        self.server, self.port = make_server(handlers, host=self.host, port=self.want_port, cert=self.pki.server_cert,
+                                             key=self.pki.server_key, ca=self.pki.ca_cert,
+                                             roster_ids=frozenset(self.roster.keys), max_workers=max(32, 3 * n + 8))
+        self.server.start()
+        log.info("listening on %s:%d (mTLS), run %s, %d holders on the roster", self.host, self.port, run_id.hex(), n)
+        self._write_status()
+
+    def status(self) -> dict:
+        return {"port": self.port, "pid": os.getpid(), "board": self.board.status() if self.board else None,
+                "updated": time.time()}
+
+    def _write_status(self, **extra) -> None:
+        if self.status_path is not None:
+            atomic_write_text(self.status_path, json.dumps(dict(self.status(), **extra), sort_keys=True) + "\n")
+
+    def available(self, round_index: int, *, want: int, timeout: float) -> list[int]:
+        return self.board.wait_for_holders(round_index, want=want, timeout=timeout)
+
+    def send(self, round_index: int, stage: int, outbox: Mapping[int, bytes]) -> None:
+        self._ensure_open(round_index, outbox)
+        self.board.publish(stage, outbox, reply=False)
+
+    def _ensure_open(self, r: int, outbox: Mapping[int, bytes]) -> None:
+        if self.board.round != r or self.board.over:
+            self.board.open_round(r, outbox)      # the first stage of a round addresses its whole cohort
+            self._write_status()
+
+    def exchange(self, round_index: int, stage: int, outbox: Mapping[int, bytes], *, deadline: float,
+                 max_reply: int) -> dict[int, bytes]:
+        self._ensure_open(round_index, outbox)
+        self.board.publish(stage, outbox, reply=True, max_reply=max_reply)
+        replies, _ = self.board.wait_replies(deadline)
+        return replies
+
+    def collect(self, round_index: int, stage: int, outbox: Mapping[int, bytes], *, deadline: float,
+                sink: SinkFactory, max_reply: int) -> set[int]:
+        self._ensure_open(round_index, outbox)
+        self.board.publish(stage, outbox, reply=True, sink=sink, max_reply=max_reply)
+        _, done = self.board.wait_replies(deadline)
+        return done
+
+    def end_round(self, round_index: int) -> None:
+        self.board.end_round(round_index)
+        self._write_status()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop(grace=2.0)
+            self.server = None
+
+
+# ---------------------------------------------------------------------------------------- holder side
+def run_holder(holder, *, target: str, creds, server_name: str | None = None, max_failures: int = 20,
+               backoff=None) -> int:
+    """Take part in a run as ``holder`` (a federation.holder.Holder) until it ends; an exit code."""
+    from securefed.federation.holder import PolicyRefused
+    from securefed.transport.client import FATAL_CODES, Backoff, Refused, TransportClient
+
+    backoff = backoff or Backoff()
+    failures, tc, at = 0, None, None    # at: (round, next stage) to resume after a dropped connection
+    while True:
+        try:
+            if tc is None:
+                tc = TransportClient(target, creds, server_name=server_name)
+            holder.welcome(tc.join(encode(Hello(holder.id)), timeout=60))
+            tc.set_run(holder.welcomed.run_id)
+            # after a dropped connection: back to the same stage of the same round (its state is in memory)
+            r = at[0] if at is not None else max(holder.welcomed.next_round, holder.next_round)
+            while r <= holder.welcomed.rounds:
+                r, at = _round(holder, tc, r, at[1] if at and at[0] == r else 0), None
+                failures = 0
+                backoff.reset()
+            log.info("holder %d: all %d rounds done", holder.id, holder.welcomed.rounds)
+            tc.close()
+            return EXIT["ok"]
+        except PolicyRefused as e:
+            log.error("holder %d: refusing the coordinator's settings: %s", holder.id, e)
+            return EXIT["policy"]
+        except _Resume as e:
+            at, why = (e.round, e.stage), e.why
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            if code in FATAL_CODES:
+                log.error("holder %d: the coordinator refused this holder's certificate", holder.id)
+                return EXIT["auth"]
+            why = f"{code}"
+        except (FrameError, MessageError, Refused, ValueError) as e:
+            why = f"{type(e).__name__}: {e}"
+        failures += 1
+        if failures > max_failures:
+            log.error("holder %d: giving up after %d failed attempts", holder.id, failures - 1)
+            return EXIT["unreachable"]
+        delay = backoff.next_delay()
+        log.warning("holder %d: connection problem (%s); retry %d in %.1fs", holder.id, why, failures, delay)
+        time.sleep(delay)
+        tc.reconnect()
+
+
+class _Resume(Exception):
+    def __init__(self, r: int, stage: int, why: str) -> None:
+        super().__init__(why)
+        self.round, self.stage, self.why = r, stage, why
+
+
+def _round(holder, tc, r: int, s: int) -> int:
+    """One round as the coordinator drives it: fetch the next stage message, handle it, reply.
+    Returns the next round to ask for. A dropped connection raises _Resume(r, s): the holder comes
+    back to the same stage of the same round (its round state is in memory; nothing is re-sent)."""
+    from securefed.transport.client import Refused
+
+    dim = holder.welcomed.dim
+    while True:
+        try:
+            f = tc.fetch(r, s, (Kind.STAGE,), wait_s=30.0, max_len=max(4 * dim, MAX_MESSAGE))
+        except grpc.RpcError as e:
+            if getattr(e, "code", lambda: None)() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                raise
+            raise _Resume(r, s, f"fetch failed: {e.code() if hasattr(e, 'code') else e}") from None
+        if f.kind == Kind.WAIT:
+            info = json.loads(f.payload.decode("utf-8")) if f.payload else {}
+            why = info.get("reason")
+            if why in ("not_open", "not_yet"):
+                continue
+            if why in ("not_in_cohort", "over"):
+                holder.end_round(r)
+                nxt = info.get("next_round")
+                return nxt if isinstance(nxt, int) and not isinstance(nxt, bool) and nxt > r else r + 1
+            raise FrameError(f"the coordinator answered {why!r}")
+        vanish = holder.cfg.vanish_at
+        if vanish is not None and (r, f.stage) >= tuple(vanish):   # tests: a holder killed mid-round
+            log.error("holder %d: test hook vanish_at %s: killing this process", holder.id, vanish)
+            os.kill(os.getpid(), signal.SIGKILL)
+        reply = holder.handle(r, f.stage, f.payload)
+        s = f.stage + 1
+        if reply is None:
+            continue
+        try:
+            tc.submit(r, f.stage, Kind.REPLY, reply, timeout=900.0 if f.stage in RELEASE_STAGES else 120.0)
+        except Refused as e:   # e.g. the stage closed: the holder is dropped for it; it never sends it again
+            log.warning("holder %d: round %d stage %s reply refused: %s", holder.id, r, Stage(f.stage).name, e)
+        except grpc.RpcError as e:
+            raise _Resume(r, s, f"submit failed: {e.code() if hasattr(e, 'code') else e}") from None

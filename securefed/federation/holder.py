@@ -1,0 +1,492 @@
+"""The Holder role, written once for every channel (protocols/federation.md §4–§5).
+
+One data holder: its own data, floors and ε budget (``HolderConfig``), its Lightning trainer, the one
+update encoder, its secure-aggregation and CKKS state machines, and its release records. A channel
+delivers one message per stage through :meth:`Holder.handle` and carries the reply back; the holder
+checks everything it is sent (rules H1–H9 below) and answers a message it does not like with a
+logged refusal or silence — never a traceback, never a second release.
+
+    H1  a Welcome must fit this holder's floors (aggregation mode, ring, threshold, graph, privacy
+        mode, σ) and its own tokenizer; else it leaves the run (PolicyRefused, exit 7).
+    H2  an Offer is for a round it has not yet taken part in, names it, and carries a privacy plan of
+        the welcomed mode, ring and δ, at or above its floors, for a cohort of at least its minimum.
+    H3  it joins only if its own projected ε (the plan it will encode with, t_min survivors) stays
+        within its cap; else it refuses with the reason, recorded in its own ledger.
+    H4  θ_r must hash to the Offer's θ hash.
+    H5  the final Plan keeps the Offer's mode, C, σ, δ, ring and dimension, lists this holder among
+        participants drawn from the offered cohort, and still passes H3.
+    H6  a RoundStart / CKKS request names the round, a cohort drawn from the plan's participants,
+        this holder, the planned ring, and thresholds and a graph at or above its floors.
+    H7  release once: before the first message carrying (a function of) its data in round r —
+        CKKS ciphertexts, the plain update or the masked input — the release is charged durably in
+        its ledger; a released round is never taken part in again (a restart resumes at the next
+        round), and each release stage is answered at most once per round.
+    H8  it settles the charge at the signed survivor count before sending unmasking shares.
+    H9  the CKKS decryptor releases at most one sum per (key generation, round), of the current round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from securefed.ckks.holder import HolderRole, expected_leader
+from securefed.ckks.keyshare import HolderPublic, HolderSecrets, KeyShareError
+from securefed.ckks.messages import AggregateMsg, KeyAdvertMsg, KeyShareMsg
+from securefed.ckks.messages import MessageError as CkksMessageError
+from securefed.ckks.messages import decode as ckks_decode
+from securefed.ckks.messages import encode as ckks_encode
+from securefed.federation.holder_config import PRIVACY_ORDER, HolderConfig
+from securefed.federation.messages import (CkksAdverts, CkksKeys, CkksRotate, CkksShare, CkksUploadRequest, Decision,
+                                           MessageError, Offer, Plan, Ready, Welcome, decode_as, encode)
+from securefed.federation.stages import Stage
+from securefed.primitives.keys import IdentityKey
+from securefed.privacy.clipping import l2_clip
+from securefed.privacy.remote import HolderBudget, RoundSpec, spec_encode
+from securefed.runtime.parties import EntropyFactory
+from securefed.runtime.rundir import atomic_write_text
+from securefed.secagg import Roster, SecAggAborted, SecAggClient, SecAggConfig, UnexpectedMessage
+from securefed.secagg import decode as secagg_decode
+from securefed.secagg.messages import RoundStart, UnmaskRequest
+
+__all__ = ["Holder", "PolicyRefused", "session_context", "model_sha256"]
+
+log = logging.getLogger("securefed.holder")
+
+
+class PolicyRefused(RuntimeError):
+    """The run asks for less than this holder's floors allow: it leaves (exit 7, protocols/transport.md §10)."""
+
+
+def session_context(run_id: bytes, model_hash: bytes) -> bytes:
+    """The secure-aggregation session context: run id and θ_r's hash (protocols/secagg.md §5, C1)."""
+    return b"securefed/federation/v1|" + run_id + model_hash
+
+
+def model_sha256(theta_bytes: bytes) -> str:
+    return hashlib.sha256(theta_bytes).hexdigest()
+
+
+@dataclass
+class _Round:
+    """What this holder holds of the round in progress (memory only: a restart never resumes a round)."""
+
+    offer: Offer
+    spec: RoundSpec | None = None
+    delta: np.ndarray | None = None           # (P,) float32 Δ = θ_r − θ_local
+    report: Ready | None = None
+    masked_part: np.ndarray | None = None     # the ring vector for secure aggregation
+    ckks_part: np.ndarray | None = None       # the CKKS-routed slice (float64), ckks+secagg only
+    plain: np.ndarray | None = None           # the clipped update, plain only
+    secagg: SecAggClient | None = None
+    ckks_cohort: frozenset[int] = frozenset()
+    answered: set[int] = field(default_factory=set)   # release stages already answered (H7)
+    trained: bool = False
+
+
+class Holder:
+    def __init__(self, cfg: HolderConfig, *, identity: IdentityKey, roster: Roster, progress: bool = False) -> None:
+        self.cfg, self.id, self.identity, self.roster = cfg, cfg.holder_id, identity, roster
+        if roster.keys.get(self.id) != identity.public_bytes:
+            raise ValueError(f"holder {self.id}: identity key does not match its roster entry")
+        self.state_dir = Path(cfg.state_dir).expanduser()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.entropy = EntropyFactory(seed=cfg.secret_seed, deterministic=cfg.deterministic_secrets)
+        self.progress = progress
+        self.welcomed: Welcome | None = None
+        self.next_round = 1                    # rounds below this one were taken part in (or skipped)
+        self.budget: HolderBudget | None = None
+        self.trainer = None
+        self._round: _Round | None = None
+        self.ckks: HolderRole | None = None
+        self._ckks_roster = {h: HolderPublic(h, k) for h, k in roster.keys.items()}
+        self._data = None
+
+    # ------------------------------------------------------------------ joining (H1)
+    def hello(self) -> dict:
+        return {"holder_id": self.id}
+
+    def welcome(self, data: bytes) -> None:
+        """Check the run against this holder's floors; set up data, trainer and budget. PolicyRefused if
+        the run is below a floor; MessageError if the welcome is malformed."""
+        w = decode_as(data, Welcome)
+        if w.holder_id != self.id:
+            raise MessageError(f"welcome is addressed to holder {w.holder_id}, not {self.id}")
+        if self.welcomed is not None:
+            if w.run_id != self.welcomed.run_id:
+                raise PolicyRefused("the coordinator now runs a different run id")
+            self.welcomed = w
+            return
+        pol = self.cfg.policy
+        if w.aggregation not in pol.aggregation:
+            raise PolicyRefused(f"aggregation {w.aggregation!r} is not one this holder accepts {list(pol.aggregation)}")
+        if PRIVACY_ORDER[w.privacy_mode] < PRIVACY_ORDER[pol.privacy_mode]:
+            raise PolicyRefused(f"privacy mode {w.privacy_mode!r} is below this holder's floor {pol.privacy_mode!r}")
+        if w.aggregation != "plain":
+            floor = pol.secagg_floor()
+            if w.secagg.ring_bits < floor.ring_bits:
+                raise PolicyRefused(f"ring of {w.secagg.ring_bits} bits is below this holder's floor of {floor.ring_bits}")
+            if w.secagg.threshold_fraction < floor.threshold_fraction:
+                raise PolicyRefused(f"threshold fraction {w.secagg.threshold_fraction} is below this holder's floor "
+                                    f"{floor.threshold_fraction}")
+        data = self._load_data()
+        if data.tokenizer_sha256 != w.tokenizer_sha256:
+            raise PolicyRefused("the run's tokenizer differs from this holder's (tokenizer hash mismatch)")
+        self.welcomed = w
+        self._build_trainer(w, data)
+        self.budget = HolderBudget(self.state_dir / "ledger.jsonl", holder_id=self.id, cap=pol.epsilon_cap,
+                                   delta=pol.delta, run_id=w.run_id.hex())
+        self._load_state()
+        if w.aggregation == "ckks+secagg":
+            self.ckks = HolderRole(HolderSecrets(self.id, self.identity), w.ckks)
+            from securefed.ckks.routing import plan_routes
+
+            self._route_plan = plan_routes(self._layout, w.ckks)
+        log.info("holder %d joined run %s (next round %d)", self.id, w.run_id.hex(), self.next_round)
+
+    def _load_data(self):
+        from securefed.federation.data import holder_rows
+
+        if self._data is None:
+            self._data = holder_rows(self.cfg, progress=self.progress)
+        return self._data
+
+    def _build_trainer(self, w: Welcome, data) -> None:
+        from securefed.federation.data import shared_trainer
+        from securefed.training.flat import get_flat, param_layout
+
+        hw = self.cfg.hardware
+        tcfg = replace(w.train, accelerator=hw.accelerator, devices=hw.devices, precision=hw.precision,
+                       strategy=hw.strategy, compile=hw.compile, dp_sgd=self.cfg.dp_sgd)
+        trainer = shared_trainer(w.model_preset, w.vocab_size, w.seq_len, w.seed, tcfg)
+        if len(data.tokenizer) != w.vocab_size:
+            raise PolicyRefused(f"the run's vocabulary ({w.vocab_size}) differs from this holder's tokenizer")
+        theta0 = get_flat(trainer.raw_model)
+        if theta0.numel() != w.dim:
+            raise PolicyRefused(f"the run's model has {w.dim} parameters; preset {w.model_preset!r} has {theta0.numel()}")
+        self._layout = param_layout(trainer.raw_model)
+        dp_seed = None
+        if self.cfg.deterministic_secrets:
+            dp_seed = int.from_bytes(hashlib.sha256(f"dp-sgd|{self.cfg.secret_seed}|{self.id}".encode()).digest()[:8], "little")
+        self.trainer = trainer.new_holder(self.id, data.train, seed=self.cfg.data_seed, total_steps=w.total_steps,
+                                          local_steps=w.local_steps, batch_size=w.batch_size, dp_secret_seed=dp_seed)
+
+    # ------------------------------------------------------------------ state (own files only)
+    @property
+    def _state_file(self) -> Path:
+        return self.state_dir / "holder_state.json"
+
+    def _load_state(self) -> None:
+        run = self.welcomed.run_id.hex()
+        if self._state_file.exists():
+            st = json.loads(self._state_file.read_text())
+            if st.get("run_id") != run:
+                raise PolicyRefused(f"holder state in {self.state_dir} belongs to another run; use a new state_dir")
+            self.next_round = int(st["next_round"])
+            opt = self.state_dir / "trainer.pt"
+            if opt.exists():
+                import torch
+
+                self.trainer.load_state_dict(torch.load(opt, weights_only=True))  # never runs code (audit SEC-12)
+        # H7 after a crash: a round released in the ledger is never taken part in again
+        released = self.budget.released_rounds()
+        if released:
+            self.next_round = max(self.next_round, max(released) + 1)
+
+    def _save_state(self) -> None:
+        from securefed.runtime.rundir import atomic_torch_save
+
+        atomic_torch_save(self.trainer.state_dict(), self.state_dir / "trainer.pt")
+        atomic_write_text(self._state_file, json.dumps({"version": 1, "run_id": self.welcomed.run_id.hex(),
+                                                        "next_round": self.next_round}) + "\n")
+
+    # ------------------------------------------------------------------ the round
+    def handle(self, round_index: int, stage: int, payload: bytes) -> bytes | None:
+        """One stage message in, the reply out (None: no reply — not in this round, refused silently,
+        or a simulated dropout). Bad input is logged and answered with silence or a refusal."""
+        if self.welcomed is None:
+            log.warning("holder %d: message before the welcome; ignored", self.id)
+            return None
+        try:
+            stage = Stage(stage)
+        except ValueError:
+            log.warning("holder %d: unknown stage %r; ignored", self.id, stage)
+            return None
+        if stage == Stage.OFFER:
+            return None if self._vanishes(round_index, stage) else self._on_offer(round_index, payload)
+        rs = self._round
+        if rs is None or rs.offer.round != round_index:
+            log.warning("holder %d: stage %s for round %d, which it is not in; ignored", self.id, stage.name, round_index)
+            return None
+        if self._vanishes(round_index, stage):
+            return None
+        try:
+            return getattr(self, "_on_" + stage.name.lower())(rs, payload)
+        except (MessageError, CkksMessageError, KeyShareError, SecAggAborted, UnexpectedMessage, ValueError) as e:
+            log.warning("holder %d: round %d stage %s refused: %s", self.id, round_index, stage.name, e)
+            if stage in (Stage.SECAGG_START, Stage.SECAGG_SHARES, Stage.SECAGG_MASKED, Stage.SECAGG_CONSISTENCY,
+                         Stage.SECAGG_UNMASK):
+                rs.secagg = None       # an aborted secagg client has erased its secrets (C10)
+            return None
+
+    def end_round(self, round_index: int) -> None:
+        """The round is over for this holder (finished, aborted or dropped): keep the trainer's state."""
+        if self._round is not None and self._round.offer.round == round_index:
+            if self._round.trained:
+                self._save_state()
+            self._round = None
+
+    def _vanishes(self, r: int, stage: Stage) -> bool:
+        """Simulated dropouts (federation.dropout_rate: silent from a random secagg stage of a round on;
+        vanish_at: silent for good from one stage on — the in-process twin of a killed holder process)."""
+        if self.cfg.vanish_at is not None and (r, stage) >= tuple(self.cfg.vanish_at):
+            return True
+        if self.cfg.dropout_rate <= 0:
+            return False
+        rng = np.random.default_rng([self.cfg.secret_seed, r, self.id, 7])
+        if rng.random() >= self.cfg.dropout_rate:
+            return False
+        from securefed.federation.stages import SECAGG_STAGES
+
+        return stage >= SECAGG_STAGES[int(rng.integers(len(SECAGG_STAGES)))]
+
+    def _refuse(self, r: int, reason: str, spec: RoundSpec | None) -> bytes:
+        log.warning("holder %d refuses round %d: %s", self.id, r, reason)
+        self.budget.refuse(r, reason, spec)
+        return encode(Decision(r, self.id, False, reason[:500]))
+
+    def _on_offer(self, r: int, payload: bytes) -> bytes | None:
+        try:
+            offer = decode_as(payload, Offer)
+        except MessageError as e:
+            log.warning("holder %d: malformed offer: %s", self.id, e)
+            return None
+        if offer.round != r:
+            log.warning("holder %d: offer for round %d arrived as round %d; ignored", self.id, offer.round, r)
+            return None
+        if self.id not in offer.cohort:
+            return None
+        if r < self.next_round:   # H2, H7: never a round it already took part in
+            return self._refuse(r, f"round {r} was already taken part in (next round {self.next_round})", None)
+        self.next_round = r + 1
+        self._save_next_round()
+        why = self._check_spec(offer.spec, len(offer.cohort))
+        if why:
+            return self._refuse(r, why, offer.spec)
+        self._round = _Round(offer)
+        return encode(Decision(r, self.id, True))
+
+    def _save_next_round(self) -> None:
+        atomic_write_text(self._state_file, json.dumps({"version": 1, "run_id": self.welcomed.run_id.hex(),
+                                                        "next_round": self.next_round}) + "\n")
+
+    def _check_spec(self, spec: RoundSpec, n: int) -> str | None:
+        """H2/H3/H5: a plan this holder will encode with, at or above its floors, within its cap."""
+        pol, w = self.cfg.policy, self.welcomed
+        if spec.mode != w.privacy_mode or spec.dim != w.dim:
+            return f"the plan's mode/dimension ({spec.mode}, {spec.dim}) differ from the welcome's"
+        if w.aggregation != "plain" and spec.ring_bits != w.secagg.ring_bits:
+            return f"the plan's ring ({spec.ring_bits} bits) differs from the secure-aggregation ring"
+        if PRIVACY_ORDER[spec.mode] < PRIVACY_ORDER[pol.privacy_mode]:
+            return f"privacy mode {spec.mode!r} is below this holder's floor {pol.privacy_mode!r}"
+        if spec.mode != "none" and spec.noise_multiplier < pol.min_noise_multiplier:
+            return f"noise multiplier {spec.noise_multiplier:.4g} is below this holder's floor {pol.min_noise_multiplier}"
+        if n < pol.min_cohort or (w.aggregation != "plain" and n < 3):
+            return f"a cohort of {n} holders is below this holder's minimum of {max(pol.min_cohort, 3)}"
+        if spec.mode != "none" and not self.budget.adopt_delta(spec.delta):
+            return f"the plan's delta {spec.delta:.3g} differs from this holder's delta {self.budget.delta:.3g}"
+        t_min = w.secagg.thresholds(n).min_survivors if w.aggregation != "plain" and n >= 3 else None
+        if spec.mode == "none":
+            return None if pol.epsilon_cap is None else "mode none: epsilon would be infinite, above this holder's cap"
+        ok, proj = self.budget.admits(spec, min_survivors=t_min)
+        if not ok:
+            return (f"joining would take this holder to epsilon {proj:.4g} (at delta {spec.delta:.3g}, assuming only "
+                    f"{spec.min_survivors(t_min)} survivors), above its cap {pol.epsilon_cap}")
+        return None
+
+    def _on_model(self, rs: _Round, payload: bytes) -> None:
+        import torch
+
+        if rs.trained:
+            raise ValueError("a second model for this round")
+        if len(payload) != 4 * self.welcomed.dim or model_sha256(payload) != rs.offer.model_sha256:
+            raise ValueError("the model is not the one the offer announced (H4)")
+        theta = torch.from_numpy(np.frombuffer(payload, dtype="<f4").astype(np.float32))
+        up = self.trainer.train_round(theta)
+        rs.delta, rs.trained = up.delta.numpy(), True
+        rs.report = Ready(rs.offer.round, self.id, int(up.tokens), float(up.mean_loss), False, up.record_epsilon)
+        return None
+
+    def _on_plan(self, rs: _Round, payload: bytes) -> bytes:
+        plan = decode_as(payload, Plan)
+        spec, offered = plan.spec, rs.offer.spec
+        if rs.spec is not None:
+            raise ValueError("a second plan for this round")
+        same = ("mode", "mechanism", "clip", "noise_multiplier", "delta", "ring_bits", "dim", "sampling")
+        if plan.round != rs.offer.round or any(getattr(spec, k) != getattr(offered, k) for k in same):
+            raise ValueError("the plan differs from the offer (H5)")
+        if self.id not in spec.participants or not set(spec.participants) <= set(rs.offer.cohort):
+            raise ValueError("the plan's participants are not drawn from the offered cohort or omit this holder")
+        if spec.n_shares != len(spec.participants):
+            raise ValueError("the plan's share count differs from its participants")
+        if not rs.trained:
+            raise ValueError("plan before the model: nothing was trained")
+        why = self._check_spec(spec, len(spec.participants))
+        if why:
+            return self._refuse(plan.round, why, spec)
+        rs.spec = spec
+        w = self.welcomed
+        x, info = l2_clip(rs.delta * np.float32(plan.weight), spec.clip) if plan.weight != 1.0 else l2_clip(rs.delta, spec.clip)
+        rs.delta = None
+        entropy = self.entropy.for_party(plan.round, self.id, "encode")
+        if w.aggregation == "plain":
+            rs.plain = x
+        elif w.aggregation == "ckks+secagg":
+            ckks_part, masked = self._route_plan.split(x)
+            rs.ckks_part = np.asarray(ckks_part, dtype=np.float64)
+            rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(masked, info))
+        else:
+            rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(x, info))
+        rs.report = replace(rs.report, clipped=None if spec.mode == "distributed" else bool(info.clipped))
+        return encode(rs.report)
+
+    # -- CKKS (protocols/ckks.md §3, §5) --------------------------------------------------------
+    def _on_ckks_rotate(self, rs: _Round, payload: bytes) -> bytes:
+        msg = decode_as(payload, CkksRotate)
+        if msg.round != rs.offer.round or self.id not in msg.key_holders:
+            raise ValueError("key rotation for another round or without this holder")
+        adv = self.ckks.advertise(generation=msg.generation, round_index=msg.round,
+                                  entropy=self.entropy.for_party(msg.round, self.id, "ckks-advert"))
+        self._ckks_gen = (msg.generation, frozenset(msg.key_holders))
+        return ckks_encode(adv)
+
+    def _on_ckks_keys(self, rs: _Round, payload: bytes) -> bytes:
+        msg = decode_as(payload, CkksAdverts)
+        gen, holders = getattr(self, "_ckks_gen", (None, frozenset()))
+        if msg.round != rs.offer.round or msg.generation != gen or expected_leader(holders, gen) != self.id:
+            raise ValueError("key adverts for another generation, or this holder is not its leader")
+        adverts = [ckks_decode(a) for a in msg.adverts]
+        if not all(isinstance(a, KeyAdvertMsg) and a.holder in holders for a in adverts):
+            raise ValueError("relayed adverts are not key adverts of this generation's key holders")
+        pub, shares, _ = self.ckks.make_keys(generation=gen, round_index=msg.round, adverts=adverts,
+                                             roster=self._ckks_roster)
+        return encode(CkksKeys(msg.round, gen, ckks_encode(pub), tuple(ckks_encode(s) for s in shares)))
+
+    def _on_ckks_share(self, rs: _Round, payload: bytes) -> bytes:
+        msg = decode_as(payload, CkksShare)
+        gen, holders = getattr(self, "_ckks_gen", (None, frozenset()))
+        share, advert = ckks_decode(msg.share), ckks_decode(msg.leader_advert)
+        if msg.generation != gen or not isinstance(share, KeyShareMsg) or not isinstance(advert, KeyAdvertMsg):
+            raise ValueError("key share for another generation or malformed")
+        leader = expected_leader(holders, gen)
+        try:
+            self.ckks.accept_share(share, leader_advert=advert, leader=self._ckks_roster[leader], generation=gen)
+        except (KeyShareError, ValueError) as e:
+            self.ckks.forget_key()
+            return encode(Decision(msg.round, self.id, False, f"key share refused: {e}"[:500]))
+        return encode(Decision(msg.round, self.id, True))
+
+    def _release(self, rs: _Round, stage: Stage, cohort_size: int) -> None:
+        """H7: charge the round once, durably, before the first message that carries its data."""
+        if stage in rs.answered:
+            raise ValueError(f"{stage.name} was already answered this round: a holder releases once")
+        if rs.spec is None:
+            raise ValueError("no plan for this round")
+        if not rs.answered:
+            w = self.welcomed
+            t_min = w.secagg.thresholds(cohort_size).min_survivors if w.aggregation != "plain" and cohort_size >= 3 else None
+            self.budget.release(rs.spec, min_survivors=t_min)
+        rs.answered.add(stage)
+
+    def _on_ckks_upload(self, rs: _Round, payload: bytes) -> bytes:
+        msg = decode_as(payload, CkksUploadRequest)
+        if msg.round != rs.offer.round or self.id not in msg.cohort or not set(msg.cohort) <= set(rs.spec.participants):
+            raise ValueError("upload request for another round or cohort (H6)")
+        if msg.key_id != self.ckks.key_id or msg.generation != self.ckks.generation:
+            raise ValueError("upload request under a key this holder does not hold")
+        if len(msg.cohort) < self.cfg.policy.min_cohort:
+            raise ValueError("the CKKS cohort is below this holder's minimum")
+        up = self.ckks.encrypt(msg.round, rs.ckks_part, cohort_size=len(msg.cohort))
+        self._release(rs, Stage.CKKS_UPLOAD, len(msg.cohort))
+        rs.ckks_cohort, rs.ckks_part = frozenset(msg.cohort), None
+        return ckks_encode(up)
+
+    def _on_ckks_decrypt(self, rs: _Round, payload: bytes) -> bytes:
+        agg = ckks_decode(payload)
+        if not isinstance(agg, AggregateMsg):
+            raise ValueError("not an aggregate")
+        if self.id != min(agg.survivors, default=-1):
+            raise ValueError("this holder is not the aggregate's decryptor")
+        total = self.ckks.decrypt(agg, length=self._route_plan.ckks_size, cohort=rs.ckks_cohort,
+                                  roster=self._ckks_roster, round_index=rs.offer.round,   # H9
+                                  entropy=self.entropy.for_party(rs.offer.round, self.id, "ckks-flood"))
+        return np.ascontiguousarray(total, dtype="<f8").tobytes()
+
+    # -- plain (the warned baseline) -------------------------------------------------------------
+    def _on_plain_upload(self, rs: _Round, payload: bytes) -> bytes:
+        if rs.plain is None:
+            raise ValueError("no plain update this round")
+        self._release(rs, Stage.PLAIN_UPLOAD, len(rs.spec.participants))
+        out, rs.plain = np.ascontiguousarray(rs.plain, dtype="<f4").tobytes(), None
+        return out
+
+    # -- secure aggregation (protocols/secagg.md §6) ------------------------------------------------
+    def _on_secagg_start(self, rs: _Round, payload: bytes) -> bytes:
+        start = secagg_decode(payload)
+        w = self.welcomed
+        if not isinstance(start, RoundStart) or rs.masked_part is None or rs.secagg is not None:
+            raise ValueError("not a RoundStart, or secure aggregation already started this round")
+        cohort = set(start.cohort)
+        if start.round_index != rs.offer.round or self.id not in cohort or not cohort <= set(rs.spec.participants):
+            raise ValueError("the RoundStart's round or cohort differs from the plan (H6)")
+        if w.aggregation == "ckks+secagg" and not cohort <= rs.ckks_cohort:
+            raise ValueError("the masked cohort is not drawn from the CKKS survivors")
+        if start.ring_bits != rs.spec.ring_bits or len(cohort) > rs.spec.n_shares:
+            raise ValueError("the RoundStart's ring or cohort size exceeds the plan (quantization bound)")
+        _check_floor(w.secagg, self.cfg.policy.secagg_floor(), len(cohort), min_cohort=self.cfg.policy.min_cohort)
+        ctx = session_context(w.run_id, bytes.fromhex(rs.offer.model_sha256))
+        rs.secagg = SecAggClient(self.id, identity=self.identity, roster=self.roster, config=w.secagg,
+                                 session_context=ctx, round_index=rs.offer.round, vector=rs.masked_part,
+                                 entropy=self.entropy.for_party(rs.offer.round, self.id, "secagg"))
+        rs.masked_part = None
+        self._secagg_cohort = len(cohort)
+        return rs.secagg.handle(payload)
+
+    def _secagg(self, rs: _Round, payload: bytes) -> bytes:
+        if rs.secagg is None:
+            raise ValueError("no secure-aggregation round in progress")
+        return rs.secagg.handle(payload)
+
+    def _on_secagg_shares(self, rs: _Round, payload: bytes) -> bytes:
+        return self._secagg(rs, payload)
+
+    def _on_secagg_masked(self, rs: _Round, payload: bytes) -> bytes:
+        reply = self._secagg(rs, payload)        # C3/C4 checked; the masked input exists only here
+        self._release(rs, Stage.SECAGG_MASKED, self._secagg_cohort)
+        return reply
+
+    def _on_secagg_consistency(self, rs: _Round, payload: bytes) -> bytes:
+        return self._secagg(rs, payload)
+
+    def _on_secagg_unmask(self, rs: _Round, payload: bytes) -> bytes:
+        req = secagg_decode(payload)
+        reply = self._secagg(rs, payload)        # C6–C9: alive = the survivor list this holder signed
+        if isinstance(req, UnmaskRequest) and Stage.SECAGG_MASKED in rs.answered:
+            self.budget.settle(rs.spec, survivors=len(req.alive))   # H8
+        return reply
+
+
+def _check_floor(cfg: SecAggConfig, floor: SecAggConfig, n: int, *, min_cohort: int) -> None:
+    """The secure-aggregation parameters of a cohort of n at or above this holder's floor (audit SEC-11)."""
+    if n < max(3, min_cohort):
+        raise ValueError(f"a secure-aggregation cohort of {n} is below this holder's minimum")
+    got, need = cfg.thresholds(n), floor.thresholds(n)
+    if got.degree < need.degree or got.threshold < need.threshold or got.min_survivors < need.min_survivors:
+        raise ValueError(f"graph degree/threshold/t_min {got.degree}/{got.threshold}/{got.min_survivors} are weaker "
+                         f"than this holder's floor {need.degree}/{need.threshold}/{need.min_survivors}")

@@ -1,0 +1,169 @@
+"""A data holder's own configuration (protocols/federation.md §5): its data, floors, budget, hardware.
+
+Written by the holder's operator beside its key material and never taken from the coordinator:
+nothing the coordinator sends can choose which local files a holder reads, weaken its secure-
+aggregation or privacy floor, or raise its ε cap. ``load_holder_config`` refuses unknown keys and
+wrong types (configio) and :func:`check_holder_config` refuses a config that contradicts itself or
+names files that do not exist — one clear error before anything is sent.
+
+    holder_id: 3
+    state_dir: /srv/securefed/state            # own ledger, release records, optimizer state (0700)
+    pki: /srv/securefed/pki                    # keygen layout: holders/3/{cert,key,identity.key,ca.pem}, roster.yaml
+    server: coordinator.example.org:50051
+    data: {source: /data/notes, tokenizer: /srv/securefed/tokenizer.json, seq_len: 2048}
+    policy: {aggregation: [secagg], min_ring_bits: 32, privacy_mode: distributed,
+             min_noise_multiplier: 0.8, epsilon_cap: 8.0, delta: 1.0e-6}
+    hardware: {accelerator: cuda, precision: bf16-mixed}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from securefed.configio import ConfigError, from_dict, load_yaml, override
+from securefed.secagg import SecAggConfig
+from securefed.training.data import DataConfig
+from securefed.training.trainer import DPSGDConfig
+
+__all__ = ["HolderPolicy", "HolderHardware", "HolderConfig", "HolderConfigError", "load_holder_config",
+           "check_holder_config", "PRIVACY_ORDER"]
+
+# a floor of "central" accepts central or distributed; "distributed" accepts only distributed
+PRIVACY_ORDER = {"none": 0, "central": 1, "distributed": 2}
+
+
+class HolderConfigError(ValueError):
+    """The holder's own configuration is invalid, contradicts itself or names missing files."""
+
+
+@dataclass(frozen=True)
+class HolderPolicy:
+    """The weakest settings this holder accepts (its floors) and its own ε budget."""
+
+    aggregation: tuple[Literal["secagg", "ckks+secagg", "plain"], ...] = ("secagg", "ckks+secagg")
+    min_ring_bits: int = 32
+    min_threshold_fraction: float = 0.5
+    # complete: SecAgg; auto: SecAgg+ at its O(log n) degree; an int d: SecAgg+ of degree at least d
+    graph: Literal["complete", "auto"] | int = "complete"
+    min_cohort: int = 3
+    privacy_mode: Literal["none", "central", "distributed"] = "none"
+    min_noise_multiplier: float = 0.0
+    epsilon_cap: float | None = None
+    delta: float | None = None                            # None: the run's δ (recorded and then fixed)
+
+    def __post_init__(self) -> None:
+        if not self.aggregation or len(set(self.aggregation)) != len(self.aggregation):
+            raise ValueError("policy.aggregation must list the accepted modes, each once")
+        if not 16 <= self.min_ring_bits <= 32:
+            raise ValueError("policy.min_ring_bits must be in [16, 32]")
+        if not 0.5 <= self.min_threshold_fraction <= 1.0:
+            raise ValueError("policy.min_threshold_fraction must be in [0.5, 1]")
+        if isinstance(self.graph, int) and (isinstance(self.graph, bool) or self.graph < 2):
+            raise ValueError("policy.graph: an int degree must be >= 2")
+        if self.min_cohort < 1:
+            raise ValueError("policy.min_cohort must be >= 1")
+        if not (self.min_noise_multiplier >= 0 and math.isfinite(self.min_noise_multiplier)):
+            raise ValueError("policy.min_noise_multiplier must be a finite number >= 0")
+        if self.epsilon_cap is not None and not (self.epsilon_cap > 0 and math.isfinite(self.epsilon_cap)):
+            raise ValueError("policy.epsilon_cap must be a finite number > 0 or null")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ValueError("policy.delta must be in (0, 1) or null")
+        if self.epsilon_cap is not None and self.privacy_mode == "none":
+            raise ValueError("policy.epsilon_cap needs a privacy floor (privacy_mode central or distributed): "
+                             "without DP every round's epsilon is infinite and the holder would refuse them all")
+        if self.min_noise_multiplier > 0 and self.privacy_mode == "none":
+            raise ValueError("policy.min_noise_multiplier needs privacy_mode central or distributed")
+        if "plain" in self.aggregation and self.privacy_mode == "distributed":
+            raise ValueError("policy: distributed DP needs secure aggregation; do not accept aggregation 'plain'")
+
+    def secagg_floor(self) -> SecAggConfig:
+        degree = None if self.graph == "complete" else 0 if self.graph == "auto" else self.graph
+        return SecAggConfig(ring_bits=self.min_ring_bits, threshold_fraction=self.min_threshold_fraction,
+                            neighbours=degree)
+
+
+@dataclass(frozen=True)
+class HolderHardware:
+    """Where this holder trains (its own choice; the coordinator sets only the training recipe)."""
+
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    devices: int = 1
+    precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    compile: bool = False
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.devices < 1 or (self.torch_threads is not None and self.torch_threads < 1):
+            raise ValueError("hardware.devices and hardware.torch_threads must be >= 1")
+
+
+@dataclass(frozen=True)
+class HolderConfig:
+    holder_id: int
+    state_dir: str
+    data: DataConfig = field(default_factory=DataConfig)
+    shard: int = 0                     # simulation: this holder's part of `data` split n_shards ways
+    n_shards: int = 1
+    data_seed: int = 0                 # the partition seed (simulation: the run's seed)
+    policy: HolderPolicy = field(default_factory=HolderPolicy)
+    dp_sgd: DPSGDConfig = field(default_factory=DPSGDConfig)   # record-level DP inside this holder
+    hardware: HolderHardware = field(default_factory=HolderHardware)
+    # deployment (securefed client): where the coordinator is and where this holder's keys are
+    server: str = "127.0.0.1:50051"
+    server_name: str | None = None
+    pki: str | None = None
+    max_failures: int = 20
+    # simulation and tests only: secrets from a seed (never with real data), simulated vanishing
+    deterministic_secrets: bool = False
+    secret_seed: int = 0
+    dropout_rate: float = 0.0
+    vanish_at: tuple[int, int] | None = None   # (round, stage): from there on this holder never answers again
+
+    def __post_init__(self) -> None:
+        if isinstance(self.holder_id, bool) or not 1 <= self.holder_id <= (1 << 31) - 1:
+            raise ValueError("holder_id must be an int in [1, 2^31-1]")
+        if not isinstance(self.state_dir, str) or not self.state_dir.strip():
+            raise ValueError("state_dir must name a directory")
+        if self.n_shards < 1 or not 0 <= self.shard < self.n_shards:
+            raise ValueError(f"shard must be in [0, n_shards={self.n_shards})")
+        if self.data.holder_paths and (len(self.data.holder_paths) != 1 or self.n_shards != 1):
+            raise ValueError("data.holder_paths: a holder names exactly one path of its own (and n_shards 1)")
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError("dropout_rate must be in [0, 1)")
+        if self.max_failures < 0:
+            raise ValueError("max_failures must be >= 0")
+
+
+def load_holder_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> HolderConfig:
+    try:
+        data = load_yaml(path)
+        for o in overrides:
+            override(data, o)
+        return from_dict(HolderConfig, data)
+    except ConfigError as e:
+        raise HolderConfigError(f"holder config {path}: {e}") from None
+
+
+def check_holder_config(cfg: HolderConfig, *, deployment: bool, simulation: bool = False) -> None:
+    """Files this holder needs exist (before anything is sent); HolderConfigError otherwise."""
+    if deployment:
+        if not cfg.pki:
+            raise HolderConfigError("pki: a deployed holder needs its key directory (securefed keygen layout)")
+        d = Path(cfg.pki) / "holders" / str(cfg.holder_id)
+        for f in (d / "cert.pem", d / "key.pem", d / "identity.key", Path(cfg.pki) / "roster.yaml"):
+            if not f.is_file():
+                raise HolderConfigError(f"missing key file {f}")
+        if (cfg.deterministic_secrets or cfg.dropout_rate or cfg.vanish_at) and not simulation:
+            raise HolderConfigError("deterministic_secrets and dropout_rate are for simulations only")
+    for p in cfg.data.holder_paths or ((cfg.data.source,) if cfg.data.source != "stdlib" else ()):
+        if not Path(p).expanduser().exists():
+            raise HolderConfigError(f"data path {p} does not exist")
+    if cfg.data.tokenizer != "train" and not Path(cfg.data.tokenizer).expanduser().exists():
+        raise HolderConfigError(f"tokenizer {cfg.data.tokenizer} does not exist")
+    parent = Path(cfg.state_dir).expanduser().parent
+    if not parent.is_dir():
+        raise HolderConfigError(f"state_dir's parent {parent} does not exist")

@@ -1,0 +1,131 @@
+"""`securefed simulate --backend grpc`: the deployment code path on one machine.
+
+The coordinator (`securefed server`) and every holder (`securefed client --config holders/<id>/holder.yaml`)
+run as separate processes on loopback, with the fresh mutual-TLS keys in RUN_DIR/pki. This process
+only starts them, shows their progress from RUN_DIR/metrics.jsonl, and collects their exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from securefed.configio import dump_yaml
+from securefed.runtime.rundir import RunDir, atomic_write_text
+
+__all__ = ["run_grpc", "LaunchError"]
+
+
+class LaunchError(RuntimeError):
+    """A process of the local federation failed; the message names it and ends with its log."""
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "securefed.cli", *args]
+
+
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def run_grpc(cfg, rd: RunDir, configs: dict, *, progress, stop_after_round: int | None = None,
+             resume: bool = False, start_timeout: float = 120.0) -> dict:
+    launch = rd.root / "launch"
+    launch.mkdir(exist_ok=True)
+    run_yaml = launch / "run.yaml"
+    atomic_write_text(run_yaml, dump_yaml(cfg))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    status = rd.root / "status.json"
+    status.unlink(missing_ok=True)
+    args = ["server", "--pki", str(rd.root / "pki"), "--out", str(rd.root), "--preset", "", "--config", str(run_yaml),
+            "--port", "0", "--launched"]
+    if resume:
+        args.append("--resume")
+    if stop_after_round is not None:
+        args += ["--stop-after-round", str(stop_after_round)]
+    procs: dict[str, subprocess.Popen] = {}
+    logs: dict[str, Path] = {}
+
+    def start(name: str, argv: list[str]) -> None:
+        logs[name] = launch / f"{name}.log"
+        procs[name] = subprocess.Popen(argv, stdout=open(logs[name], "ab"), stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)
+    try:
+        start("server", _cmd(*args))
+        port = _wait_port(status, procs["server"], logs["server"], start_timeout)
+        for h, hc in sorted(configs.items()):
+            path = Path(hc.state_dir) / "holder.yaml"
+            atomic_write_text(path, dump_yaml(replace(hc, server=f"127.0.0.1:{port}")))
+            start(f"holder-{h}", _cmd("client", "--config", str(path), "--launched"))
+        _follow(rd, procs, logs, progress, cfg.federation.rounds)
+        rc = procs["server"].wait()
+        if rc not in (0, 5):
+            raise LaunchError(f"the coordinator exited with code {rc}; its log ({logs['server']}) ends:\n"
+                              f"{_tail(logs['server'])}")
+        deadline = time.monotonic() + 30
+        for name, p in procs.items():
+            if name != "server":
+                try:
+                    p.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.terminate()
+        codes = {name: p.poll() for name, p in procs.items()}
+        atomic_write_text(launch / "exit_codes.json", json.dumps(codes, sort_keys=True) + "\n")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if stop_after_round is not None and not rd.summary.exists():
+        return {"stopped_after_round": stop_after_round}
+    summary = json.loads(rd.summary.read_text())
+    if rc == 5:
+        summary["stopped"] = "too few holders"
+    return summary
+
+
+def _wait_port(status: Path, server: subprocess.Popen, log: Path, timeout: float) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if server.poll() is not None:
+            raise LaunchError(f"the coordinator exited with code {server.returncode} before listening; its log "
+                              f"({log}) ends:\n{_tail(log)}")
+        try:
+            port = json.loads(status.read_text()).get("port")
+            if isinstance(port, int) and port > 0:
+                return port
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise LaunchError(f"the coordinator did not start listening within {timeout:.0f}s; its log ({log}) ends:\n{_tail(log)}")
+
+
+def _follow(rd: RunDir, procs: dict, logs: dict, progress, rounds: int) -> None:
+    """Print each finished round's line (and a heartbeat) while the coordinator runs; a holder that
+    exits with a configuration error (2) stops the whole local federation with its message."""
+    from securefed.federation.coordinator import status_line
+
+    server = procs["server"]
+    seen, last = 0, time.monotonic()
+    while server.poll() is None:
+        time.sleep(0.5)
+        for name, p in procs.items():
+            if name != "server" and p.poll() == 2:
+                raise LaunchError(f"{name} refused its configuration; its log ({logs[name]}) ends:\n{_tail(logs[name])}")
+        rows = RunDir.read_jsonl(rd.metrics) if rd.metrics.exists() else []
+        for row in rows[seen:]:
+            if "clients_survived" in row and "seconds" in row:
+                progress.print(status_line(row, rounds))
+            last = time.monotonic()
+        seen = max(seen, len(rows))
+        if time.monotonic() - last > 30:
+            progress.print(f"waiting for round {seen + 1}/{rounds} (coordinator and {len(rows)} rounds so far)")
+            last = time.monotonic()

@@ -1,0 +1,80 @@
+"""The coordinator of a networked federation: the Coordinator role over the gRPC channel (`securefed server`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from securefed.federation.coordinator import Coordinator, CoordinatorOptions, StateError
+from securefed.federation.grpc import EXIT, GrpcChannel
+from securefed.federation.stages import Deadlines
+from securefed.runtime.rundir import RunDir
+
+__all__ = ["serve"]
+
+log = logging.getLogger("securefed.server")
+
+
+def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", port: int = 0, resume: bool = False,
+          launched: bool = False, stop_after_round: int | None = None) -> int:
+    """Run the whole federation as its coordinator; an exit code (protocols/transport.md §10)."""
+    from securefed.federation.data import coordinator_data
+    from securefed.secagg import Roster, RosterError
+    from securefed.training.data import DataError
+    from securefed.transport.pki import Layout
+
+    def usage(msg: str) -> int:
+        print(f"securefed server: {msg}", file=sys.stderr)
+        return EXIT["usage"]
+
+    lay = Layout(pki)
+    for f in (lay.roster, lay.ca_cert, lay.server_cert, lay.server_key):
+        if not f.is_file():
+            return usage(f"missing key file {f} (create the PKI with `securefed keygen`)")
+    try:
+        roster = Roster.load(lay.roster)
+    except (RosterError, ValueError) as e:
+        return usage(f"roster {lay.roster}: {e}")
+    if len(roster.keys) != cfg.federation.n_holders:
+        return usage(f"the roster lists {len(roster.keys)} holders but federation.n_holders is {cfg.federation.n_holders}")
+    rd = RunDir(out)
+    if resume and not rd.checkpoint_file.exists():
+        return usage(f"--resume: no checkpoint at {rd.checkpoint_file}")
+    try:
+        data = coordinator_data(cfg, progress=False)    # the public tokenizer and the evaluation split
+        if launched:
+            rd.root.mkdir(parents=True, exist_ok=True)
+            rd.privacy.mkdir(exist_ok=True)
+            rd.checkpoints.mkdir(exist_ok=True)
+        else:
+            rd.create(resume=resume)
+    except (DataError, FileExistsError, ValueError) as e:
+        return usage(str(e))
+    net = cfg.network
+    secure = cfg.aggregation.mode != "plain"
+    cohort = cfg.federation.cohort_size
+    min_holders = net.min_holders or (cfg.aggregation.secagg.thresholds(cohort).min_survivors if secure and cohort >= 3 else 1)
+    channel = GrpcChannel(pki=lay.root, roster=roster, host=host, port=port, chunk_size=int(net.chunk_mib * (1 << 20)),
+                          status_path=rd.root / "status.json")
+    options = CoordinatorOptions(deadlines=Deadlines.from_config(net), min_holders=min_holders,
+                                 max_aborted_rounds=net.max_aborted_rounds, deployment="network", backend="grpc")
+    try:
+        coord = Coordinator(cfg, channel, rd, data=data, roster=roster, options=options, resume=resume,
+                            stop_after_round=stop_after_round)
+        summary = coord.run()
+    except StateError as e:
+        print(f"securefed server: {e}", file=sys.stderr)
+        return EXIT["state"]
+    except OSError as e:
+        return usage(str(e))
+    finally:
+        channel.close()
+    rc = EXIT["too_few"] if getattr(coord, "exit_reason", None) == "too_few" else EXIT["ok"]
+    if "stopped_after_round" not in summary and not launched:
+        from securefed.report import render_report
+
+        render_report(rd.root)
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    return rc

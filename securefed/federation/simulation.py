@@ -1,0 +1,161 @@
+"""`securefed simulate`: one whole federation on this machine, through a chosen channel.
+
+    prepare data (public tokenizer; the coordinator's evaluation split)       before RUN_DIR exists
+    RUN_DIR/pki            fresh keys for every holder (identity for secure aggregation, mTLS certificates)
+    RUN_DIR/holders/<id>/  each holder's own config (holder.yaml) and state: its ledger, optimizer state
+    backend inproc: the holders live in this process (InProcChannel)
+    backend grpc:   `securefed server` and one `securefed client` per holder as separate processes on
+                    loopback with mutual TLS — the deployment code path, byte for byte
+    the Coordinator runs the rounds (federation/coordinator.py) → model/, metrics.jsonl, summary.json
+    centralized baseline at equal tokens (baseline/metrics.jsonl) → summary.json; report/
+
+Both backends run the same Coordinator and Holder code; a run with seeded test entropy gives the same
+model hash and ledger on each (tests/federation/test_conformance.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+from securefed.configio import dump_yaml
+from securefed.federation.coordinator import Coordinator, CoordinatorOptions
+from securefed.federation.holder_config import HolderConfig, HolderHardware, HolderPolicy
+from securefed.runtime.progress import Progress
+from securefed.runtime.rundir import RunDir, atomic_write_text
+
+__all__ = ["Simulation", "run_simulation", "holder_configs"]
+
+log = logging.getLogger("securefed.simulate")
+
+
+def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
+                   torch_threads: int | None = None) -> dict[int, HolderConfig]:
+    """What each simulated holder runs with: shard i of the run's corpus, floors equal to the run's settings."""
+    agg, fed, priv = cfg.aggregation, cfg.federation, cfg.privacy
+    sa = agg.secagg
+    graph = "complete" if sa.neighbours is None else "auto" if sa.neighbours == 0 else sa.neighbours
+    policy = HolderPolicy(aggregation=(agg.mode,), min_ring_bits=sa.ring_bits, min_threshold_fraction=sa.threshold_fraction,
+                          graph=graph, min_cohort=1 if agg.mode == "plain" else 3, privacy_mode=priv.mode,
+                          epsilon_cap=priv.holder_epsilon_cap)
+    t = cfg.train
+    hw = HolderHardware(accelerator=t.accelerator, devices=t.devices, precision=t.precision, strategy=t.strategy,
+                        compile=t.compile, torch_threads=torch_threads)
+    out = {}
+    for i in range(fed.n_holders):
+        h = i + 1   # holder ids are Shamir x-coordinates: >= 1
+        out[h] = HolderConfig(holder_id=h, state_dir=str(run_dir / "holders" / str(h)), data=cfg.data, shard=i,
+                              n_shards=fed.n_holders, data_seed=cfg.seed, policy=policy, dp_sgd=t.dp_sgd, hardware=hw,
+                              server=server, pki=str(run_dir / "pki"), deterministic_secrets=cfg.deterministic_secrets,
+                              secret_seed=cfg.seed, dropout_rate=fed.dropout_rate)
+    return out
+
+
+class Simulation:
+    def __init__(self, cfg, out: str | Path, *, resume: bool = False, progress: bool = True,
+                 stop_after_round: int | None = None, backend: str = "inproc",
+                 threads_per_holder: int | None = None) -> None:
+        from securefed.federation.data import coordinator_data
+
+        if backend not in ("inproc", "grpc"):
+            raise ValueError(f"unknown backend {backend!r}: choose inproc or grpc")
+        self.cfg, self.resume, self.stop_after_round, self.backend = cfg, resume, stop_after_round, backend
+        self.threads = threads_per_holder
+        self.progress = Progress(enabled=progress)
+        if cfg.aggregation.mode == "plain":
+            warnings.warn("aggregation.mode=plain: the server sees every clipped update (baseline only)", stacklevel=2)
+        self.rd = RunDir(out)
+        if resume and not self.rd.checkpoint_file.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.rd.checkpoint_file}")
+        # everything that can fail on bad input happens before the run directory is touched
+        t0 = time.perf_counter()
+        self.data = coordinator_data(cfg, progress=progress)
+        self.phase_seconds = {"data": time.perf_counter() - t0}
+        self.rd.create(resume=resume)
+
+    def _pki(self):
+        from securefed.secagg import Roster
+        from securefed.transport.pki import Layout, make_demo_pki
+
+        lay = Layout(self.rd.root / "pki")
+        if not self.resume or not lay.roster.exists():
+            make_demo_pki(lay.root, holders=self.cfg.federation.n_holders)
+        return lay, Roster.load(lay.roster)
+
+    def _write_holder_configs(self, configs: dict[int, HolderConfig]) -> None:
+        for h, hc in configs.items():
+            d = Path(hc.state_dir)
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write_text(d / "holder.yaml", dump_yaml(hc))
+
+    def run(self) -> dict:
+        lay, roster = self._pki()
+        configs = holder_configs(self.cfg, self.rd.root, torch_threads=self.threads)
+        self._write_holder_configs(configs)
+        t0 = time.perf_counter()
+        if self.backend == "inproc":
+            summary = self._run_inproc(lay, roster, configs)
+        else:
+            from securefed.federation.launch import run_grpc
+
+            summary = run_grpc(self.cfg, self.rd, configs, progress=self.progress,
+                               stop_after_round=self.stop_after_round, resume=self.resume)
+        self.phase_seconds["rounds"] = time.perf_counter() - t0
+        if "stopped_after_round" in summary:
+            return summary
+        return self._finish(summary)
+
+    def _run_inproc(self, lay, roster, configs) -> dict:
+        from securefed.federation.holder import Holder
+        from securefed.federation.inproc import InProcChannel
+        from securefed.transport.pki import load_identity
+
+        if self.threads:   # one process: its holders train one after another with this many threads
+            import torch
+
+            torch.set_num_threads(self.threads)
+        holders = {h: Holder(hc, identity=load_identity(lay.holder_dir(h) / "identity.key"), roster=roster)
+                   for h, hc in configs.items()}
+        channel = InProcChannel(holders, progress=self.progress)
+        coord = Coordinator(self.cfg, channel, self.rd, data=self.data, roster=roster,
+                            options=CoordinatorOptions(backend="inproc"), progress=self.progress, resume=self.resume,
+                            stop_after_round=self.stop_after_round)
+        return coord.run()
+
+    def _finish(self, summary: dict) -> dict:
+        """The centralized baseline at the federation's evaluation points, then summary.json and the report."""
+        from securefed.runtime.baseline import baseline_lr_and_batch, run_centralized_baseline
+
+        rd = self.rd
+        metrics = RunDir.read_jsonl(rd.metrics)
+        if self.cfg.baseline and metrics:
+            from securefed.federation.data import federated_data
+
+            t0 = time.perf_counter()
+            fd = federated_data(self.cfg.data, n_holders=self.cfg.federation.n_holders, seed=self.cfg.seed,
+                                progress=False)
+            points = [m["tokens_seen"] for m in metrics if "eval_ppl" in m]
+            curve = run_centralized_baseline(self.cfg, fd, points, progress=self.progress)
+            rd.write_jsonl(rd.baseline / "metrics.jsonl", curve)
+            summary["central_eval_ppl"] = curve[-1]["eval_ppl"] if curve else None
+            summary["central_lr"], summary["central_batch_size"] = baseline_lr_and_batch(self.cfg)
+            if summary["central_eval_ppl"] and summary["fed_eval_ppl"]:
+                summary["fed_over_central_ppl"] = summary["fed_eval_ppl"] / summary["central_eval_ppl"]
+            self.phase_seconds["baseline"] = time.perf_counter() - t0
+        summary["phase_seconds"] = self.phase_seconds
+        summary["wall_seconds"] = sum(self.phase_seconds.values())
+        rd.write_json(rd.summary, summary)
+        t0 = time.perf_counter()
+        from securefed.report import render_report
+
+        render_report(rd.root)
+        self.phase_seconds["report"] = time.perf_counter() - t0
+        summary["wall_seconds"] = sum(self.phase_seconds.values())
+        rd.write_json(rd.summary, summary)
+        return summary
+
+
+def run_simulation(cfg, out: str | Path, **kw) -> dict:
+    return Simulation(cfg, out, **kw).run()

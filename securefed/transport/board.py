@@ -1,0 +1,218 @@
+"""The coordinator's stage mailboxes behind the gRPC service (protocols/transport.md §5, §6).
+
+Generic: it knows rounds, stages, holders, streams and deadlines — not what a stage means (that is
+securefed.federation). The driver publishes one message per addressed holder for a stage and waits
+until every addressed holder has submitted its reply or the deadline has passed; a holder long-polls
+``Fetch(round, from_stage)`` for its first message at a stage ≥ ``from_stage`` and submits its reply
+to that stage. Replies stream into a per-holder sink (``stream.Sink``): a bounded ``BytesSink`` for
+control messages, or the driver's own (the masked-input fold of ``accumulate``).
+
+A fetch answers WAIT (JSON) with a reason when there is nothing for the holder:
+
+    not_open        the round has not opened yet (ask again)
+    not_yet         the holder is in the round, its next message is not published yet (ask again)
+    not_in_cohort   the holder is not in this round; ``next_round`` says which to ask for
+    over            the round is over for this holder; ``next_round`` says which to ask for
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from securefed.transport.frames import (Ack, FetchRequest, FrameError, Kind, decode, encode, iter_stream_frames,
+                                        sha256_parts)
+from securefed.transport.stream import BytesSink, StreamReceiver, expect_header
+
+__all__ = ["StageBoard"]
+
+log = logging.getLogger("securefed.transport.board")
+
+
+def _wait(cond: threading.Condition, pred, timeout: float) -> bool:
+    return cond.wait_for(pred, timeout=max(0.0, timeout))
+
+
+class StageBoard:
+    """Thread-safe state shared by the RPC handlers and the coordinator's driver thread."""
+
+    def __init__(self, run_id: bytes, *, chunk_size: int) -> None:
+        self.run_id, self.chunk_size = run_id, chunk_size
+        self.cond = threading.Condition()
+        self.round = 0                    # the round in progress (0: none yet)
+        self.over = True                  # the current round is over (fetches get "over")
+        self.cohort: frozenset[int] = frozenset()
+        self.outbox: dict[tuple[int, int], bytes] = {}     # (holder, stage) -> message
+        self.stage = -1                   # the stage accepting replies (-1: none)
+        self.expect: set[int] = set()
+        self.done: set[int] = set()       # submitted (committed) this stage
+        self.failed: set[int] = set()     # expected holders whose stream failed this stage
+        self.replies: dict[int, bytes] = {}
+        self._sink: Callable[[int], object] | None = None
+        self._max_reply = 0
+        self.waiting: dict[int, tuple[int, float]] = {}    # holder -> (round it asked for, when)
+        self.bytes_up = self.bytes_down = 0
+        self._digest_cache: tuple[bytes, int, bytes] | None = None
+
+    # ------------------------------------------------------------------ RPC side
+    def fetch(self, hid: int, request: bytes, context):
+        try:
+            req = decode(request)
+            if not isinstance(req, FetchRequest) or req.run_id != self.run_id:
+                raise FrameError("fetch request for another run or malformed")
+        except FrameError as e:
+            log.warning("holder %d: bad fetch request: %s", hid, e)
+            yield from self._frames(0, 0, Kind.WAIT, json.dumps({"reason": "bad_request"}).encode())
+            return
+        r, s = req.round, req.stage
+        deadline = time.monotonic() + req.wait_ms / 1000
+        with self.cond:
+            self.waiting[hid] = (r, time.monotonic())
+            self.cond.notify_all()
+
+            def item():
+                if self.round != r:
+                    return None
+                found = [st for (h, st) in self.outbox if h == hid and st >= s]
+                return (min(found), self.outbox[(hid, min(found))]) if found else None
+
+            def ready():
+                return (self.round > r or item() is not None or
+                        (self.round == r and (self.over or hid not in self.cohort)))
+            _wait(self.cond, ready, deadline - time.monotonic())
+            got = item()
+            if got is not None:
+                stage, kind, payload = got[0], Kind.STAGE, got[1]
+            else:
+                if self.round < r:
+                    why, nxt = "not_open", r
+                elif self.round == r:
+                    why, nxt = (("not_in_cohort", r + 1) if hid not in self.cohort else
+                                ("not_yet", r) if not self.over else ("over", r + 1))
+                else:   # the holder is behind: the round in progress if it is in it, else the next one
+                    inside = not self.over and hid in self.cohort
+                    why, nxt = "over", self.round if inside else self.round + 1
+                stage, kind, payload = s, Kind.WAIT, json.dumps({"reason": why, "next_round": nxt}).encode()
+        n = 0
+        for f in self._frames(r, stage, kind, payload):
+            n += len(f)
+            yield f
+        with self.cond:
+            self.bytes_down += n
+
+    def _frames(self, r: int, s: int, kind: Kind, payload: bytes):
+        cached = self._digest_cache      # one θ is sent to every holder: hash it once per round
+        if cached is not None and cached[0] is payload:
+            total, digest = cached[1], cached[2]
+        else:
+            total, digest = sha256_parts([payload])
+            if len(payload) > (1 << 20):
+                self._digest_cache = (payload, total, digest)   # holds a reference: identity stays sound
+        yield from iter_stream_frames(self.run_id, r, s, kind, [payload], total_len=total, digest=digest,
+                                      chunk_size=self.chunk_size)
+
+    def submit(self, hid: int, frames, context) -> bytes:
+        it = iter(frames)
+        rx, key = None, None
+        try:
+            with self.cond:
+                r, s, sink_for, cap = self.round, self.stage, self._sink, self._max_reply
+                if s < 0 or hid not in self.expect:
+                    raise FrameError(f"holder is not expected to reply in round {r} now")
+                if hid in self.failed or hid in self.done:
+                    raise FrameError("holder already replied or failed this stage")
+            head = expect_header(decode(next(it)), run_id=self.run_id, round_index=r, stage=s, kinds=(Kind.REPLY,),
+                                 max_len=cap)
+            key = (r, s)
+            sink = sink_for(hid) if sink_for is not None else BytesSink(cap)
+            rx = StreamReceiver(head, sink)
+            n = 0
+            for raw in it:
+                n += len(raw)
+                rx.feed(decode(raw))
+            rx.finish()
+            with self.cond:
+                if (self.round, self.stage) != key:
+                    raise FrameError("the stage closed before the stream completed")
+                if sink_for is None:
+                    self.replies[hid] = sink.value
+                self.done.add(hid)
+                self.bytes_up += n
+                self.cond.notify_all()
+            return encode(Ack(0))
+        except StopIteration:
+            log.warning("holder %d: empty submit", hid)
+        except (FrameError, ValueError) as e:
+            log.warning("holder %d: refused a stream: %s", hid, e)
+        except Exception as e:  # connection lost mid-stream (grpc raises from the request iterator)
+            log.warning("holder %d: stream broke off: %s", hid, type(e).__name__)
+        finally:
+            if rx is not None:
+                rx.abort()
+        if key is not None:      # an expected holder's stream failed: it is dropped for this stage (S6),
+            with self.cond:      # so the stage need not wait for its deadline on its account
+                if (self.round, self.stage) == key:
+                    self.failed.add(hid)
+                    self.cond.notify_all()
+        return encode(Ack(1, "refused"))
+
+    # ------------------------------------------------------------------ driver side
+    def wait_for_holders(self, r: int, *, want: int, timeout: float, fresh: float = 45.0) -> list[int]:
+        """Holders that recently asked for round ``r`` or later; waits until ``want`` of them or the timeout."""
+        end = time.monotonic() + timeout
+
+        def asking():
+            now = time.monotonic()
+            return sorted(h for h, (rr, t) in self.waiting.items() if rr >= r and now - t < fresh)
+        with self.cond:
+            if self.round < r - 1:          # fresh start or resume: earlier rounds count as over
+                self.round, self.over = r - 1, True
+                self.cond.notify_all()
+            _wait(self.cond, lambda: len(asking()) >= want, end - time.monotonic())
+            self.bytes_up = self.bytes_down = 0
+            return asking()
+
+    def open_round(self, r: int, cohort) -> None:
+        with self.cond:
+            self.round, self.over, self.cohort = r, False, frozenset(cohort)
+            self.outbox, self.stage, self.expect = {}, -1, set()
+            self.cond.notify_all()
+
+    def publish(self, stage: int, outbox: Mapping[int, bytes], *, reply: bool,
+                sink: Callable[[int], object] | None = None, max_reply: int = 0) -> None:
+        with self.cond:
+            for h, payload in outbox.items():
+                self.outbox[(h, stage)] = payload
+            if reply:
+                self.stage, self.expect, self.done, self.failed = stage, set(outbox), set(), set()
+                self.replies, self._sink, self._max_reply = {}, sink, max_reply
+            self.cond.notify_all()
+
+    def wait_replies(self, deadline: float) -> tuple[dict[int, bytes], set[int]]:
+        """Wait until every addressed holder replied (or failed) or ``deadline`` seconds pass; then close
+        the stage: later submissions are refused, and messages of this and earlier stages withdrawn."""
+        with self.cond:
+            _wait(self.cond, lambda: self.expect <= self.done | self.failed, deadline)
+            missing = sorted(self.expect - self.done - self.failed)
+            if missing:
+                log.info("round %d stage %d: no reply from %s (treated as dropped)", self.round, self.stage, missing)
+            replies, done, s = dict(self.replies), set(self.done), self.stage
+            self.outbox = {k: v for k, v in self.outbox.items() if k[1] > s}
+            self.stage, self.expect, self._sink = -1, set(), None
+            self.cond.notify_all()
+            return replies, done
+
+    def end_round(self, r: int) -> None:
+        with self.cond:
+            if self.round == r:
+                self.over, self.outbox, self.stage, self.expect = True, {}, -1, set()
+                self.cond.notify_all()
+
+    def status(self) -> dict:
+        with self.cond:
+            return {"round": self.round, "over": self.over, "stage": self.stage, "cohort": sorted(self.cohort),
+                    "expect": sorted(self.expect), "done": sorted(self.done),
+                    "waiting": sorted(self.waiting)}
