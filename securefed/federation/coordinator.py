@@ -243,7 +243,7 @@ class Coordinator:
         cfg, fed, dl = self.cfg, self.cfg.federation, self.opt.deadlines
         t0 = time.perf_counter()
         self._checkpoint(in_flight=r)
-        available = self.channel.available(r, want=fed.cohort_size, timeout=dl.join)
+        available = self.channel.available(r, want=fed.n_holders, timeout=dl.join)   # sample from the whole roster
         need = self.opt.min_holders or 1
         if len(available) < need:
             log.error("round %d: only %d holders available (need %d)", r, len(available), need)

@@ -56,13 +56,15 @@ def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
 class Simulation:
     def __init__(self, cfg, out: str | Path, *, resume: bool = False, progress: bool = True,
                  stop_after_round: int | None = None, backend: str = "inproc",
-                 threads_per_holder: int | None = None) -> None:
+                 threads_per_holder: int | None = None, holder_overrides: dict | None = None) -> None:
+        """``holder_overrides``: {holder id: {HolderConfig field: value}} — a holder's own settings that
+        differ from the run's (its ε cap, floors, or test hooks such as vanish_at)."""
         from securefed.federation.data import coordinator_data
 
         if backend not in ("inproc", "grpc"):
             raise ValueError(f"unknown backend {backend!r}: choose inproc or grpc")
         self.cfg, self.resume, self.stop_after_round, self.backend = cfg, resume, stop_after_round, backend
-        self.threads = threads_per_holder
+        self.threads, self.holder_overrides = threads_per_holder, holder_overrides or {}
         self.progress = Progress(enabled=progress)
         if cfg.aggregation.mode == "plain":
             warnings.warn("aggregation.mode=plain: the server sees every clipped update (baseline only)", stacklevel=2)
@@ -93,6 +95,8 @@ class Simulation:
     def run(self) -> dict:
         lay, roster = self._pki()
         configs = holder_configs(self.cfg, self.rd.root, torch_threads=self.threads)
+        for h, fields in self.holder_overrides.items():
+            configs[h] = _override(configs[h], fields)
         self._write_holder_configs(configs)
         t0 = time.perf_counter()
         if self.backend == "inproc":
@@ -155,6 +159,20 @@ class Simulation:
         summary["wall_seconds"] = sum(self.phase_seconds.values())
         rd.write_json(rd.summary, summary)
         return summary
+
+
+def _override(hc: HolderConfig, fields: dict) -> HolderConfig:
+    from dataclasses import replace
+
+    from securefed.configio import from_dict, to_dict
+
+    data = to_dict(hc)
+    for k, v in fields.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    return replace(from_dict(HolderConfig, data))
 
 
 def run_simulation(cfg, out: str | Path, **kw) -> dict:

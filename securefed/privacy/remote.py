@@ -35,7 +35,7 @@ __all__ = ["SPEC_VERSION", "RoundSpec", "round_spec", "spec_plan", "spec_encode"
            "holder_effective_events", "HolderBudget"]
 
 SPEC_VERSION = 1
-_HEX64 = 64
+_MAX_SEED = 64
 _UNSET_DELTA = 1e-5
 
 
@@ -57,7 +57,7 @@ class RoundSpec:
     n_shares: int
     data_noise_multiplier: float = 0.0     # distributed only
     bit_weight: int = 0                    # distributed only (adaptive clipping coordinate)
-    seed: str = ""                         # distributed only: public rotation seed, hex
+    seed: str = ""                         # distributed only: the public rotation seed, hex
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -96,8 +96,8 @@ class RoundSpec:
         if self.mode == "distributed":
             if self.data_noise_multiplier <= 0 or self.noise_multiplier <= 0:
                 raise ValueError("round spec: a distributed plan needs noise")
-            if len(self.seed) != _HEX64 or any(c not in "0123456789abcdef" for c in self.seed):
-                raise ValueError("round spec: seed must be 32 bytes of lowercase hex")
+            if not 0 < len(self.seed) <= 2 * _MAX_SEED or len(self.seed) % 2 or any(c not in "0123456789abcdef" for c in self.seed):
+                raise ValueError(f"round spec: seed must be 1 to {_MAX_SEED} bytes of lowercase hex")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -55,6 +55,7 @@ class StageBoard:
         self._max_reply = 0
         self.waiting: dict[int, tuple[int, float]] = {}    # holder -> (round it asked for, when)
         self.bytes_up = self.bytes_down = 0
+        self.opened = False               # a round was opened by this process
         self._digest_cache: tuple[bytes, int, bytes] | None = None
 
     # ------------------------------------------------------------------ RPC side
@@ -161,23 +162,34 @@ class StageBoard:
 
     # ------------------------------------------------------------------ driver side
     def wait_for_holders(self, r: int, *, want: int, timeout: float, fresh: float = 45.0) -> list[int]:
-        """Holders that recently asked for round ``r`` or later; waits until ``want`` of them or the timeout."""
+        """Holders asking for round ``r`` or later. The first round of this process waits until ``want``
+        holders ask (or the timeout); later rounds until every holder alive (it asked for anything in the
+        last ``fresh`` seconds) asks — a holder that died is not waited for, a slow one is."""
         end = time.monotonic() + timeout
+        first = not self.opened
 
         def asking():
             now = time.monotonic()
             return sorted(h for h, (rr, t) in self.waiting.items() if rr >= r and now - t < fresh)
+
+        def ready():
+            ask = asking()
+            if len(ask) >= want:
+                return True
+            now = time.monotonic()
+            alive = {h for h, (_, t) in self.waiting.items() if now - t < fresh}
+            return not first and bool(ask) and alive <= set(ask)
         with self.cond:
             if self.round < r - 1:          # fresh start or resume: earlier rounds count as over
                 self.round, self.over = r - 1, True
                 self.cond.notify_all()
-            _wait(self.cond, lambda: len(asking()) >= want, end - time.monotonic())
+            _wait(self.cond, ready, end - time.monotonic())
             self.bytes_up = self.bytes_down = 0
             return asking()
 
     def open_round(self, r: int, cohort) -> None:
         with self.cond:
-            self.round, self.over, self.cohort = r, False, frozenset(cohort)
+            self.round, self.over, self.cohort, self.opened = r, False, frozenset(cohort), True
             self.outbox, self.stage, self.expect = {}, -1, set()
             self.cond.notify_all()
 
