@@ -7,17 +7,16 @@ import securefed
 
 ROOT = Path(securefed.__file__).parent
 
+# primitives → protocols (secagg, ckks) → privacy → training → runtime (run directory, config, progress,
+# export, baseline) and report → transport (the gRPC wire) → federation (the round, written once, and its
+# channels) → audit (attack scenarios driving the federation) → commands / cli. No exemptions.
 LAYERS = {
-    "configio": 0, "primitives": 1, "secagg": 2, "ckks": 2, "privacy": 3, "training": 4,
-    "report": 5, "runtime": 5, "transport": 6, "audit": 6, "commands": 7, "cli": 7, "presets": 0,
+    "configio": 0, "presets": 0, "primitives": 1, "secagg": 2, "ckks": 2, "privacy": 3, "training": 4,
+    "report": 5, "runtime": 5, "transport": 6, "federation": 7, "audit": 8, "commands": 9, "cli": 9,
 }
-# the network roles of the runtime sit beside the transport they drive
-SPECIAL = {"securefed.runtime.netserver": 6, "securefed.runtime.netclient": 6}
 
 
 def _layer(module: str) -> int | None:
-    if module in SPECIAL:
-        return SPECIAL[module]
     parts = module.split(".")
     if parts[0] != "securefed" or len(parts) < 2:
         return None
@@ -57,3 +56,26 @@ def test_every_subpackage_has_a_layer():
     for p in ROOT.iterdir():
         if p.is_dir() and (p / "__init__.py").exists():
             assert p.name in LAYERS, f"securefed.{p.name} has no layer in tests/test_layering.py"
+
+
+def test_packages_form_no_cycle():
+    """Beyond the layer order: no two packages of one layer import each other, directly or through others."""
+    edges: dict[str, set[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(".__init__")
+        own = module.split(".")[1] if module.count(".") else None
+        if own is None:
+            continue
+        for imp in _imports(path, module):
+            parts = imp.split(".")
+            if parts[0] == "securefed" and len(parts) > 1 and parts[1] != own and parts[1] in LAYERS:
+                edges.setdefault(own, set()).add(parts[1])
+
+    def reach(a: str, seen: set[str]) -> set[str]:
+        for b in edges.get(a, ()):
+            if b not in seen:
+                seen.add(b)
+                reach(b, seen)
+        return seen
+    cycles = sorted(p for p in edges if p in reach(p, set()))
+    assert not cycles, f"packages on an import cycle: {cycles}"
