@@ -135,7 +135,7 @@ class Holder:
             if w.secagg.threshold_fraction < floor.threshold_fraction:
                 raise PolicyRefused(f"threshold fraction {w.secagg.threshold_fraction} is below this holder's floor "
                                     f"{floor.threshold_fraction}")
-        data = self._load_data()
+        data = self.prepare_data()
         if data.tokenizer_sha256 != w.tokenizer_sha256:
             raise PolicyRefused("the run's tokenizer differs from this holder's (tokenizer hash mismatch)")
         self.welcomed = w
@@ -150,7 +150,7 @@ class Holder:
             self._route_plan = plan_routes(self._layout, w.ckks)
         log.info("holder %d joined run %s (next round %d)", self.id, w.run_id.hex(), self.next_round)
 
-    def _load_data(self):
+    def prepare_data(self):
         from securefed.federation.data import holder_rows
 
         if self._data is None:
