@@ -63,8 +63,6 @@ class Coordinator:
     def __init__(self, cfg, channel: Channel, run_dir: RunDir, *, data, roster: Roster,
                  options: CoordinatorOptions = CoordinatorOptions(), progress=None, resume: bool = False,
                  stop_after_round: int | None = None) -> None:
-        import torch  # noqa: F401 - the model and outer optimizer are torch
-
         from securefed.training.flat import get_flat, param_layout
         from securefed.training.models import build_model
         from securefed.training.outer import OuterOptimizer
