@@ -14,14 +14,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from securefed.ckks import RoutingPolicy
+# Only config modules here: this file must import without torch, transformers, lightning or tenseal,
+# so that `securefed simulate` refuses a bad config at once (tests/runtime/test_config_fast.py).
+from securefed.ckks.routing import RoutingPolicy
 from securefed.configio import ConfigError, from_dict, load_yaml, override
-from securefed.privacy import DPConfig
-from securefed.secagg import SecAggConfig
-from securefed.training.data import DataConfig
-from securefed.training.models import get_preset
-from securefed.training.outer import OuterConfig
-from securefed.training.trainer import TrainConfig
+from securefed.privacy.config import DPConfig
+from securefed.secagg.config import SecAggConfig
+from securefed.training.config import OuterConfig, TrainConfig, get_preset
+from securefed.training.data.config import DataConfig
 
 __all__ = ["ModelSection", "FederationConfig", "AggregationConfig", "RunConfig", "load_run_config", "list_presets"]
 
