@@ -8,7 +8,7 @@ import securefed
 ROOT = Path(securefed.__file__).parent
 
 LAYERS = {
-    "configio": 0, "jsonio": 0, "primitives": 1, "secagg": 2, "ckks": 2, "privacy": 3, "training": 4,
+    "configio": 0, "jsonio": 0, "progress": 0, "primitives": 1, "secagg": 2, "ckks": 2, "privacy": 3, "training": 4,
     "report": 5, "runtime": 5, "transport": 6, "audit": 6, "commands": 7, "cli": 7, "presets": 0,
 }
 # the network roles of the runtime sit beside the transport they drive

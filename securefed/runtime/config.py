@@ -23,7 +23,8 @@ from securefed.secagg.config import SecAggConfig
 from securefed.training.config import OuterConfig, TrainConfig, get_preset
 from securefed.training.data.config import DataConfig
 
-__all__ = ["ModelSection", "FederationConfig", "AggregationConfig", "RunConfig", "load_run_config", "list_presets"]
+__all__ = ["ModelSection", "FederationConfig", "AggregationConfig", "LoggingConfig", "RunConfig", "load_run_config",
+           "list_presets", "closest_preset"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,15 @@ class AggregationConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """Standard loggers besides RUN_DIR/metrics.jsonl (always written): Lightning's own, opt-in, so a
+    run shows up in the tools users already have (runtime/metrics_log.py)."""
+
+    csv: bool = False          # RUN_DIR/logs/csv/metrics.csv (lightning.fabric.loggers.CSVLogger)
+    tensorboard: bool = False  # RUN_DIR/logs/tensorboard/ (TensorBoardLogger; needs the tensorboard package)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     model: ModelSection = field(default_factory=ModelSection)
@@ -91,6 +101,7 @@ class RunConfig:
     # than one centralized trajectory does (Photon), so a fair comparison runs each side at its own best
     baseline_lr: float | None = None
     deterministic_secrets: bool = False              # derive all secret randomness from the seed (tests/replay only)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         if self.baseline_batch_size is not None and self.baseline_batch_size < 1:
@@ -144,3 +155,34 @@ def load_run_config(*, preset: str | None = "demo", config_file: str | Path | No
     for o in overrides:
         override(data, o)
     return from_dict(RunConfig, data)
+
+
+def _leaves(d: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    """(dotted key, value in a, value in b) for every leaf setting that differs, sorted by key."""
+    la, lb = _leaves(a), _leaves(b)
+    return [(k, la.get(k), lb.get(k)) for k in sorted(set(la) | set(lb)) if la.get(k) != lb.get(k)]
+
+
+def closest_preset(resolved: dict) -> tuple[str, list[str]]:
+    """The run preset a resolved config (a config.yaml's mapping) is closest to, and the dotted keys
+    in which it differs from that preset: how a run directory is described to a user."""
+    from securefed.configio import to_dict
+
+    best: tuple[str, list[str]] | None = None
+    for name in list_presets():
+        try:
+            diff = [k for k, _, _ in config_differences(to_dict(load_run_config(preset=name)), resolved)]
+        except (ConfigError, ValueError, TypeError):
+            continue
+        if best is None or len(diff) < len(best[1]):
+            best = (name, diff)
+    return best or ("unknown", [])

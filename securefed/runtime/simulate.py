@@ -263,7 +263,8 @@ class Simulation:
             "privacy_mode": self.cfg.privacy.mode,
         }
         if self.cfg.baseline and self.metrics:
-            curve = run_centralized_baseline(self, [m["tokens_seen"] for m in self.metrics if "eval_ppl" in m])
+            curve = run_centralized_baseline(self.cfg, self.data, [m["tokens_seen"] for m in self.metrics if "eval_ppl" in m],
+                                             progress=self.progress)
             self.run_dir.write_jsonl(self.run_dir.baseline / "metrics.jsonl", curve)
             summary["central_eval_ppl"] = curve[-1]["eval_ppl"] if curve else None
             summary["central_lr"], summary["central_batch_size"] = baseline_lr_and_batch(self.cfg)

@@ -27,6 +27,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from ...configio import to_dict
+from ...progress import Progress
 from .config import DataConfig, default_cache_dir
 from .documents import DataError, Document, content_hash, group_by_source, load_documents, select_documents
 from .packing import pack, split_eval, unigram_perplexity
@@ -172,7 +173,8 @@ def _hold_out(
     return train, evals, stats
 
 
-def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int, progress: bool = True) -> FederatedData:
+def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
+                           progress: bool | Progress = True) -> FederatedData:
     """Build every holder's training rows, the eval splits and the shared tokenizer (see module doc)."""
     _check_args(config, n_holders, seed)
     cache = default_cache_dir(config.cache_dir)
