@@ -9,7 +9,9 @@ convention the privacy ledger has used from the start (protocols/dp.md §7; READ
 so every file parses with a strict parser, and a reader that wants numbers back calls
 :func:`decode_float`. Reading is strict too: :func:`loads` refuses the bare tokens, and
 :func:`read_json` / :func:`read_jsonl` name the file (and line) of anything they cannot parse —
-a corrupt metrics line is an error, never silently skipped.
+a corrupt metrics line is an error, never silently skipped. ``legacy=True`` (the report's reader)
+also accepts the bare tokens that securefed wrote before this convention, as the floats they meant:
+an old run is still readable, while nothing written now contains them.
 
 Layer 0 (beside configio): the standard library only.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,21 +70,25 @@ def decode_float(value: Any) -> float | None:
     return float(value)
 
 
-def dumps(obj: Any, *, indent: int | None = None, sort_keys: bool = True) -> str:
-    """Strict JSON text of ``obj`` (non-finite floats as strings; never NaN/Infinity tokens)."""
-    return json.dumps(encode_floats(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+def dumps(obj: Any, *, indent: int | None = None, sort_keys: bool = True,
+          default: Callable[[Any], Any] | None = None) -> str:
+    """Strict JSON text of ``obj`` (non-finite floats as strings; never NaN/Infinity tokens).
+    ``default`` turns an object JSON cannot hold into one it can (as in ``json.dumps``)."""
+    return json.dumps(encode_floats(obj), indent=indent, sort_keys=sort_keys, allow_nan=False,
+                      default=None if default is None else (lambda o: encode_floats(default(o))))
 
 
 def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not JSON (securefed writes non-finite numbers as \"inf\", \"-inf\", \"nan\")")
 
 
-def loads(text: str) -> Any:
-    """Parse strict JSON: the bare ``NaN``, ``Infinity`` and ``-Infinity`` tokens are refused."""
-    return json.loads(text, parse_constant=_reject_constant)
+def loads(text: str, *, legacy: bool = False) -> Any:
+    """Parse strict JSON: the bare ``NaN``, ``Infinity`` and ``-Infinity`` tokens are refused
+    (``legacy=True``: read as the floats they meant, for files written by older securefed versions)."""
+    return json.loads(text) if legacy else json.loads(text, parse_constant=_reject_constant)
 
 
-def read_json(path: str | Path) -> Any:
+def read_json(path: str | Path, *, legacy: bool = False) -> Any:
     """One strict JSON document from ``path``; a missing file is FileNotFoundError, a corrupt one
     :class:`JSONFileError` naming the file and the position."""
     p = Path(path)
@@ -90,7 +97,7 @@ def read_json(path: str | Path) -> Any:
     except UnicodeDecodeError as e:
         raise JSONFileError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
-        return loads(text)
+        return loads(text, legacy=legacy)
     except json.JSONDecodeError as e:
         what = "is empty" if not text.strip() else f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
         raise JSONFileError(f"{p} {what}") from None
@@ -98,7 +105,7 @@ def read_json(path: str | Path) -> Any:
         raise JSONFileError(f"{p} is not strict JSON: {e}") from None
 
 
-def read_jsonl(path: str | Path, *, missing_ok: bool = True) -> list[dict]:
+def read_jsonl(path: str | Path, *, missing_ok: bool = True, legacy: bool = False) -> list[dict]:
     """Every object of a JSON-lines file, in order. Blank lines are allowed; any other line that is not
     a strict JSON object raises :class:`JSONFileError` naming the file and the line number (a torn
     last line included: a reader must decide what to do with it, never skip it unseen)."""
@@ -114,7 +121,7 @@ def read_jsonl(path: str | Path, *, missing_ok: bool = True) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = loads(line)
+            row = loads(line, legacy=legacy)
         except ValueError as e:  # JSONDecodeError is a ValueError
             msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
             raise JSONFileError(f"{p}, line {n}: not valid JSON ({msg})") from None

@@ -56,7 +56,8 @@ class Task:
     label: str
     total: int | None
     started: float
-    announce: bool = False  # write start/end lines even when nested (outermost tasks always do)
+    announce: bool = False  # write an end line even when nested (outermost tasks and phases always do)
+    headline: bool = False  # write a start line (outermost tasks and phases)
     done: int = 0
     detail: str = ""
     rich_id: Any = field(default=None, repr=False)
@@ -99,17 +100,20 @@ class Progress:
         """A named phase of a run (data, rounds, baseline, export, report): a task whose wall time is
         added to ``phase_seconds[name]``, whether or not output is enabled."""
         t0 = self.clock()
+        task = self._push(label or name, total, True, headline=True)
+        ok = False
         try:
-            with self.step(label or name, total=total, announce=True) as task:
-                yield task
+            yield task
+            ok = True
         finally:
             self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + (self.clock() - t0)
+            self._pop(task, ok)
 
     @contextmanager
     def step(self, label: str, total: int | None = None, *, announce: bool = False) -> Iterator[Task]:
         """A task without timing bookkeeping (a sub-step of a phase). Nested tasks are silent in a
         log file (the heartbeat and progress lines show the whole stack) unless ``announce``."""
-        task = self._push(label, total, announce)
+        task = self._push(label, total, announce, headline=False)
         ok = False
         try:
             yield task
@@ -156,10 +160,10 @@ class Progress:
         self.stream.flush()
         self._last_line = self.clock()
 
-    def _push(self, label: str, total: int | None, announce: bool) -> Task:
+    def _push(self, label: str, total: int | None, announce: bool, *, headline: bool) -> Task:
         with self._lock:
             outermost = not self._stack
-            task = Task(self, label, total, self.clock(), announce=announce or outermost)
+            task = Task(self, label, total, self.clock(), announce=announce or outermost, headline=headline or outermost)
             self._stack.append(task)
             if not self.enabled:
                 return task
@@ -170,7 +174,7 @@ class Progress:
                     self._bar.start()
                 task.rich_id = self._bar.add_task(label, total=total)
             else:
-                if task.announce:
+                if task.headline:
                     self._write(f"{label}: started" + (f" (0/{total})" if total is not None else ""))
                 if outermost:
                     self._start_ticker()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+from pathlib import Path
 from typing import Any
+
+from securefed.progress import format_seconds
 
 MECH_WORDS = {
     "none": "no differential privacy: updates are clipped and quantized, but no noise is added (ε = ∞)",
@@ -97,8 +101,7 @@ def sections(run: dict, f: dict) -> list:
                        "remove their own shares from the noise: the guarantee degrades to that of the honest shares.",
         "central": "The aggregator is trusted: it sees the (securely aggregated or plain) sum before adding the Gaussian "
                    "noise. The guarantee protects holders against everyone who sees the model, not against the aggregator.",
-        "none": "No DP noise: protection rests on secure aggregation alone (the server sees only sums), which bounds "
-                "no inference from the released models.",
+        "none": trust_without_dp(f),
     }.get(f["mode"], "unknown mode")
     holders = run["holders"]
     worst = max((h["epsilon"] for h in holders.values() if h.get("ok")), default=None)
@@ -117,18 +120,19 @@ def sections(run: dict, f: dict) -> list:
     params = [["parameter", "value"]] + [[k, _fmt(f[k])] for k in (
         "mode", "mechanism", "noise_multiplier", "clip_first", "clip_last", "adaptive_clip", "ring_bits", "population",
         "cohort_size_planned", "sampling", "sampling_rate", "delta", "epsilon", "server_epsilon_cap", "holder_epsilon_cap",
-        "accountant", "rounds_recorded", "reexecuted_rounds")]
+        "accountant", "rounds_recorded", "reexecuted_rounds") if dp or k != "delta"]  # no δ without DP
     nist = [["factor (NIST SP 800-226)", "this run"],
             ["unit of privacy", "one data holder (all of its records together): the guarantee covers a holder's whole "
              "contribution, which is stronger than record-level DP. Optional DP-SGD adds a record-level guarantee inside a holder."],
-            ["privacy parameters ε, δ", f"ε = {_fmt(f['epsilon'])}, δ = {_fmt(f['delta'])} (δ < 1/population)"],
+            ["privacy parameters ε, δ", f"ε = {_fmt(f['epsilon'])}, δ = {_fmt(f['delta'])} (δ < 1/population)" if dp
+             else "none: differential privacy was off (ε = ∞)"],
             ["neighbouring relation", f"{_fmt(f['neighbouring_relation'])} one holder ({_fmt(f['sampling'])} sampling of cohorts)"],
             ["accounting", f"{_fmt(f['accountant'])}; composition over all recorded rounds, re-executed rounds counted again"],
             ["trust model / threat", trust],
-            ["implementation", "noise from the OS CSPRNG (never a seeded library RNG); " + (
+            ["implementation", ("noise from the OS CSPRNG (never a seeded library RNG); " if dp else "") + (
                 "integer noise and modular ring arithmetic (no floating-point noise in the released sum)"
                 if f["mode"] == "distributed" else "continuous float64 Gaussian noise at the server (floating-point "
-                "effects on the noise are not mitigated)" if f["mode"] == "central" else "no noise")
+                "effects on the noise are not mitigated)" if f["mode"] == "central" else "no noise (DP off)")
              + ("; hash-chained, fsync'ed ledgers verified when this report was made" if led["ok"] and not broken
                 else "; hash-chained, fsync'ed ledgers — verification FAILED when this report was made (see above)")]]
     train = [["figure", "value"], ["federated eval perplexity", _fmt(f["fed_eval_ppl"])],
@@ -138,15 +142,7 @@ def sections(run: dict, f: dict) -> list:
              ["rounds", _fmt(f["rounds"])]]
     return [
         ("Ledger integrity", [verdict]),
-        ("What was protected, in plain words", [
-            f"Privacy unit: {f['privacy_unit']} — each data holder's entire pseudo-gradient in a round is bounded in size "
-            f"(clipped to L2 norm C) and then hidden by noise, so the released models reveal little about whether any one "
-            f"holder took part.", eps_words,
-            "Two ε are kept: the ledger above is the guarantee for the released models, with amplification by the random "
-            "choice of cohorts (valid against anyone who does not know the cohorts); each holder's own ledger counts only "
-            "the rounds its data was in, without that amplification (valid even against the coordinator). The ledger "
-            "files themselves list who took part in each round: keep them with the coordinator's records; against a "
-            "reader of the ledger only the holder ε holds."]),
+        ("What was protected, in plain words", protection_words(f, dp, eps_words)),
         ("Mechanism", [_sentence(MECH_WORDS.get(f["mechanism"], str(f["mechanism"])))]),
         ("Trust model", [trust]),
         ("Weights", ["With DP on, every holder's update has the same weight (uniform averaging: the sum is divided by the "
@@ -157,3 +153,164 @@ def sections(run: dict, f: dict) -> list:
         ("Holder budgets", [("table", hrows)] if len(hrows) > 1 else ["No holder ledgers found."]),
         ("Training", [("table", train)]),
     ]
+
+
+# ---------------------------------------------------------------- mode-matching words (issue 16)
+def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
+    """The "What was protected" paragraphs, true to the run's privacy mode."""
+    if not dp:
+        return [f"Privacy unit: {f['privacy_unit']} — each data holder's pseudo-gradient in a round is clipped to L2 norm "
+                f"C = {_fmt(f['clip_first'])} and quantized, but no noise is added: differential privacy was off, so the "
+                "released models carry no formal guarantee about any holder's data. What protects the individual updates "
+                "is secure aggregation alone (see Trust model).", eps_words]
+    return [f"Privacy unit: {f['privacy_unit']} — each data holder's entire pseudo-gradient in a round is bounded in size "
+            f"(clipped to L2 norm C) and then hidden by noise, so the released models reveal little about whether any one "
+            f"holder took part.", eps_words,
+            "Two ε are kept: the ledger above is the guarantee for the released models, with amplification by the random "
+            "choice of cohorts (valid against anyone who does not know the cohorts); each holder's own ledger counts only "
+            "the rounds its data was in, without that amplification (valid even against the coordinator). The ledger "
+            "files themselves list who took part in each round: keep them with the coordinator's records; against a "
+            "reader of the ledger only the holder ε holds."]
+
+
+def trust_without_dp(f: dict) -> str:
+    if f.get("aggregation") == "plain":
+        return ("No DP noise and no secure aggregation (aggregation: plain, a baseline only): the server sees every "
+                "holder's clipped update, and nothing bounds inference from the released models.")
+    return ("No DP noise: protection rests on secure aggregation alone (the server sees only sums), which bounds "
+            "no inference from the released models.")
+
+
+# ---------------------------------------------------------------- the run, standing alone (issue 16)
+def file_times(run_dir: Path) -> dict[str, str]:
+    """UTC modification times of the files that date a run: config.yaml (written when it started) and
+    summary.json (written when it finished)."""
+    out = {}
+    for name in ("config.yaml", "summary.json"):
+        p = Path(run_dir) / name
+        if p.is_file():
+            out[name] = dt.datetime.fromtimestamp(p.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return out
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    return {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}.get(v) if isinstance(v, str) else None
+
+
+def run_facts(run: dict) -> dict:
+    """Who, when, what and how big: everything a reader needs to place the run without other files."""
+    from securefed.runtime.config import closest_preset
+
+    cfg, summary, metrics = run["config"], run["summary"], run["metrics"]
+    fed = cfg.get("federation") if isinstance(cfg.get("federation"), dict) else {}
+    preset, changed = closest_preset(cfg) if cfg else ("unknown (no config.yaml)", [])
+    fed_ppl, central = _num(summary.get("fed_eval_ppl")), _num(summary.get("central_eval_ppl"))
+    ratio = _num(summary.get("fed_over_central_ppl"))
+    if ratio is None and fed_ppl is not None and central:
+        ratio = fed_ppl / central
+    holders = fed.get("n_holders")
+    return {
+        "run_id": Path(run["run_dir"]).name,
+        "started": run.get("files", {}).get("config.yaml"),
+        "finished": run.get("files", {}).get("summary.json"),
+        "versions": run.get("versions", {}),
+        "preset": preset,
+        "preset_changes": changed,
+        "model_preset": summary.get("model_preset") or _find(cfg.get("model", {}), "preset"),
+        "model_params": summary.get("model_params"),
+        "holders": holders,
+        "cohort_size": fed.get("clients_per_round") or holders,
+        "rounds": summary.get("rounds", len(metrics)),
+        "rounds_planned": fed.get("rounds"),
+        "tokens": summary.get("tokens", metrics[-1].get("tokens_seen") if metrics else None),
+        "privacy_mode": summary.get("privacy_mode") or _find(cfg.get("privacy", {}), "mode"),
+        "aggregation": summary.get("aggregation") or _find(cfg.get("aggregation", {}), "mode"),
+        "fed_eval_ppl": fed_ppl,
+        "central_eval_ppl": central,
+        "fed_over_central_ppl": ratio,
+        "unigram_eval_ppl": _num(summary.get("unigram_eval_ppl")),
+        "wall_seconds": _num(summary.get("wall_seconds")),
+        "phase_seconds": summary.get("phase_seconds") if isinstance(summary.get("phase_seconds"), dict) else {},
+    }
+
+
+def _seconds(v: Any) -> str:
+    s = _num(v)
+    return "—" if s is None else format_seconds(s)
+
+
+def run_section(run: dict) -> tuple[str, list]:
+    r = run_facts(run)
+    preset = r["preset"] + (f" (changed: {', '.join(r['preset_changes'][:6])}"
+                            + (" …" if len(r["preset_changes"]) > 6 else "") + ")" if r["preset_changes"] else "")
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(r["versions"].items())) or "not recorded"
+    params = r["model_params"]
+    model = f"{_fmt(r['model_preset'])}" + (f", {params:,} parameters" if isinstance(params, int) else "")
+    phases = ", ".join(f"{k} {_seconds(v)}" for k, v in r["phase_seconds"].items())
+    wall = _seconds(r["wall_seconds"]) + (f" ({phases})" if phases else "")
+    ratio = r["fed_over_central_ppl"]
+    rows = [["fact", "value"],
+            ["run id", r["run_id"]],
+            ["started / finished", f"{r['started'] or '—'} / {r['finished'] or 'not finished (no summary.json)'}"],
+            ["versions", versions],
+            ["run preset", preset],
+            ["model", model],
+            ["data holders (cohort per round)", f"{_fmt(r['holders'])} ({_fmt(r['cohort_size'])})"],
+            ["rounds done / planned", f"{_fmt(r['rounds'])} / {_fmt(r['rounds_planned'])}"],
+            ["tokens (federated)", f"{r['tokens']:,}" if isinstance(r["tokens"], int) else _fmt(r["tokens"])],
+            ["privacy / aggregation", f"{_fmt(r['privacy_mode'])} / {_fmt(r['aggregation'])}"],
+            ["eval perplexity: federated / centralized", f"{_fmt(r['fed_eval_ppl'])} / {_fmt(r['central_eval_ppl'])}"],
+            ["federated / centralized perplexity", _fmt(ratio) + (" (1.0 = as good as centralized)" if ratio else "")],
+            ["unigram perplexity of the eval set", _fmt(r["unigram_eval_ppl"])
+             + " (what token frequencies alone achieve: a model must be below it)"],
+            ["wall time", wall]]
+    return ("Run", [("table", rows)])
+
+
+def run_warnings(run: dict) -> list[dict]:
+    """Every warning of the run: the ``warnings`` the engine recorded in metrics.jsonl rows; for a run
+    whose rows carry none (recorded before warnings existed), recomputed here with RunHealth. The
+    baseline's rows are checked the same way (step = baseline step)."""
+    from securefed.runtime.health import RunHealth
+
+    metrics, summary = run["metrics"], run["summary"]
+    unigram = _num(summary.get("unigram_eval_ppl"))
+    unigram = unigram if unigram and math.isfinite(unigram) and unigram > 0 else None
+    planned = (run["config"].get("federation") or {}).get("rounds") if isinstance(run["config"].get("federation"), dict) else None
+    out = []
+    if any("warnings" in m for m in metrics):
+        for m in metrics:
+            out.extend({"where": f"round {m.get('round')}", "warning": w, "recorded": True} for w in m.get("warnings") or [])
+    else:
+        health = RunHealth(unigram_ppl=unigram, rounds_planned=planned if isinstance(planned, int) else None)
+        for m in metrics:
+            out.extend({"where": f"round {m.get('round')}", "warning": w, "recorded": False} for w in health.check(m))
+    base = RunHealth(unigram_ppl=unigram)
+    for b in run["baseline"]:
+        out.extend({"where": f"baseline step {b.get('step')}", "warning": w, "recorded": False} for w in base.check(b))
+    return out
+
+
+def warnings_section(run: dict) -> tuple[str, list] | None:
+    """"Warnings raised during the run": each kind once, with where it held (None when there are none)."""
+    from securefed.runtime.health import warning_kind
+
+    ws = run_warnings(run)
+    if not ws:
+        return None
+    by_kind: dict[str, list[dict]] = {}
+    for w in ws:
+        by_kind.setdefault(warning_kind(w["warning"]), []).append(w)
+    blocks: list = ["THIS RUN WENT WRONG. " + ("Recorded while it ran (metrics.jsonl, field warnings)."
+                    if all(w["recorded"] for w in ws if w["where"].startswith("round"))
+                    else "Found by re-checking the metrics.")]
+    rows = [["warning", "where", "first occurrence"]]
+    for kind, items in by_kind.items():
+        where = ", ".join(i["where"] for i in items[:8]) + (f" and {len(items) - 8} more" if len(items) > 8 else "")
+        rows.append([kind, where, items[0]["warning"].split(": ", 1)[-1]])
+    blocks.append(("table", rows))
+    return ("Warnings raised during the run", blocks)
