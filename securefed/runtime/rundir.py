@@ -173,6 +173,9 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
                           "checked against this config") from None
     diff = config_differences(old if isinstance(old, dict) else {}, resolved)
     if diff:
-        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:4]) + (" ..." if len(diff) > 4 else "")
+        first = ("model", "privacy", "aggregation", "federation", "data", "train", "outer")  # what matters most first
+        diff.sort(key=lambda d: (first.index(d[0].split(".")[0]) if d[0].split(".")[0] in first else len(first), d[0]))
+        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:5])
+        shown = f"{len(diff)} settings differ: {shown}" + (" ..." if len(diff) > 5 else "")
         raise RunDirError(f"{root} holds another run ({describe_run(root)}); choose a new --out, or --resume with "
                           f"that run's settings ({shown})")
