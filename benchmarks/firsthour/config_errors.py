@@ -62,7 +62,7 @@ def gaps(log: Path) -> dict:
     """Longest gap between consecutive lines whose first field is a time (seconds or HH:MM:SS)."""
     stamps = []
     for line in log.read_text(errors="replace").splitlines():
-        head = line.split(" ", 1)[0]
+        head = (line.split(maxsplit=1) or [""])[0]
         try:
             stamps.append(float(head))
         except ValueError:
