@@ -15,69 +15,15 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from lightning.fabric import Fabric
 
+from securefed.training.config import DPSGDConfig, TrainConfig  # re-exported: the dataclasses live torch-free
 from securefed.training.flat import set_flat
 
 __all__ = ["DPSGDConfig", "TrainConfig", "LocalUpdate", "LocalTrainer", "HolderTrainer", "make_fabric", "evaluate_loss"]
-
-
-@dataclass(frozen=True)
-class DPSGDConfig:
-    """Optional record-level DP-SGD inside each holder (Opacus; securefed.privacy.dpsgd).
-
-    Batches are then Poisson-sampled (each sequence with probability batch_size / N), each sequence's
-    gradient is clipped to max_grad_norm and Gaussian noise N(0, (σ·max_grad_norm)²) is added per step;
-    the holder's own RDP accountant gives its record-level ε at ``delta``.
-    """
-
-    enabled: bool = False
-    noise_multiplier: float = 1.0
-    max_grad_norm: float = 1.0
-    delta: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or not 0 < self.delta < 1:
-            raise ValueError("train.dp_sgd: noise_multiplier >= 0, max_grad_norm > 0 and 0 < delta < 1 required")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    local_steps: int = 16                      # K, inner steps per round
-    batch_size: int = 16                       # sequences per inner step
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1                  # cosine floor, as a fraction of lr
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0                     # inner-step gradient norm clip (not the DP clip)
-    reset_optimizer: bool = False              # Photon option: fresh AdamW state every round
-    precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
-    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
-    devices: int = 1
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    compile: bool = False
-    eval_batch_size: int = 32
-    dp_sgd: DPSGDConfig = field(default_factory=DPSGDConfig)
-
-    def __post_init__(self) -> None:
-        if self.local_steps < 1:
-            raise ValueError(f"train.local_steps (K) must be >= 1, got {self.local_steps}")
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("train.min_lr_ratio must be in [0, 1]")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("train.warmup_steps, grad_clip and weight_decay must be >= 0")
-        if self.devices < 1 or self.eval_batch_size < 1:
-            raise ValueError("train.devices and train.eval_batch_size must be >= 1")
 
 
 def make_fabric(cfg: TrainConfig) -> Fabric:

@@ -81,5 +81,10 @@ def test_command_registers_and_handles_missing_run(tmp_path, capsys):
     assert args.func(args) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert report_cmd.run(argparse.Namespace(run_dir=str(empty), out=None)) == 1  # no ledger: rendered, flagged
+    # issue 16: an empty directory is not a run: one clear error, nothing written (was: a full report, exit 1)
+    assert report_cmd.run(argparse.Namespace(run_dir=str(empty), out=None)) == 2
+    assert "is not a securefed run directory" in capsys.readouterr().err and list(empty.iterdir()) == []
+    # a run without a ledger (metrics only) is still rendered, and flagged
+    (empty / "metrics.jsonl").write_text('{"round": 1, "train_loss": 5.0}\n')
+    assert report_cmd.run(argparse.Namespace(run_dir=str(empty), out=None)) == 1
     assert "no privacy ledger" in (empty / "report" / "report.md").read_text()
