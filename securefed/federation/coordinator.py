@@ -69,7 +69,10 @@ class Coordinator:
         from securefed.training.trainer import DPSGDConfig, LocalTrainer
 
         self.cfg, self.channel, self.rd, self.data, self.roster = cfg, channel, run_dir, data, roster
-        self.opt, self.progress, self.resume, self.stop_after_round = options, progress, resume, stop_after_round
+        from securefed.runtime.progress import Progress
+
+        self.opt, self.resume, self.stop_after_round = options, resume, stop_after_round
+        self.progress = progress if progress is not None else Progress(enabled=False)
         fed = cfg.federation
         self.holder_ids = sorted(roster.keys)
         if len(self.holder_ids) != fed.n_holders:
@@ -95,7 +98,7 @@ class Coordinator:
             self.ckks = CkksRoute(cfg.aggregation.ckks, roster, ckks_size=self.route_plan.ckks_size)
         self.run_id = (hashlib.sha256(f"securefed-run|{cfg.seed}".encode()).digest()[:16] if cfg.deterministic_secrets
                        else os.urandom(16))
-        self.next_round, self.metrics, self.wall = 1, [], 0.0
+        self.next_round, self.metrics, self.wall, self.start_ppl = 1, [], 0.0, None
 
     # ------------------------------------------------------------------ per-holder settings
     def _index(self, h: int) -> int:
@@ -128,7 +131,7 @@ class Coordinator:
                  "model_preset": self.cfg.model.preset, "dim": self.dim, "outer": self.outer.state_dict(),
                  "sampler": self.sampler.bit_generator.state, "privacy": self.privacy.state_dict(), "pending": pending,
                  "metrics": self.metrics, "ckks_generation": self.ckks.generation if self.ckks else 0,
-                 "roster": self.roster.to_dict(), "wall": self.wall}
+                 "roster": self.roster.to_dict(), "wall": self.wall, "start_ppl": self.start_ppl}
         atomic_torch_save(state, self.rd.checkpoint_file)
 
     def _restore(self) -> None:
@@ -146,7 +149,7 @@ class Coordinator:
         except ValueError as e:           # LedgerError: entries lost or rewritten since the checkpoint
             raise StateError(f"privacy ledger does not match the checkpoint: {e}") from None
         self.run_id, self.next_round = bytes.fromhex(st["run_id"]), int(st["next_round"])
-        self.metrics, self.wall = list(st["metrics"]), float(st.get("wall", 0.0))
+        self.metrics, self.wall, self.start_ppl = list(st["metrics"]), float(st.get("wall", 0.0)), st.get("start_ppl")
         self.outer.load_state_dict(st["outer"])
         self.sampler.bit_generator.state = st["sampler"]
         if self.ckks:
@@ -178,6 +181,9 @@ class Coordinator:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
+        from securefed.runtime.health import RunHealth
+        from securefed.runtime.metrics_log import MetricsLog
+
         rd, fed = self.rd, self.cfg.federation
         if self.resume:
             self._restore()
@@ -188,34 +194,43 @@ class Coordinator:
             if self.route_plan is not None:
                 atomic_write_text(rd.root / "ckks_plan.txt", self.route_plan.to_text())
                 atomic_write_text(rd.root / "ckks_plan.json", self.route_plan.dumps_json())
+            if self.data.eval_rows is not None:   # the untrained model's perplexity: a health baseline
+                self.start_ppl = self.evaluate()["eval_ppl"]
             self._checkpoint()
+        self.log = MetricsLog.open(rd, self.cfg.logging, resume_round=self.next_round if self.resume else None)
+        self.health = RunHealth(unigram_ppl=self.data.unigram_eval_ppl, start_ppl=self.start_ppl,
+                                rounds_planned=fed.rounds)
+        for row in self.metrics:      # rebuild the checker's memory of earlier rounds
+            self.health.check(row)
         self.channel.open(welcome_for=self.welcome_for, run_id=self.run_id)
         aborted_in_a_row = 0
-        rounds = range(self.next_round, fed.rounds + 1)
-        for r in (self.progress.iter(rounds, "federated rounds") if self.progress else rounds):
-            t0 = time.perf_counter()
-            try:
-                row = self.run_round(r)
-            except BudgetExhausted as e:
-                self._say(f"stopping: {e}")
-                break
-            self.wall += time.perf_counter() - t0
-            if row is None:
-                self.exit_reason = "too_few"
-                break
-            aborted_in_a_row = aborted_in_a_row + 1 if row.get("aborted") else 0
-            if self.opt.max_aborted_rounds and aborted_in_a_row >= self.opt.max_aborted_rounds:
-                self.exit_reason = "too_few"
-                self._say(f"stopping: {aborted_in_a_row} rounds in a row aborted")
-                break
-            if self.stop_after_round is not None and r >= self.stop_after_round:
-                return {"stopped_after_round": r}
+        with self.progress.phase("rounds", total=fed.rounds - self.next_round + 1, label="federated rounds") as phase:
+            for r in range(self.next_round, fed.rounds + 1):
+                t0 = time.perf_counter()
+                try:
+                    row = self.run_round(r)
+                except BudgetExhausted as e:
+                    self._say(f"stopping: {e}")
+                    break
+                self.wall += time.perf_counter() - t0
+                phase.advance()
+                if row is None:
+                    self.exit_reason = "too_few"
+                    break
+                aborted_in_a_row = aborted_in_a_row + 1 if row.get("aborted") else 0
+                if self.opt.max_aborted_rounds and aborted_in_a_row >= self.opt.max_aborted_rounds:
+                    self.exit_reason = "too_few"
+                    self._say(f"stopping: {aborted_in_a_row} rounds in a row aborted")
+                    break
+                if self.stop_after_round is not None and r >= self.stop_after_round:
+                    self.log.close()
+                    return {"stopped_after_round": r}
+        self.log.close()
         return self.finish()
 
     def _say(self, msg: str) -> None:
         log.info(msg)
-        if self.progress is not None:
-            self.progress.print(msg)
+        self.progress.print(msg)
 
     def sample_cohort(self, available: list[int]) -> list[int]:
         fed, ids = self.cfg.federation, sorted(available)
@@ -318,16 +333,19 @@ class Coordinator:
         row["stage_seconds"] = clock.laps
         pending = {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": survivors, "refused": refused,
                    "min_survivors": t_min, "clipped": {str(h): bool(c) for h, c in clipped.items()}}
+        row["warnings"] = self.health.check(row)   # [] when all is well: the report knows they were checked
         self.metrics.append(row)
         self.next_round = r + 1
         self._checkpoint(pending=pending)          # WAL: the round's accounting is in the checkpoint first
         entry = rp.finish(survivors=survivors, clip_infos={h: ClipInfo(0.0, bool(c)) for h, c in clipped.items()})
         if cfg.privacy.mode != "none":
             row.update(epsilon=entry.get("epsilon"), delta=entry.get("delta"))
-        self.rd.write_jsonl(self.rd.metrics, self.metrics)
+        self.log.append(row)
         self._checkpoint()
         self.channel.end_round(r)
         self._say(status_line(row, fed.rounds))
+        for w in row["warnings"]:
+            self._say(f"[bold red]WARNING round {r}: {w}[/]")
         return row
 
     def _tokens_so_far(self) -> int:
@@ -389,8 +407,9 @@ class Coordinator:
         from securefed.runtime.export import export_model
         from securefed.training.flat import set_flat
 
-        set_flat(self.evaluator.raw_model, self.outer.params)
-        export_model(self.evaluator.raw_model, self.data.tokenizer, self.rd.model)
+        with self.progress.phase("export", label="exporting the model"):
+            set_flat(self.evaluator.raw_model, self.outer.params)
+            export_model(self.evaluator.raw_model, self.data.tokenizer, self.rd.model)
         done = [m for m in self.metrics if not m.get("aborted")]
         evals = [m for m in self.metrics if "eval_ppl" in m]
         eps, delta = self.privacy.epsilon_spent()
@@ -403,7 +422,8 @@ class Coordinator:
             "unigram_eval_ppl": self.data.unigram_eval_ppl, "privacy_mode": self.cfg.privacy.mode,
             "run_id": self.run_id.hex(), "deployment": self.opt.deployment, "backend": self.opt.backend,
             "holders": self.cfg.federation.n_holders, "model_sha256": _file_sha256(self.rd.model / "model.safetensors"),
-            "ledger_head": self.privacy.ledger.head,
+            "ledger_head": self.privacy.ledger.head, "start_eval_ppl": self.start_ppl,
+            "phase_seconds": dict(self.progress.phase_seconds),
         }
         self.rd.write_json(self.rd.summary, summary)
         return summary
