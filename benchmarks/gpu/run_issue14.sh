@@ -3,7 +3,8 @@
 #
 #   call 1: bash benchmarks/gpu/run_issue14.sh start     # throughput matrix (foreground, cores 0-5);
 #           in the background (own session, cores 6-15): corpus build + tokenization, then, once the
-#           GPU is free, the 20m IID pair (fed and central side by side), sized to end by T0+STUDY_END
+#           GPU is free, the 20m IID pair (fed and central side by side), sized to end STUDY_LEN
+#           seconds after the matrix ended (the length of call 2)
 #   call 2: bash benchmarks/gpu/run_issue14.sh collect   # GPU correctness tests beside the study,
 #           waits for the pair (or the deadline), packs everything under $OUT
 #
@@ -12,7 +13,8 @@
 set -u
 MODE=${1:-start}
 S=/tmp/sf
-STUDY_END=${STUDY_END:-1040}      # seconds after T0 by which the pair must be done
+STUDY_LEN=${STUDY_LEN:-510}       # the pair must be done this many seconds after the throughput matrix
+CALL2=${CALL2:-555}               # collect returns at most this many seconds after it starts
 TP_DEADLINE=${TP_DEADLINE:-370}   # throughput: start no new case after this many seconds
 export PYTHONUNBUFFERED=1 SECUREFED_CACHE=$S/cache TOKENIZERS_PARALLELISM=true
 export PYTHONPATH=/tmp/site:$PWD
@@ -58,9 +60,10 @@ bg)
     2>&1 | grep -v Warning | tail -n 3
   echo "[bg] waiting for the GPU $(date +%T)"
   while [ ! -e $S/tp.done ] && [ "$(date +%s)" -lt $((T0 + 560)) ]; do sleep 2; done
-  # tokens per side: both sides share the GPU until T0+STUDY_END, 100 s of start-up each, 80 % of the
+  END=$(( $( [ -e $S/tp.done ] && stat -c %Y $S/tp.done || date +%s ) + STUDY_LEN )); echo $END > $S/study_end
+  # tokens per side: both sides share the GPU until END, 120 s of start-up each, 70 % of the
   # trainer's measured 20m rate; a multiple of the round's tokens; at most 20 tokens per parameter
-  TOK=$(python3 - "$S/tp.jsonl" "$T0" "$STUDY_END" <<'EOF'
+  TOK=$(python3 - "$S/tp.jsonl" "$END" <<'EOF'
 import json, sys, time
 rate = 1.0e6
 try:
@@ -70,9 +73,9 @@ try:
             rate = r["tokens_per_s"]
 except OSError:
     pass
-left = int(sys.argv[2]) + int(sys.argv[3]) - time.time() - 100
+left = int(sys.argv[2]) - time.time() - 120
 per_round = 4 * 32 * 32 * 1024
-tok = max(8, min(110, int(0.8 * rate * left / 2 / per_round))) * per_round
+tok = max(8, min(110, int(0.7 * rate * left / 2 / per_round))) * per_round
 print(tok)
 EOF
 )
@@ -86,10 +89,12 @@ EOF
   echo "[bg] done $(date +%T)"; touch $S/study.done
   ;;
 collect)
-  T0=$(cat $S/t0)
+  START=$(date +%s)
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_fused_gpu.py > $OUT/gputest.log 2>&1
   echo "gpu tests rc=$?"
-  while [ ! -e $S/study.done ] && [ "$(date +%s)" -lt $((T0 + STUDY_END + 25)) ]; do sleep 3; done
+  END=$(cat $S/study_end 2>/dev/null || echo $((START + CALL2)))
+  LIMIT=$(( END + 25 < START + CALL2 ? END + 25 : START + CALL2 ))
+  while [ ! -e $S/study.done ] && [ "$(date +%s)" -lt $LIMIT ]; do sleep 3; done
   [ -e $S/study.done ] || python3 benchmarks/gpu/study.py summarize --runs $S/runs --out $S/study.json
   cp $S/study.json $S/bg.log $S/prepare.json $OUT/ 2>/dev/null
   cp $S/corpus/build.json $OUT/build.json 2>/dev/null
