@@ -103,4 +103,22 @@ collect)
   tail -n 12 $OUT/gputest.log; tail -n 6 $S/bg.log; tail -n 3 $S/fed.log $S/central.log
   python3 benchmarks/gpu/study.py summarize --runs $S/runs --out /tmp/sf/study2.json
   ;;
+row)
+  # a fresh machine: corpus again (same inputs -> same content hash, checked against $EXPECT_HASH),
+  # then ONE study row ($ROW_ARGS), cut at $ROW_TIMEOUT seconds; metrics come back either way
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  mkdir -p $S
+  python3 benchmarks/gpu/build_corpus.py build $S/corpus --linux .cache/gpu-text/linux-subset.tar.xz > $S/build.log 2>&1
+  tail -n 1 $S/build.log
+  grep -q "${EXPECT_HASH:-none}" $S/build.log && echo "corpus hash as expected" || echo "CORPUS HASH DIFFERS"
+  timeout "${ROW_TIMEOUT:-420}" python3 benchmarks/gpu/study.py run $ROW_ARGS --corpus $S/corpus --runs $S/runs \
+    > $S/row.log 2>&1
+  echo "row rc=$?"
+  cp $S/corpus/build.json $OUT/build.json
+  tar czf $OUT/row.tgz -C $S row.log $(cd $S && ls -d runs/*/metrics.jsonl runs/*/summary.json runs/*/config.yaml \
+    runs/*/data_manifest.json runs/*.cmd.json 2>/dev/null)
+  grep -v Warning $S/row.log | tail -n 4
+  for f in $S/runs/*/metrics.jsonl; do echo $f; cut -c1-200 $f | grep eval_ppl | tail -n 3; done
+  ;;
 esac
