@@ -51,7 +51,10 @@ class TrainConfig:
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     devices: int = 1
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    compile: bool = False
+    compile: bool = False                      # regional torch.compile of the decoder blocks (see compile_scope)
+    compile_scope: Literal["blocks", "model"] = "blocks"   # "model": the whole model (not with Liger's loss)
+    fused: Literal["auto", "all", "head", "off"] = "auto"  # Liger kernels on CUDA (securefed.training.fused)
+    sdpa_backend: Literal["auto", "cudnn", "flash"] = "auto"  # preferred attention kernel on CUDA
     eval_batch_size: int = 32
     dp_sgd: DPSGDConfig = field(default_factory=DPSGDConfig)
 
@@ -68,6 +71,17 @@ class TrainConfig:
             raise ValueError("train.warmup_steps, grad_clip and weight_decay must be >= 0")
         if self.devices < 1 or self.eval_batch_size < 1:
             raise ValueError("train.devices and train.eval_batch_size must be >= 1")
+        if self.compile_scope not in ("blocks", "model"):
+            raise ValueError(f"train.compile_scope must be 'blocks' or 'model', got {self.compile_scope!r}")
+        if self.fused not in ("auto", "all", "head", "off"):
+            raise ValueError(f"train.fused must be 'auto', 'all', 'head' or 'off', got {self.fused!r}")
+        if self.sdpa_backend not in ("auto", "cudnn", "flash"):
+            raise ValueError(f"train.sdpa_backend must be 'auto', 'cudnn' or 'flash', got {self.sdpa_backend!r}")
+        if self.compile and self.dp_sgd.enabled:
+            raise ValueError("train.compile cannot be combined with train.dp_sgd (Opacus' per-sample hooks)")
+        if self.compile and self.compile_scope == "model" and self.fused in ("all", "head"):
+            raise ValueError("train.compile_scope=model breaks Liger's fused loss: use compile_scope=blocks "
+                             "or train.fused=off")
 
 
 @dataclass(frozen=True)
