@@ -89,8 +89,8 @@ class RoundSpec:
         if self.mechanism not in want:
             raise ValueError(f"round spec: mechanism {self.mechanism!r} does not fit mode {self.mode!r}")
         ids = self.participants
-        if not isinstance(ids, tuple) or not ids or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in ids):
-            raise ValueError("round spec: participants must be a non-empty tuple of holder ids >= 1")
+        if not isinstance(ids, tuple) or any(isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < 2**31 for h in ids):
+            raise ValueError("round spec: participants must be a tuple of holder ids")
         if len(set(ids)) != len(ids) or list(ids) != sorted(ids):
             raise ValueError("round spec: participants must be sorted and distinct")
         if self.mode == "distributed":
