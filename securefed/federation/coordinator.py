@@ -99,6 +99,7 @@ class Coordinator:
         self.run_id = (hashlib.sha256(f"securefed-run|{cfg.seed}".encode()).digest()[:16] if cfg.deterministic_secrets
                        else os.urandom(16))
         self.next_round, self.metrics, self.wall, self.start_ppl = 1, [], 0.0, None
+        self.model_file: str | None = None
 
     # ------------------------------------------------------------------ per-holder settings
     def _index(self, h: int) -> int:
@@ -126,19 +127,31 @@ class Coordinator:
             batch_size=self.batch_size(h), total_steps=per_holder_rounds * k))
 
     # ------------------------------------------------------------------ checkpoint (§6)
+    def _save_model(self, after_round: int) -> None:
+        """The heavy state (θ and the outer optimizer's buffers: 2·P floats) in its own file, written only
+        every ``federation.checkpoint_every`` rounds; the light checkpoint below names the current one."""
+        name = f"model-{after_round}.pt"
+        atomic_torch_save({"after_round": after_round, "outer": self.outer.state_dict()}, self.rd.checkpoints / name)
+        self.model_file, self._stale_model = name, getattr(self, "model_file", None)
+
     def _checkpoint(self, *, in_flight: int | None = None, pending: dict | None = None) -> None:
-        state = {"version": 3, "run_id": self.run_id.hex(), "next_round": self.next_round, "in_flight": in_flight,
-                 "model_preset": self.cfg.model.preset, "dim": self.dim, "outer": self.outer.state_dict(),
+        """The light checkpoint (protocols/federation.md §6), written before and twice after each round."""
+        state = {"version": 4, "run_id": self.run_id.hex(), "next_round": self.next_round, "in_flight": in_flight,
+                 "model_preset": self.cfg.model.preset, "dim": self.dim, "model_file": self.model_file,
                  "sampler": self.sampler.bit_generator.state, "privacy": self.privacy.state_dict(), "pending": pending,
                  "metrics": self.metrics, "ckks_generation": self.ckks.generation if self.ckks else 0,
                  "roster": self.roster.to_dict(), "wall": self.wall, "start_ppl": self.start_ppl}
         atomic_torch_save(state, self.rd.checkpoint_file)
+        stale = getattr(self, "_stale_model", None)
+        if stale and stale != self.model_file:   # the light checkpoint no longer names it
+            (self.rd.checkpoints / stale).unlink(missing_ok=True)
+            self._stale_model = None
 
     def _restore(self) -> None:
         import torch
 
         st = torch.load(self.rd.checkpoint_file, weights_only=True)  # no pickle: a planted checkpoint must not run code
-        if st.get("version") != 3 or st.get("model_preset") != self.cfg.model.preset or st.get("dim") != self.dim:
+        if st.get("version") != 4 or st.get("model_preset") != self.cfg.model.preset or st.get("dim") != self.dim:
             raise StateError(f"checkpoint is for model {st.get('model_preset')!r} with {st.get('dim')} parameters "
                              f"(version {st.get('version')}), not {self.cfg.model.preset!r} with {self.dim}")
         if st.get("roster") != self.roster.to_dict():
@@ -150,7 +163,12 @@ class Coordinator:
             raise StateError(f"privacy ledger does not match the checkpoint: {e}") from None
         self.run_id, self.next_round = bytes.fromhex(st["run_id"]), int(st["next_round"])
         self.metrics, self.wall, self.start_ppl = list(st["metrics"]), float(st.get("wall", 0.0)), st.get("start_ppl")
-        self.outer.load_state_dict(st["outer"])
+        self.model_file = st["model_file"]
+        heavy = torch.load(self.rd.checkpoints / self.model_file, weights_only=True)
+        self.outer.load_state_dict(heavy["outer"])
+        if heavy["after_round"] < self.next_round - 1:   # checkpoint_every > 1: rounds since are in the ledger
+            log.warning("the model resumes from round %d: rounds %d-%d were accounted, their updates are lost",
+                        heavy["after_round"], heavy["after_round"] + 1, self.next_round - 1)
         self.sampler.bit_generator.state = st["sampler"]
         if self.ckks:
             self.ckks.generation = int(st["ckks_generation"])
@@ -196,6 +214,7 @@ class Coordinator:
                 atomic_write_text(rd.root / "ckks_plan.json", self.route_plan.dumps_json())
             if self.data.eval_rows is not None:   # the untrained model's perplexity: a health baseline
                 self.start_ppl = self.evaluate()["eval_ppl"]
+            self._save_model(0)
             self._checkpoint()
         self.log = MetricsLog.open(rd, self.cfg.logging, resume_round=self.next_round if self.resume else None)
         self.health = RunHealth(unigram_ppl=self.data.unigram_eval_ppl, start_ppl=self.start_ppl,
@@ -336,6 +355,9 @@ class Coordinator:
         row["warnings"] = self.health.check(row)   # [] when all is well: the report knows they were checked
         self.metrics.append(row)
         self.next_round = r + 1
+        every = fed.checkpoint_every
+        if result is not None and (r % every == 0 or r == fed.rounds or r == self.stop_after_round):
+            self._save_model(r)
         self._checkpoint(pending=pending)          # WAL: the round's accounting is in the checkpoint first
         entry = rp.finish(survivors=survivors, clip_infos={h: ClipInfo(0.0, bool(c)) for h, c in clipped.items()})
         if cfg.privacy.mode != "none":

@@ -236,7 +236,8 @@ class Holder:
     def end_round(self, round_index: int) -> None:
         """The round is over for this holder (finished, aborted or dropped): keep the trainer's state."""
         if self._round is not None and self._round.offer.round == round_index:
-            if self._round.trained:
+            last = round_index >= self.welcomed.rounds
+            if self._round.trained and (round_index % self.cfg.save_every == 0 or last):
                 self._save_state()
             self._round = None
 

@@ -48,7 +48,7 @@ def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
         out[h] = HolderConfig(holder_id=h, state_dir=str(run_dir / "holders" / str(h)), data=cfg.data, shard=i,
                               n_shards=fed.n_holders, data_seed=cfg.seed, policy=policy, dp_sgd=t.dp_sgd, hardware=hw,
                               server=server, pki=str(run_dir / "pki"), deterministic_secrets=cfg.deterministic_secrets,
-                              secret_seed=cfg.seed, dropout_rate=fed.dropout_rate)
+                              secret_seed=cfg.seed, dropout_rate=fed.dropout_rate, save_every=fed.checkpoint_every)
     return out
 
 
