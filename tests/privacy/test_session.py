@@ -63,7 +63,10 @@ def test_delta_must_be_below_one_over_population(tmp_path):
     with pytest.raises(ValueError, match="1/population"):
         _session(tmp_path, cfg)
     s = _session(tmp_path, dataclasses.replace(cfg, delta=None))
-    assert s.delta == pytest.approx(50**-1.1)
+    # default δ = min(1e-5, population^-1.1) (dp.md §5): 50^-1.1 = 0.0135 would be no guarantee at all
+    assert s.delta == pytest.approx(1e-5)
+    big = _session(tmp_path / "big", dataclasses.replace(cfg, delta=None), population=10**6, cohort_size=1000)
+    assert big.delta == pytest.approx(1e6**-1.1)  # 2.5e-7: a population that large gets the smaller one
 
 
 def test_mode_none_is_clip_and_quantize_with_a_ledger(tmp_path):
@@ -146,7 +149,8 @@ def test_holder_with_small_cap_stops_at_the_right_round(tmp_path):
 
 
 def test_server_cap_raises_budget_exhausted_before_encoding(tmp_path):
-    cfg = DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, server_epsilon_cap=1.2)
+    # δ as before the default became min(1e-5, N^-1.1): at 1e-5 one round already costs more than 1.2
+    cfg = DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, server_epsilon_cap=1.2, delta=50**-1.1)
     s = _session(tmp_path, cfg)
     done = 0
     with pytest.raises(BudgetExhausted, match="cap"):
