@@ -10,7 +10,7 @@ import sys
 import securefed
 
 # each module defines register(subparsers) and sets func=run(args) -> int
-COMMANDS = ("simulate", "corpus", "report", "keygen", "server", "client", "audit")
+COMMANDS = ("simulate", "corpus", "report", "verify", "keygen", "server", "client", "audit")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0: written and the ledger verified; 1: written, but the ledger is missing or its chain is broken; 2: no run."""
+    """0: written and every privacy record verified (signatures, chains, anchors, recomputed ε; see
+    `securefed verify`); 1: written, but a record is missing or does not verify (no ε is stated); 2: no run."""
     from securefed.report import render_report
 
     try:
@@ -26,9 +27,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = args.out or f"{args.run_dir}/report"
     print(f"report written to {out}/report.html")
-    if not rep["ledger_ok"]:
-        print(f"securefed report: WARNING: privacy ledger not verified: {rep['ledger_error']}", file=sys.stderr)
+    ver = rep["verification"]
+    if not rep["ledger_ok"] or not ver["ok"]:
+        print(f"securefed report: PRIVACY RECORDS NOT VERIFIED: {rep['ledger_error'] or ver['banner']}", file=sys.stderr)
+        for p in ver["problems"][1:]:
+            print(f"  problem: {p}", file=sys.stderr)
+        print("securefed report: no epsilon is stated for this run", file=sys.stderr)
         return 1
     eps = rep["facts"]["epsilon"]
-    print(f"privacy: epsilon={eps} delta={rep['facts']['delta']} (ledger verified, head {rep['ledger_head']})")
+    if not ver["signed"]:
+        print(f"securefed report: WARNING: {ver['banner']}", file=sys.stderr)
+    what = "ledgers verified" if ver["signed"] else "ledgers consistent but unsigned"
+    print(f"privacy: epsilon={eps} delta={rep['facts']['delta']} ({what}, head {rep['ledger_head']})")
     return 0

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from securefed.privacy.ledger import LedgerError, entry_hash, read_ledger
-from securefed.report import text
+from securefed.report import privacy_checks, text
 
 __all__ = ["render_report", "load_run"]
 
@@ -76,8 +76,11 @@ def load_run(run_dir: Path) -> dict:
                                 "dropped": sum(e["status"] == "dropped" for e in es)}
         except LedgerError as e:
             holders[hp.stem] = {"ok": False, "error": str(e)}
-    return {"run_dir": str(run_dir), "config": config or {}, "summary": summary, "metrics": _jsonl(run_dir / "metrics.jsonl"),
-            "baseline": _jsonl(run_dir / "baseline" / "metrics.jsonl"), "ledger": ledger, "holders": holders}
+    run = {"run_dir": str(run_dir), "config": config or {}, "summary": summary, "metrics": _jsonl(run_dir / "metrics.jsonl"),
+           "baseline": _jsonl(run_dir / "baseline" / "metrics.jsonl"), "ledger": ledger, "holders": holders}
+    # signatures, anchors, every ε recomputed; on any mismatch every ε is withheld (privacy_checks.py)
+    privacy_checks.apply_verification(run, privacy_checks.verify_run(run_dir))
+    return run
 
 
 def _plots(run: dict, out: Path) -> list[str]:
@@ -187,9 +190,11 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dic
     sections = text.sections(run, facts) + [("Plots", [("img", p) for p in plots])]
     alarm = None
     if not run["ledger"]["ok"]:
-        alarm = f"PRIVACY LEDGER NOT VERIFIED: {run['ledger']['error']}. The privacy figures below cannot be trusted."
+        alarm = (f"PRIVACY LEDGER NOT VERIFIED: {run['ledger']['error']}. No ε is stated in this report; the privacy "
+                 "figures below cannot be trusted.")
     report = {"run_dir": run["run_dir"], "ledger_ok": run["ledger"]["ok"], "ledger_error": run["ledger"]["error"],
-              "ledger_head": run["ledger"]["head"], "facts": facts, "holders": run["holders"], "plots": plots,
+              "ledger_head": run["ledger"]["head"], "ledger_entries": run["ledger"].get("entries_count"),
+              "verification": privacy_checks.verification_dict(run["verification"]), "facts": facts, "holders": run["holders"], "plots": plots,
               "sections": [[t, [b if isinstance(b, str) else list(b) for b in bs]] for t, bs in sections]}
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
     md = "# securefed privacy and training report\n\n" + (f"> **{alarm}**\n\n" if alarm else "") + _md(sections)
