@@ -48,6 +48,7 @@ class DPConfig:
     ring_bits: int = 32  # 12..32 here; secure aggregation accepts 16..32
     server_epsilon_cap: float | None = None
     holder_epsilon_cap: float | None = None  # default cap for every holder; per-holder overrides via the session
+    force_unlearnable: bool = False  # train even when the pre-flight check finds the noise hopeless (privacy/preflight.py)
 
     def __post_init__(self) -> None:
         if self.mode not in ("none", "central", "distributed"):
@@ -60,8 +61,8 @@ class DPConfig:
             raise ValueError("mode 'distributed' needs discrete noise: mechanism ddgauss or skellam")
         if _num("clip", self.clip) <= 0:
             raise ValueError(f"clip must be > 0, got {self.clip}")
-        if not isinstance(self.adaptive_clip, bool):
-            raise TypeError("adaptive_clip must be a bool")
+        if not isinstance(self.adaptive_clip, bool) or not isinstance(self.force_unlearnable, bool):
+            raise TypeError("adaptive_clip and force_unlearnable must be bools")
         if not 0 < _num("target_quantile", self.target_quantile) < 1:
             raise ValueError("target_quantile must be in (0, 1)")
         if self.noise_multiplier is not None and _num("noise_multiplier", self.noise_multiplier) < 0:

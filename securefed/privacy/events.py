@@ -26,14 +26,14 @@ __all__ = ["FLOAT_SLACK", "quantized_sensitivity", "gaussian_multiplier", "round
 
 # float rounding of the decoded sum before the server's noise (the float32 casts on the plain and CKKS
 # routes: relative 2^-24 per coordinate on a sum of at most n contributions, twice) — dp.md §6.4
-FLOAT_SLACK = 2.0**-22
+FLOAT_SLACK = 2.0**-23
 
 
 def quantized_sensitivity(plan: QuantizationPlan, dim: int) -> float:
     """L2 bound (real units) on one holder's contribution to the sum a central-mode server noises.
 
     ‖q_i‖₂ ≤ Δ₂ = plan.l2_bound(dim), so ‖q_i/γ‖₂ ≤ Δ₂/γ; a sum cast to float32 first moves by at most
-    2^-23·n·Δ₂/γ more, which the factor 1 + (n + 1)·2^-22 covers. The same bound covers the plain route
+    2^-24·(2n − 1)·Δ₂/γ more, which the factor 1 + (n + 1)·2^-23 covers. The same bound covers the plain route
     (contribution = the float32 clipped Δ, norm < C ≤ Δ₂/γ) and the CKKS+masking route (a smaller cohort
     has a larger γ, a part of the vector fewer coordinates, and Δ₂(γs, d)/γ grows with d, falls with γ).
     """

@@ -33,7 +33,7 @@ from securefed.privacy.ledger import Ledger, LedgerError, decode_floats
 from securefed.privacy.round import RoundPrivacy
 from securefed.primitives.quantize import plan_quantization
 
-__all__ = ["PrivacySession"]
+__all__ = ["PrivacySession", "plan_round", "plan_sigma_b", "calibrate_sigma"]
 
 
 def _int(name: str, v: object, lo: int) -> int:
@@ -42,6 +42,35 @@ def _int(name: str, v: object, lo: int) -> int:
     if v < lo:
         raise ValueError(f"{name} must be >= {lo}, got {v}")
     return v
+
+
+def plan_round(config: DPConfig, *, round_index: int, dim: int, n: int, z: float, clip: float, seed: bytes):
+    """The encoder plan of one round for n participants (DiscretePlan, or a QuantizationPlan in modes none/central)."""
+    if config.mode == "distributed":
+        sb = bit_noise_std(n, z) if config.adaptive_clip else None
+        zd = z if sb is None else data_noise_multiplier(z, sb)
+        return plan_discrete(mechanism=config.mechanism, ring_bits=config.ring_bits, dim=dim, clip=clip,
+                             data_noise_multiplier=zd, n_shares=n, sigma_b=sb, seed=seed, round_index=round_index)
+    return plan_quantization(clip=clip, ring_bits=config.ring_bits, max_clients=max(1, n))
+
+
+def plan_sigma_b(config: DPConfig, plan, z: float) -> float | None:
+    n = 0 if plan is None else (plan.n_shares if hasattr(plan, "n_shares") else plan.max_clients)
+    return adaptive_sigma_b(config.adaptive_clip and config.dp_on, n, z)
+
+
+def calibrate_sigma(config: DPConfig, *, dim: int, cohort_size: int, rounds: int, sampling: str, q: float, delta: float,
+                    seed: bytes = b"securefed") -> float:
+    """σ for ``config.target_epsilon`` over ``rounds`` rounds of the planned cohort with no dropouts (dp.md §5)."""
+    mech = config.mechanism if config.dp_on else "none"
+
+    def eps(z: float) -> float:
+        plan = plan_round(config, round_index=0, dim=dim, n=cohort_size, z=z, clip=config.clip, seed=seed)
+        ev = round_event(mode=config.mode, mechanism=mech, sampling=sampling, q=q, z=z, plan=plan, dim=dim,
+                         survivors=cohort_size, sigma_b=plan_sigma_b(config, plan, z))
+        return Accountant(config.accountant).epsilon(delta, [ev] * rounds)
+
+    return calibrate_noise_multiplier(eps, config.target_epsilon)
 
 
 class PrivacySession:
@@ -151,16 +180,10 @@ class PrivacySession:
 
     # ---------------------------------------------------------------- planning
     def _plan(self, round_index: int, dim: int, n: int, z: float, clip: float):
-        if self.config.mode == "distributed":
-            sb = bit_noise_std(n, z) if self.config.adaptive_clip else None
-            zd = z if sb is None else data_noise_multiplier(z, sb)
-            return plan_discrete(mechanism=self.config.mechanism, ring_bits=self.config.ring_bits, dim=dim, clip=clip,
-                                 data_noise_multiplier=zd, n_shares=n, sigma_b=sb, seed=self.public_seed, round_index=round_index)
-        return plan_quantization(clip=clip, ring_bits=self.config.ring_bits, max_clients=max(1, n))
+        return plan_round(self.config, round_index=round_index, dim=dim, n=n, z=z, clip=clip, seed=self.public_seed)
 
     def _sigma_b(self, plan, z: float) -> float | None:
-        n = 0 if plan is None else (plan.n_shares if hasattr(plan, "n_shares") else plan.max_clients)
-        return adaptive_sigma_b(self.config.adaptive_clip and self.config.dp_on, n, z)
+        return plan_sigma_b(self.config, plan, z)
 
     def _event(self, plan, z: float, survivors: int, *, sampled: bool, dim: int) -> RoundEvent:
         q = self.q if sampled else 1.0  # holder view: same relation, no amplification
@@ -169,13 +192,9 @@ class PrivacySession:
 
     def _resolve_sigma(self, dim: int) -> float:
         if self.noise_multiplier is None:  # calibrate once, on the planned cohort, then it is in the ledger
-            n, r = self.cohort_size, self.rounds_planned
-
-            def eps(z: float) -> float:
-                ev = self._event(self._plan(0, dim, n, z, self.config.clip), z, n, sampled=True, dim=dim)
-                return Accountant(self.config.accountant).epsilon(self.delta, [ev] * r)
-
-            self.noise_multiplier = calibrate_noise_multiplier(eps, self.config.target_epsilon)
+            self.noise_multiplier = calibrate_sigma(self.config, dim=dim, cohort_size=self.cohort_size,
+                                                    rounds=self.rounds_planned, sampling=self.sampling, q=self.q,
+                                                    delta=self.delta, seed=self.public_seed)
         return self.noise_multiplier
 
     # ---------------------------------------------------------------- rounds

@@ -119,6 +119,10 @@ def delta_lines(*, delta: float | None, population: int | None, dp_on: bool, dp_
         if population and delta >= 1.0 / population:
             out.append(f"δ = {_f(delta)} is at least 1/population = 1/{population}: NO MEANINGFUL GUARANTEE. A mechanism "
                        "that publishes one whole holder's update with probability δ satisfies this (ε, δ) statement.")
+        elif population and delta * population > 0.01:
+            out.append(f"δ = {_f(delta)} is WEAK for {population} holders: the (ε, δ) statement allows about "
+                       f"δ·population = {delta * population:.2g} of them to be exposed outright; ask for δ ≤ "
+                       f"{0.01 / population:.1g} (the default is min(1e-5, population^-1.1)).")
         else:
             out.append(f"δ = {_f(delta)} (below 1/population{f' = 1/{population}' if population else ''}): the probability "
                        "that the ε statement fails for a holder.")
@@ -172,11 +176,13 @@ def preflight_blocks(run_dir: Path) -> list | None:
     lines = d.get("lines")
     blocks: list = [str(x) for x in lines] if isinstance(lines, list) else []
     rows = [["figure", "value"]]
-    for k in ("verdict", "noise_to_signal", "noise_std_mean", "signal_per_coordinate", "epsilon_per_round",
-              "epsilon_planned", "holder_epsilon_planned", "delta", "sensitivity_inflation", "record_noise_to_signal",
-              "record_epsilon_planned"):
-        if k in d:
-            rows.append([k, _f(d[k]) if not isinstance(d[k], str) else d[k]])
+    rec = d.get("record_level") if isinstance(d.get("record_level"), dict) else {}
+    for k, val in [(k, d.get(k)) for k in ("verdict", "noise_multiplier", "noise_to_signal", "learnable_limit",
+                                           "noise_std_mean", "signal_per_coordinate", "epsilon_per_round", "epsilon_planned",
+                                           "holder_epsilon_planned", "delta", "sensitivity_inflation")] + [
+            ("record-level " + k, rec.get(k)) for k in ("epsilon_planned", "delta", "noise_to_signal") if rec]:
+        if val is not None:
+            rows.append([k, _f(val) if not isinstance(val, str) else ("∞" if val == "inf" else val)])
     if len(rows) > 1:
         blocks.append(("table", rows))
     return blocks
