@@ -31,6 +31,7 @@ from securefed.privacy.encoders import plan_discrete
 from securefed.privacy.events import adaptive_sigma_b, plan_record, round_event
 from securefed.privacy.ledger import Ledger, LedgerError, decode_floats
 from securefed.privacy.round import RoundPrivacy
+from securefed.privacy.verify import check_server_entries, check_view_entries
 from securefed.primitives.quantize import plan_quantization
 
 __all__ = ["PrivacySession", "plan_round", "plan_sigma_b", "calibrate_sigma"]
@@ -154,6 +155,10 @@ class PrivacySession:
             self.clip = float(e["next_clip"])
             if self.config.dp_on:
                 self.noise_multiplier = float(e["noise_multiplier"])
+        # every event must follow from its recorded plan and every ε must recompute (dp.md §7.3)
+        problems = check_server_entries(self.ledger.entries, str(self.ledger.path))
+        if problems:
+            raise LedgerError(f"{problems[0]}: refusing to continue from a ledger that does not verify")
 
     @property
     def _mechanism(self) -> str:
@@ -162,6 +167,9 @@ class PrivacySession:
     def _holder(self, h: int) -> tuple[Ledger, Accountant]:
         if h not in self._holder_ledgers:
             led = Ledger(self.ledger_dir / "holders" / f"holder-{h}.jsonl", signer=self.signer)
+            problems = check_view_entries(h, led.entries, str(led.path))
+            if problems:
+                raise LedgerError(f"{problems[0]}: refusing to continue from a ledger that does not verify")
             acc = Accountant("rdp")
             for e in led.entries:
                 if e["status"] == "included":

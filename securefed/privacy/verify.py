@@ -30,7 +30,7 @@ from securefed.privacy.events import plan_from_record, round_event
 from securefed.privacy.holder_ledger import check_holder_entry, holder_effective_events
 from securefed.privacy.ledger import LedgerError, decode_floats, entry_hash, read_ledger
 
-__all__ = ["Keys", "Anchor", "Problem", "Verification", "verify_records"]
+__all__ = ["Keys", "Anchor", "Problem", "Verification", "verify_records", "check_server_entries", "check_view_entries"]
 
 REL_TOL = 1e-9  # same accountant build: recomputation is deterministic up to summation order
 REL_TOL_OTHER_LIBS = 1e-6  # same scheme, other opacus/dp-accounting versions
@@ -315,6 +315,20 @@ def _check_anchors(entries: list[dict], anchors: Sequence[Anchor], v: Verificati
             return
         if n < len(entries):
             v.notes.append(f"{len(entries) - n} server entr{'y' if len(entries) - n == 1 else 'ies'} recorded after the {a.name} anchor")
+
+
+def check_server_entries(entries: list[dict], label: str = "privacy/ledger.jsonl") -> list[Problem]:
+    """Problems of a server ledger's entries (events from their plans, ε recomputed); [] if none."""
+    v = Verification()
+    _verify_server(entries, label, v)
+    return v.problems
+
+
+def check_view_entries(holder_id: int, entries: list[dict], label: str) -> list[Problem]:
+    """Problems of the server's view ledger of one holder; [] if none."""
+    v = Verification()
+    _verify_view(holder_id, entries, label, v)
+    return v.problems
 
 
 def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own_ledgers: Sequence[Path], keys: Keys | None,

@@ -268,3 +268,25 @@ def test_completing_a_round_does_not_charge_its_holders_twice(tmp_path):
     rp.finish(survivors=list(rp.participants), clip_infos={}, completing=True)
     assert s.holder_epsilon(0) == pytest.approx(once)
     assert [e["round"] for e in read_ledger(tmp_path / "privacy" / "holders" / "holder-0.jsonl")] == [0]
+
+
+def test_resume_refuses_a_ledger_whose_epsilon_or_event_does_not_recompute(tmp_path):
+    # an unsigned ledger rewritten consistently (ε/4, chain re-hashed): the chain is fine, the ε is not
+    import json
+
+    from securefed.privacy.ledger import GENESIS, canonical_json, entry_hash
+
+    cfg = DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0)
+    s = _session(tmp_path, cfg)
+    for r in range(3):
+        _run_round(s, r, list(range(8)))
+    p = tmp_path / "privacy" / "ledger.jsonl"
+    es = [json.loads(line) for line in p.read_text().splitlines()]
+    prev = GENESIS
+    for e in es:
+        e["epsilon"] /= 4
+        e["prev_hash"] = prev
+        prev = entry_hash(e)
+    p.write_text("".join(canonical_json(e) + "\n" for e in es))
+    with pytest.raises(LedgerError, match="entry 0 \\(round 0\\).*events give.*refusing to continue"):
+        _session(tmp_path, cfg)
