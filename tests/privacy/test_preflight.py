@@ -87,3 +87,18 @@ def test_bad_arguments():
         preflight(DPConfig(), population=4, cohort_size=5, rounds=4, dim=10, sampling="fixed")
     with pytest.raises(ValueError, match="dim"):
         preflight(DPConfig(), population=4, cohort_size=4, rounds=4, dim=0, sampling="fixed")
+
+
+def test_the_dp_preset_is_refused_before_training():
+    # README: `securefed simulate --preset dp` is refused by the pre-flight check (4 holders, ε = 8)
+    from securefed.runtime.config import load_run_config
+    from securefed.training.models import build_model
+
+    cfg = load_run_config(preset="dp")
+    model = build_model(cfg.model.preset, vocab_size=cfg.data.vocab_size, seq_len=cfg.data.seq_len, seed=0)
+    dim = sum(p.numel() for p in model.parameters())
+    fed = cfg.federation
+    p = preflight(cfg.privacy, population=fed.n_holders, cohort_size=fed.cohort_size, rounds=fed.rounds, dim=dim,
+                  sampling=fed.sampling)
+    assert not p.ok and p.noise_to_signal > 100 * p.learnable_limit
+    assert cfg.privacy.delta == 1e-5 and p.epsilon_planned <= cfg.privacy.target_epsilon
