@@ -251,4 +251,11 @@ def plain_words(run: dict, facts: dict) -> list[str]:
             views[p.stem] = read_ledger(p)
         except LedgerError:
             continue
-    return out + refusal_lines(views, priv.get("server_epsilon_cap"), fed.get("rounds"), facts.get("rounds_recorded", 0))
+    v = run.get("verification")
+    own = []
+    if v is not None and v.ok:
+        for h, e in sorted(v.holder_own_epsilon.items()):
+            view = v.holder_view_epsilon.get(h)
+            own.append(f"holder-{h}'s own signed ledger (released before it sent, settled after) gives ε = {_f(e)}"
+                       + (f", at least the server's view of it ({_f(view)})." if view is not None else "."))
+    return out + refusal_lines(views, priv.get("server_epsilon_cap"), fed.get("rounds"), facts.get("rounds_recorded", 0)) + own

@@ -23,6 +23,7 @@ def test_report_explains_refusals_caps_delta_and_preflight(tmp_path, capsys):
     assert "δ = 0.001 (below 1/population = 1/6)" in md
     assert "## Pre-flight check" in md and "pre-flight privacy check (distributed, ddgauss)" in md
     assert "| noise_to_signal |" in md
+    assert "holder-4's own signed ledger (released before it sent, settled after) gives ε =" in md
     rep = json.loads((rd / "report" / "report.json").read_text())
     assert any(t == "Pre-flight check" for t, _ in rep["sections"])
 
