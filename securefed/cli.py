@@ -10,7 +10,7 @@ import sys
 import securefed
 
 # each module defines register(subparsers) and sets func=run(args) -> int
-COMMANDS = ("simulate", "corpus", "report", "keygen", "server", "client", "audit")
+COMMANDS = ("simulate", "corpus", "report", "verify", "keygen", "server", "client", "audit")
 
 EPILOG = """examples:
   securefed simulate                          the demo: 4 holders, secure aggregation, baseline (~3 min on 2 cores)

@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0: written and the ledger verified; 1: written, but the ledger is missing or broken; 2: nothing written."""
+    """0: written and every privacy record verified (signatures, chains, anchors, recomputed ε; see
+    `securefed verify`); 1: written, but a record is missing or does not verify (no ε is stated); 2: nothing
+    written (not a run, or a corrupt file: the message names it)."""
     from securefed.report import ReportInputError, render_report
     from securefed.runtime.rundir import RunDirError
 
@@ -40,11 +42,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"report written to {out}/report.html")
     for w in rep.get("warnings", [])[:3]:
         print(f"securefed report: WARNING ({w['where']}): {w['warning']}", file=sys.stderr)
-    if not rep["ledger_ok"]:
-        print(f"securefed report: WARNING: privacy ledger not verified: {rep['ledger_error']}", file=sys.stderr)
+    ver = rep["verification"]
+    if not rep["ledger_ok"] or not ver["ok"]:
+        print(f"securefed report: PRIVACY RECORDS NOT VERIFIED: {rep['ledger_error'] or ver['banner']}", file=sys.stderr)
+        for p in ver["problems"][1:]:
+            print(f"  problem: {p}", file=sys.stderr)
+        print("securefed report: no epsilon is stated for this run", file=sys.stderr)
         return 1
+    if not ver["signed"]:
+        print(f"securefed report: WARNING: {ver['banner']}", file=sys.stderr)
     facts = rep["facts"]
     dp = facts.get("mode") in ("central", "distributed")
+    what = "ledgers verified" if ver["signed"] else "ledgers consistent but unsigned"
     print(f"privacy: epsilon={facts['epsilon']}" + (f" delta={facts['delta']}" if dp else " (differential privacy off)")
-          + f" (ledger verified, head {rep['ledger_head']})")
+          + f" ({what}, head {rep['ledger_head']})")
     return 0

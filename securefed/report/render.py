@@ -25,7 +25,7 @@ import yaml
 
 from securefed import jsonio
 from securefed.privacy.ledger import LedgerError, entry_hash, read_ledger
-from securefed.report import header, text
+from securefed.report import header, privacy_checks, text
 from securefed.runtime.rundir import RUN_MARKERS, RunDirError, is_run_dir
 
 __all__ = ["render_report", "load_run", "ReportInputError"]
@@ -107,9 +107,12 @@ def load_run(run_dir: Path) -> dict:
                                 "dropped": sum(e["status"] == "dropped" for e in es)}
         except LedgerError as e:
             holders[hp.stem] = {"ok": False, "error": str(e)}
-    return {"run_dir": str(run_dir), "config": config or {}, "summary": summary, "metrics": _jsonl(run_dir / "metrics.jsonl"),
-            "baseline": _jsonl(run_dir / "baseline" / "metrics.jsonl"), "ledger": ledger, "holders": holders,
-            "versions": versions, "files": header.file_times(run_dir)}
+    run = {"run_dir": str(run_dir), "config": config or {}, "summary": summary, "metrics": _jsonl(run_dir / "metrics.jsonl"),
+           "baseline": _jsonl(run_dir / "baseline" / "metrics.jsonl"), "ledger": ledger, "holders": holders,
+           "versions": versions, "files": header.file_times(run_dir)}
+    # signatures, anchors, every ε recomputed; on any mismatch every ε is withheld (privacy_checks.py)
+    privacy_checks.apply_verification(run, privacy_checks.verify_run(run_dir))
+    return run
 
 
 def _plots(run: dict, out: Path) -> list[str]:
@@ -251,10 +254,12 @@ def _render(run: dict, out: Path) -> dict:
     sections = [head] + ([warned] if warned else []) + text.sections(run, facts) + [("Plots", [("img", p) for p in plots])]
     alarm = None
     if not run["ledger"]["ok"]:
-        alarm = f"PRIVACY LEDGER NOT VERIFIED: {run['ledger']['error']}. The privacy figures below cannot be trusted."
+        alarm = (f"PRIVACY LEDGER NOT VERIFIED: {run['ledger']['error']}. No ε is stated in this report; the privacy "
+                 "figures below cannot be trusted.")
     report = {"run_dir": run["run_dir"], "ledger_ok": run["ledger"]["ok"], "ledger_error": run["ledger"]["error"],
-              "ledger_head": run["ledger"]["head"], "facts": facts, "holders": run["holders"], "plots": plots,
-              "run": header.run_facts(run), "warnings": header.run_warnings(run),
+              "ledger_head": run["ledger"]["head"], "ledger_entries": run["ledger"].get("entries_count"),
+              "verification": privacy_checks.verification_dict(run["verification"]), "facts": facts,
+              "holders": run["holders"], "plots": plots, "run": header.run_facts(run), "warnings": header.run_warnings(run),
               "sections": [[t, [b if isinstance(b, str) else list(b) for b in bs]] for t, bs in sections]}
     (out / "report.json").write_text(jsonio.dumps(report, indent=2, default=str) + "\n")
     md = "# securefed privacy and training report\n\n" + (f"> **{alarm}**\n\n" if alarm else "") + _md(sections)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from securefed.report import privacy_checks
+
 MECH_WORDS = {
     "none": "no differential privacy: updates are clipped and quantized, but no noise is added (ε = ∞)",
     "gaussian": "the Gaussian mechanism at a trusted aggregator (central DP): the server adds N(0, σ²C²) to the sum",
@@ -81,10 +83,15 @@ def facts(run: dict) -> dict:
 def sections(run: dict, f: dict) -> list:
     led = run["ledger"]
     dp = f["mode"] in ("central", "distributed")
+    ver = run.get("verification")
     verdict = (f"Verified: {len(led['entries'])} entries, hash chain intact, head {led['head']}." if led["ok"]
                else f"NOT VERIFIED — {led['error']}. Treat every privacy number in this report as untrustworthy.")
+    integrity = [verdict] + ([ver.banner()] if ver is not None and led["ok"] else []) + (
+        [f"Problem: {p}" for p in ver.problems] + [f"Note: {n}" for n in ver.notes] if ver is not None else [])
     eps_words = (f"After {f['rounds_recorded']} recorded rounds the federation has spent ε = {_fmt(f['epsilon'])} at "
                  f"δ = {_fmt(f['delta'])}." if dp else "Differential privacy was off in this run: ε is infinite.")
+    if not led["ok"]:  # fail closed: a ledger that does not verify states no ε
+        eps_words = "No ε is stated: the privacy records do not verify (see Ledger integrity)."
     if dp and isinstance(f["delta"], (int, float)) and f["delta"] > 1e-3:
         eps_words += (f" WARNING: δ = {_fmt(f['delta'])} is large (the population is small): with probability up to δ the "
                       "guarantee may fail entirely; treat this run as a demonstration, not as meaningful protection.")
@@ -137,7 +144,7 @@ def sections(run: dict, f: dict) -> list:
              ["tokens", _fmt(f["tokens"])],
              ["rounds", _fmt(f["rounds"])]]
     return [
-        ("Ledger integrity", [verdict]),
+        ("Ledger integrity", integrity),
         ("What was protected, in plain words", protection_words(f, dp, eps_words)),
         ("Mechanism", [_sentence(MECH_WORDS.get(f["mechanism"], str(f["mechanism"])))]),
         ("Trust model", [trust]),
@@ -147,6 +154,8 @@ def sections(run: dict, f: dict) -> list:
         ("Parameters", [("table", params)]),
         ("NIST SP 800-226 factors", [("table", nist)]),
         ("Holder budgets", [("table", hrows)] if len(hrows) > 1 else ["No holder ledgers found."]),
+        ("Refusals, caps and δ, in plain words", privacy_checks.plain_words(run, f) or ["No holder was refused and no cap applied."]),
+        *([("Pre-flight check", pre)] if (pre := privacy_checks.preflight_blocks(run["run_dir"])) is not None else []),
         ("Training", [("table", train)]),
     ]
 

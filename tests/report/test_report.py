@@ -17,7 +17,8 @@ from securefed.report import render_report
 @pytest.fixture
 def run_dir(tmp_path):
     rd = tmp_path / "run"
-    cfg = DPConfig(mode="distributed", noise_multiplier=1.0, clip=1.0, holder_epsilon_cap=4.0)
+    # δ = 0.1 < 1/6 (the old default 6^-1.1 = 0.139 is no longer the default): a large δ the report must warn about
+    cfg = DPConfig(mode="distributed", noise_multiplier=1.0, clip=1.0, holder_epsilon_cap=4.0, delta=0.1)
     (rd / "privacy").mkdir(parents=True)
     (rd / "config.yaml").write_text(yaml.safe_dump({"privacy": {"mode": "distributed", "clip": 1.0},
                                                     "aggregation": {"mode": "secagg", "secagg": {"threshold": 0.6}}}))
