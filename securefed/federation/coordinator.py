@@ -41,13 +41,37 @@ from securefed.runtime.parties import SERVER_PARTY, EntropyFactory
 from securefed.runtime.rundir import RunDir, atomic_torch_save, atomic_write_text
 from securefed.secagg import Roster, SecAggAborted
 
-__all__ = ["Coordinator", "CoordinatorOptions", "StateError", "status_line"]
+__all__ = ["Coordinator", "CoordinatorOptions", "StateError", "PreflightRefused", "privacy_preflight", "status_line"]
 
 log = logging.getLogger("securefed.coordinator")
 
 
 class StateError(RuntimeError):
     """Checkpoint and privacy ledger disagree: refuse to continue (exit 4)."""
+
+
+class PreflightRefused(ValueError):
+    """The pre-flight privacy check finds that this configuration cannot learn (protocols/dp.md §12)."""
+
+
+def privacy_preflight(cfg, *, dim: int, records: int | None):
+    """The pre-flight privacy check of a run (privacy/preflight.py), before anything is trained or written:
+    PreflightError (no guarantee) or PreflightRefused (cannot learn, not forced); else the Preflight."""
+    from securefed.privacy.preflight import RecordLevel, preflight
+
+    fed, t = cfg.federation, cfg.train
+    secure, n = cfg.aggregation.mode != "plain", fed.cohort_size
+    t_min = cfg.aggregation.secagg.thresholds(n).min_survivors if secure and n >= 3 else None
+    rec = None
+    if t.dp_sgd.enabled and records:
+        joins = math.ceil(fed.rounds * n / fed.n_holders)
+        rec = RecordLevel(noise_multiplier=t.dp_sgd.noise_multiplier, max_grad_norm=t.dp_sgd.max_grad_norm,
+                          delta=t.dp_sgd.delta, batch_size=t.batch_size, records=records, steps=t.local_steps * joins)
+    pf = preflight(cfg.privacy, population=fed.n_holders, cohort_size=n, rounds=fed.rounds, dim=dim,
+                   sampling=fed.sampling, min_survivors=t_min, record_level=rec)
+    if not pf.ok:
+        raise PreflightRefused("\n".join(pf.lines()) + "\n(set privacy.force_unlearnable=true to train anyway)")
+    return pf
 
 
 @dataclass(frozen=True)
@@ -60,15 +84,18 @@ class CoordinatorOptions:
 
 
 class Coordinator:
-    def __init__(self, cfg, channel: Channel, run_dir: RunDir, *, data, roster: Roster,
+    def __init__(self, cfg, channel: Channel, run_dir: RunDir, *, data, roster: Roster, identity,
                  options: CoordinatorOptions = CoordinatorOptions(), progress=None, resume: bool = False,
-                 stop_after_round: int | None = None) -> None:
+                 stop_after_round: int | None = None, preflight=None) -> None:
+        """``identity``: the coordinator's Ed25519 key (it signs the privacy ledgers; pki server/identity.key).
+        ``preflight``: the run's pre-flight check (privacy_preflight), written to RUN_DIR/preflight.json."""
         from securefed.training.flat import get_flat, param_layout
         from securefed.training.models import build_model
         from securefed.training.outer import OuterOptimizer
         from securefed.training.trainer import DPSGDConfig, LocalTrainer
 
         self.cfg, self.channel, self.rd, self.data, self.roster = cfg, channel, run_dir, data, roster
+        self.identity, self.preflight = identity, preflight
         from securefed.runtime.progress import Progress
 
         self.opt, self.resume, self.stop_after_round = options, resume, stop_after_round
@@ -85,10 +112,17 @@ class Coordinator:
         self.init_sha256 = model_sha256(theta0.numpy().astype("<f4").tobytes())
         self.outer = OuterOptimizer(theta0, cfg.outer)
         self.entropy = EntropyFactory(seed=cfg.seed, deterministic=cfg.deterministic_secrets)
+        if resume:   # the run id goes into every ledger entry: take it from the checkpoint before the session
+            import torch
+
+            self.run_id = bytes.fromhex(torch.load(self.rd.checkpoint_file, weights_only=True)["run_id"])
+        else:
+            self.run_id = (hashlib.sha256(f"securefed-run|{cfg.seed}".encode()).digest()[:16]
+                           if cfg.deterministic_secrets else os.urandom(16))
         # holders decide on their own caps (protocols/federation.md §5): the server keeps only its own
         self.privacy = PrivacySession(replace(cfg.privacy, holder_epsilon_cap=None), population=fed.n_holders,
                                       cohort_size=fed.cohort_size, rounds_planned=fed.rounds, sampling=fed.sampling,
-                                      ledger_dir=self.rd.privacy)
+                                      ledger_dir=self.rd.privacy, signer=identity, run_id=self.run_id.hex())
         self.sampler = np.random.default_rng(cfg.seed)
         self.ckks = self.route_plan = None
         if cfg.aggregation.mode == "ckks+secagg":
@@ -96,8 +130,6 @@ class Coordinator:
 
             self.route_plan = plan_routes(self.layout, cfg.aggregation.ckks)
             self.ckks = CkksRoute(cfg.aggregation.ckks, roster, ckks_size=self.route_plan.ckks_size)
-        self.run_id = (hashlib.sha256(f"securefed-run|{cfg.seed}".encode()).digest()[:16] if cfg.deterministic_secrets
-                       else os.urandom(16))
         self.next_round, self.metrics, self.wall, self.start_ppl = 1, [], 0.0, None
         self.model_file: str | None = None
 
@@ -212,6 +244,13 @@ class Coordinator:
             if self.route_plan is not None:
                 atomic_write_text(rd.root / "ckks_plan.txt", self.route_plan.to_text())
                 atomic_write_text(rd.root / "ckks_plan.json", self.route_plan.dumps_json())
+            # the public keys a verifier checks the signed ledgers with (protocols/dp.md §7)
+            rd.write_json(rd.privacy / "keys.json", {"version": 1, "coordinator": self.identity.public_bytes.hex(),
+                                                    "holders": {str(h): k.hex() for h, k in sorted(self.roster.keys.items())}})
+            if self.preflight is not None:
+                rd.write_json(rd.root / "preflight.json", self.preflight.to_dict())
+                for line in self.preflight.lines():
+                    self._say(line)
             if self.data.eval_rows is not None:   # the untrained model's perplexity: a health baseline
                 self.start_ppl = self.evaluate()["eval_ppl"]
             self._save_model(0)
@@ -444,7 +483,8 @@ class Coordinator:
             "unigram_eval_ppl": self.data.unigram_eval_ppl, "privacy_mode": self.cfg.privacy.mode,
             "run_id": self.run_id.hex(), "deployment": self.opt.deployment, "backend": self.opt.backend,
             "holders": self.cfg.federation.n_holders, "model_sha256": _file_sha256(self.rd.model / "model.safetensors"),
-            "ledger_head": self.privacy.ledger.head, "start_eval_ppl": self.start_ppl,
+            "ledger_head": self.privacy.ledger.head, "ledger_entries": len(self.privacy.ledger.entries),
+            "start_eval_ppl": self.start_ppl,
             "phase_seconds": dict(self.progress.phase_seconds),
         }
         self.rd.write_json(self.rd.summary, summary)

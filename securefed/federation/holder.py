@@ -139,7 +139,7 @@ class Holder:
         self.welcomed = w
         self._build_trainer(w, data)
         self.budget = HolderBudget(self.state_dir / "ledger.jsonl", holder_id=self.id, cap=pol.epsilon_cap,
-                                   delta=pol.delta, run_id=w.run_id.hex())
+                                   delta=pol.delta, run_id=w.run_id.hex(), signer=self.identity)
         self._load_state()
         if w.aggregation == "ckks+secagg":
             self.ckks = HolderRole(HolderSecrets(self.id, self.identity), w.ckks)
@@ -153,6 +153,10 @@ class Holder:
 
         if self._data is None:
             self._data = holder_rows(self.cfg, progress=self.progress)
+            dp, rows = self.cfg.dp_sgd, int(self._data.train.shape[0])
+            if dp.enabled and dp.delta > 1.0 / rows:   # record-level δ against this holder's own record count
+                raise ValueError(f"holder {self.id}: dp_sgd.delta {dp.delta:.3g} is above 1/records = 1/{rows}: no "
+                                 "meaningful record-level guarantee; lower it")
         return self._data
 
     def _build_trainer(self, w: Welcome, data) -> None:

@@ -73,6 +73,12 @@ class Simulation:
         # everything that can fail on bad input happens before the run directory is touched
         with self.progress.phase("data", label="preparing the data"):
             self.data = coordinator_data(cfg, progress=self.progress)
+        from securefed.federation.coordinator import privacy_preflight
+        from securefed.training.models import parameter_count
+
+        dim = parameter_count(cfg.model.preset, vocab_size=len(self.data.tokenizer), seq_len=cfg.data.seq_len)
+        records = min(h["sequences"] for h in self.data.manifest["holders"])
+        self.preflight = privacy_preflight(cfg, dim=dim, records=records)   # cannot learn: refused here
         self.rd.create(resume=resume)
 
     def _pki(self):
@@ -121,8 +127,9 @@ class Simulation:
                    for h, hc in configs.items()}
         channel = InProcChannel(holders, progress=self.progress)
         coord = Coordinator(self.cfg, channel, self.rd, data=self.data, roster=roster,
-                            options=CoordinatorOptions(backend="inproc"), progress=self.progress, resume=self.resume,
-                            stop_after_round=self.stop_after_round)
+                            identity=load_identity(lay.server_identity), options=CoordinatorOptions(backend="inproc"),
+                            progress=self.progress, resume=self.resume, stop_after_round=self.stop_after_round,
+                            preflight=self.preflight)
         return coord.run()
 
     def _finish(self, summary: dict) -> dict:

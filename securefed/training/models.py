@@ -57,5 +57,13 @@ def build_model(preset: str | ModelPreset, *, vocab_size: int, seq_len: int, see
     return model
 
 
+def parameter_count(preset: str | ModelPreset, *, vocab_size: int, seq_len: int) -> int:
+    """P, the length of the flat vector, without allocating the model (built on the meta device)."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    with torch.device("meta"):
+        model = LlamaForCausalLM(llama_config(p, vocab_size=vocab_size, seq_len=seq_len))
+    return count_parameters(model)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
