@@ -13,7 +13,8 @@ import torch
 from securefed.cli import main
 from securefed.privacy import read_ledger
 from securefed.runtime.config import load_run_config
-from securefed.runtime.simulate import Simulation
+from securefed.federation.coordinator import StateError
+from securefed.federation.simulation import Simulation
 
 
 def test_cli_demo_writes_the_run_directory_contract(tmp_path, small_overrides, capsys):
@@ -34,11 +35,16 @@ def test_cli_demo_writes_the_run_directory_contract(tmp_path, small_overrides, c
     assert summary["central_lr"] == cfg.baseline_lr
     assert summary["central_batch_size"] == cfg.federation.cohort_size * cfg.train.batch_size
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [0, 1]
+    assert [r["round"] for r in rows] == [1, 2]                       # rounds are numbered 1..R
     for key in ("clients_sampled", "clients_survived", "train_loss", "eval_loss", "eval_ppl", "tokens_seen",
                 "bytes_up", "bytes_down", "seconds", "aggregation"):
         assert key in rows[0], key
     assert len(read_ledger(out / "privacy" / "ledger.jsonl")) == 2
+    for h in range(1, 5):   # each simulated holder's own config and its own ledger: released, then settled
+        assert (out / "holders" / str(h) / "holder.yaml").is_file()
+        own = read_ledger(out / "holders" / str(h) / "ledger.jsonl")
+        assert [(e["round"], e["status"]) for e in own] == [(1, "released"), (1, "settled"), (2, "released"),
+                                                           (2, "settled")]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(out / "model")
@@ -48,7 +54,23 @@ def test_cli_demo_writes_the_run_directory_contract(tmp_path, small_overrides, c
 
 
 def _final_theta(run_dir) -> torch.Tensor:
-    return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["outer"]["theta"]
+    """θ after the last round: the outer optimizer's state inside the coordinator's checkpoint (version 3)."""
+    ck = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    assert ck["version"] == 3 and ck["in_flight"] is None and ck["pending"] is None
+    return ck["outer"]["theta"]
+
+
+def _metrics(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _route_indices(run_dir) -> tuple[np.ndarray, np.ndarray]:
+    """(ckks, secagg) indices into the flat vector, from the route plan the run wrote (ckks_plan.json)."""
+    plan = json.loads((run_dir / "ckks_plan.json").read_text())
+    idx = {"ckks": [], "secagg": []}
+    for t in plan["tensors"]:
+        idx[t["route"]].append(np.arange(t["offset"], t["offset"] + t["numel"]))
+    return tuple(np.concatenate(idx[k]) if idx[k] else np.zeros(0, np.int64) for k in ("ckks", "secagg"))
 
 
 def test_resume_is_bit_identical(tmp_path, small_overrides):
@@ -61,7 +83,8 @@ def test_resume_is_bit_identical(tmp_path, small_overrides):
     Simulation(cfg, tmp_path / "b", progress=False, resume=True).run()
     assert torch.equal(_final_theta(tmp_path / "a"), _final_theta(tmp_path / "b"))
     la, lb = (read_ledger(tmp_path / d / "privacy" / "ledger.jsonl") for d in ("a", "b"))
-    assert [e["round"] for e in la] == [e["round"] for e in lb] == [0, 1, 2]  # nothing lost or double-counted
+    assert [e["round"] for e in la] == [e["round"] for e in lb] == [1, 2, 3]  # nothing lost or double-counted
+    assert la == lb and _metrics(tmp_path / "a")[-1]["eval_ppl"] == _metrics(tmp_path / "b")[-1]["eval_ppl"]
 
 
 def test_secure_aggregation_equals_plain_fedavg_within_quantization_bound(tmp_path, small_overrides):
@@ -69,9 +92,8 @@ def test_secure_aggregation_equals_plain_fedavg_within_quantization_bound(tmp_pa
     thetas = {}
     for mode in ("secagg", "plain"):
         cfg = load_run_config(overrides=ov + [f"aggregation.mode={mode}"])
-        sim = Simulation(cfg, tmp_path / mode, progress=False)
-        sim.run()
-        thetas[mode] = sim.outer.params.clone()
+        Simulation(cfg, tmp_path / mode, progress=False).run()
+        thetas[mode] = _final_theta(tmp_path / mode)
     from securefed.primitives.quantize import plan_quantization
 
     plan = plan_quantization(clip=cfg.privacy.clip, ring_bits=32, max_clients=4)
@@ -98,7 +120,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, small_overrides)
     cfg = load_run_config(overrides=small_overrides + ["federation.rounds=1", "baseline=false"])
     Simulation(cfg, tmp_path / "r", progress=False, stop_after_round=1).run()
     other = load_run_config(overrides=small_overrides + ["federation.rounds=1", "baseline=false", "model.preset=20m"])
-    with pytest.raises(ValueError, match="checkpoint is for model"):
+    with pytest.raises(StateError, match="checkpoint is for model"):
         Simulation(other, tmp_path / "r", progress=False, resume=True).run()
 
 
@@ -106,11 +128,11 @@ def test_dropouts_are_survived_and_recorded(tmp_path, small_overrides):
     cfg = load_run_config(overrides=small_overrides + ["federation.n_holders=6", "data.max_sources=6",
                                                        "federation.dropout_rate=0.25", "baseline=false",
                                                        "deterministic_secrets=true", "federation.rounds=3"])
-    sim = Simulation(cfg, tmp_path / "d", progress=False)
-    sim.run()
-    recovered = [r for r in sim.metrics if "aborted" not in r and 0 < r["clients_survived"] < r["clients_sampled"]]
-    assert recovered, f"no round recovered from a dropout: {sim.metrics}"
-    assert all(np.isfinite(r["train_loss"]) for r in sim.metrics)
+    Simulation(cfg, tmp_path / "d", progress=False).run()
+    rows = _metrics(tmp_path / "d")
+    recovered = [r for r in rows if "aborted" not in r and 0 < r["clients_survived"] < r["clients_sampled"]]
+    assert recovered, f"no round recovered from a dropout: {rows}"
+    assert all(np.isfinite(r["train_loss"]) for r in rows)
 
 
 def test_hybrid_ckks_route_equals_plain_fedavg_within_documented_error(tmp_path, small_overrides):
@@ -118,16 +140,15 @@ def test_hybrid_ckks_route_equals_plain_fedavg_within_documented_error(tmp_path,
     thetas = {}
     for mode in ("plain", "ckks+secagg"):
         extra = [f"aggregation.mode={mode}"] + (["aggregation.ckks.enabled=true"] if mode != "plain" else [])
-        sim = Simulation(load_run_config(overrides=ov + extra), tmp_path / mode.replace("+", "_"), progress=False)
-        sim.run()
-        thetas[mode] = sim.outer.params.clone()
-    plan = sim.route_plan
-    assert plan.ckks_size > 0 and plan.secagg_size > 0
-    assert (tmp_path / "ckks_secagg" / "ckks_plan.json").is_file()
+        cfg = load_run_config(overrides=ov + extra)
+        out = tmp_path / mode.replace("+", "_")
+        Simulation(cfg, out, progress=False).run()
+        thetas[mode] = _final_theta(out)
+    ckks_idx, sec_idx = _route_indices(tmp_path / "ckks_secagg")
+    assert ckks_idx.size > 0 and sec_idx.size > 0 and ckks_idx.size + sec_idx.size == thetas["plain"].numel()
     from securefed.primitives.quantize import plan_quantization
 
-    qbound = plan_quantization(clip=sim.cfg.privacy.clip, ring_bits=32, max_clients=4).sum_error_bound
-    ckks_idx, sec_idx = plan.index_arrays()
+    qbound = plan_quantization(clip=cfg.privacy.clip, ring_bits=32, max_clients=4).sum_error_bound
     diff = (thetas["ckks+secagg"] - thetas["plain"]).abs().numpy()
     assert diff[sec_idx].max() <= qbound
-    assert diff[ckks_idx].max() <= sim.cfg.aggregation.ckks.error_bound(4, sim.cfg.privacy.clip) + 1e-6
+    assert diff[ckks_idx].max() <= cfg.aggregation.ckks.error_bound(4, cfg.privacy.clip) + 1e-6
