@@ -146,20 +146,64 @@ def test_constructors_validate_fields():
         encode("not a frame")
 
 
-@pytest.mark.parametrize("bad", [b"[]", b"{\"tokens\": \"many\"}", b"{\"tokens\": -1}", b"{\"loss\": \"NaN\"}",
-                                 b"{\"loss\": NaN}", b"{\"tokens\": true}", b"\xff\xfe", b"{" * 5000])
+def test_stage_and_reply_streams_round_trip_and_are_not_interchangeable():
+    """A federation stage message travels as Kind.STAGE (coordinator -> holder), its answer as Kind.REPLY;
+    a receiver expecting one refuses the other (a holder cannot submit the coordinator's kind of stream)."""
+    payload = b"SFFM" + bytes(range(200))
+    for kind in (Kind.STAGE, Kind.REPLY):
+        frames = [decode(f) for f in iter_stream_frames(RUN, 3, 4, kind, [payload], total_len=len(payload),
+                                                         digest=hashlib.sha256(payload).digest(), chunk_size=64)]
+        h = expect_header(frames[0], run_id=RUN, round_index=3, stage=4, kinds=(kind,), max_len=1 << 20)
+        sink = BytesSink(h.total_len)
+        rx = StreamReceiver(h, sink)
+        for f in frames[1:]:
+            rx.feed(f)
+        rx.finish()
+        assert sink.value == payload
+        other = Kind.REPLY if kind == Kind.STAGE else Kind.STAGE
+        with pytest.raises(FrameError, match="kind"):
+            expect_header(frames[0], run_id=RUN, round_index=3, stage=4, kinds=(other,), max_len=1 << 20)
+
+
+def _ready(body: bytes) -> bytes:
+    from securefed.federation.messages import MAGIC, VERSION, MsgType
+
+    return MAGIC + bytes([VERSION, MsgType.READY]) + body
+
+
+_GOOD = b'{"round": 2, "holder_id": 3, "tokens": 5, "loss": 1.5, "clipped": true, "record_epsilon": null}'
+
+
+@pytest.mark.parametrize("bad", [b"[]", b'{"round": 2, "holder_id": 3, "tokens": "many", "loss": 1.5, "clipped": true}',
+                                 b'{"round": 2, "holder_id": 3, "tokens": -1, "loss": 1.5, "clipped": true}',
+                                 b'{"round": 2, "holder_id": 3, "tokens": true, "loss": 1.5, "clipped": true}',
+                                 b'{"round": 2, "holder_id": 3, "tokens": 5, "loss": "NaN", "clipped": true}',
+                                 b'{"round": 2, "holder_id": 3, "tokens": 5, "loss": NaN, "clipped": true}',
+                                 b'{"round": 2, "holder_id": 3, "tokens": 5, "loss": 1e999, "clipped": true}',
+                                 b'{"round": 0, "holder_id": 3, "tokens": 5, "loss": 1.5, "clipped": true}',
+                                 b'{"round": 2, "holder_id": 3, "tokens": 5, "loss": 1.5}',
+                                 b"\xff\xfe", b"{" * 5000])
 def test_round_report_validation(bad):
-    from securefed.transport.stages import round_report as _round_report
+    """The holder's round report (the typed Ready message, protocols/federation.md §3): every malformed body is
+    one MessageError, never a KeyError/TypeError/RecursionError from a hostile holder's bytes."""
+    from securefed.federation.messages import MessageError, decode as decode_message
 
-    with pytest.raises((ValueError, RecursionError)):
-        _round_report(bad)
+    with pytest.raises(MessageError):
+        decode_message(_ready(bad))
 
 
-def test_round_report_keeps_only_known_fields():
-    from securefed.transport.stages import round_report as _round_report
+def test_round_report_refuses_unknown_fields():
+    """A round report carries only tokens, loss, clipped and record-level ε (no data, no free-form fields):
+    a body with any other field is refused whole, not trimmed."""
+    from securefed.federation.messages import MessageError, Ready, decode as decode_message, encode as encode_message
 
-    assert _round_report(b'{"tokens": 5, "loss": 1.5, "clipped": true, "extra": "x"}') == \
-        {"tokens": 5, "loss": 1.5, "clipped": True, "norm": 0.0}
+    assert decode_message(_ready(_GOOD)) == Ready(2, 3, 5, 1.5, True, None)
+    with pytest.raises(MessageError, match="unknown or missing"):
+        decode_message(_ready(_GOOD[:-1] + b', "extra": "x"}'))
+    with pytest.raises(MessageError, match="unknown or missing"):
+        decode_message(_ready(_GOOD[:-1] + b', "norm": 0.5}'))
+    r = Ready(2, 3, 5, None, None)             # distributed DP: the server must not learn whether Δ was clipped
+    assert decode_message(encode_message(r)) == r
 
 
 @settings(max_examples=300, deadline=None)
