@@ -7,6 +7,8 @@ import stat
 import grpc
 import pytest
 
+from securefed.federation.messages import Hello
+from securefed.federation.messages import encode as encode_message
 from securefed.transport.client import TransportClient
 from securefed.transport.frames import Ack, encode
 from securefed.transport.pki import holder_id_from_cert, load_identity, make_demo_pki
@@ -46,8 +48,8 @@ def test_roster_holder_with_ca_signed_cert_is_accepted_and_identified(pkis, serv
     lay, _ = pkis
     port, seen = server
     c = _client(port, _creds(lay, 2))
-    c.join({}, timeout=10)
-    assert seen[-1] == 2                              # id from the certificate, not from the message
+    c.join(encode_message(Hello(1)), timeout=10)      # claims to be holder 1 ...
+    assert seen[-1] == 2                              # ... the id comes from the certificate, not from the message
     c.close()
 
 
@@ -127,18 +129,36 @@ def test_cert_without_holder_identity_rejected(pkis):
         holder_id_from_cert(lay.server_cert.read_bytes())
 
 
-def test_client_refuses_mismatched_id_or_identity(pkis, tmp_path):
-    from securefed.runtime.netclient import NetClient
+def _holder_yaml(path, hid, pki, state):
+    import yaml
 
-    lay, other = pkis
-    with pytest.raises(FileNotFoundError):
-        NetClient(9, pki=lay.root, target="127.0.0.1:1", state_dir=tmp_path / "s", workload_factory=None)
-    # holder 1's directory with another federation's identity key: not its roster entry
+    path.write_text(yaml.safe_dump({"holder_id": hid, "state_dir": str(state), "pki": str(pki)}))
+    return path
+
+
+def test_client_refuses_mismatched_id_or_identity(pkis, tmp_path, capsys):
+    """`securefed client` checks its own key material before it connects: an id without credentials, or an
+    identity key that is not the holder's roster entry, is one clear usage error (exit 2), nothing sent."""
     import shutil
 
+    from securefed.federation.client import main
+    from securefed.federation.holder import Holder
+    from securefed.federation.holder_config import load_holder_config
+    from securefed.secagg import Roster
+
+    lay, other = pkis
+    # target port 1: nothing listens there, so any attempt to connect would end in exit 6, not 2
+    assert main(str(_holder_yaml(tmp_path / "h9.yaml", 9, lay.root, tmp_path / "s9")), server="127.0.0.1:1") == 2
+    assert "missing key file" in capsys.readouterr().err
+    # holder 1's directory with another federation's identity key: not its roster entry
     fake = tmp_path / "fake"
     shutil.copytree(lay.root, fake)
     os.chmod(fake / "holders" / "1" / "identity.key", 0o600)
     (fake / "holders" / "1" / "identity.key").write_bytes((other.holder_dir(1) / "identity.key").read_bytes())
+    cfg = _holder_yaml(tmp_path / "h1.yaml", 1, fake, tmp_path / "s1")
+    assert main(str(cfg), server="127.0.0.1:1") == 2
+    assert "roster" in capsys.readouterr().err
     with pytest.raises(ValueError, match="roster"):
-        NetClient(1, pki=fake, target="127.0.0.1:1", state_dir=tmp_path / "s", workload_factory=None)
+        Holder(load_holder_config(cfg), identity=load_identity(fake / "holders" / "1" / "identity.key"),
+               roster=Roster.load(fake / "roster.yaml"))
+    assert not (tmp_path / "s9").exists()
