@@ -1,8 +1,12 @@
-"""The server/client/keygen subcommands through securefed.cli (added to COMMANDS here if not wired yet)."""
+"""The server/client/keygen subcommands through securefed.cli: usage errors and exit codes
+(protocols/transport.md §10). A client's own config is checked before it connects: every bad, contradictory
+or incomplete holder config is one clear error and exit 2; a certificate the coordinator refuses is exit 3."""
 
 import json
+import shutil
 
 import pytest
+import yaml
 
 from securefed import cli
 
@@ -13,52 +17,100 @@ def commands(monkeypatch):
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, *missing))
 
 
-def test_keygen_then_usage_errors_and_status(tmp_path, capsys):
-    assert cli.main(["keygen", str(tmp_path / "pki"), "--holders", "3"]) == 0
-    assert (tmp_path / "pki" / "roster.yaml").exists()
-    assert cli.main(["keygen", str(tmp_path / "pki"), "--holders", "3"]) == 2          # never overwrites
+@pytest.fixture
+def pki(tmp_path):
+    assert cli.main(["keygen", str(tmp_path / "pki"), "--holders", "4"]) == 0
+    return tmp_path / "pki"
+
+
+def _holder_yaml(tmp_path, pki, net_cache, hid=1, **fields):
+    """A holder's own config: small stdlib data (the tokenizer shares the networked tests' cache)."""
+    data = {"holder_id": hid, "state_dir": str(tmp_path / f"state{hid}"), "pki": str(pki), "max_failures": 0,
+            "data": {"max_sources": 4, "max_bytes_per_source": 30000, "vocab_size": 512, "seq_len": 32,
+                     "cache_dir": net_cache}}
+    for k, v in fields.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    path = tmp_path / f"holder{hid}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_keygen_then_usage_errors_and_status(tmp_path, pki, capsys):
+    assert (pki / "roster.yaml").exists()
+    assert cli.main(["keygen", str(pki), "--holders", "3"]) == 2                      # never overwrites
     assert cli.main(["server", "--out", str(tmp_path / "run")]) == 2                  # --pki missing
+    assert cli.main(["server", "--pki", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]) == 2
+    assert "missing key file" in capsys.readouterr().err
     assert cli.main(["server", "--status", str(tmp_path / "nothing")]) == 2
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "status.json").write_text(json.dumps({"next_round": 2}))
-    assert cli.main(["server", "--status", str(tmp_path / "run")]) == 0
-    assert '"next_round": 2' in capsys.readouterr().out
-    # a client whose --id has no credentials: usage error, nothing sent
-    assert cli.main(["client", "--pki", str(tmp_path / "pki"), "--id", "9", "--state", str(tmp_path / "s")]) == 2
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "status.json").write_text(json.dumps({"port": 5, "board": {"round": 2}}))
+    assert cli.main(["server", "--status", str(tmp_path / "done")]) == 0
+    assert '"round": 2' in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
 
 
-def test_server_refuses_dp_modes_it_cannot_run_yet(tmp_path, capsys):
-    cli.main(["keygen", str(tmp_path / "pki"), "--holders", "3"])
-    rc = cli.main(["server", "--pki", str(tmp_path / "pki"), "--out", str(tmp_path / "run"), "--set",
-                   "privacy.mode=distributed", "--set", "privacy.noise_multiplier=1.0",
-                   "--set", "federation.weighting=uniform"])
-    assert rc == 2 and not (tmp_path / "run").exists()
-    assert "distributed is not available over the network" in capsys.readouterr().err
+def test_server_refuses_a_bad_config_or_roster_before_creating_the_run(tmp_path, pki, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["server", "--pki", str(pki), "--out", str(out), "--set", "federation.bogus=1"]) == 2
+    assert "configuration error" in capsys.readouterr().err
+    assert cli.main(["server", "--pki", str(pki), "--out", str(out), "--set", "network.control=0"]) == 2
+    assert "network.control" in capsys.readouterr().err
+    # the demo preset has 4 holders: a roster of 4 with federation.n_holders=5 is refused
+    assert cli.main(["server", "--pki", str(pki), "--out", str(out), "--set", "federation.n_holders=5"]) == 2
+    assert "roster lists 4 holders" in capsys.readouterr().err
+    assert not out.exists()
 
 
-def test_client_refused_certificate_exits_3(tmp_path):
+@pytest.mark.parametrize("fields,why", [
+    ({"bogus": 1}, "unknown key"),
+    ({"policy": {"privacy_mode": "none", "epsilon_cap": 4.0}}, "epsilon_cap needs a privacy floor"),
+    ({"policy": {"aggregation": ["plain"], "privacy_mode": "distributed"}}, "distributed DP needs secure"),
+    ({"deterministic_secrets": True}, "for simulations only"),             # test-only fields need --launched
+    ({"vanish_at": [2, 11]}, "for simulations only"),
+    ({"data": {"source": "/no/such/corpus"}}, "data path /no/such/corpus does not exist"),
+    ({"data": {"tokenizer": "/no/such/tokenizer.json"}}, "does not exist"),
+    ({"state_dir": "/no/such/parent/state"}, "state_dir's parent"),
+])
+def test_client_bad_holder_config_is_one_usage_error_before_anything_is_sent(tmp_path, pki, net_cache, capsys,
+                                                                             fields, why):
+    # --server 127.0.0.1:1: nothing listens there; a client that tried to connect would exit 6, not 2
+    rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, net_cache, **fields), "--server", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and why in err and "Traceback" not in err
+    assert err.count("securefed client:") == 1
+
+
+def test_client_missing_key_file_or_unknown_id_is_a_usage_error(tmp_path, pki, net_cache, capsys):
+    assert cli.main(["client", "--config", _holder_yaml(tmp_path, pki, net_cache, hid=9)]) == 2
+    assert "missing key file" in capsys.readouterr().err
+    (pki / "holders" / "2" / "key.pem").unlink()
+    assert cli.main(["client", "--config", _holder_yaml(tmp_path, pki, net_cache, hid=2)]) == 2
+    assert "key.pem" in capsys.readouterr().err
+    assert cli.main(["client", "--config", str(tmp_path / "absent.yaml")]) == 2
+    # an override that contradicts the file is checked like the file
+    assert cli.main(["client", "--config", _holder_yaml(tmp_path, pki, net_cache, hid=1), "--set",
+                     "policy.min_ring_bits=8"]) == 2
+    assert "min_ring_bits" in capsys.readouterr().err
+
+
+def test_client_refused_certificate_exits_3(tmp_path, pki, net_cache):
     """A holder whose certificate is CA-signed but not on the coordinator's roster gets exit code 3."""
-    from securefed.runtime.netserver import NetServer, ServerPlan
-    from securefed.transport.pki import make_demo_pki
-    from securefed.transport.workload import SyntheticServer
+    from securefed.federation.grpc import GrpcChannel
+    from securefed.secagg import Roster
 
-    pki = make_demo_pki(tmp_path / "pki", holders=4)
-    roster = pki.roster.read_text()
     short = tmp_path / "short"
-    import shutil
-
-    shutil.copytree(pki.root, short)
-    import yaml
-
-    data = yaml.safe_load(roster)
+    shutil.copytree(pki, short)
+    data = yaml.safe_load((pki / "roster.yaml").read_text())
     data["holders"] = [h for h in data["holders"] if h["id"] != 4]
     (short / "roster.yaml").write_text(yaml.safe_dump(data))
-    srv = NetServer(ServerPlan(rounds=1, cohort_size=3, min_holders=3), SyntheticServer(8), pki=short,
-                    out=tmp_path / "run", port=0)
-    srv.server.start()
+    channel = GrpcChannel(pki=short, roster=Roster.load(short / "roster.yaml"), port=0)
+    channel.open(welcome_for=lambda h: pytest.fail("an unrostered holder must never be welcomed"), run_id=b"\x01" * 16)
     try:
-        rc = cli.main(["client", "--pki", str(pki.root), "--id", "4", "--server", f"127.0.0.1:{srv.port}",
-                       "--state", str(tmp_path / "s4"), "--max-failures", "1"])
+        rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, net_cache, hid=4, max_failures=1),
+                       "--server", f"127.0.0.1:{channel.port}"])
     finally:
-        srv.server.stop(0)
+        channel.close()
     assert rc == 3
