@@ -1,166 +1,186 @@
-"""Whole networked rounds in one process (threads, real gRPC + mTLS on 127.0.0.1, synthetic updates):
-the coordinator's result equals the plain mean of the clipped updates, and hostile input from an
-authenticated holder (garbage frames, other runs/rounds, oversized streams) is refused while the
-server keeps serving."""
+"""Whole networked rounds in one process: the real Coordinator over the real GrpcChannel, holders through
+``federation.grpc.run_holder`` in threads — gRPC + mutual TLS on 127.0.0.1, the tiny LM (tests/transport/netfed.py).
+
+Each round's model equals θ_r minus the mean of the holders' clipped updates within the quantization bound;
+hostile input from an authenticated holder (garbage frames, a Hello naming another holder, a fetch for another
+run, streams for a stage or round not open, an oversized header, the wrong kind of stream) is refused while the
+server keeps serving and the holder stays in the round; a masked upload cut mid-stream is undone and the round
+completes without that holder; central DP over the network is noised and accounted."""
 
 import hashlib
-import threading
 
+import grpc
 import numpy as np
 import pytest
 
-from securefed.primitives.quantize import plan_quantization
-from securefed.privacy import DPConfig
-from securefed.privacy.clipping import l2_clip
+from securefed.federation.grpc import GrpcChannel
+from securefed.federation.messages import Hello
+from securefed.federation.messages import encode as encode_message
+from securefed.federation.stages import Stage
 from securefed.privacy.ledger import read_ledger
-from securefed.runtime.netclient import NetClient
-from securefed.runtime.netserver import NetServer, ServerPlan
-from securefed.secagg import SecAggConfig
-from securefed.transport.client import Backoff, Refused, TransportClient
-from securefed.transport.coordinator import Deadlines, Stage
+from securefed.transport import accumulate
+from securefed.transport.client import Refused, TransportClient
 from securefed.transport.frames import FetchRequest, Header, Kind, decode, encode, iter_stream_frames, sha256_parts
 from securefed.transport.pki import make_demo_pki
 from securefed.transport.service import load_client_credentials
-from securefed.transport.workload import SyntheticHolder, SyntheticServer
 
-DIM, N, ROUNDS = 20_000, 4, 2
+from .netfed import NetFederation
 
-
-def _start(tmp_path, rounds, upload=30.0, privacy=None):
-    pki = make_demo_pki(tmp_path / "pki", holders=N)
-    plan = ServerPlan(rounds=rounds, cohort_size=N, min_holders=N, secagg=SecAggConfig(), privacy=privacy or DPConfig(),
-                      deadlines=Deadlines(join=60, train=60, control=30, upload=upload), chunk_size=4096)
-    srv = NetServer(plan, SyntheticServer(DIM), pki=pki.root, out=tmp_path / "run", port=0)
-    code = {}
-    t = threading.Thread(target=lambda: code.setdefault("rc", srv.serve()), daemon=True)
-    t.start()
-    return pki, srv, t, code
+N = 4
 
 
-@pytest.fixture()
-def federation(tmp_path):
-    pki, srv, t, code = _start(tmp_path, ROUNDS)
-    yield pki, srv, t, code
-    srv.server.stop(0)
+@pytest.fixture
+def net(tiny_run):
+    # clip 1.0: every holder's Δ (norm ~ 8 after K = 2 AdamW steps) is clipped; network.control is generous
+    # because a hook below holds one holder inside a stage while it plays the attacker
+    return tiny_run + ["privacy.clip=1.0", "network.control=60"]
 
 
-def _clients(pki, srv, tmp_path):
-    return [NetClient(h, pki=pki.root, target=f"127.0.0.1:{srv.port}", state_dir=tmp_path / f"s{h}",
-                      workload_factory=lambda hid, w: SyntheticHolder(hid, int(w["dim"])), max_failures=5,
-                      backoff=Backoff(base=0.05, cap=0.2))
-            for h in range(1, N + 1)]
-
-
-def _run_all(clients, t, timeout=120):
-    rcs = {}
-    threads = [threading.Thread(target=lambda c=c: rcs.setdefault(c.id, c.run()), daemon=True) for c in clients]
-    for th in threads:
-        th.start()
-    t.join(timeout=timeout)
-    for th in threads:
-        th.join(timeout=30)
-    return rcs
-
-
-def _mean_clipped(holders, r):
-    return np.mean([l2_clip(SyntheticHolder(h, DIM).train_round(np.zeros(DIM, np.float32), r).delta, 1.0)[0]
-                    for h in holders], axis=0)
-
-
-def _creds(pki, h):
-    d = pki.holder_dir(h)
-    return load_client_credentials(cert=d / "cert.pem", key=d / "key.pem", ca=pki.ca_cert)
-
-
-def _hostile(pki, port):
-    c = TransportClient(f"127.0.0.1:{port}", _creds(pki, 1))
-    welcome = c.join({}, timeout=20)
-    # garbage frames, a fetch for another run, a stream for a round that is not open, an oversized stream
+def _hostile(fed: NetFederation, r: int) -> None:
+    """Holder 1's own (valid) certificate, while its SECAGG_START reply is due: every malformed call is refused."""
+    c = TransportClient(fed.target, fed.creds(1))
+    with pytest.raises(grpc.RpcError) as e:             # the id comes from the certificate: a Hello naming 2 is refused
+        c.join(encode_message(Hello(2)), timeout=20)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    c.set_run(fed.coord.run_id)
+    s = int(Stage.SECAGG_START)
     assert decode(c.stub.submit(iter([b"garbage", b"\x00" * 10]), timeout=10)).status == 1
     assert decode(c.stub.submit(iter([]), timeout=10)).status == 1
-    other = c.stub.fetch(encode(FetchRequest(b"\x07" * 16, 0, 0, 100)), timeout=10)
+    other = c.stub.fetch(encode(FetchRequest(b"\x07" * 16, r, 0, 100)), timeout=10)
     assert decode(next(iter(other))).kind == Kind.WAIT
-    with pytest.raises(Refused):
-        c.submit(7, Stage.ADVERTISE, Kind.SECAGG, b"SFSA\x01\x01not a message", timeout=10)
-    huge = Header(c.run_id, 0, Stage.ADVERTISE, Kind.SECAGG, 1 << 40, hashlib.sha256(b"").digest())
+    with pytest.raises(Refused):                        # a stage that is not open
+        c.submit(r, Stage.SECAGG_MASKED, Kind.REPLY, b"SFSA\x01\x05not a message", timeout=10)
+    with pytest.raises(Refused):                        # a round that is not open
+        c.submit(r + 1, s, Kind.REPLY, b"SFSA\x01\x01not a message", timeout=10)
+    with pytest.raises(Refused):                        # the coordinator's kind of stream
+        c.submit(r, s, Kind.STAGE, b"SFSA", timeout=10)
+    huge = Header(fed.coord.run_id, r, s, Kind.REPLY, 1 << 40, hashlib.sha256(b"").digest())
     assert decode(c.stub.submit(iter([encode(huge)]), timeout=10)).status == 1
-    c.close()
-    return welcome
-
-
-def test_network_rounds_equal_mean_of_clipped_updates_and_survive_garbage(federation, tmp_path):
-    pki, srv, t, code = federation
-    _hostile(pki, srv.port)
-    rcs = _run_all(_clients(pki, srv, tmp_path), t)
-    assert code.get("rc") == 0 and rcs == {h: 0 for h in range(1, N + 1)}
-    theta = srv.workload.theta
-    expect = np.zeros(DIM)
-    for r in range(ROUNDS):   # θ_{r+1} = θ_r − mean_i clip(Δ_i,r)   (FedAvg, lr 1)
-        expect -= _mean_clipped(range(1, N + 1), r)
-    bound = ROUNDS * plan_quantization(clip=1.0, max_clients=N).sum_error_bound / N + 1e-6
-    assert np.max(np.abs(theta - expect)) <= bound
-    rows = srv.metrics
-    assert [r["clients_survived"] for r in rows] == [N] * ROUNDS
-    assert all(r["bytes_up"] > 4 * DIM * N for r in rows)      # every masked input crossed in chunks
-
-
-def test_garbage_only_never_crashes_fetch_parsing(federation):
-    pki, srv, _, _ = federation
-    c = TransportClient(f"127.0.0.1:{srv.port}", _creds(pki, 2))
-    c.join({}, timeout=20)
-    for bad in (b"", b"SFTR", b"\xff" * 100, encode(FetchRequest(c.run_id, 0, 200, 10))):
-        frames = [decode(f) for f in c.stub.fetch(bad, timeout=10)]
-        assert frames and frames[0].kind == Kind.WAIT
-    assert c.status(timeout=10)["next_round"] == 0          # still serving
+    assert c.status(timeout=10)["board"]["stage"] == s          # still serving, the stage still open
     c.close()
 
 
-def test_masked_upload_cut_mid_stream_is_undone_and_round_completes(tmp_path):
-    """Holder 4's connection breaks after half of its masked input was folded into the running sum:
-    the coordinator subtracts those chunks back out, drops holder 4 (secagg reconstructs its masking
-    key from shares) and the result is exactly the mean over holders 1-3."""
-    pki, srv, t, code = _start(tmp_path, rounds=1, upload=20)
+def test_network_rounds_equal_mean_of_clipped_updates_and_survive_garbage(tmp_path, net):
+    fed = NetFederation.build(tmp_path, net)
+    seen = {}
+    handle = fed.holders[1].handle
+
+    def hostile_then_honest(r, stage, payload):
+        if (r, stage) == (1, Stage.SECAGG_START):
+            _hostile(fed, r)
+            seen["hostile"] = True
+        return handle(r, stage, payload)
+    fed.holders[1].handle = hostile_then_honest
+    fed.run_all()
+    assert seen and fed.rcs == {h: 0 for h in range(1, N + 1)}
+    rows = fed.coord.metrics
+    assert [(r["round"], r["clients_survived"]) for r in rows] == [(1, N), (2, N)]   # holder 1 was never dropped
+    assert all(r["bytes_up"] > 4 * fed.coord.dim * N for r in rows)       # every masked input crossed in chunks
+    for r in (1, 2):
+        assert all(np.linalg.norm(fed.trained[(r, h)].delta) > 1.0 for h in range(1, N + 1))   # clipping active
+        got = fed.trained[(2, 1)].theta if r == 1 else fed.theta()
+        expect, tol = fed.expected_step(r, range(1, N + 1), denominator=N)   # θ_{r+1} = θ_r − Σ clip(Δ_i) / N
+        assert np.all(np.abs(got - expect) <= tol), np.max(np.abs(got - expect) - tol)
+        assert np.max(np.abs(got - fed.trained[(r, 1)].theta)) > 1e3 * np.max(tol)   # and the model moved
+    ledger = read_ledger(fed.run.privacy / "ledger.jsonl")
+    assert [(e["round"], e["survivors"]) for e in ledger] == [(1, [1, 2, 3, 4]), (2, [1, 2, 3, 4])]
+    for h in range(1, N + 1):   # each holder's own ledger: released before its masked input, settled at 4
+        own = read_ledger(fed.run.root / "holders" / str(h) / "ledger.jsonl")
+        assert [(e["round"], e["status"], e["survivors"]) for e in own] == \
+               [(1, "released", 3), (1, "settled", 4), (2, "released", 3), (2, "settled", 4)]
+
+
+def test_garbage_only_never_crashes_fetch_parsing(tmp_path):
+    lay = make_demo_pki(tmp_path / "pki", holders=2)
+    from securefed.secagg import Roster
+
+    channel = GrpcChannel(pki=lay.root, roster=Roster.load(lay.roster), port=0)
+    channel.open(welcome_for=lambda h: b"welcome", run_id=b"\x05" * 16)
+    d = lay.holder_dir(2)
+    c = TransportClient(f"127.0.0.1:{channel.port}",
+                        load_client_credentials(cert=d / "cert.pem", key=d / "key.pem", ca=lay.ca_cert))
     try:
-        clients = _clients(pki, srv, tmp_path)
-        rogue = clients[3]
-        rogue.tc = TransportClient(f"127.0.0.1:{srv.port}", rogue.creds)
-        honest_submit, cut = rogue.tc.submit, {}
-
-        def submit(r, s, kind, parts, *, timeout):
-            if kind != Kind.MASKED or cut:
-                return honest_submit(r, s, kind, parts, timeout=timeout)
-            total, digest = sha256_parts([parts])
-            frames = list(iter_stream_frames(rogue.tc.run_id, r, s, kind, [parts], total_len=total, digest=digest,
-                                             chunk_size=4096))
-
-            def half():
-                yield from frames[: len(frames) // 2]
-                cut["at"] = len(frames) // 2
-                raise ConnectionError("link lost mid-upload")
-            rogue.tc.stub.submit(half(), timeout=timeout)
-        rogue.tc.submit = submit
-        rcs = _run_all(clients, t)
+        assert c.join(encode_message(Hello(2)), timeout=20) == b"welcome"
+        for bad in (b"", b"SFTR", b"\xff" * 100, encode(FetchRequest(b"\x05" * 16, 0, 200, 10)),
+                    encode(Header(b"\x05" * 16, 1, 0, Kind.STAGE, 5, b"\x00" * 32))):
+            frames = [decode(f) for f in c.stub.fetch(bad, timeout=10)]
+            assert frames and frames[0].kind == Kind.WAIT
+        with pytest.raises(grpc.RpcError) as e:
+            c.join(b"not a hello", timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert c.status(timeout=10)["board"]["round"] == 0          # still serving
     finally:
-        srv.server.stop(0)
-    assert cut["at"] >= 5 and code.get("rc") == 0 and rcs == {h: 0 for h in range(1, N + 1)}
-    row = srv.metrics[0]
-    assert row["dropped"] == [4] and row["clients_survived"] == 3
-    bound = plan_quantization(clip=1.0, max_clients=N).sum_error_bound / 3 + 1e-6
-    assert np.max(np.abs(srv.workload.theta + _mean_clipped([1, 2, 3], 0))) <= bound
-    assert not list((tmp_path / "run" / "spool").iterdir())          # undo journal removed
+        c.close()
+        channel.close()
 
 
-def test_central_dp_round_is_noised_and_accounted(tmp_path):
-    """privacy.mode=central over the network: the coordinator adds N(0, (zC)^2) to the sum, divides by the
-    planned cohort, and the PrivacySession ledger records a finite epsilon for the round."""
-    dp = DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, clip=1.0)
-    pki, srv, t, code = _start(tmp_path, rounds=1, privacy=dp)
-    try:
-        rcs = _run_all(_clients(pki, srv, tmp_path), t)
-    finally:
-        srv.server.stop(0)
-    assert code.get("rc") == 0 and rcs == {h: 0 for h in range(1, N + 1)}
-    (entry,) = read_ledger(tmp_path / "run" / "privacy" / "ledger.jsonl")
+def test_masked_upload_cut_mid_stream_is_undone_and_round_completes(tmp_path, net, monkeypatch):
+    """Holder 4's connection breaks after half of its masked input was folded into the running sum: the
+    coordinator subtracts those chunks back out, drops holder 4 (secure aggregation reconstructs its masks
+    from the others' shares) and the model moves by exactly the mean over holders 1-3."""
+    fed = NetFederation.build(tmp_path, net + ["federation.rounds=1"])
+    folded, undone = {}, set()
+    write, abort = accumulate.MaskedFold.write, accumulate.MaskedFold.abort
+
+    def counting_write(self, offset, data):
+        folded[self.sender] = folded.get(self.sender, 0) + len(data)
+        return write(self, offset, data)
+
+    def recording_abort(self):
+        undone.add(self.sender)
+        return abort(self)
+    monkeypatch.setattr(accumulate.MaskedFold, "write", counting_write)
+    monkeypatch.setattr(accumulate.MaskedFold, "abort", recording_abort)
+    cut, handle = {}, fed.holders[4].handle
+
+    def cut_mid_stream(r, stage, payload):
+        reply = handle(r, stage, payload)
+        if stage != Stage.SECAGG_MASKED or reply is None:
+            return reply
+        tc = TransportClient(fed.target, fed.creds(4))
+        tc.set_run(fed.coord.run_id)
+        total, digest = sha256_parts([reply])
+        frames = list(iter_stream_frames(fed.coord.run_id, r, stage, Kind.REPLY, [reply], total_len=total,
+                                         digest=digest, chunk_size=1 << 16))
+
+        def half():
+            yield from frames[: len(frames) // 2]
+            cut["at"] = len(frames) // 2
+            raise ConnectionError("link lost mid-upload")
+        with pytest.raises(Exception):   # noqa: B017 - whatever grpc makes of the broken request stream
+            tc.stub.submit(half(), timeout=60)
+        tc.close()
+        return None      # the holder released its input once (H7): it never sends it again
+    fed.holders[4].handle = cut_mid_stream
+    fed.run_all()
+    assert cut["at"] >= 5 and fed.rcs == {h: 0 for h in range(1, N + 1)}
+    assert folded.get(4, 0) > 0 and 4 in undone and not undone & {1, 2, 3}   # folded, then subtracted back out
+    (row,) = fed.coord.metrics
+    assert row["clients_survived"] == 3 and "aborted" not in row
+    (entry,) = read_ledger(fed.run.privacy / "ledger.jsonl")
+    assert entry["survivors"] == [1, 2, 3]
+    expect, tol = fed.expected_step(1, [1, 2, 3], denominator=3)
+    assert np.all(np.abs(fed.theta() - expect) <= tol)
+    assert not list((fed.run.root / "spool").iterdir())          # undo journals removed
+    own4 = read_ledger(fed.run.root / "holders" / "4" / "ledger.jsonl")
+    assert [e["status"] for e in own4] == ["released"]            # charged at the worst case, never settled
+
+
+def test_central_dp_round_is_noised_and_accounted(tmp_path, net):
+    """privacy.mode=central over the network: the coordinator adds N(0, (zC)²) to the sum, divides by the planned
+    cohort, and the server ledger records a finite ε for the round."""
+    fed = NetFederation.build(tmp_path, net + ["federation.rounds=1", "privacy.mode=central",
+                                               "privacy.mechanism=gaussian", "privacy.noise_multiplier=1.0",
+                                               "federation.weighting=uniform"])
+    fed.run_all()
+    assert fed.rcs == {h: 0 for h in range(1, N + 1)}
+    (entry,) = read_ledger(fed.run.privacy / "ledger.jsonl")
     assert entry["mode"] == "central" and 0 < entry["epsilon"] < float("inf") and entry["survivors"] == [1, 2, 3, 4]
-    noise = srv.workload.theta + _mean_clipped(range(1, N + 1), 0)        # θ − (−mean) = −noise / N
-    assert abs(float(np.std(noise)) - 1.0 / N) < 0.1 / N                 # std zC/N = 0.25, within 10 %
+    assert fed.coord.metrics[0]["epsilon"] == entry["epsilon"]
+    expect, _ = fed.expected_step(1, range(1, N + 1), denominator=N)
+    noise = fed.theta() - expect                  # θ − (θ₀ − Σ clip(Δ)/N) = −noise / N, std zC/N = 0.25
+    assert abs(float(np.std(noise)) - 1.0 / N) < 0.02 / N
+    assert abs(float(np.mean(noise))) < 5 * (1.0 / N) / np.sqrt(noise.size)
+    for h in range(1, N + 1):
+        own = read_ledger(fed.run.root / "holders" / str(h) / "ledger.jsonl")
+        assert [e["status"] for e in own] == ["released", "settled"] and own[-1]["mode"] == "central"
