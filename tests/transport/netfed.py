@@ -144,7 +144,8 @@ class NetFederation:
             assert np.array_equal(t.theta, ts[0].theta)          # every holder trained from the same θ_r
             total += l2_clip((t.delta * np.float32(t.weight)) if t.weight != 1.0 else t.delta, t.spec.clip)[0]
         mean = total / denominator
-        bound = spec_plan(ts[0].spec).sum_error_bound / denominator
+        plan = spec_plan(ts[0].spec)     # distributed DP (a DiscretePlan): the noise dwarfs any rounding bound
+        bound = plan.sum_error_bound / denominator if hasattr(plan, "sum_error_bound") else np.nan
         expect = theta - mean
         ulp = np.spacing(np.abs(expect).astype(np.float32)).astype(np.float64)
         return expect, bound + np.abs(mean) * 2.0**-23 + ulp

@@ -1,86 +1,199 @@
-"""Coordinator crash recovery without a network (protocols/transport.md §8.1): the checkpoint is the
-write-ahead record of a round's privacy accounting, so each completed round is accounted exactly once."""
+"""Coordinator crash recovery (protocols/federation.md §6): the checkpoint is the write-ahead record of a round's
+privacy accounting, so each completed round is accounted exactly once; a round that was in flight is never run
+again (its holders would refuse it, H7) — it is recorded as aborted and the run goes on with the next round. A
+ledger that lost entries, another roster or a used directory is refused. Distributed DP runs over the network.
 
+Crashes are injected into a real in-process run (the tiny LM) by raising a BaseException that nothing in the
+engine catches, at the exact point a SIGKILL would hit: the state on disk is what a killed coordinator leaves.
+
+What the old coordinator did and this one does not, by design: re-run the round that was in flight on restart.
+"""
+
+import shutil
+
+import numpy as np
 import pytest
+import torch
 
-from securefed.privacy.clipping import ClipInfo
+from securefed import cli
+from securefed.federation import coordinator as coordinator_module
+from securefed.federation.coordinator import Coordinator, StateError
+from securefed.federation.inproc import InProcChannel
+from securefed.federation.simulation import Simulation
 from securefed.privacy.ledger import read_ledger
-from securefed.runtime.netserver import NetServer, ServerPlan, StateError
-from securefed.transport.netprivacy import NetPrivacy
+from securefed.privacy.round import RoundPrivacy
+from securefed.runtime.config import load_run_config
+from securefed.runtime.rundir import RunDir
+from securefed.secagg import Roster
 from securefed.transport.pki import make_demo_pki
-from securefed.transport.workload import SyntheticServer
 
-INFOS = {h: ClipInfo(norm=0.5, clipped=False) for h in (1, 2, 3)}
+from .netfed import NetFederation
+
+
+class Crash(BaseException):
+    """The coordinator process dies here (not an Exception: no handler in the engine may swallow it)."""
+
+
+def _cfg(tiny_run, *extra):
+    return load_run_config(overrides=[*tiny_run, *extra])
+
+
+def _rounds(run: RunDir) -> list[int]:
+    return [e["round"] for e in read_ledger(run.privacy / "ledger.jsonl")] if (run.privacy / "ledger.jsonl").exists() else []
+
+
+def _restored(cfg, run: RunDir, roster_path=None) -> Coordinator:
+    """A fresh coordinator that restores the checkpoint (what `--resume` does before it opens the channel)."""
+    from securefed.federation.data import coordinator_data
+
+    c = Coordinator(cfg, InProcChannel({}), run, data=coordinator_data(cfg, progress=False),
+                    roster=Roster.load(roster_path or run.root / "pki" / "roster.yaml"), resume=True)
+    c._restore()
+    return c
+
+
+def _checkpoint(run: RunDir) -> dict:
+    return torch.load(run.checkpoint_file, weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("appended", [False, True])
+def test_resume_accounts_a_checkpointed_round_exactly_once(tmp_path, tiny_run, monkeypatch, appended):
+    """Round 1 is aggregated and applied, its accounting checkpointed; the coordinator dies before (or right
+    after) the ledger appends. The restart completes the accounting once — twice restarted, still once."""
+    cfg = _cfg(tiny_run)
+    run = RunDir(tmp_path / "run")
+    finish = RoundPrivacy.finish
+
+    def dies_at_the_ledger(self, **kw):
+        if self.round_index == 1 and not kw.get("completing"):
+            if appended:
+                finish(self, **kw)
+            raise Crash()
+        return finish(self, **kw)
+    monkeypatch.setattr(RoundPrivacy, "finish", dies_at_the_ledger)
+    with pytest.raises(Crash):
+        Simulation(cfg, run.root, progress=False).run()
+    monkeypatch.undo()
+    ck = _checkpoint(run)
+    assert ck["pending"]["round"] == 1 and ck["in_flight"] is None and ck["next_round"] == 2
+    assert _rounds(run) == ([1] if appended else [])
+    c = _restored(cfg, run)
+    assert _rounds(run) == [1] and c.next_round == 2 and torch.equal(c.outer.params, ck["outer"]["theta"])
+    for h in range(1, 5):      # the server's view of each holder: charged once for round 1
+        assert [e["round"] for e in read_ledger(run.privacy / "holders" / f"holder-{h}.jsonl")] == [1]
+    again = _restored(cfg, run)                         # resuming again accounts nothing more
+    assert _rounds(run) == [1] and again.run_id == c.run_id and _checkpoint(run)["pending"] is None
+    summary = Simulation(cfg, run.root, progress=False, resume=True).run()   # and the run goes on with round 2
+    ledger = read_ledger(run.privacy / "ledger.jsonl")
+    assert [e["round"] for e in ledger] == [1, 2] and not any(e["reexecuted"] for e in ledger)
+    assert summary["rounds"] == 2 and summary["rounds_aborted"] == 0
+    for h in range(1, 5):      # each holder's own ledger: every round released and settled once
+        own = read_ledger(run.root / "holders" / str(h) / "ledger.jsonl")
+        assert [(e["round"], e["status"]) for e in own] == [(1, "released"), (1, "settled"), (2, "released"),
+                                                           (2, "settled")]
+
+
+@pytest.mark.slow
+def test_resume_records_the_round_in_flight_as_aborted_and_goes_on(tmp_path, tiny_run, monkeypatch):
+    """The coordinator dies in round 1 after its holders trained, before the masked sum. On restart round 1 is
+    recorded as aborted (never run again: its holders took part in it, H7) and round 2 runs from θ₀."""
+    cfg = _cfg(tiny_run)
+    run = RunDir(tmp_path / "run")
+    secure_sum = coordinator_module.secure_sum
+
+    def dies_in_round_1(channel, r, *a, **kw):
+        if r == 1:
+            raise Crash()
+        return secure_sum(channel, r, *a, **kw)
+    monkeypatch.setattr(coordinator_module, "secure_sum", dies_in_round_1)
+    with pytest.raises(Crash):
+        Simulation(cfg, run.root, progress=False).run()
+    monkeypatch.undo()
+    ck = _checkpoint(run)
+    assert ck["in_flight"] == 1 and ck["next_round"] == 1 and _rounds(run) == []
+    theta0 = ck["outer"]["theta"]
+    summary = Simulation(cfg, run.root, progress=False, resume=True).run()
+    rows = RunDir.read_jsonl(run.metrics)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert "coordinator restarted" in rows[0]["aborted"] and "aborted" not in rows[1]
+    assert rows[1]["clients_survived"] == 4 and rows[1]["clients_refused"] == 0
+    assert _rounds(run) == [2] and summary["rounds"] == 1 and summary["rounds_aborted"] == 1
+    for h in range(1, 5):      # nothing of round 1 was released; round 2 released and settled
+        own = read_ledger(run.root / "holders" / str(h) / "ledger.jsonl")
+        assert [(e["round"], e["status"]) for e in own] == [(2, "released"), (2, "settled")]
+    assert not torch.equal(_checkpoint(run)["outer"]["theta"], theta0)
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_demo_pki(tmp_path_factory.mktemp("pki") / "p", holders=3)
+def done(tmp_path_factory, net_cache):
+    """A run directory after one completed round (copied by each test that damages it)."""
+    root = tmp_path_factory.mktemp("done")
+    overrides = ["data.max_sources=4", "data.max_bytes_per_source=30000", "data.vocab_size=512", "data.seq_len=32",
+                 f"data.cache_dir={net_cache}", "train.local_steps=1", "train.batch_size=2", "baseline=false",
+                 "federation.rounds=1", "deterministic_secrets=true"]
+    cfg = load_run_config(overrides=overrides)
+    assert Simulation(cfg, root / "run", progress=False, stop_after_round=1).run() == {"stopped_after_round": 1}
+    assert _rounds(RunDir(root / "run")) == [1]
+    return cfg, root / "run"
 
 
-def _server(pki, out, resume=False):
-    s = NetServer(ServerPlan(rounds=3, cohort_size=3, min_holders=3), SyntheticServer(16), pki=pki.root, out=out,
-                  port=0, resume=resume)
-    s.server.stop(0)
-    return s
+def _copy(done, tmp_path) -> RunDir:
+    shutil.copytree(done[1], tmp_path / "run")
+    return RunDir(tmp_path / "run")
 
 
-def _complete_round_until_crash(s, *, appended: bool):
-    """Round 0 aggregated and applied; checkpoint with the pending accounting; maybe the ledger append; crash."""
-    rp = s.privacy.begin(0, [1, 2, 3], 16)
-    s.workload.theta[:] = 7.0
-    s.next_round = 1
-    pending = NetPrivacy.pending(rp, [1, 2, 3], INFOS)
-    s._checkpoint(pending)
-    if appended:
-        s.privacy.finish(rp, [1, 2, 3], INFOS)
+def _server(run: RunDir, *extra: str) -> int:
+    return cli.main(["server", "--pki", str(run.root / "pki"), "--out", str(run.root), "--preset", "", "--config",
+                     str(run.config), "--port", "0", *extra])
 
 
-def _server_rounds(path):
-    return [e["round"] for e in read_ledger(path) if e.get("role") == "server"]
-
-
-@pytest.mark.parametrize("appended", [False, True])
-def test_resume_accounts_a_checkpointed_round_exactly_once(pki, tmp_path, appended):
-    s = _server(pki, tmp_path / "run")
-    _complete_round_until_crash(s, appended=appended)
-    ledger = tmp_path / "run" / "privacy" / "ledger.jsonl"
-    assert _server_rounds(ledger) == ([0] if appended else [])
-    r = _server(pki, tmp_path / "run", resume=True)
-    assert _server_rounds(ledger) == [0] and r.next_round == 1 and (r.workload.theta == 7.0).all()
-    holders = tmp_path / "run" / "privacy" / "holders"
-    assert all(len(read_ledger(holders / f"holder-{h}.jsonl")) == 1 for h in (1, 2, 3))
-    r2 = _server(pki, tmp_path / "run", resume=True)           # resuming again accounts nothing more
-    assert _server_rounds(ledger) == [0] and r2.run_id == s.run_id
-
-
-def test_resume_refuses_a_ledger_that_lost_entries(pki, tmp_path):
-    s = _server(pki, tmp_path / "run")
-    _complete_round_until_crash(s, appended=True)
-    s._checkpoint(None)
-    (tmp_path / "run" / "privacy" / "ledger.jsonl").write_text("")            # the ledger was truncated
+def test_resume_refuses_a_ledger_that_lost_entries(done, tmp_path, capsys):
+    cfg, _ = done
+    run = _copy(done, tmp_path)
+    (run.privacy / "ledger.jsonl").write_text("")            # the ledger was truncated
     with pytest.raises(StateError, match="ledger"):
-        _server(pki, tmp_path / "run", resume=True)
+        _restored(cfg, run)
+    assert _server(run, "--resume") == 4                    # `securefed server --resume`: exit 4, nothing served
+    assert "ledger does not match the checkpoint" in capsys.readouterr().err
 
 
-def test_resume_refuses_another_roster(pki, tmp_path):
-    _server(pki, tmp_path / "run")
-    other = make_demo_pki(tmp_path / "other", holders=3)
+def test_resume_refuses_another_roster(done, tmp_path):
+    cfg, _ = done
+    run = _copy(done, tmp_path)
+    other = make_demo_pki(tmp_path / "other", holders=4)
     with pytest.raises(StateError, match="roster"):
-        _server(other, tmp_path / "run", resume=True)
+        _restored(cfg, run, roster_path=other.roster)
 
 
-def test_fresh_run_refuses_a_used_directory(pki, tmp_path):
-    _server(pki, tmp_path / "run")
+def test_fresh_run_refuses_a_used_directory(done, tmp_path, capsys):
+    cfg, _ = done
+    run = _copy(done, tmp_path)
+    before = run.checkpoint_file.read_bytes()
     with pytest.raises(FileExistsError):
-        _server(pki, tmp_path / "run")
+        Simulation(cfg, run.root, progress=False)
+    assert _server(run) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert run.checkpoint_file.read_bytes() == before
 
 
-def test_distributed_dp_refused_over_the_network(pki, tmp_path):
-    from securefed.privacy import DPConfig
-
-    dp = DPConfig(mode="distributed", mechanism="ddgauss", noise_multiplier=1.0)
-    with pytest.raises(ValueError, match="distributed"):
-        NetServer(ServerPlan(rounds=1, cohort_size=3, min_holders=3, privacy=dp), SyntheticServer(16), pki=pki.root,
-                  out=tmp_path / "run", port=0)
-    assert not (tmp_path / "run").exists()
+def test_distributed_dp_works_over_the_network(tmp_path, tiny_run):
+    """privacy.mode=distributed over gRPC: each holder adds its discrete Gaussian share before masking; the
+    coordinator learns only the noised sum, not whether any Δ was clipped; both sides account the round."""
+    fed = NetFederation.build(tmp_path, tiny_run + ["federation.rounds=1", "privacy.mode=distributed",
+                                                    "privacy.noise_multiplier=1.0", "privacy.clip=1.0",
+                                                    "federation.weighting=uniform"])
+    fed.run_all()
+    assert fed.rcs == {h: 0 for h in range(1, 5)}
+    (entry,) = read_ledger(fed.run.privacy / "ledger.jsonl")
+    assert entry["mode"] == "distributed" and entry["mechanism"] == "ddgauss" and entry["survivors"] == [1, 2, 3, 4]
+    assert 0 < entry["epsilon"] < float("inf")
+    (row,) = fed.coord.metrics
+    assert row["clients_survived"] == 4 and row["clip_fraction"] is None    # Ready.clipped is null (dp.md)
+    for h in range(1, 5):
+        own = read_ledger(fed.run.root / "holders" / str(h) / "ledger.jsonl")
+        assert [e["status"] for e in own] == ["released", "settled"] and own[0]["mode"] == "distributed"
+        assert own[0]["epsilon"] > own[1]["epsilon"] > 0           # t_min shares charged first, then all 4
+    expect, _ = fed.expected_step(1, range(1, 5), denominator=4)
+    noise = fed.theta() - expect           # ≈ −(Σ noise shares)/n: std ≈ zC/n = 0.25 (rounding adds a little)
+    assert 0.9 * 0.25 < float(np.std(noise)) < 1.1 * 0.25
