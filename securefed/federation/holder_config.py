@@ -161,7 +161,7 @@ def check_holder_config(cfg: HolderConfig, *, deployment: bool, simulation: bool
             if not f.is_file():
                 raise HolderConfigError(f"missing key file {f}")
         if (cfg.deterministic_secrets or cfg.dropout_rate or cfg.vanish_at) and not simulation:
-            raise HolderConfigError("deterministic_secrets and dropout_rate are for simulations only")
+            raise HolderConfigError("deterministic_secrets, dropout_rate and vanish_at are for simulations only")
     for p in cfg.data.holder_paths or ((cfg.data.source,) if cfg.data.source != "stdlib" else ()):
         if not Path(p).expanduser().exists():
             raise HolderConfigError(f"data path {p} does not exist")

@@ -69,7 +69,7 @@ def test_server_refuses_a_bad_config_or_roster_before_creating_the_run(tmp_path,
     ({"policy": {"privacy_mode": "none", "epsilon_cap": 4.0}}, "epsilon_cap needs a privacy floor"),
     ({"policy": {"aggregation": ["plain"], "privacy_mode": "distributed"}}, "distributed DP needs secure"),
     ({"deterministic_secrets": True}, "for simulations only"),             # test-only fields need --launched
-    ({"vanish_at": [2, 11]}, "for simulations only"),
+    ({"vanish_at": [2, 11]}, "vanish_at are for simulations only"),
     ({"data": {"source": "/no/such/corpus"}}, "data path /no/such/corpus does not exist"),
     ({"data": {"tokenizer": "/no/such/tokenizer.json"}}, "does not exist"),
     ({"state_dir": "/no/such/parent/state"}, "state_dir's parent"),
