@@ -10,7 +10,7 @@ HOLDER.yaml`, the tiny LM, 4 rounds of secure aggregation, system entropy (no te
 - The server ledger has exactly one entry per completed round, hash chain intact; every holder's own ledger
   shows its releases (released, then settled at the signed survivor count); holder state dirs are 0700.
 
-~3 minutes on 2 cores: most of it is 6 processes starting and two waits the protocol prescribes (round 2's
+~2 minutes on 2 cores (2.5 under load): most of it is 6 processes starting and two waits the protocol prescribes (round 2's
 masked-input deadline for the vanished holder; round 3 waits until holder 5 has been silent for 45 s).
 """
 
