@@ -54,10 +54,10 @@ def test_cli_demo_writes_the_run_directory_contract(tmp_path, small_overrides, c
 
 
 def _final_theta(run_dir) -> torch.Tensor:
-    """θ after the last round: the outer optimizer's state inside the coordinator's checkpoint (version 3)."""
+    """θ after the last round: the light checkpoint (version 4) names the model file holding the outer state."""
     ck = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
-    assert ck["version"] == 3 and ck["in_flight"] is None and ck["pending"] is None
-    return ck["outer"]["theta"]
+    assert ck["version"] == 4 and ck["in_flight"] is None and ck["pending"] is None
+    return torch.load(run_dir / "checkpoints" / ck["model_file"], weights_only=True)["outer"]["theta"]
 
 
 def _metrics(run_dir) -> list[dict]:

@@ -100,8 +100,9 @@ class NetFederation:
     def target(self) -> str:
         return f"127.0.0.1:{self.channel.port}"
 
-    def run_all(self, timeout: float = 600) -> None:
-        """Run the coordinator and every holder to the end (each in a thread); then stop the server."""
+    def run_all(self, timeout: float = 600, *, before_holders=None) -> None:
+        """Run the coordinator and every holder to the end (each in a thread); then stop the server.
+        ``before_holders()`` runs once the coordinator listens, before any holder has joined."""
         def coordinator():
             try:
                 self.summary = self.coord.run()
@@ -113,6 +114,8 @@ class NetFederation:
         while not opened.wait(0.05):
             if self.channel.port is not None or not ct.is_alive():
                 opened.set()
+        if before_holders is not None and ct.is_alive():
+            before_holders()
         threads = [threading.Thread(target=self._holder, args=(h,), daemon=True) for h in self.holders]
         for t in threads:
             t.start()

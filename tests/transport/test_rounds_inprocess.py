@@ -1,11 +1,13 @@
 """Whole networked rounds in one process: the real Coordinator over the real GrpcChannel, holders through
 ``federation.grpc.run_holder`` in threads — gRPC + mutual TLS on 127.0.0.1, the tiny LM (tests/transport/netfed.py).
 
-Each round's model equals θ_r minus the mean of the holders' clipped updates within the quantization bound;
-hostile input from an authenticated holder (garbage frames, a Hello naming another holder, a fetch for another
-run, streams for a stage or round not open, an oversized header, the wrong kind of stream) is refused while the
-server keeps serving and the holder stays in the round; a masked upload cut mid-stream is undone and the round
-completes without that holder; central DP over the network is noised and accounted."""
+Each round's model equals θ_r minus the mean of the survivors' clipped updates within the quantization bound;
+hostile input from an authenticated holder (garbage frames, an empty stream, a Hello naming another holder, a
+fetch for another run, streams for a stage or round not open, the wrong kind of stream, an oversized header) is
+refused while the server keeps serving — before a round opens it costs the holder nothing; an oversized stream for
+its own open stage drops it from that stage (S6) and the round completes without it; a masked upload cut
+mid-stream is undone and the round completes without that holder; central DP over the network is noised and
+accounted."""
 
 import hashlib
 
@@ -36,58 +38,76 @@ def net(tiny_run):
     return tiny_run + ["privacy.clip=1.0", "network.control=60"]
 
 
-def _hostile(fed: NetFederation, r: int) -> None:
-    """Holder 1's own (valid) certificate, while its SECAGG_START reply is due: every malformed call is refused."""
+def _hostile(fed: NetFederation) -> None:
+    """Holder 1's own (valid) certificate, before any round is open: every malformed call is refused."""
     c = TransportClient(fed.target, fed.creds(1))
     with pytest.raises(grpc.RpcError) as e:             # the id comes from the certificate: a Hello naming 2 is refused
         c.join(encode_message(Hello(2)), timeout=20)
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     c.set_run(fed.coord.run_id)
-    s = int(Stage.SECAGG_START)
+    s = int(Stage.OFFER)
     assert decode(c.stub.submit(iter([b"garbage", b"\x00" * 10]), timeout=10)).status == 1
     assert decode(c.stub.submit(iter([]), timeout=10)).status == 1
-    other = c.stub.fetch(encode(FetchRequest(b"\x07" * 16, r, 0, 100)), timeout=10)
+    other = c.stub.fetch(encode(FetchRequest(b"\x07" * 16, 1, 0, 100)), timeout=10)
     assert decode(next(iter(other))).kind == Kind.WAIT
     with pytest.raises(Refused):                        # a stage that is not open
-        c.submit(r, Stage.SECAGG_MASKED, Kind.REPLY, b"SFSA\x01\x05not a message", timeout=10)
+        c.submit(1, Stage.SECAGG_MASKED, Kind.REPLY, b"SFSA\x01\x05not a message", timeout=10)
     with pytest.raises(Refused):                        # a round that is not open
-        c.submit(r + 1, s, Kind.REPLY, b"SFSA\x01\x01not a message", timeout=10)
+        c.submit(2, s, Kind.REPLY, b"SFFM\x01\x04{}", timeout=10)
     with pytest.raises(Refused):                        # the coordinator's kind of stream
-        c.submit(r, s, Kind.STAGE, b"SFSA", timeout=10)
-    huge = Header(fed.coord.run_id, r, s, Kind.REPLY, 1 << 40, hashlib.sha256(b"").digest())
+        c.submit(1, s, Kind.STAGE, b"SFFM", timeout=10)
+    huge = Header(fed.coord.run_id, 1, s, Kind.REPLY, 1 << 40, hashlib.sha256(b"").digest())
     assert decode(c.stub.submit(iter([encode(huge)]), timeout=10)).status == 1
-    assert c.status(timeout=10)["board"]["stage"] == s          # still serving, the stage still open
+    assert c.status(timeout=10)["board"]["round"] == 0          # still serving
+    c.close()
+
+
+def _oversized_reply(fed: NetFederation, r: int, stage: int) -> None:
+    """Holder 1's certificate, while its own reply to ``stage`` is due: a header announcing 1 TiB is refused
+    before any chunk (the stage's reply cap) and the server keeps serving."""
+    c = TransportClient(fed.target, fed.creds(1))
+    c.set_run(fed.coord.run_id)
+    assert c.status(timeout=10)["board"]["stage"] == stage
+    huge = Header(fed.coord.run_id, r, stage, Kind.REPLY, 1 << 40, hashlib.sha256(b"").digest())
+    assert decode(c.stub.submit(iter([encode(huge)]), timeout=10)).status == 1
+    assert c.status(timeout=10)["board"]["round"] == r
     c.close()
 
 
 def test_network_rounds_equal_mean_of_clipped_updates_and_survive_garbage(tmp_path, net):
+    """Round 1: all four holders; θ₂ = θ₁ − Σ clip(Δ_i)/4. Round 2: holder 1 sends an oversized stream for its
+    own SECAGG_START reply — refused, and (protocols/secagg.md S6: a failed stream drops its sender for the
+    stage) holder 1 is out of round 2's masked sum: θ₃ = θ₂ − Σ_{2,3,4} clip(Δ_i)/3, and it released nothing."""
     fed = NetFederation.build(tmp_path, net)
     seen = {}
     handle = fed.holders[1].handle
 
     def hostile_then_honest(r, stage, payload):
-        if (r, stage) == (1, Stage.SECAGG_START):
-            _hostile(fed, r)
-            seen["hostile"] = True
+        if (r, stage) == (2, Stage.SECAGG_START):
+            _oversized_reply(fed, r, stage)
+            seen["in stage"] = True
         return handle(r, stage, payload)
     fed.holders[1].handle = hostile_then_honest
-    fed.run_all()
-    assert seen and fed.rcs == {h: 0 for h in range(1, N + 1)}
+    fed.run_all(before_holders=lambda: (_hostile(fed), seen.setdefault("before", True)))
+    assert seen == {"before": True, "in stage": True} and fed.rcs == {h: 0 for h in range(1, N + 1)}
     rows = fed.coord.metrics
-    assert [(r["round"], r["clients_survived"]) for r in rows] == [(1, N), (2, N)]   # holder 1 was never dropped
-    assert all(r["bytes_up"] > 4 * fed.coord.dim * N for r in rows)       # every masked input crossed in chunks
-    for r in (1, 2):
-        assert all(np.linalg.norm(fed.trained[(r, h)].delta) > 1.0 for h in range(1, N + 1))   # clipping active
+    assert [(r["round"], r["clients_survived"]) for r in rows] == [(1, N), (2, N - 1)]
+    assert all("aborted" not in r for r in rows)
+    assert rows[0]["bytes_up"] > 4 * fed.coord.dim * N                    # every masked input crossed in chunks
+    for r, survivors in ((1, [1, 2, 3, 4]), (2, [2, 3, 4])):
+        assert all(np.linalg.norm(fed.trained[(r, h)].delta) > 1.0 for h in survivors)   # clipping active
         got = fed.trained[(2, 1)].theta if r == 1 else fed.theta()
-        expect, tol = fed.expected_step(r, range(1, N + 1), denominator=N)   # θ_{r+1} = θ_r − Σ clip(Δ_i) / N
+        # θ_{r+1} = θ_r − Σ_{i ∈ survivors} clip(Δ_i, C) / |survivors|   (FedAvg, lr 1, equal weights)
+        expect, tol = fed.expected_step(r, survivors, denominator=len(survivors))
         assert np.all(np.abs(got - expect) <= tol), np.max(np.abs(got - expect) - tol)
         assert np.max(np.abs(got - fed.trained[(r, 1)].theta)) > 1e3 * np.max(tol)   # and the model moved
     ledger = read_ledger(fed.run.privacy / "ledger.jsonl")
-    assert [(e["round"], e["survivors"]) for e in ledger] == [(1, [1, 2, 3, 4]), (2, [1, 2, 3, 4])]
-    for h in range(1, N + 1):   # each holder's own ledger: released before its masked input, settled at 4
-        own = read_ledger(fed.run.root / "holders" / str(h) / "ledger.jsonl")
-        assert [(e["round"], e["status"], e["survivors"]) for e in own] == \
-               [(1, "released", 3), (1, "settled", 4), (2, "released", 3), (2, "settled", 4)]
+    assert [(e["round"], e["survivors"]) for e in ledger] == [(1, [1, 2, 3, 4]), (2, [2, 3, 4])]
+    for h in range(1, N + 1):   # each holder's own ledger: released before its masked input, settled at the count
+        own = [(e["round"], e["status"], e["survivors"]) for e in read_ledger(fed.run.root / "holders" / str(h) /
+                                                                             "ledger.jsonl")]
+        assert own == ([(1, "released", 3), (1, "settled", 4)] +
+                       ([] if h == 1 else [(2, "released", 3), (2, "settled", 3)])), (h, own)
 
 
 def test_garbage_only_never_crashes_fetch_parsing(tmp_path):
