@@ -73,6 +73,7 @@ def _route_indices(run_dir) -> tuple[np.ndarray, np.ndarray]:
     return tuple(np.concatenate(idx[k]) if idx[k] else np.zeros(0, np.int64) for k in ("ckks", "secagg"))
 
 
+@pytest.mark.slow   # two 3-round runs: 23-73 s on 2 shared cores
 def test_resume_is_bit_identical(tmp_path, small_overrides):
     ov = small_overrides + ["federation.rounds=3", "deterministic_secrets=true", "baseline=false",
                             "outer.name=nesterov", "outer.lr=0.7"]
@@ -124,6 +125,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, small_overrides)
         Simulation(other, tmp_path / "r", progress=False, resume=True).run()
 
 
+@pytest.mark.slow   # 3 rounds of 6 holders: 24-40 s on 2 shared cores
 def test_dropouts_are_survived_and_recorded(tmp_path, small_overrides):
     cfg = load_run_config(overrides=small_overrides + ["federation.n_holders=6", "data.max_sources=6",
                                                        "federation.dropout_rate=0.25", "baseline=false",
