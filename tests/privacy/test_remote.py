@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from securefed.privacy import DPConfig, PrivacySession, read_ledger
-from securefed.privacy.remote import (HolderBudget, RoundSpec, holder_effective_events, round_spec, spec_encode,
-                                      spec_holder_event)
+from securefed.privacy.holder_ledger import holder_effective_events
+from securefed.privacy.remote import HolderBudget, RoundSpec, round_spec, spec_encode, spec_holder_event
 from securefed.primitives.rng import DeterministicEntropy
 
 T_MIN = 3   # the fewest survivors secure aggregation allows for a cohort of 4 (default threshold): the worst case

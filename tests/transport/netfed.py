@@ -67,7 +67,8 @@ class NetFederation:
         channel = GrpcChannel(pki=lay.root, roster=roster, port=0, chunk_size=chunk_size)
         opts = CoordinatorOptions(deadlines=Deadlines.from_config(cfg.network), min_holders=cfg.federation.n_holders,
                                   deployment="network", backend="grpc")
-        coord = Coordinator(cfg, channel, rd, data=coordinator_data(cfg, progress=False), roster=roster, options=opts)
+        coord = Coordinator(cfg, channel, rd, data=coordinator_data(cfg, progress=False), roster=roster,
+                            identity=load_identity(lay.server_identity), options=opts)
         holders = {h: Holder(hc, identity=load_identity(lay.holder_dir(h) / "identity.key"), roster=roster)
                    for h, hc in holder_configs(cfg, rd.root).items()}
         fed = cls(cfg, rd, lay, roster, channel, coord, holders)

@@ -43,7 +43,8 @@ def plan(tmp_path_factory, net_cache):
     roster = Roster.load(lay.roster)
     rd = RunDir(root / "run")
     rd.create(resume=False)
-    coord = Coordinator(cfg, InProcChannel({}), rd, data=coordinator_data(cfg, progress=False), roster=roster)
+    coord = Coordinator(cfg, InProcChannel({}), rd, data=coordinator_data(cfg, progress=False), roster=roster,
+                        identity=load_identity(lay.server_identity))
     theta = coord.outer.params.numpy().astype("<f4").tobytes()
     from securefed.federation.holder import model_sha256
 

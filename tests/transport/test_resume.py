@@ -45,9 +45,11 @@ def _rounds(run: RunDir) -> list[int]:
 def _restored(cfg, run: RunDir, roster_path=None) -> Coordinator:
     """A fresh coordinator that restores the checkpoint (what `--resume` does before it opens the channel)."""
     from securefed.federation.data import coordinator_data
+    from securefed.transport.pki import Layout, load_identity
 
     c = Coordinator(cfg, InProcChannel({}), run, data=coordinator_data(cfg, progress=False),
-                    roster=Roster.load(roster_path or run.root / "pki" / "roster.yaml"), resume=True)
+                    roster=Roster.load(roster_path or run.root / "pki" / "roster.yaml"),
+                    identity=load_identity(Layout(run.root / "pki").server_identity), resume=True)
     c._restore()
     return c
 
