@@ -218,8 +218,6 @@ class StageBoard:
             missing = sorted(self.expect - self.done - self.failed)
             if missing:
                 log.info("round %d stage %d: no reply from %s (treated as dropped)", self.round, self.stage, missing)
-            for h in (*missing, *self.failed):   # not waited for at the next round unless it asks again
-                self.waiting.pop(h, None)
             replies, done, s = dict(self.replies), set(self.done), self.stage
             self.outbox = {k: v for k, v in self.outbox.items() if k[1] > s}
             self.stage, self.expect, self._sink = -1, set(), None
