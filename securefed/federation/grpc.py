@@ -43,9 +43,9 @@ EXIT = {"ok": 0, "error": 1, "usage": 2, "auth": 3, "state": 4, "too_few": 5, "u
 
 class GrpcChannel(Channel):
     def __init__(self, *, pki: str | Path, roster: Roster, host: str = "127.0.0.1", port: int = 0,
-                 chunk_size: int = DEFAULT_CHUNK, status_path: Path | None = None) -> None:
+                 chunk_size: int = DEFAULT_CHUNK, status_path: Path | None = None, alive_s: float = 45.0) -> None:
         self.pki, self.roster, self.host, self.want_port = Layout(pki), roster, host, port
-        self.chunk_size, self.status_path = chunk_size, status_path
+        self.chunk_size, self.status_path, self.alive_s = chunk_size, status_path, alive_s
         self.board: StageBoard | None = None
         self.server = None
         self.port = None
@@ -86,7 +86,7 @@ class GrpcChannel(Channel):
             atomic_write_text(self.status_path, json.dumps(dict(self.status(), **extra), sort_keys=True) + "\n")
 
     def available(self, round_index: int, *, want: int, timeout: float) -> list[int]:
-        return self.board.wait_for_holders(round_index, want=want, timeout=timeout)
+        return self.board.wait_for_holders(round_index, want=want, timeout=timeout, fresh=self.alive_s)
 
     def send(self, round_index: int, stage: int, outbox: Mapping[int, bytes]) -> None:
         self._ensure_open(round_index, outbox)

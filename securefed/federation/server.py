@@ -62,7 +62,7 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
     cohort = cfg.federation.cohort_size
     min_holders = net.min_holders or (cfg.aggregation.secagg.thresholds(cohort).min_survivors if secure and cohort >= 3 else 1)
     channel = GrpcChannel(pki=lay.root, roster=roster, host=host, port=port, chunk_size=int(net.chunk_mib * (1 << 20)),
-                          status_path=rd.root / "status.json")
+                          status_path=rd.root / "status.json", alive_s=net.alive_s)
     options = CoordinatorOptions(deadlines=Deadlines.from_config(net), min_holders=min_holders,
                                  max_aborted_rounds=net.max_aborted_rounds, deployment="network", backend="grpc")
     try:

@@ -93,6 +93,7 @@ class NetworkConfig:
     chunk_mib: float = 1.0               # stream chunk size (<= 4)
     min_holders: int | None = None       # holders needed to open a round (default: the cohort's t_min)
     max_aborted_rounds: int = 3          # consecutive aborted rounds before the coordinator stops (exit 5)
+    alive_s: float = 45.0                # a holder that asked for nothing this long is not waited for any more
 
     def __post_init__(self) -> None:
         for name in ("join", "train", "control", "upload"):
@@ -105,6 +106,8 @@ class NetworkConfig:
             raise ValueError("network.min_holders must be >= 1 or null")
         if self.max_aborted_rounds < 1:
             raise ValueError("network.max_aborted_rounds must be >= 1")
+        if not 1 <= self.alive_s <= 3600:
+            raise ValueError("network.alive_s must be in [1, 3600] seconds")
 
 
 @dataclass(frozen=True)
