@@ -11,7 +11,7 @@ HOLDER.yaml`, the tiny LM, 4 rounds of secure aggregation, system entropy (no te
   shows its releases (released, then settled at the signed survivor count); holder state dirs are 0700.
 
 ~2 minutes on 2 cores (2.5 under load): most of it is 6 processes starting and two waits the protocol prescribes (round 2's
-masked-input deadline for the vanished holder; round 3 waits until holder 5 has been silent for 45 s).
+masked-input deadline for the vanished holder; round 3 waits until holder 5 has been silent for network.alive_s = 15 s).
 """
 
 import os
@@ -55,7 +55,7 @@ def test_e2e_five_holders_sigkill_holder_and_server_resume(tmp_path, tiny_run):
     # join: 6 cold processes on 2 cores; upload: how long round 2 waits for the vanished holder's masked input
     server_args = ["--pki", pki.root, "--out", out, "--preset", "", "--config", tmp_path / "run.yaml", "--log-json",
                    "--set", "network.join=240", "--set", "network.train=240", "--set", "network.control=60",
-                   "--set", "network.upload=20"]
+                   "--set", "network.upload=20", "--set", "network.alive_s=15"]
     procs = Procs(tmp_path)
 
     def holder(name: str, h: int, *extra: str) -> None:
