@@ -19,6 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holders", type=int, required=True, help="number of data holders (ids 1..N)")
     p.add_argument("--server-name", action="append", default=[],
                    help="extra DNS name or IP for the server certificate (localhost and 127.0.0.1 are always in)")
+    p.add_argument("--holder-configs", metavar="OUTDIR",
+                   help="also write a starter holder config per holder (OUTDIR/holder-<id>.yaml) for the demo preset: "
+                        "shard i of the stdlib corpus, state in OUTDIR/state-<id>; each holder edits its own copy "
+                        "(its data, floors, epsilon cap) before running `securefed client --config`")
+    p.add_argument("--server", default="127.0.0.1:50051", help="coordinator HOST:PORT written into the holder configs")
     p.set_defaults(func=run)
 
 
@@ -30,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileExistsError) as e:
         print(f"securefed keygen: {e}", file=sys.stderr)
         return 2
+    if args.holder_configs:
+        from securefed.federation.holder_config import write_demo_holder_configs
+
+        paths = write_demo_holder_configs(args.holder_configs, pki=lay.root, holders=args.holders, server=args.server)
+        print(f"holder configs: {', '.join(str(p) for p in paths)}")
     print(f"demo PKI for {args.holders} holders in {lay.root} (roster: {lay.roster}); "
           "the CA key in ca.key is for demos only: keep a real federation's CA offline")
     return 0

@@ -42,7 +42,7 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
         torch.set_num_threads(cfg.hardware.torch_threads)
     try:
         holder = Holder(cfg, identity=identity, roster=roster)
-        holder._load_data()   # this holder's own data, before anything is sent
+        holder.prepare_data()   # this holder's own data, before anything is sent
     except (DataError, ValueError, OSError) as e:
         return usage(str(e))
     return run_holder(holder, target=server or cfg.server, creds=creds, server_name=cfg.server_name,

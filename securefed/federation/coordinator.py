@@ -63,8 +63,6 @@ class Coordinator:
     def __init__(self, cfg, channel: Channel, run_dir: RunDir, *, data, roster: Roster,
                  options: CoordinatorOptions = CoordinatorOptions(), progress=None, resume: bool = False,
                  stop_after_round: int | None = None) -> None:
-        import torch  # noqa: F401 - the model and outer optimizer are torch
-
         from securefed.training.flat import get_flat, param_layout
         from securefed.training.models import build_model
         from securefed.training.outer import OuterOptimizer
@@ -257,6 +255,7 @@ class Coordinator:
         rp0 = self.privacy.begin_round(r, cohort=cohort, dim=self.dim, min_survivors=self._t_min(len(cohort)))
         row = {"round": r, "clients_sampled": len(cohort), "aggregation": cfg.aggregation.mode}
         decisions: dict[int, Decision] = {}
+        clock = _Clock()
         if cohort and (not secure or len(cohort) >= 3):
             offer = encode(Offer(r, tuple(cohort), mhash, round_spec(rp0)))
             for h, data in self.channel.exchange(r, Stage.OFFER, {h: offer for h in cohort}, deadline=dl.control,
@@ -264,6 +263,7 @@ class Coordinator:
                 d = _decode(data, Decision, h, r)
                 if d is not None:
                     decisions[h] = d
+        clock.lap("offer")
         accepted = [h for h in cohort if h in decisions and decisions[h].accept]
         refused = [h for h in cohort if h not in accepted]
         refusals = {str(h): decisions[h].reason if h in decisions else "no answer" for h in refused}
@@ -285,10 +285,12 @@ class Coordinator:
                     ready[h] = msg
                 elif isinstance(msg, Decision):
                     refusals[str(h)] = msg.reason
+            clock.lap("train")
             try:
                 result = self._aggregate(r, rp, sorted(ready), weights, mhash)
             except SecAggAborted as e:   # below threshold: no masked sum revealed, the model stays as it was
                 aborted = str(e)
+            clock.lap("aggregate")
         survivors = list(result[1]) if result else []
         if result is not None:
             total, _, denominator = result
@@ -311,7 +313,9 @@ class Coordinator:
             row["record_epsilon_max"] = max(record_eps)
         if r % fed.eval_every == 0 or r == fed.rounds:
             row.update(self.evaluate())
+            clock.lap("evaluate")
         row["seconds"] = time.perf_counter() - t0
+        row["stage_seconds"] = clock.laps
         pending = {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": survivors, "refused": refused,
                    "min_survivors": t_min, "clipped": {str(h): bool(c) for h, c in clipped.items()}}
         self.metrics.append(row)
@@ -403,6 +407,18 @@ class Coordinator:
         }
         self.rd.write_json(self.rd.summary, summary)
         return summary
+
+
+class _Clock:
+    """Seconds per phase of a round (offer, train = θ out + local training + PLAN, aggregate, evaluate)."""
+
+    def __init__(self) -> None:
+        self.t, self.laps = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.t, 4)
+        self.t = now
 
 
 def _decode(data: bytes, kinds, h: int, r: int):

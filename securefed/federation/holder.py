@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,7 +38,6 @@ import numpy as np
 from securefed.ckks.holder import HolderRole, expected_leader
 from securefed.ckks.keyshare import HolderPublic, HolderSecrets, KeyShareError
 from securefed.ckks.messages import AggregateMsg, KeyAdvertMsg, KeyShareMsg
-from securefed.ckks.messages import MessageError as CkksMessageError
 from securefed.ckks.messages import decode as ckks_decode
 from securefed.ckks.messages import encode as ckks_encode
 from securefed.federation.holder_config import PRIVACY_ORDER, HolderConfig
@@ -51,7 +49,7 @@ from securefed.privacy.clipping import l2_clip
 from securefed.privacy.remote import HolderBudget, RoundSpec, spec_encode
 from securefed.runtime.parties import EntropyFactory
 from securefed.runtime.rundir import atomic_write_text
-from securefed.secagg import Roster, SecAggAborted, SecAggClient, SecAggConfig, UnexpectedMessage
+from securefed.secagg import Roster, SecAggAborted, SecAggClient, SecAggConfig
 from securefed.secagg import decode as secagg_decode
 from securefed.secagg.messages import RoundStart, UnmaskRequest
 
@@ -135,7 +133,7 @@ class Holder:
             if w.secagg.threshold_fraction < floor.threshold_fraction:
                 raise PolicyRefused(f"threshold fraction {w.secagg.threshold_fraction} is below this holder's floor "
                                     f"{floor.threshold_fraction}")
-        data = self._load_data()
+        data = self.prepare_data()
         if data.tokenizer_sha256 != w.tokenizer_sha256:
             raise PolicyRefused("the run's tokenizer differs from this holder's (tokenizer hash mismatch)")
         self.welcomed = w
@@ -150,7 +148,7 @@ class Holder:
             self._route_plan = plan_routes(self._layout, w.ckks)
         log.info("holder %d joined run %s (next round %d)", self.id, w.run_id.hex(), self.next_round)
 
-    def _load_data(self):
+    def prepare_data(self):
         from securefed.federation.data import holder_rows
 
         if self._data is None:
@@ -228,7 +226,7 @@ class Holder:
             return None
         try:
             return getattr(self, "_on_" + stage.name.lower())(rs, payload)
-        except (MessageError, CkksMessageError, KeyShareError, SecAggAborted, UnexpectedMessage, ValueError) as e:
+        except (ValueError, SecAggAborted) as e:   # every codec/MUST-rule error of the stack is a ValueError
             log.warning("holder %d: round %d stage %s refused: %s", self.id, round_index, stage.name, e)
             if stage in (Stage.SECAGG_START, Stage.SECAGG_SHARES, Stage.SECAGG_MASKED, Stage.SECAGG_CONSISTENCY,
                          Stage.SECAGG_UNMASK):
@@ -342,7 +340,7 @@ class Holder:
             return self._refuse(plan.round, why, spec)
         rs.spec = spec
         w = self.welcomed
-        x, info = l2_clip(rs.delta * np.float32(plan.weight), spec.clip) if plan.weight != 1.0 else l2_clip(rs.delta, spec.clip)
+        x, info = l2_clip(rs.delta * np.float32(plan.weight), spec.clip)   # w·Δ, then the clip bound C
         rs.delta = None
         entropy = self.entropy.for_party(plan.round, self.id, "encode")
         if w.aggregation == "plain":

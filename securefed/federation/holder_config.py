@@ -167,3 +167,25 @@ def check_holder_config(cfg: HolderConfig, *, deployment: bool, simulation: bool
     parent = Path(cfg.state_dir).expanduser().parent
     if not parent.is_dir():
         raise HolderConfigError(f"state_dir's parent {parent} does not exist")
+
+
+def write_demo_holder_configs(outdir: str | Path, *, pki: str | Path, holders: int, server: str) -> list[Path]:
+    """Starter configs for the demo preset's holders (shard i of the stdlib corpus): a template each
+    holder's operator edits — its own data, floors and ε cap — never something the coordinator sends."""
+    from securefed.configio import dump_yaml
+    from securefed.runtime.config import load_run_config
+
+    run = load_run_config(preset="demo")
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for h in range(1, holders + 1):
+        cfg = HolderConfig(holder_id=h, state_dir=str((out / f"state-{h}").resolve()), data=run.data, shard=h - 1,
+                           n_shards=holders, data_seed=run.seed, pki=str(Path(pki).resolve()), server=server)
+        path = out / f"holder-{h}.yaml"
+        if path.exists():
+            raise FileExistsError(f"{path} exists; keygen never overwrites a holder's config")
+        path.write_text("# this holder's own settings (protocols/federation.md §2): edit data, policy, hardware\n"
+                        + dump_yaml(cfg))
+        paths.append(path)
+    return paths

@@ -50,6 +50,7 @@ class StageBoard:
         self.expect: set[int] = set()
         self.done: set[int] = set()       # submitted (committed) this stage
         self.failed: set[int] = set()     # expected holders whose stream failed this stage
+        self.streaming: dict[int, object] = {}   # holder -> the gRPC context of its reply stream open now
         self.replies: dict[int, bytes] = {}
         self._sink: Callable[[int], object] | None = None
         self._max_reply = 0
@@ -123,15 +124,18 @@ class StageBoard:
                 r, s, sink_for, cap = self.round, self.stage, self._sink, self._max_reply
                 if s < 0 or hid not in self.expect:
                     raise FrameError(f"holder is not expected to reply in round {r} now")
-                if hid in self.failed or hid in self.done:
-                    raise FrameError("holder already replied or failed this stage")
+                if hid in self.failed or hid in self.done or hid in self.streaming:
+                    raise FrameError("holder already replied, failed or is streaming this stage")
+                self.streaming[hid] = context   # one stream per holder at a time: no holder holds several buffers
+                key = (r, s)
             head = expect_header(decode(next(it)), run_id=self.run_id, round_index=r, stage=s, kinds=(Kind.REPLY,),
                                  max_len=cap)
-            key = (r, s)
             sink = sink_for(hid) if sink_for is not None else BytesSink(cap)
             rx = StreamReceiver(head, sink)
             n = 0
             for raw in it:
+                if (self.round, self.stage) != key:   # the stage closed (deadline): stop buffering now
+                    raise FrameError("the stage closed before the stream completed")
                 n += len(raw)
                 rx.feed(decode(raw))
             rx.finish()
@@ -153,6 +157,9 @@ class StageBoard:
         finally:
             if rx is not None:
                 rx.abort()
+            if key is not None:
+                with self.cond:
+                    self.streaming.pop(hid, None)
         if key is not None:      # an expected holder's stream failed: it is dropped for this stage (S6),
             with self.cond:      # so the stage need not wait for its deadline on its account
                 if (self.round, self.stage) == key:
@@ -214,8 +221,12 @@ class StageBoard:
             replies, done, s = dict(self.replies), set(self.done), self.stage
             self.outbox = {k: v for k, v in self.outbox.items() if k[1] > s}
             self.stage, self.expect, self._sink = -1, set(), None
+            late = list(self.streaming.values())
             self.cond.notify_all()
-            return replies, done
+        for context in late:   # a stream still open past the deadline (even a stalled one) is cancelled: its
+            if context is not None:   # buffer or fold is undone now, not when the holder gives up
+                context.cancel()
+        return replies, done
 
     def end_round(self, r: int) -> None:
         with self.cond:
