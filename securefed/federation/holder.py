@@ -119,6 +119,9 @@ class Holder:
         if self.welcomed is not None:
             if w.run_id != self.welcomed.run_id:
                 raise PolicyRefused("the coordinator now runs a different run id")
+            if replace(w, next_round=self.welcomed.next_round) != self.welcomed:
+                # a reconnect must not smuggle in settings the floors were never checked against (H1)
+                raise PolicyRefused("the coordinator changed the run's settings since this holder joined")
             self.welcomed = w
             return
         pol = self.cfg.policy
@@ -137,15 +140,19 @@ class Holder:
         if data.tokenizer_sha256 != w.tokenizer_sha256:
             raise PolicyRefused("the run's tokenizer differs from this holder's (tokenizer hash mismatch)")
         self.welcomed = w
-        self._build_trainer(w, data)
-        self.budget = HolderBudget(self.state_dir / "ledger.jsonl", holder_id=self.id, cap=pol.epsilon_cap,
-                                   delta=pol.delta, run_id=w.run_id.hex())
-        self._load_state()
-        if w.aggregation == "ckks+secagg":
-            self.ckks = HolderRole(HolderSecrets(self.id, self.identity), w.ckks)
-            from securefed.ckks.routing import plan_routes
+        try:
+            self._build_trainer(w, data)
+            self.budget = HolderBudget(self.state_dir / "ledger.jsonl", holder_id=self.id, cap=pol.epsilon_cap,
+                                       delta=pol.delta, run_id=w.run_id.hex())
+            self._load_state()
+            if w.aggregation == "ckks+secagg":
+                self.ckks = HolderRole(HolderSecrets(self.id, self.identity), w.ckks)
+                from securefed.ckks.routing import plan_routes
 
-            self._route_plan = plan_routes(self._layout, w.ckks)
+                self._route_plan = plan_routes(self._layout, w.ckks)
+        except BaseException:   # H1: a refused welcome leaves a holder that answers nothing, not a half-joined one
+            self.welcomed, self.budget, self.trainer, self.ckks, self.next_round = None, None, None, None, 1
+            raise
         log.info("holder %d joined run %s (next round %d)", self.id, w.run_id.hex(), self.next_round)
 
     def prepare_data(self):
