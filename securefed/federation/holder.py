@@ -300,8 +300,10 @@ class Holder:
             return f"the plan's ring ({spec.ring_bits} bits) differs from the secure-aggregation ring"
         if PRIVACY_ORDER[spec.mode] < PRIVACY_ORDER[pol.privacy_mode]:
             return f"privacy mode {spec.mode!r} is below this holder's floor {pol.privacy_mode!r}"
-        if spec.mode != "none" and spec.noise_multiplier < pol.min_noise_multiplier:
-            return f"noise multiplier {spec.noise_multiplier:.4g} is below this holder's floor {pol.min_noise_multiplier}"
+        # distributed: the noise this holder adds follows z_Δ (data_noise_multiplier), not the announced σ
+        sigma = min(spec.noise_multiplier, spec.data_noise_multiplier) if spec.mode == "distributed" else spec.noise_multiplier
+        if spec.mode != "none" and sigma < pol.min_noise_multiplier:
+            return f"noise multiplier {sigma:.4g} is below this holder's floor {pol.min_noise_multiplier}"
         if n < pol.min_cohort or (w.aggregation != "plain" and n < 3):
             return f"a cohort of {n} holders is below this holder's minimum of {max(pol.min_cohort, 3)}"
         if spec.mode != "none" and not self.budget.adopt_delta(spec.delta):
