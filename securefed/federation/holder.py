@@ -312,10 +312,7 @@ class Holder:
         if spec.mode == "none":
             return None if pol.epsilon_cap is None else "mode none: epsilon would be infinite, above this holder's cap"
         ok, proj = self.budget.admits(spec, min_survivors=t_min)
-        if not ok:
-            return (f"joining would take this holder to epsilon {proj:.4g} (at delta {spec.delta:.3g}, assuming only "
-                    f"{spec.min_survivors(t_min)} survivors), above its cap {pol.epsilon_cap}")
-        return None
+        return None if ok else _over_cap("joining", proj, spec, t_min, pol.epsilon_cap)
 
     def _on_model(self, rs: _Round, payload: bytes) -> None:
         import torch
@@ -408,6 +405,12 @@ class Holder:
         if not rs.answered:
             w = self.welcomed
             t_min = w.secagg.thresholds(cohort_size).min_survivors if w.aggregation != "plain" and cohort_size >= 3 else None
+            # H3 again: the cap was checked for the plan's cohort; this cohort may be smaller (fewer noise shares)
+            ok, proj = self.budget.admits(rs.spec, min_survivors=t_min) if rs.spec.mode != "none" else (True, 0.0)
+            if not ok:
+                why = _over_cap(f"releasing to a cohort of {cohort_size}", proj, rs.spec, t_min, self.cfg.policy.epsilon_cap)
+                self.budget.refuse(rs.spec.round, why, rs.spec)
+                raise ValueError(why)
             self.budget.release(rs.spec, min_survivors=t_min)
         rs.answered.add(stage)
 
@@ -487,6 +490,11 @@ class Holder:
         if isinstance(req, UnmaskRequest) and Stage.SECAGG_MASKED in rs.answered:
             self.budget.settle(rs.spec, survivors=len(req.alive))   # H8
         return reply
+
+
+def _over_cap(what: str, proj: float, spec: RoundSpec, t_min: int | None, cap: float | None) -> str:
+    return (f"{what} would take this holder to epsilon {proj:.4g} (at delta {spec.delta:.3g}, assuming only "
+            f"{spec.min_survivors(t_min)} survivors), above its cap {cap}")
 
 
 def _check_floor(cfg: SecAggConfig, floor: SecAggConfig, n: int, *, min_cohort: int) -> None:
