@@ -43,13 +43,13 @@ from securefed.ckks.messages import encode as ckks_encode
 from securefed.federation.holder_config import PRIVACY_ORDER, HolderConfig
 from securefed.federation.messages import (CkksAdverts, CkksKeys, CkksRotate, CkksShare, CkksUploadRequest, Decision,
                                            MessageError, Offer, Plan, Ready, Welcome, decode_as, encode)
-from securefed.federation.stages import Stage
+from securefed.federation.stages import SECAGG_STAGES, Stage
 from securefed.primitives.keys import IdentityKey
 from securefed.privacy.clipping import l2_clip
 from securefed.privacy.remote import HolderBudget, RoundSpec, spec_encode
 from securefed.runtime.parties import EntropyFactory
 from securefed.runtime.rundir import atomic_write_text
-from securefed.secagg import Roster, SecAggAborted, SecAggClient, SecAggConfig
+from securefed.secagg import Roster, SecAggAborted, SecAggClient, SecAggConfig, UnexpectedMessage
 from securefed.secagg import decode as secagg_decode
 from securefed.secagg.messages import RoundStart, UnmaskRequest
 
@@ -235,9 +235,10 @@ class Holder:
             return getattr(self, "_on_" + stage.name.lower())(rs, payload)
         except (ValueError, SecAggAborted) as e:   # every codec/MUST-rule error of the stack is a ValueError
             log.warning("holder %d: round %d stage %s refused: %s", self.id, round_index, stage.name, e)
-            if stage in (Stage.SECAGG_START, Stage.SECAGG_SHARES, Stage.SECAGG_MASKED, Stage.SECAGG_CONSISTENCY,
-                         Stage.SECAGG_UNMASK):
+            if stage in SECAGG_STAGES and not isinstance(e, UnexpectedMessage):
                 rs.secagg = None       # an aborted secagg client has erased its secrets (C10)
+            # UnexpectedMessage (a repeated or out-of-order stage message) leaves the client as it was: it
+            # still answers the next stage once, instead of dropping out of a round it already released in
             return None
 
     def end_round(self, round_index: int) -> None:
@@ -257,8 +258,6 @@ class Holder:
         rng = np.random.default_rng([self.cfg.secret_seed, r, self.id, 7])
         if rng.random() >= self.cfg.dropout_rate:
             return False
-        from securefed.federation.stages import SECAGG_STAGES
-
         return stage >= SECAGG_STAGES[int(rng.integers(len(SECAGG_STAGES)))]
 
     def _refuse(self, r: int, reason: str, spec: RoundSpec | None) -> bytes:
