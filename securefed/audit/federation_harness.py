@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from securefed.federation.holder import Holder
 from securefed.federation.inproc import InProcChannel
 from securefed.federation.stages import Stage
 
-__all__ = ["TINY", "Exchange", "ScriptedChannel", "Federation", "tiny_federation", "holder_ledger"]
+__all__ = ["TINY", "Exchange", "ScriptedChannel", "Federation", "tiny_federation", "holder_ledger", "one_torch_thread"]
 
 log = logging.getLogger("securefed.audit")
 
@@ -34,6 +35,19 @@ TINY = ("data.max_sources=4", "data.max_bytes_per_source=30000", "data.vocab_siz
         "train.local_steps=2", "train.batch_size=4", "train.warmup_steps=1", "train.eval_batch_size=64",
         "federation.rounds=3", "federation.eval_every=100", "federation.weighting=uniform", "baseline=false",
         "deterministic_secrets=true")
+
+
+@contextmanager
+def one_torch_thread():
+    """The tiny model on shared cores: more torch threads only contend (several times slower when loaded)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @dataclass
