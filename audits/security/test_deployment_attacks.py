@@ -1,15 +1,20 @@
-"""SEC-11 / SEC-12: deployment configuration attacks (securefed/audit/deployment_attacks.py).
+"""Attacks on a deployment: SEC-11 / SEC-12 (securefed/audit/deployment_attacks.py) and the release-twice
+attacks SEC-13..15 (securefed/audit/release_attacks.py, protocols/federation.md §5).
 
-Both were found VULNERABLE by the first audit run (2026-11-29) and fixed: holders enforce their own
-secure-aggregation floor (now federation/holder.py: the Welcome against HolderPolicy, H1, and every
-RoundStart against it, H6 ``_check_floor``) and checkpoints load with torch.load(weights_only=True)
-(Coordinator._restore, Holder._load_state).
+SEC-11 and SEC-12 were found VULNERABLE by the first audit run (2026-11-29) and fixed: holders enforce
+their own secure-aggregation floor (now federation/holder.py: the Welcome against HolderPolicy, H1, and
+every RoundStart against it, H6 ``_check_floor``) and checkpoints load with torch.load(weights_only=True)
+(Coordinator._restore, Holder._load_state). SEC-13 and SEC-14 run against the real roles and are stopped
+by H7 and H9; SEC-15 (another key holder decrypts a second sum of the round) was found VULNERABLE in
+this review and is open (the fix needs a protocol change, see its finding).
 """
 
 import pytest
 
-from securefed.audit import MITIGATED
+from securefed.audit import MITIGATED, VULNERABLE
 from securefed.audit import deployment_attacks as da
+from securefed.audit import release_attacks as ra
+from securefed.audit.suite import SCENARIOS
 from securefed.federation.holder import _check_floor
 from securefed.secagg import SecAggConfig
 
@@ -54,3 +59,45 @@ def test_resume_does_not_unpickle_arbitrary_objects():
     assert not any(f.evidence["payload_executed"].values())
     assert not f.evidence["unsafe_load_sites"]
     assert f.verdict == MITIGATED
+
+
+EXPECTED = {s.id: s.expected for s in SCENARIOS}
+
+
+def test_a_rerun_of_a_released_round_gets_no_second_masked_input():
+    f = ra.coordinator_reruns_round()
+    ev = f.evidence
+    assert ev["round_1_survivors"] == 4 and ev["holder_1_unmask_reply_ignored"]
+    assert {h: d["accept"] for h, d in ev["second_offer_decisions"].items()} == {"1": False, "2": False, "3": False}
+    assert all(d["reason"] == "round 1 was already taken part in (next round 2)"
+               for d in ev["second_offer_decisions"].values())
+    assert ev["second_masked_inputs"] == 0 and ev["second_attempt_replies_by_stage"]["SECAGG_START"] == []
+    assert ev["second_attempt_trained"] == {"1": 0, "2": 0, "3": 0}
+    assert ev["second_secure_sum"].startswith("aborted")
+    assert ev["released_entries_round_1"] == {"1": 1, "2": 1, "3": 1, "4": 1}
+    assert ev["holder_ledgers_round_1"]["1"] == [["released", 1], ["settled", 1], ["refused", 1]]
+    # what H7 prevents: the two sums differ by exactly holder 4's update (quantization error only)
+    assert ev["without_h7"]["cosine(sum_1234 - sum_123, delta_4)"] > 0.999999
+    assert ev["without_h7"]["relative_error"] < 1e-3
+    assert f.verdict == MITIGATED == EXPECTED["SEC-13"]
+
+
+def test_the_decryptor_releases_one_sum_per_round_and_only_of_its_round():
+    f = ra.decryptor_asked_for_several_sums()
+    ev = f.evidence
+    assert ev["decryptors"] == [1, 1] and ev["key_generations"][0] == ev["key_generations"][1]
+    assert ev["honest_rounds_survivors"] == [4, 4]
+    assert not any(ev["extra_requests_answered"].values()) and len(ev["extra_requests_answered"]) == 5
+    assert ev["sums_released_per_holder"] == {"1": 2, "2": 0, "3": 0, "4": 0}          # one per round
+    assert ev["without_h9"]["max|sum_all - sum_subset - x_4|"] < 1e-6                  # what D4 prevents
+    assert f.verdict == MITIGATED == EXPECTED["SEC-14"]
+
+
+def test_another_key_holder_decrypts_a_second_sum_of_the_round():
+    """Open finding: D4 is per holder, the secret key is shared by all key holders."""
+    f = ra.key_holders_each_asked_for_one_sum()
+    ev = f.evidence
+    assert (ev["decryptor"], ev["second_key_holder_asked"], ev["round_survivors"]) == (1, 2, 4)
+    assert ev["second_key_holder_decrypted"] is True
+    assert ev["max|sum_all - sum_without_1 - x_1|"] < 1e-6 and ev["cosine(difference, x_1)"] > 0.999999
+    assert f.verdict == VULNERABLE == EXPECTED["SEC-15"] and "min(that cohort)" in f.fix
