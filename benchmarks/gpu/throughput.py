@@ -1,20 +1,27 @@
-"""(a) Local-trainer throughput and MFU vs a plain PyTorch loop, same model / batch / seq len.
+"""(a) Trainer throughput / MFU vs a plain PyTorch loop, same model / batch / seq len, one process.
 
-Both sides: the Llama-style preset from securefed.training.models (SDPA attention), bf16 autocast,
-fused AdamW (betas 0.9/0.95, wd 0.1), gradient-norm clip 1.0, random token ids (throughput does not
-depend on the text). "ours" is HolderTrainer.train_round on Lightning Fabric (bf16-mixed), timed over
-one round of K steps *including* the per-round θ load (set_flat) and Δ computation (get_flat); the
-steady-state column subtracts that per-round flat-copy time, measured separately.
+A case is ``preset:batch:loop:fused:compile:sdpa:K[:seq]`` (seq: default --seq):
+  loop     plain   — a plain loop: bf16 autocast, fused AdamW (0.9/0.95, wd 0.1), grad-norm clip 1.0
+           trainer — HolderTrainer.train_round on Lightning Fabric (bf16-mixed), ONE round of K steps,
+                     timed whole: θ_global in (host->device, set_flat), K steps, Δ formed on the device
+                     and copied out into pinned memory
+  fused    off | all | head   Liger kernels (securefed.training.fused; 'all' = loss + blocks)
+  compile  none | blocks | model   regional compile of the decoder layers, or the whole model
+  sdpa     auto | cudnn       attention kernel preference
+  K        timed steps (after 3 warm-up steps / a 3-step warm-up round, which include compilation)
+Model: the Llama-style preset (securefed.training.models, SDPA attention), vocab 32768, seq 2048,
+random token ids (throughput does not depend on the text).
 
-FLOPs per token (reported both ways):
-    6·N                    N = parameters doing matmuls (lm_head counted, input embedding not)
-    6·N + 12·L·d·T         + attention scores and values (QKᵀ and AV, fwd+bwd, no causal discount)
-MFU = FLOPs/token · tokens/s / 989e12 (H200 dense bf16 peak).
+MFU = tokens/s · (6·N_matmul + 12·L·d·T) / 989e12  (N_matmul: parameters in matmuls, the LM head
+included, the input embedding not; 12·L·d·T: attention scores and values, fwd+bwd, no causal
+discount; 989e12: H100/H200 dense bf16 peak). ``mfu_6n`` omits the attention term.
 
-    python benchmarks/gpu/throughput.py --out results.jsonl --cases 125m:32,350m:16,1.3b:8 --modes eager,compile
+    python benchmarks/gpu/throughput.py --out tp.jsonl \\
+        --cases 125m:32:plain:off:none:auto:20,125m:64:trainer:head:blocks:auto:64
 
-Each measurement is appended to --out as one JSON line as soon as it is done (resumable: cases already
-in the file are skipped); --deadline stops starting new cases after that many seconds.
+Each measurement is appended to --out as one JSON line when done (rerun skips cases already there);
+--deadline (seconds) stops starting new cases; a failing case is recorded and the rest go on.
+The last lines printed are a table and every trainer/plain pair's ratio (same case but the loop).
 """
 
 from __future__ import annotations
@@ -27,10 +34,6 @@ from pathlib import Path
 
 import torch
 
-from securefed.training.flat import get_flat, set_flat
-from securefed.training.models import build_model, get_preset
-from securefed.training.trainer import LocalTrainer, TrainConfig
-
 PEAK_BF16 = 989e12
 
 
@@ -42,25 +45,54 @@ def matmul_params(model: torch.nn.Module) -> int:
 
 
 def flops_per_token(n_matmul: int, preset: str, seq: int) -> tuple[float, float]:
+    from securefed.training.models import get_preset
+
     p = get_preset(preset)
     return 6.0 * n_matmul, 6.0 * n_matmul + 12.0 * p.n_layers * p.d_model * seq
 
 
-def _sync() -> None:
-    torch.cuda.synchronize()
+def parse_case(text: str, seq: int = 2048) -> dict:
+    parts = text.split(":")
+    preset, batch, loop, fused, compile_, sdpa, k = parts[:7]
+    assert loop in ("plain", "trainer") and fused in ("off", "all", "head")
+    assert compile_ in ("none", "blocks", "model") and sdpa in ("auto", "cudnn")
+    seq = int(parts[7]) if len(parts) > 7 else seq
+    return dict(preset=preset, batch=int(batch), loop=loop, fused=fused, compile=compile_, sdpa=sdpa, k=int(k), seq=seq)
 
 
-def plain(preset: str, batch: int, seq: int, vocab: int, steps: int, warmup: int, compile_: bool, data) -> dict:
+def case_key(c: dict) -> str:
+    return ":".join(str(c[k]) for k in ("preset", "batch", "loop", "fused", "compile", "sdpa", "k", "seq"))
+
+
+def _model(preset: str, vocab: int, seq: int):
+    from securefed.training.models import build_model
+
     with torch.device("cuda"):  # initialise on the GPU: a 1.3B CPU init costs more than the timing
-        model = build_model(preset, vocab_size=vocab, seq_len=seq, seed=0)
-    fwd = torch.compile(model) if compile_ else model
+        return build_model(preset, vocab_size=vocab, seq_len=seq, seed=0)
+
+
+def run_plain(c: dict, seq: int, vocab: int, warmup: int, data: torch.Tensor) -> dict:
+    from securefed.training import fused
+
+    model = _model(c["preset"], vocab, seq)
+    if c["fused"] != "off":
+        fused.apply_liger(model, blocks=c["fused"] == "all")
+    fwd = model
+    if c["compile"] == "blocks":
+        fused.compile_blocks(model)
+    elif c["compile"] == "model":
+        fwd = torch.compile(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    b = c["batch"]
+    pinned = data.pin_memory()
 
     def step(i: int) -> None:
-        x = data[(i * batch) % (data.shape[0] - batch):][:batch].cuda(non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fwd(input_ids=x, labels=x).loss
-        loss.backward()
+        j = (i * b) % (data.shape[0] - b + 1)
+        x = pinned[j : j + b].to("cuda", non_blocking=True)
+        with fused.sdpa_context(c["sdpa"]):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = fwd(input_ids=x, labels=x).loss
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -68,95 +100,121 @@ def plain(preset: str, batch: int, seq: int, vocab: int, steps: int, warmup: int
     t0 = time.perf_counter()
     for i in range(warmup):
         step(i)
-    _sync()
+    torch.cuda.synchronize()
     t_warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for i in range(steps):
+    for i in range(c["k"]):
         step(i)
-    _sync()
+    torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    n = matmul_params(model)
-    del model, fwd, opt
-    return {"tokens_per_s": steps * batch * seq / dt, "seconds": dt, "warmup_seconds": t_warm, "n_matmul": n}
+    return {"seconds": dt, "warmup_seconds": t_warm, "n_matmul": matmul_params(model)}
 
 
-def ours(preset: str, batch: int, seq: int, vocab: int, steps: int, warmup: int, compile_: bool, data) -> dict:
-    with torch.device("cuda"):
-        model = build_model(preset, vocab_size=vocab, seq_len=seq, seed=0)
-    cfg = TrainConfig(local_steps=steps, batch_size=batch, warmup_steps=0, lr=1e-4, compile=compile_)
+def run_trainer(c: dict, seq: int, vocab: int, warmup: int, data: torch.Tensor) -> dict:
+    from securefed.training.flat import get_flat
+    from securefed.training.trainer import LocalTrainer, TrainConfig
+
+    model = _model(c["preset"], vocab, seq)
+    cfg = TrainConfig(local_steps=c["k"], batch_size=c["batch"], warmup_steps=0, lr=1e-4,
+                      compile=c["compile"] != "none", compile_scope="model" if c["compile"] == "model" else "blocks",
+                      fused=c["fused"], sdpa_backend=c["sdpa"])
     trainer = LocalTrainer(model, cfg)
     holder = trainer.new_holder(1, data, seed=0, total_steps=10**6)
     theta = get_flat(trainer.raw_model)
-    t0 = time.perf_counter()
-    holder.local_steps = warmup
-    holder.train_round(theta)
-    _sync()
-    t_warm = time.perf_counter() - t0
-    holder.local_steps = steps
-    t0 = time.perf_counter()
-    holder.train_round(theta)
-    _sync()
-    dt = time.perf_counter() - t0
-    # the per-round flat copies alone (θ in, θ out), what a round costs besides its K steps
-    t0 = time.perf_counter()
-    set_flat(trainer.raw_model, theta)
-    get_flat(trainer.raw_model)
-    _sync()
-    t_flat = time.perf_counter() - t0
-    n = matmul_params(trainer.raw_model)
-    del trainer, holder, model
-    return {"n_matmul": n, "tokens_per_s": steps * batch * seq / dt, "seconds": dt, "warmup_seconds": t_warm,
-            "flat_copy_seconds": t_flat, "steady_tokens_per_s": steps * batch * seq / max(dt - t_flat, 1e-9)}
+
+    def round_(k: int):
+        holder.local_steps = k
+        t0 = time.perf_counter()
+        upd = holder.train_round(theta)      # θ in, k steps, Δ out (pinned): one federated round
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0, upd
+
+    t_warm, upd = round_(warmup)             # compiles, allocates the pinned Δ buffer (cached after)
+    del upd
+    t_small, upd = round_(2)                 # the round's fixed cost = t_small − 2 steps
+    del upd
+    dt, upd = round_(c["k"])
+    assert upd.delta.is_pinned() and torch.isfinite(upd.delta).all()
+    per_step = (dt - t_small) / (c["k"] - 2)
+    return {"seconds": dt, "warmup_seconds": t_warm, "n_matmul": matmul_params(trainer.raw_model),
+            "fused_used": trainer.fused, "compiled_used": trainer.compiled, "params": int(theta.numel()),
+            "mean_loss": upd.mean_loss, "step_seconds": per_step, "round_io_seconds": t_small - 2 * per_step}
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'case':48s} {'tok/s':>9s} {'MFU':>6s} {'round':>9s} {'io s':>5s} {'GiB':>5s}"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['case']:48s} ERROR {r['error'][:70]}")
+        else:
+            lines.append(f"{r['case']:48s} {r['tokens_per_s']:9.0f} {100 * r['mfu']:5.1f}% {r['round_tokens_per_s']:9.0f} "
+                         f"{r.get('round_io_seconds', 0):5.2f} {r['peak_mem_gib']:5.1f}")
+    by = {r["case"]: r for r in rows if "error" not in r}
+    for key, r in by.items():
+        c = parse_case(key)
+        if c["loop"] == "trainer":
+            other = case_key(dict(c, loop="plain"))
+            if other in by:
+                lines.append(f"round/plain {key}: {r['round_tokens_per_s'] / by[other]['tokens_per_s']:.3f} "
+                             f"(steady {r['tokens_per_s'] / by[other]['tokens_per_s']:.3f})")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default="125m:32,1.3b:8,350m:16", help="preset:batch,...")
-    ap.add_argument("--modes", default="eager,compile")
+    ap.add_argument("--cases", required=True, help="comma-separated preset:batch:loop:fused:compile:sdpa:K")
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--vocab", type=int, default=32768)
-    ap.add_argument("--steps", type=int, default=0, help="timed steps (0: 20 / 15 / 10 by size)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds; start no new case after it")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     t_start = time.perf_counter()
     out = Path(args.out)
-    done = set()
-    if out.exists():
-        for line in out.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["preset"], r["batch"], r["mode"], r["loop"]))
+    rows = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+    done = {r["case"] for r in rows}
+    try:
+        import liger_kernel
+        liger_version = getattr(liger_kernel, "__version__", None)
+        if liger_version is None:
+            from importlib.metadata import version
+            liger_version = version("liger-kernel")
+    except Exception:
+        liger_version = None
     gen = torch.Generator().manual_seed(0)
-    for case in args.cases.split(","):
-        preset, batch = case.split(":")
-        batch = int(batch)
-        steps = args.steps or {"125m": 20, "350m": 15}.get(preset, 10)
-        data = torch.randint(0, args.vocab, (4 * batch, args.seq), generator=gen)
-        for mode in args.modes.split(","):
-            for loop, fn in (("plain", plain), ("securefed", ours)):
-                if (preset, batch, mode, loop) in done:
-                    continue
-                if time.perf_counter() - t_start > args.deadline:
-                    print(f"deadline: skipping {preset} {mode} {loop}", flush=True)
-                    continue
-                torch.cuda.reset_peak_memory_stats()
-                try:
-                    r = fn(preset, batch, args.seq, args.vocab, steps, args.warmup, mode == "compile", data)
-                except Exception as e:  # record and go on: one failing case must not lose the others
-                    r = {"error": f"{type(e).__name__}: {e}"[:500]}
-                r.update(preset=preset, batch=batch, seq=args.seq, vocab=args.vocab, mode=mode, loop=loop,
-                         steps=steps, peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30,
-                         device=torch.cuda.get_device_name(), torch=torch.__version__)
-                if "n_matmul" in r:
-                    f6, fattn = flops_per_token(r["n_matmul"], preset, args.seq)
-                    r.update(mfu_6n=f6 * r["tokens_per_s"] / PEAK_BF16, mfu_6n_attn=fattn * r["tokens_per_s"] / PEAK_BF16)
-                with out.open("a") as fh:
-                    fh.write(json.dumps(r) + "\n")
-                print(json.dumps(r), flush=True)
-                gc.collect()
-                torch.cuda.empty_cache()
-                torch._dynamo.reset()
+    for text in args.cases.split(","):
+        c = parse_case(text, args.seq)
+        seq = c["seq"]
+        key = case_key(c)
+        if key in done:
+            continue
+        if time.perf_counter() - t_start > args.deadline:
+            print(f"deadline: skipping {key}", flush=True)
+            continue
+        data = torch.randint(0, args.vocab, (4 * c["batch"], seq), generator=gen)
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            r = (run_trainer if c["loop"] == "trainer" else run_plain)(c, seq, args.vocab, args.warmup, data)
+            tok = c["batch"] * seq
+            f6, fattn = flops_per_token(r["n_matmul"], c["preset"], seq)
+            # steady state: per-step time (the trainer's from two rounds' difference); round: K steps
+            # with θ in and Δ out included (= steady for the plain loop, which has no round)
+            step = r.get("step_seconds", r["seconds"] / c["k"])
+            r.update(tokens_per_s=tok / step, mfu=fattn * tok / step / PEAK_BF16, mfu_6n=f6 * tok / step / PEAK_BF16,
+                     round_tokens_per_s=c["k"] * tok / r["seconds"])
+        except Exception as e:  # record and go on: one failing case must not lose the others
+            r = {"error": f"{type(e).__name__}: {e}"[:800]}
+        r.update(case=key, **c, vocab=args.vocab, peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30,
+                 device=torch.cuda.get_device_name(), torch=torch.__version__, liger=liger_version,
+                 wall_since_start=time.perf_counter() - t_start)
+        rows.append(r)
+        with out.open("a") as fh:
+            fh.write(json.dumps(r) + "\n")
+        print(json.dumps(r), flush=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch._dynamo.reset()
+    print(table(rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from securefed.audit.findings import MITIGATED, RESIDUAL, Finding
 from securefed.audit.harness import CTX, Round, federation
 from securefed.primitives.quantize import RingSpec, dequantize_sum, plan_quantization, quantize
 from securefed.primitives.rng import DeterministicEntropy
+from securefed.privacy.clipping import l2_clip
 from securefed.secagg import SecAggConfig, encode, run_secagg_round
 
 __all__ = ["ring_wrap", "poisoned_update", "disaggregation", "protocol_downgrade"]
@@ -50,7 +51,8 @@ def ring_wrap() -> Finding:
         ev["quantize_refuses_unclipped"] = False
     except ValueError:
         ev["quantize_refuses_unclipped"] = True
-    xs = _unit_vectors(n, dim, 3, clip)
+    # honest holders clip before quantizing (l2_clip leaves the margin float32 rounding needs: quantize allows no slack)
+    xs = {i: l2_clip(x, clip)[0] for i, x in _unit_vectors(n, dim, 3, clip).items()}
     q = {i: quantize(x, plan, DeterministicEntropy.from_int(10 + i)) for i, x in xs.items()}
     honest = dequantize_sum(_secure_sum(q, 32).total, plan)
     ring = RingSpec(32)

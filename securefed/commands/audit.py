@@ -9,10 +9,12 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser("audit", help="attack scenarios + empirical privacy audit -> report (md, html, json)",
                               description="Runs every security scenario (verdict, evidence, threat ids) and the privacy "
-                                          "audit (canary exposure, one-run epsilon lower bound) of a profile.")
+                                          "audit (canary exposure, one-run epsilon lower bound) of a profile. Exit "
+                                          "status: 0 every verdict as expected; 1 a verdict differs from the expected "
+                                          "one (or, with --strict, any scenario is VULNERABLE).")
     p.add_argument("--profile", choices=("quick", "full"), default="quick",
                    help="quick: CI-sized (about a minute); full: the committed example report")
-    p.add_argument("--out", help="report directory (default: audits/reports/<UTC date>/ for full, <UTC date>-quick/ for quick)")
+    p.add_argument("--out", metavar="DIR", help="report directory (default: audits/reports/<UTC date>/ for full, <UTC date>-quick/ for quick)")
     p.add_argument("--security-only", action="store_true", help="skip the privacy audit (seconds)")
     p.add_argument("--strict", action="store_true", help="exit 1 if any scenario is VULNERABLE, even if known")
     p.set_defaults(func=run)

@@ -25,34 +25,46 @@ def _positive_int(text: str) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("corpus", help="build, inspect or tokenize local corpora",
                        description="Build a corpus directory (one subdirectory per source + manifest.json), "
-                                   "inspect a data path, or train a tokenizer on PUBLIC text.")  # fmt: skip
+                                   "inspect a data path, or train a tokenizer on PUBLIC text. Exit status: 0 done; "
+                                   "2 bad input (one message naming the path), nothing half-written.")  # fmt: skip
     actions = p.add_subparsers(dest="corpus_action", metavar="ACTION")
 
-    b = actions.add_parser("build", help="write a corpus directory from the stdlib and/or local paths")
+    b = actions.add_parser("build", help="write a corpus directory from the stdlib and/or local paths",
+                           description="Collect documents per source from the stdlib and/or local paths, apply the "
+                                       "limits, and write OUT/<source>/<file> plus OUT/manifest.json (inputs, limits, "
+                                       "content hash). Written aside and renamed: never half-written.")
     b.add_argument("out", help="directory to create (must be new or empty unless --overwrite)")
     b.add_argument("--from", dest="inputs", action="append", metavar="stdlib|PATH",
                    help="'stdlib' (default) or a directory / .jsonl / .parquet (repeatable), "
                         "e.g. --from /usr/share/doc")  # fmt: skip
-    b.add_argument("--max-sources", type=_positive_int, default=8, help="sources kept per input (default 8)")
+    b.add_argument("--max-sources", type=_positive_int, default=8, metavar="N", help="sources kept per input (default 8)")
     b.add_argument("--all-sources", action="store_true", help="keep every source (no --max-sources limit)")
-    b.add_argument("--max-bytes-per-source", type=_positive_int, default=400_000, help="default 400000")
+    b.add_argument("--max-bytes-per-source", type=_positive_int, default=400_000, metavar="BYTES",
+                   help="whole documents per source up to this many UTF-8 bytes (default 400000); the manifest "
+                        "records the limit")
     b.add_argument("--text-field", default="text", help="JSONL/Parquet text field (default: text)")
     b.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    i = actions.add_parser("inspect", help="print sources, documents, bytes and tokens of a data path")
+    i = actions.add_parser("inspect", help="print sources, documents, bytes and tokens of a data path",
+                           description="A table of sources with documents, bytes, tokens and bytes/token for any "
+                                       "data path a holder could use; for a built corpus, checks its content hash.")
     i.add_argument("path", help="a corpus directory, a directory of text files, a .jsonl or a .parquet")
     i.add_argument("--tokenizer", default="train",
                    help="'train' (public BPE, cached), a tokenizer.json or a saved tokenizer dir")  # fmt: skip
-    i.add_argument("--vocab-size", type=_positive_int, default=4096)
-    i.add_argument("--text-field", default="text")
-    i.add_argument("--cache-dir", help="default: $SECUREFED_CACHE or ~/.cache/securefed")
+    i.add_argument("--vocab-size", type=_positive_int, default=4096, metavar="N",
+                   help="vocabulary of the trained tokenizer (with --tokenizer train; default 4096)")
+    i.add_argument("--text-field", default="text", help="JSONL/Parquet text field (default: text)")
+    i.add_argument("--cache-dir", help="tokenizer cache (default: $SECUREFED_CACHE or ~/.cache/securefed)")
 
-    t = actions.add_parser("tokenizer", help="train a byte-level BPE on PUBLIC text and save it")
+    t = actions.add_parser("tokenizer", help="train a byte-level BPE on PUBLIC text and save it",
+                           description="Train a byte-level BPE on public text only and save it with save_pretrained "
+                                       "(use it with --set data.tokenizer=OUT). Never train it on a holder's data: the "
+                                       "vocabulary lists its training text's frequent strings and is published.")
     t.add_argument("out", help="directory for the saved tokenizer (loadable with AutoTokenizer)")
     t.add_argument("--from", dest="inputs", action="append", metavar="stdlib-modules|PATH",
                    help="public text only (default: the stdlib's single-file modules); never a holder's data")
-    t.add_argument("--vocab-size", type=_positive_int, default=4096)
-    t.add_argument("--text-field", default="text")
+    t.add_argument("--vocab-size", type=_positive_int, default=4096, metavar="N", help="vocabulary size (default 4096)")
+    t.add_argument("--text-field", default="text", help="JSONL/Parquet text field (default: text)")
     p.set_defaults(func=run, corpus_parser=p)
 
 

@@ -14,10 +14,11 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("keygen", help="create a demo PKI (CA, server/holder certificates, identity keys, roster)",
                        description="Writes DIR/ca.pem, DIR/server/, DIR/holders/<id>/ and DIR/roster.yaml with "
-                                   "private files 0600 and directories 0700. Never overwrites existing keys.")
-    p.add_argument("dir", help="output directory (must not exist or be empty)")
-    p.add_argument("--holders", type=int, required=True, help="number of data holders (ids 1..N)")
-    p.add_argument("--server-name", action="append", default=[],
+                                   "private files 0600 and directories 0700. Never overwrites existing keys. "
+                                   "Exit status: 0 written, 2 bad arguments or DIR not empty.")
+    p.add_argument("dir", metavar="DIR", help="output directory (must not exist or be empty)")
+    p.add_argument("--holders", type=int, required=True, metavar="N", help="number of data holders (ids 1..N)")
+    p.add_argument("--server-name", action="append", default=[], metavar="NAME",
                    help="extra DNS name or IP for the server certificate (localhost and 127.0.0.1 are always in)")
     p.add_argument("--holder-configs", metavar="OUTDIR",
                    help="also write a starter holder config per holder (OUTDIR/holder-<id>.yaml) for the demo preset: "

@@ -5,30 +5,55 @@ from __future__ import annotations
 import argparse
 import sys
 
+EPILOG = """exit status:
+  0  report written; the privacy ledger's hash chain verified
+  1  report written, but the privacy ledger is missing or its hash chain is broken (flagged in the report)
+  2  no report written: RUN_DIR does not exist, is not a securefed run, or one of its files is corrupt
+     (the message names the file and line)"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="render the privacy and training report of a run directory",
-                       description="Reads RUN_DIR's config, metrics, summary and privacy ledger (verifying its hash "
-                                   "chain) and writes RUN_DIR/report/{report.json,report.md,report.html,*.png}.")
-    p.add_argument("run_dir", help="a finished or interrupted run directory")
-    p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
+                       description="Reads RUN_DIR's config.yaml, metrics.jsonl, summary.json, baseline/metrics.jsonl "
+                                   "and privacy ledgers (verifying their hash chains) and writes "
+                                   "RUN_DIR/report/{report.json,report.md,report.html,*.png}: the run's facts "
+                                   "(id, date, versions, preset, model, holders, tokens, perplexities), warnings "
+                                   "raised while it ran, the privacy guarantee in plain words, and plots. The report "
+                                   "is built aside and renamed into place: a failure leaves any earlier one intact.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished or interrupted run directory (securefed simulate/server --out)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/report); replaced as a whole")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """0: written and the ledger verified; 1: written, but the ledger is missing or its chain is broken; 2: no run."""
-    from securefed.report import render_report
+    """0: written and every privacy record verified (signatures, chains, anchors, recomputed ε; see
+    `securefed verify`); 1: written, but a record is missing or does not verify (no ε is stated); 2: nothing
+    written (not a run, or a corrupt file: the message names it)."""
+    from securefed.report import ReportInputError, render_report
+    from securefed.runtime.rundir import RunDirError
 
     try:
         rep = render_report(args.run_dir, args.out)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RunDirError, ReportInputError) as e:
         print(f"securefed report: {e}", file=sys.stderr)
         return 2
     out = args.out or f"{args.run_dir}/report"
     print(f"report written to {out}/report.html")
-    if not rep["ledger_ok"]:
-        print(f"securefed report: WARNING: privacy ledger not verified: {rep['ledger_error']}", file=sys.stderr)
+    for w in rep.get("warnings", [])[:3]:
+        print(f"securefed report: WARNING ({w['where']}): {w['warning']}", file=sys.stderr)
+    ver = rep["verification"]
+    if not rep["ledger_ok"] or not ver["ok"]:
+        print(f"securefed report: PRIVACY RECORDS NOT VERIFIED: {rep['ledger_error'] or ver['banner']}", file=sys.stderr)
+        for p in ver["problems"][1:]:
+            print(f"  problem: {p}", file=sys.stderr)
+        print("securefed report: no epsilon is stated for this run", file=sys.stderr)
         return 1
-    eps = rep["facts"]["epsilon"]
-    print(f"privacy: epsilon={eps} delta={rep['facts']['delta']} (ledger verified, head {rep['ledger_head']})")
+    if not ver["signed"]:
+        print(f"securefed report: WARNING: {ver['banner']}", file=sys.stderr)
+    facts = rep["facts"]
+    dp = facts.get("mode") in ("central", "distributed")
+    what = "ledgers verified" if ver["signed"] else "ledgers consistent but unsigned"
+    print(f"privacy: epsilon={facts['epsilon']}" + (f" delta={facts['delta']}" if dp else " (differential privacy off)")
+          + f" ({what}, head {rep['ledger_head']})")
     return 0

@@ -31,14 +31,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Everything up to the heavy import below is torch-free (tests/runtime/test_config_fast.py), so a bad
+    # config, --out or --resume is refused in well under 2 s (benchmarks/firsthour/config_errors.py).
+    from securefed.configio import to_dict
     from securefed.runtime.config import list_presets, load_run_config
-    from securefed.runtime.rundir import default_run_dir
+    from securefed.runtime.metrics_log import check_loggers
+    from securefed.runtime.rundir import RunDirError, check_out_dir, default_run_dir
 
     if args.list_presets:
         print("\n".join(list_presets()))
         return 0
     try:
         cfg = load_run_config(preset=args.preset, config_file=args.config, overrides=args.overrides)
+        check_loggers(cfg.logging)
     except (ConfigError, ValueError) as e:
         print(f"securefed simulate: configuration error: {e}", file=sys.stderr)
         return 2
@@ -49,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
         print("securefed simulate: --resume needs --out RUN_DIR", file=sys.stderr)
         return 2
     out = args.out or str(default_run_dir())
+    try:
+        check_out_dir(out, resume=args.resume, resolved=to_dict(cfg))
+    except RunDirError as e:
+        print(f"securefed simulate: {e}", file=sys.stderr)
+        return 2
     from securefed.federation.simulation import Simulation
 
     try:

@@ -41,13 +41,37 @@ from securefed.runtime.parties import SERVER_PARTY, EntropyFactory
 from securefed.runtime.rundir import RunDir, atomic_torch_save, atomic_write_text
 from securefed.secagg import Roster, SecAggAborted
 
-__all__ = ["Coordinator", "CoordinatorOptions", "StateError", "status_line"]
+__all__ = ["Coordinator", "CoordinatorOptions", "StateError", "PreflightRefused", "privacy_preflight", "status_line"]
 
 log = logging.getLogger("securefed.coordinator")
 
 
 class StateError(RuntimeError):
     """Checkpoint and privacy ledger disagree: refuse to continue (exit 4)."""
+
+
+class PreflightRefused(ValueError):
+    """The pre-flight privacy check finds that this configuration cannot learn (protocols/dp.md §12)."""
+
+
+def privacy_preflight(cfg, *, dim: int, records: int | None):
+    """The pre-flight privacy check of a run (privacy/preflight.py), before anything is trained or written:
+    PreflightError (no guarantee) or PreflightRefused (cannot learn, not forced); else the Preflight."""
+    from securefed.privacy.preflight import RecordLevel, preflight
+
+    fed, t = cfg.federation, cfg.train
+    secure, n = cfg.aggregation.mode != "plain", fed.cohort_size
+    t_min = cfg.aggregation.secagg.thresholds(n).min_survivors if secure and n >= 3 else None
+    rec = None
+    if t.dp_sgd.enabled and records:
+        joins = math.ceil(fed.rounds * n / fed.n_holders)
+        rec = RecordLevel(noise_multiplier=t.dp_sgd.noise_multiplier, max_grad_norm=t.dp_sgd.max_grad_norm,
+                          delta=t.dp_sgd.delta, batch_size=t.batch_size, records=records, steps=t.local_steps * joins)
+    pf = preflight(cfg.privacy, population=fed.n_holders, cohort_size=n, rounds=fed.rounds, dim=dim,
+                   sampling=fed.sampling, min_survivors=t_min, record_level=rec)
+    if not pf.ok:
+        raise PreflightRefused("\n".join(pf.lines()) + "\n(set privacy.force_unlearnable=true to train anyway)")
+    return pf
 
 
 @dataclass(frozen=True)
@@ -60,16 +84,22 @@ class CoordinatorOptions:
 
 
 class Coordinator:
-    def __init__(self, cfg, channel: Channel, run_dir: RunDir, *, data, roster: Roster,
+    def __init__(self, cfg, channel: Channel, run_dir: RunDir, *, data, roster: Roster, identity,
                  options: CoordinatorOptions = CoordinatorOptions(), progress=None, resume: bool = False,
-                 stop_after_round: int | None = None) -> None:
+                 stop_after_round: int | None = None, preflight=None) -> None:
+        """``identity``: the coordinator's Ed25519 key (it signs the privacy ledgers; pki server/identity.key).
+        ``preflight``: the run's pre-flight check (privacy_preflight), written to RUN_DIR/preflight.json."""
         from securefed.training.flat import get_flat, param_layout
         from securefed.training.models import build_model
         from securefed.training.outer import OuterOptimizer
         from securefed.training.trainer import DPSGDConfig, LocalTrainer
 
         self.cfg, self.channel, self.rd, self.data, self.roster = cfg, channel, run_dir, data, roster
-        self.opt, self.progress, self.resume, self.stop_after_round = options, progress, resume, stop_after_round
+        self.identity, self.preflight = identity, preflight
+        from securefed.runtime.progress import Progress
+
+        self.opt, self.resume, self.stop_after_round = options, resume, stop_after_round
+        self.progress = progress if progress is not None else Progress(enabled=False)
         fed = cfg.federation
         self.holder_ids = sorted(roster.keys)
         if len(self.holder_ids) != fed.n_holders:
@@ -82,10 +112,17 @@ class Coordinator:
         self.init_sha256 = model_sha256(theta0.numpy().astype("<f4").tobytes())
         self.outer = OuterOptimizer(theta0, cfg.outer)
         self.entropy = EntropyFactory(seed=cfg.seed, deterministic=cfg.deterministic_secrets)
+        if resume:   # the run id goes into every ledger entry: take it from the checkpoint before the session
+            import torch
+
+            self.run_id = bytes.fromhex(torch.load(self.rd.checkpoint_file, weights_only=True)["run_id"])
+        else:
+            self.run_id = (hashlib.sha256(f"securefed-run|{cfg.seed}".encode()).digest()[:16]
+                           if cfg.deterministic_secrets else os.urandom(16))
         # holders decide on their own caps (protocols/federation.md §5): the server keeps only its own
         self.privacy = PrivacySession(replace(cfg.privacy, holder_epsilon_cap=None), population=fed.n_holders,
                                       cohort_size=fed.cohort_size, rounds_planned=fed.rounds, sampling=fed.sampling,
-                                      ledger_dir=self.rd.privacy)
+                                      ledger_dir=self.rd.privacy, signer=identity, run_id=self.run_id.hex())
         self.sampler = np.random.default_rng(cfg.seed)
         self.ckks = self.route_plan = None
         if cfg.aggregation.mode == "ckks+secagg":
@@ -93,9 +130,8 @@ class Coordinator:
 
             self.route_plan = plan_routes(self.layout, cfg.aggregation.ckks)
             self.ckks = CkksRoute(cfg.aggregation.ckks, roster, ckks_size=self.route_plan.ckks_size)
-        self.run_id = (hashlib.sha256(f"securefed-run|{cfg.seed}".encode()).digest()[:16] if cfg.deterministic_secrets
-                       else os.urandom(16))
-        self.next_round, self.metrics, self.wall = 1, [], 0.0
+        self.next_round, self.metrics, self.wall, self.start_ppl = 1, [], 0.0, None
+        self.model_file: str | None = None
 
     # ------------------------------------------------------------------ per-holder settings
     def _index(self, h: int) -> int:
@@ -123,19 +159,31 @@ class Coordinator:
             batch_size=self.batch_size(h), total_steps=per_holder_rounds * k))
 
     # ------------------------------------------------------------------ checkpoint (§6)
+    def _save_model(self, after_round: int) -> None:
+        """The heavy state (θ and the outer optimizer's buffers: 2·P floats) in its own file, written only
+        every ``federation.checkpoint_every`` rounds; the light checkpoint below names the current one."""
+        name = f"model-{after_round}.pt"
+        atomic_torch_save({"after_round": after_round, "outer": self.outer.state_dict()}, self.rd.checkpoints / name)
+        self.model_file, self._stale_model = name, getattr(self, "model_file", None)
+
     def _checkpoint(self, *, in_flight: int | None = None, pending: dict | None = None) -> None:
-        state = {"version": 3, "run_id": self.run_id.hex(), "next_round": self.next_round, "in_flight": in_flight,
-                 "model_preset": self.cfg.model.preset, "dim": self.dim, "outer": self.outer.state_dict(),
+        """The light checkpoint (protocols/federation.md §6), written before and twice after each round."""
+        state = {"version": 4, "run_id": self.run_id.hex(), "next_round": self.next_round, "in_flight": in_flight,
+                 "model_preset": self.cfg.model.preset, "dim": self.dim, "model_file": self.model_file,
                  "sampler": self.sampler.bit_generator.state, "privacy": self.privacy.state_dict(), "pending": pending,
                  "metrics": self.metrics, "ckks_generation": self.ckks.generation if self.ckks else 0,
-                 "roster": self.roster.to_dict(), "wall": self.wall}
+                 "roster": self.roster.to_dict(), "wall": self.wall, "start_ppl": self.start_ppl}
         atomic_torch_save(state, self.rd.checkpoint_file)
+        stale = getattr(self, "_stale_model", None)
+        if stale and stale != self.model_file:   # the light checkpoint no longer names it
+            (self.rd.checkpoints / stale).unlink(missing_ok=True)
+            self._stale_model = None
 
     def _restore(self) -> None:
         import torch
 
         st = torch.load(self.rd.checkpoint_file, weights_only=True)  # no pickle: a planted checkpoint must not run code
-        if st.get("version") != 3 or st.get("model_preset") != self.cfg.model.preset or st.get("dim") != self.dim:
+        if st.get("version") != 4 or st.get("model_preset") != self.cfg.model.preset or st.get("dim") != self.dim:
             raise StateError(f"checkpoint is for model {st.get('model_preset')!r} with {st.get('dim')} parameters "
                              f"(version {st.get('version')}), not {self.cfg.model.preset!r} with {self.dim}")
         if st.get("roster") != self.roster.to_dict():
@@ -146,8 +194,13 @@ class Coordinator:
         except ValueError as e:           # LedgerError: entries lost or rewritten since the checkpoint
             raise StateError(f"privacy ledger does not match the checkpoint: {e}") from None
         self.run_id, self.next_round = bytes.fromhex(st["run_id"]), int(st["next_round"])
-        self.metrics, self.wall = list(st["metrics"]), float(st.get("wall", 0.0))
-        self.outer.load_state_dict(st["outer"])
+        self.metrics, self.wall, self.start_ppl = list(st["metrics"]), float(st.get("wall", 0.0)), st.get("start_ppl")
+        self.model_file = st["model_file"]
+        heavy = torch.load(self.rd.checkpoints / self.model_file, weights_only=True)
+        self.outer.load_state_dict(heavy["outer"])
+        if heavy["after_round"] < self.next_round - 1:   # checkpoint_every > 1: rounds since are in the ledger
+            log.warning("the model resumes from round %d: rounds %d-%d were accounted, their updates are lost",
+                        heavy["after_round"], heavy["after_round"] + 1, self.next_round - 1)
         self.sampler.bit_generator.state = st["sampler"]
         if self.ckks:
             self.ckks.generation = int(st["ckks_generation"])
@@ -178,6 +231,9 @@ class Coordinator:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
+        from securefed.runtime.health import RunHealth
+        from securefed.runtime.metrics_log import MetricsLog
+
         rd, fed = self.rd, self.cfg.federation
         if self.resume:
             self._restore()
@@ -188,34 +244,51 @@ class Coordinator:
             if self.route_plan is not None:
                 atomic_write_text(rd.root / "ckks_plan.txt", self.route_plan.to_text())
                 atomic_write_text(rd.root / "ckks_plan.json", self.route_plan.dumps_json())
+            # the public keys a verifier checks the signed ledgers with (protocols/dp.md §7)
+            rd.write_json(rd.privacy / "keys.json", {"version": 1, "coordinator": self.identity.public_bytes.hex(),
+                                                    "holders": {str(h): k.hex() for h, k in sorted(self.roster.keys.items())}})
+            if self.preflight is not None:
+                rd.write_json(rd.root / "preflight.json", self.preflight.to_dict())
+                for line in self.preflight.lines():
+                    self._say(line)
+            if self.data.eval_rows is not None:   # the untrained model's perplexity: a health baseline
+                self.start_ppl = self.evaluate()["eval_ppl"]
+            self._save_model(0)
             self._checkpoint()
+        self.log = MetricsLog.open(rd, self.cfg.logging, resume_round=self.next_round if self.resume else None)
+        self.health = RunHealth(unigram_ppl=self.data.unigram_eval_ppl, start_ppl=self.start_ppl,
+                                rounds_planned=fed.rounds)
+        for row in self.metrics:      # rebuild the checker's memory of earlier rounds
+            self.health.check(row)
         self.channel.open(welcome_for=self.welcome_for, run_id=self.run_id)
         aborted_in_a_row = 0
-        rounds = range(self.next_round, fed.rounds + 1)
-        for r in (self.progress.iter(rounds, "federated rounds") if self.progress else rounds):
-            t0 = time.perf_counter()
-            try:
-                row = self.run_round(r)
-            except BudgetExhausted as e:
-                self._say(f"stopping: {e}")
-                break
-            self.wall += time.perf_counter() - t0
-            if row is None:
-                self.exit_reason = "too_few"
-                break
-            aborted_in_a_row = aborted_in_a_row + 1 if row.get("aborted") else 0
-            if self.opt.max_aborted_rounds and aborted_in_a_row >= self.opt.max_aborted_rounds:
-                self.exit_reason = "too_few"
-                self._say(f"stopping: {aborted_in_a_row} rounds in a row aborted")
-                break
-            if self.stop_after_round is not None and r >= self.stop_after_round:
-                return {"stopped_after_round": r}
+        with self.progress.phase("rounds", total=fed.rounds - self.next_round + 1, label="federated rounds") as phase:
+            for r in range(self.next_round, fed.rounds + 1):
+                t0 = time.perf_counter()
+                try:
+                    row = self.run_round(r)
+                except BudgetExhausted as e:
+                    self._say(f"stopping: {e}")
+                    break
+                self.wall += time.perf_counter() - t0
+                phase.advance()
+                if row is None:
+                    self.exit_reason = "too_few"
+                    break
+                aborted_in_a_row = aborted_in_a_row + 1 if row.get("aborted") else 0
+                if self.opt.max_aborted_rounds and aborted_in_a_row >= self.opt.max_aborted_rounds:
+                    self.exit_reason = "too_few"
+                    self._say(f"stopping: {aborted_in_a_row} rounds in a row aborted")
+                    break
+                if self.stop_after_round is not None and r >= self.stop_after_round:
+                    self.log.close()
+                    return {"stopped_after_round": r}
+        self.log.close()
         return self.finish()
 
     def _say(self, msg: str) -> None:
         log.info(msg)
-        if self.progress is not None:
-            self.progress.print(msg)
+        self.progress.print(msg)
 
     def sample_cohort(self, available: list[int]) -> list[int]:
         fed, ids = self.cfg.federation, sorted(available)
@@ -318,16 +391,22 @@ class Coordinator:
         row["stage_seconds"] = clock.laps
         pending = {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": survivors, "refused": refused,
                    "min_survivors": t_min, "clipped": {str(h): bool(c) for h, c in clipped.items()}}
+        row["warnings"] = self.health.check(row)   # [] when all is well: the report knows they were checked
         self.metrics.append(row)
         self.next_round = r + 1
+        every = fed.checkpoint_every
+        if result is not None and (r % every == 0 or r == fed.rounds or r == self.stop_after_round):
+            self._save_model(r)
         self._checkpoint(pending=pending)          # WAL: the round's accounting is in the checkpoint first
         entry = rp.finish(survivors=survivors, clip_infos={h: ClipInfo(0.0, bool(c)) for h, c in clipped.items()})
         if cfg.privacy.mode != "none":
             row.update(epsilon=entry.get("epsilon"), delta=entry.get("delta"))
-        self.rd.write_jsonl(self.rd.metrics, self.metrics)
+        self.log.append(row)
         self._checkpoint()
         self.channel.end_round(r)
         self._say(status_line(row, fed.rounds))
+        for w in row["warnings"]:
+            self._say(f"[bold red]WARNING round {r}: {w}[/]")
         return row
 
     def _tokens_so_far(self) -> int:
@@ -389,8 +468,9 @@ class Coordinator:
         from securefed.runtime.export import export_model
         from securefed.training.flat import set_flat
 
-        set_flat(self.evaluator.raw_model, self.outer.params)
-        export_model(self.evaluator.raw_model, self.data.tokenizer, self.rd.model)
+        with self.progress.phase("export", label="exporting the model"):
+            set_flat(self.evaluator.raw_model, self.outer.params)
+            export_model(self.evaluator.raw_model, self.data.tokenizer, self.rd.model)
         done = [m for m in self.metrics if not m.get("aborted")]
         evals = [m for m in self.metrics if "eval_ppl" in m]
         eps, delta = self.privacy.epsilon_spent()
@@ -403,7 +483,9 @@ class Coordinator:
             "unigram_eval_ppl": self.data.unigram_eval_ppl, "privacy_mode": self.cfg.privacy.mode,
             "run_id": self.run_id.hex(), "deployment": self.opt.deployment, "backend": self.opt.backend,
             "holders": self.cfg.federation.n_holders, "model_sha256": _file_sha256(self.rd.model / "model.safetensors"),
-            "ledger_head": self.privacy.ledger.head,
+            "ledger_head": self.privacy.ledger.head, "ledger_entries": len(self.privacy.ledger.entries),
+            "start_eval_ppl": self.start_ppl,
+            "phase_seconds": dict(self.progress.phase_seconds),
         }
         self.rd.write_json(self.rd.summary, summary)
         return summary

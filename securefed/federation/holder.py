@@ -143,7 +143,7 @@ class Holder:
         try:
             self._build_trainer(w, data)
             self.budget = HolderBudget(self.state_dir / "ledger.jsonl", holder_id=self.id, cap=pol.epsilon_cap,
-                                       delta=pol.delta, run_id=w.run_id.hex())
+                                       delta=pol.delta, run_id=w.run_id.hex(), signer=self.identity)
             self._load_state()
             if w.aggregation == "ckks+secagg":
                 self.ckks = HolderRole(HolderSecrets(self.id, self.identity), w.ckks)
@@ -160,6 +160,10 @@ class Holder:
 
         if self._data is None:
             self._data = holder_rows(self.cfg, progress=self.progress)
+            dp, rows = self.cfg.dp_sgd, int(self._data.train.shape[0])
+            if dp.enabled and dp.delta > 1.0 / rows:   # record-level δ against this holder's own record count
+                raise ValueError(f"holder {self.id}: dp_sgd.delta {dp.delta:.3g} is above 1/records = 1/{rows}: no "
+                                 "meaningful record-level guarantee; lower it")
         return self._data
 
     def _build_trainer(self, w: Welcome, data) -> None:
@@ -244,7 +248,8 @@ class Holder:
     def end_round(self, round_index: int) -> None:
         """The round is over for this holder (finished, aborted or dropped): keep the trainer's state."""
         if self._round is not None and self._round.offer.round == round_index:
-            if self._round.trained:
+            last = round_index >= self.welcomed.rounds
+            if self._round.trained and (round_index % self.cfg.save_every == 0 or last):
                 self._save_state()
             self._round = None
 

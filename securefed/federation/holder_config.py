@@ -117,6 +117,7 @@ class HolderConfig:
     server_name: str | None = None
     pki: str | None = None
     max_failures: int = 20
+    save_every: int = 1                # save the optimizer state every this many rounds (GBs per save at 1.3B)
     # simulation and tests only: secrets from a seed (never with real data), simulated vanishing
     deterministic_secrets: bool = False
     secret_seed: int = 0
@@ -134,6 +135,8 @@ class HolderConfig:
             raise ValueError("data.holder_paths: a holder names exactly one path of its own (and n_shards 1)")
         if not 0 <= self.dropout_rate < 1:
             raise ValueError("dropout_rate must be in [0, 1)")
+        if self.save_every < 1:
+            raise ValueError("save_every must be >= 1")
         if self.max_failures < 0:
             raise ValueError("max_failures must be >= 0")
 

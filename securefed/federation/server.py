@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from securefed.federation.coordinator import Coordinator, CoordinatorOptions, StateError
+from securefed.federation.coordinator import Coordinator, CoordinatorOptions, StateError, privacy_preflight
 from securefed.federation.grpc import EXIT, GrpcChannel
 from securefed.federation.stages import Deadlines
 from securefed.runtime.rundir import RunDir
@@ -23,14 +23,16 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
     from securefed.federation.data import coordinator_data
     from securefed.secagg import Roster, RosterError
     from securefed.training.data import DataError
-    from securefed.transport.pki import Layout
+    from securefed.runtime.progress import Progress
+    from securefed.training.models import parameter_count
+    from securefed.transport.pki import Layout, load_identity
 
     def usage(msg: str) -> int:
         print(f"securefed server: {msg}", file=sys.stderr)
         return EXIT["usage"]
 
     lay = Layout(pki)
-    for f in (lay.roster, lay.ca_cert, lay.server_cert, lay.server_key):
+    for f in (lay.roster, lay.ca_cert, lay.server_cert, lay.server_key, lay.server_identity):
         if not f.is_file():
             return usage(f"missing key file {f} (create the PKI with `securefed keygen`)")
     try:
@@ -43,14 +45,17 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
     if resume and not rd.checkpoint_file.exists():
         return usage(f"--resume: no checkpoint at {rd.checkpoint_file}")
     try:
+        identity = load_identity(lay.server_identity)   # signs the privacy ledgers
         data = coordinator_data(cfg, progress=False)    # the public tokenizer and the evaluation split
+        dim = parameter_count(cfg.model.preset, vocab_size=len(data.tokenizer), seq_len=cfg.data.seq_len)
+        pf = privacy_preflight(cfg, dim=dim, records=None)   # a holder checks its own record-level δ
         if launched:
             rd.root.mkdir(parents=True, exist_ok=True)
             rd.privacy.mkdir(exist_ok=True)
             rd.checkpoints.mkdir(exist_ok=True)
         else:
             rd.create(resume=resume)
-    except (DataError, FileExistsError, ValueError) as e:
+    except (DataError, FileExistsError, PermissionError, ValueError) as e:
         return usage(str(e))
     net = cfg.network
     secure = cfg.aggregation.mode != "plain"
@@ -61,8 +66,8 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
     options = CoordinatorOptions(deadlines=Deadlines.from_config(net), min_holders=min_holders,
                                  max_aborted_rounds=net.max_aborted_rounds, deployment="network", backend="grpc")
     try:
-        coord = Coordinator(cfg, channel, rd, data=data, roster=roster, options=options, resume=resume,
-                            stop_after_round=stop_after_round)
+        coord = Coordinator(cfg, channel, rd, data=data, roster=roster, identity=identity, options=options,
+                            resume=resume, stop_after_round=stop_after_round, preflight=pf, progress=Progress(enabled=True))
         summary = coord.run()
     except StateError as e:
         print(f"securefed server: {e}", file=sys.stderr)

@@ -16,7 +16,6 @@ model hash and ledger on each (tests/federation/test_conformance.py).
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from pathlib import Path
 
@@ -49,7 +48,7 @@ def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
         out[h] = HolderConfig(holder_id=h, state_dir=str(run_dir / "holders" / str(h)), data=cfg.data, shard=i,
                               n_shards=fed.n_holders, data_seed=cfg.seed, policy=policy, dp_sgd=t.dp_sgd, hardware=hw,
                               server=server, pki=str(run_dir / "pki"), deterministic_secrets=cfg.deterministic_secrets,
-                              secret_seed=cfg.seed, dropout_rate=fed.dropout_rate)
+                              secret_seed=cfg.seed, dropout_rate=fed.dropout_rate, save_every=fed.checkpoint_every)
     return out
 
 
@@ -72,9 +71,14 @@ class Simulation:
         if resume and not self.rd.checkpoint_file.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.rd.checkpoint_file}")
         # everything that can fail on bad input happens before the run directory is touched
-        t0 = time.perf_counter()
-        self.data = coordinator_data(cfg, progress=progress)
-        self.phase_seconds = {"data": time.perf_counter() - t0}
+        with self.progress.phase("data", label="preparing the data"):
+            self.data = coordinator_data(cfg, progress=self.progress)
+        from securefed.federation.coordinator import privacy_preflight
+        from securefed.training.models import parameter_count
+
+        dim = parameter_count(cfg.model.preset, vocab_size=len(self.data.tokenizer), seq_len=cfg.data.seq_len)
+        records = min(h["sequences"] for h in self.data.manifest["holders"])
+        self.preflight = privacy_preflight(cfg, dim=dim, records=records)   # cannot learn: refused here
         self.rd.create(resume=resume)
 
     def _pki(self):
@@ -98,15 +102,14 @@ class Simulation:
         for h, fields in self.holder_overrides.items():
             configs[h] = _override(configs[h], fields)
         self._write_holder_configs(configs)
-        t0 = time.perf_counter()
         if self.backend == "inproc":
             summary = self._run_inproc(lay, roster, configs)
         else:
             from securefed.federation.launch import run_grpc
 
-            summary = run_grpc(self.cfg, self.rd, configs, progress=self.progress,
-                               stop_after_round=self.stop_after_round, resume=self.resume)
-        self.phase_seconds["rounds"] = time.perf_counter() - t0
+            with self.progress.phase("rounds", label="coordinator and holder processes"):
+                summary = run_grpc(self.cfg, self.rd, configs, progress=self.progress,
+                                   stop_after_round=self.stop_after_round, resume=self.resume)
         if "stopped_after_round" in summary:
             return summary
         return self._finish(summary)
@@ -124,8 +127,9 @@ class Simulation:
                    for h, hc in configs.items()}
         channel = InProcChannel(holders, progress=self.progress)
         coord = Coordinator(self.cfg, channel, self.rd, data=self.data, roster=roster,
-                            options=CoordinatorOptions(backend="inproc"), progress=self.progress, resume=self.resume,
-                            stop_after_round=self.stop_after_round)
+                            identity=load_identity(lay.server_identity), options=CoordinatorOptions(backend="inproc"),
+                            progress=self.progress, resume=self.resume, stop_after_round=self.stop_after_round,
+                            preflight=self.preflight)
         return coord.run()
 
     def _finish(self, summary: dict) -> dict:
@@ -137,27 +141,26 @@ class Simulation:
         if self.cfg.baseline and metrics:
             from securefed.federation.data import federated_data
 
-            t0 = time.perf_counter()
             fd = federated_data(self.cfg.data, n_holders=self.cfg.federation.n_holders, seed=self.cfg.seed,
                                 progress=False)
             points = [m["tokens_seen"] for m in metrics if "eval_ppl" in m]
-            curve = run_centralized_baseline(self.cfg, fd, points, progress=self.progress)
+            curve = run_centralized_baseline(self.cfg, fd, points, progress=self.progress)   # its own phase
             rd.write_jsonl(rd.baseline / "metrics.jsonl", curve)
             summary["central_eval_ppl"] = curve[-1]["eval_ppl"] if curve else None
             summary["central_lr"], summary["central_batch_size"] = baseline_lr_and_batch(self.cfg)
             if summary["central_eval_ppl"] and summary["fed_eval_ppl"]:
                 summary["fed_over_central_ppl"] = summary["fed_eval_ppl"] / summary["central_eval_ppl"]
-            self.phase_seconds["baseline"] = time.perf_counter() - t0
-        summary["phase_seconds"] = self.phase_seconds
-        summary["wall_seconds"] = sum(self.phase_seconds.values())
-        rd.write_json(rd.summary, summary)
-        t0 = time.perf_counter()
+
+        def phases() -> None:   # this process's phases; the coordinator's (grpc: another process) kept
+            summary["phase_seconds"] = {**summary.get("phase_seconds", {}), **self.progress.phase_seconds}
+            summary["wall_seconds"] = sum(summary["phase_seconds"].values())
+            rd.write_json(rd.summary, summary)
+        phases()
         from securefed.report import render_report
 
-        render_report(rd.root)
-        self.phase_seconds["report"] = time.perf_counter() - t0
-        summary["wall_seconds"] = sum(self.phase_seconds.values())
-        rd.write_json(rd.summary, summary)
+        with self.progress.phase("report", label="rendering the report"):
+            render_report(rd.root)
+        phases()
         return summary
 
 

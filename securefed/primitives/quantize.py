@@ -6,9 +6,16 @@ sum of n embedded vectors decodes to the signed integer sum as long as every par
 [-2^(k-1), 2^(k-1)). :func:`plan_quantization` picks the largest scale for which that holds for
 ``max_clients`` inputs of L2 norm at most ``clip`` and refuses configurations that could wrap.
 
-Error bound (per coordinate, before dividing by anything): each stochastic rounding is unbiased
-and off by < 1 unit, so |dequantize(Σ q_i) − Σ x_i| < n / scale, plus the float32 cast of the
-result (≤ n·C·2^-24); :attr:`QuantizationPlan.sum_error_bound` states both.
+Error bound (per coordinate, before dividing by anything): each rounding is off by < 1 unit, so
+|dequantize(Σ q_i) − Σ x_i| < n / scale, plus the float32 cast of the result (≤ n·C·2^-24);
+:attr:`QuantizationPlan.sum_error_bound` states both.
+
+Norm bound (protocols/dp.md §6.4): randomised rounding can lengthen a vector (‖q‖ up to γ‖x‖ + √d),
+and a DP mechanism that noises the decoded sum must be accounted at the norm of what it noises.
+:func:`quantize` therefore rounds *conditionally* (Kairouz, Liu, Steinke 2021, Thm. 1 eq. (2)): it
+repeats unbiased rounding until ‖q‖₂ ≤ :func:`rounded_l2_bound` (γ‖x‖, d), so every encoding of an
+input of norm ≤ C has ‖q‖₂ ≤ :meth:`QuantizationPlan.l2_bound` (d) = rounded_l2_bound(γC, d) — a hard
+check, not a probability. Each try succeeds with probability ≥ 1 − β (β = e^{−1/2}).
 """
 
 from __future__ import annotations
@@ -29,10 +36,42 @@ __all__ = [
     "from_ring",
     "quantize",
     "dequantize_sum",
+    "rounded_l2_bound",
+    "accept_threshold",
+    "BETA",
+    "MAX_ROUNDING_TRIES",
 ]
 
-MIN_RING_BITS = 16
+SMALLEST_RING_BITS = 12  # what RingSpec represents (encoders, property tests of tight rings)
+MIN_RING_BITS = 16  # the smallest ring secure-aggregation configurations accept
 MAX_RING_BITS = 32
+BETA = math.exp(-0.5)  # KLS 2021's bias parameter: each conditional-rounding try fails with probability ≤ β
+MAX_ROUNDING_TRIES = 200  # 0.61^200 ≈ 1e-43
+
+
+def rounded_l2_bound(scaled_norm: float, dim: int, beta: float = BETA) -> float:
+    """Δ₂ of KLS 2021 Thm. 1 eq. (2), in integer units: the norm a conditional rounding of an input of
+    norm ≤ ``scaled_norm`` (= γ·‖x‖) over ``dim`` coordinates may have.
+
+        Δ₂ = min{ √(c² + d/4 + √(2 ln(1/β))·(c + √d/2)),  c + √d }
+
+    Increasing in c (both branches are), which is what lets the bound for the clip C cover every input.
+    """
+    c = float(scaled_norm)
+    a = c * c + dim / 4.0 + math.sqrt(2.0 * math.log(1.0 / beta)) * (c + math.sqrt(dim) / 2.0)
+    return min(math.sqrt(a), c + math.sqrt(dim))
+
+
+def accept_threshold(bound: float, dim: int, block: int | None = None) -> float:
+    """Largest float64 value of a computed ‖q‖² that proves ‖q‖ <= ``bound`` for an integer vector q.
+
+    A float64 dot product over m terms errs by at most m·2^-53 relative (terms are exact: |q_j| < 2^31
+    squares to < 2^62, rounded once), and summing k chunk results adds k·2^-53; the margin
+    (m + k + 8)·2^-52 covers both and a few ulps in evaluating ``bound`` itself.
+    """
+    m = min(dim, block) if block else dim
+    k = -(-dim // block) if block else 1
+    return bound * bound * (1.0 - (m + k + 8) * 2.0**-52)
 
 
 @dataclass(frozen=True)
@@ -44,8 +83,8 @@ class RingSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or isinstance(self.bits, bool):
             raise TypeError("ring bits must be an int")
-        if not MIN_RING_BITS <= self.bits <= MAX_RING_BITS:
-            raise ValueError(f"ring bits must be in [{MIN_RING_BITS}, {MAX_RING_BITS}], got {self.bits}")
+        if not SMALLEST_RING_BITS <= self.bits <= MAX_RING_BITS:
+            raise ValueError(f"ring bits must be in [{SMALLEST_RING_BITS}, {MAX_RING_BITS}], got {self.bits}")
 
     @property
     def modulus(self) -> int:
@@ -81,8 +120,13 @@ class QuantizationPlan:
 
     @property
     def max_abs_per_client(self) -> int:
-        """Largest |q_j| one client can produce: |x_j| <= ||x||_2 <= clip, rounding adds < 1."""
+        """Largest |q_j| one client can produce: |x_j| <= clip (checked exactly by :func:`quantize`), and
+        float64 multiplication is monotone, so |fl(x_j·γ)| <= fl(clip·γ); rounding adds < 1."""
         return math.floor(self.clip * self.scale) + 1
+
+    def l2_bound(self, dim: int) -> float:
+        """Largest ‖q‖₂ (integer units) of one encoding of ``dim`` coordinates (conditional rounding)."""
+        return rounded_l2_bound(self.clip * self.scale, dim)
 
     @property
     def sum_error_bound(self) -> float:
@@ -132,7 +176,11 @@ def plan_quantization(*, clip: float, ring_bits: int = 32, max_clients: int, sca
                 f"scale {scale} could wrap Z_2^{ring.bits} for {max_clients} clients at clip {clip} "
                 f"(largest safe scale {largest:.6g})"
             )
-    return QuantizationPlan(clip=float(clip), ring=ring, max_clients=max_clients, scale=float(scale))
+    plan = QuantizationPlan(clip=float(clip), ring=ring, max_clients=max_clients, scale=float(scale))
+    # the promise, in exact integers: max_clients encodings of at most max_abs_per_client each fit
+    if max_clients * plan.max_abs_per_client > half:  # pragma: no cover - float slack in `largest`
+        raise ValueError(f"scale {scale} could wrap Z_2^{ring.bits} for {max_clients} clients at clip {clip}")
+    return plan
 
 
 def stochastic_round(x: np.ndarray, entropy: Entropy) -> np.ndarray:
@@ -166,10 +214,14 @@ def from_ring(r: np.ndarray, ring: RingSpec) -> np.ndarray:
 def quantize(x: np.ndarray, plan: QuantizationPlan, entropy: Entropy) -> np.ndarray:
     """Clip-checked fixed-point encoding of one client's float vector into the ring.
 
-    ``x`` must already be clipped to L2 norm <= plan.clip (a 1e-6 relative slack absorbs float error).
+    ``x`` must already be clipped: ‖x‖₂ <= plan.clip, with no slack (``privacy.clipping.l2_clip`` leaves
+    a 10⁻⁶ margin). Any slack would let one coordinate exceed clip·γ and wrap the ring at max_clients.
     Randomized rounding uses 32 random bits per coordinate: q = floor(y) + [u < frac(y)·2^32] with
     u uniform in [0, 2^32), so E[q] = y up to 2^-32 (far below the 1/scale resolution) while drawing
     half the randomness of :func:`stochastic_round` and staying in place (this is the holder's hot path).
+    The rounding is repeated until ‖q‖₂ <= rounded_l2_bound(γ‖x‖, d) (module doc): conditioning biases
+    q by at most what a failed try could move it, times β/(1 − β), and for large d almost every first try
+    succeeds (the bound leaves d/12 of slack above the expected ‖q‖²).
     """
     x = np.asarray(x, dtype=np.float64)                        # (P,) float64 (a copy only if x was not)
     if x.ndim != 1:
@@ -177,29 +229,37 @@ def quantize(x: np.ndarray, plan: QuantizationPlan, entropy: Entropy) -> np.ndar
     norm = math.sqrt(float(np.dot(x, x)))
     if not math.isfinite(norm):
         raise ValueError("update contains non-finite values")
-    if norm > plan.clip * (1 + 1e-6):
-        raise ValueError(f"update norm {norm:.6g} exceeds the clip bound {plan.clip:.6g}: clip before quantizing")
+    if norm > plan.clip or (x.size and float(np.max(np.abs(x))) > plan.clip):
+        raise ValueError(f"update norm {norm:.9g} exceeds the clip bound {plan.clip:.9g}: clip before quantizing")
+    # accept ‖q‖ <= Δ₂(γ‖x‖, d); the threshold makes the float64 check imply the exact one
+    bound_sq = accept_threshold(rounded_l2_bound(plan.scale * norm, x.size), x.size, _CHUNK)
     out = np.empty(x.size, dtype=plan.ring.dtype)
     n = _CHUNK
     y, lo = np.empty(n), np.empty(n)                          # scratch, reused per chunk (cache-sized)
-    for start in range(0, x.size, n):
-        xc = x[start : start + n]
-        m = xc.size
-        yc, lc = y[:m], lo[:m]
-        np.multiply(xc, plan.scale, out=yc)                    # |y| < 2^31 by the plan
-        np.floor(yc, out=lc)
-        np.subtract(yc, lc, out=yc)                            # frac(y) in [0, 1)
-        np.multiply(yc, 4294967296.0, out=yc)                  # frac · 2^32
-        u = np.frombuffer(entropy.random_bytes(4 * m), dtype="<u4")
-        lc += u < yc                                           # + 1 with probability frac (to 2^-32)
-        # lo is an exact integer in float64; wrap it into the ring: int64 two's complement, then truncate
-        out[start : start + m] = lc.astype(np.int64).astype(plan.ring.dtype, casting="unsafe")
-    return plan.ring.reduce(out)
+    for _ in range(MAX_ROUNDING_TRIES):
+        sq = 0.0
+        for start in range(0, x.size, n):
+            xc = x[start : start + n]
+            m = xc.size
+            yc, lc = y[:m], lo[:m]
+            np.multiply(xc, plan.scale, out=yc)                # |y| <= fl(clip·γ) < 2^31 by the plan
+            np.floor(yc, out=lc)
+            np.subtract(yc, lc, out=yc)                        # frac(y) in [0, 1)
+            np.multiply(yc, 4294967296.0, out=yc)              # frac · 2^32
+            u = np.frombuffer(entropy.random_bytes(4 * m), dtype="<u4")
+            lc += u < yc                                       # + 1 with probability frac (to 2^-32)
+            sq += float(np.dot(lc, lc))                        # ‖q‖² so far (exact integers, float64 sums)
+            # lo is an exact integer in float64; wrap it into the ring: int64 two's complement, then truncate
+            out[start : start + m] = lc.astype(np.int64).astype(plan.ring.dtype, casting="unsafe")
+        if sq <= bound_sq:
+            return plan.ring.reduce(out)
+    raise RuntimeError("conditional randomised rounding did not succeed")  # pragma: no cover - p ≈ 1e-43
 
 
 _CHUNK = 1 << 18
 
 
-def dequantize_sum(ring_sum: np.ndarray, plan: QuantizationPlan) -> np.ndarray:
-    """Decode the ring sum of <= max_clients quantized vectors back to a float32 sum."""
-    return (from_ring(ring_sum, plan.ring).astype(np.float64) / plan.scale).astype(np.float32)
+def dequantize_sum(ring_sum: np.ndarray, plan: QuantizationPlan, dtype: type = np.float32) -> np.ndarray:
+    """Decode the ring sum of <= max_clients quantized vectors back to a float sum (float32 by default;
+    float64 for a server that adds noise before any float32 rounding)."""
+    return (from_ring(ring_sum, plan.ring).astype(np.float64) / plan.scale).astype(dtype)

@@ -23,10 +23,13 @@ import numpy as np
 
 from securefed.privacy import rdp as R
 
-__all__ = ["RoundEvent", "event_rdp", "Accountant", "accountant_version", "calibrate_noise_multiplier"]
+__all__ = ["RoundEvent", "event_rdp", "Accountant", "accountant_version", "calibrate_noise_multiplier", "ACCOUNTANT_SCHEME"]
 
 Mechanism = Literal["none", "empty", "gaussian", "ddgauss", "skellam"]
 Sampling = Literal["poisson", "fixed", "none"]
+
+
+ACCOUNTANT_SCHEME = 2
 
 
 @functools.lru_cache(maxsize=4)
@@ -39,7 +42,9 @@ def accountant_version(kind: str) -> str:
         except PackageNotFoundError:
             return "absent"
 
-    return f"securefed-{kind}/1 (opacus {v('opacus')}, dp-accounting {v('dp-accounting')})"
+    # /2: central-mode Gaussian events are charged at the norm bound of the decoded quantized update
+    # (protocols/dp.md §6.4), not at C; ledgers of /1 cannot be recomputed with this code
+    return f"securefed-{kind}/{ACCOUNTANT_SCHEME} (opacus {v('opacus')}, dp-accounting {v('dp-accounting')})"
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,11 @@ def l2_clip(delta: np.ndarray, clip: float) -> tuple[np.ndarray, ClipInfo]:
     norm = float(np.linalg.norm(x))
     if not math.isfinite(norm):
         raise ValueError("delta contains non-finite values")
-    if norm <= clip:
+    if norm <= clip * (1 - 1e-6):  # float32 rounding (relative 2^-24 per coordinate) keeps it below C
         return x.astype(np.float32), ClipInfo(norm=norm, clipped=False)
-    # scale a hair below C so float32 rounding cannot push the norm above C
+    # scale a hair below C so float32 rounding cannot push the norm above C (quantize allows no slack)
     y = (x * (clip / norm) * (1 - 1e-6)).astype(np.float32)
-    return y, ClipInfo(norm=norm, clipped=True)
+    return y, ClipInfo(norm=norm, clipped=norm > clip)
 
 
 def bit_noise_std(expected_clients: float, noise_multiplier: float) -> float:

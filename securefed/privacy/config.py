@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DPConfig", "BudgetExhausted", "default_delta"]
+__all__ = ["DPConfig", "BudgetExhausted", "default_delta", "DEFAULT_DELTA"]
 
 
 class BudgetExhausted(RuntimeError):
@@ -21,9 +21,17 @@ def _num(name: str, v: object) -> float:
     return float(v)
 
 
+DEFAULT_DELTA = 1e-5
+
+
 def default_delta(population: int) -> float:
-    """δ = population^(−1.1): below 1/population, as δ must be (protocols/dp.md §5)."""
-    return float(population) ** -1.1
+    """δ = min(10⁻⁵, population^(−1.1)) (protocols/dp.md §5).
+
+    Below 1/population, as δ must be, and never larger than 10⁻⁵: population^(−1.1) alone is 0.218 for 4
+    holders, and an (ε, 0.2) statement protects nobody (a mechanism that publishes one holder's whole
+    update with probability 0.2 satisfies it).
+    """
+    return min(DEFAULT_DELTA, float(population) ** -1.1)
 
 
 @dataclass(frozen=True)
@@ -37,9 +45,10 @@ class DPConfig:
     target_epsilon: float | None = None
     delta: float | None = None  # None -> population^(-1.1); δ ≥ 1/population refused
     accountant: Literal["rdp", "prv"] = "rdp"
-    ring_bits: int = 32
+    ring_bits: int = 32  # 12..32 here; secure aggregation accepts 16..32
     server_epsilon_cap: float | None = None
     holder_epsilon_cap: float | None = None  # default cap for every holder; per-holder overrides via the session
+    force_unlearnable: bool = False  # train even when the pre-flight check finds the noise hopeless (privacy/preflight.py)
 
     def __post_init__(self) -> None:
         if self.mode not in ("none", "central", "distributed"):
@@ -52,8 +61,8 @@ class DPConfig:
             raise ValueError("mode 'distributed' needs discrete noise: mechanism ddgauss or skellam")
         if _num("clip", self.clip) <= 0:
             raise ValueError(f"clip must be > 0, got {self.clip}")
-        if not isinstance(self.adaptive_clip, bool):
-            raise TypeError("adaptive_clip must be a bool")
+        if not isinstance(self.adaptive_clip, bool) or not isinstance(self.force_unlearnable, bool):
+            raise TypeError("adaptive_clip and force_unlearnable must be bools")
         if not 0 < _num("target_quantile", self.target_quantile) < 1:
             raise ValueError("target_quantile must be in (0, 1)")
         if self.noise_multiplier is not None and _num("noise_multiplier", self.noise_multiplier) < 0:
@@ -64,8 +73,8 @@ class DPConfig:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
         if self.accountant not in ("rdp", "prv"):
             raise ValueError("accountant must be rdp or prv")
-        if isinstance(self.ring_bits, bool) or not isinstance(self.ring_bits, int) or not 16 <= self.ring_bits <= 32:
-            raise ValueError(f"ring_bits must be an int in [16, 32], got {self.ring_bits!r}")
+        if isinstance(self.ring_bits, bool) or not isinstance(self.ring_bits, int) or not 12 <= self.ring_bits <= 32:
+            raise ValueError(f"ring_bits must be an int in [12, 32], got {self.ring_bits!r}")
         for name in ("server_epsilon_cap", "holder_epsilon_cap"):
             v = getattr(self, name)
             if v is not None and _num(name, v) <= 0:
@@ -81,6 +90,10 @@ class DPConfig:
                 raise ValueError("accountant 'prv' covers the Gaussian mechanism only (mode central); use 'rdp'")
         elif self.server_epsilon_cap is not None or self.holder_epsilon_cap is not None:
             raise ValueError("epsilon caps need DP (mode central or distributed): with mode 'none' epsilon is infinite")
+        elif self.target_epsilon is not None or self.noise_multiplier:
+            # σ = 0 cannot meet a finite target: refuse instead of silently training without noise
+            raise ValueError("target_epsilon / noise_multiplier need DP (mode central or distributed): with mode 'none' "
+                             "no noise is added and epsilon is infinite")
 
     @property
     def dp_on(self) -> bool:

@@ -27,22 +27,13 @@ import numpy as np
 
 from securefed.primitives import hadamard
 from securefed.primitives.discrete_noise import discrete_gaussian, skellam
-from securefed.primitives.quantize import RingSpec, from_ring, stochastic_round, to_ring
+from securefed.primitives.quantize import BETA, MAX_ROUNDING_TRIES, RingSpec, accept_threshold, from_ring, rounded_l2_bound, stochastic_round, to_ring
 from securefed.primitives.rng import Entropy, uniform_float64
 
 __all__ = ["K_STD", "BETA", "DiscretePlan", "plan_discrete", "rounded_l2_bound", "gaussian_noise"]
 
 K_STD = 6.0
-BETA = math.exp(-0.5)
 MAX_ROUNDING_INFLATION = 2.0  # refuse a ring so small that rounding more than doubles Δ₂
-MAX_ROUNDING_TRIES = 200  # each try fails with probability ≤ β ≈ 0.61: 0.61^200 ≈ 1e-43
-
-
-def rounded_l2_bound(scaled_norm: float, dim: int, beta: float = BETA) -> float:
-    """Δ₂ of KLS 2021 Thm. 1 eq. (2), in integer units, for an input of norm ≤ scaled_norm = γC."""
-    c = float(scaled_norm)
-    a = c * c + dim / 4.0 + math.sqrt(2.0 * math.log(1.0 / beta)) * (c + math.sqrt(dim) / 2.0)
-    return min(math.sqrt(a), c + math.sqrt(dim))
 
 
 def gaussian_noise(entropy: Entropy, n: int, std: float) -> np.ndarray:
@@ -100,24 +91,30 @@ class DiscretePlan:
         return l1 + half_w, math.sqrt(l2 * l2 + half_w * half_w)
 
     def encode(self, clipped: np.ndarray, within_clip: bool, entropy: Entropy) -> np.ndarray:
-        x = np.asarray(clipped, dtype=np.float64)
-        if x.shape != (self.dim,):
-            raise ValueError(f"expected a clipped vector of length {self.dim}, got shape {x.shape}")
-        y = hadamard.rotate(x, self.seed, self.round_index) * self.scale
-        bound = self.data_l2
-        for _ in range(MAX_ROUNDING_TRIES):
-            r = stochastic_round(y, entropy)
-            if float(np.linalg.norm(r.astype(np.float64))) <= bound:
-                break
-        else:  # pragma: no cover - probability ≈ 1e-43
-            raise RuntimeError("conditional randomised rounding did not succeed")
-        if self.bit_weight:
-            r = np.concatenate((r, np.array([(1 if within_clip else -1) * (self.bit_weight // 2)], dtype=np.int64)))
+        r = self.integer_vector(clipped, within_clip, entropy)
         if self.mechanism == "ddgauss":
             noise = discrete_gaussian(entropy, r.size, self.share_std)
         else:
             noise = skellam(entropy, r.size, self.share_std**2)
         return to_ring(r + noise, self.ring)
+
+    def integer_vector(self, clipped: np.ndarray, within_clip: bool, entropy: Entropy) -> np.ndarray:
+        """Steps 2–4 of §4: the holder's int64 vector before its noise share (what the sensitivity bounds)."""
+        x = np.asarray(clipped, dtype=np.float64)
+        if x.shape != (self.dim,):
+            raise ValueError(f"expected a clipped vector of length {self.dim}, got shape {x.shape}")
+        y = hadamard.rotate(x, self.seed, self.round_index) * self.scale
+        bound_sq = accept_threshold(self.data_l2, y.size)  # the float64 check implies the exact one
+        for _ in range(MAX_ROUNDING_TRIES):
+            r = stochastic_round(y, entropy)
+            rf = r.astype(np.float64)
+            if float(np.dot(rf, rf)) <= bound_sq:
+                break
+        else:  # pragma: no cover - probability ≈ 1e-43
+            raise RuntimeError("conditional randomised rounding did not succeed")
+        if self.bit_weight:
+            r = np.concatenate((r, np.array([(1 if within_clip else -1) * (self.bit_weight // 2)], dtype=np.int64)))
+        return r
 
     def decode(self, ring_sum: np.ndarray) -> tuple[np.ndarray, float | None]:
         """(float32 sum of the survivors' clipped updates + noise, noisy Σ(b − ½) or None)."""

@@ -7,6 +7,13 @@ the file on any mismatch, non-canonical line or torn (unterminated) last line: a
 never silently continued. The head hash (hash of the last entry) is anchored in checkpoints
 (PrivacySession.state_dict) and in the report, which is what catches edits of the *last* entry.
 
+Signatures (§7.1): a ledger opened with a ``signer`` (an Ed25519 :class:`IdentityKey`) adds to every
+entry ``sig`` = Ed25519(SIGNATURE_LABEL ‖ canonical JSON of the entry without ``sig``), hex; the chain
+hash covers the signature. A ledger opened with a ``public_key`` (or a signer, whose own key is used)
+verifies every signature on load and fails closed: an unsigned entry or a bad signature is a
+:class:`LedgerError` naming the entry. Without a key, only the chain is checked — anyone with write
+access can then rewrite the whole file consistently, which is what the signatures prevent.
+
 Appends are one ``os.write`` of the whole line on an O_APPEND descriptor followed by ``fsync``.
 """
 
@@ -19,9 +26,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GENESIS", "LedgerError", "canonical_json", "entry_hash", "read_ledger", "Ledger"]
+from securefed.primitives.keys import IdentityKey, verify_signature
+
+__all__ = ["GENESIS", "SIGNATURE_LABEL", "LedgerError", "canonical_json", "entry_hash", "read_ledger", "Ledger",
+           "signed_message", "entry_signature_ok"]
 
 GENESIS = "0" * 64
+SIGNATURE_LABEL = b"securefed/privacy-ledger/v1/entry\x00"  # domain separation (protocols/dp.md §7.1)
 
 
 class LedgerError(ValueError):
@@ -48,8 +59,32 @@ def entry_hash(entry: dict) -> str:
     return hashlib.sha256(canonical_json(entry).encode("ascii")).hexdigest()
 
 
-def read_ledger(path: str | Path) -> list[dict]:
-    """All entries of a ledger, after verifying every line and link; [] if the file does not exist."""
+def signed_message(entry: dict) -> bytes:
+    """What an entry's signature covers: the label and the canonical JSON of the entry without ``sig``."""
+    body = {k: v for k, v in entry.items() if k != "sig"}
+    return SIGNATURE_LABEL + canonical_json(body).encode("ascii")
+
+
+def entry_signature_ok(entry: dict, public_key: bytes) -> bool:
+    sig = entry.get("sig")
+    if not isinstance(sig, str) or len(sig) != 128:
+        return False
+    try:
+        raw = bytes.fromhex(sig)
+    except ValueError:
+        return False
+    return verify_signature(public_key, raw, signed_message(entry))
+
+
+def _check_public_key(public_key: object) -> bytes:
+    if not isinstance(public_key, (bytes, bytearray)) or len(public_key) != 32:
+        raise TypeError("public_key must be 32 bytes (a raw Ed25519 public key)")
+    return bytes(public_key)
+
+
+def read_ledger(path: str | Path, *, public_key: bytes | None = None) -> list[dict]:
+    """All entries of a ledger, after verifying every line and link (and, with ``public_key``, every
+    signature); [] if the file does not exist."""
     p = Path(path)
     if not p.exists():
         return []
@@ -69,6 +104,11 @@ def read_ledger(path: str | Path) -> list[dict]:
             raise LedgerError(f"{p}: line {i + 1} has seq {entry.get('seq')!r}, expected {i}")
         if entry.get("prev_hash") != prev:
             raise LedgerError(f"{p}: hash chain broken at line {i + 1} (entry {i - 1} was modified, removed or reordered)")
+        if public_key is not None:
+            if "sig" not in entry:
+                raise LedgerError(f"{p}: entry {i} (line {i + 1}) is not signed; this ledger must be signed")
+            if not entry_signature_ok(entry, public_key):
+                raise LedgerError(f"{p}: entry {i} (line {i + 1}) has an invalid signature (edited, or signed by another key)")
         prev = entry_hash(entry)
         entries.append(entry)
     return entries
@@ -84,11 +124,23 @@ def decode_floats(value: Any) -> Any:
 
 
 class Ledger:
-    """An open, verified ledger file; :meth:`append` fills in ``seq`` and ``prev_hash``."""
+    """An open, verified ledger file; :meth:`append` fills in ``seq`` and ``prev_hash`` (and ``sig``).
 
-    def __init__(self, path: str | Path) -> None:
+    ``signer``: sign every appended entry (and verify the existing ones under its public key).
+    ``public_key``: verify every signature on load (fail closed on a missing or invalid one).
+    """
+
+    def __init__(self, path: str | Path, *, signer: IdentityKey | None = None, public_key: bytes | None = None) -> None:
+        if signer is not None and not isinstance(signer, IdentityKey):
+            raise TypeError("signer must be a securefed.primitives.keys.IdentityKey")
+        if public_key is not None:
+            public_key = _check_public_key(public_key)
+            if signer is not None and public_key != signer.public_bytes:
+                raise ValueError("public_key is not the signer's public key")
         self.path = Path(path)
-        self.entries = read_ledger(self.path)
+        self.signer = signer
+        self.public_key = public_key if public_key is not None else (signer.public_bytes if signer is not None else None)
+        self.entries = read_ledger(self.path, public_key=self.public_key)
 
     @property
     def head(self) -> str:
@@ -103,7 +155,11 @@ class Ledger:
     def append(self, fields: dict) -> dict:
         if "seq" in fields or "prev_hash" in fields:
             raise ValueError("seq and prev_hash are set by the ledger")
+        if "sig" in fields:
+            raise ValueError("sig is set by the ledger")
         entry = dict(fields, seq=len(self.entries), prev_hash=self.head)
+        if self.signer is not None:
+            entry["sig"] = self.signer.sign(signed_message(json.loads(canonical_json(entry)))).hex()
         line = (canonical_json(entry) + "\n").encode("ascii")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists()

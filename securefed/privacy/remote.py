@@ -27,12 +27,13 @@ import numpy as np
 from securefed.privacy.accountant import Accountant, RoundEvent, accountant_version
 from securefed.privacy.clipping import ClipInfo, l2_clip
 from securefed.privacy.encoders import DiscretePlan
+from securefed.privacy.events import adaptive_sigma_b, round_event
+from securefed.privacy.holder_ledger import holder_effective_events
 from securefed.privacy.ledger import Ledger
 from securefed.primitives.quantize import QuantizationPlan, RingSpec, plan_quantization, quantize
 from securefed.primitives.rng import Entropy
 
-__all__ = ["SPEC_VERSION", "RoundSpec", "round_spec", "spec_plan", "spec_encode", "spec_holder_event",
-           "holder_effective_events", "HolderBudget"]
+__all__ = ["SPEC_VERSION", "RoundSpec", "round_spec", "spec_plan", "spec_encode", "spec_holder_event", "HolderBudget"]
 
 SPEC_VERSION = 1
 _MAX_SEED = 64
@@ -58,6 +59,7 @@ class RoundSpec:
     data_noise_multiplier: float = 0.0     # distributed only
     bit_weight: int = 0                    # distributed only (adaptive clipping coordinate)
     seed: str = ""                         # distributed only: the public rotation seed, hex
+    adaptive_clip: bool = False            # the clip moves between rounds (its noisy count shares the noise)
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -91,8 +93,8 @@ class RoundSpec:
         if self.mechanism not in want:
             raise ValueError(f"round spec: mechanism {self.mechanism!r} does not fit mode {self.mode!r}")
         ids = self.participants
-        if not isinstance(ids, tuple) or not ids or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in ids):
-            raise ValueError("round spec: participants must be a non-empty tuple of holder ids >= 1")
+        if not isinstance(ids, tuple) or any(isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < 2**31 for h in ids):
+            raise ValueError("round spec: participants must be a tuple of holder ids")
         if len(set(ids)) != len(ids) or list(ids) != sorted(ids):
             raise ValueError("round spec: participants must be sorted and distinct")
         if self.mode == "distributed":
@@ -135,7 +137,8 @@ def round_spec(rp) -> RoundSpec:
     s = rp._s
     common = dict(round=rp.round_index, mode=s.config.mode, dim=rp.dim, clip=float(rp.clip_bound),
                   ring_bits=rp.ring.bits, noise_multiplier=float(rp.noise_multiplier), delta=float(s.delta),
-                  sampling=s.sampling, participants=tuple(sorted(rp.participants)))
+                  sampling=s.sampling, participants=tuple(sorted(rp.participants)),
+                  adaptive_clip=bool(s.config.adaptive_clip and s.config.dp_on))
     if isinstance(rp.plan, DiscretePlan):
         p = rp.plan
         return RoundSpec(mechanism=p.mechanism, scale=float(p.scale), n_shares=p.n_shares,
@@ -178,35 +181,15 @@ def spec_encode(spec: RoundSpec, delta: np.ndarray, entropy: Entropy, *,
 
 
 def spec_holder_event(spec: RoundSpec, survivors: int | None = None) -> RoundEvent:
-    """The holder-view event (no amplification) if ``survivors`` shares end in the sum (default: all)."""
+    """The holder-view event (no amplification) if ``survivors`` shares end in the sum (default: all) —
+    the same ``events.round_event`` the server's accountant and the verifier use (protocols/dp.md §6.4:
+    in central mode the sensitivity is that of the quantized contribution, not C)."""
     plan = spec_plan(spec)
-    samp = spec.sampling
-    if spec.mode == "none":
-        return RoundEvent("none", samp, 1.0)
-    if spec.mode == "central":  # the server's noise does not depend on the survivors (dp.md §6.1)
-        return RoundEvent("gaussian", samp, 1.0, noise_multiplier=spec.noise_multiplier)
     m = spec.n_shares if survivors is None else survivors
-    if m <= 0:
-        return RoundEvent("empty", samp, 1.0)
-    l1, l2 = plan.sensitivity()
-    z = spec.noise_multiplier
-    if plan.mechanism == "ddgauss":
-        return RoundEvent("ddgauss", samp, 1.0, noise_multiplier=z, l1=l1, l2=l2, share_std=plan.share_std,
-                          n_shares=m, dim=plan.encoded_dim)
-    return RoundEvent("skellam", samp, 1.0, noise_multiplier=z, l1=l1, l2=l2, dim=plan.encoded_dim,
-                      variance=m * plan.share_std**2)
-
-
-def holder_effective_events(entries: list[dict]) -> list[RoundEvent]:
-    """One event per released round: its ``settled`` entry if any, else its ``released`` one (module doc)."""
-    by_round: dict[tuple[str, int], RoundEvent] = {}
-    for e in entries:
-        if e.get("status") not in ("released", "settled"):
-            continue
-        key = (str(e.get("run_id")), int(e["round"]))
-        if e["status"] == "settled" or key not in by_round:
-            by_round[key] = RoundEvent.from_dict(e["event"])
-    return list(by_round.values())
+    n = plan.n_shares if isinstance(plan, DiscretePlan) else plan.max_clients
+    sigma_b = adaptive_sigma_b(spec.adaptive_clip and spec.mode != "none", n, spec.noise_multiplier)
+    return round_event(mode=spec.mode, mechanism=spec.mechanism, sampling=spec.sampling, q=1.0, z=spec.noise_multiplier,
+                       plan=plan, dim=spec.dim, survivors=m, sigma_b=sigma_b)
 
 
 def _accountant(entries: list[dict]) -> Accountant:
@@ -220,14 +203,14 @@ class HolderBudget:
     """A holder's own ledger and ε cap (protocols/federation.md §5): refuse, release, settle."""
 
     def __init__(self, ledger_path: str | Path, *, holder_id: int, cap: float | None, delta: float | None,
-                 run_id: str = "") -> None:
+                 run_id: str = "", signer=None) -> None:
         """``delta``: this holder's δ; None adopts the first DP plan's δ (:meth:`adopt_delta`), fixed after."""
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
             raise ValueError("cap must be a number > 0 or None")
         if delta is not None and not 0 < delta < 1:
             raise ValueError("delta must be in (0, 1)")
         self.holder_id, self.cap, self.run_id = holder_id, cap, run_id
-        self.ledger = Ledger(ledger_path)
+        self.ledger = Ledger(ledger_path, signer=signer)   # signed with the holder's own key (dp.md §7.2)
         for e in self.ledger.entries:
             if e.get("holder_id") != holder_id:
                 raise ValueError(f"{ledger_path} is not the ledger of holder {holder_id}")

@@ -34,6 +34,7 @@ class RoundPrivacy:
         self.cohort = cohort
         self.participants = participants  # the cohort minus holders that refused for their cap
         self.refused = refused
+        self.refusal_reasons: dict[int, str] = {}  # holder -> why it refused (plain words, for the ledger and report)
         self.dim = dim
         self.plan = plan
         self.noise_multiplier = z  # the accounted σ
@@ -93,21 +94,28 @@ class RoundPrivacy:
         """Ring sum of the survivors' encodings -> float32 SUM of their clipped (noised) updates, length dim."""
         if self.finished:
             raise RuntimeError("round already finished")
-        self._check_survivors(survivors)
+        s = self._check_survivors(survivors)
         self._entropy = entropy
         ring_sum = np.asarray(ring_sum)
         if ring_sum.dtype != self.ring.dtype or ring_sum.shape != (self.encoded_dim,):
             raise ValueError(f"ring_sum must be {self.ring.dtype} of length {self.encoded_dim}")
-        if isinstance(self.plan, DiscretePlan):
+        if self.plan is None:  # no participant: nothing was encoded, the sum is empty
+            if s:
+                raise ValueError("a round without participants has no survivors")
+            out = np.zeros(self.dim, np.float64)
+            out = self._central_noise(out, entropy) if self.mode == "central" else out.astype(np.float32)
+        elif isinstance(self.plan, DiscretePlan):
             out, self._noisy_bits = self.plan.decode(ring_sum)
+        elif self.mode == "central":  # noise the exact float64 sum; the float32 cast is post-processing
+            out = self._central_noise(dequantize_sum(ring_sum, self.plan, np.float64), entropy)
         else:
             out = dequantize_sum(ring_sum, self.plan)
-            if self.mode == "central":
-                out = self._central_noise(out, entropy)
         self.decoded = True
         return out
 
     def _central_noise(self, x: np.ndarray, entropy: Entropy) -> np.ndarray:
+        """Add N(0, (z_Δ·C)²) per coordinate. The accountant charges it against the norm bound of one
+        holder's *decoded* contribution, not C (events.quantized_sensitivity, dp.md §6.4)."""
         noise = gaussian_noise(entropy, x.size, self.data_noise_multiplier * self.clip_bound)
         return (x.astype(np.float64) + noise).astype(np.float32)
 

@@ -6,6 +6,10 @@
     s = rp.decode(Σ y_i mod 2^k, survivors=S, entropy=e)   # float32 sum, length P
     entry = rp.finish(survivors=S, clip_infos=infos)       # ledgers appended (holders first, then server)
 
+With ``signer`` (the coordinator's Ed25519 identity key) every entry of the server ledger and of the
+per-holder view ledgers is signed, and existing ledgers must carry valid signatures under that key
+(protocols/dp.md §7.1).
+
 Two ε are kept (protocols/dp.md §6): the *release* ε in RUN_DIR/privacy/ledger.jsonl (amplified by the
 client sampling, against anyone who sees the models but not the cohorts) and each holder's own ε in
 privacy/holders/holder-<id>.jsonl (no amplification, only rounds whose sum held its data: against the
@@ -19,15 +23,18 @@ import math
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
+from securefed.primitives.keys import IdentityKey
 from securefed.privacy.accountant import Accountant, RoundEvent, accountant_version, calibrate_noise_multiplier
 from securefed.privacy.clipping import bit_noise_std, data_noise_multiplier
 from securefed.privacy.config import BudgetExhausted, DPConfig, default_delta
 from securefed.privacy.encoders import plan_discrete
+from securefed.privacy.events import adaptive_sigma_b, plan_record, round_event
 from securefed.privacy.ledger import Ledger, LedgerError, decode_floats
 from securefed.privacy.round import RoundPrivacy
+from securefed.privacy.verify import check_server_entries, check_view_entries
 from securefed.primitives.quantize import plan_quantization
 
-__all__ = ["PrivacySession"]
+__all__ = ["PrivacySession", "plan_round", "plan_sigma_b", "calibrate_sigma"]
 
 
 def _int(name: str, v: object, lo: int) -> int:
@@ -36,6 +43,35 @@ def _int(name: str, v: object, lo: int) -> int:
     if v < lo:
         raise ValueError(f"{name} must be >= {lo}, got {v}")
     return v
+
+
+def plan_round(config: DPConfig, *, round_index: int, dim: int, n: int, z: float, clip: float, seed: bytes):
+    """The encoder plan of one round for n participants (DiscretePlan, or a QuantizationPlan in modes none/central)."""
+    if config.mode == "distributed":
+        sb = bit_noise_std(n, z) if config.adaptive_clip else None
+        zd = z if sb is None else data_noise_multiplier(z, sb)
+        return plan_discrete(mechanism=config.mechanism, ring_bits=config.ring_bits, dim=dim, clip=clip,
+                             data_noise_multiplier=zd, n_shares=n, sigma_b=sb, seed=seed, round_index=round_index)
+    return plan_quantization(clip=clip, ring_bits=config.ring_bits, max_clients=max(1, n))
+
+
+def plan_sigma_b(config: DPConfig, plan, z: float) -> float | None:
+    n = 0 if plan is None else (plan.n_shares if hasattr(plan, "n_shares") else plan.max_clients)
+    return adaptive_sigma_b(config.adaptive_clip and config.dp_on, n, z)
+
+
+def calibrate_sigma(config: DPConfig, *, dim: int, cohort_size: int, rounds: int, sampling: str, q: float, delta: float,
+                    seed: bytes = b"securefed") -> float:
+    """σ for ``config.target_epsilon`` over ``rounds`` rounds of the planned cohort with no dropouts (dp.md §5)."""
+    mech = config.mechanism if config.dp_on else "none"
+
+    def eps(z: float) -> float:
+        plan = plan_round(config, round_index=0, dim=dim, n=cohort_size, z=z, clip=config.clip, seed=seed)
+        ev = round_event(mode=config.mode, mechanism=mech, sampling=sampling, q=q, z=z, plan=plan, dim=dim,
+                         survivors=cohort_size, sigma_b=plan_sigma_b(config, plan, z))
+        return Accountant(config.accountant).epsilon(delta, [ev] * rounds)
+
+    return calibrate_noise_multiplier(eps, config.target_epsilon)
 
 
 class PrivacySession:
@@ -50,6 +86,8 @@ class PrivacySession:
         ledger_dir: Path,
         holder_caps: Mapping[int, float] | None = None,
         public_seed: bytes = b"securefed",
+        signer: IdentityKey | None = None,
+        run_id: str | None = None,
     ) -> None:
         if not isinstance(config, DPConfig):
             raise TypeError("config must be a DPConfig")
@@ -80,6 +118,12 @@ class PrivacySession:
         if not isinstance(public_seed, (bytes, bytearray)):
             raise TypeError("public_seed must be bytes")
         self.public_seed = bytes(public_seed)
+        if signer is not None and not isinstance(signer, IdentityKey):
+            raise TypeError("signer must be a securefed.primitives.keys.IdentityKey")
+        self.signer = signer
+        if run_id is not None and not isinstance(run_id, str):
+            raise TypeError("run_id must be a str")
+        self.run_id = run_id
         self.ledger_dir = Path(ledger_dir)
         self._holder_ledgers: dict[int, Ledger] = {}
         self._holder_acc: dict[int, Accountant] = {}
@@ -96,7 +140,7 @@ class PrivacySession:
         return "zero-out (add/remove)" if self.config.mode == "distributed" else "add/remove"
 
     def _replay(self) -> None:
-        self.ledger = Ledger(self.ledger_dir / "ledger.jsonl")
+        self.ledger = Ledger(self.ledger_dir / "ledger.jsonl", signer=self.signer)
         self.accountant = Accountant(self.config.accountant)
         self.clip = self.config.clip
         self.noise_multiplier = self.config.noise_multiplier
@@ -111,6 +155,10 @@ class PrivacySession:
             self.clip = float(e["next_clip"])
             if self.config.dp_on:
                 self.noise_multiplier = float(e["noise_multiplier"])
+        # every event must follow from its recorded plan and every ε must recompute (dp.md §7.3)
+        problems = check_server_entries(self.ledger.entries, str(self.ledger.path))
+        if problems:
+            raise LedgerError(f"{problems[0]}: refusing to continue from a ledger that does not verify")
 
     @property
     def _mechanism(self) -> str:
@@ -118,7 +166,10 @@ class PrivacySession:
 
     def _holder(self, h: int) -> tuple[Ledger, Accountant]:
         if h not in self._holder_ledgers:
-            led = Ledger(self.ledger_dir / "holders" / f"holder-{h}.jsonl")
+            led = Ledger(self.ledger_dir / "holders" / f"holder-{h}.jsonl", signer=self.signer)
+            problems = check_view_entries(h, led.entries, str(led.path))
+            if problems:
+                raise LedgerError(f"{problems[0]}: refusing to continue from a ledger that does not verify")
             acc = Accountant("rdp")
             for e in led.entries:
                 if e["status"] == "included":
@@ -137,47 +188,30 @@ class PrivacySession:
 
     # ---------------------------------------------------------------- planning
     def _plan(self, round_index: int, dim: int, n: int, z: float, clip: float):
-        if self.config.mode == "distributed":
-            sb = bit_noise_std(n, z) if self.config.adaptive_clip else None
-            zd = z if sb is None else data_noise_multiplier(z, sb)
-            return plan_discrete(mechanism=self.config.mechanism, ring_bits=self.config.ring_bits, dim=dim, clip=clip,
-                                 data_noise_multiplier=zd, n_shares=n, sigma_b=sb, seed=self.public_seed, round_index=round_index)
-        return plan_quantization(clip=clip, ring_bits=self.config.ring_bits, max_clients=max(1, n))
+        return plan_round(self.config, round_index=round_index, dim=dim, n=n, z=z, clip=clip, seed=self.public_seed)
 
-    def _event(self, plan, z: float, survivors: int, *, sampled: bool) -> RoundEvent:
-        samp, q = (self.sampling, self.q) if sampled else (self.sampling, 1.0)  # holder view: same relation, no amplification
-        if not self.config.dp_on:
-            return RoundEvent("none", samp, q)
-        if self.config.mode == "central":  # the server's noise does not depend on survivors (dp.md §6.1)
-            return RoundEvent("gaussian", samp, q, noise_multiplier=z)
-        # distributed: under zero-out the survivor count does not depend on any one holder's data, so a
-        # round whose sum holds no share released nothing (dp.md §6.1)
-        if plan is None or survivors == 0:
-            return RoundEvent("empty", samp, q)
-        l1, l2 = plan.sensitivity()
-        m = survivors  # the shares actually in the sum: the dropout shortfall is accounted here
-        if self.config.mechanism == "ddgauss":
-            return RoundEvent("ddgauss", samp, q, noise_multiplier=z, l1=l1, l2=l2, share_std=plan.share_std, n_shares=m, dim=plan.encoded_dim)
-        return RoundEvent("skellam", samp, q, noise_multiplier=z, l1=l1, l2=l2, dim=plan.encoded_dim, variance=m * plan.share_std**2)
+    def _sigma_b(self, plan, z: float) -> float | None:
+        return plan_sigma_b(self.config, plan, z)
+
+    def _event(self, plan, z: float, survivors: int, *, sampled: bool, dim: int) -> RoundEvent:
+        q = self.q if sampled else 1.0  # holder view: same relation, no amplification
+        return round_event(mode=self.config.mode, mechanism=self._mechanism, sampling=self.sampling, q=q, z=z, plan=plan,
+                           dim=dim, survivors=survivors, sigma_b=self._sigma_b(plan, z))
 
     def _resolve_sigma(self, dim: int) -> float:
         if self.noise_multiplier is None:  # calibrate once, on the planned cohort, then it is in the ledger
-            n, r = self.cohort_size, self.rounds_planned
-
-            def eps(z: float) -> float:
-                ev = self._event(self._plan(0, dim, n, z, self.config.clip), z, n, sampled=True)
-                return Accountant(self.config.accountant).epsilon(self.delta, [ev] * r)
-
-            self.noise_multiplier = calibrate_noise_multiplier(eps, self.config.target_epsilon)
+            self.noise_multiplier = calibrate_sigma(self.config, dim=dim, cohort_size=self.cohort_size,
+                                                    rounds=self.rounds_planned, sampling=self.sampling, q=self.q,
+                                                    delta=self.delta, seed=self.public_seed)
         return self.noise_multiplier
 
     # ---------------------------------------------------------------- rounds
     def begin_round(self, round_index: int, *, cohort: Sequence[int], dim: int, min_survivors: int | None = None,
-                    refused: Sequence[int] = ()) -> RoundPrivacy:
+                    refused: Mapping[int, str] | Sequence[int] = ()) -> RoundPrivacy:
         """Plan round ``round_index``; refusals by holder caps and the server cap are decided here,
         before anything is encoded. Holder checks assume ``min_survivors`` survivors (default: all).
         ``refused``: cohort members that refused the round themselves (their own caps or policy,
-        protocols/federation.md §4): they are not participants and are recorded as refused."""
+        protocols/federation.md §4), with their reasons if known: not participants, recorded as refused."""
         _int("round_index", round_index, 0)
         _int("dim", dim, 1)
         ids = tuple(cohort)
@@ -192,10 +226,12 @@ class PrivacySession:
         eps_now = self.accountant.epsilon(self.delta)
         if cfg.server_epsilon_cap is not None and eps_now >= cfg.server_epsilon_cap:
             raise BudgetExhausted(f"server epsilon cap {cfg.server_epsilon_cap} already spent (epsilon {eps_now:.4g})")
-        if not set(refused) <= set(ids):
+        own = dict(refused) if isinstance(refused, Mapping) else {h: "refused the round" for h in refused}
+        if not set(own) <= set(ids):
             raise ValueError("refused holders must be members of the cohort")
-        participants = [h for h in ids if h not in set(refused)]
-        refused = list(refused)
+        participants = [h for h in ids if h not in own]
+        refused: list[int] = list(own)
+        reasons: dict[int, str] = dict(own)
         while True:  # refusals shrink n, which changes each share: iterate to a fixed point
             n = len(participants)
             plan = self._plan(round_index, dim, n, z, self.clip) if n else None
@@ -205,17 +241,21 @@ class PrivacySession:
                 if cap is None:
                     continue
                 m = n if min_survivors is None else max(1, min(n, min_survivors))
-                if self._holder(h)[1].epsilon(self.delta, [self._event(plan, z, m, sampled=False)]) > cap:
+                proj = self._holder(h)[1].epsilon(self.delta, [self._event(plan, z, m, sampled=False, dim=dim)])
+                if proj > cap:
                     newly.append(h)
+                    reasons[h] = (f"joining would take this holder's epsilon to {proj:.4g} (assuming {m} of {n} survive) "
+                                  f"> its cap {cap:.4g}; it has spent {self.holder_epsilon(h):.4g}")
             if not newly:
                 break
             refused.extend(newly)
             participants = [h for h in participants if h not in newly]
         if participants and cfg.server_epsilon_cap is not None:
-            proj = self.accountant.epsilon(self.delta, [self._event(plan, z, len(participants), sampled=True)])
+            proj = self.accountant.epsilon(self.delta, [self._event(plan, z, len(participants), sampled=True, dim=dim)])
             if proj > cfg.server_epsilon_cap:
                 raise BudgetExhausted(f"round {round_index} would take the server to epsilon {proj:.4g} > cap {cfg.server_epsilon_cap}")
         self._open = RoundPrivacy(self, round_index, ids, tuple(participants), tuple(refused), dim, plan, z)
+        self._open.refusal_reasons = {h: reasons[h] for h in refused}
         return self._open
 
     def record(self, rp: RoundPrivacy, survivors: Sequence[int], noisy_fraction: float | None, next_clip: float,
@@ -227,11 +267,16 @@ class PrivacySession:
         this round is not charged again. Without it, a round that runs again is a new release and is
         charged again."""
         z, surv = rp.noise_multiplier, tuple(sorted(survivors))
+        plan_rec = plan_record(rp.plan, rp.dim, z, self._sigma_b(rp.plan, z)) if self.config.dp_on or rp.plan else None
         common = {"version": 1, "round": rp.round_index, "privacy_unit": "holder", "neighbouring_relation": self.neighbouring,
                   "mode": self.config.mode, "mechanism": self._mechanism, "clip": rp.clip_bound, "noise_multiplier": z,
                   "ring_bits": self.config.ring_bits, "delta": self.delta, "accountant": self.config.accountant,
-                  "accountant_version": accountant_version(self.config.accountant)}
-        hev = self._event(rp.plan, z, len(surv), sampled=False)
+                  "accountant_version": accountant_version(self.config.accountant), "sampling": self.sampling,
+                  "plan": plan_rec, "n_survivors": len(surv)}
+        if self.run_id is not None:
+            common["run_id"] = self.run_id
+        hev = self._event(rp.plan, z, len(surv), sampled=False, dim=rp.dim)
+        reasons = getattr(rp, "refusal_reasons", {})
         for h in rp.cohort:
             led, acc = self._holder(h)
             if completing and any(e.get("round") == rp.round_index for e in led.entries):
@@ -239,15 +284,17 @@ class PrivacySession:
             status = "refused" if h in rp.refused else ("included" if h in surv else "dropped")
             if status == "included":
                 acc.add(hev)
+            reason = reasons.get(h) if status == "refused" else (
+                "dropped out before its masked input was in the sum: nothing of it was released" if status == "dropped" else None)
             led.append(dict(common, role="holder", holder_id=h, status=status, event=hev.to_dict(), epsilon=acc.epsilon(self.delta),
-                            cap=self.holder_cap(h), accountant="rdp", accountant_version=accountant_version("rdp")))
-        ev = self._event(rp.plan, z, len(surv), sampled=True)
+                            cap=self.holder_cap(h), accountant="rdp", accountant_version=accountant_version("rdp"), reason=reason))
+        ev = self._event(rp.plan, z, len(surv), sampled=True, dim=rp.dim)
         self.accountant.add(ev)
         eps = self.accountant.epsilon(self.delta)
         entry = self.ledger.append(dict(
             common, role="server", cohort_size=len(rp.cohort), cohort_size_planned=self.cohort_size, population=self.population,
-            sampling=self.sampling, sampling_rate=self.q, participants=len(rp.participants), refused=list(rp.refused),
-            survivors=list(surv), n_survivors=len(surv), dim=rp.dim, encoded_dim=rp.encoded_dim, scale=rp.scale,
+            sampling_rate=self.q, participants=len(rp.participants), refused=list(rp.refused),
+            survivors=list(surv), dim=rp.dim, encoded_dim=rp.encoded_dim, scale=rp.scale,
             noisy_within_clip_fraction=noisy_fraction, next_clip=next_clip, event=ev.to_dict(), epsilon=eps,
             reexecuted=any(e["round"] == rp.round_index for e in self.ledger.entries)))
         self.clip = next_clip
@@ -277,5 +324,6 @@ class PrivacySession:
     def summary(self) -> dict:
         eps, delta = self.epsilon_spent()
         return {"epsilon": eps, "delta": delta, "noise_multiplier": self.noise_multiplier, "clip": self.clip,
-                "rounds_recorded": len(self.ledger.entries), "ledger_head": self.ledger.head}
+                "rounds_recorded": len(self.ledger.entries), "ledger_head": self.ledger.head,
+                "ledger_signed": self.signer is not None}
 

@@ -2,7 +2,11 @@
 
 Inputs (DESIGN.md "Run directory contract"): config.yaml, metrics.jsonl, summary.json,
 privacy/ledger.jsonl (+ privacy/holders/*.jsonl), optional baseline/metrics.jsonl. Every input may be
-missing (an interrupted run); the report says what it could not find. The ledger's hash chain is
+missing (an interrupted run); the report says what it could not find. A directory holding none of
+them is not a run: RunDirError, and nothing is written. A corrupt input (a truncated summary.json, a
+metrics line that is not JSON, a config.yaml that is not YAML) is a ReportInputError naming the file
+and line: never skipped, and no report is written. The report is built in a temporary sibling
+directory and renamed into place, so a failure never leaves a half-written report. The ledger's hash chain is
 verified and the verdict is printed at the top — a broken chain is flagged loudly, never hidden.
 The Markdown and the HTML are built from one list of sections; the HTML embeds the PNGs as base64.
 """
@@ -11,51 +15,78 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from securefed import jsonio
 from securefed.privacy.ledger import LedgerError, entry_hash, read_ledger
-from securefed.report import text
+from securefed.report import header, privacy_checks, text
+from securefed.runtime.rundir import RUN_MARKERS, RunDirError, is_run_dir
 
-__all__ = ["render_report", "load_run"]
+__all__ = ["render_report", "load_run", "ReportInputError"]
+
+
+class ReportInputError(ValueError):
+    """An input file of the run directory is corrupt; the message names the file (and line)."""
 
 
 def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last metrics line of an interrupted run
-    return out
+    try:
+        return jsonio.read_jsonl(path, legacy=True)  # runs written before strict JSON stay readable
+    except jsonio.JSONFileError as e:
+        raise ReportInputError(str(e)) from None
 
 
 def _num(v: Any) -> float:
-    if v == "inf":
-        return math.inf
     try:
-        return float(v)
-    except (TypeError, ValueError):
+        x = jsonio.decode_float(v)  # numbers and the "inf"/"-inf"/"nan" strings
+    except ValueError:
         return math.nan
+    return math.nan if x is None else x
+
+
+def _config(path: Path) -> tuple[dict, dict]:
+    """config.yaml as a mapping, and the versions recorded in its ``# versions: {...}`` line."""
+    if not path.is_file():
+        return {}, {}
+    raw = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        config = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ReportInputError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if config is not None and not isinstance(config, dict):
+        raise ReportInputError(f"{path} does not hold a mapping (got {type(config).__name__})")
+    versions: dict = {}
+    for line in raw.splitlines():
+        if line.startswith("# versions: "):
+            try:
+                versions = jsonio.loads(line[len("# versions: "):])
+            except ValueError:
+                raise ReportInputError(f"{path}: the '# versions:' line is not valid JSON") from None
+    return config or {}, versions if isinstance(versions, dict) else {}
 
 
 def load_run(run_dir: Path) -> dict:
-    """Everything the report needs, read from files."""
+    """Everything the report needs, read from files (errors: see the module docstring)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    cfg_path = run_dir / "config.yaml"
-    config = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    if not is_run_dir(run_dir):
+        raise RunDirError(f"{run_dir} is not a securefed run directory: it holds none of {', '.join(RUN_MARKERS)}; "
+                          "nothing to report")
+    config, versions = _config(run_dir / "config.yaml")
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    try:
+        summary = jsonio.read_json(summary_path, legacy=True) if summary_path.is_file() else {}
+    except jsonio.JSONFileError as e:
+        raise ReportInputError(str(e)) from None
+    if not isinstance(summary, dict):
+        raise ReportInputError(f"{summary_path} does not hold a JSON object")
     ledger: dict[str, Any] = {"path": "privacy/ledger.jsonl", "ok": False, "entries": [], "error": None, "head": None}
     lp = run_dir / "privacy" / "ledger.jsonl"
     if not lp.is_file():
@@ -76,8 +107,12 @@ def load_run(run_dir: Path) -> dict:
                                 "dropped": sum(e["status"] == "dropped" for e in es)}
         except LedgerError as e:
             holders[hp.stem] = {"ok": False, "error": str(e)}
-    return {"run_dir": str(run_dir), "config": config or {}, "summary": summary, "metrics": _jsonl(run_dir / "metrics.jsonl"),
-            "baseline": _jsonl(run_dir / "baseline" / "metrics.jsonl"), "ledger": ledger, "holders": holders}
+    run = {"run_dir": str(run_dir), "config": config or {}, "summary": summary, "metrics": _jsonl(run_dir / "metrics.jsonl"),
+           "baseline": _jsonl(run_dir / "baseline" / "metrics.jsonl"), "ledger": ledger, "holders": holders,
+           "versions": versions, "files": header.file_times(run_dir)}
+    # signatures, anchors, every ε recomputed; on any mismatch every ε is withheld (privacy_checks.py)
+    privacy_checks.apply_verification(run, privacy_checks.verify_run(run_dir))
+    return run
 
 
 def _plots(run: dict, out: Path) -> list[str]:
@@ -104,11 +139,13 @@ def _plots(run: dict, out: Path) -> list[str]:
     names.append("epsilon.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    fed = [(m.get("tokens_seen"), m.get("eval_ppl")) for m in run["metrics"] if m.get("eval_ppl") is not None]
-    base = [(m.get("tokens_seen"), m.get("eval_ppl")) for m in run["baseline"] if m.get("eval_ppl") is not None]
+    fed, base = (_finite_points(rows, "tokens_seen", "eval_ppl") for rows in (run["metrics"], run["baseline"]))
     for pts, label in ((fed, "federated"), (base, "centralized baseline")):
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
+    unigram = _num(run["summary"].get("unigram_eval_ppl"))
+    if (fed or base) and math.isfinite(unigram):
+        ax.axhline(unigram, color="grey", ls="--", lw=1, label=f"unigram ({unigram:.4g})")
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("eval perplexity")
     ax.set_yscale("log")
@@ -121,7 +158,7 @@ def _plots(run: dict, out: Path) -> list[str]:
     names.append("perplexity.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    cf = [(m.get("round"), m.get("clip_fraction")) for m in run["metrics"] if m.get("clip_fraction") is not None]
+    cf = _finite_points(run["metrics"], "round", "clip_fraction")  # rounds as the files number them
     if cf:
         ax.plot([c[0] for c in cf], [c[1] for c in cf], marker="o", ms=3)
     ax.set_ylim(-0.05, 1.05)
@@ -133,6 +170,12 @@ def _plots(run: dict, out: Path) -> list[str]:
     plt.close(fig)
     names.append("clip_fraction.png")
     return names
+
+
+def _finite_points(rows: list[dict], x: str, y: str) -> list[tuple[float, float]]:
+    """(x, y) of the rows where both are finite numbers (non-finite values are in the warnings, not the plot)."""
+    pts = [(_num(r.get(x)), _num(r.get(y))) for r in rows if r.get(x) is not None and r.get(y) is not None]
+    return [(a, b) for a, b in pts if math.isfinite(a) and math.isfinite(b)]
 
 
 def _md(sections: list) -> str:
@@ -180,18 +223,45 @@ def _html(title: str, sections: list, out: Path, alarm: str | None) -> str:
 def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict:
     """Write the report files; returns the report.json content (``ledger_ok`` says if the chain verified)."""
     run = load_run(Path(run_dir))
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        report = _render(run, out)
+        _swap_into_place(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return report
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def _render(run: dict, out: Path) -> dict:
     plots = _plots(run, out)
     facts = text.facts(run)
-    sections = text.sections(run, facts) + [("Plots", [("img", p) for p in plots])]
+    head = header.run_section(run)
+    warned = header.warnings_section(run)
+    sections = [head] + ([warned] if warned else []) + text.sections(run, facts) + [("Plots", [("img", p) for p in plots])]
     alarm = None
     if not run["ledger"]["ok"]:
-        alarm = f"PRIVACY LEDGER NOT VERIFIED: {run['ledger']['error']}. The privacy figures below cannot be trusted."
+        alarm = (f"PRIVACY LEDGER NOT VERIFIED: {run['ledger']['error']}. No ε is stated in this report; the privacy "
+                 "figures below cannot be trusted.")
     report = {"run_dir": run["run_dir"], "ledger_ok": run["ledger"]["ok"], "ledger_error": run["ledger"]["error"],
-              "ledger_head": run["ledger"]["head"], "facts": facts, "holders": run["holders"], "plots": plots,
+              "ledger_head": run["ledger"]["head"], "ledger_entries": run["ledger"].get("entries_count"),
+              "verification": privacy_checks.verification_dict(run["verification"]), "facts": facts,
+              "holders": run["holders"], "plots": plots, "run": header.run_facts(run), "warnings": header.run_warnings(run),
               "sections": [[t, [b if isinstance(b, str) else list(b) for b in bs]] for t, bs in sections]}
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+    (out / "report.json").write_text(jsonio.dumps(report, indent=2, default=str) + "\n")
     md = "# securefed privacy and training report\n\n" + (f"> **{alarm}**\n\n" if alarm else "") + _md(sections)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(_html("securefed privacy and training report", sections, out, alarm))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from securefed.report import privacy_checks
+
 MECH_WORDS = {
     "none": "no differential privacy: updates are clipped and quantized, but no noise is added (ε = ∞)",
     "gaussian": "the Gaussian mechanism at a trusted aggregator (central DP): the server adds N(0, σ²C²) to the sum",
@@ -81,10 +83,15 @@ def facts(run: dict) -> dict:
 def sections(run: dict, f: dict) -> list:
     led = run["ledger"]
     dp = f["mode"] in ("central", "distributed")
+    ver = run.get("verification")
     verdict = (f"Verified: {len(led['entries'])} entries, hash chain intact, head {led['head']}." if led["ok"]
                else f"NOT VERIFIED — {led['error']}. Treat every privacy number in this report as untrustworthy.")
+    integrity = [verdict] + ([ver.banner()] if ver is not None and led["ok"] else []) + (
+        [f"Problem: {p}" for p in ver.problems] + [f"Note: {n}" for n in ver.notes] if ver is not None else [])
     eps_words = (f"After {f['rounds_recorded']} recorded rounds the federation has spent ε = {_fmt(f['epsilon'])} at "
                  f"δ = {_fmt(f['delta'])}." if dp else "Differential privacy was off in this run: ε is infinite.")
+    if not led["ok"]:  # fail closed: a ledger that does not verify states no ε
+        eps_words = "No ε is stated: the privacy records do not verify (see Ledger integrity)."
     if dp and isinstance(f["delta"], (int, float)) and f["delta"] > 1e-3:
         eps_words += (f" WARNING: δ = {_fmt(f['delta'])} is large (the population is small): with probability up to δ the "
                       "guarantee may fail entirely; treat this run as a demonstration, not as meaningful protection.")
@@ -97,8 +104,7 @@ def sections(run: dict, f: dict) -> list:
                        "remove their own shares from the noise: the guarantee degrades to that of the honest shares.",
         "central": "The aggregator is trusted: it sees the (securely aggregated or plain) sum before adding the Gaussian "
                    "noise. The guarantee protects holders against everyone who sees the model, not against the aggregator.",
-        "none": "No DP noise: protection rests on secure aggregation alone (the server sees only sums), which bounds "
-                "no inference from the released models.",
+        "none": trust_without_dp(f),
     }.get(f["mode"], "unknown mode")
     holders = run["holders"]
     worst = max((h["epsilon"] for h in holders.values() if h.get("ok")), default=None)
@@ -117,18 +123,19 @@ def sections(run: dict, f: dict) -> list:
     params = [["parameter", "value"]] + [[k, _fmt(f[k])] for k in (
         "mode", "mechanism", "noise_multiplier", "clip_first", "clip_last", "adaptive_clip", "ring_bits", "population",
         "cohort_size_planned", "sampling", "sampling_rate", "delta", "epsilon", "server_epsilon_cap", "holder_epsilon_cap",
-        "accountant", "rounds_recorded", "reexecuted_rounds")]
+        "accountant", "rounds_recorded", "reexecuted_rounds") if dp or k != "delta"]  # no δ without DP
     nist = [["factor (NIST SP 800-226)", "this run"],
             ["unit of privacy", "one data holder (all of its records together): the guarantee covers a holder's whole "
              "contribution, which is stronger than record-level DP. Optional DP-SGD adds a record-level guarantee inside a holder."],
-            ["privacy parameters ε, δ", f"ε = {_fmt(f['epsilon'])}, δ = {_fmt(f['delta'])} (δ < 1/population)"],
+            ["privacy parameters ε, δ", f"ε = {_fmt(f['epsilon'])}, δ = {_fmt(f['delta'])} (δ < 1/population)" if dp
+             else "none: differential privacy was off (ε = ∞)"],
             ["neighbouring relation", f"{_fmt(f['neighbouring_relation'])} one holder ({_fmt(f['sampling'])} sampling of cohorts)"],
             ["accounting", f"{_fmt(f['accountant'])}; composition over all recorded rounds, re-executed rounds counted again"],
             ["trust model / threat", trust],
-            ["implementation", "noise from the OS CSPRNG (never a seeded library RNG); " + (
+            ["implementation", ("noise from the OS CSPRNG (never a seeded library RNG); " if dp else "") + (
                 "integer noise and modular ring arithmetic (no floating-point noise in the released sum)"
                 if f["mode"] == "distributed" else "continuous float64 Gaussian noise at the server (floating-point "
-                "effects on the noise are not mitigated)" if f["mode"] == "central" else "no noise")
+                "effects on the noise are not mitigated)" if f["mode"] == "central" else "no noise (DP off)")
              + ("; hash-chained, fsync'ed ledgers verified when this report was made" if led["ok"] and not broken
                 else "; hash-chained, fsync'ed ledgers — verification FAILED when this report was made (see above)")]]
     train = [["figure", "value"], ["federated eval perplexity", _fmt(f["fed_eval_ppl"])],
@@ -137,16 +144,8 @@ def sections(run: dict, f: dict) -> list:
              ["tokens", _fmt(f["tokens"])],
              ["rounds", _fmt(f["rounds"])]]
     return [
-        ("Ledger integrity", [verdict]),
-        ("What was protected, in plain words", [
-            f"Privacy unit: {f['privacy_unit']} — each data holder's entire pseudo-gradient in a round is bounded in size "
-            f"(clipped to L2 norm C) and then hidden by noise, so the released models reveal little about whether any one "
-            f"holder took part.", eps_words,
-            "Two ε are kept: the ledger above is the guarantee for the released models, with amplification by the random "
-            "choice of cohorts (valid against anyone who does not know the cohorts); each holder's own ledger counts only "
-            "the rounds its data was in, without that amplification (valid even against the coordinator). The ledger "
-            "files themselves list who took part in each round: keep them with the coordinator's records; against a "
-            "reader of the ledger only the holder ε holds."]),
+        ("Ledger integrity", integrity),
+        ("What was protected, in plain words", protection_words(f, dp, eps_words)),
         ("Mechanism", [_sentence(MECH_WORDS.get(f["mechanism"], str(f["mechanism"])))]),
         ("Trust model", [trust]),
         ("Weights", ["With DP on, every holder's update has the same weight (uniform averaging: the sum is divided by the "
@@ -155,5 +154,33 @@ def sections(run: dict, f: dict) -> list:
         ("Parameters", [("table", params)]),
         ("NIST SP 800-226 factors", [("table", nist)]),
         ("Holder budgets", [("table", hrows)] if len(hrows) > 1 else ["No holder ledgers found."]),
+        ("Refusals, caps and δ, in plain words", privacy_checks.plain_words(run, f) or ["No holder was refused and no cap applied."]),
+        *([("Pre-flight check", pre)] if (pre := privacy_checks.preflight_blocks(run["run_dir"])) is not None else []),
         ("Training", [("table", train)]),
     ]
+
+
+# ---------------------------------------------------------------- mode-matching words (issue 16)
+def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
+    """The "What was protected" paragraphs, true to the run's privacy mode."""
+    if not dp:
+        return [f"Privacy unit: {f['privacy_unit']} — each data holder's pseudo-gradient in a round is clipped to L2 norm "
+                f"C = {_fmt(f['clip_first'])} and quantized, but no noise is added: differential privacy was off, so the "
+                "released models carry no formal guarantee about any holder's data. What protects the individual updates "
+                "is secure aggregation alone (see Trust model).", eps_words]
+    return [f"Privacy unit: {f['privacy_unit']} — each data holder's entire pseudo-gradient in a round is bounded in size "
+            f"(clipped to L2 norm C) and then hidden by noise, so the released models reveal little about whether any one "
+            f"holder took part.", eps_words,
+            "Two ε are kept: the ledger above is the guarantee for the released models, with amplification by the random "
+            "choice of cohorts (valid against anyone who does not know the cohorts); each holder's own ledger counts only "
+            "the rounds its data was in, without that amplification (valid even against the coordinator). The ledger "
+            "files themselves list who took part in each round: keep them with the coordinator's records; against a "
+            "reader of the ledger only the holder ε holds."]
+
+
+def trust_without_dp(f: dict) -> str:
+    if f.get("aggregation") == "plain":
+        return ("No DP noise and no secure aggregation (aggregation: plain, a baseline only): the server sees every "
+                "holder's clipped update, and nothing bounds inference from the released models.")
+    return ("No DP noise: protection rests on secure aggregation alone (the server sees only sums), which bounds "
+            "no inference from the released models.")

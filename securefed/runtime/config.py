@@ -14,17 +14,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from securefed.ckks import RoutingPolicy
+# Only config modules here: this file must import without torch, transformers, lightning or tenseal,
+# so that `securefed simulate` refuses a bad config at once (tests/runtime/test_config_fast.py).
+from securefed.ckks.routing import RoutingPolicy
 from securefed.configio import ConfigError, from_dict, load_yaml, override
-from securefed.privacy import DPConfig
-from securefed.secagg import SecAggConfig
-from securefed.training.data import DataConfig
-from securefed.training.models import get_preset
-from securefed.training.outer import OuterConfig
-from securefed.training.trainer import TrainConfig
+from securefed.privacy.config import DPConfig
+from securefed.secagg.config import SecAggConfig
+from securefed.training.config import OuterConfig, TrainConfig, get_preset
+from securefed.training.data.config import DataConfig
 
-__all__ = ["ModelSection", "FederationConfig", "AggregationConfig", "NetworkConfig", "RunConfig", "load_run_config",
-           "list_presets"]
+__all__ = ["ModelSection", "FederationConfig", "AggregationConfig", "NetworkConfig", "LoggingConfig", "RunConfig",
+           "load_run_config", "list_presets", "closest_preset"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class FederationConfig:
     holder_local_steps: tuple[int, ...] = ()        # heterogeneity: per-holder K (default train.local_steps)
     holder_batch_sizes: tuple[int, ...] = ()        # heterogeneity: per-holder batch size
     dropout_rate: float = 0.0                       # simulated: a holder vanishes mid-protocol with this probability
+    # save the model/outer state (coordinator) and each holder's optimizer state every this many rounds:
+    # 1 makes a resume bit-identical; more saves 2-3 x P floats of writes per round (GBs at 1.3B parameters)
+    checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
         if self.n_holders < 1:
@@ -62,6 +65,8 @@ class FederationConfig:
                 raise ValueError(f"federation.{name} needs one value >= 1 per holder ({self.n_holders})")
         if not 0 <= self.dropout_rate < 1:
             raise ValueError("federation.dropout_rate must be in [0, 1)")
+        if self.checkpoint_every < 1:
+            raise ValueError("federation.checkpoint_every must be >= 1")
 
     @property
     def cohort_size(self) -> int:
@@ -103,6 +108,15 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """Standard loggers besides RUN_DIR/metrics.jsonl (always written): Lightning's own, opt-in, so a
+    run shows up in the tools users already have (runtime/metrics_log.py)."""
+
+    csv: bool = False          # RUN_DIR/logs/csv/metrics.csv (lightning.fabric.loggers.CSVLogger)
+    tensorboard: bool = False  # RUN_DIR/logs/tensorboard/ (TensorBoardLogger; needs the tensorboard package)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     model: ModelSection = field(default_factory=ModelSection)
@@ -119,6 +133,7 @@ class RunConfig:
     # than one centralized trajectory does (Photon), so a fair comparison runs each side at its own best
     baseline_lr: float | None = None
     deterministic_secrets: bool = False              # derive all secret randomness from the seed (tests/replay only)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         if self.baseline_batch_size is not None and self.baseline_batch_size < 1:
@@ -172,3 +187,34 @@ def load_run_config(*, preset: str | None = "demo", config_file: str | Path | No
     for o in overrides:
         override(data, o)
     return from_dict(RunConfig, data)
+
+
+def _leaves(d: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    """(dotted key, value in a, value in b) for every leaf setting that differs, sorted by key."""
+    la, lb = _leaves(a), _leaves(b)
+    return [(k, la.get(k), lb.get(k)) for k in sorted(set(la) | set(lb)) if la.get(k) != lb.get(k)]
+
+
+def closest_preset(resolved: dict) -> tuple[str, list[str]]:
+    """The run preset a resolved config (a config.yaml's mapping) is closest to, and the dotted keys
+    in which it differs from that preset: how a run directory is described to a user."""
+    from securefed.configio import to_dict
+
+    best: tuple[str, list[str]] | None = None
+    for name in list_presets():
+        try:
+            diff = [k for k, _, _ in config_differences(to_dict(load_run_config(preset=name)), resolved)]
+        except (ConfigError, ValueError, TypeError):
+            continue
+        if best is None or len(diff) < len(best[1]):
+            best = (name, diff)
+    return best or ("unknown", [])

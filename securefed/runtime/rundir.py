@@ -4,18 +4,31 @@ RUN_DIR/config.yaml, metrics.jsonl, summary.json, privacy/ledger.jsonl, report/,
 plus baseline/metrics.jsonl (the centralized baseline's curve) and secagg_transcript/ when asked.
 Whole files are written to a temporary sibling and renamed (os.replace is atomic on POSIX), so a crash
 never leaves a half-written file; metrics.jsonl is rewritten whole each round for the same reason.
+Every JSON file is strict JSON (securefed.jsonio: non-finite numbers as "inf"/"-inf"/"nan").
+
+:func:`check_out_dir` is what `securefed simulate` runs before it imports anything heavy: a reused
+``--out`` holding another run, or ``--resume`` with nothing to resume, is refused at once.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunDir", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "default_run_dir"]
+from securefed import jsonio
+
+__all__ = ["RunDir", "RunDirError", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "default_run_dir",
+           "check_out_dir", "is_run_dir", "describe_run"]
+
+# files whose presence makes a directory a securefed run (any one of them)
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "summary.json", "privacy/ledger.jsonl", "checkpoints/latest.pt")
+
+
+class RunDirError(ValueError):
+    """``--out`` / ``--resume`` / a report's RUN_DIR does not fit what was asked; the message says what to do."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -85,13 +98,84 @@ class RunDir:
             d.mkdir(parents=True, exist_ok=True)
 
     def write_json(self, path: Path, obj: Any) -> None:
-        atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, jsonio.dumps(obj, indent=2) + "\n")
 
     def write_jsonl(self, path: Path, rows: list[dict]) -> None:
-        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        atomic_write_text(path, "".join(jsonio.dumps(r) + "\n" for r in rows))
 
     @staticmethod
     def read_jsonl(path: Path) -> list[dict]:
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        """Strict: a corrupt line is a jsonio.JSONFileError naming the file and line, never skipped."""
+        return jsonio.read_jsonl(path)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True when ``path`` is a directory holding at least one file of the run-directory contract."""
+    p = Path(path)
+    return p.is_dir() and any((p / m).is_file() for m in RUN_MARKERS)
+
+
+def describe_run(path: str | Path) -> str:
+    """"preset demo" / "preset demo with changes to a, b" / "config.yaml unreadable: …": what a user
+    needs to recognise an existing run directory."""
+    import yaml
+
+    from securefed.runtime.config import closest_preset
+
+    cfg = Path(path) / "config.yaml"
+    if not cfg.is_file():
+        return "no config.yaml"
+    try:
+        data = yaml.safe_load(cfg.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return f"config.yaml unreadable: {type(e).__name__}"
+    if not isinstance(data, dict):
+        return "config.yaml is not a mapping"
+    name, diff = closest_preset(data)
+    if not diff:
+        return f"preset {name}"
+    more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+    return f"preset {name} with changes to {', '.join(diff[:4])}{more}"
+
+
+def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None) -> None:
+    """Refuse, before any work, an ``--out`` that cannot take this run (RunDirError, one message).
+
+    New run: ``out`` must not exist, or be an empty directory. ``--resume``: ``out`` must hold a
+    checkpoint, and (when ``resolved``, this run's config mapping, is given) the run's config.yaml
+    must match it — resuming under other settings would mix two runs in one ledger.
+    """
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"--out {root} is a file, not a directory; choose a new --out")
+    if not resume:
+        if root.is_dir() and any(root.iterdir()):
+            if is_run_dir(root):
+                raise RunDirError(f"{root} holds another run ({describe_run(root)}); choose a new --out or --resume")
+            raise RunDirError(f"{root} exists and is not empty (and holds no securefed run); choose a new --out")
+        return
+    if not root.is_dir():
+        raise RunDirError(f"--resume: {root} does not exist, so there is nothing to resume; drop --resume to start a run there")
+    ckpt = RunDir(root).checkpoint_file
+    if not ckpt.is_file():
+        what = f"holds a run ({describe_run(root)}) but" if is_run_dir(root) else "is not a securefed run and"
+        raise RunDirError(f"--resume: {root} {what} has no checkpoint ({ckpt}); nothing to resume: choose a new --out")
+    if resolved is None:
+        return
+    import yaml
+
+    from securefed.runtime.config import config_differences
+
+    try:
+        old = yaml.safe_load(RunDir(root).config.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RunDirError(f"--resume: {root}/config.yaml cannot be read ({type(e).__name__}); the run cannot be "
+                          "checked against this config") from None
+    diff = config_differences(old if isinstance(old, dict) else {}, resolved)
+    if diff:
+        first = ("model", "privacy", "aggregation", "federation", "data", "train", "outer")  # what matters most first
+        diff.sort(key=lambda d: (first.index(d[0].split(".")[0]) if d[0].split(".")[0] in first else len(first), d[0]))
+        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:5])
+        shown = f"{len(diff)} settings differ: {shown}" + (" ..." if len(diff) > 5 else "")
+        raise RunDirError(f"{root} holds another run ({describe_run(root)}); choose a new --out, or --resume with "
+                          f"that run's settings ({shown})")

@@ -11,48 +11,13 @@ Parameter count per block is 12·d² (4d² attention + 3·d·(8/3·d) SwiGLU), a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from securefed.training.config import PRESETS, ModelPreset, get_preset  # re-exported (torch-free home)
+
 __all__ = ["ModelPreset", "PRESETS", "get_preset", "build_model", "count_parameters"]
-
-
-@dataclass(frozen=True)
-class ModelPreset:
-    name: str
-    d_model: int
-    n_layers: int
-    n_heads: int
-    max_seq_len: int
-    tie_embeddings: bool = True
-
-    @property
-    def ffn_dim(self) -> int:
-        # SwiGLU hidden size 8/3·d, rounded up to a multiple of 64 (tensor-core friendly)
-        return ((8 * self.d_model // 3) + 63) // 64 * 64
-
-
-PRESETS: dict[str, ModelPreset] = {
-    p.name: p
-    for p in (
-        ModelPreset("tiny", d_model=128, n_layers=4, n_heads=4, max_seq_len=512),
-        ModelPreset("20m", d_model=384, n_layers=6, n_heads=6, max_seq_len=2048),
-        ModelPreset("75m", d_model=640, n_layers=10, n_heads=10, max_seq_len=2048),
-        ModelPreset("125m", d_model=768, n_layers=12, n_heads=12, max_seq_len=2048),
-        ModelPreset("350m", d_model=1024, n_layers=24, n_heads=16, max_seq_len=2048),
-        ModelPreset("1.3b", d_model=2048, n_layers=24, n_heads=16, max_seq_len=2048, tie_embeddings=False),
-    )
-}
-
-
-def get_preset(name: str) -> ModelPreset:
-    if not isinstance(name, str):
-        raise TypeError("model preset must be a string")
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]
 
 
 def llama_config(preset: ModelPreset, *, vocab_size: int, seq_len: int, attn_implementation: str = "sdpa") -> LlamaConfig:
@@ -90,6 +55,14 @@ def build_model(preset: str | ModelPreset, *, vocab_size: int, seq_len: int, see
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)
     return model
+
+
+def parameter_count(preset: str | ModelPreset, *, vocab_size: int, seq_len: int) -> int:
+    """P, the length of the flat vector, without allocating the model (built on the meta device)."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    with torch.device("meta"):
+        model = LlamaForCausalLM(llama_config(p, vocab_size=vocab_size, seq_len=seq_len))
+    return count_parameters(model)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -9,25 +9,11 @@ fed to ``torch.optim.SGD`` on one flat parameter:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
+from securefed.training.config import OuterConfig  # re-exported (torch-free home)
+
 __all__ = ["OuterConfig", "OuterOptimizer"]
-
-
-@dataclass(frozen=True)
-class OuterConfig:
-    name: Literal["fedavg", "fedmom", "nesterov"] = "fedavg"
-    lr: float = 1.0
-    momentum: float = 0.9          # ignored by fedavg
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"outer.lr must be > 0, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"outer.momentum must be in [0, 1), got {self.momentum}")
 
 
 class OuterOptimizer:

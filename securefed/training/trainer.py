@@ -3,6 +3,13 @@
 Per round a holder loads θ_global, runs K AdamW steps on its own sequences and returns the
 pseudo-gradient Δ = θ_global − θ_local as a flat float32 vector (securefed.training.flat order).
 
+GPU fast path (issue 14; securefed.training.fused): Liger's fused linear + cross-entropy loss (no
+fp32 logits), Liger RMSNorm / SwiGLU / RoPE in eager blocks, regional ``torch.compile`` of the decoder
+blocks (``train.compile``), an optional SDPA backend preference; θ_global goes to the device once
+per round and Δ is formed there and copied out once into pinned host memory. ``train.fused: auto``
+falls back to plain PyTorch wherever Liger cannot run (CPU, liger-kernel absent, DP-SGD), so the CPU
+path is the plain one, bit for bit.
+
 Why Fabric and not ``Trainer.fit``: re-running ``fit`` with the same ``max_steps`` trains nothing
 (Lightning issue #11425) and ``configure_optimizers`` would rebuild AdamW each round; Fabric gives an
 explicit K-step loop while keeping Lightning's precision plugins (bf16-mixed on GPU) and strategies
@@ -13,71 +20,21 @@ counter (the LR schedule runs over the holder's planned total steps) and its dat
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from lightning.fabric import Fabric
 
+from securefed.training.config import DPSGDConfig, TrainConfig  # re-exported: the dataclasses live torch-free
 from securefed.training.flat import set_flat
 
+log = logging.getLogger(__name__)
+
 __all__ = ["DPSGDConfig", "TrainConfig", "LocalUpdate", "LocalTrainer", "HolderTrainer", "make_fabric", "evaluate_loss"]
-
-
-@dataclass(frozen=True)
-class DPSGDConfig:
-    """Optional record-level DP-SGD inside each holder (Opacus; securefed.privacy.dpsgd).
-
-    Batches are then Poisson-sampled (each sequence with probability batch_size / N), each sequence's
-    gradient is clipped to max_grad_norm and Gaussian noise N(0, (σ·max_grad_norm)²) is added per step;
-    the holder's own RDP accountant gives its record-level ε at ``delta``.
-    """
-
-    enabled: bool = False
-    noise_multiplier: float = 1.0
-    max_grad_norm: float = 1.0
-    delta: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or not 0 < self.delta < 1:
-            raise ValueError("train.dp_sgd: noise_multiplier >= 0, max_grad_norm > 0 and 0 < delta < 1 required")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    local_steps: int = 16                      # K, inner steps per round
-    batch_size: int = 16                       # sequences per inner step
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1                  # cosine floor, as a fraction of lr
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0                     # inner-step gradient norm clip (not the DP clip)
-    reset_optimizer: bool = False              # Photon option: fresh AdamW state every round
-    precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
-    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
-    devices: int = 1
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    compile: bool = False
-    eval_batch_size: int = 32
-    dp_sgd: DPSGDConfig = field(default_factory=DPSGDConfig)
-
-    def __post_init__(self) -> None:
-        if self.local_steps < 1:
-            raise ValueError(f"train.local_steps (K) must be >= 1, got {self.local_steps}")
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("train.min_lr_ratio must be in [0, 1]")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("train.warmup_steps, grad_clip and weight_decay must be >= 0")
-        if self.devices < 1 or self.eval_batch_size < 1:
-            raise ValueError("train.devices and train.eval_batch_size must be >= 1")
 
 
 def make_fabric(cfg: TrainConfig) -> Fabric:
@@ -120,6 +77,21 @@ class LocalTrainer:
         self.cfg = cfg
         self.fabric = fabric or make_fabric(cfg)
         self.raw_model = model
+        from securefed.training import fused as _fused
+
+        scope_model = cfg.compile and cfg.compile_scope == "model"
+        blocks = cfg.compile and not scope_model and _fused.is_llama(model)
+        self.fused, self.fused_reason = _fused.resolve_fused(
+            "off" if (scope_model or not _fused.is_llama(model)) else cfg.fused,
+            device_type=self.fabric.device.type, dp_sgd=cfg.dp_sgd.enabled, compile_=blocks)
+        if self.fused != "off":
+            _fused.apply_liger(model, blocks=self.fused == "all")
+        elif cfg.fused in ("all", "head") and self.fabric.device.type == "cuda":
+            log.warning("train.fused=%s requested but not used: %s; plain PyTorch kernels", cfg.fused, self.fused_reason)
+        self._sdpa = lambda: _fused.sdpa_context(cfg.sdpa_backend if self.fabric.device.type == "cuda" else "auto")
+        if blocks:
+            _fused.compile_blocks(model)
+        self.compiled = "blocks" if blocks else ("model" if cfg.compile else None)
         if cfg.dp_sgd.enabled:
             from opacus import GradSampleModule
 
@@ -128,10 +100,8 @@ class LocalTrainer:
         else:
             self.model = self.fabric.setup_module(model)
         self._step_fn = self._train_step
-        if cfg.compile:
-            self._forward = torch.compile(self.model)
-        else:
-            self._forward = self.model
+        self._forward = torch.compile(self.model) if self.compiled == "model" else self.model
+        self._layout = [p.numel() for p in model.parameters()]
 
     def new_holder(self, holder_id: int, data: torch.Tensor, *, seed: int, total_steps: int,
                    local_steps: int | None = None, batch_size: int | None = None,
@@ -141,17 +111,32 @@ class LocalTrainer:
                              batch_size=batch_size or self.cfg.batch_size, dp_secret_seed=dp_secret_seed)
 
     def _train_step(self, opt, x: torch.Tensor) -> torch.Tensor:
-        out = self._forward(input_ids=x, labels=x)
-        self.fabric.backward(out.loss)
+        with self._sdpa():
+            out = self._forward(input_ids=x, labels=x)
+            self.fabric.backward(out.loss)
         if self.cfg.grad_clip > 0 and not self.cfg.dp_sgd.enabled:  # DP-SGD clips per sample instead
             self.fabric.clip_gradients(self.model, opt, max_norm=self.cfg.grad_clip, error_if_nonfinite=False)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return out.loss.detach()
 
+    def _dp_empty_step(self, opt) -> None:
+        """One DP-SGD step on an empty Poisson batch: the mechanism still runs (clipped sum = 0, plus
+        Gaussian noise, divided by the expected batch size) and the accountant records it. Skipping
+        it would release "this batch was empty" outside the accountant's view."""
+        for p in self.raw_model.parameters():
+            if p.requires_grad:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
     @torch.no_grad()
     def evaluate(self, data: torch.Tensor) -> float:
-        return evaluate_loss(self.model, data, batch_size=self.cfg.eval_batch_size, device=self.fabric.device)
+        # compiled blocks run eagerly here: no extra graphs for the eval batch shapes / no-grad mode
+        stance = (torch.compiler.set_stance("force_eager") if self.compiled == "blocks"
+                  and hasattr(torch.compiler, "set_stance") else contextlib.nullcontext())
+        with stance, self._sdpa():
+            return evaluate_loss(self.model, data, batch_size=self.cfg.eval_batch_size, device=self.fabric.device)
 
 
 @torch.no_grad()
@@ -246,6 +231,7 @@ class HolderTrainer:
         """K inner steps from θ_global; returns Δ = θ_global − θ_local (flat, float32, CPU)."""
         parent, cfg = self.parent, self.parent.cfg
         device = parent.fabric.device
+        cuda = device.type == "cuda"
         # one host->device copy of θ_global; it stays on the device to form Δ there (one copy back)
         theta = global_flat.to(device=device, dtype=torch.float32, copy=True)  # never alias the caller's
         set_flat(parent.raw_model, theta)
@@ -258,15 +244,28 @@ class HolderTrainer:
             lr = lr_at(cfg, self.step, self.total_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x = self._next_batch().to(device, non_blocking=True)
+            x = self._next_batch()
             self.step += 1
-            if x.shape[0] == 0:  # an empty Poisson batch releases nothing: skip the update
+            if x.shape[0] == 0:  # an empty Poisson batch (DP-SGD): a noise-only step, accounted
+                parent._dp_empty_step(opt)
                 continue
+            # pinned staging: the copy is truly asynchronous, the CPU runs ahead of the GPU
+            x = (x.pin_memory() if cuda else x).to(device, non_blocking=True)
             losses += parent._step_fn(opt, x)
         with torch.no_grad():
-            local = torch.cat([p.detach().reshape(-1).to(torch.float32) for p in parent.raw_model.parameters()])
-            delta = theta.sub_(local).to("cpu")     # (P,) float32: θ_global − θ_local
-        del local
+            params = [p.detach() for p in parent.raw_model.parameters()]
+            views = [v.view_as(p) for v, p in zip(theta.split(parent._layout), params)]
+            if all(p.dtype == torch.float32 for p in params):
+                torch._foreach_sub_(views, params)                  # θ_global − θ_local, in place, on the device
+            else:
+                for v, p in zip(views, params):
+                    v.sub_(p.to(torch.float32))
+            if cuda:  # Δ copied out once, into pinned memory (cached by torch's host allocator)
+                delta = torch.empty(theta.numel(), dtype=torch.float32, pin_memory=True)
+                delta.copy_(theta, non_blocking=True)
+                torch.cuda.current_stream(device).synchronize()
+            else:
+                delta = theta.to("cpu")                             # (P,) float32: θ_global − θ_local
         tokens = self.local_steps * self.batch_size * self.world_size * self.data.shape[1]
         eps = None
         if cfg.dp_sgd.enabled:

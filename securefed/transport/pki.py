@@ -4,6 +4,7 @@
 
     DIR/ca.pem, DIR/ca.key                  demo CA (ECDSA P-256); a real federation keeps its CA offline
     DIR/server/{cert.pem,key.pem}           coordinator: SAN DNS:localhost, IP:127.0.0.1 (+ --server-name)
+    DIR/server/identity.key                 coordinator's Ed25519 key: signs the privacy ledgers (protocols/dp.md §7)
     DIR/holders/<id>/{cert.pem,key.pem}     holder TLS cert: CN=holder-<id>, SAN URI securefed:holder:<id>
     DIR/holders/<id>/identity.key           holder's Ed25519 identity (secagg signatures), PKCS#8 PEM
     DIR/roster.yaml                         holder id -> Ed25519 public key (protocols/secagg.md §9)
@@ -43,6 +44,7 @@ class Layout:
         self.root = Path(root)
         self.ca_cert, self.ca_key = self.root / "ca.pem", self.root / "ca.key"
         self.server_cert, self.server_key = self.root / "server" / "cert.pem", self.root / "server" / "key.pem"
+        self.server_identity = self.root / "server" / "identity.key"   # Ed25519: signs the privacy ledgers
         self.roster = self.root / "roster.yaml"
 
     def holder_dir(self, hid: int) -> Path:
@@ -112,6 +114,7 @@ def make_demo_pki(out: str | Path, *, holders: int, server_names: tuple[str, ...
             sans.append(x509.DNSName(n))
     skey = ec.generate_private_key(ec.SECP256R1())
     write_private(lay.server_key, _pem_key(skey))
+    write_private(lay.server_identity, _pem_key(Ed25519PrivateKey.generate()))   # the coordinator's ledger key
     lay.server_cert.write_bytes(_pem(_cert("securefed coordinator", skey, ca, ca_key, ca=False, sans=sans, server=True)))
 
     identities = {}

@@ -137,9 +137,63 @@ def test_config_loads_with_configio_and_validates():
         ({"vocab_size": 100}, "vocab_size must be >= 260"),
         ({"source": ""}, "source must not be empty"),
         ({"holder_paths": ("a", " ")}, "holder_paths must not contain empty"),
+        ({"max_bytes_per_source": 0}, "max_bytes_per_source must be >= 1"),
+        ({"max_bytes_per_holder": 0}, "max_bytes_per_holder must be >= 1"),
     ]
     for bad, msg in bad_values:
         with pytest.raises(ValueError, match=msg):
             DataConfig(**bad)
     with pytest.raises(TypeError, match="seq_len must be an int"):
         DataConfig(seq_len=True)  # type: ignore[arg-type]
+    uncapped = from_dict(DataConfig, {"max_bytes_per_source": None, "max_bytes_per_holder": None})  # null: no cap
+    assert uncapped.max_bytes_per_source is None and uncapped.max_bytes_per_holder is None
+
+
+# ------------------------------------------------------------------ caps are never silent (issue 16)
+def test_holder_data_is_not_cut_by_the_pool_caps(tmp_path, cache_dir, write_tree):
+    h0 = write_tree(tmp_path / "h0", {"notes": 3}, docs_per_source=12, words=300, seed=1)
+    h1 = write_tree(tmp_path / "h1", {"mail": 3}, docs_per_source=12, words=300, seed=2)
+    sizes = [sum(p.stat().st_size for p in h.rglob("*.txt")) for h in (h0, h1)]
+    cap = min(sizes) // 3  # the demo's pool cap, far below each holder's data
+    fd = prepare_federated_data(DataConfig(holder_paths=(str(h0), str(h1)), max_bytes_per_source=cap, max_sources=1,
+                                           vocab_size=400, seq_len=24, cache_dir=str(cache_dir)),
+                                n_holders=2, seed=0, progress=False)
+    assert [s["bytes"] for s in fd.manifest["sources"].values()] == sizes  # all of it: 12 documents each
+    assert fd.manifest["caps"]["applies_to"] == "holder_paths" and fd.manifest["caps"]["cut"] == {}
+
+
+def test_a_holder_cap_is_stated_in_the_summary_line_and_the_manifest(tmp_path, cache_dir, write_tree, capsys):
+    h0 = write_tree(tmp_path / "h0", {"notes": 3}, docs_per_source=12, words=300, seed=1)
+    h1 = write_tree(tmp_path / "h1", {"mail": 3}, docs_per_source=12, words=300, seed=2)
+    size0 = sum(p.stat().st_size for p in h0.rglob("*.txt"))
+    cap = size0 // 2
+    fd = prepare_federated_data(DataConfig(holder_paths=(str(h0), str(h1)), max_bytes_per_holder=cap,
+                                           vocab_size=400, seq_len=24, cache_dir=str(cache_dir)),
+                                n_holders=2, seed=0, progress=True)
+    cut = fd.manifest["caps"]["cut"]
+    assert set(cut) == {"holder0", "holder1"}
+    used, avail = cut["holder0"]["bytes"]
+    assert used <= cap < avail == size0 and cut["holder0"]["documents"][1] == 12 > cut["holder0"]["documents"][0]
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("data: ") and "unigram ppl" in x][0]
+    assert f"CAPPED by data.max_bytes_per_holder={cap}: holder0 " in line and "of 12 documents" in line
+    assert "set data.max_bytes_per_holder=null" in line
+
+
+def test_a_cut_source_directory_is_stated(tmp_path, cache_dir, write_tree, capsys):
+    root = write_tree(tmp_path / "corpus", {"a": 3, "b": 3, "c": 3}, docs_per_source=8, words=300)
+    fd = prepare_federated_data(DataConfig(source=str(root), max_sources=2, max_bytes_per_source=20_000,
+                                           vocab_size=400, seq_len=24, cache_dir=str(cache_dir)),
+                                n_holders=2, seed=0, progress=True)
+    caps = fd.manifest["caps"]
+    assert caps["applies_to"] == "source" and caps["sources_left_out"] == ["c"] and set(caps["cut"]) == {"a", "b"}
+    err = capsys.readouterr().err
+    assert "CAPPED data.source: 2 source(s) cut to data.max_bytes_per_source=20000" in err
+    assert "1 source(s) left out by data.max_sources=2" in err
+
+
+def test_the_stdlib_demo_caps_are_stated(small_config, capsys):
+    fd = prepare_federated_data(small_config(), n_holders=2, seed=0, progress=True)
+    caps = fd.manifest["caps"]
+    assert caps["applies_to"] == "stdlib" and len(caps["sources_left_out"]) > 0 and caps["cut"]
+    assert all(c["bytes"][0] <= 40_000 < c["bytes"][1] for c in caps["cut"].values())
+    assert "demo caps on the stdlib corpus" in capsys.readouterr().err

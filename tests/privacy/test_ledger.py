@@ -104,3 +104,39 @@ def test_any_single_character_change_is_detected(tmp_path_factory, n, line, pos,
         return  # detected by the chain or the canonical-form check
     # only an edit of the last line that stays canonical JSON can pass the chain: the anchor catches it
     assert i == n - 1 and head_before != anchor
+
+
+def test_signed_ledger_refuses_unsigned_or_forged_entries(tmp_path):
+    from securefed.primitives.keys import generate_identity
+    from securefed.primitives.rng import DeterministicEntropy
+    from securefed.privacy.ledger import SIGNATURE_LABEL, entry_signature_ok, signed_message
+
+    key = generate_identity(DeterministicEntropy.from_int(1))
+    other = generate_identity(DeterministicEntropy.from_int(2))
+    p = tmp_path / "l.jsonl"
+    led = Ledger(p, signer=key)
+    for r in range(1, 4):
+        led.append({"round": r, "epsilon": 0.5 * r})
+    es = read_ledger(p, public_key=key.public_bytes)
+    assert all(entry_signature_ok(e, key.public_bytes) for e in es)
+    assert signed_message(es[0]).startswith(SIGNATURE_LABEL)  # domain-separated
+    assert es[1]["prev_hash"] == entry_hash(es[0]) and "sig" in es[0]  # the chain covers the signature
+    assert Ledger(p, public_key=key.public_bytes).head == led.head
+    with pytest.raises(LedgerError, match="entry 0 .*invalid signature"):
+        Ledger(p, public_key=other.public_bytes)
+    with pytest.raises(ValueError, match="not the signer"):
+        Ledger(p, signer=key, public_key=other.public_bytes)
+    with pytest.raises(ValueError, match="sig"):
+        led.append({"round": 9, "sig": "00"})
+    # the last entry re-signed by another key, or stripped of its signature: refused, naming it
+    lines = _lines(p)
+    e = json.loads(lines[-1])
+    e["sig"] = other.sign(signed_message(e)).hex()
+    p.write_text("".join(lines[:-1]) + canonical_json(e) + "\n")
+    with pytest.raises(LedgerError, match="entry 2 .*invalid signature"):
+        Ledger(p, signer=key)
+    del e["sig"]
+    p.write_text("".join(lines[:-1]) + canonical_json(e) + "\n")
+    with pytest.raises(LedgerError, match="entry 2 .*not signed"):
+        read_ledger(p, public_key=key.public_bytes)
+    assert len(read_ledger(p)) == 3  # without a key only the chain is checked (what verify reports as UNSIGNED)

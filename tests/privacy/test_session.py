@@ -63,7 +63,10 @@ def test_delta_must_be_below_one_over_population(tmp_path):
     with pytest.raises(ValueError, match="1/population"):
         _session(tmp_path, cfg)
     s = _session(tmp_path, dataclasses.replace(cfg, delta=None))
-    assert s.delta == pytest.approx(50**-1.1)
+    # default δ = min(1e-5, population^-1.1) (dp.md §5): 50^-1.1 = 0.0135 would be no guarantee at all
+    assert s.delta == pytest.approx(1e-5)
+    big = _session(tmp_path / "big", dataclasses.replace(cfg, delta=None), population=10**6, cohort_size=1000)
+    assert big.delta == pytest.approx(1e6**-1.1)  # 2.5e-7: a population that large gets the smaller one
 
 
 def test_mode_none_is_clip_and_quantize_with_a_ledger(tmp_path):
@@ -146,7 +149,8 @@ def test_holder_with_small_cap_stops_at_the_right_round(tmp_path):
 
 
 def test_server_cap_raises_budget_exhausted_before_encoding(tmp_path):
-    cfg = DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, server_epsilon_cap=1.2)
+    # δ as before the default became min(1e-5, N^-1.1): at 1e-5 one round already costs more than 1.2
+    cfg = DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, server_epsilon_cap=1.2, delta=50**-1.1)
     s = _session(tmp_path, cfg)
     done = 0
     with pytest.raises(BudgetExhausted, match="cap"):
@@ -264,3 +268,25 @@ def test_completing_a_round_does_not_charge_its_holders_twice(tmp_path):
     rp.finish(survivors=list(rp.participants), clip_infos={}, completing=True)
     assert s.holder_epsilon(0) == pytest.approx(once)
     assert [e["round"] for e in read_ledger(tmp_path / "privacy" / "holders" / "holder-0.jsonl")] == [0]
+
+
+def test_resume_refuses_a_ledger_whose_epsilon_or_event_does_not_recompute(tmp_path):
+    # an unsigned ledger rewritten consistently (ε/4, chain re-hashed): the chain is fine, the ε is not
+    import json
+
+    from securefed.privacy.ledger import GENESIS, canonical_json, entry_hash
+
+    cfg = DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0)
+    s = _session(tmp_path, cfg)
+    for r in range(3):
+        _run_round(s, r, list(range(8)))
+    p = tmp_path / "privacy" / "ledger.jsonl"
+    es = [json.loads(line) for line in p.read_text().splitlines()]
+    prev = GENESIS
+    for e in es:
+        e["epsilon"] /= 4
+        e["prev_hash"] = prev
+        prev = entry_hash(e)
+    p.write_text("".join(canonical_json(e) + "\n" for e in es))
+    with pytest.raises(LedgerError, match="entry 0 \\(round 0\\).*events give.*refusing to continue"):
+        _session(tmp_path, cfg)

@@ -17,7 +17,8 @@ from securefed.report import render_report
 @pytest.fixture
 def run_dir(tmp_path):
     rd = tmp_path / "run"
-    cfg = DPConfig(mode="distributed", noise_multiplier=1.0, clip=1.0, holder_epsilon_cap=4.0)
+    # δ = 0.1 < 1/6 (the old default 6^-1.1 = 0.139 is no longer the default): a large δ the report must warn about
+    cfg = DPConfig(mode="distributed", noise_multiplier=1.0, clip=1.0, holder_epsilon_cap=4.0, delta=0.1)
     (rd / "privacy").mkdir(parents=True)
     (rd / "config.yaml").write_text(yaml.safe_dump({"privacy": {"mode": "distributed", "clip": 1.0},
                                                     "aggregation": {"mode": "secagg", "secagg": {"threshold": 0.6}}}))
@@ -81,5 +82,10 @@ def test_command_registers_and_handles_missing_run(tmp_path, capsys):
     assert args.func(args) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert report_cmd.run(argparse.Namespace(run_dir=str(empty), out=None)) == 1  # no ledger: rendered, flagged
+    # issue 16: an empty directory is not a run: one clear error, nothing written (was: a full report, exit 1)
+    assert report_cmd.run(argparse.Namespace(run_dir=str(empty), out=None)) == 2
+    assert "is not a securefed run directory" in capsys.readouterr().err and list(empty.iterdir()) == []
+    # a run without a ledger (metrics only) is still rendered, and flagged
+    (empty / "metrics.jsonl").write_text('{"round": 1, "train_loss": 5.0}\n')
+    assert report_cmd.run(argparse.Namespace(run_dir=str(empty), out=None)) == 1
     assert "no privacy ledger" in (empty / "report" / "report.md").read_text()

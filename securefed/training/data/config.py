@@ -25,8 +25,13 @@ class DataConfig:
     text_field: str = "text"
     partition: Literal["iid", "by_source", "dirichlet"] = "by_source"
     dirichlet_alpha: float = 0.5
-    max_bytes_per_source: int = 400_000
-    max_sources: int | None = 8  # not applied to holder_paths (a holder's data is all its own)
+    # caps on the pooled corpus (stdlib or ``source``): None = no cap. Whatever a cap leaves out is stated
+    # in the data summary line and in data_manifest.json ("caps").
+    max_bytes_per_source: int | None = 400_000
+    max_sources: int | None = 8
+    # holder_paths: each holder's data is all its own, so the pool caps above never apply to it; this
+    # optional cap does (whole documents, in order, up to this many bytes per holder), and is stated too
+    max_bytes_per_holder: int | None = None
     eval_fraction: float = 0.1
     # "train" (byte-level BPE on the public tokenizer corpus) or a path to tokenizer.json / a dir
     tokenizer: str = "train"
@@ -52,10 +57,13 @@ class DataConfig:
             raise TypeError("data.dirichlet_alpha must be a number")
         if not (a > 0 and math.isfinite(a)):
             raise ValueError(f"data.dirichlet_alpha must be positive and finite, got {a}")
-        for name, lo in (("max_bytes_per_source", 1), ("vocab_size", 260), ("seq_len", 2)):
+        for name, lo in (("max_bytes_per_source", 1), ("vocab_size", 260), ("seq_len", 2), ("max_bytes_per_holder", 1)):
             v = getattr(self, name)
+            if v is None and name.startswith("max_bytes"):
+                continue
             if not _is_int(v):
-                raise TypeError(f"data.{name} must be an int, got {v!r}")
+                raise TypeError(f"data.{name} must be an int" + (" or null" if name.startswith("max_bytes") else "")
+                                + f", got {v!r}")
             if v < lo:
                 raise ValueError(f"data.{name} must be >= {lo}, got {v}")
         if self.max_sources is not None:

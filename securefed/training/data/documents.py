@@ -236,19 +236,19 @@ def select_documents(
     groups: dict[str, list[Document]],
     *,
     max_sources: int | None,
-    max_bytes_per_source: int,
+    max_bytes_per_source: int | None,
 ) -> dict[str, list[Document]]:
-    """Cap every source at ``max_bytes_per_source`` UTF-8 bytes, taking documents in order while
-    they fit (one that does not fit is skipped; later, smaller ones may still fit), then keep the
-    first ``max_sources`` sources that are not empty. Whole documents only: the eval split is by
-    document."""
+    """Cap every source at ``max_bytes_per_source`` UTF-8 bytes (None: no cap), taking documents in
+    order while they fit (one that does not fit is skipped; later, smaller ones may still fit), then
+    keep the first ``max_sources`` sources that are not empty. Whole documents only: the eval split is
+    by document."""
     out: dict[str, list[Document]] = {}
     for source, docs in groups.items():
         if max_sources is not None and len(out) >= max_sources:
             break
         chosen, used = [], 0
         for d in docs:
-            if used + d.n_bytes <= max_bytes_per_source:
+            if max_bytes_per_source is None or used + d.n_bytes <= max_bytes_per_source:
                 chosen.append(d)
                 used += d.n_bytes
         if chosen:

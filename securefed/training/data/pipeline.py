@@ -27,17 +27,19 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from ...configio import to_dict
+from ...progress import Progress
+from .caps import cap_holder, caps_statement, cut_between
 from .config import DataConfig, default_cache_dir
 from .documents import DataError, Document, content_hash, group_by_source, load_documents, select_documents
 from .packing import pack, split_eval, unigram_perplexity
 from .partition import partition
 from .progress import Steps
-from .stdlib import python_version, stdlib_sources, tokenizer_corpus
+from .stdlib import python_version, stdlib_sizes, stdlib_sources, tokenizer_corpus
 from .tokenizer import load_tokenizer, tokenizer_hash, trained_tokenizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FederatedData", "prepare_federated_data", "load_sources", "tokenize_documents"]
+__all__ = ["FederatedData", "prepare_federated_data", "load_sources", "load_sources_capped", "tokenize_documents"]
 
 
 @dataclass
@@ -54,20 +56,37 @@ class FederatedData:
 
 def load_sources(config: DataConfig) -> list[dict[str, list[Document]]]:
     """Selected documents per source: one mapping per holder path, or a single one for the pool."""
-    if config.holder_paths:
-        out = []
+    return load_sources_capped(config)[0]
+
+
+def load_sources_capped(config: DataConfig) -> tuple[list[dict[str, list[Document]]], dict]:
+    """:func:`load_sources`, and what the caps left out (data_manifest.json "caps"; see caps.py)."""
+    limits = {"max_sources": config.max_sources, "max_bytes_per_source": config.max_bytes_per_source,
+              "max_bytes_per_holder": config.max_bytes_per_holder}
+    if config.holder_paths:  # a holder's data is all its own: only max_bytes_per_holder applies
+        out, cut = [], {}
         for i, path in enumerate(config.holder_paths):
             groups = group_by_source(load_documents(path, text_field=config.text_field))
             renamed = {
                 f"holder{i}:{src}": [Document(f"holder{i}:{d.doc_id}", f"holder{i}:{src}", d.text) for d in docs]
                 for src, docs in groups.items()
             }  # prefix: two holders' "docs" directories stay two sources
-            out.append(select_documents(renamed, max_sources=None, max_bytes_per_source=config.max_bytes_per_source))
-        return out
+            kept = cap_holder(renamed, config.max_bytes_per_holder)
+            if (c := cut_between(f"holder{i}", renamed, kept)) is not None:
+                cut[f"holder{i}"] = c
+            out.append(kept)
+        return out, {"applies_to": "holder_paths", **limits, "cut": cut, "sources_left_out": []}
     if config.source == "stdlib":
-        return [stdlib_sources(max_sources=config.max_sources, max_bytes_per_source=config.max_bytes_per_source)]
+        kept = stdlib_sources(max_sources=config.max_sources, max_bytes_per_source=config.max_bytes_per_source)
+        sizes = stdlib_sizes()
+        cut = {s: {"documents": [len(ds), sizes[s][0]], "bytes": [sum(d.n_bytes for d in ds), sizes[s][1]]}
+               for s, ds in kept.items() if s in sizes and sum(d.n_bytes for d in ds) < sizes[s][1]}
+        left = [s for s, (n, _) in sizes.items() if s not in kept and n]  # packages past max_sources
+        return [kept], {"applies_to": "stdlib", **limits, "cut": cut, "sources_left_out": left}
     groups = group_by_source(load_documents(config.source, text_field=config.text_field))
-    return [select_documents(groups, max_sources=config.max_sources, max_bytes_per_source=config.max_bytes_per_source)]
+    kept = select_documents(groups, max_sources=config.max_sources, max_bytes_per_source=config.max_bytes_per_source)
+    cut = {s: c for s in kept if (c := cut_between(s, groups[s], kept[s])) is not None}
+    return [kept], {"applies_to": "source", **limits, "cut": cut, "sources_left_out": [s for s in groups if s not in kept]}
 
 
 def _encode(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> list[np.ndarray]:
@@ -172,7 +191,8 @@ def _hold_out(
     return train, evals, stats
 
 
-def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int, progress: bool = True) -> FederatedData:
+def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
+                           progress: bool | Progress = True) -> FederatedData:
     """Build every holder's training rows, the eval splits and the shared tokenizer (see module doc)."""
     _check_args(config, n_holders, seed)
     cache = default_cache_dir(config.cache_dir)
@@ -181,7 +201,7 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int, pro
     t0 = time.perf_counter()
     with Steps(progress) as steps:
         with steps.step("reading documents"):
-            parts = load_sources(config)  # one mapping per holder path, or one for the whole pool
+            parts, caps = load_sources_capped(config)  # one mapping per holder path, or one for the whole pool
         groups = {src: docs for p in parts for src, docs in p.items()}
         all_docs = [d for docs in groups.values() for d in docs]
         with steps.step("tokenizer"):
@@ -225,10 +245,11 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int, pro
         central = torch.cat(holder_train)  # (sum N_i, seq_len)
         eval_global = torch.cat(list(eval_per_source.values()))  # (M, seq_len)
         ppl = unigram_perplexity(central, eval_global, len(tok))
+        capped = caps_statement(caps)  # never silent: a cap on anyone's data is said here and in the manifest
         steps.done(
             f"data: {len(groups)} sources, {len(all_docs)} documents, {n_holders} holders, {len(central)} train / "
             f"{len(eval_global)} eval rows of {config.seq_len}, unigram ppl {ppl:.1f} "
-            f"({time.perf_counter() - t0:.1f} s)"
+            f"({time.perf_counter() - t0:.1f} s)" + (f"; {capped}" if capped else "")
         )
     manifest = {
         "format": "securefed-data-manifest-v1",
@@ -237,6 +258,7 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int, pro
         "content_hash": content_hash(all_docs),
         "sources": src_stats,
         "holders": holder_stats,
+        "caps": caps,
         "eval": {
             "documents": sum(s["eval_documents"] for s in src_stats.values()),
             "sequences": len(eval_global),

@@ -1,14 +1,16 @@
-"""Progress display for long data steps (rich on stderr); silent when disabled."""
+"""Progress of the data steps, as plain "data: ..." lines (no logger source tags) or rich bars.
+
+A thin adapter over :class:`securefed.progress.Progress`: given a ``Progress`` (the run's), the data
+steps appear in the run's one display and heartbeat; given a bool, it makes its own on stderr.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from securefed.progress import Progress
 
 T = TypeVar("T")
 
@@ -16,11 +18,11 @@ __all__ = ["Steps"]
 
 
 class Steps:
-    """``with Steps(enabled) as s: with s.step("x"): ...; for b in s.track(it, n, "y"): ...``"""
+    """``with Steps(progress) as s: with s.step("x"): ...; for b in s.track(it, n, "y"): ...; s.done(msg)``"""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = bool(enabled)
-        self.console = Console(stderr=True)
+    def __init__(self, progress: bool | Progress) -> None:
+        self.progress = progress if isinstance(progress, Progress) else Progress(enabled=bool(progress))
+        self.enabled = self.progress.enabled
 
     def __enter__(self) -> Steps:
         return self
@@ -30,25 +32,14 @@ class Steps:
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
-        if not self.enabled:
+        with self.progress.step(f"data: {name}", announce=True):
             yield
-            return
-        t0 = time.perf_counter()
-        with self.console.status(f"[bold]data[/]: {name} ..."):
-            yield
-        self.console.log(f"data: {name} ({time.perf_counter() - t0:.1f} s)")
 
     def track(self, items: Iterable[T], total: int, name: str) -> Iterator[T]:
-        if not self.enabled:
-            yield from items
-            return
-        columns = (TextColumn(f"data: {name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=self.console, transient=True) as bar:
-            task = bar.add_task(name, total=total)
+        with self.progress.step(f"data: {name}", total=total, announce=True) as task:
             for item in items:
                 yield item
-                bar.advance(task)
+                task.advance()
 
     def done(self, message: str) -> None:
-        if self.enabled:
-            self.console.log(message)
+        self.progress.print(message)

@@ -29,6 +29,7 @@ __all__ = [
     "stdlib_sources",
     "tokenizer_corpus",
     "python_version",
+    "stdlib_sizes",
 ]
 
 # Large, topically distinct packages first (in every CPython 3.10-3.13); the rest follow by name.
@@ -100,6 +101,17 @@ def stdlib_sources(
             out[name] = docs
     if not out:
         raise DataError(f"no readable standard library packages under {lib}")
+    return out
+
+
+def stdlib_sizes() -> dict[str, tuple[int, int]]:
+    """(files, bytes) of every stdlib package a holder could read, in source order (stat only): what
+    the demo's caps leave out is measured against this."""
+    lib = stdlib_dir()
+    out = {}
+    for name in _packages(lib):
+        files = _package_files(lib / name)
+        out[name] = (len(files), sum(p.stat().st_size for p in files))
     return out
 
 

@@ -1,0 +1,228 @@
+"""(3) The fed-vs-central study, one command per row, driven through the `securefed simulate` CLI.
+
+A row is one `securefed simulate` run (in process: ``securefed.cli.main([...])``); nothing of the
+simulation is patched. Timing and perplexity come from what every run writes:
+RUN_DIR/metrics.jsonl (round, seconds, eval_ppl, tokens_seen), RUN_DIR/summary.json and
+RUN_DIR/data_manifest.json (the corpus content hash and tokenizer hash every result records).
+
+    # one federated row and its centralized partner (same size / partition / seed / tokens)
+    python3 benchmarks/gpu/study.py run --size 20m --side fed --partition iid --tokens 2e8 --seed 0 \\
+        --corpus /tmp/sf/corpus --runs /tmp/sf/runs
+    python3 benchmarks/gpu/study.py run --size 20m --side central --partition iid --tokens 2e8 --seed 0 \\
+        --corpus /tmp/sf/corpus --runs /tmp/sf/runs
+    # fill the token cache once before starting rows side by side
+    python3 benchmarks/gpu/study.py prepare --size 20m --corpus /tmp/sf/corpus
+    # pair rows at equal tokens, write the result table / headline figures
+    python3 benchmarks/gpu/study.py summarize --runs /tmp/sf/runs --out study.json
+
+The federated side: 4 holders, each with a batch of ``batch`` sequences, H = ``--h`` local AdamW
+steps per round, the outer optimizer (``--outer nesterov`` momentum 0.9 or ``fedavg``) on the
+averaged pseudo-gradient. The centralized side is the same `securefed simulate` with ONE holder that
+holds all the training data, batch 4x (the federation's global batch), FedAvg with outer lr 1 (so θ
+after a round is exactly the holder's θ: continuous AdamW training, optimizer state kept) and the
+same rounds of H steps, hence evaluated at exactly the same token counts as the federated run. It is
+the computation of `simulate`'s built-in baseline (run_centralized_baseline: LocalTrainer on the
+union of the holders' rows), run as its own process so that both sides advance side by side and a
+run cut short still leaves a comparable curve. Rows here aggregate in plain mode (say so in results)
+unless ``--secure`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+# per model size: sequence length, per-holder batch, centralized lr (the federated inner lr is
+# --inner-lr-ratio x that, DiLoCo's guidance: about half), warmup (steps)
+SIZES = {
+    "20m": dict(seq=1024, batch=32, central_lr=3e-3, warmup=60),
+    "75m": dict(seq=1024, batch=32, central_lr=2e-3, warmup=80),
+    "125m": dict(seq=1024, batch=32, central_lr=1.5e-3, warmup=100),
+}
+N_HOLDERS = 4
+
+
+def row_name(a: argparse.Namespace) -> str:
+    if a.side == "central":
+        parts = [a.size, a.partition, "central", f"lr{a.central_lr or SIZES[a.size]['central_lr']:g}"]
+    else:
+        parts = [a.size, a.partition, "fed", a.outer, f"olr{a.outer_lr:g}", f"h{a.h}", f"ilr{a.inner_lr_ratio:g}"]
+        if a.secure:
+            parts.append("secagg")
+    parts += [f"t{a.tokens:.3g}", f"s{a.seed}"]
+    return "-".join(parts)
+
+
+def overrides(a: argparse.Namespace) -> tuple[list[str], dict]:
+    s = SIZES[a.size]
+    central_lr = a.central_lr or s["central_lr"]
+    fed = a.side == "fed"
+    holders = N_HOLDERS if fed else 1
+    batch = s["batch"] if fed else N_HOLDERS * s["batch"]
+    tokens_per_round = N_HOLDERS * a.h * s["batch"] * s["seq"]       # equal on both sides
+    rounds = max(1, math.ceil(a.tokens / tokens_per_round))
+    eval_every = max(1, rounds // a.evals)
+    corpus = Path(a.corpus)
+    sets = [
+        f"seed={a.seed}", f"model.preset={a.size}",
+        f"data.source={corpus / 'pile'}", f"data.tokenizer={corpus / 'tokenizer'}",
+        f"data.partition={a.partition if fed else 'iid'}", "data.max_sources=null",
+        "data.max_bytes_per_source=1000000000", f"data.seq_len={s['seq']}", f"data.eval_fraction={a.eval_fraction}",
+        f"train.local_steps={a.h}", f"train.batch_size={batch}",
+        f"train.lr={central_lr * (a.inner_lr_ratio if fed else 1.0)}", f"train.warmup_steps={s['warmup']}",
+        "train.min_lr_ratio=0.1", "train.weight_decay=0.1", "train.beta1=0.9", "train.beta2=0.95",
+        "train.grad_clip=1.0", "train.compile=true", f"train.fused={a.fused}", "train.eval_batch_size=64",
+        f"federation.n_holders={holders}", f"federation.rounds={rounds}", f"federation.eval_every={eval_every}",
+        "federation.weighting=tokens", "baseline=false", "privacy.mode=none",
+        f"privacy.clip={a.clip}",  # clipping applies in every mode: large = no clipping (rows record clip_fraction)
+        f"aggregation.mode={'secagg' if (fed and a.secure) else 'plain'}",
+    ]
+    if fed:
+        sets += [f"outer.name={a.outer}", f"outer.lr={a.outer_lr}", "outer.momentum=0.9"]
+    else:
+        sets += ["outer.name=fedavg", "outer.lr=1.0"]
+    info = dict(rounds=rounds, eval_every=eval_every, tokens_per_round=tokens_per_round, holders=holders,
+                batch=batch, inner_lr=central_lr * (a.inner_lr_ratio if fed else 1.0), central_lr=central_lr)
+    return sets + list(a.set or []), info
+
+
+def cmd_prepare(a: argparse.Namespace) -> None:
+    """Tokenize the corpus once (fills $SECUREFED_CACHE), with the data config every row uses."""
+    from securefed.runtime.config import load_run_config
+    from securefed.training.data import prepare_federated_data
+
+    a.side, a.partition, a.h, a.tokens, a.evals = "fed", "iid", 32, 1e6, 1
+    sets, _ = overrides(a)
+    cfg = load_run_config(preset=a.preset, overrides=tuple(sets))
+    t = time.perf_counter()
+    data = prepare_federated_data(cfg.data, n_holders=N_HOLDERS, seed=cfg.seed, progress=False)
+    m = data.manifest
+    out = {"content_hash": m["content_hash"], "tokenizer_hash": m["tokenizer"]["hash"],
+           "train_tokens": int(data.central_train.numel()), "eval_tokens": m["eval"]["tokens"],
+           "sources": len(m["sources"]), "unigram_eval_ppl": data.unigram_eval_ppl, "seconds": time.perf_counter() - t}
+    print(json.dumps(out))
+    if a.out:
+        Path(a.out).write_text(json.dumps(dict(out, manifest=m), indent=1) + "\n")
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    from securefed.cli import main as securefed_main
+
+    name = row_name(a)
+    run_dir = Path(a.runs) / name
+    sets, info = overrides(a)
+    argv = ["simulate", "--preset", a.preset, "--out", str(run_dir), "--quiet"]
+    for s in sets:
+        argv += ["--set", s]
+    resume = (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()
+    if resume:
+        argv.append("--resume")
+    (Path(a.runs) / f"{name}.cmd.json").write_text(json.dumps({"argv": argv, "info": info, "args": vars(a)}, indent=1))
+    print(f"[study] {name}: {info} resume={resume}", flush=True)
+    t = time.perf_counter()
+    rc = securefed_main(argv)
+    print(f"[study] {name}: rc={rc} in {time.perf_counter() - t:.0f} s", flush=True)
+    sys.exit(rc)
+
+
+def _read_run(d: Path) -> dict:
+    metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+        if (d / "metrics.jsonl").exists() else []
+    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else None
+    manifest = json.loads((d / "data_manifest.json").read_text()) if (d / "data_manifest.json").exists() else {}
+    cmd = json.loads((d.parent / f"{d.name}.cmd.json").read_text()) if (d.parent / f"{d.name}.cmd.json").exists() else {}
+    return {"name": d.name, "metrics": metrics, "summary": summary, "cmd": cmd,
+            "corpus_content_hash": manifest.get("content_hash"),
+            "tokenizer_hash": manifest.get("tokenizer", {}).get("hash"),
+            "train_tokens": sum(h.get("tokens", 0) for h in manifest.get("holders", [])),
+            "eval_tokens": manifest.get("eval", {}).get("tokens")}
+
+
+def pair_curves(fed: list[dict], central: list[dict]) -> list[dict]:
+    """fed/central perplexity at every token count where both runs evaluated."""
+    c = {m["tokens_seen"]: m["eval_ppl"] for m in central if "eval_ppl" in m}
+    return [{"tokens": m["tokens_seen"], "fed_ppl": m["eval_ppl"], "central_ppl": c[m["tokens_seen"]],
+             "ratio": m["eval_ppl"] / c[m["tokens_seen"]]}
+            for m in fed if "eval_ppl" in m and m["tokens_seen"] in c]
+
+
+def partner_of(name: str) -> str:
+    """The centralized row a federated row is compared with (same size, partition, tokens, seed)."""
+    p = name.split("-")
+    size, part, tok, seed = p[0], p[1], p[-2], p[-1]
+    return f"{size}-{part}-central-*-{tok}-{seed}" if part == "iid" else f"{size}-iid-central-*-{tok}-{seed}"
+
+
+def cmd_summarize(a: argparse.Namespace) -> None:
+    runs = Path(a.runs)
+    rows = {d.name: _read_run(d) for d in sorted(runs.iterdir()) if d.is_dir()}
+    pairs = []
+    for name, r in rows.items():
+        if "-fed-" not in name:
+            continue
+        cands = sorted(runs.glob(partner_of(name)))
+        for cdir in cands:
+            c = rows.get(cdir.name)
+            if not c:
+                continue
+            curve = pair_curves(r["metrics"], c["metrics"])
+            last = curve[-1] if curve else None
+            pairs.append({"fed": name, "central": cdir.name, "curve": curve,
+                          "final": last, "complete": bool(r["summary"] and c["summary"]),
+                          "corpus_content_hash": r["corpus_content_hash"], "tokenizer_hash": r["tokenizer_hash"],
+                          "aggregation": r["metrics"][-1].get("aggregation") if r["metrics"] else None})
+    out = {"pairs": pairs, "runs": {k: {kk: v for kk, v in r.items() if kk != "metrics"} | {"metrics": r["metrics"]}
+                                    for k, r in rows.items()}}
+    Path(a.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(f"{'federated row':58s} {'tokens':>11s} {'fed':>8s} {'central':>8s} {'ratio':>6s}")
+    for p in pairs:
+        f = p["final"]
+        if f:
+            print(f"{p['fed']:58s} {f['tokens']:11,d} {f['fed_ppl']:8.2f} {f['central_ppl']:8.2f} {f['ratio']:6.3f}"
+                  f"{'' if p['complete'] else '  (partial)'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "prepare"):
+        p = sub.add_parser(name)
+        p.add_argument("--size", choices=sorted(SIZES), default="20m")
+        p.add_argument("--side", choices=("fed", "central"), default="fed")
+        p.add_argument("--partition", choices=("iid", "by_source"), default="iid")
+        p.add_argument("--outer", choices=("nesterov", "fedavg"), default="nesterov")
+        p.add_argument("--outer-lr", type=float, default=0.7)
+        p.add_argument("--h", type=int, default=32, help="local steps per round")
+        p.add_argument("--inner-lr-ratio", type=float, default=0.5, help="federated inner lr / centralized lr")
+        p.add_argument("--central-lr", type=float, default=None)
+        p.add_argument("--tokens", type=float, default=2e8, help="tokens per side (both sides see the same)")
+        p.add_argument("--evals", type=int, default=12, help="about this many evaluations per run")
+        p.add_argument("--eval-fraction", type=float, default=0.01)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--clip", type=float, default=1e6, help="privacy.clip, the L2 bound on each Δ (1e6: never binds; the plan of a 32-bit ring allows <= ~5e8)")
+        p.add_argument("--fused", default="auto")
+        p.add_argument("--secure", action="store_true", help="secure aggregation (default: plain mode)")
+        p.add_argument("--preset", default="gpu-20m")
+        p.add_argument("--corpus", default=".corpus")
+        p.add_argument("--runs", default="runs/gpu-study")
+        p.add_argument("--out", default=None)
+        p.add_argument("--set", action="append", help="extra securefed --set KEY=VALUE")
+    s = sub.add_parser("summarize")
+    s.add_argument("--runs", required=True)
+    s.add_argument("--out", required=True)
+    a = ap.parse_args()
+    if a.cmd in ("run", "prepare"):
+        a.preset = a.preset if a.preset != "gpu-20m" else f"gpu-{a.size}"
+        Path(a.runs).mkdir(parents=True, exist_ok=True)
+    {"run": cmd_run, "prepare": cmd_prepare, "summarize": cmd_summarize}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""`securefed verify RUN_DIR`: re-verify a run's privacy records (protocols/dp.md §7.3).
+
+Checks every Ed25519 signature (keys from RUN_DIR/privacy/keys.json, optionally pinned with
+--coordinator-key), every hash-chain link, the anchors (checkpoint, summary.json, an earlier report),
+recomputes every ε from the recorded events with the pinned accountant scheme, and cross-checks the
+server ledger against the server's per-holder views and the holders' own ledgers
+(RUN_DIR/holders/<id>/ledger.jsonl, plus any --holder-ledger PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="verify a run's privacy ledgers: signatures, chains, anchors, every ε recomputed",
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a finished or interrupted run directory")
+    p.add_argument("--holder-ledger", dest="holder_ledgers", action="append", default=[], metavar="PATH",
+                   help="a holder's own ledger kept outside RUN_DIR (its state directory); repeatable")
+    p.add_argument("--coordinator-key", metavar="HEX",
+                   help="the coordinator's Ed25519 public key (64 hex digits), known out of band: keys.json must name it")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """0: verified and signed; 1: a record does not verify; 2: not a run directory or bad arguments;
+    3: consistent, but unsigned (no privacy/keys.json)."""
+    from securefed.report.privacy_checks import verify_run
+
+    rd = Path(args.run_dir)
+    if not rd.is_dir() or not ((rd / "privacy").is_dir() or (rd / "config.yaml").is_file()):
+        print(f"securefed verify: {rd} is not a run directory (no privacy/ and no config.yaml)", file=sys.stderr)
+        return 2
+    key = None
+    if args.coordinator_key is not None:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", args.coordinator_key):
+            print("securefed verify: --coordinator-key must be 64 hex digits", file=sys.stderr)
+            return 2
+        key = bytes.fromhex(args.coordinator_key)
+    for p in args.holder_ledgers:
+        if not Path(p).is_file():
+            print(f"securefed verify: --holder-ledger {p} does not exist", file=sys.stderr)
+            return 2
+    v = verify_run(rd, holder_ledgers=args.holder_ledgers, coordinator_key=key)
+    out = sys.stdout if v.ok else sys.stderr
+    print(v.banner(), file=out)
+    for p in v.problems:
+        print(f"  problem: {p}", file=out)
+    for n in v.notes:
+        print(f"  note: {n}", file=out)
+    if not v.ok:
+        return 1
+    if v.epsilon is not None:
+        print(f"privacy: epsilon={v.epsilon:.6g} delta={v.delta:g} (recomputed from {v.entries} recorded events)")
+    for h in sorted(v.holder_own_epsilon):
+        print(f"holder {h}: own epsilon={v.holder_own_epsilon[h]:.6g} (server's view {v.holder_view_epsilon.get(h, float('nan')):.6g})")
+    return 0 if v.signed else 3

@@ -1,0 +1,235 @@
+"""Pre-flight check: can this privacy configuration learn anything, and what will it cost? (protocols/dp.md §12)
+
+Pure: from the resolved configuration pieces (no data, no model, no files) it computes, per round,
+- the noise std per coordinate of the *decoded mean* the outer optimizer applies:
+      √((z_Δ·C)² + n/(4γ²)) / m           (DP noise + rounding noise of n encodings, over m = cohort)
+- the signal per coordinate of the clipped mean: s/√d with s = min(C, typical update norm) — what a
+  mean of m aligned updates of norm s puts on an average coordinate;
+- their ratio (noise-to-signal), the release ε of one round and of the planned rounds, and a holder's
+  own ε (no amplification) over the rounds it is expected to join.
+
+It decides ``learnable``: the ratio must be at most √R (R planned rounds). That is optimistic — it
+assumes the signal adds up coherently over R rounds while the noise adds up as √R — so a refusal is a
+configuration that cannot learn even then (4 holders, a 1.4M-parameter model: ratio 300–800). A
+configuration that is not learnable is refused unless forced (``force``, from ``privacy.force_unlearnable``).
+
+Parameters that give no guarantee at all raise :class:`PreflightError`, one error listing all of them:
+δ ≥ 1/population, a holder cap below one round's cost (every holder would refuse every round), a server
+cap below one round's cost, record-level DP-SGD with σ = 0 or δ > 1/records.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from securefed.privacy.accountant import Accountant, RoundEvent
+from securefed.privacy.config import DPConfig, default_delta
+from securefed.privacy.encoders import DiscretePlan
+from securefed.privacy.events import quantized_sensitivity, round_event
+from securefed.privacy.session import calibrate_sigma, plan_round, plan_sigma_b
+
+__all__ = ["PreflightError", "RecordLevel", "Preflight", "preflight"]
+
+
+class PreflightError(ValueError):
+    """The privacy parameters give no guarantee (the message lists every reason)."""
+
+
+@dataclass(frozen=True)
+class RecordLevel:
+    """Record-level DP-SGD inside each holder (``train.dp_sgd``), as the check needs it."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+    batch_size: int  # expected (Poisson) batch
+    records: int  # sequences of the smallest holder (its δ must stay below 1/records)
+    steps: int  # DP-SGD steps of one holder over the planned run (K × rounds it joins)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    ok: bool  # learnable, or forced
+    learnable: bool
+    forced: bool
+    reasons: tuple[str, ...]
+    mode: str
+    mechanism: str
+    population: int
+    cohort_size: int
+    rounds: int
+    dim: int
+    sampling: str
+    clip: float
+    delta: float
+    noise_multiplier: float  # σ (calibrated from target_epsilon when that was given)
+    noise_std_mean: float  # per coordinate of the decoded mean, real units
+    signal_per_coordinate: float
+    noise_to_signal: float
+    learnable_limit: float  # √R
+    sensitivity_inflation: float  # accounted sensitivity / C (rounding; 1 for the plain float path)
+    epsilon_per_round: float
+    epsilon_planned: float
+    holder_epsilon_planned: float
+    record_level: dict | None = field(default=None)
+    ring_bits: int = 32
+
+    @property
+    def verdict(self) -> str:
+        if self.learnable:
+            return "learnable"
+        return "not learnable: forced to train anyway" if self.forced else "not learnable: refused"
+
+    def lines(self) -> list[str]:
+        f = _fmt
+        out = [f"pre-flight privacy check ({self.mode}{'' if self.mode == 'none' else ', ' + self.mechanism}): {self.verdict}"]
+        if self.mode != "none":
+            out.append(f"  noise per coordinate of the decoded mean {f(self.noise_std_mean)} vs clipped signal "
+                       f"{f(self.signal_per_coordinate)} (C/√d with C = {f(self.clip)}, d = {self.dim}): noise/signal "
+                       f"{f(self.noise_to_signal)} (learnable up to √R = {f(self.learnable_limit)})")
+            out.append(f"  σ = {f(self.noise_multiplier)}, δ = {self.delta:.3g}; ε per round {f(self.epsilon_per_round)}, "
+                       f"after {self.rounds} rounds {f(self.epsilon_planned)} (a holder's own, no amplification: "
+                       f"{f(self.holder_epsilon_planned)})")
+            if self.sensitivity_inflation > 1.01:
+                out.append(f"  rounding in a {self.ring_bits}-bit ring makes the sensitivity {f(self.sensitivity_inflation)}×C: "
+                           "more ring bits would cost less privacy")
+        else:
+            out.append("  no DP noise (holder-level ε = ∞); secure aggregation still hides each update")
+        if self.record_level:
+            r = self.record_level
+            out.append(f"  record-level DP-SGD: σ = {f(r['noise_multiplier'])}, batch {r['batch_size']} of {r['records']} "
+                       f"records, {r['steps']} steps: ε {f(r['epsilon_planned'])} at δ = {r['delta']:.3g}; per-step "
+                       f"noise/signal {f(r['noise_to_signal'])}")
+        out.extend("  " + r for r in self.reasons)
+        return out
+
+    def to_dict(self) -> dict:
+        """Strict JSON (no NaN/∞: ∞ is the string "inf")."""
+        d = asdict(self)
+        d["reasons"] = list(self.reasons)
+        d["verdict"] = self.verdict
+        d["lines"] = self.lines()
+        return _strict(d)
+
+
+def _fmt(v: float) -> str:
+    return "∞" if math.isinf(v) else f"{v:.4g}"
+
+
+def _strict(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return "inf" if o > 0 else ("-inf" if o < 0 else None)
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    return o
+
+
+def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    if r.noise_multiplier <= 0:
+        problems.append("train.dp_sgd.noise_multiplier is 0: DP-SGD without noise gives no guarantee (ε = ∞)")
+    if r.records < 1 or r.batch_size < 1 or r.steps < 0:
+        problems.append("record-level DP-SGD needs records >= 1, batch_size >= 1 and steps >= 0")
+        return {}
+    if r.delta > 1.0 / r.records:
+        problems.append(f"train.dp_sgd.delta = {r.delta:g} exceeds 1/records = 1/{r.records} of the smallest holder: "
+                        "no meaningful record-level guarantee; use delta <= 1/records")
+    q = min(1.0, r.batch_size / r.records)
+    eps = math.inf
+    if r.noise_multiplier > 0 and r.steps > 0:
+        from securefed.privacy.rdp import ORDERS
+
+        rdp = compute_rdp(q=q, noise_multiplier=r.noise_multiplier, steps=r.steps, orders=list(ORDERS))
+        eps = float(get_privacy_spent(orders=list(ORDERS), rdp=rdp, delta=r.delta)[0])
+    elif r.steps == 0:
+        eps = 0.0
+    # per step: noise std σ·C_rec/B per coordinate of the averaged gradient vs a clipped mean's C_rec/√d
+    nts = r.noise_multiplier * math.sqrt(dim) / r.batch_size
+    return {"noise_multiplier": r.noise_multiplier, "max_grad_norm": r.max_grad_norm, "delta": r.delta,
+            "batch_size": r.batch_size, "records": r.records, "steps": r.steps, "sample_rate": q,
+            "epsilon_planned": eps, "noise_to_signal": nts}
+
+
+def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: int, dim: int,
+              sampling: Literal["poisson", "fixed"], typical_update_norm: float | None = None,
+              min_survivors: int | None = None, record_level: RecordLevel | None = None,
+              force: bool | None = None) -> Preflight:
+    """The pre-flight check (module doc). Raises PreflightError for parameters that give no guarantee.
+    ``force`` (default: ``config.force_unlearnable``) lets a configuration that cannot learn train anyway."""
+    if not isinstance(config, DPConfig):
+        raise TypeError("config must be a DPConfig")
+    for name, v in (("population", population), ("cohort_size", cohort_size), ("rounds", rounds), ("dim", dim)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if cohort_size > population:
+        raise ValueError(f"cohort_size {cohort_size} exceeds population {population}")
+    if sampling not in ("poisson", "fixed"):
+        raise ValueError(f"sampling must be 'poisson' or 'fixed', got {sampling!r}")
+    force = config.force_unlearnable if force is None else bool(force)
+    problems: list[str] = []
+    q = cohort_size / population
+    delta = config.delta if config.delta is not None else default_delta(population)
+    if config.dp_on and delta >= 1.0 / population:
+        problems.append(f"privacy.delta = {delta:g} is at least 1/population = 1/{population}: no meaningful guarantee "
+                        "(a mechanism that publishes one holder's whole update with probability δ satisfies it)")
+    m = cohort_size
+    mech = config.mechanism if config.dp_on else "none"
+    z = 0.0
+    if config.dp_on:
+        z = config.noise_multiplier if config.noise_multiplier is not None else calibrate_sigma(
+            config, dim=dim, cohort_size=m, rounds=rounds, sampling=sampling, q=q, delta=delta)
+    plan = plan_round(config, round_index=1, dim=dim, n=m, z=z, clip=config.clip, seed=b"securefed/preflight")
+    sb = plan_sigma_b(config, plan, z)
+
+    def ev(surv: int, qq: float) -> RoundEvent:
+        return round_event(mode=config.mode, mechanism=mech, sampling=sampling, q=qq, z=z, plan=plan, dim=dim,
+                           survivors=surv, sigma_b=sb)
+
+    if isinstance(plan, DiscretePlan):
+        z_data, gamma, infl = plan.data_noise_multiplier, plan.scale, plan.sensitivity()[1] / (plan.scale * plan.clip)
+    else:
+        z_data = (z if sb is None else (z**-2 - (2 * sb) ** -2) ** -0.5) if config.dp_on else 0.0
+        gamma, infl = plan.scale, quantized_sensitivity(plan, dim) / plan.clip
+    noise_mean = math.sqrt((z_data * config.clip) ** 2 + m / (4.0 * gamma**2)) / m
+    s = config.clip if typical_update_norm is None else min(config.clip, float(typical_update_norm))
+    signal = s / math.sqrt(dim)
+    ratio = noise_mean / signal
+    limit = math.sqrt(rounds)
+    acc = Accountant(config.accountant)
+    eps_round = acc.epsilon(delta, [ev(m, q)]) if config.dp_on else math.inf
+    eps_planned = acc.epsilon(delta, [ev(m, q)] * rounds) if config.dp_on else math.inf
+    joins = max(1, math.ceil(rounds * q))
+    surv_min = m if min_survivors is None else max(1, min(m, min_survivors))
+    holder_one = Accountant().epsilon(delta, [ev(surv_min, 1.0)]) if config.dp_on else math.inf
+    holder_planned = Accountant().epsilon(delta, [ev(m, 1.0)] * joins) if config.dp_on else math.inf
+    if config.holder_epsilon_cap is not None and holder_one > config.holder_epsilon_cap:
+        problems.append(f"privacy.holder_epsilon_cap = {config.holder_epsilon_cap:g} is below the cost of one round to a "
+                        f"holder ({holder_one:.4g}): every holder would refuse every round")
+    if config.server_epsilon_cap is not None and eps_round > config.server_epsilon_cap:
+        problems.append(f"privacy.server_epsilon_cap = {config.server_epsilon_cap:g} is below the cost of one round "
+                        f"({eps_round:.4g}): the federation would stop before its first round")
+    rec = _record_level(record_level, dim, problems) if record_level is not None else None
+    if problems:
+        raise PreflightError("privacy parameters give no guarantee: " + "; ".join(problems))
+    reasons: list[str] = []
+    learnable = ratio <= limit
+    if not learnable:
+        need = math.ceil(m * ratio / limit)
+        reasons.append(f"refused: the DP noise on each coordinate of the mean is {ratio:.3g}× the largest signal a "
+                       f"clipped update can carry there; even if the signal added up over all {rounds} rounds the noise "
+                       f"would win (limit √R = {limit:.3g}). Holder-level DP needs about {need} holders per round for "
+                       f"this model, or a larger ε; with few holders ask for record-level DP-SGD (train.dp_sgd) inside "
+                       "each holder instead (README, Differential privacy).")
+        if force:
+            reasons.append("privacy.force_unlearnable is set: training anyway, as a demonstration of the mechanism")
+    return Preflight(ok=learnable or force, learnable=learnable, forced=bool(force) and not learnable, reasons=tuple(reasons),
+                     mode=config.mode, mechanism=mech, population=population, cohort_size=m, rounds=rounds, dim=dim,
+                     sampling=sampling, clip=config.clip, delta=delta, noise_multiplier=z, noise_std_mean=noise_mean,
+                     signal_per_coordinate=signal, noise_to_signal=ratio, learnable_limit=limit,
+                     sensitivity_inflation=infl, epsilon_per_round=eps_round, epsilon_planned=eps_planned,
+                     holder_epsilon_planned=holder_planned, record_level=rec, ring_bits=config.ring_bits)

@@ -1,0 +1,405 @@
+"""Re-verify a run's privacy records (protocols/dp.md §7.3).
+
+For the server ledger, the server's per-holder view ledgers and the holders' own ledgers:
+1. chain and canonical form of every line (``ledger.read_ledger``), and every Ed25519 signature under
+   the key ``keys.json`` names (coordinator: server ledger and views; holder h: its own ledger);
+2. every event rebuilt from the plan parameters recorded beside it (``events.round_event``): an entry
+   cannot describe more noise or less sensitivity than its own plan;
+3. every ε recomputed from the recorded events with the pinned accountant scheme and compared with
+   the recorded ε;
+4. cross-checks: the server's survivors and refusals appear in each holder's view; every round the
+   server lists holder h as a survivor has a ``released`` entry in h's own ledger, whose ε is at least
+   the server's view of it;
+5. anchors (checkpoint, summary.json, an earlier report): each must be the head of a prefix of the
+   server ledger — a rewritten, truncated or re-hashed ledger no longer extends them.
+
+The run-directory layout is the caller's business (``securefed.report.privacy_checks``); this module
+takes paths, keys and anchors. The first problem found is what the banner names.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from securefed.privacy import rdp as R
+from securefed.privacy.accountant import ACCOUNTANT_SCHEME, Accountant, RoundEvent, accountant_version, event_rdp
+from securefed.privacy.events import plan_from_record, round_event
+from securefed.privacy.holder_ledger import check_holder_entry, holder_effective_events
+from securefed.privacy.ledger import LedgerError, decode_floats, entry_hash, read_ledger
+
+__all__ = ["Keys", "Anchor", "Problem", "Verification", "verify_records", "check_server_entries", "check_view_entries"]
+
+REL_TOL = 1e-9  # same accountant build: recomputation is deterministic up to summation order
+REL_TOL_OTHER_LIBS = 1e-6  # same scheme, other opacus/dp-accounting versions
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Public keys of a run: ``RUN_DIR/privacy/keys.json`` = {"version": 1, "coordinator": hex, "holders": {id: hex}}."""
+
+    coordinator: bytes
+    holders: Mapping[int, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj: object) -> "Keys":
+        def key(v: object, what: str) -> bytes:
+            if not isinstance(v, str) or not re.fullmatch(r"[0-9a-f]{64}", v):
+                raise ValueError(f"keys.json: {what} must be 64 lowercase hex digits (an Ed25519 public key)")
+            return bytes.fromhex(v)
+
+        if not isinstance(obj, dict) or obj.get("version") != 1 or not isinstance(obj.get("holders", {}), dict):
+            raise ValueError("keys.json must be {\"version\": 1, \"coordinator\": hex, \"holders\": {id: hex}}")
+        holders = {}
+        for h, v in obj.get("holders", {}).items():
+            if not str(h).isdigit():
+                raise ValueError(f"keys.json: holder id {h!r} is not an integer")
+            holders[int(h)] = key(v, f"holder {h}")
+        return cls(key(obj.get("coordinator"), "coordinator"), holders)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A head hash recorded elsewhere (``name``: where); ``entries``: how many entries it pins, if known."""
+
+    name: str
+    head: str
+    entries: int | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    ledger: str
+    seq: int | None
+    round: int | None
+    message: str
+
+    def __str__(self) -> str:
+        at = "" if self.seq is None else f" entry {self.seq}" + ("" if self.round is None else f" (round {self.round})")
+        return f"{self.ledger}{at}: {self.message}"
+
+
+@dataclass
+class Verification:
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    signed: bool = False
+    epsilon: float | None = None  # recomputed release ε of the server ledger
+    delta: float | None = None
+    entries: int = 0
+    head: str | None = None
+    holder_view_epsilon: dict[int, float] = field(default_factory=dict)  # server's view of each holder (recomputed)
+    holder_own_epsilon: dict[int, float] = field(default_factory=dict)  # each holder's own ledger (recomputed, server δ)
+    own_ledgers: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def banner(self) -> str:
+        if self.problems:
+            more = f" ({len(self.problems) - 1} more problem(s) listed below)" if len(self.problems) > 1 else ""
+            return f"PRIVACY RECORDS DO NOT VERIFY — first bad entry: {self.problems[0]}{more}. No ε can be stated."
+        what = f"{self.entries} server entries, {len(self.holder_view_epsilon)} holder views, {self.own_ledgers} holders' own ledgers"
+        if not self.signed:
+            return (f"UNSIGNED privacy records: {what}; chains, anchors and every ε recomputed agree, but without "
+                    "signatures (no privacy/keys.json) anyone with write access could have rewritten them consistently.")
+        return f"VERIFIED: {what}; every signature, chain link, anchor and recomputed ε agrees (head {self.head})."
+
+
+def _num(v: object) -> float:
+    v = decode_floats(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"not a number: {v!r}")
+    return float(v)
+
+
+def _same(a: float, b: float, tol: float) -> bool:
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return math.isclose(a, b, rel_tol=tol, abs_tol=1e-12)
+
+
+def _events_equal(a: RoundEvent, b: RoundEvent) -> bool:
+    da, db = a.to_dict(), b.to_dict()
+    for k, va in da.items():
+        vb = db[k]
+        if isinstance(va, float) or isinstance(vb, float):
+            if not _same(float(va), float(vb), 1e-9):
+                return False
+        elif va != vb:
+            return False
+    return True
+
+
+_VERSION = re.compile(r"^securefed-(rdp|prv)/(\d+) ")
+
+
+def _tolerance(entry: dict, label: str, v: Verification) -> float:
+    """Check the pinned accountant scheme; tolerance for the comparison (ValueError if not recomputable)."""
+    rec = str(entry.get("accountant_version", ""))
+    m = _VERSION.match(rec)
+    if not m or int(m.group(2)) != ACCOUNTANT_SCHEME:
+        raise ValueError(f"was accounted with {rec!r}; this securefed recomputes scheme /{ACCOUNTANT_SCHEME} only")
+    mine = accountant_version(m.group(1))
+    if rec == mine:
+        return REL_TOL
+    note = f"{label}: accounted with {rec}, recomputed with {mine} (tolerance {REL_TOL_OTHER_LIBS:g})"
+    if note not in v.notes:
+        v.notes.append(note)
+    return REL_TOL_OTHER_LIBS
+
+
+class _Running:
+    """Cumulative ε after each added event, computed as Accountant.epsilon does (same order of summation)
+    but incrementally for RDP, so a ledger of R entries costs O(R) curve additions, not O(R²)."""
+
+    def __init__(self, kind: str) -> None:
+        self.acc = Accountant(kind)
+        self.total = np.zeros(len(R.ORDERS))
+        self.none = False
+
+    def add(self, ev: RoundEvent) -> None:
+        self.acc.add(ev)
+        self.none = self.none or ev.mechanism == "none"
+        if self.acc.kind == "rdp":
+            self.total = self.total + event_rdp(ev)
+
+    def epsilon(self, delta: float) -> float:
+        if self.acc.kind != "rdp" or not self.acc.events:
+            return self.acc.epsilon(delta)
+        return math.inf if self.none else R.eps_from_rdp(self.total, delta)[0]
+
+
+def _expected_event(e: dict, q: float) -> RoundEvent:
+    plan, dim, sigma_b = plan_from_record(e.get("plan"))
+    return round_event(mode=e["mode"], mechanism=e["mechanism"], sampling=e["sampling"], q=q, z=_num(e["noise_multiplier"]),
+                       plan=plan, dim=dim, survivors=int(e["n_survivors"]), sigma_b=sigma_b)
+
+
+def _read(path: Path, label: str, key: bytes | None, v: Verification) -> list[dict] | None:
+    try:
+        entries = read_ledger(path, public_key=key)
+    except LedgerError as err:
+        v.problems.append(Problem(label, None, None, str(err).replace(f"{path}: ", "")))
+        return None
+    if key is None and any("sig" in e for e in entries):
+        v.problems.append(Problem(label, None, None, "entries are signed but no public key is available to check "
+                                                     "them (privacy/keys.json missing or without this key)"))
+        return None
+    return entries
+
+
+def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
+    acc: _Running | None = None
+    first = entries[0] if entries else {}
+    for e in entries:
+        p = lambda msg: Problem(label, e.get("seq"), e.get("round"), msg)  # noqa: E731
+        try:
+            if e.get("role") != "server":
+                raise ValueError(f"role is {e.get('role')!r}, not 'server'")
+            for k in ("mode", "mechanism", "sampling", "population", "ring_bits", "accountant", "delta"):
+                if e.get(k) != first.get(k):
+                    raise ValueError(f"{k} changed from {first.get(k)!r} to {e.get(k)!r}")
+            if e.get("n_survivors") != len(e.get("survivors", ())):
+                raise ValueError("n_survivors does not match the survivor list")
+            tol = _tolerance(e, label, v)
+            ev = RoundEvent.from_dict(e["event"])
+            want = _expected_event(e, _num(e["sampling_rate"]))
+            if not _events_equal(ev, want):
+                raise ValueError(f"recorded event {ev.to_dict()} is not the event of its own plan {want.to_dict()}")
+            acc = acc or _Running(e["accountant"])
+            acc.add(ev)
+            eps, recorded = acc.epsilon(_num(e["delta"])), _num(e["epsilon"])
+            if not _same(eps, recorded, tol):
+                raise ValueError(f"recorded epsilon {recorded:.6g}, but its events give {eps:.6g}")
+        except (KeyError, TypeError, ValueError) as err:
+            v.problems.append(p(str(err) if not isinstance(err, KeyError) else f"lacks field {err}"))
+            return
+    if entries:
+        v.epsilon, v.delta = eps, _num(first["delta"])
+
+
+def _verify_view(h: int, entries: list[dict], label: str, v: Verification) -> None:
+    acc = _Running("rdp")
+    for e in entries:
+        try:
+            if e.get("role") != "holder" or e.get("holder_id") != h:
+                raise ValueError(f"is not holder {h}'s view entry")
+            if e.get("status") not in ("included", "dropped", "refused"):
+                raise ValueError(f"unknown status {e.get('status')!r}")
+            tol = _tolerance(e, label, v)
+            ev = RoundEvent.from_dict(e["event"])
+            if not _events_equal(ev, _expected_event(e, 1.0)):
+                raise ValueError("recorded event is not the (unamplified) event of its own plan")
+            if e["status"] == "included":
+                acc.add(ev)
+            eps, recorded = acc.epsilon(_num(e["delta"])), _num(e["epsilon"])
+            if not _same(eps, recorded, tol):
+                raise ValueError(f"recorded epsilon {recorded:.6g}, but its events give {eps:.6g}")
+        except (KeyError, TypeError, ValueError) as err:
+            v.problems.append(Problem(label, e.get("seq"), e.get("round"), str(err) if not isinstance(err, KeyError) else f"lacks field {err}"))
+            return
+    v.holder_view_epsilon[h] = acc.epsilon(_num(entries[-1]["delta"])) if entries else 0.0
+
+
+def _verify_own(entries: list[dict], label: str, v: Verification) -> None:
+    for i, e in enumerate(entries):
+        try:
+            check_holder_entry(e)
+            if e["holder_id"] != entries[0]["holder_id"] or e["run_id"] != entries[0]["run_id"]:
+                raise ValueError("holder_id or run_id differs from the ledger's first entry")
+            tol = _tolerance(e, label, v)
+            eps = Accountant("rdp").epsilon(_num(e["delta"]), holder_effective_events(entries[: i + 1]))
+            recorded = _num(e["epsilon"])
+            if not _same(eps, recorded, tol):
+                raise ValueError(f"recorded epsilon {recorded:.6g}, but its effective events give {eps:.6g}")
+        except (LedgerError, TypeError, ValueError) as err:
+            v.problems.append(Problem(label, e.get("seq") if isinstance(e, dict) else i, e.get("round") if isinstance(e, dict) else None, str(err)))
+            return
+    v.own_ledgers += 1
+
+
+def _cross_check(server: list[dict], views: dict[int, list[dict]], owns: dict[int, tuple[str, list[dict]]], v: Verification) -> None:
+    delta = v.delta
+    # (round, holder) -> how many times the server lists the holder as a survivor / refuser
+    surv: dict[tuple[int, int], int] = {}
+    refd: dict[tuple[int, int], int] = {}
+    n_surv: dict[int, int] = {}
+    last_round = server[-1]["round"] if server else None
+    for e in server:
+        for h in e["survivors"]:
+            surv[(e["round"], h)] = surv.get((e["round"], h), 0) + 1
+        for h in e["refused"]:
+            refd[(e["round"], h)] = refd.get((e["round"], h), 0) + 1
+        n_surv[e["round"]] = e["n_survivors"]
+    for (r, h), k in sorted(surv.items()):
+        got = sum(1 for e in views.get(h, []) if e["round"] == r and e["status"] == "included")
+        if got < k:
+            v.problems.append(Problem(f"privacy/holders/holder-{h}.jsonl", None, r, f"the server ledger lists holder {h} as a "
+                                      f"survivor of round {r}, but its view ledger does not charge it (deleted entry?)"))
+            return
+    for (r, h), k in sorted(refd.items()):
+        got = sum(1 for e in views.get(h, []) if e["round"] == r and e["status"] == "refused")
+        if got < k:
+            v.problems.append(Problem(f"privacy/holders/holder-{h}.jsonl", None, r, f"the server ledger records holder {h} "
+                                      f"refusing round {r}, but its view ledger does not"))
+            return
+    server_rounds = {e["round"] for e in server}
+    for h, es in sorted(views.items()):
+        extra = sorted({e["round"] for e in es if e["status"] == "included" and e["round"] not in server_rounds})
+        if extra and (len(extra) > 1 or extra[0] != (last_round or 0) + 1):
+            v.problems.append(Problem(f"privacy/holders/holder-{h}.jsonl", None, extra[0], f"charges holder {h} for round "
+                                      f"{extra[0]}, which the server ledger does not record"))
+            return
+        if extra:
+            v.notes.append(f"holder {h} was charged for round {extra[0]} without a server entry (the coordinator "
+                           "stopped between its appends: over-counted, never under-counted)")
+    for h, (label, es) in sorted(owns.items()):
+        released = {}
+        for e in es:
+            if e["status"] == "released":
+                released[e["round"]] = released.get(e["round"], 0) + 1
+            if e["status"] == "settled" and e["survivors"] is not None and (e["round"], h) in surv \
+                    and e["survivors"] != n_surv.get(e["round"]):
+                v.problems.append(Problem(label, e["seq"], e["round"], f"settles round {e['round']} at {e['survivors']} "
+                                          f"survivors; the server ledger records {n_surv.get(e['round'])}"))
+                return
+        for (r, hh), k in sorted(surv.items()):
+            if hh == h and released.get(r, 0) < k:
+                v.problems.append(Problem(label, None, r, f"the server lists holder {h} as a survivor of round {r}, but "
+                                          "the holder's own ledger has no 'released' entry for it"))
+                return
+        if delta is not None:
+            own = Accountant("rdp").epsilon(delta, holder_effective_events(es))
+            v.holder_own_epsilon[h] = own
+            view = v.holder_view_epsilon.get(h)
+            if view is not None and own < view * (1 - 1e-9):
+                v.problems.append(Problem(label, es[-1]["seq"] if es else None, None, f"the holder's own epsilon {own:.6g} is "
+                                          f"below the server's view of it {view:.6g} (at delta {delta:g})"))
+                return
+
+
+def _check_anchors(entries: list[dict], anchors: Sequence[Anchor], v: Verification) -> None:
+    heads = [entry_hash(e) for e in entries]
+    prefix = {h: i + 1 for i, h in enumerate(heads)}
+    prefix["0" * 64] = 0
+    for a in anchors:
+        n = prefix.get(a.head)
+        if n is None or (a.entries is not None and n != a.entries):
+            pinned = f"{a.entries} entries, " if a.entries is not None else ""
+            v.problems.append(Problem("privacy/ledger.jsonl", len(entries) - 1 if entries else None, entries[-1]["round"] if entries else None,
+                                      f"does not extend the {a.name} anchor ({pinned}head {a.head[:16]}…): entries were "
+                                      "rewritten, re-hashed or removed"))
+            return
+        if n < len(entries):
+            v.notes.append(f"{len(entries) - n} server entr{'y' if len(entries) - n == 1 else 'ies'} recorded after the {a.name} anchor")
+
+
+def check_server_entries(entries: list[dict], label: str = "privacy/ledger.jsonl") -> list[Problem]:
+    """Problems of a server ledger's entries (events from their plans, ε recomputed); [] if none."""
+    v = Verification()
+    _verify_server(entries, label, v)
+    return v.problems
+
+
+def check_view_entries(holder_id: int, entries: list[dict], label: str) -> list[Problem]:
+    """Problems of the server's view ledger of one holder; [] if none."""
+    v = Verification()
+    _verify_view(holder_id, entries, label, v)
+    return v.problems
+
+
+def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own_ledgers: Sequence[Path], keys: Keys | None,
+                   anchors: Sequence[Anchor] = ()) -> Verification:
+    """Verify everything (module doc). Never raises for bad records: they become ``problems``."""
+    v = Verification(signed=keys is not None)
+    ckey = keys.coordinator if keys else None
+    if not Path(server_ledger).is_file():
+        v.problems.append(Problem("privacy/ledger.jsonl", None, None, "no server ledger found"))
+        return v
+    server = _read(Path(server_ledger), "privacy/ledger.jsonl", ckey, v)
+    if server is None:
+        return v
+    v.entries, v.head = len(server), (entry_hash(server[-1]) if server else None)
+    _verify_server(server, "privacy/ledger.jsonl", v)
+    _check_anchors(server, anchors, v)
+    views: dict[int, list[dict]] = {}
+    for h, path in sorted(view_ledgers.items()):
+        label = f"privacy/holders/holder-{h}.jsonl"
+        es = _read(Path(path), label, ckey, v)
+        if es is not None:
+            _verify_view(h, es, label, v)
+            views[h] = es
+    owns: dict[int, tuple[str, list[dict]]] = {}
+    for path in own_ledgers:
+        path = Path(path)
+        label = str(path)
+        try:
+            plain = read_ledger(path)
+            hid = plain[0]["holder_id"] if plain else None
+        except (LedgerError, KeyError) as err:
+            v.problems.append(Problem(label, None, None, str(err).replace(f"{path}: ", "")))
+            continue
+        if hid is None:
+            continue
+        hkey = None
+        if keys is not None:
+            hkey = keys.holders.get(hid) if isinstance(hid, int) else None
+            if hkey is None:
+                v.problems.append(Problem(label, None, None, f"keys.json has no public key for holder {hid!r}"))
+                continue
+        es = _read(path, label, hkey, v)
+        if es is not None:
+            _verify_own(es, label, v)
+            owns[int(hid)] = (label, es)
+    if not v.problems:
+        _cross_check(server, views, owns, v)
+    if not v.signed:
+        v.notes.append("no privacy/keys.json: signatures were not checked")
+    return v

@@ -1,0 +1,261 @@
+"""The report's privacy checks on a run directory: verification of every privacy record, δ and caps in
+plain words, and the pre-flight section (protocols/dp.md §7.3, §5).
+
+Layout it reads (shared/DESIGN.md run-directory contract, plus):
+    privacy/ledger.jsonl              server ledger (coordinator-signed)
+    privacy/holders/holder-<id>.jsonl the server's view of each holder (coordinator-signed)
+    privacy/keys.json                 {"version": 1, "coordinator": hex, "holders": {id: hex}} (written by the engine)
+    holders/<id>/ledger.jsonl         each holder's own ledger in simulation (holder-signed)
+    checkpoints/latest.pt             its "privacy" state anchors the server ledger's head
+    summary.json                      "ledger_head" anchors it too
+    report/report.json                an earlier report's "ledger_head" (and "ledger_entries")
+    preflight.json                    the pre-flight check (privacy.preflight), when the engine wrote one
+``securefed verify`` and ``securefed report`` both call :func:`verify_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from securefed.privacy.verify import Anchor, Keys, Problem, Verification, verify_records
+
+__all__ = ["verify_run", "run_anchors", "load_keys", "delta_lines", "refusal_lines", "preflight_blocks",
+           "apply_verification", "verification_dict", "plain_words"]
+
+
+def load_keys(run_dir: Path) -> Keys | None:
+    p = Path(run_dir) / "privacy" / "keys.json"
+    if not p.is_file():
+        return None
+    return Keys.from_json(json.loads(p.read_text()))
+
+
+def _checkpoint_anchor(path: Path) -> Anchor | None:
+    if not path.is_file():
+        return None
+    import torch  # lazily: only runs with a checkpoint pay for it
+
+    try:  # mmap: a multi-GB checkpoint is not read to get two fields; weights_only: no pickle code runs
+        state = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is a verification failure
+        raise ValueError(f"checkpoints/latest.pt cannot be read ({type(e).__name__})") from None
+    priv = state.get("privacy") if isinstance(state, dict) else None
+    if not isinstance(priv, dict) or not isinstance(priv.get("ledger_head"), str):
+        raise ValueError("checkpoints/latest.pt has no privacy anchor (ledger_head)")
+    n = priv.get("ledger_entries")
+    return Anchor("checkpoint", priv["ledger_head"], n if isinstance(n, int) and not isinstance(n, bool) else None)
+
+
+def run_anchors(run_dir: Path) -> list[Anchor]:
+    """Anchors recorded outside the ledger: checkpoint, summary.json, an earlier report (ValueError if unreadable)."""
+    run_dir = Path(run_dir)
+    out = []
+    cp = _checkpoint_anchor(run_dir / "checkpoints" / "latest.pt")
+    if cp is not None:
+        out.append(cp)
+    for name, rel in (("summary.json", "summary.json"), ("earlier report", "report/report.json")):
+        p = run_dir / rel
+        if not p.is_file():
+            continue
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{rel} is not valid JSON") from None
+        head = d.get("ledger_head") if isinstance(d, dict) else None
+        if isinstance(head, str):
+            n = d.get("ledger_entries")
+            out.append(Anchor(name, head, n if isinstance(n, int) and not isinstance(n, bool) else None))
+    return out
+
+
+def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = (), coordinator_key: bytes | None = None) -> Verification:
+    """Verify every privacy record of ``run_dir`` (plus holders' own ledgers kept elsewhere)."""
+    run_dir = Path(run_dir)
+    try:
+        keys = load_keys(run_dir)
+    except (ValueError, json.JSONDecodeError) as e:
+        return Verification(problems=[Problem("privacy/keys.json", None, None, str(e))])
+    if coordinator_key is not None:
+        if keys is None:
+            return Verification(problems=[Problem("privacy/keys.json", None, None, "missing, but a coordinator key was "
+                                                  "pinned: the ledgers must be signed")])
+        if keys.coordinator != coordinator_key:
+            return Verification(problems=[Problem("privacy/keys.json", None, None, "its coordinator key is not the "
+                                                  "pinned one (keys.json replaced?)")])
+    try:
+        anchors = run_anchors(run_dir)
+    except ValueError as e:
+        return Verification(problems=[Problem("anchors", None, None, str(e))])
+    views = {}
+    for p in sorted((run_dir / "privacy" / "holders").glob("holder-*.jsonl")):
+        suffix = p.stem.removeprefix("holder-")
+        if suffix.isdigit():
+            views[int(suffix)] = p
+    own = sorted((run_dir / "holders").glob("*/ledger.jsonl")) + [Path(p) for p in holder_ledgers]
+    v = verify_records(server_ledger=run_dir / "privacy" / "ledger.jsonl", view_ledgers=views, own_ledgers=own,
+                       keys=keys, anchors=anchors)
+    if not any(a.name == "summary.json" for a in anchors) and (run_dir / "summary.json").is_file():
+        v.notes.append("summary.json records no ledger_head: it does not anchor the ledger")
+    return v
+
+
+# ---------------------------------------------------------------------------------- plain words
+
+
+def _f(v: Any) -> str:
+    if isinstance(v, float):
+        return "∞" if math.isinf(v) else f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+def delta_lines(*, delta: float | None, population: int | None, dp_on: bool, dp_sgd: dict | None = None,
+                records_per_holder: dict | None = None) -> list[str]:
+    """What δ means for this run, in plain words (dp.md §5): holder-level and record-level."""
+    out = []
+    if dp_on and isinstance(delta, (int, float)):
+        if population and delta >= 1.0 / population:
+            out.append(f"δ = {_f(delta)} is at least 1/population = 1/{population}: NO MEANINGFUL GUARANTEE. A mechanism "
+                       "that publishes one whole holder's update with probability δ satisfies this (ε, δ) statement.")
+        elif population and delta * population > 0.01:
+            out.append(f"δ = {_f(delta)} is WEAK for {population} holders: the (ε, δ) statement allows about "
+                       f"δ·population = {delta * population:.2g} of them to be exposed outright; ask for δ ≤ "
+                       f"{0.01 / population:.1g} (the default is min(1e-5, population^-1.1)).")
+        else:
+            out.append(f"δ = {_f(delta)} (below 1/population{f' = 1/{population}' if population else ''}): the probability "
+                       "that the ε statement fails for a holder.")
+    if dp_sgd and dp_sgd.get("enabled"):
+        d = dp_sgd.get("delta")
+        smallest = min(records_per_holder.values()) if records_per_holder else None
+        if isinstance(d, (int, float)) and smallest:
+            if d > 1.0 / smallest:
+                out.append(f"Record-level δ = {_f(d)} exceeds 1/records = 1/{smallest} for the smallest holder: NO MEANINGFUL "
+                           "record-level guarantee (one record in every 1/δ could be exposed outright).")
+            else:
+                out.append(f"Record-level δ = {_f(d)} ≤ 1/records (smallest holder: {smallest} records): a guarantee per record.")
+        elif isinstance(d, (int, float)):
+            out.append(f"Record-level δ = {_f(d)}; the holders' record counts are not in this run directory, so "
+                       "whether δ < 1/records could not be checked.")
+    return out
+
+
+def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_planned: Any, rounds_recorded: int) -> list[str]:
+    """Why holders were refused (or dropped) and what the caps did, in plain words."""
+    out = []
+    for name, es in sorted(view_ledgers.items()):
+        refused = [e for e in es if e.get("status") == "refused"]
+        cap = es[-1].get("cap") if es else None
+        if cap is not None:
+            spent = es[-1].get("epsilon")
+            out.append(f"{name} has an ε cap of {_f(cap)}: it joins a round only if its own ε after that round, assuming "
+                       f"the fewest survivors secure aggregation accepts, stays within the cap (ε spent: {_f(spent)}).")
+        for e in refused:
+            why = e.get("reason") or "(no reason recorded: a ledger from an older securefed)"
+            out.append(f"{name} refused round {e.get('round')} and sent nothing: {why}.")
+    if server_cap is not None and isinstance(rounds_planned, int) and rounds_recorded < rounds_planned:
+        out.append(f"The server's ε cap of {_f(server_cap)} stops the federation before a round that would exceed it: "
+                   f"{rounds_recorded} of {rounds_planned} planned rounds were recorded.")
+    elif server_cap is not None:
+        out.append(f"The server's ε cap of {_f(server_cap)} was never reached.")
+    return out
+
+
+def preflight_blocks(run_dir: Path) -> list | None:
+    """Blocks of the report's pre-flight section from RUN_DIR/preflight.json, or None if there is none."""
+    p = Path(run_dir) / "preflight.json"
+    if not p.is_file():
+        return None
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return ["preflight.json is not valid JSON."]
+    if not isinstance(d, dict):
+        return ["preflight.json is malformed."]
+    lines = d.get("lines")
+    blocks: list = [str(x) for x in lines] if isinstance(lines, list) else []
+    rows = [["figure", "value"]]
+    rec = d.get("record_level") if isinstance(d.get("record_level"), dict) else {}
+    for k, val in [(k, d.get(k)) for k in ("verdict", "noise_multiplier", "noise_to_signal", "learnable_limit",
+                                           "noise_std_mean", "signal_per_coordinate", "epsilon_per_round", "epsilon_planned",
+                                           "holder_epsilon_planned", "delta", "sensitivity_inflation")] + [
+            ("record-level " + k, rec.get(k)) for k in ("epsilon_planned", "delta", "noise_to_signal") if rec]:
+        if val is not None:
+            rows.append([k, _f(val) if not isinstance(val, str) else ("∞" if val == "inf" else val)])
+    if len(rows) > 1:
+        blocks.append(("table", rows))
+    return blocks
+
+
+def apply_verification(run: dict, v: Verification) -> None:
+    """Attach ``v`` to a loaded run; when it does not verify, withhold every ε (fail closed): the server
+    ledger's entries, the holders' figures and the ε fields of summary/metrics are dropped from ``run``."""
+    run["verification"] = v
+    led = run["ledger"]
+    if v.ok:
+        led["entries_count"] = v.entries
+        return
+    earlier = None
+    report_json = Path(run["run_dir"]) / "report" / "report.json"
+    if report_json.is_file():  # keep an earlier report's anchor, so re-rendering does not launder the tampering
+        try:
+            earlier = json.loads(report_json.read_text()).get("ledger_head")
+        except (json.JSONDecodeError, AttributeError):
+            earlier = None
+    led["ok"] = False
+    led["error"] = led.get("error") or v.banner()
+    led["entries"] = []
+    led["head"] = earlier if isinstance(earlier, str) else None
+    for name in list(run["holders"]):
+        run["holders"][name] = {"ok": False, "error": "ε withheld: the privacy records do not verify"}
+    run["summary"] = {k: val for k, val in run["summary"].items() if k not in ("epsilon", "delta")}
+    run["metrics"] = [{k: val for k, val in m.items() if k not in ("epsilon", "delta", "record_epsilon_max")}
+                      for m in run["metrics"]]
+
+
+def verification_dict(v: Verification) -> dict:
+    return {"ok": v.ok, "signed": v.signed, "banner": v.banner(), "problems": [str(p) for p in v.problems],
+            "notes": list(v.notes), "entries": v.entries, "head": v.head if v.ok else None,
+            "epsilon": v.epsilon if v.ok else None, "delta": v.delta if v.ok else None,
+            "holder_view_epsilon": {str(h): e for h, e in v.holder_view_epsilon.items()} if v.ok else {},
+            "holder_own_epsilon": {str(h): e for h, e in v.holder_own_epsilon.items()} if v.ok else {}}
+
+
+def plain_words(run: dict, facts: dict) -> list[str]:
+    """The report's 'Refusals, caps and δ' lines (empty when there is nothing to say)."""
+    from securefed.privacy.ledger import LedgerError, read_ledger
+
+    run_dir = Path(run["run_dir"])
+    cfg = run.get("config") or {}
+    priv = cfg.get("privacy") if isinstance(cfg.get("privacy"), dict) else {}
+    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    fed = cfg.get("federation") if isinstance(cfg.get("federation"), dict) else {}
+    records = None
+    manifest = run_dir / "data_manifest.json"
+    if manifest.is_file():
+        try:
+            hs = json.loads(manifest.read_text()).get("holders")
+            records = {i + 1: int(h["sequences"]) for i, h in enumerate(hs)} if isinstance(hs, list) else None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            records = None
+    population = facts.get("population") or fed.get("n_holders")
+    out = delta_lines(delta=facts.get("delta") if run["ledger"]["ok"] else None, population=population,
+                      dp_on=facts.get("mode") in ("central", "distributed"), dp_sgd=train.get("dp_sgd"),
+                      records_per_holder=records)
+    if not run["ledger"]["ok"]:
+        return out
+    views = {}
+    for p in sorted((run_dir / "privacy" / "holders").glob("holder-*.jsonl")):
+        try:
+            views[p.stem] = read_ledger(p)
+        except LedgerError:
+            continue
+    v = run.get("verification")
+    own = []
+    if v is not None and v.ok:
+        for h, e in sorted(v.holder_own_epsilon.items()):
+            view = v.holder_view_epsilon.get(h)
+            own.append(f"holder-{h}'s own signed ledger (released before it sent, settled after) gives ε = {_f(e)}"
+                       + (f", at least the server's view of it ({_f(view)})." if view is not None else "."))
+    return out + refusal_lines(views, priv.get("server_epsilon_cap"), fed.get("rounds"), facts.get("rounds_recorded", 0)) + own

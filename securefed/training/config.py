@@ -1,0 +1,133 @@
+"""The training layer's configs, importable without torch, transformers or lightning.
+
+`securefed simulate` validates a whole RunConfig before it imports anything heavy, so a typo is
+refused in well under a second instead of after torch has loaded (10–45 s on a busy machine). The
+dataclasses are re-exported from where they are used: ``securefed.training.trainer`` (TrainConfig,
+DPSGDConfig), ``securefed.training.models`` (ModelPreset, PRESETS, get_preset) and
+``securefed.training.outer`` (OuterConfig).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["DPSGDConfig", "TrainConfig", "OuterConfig", "ModelPreset", "PRESETS", "get_preset"]
+
+
+@dataclass(frozen=True)
+class DPSGDConfig:
+    """Optional record-level DP-SGD inside each holder (Opacus; securefed.privacy.dpsgd).
+
+    Batches are then Poisson-sampled (each sequence with probability batch_size / N), each sequence's
+    gradient is clipped to max_grad_norm and Gaussian noise N(0, (σ·max_grad_norm)²) is added per step;
+    the holder's own RDP accountant gives its record-level ε at ``delta``.
+    """
+
+    enabled: bool = False
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or not 0 < self.delta < 1:
+            raise ValueError("train.dp_sgd: noise_multiplier >= 0, max_grad_norm > 0 and 0 < delta < 1 required")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_steps: int = 16                      # K, inner steps per round
+    batch_size: int = 16                       # sequences per inner step
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1                  # cosine floor, as a fraction of lr
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0                     # inner-step gradient norm clip (not the DP clip)
+    reset_optimizer: bool = False              # Photon option: fresh AdamW state every round
+    precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    devices: int = 1
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    compile: bool = False                      # regional torch.compile of the decoder blocks (see compile_scope)
+    compile_scope: Literal["blocks", "model"] = "blocks"   # "model": the whole model (not with Liger's loss)
+    fused: Literal["auto", "all", "head", "off"] = "auto"  # Liger kernels on CUDA (securefed.training.fused)
+    sdpa_backend: Literal["auto", "cudnn", "flash"] = "auto"  # preferred attention kernel on CUDA
+    eval_batch_size: int = 32
+    dp_sgd: DPSGDConfig = field(default_factory=DPSGDConfig)
+
+    def __post_init__(self) -> None:
+        if self.local_steps < 1:
+            raise ValueError(f"train.local_steps (K) must be >= 1, got {self.local_steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("train.min_lr_ratio must be in [0, 1]")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("train.warmup_steps, grad_clip and weight_decay must be >= 0")
+        if self.devices < 1 or self.eval_batch_size < 1:
+            raise ValueError("train.devices and train.eval_batch_size must be >= 1")
+        if self.compile_scope not in ("blocks", "model"):
+            raise ValueError(f"train.compile_scope must be 'blocks' or 'model', got {self.compile_scope!r}")
+        if self.fused not in ("auto", "all", "head", "off"):
+            raise ValueError(f"train.fused must be 'auto', 'all', 'head' or 'off', got {self.fused!r}")
+        if self.sdpa_backend not in ("auto", "cudnn", "flash"):
+            raise ValueError(f"train.sdpa_backend must be 'auto', 'cudnn' or 'flash', got {self.sdpa_backend!r}")
+        if self.compile and self.dp_sgd.enabled:
+            raise ValueError("train.compile cannot be combined with train.dp_sgd (Opacus' per-sample hooks)")
+        if self.compile and self.compile_scope == "model" and self.fused in ("all", "head"):
+            raise ValueError("train.compile_scope=model breaks Liger's fused loss: use compile_scope=blocks "
+                             "or train.fused=off")
+
+
+@dataclass(frozen=True)
+class OuterConfig:
+    name: Literal["fedavg", "fedmom", "nesterov"] = "fedavg"
+    lr: float = 1.0
+    momentum: float = 0.9          # ignored by fedavg
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"outer.lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"outer.momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    max_seq_len: int
+    tie_embeddings: bool = True
+
+    @property
+    def ffn_dim(self) -> int:
+        # SwiGLU hidden size 8/3·d, rounded up to a multiple of 64 (tensor-core friendly)
+        return ((8 * self.d_model // 3) + 63) // 64 * 64
+
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in (
+        ModelPreset("tiny", d_model=128, n_layers=4, n_heads=4, max_seq_len=512),
+        ModelPreset("20m", d_model=384, n_layers=6, n_heads=6, max_seq_len=2048),
+        ModelPreset("75m", d_model=640, n_layers=10, n_heads=10, max_seq_len=2048),
+        ModelPreset("125m", d_model=768, n_layers=12, n_heads=12, max_seq_len=2048),
+        ModelPreset("350m", d_model=1024, n_layers=24, n_heads=16, max_seq_len=2048),
+        ModelPreset("1.3b", d_model=2048, n_layers=24, n_heads=16, max_seq_len=2048, tie_embeddings=False),
+    )
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+    if not isinstance(name, str):
+        raise TypeError("model preset must be a string")
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]

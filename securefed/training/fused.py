@@ -1,0 +1,180 @@
+"""GPU fast paths for the Llama presets: Liger kernels patched per model instance, regional compile.
+
+Liger (``pip install securefed[gpu]``, liger-kernel 0.8.5, Triton) gives
+
+* ``head``: the fused linear + cross-entropy loss. The LM head's logits (B·T × 32768 in fp32 for the
+  HF loss: 8.6 GB at 125m, batch 32, seq 2048) are never materialised: the loss and both gradients
+  are computed chunk by chunk in the forward pass. The final RMSNorm is Liger's too.
+* ``blocks``: inside every decoder block, Liger's RMSNorm, SwiGLU and RoPE kernels (the attention
+  forward is re-implemented around them: q/k/v projections, RoPE, SDPA, o projection).
+
+Patching is per *instance* (bound ``forward`` methods): liger's own ``apply_liger_kernel_to_llama``
+rebinds module-level names of ``transformers.models.llama`` (``apply_rotary_pos_emb``,
+``LlamaRMSNorm``, ``LlamaForCausalLM.forward``), which would switch every Llama in the process to
+Triton kernels, CPU models and DP-SGD's per-sample-gradient model included.
+
+``compile_blocks`` compiles each decoder layer on its own (``nn.Module.compile``, ``dynamic=False``):
+one graph reused by every layer, and the fused loss stays outside any compiled region (a whole-model
+``torch.compile`` breaks Liger's fused loss on torch 2.11). Inside compiled blocks Inductor fuses
+RMSNorm / SwiGLU / RoPE itself, which is why ``resolve_fused('auto', compile=True)`` is ``head``.
+
+Numerics: the fused loss computes the logits chunk in bf16 under autocast and the softmax in fp32,
+as the HF path does (bf16 logits upcast to fp32); RoPE runs in the activations' dtype. The CPU path
+never changes: Liger needs CUDA (tests/training/test_fused.py, tests/gpu/test_fused_gpu.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import types
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FusedMode", "is_llama", "liger_available", "resolve_fused", "apply_liger", "compile_blocks", "sdpa_context",
+           "SDPA_BACKENDS"]
+
+log = logging.getLogger(__name__)
+
+FusedMode = Literal["auto", "all", "head", "off"]
+SDPA_BACKENDS = ("auto", "cudnn", "flash")
+
+
+def liger_available() -> bool:
+    """True when liger-kernel and Triton import (no CUDA check: see resolve_fused)."""
+    try:
+        import liger_kernel.transformers.functional  # noqa: F401
+    except Exception:  # ImportError, or Triton failing to initialise on a machine without a GPU
+        return False
+    return True
+
+
+def resolve_fused(requested: str, *, device_type: str, dp_sgd: bool, compile_: bool) -> tuple[str, str]:
+    """(effective mode 'all' | 'head' | 'off', why) for a requested mode. Never raises for a missing
+    Liger: the plain PyTorch path is always a valid fallback."""
+    if requested not in ("auto", "all", "head", "off"):
+        raise ValueError(f"train.fused must be 'auto', 'all', 'head' or 'off', got {requested!r}")
+    if requested == "off":
+        return "off", "train.fused=off"
+    if device_type != "cuda":
+        return "off", f"Liger kernels need CUDA (device is {device_type})"
+    if dp_sgd:
+        return "off", "DP-SGD computes per-sample gradients with module hooks that fused kernels bypass"
+    if not liger_available():
+        return "off", "liger-kernel is not installed (pip install 'securefed[gpu]')"
+    if requested == "auto":
+        return ("head" if compile_ else "all"), "auto"
+    return requested, "requested"
+
+
+def is_llama(model: torch.nn.Module) -> bool:
+    inner = getattr(model, "model", None)
+    return (hasattr(model, "lm_head") and inner is not None and hasattr(inner, "layers") and hasattr(inner, "norm")
+            and all(hasattr(layer, "self_attn") and hasattr(layer, "mlp") for layer in inner.layers))
+
+
+# ------------------------------------------------------------------------------------ patched forwards
+def _rms_norm_forward(self, hidden_states):
+    from liger_kernel.transformers.functional import liger_rms_norm
+
+    return liger_rms_norm(hidden_states, self.weight, self.variance_epsilon, 0.0, "llama", True)
+
+
+def _swiglu_forward(self, x):
+    from liger_kernel.transformers.functional import liger_swiglu
+
+    return self.down_proj(liger_swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+def _attention_forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+    """Llama attention with Liger's RoPE; falls back to the class forward for caches/attention outputs."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if position_embeddings is None or cache is not None or kwargs.get("output_attentions"):
+        return type(self).forward(self, hidden_states, position_embeddings=position_embeddings,
+                                  attention_mask=attention_mask, **kwargs)
+    from liger_kernel.transformers.functional import liger_rope
+
+    b, t = hidden_states.shape[:2]
+    shape = (b, t, -1, self.head_dim)
+    q = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+    k = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+    v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+    cos, sin = position_embeddings
+    q, k = liger_rope(q, k, cos, sin)
+    gqa = q.shape[1] != k.shape[1]
+    if attention_mask is None:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, scale=self.scaling, enable_gqa=gqa)
+    else:
+        mask = attention_mask[:, :, :, : k.shape[-2]]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=gqa)
+    out = out.transpose(1, 2).reshape(b, t, -1).contiguous()
+    return self.o_proj(out), None
+
+
+def _lce_forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+    """LlamaForCausalLM.forward with the fused linear + cross-entropy loss (no logits) when labels
+    are given; the HF shift (predict token t+1 from position t, last position ignored) and mean
+    over predicted tokens, exactly as transformers' ForCausalLMLoss."""
+    if labels is None:
+        return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    kwargs.pop("num_items_in_batch", None)
+    out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    hidden = out.last_hidden_state
+    target = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)
+    loss = liger_fused_linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, target,
+                                            bias=self.lm_head.bias, ignore_index=-100, reduction="mean")
+    return CausalLMOutputWithPast(loss=loss, logits=None)
+
+
+def _bind(module: torch.nn.Module, fn) -> None:
+    module.forward = types.MethodType(fn, module)
+
+
+def apply_liger(model: torch.nn.Module, *, blocks: bool) -> None:
+    """Patch this Llama instance (only it) with Liger: the fused loss + final norm, and with
+    ``blocks`` also every block's norms, SwiGLU MLP and RoPE attention."""
+    if not is_llama(model):
+        raise TypeError(f"apply_liger: expected a transformers Llama causal LM, got {type(model).__name__}")
+    _bind(model, _lce_forward)
+    _bind(model.model.norm, _rms_norm_forward)
+    if blocks:
+        for layer in model.model.layers:
+            _bind(layer.input_layernorm, _rms_norm_forward)
+            _bind(layer.post_attention_layernorm, _rms_norm_forward)
+            _bind(layer.mlp, _swiglu_forward)
+            _bind(layer.self_attn, _attention_forward)
+    model._securefed_fused = "all" if blocks else "head"
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """Regional compile: every decoder layer compiled on its own (static shapes). Returns the count."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise TypeError(f"compile_blocks: {type(model).__name__} has no model.layers")
+    for layer in layers:
+        layer.compile(dynamic=False)
+    model._securefed_compiled = "blocks"
+    return len(layers)
+
+
+def sdpa_context(backend: str):
+    """A context that puts ``backend`` first among SDPA kernels ('auto': torch's own choice). The
+    others stay allowed behind it, so an unsupported shape still runs."""
+    if backend not in SDPA_BACKENDS:
+        raise ValueError(f"train.sdpa_backend must be one of {SDPA_BACKENDS}, got {backend!r}")
+    if backend == "auto" or not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[backend]
+    order = [first] + [b for b in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                                   SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH) if b != first]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # torch < 2.6: no priority order, only an allow-list
+        return sdpa_kernel(order)

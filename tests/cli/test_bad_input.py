@@ -1,0 +1,167 @@
+"""Bad input through the CLI: each case gets one clear message and a non-zero exit, and leaves nothing
+(half-)written. `simulate` refuses these before importing torch (timing: benchmarks/firsthour/)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from securefed.cli import main
+from securefed.configio import to_dict
+from securefed.runtime.config import load_run_config
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default --out (runs/...) would land here: it must not appear
+
+
+def _files(d):
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+def _fake_run(d, preset="demo", *, checkpoint=False, overrides=()):
+    """A run directory as `securefed simulate` leaves it (config, metrics; optionally a checkpoint)."""
+    d.mkdir(parents=True)
+    cfg = load_run_config(preset=preset, overrides=list(overrides))
+    (d / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False) + '# versions: {"securefed": "0.1.0"}\n')
+    (d / "metrics.jsonl").write_text('{"round": 1, "train_loss": 5.0}\n')
+    if checkpoint:
+        (d / "checkpoints").mkdir()
+        (d / "checkpoints" / "latest.pt").write_bytes(b"not read by the checks")
+    return d
+
+
+# ------------------------------------------------------------------------------------------- simulate
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "train.local_steps=0"], "configuration error: train: train.local_steps (K) must be >= 1, got 0"),
+    (["--set", "federation.bogus=1"], "configuration error: federation: unknown key(s) ['bogus']; valid keys are"),
+    (["--preset", "nope"], "configuration error: unknown run preset 'nope'"),
+    (["--config", "missing.yaml"], "configuration error: config file missing.yaml does not exist"),
+    (["--set", "model.preset=7b"], "unknown model preset '7b'"),
+    (["--set", "rounds"], "must look like section.key=value"),
+])
+def test_bad_config(argv, message, tmp_path, capsys):
+    assert main(["simulate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("securefed simulate: ") and message in err and err.count("\n") == 1
+    assert _files(tmp_path) == []  # no run directory, nothing else
+
+
+def test_tensorboard_without_its_package(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    assert main(["simulate", "--set", "logging.tensorboard=true"]) == 2
+    assert "logging.tensorboard=true needs the tensorboard package" in capsys.readouterr().err
+    assert _files(tmp_path) == []
+
+
+def test_reused_out_holding_another_run(tmp_path, capsys):
+    run = _fake_run(tmp_path / "runs" / "a", preset="dp")
+    before = _files(run)
+    assert main(["simulate", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"securefed simulate: {run} holds another run (preset dp); choose a new --out or --resume" in err
+    assert "ledger entry" not in err and _files(run) == before
+
+
+def test_reused_out_names_the_changes_to_its_preset(tmp_path, capsys):
+    run = _fake_run(tmp_path / "b", overrides=("federation.rounds=3",))
+    assert main(["simulate", "--out", str(run)]) == 2
+    assert "holds another run (preset demo with changes to federation.rounds)" in capsys.readouterr().err
+
+
+def test_resume_under_other_settings_is_refused(tmp_path, capsys):
+    run = _fake_run(tmp_path / "c", checkpoint=True)
+    assert main(["simulate", "--out", str(run), "--resume", "--preset", "dp"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} holds another run (preset demo); choose a new --out, or --resume with that run's settings" in err
+    assert "privacy.mode: 'none' there, 'distributed' now" in err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: None, "does not exist, so there is nothing to resume"),
+    (lambda d: d.mkdir(), "is not a securefed run and has no checkpoint"),
+    (lambda d: _fake_run(d), "holds a run (preset demo) but has no checkpoint"),
+])
+def test_resume_without_checkpoint(make, message, tmp_path, capsys):
+    d = tmp_path / "r"
+    make(d)
+    before = _files(tmp_path)
+    assert main(["simulate", "--out", str(d), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("securefed simulate: --resume: ") and message in err
+    assert _files(tmp_path) == before
+
+
+def test_out_that_is_a_file_or_a_foreign_directory(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert main(["simulate", "--out", str(tmp_path / "f")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff")
+    assert main(["simulate", "--out", str(tmp_path / "photos")]) == 2
+    assert "exists and is not empty (and holds no securefed run)" in capsys.readouterr().err
+    assert _files(tmp_path / "photos") == ["cat.jpg"]
+
+
+def test_refusals_happen_before_torch_is_imported(tmp_path):
+    run = _fake_run(tmp_path / "d", preset="dp")
+    probe = ("import sys; from securefed.cli import main; "
+             f"codes = [main(['simulate', '--set', 'train.lr=-1']), main(['simulate', '--out', {str(run)!r}]), "
+             f"main(['simulate', '--out', {str(tmp_path / 'none')!r}, '--resume'])]; "
+             "print(codes, sorted(m for m in ('torch', 'transformers', 'lightning', 'tenseal') if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.strip() == "[2, 2, 2] []", out.stderr
+    assert out.stderr.count("securefed simulate: ") == 3
+
+
+# --------------------------------------------------------------------------------------------- report
+def test_report_on_an_empty_directory(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a securefed run directory" in err and err.count("\n") == 1
+    assert _files(tmp_path / "empty") == []
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("summary.json", '{"fed_eval_ppl": 139.2, "rou', "summary.json is not valid JSON (Unterminated string"),
+    ("summary.json", "", "summary.json is empty"),
+    ("summary.json", "[1, 2]", "summary.json does not hold a JSON object"),
+    ("metrics.jsonl", '{"round": 1, "train_loss": 5.0}\n{"round": 2, "tra\n{"round": 3}\n', "metrics.jsonl, line 2: not valid JSON"),
+    ("metrics.jsonl", '{"round": 1}\n[3]\n', "metrics.jsonl, line 2: expected a JSON object, got list"),
+    ("baseline/metrics.jsonl", '{"step": 1, "eval_ppl": 5\n', "baseline/metrics.jsonl, line 1: not valid JSON"),
+    ("config.yaml", "seed: [1, 2\n", "config.yaml is not valid YAML"),
+])
+def test_report_names_a_corrupt_input_and_writes_nothing(name, content, message, tmp_path, capsys):
+    run = _fake_run(tmp_path / "run")
+    (run / name).parent.mkdir(exist_ok=True)
+    (run / name).write_text(content)
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("securefed report: ") and message in err and err.count("\n") == 1
+    assert not (run / "report").exists() and not any(p.name.startswith(".report") for p in run.iterdir())
+
+
+def test_report_failure_keeps_an_earlier_report(tmp_path, capsys):
+    run = _fake_run(tmp_path / "run")
+    assert main(["report", str(run)]) == 1  # no ledger: written and flagged
+    before = (run / "report" / "report.md").read_text()
+    (run / "summary.json").write_text("{")
+    assert main(["report", str(run)]) == 2
+    assert (run / "report" / "report.md").read_text() == before
+
+
+def test_corrupt_metrics_on_resume_is_named(tmp_path):
+    from securefed.runtime.metrics_log import MetricsLog
+
+    run = _fake_run(tmp_path / "run")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"round": 2, "train_loss": Infinity}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not valid JSON \(Infinity is not JSON"):
+        MetricsLog.open(run, resume_round=3)
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0]) == {"round": 1, "train_loss": 5.0}

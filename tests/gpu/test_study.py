@@ -1,0 +1,75 @@
+"""CPU tests of the pure parts of benchmarks/gpu/study.py (row design: equal tokens and eval points on
+both sides, pairing) and build_corpus.py (source mapping, documents keep every byte of every file)."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_GPU = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"gpu_{name}", _GPU / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+study = _load("study")
+corpus = _load("build_corpus")
+
+
+def _args(**kw):
+    base = dict(size="20m", side="fed", partition="iid", outer="nesterov", outer_lr=0.7, h=32, inner_lr_ratio=0.5,
+                central_lr=None, tokens=1e8, evals=12, eval_fraction=0.01, seed=0, fused="auto", secure=False,
+                clip=1e6, corpus="/c", set=None)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def _sets(sets):
+    return dict(s.split("=", 1) for s in sets)
+
+
+def test_fed_and_central_rows_see_the_same_tokens_at_the_same_eval_points():
+    fed_sets, fed = study.overrides(_args(side="fed"))
+    cen_sets, cen = study.overrides(_args(side="central"))
+    f, c = _sets(fed_sets), _sets(cen_sets)
+    # tokens per round: holders x batch x H x seq on both sides; same rounds, same eval cadence
+    assert int(f["federation.n_holders"]) * int(f["train.batch_size"]) == int(c["train.batch_size"])
+    assert int(c["federation.n_holders"]) == 1 and f["train.local_steps"] == c["train.local_steps"]
+    assert fed["rounds"] == cen["rounds"] and f["federation.eval_every"] == c["federation.eval_every"]
+    assert fed["rounds"] * fed["tokens_per_round"] >= 1e8
+    # the centralized side is plain continuous training: FedAvg with outer lr 1, the central lr
+    assert c["outer.name"] == "fedavg" and float(c["outer.lr"]) == 1.0
+    assert float(f["train.lr"]) == pytest.approx(0.5 * float(c["train.lr"]))
+    assert f["aggregation.mode"] == "plain" and _sets(study.overrides(_args(secure=True))[0])["aggregation.mode"] == "secagg"
+    assert c["data.source"] == "/c/pile" and c["data.tokenizer"] == "/c/tokenizer"
+
+
+def test_pairing_at_equal_tokens_and_partner_names():
+    fed = [{"tokens_seen": 10, "eval_ppl": 30.0}, {"tokens_seen": 20}, {"tokens_seen": 30, "eval_ppl": 12.0}]
+    cen = [{"tokens_seen": 10, "eval_ppl": 20.0}, {"tokens_seen": 30, "eval_ppl": 10.0}]
+    curve = study.pair_curves(fed, cen)
+    assert [p["tokens"] for p in curve] == [10, 30] and curve[-1]["ratio"] == pytest.approx(1.2)
+    name = study.row_name(_args())
+    assert name == "20m-iid-fed-nesterov-olr0.7-h32-ilr0.5-t1e+08-s0"
+    assert study.partner_of(name) == "20m-iid-central-*-t1e+08-s0"
+    assert study.partner_of(name.replace("-iid-", "-by_source-")) == "20m-iid-central-*-t1e+08-s0"
+
+
+def test_linux_sources_and_documents_keep_every_file():
+    assert corpus.linux_source_of("fs/ext4/inode.c") == "linux-fs"
+    assert corpus.linux_source_of("drivers/gpu/drm/amd/include/asic_reg/x.h") is None   # generated headers left out
+    assert corpus.linux_source_of("fs/ext4/inode.o") is None
+    files = [(f"f{i}.py", ("line %d\n" % i) * (40 * i + 1)) for i in range(30)]
+    files.append(("big.c", "x = 1;\n" * 400_000))                                          # 2.8 MB: cut into pieces
+    docs = corpus.chunk_documents(files, doc_bytes=2_000)
+    joined = "".join(docs)
+    for rel, text in files[:30]:
+        assert f"<<< {rel} >>>\n{text}" in joined
+    pieces = [d for d in docs if "<<< big.c >>>" in d]
+    assert len(pieces) >= 3 and all(len(p) <= corpus.PIECE_BYTES + 64 for p in pieces)
+    assert sum(p.count("x = 1;\n") for p in pieces) == 400_000

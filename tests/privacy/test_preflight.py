@@ -1,0 +1,104 @@
+"""Pre-flight check (privacy/preflight.py, protocols/dp.md §12): noise-to-signal, ε per round, refusals."""
+
+import json
+import math
+
+import pytest
+
+from securefed.privacy import DPConfig
+from securefed.privacy.preflight import PreflightError, RecordLevel, preflight
+
+TINY = 1_377_408  # parameters of the tiny model with the 4096-token vocabulary
+
+
+def test_the_old_dp_preset_cannot_learn_and_is_refused_unless_forced():
+    # 4 holders, ε = 8 over 4 rounds: σ ≈ 2.55, noise per coordinate of the mean σC/4 ≈ 0.64 against a
+    # clipped signal of at most C/√d ≈ 8.5e-4: noise/signal ≈ 750, far above √4 = 2
+    cfg = DPConfig(mode="distributed", mechanism="ddgauss", clip=1.0, target_epsilon=8.0, holder_epsilon_cap=10.0)
+    p = preflight(cfg, population=4, cohort_size=4, rounds=4, dim=TINY, sampling="fixed")
+    assert not p.ok and not p.learnable and not p.forced
+    assert 600 < p.noise_to_signal < 900 and p.learnable_limit == 2.0
+    assert p.epsilon_planned <= 8.0 and p.epsilon_per_round < p.epsilon_planned
+    assert p.noise_std_mean == pytest.approx(p.noise_multiplier * 1.0 / 4, rel=0.01)
+    assert p.signal_per_coordinate == pytest.approx(1 / math.sqrt(TINY))
+    text = "\n".join(p.lines())
+    assert "refused" in text and "record-level DP-SGD" in text and "holders per round" in text
+    forced = preflight(DPConfig(**{**cfg.__dict__, "force_unlearnable": True}), population=4, cohort_size=4, rounds=4,
+                       dim=TINY, sampling="fixed")
+    assert forced.ok and forced.forced and not forced.learnable and "force_unlearnable" in "\n".join(forced.lines())
+
+
+def test_a_large_cohort_learns_and_the_json_is_strict():
+    # 10⁴ holders per round of 10⁶, central Gaussian σ = 0.7, 32-bit ring: noise/signal ≈ 0.7·1174/1e4 ≈ 0.08
+    cfg = DPConfig(mode="central", mechanism="gaussian", clip=1.0, noise_multiplier=0.7)
+    p = preflight(cfg, population=10**6, cohort_size=10**4, rounds=1000, dim=TINY, sampling="poisson",
+                  typical_update_norm=0.5)
+    assert p.ok and p.learnable and p.noise_to_signal == pytest.approx(0.7 * math.sqrt(TINY) / 1e4 / 0.5, rel=0.01)
+    # 32 bits: rounding adds ~6e-6; the float32 cast of a sum of 10⁴ updates up to (n + 1)·2^-23 ≈ 1.2e-3
+    assert p.sensitivity_inflation < 1.0013
+    d = json.loads(json.dumps(p.to_dict(), allow_nan=False))
+    assert d["verdict"] == "learnable" and d["lines"][0].startswith("pre-flight")
+    none = preflight(DPConfig(), population=4, cohort_size=4, rounds=4, dim=TINY, sampling="fixed")
+    assert none.ok and none.to_dict()["epsilon_planned"] == "inf"
+
+
+def test_parameters_without_a_guarantee_are_one_clear_error():
+    kw = dict(population=4, cohort_size=4, rounds=4, dim=1000, sampling="fixed")
+    with pytest.raises(PreflightError, match="holder_epsilon_cap = 0.5 is below the cost of one round"):
+        preflight(DPConfig(mode="distributed", noise_multiplier=1.0, holder_epsilon_cap=0.5), **kw)
+    with pytest.raises(PreflightError, match="server_epsilon_cap = 0.1 is below"):
+        preflight(DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, server_epsilon_cap=0.1), **kw)
+    with pytest.raises(PreflightError, match="at least 1/population"):
+        preflight(DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, delta=0.3), **kw)
+    # several problems: all named in the one error
+    with pytest.raises(PreflightError, match="(?s)1/population.*below the cost"):
+        preflight(DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, delta=0.3,
+                           server_epsilon_cap=0.01), **kw)
+    with pytest.raises(PreflightError, match="no meaningful record-level guarantee"):
+        preflight(DPConfig(), **kw, record_level=RecordLevel(1.0, 1.0, 1e-2, 16, 850, 48))
+    with pytest.raises(PreflightError, match="without noise"):
+        preflight(DPConfig(), **kw, record_level=RecordLevel(0.0, 1.0, 1e-5, 16, 850, 48))
+    # δ ≥ 1, σ = 0 with a finite target: refused when the config is built
+    from securefed.configio import ConfigError, from_dict
+
+    for bad, msg in [({"mode": "central", "mechanism": "gaussian", "noise_multiplier": 1.0, "delta": 1.0}, "delta"),
+                     ({"target_epsilon": 8.0}, "need DP"), ({"noise_multiplier": 1.0}, "need DP"),
+                     ({"mode": "distributed", "noise_multiplier": 0.0}, "no privacy")]:
+        with pytest.raises(ConfigError, match=msg):
+            from_dict(DPConfig, bad)
+
+
+def test_record_level_epsilon_matches_opacus():
+    from opacus.accountants import RDPAccountant
+
+    p = preflight(DPConfig(), population=4, cohort_size=4, rounds=4, dim=TINY, sampling="fixed",
+                  record_level=RecordLevel(0.7, 1.0, 1e-5, 32, 850, 48))
+    acc = RDPAccountant()
+    acc.history = [(0.7, 32 / 850, 48)]
+    # our order grid is coarser than Opacus' default: never below it, and close
+    assert acc.get_epsilon(1e-5) <= p.record_level["epsilon_planned"] < 1.05 * acc.get_epsilon(1e-5)
+    assert p.record_level["noise_to_signal"] == pytest.approx(0.7 * math.sqrt(TINY) / 32)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError):
+        preflight({"mode": "none"}, population=4, cohort_size=4, rounds=4, dim=10, sampling="fixed")
+    with pytest.raises(ValueError, match="cohort_size"):
+        preflight(DPConfig(), population=4, cohort_size=5, rounds=4, dim=10, sampling="fixed")
+    with pytest.raises(ValueError, match="dim"):
+        preflight(DPConfig(), population=4, cohort_size=4, rounds=4, dim=0, sampling="fixed")
+
+
+def test_the_dp_preset_is_refused_before_training():
+    # README: `securefed simulate --preset dp` is refused by the pre-flight check (4 holders, ε = 8)
+    from securefed.runtime.config import load_run_config
+    from securefed.training.models import build_model
+
+    cfg = load_run_config(preset="dp")
+    model = build_model(cfg.model.preset, vocab_size=cfg.data.vocab_size, seq_len=cfg.data.seq_len, seed=0)
+    dim = sum(p.numel() for p in model.parameters())
+    fed = cfg.federation
+    p = preflight(cfg.privacy, population=fed.n_holders, cohort_size=fed.cohort_size, rounds=fed.rounds, dim=dim,
+                  sampling=fed.sampling)
+    assert not p.ok and p.noise_to_signal > 100 * p.learnable_limit
+    assert cfg.privacy.delta == 1e-5 and p.epsilon_planned <= cfg.privacy.target_epsilon

@@ -1,0 +1,76 @@
+"""A small signed run directory, as the round engine writes it (protocols/dp.md §7): coordinator-signed
+server ledger and per-holder views, holder-signed own ledgers (released before sending, settled after),
+privacy/keys.json, a checkpoint and summary.json that anchor the head."""
+
+import json
+
+import numpy as np
+import torch
+import yaml
+
+from securefed.primitives.keys import generate_identity
+from securefed.primitives.rng import DeterministicEntropy
+from securefed.privacy import DPConfig, PrivacySession
+from securefed.privacy.accountant import accountant_version
+from securefed.privacy.holder_ledger import holder_epsilon
+from securefed.privacy.ledger import Ledger
+
+RUN_ID = "ab" * 16
+DIM = 64
+
+
+def _own_entry(s, rp, h, status, event, survivors, entries, cap=None):
+    e = {"version": 1, "role": "holder", "run_id": RUN_ID, "holder_id": h, "round": rp.round_index, "status": status,
+         "event": event, "cap": cap, "delta": s.delta, "accountant": "rdp", "accountant_version": accountant_version("rdp"),
+         "mode": s.config.mode, "mechanism": s._mechanism, "clip": rp.clip_bound, "noise_multiplier": rp.noise_multiplier,
+         "ring_bits": s.config.ring_bits, "survivors": survivors, "reason": None}
+    e["epsilon"] = holder_epsilon(entries + [e], s.delta)
+    return e
+
+
+def make_signed_run(rd, *, rounds=4, signed=True, cfg=None, population=6, cohort=(1, 2, 3, 4), drop_last_holder_at=None):
+    cfg = cfg or DPConfig(mode="distributed", noise_multiplier=1.0, clip=1.0, holder_epsilon_cap=20.0, delta=1e-3)
+    (rd / "privacy").mkdir(parents=True)
+    coord = generate_identity(DeterministicEntropy.from_int(999))
+    holder_keys = {h: generate_identity(DeterministicEntropy.from_int(900 + h)) for h in range(1, population + 1)}
+    if signed:
+        (rd / "privacy" / "keys.json").write_text(json.dumps({
+            "version": 1, "coordinator": coord.public_bytes.hex(),
+            "holders": {str(h): k.public_bytes.hex() for h, k in holder_keys.items()}}))
+    s = PrivacySession(cfg, population=population, cohort_size=len(cohort), rounds_planned=rounds, sampling="fixed",
+                       ledger_dir=rd / "privacy", signer=coord if signed else None, run_id=RUN_ID)
+    own = {h: Ledger(rd / "holders" / str(h) / "ledger.jsonl", signer=holder_keys[h] if signed else None) for h in cohort}
+    rng = np.random.default_rng(0)
+    metrics = []
+    for r in range(1, rounds + 1):
+        rp = s.begin_round(r, cohort=list(cohort), dim=DIM, min_survivors=len(cohort) - 1)
+        e = DeterministicEntropy.from_int(r)
+        total = np.zeros(rp.encoded_dim, rp.ring.dtype)
+        worst = s._event(rp.plan, rp.noise_multiplier, len(rp.participants) - 1, sampled=False, dim=DIM).to_dict()
+        surv = [h for h in rp.participants if not (drop_last_holder_at == r and h == rp.participants[-1])]
+        for h in rp.cohort:
+            if h in rp.refused:
+                own[h].append(_own_entry(s, rp, h, "refused", worst, None, own[h].entries, cap=20.0))
+                continue
+            own[h].append(_own_entry(s, rp, h, "released", worst, None, own[h].entries, cap=20.0))  # before sending
+            enc, _ = rp.encode(h, rng.normal(size=DIM).astype(np.float32) * 0.2, e)
+            if h in surv:
+                total = total + enc
+        rp.decode(total, survivors=surv, entropy=e)
+        entry = rp.finish(survivors=surv, clip_infos={})
+        actual = s._event(rp.plan, rp.noise_multiplier, len(surv), sampled=False, dim=DIM).to_dict()
+        for h in surv:  # each survivor learns the survivor count and settles at it
+            own[h].append(_own_entry(s, rp, h, "settled", actual, len(surv), own[h].entries, cap=20.0))
+        metrics.append({"round": r, "clients_sampled": len(cohort), "clients_survived": len(surv), "train_loss": 5.0,
+                        "eval_loss": 5.0, "eval_ppl": 148.0, "tokens_seen": 1000 * r, "bytes_up": 1, "bytes_down": 1,
+                        "seconds": 1.0, "aggregation": "secagg", "epsilon": entry["epsilon"], "delta": entry["delta"]})
+    (rd / "config.yaml").write_text(yaml.safe_dump({"privacy": {"mode": cfg.mode, "clip": cfg.clip},
+                                                    "federation": {"n_holders": population, "rounds": rounds},
+                                                    "aggregation": {"mode": "secagg"}}))
+    (rd / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (rd / "checkpoints").mkdir()
+    torch.save({"version": 1, "next_round": rounds + 1, "privacy": s.state_dict()}, rd / "checkpoints" / "latest.pt")
+    eps, delta = s.epsilon_spent()
+    (rd / "summary.json").write_text(json.dumps({"fed_eval_ppl": 148.0, "rounds": rounds, "tokens": 1000 * rounds,
+                                                 "epsilon": eps, "delta": delta, "ledger_head": s.ledger.head}))
+    return s, coord, holder_keys

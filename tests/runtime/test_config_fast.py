@@ -1,0 +1,42 @@
+"""A run's whole config loads and validates without torch, transformers, lightning or tenseal, so
+`securefed simulate` refuses a bad config at once (timing: benchmarks/firsthour/config_errors.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+HEAVY = ("torch", "transformers", "lightning", "tenseal", "opacus")
+
+PROBE = """
+import json, sys
+from securefed.runtime.config import RunConfig, list_presets, load_run_config
+cfgs = [load_run_config(preset=p) for p in list_presets()]
+try:
+    load_run_config(overrides=["train.local_steps=0"])
+except ValueError as e:
+    err = str(e)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in %r)
+print(json.dumps({"presets": len(cfgs), "heavy": heavy, "err": err}))
+"""
+
+
+def test_run_config_imports_nothing_heavy():
+    probe = PROBE % (HEAVY,)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["heavy"] == [], f"config import pulled in {res['heavy']}"
+    assert res["presets"] >= 6 and "local_steps" in res["err"]
+
+
+def test_config_dataclasses_keep_their_old_homes():
+    from securefed.training import config, models, outer, trainer
+
+    assert trainer.TrainConfig is config.TrainConfig and trainer.DPSGDConfig is config.DPSGDConfig
+    assert outer.OuterConfig is config.OuterConfig
+    assert models.get_preset is config.get_preset and models.PRESETS is config.PRESETS
+    from securefed.ckks import CkksServer, RoutingPolicy  # lazily resolved names still import
+    from securefed.training.data import partition, prepare_federated_data
+
+    assert callable(partition) and callable(prepare_federated_data) and CkksServer and RoutingPolicy
