@@ -8,7 +8,7 @@ ignore a holder's reply as if it never arrived (``ignore``), or send any holder 
 entropy (``deterministic_secrets``), so every scenario is reproducible bit for bit.
 
     fed = tiny_federation(workdir, overrides=[...], policies={1: {"epsilon_cap": 4.0}})
-    fed.coordinator.run_round(1)                       # the honest engine, message by message
+    fed.coordinator.run_round(1)                       # the honest engine, round by round
     fed.channel.ask(1, Stage.OFFER, 2, offer_bytes)    # ... and whatever the attacker adds
 """
 
@@ -105,6 +105,10 @@ class Federation:
     root: Path
     configs: dict = field(default_factory=dict)
 
+    def start(self) -> None:
+        """The coordinator's start (Coordinator.start): run-directory files, then every holder's Join."""
+        self.coordinator.start()
+
     def ledger(self, h: int) -> list[dict]:
         return holder_ledger(self.holders[h])
 
@@ -133,12 +137,13 @@ def holder_ledger(holder: Holder) -> list[dict]:
 
 def tiny_federation(workdir: str | Path, *, overrides=(), policies: Mapping[int, Mapping] | None = None,
                     holder_fields: Mapping[int, Mapping] | None = None, cache_dir: str | Path | None = None,
-                    tamper=None, ignore=None, open_channel: bool = True) -> Federation:
+                    tamper=None, ignore=None, start: bool = True) -> Federation:
     """The tiny federation (TINY + ``overrides``) with its real roles over a ScriptedChannel.
 
     ``policies``: {holder: {HolderPolicy field: value}} — a holder's own floors and cap, replacing the
     run's (simulation.holder_configs); ``holder_fields``: other HolderConfig fields (vanish_at, …).
-    ``open_channel``: welcome every holder now (the coordinator's Join), as ``Coordinator.run`` does."""
+    ``start``: run ``Coordinator.start`` now (the run directory's files and every holder's Join, as
+    ``Coordinator.run`` does before its first round); else call ``Federation.start`` later."""
     from securefed.federation.data import coordinator_data
     from securefed.federation.simulation import holder_configs
     from securefed.primitives.rng import DeterministicEntropy
@@ -151,6 +156,7 @@ def tiny_federation(workdir: str | Path, *, overrides=(), policies: Mapping[int,
     cfg = load_run_config(overrides=ov)
     n = cfg.federation.n_holders
     identities = {h: generate_identity(DeterministicEntropy.from_int(4242 + h)) for h in range(1, n + 1)}
+    server_identity = generate_identity(DeterministicEntropy.from_int(4242))   # signs the coordinator's ledgers
     roster = Roster.from_identities(identities)
     rd = RunDir(root / "run")
     rd.create(resume=False)
@@ -161,7 +167,9 @@ def tiny_federation(workdir: str | Path, *, overrides=(), policies: Mapping[int,
         configs[h] = dataclasses.replace(configs[h], **fields)
     holders = {h: Holder(c, identity=identities[h], roster=roster) for h, c in configs.items()}
     channel = ScriptedChannel(holders, tamper=tamper, ignore=ignore)
-    coord = Coordinator(cfg, channel, rd, data=coordinator_data(cfg, progress=False), roster=roster)
-    if open_channel:
-        channel.open(welcome_for=coord.welcome_for, run_id=coord.run_id)
-    return Federation(cfg, coord, channel, holders, roster, identities, root, configs)
+    coord = Coordinator(cfg, channel, rd, data=coordinator_data(cfg, progress=False), roster=roster,
+                        identity=server_identity)
+    fed = Federation(cfg, coord, channel, holders, roster, identities, root, configs)
+    if start:
+        fed.start()
+    return fed

@@ -120,7 +120,7 @@ def _welcome(fed, h: int = 1, **changes) -> bytes:
                                   "other-holder"])
 def test_h1_a_welcome_below_the_floor_leaves_the_run_having_written_nothing(make, case):
     policies = {"threshold": {"min_threshold_fraction": 0.75}, "privacy": {"privacy_mode": "distributed"}}
-    fed = make(policies={1: policies[case]} if case in policies else None, open_channel=False)
+    fed = make(policies={1: policies[case]} if case in policies else None, start=False)
     w = {"aggregation": _welcome(fed, aggregation="plain"), "ring": _welcome(fed, secagg=SecAggConfig(ring_bits=16)),
          "tokenizer": _welcome(fed, tokenizer_sha256="00" * 32), "vocab": _welcome(fed, vocab_size=513),
          "dim": _welcome(fed, dim=fed.coordinator.dim + 1), "other-holder": _welcome(fed, holder_id=2)}.get(case)
@@ -137,7 +137,7 @@ def test_h1_a_welcome_below_the_floor_leaves_the_run_having_written_nothing(make
 
 
 def test_h1_the_honest_welcome_is_accepted_and_a_different_run_is_not(make):
-    fed = make(open_channel=False)
+    fed = make(start=False)
     holder = fed.holders[1]
     holder.welcome(fed.coordinator.welcome_for(1))
     assert holder.welcomed.run_id == fed.coordinator.run_id and holder.next_round == 1
@@ -278,7 +278,7 @@ def test_h5_a_plan_that_changes_the_offer_is_refused(make, case):
 
 
 def test_h5_a_plan_over_fewer_holders_that_crosses_the_cap_is_refused(make, tmp_path):
-    fed = make(*DP, open_channel=False)
+    fed = make(*DP, start=False)
     # the cap lies between ε with t_min(4) = 3 noise shares and ε with t_min(3) = 2 shares
     c = fed.coordinator
     o = round_spec(c.privacy.begin_round(1, cohort=list(ALL), dim=c.dim, min_survivors=3))
@@ -347,14 +347,14 @@ def test_h6_a_welcome_with_a_sparser_graph_is_stopped_at_the_round_start(make):
 def test_h6_a_smaller_masked_cohort_that_would_cross_the_cap_is_refused_before_release(make, tmp_path):
     """The plan was admitted for t_min(4) = 3 noise shares; the RoundStart names 3 holders, whose
     t_min is 2: releasing would charge past the cap, so the holder refuses instead (H3 at release)."""
-    fed = make(*DP, open_channel=False, ignore=lambda r, s, h, reply: s == Stage.PLAN and h == 4)
+    fed = make(*DP, start=False, ignore=lambda r, s, h, reply: s == Stage.PLAN and h == 4)
     c = fed.coordinator
     spec = round_spec(c.privacy.begin_round(1, cohort=list(ALL), dim=c.dim, min_survivors=3))
     scratch = HolderBudget(tmp_path / "scratch.jsonl", holder_id=1, cap=None, delta=spec.delta)
     e3, e2 = scratch.admits(spec, min_survivors=3)[1], scratch.admits(spec, min_survivors=2)[1]
     cap = (e3 + e2) / 2
     fed.restart_holder(1, policy={"privacy_mode": "distributed", "epsilon_cap": cap})
-    fed.channel.open(welcome_for=c.welcome_for, run_id=c.run_id)
+    fed.start()
     row = c.run_round(1)     # holder 4's Ready is ignored: secure aggregation runs over (1, 2, 3)
     assert answered(fed, Stage.SECAGG_MASKED, 1) == 0
     (entry,) = fed.ledger(1)
