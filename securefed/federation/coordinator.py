@@ -247,6 +247,8 @@ class Coordinator:
             if self.route_plan is not None:
                 atomic_write_text(rd.root / "ckks_plan.txt", self.route_plan.to_text())
                 atomic_write_text(rd.root / "ckks_plan.json", self.route_plan.dumps_json())
+            if self.data.manifest is not None:   # which sources, documents and tokens (simulation: every holder's)
+                rd.write_json(rd.root / "data_manifest.json", self.data.manifest)
             # the public keys a verifier checks the signed ledgers with (protocols/dp.md §7)
             rd.write_json(rd.privacy / "keys.json", {"version": 1, "coordinator": self.identity.public_bytes.hex(),
                                                     "holders": {str(h): k.hex() for h, k in sorted(self.roster.keys.items())}})
@@ -406,8 +408,9 @@ class Coordinator:
             self._save_model(r)
         self._checkpoint(pending=pending)          # WAL: the round's accounting is in the checkpoint first
         entry = rp.finish(survivors=survivors, clip_infos={h: ClipInfo(0.0, bool(c)) for h, c in clipped.items()})
+        row["epsilon"] = entry.get("epsilon")          # ∞ without DP ("inf" in the files): the truth, not a gap
         if cfg.privacy.mode != "none":
-            row.update(epsilon=entry.get("epsilon"), delta=entry.get("delta"))
+            row["delta"] = entry.get("delta")
         self.log.append(row)
         self._checkpoint()
         self.channel.end_round(r)
@@ -484,8 +487,7 @@ class Coordinator:
         summary = {
             "fed_eval_ppl": evals[-1]["eval_ppl"] if evals else None,
             "rounds": len(done), "rounds_aborted": len(self.metrics) - len(done),
-            "tokens": self._tokens_so_far(), "epsilon": eps if self.cfg.privacy.mode != "none" else None,
-            "delta": delta if self.cfg.privacy.mode != "none" else None, "wall_seconds": self.wall,
+            "tokens": self._tokens_so_far(), "epsilon": eps, "wall_seconds": self.wall,
             "aggregation": self.cfg.aggregation.mode, "model_params": self.dim, "model_preset": self.cfg.model.preset,
             "unigram_eval_ppl": self.data.unigram_eval_ppl, "privacy_mode": self.cfg.privacy.mode,
             "run_id": self.run_id.hex(), "deployment": self.opt.deployment, "backend": self.opt.backend,
@@ -494,6 +496,8 @@ class Coordinator:
             "start_eval_ppl": self.start_ppl,
             "phase_seconds": dict(self.progress.phase_seconds),
         }
+        if self.cfg.privacy.mode != "none":   # δ means nothing without DP: not reported
+            summary["delta"] = delta
         self.rd.write_json(self.rd.summary, summary)
         return summary
 
