@@ -139,10 +139,10 @@ class Holder:
         data = self.prepare_data()
         if data.tokenizer_sha256 != w.tokenizer_sha256:
             raise PolicyRefused("the run's tokenizer differs from this holder's (tokenizer hash mismatch)")
-        self.welcomed = w
         from securefed.runtime.rundir import RunDir
 
         RunDir(self.state_dir).write_json(self.state_dir / "data_manifest.json", data.manifest)   # its own record
+        self.welcomed = w
         try:
             self._build_trainer(w, data)
             self.budget = HolderBudget(self.state_dir / "ledger.jsonl", holder_id=self.id, cap=pol.epsilon_cap,
