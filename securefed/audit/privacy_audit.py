@@ -38,8 +38,10 @@ def lm_overrides(profile: dict, eps: float | None, cache_dir: str | None) -> lis
     # no DP: C = 100 (the demo's, in effect no clipping); DP: the small C a 4-holder model survives the noise with
     ov.append("privacy.clip=100.0" if eps is None else f"privacy.clip={profile['dp_clip']}")
     if eps is not None:
+        # holder-level DP over 4 holders cannot learn (the pre-flight check says so and refuses): the audit
+        # trains anyway, on purpose — its question is what the model memorises, not its perplexity
         ov += ["privacy.mode=distributed", "privacy.mechanism=ddgauss", f"privacy.target_epsilon={eps}",
-               "privacy.delta=0.00001"]
+               "privacy.delta=0.00001", "privacy.force_unlearnable=true"]
     return ov
 
 
