@@ -5,7 +5,7 @@
     one_run_audit(...)       -> ε lower bound from canary holders (Steinke, Nasr, Jagielski 2023)
     exposure(model, canaries)-> Secret Sharer exposure (Carlini et al. 2019)
 
-Layer 6 (securefed/README.md): it drives secagg, privacy and runtime, and is driven by the CLI only.
+Layer 8 (tests/test_layering.py): it drives secagg, privacy and the federation engine, and is driven by the CLI only.
 """
 
 from securefed.audit.findings import MITIGATED, RESIDUAL, VULNERABLE, Finding

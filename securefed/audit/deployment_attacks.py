@@ -1,11 +1,16 @@
-"""Attacks on how the networked deployment configures the protocol (securefed/runtime/netclient.py).
+"""Attacks on how a deployment configures the protocol: the coordinator's Welcome, and the files a run resumes from.
 
-SEC-11: the holder builds its SecAggConfig from the coordinator's welcome message. The protocol's
-downgrade checks (C1, SEC-10) compare the RoundStart against *that* config, so a coordinator that
-announces a sparse SecAgg+ graph lowers the Shamir threshold t that protects every holder — and,
-because the graph is seeded by the params hash it controls (cohort, model), it can grind the graph so
-that two holders it has corrupted are exactly the target's share holders (Bell et al. CCS 2020 assume
-a random graph the server cannot choose).
+SEC-11: a holder's SecAggConfig arrives in the coordinator's Welcome (protocols/federation.md §3). The
+protocol's downgrade checks (C1, SEC-10) compare each RoundStart against *that* config, so a
+coordinator that announces a sparse SecAgg+ graph lowers the Shamir threshold t that protects every
+holder — and, because the graph is seeded by the params hash it controls (cohort, model), it can grind
+the graph so that two holders it has corrupted are exactly the target's share holders (Bell et al.
+CCS 2020 assume a random graph the server cannot choose). The real Holder checks the Welcome against
+its own floor (H1: ring, threshold fraction) and every RoundStart's graph degree, t and t_min against
+it (H6, ``federation/holder.py:_check_floor``) before its secure-aggregation client exists.
+
+SEC-12: checkpoints (the coordinator's ``checkpoints/latest.pt``, a holder's ``trainer.pt``) must not
+unpickle: whoever can write them would run code on ``--resume`` or at the holder's restart.
 """
 
 from __future__ import annotations
@@ -29,22 +34,40 @@ __all__ = ["welcome_downgrade", "holder_takes_config_from_welcome", "checkpoint_
 MALICIOUS_WELCOME = {"secagg": {"ring_bits": 32, "threshold_fraction": 0.5, "neighbours": 2, "chunk_elements": 1 << 20}}
 
 
-def holder_takes_config_from_welcome() -> bool:
-    """True if a holder with the default policy would accept the malicious welcome (behavioural check
-    of the floor in runtime/netclient.py, run on the very config the attack announces)."""
-    from securefed.runtime.netclient import PolicyRefused, check_holder_policy
+def holder_takes_config_from_welcome(workdir=None) -> dict:
+    """Behavioural check on the real roles: a coordinator runs SecAgg+ of degree 2 (the malicious
+    welcome) with 4 holders that keep the default floor (complete graph, f = 0.5, 32 bits). Does any
+    holder send keys or a masked input under the weak graph? Returns the evidence."""
+    import tempfile
+    from pathlib import Path
 
+    from securefed.audit.federation_harness import one_torch_thread, tiny_federation
+    from securefed.federation.holder import _check_floor
+    from securefed.federation.holder_config import HolderPolicy
+    from securefed.federation.stages import Stage
+
+    floor = HolderPolicy()                                  # a holder's defaults: complete graph, f 0.5, k 32
+    with tempfile.TemporaryDirectory() as tmp, one_torch_thread():
+        fed = tiny_federation(Path(workdir or tmp), overrides=["aggregation.secagg.neighbours=2"],
+                              policies={h: {"graph": floor.graph} for h in range(1, 5)})
+        welcomed = sum(h.welcomed is not None and h.welcomed.secagg.neighbours == 2 for h in fed.holders.values())
+        row = fed.coordinator.run_round(1)
+        sent = {s.name: len(fed.channel.sent(stage=s, answered=True)) for s in (Stage.SECAGG_START, Stage.SECAGG_MASKED)}
     cfg = SecAggConfig(**MALICIOUS_WELCOME["secagg"])
-    try:
-        check_holder_policy(cfg, {"cohort": list(range(1, 11)), "max_clients": 10}, floor=SecAggConfig())
-    except PolicyRefused:
-        return False
-    return True
+    try:                                                    # the same check on the scenario's cohort of 10
+        _check_floor(cfg, floor.secagg_floor(), 10, min_cohort=floor.min_cohort)
+        floor_refuses_cohort_of_10 = False
+    except ValueError:
+        floor_refuses_cohort_of_10 = True
+    return {"holders_that_took_the_welcome": welcomed, "round_start_answered": sent["SECAGG_START"],
+            "masked_inputs_sent": sent["SECAGG_MASKED"], "round_aborted": "aborted" in row,
+            "floor_refuses_degree_2_for_10_holders": floor_refuses_cohort_of_10,
+            "refused_at": "SECAGG_START (H6: federation/holder.py _check_floor), before the secure-aggregation client exists"}
 
 
 def welcome_downgrade(roster_size: int = 16, cohort_size: int = 10, length: int = 64) -> Finding:
     target, colluders = 1, (2, 3)
-    cfg = SecAggConfig(**MALICIOUS_WELCOME["secagg"])  # exactly what NetClient._round does with the welcome
+    cfg = SecAggConfig(**MALICIOUS_WELCOME["secagg"])  # what a holder that trusted the welcome would run
     fed = federation(roster_size, seed=5)
     ids, roster = fed
     rest = [i for i in ids if i not in (target, *colluders)]
@@ -56,7 +79,9 @@ def welcome_downgrade(roster_size: int = 16, cohort_size: int = 10, length: int 
         if srv.graph.neighbours(target) == frozenset(colluders):
             cohort = c
             break
-    ev = {"holder_config_from_welcome": holder_takes_config_from_welcome(), "welcome_secagg": MALICIOUS_WELCOME["secagg"],
+    real = holder_takes_config_from_welcome()
+    accepted = real["round_start_answered"] > 0 or real["masked_inputs_sent"] > 0 or not real["floor_refuses_degree_2_for_10_holders"]
+    ev = {"holder_config_from_welcome": accepted, "real_holders": real, "welcome_secagg": MALICIOUS_WELCOME["secagg"],
           "cohorts_tried": tries}
     default_t = SecAggConfig().thresholds(cohort_size).threshold
     if cohort is None:  # the attack could not be staged: the verdict rests on the holder's own check alone
@@ -92,21 +117,22 @@ def welcome_downgrade(roster_size: int = 16, cohort_size: int = 10, length: int 
     return Finding(
         "SEC-11", "Coordinator downgrades the holders' secure-aggregation parameters (welcome message)",
         VULNERABLE if vulnerable else MITIGATED,
-        ("`securefed client` takes ring bits, threshold fraction and the SecAgg+ degree from the coordinator's "
-         "welcome with no floor of its own, so C1 checks the RoundStart against the attacker's numbers. "
+        ("A holder takes ring bits, threshold fraction and the SecAgg+ degree from the coordinator's welcome "
+         "with no floor of its own, so C1 checks the RoundStart against the attacker's numbers. "
          if vulnerable else
-         "Holders now check the welcome against their own floor (runtime/netclient.py check_holder_policy): the "
-         "malicious welcome is refused before anything is encoded. Had a holder accepted it: ")
+         f"The real roles ran a round whose welcome announced neighbours=2: {real['holders_that_took_the_welcome']} "
+         "holders joined (the welcome fits their ring and threshold floors, H1), and every one refused the "
+         "RoundStart of degree 2 against its own floor (H6, federation/holder.py _check_floor) — "
+         f"{real['round_start_answered']} keys and {real['masked_inputs_sent']} masked inputs sent. Had a holder "
+         "accepted it: ")
         + f"announcing neighbours=2 cuts t from {default_t} to {t}; grinding the cohort ({tries} tries) put "
         f"the 2 corrupted holders on the target's share set, and coordinator + 2 holders recovered the target's "
         f"input exactly ({recovered}). The holders' default needs {default_t} colluders.",
         ev, ("SA-08", "SA-09", "TR-12", "SYS-11"),
-        fix=("runtime/netclient.py: give the holder its own SecAggPolicy (CLI flags / holder config: "
-             "min ring_bits, min threshold_fraction, neighbours None or >= a minimum degree, max clip; default = "
-             "SecAggConfig() i.e. complete graph, f=0.5, k=32) and refuse the welcome (exit 2, clear message) when "
-             "wl['secagg'] is weaker; also check man['max_clients'] == len(man['cohort']). For SecAgg+ graphs, seed "
-             "the graph from holder-contributed randomness (commit-reveal) or a public beacon instead of the params "
-             "hash the coordinator controls."))
+        fix=("federation/holder.py: every holder checks the Welcome (H1) and every RoundStart (H6) against its own "
+             "HolderPolicy floor (min ring bits, min threshold fraction, graph complete/auto/degree, min cohort). "
+             "Still open: the SecAgg+ graph is seeded from the params hash the coordinator controls; seed it from "
+             "holder-contributed randomness (commit-reveal) or a public beacon."))
 
 
 class _Payload:
@@ -122,7 +148,8 @@ class _Payload:
 
 
 def checkpoint_code_execution() -> Finding:
-    """An attacker who can write RUN_DIR/checkpoints/latest.pt gets code execution on `--resume`."""
+    """Plant a pickled code payload where the coordinator's --resume and a holder's restart read their state."""
+    import json
     import tempfile
     from pathlib import Path
     from types import SimpleNamespace
@@ -130,43 +157,51 @@ def checkpoint_code_execution() -> Finding:
     import torch
 
     import securefed
-    from securefed.runtime.simulate import Simulation
+    from securefed.federation.coordinator import Coordinator
+    from securefed.federation.holder import Holder
 
     root = Path(securefed.__file__).parent
     sites = [f"{p.relative_to(root.parent)}:{n}" for p in sorted(root.rglob("*.py")) if "audit" not in p.parts
              for n, line in enumerate(p.read_text().splitlines(), 1)
              if ("torch.load(" in line and "weights_only=True" not in line) or "pickle.load" in line]
+    refused, executed = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        marker, ck = Path(tmp) / "executed", Path(tmp) / "latest.pt"
-        torch.save({"version": 1, "next_round": _Payload(marker)}, ck)
-        fake = SimpleNamespace(run_dir=SimpleNamespace(checkpoint_file=ck), dim=1,
-                               cfg=SimpleNamespace(model=SimpleNamespace(preset="tiny")))
-        refused_with = None
-        try:
-            Simulation._restore(fake)  # the real resume code path of `securefed simulate --resume`
-        except pickle.UnpicklingError as e:  # the safe loader's refusal; anything else crashes the scenario
-            refused_with = type(e).__name__
-        executed = marker.exists()
-        marker.unlink(missing_ok=True)
-        try:
-            torch.load(ck, weights_only=True)
-            safe_loader_refuses = False
-        except Exception:
-            safe_loader_refuses = True
-        safe_loader_ran_code = marker.exists()
-    # mitigated only if the resume path refused the payload AND no pickle-capable load is left anywhere
-    verdict = VULNERABLE if executed or refused_with is None or sites else MITIGATED
-    ev = {"unsafe_load_sites": sites, "payload_executed_on_resume": executed, "resume_refused_with": refused_with,
-          "weights_only_true_refuses_payload": safe_loader_refuses and not safe_loader_ran_code,
-          "weights_only_true_loads_a_real_simulate_checkpoint": "checked by hand on a quick-profile run (all keys load)"}
+        marker = Path(tmp) / "executed"
+        # the coordinator: RUN_DIR/checkpoints/latest.pt, read first thing by Coordinator._restore (--resume)
+        ck = Path(tmp) / "latest.pt"
+        torch.save({"version": 3, "next_round": _Payload(marker)}, ck)
+        coord = SimpleNamespace(rd=SimpleNamespace(checkpoint_file=ck), dim=1,
+                                cfg=SimpleNamespace(model=SimpleNamespace(preset="tiny")))
+        # the holder: state_dir/trainer.pt, read by Holder._load_state when a restarted holder joins again
+        state = Path(tmp) / "holder"
+        state.mkdir()
+        run_id = bytes(16)
+        (state / "holder_state.json").write_text(json.dumps({"version": 1, "run_id": run_id.hex(), "next_round": 2}))
+        torch.save({"step": _Payload(marker)}, state / "trainer.pt")
+        holder = SimpleNamespace(welcomed=SimpleNamespace(run_id=run_id), state_dir=state,
+                                 _state_file=state / "holder_state.json", budget=None,
+                                 trainer=SimpleNamespace(load_state_dict=lambda sd: None))
+        for who, load in (("coordinator --resume", lambda: Coordinator._restore(coord)),
+                          ("holder restart", lambda: Holder._load_state(holder))):
+            refused[who] = None
+            try:
+                load()      # the real code paths; only the safe loader's refusal is expected
+            except pickle.UnpicklingError as e:
+                refused[who] = type(e).__name__
+            executed[who] = marker.exists()
+            marker.unlink(missing_ok=True)
+    # mitigated only if both paths refused the payload AND no pickle-capable load is left anywhere
+    verdict = VULNERABLE if any(executed.values()) or None in refused.values() or sites else MITIGATED
+    ev = {"unsafe_load_sites": sites, "payload_executed": executed, "refused_with": refused,
+          "payload_executed_on_resume": executed["coordinator --resume"]}
     return Finding(
         "SEC-12", "Tampered checkpoint runs code at resume (pickle)", verdict,
         ("Checkpoints are loaded with full pickle before any check: whoever can write RUN_DIR/checkpoints/latest.pt "
-         "(shared storage, a restored backup) runs arbitrary code as the coordinator on --resume, which defeats the "
-         "ledger anchor and every privacy cap." if verdict == VULNERABLE else
-         "A checkpoint carrying a pickled code payload was planted and `--resume` run through the real "
-         "Simulation._restore path: the loader (torch.load weights_only=True) refused it and no code ran "
-         f"(payload executed: {executed}; unsafe load sites left in securefed/: {len(sites)})."), ev, ("PV-08", "TR-10", "SYS-13"),
-        fix=("runtime/simulate.py:_restore and runtime/netserver.py: torch.load(..., weights_only=True) (simulate's "
-             "checkpoint already loads that way: only tensors, dicts, ints, strings); netclient's own state file: "
-             "JSON instead of pickle. Optionally authenticate the checkpoint (HMAC with a key outside RUN_DIR)."))
+         "or a holder's trainer.pt runs arbitrary code on --resume or at the holder's restart." if verdict == VULNERABLE
+         else "A pickled code payload was planted in the coordinator's checkpoint and in a holder's trainer.pt and "
+         "read through the real Coordinator._restore (`--resume`) and Holder._load_state (a restarted holder "
+         "joining again): the loader (torch.load weights_only=True) refused both and no code ran "
+         f"(unsafe load sites left in securefed/: {len(sites)})."), ev, ("PV-08", "TR-10", "SYS-13"),
+        fix=("federation/coordinator.py:_restore and federation/holder.py:_load_state: torch.load(..., "
+             "weights_only=True); holder state as JSON. Optionally authenticate the checkpoint (HMAC with a key "
+             "outside RUN_DIR)."))

@@ -69,8 +69,13 @@ def insert_canaries(data, canaries: CanarySet, *, holder: int = 0, rows_per_cana
 
 @contextmanager
 def canaries_inserted_into(canaries: CanarySet, **kw):
-    """Within the block, `Simulation` sees holders' data with the canaries in (patches the data builder)."""
+    """Within the block, `Simulation` sees holders' data with the canaries in (patches the data builder).
+
+    securefed.federation.data builds the corpus once per process and hands every holder its rows from
+    that copy: the copy is dropped on entry (so the patched builder runs) and on exit (so no later run in
+    this process trains on canaries)."""
     import securefed.training.data as data_mod
+    from securefed.federation.data import forget_corpora
 
     original = data_mod.prepare_federated_data
 
@@ -78,10 +83,12 @@ def canaries_inserted_into(canaries: CanarySet, **kw):
         return insert_canaries(original(*a, **k), canaries, **kw)
 
     data_mod.prepare_federated_data = patched
+    forget_corpora()
     try:
         yield
     finally:
         data_mod.prepare_federated_data = original
+        forget_corpora()
 
 
 @torch.no_grad()

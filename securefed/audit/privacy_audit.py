@@ -1,6 +1,7 @@
-"""The empirical privacy audit: Secret Sharer exposure on LMs trained by `securefed simulate` with
-canaries in one holder's data, and the one-run ε lower bound with canary holders, each for a run
-without DP and for distributed-DP runs at two target ε, beside the accountant's ε."""
+"""The empirical privacy audit: Secret Sharer exposure on LMs trained by `securefed simulate` (the one
+engine, securefed/federation, in process) with canaries in one holder's data, and the one-run ε lower
+bound with canary holders, each for a run without DP and for distributed-DP runs at two target ε,
+beside the accountant's ε."""
 
 from __future__ import annotations
 
@@ -37,15 +38,20 @@ def lm_overrides(profile: dict, eps: float | None, cache_dir: str | None) -> lis
     # no DP: C = 100 (the demo's, in effect no clipping); DP: the small C a 4-holder model survives the noise with
     ov.append("privacy.clip=100.0" if eps is None else f"privacy.clip={profile['dp_clip']}")
     if eps is not None:
+        # holder-level DP over 4 holders cannot learn (the pre-flight check says so and refuses): the audit
+        # trains anyway, on purpose — its question is what the model memorises, not its perplexity
         ov += ["privacy.mode=distributed", "privacy.mechanism=ddgauss", f"privacy.target_epsilon={eps}",
-               "privacy.delta=0.00001"]
+               "privacy.delta=0.00001", "privacy.force_unlearnable=true"]
     return ov
 
 
 def lm_exposure_run(profile: dict, eps: float | None, out: Path, cache_dir: str | None = None) -> dict:
     """One `securefed simulate` run (in process) with canaries in holder 1's rows; exposure of the final model."""
+    from transformers import AutoModelForCausalLM
+
+    from securefed.federation.data import holder_rows
+    from securefed.federation.simulation import Simulation, holder_configs
     from securefed.runtime.config import load_run_config
-    from securefed.runtime.simulate import Simulation
     from securefed.training.data import prepare_federated_data
 
     ov = lm_overrides(profile, eps, cache_dir)
@@ -54,14 +60,19 @@ def lm_exposure_run(profile: dict, eps: float | None, out: Path, cache_dir: str 
     canaries = make_canaries(tok, seed=cfg.seed)
     t0 = time.perf_counter()
     with canaries_inserted_into(canaries, holder=0, rows_per_canary=profile["rows_per_canary"], seed=cfg.seed):
-        sim = Simulation(cfg, out, progress=False)
-        summary = sim.run()
-    exp = exposure(sim.model, canaries)
+        summary = Simulation(cfg, out, progress=False).run()
+        # the rows holder 1 trained on, as its Holder read them (federation/data.py), with the canaries in
+        rows = holder_rows(holder_configs(cfg, Path(out))[1]).train
+    prefix = list(canaries.prefix)
+    seen = sum(any(r[: len(prefix) + len(s)].tolist() == prefix + list(s) for s in canaries.inserted) for r in rows)
+    model = AutoModelForCausalLM.from_pretrained(Path(out) / "model")      # the run directory's final model
+    exp = exposure(model, canaries)
     return {"dp": "none" if eps is None else f"distributed ddgauss, target ε={eps:g}", "target_epsilon": eps,
             "accountant_epsilon": summary.get("epsilon") if eps is not None else math.inf,
             "delta": summary.get("delta"), "eval_ppl": summary.get("fed_eval_ppl"), "exposure": exp,
             "rows_with_canary": profile["rows_per_canary"] * len(canaries.inserted),
-            "holder1_rows": int(sim.data.holder_train[0].shape[0]), "seconds": round(time.perf_counter() - t0, 1),
+            "holder1_rows_with_canary": int(seen), "holder1_rows": int(rows.shape[0]),
+            "model_sha256": summary.get("model_sha256"), "seconds": round(time.perf_counter() - t0, 1),
             "overrides": ov}
 
 

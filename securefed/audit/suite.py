@@ -13,6 +13,7 @@ import securefed
 from securefed.audit import deployment_attacks as dep
 from securefed.audit import input_attacks as inp
 from securefed.audit import protocol_attacks as pro
+from securefed.audit import release_attacks as rel
 from securefed.audit.findings import MITIGATED, RESIDUAL, VULNERABLE, Finding, Scenario, timed
 
 __all__ = ["SCENARIOS", "run_security", "run_audit"]
@@ -30,6 +31,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("SEC-10", "Downgrade inside the protocol", inp.protocol_downgrade, MITIGATED),
     Scenario("SEC-11", "Downgrade through the coordinator's welcome", dep.welcome_downgrade, MITIGATED),
     Scenario("SEC-12", "Tampered checkpoint runs code at resume", dep.checkpoint_code_execution, MITIGATED),
+    Scenario("SEC-13", "Coordinator re-runs a released round under a smaller cohort", rel.coordinator_reruns_round,
+             MITIGATED),
+    Scenario("SEC-14", "CKKS decryptor asked for several sums of a round", rel.decryptor_asked_for_several_sums,
+             MITIGATED),
+    Scenario("SEC-15", "Several CKKS key holders each asked for one sum of a round",
+             rel.key_holders_each_asked_for_one_sum, VULNERABLE),   # found 2026-12: protocol fix proposed, open
 )
 
 

@@ -230,7 +230,10 @@ class Coordinator:
         return True
 
     # ------------------------------------------------------------------ the run
-    def run(self) -> dict:
+    def start(self) -> None:
+        """Everything before the first round (or the resumed round): the run directory's files, the
+        untrained model's perplexity, the metrics log and health checker, the holders' Join (Welcome).
+        ``run`` calls it; a harness that drives ``run_round`` itself (securefed/audit) calls it first."""
         from securefed.runtime.health import RunHealth
         from securefed.runtime.metrics_log import MetricsLog
 
@@ -263,6 +266,10 @@ class Coordinator:
         for row in self.metrics:      # rebuild the checker's memory of earlier rounds
             self.health.check(row)
         self.channel.open(welcome_for=self.welcome_for, run_id=self.run_id)
+
+    def run(self) -> dict:
+        fed = self.cfg.federation
+        self.start()
         aborted_in_a_row = 0
         with self.progress.phase("rounds", total=fed.rounds - self.next_round + 1, label="federated rounds") as phase:
             for r in range(self.next_round, fed.rounds + 1):

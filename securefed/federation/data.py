@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-__all__ = ["HolderData", "federated_data", "holder_rows", "shared_trainer", "CoordinatorData", "coordinator_data"]
+__all__ = ["HolderData", "federated_data", "forget_corpora", "holder_rows", "shared_trainer", "CoordinatorData",
+           "coordinator_data"]
 
 _lock = threading.Lock()
 _corpora: dict = {}
@@ -29,6 +30,13 @@ def federated_data(data_cfg, *, n_holders: int, seed: int, progress: bool):
             _corpora.clear()   # one corpus at a time: a process runs one federation
             _corpora[key] = prepare_federated_data(data_cfg, n_holders=n_holders, seed=seed, progress=progress)
         return _corpora[key]
+
+
+def forget_corpora() -> None:
+    """Drop the corpus built in this process: the next federated_data() builds it again (the privacy audit
+    changes the data builder to put canaries into one holder's rows, and must not leave them behind)."""
+    with _lock:
+        _corpora.clear()
 
 
 @dataclass

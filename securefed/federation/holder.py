@@ -43,13 +43,13 @@ from securefed.ckks.messages import encode as ckks_encode
 from securefed.federation.holder_config import PRIVACY_ORDER, HolderConfig
 from securefed.federation.messages import (CkksAdverts, CkksKeys, CkksRotate, CkksShare, CkksUploadRequest, Decision,
                                            MessageError, Offer, Plan, Ready, Welcome, decode_as, encode)
-from securefed.federation.stages import Stage
+from securefed.federation.stages import SECAGG_STAGES, Stage
 from securefed.primitives.keys import IdentityKey
 from securefed.privacy.clipping import l2_clip
 from securefed.privacy.remote import HolderBudget, RoundSpec, spec_encode
 from securefed.runtime.parties import EntropyFactory
 from securefed.runtime.rundir import atomic_write_text
-from securefed.secagg import Roster, SecAggAborted, SecAggClient, SecAggConfig
+from securefed.secagg import Roster, SecAggAborted, SecAggClient, SecAggConfig, UnexpectedMessage
 from securefed.secagg import decode as secagg_decode
 from securefed.secagg.messages import RoundStart, UnmaskRequest
 
@@ -119,6 +119,9 @@ class Holder:
         if self.welcomed is not None:
             if w.run_id != self.welcomed.run_id:
                 raise PolicyRefused("the coordinator now runs a different run id")
+            if replace(w, next_round=self.welcomed.next_round) != self.welcomed:
+                # a reconnect must not smuggle in settings the floors were never checked against (H1)
+                raise PolicyRefused("the coordinator changed the run's settings since this holder joined")
             self.welcomed = w
             return
         pol = self.cfg.policy
@@ -136,19 +139,23 @@ class Holder:
         data = self.prepare_data()
         if data.tokenizer_sha256 != w.tokenizer_sha256:
             raise PolicyRefused("the run's tokenizer differs from this holder's (tokenizer hash mismatch)")
-        self.welcomed = w
         from securefed.runtime.rundir import RunDir
 
         RunDir(self.state_dir).write_json(self.state_dir / "data_manifest.json", data.manifest)   # its own record
-        self._build_trainer(w, data)
-        self.budget = HolderBudget(self.state_dir / "ledger.jsonl", holder_id=self.id, cap=pol.epsilon_cap,
-                                   delta=pol.delta, run_id=w.run_id.hex(), signer=self.identity)
-        self._load_state()
-        if w.aggregation == "ckks+secagg":
-            self.ckks = HolderRole(HolderSecrets(self.id, self.identity), w.ckks)
-            from securefed.ckks.routing import plan_routes
+        self.welcomed = w
+        try:
+            self._build_trainer(w, data)
+            self.budget = HolderBudget(self.state_dir / "ledger.jsonl", holder_id=self.id, cap=pol.epsilon_cap,
+                                       delta=pol.delta, run_id=w.run_id.hex(), signer=self.identity)
+            self._load_state()
+            if w.aggregation == "ckks+secagg":
+                self.ckks = HolderRole(HolderSecrets(self.id, self.identity), w.ckks)
+                from securefed.ckks.routing import plan_routes
 
-            self._route_plan = plan_routes(self._layout, w.ckks)
+                self._route_plan = plan_routes(self._layout, w.ckks)
+        except BaseException:   # H1: a refused welcome leaves a holder that answers nothing, not a half-joined one
+            self.welcomed, self.budget, self.trainer, self.ckks, self.next_round = None, None, None, None, 1
+            raise
         log.info("holder %d joined run %s (next round %d)", self.id, w.run_id.hex(), self.next_round)
 
     def prepare_data(self):
@@ -235,9 +242,10 @@ class Holder:
             return getattr(self, "_on_" + stage.name.lower())(rs, payload)
         except (ValueError, SecAggAborted) as e:   # every codec/MUST-rule error of the stack is a ValueError
             log.warning("holder %d: round %d stage %s refused: %s", self.id, round_index, stage.name, e)
-            if stage in (Stage.SECAGG_START, Stage.SECAGG_SHARES, Stage.SECAGG_MASKED, Stage.SECAGG_CONSISTENCY,
-                         Stage.SECAGG_UNMASK):
+            if stage in SECAGG_STAGES and not isinstance(e, UnexpectedMessage):
                 rs.secagg = None       # an aborted secagg client has erased its secrets (C10)
+            # UnexpectedMessage (a repeated or out-of-order stage message) leaves the client as it was: it
+            # still answers the next stage once, instead of dropping out of a round it already released in
             return None
 
     def end_round(self, round_index: int) -> None:
@@ -258,8 +266,6 @@ class Holder:
         rng = np.random.default_rng([self.cfg.secret_seed, r, self.id, 7])
         if rng.random() >= self.cfg.dropout_rate:
             return False
-        from securefed.federation.stages import SECAGG_STAGES
-
         return stage >= SECAGG_STAGES[int(rng.integers(len(SECAGG_STAGES)))]
 
     def _refuse(self, r: int, reason: str, spec: RoundSpec | None) -> bytes:
@@ -301,8 +307,10 @@ class Holder:
             return f"the plan's ring ({spec.ring_bits} bits) differs from the secure-aggregation ring"
         if PRIVACY_ORDER[spec.mode] < PRIVACY_ORDER[pol.privacy_mode]:
             return f"privacy mode {spec.mode!r} is below this holder's floor {pol.privacy_mode!r}"
-        if spec.mode != "none" and spec.noise_multiplier < pol.min_noise_multiplier:
-            return f"noise multiplier {spec.noise_multiplier:.4g} is below this holder's floor {pol.min_noise_multiplier}"
+        # distributed: the noise this holder adds follows z_Δ (data_noise_multiplier), not the announced σ
+        sigma = min(spec.noise_multiplier, spec.data_noise_multiplier) if spec.mode == "distributed" else spec.noise_multiplier
+        if spec.mode != "none" and sigma < pol.min_noise_multiplier:
+            return f"noise multiplier {sigma:.4g} is below this holder's floor {pol.min_noise_multiplier}"
         if n < pol.min_cohort or (w.aggregation != "plain" and n < 3):
             return f"a cohort of {n} holders is below this holder's minimum of {max(pol.min_cohort, 3)}"
         if spec.mode != "none" and not self.budget.adopt_delta(spec.delta):
@@ -311,10 +319,7 @@ class Holder:
         if spec.mode == "none":
             return None if pol.epsilon_cap is None else "mode none: epsilon would be infinite, above this holder's cap"
         ok, proj = self.budget.admits(spec, min_survivors=t_min)
-        if not ok:
-            return (f"joining would take this holder to epsilon {proj:.4g} (at delta {spec.delta:.3g}, assuming only "
-                    f"{spec.min_survivors(t_min)} survivors), above its cap {pol.epsilon_cap}")
-        return None
+        return None if ok else _over_cap("joining", proj, spec, t_min, pol.epsilon_cap)
 
     def _on_model(self, rs: _Round, payload: bytes) -> None:
         import torch
@@ -407,6 +412,12 @@ class Holder:
         if not rs.answered:
             w = self.welcomed
             t_min = w.secagg.thresholds(cohort_size).min_survivors if w.aggregation != "plain" and cohort_size >= 3 else None
+            # H3 again: the cap was checked for the plan's cohort; this cohort may be smaller (fewer noise shares)
+            ok, proj = self.budget.admits(rs.spec, min_survivors=t_min) if rs.spec.mode != "none" else (True, 0.0)
+            if not ok:
+                why = _over_cap(f"releasing to a cohort of {cohort_size}", proj, rs.spec, t_min, self.cfg.policy.epsilon_cap)
+                self.budget.refuse(rs.spec.round, why, rs.spec)
+                raise ValueError(why)
             self.budget.release(rs.spec, min_survivors=t_min)
         rs.answered.add(stage)
 
@@ -486,6 +497,11 @@ class Holder:
         if isinstance(req, UnmaskRequest) and Stage.SECAGG_MASKED in rs.answered:
             self.budget.settle(rs.spec, survivors=len(req.alive))   # H8
         return reply
+
+
+def _over_cap(what: str, proj: float, spec: RoundSpec, t_min: int | None, cap: float | None) -> str:
+    return (f"{what} would take this holder to epsilon {proj:.4g} (at delta {spec.delta:.3g}, assuming only "
+            f"{spec.min_survivors(t_min)} survivors), above its cap {cap}")
 
 
 def _check_floor(cfg: SecAggConfig, floor: SecAggConfig, n: int, *, min_cohort: int) -> None:

@@ -70,6 +70,11 @@ def _round(v: int) -> None:
         raise MessageError(f"round must be an int in [1, {MAX_ID}], got {v!r}")
 
 
+def _generation(v: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_ID:
+        raise MessageError(f"generation must be an int in [1, {MAX_ID}], got {v!r}")
+
+
 def _holder(name: str, v: int) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_ID:
         raise MessageError(f"{name} must be a holder id in [1, {MAX_ID}], got {v!r}")
@@ -214,8 +219,7 @@ class CkksRotate:
 
     def __post_init__(self) -> None:
         _round(self.round)
-        if isinstance(self.generation, bool) or not isinstance(self.generation, int) or self.generation < 1:
-            raise MessageError("generation must be an int >= 1")
+        _generation(self.generation)
         _cohort("key_holders", self.key_holders)
 
 
@@ -227,6 +231,10 @@ class CkksAdverts:
     generation: int
     adverts: tuple[bytes, ...]
 
+    def __post_init__(self) -> None:
+        _round(self.round)
+        _generation(self.generation)
+
 
 @dataclass(frozen=True)
 class CkksKeys:
@@ -237,6 +245,10 @@ class CkksKeys:
     public_context: bytes
     shares: tuple[bytes, ...]
 
+    def __post_init__(self) -> None:
+        _round(self.round)
+        _generation(self.generation)
+
 
 @dataclass(frozen=True)
 class CkksShare:
@@ -246,6 +258,10 @@ class CkksShare:
     generation: int
     share: bytes
     leader_advert: bytes
+
+    def __post_init__(self) -> None:
+        _round(self.round)
+        _generation(self.generation)
 
 
 @dataclass(frozen=True)
@@ -259,6 +275,7 @@ class CkksUploadRequest:
 
     def __post_init__(self) -> None:
         _round(self.round)
+        _generation(self.generation)
         _cohort("cohort", self.cohort)
         if not isinstance(self.key_id, str) or not 0 < len(self.key_id) <= 128:
             raise MessageError("key_id must be a short string")
@@ -327,6 +344,8 @@ def _from_json(tp: Any, v: Any, name: str) -> Any:
         except (ValueError, TypeError) as e:
             raise MessageError(f"{name}: {e}") from None
     if tp in _SETTINGS:
+        if not isinstance(v, dict):     # configio would read null as "all defaults"
+            raise MessageError(f"{name} must be a JSON object")
         try:
             return from_dict(tp, v, name)
         except (ConfigError, ValueError, TypeError) as e:
@@ -366,8 +385,11 @@ def decode(data: bytes) -> object:
     except ValueError:
         raise MessageError(f"unknown federation message type {data[5]}") from None
     try:
-        body = json.loads(data[6:].decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        body = json.loads(data[6:].decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float,
+                          parse_int=_int64, object_pairs_hook=_unique_keys)
+    except MessageError as e:
+        raise MessageError(f"{cls.__name__}: {e}") from None
+    except (ValueError, RecursionError):   # UnicodeDecodeError, JSONDecodeError are ValueErrors
         raise MessageError(f"{cls.__name__}: body is not a JSON document") from None
     if not isinstance(body, dict):
         raise MessageError(f"{cls.__name__}: body must be a JSON object")
@@ -395,6 +417,27 @@ def decode_as(data: bytes, cls: type) -> Any:
 
 def _no_constant(name: str) -> None:
     raise MessageError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):    # 1e999 overflows to inf: as forbidden as the Infinity constant
+        raise MessageError(f"{text[:32]} is not a finite number")
+    return v
+
+
+def _int64(text: str) -> int:
+    # an int beyond 64 bits is out of range for every field (and 4300+ digits would raise ValueError in int())
+    if len(text.lstrip("-")) > 19 or not -(1 << 63) <= (v := int(text)) < 1 << 63:
+        raise MessageError(f"integer {text[:32]} is out of the 64-bit range")
+    return v
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):    # canonical JSON: a duplicated key would mean different things to different parsers
+        raise MessageError("duplicate keys in a JSON object")
+    return d
 
 
 _ = typing

@@ -73,8 +73,10 @@ class RoundSpec:
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ValueError(f"round spec field {name!r} must be an int in [{lo}, {hi}], got {v!r}")
 
-        if self.version != SPEC_VERSION:
+        if isinstance(self.version, bool) or self.version != SPEC_VERSION:
             raise ValueError(f"round spec version {self.version!r} is not {SPEC_VERSION}")
+        if not isinstance(self.seed, str):
+            raise ValueError("round spec field 'seed' must be a string of lowercase hex")
         integer("round", 0, 2**31)
         integer("dim", 1, 2**40)
         integer("ring_bits", 1, 64)

@@ -1,0 +1,495 @@
+"""The holder's MUST rules H1–H9 (protocols/federation.md §4.2), one negative test each, and the honest path.
+
+Every test drives real ``Holder`` objects with real messages: the coordinator-side code builds them
+(``Coordinator.welcome_for``, ``round_spec(PrivacySession.begin_round(...))``, ``SecAggServer``), and
+a malicious coordinator is played either by hand (one holder, stage by stage) or by the real
+``Coordinator.run_round`` over the audit's ``ScriptedChannel`` with a tamper hook. Each test states
+what the holder's own ledger (``state_dir/ledger.jsonl``) must hold afterwards, exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from securefed.audit.federation_harness import tiny_federation
+from securefed.ckks.messages import AggregateMsg
+from securefed.ckks.messages import decode as ckks_decode
+from securefed.ckks.messages import encode as ckks_encode
+from securefed.federation.holder import PolicyRefused, model_sha256
+from securefed.federation.messages import (CkksUploadRequest, Decision, Offer, Plan, Ready, Welcome, decode, decode_as,
+                                           encode)
+from securefed.federation.stages import Stage
+from securefed.privacy.remote import HolderBudget, round_spec
+from securefed.secagg import SecAggConfig
+from securefed.secagg import decode as secagg_decode
+from securefed.secagg import encode as secagg_encode
+
+DP = ("privacy.mode=distributed", "privacy.mechanism=ddgauss", "privacy.noise_multiplier=1.0", "privacy.clip=1.0")
+ALL = (1, 2, 3, 4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)      # a tiny model on shared cores: more threads only contend
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def make(tmp_path, fed_cache):
+    def build(*overrides, **kw):
+        return tiny_federation(tmp_path, overrides=overrides, cache_dir=fed_cache, **kw)
+    return build
+
+
+# ------------------------------------------------------------------------- helpers
+def view(ledger: list[dict]) -> list[tuple]:
+    """What a test asserts of each ledger entry: (status, round, survivors, reason)."""
+    return [(e["status"], e["round"], e["survivors"], e["reason"]) for e in ledger]
+
+
+def offer(fed, r: int, cohort=ALL, **spec_changes) -> tuple[bytes, object]:
+    """Round r's Offer exactly as Coordinator.run_round builds it (optionally with a doctored plan)."""
+    c = fed.coordinator
+    spec = round_spec(c.privacy.begin_round(r, cohort=list(cohort), dim=c.dim, min_survivors=c._t_min(len(cohort))))
+    spec = dataclasses.replace(spec, **spec_changes)
+    return encode(Offer(r, tuple(cohort), model_sha256(fed.model_bytes()), spec)), spec
+
+
+def plan(fed, r: int, cohort=ALL, refused=(), **spec_changes) -> tuple[bytes, object]:
+    c = fed.coordinator
+    participants = [h for h in cohort if h not in refused]
+    rp = c.privacy.begin_round(r, cohort=list(cohort), dim=c.dim, min_survivors=c._t_min(len(participants)),
+                               refused=list(refused))
+    spec = dataclasses.replace(round_spec(rp), **spec_changes)
+    return encode(Plan(r, spec)), spec
+
+
+def count_training(holder, monkeypatch) -> list:
+    calls = []
+    real = holder.trainer.train_round
+    monkeypatch.setattr(holder.trainer, "train_round", lambda theta: calls.append(1) or real(theta))
+    return calls
+
+
+def refusal(reply: bytes | None, r: int, h: int = 1) -> str:
+    d = decode_as(reply, Decision)
+    assert (d.round, d.holder_id, d.accept) == (r, h, False)
+    return d.reason
+
+
+def state(holder) -> dict:
+    return json.loads((holder.state_dir / "holder_state.json").read_text())
+
+
+def answered(fed, stage: Stage, h: int, r: int | None = None) -> int:
+    return len(fed.channel.sent(stage=stage, holder=h, round=r, answered=True))
+
+
+# ------------------------------------------------------------------------- the honest path
+def test_honest_rounds_each_holder_releases_once_then_settles(make):
+    fed = make(*DP)
+    c = fed.coordinator
+    rows = [c.run_round(1), c.run_round(2)]
+    assert [r["clients_survived"] for r in rows] == [4, 4] and not any("aborted" in r for r in rows)
+    t_min = SecAggConfig().thresholds(4).min_survivors                      # 3 of 4
+    for h in ALL:
+        ledger = fed.ledger(h)
+        assert view(ledger) == [("released", 1, t_min, None), ("settled", 1, 4, None),
+                                ("released", 2, t_min, None), ("settled", 2, 4, None)]
+        assert all(e["mode"] == "distributed" and e["holder_id"] == h and e["run_id"] == c.run_id.hex() for e in ledger)
+        # the release charges the worst case (3 noise shares), the settlement the actual 4: ε drops back
+        eps = [e["epsilon"] for e in ledger]
+        assert eps[0] > eps[1] and eps[2] > eps[3] > eps[1]
+        assert answered(fed, Stage.SECAGG_MASKED, h) == 2 and state(fed.holders[h])["next_round"] == 3
+
+
+# ------------------------------------------------------------------------- H1
+def _welcome(fed, h: int = 1, **changes) -> bytes:
+    w = decode_as(fed.coordinator.welcome_for(h), Welcome)
+    return encode(dataclasses.replace(w, **changes))
+
+
+@pytest.mark.parametrize("case", ["aggregation", "ring", "threshold", "privacy", "tokenizer", "vocab", "dim",
+                                  "other-holder"])
+def test_h1_a_welcome_below_the_floor_leaves_the_run_having_written_nothing(make, case):
+    policies = {"threshold": {"min_threshold_fraction": 0.75}, "privacy": {"privacy_mode": "distributed"}}
+    fed = make(policies={1: policies[case]} if case in policies else None, start=False)
+    w = {"aggregation": _welcome(fed, aggregation="plain"), "ring": _welcome(fed, secagg=SecAggConfig(ring_bits=16)),
+         "tokenizer": _welcome(fed, tokenizer_sha256="00" * 32), "vocab": _welcome(fed, vocab_size=513),
+         "dim": _welcome(fed, dim=fed.coordinator.dim + 1), "other-holder": _welcome(fed, holder_id=2)}.get(case)
+    holder = fed.holders[1]
+    with pytest.raises(PolicyRefused if case != "other-holder" else ValueError):
+        holder.welcome(w or fed.coordinator.welcome_for(1))
+    assert holder.welcomed is None and holder.budget is None
+    assert not (holder.state_dir / "ledger.jsonl").exists() and not (holder.state_dir / "holder_state.json").exists()
+    # a holder that left answers nothing, and a second welcome is checked again from scratch
+    assert holder.handle(1, Stage.OFFER, b"") is None
+    with pytest.raises(PolicyRefused if case != "other-holder" else ValueError):
+        holder.welcome(w or fed.coordinator.welcome_for(1))
+    assert holder.welcomed is None
+
+
+def test_h1_the_honest_welcome_is_accepted_and_a_different_run_is_not(make):
+    fed = make(start=False)
+    holder = fed.holders[1]
+    holder.welcome(fed.coordinator.welcome_for(1))
+    assert holder.welcomed.run_id == fed.coordinator.run_id and holder.next_round == 1
+    with pytest.raises(PolicyRefused, match="different run"):
+        holder.welcome(_welcome(fed, run_id=bytes(16)))
+
+
+@pytest.mark.parametrize("change", [{"aggregation": "plain"}, {"secagg": SecAggConfig(ring_bits=16)},
+                                    {"privacy_mode": "none"}, {"dim": 10}, {"local_steps": 50}])
+def test_h1_a_reconnect_cannot_change_the_settings_the_floors_were_checked_against(make, change):
+    """gRPC: a holder whose connection dropped joins again and gets a new Welcome of the same run; it
+    must be the run it joined (only next_round moves), or the floors would be bypassed (plain = Δ in clear)."""
+    fed = make(*DP)
+    holder = fed.holders[1]
+    before = holder.welcomed
+    holder.welcome(_welcome(fed, next_round=2))                       # the honest re-join
+    assert holder.welcomed == dataclasses.replace(before, next_round=2)
+    with pytest.raises(PolicyRefused, match="changed the run's settings"):
+        holder.welcome(_welcome(fed, **change))
+    assert holder.welcomed.aggregation == "secagg" and fed.ledger(1) == []
+
+
+# ------------------------------------------------------------------------- H2
+def test_h2_an_offer_of_a_round_already_taken_part_in_is_refused(make, monkeypatch):
+    fed = make()
+    holder = fed.holders[1]
+    first, _ = offer(fed, 1)
+    assert decode_as(holder.handle(1, Stage.OFFER, first), Decision).accept
+    assert state(holder)["next_round"] == 2            # persisted at acceptance, before any training
+    reason = refusal(holder.handle(1, Stage.OFFER, first), 1)
+    assert reason == "round 1 was already taken part in (next round 2)"
+    assert view(fed.ledger(1)) == [("refused", 1, None, reason)]
+    trained = count_training(holder, monkeypatch)
+    later, _ = offer(fed, 3)                           # rounds may be skipped, never repeated
+    assert decode_as(holder.handle(3, Stage.OFFER, later), Decision).accept
+    reason2 = refusal(holder.handle(2, Stage.OFFER, offer(fed, 2)[0]), 2)
+    assert "already taken part in (next round 4)" in reason2 and not trained
+    assert view(fed.ledger(1)) == [("refused", 1, None, reason), ("refused", 2, None, reason2)]
+
+
+def test_h2_an_offer_that_does_not_list_the_holder_is_not_taken_up(make):
+    fed = make()
+    holder = fed.holders[1]
+    data, _ = offer(fed, 1, cohort=(2, 3, 4))
+    assert holder.handle(1, Stage.OFFER, data) is None            # silence: it was not asked
+    assert fed.ledger(1) == [] and holder.next_round == 1
+    assert holder.handle(1, Stage.MODEL, fed.model_bytes()) is None and holder._round is None
+    # nor an offer that arrives under another round number than it names
+    assert holder.handle(2, Stage.OFFER, offer(fed, 1)[0]) is None and holder.next_round == 1
+    assert decode_as(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept   # still free to join
+
+
+@pytest.mark.parametrize("case", ["sigma", "data-noise", "cohort", "delta", "ring", "mode", "dim"])
+def test_h2_an_offer_below_the_floor_is_refused_with_its_reason(make, case, monkeypatch):
+    policies = {"sigma": {"privacy_mode": "distributed", "min_noise_multiplier": 2.0},
+                "data-noise": {"privacy_mode": "distributed", "min_noise_multiplier": 0.8},
+                "cohort": {"min_cohort": 5}, "delta": {"privacy_mode": "distributed", "delta": 1e-7}}
+    fed = make(*DP, policies={1: policies[case]} if case in policies else None)
+    changes = {"ring": {"ring_bits": 31}, "dim": {"dim": fed.coordinator.dim + 1},
+               "mode": {"mode": "central", "mechanism": "gaussian"},
+               # σ as announced passes the floor; the noise the holder would actually add is z_Δ = 0.1
+               "data-noise": {"data_noise_multiplier": 0.1}}.get(case, {})
+    data, spec = offer(fed, 1, **changes)
+    holder = fed.holders[1]
+    trained = count_training(holder, monkeypatch)
+    reason = refusal(holder.handle(1, Stage.OFFER, data), 1)
+    expected = {"sigma": "noise multiplier 1 is below this holder's floor 2.0",
+                "data-noise": "noise multiplier 0.1 is below this holder's floor 0.8",
+                "cohort": "a cohort of 4 holders is below this holder's minimum of 5",
+                "delta": f"the plan's delta {spec.delta:.3g} differs from this holder's delta 1e-07",
+                "ring": "the plan's ring (31 bits) differs from the secure-aggregation ring",
+                "mode": "the plan's mode/dimension (central, ",
+                "dim": "the plan's mode/dimension (distributed, "}[case]
+    assert reason.startswith(expected)
+    (entry,) = fed.ledger(1)
+    assert view([entry]) == [("refused", 1, None, reason)]
+    assert entry["event"]["mechanism"] == "none" and entry["mode"] == spec.mode and entry["clip"] == spec.clip
+    assert state(holder)["next_round"] == 2            # the refused round is gone for good, too
+    assert holder.handle(1, Stage.MODEL, fed.model_bytes()) is None and not trained
+
+
+# ------------------------------------------------------------------------- H3
+def test_h3_a_round_that_would_cross_the_cap_is_refused_before_training(make, monkeypatch, tmp_path):
+    fed = make(*DP, policies={1: {"privacy_mode": "distributed", "epsilon_cap": 0.5}})
+    data, spec = offer(fed, 1)
+    t_min = SecAggConfig().thresholds(4).min_survivors
+    # the holder's own projection: its spec, t_min = 3 of 4 noise shares, nothing spent yet
+    ok, projected = HolderBudget(tmp_path / "scratch.jsonl", holder_id=1, cap=0.5, delta=spec.delta).admits(
+        spec, min_survivors=t_min)
+    assert not ok and projected > 0.5
+    holder = fed.holders[1]
+    trained = count_training(holder, monkeypatch)
+    reason = refusal(holder.handle(1, Stage.OFFER, data), 1)
+    assert reason == (f"joining would take this holder to epsilon {projected:.4g} (at delta {spec.delta:.3g}, "
+                      f"assuming only {t_min} survivors), above its cap 0.5")
+    assert view(fed.ledger(1)) == [("refused", 1, None, reason)] and fed.ledger(1)[0]["cap"] == 0.5
+    assert holder.handle(1, Stage.MODEL, fed.model_bytes()) is None and not trained
+    assert holder.budget.epsilon() == 0.0
+
+
+# ------------------------------------------------------------------------- H4
+@pytest.mark.parametrize("case", ["flipped-byte", "truncated", "another-model"])
+def test_h4_a_model_that_does_not_hash_to_the_offer_is_not_trained_on(make, monkeypatch, case):
+    fed = make()
+    holder = fed.holders[1]
+    assert decode_as(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept
+    theta = bytearray(fed.model_bytes())
+    bad = {"flipped-byte": bytes(theta[:100]) + bytes([theta[100] ^ 1]) + bytes(theta[101:]),
+           "truncated": bytes(theta[:-4]), "another-model": bytes(len(theta))}[case]
+    trained = count_training(holder, monkeypatch)
+    assert holder.handle(1, Stage.MODEL, bad) is None and not trained
+    assert holder.handle(1, Stage.PLAN, plan(fed, 1)[0]) is None          # nothing trained: no Ready
+    assert holder.handle(1, Stage.PLAIN_UPLOAD, b"") is None
+    assert fed.ledger(1) == [] and holder._round.delta is None and holder._round.masked_part is None
+    holder.handle(1, Stage.MODEL, fed.model_bytes())                       # the announced model still is
+    assert trained == [1]
+
+
+# ------------------------------------------------------------------------- H5
+@pytest.mark.parametrize("case", ["clip", "sigma", "delta", "ring", "sampling", "dim", "foreign-participant",
+                                  "without-holder", "share-count", "another-round"])
+def test_h5_a_plan_that_changes_the_offer_is_refused(make, case):
+    fed = make(*DP)
+    holder = fed.holders[1]
+    data, spec = offer(fed, 1, cohort=(1, 2, 3))
+    assert decode_as(holder.handle(1, Stage.OFFER, data), Decision).accept
+    holder.handle(1, Stage.MODEL, fed.model_bytes())
+    changes = {"clip": {"clip": spec.clip * 2}, "sigma": {"noise_multiplier": spec.noise_multiplier / 2},
+               "delta": {"delta": spec.delta / 10}, "ring": {"ring_bits": 31}, "sampling": {"sampling": "poisson"},
+               "dim": {"dim": spec.dim + 1}, "share-count": {"n_shares": 4}}.get(case, {})
+    cohort = {"foreign-participant": (1, 2, 3, 4), "without-holder": (2, 3, 4)}.get(case, (1, 2, 3))
+    msg, _ = plan(fed, 1 if case != "another-round" else 2, cohort=cohort, **changes)
+    assert holder.handle(1, Stage.PLAN, msg) is None                       # no Ready: nothing encoded
+    rs = holder._round
+    assert rs.spec is None and rs.masked_part is None and fed.ledger(1) == []
+    good, _ = plan(fed, 1, cohort=(1, 2, 3))                               # the offered plan is still accepted
+    assert isinstance(decode(holder.handle(1, Stage.PLAN, good)), Ready)
+
+
+def test_h5_a_plan_over_fewer_holders_that_crosses_the_cap_is_refused(make, tmp_path):
+    fed = make(*DP, start=False)
+    # the cap lies between ε with t_min(4) = 3 noise shares and ε with t_min(3) = 2 shares
+    c = fed.coordinator
+    o = round_spec(c.privacy.begin_round(1, cohort=list(ALL), dim=c.dim, min_survivors=3))
+    p = round_spec(c.privacy.begin_round(1, cohort=list(ALL), dim=c.dim, min_survivors=2, refused=[4]))
+    scratch = HolderBudget(tmp_path / "scratch.jsonl", holder_id=1, cap=None, delta=o.delta)
+    e_offer, e_plan = scratch.admits(o, min_survivors=3)[1], scratch.admits(p, min_survivors=2)[1]
+    assert e_offer < e_plan
+    cap = (e_offer + e_plan) / 2
+    holder = fed.restart_holder(1, policy={"privacy_mode": "distributed", "epsilon_cap": cap})
+    holder.welcome(c.welcome_for(1))
+    assert decode_as(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept
+    holder.handle(1, Stage.MODEL, fed.model_bytes())
+    reason = refusal(holder.handle(1, Stage.PLAN, plan(fed, 1, refused=(4,))[0]), 1)
+    assert reason.startswith(f"joining would take this holder to epsilon {e_plan:.4g}") and "assuming only 2" in reason
+    assert view(fed.ledger(1)) == [("refused", 1, None, reason)]
+    assert holder._round.masked_part is None
+
+
+# ------------------------------------------------------------------------- H6
+def _doctor_round_start(h: int, **changes):
+    """Tamper hook: holder h's RoundStart, as the coordinator built it, with ``changes``."""
+    def tamper(r, stage, holder, payload):
+        if stage == Stage.SECAGG_START and holder == h:
+            return secagg_encode(dataclasses.replace(secagg_decode(payload), **changes))
+        return payload
+    return tamper
+
+
+@pytest.mark.parametrize("case", ["round", "cohort-without-holder", "foreign-member", "ring", "threshold",
+                                  "min-survivors", "degree", "another-model"])
+def test_h6_a_round_start_that_differs_from_the_plan_gets_no_masked_input(make, case):
+    changes = {"round": {"round_index": 2}, "cohort-without-holder": {"cohort": (2, 3, 4), "degree": 2},
+               "foreign-member": {"cohort": (1, 2, 3, 4)}, "ring": {"ring_bits": 16},
+               "threshold": {"threshold": 2}, "min-survivors": {"min_survivors": 2}, "degree": {"degree": 2},
+               "another-model": {"context": b"securefed/federation/v1|" + bytes(48)}}[case]
+    withhold = (lambda r, s, h, p: None if (s == Stage.OFFER and h == 4) else p) if case == "foreign-member" else None
+    doctor = _doctor_round_start(1, **changes)
+    fed = make(tamper=(lambda r, s, h, p: doctor(r, s, h, withhold(r, s, h, p) if withhold else p)))
+    row = fed.coordinator.run_round(1)
+    assert answered(fed, Stage.SECAGG_START, 1) == 0 and answered(fed, Stage.SECAGG_MASKED, 1) == 0
+    assert fed.ledger(1) == []                         # nothing released, nothing charged
+    others = (2, 3) if case == "foreign-member" else (2, 3, 4)
+    assert row["clients_survived"] == len(others)        # the others go on without holder 1
+    t_min = SecAggConfig().thresholds(len(others) + 1).min_survivors      # the cohort still counts holder 1
+    assert all(view(fed.ledger(h)) == [("released", 1, t_min, None), ("settled", 1, len(others), None)]
+               for h in others)
+
+
+def test_h6_a_welcome_with_a_sparser_graph_is_stopped_at_the_round_start(make):
+    """SEC-11's path: neighbours=2 in the welcome fits the ring and threshold floors (H1 passes) but
+    SECAGG_START checks the graph degree and t against the holder's floor (complete graph)."""
+    weak = SecAggConfig(neighbours=2)
+    fed = make("aggregation.secagg.neighbours=2")      # the coordinator runs SecAgg+ of degree 2 …
+    assert fed.holders[1].welcomed.secagg == weak      # … and every holder took the welcome
+    row = fed.coordinator.run_round(1)
+    # holders 1-4 have the simulation's floor (the run's own graph = degree 2): restart holder 1 with
+    # the default floor (complete graph) and run round 2
+    assert row["clients_survived"] == 4
+    holder = fed.restart_holder(1, policy={"graph": "complete"})
+    holder.welcome(fed.coordinator.welcome_for(1))
+    row = fed.coordinator.run_round(2)
+    assert answered(fed, Stage.SECAGG_START, 1, r=2) == 0 and answered(fed, Stage.SECAGG_MASKED, 1, r=2) == 0
+    assert view(fed.ledger(1)) == [("released", 1, 3, None), ("settled", 1, 4, None)] and row["clients_survived"] == 3
+
+
+def test_h6_a_smaller_masked_cohort_that_would_cross_the_cap_is_refused_before_release(make, tmp_path):
+    """The plan was admitted for t_min(4) = 3 noise shares; the RoundStart names 3 holders, whose
+    t_min is 2: releasing would charge past the cap, so the holder refuses instead (H3 at release)."""
+    fed = make(*DP, start=False, ignore=lambda r, s, h, reply: s == Stage.PLAN and h == 4)
+    c = fed.coordinator
+    spec = round_spec(c.privacy.begin_round(1, cohort=list(ALL), dim=c.dim, min_survivors=3))
+    scratch = HolderBudget(tmp_path / "scratch.jsonl", holder_id=1, cap=None, delta=spec.delta)
+    e3, e2 = scratch.admits(spec, min_survivors=3)[1], scratch.admits(spec, min_survivors=2)[1]
+    cap = (e3 + e2) / 2
+    fed.restart_holder(1, policy={"privacy_mode": "distributed", "epsilon_cap": cap})
+    fed.start()
+    row = c.run_round(1)     # holder 4's Ready is ignored: secure aggregation runs over (1, 2, 3)
+    assert answered(fed, Stage.SECAGG_MASKED, 1) == 0
+    (entry,) = fed.ledger(1)
+    assert entry["status"] == "refused" and entry["round"] == 1
+    assert entry["reason"].startswith(f"releasing to a cohort of 3 would take this holder to epsilon {e2:.4g}")
+    assert "assuming only 2 survivors" in entry["reason"]
+    assert holder_epsilon(fed, 1) == 0.0 < cap and row["clients_survived"] in (0, 2)
+
+
+def holder_epsilon(fed, h: int) -> float:
+    return fed.holders[h].budget.epsilon()
+
+
+# ------------------------------------------------------------------------- H7
+def test_h7_a_second_masked_input_request_in_the_same_round_is_refused(make):
+    fed = make()
+    again = []
+
+    def ignore(r, stage, h, reply):       # the coordinator "retries" holder 1's masked-input stage
+        if stage == Stage.SECAGG_MASKED and h == 1 and not again:
+            (first,) = fed.channel.sent(stage=Stage.SECAGG_MASKED, holder=1)
+            again.append(fed.channel.ask(r, stage, 1, first.payload))
+        return False
+
+    fed.channel.ignore = ignore
+    row = fed.coordinator.run_round(1)
+    assert again == [None] and row["clients_survived"] == 4
+    assert answered(fed, Stage.SECAGG_MASKED, 1) == 1
+    assert view(fed.ledger(1)) == [("released", 1, 3, None), ("settled", 1, 4, None)]
+
+
+def test_h7_a_second_plain_upload_request_in_the_same_round_is_refused(make):
+    fed = make("aggregation.mode=plain")
+    again = []
+
+    def ignore(r, stage, h, reply):
+        if stage == Stage.PLAIN_UPLOAD and h == 1 and not again:
+            again.append(fed.channel.ask(r, stage, 1, b""))
+        return False
+
+    fed.channel.ignore = ignore
+    row = fed.coordinator.run_round(1)
+    assert again == [None] and row["clients_survived"] == 4
+    assert view(fed.ledger(1)) == [("released", 1, 4, None)]          # plain: no threshold, all 4 counted
+
+
+def test_h7_a_released_round_is_never_taken_part_in_again_even_after_a_restart(make):
+    # holder 1 dies right after its masked input (before unmasking): released, never settled
+    fed = make(holder_fields={1: {"vanish_at": (1, int(Stage.SECAGG_CONSISTENCY))}})
+    fed.coordinator.run_round(1)
+    assert answered(fed, Stage.SECAGG_MASKED, 1) == 1 and view(fed.ledger(1)) == [("released", 1, 3, None)]
+    for lose_state in (False, True):
+        holder = fed.restart_holder(1, vanish_at=None)
+        if lose_state:                                       # only the ledger survived the crash
+            (holder.state_dir / "holder_state.json").unlink()
+        holder.welcome(fed.coordinator.welcome_for(1))
+        assert holder.next_round == 2
+        reason = refusal(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), 1)
+        assert reason == "round 1 was already taken part in (next round 2)"
+    assert view(fed.ledger(1)) == [("released", 1, 3, None), ("refused", 1, None, reason), ("refused", 1, None, reason)]
+
+
+# ------------------------------------------------------------------------- H8
+def test_h8_settled_is_written_before_the_unmask_shares_leave(make):
+    seen = {}
+
+    def ignore(r, stage, h, reply):
+        if stage == Stage.SECAGG_UNMASK:
+            seen[h] = view(fed.ledger(h))        # the ledger at the moment the shares are handed over
+        return False
+
+    fed = make(ignore=ignore, holder_fields={4: {"vanish_at": (1, int(Stage.SECAGG_UNMASK))}})
+    row = fed.coordinator.run_round(1)
+    assert row["clients_survived"] == 4          # holder 4 sent its masked input, then died
+    for h in (1, 2, 3):
+        assert seen[h] == [("released", 1, 3, None), ("settled", 1, 4, None)]
+    assert 4 not in seen and view(fed.ledger(4)) == [("released", 1, 3, None)]   # the conservative charge stays
+
+
+# ------------------------------------------------------------------------- H9 (and H6/H7 on the CKKS route)
+CKKS = ("aggregation.mode=ckks+secagg", "aggregation.ckks.enabled=true", "aggregation.ckks.rotate_key_every_rounds=2")
+
+
+def test_h9_the_decryptor_releases_one_sum_per_round_and_only_of_its_round(make, caplog):
+    fed = make(*CKKS)
+    asked: dict[str, bytes | None] = {}
+    aggregates: dict[int, bytes] = {}
+
+    def ignore(r, stage, h, reply):
+        if stage == Stage.CKKS_UPLOAD and h == 2 and r == 1:      # H7: a second upload request, same round
+            (req,) = fed.channel.sent(stage=Stage.CKKS_UPLOAD, holder=2, round=1)
+            asked["upload-again"] = fed.channel.ask(r, stage, h, req.payload)
+        if stage == Stage.CKKS_DECRYPT:
+            (sent,) = fed.channel.sent(stage=Stage.CKKS_DECRYPT, holder=h, round=r)
+            aggregates[r] = sent.payload
+            agg = ckks_decode(sent.payload)
+            subset = dataclasses.replace(agg, survivors=agg.survivors[:3], uploads=agg.uploads[:3])
+            asked[f"r{r}-same-again"] = fed.channel.ask(r, stage, h, sent.payload)
+            asked[f"r{r}-subset"] = fed.channel.ask(r, stage, h, ckks_encode(subset))
+            if r == 2:
+                asked["r2-round-1-aggregate"] = fed.channel.ask(r, stage, h, aggregates[1])
+                asked["r2-labelled-round-3"] = fed.channel.ask(r, stage, h, ckks_encode(
+                    dataclasses.replace(agg, round_index=3)))
+        return False
+
+    fed.channel.ignore = ignore
+    rows = [fed.coordinator.run_round(1), fed.coordinator.run_round(2)]
+    assert [r["clients_survived"] for r in rows] == [4, 4]
+    assert asked == {"upload-again": None, "r1-same-again": None, "r1-subset": None, "r2-same-again": None,
+                     "r2-subset": None, "r2-round-1-aggregate": None, "r2-labelled-round-3": None}
+    refusals = [r.getMessage() for r in caplog.records if "CKKS_DECRYPT refused" in r.getMessage()]
+    assert len(refusals) == 6
+    assert sum("already released under this key (D4)" in m for m in refusals) == 4          # same again, subset
+    assert sum("not the current round 2" in m for m in refusals) == 2                     # round 1's, round 3's
+    decryptor = min(ckks_decode(aggregates[1]).survivors)
+    assert ckks_decode(aggregates[1]).generation == ckks_decode(aggregates[2]).generation   # one key, two rounds
+    assert answered(fed, Stage.CKKS_DECRYPT, decryptor) == 2                 # one sum per round
+    assert answered(fed, Stage.CKKS_UPLOAD, 2) == 2
+    assert isinstance(ckks_decode(aggregates[1]), AggregateMsg)
+    for h in ALL:   # the CKKS upload is the round's first release; the masked input adds no second charge
+        assert view(fed.ledger(h)) == [("released", 1, 3, None), ("settled", 1, 4, None),
+                                       ("released", 2, 3, None), ("settled", 2, 4, None)]
+
+
+@pytest.mark.parametrize("case", ["another-round", "cohort-beyond-the-plan", "below-its-minimum", "another-key"])
+def test_h6_a_ckks_upload_request_that_differs_from_the_plan_gets_no_ciphertexts(make, case):
+    changes = {"another-round": {"round": 2}, "cohort-beyond-the-plan": {"cohort": (1, 2, 3, 4, 5)},
+               "below-its-minimum": {"cohort": (1, 2)}, "another-key": {"key_id": "0" * 64}}[case]
+
+    def tamper(r, stage, h, payload):
+        if stage == Stage.CKKS_UPLOAD and h == 1:
+            return encode(dataclasses.replace(decode_as(payload, CkksUploadRequest), **changes))
+        return payload
+
+    fed = make(*CKKS, tamper=tamper)
+    row = fed.coordinator.run_round(1)
+    assert answered(fed, Stage.CKKS_UPLOAD, 1) == 0 and answered(fed, Stage.SECAGG_MASKED, 1) == 0
+    assert fed.ledger(1) == [] and row["clients_survived"] == 3     # the others: CKKS, then the masked sum
