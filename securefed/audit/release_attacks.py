@@ -11,7 +11,9 @@ SEC-13  it refuses a holder's unmask-stage reply (the holder thinks its connecti
 SEC-14  it sends the CKKS decryptor a second aggregate of the same round (another subset) and, a round
         later, the old round's aggregate. Stopped by H9 (ckks/holder.py decrypt, D4).
 SEC-15  it sends the second aggregate to *another* key holder, the smallest id of the subset: every
-        key holder holds the same secret key and D4 is kept per holder.
+        key holder holds the same secret key and D4 is kept per holder. Stopped by D5 (ckks.md §5.3): the
+        decryptor is min of the cohort it was itself asked to upload for, and re-sums only uploads signed
+        for that cohort, so the sums of one round are over disjoint cohorts.
 
 Each scenario drives ``Coordinator.run_round`` over the audit's ScriptedChannel (federation_harness)
 and then plays the attacker by hand; the "what would leak" evidence is measured on the real sums, with
@@ -282,7 +284,11 @@ def key_holders_each_asked_for_one_sum(workdir: str | Path | None = None) -> Fin
          f"decrypted it (its own D4 record is empty), and the difference of the two sums is holder {d}'s CKKS slice "
          f"(max error {err:.1e}). D4 is kept per holder while every key holder holds the same secret key: with k key "
          f"holders a coordinator can collect k sums of one round (one per smallest id) and peel updates one by one."
-         if vulnerable else f"Holder {got['other']} refused to decrypt a second sum of round 1."),
+         if vulnerable else
+         f"Holder {d} decrypted round 1's aggregate; the coordinator sent the same round's aggregate without holder "
+         f"{d} to holder {got['other']}, the smallest id left. It refused (ckks.md §5.3 D5): it is not min of the "
+         f"cohort it was itself asked to upload for, and the uploads in that aggregate were signed for that cohort, "
+         f"so no second sum of the round can be formed over a subset of it."),
         ev, ("CK-15", "SYS-24", "SYS-19"),
         fix=("protocols/ckks.md §5 + ckks/holder.py + ckks/server.py: bind the cohort of the holder's "
              "CkksUploadRequest into its signed upload statement; the decryptor is min(that cohort) (not "

@@ -36,7 +36,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("SEC-14", "CKKS decryptor asked for several sums of a round", rel.decryptor_asked_for_several_sums,
              MITIGATED),
     Scenario("SEC-15", "Several CKKS key holders each asked for one sum of a round",
-             rel.key_holders_each_asked_for_one_sum, VULNERABLE),   # found 2026-12: protocol fix proposed, open
+             rel.key_holders_each_asked_for_one_sum, MITIGATED),   # found and fixed 2026-12 (ckks.md §5.3 D5)
 )
 
 

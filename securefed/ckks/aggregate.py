@@ -204,7 +204,7 @@ def run_ckks_round(
         if not role.has_key:
             rejected.add(h)
             continue
-        wire = encode(role.encrypt(round_index, inputs[h], cohort_size=len(cohort)))
+        wire = encode(role.encrypt(round_index, inputs[h], cohort=cohort))
         if tamper and h in tamper:
             wire = tamper[h](wire)
         up += len(wire)
@@ -215,7 +215,7 @@ def run_ckks_round(
     if not server.survivors:
         return CkksOutcome(np.zeros(length), frozenset(), frozenset(rejected), up, down)
     agg = server.aggregate()
-    decryptor = min(server.survivors)  # §5.3: exactly one holder decrypts and releases
+    decryptor = min(cohort)  # §5.3 D5: the cohort's smallest member decrypts and releases, exactly once
     down += len(agg)
     msg = decode(agg)
     if not isinstance(msg, AggregateMsg):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import tenseal as ts
@@ -36,12 +36,16 @@ def pubctx_statement(generation: int, round_index: int, leader: int, key_id: str
     return label(LABELS["pubctx_sig"], generation=generation, round=round_index, leader=leader, key_id=key_id)
 
 
-def upload_statement(round_index: int, generation: int, holder: int, key_id: str, cts: Sequence[bytes]) -> bytes:
+def upload_statement(round_index: int, generation: int, holder: int, key_id: str, cts: Sequence[bytes],
+                     cohort: Iterable[int]) -> bytes:
+    """What a holder signs for its upload (§5.1): the round, the key, its ciphertexts and the cohort it was
+    asked to upload for — so one sum can only hold uploads made for one cohort (§5.3 D5, audit SEC-15)."""
     h = hashlib.sha256()
     for c in cts:  # length-prefixed so that splitting points are bound too
         h.update(len(c).to_bytes(8, "big") + c)
+    members = ",".join(str(int(i)) for i in sorted(set(cohort)))
     return label(LABELS["upload_sig"], round=round_index, generation=generation, holder=holder,
-                 key_id=key_id, ciphertexts=h.hexdigest())
+                 key_id=key_id, ciphertexts=h.hexdigest(), cohort=members)
 
 
 def check_advert(adv: KeyAdvertMsg, roster: Mapping[int, HolderPublic], generation: int) -> bytes:
@@ -176,7 +180,12 @@ class HolderRole:
         self._ctx, self.generation, self.key_id = ctx, msg.generation, msg.key_id
 
     # §5.1 encryption of this holder's small-tensor slice (already clipped/noised by the caller)
-    def encrypt(self, round_index: int, vector: np.ndarray, *, cohort_size: int) -> UploadMsg:
+    def encrypt(self, round_index: int, vector: np.ndarray, *, cohort: Iterable[int]) -> UploadMsg:
+        """``cohort``: the holders the server asked to upload this round (bound into the signature, §5.1)."""
+        cohort = frozenset(cohort)
+        if self.holder_id not in cohort:
+            raise ValueError("the upload cohort must contain this holder")
+        cohort_size = len(cohort)
         if self._ctx is None or self.key_id is None:
             raise ValueError(f"holder {self.holder_id} has no CKKS key for this round")
         x = np.asarray(vector)
@@ -189,7 +198,7 @@ class HolderRole:
             raise ValueError(f"vector: max|x| * cohort_size exceeds CKKS capacity {self.policy.capacity:g}")
         slots = self.policy.slots
         cts = tuple(ts.ckks_vector(self._ctx, x[s:s + slots].tolist()).serialize() for s in range(0, x.size, slots))
-        sig = self.secrets.sign(upload_statement(round_index, self.generation, self.holder_id, self.key_id, cts))
+        sig = self.secrets.sign(upload_statement(round_index, self.generation, self.holder_id, self.key_id, cts, cohort))
         return UploadMsg(round_index, self.generation, self.holder_id, self.key_id, cts, sig)
 
     # §5.3 decryption of the aggregate and noise flooding before release (§4.3)
@@ -197,9 +206,11 @@ class HolderRole:
         self, msg: AggregateMsg, *, length: int, cohort: frozenset[int],
         roster: Mapping[int, HolderPublic], entropy: Entropy, round_index: int | None = None,
     ) -> np.ndarray:
-        """D1–D4 (protocols/ckks.md §5.3); D4: at most one released sum per (key generation, round),
-        for the round the caller is in (``round_index``): two sums over different sets would expose
-        their difference, and an old round's aggregate must not be released again."""
+        """D1–D5 (protocols/ckks.md §5.3). ``cohort``: the cohort this holder itself was asked to upload
+        for. D4: at most one released sum per (key generation, round), for the round the caller is in
+        (``round_index``): two sums over different sets would expose their difference, and an old round's
+        aggregate must not be released again. D5: only min(cohort) decrypts, and (verified mode) only
+        uploads signed for that cohort — so every sum of a round is over its own, disjoint cohort."""
         if self._ctx is None:
             raise ValueError(f"holder {self.holder_id} has no CKKS key")
         if msg.generation != self.generation or msg.key_id != self.key_id:
@@ -208,6 +219,8 @@ class HolderRole:
             raise ValueError(f"aggregate is for round {msg.round_index}, not the current round {round_index}")
         if (msg.generation, msg.round_index) in self._released:
             raise ValueError(f"a sum of round {msg.round_index} was already released under this key (D4)")
+        if self.holder_id != min(cohort, default=None):   # D5: one designated decryptor per cohort
+            raise ValueError(f"holder {self.holder_id} is not the decryptor of its cohort (min = {min(cohort, default=None)})")
         survivors = set(msg.survivors)
         if len(survivors) != len(msg.survivors) or not survivors <= cohort:
             raise ValueError("aggregate: survivors must be distinct members of the cohort")
@@ -215,7 +228,7 @@ class HolderRole:
             raise ValueError(f"aggregate: {len(survivors)} survivors < min_survivors={self.policy.min_survivors}")
         lens = chunk_lengths(length, self.policy.slots)
         if self.policy.verify_aggregate:
-            sums = self._resum(msg, lens, roster)
+            sums = self._resum(msg, lens, roster, cohort)
         else:
             if len(msg.ciphertexts) != len(lens):
                 raise ValueError(f"aggregate has {len(msg.ciphertexts)} ciphertexts, expected {len(lens)}")
@@ -227,7 +240,8 @@ class HolderRole:
             total += gaussian(entropy, length) * 2.0 ** (self.policy.decrypt_flood_bits - self.policy.scale_bits)
         return total
 
-    def _resum(self, msg: AggregateMsg, lens: list[int], roster: Mapping[int, HolderPublic]) -> list[ts.CKKSVector]:
+    def _resum(self, msg: AggregateMsg, lens: list[int], roster: Mapping[int, HolderPublic],
+               cohort: frozenset[int]) -> list[ts.CKKSVector]:
         """Verified mode: each survivor's upload is signed by it; re-add them here (§5.3)."""
         if len(msg.uploads) != len(msg.survivors):
             raise ValueError("aggregate: one signed upload per survivor is required")
@@ -236,8 +250,8 @@ class HolderRole:
             up = decode(data)
             if not isinstance(up, UploadMsg) or up.holder != holder or holder not in roster:
                 raise ValueError(f"aggregate: upload of holder {holder} is not from that holder")
-            st = upload_statement(up.round_index, up.generation, holder, up.key_id, up.ciphertexts)
-            if not verify(roster[holder], up.signature, st):
+            st = upload_statement(up.round_index, up.generation, holder, up.key_id, up.ciphertexts, cohort)
+            if not verify(roster[holder], up.signature, st):   # also: not an upload made for this cohort (D5)
                 raise ValueError(f"aggregate: upload of holder {holder} failed authentication")
             if up.round_index != msg.round_index or up.generation != self.generation or up.key_id != self.key_id:
                 raise ValueError(f"aggregate: upload of holder {holder} is for another round or key")

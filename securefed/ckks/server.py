@@ -109,7 +109,7 @@ class CkksServer:
         msg = decode(data)
         if not isinstance(msg, UploadMsg) or msg.holder != holder:
             raise ValueError("not an upload from this holder")
-        statement = upload_statement(msg.round_index, msg.generation, holder, msg.key_id, msg.ciphertexts)
+        statement = upload_statement(msg.round_index, msg.generation, holder, msg.key_id, msg.ciphertexts, self._cohort)
         if not verify(self.roster[holder], msg.signature, statement):
             raise ValueError("upload failed authentication")
         if msg.round_index != self._round:

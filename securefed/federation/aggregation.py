@@ -179,10 +179,10 @@ class CkksRoute:
         survivors = tuple(sorted(self.server.survivors))
         if len(survivors) < max(1, self.policy.min_survivors):
             raise SecAggAborted(f"only {len(survivors)} CKKS uploads were accepted")
-        decryptor = survivors[0]    # §5.3: exactly one holder decrypts and releases
+        decryptor = members[0]    # ckks.md §5.3 D5: the upload cohort's smallest member decrypts, once
         out = channel.exchange(r, Stage.CKKS_DECRYPT, {decryptor: self.server.aggregate()},
                                deadline=deadlines.control, max_reply=8 * self.size).get(decryptor)
-        if out is None or len(out) != 8 * self.size:
+        if out is None or len(out) != 8 * self.size:   # the designated decryptor is gone: no CKKS sum this round
             raise SecAggAborted(f"the decryptor {decryptor} released no sum")
         total = np.frombuffer(out, dtype="<f8").astype(np.float64)
         if not np.all(np.isfinite(total)):

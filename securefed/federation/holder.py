@@ -429,7 +429,7 @@ class Holder:
             raise ValueError("upload request under a key this holder does not hold")
         if len(msg.cohort) < self.cfg.policy.min_cohort:
             raise ValueError("the CKKS cohort is below this holder's minimum")
-        up = self.ckks.encrypt(msg.round, rs.ckks_part, cohort_size=len(msg.cohort))
+        up = self.ckks.encrypt(msg.round, rs.ckks_part, cohort=msg.cohort)
         self._release(rs, Stage.CKKS_UPLOAD, len(msg.cohort))
         rs.ckks_cohort, rs.ckks_part = frozenset(msg.cohort), None
         return ckks_encode(up)
@@ -438,8 +438,6 @@ class Holder:
         agg = ckks_decode(payload)
         if not isinstance(agg, AggregateMsg):
             raise ValueError("not an aggregate")
-        if self.id != min(agg.survivors, default=-1):
-            raise ValueError("this holder is not the aggregate's decryptor")
         total = self.ckks.decrypt(agg, length=self._route_plan.ckks_size, cohort=rs.ckks_cohort,
                                   roster=self._ckks_roster, round_index=rs.offer.round,   # H9
                                   entropy=self.entropy.for_party(rs.offer.round, self.id, "ckks-flood"))

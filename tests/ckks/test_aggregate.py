@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -57,12 +58,12 @@ def test_tampered_upload_is_rejected_and_round_continues(policy, keyring4, tampe
     assert np.max(np.abs(out.total - (xs[0] + xs[1] + xs[3]))) <= policy.error_bound(3, 1.0)
 
 
-def _forge(kr, holder, round_index, cts, *, key_id=None, generation=None):
-    """An upload signed by ``holder`` itself (an authentic but malformed upload)."""
+def _forge(kr, holder, round_index, cts, *, key_id=None, generation=None, cohort=range(4)):
+    """An upload signed by ``holder`` itself for ``cohort`` (an authentic but malformed upload)."""
     role = kr.holder(holder)
     key_id = key_id or role.key_id
     generation = generation or role.generation
-    sig = role.secrets.sign(upload_statement(round_index, generation, holder, key_id, cts))
+    sig = role.secrets.sign(upload_statement(round_index, generation, holder, key_id, cts, cohort))
     return encode(UploadMsg(round_index, generation, holder, key_id, tuple(cts), sig))
 
 
@@ -132,7 +133,7 @@ def test_upload_under_a_stale_key_generation_is_rejected(policy):
     xs = vectors(4, L, seed=4)
     server = CkksServer(policy, kr.roster)
     run_ckks_round(xs, policy=policy, round_index=0, keyring=kr, entropy_for=entropy_for, server=server)
-    old = encode(kr.holder(2).encrypt(1, xs[2], cohort_size=4))  # made with generation 1's key
+    old = encode(kr.holder(2).encrypt(1, xs[2], cohort=range(4)))  # made with generation 1's key
     out = run_ckks_round(xs, policy=policy, round_index=1, keyring=kr, entropy_for=entropy_for, server=server,
                          tamper={2: lambda _: old})
     assert kr.generation == 2 and out.rejected == {2}
@@ -167,14 +168,14 @@ def test_server_rejects_duplicate_and_outsider(policy, keyring4):
     server = CkksServer(policy, keyring4.roster)
     run_ckks_round(xs, policy=policy, round_index=0, keyring=keyring4, entropy_for=entropy_for, server=server)
     server.begin_round(1, frozenset({0, 1}), L)
-    up = encode(keyring4.holder(0).encrypt(1, xs[0], cohort_size=2))
+    up = encode(keyring4.holder(0).encrypt(1, xs[0], cohort={0, 1}))
     server.receive_upload(0, up)
     from securefed.ckks import UploadRejected
 
     with pytest.raises(UploadRejected, match="second upload"):
         server.receive_upload(0, up)
     with pytest.raises(UploadRejected, match="cohort"):
-        server.receive_upload(3, encode(keyring4.holder(3).encrypt(1, xs[3], cohort_size=2)))
+        server.receive_upload(3, encode(keyring4.holder(3).encrypt(1, xs[3], cohort={0, 1, 3})))
 
 
 def test_all_rejected_gives_empty_outcome(policy, keyring4):
@@ -198,13 +199,13 @@ def test_decryptor_refuses_an_aggregate_that_is_one_holders_ciphertext(policy, k
     run_ckks_round(xs, policy=policy, round_index=0, keyring=keyring4, entropy_for=entropy_for,
                    tamper={0: lambda b: captured.setdefault(0, b)})
     bad = AggregateMsg(0, keyring4.generation, keyring4.key_id, (0, 1), (), (captured[0], captured[0]))
+    decryptor = copy.copy(keyring4.holder(0))   # holder 0 (min of the cohort) already released round 0's sum:
+    decryptor._released = set()                  # the checks under test come after that D4 record
     with pytest.raises(ValueError, match="not from that holder"):
-        keyring4.holder(2).decrypt(bad, length=L, cohort=frozenset(range(4)), roster=keyring4.roster,
-                                   entropy=entropy_for(2))
+        decryptor.decrypt(bad, length=L, cohort=frozenset(range(4)), roster=keyring4.roster, entropy=entropy_for(0))
     lonely = AggregateMsg(0, keyring4.generation, keyring4.key_id, (0,), (), (captured[0],))
     with pytest.raises(ValueError, match="min_survivors"):
-        keyring4.holder(2).decrypt(lonely, length=L, cohort=frozenset(range(4)), roster=keyring4.roster,
-                                   entropy=entropy_for(2))
+        decryptor.decrypt(lonely, length=L, cohort=frozenset(range(4)), roster=keyring4.roster, entropy=entropy_for(0))
 
 
 def test_unverified_mode_sums_on_the_server(policy):
@@ -222,7 +223,7 @@ def test_input_checks_fail_closed(policy, keyring4):
         run_ckks_round({h: np.full(10, 2.0**37) for h in range(4)}, policy=policy, round_index=0,
                        keyring=keyring4, entropy_for=entropy_for)
     with pytest.raises(ValueError, match="non-finite"):
-        keyring4.holder(0).encrypt(0, np.array([np.nan]), cohort_size=4)
+        keyring4.holder(0).encrypt(0, np.array([np.nan]), cohort=range(4))
     with pytest.raises(ValueError, match="one length"):
         run_ckks_round({0: np.zeros(3), 1: np.zeros(4)}, policy=policy, round_index=0, keyring=keyring4,
                        entropy_for=entropy_for)
@@ -262,3 +263,21 @@ def test_entropy_for_is_called_once_per_holder_per_round(policy):
     kr = setup_keyring(range(4), policy=policy, entropy_for=entropy_for)
     run_ckks_round(vectors(4, 10), policy=policy, round_index=0, keyring=kr, entropy_for=counting)
     assert sorted(calls) == [0, 1, 2, 3]  # 4 adverts; the decryptor (0) reuses its stream
+
+
+def test_only_the_cohorts_smallest_member_decrypts_and_only_uploads_made_for_that_cohort(policy, keyring4):
+    """D5 (audit SEC-15): every key holder holds the secret key, so a server that could name another
+    decryptor, or mix uploads made for different cohorts, would get two sums of one round and their
+    difference — one holder's slice. Holder 1 is not min(cohort); an upload signed for {0, 1, 2, 3}
+    does not verify as part of a sum over {1, 2, 3}."""
+    xs = vectors(4, L, seed=11)
+    captured = {}
+    run_ckks_round(xs, policy=policy, round_index=0, keyring=keyring4, entropy_for=entropy_for,
+                   tamper={h: (lambda b, h=h: captured.setdefault(h, b)) for h in range(4)})
+    subset = AggregateMsg(0, keyring4.generation, keyring4.key_id, (1, 2, 3), (), tuple(captured[h] for h in (1, 2, 3)))
+    with pytest.raises(ValueError, match="not the decryptor"):
+        keyring4.holder(1).decrypt(subset, length=L, cohort=frozenset({1, 2, 3}) | {0}, roster=keyring4.roster,
+                                   entropy=entropy_for(1))
+    with pytest.raises(ValueError, match="failed authentication"):   # uploads were signed for {0, 1, 2, 3}
+        keyring4.holder(1).decrypt(subset, length=L, cohort=frozenset({1, 2, 3}), roster=keyring4.roster,
+                                   entropy=entropy_for(1))
