@@ -484,12 +484,12 @@ def test_h6_a_ckks_upload_request_that_differs_from_the_plan_gets_no_ciphertexts
     changes = {"another-round": {"round": 2}, "cohort-beyond-the-plan": {"cohort": (1, 2, 3, 4, 5)},
                "below-its-minimum": {"cohort": (1, 2)}, "another-key": {"key_id": "0" * 64}}[case]
 
-    def tamper(r, stage, h, payload):
-        if stage == Stage.CKKS_UPLOAD and h == 1:
+    def tamper(r, stage, h, payload):   # holder 2: not the cohort's decryptor (min = 1, ckks.md D5)
+        if stage == Stage.CKKS_UPLOAD and h == 2:
             return encode(dataclasses.replace(decode_as(payload, CkksUploadRequest), **changes))
         return payload
 
     fed = make(*CKKS, tamper=tamper)
     row = fed.coordinator.run_round(1)
-    assert answered(fed, Stage.CKKS_UPLOAD, 1) == 0 and answered(fed, Stage.SECAGG_MASKED, 1) == 0
-    assert fed.ledger(1) == [] and row["clients_survived"] == 3     # the others: CKKS, then the masked sum
+    assert answered(fed, Stage.CKKS_UPLOAD, 2) == 0 and answered(fed, Stage.SECAGG_MASKED, 2) == 0
+    assert fed.ledger(2) == [] and row["clients_survived"] == 3     # the others: CKKS, then the masked sum
