@@ -87,14 +87,35 @@ class HolderActor:
         self.holder.end_round(round_index)
 
 
+def blas_env() -> dict[str, str]:
+    """The BLAS thread settings of this (the driver's) process, for every holder actor.
+
+    Why: a holder's clip norm (privacy/clipping.py, also primitives/quantize.py and the randomized
+    rounding check of privacy/encoders.py) is ``np.linalg.norm`` — an OpenBLAS dot whose summation
+    order depends on its thread count — so the last bits of the clipped update, and through the
+    rounding of the DP encoding the model, depend on it. Ray gives an actor of < 2 CPUs
+    OMP_NUM_THREADS=1 where the in-process and gRPC holders run with this process's setting (OpenBLAS
+    default: one thread per core), so without this a Ray run differs from the others under distributed
+    DP (tests/federation/test_conformance.py). The norms are tiny next to training: the cost is nil."""
+    env = {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS")
+           if k in os.environ}
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:     # not Linux
+        cores = os.cpu_count() or 1
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(cores))
+    return env
+
+
 def start_holders(configs: Mapping[int, object], *, cpus: float, gpus: float, run_token: str) -> dict:
     """One actor per holder, each asking Ray for ``cpus`` CPUs and ``gpus`` GPUs; {holder id: handle}.
     Creation is asynchronous: RayChannel.open waits for them (up to the join deadline)."""
     cls = ray.remote(HolderActor)
+    env = {"env_vars": blas_env()}
     out = {}
     for h, hc in sorted(configs.items()):
         threads = hc.hardware.torch_threads or max(1, int(cpus))
-        out[h] = cls.options(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0,
+        out[h] = cls.options(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0, runtime_env=env,
                              name=f"securefed-{run_token}-holder-{h}").remote(hc, threads)
     return out
 
