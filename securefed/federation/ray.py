@@ -133,6 +133,9 @@ class RayChannel(Channel):
     def open(self, *, welcome_for: Callable[[int], bytes], run_id: bytes) -> None:
         """Wait for the actors to start (their data loaded), then welcome each; those that cannot start by
         the join deadline or refuse the welcome leave the run."""
+        if self.watch is not None:
+            self.watch.start()
+            self.watch.phase("starting holders (imports, data)", [h for h, _ in self._alive()])
         started = self._gather({a.ready.remote(): h for h, a in self._alive()}, self.join_timeout, "start")
         for h, info in started.items():
             self.nodes[h] = info["node"]
@@ -140,12 +143,11 @@ class RayChannel(Channel):
             if h not in started:
                 self._drop(h, "did not start by the join deadline", kill=True)
         refs = {a.welcome.remote(welcome_for(h)): h for h, a in self._alive()}
+        if self.watch is not None:
+            self.watch.phase("welcome (holders check the run against their floors)", list(refs.values()))
         for h, why in self._gather(refs, self.join_timeout, "welcome").items():
             if why is not None:
-                log.error("holder %d leaves the run: %s", h, why)
-                self.gone[h] = why
-        if self.watch is not None:
-            self.watch.start(dropped=set(self.gone))
+                self._drop(h, f"it leaves the run: {why}")
 
     def available(self, round_index: int, *, want: int, timeout: float) -> list[int]:
         self.bytes_up = self.bytes_down = 0

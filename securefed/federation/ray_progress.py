@@ -38,7 +38,7 @@ class RoundWatch:
         self.state = {h: "out" for h in self.holders}
         self.dead: set[int] = set()
         self.round: int | None = None
-        self.stage_name = "starting"
+        self.stage_name = "starting holders"
         self.round_t0 = self.clock()
         self.durations: list[float] = []
         self._lock = threading.Lock()
@@ -48,15 +48,20 @@ class RoundWatch:
         self._live = None
 
     # ------------------------------------------------------------------ events from the channel
-    def start(self, *, dropped: set[int] = frozenset()) -> None:
-        with self._lock:
-            self.dead |= set(dropped)
-            for h in dropped:
-                self.state[h] = "dropped"
+    def start(self) -> None:
+        """Start showing the line (a no-op without an enabled progress)."""
         if self.progress is None or not getattr(self.progress, "enabled", False) or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="securefed-round-watch", daemon=True)
         self._thread.start()
+
+    def phase(self, name: str, addressed: list[int], state: str = "busy") -> None:
+        """Outside rounds (starting the actors, welcoming them): ``addressed`` are at work on ``name``."""
+        with self._lock:
+            self.stage_name = name
+            for h in addressed:
+                self.state[h] = state
+        self._maybe_print(new_stage=True)
 
     def begin_round(self, r: int) -> None:
         with self._lock:
@@ -65,11 +70,7 @@ class RoundWatch:
                 self.state[h] = "dropped" if h in self.dead else "out"
 
     def stage(self, stage: Stage, addressed: list[int]) -> None:
-        with self._lock:
-            self.stage_name = stage.name
-            for h in addressed:
-                self.state[h] = "training" if stage in _TRAINING else "busy"
-        self._maybe_print(new_stage=True)
+        self.phase(stage.name, addressed, "training" if stage in _TRAINING else "busy")
 
     def replied(self, h: int) -> None:
         with self._lock:
@@ -119,7 +120,7 @@ class RoundWatch:
         with self._lock:
             r, stage, elapsed = self.round, self.stage_name, self.clock() - self.round_t0
             dropped = sorted(h for h, v in self.state.items() if v == "dropped")
-        parts = [f"round {r}/{self.rounds}" if r else "holders starting", stage]
+        parts = [f"round {r}/{self.rounds}", stage] if r else [stage]
         parts += [f"{s} {c[s]}" for s in ("training", "busy", "waiting", "done") if c[s] or s == "training"]
         if dropped:
             shown = ",".join(map(str, dropped[:10])) + (",…" if len(dropped) > 10 else "")
@@ -136,7 +137,11 @@ class RoundWatch:
         gap = self.heartbeat_s / 3 if new_stage else self.heartbeat_s
         if now - self._last_print >= gap:
             self._last_print = now
-            self.progress.print(self.line())
+            console = getattr(self.progress, "console", None)
+            if console is not None:      # one line per heartbeat in a log, however long
+                console.print(self.line(), soft_wrap=True, highlight=False)
+            else:
+                self.progress.print(self.line())
 
     def _run(self) -> None:
         """Terminal: a live row redrawn each second. Otherwise: the heartbeat."""

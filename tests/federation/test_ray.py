@@ -47,16 +47,18 @@ def test_ray_options_refuse_bad_values(kw, match):
 class _Console:
     is_terminal = False
 
-
-class _Progress:
-    enabled = True
-    console = _Console()
-
     def __init__(self):
         self.lines = []
 
-    def print(self, msg):
+    def print(self, msg, **kw):
         self.lines.append(msg)
+
+
+class _Progress:
+    enabled = True
+
+    def __init__(self):
+        self.console = _Console()
 
 
 def test_round_watch_states_and_eta():
@@ -91,7 +93,8 @@ def test_round_watch_prints_a_heartbeat_when_not_on_a_terminal():
     w.stage(Stage.PLAN, [1, 2])
     time.sleep(2.3)
     w.stop()
-    assert len(p.lines) >= 2 and all(line.startswith("round 1/1 · PLAN · training 2") for line in p.lines)
+    lines = p.console.lines
+    assert len(lines) >= 2 and all(line.startswith("round 1/1 · PLAN · training 2") for line in lines)
 
 
 # ---------------------------------------------------------------------------------- with Ray
