@@ -13,8 +13,8 @@ Ray is an optional extra (`pip install 'securefed[ray]'`); nothing here imports 
 Resources. A holder actor asks for ``cpus_per_holder`` CPUs and ``gpus_per_holder`` GPUs (a fraction
 below 1 lets several holders share one GPU — 0.125 puts 8 on one; a whole number gives each its own
 GPUs). Ray schedules on these logical amounts; the holder's torch uses ``--threads-per-holder`` threads,
-else ⌊cpus_per_holder⌋ (at least 1). Without ``--ray-cpus-per-holder`` a holder gets 1 CPU, or, when Ray
-starts locally with more holders than cores, an equal share of the cores, so 8 holders run on 2 cores.
+else ⌊cpus_per_holder⌋ (at least 1). Without ``--ray-cpus-per-holder`` a holder asks for 1 CPU, or, when
+the holders outnumber the cluster's CPUs, an equal share of them (8 holders on 2 cores: 0.25 each).
 The check is that the cluster can hold every holder at once (the first round waits for all of them):
 holders that could never be placed would leave the run waiting for them.
 """
@@ -48,7 +48,7 @@ class RayResourcesError(ValueError):
 @dataclass(frozen=True)
 class RayOptions:
     address: str | None = None              # None: start Ray here; "auto", "HOST:PORT" or "ray://HOST:PORT": join
-    cpus_per_holder: float | None = None    # None: 1, or an equal share of this machine's cores (local start)
+    cpus_per_holder: float | None = None    # None: 1, or an equal share when holders outnumber the CPUs
     gpus_per_holder: float = 0.0            # < 1: a share of one GPU; >= 1: whole GPUs
     object_store_mb: int = 512              # local start only (Ray's default, 30 % of RAM, is too much here)
     dashboard: bool = False                 # local start only; needs `pip install 'ray[default]'`
