@@ -168,7 +168,9 @@ def connect(options: RayOptions, *, n_holders: int) -> RaySession:
         try:
             ctx = ray.init(address=options.address, logging_level=logging.WARNING)
         except Exception as e:
-            raise RayUnreachable(f"cannot join the Ray cluster at {options.address}: {e}") from None
+            hint = ("" if os.environ.get("RAY_AUTH_MODE") else " (a cluster with token authentication, Ray's default "
+                    "since 2.5x, also needs RAY_AUTH_MODE=token and its token in this process's environment)")
+            raise RayUnreachable(f"cannot join the Ray cluster at {options.address}: {e}{hint}") from None
         url = getattr(ctx, "dashboard_url", None)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     cpus = _cpus(options, nodes, n_holders)
