@@ -282,8 +282,9 @@ class RayChannel(Channel):
         its node lost), or its handler raised — a bug, not bad input: the holder process would exit."""
         try:
             return True, ray.get(ref)
-        except ray.exceptions.RayActorError as e:
-            self._drop(h, f"its actor died during {what} ({type(e).__name__})")
+        except ray.exceptions.RayActorError as e:   # str(e) carries the cause (e.g. its constructor's error)
+            cause = " ".join(str(e).split())[-400:]
+            self._drop(h, f"its actor died during {what} ({type(e).__name__}: {cause})")
         except ray.exceptions.RayTaskError as e:
             log.error("holder %d failed during %s:\n%s", h, what, e)
             self._drop(h, f"its handler raised during {what}", kill=True)
