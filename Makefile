@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	# CPU machines: install the pinned CPU build only when no torch is importable
 	# (an unpinned torch would pull several GB of CUDA wheels).
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ray]'   # ray: tests/federation/test_ray.py and the conformance matrix
 	touch $(STAMP)
 
 install: $(STAMP)

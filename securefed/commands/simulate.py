@@ -19,11 +19,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override one setting, e.g. --set federation.rounds=4 (repeatable)")
     p.add_argument("--out", help="run directory (default: runs/run-<UTC timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--backend", choices=("inproc", "grpc"), default="inproc",
+    p.add_argument("--backend", choices=("inproc", "grpc", "ray"), default="inproc",
                    help="inproc: every holder in this process (default); grpc: the coordinator and each holder as "
-                        "separate processes on loopback with fresh mutual-TLS keys (the deployment code path)")
+                        "separate processes on loopback with fresh mutual-TLS keys (the deployment code path); "
+                        "ray: each holder a Ray actor, training in parallel, on this machine or a cluster "
+                        "(pip install 'securefed[ray]')")
     p.add_argument("--threads-per-holder", type=int, metavar="N",
                    help="torch threads of each holder's training (both backends; 1 makes runs bit-comparable)")
+    ray = p.add_argument_group("backend ray", "where the holder actors run (not part of config.yaml: they do not "
+                                              "change what the run computes; summary.json records them)")
+    ray.add_argument("--ray-address", metavar="ADDR",
+                     help="join the Ray cluster at ADDR (HOST:PORT, ray://HOST:PORT or auto); default: start Ray on "
+                          "this machine for the run")
+    ray.add_argument("--ray-cpus-per-holder", type=float, metavar="N",
+                     help="CPUs each holder actor asks for (default 1, or an equal share when holders outnumber "
+                          "the CPUs); its torch threads: --threads-per-holder, else max(1, floor(N))")
+    ray.add_argument("--ray-gpus-per-holder", type=float, default=0.0, metavar="G",
+                     help="GPUs each holder asks for: a fraction shares one GPU (0.125: 8 holders per GPU), "
+                          "a whole number gives each its own (default 0)")
+    ray.add_argument("--ray-object-store-mb", type=int, default=512, metavar="MB",
+                     help="object store size when Ray starts here (default 512)")
+    ray.add_argument("--ray-dashboard", action="store_true",
+                     help="start Ray's dashboard when Ray starts here (needs pip install 'ray[default]')")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-presets", action="store_true", help="list run presets and exit")
@@ -62,8 +79,16 @@ def run(args: argparse.Namespace) -> int:
     from securefed.federation.simulation import Simulation
 
     try:
+        ray_options = _ray_options(args)
+    except ValueError as e:
+        print(f"securefed simulate: {e}", file=sys.stderr)
+        return 2
+    try:
         sim = Simulation(cfg, out, resume=args.resume, progress=not args.quiet, backend=args.backend,
-                         threads_per_holder=args.threads_per_holder)
+                         threads_per_holder=args.threads_per_holder, ray_options=ray_options)
+    except ConnectionError as e:      # ray_cluster.RayUnreachable: the cluster address cannot be reached
+        print(f"securefed simulate: {e}", file=sys.stderr)
+        return 6
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"securefed simulate: {e}", file=sys.stderr)
         return 2
@@ -71,3 +96,20 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"run directory: {out}  (report: {out}/report/report.html)")
     return 0
+
+
+def _ray_options(args: argparse.Namespace):
+    """RayOptions from the --ray-* flags (None for other backends; they are refused there)."""
+    given = [f for f in ("ray_address", "ray_cpus_per_holder") if getattr(args, f) is not None]
+    given += ["ray_gpus_per_holder"] if args.ray_gpus_per_holder else []
+    given += ["ray_dashboard"] if args.ray_dashboard else []
+    given += ["ray_object_store_mb"] if args.ray_object_store_mb != 512 else []
+    if args.backend != "ray":
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} needs --backend ray")
+        return None
+    from securefed.federation.ray_cluster import RayOptions
+
+    return RayOptions(address=args.ray_address, cpus_per_holder=args.ray_cpus_per_holder,
+                      gpus_per_holder=args.ray_gpus_per_holder, object_store_mb=args.ray_object_store_mb,
+                      dashboard=args.ray_dashboard)

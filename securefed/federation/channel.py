@@ -17,7 +17,8 @@ large replies (a masked input, a plain update, CKKS ciphertexts) into a per-hold
 into the round's ring sum as they arrive, so the coordinator's memory is O(P) whatever the cohort.
 
 Implementations: inproc.InProcChannel (holders in this process, called directly), grpc.GrpcChannel
-(holders in other processes or institutions, gRPC + mutual TLS). Every channel counts the bytes it
+(holders in other processes or institutions, gRPC + mutual TLS), ray.RayChannel (one Ray actor per
+holder, each stage sent to all of them at once). Every channel counts the bytes it
 carried in the round (``bytes_up``, ``bytes_down``; reset by ``available``).
 """
 

@@ -6,10 +6,11 @@
     backend inproc: the holders live in this process (InProcChannel)
     backend grpc:   `securefed server` and one `securefed client` per holder as separate processes on
                     loopback with mutual TLS — the deployment code path, byte for byte
+    backend ray:    one Ray actor per holder (local Ray, or a cluster), the coordinator here (ray_cluster.py)
     the Coordinator runs the rounds (federation/coordinator.py) → model/, metrics.jsonl, summary.json
     centralized baseline at equal tokens (baseline/metrics.jsonl) → summary.json; report/
 
-Both backends run the same Coordinator and Holder code; a run with seeded test entropy gives the same
+Every backend runs the same Coordinator and Holder code; a run with seeded test entropy gives the same
 model hash and ledger on each (tests/federation/test_conformance.py).
 """
 
@@ -55,13 +56,15 @@ def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
 class Simulation:
     def __init__(self, cfg, out: str | Path, *, resume: bool = False, progress: bool = True,
                  stop_after_round: int | None = None, backend: str = "inproc",
-                 threads_per_holder: int | None = None, holder_overrides: dict | None = None) -> None:
+                 threads_per_holder: int | None = None, holder_overrides: dict | None = None,
+                 ray_options=None) -> None:
         """``holder_overrides``: {holder id: {HolderConfig field: value}} — a holder's own settings that
-        differ from the run's (its ε cap, floors, or test hooks such as vanish_at)."""
+        differ from the run's (its ε cap, floors, or test hooks such as vanish_at). ``ray_options``:
+        ray_cluster.RayOptions for backend ray (where holders run and with what resources)."""
         from securefed.federation.data import coordinator_data
 
-        if backend not in ("inproc", "grpc"):
-            raise ValueError(f"unknown backend {backend!r}: choose inproc or grpc")
+        if backend not in ("inproc", "grpc", "ray"):
+            raise ValueError(f"unknown backend {backend!r}: choose inproc, grpc or ray")
         self.cfg, self.resume, self.stop_after_round, self.backend = cfg, resume, stop_after_round, backend
         self.threads, self.holder_overrides = threads_per_holder, holder_overrides or {}
         self.progress = Progress(enabled=progress)
@@ -79,6 +82,11 @@ class Simulation:
         dim = parameter_count(cfg.model.preset, vocab_size=len(self.data.tokenizer), seq_len=cfg.data.seq_len)
         records = min(h["sequences"] for h in self.data.manifest["holders"])
         self.preflight = privacy_preflight(cfg, dim=dim, records=records)   # cannot learn: refused here
+        self.ray = None
+        if backend == "ray":   # an unreachable cluster or unmet resources: one error, no run directory
+            from securefed.federation.ray_cluster import RayOptions, connect
+
+            self.ray = connect(ray_options or RayOptions(), n_holders=cfg.federation.n_holders)
         self.rd.create(resume=resume)
 
     def _pki(self):
@@ -104,6 +112,14 @@ class Simulation:
         self._write_holder_configs(configs)
         if self.backend == "inproc":
             summary = self._run_inproc(lay, roster, configs)
+        elif self.backend == "ray":
+            from securefed.federation.ray_cluster import run_ray
+
+            from securefed.transport.pki import load_identity
+
+            summary = run_ray(self.cfg, self.rd, configs, session=self.ray, data=self.data, roster=roster,
+                              identity=load_identity(lay.server_identity), progress=self.progress, resume=self.resume,
+                              stop_after_round=self.stop_after_round, preflight=self.preflight)
         else:
             from securefed.federation.launch import run_grpc
 

@@ -1,4 +1,4 @@
-"""Conformance: one config, two channels, the same federation.
+"""Conformance: one config, three channels, the same federation.
 
 Each case runs `securefed simulate` in-process (``--backend inproc``) and as separate processes over
 gRPC + mutual TLS on loopback (``--backend grpc``: `securefed server` + one `securefed client` per
@@ -10,6 +10,12 @@ The cases together cover: secagg, ckks+secagg, plain, central DP, distributed DP
 Poisson sampling, per-holder K, and one holder killed mid-round. The DP cases are far too noisy to learn
 with 4 holders (the pre-flight check refuses them): they are forced, since what is compared is the
 mechanism, not the model's quality.
+
+``--backend ray`` (one Ray actor per holder, all training at once) is held to the same bar on three of
+the cases — secagg with Poisson cohorts and per-holder K, distributed DP with DP-SGD holders, and the
+killed holder (its actor process SIGKILLs itself) — to keep the suite's time bounded: each Ray run
+pays for starting one Python process per holder (~40 s on 2 loaded cores). Each case's in-process run
+is made once per session and compared with both other channels.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ CASES = {
     "holder-killed-mid-round": [],
 }
 KILLED = {2: {"vanish_at": [2, int(Stage.SECAGG_MASKED)]}}   # holder 2 dies before its masked input, round 2
+RAY_CASES = ["secagg-poisson-per-holder-K", "distributed-DP-with-DP-SGD-holders", "holder-killed-mid-round"]
+_INPROC: dict = {}     # case -> the in-process run, made once per session
 
 
 def _run(tmp_path, overrides, backend, **kw):
@@ -52,18 +60,28 @@ def _run(tmp_path, overrides, backend, **kw):
     return summary, ledger, rows
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_inproc_and_grpc_give_the_same_model_and_ledger(tmp_path, tiny_run, case):
-    overrides = tiny_run + CASES[case]
-    kw = {"holder_overrides": KILLED} if case == "holder-killed-mid-round" else {}
-    a, ledger_a, rows_a = _run(tmp_path, overrides, "inproc", **kw)
-    b, ledger_b, rows_b = _run(tmp_path, overrides, "grpc", **kw)
-    assert (a["backend"], b["backend"]) == ("inproc", "grpc")
+def _inproc(tmp_path_factory, overrides, case, **kw):
+    if case not in _INPROC:
+        _INPROC[case] = _run(tmp_path_factory.mktemp("conformance"), overrides, "inproc", **kw)
+    return _INPROC[case]
+
+
+def _same_federation(a, ledger_a, rows_a, b, ledger_b, rows_b):
     assert a["model_sha256"] == b["model_sha256"] and a["model_sha256"]
     assert ledger_a == ledger_b and len(ledger_a) == a["rounds"] + a["rounds_aborted"]
     assert a["fed_eval_ppl"] == b["fed_eval_ppl"]
     assert [(r["round"], r["clients_sampled"], r["clients_survived"]) for r in rows_a] == \
            [(r["round"], r["clients_sampled"], r["clients_survived"]) for r in rows_b]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_inproc_and_grpc_give_the_same_model_and_ledger(tmp_path, tmp_path_factory, tiny_run, case):
+    overrides = tiny_run + CASES[case]
+    kw = {"holder_overrides": KILLED} if case == "holder-killed-mid-round" else {}
+    a, ledger_a, rows_a = _inproc(tmp_path_factory, overrides, case, **kw)
+    b, ledger_b, rows_b = _run(tmp_path, overrides, "grpc", **kw)
+    assert (a["backend"], b["backend"]) == ("inproc", "grpc")
+    _same_federation(a, ledger_a, rows_a, b, ledger_b, rows_b)
     if case.startswith("secagg-poisson"):   # Poisson cohorts vary; per-holder K gives per-round tokens that differ
         assert len({r["clients_sampled"] for r in rows_a}) > 1 or len({r["tokens_seen"] for r in rows_a}) > 1
         assert all(e["sampling"] == "poisson" for e in ledger_a)
@@ -75,6 +93,20 @@ def test_inproc_and_grpc_give_the_same_model_and_ledger(tmp_path, tiny_run, case
         assert all(e["mechanism"] == "ddgauss" for e in ledger_a)
         assert all(r.get("record_epsilon_max", 0) > 0 for r in rows_a)
     if case == "holder-killed-mid-round":
+        assert ledger_b[-1]["survivors"] == [1, 3, 4] and rows_b[-1]["clients_survived"] == 3
+
+
+@pytest.mark.parametrize("case", RAY_CASES)
+def test_inproc_and_ray_give_the_same_model_and_ledger(tmp_path, tmp_path_factory, tiny_run, ray_local, case):
+    overrides = tiny_run + CASES[case]
+    kw = {"holder_overrides": KILLED} if case == "holder-killed-mid-round" else {}
+    a, ledger_a, rows_a = _inproc(tmp_path_factory, overrides, case, **kw)
+    b, ledger_b, rows_b = _run(tmp_path, overrides, "ray", **kw)
+    assert b["backend"] == "ray" and b["ray"]["cpus_per_holder"] > 0
+    _same_federation(a, ledger_a, rows_a, b, ledger_b, rows_b)
+    if case.startswith("distributed"):
+        assert all(e["mechanism"] == "ddgauss" for e in ledger_b) and all(r["record_epsilon_max"] > 0 for r in rows_b)
+    if case == "holder-killed-mid-round":   # the actor's process died: dropped, as a killed gRPC holder
         assert ledger_b[-1]["survivors"] == [1, 3, 4] and rows_b[-1]["clients_survived"] == 3
 
 

@@ -1,0 +1,233 @@
+"""`securefed simulate --backend ray`: where the holder actors run, and one federation on them.
+
+    RayOptions            --ray-address, --ray-cpus-per-holder, --ray-gpus-per-holder, --ray-object-store-mb,
+                          --ray-dashboard (command line only: they choose where holders run, never what the
+                          run computes, so they are not part of config.yaml; summary.json records them)
+    connect(options, n)   before RUN_DIR exists: start Ray on this machine (no address) or join the
+                          cluster at the address, and check that n holders fit at once; otherwise one
+                          clear error (RayUnreachable, RayResourcesError, RayUnavailable)
+    run_ray(...)          one actor per holder (ray.py), the Coordinator in this driver process
+
+Ray is an optional extra (`pip install 'securefed[ray]'`); nothing here imports it at module import.
+
+Resources. A holder actor asks for ``cpus_per_holder`` CPUs and ``gpus_per_holder`` GPUs (a fraction
+below 1 lets several holders share one GPU — 0.125 puts 8 on one; a whole number gives each its own
+GPUs). Ray schedules on these logical amounts; the holder's torch uses ``--threads-per-holder`` threads,
+else ⌊cpus_per_holder⌋ (at least 1). Without ``--ray-cpus-per-holder`` a holder asks for 1 CPU, or, when
+the holders outnumber the cluster's CPUs, an equal share of them (8 holders on 2 cores: 0.25 each).
+The check is that the cluster can hold every holder at once (the first round waits for all of them):
+holders that could never be placed would leave the run waiting for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from dataclasses import dataclass
+
+__all__ = ["RayOptions", "RayUnavailable", "RayUnreachable", "RayResourcesError", "RaySession", "connect",
+           "run_ray"]
+
+log = logging.getLogger("securefed.channel.ray")
+
+
+class RayUnavailable(ValueError):
+    """Ray is not installed, or refused to start here (its message follows)."""
+
+
+class RayUnreachable(ConnectionError):
+    """The cluster address cannot be reached."""
+
+
+class RayResourcesError(ValueError):
+    """The cluster cannot hold every holder at once with the resources asked per holder."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None              # None: start Ray here; "auto", "HOST:PORT" or "ray://HOST:PORT": join
+    cpus_per_holder: float | None = None    # None: 1, or an equal share when holders outnumber the CPUs
+    gpus_per_holder: float = 0.0            # < 1: a share of one GPU; >= 1: whole GPUs
+    object_store_mb: int = 512              # local start only (Ray's default, 30 % of RAM, is too much here)
+    dashboard: bool = False                 # local start only; needs `pip install 'ray[default]'`
+    connect_timeout: float = 10.0           # seconds to reach HOST:PORT before giving up
+
+    def __post_init__(self) -> None:
+        c, g = self.cpus_per_holder, self.gpus_per_holder
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < 1e6):
+            raise ValueError(f"--ray-cpus-per-holder must be a number > 0, got {c!r}")
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g < 1e6:
+            raise ValueError(f"--ray-gpus-per-holder must be a number >= 0, got {g!r}")
+        if g > 1 and g != int(g):   # Ray's rule: a fraction of one GPU, or whole GPUs
+            raise ValueError(f"--ray-gpus-per-holder must be at most 1 or a whole number, got {g}")
+        if not 80 <= self.object_store_mb <= 1 << 20:
+            raise ValueError(f"--ray-object-store-mb must be in [80, 1048576], got {self.object_store_mb}")
+        if self.address is not None and not self.address.strip():
+            raise ValueError("--ray-address must not be empty")
+        if not 0 < self.connect_timeout <= 600:
+            raise ValueError("connect_timeout must be in (0, 600] seconds")
+
+
+@dataclass(frozen=True)
+class RaySession:
+    """What connect() found: the resources each holder actor asks for, and whether Ray was started here."""
+
+    options: RayOptions
+    cpus_per_holder: float
+    gpus_per_holder: float
+    started_here: bool
+    cluster: dict                          # {"nodes": n, "CPU": total, "GPU": total}
+    dashboard_url: str | None = None
+
+    def record(self) -> dict:
+        """What summary.json keeps of it (``ray``)."""
+        return {"address": self.options.address, "cpus_per_holder": self.cpus_per_holder,
+                "gpus_per_holder": self.gpus_per_holder, "started_here": self.started_here, **self.cluster}
+
+
+def _local_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not Linux
+        return os.cpu_count() or 1
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:           # no torch CUDA runtime: no GPUs for Ray either
+        return 0
+
+
+def holders_that_fit(nodes: list[dict], cpus: float, gpus: float) -> int:
+    """How many actors of (cpus, gpus) the nodes hold at once. A fractional GPU request is packed
+    within one GPU (Ray never splits an actor over two), so a GPU holds ⌊1/g⌋ of them."""
+    fit = 0
+    for res in nodes:
+        k = math.floor(res.get("CPU", 0.0) / cpus + 1e-9)
+        if gpus > 0:
+            n_gpus = math.floor(res.get("GPU", 0.0) + 1e-9)
+            k = min(k, n_gpus * math.floor(1 / gpus + 1e-9) if gpus <= 1 else math.floor(n_gpus / gpus + 1e-9))
+        fit += max(k, 0)
+    return fit
+
+
+def _check_fit(nodes: list[dict], cpus: float, gpus: float, n_holders: int, where: str) -> None:
+    fit = holders_that_fit(nodes, cpus, gpus)
+    if fit < n_holders:
+        total_cpu = sum(r.get("CPU", 0.0) for r in nodes)
+        total_gpu = sum(r.get("GPU", 0.0) for r in nodes)
+        raise RayResourcesError(
+            f"{where} ({len(nodes)} node(s), {total_cpu:g} CPUs, {total_gpu:g} GPUs) can hold {fit} of the "
+            f"{n_holders} holders at {cpus:g} CPU and {gpus:g} GPU each; lower --ray-cpus-per-holder / "
+            f"--ray-gpus-per-holder or use a larger cluster")
+
+
+def _probe(address: str, timeout: float) -> None:
+    """A TCP connection to HOST:PORT first: Ray itself retries an unreachable address for minutes."""
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RayUnreachable(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RayUnreachable(f"cannot reach the Ray cluster at {address}: {e}") from None
+
+
+def connect(options: RayOptions, *, n_holders: int) -> RaySession:
+    """Start or join Ray and check that ``n_holders`` actors fit; call before the run directory exists.
+    An already initialised Ray in this process (tests, notebooks) is used as it is."""
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable("--backend ray needs Ray: pip install 'securefed[ray]'") from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")      # no usage reports from simulations
+    gpus, started_here, url = float(options.gpus_per_holder), False, None
+    if ray.is_initialized():
+        where = "the running Ray instance"
+    elif options.address is None:
+        where = "this machine"
+        cores, n_gpus = _local_cores(), _local_gpus()
+        local = [{"CPU": float(cores), "GPU": float(n_gpus)}]
+        _check_fit(local, _cpus(options, local, n_holders), gpus, n_holders, where)   # before Ray's ~10 s start
+        try:
+            ctx = ray.init(num_cpus=cores, num_gpus=n_gpus, object_store_memory=options.object_store_mb << 20,
+                           include_dashboard=options.dashboard, logging_level=logging.WARNING)
+        except Exception as e:   # Ray raises bare Exceptions (e.g. the dashboard's missing packages)
+            raise RayUnavailable(f"Ray did not start on this machine: {e}") from None
+        started_here, url = True, getattr(ctx, "dashboard_url", None)
+    else:
+        where = f"the Ray cluster at {options.address}"
+        if options.address != "auto":
+            _probe(options.address, options.connect_timeout)
+        try:
+            ctx = ray.init(address=options.address, logging_level=logging.WARNING)
+        except Exception as e:
+            hint = ("" if os.environ.get("RAY_AUTH_MODE") else " (a cluster with token authentication, Ray's default "
+                    "since 2.5x, also needs RAY_AUTH_MODE=token and its token in this process's environment)")
+            raise RayUnreachable(f"cannot join the Ray cluster at {options.address}: {e}{hint}") from None
+        url = getattr(ctx, "dashboard_url", None)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpus = _cpus(options, nodes, n_holders)
+    try:
+        _check_fit(nodes, cpus, gpus, n_holders, where)
+    except RayResourcesError:
+        if started_here or options.address is not None:
+            ray.shutdown()
+        raise
+    cluster = {"nodes": len(nodes), "CPU": sum(r.get("CPU", 0.0) for r in nodes),
+               "GPU": sum(r.get("GPU", 0.0) for r in nodes)}
+    log.info("Ray: %s, %d node(s), %g CPUs, %g GPUs; %g CPU / %g GPU per holder", where, cluster["nodes"],
+             cluster["CPU"], cluster["GPU"], cpus, gpus)
+    return RaySession(options, cpus, gpus, started_here, cluster, url or None)
+
+
+def _cpus(options: RayOptions, nodes: list[dict], n_holders: int) -> float:
+    """The CPUs a holder asks for: as given, else 1 — or an equal share when holders outnumber the CPUs."""
+    if options.cpus_per_holder is not None:
+        return float(options.cpus_per_holder)
+    total = sum(r.get("CPU", 0.0) for r in nodes)
+    return min(1.0, math.floor(100 * total / n_holders) / 100) or 0.01   # 1/100 CPU: Ray's resolution is 1e-4
+
+
+def run_ray(cfg, rd, configs: dict, *, session: RaySession, data, roster, identity, progress, resume: bool,
+            stop_after_round: int | None, preflight=None) -> dict:
+    """One holder actor per HolderConfig, the Coordinator here; the summary (or {"stopped_after_round"}).
+    The coordinator's options are the networked deployment's: the run's stage deadlines (``network.*``),
+    at least t_min live holders to open a round, a stop after ``network.max_aborted_rounds`` aborts."""
+    import ray
+
+    from securefed.federation.coordinator import Coordinator, CoordinatorOptions
+    from securefed.federation.ray import RayChannel, start_holders
+    from securefed.federation.ray_progress import RoundWatch
+    from securefed.federation.stages import Deadlines
+
+    net, cohort = cfg.network, cfg.federation.cohort_size
+    secure = cfg.aggregation.mode != "plain"
+    min_holders = net.min_holders or (cfg.aggregation.secagg.thresholds(cohort).min_survivors
+                                      if secure and cohort >= 3 else 1)
+    options = CoordinatorOptions(deadlines=Deadlines.from_config(net), min_holders=min_holders,
+                                 max_aborted_rounds=net.max_aborted_rounds, backend="ray")
+    watch = RoundWatch(sorted(configs), rounds=cfg.federation.rounds, progress=progress)
+    actors = start_holders(configs, cpus=session.cpus_per_holder, gpus=session.gpus_per_holder,
+                           run_token=f"{rd.root.name}-{os.urandom(3).hex()}")
+    channel = RayChannel(actors, join_timeout=net.join, watch=watch)
+    try:
+        if session.dashboard_url:
+            progress.print(f"Ray dashboard: http://{session.dashboard_url}")
+        coord = Coordinator(cfg, channel, rd, data=data, roster=roster, identity=identity, options=options,
+                            progress=progress, resume=resume, stop_after_round=stop_after_round, preflight=preflight)
+        summary = coord.run()
+    finally:
+        channel.close()
+        if session.started_here:
+            ray.shutdown()
+    if "stopped_after_round" not in summary:
+        summary["ray"] = dict(session.record(), object_store_mb=session.options.object_store_mb,
+                              dashboard=session.options.dashboard)
+    return summary

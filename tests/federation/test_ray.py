@@ -1,0 +1,189 @@
+"""The Ray channel (securefed/federation/ray.py, ray_cluster.py, ray_progress.py).
+
+Conformance with the in-process channel is in test_conformance.py. Here: actors killed mid-round with
+``ray.kill`` are dropped holders (the round completes with ≥ t_min survivors, or aborts, and the ledgers
+say which); an unreachable address and unmet resources are one clear CLI error before RUN_DIR exists;
+the resource arithmetic; the per-holder progress line, its ETA and its heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from securefed.federation.ray_cluster import RayOptions, RayResourcesError, _check_fit, holders_that_fit
+from securefed.federation.ray_progress import RoundWatch
+from securefed.federation.stages import Stage
+
+
+# ---------------------------------------------------------------------------------- no Ray needed
+def test_holders_that_fit_packs_fractional_gpus_within_one_gpu():
+    # 2 nodes: 8 CPUs + 1 GPU, and 4 CPUs + 2 GPUs
+    nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 2.0}]
+    assert holders_that_fit(nodes, 1.0, 0.0) == 12                 # 8 + 4
+    assert holders_that_fit(nodes, 0.5, 0.125) == 8 + 8            # 8 per GPU: node 1 ≤ 8, node 2 min(8, 16)
+    assert holders_that_fit(nodes, 1.0, 0.3) == 3 + 4              # ⌊1/0.3⌋ = 3 per GPU; node 2 CPU-bound at 4
+    assert holders_that_fit(nodes, 1.0, 1.0) == 1 + 2
+    assert holders_that_fit(nodes, 1.0, 2.0) == 0 + 1
+    assert holders_that_fit([{"CPU": 2.0}], 0.25, 0.0) == 8        # 8 holders share 2 cores
+    with pytest.raises(RayResourcesError, match="can hold 2 of the 4 holders"):
+        _check_fit([{"CPU": 2.0}], 1.0, 0.0, 4, "this machine")
+
+
+@pytest.mark.parametrize("kw, match", [({"cpus_per_holder": 0}, "cpus-per-holder"),
+                                       ({"gpus_per_holder": -1}, "gpus-per-holder"),
+                                       ({"gpus_per_holder": 1.5}, "at most 1 or a whole number"),
+                                       ({"object_store_mb": 10}, "object-store-mb"),
+                                       ({"address": " "}, "address")])
+def test_ray_options_refuse_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        RayOptions(**kw)
+
+
+class _Console:
+    is_terminal = False
+
+    def __init__(self):
+        self.lines = []
+
+    def print(self, msg, **kw):
+        self.lines.append(msg)
+
+
+class _Progress:
+    enabled = True
+
+    def __init__(self):
+        self.console = _Console()
+
+
+def test_round_watch_states_and_eta():
+    now = [0.0]
+    w = RoundWatch([1, 2, 3, 4], rounds=3, clock=lambda: now[0])
+    w.start()
+    w.begin_round(1)
+    w.stage(Stage.MODEL, [1, 2, 3, 4])
+    assert w.counts()["training"] == 4 and "round ETA n/a (first round)" in w.line()
+    w.replied(1)
+    w.late(2)                  # missed the deadline: dropped for this round
+    w.dropped(3)               # its actor died: dropped for good
+    assert w.counts() == {"training": 1, "busy": 0, "waiting": 1, "done": 0, "dropped": 2, "out": 0}
+    assert "dropped 2 [2,3]" in w.line()
+    now[0] = 10.0
+    w.end_round(1)
+    assert w.counts()["done"] == 2
+    w.begin_round(2)           # 2 may answer again; 3 stays dropped
+    assert w.counts()["dropped"] == 1 and w.counts()["out"] == 3
+    now[0] = 14.0
+    w.stage(Stage.SECAGG_MASKED, [1, 2, 4])
+    left, total = w.eta()
+    assert (left, total) == (6.0, 6.0 + 1 * 10.0)    # mean round 10 s, 4 s into round 2, one round after it
+    assert "round 2/3 · SECAGG_MASKED · training 0 · busy 3" in w.line() and "run ETA ~16s" in w.line()
+
+
+def test_round_watch_prints_a_heartbeat_when_not_on_a_terminal():
+    p = _Progress()
+    w = RoundWatch([1, 2], rounds=1, progress=p, heartbeat_s=0.5)
+    w.start()
+    w.begin_round(1)
+    w.stage(Stage.PLAN, [1, 2])
+    time.sleep(2.3)
+    w.stop()
+    lines = p.console.lines
+    assert len(lines) >= 2 and all(line.startswith("round 1/1 · PLAN · training 2") for line in lines)
+
+
+# ---------------------------------------------------------------------------------- with Ray
+def _rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_actors_killed_mid_round_are_dropped_holders(tmp_path, tiny_run, ray_local, monkeypatch):
+    """Round 1: holder 3's actor is killed as training starts → the round completes with the other 3.
+    Round 2: two of the remaining three are killed just before their masked inputs are asked for →
+    1 survivor, below t_min: the round aborts, the model does not move, and the ledgers say so."""
+    from securefed.federation.ray import RayChannel
+    from securefed.federation.simulation import Simulation
+    from securefed.privacy import read_ledger
+    from securefed.runtime.config import load_run_config
+
+    ray = ray_local
+    during = {(1, Stage.MODEL): [3]}                 # killed as soon as θ_1 is on its way (while it trains)
+    before = {(2, Stage.SECAGG_MASKED): [1, 2]}      # killed, and dead, before their masked inputs are asked for
+    dispatch = RayChannel._dispatch
+
+    def dispatch_then_kill(self, r, stage, outbox):
+        for h in before.get((r, Stage(stage)), []):
+            ray.kill(self.actors[h])
+            _wait_dead(ray, self.actors[h])
+        refs = dispatch(self, r, stage, outbox)
+        for h in during.get((r, Stage(stage)), []):
+            ray.kill(self.actors[h])
+        return refs
+    monkeypatch.setattr(RayChannel, "_dispatch", dispatch_then_kill)
+    cfg = load_run_config(overrides=tiny_run + ["network.max_aborted_rounds=1"])
+    out = tmp_path / "ray"
+    summary = Simulation(cfg, out, progress=False, backend="ray", threads_per_holder=1).run()
+    rows, ledger = _rows(out), read_ledger(out / "privacy" / "ledger.jsonl")
+    assert [(r["clients_sampled"], r["clients_survived"]) for r in rows] == [(4, 3), (3, 0)]
+    assert "aborted" not in rows[0] and "aborted" in rows[1]
+    assert ledger[0]["survivors"] == [1, 2, 4] and ledger[1]["survivors"] == []
+    assert summary["rounds"] == 1 and summary["rounds_aborted"] == 1 and summary["backend"] == "ray"
+    # each holder's own ledger: 3 never released round 1; 4 released round 2 but its sum was never formed
+    released = {h: [e["round"] for e in read_ledger(out / "holders" / str(h) / "ledger.jsonl")
+                    if e["status"] == "released"] for h in (1, 2, 3, 4)}
+    assert released[3] == [] and released[4] == [1, 2] and 2 not in released[1] and 2 not in released[2]
+
+
+def _wait_dead(ray, actor, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            ray.get(actor.ready.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the killed actor still answers")
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "securefed.cli", "simulate", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_unreachable_address_is_one_error_before_the_run_directory(tmp_path, tiny_run):
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    sets = [a for o in tiny_run for a in ("--set", o)]
+    p = _cli("--backend", "ray", "--ray-address", "127.0.0.1:1", "--out", str(out), "--quiet", *sets, cwd=tmp_path)
+    assert p.returncode == 6, p.stderr
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()
+
+
+def test_cli_unmet_resources_are_one_error_before_the_run_directory(tmp_path, tiny_run, capsys):
+    pytest.importorskip("ray")
+    from securefed.cli import main
+
+    for flags, why in ((["--ray-gpus-per-holder", "1"], "0 GPUs"), (["--ray-cpus-per-holder", "64"], "CPU")):
+        out = tmp_path / "run"
+        sets = [a for o in tiny_run for a in ("--set", o)]
+        rc = main(["simulate", "--backend", "ray", *flags, "--out", str(out), "--quiet", *sets])
+        err = capsys.readouterr().err
+        assert rc == 2 and "can hold 0 of the 4 holders" in err and why in err, err
+        assert not out.exists()
+
+
+def test_cli_ray_flags_need_the_ray_backend(tmp_path, capsys):
+    from securefed.cli import main
+
+    assert main(["simulate", "--ray-cpus-per-holder", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "--ray-cpus-per-holder needs --backend ray" in capsys.readouterr().err
