@@ -17,7 +17,7 @@ def tiny_run(fed_cache):
         "data.max_sources=4", "data.max_bytes_per_source=30000", "data.vocab_size=512", "data.seq_len=32",
         f"data.cache_dir={fed_cache}", "train.local_steps=2", "train.batch_size=4", "train.warmup_steps=1",
         "train.eval_batch_size=64", "federation.rounds=2", "federation.eval_every=1", "baseline=false",
-        "deterministic_secrets=true", "network.control=8", "network.upload=60", "network.train=120",
+        "deterministic_secrets=true", "network.control=8", "network.upload=20", "network.train=120",
     ]
 
 
