@@ -24,12 +24,29 @@ carried in the round (``bytes_up``, ``bytes_down``; reset by ``available``).
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 
-__all__ = ["Channel", "SinkFactory"]
+__all__ = ["Channel", "SinkFactory", "deliver"]
+
+log = logging.getLogger("securefed.channel")
 
 SinkFactory = Callable[[int], object]   # holder id -> transport.stream.Sink for its reply
+
+
+def deliver(sink: SinkFactory, h: int, reply: bytes) -> bool:
+    """A whole reply (channels that receive it in one piece) into holder h's sink, as a stream would;
+    False (logged) if the sink refuses it — wrong length, sender or ring, or the stage closed."""
+    s = sink(h)
+    try:
+        s.write(0, reply)
+        s.commit()
+    except ValueError as e:     # FrameError
+        log.warning("holder %d: reply refused: %s", h, e)
+        s.abort()
+        return False
+    return True
 
 
 class Channel(ABC):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from securefed.federation.channel import Channel, SinkFactory
+from securefed.federation.channel import Channel, SinkFactory, deliver
 from securefed.federation.holder import Holder, PolicyRefused
 from securefed.federation.messages import MessageError
 
@@ -75,17 +75,8 @@ class InProcChannel(Channel):
         done = set()
         for h, payload in sorted(outbox.items()):
             reply = self._call(round_index, stage, h, payload, max_reply)
-            if reply is None:
-                continue
-            s = sink(h)
-            try:
-                s.write(0, reply)
-                s.commit()
-            except ValueError as e:     # FrameError: the sink refused it (wrong length, sender, stage closed)
-                log.warning("holder %d: reply refused: %s", h, e)
-                s.abort()
-                continue
-            done.add(h)
+            if reply is not None and deliver(sink, h, reply):
+                done.add(h)
         return done
 
     def end_round(self, round_index: int) -> None:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 
 import ray
 
-from securefed.federation.channel import Channel, SinkFactory
+from securefed.federation.channel import Channel, SinkFactory, deliver
 from securefed.federation.stages import Stage
 
 __all__ = ["RayChannel", "HolderActor", "start_holders"]
@@ -169,15 +169,8 @@ class RayChannel(Channel):
         done: set[int] = set()
 
         def fold(h: int, reply: bytes) -> None:     # one reply at a time into the round's sink (O(P) memory)
-            s = sink(h)
-            try:
-                s.write(0, reply)
-                s.commit()
-            except ValueError as e:     # FrameError: the sink refused it (wrong length, sender, stage closed)
-                log.warning("holder %d: reply refused: %s", h, e)
-                s.abort()
-                return
-            done.add(h)
+            if deliver(sink, h, reply):
+                done.add(h)
         self._gather(self._dispatch(round_index, stage, outbox), deadline, Stage(stage).name, max_reply=max_reply,
                      on_reply=fold)
         return done

@@ -23,11 +23,11 @@ def pki(tmp_path):
     return tmp_path / "pki"
 
 
-def _holder_yaml(tmp_path, pki, net_cache, hid=1, **fields):
+def _holder_yaml(tmp_path, pki, fed_cache, hid=1, **fields):
     """A holder's own config: small stdlib data (the tokenizer shares the networked tests' cache)."""
     data = {"holder_id": hid, "state_dir": str(tmp_path / f"state{hid}"), "pki": str(pki), "max_failures": 0,
             "data": {"max_sources": 4, "max_bytes_per_source": 30000, "vocab_size": 512, "seq_len": 32,
-                     "cache_dir": net_cache}}
+                     "cache_dir": fed_cache}}
     for k, v in fields.items():
         if isinstance(v, dict) and isinstance(data.get(k), dict):
             data[k] = {**data[k], **v}
@@ -74,29 +74,29 @@ def test_server_refuses_a_bad_config_or_roster_before_creating_the_run(tmp_path,
     ({"data": {"tokenizer": "/no/such/tokenizer.json"}}, "does not exist"),
     ({"state_dir": "/no/such/parent/state"}, "state_dir's parent"),
 ])
-def test_client_bad_holder_config_is_one_usage_error_before_anything_is_sent(tmp_path, pki, net_cache, capsys,
+def test_client_bad_holder_config_is_one_usage_error_before_anything_is_sent(tmp_path, pki, fed_cache, capsys,
                                                                              fields, why):
     # --server 127.0.0.1:1: nothing listens there; a client that tried to connect would exit 6, not 2
-    rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, net_cache, **fields), "--server", "127.0.0.1:1"])
+    rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, **fields), "--server", "127.0.0.1:1"])
     err = capsys.readouterr().err
     assert rc == 2 and why in err and "Traceback" not in err
     assert err.count("securefed client:") == 1
 
 
-def test_client_missing_key_file_or_unknown_id_is_a_usage_error(tmp_path, pki, net_cache, capsys):
-    assert cli.main(["client", "--config", _holder_yaml(tmp_path, pki, net_cache, hid=9)]) == 2
+def test_client_missing_key_file_or_unknown_id_is_a_usage_error(tmp_path, pki, fed_cache, capsys):
+    assert cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, hid=9)]) == 2
     assert "missing key file" in capsys.readouterr().err
     (pki / "holders" / "2" / "key.pem").unlink()
-    assert cli.main(["client", "--config", _holder_yaml(tmp_path, pki, net_cache, hid=2)]) == 2
+    assert cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, hid=2)]) == 2
     assert "key.pem" in capsys.readouterr().err
     assert cli.main(["client", "--config", str(tmp_path / "absent.yaml")]) == 2
     # an override that contradicts the file is checked like the file
-    assert cli.main(["client", "--config", _holder_yaml(tmp_path, pki, net_cache, hid=1), "--set",
+    assert cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, hid=1), "--set",
                      "policy.min_ring_bits=8"]) == 2
     assert "min_ring_bits" in capsys.readouterr().err
 
 
-def test_client_refused_certificate_exits_3(tmp_path, pki, net_cache):
+def test_client_refused_certificate_exits_3(tmp_path, pki, fed_cache):
     """A holder whose certificate is CA-signed but not on the coordinator's roster gets exit code 3."""
     from securefed.federation.grpc import GrpcChannel
     from securefed.secagg import Roster
@@ -109,7 +109,7 @@ def test_client_refused_certificate_exits_3(tmp_path, pki, net_cache):
     channel = GrpcChannel(pki=short, roster=Roster.load(short / "roster.yaml"), port=0)
     channel.open(welcome_for=lambda h: pytest.fail("an unrostered holder must never be welcomed"), run_id=b"\x01" * 16)
     try:
-        rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, net_cache, hid=4, max_failures=1),
+        rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, hid=4, max_failures=1),
                        "--server", f"127.0.0.1:{channel.port}"])
     finally:
         channel.close()

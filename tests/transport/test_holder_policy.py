@@ -31,13 +31,13 @@ R = 1
 
 
 @pytest.fixture(scope="module")
-def plan(tmp_path_factory, net_cache):
+def plan(tmp_path_factory, fed_cache):
     """The coordinator's messages of round 1 for the cohort 1-4 (built by the real Coordinator's pieces)."""
     from securefed.federation.data import coordinator_data
 
     root = tmp_path_factory.mktemp("policy")
     cfg = load_run_config(overrides=["data.max_sources=4", "data.max_bytes_per_source=30000", "data.vocab_size=512",
-                                     "data.seq_len=32", f"data.cache_dir={net_cache}", "train.local_steps=1",
+                                     "data.seq_len=32", f"data.cache_dir={fed_cache}", "train.local_steps=1",
                                      "train.batch_size=2", "baseline=false", "deterministic_secrets=true"])
     lay = make_demo_pki(root / "pki", holders=4)
     roster = Roster.load(lay.roster)

@@ -133,11 +133,11 @@ def test_resume_records_the_round_in_flight_as_aborted_and_goes_on(tmp_path, tin
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory, net_cache):
+def done(tmp_path_factory, fed_cache):
     """A run directory after one completed round (copied by each test that damages it)."""
     root = tmp_path_factory.mktemp("done")
     overrides = ["data.max_sources=4", "data.max_bytes_per_source=30000", "data.vocab_size=512", "data.seq_len=32",
-                 f"data.cache_dir={net_cache}", "train.local_steps=1", "train.batch_size=2", "baseline=false",
+                 f"data.cache_dir={fed_cache}", "train.local_steps=1", "train.batch_size=2", "baseline=false",
                  "federation.rounds=1", "deterministic_secrets=true"]
     cfg = load_run_config(overrides=overrides)
     assert Simulation(cfg, root / "run", progress=False, stop_after_round=1).run() == {"stopped_after_round": 1}
