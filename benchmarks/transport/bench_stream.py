@@ -105,8 +105,8 @@ def drive(args) -> dict:
                 d = pki.holder_dir(hid)
                 c = TransportClient(f"127.0.0.1:{port}", load_client_credentials(cert=d / "cert.pem",
                                     key=d / "key.pem", ca=pki.ca_cert), chunk_size=int(args.chunk_mib * (1 << 20)))
-                c.join({}, timeout=30)
-                c.run_id = RUN
+                c.join(b"{}", timeout=30)   # this receiver's Join ignores the hello; the run id is fixed
+                c.set_run(RUN)
                 clients.append(c)
             # every holder streams the same buffer (all words = 3): no per-holder copies on the sending
             # side, and the receiver can check the folded sum (3·n in every element)
