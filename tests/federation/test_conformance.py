@@ -116,3 +116,21 @@ def test_system_entropy_gives_the_same_perplexity_within_quantization_error(tmp_
     b, _, _ = _run(tmp_path, overrides, "grpc")
     # 32-bit ring, C = 100 (demo): stochastic rounding moves each coordinate by < 2^-24·C — far below 1e-4 in ppl
     assert a["fed_eval_ppl"] == pytest.approx(b["fed_eval_ppl"], rel=1e-4)
+
+
+def test_a_holder_past_its_cap_refuses_before_training_over_grpc(tmp_path, tiny_run):
+    """Issue 12: a holder whose ε cap would be crossed refuses before training — through the deployment
+    code path (`securefed server` + `securefed client` processes) — and its own ledger says why. Holder 2's
+    own config caps it at ε = 0.05, below one round of this run (distributed DP, σ = 0.5): every round it
+    refuses at the offer, never trains (no optimizer state saved), and the others carry on without it."""
+    overrides = tiny_run + ["privacy.mode=distributed", "privacy.noise_multiplier=0.5", "privacy.clip=1.0",
+                            "federation.weighting=uniform", "privacy.force_unlearnable=true"]
+    capped = {2: {"policy": {"epsilon_cap": 0.05}}}
+    summary, ledger, rows = _run(tmp_path, overrides, "grpc", holder_overrides=capped)
+    own = read_ledger(tmp_path / "grpc" / "holders" / "2" / "ledger.jsonl")
+    assert [e["status"] for e in own] == ["refused", "refused"]
+    assert all("above its cap 0.05" in e["reason"] and e["cap"] == 0.05 for e in own)
+    assert not (tmp_path / "grpc" / "holders" / "2" / "trainer.pt").exists()      # it never trained
+    assert [r["clients_survived"] for r in rows] == [3, 3] and all("2" in r["refusals"] for r in rows)
+    assert all(e["refused"] == [2] and 2 not in e["survivors"] for e in ledger)
+    assert summary["rounds"] == 2
