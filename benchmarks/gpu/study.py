@@ -122,6 +122,14 @@ def cmd_run(a: argparse.Namespace) -> None:
     for s in sets:
         argv += ["--set", s]
     resume = (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()
+    if resume and not _resumes_exactly(run_dir):
+        # the newest model file is older than the last accounted round (federation.checkpoint_every > 1): the
+        # engine would resume from it and lose the rounds since, which makes the curve a splice of two runs
+        # (2026-12-02: rows of the first h_sweep call). A study row starts again instead; the old one is kept.
+        aside = run_dir.with_name(f"{name}.incomplete-{int(time.time())}")
+        run_dir.rename(aside)
+        print(f"[study] {name}: its checkpoint would lose rounds; moved to {aside.name}, starting again", flush=True)
+        resume = False
     if resume:
         argv.append("--resume")
     (Path(a.runs) / f"{name}.cmd.json").write_text(json.dumps({"argv": argv, "info": info, "args": vars(a)}, indent=1))
@@ -130,6 +138,21 @@ def cmd_run(a: argparse.Namespace) -> None:
     rc = securefed_main(argv)
     print(f"[study] {name}: rc={rc} in {time.perf_counter() - t:.0f} s", flush=True)
     sys.exit(rc)
+
+
+def _resumes_exactly(run_dir: Path) -> bool:
+    """True when the run's newest model file holds the state after its last finished round."""
+    import torch
+
+    from securefed.runtime.rundir import RunDir
+
+    ck = RunDir(run_dir).checkpoints
+    try:
+        st = torch.load(RunDir(run_dir).checkpoint_file, weights_only=True)
+        heavy = torch.load(ck / st["model_file"], weights_only=True)
+        return int(heavy["after_round"]) >= int(st["next_round"]) - 1
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError):
+        return False
 
 
 def _read_run(d: Path) -> dict:

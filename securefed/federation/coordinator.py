@@ -172,7 +172,8 @@ class Coordinator:
                  "model_preset": self.cfg.model.preset, "dim": self.dim, "model_file": self.model_file,
                  "sampler": self.sampler.bit_generator.state, "privacy": self.privacy.state_dict(), "pending": pending,
                  "metrics": self.metrics, "ckks_generation": self.ckks.generation if self.ckks else 0,
-                 "roster": self.roster.to_dict(), "wall": self.wall, "start_ppl": self.start_ppl}
+                 "roster": self.roster.to_dict(), "wall": self.wall, "start_ppl": self.start_ppl,
+                 "model_restarts": getattr(self, "model_restarts", [])}
         atomic_torch_save(state, self.rd.checkpoint_file)
         stale = getattr(self, "_stale_model", None)
         if stale and stale != self.model_file:   # the light checkpoint no longer names it
@@ -198,9 +199,8 @@ class Coordinator:
         self.model_file = st["model_file"]
         heavy = torch.load(self.rd.checkpoints / self.model_file, weights_only=True)
         self.outer.load_state_dict(heavy["outer"])
-        if heavy["after_round"] < self.next_round - 1:   # checkpoint_every > 1: rounds since are in the ledger
-            log.warning("the model resumes from round %d: rounds %d-%d were accounted, their updates are lost",
-                        heavy["after_round"], heavy["after_round"] + 1, self.next_round - 1)
+        self.model_restarts = list(st.get("model_restarts", []))
+        last_done = self.next_round - 1
         self.sampler.bit_generator.state = st["sampler"]
         if self.ckks:
             self.ckks.generation = int(st["ckks_generation"])
@@ -210,6 +210,15 @@ class Coordinator:
             self.metrics.append({"round": r, "aborted": "the coordinator restarted during this round",
                                  "clients_sampled": 0, "clients_survived": 0, "aggregation": self.cfg.aggregation.mode})
             self.next_round = r + 1
+        if heavy["after_round"] < last_done:   # checkpoint_every > 1: rounds since are in the ledger, not in θ
+            lost = [int(heavy["after_round"]) + 1, last_done]
+            why = (f"the model resumed from its state after round {lost[0] - 1}: the updates of rounds "
+                   f"{lost[0]}-{lost[1]} are lost (their privacy spend stays accounted; federation.checkpoint_every "
+                   f"is {self.cfg.federation.checkpoint_every}), so the curve before and after is not one run")
+            log.warning(why)
+            self.model_restarts.append({"resumed_at_round": self.next_round, "model_after_round": lost[0] - 1,
+                                        "lost_rounds": lost})
+            self._restart_warning = why
         self.rd.write_jsonl(self.rd.metrics, self.metrics)
         if replayed or st.get("pending") or st.get("in_flight") is not None:
             self._checkpoint()
@@ -401,6 +410,9 @@ class Coordinator:
         pending = {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": survivors, "refused": refused,
                    "min_survivors": t_min, "clipped": {str(h): bool(c) for h, c in clipped.items()}}
         row["warnings"] = self.health.check(row)   # [] when all is well: the report knows they were checked
+        if getattr(self, "_restart_warning", None):   # said once, in the first round after a lossy resume
+            row["warnings"].append(self._restart_warning)
+            self._restart_warning = None
         self.metrics.append(row)
         self.next_round = r + 1
         every = fed.checkpoint_every
@@ -492,6 +504,7 @@ class Coordinator:
             "unigram_eval_ppl": self.data.unigram_eval_ppl, "privacy_mode": self.cfg.privacy.mode,
             "run_id": self.run_id.hex(), "deployment": self.opt.deployment, "backend": self.opt.backend,
             "holders": self.cfg.federation.n_holders, "model_sha256": _file_sha256(self.rd.model / "model.safetensors"),
+            "model_restarts": getattr(self, "model_restarts", []),   # lossy resumes (checkpoint_every > 1), [] if none
             "ledger_head": self.privacy.ledger.head, "ledger_entries": len(self.privacy.ledger.entries),
             "start_eval_ppl": self.start_ppl,
             "phase_seconds": dict(self.progress.phase_seconds),

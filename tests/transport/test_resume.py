@@ -132,6 +132,32 @@ def test_resume_records_the_round_in_flight_as_aborted_and_goes_on(tmp_path, tin
     assert not torch.equal(_theta(run), theta0)
 
 
+@pytest.mark.slow
+def test_a_resume_that_loses_rounds_says_so_in_metrics_and_summary(tmp_path, tiny_run, monkeypatch):
+    """checkpoint_every = 3: the coordinator dies in round 3, after rounds 1-2 were accounted but with the model
+    file still θ₀. The restart goes on from θ₀ (the lost updates cannot be re-run) and says so: a warning in
+    the next round's metrics row and a ``model_restarts`` record in summary.json — never a quiet splice."""
+    cfg = _cfg(tiny_run, "federation.rounds=4", "federation.checkpoint_every=3")
+    run = RunDir(tmp_path / "run")
+    secure_sum = coordinator_module.secure_sum
+
+    def dies_in_round_3(channel, r, *a, **kw):
+        if r == 3:
+            raise Crash()
+        return secure_sum(channel, r, *a, **kw)
+    monkeypatch.setattr(coordinator_module, "secure_sum", dies_in_round_3)
+    with pytest.raises(Crash):
+        Simulation(cfg, run.root, progress=False).run()
+    monkeypatch.undo()
+    assert _checkpoint(run)["model_file"] == "model-0.pt" and _rounds(run) == [1, 2]
+    summary = Simulation(cfg, run.root, progress=False, resume=True).run()
+    assert summary["model_restarts"] == [{"resumed_at_round": 4, "model_after_round": 0, "lost_rounds": [1, 2]}]
+    rows = RunDir.read_jsonl(run.metrics)
+    assert [r["round"] for r in rows] == [1, 2, 3, 4] and "aborted" in rows[2]
+    assert any("updates of rounds 1-2 are lost" in w for w in rows[3]["warnings"])
+    assert _rounds(run) == [1, 2, 4]                     # the spend of the lost rounds stays accounted
+
+
 @pytest.fixture(scope="module")
 def done(tmp_path_factory, fed_cache):
     """A run directory after one completed round (copied by each test that damages it)."""
