@@ -2,8 +2,9 @@
 
   calibrate   σ for each target record-level ε at the planned steps (Opacus RDP, the holders' own accountant)
   prepare     tokenize the corpus once with exactly the rows' data config (fills $SECUREFED_CACHE)
-  throughput  tokens/s of one trainer step at a fixed batch: the non-private trainer (compile + Liger),
-              the same eager, DP-SGD ghost clipping, DP-SGD functorch per-sample (random tokens)
+  throughput  tokens/s of one trainer step at a fixed batch (random tokens): the non-private trainer
+              (compile + Liger), the same eager, DP-SGD ghost clipping (book-keeping; and with Opacus'
+              second backward), DP-SGD per-sample gradients
   row         one study row: exactly `securefed simulate` (4 holders, secure aggregation) with or without
               train.dp_sgd; RUNS/<name>.cmd.json holds the argv
   summarize   every row's perplexity at the last round all rows reached (equal tokens), its record ε,
@@ -113,9 +114,11 @@ def _one_mode(mode: str, a: argparse.Namespace) -> dict:
     cfg = TrainConfig(local_steps=1, batch_size=a.batch, lr=1e-3, warmup_steps=0, accelerator="cuda" if cuda else "cpu",
                       compile=mode == "np-trainer" and cuda, fused="auto" if mode == "np-trainer" else "off",
                       dp_sgd=DPSGDConfig(enabled=dp, noise_multiplier=1.0, max_grad_norm=CLIP,
-                                         clipping="ghost" if mode == "dp-ghost" else "per_sample"))
+                                         clipping="ghost" if mode.startswith("dp-ghost") else "per_sample"))
     model = build_model(a.size, vocab_size=a.vocab, seq_len=a.seq, seed=0)
     trainer = LocalTrainer(model, cfg)
+    if mode == "dp-ghost-2bwd":   # Opacus' own second backward instead of book-keeping (reference)
+        trainer._gsm.book_keeping = False
     data = torch.randint(0, a.vocab, (max(4 * a.batch, 256), a.seq), generator=torch.Generator().manual_seed(0))
     holder = trainer.new_holder(0, data, seed=0, total_steps=10**6, dp_secret_seed=1 if dp else None)
     x = data[: a.batch].to(trainer.fabric.device)
@@ -161,7 +164,9 @@ def _read(d: Path) -> dict:
 def cmd_summarize(a: argparse.Namespace) -> None:
     runs = {d.name: _read(d) for d in sorted(Path(a.runs).iterdir()) if d.is_dir() and (d.parent / f"{d.name}.cmd.json").exists()}
     evald = {n: {r["round"]: r for r in v["rows"] if r.get("eval_ppl") is not None} for n, v in runs.items()}
-    common = set.intersection(*(set(e) for e in evald.values())) if evald else set()
+    # equal tokens: the last round every row that evaluated at all reached (a row with none is listed, empty)
+    reached = [set(e) for e in evald.values() if e]
+    common = set.intersection(*reached) if reached else set()
     at = max(common) if common else None
     table = []
     for n, v in runs.items():
@@ -185,7 +190,7 @@ def cmd_summarize(a: argparse.Namespace) -> None:
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"{'row':<14}{'σ':>7}{'round':>6}{'tokens':>12}{'ppl':>9}{'×np':>7}{'ε':>8}")
     for t in table:
-        f = lambda v, s: format(v, s) if isinstance(v, (int, float)) else "-"  # noqa: E731
+        f = lambda v, s: format(v, s) if isinstance(v, (int, float)) else "-".rjust(int(s.split(".")[0].rstrip(",d")))  # noqa: E731
         print(f"{t['row']:<14}{f(t['sigma'], '7.3f')}{f(t['round'], '6d')}{f(t['tokens'], '12,d')}"
               f"{f(t['eval_ppl'], '9.2f')}{f(t['ppl_ratio'], '7.2f')}{f(t['record_epsilon'], '8.2f')}")
     for r in tp:
@@ -225,7 +230,7 @@ def main() -> None:
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--warmup", type=int, default=3)
     t.add_argument("--steps", type=int, default=10)
-    t.add_argument("--modes", default="np-trainer,np-eager,dp-ghost,dp-per_sample")
+    t.add_argument("--modes", default="np-trainer,np-eager,dp-ghost,dp-ghost-2bwd,dp-per_sample")
     t.add_argument("--out", required=True)
     s = sub.add_parser("summarize")
     s.add_argument("--runs", required=True)

@@ -25,9 +25,9 @@ class DPSGDConfig:
     the holder's own RDP accountant gives its record-level ε at ``delta``.
 
     ``clipping`` says how each sequence's gradient norm is found; the guarantee is the same either way:
-      per_sample  Opacus' functorch per-sample gradients: B copies of every parameter's gradient at once
+      per_sample  Opacus' per-sample gradients (GradSampleModule): B copies of every parameter's gradient
       ghost       Opacus' ghost / fast gradient clipping (securefed.privacy.ghost): per-sample *norms*
-                  layer by layer, then a second backward of the clipped loss; never B copies of the model
+                  layer by layer, the clipped sum by book-keeping; never B copies of the model's gradient
     ``micro_batch_size`` (ghost only): the Poisson batch (expected ``batch_size`` sequences) is run in
     slices of at most this many, their clipped gradients summed, and noised once: one accounted step.
     """
@@ -99,8 +99,8 @@ class TrainConfig:
         if self.compile and self.dp_sgd.enabled:
             raise ValueError("train.compile cannot be combined with train.dp_sgd (Opacus' per-sample hooks)")
         if self.dp_sgd.enabled and self.dp_sgd.clipping == "ghost" and self.precision == "16-mixed":
-            raise ValueError("train.dp_sgd.clipping=ghost runs its own two backward passes, without fp16 loss "
-                             "scaling: use precision bf16-mixed, bf16-true or 32-true")
+            raise ValueError("train.dp_sgd.clipping=ghost runs its own backward, without fp16 loss scaling: "
+                             "use precision bf16-mixed, bf16-true or 32-true")
         if self.dp_sgd.enabled and self.dp_sgd.clipping == "ghost" and self.devices > 1:
             raise ValueError("train.dp_sgd.clipping=ghost runs on one device per holder (train.devices=1); "
                              "use micro_batch_size for large batches")

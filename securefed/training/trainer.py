@@ -137,8 +137,8 @@ class LocalTrainer:
 
         total = torch.zeros((), device=x.device)
         for xs in x.split(self.cfg.dp_sgd.micro_batch_size or x.shape[0]):
-            # the bare module under Fabric's autocast: its wrapper would refuse the two plain autograd
-            # passes below (it insists on fabric.backward, for fp16 loss scaling, which config refuses here)
+            # the bare module under Fabric's autocast: its wrapper would refuse the plain autograd call in
+            # clipped_backward (it insists on fabric.backward, for fp16 loss scaling, which config refuses here)
             with self._sdpa(), self.fabric.autocast():
                 logits = self._gsm(input_ids=xs).logits                                   # (m, T, V)
                 nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), xs[:, 1:].flatten(),

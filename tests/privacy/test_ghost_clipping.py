@@ -47,8 +47,9 @@ def _loop_reference(model, x):
     return total, torch.stack(norms)
 
 
+@pytest.mark.parametrize("book_keeping", [True, False])
 @pytest.mark.parametrize("seq_len,route", [(6, "ghost"), (24, "instantiate")])
-def test_ghost_clipped_sum_equals_per_sample(seq_len, route):
+def test_ghost_clipped_sum_equals_per_sample(seq_len, route, book_keeping):
     x = torch.randint(0, V, (5, seq_len), generator=torch.Generator().manual_seed(seq_len))
     ref_model = _tiny_llama()
     ref, ref_norms = _loop_reference(ref_model, x)
@@ -63,7 +64,7 @@ def test_ghost_clipped_sum_equals_per_sample(seq_len, route):
     ft_sum = [torch.einsum("b,b...->...", coef, g) for g in gs]
 
     model = _tiny_llama()
-    gsm = GhostClippingModule(model, max_grad_norm=C)
+    gsm = GhostClippingModule(model, max_grad_norm=C, book_keeping=book_keeping)
     norms = clipped_backward(gsm, _record_losses(gsm, x), norm_inputs=[model.get_input_embeddings().weight])
     assert gsm.routes["model.layers.0.self_attn.q_proj"] == route
     assert gsm.routes["lm_head"] == "instantiate" and gsm.routes["model.embed_tokens"] == "instantiate"  # tied
@@ -75,11 +76,12 @@ def test_ghost_clipped_sum_equals_per_sample(seq_len, route):
         torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-7)
 
 
-def test_untied_embedding_takes_the_ghost_route_and_slices_add_up():
+@pytest.mark.parametrize("book_keeping", [True, False])
+def test_untied_embedding_takes_the_ghost_route_and_slices_add_up(book_keeping):
     x = torch.randint(0, V, (6, 6), generator=torch.Generator().manual_seed(3))
     ref, _ = _loop_reference(_tiny_llama(tie=False), x)
     model = _tiny_llama(tie=False)
-    gsm = GhostClippingModule(model, max_grad_norm=C)
+    gsm = GhostClippingModule(model, max_grad_norm=C, book_keeping=book_keeping)
     for xs in x.split(4):                                # two slices of one Poisson batch: 4 + 2 records
         clipped_backward(gsm, _record_losses(gsm, xs))
     assert gsm.routes["model.embed_tokens"] == "ghost" and gsm.routes["lm_head"] == "ghost"
@@ -179,6 +181,7 @@ def test_unsupported_models_are_refused():
         def forward(self, x):
             return self.a(x) @ self.b.weight.t()                                    # (b, 1); b never runs
 
-    g = GhostClippingModule(Sneaky(), max_grad_norm=1.0)
-    with pytest.raises(RuntimeError, match="no per-record gradient norm for parameter 'b.weight'"):
-        clipped_backward(g, g(torch.randn(3, 4)).squeeze(1))
+    for book_keeping in (True, False):
+        g = GhostClippingModule(Sneaky(), max_grad_norm=1.0, book_keeping=book_keeping)
+        with pytest.raises(RuntimeError, match="no per-record gradient norm for parameter 'b.weight'"):
+            clipped_backward(g, g(torch.randn(3, 4)).squeeze(1))
