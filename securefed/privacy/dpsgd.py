@@ -5,9 +5,11 @@ sampling of each batch with rate ``sample_rate`` (Opacus' DPDataLoader gives tru
 with a fixed-size loader the guarantee is approximate — protocols/dp.md §2). The holder keeps its own
 accountant (Opacus RDP) for this record-level ε; it composes with nothing else in this module.
 
-Per-sample gradients: Opacus' ``GradSampleModule`` with ``grad_sample_mode="functorch"``, which
-derives per-sample gradients with torch.func for every layer, including layers without a hand-written
-grad sampler (LlamaRMSNorm, rotary embeddings) — so a transformers LlamaForCausalLM works as built.
+Per-sample gradients (``clipping="per_sample"``): Opacus' ``GradSampleModule`` in hooks mode — hand-
+written samplers for Linear and Embedding, torch.func for every layer without one (LlamaRMSNorm) — so a
+transformers LlamaForCausalLM works as built. It holds B copies of every parameter's gradient at once.
+``clipping="ghost"`` (securefed.privacy.ghost) finds the per-sample norms layer by layer instead and
+never does; same mechanism, same accountant.
 """
 
 from __future__ import annotations
@@ -17,9 +19,21 @@ import math
 import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 
-__all__ = ["attach_dp_sgd"]
+from securefed.privacy.ghost import GhostClippingModule
+
+__all__ = ["attach_dp_sgd", "wrap_for_dp_sgd"]
+
+
+def wrap_for_dp_sgd(model: torch.nn.Module, *, clipping: str, max_grad_norm: float) -> torch.nn.Module:
+    """The model with Opacus' hooks for ``clipping``: "per_sample" (functorch GradSampleModule, the
+    trainer's loss is the batch mean) or "ghost" (GhostClippingModule, per-record losses)."""
+    if clipping == "per_sample":
+        return GradSampleModule(model, loss_reduction="mean")
+    if clipping == "ghost":
+        return GhostClippingModule(model, max_grad_norm=max_grad_norm)
+    raise ValueError(f"clipping must be 'per_sample' or 'ghost', got {clipping!r}")
 
 
 def attach_dp_sgd(
@@ -31,7 +45,7 @@ def attach_dp_sgd(
     expected_batch_size: int,
     sample_rate: float,
     generator: torch.Generator | None = None,
-) -> tuple[GradSampleModule, DPOptimizer, RDPAccountant]:
+) -> tuple[torch.nn.Module, DPOptimizer, RDPAccountant]:
     """Wrap ``model``/``optimizer`` for DP-SGD; returns (GradSampleModule, DPOptimizer, accountant).
 
     Every ``optimizer.step()`` clips each sample's gradient to ``max_grad_norm``, adds
@@ -40,6 +54,10 @@ def attach_dp_sgd(
     per-sample-separable losses (no batch-coupled layers such as BatchNorm). ``generator``: where the
     noise is drawn from (on the parameters' device); None falls back to torch's global RNG, which is
     predictable from a seed: callers that release models pass a secretly seeded one.
+
+    A ``GhostClippingModule`` gets Opacus' DPOptimizerFastGradientClipping: ``.grad`` already holds the
+    clipped sum (securefed.privacy.ghost.clipped_backward, once per slice of the Poisson batch); the
+    step adds the same noise, divides by the same ``expected_batch_size`` and records the same event.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError("model must be a torch.nn.Module")
@@ -56,8 +74,14 @@ def attach_dp_sgd(
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
     if isinstance(expected_batch_size, bool) or not isinstance(expected_batch_size, int) or expected_batch_size < 1:
         raise ValueError("expected_batch_size must be an int >= 1")
-    gsm = model if isinstance(model, GradSampleModule) else GradSampleModule(model, loss_reduction="mean")
-    dp_opt = DPOptimizer(
+    if isinstance(model, GhostClippingModule):
+        if model.max_grad_norm != max_grad_norm:
+            raise ValueError(f"max_grad_norm {max_grad_norm} differs from the module's clip {model.max_grad_norm}")
+        gsm, opt_cls = model, DPOptimizerFastGradientClipping
+    else:
+        gsm = model if isinstance(model, GradSampleModule) else GradSampleModule(model, loss_reduction="mean")
+        opt_cls = DPOptimizer
+    dp_opt = opt_cls(
         optimizer,
         noise_multiplier=float(noise_multiplier),
         max_grad_norm=float(max_grad_norm),

@@ -23,16 +23,35 @@ class DPSGDConfig:
     Batches are then Poisson-sampled (each sequence with probability batch_size / N), each sequence's
     gradient is clipped to max_grad_norm and Gaussian noise N(0, (σ·max_grad_norm)²) is added per step;
     the holder's own RDP accountant gives its record-level ε at ``delta``.
+
+    ``clipping`` says how each sequence's gradient norm is found; the guarantee is the same either way:
+      per_sample  Opacus' per-sample gradients (GradSampleModule): B copies of every parameter's gradient
+      ghost       Opacus' ghost / fast gradient clipping (securefed.privacy.ghost): per-sample *norms*
+                  layer by layer, the clipped sum by book-keeping; never B copies of the model's gradient
+    ``micro_batch_size`` (ghost only): the Poisson batch (expected ``batch_size`` sequences) is run in
+    slices of at most this many, their clipped gradients summed, and noised once: one accounted step.
     """
 
     enabled: bool = False
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     delta: float = 1e-5
+    clipping: Literal["per_sample", "ghost"] = "per_sample"
+    micro_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or not 0 < self.delta < 1:
             raise ValueError("train.dp_sgd: noise_multiplier >= 0, max_grad_norm > 0 and 0 < delta < 1 required")
+        if self.clipping not in ("per_sample", "ghost"):
+            raise ValueError(f"train.dp_sgd.clipping must be 'per_sample' or 'ghost', got {self.clipping!r}")
+        if self.micro_batch_size is not None:
+            if isinstance(self.micro_batch_size, bool) or not isinstance(self.micro_batch_size, int):
+                raise TypeError(f"train.dp_sgd.micro_batch_size must be an int or null, got {self.micro_batch_size!r}")
+            if self.micro_batch_size < 1:
+                raise ValueError(f"train.dp_sgd.micro_batch_size must be >= 1, got {self.micro_batch_size}")
+            if self.clipping != "ghost":
+                raise ValueError("train.dp_sgd.micro_batch_size needs train.dp_sgd.clipping=ghost (per_sample "
+                                 "mode takes each Poisson batch in one piece)")
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,12 @@ class TrainConfig:
             raise ValueError(f"train.sdpa_backend must be 'auto', 'cudnn' or 'flash', got {self.sdpa_backend!r}")
         if self.compile and self.dp_sgd.enabled:
             raise ValueError("train.compile cannot be combined with train.dp_sgd (Opacus' per-sample hooks)")
+        if self.dp_sgd.enabled and self.dp_sgd.clipping == "ghost" and self.precision == "16-mixed":
+            raise ValueError("train.dp_sgd.clipping=ghost runs its own backward, without fp16 loss scaling: "
+                             "use precision bf16-mixed, bf16-true or 32-true")
+        if self.dp_sgd.enabled and self.dp_sgd.clipping == "ghost" and self.devices > 1:
+            raise ValueError("train.dp_sgd.clipping=ghost runs on one device per holder (train.devices=1); "
+                             "use micro_batch_size for large batches")
         if self.compile and self.compile_scope == "model" and self.fused in ("all", "head"):
             raise ValueError("train.compile_scope=model breaks Liger's fused loss: use compile_scope=blocks "
                              "or train.fused=off")

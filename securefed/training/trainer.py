@@ -92,14 +92,23 @@ class LocalTrainer:
         if blocks:
             _fused.compile_blocks(model)
         self.compiled = "blocks" if blocks else ("model" if cfg.compile else None)
+        self._ghost = cfg.dp_sgd.enabled and cfg.dp_sgd.clipping == "ghost"
         if cfg.dp_sgd.enabled:
-            from opacus import GradSampleModule
+            from securefed.privacy.dpsgd import wrap_for_dp_sgd
 
-            # per-sample gradients for every holder's steps (hooks live on the shared model)
-            self.model = self.fabric.setup_module(GradSampleModule(model, loss_reduction="mean"))
+            # per-sample gradients (or norms, ghost) for every holder's steps (hooks live on the shared model)
+            self._gsm = wrap_for_dp_sgd(model, clipping=cfg.dp_sgd.clipping, max_grad_norm=cfg.dp_sgd.max_grad_norm)
+            self.model = self.fabric.setup_module(self._gsm)
+            # ghost pass 1 differentiates only to the input embedding's output: every layer's output
+            # gradient (what the norm hooks need) without forming any weight gradient twice — the LM
+            # head's alone costs as much as all six 20m blocks' (V = 32768 vs d = 384)
+            self._emb_out: list[torch.Tensor] = []
+            emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+            if self._ghost and emb is not None:
+                emb.register_forward_hook(lambda _m, _i, out: self._emb_out.append(out) if out.requires_grad else None)
         else:
             self.model = self.fabric.setup_module(model)
-        self._step_fn = self._train_step
+        self._step_fn = self._ghost_step if self._ghost else self._train_step
         self._forward = torch.compile(self.model) if self.compiled == "model" else self.model
         self._layout = [p.numel() for p in model.parameters()]
 
@@ -120,13 +129,39 @@ class LocalTrainer:
         opt.zero_grad(set_to_none=True)
         return out.loss.detach()
 
+    def _ghost_step(self, opt, x: torch.Tensor) -> torch.Tensor:
+        """One DP-SGD step with ghost clipping (securefed.privacy.ghost) on the Poisson batch x (b, T):
+        slices of at most dp_sgd.micro_batch_size records each add their clipped gradient sum to .grad,
+        then one noised, accounted step, as if the batch had gone through in one piece."""
+        from securefed.privacy.ghost import clipped_backward
+
+        total = torch.zeros((), device=x.device)
+        for xs in x.split(self.cfg.dp_sgd.micro_batch_size or x.shape[0]):
+            # the bare module under Fabric's autocast: its wrapper would refuse the plain autograd call in
+            # clipped_backward (it insists on fabric.backward, for fp16 loss scaling, which config refuses here)
+            with self._sdpa(), self.fabric.autocast():
+                logits = self._gsm(input_ids=xs).logits                                   # (m, T, V)
+                nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), xs[:, 1:].flatten(),
+                                                        reduction="none")                 # (m·(T−1),)
+                loss_i = nll.view(xs.shape[0], -1).mean(1)         # (m,) each record's own mean loss
+                del logits, nll
+                emb_out, self._emb_out[:] = self._emb_out[:], []
+                clipped_backward(self._gsm, loss_i, norm_inputs=emb_out if len(emb_out) == 1 else None)
+            total += loss_i.detach().sum()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return total / x.shape[0]
+
     def _dp_empty_step(self, opt) -> None:
         """One DP-SGD step on an empty Poisson batch: the mechanism still runs (clipped sum = 0, plus
         Gaussian noise, divided by the expected batch size) and the accountant records it. Skipping
         it would release "this batch was empty" outside the accountant's view."""
         for p in self.raw_model.parameters():
             if p.requires_grad:
-                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+                if self._ghost:   # the fast-clipping optimizer noises .grad, the clipped sum: here zero
+                    p.grad = torch.zeros_like(p)
+                else:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -193,8 +228,7 @@ class HolderTrainer:
         if cfg.dp_sgd.enabled:
             from securefed.privacy.dpsgd import attach_dp_sgd
 
-            gsm = self.parent.model.module if hasattr(self.parent.model, "module") else self.parent.model
-            _, opt, accountant = attach_dp_sgd(gsm, opt, noise_multiplier=cfg.dp_sgd.noise_multiplier,
+            _, opt, accountant = attach_dp_sgd(self.parent._gsm, opt, noise_multiplier=cfg.dp_sgd.noise_multiplier,
                                                max_grad_norm=cfg.dp_sgd.max_grad_norm,
                                                expected_batch_size=self.batch_size,
                                                sample_rate=self.batch_size / self.data.shape[0],

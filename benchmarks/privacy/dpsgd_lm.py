@@ -1,0 +1,245 @@
+"""Record-level DP-SGD at LM scale (issue 15, item 4): the driver behind benchmarks/privacy/dpsgd_lm.sh.
+
+  calibrate   σ for each target record-level ε at the planned steps (Opacus RDP, the holders' own accountant)
+  prepare     tokenize the corpus once with exactly the rows' data config (fills $SECUREFED_CACHE)
+  throughput  tokens/s of one trainer step at a fixed batch (random tokens): the non-private trainer
+              (compile + Liger), the same eager, DP-SGD ghost clipping (book-keeping; and with Opacus'
+              second backward), DP-SGD per-sample gradients
+  row         one study row: exactly `securefed simulate` (4 holders, secure aggregation) with or without
+              train.dp_sgd; RUNS/<name>.cmd.json holds the argv
+  summarize   every row's perplexity at the last round all rows reached (equal tokens), its record ε,
+              and the throughput table -> one JSON
+
+Every row evaluates every round, so a row cut short by the time limit still pairs at equal tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+N_HOLDERS, DELTA, CLIP = 4, 1e-5, 1.0
+
+
+def calibrate(*, records: int, batch: int, steps: int, targets: list[float]) -> dict[str, float]:
+    """σ such that the holder's Opacus RDP accountant reports ε(δ = 1e-5) <= target after ``steps``
+    Poisson steps at q = batch / records (what the trainer's accountant will compute)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    q = batch / records
+    return {f"{eps:g}": get_noise_multiplier(target_epsilon=eps, target_delta=DELTA, sample_rate=q, steps=steps,
+                                              accountant="rdp", epsilon_tolerance=0.005) for eps in targets}
+
+
+def row_sets(a: argparse.Namespace) -> tuple[str, list[str]]:
+    """(preset, --set overrides) of one row; --tiny: the CPU demo data and model."""
+    if a.tiny:
+        preset = "dp-sgd"
+        sets = ["model.preset=tiny", "data.max_bytes_per_source=200000", "data.seq_len=128", "train.accelerator=cpu",
+                "train.precision=32-true"]
+    else:
+        preset, c = "gpu-20m", Path(a.corpus)
+        sets = [f"model.preset={a.size}", f"data.source={c / 'pile'}", f"data.tokenizer={c / 'tokenizer'}",
+                "data.partition=iid", "data.max_sources=null", "data.max_bytes_per_source=1000000000",
+                "data.seq_len=1024", "data.eval_fraction=0.01", "train.eval_batch_size=64"]
+    sets += [f"seed={a.seed}", f"train.local_steps={a.h}", f"train.batch_size={a.batch}", f"train.lr={a.lr}",
+             f"train.warmup_steps={a.warmup}", "train.min_lr_ratio=0.1", "train.grad_clip=1.0",
+             f"federation.n_holders={N_HOLDERS}", f"federation.rounds={a.rounds}", "federation.eval_every=1",
+             "federation.weighting=uniform", "federation.checkpoint_every=100", "baseline=false",
+             "privacy.mode=none", "privacy.clip=1000", "aggregation.mode=secagg", "outer.name=fedavg", "outer.lr=1.0"]
+    if a.sigma is None:   # the non-private trainer, as users run it (compile + Liger on the GPU)
+        sets += ["train.dp_sgd.enabled=false", f"train.compile={'false' if a.tiny else 'true'}"]
+    else:
+        sets += ["train.dp_sgd.enabled=true", "train.compile=false", f"train.dp_sgd.clipping={a.clipping}",
+                 f"train.dp_sgd.noise_multiplier={a.sigma}", f"train.dp_sgd.max_grad_norm={CLIP}",
+                 "train.dp_sgd.delta=1.0e-5"]  # YAML reads "1e-05" as a string
+        if a.clipping == "ghost" and a.micro:
+            sets.append(f"train.dp_sgd.micro_batch_size={a.micro}")
+    return preset, sets + list(a.set or [])
+
+
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    sig = calibrate(records=a.records, batch=a.batch, steps=a.steps, targets=a.eps)
+    print(json.dumps({"records": a.records, "batch": a.batch, "steps": a.steps, "delta": DELTA, "sigma": sig}))
+
+
+def cmd_prepare(a: argparse.Namespace) -> None:
+    from securefed.runtime.config import load_run_config
+    from securefed.training.data import prepare_federated_data
+
+    preset, sets = row_sets(a)
+    cfg = load_run_config(preset=preset, overrides=tuple(sets))
+    t = time.perf_counter()
+    data = prepare_federated_data(cfg.data, n_holders=N_HOLDERS, seed=cfg.seed, progress=False)
+    out = {"content_hash": data.manifest["content_hash"], "records_per_holder": [int(h.shape[0]) for h in data.holder_train],
+           "eval_sequences": int(data.eval_global.shape[0]), "unigram_eval_ppl": data.unigram_eval_ppl,
+           "seconds": round(time.perf_counter() - t, 1)}
+    print(json.dumps(out))
+    if a.out:
+        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+def cmd_row(a: argparse.Namespace) -> None:
+    from securefed.cli import main as securefed_main
+
+    preset, sets = row_sets(a)
+    argv = ["simulate", "--preset", preset, "--out", str(Path(a.runs) / a.name), "--quiet"]
+    for s in sets:
+        argv += ["--set", s]
+    Path(a.runs).mkdir(parents=True, exist_ok=True)
+    (Path(a.runs) / f"{a.name}.cmd.json").write_text(json.dumps({"argv": argv, "args": vars(a)}, indent=1))
+    print(f"[dpsgd_lm] {a.name}: securefed {' '.join(argv)}", flush=True)
+    t = time.perf_counter()
+    rc = securefed_main(argv)
+    print(f"[dpsgd_lm] {a.name}: rc={rc} in {time.perf_counter() - t:.0f} s", flush=True)
+    sys.exit(rc)
+
+
+def _one_mode(mode: str, a: argparse.Namespace) -> dict:
+    """Time ``a.steps`` trainer steps on a fixed (batch, seq) batch of random tokens; one mode."""
+    import torch
+
+    from securefed.training.config import DPSGDConfig, TrainConfig
+    from securefed.training.models import build_model
+    from securefed.training.trainer import LocalTrainer
+
+    cuda = torch.cuda.is_available()
+    dp = mode.startswith("dp-")
+    cfg = TrainConfig(local_steps=1, batch_size=a.batch, lr=1e-3, warmup_steps=0, accelerator="cuda" if cuda else "cpu",
+                      compile=mode == "np-trainer" and cuda, fused="auto" if mode == "np-trainer" else "off",
+                      dp_sgd=DPSGDConfig(enabled=dp, noise_multiplier=1.0, max_grad_norm=CLIP,
+                                         clipping="ghost" if mode.startswith("dp-ghost") else "per_sample"))
+    model = build_model(a.size, vocab_size=a.vocab, seq_len=a.seq, seed=0)
+    trainer = LocalTrainer(model, cfg)
+    if mode == "dp-ghost-2bwd":   # Opacus' own second backward instead of book-keeping (reference)
+        trainer._gsm.book_keeping = False
+    data = torch.randint(0, a.vocab, (max(4 * a.batch, 256), a.seq), generator=torch.Generator().manual_seed(0))
+    holder = trainer.new_holder(0, data, seed=0, total_steps=10**6, dp_secret_seed=1 if dp else None)
+    x = data[: a.batch].to(trainer.fabric.device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(a.warmup):
+        trainer._step_fn(holder.optimizer, x)
+    sync()
+    t = time.perf_counter()
+    for _ in range(a.steps):
+        loss = trainer._step_fn(holder.optimizer, x)
+    float(loss)
+    sync()
+    sec = time.perf_counter() - t
+    out = {"mode": mode, "batch": a.batch, "seq": a.seq, "steps": a.steps, "seconds": round(sec, 3),
+           "tokens_per_s": a.steps * a.batch * a.seq / sec, "fused": trainer.fused, "compiled": trainer.compiled,
+           "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
+    del trainer, holder, model
+    if cuda:
+        torch.cuda.empty_cache()
+    return out
+
+
+def cmd_throughput(a: argparse.Namespace) -> None:
+    rows = []
+    for mode in a.modes.split(","):
+        try:
+            rows.append(_one_mode(mode, a))
+        except Exception as e:  # noqa: BLE001 - one mode failing (e.g. out of memory) must not lose the others
+            rows.append({"mode": mode, "error": f"{type(e).__name__}: {e}"[:500]})
+        print(json.dumps(rows[-1]), flush=True)
+    Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def _read(d: Path) -> dict:
+    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+        if (d / "metrics.jsonl").exists() else []
+    cmd = json.loads((d.parent / f"{d.name}.cmd.json").read_text())
+    return {"rows": rows, "args": cmd["args"], "argv": cmd["argv"]}
+
+
+def cmd_summarize(a: argparse.Namespace) -> None:
+    runs = {d.name: _read(d) for d in sorted(Path(a.runs).iterdir()) if d.is_dir() and (d.parent / f"{d.name}.cmd.json").exists()}
+    evald = {n: {r["round"]: r for r in v["rows"] if r.get("eval_ppl") is not None} for n, v in runs.items()}
+    # equal tokens: the last round every row that evaluated at all reached (a row with none is listed, empty)
+    reached = [set(e) for e in evald.values() if e]
+    common = set.intersection(*reached) if reached else set()
+    at = max(common) if common else None
+    table = []
+    for n, v in runs.items():
+        r = evald[n].get(at, {})
+        last = v["rows"][-1] if v["rows"] else {}
+        table.append({"row": n, "sigma": v["args"]["sigma"], "clipping": v["args"]["clipping"] if v["args"]["sigma"] is not None else None,
+                      "round": at, "tokens": r.get("tokens_seen"), "eval_ppl": r.get("eval_ppl"),
+                      "record_epsilon": r.get("record_epsilon_max"), "rounds_done": last.get("round"),
+                      "round_seconds": [round(x["seconds"], 1) for x in v["rows"]]})
+    base = next((t["eval_ppl"] for t in table if t["sigma"] is None and t["eval_ppl"]), None)
+    for t in table:
+        t["ppl_ratio"] = t["eval_ppl"] / base if base and t["eval_ppl"] else None
+    tp = json.loads(Path(a.throughput).read_text()) if a.throughput and Path(a.throughput).exists() else []
+    ref = {r["mode"]: r.get("tokens_per_s") for r in tp}
+    for r in tp:
+        if r.get("tokens_per_s") and ref.get("np-trainer"):
+            r["vs_np_trainer"] = r["tokens_per_s"] / ref["np-trainer"]
+        if r.get("tokens_per_s") and ref.get("np-eager"):
+            r["vs_np_eager"] = r["tokens_per_s"] / ref["np-eager"]
+    out = {"equal_tokens_round": at, "rows": table, "throughput": tp, "delta": DELTA, "max_grad_norm": CLIP}
+    Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"{'row':<14}{'σ':>7}{'round':>6}{'tokens':>12}{'ppl':>9}{'×np':>7}{'ε':>8}")
+    for t in table:
+        f = lambda v, s: format(v, s) if isinstance(v, (int, float)) else "-".rjust(int(s.split(".")[0].rstrip(",d")))  # noqa: E731
+        print(f"{t['row']:<14}{f(t['sigma'], '7.3f')}{f(t['round'], '6d')}{f(t['tokens'], '12,d')}"
+              f"{f(t['eval_ppl'], '9.2f')}{f(t['ppl_ratio'], '7.2f')}{f(t['record_epsilon'], '8.2f')}")
+    for r in tp:
+        print(json.dumps(r))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("calibrate")
+    c.add_argument("--records", type=int, required=True)
+    c.add_argument("--batch", type=int, required=True)
+    c.add_argument("--steps", type=int, required=True)
+    c.add_argument("--eps", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    for name in ("prepare", "row"):
+        p = sub.add_parser(name)
+        p.add_argument("--tiny", action="store_true", help="CPU: tiny model on the Python stdlib corpus")
+        p.add_argument("--size", default="20m")
+        p.add_argument("--corpus", default=".corpus")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--batch", type=int, default=128, help="expected (Poisson) batch per holder step")
+        p.add_argument("--micro", type=int, default=32, help="ghost: sequences per forward/backward slice")
+        p.add_argument("--h", type=int, default=8, help="local steps per round")
+        p.add_argument("--rounds", type=int, default=2)
+        p.add_argument("--lr", type=float, default=3e-3)
+        p.add_argument("--warmup", type=int, default=2)
+        p.add_argument("--sigma", type=float, default=None, help="DP-SGD noise multiplier (absent: non-private)")
+        p.add_argument("--clipping", default="ghost", choices=("ghost", "per_sample"))
+        p.add_argument("--set", action="append", help="extra securefed --set KEY=VALUE")
+        p.add_argument("--name", default="row")
+        p.add_argument("--runs", default="runs/dpsgd-lm")
+        p.add_argument("--out", default=None)
+    t = sub.add_parser("throughput")
+    t.add_argument("--size", default="20m")
+    t.add_argument("--vocab", type=int, default=32768)
+    t.add_argument("--seq", type=int, default=1024)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--warmup", type=int, default=3)
+    t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--modes", default="np-trainer,np-eager,dp-ghost,dp-ghost-2bwd,dp-per_sample")
+    t.add_argument("--out", required=True)
+    s = sub.add_parser("summarize")
+    s.add_argument("--runs", required=True)
+    s.add_argument("--throughput", default=None)
+    s.add_argument("--out", required=True)
+    a = ap.parse_args()
+    {"calibrate": cmd_calibrate, "prepare": cmd_prepare, "row": cmd_row, "throughput": cmd_throughput,
+     "summarize": cmd_summarize}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Memory-efficient per-sample clipping for record-level DP-SGD: Opacus' ghost / fast gradient clipping.
+
+DP-SGD needs each record's gradient norm ‖g_i‖, not the gradient g_i itself. Per layer, with activations
+A_i (T, d_in) and output gradients G_i (T, d_out) of record i (one sequence of T tokens):
+
+  ghost norm (Li et al. 2022, "Large language models can be strong differentially private learners", §4):
+      ‖G_iᵀ A_i‖²_F = ⟨G_i G_iᵀ, A_i A_iᵀ⟩      (two T×T Gram matrices; cost ~ T²·(d_in + d_out))
+  instantiation ("fast gradient clipping", Lee & Kifer 2021): form G_iᵀ A_i (d_out, d_in), take its norm,
+      drop it                                     (cost ~ T·d_in·d_out, memory B·d_in·d_out for one layer)
+
+and the whole record's norm is the root of the per-layer squares. Ghost wins when T is small against
+the layer's width; at T = 1024 and d = 384 (the 20m model) instantiation is cheaper, so each layer takes
+the cheaper one (the "mixed ghost clipping" of Bu et al. 2022, "Scalable and efficient training of large
+convolutional neural networks with differential privacy"; we compare time, T·(d_in + d_out) against
+d_in·d_out, since both routes' memory is one layer's worth). Either way per-record gradients exist one
+layer at a time (the tied pair: until both uses are summed), never B copies of the model as in
+per-sample mode.
+
+The clipped sum Σ_i c_i·g_i, c_i = min(1, C / (‖g_i‖ + 1e-6)) — exactly what per-sample clipping sums —
+then comes without forming g_i, in one of two ways:
+  book-keeping (default; Bu et al. 2023, "Differentially private optimization on large model at small
+      cost"): the first backward keeps each Linear's (A_i, G_i); Σ_i c_i·G_iᵀA_i = (c ⊙ G)ᵀA is one matmul
+      per layer, the cost of its ordinary weight gradient. One backward in all, which never forms a
+      weight gradient (it differentiates to the input embedding's output only); the price is keeping
+      every layer's G until then, about one more copy of the activations.
+  Opacus' own (``book_keeping=False``): a second, full backward of Σ_i c_i·ℓ_i with c held constant.
+
+Layers (Opacus 1.6 on transformers' Llama): nn.Linear and nn.Embedding have ghost norm samplers; a
+*tied* weight (embed_tokens = lm_head) cannot be ghost-normed per module (‖g_emb + g_head‖ is not a sum
+of two norms), so the modules that share a parameter are instantiated and their per-sample gradients
+summed before the norm (Opacus' forward counter). LlamaRMSNorm has no sampler and goes through
+functorch (a (B, d) per-sample gradient: small). What Opacus cannot treat per sample (BatchNorm and other
+batch-coupled layers, DP-incompatible modules) is refused at wrap time; a parameter that receives a
+gradient but no per-sample norm (used outside its module's forward) is refused at the first backward,
+rather than silently under-clipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
+from opacus.validators import ModuleValidator
+
+__all__ = ["GhostClippingModule", "ghost_route", "clipped_backward"]
+
+
+def ghost_route(module: torch.nn.Module, *, seq_len: int | None, tied: bool, norm_samplers) -> str:
+    """How one layer's per-sample norms are found: "ghost" or "instantiate" (Opacus hook/functorch)."""
+    if tied or type(module) not in norm_samplers:
+        return "instantiate"
+    if isinstance(module, torch.nn.Linear) and seq_len is not None:
+        # per record: two (T, T) Gram matrices, ~T²·(d_in + d_out) flops, vs one (d_out, d_in) gradient, ~T·d_in·d_out
+        d_in, d_out = module.in_features, module.out_features
+        return "ghost" if seq_len * (d_in + d_out) < d_in * d_out else "instantiate"
+    return "ghost"
+
+
+class GhostClippingModule(GradSampleModuleFastGradientClipping):
+    """Opacus' fast-gradient-clipping module with a per-layer choice of ghost norm vs instantiation.
+
+    The layer's route is fixed per forward/backward by the sequence length the layer sees; modules that
+    share a parameter (tied embeddings) always instantiate. Losses are per-record ("sum" reduction: the
+    hooks see ∂ℓ_i/∂output directly). ``routes`` (name -> route at the last backward) is for logs/tests.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, max_grad_norm: float, book_keeping: bool = True) -> None:
+        errors = ModuleValidator.validate(model, strict=False)
+        if errors:
+            raise ValueError("ghost clipping cannot clip this model per record: "
+                             + "; ".join(sorted({str(e) for e in errors})))
+        owners: dict[int, int] = {}
+        for m in model.modules():
+            for p in m.parameters(recurse=False):
+                if p.requires_grad:
+                    owners[id(p)] = owners.get(id(p), 0) + 1
+        self._tied = {id(m) for m in model.modules()
+                      if any(owners.get(id(p), 0) > 1 for p in m.parameters(recurse=False))}
+        self._names = {id(m): n for n, m in model.named_modules()}
+        self._owners = owners
+        self.routes: dict[str, str] = {}
+        self.book_keeping = book_keeping
+        self._kept: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = []  # (Linear|Embedding, A, G)
+        self._kept_gs: list[tuple[torch.nn.Parameter, torch.Tensor]] = []         # other layers: (p, (b, *p.shape))
+        self._tied_sum: dict[int, tuple[torch.Tensor, int]] = {}                  # id(p) -> (Σ per-record grads, uses)
+        super().__init__(model, loss_reduction="sum", max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+
+    @contextlib.contextmanager
+    def _routed(self, module: torch.nn.Module, seq_len: int | None):
+        route = ghost_route(module, seq_len=seq_len, tied=id(module) in self._tied, norm_samplers=self.NORM_SAMPLERS)
+        self.routes[self._names.get(id(module), "?")] = route
+        saved, self.use_ghost_clipping = self.use_ghost_clipping, route == "ghost"
+        try:
+            yield
+        finally:
+            self.use_ghost_clipping = saved
+
+    def capture_activations_hook(self, module, forward_input, _forward_output):
+        x = forward_input[0] if forward_input else None
+        seq = int(x.shape[1]) if isinstance(x, torch.Tensor) and x.dim() >= 3 else None
+        module._sf_seq_len = seq
+        with self._routed(module, seq):
+            return super().capture_activations_hook(module, forward_input, _forward_output)
+
+    def capture_backprops_hook(self, module, _forward_input, forward_output, loss_reduction, batch_first):
+        with self._routed(module, getattr(module, "_sf_seq_len", None)):
+            if not self.book_keeping:
+                return super().capture_backprops_hook(module, _forward_input, forward_output, loss_reduction, batch_first)
+            if self.hooks_enabled:
+                self._keep(module, forward_output[0].detach(), loss_reduction, batch_first)
+
+    def _keep(self, module, backprops, loss_reduction, batch_first) -> None:
+        """Book-keeping (Bu et al. 2023, "Differentially private optimization on large model at small cost"):
+        this layer's per-record norms now, and what its clipped gradient needs later — (A, G) of a Linear or
+        Embedding, the per-record gradients of anything else (RMSNorm: (b, d), small)."""
+        activations, backprops = self.rearrange_grad_samples(module=module, backprops=backprops,
+                                                             loss_reduction=loss_reduction, batch_first=batch_first)
+        if len(module.activations) == 0 and hasattr(module, "max_batch_len"):
+            del module.max_batch_len
+        params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        for p in params:
+            p._forward_counter -= 1                  # Opacus counts uses per forward (tying check)
+        ag = isinstance(module, (torch.nn.Linear, torch.nn.Embedding))
+        if ag:
+            self._kept.append((module, activations[0], backprops))
+        if self.use_ghost_clipping:                  # set by _routed
+            for p, n in self.NORM_SAMPLERS[type(module)](module, activations, backprops).items():
+                p._norm_sample = n
+            return
+        sampler = self.GRAD_SAMPLERS.get(type(module), ft_compute_per_sample_gradient)
+        for p, gs in sampler(module, activations, backprops).items():
+            if not p.requires_grad:
+                continue
+            if self._owners.get(id(p), 1) > 1:       # tied: the norm is of the sum over the sharing modules
+                total, uses = self._tied_sum.pop(id(p), (0, 0))
+                gs, uses = gs + total, uses + 1
+                if uses < self._owners[id(p)]:
+                    self._tied_sum[id(p)] = (gs, uses)
+                    continue
+            p._norm_sample = gs.reshape(gs.shape[0], -1).norm(2, dim=1)
+            if not ag:
+                self._kept_gs.append((p, gs))
+
+    def _clear_kept(self) -> None:
+        self._kept, self._kept_gs, self._tied_sum = [], [], {}
+
+    @torch.no_grad()
+    def add_clipped_grads(self, coef: torch.Tensor) -> None:
+        """.grad += Σ_i c_i·g_i from what pass 1 kept: c ⊙ G against A, one matmul per Linear (the cost
+        of its ordinary weight gradient), a scatter-add per Embedding, a weighted sum for the rest."""
+        for module, a, g in self._kept:
+            cg = g * coef.to(g.dtype).view(-1, *([1] * (g.dim() - 1)))                # (b, T, d_out) c_i·G_i
+            cg2 = cg.reshape(-1, cg.shape[-1])                                         # (b·T, d_out)
+            if isinstance(module, torch.nn.Linear):
+                _add_grad(module.weight, cg2.t() @ a.reshape(-1, a.shape[-1]).to(cg2.dtype))  # (d_out, d_in)
+                if module.bias is not None:
+                    _add_grad(module.bias, cg2.sum(0))
+            else:                                                                      # Embedding: rows by token id
+                w = torch.zeros(module.weight.shape, dtype=torch.float32, device=cg2.device)
+                _add_grad(module.weight, w.index_add_(0, a.reshape(-1), cg2.float()))
+        for p, gs in self._kept_gs:
+            _add_grad(p, torch.einsum("n,n...->...", coef.to(gs.dtype), gs))
+        self._clear_kept()
+
+
+def _add_grad(p: torch.nn.Parameter, g: torch.Tensor) -> None:
+    if p.requires_grad:
+        g = g.to(p.dtype)
+        p.grad = g if p.grad is None else p.grad.add_(g)
+
+
+def clipped_backward(gsm: GhostClippingModule, loss_per_record: torch.Tensor, *,
+                     norm_inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Add Σ_i c_i·∇ℓ_i to every parameter's ``.grad``, c_i = min(1, C/(‖∇ℓ_i‖ + 1e-6)); returns ‖∇ℓ_i‖.
+
+    ``loss_per_record``: (b,) the records' own losses from one forward of ``gsm``. Pass 1 runs the
+    hooks (per-record norms into ``p._norm_sample``); ``norm_inputs``, the tensors pass 1 differentiates
+    to (default: every trainable parameter), can be just the input embedding's output: backprop must
+    reach every layer for the hooks, but need not form any weight gradient. Then book-keeping adds the
+    clipped sum from what the hooks kept, or (``book_keeping=False``) pass 2, hooks off, backpropagates
+    Σ_i c_i·ℓ_i. Either way it accumulates into ``.grad``, so several calls before one optimizer step
+    sum the clipped gradients of several slices of one Poisson batch.
+    """
+    if loss_per_record.dim() != 1:
+        raise ValueError(f"loss_per_record must be (b,), got shape {tuple(loss_per_record.shape)}")
+    params = gsm.trainable_parameters
+    for p in params:
+        p._norm_sample = None                       # a stale norm from the last slice must never count
+    gsm._clear_kept()
+    torch.autograd.grad(loss_per_record.sum(), norm_inputs or params, retain_graph=not gsm.book_keeping,
+                        allow_unused=True)
+    b = loss_per_record.shape[0]
+    for name, p in gsm._module.named_parameters():
+        if p.requires_grad and (getattr(p, "_norm_sample", None) is None or p._norm_sample.shape != (b,)):
+            raise RuntimeError(f"ghost clipping found no per-record gradient norm for parameter {name!r} (used "
+                               "outside its module's forward?): refusing to under-clip; use clipping=per_sample")
+    per_param = [p._norm_sample for p in params]
+    norms = torch.stack([n.float() for n in per_param]).norm(2, dim=0)   # (b,) ‖∇ℓ_i‖ over all parameters
+    # Under bf16 autocast the layers' norms come out of bf16 Gram products (relative rounding ~2⁻⁹):
+    # clip to C·(1 − 2⁻⁶) there, so the released sum's sensitivity stays <= C despite the rounding.
+    bound = gsm.max_grad_norm * (1 - 2**-6 if any(n.dtype in (torch.bfloat16, torch.float16) for n in per_param) else 1)
+    coef = (bound / (norms + 1e-6)).clamp(max=1.0)  # Opacus DPOptimizer's clip factor
+    if gsm.book_keeping:
+        gsm.add_clipped_grads(coef)
+        return norms.detach()
+    gsm.disable_hooks()
+    try:
+        (coef.detach().to(loss_per_record.dtype) * loss_per_record).sum().backward()
+    finally:
+        gsm.enable_hooks()
+    return norms.detach()

@@ -1,0 +1,187 @@
+"""Ghost / fast gradient clipping (securefed.privacy.ghost) on a tiny transformers Llama.
+
+The exact property: with noise 0, the clipped summed gradient Σ_i min(1, C/‖g_i‖)·g_i that ghost
+clipping leaves in ``.grad`` equals the one built from per-sample gradients (Opacus' functorch
+GradSampleModule, and a plain loop over records as the independent reference), on both routes a layer
+can take (ghost norm: T = 6; instantiation: T = 24) and with the tied embedding. Then: the trainer's
+ghost mode moves the model like per_sample mode and spends the same ε; bad configs and unsupported
+models are refused with one clear error.
+"""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from securefed.privacy.dpsgd import attach_dp_sgd, wrap_for_dp_sgd  # noqa: E402
+from securefed.privacy.ghost import GhostClippingModule, clipped_backward  # noqa: E402
+
+V, C = 64, 0.05
+
+
+def _tiny_llama(*, tie: bool = True):
+    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=tie)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).float()
+
+
+def _record_losses(model, x):
+    logits = model(input_ids=x).logits                                              # (b, T, V)
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction="none")
+    return nll.view(x.shape[0], -1).mean(1)                                         # (b,)
+
+
+def _loop_reference(model, x):
+    """Σ_i min(1, C/(‖g_i‖+1e-6))·g_i from one backward per record: no Opacus at all."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    norms = []
+    for i in range(x.shape[0]):
+        g = torch.autograd.grad(_record_losses(model, x[i : i + 1]).sum(), params)
+        n = torch.sqrt(sum((t.double() ** 2).sum() for t in g)).float()
+        norms.append(n)
+        for acc, t in zip(total, g):
+            acc.add_(t * (C / (n + 1e-6)).clamp(max=1.0))
+    return total, torch.stack(norms)
+
+
+@pytest.mark.parametrize("book_keeping", [True, False])
+@pytest.mark.parametrize("seq_len,route", [(6, "ghost"), (24, "instantiate")])
+def test_ghost_clipped_sum_equals_per_sample(seq_len, route, book_keeping):
+    x = torch.randint(0, V, (5, seq_len), generator=torch.Generator().manual_seed(seq_len))
+    ref_model = _tiny_llama()
+    ref, ref_norms = _loop_reference(ref_model, x)
+
+    # Opacus functorch per-sample gradients, clipped and summed by hand
+    ft = wrap_for_dp_sgd(_tiny_llama(), clipping="per_sample", max_grad_norm=C)
+    ft(input_ids=x, labels=x).loss.backward()
+    params = [p for p in ft.parameters() if p.requires_grad]
+    gs = [p.grad_sample for p in params]   # (b, *p.shape): Opacus undoes the "mean" loss's 1/b itself
+    ft_norms = torch.stack([g.reshape(x.shape[0], -1).norm(dim=1) for g in gs]).norm(dim=0)
+    coef = (C / (ft_norms + 1e-6)).clamp(max=1.0)
+    ft_sum = [torch.einsum("b,b...->...", coef, g) for g in gs]
+
+    model = _tiny_llama()
+    gsm = GhostClippingModule(model, max_grad_norm=C, book_keeping=book_keeping)
+    norms = clipped_backward(gsm, _record_losses(gsm, x), norm_inputs=[model.get_input_embeddings().weight])
+    assert gsm.routes["model.layers.0.self_attn.q_proj"] == route
+    assert gsm.routes["lm_head"] == "instantiate" and gsm.routes["model.embed_tokens"] == "instantiate"  # tied
+    assert (ref_norms > C).all()                         # clipping binds for every record
+    torch.testing.assert_close(norms, ref_norms, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ft_norms, ref_norms, rtol=1e-4, atol=1e-6)
+    for p, r, f in zip(model.parameters(), ref, ft_sum):
+        torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("book_keeping", [True, False])
+def test_untied_embedding_takes_the_ghost_route_and_slices_add_up(book_keeping):
+    x = torch.randint(0, V, (6, 6), generator=torch.Generator().manual_seed(3))
+    ref, _ = _loop_reference(_tiny_llama(tie=False), x)
+    model = _tiny_llama(tie=False)
+    gsm = GhostClippingModule(model, max_grad_norm=C, book_keeping=book_keeping)
+    for xs in x.split(4):                                # two slices of one Poisson batch: 4 + 2 records
+        clipped_backward(gsm, _record_losses(gsm, xs))
+    assert gsm.routes["model.embed_tokens"] == "ghost" and gsm.routes["lm_head"] == "ghost"
+    for p, r in zip(model.parameters(), ref):
+        torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-7)
+
+
+def test_zero_noise_step_is_the_mean_of_clipped_gradients_and_accounted():
+    x = torch.randint(0, V, (4, 6), generator=torch.Generator().manual_seed(5))
+    ref, _ = _loop_reference(_tiny_llama(), x)
+    model = _tiny_llama()
+    before = [p.detach().clone() for p in model.parameters()]
+    gsm = wrap_for_dp_sgd(model, clipping="ghost", max_grad_norm=C)
+    _, dp_opt, acc = attach_dp_sgd(gsm, torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0,
+                                   max_grad_norm=C, expected_batch_size=8, sample_rate=0.1)
+    clipped_backward(gsm, _record_losses(gsm, x))
+    dp_opt.step()
+    for p, b, r in zip(model.parameters(), before, ref):   # SGD lr 1: θ − Σ clipped / expected batch (8)
+        torch.testing.assert_close(p.detach(), b - r / 8, rtol=1e-4, atol=1e-7)
+    assert acc.history == [(0.0, 0.1, 1)]
+
+
+def _train_cfg(clipping, **dp):
+    from securefed.training.trainer import DPSGDConfig, TrainConfig
+
+    return TrainConfig(local_steps=3, batch_size=6, lr=1e-2, warmup_steps=0, accelerator="cpu", precision="32-true",
+                       dp_sgd=DPSGDConfig(enabled=True, noise_multiplier=dp.pop("sigma", 0.0), max_grad_norm=C,
+                                          delta=1e-3, clipping=clipping, **dp))
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.1])
+def test_trainer_ghost_matches_per_sample_and_spends_the_same_epsilon(sigma):
+    """Same secret seed -> the same Poisson batches; σ = 0: the same Δ; any σ: the same accountant."""
+    from securefed.training.flat import get_flat
+    from securefed.training.trainer import LocalTrainer
+
+    data = torch.randint(0, V, (40, 12), generator=torch.Generator().manual_seed(7))
+    out = {}
+    for clipping, extra in (("per_sample", {}), ("ghost", {"micro_batch_size": 2})):
+        model = _tiny_llama()
+        trainer = LocalTrainer(model, _train_cfg(clipping, sigma=sigma, **extra))
+        h = trainer.new_holder(0, data, seed=0, total_steps=3, dp_secret_seed=11)
+        up = h.train_round(get_flat(model).clone())
+        out[clipping] = (up, h.accountant.history)
+    (ps, ps_hist), (gh, gh_hist) = out["per_sample"], out["ghost"]
+    assert ps_hist == gh_hist == [(sigma, 6 / 40, 3)]
+    assert ps.record_epsilon == gh.record_epsilon
+    if sigma == 0.0:
+        torch.testing.assert_close(gh.delta, ps.delta, rtol=1e-3, atol=1e-6)
+        assert ps.mean_loss == pytest.approx(gh.mean_loss, rel=1e-5)
+
+
+def test_empty_poisson_batch_is_a_noised_accounted_step():
+    from securefed.training.flat import get_flat
+    from securefed.training.trainer import LocalTrainer
+
+    model = _tiny_llama()
+    trainer = LocalTrainer(model, _train_cfg("ghost", sigma=1.0))
+    h = trainer.new_holder(0, torch.randint(0, V, (40, 12)), seed=0, total_steps=2, dp_secret_seed=1)
+    h._next_batch = lambda: torch.empty((0, 12), dtype=torch.long)
+    theta = get_flat(model).clone()
+    up = h.train_round(theta)
+    assert h.accountant.history == [(1.0, 6 / 40, 3)] and up.delta.abs().sum() > 0   # noise only, yet a step
+
+
+def test_config_validation():
+    from securefed.training.config import DPSGDConfig, TrainConfig
+
+    with pytest.raises(ValueError, match="clipping must be 'per_sample' or 'ghost'"):
+        DPSGDConfig(clipping="book")
+    with pytest.raises(ValueError, match="micro_batch_size needs train.dp_sgd.clipping=ghost"):
+        DPSGDConfig(micro_batch_size=4)
+    with pytest.raises(ValueError, match="micro_batch_size must be >= 1"):
+        DPSGDConfig(clipping="ghost", micro_batch_size=0)
+    with pytest.raises(TypeError, match="micro_batch_size must be an int"):
+        DPSGDConfig(clipping="ghost", micro_batch_size=2.5)
+    with pytest.raises(ValueError, match="fp16 loss"):
+        TrainConfig(precision="16-mixed", dp_sgd=DPSGDConfig(enabled=True, clipping="ghost"))
+    with pytest.raises(ValueError, match="one device per holder"):
+        TrainConfig(devices=2, dp_sgd=DPSGDConfig(enabled=True, clipping="ghost"))
+    from securefed.runtime.config import load_run_config
+
+    cfg = load_run_config(preset="dp-sgd", overrides=["train.dp_sgd.clipping=ghost", "train.dp_sgd.micro_batch_size=8"])
+    assert cfg.train.dp_sgd.clipping == "ghost" and cfg.train.dp_sgd.micro_batch_size == 8
+
+
+def test_unsupported_models_are_refused():
+    bn = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    with pytest.raises(ValueError, match="cannot clip this model per record"):
+        GhostClippingModule(bn, max_grad_norm=1.0)
+
+    class Sneaky(torch.nn.Module):   # a weight used outside its module's forward gets no per-record norm
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1, bias=False)
+
+        def forward(self, x):
+            return self.a(x) @ self.b.weight.t()                                    # (b, 1); b never runs
+
+    for book_keeping in (True, False):
+        g = GhostClippingModule(Sneaky(), max_grad_norm=1.0, book_keeping=book_keeping)
+        with pytest.raises(RuntimeError, match="no per-record gradient norm for parameter 'b.weight'"):
+            clipped_backward(g, g(torch.randn(3, 4)).squeeze(1))
