@@ -141,6 +141,9 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset("125m", d_model=768, n_layers=12, n_heads=12, max_seq_len=2048),
         ModelPreset("350m", d_model=1024, n_layers=24, n_heads=16, max_seq_len=2048),
         ModelPreset("1.3b", d_model=2048, n_layers=24, n_heads=16, max_seq_len=2048, tie_embeddings=False),
+        # Photon's larger sizes (issue 17): holders bigger than one GPU, trained under train.strategy=fsdp
+        ModelPreset("2.7b", d_model=2560, n_layers=32, n_heads=32, max_seq_len=2048, tie_embeddings=False),
+        ModelPreset("7b", d_model=4096, n_layers=32, n_heads=32, max_seq_len=2048, tie_embeddings=False),
     )
 }
 
