@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Piece", "shard_layout", "fsdp_parallelize", "load_flat_sharded", "ShardedDelta", "stream_to_rank0"]
+__all__ = ["Piece", "shard_layout", "fsdp_strategy", "fsdp_parallelize", "load_flat_sharded", "ShardedDelta",
+           "stream_to_rank0"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,17 @@ def _my_pieces(model: torch.nn.Module, rank: int, world: int) -> list[tuple[Piec
                              f"layout expects {piece.hi - piece.lo} (not a dim-0 FSDP2 shard?)")
         mine.append((piece, local))
     return mine
+
+
+def fsdp_strategy(devices: int, *, bf16: bool):
+    """Fabric's strategy for ``train.strategy=fsdp``: FSDP2 over ``devices`` ranks of one host, no tensor
+    parallelism. (Fabric's "fsdp" string means FSDP1: flat parameters, and GPU only.)"""
+    from functools import partial
+
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    return ModelParallelStrategy(partial(fsdp_parallelize, bf16=bf16), data_parallel_size=devices,
+                                 tensor_parallel_size=1)
 
 
 def fsdp_parallelize(model: torch.nn.Module, mesh, *, bf16: bool, reshard_after_forward: bool = True) -> torch.nn.Module:

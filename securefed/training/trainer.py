@@ -34,7 +34,7 @@ from lightning.fabric import Fabric
 
 from securefed.training.config import DPSGDConfig, TrainConfig  # re-exported: the dataclasses live torch-free
 from securefed.training.flat import set_flat
-from securefed.training.sharded import ShardedDelta, load_flat_sharded
+from securefed.training.sharded import ShardedDelta, fsdp_strategy, load_flat_sharded
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +49,8 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
     if precision == "auto":
         precision = "bf16-mixed" if accelerator == "cuda" else "32-true"
     strategy = cfg.strategy
-    if strategy == "fsdp":
-        # FSDP2 through ModelParallelStrategy (Fabric's "fsdp" string is FSDP1: flat parameters, GPU only).
-        # bf16 compute is the FSDP2 MixedPrecisionPolicy (fp32 shards, bf16 gathers, fp32 reduce-scatter),
-        # so Fabric's own autocast plugin stays at 32-true.
-        from functools import partial
-
-        from lightning.fabric.strategies import ModelParallelStrategy
-
-        from securefed.training.sharded import fsdp_parallelize
-
-        strategy = ModelParallelStrategy(partial(fsdp_parallelize, bf16=precision == "bf16-mixed"),
-                                         data_parallel_size=cfg.devices, tensor_parallel_size=1)
-        precision = "32-true"
+    if strategy == "fsdp":   # FSDP2; its bf16 is a MixedPrecisionPolicy, so Fabric's autocast stays off
+        strategy, precision = fsdp_strategy(cfg.devices, bf16=precision == "bf16-mixed"), "32-true"
     fabric = Fabric(accelerator=accelerator, devices=cfg.devices, precision=precision, strategy=strategy)
     if cfg.devices > 1:
         fabric.launch()

@@ -2,12 +2,14 @@
 
     python tests/training/fsdp_worker.py OUT_DIR
 
-Fabric's launcher re-runs this script as rank 1 (CPU, gloo). Both ranks build the same tiny model from
+Fabric's launcher re-runs this script as rank 1 (CPU and gloo; CUDA and NCCL when
+SECUREFED_FSDP_TEST_ACCELERATOR=cuda). Both ranks build the same tiny model from
 the same seed, train two rounds under train.strategy=fsdp, and rank 0 writes Δ of each round (gathered
 piece by piece) and the shard-wise masked upload of round 2 to OUT_DIR.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +27,7 @@ PRESET = ModelPreset("fsdp-test", d_model=24, n_layers=2, n_heads=2, max_seq_len
 VOCAB, SEQ = 67, 16
 KEYS = [(b"s" * 32, 1), (b"p" * 32, -1)]
 SCALE = 2.0**20
+ACCELERATOR = os.environ.get("SECUREFED_FSDP_TEST_ACCELERATOR", "cpu")   # tests/gpu/test_fsdp_gpu.py: cuda
 
 
 def setup(devices: int, strategy: str):
@@ -32,7 +35,9 @@ def setup(devices: int, strategy: str):
     data = torch.randint(0, VOCAB, (24, SEQ))
     model = build_model(PRESET, vocab_size=VOCAB, seq_len=SEQ, seed=0)
     theta0 = get_flat(model)
-    cfg = TrainConfig(local_steps=3, batch_size=4 // devices, lr=3e-3, warmup_steps=0, accelerator="cpu",
+    # fp32 everywhere (also on CUDA): the comparison is of sharding, not of bf16 rounding
+    cfg = TrainConfig(local_steps=3, batch_size=4 // devices, lr=3e-3, warmup_steps=0, accelerator=ACCELERATOR,
+                      precision="32-true", fused="off",
                       devices=devices, strategy=strategy, activation_checkpointing=strategy == "fsdp")
     trainer = LocalTrainer(model, cfg)
     return trainer, trainer.new_holder(1, data, seed=0, total_steps=6), theta0
