@@ -17,8 +17,9 @@ explicit K-step loop while keeping Lightning's precision plugins (bf16-mixed on 
 securefed.training.sharded) the parameters, gradients and AdamW state are sharded over the holder's
 GPUs; θ_global is loaded and Δ formed shard by shard, so no rank ever holds the whole model, and the
 update comes back as this rank's pieces of the flat Δ (``LocalUpdate.shard``) instead of a (P,) vector.
-In simulation all holders share one model object; each holder owns its AdamW instance (state persists across rounds unless ``reset_optimizer``), its step
-counter (the LR schedule runs over the holder's planned total steps) and its data cursor.
+In simulation all holders share one model object; each holder owns its AdamW instance (state persists
+across rounds unless ``reset_optimizer``), its step counter (the LR schedule runs over the holder's
+planned total steps) and its data cursor.
 """
 
 from __future__ import annotations
