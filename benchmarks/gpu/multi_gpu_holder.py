@@ -35,7 +35,8 @@ def _sync() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=2)
-    ap.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"])
+    # FSDP (sharded Δ, never one replica per rank) is benchmarks/gpu/fsdp.py (issue 17)
+    ap.add_argument("--strategy", default="ddp", choices=["ddp"])
     ap.add_argument("--preset", default="125m")
     ap.add_argument("--run-preset", default="gpu-125m", help="run preset whose data section is used")
     ap.add_argument("--seq", type=int, default=2048)

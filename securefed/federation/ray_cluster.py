@@ -17,6 +17,12 @@ else ⌊cpus_per_holder⌋ (at least 1). Without ``--ray-cpus-per-holder`` a hol
 the holders outnumber the cluster's CPUs, an equal share of them (8 holders on 2 cores: 0.25 each).
 The check is that the cluster can hold every holder at once (the first round waits for all of them):
 holders that could never be placed would leave the run waiting for them.
+
+One holder per GPU (``--ray-gpus-per-holder 1``): Ray gives each actor its own GPU and sets its
+CUDA_VISIBLE_DEVICES to that one id, so every holder's trainer sees one device (cuda:0) and eight holders
+fill an 8-GPU host. ``check_placement`` refuses, before Ray starts, a request that contradicts the run's
+training settings (GPUs asked for a CPU trainer, a CUDA trainer given none, whole GPUs a holder would not
+use); ``connect`` then checks that n_holders × (CPUs, GPUs) fit the cluster at once.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import socket
 from dataclasses import dataclass
 
 __all__ = ["RayOptions", "RayUnavailable", "RayUnreachable", "RayResourcesError", "RaySession", "connect",
-           "run_ray"]
+           "check_placement", "run_ray"]
 
 log = logging.getLogger("securefed.channel.ray")
 
@@ -127,6 +133,23 @@ def _check_fit(nodes: list[dict], cpus: float, gpus: float, n_holders: int, wher
             f"--ray-gpus-per-holder or use a larger cluster")
 
 
+def check_placement(train, gpus_per_holder: float) -> None:
+    """The GPUs each holder actor asks for must be what its trainer (``train``: TrainConfig) will use."""
+    g = float(gpus_per_holder)
+    if train.accelerator == "cpu" and g > 0:
+        raise RayResourcesError(f"--ray-gpus-per-holder {g:g} reserves GPUs, but train.accelerator=cpu never uses "
+                                "them; drop the flag or set train.accelerator to auto or cuda")
+    if train.accelerator == "cuda" and g == 0:
+        raise RayResourcesError("train.accelerator=cuda needs --ray-gpus-per-holder > 0: Ray hides every GPU from "
+                                "an actor that asks for none (1 puts one holder on each GPU)")
+    if g >= 1 and int(g) != train.devices:
+        raise RayResourcesError(f"--ray-gpus-per-holder {g:g} gives each holder {g:g} whole GPU(s), but its trainer "
+                                f"uses train.devices={train.devices}; make them equal")
+    if train.devices > 1 and g < train.devices:
+        raise RayResourcesError(f"train.devices={train.devices}: each holder needs --ray-gpus-per-holder "
+                                f"{train.devices}")
+
+
 def _probe(address: str, timeout: float) -> None:
     """A TCP connection to HOST:PORT first: Ray itself retries an unreachable address for minutes."""
     hostport = address.split("://", 1)[-1]
@@ -139,9 +162,12 @@ def _probe(address: str, timeout: float) -> None:
         raise RayUnreachable(f"cannot reach the Ray cluster at {address}: {e}") from None
 
 
-def connect(options: RayOptions, *, n_holders: int) -> RaySession:
+def connect(options: RayOptions, *, n_holders: int, train=None) -> RaySession:
     """Start or join Ray and check that ``n_holders`` actors fit; call before the run directory exists.
-    An already initialised Ray in this process (tests, notebooks) is used as it is."""
+    An already initialised Ray in this process (tests, notebooks) is used as it is. ``train`` (the run's
+    TrainConfig): checked against the GPUs asked per holder first (check_placement)."""
+    if train is not None:
+        check_placement(train, options.gpus_per_holder)
     try:
         import ray
     except ImportError:

@@ -65,6 +65,16 @@ class Simulation:
 
         if backend not in ("inproc", "grpc", "ray"):
             raise ValueError(f"unknown backend {backend!r}: choose inproc, grpc or ray")
+        if cfg.train.devices > 1:
+            # Fabric's launcher re-runs this process once per extra device: a holder on several GPUs needs its
+            # rank 0 to talk to the coordinator and drive worker ranks, which the Holder does not do yet
+            raise ValueError(f"train.devices={cfg.train.devices}: a holder on several GPUs (strategy "
+                             f"{cfg.train.strategy}) is not yet part of a federation run; it trains and is "
+                             "measured by benchmarks/gpu/fsdp.py (README: Holders bigger than one GPU)")
+        if backend == "ray":   # GPUs asked per holder vs what its trainer uses: refused before any data work
+            from securefed.federation.ray_cluster import RayOptions, check_placement
+
+            check_placement(cfg.train, (ray_options or RayOptions()).gpus_per_holder)
         self.cfg, self.resume, self.stop_after_round, self.backend = cfg, resume, stop_after_round, backend
         self.threads, self.holder_overrides = threads_per_holder, holder_overrides or {}
         self.progress = Progress(enabled=progress)
@@ -86,7 +96,7 @@ class Simulation:
         if backend == "ray":   # an unreachable cluster or unmet resources: one error, no run directory
             from securefed.federation.ray_cluster import RayOptions, connect
 
-            self.ray = connect(ray_options or RayOptions(), n_holders=cfg.federation.n_holders)
+            self.ray = connect(ray_options or RayOptions(), n_holders=cfg.federation.n_holders, train=cfg.train)
         self.rd.create(resume=resume)
 
     def _pki(self):

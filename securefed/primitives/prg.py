@@ -92,3 +92,70 @@ def accumulate_masks(acc: np.ndarray, keys_and_signs: list[tuple[bytes, int]], r
             ks = stream.fill(scratch[: hi - lo], zeros)
             op(acc[lo:hi], ks, out=acc[lo:hi])
     return ring.reduce(acc)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Positional expansion (issue 17): a holder sharded over several GPUs masks each rank's slice of the flat
+# vector on that rank. Word i of a stream is bytes [w·i, w·(i+1)) of the keystream (w = 2 or 4), and CTR
+# keystream block b is AES_K(counter 0^128 + b) (SP 800-38A §6.5; the counter is one 128-bit big-endian
+# integer, as OpenSSL increments it), so words [lo, hi) are computed directly: start the counter at block
+# ⌊w·lo / 16⌋ and drop the first (w·lo mod 16) bytes. Nothing before lo is generated.
+
+__all__ += ["stream_at", "expand_range", "accumulate_masks_at"]  # noqa: PLE0605 (appended: additive section)
+
+
+def stream_at(key: bytes, byte_offset: int) -> MaskStream:
+    """A MaskStream positioned at ``byte_offset`` bytes into PRG(key)'s keystream."""
+    if not isinstance(byte_offset, int) or isinstance(byte_offset, bool) or byte_offset < 0:
+        raise ValueError("byte_offset must be a non-negative int")
+    block, skip = divmod(byte_offset, 16)
+    if block >= 1 << 128:
+        raise ValueError("byte_offset is past the end of the 2^128-block CTR keystream")
+    stream = MaskStream(key, _initial_counter=block.to_bytes(16, "big"))
+    if skip:
+        stream._enc.update(bytes(skip))  # the unaligned head of the first block is discarded
+    return stream
+
+
+def _check_range(lo: int, hi: int) -> None:
+    for name, v in (("lo", lo), ("hi", hi)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TypeError(f"{name} must be an int")
+    if not 0 <= lo <= hi:
+        raise ValueError(f"need 0 <= lo <= hi, got lo={lo}, hi={hi}")
+
+
+def expand_range(key: bytes, lo: int, hi: int, ring: RingSpec) -> np.ndarray:
+    """Words [lo, hi) of PRG(key) in Z_{2^k}: equal to ``expand(key, hi, ring)[lo:hi]`` without the prefix."""
+    _check_range(lo, hi)
+    out = np.empty(hi - lo, dtype=ring.dtype)
+    stream_at(key, lo * ring.bytes_per_element).fill(out)
+    return ring.reduce(out)
+
+
+def accumulate_masks_at(acc: np.ndarray, offset: int, keys_and_signs: list[tuple[bytes, int]], ring: RingSpec, *,
+                        chunk_elements: int) -> np.ndarray:
+    """acc += Σ sign · PRG(key)[offset : offset + len(acc)] (mod 2^k), in place; returns ``acc``.
+
+    ``acc`` is the slice of a flat vector that starts at position ``offset``: masking every slice of a
+    partition this way and concatenating gives exactly ``accumulate_masks`` of the whole vector.
+    Memory as accumulate_masks: one scratch chunk + one zero buffer.
+    """
+    if not isinstance(acc, np.ndarray) or acc.dtype != ring.dtype or acc.ndim != 1 or not acc.flags.c_contiguous:
+        raise TypeError(f"acc must be a contiguous 1-D array of dtype {ring.dtype}")
+    _check_range(offset, offset + acc.shape[0] if isinstance(offset, int) else 0)
+    if not isinstance(chunk_elements, int) or isinstance(chunk_elements, bool) or chunk_elements < 1:
+        raise ValueError("chunk_elements must be a positive int")
+    n = acc.shape[0]
+    step = min(chunk_elements, max(n, 1))
+    scratch = np.empty(step, dtype=ring.dtype)
+    zeros = memoryview(bytearray(scratch.nbytes))
+    for key, sign in keys_and_signs:
+        if sign not in (1, -1):
+            raise ValueError("sign must be +1 or -1")
+        stream = stream_at(key, offset * ring.bytes_per_element)
+        op = np.add if sign == 1 else np.subtract
+        for lo in range(0, n, step):  # loop over chunks, never over elements
+            hi = min(lo + step, n)
+            op(acc[lo:hi], stream.fill(scratch[: hi - lo], zeros), out=acc[lo:hi])
+    return ring.reduce(acc)

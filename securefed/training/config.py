@@ -69,7 +69,10 @@ class TrainConfig:
     precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     devices: int = 1
+    # a holder on several GPUs (devices > 1): "ddp" replicates the model on each, "fsdp" shards parameters,
+    # gradients and AdamW state over them (FSDP2, securefed.training.sharded); "auto": Fabric's choice
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    activation_checkpointing: bool = False     # recompute each decoder layer's activations in backward
     compile: bool = False                      # regional torch.compile of the decoder blocks (see compile_scope)
     compile_scope: Literal["blocks", "model"] = "blocks"   # "model": the whole model (not with Liger's loss)
     fused: Literal["auto", "all", "head", "off"] = "auto"  # Liger kernels on CUDA (securefed.training.fused)
@@ -90,6 +93,23 @@ class TrainConfig:
             raise ValueError("train.warmup_steps, grad_clip and weight_decay must be >= 0")
         if self.devices < 1 or self.eval_batch_size < 1:
             raise ValueError("train.devices and train.eval_batch_size must be >= 1")
+        if self.strategy not in ("auto", "ddp", "fsdp"):
+            raise ValueError(f"train.strategy must be 'auto', 'ddp' or 'fsdp', got {self.strategy!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise TypeError(f"train.activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
+        if self.strategy == "fsdp":
+            if self.devices < 2:
+                raise ValueError("train.strategy=fsdp shards the holder over devices: it needs train.devices >= 2")
+            if self.dp_sgd.enabled:
+                raise ValueError("train.strategy=fsdp cannot be combined with train.dp_sgd (Opacus' per-sample "
+                                 "gradients need whole parameters)")
+            if self.precision not in ("auto", "32-true", "bf16-mixed"):
+                raise ValueError(f"train.strategy=fsdp supports precision auto, 32-true or bf16-mixed (fp32 shards, "
+                                 f"bf16 compute), got {self.precision!r}")
+            if self.compile and self.compile_scope == "model":
+                raise ValueError("train.strategy=fsdp compiles decoder blocks only: use train.compile_scope=blocks")
+        if self.activation_checkpointing and self.dp_sgd.enabled:
+            raise ValueError("train.activation_checkpointing cannot be combined with train.dp_sgd (Opacus' hooks)")
         if self.compile_scope not in ("blocks", "model"):
             raise ValueError(f"train.compile_scope must be 'blocks' or 'model', got {self.compile_scope!r}")
         if self.fused not in ("auto", "all", "head", "off"):
@@ -146,6 +166,9 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset("125m", d_model=768, n_layers=12, n_heads=12, max_seq_len=2048),
         ModelPreset("350m", d_model=1024, n_layers=24, n_heads=16, max_seq_len=2048),
         ModelPreset("1.3b", d_model=2048, n_layers=24, n_heads=16, max_seq_len=2048, tie_embeddings=False),
+        # Photon's larger sizes (issue 17): holders bigger than one GPU, trained under train.strategy=fsdp
+        ModelPreset("2.7b", d_model=2560, n_layers=32, n_heads=32, max_seq_len=2048, tie_embeddings=False),
+        ModelPreset("7b", d_model=4096, n_layers=32, n_heads=32, max_seq_len=2048, tie_embeddings=False),
     )
 }
 

@@ -13,9 +13,13 @@ path is the plain one, bit for bit.
 Why Fabric and not ``Trainer.fit``: re-running ``fit`` with the same ``max_steps`` trains nothing
 (Lightning issue #11425) and ``configure_optimizers`` would rebuild AdamW each round; Fabric gives an
 explicit K-step loop while keeping Lightning's precision plugins (bf16-mixed on GPU) and strategies
-(DDP/FSDP for a holder with several GPUs). In simulation all holders share one model object; each
-holder owns its AdamW instance (state persists across rounds unless ``reset_optimizer``), its step
-counter (the LR schedule runs over the holder's planned total steps) and its data cursor.
+(DDP or FSDP for a holder with several GPUs: ``train.strategy``). Under ``fsdp`` (issue 17,
+securefed.training.sharded) the parameters, gradients and AdamW state are sharded over the holder's
+GPUs; θ_global is loaded and Δ formed shard by shard, so no rank ever holds the whole model, and the
+update comes back as this rank's pieces of the flat Δ (``LocalUpdate.shard``) instead of a (P,) vector.
+In simulation all holders share one model object; each holder owns its AdamW instance (state persists
+across rounds unless ``reset_optimizer``), its step counter (the LR schedule runs over the holder's
+planned total steps) and its data cursor.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from lightning.fabric import Fabric
 
 from securefed.training.config import DPSGDConfig, TrainConfig  # re-exported: the dataclasses live torch-free
 from securefed.training.flat import set_flat
+from securefed.training.sharded import ShardedDelta, fsdp_strategy, load_flat_sharded
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,10 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16-mixed" if accelerator == "cuda" else "32-true"
-    fabric = Fabric(accelerator=accelerator, devices=cfg.devices, precision=precision, strategy=cfg.strategy)
+    strategy = cfg.strategy
+    if strategy == "fsdp":   # FSDP2; its bf16 is a MixedPrecisionPolicy, so Fabric's autocast stays off
+        strategy, precision = fsdp_strategy(cfg.devices, bf16=precision == "bf16-mixed"), "32-true"
+    fabric = Fabric(accelerator=accelerator, devices=cfg.devices, precision=precision, strategy=strategy)
     if cfg.devices > 1:
         fabric.launch()
     return fabric
@@ -53,11 +61,12 @@ def make_fabric(cfg: TrainConfig) -> Fabric:
 @dataclass
 class LocalUpdate:
     holder_id: int
-    delta: torch.Tensor          # (P,) float32 on CPU: θ_global − θ_local
+    delta: torch.Tensor | None   # (P,) float32 on CPU: θ_global − θ_local (None under fsdp: see shard)
     tokens: int
     steps: int
     mean_loss: float
     record_epsilon: float | None = None   # record-level ε of this holder's DP-SGD so far (None: off)
+    shard: "ShardedDelta | None" = None   # fsdp: this rank's pieces of Δ (sharded.ShardedDelta; .to_flat() gathers)
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -89,6 +98,11 @@ class LocalTrainer:
         elif cfg.fused in ("all", "head") and self.fabric.device.type == "cuda":
             log.warning("train.fused=%s requested but not used: %s; plain PyTorch kernels", cfg.fused, self.fused_reason)
         self._sdpa = lambda: _fused.sdpa_context(cfg.sdpa_backend if self.fabric.device.type == "cuda" else "auto")
+        if cfg.activation_checkpointing:
+            # each decoder layer keeps only its input and recomputes the rest in backward (≈ one extra
+            # forward per step for O(L·s·b·d) instead of O(L·s·b·(d + ffn)) saved bytes; README estimates)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.sharded = cfg.strategy == "fsdp"
         if blocks:
             _fused.compile_blocks(model)
         self.compiled = "blocks" if blocks else ("model" if cfg.compile else None)
@@ -222,7 +236,8 @@ class HolderTrainer:
 
     def _make_optimizer(self):
         cfg = self.parent.cfg
-        fused = self.parent.fabric.device.type == "cuda"
+        # fused AdamW on whole CUDA tensors; over FSDP2's DTensor shards torch's default (foreach) path
+        fused = self.parent.fabric.device.type == "cuda" and not self.parent.sharded
         opt = torch.optim.AdamW(self.parent.raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                 weight_decay=cfg.weight_decay, fused=fused)
         if cfg.dp_sgd.enabled:
@@ -266,9 +281,14 @@ class HolderTrainer:
         parent, cfg = self.parent, self.parent.cfg
         device = parent.fabric.device
         cuda = device.type == "cuda"
-        # one host->device copy of θ_global; it stays on the device to form Δ there (one copy back)
-        theta = global_flat.to(device=device, dtype=torch.float32, copy=True)  # never alias the caller's
-        set_flat(parent.raw_model, theta)
+        rank = parent.fabric.global_rank
+        if parent.sharded:   # θ stays on the host; each rank copies in its own shard only
+            theta = global_flat.to(dtype=torch.float32)
+            load_flat_sharded(parent.raw_model, theta, rank=rank, world=self.world_size)
+        else:
+            # one host->device copy of θ_global; it stays on the device to form Δ there (one copy back)
+            theta = global_flat.to(device=device, dtype=torch.float32, copy=True)  # never alias the caller's
+            set_flat(parent.raw_model, theta)
         if cfg.reset_optimizer:
             self.optimizer = self._make_optimizer()
         opt = self.optimizer
@@ -286,6 +306,11 @@ class HolderTrainer:
             # pinned staging: the copy is truly asynchronous, the CPU runs ahead of the GPU
             x = (x.pin_memory() if cuda else x).to(device, non_blocking=True)
             losses += parent._step_fn(opt, x)
+        tokens = self.local_steps * self.batch_size * self.world_size * self.data.shape[1]
+        if parent.sharded:   # Δ piece by piece (one piece on the device at a time); mean loss over ranks
+            shard = ShardedDelta.from_model(parent.raw_model, theta, rank=rank, world=self.world_size)
+            mean_loss = float(parent.fabric.all_reduce(losses, reduce_op="mean")) / self.local_steps
+            return LocalUpdate(self.holder_id, None, tokens, self.local_steps, mean_loss, None, shard)
         with torch.no_grad():
             params = [p.detach() for p in parent.raw_model.parameters()]
             views = [v.view_as(p) for v, p in zip(theta.split(parent._layout), params)]
@@ -300,7 +325,6 @@ class HolderTrainer:
                 torch.cuda.current_stream(device).synchronize()
             else:
                 delta = theta.to("cpu")                             # (P,) float32: θ_global − θ_local
-        tokens = self.local_steps * self.batch_size * self.world_size * self.data.shape[1]
         eps = None
         if cfg.dp_sgd.enabled:
             eps = float(self.accountant.get_epsilon(cfg.dp_sgd.delta))

@@ -41,7 +41,7 @@ def _fake_run(d, preset="demo", *, checkpoint=False, overrides=()):
     (["--set", "federation.bogus=1"], "configuration error: federation: unknown key(s) ['bogus']; valid keys are"),
     (["--preset", "nope"], "configuration error: unknown run preset 'nope'"),
     (["--config", "missing.yaml"], "configuration error: config file missing.yaml does not exist"),
-    (["--set", "model.preset=7b"], "unknown model preset '7b'"),
+    (["--set", "model.preset=13b"], "unknown model preset '13b'"),
     (["--set", "rounds"], "must look like section.key=value"),
 ])
 def test_bad_config(argv, message, tmp_path, capsys):

@@ -16,7 +16,7 @@ def test_demo_preset_is_default_and_valid():
 @pytest.mark.parametrize("override, message", [
     ("federation.nope=3", "unknown key"),
     ("train.local_steps=0", "local_steps"),
-    ("model.preset=7b", "unknown model preset"),
+    ("model.preset=13b", "unknown model preset"),
     ("aggregation.mode=telepathy", "not one of"),
     ("federation.rounds=abc", "integer"),
     ("baseline_lr=0", "baseline_lr must be > 0"),

@@ -94,10 +94,10 @@ def test_presets_shapes_and_errors():
     tiny = build_model("tiny", vocab_size=4096, seq_len=128, seed=0)
     assert 1_000_000 <= count_parameters(tiny) <= 5_000_000
     with pytest.raises(ValueError, match="unknown model preset"):
-        get_preset("7b")
+        get_preset("13b")
     with pytest.raises(ValueError, match="local_steps"):
         TrainConfig(local_steps=0)
-    assert set(PRESETS) == {"tiny", "20m", "75m", "125m", "350m", "1.3b"}
+    assert set(PRESETS) == {"tiny", "20m", "75m", "125m", "350m", "1.3b", "2.7b", "7b"}
 
 
 def test_set_flat_rejects_wrong_size():
