@@ -67,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    why = _host_memory_refusal(cfg)
+    if why:
+        print(f"securefed simulate: {why}", file=sys.stderr)
+        return 2
     if args.resume and not args.out:
         print("securefed simulate: --resume needs --out RUN_DIR", file=sys.stderr)
         return 2
@@ -96,6 +100,29 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"run directory: {out}  (report: {out}/report/report.html)")
     return 0
+
+
+def _host_memory_refusal(cfg) -> str | None:
+    """One clear error, before anything is built, for a model this host cannot hold (e.g. --set
+    model.preset=7b on a laptop) — instead of the kernel's OOM kill minutes later. Torch-free: a GPU is
+    assumed present when the NVIDIA device node exists."""
+    import os
+
+    from securefed.training.memory import available_host_bytes, host_bytes
+
+    avail = available_host_bytes()
+    if avail is None:
+        return None
+    vocab = cfg.data.vocab_size if cfg.data.tokenizer == "train" else 0   # a loaded tokenizer: layers only (a floor)
+    acc = cfg.train.accelerator
+    cpu = acc == "cpu" or (acc == "auto" and not os.path.exists("/dev/nvidiactl"))
+    need = host_bytes(cfg.model.preset, vocab_size=vocab, n_holders=cfg.federation.n_holders, cpu_training=cpu)
+    if need <= avail:
+        return None
+    return (f"model.preset={cfg.model.preset} with {cfg.federation.n_holders} holders needs at least "
+            f"{need / 2**30:.1f} GiB of host memory {'(training on the CPU) ' if cpu else ''}and "
+            f"{avail / 2**30:.1f} GiB are available: choose a smaller model.preset or fewer holders, or run on a "
+            "machine with a GPU (see the README's per-GPU memory table)")
 
 
 def _ray_options(args: argparse.Namespace):

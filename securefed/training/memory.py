@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from securefed.training.config import ModelPreset, get_preset
 
-__all__ = ["MemoryEstimate", "parameters", "estimate"]
+__all__ = ["MemoryEstimate", "parameters", "estimate", "host_bytes", "available_host_bytes"]
 
 ACT_BYTES_PER_LAYER = 34   # × s·b·d (see the module docstring)
 
@@ -77,3 +77,28 @@ def estimate(preset: str | ModelPreset, *, vocab_size: int, seq_len: int, batch_
     else:
         acts = ACT_BYTES_PER_LAYER * sbd * p.n_layers
     return MemoryEstimate(strategy, gpus, total, states, transient, acts)
+
+
+def host_bytes(preset: str | ModelPreset, *, vocab_size: int, n_holders: int, cpu_training: bool) -> int:
+    """A floor on the host memory one in-process simulation needs (bytes), before any data or activations.
+
+    Always on the host: θ_global and the outer optimizer's momentum (4P + 4P), the evaluation model (4P).
+    When the holders train on the CPU: the training model's weights and gradients (4P + 4P) and each
+    holder's AdamW moments (8P per holder, kept between rounds). A floor, not an estimate: it exists so
+    that a model that cannot fit is refused with one clear message instead of the kernel's OOM kill.
+    """
+    total, _, _ = parameters(get_preset(preset) if isinstance(preset, str) else preset, vocab_size)
+    per_p = 12 + ((8 + 8 * n_holders) if cpu_training else 0)
+    return per_p * total
+
+
+def available_host_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -51,6 +51,17 @@ def test_bad_config(argv, message, tmp_path, capsys):
     assert _files(tmp_path) == []  # no run directory, nothing else
 
 
+def test_a_model_the_host_cannot_hold_is_refused_before_anything_is_built(tmp_path, capsys, monkeypatch):
+    """--set model.preset=7b on a small machine: one clear error in well under a second, not an OOM kill."""
+    monkeypatch.setattr("securefed.training.memory.available_host_bytes", lambda: 8 * 2**30)
+    assert main(["simulate", "--set", "model.preset=7b"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("securefed simulate: model.preset=7b with 4 holders needs at least ")
+    assert "8.0 GiB are available" in err and err.count("\n") == 1
+    assert _files(tmp_path) == []
+    assert main(["simulate", "--set", "model.preset=7b", "--print-config"]) == 0   # looking is always allowed
+
+
 def test_tensorboard_without_its_package(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     assert main(["simulate", "--set", "logging.tensorboard=true"]) == 2
