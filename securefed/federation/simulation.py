@@ -17,6 +17,7 @@ model hash and ledger on each (tests/federation/test_conformance.py).
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -33,7 +34,8 @@ log = logging.getLogger("securefed.simulate")
 
 def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
                    torch_threads: int | None = None) -> dict[int, HolderConfig]:
-    """What each simulated holder runs with: shard i of the run's corpus, floors equal to the run's settings."""
+    """What each simulated holder runs with: shard i of the run's corpus, floors equal to the run's settings.
+    The holders share this machine's cores: each expands its masks on (cores − 2) / n_holders threads."""
     agg, fed, priv = cfg.aggregation, cfg.federation, cfg.privacy
     sa = agg.secagg
     graph = "complete" if sa.neighbours is None else "auto" if sa.neighbours == 0 else sa.neighbours
@@ -42,7 +44,8 @@ def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
                           epsilon_cap=priv.holder_epsilon_cap)
     t = cfg.train
     hw = HolderHardware(accelerator=t.accelerator, devices=t.devices, precision=t.precision, strategy=t.strategy,
-                        compile=t.compile, torch_threads=torch_threads)
+                        compile=t.compile, torch_threads=torch_threads,
+                        mask_threads=max(1, ((os.cpu_count() or 2) - 2) // max(1, fed.n_holders)))
     out = {}
     for i in range(fed.n_holders):
         h = i + 1   # holder ids are Shamir x-coordinates: >= 1
