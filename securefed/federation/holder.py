@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,6 +62,10 @@ from securefed.secagg.messages import RoundStart, UnmaskRequest
 __all__ = ["Holder", "PolicyRefused", "session_context", "model_sha256"]
 
 log = logging.getLogger("securefed.holder")
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 class PolicyRefused(RuntimeError):
@@ -114,10 +119,15 @@ class Holder:
         self._pool: ThreadPoolExecutor | None = None
 
     def _mask_pool(self) -> ThreadPoolExecutor:
-        """The threads that expand this holder's masks while it trains (secagg.md §6.5), made once."""
+        """The threads that expand this holder's masks while it trains and round its update (secagg.md
+        §6.5). One pool per size in a process: holders simulated in one process share it (their tasks
+        queue in order), so the cores are not oversubscribed n_holders times."""
         if self._pool is None:
             n = self.cfg.hardware.mask_threads or max(1, (os.cpu_count() or 2) // 2)
-            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"masks-{self.id}")
+            with _POOLS_LOCK:
+                if n not in _POOLS:
+                    _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"securefed-masks-{n}")
+                self._pool = _POOLS[n]
         return self._pool
 
     # ------------------------------------------------------------------ joining (H1)
@@ -394,7 +404,7 @@ class Holder:
             rs.ckks_part = np.asarray(ckks_part, dtype=np.float64)
             rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(masked, info))
         else:
-            rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(x, info))
+            rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(x, info), executor=self._mask_pool())
             if rs.secagg is not None:      # the masks are (being) expanded: only y = x + M remains (secagg.md §6.5)
                 rs.secagg.provide_input(rs.masked_part)
                 rs.masked_part = None
