@@ -6,7 +6,7 @@ after another on the one GPU, as the gpu-* presets run them).
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu/secure_overhead.py --out $OUT
     # here, on the CPU (a tiny model, same code path, same JSON):
-    PYTHONPATH=$PWD python benchmarks/gpu/secure_overhead.py --tiny --out /tmp/so
+    PYTHONPATH=$PWD python benchmarks/gpu/secure_overhead.py --tiny --out /tmp/so   # 20m/tiny models, ~4 min
 
 Two cases, each a pair of runs at the same seed, plain aggregation then secure aggregation:
 
@@ -54,8 +54,9 @@ CASES = {   # name -> (overrides, rounds); the GPU cases use the gpu-* presets' 
                "data.max_bytes_per_source=1000000", "train.lr=0.0003", "train.warmup_steps=2",
                "train.eval_batch_size=4", "train.compile=true"], 2),
 }
-TINY = {    # the same shapes of run on the CPU: the tiny model, 8 holders, a few steps
-    "overhead": (["model.preset=tiny", "federation.n_holders=8", "train.local_steps=4", "train.batch_size=4",
+TINY = {    # the same shapes of run on the CPU: 8 holders of the 20m model (P ≈ 16M), 2 steps of 2 × 64 tokens,
+            # so that what secure aggregation adds (P-sized work) is not lost in the training time
+    "overhead": (["model.preset=20m", "federation.n_holders=8", "train.local_steps=2", "train.batch_size=2",
                   "data.seq_len=64", "data.vocab_size=2048", "data.max_sources=8", "data.max_bytes_per_source=100000",
                   "train.lr=0.001", "train.warmup_steps=1", "train.eval_batch_size=16", "train.compile=false"], 2),
     "share": (["model.preset=tiny", "federation.n_holders=3", "train.local_steps=2", "train.batch_size=4",
@@ -87,9 +88,10 @@ def run(name: str, overrides: list[str], rounds: int, mode: str, out: Path) -> d
 def _params(run_dir: Path) -> int | None:
     import torch
 
-    ck = run_dir / "checkpoints" / "checkpoint.pt"
+    from securefed.runtime.rundir import RunDir
+
     try:
-        return int(torch.load(ck, weights_only=True)["dim"])
+        return int(torch.load(RunDir(run_dir).checkpoint_file, weights_only=True)["dim"])
     except (OSError, KeyError, RuntimeError):
         return None
 
