@@ -50,6 +50,8 @@ from securefed.federation.messages import (CkksAdverts, CkksKeys, CkksRotate, Ck
                                            MessageError, Offer, Plan, Ready, Welcome, decode_as, encode)
 from securefed.federation.stages import SECAGG_STAGES, Stage, secagg_stages
 from securefed.primitives.keys import IdentityKey
+from securefed.primitives.quantize import quantize_draws
+from securefed.primitives.rng import PrefetchedEntropy
 from securefed.privacy.clipping import l2_clip
 from securefed.privacy.encoders import DiscretePlan
 from securefed.privacy.remote import HolderBudget, RoundSpec, spec_encode, spec_plan
@@ -94,6 +96,7 @@ class _Round:
     plain: np.ndarray | None = None           # the clipped update, plain only
     secagg: SecAggClient | None = None
     secagg_cohort: tuple[int, ...] = ()       # the RoundStart's cohort
+    encode_entropy: PrefetchedEntropy | None = None   # rounding bits drawn while training (secagg.md §6.5)
     ckks_cohort: frozenset[int] = frozenset()
     answered: set[int] = field(default_factory=set)   # release stages already answered (H7)
     trained: bool = False
@@ -290,6 +293,9 @@ class Holder:
         if rs.secagg is not None:
             rs.secagg.close()
             rs.secagg = None
+        if rs.encode_entropy is not None:
+            rs.encode_entropy.discard()
+            rs.encode_entropy = None
 
     def _vanishes(self, r: int, stage: Stage) -> bool:
         """Simulated dropouts (federation.dropout_rate: silent from a random secagg stage of a round on;
@@ -396,7 +402,7 @@ class Holder:
         rs.spec = spec
         x, info = l2_clip(rs.delta * np.float32(plan.weight), spec.clip)   # w·Δ, then the clip bound C
         rs.delta = None
-        entropy = self.entropy.for_party(plan.round, self.id, "encode")
+        entropy = rs.encode_entropy or self.entropy.for_party(plan.round, self.id, "encode")   # the same bits
         if w.aggregation == "plain":
             rs.plain = x
         elif w.aggregation == "ckks+secagg":
@@ -537,7 +543,14 @@ class Holder:
         return rs.secagg.handle(payload)
 
     def _on_secagg_shares(self, rs: _Round, payload: bytes) -> bytes:
-        return self._secagg(rs, payload)
+        reply = self._secagg(rs, payload)
+        spec = rs.offer.spec
+        if self.welcomed.aggregation == "secagg" and spec.mode in ("none", "central"):
+            # secagg.md §6.5: the rounding bits of quantize's first try, drawn on the mask threads while the
+            # holder trains — the encode entropy's own bytes in its own order (distributed DP draws noise too)
+            rs.encode_entropy = PrefetchedEntropy(self.entropy.for_party(rs.offer.round, self.id, "encode"),
+                                                  quantize_draws(spec.dim), self._mask_pool())
+        return reply
 
     def _on_secagg_masked(self, rs: _Round, payload: bytes) -> bytes:
         reply = self._secagg(rs, payload)        # C3/C4 checked; the masked input exists only here

@@ -36,6 +36,7 @@ __all__ = [
     "to_ring",
     "from_ring",
     "quantize",
+    "quantize_draws",
     "dequantize_sum",
     "rounded_l2_bound",
     "accept_threshold",
@@ -257,6 +258,12 @@ def quantize(x: np.ndarray, plan: QuantizationPlan, entropy: Entropy, *, executo
         if sq <= bound_sq:
             return plan.ring.reduce(out)
     raise RuntimeError("conditional randomised rounding did not succeed")  # pragma: no cover - p ≈ 1e-43
+
+
+def quantize_draws(n: int) -> list[int]:
+    """The sizes (bytes) of quantize's entropy draws for a vector of n coordinates, first try, in order:
+    4 bytes per coordinate, one draw per chunk (what a caller may prefetch, rng.PrefetchedEntropy)."""
+    return [4 * min(_CHUNK, n - s) for s in range(0, n, _CHUNK)]
 
 
 def _round_chunk(x: np.ndarray, out: np.ndarray, start: int, m: int, plan: QuantizationPlan, bits: bytes,

@@ -169,3 +169,25 @@ def test_closing_or_aborting_erases_the_mask_buffer(pool):
     with pytest.raises(SecAggAborted):
         clients[2].handle(bad)
     assert clients[2]._premask is None and not bufs[2].any() and clients[2]._x is None
+
+
+def test_prefetched_rounding_bits_are_the_entropys_own_bytes_in_order(pool):
+    """A holder draws quantize's first-try rounding bits while it trains (§6.5): the same quantized vector."""
+    from securefed.primitives.quantize import plan_quantization, quantize, quantize_draws
+    from securefed.primitives.rng import PrefetchedEntropy
+
+    n = (1 << 18) * 2 + 11
+    x = np.random.default_rng(2).standard_normal(n)
+    x *= 0.9 / np.linalg.norm(x)
+    plan = plan_quantization(clip=1.0, ring_bits=32, max_clients=4)
+    want = quantize(x, plan, DeterministicEntropy.from_int(8))
+    pre = PrefetchedEntropy(DeterministicEntropy.from_int(8), quantize_draws(n), pool)
+    assert np.array_equal(quantize(x, plan, pre, executor=pool), want)
+    tail = DeterministicEntropy.from_int(8)
+    for size in quantize_draws(n):
+        tail.random_bytes(size)
+    assert pre.random_bytes(16) == tail.random_bytes(16)          # then the entropy itself, in order
+    wrong = PrefetchedEntropy(DeterministicEntropy.from_int(8), [4, 8], pool)
+    with pytest.raises(ValueError, match="prefetched"):
+        wrong.random_bytes(8)
+    wrong.discard()
