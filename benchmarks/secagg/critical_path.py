@@ -51,6 +51,7 @@ def one_round(updates, *, new: bool, threads: int, train_wait: float) -> dict:
             server.receive(i, clients[i].handle(data))
         out = server.close_stage()
     time.sleep(train_wait)                               # the holders train (the GPU's time; idle CPU here)
+    ready = all(f.done() for c in clients.values() if c._premask for f in c._premask.futures) if new else None
     per_holder, sent = {}, {}
     for i, data in out.items():                          # after training: encode, then the MASK stage
         t0 = time.perf_counter()
@@ -74,6 +75,7 @@ def one_round(updates, *, new: bool, threads: int, train_wait: float) -> dict:
         pool.shutdown()
     return {"holder_after_training_s": round(float(np.mean(list(per_holder.values()))), 3),
             "all_holders_s": round(sum(per_holder.values()), 3), "server_unmask_s": round(unmask, 3),
+            "masks_ready_when_training_ended": ready,
             "_sent": sent, "_sum": server.result.copy()}
 
 
