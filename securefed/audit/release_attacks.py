@@ -73,7 +73,7 @@ def _record_updates(holder) -> dict[str, list]:
 def _rerun(fed, r: int, cohort: tuple[int, ...], theta: bytes, spool: Path) -> dict:
     """The malicious coordinator runs round r again over ``cohort`` with the same θ, pushing every stage
     whatever the holders answer; returns what it got."""
-    from securefed.federation.aggregation import MAX_CONTROL, secure_sum
+    from securefed.federation.aggregation import MAX_CONTROL, SecureSession
     from securefed.federation.holder import model_sha256, session_context
     from securefed.federation.messages import Decision, MessageError, Offer, Plan, decode, encode
     from securefed.privacy.remote import round_spec
@@ -91,12 +91,14 @@ def _rerun(fed, r: int, cohort: tuple[int, ...], theta: bytes, spool: Path) -> d
             out["decisions"][h] = (d.accept, d.reason) if isinstance(d, Decision) else ("?", type(d).__name__)
         except MessageError as e:
             out["decisions"][h] = ("?", str(e))
-    ch.send(r, Stage.MODEL, {h: theta for h in cohort})           # as if every holder had accepted
-    ch.exchange(r, Stage.PLAN, {h: encode(Plan(r, spec)) for h in cohort}, deadline=dl.train, max_reply=MAX_CONTROL)
-    try:
-        out["sum"] = secure_sum(ch, r, list(cohort), length=rp.encoded_dim, config=c.cfg.aggregation.secagg,
-                                roster=fed.roster, context=session_context(c.run_id, bytes.fromhex(mhash)),
-                                deadlines=dl, spool=spool, transcript=None)
+    session = SecureSession(ch, r, list(cohort), length=rp.encoded_dim, config=c.cfg.aggregation.secagg,
+                            roster=fed.roster, context=session_context(c.run_id, bytes.fromhex(mhash)), deadlines=dl,
+                            spool=spool, transcript=None, mode="secagg")
+    try:       # as if every holder had accepted: the key stages, θ, the plan, then the masked sum
+        session.keys()
+        ch.send(r, Stage.MODEL, {h: theta for h in cohort})
+        ch.exchange(r, Stage.PLAN, {h: encode(Plan(r, spec)) for h in cohort}, deadline=dl.train, max_reply=MAX_CONTROL)
+        out["sum"] = session.finish(list(cohort))
     except SecAggAborted as e:
         out["aborted"] = str(e)
     return out

@@ -1,6 +1,7 @@
 """The coordinator's side of each aggregation route, over any channel (protocols/federation.md §4.4).
 
     secure_sum   SecAgg / SecAgg+ stages START → UNMASK; masked inputs stream into the ring sum
+                 (SecureSession: the key stages before training, the rest after; federation.md §4.3)
     ckks_sum     key rotation (when due), CKKS uploads, one decryptor's release (protocols/ckks.md §3, §5)
     plain_sum    the warned baseline: every holder's clipped update, summed here
 
@@ -11,6 +12,8 @@ turns it into the round's mean; nothing here sees an individual update except ``
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +26,13 @@ from securefed.ckks.messages import decode as ckks_decode
 from securefed.federation.channel import Channel
 from securefed.federation.messages import (CkksAdverts, CkksKeys, CkksRotate, CkksShare, CkksUploadRequest, Decision,
                                            MessageError, decode_as, encode)
-from securefed.federation.stages import SECAGG_STAGES, Deadlines, Stage
+from securefed.federation.stages import Deadlines, Stage, secagg_stages
 from securefed.secagg import Roster, SecAggAborted, SecAggConfig, SecAggServer
 from securefed.transport.accumulate import RingAccumulator
 from securefed.transport.frames import FrameError
 from securefed.transport.stream import BytesSink
 
-__all__ = ["MAX_CONTROL", "SecureSum", "secure_sum", "CkksRoute", "plain_sum"]
+__all__ = ["MAX_CONTROL", "SecureSum", "SecureSession", "secure_sum", "CkksRoute", "plain_sum"]
 
 log = logging.getLogger("securefed.coordinator")
 
@@ -41,6 +44,7 @@ MAX_CKKS_UPLOAD = 256 << 20
 class SecureSum:
     total: np.ndarray                 # Σ_{i ∈ survivors} y_i mod 2^k, dtype of the ring
     survivors: tuple[int, ...]
+    dropped: tuple[int, ...] = ()     # U2 \ U3: shared their keys, sent no masked input (their pairs were unmasked)
 
 
 class _TranscriptSink:
@@ -62,28 +66,73 @@ class _TranscriptSink:
         self.inner.abort()
 
 
-def secure_sum(channel: Channel, r: int, cohort: list[int], *, length: int, config: SecAggConfig, roster: Roster,
-               context: bytes, deadlines: Deadlines, spool: Path, transcript: Path | None) -> SecureSum:
-    """One secure-aggregation round over ``cohort`` (protocols/secagg.md §6); SecAggAborted below t_min."""
-    sa = SecAggServer(config=config, cohort=cohort, vector_length=length, round_index=r, session_context=context,
-                      roster=roster, transcript_dir=transcript)
-    outbox = {h: sa.round_start() for h in cohort}
-    for stage in SECAGG_STAGES:
-        if stage == Stage.SECAGG_MASKED:
-            acc = RingAccumulator.over(sa.total, sa.ring.bits, spool)
+class SecureSession:
+    """One secure-aggregation round over ``cohort`` (protocols/secagg.md §6) in two halves:
 
-            def sink(h: int, acc=acc):
-                fold = acc.open(h, on_commit=lambda sender: _accept_masked(sa, sender))
-                return _TranscriptSink(fold, transcript / f"masked-r{r}-from-{h}.bin") if transcript else fold
-            channel.collect(r, stage, outbox, deadline=deadlines.for_stage(stage), sink=sink,
-                            max_reply=19 + length * sa.ring.dtype.itemsize)
-            acc.seal()   # undo every half-received masked input now (protocols/transport.md §4.3)
-        else:
-            for h, data in channel.exchange(r, stage, outbox, deadline=deadlines.for_stage(stage),
-                                            max_reply=MAX_CONTROL).items():
-                sa.receive(h, data)                   # S1–S6: invalid messages drop their sender
-        outbox = sa.close_stage()                     # S7: SecAggAborted below t_min
-    return SecureSum(sa.result, tuple(sorted(sa.survivors)))
+        keys()          RoundStart → AdvertiseKeys, KeyRoster → ShareKeys      (U1, U2)
+        finish(ready)   ForwardedShares to ready ∩ U2 → masked inputs streamed into the ring sum,
+                        SurvivorList, UnmaskRequest → unmasking across ``threads`` cores
+
+    Under ``secagg`` the coordinator calls keys() before the model goes out, so the holders expand
+    their masks while they train (federation.md §4.3); a member of U2 that does not finish training
+    (refuses the plan, misses the deadline) is a dropout of U2 \\ U3 to the protocol. Under
+    ``ckks+secagg`` both halves run after the CKKS sum. SecAggAborted below the thresholds (S7).
+    """
+
+    def __init__(self, channel: Channel, r: int, cohort: list[int], *, length: int, config: SecAggConfig,
+                 roster: Roster, context: bytes, deadlines: Deadlines, spool: Path, transcript: Path | None,
+                 mode: str = "secagg", threads: int | None = None) -> None:
+        self.channel, self.r, self.deadlines, self.spool, self.transcript = channel, r, deadlines, spool, transcript
+        self.stages, self.length = secagg_stages(mode), length
+        self.threads = threads or os.cpu_count() or 1
+        self.sa = SecAggServer(config=config, cohort=cohort, vector_length=length, round_index=r,
+                               session_context=context, roster=roster, transcript_dir=transcript)
+        self.outbox = {h: self.sa.round_start() for h in cohort}
+
+    def keys(self) -> frozenset[int]:
+        """The key stages; returns U2 (the holders whose ShareKeys the server accepted)."""
+        for stage in self.stages[:2]:
+            self._exchange(stage)
+        return frozenset(self.outbox)
+
+    def finish(self, ready) -> SecureSum:
+        """The masked, consistency and unmask stages over ``ready`` ∩ U2; the ring sum of U3."""
+        sa, r, transcript = self.sa, self.r, self.transcript
+        self.outbox = {h: m for h, m in self.outbox.items() if h in set(ready)}   # the others: dropped (§8)
+        stage = Stage.SECAGG_MASKED
+        acc = RingAccumulator.over(sa.total, sa.ring.bits, self.spool)
+
+        def sink(h: int, acc=acc):
+            fold = acc.open(h, on_commit=lambda sender: _accept_masked(sa, sender))
+            return _TranscriptSink(fold, transcript / f"masked-r{r}-from-{h}.bin") if transcript else fold
+        self.channel.collect(r, stage, self.outbox, deadline=self.deadlines.for_stage(stage), sink=sink,
+                             max_reply=19 + self.length * sa.ring.dtype.itemsize)
+        acc.seal()   # undo every half-received masked input now (protocols/transport.md §4.3)
+        self.outbox = sa.close_stage()
+        self._exchange(Stage.SECAGG_CONSISTENCY)
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="unmask") as pool:
+            sa.executor = pool                       # §6.4 across cores: the same bits as serially
+            try:
+                self._exchange(Stage.SECAGG_UNMASK)
+            finally:
+                sa.executor = None
+        return SecureSum(sa.result, tuple(sorted(sa.survivors)), sa.dropped_after_sharing)
+
+    def _exchange(self, stage: Stage) -> None:
+        for h, data in self.channel.exchange(self.r, stage, self.outbox, deadline=self.deadlines.for_stage(stage),
+                                             max_reply=MAX_CONTROL).items():
+            self.sa.receive(h, data)                  # S1–S6: invalid messages drop their sender
+        self.outbox = self.sa.close_stage()           # S7: SecAggAborted below t_min
+
+
+def secure_sum(channel: Channel, r: int, cohort: list[int], *, length: int, config: SecAggConfig, roster: Roster,
+               context: bytes, deadlines: Deadlines, spool: Path, transcript: Path | None,
+               mode: str = "ckks+secagg", threads: int | None = None) -> SecureSum:
+    """Both halves of a SecureSession at once (the ckks+secagg route: after the CKKS sum)."""
+    s = SecureSession(channel, r, cohort, length=length, config=config, roster=roster, context=context,
+                      deadlines=deadlines, spool=spool, transcript=transcript, mode=mode, threads=threads)
+    s.keys()
+    return s.finish(cohort)
 
 
 def _accept_masked(sa: SecAggServer, sender: int) -> None:

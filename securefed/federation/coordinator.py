@@ -5,6 +5,7 @@
         cohort   = sample(available holders)           fixed-size or Poisson
         OFFER    provisional privacy plan              holders decide for themselves (own floors, own ε cap)
         plan     = privacy.begin_round(accepters)      the server's cap; the final plan over the accepters
+        [secagg: SECAGG_START, SECAGG_SHARES]          keys first: holders expand their masks while training
         MODEL    θ_r                                   holders train K steps
         PLAN     final plan, per-holder weight         → Ready (tokens, loss)
         Σ        = secure_sum / ckks_sum + secure_sum / plain_sum
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from securefed.configio import dump_yaml
-from securefed.federation.aggregation import MAX_CONTROL, CkksRoute, plain_sum, secure_sum
+from securefed.federation.aggregation import MAX_CONTROL, CkksRoute, SecureSession, plain_sum
 from securefed.federation.channel import Channel
 from securefed.federation.holder import model_sha256, session_context
 from securefed.federation.messages import Decision, MessageError, Offer, Plan, Ready, Welcome, decode, encode
@@ -363,11 +364,21 @@ class Coordinator:
         participants = list(rp.participants)
         ready: dict[int, Ready] = {}
         result, aborted = None, None
+        session, dropped = None, ()
         if not participants or (secure and len(participants) < 3):
             aborted = f"{len(participants)} of {len(cohort)} sampled holders took part: too few"
-        else:
+        elif cfg.aggregation.mode == "secagg":
+            # federation.md §4.3: the key stages before training, over the participants; the holders expand their masks
+            # while they train. A participant that then does not finish is a dropout of U2 \ U3.
+            session = self._secure_session(r, participants, rp.encoded_dim, mhash, mode="secagg")
+            try:
+                participants = sorted(session.keys())     # U2: only they can send a masked input
+            except SecAggAborted as e:
+                aborted = str(e)
+            clock.lap("secagg_keys")
+        if aborted is None:
             self.channel.send(r, Stage.MODEL, {h: theta_bytes for h in participants})
-            weights = self._weights(participants)
+            weights = self._weights(list(rp.participants))
             spec = round_spec(rp)
             plans = {h: encode(Plan(r, spec, weight=float(weights[h]))) for h in participants}
             for h, data in self.channel.exchange(r, Stage.PLAN, plans, deadline=dl.train, max_reply=MAX_CONTROL).items():
@@ -378,13 +389,14 @@ class Coordinator:
                     refusals[str(h)] = msg.reason
             clock.lap("train")
             try:
-                result = self._aggregate(r, rp, sorted(ready), weights, mhash)
+                result = self._aggregate(r, rp, sorted(ready), weights, mhash, session)
             except SecAggAborted as e:   # below threshold: no masked sum revealed, the model stays as it was
                 aborted = str(e)
             clock.lap("aggregate")
+            dropped = result[3] if result else ()
         survivors = list(result[1]) if result else []
         if result is not None:
-            total, _, denominator = result
+            total, _, denominator, _ = result
             self.outer.step(_torch(total) / denominator)
         clipped = {h: ready[h].clipped for h in survivors if ready[h].clipped is not None}
         row.update({
@@ -396,6 +408,8 @@ class Coordinator:
         })
         if refusals:
             row["refusals"] = refusals
+        if dropped:   # shared keys, then sent no masked input: their pairwise masks were unmasked (secagg.md §8)
+            row["secagg_dropped"] = list(dropped)
         if aborted:
             row["aborted"] = aborted
             self._say(f"[yellow]round {r} aborted: {aborted}[/]")
@@ -437,18 +451,28 @@ class Coordinator:
                 return int(m["tokens_seen"])
         return 0
 
-    def _aggregate(self, r: int, rp, ready: list[int], weights: dict[int, float], mhash: str):
-        """(float32 sum over the survivors, survivors, denominator); SecAggAborted if it cannot be formed."""
+    def _secure_session(self, r: int, cohort: list[int], length: int, mhash: str, *, mode: str) -> SecureSession:
+        cfg = self.cfg
+        transcript = self.rd.transcript / f"round-{r:05d}" if cfg.aggregation.transcript else None
+        return SecureSession(self.channel, r, cohort, length=length, config=cfg.aggregation.secagg, roster=self.roster,
+                             context=session_context(self.run_id, bytes.fromhex(mhash)), deadlines=self.opt.deadlines,
+                             spool=self.rd.root / "spool", transcript=transcript, mode=mode)
+
+    def _aggregate(self, r: int, rp, ready: list[int], weights: dict[int, float], mhash: str,
+                   session: SecureSession | None = None):
+        """(float32 sum over the survivors, survivors, denominator, secagg dropouts U2 \\ U3); SecAggAborted
+        if it cannot be formed. ``session``: under ``secagg``, the session whose key stages ran before training."""
         cfg, dl = self.cfg, self.opt.deadlines
         mode = cfg.aggregation.mode
         noise = self.entropy.for_party(r, SERVER_PARTY, "noise")
+        dropped = ()
         if mode == "plain":
             total, survivors = plain_sum(self.channel, r, ready, dim=self.dim, clip=rp.clip_bound, deadlines=dl)
             if not survivors:
                 raise SecAggAborted("no plain update arrived")
             total = rp.noise_plain_sum(total, noise)
         else:
-            if len(ready) < 3:
+            if session is None and len(ready) < 3:   # (a session's cohort had >= 3; its survivors need t_min, S7)
                 raise SecAggAborted(f"only {len(ready)} holders finished training: secure aggregation needs 3")
             ckks_total, masked_cohort = None, ready
             if mode == "ckks+secagg":
@@ -456,12 +480,11 @@ class Coordinator:
                 masked_cohort = list(a)   # CKKS first: a holder rejected there never enters the masked sum
                 if len(masked_cohort) < 3:
                     raise SecAggAborted(f"only {len(masked_cohort)} CKKS uploads accepted: secure aggregation needs 3")
-            length = self.route_plan.secagg_size if mode == "ckks+secagg" else rp.encoded_dim
-            transcript = self.rd.transcript / f"round-{r:05d}" if cfg.aggregation.transcript else None
-            out = secure_sum(self.channel, r, masked_cohort, length=length, config=cfg.aggregation.secagg,
-                             roster=self.roster, context=session_context(self.run_id, bytes.fromhex(mhash)),
-                             deadlines=dl, spool=self.rd.root / "spool", transcript=transcript)
-            survivors = out.survivors
+            if mode == "ckks+secagg":
+                session = self._secure_session(r, masked_cohort, self.route_plan.secagg_size, mhash, mode=mode)
+                session.keys()
+            out = session.finish(masked_cohort)
+            survivors, dropped = out.survivors, out.dropped
             if mode == "ckks+secagg":
                 masked = dequantize_sum(out.total, rp.plan).astype(np.float64)
                 if cfg.privacy.mode == "none" and list(survivors) != masked_cohort:
@@ -473,7 +496,7 @@ class Coordinator:
         # DP: a fixed denominator (the planned cohort) bounds one holder's influence by C / cohort
         denominator = (float(self.cfg.federation.cohort_size) if cfg.privacy.mode != "none"
                        else float(sum(weights[h] for h in survivors)) or 1.0)
-        return np.asarray(total, dtype=np.float32), survivors, denominator
+        return np.asarray(total, dtype=np.float32), survivors, denominator, dropped
 
     def evaluate(self) -> dict:
         from securefed.training.flat import set_flat

@@ -16,7 +16,9 @@ logged refusal or silence — never a traceback, never a second release.
     H5  the final Plan keeps the Offer's mode, C, σ, δ, ring and dimension, lists this holder among
         participants drawn from the offered cohort, and still passes H3.
     H6  a RoundStart / CKKS request names the round, a cohort drawn from the plan's participants,
-        this holder, the planned ring, and thresholds and a graph at or above its floors.
+        this holder, the planned ring, and thresholds and a graph at or above its floors. Under
+        `secagg` the RoundStart comes before the model (federation.md §4.3): it is checked against the
+        Offer then, and against the Plan at PLAN (a cohort outside the plan: the holder refuses there).
     H7  release once: before the first message carrying (a function of) its data in round r —
         CKKS ciphertexts, the plain update or the masked input — the release is charged durably in
         its ledger; a released round is never taken part in again (a restart resumes at the next
@@ -30,6 +32,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,10 +48,13 @@ from securefed.ckks.messages import encode as ckks_encode
 from securefed.federation.holder_config import PRIVACY_ORDER, HolderConfig
 from securefed.federation.messages import (CkksAdverts, CkksKeys, CkksRotate, CkksShare, CkksUploadRequest, Decision,
                                            MessageError, Offer, Plan, Ready, Welcome, decode_as, encode)
-from securefed.federation.stages import SECAGG_STAGES, Stage
+from securefed.federation.stages import SECAGG_STAGES, Stage, secagg_stages
 from securefed.primitives.keys import IdentityKey
+from securefed.primitives.quantize import quantize_draws
+from securefed.primitives.rng import PrefetchedEntropy
 from securefed.privacy.clipping import l2_clip
-from securefed.privacy.remote import HolderBudget, RoundSpec, spec_encode
+from securefed.privacy.encoders import DiscretePlan
+from securefed.privacy.remote import HolderBudget, RoundSpec, spec_encode, spec_plan
 from securefed.runtime.parties import EntropyFactory
 from securefed.runtime.rundir import atomic_write_text
 from securefed.secagg import Roster, SecAggAborted, SecAggClient, SecAggConfig, UnexpectedMessage
@@ -56,6 +64,10 @@ from securefed.secagg.messages import RoundStart, UnmaskRequest
 __all__ = ["Holder", "PolicyRefused", "session_context", "model_sha256"]
 
 log = logging.getLogger("securefed.holder")
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 class PolicyRefused(RuntimeError):
@@ -83,6 +95,8 @@ class _Round:
     ckks_part: np.ndarray | None = None       # the CKKS-routed slice (float64), ckks+secagg only
     plain: np.ndarray | None = None           # the clipped update, plain only
     secagg: SecAggClient | None = None
+    secagg_cohort: tuple[int, ...] = ()       # the RoundStart's cohort
+    encode_entropy: PrefetchedEntropy | None = None   # rounding bits drawn while training (secagg.md §6.5)
     ckks_cohort: frozenset[int] = frozenset()
     answered: set[int] = field(default_factory=set)   # release stages already answered (H7)
     trained: bool = False
@@ -105,6 +119,19 @@ class Holder:
         self.ckks: HolderRole | None = None
         self._ckks_roster = {h: HolderPublic(h, k) for h, k in roster.keys.items()}
         self._data = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _mask_pool(self) -> ThreadPoolExecutor:
+        """The threads that expand this holder's masks while it trains and round its update (secagg.md
+        §6.5). One pool per size in a process: holders simulated in one process share it (their tasks
+        queue in order), so the cores are not oversubscribed n_holders times."""
+        if self._pool is None:
+            n = self.cfg.hardware.mask_threads or max(1, (os.cpu_count() or 2) // 2)
+            with _POOLS_LOCK:
+                if n not in _POOLS:
+                    _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"securefed-masks-{n}")
+                self._pool = _POOLS[n]
+        return self._pool
 
     # ------------------------------------------------------------------ joining (H1)
     def hello(self) -> dict:
@@ -239,11 +266,15 @@ class Holder:
         if self._vanishes(round_index, stage):
             return None
         try:
-            return getattr(self, "_on_" + stage.name.lower())(rs, payload)
+            if stage in SECAGG_STAGES and stage not in secagg_stages(self.welcomed.aggregation):
+                raise ValueError(f"stage {stage.name} is not a stage of aggregation {self.welcomed.aggregation!r}")
+            name = {Stage.CKKS_SECAGG_START: "secagg_start", Stage.CKKS_SECAGG_SHARES: "secagg_shares"}.get(
+                stage, stage.name.lower())
+            return getattr(self, "_on_" + name)(rs, payload)
         except (ValueError, SecAggAborted) as e:   # every codec/MUST-rule error of the stack is a ValueError
             log.warning("holder %d: round %d stage %s refused: %s", self.id, round_index, stage.name, e)
             if stage in SECAGG_STAGES and not isinstance(e, UnexpectedMessage):
-                rs.secagg = None       # an aborted secagg client has erased its secrets (C10)
+                self._end_secagg(rs)   # C10: secrets and the mask buffer erased
             # UnexpectedMessage (a repeated or out-of-order stage message) leaves the client as it was: it
             # still answers the next stage once, instead of dropping out of a round it already released in
             return None
@@ -251,22 +282,33 @@ class Holder:
     def end_round(self, round_index: int) -> None:
         """The round is over for this holder (finished, aborted or dropped): keep the trainer's state."""
         if self._round is not None and self._round.offer.round == round_index:
+            self._end_secagg(self._round)          # C10: whatever the round left, secrets and masks go
             last = round_index >= self.welcomed.rounds
             if self._round.trained and (round_index % self.cfg.save_every == 0 or last):
                 self._save_state()
             self._round = None
+
+    @staticmethod
+    def _end_secagg(rs: _Round) -> None:
+        if rs.secagg is not None:
+            rs.secagg.close()
+            rs.secagg = None
+        if rs.encode_entropy is not None:
+            rs.encode_entropy.discard()
+            rs.encode_entropy = None
 
     def _vanishes(self, r: int, stage: Stage) -> bool:
         """Simulated dropouts (federation.dropout_rate: silent from a random secagg stage of a round on;
         vanish_at: silent for good from one stage on — the in-process twin of a killed holder process)."""
         if self.cfg.vanish_at is not None and (r, stage) >= tuple(self.cfg.vanish_at):
             return True
-        if self.cfg.dropout_rate <= 0:
+        if self.cfg.dropout_rate <= 0 or self.welcomed.aggregation == "plain":
             return False
         rng = np.random.default_rng([self.cfg.secret_seed, r, self.id, 7])
         if rng.random() >= self.cfg.dropout_rate:
             return False
-        return stage >= SECAGG_STAGES[int(rng.integers(len(SECAGG_STAGES)))]
+        stages = secagg_stages(self.welcomed.aggregation)
+        return stage >= stages[int(rng.integers(len(stages)))]
 
     def _refuse(self, r: int, reason: str, spec: RoundSpec | None) -> bytes:
         log.warning("holder %d refuses round %d: %s", self.id, r, reason)
@@ -348,14 +390,19 @@ class Holder:
             raise ValueError("the plan's share count differs from its participants")
         if not rs.trained:
             raise ValueError("plan before the model: nothing was trained")
+        w = self.welcomed
         why = self._check_spec(spec, len(spec.participants))
+        if not why and rs.secagg is not None and w.aggregation == "secagg":   # H6, the part the Offer could not settle
+            cohort = set(rs.secagg_cohort)
+            if not cohort <= set(spec.participants) or len(cohort) > spec.n_shares:
+                why = "the secure-aggregation cohort is not drawn from the plan's participants (H6)"
         if why:
+            self._end_secagg(rs)   # a dropout of U2 \\ U3 to the protocol: its pairs are unmasked without it
             return self._refuse(plan.round, why, spec)
         rs.spec = spec
-        w = self.welcomed
         x, info = l2_clip(rs.delta * np.float32(plan.weight), spec.clip)   # w·Δ, then the clip bound C
         rs.delta = None
-        entropy = self.entropy.for_party(plan.round, self.id, "encode")
+        entropy = rs.encode_entropy or self.entropy.for_party(plan.round, self.id, "encode")   # the same bits
         if w.aggregation == "plain":
             rs.plain = x
         elif w.aggregation == "ckks+secagg":
@@ -363,7 +410,10 @@ class Holder:
             rs.ckks_part = np.asarray(ckks_part, dtype=np.float64)
             rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(masked, info))
         else:
-            rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(x, info))
+            rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(x, info), executor=self._mask_pool())
+            if rs.secagg is not None:      # the masks are (being) expanded: only y = x + M remains (secagg.md §6.5)
+                rs.secagg.provide_input(rs.masked_part)
+                rs.masked_part = None
         rs.report = replace(rs.report, clipped=None if spec.mode == "distributed" else bool(info.clipped))
         return encode(rs.report)
 
@@ -453,25 +503,39 @@ class Holder:
 
     # -- secure aggregation (protocols/secagg.md §6) ------------------------------------------------
     def _on_secagg_start(self, rs: _Round, payload: bytes) -> bytes:
+        """H6. Under ``secagg`` before the model, against the Offer (the Plan is checked at PLAN); under
+        ``ckks+secagg`` after the CKKS upload, against the Plan and the CKKS cohort (federation.md §4.3)."""
         start = secagg_decode(payload)
         w = self.welcomed
-        if not isinstance(start, RoundStart) or rs.masked_part is None or rs.secagg is not None:
+        if not isinstance(start, RoundStart) or rs.secagg is not None or rs.secagg_cohort:
             raise ValueError("not a RoundStart, or secure aggregation already started this round")
+        early = w.aggregation == "secagg"
+        if early and (rs.trained or rs.spec is not None):
+            raise ValueError("under secagg the key stages come before the model (federation.md §4.3)")
+        if not early and rs.masked_part is None:
+            raise ValueError("nothing encoded for secure aggregation")
+        spec = rs.offer.spec if early else rs.spec
+        members = rs.offer.cohort if early else spec.participants
         cohort = set(start.cohort)
-        if start.round_index != rs.offer.round or self.id not in cohort or not cohort <= set(rs.spec.participants):
+        if start.round_index != rs.offer.round or self.id not in cohort or not cohort <= set(members):
             raise ValueError("the RoundStart's round or cohort differs from the plan (H6)")
         if w.aggregation == "ckks+secagg" and not cohort <= rs.ckks_cohort:
             raise ValueError("the masked cohort is not drawn from the CKKS survivors")
-        if start.ring_bits != rs.spec.ring_bits or len(cohort) > rs.spec.n_shares:
+        if start.ring_bits != spec.ring_bits or len(cohort) > spec.n_shares:
             raise ValueError("the RoundStart's ring or cohort size exceeds the plan (quantization bound)")
         _check_floor(w.secagg, self.cfg.policy.secagg_floor(), len(cohort), min_cohort=self.cfg.policy.min_cohort)
+        if early:   # P of the update this holder will encode under the offered plan
+            plan = spec_plan(spec)
+            length = plan.encoded_dim if isinstance(plan, DiscretePlan) else spec.dim
+        else:
+            length = rs.masked_part.shape[0]
         ctx = session_context(w.run_id, bytes.fromhex(rs.offer.model_sha256))
-        rs.secagg = SecAggClient(self.id, identity=self.identity, roster=self.roster, config=w.secagg,
-                                 session_context=ctx, round_index=rs.offer.round, vector=rs.masked_part,
-                                 entropy=self.entropy.for_party(rs.offer.round, self.id, "secagg"))
-        rs.masked_part = None
-        self._secagg_cohort = len(cohort)
-        return rs.secagg.handle(payload)
+        client = SecAggClient(self.id, identity=self.identity, roster=self.roster, config=w.secagg,
+                              session_context=ctx, round_index=rs.offer.round, vector=None if early else rs.masked_part,
+                              length=length, entropy=self.entropy.for_party(rs.offer.round, self.id, "secagg"),
+                              executor=self._mask_pool())
+        rs.secagg, rs.secagg_cohort, rs.masked_part = client, tuple(sorted(cohort)), None   # one RoundStart a round
+        return client.handle(payload)             # C1 (P against the plan's encoded length)
 
     def _secagg(self, rs: _Round, payload: bytes) -> bytes:
         if rs.secagg is None:
@@ -479,11 +543,18 @@ class Holder:
         return rs.secagg.handle(payload)
 
     def _on_secagg_shares(self, rs: _Round, payload: bytes) -> bytes:
-        return self._secagg(rs, payload)
+        reply = self._secagg(rs, payload)
+        spec = rs.offer.spec
+        if self.welcomed.aggregation == "secagg" and spec.mode in ("none", "central"):
+            # secagg.md §6.5: the rounding bits of quantize's first try, drawn on the mask threads while the
+            # holder trains — the encode entropy's own bytes in its own order (distributed DP draws noise too)
+            rs.encode_entropy = PrefetchedEntropy(self.entropy.for_party(rs.offer.round, self.id, "encode"),
+                                                  quantize_draws(spec.dim), self._mask_pool())
+        return reply
 
     def _on_secagg_masked(self, rs: _Round, payload: bytes) -> bytes:
         reply = self._secagg(rs, payload)        # C3/C4 checked; the masked input exists only here
-        self._release(rs, Stage.SECAGG_MASKED, self._secagg_cohort)
+        self._release(rs, Stage.SECAGG_MASKED, len(rs.secagg_cohort))
         return reply
 
     def _on_secagg_consistency(self, rs: _Round, payload: bytes) -> bytes:

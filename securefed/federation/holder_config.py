@@ -95,10 +95,14 @@ class HolderHardware:
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     compile: bool = False
     torch_threads: int | None = None
+    mask_threads: int | None = None    # threads expanding secure-aggregation masks while it trains (None: half the cores)
 
     def __post_init__(self) -> None:
         if self.devices < 1 or (self.torch_threads is not None and self.torch_threads < 1):
             raise ValueError("hardware.devices and hardware.torch_threads must be >= 1")
+        if self.mask_threads is not None and (isinstance(self.mask_threads, bool) or not isinstance(self.mask_threads, int)
+                                              or not 1 <= self.mask_threads <= 1024):
+            raise ValueError("hardware.mask_threads must be an int in [1, 1024]")
 
 
 @dataclass(frozen=True)

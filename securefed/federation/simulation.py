@@ -17,6 +17,7 @@ model hash and ledger on each (tests/federation/test_conformance.py).
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -32,8 +33,10 @@ log = logging.getLogger("securefed.simulate")
 
 
 def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
-                   torch_threads: int | None = None) -> dict[int, HolderConfig]:
-    """What each simulated holder runs with: shard i of the run's corpus, floors equal to the run's settings."""
+                   torch_threads: int | None = None, mask_threads: int | None = None) -> dict[int, HolderConfig]:
+    """What each simulated holder runs with: shard i of the run's corpus, floors equal to the run's settings.
+    ``mask_threads`` (secure aggregation's expansion and rounding threads, per holder process): default
+    (cores − 2) / n_holders, the holders' processes sharing this machine's cores."""
     agg, fed, priv = cfg.aggregation, cfg.federation, cfg.privacy
     sa = agg.secagg
     graph = "complete" if sa.neighbours is None else "auto" if sa.neighbours == 0 else sa.neighbours
@@ -42,7 +45,8 @@ def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
                           epsilon_cap=priv.holder_epsilon_cap)
     t = cfg.train
     hw = HolderHardware(accelerator=t.accelerator, devices=t.devices, precision=t.precision, strategy=t.strategy,
-                        compile=t.compile, torch_threads=torch_threads)
+                        compile=t.compile, torch_threads=torch_threads,
+                        mask_threads=mask_threads or max(1, ((os.cpu_count() or 2) - 2) // max(1, fed.n_holders)))
     out = {}
     for i in range(fed.n_holders):
         h = i + 1   # holder ids are Shamir x-coordinates: >= 1
@@ -116,7 +120,9 @@ class Simulation:
 
     def run(self) -> dict:
         lay, roster = self._pki()
-        configs = holder_configs(self.cfg, self.rd.root, torch_threads=self.threads)
+        # in-process holders share one pool of (cores − 2) threads (holder.py: one pool per size per process)
+        shared = max(1, (os.cpu_count() or 2) - 2) if self.backend == "inproc" else None
+        configs = holder_configs(self.cfg, self.rd.root, torch_threads=self.threads, mask_threads=shared)
         for h, fields in self.holder_overrides.items():
             configs[h] = _override(configs[h], fields)
         self._write_holder_configs(configs)

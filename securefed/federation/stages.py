@@ -1,9 +1,15 @@
 """The stages of one round and their deadlines (protocols/federation.md §4).
 
 A round is a sequence of stages; in each the coordinator sends each addressed holder one message
-and (except MODEL) collects one reply. The numbers are the ``stage`` field of transport frames.
+and (except MODEL) collects one reply. The numbers are the ``stage`` field of transport frames and
+increase along every round of every mode (a gRPC holder fetches "the next stage ≥ the last one + 1",
+protocols/transport.md §5.2). Secure aggregation's key stages have two slots (federation.md §4.3):
+before training under ``secagg`` (the masks are expanded while the holder trains), after the CKKS
+sum under ``ckks+secagg`` (the masked cohort is drawn from the CKKS survivors).
 
     OFFER        Offer (cohort, θ hash, provisional privacy plan)     → Decision (accept / refuse + reason)
+    SECAGG_START  RoundStart  (secagg only: before training)          → AdvertiseKeys
+    SECAGG_SHARES KeyRoster   (secagg only: before training)          → ShareKeys     then masks expand
     MODEL        θ_r, float32 little-endian                           → (none: the holder trains)
     PLAN         Plan (final privacy plan over the accepters)         → Ready (tokens, loss) | Decision (refuse)
     CKKS_ROTATE  CkksRotate (new key generation)                      → KeyAdvertMsg            ┐ ckks+secagg,
@@ -12,8 +18,8 @@ and (except MODEL) collects one reply. The numbers are the ``stage`` field of tr
     CKKS_UPLOAD  CkksUploadRequest                                    → UploadMsg (ciphertexts)   RELEASE
     CKKS_DECRYPT AggregateMsg (to the decryptor only)                 → the decrypted sum, float64
     PLAIN_UPLOAD (empty: aggregation "plain" only)                    → the clipped Δ, float32     RELEASE
-    SECAGG_START RoundStart                                           → AdvertiseKeys
-    SECAGG_SHARES KeyRoster                                           → ShareKeys
+    CKKS_SECAGG_START  RoundStart (ckks+secagg: over the CKKS survivors) → AdvertiseKeys
+    CKKS_SECAGG_SHARES KeyRoster                                      → ShareKeys
     SECAGG_MASKED ForwardedShares                                     → MaskedInput (streamed)     RELEASE
     SECAGG_CONSISTENCY SurvivorList                                   → ConsistencySignature
     SECAGG_UNMASK UnmaskRequest                                       → UnmaskShares
@@ -24,28 +30,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-__all__ = ["Stage", "SECAGG_STAGES", "RELEASE_STAGES", "Deadlines"]
+__all__ = ["Stage", "SECAGG_STAGES", "KEY_STAGES", "secagg_stages", "RELEASE_STAGES", "Deadlines"]
 
 
 class Stage(IntEnum):
     OFFER = 0
-    MODEL = 1
-    PLAN = 2
-    CKKS_ROTATE = 3
-    CKKS_KEYS = 4
-    CKKS_SHARE = 5
-    CKKS_UPLOAD = 6
-    CKKS_DECRYPT = 7
-    PLAIN_UPLOAD = 8
-    SECAGG_START = 9
-    SECAGG_SHARES = 10
-    SECAGG_MASKED = 11
-    SECAGG_CONSISTENCY = 12
-    SECAGG_UNMASK = 13
+    SECAGG_START = 1
+    SECAGG_SHARES = 2
+    MODEL = 3
+    PLAN = 4
+    CKKS_ROTATE = 5
+    CKKS_KEYS = 6
+    CKKS_SHARE = 7
+    CKKS_UPLOAD = 8
+    CKKS_DECRYPT = 9
+    PLAIN_UPLOAD = 10
+    CKKS_SECAGG_START = 11
+    CKKS_SECAGG_SHARES = 12
+    SECAGG_MASKED = 13
+    SECAGG_CONSISTENCY = 14
+    SECAGG_UNMASK = 15
 
 
-SECAGG_STAGES = (Stage.SECAGG_START, Stage.SECAGG_SHARES, Stage.SECAGG_MASKED, Stage.SECAGG_CONSISTENCY,
-                 Stage.SECAGG_UNMASK)
+# every stage that carries a secure-aggregation message, in either slot
+SECAGG_STAGES = (Stage.SECAGG_START, Stage.SECAGG_SHARES, Stage.CKKS_SECAGG_START, Stage.CKKS_SECAGG_SHARES,
+                 Stage.SECAGG_MASKED, Stage.SECAGG_CONSISTENCY, Stage.SECAGG_UNMASK)
+# the key stages (RoundStart, KeyRoster) of each aggregation mode (protocols/federation.md §4.3)
+KEY_STAGES = {"secagg": (Stage.SECAGG_START, Stage.SECAGG_SHARES),
+              "ckks+secagg": (Stage.CKKS_SECAGG_START, Stage.CKKS_SECAGG_SHARES)}
+
+
+def secagg_stages(mode: str) -> tuple[Stage, ...]:
+    """The five secure-aggregation stages of a round under ``mode``, in order (secagg.md §6, messages 0–9)."""
+    return (*KEY_STAGES[mode], Stage.SECAGG_MASKED, Stage.SECAGG_CONSISTENCY, Stage.SECAGG_UNMASK)
 # the stages whose reply carries (a function of) the holder's data: released at most once per round
 RELEASE_STAGES = (Stage.CKKS_UPLOAD, Stage.PLAIN_UPLOAD, Stage.SECAGG_MASKED)
 

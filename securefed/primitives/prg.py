@@ -5,18 +5,26 @@ preallocated numpy buffer with ``update_into`` — no per-call allocation — an
 uint16 (k ≤ 16) or uint32 words. 2^k divides the word range, so keeping the low k bits is exactly
 uniform. Callers that accumulate several streams mod 2^k may skip the per-stream reduction and
 reduce once at the end (reduction is a ring homomorphism Z_{2^32} → Z_{2^k}).
+
+Parallel expansion: in CTR mode keystream block b is AES_key(counter = b), so the words of a vector
+range [lo, hi) whose byte offset is a multiple of 16 come from a stream started at counter block
+``lo·itemsize / 16`` (``MaskStream(key, block=…)``). ``accumulate_masks(…, executor=)`` hands such
+16-byte-aligned ranges to a caller's thread pool (AES-CTR and numpy adds release the GIL); every
+element still comes from the same keystream bytes, so the result is bit-identical to the serial loop.
+This module starts no threads itself.
 """
 
 from __future__ import annotations
 
 import sys
+from concurrent.futures import Executor, Future
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from securefed.primitives.quantize import RingSpec
 
-__all__ = ["MaskStream", "expand", "expand_into", "accumulate_masks"]
+__all__ = ["MaskStream", "expand", "expand_into", "accumulate_masks", "submit_accumulate"]
 
 _ZERO_IV = b"\x00" * 16
 if sys.byteorder != "little":  # pragma: no cover - we only run on little-endian hosts
@@ -26,12 +34,19 @@ if sys.byteorder != "little":  # pragma: no cover - we only run on little-endian
 class MaskStream:
     """One PRG stream: successive ``fill`` calls continue the same keystream (chunking-invariant)."""
 
-    def __init__(self, key: bytes, *, _initial_counter: bytes = _ZERO_IV) -> None:
-        # _initial_counter is injectable only so tests can replay NIST SP 800-38A F.5.5.
+    def __init__(self, key: bytes, *, block: int = 0, _initial_counter: bytes | None = None) -> None:
+        """``block``: start at keystream block ``block`` (byte 16·block) instead of block 0.
+        _initial_counter is injectable only so tests can replay NIST SP 800-38A F.5.5."""
         if not isinstance(key, (bytes, bytearray)):
             raise TypeError("key must be bytes")
         if len(key) != 32:
             raise ValueError("key must be 32 bytes (AES-256)")
+        if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block < 1 << 128:
+            raise ValueError("block must be an int in [0, 2^128)")
+        if _initial_counter is None:
+            _initial_counter = block.to_bytes(16, "big")   # the counter block is one 128-bit big-endian integer
+        elif block:
+            raise ValueError("give block or _initial_counter, not both")
         if not isinstance(_initial_counter, bytes) or len(_initial_counter) != 16:
             raise ValueError("initial counter block must be 16 bytes")
         self._enc = Cipher(algorithms.AES(bytes(key)), modes.CTR(_initial_counter)).encryptor()
@@ -68,29 +83,60 @@ def expand(key: bytes, length: int, ring: RingSpec) -> np.ndarray:
     return expand_into(key, np.empty(length, dtype=ring.dtype), ring)
 
 
-def accumulate_masks(acc: np.ndarray, keys_and_signs: list[tuple[bytes, int]], ring: RingSpec, *, chunk_elements: int) -> np.ndarray:
-    """acc += Σ sign · PRG(key) (mod 2^k), in place, streaming over chunks; returns ``acc``.
-
-    Memory: one scratch chunk (chunk_elements words) + one zero buffer; numpy uint16/uint32 adds wrap
-    mod 2^16/2^32 and the final ``ring.reduce`` maps to Z_{2^k}.
-    """
+def _check_acc(acc: np.ndarray, keys_and_signs, ring: RingSpec, chunk_elements: int) -> None:
     if not isinstance(acc, np.ndarray) or acc.dtype != ring.dtype or acc.ndim != 1 or not acc.flags.c_contiguous:
         raise TypeError(f"acc must be a contiguous 1-D array of dtype {ring.dtype}")
-    if not isinstance(chunk_elements, int) or chunk_elements < 1:
+    if not isinstance(chunk_elements, int) or isinstance(chunk_elements, bool) or chunk_elements < 1:
         raise ValueError("chunk_elements must be a positive int")
-    n = acc.shape[0]
-    step = min(chunk_elements, max(n, 1))
-    scratch = np.empty(step, dtype=ring.dtype)
+    if any(sign not in (1, -1) for _, sign in keys_and_signs):
+        raise ValueError("sign must be +1 or -1")
+
+
+def _accumulate_range(acc: np.ndarray, keys_and_signs, lo: int, hi: int, step: int) -> None:
+    """acc[lo:hi] += Σ sign · PRG(key)[lo:hi] (wrapping mod 2^16 / 2^32); lo·itemsize is a multiple of 16."""
+    item = acc.dtype.itemsize
+    scratch = np.empty(min(step, hi - lo), dtype=acc.dtype)     # one chunk per task in flight
     zeros = memoryview(bytearray(scratch.nbytes))
     for key, sign in keys_and_signs:
-        if sign not in (1, -1):
-            raise ValueError("sign must be +1 or -1")
-        stream = MaskStream(key)
+        stream = MaskStream(key, block=lo * item // 16)
         op = np.add if sign == 1 else np.subtract
-        for lo in range(0, n, step):  # loop over chunks, never over elements
-            hi = min(lo + step, n)
-            ks = stream.fill(scratch[: hi - lo], zeros)
-            op(acc[lo:hi], ks, out=acc[lo:hi])
+        for a in range(lo, hi, step):  # loop over chunks, never over elements
+            b = min(a + step, hi)
+            ks = stream.fill(scratch[: b - a], zeros)
+            op(acc[a:b], ks, out=acc[a:b])
+
+
+def submit_accumulate(acc: np.ndarray, keys_and_signs: list[tuple[bytes, int]], ring: RingSpec, *,
+                      chunk_elements: int, executor: Executor) -> list[Future]:
+    """Start acc += Σ sign · PRG(key) on ``executor``, one task per 16-byte-aligned range of about
+    ``chunk_elements`` words (each task covers its range for every key; no two tasks touch one word).
+
+    Returns the tasks' futures; ``acc`` holds the sum (wrapping, NOT yet reduced mod 2^k) once all are
+    done. The caller owns ``acc`` meanwhile: it must not read or write it before every future is done.
+    """
+    _check_acc(acc, keys_and_signs, ring, chunk_elements)
+    keys = list(keys_and_signs)
+    n, per_block = acc.shape[0], 16 // acc.dtype.itemsize
+    step = -(-chunk_elements // per_block) * per_block           # a whole number of AES blocks
+    return [executor.submit(_accumulate_range, acc, keys, lo, min(lo + step, n), step) for lo in range(0, n, step)]
+
+
+def accumulate_masks(acc: np.ndarray, keys_and_signs: list[tuple[bytes, int]], ring: RingSpec, *, chunk_elements: int,
+                     executor: Executor | None = None) -> np.ndarray:
+    """acc += Σ sign · PRG(key) (mod 2^k), in place, streaming over chunks; returns ``acc``.
+
+    Memory: one scratch chunk (chunk_elements words) + one zero buffer per task in flight; numpy
+    uint16/uint32 adds wrap mod 2^16/2^32 and the final ``ring.reduce`` maps to Z_{2^k}. With an
+    ``executor`` the ranges run on its threads (``submit_accumulate``); the result is the same bits.
+    """
+    _check_acc(acc, keys_and_signs, ring, chunk_elements)
+    if executor is None:
+        n = acc.shape[0]
+        _accumulate_range(acc, keys_and_signs, 0, n, min(chunk_elements, max(n, 1)))
+    else:
+        futures = submit_accumulate(acc, keys_and_signs, ring, chunk_elements=chunk_elements, executor=executor)
+        for f in futures:
+            f.result()                                            # re-raises a task's error
     return ring.reduce(acc)
 
 

@@ -21,6 +21,7 @@ check, not a probability. Each try succeeds with probability ≥ 1 − β (β = 
 from __future__ import annotations
 
 import math
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "to_ring",
     "from_ring",
     "quantize",
+    "quantize_draws",
     "dequantize_sum",
     "rounded_l2_bound",
     "accept_threshold",
@@ -211,7 +213,7 @@ def from_ring(r: np.ndarray, ring: RingSpec) -> np.ndarray:
     return v - ((v >> (ring.bits - 1)) << ring.bits)
 
 
-def quantize(x: np.ndarray, plan: QuantizationPlan, entropy: Entropy) -> np.ndarray:
+def quantize(x: np.ndarray, plan: QuantizationPlan, entropy: Entropy, *, executor: Executor | None = None) -> np.ndarray:
     """Clip-checked fixed-point encoding of one client's float vector into the ring.
 
     ``x`` must already be clipped: ‖x‖₂ <= plan.clip, with no slack (``privacy.clipping.l2_clip`` leaves
@@ -222,6 +224,10 @@ def quantize(x: np.ndarray, plan: QuantizationPlan, entropy: Entropy) -> np.ndar
     The rounding is repeated until ‖q‖₂ <= rounded_l2_bound(γ‖x‖, d) (module doc): conditioning biases
     q by at most what a failed try could move it, times β/(1 − β), and for large d almost every first try
     succeeds (the bound leaves d/12 of slack above the expected ‖q‖²).
+
+    ``executor``: the chunks are rounded on the caller's threads. The rounding bits are still drawn from
+    ``entropy`` chunk by chunk in order and the chunks' ‖q‖² summed in chunk order, so the output is the
+    same bits as without it.
     """
     x = np.asarray(x, dtype=np.float64)                        # (P,) float64 (a copy only if x was not)
     if x.ndim != 1:
@@ -235,27 +241,49 @@ def quantize(x: np.ndarray, plan: QuantizationPlan, entropy: Entropy) -> np.ndar
     bound_sq = accept_threshold(rounded_l2_bound(plan.scale * norm, x.size), x.size, _CHUNK)
     out = np.empty(x.size, dtype=plan.ring.dtype)
     n = _CHUNK
-    y, lo = np.empty(n), np.empty(n)                          # scratch, reused per chunk (cache-sized)
+    starts = list(range(0, x.size, n))
     for _ in range(MAX_ROUNDING_TRIES):
         sq = 0.0
-        for start in range(0, x.size, n):
-            xc = x[start : start + n]
-            m = xc.size
-            yc, lc = y[:m], lo[:m]
-            np.multiply(xc, plan.scale, out=yc)                # |y| <= fl(clip·γ) < 2^31 by the plan
-            np.floor(yc, out=lc)
-            np.subtract(yc, lc, out=yc)                        # frac(y) in [0, 1)
-            np.multiply(yc, 4294967296.0, out=yc)              # frac · 2^32
-            u = np.frombuffer(entropy.random_bytes(4 * m), dtype="<u4")
-            lc += u < yc                                       # + 1 with probability frac (to 2^-32)
-            sq += float(np.dot(lc, lc))                        # ‖q‖² so far (exact integers, float64 sums)
-            # lo is an exact integer in float64; wrap it into the ring: int64 two's complement, then truncate
-            out[start : start + m] = lc.astype(np.int64).astype(plan.ring.dtype, casting="unsafe")
+        if executor is None:
+            y, lo = np.empty(n), np.empty(n)                  # scratch, reused per chunk (cache-sized)
+            for start in starts:
+                m = min(n, x.size - start)
+                sq += _round_chunk(x, out, start, m, plan, entropy.random_bytes(4 * m), y, lo)
+        else:
+            for w in range(0, len(starts), _WINDOW):          # bounded memory: _WINDOW chunks of bits at once
+                part = starts[w : w + _WINDOW]
+                bits = [entropy.random_bytes(4 * min(n, x.size - s)) for s in part]   # in chunk order
+                for v in executor.map(lambda s, b: _round_chunk(x, out, s, len(b) // 4, plan, b), part, bits):
+                    sq += v                                    # in chunk order: the serial loop's float64 sum
         if sq <= bound_sq:
             return plan.ring.reduce(out)
     raise RuntimeError("conditional randomised rounding did not succeed")  # pragma: no cover - p ≈ 1e-43
 
 
+def quantize_draws(n: int) -> list[int]:
+    """The sizes (bytes) of quantize's entropy draws for a vector of n coordinates, first try, in order:
+    4 bytes per coordinate, one draw per chunk (what a caller may prefetch, rng.PrefetchedEntropy)."""
+    return [4 * min(_CHUNK, n - s) for s in range(0, n, _CHUNK)]
+
+
+def _round_chunk(x: np.ndarray, out: np.ndarray, start: int, m: int, plan: QuantizationPlan, bits: bytes,
+                 y: np.ndarray | None = None, lo: np.ndarray | None = None) -> float:
+    """out[start:start+m] = randomised rounding of x[start:start+m]·γ with ``bits``; returns its ‖q‖²."""
+    xc = x[start : start + m]
+    yc = np.empty(m) if y is None else y[:m]
+    lc = np.empty(m) if lo is None else lo[:m]
+    np.multiply(xc, plan.scale, out=yc)                        # |y| <= fl(clip·γ) < 2^31 by the plan
+    np.floor(yc, out=lc)
+    np.subtract(yc, lc, out=yc)                                # frac(y) in [0, 1)
+    np.multiply(yc, 4294967296.0, out=yc)                      # frac · 2^32
+    u = np.frombuffer(bits, dtype="<u4")
+    lc += u < yc                                               # + 1 with probability frac (to 2^-32)
+    # lo is an exact integer in float64; wrap it into the ring: int64 two's complement, then truncate
+    out[start : start + m] = lc.astype(np.int64).astype(plan.ring.dtype, casting="unsafe")
+    return float(np.dot(lc, lc))                               # ‖q‖² of the chunk (exact integers, float64 sums)
+
+
+_WINDOW = 64
 _CHUNK = 1 << 18
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "DeterministicEntropy",
     "uniform_uint64",
     "uniform_float64",
+    "PrefetchedEntropy",
 ]
 
 
@@ -86,6 +87,38 @@ class DeterministicEntropy:
         if n < 0:
             raise ValueError("n must be >= 0")
         return self._enc.update(b"\x00" * n)
+
+
+class PrefetchedEntropy:
+    """``inner``'s first draws, of sizes known in advance, made ahead of time on a caller's executor
+    (a holder draws its rounding bits while it trains, protocols/secagg.md §6.5).
+
+    It returns exactly the bytes ``inner`` would have returned, in the same order: the prefetched draws
+    first (each request must have the announced size, else ValueError: the order would be lost), then
+    ``inner`` itself. ``discard()`` drops what was drawn and not used.
+    """
+
+    def __init__(self, inner: Entropy, sizes: list[int], executor) -> None:
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in sizes):
+            raise ValueError("sizes must be non-negative ints")
+        self._inner, self._ready = inner, None
+        self._future = executor.submit(lambda: [inner.random_bytes(n) for n in sizes][::-1])
+
+    def random_bytes(self, n: int) -> bytes:
+        if self._future is not None:
+            self._ready, self._future = self._future.result(), None
+        if self._ready:
+            if len(self._ready[-1]) != n:
+                raise ValueError(f"a draw of {n} bytes where {len(self._ready[-1])} were prefetched")
+            return self._ready.pop()
+        return self._inner.random_bytes(n)
+
+    def discard(self) -> None:
+        if self._future is not None:
+            self._future.cancel()
+            if not self._future.cancelled():
+                self._future.result()
+        self._future, self._ready = None, None
 
 
 def uniform_uint64(entropy: Entropy, n: int) -> np.ndarray:

@@ -163,11 +163,12 @@ def spec_plan(spec: RoundSpec) -> DiscretePlan | QuantizationPlan:
 
 
 def spec_encode(spec: RoundSpec, delta: np.ndarray, entropy: Entropy, *,
-                clipped: tuple[np.ndarray, ClipInfo] | None = None) -> tuple[np.ndarray, ClipInfo]:
+                clipped: tuple[np.ndarray, ClipInfo] | None = None, executor=None) -> tuple[np.ndarray, ClipInfo]:
     """float32 Δ → ring vector: clip to C, [rotate + discrete noise share], quantize (protocols/dp.md §3).
 
     ``clipped``: an already clipped (part of a) update and the ClipInfo of the whole Δ — the hybrid
-    route quantizes only its masked part (protocols/ckks.md §routing), with the same plan."""
+    route quantizes only its masked part (protocols/ckks.md §routing), with the same plan. ``executor``:
+    threads for the rounding (``quantize``; the same bits)."""
     plan = spec_plan(spec)
     if clipped is None:
         if not isinstance(delta, np.ndarray) or delta.shape != (spec.dim,):
@@ -177,7 +178,7 @@ def spec_encode(spec: RoundSpec, delta: np.ndarray, entropy: Entropy, *,
         x, info = clipped
     if isinstance(plan, DiscretePlan):
         return plan.encode(x, not info.clipped, entropy), info
-    return quantize(x, plan, entropy), info
+    return quantize(x, plan, entropy, executor=executor), info
 
 
 def spec_holder_event(spec: RoundSpec, survivors: int | None = None) -> RoundEvent:

@@ -4,6 +4,12 @@
 serialized reply; transport-agnostic. A message the current stage does not accept raises
 :class:`UnexpectedMessage` and leaves the state unchanged; a MUST-rule violation aborts
 (:class:`SecAggAborted`) and erases every secret of the round.
+
+Masking off the critical path (protocols/secagg.md §6.5): the input ``x`` may be given after the key
+stages (``provide_input``), and with an ``executor`` the client expands
+``M = PRG(b_i) + Σ_{j ∈ N(i) ∩ U1} σ(i,j)·PRG(s_ij)`` on the caller's threads as soon as its ShareKeys
+is sent. At ForwardedShares only the pairs of U1 neighbours missing from U2 are taken back out and
+``y = x + M`` remains — the same ring vector as expanding after the fact.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import enum
 import hmac
 from collections.abc import Mapping
+from concurrent.futures import Executor, Future, wait
 
 import numpy as np
 
@@ -19,7 +26,7 @@ from securefed.primitives.aead import DecryptionFailed, associated_data, open_, 
 from securefed.primitives.kdf import u32
 from securefed.primitives.keys import IdentityKey, X25519KeyPair, validate_x25519_public, verify_signature
 from securefed.secagg.roster import Roster
-from securefed.primitives.prg import accumulate_masks
+from securefed.primitives.prg import accumulate_masks, submit_accumulate
 from securefed.primitives.rng import DeterministicEntropy, Entropy
 from securefed.secagg import common as cm
 from securefed.secagg.config import SecAggConfig
@@ -51,11 +58,34 @@ CLIENT_TRANSITIONS: Mapping[ClientStage, tuple[type, ClientStage]] = {
 }
 
 
+class _PreMask:
+    """M (P ring words) being expanded on the caller's executor (§6.5); secret until erased."""
+
+    def __init__(self, buf: np.ndarray, futures: list[Future], keyed: frozenset[int]) -> None:
+        self.buf, self.futures, self.keyed = buf, futures, keyed    # keyed: the neighbours whose pair is in M
+
+    def result(self) -> np.ndarray:
+        for f in self.futures:
+            f.result()
+        return self.buf
+
+    def erase(self) -> None:
+        """C10: stop what has not started, wait for what runs (it writes into buf), then zero buf."""
+        for f in self.futures:
+            f.cancel()
+        wait(self.futures)
+        self.buf.fill(0)
+        self.buf, self.futures = None, []
+
+
 class SecAggClient:
-    """One data holder in one round. ``vector``: its quantized input, shape (P,), dtype of the ring."""
+    """One data holder in one round. ``vector``: its quantized input, shape (P,), dtype of the ring —
+    or None and ``length`` = P, the input then given by ``provide_input`` before ForwardedShares.
+    ``executor``: threads for expanding the masks while the input is still being computed (§6.5)."""
 
     def __init__(self, client_id: int, *, identity: IdentityKey, roster: Roster, config: SecAggConfig,
-                 session_context: bytes, round_index: int, vector: np.ndarray, entropy: Entropy) -> None:
+                 session_context: bytes, round_index: int, vector: np.ndarray | None, entropy: Entropy,
+                 length: int | None = None, executor: Executor | None = None) -> None:
         if not isinstance(identity, IdentityKey):
             raise TypeError("identity must be an IdentityKey")
         if not isinstance(roster, Roster):
@@ -66,15 +96,53 @@ class SecAggClient:
             raise TypeError("session_context must be bytes")
         if client_id not in roster or roster.public_key(client_id) != identity.public_bytes:
             raise ValueError(f"client_id {client_id}: identity key does not match the roster")
-        ring = cm.RingSpec(config.ring_bits)
+        if executor is not None and not isinstance(executor, Executor):
+            raise TypeError("executor must be a concurrent.futures.Executor")
+        self.id, self._identity, self._roster, self._config = client_id, identity, roster, config
+        self._ctx, self._round, self._entropy, self._executor = bytes(session_context), round_index, entropy, executor
+        self._x, self._premask = None, None
+        if vector is not None:
+            self._check_input(vector)
+            self._length = vector.shape[0]
+        elif isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError("without a vector, length must be a positive int")
+        else:
+            self._length = length
+        if vector is not None and length is not None and length != self._length:
+            raise ValueError("length differs from the vector's")
+        self._x = vector
+        self.stage = ClientStage.AWAIT_ROUND_START
+        self.revealed: dict[int, int] = {}
+
+    def _check_input(self, vector: np.ndarray) -> None:
+        ring = cm.RingSpec(self._config.ring_bits)
         if not isinstance(vector, np.ndarray) or vector.ndim != 1 or vector.dtype != ring.dtype:
             raise TypeError(f"vector must be a 1-D array of dtype {ring.dtype}")
         if ring.bits not in (16, 32) and np.any(vector >> ring.dtype.type(ring.bits)):
             raise ValueError(f"vector has elements outside Z_2^{ring.bits}")
-        self.id, self._identity, self._roster, self._config = client_id, identity, roster, config
-        self._ctx, self._round, self._x, self._entropy = bytes(session_context), round_index, vector, entropy
-        self.stage = ClientStage.AWAIT_ROUND_START
-        self.revealed: dict[int, int] = {}
+
+    def provide_input(self, vector: np.ndarray) -> None:
+        """The input x, once, before ForwardedShares (§6.5): TypeError/ValueError if it is not a ring
+        vector of length P; ValueError if it was given already or the masked input was sent or aborted."""
+        if self._x is not None or self.stage not in (ClientStage.AWAIT_ROUND_START, ClientStage.AWAIT_KEYS,
+                                                     ClientStage.AWAIT_SHARES):
+            raise ValueError(f"client {self.id}: no input is accepted in stage {self.stage.value} (given once, "
+                             "before the masked input)")
+        self._check_input(vector)
+        if vector.shape[0] != self._length:
+            raise ValueError(f"vector has {vector.shape[0]} elements, the round has P = {self._length}")
+        self._x = vector
+
+    @property
+    def has_input(self) -> bool:
+        return self._x is not None
+
+    def close(self) -> None:
+        """End the round here (the application stops, e.g. the holder refused the plan or the round is
+        over): every secret, the input and the mask buffer are erased (C10); no message is accepted."""
+        if self.stage is not ClientStage.DONE:
+            self.stage = ClientStage.ABORTED
+        self._erase()
 
     # -- dispatch ---------------------------------------------------------------------------
     def handle(self, data: bytes) -> bytes:
@@ -103,8 +171,10 @@ class SecAggClient:
     def _abort(self, why: str) -> None:
         raise SecAggAborted(f"client {self.id} aborted: {why}")
 
-    def _erase(self) -> None:  # C10: drop every secret of the round
-        for name in ("_c", "_s", "_b", "_held", "_x", "_rng"):
+    def _erase(self) -> None:  # C10: drop every secret of the round, the mask buffer zeroed first
+        if getattr(self, "_premask", None) is not None:
+            self._premask.erase()
+        for name in ("_c", "_s", "_b", "_held", "_x", "_rng", "_premask"):
             setattr(self, name, None)
 
     # -- stages -----------------------------------------------------------------------------
@@ -113,7 +183,7 @@ class SecAggClient:
             self._abort("session context (global-model hash) differs from ours")
         if m.round_index != self._round:
             self._abort(f"round {m.round_index} is not the expected round {self._round}")
-        if m.ring_bits != self._config.ring_bits or m.length != self._x.shape[0]:
+        if m.ring_bits != self._config.ring_bits or m.length != self._length:
             self._abort("ring bits or vector length differ from ours")
         if self.id not in m.cohort or any(j not in self._roster for j in m.cohort):
             self._abort("cohort does not contain us or names holders outside the roster")
@@ -176,9 +246,26 @@ class SecAggClient:
             pt = u32(self.id) + u32(j) + shamir.share_to_bytes(b_sh[j]) + shamir.share_to_bytes(s_sh[j])
             aad = associated_data(cm.LABEL, session_id=self._sid, round_index=self._round, sender=self.id, receiver=j)
             out.append((j, seal(key, pt, aad)))
+        if self._executor is not None:   # §6.5: expand M for every advertised neighbour while x is computed
+            keyed = frozenset(self._graph.neighbours(self.id) & self._peers.keys())
+            buf = np.zeros(self._length, dtype=cm.ring_of(self._start).dtype)   # (P,) ring words, preallocated
+            futures = submit_accumulate(buf, self._mask_keys(keyed), cm.ring_of(self._start),
+                                        chunk_elements=self._config.chunk_elements, executor=self._executor)
+            self._premask = _PreMask(buf, futures, keyed)
         return ShareKeys(self.id, tuple(out))
 
-    def _on_ForwardedShares(self, m: ForwardedShares) -> MaskedInput:  # C3, C4
+    def _mask_keys(self, neighbours, *, self_mask: bool = True, sign: int = 1) -> list[tuple[bytes, int]]:
+        """(key, sign) of PRG(b_i) and of σ(i,j)·PRG(s_ij) for each j in ``neighbours`` (§3.2, §6.4)."""
+        keys = [(cm.self_mask_key(self._b, sid=self._sid, round_index=self._round, i=self.id), sign)] if self_mask else []
+        for j in sorted(neighbours):
+            shared = self._s.shared(self._peers[j].s_public)
+            keys.append((cm.pairwise_key(shared, sid=self._sid, round_index=self._round, i=self.id, j=j),
+                         sign * cm.sigma(self.id, j)))
+        return keys
+
+    def _on_ForwardedShares(self, m: ForwardedShares) -> MaskedInput:  # C3, C4, §6.5
+        if self._x is None:   # checked before anything changes: the stage stays, the input may still come
+            raise UnexpectedMessage(f"client {self.id}: ForwardedShares before its input was given")
         nbrs = self._graph.neighbours(self.id)
         senders = [j for j, _ in m.ciphertexts]
         if any(j not in nbrs or j not in self._peers for j in senders):
@@ -198,14 +285,20 @@ class SecAggClient:
                 except ValueError:
                     pass
         self._u2_view = frozenset(senders)
-        ring = cm.ring_of(self._start)
-        keys = [(cm.self_mask_key(self._b, sid=self._sid, round_index=self._round, i=self.id), 1)]
-        for j in sorted(self._u2_view):
-            shared = self._s.shared(self._peers[j].s_public)
-            keys.append((cm.pairwise_key(shared, sid=self._sid, round_index=self._round, i=self.id, j=j), cm.sigma(self.id, j)))
-        y = np.array(self._x, dtype=ring.dtype, copy=True)  # (P,) ring elements
-        ring.reduce(y)
-        accumulate_masks(y, keys, ring, chunk_elements=self._config.chunk_elements)
+        ring, chunk = cm.ring_of(self._start), self._config.chunk_elements
+        if self._premask is None:
+            y = np.array(self._x, dtype=ring.dtype, copy=True)  # (P,) ring elements
+            ring.reduce(y)
+            accumulate_masks(y, self._mask_keys(self._u2_view), ring, chunk_elements=chunk, executor=self._executor)
+        else:   # §6.5: y = x + M − Σ_{j ∈ keyed \ U2} σ(i,j)·PRG(s_ij)  (mod 2^k); C3 made U2 ⊆ keyed
+            pre, self._premask = self._premask, None
+            y = pre.result()                                    # (P,) M, wrapping sums of the streams
+            gone = pre.keyed - self._u2_view
+            if gone:                                            # only on dropouts between SHARES and MASKED
+                accumulate_masks(y, self._mask_keys(gone, self_mask=False, sign=-1), ring, chunk_elements=chunk,
+                                 executor=self._executor)
+            np.add(y, self._x, out=y)                           # x is already in Z_2^k (checked when given)
+            ring.reduce(y)
         self._x = None  # C4: the plain input is not needed any more
         return MaskedInput(self.id, ring.bits, y)
 

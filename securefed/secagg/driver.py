@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -68,14 +69,17 @@ class SecAggOutcome:
 def run_secagg_round(inputs: Mapping[int, np.ndarray], *, config: SecAggConfig, round_index: int,
                      session_context: bytes, identities: Mapping[int, IdentityKey], roster: Roster,
                      entropy_for: Callable[[int], Entropy], dropouts: DropoutPlan | None = None,
-                     transcript_dir: Path | None = None) -> SecAggOutcome:
+                     transcript_dir: Path | None = None, executor: Executor | None = None,
+                     late_input: bool = False) -> SecAggOutcome:
     """Run one round; the exact ring sum of the survivors' inputs, or :class:`SecAggAborted`.
 
     ``identities[i]`` is holder i's Ed25519 private key (only its own client sees it);
     ``session_context`` must carry the global-model hash; ``entropy_for(i)`` is called once per holder
     (the server needs no randomness, so -1 is never asked for). Holders that abort (a MUST rule failed)
     or vanish per ``dropouts`` count as dropped; inputs of holders whose masked input was accepted are in
-    the sum even if they vanish later (protocols/secagg.md §8).
+    the sum even if they vanish later (protocols/secagg.md §8). ``executor``: threads for the clients'
+    mask pre-expansion and the server's unmasking (§6.5); ``late_input``: each client is given its
+    input only after its ShareKeys (as a holder that trains meanwhile). Neither changes the result.
     """
     if not isinstance(config, SecAggConfig):
         raise TypeError("config must be a SecAggConfig")
@@ -93,10 +97,13 @@ def run_secagg_round(inputs: Mapping[int, np.ndarray], *, config: SecAggConfig, 
         raise ValueError("all inputs must have the same length")
     plan = dropouts or DropoutPlan()
     cohort = sorted(inputs)
-    server = SecAggServer(config=config, cohort=cohort, vector_length=lengths.pop(), round_index=round_index,
-                          session_context=session_context, roster=roster, transcript_dir=transcript_dir)
+    length = lengths.pop()
+    server = SecAggServer(config=config, cohort=cohort, vector_length=length, round_index=round_index,
+                          session_context=session_context, roster=roster, transcript_dir=transcript_dir,
+                          executor=executor)
     clients = {i: SecAggClient(i, identity=identities[i], roster=roster, config=config, session_context=session_context,
-                               round_index=round_index, vector=inputs[i], entropy=entropy_for(i)) for i in cohort}
+                               round_index=round_index, vector=None if late_input else inputs[i], length=length,
+                               entropy=entropy_for(i), executor=executor) for i in cohort}
     gone: set[int] = set()
     start = server.round_start()
     outbox = {i: start for i in cohort}
@@ -112,6 +119,8 @@ def run_secagg_round(inputs: Mapping[int, np.ndarray], *, config: SecAggConfig, 
             except (SecAggAborted, UnexpectedMessage):
                 gone.add(i)  # an honest holder refusing a (lying) server simply stops answering
                 continue
+            if late_input and stage == Stage.SHARE:
+                clients[i].provide_input(inputs[i])   # "training" ends after the key stages (§6.5)
             if plan.malformed.get(i) == stage:
                 reply = reply[: len(reply) // 2]
             up += len(reply)

@@ -3,12 +3,15 @@
 ``receive(sender, bytes)`` during a stage (sender = the transport-authenticated holder id),
 ``close_stage() -> {holder: bytes}`` to end it. Memory is O(P): masked inputs are added into one
 running ring sum on arrival and never stored. Invalid messages drop their sender (S6) silently.
+Unmasking (§6.4) subtracts every mask from that running sum in place; with an ``executor`` (the
+caller's threads) it does so over 16-byte-aligned ranges of the sum in parallel, the same bits.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +55,13 @@ class _Invalid(Exception):
 
 class SecAggServer:
     def __init__(self, *, config: SecAggConfig, cohort: Iterable[int], vector_length: int, round_index: int,
-                 session_context: bytes, roster: Roster, transcript_dir: Path | None = None) -> None:
+                 session_context: bytes, roster: Roster, transcript_dir: Path | None = None,
+                 executor: Executor | None = None) -> None:
         if not isinstance(config, SecAggConfig) or not isinstance(roster, Roster):
             raise TypeError("config must be a SecAggConfig and roster a Roster")
+        if executor is not None and not isinstance(executor, Executor):
+            raise TypeError("executor must be a concurrent.futures.Executor")
+        self.executor = executor   # threads for unmasking (§6.4); may be set before the last close_stage
         ids = tuple(sorted(set(cohort)))
         if any(j not in roster for j in ids):
             raise ValueError("cohort names holders outside the roster")
@@ -247,7 +254,7 @@ class SecAggServer:
             for i in partners:
                 k = cm.pairwise_key(s_j.shared(self.adverts[i].s_public), sid=sid, round_index=r, i=i, j=j)
                 keys.append((k, -cm.sigma(i, j)))
-        accumulate_masks(self.total, keys, self.ring, chunk_elements=self._config.chunk_elements)
+        accumulate_masks(self.total, keys, self.ring, chunk_elements=self._config.chunk_elements, executor=self.executor)
         self.survivors = frozenset(self.u3)
         return {}
 

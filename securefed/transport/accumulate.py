@@ -6,7 +6,9 @@ Memory: one (P,) array for the whole round, whatever n is — never n buffered u
 fails after some chunks were folded (truncated, wrong hash, connection lost, deadline) must leave no
 trace in the sum, else the round's unmasking is wrong. Each fold is therefore also appended to an
 on-disk *undo journal* (the masked words, which the server sees anyway); ``abort()`` reads it back and
-subtracts, ``commit()`` deletes it. Disk, not RAM, holds the in-flight streams.
+subtracts, ``commit()`` deletes it. Disk, not RAM, holds the in-flight streams — except a reply handed
+over whole as one immutable ``bytes`` (the in-process and Ray channels' ``deliver``): those words are
+already in memory and cannot change, so they are their own undo record (no P-word copy to disk).
 
 The MaskedInput byte layout is the secagg serializer's (protocols/secagg.md §7): a 19-byte prefix
 ``"SFSA" ‖ u8(1) ‖ u8(5) ‖ u32(sender) ‖ u8(k) ‖ u64(P)`` then P little-endian words. The prefix is
@@ -103,10 +105,15 @@ class MaskedFold:
         self.prefix = bytearray()
         self.carry = b""                 # < word-size bytes split across two chunks
         self.next_elem = 0
-        fd, path = tempfile.mkstemp(prefix=f"undo-{sender}-", dir=acc.spool)
-        self.journal_path = Path(path)
-        self.journal = os.fdopen(fd, "wb")
+        self.journal_path, self.journal = None, None       # opened at the first partial fold
+        self.whole: np.ndarray | None = None              # a whole stream's words: its own undo record
         self.done = False
+
+    def _journal(self):
+        if self.journal is None:
+            fd, path = tempfile.mkstemp(prefix=f"undo-{self.sender}-", dir=self.acc.spool)
+            self.journal_path, self.journal = Path(path), os.fdopen(fd, "wb")
+        return self.journal
 
     def write(self, offset: int, data: bytes) -> None:
         with self._lock:
@@ -135,7 +142,10 @@ class MaskedFold:
             raise FrameError("masked input is longer than the model")
         if self.acc.mask is not None and np.any(words > self.acc.mask):
             raise FrameError(f"masked input has elements outside Z_2^{self.acc.ring_bits}")
-        self.journal.write(buf[:usable])               # undo record first, then fold
+        if isinstance(data, bytes) and self.next_elem == 0 and words.size == self.acc.length and not self.carry:
+            self.whole = words                          # the whole input, immutable: kept as the undo record
+        else:
+            self._journal().write(buf[:usable])         # undo record first, then fold
         self.acc._apply(self.next_elem, words, +1)
         self.next_elem += words.size
 
@@ -169,8 +179,13 @@ class MaskedFold:
             if not self.done:
                 self._abort_locked()
                 raise FrameError("masked input is incomplete or arrived after the stage closed")
-        self.journal.close()
-        self.journal_path.unlink(missing_ok=True)
+        self._drop_journal()
+
+    def _drop_journal(self) -> None:
+        self.whole = None
+        if self.journal is not None:
+            self.journal.close()
+            self.journal_path.unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Subtract every folded word back out (read from the undo journal), then delete it."""
@@ -183,15 +198,18 @@ class MaskedFold:
         self.done = True
         with self.acc._lock:
             self.acc._open.discard(self)
-        self.journal.close()
-        chunk = 1 << 20                                 # elements per read: bounded memory
-        with open(self.journal_path, "rb") as f:
-            start = 0
-            while True:
-                raw = f.read(chunk * self.acc.dtype.itemsize)
-                if not raw:
-                    break
-                words = np.frombuffer(raw, dtype=self.acc.dtype)
-                self.acc._apply(start, words, -1)
-                start += words.size
-        self.journal_path.unlink(missing_ok=True)
+        if self.whole is not None:
+            self.acc._apply(0, self.whole, -1)
+        if self.journal is not None:
+            self.journal.close()
+            chunk = 1 << 20                             # elements per read: bounded memory
+            with open(self.journal_path, "rb") as f:
+                start = 0
+                while True:
+                    raw = f.read(chunk * self.acc.dtype.itemsize)
+                    if not raw:
+                        break
+                    words = np.frombuffer(raw, dtype=self.acc.dtype)
+                    self.acc._apply(start, words, -1)
+                    start += words.size
+        self._drop_journal()

@@ -344,10 +344,9 @@ def test_h6_a_welcome_with_a_sparser_graph_is_stopped_at_the_round_start(make):
     assert view(fed.ledger(1)) == [("released", 1, 3, None), ("settled", 1, 4, None)] and row["clients_survived"] == 3
 
 
-def test_h6_a_smaller_masked_cohort_that_would_cross_the_cap_is_refused_before_release(make, tmp_path):
-    """The plan was admitted for t_min(4) = 3 noise shares; the RoundStart names 3 holders, whose
-    t_min is 2: releasing would charge past the cap, so the holder refuses instead (H3 at release)."""
-    fed = make(*DP, start=False, ignore=lambda r, s, h, reply: s == Stage.PLAN and h == 4)
+def _capped_between_t_min_3_and_2(make, tmp_path, **kw):
+    """Holder 1 with a cap between ε at t_min(4) = 3 noise shares and ε at t_min(3) = 2."""
+    fed = make(*DP, start=False, **kw)
     c = fed.coordinator
     spec = round_spec(c.privacy.begin_round(1, cohort=list(ALL), dim=c.dim, min_survivors=3))
     scratch = HolderBudget(tmp_path / "scratch.jsonl", holder_id=1, cap=None, delta=spec.delta)
@@ -355,13 +354,79 @@ def test_h6_a_smaller_masked_cohort_that_would_cross_the_cap_is_refused_before_r
     cap = (e3 + e2) / 2
     fed.restart_holder(1, policy={"privacy_mode": "distributed", "epsilon_cap": cap})
     fed.start()
-    row = c.run_round(1)     # holder 4's Ready is ignored: secure aggregation runs over (1, 2, 3)
+    return fed, e2, cap
+
+
+def test_h6_a_smaller_masked_cohort_that_would_cross_the_cap_is_refused_before_release(make, tmp_path):
+    """The plan was admitted for t_min(4) = 3 noise shares; the RoundStart names 3 holders, whose
+    t_min is 2: releasing would charge past the cap, so the holder refuses instead (H3 at release)."""
+    fed, e2, cap = _capped_between_t_min_3_and_2(make, tmp_path)
+    c = fed.coordinator
+    honest = c._secure_session
+    # the coordinator runs secure aggregation over (1, 2, 3) although the plan has (1, 2, 3, 4)
+    c._secure_session = lambda r, cohort, *a, **kw: honest(r, [h for h in cohort if h != 4], *a, **kw)
+    row = c.run_round(1)
     assert answered(fed, Stage.SECAGG_MASKED, 1) == 0
     (entry,) = fed.ledger(1)
     assert entry["status"] == "refused" and entry["round"] == 1
     assert entry["reason"].startswith(f"releasing to a cohort of 3 would take this holder to epsilon {e2:.4g}")
     assert "assuming only 2 survivors" in entry["reason"]
     assert holder_epsilon(fed, 1) == 0.0 < cap and row["clients_survived"] in (0, 2)
+
+
+def test_h6_a_holder_that_drops_after_the_keys_does_not_shrink_the_masked_cohort(make, tmp_path):
+    """Under secagg the cohort is fixed at the key stages, before training (federation.md §4.3): holder 4's
+    Ready lost makes it a dropout of U2 \\ U3, not a smaller cohort; t_min stays 3, holder 1 releases within its cap."""
+    fed, e2, cap = _capped_between_t_min_3_and_2(make, tmp_path, ignore=lambda r, s, h, reply: s == Stage.PLAN and h == 4)
+    row = fed.coordinator.run_round(1)
+    assert answered(fed, Stage.SECAGG_MASKED, 1) == 1 and row["clients_survived"] == 3
+    assert row["secagg_dropped"] == [4]
+    assert view(fed.ledger(1)) == [("released", 1, 3, None), ("settled", 1, 3, None)]
+    assert 0.0 < holder_epsilon(fed, 1) <= cap
+
+
+def test_h6_a_holder_refusing_the_plan_after_the_keys_is_a_dropout_and_both_ledgers_say_why(make, tmp_path):
+    """federation.md §4.3: holder 4's acceptance is lost, so the plan is over (1, 2, 3) — t_min(3) = 2, past
+    holder 1's cap: holder 1, which already shared its keys (it expanded its masks), refuses the Plan. To the
+    protocol it is a dropout of U2 \\ U3: 2 and 3 reveal its s-share, the sum is theirs, and its own ledger
+    and the round's row give the reason; its mask buffer is erased."""
+    fed = make(*DP, start=False, ignore=lambda r, s, h, reply: s == Stage.OFFER and h == 4)
+    c = fed.coordinator   # the cap lies between ε of the offer (t_min(4) = 3) and of the plan without holder 4
+    o = round_spec(c.privacy.begin_round(1, cohort=list(ALL), dim=c.dim, min_survivors=3))
+    p = round_spec(c.privacy.begin_round(1, cohort=list(ALL), dim=c.dim, min_survivors=2, refused=[4]))
+    scratch = HolderBudget(tmp_path / "scratch.jsonl", holder_id=1, cap=None, delta=o.delta)
+    e_offer, e_plan = scratch.admits(o, min_survivors=3)[1], scratch.admits(p, min_survivors=2)[1]
+    fed.restart_holder(1, policy={"privacy_mode": "distributed", "epsilon_cap": (e_offer + e_plan) / 2})
+    fed.start()
+    client = []
+    handle = fed.holders[1].handle
+
+    def spy(r, stage, payload):   # holder 1's secure-aggregation client, as it was after its ShareKeys
+        reply = handle(r, stage, payload)
+        if stage == Stage.SECAGG_SHARES:
+            client.append(fed.holders[1]._round.secagg)
+        return reply
+    fed.holders[1].handle = spy
+    row = fed.coordinator.run_round(1)
+    assert [answered(fed, s, 1) for s in (Stage.SECAGG_START, Stage.SECAGG_SHARES, Stage.PLAN)] == [1, 1, 1]
+    (entry,) = fed.ledger(1)
+    assert entry["status"] == "refused" and entry["reason"].startswith(f"joining would take this holder to epsilon {e_plan:.4g}")
+    assert row["refusals"] == {"1": entry["reason"], "4": "no answer"}
+    assert row["secagg_dropped"] == [1] and row["clients_survived"] == 2 and "aborted" not in row
+    assert answered(fed, Stage.SECAGG_MASKED, 1) == 0 and fed.channel.sent(stage=Stage.SECAGG_MASKED, holder=1) == []
+    for h in (2, 3):   # t_min of the session's cohort (1, 2, 3) is 2; both survived
+        assert view(fed.ledger(h)) == [("released", 1, 2, None), ("settled", 1, 2, None)]
+    (c,) = client
+    assert c.stage.value == "aborted" and c._premask is None and c._b is None and c._x is None
+
+
+def test_h6_a_holder_gone_between_the_keys_and_its_masked_input_is_unmasked_without_it(make):
+    """Holder 4 shares its keys and is gone from θ_r on (as a killed process): its pairs are unmasked."""
+    fed = make(holder_fields={4: {"vanish_at": (1, int(Stage.MODEL))}})
+    row = fed.coordinator.run_round(1)
+    assert answered(fed, Stage.SECAGG_SHARES, 4) == 1 and answered(fed, Stage.PLAN, 4) == 0
+    assert row["secagg_dropped"] == [4] and row["clients_survived"] == 3 and fed.ledger(4) == []
+    assert all(fed.holders[h]._pool is not None for h in (1, 2, 3))     # the masks were expanded on threads
 
 
 def holder_epsilon(fed, h: int) -> float:

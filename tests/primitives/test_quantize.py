@@ -44,3 +44,20 @@ def test_two_complement_round_trip():
     ring = RingSpec(20)
     v = np.array([-(1 << 19), -1, 0, 1, (1 << 19) - 1], dtype=np.int64)
     assert np.array_equal(from_ring(to_ring(v, ring), ring), v)
+
+
+@pytest.mark.parametrize("n,bits", [(1, 32), (1000, 20), ((1 << 18) * 3 + 17, 32), ((1 << 18) * 65 + 5, 16)])
+def test_quantize_on_threads_is_the_same_bits(n, bits):
+    """The holder rounds its update on its mask threads (protocols/secagg.md §6.5): the rounding bits are
+    still drawn chunk by chunk in order and ‖q‖² summed in chunk order, so nothing changes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from securefed.primitives.rng import DeterministicEntropy
+
+    x = np.random.default_rng(n).standard_normal(n)
+    x *= 0.9 / np.linalg.norm(x)
+    plan = plan_quantization(clip=1.0, ring_bits=bits, max_clients=4)
+    serial = quantize(x, plan, DeterministicEntropy.from_int(5))
+    with ThreadPoolExecutor(max_workers=3) as ex:
+        threaded = quantize(x, plan, DeterministicEntropy.from_int(5), executor=ex)
+    assert np.array_equal(serial, threaded)

@@ -135,3 +135,29 @@ def test_protocol_refusing_the_sender_undoes_the_fold(tmp_path):
     with pytest.raises(FrameError):
         f.commit()
     assert not acc.total.any() and acc.committed == set()
+
+
+@pytest.mark.parametrize("k,dtype", [(32, np.uint32), (20, np.uint32), (16, np.uint16)])
+def test_a_whole_reply_is_its_own_undo_record(tmp_path, k, dtype):
+    """The in-process channel hands over a masked input as one bytes object: folded without a disk journal,
+    and still subtracted back out exactly when the protocol refuses the sender or the stage seals first."""
+    rng = np.random.default_rng(1)
+    P = 777
+    a, b = (rng.integers(0, 1 << k, P, dtype=np.uint64).astype(dtype) for _ in range(2))
+    acc = RingAccumulator(P, k, tmp_path)
+    f = acc.open(1)
+    f.write(0, _msg(1, a, k))
+    assert not list(tmp_path.iterdir())                                     # no journal written
+    f.commit()
+
+    def refuse(sender):
+        raise ValueError("not expected now")
+    g = acc.open(2, on_commit=refuse)
+    g.write(0, _msg(2, b, k))
+    with pytest.raises(FrameError):
+        g.commit()
+    assert np.array_equal(acc.total, a) and acc.committed == {1}
+    h = acc.open(3)
+    h.write(0, _msg(3, b, k))
+    acc.seal()                                                              # the stage closed before its commit
+    assert np.array_equal(acc.total, a) and not list(tmp_path.iterdir())

@@ -1,7 +1,7 @@
 """END-TO-END (loopback, separate OS processes, mutual TLS): `securefed server` + 5 × `securefed client --config
 HOLDER.yaml`, the tiny LM, 4 rounds of secure aggregation, system entropy (no test seeds).
 
-- Holder 5 SIGKILLs itself in round 2 when the masked-input stage reaches it (``--set vanish_at=[2,11]
+- Holder 5 SIGKILLs itself in round 2 when the masked-input stage reaches it (``--set vanish_at=[2,13]
   --launched``): after sharing its keys, before its masked input. Round 2 completes with 4 survivors through
   dropout recovery, and holder 5 released nothing of round 2.
 - The coordinator is SIGKILLed once round 3 is open and restarted with ``--resume``: round 3 is recorded as

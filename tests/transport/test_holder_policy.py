@@ -62,14 +62,13 @@ def plan(tmp_path_factory, fed_cache):
 
 @pytest.fixture
 def holder(plan, tmp_path):
-    """Holder 1 (minimum cohort 4) after OFFER, MODEL and PLAN of round 1: its next stage is SECAGG_START."""
+    """Holder 1 (minimum cohort 4) after OFFER of round 1: under secagg its next stage is SECAGG_START, before
+    the model (protocols/federation.md §4.3)."""
     hc = holder_configs(plan["cfg"], plan["root"])[1]
     hc = dataclasses.replace(hc, state_dir=str(tmp_path / "h1"), policy=dataclasses.replace(hc.policy, min_cohort=4))
     h = Holder(hc, identity=load_identity(plan["lay"].holder_dir(1) / "identity.key"), roster=plan["roster"])
     h.welcome(plan["welcome"])
     assert decode(h.handle(R, Stage.OFFER, plan["offer"])) == Decision(R, 1, True)
-    assert h.handle(R, Stage.MODEL, plan["theta"]) is None
-    assert isinstance(decode(h.handle(R, Stage.PLAN, plan["plan"])), Ready)
     return h
 
 
@@ -80,6 +79,18 @@ def _start(plan, **changes) -> bytes:
 def test_round_start_on_the_planned_cohort_is_accepted(plan, holder):
     reply = holder.handle(R, Stage.SECAGG_START, plan["start"])
     assert isinstance(secagg_decode(reply), AdvertiseKeys)
+    assert holder.handle(R, Stage.SECAGG_START, plan["start"]) is None        # one RoundStart a round
+
+
+def test_round_start_after_the_model_is_refused_under_secagg(plan, holder, caplog):
+    """The key stages come before training under secagg; a RoundStart after θ_r is out of order."""
+    assert holder.handle(R, Stage.MODEL, plan["theta"]) is None
+    assert isinstance(decode(holder.handle(R, Stage.PLAN, plan["plan"])), Ready)
+    with caplog.at_level(logging.WARNING, logger="securefed.holder"):
+        assert holder.handle(R, Stage.SECAGG_START, plan["start"]) is None
+        assert holder.handle(R, Stage.CKKS_SECAGG_START, plan["start"]) is None   # the other mode's slot
+    assert any("key stages come before the model" in m for m in caplog.messages), caplog.messages
+    assert any("not a stage of aggregation 'secagg'" in m for m in caplog.messages), caplog.messages
 
 
 @pytest.mark.parametrize("kw,why", [

@@ -107,13 +107,13 @@ def test_resume_records_the_round_in_flight_as_aborted_and_goes_on(tmp_path, tin
     recorded as aborted (never run again: its holders took part in it, H7) and round 2 runs from θ₀."""
     cfg = _cfg(tiny_run)
     run = RunDir(tmp_path / "run")
-    secure_sum = coordinator_module.secure_sum
+    finish = coordinator_module.SecureSession.finish
 
-    def dies_in_round_1(channel, r, *a, **kw):
-        if r == 1:
+    def dies_in_round_1(session, ready):
+        if session.r == 1:
             raise Crash()
-        return secure_sum(channel, r, *a, **kw)
-    monkeypatch.setattr(coordinator_module, "secure_sum", dies_in_round_1)
+        return finish(session, ready)
+    monkeypatch.setattr(coordinator_module.SecureSession, "finish", dies_in_round_1)
     with pytest.raises(Crash):
         Simulation(cfg, run.root, progress=False).run()
     monkeypatch.undo()
@@ -139,13 +139,13 @@ def test_a_resume_that_loses_rounds_says_so_in_metrics_and_summary(tmp_path, tin
     the next round's metrics row and a ``model_restarts`` record in summary.json — never a quiet splice."""
     cfg = _cfg(tiny_run, "federation.rounds=4", "federation.checkpoint_every=3")
     run = RunDir(tmp_path / "run")
-    secure_sum = coordinator_module.secure_sum
+    finish = coordinator_module.SecureSession.finish
 
-    def dies_in_round_3(channel, r, *a, **kw):
-        if r == 3:
+    def dies_in_round_3(session, ready):
+        if session.r == 3:
             raise Crash()
-        return secure_sum(channel, r, *a, **kw)
-    monkeypatch.setattr(coordinator_module, "secure_sum", dies_in_round_3)
+        return finish(session, ready)
+    monkeypatch.setattr(coordinator_module.SecureSession, "finish", dies_in_round_3)
     with pytest.raises(Crash):
         Simulation(cfg, run.root, progress=False).run()
     monkeypatch.undo()
