@@ -10,8 +10,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# CPU machines: install the pinned CPU build only when no torch is importable
 	# (an unpinned torch would pull several GB of CUDA wheels).
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,ray]'   # ray: tests/federation/test_ray.py and the conformance matrix
+	# not -q: each install says what it does as it goes (a first run logged to a file never sits silent > 30 s)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --progress-bar off torch==2.13.0
+	$(PY) -m pip install --progress-bar off -e '.[test,ray]'   # ray: tests/federation/test_ray.py and the conformance matrix
 	touch $(STAMP)
 
 install: $(STAMP)

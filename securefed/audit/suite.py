@@ -9,6 +9,7 @@ import platform
 import time
 from pathlib import Path
 
+from securefed import jsonio
 import securefed
 from securefed.audit import deployment_attacks as dep
 from securefed.audit import input_attacks as inp
@@ -80,6 +81,6 @@ def run_audit(profile: str, out: Path, *, privacy: bool = True) -> dict:
     (out / "config.json").write_text(json.dumps({"profile": profile, "settings": PROFILES[profile],
                                                   "lm_run_overrides": lm, "scenarios": [s.id for s in SCENARIOS]},
                                                  indent=2, default=str) + "\n")
-    (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "report.json").write_text(jsonio.dumps(result, indent=2, sort_keys=False, default=str) + "\n")
     write_report(result, out)
     return result

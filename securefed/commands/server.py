@@ -8,9 +8,10 @@ Exit codes (protocols/transport.md §10): 0 all rounds done · 1 unexpected erro
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from securefed import jsonio
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +42,7 @@ def _status(run_dir: str) -> int:
     if not path.exists():
         print(f"securefed server: no status in {run_dir}", file=sys.stderr)
         return 2
-    print(json.dumps(json.loads(path.read_text()), indent=2, sort_keys=True))
+    print(jsonio.dumps(jsonio.read_json(path), indent=2))
     return 0
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from securefed import jsonio
 from securefed.configio import ConfigError, dump_yaml
 
 
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"securefed simulate: {e}", file=sys.stderr)
         return 2
     summary = sim.run()
-    print(json.dumps(summary, indent=2, sort_keys=True))
+    print(jsonio.dumps(summary, indent=2))   # strict: "inf", never Infinity
     print(f"run directory: {out}  (report: {out}/report/report.html)")
     return 0
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from securefed import jsonio
 from securefed.federation.channel import Channel, SinkFactory
 from securefed.federation.messages import MAX_MESSAGE, Hello, MessageError, decode_as, encode
 from securefed.federation.stages import RELEASE_STAGES, Stage
@@ -83,7 +84,7 @@ class GrpcChannel(Channel):
 
     def _write_status(self, **extra) -> None:
         if self.status_path is not None:
-            atomic_write_text(self.status_path, json.dumps(dict(self.status(), **extra), sort_keys=True) + "\n")
+            atomic_write_text(self.status_path, jsonio.dumps(dict(self.status(), **extra)) + "\n")
 
     def available(self, round_index: int, *, want: int, timeout: float) -> list[int]:
         return self.board.wait_for_holders(round_index, want=want, timeout=timeout, fresh=self.alive_s)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
 
+from securefed import jsonio
 from securefed.federation.coordinator import Coordinator, CoordinatorOptions, StateError, privacy_preflight
 from securefed.federation.grpc import EXIT, GrpcChannel
 from securefed.federation.stages import Deadlines
@@ -81,5 +81,5 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
         from securefed.report import render_report
 
         render_report(rd.root)
-    print(json.dumps(summary, sort_keys=True), flush=True)
+    print(jsonio.dumps(summary), flush=True)
     return rc

@@ -6,9 +6,10 @@ never contain key material: the transport logs holder ids, stages, byte counts a
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
+
+from securefed import jsonio
 
 __all__ = ["JsonFormatter", "setup_logging"]
 
@@ -22,7 +23,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = getattr(record, key)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(out, default=str)
+        return jsonio.dumps(out, sort_keys=False, default=str)
 
 
 def setup_logging(*, json_lines: bool, level: str = "INFO") -> None:

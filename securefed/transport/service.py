@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from securefed import jsonio
 from securefed.transport.frames import MAX_FRAME
 from securefed.transport.pki import holder_id_from_cert
 
@@ -97,7 +98,7 @@ def make_server(handlers: Handlers, *, host: str, port: int, cert: Path, key: Pa
 
     def status(request, context):  # any holder with a valid certificate may read the status line
         peer_holder_id(context, roster_ids)
-        return json.dumps(handlers.status()).encode()
+        return jsonio.dumps(handlers.status()).encode()
 
     rpc = {
         "Join": grpc.unary_unary_rpc_method_handler(authed(handlers.join)),

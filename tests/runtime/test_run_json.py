@@ -33,3 +33,8 @@ def test_every_json_file_of_a_run_is_strict_json(tmp_path, small_overrides, caps
     summary = _strict((out / "summary.json").read_text(), "summary.json")
     assert summary["epsilon"] == "inf"  # no DP: infinite, written as the ledger writes it
     assert _strict((out / "metrics.jsonl").read_text().splitlines()[0], "metrics")["epsilon"] == "inf"
+    # what `securefed simulate` prints is the same strict JSON (a pipe into jq must not meet Infinity), then
+    # one line naming the run directory
+    printed = capsys.readouterr().out
+    text = printed[: printed.rindex("\nrun directory: ") + 1]
+    assert _strict(text, "simulate's stdout") == summary
