@@ -133,6 +133,8 @@ class Coordinator:
             self.ckks = CkksRoute(cfg.aggregation.ckks, roster, ckks_size=self.route_plan.ckks_size)
         self.next_round, self.metrics, self.wall, self.start_ppl = 1, [], 0.0, None
         self.model_file: str | None = None
+        self.model_restarts: list[dict] = []          # lossy resumes (checkpoint_every > 1), kept in the checkpoint
+        self._restart_warning: str | None = None      # said once, in the first round after a lossy resume
 
     # ------------------------------------------------------------------ per-holder settings
     def _index(self, h: int) -> int:
@@ -174,7 +176,7 @@ class Coordinator:
                  "sampler": self.sampler.bit_generator.state, "privacy": self.privacy.state_dict(), "pending": pending,
                  "metrics": self.metrics, "ckks_generation": self.ckks.generation if self.ckks else 0,
                  "roster": self.roster.to_dict(), "wall": self.wall, "start_ppl": self.start_ppl,
-                 "model_restarts": getattr(self, "model_restarts", [])}
+                 "model_restarts": self.model_restarts}
         atomic_torch_save(state, self.rd.checkpoint_file)
         stale = getattr(self, "_stale_model", None)
         if stale and stale != self.model_file:   # the light checkpoint no longer names it
@@ -424,7 +426,7 @@ class Coordinator:
         pending = {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": survivors, "refused": refused,
                    "min_survivors": t_min, "clipped": {str(h): bool(c) for h, c in clipped.items()}}
         row["warnings"] = self.health.check(row)   # [] when all is well: the report knows they were checked
-        if getattr(self, "_restart_warning", None):   # said once, in the first round after a lossy resume
+        if self._restart_warning:
             row["warnings"].append(self._restart_warning)
             self._restart_warning = None
         self.metrics.append(row)
@@ -527,7 +529,7 @@ class Coordinator:
             "unigram_eval_ppl": self.data.unigram_eval_ppl, "privacy_mode": self.cfg.privacy.mode,
             "run_id": self.run_id.hex(), "deployment": self.opt.deployment, "backend": self.opt.backend,
             "holders": self.cfg.federation.n_holders, "model_sha256": _file_sha256(self.rd.model / "model.safetensors"),
-            "model_restarts": getattr(self, "model_restarts", []),   # lossy resumes (checkpoint_every > 1), [] if none
+            "model_restarts": self.model_restarts,
             "ledger_head": self.privacy.ledger.head, "ledger_entries": len(self.privacy.ledger.entries),
             "start_eval_ppl": self.start_ppl,
             "phase_seconds": dict(self.progress.phase_seconds),

@@ -35,7 +35,7 @@ __all__ = ["MAGIC", "VERSION", "MAX_MESSAGE", "MessageError", "MsgType", "Hello"
            "decode", "decode_as"]
 
 MAGIC = b"SFFM"
-VERSION = 1
+VERSION = 2   # 2: the stage numbers of protocols/federation.md §4 changed (key stages before training)
 MAX_MESSAGE = 64 << 20         # the largest control message (a big cohort's embedded secagg/CKKS messages)
 MAX_TEXT = 1024
 MAX_ITEMS = 1 << 20

@@ -292,13 +292,17 @@ class SecAggClient:
             accumulate_masks(y, self._mask_keys(self._u2_view), ring, chunk_elements=chunk, executor=self._executor)
         else:   # §6.5: y = x + M − Σ_{j ∈ keyed \ U2} σ(i,j)·PRG(s_ij)  (mod 2^k); C3 made U2 ⊆ keyed
             pre, self._premask = self._premask, None
-            y = pre.result()                                    # (P,) M, wrapping sums of the streams
-            gone = pre.keyed - self._u2_view
-            if gone:                                            # only on dropouts between SHARES and MASKED
-                accumulate_masks(y, self._mask_keys(gone, self_mask=False, sign=-1), ring, chunk_elements=chunk,
-                                 executor=self._executor)
-            np.add(y, self._x, out=y)                           # x is already in Z_2^k (checked when given)
-            ring.reduce(y)
+            try:
+                y = pre.result()                                # (P,) M, wrapping sums of the streams
+                gone = pre.keyed - self._u2_view
+                if gone:                                        # only on dropouts between SHARES and MASKED
+                    accumulate_masks(y, self._mask_keys(gone, self_mask=False, sign=-1), ring, chunk_elements=chunk,
+                                     executor=self._executor)
+                np.add(y, self._x, out=y)                       # x is already in Z_2^k (checked when given)
+                ring.reduce(y)
+            except BaseException:
+                pre.erase()       # C10 on the failure path too: _erase no longer sees this buffer
+                raise
         self._x = None  # C4: the plain input is not needed any more
         return MaskedInput(self.id, ring.bits, y)
 

@@ -133,10 +133,11 @@ VALID = encode(EXAMPLES["Offer"])
 
 @pytest.mark.parametrize("data", [
     b"", b"SFFM", b"SFFM\x01", b"XFFM" + VALID[4:], b"sffm" + VALID[4:], b"\x00" * 64,
-    VALID[:4] + b"\x00" + VALID[5:], VALID[:4] + b"\x02" + VALID[5:], VALID[:4] + b"\xff" + VALID[5:],
+    VALID[:4] + b"\x00" + VALID[5:], VALID[:4] + bytes([VERSION + 1]) + VALID[5:], VALID[:4] + b"\xff" + VALID[5:],
+    VALID[:4] + bytes([VERSION - 1]) + VALID[5:],
     VALID[:5] + b"\x00" + VALID[6:], VALID[:5] + b"\x0c" + VALID[6:], VALID[:5] + b"\xff" + VALID[6:],
-], ids=["empty", "magic-only", "no-type", "wrong-magic", "lowercase-magic", "zeros", "version-0", "version-2",
-        "version-255", "type-0", "type-12", "type-255"])
+], ids=["empty", "magic-only", "no-type", "wrong-magic", "lowercase-magic", "zeros", "version-0", "version-next",
+        "version-255", "version-previous (stage numbers before issue 13)", "type-0", "type-12", "type-255"])
 def test_wrong_magic_version_or_type(data):
     _refused(data)
 

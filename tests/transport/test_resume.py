@@ -63,6 +63,20 @@ def _theta(run: RunDir) -> torch.Tensor:
     return torch.load(run.checkpoints / _checkpoint(run)["model_file"], weights_only=True)["outer"]["theta"]
 
 
+def _dies_in_round(r: int, cfg, run: RunDir, monkeypatch) -> None:
+    """Run until the coordinator dies in round ``r``, after its holders trained, before the masked sum."""
+    finish = coordinator_module.SecureSession.finish
+
+    def dies(session, ready):
+        if session.r == r:
+            raise Crash()
+        return finish(session, ready)
+    monkeypatch.setattr(coordinator_module.SecureSession, "finish", dies)
+    with pytest.raises(Crash):
+        Simulation(cfg, run.root, progress=False).run()
+    monkeypatch.undo()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("appended", [False, True])
 def test_resume_accounts_a_checkpointed_round_exactly_once(tmp_path, tiny_run, monkeypatch, appended):
@@ -107,16 +121,7 @@ def test_resume_records_the_round_in_flight_as_aborted_and_goes_on(tmp_path, tin
     recorded as aborted (never run again: its holders took part in it, H7) and round 2 runs from θ₀."""
     cfg = _cfg(tiny_run)
     run = RunDir(tmp_path / "run")
-    finish = coordinator_module.SecureSession.finish
-
-    def dies_in_round_1(session, ready):
-        if session.r == 1:
-            raise Crash()
-        return finish(session, ready)
-    monkeypatch.setattr(coordinator_module.SecureSession, "finish", dies_in_round_1)
-    with pytest.raises(Crash):
-        Simulation(cfg, run.root, progress=False).run()
-    monkeypatch.undo()
+    _dies_in_round(1, cfg, run, monkeypatch)
     ck = _checkpoint(run)
     assert ck["in_flight"] == 1 and ck["next_round"] == 1 and _rounds(run) == []
     theta0 = _theta(run)
@@ -139,16 +144,7 @@ def test_a_resume_that_loses_rounds_says_so_in_metrics_and_summary(tmp_path, tin
     the next round's metrics row and a ``model_restarts`` record in summary.json — never a quiet splice."""
     cfg = _cfg(tiny_run, "federation.rounds=4", "federation.checkpoint_every=3")
     run = RunDir(tmp_path / "run")
-    finish = coordinator_module.SecureSession.finish
-
-    def dies_in_round_3(session, ready):
-        if session.r == 3:
-            raise Crash()
-        return finish(session, ready)
-    monkeypatch.setattr(coordinator_module.SecureSession, "finish", dies_in_round_3)
-    with pytest.raises(Crash):
-        Simulation(cfg, run.root, progress=False).run()
-    monkeypatch.undo()
+    _dies_in_round(3, cfg, run, monkeypatch)
     assert _checkpoint(run)["model_file"] == "model-0.pt" and _rounds(run) == [1, 2]
     summary = Simulation(cfg, run.root, progress=False, resume=True).run()
     assert summary["model_restarts"] == [{"resumed_at_round": 4, "model_after_round": 0, "lost_rounds": [1, 2]}]
