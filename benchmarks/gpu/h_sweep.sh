@@ -7,28 +7,30 @@
 #   bash benchmarks/gpu/h_sweep.sh
 #
 # Rows share the GPU, so their seconds are not a clean timing; their curves are the comparison.
-# Everything comes back as one archive ($OUT/h_sweep.tgz: metrics.jsonl, summary.json, cmd.json per row).
+# Everything comes back as one archive ($OUT/h_sweep.tgz: metrics.jsonl, summary.json, cmd.json and log per row;
+# the lease returns at most 8 files, so the logs travel inside it).
 set -u
 S=/tmp/sf
 T=${TOKENS:-6.71e7}
 export PYTHONUNBUFFERED=1 SECUREFED_CACHE=$S/cache TOKENIZERS_PARALLELISM=true PYTHONPATH=/tmp/site:$PWD
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-mkdir -p $S
+mkdir -p $S $S/hs/logs
+L=$S/hs/logs
 t0=$(date +%s)
-[ -f $S/corpus/build.json ] || python3 benchmarks/gpu/build_corpus.py build $S/corpus --linux .cache/gpu-text/linux-subset.tar.xz > $OUT/build.log 2>&1
+[ -f $S/corpus/build.json ] || python3 benchmarks/gpu/build_corpus.py build $S/corpus --linux .cache/gpu-text/linux-subset.tar.xz > $L/build.log 2>&1
 python3 benchmarks/gpu/study.py prepare --size 20m --corpus $S/corpus --runs $S/hs --out $OUT/prepare.json 2>&1 | tail -n 1
 echo "prepared $(( $(date +%s) - t0 ))s"
 row() { timeout ${ROW_LIMIT:-400} python3 benchmarks/gpu/study.py run --size 20m --partition iid --tokens $T --evals 8 --seed 0 \
           --corpus $S/corpus --runs $S/hs --set federation.checkpoint_every=1000 "$@"; }
-row --side central                                                   > $OUT/central.log 2>&1 &
-row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 8   > $OUT/fedavg-h8.log 2>&1 &
-row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 32  > $OUT/fedavg-h32.log 2>&1 &
-row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 128 > $OUT/fedavg-h128.log 2>&1 &
-row --side fed --outer nesterov --outer-lr 0.3 --inner-lr-ratio 1.0 --h 32 > $OUT/nesterov-0.3.log 2>&1 &
-row --side fed --outer nesterov --outer-lr 0.7 --inner-lr-ratio 1.0 --h 32 > $OUT/nesterov-0.7.log 2>&1 &
+row --side central                                                   > $L/central.log 2>&1 &
+row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 8   > $L/fedavg-h8.log 2>&1 &
+row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 32  > $L/fedavg-h32.log 2>&1 &
+row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 128 > $L/fedavg-h128.log 2>&1 &
+row --side fed --outer nesterov --outer-lr 0.3 --inner-lr-ratio 1.0 --h 32 > $L/nesterov-0.3.log 2>&1 &
+row --side fed --outer nesterov --outer-lr 0.7 --inner-lr-ratio 1.0 --h 32 > $L/nesterov-0.7.log 2>&1 &
 wait
 echo "rows done $(( $(date +%s) - t0 ))s"
-(cd $S/hs && tar czf $OUT/h_sweep.tgz */metrics.jsonl */summary.json *.cmd.json 2>/dev/null)
+(cd $S/hs && tar czf $OUT/h_sweep.tgz */metrics.jsonl */summary.json *.cmd.json logs 2>/dev/null)
 python3 - <<'PY'
 import json, glob, os
 for d in sorted(glob.glob("/tmp/sf/hs/*/")):

@@ -24,7 +24,10 @@ set -u
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
 S=${S:-/tmp/sf-dpsgd}
-mkdir -p "$S" "$OUT"
+# The lease returns at most 8 files: on the GPU everything is written to $O and comes back as one archive
+# ($OUT/dpsgd_lm.tgz) beside summary.json and throughput.json; in TINY mode $O is $OUT itself.
+if [ "${TINY:-0}" = 1 ]; then O=$OUT; else O=$S/out; fi
+mkdir -p "$S" "$OUT" "$O"
 export PYTHONUNBUFFERED=1 SECUREFED_CACHE=$S/cache TOKENIZERS_PARALLELISM=true
 D=benchmarks/privacy/dpsgd_lm.py
 if [ "${TINY:-0}" = 1 ]; then
@@ -32,35 +35,37 @@ if [ "${TINY:-0}" = 1 ]; then
   COMMON=(--tiny --batch 16 --micro 8 --h 2 --rounds 2 --runs "$S/runs")
   TP=(--size tiny --vocab 4096 --seq 128 --batch 8 --warmup 1 --steps 3)
   DEADLINE=${DEADLINE:-900}
-  $P $D prepare "${COMMON[@]}" --out "$OUT/prepare.json" || exit 1
-  N=$($P -c "import json,sys; print(min(json.load(open(sys.argv[1]))['records_per_holder']))" "$OUT/prepare.json")
+  $P $D prepare "${COMMON[@]}" --out "$O/prepare.json" || exit 1
+  N=$($P -c "import json,sys; print(min(json.load(open(sys.argv[1]))['records_per_holder']))" "$O/prepare.json")
   # tiny: σ from the accountant at this corpus' smallest holder (the GPU σ below are frozen)
   read -r SIG1 SIG3 SIG8 < <($P $D calibrate --records "$N" --batch 16 --steps 4 2>/dev/null |
     $P -c "import json,sys; s=json.load(sys.stdin)['sigma']; print(s['1'], s['3'], s['8'])")
-  $P $D throughput "${TP[@]}" --out "$OUT/throughput.json" > "$OUT/throughput.log" 2>&1
+  $P $D throughput "${TP[@]}" --out "$O/throughput.json" > "$O/throughput.log" 2>&1
   echo "throughput rc=$? $(el)s"
 else
   P=python3; export PYTHONPATH=/tmp/site:$PWD
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  COMMON=(--corpus "$S/corpus" --batch 128 --micro 32 --h 8 --rounds 2 --lr 3e-3 --warmup 2 --runs "$S/runs")
+  # the corpus h_sweep.sh built on the same warm machine is reused (same build, same content hash)
+  C=$S/corpus; [ -f /tmp/sf/corpus/build.json ] && C=/tmp/sf/corpus
+  COMMON=(--corpus "$C" --batch 128 --micro 32 --h 8 --rounds 2 --lr 3e-3 --warmup 2 --runs "$S/runs")
   TP=(--size 20m --vocab 32768 --seq 1024 --batch 32 --warmup 3 --steps 10)
   SIG1=0.8643 SIG3=0.5509 SIG8=0.3691
   DEADLINE=${DEADLINE:-465}
-  ( python3 benchmarks/gpu/build_corpus.py build "$S/corpus" --linux .cache/gpu-text/linux-subset.tar.xz > "$OUT/build.log" 2>&1 &&
-    $P $D prepare "${COMMON[@]}" --out "$OUT/prepare.json" > "$OUT/prepare.log" 2>&1 ) &
+  ( { [ -f "$C/build.json" ] || python3 benchmarks/gpu/build_corpus.py build "$C" --linux .cache/gpu-text/linux-subset.tar.xz > "$O/build.log" 2>&1; } &&
+    $P $D prepare "${COMMON[@]}" --out "$O/prepare.json" > "$O/prepare.log" 2>&1 ) &
   CORPUS=$!
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-  $P $D throughput "${TP[@]}" --out "$OUT/throughput.json" > "$OUT/throughput.log" 2>&1
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$O/gpu.txt" 2>&1
+  $P $D throughput "${TP[@]}" --out "$O/throughput.json" > "$O/throughput.log" 2>&1
   echo "throughput rc=$? $(el)s"
-  wait $CORPUS; rc=$?; echo "corpus + tokenize rc=$rc $(el)s"; [ $rc = 0 ] || { tail -n 20 "$OUT"/build.log "$OUT"/prepare.log; exit 1; }
+  wait $CORPUS; rc=$?; echo "corpus + tokenize rc=$rc $(el)s"; [ $rc = 0 ] || { tail -n 20 "$O"/build.log "$O"/prepare.log; exit 1; }
 fi
-cat "$OUT/prepare.json"
+cat "$O/prepare.json"
 echo "sigma: eps1=$SIG1 eps3=$SIG3 eps8=$SIG8"
 [ "${TINY:-0}" = 1 ] || $P -c "import json,sys; n=min(json.load(open(sys.argv[1]))['records_per_holder']); print(
-  'records per holder: min', n, '(as planned)' if n == 61305 else '- NOT the planned 61305: the sigma above miss their eps; the holders report the true eps')" "$OUT/prepare.json"
+  'records per holder: min', n, '(as planned)' if n == 61305 else '- NOT the planned 61305: the sigma above miss their eps; the holders report the true eps')" "$O/prepare.json"
 # each row stops (SIGINT, then KILL 10 s later) at the deadline; the rounds it finished are on disk
 row() { name=$1; shift; left=$(( DEADLINE - $(el) )); [ $left -gt 0 ] || left=1
-        timeout -k 10 -s INT $left $P $D row "${COMMON[@]}" --name "$name" "$@" > "$OUT/$name.log" 2>&1; echo "$name rc=$? $(el)s"; }
+        timeout -k 10 -s INT $left $P $D row "${COMMON[@]}" --name "$name" "$@" > "$O/$name.log" 2>&1; echo "$name rc=$? $(el)s"; }
 if [ "${TINY:-0}" = 1 ]; then   # two CPU cores: one row at a time
   row eps-inf; row eps8 --sigma "$SIG8"; row eps3 --sigma "$SIG3"; row eps1 --sigma "$SIG1"
 else                            # one GPU, four rows side by side
@@ -68,8 +73,11 @@ else                            # one GPU, four rows side by side
   wait
 fi
 for d in "$S"/runs/*/; do
-  n=$(basename "$d"); cp "$d/metrics.jsonl" "$OUT/$n.metrics.jsonl" 2>/dev/null; cp "$d/summary.json" "$OUT/$n.summary.json" 2>/dev/null
-  cp "$d/privacy/ledger.jsonl" "$OUT/$n.ledger.jsonl" 2>/dev/null; cp "$S/runs/$n.cmd.json" "$OUT/" 2>/dev/null
+  n=$(basename "$d"); cp "$d/metrics.jsonl" "$O/$n.metrics.jsonl" 2>/dev/null; cp "$d/summary.json" "$O/$n.summary.json" 2>/dev/null
+  cp "$d/privacy/ledger.jsonl" "$O/$n.ledger.jsonl" 2>/dev/null; cp "$S/runs/$n.cmd.json" "$O/" 2>/dev/null
 done
-$P $D summarize --runs "$S/runs" --throughput "$OUT/throughput.json" --out "$OUT/summary.json"
+$P $D summarize --runs "$S/runs" --throughput "$O/throughput.json" --out "$O/summary.json"
+if [ "$O" != "$OUT" ]; then
+  cp "$O/summary.json" "$O/throughput.json" "$OUT/" 2>/dev/null; tar czf "$OUT/dpsgd_lm.tgz" -C "$O" .
+fi
 echo "total $(el)s"
