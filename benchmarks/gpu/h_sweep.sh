@@ -4,7 +4,8 @@
 # one H200 in one lease call (< 9 min with the machine's start). Plain aggregation (secure_pair.sh shows
 # secure ≡ plain within run-to-run noise). From the repository root there, .whl/ and the linux subset carried:
 #
-#   bash benchmarks/gpu/h_sweep.sh
+#   bash benchmarks/gpu/h_sweep.sh             # (a) H = 8 / 32 / 128 at FedAvg; Nesterov outer lr 0.3 / 0.7
+#   SWEEP=b bash benchmarks/gpu/h_sweep.sh     # (b) outer lr 2, inner lr x2, the paper recipe, central lr 6e-3, non-IID
 #
 # Rows share the GPU, so their seconds are not a clean timing; their curves are the comparison.
 # Everything comes back as one archive ($OUT/h_sweep.tgz: metrics.jsonl, summary.json, cmd.json and log per row;
@@ -22,12 +23,22 @@ python3 benchmarks/gpu/study.py prepare --size 20m --corpus $S/corpus --runs $S/
 echo "prepared $(( $(date +%s) - t0 ))s"
 row() { timeout ${ROW_LIMIT:-400} python3 benchmarks/gpu/study.py run --size 20m --partition iid --tokens $T --evals 8 --seed 0 \
           --corpus $S/corpus --runs $S/hs --set federation.checkpoint_every=1000 "$@"; }
-row --side central                                                   > $L/central.log 2>&1 &
-row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 8   > $L/fedavg-h8.log 2>&1 &
-row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 32  > $L/fedavg-h32.log 2>&1 &
-row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 128 > $L/fedavg-h128.log 2>&1 &
-row --side fed --outer nesterov --outer-lr 0.3 --inner-lr-ratio 1.0 --h 32 > $L/nesterov-0.3.log 2>&1 &
-row --side fed --outer nesterov --outer-lr 0.7 --inner-lr-ratio 1.0 --h 32 > $L/nesterov-0.7.log 2>&1 &
+if [ "${SWEEP:-a}" = a ]; then   # H at FedAvg, and the Nesterov outer lr (2026-12-02 late)
+  row --side central                                                   > $L/central.log 2>&1 &
+  row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 8   > $L/fedavg-h8.log 2>&1 &
+  row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 32  > $L/fedavg-h32.log 2>&1 &
+  row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 128 > $L/fedavg-h128.log 2>&1 &
+  row --side fed --outer nesterov --outer-lr 0.3 --inner-lr-ratio 1.0 --h 32 > $L/nesterov-0.3.log 2>&1 &
+  row --side fed --outer nesterov --outer-lr 0.7 --inner-lr-ratio 1.0 --h 32 > $L/nesterov-0.7.log 2>&1 &
+else                            # b: what (a) pointed at — the holders' Adam steps on 4x smaller batches are shorter,
+                                # so try larger inner or outer steps; the paper's recipe; a tuned central lr; non-IID
+  row --side central --central-lr 0.006                                 > $L/central-lr6e-3.log 2>&1 &
+  row --side fed --outer fedavg --outer-lr 2.0 --inner-lr-ratio 1.0 --h 32 > $L/fedavg-olr2-h32.log 2>&1 &
+  row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 2.0 --h 32 > $L/fedavg-ilr2-h32.log 2>&1 &
+  row --side fed --outer nesterov --outer-lr 0.7 --inner-lr-ratio 0.5 --h 32 > $L/nesterov-0.7-ilr0.5.log 2>&1 &
+  row --side fed --outer nesterov --outer-lr 0.7 --inner-lr-ratio 1.0 --h 8 --set outer.momentum=0.6 > $L/nesterov-0.7-m0.6-h8.log 2>&1 &
+  row --side fed --partition by_source --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 32 > $L/fedavg-h32-by_source.log 2>&1 &
+fi
 wait
 echo "rows done $(( $(date +%s) - t0 ))s"
 (cd $S/hs && tar czf $OUT/h_sweep.tgz */metrics.jsonl */summary.json *.cmd.json logs 2>/dev/null)
