@@ -183,9 +183,61 @@ def partner_of(name: str) -> str:
     return f"{size}-{part}-central-*-{tok}-{seed}" if part == "iid" else f"{size}-iid-central-*-{tok}-{seed}"
 
 
+def tuned_pairs(pairs: list[dict]) -> list[dict]:
+    """Each federated row against its *tuned* centralized partner: of the centralized rows at several lrs
+    (same size, tokens, seed), the one with the lowest perplexity at the last token count both reached."""
+    best: dict[str, dict] = {}
+    for p in pairs:
+        f = p["final"]
+        if f is None:
+            continue
+        cur = best.get(p["fed"])
+        if cur is None or f["central_ppl"] < cur["final"]["central_ppl"]:
+            best[p["fed"]] = p
+    return [best[k] for k in sorted(best, key=lambda k: best[k]["final"]["ratio"])]
+
+
+def plot_rows(rows: dict, pairs: list[dict], out: Path) -> None:
+    """Perplexity vs tokens for every row (federated solid, centralized dashed), and fed/central vs tokens
+    against the tuned centralized partner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5))
+    for i, (name, r) in enumerate(sorted(rows.items())):
+        pts = [(m["tokens_seen"], m["eval_ppl"]) for m in r["metrics"] if "eval_ppl" in m]
+        if not pts:
+            continue
+        central = "-central-" in name
+        label = name.split("-t")[0].replace("20m-", "").replace("75m-", "").replace("125m-", "")
+        ax.plot(*zip(*pts), "s--" if central else "o-", color=plt.cm.tab20(i % 20),
+                label=label, markersize=3, linewidth=1.4 if central else 1.0)
+    ax.set_xlabel("training tokens per side")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5)
+    ax.set_title("perplexity vs tokens (centralized dashed)")
+    for i, p in enumerate(tuned_pairs(pairs)):
+        pts = [(c["tokens"], c["ratio"]) for c in p["curve"]]
+        bx.plot(*zip(*pts), "o-", markersize=3, label=p["fed"].split("-t")[0], color=plt.cm.tab20(i % 20))
+    bx.axhline(1.07, color="k", linestyle=":", linewidth=1, label="goal 1.07")
+    bx.set_xlabel("training tokens per side")
+    bx.set_ylabel("fed / tuned centralized perplexity")
+    bx.set_yscale("log")
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=6.5)
+    bx.set_title("ratio vs tokens")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def cmd_summarize(a: argparse.Namespace) -> None:
     runs = Path(a.runs)
-    rows = {d.name: _read_run(d) for d in sorted(runs.iterdir()) if d.is_dir()}
+    rows = {d.name: _read_run(d) for d in sorted(runs.iterdir()) if d.is_dir() and (d / "metrics.jsonl").exists()}
     pairs = []
     for name, r in rows.items():
         if "-fed-" not in name:
@@ -201,15 +253,19 @@ def cmd_summarize(a: argparse.Namespace) -> None:
                           "final": last, "complete": bool(r["summary"] and c["summary"]),
                           "corpus_content_hash": r["corpus_content_hash"], "tokenizer_hash": r["tokenizer_hash"],
                           "aggregation": r["metrics"][-1].get("aggregation") if r["metrics"] else None})
-    out = {"pairs": pairs, "runs": {k: {kk: v for kk, v in r.items() if kk != "metrics"} | {"metrics": r["metrics"]}
-                                    for k, r in rows.items()}}
+    tuned = tuned_pairs(pairs)
+    out = {"pairs": pairs, "tuned": [{"fed": p["fed"], "central": p["central"], "final": p["final"]} for p in tuned],
+           "runs": {k: {kk: v for kk, v in r.items() if kk != "metrics"} | {"metrics": r["metrics"]}
+                    for k, r in rows.items()}}
     Path(a.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
-    print(f"{'federated row':58s} {'tokens':>11s} {'fed':>8s} {'central':>8s} {'ratio':>6s}")
-    for p in pairs:
+    if a.plot:
+        plot_rows(rows, pairs, Path(a.plot))
+    print("each federated row against its tuned centralized partner (the lowest central perplexity at that point)")
+    print(f"{'federated row':58s} {'tokens':>11s} {'fed':>8s} {'central':>8s} {'ratio':>6s}  central row")
+    for p in tuned:
         f = p["final"]
-        if f:
-            print(f"{p['fed']:58s} {f['tokens']:11,d} {f['fed_ppl']:8.2f} {f['central_ppl']:8.2f} {f['ratio']:6.3f}"
-                  f"{'' if p['complete'] else '  (partial)'}")
+        print(f"{p['fed']:58s} {f['tokens']:11,d} {f['fed_ppl']:8.2f} {f['central_ppl']:8.2f} {f['ratio']:6.3f}  "
+              f"{p['central']}{'' if p['complete'] else '  (partial)'}")
 
 
 def main() -> None:
@@ -240,6 +296,7 @@ def main() -> None:
     s = sub.add_parser("summarize")
     s.add_argument("--runs", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--plot", default=None, help="PNG: perplexity vs tokens for every row, and fed/central vs tokens")
     a = ap.parse_args()
     if a.cmd in ("run", "prepare"):
         a.preset = a.preset if a.preset != "gpu-20m" else f"gpu-{a.size}"

@@ -47,22 +47,27 @@ else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   # the corpus h_sweep.sh built on the same warm machine is reused (same build, same content hash)
   C=$S/corpus; [ -f /tmp/sf/corpus/build.json ] && C=/tmp/sf/corpus
-  COMMON=(--corpus "$C" --batch 128 --micro 32 --h 8 --rounds 2 --lr 3e-3 --warmup 2 --runs "$S/runs")
+  # the plan: expected batch, local steps, rounds, σ for ε = 1 / 3 / 8 and the records they were calibrated at
+  # (defaults: run 1, 2026-12-03, 16 steps — too short to learn, see dpsgd_lm.md; the longer plan is there)
+  B=${BATCH:-128} H=${H:-8} R=${ROUNDS:-2} PLANNED=${PLANNED:-61305}
+  read -r SIG1 SIG3 SIG8 <<< "${SIGMAS:-0.8643 0.5509 0.3691}"
+  COMMON=(--corpus "$C" --batch "$B" --micro 32 --h "$H" --rounds "$R" --lr 3e-3 --warmup 2 --runs "$S/runs")
   TP=(--size 20m --vocab 32768 --seq 1024 --batch 32 --warmup 3 --steps 10)
-  SIG1=0.8643 SIG3=0.5509 SIG8=0.3691
   DEADLINE=${DEADLINE:-465}
   ( { [ -f "$C/build.json" ] || python3 benchmarks/gpu/build_corpus.py build "$C" --linux .cache/gpu-text/linux-subset.tar.xz > "$O/build.log" 2>&1; } &&
     $P $D prepare "${COMMON[@]}" --out "$O/prepare.json" > "$O/prepare.log" 2>&1 ) &
   CORPUS=$!
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$O/gpu.txt" 2>&1
-  $P $D throughput "${TP[@]}" --out "$O/throughput.json" > "$O/throughput.log" 2>&1
-  echo "throughput rc=$? $(el)s"
+  if [ "${SKIP_THROUGHPUT:-0}" = 1 ]; then echo "throughput skipped (SKIP_THROUGHPUT=1)"; else
+    $P $D throughput "${TP[@]}" --out "$O/throughput.json" > "$O/throughput.log" 2>&1
+    echo "throughput rc=$? $(el)s"
+  fi
   wait $CORPUS; rc=$?; echo "corpus + tokenize rc=$rc $(el)s"; [ $rc = 0 ] || { tail -n 20 "$O"/build.log "$O"/prepare.log; exit 1; }
 fi
 cat "$O/prepare.json"
 echo "sigma: eps1=$SIG1 eps3=$SIG3 eps8=$SIG8"
-[ "${TINY:-0}" = 1 ] || $P -c "import json,sys; n=min(json.load(open(sys.argv[1]))['records_per_holder']); print(
-  'records per holder: min', n, '(as planned)' if n == 61305 else '- NOT the planned 61305: the sigma above miss their eps; the holders report the true eps')" "$O/prepare.json"
+[ "${TINY:-0}" = 1 ] || $P -c "import json,sys; n=min(json.load(open(sys.argv[1]))['records_per_holder']); p=int(sys.argv[2]); print(
+  'records per holder: min', n, '(as planned)' if n == p else f'- NOT the planned {p}: the sigma above miss their eps; the holders report the true eps')" "$O/prepare.json" "$PLANNED"
 # each row stops (SIGINT, then KILL 10 s later) at the deadline; the rounds it finished are on disk
 row() { name=$1; shift; left=$(( DEADLINE - $(el) )); [ $left -gt 0 ] || left=1
         timeout -k 10 -s INT $left $P $D row "${COMMON[@]}" --name "$name" "$@" > "$O/$name.log" 2>&1; echo "$name rc=$? $(el)s"; }

@@ -73,3 +73,16 @@ def test_linux_sources_and_documents_keep_every_file():
     pieces = [d for d in docs if "<<< big.c >>>" in d]
     assert len(pieces) >= 3 and all(len(p) <= corpus.PIECE_BYTES + 64 for p in pieces)
     assert sum(p.count("x = 1;\n") for p in pieces) == 400_000
+
+
+def test_a_federated_row_is_compared_with_its_best_centralized_partner():
+    def pair(fed, central, fed_ppl, central_ppl):
+        last = {"tokens": 100, "fed_ppl": fed_ppl, "central_ppl": central_ppl, "ratio": fed_ppl / central_ppl}
+        return {"fed": fed, "central": central, "curve": [last], "final": last, "complete": True}
+
+    pairs = [pair("a", "c-lr1", 30.0, 15.0), pair("a", "c-lr2", 30.0, 12.0),
+             pair("b", "c-lr1", 20.0, 15.0), pair("b", "c-lr2", 20.0, 12.0), pair("x", "c-lr1", 1.0, 1.0) | {"final": None}]
+    tuned = study.tuned_pairs(pairs)
+    # the lower central perplexity wins (a tuned baseline can only raise the ratio); sorted by ratio; no final: dropped
+    assert [(p["fed"], p["central"]) for p in tuned] == [("b", "c-lr2"), ("a", "c-lr2")]
+    assert tuned[0]["final"]["ratio"] == pytest.approx(20 / 12)
