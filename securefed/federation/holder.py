@@ -89,7 +89,7 @@ class _Round:
 
     offer: Offer
     spec: RoundSpec | None = None
-    delta: np.ndarray | None = None           # (P,) float32 Δ = θ_r − θ_local
+    delta: "np.ndarray | torch.Tensor | None" = None   # (P,) float32 Δ = θ_r − θ_local (a tensor: kept on the device, §6.6)
     report: Ready | None = None
     masked_part: np.ndarray | None = None     # the ring vector for secure aggregation
     ckks_part: np.ndarray | None = None       # the CKKS-routed slice (float64), ckks+secagg only
@@ -371,10 +371,19 @@ class Holder:
         if len(payload) != 4 * self.welcomed.dim or model_sha256(payload) != rs.offer.model_sha256:
             raise ValueError("the model is not the one the offer announced (H4)")
         theta = torch.from_numpy(np.frombuffer(payload, dtype="<f4").astype(np.float32))
-        up = self.trainer.train_round(theta)
-        rs.delta, rs.trained = up.delta.numpy(), True
+        on_device = self._encodes_on_device(rs)
+        up = self.trainer.train_round(theta, delta_on_device=on_device)
+        rs.delta, rs.trained = (up.delta if on_device else up.delta.numpy()), True
         rs.report = Ready(rs.offer.round, self.id, int(up.tokens), float(up.mean_loss), False, up.record_epsilon)
         return None
+
+    def _encodes_on_device(self, rs: _Round) -> bool:
+        """secagg.md §6.6: keep Δ on the training device and clip and round it there — pure secure aggregation in
+        modes none / central (distributed DP's rotation and noise, CKKS and plain stay on the host)."""
+        mode = self.cfg.hardware.encode_on
+        if mode == "host" or self.welcomed.aggregation != "secagg" or rs.offer.spec.mode == "distributed":
+            return False
+        return mode == "device" or self.trainer.parent.fabric.device.type == "cuda"
 
     def _on_plan(self, rs: _Round, payload: bytes) -> bytes:
         plan = decode_as(payload, Plan)
@@ -400,9 +409,19 @@ class Holder:
             self._end_secagg(rs)   # a dropout of U2 \\ U3 to the protocol: its pairs are unmasked without it
             return self._refuse(plan.round, why, spec)
         rs.spec = spec
+        entropy = rs.encode_entropy or self.entropy.for_party(plan.round, self.id, "encode")   # the same bits
+        if not isinstance(rs.delta, np.ndarray):   # secagg.md §6.6: weighted, clipped and rounded where it was trained
+            from securefed.privacy.device_encode import clip_and_quantize_on_device
+
+            rs.masked_part, info = clip_and_quantize_on_device(rs.delta, plan.weight, spec_plan(spec), entropy)
+            rs.delta = None
+            if rs.secagg is not None:
+                rs.secagg.provide_input(rs.masked_part)
+                rs.masked_part = None
+            rs.report = replace(rs.report, clipped=bool(info.clipped))
+            return encode(rs.report)
         x, info = l2_clip(rs.delta * np.float32(plan.weight), spec.clip)   # w·Δ, then the clip bound C
         rs.delta = None
-        entropy = rs.encode_entropy or self.entropy.for_party(plan.round, self.id, "encode")   # the same bits
         if w.aggregation == "plain":
             rs.plain = x
         elif w.aggregation == "ckks+secagg":

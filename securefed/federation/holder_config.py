@@ -96,8 +96,13 @@ class HolderHardware:
     compile: bool = False
     torch_threads: int | None = None
     mask_threads: int | None = None    # threads expanding secure-aggregation masks while it trains (None: half the cores)
+    # where w·Δ is clipped and rounded for secure aggregation (secagg.md §6.6): "auto" on the training GPU
+    # when there is one, "device" on the training device whatever it is, "host" with numpy
+    encode_on: Literal["auto", "device", "host"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.encode_on not in ("auto", "device", "host"):
+            raise ValueError(f"hardware.encode_on must be 'auto', 'device' or 'host', got {self.encode_on!r}")
         if self.devices < 1 or (self.torch_threads is not None and self.torch_threads < 1):
             raise ValueError("hardware.devices and hardware.torch_threads must be >= 1")
         if self.mask_threads is not None and (isinstance(self.mask_threads, bool) or not isinstance(self.mask_threads, int)

@@ -45,7 +45,7 @@ def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
                           epsilon_cap=priv.holder_epsilon_cap)
     t = cfg.train
     hw = HolderHardware(accelerator=t.accelerator, devices=t.devices, precision=t.precision, strategy=t.strategy,
-                        compile=t.compile, torch_threads=torch_threads,
+                        compile=t.compile, torch_threads=torch_threads, encode_on=t.encode_on,
                         mask_threads=mask_threads or max(1, ((os.cpu_count() or 2) - 2) // max(1, fed.n_holders)))
     out = {}
     for i in range(fed.n_holders):

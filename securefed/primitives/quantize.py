@@ -42,6 +42,7 @@ __all__ = [
     "accept_threshold",
     "BETA",
     "MAX_ROUNDING_TRIES",
+    "ROUNDING_CHUNK",
 ]
 
 SMALLEST_RING_BITS = 12  # what RingSpec represents (encoders, property tests of tight rings)
@@ -284,7 +285,8 @@ def _round_chunk(x: np.ndarray, out: np.ndarray, start: int, m: int, plan: Quant
 
 
 _WINDOW = 64
-_CHUNK = 1 << 18
+ROUNDING_CHUNK = 1 << 18   # coordinates per entropy draw and per partial sum of ‖q‖² (accept_threshold's block)
+_CHUNK = ROUNDING_CHUNK
 
 
 def dequantize_sum(ring_sum: np.ndarray, plan: QuantizationPlan, dtype: type = np.float32) -> np.ndarray:

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ClipInfo", "l2_clip", "ADAPTIVE_LR", "bit_noise_std", "data_noise_multiplier", "adaptive_update"]
+__all__ = ["ClipInfo", "CLIP_MARGIN", "l2_clip", "ADAPTIVE_LR", "bit_noise_std", "data_noise_multiplier", "adaptive_update"]
 
 ADAPTIVE_LR = 0.2
+CLIP_MARGIN = 1 - 1e-6   # a clipped update is scaled to C·CLIP_MARGIN: float32 rounding cannot push it above C
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,10 @@ def l2_clip(delta: np.ndarray, clip: float) -> tuple[np.ndarray, ClipInfo]:
     norm = float(np.linalg.norm(x))
     if not math.isfinite(norm):
         raise ValueError("delta contains non-finite values")
-    if norm <= clip * (1 - 1e-6):  # float32 rounding (relative 2^-24 per coordinate) keeps it below C
+    if norm <= clip * CLIP_MARGIN:  # float32 rounding (relative 2^-24 per coordinate) keeps it below C
         return x.astype(np.float32), ClipInfo(norm=norm, clipped=False)
     # scale a hair below C so float32 rounding cannot push the norm above C (quantize allows no slack)
-    y = (x * (clip / norm) * (1 - 1e-6)).astype(np.float32)
+    y = (x * (clip / norm) * CLIP_MARGIN).astype(np.float32)   # privacy.device_encode repeats these two products
     return y, ClipInfo(norm=norm, clipped=norm > clip)
 
 

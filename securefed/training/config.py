@@ -78,6 +78,9 @@ class TrainConfig:
     fused: Literal["auto", "all", "head", "off"] = "auto"  # Liger kernels on CUDA (securefed.training.fused)
     sdpa_backend: Literal["auto", "cudnn", "flash"] = "auto"  # preferred attention kernel on CUDA
     eval_batch_size: int = 32
+    # simulate's holders: where w·Δ is clipped and rounded for secure aggregation (the holder's
+    # hardware.encode_on): "auto" on the training GPU, "device" on the training device, "host" with numpy
+    encode_on: Literal["auto", "device", "host"] = "auto"
     dp_sgd: DPSGDConfig = field(default_factory=DPSGDConfig)
 
     def __post_init__(self) -> None:
@@ -114,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"train.compile_scope must be 'blocks' or 'model', got {self.compile_scope!r}")
         if self.fused not in ("auto", "all", "head", "off"):
             raise ValueError(f"train.fused must be 'auto', 'all', 'head' or 'off', got {self.fused!r}")
+        if self.encode_on not in ("auto", "device", "host"):
+            raise ValueError(f"train.encode_on must be 'auto', 'device' or 'host', got {self.encode_on!r}")
         if self.sdpa_backend not in ("auto", "cudnn", "flash"):
             raise ValueError(f"train.sdpa_backend must be 'auto', 'cudnn' or 'flash', got {self.sdpa_backend!r}")
         if self.compile and self.dp_sgd.enabled:

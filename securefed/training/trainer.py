@@ -276,8 +276,9 @@ class HolderTrainer:
         self.cursor += need
         return self.data[idx[rank * self.batch_size : (rank + 1) * self.batch_size]]
 
-    def train_round(self, global_flat: torch.Tensor) -> LocalUpdate:
-        """K inner steps from θ_global; returns Δ = θ_global − θ_local (flat, float32, CPU)."""
+    def train_round(self, global_flat: torch.Tensor, *, delta_on_device: bool = False) -> LocalUpdate:
+        """K inner steps from θ_global; returns Δ = θ_global − θ_local (flat, float32, on the host; with
+        ``delta_on_device`` left where it was formed, for privacy.device_encode to clip and round there)."""
         parent, cfg = self.parent, self.parent.cfg
         device = parent.fabric.device
         cuda = device.type == "cuda"
@@ -319,7 +320,9 @@ class HolderTrainer:
             else:
                 for v, p in zip(views, params):
                     v.sub_(p.to(torch.float32))
-            if cuda:  # Δ copied out once, into pinned memory (cached by torch's host allocator)
+            if delta_on_device:
+                delta = theta                                       # a buffer of its own: the next round allocates anew
+            elif cuda:  # Δ copied out once, into pinned memory (cached by torch's host allocator)
                 delta = torch.empty(theta.numel(), dtype=torch.float32, pin_memory=True)
                 delta.copy_(theta, non_blocking=True)
                 torch.cuda.current_stream(device).synchronize()

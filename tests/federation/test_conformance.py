@@ -134,3 +134,26 @@ def test_a_holder_past_its_cap_refuses_before_training_over_grpc(tmp_path, tiny_
     assert [r["clients_survived"] for r in rows] == [3, 3] and all("2" in r["refusals"] for r in rows)
     assert all(e["refused"] == [2] and 2 not in e["survivors"] for e in ledger)
     assert summary["rounds"] == 2
+
+
+@pytest.mark.parametrize("case", ["holder-killed-mid-round", "secagg-poisson-per-holder-K"])
+def test_clipping_and_rounding_on_the_training_device_gives_the_same_federation(tmp_path, tmp_path_factory, tiny_run,
+                                                                               monkeypatch, case):
+    """secagg.md §6.6: Δ kept where it was trained (here the CPU, forced with train.encode_on=device; on a GPU
+    host "auto" does it) and clipped and rounded there in torch gives the same ring vectors as the host path."""
+    from securefed.privacy import device_encode
+
+    calls = []
+    real = device_encode.clip_and_quantize_on_device
+
+    def counting(delta, *a, **kw):
+        calls.append(type(delta).__name__)
+        return real(delta, *a, **kw)
+
+    monkeypatch.setattr(device_encode, "clip_and_quantize_on_device", counting)
+    overrides = tiny_run + CASES[case]
+    kw = {"holder_overrides": KILLED} if case == "holder-killed-mid-round" else {}
+    a, ledger_a, rows_a = _inproc(tmp_path_factory, overrides, case, **kw)
+    b, ledger_b, rows_b = _run(tmp_path, overrides + ["train.encode_on=device"], "inproc", **kw)
+    assert calls and set(calls) == {"Tensor"}        # every masked input of the run went through the device path
+    _same_federation(a, ledger_a, rows_a, b, ledger_b, rows_b)
