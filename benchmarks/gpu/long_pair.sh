@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Issue 14: one 20m pair at ~20 tokens per parameter (464M tokens per side, 1.85 epochs of the 251M-token
+# corpus) — the regime Photon, DiLoCo and Charles et al. compare in — with the sweep's best federated setting
+# (benchmarks/RESULTS.md (f14): FedAvg, outer lr 1, inner lr = central lr 3e-3, H = 8). Both rows side by side
+# on one H200, ≈ 15 min: longer than one lease call, so the rows run detached (setsid) and two calls share them
+# while the machine stays warm (give it no idle gap over 30 s between the calls):
+#
+#   bash benchmarks/gpu/long_pair.sh start     # corpus, tokenizer, both rows detached; waits ≤ 520 s, reports
+#   bash benchmarks/gpu/long_pair.sh wait      # waits ≤ 560 s more, then packs $OUT/long_pair.tgz
+#
+# carry [".whl", ".cache/gpu-text"]. `wait` may be repeated; a cold machine has lost the rows (start again).
+set -u
+S=/tmp/sf
+R=$S/long
+T=${TOKENS:-4.64e8}
+H=${H:-8}
+export PYTHONUNBUFFERED=1 SECUREFED_CACHE=$S/cache TOKENIZERS_PARALLELISM=true PYTHONPATH=/tmp/site:$PWD
+mkdir -p $R/logs
+t0=$(date +%s)
+status() {
+  python3 - "$R" <<'PY'
+import json, glob, os, sys
+for d in sorted(glob.glob(sys.argv[1] + "/*/")):
+    f = d + "metrics.jsonl"
+    if os.path.exists(f):
+        rows = [json.loads(x) for x in open(f)]
+        ev = [(r["round"], r["tokens_seen"], round(r["eval_ppl"], 2)) for r in rows if "eval_ppl" in r]
+        print(os.path.basename(d.rstrip("/")), "rounds", len(rows), "evals", ev[-3:],
+              "done" if os.path.exists(d + "summary.json") else "")
+PY
+}
+running() { pgrep -f "study.py run" > /dev/null; }
+case "${1:-}" in
+start)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  [ -f $S/corpus/build.json ] || python3 benchmarks/gpu/build_corpus.py build $S/corpus --linux .cache/gpu-text/linux-subset.tar.xz > $R/logs/build.log 2>&1
+  python3 benchmarks/gpu/study.py prepare --size 20m --corpus $S/corpus --runs $R --out $R/prepare.json 2>&1 | tail -n 1
+  echo "prepared $(( $(date +%s) - t0 ))s"
+  common=(--size 20m --partition iid --tokens "$T" --evals 12 --seed 0 --corpus $S/corpus --runs $R
+          --set federation.checkpoint_every=25)
+  setsid nohup python3 benchmarks/gpu/study.py run --side central "${common[@]}" > $R/logs/central.log 2>&1 < /dev/null &
+  setsid nohup python3 benchmarks/gpu/study.py run --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 \
+    --h "$H" "${common[@]}" > $R/logs/fed.log 2>&1 < /dev/null &
+  limit=520 ;;
+wait) limit=560 ;;
+*) echo "usage: $0 start|wait"; exit 2 ;;
+esac
+sleep 20
+while running && [ $(( $(date +%s) - t0 )) -lt $limit ]; do sleep 15; done
+status
+if running; then echo "still running after $(( $(date +%s) - t0 ))s: call '$0 wait' again"; else echo "rows finished"; fi
+(cd $R && tar czf $OUT/long_pair.tgz */metrics.jsonl */summary.json *.cmd.json logs prepare.json 2>/dev/null)
