@@ -206,30 +206,27 @@ def plot_rows(rows: dict, pairs: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5))
-    for i, (name, r) in enumerate(sorted(rows.items())):
+    fed_names = sorted(n for n in rows if "-central-" not in n)
+    color = {n: plt.cm.tab20(i % 20) for i, n in enumerate(fed_names)}   # one colour per row in both panels
+    centrals = sorted(n for n in rows if "-central-" in n)
+    color |= {n: str(0.55 * i / max(1, len(centrals) - 1)) for i, n in enumerate(centrals)}   # black to grey
+    for name, r in sorted(rows.items()):
         pts = [(m["tokens_seen"], m["eval_ppl"]) for m in r["metrics"] if "eval_ppl" in m]
         if not pts:
             continue
         central = "-central-" in name
         label = name.split("-t")[0].replace("20m-", "").replace("75m-", "").replace("125m-", "")
-        ax.plot(*zip(*pts), "s--" if central else "o-", color=plt.cm.tab20(i % 20),
+        ax.plot(*zip(*pts), "s--" if central else "o-", color=color[name],
                 label=label, markersize=3, linewidth=1.4 if central else 1.0)
-    ax.set_xlabel("training tokens per side")
-    ax.set_ylabel("held-out perplexity")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5)
-    ax.set_title("perplexity vs tokens (centralized dashed)")
-    for i, p in enumerate(tuned_pairs(pairs)):
+    for p in tuned_pairs(pairs):
         pts = [(c["tokens"], c["ratio"]) for c in p["curve"]]
-        bx.plot(*zip(*pts), "o-", markersize=3, label=p["fed"].split("-t")[0], color=plt.cm.tab20(i % 20))
+        bx.plot(*zip(*pts), "o-", markersize=3, label=p["fed"].split("-t")[0], color=color[p["fed"]])
     bx.axhline(1.07, color="k", linestyle=":", linewidth=1, label="goal 1.07")
-    bx.set_xlabel("training tokens per side")
-    bx.set_ylabel("fed / tuned centralized perplexity")
-    bx.set_yscale("log")
-    bx.grid(alpha=0.3)
-    bx.legend(fontsize=6.5)
-    bx.set_title("ratio vs tokens")
+    for axis, ylabel, title in ((ax, "held-out perplexity", "perplexity vs tokens (centralized dashed)"),
+                                (bx, "fed / tuned centralized perplexity", "ratio vs tokens")):
+        axis.set(xlabel="training tokens per side", ylabel=ylabel, title=title, yscale="log")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=6.5)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
