@@ -385,6 +385,31 @@ class Holder:
             return False
         return mode == "device" or self.trainer.parent.fabric.device.type == "cuda"
 
+    def _encode_on_device(self, rs: _Round, spec: RoundSpec, weight: float, entropy) -> bytes | None:
+        """secagg.md §6.6; None (Δ now on the host in ``rs.delta``) when the device runs out of memory: the round
+        goes on on the host path, said in the log, rather than the holder dropping out."""
+        import torch
+
+        from securefed.privacy.device_encode import clip_and_quantize_on_device
+
+        try:
+            rs.masked_part, info = clip_and_quantize_on_device(rs.delta, weight, spec_plan(spec), entropy)
+        except torch.cuda.OutOfMemoryError:   # (torch.OutOfMemoryError from torch 2.5)
+            log.warning("holder %d: round %d: no device memory to clip and round the update there; "
+                        "doing it on the host (hardware.encode_on=host avoids the attempt)", self.id, spec.round)
+            if rs.encode_entropy is not None:
+                rs.encode_entropy.discard()
+            rs.delta = rs.delta.cpu().numpy()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return None
+        rs.delta = None
+        if rs.secagg is not None:
+            rs.secagg.provide_input(rs.masked_part)
+            rs.masked_part = None
+        rs.report = replace(rs.report, clipped=bool(info.clipped))
+        return encode(rs.report)
+
     def _on_plan(self, rs: _Round, payload: bytes) -> bytes:
         plan = decode_as(payload, Plan)
         spec, offered = plan.spec, rs.offer.spec
@@ -411,15 +436,10 @@ class Holder:
         rs.spec = spec
         entropy = rs.encode_entropy or self.entropy.for_party(plan.round, self.id, "encode")   # the same bits
         if not isinstance(rs.delta, np.ndarray):   # secagg.md §6.6: weighted, clipped and rounded where it was trained
-            from securefed.privacy.device_encode import clip_and_quantize_on_device
-
-            rs.masked_part, info = clip_and_quantize_on_device(rs.delta, plan.weight, spec_plan(spec), entropy)
-            rs.delta = None
-            if rs.secagg is not None:
-                rs.secagg.provide_input(rs.masked_part)
-                rs.masked_part = None
-            rs.report = replace(rs.report, clipped=bool(info.clipped))
-            return encode(rs.report)
+            done = self._encode_on_device(rs, spec, plan.weight, entropy)
+            if done is not None:
+                return done
+            entropy = self.entropy.for_party(plan.round, self.id, "encode")   # the host path below, fresh bits
         x, info = l2_clip(rs.delta * np.float32(plan.weight), spec.clip)   # w·Δ, then the clip bound C
         rs.delta = None
         if w.aggregation == "plain":

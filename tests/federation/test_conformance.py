@@ -136,11 +136,15 @@ def test_a_holder_past_its_cap_refuses_before_training_over_grpc(tmp_path, tiny_
     assert summary["rounds"] == 2
 
 
-@pytest.mark.parametrize("case", ["holder-killed-mid-round", "secagg-poisson-per-holder-K"])
+@pytest.mark.parametrize("case,oom", [("holder-killed-mid-round", False), ("secagg-poisson-per-holder-K", False),
+                                      ("holder-killed-mid-round", True)])
 def test_clipping_and_rounding_on_the_training_device_gives_the_same_federation(tmp_path, tmp_path_factory, tiny_run,
-                                                                               monkeypatch, case):
+                                                                               monkeypatch, caplog, case, oom):
     """secagg.md §6.6: Δ kept where it was trained (here the CPU, forced with train.encode_on=device; on a GPU
-    host "auto" does it) and clipped and rounded there in torch gives the same ring vectors as the host path."""
+    host "auto" does it) and clipped and rounded there in torch gives the same ring vectors as the host path.
+    A device out of memory at that point: the holder says so and goes on on the host path (same model)."""
+    import torch
+
     from securefed.privacy import device_encode
 
     calls = []
@@ -148,6 +152,8 @@ def test_clipping_and_rounding_on_the_training_device_gives_the_same_federation(
 
     def counting(delta, *a, **kw):
         calls.append(type(delta).__name__)
+        if oom and len(calls) % 2:   # every other holder's device runs out of memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
         return real(delta, *a, **kw)
 
     monkeypatch.setattr(device_encode, "clip_and_quantize_on_device", counting)
@@ -157,3 +163,4 @@ def test_clipping_and_rounding_on_the_training_device_gives_the_same_federation(
     b, ledger_b, rows_b = _run(tmp_path, overrides + ["train.encode_on=device"], "inproc", **kw)
     assert calls and set(calls) == {"Tensor"}        # every masked input of the run went through the device path
     _same_federation(a, ledger_a, rows_a, b, ledger_b, rows_b)
+    assert ("no device memory" in caplog.text) == oom
