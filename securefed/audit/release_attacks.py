@@ -62,9 +62,9 @@ def _record_updates(holder) -> dict[str, list]:
     seen = {"delta": []}
     real = holder.trainer.train_round
 
-    def spy(theta):
-        up = real(theta)
-        seen["delta"].append(up.delta.numpy().astype(np.float64))
+    def spy(theta, **kw):
+        up = real(theta, **kw)
+        seen["delta"].append(up.delta.detach().cpu().numpy().astype(np.float64))   # wherever it was left (§6.6)
         return up
     holder.trainer.train_round = spy
     return seen
