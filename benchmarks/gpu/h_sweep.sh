@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/gpu/h_sweep.sh             # (a) H = 8 / 32 / 128 at FedAvg; Nesterov outer lr 0.3 / 0.7
 #   SWEEP=b bash benchmarks/gpu/h_sweep.sh     # (b) outer lr 2, inner lr x2, the paper recipe, central lr 6e-3, non-IID
+#   SWEEP=c bash benchmarks/gpu/h_sweep.sh     # (c) inner lr x0.5 at H 8 / 32, H 16, central lr 1.5e-3, non-IID at H 8
 #
 # Rows share the GPU, so their seconds are not a clean timing; their curves are the comparison.
 # Everything comes back as one archive ($OUT/h_sweep.tgz: metrics.jsonl, summary.json, cmd.json and log per row;
@@ -30,7 +31,14 @@ if [ "${SWEEP:-a}" = a ]; then   # H at FedAvg, and the Nesterov outer lr (2026-
   row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 128 > $L/fedavg-h128.log 2>&1 &
   row --side fed --outer nesterov --outer-lr 0.3 --inner-lr-ratio 1.0 --h 32 > $L/nesterov-0.3.log 2>&1 &
   row --side fed --outer nesterov --outer-lr 0.7 --inner-lr-ratio 1.0 --h 32 > $L/nesterov-0.7.log 2>&1 &
-else                            # b: what (a) pointed at — the holders' Adam steps on 4x smaller batches are shorter,
+elif [ "${SWEEP}" = c ]; then    # c: (b) found every larger step worse: smaller inner steps, H 16, a lower central lr, non-IID at H 8
+  row --side central --central-lr 0.0015                                > $L/central-lr1.5e-3.log 2>&1 &
+  row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 0.5 --h 8  > $L/fedavg-ilr0.5-h8.log 2>&1 &
+  row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 0.5 --h 32 > $L/fedavg-ilr0.5-h32.log 2>&1 &
+  row --side fed --outer fedavg --outer-lr 1.5 --inner-lr-ratio 0.5 --h 32 > $L/fedavg-olr1.5-ilr0.5-h32.log 2>&1 &
+  row --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 16 > $L/fedavg-h16.log 2>&1 &
+  row --side fed --partition by_source --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 8 > $L/fedavg-h8-by_source.log 2>&1 &
+elif [ "${SWEEP}" = b ]; then    # b: what (a) pointed at — the holders' Adam steps on 4x smaller batches are shorter,
                                 # so try larger inner or outer steps; the paper's recipe; a tuned central lr; non-IID
   row --side central --central-lr 0.006                                 > $L/central-lr6e-3.log 2>&1 &
   row --side fed --outer fedavg --outer-lr 2.0 --inner-lr-ratio 1.0 --h 32 > $L/fedavg-olr2-h32.log 2>&1 &
@@ -38,6 +46,8 @@ else                            # b: what (a) pointed at — the holders' Adam s
   row --side fed --outer nesterov --outer-lr 0.7 --inner-lr-ratio 0.5 --h 32 > $L/nesterov-0.7-ilr0.5.log 2>&1 &
   row --side fed --outer nesterov --outer-lr 0.7 --inner-lr-ratio 1.0 --h 8 --set outer.momentum=0.6 > $L/nesterov-0.7-m0.6-h8.log 2>&1 &
   row --side fed --partition by_source --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 --h 32 > $L/fedavg-h32-by_source.log 2>&1 &
+else
+  echo "SWEEP must be a, b or c"; exit 2
 fi
 wait
 echo "rows done $(( $(date +%s) - t0 ))s"
