@@ -372,7 +372,8 @@ class Holder:
             raise ValueError("the model is not the one the offer announced (H4)")
         theta = torch.from_numpy(np.frombuffer(payload, dtype="<f4").astype(np.float32))
         on_device = self._encodes_on_device(rs)
-        up = self.trainer.train_round(theta, delta_on_device=on_device)
+        # the keyword only when it is used: a host-path holder calls train_round(θ) as it always has
+        up = self.trainer.train_round(theta, delta_on_device=True) if on_device else self.trainer.train_round(theta)
         rs.delta, rs.trained = (up.delta if on_device else up.delta.numpy()), True
         rs.report = Ready(rs.offer.round, self.id, int(up.tokens), float(up.mean_loss), False, up.record_epsilon)
         return None

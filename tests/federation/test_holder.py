@@ -74,7 +74,7 @@ def plan(fed, r: int, cohort=ALL, refused=(), **spec_changes) -> tuple[bytes, ob
 def count_training(holder, monkeypatch) -> list:
     calls = []
     real = holder.trainer.train_round
-    monkeypatch.setattr(holder.trainer, "train_round", lambda theta: calls.append(1) or real(theta))
+    monkeypatch.setattr(holder.trainer, "train_round", lambda theta, **kw: calls.append(1) or real(theta, **kw))
     return calls
 
 
