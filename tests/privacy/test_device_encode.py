@@ -103,3 +103,19 @@ def test_property_host_and_device_agree_and_respect_the_bound(d, ring_bits, clie
         assert np.array_equal(dev, host)
     else:   # the scale factor may differ in its last bit: every coordinate within one unit
         assert np.max(np.abs(from_ring(dev, plan.ring) - from_ring(host, plan.ring))) <= 1
+
+
+@pytest.mark.parametrize("excess", [0.0, 1e-7, 5e-7, 1e-6, 1e-3])
+def test_updates_at_or_just_above_the_clip_are_rescaled_and_never_exceed_it(excess):
+    # the band where a missing margin would let float32 rounding push ‖x‖ over C and wrap the ring at max_clients
+    rng = np.random.default_rng(int(excess * 1e9))
+    clip = 1.0
+    delta = rng.standard_normal(50_000).astype(np.float32)
+    delta *= np.float32(clip * (1 + excess) / np.linalg.norm(delta.astype(np.float64)))
+    plan = plan_quantization(clip=clip, ring_bits=16, max_clients=100)
+    ring, info = clip_and_quantize_on_device(torch.from_numpy(delta), 1.0, plan, DeterministicEntropy.from_int(9))
+    q = from_ring(ring, plan.ring)
+    assert np.abs(q).max() <= plan.max_abs_per_client                       # no coordinate can wrap the ring
+    assert np.sqrt((q.astype(np.float64) ** 2).sum()) <= plan.l2_bound(delta.size)
+    host, hinfo = _host(delta, 1.0, plan, 9)
+    assert info.clipped == hinfo.clipped
