@@ -4,7 +4,7 @@ after another on the one GPU, as the gpu-* presets run them).
 
     # on the lent H200 (16 cores), from the repository root, .whl/ carried (see README.md):
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-    PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu/secure_overhead.py --out $OUT
+    PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu/secure_overhead.py --out $OUT [--host-too]
     # here, on the CPU (a tiny model, same code path, same JSON):
     PYTHONPATH=$PWD python benchmarks/gpu/secure_overhead.py --tiny --out /tmp/so   # 20m/tiny models, ~4 min
 
@@ -65,12 +65,20 @@ TINY = {    # the same shapes of run on the CPU: 8 holders of the 20m model (P โ
 }
 
 
+MODES = {   # run name -> overrides: plain; secure with the holders' default (auto: clip + round on a CUDA training
+            # device, secagg.md ยง6.6); secure with clip + round on the host (numpy; the path of RESULTS.md (c13))
+    "plain": ["aggregation.mode=plain"],
+    "secagg": ["aggregation.mode=secagg"],
+    "secagg-host": ["aggregation.mode=secagg", "train.encode_on=host"],
+}
+
+
 def run(name: str, overrides: list[str], rounds: int, mode: str, out: Path) -> dict:
     """One `securefed simulate` run through the engine; its per-round rows (metrics.jsonl)."""
     from securefed.federation.simulation import Simulation
     from securefed.runtime.config import load_run_config
 
-    cfg = load_run_config(preset="demo", overrides=COMMON + overrides + [f"aggregation.mode={mode}"])
+    cfg = load_run_config(preset="demo", overrides=COMMON + overrides + MODES[mode])
     run_dir = out / f"{name}-{mode}"
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
@@ -115,6 +123,8 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "secure_overhead_out"))
     ap.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (this script's own test)")
     ap.add_argument("--cases", default="overhead,share", help="comma-separated: overhead, share")
+    ap.add_argument("--host-too", action="store_true",
+                    help="overhead: also the secure run with clip + round on the host (train.encode_on=host)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +141,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for name in a.cases.split(","):
         overrides, rounds = cases[name]
-        modes = ("plain", "secagg") if name == "overhead" else ("secagg",)
+        modes = (("plain", "secagg") + (("secagg-host",) if a.host_too else ())) if name == "overhead" else ("secagg",)
         got = {m: run(name, overrides, rounds, m, out) for m in modes}
         case = {"overrides": overrides, "rounds_run": rounds, "runs": got}
         sec = steady(got["secagg"]["rounds"])
@@ -139,6 +149,9 @@ def main() -> None:
             plain = steady(got["plain"]["rounds"])
             case.update(plain_round_s=plain["seconds"], secure_round_s=sec["seconds"],
                         ratio=round(sec["seconds"] / plain["seconds"], 4), target=1.10, old=2.56)
+            if "secagg-host" in got:
+                host = steady(got["secagg-host"]["rounds"])["seconds"]
+                case.update(secure_host_encode_round_s=host, ratio_host_encode=round(host / plain["seconds"], 4))
         else:
             st = sec["stage_seconds"]
             case.update(secure_round_s=sec["seconds"], aggregate_s=st.get("aggregate"),
