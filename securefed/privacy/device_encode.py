@@ -86,13 +86,19 @@ def clip_and_quantize_on_device(delta: torch.Tensor, weight: float, plan: Quanti
     draws = quantize_draws(d)
     per_span = _SPAN // ROUNDING_CHUNK
     ring_mask = plan.ring.mask
+    cuda = x.device.type == "cuda"
     out = torch.empty(d, dtype=torch.int32, device=x.device)
+    staging = torch.empty(4 * min(d, _SPAN), dtype=torch.uint8, pin_memory=cuda)   # one span's words, page-locked
+    stage = staging.numpy()
     for _ in range(MAX_ROUNDING_TRIES):
         sq = torch.zeros((), dtype=torch.float64, device=x.device)
         for i, s in enumerate(range(0, d, _SPAN)):
-            sizes = draws[i * per_span : (i + 1) * per_span]
-            bits = b"".join(entropy.random_bytes(n) for n in sizes)      # the host path's draws, in order
-            u = torch.frombuffer(bytearray(bits), dtype=torch.int32).to(x.device, non_blocking=False)
+            off = 0
+            for n in draws[i * per_span : (i + 1) * per_span]:              # the host path's draws, in order
+                stage[off : off + n] = np.frombuffer(entropy.random_bytes(n), dtype=np.uint8)
+                off += n
+            # a synchronous copy: the staging buffer is refilled for the next span right after
+            u = staging[:off].view(torch.int32).to(x.device)
             u = (u.to(torch.int64) & 0xFFFFFFFF).to(torch.float64)      # the unsigned 32-bit words, exact
             y = x[s : s + _SPAN].to(torch.float64) * plan.scale
             lo = torch.floor(y)
@@ -103,6 +109,11 @@ def clip_and_quantize_on_device(delta: torch.Tensor, weight: float, plan: Quanti
             r = q.to(torch.int64) & ring_mask                             # two's complement into Z_2^k
             out[s : s + _SPAN] = (r - ((r >> 31) << 32)).to(torch.int32)  # the same 32 bits, as int32
         if float(sq) <= bound_sq:
-            host = out.cpu().numpy().view(np.uint32)
+            if cuda:   # one copy out, into page-locked memory (torch's host allocator caches the block)
+                host_t = torch.empty(d, dtype=torch.int32, pin_memory=True)
+                host_t.copy_(out)
+            else:
+                host_t = out
+            host = host_t.numpy().view(np.uint32)
             return (host if plan.ring.dtype == np.uint32 else host.astype(plan.ring.dtype)), info
     raise RuntimeError("conditional randomised rounding did not succeed")  # pragma: no cover - p ≈ 1e-43
