@@ -42,11 +42,16 @@ start)
   setsid nohup python3 benchmarks/gpu/study.py run --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 \
     --h "$H" "${common[@]}" > $R/logs/fed.log 2>&1 < /dev/null &
   limit=520 ;;
-wait) limit=560 ;;
+wait)
+  ls $R/*/metrics.jsonl > /dev/null 2>&1 || running || {
+    echo "no rows on this machine: it went cold since 'start' (everything under /tmp is gone); run 'start' again"; exit 3; }
+  limit=560 ;;
 *) echo "usage: $0 start|wait"; exit 2 ;;
 esac
 sleep 20
 while running && [ $(( $(date +%s) - t0 )) -lt $limit ]; do sleep 15; done
 status
-if running; then echo "still running after $(( $(date +%s) - t0 ))s: call '$0 wait' again"; else echo "rows finished"; fi
+if running; then echo "still running after $(( $(date +%s) - t0 ))s: call '$0 wait' again"
+elif [ "$(ls $R/*/summary.json 2>/dev/null | wc -l)" -ge 2 ]; then echo "both rows finished"
+else echo "the rows stopped without both summaries: see logs/ in the archive"; fi
 (cd $R && tar czf $OUT/long_pair.tgz */metrics.jsonl */summary.json *.cmd.json logs prepare.json 2>/dev/null)
