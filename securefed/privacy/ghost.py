@@ -117,6 +117,13 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
         Embedding, the per-record gradients of anything else (RMSNorm: (b, d), small)."""
         activations, backprops = self.rearrange_grad_samples(module=module, backprops=backprops,
                                                              loss_reduction=loss_reduction, batch_first=batch_first)
+        if (isinstance(module, torch.nn.Linear) and backprops.dtype in (torch.bfloat16, torch.float16)
+                and activations[0].dtype == torch.float32):
+            # Under autocast the layer multiplied a low-precision copy of its fp32 input (Llama's RMSNorm hands
+            # q/k/v, gate/up and the LM head fp32): do the per-record work on that copy too. Mixed with the
+            # bf16 output gradients the products would otherwise be promoted to fp32 matmuls (no tensor cores),
+            # and the kept A takes half the memory. The norms are then bf16: clipped_backward tightens C for it.
+            activations = [activations[0].to(backprops.dtype), *activations[1:]]
         if len(module.activations) == 0 and hasattr(module, "max_batch_len"):
             del module.max_batch_len
         params = [p for p in module.parameters(recurse=False) if p.requires_grad]

@@ -185,3 +185,33 @@ def test_unsupported_models_are_refused():
         g = GhostClippingModule(Sneaky(), max_grad_norm=1.0, book_keeping=book_keeping)
         with pytest.raises(RuntimeError, match="no per-record gradient norm for parameter 'b.weight'"):
             clipped_backward(g, g(torch.randn(3, 4)).squeeze(1))
+
+
+def test_under_bf16_autocast_the_per_record_work_runs_in_bf16_and_norms_stay_within_the_tightened_clip():
+    """Autocast gives q/k/v, gate/up and the LM head fp32 inputs and bf16 output gradients: the per-record norms
+    and the kept activations are formed in bf16 (the precision the layer computed in), and stay within the
+    2⁻⁶ by which clipped_backward tightens C for bf16 norms of the records' true gradient norms."""
+    x = torch.randint(0, V, (4, 24), generator=torch.Generator().manual_seed(3))
+    ref_model = _tiny_llama()
+    ref_norms = []
+    for i in range(x.shape[0]):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = _record_losses(ref_model, x[i : i + 1]).sum()
+        g = torch.autograd.grad(loss, [p for p in ref_model.parameters() if p.requires_grad])
+        ref_norms.append(torch.sqrt(sum((t.double() ** 2).sum() for t in g)).float())
+    model = _tiny_llama()
+    gsm = GhostClippingModule(model, max_grad_norm=C)
+    kept_dtypes = {}
+    real_keep = gsm._keep
+
+    def spy(module, backprops, loss_reduction, batch_first):
+        real_keep(module, backprops, loss_reduction, batch_first)
+        if isinstance(module, torch.nn.Linear):
+            kept_dtypes[gsm._names[id(module)]] = gsm._kept[-1][1].dtype
+
+    gsm._keep = spy
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = _record_losses(gsm, x)
+    norms = clipped_backward(gsm, losses, norm_inputs=[model.get_input_embeddings().weight])
+    assert kept_dtypes["model.layers.0.self_attn.q_proj"] == torch.bfloat16 == kept_dtypes["lm_head"]
+    assert torch.all((norms - torch.stack(ref_norms)).abs() <= 2**-6 * torch.stack(ref_norms))
