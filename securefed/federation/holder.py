@@ -386,15 +386,15 @@ class Holder:
             return False
         return mode == "device" or self.trainer.parent.fabric.device.type == "cuda"
 
-    def _encode_on_device(self, rs: _Round, spec: RoundSpec, weight: float, entropy) -> bytes | None:
-        """secagg.md §6.6; None (Δ now on the host in ``rs.delta``) when the device runs out of memory: the round
-        goes on on the host path, said in the log, rather than the holder dropping out."""
+    def _encode_on_device(self, rs: _Round, spec: RoundSpec, weight: float, entropy) -> tuple | None:
+        """secagg.md §6.6: (ring vector, ClipInfo); None (Δ now on the host in ``rs.delta``) when the device runs
+        out of memory: the round goes on on the host path, said in the log, rather than the holder dropping out."""
         import torch
 
         from securefed.privacy.device_encode import clip_and_quantize_on_device
 
         try:
-            rs.masked_part, info = clip_and_quantize_on_device(rs.delta, weight, spec_plan(spec), entropy)
+            return clip_and_quantize_on_device(rs.delta, weight, spec_plan(spec), entropy)
         except torch.cuda.OutOfMemoryError:   # (torch.OutOfMemoryError from torch 2.5)
             log.warning("holder %d: round %d: no device memory to clip and round the update there; "
                         "doing it on the host (hardware.encode_on=host avoids the attempt)", self.id, spec.round)
@@ -404,12 +404,6 @@ class Holder:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return None
-        rs.delta = None
-        if rs.secagg is not None:
-            rs.secagg.provide_input(rs.masked_part)
-            rs.masked_part = None
-        rs.report = replace(rs.report, clipped=bool(info.clipped))
-        return encode(rs.report)
 
     def _on_plan(self, rs: _Round, payload: bytes) -> bytes:
         plan = decode_as(payload, Plan)
@@ -436,24 +430,27 @@ class Holder:
             return self._refuse(plan.round, why, spec)
         rs.spec = spec
         entropy = rs.encode_entropy or self.entropy.for_party(plan.round, self.id, "encode")   # the same bits
+        on_device = None
         if not isinstance(rs.delta, np.ndarray):   # secagg.md §6.6: weighted, clipped and rounded where it was trained
-            done = self._encode_on_device(rs, spec, plan.weight, entropy)
-            if done is not None:
-                return done
-            entropy = self.entropy.for_party(plan.round, self.id, "encode")   # the host path below, fresh bits
-        x, info = l2_clip(rs.delta * np.float32(plan.weight), spec.clip)   # w·Δ, then the clip bound C
-        rs.delta = None
-        if w.aggregation == "plain":
-            rs.plain = x
-        elif w.aggregation == "ckks+secagg":
-            ckks_part, masked = self._route_plan.split(x)
-            rs.ckks_part = np.asarray(ckks_part, dtype=np.float64)
-            rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(masked, info))
+            on_device = self._encode_on_device(rs, spec, plan.weight, entropy)
+            if on_device is None:
+                entropy = self.entropy.for_party(plan.round, self.id, "encode")   # the host path below, fresh bits
+        if on_device is not None:
+            rs.masked_part, info = on_device
         else:
-            rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(x, info), executor=self._mask_pool())
-            if rs.secagg is not None:      # the masks are (being) expanded: only y = x + M remains (secagg.md §6.5)
-                rs.secagg.provide_input(rs.masked_part)
-                rs.masked_part = None
+            x, info = l2_clip(rs.delta * np.float32(plan.weight), spec.clip)   # w·Δ, then the clip bound C
+            if w.aggregation == "plain":
+                rs.plain = x
+            elif w.aggregation == "ckks+secagg":
+                ckks_part, masked = self._route_plan.split(x)
+                rs.ckks_part = np.asarray(ckks_part, dtype=np.float64)
+                rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(masked, info))
+            else:
+                rs.masked_part, _ = spec_encode(spec, x, entropy, clipped=(x, info), executor=self._mask_pool())
+        rs.delta = None
+        if w.aggregation == "secagg" and rs.secagg is not None:   # masks (being) expanded: only y = x + M remains (§6.5)
+            rs.secagg.provide_input(rs.masked_part)
+            rs.masked_part = None
         rs.report = replace(rs.report, clipped=None if spec.mode == "distributed" else bool(info.clipped))
         return encode(rs.report)
 
