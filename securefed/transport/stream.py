@@ -30,23 +30,32 @@ class Sink(Protocol):
 
 
 class BytesSink:
-    """Collect a payload of at most ``cap`` bytes in memory."""
+    """Collect a payload of at most ``cap`` bytes in memory. A payload that arrives in one piece (the
+    in-process channel delivers whole replies) is kept as the immutable ``bytes`` it came in, not copied
+    twice through a bytearray: at 125m × 8 holders that was 1.7 GB of copies per round."""
 
     def __init__(self, cap: int) -> None:
         self.cap, self._buf = cap, bytearray()
+        self._whole: bytes | None = None      # the first piece, while it is the only one
         self.value: bytes | None = None
 
     def write(self, offset: int, data: bytes) -> None:
-        if offset != len(self._buf) or len(self._buf) + len(data) > self.cap:
+        have = len(self._whole) if self._whole is not None else len(self._buf)
+        if offset != have or have + len(data) > self.cap:
             raise FrameError("payload exceeds the receiver's cap")
+        if have == 0 and type(data) is bytes:
+            self._whole = data
+            return
+        if self._whole is not None:
+            self._buf, self._whole = bytearray(self._whole), None
         self._buf += data
 
     def abort(self) -> None:
-        self._buf = bytearray()
+        self._buf, self._whole = bytearray(), None
 
     def commit(self) -> None:
-        self.value = bytes(self._buf)
-        self._buf = bytearray()
+        self.value = self._whole if self._whole is not None else bytes(self._buf)
+        self._buf, self._whole = bytearray(), None
 
 
 def expect_header(h: object, *, run_id: bytes, round_index: int, stage: int | None, kinds: tuple[Kind, ...],

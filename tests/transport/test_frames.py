@@ -215,3 +215,25 @@ def test_fuzz_json_documents_only_value_error(data):
         assert isinstance(parse_json(data, "doc"), dict)
     except ValueError:
         pass
+
+
+@given(st.lists(st.binary(max_size=40), max_size=6), st.integers(0, 1), st.integers(0, 2))
+def test_bytes_sink_reassembles_any_cut_and_enforces_offsets_and_cap(pieces, kind, slack):
+    """Whole payloads are kept without copying (in-process replies), several pieces are joined; either
+    way the value is exactly the bytes written, and a wrong offset or an overlong payload is refused."""
+    payload = b"".join(pieces)
+    sink = BytesSink(len(payload) + slack)
+    off = 0
+    for p in pieces:
+        sink.write(off, p if kind else bytearray(p))
+        off += len(p)
+    with pytest.raises(FrameError):
+        sink.write(off + 1, b"x")                      # a gap
+    with pytest.raises(FrameError):
+        sink.write(off, b"x" * (slack + 1))            # past the cap
+    sink.commit()
+    assert sink.value == payload and type(sink.value) is bytes
+    if kind and len(pieces) == 1:
+        assert sink.value is pieces[0]                 # the one piece, not a copy
+    sink.abort()
+    sink.write(0, b"")                                 # reusable after abort
