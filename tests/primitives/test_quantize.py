@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from securefed.primitives.prg import expand
-from securefed.primitives.quantize import RingSpec, dequantize_sum, from_ring, plan_quantization, quantize, to_ring
+from securefed.primitives.quantize import SMALLEST_RING_BITS, RingSpec, dequantize_sum, from_ring, plan_quantization, quantize, to_ring
 from securefed.primitives.rng import DeterministicEntropy
 
 
@@ -61,3 +61,31 @@ def test_quantize_on_threads_is_the_same_bits(n, bits):
     with ThreadPoolExecutor(max_workers=3) as ex:
         threaded = quantize(x, plan, DeterministicEntropy.from_int(5), executor=ex)
     assert np.array_equal(serial, threaded)
+
+
+@settings(max_examples=25, deadline=None)
+@given(p=st.sampled_from([0, 1, 7, (1 << 16) - 1, 1 << 16, (1 << 16) + 3, 3 * (1 << 16) + 11]),
+       bits=st.sampled_from([SMALLEST_RING_BITS, 15, 16, 17, 20, 24, 31, 32]), n=st.integers(1, 1000), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**32 - 1))
+def test_dequantize_sum_is_the_whole_vector_formula_bit_for_bit(p, bits, n, dtype, seed):
+    # dequantize_sum works in cache-sized steps; every element must be what the one-pass formula gives
+    try:
+        plan = plan_quantization(clip=1.0, ring_bits=bits, max_clients=n)
+    except ValueError:            # a ring too small for n clients: no plan, nothing to decode
+        assume(False)
+    ring = plan.ring
+    v = ring.reduce(np.random.default_rng(seed).integers(0, 2**32, p, dtype=np.uint64).astype(ring.dtype))
+    want = (from_ring(v, ring).astype(np.float64) / plan.scale).astype(dtype)
+    got = dequantize_sum(v, plan, dtype)
+    assert got.dtype == np.dtype(dtype) and got.shape == (p,)
+    assert want.tobytes() == got.tobytes()
+
+
+def test_dequantize_sum_refuses_other_shapes_and_dtypes():
+    plan = plan_quantization(clip=1.0, ring_bits=32, max_clients=4)
+    with pytest.raises(TypeError, match="dtype"):
+        dequantize_sum(np.zeros(4, np.int64), plan)
+    with pytest.raises(TypeError, match="dtype"):
+        dequantize_sum(np.zeros(0, np.uint16), plan)
+    with pytest.raises(ValueError, match="flat"):
+        dequantize_sum(np.zeros((2, 2), np.uint32), plan)

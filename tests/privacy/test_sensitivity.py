@@ -142,6 +142,26 @@ def test_l2_clip_output_is_always_accepted_by_quantize(dim, rel, seed):
     quantize(y, plan_quantization(clip=1.0, ring_bits=32, max_clients=3), DeterministicEntropy.from_int(seed))
 
 
+@settings(max_examples=12, deadline=None)
+@given(dim=st.sampled_from([1, (1 << 16) - 1, (1 << 16) + 1, 3 * (1 << 16) + 17]), rel=st.floats(-1e-5, 1e-1),
+       f32=st.booleans(), seed=st.integers(0, 10**6))
+def test_l2_clip_span_by_span_is_the_whole_vector_clip(dim, rel, f32, seed):
+    # l2_clip accumulates ‖Δ‖² span by span and scales span by span: the norm is the float64 norm (to summation
+    # order), the output the same two products of every coordinate, never above C, an unclipped Δ just cast
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=dim)
+    x = (x / np.linalg.norm(x) * 2.0 * (1.0 + rel)).astype(np.float32 if f32 else np.float64)
+    y, info = l2_clip(x, 2.0)
+    ref = float(np.linalg.norm(x.astype(np.float64)))
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert abs(info.norm - ref) <= 1e-12 * ref and info.clipped == (info.norm > 2.0)
+    if info.norm <= 2.0 * (1 - 1e-6):
+        assert y.tobytes() == x.astype(np.float32).tobytes()
+    else:
+        assert y.tobytes() == (x.astype(np.float64) * (2.0 / info.norm) * (1 - 1e-6)).astype(np.float32).tobytes()
+    assert float(np.linalg.norm(y.astype(np.float64))) <= 2.0
+
+
 def test_conditional_rounding_is_a_hard_bound_and_nearly_unbiased():
     plan = plan_quantization(clip=1.0, ring_bits=16, max_clients=100)  # γC = 326
     dim = 20_000

@@ -78,6 +78,23 @@ def test_vector_encoding_sizes_and_ring_range():
     assert ok.vector.dtype == np.dtype("<u4") and not ok.vector.flags.writeable
 
 
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(0, 3000), bits=st.sampled_from([16, 20, 32]), step=st.sampled_from([1, 2, 3]), seed=st.integers(0, 2**32 - 1))
+def test_masked_input_wire_bytes_are_the_spec_layout(n, bits, step, seed):
+    # secagg.md §7: MAGIC, version, type, sender u32, k u8, length u64 big-endian, the ring words little-endian.
+    # encode joins the prefix and the vector's own buffer once; a strided view encodes as its contiguous copy.
+    dt = np.uint16 if bits <= 16 else np.uint32
+    base = np.random.default_rng(seed).integers(0, 1 << bits, n * step, dtype=np.uint64).astype(dt)
+    v = base[::step]
+    data = encode(MaskedInput(7, bits, v))
+    want = b"SFSA" + bytes([1, MaskedInput.TYPE]) + (7).to_bytes(4, "big") + bytes([bits]) \
+        + len(v).to_bytes(8, "big") + np.ascontiguousarray(v).astype("<" + np.dtype(dt).str[1:]).tobytes()
+    assert type(data) is bytes and data == want
+    assert same(decode(data), MaskedInput(7, bits, v))
+    with pytest.raises(MessageError, match="1-D"):
+        encode(MaskedInput(7, bits, v.astype(np.dtype(dt).newbyteorder(">"))))
+
+
 def test_huge_declared_lengths_rejected_without_allocation():
     data = bytearray(encode(MaskedInput(1, 32, np.zeros(2, np.uint32))))
     data[11:19] = (1 << 60).to_bytes(8, "big")
