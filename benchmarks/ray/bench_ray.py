@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per holder (--threads-per-holder)")
     ap.add_argument("--cpus-per-holder", type=float, help="--ray-cpus-per-holder (default: an equal share)")
+    ap.add_argument("--gpus-per-holder", type=float, default=0.0,
+                    help="--ray-gpus-per-holder (0.125: eight holders share one GPU; benchmarks/gpu/ray_vs_inproc.sh)")
+    ap.add_argument("--object-store-mb", type=int, default=512, help="--ray-object-store-mb (local start)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--tag", required=True)
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.jsonl")))
@@ -81,7 +84,9 @@ def main() -> None:
         while not stop.wait(1.0):
             peak[0] = max(peak[0], _actor_pss_mib())
     t0 = time.perf_counter()
-    opts = RayOptions(cpus_per_holder=args.cpus_per_holder) if args.backend == "ray" else None
+    opts = (RayOptions(cpus_per_holder=args.cpus_per_holder, gpus_per_holder=args.gpus_per_holder,
+                       object_store_mb=args.object_store_mb)
+            if args.backend == "ray" else None)
     sim = Simulation(cfg, out / "run", progress=True, backend=args.backend, threads_per_holder=args.threads,
                      ray_options=opts)
     t_setup = time.perf_counter() - t0
