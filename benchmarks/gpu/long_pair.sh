@@ -9,6 +9,10 @@
 #   bash benchmarks/gpu/long_pair.sh wait      # waits ≤ 560 s more, then packs $OUT/long_pair.tgz
 #
 # carry [".whl", ".cache/gpu-text"]. `wait` may be repeated; a cold machine has lost the rows (start again).
+# FED_BACKEND=ray runs the federated row's holders as Ray actors sharing the GPU (RESULTS.md (m13)); Ray is too big
+# to travel with the corpus, so a call before `start` installs it (carry [".whl", ".cache/ray"] from pack_ray.sh):
+#   mkdir -p /tmp/site && tar xJf .cache/ray/ray-slim.tar.xz -C /tmp/site && \
+#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .cache/ray/wheels/*.whl
 set -u
 S=/tmp/sf
 R=$S/long
@@ -32,6 +36,8 @@ PY
 running() { pgrep -f "study.py run" > /dev/null; }
 case "${1:-}" in
 start)
+  if [ "${FED_BACKEND:-inproc}" = ray ] && ! python3 -c "import ray" 2>/dev/null; then
+    echo "FED_BACKEND=ray: Ray is not installed in /tmp/site on this machine (see the header: one call carrying .cache/ray)"; exit 4; fi
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   [ -f $S/corpus/build.json ] || python3 benchmarks/gpu/build_corpus.py build $S/corpus --linux .cache/gpu-text/linux-subset.tar.xz > $R/logs/build.log 2>&1
   python3 benchmarks/gpu/study.py prepare --size 20m --corpus $S/corpus --runs $R --out $R/prepare.json 2>&1 | tail -n 1
@@ -40,7 +46,7 @@ start)
           --set federation.checkpoint_every=25)
   setsid nohup python3 benchmarks/gpu/study.py run --side central "${common[@]}" > $R/logs/central.log 2>&1 < /dev/null &
   setsid nohup python3 benchmarks/gpu/study.py run --side fed --outer fedavg --outer-lr 1.0 --inner-lr-ratio 1.0 \
-    --h "$H" "${common[@]}" > $R/logs/fed.log 2>&1 < /dev/null &
+    --h "$H" --backend "${FED_BACKEND:-inproc}" "${common[@]}" > $R/logs/fed.log 2>&1 < /dev/null &
   limit=520 ;;
 wait)
   ls $R/*/metrics.jsonl > /dev/null 2>&1 || running || {

@@ -24,7 +24,8 @@ same rounds of H steps, hence evaluated at exactly the same token counts as the 
 the computation of `simulate`'s built-in baseline (run_centralized_baseline: LocalTrainer on the
 union of the holders' rows), run as its own process so that both sides advance side by side and a
 run cut short still leaves a comparable curve. Rows here aggregate in plain mode (say so in results)
-unless ``--secure`` is given.
+unless ``--secure`` is given. ``--backend ray`` runs a federated row's holders as Ray actors that share the
+GPU and train at the same time (the row's name and numbers do not depend on the backend; its .cmd.json says).
 """
 
 from __future__ import annotations
@@ -112,15 +113,26 @@ def cmd_prepare(a: argparse.Namespace) -> None:
         Path(a.out).write_text(json.dumps(dict(out, manifest=m), indent=1) + "\n")
 
 
+def simulate_argv(a: argparse.Namespace, run_dir: Path, sets: list[str]) -> list[str]:
+    """The `securefed simulate` command line of one row (without --resume)."""
+    argv = ["simulate", "--preset", a.preset, "--out", str(run_dir), "--quiet"]
+    if a.backend == "ray":   # the holders train at the same time, each in its own process with a share of the GPU
+        if a.side != "fed":
+            raise SystemExit("--backend ray is for federated rows: the centralized side has one holder")
+        argv += ["--backend", "ray", "--ray-gpus-per-holder", f"{1 / N_HOLDERS:g}",
+                 "--ray-cpus-per-holder", f"{a.ray_cpus_per_holder:g}", "--ray-object-store-mb", "8192"]
+    for s in sets:
+        argv += ["--set", s]
+    return argv
+
+
 def cmd_run(a: argparse.Namespace) -> None:
     from securefed.cli import main as securefed_main
 
     name = row_name(a)
     run_dir = Path(a.runs) / name
     sets, info = overrides(a)
-    argv = ["simulate", "--preset", a.preset, "--out", str(run_dir), "--quiet"]
-    for s in sets:
-        argv += ["--set", s]
+    argv = simulate_argv(a, run_dir, sets)
     resume = (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()
     if resume and not _resumes_exactly(run_dir):
         # the newest model file is older than the last accounted round (federation.checkpoint_every > 1): the
@@ -286,6 +298,10 @@ def main() -> None:
         p.add_argument("--clip", type=float, default=1e6, help="privacy.clip, the L2 bound on each Δ (1e6: never binds; the plan of a 32-bit ring allows <= ~5e8)")
         p.add_argument("--fused", default="auto")
         p.add_argument("--secure", action="store_true", help="secure aggregation (default: plain mode)")
+        p.add_argument("--backend", choices=("inproc", "ray"), default="inproc",
+                       help="ray: the 4 holders as Ray actors sharing the GPU, training at the same time "
+                            "(RESULTS.md (m13): 1.75x faster rounds at 20m x 8); Ray from benchmarks/gpu/pack_ray.sh")
+        p.add_argument("--ray-cpus-per-holder", type=float, default=3.0)
         p.add_argument("--preset", default="gpu-20m")
         p.add_argument("--corpus", default=".corpus")
         p.add_argument("--runs", default="runs/gpu-study")

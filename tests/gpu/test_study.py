@@ -24,7 +24,7 @@ corpus = _load("build_corpus")
 def _args(**kw):
     base = dict(size="20m", side="fed", partition="iid", outer="nesterov", outer_lr=0.7, h=32, inner_lr_ratio=0.5,
                 central_lr=None, tokens=1e8, evals=12, eval_fraction=0.01, seed=0, fused="auto", secure=False,
-                clip=1e6, corpus="/c", set=None)
+                clip=1e6, corpus="/c", set=None, preset="gpu-20m", backend="inproc", ray_cpus_per_holder=3.0)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -86,3 +86,19 @@ def test_a_federated_row_is_compared_with_its_best_centralized_partner():
     # the lower central perplexity wins (a tuned baseline can only raise the ratio); sorted by ratio; no final: dropped
     assert [(p["fed"], p["central"]) for p in tuned] == [("b", "c-lr2"), ("a", "c-lr2")]
     assert tuned[0]["final"]["ratio"] == pytest.approx(20 / 12)
+
+
+def test_a_ray_row_asks_simulate_for_a_quarter_gpu_per_holder_and_central_rows_refuse_it():
+    from securefed.cli import build_parser
+    from securefed.commands.simulate import _ray_options
+
+    a = _args(backend="ray", ray_cpus_per_holder=3.0)
+    sets, _ = study.overrides(a)
+    args = build_parser().parse_args(study.simulate_argv(a, Path("/r/x"), sets))
+    opts = _ray_options(args)
+    assert args.backend == "ray" and (opts.gpus_per_holder, opts.cpus_per_holder, opts.object_store_mb) == (0.25, 3.0, 8192)
+    assert args.overrides == sets and str(args.out) == "/r/x"
+    plain = build_parser().parse_args(study.simulate_argv(_args(backend="inproc"), Path("/r/y"), sets))
+    assert plain.backend == "inproc" and _ray_options(plain) is None
+    with pytest.raises(SystemExit, match="federated rows"):
+        study.simulate_argv(_args(side="central", backend="ray", ray_cpus_per_holder=3.0), Path("/r/z"), sets)
