@@ -2,8 +2,9 @@
 # Ray for the H200 machine, built here (issue 13: Ray vs in-process on the GPU; issue 14: holders training
 # concurrently on one GPU). The machine's image has no Ray, and its wheel (79 MB) is more than one lease call
 # carries (64 MiB). This packs the wheel's `ray` package without what securefed never imports (the Java jars,
-# rllib, data, serve, tune, train, llm): 29.6 MB as tar.xz, checked here to start a local cluster and run
-# `securefed simulate --backend ray` (benchmarks/ray/bench_ray.py, 3 holders). Ray's one dependency that image
+# rllib, data, serve, tune, train, llm): 29.6 MB as tar.xz. The same cut of the cp311 wheel started a local
+# cluster and ran `securefed simulate --backend ray` here (benchmarks/ray/bench_ray.py, 3 holders); this cp312
+# archive ran RESULTS.md (m13) on the H200. Ray's one dependency that image
 # lacks (jsonschema, with referencing, rpds-py, jsonschema-specifications) travels as wheels.
 #
 #   bash benchmarks/gpu/pack_ray.sh            # -> .cache/ray/ray-slim.tar.xz, .cache/ray/wheels/ (git-ignored)

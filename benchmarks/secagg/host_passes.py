@@ -3,7 +3,8 @@ on this machine (RESULTS.md (j13): at 1.3b x 3 holders the secure aggregate stag
 at 125m x 8 the plain one 16.7 s):
 
 - dequantize_sum: the ring sum -> float sum, whole-vector numpy (five int64/float64 temporaries through
-  memory) vs the same formula in 64k-coordinate steps (quantize.py, bit-identical);
+  memory) vs the centred lift as a sign extension in the storage width, 64k coordinates at a time with
+  reused buffers (quantize.py, bit-identical);
 - the MaskedInput encoding: prefix + v.tobytes() concatenated twice (three copies of the vector) vs one
   join of the prefix and the vector's buffer (secagg/messages.py, byte-identical);
 - l2_clip (the plain path clips every update twice, at the holder and again at the server): a float64 copy

@@ -204,12 +204,10 @@ class MaskedInput:
     ring_bits: int
     vector: np.ndarray  # (P,) uint16 if ring_bits <= 16 else uint32, little-endian on the wire
 
-    def _body(self) -> bytes:
-        return b"".join(self._parts())
-
     def _parts(self) -> tuple:
-        """The body as (prefix, the vector's own buffer): ``encode`` joins them into the message with the one
-        copy it cannot avoid (a 1.3B-coordinate vector is 5.3 GB; each extra copy cost ≈ 3 s per holder)."""
+        """The body as (prefix, the vector's own buffer), in place of the other messages' ``_body``: ``encode``
+        joins them into the message with the one copy it cannot avoid (a 1.3B-coordinate vector is 5.3 GB;
+        each extra copy cost ≈ 3 s per holder)."""
         v = self.vector
         dt = np.dtype("<u2") if self.ring_bits <= 16 else np.dtype("<u4")
         if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype != dt:
