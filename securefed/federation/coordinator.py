@@ -110,7 +110,7 @@ class Coordinator:
         self.layout = param_layout(model)
         theta0 = get_flat(model)
         self.dim = theta0.numel()
-        self.init_sha256 = model_sha256(theta0.numpy().astype("<f4").tobytes())
+        self.init_sha256 = model_sha256(theta0.numpy().astype("<f4", copy=False).tobytes())
         self.outer = OuterOptimizer(theta0, cfg.outer)
         self.entropy = EntropyFactory(seed=cfg.seed, deterministic=cfg.deterministic_secrets)
         if resume:   # the run id goes into every ledger entry: take it from the checkpoint before the session
@@ -342,7 +342,7 @@ class Coordinator:
             self._checkpoint()
             return None
         theta = self.outer.params.clone()
-        theta_bytes = theta.numpy().astype("<f4").tobytes()
+        theta_bytes = theta.numpy().astype("<f4", copy=False).tobytes()
         mhash = model_sha256(theta_bytes)
         cohort = self.sample_cohort(available)
         secure = cfg.aggregation.mode != "plain"

@@ -37,6 +37,8 @@ __all__ = [
     "from_ring",
     "quantize",
     "quantize_draws",
+    "sum_sq_f64",
+    "max_abs",
     "dequantize_sum",
     "rounded_l2_bound",
     "accept_threshold",
@@ -219,6 +221,9 @@ def quantize(x: np.ndarray, plan: QuantizationPlan, entropy: Entropy, *, executo
 
     ``x`` must already be clipped: ‖x‖₂ <= plan.clip, with no slack (``privacy.clipping.l2_clip`` leaves
     a 10⁻⁶ margin). Any slack would let one coordinate exceed clip·γ and wrap the ring at max_clients.
+    A float32 or float64 ``x`` is read in place: ‖x‖ and max|x_j| are taken span by span (:func:`sum_sq_f64`,
+    :func:`max_abs`) and each rounding chunk is widened to float64 exactly where it is rounded, so no P-sized
+    float64 temporary is made (at 1.3b that was 10.6 GB, twice).
     Randomized rounding uses 32 random bits per coordinate: q = floor(y) + [u < frac(y)·2^32] with
     u uniform in [0, 2^32), so E[q] = y up to 2^-32 (far below the 1/scale resolution) while drawing
     half the randomness of :func:`stochastic_round` and staying in place (this is the holder's hot path).
@@ -230,13 +235,15 @@ def quantize(x: np.ndarray, plan: QuantizationPlan, entropy: Entropy, *, executo
     ``entropy`` chunk by chunk in order and the chunks' ‖q‖² summed in chunk order, so the output is the
     same bits as without it.
     """
-    x = np.asarray(x, dtype=np.float64)                        # (P,) float64 (a copy only if x was not)
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):                # float32 and float64 are read as they are: each
+        x = x.astype(np.float64)                               # chunk is widened exactly where it is rounded
     if x.ndim != 1:
         raise ValueError("quantize expects a flat vector")
-    norm = math.sqrt(float(np.dot(x, x)))
+    norm = math.sqrt(sum_sq_f64(x))
     if not math.isfinite(norm):
         raise ValueError("update contains non-finite values")
-    if norm > plan.clip or (x.size and float(np.max(np.abs(x))) > plan.clip):
+    if norm > plan.clip or max_abs(x) > plan.clip:
         raise ValueError(f"update norm {norm:.9g} exceeds the clip bound {plan.clip:.9g}: clip before quantizing")
     # accept ‖q‖ <= Δ₂(γ‖x‖, d); the threshold makes the float64 check imply the exact one
     bound_sq = accept_threshold(rounded_l2_bound(plan.scale * norm, x.size), x.size, _CHUNK)
@@ -261,6 +268,36 @@ def quantize(x: np.ndarray, plan: QuantizationPlan, entropy: Entropy, *, executo
     raise RuntimeError("conditional randomised rounding did not succeed")  # pragma: no cover - p ≈ 1e-43
 
 
+SPAN = 1 << 16   # coordinates per step of the norm and max passes: their float64 temporaries stay in cache
+
+
+def sum_sq_f64(x: np.ndarray) -> float:
+    """‖x‖² of a flat float vector, accumulated in float64 span by span (``SPAN`` coordinates per float64
+    dot product, the partial sums added in order) without a float64 copy of the whole vector; the same sum
+    for x in float32 or float64 (the widening is exact). ``privacy.clipping.l2_clip`` and :func:`quantize`
+    both take their norm this way; ``privacy.device_encode`` mirrors it on the GPU."""
+    n = x.shape[0]
+    buf = np.empty(min(n, SPAN), np.float64)
+    sq = 0.0
+    for s in range(0, n, SPAN):
+        c = buf[: min(SPAN, n - s)]
+        c[...] = x[s : s + SPAN]
+        sq += float(np.dot(c, c))
+    return sq
+
+
+def max_abs(x: np.ndarray) -> float:
+    """max |x_j| of a flat float vector (0 if empty), span by span (no |x| temporary of the whole vector);
+    NaN if any coordinate is NaN."""
+    m = 0.0
+    for s in range(0, x.shape[0], SPAN):
+        v = float(np.max(np.abs(x[s : s + SPAN])))
+        if v != v:
+            return v
+        m = max(m, v)
+    return m
+
+
 def quantize_draws(n: int) -> list[int]:
     """The sizes (bytes) of quantize's entropy draws for a vector of n coordinates, first try, in order:
     4 bytes per coordinate, one draw per chunk (what a caller may prefetch, rng.PrefetchedEntropy)."""
@@ -273,7 +310,7 @@ def _round_chunk(x: np.ndarray, out: np.ndarray, start: int, m: int, plan: Quant
     xc = x[start : start + m]
     yc = np.empty(m) if y is None else y[:m]
     lc = np.empty(m) if lo is None else lo[:m]
-    np.multiply(xc, plan.scale, out=yc)                        # |y| <= fl(clip·γ) < 2^31 by the plan
+    np.multiply(xc, plan.scale, out=yc, dtype=np.float64)      # fl64(x)·γ; |y| <= fl(clip·γ) < 2^31 by the plan
     np.floor(yc, out=lc)
     np.subtract(yc, lc, out=yc)                                # frac(y) in [0, 1)
     np.multiply(yc, 4294967296.0, out=yc)                      # frac · 2^32

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from securefed.primitives.quantize import SPAN, sum_sq_f64
+
 __all__ = ["ClipInfo", "CLIP_MARGIN", "l2_clip", "ADAPTIVE_LR", "bit_noise_std", "data_noise_multiplier", "adaptive_update"]
 
 ADAPTIVE_LR = 0.2
@@ -31,9 +33,6 @@ class ClipInfo:
 
     norm: float
     clipped: bool
-
-
-_SPAN = 1 << 16   # coordinates per step of l2_clip: its float64 temporaries stay in cache
 
 
 def l2_clip(delta: np.ndarray, clip: float) -> tuple[np.ndarray, ClipInfo]:
@@ -50,23 +49,18 @@ def l2_clip(delta: np.ndarray, clip: float) -> tuple[np.ndarray, ClipInfo]:
     if not isinstance(clip, (int, float)) or isinstance(clip, bool) or not math.isfinite(clip) or clip <= 0:
         raise ValueError(f"clip must be a finite number > 0, got {clip!r}")
     n = delta.shape[0]
-    buf = np.empty(min(n, _SPAN), np.float64)
-    sq = 0.0
-    for s in range(0, n, _SPAN):
-        c = buf[: min(_SPAN, n - s)]
-        c[...] = delta[s : s + _SPAN]
-        sq += float(np.dot(c, c))
-    norm = math.sqrt(sq)
+    norm = math.sqrt(sum_sq_f64(delta))
     if not math.isfinite(norm):
         raise ValueError("delta contains non-finite values")
     if norm <= clip * CLIP_MARGIN:  # float32 rounding (relative 2^-24 per coordinate) keeps it below C
         return delta.astype(np.float32), ClipInfo(norm=norm, clipped=False)
     # scale a hair below C so float32 rounding cannot push the norm above C (quantize allows no slack)
     a = clip / norm
+    buf = np.empty(min(n, SPAN), np.float64)
     y = np.empty(n, np.float32)
-    for s in range(0, n, _SPAN):
-        c = buf[: min(_SPAN, n - s)]
-        c[...] = delta[s : s + _SPAN]
+    for s in range(0, n, SPAN):
+        c = buf[: min(SPAN, n - s)]
+        c[...] = delta[s : s + SPAN]
         np.multiply(c, a, out=c)
         np.multiply(c, CLIP_MARGIN, out=c)                    # privacy.device_encode repeats these two products
         y[s : s + c.shape[0]] = c

@@ -117,7 +117,8 @@ class RoundPrivacy:
         """Add N(0, (z_Δ·C)²) per coordinate. The accountant charges it against the norm bound of one
         holder's *decoded* contribution, not C (events.quantized_sensitivity, dp.md §6.4)."""
         noise = gaussian_noise(entropy, x.size, self.data_noise_multiplier * self.clip_bound)
-        return (x.astype(np.float64) + noise).astype(np.float32)
+        noise += x            # in place: the same IEEE sums as x + noise, without two more P-sized float64 arrays
+        return noise.astype(np.float32)
 
     def noise_plain_sum(self, sum_f32: np.ndarray, entropy: Entropy) -> np.ndarray:
         """Plain path: central -> add N(0, (z_Δ C)²); none -> identity; distributed -> refused."""

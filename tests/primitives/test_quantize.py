@@ -1,11 +1,14 @@
 """Properties of securefed/primitives/quantize.py that secure aggregation relies on."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from securefed.primitives.prg import expand
-from securefed.primitives.quantize import SMALLEST_RING_BITS, RingSpec, dequantize_sum, from_ring, plan_quantization, quantize, to_ring
+from securefed.primitives.quantize import (ROUNDING_CHUNK, SMALLEST_RING_BITS, RingSpec, accept_threshold, dequantize_sum,
+                                          from_ring, plan_quantization, quantize, rounded_l2_bound, sum_sq_f64, to_ring)
 from securefed.primitives.rng import DeterministicEntropy
 
 
@@ -79,6 +82,60 @@ def test_dequantize_sum_is_the_whole_vector_formula_bit_for_bit(p, bits, n, dtyp
     got = dequantize_sum(v, plan, dtype)
     assert got.dtype == np.dtype(dtype) and got.shape == (p,)
     assert want.tobytes() == got.tobytes()
+
+
+@settings(max_examples=25, deadline=None)
+@given(p=st.sampled_from([1, 7, (1 << 16) - 1, (1 << 16) + 3, (1 << 18) + 5, 3 * (1 << 16) + 11]),
+       bits=st.sampled_from([16, 20, 32]), norm=st.floats(0.0, 0.999), seed=st.integers(0, 2**32 - 1))
+def test_quantize_reads_float32_without_widening_the_whole_vector(p, bits, norm, seed):
+    """quantize takes a float32 update as it is (each chunk is widened exactly where it is rounded): the
+    same ring bits as for its exact float64 copy, and as the former whole-vector arithmetic (y = fl64(x)·γ
+    of the whole vector, floor, compare) on the first try."""
+    x = np.random.default_rng(seed).standard_normal(p).astype(np.float32)
+    x *= np.float32(norm / max(float(np.linalg.norm(x.astype(np.float64))), 1e-30))
+    plan = plan_quantization(clip=1.0, ring_bits=bits, max_clients=4)
+    q32 = quantize(x, plan, DeterministicEntropy.from_int(seed % 97))
+    q64 = quantize(x.astype(np.float64), plan, DeterministicEntropy.from_int(seed % 97))
+    assert q32.dtype == plan.ring.dtype and np.array_equal(q32, q64)
+    # the former formula, whole vector at once, with the same 32-bit words per coordinate
+    u = np.frombuffer(DeterministicEntropy.from_int(seed % 97).random_bytes(4 * p), dtype="<u4")
+    y = x.astype(np.float64) * plan.scale
+    lo = np.floor(y)
+    q = lo + (u < (y - lo) * 4294967296.0)
+    want = plan.ring.reduce(q.astype(np.int64).astype(plan.ring.dtype, casting="unsafe"))
+    # quantize keeps its first try iff ‖q‖² (chunk sums, in order) passes its threshold; else it draws again
+    sq = sum(float(np.dot(q[i : i + ROUNDING_CHUNK], q[i : i + ROUNDING_CHUNK])) for i in range(0, p, ROUNDING_CHUNK))
+    first_try = sq <= accept_threshold(rounded_l2_bound(plan.scale * math.sqrt(sum_sq_f64(x)), p), p, ROUNDING_CHUNK)
+    assert np.array_equal(q32, want) == first_try
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=st.sampled_from([0, 1, 5, (1 << 16) - 1, 1 << 16, (1 << 16) + 1, 2 * (1 << 16) + 9]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1), scale=st.floats(1e-20, 1e20))
+def test_span_norm_and_max_agree_with_the_whole_vector(p, dtype, seed, scale):
+    from securefed.primitives.quantize import max_abs
+
+    x = (np.random.default_rng(seed).standard_normal(p) * scale).astype(dtype)
+    w = x.astype(np.float64)
+    assert sum_sq_f64(x) == pytest.approx(float(np.dot(w, w)), rel=1e-12, abs=0.0)
+    assert sum_sq_f64(x) == sum_sq_f64(w)                       # widening is exact: the same sum, bit for bit
+    assert max_abs(x) == (float(np.max(np.abs(w))) if p else 0.0)
+    if p:
+        x[p // 2] = np.nan
+        assert np.isnan(max_abs(x)) and np.isnan(sum_sq_f64(x))
+        x[p // 2] = np.inf
+        assert max_abs(x) == np.inf and sum_sq_f64(x) == np.inf
+
+
+def test_quantize_fails_closed_on_a_float32_update_over_the_clip_or_not_finite():
+    plan = plan_quantization(clip=1.0, ring_bits=32, max_clients=4)
+    x = np.zeros((1 << 16) + 5, np.float32)
+    x[-1] = 1.0000001                                           # one coordinate over C, in the last span
+    with pytest.raises(ValueError, match="exceeds the clip bound"):
+        quantize(x, plan, DeterministicEntropy.from_int(1))
+    x[-1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize(x, plan, DeterministicEntropy.from_int(1))
 
 
 def test_dequantize_sum_refuses_other_shapes_and_dtypes():
