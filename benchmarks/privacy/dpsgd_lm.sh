@@ -20,9 +20,14 @@
 #     (ε at these σ: 0.9997, 2.9958, 7.9933). Rows evaluate every round; one that the deadline stops
 #     still pairs at the last round every row reached.
 #  4. summary.json (+ each row's metrics.jsonl, summary.json, ledger, log) under $OUT
+# ROWS="inf 8,3 1" runs ∞ and 8 side by side, then 3 and 1 (default: all four at once). Longer than a call: start
+# it detached (setsid nohup … &) with OUT on the machine's disk and DEADLINE past the call; pack $OUT in a later call.
 set -u
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
+# ROWS is checked before anything is built (see the row loop below)
+IFS=, read -r -a WAVES <<< "${ROWS:-inf 8 3 1}"
+for r in ${WAVES[*]}; do case $r in inf|8|3|1) ;; *) echo "ROWS: unknown row '$r' (inf, 8, 3, 1)"; exit 2 ;; esac; done
 S=${S:-/tmp/sf-dpsgd}
 # The lease returns at most 8 files: on the GPU everything is written to $O and comes back as one archive
 # ($OUT/dpsgd_lm.tgz) beside summary.json and throughput.json; in TINY mode $O is $OUT itself.
@@ -71,12 +76,17 @@ echo "sigma: eps1=$SIG1 eps3=$SIG3 eps8=$SIG8"
 # each row stops (SIGINT, then KILL 10 s later) at the deadline; the rounds it finished are on disk
 row() { name=$1; shift; left=$(( DEADLINE - $(el) )); [ $left -gt 0 ] || left=1
         timeout -k 10 -s INT $left $P $D row "${COMMON[@]}" --name "$name" "$@" > "$O/$name.log" 2>&1; echo "$name rc=$? $(el)s"; }
-if [ "${TINY:-0}" = 1 ]; then   # two CPU cores: one row at a time
-  row eps-inf; row eps8 --sigma "$SIG8"; row eps3 --sigma "$SIG3"; row eps1 --sigma "$SIG1"
-else                            # one GPU, four rows side by side
-  row eps-inf & row eps8 --sigma "$SIG8" & row eps3 --sigma "$SIG3" & row eps1 --sigma "$SIG1" &
+# ROWS: which ε rows, in waves separated by commas; a wave's rows run side by side on the GPU (one at a time in
+# TINY mode, two CPU cores), waves one after another; a row whose run already has its summary is not run again
+one() { case $1 in inf) row eps-inf ;; 8) row eps8 --sigma "$SIG8" ;; 3) row eps3 --sigma "$SIG3" ;;
+                   1) row eps1 --sigma "$SIG1" ;; esac; }
+for wave in "${WAVES[@]}"; do
+  for r in $wave; do
+    n=eps$r; [ "$r" = inf ] && n=eps-inf; [ -f "$S/runs/$n/summary.json" ] && { echo "$n: already finished"; continue; }
+    if [ "${TINY:-0}" = 1 ]; then one "$r"; else one "$r" & fi
+  done
   wait
-fi
+done
 for d in "$S"/runs/*/; do
   n=$(basename "$d"); cp "$d/metrics.jsonl" "$O/$n.metrics.jsonl" 2>/dev/null; cp "$d/summary.json" "$O/$n.summary.json" 2>/dev/null
   cp "$d/privacy/ledger.jsonl" "$O/$n.ledger.jsonl" 2>/dev/null; cp "$S/runs/$n.cmd.json" "$O/" 2>/dev/null
