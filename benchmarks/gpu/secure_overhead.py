@@ -108,7 +108,7 @@ def _round(row: dict) -> dict:
     st = row.get("stage_seconds", {})
     seconds = row["seconds"] - st.get("evaluate", 0.0)       # the round without an evaluation
     return {"round": row["round"], "seconds": round(seconds, 3), "stage_seconds": st,
-            "survived": row["clients_survived"], "aborted": row.get("aborted"), "train_loss": row.get("train_loss")}
+            "aggregate_seconds": row.get("aggregate_seconds"), "survived": row["clients_survived"], "aborted": row.get("aborted"), "train_loss": row.get("train_loss")}
 
 
 def steady(rounds: list[dict]) -> dict:
@@ -125,6 +125,11 @@ def main() -> None:
     ap.add_argument("--cases", default="overhead,share", help="comma-separated: overhead, share")
     ap.add_argument("--host-too", action="store_true",
                     help="overhead: also the secure run with clip + round on the host (train.encode_on=host)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds per run instead of each case's 2 (1: round 1 only, which also pays for compilation; "
+                         "its aggregate stage is the steady one's, its train stage is not)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more config override for every run (after the case's own; repeatable)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +146,9 @@ def main() -> None:
     t0 = time.perf_counter()
     for name in a.cases.split(","):
         overrides, rounds = cases[name]
+        rounds = a.rounds or rounds
         modes = (("plain", "secagg") + (("secagg-host",) if a.host_too else ())) if name == "overhead" else ("secagg",)
+        overrides = overrides + a.set
         got = {m: run(name, overrides, rounds, m, out) for m in modes}
         case = {"overrides": overrides, "rounds_run": rounds, "runs": got}
         sec = steady(got["secagg"]["rounds"])

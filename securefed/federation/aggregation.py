@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,7 @@ class SecureSession:
         self.sa = SecAggServer(config=config, cohort=cohort, vector_length=length, round_index=r,
                                session_context=context, roster=roster, transcript_dir=transcript)
         self.outbox = {h: self.sa.round_start() for h in cohort}
+        self.laps: dict[str, float] = {}   # finish()'s phases, seconds (the metrics row's aggregate_seconds)
 
     def keys(self) -> frozenset[int]:
         """The key stages; returns U2 (the holders whose ShareKeys the server accepted)."""
@@ -98,6 +100,13 @@ class SecureSession:
     def finish(self, ready) -> SecureSum:
         """The masked, consistency and unmask stages over ``ready`` ∩ U2; the ring sum of U3."""
         sa, r, transcript = self.sa, self.r, self.transcript
+        t = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            self.laps[name] = round(now - t, 4)
+            t = now
         self.outbox = {h: m for h, m in self.outbox.items() if h in set(ready)}   # the others: dropped (§8)
         stage = Stage.SECAGG_MASKED
         acc = RingAccumulator.over(sa.total, sa.ring.bits, self.spool)
@@ -109,13 +118,16 @@ class SecureSession:
                              max_reply=19 + self.length * sa.ring.dtype.itemsize)
         acc.seal()   # undo every half-received masked input now (protocols/transport.md §4.3)
         self.outbox = sa.close_stage()
+        lap("masked")        # in process this includes each holder's own y = x + M and encoding, one after another
         self._exchange(Stage.SECAGG_CONSISTENCY)
+        lap("consistency")
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="unmask") as pool:
             sa.executor = pool                       # §6.4 across cores: the same bits as serially
             try:
                 self._exchange(Stage.SECAGG_UNMASK)
             finally:
                 sa.executor = None
+        lap("unmask")
         return SecureSum(sa.result, tuple(sorted(sa.survivors)), sa.dropped_after_sharing)
 
     def _exchange(self, stage: Stage) -> None:

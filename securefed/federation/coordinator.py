@@ -132,6 +132,7 @@ class Coordinator:
             self.route_plan = plan_routes(self.layout, cfg.aggregation.ckks)
             self.ckks = CkksRoute(cfg.aggregation.ckks, roster, ckks_size=self.route_plan.ckks_size)
         self.next_round, self.metrics, self.wall, self.start_ppl = 1, [], 0.0, None
+        self._agg_laps: dict[str, float] = {}   # the secure aggregate stage's phases in the current round
         self.model_file: str | None = None
         self.model_restarts: list[dict] = []          # lossy resumes (checkpoint_every > 1), kept in the checkpoint
         self._restart_warning: str | None = None      # said once, in the first round after a lossy resume
@@ -334,6 +335,8 @@ class Coordinator:
     def run_round(self, r: int) -> dict | None:
         cfg, fed, dl = self.cfg, self.cfg.federation, self.opt.deadlines
         t0 = time.perf_counter()
+        clock = _Clock()
+        self._agg_laps = {}
         self._checkpoint(in_flight=r)
         available = self.channel.available(r, want=fed.n_holders, timeout=dl.join)   # sample from the whole roster
         need = self.opt.min_holders or 1
@@ -349,7 +352,7 @@ class Coordinator:
         rp0 = self.privacy.begin_round(r, cohort=cohort, dim=self.dim, min_survivors=self._t_min(len(cohort)))
         row = {"round": r, "clients_sampled": len(cohort), "aggregation": cfg.aggregation.mode}
         decisions: dict[int, Decision] = {}
-        clock = _Clock()
+        clock.lap("prepare")   # the write-ahead checkpoint, θ's bytes and SHA-256, sampling
         if cohort and (not secure or len(cohort) >= 3):
             offer = encode(Offer(r, tuple(cohort), mhash, round_spec(rp0)))
             for h, data in self.channel.exchange(r, Stage.OFFER, {h: offer for h in cohort}, deadline=dl.control,
@@ -400,6 +403,7 @@ class Coordinator:
         if result is not None:
             total, _, denominator, _ = result
             self.outer.step(_torch(total) / denominator)
+            clock.lap("outer")
         clipped = {h: ready[h].clipped for h in survivors if ready[h].clipped is not None}
         row.update({
             "clients_refused": len(refused), "clients_survived": len(survivors),
@@ -423,6 +427,8 @@ class Coordinator:
             clock.lap("evaluate")
         row["seconds"] = time.perf_counter() - t0
         row["stage_seconds"] = clock.laps
+        if self._agg_laps:
+            row["aggregate_seconds"] = self._agg_laps
         pending = {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": survivors, "refused": refused,
                    "min_survivors": t_min, "clipped": {str(h): bool(c) for h, c in clipped.items()}}
         row["warnings"] = self.health.check(row)   # [] when all is well: the report knows they were checked
@@ -487,6 +493,7 @@ class Coordinator:
                 session.keys()
             out = session.finish(masked_cohort)
             survivors, dropped = out.survivors, out.dropped
+            t_decode = time.perf_counter()
             if mode == "ckks+secagg":
                 masked = dequantize_sum(out.total, rp.plan).astype(np.float64)
                 if cfg.privacy.mode == "none" and list(survivors) != masked_cohort:
@@ -495,6 +502,7 @@ class Coordinator:
                 total = rp.noise_plain_sum(self.route_plan.merge(ckks_total, masked).astype(np.float32), noise)
             else:
                 total = rp.decode(out.total, survivors=list(survivors), entropy=noise)
+            self._agg_laps = {**session.laps, "decode": round(time.perf_counter() - t_decode, 4)}
         # DP: a fixed denominator (the planned cohort) bounds one holder's influence by C / cohort
         denominator = (float(self.cfg.federation.cohort_size) if cfg.privacy.mode != "none"
                        else float(sum(weights[h] for h in survivors)) or 1.0)
@@ -541,7 +549,7 @@ class Coordinator:
 
 
 class _Clock:
-    """Seconds per phase of a round (offer, train = θ out + local training + PLAN, aggregate, evaluate)."""
+    """Seconds per phase of a round (prepare, offer, train = θ out + local training + PLAN, aggregate, outer, evaluate)."""
 
     def __init__(self) -> None:
         self.t, self.laps = time.perf_counter(), {}
