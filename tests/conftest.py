@@ -20,3 +20,14 @@ def tiny_run(fed_cache):
         "train.eval_batch_size=64", "federation.rounds=2", "federation.eval_every=1", "baseline=false",
         "deterministic_secrets=true", "network.control=8", "network.upload=20", "network.train=120",
     ]
+
+
+@pytest.fixture
+def threaded_spans(monkeypatch):
+    """P-sized passes (securefed/primitives/spans.py) cut into spans of a few elements on 4 threads, so
+    that small test vectors take the multi-threaded path that large models take."""
+    from securefed.primitives import spans
+
+    monkeypatch.setattr(spans, "MIN_SPAN", 5)
+    monkeypatch.setattr(spans, "host_threads", lambda: 4)
+    return spans

@@ -32,6 +32,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
+import numpy as np
 import ray
 
 from securefed.federation.channel import Channel, SinkFactory, deliver
@@ -81,7 +82,10 @@ class HolderActor:
         if vanish is not None and (round_index, stage) >= tuple(vanish):   # tests: a holder killed mid-round
             log.error("holder %d: test hook vanish_at %s: killing this actor's process", self.cfg.holder_id, vanish)
             os.kill(os.getpid(), signal.SIGKILL)
-        return self.holder.handle(round_index, stage, payload)
+        reply = self.holder.handle(round_index, stage, payload)
+        if isinstance(reply, memoryview):    # a MaskedInput formed in place: to the object store as an array
+            return np.frombuffer(reply, dtype=np.uint8)      # (out of band, one copy; a memoryview does not pickle)
+        return reply
 
     def end_round(self, round_index: int) -> None:
         self.holder.end_round(round_index)
@@ -243,7 +247,7 @@ class RayChannel(Channel):
                 ok, value = self._result(h, ref, what)
                 if not ok:
                     continue
-                if isinstance(value, bytes) and max_reply is not None:
+                if isinstance(value, (bytes, memoryview)) and max_reply is not None:
                     if len(value) > max_reply:
                         log.warning("holder %d: reply of %d bytes exceeds %d; refused", h, len(value), max_reply)
                         continue
@@ -274,7 +278,10 @@ class RayChannel(Channel):
         """(True, value), or (False, None) with the holder dropped: its actor died (killed, out of memory,
         its node lost), or its handler raised — a bug, not bad input: the holder process would exit."""
         try:
-            return True, ray.get(ref)
+            value = ray.get(ref)
+            if isinstance(value, np.ndarray):     # a masked input from the object store: immutable, zero-copy
+                value = memoryview(value).cast("B").toreadonly()
+            return True, value
         except ray.exceptions.RayActorError as e:   # str(e) carries the cause (e.g. its constructor's error)
             cause = " ".join(str(e).split())[-400:]
             self._drop(h, f"its actor died during {what} ({type(e).__name__}: {cause})")

@@ -27,12 +27,13 @@ from securefed.primitives.kdf import u32
 from securefed.primitives.keys import IdentityKey, X25519KeyPair, validate_x25519_public, verify_signature
 from securefed.secagg.roster import Roster
 from securefed.primitives.prg import accumulate_masks, submit_accumulate
+from securefed.primitives.spans import for_spans
 from securefed.primitives.rng import DeterministicEntropy, Entropy
 from securefed.secagg import common as cm
 from securefed.secagg.config import SecAggConfig
 from securefed.secagg.errors import MessageError, SecAggAborted, UnexpectedMessage
 from securefed.secagg.messages import (KIND_B, KIND_S, AdvertiseKeys, ConsistencySignature, ForwardedShares, KeyRoster,
-                                       MaskedInput, RoundStart, ShareKeys, SurvivorList, UnmaskRequest, UnmaskShares,
+                                       MaskedBuffer, MaskedInput, RoundStart, ShareKeys, SurvivorList, UnmaskRequest, UnmaskShares,
                                        decode, encode)
 
 __all__ = ["ClientStage", "CLIENT_TRANSITIONS", "SecAggClient"]
@@ -61,8 +62,9 @@ CLIENT_TRANSITIONS: Mapping[ClientStage, tuple[type, ClientStage]] = {
 class _PreMask:
     """M (P ring words) being expanded on the caller's executor (§6.5); secret until erased."""
 
-    def __init__(self, buf: np.ndarray, futures: list[Future], keyed: frozenset[int]) -> None:
-        self.buf, self.futures, self.keyed = buf, futures, keyed    # keyed: the neighbours whose pair is in M
+    def __init__(self, out: MaskedBuffer, futures: list[Future], keyed: frozenset[int]) -> None:
+        self.out, self.buf = out, out.vector       # M is expanded where the masked input will be sent from
+        self.futures, self.keyed = futures, keyed  # keyed: the neighbours whose pair is in M
 
     def result(self) -> np.ndarray:
         for f in self.futures:
@@ -75,7 +77,7 @@ class _PreMask:
             f.cancel()
         wait(self.futures)
         self.buf.fill(0)
-        self.buf, self.futures = None, []
+        self.out, self.buf, self.futures = None, None, []
 
 
 class SecAggClient:
@@ -145,8 +147,9 @@ class SecAggClient:
         self._erase()
 
     # -- dispatch ---------------------------------------------------------------------------
-    def handle(self, data: bytes) -> bytes:
-        """Process one serialized server message; return the serialized reply."""
+    def handle(self, data: bytes) -> bytes | memoryview:
+        """Process one serialized server message; return the serialized reply (the MaskedInput as a
+        read-only view of the buffer its words were formed in, messages.MaskedBuffer)."""
         if self.stage not in CLIENT_TRANSITIONS:
             raise UnexpectedMessage(f"client {self.id}: no message is accepted in stage {self.stage.value}")
         try:
@@ -248,10 +251,10 @@ class SecAggClient:
             out.append((j, seal(key, pt, aad)))
         if self._executor is not None:   # §6.5: expand M for every advertised neighbour while x is computed
             keyed = frozenset(self._graph.neighbours(self.id) & self._peers.keys())
-            buf = np.zeros(self._length, dtype=cm.ring_of(self._start).dtype)   # (P,) ring words, preallocated
-            futures = submit_accumulate(buf, self._mask_keys(keyed), cm.ring_of(self._start),
+            frame = MaskedBuffer(self._length, self._config.ring_bits)  # (P,) ring words, zero, preallocated
+            futures = submit_accumulate(frame.vector, self._mask_keys(keyed), cm.ring_of(self._start),
                                         chunk_elements=self._config.chunk_elements, executor=self._executor)
-            self._premask = _PreMask(buf, futures, keyed)
+            self._premask = _PreMask(frame, futures, keyed)
         return ShareKeys(self.id, tuple(out))
 
     def _mask_keys(self, neighbours, *, self_mask: bool = True, sign: int = 1) -> list[tuple[bytes, int]]:
@@ -286,25 +289,32 @@ class SecAggClient:
                     pass
         self._u2_view = frozenset(senders)
         ring, chunk = cm.ring_of(self._start), self._config.chunk_elements
+        x = self._x
         if self._premask is None:
-            y = np.array(self._x, dtype=ring.dtype, copy=True)  # (P,) ring elements
-            ring.reduce(y)
+            out = MaskedBuffer(self._length, ring.bits)
+            y = out.vector                                      # (P,) ring elements, sent from where they lie
+            for_spans(y.shape[0], lambda lo, hi: np.copyto(y[lo:hi], x[lo:hi]))   # x is in Z_2^k (checked)
             accumulate_masks(y, self._mask_keys(self._u2_view), ring, chunk_elements=chunk, executor=self._executor)
         else:   # §6.5: y = x + M − Σ_{j ∈ keyed \ U2} σ(i,j)·PRG(s_ij)  (mod 2^k); C3 made U2 ⊆ keyed
             pre, self._premask = self._premask, None
+            out = pre.out
             try:
                 y = pre.result()                                # (P,) M, wrapping sums of the streams
                 gone = pre.keyed - self._u2_view
                 if gone:                                        # only on dropouts between SHARES and MASKED
                     accumulate_masks(y, self._mask_keys(gone, self_mask=False, sign=-1), ring, chunk_elements=chunk,
                                      executor=self._executor)
-                np.add(y, self._x, out=y)                       # x is already in Z_2^k (checked when given)
-                ring.reduce(y)
+
+                def add_x(lo: int, hi: int) -> None:            # x is already in Z_2^k (checked when given)
+                    seg = y[lo:hi]
+                    np.add(seg, x[lo:hi], out=seg)
+                    ring.reduce(seg)
+                for_spans(y.shape[0], add_x)                    # across the cores: the same words
             except BaseException:
                 pre.erase()       # C10 on the failure path too: _erase no longer sees this buffer
                 raise
         self._x = None  # C4: the plain input is not needed any more
-        return MaskedInput(self.id, ring.bits, y)
+        return MaskedInput(self.id, ring.bits, y, buffer=out)
 
     def _on_SurvivorList(self, m: SurvivorList) -> ConsistencySignature:  # C5
         u3 = m.survivors

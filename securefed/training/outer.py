@@ -31,7 +31,7 @@ class OuterOptimizer:
             raise ValueError(f"pseudo-gradient has shape {tuple(mean_delta.shape)}, model {tuple(self.theta.shape)}")
         if not torch.isfinite(mean_delta).all():
             raise ValueError("aggregated pseudo-gradient contains non-finite values")
-        self.theta.grad = mean_delta.to(self.theta.dtype).clone()
+        self.theta.grad = mean_delta.to(self.theta.dtype)   # SGD reads grad, never writes it: no copy (5.3 GB at 1.3b)
         self.opt.step()
         self.theta.grad = None
         return self.theta.detach()

@@ -7,8 +7,9 @@ fails after some chunks were folded (truncated, wrong hash, connection lost, dea
 trace in the sum, else the round's unmasking is wrong. Each fold is therefore also appended to an
 on-disk *undo journal* (the masked words, which the server sees anyway); ``abort()`` reads it back and
 subtracts, ``commit()`` deletes it. Disk, not RAM, holds the in-flight streams — except a reply handed
-over whole as one immutable ``bytes`` (the in-process and Ray channels' ``deliver``): those words are
-already in memory and cannot change, so they are their own undo record (no P-word copy to disk).
+over whole as one immutable ``bytes`` or read-only view (the in-process and Ray channels' ``deliver``,
+which commits right after the write): those words are already in memory and do not change before the
+commit, so they are their own undo record (no P-word copy to disk).
 
 The MaskedInput byte layout is the secagg serializer's (protocols/secagg.md §7): a 19-byte prefix
 ``"SFSA" ‖ u8(1) ‖ u8(5) ‖ u32(sender) ‖ u8(k) ‖ u64(P)`` then P little-endian words. The prefix is
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from securefed.primitives.spans import for_spans
 from securefed.transport.frames import FrameError
 
 __all__ = ["RingAccumulator", "MaskedFold", "MASKED_PREFIX", "masked_prefix"]
@@ -76,14 +78,15 @@ class RingAccumulator:
             fold.abort()
 
     def _apply(self, start: int, words: np.ndarray, sign: int) -> None:
-        with self._lock:
-            view = self.total[start:start + words.size]
-            if sign > 0:
-                np.add(view, words, out=view)          # wraps mod 2^16 / 2^32 (unsigned overflow)
-            else:
-                np.subtract(view, words, out=view)
+        op = np.add if sign > 0 else np.subtract       # wraps mod 2^16 / 2^32 (unsigned overflow)
+
+        def span(lo: int, hi: int) -> None:            # a whole input (P words) runs across the cores
+            view = self.total[start + lo:start + hi]
+            op(view, words[lo:hi], out=view)
             if self.mask is not None:
                 np.bitwise_and(view, self.mask, out=view)
+        with self._lock:
+            for_spans(words.size, span)
 
     def open(self, sender: int, on_commit=None) -> "MaskedFold":
         with self._lock:
@@ -94,6 +97,12 @@ class RingAccumulator:
             fold = MaskedFold(self, sender, on_commit)
             self._open.add(fold)
             return fold
+
+
+def _stable(data) -> bool:
+    """A reply handed over whole that cannot change before its commit: ``bytes``, or a read-only view (an
+    in-process holder's MaskedBuffer, secagg/messages.py; a Ray object-store array): its own undo record."""
+    return isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly)
 
 
 class MaskedFold:
@@ -142,7 +151,7 @@ class MaskedFold:
             raise FrameError("masked input is longer than the model")
         if self.acc.mask is not None and np.any(words > self.acc.mask):
             raise FrameError(f"masked input has elements outside Z_2^{self.acc.ring_bits}")
-        if isinstance(data, bytes) and self.next_elem == 0 and words.size == self.acc.length and not self.carry:
+        if _stable(data) and self.next_elem == 0 and words.size == self.acc.length and not self.carry:
             self.whole = words                          # the whole input, immutable: kept as the undo record
         else:
             self._journal().write(buf[:usable])         # undo record first, then fold

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from securefed.secagg import MessageError, decode, encode
-from securefed.secagg.messages import MaskedInput, RoundStart, SurvivorList, UnmaskShares
+from securefed.secagg.messages import MaskedBuffer, MaskedInput, RoundStart, SurvivorList, UnmaskShares
 
 from tests.secagg.samples import SAMPLES
 
@@ -93,6 +93,24 @@ def test_masked_input_wire_bytes_are_the_spec_layout(n, bits, step, seed):
     assert same(decode(data), MaskedInput(7, bits, v))
     with pytest.raises(MessageError, match="1-D"):
         encode(MaskedInput(7, bits, v.astype(np.dtype(dt).newbyteorder(">"))))
+    if n:   # formed in a MaskedBuffer: the same bytes, handed out in place (read-only, words cache-line aligned)
+        buf = MaskedBuffer(n, bits)
+        assert not buf.vector.any() and buf.vector.ctypes.data % 64 == 0
+        buf.vector[:] = v
+        view = encode(MaskedInput(7, bits, buf.vector, buffer=buf))
+        assert isinstance(view, memoryview) and view.readonly and bytes(view) == want
+        assert np.shares_memory(np.frombuffer(view, np.uint8), buf.vector)
+        assert same(decode(view), MaskedInput(7, bits, v))
+        other = MaskedBuffer(n, bits)        # a vector that is not the buffer's own: joined, as before
+        assert type(encode(MaskedInput(7, bits, v, buffer=other))) is bytes
+        wrong = MaskedBuffer(n, 16 if bits > 16 else 32)   # the buffer of another ring: joined (and checked)
+        assert type(encode(MaskedInput(7, bits, v, buffer=wrong))) is bytes
+
+
+def test_masked_buffer_refuses_a_bad_length():
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError):
+            MaskedBuffer(bad, 32)
 
 
 def test_huge_declared_lengths_rejected_without_allocation():

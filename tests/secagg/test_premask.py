@@ -62,6 +62,18 @@ def test_pre_expansion_late_input_and_threaded_unmask_give_the_same_bytes(tmp_pa
         assert np.array_equal(out.total, serial.total) and out.survivors == serial.survivors
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=["k32", "k20", "k16-secagg+"])
+def test_the_host_passes_across_threads_give_the_same_bytes(tmp_path, pool, threaded_spans, config):
+    """y = x + M, the copy of a late input and the server's fold cut into spans on 4 threads (spans.py),
+    with and without pre-expanded masks: every masked input byte and the sum as one thread makes them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(threaded_spans, "MIN_SPAN", 1 << 40)     # the reference: one span, this thread
+        serial, _, want = _round(tmp_path, "serial", config=config, dropouts=DROPS[1])
+    for executor in (None, pool):
+        out, _, got = _round(tmp_path, f"spans-{executor is None}", config=config, dropouts=DROPS[1], executor=executor)
+        assert got == want and np.array_equal(out.total, serial.total)
+
+
 def test_a_late_input_without_threads_gives_the_same_bytes(tmp_path):
     config = SecAggConfig(chunk_elements=16)
     _, _, want = _round(tmp_path, "a", config=config, dropouts=DROPS[1])

@@ -161,3 +161,39 @@ def test_a_whole_reply_is_its_own_undo_record(tmp_path, k, dtype):
     h.write(0, _msg(3, b, k))
     acc.seal()                                                              # the stage closed before its commit
     assert np.array_equal(acc.total, a) and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("k,dtype", [(32, np.uint32), (20, np.uint32), (16, np.uint16)])
+def test_threaded_fold_and_undo_are_the_ring_sum(tmp_path, threaded_spans, k, dtype):
+    """A whole input is folded across threads (spans.py): the same ring sum, and the same exact undo."""
+    rng = np.random.default_rng(k)
+    P = 1001
+    a, b = (rng.integers(0, 1 << k, P, dtype=np.uint64).astype(dtype) for _ in range(2))
+    acc = RingAccumulator(P, k, tmp_path)
+    f = acc.open(1)
+    f.write(0, _msg(1, a, k))
+    f.commit()
+    g = acc.open(2)
+    g.write(0, _msg(2, b, k))
+    assert np.array_equal(acc.total, ((a.astype(np.uint64) + b) % (1 << k)).astype(dtype))
+    g.abort()
+    assert np.array_equal(acc.total, a) and acc.committed == {1}
+
+
+def test_a_read_only_view_is_its_own_undo_record_and_a_writable_one_is_journalled(tmp_path):
+    """A holder's MaskedBuffer reply (secagg/messages.py) arrives as a read-only view: like bytes, no journal.
+    A writable buffer could change before its commit, so it is journalled like a streamed chunk."""
+    rng = np.random.default_rng(7)
+    P = 513
+    a, b = (rng.integers(0, 1 << 32, P, dtype=np.uint64).astype(np.uint32) for _ in range(2))
+    acc = RingAccumulator(P, 32, tmp_path)
+    ro = memoryview(_msg(1, a)).toreadonly()
+    f = acc.open(1)
+    f.write(0, ro)
+    assert f.whole is not None and not list(tmp_path.iterdir())
+    f.commit()
+    g = acc.open(2)
+    g.write(0, memoryview(bytearray(_msg(2, b))))
+    assert g.whole is None and list(tmp_path.iterdir())                    # journalled
+    g.abort()
+    assert np.array_equal(acc.total, a) and not list(tmp_path.iterdir())
