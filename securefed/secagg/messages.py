@@ -357,7 +357,10 @@ def decode(data: bytes) -> Message:
     """Parse and validate one message; MessageError on anything malformed."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MessageError("message must be bytes")
-    r = _Reader(bytes(data) if not isinstance(data, bytes) else data)
+    # bytes and read-only views (a MaskedBuffer's message) are parsed in place; a writable buffer is copied
+    # first, so that what was parsed and checked cannot change underneath the caller
+    stable = isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly)
+    r = _Reader(data if stable else bytes(data))
     if bytes(r.take(4)) != MAGIC:
         raise MessageError("bad magic")
     if r.u8() != VERSION:

@@ -140,3 +140,14 @@ def test_fuzz_only_message_error(noise, msg):
 def test_round_start_context_binary_safe():
     m = RoundStart(bytes(range(256)), 0, (1, 2, 3), 16, 1, 2, 2, 2)
     assert decode(encode(m)) == m
+
+
+def test_decode_parses_a_read_only_view_in_place_and_copies_a_writable_buffer():
+    buf = MaskedBuffer(10, 32)
+    buf.vector[:] = np.arange(10, dtype=np.uint32)
+    view = encode(MaskedInput(3, 32, buf.vector, buffer=buf))
+    assert np.shares_memory(decode(view).vector, buf.vector)              # no P-word copy on the server's side
+    data = bytearray(view)
+    m = decode(memoryview(data))
+    data[-4:] = b"\xff\xff\xff\xff"                                        # the sender's buffer changes afterwards
+    assert m.vector[-1] == 9 and not m.vector.flags.writeable               # what was parsed and checked does not
