@@ -7,7 +7,9 @@ measured in one run on this machine (RESULTS.md (r13): at 1.3b × 3 holders on t
 - the MaskedInput it sends: joined into a fresh bytes object (one P-word copy into new pages) vs
   handed out in place from the MaskedBuffer its masks were expanded into (secagg/messages.py);
 - the server's fold of a whole reply into the ring sum: one pass vs spans;
-- dequantize_sum of the ring sum: one thread vs spans.
+- dequantize_sum of the ring sum: one thread vs spans;
+- the plain route's per-holder work on the server (l2_clip: the norm and the scaled float32 copy, then
+  the float64 sum): one thread vs spans (same bits: tests/privacy/test_sensitivity.py).
 
 Same bytes and the same sums in both columns (checked here, and by tests/primitives/test_spans.py,
 tests/secagg/test_premask.py, tests/transport/test_accumulate.py).
@@ -27,6 +29,7 @@ import numpy as np
 
 from securefed.primitives import spans
 from securefed.primitives.quantize import dequantize_sum, plan_quantization
+from securefed.privacy.clipping import l2_clip
 from securefed.secagg import encode
 from securefed.secagg.messages import MaskedBuffer, MaskedInput
 from securefed.transport.accumulate import RingAccumulator
@@ -87,12 +90,24 @@ def main() -> None:
         out["fold_spans_s"] = median_s(lambda: fold(total, encode(msg), spool))
         assert dequantize_sum(x, plan).tobytes() == want.tobytes()
         out["dequantize_spans_s"] = median_s(lambda: dequantize_sum(x, plan))
+    d = (rng.standard_normal(n, dtype=np.float32) * 1e-3)
+    acc = np.zeros(n, np.float64)
+
+    def plain_one(clip: float) -> None:          # aggregation.plain_sum's work for one holder's update
+        y = l2_clip(d, clip)[0]
+        spans.for_spans(n, lambda lo, hi: np.add(acc[lo:hi], y[lo:hi], out=acc[lo:hi]))
+    with one_thread():
+        want_clip = l2_clip(d, 0.01)[0]
+        out["plain_holder_one_thread_s"] = median_s(lambda: plain_one(0.01))
+    assert l2_clip(d, 0.01)[0].tobytes() == want_clip.tobytes()
+    out["plain_holder_spans_s"] = median_s(lambda: plain_one(0.01))
     out["encode_joined_s"] = median_s(lambda: encode(MaskedInput(1, 32, buf.vector)))
     out["encode_in_place_s"] = median_s(lambda: encode(msg))
     before = out["y_plus_x_one_thread_s"] + out["encode_joined_s"] + out["fold_one_thread_s"]
     after = out["y_plus_x_spans_s"] + out["encode_in_place_s"] + out["fold_spans_s"]
     out.update(masked_per_holder_before_s=before, masked_per_holder_after_s=after, masked_ratio=after / before,
-               dequantize_ratio=out["dequantize_spans_s"] / out["dequantize_one_thread_s"])
+               dequantize_ratio=out["dequantize_spans_s"] / out["dequantize_one_thread_s"],
+               plain_holder_ratio=out["plain_holder_spans_s"] / out["plain_holder_one_thread_s"])
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}))
 
 

@@ -28,6 +28,7 @@ from securefed.federation.channel import Channel
 from securefed.federation.messages import (CkksAdverts, CkksKeys, CkksRotate, CkksShare, CkksUploadRequest, Decision,
                                            MessageError, decode_as, encode)
 from securefed.federation.stages import Deadlines, Stage, secagg_stages
+from securefed.primitives.spans import for_spans
 from securefed.secagg import Roster, SecAggAborted, SecAggConfig, SecAggServer
 from securefed.transport.accumulate import RingAccumulator
 from securefed.transport.frames import FrameError
@@ -265,11 +266,17 @@ def plain_sum(channel: Channel, r: int, ready: list[int], *, dim: int, clip: flo
                           max_reply=4 * dim)
     total, survivors = np.zeros(dim, dtype=np.float64), []
     for h in sorted(got):
-        v = sinks[h].value
+        v, sinks[h] = sinks[h].value, None          # each update is let go once it is summed
         x = np.frombuffer(v, dtype="<f4") if v is not None and len(v) == 4 * dim else None
-        if x is None or not np.all(np.isfinite(x)):
+        try:
+            if x is None:
+                raise ValueError("wrong length")
+            y = l2_clip(x, clip)[0]                  # ValueError on a non-finite coordinate (its norm is not finite)
+        except ValueError:
             log.warning("round %d: holder %d's plain update is malformed; dropped", r, h)
             continue
-        total += l2_clip(x, clip)[0]
+        for_spans(dim, lambda lo, hi, y=y: np.add(total[lo:hi], y[lo:hi], out=total[lo:hi]))
         survivors.append(h)
-    return total.astype(np.float32), tuple(survivors)
+    out = np.empty(dim, np.float32)
+    for_spans(dim, lambda lo, hi: np.copyto(out[lo:hi], total[lo:hi], casting="unsafe"))
+    return out, tuple(survivors)

@@ -277,7 +277,7 @@ def sum_sq_f64(x: np.ndarray) -> float:
     dot product, the partial sums added in order) without a float64 copy of the whole vector; the same sum
     for x in float32 or float64 (the widening is exact). ``privacy.clipping.l2_clip`` and :func:`quantize`
     both take their norm this way; ``privacy.device_encode`` mirrors it on the GPU."""
-    n = x.shape[0]
+    n = x.shape[0]      # one thread: np.dot is OpenBLAS's, whose own threads fight any of ours (RESULTS.md (r13))
     buf = np.empty(min(n, SPAN), np.float64)
     sq = 0.0
     for s in range(0, n, SPAN):
@@ -290,13 +290,16 @@ def sum_sq_f64(x: np.ndarray) -> float:
 def max_abs(x: np.ndarray) -> float:
     """max |x_j| of a flat float vector (0 if empty), span by span (no |x| temporary of the whole vector);
     NaN if any coordinate is NaN."""
-    m = 0.0
-    for s in range(0, x.shape[0], SPAN):
-        v = float(np.max(np.abs(x[s : s + SPAN])))
-        if v != v:
-            return v
-        m = max(m, v)
-    return m
+    n = x.shape[0]
+    top = np.zeros(-(-n // SPAN), np.float64)           # max |x| per SPAN (order does not matter for a max)
+
+    def spans_of(lo: int, hi: int) -> None:
+        for s in range(lo, hi, SPAN):
+            top[s // SPAN] = np.max(np.abs(x[s : min(s + SPAN, hi)]))
+    for_spans(n, spans_of, align=SPAN)
+    if np.isnan(top).any():
+        return float("nan")
+    return float(top.max()) if n else 0.0
 
 
 def quantize_draws(n: int) -> list[int]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from securefed.primitives.quantize import SPAN, sum_sq_f64
+from securefed.primitives.spans import for_spans
 
 __all__ = ["ClipInfo", "CLIP_MARGIN", "l2_clip", "ADAPTIVE_LR", "bit_noise_std", "data_noise_multiplier", "adaptive_update"]
 
@@ -52,18 +53,22 @@ def l2_clip(delta: np.ndarray, clip: float) -> tuple[np.ndarray, ClipInfo]:
     norm = math.sqrt(sum_sq_f64(delta))
     if not math.isfinite(norm):
         raise ValueError("delta contains non-finite values")
+    y = np.empty(n, np.float32)
     if norm <= clip * CLIP_MARGIN:  # float32 rounding (relative 2^-24 per coordinate) keeps it below C
-        return delta.astype(np.float32), ClipInfo(norm=norm, clipped=False)
+        for_spans(n, lambda lo, hi: np.copyto(y[lo:hi], delta[lo:hi], casting="unsafe"))   # = astype(float32)
+        return y, ClipInfo(norm=norm, clipped=False)
     # scale a hair below C so float32 rounding cannot push the norm above C (quantize allows no slack)
     a = clip / norm
-    buf = np.empty(min(n, SPAN), np.float64)
-    y = np.empty(n, np.float32)
-    for s in range(0, n, SPAN):
-        c = buf[: min(SPAN, n - s)]
-        c[...] = delta[s : s + SPAN]
-        np.multiply(c, a, out=c)
-        np.multiply(c, CLIP_MARGIN, out=c)                    # privacy.device_encode repeats these two products
-        y[s : s + c.shape[0]] = c
+
+    def scale(lo: int, hi: int) -> None:                      # each thread its own float64 span buffer
+        buf = np.empty(min(hi - lo, SPAN), np.float64)
+        for s in range(lo, hi, SPAN):
+            c = buf[: min(SPAN, hi - s)]
+            c[...] = delta[s : s + c.shape[0]]
+            np.multiply(c, a, out=c)
+            np.multiply(c, CLIP_MARGIN, out=c)                # privacy.device_encode repeats these two products
+            y[s : s + c.shape[0]] = c
+    for_spans(n, scale, align=SPAN)
     return y, ClipInfo(norm=norm, clipped=norm > clip)
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securefed.primitives import spans
-from securefed.primitives.quantize import from_ring, plan_quantization, dequantize_sum
+from securefed.primitives.quantize import dequantize_sum, from_ring, max_abs, plan_quantization, sum_sq_f64
 
 
 @settings(max_examples=200, deadline=None)
@@ -71,3 +71,23 @@ def test_threaded_dequantize_sum_is_the_whole_vector_formula(p, bits, dtype, see
         mp.setattr(spans, "host_threads", lambda: 4)
         got = dequantize_sum(v, plan, dtype)
     assert want.tobytes() == got.tobytes()
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.sampled_from([0, 1, 65535, 65537, 3 * 65536 + 11, 5 * 65536]), dtype=st.sampled_from([np.float32, np.float64]),
+       nan_at=st.one_of(st.none(), st.floats(0, 1)), seed=st.integers(0, 2**32 - 1))
+def test_norm_and_threaded_max_are_the_serial_ones_bit_for_bit(n, dtype, nan_at, seed):
+    """max |x| runs across threads; the norm stays on one thread (its np.dot is OpenBLAS's, whose own threads
+    fight ours): both are the serial values bit for bit whatever the spans."""
+    x = (np.random.default_rng(seed).standard_normal(n) * 1e3).astype(dtype)
+    if nan_at is not None and n:
+        x[int(nan_at * (n - 1))] = np.nan
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(spans, "MIN_SPAN", 1 << 62)
+        want = (sum_sq_f64(x), max_abs(x))
+        mp.setattr(spans, "MIN_SPAN", 5)
+        mp.setattr(spans, "host_threads", lambda: 4)
+        got = (sum_sq_f64(x), max_abs(x))
+    assert np.array_equal(np.array(got), np.array(want), equal_nan=True)
+    if n and nan_at is None:
+        assert want[1] == float(np.max(np.abs(x)))

@@ -172,3 +172,19 @@ def test_conditional_rounding_is_a_hard_bound_and_nearly_unbiased():
     assert abs(qs.mean() - x[0] * plan.scale) < 0.01  # the conditioning hardly biases the mean
     # the trivial bound γC + √d would allow 1.43·γC; conditional rounding allows at most:
     assert plan.l2_bound(dim) < 1.1 * plan.clip * plan.scale
+
+
+@pytest.mark.parametrize("rel", [0.5, 1.0, 3.0])
+def test_threaded_l2_clip_is_the_serial_one_bit_for_bit(monkeypatch, rel):
+    """l2_clip's norm and its scaling pass run across threads (primitives/spans.py): the same float32 vector."""
+    from securefed.primitives import spans
+    from securefed.privacy.clipping import l2_clip
+
+    x = np.random.default_rng(3).standard_normal(3 * 65536 + 11).astype(np.float32)
+    clip = float(np.linalg.norm(x.astype(np.float64))) / rel
+    monkeypatch.setattr(spans, "MIN_SPAN", 1 << 62)
+    want, info = l2_clip(x, clip)
+    monkeypatch.setattr(spans, "MIN_SPAN", 5)
+    monkeypatch.setattr(spans, "host_threads", lambda: 4)
+    got, info2 = l2_clip(x, clip)
+    assert got.tobytes() == want.tobytes() and info == info2 and info.clipped == (rel > 1.0)
