@@ -401,7 +401,8 @@ class Coordinator:
         survivors = list(result[1]) if result else []
         if result is not None:
             total, _, denominator, _ = result
-            self.outer.step(_torch(total) / denominator)
+            mean = _torch(total)             # this round's own array (decoded or summed here): divided in place
+            self.outer.step(mean.div_(denominator) if total.flags.writeable else mean / denominator)
             clock.lap("outer")
         clipped = {h: ready[h].clipped for h in survivors if ready[h].clipped is not None}
         row.update({
