@@ -22,8 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
-import time
+from pathlib import Path
 
 import numpy as np
 
@@ -34,14 +35,8 @@ from securefed.secagg import encode
 from securefed.secagg.messages import MaskedBuffer, MaskedInput
 from securefed.transport.accumulate import RingAccumulator
 
-
-def median_s(f, reps: int = 5) -> float:
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        out.append(time.perf_counter() - t)
-    return sorted(out)[reps // 2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host_passes import median_s  # noqa: E402  (this folder's timing helper: median of 5)
 
 
 class one_thread:
