@@ -46,6 +46,15 @@ def host_threads() -> int:
     return max(1, n)
 
 
+def _forget_pool() -> None:     # a forked child has none of the parent's threads: it makes its own pool
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _executor(workers: int) -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:

@@ -91,3 +91,29 @@ def test_norm_and_threaded_max_are_the_serial_ones_bit_for_bit(n, dtype, nan_at,
     assert np.array_equal(np.array(got), np.array(want), equal_nan=True)
     if n and nan_at is None:
         assert want[1] == float(np.max(np.abs(x)))
+
+
+def test_a_forked_child_gets_its_own_threads(threaded_spans):
+    """A process forked after the pool exists (e.g. a data-loader worker) must not wait on the parent's threads."""
+    import multiprocessing as mp
+
+    import time
+
+    spans.for_spans(40, lambda lo, hi: time.sleep(0.3))          # the parent's pool now has 3 idle threads
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_spans, args=(q,))
+    p.start()
+    p.join(60)
+    if p.is_alive():            # waiting on threads it does not have: the failure this test exists for
+        p.kill()
+    assert p.exitcode == 0 and q.get(timeout=5) == 40
+
+
+def _child_spans(q) -> None:
+    from securefed.primitives import spans as child
+
+    child.MIN_SPAN, child.host_threads = 5, (lambda: 4)
+    done = []
+    child.for_spans(40, lambda lo, hi: done.append(hi - lo))
+    q.put(sum(done))
