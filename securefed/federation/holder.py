@@ -70,6 +70,16 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _forget_pools() -> None:      # a forked child has none of the parent's threads (as primitives/spans.py)
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
 class PolicyRefused(RuntimeError):
     """The run asks for less than this holder's floors allow: it leaves (exit 7, protocols/transport.md §10)."""
 

@@ -558,3 +558,30 @@ def test_h6_a_ckks_upload_request_that_differs_from_the_plan_gets_no_ciphertexts
     row = fed.coordinator.run_round(1)
     assert answered(fed, Stage.CKKS_UPLOAD, 2) == 0 and answered(fed, Stage.SECAGG_MASKED, 2) == 0
     assert fed.ledger(2) == [] and row["clients_survived"] == 3     # the others: CKKS, then the masked sum
+
+
+def test_a_forked_child_does_not_inherit_the_mask_pools():
+    """The mask threads of a parent do not exist in a forked child: it must make its own, not queue on theirs."""
+    import multiprocessing as mp
+    from concurrent.futures import ThreadPoolExecutor
+
+    from securefed.federation import holder as holder_mod
+
+    pool = ThreadPoolExecutor(max_workers=2)
+    holder_mod._POOLS[-1] = pool                     # a size no holder asks for, so no real pool is shadowed
+    try:
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_child_pools, args=(q,))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0 and q.get(timeout=5) == []
+    finally:
+        holder_mod._POOLS.pop(-1, None)
+        pool.shutdown()
+
+
+def _child_pools(q) -> None:
+    from securefed.federation import holder as holder_mod
+
+    q.put(sorted(holder_mod._POOLS))
