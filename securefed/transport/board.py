@@ -58,6 +58,7 @@ class StageBoard:
         self.bytes_up = self.bytes_down = 0
         self.opened = False               # a round was opened by this process
         self._digest_cache: tuple[bytes, int, bytes] | None = None
+        self._digest_lock = threading.Lock()   # holders fetch θ at once: one of them hashes it, the others wait
 
     # ------------------------------------------------------------------ RPC side
     def fetch(self, hid: int, request: bytes, context):
@@ -106,13 +107,16 @@ class StageBoard:
             self.bytes_down += n
 
     def _frames(self, r: int, s: int, kind: Kind, payload: bytes):
-        cached = self._digest_cache      # one θ is sent to every holder: hash it once per round
-        if cached is not None and cached[0] is payload:
-            total, digest = cached[1], cached[2]
+        if len(payload) > (1 << 20):     # one θ is sent to every holder: hash it once per round
+            with self._digest_lock:       # (unlocked, holders fetching together each hashed it: 3x at 125m x 3)
+                cached = self._digest_cache
+                if cached is not None and cached[0] is payload:
+                    total, digest = cached[1], cached[2]
+                else:
+                    total, digest = sha256_parts([payload])
+                    self._digest_cache = (payload, total, digest)   # holds a reference: identity stays sound
         else:
             total, digest = sha256_parts([payload])
-            if len(payload) > (1 << 20):
-                self._digest_cache = (payload, total, digest)   # holds a reference: identity stays sound
         yield from iter_stream_frames(self.run_id, r, s, kind, [payload], total_len=total, digest=digest,
                                       chunk_size=self.chunk_size)
 

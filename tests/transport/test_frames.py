@@ -237,3 +237,37 @@ def test_bytes_sink_reassembles_any_cut_and_enforces_offsets_and_cap(pieces, kin
         assert sink.value is pieces[0]                 # the one piece, not a copy
     sink.abort()
     sink.write(0, b"")                                 # reusable after abort
+
+
+def test_holders_fetching_one_model_at_once_hash_it_once(monkeypatch):
+    """The coordinator's θ goes to every holder; concurrent fetches share one SHA-256 of it (they each
+    hashed it, 3× the work at 125m × 3 holders), and every holder still gets the same, verifiable frames."""
+    import threading
+    import time
+
+    from securefed.transport import board as board_mod
+    from securefed.transport.frames import Kind
+
+    calls, real = [], board_mod.sha256_parts
+
+    def counting(parts):
+        calls.append(1)
+        time.sleep(0.2)                             # a hash long enough for every fetch to arrive meanwhile
+        return real(parts)
+    monkeypatch.setattr(board_mod, "sha256_parts", counting)
+    b = board_mod.StageBoard(b"r" * 16, chunk_size=1 << 20)
+    theta = bytes(range(256)) * (3 << 12)          # 3 MiB: over the size that is cached
+    got, start = [], threading.Barrier(3)
+
+    def fetch():
+        start.wait()
+        got.append(b"".join(list(b._frames(1, 2, Kind.STAGE, theta))))
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(got) == 3 and got[0] == got[1] == got[2]
+    list(b._frames(1, 3, Kind.STAGE, b"small"))
+    list(b._frames(1, 3, Kind.STAGE, b"small"))
+    assert len(calls) == 3                           # small payloads are hashed each time (no cache to keep)
