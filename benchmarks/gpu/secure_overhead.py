@@ -73,7 +73,7 @@ MODES = {   # run name -> overrides: plain; secure with the holders' default (au
 }
 
 
-def run(name: str, overrides: list[str], rounds: int, mode: str, out: Path) -> dict:
+def run(name: str, overrides: list[str], rounds: int, mode: str, out: Path, backend: str = "inproc") -> dict:
     """One `securefed simulate` run through the engine; its per-round rows (metrics.jsonl)."""
     from securefed.federation.simulation import Simulation
     from securefed.runtime.config import load_run_config
@@ -82,7 +82,7 @@ def run(name: str, overrides: list[str], rounds: int, mode: str, out: Path) -> d
     run_dir = out / f"{name}-{mode}"
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    Simulation(cfg, run_dir, progress=False, backend="inproc", stop_after_round=rounds).run()
+    Simulation(cfg, run_dir, progress=False, backend=backend, stop_after_round=rounds).run()
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = {"wall_seconds": round(wall, 2), "rounds": [_round(r) for r in rows],
@@ -128,6 +128,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None,
                     help="rounds per run instead of each case's 2 (1: round 1 only, which also pays for compilation; "
                          "its aggregate stage is the steady one's, its train stage is not)")
+    ap.add_argument("--backend", choices=("inproc", "grpc"), default="inproc",
+                    help="grpc: the coordinator and each holder in its own process over gRPC (what a deployment "
+                         "runs; RESULTS.md (r13): its masked stage was 10x the in-process one at 125m x 3 on 2 cores)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="one more config override for every run (after the case's own; repeatable)")
     a = ap.parse_args()
@@ -141,7 +144,7 @@ def main() -> None:
     import torch
 
     cases = TINY if a.tiny else CASES
-    result = {"tiny": a.tiny, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+    result = {"tiny": a.tiny, "backend": a.backend, "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cases": {}}
     t0 = time.perf_counter()
     for name in a.cases.split(","):
@@ -149,7 +152,7 @@ def main() -> None:
         rounds = a.rounds or rounds
         modes = (("plain", "secagg") + (("secagg-host",) if a.host_too else ())) if name == "overhead" else ("secagg",)
         overrides = overrides + a.set
-        got = {m: run(name, overrides, rounds, m, out) for m in modes}
+        got = {m: run(name, overrides, rounds, m, out, a.backend) for m in modes}
         case = {"overrides": overrides, "rounds_run": rounds, "runs": got}
         sec = steady(got["secagg"]["rounds"])
         if name == "overhead":
