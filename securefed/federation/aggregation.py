@@ -30,7 +30,7 @@ from securefed.federation.messages import (CkksAdverts, CkksKeys, CkksRotate, Ck
 from securefed.federation.stages import Deadlines, Stage, secagg_stages
 from securefed.primitives.spans import for_spans
 from securefed.secagg import Roster, SecAggAborted, SecAggConfig, SecAggServer
-from securefed.transport.accumulate import RingAccumulator
+from securefed.transport.accumulate import MASKED_PREFIX, RingAccumulator
 from securefed.transport.frames import FrameError
 from securefed.transport.stream import BytesSink
 
@@ -116,7 +116,7 @@ class SecureSession:
             fold = acc.open(h, on_commit=lambda sender: _accept_masked(sa, sender))
             return _TranscriptSink(fold, transcript / f"masked-r{r}-from-{h}.bin") if transcript else fold
         self.channel.collect(r, stage, self.outbox, deadline=self.deadlines.for_stage(stage), sink=sink,
-                             max_reply=19 + self.length * sa.ring.dtype.itemsize)
+                             max_reply=MASKED_PREFIX + self.length * sa.ring.dtype.itemsize)
         acc.seal()   # undo every half-received masked input now (protocols/transport.md §4.3)
         self.outbox = sa.close_stage()
         lap("masked")        # in process this includes each holder's own y = x + M and encoding, one after another

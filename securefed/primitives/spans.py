@@ -4,8 +4,8 @@ The secure aggregate stage is a handful of passes over vectors of P ring words (
 coordinates): a holder's y = x + M, the server's fold Σ y_i, the decode of the ring sum. Each is
 memory-bound and element-wise, and numpy releases the GIL inside a ufunc on a large array, so cutting
 the vector into a few contiguous spans and running them on threads uses the machine's memory bandwidth
-instead of one core's (RESULTS.md (r13): 1.3b × 3 holders on the H200's 16 cores, these passes were
-about 9 s of a 25 s aggregate stage one thread at a time).
+instead of one core's (RESULTS.md (r13): at 1.3b × 3 holders on the H200, one thread at a time, these
+passes were an estimated 9 s of a 25 s aggregate stage).
 
     for_spans(n, fn)     fn(lo, hi) over a partition of range(n) into contiguous spans, at once
 
@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["MIN_SPAN", "for_spans", "host_threads"]
 
-MIN_SPAN = 1 << 22   # elements: below this one thread beats handing the work out (measured, host_passes.py)
+MIN_SPAN = 1 << 22   # elements (16 MB of ring words): smaller passes stay on the calling thread; not tuned
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()

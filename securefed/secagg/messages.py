@@ -205,8 +205,8 @@ class MaskedBuffer:
     """A MaskedInput's wire bytes, allocated before its vector exists: ``vector`` is the (P,) ring-word
     view (zeroed, 64-byte aligned) that a holder fills (its masks are expanded into it while it trains,
     secagg.md §6.5, and x added in place), ``frame`` the 19 header bytes in front of it and the words.
-    ``encode`` then writes the header and hands out ``frame`` itself: the one copy a joined message
-    costs (≈ 4 s per holder at 1.3B coordinates on the H200, RESULTS.md (r13)) is not made."""
+    ``encode`` then writes the header, seals the buffer and hands out ``frame`` itself: the one copy a joined
+    message costs (≈ 4 s per holder at 1.3B coordinates on the H200, RESULTS.md (r13)) is not made."""
 
     def __init__(self, length: int, ring_bits: int) -> None:
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
@@ -214,9 +214,16 @@ class MaskedBuffer:
         dt = np.dtype("<u2") if ring_bits <= 16 else np.dtype("<u4")
         raw = np.zeros(MASKED_HEADER + length * dt.itemsize + _ALIGN, dtype=np.uint8)   # calloc: pages on first touch
         off = (-(raw.ctypes.data + MASKED_HEADER)) % _ALIGN
+        self._raw = raw
         self.frame = raw[off:off + MASKED_HEADER + length * dt.itemsize]
         self.vector = self.frame[MASKED_HEADER:].view(dt)
         self.ring_bits = ring_bits
+
+    def seal(self) -> None:
+        """No more writes: the message handed out is read-only all the way down (a receiver may keep it as
+        its own undo record, transport.md §4.3); a write through any of these arrays now raises."""
+        for a in (self.vector, self.frame, self._raw):
+            a.flags.writeable = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -234,8 +241,13 @@ class MaskedInput:
         if b is None or b.vector is not self.vector or b.ring_bits != self.ring_bits:
             return None
         prefix, _ = self._parts()             # the same checks and the same header bytes as the joined form
-        b.frame[:MASKED_HEADER] = np.frombuffer(MAGIC + bytes([VERSION, self.TYPE]) + prefix, dtype=np.uint8)
-        return memoryview(b.frame).toreadonly()
+        header = np.frombuffer(MAGIC + bytes([VERSION, self.TYPE]) + prefix, dtype=np.uint8)
+        if b.frame.flags.writeable:
+            b.frame[:MASKED_HEADER] = header
+            b.seal()
+        elif not np.array_equal(b.frame[:MASKED_HEADER], header):   # sealed by an earlier encode: same message only
+            raise MessageError("this MaskedBuffer was sealed with another sender's header")
+        return memoryview(b.frame)
 
     def _parts(self) -> tuple:
         """The body as (prefix, the vector's own buffer), in place of the other messages' ``_body``: ``encode``

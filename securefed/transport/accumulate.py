@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from securefed.primitives.spans import for_spans
+from securefed.secagg.messages import MASKED_HEADER
 from securefed.transport.frames import FrameError
 
 __all__ = ["RingAccumulator", "MaskedFold", "MASKED_PREFIX", "masked_prefix"]
 
-MASKED_PREFIX = 19
+MASKED_PREFIX = MASKED_HEADER     # the secagg serializer's header (secagg/messages.py), 19 bytes
 _PREFIX = struct.Struct(">4sBBIBQ")
 _MASKED_TYPE = 5
 
@@ -101,7 +102,8 @@ class RingAccumulator:
 
 def _stable(data) -> bool:
     """A reply handed over whole that cannot change before its commit: ``bytes``, or a read-only view (an
-    in-process holder's MaskedBuffer, secagg/messages.py; a Ray object-store array): its own undo record."""
+    in-process holder's sealed MaskedBuffer, secagg/messages.py; a Ray object-store array): its own undo
+    record. Anything else (a writable buffer) is journalled like a streamed chunk."""
     return isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly)
 
 

@@ -151,3 +151,16 @@ def test_decode_parses_a_read_only_view_in_place_and_copies_a_writable_buffer():
     m = decode(memoryview(data))
     data[-4:] = b"\xff\xff\xff\xff"                                        # the sender's buffer changes afterwards
     assert m.vector[-1] == 9 and not m.vector.flags.writeable               # what was parsed and checked does not
+
+
+def test_an_encoded_masked_buffer_is_sealed():
+    """What a receiver keeps as its own undo record cannot change after it is handed out (transport.md §4.3)."""
+    buf = MaskedBuffer(8, 32)
+    buf.vector[:] = 7
+    view = encode(MaskedInput(2, 32, buf.vector, buffer=buf))
+    for a in (buf.vector, buf.frame):
+        with pytest.raises(ValueError):
+            a[0] = 1
+    assert bytes(encode(MaskedInput(2, 32, buf.vector, buffer=buf))) == bytes(view)   # the same message again
+    with pytest.raises(MessageError, match="sealed"):
+        encode(MaskedInput(3, 32, buf.vector, buffer=buf))
