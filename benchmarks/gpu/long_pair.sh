@@ -50,7 +50,7 @@ start)
     setsid nohup python3 benchmarks/gpu/study.py run --side central "${common[@]}" > $R/logs/central.log 2>&1 < /dev/null &
   setsid nohup python3 benchmarks/gpu/study.py run --side fed --outer "${OUTER:-fedavg}" --outer-lr "${OUTER_LR:-1.0}" \
     --inner-lr-ratio "${INNER_RATIO:-1.0}" --h "$H" --backend "${FED_BACKEND:-inproc}" "${common[@]}" > $R/logs/fed.log 2>&1 < /dev/null &
-  limit=520 ;;
+  limit=${START_LIMIT:-520} ;;   # START_LIMIT=570: a row alone on the GPU (≈ 115 s corpus + 111 × 4.1 s) in one call
 wait)
   ls $R/*/metrics.jsonl > /dev/null 2>&1 || running || {
     echo "no rows on this machine: it went cold since 'start' (everything under /tmp is gone); run 'start' again"; exit 3; }
