@@ -23,7 +23,11 @@ class OuterOptimizer:
         self.cfg = cfg
         self.theta = torch.nn.Parameter(initial.detach().clone().to(torch.float32), requires_grad=False)
         momentum = 0.0 if cfg.name == "fedavg" else cfg.momentum
-        self.opt = torch.optim.SGD([self.theta], lr=cfg.lr, momentum=momentum, nesterov=cfg.name == "nesterov")
+        # foreach=False: torch's multi-tensor SGD (its default for CUDA tensors) adds the momentum into the
+        # gradient in place under Nesterov, and the gradient here is the caller's mean pseudo-gradient; the
+        # single-tensor path only reads it. One flat tensor gains nothing from foreach.
+        self.opt = torch.optim.SGD([self.theta], lr=cfg.lr, momentum=momentum, nesterov=cfg.name == "nesterov",
+                                   foreach=False)
 
     @torch.no_grad()
     def step(self, mean_delta: torch.Tensor) -> torch.Tensor:
@@ -31,7 +35,7 @@ class OuterOptimizer:
             raise ValueError(f"pseudo-gradient has shape {tuple(mean_delta.shape)}, model {tuple(self.theta.shape)}")
         if not torch.isfinite(mean_delta).all():
             raise ValueError("aggregated pseudo-gradient contains non-finite values")
-        self.theta.grad = mean_delta.to(self.theta.dtype)   # SGD reads grad, never writes it: no copy (5.3 GB at 1.3b)
+        self.theta.grad = mean_delta.to(self.theta.dtype)   # read, never written (foreach=False): no copy (5.3 GB at 1.3b)
         self.opt.step()
         self.theta.grad = None
         return self.theta.detach()

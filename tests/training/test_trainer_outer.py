@@ -44,6 +44,22 @@ def test_nesterov_matches_closed_form():
     torch.testing.assert_close(t2, torch.full((5,), -1.33 - 3.227))
 
 
+@pytest.mark.parametrize("name", ["fedavg", "fedmom", "nesterov"])
+def test_outer_step_never_writes_the_callers_pseudo_gradient(name, monkeypatch):
+    # torch picks its multi-tensor SGD for CUDA tensors, and that path adds the momentum into the gradient in
+    # place under Nesterov: emulate the CUDA choice on this CPU machine, as torch's own default would make it
+    import torch.optim.sgd as sgd
+    monkeypatch.setattr(sgd, "_default_to_fused_or_foreach", lambda *a, **k: (False, True))
+    outer = OuterOptimizer(torch.zeros(5), OuterConfig(name=name, lr=0.7, momentum=0.9))
+    deltas = [torch.ones(5), 2 * torch.ones(5)]
+    for d in deltas:
+        outer.step(d)
+    torch.testing.assert_close(deltas[0], torch.ones(5), rtol=0, atol=0)
+    torch.testing.assert_close(deltas[1], 2 * torch.ones(5), rtol=0, atol=0)
+    expect = {"fedavg": -0.7 * 3, "fedmom": -0.7 * (1 + 2.9), "nesterov": -1.33 - 3.227}[name]
+    torch.testing.assert_close(outer.params, torch.full((5,), expect))
+
+
 def test_optimizer_state_survives_rounds(trainer):
     theta0 = get_flat(trainer.raw_model).clone()
     ht = trainer.new_holder(7, _data(7), seed=1, total_steps=20)
