@@ -9,7 +9,7 @@
 #   bash benchmarks/gpu/long_pair.sh wait      # waits ≤ 560 s more, then packs $OUT/long_pair.tgz
 #
 # carry [".whl", ".cache/gpu-text"]. `wait` may be repeated; a cold machine has lost the rows (start again).
-# OUTER / OUTER_LR / INNER_RATIO choose the federated row's optimizers (default: FedAvg, outer lr 1, inner = central lr).
+# OUTER / OUTER_LR / INNER_RATIO / MOMENTUM_WARMUP choose the federated row's optimizers (default: FedAvg, outer lr 1, inner = central lr).
 # FED_BACKEND=ray runs the federated row's holders as Ray actors sharing the GPU (RESULTS.md (m13)); Ray is too big
 # to travel with the corpus, so a call before `start` installs it (carry [".whl", ".cache/ray"] from pack_ray.sh):
 #   mkdir -p /tmp/site && tar xJf .cache/ray/ray-slim.tar.xz -C /tmp/site && \
@@ -49,7 +49,7 @@ start)
   [ "${SKIP_CENTRAL:-0}" = 1 ] || \
     setsid nohup python3 benchmarks/gpu/study.py run --side central "${common[@]}" > $R/logs/central.log 2>&1 < /dev/null &
   setsid nohup python3 benchmarks/gpu/study.py run --side fed --outer "${OUTER:-fedavg}" --outer-lr "${OUTER_LR:-1.0}" \
-    --inner-lr-ratio "${INNER_RATIO:-1.0}" --h "$H" --backend "${FED_BACKEND:-inproc}" "${common[@]}" > $R/logs/fed.log 2>&1 < /dev/null &
+    --inner-lr-ratio "${INNER_RATIO:-1.0}" --momentum-warmup "${MOMENTUM_WARMUP:-0}" --h "$H" --backend "${FED_BACKEND:-inproc}" "${common[@]}" > $R/logs/fed.log 2>&1 < /dev/null &
   limit=${START_LIMIT:-520} ;;   # START_LIMIT=570: a row alone on the GPU (≈ 115 s corpus + 111 × 4.1 s) in one call
 wait)
   ls $R/*/metrics.jsonl > /dev/null 2>&1 || running || {

@@ -55,6 +55,8 @@ def row_name(a: argparse.Namespace) -> str:
         parts = [a.size, a.partition, "central", f"lr{a.central_lr or SIZES[a.size]['central_lr']:g}"]
     else:
         parts = [a.size, a.partition, "fed", a.outer, f"olr{a.outer_lr:g}", f"h{a.h}", f"ilr{a.inner_lr_ratio:g}"]
+        if getattr(a, "momentum_warmup", 0):
+            parts.append(f"mw{a.momentum_warmup}")
         if a.secure:
             parts.append("secagg")
     parts += [f"t{a.tokens:.3g}", f"s{a.seed}"]
@@ -87,6 +89,8 @@ def overrides(a: argparse.Namespace) -> tuple[list[str], dict]:
     ]
     if fed:
         sets += [f"outer.name={a.outer}", f"outer.lr={a.outer_lr}", "outer.momentum=0.9"]
+        if getattr(a, "momentum_warmup", 0):
+            sets.append(f"outer.momentum_warmup={a.momentum_warmup}")
     else:
         sets += ["outer.name=fedavg", "outer.lr=1.0"]
     info = dict(rounds=rounds, eval_every=eval_every, tokens_per_round=tokens_per_round, holders=holders,
@@ -288,6 +292,8 @@ def main() -> None:
         # defaults: the 20m sweep's best (benchmarks/RESULTS.md (f14)): FedAvg, outer lr 1, inner lr = central lr
         p.add_argument("--outer", choices=("nesterov", "fedavg"), default="fedavg")
         p.add_argument("--outer-lr", type=float, default=1.0)
+        p.add_argument("--momentum-warmup", type=int, default=0,
+                       help="outer rounds over which nesterov's momentum rises from 0 to 0.9 (RESULTS.md (s14))")
         p.add_argument("--h", type=int, default=32, help="local steps per round")
         p.add_argument("--inner-lr-ratio", type=float, default=1.0, help="federated inner lr / centralized lr")
         p.add_argument("--central-lr", type=float, default=None)

@@ -139,12 +139,22 @@ class OuterConfig:
     name: Literal["fedavg", "fedmom", "nesterov"] = "fedavg"
     lr: float = 1.0
     momentum: float = 0.9          # ignored by fedavg
+    # outer steps over which the momentum rises linearly from 0 to `momentum` (0: full momentum from the first
+    # step). Early pseudo-gradients are the largest of a run from scratch, and momentum keeps applying each
+    # one for ~1/(1-β) rounds: benchmarks/RESULTS.md (s14)
+    momentum_warmup: int = 0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"outer.lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"outer.momentum must be in [0, 1), got {self.momentum}")
+        if isinstance(self.momentum_warmup, bool) or not isinstance(self.momentum_warmup, int) \
+                or self.momentum_warmup < 0:
+            raise ValueError(f"outer.momentum_warmup must be an int >= 0, got {self.momentum_warmup!r}")
+        if self.momentum_warmup and self.name == "fedavg":
+            raise ValueError("outer.momentum_warmup ramps the outer momentum, and fedavg has none: "
+                             "use outer.name=fedmom or nesterov, or drop momentum_warmup")
 
 
 @dataclass(frozen=True)

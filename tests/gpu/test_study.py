@@ -57,6 +57,9 @@ def test_pairing_at_equal_tokens_and_partner_names():
     name = study.row_name(_args())
     assert name == "20m-iid-fed-nesterov-olr0.7-h32-ilr0.5-t1e+08-s0"
     assert study.partner_of(name) == "20m-iid-central-*-t1e+08-s0"
+    warm = study.row_name(_args(momentum_warmup=28))
+    assert warm == "20m-iid-fed-nesterov-olr0.7-h32-ilr0.5-mw28-t1e+08-s0" and study.partner_of(warm) == study.partner_of(name)
+    assert _sets(study.overrides(_args(momentum_warmup=28))[0])["outer.momentum_warmup"] == "28"
     assert study.partner_of(name.replace("-iid-", "-by_source-")) == "20m-iid-central-*-t1e+08-s0"
 
 

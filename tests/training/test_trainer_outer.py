@@ -60,6 +60,37 @@ def test_outer_step_never_writes_the_callers_pseudo_gradient(name, monkeypatch):
     torch.testing.assert_close(outer.params, torch.full((5,), expect))
 
 
+def test_momentum_warmup_ramps_beta_and_survives_a_resume():
+    cfg = OuterConfig(name="nesterov", lr=0.7, momentum=0.9, momentum_warmup=2)
+    outer = OuterOptimizer(torch.zeros(3), cfg)
+    # step 0: β 0 (FedAvg at lr 0.7); step 1: β 0.45, buffer starts at Δ; step 2 on: β 0.9
+    expect = [-0.7, -0.7 - 0.7 * (2 + 0.45 * 2), -2.73 - 0.7 * (3 + 0.9 * (0.9 * 2 + 3))]
+    for d, e in zip((1.0, 2.0, 3.0), expect):
+        outer.step(torch.full((3,), d))
+        torch.testing.assert_close(outer.params, torch.full((3,), e))
+    assert [outer.momentum_at(s) for s in (0, 1, 2, 9)] == [0.0, 0.45, 0.9, 0.9]
+    # a run interrupted after step 1 and resumed from its state ends where the uninterrupted one does
+    a = OuterOptimizer(torch.zeros(3), cfg)
+    a.step(torch.full((3,), 1.0))
+    b = OuterOptimizer(torch.zeros(3), cfg)
+    b.load_state_dict(a.state_dict())
+    for d in (2.0, 3.0):
+        b.step(torch.full((3,), d))
+    torch.testing.assert_close(b.params, outer.params, rtol=0, atol=0)
+    old = a.state_dict()
+    del old["steps"]                      # a checkpoint from before the warmup existed: refused, not restarted
+    with pytest.raises(ValueError, match="outer step count"):
+        OuterOptimizer(torch.zeros(3), cfg).load_state_dict(old)
+
+
+@pytest.mark.parametrize("kw, msg", [({"name": "fedavg", "momentum_warmup": 3}, "fedavg has none"),
+                                     ({"name": "nesterov", "momentum_warmup": -1}, "int >= 0"),
+                                     ({"name": "nesterov", "momentum_warmup": 2.5}, "int >= 0")])
+def test_momentum_warmup_config_is_checked(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        OuterConfig(**kw)
+
+
 def test_optimizer_state_survives_rounds(trainer):
     theta0 = get_flat(trainer.raw_model).clone()
     ht = trainer.new_holder(7, _data(7), seed=1, total_steps=20)
