@@ -55,7 +55,7 @@ def row_name(a: argparse.Namespace) -> str:
         parts = [a.size, a.partition, "central", f"lr{a.central_lr or SIZES[a.size]['central_lr']:g}"]
     else:
         parts = [a.size, a.partition, "fed", a.outer, f"olr{a.outer_lr:g}", f"h{a.h}", f"ilr{a.inner_lr_ratio:g}"]
-        if getattr(a, "momentum_warmup", 0):
+        if a.momentum_warmup:
             parts.append(f"mw{a.momentum_warmup}")
         if a.secure:
             parts.append("secagg")
@@ -89,7 +89,7 @@ def overrides(a: argparse.Namespace) -> tuple[list[str], dict]:
     ]
     if fed:
         sets += [f"outer.name={a.outer}", f"outer.lr={a.outer_lr}", "outer.momentum=0.9"]
-        if getattr(a, "momentum_warmup", 0):
+        if a.momentum_warmup:
             sets.append(f"outer.momentum_warmup={a.momentum_warmup}")
     else:
         sets += ["outer.name=fedavg", "outer.lr=1.0"]

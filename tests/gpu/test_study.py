@@ -24,7 +24,7 @@ corpus = _load("build_corpus")
 def _args(**kw):
     base = dict(size="20m", side="fed", partition="iid", outer="nesterov", outer_lr=0.7, h=32, inner_lr_ratio=0.5,
                 central_lr=None, tokens=1e8, evals=12, eval_fraction=0.01, seed=0, fused="auto", secure=False,
-                clip=1e6, corpus="/c", set=None, preset="gpu-20m", backend="inproc", ray_cpus_per_holder=3.0)
+                clip=1e6, corpus="/c", set=None, momentum_warmup=0, preset="gpu-20m", backend="inproc", ray_cpus_per_holder=3.0)
     base.update(kw)
     return argparse.Namespace(**base)
 
