@@ -125,6 +125,9 @@ def main() -> None:
     ap.add_argument("--cases", default="overhead,share", help="comma-separated: overhead, share")
     ap.add_argument("--host-too", action="store_true",
                     help="overhead: also the secure run with clip + round on the host (train.encode_on=host)")
+    ap.add_argument("--share-plain", action="store_true",
+                    help="share: also the plain run, to tell whether the secure round's train stage is longer "
+                         "(mask expansion runs on the host while the holders train, secagg.md §6.5)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="rounds per run instead of each case's 2 (1: round 1 only, which also pays for compilation; "
                          "its aggregate stage is the steady one's, its train stage is not)")
@@ -150,7 +153,8 @@ def main() -> None:
     for name in a.cases.split(","):
         overrides, rounds = cases[name]
         rounds = a.rounds or rounds
-        modes = (("plain", "secagg") + (("secagg-host",) if a.host_too else ())) if name == "overhead" else ("secagg",)
+        modes = (("plain", "secagg") + (("secagg-host",) if a.host_too else ())) if name == "overhead" \
+            else (("plain",) if a.share_plain else ()) + ("secagg",)
         overrides = overrides + a.set
         got = {m: run(name, overrides, rounds, m, out, a.backend) for m in modes}
         case = {"overrides": overrides, "rounds_run": rounds, "runs": got}
@@ -168,6 +172,11 @@ def main() -> None:
                         aggregate_share=round(st.get("aggregate", 0.0) / sec["seconds"], 4),
                         keys_and_aggregate_share=round((st.get("aggregate", 0.0) + st.get("secagg_keys", 0.0))
                                                        / sec["seconds"], 4), target=0.10, old=0.80)
+            if "plain" in got:   # the same round without secure aggregation: is the secure train stage longer?
+                plain = steady(got["plain"]["rounds"])
+                case.update(plain_round_s=plain["seconds"],
+                            secure_over_plain=round(sec["seconds"] / plain["seconds"], 4),
+                            train_stage_secure_over_plain=round(st["train"] / plain["stage_seconds"]["train"], 4))
         result["cases"][name] = case
         log.info("%s: %s", name, {k: v for k, v in case.items() if k not in ("runs", "overrides")})
         (out / "secure_overhead.json").write_text(json.dumps(result, indent=1) + "\n")   # after each case

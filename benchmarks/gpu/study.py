@@ -88,11 +88,10 @@ def overrides(a: argparse.Namespace) -> tuple[list[str], dict]:
         f"aggregation.mode={'secagg' if (fed and a.secure) else 'plain'}",
     ]
     if fed:
-        sets += [f"outer.name={a.outer}", f"outer.lr={a.outer_lr}", "outer.momentum=0.9"]
-        if a.momentum_warmup:
-            sets.append(f"outer.momentum_warmup={a.momentum_warmup}")
+        sets += [f"outer.name={a.outer}", f"outer.lr={a.outer_lr}", "outer.momentum=0.9",
+                 f"outer.momentum_warmup={a.momentum_warmup}"]   # always: the preset may carry its own warmup
     else:
-        sets += ["outer.name=fedavg", "outer.lr=1.0"]
+        sets += ["outer.name=fedavg", "outer.lr=1.0", "outer.momentum_warmup=0"]
     info = dict(rounds=rounds, eval_every=eval_every, tokens_per_round=tokens_per_round, holders=holders,
                 batch=batch, inner_lr=central_lr * (a.inner_lr_ratio if fed else 1.0), central_lr=central_lr)
     return sets + list(a.set or []), info

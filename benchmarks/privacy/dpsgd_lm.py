@@ -52,7 +52,8 @@ def row_sets(a: argparse.Namespace) -> tuple[str, list[str]]:
              f"train.warmup_steps={a.warmup}", "train.min_lr_ratio=0.1", "train.grad_clip=1.0",
              f"federation.n_holders={N_HOLDERS}", f"federation.rounds={a.rounds}", "federation.eval_every=1",
              "federation.weighting=uniform", "federation.checkpoint_every=100", "baseline=false",
-             "privacy.mode=none", "privacy.clip=1000", "aggregation.mode=secagg", "outer.name=fedavg", "outer.lr=1.0"]
+             "privacy.mode=none", "privacy.clip=1000", "aggregation.mode=secagg", "outer.name=fedavg", "outer.lr=1.0",
+             "outer.momentum_warmup=0"]   # gpu-20m's own outer optimizer is Nesterov with a warmup
     if a.sigma is None:   # the non-private trainer, as users run it (compile + Liger on the GPU)
         sets += ["train.dp_sgd.enabled=false", f"train.compile={'false' if a.tiny else 'true'}"]
     else:

@@ -105,3 +105,34 @@ def test_a_ray_row_asks_simulate_for_a_quarter_gpu_per_holder_and_central_rows_r
     assert plain.backend == "inproc" and _ray_options(plain) is None
     with pytest.raises(SystemExit, match="federated rows"):
         study.simulate_argv(_args(side="central", backend="ray", ray_cpus_per_holder=3.0), Path("/r/z"), sets)
+
+
+@pytest.mark.parametrize("kw", [dict(side="central"), dict(outer="fedavg", outer_lr=1.0), dict(),
+                                dict(momentum_warmup=28), dict(size="75m"), dict(size="125m", outer="fedavg")])
+def test_every_row_kind_loads_on_its_preset(kw):
+    """A row's overrides on top of its preset (gpu-20m's own outer optimizer is Nesterov with a 28-round warmup,
+    RESULTS.md (v14)) give a valid config whose outer optimizer is the row's, warmup included."""
+    from securefed.runtime.config import load_run_config
+
+    a = _args(**kw)
+    a.preset = f"gpu-{a.size}"
+    sets, _ = study.overrides(a)
+    cfg = load_run_config(preset=a.preset, overrides=tuple(sets))
+    want = ("fedavg", 1.0, 0) if a.side == "central" else (a.outer, a.outer_lr, a.momentum_warmup)
+    assert (cfg.outer.name, cfg.outer.lr, cfg.outer.momentum_warmup) == want
+
+
+def test_dpsgd_lm_rows_load_on_gpu_20m():
+    """benchmarks/privacy/dpsgd_lm.py's rows are FedAvg on gpu-20m's data and trainer, DP-SGD on or off."""
+    from securefed.runtime.config import load_run_config
+
+    spec = importlib.util.spec_from_file_location("dpsgd_lm", _GPU.parent / "privacy" / "dpsgd_lm.py")
+    dp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dp)
+    for sigma in (None, 0.6586):
+        a = argparse.Namespace(tiny=False, size="20m", corpus="/c", seed=0, batch=512, micro=32, h=8, rounds=4,
+                               lr=3e-3, warmup=2, sigma=sigma, clipping="ghost", set=None)
+        preset, sets = dp.row_sets(a)
+        cfg = load_run_config(preset=preset, overrides=tuple(sets))
+        assert (cfg.outer.name, cfg.outer.momentum_warmup) == ("fedavg", 0)
+        assert cfg.train.dp_sgd.enabled == (sigma is not None)
