@@ -115,8 +115,8 @@ class StageBoard:
                 else:
                     total, digest = sha256_parts([payload])
                     self._digest_cache = (payload, total, digest)   # holds a reference: identity stays sound
-        else:
-            total, digest = sha256_parts([payload])
+        else:                             # hashed as it streams (the trailer, transport.md §4.1)
+            total, digest = len(payload), None
         yield from iter_stream_frames(self.run_id, r, s, kind, [payload], total_len=total, digest=digest,
                                       chunk_size=self.chunk_size)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 
 from securefed.transport.frames import (DEFAULT_CHUNK, Ack, FetchRequest, FrameError, Kind, decode, encode,
-                                        iter_stream_frames, sha256_parts)
+                                        iter_stream_frames)
 from securefed.transport.service import MAX_JSON, Stub, make_channel, parse_json
 from securefed.transport.stream import BytesSink, StreamReceiver, expect_header
 
@@ -113,12 +113,13 @@ class TransportClient:
 
     def submit(self, round_index: int, stage: int, kind: Kind, parts: Iterable[bytes | memoryview] | bytes, *,
                timeout: float) -> None:
-        """Stream a payload (bytes or re-iterable parts) with its length and SHA-256 commitment (§4.1)."""
+        """Stream a payload (bytes or parts): its length in the header, its SHA-256, taken while the chunks go
+        out, in the trailer (§4.1)."""
         if isinstance(parts, (bytes, bytearray, memoryview)):
             parts = [parts]
         parts = list(parts)
-        total, digest = sha256_parts(parts)
-        frames = iter_stream_frames(self.run_id, round_index, stage, kind, parts, total_len=total, digest=digest,
+        total = sum(memoryview(p).nbytes for p in parts)
+        frames = iter_stream_frames(self.run_id, round_index, stage, kind, parts, total_len=total,
                                     chunk_size=self.chunk_size)
 
         def counted():

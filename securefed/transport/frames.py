@@ -1,8 +1,8 @@
 """Frames: the only bytes that cross the gRPC service (protocols/transport.md §3, §4).
 
 Every gRPC message is exactly one frame (``"SFTR" ‖ version ‖ type ‖ body``, big-endian integers).
-A *stream* is one HEADER frame followed by CHUNK frames whose payloads concatenate to ``total_len``
-bytes with SHA-256 ``digest``. Chunks are at most ``chunk_size`` ≤ MAX_CHUNK bytes, so no gRPC message
+A *stream* is one HEADER frame, CHUNK frames whose payloads concatenate to ``total_len`` bytes, and one
+TRAILER frame with their SHA-256 (version 2: the sender hashes as it sends, not in a pass before). Chunks are at most ``chunk_size`` ≤ MAX_CHUNK bytes, so no gRPC message
 comes near the transport's message cap, however large the payload (a 1.3B-parameter update is ~5 GB).
 
 The decoder validates magic, version, type, every length and value range, and rejects trailing
@@ -19,17 +19,18 @@ from enum import IntEnum
 
 __all__ = [
     "VERSION", "MAGIC", "MAX_CHUNK", "DEFAULT_CHUNK", "MAX_FRAME", "FrameError", "Kind", "FrameType",
-    "Header", "Chunk", "FetchRequest", "Ack", "encode", "decode", "iter_stream_frames",
+    "Header", "Chunk", "Trailer", "FetchRequest", "Ack", "encode", "decode", "iter_stream_frames",
 ]
 
 MAGIC = b"SFTR"
-VERSION = 1
+VERSION = 2                  # 2: the digest moved from the HEADER to a TRAILER frame (transport.md §3, §4.1)
 MAX_CHUNK = 4 << 20          # 4 MiB: the largest payload one frame may carry
 DEFAULT_CHUNK = 1 << 20      # 1 MiB
 MAX_FRAME = MAX_CHUNK + 64   # header/chunk overhead < 64 bytes; gRPC's limits are set from this
 MAX_REASON = 256
 _PREFIX = struct.Struct(">4sBB")
-_HEADER = struct.Struct(">16sIBBQ32sI")      # run_id, round, stage, kind, total_len, digest, chunk_size
+_HEADER = struct.Struct(">16sIBBQI")         # run_id, round, stage, kind, total_len, chunk_size
+_TRAILER = struct.Struct(">32s")             # SHA-256 of the stream's payload
 _CHUNK = struct.Struct(">IQI")               # seq, offset, length
 _FETCH = struct.Struct(">16sIBI")            # run_id, round, stage, wait_ms
 _ACK = struct.Struct(">BH")                  # status, reason length
@@ -44,6 +45,7 @@ class FrameType(IntEnum):
     CHUNK = 2
     FETCH = 3
     ACK = 4
+    TRAILER = 5
 
 
 class Kind(IntEnum):
@@ -71,7 +73,6 @@ class Header:
     stage: int
     kind: Kind
     total_len: int
-    digest: bytes
     chunk_size: int = DEFAULT_CHUNK
 
     def __post_init__(self) -> None:
@@ -81,7 +82,6 @@ class Header:
         if not isinstance(self.kind, Kind):
             raise FrameError("kind must be a transport Kind")
         _check_int("total_len", self.total_len, 0, 2**64 - 1)
-        _check_bytes("digest", self.digest, 32)
         _check_int("chunk_size", self.chunk_size, 1, MAX_CHUNK)
 
 
@@ -98,6 +98,16 @@ class Chunk:
             raise FrameError("chunk data must be bytes")
         if not 0 < len(self.data) <= MAX_CHUNK:
             raise FrameError(f"chunk length {len(self.data)} outside [1, {MAX_CHUNK}]")
+
+
+@dataclass(frozen=True)
+class Trailer:
+    """The end of a stream: SHA-256 of its payload, computed by the sender while it sent the chunks."""
+
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        _check_bytes("digest", self.digest, 32)
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,7 @@ class Ack:
             raise FrameError(f"ack reason must be a str of at most {MAX_REASON} bytes")
 
 
-Frame = Header | Chunk | FetchRequest | Ack
+Frame = Header | Chunk | Trailer | FetchRequest | Ack
 
 
 def _check_int(name: str, v: object, lo: int, hi: int) -> None:
@@ -148,8 +158,10 @@ def encode(frame: Frame) -> bytes:
     """One frame → bytes (protocols/transport.md §3)."""
     if isinstance(frame, Header):
         body = _HEADER.pack(frame.run_id, frame.round, frame.stage, int(frame.kind), frame.total_len,
-                            frame.digest, frame.chunk_size)
+                            frame.chunk_size)
         return _PREFIX.pack(MAGIC, VERSION, FrameType.HEADER) + body
+    if isinstance(frame, Trailer):
+        return _PREFIX.pack(MAGIC, VERSION, FrameType.TRAILER) + _TRAILER.pack(frame.digest)
     if isinstance(frame, Chunk):
         return b"".join((_PREFIX.pack(MAGIC, VERSION, FrameType.CHUNK),
                          _CHUNK.pack(frame.seq, frame.offset, len(frame.data)), frame.data))
@@ -159,7 +171,7 @@ def encode(frame: Frame) -> bytes:
     if isinstance(frame, Ack):
         reason = frame.reason.encode()
         return _PREFIX.pack(MAGIC, VERSION, FrameType.ACK) + _ACK.pack(frame.status, len(reason)) + reason
-    raise TypeError(f"frame must be a Header, Chunk, FetchRequest or Ack, not {type(frame).__name__}")
+    raise TypeError(f"frame must be a Header, Chunk, Trailer, FetchRequest or Ack, not {type(frame).__name__}")
 
 
 def decode(data: bytes) -> Frame:
@@ -180,12 +192,15 @@ def decode(data: bytes) -> Frame:
     body = data[_PREFIX.size:]
     if ftype == FrameType.HEADER:
         _exact(body, _HEADER.size, "header")
-        run_id, rnd, stage, kind, total, digest, csize = _HEADER.unpack(bytes(body))
+        run_id, rnd, stage, kind, total, csize = _HEADER.unpack(bytes(body))
         try:
             kind = Kind(kind)
         except ValueError:
             raise FrameError(f"unknown stream kind {kind}") from None
-        return Header(run_id, rnd, stage, kind, total, digest, csize)
+        return Header(run_id, rnd, stage, kind, total, csize)
+    if ftype == FrameType.TRAILER:
+        _exact(body, _TRAILER.size, "trailer")
+        return Trailer(*_TRAILER.unpack(bytes(body)))
     if ftype == FrameType.CHUNK:
         if len(body) < _CHUNK.size:
             raise FrameError("chunk frame shorter than its fields")
@@ -214,19 +229,24 @@ def _exact(body: bytes, n: int, what: str) -> None:
 
 
 def iter_stream_frames(run_id: bytes, round_index: int, stage: int, kind: Kind, parts: Iterable[bytes | memoryview],
-                       *, total_len: int, digest: bytes, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
-    """Encoded HEADER then CHUNK frames re-cut from ``parts`` into chunk_size pieces (§4.1).
+                       *, total_len: int, chunk_size: int = DEFAULT_CHUNK, digest: bytes | None = None) -> Iterator[bytes]:
+    """Encoded HEADER, CHUNK frames re-cut from ``parts`` into chunk_size pieces, then the TRAILER (§4.1).
 
-    ``total_len`` and ``digest`` are the sender's commitment, known before the first chunk (the sender
-    hashes its payload first; for a large vector that is one extra pass over memory it already holds).
+    The SHA-256 is taken chunk by chunk as the frames go out, so hashing overlaps sending instead of being a
+    pass over the whole payload before the first byte leaves (at 1.3B coordinates, 5.3 GB per holder).
+    ``digest``: a hash the caller already holds for exactly these bytes (the coordinator's θ, hashed once per
+    round for every holder); the receiver checks it like any other, so a wrong one is a refused stream.
     """
-    yield encode(Header(run_id, round_index, stage, kind, total_len, digest, chunk_size))
+    yield encode(Header(run_id, round_index, stage, kind, total_len, chunk_size))
+    h = hashlib.sha256() if digest is None else None
     seq, offset, pending = 0, 0, bytearray()
     for part in parts:
         mv = memoryview(part).cast("B")
         while len(mv):
             if not pending and len(mv) >= chunk_size:      # fast path: no copy into the pending buffer
                 piece, mv = mv[:chunk_size], mv[chunk_size:]
+                if h is not None:
+                    h.update(piece)
                 yield encode(Chunk(seq, offset, piece))        # one copy: into the frame
                 seq, offset = seq + 1, offset + len(piece)
                 continue
@@ -234,13 +254,18 @@ def iter_stream_frames(run_id: bytes, round_index: int, stage: int, kind: Kind, 
             pending += mv[:take]
             mv = mv[take:]
             if len(pending) == chunk_size:
+                if h is not None:
+                    h.update(pending)
                 yield encode(Chunk(seq, offset, bytes(pending)))
                 seq, offset, pending = seq + 1, offset + len(pending), bytearray()
     if pending:
+        if h is not None:
+            h.update(pending)
         yield encode(Chunk(seq, offset, bytes(pending)))
         offset += len(pending)
     if offset != total_len:
         raise FrameError(f"payload has {offset} bytes, the header committed to {total_len}")
+    yield encode(Trailer(h.digest() if h is not None else digest))
 
 
 def sha256_parts(parts: Iterable[bytes | memoryview]) -> tuple[int, bytes]:

@@ -2,8 +2,8 @@
 
 ``StreamReceiver`` consumes decoded frames of one stream: the header must be the expected one (run,
 round, stage, kind; total_len within the receiver's cap), chunks must arrive in order with contiguous
-offsets, no byte past total_len; at the end the length and SHA-256 must match the header. Payload bytes
-go to a *sink* as they arrive:
+offsets, no byte past total_len; then the TRAILER, whose SHA-256 must match the bytes received, and
+``finish()``. Payload bytes go to a *sink* as they arrive:
 
 - ``BytesSink``: collects a small payload (secagg control messages, JSON) — used only after
   ``finish()`` has verified it;
@@ -18,7 +18,7 @@ import hashlib
 import hmac
 from typing import Protocol
 
-from securefed.transport.frames import Chunk, FrameError, Header, Kind
+from securefed.transport.frames import Chunk, FrameError, Header, Kind, Trailer
 
 __all__ = ["Sink", "BytesSink", "StreamReceiver", "expect_header"]
 
@@ -78,20 +78,26 @@ def expect_header(h: object, *, run_id: bytes, round_index: int, stage: int | No
 
 
 class StreamReceiver:
-    """One stream: feed chunk frames, then ``finish()``. Any error aborts the sink (§4.2)."""
+    """One stream: feed its chunk frames and its trailer, then ``finish()``. Any error aborts the sink (§4.2)."""
 
     def __init__(self, header: Header, sink: Sink) -> None:
         self.header, self.sink = header, sink
         self.received, self.next_seq = 0, 0
         self._hash = hashlib.sha256()
+        self.verified = False           # the trailer came, after every byte, and its SHA-256 matched
         self.closed = False
 
     def feed(self, frame: object) -> None:
         if self.closed:
             raise FrameError("stream already closed")
         try:
+            if self.verified:
+                raise FrameError("frame after the stream's trailer")
+            if isinstance(frame, Trailer):
+                self._check_trailer(frame)
+                return
             if not isinstance(frame, Chunk):
-                raise FrameError("expected a chunk frame")
+                raise FrameError("expected a chunk or trailer frame")
             if frame.seq != self.next_seq or frame.offset != self.received:
                 raise FrameError(f"chunk {frame.seq} at offset {frame.offset} out of order")
             n = len(frame.data)
@@ -107,15 +113,22 @@ class StreamReceiver:
             self._fail()
             raise
 
+    def _check_trailer(self, t: Trailer) -> None:
+        if self.received != self.header.total_len:
+            raise FrameError(f"stream truncated: {self.received} of {self.header.total_len} bytes")
+        if not hmac.compare_digest(self._hash.digest(), t.digest):
+            raise FrameError("stream SHA-256 does not match its trailer")
+        self.verified = True
+
     def finish(self) -> None:
-        """Verify total length and SHA-256 (§4.2); only then commit the sink."""
+        """The stream ended: commit the sink only if every byte came and the trailer verified them (§4.2)."""
         if self.closed:
             raise FrameError("stream already closed")
         try:
             if self.received != self.header.total_len:
                 raise FrameError(f"stream truncated: {self.received} of {self.header.total_len} bytes")
-            if not hmac.compare_digest(self._hash.digest(), self.header.digest):
-                raise FrameError("stream SHA-256 does not match its header")
+            if not self.verified:
+                raise FrameError("stream ended without its trailer")
             self.sink.commit()
             self.closed = True
         except BaseException:

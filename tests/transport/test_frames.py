@@ -1,21 +1,22 @@
-"""Frames and streams: round trips, chunk bounds, integrity (length + SHA-256), hostile input."""
+"""Frames and streams: round trips, chunk bounds, integrity (length + the trailer's SHA-256), hostile input."""
 
 import hashlib
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from securefed.transport.frames import (DEFAULT_CHUNK, MAX_CHUNK, MAX_FRAME, Ack, Chunk, FetchRequest, FrameError,
-                                        Header, Kind, decode, encode, iter_stream_frames)
+from securefed.transport.frames import (DEFAULT_CHUNK, MAX_CHUNK, MAX_FRAME, VERSION, Ack, Chunk, FetchRequest,
+                                        FrameError, Header, Kind, Trailer, decode, encode, iter_stream_frames)
 from securefed.transport.stream import BytesSink, StreamReceiver, expect_header
 
 RUN = bytes(range(16))
 
 
-def _stream(payload: bytes, chunk: int, *, parts=None):
+def _stream(payload: bytes, chunk: int, *, parts=None, digest=None):
+    """[HEADER, CHUNK…, TRAILER], decoded; the sender hashes as it sends unless given ``digest``."""
     parts = parts if parts is not None else [payload]
     return [decode(f) for f in iter_stream_frames(RUN, 3, 4, Kind.SECAGG, parts, total_len=len(payload),
-                                                  digest=hashlib.sha256(payload).digest(), chunk_size=chunk)]
+                                                  chunk_size=chunk, digest=digest)]
 
 
 def _receive(frames, cap=1 << 30):
@@ -29,8 +30,9 @@ def _receive(frames, cap=1 << 30):
 
 
 @pytest.mark.parametrize("frame", [
-    Header(RUN, 7, 2, Kind.MODEL, 123, b"\x01" * 32, 4096),
+    Header(RUN, 7, 2, Kind.MODEL, 123, 4096),
     Chunk(5, 1 << 40, b"abc"),
+    Trailer(bytes(range(32))),
     FetchRequest(RUN, 9, 6, 1500),
     Ack(1, "refused"),
 ])
@@ -42,8 +44,9 @@ def test_round_trip(frame):
 def test_chunking_reassembles_and_respects_chunk_size(size, chunk):
     payload = bytes((i * 31) % 251 for i in range(size))
     frames = _stream(payload, chunk)
-    assert all(len(c.data) <= chunk for c in frames[1:])
-    assert len(frames) - 1 == -(-size // chunk)          # ceil(size / chunk) chunks
+    assert all(len(c.data) <= chunk for c in frames[1:-1])
+    assert len(frames) - 2 == -(-size // chunk)          # ceil(size / chunk) chunks between header and trailer
+    assert frames[-1] == Trailer(hashlib.sha256(payload).digest())
     assert _receive(frames) == payload
 
 
@@ -51,21 +54,43 @@ def test_parts_are_recut_into_full_chunks():
     payload = bytes(range(256)) * 10
     parts = [payload[:5], payload[5:700], payload[700:701], payload[701:]]
     frames = _stream(payload, 256, parts=parts)
-    assert [len(c.data) for c in frames[1:]] == [256] * 10
+    assert [len(c.data) for c in frames[1:-1]] == [256] * 10
     assert _receive(frames) == payload
 
 
 def test_no_frame_near_grpc_limits():
     payload = b"\x00" * (MAX_CHUNK * 2 + 5)
-    raw = list(iter_stream_frames(RUN, 0, 0, Kind.MODEL, [payload], total_len=len(payload),
-                                  digest=hashlib.sha256(payload).digest(), chunk_size=MAX_CHUNK))
+    raw = list(iter_stream_frames(RUN, 0, 0, Kind.MODEL, [payload], total_len=len(payload), chunk_size=MAX_CHUNK))
     assert max(len(f) for f in raw) <= MAX_FRAME < 8 << 20
 
 
 def test_truncated_stream_rejected():
     frames = _stream(b"x" * 100, 10)
     with pytest.raises(FrameError, match="truncated"):
+        _receive(frames[:-2])                        # a chunk and the trailer missing
+    with pytest.raises(FrameError, match="truncated"):
+        _receive(frames[:-2] + frames[-1:])          # the trailer before the last chunk
+
+
+def test_stream_without_its_trailer_is_not_committed():
+    frames = _stream(b"x" * 100, 10)
+    with pytest.raises(FrameError, match="without its trailer"):
         _receive(frames[:-1])
+
+
+def test_nothing_may_follow_the_trailer():
+    frames = _stream(b"x" * 100, 10)
+    with pytest.raises(FrameError, match="after the stream's trailer"):
+        _receive(frames + frames[-1:])
+
+
+def test_a_digest_the_sender_holds_is_sent_and_checked_like_any_other():
+    """The coordinator sends one θ to every holder with the digest it took once per round; a wrong one is a
+    refused stream at the holder (fails closed), a right one gives the same frames as hashing on the fly."""
+    payload = bytes(range(256)) * 3
+    assert _stream(payload, 100, digest=hashlib.sha256(payload).digest()) == _stream(payload, 100)
+    with pytest.raises(FrameError, match="SHA-256"):
+        _receive(_stream(payload, 100, digest=hashlib.sha256(b"another").digest()))
 
 
 def test_tampered_chunk_rejected_by_hash():
@@ -77,7 +102,7 @@ def test_tampered_chunk_rejected_by_hash():
 
 def test_overlong_stream_rejected():
     frames = _stream(b"x" * 100, 10)
-    frames.append(Chunk(10, 100, b"z"))
+    frames.insert(-1, Chunk(10, 100, b"z"))          # one byte past total_len, before the trailer
     with pytest.raises(FrameError, match="longer"):
         _receive(frames)
 
@@ -98,15 +123,17 @@ def test_oversized_header_rejected_before_any_chunk():
 @pytest.mark.parametrize("field,value,msg", [("run_id", b"\x00" * 16, "another run"), ("round", 4, "round 4"),
                                              ("stage", 5, "stage 5"), ("kind", Kind.MODEL, "kind")])
 def test_header_for_another_run_round_stage_or_kind_rejected(field, value, msg):
-    h = dict(run_id=RUN, round=3, stage=4, kind=Kind.SECAGG, total_len=1, digest=b"\x00" * 32)
+    h = dict(run_id=RUN, round=3, stage=4, kind=Kind.SECAGG, total_len=1)
     h[field] = value
     with pytest.raises(FrameError, match=msg):
         expect_header(Header(**h), run_id=RUN, round_index=3, stage=4, kinds=(Kind.SECAGG,), max_len=10)
 
 
-@pytest.mark.parametrize("bad", [b"", b"SFTR", b"XXXX\x01\x01", b"SFTR\x02\x01" + b"\x00" * 70, b"SFTR\x01\x09",
+@pytest.mark.parametrize("bad", [b"", b"SFTR", b"XXXX\x02\x01", b"SFTR\x02\x01" + b"\x00" * 70, b"SFTR\x02\x09",
                                  encode(Chunk(0, 0, b"ab"))[:-1], encode(Chunk(0, 0, b"ab")) + b"!",
-                                 b"SFTR\x01\x02" + b"\x00" * 16, b"SFTR\x01\x04\x00\x00\x05ab"])
+                                 b"SFTR\x02\x02" + b"\x00" * 16, b"SFTR\x02\x04\x00\x00\x05ab",
+                                 b"SFTR\x02\x05" + b"\x00" * 31, b"SFTR\x02\x05" + b"\x00" * 33,
+                                 b"SFTR\x03\x05" + b"\x00" * 32])
 def test_malformed_frames_raise_frame_error(bad):
     with pytest.raises(FrameError):
         decode(bad)
@@ -127,17 +154,19 @@ def test_fuzz_decode_only_frame_error(data):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 3), st.binary(min_size=1, max_size=60))
+@given(st.integers(0, 6), st.binary(min_size=1, max_size=60))
 def test_fuzz_valid_prefix_garbage_body(ftype, body):
     try:
-        decode(b"SFTR\x01" + bytes([ftype]) + body)
+        decode(b"SFTR" + bytes([VERSION, ftype]) + body)
     except FrameError:
         pass
 
 
 def test_constructors_validate_fields():
     with pytest.raises(FrameError, match="run_id"):
-        Header(b"short", 0, 0, Kind.MODEL, 0, b"\x00" * 32)
+        Header(b"short", 0, 0, Kind.MODEL, 0)
+    with pytest.raises(FrameError, match="digest"):
+        Trailer(b"\x00" * 31)
     with pytest.raises(FrameError, match="chunk length"):
         Chunk(0, 0, b"x" * (MAX_CHUNK + 1))
     with pytest.raises(FrameError, match="round"):
@@ -152,7 +181,7 @@ def test_stage_and_reply_streams_round_trip_and_are_not_interchangeable():
     payload = b"SFFM" + bytes(range(200))
     for kind in (Kind.STAGE, Kind.REPLY):
         frames = [decode(f) for f in iter_stream_frames(RUN, 3, 4, kind, [payload], total_len=len(payload),
-                                                         digest=hashlib.sha256(payload).digest(), chunk_size=64)]
+                                                         chunk_size=64)]
         h = expect_header(frames[0], run_id=RUN, round_index=3, stage=4, kinds=(kind,), max_len=1 << 20)
         sink = BytesSink(h.total_len)
         rx = StreamReceiver(h, sink)
@@ -268,6 +297,13 @@ def test_holders_fetching_one_model_at_once_hash_it_once(monkeypatch):
     for t in threads:
         t.join()
     assert len(calls) == 1 and len(got) == 3 and got[0] == got[1] == got[2]
-    list(b._frames(1, 3, Kind.STAGE, b"small"))
-    list(b._frames(1, 3, Kind.STAGE, b"small"))
-    assert len(calls) == 3                           # small payloads are hashed each time (no cache to keep)
+    small = [decode(f) for f in b._frames(1, 3, Kind.STAGE, b"small")]
+    assert len(calls) == 1                           # small payloads are hashed as they stream, into the trailer
+    assert small[-1].digest == hashlib.sha256(b"small").digest()
+
+
+def test_a_version_1_peer_is_refused_by_name():
+    """Version 2 moved the digest from the header to a trailer: a version-1 frame (an old coordinator or holder)
+    is one clear error naming the version, not a misparsed header."""
+    with pytest.raises(FrameError, match="unsupported frame version 1"):
+        decode(b"SFTR\x01\x01" + b"\x00" * 66)

@@ -9,7 +9,6 @@ its own open stage drops it from that stage (S6) and the round completes without
 mid-stream is undone and the round completes without that holder; central DP over the network is noised and
 accounted."""
 
-import hashlib
 
 import grpc
 import numpy as np
@@ -22,7 +21,7 @@ from securefed.federation.stages import Stage
 from securefed.privacy.ledger import read_ledger
 from securefed.transport import accumulate
 from securefed.transport.client import Refused, TransportClient
-from securefed.transport.frames import FetchRequest, Header, Kind, decode, encode, iter_stream_frames, sha256_parts
+from securefed.transport.frames import FetchRequest, Header, Kind, decode, encode, iter_stream_frames
 from securefed.transport.pki import make_demo_pki
 from securefed.transport.service import load_client_credentials
 
@@ -56,7 +55,7 @@ def _hostile(fed: NetFederation) -> None:
         c.submit(2, s, Kind.REPLY, b"SFFM\x01\x04{}", timeout=10)
     with pytest.raises(Refused):                        # the coordinator's kind of stream
         c.submit(1, s, Kind.STAGE, b"SFFM", timeout=10)
-    huge = Header(fed.coord.run_id, 1, s, Kind.REPLY, 1 << 40, hashlib.sha256(b"").digest())
+    huge = Header(fed.coord.run_id, 1, s, Kind.REPLY, 1 << 40)
     assert decode(c.stub.submit(iter([encode(huge)]), timeout=10)).status == 1
     assert c.status(timeout=10)["board"]["round"] == 0          # still serving
     c.close()
@@ -68,7 +67,7 @@ def _oversized_reply(fed: NetFederation, r: int, stage: int) -> None:
     c = TransportClient(fed.target, fed.creds(1))
     c.set_run(fed.coord.run_id)
     assert c.status(timeout=10)["board"]["stage"] == stage
-    huge = Header(fed.coord.run_id, r, stage, Kind.REPLY, 1 << 40, hashlib.sha256(b"").digest())
+    huge = Header(fed.coord.run_id, r, stage, Kind.REPLY, 1 << 40)
     assert decode(c.stub.submit(iter([encode(huge)]), timeout=10)).status == 1
     assert c.status(timeout=10)["board"]["round"] == r
     c.close()
@@ -122,7 +121,7 @@ def test_garbage_only_never_crashes_fetch_parsing(tmp_path):
     try:
         assert c.join(encode_message(Hello(2)), timeout=20) == b"welcome"
         for bad in (b"", b"SFTR", b"\xff" * 100, encode(FetchRequest(b"\x05" * 16, 0, 200, 10)),
-                    encode(Header(b"\x05" * 16, 1, 0, Kind.STAGE, 5, b"\x00" * 32))):
+                    encode(Header(b"\x05" * 16, 1, 0, Kind.STAGE, 5))):
             frames = [decode(f) for f in c.stub.fetch(bad, timeout=10)]
             assert frames and frames[0].kind == Kind.WAIT
         with pytest.raises(grpc.RpcError) as e:
@@ -159,9 +158,8 @@ def test_masked_upload_cut_mid_stream_is_undone_and_round_completes(tmp_path, ne
             return reply
         tc = TransportClient(fed.target, fed.creds(4))
         tc.set_run(fed.coord.run_id)
-        total, digest = sha256_parts([reply])
-        frames = list(iter_stream_frames(fed.coord.run_id, r, stage, Kind.REPLY, [reply], total_len=total,
-                                         digest=digest, chunk_size=1 << 16))
+        frames = list(iter_stream_frames(fed.coord.run_id, r, stage, Kind.REPLY, [reply], total_len=len(reply),
+                                         chunk_size=1 << 16))
 
         def half():
             yield from frames[: len(frames) // 2]
