@@ -153,8 +153,8 @@ class OuterConfig:
                 or self.momentum_warmup < 0:
             raise ValueError(f"outer.momentum_warmup must be an int >= 0, got {self.momentum_warmup!r}")
         if self.momentum_warmup and self.name == "fedavg":
-            raise ValueError("outer.momentum_warmup ramps the outer momentum, and fedavg has none: "
-                             "use outer.name=fedmom or nesterov, or drop momentum_warmup")
+            raise ValueError(f"outer.momentum_warmup={self.momentum_warmup} ramps the outer momentum, and fedavg "
+                             "has none: use outer.name=nesterov or fedmom, or --set outer.momentum_warmup=0")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,9 @@ def _fake_run(d, preset="demo", *, checkpoint=False, overrides=()):
     (["--config", "missing.yaml"], "configuration error: config file missing.yaml does not exist"),
     (["--set", "model.preset=13b"], "unknown model preset '13b'"),
     (["--set", "rounds"], "must look like section.key=value"),
+    (["--preset", "gpu-20m", "--set", "outer.name=fedavg"],   # the preset's Nesterov warmup does not carry over
+     "outer.momentum_warmup=28 ramps the outer momentum, and fedavg has none: use outer.name=nesterov or fedmom, "
+     "or --set outer.momentum_warmup=0"),
 ])
 def test_bad_config(argv, message, tmp_path, capsys):
     assert main(["simulate", *argv]) == 2
