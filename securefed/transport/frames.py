@@ -2,8 +2,9 @@
 
 Every gRPC message is exactly one frame (``"SFTR" ‖ version ‖ type ‖ body``, big-endian integers).
 A *stream* is one HEADER frame, CHUNK frames whose payloads concatenate to ``total_len`` bytes, and one
-TRAILER frame with their SHA-256 (version 2: the sender hashes as it sends, not in a pass before). Chunks are at most ``chunk_size`` ≤ MAX_CHUNK bytes, so no gRPC message
-comes near the transport's message cap, however large the payload (a 1.3B-parameter update is ~5 GB).
+TRAILER frame with their SHA-256 (version 2: the sender hashes as it sends, not in a pass before). Chunks
+are at most ``chunk_size`` ≤ MAX_CHUNK bytes, so no gRPC message comes near the transport's message cap,
+however large the payload (a 1.3B-parameter update is ~5 GB).
 
 The decoder validates magic, version, type, every length and value range, and rejects trailing
 bytes; every failure is a ``FrameError`` (a ValueError) whose message names the field.
