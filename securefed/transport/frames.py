@@ -230,7 +230,8 @@ def _exact(body: bytes, n: int, what: str) -> None:
 
 
 def iter_stream_frames(run_id: bytes, round_index: int, stage: int, kind: Kind, parts: Iterable[bytes | memoryview],
-                       *, total_len: int, chunk_size: int = DEFAULT_CHUNK, digest: bytes | None = None) -> Iterator[bytes]:
+                       *, total_len: int, chunk_size: int = DEFAULT_CHUNK,
+                       digest: bytes | None = None) -> Iterator[bytes]:
     """Encoded HEADER, CHUNK frames re-cut from ``parts`` into chunk_size pieces, then the TRAILER (§4.1).
 
     The SHA-256 is taken chunk by chunk as the frames go out, so hashing overlaps sending instead of being a
