@@ -33,6 +33,7 @@ from securefed.transport.board import StageBoard
 from securefed.transport.frames import DEFAULT_CHUNK, FrameError, Kind
 from securefed.transport.pki import Layout
 from securefed.transport.service import Handlers, make_server
+from securefed.transport.stream import BufferSink
 
 __all__ = ["GrpcChannel", "run_holder", "EXIT"]
 
@@ -182,9 +183,13 @@ def _round(holder, tc, r: int, s: int) -> int:
     from securefed.transport.client import Refused
 
     dim = holder.welcomed.dim
+
+    def theta_buffer(h):   # θ (exactly 4·P bytes) into one buffer allocated up front, handed over without a copy
+        return BufferSink(h.total_len) if h.kind == Kind.STAGE and h.stage == Stage.MODEL and \
+            h.total_len == 4 * dim else None
     while True:
         try:
-            f = tc.fetch(r, s, (Kind.STAGE,), wait_s=30.0, max_len=max(4 * dim, MAX_MESSAGE))
+            f = tc.fetch(r, s, (Kind.STAGE,), wait_s=30.0, max_len=max(4 * dim, MAX_MESSAGE), sink_for=theta_buffer)
         except grpc.RpcError as e:
             if getattr(e, "code", lambda: None)() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                 raise

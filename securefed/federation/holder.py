@@ -373,14 +373,17 @@ class Holder:
         ok, proj = self.budget.admits(spec, min_survivors=t_min)
         return None if ok else _over_cap("joining", proj, spec, t_min, pol.epsilon_cap)
 
-    def _on_model(self, rs: _Round, payload: bytes) -> None:
+    def _on_model(self, rs: _Round, payload: bytes | bytearray) -> None:
         import torch
 
         if rs.trained:
             raise ValueError("a second model for this round")
         if len(payload) != 4 * self.welcomed.dim or model_sha256(payload) != rs.offer.model_sha256:
             raise ValueError("the model is not the one the offer announced (H4)")
-        theta = torch.from_numpy(np.frombuffer(payload, dtype="<f4").astype(np.float32))
+        words = np.frombuffer(payload, dtype="<f4")   # a view; the trainer copies θ into the model (never aliases it)
+        # a writable buffer of this round (the gRPC holder's BufferSink) is read in place; immutable bytes (the
+        # in-process channel's shared θ) are copied, since torch does not take read-only memory
+        theta = torch.from_numpy(words if words.flags.writeable and words.dtype.isnative else words.astype(np.float32))
         on_device = self._encodes_on_device(rs)
         # the keyword only when it is used: a host-path holder calls train_round(θ) as it always has
         up = self.trainer.train_round(theta, delta_on_device=True) if on_device else self.trainer.train_round(theta)

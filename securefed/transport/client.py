@@ -9,15 +9,15 @@ and UNAUTHENTICATED are not (a refused certificate will not become valid by retr
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
 
-from securefed.transport.frames import (DEFAULT_CHUNK, Ack, FetchRequest, FrameError, Kind, decode, encode,
+from securefed.transport.frames import (DEFAULT_CHUNK, Ack, FetchRequest, FrameError, Header, Kind, decode, encode,
                                         iter_stream_frames)
 from securefed.transport.service import MAX_JSON, Stub, make_channel, parse_json
-from securefed.transport.stream import BytesSink, StreamReceiver, expect_header
+from securefed.transport.stream import BytesSink, Sink, StreamReceiver, expect_header
 
 __all__ = ["Backoff", "Fetched", "TransportClient", "FATAL_CODES", "Refused"]
 
@@ -46,7 +46,7 @@ class Backoff:
 @dataclass
 class Fetched:
     kind: Kind
-    payload: bytes
+    payload: bytes | bytearray    # bytearray: what a sink_for BufferSink collected (a holder's θ)
     stage: int = 0
 
 
@@ -89,9 +89,10 @@ class TransportClient:
         return parse_json(self.stub.status(b"", timeout=timeout), "status")
 
     def fetch(self, round_index: int, from_stage: int, kinds: tuple[Kind, ...], *, wait_s: float,
-              max_len: int | None = None) -> Fetched:
+              max_len: int | None = None, sink_for: Callable[[Header], Sink | None] | None = None) -> Fetched:
         """Long-poll the coordinator for this holder's first stream of round ``round_index`` at a stage
-        ≥ ``from_stage`` (or a WAIT); verify it (§4.2)."""
+        ≥ ``from_stage`` (or a WAIT); verify it (§4.2). ``sink_for(header)``: where a stream goes, chosen once
+        its (checked) header is in (None: the default bounded ``BytesSink``)."""
         req = encode(FetchRequest(self.run_id, round_index, from_stage, int(wait_s * 1000)))
         frames = self.stub.fetch(req, timeout=wait_s + 30)
         it = iter(frames)
@@ -103,7 +104,7 @@ class TransportClient:
                           kinds=(*kinds, Kind.WAIT), max_len=max_len or self.max_fetch)
         if h.stage < from_stage:
             raise FrameError(f"stream is for stage {h.stage}, asked for stages from {from_stage}")
-        sink = BytesSink(h.total_len)
+        sink = (sink_for(h) if sink_for is not None else None) or BytesSink(h.total_len)
         rx = StreamReceiver(h, sink)
         for raw in it:
             rx.feed(decode(raw))

@@ -307,3 +307,24 @@ def test_a_version_1_peer_is_refused_by_name():
     is one clear error naming the version, not a misparsed header."""
     with pytest.raises(FrameError, match="unsupported frame version 1"):
         decode(b"SFTR\x01\x01" + b"\x00" * 66)
+
+
+def test_buffer_sink_hands_over_its_one_buffer_and_refuses_overflow():
+    """A holder's θ goes into one buffer sized from the header (BufferSink): the stream's bytes exactly, as a
+    writable bytearray (read in place by the holder, no copy into bytes), and nothing beyond its size."""
+    from securefed.transport.stream import BufferSink
+
+    payload = bytes(range(256)) * 40
+    frames = _stream(payload, 1000)
+    sink = BufferSink(len(payload))
+    rx = StreamReceiver(frames[0], sink)
+    for f in frames[1:]:
+        rx.feed(f)
+    rx.finish()
+    assert type(sink.value) is bytearray and sink.value == payload
+    small = BufferSink(len(payload) - 1)
+    rx = StreamReceiver(frames[0], small)
+    with pytest.raises(FrameError, match="buffer"):
+        for f in frames[1:]:
+            rx.feed(f)
+    assert small.value is None                       # aborted: nothing handed over

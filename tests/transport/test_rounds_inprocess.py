@@ -78,10 +78,12 @@ def test_network_rounds_equal_mean_of_clipped_updates_and_survive_garbage(tmp_pa
     own SECAGG_START reply — refused, and (protocols/secagg.md S6: a failed stream drops its sender for the
     stage) holder 1 is out of round 2's masked sum: θ₃ = θ₂ − Σ_{2,3,4} clip(Δ_i)/3, and it released nothing."""
     fed = NetFederation.build(tmp_path, net)
-    seen = {}
+    seen, theta_types = {}, set()
     handle = fed.holders[1].handle
 
     def hostile_then_honest(r, stage, payload):
+        if stage == Stage.MODEL:
+            theta_types.add(type(payload))
         if (r, stage) == (2, Stage.SECAGG_START):
             _oversized_reply(fed, r, stage)
             seen["in stage"] = True
@@ -89,6 +91,7 @@ def test_network_rounds_equal_mean_of_clipped_updates_and_survive_garbage(tmp_pa
     fed.holders[1].handle = hostile_then_honest
     fed.run_all(before_holders=lambda: (_hostile(fed), seen.setdefault("before", True)))
     assert seen == {"before": True, "in stage": True} and fed.rcs == {h: 0 for h in range(1, N + 1)}
+    assert theta_types == {bytearray}       # θ came into one BufferSink, handed over without a copy into bytes
     rows = fed.coord.metrics
     assert [(r["round"], r["clients_survived"]) for r in rows] == [(1, N), (2, N - 1)]
     assert all("aborted" not in r for r in rows)
