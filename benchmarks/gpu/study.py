@@ -16,7 +16,8 @@ RUN_DIR/data_manifest.json (the corpus content hash and tokenizer hash every res
     python3 benchmarks/gpu/study.py summarize --runs /tmp/sf/runs --out study.json
 
 The federated side: 4 holders, each with a batch of ``batch`` sequences, H = ``--h`` local AdamW
-steps per round, the outer optimizer (``--outer fedavg``, the default since the 20m sweep, or ``nesterov`` momentum 0.9) on the
+steps per round, the outer optimizer (``--outer fedavg``, the default since the 20m sweep, or ``nesterov`` momentum 0.9,
+optionally warmed up: ``--momentum-warmup``, the best at 20 tokens per parameter, RESULTS.md (v14)) on the
 averaged pseudo-gradient. The centralized side is the same `securefed simulate` with ONE holder that
 holds all the training data, batch 4x (the federation's global batch), FedAvg with outer lr 1 (so θ
 after a round is exactly the holder's θ: continuous AdamW training, optimizer state kept) and the
@@ -288,7 +289,9 @@ def main() -> None:
         p.add_argument("--size", choices=sorted(SIZES), default="20m")
         p.add_argument("--side", choices=("fed", "central"), default="fed")
         p.add_argument("--partition", choices=("iid", "by_source"), default="iid")
-        # defaults: the 20m sweep's best (benchmarks/RESULTS.md (f14)): FedAvg, outer lr 1, inner lr = central lr
+        # defaults: the 20m sweep's best at 67M tokens (benchmarks/RESULTS.md (f14)): FedAvg, outer lr 1, inner lr =
+        # central lr. The best at 20 tokens per parameter (v14) is --outer nesterov --outer-lr 0.7 --momentum-warmup
+        # 28 (a quarter of its 111 rounds); the defaults stay, so that every recorded command keeps its meaning
         p.add_argument("--outer", choices=("nesterov", "fedavg"), default="fedavg")
         p.add_argument("--outer-lr", type=float, default=1.0)
         p.add_argument("--momentum-warmup", type=int, default=0,
