@@ -8,6 +8,8 @@ The round is written once (coordinator.py, holder.py); a channel only moves byte
     exchange(r, stage, outbox, deadline) -> {holder: reply bytes}
     collect(r, stage, outbox, deadline, sink) -> {holders whose reply the sink committed}
     end_round(r)                   the round is over for everyone still in it
+    end_run(why, after_round)      the run is over (finished | budget | too_few | stopped): holders that
+                                   ask again are told why and exit (protocols/transport.md §5.4)
     close()
 
 A holder that does not answer by the deadline, answers garbage or disconnects is simply absent from
@@ -72,6 +74,9 @@ class Channel(ABC):
 
     @abstractmethod
     def end_round(self, round_index: int) -> None: ...
+
+    def end_run(self, *, why: str, after_round: int) -> None:  # noqa: B027 - optional
+        """Channels whose holders are driven by the coordinator (in-process, Ray) have nothing to tell."""
 
     def close(self) -> None:  # noqa: B027 - optional
         pass

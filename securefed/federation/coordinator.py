@@ -283,7 +283,7 @@ class Coordinator:
     def run(self) -> dict:
         fed = self.cfg.federation
         self.start()
-        aborted_in_a_row = 0
+        aborted_in_a_row, last, why = 0, self.next_round - 1, "finished"
         with self.progress.phase("rounds", total=fed.rounds - self.next_round + 1, label="federated rounds") as phase:
             for r in range(self.next_round, fed.rounds + 1):
                 t0 = time.perf_counter()
@@ -291,22 +291,27 @@ class Coordinator:
                     row = self.run_round(r)
                 except BudgetExhausted as e:
                     self._say(f"stopping: {e}")
+                    why = "budget"
                     break
                 self.wall += time.perf_counter() - t0
                 phase.advance()
+                last = r
                 if row is None:
-                    self.exit_reason = "too_few"
+                    self.exit_reason = why = "too_few"
                     break
                 aborted_in_a_row = aborted_in_a_row + 1 if row.get("aborted") else 0
                 if self.opt.max_aborted_rounds and aborted_in_a_row >= self.opt.max_aborted_rounds:
-                    self.exit_reason = "too_few"
+                    self.exit_reason = why = "too_few"
                     self._say(f"stopping: {aborted_in_a_row} rounds in a row aborted")
                     break
                 if self.stop_after_round is not None and r >= self.stop_after_round:
                     self.log.close()
+                    self.channel.end_run(why="stopped", after_round=r)
                     return {"stopped_after_round": r}
         self.log.close()
-        return self.finish()
+        summary = self.finish()
+        self.channel.end_run(why=why, after_round=last)   # protocols/transport.md §5.4: holders learn why it ended
+        return summary
 
     def _say(self, msg: str) -> None:
         log.info(msg)

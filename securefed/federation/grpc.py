@@ -40,7 +40,11 @@ __all__ = ["GrpcChannel", "run_holder", "EXIT"]
 log = logging.getLogger("securefed.channel.grpc")
 
 # protocols/transport.md §10
-EXIT = {"ok": 0, "error": 1, "usage": 2, "auth": 3, "state": 4, "too_few": 5, "unreachable": 6, "policy": 7}
+EXIT = {"ok": 0, "error": 1, "usage": 2, "auth": 3, "state": 4, "too_few": 5, "unreachable": 6, "policy": 7,
+        "stopped": 8}
+# a holder told the run ended (§5.4) exits with: finished / budget spent -> 0, too few holders -> 5, the
+# coordinator stopped before its last round (it may resume: start the client again then) -> 8
+_ENDED_EXIT = {"finished": EXIT["ok"], "budget": EXIT["ok"], "too_few": EXIT["too_few"], "stopped": EXIT["stopped"]}
 
 
 class GrpcChannel(Channel):
@@ -117,9 +121,26 @@ class GrpcChannel(Channel):
         self.board.end_round(round_index)
         self._write_status()
 
+    def end_run(self, *, why: str, after_round: int) -> None:
+        """protocols/transport.md §5.4. After the last round holders stop asking by themselves; after an
+        early end every holder still alive (asked for anything in the last ``alive_s``) is told why
+        before the server stops, so none is left retrying a coordinator that is gone."""
+        if self.board is None:
+            return
+        self.board.end_run(why, after_round)
+        self._write_status()
+        if why != "finished":
+            untold = self.board.wait_told(fresh=self.alive_s, timeout=self.alive_s)
+            if untold:
+                log.warning("the run ended (%s) but holders %s did not ask again within %.0fs: they will retry, "
+                            "then exit 6", why, untold, self.alive_s)
+
     def close(self) -> None:
         if self.server is not None:
-            self.server.stop(grace=2.0)
+            # wait for the stop: a handler still streaming when the interpreter exits would block its exit for
+            # good (gRPC's polling thread can no longer hand it the cancellation)
+            if not self.server.stop(grace=2.0).wait(timeout=30.0):
+                log.warning("the gRPC server did not stop within 32 s")
             self.server = None
 
 
@@ -150,6 +171,11 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
         except PolicyRefused as e:
             log.error("holder %d: refusing the coordinator's settings: %s", holder.id, e)
             return EXIT["policy"]
+        except _Ended as e:
+            tc.close()
+            log.log(logging.INFO if e.code == EXIT["ok"] else logging.WARNING,
+                    "holder %d: the coordinator ended the run after round %s: %s", holder.id, e.after_round, e.why_text)
+            return e.code
         except _Resume as e:
             at, why = (e.round, e.stage), e.why
         except grpc.RpcError as e:
@@ -168,6 +194,21 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
         log.warning("holder %d: connection problem (%s); retry %d in %.1fs", holder.id, why, failures, delay)
         time.sleep(delay)
         tc.reconnect()
+
+
+class _Ended(Exception):
+    """The coordinator said the run is over (transport.md §5.4)."""
+
+    TEXT = {"finished": "all rounds done", "budget": "the run's privacy budget is spent",
+            "too_few": "too few holders to continue", "stopped": "the coordinator stopped before its last round; "
+            "start this client again if it resumes"}
+
+    def __init__(self, info: dict) -> None:
+        why, after = info.get("why"), info.get("after_round")
+        self.after_round = after if isinstance(after, int) and not isinstance(after, bool) else "?"
+        self.code = _ENDED_EXIT.get(why, EXIT["error"])
+        self.why_text = self.TEXT.get(why, f"an unknown reason {str(why)[:40]!r}")
+        super().__init__(self.why_text)
 
 
 class _Resume(Exception):
@@ -199,6 +240,8 @@ def _round(holder, tc, r: int, s: int) -> int:
             why = info.get("reason")
             if why in ("not_open", "not_yet"):
                 continue
+            if why == "ended":
+                raise _Ended(info)
             if why in ("not_in_cohort", "over"):
                 holder.end_round(r)
                 nxt = info.get("next_round")

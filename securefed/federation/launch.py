@@ -2,13 +2,17 @@
 
 The coordinator (`securefed server`) and every holder (`securefed client --config holders/<id>/holder.yaml`)
 run as separate processes on loopback, with the fresh mutual-TLS keys in RUN_DIR/pki. This process
-only starts them, shows their progress from RUN_DIR/metrics.jsonl, and collects their exit codes.
+only starts them, shows their progress from RUN_DIR/metrics.jsonl, and collects their exit codes. It
+owns them: however it ends (an error, Ctrl-C, SIGTERM, SIGHUP), their process groups are killed with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +23,8 @@ from securefed.configio import dump_yaml
 from securefed.runtime.rundir import RunDir, atomic_write_text
 
 __all__ = ["run_grpc", "LaunchError"]
+
+log = logging.getLogger("securefed.launch")
 
 
 class LaunchError(RuntimeError):
@@ -58,38 +64,71 @@ def run_grpc(cfg, rd: RunDir, configs: dict, *, progress, stop_after_round: int 
         logs[name] = launch / f"{name}.log"
         procs[name] = subprocess.Popen(argv, stdout=open(logs[name], "ab"), stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
-    try:
-        start("server", _cmd(*args))
-        port = _wait_port(status, procs["server"], logs["server"], start_timeout)
-        for h, hc in sorted(configs.items()):
-            path = Path(hc.state_dir) / "holder.yaml"
-            atomic_write_text(path, dump_yaml(replace(hc, server=f"127.0.0.1:{port}")))
-            start(f"holder-{h}", _cmd("client", "--config", str(path), "--launched"))
-        _follow(rd, procs, logs, progress, cfg.federation.rounds)
-        rc = procs["server"].wait()
-        if rc not in (0, 5):
-            raise LaunchError(f"the coordinator exited with code {rc}; its log ({logs['server']}) ends:\n"
-                              f"{_tail(logs['server'])}")
-        deadline = time.monotonic() + 30
-        for name, p in procs.items():
-            if name != "server":
-                try:
-                    p.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    p.terminate()
-        codes = {name: p.poll() for name, p in procs.items()}
-        atomic_write_text(launch / "exit_codes.json", json.dumps(codes, sort_keys=True) + "\n")
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    with _signals_raise():
+        try:
+            start("server", _cmd(*args))
+            port = _wait_port(status, procs["server"], logs["server"], start_timeout)
+            for h, hc in sorted(configs.items()):
+                path = Path(hc.state_dir) / "holder.yaml"
+                atomic_write_text(path, dump_yaml(replace(hc, server=f"127.0.0.1:{port}")))
+                start(f"holder-{h}", _cmd("client", "--config", str(path), "--launched"))
+            _follow(rd, procs, logs, progress, cfg.federation.rounds)
+            rc = procs["server"].wait()
+            if rc not in (0, 5):
+                raise LaunchError(f"the coordinator exited with code {rc}; its log ({logs['server']}) ends:\n"
+                                  f"{_tail(logs['server'])}")
+            deadline = time.monotonic() + 30
+            for name, p in procs.items():
+                if name != "server":
+                    try:
+                        p.wait(timeout=max(0.1, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:   # told the run ended (transport.md §5.4), it should be gone
+                        log.warning("%s still running 30 s after the coordinator exited: terminated", name)
+                        p.terminate()
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            p.wait(timeout=10)
+            codes = {name: p.poll() for name, p in procs.items()}
+            atomic_write_text(launch / "exit_codes.json", json.dumps(codes, sort_keys=True) + "\n")
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    _kill_group(p)
     if stop_after_round is not None and not rd.summary.exists():
         return {"stopped_after_round": stop_after_round}
     summary = json.loads(rd.summary.read_text())
     if rc == 5:
         summary["stopped"] = "too few holders"
     return summary
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    """Kill a started process and everything it started (it leads its own session: start_new_session)."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        p.kill()
+    p.wait()
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGTERM / SIGHUP raise SystemExit in this (main) thread while the federation runs, so the
+    ``finally`` above kills the processes it started instead of leaving them running (their own
+    sessions do not get the terminal's signals). Elsewhere than the main thread: nothing to install."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _wait_port(status: Path, server: subprocess.Popen, log: Path, timeout: float) -> int:

@@ -13,6 +13,8 @@ A fetch answers WAIT (JSON) with a reason when there is nothing for the holder:
     not_yet         the holder is in the round, its next message is not published yet (ask again)
     not_in_cohort   the holder is not in this round; ``next_round`` says which to ask for
     over            the round is over for this holder; ``next_round`` says which to ask for
+    ended           the run is over (``why``: finished | budget | too_few | stopped, ``after_round``):
+                    the holder stops asking (protocols/transport.md §5.4)
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class StageBoard:
         self.opened = False               # a round was opened by this process
         self._digest_cache: tuple[bytes, int, bytes] | None = None
         self._digest_lock = threading.Lock()   # holders fetch θ at once: one of them hashes it, the others wait
+        self.ended: dict | None = None    # the run is over: what every fetch answers from now on (§5.4)
+        self.told: set[int] = set()       # holders the end was sent to
 
     # ------------------------------------------------------------------ RPC side
     def fetch(self, hid: int, request: bytes, context):
@@ -83,11 +87,14 @@ class StageBoard:
                 return (min(found), self.outbox[(hid, min(found))]) if found else None
 
             def ready():
-                return (self.round > r or item() is not None or
+                return (self.ended is not None or self.round > r or item() is not None or
                         (self.round == r and (self.over or hid not in self.cohort)))
             _wait(self.cond, ready, deadline - time.monotonic())
-            got = item()
-            if got is not None:
+            ending = self.ended is not None
+            got = None if ending else item()
+            if ending:
+                stage, kind, payload = s, Kind.WAIT, json.dumps(self.ended).encode()
+            elif got is not None:
                 stage, kind, payload = got[0], Kind.STAGE, got[1]
             else:
                 if self.round < r:
@@ -105,6 +112,9 @@ class StageBoard:
             yield f
         with self.cond:
             self.bytes_down += n
+            if ending:
+                self.told.add(hid)
+                self.cond.notify_all()
 
     def _frames(self, r: int, s: int, kind: Kind, payload: bytes):
         if len(payload) > (1 << 20):     # one θ is sent to every holder: hash it once per round
@@ -238,8 +248,24 @@ class StageBoard:
                 self.over, self.outbox, self.stage, self.expect = True, {}, -1, set()
                 self.cond.notify_all()
 
+    def end_run(self, why: str, after_round: int) -> None:
+        """§5.4: from now on every fetch — those long-polling now included — answers WAIT ``ended``."""
+        with self.cond:
+            self.ended = {"reason": "ended", "why": why, "after_round": after_round}
+            self.over, self.outbox, self.stage, self.expect = True, {}, -1, set()
+            self.cond.notify_all()
+
+    def wait_told(self, *, fresh: float, timeout: float) -> list[int]:
+        """Wait (≤ ``timeout`` s) until every holder that asked for anything in the last ``fresh`` s
+        was told the run ended; the holders still untold."""
+        with self.cond:
+            now = time.monotonic()
+            alive = {h for h, (_, t) in self.waiting.items() if now - t <= fresh}
+            _wait(self.cond, lambda: alive <= self.told, timeout)
+            return sorted(alive - self.told)
+
     def status(self) -> dict:
         with self.cond:
             return {"round": self.round, "over": self.over, "stage": self.stage, "cohort": sorted(self.cohort),
                     "expect": sorted(self.expect), "done": sorted(self.done),
-                    "waiting": sorted(self.waiting)}
+                    "waiting": sorted(self.waiting), "ended": self.ended}

@@ -164,3 +164,37 @@ def test_clipping_and_rounding_on_the_training_device_gives_the_same_federation(
     assert calls and set(calls) == {"Tensor"}        # every masked input of the run went through the device path
     _same_federation(a, ledger_a, rows_a, b, ledger_b, rows_b)
     assert ("no device memory" in caplog.text) == oom
+
+
+@pytest.mark.parametrize("how", ["budget", "stopped"])
+def test_holders_are_told_why_a_run_ended_early_and_exit_by_themselves_over_grpc(tmp_path, tiny_run, how):
+    """protocols/transport.md §5.4, through `securefed server` + `securefed client` processes. The coordinator
+    ends the run before its last round — its privacy budget is spent after round 1 (central DP, cap 30 where a
+    round costs 26.1), or it stops after round 1 (the resumable stop) — and every holder is told why: it exits on
+    its own with the reason's code (0, 8) and logs it, instead of retrying a coordinator that is gone and being
+    terminated (-15). The server process exits too (before, a long poll still open at its exit could keep it
+    alive for good, and `simulate --backend grpc` with it)."""
+    overrides = tiny_run + ["federation.rounds=3"]
+    kw = {}
+    if how == "budget":
+        overrides += ["privacy.mode=central", "privacy.mechanism=gaussian", "privacy.noise_multiplier=0.5",
+                      "privacy.clip=1.0", "federation.weighting=uniform", "privacy.force_unlearnable=true",
+                      "privacy.server_epsilon_cap=30"]
+    else:
+        kw = {"stop_after_round": 1}
+    summary, ledger, rows = _run(tmp_path, overrides, "grpc", **kw) if how == "budget" else \
+        (_stopped(tmp_path, overrides, **kw), None, None)
+    launch = tmp_path / "grpc" / "launch"
+    codes = json.loads((launch / "exit_codes.json").read_text())
+    want, text = {"budget": (0, "the run's privacy budget is spent"),
+                  "stopped": (8, "the coordinator stopped before its last round")}[how]
+    assert codes == {"server": 0, **{f"holder-{h}": want for h in range(1, 5)}}
+    for h in range(1, 5):
+        assert f"the coordinator ended the run after round 1: {text}" in (launch / f"holder-{h}.log").read_text()
+    if how == "budget":
+        assert summary["rounds"] == 1 and [e["round"] for e in ledger] == [1] and len(rows) == 1
+
+
+def _stopped(tmp_path, overrides, **kw):
+    cfg = load_run_config(overrides=overrides)
+    return Simulation(cfg, tmp_path / "grpc", progress=False, backend="grpc", threads_per_holder=1, **kw).run()

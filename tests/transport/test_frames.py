@@ -328,3 +328,42 @@ def test_buffer_sink_hands_over_its_one_buffer_and_refuses_overflow():
         for f in frames[1:]:
             rx.feed(f)
     assert small.value is None                       # aborted: nothing handed over
+
+
+def _fetched(board, hid: int, r: int, wait_ms: int) -> tuple:
+    """One fetch through the board as the RPC handler runs it: (kind, JSON payload)."""
+    import json
+
+    frames = [decode(f) for f in board.fetch(hid, encode(FetchRequest(board.run_id, r, 0, wait_ms)), None)]
+    sink = BytesSink(frames[0].total_len)
+    rx = StreamReceiver(frames[0], sink)
+    for f in frames[1:]:
+        rx.feed(f)
+    rx.finish()
+    return frames[0].kind, json.loads(sink.value)
+
+
+def test_the_run_end_reaches_holders_polling_now_and_asking_later():
+    """transport.md §5.4: end_run answers a fetch long-polling at that moment (at once, not after its wait)
+    and every later one with WAIT `ended` (why, after_round); wait_told names the live holders not yet told."""
+    import threading
+    import time
+
+    from securefed.transport.board import StageBoard
+    from securefed.transport.frames import Kind
+
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+    got = []
+    poll = threading.Thread(target=lambda: got.append((_fetched(b, 1, 3, 60_000), time.monotonic())))
+    poll.start()
+    while 1 not in b.waiting:
+        time.sleep(0.01)
+    assert _fetched(b, 2, 3, 1)[1]["reason"] == "not_open"      # holder 2 asked once: alive, before the end
+    t0 = time.monotonic()
+    b.end_run("too_few", 2)
+    poll.join(10)
+    (kind, info), t1 = got[0]
+    assert kind == Kind.WAIT and info == {"reason": "ended", "why": "too_few", "after_round": 2} and t1 - t0 < 5
+    assert b.wait_told(fresh=45, timeout=0.2) == [2]           # holder 2 has not asked since
+    assert _fetched(b, 2, 3, 60_000)[1]["reason"] == "ended"   # a later fetch: answered at once
+    assert b.wait_told(fresh=45, timeout=0.2) == [] and b.status()["ended"]["why"] == "too_few"
