@@ -2,9 +2,11 @@
 
 The holder's own YAML config (securefed.federation.holder_config) fixes its data, its floors, its ε
 budget and its hardware; nothing the coordinator sends can change them. Exit codes
-(protocols/transport.md §10): 0 all rounds done · 1 unexpected error · 2 usage/config error (bad or
-contradictory holder config, missing key or data file) · 3 the coordinator refused this holder's
-certificate · 6 coordinator unreachable after max_failures · 7 the run is below this holder's floors.
+(protocols/transport.md §10): 0 all rounds done, or the coordinator ended the run on its ε cap · 1 unexpected
+error · 2 usage/config error (bad or contradictory holder config, missing key or data file) · 3 the
+coordinator refused this holder's certificate · 5 the coordinator ended the run: too few holders · 6
+coordinator unreachable after max_failures · 7 the run is below this holder's floors · 8 the coordinator
+stopped before its last round (start the client again if it resumes).
 """
 
 from __future__ import annotations
