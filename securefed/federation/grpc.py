@@ -42,9 +42,11 @@ log = logging.getLogger("securefed.channel.grpc")
 # protocols/transport.md §10
 EXIT = {"ok": 0, "error": 1, "usage": 2, "auth": 3, "state": 4, "too_few": 5, "unreachable": 6, "policy": 7,
         "stopped": 8}
-# a holder told the run ended (§5.4) exits with: finished / budget spent -> 0, too few holders -> 5, the
-# coordinator stopped before its last round (it may resume: start the client again then) -> 8
-_ENDED_EXIT = {"finished": EXIT["ok"], "budget": EXIT["ok"], "too_few": EXIT["too_few"], "stopped": EXIT["stopped"]}
+# a holder told the run ended (§5.4): why -> (its exit code, what it logs)
+_ENDED = {"finished": (EXIT["ok"], "all rounds done"), "budget": (EXIT["ok"], "the run's privacy budget is spent"),
+          "too_few": (EXIT["too_few"], "too few holders to continue"),
+          "stopped": (EXIT["stopped"], "the coordinator stopped before its last round; start this client again if "
+                                       "it resumes")}
 
 
 class GrpcChannel(Channel):
@@ -199,15 +201,10 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
 class _Ended(Exception):
     """The coordinator said the run is over (transport.md §5.4)."""
 
-    TEXT = {"finished": "all rounds done", "budget": "the run's privacy budget is spent",
-            "too_few": "too few holders to continue", "stopped": "the coordinator stopped before its last round; "
-            "start this client again if it resumes"}
-
     def __init__(self, info: dict) -> None:
         why, after = info.get("why"), info.get("after_round")
         self.after_round = after if isinstance(after, int) and not isinstance(after, bool) else "?"
-        self.code = _ENDED_EXIT.get(why, EXIT["error"])
-        self.why_text = self.TEXT.get(why, f"an unknown reason {str(why)[:40]!r}")
+        self.code, self.why_text = _ENDED.get(why, (EXIT["error"], f"an unknown reason {str(why)[:40]!r}"))
         super().__init__(self.why_text)
 
 

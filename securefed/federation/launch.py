@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -115,8 +116,6 @@ def _signals_raise():
     """SIGTERM / SIGHUP raise SystemExit in this (main) thread while the federation runs, so the
     ``finally`` above kills the processes it started instead of leaving them running (their own
     sessions do not get the terminal's signals). Elsewhere than the main thread: nothing to install."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
