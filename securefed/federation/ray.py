@@ -136,11 +136,18 @@ class RayChannel(Channel):
     # ------------------------------------------------------------------ the run
     def open(self, *, welcome_for: Callable[[int], bytes], run_id: bytes) -> None:
         """Wait for the actors to start (their data loaded), then welcome each; those that cannot start by
-        the join deadline or refuse the welcome leave the run."""
+        the join deadline or refuse the welcome leave the run.
+
+        The join deadline counts from the last actor that came up (protocols/federation.md §4.1 step 2,
+        Ray): actors start together and share the cluster's cores, so a hundred of them on 16 cores come
+        up one after another over minutes (each imports torch, Lightning and transformers, ≈ 9 CPU-s)
+        though none is stuck. The wait ends when every actor has started, or when none has for
+        ``join_timeout`` seconds; those still starting then are dropped and killed."""
         if self.watch is not None:
             self.watch.start()
             self.watch.phase("starting holders (imports, data)", [h for h, _ in self._alive()])
-        started = self._gather({a.ready.remote(): h for h, a in self._alive()}, self.join_timeout, "start")
+        started = self._gather({a.ready.remote(): h for h, a in self._alive()}, self.join_timeout, "start",
+                               extend=True)
         for h, info in started.items():
             self.nodes[h] = info["node"]
         for h, _ in self._alive():
@@ -232,9 +239,10 @@ class RayChannel(Channel):
         return refs
 
     def _gather(self, refs: dict, timeout: float, what: str, *, max_reply: int | None = None,
-                on_reply: Callable[[int, bytes], None] | None = None) -> dict[int, object]:
+                on_reply: Callable[[int, bytes], None] | None = None, extend: bool = False) -> dict[int, object]:
         """Results of ``refs`` as they complete, until ``timeout`` seconds; a dead actor is dropped, a late
-        one is absent. With ``on_reply`` each reply is handed over at once and not kept."""
+        one is absent. With ``on_reply`` each reply is handed over at once and not kept. With ``extend``
+        the ``timeout`` restarts at each result (a wait that ends only when nothing has come for that long)."""
         out: dict[int, object] = {}
         pending, end = list(refs), time.monotonic() + timeout
         while pending:
@@ -242,6 +250,8 @@ class RayChannel(Channel):
             if left <= 0:
                 break
             ready, pending = ray.wait(pending, num_returns=1, timeout=min(left, 1.0))
+            if ready and extend:
+                end = time.monotonic() + timeout
             for ref in ready:
                 h = refs[ref]
                 ok, value = self._result(h, ref, what)
@@ -259,7 +269,8 @@ class RayChannel(Channel):
                 else:
                     out[h] = value
         for ref in pending:
-            log.warning("holder %d: no answer to %s within %.0fs; dropped for this stage", refs[ref], what, timeout)
+            log.warning("holder %d: no answer to %s within %.0fs%s; dropped for this stage", refs[ref], what, timeout,
+                        " of the last answer" if extend else "")
             if self.watch is not None:
                 self.watch.late(refs[ref])
         self._reap_oneway(wait=0)

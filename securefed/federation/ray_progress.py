@@ -61,7 +61,7 @@ class RoundWatch:
             self.stage_name = name
             for h in addressed:
                 self.state[h] = state
-        self._maybe_print(new_stage=True)
+        self._maybe_print(new_stage=True, at_once=self.round is None)
 
     def begin_round(self, r: int) -> None:
         with self._lock:
@@ -130,11 +130,13 @@ class RoundWatch:
         when += f", round ETA ~{_dur(left)}, run ETA ~{_dur(total)}" if left is not None else ", round ETA n/a (first round)"
         return " · ".join(parts) + " · " + when
 
-    def _maybe_print(self, *, new_stage: bool = False) -> None:
+    def _maybe_print(self, *, new_stage: bool = False, at_once: bool = False) -> None:
+        """A line now if the last one is ``heartbeat_s`` old (a third of it at a new stage); ``at_once``: a
+        phase outside rounds (starting the actors, the welcome) is shown when it begins, whatever the gap."""
         if self._thread is None or self._live is not None:
             return
         now = self.clock()
-        gap = self.heartbeat_s / 3 if new_stage else self.heartbeat_s
+        gap = 0.0 if at_once else self.heartbeat_s / 3 if new_stage else self.heartbeat_s
         if now - self._last_print >= gap:
             self._last_print = now
             console = getattr(self.progress, "console", None)

@@ -187,3 +187,60 @@ def test_cli_ray_flags_need_the_ray_backend(tmp_path, capsys):
 
     assert main(["simulate", "--ray-cpus-per-holder", "2", "--out", str(tmp_path / "x")]) == 2
     assert "--ray-cpus-per-holder needs --backend ray" in capsys.readouterr().err
+
+
+def test_round_watch_shows_a_phase_outside_rounds_when_it_begins():
+    """Starting a hundred actors takes minutes: the line says so at once, not at the first heartbeat."""
+    p = _Progress()
+    w = RoundWatch([1, 2, 3], rounds=1, progress=p, heartbeat_s=600)
+    w.start()
+    w.phase("starting holders (imports, data)", [1, 2, 3])
+    w.replied(1)
+    w.phase("welcome (holders check the run against their floors)", [1, 2, 3])
+    w.begin_round(1)
+    w.stage(Stage.PLAN, [1, 2, 3])          # inside a round: the heartbeat's pace (600 s here)
+    w.stop()
+    assert [line.split(" · ")[0] for line in p.console.lines] == [
+        "starting holders (imports, data)", "welcome (holders check the run against their floors)"]
+
+
+def _slow_start_class():
+    """Stands in for HolderActor's start (imports and data take ``delay`` s); the channel calls only
+    ready() and welcome() while opening the run. Defined in a function so that Ray ships it by value
+    (its workers cannot import this test module)."""
+
+    class SlowStart:
+        def __init__(self, delay: float) -> None:
+            time.sleep(delay)
+
+        def ready(self) -> dict:
+            import os
+
+            return {"pid": os.getpid(), "node": "n"}
+
+        def welcome(self, data: bytes) -> None:
+            return None
+    return SlowStart
+
+
+@pytest.mark.slow
+def test_actors_starting_one_after_another_all_join_and_a_stuck_one_is_dropped(ray_local):
+    """The join deadline counts from the last actor that came up (RayChannel.open): actors ready 0.5,
+    3.5 and 7 s after they are created all join with join_timeout 4 s (a fixed 4 s deadline would drop
+    the last), and one that never comes up is dropped and killed ~4 s after the last start."""
+    from securefed.federation.ray import RayChannel
+
+    ray = ray_local
+    cls = ray.remote(_slow_start_class())
+    delays = {1: 0.5, 2: 3.5, 3: 7.0, 4: 600.0}
+    t0 = time.monotonic()
+    actors = {h: cls.options(num_cpus=0.01).remote(d) for h, d in delays.items()}
+    channel = RayChannel(actors, join_timeout=4.0)
+    channel.open(welcome_for=lambda h: b"", run_id=b"r")
+    took = time.monotonic() - t0
+    try:
+        assert set(channel.gone) == {4} and "did not start" in channel.gone[4]
+        assert sorted(h for h, _ in channel._alive()) == [1, 2, 3]
+        assert 7.0 + 4.0 - 0.5 < took < 7.0 + 4.0 + 10.0
+    finally:
+        channel.close()
