@@ -5,6 +5,7 @@
 # source per holder). Build Ray for that machine here first (bash benchmarks/gpu/pack_ray.sh), then one call:
 #
 #   SIZE=20m K=16 bash benchmarks/gpu/ray_vs_inproc.sh      # carry [".whl", ".cache/ray"]; ≈ 4 min at 20m
+#   SIZE=125m K=64 B=16 bash benchmarks/gpu/ray_vs_inproc.sh # the issue-13 setting: ≈ 6 min (RESULTS.md (zc13))
 #
 # Rows are appended to $OUT/ray_vs_inproc.jsonl (one per backend; bench_ray.py's record), logs beside it.
 set -u
