@@ -86,7 +86,7 @@ class NetworkConfig:
     """The networked deployment (`securefed server`, `simulate --backend grpc`; protocols/transport.md §6.1):
     seconds each stage may take, the stream chunk size, and when the coordinator gives up."""
 
-    join: float = 120.0                  # wait for holders before a round opens
+    join: float = 120.0                  # first round: wait for holders until none has newly come for this long
     train: float = 600.0                 # θ download + K local steps + encoding (stage PLAN)
     control: float = 60.0                # each small stage
     upload: float = 600.0                # a streamed update

@@ -184,8 +184,10 @@ class StageBoard:
     # ------------------------------------------------------------------ driver side
     def wait_for_holders(self, r: int, *, want: int, timeout: float, fresh: float = 45.0) -> list[int]:
         """Holders asking for round ``r`` or later. The first round of this process waits until ``want``
-        holders ask (or the timeout); later rounds until every holder alive (it asked for anything in the
-        last ``fresh`` seconds) asks — a holder that died is not waited for, a slow one is."""
+        holders ask, or until no holder has newly asked for ``timeout`` seconds (protocols/transport.md
+        §5.3: holders started together on shared cores come up one after another, none stuck); later
+        rounds until every holder alive (it asked for anything in the last ``fresh`` seconds) asks, up to
+        ``timeout`` — a holder that died is not waited for, a slow one is."""
         end = time.monotonic() + timeout
         first = not self.opened
 
@@ -204,7 +206,14 @@ class StageBoard:
             if self.round < r - 1:          # fresh start or resume: earlier rounds count as over
                 self.round, self.over = r - 1, True
                 self.cond.notify_all()
-            _wait(self.cond, ready, end - time.monotonic())
+            seen = set(asking())
+            while True:
+                woke = _wait(self.cond, lambda: ready() or (first and not set(asking()) <= seen),
+                             end - time.monotonic())
+                if not woke or ready():
+                    break
+                seen |= set(asking())               # first round: a holder asked for the first time,
+                end = time.monotonic() + timeout    # so the wait restarts
             self.bytes_up = self.bytes_down = 0
             return asking()
 

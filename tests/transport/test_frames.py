@@ -367,3 +367,30 @@ def test_the_run_end_reaches_holders_polling_now_and_asking_later():
     assert b.wait_told(fresh=45, timeout=0.2) == [2]           # holder 2 has not asked since
     assert _fetched(b, 2, 3, 60_000)[1]["reason"] == "ended"   # a later fetch: answered at once
     assert b.wait_told(fresh=45, timeout=0.2) == [] and b.status()["ended"]["why"] == "too_few"
+
+
+def test_the_first_round_waits_while_holders_keep_arriving_and_not_for_one_that_never_comes():
+    """transport.md §5.3: the first round's join deadline restarts at each holder asking for the first time.
+    Holders asking 0.6 s apart all make the cohort with a 1 s deadline (a fixed 1 s wait from the start would
+    miss the last two); the fourth never comes, and the wait ends 1 s after the third arrived."""
+    import threading
+    import time
+
+    from securefed.transport.board import StageBoard
+
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+    t0 = time.monotonic()
+
+    def arrive():
+        for hid in (1, 2, 3):
+            time.sleep(0.6)
+            _fetched(b, hid, 1, 1)
+    threading.Thread(target=arrive, daemon=True).start()
+    got = b.wait_for_holders(1, want=4, timeout=1.0)
+    took = time.monotonic() - t0
+    assert got == [1, 2, 3] and 1.8 + 1.0 - 0.1 < took < 1.8 + 1.0 + 1.5
+    # later rounds keep the fixed deadline: holder 3 alive but not asking for round 2 is waited for 0.5 s
+    b.open_round(1, got)
+    t1 = time.monotonic()
+    _fetched(b, 1, 2, 1)
+    assert b.wait_for_holders(2, want=4, timeout=0.5) == [1] and time.monotonic() - t1 < 0.5 + 1.2
