@@ -11,6 +11,9 @@
 # carry [".whl", ".cache/gpu-text"]. `wait` may be repeated; a cold machine has lost the rows (start again).
 # OUTER / OUTER_LR / INNER_RATIO / MOMENTUM_WARMUP choose the federated row's optimizers (default: FedAvg, outer lr 1, inner = central lr).
 # PARTITION=by_source makes the federated row non-IID (the centralized row is always the pooled, IID one); SEED (default 0) both rows' seed.
+# SIZE (default 20m; 75m, 125m) and TOKENS choose the model and the tokens per side; SKIP_CENTRAL=1 / SKIP_FED=1 run
+# one side only (a larger model's two sides may not fit one lease: each side is its own process, and rows of the
+# same size, tokens and seed pair across leases).
 # FED_BACKEND=ray runs the federated row's holders as Ray actors sharing the GPU (RESULTS.md (m13)); Ray is too big
 # to travel with the corpus, so a call before `start` installs it (carry [".whl", ".cache/ray"] from pack_ray.sh):
 #   mkdir -p /tmp/site && tar xJf .cache/ray/ray-slim.tar.xz -C /tmp/site && \
@@ -20,6 +23,8 @@ S=/tmp/sf
 R=$S/long
 T=${TOKENS:-4.64e8}
 H=${H:-8}
+SIZE=${SIZE:-20m}
+case $SIZE in 20m|75m|125m) ;; *) echo "SIZE: 20m, 75m or 125m"; exit 2 ;; esac
 export PYTHONUNBUFFERED=1 SECUREFED_CACHE=$S/cache TOKENIZERS_PARALLELISM=true PYTHONPATH=/tmp/site:$PWD
 mkdir -p $R/logs
 t0=$(date +%s)
@@ -42,14 +47,15 @@ start)
     echo "FED_BACKEND=ray: Ray is not installed in /tmp/site on this machine (see the header: one call carrying .cache/ray)"; exit 4; fi
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   [ -f $S/corpus/build.json ] || python3 benchmarks/gpu/build_corpus.py build $S/corpus --linux .cache/gpu-text/linux-subset.tar.xz > $R/logs/build.log 2>&1
-  python3 benchmarks/gpu/study.py prepare --size 20m --corpus $S/corpus --runs $R --out $R/prepare.json 2>&1 | tail -n 1
+  python3 benchmarks/gpu/study.py prepare --size "$SIZE" --corpus $S/corpus --runs $R --out $R/prepare.json 2>&1 | tail -n 1
   echo "prepared $(( $(date +%s) - t0 ))s"
-  common=(--size 20m --tokens "$T" --evals 12 --seed "${SEED:-0}" --corpus $S/corpus --runs $R
+  common=(--size "$SIZE" --tokens "$T" --evals 12 --seed "${SEED:-0}" --corpus $S/corpus --runs $R
           --set federation.checkpoint_every=25)
   # SKIP_CENTRAL=1: the centralized row of this schedule is already in benchmarks/gpu/raw/issue14/long_pair_h32/
   [ "${SKIP_CENTRAL:-0}" = 1 ] || \
     setsid nohup python3 benchmarks/gpu/study.py run --side central --partition iid "${common[@]}" > $R/logs/central.log 2>&1 < /dev/null &
-  setsid nohup python3 benchmarks/gpu/study.py run --side fed --partition "${PARTITION:-iid}" --outer "${OUTER:-fedavg}" --outer-lr "${OUTER_LR:-1.0}" \
+  [ "${SKIP_FED:-0}" = 1 ] || \
+    setsid nohup python3 benchmarks/gpu/study.py run --side fed --partition "${PARTITION:-iid}" --outer "${OUTER:-fedavg}" --outer-lr "${OUTER_LR:-1.0}" \
     --inner-lr-ratio "${INNER_RATIO:-1.0}" --momentum-warmup "${MOMENTUM_WARMUP:-0}" --h "$H" --backend "${FED_BACKEND:-inproc}" "${common[@]}" > $R/logs/fed.log 2>&1 < /dev/null &
   limit=${START_LIMIT:-520} ;;   # START_LIMIT=570: a row alone on the GPU (≈ 115 s corpus + 111 × 4.1 s) in one call
 wait)

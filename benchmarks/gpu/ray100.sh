@@ -16,6 +16,11 @@ if ! python3 -c "import ray, securefed.federation.holder" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl .cache/ray/wheels/*.whl || exit 1
   [ -d /tmp/site/ray ] || tar xJf .cache/ray/ray-slim.tar.xz -C /tmp/site || exit 1
 fi
+# 100 actors import torch, Lightning and transformers at once (≈ 11 CPU-s each): on busy cores they do not come up
+# in time (RESULTS.md (zg13): load 80–90 from GPU rows beside them). Say so before starting.
+read -r load1 _ < /proc/loadavg; cores=$(nproc)
+python3 -c "import sys; sys.exit(0 if float('$load1') < $cores / 4 else 1)" ||
+  echo "WARNING: load average $load1 on $cores cores: other work is running; the actors may not start within LIMIT=$LIMIT s"
 S=(--set data.vocab_size=512 --set data.seq_len=32 --set data.max_bytes_per_source=300000 --set train.local_steps=1
    --set train.batch_size=4 --set aggregation.secagg.neighbours=0 --set train.accelerator=cpu)
 for p in $RATES; do

@@ -213,6 +213,11 @@ def tuned_pairs(pairs: list[dict]) -> list[dict]:
     return [best[k] for k in sorted(best, key=lambda k: best[k]["final"]["ratio"])]
 
 
+def _label(name: str) -> str:
+    """A row's name without its token count, with its seed: 20m-iid-fed-…-mw28 s1."""
+    return name.split("-t")[0] + " " + name.rsplit("-", 1)[1]
+
+
 def plot_rows(rows: dict, pairs: list[dict], out: Path) -> None:
     """Perplexity vs tokens for every row (federated solid, centralized dashed), and fed/central vs tokens
     against the tuned centralized partner."""
@@ -231,12 +236,13 @@ def plot_rows(rows: dict, pairs: list[dict], out: Path) -> None:
         if not pts:
             continue
         central = "-central-" in name
-        label = name.split("-t")[0].replace("20m-", "").replace("75m-", "").replace("125m-", "")
+        label = _label(name).replace("20m-", "").replace("75m-", "").replace("125m-", "")
         ax.plot(*zip(*pts), "s--" if central else "o-", color=color[name],
                 label=label, markersize=3, linewidth=1.4 if central else 1.0)
     for p in tuned_pairs(pairs):
         pts = [(c["tokens"], c["ratio"]) for c in p["curve"]]
-        bx.plot(*zip(*pts), "o-", markersize=3, label=p["fed"].split("-t")[0], color=color[p["fed"]])
+        other = f" vs central {p['central'].rsplit('-', 1)[1]}" if p.get("central_other_seed") else ""
+        bx.plot(*zip(*pts), "o-", markersize=3, label=_label(p["fed"]) + other, color=color[p["fed"]])
     bx.axhline(1.07, color="k", linestyle=":", linewidth=1, label="goal 1.07")
     for axis, ylabel, title in ((ax, "held-out perplexity", "perplexity vs tokens (centralized dashed)"),
                                 (bx, "fed / tuned centralized perplexity", "ratio vs tokens")):
@@ -256,18 +262,22 @@ def cmd_summarize(a: argparse.Namespace) -> None:
         if "-fed-" not in name:
             continue
         cands = sorted(runs.glob(partner_of(name)))
+        other_seed = not cands and a.central_seed is not None
+        if other_seed:    # no centralized row at this seed: the given seed's (marked in the pair)
+            cands = sorted(runs.glob(partner_of(name).rsplit("-s", 1)[0] + f"-s{a.central_seed}"))
         for cdir in cands:
             c = rows.get(cdir.name)
             if not c:
                 continue
             curve = pair_curves(r["metrics"], c["metrics"])
             last = curve[-1] if curve else None
-            pairs.append({"fed": name, "central": cdir.name, "curve": curve,
+            pairs.append({"fed": name, "central": cdir.name, "central_other_seed": other_seed, "curve": curve,
                           "final": last, "complete": bool(r["summary"] and c["summary"]),
                           "corpus_content_hash": r["corpus_content_hash"], "tokenizer_hash": r["tokenizer_hash"],
                           "aggregation": r["metrics"][-1].get("aggregation") if r["metrics"] else None})
     tuned = tuned_pairs(pairs)
-    out = {"pairs": pairs, "tuned": [{"fed": p["fed"], "central": p["central"], "final": p["final"]} for p in tuned],
+    out = {"pairs": pairs, "tuned": [{"fed": p["fed"], "central": p["central"], "final": p["final"],
+                                      "central_other_seed": p.get("central_other_seed", False)} for p in tuned],
            "runs": {k: {kk: v for kk, v in r.items() if kk != "metrics"} | {"metrics": r["metrics"]}
                     for k, r in rows.items()}}
     Path(a.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
@@ -278,7 +288,8 @@ def cmd_summarize(a: argparse.Namespace) -> None:
     for p in tuned:
         f = p["final"]
         print(f"{p['fed']:58s} {f['tokens']:11,d} {f['fed_ppl']:8.2f} {f['central_ppl']:8.2f} {f['ratio']:6.3f}  "
-              f"{p['central']}{'' if p['complete'] else '  (partial)'}")
+              f"{p['central']}{'' if p['complete'] else '  (partial)'}"
+              f"{'  (another seed)' if p.get('central_other_seed') else ''}")
 
 
 def main() -> None:
@@ -319,6 +330,8 @@ def main() -> None:
     s.add_argument("--runs", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--plot", default=None, help="PNG: perplexity vs tokens for every row, and fed/central vs tokens")
+    s.add_argument("--central-seed", type=int, default=None,
+                   help="pair a federated row that has no centralized row at its own seed with this seed's")
     a = ap.parse_args()
     if a.cmd in ("run", "prepare"):
         a.preset = a.preset if a.preset != "gpu-20m" else f"gpu-{a.size}"

@@ -115,7 +115,8 @@ def _one_mode(mode: str, a: argparse.Namespace) -> dict:
     cfg = TrainConfig(local_steps=1, batch_size=a.batch, lr=1e-3, warmup_steps=0, accelerator="cuda" if cuda else "cpu",
                       compile=mode == "np-trainer" and cuda, fused="auto" if mode == "np-trainer" else "off",
                       dp_sgd=DPSGDConfig(enabled=dp, noise_multiplier=1.0, max_grad_norm=CLIP,
-                                         clipping="ghost" if mode.startswith("dp-ghost") else "per_sample"))
+                                         clipping="ghost" if mode.startswith("dp-ghost") else "per_sample",
+                                         micro_batch_size=a.micro if mode.startswith("dp-ghost") else None))
     model = build_model(a.size, vocab_size=a.vocab, seq_len=a.seq, seed=0)
     trainer = LocalTrainer(model, cfg)
     if mode == "dp-ghost-2bwd":   # Opacus' own second backward instead of book-keeping (reference)
@@ -135,7 +136,8 @@ def _one_mode(mode: str, a: argparse.Namespace) -> dict:
     float(loss)
     sync()
     sec = time.perf_counter() - t
-    out = {"mode": mode, "batch": a.batch, "seq": a.seq, "steps": a.steps, "seconds": round(sec, 3),
+    out = {"mode": mode, "batch": a.batch, "micro": cfg.dp_sgd.micro_batch_size, "seq": a.seq, "steps": a.steps,
+           "seconds": round(sec, 3),
            "tokens_per_s": a.steps * a.batch * a.seq / sec, "fused": trainer.fused, "compiled": trainer.compiled,
            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
     del trainer, holder, model
@@ -229,6 +231,8 @@ def main() -> None:
     t.add_argument("--vocab", type=int, default=32768)
     t.add_argument("--seq", type=int, default=1024)
     t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--micro", type=int, default=None,
+                   help="ghost modes: sequences per forward/backward slice of the batch (default: the whole batch)")
     t.add_argument("--warmup", type=int, default=3)
     t.add_argument("--steps", type=int, default=10)
     t.add_argument("--modes", default="np-trainer,np-eager,dp-ghost,dp-ghost-2bwd,dp-per_sample")

@@ -269,10 +269,13 @@ class Coordinator:
                 rd.write_json(rd.root / "preflight.json", self.preflight.to_dict())
                 for line in self.preflight.lines():
                     self._say(line)
-            if self.data.eval_rows is not None:   # the untrained model's perplexity: a health baseline
-                self.start_ppl = self.evaluate()["eval_ppl"]
-            self._save_model(0)
-            self._checkpoint()
+            # the untrained model's perplexity (a health baseline) and θ_0 on disk: minutes for a large model or
+            # eval split, or while Ray actors start on the same cores, so a phase of its own, not a silence
+            with self.progress.phase("start", label="evaluating and saving the untrained model"):
+                if self.data.eval_rows is not None:
+                    self.start_ppl = self.evaluate()["eval_ppl"]
+                self._save_model(0)
+                self._checkpoint()
         self.log = MetricsLog.open(rd, self.cfg.logging, resume_round=self.next_round if self.resume else None)
         self.health = RunHealth(unigram_ppl=self.data.unigram_eval_ppl, start_ppl=self.start_ppl,
                                 rounds_planned=fed.rounds)

@@ -132,6 +132,7 @@ class RayChannel(Channel):
         self.nodes: dict[int, str] = {}
         self._oneway: dict[object, int] = {}  # refs of messages without a reply (MODEL): checked for errors
         self.bytes_up = self.bytes_down = 0
+        self._announced = False
 
     # ------------------------------------------------------------------ the run
     def open(self, *, welcome_for: Callable[[int], bytes], run_id: bytes) -> None:
@@ -143,9 +144,7 @@ class RayChannel(Channel):
         up one after another over minutes (each imports torch, Lightning and transformers, ≈ 9 CPU-s)
         though none is stuck. The wait ends when every actor has started, or when none has for
         ``join_timeout`` seconds; those still starting then are dropped and killed."""
-        if self.watch is not None:
-            self.watch.start()
-            self.watch.phase("starting holders (imports, data)", [h for h, _ in self._alive()])
+        self.announce_start()
         started = self._gather({a.ready.remote(): h for h, a in self._alive()}, self.join_timeout, "start",
                                extend=True)
         for h, info in started.items():
@@ -159,6 +158,14 @@ class RayChannel(Channel):
         for h, why in self._gather(refs, self.join_timeout, "welcome").items():
             if why is not None:
                 self._drop(h, f"it leaves the run: {why}")
+
+    def announce_start(self) -> None:
+        """Show "starting holders" from the moment the actors are created (run_ray calls it then, before the
+        coordinator evaluates the untrained model): their start may take minutes; shown once."""
+        if self.watch is not None and not self._announced:
+            self._announced = True
+            self.watch.start()
+            self.watch.phase("starting holders (imports, data)", [h for h, _ in self._alive()])
 
     def available(self, round_index: int, *, want: int, timeout: float) -> list[int]:
         self.bytes_up = self.bytes_down = 0

@@ -243,6 +243,7 @@ def run_ray(cfg, rd, configs: dict, *, session: RaySession, data, roster, identi
     actors = start_holders(configs, cpus=session.cpus_per_holder, gpus=session.gpus_per_holder,
                            run_token=f"{rd.root.name}-{os.urandom(3).hex()}")
     channel = RayChannel(actors, join_timeout=net.join, watch=watch)
+    channel.announce_start()     # the actors import while the coordinator prepares: say so now
     try:
         if session.dashboard_url:
             progress.print(f"Ray dashboard: http://{session.dashboard_url}")

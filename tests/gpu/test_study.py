@@ -3,6 +3,7 @@ both sides, pairing) and build_corpus.py (source mapping, documents keep every b
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,27 @@ def test_a_federated_row_is_compared_with_its_best_centralized_partner():
     # the lower central perplexity wins (a tuned baseline can only raise the ratio); sorted by ratio; no final: dropped
     assert [(p["fed"], p["central"]) for p in tuned] == [("b", "c-lr2"), ("a", "c-lr2")]
     assert tuned[0]["final"]["ratio"] == pytest.approx(20 / 12)
+
+
+def test_a_row_without_a_centralized_row_at_its_seed_pairs_with_the_given_seeds_and_says_so(tmp_path, capsys):
+    def row(name, ppls):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "".join(json.dumps({"round": i + 1, "tokens_seen": 100 * (i + 1), "eval_ppl": p}) + "\n"
+                    for i, p in enumerate(ppls)))
+    row("20m-iid-central-lr0.003-t1e+08-s0", [20.0, 10.0])
+    row("20m-iid-fed-fedavg-olr1-h32-ilr1-t1e+08-s0", [30.0, 12.0])
+    row("20m-iid-fed-fedavg-olr1-h32-ilr1-t1e+08-s1", [33.0, 11.0])
+
+    def summarize(central_seed):
+        out = tmp_path / f"s{central_seed}.json"
+        study.cmd_summarize(argparse.Namespace(runs=str(tmp_path), out=str(out), plot=None, central_seed=central_seed))
+        return {p["fed"][-2:]: p for p in json.loads(out.read_text())["pairs"]}
+    assert set(summarize(None)) == {"s0"}              # by default a row pairs only at its own seed
+    pairs = summarize(0)
+    assert pairs["s1"]["central"].endswith("-s0") and pairs["s1"]["central_other_seed"] is True
+    assert pairs["s1"]["final"]["ratio"] == pytest.approx(1.1) and pairs["s0"]["central_other_seed"] is False
+    assert "(another seed)" in capsys.readouterr().out
 
 
 def test_a_ray_row_asks_simulate_for_a_quarter_gpu_per_holder_and_central_rows_refuse_it():
