@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 
 import grpc
@@ -49,11 +50,17 @@ _ENDED = {"finished": (EXIT["ok"], "all rounds done"), "budget": (EXIT["ok"], "t
                                        "it resumes")}
 
 
+def _ids(ids: list[int], shown: int = 12) -> str:
+    return ", ".join(map(str, ids[:shown])) + (f", … ({len(ids)})" if len(ids) > shown else "")
+
+
 class GrpcChannel(Channel):
     def __init__(self, *, pki: str | Path, roster: Roster, host: str = "127.0.0.1", port: int = 0,
-                 chunk_size: int = DEFAULT_CHUNK, status_path: Path | None = None, alive_s: float = 45.0) -> None:
+                 chunk_size: int = DEFAULT_CHUNK, status_path: Path | None = None, alive_s: float = 45.0,
+                 progress=None) -> None:
         self.pki, self.roster, self.host, self.want_port = Layout(pki), roster, host, port
         self.chunk_size, self.status_path, self.alive_s = chunk_size, status_path, alive_s
+        self.progress = progress    # runtime.progress.Progress: what the coordinator waits for, and for whom
         self.board: StageBoard | None = None
         self.server = None
         self.port = None
@@ -94,7 +101,23 @@ class GrpcChannel(Channel):
             atomic_write_text(self.status_path, jsonio.dumps(dict(self.status(), **extra)) + "\n")
 
     def available(self, round_index: int, *, want: int, timeout: float) -> list[int]:
-        return self.board.wait_for_holders(round_index, want=want, timeout=timeout, fresh=self.alive_s)
+        with self._step(f"round {round_index}: waiting for holders", want) as task:
+            def seen(asking: list[int]) -> None:
+                if task is not None:
+                    task.advance(len(asking) - task.done, note="asking: " + (_ids(asking) or "none yet"))
+            return self.board.wait_for_holders(round_index, want=want, timeout=timeout, fresh=self.alive_s,
+                                               on_change=seen)
+
+    def _step(self, label: str, total: int):
+        """A progress step the heartbeat shows ("federated rounds 0/3 > round 1: waiting for holders 2/4
+        (asking: 1, 3): still working (40 s in this step)"); without a progress, nothing."""
+        return self.progress.step(label, total=total) if self.progress is not None else nullcontext()
+
+    def _wait_replies(self, round_index: int, stage: int, n: int, deadline: float):
+        what = "local training" if stage == Stage.PLAN else Stage(stage).name.lower()
+        with self._step(f"round {round_index}: {what}, replies", n) as task:
+            return self.board.wait_replies(
+                deadline, on_progress=None if task is None else (lambda k: task.advance(k - task.done)))
 
     def send(self, round_index: int, stage: int, outbox: Mapping[int, bytes]) -> None:
         self._ensure_open(round_index, outbox)
@@ -109,14 +132,14 @@ class GrpcChannel(Channel):
                  max_reply: int) -> dict[int, bytes]:
         self._ensure_open(round_index, outbox)
         self.board.publish(stage, outbox, reply=True, max_reply=max_reply)
-        replies, _ = self.board.wait_replies(deadline)
+        replies, _ = self._wait_replies(round_index, stage, len(outbox), deadline)
         return replies
 
     def collect(self, round_index: int, stage: int, outbox: Mapping[int, bytes], *, deadline: float,
                 sink: SinkFactory, max_reply: int) -> set[int]:
         self._ensure_open(round_index, outbox)
         self.board.publish(stage, outbox, reply=True, sink=sink, max_reply=max_reply)
-        _, done = self.board.wait_replies(deadline)
+        _, done = self._wait_replies(round_index, stage, len(outbox), deadline)
         return done
 
     def end_round(self, round_index: int) -> None:

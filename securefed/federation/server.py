@@ -61,13 +61,14 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
     secure = cfg.aggregation.mode != "plain"
     cohort = cfg.federation.cohort_size
     min_holders = net.min_holders or (cfg.aggregation.secagg.thresholds(cohort).min_survivors if secure and cohort >= 3 else 1)
+    progress = Progress(enabled=True)
     channel = GrpcChannel(pki=lay.root, roster=roster, host=host, port=port, chunk_size=int(net.chunk_mib * (1 << 20)),
-                          status_path=rd.root / "status.json", alive_s=net.alive_s)
+                          status_path=rd.root / "status.json", alive_s=net.alive_s, progress=progress)
     options = CoordinatorOptions(deadlines=Deadlines.from_config(net), min_holders=min_holders,
                                  max_aborted_rounds=net.max_aborted_rounds, deployment="network", backend="grpc")
     try:
         coord = Coordinator(cfg, channel, rd, data=data, roster=roster, identity=identity, options=options,
-                            resume=resume, stop_after_round=stop_after_round, preflight=pf, progress=Progress(enabled=True))
+                            resume=resume, stop_after_round=stop_after_round, preflight=pf, progress=progress)
         summary = coord.run()
     except StateError as e:
         print(f"securefed server: {e}", file=sys.stderr)

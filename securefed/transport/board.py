@@ -182,12 +182,14 @@ class StageBoard:
         return encode(Ack(1, "refused"))
 
     # ------------------------------------------------------------------ driver side
-    def wait_for_holders(self, r: int, *, want: int, timeout: float, fresh: float = 45.0) -> list[int]:
+    def wait_for_holders(self, r: int, *, want: int, timeout: float, fresh: float = 45.0,
+                         on_change: Callable[[list[int]], None] | None = None) -> list[int]:
         """Holders asking for round ``r`` or later. The first round of this process waits until ``want``
         holders ask, or until no holder has newly asked for ``timeout`` seconds (protocols/transport.md
         §5.3: holders started together on shared cores come up one after another, none stuck); later
         rounds until every holder alive (it asked for anything in the last ``fresh`` seconds) asks, up to
-        ``timeout`` — a holder that died is not waited for, a slow one is."""
+        ``timeout`` — a holder that died is not waited for, a slow one is. ``on_change`` (progress) gets
+        the holders asking so far, at the start and each time one asks for the first time in this wait."""
         end = time.monotonic() + timeout
         first = not self.opened
 
@@ -207,13 +209,20 @@ class StageBoard:
                 self.round, self.over = r - 1, True
                 self.cond.notify_all()
             seen = set(asking())
+            shown = sorted(seen)
+            if on_change is not None:
+                on_change(shown)
             while True:
-                woke = _wait(self.cond, lambda: ready() or (first and not set(asking()) <= seen),
-                             end - time.monotonic())
+                woke = _wait(self.cond, lambda: ready() or not set(asking()) <= seen, end - time.monotonic())
+                now = asking()
+                if on_change is not None and now != shown:
+                    shown = now
+                    on_change(now)
                 if not woke or ready():
                     break
-                seen |= set(asking())               # first round: a holder asked for the first time,
-                end = time.monotonic() + timeout    # so the wait restarts
+                seen |= set(now)                    # a holder asked for the first time in this wait:
+                if first:                           # in the first round the wait restarts (§5.3)
+                    end = time.monotonic() + timeout
             self.bytes_up = self.bytes_down = 0
             return asking()
 
@@ -233,11 +242,24 @@ class StageBoard:
                 self.replies, self._sink, self._max_reply = {}, sink, max_reply
             self.cond.notify_all()
 
-    def wait_replies(self, deadline: float) -> tuple[dict[int, bytes], set[int]]:
+    def wait_replies(self, deadline: float, *,
+                     on_progress: Callable[[int], None] | None = None) -> tuple[dict[int, bytes], set[int]]:
         """Wait until every addressed holder replied (or failed) or ``deadline`` seconds pass; then close
-        the stage: later submissions are refused, and messages of this and earlier stages withdrawn."""
+        the stage: later submissions are refused, and messages of this and earlier stages withdrawn.
+        ``on_progress`` (progress) gets the number of addressed holders settled (replied or failed) each
+        time it grows."""
+        end = time.monotonic() + deadline
         with self.cond:
-            _wait(self.cond, lambda: self.expect <= self.done | self.failed, deadline)
+            def settled() -> int:
+                return len(self.expect & (self.done | self.failed))
+            n = settled()
+            while not self.expect <= self.done | self.failed:
+                if not _wait(self.cond, lambda: self.expect <= self.done | self.failed or settled() != n,
+                             end - time.monotonic()):
+                    break
+                n = settled()
+                if on_progress is not None:
+                    on_progress(n)
             missing = sorted(self.expect - self.done - self.failed)
             if missing:
                 log.info("round %d stage %d: no reply from %s (treated as dropped)", self.round, self.stage, missing)

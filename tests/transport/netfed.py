@@ -56,7 +56,7 @@ class NetFederation:
     error: BaseException | None = None
 
     @classmethod
-    def build(cls, tmp_path, overrides: list[str], *, chunk_size: int = 1 << 16) -> "NetFederation":
+    def build(cls, tmp_path, overrides: list[str], *, chunk_size: int = 1 << 16, progress=None) -> "NetFederation":
         from securefed.federation.data import coordinator_data
 
         cfg = load_run_config(overrides=overrides)
@@ -64,11 +64,11 @@ class NetFederation:
         roster = Roster.load(lay.roster)
         rd = RunDir(tmp_path / "run")
         rd.create(resume=False)
-        channel = GrpcChannel(pki=lay.root, roster=roster, port=0, chunk_size=chunk_size)
+        channel = GrpcChannel(pki=lay.root, roster=roster, port=0, chunk_size=chunk_size, progress=progress)
         opts = CoordinatorOptions(deadlines=Deadlines.from_config(cfg.network), min_holders=cfg.federation.n_holders,
                                   deployment="network", backend="grpc")
         coord = Coordinator(cfg, channel, rd, data=coordinator_data(cfg, progress=False), roster=roster,
-                            identity=load_identity(lay.server_identity), options=opts)
+                            identity=load_identity(lay.server_identity), options=opts, progress=progress)
         holders = {h: Holder(hc, identity=load_identity(lay.holder_dir(h) / "identity.key"), roster=roster)
                    for h, hc in holder_configs(cfg, rd.root).items()}
         fed = cls(cfg, rd, lay, roster, channel, coord, holders)

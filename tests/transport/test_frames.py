@@ -394,3 +394,37 @@ def test_the_first_round_waits_while_holders_keep_arriving_and_not_for_one_that_
     t1 = time.monotonic()
     _fetched(b, 1, 2, 1)
     assert b.wait_for_holders(2, want=4, timeout=0.5) == [1] and time.monotonic() - t1 < 0.5 + 1.2
+
+
+def test_the_waits_say_who_asked_and_how_many_replied():
+    """What the coordinator's progress shows while it waits (GrpcChannel): the holders asking for the round, at
+    the start and as each one asks, the final set included; then the replies settled as each one arrives.
+    A wait that shows nothing looks, on a hospital's server console, exactly like one that is stuck."""
+    import threading
+    import time
+
+    from securefed.transport.board import StageBoard
+
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+
+    def arrive():
+        for hid in (3, 1):
+            time.sleep(0.3)
+            _fetched(b, hid, 1, 1)
+    threading.Thread(target=arrive, daemon=True).start()
+    asked = []
+    assert b.wait_for_holders(1, want=2, timeout=5.0, on_change=asked.append) == [1, 3]
+    assert asked == [[], [3], [1, 3]]
+    b.open_round(1, [1, 3])
+    b.publish(2, {1: b"x", 3: b"x"}, reply=True, max_reply=64)
+
+    def reply():
+        for hid in (3, 1):
+            time.sleep(0.3)
+            frames = list(iter_stream_frames(b.run_id, 1, 2, Kind.REPLY, [b"ok"], total_len=2, digest=None,
+                                             chunk_size=1 << 20))
+            assert decode(b.submit(hid, iter(frames), None)).status == 0
+    threading.Thread(target=reply, daemon=True).start()
+    settled = []
+    replies, done = b.wait_replies(5.0, on_progress=settled.append)
+    assert settled == [1, 2] and done == {1, 3} and replies == {1: b"ok", 3: b"ok"}

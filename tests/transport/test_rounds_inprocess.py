@@ -76,8 +76,18 @@ def _oversized_reply(fed: NetFederation, r: int, stage: int) -> None:
 def test_network_rounds_equal_mean_of_clipped_updates_and_survive_garbage(tmp_path, net):
     """Round 1: all four holders; θ₂ = θ₁ − Σ clip(Δ_i)/4. Round 2: holder 1 sends an oversized stream for its
     own SECAGG_START reply — refused, and (protocols/secagg.md S6: a failed stream drops its sender for the
-    stage) holder 1 is out of round 2's masked sum: θ₃ = θ₂ − Σ_{2,3,4} clip(Δ_i)/3, and it released nothing."""
-    fed = NetFederation.build(tmp_path, net)
+    stage) holder 1 is out of round 2's masked sum: θ₃ = θ₂ − Σ_{2,3,4} clip(Δ_i)/3, and it released nothing.
+    The server's console (a log file, heartbeat shortened) says what the coordinator waits for and how many
+    holders answered — not a bare "still working" (what `securefed server` printed before)."""
+    import io
+    import re
+
+    from securefed.runtime.progress import Progress
+
+    console = io.StringIO()
+    progress = Progress(enabled=True, stream=console, interactive=False, heartbeat_s=0.05, min_interval_s=0.05,
+                        tick_s=0.02)
+    fed = NetFederation.build(tmp_path, net, progress=progress)
     seen, theta_types = {}, set()
     handle = fed.holders[1].handle
 
@@ -91,6 +101,8 @@ def test_network_rounds_equal_mean_of_clipped_updates_and_survive_garbage(tmp_pa
     fed.holders[1].handle = hostile_then_honest
     fed.run_all(before_holders=lambda: (_hostile(fed), seen.setdefault("before", True)))
     assert seen == {"before": True, "in stage": True} and fed.rcs == {h: 0 for h in range(1, N + 1)}
+    log = console.getvalue()
+    assert re.search(r"federated rounds \d/2 > round 1: local training, replies [0-3]/4: still working", log), log
     assert theta_types == {bytearray}       # θ came into one BufferSink, handed over without a copy into bytes
     rows = fed.coord.metrics
     assert [(r["round"], r["clients_survived"]) for r in rows] == [(1, N), (2, N - 1)]
