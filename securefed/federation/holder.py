@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -199,8 +200,11 @@ class Holder:
         from securefed.federation.data import holder_rows
 
         if self._data is None:
+            t0 = time.perf_counter()
+            log.info("holder %d: preparing its data (reading and tokenizing its own sources)", self.id)
             self._data = holder_rows(self.cfg, progress=self.progress)
             dp, rows = self.cfg.dp_sgd, int(self._data.train.shape[0])
+            log.info("holder %d: data ready: %d training records in %.1f s", self.id, rows, time.perf_counter() - t0)
             if dp.enabled and dp.delta > 1.0 / rows:   # record-level δ against this holder's own record count
                 raise ValueError(f"holder {self.id}: dp_sgd.delta {dp.delta:.3g} is above 1/records = 1/{rows}: no "
                                  "meaningful record-level guarantee; lower it")
@@ -385,10 +389,16 @@ class Holder:
         # in-process channel's shared θ) are copied, since torch does not take read-only memory
         theta = torch.from_numpy(words if words.flags.writeable and words.dtype.isnative else words.astype(np.float32))
         on_device = self._encodes_on_device(rs)
+        t0 = time.perf_counter()
         # the keyword only when it is used: a host-path holder calls train_round(θ) as it always has
         up = self.trainer.train_round(theta, delta_on_device=True) if on_device else self.trainer.train_round(theta)
         rs.delta, rs.trained = (up.delta if on_device else up.delta.numpy()), True
         rs.report = Ready(rs.offer.round, self.id, int(up.tokens), float(up.mean_loss), False, up.record_epsilon)
+        # what the operator of a deployed holder sees of each round (securefed client logs at INFO): trained,
+        # released (with the ε its own ledger then holds), settled
+        log.info("holder %d: round %d/%d trained: %d tokens, loss %.4g, %.1f s%s", self.id, rs.offer.round,
+                 self.welcomed.rounds, up.tokens, up.mean_loss, time.perf_counter() - t0,
+                 "" if up.record_epsilon is None else f", record-level epsilon {up.record_epsilon:.4g}")
         return None
 
     def _encodes_on_device(self, rs: _Round) -> bool:
@@ -518,7 +528,9 @@ class Holder:
                 why = _over_cap(f"releasing to a cohort of {cohort_size}", proj, rs.spec, t_min, self.cfg.policy.epsilon_cap)
                 self.budget.refuse(rs.spec.round, why, rs.spec)
                 raise ValueError(why)
-            self.budget.release(rs.spec, min_survivors=t_min)
+            entry = self.budget.release(rs.spec, min_survivors=t_min)
+            log.info("holder %d: round %d update released (%s, %s aggregation); ledger epsilon %s", self.id,
+                     rs.spec.round, stage.name, w.aggregation, _eps(entry.get("epsilon")))
         rs.answered.add(stage)
 
     def _on_ckks_upload(self, rs: _Round, payload: bytes) -> bytes:
@@ -614,8 +626,14 @@ class Holder:
         req = secagg_decode(payload)
         reply = self._secagg(rs, payload)        # C6–C9: alive = the survivor list this holder signed
         if isinstance(req, UnmaskRequest) and Stage.SECAGG_MASKED in rs.answered:
-            self.budget.settle(rs.spec, survivors=len(req.alive))   # H8
+            entry = self.budget.settle(rs.spec, survivors=len(req.alive))   # H8
+            log.info("holder %d: round %d settled with %d survivors; ledger epsilon %s", self.id, rs.spec.round,
+                     len(req.alive), _eps(entry.get("epsilon")))
         return reply
+
+
+def _eps(e) -> str:
+    return "inf (no DP noise)" if e is None or e == "inf" or e == float("inf") else f"{float(e):.4g}"
 
 
 def _over_cap(what: str, proj: float, spec: RoundSpec, t_min: int | None, cap: float | None) -> str:

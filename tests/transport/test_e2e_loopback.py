@@ -89,6 +89,11 @@ def test_e2e_five_holders_sigkill_holder_and_server_resume(tmp_path, tiny_run):
             assert procs.wait(name, 120) == 0, procs.log(name)[-3000:]
     finally:
         procs.cleanup()
+    # what a holder's operator sees: its data, then each round trained, released (with its ledger's ε), settled
+    h1 = procs.log("holder1")
+    for line in ("holder 1: data ready: ", "holder 1: round 1/4 trained: ", "holder 1: round 1 update released (",
+                 "holder 1: round 1 settled with 5 survivors", "holder 1: round 4 settled with 5 survivors"):
+        assert line in h1, (line, h1[-3000:])
 
     rows = RunDir.read_jsonl(rd.metrics)
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
