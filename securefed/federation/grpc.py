@@ -101,10 +101,13 @@ class GrpcChannel(Channel):
             atomic_write_text(self.status_path, jsonio.dumps(dict(self.status(), **extra)) + "\n")
 
     def available(self, round_index: int, *, want: int, timeout: float) -> list[int]:
+        """The holders able to take round ``round_index``; while it waits, the console and RUN_DIR/status.json
+        (``securefed server --status``) show who is asking, updated as each holder asks."""
         with self._step(f"round {round_index}: waiting for holders", want) as task:
             def seen(asking: list[int]) -> None:
                 if task is not None:
                     task.advance(len(asking) - task.done, note="asking: " + (_ids(asking) or "none yet"))
+                self._write_status(waiting_for_round=round_index)
             return self.board.wait_for_holders(round_index, want=want, timeout=timeout, fresh=self.alive_s,
                                                on_change=seen)
 
@@ -114,10 +117,15 @@ class GrpcChannel(Channel):
         return self.progress.step(label, total=total) if self.progress is not None else nullcontext()
 
     def _wait_replies(self, round_index: int, stage: int, n: int, deadline: float):
+        """The stage's replies; the console and status.json show how many are in as each one arrives."""
         what = "local training" if stage == Stage.PLAN else Stage(stage).name.lower()
+        self._write_status()                      # the stage just published: status.json says which, now
         with self._step(f"round {round_index}: {what}, replies", n) as task:
-            return self.board.wait_replies(
-                deadline, on_progress=None if task is None else (lambda k: task.advance(k - task.done)))
+            def settled(k: int) -> None:
+                if task is not None:
+                    task.advance(k - task.done)
+                self._write_status()
+            return self.board.wait_replies(deadline, on_progress=settled)
 
     def send(self, round_index: int, stage: int, outbox: Mapping[int, bytes]) -> None:
         self._ensure_open(round_index, outbox)

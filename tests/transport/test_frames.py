@@ -428,3 +428,33 @@ def test_the_waits_say_who_asked_and_how_many_replied():
     settled = []
     replies, done = b.wait_replies(5.0, on_progress=settled.append)
     assert settled == [1, 2] and done == {1, 3} and replies == {1: b"ok", 3: b"ok"}
+
+
+def test_server_status_shows_who_is_asking_while_the_coordinator_waits(tmp_path):
+    """`securefed server --status RUN_DIR` reads RUN_DIR/status.json: while the first round waits for its
+    holders, the file names those asking as each one asks (it was written only when a round opened or
+    ended, so a waiting server showed an empty list however many holders were already there)."""
+    import json
+    import threading
+    import time
+
+    from securefed.federation.grpc import GrpcChannel
+    from securefed.secagg import Roster
+    from securefed.transport.board import StageBoard
+    from securefed.transport.pki import make_demo_pki
+
+    lay = make_demo_pki(tmp_path / "pki", holders=3)
+    ch = GrpcChannel(pki=lay.root, roster=Roster.load(lay.roster), status_path=tmp_path / "status.json")
+    ch.board = StageBoard(b"r" * 16, chunk_size=1 << 20)
+    seen = []
+
+    def arrive_then_look():
+        time.sleep(0.3)
+        _fetched(ch.board, 2, 1, 1)
+        time.sleep(0.3)                      # the coordinator is still waiting (want 3, 2 s without news)
+        seen.append(json.loads((tmp_path / "status.json").read_text()))
+    t = threading.Thread(target=arrive_then_look, daemon=True)
+    t.start()
+    assert ch.available(1, want=3, timeout=2.0) == [2]
+    t.join(5)
+    assert seen and seen[0]["board"]["waiting"] == [2] and seen[0]["waiting_for_round"] == 1
