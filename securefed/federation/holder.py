@@ -633,7 +633,7 @@ class Holder:
 
 
 def _eps(e) -> str:
-    return "inf (no DP noise)" if e is None or e == "inf" or e == float("inf") else f"{float(e):.4g}"
+    return "inf (no holder-level DP noise)" if e is None or e == "inf" or e == float("inf") else f"{float(e):.4g}"
 
 
 def _over_cap(what: str, proj: float, spec: RoundSpec, t_min: int | None, cap: float | None) -> str:
