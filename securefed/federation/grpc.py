@@ -107,7 +107,7 @@ class GrpcChannel(Channel):
             def seen(asking: list[int]) -> None:
                 if task is not None:
                     task.advance(len(asking) - task.done, note="asking: " + (_ids(asking) or "none yet"))
-                self._write_status(waiting_for_round=round_index)
+                self._write_status(waiting_for_round=round_index, asking=list(asking))
             return self.board.wait_for_holders(round_index, want=want, timeout=timeout, fresh=self.alive_s,
                                                on_change=seen)
 

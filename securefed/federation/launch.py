@@ -165,5 +165,39 @@ def _follow(rd: RunDir, procs: dict, logs: dict, progress, rounds: int) -> None:
             last = time.monotonic()
         seen = max(seen, len(rows))
         if time.monotonic() - last > 30:
-            progress.print(f"waiting for round {seen + 1}/{rounds} (coordinator and {len(rows)} rounds so far)")
+            now = board_line(_read_status(rd.root / "status.json"))
+            progress.print(f"waiting for round {seen + 1}/{rounds} ({len(rows)} rounds so far)"
+                           + (f": {now}" if now else ""))
             last = time.monotonic()
+
+
+def _read_status(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def board_line(status: dict | None) -> str | None:
+    """What the coordinator waits for now, from its RUN_DIR/status.json (GrpcChannel keeps it current):
+    "round 2: local training, replies 3/4 (in: 1, 2, 4)" or "round 1: waiting for holders (asking: 1, 3)"."""
+    from securefed.federation.stages import Stage
+
+    b = (status or {}).get("board")
+    if not isinstance(b, dict) or b.get("ended"):
+        return None
+    try:
+        r, stage = int(b.get("round", 0)), int(b.get("stage", -1))
+        expect, done = [int(h) for h in b.get("expect") or []], [int(h) for h in b.get("done") or []]
+        asking = [int(h) for h in status.get("asking") or []]
+        if stage >= 0 and expect:
+            what = "local training" if stage == Stage.PLAN else Stage(stage).name.lower()
+            ins = [h for h in done if h in expect]
+            return (f"round {r}: {what}, replies {len(ins)}/{len(expect)}"
+                    + (f" (in: {', '.join(map(str, ins))})" if ins else ""))
+        if "waiting_for_round" in status:
+            return (f"round {int(status['waiting_for_round'])}: waiting for holders (asking: "
+                    f"{', '.join(map(str, asking)) or 'none yet'})")
+    except (TypeError, ValueError):   # a status file from another version: say nothing rather than fail the run
+        return None
+    return None

@@ -439,6 +439,7 @@ def test_server_status_shows_who_is_asking_while_the_coordinator_waits(tmp_path)
     import time
 
     from securefed.federation.grpc import GrpcChannel
+    from securefed.federation.stages import Stage
     from securefed.secagg import Roster
     from securefed.transport.board import StageBoard
     from securefed.transport.pki import make_demo_pki
@@ -458,3 +459,13 @@ def test_server_status_shows_who_is_asking_while_the_coordinator_waits(tmp_path)
     assert ch.available(1, want=3, timeout=2.0) == [2]
     t.join(5)
     assert seen and seen[0]["board"]["waiting"] == [2] and seen[0]["waiting_for_round"] == 1
+    assert seen[0]["asking"] == [2]
+    # what `simulate --backend grpc` prints from that file while it waits (launch.board_line)
+    from securefed.federation.launch import board_line
+
+    assert board_line(seen[0]) == "round 1: waiting for holders (asking: 2)"
+    ch.board.open_round(1, [1, 2])
+    ch.board.publish(int(Stage.PLAN), {1: b"x", 2: b"x"}, reply=True, max_reply=64)
+    ch.board.done.add(2)
+    assert board_line(ch.status()) == "round 1: local training, replies 1/2 (in: 2)"
+    assert board_line({"board": {"ended": {"why": "finished"}}}) is None and board_line({"board": "junk"}) is None
