@@ -56,6 +56,8 @@ def row_sets(a: argparse.Namespace) -> tuple[str, list[str]]:
              "outer.momentum_warmup=0"]   # gpu-20m's own outer optimizer is Nesterov with a warmup
     if a.sigma is None:   # the non-private trainer, as users run it (compile + Liger on the GPU)
         sets += ["train.dp_sgd.enabled=false", f"train.compile={'false' if a.tiny else 'true'}"]
+        if a.np_micro:    # gradient accumulation: the same step in slices (a batch too big for one forward)
+            sets.append(f"train.micro_batch_size={a.np_micro}")
     else:
         sets += ["train.dp_sgd.enabled=true", "train.compile=false", f"train.dp_sgd.clipping={a.clipping}",
                  f"train.dp_sgd.noise_multiplier={a.sigma}", f"train.dp_sgd.max_grad_norm={CLIP}",
@@ -216,6 +218,8 @@ def main() -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--batch", type=int, default=128, help="expected (Poisson) batch per holder step")
         p.add_argument("--micro", type=int, default=32, help="ghost: sequences per forward/backward slice")
+        p.add_argument("--np-micro", type=int, default=None,
+                       help="the non-private row: sequences per slice of its step (train.micro_batch_size)")
         p.add_argument("--h", type=int, default=8, help="local steps per round")
         p.add_argument("--rounds", type=int, default=2)
         p.add_argument("--lr", type=float, default=3e-3)

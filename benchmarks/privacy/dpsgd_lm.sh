@@ -20,6 +20,7 @@
 #     (ε at these σ: 0.9997, 2.9958, 7.9933). Rows evaluate every round; one that the deadline stops
 #     still pairs at the last round every row reached.
 #  4. summary.json (+ each row's metrics.jsonl, summary.json, ledger, log) under $OUT
+# NP_MICRO=N: the ε = ∞ row's step in slices of N sequences (train.micro_batch_size; batch 2,048 does not fit one forward).
 # ROWS="inf 8,3 1" runs ∞ and 8 side by side, then 3 and 1 (default: all four at once). Longer than a call: start
 # it detached (setsid nohup … &) with OUT on the machine's disk and DEADLINE past the call; pack $OUT in a later call.
 set -u
@@ -78,7 +79,7 @@ row() { name=$1; shift; left=$(( DEADLINE - $(el) )); [ $left -gt 0 ] || left=1
         timeout -k 10 -s INT $left $P $D row "${COMMON[@]}" --name "$name" "$@" > "$O/$name.log" 2>&1; echo "$name rc=$? $(el)s"; }
 # ROWS: which ε rows, in waves separated by commas; a wave's rows run side by side on the GPU (one at a time in
 # TINY mode, two CPU cores), waves one after another; a row whose run already has its summary is not run again
-one() { case $1 in inf) row eps-inf ;; 8) row eps8 --sigma "$SIG8" ;; 3) row eps3 --sigma "$SIG3" ;;
+one() { case $1 in inf) row eps-inf ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; 8) row eps8 --sigma "$SIG8" ;; 3) row eps3 --sigma "$SIG3" ;;
                    1) row eps1 --sigma "$SIG1" ;; esac; }
 for wave in "${WAVES[@]}"; do
   for r in $wave; do

@@ -58,6 +58,11 @@ class DPSGDConfig:
 class TrainConfig:
     local_steps: int = 16                      # K, inner steps per round
     batch_size: int = 16                       # sequences per inner step
+    # gradient accumulation: the step's batch_size sequences go through in slices of at most this many, their
+    # gradients summed into the one optimizer step (the same step, a slice's activation memory). Non-private
+    # steps only: DP-SGD slices its Poisson batch with dp_sgd.micro_batch_size (one noised, accounted step).
+    # Under ddp / fsdp each slice's backward synchronises its gradient: correct, not the cheapest
+    micro_batch_size: int | None = None
     lr: float = 1e-3
     min_lr_ratio: float = 0.1                  # cosine floor, as a fraction of lr
     warmup_steps: int = 10
@@ -88,6 +93,14 @@ class TrainConfig:
             raise ValueError(f"train.local_steps (K) must be >= 1, got {self.local_steps}")
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.micro_batch_size is not None:
+            if isinstance(self.micro_batch_size, bool) or not isinstance(self.micro_batch_size, int):
+                raise TypeError(f"train.micro_batch_size must be an int or null, got {self.micro_batch_size!r}")
+            if self.micro_batch_size < 1:
+                raise ValueError(f"train.micro_batch_size must be >= 1, got {self.micro_batch_size}")
+            if self.dp_sgd.enabled:
+                raise ValueError("train.micro_batch_size slices non-private steps; with DP-SGD set "
+                                 "train.dp_sgd.micro_batch_size (clipping=ghost) instead")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -134,14 +134,22 @@ class LocalTrainer:
                              batch_size=batch_size or self.cfg.batch_size, dp_secret_seed=dp_secret_seed)
 
     def _train_step(self, opt, x: torch.Tensor) -> torch.Tensor:
-        with self._sdpa():
-            out = self._forward(input_ids=x, labels=x)
-            self.fabric.backward(out.loss)
+        """One optimizer step on x (b, T). With train.micro_batch_size the batch goes through in slices whose
+        losses are weighted by their share of it (every row has T tokens, so Σ (b_s/b)·mean_s is the whole
+        batch's mean): the gradients sum to the whole batch's, then one clip and one step."""
+        slices = x.split(self.cfg.micro_batch_size or x.shape[0]) if not self.cfg.dp_sgd.enabled else (x,)
+        total = torch.zeros((), device=x.device)
+        for xs in slices:
+            with self._sdpa():
+                out = self._forward(input_ids=xs, labels=xs)
+                loss = out.loss * (xs.shape[0] / x.shape[0]) if len(slices) > 1 else out.loss
+                self.fabric.backward(loss)
+            total += loss.detach()
         if self.cfg.grad_clip > 0 and not self.cfg.dp_sgd.enabled:  # DP-SGD clips per sample instead
             self.fabric.clip_gradients(self.model, opt, max_norm=self.cfg.grad_clip, error_if_nonfinite=False)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return out.loss.detach()
+        return total
 
     def _ghost_step(self, opt, x: torch.Tensor) -> torch.Tensor:
         """One DP-SGD step with ghost clipping (securefed.privacy.ghost) on the Poisson batch x (b, T):

@@ -152,9 +152,12 @@ def test_dpsgd_lm_rows_load_on_gpu_20m():
     dp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dp)
     for sigma in (None, 0.6586):
-        a = argparse.Namespace(tiny=False, size="20m", corpus="/c", seed=0, batch=512, micro=32, h=8, rounds=4,
-                               lr=3e-3, warmup=2, sigma=sigma, clipping="ghost", set=None)
+        a = argparse.Namespace(tiny=False, size="20m", corpus="/c", seed=0, batch=2048, micro=32, np_micro=512, h=4,
+                               rounds=4, lr=3e-3, warmup=2, sigma=sigma, clipping="ghost", set=None)
         preset, sets = dp.row_sets(a)
         cfg = load_run_config(preset=preset, overrides=tuple(sets))
         assert (cfg.outer.name, cfg.outer.momentum_warmup) == ("fedavg", 0)
         assert cfg.train.dp_sgd.enabled == (sigma is not None)
+        # the non-private row accumulates in slices of 512 (train.micro_batch_size); the DP rows slice by 32
+        assert (cfg.train.micro_batch_size, cfg.train.dp_sgd.micro_batch_size) == ((512, None) if sigma is None
+                                                                                  else (None, 32))

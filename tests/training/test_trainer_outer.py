@@ -128,6 +128,49 @@ def test_holder_state_roundtrip_is_bit_identical():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+@pytest.mark.parametrize("clip", [0.5, 100.0])
+@pytest.mark.parametrize("micro", [4, 3, 1])
+def test_micro_batches_give_the_whole_batchs_gradient_and_loss(micro, clip):
+    """train.micro_batch_size (gradient accumulation): a step of batch 8 in slices of 4, 3 (3 + 3 + 2: uneven)
+    or 1 hands the optimizer the whole batch's gradient — after grad_clip, which must bind on the whole
+    gradient, not per slice (clip 0.5 binds; clip 100 does not, so a scale error shows) — and reports the
+    whole batch's mean loss. (Gradients, not the AdamW
+    step: AdamW is blind to a uniform scale error, and amplifies the summation-order noise of near-zero
+    coordinates.)"""
+    class Recorder(torch.optim.SGD):     # the optimizer's place: keeps the gradient .step() was handed
+        def __init__(self, params):
+            super().__init__(params, lr=0.0)
+            self.grads = None
+
+        def step(self, closure=None):
+            self.grads = [p.grad.detach().clone() for g in self.param_groups for p in g["params"]]
+
+    x = _data(1, n=8)
+
+    def step(micro):
+        model = build_model("tiny", vocab_size=64, seq_len=16, seed=3)
+        tr = LocalTrainer(model, TrainConfig(batch_size=8, grad_clip=clip, micro_batch_size=micro,
+                                             accelerator="cpu", precision="32-true"))
+        rec = Recorder(model.parameters())
+        loss = tr._train_step(rec, x)
+        return float(loss), torch.cat([g.flatten() for g in rec.grads])
+    (l_whole, g_whole), (l_sliced, g_sliced) = step(None), step(micro)
+    assert (abs(g_whole.norm() - 0.5) < 1e-4) == (clip == 0.5)   # 0.5 binds on the whole batch; 100 does not
+    torch.testing.assert_close(g_sliced, g_whole, rtol=1e-4, atol=1e-7)
+    assert abs(l_sliced - l_whole) < 1e-5
+
+
+def test_micro_batch_size_is_checked():
+    from securefed.training.config import DPSGDConfig
+
+    with pytest.raises(ValueError, match=">= 1"):
+        TrainConfig(micro_batch_size=0)
+    with pytest.raises(TypeError, match="int or null"):
+        TrainConfig(micro_batch_size=2.5)
+    with pytest.raises(ValueError, match="dp_sgd.micro_batch_size"):
+        TrainConfig(micro_batch_size=4, dp_sgd=DPSGDConfig(enabled=True))
+
+
 def test_lr_schedule_warmup_then_cosine():
     cfg = TrainConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1)
     assert lr_at(cfg, 0, 100) == pytest.approx(0.25)
