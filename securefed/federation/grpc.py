@@ -27,7 +27,7 @@ import grpc
 from securefed import jsonio
 from securefed.federation.channel import Channel, SinkFactory
 from securefed.federation.messages import MAX_MESSAGE, Hello, MessageError, decode_as, encode
-from securefed.federation.stages import RELEASE_STAGES, Stage
+from securefed.federation.stages import RELEASE_STAGES, Stage, stage_label
 from securefed.runtime.rundir import atomic_write_text
 from securefed.secagg import Roster
 from securefed.transport.board import StageBoard
@@ -118,9 +118,8 @@ class GrpcChannel(Channel):
 
     def _wait_replies(self, round_index: int, stage: int, n: int, deadline: float):
         """The stage's replies; the console and status.json show how many are in as each one arrives."""
-        what = "local training" if stage == Stage.PLAN else Stage(stage).name.lower()
         self._write_status()                      # the stage just published: status.json says which, now
-        with self._step(f"round {round_index}: {what}, replies", n) as task:
+        with self._step(f"round {round_index}: {stage_label(stage)}, replies", n) as task:
             def settled(k: int) -> None:
                 if task is not None:
                     task.advance(k - task.done)

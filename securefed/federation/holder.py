@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -633,7 +634,9 @@ class Holder:
 
 
 def _eps(e) -> str:
-    return "inf (no holder-level DP noise)" if e is None or e == "inf" or e == float("inf") else f"{float(e):.4g}"
+    """A ledger entry's ε for the holder's log (the ledger may hold it as a number or as "inf")."""
+    v = math.inf if e is None else float(e)
+    return "inf (no holder-level DP noise)" if math.isinf(v) else f"{v:.4g}"
 
 
 def _over_cap(what: str, proj: float, spec: RoundSpec, t_min: int | None, cap: float | None) -> str:

@@ -181,7 +181,7 @@ def _read_status(path: Path) -> dict | None:
 def board_line(status: dict | None) -> str | None:
     """What the coordinator waits for now, from its RUN_DIR/status.json (GrpcChannel keeps it current):
     "round 2: local training, replies 3/4 (in: 1, 2, 4)" or "round 1: waiting for holders (asking: 1, 3)"."""
-    from securefed.federation.stages import Stage
+    from securefed.federation.stages import stage_label
 
     b = (status or {}).get("board")
     if not isinstance(b, dict) or b.get("ended"):
@@ -191,9 +191,8 @@ def board_line(status: dict | None) -> str | None:
         expect, done = [int(h) for h in b.get("expect") or []], [int(h) for h in b.get("done") or []]
         asking = [int(h) for h in status.get("asking") or []]
         if stage >= 0 and expect:
-            what = "local training" if stage == Stage.PLAN else Stage(stage).name.lower()
             ins = [h for h in done if h in expect]
-            return (f"round {r}: {what}, replies {len(ins)}/{len(expect)}"
+            return (f"round {r}: {stage_label(stage)}, replies {len(ins)}/{len(expect)}"
                     + (f" (in: {', '.join(map(str, ins))})" if ins else ""))
         if "waiting_for_round" in status:
             return (f"round {int(status['waiting_for_round'])}: waiting for holders (asking: "

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-__all__ = ["Stage", "SECAGG_STAGES", "KEY_STAGES", "secagg_stages", "RELEASE_STAGES", "Deadlines"]
+__all__ = ["Stage", "SECAGG_STAGES", "KEY_STAGES", "secagg_stages", "RELEASE_STAGES", "Deadlines", "stage_label"]
 
 
 class Stage(IntEnum):
@@ -94,3 +94,8 @@ class Deadlines:
         if stage in RELEASE_STAGES:
             return self.upload
         return self.control
+
+
+def stage_label(stage: int) -> str:
+    """How progress lines name a stage: "local training" for PLAN (the holders train during it), else its name."""
+    return "local training" if stage == Stage.PLAN else Stage(stage).name.lower()

@@ -137,7 +137,7 @@ class LocalTrainer:
         """One optimizer step on x (b, T). With train.micro_batch_size the batch goes through in slices whose
         losses are weighted by their share of it (every row has T tokens, so Σ (b_s/b)·mean_s is the whole
         batch's mean): the gradients sum to the whole batch's, then one clip and one step."""
-        slices = x.split(self.cfg.micro_batch_size or x.shape[0]) if not self.cfg.dp_sgd.enabled else (x,)
+        slices = x.split(self.cfg.micro_batch_size or x.shape[0])   # TrainConfig refuses it with DP-SGD
         total = torch.zeros((), device=x.device)
         for xs in slices:
             with self._sdpa():

@@ -189,7 +189,8 @@ class StageBoard:
         §5.3: holders started together on shared cores come up one after another, none stuck); later
         rounds until every holder alive (it asked for anything in the last ``fresh`` seconds) asks, up to
         ``timeout`` — a holder that died is not waited for, a slow one is. ``on_change`` (progress) gets
-        the holders asking so far, at the start and each time one asks for the first time in this wait."""
+        the holders asking so far, at the start and each time the set changes, called without the board's
+        lock held (it may write files; the RPC handlers must not wait on it)."""
         end = time.monotonic() + timeout
         first = not self.opened
 
@@ -209,20 +210,24 @@ class StageBoard:
                 self.round, self.over = r - 1, True
                 self.cond.notify_all()
             seen = set(asking())
-            shown = sorted(seen)
-            if on_change is not None:
-                on_change(shown)
-            while True:
+            now = sorted(seen)
+        shown = None
+        while True:
+            if on_change is not None and now != shown:
+                shown = now
+                on_change(now)              # outside the lock: it may write files (status.json)
+            with self.cond:
                 woke = _wait(self.cond, lambda: ready() or not set(asking()) <= seen, end - time.monotonic())
-                now = asking()
-                if on_change is not None and now != shown:
-                    shown = now
-                    on_change(now)
-                if not woke or ready():
-                    break
-                seen |= set(now)                    # a holder asked for the first time in this wait:
-                if first:                           # in the first round the wait restarts (§5.3)
-                    end = time.monotonic() + timeout
+                now, over = asking(), not woke or ready()
+                if not over:
+                    seen |= set(now)                # a holder asked for the first time in this wait:
+                    if first:                       # in the first round the wait restarts (§5.3)
+                        end = time.monotonic() + timeout
+            if over:
+                break
+        if on_change is not None and now != shown:
+            on_change(now)
+        with self.cond:
             self.bytes_up = self.bytes_down = 0
             return asking()
 
@@ -247,19 +252,24 @@ class StageBoard:
         """Wait until every addressed holder replied (or failed) or ``deadline`` seconds pass; then close
         the stage: later submissions are refused, and messages of this and earlier stages withdrawn.
         ``on_progress`` (progress) gets the number of addressed holders settled (replied or failed) each
-        time it grows."""
+        time it grows, called without the board's lock held."""
         end = time.monotonic() + deadline
+
+        def settled() -> int:
+            return len(self.expect & (self.done | self.failed))
+
+        def all_in() -> bool:
+            return self.expect <= self.done | self.failed
         with self.cond:
-            def settled() -> int:
-                return len(self.expect & (self.done | self.failed))
-            n = settled()
-            while not self.expect <= self.done | self.failed:
-                if not _wait(self.cond, lambda: self.expect <= self.done | self.failed or settled() != n,
-                             end - time.monotonic()):
+            n, finished = settled(), all_in()
+        while not finished:
+            with self.cond:
+                if not _wait(self.cond, lambda: all_in() or settled() != n, end - time.monotonic()):
                     break
-                n = settled()
-                if on_progress is not None:
-                    on_progress(n)
+                n, finished = settled(), all_in()
+            if on_progress is not None:
+                on_progress(n)                      # outside the lock: it may write files (status.json)
+        with self.cond:
             missing = sorted(self.expect - self.done - self.failed)
             if missing:
                 log.info("round %d stage %d: no reply from %s (treated as dropped)", self.round, self.stage, missing)
