@@ -236,7 +236,9 @@ def plot_rows(rows: dict, pairs: list[dict], out: Path) -> None:
         if not pts:
             continue
         central = "-central-" in name
-        label = _label(name).replace("20m-", "").replace("75m-", "").replace("125m-", "")
+        label = _label(name)
+        if len({n.split("-", 1)[0] for n in rows}) == 1:    # one model size: its name says nothing
+            label = label.split("-", 1)[1]
         ax.plot(*zip(*pts), "s--" if central else "o-", color=color[name],
                 label=label, markersize=3, linewidth=1.4 if central else 1.0)
     for p in tuned_pairs(pairs):
