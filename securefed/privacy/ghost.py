@@ -12,17 +12,22 @@ and the whole record's norm is the root of the per-layer squares. Ghost wins whe
 the layer's width; at T = 1024 and d = 384 (the 20m model) instantiation is cheaper, so each layer takes
 the cheaper one (the "mixed ghost clipping" of Bu et al. 2022, "Scalable and efficient training of large
 convolutional neural networks with differential privacy"; we compare time, T·(d_in + d_out) against
-d_in·d_out, since both routes' memory is one layer's worth). Either way per-record gradients exist one
-layer at a time (the tied pair: until both uses are summed), never B copies of the model as in
-per-sample mode.
+d_in·d_out: the same comparison decides which of the two a layer keeps for book-keeping below, its
+(A_i, G_i) or its g_i, so the smaller is kept). Per-record gradients are formed only for the instantiated
+layers, in the autocast precision, never for the ghost-normed ones — not B fp32 copies of the whole model
+with their gradient as in Opacus' per-sample mode.
 
 The clipped sum Σ_i c_i·g_i, c_i = min(1, C / (‖g_i‖ + 1e-6)) — exactly what per-sample clipping sums —
 then comes without forming g_i, in one of two ways:
   book-keeping (default; Bu et al. 2023, "Differentially private optimization on large model at small
-      cost"): the first backward keeps each Linear's (A_i, G_i); Σ_i c_i·G_iᵀA_i = (c ⊙ G)ᵀA is one matmul
-      per layer, the cost of its ordinary weight gradient. One backward in all, which never forms a
-      weight gradient (it differentiates to the input embedding's output only); the price is keeping
-      every layer's G until then, about one more copy of the activations.
+      cost"): the first backward keeps what each layer's clipped gradient needs. A ghost-normed layer
+      keeps its (A_i, G_i): Σ_i c_i·G_iᵀA_i = (c ⊙ G)ᵀA is one matmul, the cost of its ordinary weight
+      gradient. An instantiated layer has already formed its g_i for the norm and keeps them: Σ_i c_i·g_i
+      is a weighted sum, no second weight-gradient matmul (at T = 1024 this is most of the 20m model,
+      tied head included: a quarter of a DP step's flops), and the g_i (b·d_in·d_out) are smaller than
+      the (A_i, G_i) (b·T·(d_in + d_out)) they replace — which is the very test that routed the layer.
+      One backward in all, which never forms a weight gradient (it differentiates to the input
+      embedding's output only); the price is keeping that per-layer state until then.
   Opacus' own (``book_keeping=False``): a second, full backward of Σ_i c_i·ℓ_i with c held constant.
 
 Layers (Opacus 1.6 on transformers' Llama): nn.Linear and nn.Embedding have ghost norm samplers; a
@@ -113,8 +118,9 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
 
     def _keep(self, module, backprops, loss_reduction, batch_first) -> None:
         """Book-keeping (Bu et al. 2023, "Differentially private optimization on large model at small cost"):
-        this layer's per-record norms now, and what its clipped gradient needs later — (A, G) of a Linear or
-        Embedding, the per-record gradients of anything else (RMSNorm: (b, d), small)."""
+        this layer's per-record norms now, and what its clipped gradient needs later — (A, G) of a
+        ghost-normed Linear or Embedding, the per-record gradients of an instantiated layer (formed for its
+        norm anyway: a tied parameter's once, summed over its uses; RMSNorm's are (b, d), small)."""
         activations, backprops = self.rearrange_grad_samples(module=module, backprops=backprops,
                                                              loss_reduction=loss_reduction, batch_first=batch_first)
         if (isinstance(module, torch.nn.Linear) and backprops.dtype in (torch.bfloat16, torch.float16)
@@ -129,10 +135,8 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
         params = [p for p in module.parameters(recurse=False) if p.requires_grad]
         for p in params:
             p._forward_counter -= 1                  # Opacus counts uses per forward (tying check)
-        ag = isinstance(module, (torch.nn.Linear, torch.nn.Embedding))
-        if ag:
+        if self.use_ghost_clipping:                  # set by _routed (Linear / Embedding only: NORM_SAMPLERS)
             self._kept.append((module, activations[0], backprops))
-        if self.use_ghost_clipping:                  # set by _routed
             for p, n in self.NORM_SAMPLERS[type(module)](module, activations, backprops).items():
                 p._norm_sample = n
             return
@@ -147,16 +151,16 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
                     self._tied_sum[id(p)] = (gs, uses)
                     continue
             p._norm_sample = gs.reshape(gs.shape[0], -1).norm(2, dim=1)
-            if not ag:
-                self._kept_gs.append((p, gs))
+            self._kept_gs.append((p, gs))
 
     def _clear_kept(self) -> None:
         self._kept, self._kept_gs, self._tied_sum = [], [], {}
 
     @torch.no_grad()
     def add_clipped_grads(self, coef: torch.Tensor) -> None:
-        """.grad += Σ_i c_i·g_i from what pass 1 kept: c ⊙ G against A, one matmul per Linear (the cost
-        of its ordinary weight gradient), a scatter-add per Embedding, a weighted sum for the rest."""
+        """.grad += Σ_i c_i·g_i from what pass 1 kept: for a ghost-normed layer c ⊙ G against A, one matmul
+        per Linear (the cost of its ordinary weight gradient) or a scatter-add per Embedding; for an
+        instantiated one the weighted sum of its kept g_i."""
         for module, a, g in self._kept:
             cg = g * coef.to(g.dtype).view(-1, *([1] * (g.dim() - 1)))                # (b, T, d_out) c_i·G_i
             cg2 = cg.reshape(-1, cg.shape[-1])                                         # (b·T, d_out)

@@ -205,9 +205,16 @@ def test_under_bf16_autocast_the_per_record_work_runs_in_bf16_and_norms_stay_wit
     real_keep = gsm._keep
 
     def spy(module, backprops, loss_reduction, batch_first):
+        n_kept, n_gs = len(gsm._kept), len(gsm._kept_gs)
         real_keep(module, backprops, loss_reduction, batch_first)
         if isinstance(module, torch.nn.Linear):
-            kept_dtypes[gsm._names[id(module)]] = gsm._kept[-1][1].dtype
+            if len(gsm._kept) > n_kept:          # ghost route: its (A, G)
+                kept = gsm._kept[-1][1]
+            elif len(gsm._kept_gs) > n_gs:       # instantiated: its per-record gradients
+                kept = gsm._kept_gs[-1][1]
+            else:                                # tied (lm_head): held until the embedding's use is summed in
+                (kept, _), = gsm._tied_sum.values()
+            kept_dtypes[gsm._names[id(module)]] = kept.dtype
 
     gsm._keep = spy
     with torch.autocast("cpu", dtype=torch.bfloat16):
