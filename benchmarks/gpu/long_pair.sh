@@ -9,7 +9,9 @@
 #   bash benchmarks/gpu/long_pair.sh wait      # waits ≤ 560 s more, then packs $OUT/long_pair.tgz
 #
 # carry [".whl", ".cache/gpu-text"]. `wait` may be repeated; a cold machine has lost the rows (start again).
-# OUTER / OUTER_LR / INNER_RATIO / MOMENTUM_WARMUP choose the federated row's optimizers (default: FedAvg, outer lr 1, inner = central lr).
+# OUTER / OUTER_LR / MOMENTUM / INNER_RATIO / MOMENTUM_WARMUP choose the federated row's optimizers (default: FedAvg, outer lr 1,
+# momentum 0.9 where the outer optimizer has one, inner = central lr).
+# CENTRAL_LR sets the centralized row's lr (default: the size's, study.py SIZES; the row's name carries it).
 # PARTITION=by_source makes the federated row non-IID (the centralized row is always the pooled, IID one); SEED (default 0) both rows' seed.
 # SIZE (default 20m; 75m, 125m) and TOKENS choose the model and the tokens per side; SKIP_CENTRAL=1 / SKIP_FED=1 run
 # one side only (a larger model's two sides may not fit one lease: each side is its own process, and rows of the
@@ -53,9 +55,9 @@ start)
           --set federation.checkpoint_every=25)
   # SKIP_CENTRAL=1: the centralized row of this schedule is already in benchmarks/gpu/raw/issue14/long_pair_h32/
   [ "${SKIP_CENTRAL:-0}" = 1 ] || \
-    setsid nohup python3 benchmarks/gpu/study.py run --side central --partition iid "${common[@]}" > $R/logs/central.log 2>&1 < /dev/null &
+    setsid nohup python3 benchmarks/gpu/study.py run --side central --partition iid ${CENTRAL_LR:+--central-lr "$CENTRAL_LR"} "${common[@]}" > $R/logs/central.log 2>&1 < /dev/null &
   [ "${SKIP_FED:-0}" = 1 ] || \
-    setsid nohup python3 benchmarks/gpu/study.py run --side fed --partition "${PARTITION:-iid}" --outer "${OUTER:-fedavg}" --outer-lr "${OUTER_LR:-1.0}" \
+    setsid nohup python3 benchmarks/gpu/study.py run --side fed --partition "${PARTITION:-iid}" --outer "${OUTER:-fedavg}" --outer-lr "${OUTER_LR:-1.0}" --momentum "${MOMENTUM:-0.9}" \
     --inner-lr-ratio "${INNER_RATIO:-1.0}" --momentum-warmup "${MOMENTUM_WARMUP:-0}" --h "$H" --backend "${FED_BACKEND:-inproc}" "${common[@]}" > $R/logs/fed.log 2>&1 < /dev/null &
   limit=${START_LIMIT:-520} ;;   # START_LIMIT=570: a row alone on the GPU (≈ 115 s corpus + 111 × 4.1 s) in one call
 wait)

@@ -56,6 +56,8 @@ def row_name(a: argparse.Namespace) -> str:
         parts = [a.size, a.partition, "central", f"lr{a.central_lr or SIZES[a.size]['central_lr']:g}"]
     else:
         parts = [a.size, a.partition, "fed", a.outer, f"olr{a.outer_lr:g}", f"h{a.h}", f"ilr{a.inner_lr_ratio:g}"]
+        if a.outer != "fedavg" and a.momentum != 0.9:      # 0.9 (every row before stop 30) stays unnamed
+            parts.append(f"m{a.momentum:g}")
         if a.momentum_warmup:
             parts.append(f"mw{a.momentum_warmup}")
         if a.secure:
@@ -89,7 +91,7 @@ def overrides(a: argparse.Namespace) -> tuple[list[str], dict]:
         f"aggregation.mode={'secagg' if (fed and a.secure) else 'plain'}",
     ]
     if fed:
-        sets += [f"outer.name={a.outer}", f"outer.lr={a.outer_lr}", "outer.momentum=0.9",
+        sets += [f"outer.name={a.outer}", f"outer.lr={a.outer_lr}", f"outer.momentum={a.momentum}",
                  f"outer.momentum_warmup={a.momentum_warmup}"]   # always: the preset may carry its own warmup
     else:
         sets += ["outer.name=fedavg", "outer.lr=1.0", "outer.momentum_warmup=0"]
@@ -307,8 +309,9 @@ def main() -> None:
         # 28 (a quarter of its 111 rounds); the defaults stay, so that every recorded command keeps its meaning
         p.add_argument("--outer", choices=("nesterov", "fedavg"), default="fedavg")
         p.add_argument("--outer-lr", type=float, default=1.0)
+        p.add_argument("--momentum", type=float, default=0.9, help="outer momentum (Nesterov / FedMom)")
         p.add_argument("--momentum-warmup", type=int, default=0,
-                       help="outer rounds over which nesterov's momentum rises from 0 to 0.9 (RESULTS.md (s14))")
+                       help="outer rounds over which the momentum rises from 0 to --momentum (RESULTS.md (s14))")
         p.add_argument("--h", type=int, default=32, help="local steps per round")
         p.add_argument("--inner-lr-ratio", type=float, default=1.0, help="federated inner lr / centralized lr")
         p.add_argument("--central-lr", type=float, default=None)

@@ -25,7 +25,7 @@ corpus = _load("build_corpus")
 def _args(**kw):
     base = dict(size="20m", side="fed", partition="iid", outer="nesterov", outer_lr=0.7, h=32, inner_lr_ratio=0.5,
                 central_lr=None, tokens=1e8, evals=12, eval_fraction=0.01, seed=0, fused="auto", secure=False,
-                clip=1e6, corpus="/c", set=None, momentum_warmup=0, preset="gpu-20m", backend="inproc", ray_cpus_per_holder=3.0)
+                clip=1e6, corpus="/c", set=None, momentum=0.9, momentum_warmup=0, preset="gpu-20m", backend="inproc", ray_cpus_per_holder=3.0)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -61,6 +61,10 @@ def test_pairing_at_equal_tokens_and_partner_names():
     warm = study.row_name(_args(momentum_warmup=28))
     assert warm == "20m-iid-fed-nesterov-olr0.7-h32-ilr0.5-mw28-t1e+08-s0" and study.partner_of(warm) == study.partner_of(name)
     assert _sets(study.overrides(_args(momentum_warmup=28))[0])["outer.momentum_warmup"] == "28"
+    # an outer momentum other than 0.9 is in the name (the 0.9 rows keep theirs) and in the config
+    m8 = study.row_name(_args(momentum=0.8, momentum_warmup=28))
+    assert m8 == "20m-iid-fed-nesterov-olr0.7-h32-ilr0.5-m0.8-mw28-t1e+08-s0" and study.partner_of(m8) == study.partner_of(name)
+    assert _sets(study.overrides(_args(momentum=0.8))[0])["outer.momentum"] == "0.8"
     assert study.partner_of(name.replace("-iid-", "-by_source-")) == "20m-iid-central-*-t1e+08-s0"
 
 
@@ -130,7 +134,8 @@ def test_a_ray_row_asks_simulate_for_a_quarter_gpu_per_holder_and_central_rows_r
 
 
 @pytest.mark.parametrize("kw", [dict(side="central"), dict(outer="fedavg", outer_lr=1.0), dict(),
-                                dict(momentum_warmup=28), dict(size="75m"), dict(size="125m", outer="fedavg")])
+                                dict(momentum_warmup=28), dict(momentum=0.8, momentum_warmup=28), dict(size="75m"),
+                                dict(size="125m", outer="fedavg")])
 def test_every_row_kind_loads_on_its_preset(kw):
     """A row's overrides on top of its preset (gpu-20m's own outer optimizer is Nesterov with a 28-round warmup,
     RESULTS.md (v14)) give a valid config whose outer optimizer is the row's, warmup included."""
@@ -142,6 +147,8 @@ def test_every_row_kind_loads_on_its_preset(kw):
     cfg = load_run_config(preset=a.preset, overrides=tuple(sets))
     want = ("fedavg", 1.0, 0) if a.side == "central" else (a.outer, a.outer_lr, a.momentum_warmup)
     assert (cfg.outer.name, cfg.outer.lr, cfg.outer.momentum_warmup) == want
+    if a.side == "fed" and a.outer != "fedavg":
+        assert cfg.outer.momentum == a.momentum
 
 
 def test_dpsgd_lm_rows_load_on_gpu_20m():
