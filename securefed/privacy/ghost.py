@@ -87,9 +87,10 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
         self._owners = owners
         self.routes: dict[str, str] = {}
         self.book_keeping = book_keeping
-        self._kept: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = []  # (Linear|Embedding, A, G)
+        self._kept: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int | None]] = []  # (Linear|Embedding, A, G, only)
         self._kept_gs: list[tuple[torch.nn.Parameter, torch.Tensor]] = []         # other layers: (p, (b, *p.shape))
-        self._tied_sum: dict[int, tuple[torch.Tensor, int]] = {}                  # id(p) -> (Σ per-record grads, uses)
+        # id(p) -> (Σ per-record grads so far, uses so far, each use's (module, A, G, id(p)) or None)
+        self._tied_sum: dict[int, tuple[torch.Tensor, int, list]] = {}
         super().__init__(model, loss_reduction="sum", max_grad_norm=max_grad_norm, use_ghost_clipping=True)
 
     @contextlib.contextmanager
@@ -136,20 +137,30 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
         for p in params:
             p._forward_counter -= 1                  # Opacus counts uses per forward (tying check)
         if self.use_ghost_clipping:                  # set by _routed (Linear / Embedding only: NORM_SAMPLERS)
-            self._kept.append((module, activations[0], backprops))
+            self._kept.append((module, activations[0], backprops, None))     # None: all its parameters
             for p, n in self.NORM_SAMPLERS[type(module)](module, activations, backprops).items():
                 p._norm_sample = n
             return
         sampler = self.GRAD_SAMPLERS.get(type(module), ft_compute_per_sample_gradient)
+        ag = isinstance(module, (torch.nn.Linear, torch.nn.Embedding))
         for p, gs in sampler(module, activations, backprops).items():
             if not p.requires_grad:
                 continue
             if self._owners.get(id(p), 1) > 1:       # tied: the norm is of the sum over the sharing modules
-                total, uses = self._tied_sum.pop(id(p), (0, 0))
+                total, uses, pending = self._tied_sum.pop(id(p), (0, 0, []))
                 gs, uses = gs + total, uses + 1
+                pending = [*pending, (module, activations[0], backprops, id(p)) if ag else None]
                 if uses < self._owners[id(p)]:
-                    self._tied_sum[id(p)] = (gs, uses)
+                    self._tied_sum[id(p)] = (gs, uses, pending)
                     continue
+                p._norm_sample = gs.reshape(gs.shape[0], -1).norm(2, dim=1)
+                # a tied layer is instantiated whatever its size: keep the smaller of its summed g_i and every
+                # use's (A, G) (short sequences: the LM head's T·(d + V) per record is under its V·d)
+                if None not in pending and sum(_nbytes(e[1]) + _nbytes(e[2]) for e in pending) < _nbytes(gs):
+                    self._kept.extend(pending)
+                else:
+                    self._kept_gs.append((p, gs))
+                continue
             p._norm_sample = gs.reshape(gs.shape[0], -1).norm(2, dim=1)
             self._kept_gs.append((p, gs))
 
@@ -161,12 +172,12 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
         """.grad += Σ_i c_i·g_i from what pass 1 kept: for a ghost-normed layer c ⊙ G against A, one matmul
         per Linear (the cost of its ordinary weight gradient) or a scatter-add per Embedding; for an
         instantiated one the weighted sum of its kept g_i."""
-        for module, a, g in self._kept:
+        for module, a, g, only in self._kept:        # only: the one (tied) parameter it is kept for, or None
             cg = g * coef.to(g.dtype).view(-1, *([1] * (g.dim() - 1)))                # (b, T, d_out) c_i·G_i
             cg2 = cg.reshape(-1, cg.shape[-1])                                         # (b·T, d_out)
             if isinstance(module, torch.nn.Linear):
                 _add_grad(module.weight, cg2.t() @ a.reshape(-1, a.shape[-1]).to(cg2.dtype))  # (d_out, d_in)
-                if module.bias is not None:
+                if module.bias is not None and only is None:   # a tied layer's own bias: its g_i are kept
                     _add_grad(module.bias, cg2.sum(0))
             else:                                                                      # Embedding: rows by token id
                 w = torch.zeros(module.weight.shape, dtype=torch.float32, device=cg2.device)
@@ -174,6 +185,10 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
         for p, gs in self._kept_gs:
             _add_grad(p, torch.einsum("n,n...->...", coef.to(gs.dtype), gs))
         self._clear_kept()
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _add_grad(p: torch.nn.Parameter, g: torch.Tensor) -> None:

@@ -213,7 +213,7 @@ def test_under_bf16_autocast_the_per_record_work_runs_in_bf16_and_norms_stay_wit
             elif len(gsm._kept_gs) > n_gs:       # instantiated: its per-record gradients
                 kept = gsm._kept_gs[-1][1]
             else:                                # tied (lm_head): held until the embedding's use is summed in
-                (kept, _), = gsm._tied_sum.values()
+                (kept, _, _), = gsm._tied_sum.values()
             kept_dtypes[gsm._names[id(module)]] = kept.dtype
 
     gsm._keep = spy
@@ -222,3 +222,35 @@ def test_under_bf16_autocast_the_per_record_work_runs_in_bf16_and_norms_stay_wit
     norms = clipped_backward(gsm, losses, norm_inputs=[model.get_input_embeddings().weight])
     assert kept_dtypes["model.layers.0.self_attn.q_proj"] == torch.bfloat16 == kept_dtypes["lm_head"]
     assert torch.all((norms - torch.stack(ref_norms)).abs() <= 2**-6 * torch.stack(ref_norms))
+
+
+@pytest.mark.parametrize("seq_len,kept_as", [(6, "A, G"), (24, "g_i")])
+def test_book_keeping_keeps_the_smaller_state_of_each_layer(seq_len, kept_as):
+    """What book-keeping holds until the clipped sum: an instantiated layer its per-record gradients g_i, a
+    ghost-normed one its (A, G) — the routing test picks the smaller; the tied embedding / LM head, which must
+    instantiate, keeps whichever is smaller: at T = 6 its uses' (A, G) (6·(32 + 64) per record for the head),
+    at T = 24 the summed g_i (64·32). The clipped sum is exact either way (test above, both lengths)."""
+    x = torch.randint(0, V, (4, seq_len), generator=torch.Generator().manual_seed(5))
+    model = _tiny_llama()
+    gsm = GhostClippingModule(model, max_grad_norm=C)
+    tied = model.get_input_embeddings().weight
+    seen = {}
+    real = gsm.add_clipped_grads
+
+    def spy(coef):
+        seen["kept"] = [(gsm._names[id(m)], only) for m, _, _, only in gsm._kept]
+        seen["gs"] = {id(p) for p, _ in gsm._kept_gs}
+        real(coef)
+
+    gsm.add_clipped_grads = spy
+    clipped_backward(gsm, _record_losses(gsm, x))
+    q = model.model.layers[0].self_attn.q_proj.weight
+    if kept_as == "A, G":
+        assert ("lm_head", id(tied)) in seen["kept"] and ("model.embed_tokens", id(tied)) in seen["kept"]
+        assert id(tied) not in seen["gs"]
+        assert ("model.layers.0.self_attn.q_proj", None) in seen["kept"] and id(q) not in seen["gs"]   # ghost route
+    else:
+        assert id(tied) in seen["gs"] and id(q) in seen["gs"]                                          # instantiated
+        assert not any(name in ("lm_head", "model.embed_tokens", "model.layers.0.self_attn.q_proj")
+                       for name, _ in seen["kept"])
+    assert not gsm._kept and not gsm._kept_gs and not gsm._tied_sum          # released after the sum
