@@ -20,6 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from securefed import jsonio
 from securefed.configio import dump_yaml
 from securefed.runtime.rundir import RunDir, atomic_write_text
 
@@ -172,10 +173,12 @@ def _follow(rd: RunDir, procs: dict, logs: dict, progress, rounds: int) -> None:
 
 
 def _read_status(path: Path) -> dict | None:
+    """The coordinator's status.json (written atomically), or None while there is none or it is not an object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        status = jsonio.read_json(path)
+    except (OSError, jsonio.JSONFileError):
         return None
+    return status if isinstance(status, dict) else None
 
 
 def board_line(status: dict | None) -> str | None:

@@ -88,7 +88,7 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
         self.routes: dict[str, str] = {}
         self.book_keeping = book_keeping
         self._kept: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int | None]] = []  # (Linear|Embedding, A, G, only)
-        self._kept_gs: list[tuple[torch.nn.Parameter, torch.Tensor]] = []         # other layers: (p, (b, *p.shape))
+        self._kept_gs: list[tuple[torch.nn.Parameter, torch.Tensor]] = []         # instantiated: (p, (b, *p.shape))
         # id(p) -> (Σ per-record grads so far, uses so far, each use's (module, A, G, id(p)) or None)
         self._tied_sum: dict[int, tuple[torch.Tensor, int, list]] = {}
         super().__init__(model, loss_reduction="sum", max_grad_norm=max_grad_norm, use_ghost_clipping=True)
