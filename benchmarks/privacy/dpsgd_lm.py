@@ -138,6 +138,19 @@ def _one_mode(mode: str, a: argparse.Namespace) -> dict:
     float(loss)
     sync()
     sec = time.perf_counter() - t
+    if a.profile:   # where a step's time goes (after the timed steps, so the timing above is unprofiled)
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=acts) as prof:
+            for _ in range(2):
+                loss = trainer._step_fn(holder.optimizer, x)
+            float(loss)
+            sync()
+        Path(a.profile).mkdir(parents=True, exist_ok=True)
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        (Path(a.profile) / f"{mode}-b{a.batch}.txt").write_text(
+            prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70) + "\n")
     out = {"mode": mode, "batch": a.batch, "micro": cfg.dp_sgd.micro_batch_size, "seq": a.seq, "steps": a.steps,
            "seconds": round(sec, 3),
            "tokens_per_s": a.steps * a.batch * a.seq / sec, "fused": trainer.fused, "compiled": trainer.compiled,
@@ -239,6 +252,7 @@ def main() -> None:
                    help="ghost modes: sequences per forward/backward slice of the batch (default: the whole batch)")
     t.add_argument("--warmup", type=int, default=3)
     t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--profile", default=None, help="folder: a torch.profiler table per mode (2 more steps)")
     t.add_argument("--modes", default="np-trainer,np-eager,dp-ghost,dp-ghost-2bwd,dp-per_sample")
     t.add_argument("--out", required=True)
     s = sub.add_parser("summarize")
