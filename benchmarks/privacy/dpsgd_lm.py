@@ -115,7 +115,8 @@ def _one_mode(mode: str, a: argparse.Namespace) -> dict:
     cuda = torch.cuda.is_available()
     dp = mode.startswith("dp-")
     cfg = TrainConfig(local_steps=1, batch_size=a.batch, lr=1e-3, warmup_steps=0, accelerator="cuda" if cuda else "cpu",
-                      compile=mode == "np-trainer" and cuda, fused="auto" if mode == "np-trainer" else "off",
+                      compile=mode == "np-trainer" and cuda,
+                      fused="auto" if mode in ("np-trainer", "np-liger", "dp-ghost-fused") else "off",
                       dp_sgd=DPSGDConfig(enabled=dp, noise_multiplier=1.0, max_grad_norm=CLIP,
                                          clipping="ghost" if mode.startswith("dp-ghost") else "per_sample",
                                          micro_batch_size=a.micro if mode.startswith("dp-ghost") else None))
@@ -253,7 +254,10 @@ def main() -> None:
     t.add_argument("--warmup", type=int, default=3)
     t.add_argument("--steps", type=int, default=10)
     t.add_argument("--profile", default=None, help="folder: a torch.profiler table per mode (2 more steps)")
-    t.add_argument("--modes", default="np-trainer,np-eager,dp-ghost,dp-ghost-2bwd,dp-per_sample")
+    t.add_argument("--modes", default="np-trainer,np-eager,dp-ghost,dp-ghost-2bwd,dp-per_sample",
+                   help="np-trainer (Liger head + compiled blocks), np-liger (Liger head + blocks, eager), np-eager, "
+                        "dp-ghost (plain kernels), dp-ghost-fused (Liger block kernels: what train.fused=auto runs), "
+                        "dp-ghost-2bwd (Opacus' second backward), dp-per_sample")
     t.add_argument("--out", required=True)
     s = sub.add_parser("summarize")
     s.add_argument("--runs", required=True)

@@ -33,8 +33,10 @@ then comes without forming g_i, in one of two ways:
 Layers (Opacus 1.6 on transformers' Llama): nn.Linear and nn.Embedding have ghost norm samplers; a
 *tied* weight (embed_tokens = lm_head) cannot be ghost-normed per module (‖g_emb + g_head‖ is not a sum
 of two norms), so the modules that share a parameter are instantiated and their per-sample gradients
-summed before the norm (Opacus' forward counter). LlamaRMSNorm has no sampler and goes through
-functorch (a (B, d) per-sample gradient: small). What Opacus cannot treat per sample (BatchNorm and other
+summed before the norm (Opacus' forward counter). transformers' LlamaRMSNorm, which Opacus has no sampler
+for, gets one here (``llama_rms_norm_grad_sample``: Σ_t G_t ⊙ x̂_t from the layer's input, a (B, d)
+per-record gradient) instead of Opacus' functorch fallback, which re-runs the layer per record and cannot
+run the Liger kernel the GPU path puts there (securefed.training.fused, mode 'blocks'). What Opacus cannot treat per sample (BatchNorm and other
 batch-coupled layers, DP-incompatible modules) is refused at wrap time; a parameter that receives a
 gradient but no per-sample norm (used outside its module's forward) is refused at the first backward,
 rather than silently under-clipped.
@@ -49,7 +51,28 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
 from opacus.validators import ModuleValidator
 
-__all__ = ["GhostClippingModule", "ghost_route", "clipped_backward"]
+__all__ = ["GhostClippingModule", "ghost_route", "clipped_backward", "llama_rms_norm_grad_sample"]
+
+
+def llama_rms_norm_grad_sample(layer: torch.nn.Module, activations: list[torch.Tensor],
+                               backprops: torch.Tensor) -> dict[torch.nn.Parameter, torch.Tensor]:
+    """Per-record gradient of a Llama RMSNorm's weight, as the layer computes its output
+    (``w · x̂.to(x.dtype)``, x̂ = x·rsqrt(mean(x²) + ε) in fp32): Σ_t G_t ⊙ x̂_t.to(x.dtype), (B, d)."""
+    x = activations[0]
+    xf = x.float()
+    xn = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + layer.variance_epsilon)).to(x.dtype)
+    g = backprops.float() * xn.float()
+    if not layer.weight.requires_grad:
+        return {}
+    return {layer.weight: g.reshape(g.shape[0], -1, g.shape[-1]).sum(1).to(layer.weight.dtype)}
+
+
+def _llama_rms_norm_type():
+    try:
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    except ImportError:  # pragma: no cover - transformers is a required dependency
+        return None
+    return LlamaRMSNorm
 
 
 def ghost_route(module: torch.nn.Module, *, seq_len: int | None, tied: bool, norm_samplers) -> str:
@@ -91,6 +114,8 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
         self._kept_gs: list[tuple[torch.nn.Parameter, torch.Tensor]] = []         # instantiated: (p, (b, *p.shape))
         # id(p) -> (Σ per-record grads so far, uses so far, each use's (module, A, G, id(p)) or None)
         self._tied_sum: dict[int, tuple[torch.Tensor, int, list]] = {}
+        rms = _llama_rms_norm_type()      # this instance's samplers: Opacus' registry (a class attribute) unchanged
+        self.GRAD_SAMPLERS = {**type(self).GRAD_SAMPLERS, **({rms: llama_rms_norm_grad_sample} if rms else {})}
         super().__init__(model, loss_reduction="sum", max_grad_norm=max_grad_norm, use_ghost_clipping=True)
 
     @contextlib.contextmanager
@@ -211,6 +236,11 @@ def clipped_backward(gsm: GhostClippingModule, loss_per_record: torch.Tensor, *,
     """
     if loss_per_record.dim() != 1:
         raise ValueError(f"loss_per_record must be (b,), got shape {tuple(loss_per_record.shape)}")
+    if not gsm.book_keeping and getattr(gsm._module, "_securefed_fused", "off") != "off":
+        # Liger's SwiGLU backward overwrites its saved activations with their gradients: a second backward
+        # over the same graph would read gradients as activations, silently
+        raise RuntimeError("ghost clipping without book-keeping backpropagates twice, which Liger's kernels do "
+                           "not allow: use book-keeping (the default) or train.fused=off")
     params = gsm.trainable_parameters
     for p in params:
         p._norm_sample = None                       # a stale norm from the last slice must never count

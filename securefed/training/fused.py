@@ -8,6 +8,13 @@ Liger (``pip install securefed[gpu]``, liger-kernel 0.8.5, Triton) gives
 * ``blocks``: inside every decoder block, Liger's RMSNorm, SwiGLU and RoPE kernels (the attention
   forward is re-implemented around them: q/k/v projections, RoPE, SDPA, o projection).
 
+Mode ``all`` is both; mode ``blocks`` alone is what DP-SGD with ghost clipping runs (RESULTS.md (zp15)): its
+per-record losses need the logits, which the fused head never forms, but every Linear is still called as a
+module, so Opacus' hooks see each layer's input and output gradient, and the RMSNorm weights get their
+per-record gradients from the layer's input (securefed.privacy.ghost registers that sampler; the functorch
+fallback cannot run a Triton kernel). The norms then run out of place: Liger's in-place RMSNorm backward
+writes dX over dY, the very output gradient the hook reads.
+
 Patching is per *instance* (bound ``forward`` methods): liger's own ``apply_liger_kernel_to_llama``
 rebinds module-level names of ``transformers.models.llama`` (``apply_rotary_pos_emb``,
 ``LlamaRMSNorm``, ``LlamaForCausalLM.forward``), which would switch every Llama in the process to
@@ -34,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["FusedMode", "is_llama", "liger_available", "resolve_fused", "apply_liger", "compile_blocks", "sdpa_context",
-           "SDPA_BACKENDS"]
+           "SDPA_BACKENDS", "per_record_nll"]
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +58,25 @@ def liger_available() -> bool:
     return True
 
 
-def resolve_fused(requested: str, *, device_type: str, dp_sgd: bool, compile_: bool) -> tuple[str, str]:
-    """(effective mode 'all' | 'head' | 'off', why) for a requested mode. Never raises for a missing
-    Liger: the plain PyTorch path is always a valid fallback."""
+def resolve_fused(requested: str, *, device_type: str, dp_sgd: bool, compile_: bool,
+                  dp_clipping: str = "per_sample") -> tuple[str, str]:
+    """(effective mode 'all' | 'head' | 'blocks' | 'off', why) for a requested mode. Never raises for a
+    missing Liger: the plain PyTorch path is always a valid fallback. DP-SGD with ghost clipping
+    (``dp_clipping="ghost"``) gets the block kernels only ('blocks'); per-sample clipping none."""
     if requested not in ("auto", "all", "head", "off"):
         raise ValueError(f"train.fused must be 'auto', 'all', 'head' or 'off', got {requested!r}")
     if requested == "off":
         return "off", "train.fused=off"
     if device_type != "cuda":
         return "off", f"Liger kernels need CUDA (device is {device_type})"
-    if dp_sgd:
-        return "off", "DP-SGD computes per-sample gradients with module hooks that fused kernels bypass"
+    if dp_sgd and dp_clipping != "ghost":
+        return "off", "DP-SGD per-sample clipping computes per-sample gradients with functorch, which Triton kernels bypass"
+    if dp_sgd and requested == "head":
+        return "off", "DP-SGD needs each record's loss, and the fused head gives only the batch mean"
     if not liger_available():
         return "off", "liger-kernel is not installed (pip install 'securefed[gpu]')"
+    if dp_sgd:
+        return "blocks", "DP-SGD (ghost clipping): Liger's block kernels; the head stays unfused (per-record losses)"
     if requested == "auto":
         return ("head" if compile_ else "all"), "auto"
     return requested, "requested"
@@ -80,6 +93,13 @@ def _rms_norm_forward(self, hidden_states):
     from liger_kernel.transformers.functional import liger_rms_norm
 
     return liger_rms_norm(hidden_states, self.weight, self.variance_epsilon, 0.0, "llama", True)
+
+
+def _rms_norm_forward_out_of_place(self, hidden_states):
+    """Liger's RMSNorm with its backward out of place: dY, the output gradient a DP hook reads, stays intact."""
+    from liger_kernel.transformers.functional import liger_rms_norm
+
+    return liger_rms_norm(hidden_states, self.weight, self.variance_epsilon, 0.0, "llama", False)
 
 
 def _swiglu_forward(self, x):
@@ -135,20 +155,55 @@ def _bind(module: torch.nn.Module, fn) -> None:
     module.forward = types.MethodType(fn, module)
 
 
-def apply_liger(model: torch.nn.Module, *, blocks: bool) -> None:
-    """Patch this Llama instance (only it) with Liger: the fused loss + final norm, and with
-    ``blocks`` also every block's norms, SwiGLU MLP and RoPE attention."""
+def apply_liger(model: torch.nn.Module, *, blocks: bool, head: bool = True) -> None:
+    """Patch this Llama instance (only it) with Liger: with ``head`` the fused loss, with ``blocks``
+    every block's norms, SwiGLU MLP and RoPE attention; the final norm with either. Without the head
+    (mode 'blocks', DP-SGD) the norms' backward runs out of place (see the module docstring)."""
     if not is_llama(model):
         raise TypeError(f"apply_liger: expected a transformers Llama causal LM, got {type(model).__name__}")
-    _bind(model, _lce_forward)
-    _bind(model.model.norm, _rms_norm_forward)
+    if not (blocks or head):
+        raise ValueError("apply_liger: nothing to patch (blocks=False, head=False)")
+    norm = _rms_norm_forward if head else _rms_norm_forward_out_of_place
+    if head:
+        _bind(model, _lce_forward)
+    _bind(model.model.norm, norm)
     if blocks:
         for layer in model.model.layers:
-            _bind(layer.input_layernorm, _rms_norm_forward)
-            _bind(layer.post_attention_layernorm, _rms_norm_forward)
+            _bind(layer.input_layernorm, norm)
+            _bind(layer.post_attention_layernorm, norm)
             _bind(layer.mlp, _swiglu_forward)
             _bind(layer.self_attn, _attention_forward)
-    model._securefed_fused = "all" if blocks else "head"
+    model._securefed_fused = ("all" if head else "blocks") if blocks else "head"
+
+
+def _nll_per_record(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(m,) each record's mean next-token loss from its (m, T, V) logits: the HF shift, fp32 softmax."""
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    return nll.view(ids.shape[0], -1).mean(1)
+
+
+_nll_compiled = None
+
+
+def per_record_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Each record's mean next-token loss (DP-SGD's per-record losses). On CUDA the loss is compiled
+    (dynamic batch: Poisson batches vary): Inductor reads the bf16 logits once for the log-sum-exp and
+    writes their gradient once, instead of an fp32 copy, an fp32 log-softmax kept for backward and an
+    fp32 gradient cast back (at 20m, batch 128: 17 GB each). Elsewhere, or where compiling fails, eager."""
+    global _nll_compiled
+    if logits.device.type != "cuda" or _nll_compiled is False:
+        return _nll_per_record(logits, ids)
+    if _nll_compiled is None:
+        _nll_compiled = torch.compile(_nll_per_record, dynamic=True)
+    try:
+        return _nll_compiled(logits, ids)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Inductor/Triton unavailable or failing here: the eager loss is exact
+        log.warning("compiled per-record loss failed (%s: %s); DP-SGD continues with the eager loss",
+                    type(e).__name__, str(e)[:200])
+        _nll_compiled = False
+        return _nll_per_record(logits, ids)
 
 
 def compile_blocks(model: torch.nn.Module) -> int:

@@ -92,9 +92,10 @@ class LocalTrainer:
         blocks = cfg.compile and not scope_model and _fused.is_llama(model)
         self.fused, self.fused_reason = _fused.resolve_fused(
             "off" if (scope_model or not _fused.is_llama(model)) else cfg.fused,
-            device_type=self.fabric.device.type, dp_sgd=cfg.dp_sgd.enabled, compile_=blocks)
+            device_type=self.fabric.device.type, dp_sgd=cfg.dp_sgd.enabled, compile_=blocks,
+            dp_clipping=cfg.dp_sgd.clipping)
         if self.fused != "off":
-            _fused.apply_liger(model, blocks=self.fused == "all")
+            _fused.apply_liger(model, blocks=self.fused in ("all", "blocks"), head=self.fused != "blocks")
         elif cfg.fused in ("all", "head") and self.fabric.device.type == "cuda":
             log.warning("train.fused=%s requested but not used: %s; plain PyTorch kernels", cfg.fused, self.fused_reason)
         self._sdpa = lambda: _fused.sdpa_context(cfg.sdpa_backend if self.fabric.device.type == "cuda" else "auto")
@@ -156,6 +157,7 @@ class LocalTrainer:
         slices of at most dp_sgd.micro_batch_size records each add their clipped gradient sum to .grad,
         then one noised, accounted step, as if the batch had gone through in one piece."""
         from securefed.privacy.ghost import clipped_backward
+        from securefed.training.fused import per_record_nll
 
         total = torch.zeros((), device=x.device)
         for xs in x.split(self.cfg.dp_sgd.micro_batch_size or x.shape[0]):
@@ -163,10 +165,8 @@ class LocalTrainer:
             # clipped_backward (it insists on fabric.backward, for fp16 loss scaling, which config refuses here)
             with self._sdpa(), self.fabric.autocast():
                 logits = self._gsm(input_ids=xs).logits                                   # (m, T, V)
-                nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), xs[:, 1:].flatten(),
-                                                        reduction="none")                 # (m·(T−1),)
-                loss_i = nll.view(xs.shape[0], -1).mean(1)         # (m,) each record's own mean loss
-                del logits, nll
+                loss_i = per_record_nll(logits, xs)                # (m,) each record's own mean loss
+                del logits
                 emb_out, self._emb_out[:] = self._emb_out[:], []
                 clipped_backward(self._gsm, loss_i, norm_inputs=emb_out if len(emb_out) == 1 else None)
             total += loss_i.detach().sum()

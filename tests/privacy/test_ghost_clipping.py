@@ -14,7 +14,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from securefed.privacy.dpsgd import attach_dp_sgd, wrap_for_dp_sgd  # noqa: E402
-from securefed.privacy.ghost import GhostClippingModule, clipped_backward  # noqa: E402
+from securefed.privacy.ghost import GhostClippingModule, clipped_backward, llama_rms_norm_grad_sample  # noqa: E402
 
 V, C = 64, 0.05
 
@@ -254,3 +254,46 @@ def test_book_keeping_keeps_the_smaller_state_of_each_layer(seq_len, kept_as):
         assert not any(name in ("lm_head", "model.embed_tokens", "model.layers.0.self_attn.q_proj")
                        for name, _ in seen["kept"])
     assert not gsm._kept and not gsm._kept_gs and not gsm._tied_sum          # released after the sum
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_llama_rms_norm_sampler_is_each_records_autograd_gradient(dtype):
+    """The RMSNorm weight's per-record gradient from the layer's input and output gradient equals autograd's
+    per record, for an fp32 and a bf16 input (the layer casts x̂ to the input dtype before the weight)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(1)
+    norm = LlamaRMSNorm(16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x, g = torch.randn(4, 9, 16).to(dtype), torch.randn(4, 9, 16)
+    want = torch.stack([torch.autograd.grad((norm(x[i : i + 1]).float() * g[i]).sum(), norm.weight)[0]
+                        for i in range(4)])
+    got = llama_rms_norm_grad_sample(norm, [x], g)[norm.weight]
+    assert got.shape == (4, 16) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_rms_norms_use_the_explicit_sampler_not_functorch_and_opacus_registry_is_untouched():
+    """Every LlamaRMSNorm of a wrapped model goes through llama_rms_norm_grad_sample (no functorch copy of the
+    layer is prepared, so a Liger kernel in its forward is fine); Opacus' class-wide registry is not changed."""
+    from opacus.grad_sample import GradSampleModule
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    gsm = GhostClippingModule(_tiny_llama(), max_grad_norm=C)
+    norms = [m for m in gsm._module.modules() if isinstance(m, LlamaRMSNorm)]
+    assert len(norms) == 5 and gsm.GRAD_SAMPLERS[LlamaRMSNorm] is llama_rms_norm_grad_sample
+    assert not any(hasattr(m, "ft_compute_sample_grad") for m in norms)     # Opacus' functorch preparation
+    assert LlamaRMSNorm not in GradSampleModule.GRAD_SAMPLERS and LlamaRMSNorm not in GhostClippingModule.GRAD_SAMPLERS
+    x = torch.randint(0, V, (3, 24), generator=torch.Generator().manual_seed(3))
+    clipped_backward(gsm, _record_losses(gsm, x))
+    assert {gsm.routes[n] for n, m in gsm._module.named_modules() if isinstance(m, LlamaRMSNorm)} == {"instantiate"}
+
+
+def test_two_backwards_over_liger_kernels_are_refused():
+    model = _tiny_llama()
+    gsm = GhostClippingModule(model, max_grad_norm=C, book_keeping=False)
+    model._securefed_fused = "blocks"          # what fused.apply_liger(..., head=False) marks
+    x = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(4))
+    with pytest.raises(RuntimeError, match="book-keeping"):
+        clipped_backward(gsm, _record_losses(gsm, x))

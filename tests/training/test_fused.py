@@ -19,6 +19,10 @@ def _data(seed: int, n: int = 24, t: int = 16, vocab: int = 64) -> torch.Tensor:
     return torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(seed))
 
 
+def _tiny():
+    return build_model("tiny", vocab_size=64, seq_len=16, seed=0)
+
+
 def _round(cfg: TrainConfig, *, seed: int = 0):
     model = build_model("tiny", vocab_size=64, seq_len=16, seed=seed)
     tr = LocalTrainer(model, cfg)
@@ -56,7 +60,13 @@ def test_resolve_fused_rules(monkeypatch):
     assert fused.resolve_fused("auto", device_type="cuda", dp_sgd=False, compile_=True)[0] == "head"
     assert fused.resolve_fused("all", device_type="cuda", dp_sgd=False, compile_=True)[0] == "all"
     assert fused.resolve_fused("off", device_type="cuda", dp_sgd=False, compile_=False)[0] == "off"
-    assert fused.resolve_fused("auto", device_type="cuda", dp_sgd=True, compile_=False)[0] == "off"
+    assert fused.resolve_fused("auto", device_type="cuda", dp_sgd=True, compile_=False)[0] == "off"  # per_sample
+    # DP-SGD ghost clipping: the block kernels only (per-record losses need the logits the fused head never forms)
+    assert fused.resolve_fused("auto", device_type="cuda", dp_sgd=True, compile_=False, dp_clipping="ghost")[0] == "blocks"
+    assert fused.resolve_fused("all", device_type="cuda", dp_sgd=True, compile_=False, dp_clipping="ghost")[0] == "blocks"
+    mode, why = fused.resolve_fused("head", device_type="cuda", dp_sgd=True, compile_=False, dp_clipping="ghost")
+    assert mode == "off" and "each record's loss" in why
+    assert fused.resolve_fused("auto", device_type="cpu", dp_sgd=True, compile_=False, dp_clipping="ghost")[0] == "off"
     assert fused.resolve_fused("all", device_type="cpu", dp_sgd=False, compile_=False)[0] == "off"
     with pytest.raises(ValueError, match="train.fused"):
         fused.resolve_fused("liger", device_type="cuda", dp_sgd=False, compile_=False)
@@ -77,6 +87,33 @@ def test_config_validation():
 def test_apply_liger_rejects_a_non_llama_model():
     with pytest.raises(TypeError, match="Llama"):
         fused.apply_liger(torch.nn.Linear(2, 2), blocks=True)
+
+
+def test_apply_liger_blocks_only_keeps_the_head_and_runs_the_norms_out_of_place():
+    """Mode 'blocks' (DP-SGD): the model's own forward (logits, per-record losses) and the LM head module stay;
+    the norms get the out-of-place kernel, whose backward leaves dY (what a DP hook reads) intact. Patching
+    only binds methods, so this runs without CUDA."""
+    model = _tiny()
+    fused.apply_liger(model, blocks=True, head=False)
+    assert model._securefed_fused == "blocks"
+    assert "forward" not in vars(model)                          # LlamaForCausalLM.forward: logits, no fused loss
+    norms = [model.model.norm] + [n for layer in model.model.layers
+                                  for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+    assert all(n.forward.__func__ is fused._rms_norm_forward_out_of_place for n in norms)
+    assert all(layer.mlp.forward.__func__ is fused._swiglu_forward for layer in model.model.layers)
+    full = _tiny()
+    fused.apply_liger(full, blocks=True)
+    assert full._securefed_fused == "all" and full.model.norm.forward.__func__ is fused._rms_norm_forward
+    with pytest.raises(ValueError, match="nothing to patch"):
+        fused.apply_liger(_tiny(), blocks=False, head=False)
+
+
+def test_per_record_nll_is_each_records_mean_next_token_loss():
+    torch.manual_seed(0)
+    logits, ids = torch.randn(3, 7, 11), torch.randint(0, 11, (3, 7))
+    got = fused.per_record_nll(logits, ids)       # CPU: the eager loss (the compiled one runs on CUDA only)
+    want = torch.stack([torch.nn.functional.cross_entropy(logits[i, :-1], ids[i, 1:]) for i in range(3)])
+    torch.testing.assert_close(got, want)
 
 
 @pytest.mark.slow
