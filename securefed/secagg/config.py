@@ -31,7 +31,8 @@ class SecAggConfig:
     t = max(2, ⌊m/2⌋+1, ⌈f·m⌉) over m = d+1 share holders and t_min = the same rule over the cohort n
     (for n=10, f=0.5: t = t_min = 6). neighbours: None = complete graph (SecAgg); 0 = auto (complete
     for n ≤ 64, else degree 2·⌈3·log2 n⌉); d ≥ 2 = SecAgg+ graph of degree d (rounded up to even).
-    chunk_elements: streaming granularity of mask expansion (memory = 4·chunk_elements bytes).
+    chunk_elements: the words each mask-expansion task covers (tasks run on worker threads); each task streams
+      its range through a scratch of at most min(4·chunk_elements, 1 MiB) bytes (prg.CACHE_BLOCK_BYTES).
     """
 
     ring_bits: int = 32

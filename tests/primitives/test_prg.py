@@ -27,6 +27,32 @@ def test_chunking_invariant_and_in_ring(bits, n, chunk):
     assert whole.dtype == ring.dtype and (n == 0 or int(whole.max()) < ring.modulus)
 
 
+@pytest.mark.parametrize("bits", [16, 32])
+def test_cache_blocks_inside_a_task_range_are_exact(bits):
+    """A range longer than the scratch cache block (1 MiB: 256K uint32 / 512K uint16 words) is filled block by
+    block from one running stream: the sum equals the whole-vector expansion, with and without threads, and
+    from a positional start (accumulate_masks_at)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from securefed.primitives import prg
+    from securefed.primitives.prg import accumulate_masks_at
+
+    ring = RingSpec(bits)
+    n = 2 * (prg.CACHE_BLOCK_BYTES // ring.dtype.itemsize) + 1234        # two whole blocks and a tail
+    keys = [(b"x" * 32, 1), (b"y" * 32, -1)]
+    want = (expand(keys[0][0], n, ring).astype(np.int64) - expand(keys[1][0], n, ring)) % ring.modulus
+    acc = np.zeros(n, dtype=ring.dtype)
+    accumulate_masks(acc, keys, ring, chunk_elements=1 << 22)             # one task range, three cache blocks
+    assert np.array_equal(acc, want.astype(ring.dtype))
+    acc = np.zeros(n, dtype=ring.dtype)
+    with ThreadPoolExecutor(2) as ex:
+        accumulate_masks(acc, keys, ring, chunk_elements=300_000, executor=ex)
+    assert np.array_equal(acc, want.astype(ring.dtype))
+    tail = np.zeros(n - 1000, dtype=ring.dtype)
+    accumulate_masks_at(tail, 1000, keys, ring, chunk_elements=1 << 22)
+    assert np.array_equal(tail, want[1000:].astype(ring.dtype))
+
+
 def test_low_bits_of_uint32_stream():
     # k=20 keeps exactly the low 20 bits of the k=32 words (§3.3), so it stays exactly uniform
     key = b"k" * 32
