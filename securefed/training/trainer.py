@@ -7,8 +7,9 @@ GPU fast path (issue 14; securefed.training.fused): Liger's fused linear + cross
 fp32 logits), Liger RMSNorm / SwiGLU / RoPE in eager blocks, regional ``torch.compile`` of the decoder
 blocks (``train.compile``), an optional SDPA backend preference; θ_global goes to the device once
 per round and Δ is formed there and copied out once into pinned host memory. ``train.fused: auto``
-falls back to plain PyTorch wherever Liger cannot run (CPU, liger-kernel absent, DP-SGD), so the CPU
-path is the plain one, bit for bit.
+falls back to plain PyTorch wherever Liger cannot run (CPU, liger-kernel absent, DP-SGD per-sample
+clipping), so the CPU path is the plain one, bit for bit; DP-SGD with ghost clipping gets the block kernels
+only (mode ``blocks``: its per-record losses need the logits the fused head never forms).
 
 Why Fabric and not ``Trainer.fit``: re-running ``fit`` with the same ``max_steps`` trains nothing
 (Lightning issue #11425) and ``configure_optimizers`` would rebuild AdamW each round; Fabric gives an
@@ -96,6 +97,8 @@ class LocalTrainer:
             dp_clipping=cfg.dp_sgd.clipping)
         if self.fused != "off":
             _fused.apply_liger(model, blocks=self.fused in ("all", "blocks"), head=self.fused != "blocks")
+            if self.fused != cfg.fused and cfg.fused != "auto":
+                log.info("train.fused=%s runs as '%s': %s", cfg.fused, self.fused, self.fused_reason)
         elif cfg.fused in ("all", "head") and self.fabric.device.type == "cuda":
             log.warning("train.fused=%s requested but not used: %s; plain PyTorch kernels", cfg.fused, self.fused_reason)
         self._sdpa = lambda: _fused.sdpa_context(cfg.sdpa_backend if self.fabric.device.type == "cuda" else "auto")
