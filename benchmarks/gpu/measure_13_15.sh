@@ -20,7 +20,7 @@ echo "device_encode rc=$? $(el)s"; tail -n 3 $W/device_encode.log
 timeout -k 5 ${T_OVERHEAD:-330} python3 benchmarks/gpu/secure_overhead.py --cases overhead --out $W/so > $W/so.log 2>&1
 echo "secure_overhead rc=$? $(el)s"; grep -h "ratio\|secure_over_plain" $W/so/secure_overhead.json 2>/dev/null | head -4
 timeout -k 5 ${T_THROUGHPUT:-120} python3 benchmarks/privacy/dpsgd_lm.py throughput --size 20m --vocab 32768 --seq 1024 \
-  --batch 32 --warmup 3 --steps 10 --out $W/throughput.json > $W/throughput.log 2>&1
+  --batch 32 --warmup 3 --steps 50 --windows 3 --out $W/throughput.json > $W/throughput.log 2>&1
 echo "throughput rc=$? $(el)s"
 python3 -c "import json,sys; [print(r['mode'], round(r['tokens_per_s'])) for r in json.load(open(sys.argv[1]))]" $W/throughput.json 2>/dev/null
 cp $W/device_encode.json $W/throughput.json $OUT/ 2>/dev/null; cp $W/so/secure_overhead.json $OUT/ 2>/dev/null

@@ -10,9 +10,11 @@ after another on the one GPU, as the gpu-* presets run them).
 
 Two cases, each a pair of runs at the same seed, plain aggregation then secure aggregation:
 
-  overhead  125m × 8 holders, K = 64 local steps, batch 16 × 1024 tokens, 2 rounds. Figure: the
-            secure round over the plain round, both steady state (the last round; round 1 carries
-            torch.compile and the allocator's warm-up). Done when ≤ 1.10 (old path: 2.56).
+  overhead  125m × 8 holders, K = 64 local steps, batch 16 × 1024 tokens, 2 rounds (use --rounds 3+).
+            Figure: the secure round over the plain round, both steady state (the median of rounds
+            2..; round 1 carries torch.compile and the allocator's warm-up). Done when ≤ 1.10 (old path:
+            2.56). Before the measured pair a discarded one-round plain run warms the process (until
+            stop 31 the plain run went first cold and the secure one after it warm: RESULTS.md (zr13)).
   share     1.3b × 3 holders (the gpu-1.3b recipe: K = 4, batch 4 × 2048), secure, 2 rounds.
             Figure: the aggregation stage's share of the steady-state round (metrics.jsonl
             stage_seconds: offer, secagg_keys, train = θ out + K steps + encoding, aggregate).
@@ -112,10 +114,12 @@ def _round(row: dict) -> dict:
 
 
 def steady(rounds: list[dict]) -> dict:
-    """The last round: steady state (round 1 also pays for compilation and first allocations)."""
+    """Steady state: round 1 also pays for compilation and first allocations, so it is left out; of rounds
+    2.. the one of median length (one round where only 2 ran: a single sample, the last)."""
     if any(r["aborted"] for r in rounds):
         raise RuntimeError(f"a measured round aborted: {rounds}")
-    return rounds[-1]
+    later = sorted(rounds[1:] or rounds, key=lambda r: r["seconds"])
+    return later[(len(later) - 1) // 2]
 
 
 def main() -> None:
@@ -131,6 +135,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None,
                     help="rounds per run instead of each case's 2 (1: round 1 only, which also pays for compilation; "
                          "its aggregate stage is the steady one's, its train stage is not)")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="skip the discarded one-round plain run before the measured runs (default: run it, so "
+                         "that neither measured run starts on caches the other one warmed: RESULTS.md (zr13))")
     ap.add_argument("--backend", choices=("inproc", "grpc"), default="inproc",
                     help="grpc: the coordinator and each holder in its own process over gRPC (what a deployment "
                          "runs; RESULTS.md (r13): its masked stage was 10x the in-process one at 125m x 3 on 2 cores)")
@@ -156,8 +163,13 @@ def main() -> None:
         modes = (("plain", "secagg") + (("secagg-host",) if a.host_too else ())) if name == "overhead" \
             else (("plain",) if a.share_plain else ()) + ("secagg",)
         overrides = overrides + a.set
+        warm = None
+        if not a.no_warmup:   # compile caches, CUDA context, allocator, cuDNN: warmed by a run that is not measured
+            warm = run(name, overrides, 1, "plain", out, a.backend)
+            warm["discarded"] = True
         got = {m: run(name, overrides, rounds, m, out, a.backend) for m in modes}
-        case = {"overrides": overrides, "rounds_run": rounds, "runs": got}
+        case = {"overrides": overrides, "rounds_run": rounds, "runs": got, "warmup_run": warm,
+                "steady": "median round of rounds 2.. of each run (the last where only 2 ran)"}
         sec = steady(got["secagg"]["rounds"])
         if name == "overhead":
             plain = steady(got["plain"]["rounds"])
@@ -178,11 +190,11 @@ def main() -> None:
                             secure_over_plain=round(sec["seconds"] / plain["seconds"], 4),
                             train_stage_secure_over_plain=round(st["train"] / plain["stage_seconds"]["train"], 4))
         result["cases"][name] = case
-        log.info("%s: %s", name, {k: v for k, v in case.items() if k not in ("runs", "overrides")})
+        log.info("%s: %s", name, {k: v for k, v in case.items() if k not in ("runs", "overrides", "warmup_run")})
         (out / "secure_overhead.json").write_text(json.dumps(result, indent=1) + "\n")   # after each case
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "secure_overhead.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({n: {k: v for k, v in c.items() if k not in ("runs", "overrides")} for n, c in result["cases"].items()}))
+    print(json.dumps({n: {k: v for k, v in c.items() if k not in ("runs", "overrides", "warmup_run")} for n, c in result["cases"].items()}))
 
 
 if __name__ == "__main__":

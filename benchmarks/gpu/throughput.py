@@ -131,8 +131,12 @@ def run_trainer(c: dict, seq: int, vocab: int, warmup: int, data: torch.Tensor) 
 
     t_warm, upd = round_(warmup)             # compiles, allocates the pinned Δ buffer (cached after)
     del upd
-    t_small, upd = round_(2)                 # the round's fixed cost = t_small − 2 steps
-    del upd
+    smalls = []
+    for _ in range(3):                       # the round's fixed cost = t_small − 2 steps; median of 3 short rounds
+        t, upd = round_(2)
+        smalls.append(t)
+        del upd
+    t_small = sorted(smalls)[1]
     dt, upd = round_(c["k"])
     assert upd.delta.is_pinned() and torch.isfinite(upd.delta).all()
     per_step = (dt - t_small) / (c["k"] - 2)

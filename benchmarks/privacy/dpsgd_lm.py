@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -133,12 +134,15 @@ def _one_mode(mode: str, a: argparse.Namespace) -> dict:
     for _ in range(a.warmup):
         trainer._step_fn(holder.optimizer, x)
     sync()
-    t = time.perf_counter()
-    for _ in range(a.steps):
-        loss = trainer._step_fn(holder.optimizer, x)
-    float(loss)
-    sync()
-    sec = time.perf_counter() - t
+    windows = []   # several windows of a.steps steps: one short window swung the batch-32 trainer by ±25 % (zo15)
+    for _ in range(a.windows):
+        t = time.perf_counter()
+        for _ in range(a.steps):
+            loss = trainer._step_fn(holder.optimizer, x)
+        float(loss)
+        sync()
+        windows.append(time.perf_counter() - t)
+    sec = statistics.median(windows)
     if a.profile:   # where a step's time goes (after the timed steps, so the timing above is unprofiled)
         from torch.profiler import ProfilerActivity, profile
 
@@ -153,7 +157,7 @@ def _one_mode(mode: str, a: argparse.Namespace) -> dict:
         (Path(a.profile) / f"{mode}-b{a.batch}.txt").write_text(
             prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70) + "\n")
     out = {"mode": mode, "batch": a.batch, "micro": cfg.dp_sgd.micro_batch_size, "seq": a.seq, "steps": a.steps,
-           "seconds": round(sec, 3),
+           "seconds": round(sec, 3), "windows_s": [round(w, 4) for w in windows],
            "tokens_per_s": a.steps * a.batch * a.seq / sec, "fused": trainer.fused, "compiled": trainer.compiled,
            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
     del trainer, holder, model
@@ -252,7 +256,8 @@ def main() -> None:
     t.add_argument("--micro", type=int, default=None,
                    help="ghost modes: sequences per forward/backward slice of the batch (default: the whole batch)")
     t.add_argument("--warmup", type=int, default=3)
-    t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--steps", type=int, default=30, help="steps per timed window")
+    t.add_argument("--windows", type=int, default=3, help="timed windows per mode; tokens/s from the median")
     t.add_argument("--profile", default=None, help="folder: a torch.profiler table per mode (2 more steps)")
     t.add_argument("--modes", default="np-trainer,np-eager,dp-ghost,dp-ghost-2bwd,dp-per_sample",
                    help="np-trainer (Liger head + compiled blocks), np-liger (Liger head + blocks, eager), np-eager, "

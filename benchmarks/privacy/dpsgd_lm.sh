@@ -39,7 +39,7 @@ D=benchmarks/privacy/dpsgd_lm.py
 if [ "${TINY:-0}" = 1 ]; then
   P=${PYTHON:-python3}; export PYTHONPATH=$PWD
   COMMON=(--tiny --batch 16 --micro 8 --h 2 --rounds 2 --runs "$S/runs")
-  TP=(--size tiny --vocab 4096 --seq 128 --batch 8 --warmup 1 --steps 3)
+  TP=(--size tiny --vocab 4096 --seq 128 --batch 8 --warmup 1 --steps 3 --windows 1)
   DEADLINE=${DEADLINE:-900}
   $P $D prepare "${COMMON[@]}" --out "$O/prepare.json" || exit 1
   N=$($P -c "import json,sys; print(min(json.load(open(sys.argv[1]))['records_per_holder']))" "$O/prepare.json")
@@ -58,7 +58,7 @@ else
   B=${BATCH:-128} H=${H:-8} R=${ROUNDS:-2} PLANNED=${PLANNED:-61305}
   read -r SIG1 SIG3 SIG8 <<< "${SIGMAS:-0.8643 0.5509 0.3691}"
   COMMON=(--corpus "$C" --batch "$B" --micro 32 --h "$H" --rounds "$R" --lr 3e-3 --warmup 2 --runs "$S/runs")
-  TP=(--size 20m --vocab 32768 --seq 1024 --batch 32 --warmup 3 --steps 10)
+  TP=(--size 20m --vocab 32768 --seq 1024 --batch 32 --warmup 3 --steps 50 --windows 3)
   DEADLINE=${DEADLINE:-465}
   ( { [ -f "$C/build.json" ] || python3 benchmarks/gpu/build_corpus.py build "$C" --linux .cache/gpu-text/linux-subset.tar.xz > "$O/build.log" 2>&1; } &&
     $P $D prepare "${COMMON[@]}" --out "$O/prepare.json" > "$O/prepare.log" 2>&1 ) &

@@ -58,6 +58,10 @@ def keystream_floor(base: np.ndarray | None, streams: int, length: int, add_into
     return time.perf_counter() - t0
 
 
+FLOOR_REPEATS = 5    # ours: the best of the first 5 clients' masking, each beside one floor run (the rest still mask)
+SERVER_REPEATS = 3   # the server's stages on fresh copies, each beside one floor run
+
+
 def run_case(n: int, p: int, dropouts: list[float], cfg: SecAggConfig) -> list[dict]:
     ids = {i: generate_identity(DeterministicEntropy.from_int(i)) for i in range(1, n + 1)}
     roster = Roster.from_identities(ids)
@@ -65,7 +69,7 @@ def run_case(n: int, p: int, dropouts: list[float], cfg: SecAggConfig) -> list[d
     x *= 0.99 / np.linalg.norm(x)
     plan = plan_quantization(clip=1.0, ring_bits=cfg.ring_bits, max_clients=n)
     t_quant = float("inf")
-    for _ in range(3):  # best of three, as the masking is best of the n clients: the first call pays warm-up
+    for _ in range(3):  # best of three (the first call pays warm-up); quantize is in both the client and its floor
         t0 = time.perf_counter()
         q = quantize(x, plan, drbg())   # the same deterministic stream each time: the same q
         t_quant = min(t_quant, time.perf_counter() - t0)
@@ -86,7 +90,7 @@ def run_case(n: int, p: int, dropouts: list[float], cfg: SecAggConfig) -> list[d
     degree = server.graph.degree
     floor_out = np.empty(p, np.uint32)
     for k, (i, m) in enumerate(out.items()):  # MASK: every client's real masking stage
-        if k < 5:  # interleave the floor so both see the same machine load; best-of for both
+        if k < FLOOR_REPEATS:  # interleave the floor so both see the same load; best of the same k for both
             t_floor.append(keystream_floor(q, 1 + degree, p, floor_out))
         t0 = time.perf_counter()
         masked[i] = clients[i].handle(m)
@@ -96,28 +100,30 @@ def run_case(n: int, p: int, dropouts: list[float], cfg: SecAggConfig) -> list[d
     for frac in dropouts:
         rng = random.Random(int(frac * 1000) + n)
         gone = set(rng.sample(sorted(ids), round(frac * n)))
-        srv, cls = copy.deepcopy(server_pre, dict(shared)), copy.deepcopy(clients, dict(shared))
-        t_srv = 0.0
-        t0 = time.perf_counter()
-        for i in sorted(set(ids) - gone):
-            srv.receive(i, masked[i])
-        out2 = srv.close_stage()
-        t_recv = time.perf_counter() - t0
-        for _stage in range(2):  # CONSISTENCY, UNMASK (server side timed)
-            replies = {i: cls[i].handle(m) for i, m in out2.items()}
-            t0 = time.perf_counter()
-            for i, r in replies.items():
-                srv.receive(i, r)
-            out2 = srv.close_stage()
-            t_srv += time.perf_counter() - t0
         survivors = sorted(set(ids) - gone)
         want = (q.astype(np.uint64) * len(survivors)).astype(np.uint32)
-        if not np.array_equal(srv.result, want):
-            raise RuntimeError("benchmark round produced a wrong sum")
-        streams = len(survivors) + sum(len(srv.graph.neighbours(j) & set(survivors)) for j in gone)
+        streams = len(survivors) + sum(len(server_pre.graph.neighbours(j) & set(survivors)) for j in gone)
         adds = np.empty(p, np.uint32)
-        floors = []
-        for _rep in range(2):  # best of two
+        t_server, floors = [], []
+        for _rep in range(SERVER_REPEATS):  # best of k for both, interleaved: no side pays the warm-up alone
+            srv, cls = copy.deepcopy(server_pre, dict(shared)), copy.deepcopy(clients, dict(shared))
+            t0 = time.perf_counter()
+            for i in survivors:
+                srv.receive(i, masked[i])
+            out2 = srv.close_stage()
+            t_run = time.perf_counter() - t0
+            for _stage in range(2):  # CONSISTENCY, UNMASK (server side timed)
+                replies = {i: cls[i].handle(m) for i, m in out2.items()}
+                t0 = time.perf_counter()
+                for i, r in replies.items():
+                    srv.receive(i, r)
+                out2 = srv.close_stage()
+                t_run += time.perf_counter() - t0
+            if not np.array_equal(srv.result, want):
+                raise RuntimeError("benchmark round produced a wrong sum")
+            t_server.append(t_run)
+            threshold = srv.start.threshold
+            del srv, cls
             t0 = time.perf_counter()
             adds[:] = 0
             for i in survivors:
@@ -125,18 +131,18 @@ def run_case(n: int, p: int, dropouts: list[float], cfg: SecAggConfig) -> list[d
             floors.append((time.perf_counter() - t0) + keystream_floor(None, streams, p, adds))
         t_floor_srv = min(floors)
         up_msg = len(masked[survivors[0]])
-        rows.append(dict(n=n, params=p, dropout=frac, degree=degree, threshold=srv.start.threshold,
-                         quantize_s=t_quant, client_setup_s=t_setup, client_mask_s=min(t_mask),
-                         client_mask_median_s=statistics.median(t_mask), client_total_s=t_quant + min(t_mask), floor_mask_s=t_floor_mask,
-                         floor_total_s=t_quant + t_floor_mask, server_s=t_recv + t_srv, server_floor_s=t_floor_srv,
+        rows.append(dict(n=n, params=p, dropout=frac, degree=degree, threshold=threshold,
+                         quantize_s=t_quant, client_setup_s=t_setup, client_mask_s=min(t_mask[:FLOOR_REPEATS]),
+                         client_mask_median_s=statistics.median(t_mask),
+                         client_total_s=t_quant + min(t_mask[:FLOOR_REPEATS]), floor_mask_s=t_floor_mask,
+                         floor_total_s=t_quant + t_floor_mask, server_s=min(t_server), server_floor_s=t_floor_srv,
                          server_streams=streams, upload_bytes_per_param=up_msg / p, loadavg=os.getloadavg()[0]))
-        del srv, cls
     return rows
 
 
 def flower(py: str, p: int, neighbours: int) -> dict | None:
     try:
-        res = subprocess.run([py, str(HERE / "flower_mask.py"), "--params", str(p), "--neighbours", str(neighbours), "--repeats", "2"],
+        res = subprocess.run([py, str(HERE / "flower_mask.py"), "--params", str(p), "--neighbours", str(neighbours), "--repeats", "5"],
                              capture_output=True, text=True, check=True, timeout=300)
         return json.loads(res.stdout.strip().splitlines()[-1])
     except (OSError, subprocess.SubprocessError, ValueError) as e:
@@ -189,7 +195,7 @@ def write_md(meta: dict, rows: list[dict]) -> None:
              "Reproduce: `python3 -m venv /tmp/flwr-venv && /tmp/flwr-venv/bin/pip install flwr` (Flower only there), then "
              "`.venv/bin/python benchmarks/secagg/bench.py` from the repository root (`--render` re-renders this file from results.json).", "",
              f"One CPU core (affinity 0), Python {meta['python']}, numpy {meta['numpy']}; total wall {meta['wall_s']:.0f} s.",
-             "Times in seconds, best of the n clients (ours) / of 5 interleaved runs (floor), quantize best of 3; load = 1-min load average of the shared 2-core host "
+             "Times in seconds: client = best of the first 5 clients, each beside one floor run (floor = best of those 5); quantize best of 3; server and its floor best of 3 interleaved; Flower best of 5 in its own process; load = 1-min load average of the shared 2-core host "
              "(other jobs were running: treat ratios as noisy). client = quantize + our MASK stage; floor = same quantize + (1+degree) AES-256-CTR keystreams "
              "into a preallocated buffer + in-place adds; Flower = its SecAgg+ stage-2 masking with the same number of neighbours.",
              "server = receive survivors' masked inputs + consistency + unmask; server floor = the same adds + the same keystreams.", "",
