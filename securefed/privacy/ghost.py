@@ -58,12 +58,12 @@ def llama_rms_norm_grad_sample(layer: torch.nn.Module, activations: list[torch.T
                                backprops: torch.Tensor) -> dict[torch.nn.Parameter, torch.Tensor]:
     """Per-record gradient of a Llama RMSNorm's weight, as the layer computes its output
     (``w · x̂.to(x.dtype)``, x̂ = x·rsqrt(mean(x²) + ε) in fp32): Σ_t G_t ⊙ x̂_t.to(x.dtype), (B, d)."""
+    if not layer.weight.requires_grad:
+        return {}
     x = activations[0]
     xf = x.float()
     xn = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + layer.variance_epsilon)).to(x.dtype)
     g = backprops.float() * xn.float()
-    if not layer.weight.requires_grad:
-        return {}
     return {layer.weight: g.reshape(g.shape[0], -1, g.shape[-1]).sum(1).to(layer.weight.dtype)}
 
 
