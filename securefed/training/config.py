@@ -113,6 +113,10 @@ class TrainConfig:
             raise ValueError(f"train.strategy must be 'auto', 'ddp' or 'fsdp', got {self.strategy!r}")
         if not isinstance(self.activation_checkpointing, bool):
             raise TypeError(f"train.activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
+        if self.strategy == "ddp" and self.devices < 2:
+            # Fabric would fail later with "call .launch()": a one-device holder has nothing to replicate over
+            raise ValueError("train.strategy=ddp replicates the holder over devices: it needs train.devices >= 2 "
+                             "(one device: train.strategy=auto)")
         if self.strategy == "fsdp":
             if self.devices < 2:
                 raise ValueError("train.strategy=fsdp shards the holder over devices: it needs train.devices >= 2")

@@ -12,6 +12,7 @@ from securefed.training.sharded import shard_layout
 
 @pytest.mark.parametrize("kw, exc, match", [
     ({"strategy": "fsdp"}, ValueError, "needs train.devices >= 2"),
+    ({"strategy": "ddp"}, ValueError, "needs train.devices >= 2"),
     ({"strategy": "zero3", "devices": 2}, ValueError, "train.strategy must be"),
     ({"strategy": "fsdp", "devices": 2, "dp_sgd": DPSGDConfig(enabled=True)}, ValueError, "dp_sgd"),
     ({"strategy": "fsdp", "devices": 2, "precision": "16-mixed"}, ValueError, "bf16-mixed"),
