@@ -185,9 +185,13 @@ def _read(d: Path) -> dict:
 
 
 def cmd_summarize(a: argparse.Namespace) -> None:
+    """Every row at the largest token count all rows evaluated at (equal tokens, whatever each row's batch and
+    steps), and its perplexity over two non-private references there: the best non-private row (the issue's
+    "non-private run at equal tokens": a reviewer takes the better one) and the non-private row of its own plan
+    (same batch and local steps), where there is one. stop 32 (RESULTS.md (zt15)) had both: 3.80x and 1.45x."""
     runs = {d.name: _read(d) for d in sorted(Path(a.runs).iterdir()) if d.is_dir() and (d.parent / f"{d.name}.cmd.json").exists()}
-    evald = {n: {r["round"]: r for r in v["rows"] if r.get("eval_ppl") is not None} for n, v in runs.items()}
-    # equal tokens: the last round every row that evaluated at all reached (a row with none is listed, empty)
+    evald = {n: {r["tokens_seen"]: r for r in v["rows"] if r.get("eval_ppl") is not None} for n, v in runs.items()}
+    # equal tokens: the most tokens every row that evaluated at all reached (a row with none is listed, empty)
     reached = [set(e) for e in evald.values() if e]
     common = set.intersection(*reached) if reached else set()
     at = max(common) if common else None
@@ -196,12 +200,16 @@ def cmd_summarize(a: argparse.Namespace) -> None:
         r = evald[n].get(at, {})
         last = v["rows"][-1] if v["rows"] else {}
         table.append({"row": n, "sigma": v["args"]["sigma"], "clipping": v["args"]["clipping"] if v["args"]["sigma"] is not None else None,
-                      "round": at, "tokens": r.get("tokens_seen"), "eval_ppl": r.get("eval_ppl"),
+                      "batch": v["args"]["batch"], "local_steps": v["args"]["h"],
+                      "round": r.get("round"), "tokens": r.get("tokens_seen"), "eval_ppl": r.get("eval_ppl"),
                       "record_epsilon": r.get("record_epsilon_max"), "rounds_done": last.get("round"),
                       "round_seconds": [round(x["seconds"], 1) for x in v["rows"]]})
-    base = next((t["eval_ppl"] for t in table if t["sigma"] is None and t["eval_ppl"]), None)
+    private = [t for t in table if t["sigma"] is None and t["eval_ppl"]]
+    best = min(private, key=lambda t: t["eval_ppl"], default=None)
     for t in table:
-        t["ppl_ratio"] = t["eval_ppl"] / base if base and t["eval_ppl"] else None
+        same = next((p for p in private if (p["batch"], p["local_steps"]) == (t["batch"], t["local_steps"])), None)
+        t["ppl_ratio"] = t["eval_ppl"] / best["eval_ppl"] if best and t["eval_ppl"] else None
+        t["ppl_ratio_same_plan"] = t["eval_ppl"] / same["eval_ppl"] if same and t["eval_ppl"] else None
     tp = json.loads(Path(a.throughput).read_text()) if a.throughput and Path(a.throughput).exists() else []
     ref = {r["mode"]: r.get("tokens_per_s") for r in tp}
     for r in tp:
@@ -209,13 +217,16 @@ def cmd_summarize(a: argparse.Namespace) -> None:
             r["vs_np_trainer"] = r["tokens_per_s"] / ref["np-trainer"]
         if r.get("tokens_per_s") and ref.get("np-eager"):
             r["vs_np_eager"] = r["tokens_per_s"] / ref["np-eager"]
-    out = {"equal_tokens_round": at, "rows": table, "throughput": tp, "delta": DELTA, "max_grad_norm": CLIP}
+    out = {"equal_tokens": at, "best_non_private": best["row"] if best else None, "rows": table, "throughput": tp,
+           "delta": DELTA, "max_grad_norm": CLIP}
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"{'row':<14}{'σ':>7}{'round':>6}{'tokens':>12}{'ppl':>9}{'×np':>7}{'ε':>8}")
+    print(f"equal tokens: {at:,}" if at else "equal tokens: none (some row never evaluated)")
+    print(f"{'row':<20}{'σ':>7}{'batch':>6}{'H':>4}{'round':>6}{'ppl':>9}{'×best np':>9}{'×np plan':>9}{'ε':>8}")
     for t in table:
         f = lambda v, s: format(v, s) if isinstance(v, (int, float)) else "-".rjust(int(s.split(".")[0].rstrip(",d")))  # noqa: E731
-        print(f"{t['row']:<14}{f(t['sigma'], '7.3f')}{f(t['round'], '6d')}{f(t['tokens'], '12,d')}"
-              f"{f(t['eval_ppl'], '9.2f')}{f(t['ppl_ratio'], '7.2f')}{f(t['record_epsilon'], '8.2f')}")
+        print(f"{t['row']:<20}{f(t['sigma'], '7.3f')}{f(t['batch'], '6d')}{f(t['local_steps'], '4d')}{f(t['round'], '6d')}"
+              f"{f(t['eval_ppl'], '9.2f')}{f(t['ppl_ratio'], '9.2f')}{f(t['ppl_ratio_same_plan'], '9.2f')}"
+              f"{f(t['record_epsilon'], '8.2f')}")
     for r in tp:
         print(json.dumps(r))
 

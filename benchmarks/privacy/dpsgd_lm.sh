@@ -20,6 +20,9 @@
 #     (ε at these σ: 0.9997, 2.9958, 7.9933). Rows evaluate every round; one that the deadline stops
 #     still pairs at the last round every row reached.
 #  4. summary.json (+ each row's metrics.jsonl, summary.json, ledger, log) under $OUT
+# ROWS may also name infb: a second non-private row at its own batch NP_BATCH (dividing H·BATCH) with H·BATCH/NP_BATCH
+#   local steps a round, so the same tokens; summarize compares every row with the best non-private row and with
+#   the non-private row of its own plan (RESULTS.md (zt15): 3.80× against 1.45×).
 # NP_MICRO=N: the ε = ∞ row's step in slices of N sequences (train.micro_batch_size; batch 2,048 does not fit one forward).
 # DP_MICRO=N: the DP rows' Poisson batches in ghost-clipping slices of N (default 32; 128 with Liger's block kernels runs
 #   1.19× faster at 39 GiB, RESULTS.md (zp15); the clipped sum is the same for any slicing, up to rounding).
@@ -30,7 +33,14 @@ T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
 # ROWS is checked before anything is built (see the row loop below)
 IFS=, read -r -a WAVES <<< "${ROWS:-inf 8 3 1}"
-for r in ${WAVES[*]}; do case $r in inf|8|3|1) ;; *) echo "ROWS: unknown row '$r' (inf, 8, 3, 1)"; exit 2 ;; esac; done
+for r in ${WAVES[*]}; do case $r in inf|infb|8|3|1) ;; *) echo "ROWS: unknown row '$r' (inf, infb, 8, 3, 1)"; exit 2 ;; esac; done
+# infb: the non-private row at its own batch NP_BATCH with the same tokens (H·B/NP_BATCH local steps a round)
+if [[ " ${WAVES[*]} " == *infb* ]]; then
+  if [ "${TINY:-0}" = 1 ]; then B=16 H=2; else B=${BATCH:-128} H=${H:-8}; fi
+  [ "${NP_BATCH:-0}" -gt 0 ] 2>/dev/null && [ $(( H * B % NP_BATCH )) = 0 ] || {
+    echo "ROWS has infb: set NP_BATCH to a batch that divides H·BATCH = $(( H * B )) (the same tokens per round)"; exit 2; }
+  NP_H=$(( H * B / NP_BATCH ))
+fi
 S=${S:-/tmp/sf-dpsgd}
 # The lease returns at most 8 files: on the GPU everything is written to $O and comes back as one archive
 # ($OUT/dpsgd_lm.tgz) beside summary.json and throughput.json; in TINY mode $O is $OUT itself.
@@ -82,10 +92,12 @@ row() { name=$1; shift; left=$(( DEADLINE - $(el) )); [ $left -gt 0 ] || left=1
 # ROWS: which ε rows, in waves separated by commas; a wave's rows run side by side on the GPU (one at a time in
 # TINY mode, two CPU cores), waves one after another; a row whose run already has its summary is not run again
 one() { case $1 in inf) row eps-inf ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; 8) row eps8 --sigma "$SIG8" ;; 3) row eps3 --sigma "$SIG3" ;;
-                   1) row eps1 --sigma "$SIG1" ;; esac; }
+                   1) row eps1 --sigma "$SIG1" ;;
+                   infb) row "eps-inf-b$NP_BATCH" --batch "$NP_BATCH" --h "$NP_H" ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; esac; }
 for wave in "${WAVES[@]}"; do
   for r in $wave; do
-    n=eps$r; [ "$r" = inf ] && n=eps-inf; [ -f "$S/runs/$n/summary.json" ] && { echo "$n: already finished"; continue; }
+    n=eps$r; [ "$r" = inf ] && n=eps-inf; [ "$r" = infb ] && n=eps-inf-b$NP_BATCH
+    [ -f "$S/runs/$n/summary.json" ] && { echo "$n: already finished"; continue; }
     if [ "${TINY:-0}" = 1 ]; then one "$r"; else one "$r" & fi
   done
   wait
