@@ -258,17 +258,17 @@ def plot_rows(rows: dict, pairs: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def cmd_summarize(a: argparse.Namespace) -> None:
-    runs = Path(a.runs)
-    rows = {d.name: _read_run(d) for d in sorted(runs.iterdir()) if d.is_dir() and (d / "metrics.jsonl").exists()}
+def pair_all(runs: Path, rows: dict, central_seed: int | None) -> list[dict]:
+    """Every federated row in ``rows`` (read from ``runs``) with each centralized row of the same size, tokens and
+    seed (or, where it has none, ``central_seed``'s, marked), compared at every token count both evaluated."""
     pairs = []
     for name, r in rows.items():
         if "-fed-" not in name:
             continue
         cands = sorted(runs.glob(partner_of(name)))
-        other_seed = not cands and a.central_seed is not None
+        other_seed = not cands and central_seed is not None
         if other_seed:    # no centralized row at this seed: the given seed's (marked in the pair)
-            cands = sorted(runs.glob(partner_of(name).rsplit("-s", 1)[0] + f"-s{a.central_seed}"))
+            cands = sorted(runs.glob(partner_of(name).rsplit("-s", 1)[0] + f"-s{central_seed}"))
         for cdir in cands:
             c = rows.get(cdir.name)
             if not c:
@@ -279,6 +279,13 @@ def cmd_summarize(a: argparse.Namespace) -> None:
                           "final": last, "complete": bool(r["summary"] and c["summary"]),
                           "corpus_content_hash": r["corpus_content_hash"], "tokenizer_hash": r["tokenizer_hash"],
                           "aggregation": r["metrics"][-1].get("aggregation") if r["metrics"] else None})
+    return pairs
+
+
+def cmd_summarize(a: argparse.Namespace) -> None:
+    runs = Path(a.runs)
+    rows = {d.name: _read_run(d) for d in sorted(runs.iterdir()) if d.is_dir() and (d / "metrics.jsonl").exists()}
+    pairs = pair_all(runs, rows, a.central_seed)
     tuned = tuned_pairs(pairs)
     out = {"pairs": pairs, "tuned": [{"fed": p["fed"], "central": p["central"], "final": p["final"],
                                       "central_other_seed": p.get("central_other_seed", False)} for p in tuned],
@@ -294,6 +301,161 @@ def cmd_summarize(a: argparse.Namespace) -> None:
         print(f"{p['fed']:58s} {f['tokens']:11,d} {f['fed_ppl']:8.2f} {f['central_ppl']:8.2f} {f['ratio']:6.3f}  "
               f"{p['central']}{'' if p['complete'] else '  (partial)'}"
               f"{'  (another seed)' if p.get('central_other_seed') else ''}")
+
+
+def collect_rows(raw: Path, into: Path) -> dict[str, str]:
+    """Every study row committed under ``raw`` — row folders, and the archives the lease scripts return
+    (long_pair.tgz, h_sweep.tgz, row.tgz, …) — as INTO/<row>/{metrics.jsonl, summary.json}. A row found more
+    than once (a call's partial archive beside the final one) keeps its longest copy. Archives are read member
+    by member, never extracted. Returns {row: where its copy came from}."""
+    import tarfile
+
+    found: dict[str, tuple[int, str, dict[str, bytes]]] = {}
+
+    def offer(row: str, files: dict[str, bytes], where: str) -> None:
+        n = files.get("metrics.jsonl", b"").count(b"\n")
+        if row not in found or n > found[row][0] or (n == found[row][0] and "summary.json" in files):
+            found[row] = (n, where, files)
+
+    for f in sorted(raw.rglob("metrics.jsonl")):
+        d = f.parent
+        offer(d.name, {k: (d / k).read_bytes() for k in ("metrics.jsonl", "summary.json") if (d / k).exists()},
+              str(d.relative_to(raw)))
+    for t in sorted(raw.rglob("*.tgz")):
+        with tarfile.open(t) as tar:
+            per: dict[str, dict[str, bytes]] = {}
+            for m in tar.getmembers():
+                parts = Path(m.name).parts
+                if m.isfile() and len(parts) >= 2 and parts[-1] in ("metrics.jsonl", "summary.json"):
+                    per.setdefault(parts[-2], {})[parts[-1]] = tar.extractfile(m).read()
+        for row, files in per.items():
+            if "metrics.jsonl" in files:
+                offer(row, files, str(t.relative_to(raw)))
+    for row, (_, _, files) in found.items():
+        (into / row).mkdir(parents=True, exist_ok=True)
+        for k, b in files.items():
+            (into / row / k).write_bytes(b)
+    return {row: where for row, (_, where, _) in sorted(found.items())}
+
+
+def parse_row(name: str) -> dict:
+    """The settings a row's name carries (row_name's inverse): size, partition, side, outer, …, tokens, seed."""
+    p = name.split("-")
+    out = {"size": p[0], "partition": p[1], "side": p[2], "seed": int(p[-1][1:]), "tokens_planned": float(p[-2][1:])}
+    if p[2] == "fed":
+        out |= {"outer": p[3], "outer_lr": float(p[4][3:]), "h": int(p[5][1:]), "inner_lr_ratio": float(p[6][3:]),
+                "momentum": 0.9 if p[3] != "fedavg" else 0.0, "momentum_warmup": 0, "secure": False}
+        for x in p[7:-2]:
+            if x.startswith("mw"):
+                out["momentum_warmup"] = int(x[2:])
+            elif x.startswith("m"):
+                out["momentum"] = float(x[1:])
+            elif x == "secagg":
+                out["secure"] = True
+    return out
+
+
+GOALS = {"20m": 1.07, "75m": 1.07, "125m": 1.05}    # issue 14: fed/central perplexity, IID
+
+
+def cmd_table(a: argparse.Namespace) -> None:
+    """The study table from the committed raw results: every federated row against its tuned centralized partner,
+    at the last token count both reached, with tokens per parameter, seed and the goal; and the ratio vs model
+    size (rows at ≥ 5 tokens per parameter, the issue's floor at 75m / 125m)."""
+    import tempfile
+
+    raw = Path(a.raw)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp)
+        sources = collect_rows(raw, runs)
+        rows = {d.name: _read_run(d) for d in sorted(runs.iterdir()) if (d / "metrics.jsonl").exists()
+                and parse_row(d.name)["tokens_planned"] >= a.min_tokens}
+        pairs = pair_all(runs, rows, a.central_seed)
+    params = {n: r["summary"]["model_params"] for n, r in rows.items() if r["summary"] and r["summary"].get("model_params")}
+    size_params = {}
+    for n, v in params.items():
+        size_params.setdefault(n.split("-")[0], v)
+    table = []
+    for p in tuned_pairs(pairs):
+        f, meta = p["final"], parse_row(p["fed"])
+        n_params = size_params.get(meta["size"])
+        complete = p["complete"] and f["tokens"] >= 0.99 * meta["tokens_planned"]
+        table.append(meta | {"fed": p["fed"], "central": p["central"], "central_other_seed": p["central_other_seed"],
+                             "tokens": f["tokens"], "params": n_params,
+                             "tokens_per_param": f["tokens"] / n_params if n_params else None,
+                             "fed_ppl": f["fed_ppl"], "central_ppl": f["central_ppl"], "ratio": f["ratio"],
+                             "complete": complete, "goal": GOALS.get(meta["size"]) if meta["partition"] == "iid" else None,
+                             "source": sources[p["fed"]], "central_source": sources[p["central"]]})
+    table.sort(key=lambda t: (t["params"] or 0, -t["tokens"], t["ratio"]))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    where = str(raw.resolve().relative_to(REPO)) if raw.resolve().is_relative_to(REPO) else str(raw)
+    (out / "study_table.json").write_text(json.dumps({"raw": where, "command": "python3 benchmarks/gpu/study.py table "
+                                                      "--out benchmarks/gpu --plot benchmarks/gpu/ratio_vs_size.png",
+                                                      "rows": table}, indent=1) + "\n")
+    lines = ["| size | partition | outer optimizer | H | seed | tokens | tokens / param | fed | central | **fed / central** | goal | raw |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t in table:
+        opt = "FedAvg" if t["outer"] == "fedavg" else f"Nesterov {t['outer_lr']:g} / {t['momentum']:g}"
+        if t["outer"] != "fedavg" and t["momentum_warmup"]:
+            opt += f", warmup {t['momentum_warmup']}"
+        if t["inner_lr_ratio"] != 1:
+            opt += f", inner lr × {t['inner_lr_ratio']:g}"
+        if t["outer"] == "fedavg" and t["outer_lr"] != 1:
+            opt += f" lr {t['outer_lr']:g}"
+        seed = f"{t['seed']}" + (f" (central s{a.central_seed})" if t["central_other_seed"] else "")
+        flags = "" if t["complete"] else " (partial)"
+        goal = f"≤ {t['goal']}" if t["goal"] else ("non-IID ≤ 1.03 × IID" if t["partition"] != "iid" else "")
+        lines.append(f"| {t['size']} | {t['partition']} | {opt} | {t['h']} | {seed} | {t['tokens'] / 1e6:,.1f}M | "
+                     f"{t['tokens_per_param']:.1f} | {t['fed_ppl']:.3f} | {t['central_ppl']:.3f} | **{t['ratio']:.3f}**{flags} | "
+                     f"{goal} | `{t['source']}` |")
+    (out / "study_table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if a.plot:
+        plot_sizes(table, Path(a.plot))
+
+
+def plot_sizes(table: list[dict], out: Path) -> None:
+    """fed/central vs model parameters for the complete rows at ≥ 5 tokens per parameter, by recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    shown = [t for t in table if t["complete"] and t["params"] and t["tokens_per_param"] >= 4.9]   # 75m: 4.99
+    styles = {("iid", True): ("o", "C0", "IID, Nesterov + momentum warmup"),
+              ("iid", False): ("x", "C3", "IID, other optimizers"),
+              ("by_source", True): ("^", "C2", "non-IID (by source), Nesterov + momentum warmup"),
+              ("by_source", False): ("v", "C1", "non-IID (by source), other optimizers")}
+    used, placed = set(), []
+    for t in sorted(shown, key=lambda t: (t["params"], t["ratio"])):
+        key = (t["partition"], t["outer"] != "fedavg" and bool(t["momentum_warmup"]))
+        m, c, label = styles[key]
+        ax.plot(t["params"], t["ratio"], m, color=c, markersize=7, label=None if key in used else label)
+        used.add(key)
+        text = f"s{t['seed']}, {t['tokens_per_param']:.0f} tok/param"
+        if t["outer"] != "fedavg" and t["momentum"] != 0.9:
+            text += f", β {t['momentum']:g}"
+        # labels of near-equal ratios at one size would overprint: step each one up past the last
+        dy = 0.0
+        for n, r in placed:
+            if n == t["params"] and abs(t["ratio"] + dy - r) < 0.004:
+                dy = r + 0.004 - t["ratio"]
+        placed.append((t["params"], t["ratio"] + dy))
+        ax.annotate(text, (t["params"], t["ratio"]), xytext=(t["params"] * 1.05, t["ratio"] + dy), fontsize=6.5,
+                    va="center", arrowprops={"arrowstyle": "-", "linewidth": 0.4, "color": "0.5"} if dy else None)
+    for size, g in GOALS.items():
+        n = next((t["params"] for t in table if t["size"] == size and t["params"]), None)
+        if n:
+            ax.plot([n / 1.25, n * 1.25], [g, g], "k-", linewidth=1.5, label="goal (IID)" if size == "20m" else None)
+    ax.set(xscale="log", xlabel="model parameters", ylabel="fed / tuned centralized perplexity",
+           title="issue 14: federated vs centralized at the end of each schedule")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -337,11 +499,20 @@ def main() -> None:
     s.add_argument("--plot", default=None, help="PNG: perplexity vs tokens for every row, and fed/central vs tokens")
     s.add_argument("--central-seed", type=int, default=None,
                    help="pair a federated row that has no centralized row at its own seed with this seed's")
+    t = sub.add_parser("table", help="the study table and the ratio vs model size, from the committed raw results")
+    t.add_argument("--raw", default=str(Path(__file__).resolve().parent / "raw" / "issue14"))
+    t.add_argument("--out", required=True, help="folder: study_table.md, study_table.json")
+    t.add_argument("--plot", default=None, help="PNG: fed/central vs model parameters")
+    t.add_argument("--min-tokens", type=float, default=1e8,
+                   help="rows planned for at least this many tokens per side (default: not the 67M-token sweep of "
+                        "RESULTS.md (f14), whose rows were resumed across calls and are paired in h_sweep_20m.json)")
+    t.add_argument("--central-seed", type=int, default=0,
+                   help="pair a federated row that has no centralized row at its own seed with this seed's (marked)")
     a = ap.parse_args()
     if a.cmd in ("run", "prepare"):
         a.preset = a.preset if a.preset != "gpu-20m" else f"gpu-{a.size}"
         Path(a.runs).mkdir(parents=True, exist_ok=True)
-    {"run": cmd_run, "prepare": cmd_prepare, "summarize": cmd_summarize}[a.cmd](a)
+    {"run": cmd_run, "prepare": cmd_prepare, "summarize": cmd_summarize, "table": cmd_table}[a.cmd](a)
 
 
 if __name__ == "__main__":

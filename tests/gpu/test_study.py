@@ -168,3 +168,52 @@ def test_dpsgd_lm_rows_load_on_gpu_20m():
         # the non-private row accumulates in slices of 512 (train.micro_batch_size); the DP rows slice by 32
         assert (cfg.train.micro_batch_size, cfg.train.dp_sgd.micro_batch_size) == ((512, None) if sigma is None
                                                                                   else (None, 32))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(side="central"), dict(side="central", partition="iid", central_lr=2e-3, size="75m", tokens=3.52e8, seed=2),
+    dict(outer="fedavg", outer_lr=1.0, inner_lr_ratio=1.0, h=8),
+    dict(momentum=0.8, momentum_warmup=28, inner_lr_ratio=1.0, partition="by_source", secure=True, seed=1),
+    dict(momentum_warmup=21, size="75m", tokens=3.52e8),
+])
+def test_parse_row_reads_back_what_row_name_wrote(kw):
+    a = _args(**kw)
+    meta = study.parse_row(study.row_name(a))
+    assert (meta["size"], meta["side"], meta["seed"]) == (a.size, a.side, a.seed)
+    assert meta["tokens_planned"] == pytest.approx(a.tokens, rel=1e-2)
+    assert meta["partition"] == a.partition
+    if a.side == "fed":
+        assert (meta["outer"], meta["outer_lr"], meta["h"], meta["inner_lr_ratio"], meta["momentum_warmup"],
+                meta["secure"]) == (a.outer, a.outer_lr, a.h, a.inner_lr_ratio, a.momentum_warmup, a.secure)
+        assert meta["momentum"] == (0.0 if a.outer == "fedavg" else a.momentum)
+
+
+def test_table_collects_rows_from_folders_and_archives_keeping_the_longest_copy(tmp_path):
+    import tarfile
+
+    def metrics(n, ppl0):
+        return "".join(json.dumps({"round": i + 1, "tokens_seen": 100 * (i + 1), "eval_ppl": ppl0 / (i + 1)}) + "\n"
+                       for i in range(n))
+    raw = tmp_path / "raw"
+    cen, fed = "20m-iid-central-lr0.003-t4e+02-s0", "20m-iid-fed-nesterov-olr0.7-h32-ilr1-mw28-t4e+02-s0"
+    (raw / "a" / cen).mkdir(parents=True)
+    (raw / "a" / cen / "metrics.jsonl").write_text(metrics(4, 20.0))
+    (raw / "a" / cen / "summary.json").write_text(json.dumps({"model_params": 40}))
+    stage = tmp_path / "stage"
+    for name, n, ppl0 in ((fed, 4, 22.0), (cen, 2, 99.0)):       # the archive's central copy is shorter: not used
+        (stage / name).mkdir(parents=True)
+        (stage / name / "metrics.jsonl").write_text(metrics(n, ppl0))
+    (stage / fed / "summary.json").write_text(json.dumps({"model_params": 40}))
+    (raw / "b").mkdir()
+    with tarfile.open(raw / "b" / "long_pair.tgz", "w:gz") as tar:
+        tar.add(stage / fed, arcname=fed)
+        tar.add(stage / cen, arcname=cen)
+    into = tmp_path / "rows"
+    sources = study.collect_rows(raw, into)
+    assert sources == {cen: f"a/{cen}", fed: "b/long_pair.tgz"}
+    out = tmp_path / "out"
+    study.cmd_table(argparse.Namespace(raw=str(raw), out=str(out), plot=str(out / "p.png"), central_seed=0, min_tokens=0))
+    (row,) = json.loads((out / "study_table.json").read_text())["rows"]
+    assert row["ratio"] == pytest.approx(1.1) and row["tokens"] == 400 and row["tokens_per_param"] == 10
+    assert row["complete"] and row["goal"] == 1.07 and row["momentum_warmup"] == 28
+    assert "**1.100**" in (out / "study_table.md").read_text() and (out / "p.png").stat().st_size > 0
