@@ -403,11 +403,14 @@ def cmd_table(a: argparse.Namespace) -> None:
             opt += f", inner lr × {t['inner_lr_ratio']:g}"
         if t["outer"] == "fedavg" and t["outer_lr"] != 1:
             opt += f" lr {t['outer_lr']:g}"
+        if t["secure"]:
+            opt += ", secure aggregation"
         seed = f"{t['seed']}" + (f" (central s{a.central_seed})" if t["central_other_seed"] else "")
+        tpp = f"{t['tokens_per_param']:.1f}" if t["tokens_per_param"] else "—"   # no summary of that size yet
         flags = "" if t["complete"] else " (partial)"
         goal = f"≤ {t['goal']}" if t["goal"] else ("non-IID ≤ 1.03 × IID" if t["partition"] != "iid" else "")
         lines.append(f"| {t['size']} | {t['partition']} | {opt} | {t['h']} | {seed} | {t['tokens'] / 1e6:,.1f}M | "
-                     f"{t['tokens_per_param']:.1f} | {t['fed_ppl']:.3f} | {t['central_ppl']:.3f} | **{t['ratio']:.3f}**{flags} | "
+                     f"{tpp} | {t['fed_ppl']:.3f} | {t['central_ppl']:.3f} | **{t['ratio']:.3f}**{flags} | "
                      f"{goal} | `{t['source']}` |")
     (out / "study_table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
