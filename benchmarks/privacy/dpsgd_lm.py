@@ -239,6 +239,89 @@ def cmd_summarize(a: argparse.Namespace) -> None:
         print(json.dumps(r))
 
 
+def _curves_of_run(run: Path) -> dict[str, dict]:
+    """{row: {"args": …, "points": [(tokens, eval_ppl)], "eps": ε at the end or None}} of one committed run folder:
+    the rows in its dpsgd_lm.tgz and loose beside it (<row>.metrics.jsonl + <row>.cmd.json)."""
+    import tarfile
+
+    files: dict[str, bytes] = {}
+    for t in sorted(run.glob("*.tgz")):
+        with tarfile.open(t) as tar:
+            for m in tar.getmembers():
+                if m.isfile() and m.name.endswith((".metrics.jsonl", ".cmd.json")):
+                    files[Path(m.name).name] = tar.extractfile(m).read()
+    for f in sorted(run.glob("*.metrics.jsonl")) + sorted(run.glob("*.cmd.json")):
+        files[f.name] = f.read_bytes()
+    rows = _curves_of_console(run / "console.txt") if (run / "console.txt").exists() else {}
+    for name, b in files.items():
+        if not name.endswith(".metrics.jsonl") or name.replace(".metrics.jsonl", ".cmd.json") not in files:
+            continue
+        row = name.removesuffix(".metrics.jsonl")
+        ms = [json.loads(x) for x in b.decode().splitlines() if x.strip()]
+        args = json.loads(files[row + ".cmd.json"])["args"]
+        pts = [(m["tokens_seen"], m["eval_ppl"]) for m in ms if m.get("eval_ppl") is not None]
+        eps = next((m["record_epsilon_max"] for m in reversed(ms) if m.get("record_epsilon_max") is not None), None)
+        rows[row] = {"args": args, "points": pts, "eps": eps}
+    return rows
+
+
+def _curves_of_console(path: Path) -> dict[str, dict]:
+    """A run whose files were lost with its machine (run 4) survives as the console its call printed: the command
+    in its header (BATCH, H, ROUNDS, SIGMAS), then each row's metrics lines, cut at 300 characters. The points are
+    the lines whose eval_ppl and round are both still visible; tokens = round × 4 holders × H × BATCH × 1,024."""
+    import re
+
+    text = path.read_text()
+    b, h, r = (int(re.search(rf"\b{k}=(\d+)", text).group(1)) for k in ("BATCH", "H", "ROUNDS"))
+    sig = dict(zip(("1", "3", "8"), map(float, re.search(r'SIGMAS="([^"]+)"', text).group(1).split())))
+    rows, cur = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\S*/runs/([^/]+)/metrics\.jsonl$", line.strip())
+        if m:
+            cur = m.group(1)
+            eps = cur.removeprefix("eps")
+            rows[cur] = {"args": {"batch": b, "h": h, "rounds": r, "sigma": sig.get(eps)}, "points": [],
+                         "eps": float(eps) if eps in sig else None}
+            continue
+        e, rd = re.search(r'"eval_ppl": ([0-9.]+),', line), re.search(r'"round": (\d+)', line)
+        if cur and e and rd:
+            rows[cur]["points"].append((int(rd.group(1)) * N_HOLDERS * h * b * 1024, float(e.group(1))))
+    return rows
+
+
+def cmd_plot(a: argparse.Namespace) -> None:
+    """Eval perplexity vs tokens for every committed ε row (each run folder under --raw), one colour per ε, one
+    line style per plan (expected batch × steps per holder), the unigram level dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    raw = Path(a.raw)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = {None: "k", 8: "C0", 3: "C1", 1: "C3"}
+    plans: dict[str, str] = {}
+    for run in sorted(d for d in raw.iterdir() if d.is_dir()):
+        for row, r in sorted(_curves_of_run(run).items()):
+            if not r["points"]:
+                continue
+            g = r["args"]
+            plan = f"{g['batch']:,} × {g['h'] * g['rounds']}"
+            ls = plans.setdefault(plan, ["-", "--", ":", "-."][len(plans) % 4])
+            eps = None if g["sigma"] is None else round(r["eps"] or 0)
+            label = f"{'∞' if eps is None else f'ε = {eps}'}, batch × steps {plan} ({run.name})"
+            ax.plot(*zip(*r["points"]), ls, marker="o", markersize=3, color=colours.get(eps, "C4"), label=label)
+    ax.axhline(a.unigram, color="0.5", linestyle="--", linewidth=0.8, label=f"unigram ({a.unigram:,.0f})")
+    ax.set(xscale="log", yscale="log", xlabel="training tokens (all holders)", ylabel="eval perplexity",
+           title="record-level DP-SGD, 20m, 4 holders, secure aggregation (δ = 1e-5)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6.5)
+    fig.tight_layout()
+    fig.savefig(a.out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {a.out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -281,15 +364,20 @@ def main() -> None:
     t.add_argument("--modes", default="np-trainer,np-eager,dp-ghost,dp-ghost-2bwd,dp-per_sample",
                    help="np-trainer (Liger head + compiled blocks), np-liger (Liger head + blocks, eager), np-eager, "
                         "dp-ghost (plain kernels), dp-ghost-fused (Liger block kernels: what train.fused=auto runs), "
+                        "dp-ghost-fused-compiled (experiment: the blocks compiled with the hooks inside), "
                         "dp-ghost-2bwd (Opacus' second backward), dp-per_sample")
     t.add_argument("--out", required=True)
     s = sub.add_parser("summarize")
     s.add_argument("--runs", required=True)
     s.add_argument("--throughput", default=None)
     s.add_argument("--out", required=True)
+    pl = sub.add_parser("plot", help="perplexity vs tokens of every committed ε row (run 4 survives only as a console)")
+    pl.add_argument("--raw", default=str(REPO / "benchmarks" / "privacy" / "raw" / "dpsgd_lm"))
+    pl.add_argument("--unigram", type=float, default=1057.05, help="the corpus' unigram eval perplexity (prepare.json)")
+    pl.add_argument("--out", required=True)
     a = ap.parse_args()
     {"calibrate": cmd_calibrate, "prepare": cmd_prepare, "row": cmd_row, "throughput": cmd_throughput,
-     "summarize": cmd_summarize}[a.cmd](a)
+     "summarize": cmd_summarize, "plot": cmd_plot}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -217,3 +217,42 @@ def test_table_collects_rows_from_folders_and_archives_keeping_the_longest_copy(
     assert row["ratio"] == pytest.approx(1.1) and row["tokens"] == 400 and row["tokens_per_param"] == 10
     assert row["complete"] and row["goal"] == 1.07 and row["momentum_warmup"] == 28
     assert "**1.100**" in (out / "study_table.md").read_text() and (out / "p.png").stat().st_size > 0
+
+
+def test_dpsgd_lm_plot_reads_archived_loose_and_console_rows(tmp_path):
+    """dpsgd_lm.py plot: rows from a run's archive and loose files (metrics + argv), and from a console whose
+    files were lost, where only the lines with both eval_ppl and round visible count."""
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("dpsgd_lm", _GPU.parent / "privacy" / "dpsgd_lm.py")
+    dp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dp)
+    raw = tmp_path / "raw"
+    run = raw / "run9"
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    for row, sigma, eps in (("eps8", 0.5, 7.9), ("eps-inf", None, None)):
+        m = [{"round": i, "tokens_seen": 100 * i, "eval_ppl": 50.0 / i} | ({"record_epsilon_max": eps} if eps else {})
+             for i in (1, 2)]
+        (stage / f"{row}.metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in m))
+        (stage / f"{row}.cmd.json").write_text(json.dumps({"args": {"batch": 64, "h": 2, "rounds": 2, "sigma": sigma}}))
+    run.mkdir(parents=True)
+    with tarfile.open(run / "dpsgd_lm.tgz", "w:gz") as tar:
+        for f in ("eps8.metrics.jsonl", "eps8.cmd.json"):
+            tar.add(stage / f, arcname=f"./{f}")
+    for f in ("eps-inf.metrics.jsonl", "eps-inf.cmd.json"):
+        (run / f).write_bytes((stage / f).read_bytes())
+    rows = dp._curves_of_run(run)
+    assert rows["eps8"]["points"] == [(100, 50.0), (200, 25.0)] and rows["eps8"]["eps"] == 7.9
+    assert rows["eps-inf"]["args"]["sigma"] is None
+    old = raw / "run4"
+    old.mkdir()
+    (old / "console.txt").write_text(
+        '#   ROWS="inf 8" BATCH=512 H=8 ROUNDS=4 SIGMAS="1.0 0.6 0.45" SKIP_THROUGHPUT=1\n'
+        "/tmp/x/runs/eps8/metrics.jsonl\n"
+        '{"aggregation": "secagg", "eval_ppl": 16133\n'                    # cut before its round: not a point
+        '{"eval_ppl": 1619.4, "record_epsilon_max": 7.6, "round": 3\n')
+    con = dp._curves_of_run(old)
+    assert con["eps8"]["points"] == [(3 * 4 * 8 * 512 * 1024, 1619.4)] and con["eps8"]["args"]["sigma"] == 0.45
+    dp.cmd_plot(argparse.Namespace(raw=str(raw), unigram=1000.0, out=str(tmp_path / "p.png")))
+    assert (tmp_path / "p.png").stat().st_size > 0
