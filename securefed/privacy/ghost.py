@@ -36,10 +36,10 @@ of two norms), so the modules that share a parameter are instantiated and their 
 summed before the norm (Opacus' forward counter). transformers' LlamaRMSNorm, which Opacus has no sampler
 for, gets one here (``llama_rms_norm_grad_sample``: Σ_t G_t ⊙ x̂_t from the layer's input, a (B, d)
 per-record gradient) instead of Opacus' functorch fallback, which re-runs the layer per record and cannot
-run the Liger kernel the GPU path puts there (securefed.training.fused, mode 'blocks'). What Opacus cannot treat per sample (BatchNorm and other
-batch-coupled layers, DP-incompatible modules) is refused at wrap time; a parameter that receives a
-gradient but no per-sample norm (used outside its module's forward) is refused at the first backward,
-rather than silently under-clipped.
+run the Liger kernel the GPU path puts there (securefed.training.fused, mode 'blocks'). What Opacus cannot
+treat per sample (BatchNorm and other batch-coupled layers, DP-incompatible modules) is refused at wrap
+time; a parameter that receives a gradient but no per-sample norm (used outside its module's forward) is
+refused at the first backward, rather than silently under-clipped.
 """
 
 from __future__ import annotations

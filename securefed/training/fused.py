@@ -189,7 +189,9 @@ def per_record_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Each record's mean next-token loss (DP-SGD's per-record losses). On CUDA the loss is compiled
     (dynamic batch: Poisson batches vary): Inductor reads the bf16 logits once for the log-sum-exp and
     writes their gradient once, instead of an fp32 copy, an fp32 log-softmax kept for backward and an
-    fp32 gradient cast back (at 20m, batch 128: 17 GB each). Elsewhere, or where compiling fails, eager."""
+    fp32 gradient cast back (at 20m, batch 128: 17 GB each). Elsewhere, or where compiling the forward fails,
+    eager (with a warning). The backward is compiled at the first backward: a failure there is raised, not
+    hidden."""
     global _nll_compiled
     if logits.device.type != "cuda" or _nll_compiled is False:
         return _nll_per_record(logits, ids)
