@@ -20,10 +20,37 @@ import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
-from securefed.privacy.ghost import GhostClippingModule
+from securefed.privacy.ghost import GhostClippingModule, exact_fp32_matmul
 
 __all__ = ["attach_dp_sgd", "wrap_for_dp_sgd"]
+
+
+class _FP32NormDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer with each record's norm accumulated and returned in fp32 (protocols/dp.md §10).
+
+    Under bf16 autocast Opacus' hooks keep bf16 per-sample gradients, and Opacus takes their norms in bf16:
+    rounded up to 2⁻⁸ below the norm of the values it then upcasts and sums, so a record's clipped share
+    could exceed C by that much. Here the norm is of exactly what is summed; the sum itself is already fp32
+    (Opacus casts each per-sample gradient to the fp32 parameter's dtype first)."""
+
+    def clip_and_accumulate(self) -> None:
+        samples = self.grad_samples
+        if len(samples[0]) == 0:                                   # an empty Poisson batch: nothing to clip
+            return super().clip_and_accumulate()
+        per_param = [torch.linalg.vector_norm(g.reshape(len(g), -1), dim=-1, dtype=torch.float32) for g in samples]
+        norms = torch.stack([n.to(per_param[0].device) for n in per_param], dim=1).norm(2, dim=1)
+        factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)          # Opacus' clip factor, fp32
+        for p, gs in zip(self.params, samples):
+            if p.dtype != torch.float32:
+                raise RuntimeError(f"DP-SGD sums clipped gradients in the parameters' dtype: {p.dtype} would round "
+                                   "the batch's sum (not one record's share); keep fp32 parameters (bf16-mixed)")
+            _check_processed_flag(p.grad_sample)
+            with exact_fp32_matmul():
+                grad = torch.einsum("i,i...", factor.to(gs.device), gs.to(torch.float32))
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+            _mark_as_processed(p.grad_sample)
 
 
 def wrap_for_dp_sgd(model: torch.nn.Module, *, clipping: str, max_grad_norm: float) -> torch.nn.Module:
@@ -80,7 +107,7 @@ def attach_dp_sgd(
         gsm, opt_cls = model, DPOptimizerFastGradientClipping
     else:
         gsm = model if isinstance(model, GradSampleModule) else GradSampleModule(model, loss_reduction="mean")
-        opt_cls = DPOptimizer
+        opt_cls = _FP32NormDPOptimizer
     dp_opt = opt_cls(
         optimizer,
         noise_multiplier=float(noise_multiplier),

@@ -51,7 +51,8 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
 from opacus.validators import ModuleValidator
 
-__all__ = ["GhostClippingModule", "ghost_route", "clipped_backward", "llama_rms_norm_grad_sample"]
+__all__ = ["GhostClippingModule", "ghost_route", "clipped_backward", "llama_rms_norm_grad_sample", "exact_fp32_matmul",
+           "weighted_record_sum"]
 
 
 def llama_rms_norm_grad_sample(layer: torch.nn.Module, activations: list[torch.Tensor],
@@ -114,6 +115,7 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
         self._kept_gs: list[tuple[torch.nn.Parameter, torch.Tensor]] = []         # instantiated: (p, (b, *p.shape))
         # id(p) -> (Σ per-record grads so far, uses so far, each use's (module, A, G, id(p)) or None)
         self._tied_sum: dict[int, tuple[torch.Tensor, int, list]] = {}
+        self.norm_slack = False     # this backward took some norm of a rounded copy of what is summed
         rms = _llama_rms_norm_type()      # this instance's samplers: Opacus' registry (a class attribute) unchanged
         self.GRAD_SAMPLERS = {**type(self).GRAD_SAMPLERS, **({rms: llama_rms_norm_grad_sample} if rms else {})}
         super().__init__(model, loss_reduction="sum", max_grad_norm=max_grad_norm, use_ghost_clipping=True)
@@ -163,8 +165,12 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
             p._forward_counter -= 1                  # Opacus counts uses per forward (tying check)
         if self.use_ghost_clipping:                  # set by _routed (Linear / Embedding only: NORM_SAMPLERS)
             self._kept.append((module, activations[0], backprops, None))     # None: all its parameters
-            for p, n in self.NORM_SAMPLERS[type(module)](module, activations, backprops).items():
-                p._norm_sample = n
+            # The norm of exactly what add_clipped_grads will sum: the kept (A, G), upcast, in fp32 arithmetic.
+            # A bf16 Gram product would be rounded relative to Σ|⟨G_t,G_s⟩⟨A_t,A_s⟩|, not to the norm (cancellation).
+            acts = [a.float() if a.is_floating_point() else a for a in activations]
+            with exact_fp32_matmul():
+                for p, n in self.NORM_SAMPLERS[type(module)](module, acts, backprops.float()).items():
+                    p._norm_sample = n.float()
             return
         sampler = self.GRAD_SAMPLERS.get(type(module), ft_compute_per_sample_gradient)
         ag = isinstance(module, (torch.nn.Linear, torch.nn.Embedding))
@@ -178,38 +184,83 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
                 if uses < self._owners[id(p)]:
                     self._tied_sum[id(p)] = (gs, uses, pending)
                     continue
-                p._norm_sample = gs.reshape(gs.shape[0], -1).norm(2, dim=1)
+                p._norm_sample = _record_norms(gs)
                 # a tied layer is instantiated whatever its size: keep the smaller of its summed g_i and every
                 # use's (A, G) (short sequences: the LM head's T·(d + V) per record is under its V·d)
                 if None not in pending and sum(_nbytes(e[1]) + _nbytes(e[2]) for e in pending) < _nbytes(gs):
                     self._kept.extend(pending)
+                    # the sum comes from the uses' (A, G); the norm was of their per-record products, rounded
+                    # to gs's precision: within 2⁻⁸ of the summed values' norm, which clipped_backward's
+                    # tightened bound covers
+                    self.norm_slack = self.norm_slack or gs.dtype in _LOW_PRECISION
                 else:
                     self._kept_gs.append((p, gs))
                 continue
-            p._norm_sample = gs.reshape(gs.shape[0], -1).norm(2, dim=1)
+            p._norm_sample = _record_norms(gs)
             self._kept_gs.append((p, gs))
 
     def _clear_kept(self) -> None:
         self._kept, self._kept_gs, self._tied_sum = [], [], {}
+        self.norm_slack = False
 
     @torch.no_grad()
     def add_clipped_grads(self, coef: torch.Tensor) -> None:
         """.grad += Σ_i c_i·g_i from what pass 1 kept: for a ghost-normed layer c ⊙ G against A, one matmul
         per Linear (the cost of its ordinary weight gradient) or a scatter-add per Embedding; for an
         instantiated one the weighted sum of its kept g_i."""
+        # Everything here is fp32 arithmetic on the kept values (dp.md §10.1): a bf16 sum would be rounded relative
+        # to the whole batch's sum, not to one record, so one record could move it by more than C
+        coef = coef.float()
         for module, a, g, only in self._kept:        # only: the one (tied) parameter it is kept for, or None
-            cg = g * coef.to(g.dtype).view(-1, *([1] * (g.dim() - 1)))                # (b, T, d_out) c_i·G_i
+            cg = g.float() * coef.view(-1, *([1] * (g.dim() - 1)))                     # (b, T, d_out) c_i·G_i
             cg2 = cg.reshape(-1, cg.shape[-1])                                         # (b·T, d_out)
             if isinstance(module, torch.nn.Linear):
-                _add_grad(module.weight, cg2.t() @ a.reshape(-1, a.shape[-1]).to(cg2.dtype))  # (d_out, d_in)
+                with exact_fp32_matmul():
+                    _add_grad(module.weight, cg2.t() @ a.reshape(-1, a.shape[-1]).float())   # (d_out, d_in)
                 if module.bias is not None and only is None:   # a tied layer's own bias: its g_i are kept
                     _add_grad(module.bias, cg2.sum(0))
             else:                                                                      # Embedding: rows by token id
                 w = torch.zeros(module.weight.shape, dtype=torch.float32, device=cg2.device)
-                _add_grad(module.weight, w.index_add_(0, a.reshape(-1), cg2.float()))
+                _add_grad(module.weight, w.index_add_(0, a.reshape(-1), cg2))
         for p, gs in self._kept_gs:
-            _add_grad(p, torch.einsum("n,n...->...", coef.to(gs.dtype), gs))
+            _add_grad(p, weighted_record_sum(coef, gs))
         self._clear_kept()
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+@contextlib.contextmanager
+def exact_fp32_matmul():
+    """fp32 matmuls in full fp32 (no TF32 / bf16 passes) inside: a DP sum or norm must not be rounded
+    coarser than its inputs, whatever ``torch.set_float32_matmul_precision`` the caller chose."""
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
+def _record_norms(gs: torch.Tensor) -> torch.Tensor:
+    """(b,) the L2 norm of each record's kept gradient, accumulated and returned in fp32 (a bf16 result would
+    be up to 2⁻⁸ short of the norm of the very values the clipped sum adds)."""
+    return torch.linalg.vector_norm(gs.reshape(gs.shape[0], -1), dim=1, dtype=torch.float32)
+
+
+def weighted_record_sum(coef: torch.Tensor, gs: torch.Tensor, *, chunk: int = 1 << 24) -> torch.Tensor:
+    """Σ_i coef_i·gs_i in fp32 arithmetic, whatever gs's precision: low-precision gs are upcast a slice of
+    ``chunk`` columns at a time (exact: bf16 → fp32 loses nothing), so the sum is rounded to fp32, never to
+    bf16 — whose rounding grows with the sum of the whole batch, not with one record's share of it."""
+    coef = coef.float()
+    flat = gs.reshape(gs.shape[0], -1)
+    with exact_fp32_matmul():
+        if gs.dtype == torch.float32:
+            return (coef @ flat).view(gs.shape[1:])
+        out = torch.empty(flat.shape[1], dtype=torch.float32, device=gs.device)
+        for s in range(0, flat.shape[1], chunk):
+            out[s:s + chunk] = coef @ flat[:, s:s + chunk].float()
+    return out.view(gs.shape[1:])
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -254,9 +305,11 @@ def clipped_backward(gsm: GhostClippingModule, loss_per_record: torch.Tensor, *,
                                "outside its module's forward?): refusing to under-clip; use clipping=per_sample")
     per_param = [p._norm_sample for p in params]
     norms = torch.stack([n.float() for n in per_param]).norm(2, dim=0)   # (b,) ‖∇ℓ_i‖ over all parameters
-    # Under bf16 autocast the layers' norms come out of bf16 Gram products (relative rounding ~2⁻⁹):
-    # clip to C·(1 − 2⁻⁶) there, so the released sum's sensitivity stays <= C despite the rounding.
-    bound = gsm.max_grad_norm * (1 - 2**-6 if any(n.dtype in (torch.bfloat16, torch.float16) for n in per_param) else 1)
+    # Every layer's norm is of exactly the values its clipped sum adds, in fp32, so C bounds each record's share
+    # of the sum; a norm taken of a low-precision copy (Opacus' own samplers, or a tied layer summed from its
+    # uses' (A, G) but normed from their rounded products: within 2⁻⁸) gets the bound tightened to C·(1 − 2⁻⁶).
+    slack = gsm.norm_slack or any(n.dtype in _LOW_PRECISION for n in per_param)
+    bound = gsm.max_grad_norm * (1 - 2**-6 if slack else 1)
     coef = (bound / (norms + 1e-6)).clamp(max=1.0)  # Opacus DPOptimizer's clip factor
     if gsm.book_keeping:
         gsm.add_clipped_grads(coef)

@@ -140,9 +140,19 @@ class TrainConfig:
             raise ValueError(f"train.sdpa_backend must be 'auto', 'cudnn' or 'flash', got {self.sdpa_backend!r}")
         if self.compile and self.dp_sgd.enabled:
             raise ValueError("train.compile cannot be combined with train.dp_sgd (Opacus' per-sample hooks)")
-        if self.dp_sgd.enabled and self.dp_sgd.clipping == "ghost" and self.precision == "16-mixed":
-            raise ValueError("train.dp_sgd.clipping=ghost runs its own backward, without fp16 loss scaling: "
-                             "use precision bf16-mixed, bf16-true or 32-true")
+        if self.dp_sgd.enabled and self.precision in ("16-mixed", "bf16-true"):
+            # 16-mixed: fp16 loss scaling skips steps on overflow, outside the accountant (and ghost runs its own
+            # backward without the scaler); bf16-true: the clipped sum and its noise would live in bf16, whose
+            # rounding grows with the whole batch's sum, not with one record's share (protocols/dp.md §10)
+            raise ValueError(f"train.dp_sgd cannot run at precision {self.precision}: use bf16-mixed (fp32 parameters, "
+                             "clipped sums and noise) or 32-true")
+        if self.dp_sgd.enabled and self.dp_sgd.clipping == "per_sample" and self.precision == "bf16-mixed":
+            # Opacus' per-sample path takes the batch's *mean* loss and multiplies each record's backprop by the
+            # batch size: under bf16 autocast that rounding depends on the batch, so every record's clipped
+            # gradient moves when one record joins (measured: 0.3·C summed over 256 aligned records)
+            raise ValueError("train.dp_sgd.clipping=per_sample under bf16 autocast lets the batch size move every "
+                             "record's rounded gradient: use clipping=ghost (per-record losses) or precision 32-true "
+                             "('auto' picks 32-true for per_sample)")
         if self.dp_sgd.enabled and self.dp_sgd.clipping == "ghost" and self.devices > 1:
             raise ValueError("train.dp_sgd.clipping=ghost runs on one device per holder (train.devices=1); "
                              "use micro_batch_size for large batches")

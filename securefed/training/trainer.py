@@ -40,16 +40,24 @@ from securefed.training.sharded import ShardedDelta, fsdp_strategy, load_flat_sh
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DPSGDConfig", "TrainConfig", "LocalUpdate", "LocalTrainer", "HolderTrainer", "make_fabric", "evaluate_loss"]
+__all__ = ["DPSGDConfig", "TrainConfig", "LocalUpdate", "LocalTrainer", "HolderTrainer", "make_fabric", "resolve_precision",
+           "evaluate_loss"]
+
+
+def resolve_precision(cfg: TrainConfig, accelerator: str) -> str:
+    """train.precision as Fabric runs it: 'auto' is bf16-mixed on CUDA, 32-true elsewhere, and 32-true for
+    DP-SGD's per_sample clipping, which is exact only in fp32 (TrainConfig refuses it in bf16)."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    per_sample = cfg.dp_sgd.enabled and cfg.dp_sgd.clipping == "per_sample"
+    return "bf16-mixed" if accelerator == "cuda" and not per_sample else "32-true"
 
 
 def make_fabric(cfg: TrainConfig) -> Fabric:
     accelerator = cfg.accelerator
     if accelerator == "auto":
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if accelerator == "cuda" else "32-true"
+    precision = resolve_precision(cfg, accelerator)
     strategy = cfg.strategy
     if strategy == "fsdp":   # FSDP2; its bf16 is a MixedPrecisionPolicy, so Fabric's autocast stays off
         strategy, precision = fsdp_strategy(cfg.devices, bf16=precision == "bf16-mixed"), "32-true"

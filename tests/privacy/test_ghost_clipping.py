@@ -158,8 +158,13 @@ def test_config_validation():
         DPSGDConfig(clipping="ghost", micro_batch_size=0)
     with pytest.raises(TypeError, match="micro_batch_size must be an int"):
         DPSGDConfig(clipping="ghost", micro_batch_size=2.5)
-    with pytest.raises(ValueError, match="fp16 loss"):
-        TrainConfig(precision="16-mixed", dp_sgd=DPSGDConfig(enabled=True, clipping="ghost"))
+    for clipping in ("ghost", "per_sample"):
+        for precision in ("16-mixed", "bf16-true"):
+            with pytest.raises(ValueError, match=f"cannot run at precision {precision}: use bf16-mixed"):
+                TrainConfig(precision=precision, dp_sgd=DPSGDConfig(enabled=True, clipping=clipping))
+    with pytest.raises(ValueError, match="per_sample under bf16 autocast"):
+        TrainConfig(precision="bf16-mixed", dp_sgd=DPSGDConfig(enabled=True, clipping="per_sample"))
+    TrainConfig(precision="bf16-mixed", dp_sgd=DPSGDConfig(enabled=True, clipping="ghost"))
     with pytest.raises(ValueError, match="one device per holder"):
         TrainConfig(devices=2, dp_sgd=DPSGDConfig(enabled=True, clipping="ghost"))
     from securefed.runtime.config import load_run_config
@@ -188,9 +193,9 @@ def test_unsupported_models_are_refused():
 
 
 def test_under_bf16_autocast_the_per_record_work_runs_in_bf16_and_norms_stay_within_the_tightened_clip():
-    """Autocast gives q/k/v, gate/up and the LM head fp32 inputs and bf16 output gradients: the per-record norms
-    and the kept activations are formed in bf16 (the precision the layer computed in), and stay within the
-    2⁻⁶ by which clipped_backward tightens C for bf16 norms of the records' true gradient norms."""
+    """Autocast gives q/k/v, gate/up and the LM head fp32 inputs and bf16 output gradients: the kept per-record
+    values are bf16 (the precision the layer computed in); their norms are taken in fp32 (dp.md §10.1) and stay
+    within 2⁻⁶ of the records' autocast gradient norms."""
     x = torch.randint(0, V, (4, 24), generator=torch.Generator().manual_seed(3))
     ref_model = _tiny_llama()
     ref_norms = []
