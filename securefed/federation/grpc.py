@@ -33,7 +33,7 @@ from securefed.secagg import Roster
 from securefed.transport.board import StageBoard
 from securefed.transport.frames import DEFAULT_CHUNK, FrameError, Kind
 from securefed.transport.pki import Layout
-from securefed.transport.service import Handlers, make_server
+from securefed.transport.service import Handlers, make_server, server_workers
 from securefed.transport.stream import BufferSink
 
 __all__ = ["GrpcChannel", "run_holder", "EXIT"]
@@ -87,7 +87,7 @@ class GrpcChannel(Channel):
         n = len(self.roster.keys)
         self.server, self.port = make_server(handlers, host=self.host, port=self.want_port, cert=self.pki.server_cert,
                                              key=self.pki.server_key, ca=self.pki.ca_cert,
-                                             roster_ids=frozenset(self.roster.keys), max_workers=max(32, 3 * n + 8))
+                                             roster_ids=frozenset(self.roster.keys), max_workers=server_workers(n))
         self.server.start()
         log.info("listening on %s:%d (mTLS), run %s, %d holders on the roster", self.host, self.port, run_id.hex(), n)
         self._write_status()

@@ -76,6 +76,14 @@ class StageBoard:
             return
         r, s = req.round, req.stage
         deadline = time.monotonic() + req.wait_ms / 1000
+        cancelled = threading.Event()
+
+        def on_end() -> None:        # grpc calls this when the call ends, a client cancel or disconnect included
+            cancelled.set()
+            with self.cond:
+                self.cond.notify_all()
+        if context is not None and not context.add_callback(on_end):
+            return                   # the call has already ended (None: called in-process, no RPC)
         with self.cond:
             self.waiting[hid] = (r, time.monotonic())
             self.cond.notify_all()
@@ -88,8 +96,10 @@ class StageBoard:
 
             def ready():
                 return (self.ended is not None or self.round > r or item() is not None or
-                        (self.round == r and (self.over or hid not in self.cohort)))
+                        (self.round == r and (self.over or hid not in self.cohort)) or cancelled.is_set())
             _wait(self.cond, ready, deadline - time.monotonic())
+            if cancelled.is_set():   # the holder went away: free its call slot now, not at wait_ms (§2)
+                return
             ending = self.ended is not None
             got = None if ending else item()
             if ending:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -27,8 +29,8 @@ from securefed import jsonio
 from securefed.transport.frames import MAX_FRAME
 from securefed.transport.pki import holder_id_from_cert
 
-__all__ = ["SERVICE", "MAX_JSON", "channel_options", "server_options", "make_server", "make_channel",
-           "peer_holder_id", "Handlers", "Stub", "load_client_credentials"]
+__all__ = ["SERVICE", "MAX_JSON", "CALLS_PER_HOLDER", "channel_options", "server_options", "make_server", "make_channel",
+           "peer_holder_id", "Handlers", "Stub", "load_client_credentials", "server_workers"]
 
 log = logging.getLogger("securefed.transport")
 
@@ -80,6 +82,48 @@ def peer_holder_id(context: grpc.ServicerContext, roster_ids: frozenset[int] | s
     return hid
 
 
+# §2: at most this many calls of one holder run at once (a holder's loop needs one Fetch or Submit at a time,
+# plus a Join or Status, plus a long-poll its reconnect left behind); the rest are refused at once
+CALLS_PER_HOLDER = 4
+
+
+def server_workers(roster_size: int) -> int:
+    """The server's thread pool and global call limit: every roster holder's CALLS_PER_HOLDER, plus room for
+    calls refused on entry, so no holder's calls can take another holder's share (§2)."""
+    return max(32, CALLS_PER_HOLDER * roster_size + 16)
+
+
+class _HolderSlots:
+    """Per-holder concurrent-call accounting (§2): a call past ``limit`` ends RESOURCE_EXHAUSTED at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.active, self.lock = limit, {}, threading.Lock()
+        self._logged: dict[int, float] = {}
+
+    def take(self, hid: int, context) -> None:
+        with self.lock:
+            n = self.active.get(hid, 0)
+            ok = n < self.limit
+            if ok:
+                self.active[hid] = n + 1
+            now = time.monotonic()
+            say = not ok and now - self._logged.get(hid, -1e9) > 60
+            if say:
+                self._logged[hid] = now
+        if not ok:
+            if say:   # once a minute per holder: a flood must not flood the log too
+                log.warning("holder %d: more than %d concurrent calls; refusing the extra ones", hid, self.limit)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {self.limit} concurrent calls from this holder")
+
+    def give(self, hid: int) -> None:
+        with self.lock:
+            n = self.active.get(hid, 1) - 1
+            if n:
+                self.active[hid] = n
+            else:
+                self.active.pop(hid, None)
+
+
 class Handlers:
     """What the coordinator implements; each gets (holder_id, request, context)."""
 
@@ -91,20 +135,37 @@ def make_server(handlers: Handlers, *, host: str, port: int, cert: Path, key: Pa
                 roster_ids: frozenset[int], max_workers: int = 64) -> tuple[grpc.Server, int]:
     """A started-later gRPC server with mTLS bound to host:port (port 0: pick a free one)."""
 
-    def authed(fn):
+    slots = _HolderSlots(CALLS_PER_HOLDER)
+    if max_workers < CALLS_PER_HOLDER * len(roster_ids) + 8:
+        raise ValueError(f"max_workers {max_workers} leaves some holder less than its {CALLS_PER_HOLDER} calls: "
+                         "use server_workers(len(roster))")
+
+    def authed(fn):                  # unary response: the holder's slot is held for the call
         def call(request, context):
-            return fn(peer_holder_id(context, roster_ids), request, context)
+            hid = peer_holder_id(context, roster_ids)
+            slots.take(hid, context)
+            try:
+                return fn(hid, request, context)
+            finally:
+                slots.give(hid)
         return call
 
-    def status(request, context):  # any holder with a valid certificate may read the status line
-        peer_holder_id(context, roster_ids)
-        return jsonio.dumps(handlers.status()).encode()
+    def authed_stream(fn):           # streamed response: held until the last frame is out or the call ends
+        def call(request, context):
+            hid = peer_holder_id(context, roster_ids)
+            slots.take(hid, context)
+            try:
+                yield from fn(hid, request, context)
+            finally:
+                slots.give(hid)
+        return call
 
     rpc = {
         "Join": grpc.unary_unary_rpc_method_handler(authed(handlers.join)),
-        "Fetch": grpc.unary_stream_rpc_method_handler(authed(handlers.fetch)),
+        "Fetch": grpc.unary_stream_rpc_method_handler(authed_stream(handlers.fetch)),
         "Submit": grpc.stream_unary_rpc_method_handler(authed(handlers.submit)),
-        "Status": grpc.unary_unary_rpc_method_handler(status),
+        # any holder with a valid certificate may read the status line
+        "Status": grpc.unary_unary_rpc_method_handler(authed(lambda _hid, _req, _ctx: jsonio.dumps(handlers.status()).encode())),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          handlers=[grpc.method_handlers_generic_handler(SERVICE, rpc)],
