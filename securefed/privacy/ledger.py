@@ -93,10 +93,14 @@ def read_ledger(path: str | Path, *, public_key: bytes | None = None) -> list[di
         raise LedgerError(f"{p}: last line is incomplete (torn write or truncation); refusing to continue")
     entries: list[dict] = []
     prev = GENESIS
-    for i, line in enumerate(raw.decode("ascii", errors="strict").splitlines()):
+    # lines end in "\n" only (a "\r" stays in its line and fails the canonical form below)
+    for i, bline in enumerate(raw.split(b"\n")[:-1] if raw else []):
         try:
+            line = bline.decode("ascii", errors="strict")
             entry = json.loads(line)
-        except json.JSONDecodeError:
+        except UnicodeDecodeError:
+            raise LedgerError(f"{p}: line {i + 1} is not ASCII (a canonical entry escapes every other character)") from None
+        except (json.JSONDecodeError, RecursionError):
             raise LedgerError(f"{p}: line {i + 1} is not valid JSON") from None
         if not isinstance(entry, dict) or canonical_json(entry) != line:
             raise LedgerError(f"{p}: line {i + 1} is not a canonical ledger entry (edited?)")

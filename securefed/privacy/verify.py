@@ -116,7 +116,14 @@ def _num(v: object) -> float:
     v = decode_floats(v)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"not a number: {v!r}")
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:      # an int beyond float range (10**400): no recorded quantity is that
+        raise ValueError(f"number out of range: {str(v)[:20]}…") from None
+
+
+# what a malformed record can raise while it is checked: each becomes a Problem naming the entry, never a traceback
+_BAD = (KeyError, TypeError, ValueError, ArithmeticError, RecursionError)
 
 
 def _same(a: float, b: float, tol: float) -> bool:
@@ -218,7 +225,7 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
             eps, recorded = acc.epsilon(_num(e["delta"])), _num(e["epsilon"])
             if not _same(eps, recorded, tol):
                 raise ValueError(f"recorded epsilon {recorded:.6g}, but its events give {eps:.6g}")
-        except (KeyError, TypeError, ValueError) as err:
+        except _BAD as err:
             v.problems.append(p(str(err) if not isinstance(err, KeyError) else f"lacks field {err}"))
             return
     if entries:
@@ -242,7 +249,7 @@ def _verify_view(h: int, entries: list[dict], label: str, v: Verification) -> No
             eps, recorded = acc.epsilon(_num(e["delta"])), _num(e["epsilon"])
             if not _same(eps, recorded, tol):
                 raise ValueError(f"recorded epsilon {recorded:.6g}, but its events give {eps:.6g}")
-        except (KeyError, TypeError, ValueError) as err:
+        except _BAD as err:
             v.problems.append(Problem(label, e.get("seq"), e.get("round"), str(err) if not isinstance(err, KeyError) else f"lacks field {err}"))
             return
     v.holder_view_epsilon[h] = acc.epsilon(_num(entries[-1]["delta"])) if entries else 0.0
@@ -259,7 +266,7 @@ def _verify_own(entries: list[dict], label: str, v: Verification) -> None:
             recorded = _num(e["epsilon"])
             if not _same(eps, recorded, tol):
                 raise ValueError(f"recorded epsilon {recorded:.6g}, but its effective events give {eps:.6g}")
-        except (LedgerError, TypeError, ValueError) as err:
+        except (LedgerError, *_BAD) as err:
             v.problems.append(Problem(label, e.get("seq") if isinstance(e, dict) else i, e.get("round") if isinstance(e, dict) else None, str(err)))
             return
     v.own_ledgers += 1
@@ -356,8 +363,11 @@ def check_view_entries(holder_id: int, entries: list[dict], label: str) -> list[
 
 
 def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own_ledgers: Sequence[Path], keys: Keys | None,
-                   anchors: Sequence[Anchor] = ()) -> Verification:
-    """Verify everything (module doc). Never raises for bad records: they become ``problems``."""
+                   anchors: Sequence[Anchor] = (), own_expected: frozenset[int] = frozenset()) -> Verification:
+    """Verify everything (module doc). Never raises for bad records: they become ``problems``.
+
+    ``own_expected``: holders whose own ledger must be among ``own_ledgers`` (a simulation's holders/<id>/):
+    one the server lists as a survivor with no own ledger, or an empty one, is a problem (deleted?)."""
     v = Verification(signed=keys is not None)
     ckey = keys.coordinator if keys else None
     if not Path(server_ledger).is_file():
@@ -383,7 +393,7 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
         try:
             plain = read_ledger(path)
             hid = plain[0]["holder_id"] if plain else None
-        except (LedgerError, KeyError) as err:
+        except (LedgerError, *_BAD) as err:
             v.problems.append(Problem(label, None, None, str(err).replace(f"{path}: ", "")))
             continue
         if hid is None:
@@ -399,7 +409,17 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
             _verify_own(es, label, v)
             owns[int(hid)] = (label, es)
     if not v.problems:
-        _cross_check(server, views, owns, v)
+        for e in server:
+            gone = sorted(h for h in e.get("survivors", ()) if isinstance(h, int) and h in own_expected and h not in owns)
+            if gone:
+                v.problems.append(Problem(f"holders/{gone[0]}/ledger.jsonl", None, e.get("round"), f"missing or empty, but "
+                                          f"the server lists holder {gone[0]} as a survivor of round {e.get('round')}"))
+                break
+    if not v.problems:
+        try:
+            _cross_check(server, views, owns, v)
+        except _BAD as err:     # odd types the per-ledger checks let through (e.g. a survivor list of lists)
+            v.problems.append(Problem("privacy records", None, None, f"cannot be cross-checked: {type(err).__name__}: {err}"))
     if not v.signed:
         v.notes.append("no privacy/keys.json: signatures were not checked")
     return v

@@ -40,6 +40,12 @@ class DPSGDConfig:
     micro_batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("noise_multiplier", "max_grad_norm", "delta"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"train.dp_sgd.{name} must be a number, got {v!r}")
+            if not math.isfinite(v):   # NaN passes every comparison below; inf noise or clip is no mechanism either
+                raise ValueError(f"train.dp_sgd.{name} must be finite, got {v}")
         if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or not 0 < self.delta < 1:
             raise ValueError("train.dp_sgd: noise_multiplier >= 0, max_grad_norm > 0 and 0 < delta < 1 required")
         if self.clipping not in ("per_sample", "ghost"):
@@ -153,9 +159,11 @@ class TrainConfig:
             raise ValueError("train.dp_sgd.clipping=per_sample under bf16 autocast lets the batch size move every "
                              "record's rounded gradient: use clipping=ghost (per-record losses) or precision 32-true "
                              "('auto' picks 32-true for per_sample)")
-        if self.dp_sgd.enabled and self.dp_sgd.clipping == "ghost" and self.devices > 1:
-            raise ValueError("train.dp_sgd.clipping=ghost runs on one device per holder (train.devices=1); "
-                             "use micro_batch_size for large batches")
+        if self.dp_sgd.enabled and self.devices > 1:
+            # each rank would draw its own Poisson batch and its own noise: neither the sampling nor the noise
+            # the accountant assumes
+            raise ValueError("train.dp_sgd runs on one device per holder (train.devices=1); use "
+                             "dp_sgd.micro_batch_size (clipping=ghost) for large batches")
         if self.compile and self.compile_scope == "model" and self.fused in ("all", "head"):
             raise ValueError("train.compile_scope=model breaks Liger's fused loss: use compile_scope=blocks "
                              "or train.fused=off")

@@ -165,8 +165,15 @@ def test_config_validation():
     with pytest.raises(ValueError, match="per_sample under bf16 autocast"):
         TrainConfig(precision="bf16-mixed", dp_sgd=DPSGDConfig(enabled=True, clipping="per_sample"))
     TrainConfig(precision="bf16-mixed", dp_sgd=DPSGDConfig(enabled=True, clipping="ghost"))
-    with pytest.raises(ValueError, match="one device per holder"):
-        TrainConfig(devices=2, dp_sgd=DPSGDConfig(enabled=True, clipping="ghost"))
+    for clipping in ("ghost", "per_sample"):   # each rank would draw its own Poisson batch and noise
+        with pytest.raises(ValueError, match="one device per holder"):
+            TrainConfig(devices=2, dp_sgd=DPSGDConfig(enabled=True, clipping=clipping))
+    for name in ("noise_multiplier", "max_grad_norm", "delta"):   # YAML's .nan / .inf passed every comparison
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=f"train.dp_sgd.{name} must be finite"):
+                DPSGDConfig(**{name: bad})
+        with pytest.raises(TypeError, match=f"train.dp_sgd.{name} must be a number"):
+            DPSGDConfig(**{name: "1"})
     from securefed.runtime.config import load_run_config
 
     cfg = load_run_config(preset="dp-sgd", overrides=["train.dp_sgd.clipping=ghost", "train.dp_sgd.micro_batch_size=8"])

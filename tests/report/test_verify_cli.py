@@ -82,7 +82,24 @@ CASES = {
     "keys.json replaced": lambda rd: (rd / "privacy" / "keys.json").write_text(json.dumps(
         {"version": 1, "coordinator": "11" * 32, "holders": {}})),
     "keys.json deleted": lambda rd: (rd / "privacy" / "keys.json").unlink(),
+    # an audit's cases (stop 33): passed as verified, or crashed with a traceback instead of a banner
+    "simulated holder's own ledger deleted": lambda rd: _simulated(rd, 2, lambda p: p.unlink()),
+    "simulated holder's own ledger emptied": lambda rd: _simulated(rd, 2, lambda p: p.write_text("")),
+    "non-ASCII byte before the server ledger": lambda rd: _prepend(rd / "privacy" / "ledger.jsonl", b"\xff"),
+    "CRLF line endings": lambda rd: (rd / "privacy" / "ledger.jsonl").write_bytes(
+        (rd / "privacy" / "ledger.jsonl").read_bytes().replace(b"\n", b"\r\n")),
+    "a 100,000-deep nested JSON line": lambda rd: _prepend(rd / "privacy" / "ledger.jsonl", b"[" * 100_000 + b"\n"),
 }
+
+
+def _simulated(rd, h, act):
+    """A simulation keeps each holder's state under holders/<id>/ (holder.yaml): its own ledger must be there."""
+    (rd / "holders" / str(h) / "holder.yaml").write_text(f"id: {h}\n")
+    act(rd / "holders" / str(h) / "ledger.jsonl")
+
+
+def _prepend(p, data):
+    p.write_bytes(data + p.read_bytes())
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
