@@ -536,6 +536,7 @@ class Coordinator:
             export_model(self.evaluator.raw_model, self.data.tokenizer, self.rd.model)
         done = [m for m in self.metrics if not m.get("aborted")]
         evals = [m for m in self.metrics if "eval_ppl" in m]
+        self.privacy.close_run()      # the signed end-of-run record (protocols/dp.md §7.4): no more entries follow
         eps, delta = self.privacy.epsilon_spent()
         summary = {
             "fed_eval_ppl": evals[-1]["eval_ppl"] if evals else None,

@@ -29,10 +29,13 @@ from typing import Any
 from securefed.primitives.keys import IdentityKey, verify_signature
 
 __all__ = ["GENESIS", "SIGNATURE_LABEL", "LedgerError", "canonical_json", "entry_hash", "read_ledger", "Ledger",
-           "signed_message", "entry_signature_ok"]
+           "signed_message", "entry_signature_ok", "END_FILE", "write_end_record", "read_end_record",
+           "end_record_problems"]
 
 GENESIS = "0" * 64
 SIGNATURE_LABEL = b"securefed/privacy-ledger/v1/entry\x00"  # domain separation (protocols/dp.md §7.1)
+END_LABEL = b"securefed/privacy-ledger/v1/end\x00"        # the end-of-run record's signatures (§7.4)
+END_FILE = "end.json"
 
 
 class LedgerError(ValueError):
@@ -183,3 +186,90 @@ class Ledger:
         stored = json.loads(canonical_json(entry))
         self.entries.append(stored)
         return stored
+
+
+# ------------------------------------------------------------------ the end-of-run record (protocols/dp.md §7.4)
+
+
+def _end_message(record: dict) -> bytes:
+    return END_LABEL + canonical_json({k: v for k, v in record.items() if k != "sig"}).encode("ascii")
+
+
+def _heads(ledger_dir: Path) -> tuple[int, str, dict[str, dict]]:
+    server = read_ledger(ledger_dir / "ledger.jsonl")
+    views = {}
+    for p in sorted((ledger_dir / "holders").glob("holder-*.jsonl")):
+        es = read_ledger(p)
+        views[p.stem.removeprefix("holder-")] = {"entries": len(es), "head": entry_hash(es[-1]) if es else GENESIS}
+    return len(server), (entry_hash(server[-1]) if server else GENESIS), views
+
+
+def write_end_record(ledger_dir: str | Path, *, run_id: str | None, signer: IdentityKey | None) -> dict:
+    """Close the run's ledgers (§7.4): ``end.json`` names how many entries the server ledger and each view
+    ledger hold and their heads, signed like the entries (its own label). Without it a reader cannot tell a
+    finished run from one whose ledgers were cut back to a signed prefix. Written atomically."""
+    d = Path(ledger_dir)
+    n, head, views = _heads(d)
+    rec = {"version": 1, "kind": "end_of_run", "run_id": run_id, "ledger_entries": n, "ledger_head": head, "views": views}
+    if signer is not None:
+        rec["sig"] = signer.sign(_end_message(rec)).hex()
+    tmp = d / (END_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        data = (canonical_json(rec) + "\n").encode("ascii")
+        if os.write(fd, data) != len(data):  # pragma: no cover - regular files write fully
+            raise OSError("short write of the end record")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, d / END_FILE)
+    return rec
+
+
+def read_end_record(ledger_dir: str | Path) -> dict | None:
+    """The end-of-run record, or None if there is none; LedgerError if it is not a canonical JSON object."""
+    p = Path(ledger_dir) / END_FILE
+    if not p.exists():
+        return None
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("ascii")
+        rec = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise LedgerError(f"{END_FILE} is not ASCII JSON") from None
+    if not isinstance(rec, dict) or canonical_json(rec) + "\n" != text:
+        raise LedgerError(f"{END_FILE} is not a canonical record (edited?)")
+    return rec
+
+
+def end_record_problems(rec: dict, *, public_key: bytes | None, server: list[dict],
+                        views: dict[int, list[dict]]) -> list[str]:
+    """Why ``rec`` does not close exactly these ledgers ([] if it does): its signature under the coordinator's
+    key, then the server ledger's and every view ledger's entry count and head, exactly (§7.4)."""
+    if rec.get("version") != 1 or rec.get("kind") != "end_of_run":
+        return ["is not a version-1 end-of-run record"]
+    if public_key is not None:
+        sig = rec.get("sig")
+        try:
+            ok = isinstance(sig, str) and len(sig) == 128 and verify_signature(public_key, bytes.fromhex(sig), _end_message(rec))
+        except ValueError:
+            ok = False
+        if not ok:
+            return ["has no valid coordinator signature (edited, or signed by another key)"]
+    head = entry_hash(server[-1]) if server else GENESIS
+    if rec.get("ledger_entries") != len(server) or rec.get("ledger_head") != head:
+        return [f"closes the server ledger at {rec.get('ledger_entries')!r} entries (head {str(rec.get('ledger_head'))[:16]}…), "
+                f"but it holds {len(server)} (head {head[:16]}…): entries were cut, added or rewritten"]
+    recv = rec.get("views")
+    if not isinstance(recv, dict):
+        return ["has no view-ledger heads"]
+    have = {str(h): es for h, es in views.items()}
+    for h in sorted(set(recv) | set(have), key=lambda x: (len(x), x)):
+        want, es = recv.get(h), have.get(h)
+        if es is None or not isinstance(want, dict):
+            return [f"and the view ledgers disagree on holder {h} (a view ledger removed or added)"]
+        vh = entry_hash(es[-1]) if es else GENESIS
+        if want.get("entries") != len(es) or want.get("head") != vh:
+            return [f"closes holder {h}'s view ledger at {want.get('entries')!r} entries, but it holds {len(es)} "
+                    "(or another head): entries were cut, added or rewritten"]
+    return []

@@ -29,7 +29,7 @@ from securefed.privacy.clipping import bit_noise_std, data_noise_multiplier
 from securefed.privacy.config import BudgetExhausted, DPConfig, default_delta
 from securefed.privacy.encoders import plan_discrete
 from securefed.privacy.events import adaptive_sigma_b, plan_record, round_event
-from securefed.privacy.ledger import Ledger, LedgerError, decode_floats
+from securefed.privacy.ledger import END_FILE, Ledger, LedgerError, decode_floats, write_end_record
 from securefed.privacy.round import RoundPrivacy
 from securefed.privacy.verify import check_server_entries, check_view_entries
 from securefed.primitives.quantize import plan_quantization
@@ -277,6 +277,8 @@ class PrivacySession:
             common["run_id"] = self.run_id
         hev = self._event(rp.plan, z, len(surv), sampled=False, dim=rp.dim)
         reasons = getattr(rp, "refusal_reasons", {})
+        # a run that records a round is not ended: an end record of an earlier end (resumed run) no longer holds
+        (self.ledger_dir / END_FILE).unlink(missing_ok=True)
         for h in rp.cohort:
             led, acc = self._holder(h)
             if completing and any(e.get("round") == rp.round_index for e in led.entries):
@@ -299,6 +301,10 @@ class PrivacySession:
             reexecuted=any(e["round"] == rp.round_index for e in self.ledger.entries)))
         self.clip = next_clip
         return {k: decode_floats(v) for k, v in entry.items()}
+
+    def close_run(self) -> dict:
+        """Write the signed end-of-run record over every ledger of this session (protocols/dp.md §7.4)."""
+        return write_end_record(self.ledger_dir, run_id=self.run_id, signer=self.signer)
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

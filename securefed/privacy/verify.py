@@ -31,7 +31,7 @@ from securefed.privacy import rdp as R
 from securefed.privacy.accountant import ACCOUNTANT_SCHEME, Accountant, RoundEvent, accountant_version, event_rdp
 from securefed.privacy.events import plan_from_record, round_event
 from securefed.privacy.holder_ledger import check_holder_entry, holder_effective_events
-from securefed.privacy.ledger import LedgerError, decode_floats, entry_hash, read_ledger
+from securefed.privacy.ledger import LedgerError, decode_floats, end_record_problems, entry_hash, read_ledger
 
 __all__ = ["Keys", "Anchor", "Problem", "Verification", "verify_records", "check_server_entries", "check_view_entries"]
 
@@ -363,11 +363,14 @@ def check_view_entries(holder_id: int, entries: list[dict], label: str) -> list[
 
 
 def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own_ledgers: Sequence[Path], keys: Keys | None,
-                   anchors: Sequence[Anchor] = (), own_expected: frozenset[int] = frozenset()) -> Verification:
+                   anchors: Sequence[Anchor] = (), own_expected: frozenset[int] = frozenset(),
+                   end: dict | None = None) -> Verification:
     """Verify everything (module doc). Never raises for bad records: they become ``problems``.
 
     ``own_expected``: holders whose own ledger must be among ``own_ledgers`` (a simulation's holders/<id>/):
-    one the server lists as a survivor with no own ledger, or an empty one, is a problem (deleted?)."""
+    one the server lists as a survivor with no own ledger, or an empty one, is a problem (deleted?).
+    ``end``: the end-of-run record (privacy/end.json, dp.md §7.4); a signed run without one is not verified —
+    nothing else tells a finished run from one whose ledgers were cut back to a signed prefix."""
     v = Verification(signed=keys is not None)
     ckey = keys.coordinator if keys else None
     if not Path(server_ledger).is_file():
@@ -386,6 +389,21 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
         if es is not None:
             _verify_view(h, es, label, v)
             views[h] = es
+    if not v.problems:
+        if end is None:
+            if v.signed:
+                v.problems.append(Problem("privacy/end.json", None, None, "missing: no signed end-of-run record, so "
+                                          "this run is unfinished or its ledgers were cut back to a signed prefix; "
+                                          "the ε of the recorded rounds is not the run's"))
+            else:
+                v.notes.append("no privacy/end.json: nothing shows the ledgers were not cut back")
+        else:
+            try:
+                bad = end_record_problems(end, public_key=ckey, server=server, views=views)
+            except _BAD as err:
+                bad = [f"is malformed ({type(err).__name__}: {err})"]
+            if bad:
+                v.problems.append(Problem("privacy/end.json", None, None, bad[0]))
     owns: dict[int, tuple[str, list[dict]]] = {}
     for path in own_ledgers:
         path = Path(path)

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from securefed.privacy.ledger import LedgerError, read_end_record
 from securefed.privacy.verify import Anchor, Keys, Problem, Verification, verify_records
 
 __all__ = ["verify_run", "run_anchors", "load_keys", "delta_lines", "refusal_lines", "preflight_blocks",
@@ -98,8 +99,12 @@ def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = ()
     # a simulation keeps every holder's state under holders/<id>/ (holder.yaml): each survivor's own ledger must be there
     simulated = frozenset(int(p.parent.name) for p in (run_dir / "holders").glob("*/holder.yaml") if p.parent.name.isdigit())
     try:
+        end = read_end_record(run_dir / "privacy")
+    except LedgerError as e:
+        return Verification(problems=[Problem("privacy/end.json", None, None, str(e))])
+    try:
         v = verify_records(server_ledger=run_dir / "privacy" / "ledger.jsonl", view_ledgers=views, own_ledgers=own,
-                           keys=keys, anchors=anchors, own_expected=simulated)
+                           keys=keys, anchors=anchors, own_expected=simulated, end=end)
     except Exception as e:  # noqa: BLE001 - fail closed: whatever a record makes the checks raise, nothing is verified
         return Verification(problems=[Problem("privacy records", None, None,
                                               f"cannot be verified: {type(e).__name__}: {str(e)[:200]}")])

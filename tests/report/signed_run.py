@@ -70,6 +70,7 @@ def make_signed_run(rd, *, rounds=4, signed=True, cfg=None, population=6, cohort
     (rd / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     (rd / "checkpoints").mkdir()
     torch.save({"version": 1, "next_round": rounds + 1, "privacy": s.state_dict()}, rd / "checkpoints" / "latest.pt")
+    s.close_run()                       # the signed end-of-run record, as Coordinator.finish writes it
     eps, delta = s.epsilon_spent()
     (rd / "summary.json").write_text(json.dumps({"fed_eval_ppl": 148.0, "rounds": rounds, "tokens": 1000 * rounds,
                                                  "epsilon": eps, "delta": delta, "ledger_head": s.ledger.head}))

@@ -89,7 +89,39 @@ CASES = {
     "CRLF line endings": lambda rd: (rd / "privacy" / "ledger.jsonl").write_bytes(
         (rd / "privacy" / "ledger.jsonl").read_bytes().replace(b"\n", b"\r\n")),
     "a 100,000-deep nested JSON line": lambda rd: _prepend(rd / "privacy" / "ledger.jsonl", b"[" * 100_000 + b"\n"),
+    # the audit's keyless truncation: every ledger cut back to round 1 (valid signed prefixes), the checkpoint
+    # deleted and the JSON anchors rewritten to the prefix's head; only the signed end record is left to say so
+    "ledgers cut to a signed prefix, anchors rewritten": lambda rd: _cut_to_first_round(rd),
+    "server ledger cut, views left": lambda rd: _rewrite(rd / "privacy" / "ledger.jsonl", lambda es: es.pop()) or
+        _reanchor(rd),
+    "end record deleted": lambda rd: (rd / "privacy" / "end.json").unlink(),
+    "end record edited": lambda rd: _edit_end(rd, ledger_entries=1),
 }
+
+
+def _edit_end(rd, **fields):
+    p = rd / "privacy" / "end.json"
+    p.write_text(canonical_json(dict(json.loads(p.read_text()), **fields)) + "\n")
+
+
+def _reanchor(rd):
+    """What a keyless attacker rewrites after cutting: the checkpoint goes, the JSON anchors name the new head."""
+    (rd / "checkpoints" / "latest.pt").unlink()
+    es = [json.loads(x) for x in _lines(rd / "privacy" / "ledger.jsonl")]
+    for name in ("summary.json", "report/report.json"):
+        p = rd / name
+        if p.is_file():
+            d = json.loads(p.read_text())
+            d["ledger_head"], d["ledger_entries"] = entry_hash(es[-1]), len(es)
+            p.write_text(json.dumps(d))
+
+
+def _cut_to_first_round(rd):
+    for p in [rd / "privacy" / "ledger.jsonl", *(rd / "privacy" / "holders").glob("holder-*.jsonl"),
+              *(rd / "holders").glob("*/ledger.jsonl")]:
+        keep = [x for x in _lines(p) if json.loads(x)["round"] == 1]
+        p.write_text("".join(keep))
+    _reanchor(rd)
 
 
 def _simulated(rd, h, act):
