@@ -439,7 +439,9 @@ class Holder:
             raise ValueError("the plan differs from the offer (H5)")
         if self.id not in spec.participants or not set(spec.participants) <= set(rs.offer.cohort):
             raise ValueError("the plan's participants are not drawn from the offered cohort or omit this holder")
-        if spec.n_shares != len(spec.participants):
+        # distributed (and plain) rounds: one share per participant. Central mode plans the ring for the whole
+        # population (dp.md §6.4): at least the participants, or the sum could wrap; more only lowers γ
+        if spec.n_shares != len(spec.participants) and not (spec.mode == "central" and spec.n_shares > len(spec.participants)):
             raise ValueError("the plan's share count differs from its participants")
         if not rs.trained:
             raise ValueError("plan before the model: nothing was trained")

@@ -182,8 +182,9 @@ def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: in
     z = 0.0
     if config.dp_on:
         z = config.noise_multiplier if config.noise_multiplier is not None else calibrate_sigma(
-            config, dim=dim, cohort_size=m, rounds=rounds, sampling=sampling, q=q, delta=delta)
-    plan = plan_round(config, round_index=1, dim=dim, n=m, z=z, clip=config.clip, seed=b"securefed/preflight")
+            config, dim=dim, cohort_size=m, rounds=rounds, sampling=sampling, q=q, delta=delta, population=population)
+    plan = plan_round(config, round_index=1, dim=dim, n=m, z=z, clip=config.clip, seed=b"securefed/preflight",
+                      population=population)
     sb = plan_sigma_b(config, plan, z)
 
     def ev(surv: int, qq: float) -> RoundEvent:

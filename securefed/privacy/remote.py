@@ -144,8 +144,10 @@ def round_spec(rp) -> RoundSpec:
         return RoundSpec(mechanism=p.mechanism, scale=float(p.scale), n_shares=p.n_shares,
                          data_noise_multiplier=float(p.data_noise_multiplier), bit_weight=int(p.bit_weight),
                          seed=p.seed.hex(), **common)
+    # central mode: n_shares is the population the quantization was planned for (dp.md §6.4), ≥ the participants
+    n = rp.plan.max_clients if s.config.mode == "central" else max(1, len(rp.participants))
     return RoundSpec(mechanism="gaussian" if s.config.mode == "central" else "none", scale=float(rp.scale),
-                     n_shares=max(1, len(rp.participants)), **common)
+                     n_shares=n, **common)
 
 
 def spec_plan(spec: RoundSpec) -> DiscretePlan | QuantizationPlan:

@@ -45,14 +45,20 @@ def _int(name: str, v: object, lo: int) -> int:
     return v
 
 
-def plan_round(config: DPConfig, *, round_index: int, dim: int, n: int, z: float, clip: float, seed: bytes):
-    """The encoder plan of one round for n participants (DiscretePlan, or a QuantizationPlan in modes none/central)."""
+def plan_round(config: DPConfig, *, round_index: int, dim: int, n: int, z: float, clip: float, seed: bytes,
+               population: int):
+    """The encoder plan of one round for n participants (DiscretePlan, or a QuantizationPlan in modes none/central).
+
+    Central mode plans the quantization for the whole ``population``, not for the n who take part
+    (protocols/dp.md §6.4): γ, and with it the charged bound S, must not depend on who is in the round —
+    the neighbour with n + 1 participants would be quantized at γ(n + 1), whose S(n + 1) > S(n)."""
     if config.mode == "distributed":
         sb = bit_noise_std(n, z) if config.adaptive_clip else None
         zd = z if sb is None else data_noise_multiplier(z, sb)
         return plan_discrete(mechanism=config.mechanism, ring_bits=config.ring_bits, dim=dim, clip=clip,
                              data_noise_multiplier=zd, n_shares=n, sigma_b=sb, seed=seed, round_index=round_index)
-    return plan_quantization(clip=clip, ring_bits=config.ring_bits, max_clients=max(1, n))
+    clients = population if config.mode == "central" else n
+    return plan_quantization(clip=clip, ring_bits=config.ring_bits, max_clients=max(1, clients))
 
 
 def plan_sigma_b(config: DPConfig, plan, z: float) -> float | None:
@@ -61,12 +67,13 @@ def plan_sigma_b(config: DPConfig, plan, z: float) -> float | None:
 
 
 def calibrate_sigma(config: DPConfig, *, dim: int, cohort_size: int, rounds: int, sampling: str, q: float, delta: float,
-                    seed: bytes = b"securefed") -> float:
+                    population: int, seed: bytes = b"securefed") -> float:
     """σ for ``config.target_epsilon`` over ``rounds`` rounds of the planned cohort with no dropouts (dp.md §5)."""
     mech = config.mechanism if config.dp_on else "none"
 
     def eps(z: float) -> float:
-        plan = plan_round(config, round_index=0, dim=dim, n=cohort_size, z=z, clip=config.clip, seed=seed)
+        plan = plan_round(config, round_index=0, dim=dim, n=cohort_size, z=z, clip=config.clip, seed=seed,
+                          population=population)
         ev = round_event(mode=config.mode, mechanism=mech, sampling=sampling, q=q, z=z, plan=plan, dim=dim,
                          survivors=cohort_size, sigma_b=plan_sigma_b(config, plan, z))
         return Accountant(config.accountant).epsilon(delta, [ev] * rounds)
@@ -188,7 +195,8 @@ class PrivacySession:
 
     # ---------------------------------------------------------------- planning
     def _plan(self, round_index: int, dim: int, n: int, z: float, clip: float):
-        return plan_round(self.config, round_index=round_index, dim=dim, n=n, z=z, clip=clip, seed=self.public_seed)
+        return plan_round(self.config, round_index=round_index, dim=dim, n=n, z=z, clip=clip, seed=self.public_seed,
+                          population=self.population)
 
     def _sigma_b(self, plan, z: float) -> float | None:
         return plan_sigma_b(self.config, plan, z)
@@ -202,7 +210,7 @@ class PrivacySession:
         if self.noise_multiplier is None:  # calibrate once, on the planned cohort, then it is in the ledger
             self.noise_multiplier = calibrate_sigma(self.config, dim=dim, cohort_size=self.cohort_size,
                                                     rounds=self.rounds_planned, sampling=self.sampling, q=self.q,
-                                                    delta=self.delta, seed=self.public_seed)
+                                                    delta=self.delta, seed=self.public_seed, population=self.population)
         return self.noise_multiplier
 
     # ---------------------------------------------------------------- rounds
@@ -234,7 +242,9 @@ class PrivacySession:
         reasons: dict[int, str] = dict(own)
         while True:  # refusals shrink n, which changes each share: iterate to a fixed point
             n = len(participants)
-            plan = self._plan(round_index, dim, n, z, self.clip) if n else None
+            # central mode: a plan even for an empty round — the neighbour with one participant is quantized at the
+            # population's γ, so the empty round is charged at that S, not at C
+            plan = self._plan(round_index, dim, n, z, self.clip) if n or cfg.mode == "central" else None
             newly = []
             for h in participants:
                 cap = self.holder_cap(h)

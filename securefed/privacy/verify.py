@@ -215,6 +215,16 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
                     raise ValueError(f"{k} changed from {first.get(k)!r} to {e.get(k)!r}")
             if e.get("n_survivors") != len(e.get("survivors", ())):
                 raise ValueError("n_survivors does not match the survivor list")
+            q, m, pop = _num(e["sampling_rate"]), e.get("cohort_size_planned"), e.get("population")
+            if isinstance(m, bool) or not isinstance(m, int) or isinstance(pop, bool) or not isinstance(pop, int) \
+                    or not 1 <= m <= pop or not math.isclose(q, m / pop, rel_tol=1e-12):
+                # the amplification the accountant grants comes from q = planned cohort / population (dp.md §2)
+                raise ValueError(f"sampling_rate {q!r} is not cohort_size_planned / population = {m!r} / {pop!r}")
+            if e.get("mode") == "central" and (not isinstance(e.get("plan"), dict)
+                                               or e["plan"].get("n_planned") != e.get("population")):
+                # dp.md §6.4: γ (so the charged bound S) is planned for the population, whoever takes part
+                raise ValueError("a central-mode round must be planned for the whole population "
+                                 f"({e.get('population')!r}), not {(e.get('plan') or {}).get('n_planned')!r}")
             tol = _tolerance(e, label, v)
             ev = RoundEvent.from_dict(e["event"])
             want = _expected_event(e, _num(e["sampling_rate"]))

@@ -34,8 +34,9 @@ def test_a_large_cohort_learns_and_the_json_is_strict():
     p = preflight(cfg, population=10**6, cohort_size=10**4, rounds=1000, dim=TINY, sampling="poisson",
                   typical_update_norm=0.5)
     assert p.ok and p.learnable and p.noise_to_signal == pytest.approx(0.7 * math.sqrt(TINY) / 1e4 / 0.5, rel=0.01)
-    # 32 bits: rounding adds ~6e-6; the float32 cast of a sum of 10⁴ updates up to (n + 1)·2^-23 ≈ 1.2e-3
-    assert p.sensitivity_inflation < 1.0013
+    # central mode plans the ring for the whole population (dp.md §6.4: γ must not depend on who takes part), so
+    # the float32 cast's slack is (population + 1)·2^-23 ≈ 0.119 and the rounding is at the population's γ
+    assert 1 + (10**6 + 1) * 2**-23 < p.sensitivity_inflation < 1 + (10**6 + 1) * 2**-23 + 0.05
     d = json.loads(json.dumps(p.to_dict(), allow_nan=False))
     assert d["verdict"] == "learnable" and d["lines"][0].startswith("pre-flight")
     none = preflight(DPConfig(), population=4, cohort_size=4, rounds=4, dim=TINY, sampling="fixed")

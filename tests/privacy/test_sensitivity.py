@@ -188,3 +188,22 @@ def test_threaded_l2_clip_is_the_serial_one_bit_for_bit(monkeypatch, rel):
     monkeypatch.setattr(spans, "host_threads", lambda: 4)
     got, info2 = l2_clip(x, clip)
     assert got.tobytes() == want.tobytes() and info == info2 and info.clipped == (rel > 1.0)
+
+
+def test_central_mode_plans_the_ring_for_the_population_whoever_takes_part(tmp_path):
+    """An audit (stop 33): central mode planned γ for the round's realised n, so the neighbour with n + 1
+    participants was quantized at γ(n + 1), whose bound S(n + 1) exceeds the S(n) the round was charged at —
+    ε under-reported by 2 % at 16 bits / 100 holders, 11 % at 12 bits with one holder. Now γ is planned for
+    the population: the plan, the charged multiplier and so ε are the same whoever takes part, an empty round
+    included (its neighbour with one participant is quantized at the same γ)."""
+    cfg = DPConfig(mode="central", mechanism="gaussian", clip=1.0, noise_multiplier=1.0, ring_bits=16)
+    s = PrivacySession(cfg, population=100, cohort_size=10, rounds_planned=4, sampling="poisson", ledger_dir=tmp_path)
+    d = 1000
+    plans = {n: s.begin_round(1, cohort=list(range(n)), dim=d).plan for n in (0, 1, 50, 51, 100)}
+    assert {p.max_clients for p in plans.values()} == {100} and len({p.scale for p in plans.values()}) == 1
+    zs = {n: s._event(p, 1.0, n, sampled=True, dim=d).noise_multiplier for n, p in plans.items()}
+    assert len(set(zs.values())) == 1 and zs[0] < 1.0          # charged at S(population) > C, the empty round too
+    # the charged bound covers what a holder's contribution can reach in any cohort up to the population
+    for n in (1, 51, 100):
+        own = plan_quantization(clip=1.0, ring_bits=16, max_clients=n)
+        assert own.l2_bound(d) / own.scale <= plans[0].l2_bound(d) / plans[0].scale
