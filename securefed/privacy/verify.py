@@ -317,11 +317,18 @@ def _cross_check(server: list[dict], views: dict[int, list[dict]], owns: dict[in
         if extra:
             v.notes.append(f"holder {h} was charged for round {extra[0]} without a server entry (the coordinator "
                            "stopped between its appends: over-counted, never under-counted)")
+    by_round: dict[int, list[dict]] = {}
+    for e in server:
+        by_round.setdefault(e["round"], []).append(e)
     for h, (label, es) in sorted(owns.items()):
         released = {}
         for e in es:
             if e["status"] == "released":
                 released[e["round"]] = released.get(e["round"], 0) + 1
+                why = _release_disagrees(e, by_round.get(e["round"], []))
+                if why:
+                    v.problems.append(Problem(label, e["seq"], e["round"], why))
+                    return
             if e["status"] == "settled" and e["survivors"] is not None and (e["round"], h) in surv \
                     and e["survivors"] != n_surv.get(e["round"]):
                 v.problems.append(Problem(label, e["seq"], e["round"], f"settles round {e['round']} at {e['survivors']} "
@@ -340,6 +347,38 @@ def _cross_check(server: list[dict], views: dict[int, list[dict]], owns: dict[in
                 v.problems.append(Problem(label, es[-1]["seq"] if es else None, None, f"the holder's own epsilon {own:.6g} is "
                                           f"below the server's view of it {view:.6g} (at delta {delta:g})"))
                 return
+
+
+_SAME_SETTINGS = ("delta", "mode", "mechanism", "clip", "ring_bits", "noise_multiplier")
+_NOISE_FIELDS = ("noise_multiplier", "share_std", "l1", "l2", "dim")
+
+
+def _release_disagrees(own: dict, server_entries: list[dict]) -> str | None:
+    """A holder's own 'released' entry against the server's entry of that round (dp.md §7.3, 4): the holder
+    recorded the settings and the noise of the plan it encoded with; a server entry (signed by a coordinator
+    that may lie) claiming another δ, more noise or less sensitivity for that round is caught here. None if
+    they agree (or the server has no entry for the round: the holder dropped, checked elsewhere)."""
+    if not server_entries:
+        return None
+    se = server_entries[-1]
+    for k in _SAME_SETTINGS:
+        if k in own and own[k] != se.get(k):
+            return (f"the holder released round {own['round']} with {k} = {own[k]!r}; the server ledger records "
+                    f"{se.get(k)!r}")
+    if se.get("plan") is None:
+        return None
+    want, got = _expected_event(se, 1.0).to_dict(), own.get("event") or {}
+    if got.get("mechanism") != want.get("mechanism"):   # e.g. "empty": a release projected onto an empty sum
+        return None
+    for k in _NOISE_FIELDS:
+        a, b = got.get(k), want.get(k)
+        if a is None or b is None:
+            continue
+        same = a == b if isinstance(a, str) or isinstance(b, str) else _same(_num(a), _num(b), 1e-9)
+        if not same:
+            return (f"the holder released round {own['round']} under a plan with {k} = {a!r}; the server ledger's "
+                    f"plan for that round gives {b!r}")
+    return None
 
 
 def _check_anchors(entries: list[dict], anchors: Sequence[Anchor], v: Verification) -> None:

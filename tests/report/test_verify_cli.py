@@ -250,3 +250,24 @@ def test_a_coordinator_resigning_a_smaller_sampling_rate_is_caught(tmp_path, cap
     assert main(["verify", str(rd)]) == 1
     out = capsys.readouterr()
     assert "sampling_rate 0.01 is not cohort_size_planned / population = 4 / 6" in out.out + out.err
+
+
+def test_a_holders_own_release_pins_the_settings_and_noise_of_its_round(signed_run):
+    """An audit re-signed the server ledger with the coordinator's key: δ 10⁻⁵ → 10⁻³ (ε 8.00 → 6.18), or the
+    plan's noise ×4 with events rebuilt (ε → 1.65), and both verified. Each holder's own 'released' entry records
+    the settings and the noise of the plan it encoded with, signed by the holder: verify holds the server's entry
+    of that round to them."""
+    import copy
+
+    from securefed.privacy.verify import _release_disagrees
+
+    server = [json.loads(x) for x in _lines(signed_run / "privacy" / "ledger.jsonl")]
+    own = [json.loads(x) for x in _lines(signed_run / "holders" / "1" / "ledger.jsonl")]
+    rel = next(e for e in own if e["status"] == "released" and e["round"] == 1)
+    se = next(e for e in server if e["round"] == 1)
+    assert _release_disagrees(rel, [se]) is None
+    lie = dict(se, delta=se["delta"] * 100)
+    assert "delta" in _release_disagrees(rel, [lie])
+    lie = copy.deepcopy(se)
+    lie["plan"]["data_noise_multiplier"] *= 4
+    assert "share_std" in _release_disagrees(rel, [lie])
