@@ -189,10 +189,10 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
                 # use's (A, G) (short sequences: the LM head's T·(d + V) per record is under its V·d)
                 if None not in pending and sum(_nbytes(e[1]) + _nbytes(e[2]) for e in pending) < _nbytes(gs):
                     self._kept.extend(pending)
-                    # the sum comes from the uses' (A, G); the norm was of their per-record products, rounded
-                    # to gs's precision: within 2⁻⁸ of the summed values' norm, which clipped_backward's
-                    # tightened bound covers
-                    self.norm_slack = self.norm_slack or gs.dtype in _LOW_PRECISION
+                    # the sum comes from the uses' (A, G); the norm was of their per-record products, each
+                    # rounded to its G's precision (a bf16 one within 2⁻⁸ of the summed values' norm, however
+                    # gs was promoted when the uses were added): clipped_backward's tightened bound covers it
+                    self.norm_slack = self.norm_slack or any(e[2].dtype in _LOW_PRECISION for e in pending)
                 else:
                     self._kept_gs.append((p, gs))
                 continue

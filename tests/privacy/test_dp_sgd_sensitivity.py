@@ -106,3 +106,27 @@ def test_weighted_record_sum_is_the_fp32_sum_of_bf16_values_in_any_chunking():
         out = weighted_record_sum(coef, gs, chunk=chunk)
         assert out.dtype == torch.float32 and out.shape == (10, 7)
         assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("seq_len,slack", [(6, True), (48, False)])
+def test_only_a_norm_of_rounded_products_tightens_the_clip(seq_len, slack):
+    """At short sequences the tied embedding / LM head keeps its uses' (A, G) and sums from them exactly, but its
+    norm came from their bf16 per-record products: that (and only that) tightens C by 2⁻⁶. At T = 48 it keeps the
+    very g_i it normed: no slack."""
+    from tests.privacy.test_ghost_clipping import _record_losses, _tiny_llama
+
+    x = torch.randint(0, 64, (4, seq_len), generator=torch.Generator().manual_seed(2))
+    model = _tiny_llama()
+    gsm = GhostClippingModule(model, max_grad_norm=C)
+    seen = {}
+    real = gsm.add_clipped_grads
+
+    def spy(coef):
+        seen["slack"] = gsm.norm_slack
+        real(coef)
+
+    gsm.add_clipped_grads = spy
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = _record_losses(gsm, x)
+    clipped_backward(gsm, losses, norm_inputs=[model.get_input_embeddings().weight])
+    assert seen["slack"] is slack and gsm.norm_slack is False      # cleared with the kept state
