@@ -82,10 +82,25 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not JSON (securefed writes non-finite numbers as \"inf\", \"-inf\", \"nan\")")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):   # {"epsilon": 8, "epsilon": 1}: which one a reader sees depends on the reader
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {dup!r} in one object")
+    return out
+
+
 def loads(text: str, *, legacy: bool = False) -> Any:
-    """Parse strict JSON: the bare ``NaN``, ``Infinity`` and ``-Infinity`` tokens are refused
-    (``legacy=True``: read as the floats they meant, for files written by older securefed versions)."""
-    return json.loads(text) if legacy else json.loads(text, parse_constant=_reject_constant)
+    """Parse strict JSON: the bare ``NaN``, ``Infinity`` and ``-Infinity`` tokens and an object with a
+    duplicate key are refused (``legacy=True``: the bare tokens are read as the floats they meant, for files
+    written by older securefed versions, which never wrote a duplicate key either)."""
+    try:
+        if legacy:
+            return json.loads(text, object_pairs_hook=_unique_keys)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def read_json(path: str | Path, *, legacy: bool = False) -> Any:

@@ -96,6 +96,8 @@ class Verification:
     holder_view_epsilon: dict[int, float] = field(default_factory=dict)  # server's view of each holder (recomputed)
     holder_own_epsilon: dict[int, float] = field(default_factory=dict)  # each holder's own ledger (recomputed, server δ)
     own_ledgers: int = 0
+    # the server ledger's ε after each entry of a round (recomputed; a re-executed round has two)
+    round_epsilon: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -235,6 +237,7 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
             eps, recorded = acc.epsilon(_num(e["delta"])), _num(e["epsilon"])
             if not _same(eps, recorded, tol):
                 raise ValueError(f"recorded epsilon {recorded:.6g}, but its events give {eps:.6g}")
+            v.round_epsilon.setdefault(e["round"], []).append(eps)
         except _BAD as err:
             v.problems.append(p(str(err) if not isinstance(err, KeyError) else f"lacks field {err}"))
             return

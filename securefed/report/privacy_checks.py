@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from securefed import jsonio
 from securefed.privacy.ledger import LedgerError, read_end_record
 from securefed.privacy.verify import Anchor, Keys, Problem, Verification, verify_records
 
@@ -62,9 +63,9 @@ def run_anchors(run_dir: Path) -> list[Anchor]:
         if not p.is_file():
             continue
         try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError:
-            raise ValueError(f"{rel} is not valid JSON") from None
+            d = jsonio.read_json(p, legacy=True)    # a run written before strict JSON stays readable
+        except jsonio.JSONFileError as e:
+            raise ValueError(f"{rel}: {str(e).replace(str(p), '').strip()}") from None
         head = d.get("ledger_head") if isinstance(d, dict) else None
         if isinstance(head, str):
             n = d.get("ledger_entries")
@@ -110,7 +111,52 @@ def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = ()
                                               f"cannot be verified: {type(e).__name__}: {str(e)[:200]}")])
     if not any(a.name == "summary.json" for a in anchors) and (run_dir / "summary.json").is_file():
         v.notes.append("summary.json records no ledger_head: it does not anchor the ledger")
+    if v.ok:
+        _check_stated_epsilon(run_dir, v)
     return v
+
+
+def _check_stated_epsilon(run_dir: Path, v: Verification) -> None:
+    """What the run's other files state must be what the ledgers give: summary.json's ε and δ, and each
+    metrics.jsonl row's ε at its round's server entry — a file left stating an edited ε is a problem."""
+    def same(a, b) -> bool:
+        try:
+            a, b = jsonio.decode_float(a), jsonio.decode_float(b)
+        except ValueError:
+            return False
+        return a == b or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
+
+    p = run_dir / "summary.json"
+    if p.is_file() and v.epsilon is not None:
+        d = jsonio.read_json(p, legacy=True)          # run_anchors has read it already
+        if isinstance(d, dict) and "epsilon" in d and not same(d["epsilon"], v.epsilon):
+            v.problems.append(Problem("summary.json", None, None, f"states epsilon {d['epsilon']!r}; the ledgers give "
+                                      f"{v.epsilon:.6g}"))
+            return
+        if isinstance(d, dict) and d.get("delta") is not None and v.delta is not None and not same(d["delta"], v.delta):
+            v.problems.append(Problem("summary.json", None, None, f"states delta {d['delta']!r}; the ledgers give {v.delta:g}"))
+            return
+    p = run_dir / "report" / "report.json"        # an earlier report (`securefed report` re-renders it)
+    if p.is_file() and v.epsilon is not None:
+        d = jsonio.read_json(p, legacy=True)
+        facts = d.get("facts") if isinstance(d, dict) else None
+        stated = facts.get("epsilon") if isinstance(facts, dict) else None
+        if stated not in (None, "unknown") and not same(stated, v.epsilon):
+            v.problems.append(Problem("report/report.json", None, None, f"states epsilon {stated!r}; the ledgers give "
+                                      f"{v.epsilon:.6g} (`securefed report` re-renders it)"))
+            return
+    if v.round_epsilon:
+        try:
+            rows = jsonio.read_jsonl(run_dir / "metrics.jsonl", legacy=True)
+        except jsonio.JSONFileError as e:
+            v.problems.append(Problem("metrics.jsonl", None, None, str(e)))
+            return
+        for row in rows:
+            r = row.get("round")
+            if "epsilon" in row and r in v.round_epsilon and not any(same(row["epsilon"], x) for x in v.round_epsilon[r]):
+                v.problems.append(Problem("metrics.jsonl", None, r, f"states epsilon {row['epsilon']!r} after round {r}; "
+                                          f"the server ledger gives {v.round_epsilon[r][-1]:.6g}"))
+                return
 
 
 # ---------------------------------------------------------------------------------- plain words

@@ -96,7 +96,15 @@ CASES = {
         _reanchor(rd),
     "end record deleted": lambda rd: (rd / "privacy" / "end.json").unlink(),
     "end record edited": lambda rd: _edit_end(rd, ledger_entries=1),
+    # files that state ε beside the ledgers must state the ledgers' ε
+    "summary.json's epsilon edited": lambda rd: _edit_json(rd / "summary.json", epsilon=0.5),
+    "metrics.jsonl's epsilon edited": lambda rd: (rd / "metrics.jsonl").write_text("".join(
+        json.dumps(dict(json.loads(x), epsilon=0.5)) + "\n" for x in _lines(rd / "metrics.jsonl"))),
 }
+
+
+def _edit_json(p, **fields):
+    p.write_text(json.dumps(dict(json.loads(p.read_text()), **fields)))
 
 
 def _edit_end(rd, **fields):
@@ -271,3 +279,13 @@ def test_a_holders_own_release_pins_the_settings_and_noise_of_its_round(signed_r
     lie = copy.deepcopy(se)
     lie["plan"]["data_noise_multiplier"] *= 4
     assert "share_std" in _release_disagrees(rel, [lie])
+
+
+def test_a_duplicate_key_is_refused_not_read_either_way(signed_run, capsys):
+    """{"epsilon": 7.99, ..., "epsilon": 0.5}: which one a reader sees depends on the reader. verify: not verified
+    (1); report: the file is corrupt, nothing written (2); both name the file."""
+    p = signed_run / "summary.json"
+    p.write_text(p.read_text()[:-1] + ', "epsilon": 0.5}')
+    code_v, out_v, code_r, out_r = _run_both(signed_run, capsys)
+    assert code_v == 1 and "summary.json" in out_v and "duplicate key 'epsilon'" in out_v
+    assert code_r == 2 and "summary.json" in out_r and "duplicate key 'epsilon'" in out_r
