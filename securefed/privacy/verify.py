@@ -476,6 +476,10 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
                 continue
         es = _read(path, label, hkey, v)
         if es is not None:
+            if int(hid) in owns:     # a copy of one holder's ledger filed as another's would count it twice
+                v.problems.append(Problem(label, None, None, f"a second own ledger of holder {hid} (the first: "
+                                          f"{owns[int(hid)][0]})"))
+                continue
             _verify_own(es, label, v)
             owns[int(hid)] = (label, es)
     if not v.problems:

@@ -96,6 +96,8 @@ CASES = {
         _reanchor(rd),
     "end record deleted": lambda rd: (rd / "privacy" / "end.json").unlink(),
     "end record edited": lambda rd: _edit_end(rd, ledger_entries=1),
+    "one holder's own ledger filed twice": lambda rd: (rd / "holders" / "9").mkdir() or
+        (rd / "holders" / "9" / "ledger.jsonl").write_bytes((rd / "holders" / "1" / "ledger.jsonl").read_bytes()),
     # files that state ε beside the ledgers must state the ledgers' ε
     "summary.json's epsilon edited": lambda rd: _edit_json(rd / "summary.json", epsilon=0.5),
     "metrics.jsonl's epsilon edited": lambda rd: (rd / "metrics.jsonl").write_text("".join(
