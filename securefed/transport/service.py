@@ -87,6 +87,12 @@ def peer_holder_id(context: grpc.ServicerContext, roster_ids: frozenset[int] | s
 CALLS_PER_HOLDER = 4
 
 
+# calls allowed to wait for a worker beyond the pool (§2): a flooding holder's extra calls queue and are refused
+# when a worker reaches them, instead of filling the global limit and turning the others' calls away; each
+# queued call can buffer at most one stream window (STREAM_WINDOW), so this bounds that memory too
+QUEUE_HEADROOM = 256
+
+
 def server_workers(roster_size: int) -> int:
     """The server's thread pool and global call limit: every roster holder's CALLS_PER_HOLDER, plus room for
     calls refused on entry, so no holder's calls can take another holder's share (§2)."""
@@ -169,7 +175,7 @@ def make_server(handlers: Handlers, *, host: str, port: int, cert: Path, key: Pa
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          handlers=[grpc.method_handlers_generic_handler(SERVICE, rpc)],
-                         options=server_options(), maximum_concurrent_rpcs=max_workers)
+                         options=server_options(), maximum_concurrent_rpcs=max_workers + QUEUE_HEADROOM)
     creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())], root_certificates=ca.read_bytes(),
                                         require_client_auth=True)
     bound = server.add_secure_port(f"{host}:{port}", creds)
