@@ -415,7 +415,9 @@ class Coordinator:
         clipped = {h: ready[h].clipped for h in survivors if ready[h].clipped is not None}
         row.update({
             "clients_refused": len(refused), "clients_survived": len(survivors),
-            "train_loss": float(np.mean([ready[h].loss for h in ready if ready[h].loss is not None])) if ready else None,
+            # None where no holder reports one (record-level DP-SGD holders do not: their loss is not private)
+            "train_loss": (float(np.mean(losses)) if (losses := [ready[h].loss for h in ready if ready[h].loss is not None])
+                           else None),
             "tokens_seen": (self._tokens_so_far()) + sum(ready[h].tokens for h in survivors),
             "bytes_up": self.channel.bytes_up, "bytes_down": self.channel.bytes_down,
             "clip_fraction": float(np.mean(list(clipped.values()))) if clipped else None,

@@ -394,7 +394,10 @@ class Holder:
         # the keyword only when it is used: a host-path holder calls train_round(θ) as it always has
         up = self.trainer.train_round(theta, delta_on_device=True) if on_device else self.trainer.train_round(theta)
         rs.delta, rs.trained = (up.delta if on_device else up.delta.numpy()), True
-        rs.report = Ready(rs.offer.round, self.id, int(up.tokens), float(up.mean_loss), False, up.record_epsilon)
+        # record-level DP-SGD: the mean loss over the un-noised Poisson batches is a function of the records that
+        # no accountant covers (an audit read membership from it: ε ≥ 2.7 against 0.10 reported): not sent
+        loss = None if self.cfg.dp_sgd.enabled else float(up.mean_loss)
+        rs.report = Ready(rs.offer.round, self.id, int(up.tokens), loss, False, up.record_epsilon)
         # what the operator of a deployed holder sees of each round (securefed client logs at INFO): trained,
         # released (with the ε its own ledger then holds), settled
         log.info("holder %d: round %d/%d trained: %d tokens, loss %.4g, %.1f s%s", self.id, rs.offer.round,
@@ -531,6 +534,11 @@ class Holder:
                 why = _over_cap(f"releasing to a cohort of {cohort_size}", proj, rs.spec, t_min, self.cfg.policy.epsilon_cap)
                 self.budget.refuse(rs.spec.round, why, rs.spec)
                 raise ValueError(why)
+            if getattr(self.trainer, "accountant", None) is not None:
+                # record-level DP-SGD: the steps just trained are spent once this round is released, and a
+                # restart skips a released round (H7): its accountant must be on disk first, not at the next
+                # checkpoint (an audit lost 4 of 16 steps across a stop with checkpoint_every=2)
+                self._save_state()
             entry = self.budget.release(rs.spec, min_survivors=t_min)
             log.info("holder %d: round %d update released (%s, %s aggregation); ledger epsilon %s", self.id,
                      rs.spec.round, stage.name, w.aggregation, _eps(entry.get("epsilon")))

@@ -116,6 +116,7 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
         # id(p) -> (Σ per-record grads so far, uses so far, each use's (module, A, G, id(p)) or None)
         self._tied_sum: dict[int, tuple[torch.Tensor, int, list]] = {}
         self.norm_slack = False     # this backward took some norm of a rounded copy of what is summed
+        self.low_precision = False  # some layer's per-record values were bf16/fp16 in this backward
         rms = _llama_rms_norm_type()      # this instance's samplers: Opacus' registry (a class attribute) unchanged
         self.GRAD_SAMPLERS = {**type(self).GRAD_SAMPLERS, **({rms: llama_rms_norm_grad_sample} if rms else {})}
         super().__init__(model, loss_reduction="sum", max_grad_norm=max_grad_norm, use_ghost_clipping=True)
@@ -151,6 +152,7 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
         norm anyway: a tied parameter's once, summed over its uses; RMSNorm's are (b, d), small)."""
         activations, backprops = self.rearrange_grad_samples(module=module, backprops=backprops,
                                                              loss_reduction=loss_reduction, batch_first=batch_first)
+        self.low_precision = self.low_precision or backprops.dtype in _LOW_PRECISION
         if (isinstance(module, torch.nn.Linear) and backprops.dtype in (torch.bfloat16, torch.float16)
                 and activations[0].dtype == torch.float32):
             # Under autocast the layer multiplied a low-precision copy of its fp32 input (Llama's RMSNorm hands
@@ -201,7 +203,7 @@ class GhostClippingModule(GradSampleModuleFastGradientClipping):
 
     def _clear_kept(self) -> None:
         self._kept, self._kept_gs, self._tied_sum = [], [], {}
-        self.norm_slack = False
+        self.norm_slack = self.low_precision = False
 
     @torch.no_grad()
     def add_clipped_grads(self, coef: torch.Tensor) -> None:
@@ -308,7 +310,9 @@ def clipped_backward(gsm: GhostClippingModule, loss_per_record: torch.Tensor, *,
     # Every layer's norm is of exactly the values its clipped sum adds, in fp32, so C bounds each record's share
     # of the sum; a norm taken of a low-precision copy (Opacus' own samplers, or a tied layer summed from its
     # uses' (A, G) but normed from their rounded products: within 2⁻⁸) gets the bound tightened to C·(1 − 2⁻⁶).
-    slack = gsm.norm_slack or any(n.dtype in _LOW_PRECISION for n in per_param)
+    # So does any low-precision backward: bf16 values of one record still round differently with the other rows
+    # of its slice (measured ≤ 0.2 %·C on the CPU with fixed-shape slices; dp.md §10.1), a margin, not a proof.
+    slack = gsm.norm_slack or gsm.low_precision or any(n.dtype in _LOW_PRECISION for n in per_param)
     bound = gsm.max_grad_norm * (1 - 2**-6 if slack else 1)
     coef = (bound / (norms + 1e-6)).clamp(max=1.0)  # Opacus DPOptimizer's clip factor
     if gsm.book_keeping:

@@ -119,6 +119,11 @@ class LocalTrainer:
             _fused.compile_blocks(model)
         self.compiled = "blocks" if blocks else ("model" if cfg.compile else None)
         self._ghost = cfg.dp_sgd.enabled and cfg.dp_sgd.clipping == "ghost"
+        # ghost DP-SGD under bf16: slices of one fixed shape (dp.md §10.1) — a kernel chosen by the batch's shape
+        # rounds every record's bf16 values differently, and for aligned records those differences add up
+        # (an audit: one record moved a 192-record sum by 1.104·C); in fp32 the shapes may vary
+        low = resolve_precision(cfg, self.fabric.device.type) in ("bf16-mixed", "bf16-true", "16-mixed")
+        self._dp_fixed_slice = (cfg.dp_sgd.micro_batch_size or cfg.batch_size) if self._ghost and low else None
         if cfg.dp_sgd.enabled:
             from securefed.privacy.dpsgd import wrap_for_dp_sgd
 
@@ -171,16 +176,24 @@ class LocalTrainer:
         from securefed.training.fused import per_record_nll
 
         total = torch.zeros((), device=x.device)
-        for xs in x.split(self.cfg.dp_sgd.micro_batch_size or x.shape[0]):
+        fixed = self._dp_fixed_slice
+        for xs in x.split(fixed or self.cfg.dp_sgd.micro_batch_size or x.shape[0]):
+            real = xs.shape[0]
+            if fixed and real < fixed:
+                # bf16: every slice has the same shape, so the same kernels round each record's values the same
+                # way whoever else is in the batch (dp.md §10.1); the padding rows' losses are masked to zero
+                xs = torch.cat([xs, xs.new_zeros((fixed - real, xs.shape[1]))])
             # the bare module under Fabric's autocast: its wrapper would refuse the plain autograd call in
             # clipped_backward (it insists on fabric.backward, for fp16 loss scaling, which config refuses here)
             with self._sdpa(), self.fabric.autocast():
                 logits = self._gsm(input_ids=xs).logits                                   # (m, T, V)
                 loss_i = per_record_nll(logits, xs)                # (m,) each record's own mean loss
                 del logits
+                if real < xs.shape[0]:   # padding: a zero loss, so a zero gradient, so nothing in the clipped sum
+                    loss_i = torch.where(torch.arange(xs.shape[0], device=xs.device) < real, loss_i, 0.0)
                 emb_out, self._emb_out[:] = self._emb_out[:], []
                 clipped_backward(self._gsm, loss_i, norm_inputs=emb_out if len(emb_out) == 1 else None)
-            total += loss_i.detach().sum()
+            total += loss_i[:real].detach().sum()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return total / x.shape[0]

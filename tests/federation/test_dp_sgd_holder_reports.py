@@ -1,0 +1,37 @@
+"""What a record-level DP-SGD holder tells the coordinator, and what it keeps across a restart (an audit, stop 33).
+
+* Its mean training loss over the un-noised Poisson batches is a function of its records that no accountant
+  covers: the audit read a canary's membership from it (ε ≥ 2.7 against the 0.10 reported). It is not sent.
+* A restart skips a released round (H7), so the record-level accountant's steps of that round must be on disk
+  before the release: with checkpoint_every = 2 a stop after round 3 lost 4 of 16 steps, and round 4 reported
+  round 3's ε.
+"""
+
+import json
+
+import torch
+
+from securefed.federation.simulation import Simulation
+from securefed.runtime.config import load_run_config
+
+
+def _steps(run, h):
+    st = torch.load(run / "holders" / str(h) / "trainer.pt", weights_only=True)
+    return sum(n for *_, n in st["dp_sgd_accountant"]["history"])
+
+
+def test_dp_sgd_holders_send_no_loss_and_keep_every_released_step_across_a_stop(tmp_path, tiny_run):
+    over = tiny_run + ["federation.n_holders=3", "data.max_sources=3", "federation.rounds=3", "federation.checkpoint_every=2",
+                       "train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=1.0", "train.dp_sgd.delta=1.0e-4"]
+    cfg = load_run_config(overrides=over)
+    run = tmp_path / "run"
+    Simulation(cfg, run, progress=False, stop_after_round=1, threads_per_holder=1).run()
+    # round 1 was released but is not a checkpoint round (2): its 2 steps are on disk all the same
+    assert all(_steps(run, h) == 2 for h in (1, 2, 3))
+    Simulation(cfg, run, resume=True, progress=False, threads_per_holder=1).run()
+    assert all(_steps(run, h) == 2 * 3 for h in (1, 2, 3))          # K = 2 steps × 3 rounds, none lost
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert all(r["train_loss"] is None for r in rows)                # never sent
+    eps = [r["record_epsilon_max"] for r in rows]
+    assert eps[0] < eps[1] < eps[2]                                  # each round's steps are counted
