@@ -9,6 +9,7 @@ error instead of a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 T = TypeVar("T")
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")   # 1e-6, 2.5E3: a number in YAML 1.2 and JSON
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "load_yaml", "dump_yaml", "override"]
 
@@ -73,6 +75,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        # YAML 1.1 (PyYAML) reads 1e-6 — no dot — as a string; YAML 1.2 and JSON read it as the number it is
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

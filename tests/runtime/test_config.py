@@ -38,3 +38,13 @@ def test_dp_requires_uniform_weights():
     with pytest.raises((ConfigError, ValueError), match="uniform"):
         load_run_config(overrides=["privacy.mode=central", "privacy.mechanism=gaussian", "privacy.noise_multiplier=1.0",
                                    "federation.weighting=tokens"])
+
+
+def test_a_number_in_exponent_form_is_a_number():
+    """PyYAML (YAML 1.1) reads 1e-6 — no dot — as a string, and `--set privacy.delta=1e-6` was refused as "expected a
+    number" (an audit); YAML 1.2 and JSON read it as the number it is, and so does securefed now. Words stay refused."""
+    cfg = load_run_config(preset="dp", overrides=["privacy.delta=1e-6", "train.dp_sgd.delta=2E-5", "baseline_lr=3e-3"])
+    assert (cfg.privacy.delta, cfg.train.dp_sgd.delta, cfg.baseline_lr) == (1e-6, 2e-5, 3e-3)
+    for bad in ("abc", "1e", "e5", "nan"):
+        with pytest.raises(ConfigError, match="expected a number"):
+            load_run_config(overrides=[f"baseline_lr={bad}"])
