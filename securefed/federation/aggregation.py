@@ -98,8 +98,10 @@ class SecureSession:
             self._exchange(stage)
         return frozenset(self.outbox)
 
-    def finish(self, ready) -> SecureSum:
-        """The masked, consistency and unmask stages over ``ready`` ∩ U2; the ring sum of U3."""
+    def finish(self, ready, *, before_unmask=None) -> SecureSum:
+        """The masked, consistency and unmask stages over ``ready`` ∩ U2; the ring sum of U3.
+        ``before_unmask(survivors)``: called once the survivors are fixed and before any unmask request goes out —
+        the last moment before the sum can be revealed (the coordinator's privacy WAL, federation.md §6)."""
         sa, r, transcript = self.sa, self.r, self.transcript
         t = time.perf_counter()
 
@@ -122,6 +124,8 @@ class SecureSession:
         lap("masked")        # in process this includes each holder's own y = x + M and encoding, one after another
         self._exchange(Stage.SECAGG_CONSISTENCY)
         lap("consistency")
+        if before_unmask is not None:
+            before_unmask(tuple(sorted(sa.u3)))        # U3: the masked inputs the sum will hold
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="unmask") as pool:
             sa.executor = pool                       # §6.4 across cores: the same bits as serially
             try:
@@ -216,8 +220,11 @@ class CkksRoute:
         self.epoch, self.key_holders = (r - 1) // self.policy.rotate_key_every_rounds, frozenset(holding)
         return self.key_holders
 
-    def sum(self, channel: Channel, r: int, ready: list[int], deadlines: Deadlines) -> tuple[np.ndarray, tuple[int, ...]]:
-        """CKKS uploads of ``ready``; the decrypted sum (float64) and its survivors A (§5)."""
+    def sum(self, channel: Channel, r: int, ready: list[int], deadlines: Deadlines, *,
+            before_decrypt=None) -> tuple[np.ndarray, tuple[int, ...]]:
+        """CKKS uploads of ``ready``; the decrypted sum (float64) and its survivors A (§5). ``before_decrypt(A)``:
+        called before the aggregate goes to the decryptor — the last moment before this part of the sum is
+        revealed (the coordinator's privacy WAL, federation.md §6)."""
         cohort = frozenset(ready)
         holders = cohort if self.policy.key_scope == "cohort" else cohort | self.key_holders
         if self._needs_rotation(r, cohort):
@@ -241,6 +248,8 @@ class CkksRoute:
         survivors = tuple(sorted(self.server.survivors))
         if len(survivors) < max(1, self.policy.min_survivors):
             raise SecAggAborted(f"only {len(survivors)} CKKS uploads were accepted")
+        if before_decrypt is not None:
+            before_decrypt(survivors)
         decryptor = members[0]    # ckks.md §5.3 D5: the upload cohort's smallest member decrypts, once
         out = channel.exchange(r, Stage.CKKS_DECRYPT, {decryptor: self.server.aggregate()},
                                deadline=deadlines.control, max_reply=8 * self.size).get(decryptor)

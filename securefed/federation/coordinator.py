@@ -10,6 +10,7 @@
         PLAN     final plan, per-holder weight         → Ready (tokens, loss)
         Σ        = secure_sum / ckks_sum + secure_sum / plain_sum
         θ_{r+1}  = outer.step(decode(Σ) / denominator)
+        checkpoint {in flight: r, pending accounting}   the sum is revealed: a crash from here keeps its spend
         eval, metrics row, checkpoint {pending accounting} → ledgers → checkpoint (§6: exactly once)
 
 The coordinator never sees an individual update (except with the warned ``plain`` baseline); it sees
@@ -210,8 +211,13 @@ class Coordinator:
             self.ckks.generation = int(st["ckks_generation"])
         if st.get("in_flight") is not None:   # killed mid-round: that round index is never run again
             r = int(st["in_flight"])
-            log.warning("round %d was in flight when the coordinator stopped: it counts as aborted", r)
-            self.metrics.append({"round": r, "aborted": "the coordinator restarted during this round",
+            revealed = bool(st.get("pending")) and st["pending"].get("round") == r
+            log.warning("round %d was in flight when the coordinator stopped: it counts as aborted%s", r,
+                        " (its sum had been revealed: its privacy spend is accounted, its update discarded)"
+                        if revealed else "")
+            why = ("the coordinator restarted after this round's sum was revealed: its privacy spend is accounted, "
+                   "its update discarded" if revealed else "the coordinator restarted during this round")
+            self.metrics.append({"round": r, "aborted": why,
                                  "clients_sampled": 0, "clients_survived": 0, "aggregation": self.cfg.aggregation.mode})
             self.next_round = r + 1
         if heavy["after_round"] < last_done:   # checkpoint_every > 1: rounds since are in the ledger, not in θ
@@ -401,18 +407,35 @@ class Coordinator:
                     refusals[str(h)] = msg.reason
             clock.lap("train")
             try:
-                result = self._aggregate(r, rp, sorted(ready), weights, mhash, session)
+                # WAL (§6) before the sum can be revealed: a crash from then on completes this round's accounting
+                # on restart (an audit killed the coordinator between the unmask and the old WAL: spend lost)
+                revealed: set[int] = set()     # ckks+secagg: the CKKS part is revealed over A, the masked over B ⊆ A
+
+                def wal(surv, r=r, cohort=cohort, refused=refused, t_min=t_min, ready=ready, revealed=revealed):
+                    revealed.update(surv)
+                    self._checkpoint(in_flight=r, pending={
+                        "round": r, "cohort": list(cohort), "dim": self.dim, "survivors": sorted(revealed),
+                        "refused": refused, "min_survivors": t_min,
+                        "clipped": {str(h): bool(ready[h].clipped) for h in revealed
+                                    if h in ready and ready[h].clipped is not None}})
+                result = self._aggregate(r, rp, sorted(ready), weights, mhash, session, wal=wal)
             except SecAggAborted as e:   # below threshold: no masked sum revealed, the model stays as it was
                 aborted = str(e)
             clock.lap("aggregate")
             dropped = result[3] if result else ()
         survivors = list(result[1]) if result else []
+        clipped = {h: ready[h].clipped for h in survivors if ready[h].clipped is not None}
+        pending = {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": survivors, "refused": refused,
+                   "min_survivors": t_min, "clipped": {str(h): bool(c) for h, c in clipped.items()}}
         if result is not None:
+            # WAL (§6): the sum is revealed to this process now. A crash from here on (the outer step, evaluation)
+            # must not lose the round's spend: a restart completes this accounting and discards the update
+            # (an audit killed the coordinator here and the resumed run's ledger had no entry for the round)
+            self._checkpoint(in_flight=r, pending=pending)
             total, _, denominator, _ = result
             mean = _torch(total)             # this round's own array (decoded or summed here): divided in place
             self.outer.step(mean.div_(denominator) if total.flags.writeable else mean / denominator)
             clock.lap("outer")
-        clipped = {h: ready[h].clipped for h in survivors if ready[h].clipped is not None}
         row.update({
             "clients_refused": len(refused), "clients_survived": len(survivors),
             # None where no holder reports one (record-level DP-SGD holders do not: their loss is not private)
@@ -439,8 +462,6 @@ class Coordinator:
         row["stage_seconds"] = clock.laps
         if self._agg_laps:
             row["aggregate_seconds"] = self._agg_laps
-        pending = {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": survivors, "refused": refused,
-                   "min_survivors": t_min, "clipped": {str(h): bool(c) for h, c in clipped.items()}}
         row["warnings"] = self.health.check(row)   # [] when all is well: the report knows they were checked
         if self._restart_warning:
             row["warnings"].append(self._restart_warning)
@@ -477,9 +498,11 @@ class Coordinator:
                              spool=self.rd.root / "spool", transcript=transcript, mode=mode)
 
     def _aggregate(self, r: int, rp, ready: list[int], weights: dict[int, float], mhash: str,
-                   session: SecureSession | None = None):
+                   session: SecureSession | None = None, *, wal=lambda survivors: None):
         """(float32 sum over the survivors, survivors, denominator, secagg dropouts U2 \\ U3); SecAggAborted
-        if it cannot be formed. ``session``: under ``secagg``, the session whose key stages ran before training."""
+        if it cannot be formed. ``session``: under ``secagg``, the session whose key stages ran before training.
+        ``wal(survivors)`` is called before any part of the sum is revealed to this process (plain: once the
+        updates are in, the earliest the survivors are known; CKKS: before the decryption shares are used)."""
         cfg, dl = self.cfg, self.opt.deadlines
         mode = cfg.aggregation.mode
         noise = self.entropy.for_party(r, SERVER_PARTY, "noise")
@@ -488,20 +511,21 @@ class Coordinator:
             total, survivors = plain_sum(self.channel, r, ready, dim=self.dim, clip=rp.clip_bound, deadlines=dl)
             if not survivors:
                 raise SecAggAborted("no plain update arrived")
+            wal(survivors)   # plain: each update is seen as it arrives; the spend is logged before it is noised
             total = rp.noise_plain_sum(total, noise)
         else:
             if session is None and len(ready) < 3:   # (a session's cohort had >= 3; its survivors need t_min, S7)
                 raise SecAggAborted(f"only {len(ready)} holders finished training: secure aggregation needs 3")
             ckks_total, masked_cohort = None, ready
             if mode == "ckks+secagg":
-                ckks_total, a = self.ckks.sum(self.channel, r, ready, dl)
+                ckks_total, a = self.ckks.sum(self.channel, r, ready, dl, before_decrypt=wal)
                 masked_cohort = list(a)   # CKKS first: a holder rejected there never enters the masked sum
                 if len(masked_cohort) < 3:
                     raise SecAggAborted(f"only {len(masked_cohort)} CKKS uploads accepted: secure aggregation needs 3")
             if mode == "ckks+secagg":
                 session = self._secure_session(r, masked_cohort, self.route_plan.secagg_size, mhash, mode=mode)
                 session.keys()
-            out = session.finish(masked_cohort)
+            out = session.finish(masked_cohort, before_unmask=wal)
             survivors, dropped = out.survivors, out.dropped
             t_decode = time.perf_counter()
             if mode == "ckks+secagg":

@@ -337,6 +337,11 @@ def _cross_check(server: list[dict], views: dict[int, list[dict]], owns: dict[in
                 v.problems.append(Problem(label, e["seq"], e["round"], f"settles round {e['round']} at {e['survivors']} "
                                           f"survivors; the server ledger records {n_surv.get(e['round'])}"))
                 return
+        for e in es:   # a settled round: its sum was revealed to the coordinator, so the server must have charged it
+            if e["status"] == "settled" and e["round"] not in server_rounds:
+                v.problems.append(Problem(label, e["seq"], e["round"], f"the holder settled round {e['round']} (its sum was "
+                                          "revealed), but the server ledger has no entry for it: spend missing"))
+                return
         for (r, hh), k in sorted(surv.items()):
             if hh == h and released.get(r, 0) < k:
                 v.problems.append(Problem(label, None, r, f"the server lists holder {h} as a survivor of round {r}, but "

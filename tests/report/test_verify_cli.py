@@ -291,3 +291,34 @@ def test_a_duplicate_key_is_refused_not_read_either_way(signed_run, capsys):
     code_v, out_v, code_r, out_r = _run_both(signed_run, capsys)
     assert code_v == 1 and "summary.json" in out_v and "duplicate key 'epsilon'" in out_v
     assert code_r == 2 and "summary.json" in out_r and "duplicate key 'epsilon'" in out_r
+
+
+def test_a_round_the_holders_settled_but_the_server_never_charged_is_caught(tmp_path, capsys):
+    """An audit's crash (coordinator killed after the unmask, before its WAL): the resumed run's server ledger had no
+    entry for the round while every holder's own ledger had it settled — the sum was revealed — and verify passed.
+    Here a coordinator holding its key drops round 2 from its ledger and views, re-signed and re-closed."""
+    from securefed.privacy.ledger import signed_message, write_end_record
+    from tests.report.signed_run import RUN_ID
+
+    rd = tmp_path / "run"
+    _, coord, _ = make_signed_run(rd)
+    from securefed.privacy.accountant import Accountant, RoundEvent
+
+    for p in [rd / "privacy" / "ledger.jsonl", *(rd / "privacy" / "holders").glob("holder-*.jsonl")]:
+        es = [json.loads(x) for x in _lines(p) if json.loads(x)["round"] != 2]
+        prev, acc = GENESIS, None
+        for i, e in enumerate(es):               # what the coordinator recomputes: ε without round 2
+            acc = acc or Accountant(e["accountant"])
+            if e.get("status", "included") == "included":
+                acc.add(RoundEvent.from_dict(e["event"]))
+            e["epsilon"] = acc.epsilon(e["delta"])
+            e.pop("sig")
+            e["seq"], e["prev_hash"] = i, prev
+            e["sig"] = coord.sign(signed_message(e)).hex()
+            prev = entry_hash(e)
+        p.write_text("".join(canonical_json(e) + "\n" for e in es))
+    write_end_record(rd / "privacy", run_id=RUN_ID, signer=coord)
+    _reanchor(rd)                                # and the unsigned anchors (the checkpoint goes)
+    assert main(["verify", str(rd)]) == 1
+    out = capsys.readouterr()
+    assert "settled round 2 (its sum was revealed), but the server ledger has no entry for it" in out.out + out.err
