@@ -56,6 +56,7 @@ from securefed.primitives.quantize import quantize_draws
 from securefed.primitives.rng import PrefetchedEntropy
 from securefed.privacy.clipping import l2_clip
 from securefed.privacy.encoders import DiscretePlan
+from securefed.privacy.config import DEFAULT_DELTA
 from securefed.privacy.remote import HolderBudget, RoundSpec, spec_encode, spec_plan
 from securefed.runtime.parties import EntropyFactory
 from securefed.runtime.rundir import atomic_write_text
@@ -341,11 +342,16 @@ class Holder:
             return None
         if self.id not in offer.cohort:
             return None
+        if not set(offer.cohort) <= set(self.roster.keys):   # H2: a cohort of made-up ids inflates n_shares
+            return self._refuse(r, "the offered cohort names holders that are not on the roster", None)
         if r < self.next_round:   # H2, H7: never a round it already took part in
             return self._refuse(r, f"round {r} was already taken part in (next round {self.next_round})", None)
         self.next_round = r + 1
         self._save_next_round()
-        why = self._check_spec(offer.spec, len(offer.cohort))
+        try:
+            why = self._check_spec(offer.spec, len(offer.cohort))
+        except ValueError as e:   # a plan no encoder can be built from (a share std below ½, a ring it would wrap)
+            why = f"the offered plan cannot be encoded with: {e}"
         if why:
             return self._refuse(r, why, offer.spec)
         self._round = _Round(offer)
@@ -370,6 +376,11 @@ class Holder:
             return f"noise multiplier {sigma:.4g} is below this holder's floor {pol.min_noise_multiplier}"
         if n < pol.min_cohort or (w.aggregation != "plain" and n < 3):
             return f"a cohort of {n} holders is below this holder's minimum of {max(pol.min_cohort, 3)}"
+        if spec.mode != "none" and self.budget.delta is None and spec.delta > DEFAULT_DELTA:
+            # H2: without its own policy.delta a holder takes the run's δ, but never a weaker one than the default
+            # (an audit's coordinator sent δ = 0.5: the release then read ε 28.0 under a cap of 50, ε 52.7 at 10⁻⁵)
+            return (f"the plan's delta {spec.delta:.3g} is above {DEFAULT_DELTA:g}, the most this holder accepts "
+                    "without its own policy.delta")
         if spec.mode != "none" and not self.budget.adopt_delta(spec.delta):
             return f"the plan's delta {spec.delta:.3g} differs from this holder's delta {self.budget.delta:.3g}"
         t_min = w.secagg.thresholds(n).min_survivors if w.aggregation != "plain" and n >= 3 else None
@@ -454,6 +465,15 @@ class Holder:
             cohort = set(rs.secagg_cohort)
             if not cohort <= set(spec.participants) or len(cohort) > spec.n_shares:
                 why = "the secure-aggregation cohort is not drawn from the plan's participants (H6)"
+            elif spec.mode == "distributed" and self.cfg.policy.min_noise_multiplier > 0:
+                # H2's floor again, at the cohort that will really sum: each share carries σ/√n_shares, so a plan
+                # whose n_shares exceeds the secure-aggregation cohort (an audit: 60 made-up ids, 4 real) sums at
+                # most σ·√(|cohort| / n_shares) — 0.25 of the floor there. (The cap is re-checked at release.)
+                z = min(spec.noise_multiplier, spec.data_noise_multiplier) * math.sqrt(len(cohort) / spec.n_shares)
+                if z < self.cfg.policy.min_noise_multiplier:
+                    why = (f"with {len(cohort)} of the plan's {spec.n_shares} noise shares in the secure-aggregation "
+                           f"cohort the noise multiplier is at most {z:.4g}, below this holder's floor "
+                           f"{self.cfg.policy.min_noise_multiplier} (H6)")
         if why:
             self._end_secagg(rs)   # a dropout of U2 \\ U3 to the protocol: its pairs are unmasked without it
             return self._refuse(plan.round, why, spec)

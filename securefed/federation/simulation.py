@@ -42,7 +42,7 @@ def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
     graph = "complete" if sa.neighbours is None else "auto" if sa.neighbours == 0 else sa.neighbours
     policy = HolderPolicy(aggregation=(agg.mode,), min_ring_bits=sa.ring_bits, min_threshold_fraction=sa.threshold_fraction,
                           graph=graph, min_cohort=1 if agg.mode == "plain" else 3, privacy_mode=priv.mode,
-                          epsilon_cap=priv.holder_epsilon_cap)
+                          epsilon_cap=priv.holder_epsilon_cap, delta=priv.delta)   # the δ the user set, if any
     t = cfg.train
     hw = HolderHardware(accelerator=t.accelerator, devices=t.devices, precision=t.precision, strategy=t.strategy,
                         compile=t.compile, torch_threads=torch_threads, encode_on=t.encode_on,

@@ -190,8 +190,12 @@ def test_h2_an_offer_that_does_not_list_the_holder_is_not_taken_up(make):
     assert decode_as(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept   # still free to join
 
 
-@pytest.mark.parametrize("case", ["sigma", "data-noise", "cohort", "delta", "ring", "mode", "dim"])
+@pytest.mark.parametrize("case", ["sigma", "data-noise", "cohort", "delta", "ring", "mode", "dim",
+                                  "weak-delta", "made-up-cohort", "unbuildable"])
 def test_h2_an_offer_below_the_floor_is_refused_with_its_reason(make, case, monkeypatch):
+    """The last three from an audit (stop 33): without its own policy.delta a holder took any δ (0.5: ε 28.0 under
+    a cap of 50, 52.7 at 10⁻⁵); a cohort of made-up ids inflated n_shares (each share's noise √(4/64) of σ); an
+    offer no encoder could be built from raised instead of being refused, and was not recorded."""
     policies = {"sigma": {"privacy_mode": "distributed", "min_noise_multiplier": 2.0},
                 "data-noise": {"privacy_mode": "distributed", "min_noise_multiplier": 0.8},
                 "cohort": {"min_cohort": 5}, "delta": {"privacy_mode": "distributed", "delta": 1e-7}}
@@ -199,8 +203,13 @@ def test_h2_an_offer_below_the_floor_is_refused_with_its_reason(make, case, monk
     changes = {"ring": {"ring_bits": 31}, "dim": {"dim": fed.coordinator.dim + 1},
                "mode": {"mode": "central", "mechanism": "gaussian"},
                # σ as announced passes the floor; the noise the holder would actually add is z_Δ = 0.1
-               "data-noise": {"data_noise_multiplier": 0.1}}.get(case, {})
-    data, spec = offer(fed, 1, **changes)
+               "data-noise": {"data_noise_multiplier": 0.1},
+               "weak-delta": {"delta": 0.5},
+               "unbuildable": {"scale": 1e-3}}.get(case, {})
+    if case == "made-up-cohort":
+        data, spec = offer(fed, 1, cohort=(1, 2, 3, 4, 5, 6, 7, 8), n_shares=8)
+    else:
+        data, spec = offer(fed, 1, **changes)
     holder = fed.holders[1]
     trained = count_training(holder, monkeypatch)
     reason = refusal(holder.handle(1, Stage.OFFER, data), 1)
@@ -210,10 +219,15 @@ def test_h2_an_offer_below_the_floor_is_refused_with_its_reason(make, case, monk
                 "delta": f"the plan's delta {spec.delta:.3g} differs from this holder's delta 1e-07",
                 "ring": "the plan's ring (31 bits) differs from the secure-aggregation ring",
                 "mode": "the plan's mode/dimension (central, ",
-                "dim": "the plan's mode/dimension (distributed, "}[case]
+                "dim": "the plan's mode/dimension (distributed, ",
+                "weak-delta": "the plan's delta 0.5 is above 1e-05, the most this holder accepts without its own",
+                "made-up-cohort": "the offered cohort names holders that are not on the roster",
+                "unbuildable": "the offered plan cannot be encoded with: "}[case]
     assert reason.startswith(expected)
     (entry,) = fed.ledger(1)
     assert view([entry]) == [("refused", 1, None, reason)]
+    if case == "made-up-cohort":   # refused before the plan is read: the entry names no plan
+        return
     assert entry["event"]["mechanism"] == "none" and entry["mode"] == spec.mode and entry["clip"] == spec.clip
     assert state(holder)["next_round"] == 2            # the refused round is gone for good, too
     assert holder.handle(1, Stage.MODEL, fed.model_bytes()) is None and not trained
@@ -372,6 +386,21 @@ def test_h6_a_smaller_masked_cohort_that_would_cross_the_cap_is_refused_before_r
     assert entry["reason"].startswith(f"releasing to a cohort of 3 would take this holder to epsilon {e2:.4g}")
     assert "assuming only 2 survivors" in entry["reason"]
     assert holder_epsilon(fed, 1) == 0.0 < cap and row["clients_survived"] in (0, 2)
+
+
+def test_h6_a_secure_aggregation_cohort_smaller_than_the_plans_shares_is_held_to_the_noise_floor(make):
+    """An audit (stop 33): each noise share is σ/√n_shares, so a plan with more shares than the holders that really
+    sum (there: 60 made-up ids beside 4 real ones) put σ·√(4/64) = 0.25 of the floor into the sum. The floor is now
+    checked at the cohort of the RoundStart: here 3 of the plan's 4 shares, σ·√(3/4) = 0.866 < the floor 0.9."""
+    fed = make(*DP, policies={1: {"privacy_mode": "distributed", "min_noise_multiplier": 0.9}})
+    c = fed.coordinator
+    honest = c._secure_session
+    c._secure_session = lambda r, cohort, *a, **kw: honest(r, [h for h in cohort if h != 4], *a, **kw)
+    c.run_round(1)
+    assert answered(fed, Stage.SECAGG_MASKED, 1) == 0
+    (entry,) = fed.ledger(1)
+    assert entry["status"] == "refused" and "the noise multiplier is at most 0.866" in entry["reason"]
+    assert holder_epsilon(fed, 1) == 0.0
 
 
 def test_h6_a_holder_that_drops_after_the_keys_does_not_shrink_the_masked_cohort(make, tmp_path):
