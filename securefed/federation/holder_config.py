@@ -52,7 +52,7 @@ class HolderPolicy:
     privacy_mode: Literal["none", "central", "distributed"] = "none"
     min_noise_multiplier: float = 0.0
     epsilon_cap: float | None = None
-    delta: float | None = None                            # None: the run's δ (recorded and then fixed)
+    delta: float | None = None    # None: the run's δ if at most 10⁻⁵ (recorded, then fixed); a larger δ needs it set here
 
     def __post_init__(self) -> None:
         if not self.aggregation or len(set(self.aggregation)) != len(self.aggregation):
