@@ -67,10 +67,10 @@ def _dies_in_round(r: int, cfg, run: RunDir, monkeypatch) -> None:
     """Run until the coordinator dies in round ``r``, after its holders trained, before the masked sum."""
     finish = coordinator_module.SecureSession.finish
 
-    def dies(session, ready):
+    def dies(session, ready, **kw):
         if session.r == r:
             raise Crash()
-        return finish(session, ready)
+        return finish(session, ready, **kw)
     monkeypatch.setattr(coordinator_module.SecureSession, "finish", dies)
     with pytest.raises(Crash):
         Simulation(cfg, run.root, progress=False).run()
