@@ -8,9 +8,9 @@
         [secagg: SECAGG_START, SECAGG_SHARES]          keys first: holders expand their masks while training
         MODEL    θ_r                                   holders train K steps
         PLAN     final plan, per-holder weight         → Ready (tokens, loss)
+        checkpoint {in flight: r, pending accounting}   just before Σ can be revealed: a crash after keeps its spend
         Σ        = secure_sum / ckks_sum + secure_sum / plain_sum
         θ_{r+1}  = outer.step(decode(Σ) / denominator)
-        checkpoint {in flight: r, pending accounting}   the sum is revealed: a crash from here keeps its spend
         eval, metrics row, checkpoint {pending accounting} → ledgers → checkpoint (§6: exactly once)
 
 The coordinator never sees an individual update (except with the warned ``plain`` baseline); it sees
@@ -381,6 +381,12 @@ class Coordinator:
         rp = self.privacy.begin_round(r, cohort=cohort, dim=self.dim, min_survivors=t_min, refused=refused)
         participants = list(rp.participants)
         ready: dict[int, Ready] = {}
+
+        def pending_for(surv: list[int]) -> dict:
+            """The round's accounting as the WAL holds it (§6): completed once on a restart."""
+            return {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": list(surv), "refused": refused,
+                    "min_survivors": t_min, "clipped": {str(h): bool(ready[h].clipped) for h in surv
+                                                        if h in ready and ready[h].clipped is not None}}
         result, aborted = None, None
         session, dropped = None, ()
         if not participants or (secure and len(participants) < 3):
@@ -411,13 +417,9 @@ class Coordinator:
                 # on restart (an audit killed the coordinator between the unmask and the old WAL: spend lost)
                 revealed: set[int] = set()     # ckks+secagg: the CKKS part is revealed over A, the masked over B ⊆ A
 
-                def wal(surv, r=r, cohort=cohort, refused=refused, t_min=t_min, ready=ready, revealed=revealed):
+                def wal(surv, revealed=revealed):
                     revealed.update(surv)
-                    self._checkpoint(in_flight=r, pending={
-                        "round": r, "cohort": list(cohort), "dim": self.dim, "survivors": sorted(revealed),
-                        "refused": refused, "min_survivors": t_min,
-                        "clipped": {str(h): bool(ready[h].clipped) for h in revealed
-                                    if h in ready and ready[h].clipped is not None}})
+                    self._checkpoint(in_flight=r, pending=pending_for(sorted(revealed)))
                 result = self._aggregate(r, rp, sorted(ready), weights, mhash, session, wal=wal)
             except SecAggAborted as e:   # below threshold: no masked sum revealed, the model stays as it was
                 aborted = str(e)
@@ -425,13 +427,8 @@ class Coordinator:
             dropped = result[3] if result else ()
         survivors = list(result[1]) if result else []
         clipped = {h: ready[h].clipped for h in survivors if ready[h].clipped is not None}
-        pending = {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": survivors, "refused": refused,
-                   "min_survivors": t_min, "clipped": {str(h): bool(c) for h, c in clipped.items()}}
-        if result is not None:
-            # WAL (§6): the sum is revealed to this process now. A crash from here on (the outer step, evaluation)
-            # must not lose the round's spend: a restart completes this accounting and discards the update
-            # (an audit killed the coordinator here and the resumed run's ledger had no entry for the round)
-            self._checkpoint(in_flight=r, pending=pending)
+        pending = pending_for(survivors)
+        if result is not None:   # its spend is already in the WAL (wal above, before the sum could be revealed)
             total, _, denominator, _ = result
             mean = _torch(total)             # this round's own array (decoded or summed here): divided in place
             self.outer.step(mean.div_(denominator) if total.flags.writeable else mean / denominator)

@@ -370,8 +370,7 @@ class Holder:
             return f"the plan's ring ({spec.ring_bits} bits) differs from the secure-aggregation ring"
         if PRIVACY_ORDER[spec.mode] < PRIVACY_ORDER[pol.privacy_mode]:
             return f"privacy mode {spec.mode!r} is below this holder's floor {pol.privacy_mode!r}"
-        # distributed: the noise this holder adds follows z_Δ (data_noise_multiplier), not the announced σ
-        sigma = min(spec.noise_multiplier, spec.data_noise_multiplier) if spec.mode == "distributed" else spec.noise_multiplier
+        sigma = _own_noise(spec)
         if spec.mode != "none" and sigma < pol.min_noise_multiplier:
             return f"noise multiplier {sigma:.4g} is below this holder's floor {pol.min_noise_multiplier}"
         if n < pol.min_cohort or (w.aggregation != "plain" and n < 3):
@@ -469,7 +468,7 @@ class Holder:
                 # H2's floor again, at the cohort that will really sum: each share carries σ/√n_shares, so a plan
                 # whose n_shares exceeds the secure-aggregation cohort (an audit: 60 made-up ids, 4 real) sums at
                 # most σ·√(|cohort| / n_shares) — 0.25 of the floor there. (The cap is re-checked at release.)
-                z = min(spec.noise_multiplier, spec.data_noise_multiplier) * math.sqrt(len(cohort) / spec.n_shares)
+                z = _own_noise(spec) * math.sqrt(len(cohort) / spec.n_shares)
                 if z < self.cfg.policy.min_noise_multiplier:
                     why = (f"with {len(cohort)} of the plan's {spec.n_shares} noise shares in the secure-aggregation "
                            f"cohort the noise multiplier is at most {z:.4g}, below this holder's floor "
@@ -667,6 +666,12 @@ def _eps(e) -> str:
     """A ledger entry's ε for the holder's log (the ledger may hold it as a number or as "inf")."""
     v = math.inf if e is None else float(e)
     return "inf (no holder-level DP noise)" if math.isinf(v) else f"{v:.4g}"
+
+
+def _own_noise(spec: RoundSpec) -> float:
+    """The noise multiplier a plan gives this holder's update: in distributed mode the noise it adds follows
+    z_Δ (data_noise_multiplier), not the announced σ (H2's floor, and H6's at the real cohort)."""
+    return min(spec.noise_multiplier, spec.data_noise_multiplier) if spec.mode == "distributed" else spec.noise_multiplier
 
 
 def _over_cap(what: str, proj: float, spec: RoundSpec, t_min: int | None, cap: float | None) -> str:

@@ -229,7 +229,7 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
                                  f"({e.get('population')!r}), not {(e.get('plan') or {}).get('n_planned')!r}")
             tol = _tolerance(e, label, v)
             ev = RoundEvent.from_dict(e["event"])
-            want = _expected_event(e, _num(e["sampling_rate"]))
+            want = _expected_event(e, q)
             if not _events_equal(ev, want):
                 raise ValueError(f"recorded event {ev.to_dict()} is not the event of its own plan {want.to_dict()}")
             acc = acc or _Running(e["accountant"])

@@ -122,7 +122,7 @@ class LocalTrainer:
         # ghost DP-SGD under bf16: slices of one fixed shape (dp.md §10.1) — a kernel chosen by the batch's shape
         # rounds every record's bf16 values differently, and for aligned records those differences add up
         # (an audit: one record moved a 192-record sum by 1.104·C); in fp32 the shapes may vary
-        low = resolve_precision(cfg, self.fabric.device.type) in ("bf16-mixed", "bf16-true", "16-mixed")
+        low = resolve_precision(cfg, self.fabric.device.type) != "32-true"
         self._dp_fixed_slice = (cfg.dp_sgd.micro_batch_size or cfg.batch_size) if self._ghost and low else None
         if cfg.dp_sgd.enabled:
             from securefed.privacy.dpsgd import wrap_for_dp_sgd

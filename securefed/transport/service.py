@@ -142,7 +142,7 @@ def make_server(handlers: Handlers, *, host: str, port: int, cert: Path, key: Pa
     """A started-later gRPC server with mTLS bound to host:port (port 0: pick a free one)."""
 
     slots = _HolderSlots(CALLS_PER_HOLDER)
-    if max_workers < CALLS_PER_HOLDER * len(roster_ids) + 8:
+    if max_workers < server_workers(len(roster_ids)):
         raise ValueError(f"max_workers {max_workers} leaves some holder less than its {CALLS_PER_HOLDER} calls: "
                          "use server_workers(len(roster))")
 

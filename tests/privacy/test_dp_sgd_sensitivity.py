@@ -111,8 +111,9 @@ def test_weighted_record_sum_is_the_fp32_sum_of_bf16_values_in_any_chunking():
 @pytest.mark.parametrize("seq_len,slack", [(6, True), (48, False)])
 def test_only_a_norm_of_rounded_products_tightens_the_clip(seq_len, slack):
     """At short sequences the tied embedding / LM head keeps its uses' (A, G) and sums from them exactly, but its
-    norm came from their bf16 per-record products: that (and only that) tightens C by 2⁻⁶. At T = 48 it keeps the
-    very g_i it normed: no slack."""
+    norm came from their bf16 per-record products: ``norm_slack`` records that (and only that). At T = 48 it keeps
+    the very g_i it normed: no norm slack. (Every bf16 step now clips to C·(1 − 2⁻⁶) anyway, for the within-slice
+    rounding of dp.md §10.1; ``norm_slack`` says which of those tightenings a norm alone needed.)"""
     from tests.privacy.test_ghost_clipping import _record_losses, _tiny_llama
 
     x = torch.randint(0, 64, (4, seq_len), generator=torch.Generator().manual_seed(2))
