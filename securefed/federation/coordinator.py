@@ -389,6 +389,7 @@ class Coordinator:
                                                         if h in ready and ready[h].clipped is not None}}
         result, aborted = None, None
         session, dropped = None, ()
+        revealed: set[int] = set()   # every holder whose update entered a part of the sum revealed to this process
         if not participants or (secure and len(participants) < 3):
             aborted = f"{len(participants)} of {len(cohort)} sampled holders took part: too few"
         elif cfg.aggregation.mode == "secagg":
@@ -415,7 +416,7 @@ class Coordinator:
             try:
                 # WAL (§6) before the sum can be revealed: a crash from then on completes this round's accounting
                 # on restart (an audit killed the coordinator between the unmask and the old WAL: spend lost)
-                revealed: set[int] = set()     # ckks+secagg: the CKKS part is revealed over A, the masked over B ⊆ A
+                # ckks+secagg: the CKKS part is revealed over A, the masked part over B ⊆ A
 
                 def wal(surv, revealed=revealed):
                     revealed.update(surv)
@@ -426,8 +427,11 @@ class Coordinator:
             clock.lap("aggregate")
             dropped = result[3] if result else ()
         survivors = list(result[1]) if result else []
-        clipped = {h: ready[h].clipped for h in survivors if ready[h].clipped is not None}
-        pending = pending_for(survivors)
+        # the charge (§4.1 step 6): every holder whose update is in the published sum. Under ckks+secagg that is A, not the
+        # masked survivors B ⊆ A: a holder of A \ B sent its CKKS part, which was decrypted and is in the model
+        charged = sorted(revealed | set(survivors)) if result else []
+        clipped = {h: ready[h].clipped for h in charged if ready[h].clipped is not None}
+        pending = pending_for(charged)
         if result is not None:   # its spend is already in the WAL (wal above, before the sum could be revealed)
             total, _, denominator, _ = result
             mean = _torch(total)             # this round's own array (decoded or summed here): divided in place
@@ -446,6 +450,8 @@ class Coordinator:
             row["refusals"] = refusals
         if dropped:   # shared keys, then sent no masked input: their pairwise masks were unmasked (secagg.md §8)
             row["secagg_dropped"] = list(dropped)
+        if len(charged) > len(survivors):   # ckks+secagg: in the CKKS part of the sum only, and charged for it
+            row["ckks_only"] = [h for h in charged if h not in survivors]
         if aborted:
             row["aborted"] = aborted
             self._say(f"[yellow]round {r} aborted: {aborted}[/]")
@@ -469,7 +475,7 @@ class Coordinator:
         if result is not None and (r % every == 0 or r == fed.rounds or r == self.stop_after_round):
             self._save_model(r)
         self._checkpoint(pending=pending)          # WAL: the round's accounting is in the checkpoint first
-        entry = rp.finish(survivors=survivors, clip_infos={h: ClipInfo(0.0, bool(c)) for h, c in clipped.items()})
+        entry = rp.finish(survivors=charged, clip_infos={h: ClipInfo(0.0, bool(c)) for h, c in clipped.items()})
         row["epsilon"] = entry.get("epsilon")          # ∞ without DP ("inf" in the files): the truth, not a gap
         if cfg.privacy.mode != "none":
             row["delta"] = entry.get("delta")

@@ -614,3 +614,19 @@ def _child_pools(q) -> None:
     from securefed.federation import holder as holder_mod
 
     q.put(sorted(holder_mod._POOLS))
+
+
+def test_a_holder_in_the_ckks_part_only_is_charged_in_the_servers_ledger(make):
+    """ckks+secagg sums the CKKS part over A and the masked part over B ⊆ A. Holder 4 uploads its CKKS part (decrypted
+    into the model) and then its masked input is lost: it is in A \\ B. The server's ledger charged only B (stop-33
+    review); now its entry lists A as the survivors, holder 4 as included, and the row names it."""
+    central = ("privacy.mode=central", "privacy.mechanism=gaussian", "privacy.noise_multiplier=1.0", "privacy.clip=1.0")
+    fed = make(*CKKS, *central, ignore=lambda r, s, h, reply: s == Stage.SECAGG_MASKED and h == 4)
+    row = fed.coordinator.run_round(1)
+    assert answered(fed, Stage.CKKS_UPLOAD, 4) == 1 and row["clients_survived"] == 3
+    assert row["ckks_only"] == [4] and row["secagg_dropped"] == [4] and "aborted" not in row
+    (server,) = fed.coordinator.privacy.ledger.entries
+    assert server["survivors"] == [1, 2, 3, 4] and server["n_survivors"] == 4
+    kept = {h: fed.coordinator.privacy._holder(h)[0].entries for h in ALL}   # the server's view of each holder
+    assert [kept[h][0]["status"] for h in ALL] == ["included"] * 4
+    assert view(fed.ledger(4)) == [("released", 1, fed.ledger(4)[0]["survivors"], None)]   # its own: released once
