@@ -111,9 +111,20 @@ def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = ()
                                               f"cannot be verified: {type(e).__name__}: {str(e)[:200]}")])
     if not any(a.name == "summary.json" for a in anchors) and (run_dir / "summary.json").is_file():
         v.notes.append("summary.json records no ledger_head: it does not anchor the ledger")
+    if keys is not None and (held := _private_keys_inside(run_dir)):
+        # dp.md §7.3: a signature proves nothing against whoever holds the signing key
+        v.notes.append(f"this directory holds {held} private signing key{'s' if held > 1 else ''} (pki/, as "
+                       "`securefed simulate` writes them: one operator holds every key): anyone who can write here can "
+                       "re-sign its ledgers. The signatures show the records unchanged only to a verifier who received "
+                       "the directory without pki/ and pins --coordinator-key from elsewhere")
     if v.ok:
         _check_stated_epsilon(run_dir, v)
     return v
+
+
+def _private_keys_inside(run_dir: Path) -> int:
+    """How many Ed25519 ledger-signing keys (``identity.key``, transport.pki's layout) lie inside ``run_dir``."""
+    return sum(1 for _ in run_dir.glob("pki/**/identity.key"))
 
 
 def _check_stated_epsilon(run_dir: Path, v: Verification) -> None:

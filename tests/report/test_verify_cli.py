@@ -322,3 +322,18 @@ def test_a_round_the_holders_settled_but_the_server_never_charged_is_caught(tmp_
     assert main(["verify", str(rd)]) == 1
     out = capsys.readouterr()
     assert "settled round 2 (its sum was revealed), but the server ledger has no entry for it" in out.out + out.err
+
+
+def test_private_signing_keys_inside_the_run_directory_are_named_in_a_note(signed_run, capsys):
+    """dp.md §7.3: `securefed simulate` keeps every party's private key in RUN_DIR/pki/, so whoever has the
+    directory can re-sign it. Both commands say so; without pki/ they do not."""
+    code_v, out_v, code_r, out_r = _run_both(signed_run, capsys)
+    assert code_v == 0 and "private signing key" not in out_v
+    for rel in ("pki/server/identity.key", "pki/holders/1/identity.key"):
+        p = signed_run / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    code_v, out_v, code_r, out_r = _run_both(signed_run, capsys)
+    assert code_v == 0 and "holds 2 private signing keys (pki/" in out_v and "--coordinator-key" in out_v
+    rep = json.loads((signed_run / "report" / "report.json").read_text())
+    assert any("private signing keys" in n for n in rep["verification"]["notes"])
