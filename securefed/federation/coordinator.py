@@ -244,7 +244,8 @@ class Coordinator:
         rp = self.privacy.begin_round(p["round"], cohort=p["cohort"], dim=p["dim"], min_survivors=p["min_survivors"],
                                       refused=p["refused"])
         infos = {int(h): ClipInfo(norm=0.0, clipped=bool(c)) for h, c in p["clipped"].items()}
-        rp.finish(survivors=p["survivors"], clip_infos=infos, completing=True)   # holders already charged: not again
+        rp.finish(survivors=p["survivors"], clip_infos=infos, completing=True,   # holders already charged: not again
+                  in_masked_sum=p.get("n_masked"))
         log.warning("completed round %d's privacy accounting from the checkpoint", p["round"])
         return True
 
@@ -382,11 +383,13 @@ class Coordinator:
         participants = list(rp.participants)
         ready: dict[int, Ready] = {}
 
-        def pending_for(surv: list[int]) -> dict:
-            """The round's accounting as the WAL holds it (§6): completed once on a restart."""
+        def pending_for(surv: list[int], masked: int | None = None) -> dict:
+            """The round's accounting as the WAL holds it (§6): completed once on a restart. ``masked``: how many
+            masked inputs the sum holds, where fewer than the charged ``surv`` (ckks+secagg, A \\ B)."""
             return {"round": r, "cohort": list(cohort), "dim": self.dim, "survivors": list(surv), "refused": refused,
-                    "min_survivors": t_min, "clipped": {str(h): bool(ready[h].clipped) for h in surv
-                                                        if h in ready and ready[h].clipped is not None}}
+                    "min_survivors": t_min, "n_masked": masked if masked is not None and masked < len(surv) else None,
+                    "clipped": {str(h): bool(ready[h].clipped) for h in surv
+                                if h in ready and ready[h].clipped is not None}}
         result, aborted = None, None
         session, dropped = None, ()
         revealed: set[int] = set()   # every holder whose update entered a part of the sum revealed to this process
@@ -419,8 +422,8 @@ class Coordinator:
                 # ckks+secagg: the CKKS part is revealed over A, the masked part over B ⊆ A
 
                 def wal(surv, revealed=revealed):
-                    revealed.update(surv)
-                    self._checkpoint(in_flight=r, pending=pending_for(sorted(revealed)))
+                    revealed.update(surv)     # the last call is the masked stage's (B): the shares in the masked sum
+                    self._checkpoint(in_flight=r, pending=pending_for(sorted(revealed), len(surv)))
                 result = self._aggregate(r, rp, sorted(ready), weights, mhash, session, wal=wal)
             except SecAggAborted as e:   # below threshold: no masked sum revealed, the model stays as it was
                 aborted = str(e)
@@ -431,7 +434,7 @@ class Coordinator:
         # masked survivors B ⊆ A: a holder of A \ B sent its CKKS part, which was decrypted and is in the model
         charged = sorted(revealed | set(survivors)) if result else []
         clipped = {h: ready[h].clipped for h in charged if ready[h].clipped is not None}
-        pending = pending_for(charged)
+        pending = pending_for(charged, len(survivors))
         if result is not None:   # its spend is already in the WAL (wal above, before the sum could be revealed)
             total, _, denominator, _ = result
             mean = _torch(total)             # this round's own array (decoded or summed here): divided in place
@@ -475,7 +478,8 @@ class Coordinator:
         if result is not None and (r % every == 0 or r == fed.rounds or r == self.stop_after_round):
             self._save_model(r)
         self._checkpoint(pending=pending)          # WAL: the round's accounting is in the checkpoint first
-        entry = rp.finish(survivors=charged, clip_infos={h: ClipInfo(0.0, bool(c)) for h, c in clipped.items()})
+        entry = rp.finish(survivors=charged, clip_infos={h: ClipInfo(0.0, bool(c)) for h, c in clipped.items()},
+                          in_masked_sum=pending["n_masked"])
         row["epsilon"] = entry.get("epsilon")          # ∞ without DP ("inf" in the files): the truth, not a gap
         if cfg.privacy.mode != "none":
             row["delta"] = entry.get("delta")

@@ -131,9 +131,12 @@ class RoundPrivacy:
         self.decoded = True
         return self._central_noise(x, entropy) if self.mode == "central" else x.copy()
 
-    def finish(self, *, survivors: Sequence[int], clip_infos: Mapping[int, ClipInfo], completing: bool = False) -> dict:
+    def finish(self, *, survivors: Sequence[int], clip_infos: Mapping[int, ClipInfo], completing: bool = False,
+               in_masked_sum: int | None = None) -> dict:
         """Record the release: holder ledgers, then the server ledger. Returns the server entry
-        (plus ``clip_fraction``, the exact fraction of clipped survivors: simulation telemetry, not in the ledger)."""
+        (plus ``clip_fraction``, the exact fraction of clipped survivors: simulation telemetry, not in the ledger).
+        ``in_masked_sum``: under ckks+secagg, how many of the ``survivors`` (all in the CKKS part) are also in the
+        masked part, where fewer — the count the holders settle at (dp.md §7.3 (4))."""
         if self.finished:
             raise RuntimeError("round already finished")
         s = self._check_survivors(survivors)
@@ -154,7 +157,10 @@ class RoundPrivacy:
                 frac = exact_within / max(1, len(infos))
             if frac is not None:
                 next_clip = adaptive_update(self.clip_bound, frac, self._s.config.target_quantile)
-        entry = self._s.record(self, s, frac, next_clip, completing=completing)
+        if in_masked_sum is not None and (self.mode == "distributed" or not 0 <= in_masked_sum < len(s)):
+            raise ValueError("in_masked_sum must be fewer than the survivors, and never under distributed DP "
+                             "(its noise shares are the masked sum's)")
+        entry = self._s.record(self, s, frac, next_clip, completing=completing, in_masked_sum=in_masked_sum)
         self.finished = True
         entry["clip_fraction"] = (1 - exact_within / len(infos)) if infos else math.nan
         return entry

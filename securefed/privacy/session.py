@@ -269,7 +269,7 @@ class PrivacySession:
         return self._open
 
     def record(self, rp: RoundPrivacy, survivors: Sequence[int], noisy_fraction: float | None, next_clip: float,
-               *, completing: bool = False) -> dict:
+               *, completing: bool = False, in_masked_sum: int | None = None) -> dict:
         """Append holder entries, then the server entry (called by RoundPrivacy.finish).
 
         ``completing``: this finishes the accounting of a release that already happened (a coordinator
@@ -308,7 +308,8 @@ class PrivacySession:
             sampling_rate=self.q, participants=len(rp.participants), refused=list(rp.refused),
             survivors=list(surv), dim=rp.dim, encoded_dim=rp.encoded_dim, scale=rp.scale,
             noisy_within_clip_fraction=noisy_fraction, next_clip=next_clip, event=ev.to_dict(), epsilon=eps,
-            reexecuted=any(e["round"] == rp.round_index for e in self.ledger.entries)))
+            reexecuted=any(e["round"] == rp.round_index for e in self.ledger.entries),
+            **({"n_masked": in_masked_sum} if in_masked_sum is not None else {})))
         self.clip = next_clip
         return {k: decode_floats(v) for k, v in entry.items()}
 

@@ -217,6 +217,12 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
                     raise ValueError(f"{k} changed from {first.get(k)!r} to {e.get(k)!r}")
             if e.get("n_survivors") != len(e.get("survivors", ())):
                 raise ValueError("n_survivors does not match the survivor list")
+            if "n_masked" in e:   # ckks+secagg, A \ B: never where the masked shares are the noise (distributed)
+                k = e["n_masked"]
+                if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < e["n_survivors"] \
+                        or e.get("mode") == "distributed":
+                    raise ValueError(f"n_masked {k!r} must be fewer than the {e['n_survivors']} survivors, "
+                                     "and only outside distributed DP")
             q, m, pop = _num(e["sampling_rate"]), e.get("cohort_size_planned"), e.get("population")
             if isinstance(m, bool) or not isinstance(m, int) or isinstance(pop, bool) or not isinstance(pop, int) \
                     or not 1 <= m <= pop or not math.isclose(q, m / pop, rel_tol=1e-12):
@@ -297,7 +303,7 @@ def _cross_check(server: list[dict], views: dict[int, list[dict]], owns: dict[in
             surv[(e["round"], h)] = surv.get((e["round"], h), 0) + 1
         for h in e["refused"]:
             refd[(e["round"], h)] = refd.get((e["round"], h), 0) + 1
-        n_surv[e["round"]] = e["n_survivors"]
+        n_surv[e["round"]] = e.get("n_masked", e["n_survivors"])   # what the holders settle at: the masked sum's count
     for (r, h), k in sorted(surv.items()):
         got = sum(1 for e in views.get(h, []) if e["round"] == r and e["status"] == "included")
         if got < k:

@@ -627,6 +627,7 @@ def test_a_holder_in_the_ckks_part_only_is_charged_in_the_servers_ledger(make):
     assert row["ckks_only"] == [4] and row["secagg_dropped"] == [4] and "aborted" not in row
     (server,) = fed.coordinator.privacy.ledger.entries
     assert server["survivors"] == [1, 2, 3, 4] and server["n_survivors"] == 4
+    assert server["n_masked"] == 3 == fed.ledger(1)[-1]["survivors"]      # what 1–3 settle at: the masked sum's count
     kept = {h: fed.coordinator.privacy._holder(h)[0].entries for h in ALL}   # the server's view of each holder
     assert [kept[h][0]["status"] for h in ALL] == ["included"] * 4
     assert view(fed.ledger(4)) == [("released", 1, fed.ledger(4)[0]["survivors"], None)]   # its own: released once

@@ -165,3 +165,25 @@ def test_hybrid_ckks_route_equals_plain_fedavg_within_documented_error(tmp_path,
     diff = (thetas["ckks+secagg"] - thetas["plain"]).abs().numpy()
     assert diff[sec_idx].max() <= qbound
     assert diff[ckks_idx].max() <= cfg.aggregation.ckks.error_bound(4, cfg.privacy.clip) + 1e-6
+
+
+@pytest.mark.slow   # 4 rounds of 5 holders under ckks+secagg: 20-30 s on 2 shared cores
+def test_ckks_route_dropouts_after_the_ckks_sum_are_charged_and_verify(tmp_path, small_overrides, capsys):
+    """A holder silent from the masked stage on is in the CKKS part of the sum only (A \\ B, federation.md §4.1
+    step 6): the server ledger charges it (n_masked: the count the others settle at) and the run verifies."""
+    run = tmp_path / "ab"
+    over = small_overrides + ["federation.n_holders=5", "data.max_sources=5", "federation.rounds=4", "baseline=false",
+                              "deterministic_secrets=true", "federation.weighting=uniform", "aggregation.mode=ckks+secagg",
+                              "aggregation.ckks.enabled=true", "privacy.mode=central", "privacy.mechanism=gaussian",
+                              "privacy.noise_multiplier=1.0", "privacy.clip=1.0", "privacy.force_unlearnable=true",
+                              "federation.dropout_rate=0.4"]
+    Simulation(load_run_config(overrides=over), run, progress=False).run()
+    rows = {r["round"]: r for r in _metrics(run)}
+    split = [r for r in rows.values() if r.get("ckks_only")]
+    assert split, f"no holder dropped between the CKKS sum and its masked input: {list(rows.values())}"
+    server = {e["round"]: e for e in read_ledger(run / "privacy" / "ledger.jsonl")}
+    for r in split:
+        e = server[r["round"]]
+        assert set(r["ckks_only"]) <= set(e["survivors"]) and e["n_masked"] == r["clients_survived"] < e["n_survivors"]
+    capsys.readouterr()
+    assert main(["verify", str(run)]) == 0, capsys.readouterr()
