@@ -12,7 +12,7 @@ __all__ = ["main"]
 def main(config: str, *, overrides=(), server: str | None = None, simulation: bool = False) -> int:
     """Load and check this holder's own config, its keys and data, then take part; an exit code."""
     from securefed.configio import ConfigError
-    from securefed.federation.holder import Holder
+    from securefed.federation.holder import Holder, HolderStateError
     from securefed.federation.holder_config import HolderConfigError, check_holder_config, load_holder_config
     from securefed.secagg import Roster, RosterError
     from securefed.training.data import DataError
@@ -42,7 +42,11 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
         torch.set_num_threads(cfg.hardware.torch_threads)
     try:
         holder = Holder(cfg, identity=identity, roster=roster)
+        holder.check_state()    # its own state files readable: one clear error now, not retries later
         holder.prepare_data()   # this holder's own data, before anything is sent
+    except HolderStateError as e:
+        print(f"securefed client: refusing to start: {e}", file=sys.stderr)
+        return EXIT["state"]
     except (DataError, ValueError, OSError) as e:
         return usage(str(e))
     return run_holder(holder, target=server or cfg.server, creds=creds, server_name=cfg.server_name,

@@ -180,7 +180,7 @@ class GrpcChannel(Channel):
 def run_holder(holder, *, target: str, creds, server_name: str | None = None, max_failures: int = 20,
                backoff=None) -> int:
     """Take part in a run as ``holder`` (a federation.holder.Holder) until it ends; an exit code."""
-    from securefed.federation.holder import PolicyRefused
+    from securefed.federation.holder import HolderStateError, PolicyRefused
     from securefed.transport.client import FATAL_CODES, Backoff, Refused, TransportClient
 
     backoff = backoff or Backoff()
@@ -203,6 +203,9 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
         except PolicyRefused as e:
             log.error("holder %d: refusing the coordinator's settings: %s", holder.id, e)
             return EXIT["policy"]
+        except HolderStateError as e:   # its own files: not a connection problem, never retried (federation.md §6)
+            log.error("holder %d: refusing to start: %s", holder.id, e)
+            return EXIT["state"]
         except _Ended as e:
             tc.close()
             log.log(logging.INFO if e.code == EXIT["ok"] else logging.WARNING,

@@ -87,6 +87,15 @@ class PolicyRefused(RuntimeError):
     """The run asks for less than this holder's floors allow: it leaves (exit 7, protocols/transport.md §10)."""
 
 
+class HolderStateError(RuntimeError):
+    """This holder's own state directory is unreadable or inconsistent (a ledger cut back or deleted, a lost
+    checkpoint, another run's files): it refuses to start rather than lose privacy spend (exit 4,
+    protocols/federation.md §6). The message names the file and what to do."""
+
+
+STATE_VERSION = 2
+
+
 def session_context(run_id: bytes, model_hash: bytes) -> bytes:
     """The secure-aggregation session context: run id and θ_r's hash (protocols/secagg.md §5, C1)."""
     return b"securefed/federation/v1|" + run_id + model_hash
@@ -126,6 +135,7 @@ class Holder:
         self.progress = progress
         self.welcomed: Welcome | None = None
         self.next_round = 1                    # rounds below this one were taken part in (or skipped)
+        self._trainer_anchor: dict | None = None   # what the last trainer.pt holds (the state file records it)
         self.budget: HolderBudget | None = None
         self.trainer = None
         self._round: _Round | None = None
@@ -185,8 +195,7 @@ class Holder:
         self.welcomed = w
         try:
             self._build_trainer(w, data)
-            self.budget = HolderBudget(self.state_dir / "ledger.jsonl", holder_id=self.id, cap=pol.epsilon_cap,
-                                       delta=pol.delta, run_id=w.run_id.hex(), signer=self.identity)
+            self.budget = self._open_budget(w.run_id.hex())
             self._load_state()
             if w.aggregation == "ckks+secagg":
                 self.ckks = HolderRole(HolderSecrets(self.id, self.identity), w.ckks)
@@ -195,6 +204,7 @@ class Holder:
                 self._route_plan = plan_routes(self._layout, w.ckks)
         except BaseException:   # H1: a refused welcome leaves a holder that answers nothing, not a half-joined one
             self.welcomed, self.budget, self.trainer, self.ckks, self.next_round = None, None, None, None, 1
+            self._trainer_anchor = None
             raise
         log.info("holder %d joined run %s (next round %d)", self.id, w.run_id.hex(), self.next_round)
 
@@ -237,29 +247,148 @@ class Holder:
     def _state_file(self) -> Path:
         return self.state_dir / "holder_state.json"
 
-    def _load_state(self) -> None:
-        run = self.welcomed.run_id.hex()
-        if self._state_file.exists():
-            st = json.loads(self._state_file.read_text())
-            if st.get("run_id") != run:
-                raise PolicyRefused(f"holder state in {self.state_dir} belongs to another run; use a new state_dir")
-            self.next_round = int(st["next_round"])
-            opt = self.state_dir / "trainer.pt"
-            if opt.exists():
-                import torch
+    @property
+    def _trainer_file(self) -> Path:
+        return self.state_dir / "trainer.pt"
 
-                self.trainer.load_state_dict(torch.load(opt, weights_only=True))  # never runs code (audit SEC-12)
+    def _open_budget(self, run: str | None) -> HolderBudget:
+        """This holder's own ledger (HolderStateError if unreadable or of another holder / run); every append
+        is anchored in the state file before and after (§6)."""
+        from securefed.privacy.ledger import LedgerError
+
+        path = self.state_dir / "ledger.jsonl"
+        pol = self.cfg.policy
+        try:
+            budget = HolderBudget(path, holder_id=self.id, cap=pol.epsilon_cap, delta=pol.delta, run_id=run or "",
+                                  signer=self.identity, anchor=self._write_state_file if run else None)
+        except (LedgerError, ValueError) as e:
+            where = "" if str(path) in str(e) else f"{path}: "
+            raise HolderStateError(f"{where}{e}. This holder's privacy ledger cannot be read; restore it from a "
+                                   "backup (a torn last line after a crash: remove that line only)") from None
+        other = sorted({str(e.get("run_id")) for e in budget.ledger.entries} - ({run} if run else set()))
+        if run and other:
+            raise HolderStateError(f"{path} holds entries of another run ({other[0][:16]}…): this state_dir belongs "
+                                   f"to that run; give run {run[:16]}… a new state_dir")
+        return budget
+
+    def _read_state_file(self) -> dict | None:
+        """holder_state.json, or None if absent; HolderStateError naming the file if it is not a state file."""
+        p = self._state_file
+        if not p.exists():
+            return None
+        try:
+            st = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise HolderStateError(f"{p} cannot be read ({type(e).__name__}: {e}); restore it from a backup") from None
+        ok = isinstance(st, dict) and st.get("version") in (1, STATE_VERSION) and isinstance(st.get("run_id"), str) \
+            and isinstance(st.get("next_round"), int) and not isinstance(st.get("next_round"), bool)
+        if ok and st["version"] == STATE_VERSION:
+            n, tr = st.get("ledger_entries"), st.get("trainer")
+            ok = isinstance(n, int) and not isinstance(n, bool) and n >= 0 and isinstance(st.get("ledger_head"), str) \
+                and (tr is None or (isinstance(tr, dict) and all(isinstance(tr.get(k), (int, type(None)))
+                                                                 for k in ("step", "dp_sgd_steps"))))
+        if not ok:
+            raise HolderStateError(f"{p} is not a holder state file of version 1 or {STATE_VERSION}; restore it")
+        return st
+
+    def _read_trainer_file(self, *, mmap: bool = False) -> dict | None:
+        p = self._trainer_file
+        if not p.exists():
+            return None
+        import torch
+
+        try:   # weights_only: never runs code (audit SEC-12)
+            st = torch.load(p, weights_only=True, mmap=mmap, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: one error naming it
+            raise HolderStateError(f"{p} cannot be read ({type(e).__name__}); restore it from a backup") from None
+        if not isinstance(st, dict):
+            raise HolderStateError(f"{p} is not a holder trainer checkpoint; restore it")
+        return st
+
+    def check_state(self) -> None:
+        """Before joining (`securefed client`): this holder's state files can be read — one clear error
+        (HolderStateError) now, not a retried connection problem later. The run's own checks follow at the
+        welcome, when the run id is known (:meth:`_load_state`)."""
+        self._read_state_file()
+        self._open_budget(None)
+        self._read_trainer_file(mmap=True)
+
+    def _load_state(self) -> None:
+        """Resume this holder's own state, refusing (HolderStateError) anything that would lose or repeat spend
+        (federation.md §6): the ledger must extend the state file's anchor; a checkpoint must hold at least the
+        steps the state file and the signed releases record; no file may be missing that the others imply."""
+        run = self.welcomed.run_id.hex()
+        st, entries = self._read_state_file(), self.budget.ledger.entries
+        led = self.budget.ledger.path
+        tr = self._read_trainer_file()
+        if st is None:
+            if entries or tr is not None:
+                what = f"{led} holds {len(entries)} entries" if entries else f"{self._trainer_file} exists"
+                raise HolderStateError(f"{self._state_file} is missing but {what}: this holder's state was lost or "
+                                       "deleted; restore it from a backup (starting afresh could lose privacy spend "
+                                       "or take part in a round twice)")
+        else:
+            if st["run_id"] != run:
+                raise HolderStateError(f"holder state in {self.state_dir} belongs to another run; use a new state_dir")
+            self.next_round = int(st["next_round"])
+            if st["version"] == STATE_VERSION:
+                n, head = st["ledger_entries"], st["ledger_head"]
+                if len(entries) < n or self.budget.ledger.head_at(n) != head:
+                    raise HolderStateError(
+                        f"{led} has {len(entries)} entries but {self._state_file} anchors {n} (head {head[:16]}…): the "
+                        "ledger was cut back, deleted or replaced; restore it from a backup (its releases' spend "
+                        "would be lost)")
+                want = st.get("trainer")
+                if want is not None:
+                    if tr is None:
+                        raise HolderStateError(f"{self._trainer_file} is missing but {self._state_file} records a "
+                                               "checkpoint; restore it from a backup")
+                    self._check_trainer_steps(tr, want.get("step") or 0, want.get("dp_sgd_steps"),
+                                              f"{self._state_file} records")
+                self._trainer_anchor = want
+            else:
+                log.warning("holder %d: %s is of version 1 (no ledger anchor): it is rewritten as version %d",
+                            self.id, self._state_file, STATE_VERSION)
+        # record-level DP-SGD: the checkpoint must hold at least the steps the signed releases say were spent
+        spent = [e["record_level"]["steps"] for e in entries if isinstance(e.get("record_level"), dict)]
+        if getattr(self.trainer, "dp_steps", None) is not None and spent:
+            if tr is None:
+                raise HolderStateError(f"{self._trainer_file} is missing but {led} records record-level DP-SGD "
+                                       f"releases of {max(spent)} steps: its accountant would restart at 0; restore it")
+            self._check_trainer_steps(tr, 0, max(spent), f"{led}'s signed releases record")
+        if tr is not None:
+            self.trainer.load_state_dict(tr)
         # H7 after a crash: a round released in the ledger is never taken part in again
         released = self.budget.released_rounds()
         if released:
             self.next_round = max(self.next_round, max(released) + 1)
 
+    def _check_trainer_steps(self, tr: dict, step: int, dp_steps: int | None, source: str) -> None:
+        got_step = int(tr.get("step", 0)) if isinstance(tr.get("step"), int) else -1
+        acc = tr.get("dp_sgd_accountant")
+        hist = acc.get("history", []) if isinstance(acc, dict) else []
+        got_dp = sum(int(h[2]) for h in hist) if hist else 0
+        if got_step < step or (dp_steps is not None and got_dp < dp_steps):
+            raise HolderStateError(f"{self._trainer_file} holds {got_step} steps ({got_dp} record-level DP-SGD steps) "
+                                   f"but {source} {step} ({dp_steps}): an older checkpoint would forget spend; "
+                                   "restore the newest one")
+
+    def _write_state_file(self) -> None:
+        """holder_state.json (version 2): the next round, the ledger's length and head (every ledger append is
+        anchored before and after), and what the last checkpoint holds (§6)."""
+        if self.welcomed is None or self.budget is None:
+            return
+        led = self.budget.ledger
+        atomic_write_text(self._state_file, json.dumps({
+            "version": STATE_VERSION, "run_id": self.welcomed.run_id.hex(), "next_round": self.next_round,
+            "ledger_entries": len(led.entries), "ledger_head": led.head, "trainer": self._trainer_anchor}) + "\n")
+
     def _save_state(self) -> None:
         from securefed.runtime.rundir import atomic_torch_save
 
-        atomic_torch_save(self.trainer.state_dict(), self.state_dir / "trainer.pt")
-        atomic_write_text(self._state_file, json.dumps({"version": 1, "run_id": self.welcomed.run_id.hex(),
-                                                        "next_round": self.next_round}) + "\n")
+        atomic_torch_save(self.trainer.state_dict(), self._trainer_file)
+        self._trainer_anchor = {"step": int(self.trainer.step), "dp_sgd_steps": getattr(self.trainer, "dp_steps", None)}
+        self._write_state_file()
 
     # ------------------------------------------------------------------ the round
     def handle(self, round_index: int, stage: int, payload: bytes) -> bytes | None:
@@ -358,8 +487,7 @@ class Holder:
         return encode(Decision(r, self.id, True))
 
     def _save_next_round(self) -> None:
-        atomic_write_text(self._state_file, json.dumps({"version": 1, "run_id": self.welcomed.run_id.hex(),
-                                                        "next_round": self.next_round}) + "\n")
+        self._write_state_file()
 
     def _check_spec(self, spec: RoundSpec, n: int) -> str | None:
         """H2/H3/H5: a plan this holder will encode with, at or above its floors, within its cap."""
@@ -558,7 +686,12 @@ class Holder:
                 # restart skips a released round (H7): its accountant must be on disk first, not at the next
                 # checkpoint (an audit lost 4 of 16 steps across a stop with checkpoint_every=2)
                 self._save_state()
-            entry = self.budget.release(rs.spec, min_survivors=t_min)
+            rl = None
+            if getattr(self.trainer, "dp_steps", None) is not None:   # signed with the release (§6)
+                from securefed.privacy.holder_ledger import record_level_entry
+
+                rl = record_level_entry(self.trainer.dp_history(), self.cfg.dp_sgd.delta)
+            entry = self.budget.release(rs.spec, min_survivors=t_min, record_level=rl)
             log.info("holder %d: round %d update released (%s, %s aggregation); ledger epsilon %s", self.id,
                      rs.spec.round, stage.name, w.aggregation, _eps(entry.get("epsilon")))
         rs.answered.add(stage)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from securefed.federation.channel import Channel, SinkFactory, deliver
-from securefed.federation.holder import Holder, PolicyRefused
+from securefed.federation.holder import Holder, HolderStateError, PolicyRefused
 from securefed.federation.messages import MessageError
 
 __all__ = ["InProcChannel"]
@@ -30,7 +30,7 @@ class InProcChannel(Channel):
         for h, holder in self.holders.items():
             try:
                 holder.welcome(welcome_for(h))
-            except (PolicyRefused, MessageError) as e:
+            except (PolicyRefused, HolderStateError, MessageError) as e:
                 log.error("holder %d leaves the run: %s", h, e)
                 self.gone.add(h)
 

@@ -68,12 +68,12 @@ class HolderActor:
 
     def welcome(self, data: bytes) -> str | None:
         """None if the holder joins; else why it leaves the run (its floors refuse it, H1)."""
-        from securefed.federation.holder import PolicyRefused
+        from securefed.federation.holder import HolderStateError, PolicyRefused
         from securefed.federation.messages import MessageError
 
         try:
             self.holder.welcome(data)
-        except (PolicyRefused, MessageError) as e:
+        except (PolicyRefused, HolderStateError, MessageError) as e:
             return f"{type(e).__name__}: {e}"
         return None
 

@@ -20,7 +20,8 @@ from typing import Iterable, Sequence
 from securefed.privacy.accountant import Accountant, RoundEvent
 from securefed.privacy.ledger import LedgerError, decode_floats
 
-__all__ = ["HOLDER_STATUSES", "REQUIRED_FIELDS", "check_holder_entry", "holder_effective_events", "holder_epsilon"]
+__all__ = ["HOLDER_STATUSES", "REQUIRED_FIELDS", "check_holder_entry", "holder_effective_events", "holder_epsilon",
+           "record_level_entry", "record_level_problem"]
 
 HOLDER_STATUSES = ("refused", "released", "settled")
 REQUIRED_FIELDS = ("version", "role", "run_id", "holder_id", "round", "status", "event", "epsilon", "cap", "delta",
@@ -91,3 +92,55 @@ def holder_effective_events(entries: Iterable[dict]) -> list[RoundEvent]:
 def holder_epsilon(entries: Sequence[dict], delta: float) -> float:
     """The holder's ε at ``delta`` after ``entries`` (RDP, no amplification: events carry q = 1)."""
     return Accountant("rdp").epsilon(float(decode_floats(delta)), holder_effective_events(entries))
+
+
+# ------------------------------------------------------------------ record-level DP-SGD (dp.md §7.2)
+def _rdp_epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
+    from opacus.accountants import RDPAccountant   # the accountant the holder's DP-SGD optimizer steps
+
+    acc = RDPAccountant()
+    acc.history = [(float(z), float(q), int(n)) for z, q, n in history]
+    return float(acc.get_epsilon(delta)) if acc.history else 0.0
+
+
+def record_level_entry(history: Sequence[Sequence[float]], delta: float) -> dict:
+    """What a holder's ``released`` entry records of its record-level DP-SGD spend so far: the accountant's
+    (σ, q, steps) history, its total steps, δ and the ε they give — signed with the release, so a restart
+    can be checked against it and a verifier can recompute it."""
+    hist = [[float(z), float(q), int(n)] for z, q, n in history]
+    return {"history": hist, "steps": sum(n for _, _, n in hist), "delta": float(delta),
+            "epsilon": _rdp_epsilon(hist, float(delta))}
+
+
+def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> str | None:
+    """None if every ``record_level`` of a holder's own ledger is well formed, its ε is what its history gives,
+    and the steps never go back along the ledger (a restart from an older checkpoint would); else the first
+    problem, naming its entry."""
+    import math
+
+    last = None
+    for e in entries:
+        rl = e.get("record_level") if isinstance(e, dict) else None
+        if rl is None:
+            continue
+        where = _where(e)
+        if e.get("status") != "released" or not isinstance(rl, dict):
+            return f"{where}: record_level belongs to a released entry and must be an object"
+        hist, steps, delta = rl.get("history"), rl.get("steps"), decode_floats(rl.get("delta"))
+        ok = isinstance(hist, list) and all(isinstance(h, list) and len(h) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in h) for h in hist)
+        if not ok or any(not (math.isfinite(z) and z >= 0 and 0 < q <= 1 and float(n).is_integer() and n >= 0)
+                         for z, q, n in hist):
+            return f"{where}: record_level history must be [noise multiplier, sample rate, steps] triples"
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps != sum(int(n) for _, _, n in hist):
+            return f"{where}: record_level steps {steps!r} is not the history's total"
+        if not isinstance(delta, (int, float)) or not 0 < delta < 1:
+            return f"{where}: record_level delta must be in (0, 1)"
+        want, got = _rdp_epsilon(hist, delta), decode_floats(rl.get("epsilon"))
+        if not isinstance(got, (int, float)) or not math.isclose(want, got, rel_tol=rel_tol, abs_tol=1e-12):
+            return f"{where}: record-level epsilon {got!r}, but its history gives {want:.6g}"
+        if last is not None and (steps < last[0] or delta != last[1]):
+            return (f"{where}: record-level DP-SGD went back from {last[0]} steps to {steps} (or changed delta): "
+                    "its spend was lost")
+        last = (steps, delta)
+    return None

@@ -206,13 +206,16 @@ class HolderBudget:
     """A holder's own ledger and ε cap (protocols/federation.md §5): refuse, release, settle."""
 
     def __init__(self, ledger_path: str | Path, *, holder_id: int, cap: float | None, delta: float | None,
-                 run_id: str = "", signer=None) -> None:
-        """``delta``: this holder's δ; None adopts the first DP plan's δ (:meth:`adopt_delta`), fixed after."""
+                 run_id: str = "", signer=None, anchor=None) -> None:
+        """``delta``: this holder's δ; None adopts the first DP plan's δ (:meth:`adopt_delta`), fixed after.
+        ``anchor()``: called before and after every append, to record the ledger's length and head elsewhere
+        (the holder's state file: a ledger cut back or deleted is then refused on restart, dp.md §7.2)."""
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
             raise ValueError("cap must be a number > 0 or None")
         if delta is not None and not 0 < delta < 1:
             raise ValueError("delta must be in (0, 1)")
         self.holder_id, self.cap, self.run_id = holder_id, cap, run_id
+        self._anchor = anchor or (lambda: None)
         self.ledger = Ledger(ledger_path, signer=signer)   # signed with the holder's own key (dp.md §7.2)
         for e in self.ledger.entries:
             if e.get("holder_id") != holder_id:
@@ -256,27 +259,33 @@ class HolderBudget:
                 if e.get("status") == "released" and e.get("run_id") == self.run_id}
 
     def _append(self, spec: RoundSpec | None, round_index: int, status: str, event: RoundEvent | None,
-                survivors: int | None = None, reason: str | None = None) -> dict:
+                survivors: int | None = None, reason: str | None = None, record_level: dict | None = None) -> dict:
         fields = {"version": 1, "role": "holder", "run_id": self.run_id, "holder_id": self.holder_id,
                   "round": round_index, "status": status, "event": (event or RoundEvent("none")).to_dict(),
                   "cap": self.cap, "delta": spec.delta if spec else self.delta, "accountant": "rdp", "accountant_version": accountant_version("rdp"),
                   "mode": spec.mode if spec else None, "mechanism": spec.mechanism if spec else None,
                   "clip": spec.clip if spec else None, "noise_multiplier": spec.noise_multiplier if spec else None,
                   "ring_bits": spec.ring_bits if spec else None, "survivors": survivors, "reason": reason}
+        if record_level is not None:
+            fields["record_level"] = record_level
         fields["epsilon"] = _accountant([*self.ledger.entries, fields]).epsilon(self._delta_or_unset)  # ε after this entry
+        self._anchor()               # the state file already names this ledger's present length: never behind it
         entry = self.ledger.append(fields)
         self._rebuild()
+        self._anchor()
         return entry
 
     def refuse(self, round_index: int, reason: str, spec: RoundSpec | None = None) -> dict:
         return self._append(spec, round_index, "refused", None, reason=reason[:500])
 
-    def release(self, spec: RoundSpec, *, min_survivors: int | None) -> dict:
-        """Charge round ``spec.round`` at its worst case, durably, before the holder sends its data."""
+    def release(self, spec: RoundSpec, *, min_survivors: int | None, record_level: dict | None = None) -> dict:
+        """Charge round ``spec.round`` at its worst case, durably, before the holder sends its data.
+        ``record_level``: record-level DP-SGD's spend so far (:func:`record_level_entry`), signed with the release."""
         if spec.round in self.released_rounds():
             raise ValueError(f"round {spec.round} was already released: a holder releases each round once")
         m = spec.min_survivors(min_survivors)
-        return self._append(spec, spec.round, "released", spec_holder_event(spec, m), survivors=m)
+        return self._append(spec, spec.round, "released", spec_holder_event(spec, m), survivors=m,
+                            record_level=record_level)
 
     def settle(self, spec: RoundSpec, *, survivors: int) -> dict:
         """The signed survivor list is known: charge the round at the actual number of shares."""

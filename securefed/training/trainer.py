@@ -26,6 +26,7 @@ planned total steps) and its data cursor.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -260,6 +261,11 @@ class HolderTrainer:
         # DP-SGD's Poisson batches and Gaussian noise must be unpredictable: seeded from 64 OS-random bits
         # (never from the public run seed, never checkpointed); tests pass dp_secret_seed to replay.
         # torch's generators are not CSPRNGs (Opacus' secure_mode needs torchcsprng): README says so.
+        # A replayable seed (tests, deterministic_secrets) is mixed with the step before every step: a holder
+        # restarted from its checkpoint must not draw the batches and noise of its first steps again (an audit:
+        # reseeded once per process, the restarted holder's noise repeated that of round 1, which cancels out in
+        # the difference of two releases). OS-random seeds are fresh in every process and never persisted.
+        self._dp_replay_seed = None if dp_secret_seed is None else int(dp_secret_seed)
         if parent.cfg.dp_sgd.enabled:
             secret = int.from_bytes(os.urandom(8), "little") if dp_secret_seed is None else int(dp_secret_seed)
             self._dp_batch_gen = torch.Generator().manual_seed(secret)
@@ -284,6 +290,24 @@ class HolderTrainer:
                 accountant.load_state_dict(self.accountant.state_dict())
             self.accountant = accountant
         return opt
+
+    @property
+    def dp_steps(self) -> int | None:
+        """Record-level DP-SGD steps the accountant holds (noise-only steps included); None without DP-SGD."""
+        acc = getattr(self, "accountant", None)
+        return None if acc is None else int(sum(int(n) for _, _, n in acc.history))
+
+    def dp_history(self) -> list[list[float]] | None:
+        """The accountant's (σ, q, steps) history, as recorded in the holder's signed release entries."""
+        acc = getattr(self, "accountant", None)
+        return None if acc is None else [[float(z), float(q), int(n)] for z, q, n in acc.history]
+
+    def _reseed_dp(self) -> None:
+        """Replayable seeds only: this step's batch and noise streams, a pure function of (seed, step)."""
+        if self._dp_replay_seed is not None and self.parent.cfg.dp_sgd.enabled:
+            mixed = int.from_bytes(hashlib.sha256(f"{self._dp_replay_seed}|{self.step}".encode()).digest()[:8], "little")
+            self._dp_batch_gen.manual_seed(mixed)
+            self._dp_noise_gen.manual_seed(mixed ^ 0x5DEECE66D)
 
     def _perm(self) -> torch.Tensor:
         # the epoch's shuffle is a pure function of (seed, holder, epoch): nothing to checkpoint but the cursor
@@ -331,6 +355,7 @@ class HolderTrainer:
             lr = lr_at(cfg, self.step, self.total_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
+            self._reseed_dp()
             x = self._next_batch()
             self.step += 1
             if x.shape[0] == 0:  # an empty Poisson batch (DP-SGD): a noise-only step, accounted

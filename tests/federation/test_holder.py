@@ -18,7 +18,7 @@ from securefed.audit.federation_harness import tiny_federation
 from securefed.ckks.messages import AggregateMsg
 from securefed.ckks.messages import decode as ckks_decode
 from securefed.ckks.messages import encode as ckks_encode
-from securefed.federation.holder import PolicyRefused, model_sha256
+from securefed.federation.holder import HolderStateError, PolicyRefused, model_sha256
 from securefed.federation.messages import (CkksUploadRequest, Decision, Offer, Plan, Ready, Welcome, decode, decode_as,
                                            encode)
 from securefed.federation.stages import Stage
@@ -500,15 +500,18 @@ def test_h7_a_released_round_is_never_taken_part_in_again_even_after_a_restart(m
     fed = make(holder_fields={1: {"vanish_at": (1, int(Stage.SECAGG_CONSISTENCY))}})
     fed.coordinator.run_round(1)
     assert answered(fed, Stage.SECAGG_MASKED, 1) == 1 and view(fed.ledger(1)) == [("released", 1, 3, None)]
-    for lose_state in (False, True):
-        holder = fed.restart_holder(1, vanish_at=None)
-        if lose_state:                                       # only the ledger survived the crash
-            (holder.state_dir / "holder_state.json").unlink()
+    holder = fed.restart_holder(1, vanish_at=None)
+    holder.welcome(fed.coordinator.welcome_for(1))
+    assert holder.next_round == 2
+    reason = refusal(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), 1)
+    assert reason == "round 1 was already taken part in (next round 2)"
+    assert view(fed.ledger(1)) == [("released", 1, 3, None), ("refused", 1, None, reason)]
+    # its state file lost, the ledger kept: nothing would show a ledger cut back, so it refuses to start (§6)
+    holder = fed.restart_holder(1, vanish_at=None)
+    (holder.state_dir / "holder_state.json").unlink()
+    with pytest.raises(HolderStateError, match="holder_state.json is missing but .* holds 2 entries"):
         holder.welcome(fed.coordinator.welcome_for(1))
-        assert holder.next_round == 2
-        reason = refusal(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), 1)
-        assert reason == "round 1 was already taken part in (next round 2)"
-    assert view(fed.ledger(1)) == [("released", 1, 3, None), ("refused", 1, None, reason), ("refused", 1, None, reason)]
+    assert holder.welcomed is None and len(fed.ledger(1)) == 2
 
 
 # ------------------------------------------------------------------------- H8

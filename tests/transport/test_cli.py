@@ -114,3 +114,23 @@ def test_client_refused_certificate_exits_3(tmp_path, pki, fed_cache):
     finally:
         channel.close()
     assert rc == 3
+
+
+@pytest.mark.parametrize("damage,why", [
+    ("state", "holder_state.json cannot be read"), ("ledger", "last line is incomplete"),
+    ("trainer", "trainer.pt cannot be read")])
+def test_client_with_damaged_own_state_exits_4_before_connecting(tmp_path, pki, fed_cache, capsys, damage, why):
+    """federation.md §6: a holder's own state files are checked before it connects — one error naming the file and
+    exit 4, not twenty retries reported as a connection problem and exit 6 (an audit, stop 34)."""
+    state = tmp_path / "state1"
+    state.mkdir(mode=0o700)
+    (state / "holder_state.json").write_text('{"version": 2, "run_' if damage == "state" else "{}")
+    if damage == "ledger":
+        (state / "holder_state.json").unlink()
+        (state / "ledger.jsonl").write_bytes(b'{"seq": 0, "half a')
+    if damage == "trainer":
+        (state / "holder_state.json").unlink()
+        (state / "trainer.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache), "--server", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert rc == 4 and why in err and "refusing to start" in err and "Traceback" not in err

@@ -1,0 +1,164 @@
+"""A holder's own state across restarts (protocols/federation.md §6; an audit, stop 34).
+
+A restarted holder resumes from three files in its state directory: its signed ledger, holder_state.json and
+trainer.pt. The audit found that a holder whose files were damaged or lost started anyway and forgot spend:
+record-level DP-SGD restarted at 0 steps when trainer.pt (or only holder_state.json) was gone, reporting
+ε 0.72 for the 3rd round where 0.76 was true, and `verify` passed; a ledger deleted or cut back to a signed
+prefix let the holder release past its own ε cap (true 26.1 and 22.1 against a cap of 20); a torn file gave a
+traceback or, in `securefed client`, twenty "connection problem" retries and exit 6. Now the state file
+anchors the ledger (its length and head, written before and after every append) and the checkpoint; each
+release signs the record-level accountant's history; anything that would lose or repeat spend is refused
+with one error naming the file (exit 4 in `securefed client`), and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from securefed.audit.federation_harness import tiny_federation
+from securefed.federation.holder import HolderStateError
+from securefed.privacy.holder_ledger import record_level_problem
+from securefed.privacy.ledger import read_ledger
+
+DP = ("privacy.mode=distributed", "privacy.mechanism=ddgauss", "privacy.noise_multiplier=1.0", "privacy.clip=1.0")
+DPSGD = ("train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=1.0", "train.dp_sgd.delta=1.0e-4")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def two_rounds(tmp_path, fed_cache):
+    """Holder 1 of a DP-SGD federation after two released rounds, its trainer.pt of round 1 kept aside."""
+    fed = tiny_federation(tmp_path, overrides=(*DP, *DPSGD, "federation.rounds=4"), cache_dir=fed_cache)
+    fed.coordinator.run_round(1)
+    sd = fed.holders[1].state_dir
+    fed.holders[1]._save_state()
+    shutil.copy(sd / "trainer.pt", tmp_path / "trainer-round-1.pt")
+    fed.coordinator.run_round(2)
+    fed.holders[1]._save_state()
+    return fed, sd, tmp_path / "trainer-round-1.pt"
+
+
+def _damage(case: str, sd, older_trainer) -> None:
+    state, ledger, trainer = sd / "holder_state.json", sd / "ledger.jsonl", sd / "trainer.pt"
+    if case == "state truncated":
+        state.write_text(state.read_text()[:20])
+    elif case == "state empty":
+        state.write_text("")
+    elif case == "state missing":
+        state.unlink()
+    elif case == "ledger torn":
+        last = ledger.read_bytes()[:-1].rsplit(b"\n", 1)[1]
+        with open(ledger, "ab") as f:
+            f.write(last[: len(last) // 2])
+    elif case == "ledger missing":
+        ledger.unlink()
+    elif case == "ledger cut to a signed prefix":
+        ledger.write_bytes(b"".join(ledger.read_bytes().splitlines(keepends=True)[:2]))
+    elif case == "trainer missing":
+        trainer.unlink()
+    elif case == "trainer truncated":
+        trainer.write_bytes(trainer.read_bytes()[:1000])
+    elif case == "trainer of round 1":
+        shutil.copy(older_trainer, trainer)
+    elif case == "state and trainer of round 1":   # the release entries still sign the steps spent
+        shutil.copy(older_trainer, trainer)
+        st = json.loads(state.read_text())
+        st["trainer"]["step"] = st["trainer"]["dp_sgd_steps"] = 2
+        state.write_text(json.dumps(st))
+    elif case == "state and trainer missing":
+        state.unlink()
+        trainer.unlink()
+    else:  # pragma: no cover
+        raise AssertionError(case)
+
+
+CASES = {"state truncated": "holder_state.json cannot be read", "state empty": "holder_state.json cannot be read",
+         "state missing": "holder_state.json is missing but .*ledger.jsonl holds 4 entries",
+         "ledger torn": "last line is incomplete", "ledger missing": "has 0 entries but .* anchors 4",
+         "ledger cut to a signed prefix": "has 2 entries but .* anchors 4",
+         "trainer missing": "trainer.pt is missing", "trainer truncated": "trainer.pt cannot be read",
+         "trainer of round 1": "trainer.pt holds 2 steps .* but .*holder_state.json records 4",
+         "state and trainer of round 1": "trainer.pt holds 2 steps .* signed releases record 0 \\(4\\)",
+         "state and trainer missing": "holder_state.json is missing but"}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_holder_refuses_to_start_on_damaged_or_lost_state_and_writes_nothing(two_rounds, case):
+    fed, sd, older = two_rounds
+    _damage(case, sd, older)
+    before = {p.name: p.read_bytes() for p in sd.iterdir() if p.is_file()}
+    holder = fed.restart_holder(1)
+    with pytest.raises(HolderStateError, match=CASES[case]):
+        holder.check_state()
+        holder.welcome(fed.coordinator.welcome_for(1))
+    assert holder.welcomed is None and holder.budget is None
+    assert {p.name: p.read_bytes() for p in sd.iterdir() if p.is_file()} == before
+
+
+def test_an_intact_restart_resumes_every_step_and_each_release_signs_the_record_level_spend(two_rounds):
+    fed, sd, _ = two_rounds
+    holder = fed.restart_holder(1)
+    holder.check_state()
+    holder.welcome(fed.coordinator.welcome_for(1))
+    assert holder.next_round == 3 and holder.trainer.dp_steps == 4            # K = 2 steps x 2 rounds
+    fed.coordinator.run_round(3)
+    released = [e for e in read_ledger(sd / "ledger.jsonl") if e["status"] == "released"]
+    assert [e["record_level"]["steps"] for e in released] == [2, 4, 6]
+    assert record_level_problem(released) is None
+    eps = [e["record_level"]["epsilon"] for e in released]
+    assert eps[0] < eps[1] < eps[2]
+    st = json.loads((sd / "holder_state.json").read_text())
+    assert st["version"] == 2 and st["ledger_entries"] == len(read_ledger(sd / "ledger.jsonl"))
+
+
+def test_a_ledger_of_another_run_is_refused(tmp_path, fed_cache):
+    fed = tiny_federation(tmp_path / "a", overrides=DP, cache_dir=fed_cache)
+    fed.coordinator.run_round(1)
+    other = tiny_federation(tmp_path / "b", overrides=(*DP, "seed=1"), cache_dir=fed_cache)
+    assert other.coordinator.run_id != fed.coordinator.run_id
+    sd = other.holders[1].state_dir
+    shutil.copy(fed.holders[1].state_dir / "ledger.jsonl", sd / "ledger.jsonl")
+    holder = other.restart_holder(1)
+    with pytest.raises(HolderStateError, match="holds entries of another run"):
+        holder.welcome(other.coordinator.welcome_for(1))
+
+
+def test_record_level_spend_that_does_not_add_up_is_named():
+    from securefed.privacy.holder_ledger import record_level_entry
+
+    a, b = record_level_entry([[1.0, 0.01, 10]], 1e-5), record_level_entry([[1.0, 0.01, 20]], 1e-5)
+    entries = [{"seq": 0, "round": 1, "status": "released", "record_level": a},
+               {"seq": 1, "round": 2, "status": "released", "record_level": b}]
+    assert record_level_problem(entries) is None and a["epsilon"] < b["epsilon"]
+    assert "went back from 20 steps to 10" in record_level_problem(entries[::-1])
+    low = dict(b, epsilon=b["epsilon"] / 2)
+    assert "its history gives" in record_level_problem([dict(entries[1], record_level=low)])
+    assert "not the history's total" in record_level_problem([dict(entries[1], record_level=dict(b, steps=5))])
+
+
+def test_replayable_dp_sgd_seeds_draw_new_batches_and_noise_after_a_restart(two_rounds):
+    """deterministic_secrets (simulations, tests): the DP-SGD batch and noise streams were seeded once per process,
+    so a holder restarted from its checkpoint drew round 1's Poisson batches and noise again (the audit, F5: the
+    same noise in two releases cancels in their difference). They are now a function of (seed, step)."""
+    fed, _, _ = two_rounds
+    t = fed.holders[1].trainer
+
+    def draws(step):
+        t.step = step
+        t._reseed_dp()
+        return t._next_batch().clone(), torch.randn(64, generator=t._dp_noise_gen)
+
+    (b0, n0), (b4, n4), (b0_again, n0_again) = draws(0), draws(4), draws(0)
+    assert torch.equal(b0, b0_again) and torch.equal(n0, n0_again)          # replayable
+    assert not torch.equal(n0, n4) and (b0.shape != b4.shape or not torch.equal(b0, b4))
