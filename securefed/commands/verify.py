@@ -4,7 +4,9 @@ Checks every Ed25519 signature (keys from RUN_DIR/privacy/keys.json, optionally 
 --coordinator-key), every hash-chain link, the anchors (checkpoint, summary.json, an earlier report),
 recomputes every ε from the recorded events with the pinned accountant scheme, and cross-checks the
 server ledger against the server's per-holder views and the holders' own ledgers
-(RUN_DIR/holders/<id>/ledger.jsonl, plus any --holder-ledger PATH).
+(RUN_DIR/holders/<id>/ledger.jsonl, plus any --holder-ledger PATH). The population behind the sampling
+rate must be the roster's size (RUN_DIR/pki/roster.yaml, or --roster PATH), and the cohort memberships
+the holders' own ledgers witness must be plausible at the stated sampling rate (protocols/dp.md §2.1).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="a finished or interrupted run directory")
     p.add_argument("--holder-ledger", dest="holder_ledgers", action="append", default=[], metavar="PATH",
                    help="a holder's own ledger kept outside RUN_DIR (its state directory); repeatable")
+    p.add_argument("--roster", metavar="PATH",
+                   help="the federation's roster (securefed keygen's roster.yaml), known out of band; default: "
+                        "RUN_DIR/pki/roster.yaml. Each server entry's population must be its size")
     p.add_argument("--coordinator-key", metavar="HEX",
                    help="the coordinator's Ed25519 public key (64 hex digits), known out of band: keys.json must name it")
     p.set_defaults(func=run)
@@ -45,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
         if not Path(p).is_file():
             print(f"securefed verify: --holder-ledger {p} does not exist", file=sys.stderr)
             return 2
-    v = verify_run(rd, holder_ledgers=args.holder_ledgers, coordinator_key=key)
+    if args.roster is not None and not Path(args.roster).is_file():
+        print(f"securefed verify: --roster {args.roster} does not exist", file=sys.stderr)
+        return 2
+    v = verify_run(rd, holder_ledgers=args.holder_ledgers, coordinator_key=key, roster=args.roster)
     out = sys.stdout if v.ok else sys.stderr
     print(v.banner(), file=out)
     for p in v.problems:

@@ -105,7 +105,11 @@ class Coordinator:
         fed = cfg.federation
         self.holder_ids = sorted(roster.keys)
         if len(self.holder_ids) != fed.n_holders:
-            raise ValueError(f"the roster lists {len(self.holder_ids)} holders, federation.n_holders is {fed.n_holders}")
+            # protocols/dp.md §2.1: the population is the N of the sampling rate q = m/N the release ε is amplified
+            # by, and of a central plan's quantization: it is the roster's size, never a number of its own
+            raise ValueError(f"the roster lists {len(self.holder_ids)} holders, but federation.n_holders (the population "
+                             f"the sampling rate and the privacy ledger use) is {fed.n_holders}: they must be equal")
+        self.population = len(self.holder_ids)
         model = build_model(cfg.model.preset, vocab_size=len(data.tokenizer), seq_len=cfg.data.seq_len, seed=cfg.seed)
         self.evaluator = LocalTrainer(model, replace(cfg.train, dp_sgd=DPSGDConfig()))
         self.layout = param_layout(model)
@@ -122,7 +126,7 @@ class Coordinator:
             self.run_id = (hashlib.sha256(f"securefed-run|{cfg.seed}".encode()).digest()[:16]
                            if cfg.deterministic_secrets else os.urandom(16))
         # holders decide on their own caps (protocols/federation.md §5): the server keeps only its own
-        self.privacy = PrivacySession(replace(cfg.privacy, holder_epsilon_cap=None), population=fed.n_holders,
+        self.privacy = PrivacySession(replace(cfg.privacy, holder_epsilon_cap=None), population=self.population,
                                       cohort_size=fed.cohort_size, rounds_planned=fed.rounds, sampling=fed.sampling,
                                       ledger_dir=self.rd.privacy, signer=identity, run_id=self.run_id.hex())
         self.sampler = np.random.default_rng(cfg.seed)
@@ -329,8 +333,8 @@ class Coordinator:
 
     def sample_cohort(self, available: list[int]) -> list[int]:
         fed, ids = self.cfg.federation, sorted(available)
-        if fed.sampling == "poisson":
-            q = fed.cohort_size / fed.n_holders
+        if fed.sampling == "poisson":   # the rate the ledger states (sampling_rate = cohort_size / population)
+            q = fed.cohort_size / self.population
             return [h for h, u in zip(ids, self.sampler.random(len(ids))) if u < q]
         return sorted(int(h) for h in self.sampler.choice(ids, size=min(fed.cohort_size, len(ids)), replace=False))
 

@@ -9,12 +9,13 @@ logged refusal or silence — never a traceback, never a second release.
     H1  a Welcome must fit this holder's floors (aggregation mode, ring, threshold, graph, privacy
         mode, σ) and its own tokenizer; else it leaves the run (PolicyRefused, exit 7).
     H2  an Offer is for a round it has not yet taken part in, names it, and carries a privacy plan of
-        the welcomed mode, ring and δ, at or above its floors, for a cohort of at least its minimum.
+        the welcomed mode, ring and δ, at or above its floors, for a cohort of at least its minimum; a
+        central plan is made for a population equal to its roster's size (dp.md §2.1).
     H3  it joins only if its own projected ε (the plan it will encode with, t_min survivors) stays
         within its cap; else it refuses with the reason, recorded in its own ledger.
     H4  θ_r must hash to the Offer's θ hash.
     H5  the final Plan keeps the Offer's mode, C, σ, δ, ring and dimension, lists this holder among
-        participants drawn from the offered cohort, and still passes H3.
+        participants drawn from the offered cohort, and still passes H2's floors and H3.
     H6  a RoundStart / CKKS request names the round, a cohort drawn from the plan's participants,
         this holder, the planned ring, and thresholds and a graph at or above its floors. Under
         `secagg` the RoundStart comes before the model (federation.md §4.3): it is checked against the
@@ -260,7 +261,8 @@ class Holder:
         pol = self.cfg.policy
         try:
             budget = HolderBudget(path, holder_id=self.id, cap=pol.epsilon_cap, delta=pol.delta, run_id=run or "",
-                                  signer=self.identity, anchor=self._write_state_file if run else None)
+                                  signer=self.identity, anchor=self._write_state_file if run else None,
+                                  population=len(self.roster.keys))
         except (LedgerError, ValueError) as e:
             where = "" if str(path) in str(e) else f"{path}: "
             raise HolderStateError(f"{where}{e}. This holder's privacy ledger cannot be read; restore it from a "
@@ -503,6 +505,11 @@ class Holder:
             return f"noise multiplier {sigma:.4g} is below this holder's floor {pol.min_noise_multiplier}"
         if n < pol.min_cohort or (w.aggregation != "plain" and n < 3):
             return f"a cohort of {n} holders is below this holder's minimum of {max(pol.min_cohort, 3)}"
+        if spec.mode == "central" and spec.n_shares != len(self.roster.keys):
+            # H2/H5: a central plan is quantized for the whole population (dp.md §6.4), the N of the sampling rate
+            # q = m/N the release ε is amplified by; N is the roster's size, not the coordinator's claim (dp.md §2.1)
+            return (f"the plan is made for a population of {spec.n_shares} holders, but this holder's roster lists "
+                    f"{len(self.roster.keys)}")
         if spec.mode != "none" and self.budget.delta is None and spec.delta > DEFAULT_DELTA:
             # H2: without its own policy.delta a holder takes the run's δ, but never a weaker one than the default
             # (an audit's coordinator sent δ = 0.5: the release then read ε 28.0 under a cap of 50, ε 52.7 at 10⁻⁵)

@@ -206,12 +206,17 @@ class HolderBudget:
     """A holder's own ledger and ε cap (protocols/federation.md §5): refuse, release, settle."""
 
     def __init__(self, ledger_path: str | Path, *, holder_id: int, cap: float | None, delta: float | None,
-                 run_id: str = "", signer=None, anchor=None) -> None:
+                 run_id: str = "", signer=None, anchor=None, population: int | None = None) -> None:
         """``delta``: this holder's δ; None adopts the first DP plan's δ (:meth:`adopt_delta`), fixed after.
         ``anchor()``: called before and after every append, to record the ledger's length and head elsewhere
-        (the holder's state file: a ledger cut back or deleted is then refused on restart, dp.md §7.2)."""
+        (the holder's state file: a ledger cut back or deleted is then refused on restart, dp.md §7.2).
+        ``population``: the size of the roster this holder knows, signed into every entry (protocols/dp.md §2.1:
+        the N of the sampling rate the server's ε is amplified by; verify holds the server's claim to it)."""
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
             raise ValueError("cap must be a number > 0 or None")
+        if population is not None and (isinstance(population, bool) or not isinstance(population, int) or population < 1):
+            raise ValueError(f"population must be an int >= 1 or None, got {population!r}")
+        self.population = population
         if delta is not None and not 0 < delta < 1:
             raise ValueError("delta must be in (0, 1)")
         self.holder_id, self.cap, self.run_id = holder_id, cap, run_id
@@ -268,6 +273,8 @@ class HolderBudget:
                   "ring_bits": spec.ring_bits if spec else None, "survivors": survivors, "reason": reason}
         if record_level is not None:
             fields["record_level"] = record_level
+        if self.population is not None:   # optional: ledgers of holders that do not state it stay valid (dp.md §7.2)
+            fields["population"] = self.population
         fields["epsilon"] = _accountant([*self.ledger.entries, fields]).epsilon(self._delta_or_unset)  # ε after this entry
         self._anchor()               # the state file already names this ledger's present length: never behind it
         entry = self.ledger.append(fields)

@@ -9,9 +9,13 @@ For the server ledger, the server's per-holder view ledgers and the holders' own
    the recorded ε;
 4. cross-checks: the server's survivors and refusals appear in each holder's view; every round the
    server lists holder h as a survivor has a ``released`` entry in h's own ledger, whose ε is at least
-   the server's view of it;
+   the server's view of it, and whose settings (the population the holder signed among them) are the
+   server entry's;
 5. anchors (checkpoint, summary.json, an earlier report): each must be the head of a prefix of the
-   server ledger — a rewritten, truncated or re-hashed ledger no longer extends them.
+   server ledger — a rewritten, truncated or re-hashed ledger no longer extends them;
+6. the sampling rate's sources (dp.md §2.1): each server entry's population is the roster's size, and
+   the cohort memberships the holders' own ledgers witness are plausible at the stated rate
+   (``witness.chernoff_log_tail`` at or above ``witness.ALARM``).
 
 The run-directory layout is the caller's business (``securefed.report.privacy_checks``); this module
 takes paths, keys and anchors. The first problem found is what the banner names.
@@ -31,6 +35,7 @@ from securefed.privacy import rdp as R
 from securefed.privacy.accountant import ACCOUNTANT_SCHEME, Accountant, RoundEvent, accountant_version, event_rdp
 from securefed.privacy.events import plan_from_record, round_event
 from securefed.privacy.holder_ledger import check_holder_entry, holder_effective_events
+from securefed.privacy import witness as W
 from securefed.privacy.ledger import LedgerError, decode_floats, end_record_problems, entry_hash, read_ledger
 
 __all__ = ["Keys", "Anchor", "Problem", "Verification", "verify_records", "check_server_entries", "check_view_entries"]
@@ -98,6 +103,8 @@ class Verification:
     own_ledgers: int = 0
     # the server ledger's ε after each entry of a round (recomputed; a re-executed round has two)
     round_epsilon: dict[int, list[float]] = field(default_factory=dict)
+    # the holders' witnessed cohort memberships against the stated sampling rate (dp.md §2.1); None if not run
+    sampling_check: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -363,7 +370,7 @@ def _cross_check(server: list[dict], views: dict[int, list[dict]], owns: dict[in
                 return
 
 
-_SAME_SETTINGS = ("delta", "mode", "mechanism", "clip", "ring_bits", "noise_multiplier")
+_SAME_SETTINGS = ("delta", "mode", "mechanism", "clip", "ring_bits", "noise_multiplier", "population")
 _NOISE_FIELDS = ("noise_multiplier", "share_std", "l1", "l2", "dim")
 
 
@@ -377,6 +384,10 @@ def _release_disagrees(own: dict, server_entries: list[dict]) -> str | None:
     se = server_entries[-1]
     for k in _SAME_SETTINGS:
         if k in own and own[k] != se.get(k):
+            if k == "population":   # the holder signs the size of the roster it knows (dp.md §2.1)
+                return (f"the holder released round {own['round']} as one of a roster of {own[k]!r} holders; the server "
+                        f"ledger states population {se.get(k)!r} (the sampling rate, hence the amplification, "
+                        "comes from it)")
             return (f"the holder released round {own['round']} with {k} = {own[k]!r}; the server ledger records "
                     f"{se.get(k)!r}")
     if se.get("plan") is None:
@@ -411,6 +422,60 @@ def _check_anchors(entries: list[dict], anchors: Sequence[Anchor], v: Verificati
             v.notes.append(f"{len(entries) - n} server entr{'y' if len(entries) - n == 1 else 'ies'} recorded after the {a.name} anchor")
 
 
+def _check_roster(server: list[dict], roster: Mapping[int, bytes] | None, label: str, keys: Keys | None,
+                  v: Verification) -> None:
+    """dp.md §2.1: the population the sampling rate divides by is the roster's size, not a free claim."""
+    if roster is None:
+        pops = sorted({e.get("population") for e in server if isinstance(e.get("population"), int)})
+        v.notes.append(f"no roster found (pki/roster.yaml in the run directory, or --roster): the population "
+                       f"{', '.join(map(str, pops)) or '(none recorded)'} behind the sampling rate is the coordinator's "
+                       "claim, checked only against the holders' own ledgers")
+        return
+    n, ids = len(roster), set(roster)
+    for e in server:
+        try:
+            if e.get("population") != n:
+                raise ValueError(f"states population {e.get('population')!r}, but the roster ({label}) lists {n} holders: "
+                                 f"the sampling rate {e.get('cohort_size_planned')!r}/{e.get('population')!r} and the "
+                                 "amplification it grants are not the federation's")
+            named = {h for k in ("refused", "survivors") for h in e.get(k) or ()}
+            if not named <= ids:
+                raise ValueError(f"names holders that are not on the roster ({label}): {sorted(named - ids)[:5]}")
+        except _BAD as err:
+            v.problems.append(Problem("privacy/ledger.jsonl", e.get("seq"), e.get("round"), str(err)))
+            return
+    if keys is not None and dict(keys.holders) != dict(roster):
+        v.problems.append(Problem("privacy/keys.json", None, None, f"its holder keys are not the roster's ({label}): the "
+                                  "holders' own ledgers would be checked under keys the federation never issued"))
+
+
+def _check_sampling(server: list[dict], owns: dict[int, list[dict]], holders: frozenset[int], v: Verification) -> None:
+    """dp.md §2.1: the holders' signed own ledgers witness the rounds each was in a cohort; far more memberships
+    than the stated sampling rate allows means the population or planned cohort behind it was overstated."""
+    if not server or not holders:
+        return
+    try:
+        t, rounds = W.witnessed_memberships(server, owns, holders)
+        log_p, floor = W.chernoff_log_tail(t, rounds), W.min_log_bound(rounds)
+    except _BAD as err:
+        v.problems.append(Problem("privacy records", None, None, f"sampling rate cannot be checked: {err}"))
+        return
+    mu, trials = W.expected_memberships(rounds), sum(n for n, _ in rounds)
+    v.sampling_check = {"holders": len(holders), "rounds": len(rounds), "memberships": t, "expected": mu,
+                        "log_bound": log_p, "alarm": W.ALARM, "has_power": floor < math.log(W.ALARM)}
+    what = (f"{len(holders)} holders' own ledgers witness {t} cohort memberships in {len(rounds)} rounds; the stated "
+            f"sampling rate gives {mu:.3g} expected")
+    if log_p < math.log(W.ALARM):
+        v.problems.append(Problem("privacy/ledger.jsonl", None, None, f"{what}, and honest sampling gives {t} or more "
+                                  f"with probability at most e^{log_p:.1f} < {W.ALARM:g}: the stated population or planned "
+                                  "cohort (the sampling rate the ε is amplified by) is implausible"))
+    elif floor >= math.log(W.ALARM):
+        v.notes.append(f"{what}; with {trials} chances the sampling-rate check has no power (even a membership in "
+                       "every one would be plausible at that rate)")
+    else:
+        v.notes.append(f"{what}: plausible (bound e^{log_p:.1f}, alarm below {W.ALARM:g})")
+
+
 def check_server_entries(entries: list[dict], label: str = "privacy/ledger.jsonl") -> list[Problem]:
     """Problems of a server ledger's entries (events from their plans, ε recomputed); [] if none."""
     v = Verification()
@@ -427,8 +492,15 @@ def check_view_entries(holder_id: int, entries: list[dict], label: str) -> list[
 
 def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own_ledgers: Sequence[Path], keys: Keys | None,
                    anchors: Sequence[Anchor] = (), own_expected: frozenset[int] = frozenset(),
-                   end: dict | None = None) -> Verification:
+                   end: dict | None = None, roster: Mapping[int, bytes] | None = None,
+                   roster_label: str = "roster", witnesses: frozenset[int] = frozenset()) -> Verification:
     """Verify everything (module doc). Never raises for bad records: they become ``problems``.
+
+    ``roster``: the federation's holders (id → Ed25519 key, ``roster_label`` says where it was found): each server
+    entry's population must be its size, every holder it names must be on it, and keys.json's holder keys must be
+    its keys (dp.md §2.1). None: the population is the coordinator's claim alone, and a note says so.
+    ``witnesses``: holders whose own ledger would be among ``own_ledgers`` had they ever been in a cohort (their state
+    is in the run directory): the sampling-rate check counts them with zero memberships when they have none.
 
     ``own_expected``: holders whose own ledger must be among ``own_ledgers`` (a simulation's holders/<id>/):
     one the server lists as a survivor with no own ledger, or an empty one, is a problem (deleted?).
@@ -445,6 +517,8 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
     v.entries, v.head = len(server), (entry_hash(server[-1]) if server else None)
     _verify_server(server, "privacy/ledger.jsonl", v)
     _check_anchors(server, anchors, v)
+    if not v.problems:
+        _check_roster(server, roster, roster_label, keys, v)
     views: dict[int, list[dict]] = {}
     for h, path in sorted(view_ledgers.items()):
         label = f"privacy/holders/holder-{h}.jsonl"
@@ -505,6 +579,8 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
             _cross_check(server, views, owns, v)
         except _BAD as err:     # odd types the per-ledger checks let through (e.g. a survivor list of lists)
             v.problems.append(Problem("privacy records", None, None, f"cannot be cross-checked: {type(err).__name__}: {err}"))
+    if not v.problems:
+        _check_sampling(server, {h: es for h, (_, es) in owns.items()}, frozenset(owns) | own_expected | witnesses, v)
     if not v.signed:
         v.notes.append("no privacy/keys.json: signatures were not checked")
     return v

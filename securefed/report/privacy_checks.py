@@ -10,6 +10,8 @@ Layout it reads (shared/DESIGN.md run-directory contract, plus):
     summary.json                      "ledger_head" anchors it too
     report/report.json                an earlier report's "ledger_head" (and "ledger_entries")
     preflight.json                    the pre-flight check (privacy.preflight), when the engine wrote one
+    pki/roster.yaml                   the federation's roster (a simulation's; a deployment's verifier passes
+                                      its own with --roster): the population each server entry states is its size
 ``securefed verify`` and ``securefed report`` both call :func:`verify_run`.
 """
 
@@ -24,7 +26,7 @@ from securefed import jsonio
 from securefed.privacy.ledger import LedgerError, read_end_record
 from securefed.privacy.verify import Anchor, Keys, Problem, Verification, verify_records
 
-__all__ = ["verify_run", "run_anchors", "load_keys", "delta_lines", "refusal_lines", "preflight_blocks",
+__all__ = ["verify_run", "run_anchors", "load_keys", "load_roster", "delta_lines", "refusal_lines", "preflight_blocks",
            "apply_verification", "verification_dict", "plain_words"]
 
 
@@ -73,9 +75,29 @@ def run_anchors(run_dir: Path) -> list[Anchor]:
     return out
 
 
-def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = (), coordinator_key: bytes | None = None) -> Verification:
-    """Verify every privacy record of ``run_dir`` (plus holders' own ledgers kept elsewhere)."""
+def load_roster(run_dir: Path, path: str | Path | None = None) -> tuple[dict[int, bytes] | None, str]:
+    """(holder id → Ed25519 key, where it was found): ``path`` if given, else RUN_DIR/pki/roster.yaml; (None, "") if
+    neither (RosterError if the file is malformed)."""
+    from securefed.secagg.roster import Roster
+
+    p = Path(path) if path is not None else Path(run_dir) / "pki" / "roster.yaml"
+    if path is None and not p.is_file():
+        return None, ""
+    return dict(Roster.load(p).keys), (str(path) if path is not None else "pki/roster.yaml")
+
+
+def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = (), coordinator_key: bytes | None = None,
+               roster: str | Path | None = None) -> Verification:
+    """Verify every privacy record of ``run_dir`` (plus holders' own ledgers kept elsewhere; ``roster``: the
+    federation's roster file, default RUN_DIR/pki/roster.yaml)."""
+    from securefed.secagg.roster import RosterError
+
     run_dir = Path(run_dir)
+    try:
+        roster_keys, roster_label = load_roster(run_dir, roster)
+    except (RosterError, OSError) as e:
+        return Verification(problems=[Problem(str(roster) if roster is not None else "pki/roster.yaml", None, None,
+                                              f"the roster cannot be read: {e}")])
     try:
         keys = load_keys(run_dir)
     except (ValueError, json.JSONDecodeError) as e:
@@ -99,13 +121,16 @@ def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = ()
     own = sorted((run_dir / "holders").glob("*/ledger.jsonl")) + [Path(p) for p in holder_ledgers]
     # a simulation keeps every holder's state under holders/<id>/ (holder.yaml): each survivor's own ledger must be there
     simulated = frozenset(int(p.parent.name) for p in (run_dir / "holders").glob("*/holder.yaml") if p.parent.name.isdigit())
+    # holders whose state directory is in the run directory witness the sampling rate even when never sampled (no ledger)
+    local = frozenset(int(d.name) for d in (run_dir / "holders").glob("*") if d.is_dir() and d.name.isdigit())
     try:
         end = read_end_record(run_dir / "privacy")
     except LedgerError as e:
         return Verification(problems=[Problem("privacy/end.json", None, None, str(e))])
     try:
         v = verify_records(server_ledger=run_dir / "privacy" / "ledger.jsonl", view_ledgers=views, own_ledgers=own,
-                           keys=keys, anchors=anchors, own_expected=simulated, end=end)
+                           keys=keys, anchors=anchors, own_expected=simulated, end=end, roster=roster_keys,
+                           roster_label=roster_label, witnesses=simulated | local)
     except Exception as e:  # noqa: BLE001 - fail closed: whatever a record makes the checks raise, nothing is verified
         return Verification(problems=[Problem("privacy records", None, None,
                                               f"cannot be verified: {type(e).__name__}: {str(e)[:200]}")])

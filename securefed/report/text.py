@@ -175,7 +175,18 @@ def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
             "choice of cohorts (valid against anyone who does not know the cohorts); each holder's own ledger counts only "
             "the rounds its data was in, without that amplification (valid even against the coordinator). The ledger "
             "files themselves list who took part in each round: keep them with the coordinator's records; against a "
-            "reader of the ledger only the holder ε holds."]
+            "reader of the ledger only the holder ε holds.", sampling_words(f)]
+
+
+def sampling_words(f: dict) -> str:
+    """What the amplified ε takes on trust (protocols/dp.md §2.1), and where the unamplified ε is."""
+    rate = (f"q = {_fmt(f['cohort_size_planned'])}/{_fmt(f['population'])} = {_fmt(f['sampling_rate'])}"
+            if f.get("sampling_rate") is not None else "the stated sampling rate")
+    return (f"The federation's ε above assumes the coordinator sampled the cohorts honestly and secretly at {rate} "
+            f"({_fmt(f['sampling'])} sampling): amplification by sampling trusts the coordinator's sampler. `securefed "
+            "verify` checks the population against the roster and the population each holder signed, and the cohort "
+            "memberships the holders' own ledgers witness against q (see Ledger integrity); it cannot check that the "
+            "draws were secret. The holders' own ε, which needs no such trust, is in the Holder budgets table below.")
 
 
 def trust_without_dp(f: dict) -> str:

@@ -233,6 +233,23 @@ def test_h2_an_offer_below_the_floor_is_refused_with_its_reason(make, case, monk
     assert holder.handle(1, Stage.MODEL, fed.model_bytes()) is None and not trained
 
 
+def test_h2_h5_a_central_plan_for_another_population_than_the_roster_is_refused_and_recorded(make):
+    """protocols/dp.md §2.1: a central plan is quantized for the whole population (n_shares = N, dp.md §6.4), the N of
+    the sampling rate the release ε is amplified by. A holder holds it to its roster's size, at the Offer and the Plan."""
+    fed = make("privacy.mode=central", "privacy.mechanism=gaussian", "privacy.noise_multiplier=1.0", "privacy.clip=1.0")
+    why = "the plan is made for a population of 10000 holders, but this holder's roster lists 4"
+    data, spec = offer(fed, 1, n_shares=10_000)
+    assert refusal(fed.holders[1].handle(1, Stage.OFFER, data), 1) == why
+    assert view(fed.ledger(1)) == [("refused", 1, None, why)] and fed.ledger(1)[0]["population"] == 4
+    holder = fed.holders[2]
+    honest, hspec = offer(fed, 1)
+    assert hspec.n_shares == 4 and decode_as(holder.handle(1, Stage.OFFER, honest), Decision).accept
+    holder.handle(1, Stage.MODEL, fed.model_bytes())
+    msg, _ = plan(fed, 1, n_shares=10_000)
+    assert refusal(holder.handle(1, Stage.PLAN, msg), 1, h=2) == why
+    assert view(fed.ledger(2)) == [("refused", 1, None, why)]
+
+
 # ------------------------------------------------------------------------- H3
 def test_h3_a_round_that_would_cross_the_cap_is_refused_before_training(make, monkeypatch, tmp_path):
     fed = make(*DP, policies={1: {"privacy_mode": "distributed", "epsilon_cap": 0.5}})

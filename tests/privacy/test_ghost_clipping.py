@@ -130,7 +130,9 @@ def test_trainer_ghost_matches_per_sample_and_spends_the_same_epsilon(sigma):
     assert ps_hist == gh_hist == [(sigma, 6 / 40, 3)]
     assert ps.record_epsilon == gh.record_epsilon
     if sigma == 0.0:
-        torch.testing.assert_close(gh.delta, ps.delta, rtol=1e-3, atol=1e-6)
+        # AdamW (lr 1e-2) divides by √v: where a coordinate's gradient is near 0, fp32 summation-order differences of
+        # ~1e-7 become Δ differences of ~1e-5 (0.1 % of lr) — seen on 2 of 22,688 coordinates for one batch draw
+        torch.testing.assert_close(gh.delta, ps.delta, rtol=1e-3, atol=5e-5)
         assert ps.mean_loss == pytest.approx(gh.mean_loss, rel=1e-5)
 
 

@@ -28,8 +28,11 @@ def _own_entry(s, rp, h, status, event, survivors, entries, cap=None):
     return e
 
 
-def make_signed_run(rd, *, rounds=4, signed=True, cfg=None, population=6, cohort=(1, 2, 3, 4), drop_last_holder_at=None):
+def make_signed_run(rd, *, rounds=4, signed=True, cfg=None, population=6, cohort=(1, 2, 3, 4), drop_last_holder_at=None,
+                    sampling="fixed", cohorts=None):
+    """``cohorts``: each round's cohort (default: ``cohort`` every round, whose size is the planned one)."""
     cfg = cfg or DPConfig(mode="distributed", noise_multiplier=1.0, clip=1.0, holder_epsilon_cap=20.0, delta=1e-3)
+    cohorts = [tuple(cohort)] * rounds if cohorts is None else [tuple(c) for c in cohorts]
     (rd / "privacy").mkdir(parents=True)
     coord = generate_identity(DeterministicEntropy.from_int(999))
     holder_keys = {h: generate_identity(DeterministicEntropy.from_int(900 + h)) for h in range(1, population + 1)}
@@ -37,16 +40,17 @@ def make_signed_run(rd, *, rounds=4, signed=True, cfg=None, population=6, cohort
         (rd / "privacy" / "keys.json").write_text(json.dumps({
             "version": 1, "coordinator": coord.public_bytes.hex(),
             "holders": {str(h): k.public_bytes.hex() for h, k in holder_keys.items()}}))
-    s = PrivacySession(cfg, population=population, cohort_size=len(cohort), rounds_planned=rounds, sampling="fixed",
+    s = PrivacySession(cfg, population=population, cohort_size=len(cohort), rounds_planned=rounds, sampling=sampling,
                        ledger_dir=rd / "privacy", signer=coord if signed else None, run_id=RUN_ID)
-    own = {h: Ledger(rd / "holders" / str(h) / "ledger.jsonl", signer=holder_keys[h] if signed else None) for h in cohort}
+    own = {h: Ledger(rd / "holders" / str(h) / "ledger.jsonl", signer=holder_keys[h] if signed else None)
+           for h in sorted(set().union(*cohorts))}
     rng = np.random.default_rng(0)
     metrics = []
-    for r in range(1, rounds + 1):
-        rp = s.begin_round(r, cohort=list(cohort), dim=DIM, min_survivors=len(cohort) - 1)
+    for r, cohort in enumerate(cohorts, start=1):
+        rp = s.begin_round(r, cohort=list(cohort), dim=DIM, min_survivors=max(1, len(cohort) - 1))
         e = DeterministicEntropy.from_int(r)
         total = np.zeros(rp.encoded_dim, rp.ring.dtype)
-        worst = s._event(rp.plan, rp.noise_multiplier, len(rp.participants) - 1, sampled=False, dim=DIM).to_dict()
+        worst = s._event(rp.plan, rp.noise_multiplier, max(1, len(rp.participants) - 1), sampled=False, dim=DIM).to_dict()
         surv = [h for h in rp.participants if not (drop_last_holder_at == r and h == rp.participants[-1])]
         for h in rp.cohort:
             if h in rp.refused:

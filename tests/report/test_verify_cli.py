@@ -7,6 +7,7 @@ no ε. The untampered run verifies (exit 0) and the report states its ε.
 
 import json
 
+import numpy as np
 import pytest
 
 from securefed.cli import main
@@ -337,3 +338,118 @@ def test_private_signing_keys_inside_the_run_directory_are_named_in_a_note(signe
     assert code_v == 0 and "holds 2 private signing keys (pki/" in out_v and "--coordinator-key" in out_v
     rep = json.loads((signed_run / "report" / "report.json").read_text())
     assert any("private signing keys" in n for n in rep["verification"]["notes"])
+
+
+def _resign_server(rd, coord, edit):
+    """What a coordinator holding its own key can write: ``edit`` each server entry, rebuild every event at the entry's
+    sampling_rate and every ε from the events, re-sign and re-chain, re-close the run and rewrite the unsigned anchors."""
+    from securefed.privacy.accountant import Accountant, RoundEvent
+    from securefed.privacy.ledger import signed_message, write_end_record
+    from tests.report.signed_run import RUN_ID
+
+    p = rd / "privacy" / "ledger.jsonl"
+    es = [json.loads(x) for x in _lines(p)]
+    prev, acc = GENESIS, None
+    for e in es:
+        edit(e)
+        e["event"]["q"] = e["sampling_rate"]
+        acc = acc or Accountant(e["accountant"])
+        acc.add(RoundEvent.from_dict(e["event"]))
+        e["epsilon"] = acc.epsilon(e["delta"])
+        e.pop("sig")
+        e["prev_hash"] = prev
+        e["sig"] = coord.sign(signed_message(e)).hex()
+        prev = entry_hash(e)
+    p.write_text("".join(canonical_json(e) + "\n" for e in es))
+    write_end_record(rd / "privacy", run_id=RUN_ID, signer=coord)
+    _reanchor(rd)
+    _edit_json(rd / "summary.json", epsilon=es[-1]["epsilon"])
+    (rd / "metrics.jsonl").unlink()
+    return es
+
+
+def test_a_coordinator_resigning_an_inflated_population_is_caught_by_the_holders_witness(tmp_path, capsys):
+    """The flaw (dp.md §2.1): population and planned cohort are the coordinator's claims, and q = m/N amplifies the
+    release ε. A coordinator re-signs its ledger claiming 600 holders instead of 6 (q 4/600, not 4/6; every event and
+    ε rebuilt to match, so every per-entry check holds): ε 17.2 becomes 2.66. No roster in the run directory, and these
+    holders' ledgers do not state the population — but they witness that each of the 4 was in every one of the 4
+    cohorts, which honest sampling at q = 1/150 gives with probability (1/150)^16 ≈ e^-80."""
+    rd = tmp_path / "run"
+    _, coord, _ = make_signed_run(rd)
+    honest = [json.loads(x)["epsilon"] for x in _lines(rd / "privacy" / "ledger.jsonl")][-1]
+    es = _resign_server(rd, coord, lambda e: e.update(population=600, sampling_rate=4 / 600))
+    assert es[-1]["epsilon"] < honest / 6
+    from securefed.report.privacy_checks import verify_run
+
+    v = verify_run(rd)
+    (p,) = v.problems
+    assert "4 holders' own ledgers witness 16 cohort memberships in 4 rounds" in p.message
+    assert "with probability at most e^-80.2 < 1e-06" in p.message and "population or planned cohort" in p.message
+    assert v.sampling_check["memberships"] == 16 and v.sampling_check["has_power"]
+    assert main(["verify", str(rd)]) == 1
+    capsys.readouterr()
+
+
+def test_the_untampered_run_passes_the_sampling_check_and_says_when_it_has_no_power(signed_run, capsys):
+    # 4 of 6 holders in each of 4 rounds: at q = 4/6 even 16 of 16 memberships are plausible (e^-6.5): no power
+    assert main(["verify", str(signed_run)]) == 0
+    out = capsys.readouterr().out
+    assert "16 cohort memberships in 4 rounds" in out and "the sampling-rate check has no power" in out
+    assert "no roster found" in out and "the population 6 behind the sampling rate is the coordinator's claim" in out
+
+
+def test_the_population_is_checked_against_the_roster(tmp_path, capsys):
+    """dp.md §2.1: each server entry's population must be the roster's size (RUN_DIR/pki/roster.yaml, or --roster), and
+    keys.json's holder keys the roster's."""
+    from securefed.secagg import Roster
+
+    rd = tmp_path / "run"
+    _, coord, holder_keys = make_signed_run(rd)
+    (rd / "pki").mkdir()
+    Roster.from_identities(holder_keys).save(rd / "pki" / "roster.yaml")
+    assert main(["verify", str(rd)]) == 0
+    assert "no roster found" not in capsys.readouterr().out
+    # a roster of 5 holders (kept out of band by the verifier): the ledger's 6 is not the federation's
+    five = tmp_path / "roster5.yaml"
+    Roster.from_identities({h: k for h, k in holder_keys.items() if h != 6}).save(five)
+    assert main(["verify", str(rd), "--roster", str(five)]) == 1
+    err = capsys.readouterr().err
+    assert "entry 0 (round 1): states population 6, but the roster (" in err and "lists 5 holders" in err
+    assert main(["verify", str(rd), "--roster", str(tmp_path / "missing.yaml")]) == 2
+    # keys.json naming another key for a holder than the roster does
+    keys = json.loads((rd / "privacy" / "keys.json").read_text())
+    keys["holders"]["6"] = keys["holders"]["5"]
+    (rd / "privacy" / "keys.json").write_text(json.dumps(keys))
+    assert main(["verify", str(rd)]) == 1
+    assert "keys.json: its holder keys are not the roster's (pki/roster.yaml)" in capsys.readouterr().err
+    # and a re-signed ledger claiming 60 holders, with the real roster back in place
+    (rd / "privacy" / "keys.json").write_text(json.dumps(dict(keys, holders={str(h): k.public_bytes.hex()
+                                                                             for h, k in holder_keys.items()})))
+    _resign_server(rd, coord, lambda e: e.update(population=60, sampling_rate=4 / 60))
+    assert main(["verify", str(rd)]) == 1
+    assert "states population 60, but the roster (pki/roster.yaml) lists 6 holders" in capsys.readouterr().err
+
+
+def _poisson_cohorts(seed, *, population, q, rounds):
+    rng = np.random.default_rng(seed)
+    return [tuple(h for h in range(1, population + 1) if rng.random() < q) for _ in range(rounds)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_honest_poisson_run_passes_the_sampling_check_and_an_understated_planned_cohort_does_not(tmp_path, seed):
+    """Holders cannot check the planned cohort m of q = m/N in any round; their ledgers witness it over many. Cohorts
+    drawn by honest Poisson sampling at q = 4/8 over 24 rounds verify (the check has power here: 8 × 24 chances). The
+    same cohorts under a ledger that states a planned cohort of 1 (q = 1/8: ε amplified 4× more) do not."""
+    from securefed.report.privacy_checks import verify_run
+
+    cohorts = _poisson_cohorts(seed, population=8, q=0.5, rounds=24)
+    honest = tmp_path / "honest"
+    make_signed_run(honest, rounds=24, population=8, cohort=(1, 2, 3, 4), sampling="poisson", cohorts=cohorts)
+    v = verify_run(honest)
+    assert v.ok, v.problems
+    assert v.sampling_check["has_power"] and v.sampling_check["holders"] == 8
+    assert v.sampling_check["memberships"] == sum(len(c) for c in cohorts)
+    lying = tmp_path / "lying"
+    make_signed_run(lying, rounds=24, population=8, cohort=(1,), sampling="poisson", cohorts=cohorts)
+    v = verify_run(lying)
+    assert len(v.problems) == 1 and "the stated population or planned cohort" in v.problems[0].message, v.problems
