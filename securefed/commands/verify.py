@@ -66,4 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"privacy: epsilon={v.epsilon:.6g} delta={v.delta:g} (recomputed from {v.entries} recorded events)")
     for h in sorted(v.holder_own_epsilon):
         print(f"holder {h}: own epsilon={v.holder_own_epsilon[h]:.6g} (server's view {v.holder_view_epsilon.get(h, float('nan')):.6g})")
+    for h, rl in sorted(v.record_level.items()):   # record-level DP-SGD, from the holder's own signed releases
+        print(f"holder {h}: record-level epsilon={rl['epsilon']:.6g} delta={rl['delta']:g} after {rl['steps']} DP-SGD "
+              "steps (per training record, recomputed from its signed releases)")
     return 0 if v.signed else 3

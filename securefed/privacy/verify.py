@@ -34,7 +34,7 @@ import numpy as np
 from securefed.privacy import rdp as R
 from securefed.privacy.accountant import ACCOUNTANT_SCHEME, Accountant, RoundEvent, accountant_version, event_rdp
 from securefed.privacy.events import plan_from_record, round_event
-from securefed.privacy.holder_ledger import check_holder_entry, holder_effective_events
+from securefed.privacy.holder_ledger import check_holder_entry, holder_effective_events, record_level_problem
 from securefed.privacy import witness as W
 from securefed.privacy.ledger import LedgerError, decode_floats, end_record_problems, entry_hash, read_ledger
 
@@ -105,6 +105,8 @@ class Verification:
     round_epsilon: dict[int, list[float]] = field(default_factory=dict)
     # the holders' witnessed cohort memberships against the stated sampling rate (dp.md §2.1); None if not run
     sampling_check: dict | None = None
+    # record-level DP-SGD per holder, from its own last signed release (dp.md §7.2): {"epsilon", "delta", "steps"}
+    record_level: dict[int, dict] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -295,6 +297,25 @@ def _verify_own(entries: list[dict], label: str, v: Verification) -> None:
         except (LedgerError, *_BAD) as err:
             v.problems.append(Problem(label, e.get("seq") if isinstance(e, dict) else i, e.get("round") if isinstance(e, dict) else None, str(err)))
             return
+    seen: dict[tuple[str, int], dict] = {}
+    for e in entries:   # H7/H8: one release and at most one settlement per round (a second is a release twice)
+        if e["status"] in ("released", "settled"):
+            k = (e["status"], e["round"])
+            if k in seen:
+                v.problems.append(Problem(label, e["seq"], e["round"], f"a second '{e['status']}' entry for round "
+                                          f"{e['round']} (first: entry {seen[k]['seq']}): a holder releases and "
+                                          "settles each round once"))
+                return
+            seen[k] = e
+    why = record_level_problem(entries)
+    if why:
+        v.problems.append(Problem(label, None, None, why))
+        return
+    last = [e["record_level"] for e in entries if isinstance(e.get("record_level"), dict)]
+    if last and entries:
+        rl = last[-1]
+        v.record_level[int(entries[0]["holder_id"])] = {"epsilon": _num(rl["epsilon"]), "delta": _num(rl["delta"]),
+                                                         "steps": int(rl["steps"])}
     v.own_ledgers += 1
 
 
@@ -342,6 +363,11 @@ def _cross_check(server: list[dict], views: dict[int, list[dict]], owns: dict[in
             if e["status"] == "released":
                 released[e["round"]] = released.get(e["round"], 0) + 1
                 why = _release_disagrees(e, by_round.get(e["round"], []))
+                if why:
+                    v.problems.append(Problem(label, e["seq"], e["round"], why))
+                    return
+            if e["status"] == "settled":
+                why = _settle_disagrees(e, by_round.get(e["round"], []))
                 if why:
                     v.problems.append(Problem(label, e["seq"], e["round"], why))
                     return
@@ -403,6 +429,26 @@ def _release_disagrees(own: dict, server_entries: list[dict]) -> str | None:
         if not same:
             return (f"the holder released round {own['round']} under a plan with {k} = {a!r}; the server ledger's "
                     f"plan for that round gives {b!r}")
+    return None
+
+
+def _settle_disagrees(own: dict, server_entries: list[dict]) -> str | None:
+    """A holder's own 'settled' entry against the server entry of its round: the settled event must be the one the
+    server's plan gives at the settled count, unamplified (dp.md §7.3, 4) — a settlement claiming more noise lowers
+    the holder's ε as surely as a forged release would."""
+    if not server_entries or server_entries[-1].get("plan") is None:
+        return None
+    se = server_entries[-1]
+    n = own.get("survivors") if isinstance(own.get("survivors"), int) else se.get("n_survivors")
+    want = _expected_event(dict(se, n_survivors=n), 1.0).to_dict()
+    got = own.get("event") or {}
+    for k, b in want.items():
+        a = got.get(k)
+        same = a == b if a is None or b is None or isinstance(a, str) or isinstance(b, str) \
+            else _same(_num(a), _num(b), 1e-9)
+        if not same:
+            return (f"the holder settled round {own['round']} with {k} = {a!r}; the server ledger's plan for that round "
+                    f"gives {b!r} at {n} survivors")
     return None
 
 

@@ -453,3 +453,42 @@ def test_an_honest_poisson_run_passes_the_sampling_check_and_an_understated_plan
     make_signed_run(lying, rounds=24, population=8, cohort=(1,), sampling="poisson", cohorts=cohorts)
     v = verify_run(lying)
     assert len(v.problems) == 1 and "the stated population or planned cohort" in v.problems[0].message, v.problems
+
+
+def test_a_holder_ledger_that_releases_a_round_twice_is_caught(signed_run, capsys):
+    """An audit (stop 34) re-signed a holder's own ledger with a second 'released' entry for one round — the trace a
+    release twice would leave — and verify passed (its ε only rose). A holder releases and settles each round once."""
+    from securefed.primitives.keys import generate_identity
+    from securefed.primitives.rng import DeterministicEntropy
+    from securefed.privacy.holder_ledger import holder_epsilon
+    from securefed.privacy.ledger import Ledger
+
+    p = signed_run / "holders" / "1" / "ledger.jsonl"
+    es = [{k: v for k, v in json.loads(line).items() if k not in ("seq", "prev_hash", "sig")} for line in _lines(p)]
+    es.insert(1, dict(es[0]))                                  # round 1 released again, right after the first
+    p.unlink()
+    led = Ledger(p, signer=generate_identity(DeterministicEntropy.from_int(900 + 1)))   # holder 1's own key
+    for e in es:
+        led.append(dict(e, epsilon=holder_epsilon([*led.entries, e], e["delta"])))
+    code_v, out_v, code_r, _ = _run_both(signed_run, capsys)
+    assert code_v == 1 and code_r != 0 and "a second 'released' entry for round 1" in out_v, out_v
+
+
+def test_a_settled_entry_claiming_more_noise_than_its_rounds_plan_is_caught(signed_run, capsys):
+    """The audit: settled events were never rebuilt from the plan; one re-signed with 100× the noise was caught only
+    through the holder's total. Now each settlement must be the server plan's event at its survivor count."""
+    from securefed.primitives.keys import generate_identity
+    from securefed.primitives.rng import DeterministicEntropy
+    from securefed.privacy.holder_ledger import holder_epsilon
+    from securefed.privacy.ledger import Ledger
+
+    p = signed_run / "holders" / "2" / "ledger.jsonl"
+    es = [{k: v for k, v in json.loads(line).items() if k not in ("seq", "prev_hash", "sig")} for line in _lines(p)]
+    settled = next(e for e in es if e["status"] == "settled")
+    settled["event"] = dict(settled["event"], noise_multiplier=settled["event"]["noise_multiplier"] * 100)
+    p.unlink()
+    led = Ledger(p, signer=generate_identity(DeterministicEntropy.from_int(900 + 2)))
+    for e in es:
+        led.append(dict(e, epsilon=holder_epsilon([*led.entries, e], e["delta"])))
+    code_v, out_v, code_r, _ = _run_both(signed_run, capsys)
+    assert code_v == 1 and code_r != 0 and f"the holder settled round {settled['round']} with noise_multiplier" in out_v, out_v
