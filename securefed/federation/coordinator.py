@@ -56,7 +56,7 @@ class PreflightRefused(ValueError):
     """The pre-flight privacy check finds that this configuration cannot learn (protocols/dp.md §12)."""
 
 
-def privacy_preflight(cfg, *, dim: int, records: int | None):
+def privacy_preflight(cfg, *, dim: int, records: int | None, max_records: int | None = None):
     """The pre-flight privacy check of a run (privacy/preflight.py), before anything is trained or written:
     PreflightError (no guarantee) or PreflightRefused (cannot learn, not forced); else the Preflight."""
     from securefed.privacy.preflight import RecordLevel, preflight
@@ -68,7 +68,8 @@ def privacy_preflight(cfg, *, dim: int, records: int | None):
     if t.dp_sgd.enabled and records:
         joins = math.ceil(fed.rounds * n / fed.n_holders)
         rec = RecordLevel(noise_multiplier=t.dp_sgd.noise_multiplier, max_grad_norm=t.dp_sgd.max_grad_norm,
-                          delta=t.dp_sgd.delta, batch_size=t.batch_size, records=records, steps=t.local_steps * joins)
+                          delta=t.dp_sgd.delta, batch_size=t.batch_size, records=records, steps=t.local_steps * joins,
+                          max_records=max_records)
     pf = preflight(cfg.privacy, population=fed.n_holders, cohort_size=n, rounds=fed.rounds, dim=dim,
                    sampling=fed.sampling, min_survivors=t_min, record_level=rec)
     if not pf.ok:
@@ -383,7 +384,9 @@ class Coordinator:
         refused = [h for h in cohort if h not in accepted]
         refusals = {str(h): decisions[h].reason if h in decisions else "no answer" for h in refused}
         t_min = self._t_min(len(accepted))
-        rp = self.privacy.begin_round(r, cohort=cohort, dim=self.dim, min_survivors=t_min, refused=refused)
+        # with each holder's own reason: the ledger and the report say why, not "refused the round"
+        rp = self.privacy.begin_round(r, cohort=cohort, dim=self.dim, min_survivors=t_min,
+                                      refused={h: refusals[str(h)] for h in refused})
         participants = list(rp.participants)
         ready: dict[int, Ready] = {}
 
@@ -397,6 +400,7 @@ class Coordinator:
         result, aborted = None, None
         session, dropped = None, ()
         revealed: set[int] = set()   # every holder whose update entered a part of the sum revealed to this process
+        masked_n: list[int] = []     # how many masked inputs the last WAL (before the unmask) named
         if not participants or (secure and len(participants) < 3):
             aborted = f"{len(participants)} of {len(cohort)} sampled holders took part: too few"
         elif cfg.aggregation.mode == "secagg":
@@ -419,6 +423,7 @@ class Coordinator:
                     ready[h] = msg
                 elif isinstance(msg, Decision):
                     refusals[str(h)] = msg.reason
+                    rp.drop_reasons[h] = f"refused the plan: {msg.reason}"   # a dropout to the protocol, with its why
             clock.lap("train")
             try:
                 # WAL (§6) before the sum can be revealed: a crash from then on completes this round's accounting
@@ -427,6 +432,7 @@ class Coordinator:
 
                 def wal(surv, revealed=revealed):
                     revealed.update(surv)     # the last call is the masked stage's (B): the shares in the masked sum
+                    masked_n[:] = [len(surv)]
                     self._checkpoint(in_flight=r, pending=pending_for(sorted(revealed), len(surv)))
                 result = self._aggregate(r, rp, sorted(ready), weights, mhash, session, wal=wal)
             except SecAggAborted as e:   # below threshold: no masked sum revealed, the model stays as it was
@@ -434,11 +440,13 @@ class Coordinator:
             clock.lap("aggregate")
             dropped = result[3] if result else ()
         survivors = list(result[1]) if result else []
-        # the charge (§4.1 step 6): every holder whose update is in the published sum. Under ckks+secagg that is A, not the
-        # masked survivors B ⊆ A: a holder of A \ B sent its CKKS part, which was decrypted and is in the model
-        charged = sorted(revealed | set(survivors)) if result else []
+        # the charge (§4.1 step 6): every holder whose update entered a sum revealed to this process. Under ckks+secagg
+        # that is A, not the masked survivors B ⊆ A: a holder of A \ B sent its CKKS part, decrypted into the model.
+        # A round that aborts after the WAL (the CKKS part decrypted, or the unmask begun) is charged as the WAL
+        # charged it, as the holders' own ledgers do: conservative, never "nothing was released" when something was
+        charged = sorted(revealed | set(survivors))
         clipped = {h: ready[h].clipped for h in charged if ready[h].clipped is not None}
-        pending = pending_for(charged, len(survivors))
+        pending = pending_for(charged, len(survivors) if result else (masked_n[0] if masked_n else None))
         if result is not None:   # its spend is already in the WAL (wal above, before the sum could be revealed)
             total, _, denominator, _ = result
             mean = _torch(total)             # this round's own array (decoded or summed here): divided in place
@@ -451,14 +459,17 @@ class Coordinator:
                            else None),
             "tokens_seen": (self._tokens_so_far()) + sum(ready[h].tokens for h in survivors),
             "bytes_up": self.channel.bytes_up, "bytes_down": self.channel.bytes_down,
-            "clip_fraction": float(np.mean(list(clipped.values()))) if clipped else None,
+            # exact only without DP: under DP it is data the guarantee does not cover (the ledger holds the noised one)
+            "clip_fraction": (float(np.mean(list(clipped.values()))) if clipped and cfg.privacy.mode == "none" else None),
         })
         if refusals:
             row["refusals"] = refusals
         if dropped:   # shared keys, then sent no masked input: their pairwise masks were unmasked (secagg.md §8)
             row["secagg_dropped"] = list(dropped)
-        if len(charged) > len(survivors):   # ckks+secagg: in the CKKS part of the sum only, and charged for it
+        if result is not None and len(charged) > len(survivors):   # ckks+secagg: in the CKKS part only, and charged
             row["ckks_only"] = [h for h in charged if h not in survivors]
+        elif result is None and charged:   # aborted after a part of the sum could be revealed: charged all the same
+            row["charged_though_aborted"] = charged
         if aborted:
             row["aborted"] = aborted
             self._say(f"[yellow]round {r} aborted: {aborted}[/]")
@@ -485,6 +496,8 @@ class Coordinator:
         entry = rp.finish(survivors=charged, clip_infos={h: ClipInfo(0.0, bool(c)) for h, c in clipped.items()},
                           in_masked_sum=pending["n_masked"])
         row["epsilon"] = entry.get("epsilon")          # ∞ without DP ("inf" in the files): the truth, not a gap
+        if entry.get("noisy_within_clip_fraction") is not None:   # adaptive clipping's released (noised) fraction
+            row["noisy_clip_fraction"] = entry["noisy_within_clip_fraction"]
         if cfg.privacy.mode != "none":
             row["delta"] = entry.get("delta")
         self.log.append(row)

@@ -97,6 +97,15 @@ class HolderStateError(RuntimeError):
 STATE_VERSION = 2
 
 
+def _all_finite(delta) -> bool:
+    """Whether a trained update (numpy on the host, or a torch tensor where it was trained) is finite everywhere."""
+    if isinstance(delta, np.ndarray):
+        return bool(np.isfinite(delta).all())
+    import torch
+
+    return bool(torch.isfinite(delta).all())
+
+
 def session_context(run_id: bytes, model_hash: bytes) -> bytes:
     """The secure-aggregation session context: run id and θ_r's hash (protocols/secagg.md §5, C1)."""
     return b"securefed/federation/v1|" + run_id + model_hash
@@ -541,7 +550,9 @@ class Holder:
         rs.delta, rs.trained = (up.delta if on_device else up.delta.numpy()), True
         # record-level DP-SGD: the mean loss over the un-noised Poisson batches is a function of the records that
         # no accountant covers (an audit read membership from it: ε ≥ 2.7 against 0.10 reported): not sent
-        loss = None if self.cfg.dp_sgd.enabled else float(up.mean_loss)
+        # Holder-level DP too: the loss is a function of this holder's data outside the noised sum — the coordinator of
+        # distributed DP is not trusted with it, and central DP's would publish it in metrics.jsonl. Sent only without DP
+        loss = None if self.cfg.dp_sgd.enabled or self.welcomed.privacy_mode != "none" else float(up.mean_loss)
         rs.report = Ready(rs.offer.round, self.id, int(up.tokens), loss, False, up.record_epsilon)
         # what the operator of a deployed holder sees of each round (securefed client logs at INFO): trained,
         # released (with the ε its own ledger then holds), settled
@@ -608,6 +619,8 @@ class Holder:
                     why = (f"with {len(cohort)} of the plan's {spec.n_shares} noise shares in the secure-aggregation "
                            f"cohort the noise multiplier is at most {z:.4g}, below this holder's floor "
                            f"{self.cfg.policy.min_noise_multiplier} (H6)")
+        if not why and not _all_finite(rs.delta):   # said, not a silent dropout (an audit: lr 1000, every round aborted)
+            why = "its local training diverged: the update is not finite (a lower train.lr?)"
         if why:
             self._end_secagg(rs)   # a dropout of U2 \\ U3 to the protocol: its pairs are unmasked without it
             return self._refuse(plan.round, why, spec)

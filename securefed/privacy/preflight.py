@@ -45,8 +45,9 @@ class RecordLevel:
     max_grad_norm: float
     delta: float
     batch_size: int  # expected (Poisson) batch
-    records: int  # sequences of the smallest holder (its δ must stay below 1/records)
+    records: int  # sequences of the smallest holder (the largest sampling rate: the largest ε)
     steps: int  # DP-SGD steps of one holder over the planned run (K × rounds it joins)
+    max_records: int | None = None  # sequences of the largest holder: δ ≤ 1/records must hold for it too
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,10 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
     if r.records < 1 or r.batch_size < 1 or r.steps < 0:
         problems.append("record-level DP-SGD needs records >= 1, batch_size >= 1 and steps >= 0")
         return {}
-    if r.delta > 1.0 / r.records:
-        problems.append(f"train.dp_sgd.delta = {r.delta:g} exceeds 1/records = 1/{r.records} of the smallest holder: "
-                        "no meaningful record-level guarantee; use delta <= 1/records")
+    largest = max(r.records, r.max_records or 0)   # δ ≤ 1/N binds hardest at the largest holder (an audit: it was
+    if r.delta > 1.0 / largest:                     # checked at the smallest, and the largest then failed mid-run)
+        problems.append(f"train.dp_sgd.delta = {r.delta:g} exceeds 1/records = 1/{largest} of the largest holder: "
+                        "no meaningful record-level guarantee for its records; use delta <= 1/records")
     q = min(1.0, r.batch_size / r.records)
     eps = math.inf
     if r.noise_multiplier > 0 and r.steps > 0:

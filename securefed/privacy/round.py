@@ -35,6 +35,7 @@ class RoundPrivacy:
         self.participants = participants  # the cohort minus holders that refused for their cap
         self.refused = refused
         self.refusal_reasons: dict[int, str] = {}  # holder -> why it refused (plain words, for the ledger and report)
+        self.drop_reasons: dict[int, str] = {}     # participant -> why it dropped out, where it said (a refused Plan)
         self.dim = dim
         self.plan = plan
         self.noise_multiplier = z  # the accounted σ

@@ -297,7 +297,8 @@ class PrivacySession:
             if status == "included":
                 acc.add(hev)
             reason = reasons.get(h) if status == "refused" else (
-                "dropped out before its masked input was in the sum: nothing of it was released" if status == "dropped" else None)
+                (rp.drop_reasons.get(h, "dropped out") + " before its update was in the sum: nothing of it was released")
+                if status == "dropped" else None)
             led.append(dict(common, role="holder", holder_id=h, status=status, event=hev.to_dict(), epsilon=acc.epsilon(self.delta),
                             cap=self.holder_cap(h), accountant="rdp", accountant_version=accountant_version("rdp"), reason=reason))
         ev = self._event(rp.plan, z, len(surv), sampled=True, dim=rp.dim)

@@ -179,3 +179,21 @@ def test_corrupt_metrics_on_resume_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not valid JSON \(Infinity is not JSON"):
         MetricsLog.open(run, resume_round=3)
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0]) == {"round": 1, "train_loss": 5.0}
+
+
+def test_a_record_level_delta_above_one_over_the_largest_holders_records_is_refused_before_the_run(tmp_path, capsys):
+    """The report audit (stop 34): δ ≤ 1/records was checked at the smallest holder (378 records), so δ = 0.0025
+    passed and the largest (418) failed mid-run with a traceback and a half-written run directory."""
+    from securefed.federation.data import coordinator_data
+
+    tiny = ["data.max_sources=4", "data.max_bytes_per_source=30000", "data.vocab_size=512", "data.seq_len=32",
+            "train.batch_size=4", "federation.rounds=1", "baseline=false"]
+    cfg = load_run_config(preset="dp-sgd", overrides=tiny)
+    sizes = [h["sequences"] for h in coordinator_data(cfg, progress=False).manifest["holders"]]
+    assert min(sizes) < max(sizes)
+    delta = 2 / (min(sizes) + max(sizes))             # between 1/largest and 1/smallest
+    argv = ["simulate", "--preset", "dp-sgd", "--out", str(tmp_path / "r")] + [a for t in tiny for a in ("--set", t)]
+    code = main(argv + ["--set", f"train.dp_sgd.delta={delta}"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"exceeds 1/records = 1/{max(sizes)} of the largest holder" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

@@ -651,3 +651,33 @@ def test_a_holder_in_the_ckks_part_only_is_charged_in_the_servers_ledger(make):
     kept = {h: fed.coordinator.privacy._holder(h)[0].entries for h in ALL}   # the server's view of each holder
     assert [kept[h][0]["status"] for h in ALL] == ["included"] * 4
     assert view(fed.ledger(4)) == [("released", 1, fed.ledger(4)[0]["survivors"], None)]   # its own: released once
+
+
+@pytest.mark.parametrize("mode", ["distributed", "central", "none"])
+def test_under_holder_level_dp_no_training_loss_or_exact_clip_fraction_leaves_a_holder(make, mode):
+    """The report audit (stop 34): holders sent their exact training loss in every mode, and metrics.jsonl published it
+    and each round's exact clip fraction — data the DP guarantee does not cover (the distributed coordinator is not
+    trusted with it; the central one published it). Now the loss is sent only without DP; the exact clip fraction
+    is published only without DP (the ledger's noised one stays)."""
+    extra = {"distributed": DP, "central": ("privacy.mode=central", "privacy.mechanism=gaussian",
+                                            "privacy.noise_multiplier=1.0", "privacy.clip=1.0"), "none": ()}[mode]
+    fed = make(*extra)
+    row = fed.coordinator.run_round(1)
+    losses = [decode_as(e.reply, Ready).loss for e in fed.channel.sent(stage=Stage.PLAN, answered=True)]
+    assert len(losses) == 4 and "aborted" not in row
+    if mode == "none":
+        assert all(isinstance(x, float) for x in losses) and row["train_loss"] is not None
+        assert row["clip_fraction"] is not None
+    else:
+        assert losses == [None] * 4 and row["train_loss"] is None and row["clip_fraction"] is None
+
+
+def test_a_holder_whose_training_diverged_says_so_instead_of_dropping_silently(make):
+    """The report audit: at lr 1000 every round aborted and the holders, whose updates were not finite, dropped out
+    without a word (a log line of their own). Each now refuses the Plan with the reason, which the round records."""
+    fed = make("train.lr=1000", "train.warmup_steps=0")
+    row = fed.coordinator.run_round(1)
+    assert "aborted" in row and row["refusals"]
+    assert all("its local training diverged" in why for why in row["refusals"].values())
+    (entry,) = fed.ledger(1)
+    assert entry["status"] == "refused" and entry["reason"].startswith("its local training diverged")
