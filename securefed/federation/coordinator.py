@@ -130,6 +130,9 @@ class Coordinator:
         self.privacy = PrivacySession(replace(cfg.privacy, holder_epsilon_cap=None), population=self.population,
                                       cohort_size=fed.cohort_size, rounds_planned=fed.rounds, sampling=fed.sampling,
                                       ledger_dir=self.rd.privacy, signer=identity, run_id=self.run_id.hex())
+        # amplification by subsampling assumes the cohorts are secret (dp.md §2.1): each round's draw is seeded afresh
+        # from the OS (sample_cohort), never from the run's public seed (config.yaml), which let anyone recompute every
+        # cohort; only deterministic_secrets (tests) keeps this one seeded stream, restored on a resume
         self.sampler = np.random.default_rng(cfg.seed)
         self.ckks = self.route_plan = None
         if cfg.aggregation.mode == "ckks+secagg":
@@ -334,6 +337,8 @@ class Coordinator:
 
     def sample_cohort(self, available: list[int]) -> list[int]:
         fed, ids = self.cfg.federation, sorted(available)
+        if not self.cfg.deterministic_secrets:   # 128 fresh OS bits per round: no round's cohort predicts another's
+            self.sampler = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
         if fed.sampling == "poisson":   # the rate the ledger states (sampling_rate = cohort_size / population)
             q = fed.cohort_size / self.population
             return [h for h, u in zip(ids, self.sampler.random(len(ids))) if u < q]
@@ -573,7 +578,8 @@ class Coordinator:
             return {}
         set_flat(self.evaluator.raw_model, self.outer.params)
         loss = self.evaluator.evaluate(self.data.eval_rows)
-        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))}   # a DP-wrecked model must not crash
+        # a DP-wrecked model must not crash: beyond float range the perplexity is ∞ ("inf" in the files), not e^700
+        return {"eval_loss": loss, "eval_ppl": math.exp(loss) if loss < 700.0 else math.inf}
 
     # ------------------------------------------------------------------ the end of the run
     def finish(self) -> dict:
@@ -603,6 +609,15 @@ class Coordinator:
         }
         if self.cfg.privacy.mode != "none":   # δ means nothing without DP: not reported
             summary["delta"] = delta
+        rec = [m["record_epsilon_max"] for m in self.metrics if m.get("record_epsilon_max") is not None]
+        if rec:   # as the holders reported it; `securefed verify` recomputes each from its signed releases
+            summary["record_epsilon_reported_max"] = max(rec)
+            summary["record_delta"] = self.cfg.train.dp_sgd.delta
+        aborted = summary["rounds_aborted"]
+        if aborted:   # never quietly: a run whose rounds did not move the model says so at its end
+            summary["warnings"] = [f"{aborted} of {len(self.metrics)} rounds aborted; the model moved in {len(done)} "
+                                   "(reasons: metrics.jsonl 'aborted', and the report)"]
+            self._say(f"[bold red]WARNING: {summary['warnings'][0]}[/]")
         self.rd.write_json(self.rd.summary, summary)
         return summary
 
@@ -648,8 +663,22 @@ def _file_sha256(path) -> str | None:
     return h.hexdigest()
 
 
+def _as_float(v) -> float | None:
+    """A metrics value as a float (the files write ∞ and NaN as strings); None if absent or not a number."""
+    try:
+        return None if v is None or isinstance(v, bool) else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
 def status_line(row: dict, rounds: int) -> str:
-    ppl = f" eval_ppl {row['eval_ppl']:.2f}" if "eval_ppl" in row else ""
-    loss = f"{row['train_loss']:.3f}" if row.get("train_loss") is not None else "n/a"
-    return (f"round {row['round']}/{rounds}: {row['clients_survived']}/{row['clients_sampled']} holders, "
-            f"train_loss {loss}{ppl}, up {row['bytes_up'] / 1e6:.2f} MB, {row['seconds']:.1f}s")
+    p, eps = _as_float(row.get("eval_ppl")), _as_float(row.get("epsilon"))
+    ppl = "" if p is None else (f" eval_ppl {p:.2f}" if math.isfinite(p) and p < 1e9 else
+                                f" eval_ppl {p:.3g}" if math.isfinite(p) else
+                                f" eval_ppl overflow (eval_loss {_as_float(row.get('eval_loss')) or float('nan'):.4g})")
+    dp = (eps is not None and math.isfinite(eps)) or row.get("record_epsilon_max") is not None
+    loss = f"{row['train_loss']:.3f}" if row.get("train_loss") is not None else "not sent (DP)" if dp else "n/a"
+    extra = f" (+{len(row['ckks_only'])} in the CKKS part only)" if row.get("ckks_only") else ""
+    priv = f", epsilon {eps:.4g}" if eps is not None and math.isfinite(eps) else ""
+    return (f"round {row['round']}/{rounds}: {row['clients_survived']}/{row['clients_sampled']} holders{extra}, "
+            f"train_loss {loss}{ppl}{priv}, up {row['bytes_up'] / 1e6:.2f} MB, {row['seconds']:.1f}s")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
+import sys
 from pathlib import Path
 
 from securefed.configio import dump_yaml
@@ -82,8 +82,12 @@ class Simulation:
         self.cfg, self.resume, self.stop_after_round, self.backend = cfg, resume, stop_after_round, backend
         self.threads, self.holder_overrides = threads_per_holder, holder_overrides or {}
         self.progress = Progress(enabled=progress)
-        if cfg.aggregation.mode == "plain":
-            warnings.warn("aggregation.mode=plain: the server sees every clipped update (baseline only)", stacklevel=2)
+        if cfg.aggregation.mode == "plain":   # said once, plainly (warnings.warn printed a source path and a code line)
+            msg = "aggregation.mode=plain: the coordinator sees every holder's clipped update (a baseline, not secure)"
+            if self.progress.enabled:
+                self.progress.print(f"[yellow]WARNING: {msg}[/]")
+            else:
+                print(f"WARNING: {msg}", file=sys.stderr)
         self.rd = RunDir(out)
         if resume and not self.rd.checkpoint_file.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.rd.checkpoint_file}")

@@ -74,7 +74,7 @@ def run_centralized_baseline(cfg, data: BaselineData, token_points: list[int], *
                 steps += upd.steps
                 task.advance(upd.steps)
             loss = trainer.evaluate(data.eval_global)
-            ppl = math.exp(min(loss, 700.0))
+            ppl = math.exp(loss) if loss < 700.0 else math.inf   # beyond float range: ∞, not e^700
             task.note(f"eval ppl {ppl:.1f} at {done * tokens_per_step:,} tokens")
             curve.append({"step": done, "tokens_seen": done * tokens_per_step,
                           "train_loss": loss_sum / steps if steps else None, "eval_loss": loss, "eval_ppl": ppl})

@@ -147,7 +147,7 @@ class RunConfig:
             if not (self.baseline_lr > 0 and math.isfinite(self.baseline_lr)):
                 raise ValueError(f"baseline_lr must be > 0 and finite, got {self.baseline_lr}")
         if self.privacy.mode == "distributed" and self.aggregation.mode == "plain":
-            raise ValueError("privacy.mode=distributed needs secure aggregation (aggregation.mode secagg or ckks+secagg)")
+            raise ValueError("privacy.mode=distributed needs secure aggregation (aggregation.mode secagg)")
         if self.privacy.mode != "none" and self.federation.weighting != "uniform":
             raise ValueError("with DP on, federation.weighting must be 'uniform' (the accountant's sensitivity assumes it)")
         if self.aggregation.mode == "ckks+secagg" and not self.aggregation.ckks.enabled:

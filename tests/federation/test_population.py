@@ -106,3 +106,19 @@ def test_an_honest_run_verifies_with_its_roster_and_witnesses(make):
     # all 4 in all 3 cohorts at q = 1: exactly what the stated rate says (and a check without power)
     assert v.sampling_check["memberships"] == 12 and v.sampling_check["expected"] == 12
     assert not any("no roster" in n for n in v.notes)
+
+
+def test_cohorts_are_not_a_function_of_the_public_seed(make):
+    """dp.md §11: the sampler was NumPy's generator seeded with cfg.seed (in config.yaml), so anyone could recompute
+    every cohort and amplification by sampling held against no one. Without deterministic_secrets each round's draw
+    is now seeded from the OS; with it (tests) the stream stays the seed's."""
+    import numpy as np
+
+    fed = make("federation.clients_per_round=2", "federation.sampling=fixed", start=False)
+    c = fed.coordinator
+    public = np.random.default_rng(c.cfg.seed)
+    replay = [sorted(int(h) for h in public.choice(list(ALL), size=2, replace=False)) for _ in range(40)]
+    assert [c.sample_cohort(list(ALL)) for _ in range(40)] == replay          # deterministic_secrets: the seed's
+    c.cfg = replace(c.cfg, deterministic_secrets=False)
+    drawn = [c.sample_cohort(list(ALL)) for _ in range(40)]
+    assert drawn != replay and len({tuple(x) for x in drawn}) > 1           # 6 possible cohorts: 40 equal is 6^-39
