@@ -12,6 +12,7 @@ the holders' own ledgers witness must be plausible at the stated sampling rate (
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -62,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  note: {n}", file=out)
     if not v.ok:
         return 1
-    if v.epsilon is not None:
+    if v.epsilon is not None and math.isinf(v.epsilon):   # no holder-level DP: a δ would mean nothing
+        print(f"privacy: holder-level epsilon=inf (differential privacy off; {v.entries} recorded events)")
+    elif v.epsilon is not None:
         print(f"privacy: epsilon={v.epsilon:.6g} delta={v.delta:g} (recomputed from {v.entries} recorded events)")
     for h in sorted(v.holder_own_epsilon):
         print(f"holder {h}: own epsilon={v.holder_own_epsilon[h]:.6g} (server's view {v.holder_view_epsilon.get(h, float('nan')):.6g})")
