@@ -101,7 +101,8 @@ class Preflight:
                 out.append(f"  rounding in a {self.ring_bits}-bit ring makes the sensitivity {f(self.sensitivity_inflation)}×C: "
                            "more ring bits would cost less privacy")
         else:   # the check does not know the aggregation mode: plain shows each update to the coordinator
-            out.append("  no DP noise (holder-level ε = ∞): nothing bounds what the released models reveal; the "
+            out.append(f"  {'no holder-level DP noise' if self.record_level else 'no DP noise'} (holder-level ε = ∞): "
+                       "nothing bounds what the released models reveal about a holder's data as a whole; the "
                        "coordinator sees each update unless secure aggregation (aggregation.mode secagg or ckks+secagg) "
                        "hides it")
         if self.record_level:

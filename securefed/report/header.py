@@ -71,6 +71,7 @@ def run_facts(run: dict) -> dict:
         "tokens": summary.get("tokens", metrics[-1].get("tokens_seen") if metrics else None),
         "privacy_mode": summary.get("privacy_mode") or _find(cfg.get("privacy", {}), "mode"),
         "aggregation": summary.get("aggregation") or _find(cfg.get("aggregation", {}), "mode"),
+        "dp_sgd": bool((((cfg.get("train") or {}) if isinstance(cfg.get("train"), dict) else {}).get("dp_sgd") or {}).get("enabled")),
         "fed_eval_ppl": fed_ppl,
         "fed_eval_loss": last_eval_loss(metrics),
         "central_eval_ppl": central,
@@ -116,7 +117,8 @@ def run_section(run: dict) -> tuple[str, list]:
             ["rounds that updated the model / planned", f"{_fmt(r['rounds'])} / {_fmt(r['rounds_planned'])}"
              + (f" ({r['rounds_aborted']} aborted: see Rounds that did not update the model)" if r["rounds_aborted"] else "")],
             ["tokens (federated)", f"{r['tokens']:,}" if isinstance(r["tokens"], int) else _fmt(r["tokens"])],
-            ["privacy / aggregation", f"{_fmt(r['privacy_mode'])} / {_fmt(r['aggregation'])}"],
+            ["privacy / aggregation", f"{_fmt(r['privacy_mode'])}" + (" (holder level; record-level DP-SGD in the holders)"
+                                                                        if r["dp_sgd"] else "") + f" / {_fmt(r['aggregation'])}"],
             ["eval perplexity: federated / centralized", f"{format_ppl(r['fed_eval_ppl'], r['fed_eval_loss'])} / "
                                                          f"{format_ppl(r['central_eval_ppl'], r['central_eval_loss'])}"],
             ["federated / centralized perplexity", _fmt(ratio) + (" (1.0 = as good as centralized)" if ratio else "")],

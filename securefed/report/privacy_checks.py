@@ -259,17 +259,16 @@ def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_p
     return out
 
 
-_OLD_NO_DP_LINE = "no DP noise (holder-level ε = ∞); secure aggregation still hides each update"
-
-
 def _no_dp_line(line: str, aggregation: str | None) -> str:
     """The pre-flight's no-DP line, true to the run's aggregation (the check itself does not know it)."""
-    if _OLD_NO_DP_LINE not in line and "no DP noise (holder-level ε = ∞)" not in line:
+    head = next((h for h in ("no DP noise (holder-level ε = ∞)", "no holder-level DP noise (holder-level ε = ∞)")
+                 if line.strip().startswith(h)), None)
+    if head is None:
         return line
     who = ("under plain aggregation the coordinator sees each update" if aggregation == "plain"
            else f"secure aggregation ({aggregation}) hides each update from the coordinator"
            if aggregation in ("secagg", "ckks+secagg") else None)
-    return f"  no DP noise (holder-level ε = ∞); {who}" if who else line
+    return f"  {head}; {who}" if who else line
 
 
 def preflight_blocks(run_dir: Path, aggregation: str | None = None) -> list | None:
@@ -297,7 +296,6 @@ def preflight_blocks(run_dir: Path, aggregation: str | None = None) -> list | No
             rows.append([k, _f(val) if not isinstance(val, str) else ("∞" if val == "inf" else val)])
     if len(rows) > 1:
         blocks.append(("table", rows))
-    blocks += [f"WARNING: {w}" for w in d.get("warnings") or [] if isinstance(w, str)]
     return blocks
 
 

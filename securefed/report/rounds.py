@@ -61,8 +61,8 @@ def rounds_section(run: dict, f: dict) -> tuple[str, list] | None:
                       f"{'them' if len(ab) > 1 else 'it'} (metrics.jsonl, field aborted).")
         blocks.append(("table", rows))
         if f.get("aggregation") == "ckks+secagg":
-            blocks.append("Under ckks+secagg the CKKS-routed tensors' sum is decrypted before the masked stage, so it is "
-                          "released even when masking then aborts.")
+            blocks.append("Under ckks+secagg the CKKS-routed tensors' sum is decrypted before the masked stage: a round "
+                          "that aborted in the masked stage had already released that sum, though the model did not move.")
     ckks = [(m.get("round"), m["ckks_only"]) for m in run["metrics"] if m.get("ckks_only")]
     if ckks:
         blocks.append("ckks_only (metrics.jsonl): holders in the CKKS part of the sum only — their masked input never "
@@ -90,7 +90,7 @@ def clip_words(run: dict, f: dict) -> list[str]:
     if fr:
         out.append(f"Adaptive clipping (Andrew et al. 2021, protocols/dp.md §9) moved the clip from "
                    f"{_f(f.get('clip_first'))} to {_f(f.get('clip_last'))}, following each round's "
-                   f"noisy_within_clip_fraction (here {_f(min(fr))} to {_f(max(fr))}): a noised count of the holders "
+                   f"noisy_within_clip_fraction (here {_f(min(fr)) if min(fr) == max(fr) else f'{_f(min(fr))} to {_f(max(fr))}'}): a noised count of the holders "
                    "whose update was within the clip, over the cohort. The noise keeps each holder's answer private, so "
                    "the estimate can fall outside [0, 1]; it is not a measured fraction.")
     if not any(isinstance(m.get("clip_fraction"), (int, float)) for m in run["metrics"]):

@@ -171,7 +171,8 @@ def holder_rows(holders: dict) -> list[list]:
              "dropped"]]
     for name, h in holders.items():
         if not h.get("ok"):
-            rows.append([name, "LEDGER BROKEN: " + h["error"], "", "", "", "", ""])
+            err = h["error"]
+            rows.append([name, err if err.startswith("ε withheld") else "LEDGER BROKEN: " + err, "", "", "", "", ""])
             continue
         own = (_fmt(h["own_epsilon"]) if h.get("own_epsilon") is not None
                else "0 (no own ledger: it released nothing)" if h.get("state_dir") and not h.get("own_ledger")
@@ -188,9 +189,9 @@ def _quantized(f: dict) -> str:
 
 
 def no_dp_mechanism(f: dict, rec: bool) -> str:
-    lead = "no holder-level differential privacy" if rec else "no differential privacy"
-    return (f"{lead}: updates are {_quantized(f)}, but no noise is added to the sum "
-            f"({'holder-level ' if rec else ''}ε = ∞)")
+    if rec:
+        return f"no holder-level differential privacy: updates are {_quantized(f)}, but no holder-level noise is added (holder-level ε = ∞)"
+    return f"no differential privacy: updates are {_quantized(f)}, but no noise is added (ε = ∞)"
 
 
 def update_protection(f: dict) -> str:
@@ -211,11 +212,17 @@ def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
     """The "What was protected" paragraphs, true to the run's privacy mode."""
     if not dp:
         rec = record_level.on(f)
-        return [f"Privacy unit: {f['privacy_unit']} — each data holder's pseudo-gradient in a round is clipped to L2 norm "
-                f"C = {_fmt(f['clip_first'])}{'' if f.get('aggregation') == 'plain' else ' and quantized'}, but no noise "
-                f"is added: {'holder-level ' if rec else ''}differential privacy was off, so the released models carry no "
-                f"formal {'holder-level ' if rec else ''}guarantee about any holder's data. " + update_protection(f),
-                eps_words]
+        q = "" if f.get("aggregation") == "plain" else " and quantized"
+        if rec:   # its update does carry DP-SGD noise: only the holder-level noise is absent
+            first = (f"Privacy unit: {f['privacy_unit']} — each data holder's pseudo-gradient in a round is clipped to L2 "
+                     f"norm C = {_fmt(f['clip_first'])}{q}, and no holder-level noise is added to it: holder-level "
+                     "differential privacy was off, so the released models carry no formal guarantee about a holder's "
+                     "data as a whole (the record-level guarantee is below). ")
+        else:
+            first = (f"Privacy unit: {f['privacy_unit']} — each data holder's pseudo-gradient in a round is clipped to L2 "
+                     f"norm C = {_fmt(f['clip_first'])}{q}, but no noise is added: differential privacy was off, so the "
+                     "released models carry no formal guarantee about any holder's data. ")
+        return [first + update_protection(f), eps_words]
     q1 = f.get("sampling_rate") == 1 or f.get("sampling_rate") == 1.0
     two = ("Two ε are kept: the ledger above is the guarantee for the released models; each holder's own ledger counts "
            "only the rounds its data was in (valid even against the coordinator). Here q = 1: every holder is in every "
@@ -279,11 +286,12 @@ def trust_words(f: dict) -> str:
 
 
 def trust_without_dp(f: dict) -> str:
+    lead = "No holder-level DP noise" if record_level.on(f) else "No DP noise"
     if f.get("aggregation") == "plain":
-        return ("No DP noise and no secure aggregation (aggregation: plain, a baseline only): the server sees every "
-                "holder's clipped update, and nothing bounds inference from the released models.")
-    return ("No DP noise: protection rests on secure aggregation alone (the server sees only sums), which bounds "
-            "no inference from the released models.")
+        return (f"{lead} and no secure aggregation (aggregation: plain, a baseline only): the server sees every "
+                "holder's clipped update, and nothing bounds holder-level inference from the released models.")
+    return (f"{lead}: protection of a holder's update rests on secure aggregation alone (the server sees only sums), "
+            "which bounds no holder-level inference from the released models.")
 
 
 def unit_words(dp: bool, rec: bool) -> str:

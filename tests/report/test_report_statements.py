@@ -7,7 +7,7 @@ from securefed.cli import main
 from securefed.privacy import DPConfig
 from securefed.privacy.holder_ledger import record_level_entry
 from securefed.privacy.preflight import preflight
-from securefed.report import render_report, rounds, text
+from securefed.report import privacy_checks, render_report, rounds, text
 from securefed.report.privacy_checks import verify_run
 from securefed.runtime.health import RunHealth, format_ppl, update_shortfall
 from tests.report.signed_run import make_signed_run
@@ -32,8 +32,10 @@ def test_record_level_dp_sgd_is_stated_per_holder_and_never_called_no_noise(tmp_
     for h, e in eps.items():
         assert f"| holder-{h} | {e:.4g} | 1e-05 | 8 |" in md
     assert "no noise is added (ε = ∞)" not in md and "What protects the individual updates is secure aggregation alone" not in md
-    assert ("No holder-level differential privacy: updates are clipped and quantized, but no noise is added to the sum "
+    assert ("No holder-level differential privacy: updates are clipped and quantized, but no holder-level noise is added "
             "(holder-level ε = ∞).") in md
+    assert "but no noise is added" not in md and "No DP noise" not in md
+    assert "<th>record-level ε (cumulative, per training record)</th>" in (rd / "report" / "report.html").read_text()
     assert ("Limit (protocols/dp.md §10): torch's generators are not CSPRNGs and the noise is floating point") in md
     rep = json.loads((rd / "report" / "report.json").read_text())
     assert rep["facts"]["record_level"]["3"] == {"epsilon": eps[3], "delta": 1e-5, "steps": 8}
@@ -148,7 +150,7 @@ def test_an_overflowed_perplexity_is_shown_as_overflow(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ M3, M4
-def test_words_follow_the_real_aggregation_mode():
+def test_words_follow_the_real_aggregation_mode(tmp_path):
     f = {"mode": "central", "aggregation": "plain", "secagg_threshold": None}
     assert text.trust_words(f).startswith("The aggregator is trusted: under plain aggregation it sees each holder's "
                                           "clipped update, then adds the Gaussian noise to their sum.")
@@ -156,11 +158,17 @@ def test_words_follow_the_real_aggregation_mode():
     assert text.update_protection({"aggregation": "plain"}) == (
         "Nothing hides the individual updates: under plain aggregation the coordinator sees each holder's clipped update.")
     assert text.no_dp_mechanism({"aggregation": "plain"}, False) == (
-        "no differential privacy: updates are clipped (plain aggregation sums floats), but no noise is added to the sum (ε = ∞)")
+        "no differential privacy: updates are clipped (plain aggregation sums floats), but no noise is added (ε = ∞)")
     pf = preflight(DPConfig(clip=1.0), population=4, cohort_size=4, rounds=3, dim=64, sampling="fixed")
     assert "secure aggregation still hides each update" not in "\n".join(pf.lines())
-    assert ("  no DP noise (holder-level ε = ∞): nothing bounds what the released models reveal; the coordinator sees "
-            "each update unless secure aggregation (aggregation.mode secagg or ckks+secagg) hides it") in pf.lines()
+    assert ("  no DP noise (holder-level ε = ∞): nothing bounds what the released models reveal about a holder's data as "
+            "a whole; the coordinator sees each update unless secure aggregation (aggregation.mode secagg or ckks+secagg) "
+            "hides it") in pf.lines()
+    # a preflight.json written before this wording: the report says what the run's aggregation did
+    (tmp_path / "preflight.json").write_text(json.dumps({"mode": "none", "lines": [
+        "pre-flight privacy check (none): learnable", "  no DP noise (holder-level ε = ∞); secure aggregation still hides each update"]}))
+    assert privacy_checks.preflight_blocks(tmp_path, "plain")[1] == (
+        "  no DP noise (holder-level ε = ∞); under plain aggregation the coordinator sees each update")
 
 
 def test_ckks_trust_and_the_ckks_only_and_secagg_dropped_rows_are_explained():
