@@ -1,7 +1,9 @@
 """Render RUN_DIR/report/{report.json, report.md, report.html, *.png} from the run directory's files only.
 
 Inputs (DESIGN.md "Run directory contract"): config.yaml, metrics.jsonl, summary.json,
-privacy/ledger.jsonl (+ privacy/holders/*.jsonl), optional baseline/metrics.jsonl. Every input may be
+privacy/ledger.jsonl (+ privacy/holders/*.jsonl, the holders' own holders/<id>/ledger.jsonl and
+privacy/keys.json's roster of holders, so a holder never sampled is listed too), optional
+baseline/metrics.jsonl. Every input may be
 missing (an interrupted run); the report says what it could not find. A directory holding none of
 them is not a run: RunDirError, and nothing is written. A corrupt input (a truncated summary.json, a
 metrics line that is not JSON, a config.yaml that is not YAML) is a ReportInputError naming the file

@@ -88,9 +88,10 @@ def clip_words(run: dict, f: dict) -> list[str]:
     fr = [e.get("noisy_within_clip_fraction") for e in run["ledger"]["entries"]]
     fr = [x for x in fr if isinstance(x, (int, float)) and not isinstance(x, bool)]
     if fr:
+        span = _f(min(fr)) if min(fr) == max(fr) else f"{_f(min(fr))} to {_f(max(fr))}"
         out.append(f"Adaptive clipping (Andrew et al. 2021, protocols/dp.md §9) moved the clip from "
                    f"{_f(f.get('clip_first'))} to {_f(f.get('clip_last'))}, following each round's "
-                   f"noisy_within_clip_fraction (here {_f(min(fr)) if min(fr) == max(fr) else f'{_f(min(fr))} to {_f(max(fr))}'}): a noised count of the holders "
+                   f"noisy_within_clip_fraction (here {span}): a noised count of the holders "
                    "whose update was within the clip, over the cohort. The noise keeps each holder's answer private, so "
                    "the estimate can fall outside [0, 1]; it is not a measured fraction.")
     if not any(isinstance(m.get("clip_fraction"), (int, float)) for m in run["metrics"]):

@@ -109,7 +109,9 @@ def sections(run: dict, f: dict) -> list:
     holders = run["holders"]
     broken = [name for name, h in holders.items() if not h.get("ok")]
     owns = [h["own_epsilon"] for h in holders.values() if h.get("ok") and isinstance(h.get("own_epsilon"), (int, float))]
-    missing = [name for name, h in holders.items() if h.get("ok") and h.get("own_epsilon") is None]
+    # own ledgers a verifier lacks (a deployment keeps them with the holders); a local holder without one released nothing
+    missing = [name for name, h in holders.items() if h.get("ok") and h.get("own_epsilon") is None
+               and not (h.get("state_dir") and not h.get("own_ledger"))]
     if broken and dp:  # never state a maximum that silently leaves out a ledger we could not read
         eps_words += (f" The largest ε in any holder's own ledger is unknown: the ledger of {', '.join(broken)} "
                       "is broken.")
@@ -148,6 +150,7 @@ def sections(run: dict, f: dict) -> list:
         mech += (f" {NOT_PRIVATE}: deterministic_secrets is on, so every noise sample is derived from the configuration's "
                  f"seed ({_fmt(f.get('seed'))}, in config.yaml): whoever reads it can subtract the noise.")
     rounds_sec = rounds.rounds_section(run, f)
+    pre = privacy_checks.preflight_blocks(run["run_dir"], f.get("aggregation"))
     return [
         ("Ledger integrity", integrity),
         ("What was protected, in plain words", protection_words(f, dp, eps_words) + record_level.protection_blocks(f)),
@@ -159,7 +162,7 @@ def sections(run: dict, f: dict) -> list:
         ("Holder budgets", [("table", hrows)] if len(hrows) > 1 else ["No holder is known to this run directory."]),
         ("Refusals, caps and δ, in plain words", privacy_checks.plain_words(run, f) or ["No holder was refused and no cap applied."]),
         *([rounds_sec] if rounds_sec else []),
-        *([("Pre-flight check", pre)] if (pre := privacy_checks.preflight_blocks(run["run_dir"], f.get("aggregation"))) is not None else []),
+        *([("Pre-flight check", pre)] if pre is not None else []),
         ("Training", [("table", train)]),
     ]
 
@@ -167,8 +170,8 @@ def sections(run: dict, f: dict) -> list:
 def holder_rows(holders: dict) -> list[list]:
     """The Holder budgets table: every holder the run directory knows, sampled or not. "own" is the holder's own
     signed ledger (recomputed by verify); the server's view is the coordinator's record of it, a separate column."""
-    rows = [["holder", "holder-level ε (own signed ledger)", "holder-level ε (server's view)", "cap (own ledger)", "rounds included", "refused",
-             "dropped"]]
+    rows = [["holder", "holder-level ε (own signed ledger)", "holder-level ε (server's view)", "cap (own ledger)",
+             "rounds included", "refused", "dropped"]]
     for name, h in holders.items():
         if not h.get("ok"):
             err = h["error"]
@@ -190,7 +193,8 @@ def _quantized(f: dict) -> str:
 
 def no_dp_mechanism(f: dict, rec: bool) -> str:
     if rec:
-        return f"no holder-level differential privacy: updates are {_quantized(f)}, but no holder-level noise is added (holder-level ε = ∞)"
+        return (f"no holder-level differential privacy: updates are {_quantized(f)}, but no holder-level noise is added "
+                "(holder-level ε = ∞)")
     return f"no differential privacy: updates are {_quantized(f)}, but no noise is added (ε = ∞)"
 
 

@@ -62,6 +62,7 @@ def test_holder_budgets_show_the_own_ledger_the_servers_view_own_caps_and_unsamp
     # holder 4 releases in round 2 and drops out: its own ledger keeps the release, the server's view does not;
     # the server's session has no holder caps (as the coordinator runs it): caps only in the own ledgers
     make_signed_run(rd, rounds=3, drop_last_holder_at=2, server_caps=False)
+    (rd / "holders" / "5").mkdir()   # holder 5's state directory is here (a simulation's): no ledger, nothing released
     v = verify_run(rd)
     own, view = v.holder_own_epsilon[4], v.holder_view_epsilon[4]
     assert own > view
@@ -70,11 +71,12 @@ def test_holder_budgets_show_the_own_ledger_the_servers_view_own_caps_and_unsamp
     assert ("| holder | holder-level ε (own signed ledger) | holder-level ε (server's view) | cap (own ledger) | "
             "rounds included | refused | dropped |") in md
     assert f"| holder-4 | {own:.4g} | {view:.4g} | 20 | 2 | 0 | 1 |" in md
-    for h in (5, 6):   # on the roster (keys.json), never in a cohort
-        assert f"| holder-{h} | not in this directory (securefed verify --holder-ledger) | 0 (never in a cohort) | — | 0 | 0 | 0 |" in md
+    # on the roster (keys.json), never in a cohort: holder 5's directory is here, holder 6's is not
+    assert "| holder-5 | 0 (no own ledger: it released nothing) | 0 (never in a cohort) | — | 0 | 0 | 0 |" in md
+    assert "| holder-6 | not in this directory (securefed verify --holder-ledger) | 0 (never in a cohort) | — | 0 | 0 | 0 |" in md
     worst = max(v.holder_own_epsilon.values())
     assert (f"The largest ε in any holder's own signed ledger (no amplification) is {worst:.4g} (the own ledgers of "
-            "holder-5, holder-6 are not in this directory).") in md
+            "holder-6 are not in this directory).") in md
     assert "holder-4 has an ε cap of 20:" in md and f"(ε spent, own ledger: {own:.4g})" in md
 
 
