@@ -53,7 +53,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"securefed report: WARNING: {ver['banner']}", file=sys.stderr)
     facts = rep["facts"]
     dp = facts.get("mode") in ("central", "distributed")
+    rec = facts.get("record_level") or {}
     what = "ledgers verified" if ver["signed"] else "ledgers consistent but unsigned"
-    print(f"privacy: epsilon={facts['epsilon']}" + (f" delta={facts['delta']}" if dp else " (differential privacy off)")
+    off = " (holder-level differential privacy off)" if rec or (facts.get("dp_sgd") or {}).get("enabled") else \
+        " (differential privacy off)"
+    print(f"privacy: {'holder-level ' if rec else ''}epsilon={facts['epsilon']}" + (f" delta={facts['delta']}" if dp else off)
           + f" ({what}, head {rep['ledger_head']})")
+    for h, r in rec.items():   # verified from each holder's own signed releases (never stated when they do not verify)
+        print(f"privacy: holder {h} record-level epsilon={r['epsilon']:.6g} delta={r['delta']:g} after {r['steps']} "
+              "DP-SGD steps (cumulative, per training record)")
+    if facts.get("deterministic_secrets"):
+        print("securefed report: WARNING: NOT private: for tests — deterministic_secrets derives every noise sample and "
+              f"mask from the configuration's seed ({facts.get('seed')})", file=sys.stderr)
     return 0

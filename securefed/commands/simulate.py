@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
     summary = sim.run()
     print(jsonio.dumps(summary, indent=2))   # strict: "inf", never Infinity
     print(f"run directory: {out}  (report: {out}/report/report.html)")
+    if cfg.deterministic_secrets:   # runtime/parties.py: every noise sample and mask from the seed
+        print(f"securefed simulate: WARNING: NOT private: for tests — deterministic_secrets derives every noise sample "
+              f"and mask from the configuration's seed ({cfg.seed})", file=sys.stderr)
     return 0
 
 

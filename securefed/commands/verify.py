@@ -63,11 +63,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  note: {n}", file=out)
     if not v.ok:
         return 1
-    if v.epsilon is not None:
-        if math.isinf(v.epsilon):   # no holder-level DP: a δ beside ε = ∞ would read as a guarantee
-            print(f"privacy: epsilon=inf — no holder-level differential privacy (recomputed from {v.entries} recorded events)")
-        else:
-            print(f"privacy: epsilon={v.epsilon:.6g} delta={v.delta:g} (recomputed from {v.entries} recorded events)")
+    if v.epsilon is not None and math.isinf(v.epsilon):   # no holder-level DP: a δ would mean nothing
+        print(f"privacy: holder-level epsilon=inf (differential privacy off; {v.entries} recorded events)")
+    elif v.epsilon is not None:
+        print(f"privacy: epsilon={v.epsilon:.6g} delta={v.delta:g} (recomputed from {v.entries} recorded events)")
     for h in sorted(v.holder_own_epsilon):
         print(f"holder {h}: own epsilon={v.holder_own_epsilon[h]:.6g} (server's view {v.holder_view_epsilon.get(h, float('nan')):.6g})")
     for h, rl in sorted(v.record_level.items()):   # record-level DP-SGD, from the holder's own signed releases

@@ -13,6 +13,10 @@ assumes the signal adds up coherently over R rounds while the noise adds up as �
 configuration that cannot learn even then (4 holders, a 1.4M-parameter model: ratio 300–800). A
 configuration that is not learnable is refused unless forced (``force``, from ``privacy.force_unlearnable``).
 
+A configured cap that the planned rounds will reach is a warning, not a refusal (``warnings``): the server
+cap stops the federation before the round that would exceed it, a holder cap makes each holder refuse from
+the round its own ε (assuming the fewest survivors it accepts) would exceed it; the warning names that round.
+
 Parameters that give no guarantee at all raise :class:`PreflightError`, one error listing all of them:
 δ ≥ 1/population, a holder cap below one round's cost (every holder would refuse every round), a server
 cap below one round's cost, record-level DP-SGD with σ = 0 or δ > 1/records.
@@ -76,6 +80,7 @@ class Preflight:
     holder_epsilon_planned: float
     record_level: dict | None = field(default=None)
     ring_bits: int = 32
+    warnings: tuple[str, ...] = ()  # caps the planned rounds will reach (the run stops or holders refuse early)
 
     @property
     def verdict(self) -> str:
@@ -96,20 +101,25 @@ class Preflight:
             if self.sensitivity_inflation > 1.01:
                 out.append(f"  rounding in a {self.ring_bits}-bit ring makes the sensitivity {f(self.sensitivity_inflation)}×C: "
                            "more ring bits would cost less privacy")
-        else:
-            out.append("  no DP noise (holder-level ε = ∞); secure aggregation still hides each update")
+        else:   # the check does not know the aggregation mode: plain shows each update to the coordinator
+            out.append(f"  {'no holder-level DP noise' if self.record_level else 'no DP noise'} (holder-level ε = ∞): "
+                       "nothing bounds what the released models reveal about a holder's data as a whole; the "
+                       "coordinator sees each update unless secure aggregation (aggregation.mode secagg or ckks+secagg) "
+                       "hides it")
         if self.record_level:
             r = self.record_level
             out.append(f"  record-level DP-SGD: σ = {f(r['noise_multiplier'])}, batch {r['batch_size']} of {r['records']} "
                        f"records, {r['steps']} steps: ε {f(r['epsilon_planned'])} at δ = {r['delta']:.3g}; per-step "
                        f"noise/signal {f(r['noise_to_signal'])}")
         out.extend("  " + r for r in self.reasons)
+        out.extend("  WARNING: " + w for w in self.warnings)
         return out
 
     def to_dict(self) -> dict:
         """Strict JSON (no NaN/∞: ∞ is the string "inf")."""
         d = asdict(self)
         d["reasons"] = list(self.reasons)
+        d["warnings"] = list(self.warnings)
         d["verdict"] = self.verdict
         d["lines"] = self.lines()
         return _strict(d)
@@ -127,6 +137,40 @@ def _strict(o):
     if isinstance(o, (list, tuple)):
         return [_strict(v) for v in o]
     return o
+
+
+def _first_over(cap: float, upto: int, eps_after) -> int | None:
+    """The smallest k in 1..upto with eps_after(k) > cap (eps_after is non-decreasing in k), or None."""
+    if upto < 1 or not eps_after(upto) > cap:
+        return None
+    lo, hi = 1, upto
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if eps_after(mid) > cap:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _cap_warnings(config: DPConfig, *, rounds: int, joins: int, q: float, eps_rounds, eps_holder) -> list[str]:
+    """Warnings for caps the planned rounds will reach (M6): where the run stops, or holders start refusing."""
+    out = []
+    cap = config.server_epsilon_cap
+    k = _first_over(cap, rounds, eps_rounds) if cap is not None else None
+    if k is not None:
+        out.append(f"privacy.server_epsilon_cap = {cap:g} is below the planned ε after {rounds} rounds "
+                   f"({eps_rounds(rounds):.4g}): the federation will stop before round {k} (ε after {k} rounds would be "
+                   f"{eps_rounds(k):.4g}), having run {k - 1} of {rounds} planned rounds")
+    cap = config.holder_epsilon_cap
+    k = _first_over(cap, joins, eps_holder) if cap is not None else None
+    if k is not None:
+        nth = f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+        when = f"round {k}" if q >= 1 else f"its {nth} round in a cohort (about round {min(rounds, math.ceil(k / q))} at q = {q:.3g})"
+        out.append(f"privacy.holder_epsilon_cap = {cap:g} will be reached: a holder refuses a round whose own ε, assuming "
+                   f"the fewest survivors it accepts, would exceed its cap ({eps_holder(k):.4g} at {when}), so each holder "
+                   f"stops taking part from {when} on, before the {joins} rounds it is planned to join")
+    return out
 
 
 def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
@@ -217,6 +261,10 @@ def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: in
         problems.append(f"privacy.server_epsilon_cap = {config.server_epsilon_cap:g} is below the cost of one round "
                         f"({eps_round:.4g}): the federation would stop before its first round")
     rec = _record_level(record_level, dim, problems) if record_level is not None else None
+    warns = _cap_warnings(config, rounds=rounds, joins=joins, q=q,
+                          eps_rounds=lambda k: acc.epsilon(delta, [ev(m, q)] * k),
+                          eps_holder=lambda k: Accountant().epsilon(delta, [ev(m, 1.0)] * (k - 1) + [ev(surv_min, 1.0)])
+                          ) if config.dp_on and not problems else []
     if problems:
         raise PreflightError("privacy parameters give no guarantee: " + "; ".join(problems))
     reasons: list[str] = []
@@ -235,4 +283,5 @@ def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: in
                      sampling=sampling, clip=config.clip, delta=delta, noise_multiplier=z, noise_std_mean=noise_mean,
                      signal_per_coordinate=signal, noise_to_signal=ratio, learnable_limit=limit,
                      sensitivity_inflation=infl, epsilon_per_round=eps_round, epsilon_planned=eps_planned,
-                     holder_epsilon_planned=holder_planned, record_level=rec, ring_bits=config.ring_bits)
+                     holder_epsilon_planned=holder_planned, record_level=rec, ring_bits=config.ring_bits,
+                     warnings=tuple(warns))

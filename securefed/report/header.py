@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 from securefed.progress import format_seconds
+from securefed.runtime.health import PPL_OVERFLOW, format_ppl, update_shortfall
 from securefed.report.text import _find, _fmt
 
 __all__ = ["file_times", "run_facts", "run_section", "run_warnings", "warnings_section"]
@@ -49,6 +51,8 @@ def run_facts(run: dict) -> dict:
     ratio = _num(summary.get("fed_over_central_ppl"))
     if ratio is None and fed_ppl is not None and central:
         ratio = fed_ppl / central
+    if not _measured(fed_ppl) or not _measured(central):   # an overflowed perplexity has no ratio
+        ratio = None
     holders = fed.get("n_holders")
     return {
         "run_id": Path(run["run_dir"]).name,
@@ -61,18 +65,31 @@ def run_facts(run: dict) -> dict:
         "model_params": summary.get("model_params"),
         "holders": holders,
         "cohort_size": fed.get("clients_per_round") or holders,
-        "rounds": summary.get("rounds", len(metrics)),
+        "rounds": summary.get("rounds", len({m.get("round") for m in metrics if not m.get("aborted")})),
         "rounds_planned": fed.get("rounds"),
+        "rounds_aborted": sum(1 for m in metrics if m.get("aborted")),
         "tokens": summary.get("tokens", metrics[-1].get("tokens_seen") if metrics else None),
         "privacy_mode": summary.get("privacy_mode") or _find(cfg.get("privacy", {}), "mode"),
         "aggregation": summary.get("aggregation") or _find(cfg.get("aggregation", {}), "mode"),
+        "dp_sgd": bool((((cfg.get("train") or {}) if isinstance(cfg.get("train"), dict) else {}).get("dp_sgd") or {}).get("enabled")),
         "fed_eval_ppl": fed_ppl,
+        "fed_eval_loss": last_eval_loss(metrics),
         "central_eval_ppl": central,
+        "central_eval_loss": last_eval_loss(run["baseline"]),
         "fed_over_central_ppl": ratio,
         "unigram_eval_ppl": _num(summary.get("unigram_eval_ppl")),
         "wall_seconds": _num(summary.get("wall_seconds")),
         "phase_seconds": summary.get("phase_seconds") if isinstance(summary.get("phase_seconds"), dict) else {},
     }
+
+
+def _measured(ppl: float | None) -> bool:
+    return ppl is None or (math.isfinite(ppl) and ppl < PPL_OVERFLOW)
+
+
+def last_eval_loss(rows: list[dict]) -> Any:
+    """The eval_loss of the last row that has one (the loss behind the final perplexity)."""
+    return next((r["eval_loss"] for r in reversed(rows) if r.get("eval_loss") is not None), None)
 
 
 def _seconds(v: Any) -> str:
@@ -97,10 +114,13 @@ def run_section(run: dict) -> tuple[str, list]:
             ["run preset", preset],
             ["model", model],
             ["data holders (cohort per round)", f"{_fmt(r['holders'])} ({_fmt(r['cohort_size'])})"],
-            ["rounds done / planned", f"{_fmt(r['rounds'])} / {_fmt(r['rounds_planned'])}"],
+            ["rounds that updated the model / planned", f"{_fmt(r['rounds'])} / {_fmt(r['rounds_planned'])}"
+             + (f" ({r['rounds_aborted']} aborted: see Rounds that did not update the model)" if r["rounds_aborted"] else "")],
             ["tokens (federated)", f"{r['tokens']:,}" if isinstance(r["tokens"], int) else _fmt(r["tokens"])],
-            ["privacy / aggregation", f"{_fmt(r['privacy_mode'])} / {_fmt(r['aggregation'])}"],
-            ["eval perplexity: federated / centralized", f"{_fmt(r['fed_eval_ppl'])} / {_fmt(r['central_eval_ppl'])}"],
+            ["privacy / aggregation", f"{_fmt(r['privacy_mode'])}" + (" (holder level; record-level DP-SGD in the holders)"
+                                                                        if r["dp_sgd"] else "") + f" / {_fmt(r['aggregation'])}"],
+            ["eval perplexity: federated / centralized", f"{format_ppl(r['fed_eval_ppl'], r['fed_eval_loss'])} / "
+                                                         f"{format_ppl(r['central_eval_ppl'], r['central_eval_loss'])}"],
             ["federated / centralized perplexity", _fmt(ratio) + (" (1.0 = as good as centralized)" if ratio else "")],
             ["unigram perplexity of the eval set", _fmt(r["unigram_eval_ppl"])
              + " (what token frequencies alone achieve: a model must be below it)"],
@@ -121,15 +141,41 @@ def run_warnings(run: dict) -> list[dict]:
     out = []
     if any("warnings" in m for m in metrics):
         for m in metrics:
-            out.extend({"where": f"round {m.get('round')}", "warning": w, "recorded": True} for w in m.get("warnings") or [])
+            out.extend({"where": f"round {m.get('round')}", "warning": _overflow_words(w, m), "recorded": True}
+                       for w in m.get("warnings") or [])
+            if m.get("aborted") and not any(str(w).startswith("round aborted: ") for w in m.get("warnings") or []):
+                # recorded before aborted rounds were warnings (or a restart's row, never checked): said here
+                out.append({"where": f"round {m.get('round')}", "recorded": False,
+                            "warning": f"round aborted: round {m.get('round')} did not update the model: {m['aborted']}"})
     else:
         health = RunHealth(unigram_ppl=unigram, rounds_planned=planned if isinstance(planned, int) else None)
         for m in metrics:
             out.extend({"where": f"round {m.get('round')}", "warning": w, "recorded": False} for w in health.check(m))
+    short = update_shortfall(metrics, planned if isinstance(planned, int) else None)
+    if short and (metrics or run["summary"]):   # a run that started; an empty directory's report says so elsewhere
+        out.insert(0, {"where": "run", "warning": short, "recorded": False})
+    if run["config"].get("deterministic_secrets") is True:   # runtime/parties.py: every secret from the seed
+        out.insert(0, {"where": "run", "recorded": False, "warning": "deterministic secrets: NOT private: for tests — "
+                       "every noise sample, mask and DP-SGD seed of this run is derived from the configuration's seed "
+                       f"({run['config'].get('seed')}, in config.yaml); whoever reads it can recompute them all"})
     base = RunHealth(unigram_ppl=unigram)
     for b in run["baseline"]:
         out.extend({"where": f"baseline step {b.get('step')}", "warning": w, "recorded": False} for w in base.check(b))
     return out
+
+
+_PPL_IN_WARNING = re.compile(r"eval perplexity ([0-9.eE+-]+|inf|nan)\b")
+
+
+def _overflow_words(warning: str, row: dict) -> str:
+    """A recorded warning with an overflowed perplexity (≥ 1e300: exp of the clamped loss) said as such."""
+    def sub(m: re.Match) -> str:
+        try:
+            x = float(m.group(1))
+        except ValueError:
+            return m.group(0)
+        return m.group(0) if math.isfinite(x) and x < PPL_OVERFLOW else f"eval perplexity {format_ppl(x, row.get('eval_loss'))}"
+    return _PPL_IN_WARNING.sub(sub, str(warning))
 
 
 def warnings_section(run: dict) -> tuple[str, list] | None:
@@ -144,7 +190,9 @@ def warnings_section(run: dict) -> tuple[str, list] | None:
         by_kind.setdefault(warning_kind(w["warning"]), []).append(w)
     blocks: list = ["THIS RUN WENT WRONG. " + ("Recorded while it ran (metrics.jsonl, field warnings)."
                     if all(w["recorded"] for w in ws if w["where"].startswith("round"))
-                    else "Found by re-checking the metrics.")]
+                    else "Found by re-checking the metrics." if not any(w["recorded"] for w in ws)
+                    else "Recorded while it ran (metrics.jsonl, field warnings), and found by re-checking the metrics.")]
+    blocks += [f"WARNING: {w['warning']}." for w in ws if w["where"] == "run"]   # the run as a whole, above the table
     rows = [["warning", "where", "first occurrence"]]
     for kind, items in by_kind.items():
         where = ", ".join(i["where"] for i in items[:8]) + (f" and {len(items) - 8} more" if len(items) > 8 else "")

@@ -234,16 +234,20 @@ def delta_lines(*, delta: float | None, population: int | None, dp_on: bool, dp_
     return out
 
 
-def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_planned: Any, rounds_recorded: int) -> list[str]:
-    """Why holders were refused (or dropped) and what the caps did, in plain words."""
+def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_planned: Any, rounds_recorded: int,
+                  own: dict[str, tuple[Any, Any]] | None = None) -> list[str]:
+    """Why holders were refused (or dropped) and what the caps did, in plain words. ``own``: holder name → (cap, ε)
+    from its own signed ledger, which is where a holder's cap lives (the coordinator strips caps from its session);
+    the view's cap and ε are used only for a holder whose own ledger is not in the directory."""
     out = []
+    own = own or {}
     for name, es in sorted(view_ledgers.items()):
         refused = [e for e in es if e.get("status") == "refused"]
-        cap = es[-1].get("cap") if es else None
+        cap, spent = own.get(name, (es[-1].get("cap"), es[-1].get("epsilon")) if es else (None, None))
         if cap is not None:
-            spent = es[-1].get("epsilon")
             out.append(f"{name} has an ε cap of {_f(cap)}: it joins a round only if its own ε after that round, assuming "
-                       f"the fewest survivors secure aggregation accepts, stays within the cap (ε spent: {_f(spent)}).")
+                       f"the fewest survivors secure aggregation accepts, stays within the cap (ε spent, own ledger: "
+                       f"{_f(spent)}).")
         for e in refused:
             why = e.get("reason") or "(no reason recorded: a ledger from an older securefed)"
             out.append(f"{name} refused round {e.get('round')} and sent nothing: {why}.")
@@ -255,7 +259,19 @@ def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_p
     return out
 
 
-def preflight_blocks(run_dir: Path) -> list | None:
+def _no_dp_line(line: str, aggregation: str | None) -> str:
+    """The pre-flight's no-DP line, true to the run's aggregation (the check itself does not know it)."""
+    head = next((h for h in ("no DP noise (holder-level ε = ∞)", "no holder-level DP noise (holder-level ε = ∞)")
+                 if line.strip().startswith(h)), None)
+    if head is None:
+        return line
+    who = ("under plain aggregation the coordinator sees each update" if aggregation == "plain"
+           else f"secure aggregation ({aggregation}) hides each update from the coordinator"
+           if aggregation in ("secagg", "ckks+secagg") else None)
+    return f"  {head}; {who}" if who else line
+
+
+def preflight_blocks(run_dir: Path, aggregation: str | None = None) -> list | None:
     """Blocks of the report's pre-flight section from RUN_DIR/preflight.json, or None if there is none."""
     p = Path(run_dir) / "preflight.json"
     if not p.is_file():
@@ -267,12 +283,14 @@ def preflight_blocks(run_dir: Path) -> list | None:
     if not isinstance(d, dict):
         return ["preflight.json is malformed."]
     lines = d.get("lines")
-    blocks: list = [str(x) for x in lines] if isinstance(lines, list) else []
+    blocks: list = [_no_dp_line(str(x), aggregation) for x in lines] if isinstance(lines, list) else []
+    dp = d.get("mode") in ("central", "distributed") or d.get("mode") is None
     rows = [["figure", "value"]]
     rec = d.get("record_level") if isinstance(d.get("record_level"), dict) else {}
     for k, val in [(k, d.get(k)) for k in ("verdict", "noise_multiplier", "noise_to_signal", "learnable_limit",
                                            "noise_std_mean", "signal_per_coordinate", "epsilon_per_round", "epsilon_planned",
-                                           "holder_epsilon_planned", "delta", "sensitivity_inflation")] + [
+                                           "holder_epsilon_planned", "delta", "sensitivity_inflation")
+                                   if dp or k not in ("delta", "noise_multiplier")] + [
             ("record-level " + k, rec.get(k)) for k in ("epsilon_planned", "delta", "noise_to_signal") if rec]:
         if val is not None:
             rows.append([k, _f(val) if not isinstance(val, str) else ("∞" if val == "inf" else val)])
@@ -288,6 +306,9 @@ def apply_verification(run: dict, v: Verification) -> None:
     led = run["ledger"]
     if v.ok:
         led["entries_count"] = v.entries
+        for h in run["holders"].values():   # "own" is the holder's own signed ledger, recomputed: never the server's view
+            if h.get("ok") and h.get("id") in v.holder_own_epsilon:
+                h["own_epsilon"] = v.holder_own_epsilon[h["id"]]
         return
     earlier = None
     report_json = Path(run["run_dir"]) / "report" / "report.json"
@@ -312,7 +333,8 @@ def verification_dict(v: Verification) -> dict:
             "notes": list(v.notes), "entries": v.entries, "head": v.head if v.ok else None,
             "epsilon": v.epsilon if v.ok else None, "delta": v.delta if v.ok else None,
             "holder_view_epsilon": {str(h): e for h, e in v.holder_view_epsilon.items()} if v.ok else {},
-            "holder_own_epsilon": {str(h): e for h, e in v.holder_own_epsilon.items()} if v.ok else {}}
+            "holder_own_epsilon": {str(h): e for h, e in v.holder_own_epsilon.items()} if v.ok else {},
+            "record_level": {str(h): dict(r) for h, r in v.record_level.items()} if v.ok else {}}
 
 
 def plain_words(run: dict, facts: dict) -> list[str]:
@@ -351,4 +373,7 @@ def plain_words(run: dict, facts: dict) -> list[str]:
             view = v.holder_view_epsilon.get(h)
             own.append(f"holder-{h}'s own signed ledger (released before it sent, settled after) gives ε = {_f(e)}"
                        + (f", at least the server's view of it ({_f(view)})." if view is not None else "."))
-    return out + refusal_lines(views, priv.get("server_epsilon_cap"), fed.get("rounds"), facts.get("rounds_recorded", 0)) + own
+    caps = {name: (h.get("cap"), h.get("own_epsilon")) for name, h in run["holders"].items()
+            if h.get("ok") and h.get("own_ledger")}
+    return out + refusal_lines(views, priv.get("server_epsilon_cap"), fed.get("rounds"), facts.get("rounds_recorded", 0),
+                               caps) + own

@@ -1,7 +1,9 @@
 """Render RUN_DIR/report/{report.json, report.md, report.html, *.png} from the run directory's files only.
 
 Inputs (DESIGN.md "Run directory contract"): config.yaml, metrics.jsonl, summary.json,
-privacy/ledger.jsonl (+ privacy/holders/*.jsonl), optional baseline/metrics.jsonl. Every input may be
+privacy/ledger.jsonl (+ privacy/holders/*.jsonl, the holders' own holders/<id>/ledger.jsonl and
+privacy/keys.json's roster of holders, so a holder never sampled is listed too), optional
+baseline/metrics.jsonl. Every input may be
 missing (an interrupted run); the report says what it could not find. A directory holding none of
 them is not a run: RunDirError, and nothing is written. A corrupt input (a truncated summary.json, a
 metrics line that is not JSON, a config.yaml that is not YAML) is a ReportInputError naming the file
@@ -25,7 +27,8 @@ import yaml
 
 from securefed import jsonio
 from securefed.privacy.ledger import LedgerError, entry_hash, read_ledger
-from securefed.report import header, privacy_checks, text
+from securefed.report import header, privacy_checks, rounds, text
+from securefed.runtime.health import PPL_OVERFLOW
 from securefed.runtime.rundir import RUN_MARKERS, RunDirError, is_run_dir
 
 __all__ = ["render_report", "load_run", "ReportInputError"]
@@ -98,21 +101,53 @@ def load_run(run_dir: Path) -> dict:
             ledger["head"] = entry_hash(ledger["entries"][-1]) if ledger["entries"] else None
         except LedgerError as e:
             ledger["error"] = str(e)
-    holders: dict[str, dict] = {}
-    for hp in sorted((run_dir / "privacy" / "holders").glob("holder-*.jsonl")):
-        try:
-            es = read_ledger(hp)
-            holders[hp.stem] = {"ok": True, "epsilon": _num(es[-1]["epsilon"]) if es else 0.0, "cap": es[-1].get("cap") if es else None,
-                                "included": sum(e["status"] == "included" for e in es), "refused": sum(e["status"] == "refused" for e in es),
-                                "dropped": sum(e["status"] == "dropped" for e in es)}
-        except LedgerError as e:
-            holders[hp.stem] = {"ok": False, "error": str(e)}
+    holders = _holders(run_dir)
     run = {"run_dir": str(run_dir), "config": config or {}, "summary": summary, "metrics": _jsonl(run_dir / "metrics.jsonl"),
            "baseline": _jsonl(run_dir / "baseline" / "metrics.jsonl"), "ledger": ledger, "holders": holders,
            "versions": versions, "files": header.file_times(run_dir)}
     # signatures, anchors, every ε recomputed; on any mismatch every ε is withheld (privacy_checks.py)
     privacy_checks.apply_verification(run, privacy_checks.verify_run(run_dir))
     return run
+
+
+def _holder_ids(run_dir: Path) -> set[int]:
+    """Every holder the directory knows: keys.json's, the state directories (holders/<id>/), the server's views."""
+    ids = {int(d.name) for d in (run_dir / "holders").glob("*") if d.is_dir() and d.name.isdigit()}
+    ids |= {int(p.stem.removeprefix("holder-")) for p in (run_dir / "privacy" / "holders").glob("holder-*.jsonl")
+            if p.stem.removeprefix("holder-").isdigit()}
+    kp = run_dir / "privacy" / "keys.json"
+    if kp.is_file():
+        try:
+            keys = jsonio.read_json(kp, legacy=True)
+            ids |= {int(h) for h in (keys.get("holders") or {}) if str(h).isdigit()} if isinstance(keys, dict) else set()
+        except (jsonio.JSONFileError, AttributeError, TypeError):
+            pass   # verification reports a bad keys.json; the table lists the holders found elsewhere
+    return ids
+
+
+def _holders(run_dir: Path) -> dict[str, dict]:
+    """Per holder (sampled or not): the server's view ledger (its ε, rounds included / refused / dropped) and the
+    holder's own ledger's cap. ``own_epsilon`` is set from the verification (privacy_checks.apply_verification)."""
+    holders: dict[str, dict] = {}
+    for h in sorted(_holder_ids(run_dir)):
+        name, vp, op = f"holder-{h}", run_dir / "privacy" / "holders" / f"holder-{h}.jsonl", run_dir / "holders" / str(h) / "ledger.jsonl"
+        row = {"ok": True, "id": h, "in_cohort": vp.is_file(), "own_ledger": op.is_file(),
+               "state_dir": (run_dir / "holders" / str(h)).is_dir(), "view_epsilon": 0.0, "own_epsilon": None,
+               "cap": None, "included": 0, "refused": 0, "dropped": 0}
+        try:
+            if vp.is_file():
+                es = read_ledger(vp)
+                row.update(view_epsilon=_num(es[-1]["epsilon"]) if es else 0.0,
+                           included=sum(e["status"] == "included" for e in es), refused=sum(e["status"] == "refused" for e in es),
+                           dropped=sum(e["status"] == "dropped" for e in es))
+            if op.is_file():   # the coordinator strips caps from its own session: the holder's ledger has its cap
+                own = read_ledger(op)
+                row["cap"] = _num(own[-1]["cap"]) if own and own[-1].get("cap") is not None else None
+        except (LedgerError, KeyError, TypeError) as e:
+            holders[name] = {"ok": False, "error": str(e)}
+            continue
+        holders[name] = row
+    return holders
 
 
 def _plots(run: dict, out: Path) -> list[str]:
@@ -140,6 +175,11 @@ def _plots(run: dict, out: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
     fed, base = (_finite_points(rows, "tokens_seen", "eval_ppl") for rows in (run["metrics"], run["baseline"]))
+    overflowed = any(p[1] >= PPL_OVERFLOW for p in fed + base)   # exp of the clamped loss: no measurement, not plotted
+    fed, base = ([p for p in pts if p[1] < PPL_OVERFLOW] for pts in (fed, base))
+    if overflowed:
+        ax.text(0.5, 0.95, "evaluations whose perplexity overflowed are not plotted", ha="center", va="top",
+                transform=ax.transAxes, fontsize=8)
     for pts, label in ((fed, "federated"), (base, "centralized baseline")):
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
@@ -161,6 +201,9 @@ def _plots(run: dict, out: Path) -> list[str]:
     cf = _finite_points(run["metrics"], "round", "clip_fraction")  # rounds as the files number them
     if cf:
         ax.plot([c[0] for c in cf], [c[1] for c in cf], marker="o", ms=3)
+    else:   # why it is empty is said in the Plots section
+        ax.text(0.5, 0.5, "no clip fraction recorded (see the report's Plots section)", ha="center", va="center",
+                transform=ax.transAxes)
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("round")
     ax.set_ylabel("fraction of holders clipped")
@@ -251,7 +294,8 @@ def _render(run: dict, out: Path) -> dict:
     facts = text.facts(run)
     head = header.run_section(run)
     warned = header.warnings_section(run)
-    sections = [head] + ([warned] if warned else []) + text.sections(run, facts) + [("Plots", [("img", p) for p in plots])]
+    sections = [head] + ([warned] if warned else []) + text.sections(run, facts) + [
+        ("Plots", rounds.clip_words(run, facts) + [("img", p) for p in plots])]
     alarm = None
     if not run["ledger"]["ok"]:
         alarm = (f"PRIVACY LEDGER NOT VERIFIED: {run['ledger']['error']}. No ε is stated in this report; the privacy "

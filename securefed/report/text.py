@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from securefed.report import privacy_checks
+from securefed.report import privacy_checks, record_level, rounds
+from securefed.report.record_level import NOT_PRIVATE
+from securefed.runtime.health import format_ppl
 
 MECH_WORDS = {
     "none": "no differential privacy: updates are clipped and quantized, but no noise is added (ε = ∞)",
@@ -75,107 +77,168 @@ def facts(run: dict) -> dict:
         "central_eval_ppl": run["summary"].get("central_eval_ppl"),
         "central_lr": run["summary"].get("central_lr"),
         "central_batch_size": run["summary"].get("central_batch_size"),
+        "fed_eval_loss": next((m["eval_loss"] for m in reversed(metrics) if m.get("eval_loss") is not None), None),
+        "central_eval_loss": next((b["eval_loss"] for b in reversed(run["baseline"]) if b.get("eval_loss") is not None), None),
         "tokens": run["summary"].get("tokens"),
-        "rounds": run["summary"].get("rounds", len(metrics)),
+        "rounds": run["summary"].get("rounds", len({m.get("round") for m in metrics if not m.get("aborted")})),
+        "rounds_planned": _find(cfg.get("federation", {}), "rounds"),
+        **record_level.record_facts(run),
     }
 
 
 def sections(run: dict, f: dict) -> list:
     led = run["ledger"]
     dp = f["mode"] in ("central", "distributed")
+    rec = record_level.on(f)
     ver = run.get("verification")
     verdict = (f"Verified: {len(led['entries'])} entries, hash chain intact, head {led['head']}." if led["ok"]
                else f"NOT VERIFIED — {led['error']}. Treat every privacy number in this report as untrustworthy.")
     integrity = [verdict] + ([ver.banner()] if ver is not None and led["ok"] else []) + (
         [f"Problem: {p}" for p in ver.problems] + [f"Note: {n}" for n in ver.notes] if ver is not None else [])
     eps_words = (f"After {f['rounds_recorded']} recorded rounds the federation has spent ε = {_fmt(f['epsilon'])} at "
-                 f"δ = {_fmt(f['delta'])}." if dp else "Differential privacy was off in this run: ε is infinite.")
+                 f"δ = {_fmt(f['delta'])}." + rounds.charged_aborted_words(run, f) if dp
+                 else "Holder-level differential privacy was off in this run: the holder-level ε is infinite (the "
+                      "record-level guarantee is stated separately below)." if rec
+                 else "Differential privacy was off in this run: ε is infinite.")
     if not led["ok"]:  # fail closed: a ledger that does not verify states no ε
         eps_words = "No ε is stated: the privacy records do not verify (see Ledger integrity)."
     if dp and isinstance(f["delta"], (int, float)) and f["delta"] > 1e-3:
         eps_words += (f" WARNING: δ = {_fmt(f['delta'])} is large (the population is small): with probability up to δ the "
                       "guarantee may fail entirely; treat this run as a demonstration, not as meaningful protection.")
-    trust = {
-        "distributed": "The server is not trusted with individual updates: secure aggregation shows it only the sum of "
-                       f"the survivors' masked vectors (aggregation: {_fmt(f['aggregation'])}; secure aggregation "
-                       f"threshold: {_fmt(f['secagg_threshold'])}). The DP guarantee assumes the holders whose inputs "
-                       "are in the sum added their noise shares honestly; noise missing because holders dropped out is "
-                       "accounted (each round's ε uses the survivors' actual noise). Holders colluding with the server "
-                       "remove their own shares from the noise: the guarantee degrades to that of the honest shares.",
-        "central": "The aggregator is trusted: it sees the (securely aggregated or plain) sum before adding the Gaussian "
-                   "noise. The guarantee protects holders against everyone who sees the model, not against the aggregator.",
-        "none": trust_without_dp(f),
-    }.get(f["mode"], "unknown mode")
+    trust = trust_words(f)
     holders = run["holders"]
-    worst = max((h["epsilon"] for h in holders.values() if h.get("ok")), default=None)
     broken = [name for name, h in holders.items() if not h.get("ok")]
+    owns = [h["own_epsilon"] for h in holders.values() if h.get("ok") and isinstance(h.get("own_epsilon"), (int, float))]
+    # own ledgers a verifier lacks (a deployment keeps them with the holders); a local holder without one released nothing
+    missing = [name for name, h in holders.items() if h.get("ok") and h.get("own_epsilon") is None
+               and not (h.get("state_dir") and not h.get("own_ledger"))]
     if broken and dp:  # never state a maximum that silently leaves out a ledger we could not read
         eps_words += (f" The largest ε in any holder's own ledger is unknown: the ledger of {', '.join(broken)} "
                       "is broken.")
-    elif worst is not None and dp:
-        eps_words += f" The largest ε in any holder's own ledger (no amplification) is {_fmt(worst)}."
-    hrows = [["holder", "ε (own ledger)", "cap", "rounds included", "refused", "dropped"]]
-    for name, h in holders.items():
-        if h.get("ok"):
-            hrows.append([name, _fmt(h["epsilon"]), _fmt(h["cap"]), h["included"], h["refused"], h["dropped"]])
-        else:
-            hrows.append([name, "LEDGER BROKEN: " + h["error"], "", "", "", ""])
+    elif owns and dp and led["ok"]:
+        eps_words += (f" The largest ε in any holder's own signed ledger (no amplification) is {_fmt(max(owns))}"
+                      + (f" (the own ledgers of {', '.join(missing)} are not in this directory)." if missing else "."))
+    elif dp and led["ok"] and (views := [h["view_epsilon"] for h in holders.values() if h.get("ok") and h.get("in_cohort")]):
+        eps_words += (" No holder's own ledger is in this directory (securefed verify --holder-ledger checks them); the "
+                      f"largest ε in the server's view of any holder (no amplification) is {_fmt(max(views))}, which a "
+                      "holder's own ledger can only exceed.")
+    hrows = holder_rows(holders)
     params = [["parameter", "value"]] + [[k, _fmt(f[k])] for k in (
         "mode", "mechanism", "noise_multiplier", "clip_first", "clip_last", "adaptive_clip", "ring_bits", "population",
         "cohort_size_planned", "sampling", "sampling_rate", "delta", "epsilon", "server_epsilon_cap", "holder_epsilon_cap",
         "accountant", "rounds_recorded", "reexecuted_rounds") if dp or k != "delta"]  # no δ without DP
+    if rec and f.get("dp_sgd"):
+        params += [[f"dp_sgd.{k}", _fmt(v)] for k, v in f["dp_sgd"].items()]
     nist = [["factor (NIST SP 800-226)", "this run"],
-            ["unit of privacy", "one data holder (all of its records together): the guarantee covers a holder's whole "
-             "contribution, which is stronger than record-level DP. Optional DP-SGD adds a record-level guarantee inside a holder."],
-            ["privacy parameters ε, δ", f"ε = {_fmt(f['epsilon'])}, δ = {_fmt(f['delta'])} (δ < 1/population)" if dp
-             else "none: differential privacy was off (ε = ∞)"],
-            ["neighbouring relation", f"{_fmt(f['neighbouring_relation'])} one holder ({_fmt(f['sampling'])} sampling of cohorts)"],
-            ["accounting", f"{_fmt(f['accountant'])}; composition over all recorded rounds, re-executed rounds counted again"],
+            ["unit of privacy", unit_words(dp, rec)],
+            ["privacy parameters ε, δ", parameter_words(f, dp, rec, led["ok"])],
+            ["neighbouring relation", f"{_fmt(f['neighbouring_relation'])} one holder ({_fmt(f['sampling'])} sampling of cohorts)"
+             + ("; record level: add/remove one training record (Poisson batches)" if rec else "")],
+            ["accounting", f"{_fmt(f['accountant'])}; composition over all recorded rounds, re-executed rounds counted again"
+             + ("; record level: each holder's Opacus RDP accountant over its DP-SGD steps" if rec else "")],
             ["trust model / threat", trust],
-            ["implementation", ("noise from the OS CSPRNG (never a seeded library RNG); " if dp else "") + (
-                "integer noise and modular ring arithmetic (no floating-point noise in the released sum)"
-                if f["mode"] == "distributed" else "continuous float64 Gaussian noise at the server (floating-point "
-                "effects on the noise are not mitigated)" if f["mode"] == "central" else "no noise (DP off)")
+            ["implementation", implementation_words(f, dp, rec)
              + ("; hash-chained, fsync'ed ledgers verified when this report was made" if led["ok"] and not broken
                 else "; hash-chained, fsync'ed ledgers — verification FAILED when this report was made (see above)")]]
-    train = [["figure", "value"], ["federated eval perplexity", _fmt(f["fed_eval_ppl"])],
-             ["centralized baseline eval perplexity", _fmt(f["central_eval_ppl"])],
+    train = [["figure", "value"], ["federated eval perplexity", format_ppl(f["fed_eval_ppl"], f["fed_eval_loss"])],
+             ["centralized baseline eval perplexity", format_ppl(f["central_eval_ppl"], f["central_eval_loss"])],
              ["centralized baseline inner lr / batch", f"{_fmt(f['central_lr'])} / {_fmt(f['central_batch_size'])}"],
              ["tokens", _fmt(f["tokens"])],
-             ["rounds", _fmt(f["rounds"])]]
+             ["rounds that updated the model", _fmt(f["rounds"])]]
+    mech = _sentence(MECH_WORDS.get(f["mechanism"], str(f["mechanism"]))) if dp else _sentence(no_dp_mechanism(f, rec))
+    if dp and f.get("deterministic_secrets"):
+        mech += (f" {NOT_PRIVATE}: deterministic_secrets is on, so every noise sample is derived from the configuration's "
+                 f"seed ({_fmt(f.get('seed'))}, in config.yaml): whoever reads it can subtract the noise.")
+    rounds_sec = rounds.rounds_section(run, f)
+    pre = privacy_checks.preflight_blocks(run["run_dir"], f.get("aggregation"))
     return [
         ("Ledger integrity", integrity),
-        ("What was protected, in plain words", protection_words(f, dp, eps_words)),
-        ("Mechanism", [_sentence(MECH_WORDS.get(f["mechanism"], str(f["mechanism"])))]),
+        ("What was protected, in plain words", protection_words(f, dp, eps_words) + record_level.protection_blocks(f)),
+        ("Mechanism", [mech] + ([record_level.mechanism_words(f)] if rec else [])),
         ("Trust model", [trust]),
-        ("Weights", ["With DP on, every holder's update has the same weight (uniform averaging: the sum is divided by the "
-                     "planned cohort size), so the sensitivity used by the accountant is the true one: one holder moves the "
-                     "sum by at most C." if dp else "DP is off: holder weights follow the run's configured weighting."]),
+        ("Weights", [rounds.sensitivity_words(run) if dp else "DP is off: holder weights follow the run's configured weighting."]),
         ("Parameters", [("table", params)]),
         ("NIST SP 800-226 factors", [("table", nist)]),
-        ("Holder budgets", [("table", hrows)] if len(hrows) > 1 else ["No holder ledgers found."]),
+        ("Holder budgets", [("table", hrows)] if len(hrows) > 1 else ["No holder is known to this run directory."]),
         ("Refusals, caps and δ, in plain words", privacy_checks.plain_words(run, f) or ["No holder was refused and no cap applied."]),
-        *([("Pre-flight check", pre)] if (pre := privacy_checks.preflight_blocks(run["run_dir"])) is not None else []),
+        *([rounds_sec] if rounds_sec else []),
+        *([("Pre-flight check", pre)] if pre is not None else []),
         ("Training", [("table", train)]),
     ]
 
 
+def holder_rows(holders: dict) -> list[list]:
+    """The Holder budgets table: every holder the run directory knows, sampled or not. "own" is the holder's own
+    signed ledger (recomputed by verify); the server's view is the coordinator's record of it, a separate column."""
+    rows = [["holder", "holder-level ε (own signed ledger)", "holder-level ε (server's view)", "cap (own ledger)",
+             "rounds included", "refused", "dropped"]]
+    for name, h in holders.items():
+        if not h.get("ok"):
+            err = h["error"]
+            rows.append([name, err if err.startswith("ε withheld") else "LEDGER BROKEN: " + err, "", "", "", "", ""])
+            continue
+        own = (_fmt(h["own_epsilon"]) if h.get("own_epsilon") is not None
+               else "0 (no own ledger: it released nothing)" if h.get("state_dir") and not h.get("own_ledger")
+               else "not in this directory (securefed verify --holder-ledger)")
+        view = _fmt(h["view_epsilon"]) if h.get("in_cohort") else "0 (never in a cohort)"
+        cap = "—" if not h.get("own_ledger") else ("none set" if h.get("cap") is None else _fmt(h["cap"]))
+        rows.append([name, own, view, cap, h.get("included", 0), h.get("refused", 0), h.get("dropped", 0)])
+    return rows
+
+
 # ---------------------------------------------------------------- mode-matching words (issue 16)
+def _quantized(f: dict) -> str:
+    return "clipped and quantized" if f.get("aggregation") != "plain" else "clipped (plain aggregation sums floats)"
+
+
+def no_dp_mechanism(f: dict, rec: bool) -> str:
+    if rec:
+        return (f"no holder-level differential privacy: updates are {_quantized(f)}, but no holder-level noise is added "
+                "(holder-level ε = ∞)")
+    return f"no differential privacy: updates are {_quantized(f)}, but no noise is added (ε = ∞)"
+
+
+def update_protection(f: dict) -> str:
+    """Who sees each holder's update, true to the aggregation mode."""
+    agg = f.get("aggregation")
+    if agg == "plain":
+        return ("Nothing hides the individual updates: under plain aggregation the coordinator sees each holder's "
+                "clipped update.")
+    if agg == "ckks+secagg":
+        return ("What hides the individual updates from the coordinator is secure aggregation alone: pairwise masking, "
+                "and CKKS for the routed small tensors, whose key every holder shares (see Trust model).")
+    if agg == "secagg":
+        return "What hides the individual updates from the coordinator is secure aggregation alone (see Trust model)."
+    return f"Aggregation {_fmt(agg)}: see Trust model for who sees the individual updates."
+
+
 def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
     """The "What was protected" paragraphs, true to the run's privacy mode."""
     if not dp:
-        return [f"Privacy unit: {f['privacy_unit']} — each data holder's pseudo-gradient in a round is clipped to L2 norm "
-                f"C = {_fmt(f['clip_first'])} and quantized, but no noise is added: differential privacy was off, so the "
-                "released models carry no formal guarantee about any holder's data. What protects the individual updates "
-                "is secure aggregation alone (see Trust model).", eps_words]
+        rec = record_level.on(f)
+        q = "" if f.get("aggregation") == "plain" else " and quantized"
+        if rec:   # its update does carry DP-SGD noise: only the holder-level noise is absent
+            first = (f"Privacy unit: {f['privacy_unit']} — each data holder's pseudo-gradient in a round is clipped to L2 "
+                     f"norm C = {_fmt(f['clip_first'])}{q}, and no holder-level noise is added to it: holder-level "
+                     "differential privacy was off, so the released models carry no formal guarantee about a holder's "
+                     "data as a whole (the record-level guarantee is below). ")
+        else:
+            first = (f"Privacy unit: {f['privacy_unit']} — each data holder's pseudo-gradient in a round is clipped to L2 "
+                     f"norm C = {_fmt(f['clip_first'])}{q}, but no noise is added: differential privacy was off, so the "
+                     "released models carry no formal guarantee about any holder's data. ")
+        return [first + update_protection(f), eps_words]
+    q1 = f.get("sampling_rate") == 1 or f.get("sampling_rate") == 1.0
+    two = ("Two ε are kept: the ledger above is the guarantee for the released models; each holder's own ledger counts "
+           "only the rounds its data was in (valid even against the coordinator). Here q = 1: every holder is in every "
+           "cohort, so neither ε has amplification by sampling." if q1 else
+           "Two ε are kept: the ledger above is the guarantee for the released models, with amplification by the random "
+           "choice of cohorts (valid against anyone who does not know the cohorts); each holder's own ledger counts only "
+           "the rounds its data was in, without that amplification (valid even against the coordinator). The ledger "
+           "files themselves list who took part in each round: keep them with the coordinator's records; against a "
+           "reader of the ledger only the holder ε holds.")
     return [f"Privacy unit: {f['privacy_unit']} — each data holder's entire pseudo-gradient in a round is bounded in size "
             f"(clipped to L2 norm C) and then hidden by noise, so the released models reveal little about whether any one "
-            f"holder took part.", eps_words,
-            "Two ε are kept: the ledger above is the guarantee for the released models, with amplification by the random "
-            "choice of cohorts (valid against anyone who does not know the cohorts); each holder's own ledger counts only "
-            "the rounds its data was in, without that amplification (valid even against the coordinator). The ledger "
-            "files themselves list who took part in each round: keep them with the coordinator's records; against a "
-            "reader of the ledger only the holder ε holds.", sampling_words(f)]
+            f"holder took part.", eps_words, two] + ([] if q1 else [sampling_words(f)])
 
 
 def sampling_words(f: dict) -> str:
@@ -189,9 +252,88 @@ def sampling_words(f: dict) -> str:
             "draws were secret. The holders' own ε, which needs no such trust, is in the Holder budgets table below.")
 
 
+CKKS_TRUST = ("CKKS route (protocols/ckks.md): the small tensors routed to CKKS are encrypted under one key that a leader "
+              "holder creates and shares with every other key holder; the aggregator holds only a public context, and "
+              "one surviving holder, the decryptor, decrypts the sum, floods it with noise and releases it. Any key "
+              "holder can decrypt any upload of its key generation: if the aggregator colludes with any one key holder, "
+              "every key holder's small-tensor updates of that generation are exposed — weaker than pairwise masking, "
+              "which tolerates up to t − 1 colluding holders.")
+
+
+def trust_words(f: dict) -> str:
+    agg = f.get("aggregation")
+    if f["mode"] == "distributed":
+        t = ("The server is not trusted with individual updates: secure aggregation shows it only the sum of "
+             f"the survivors' masked vectors (aggregation: {_fmt(agg)}; secure aggregation "
+             f"threshold: {_fmt(f['secagg_threshold'])}). The DP guarantee assumes the holders whose inputs "
+             "are in the sum added their noise shares honestly; noise missing because holders dropped out is "
+             "accounted (each round's ε uses the survivors' actual noise). Holders colluding with the server "
+             "remove their own shares from the noise: the guarantee degrades to that of the honest shares.")
+    elif f["mode"] == "central":
+        sees = ("under plain aggregation it sees each holder's clipped update, then adds the Gaussian noise to their sum"
+                if agg == "plain" else "it sees the securely aggregated sum before adding the Gaussian noise")
+        t = (f"The aggregator is trusted: {sees}. The guarantee protects holders against everyone who sees the model, "
+             "not against the aggregator.")
+    elif f["mode"] == "none":
+        t = trust_without_dp(f)
+    else:
+        t = "unknown mode"
+    if agg == "ckks+secagg":
+        t += " " + CKKS_TRUST
+    if record_level.on(f):
+        t += (" Record-level DP-SGD inside each holder bounds what anyone, the coordinator included, can infer about "
+              "one training record from what a holder sent (at that holder's record-level ε).")
+    if f.get("deterministic_secrets"):
+        t += (f" {NOT_PRIVATE}: deterministic_secrets is on, so every mask and noise sample is derived from the "
+              "configuration's seed: whoever reads config.yaml can unmask every update and remove every noise sample.")
+    return t
+
+
 def trust_without_dp(f: dict) -> str:
+    lead = "No holder-level DP noise" if record_level.on(f) else "No DP noise"
     if f.get("aggregation") == "plain":
-        return ("No DP noise and no secure aggregation (aggregation: plain, a baseline only): the server sees every "
-                "holder's clipped update, and nothing bounds inference from the released models.")
-    return ("No DP noise: protection rests on secure aggregation alone (the server sees only sums), which bounds "
-            "no inference from the released models.")
+        return (f"{lead} and no secure aggregation (aggregation: plain, a baseline only): the server sees every "
+                "holder's clipped update, and nothing bounds holder-level inference from the released models.")
+    return (f"{lead}: protection of a holder's update rests on secure aggregation alone (the server sees only sums), "
+            "which bounds no holder-level inference from the released models.")
+
+
+def unit_words(dp: bool, rec: bool) -> str:
+    if dp:
+        return ("one data holder (all of its records together): the guarantee covers a holder's whole contribution, "
+                "which is stronger than record-level DP." + (" Record-level DP-SGD adds a guarantee per training record "
+                                                             "inside each holder." if rec else ""))
+    if rec:
+        return ("one training record inside a holder (record-level DP-SGD); no holder-level guarantee: holder-level "
+                "DP was off")
+    return "none: differential privacy was off"
+
+
+def parameter_words(f: dict, dp: bool, rec: bool, ok: bool) -> str:
+    if not ok:
+        return "not stated: the privacy records do not verify"
+    out = "none: differential privacy was off (ε = ∞)" if not dp and not rec else (
+        "holder level: none (ε = ∞)" if not dp else f"ε = {_fmt(f['epsilon'])}, δ = {_fmt(f['delta'])}")
+    d, n = f.get("delta"), f.get("population")
+    if dp and isinstance(d, (int, float)) and isinstance(n, int) and n > 0:
+        out += f" (δ < 1/population = 1/{n})" if d < 1 / n else f" (δ ≥ 1/population = 1/{n}: no meaningful guarantee)"
+    elif dp:
+        out += " (whether δ < 1/population could not be checked)"
+    if rec:
+        out += "; record level: per holder, in What was protected"
+    return out
+
+
+def implementation_words(f: dict, dp: bool, rec: bool) -> str:
+    if f.get("deterministic_secrets"):
+        src = (f"{NOT_PRIVATE}: every noise sample and mask is derived from the configuration's seed "
+               f"({_fmt(f.get('seed'))}) (deterministic_secrets); ")
+    else:
+        src = "noise from the OS CSPRNG (never a seeded library RNG); " if dp else ""
+    out = src + ("integer noise and modular ring arithmetic (no floating-point noise in the released sum)"
+                 if f["mode"] == "distributed" else "continuous float64 Gaussian noise at the server (floating-point "
+                 "effects on the noise are not mitigated)" if f["mode"] == "central" else "no holder-level noise (DP off)")
+    if rec:
+        out += ("; record-level DP-SGD: floating-point Gaussian noise from torch generators, which are not CSPRNGs "
+                "(protocols/dp.md §10)")
+    return out

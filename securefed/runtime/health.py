@@ -4,7 +4,7 @@
     for each round:  row["warnings"] = health.check(row)      # [] when all is well
                      print each warning loudly; metrics.jsonl keeps them; the report shows them
 
-Three conditions, checked on every metrics row (a federated round or a baseline eval point):
+Four conditions, checked on every metrics row (a federated round or a baseline eval point):
 
 * ``non-finite loss``: train_loss or eval_loss is NaN or ±∞ — training has diverged.
 * ``perplexity above start``: eval perplexity is above its starting value (the untrained model's, when
@@ -15,6 +15,13 @@ Three conditions, checked on every metrics row (a federated round or a baseline 
   evaluation is 2x the unigram) and falls through it, so this fires only when the perplexity *rose*
   above it (an earlier evaluation was at or below it), is above it and not improving (no lower than
   the previous evaluation), or is above it at the last planned round.
+* ``round aborted``: the row records an aborted round (``aborted``: its reason) — the model did not move.
+
+And one over the whole run, :func:`update_shortfall`: fewer planned rounds updated the model than were
+planned (aborted, or never run).
+
+A perplexity is printed by :func:`format_ppl`: ``exp(min(loss, 700))`` overflows to ~1e304, which is no
+measurement, so anything ≥ 1e300 or non-finite reads "overflow (loss L)".
 
 Each warning is one string ``"<kind>: <detail>"`` with ``<kind>`` one of :data:`KINDS`, so a reader
 (the report) can group them; the detail gives the numbers and what to check.
@@ -25,9 +32,39 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["KINDS", "RunHealth", "warning_kind"]
+__all__ = ["KINDS", "RunHealth", "format_ppl", "update_shortfall", "warning_kind"]
 
-KINDS = ("non-finite loss", "perplexity above start", "perplexity above unigram")
+KINDS = ("non-finite loss", "perplexity above start", "perplexity above unigram", "round aborted",
+         "rounds without an update")
+PPL_OVERFLOW = 1e300  # the evaluator caps the loss at 700 before exp: e^700 ≈ 1.014e304 is a clamp, not a perplexity
+
+
+def format_ppl(ppl: Any, loss: Any = None) -> str:
+    """A perplexity for people: "overflow (loss L)" when it is ≥ 1e300 or not finite, else 4 significant digits
+    ("—" when absent)."""
+    x = _number(ppl)
+    if x is None:
+        return "—"
+    if math.isfinite(x) and x < PPL_OVERFLOW:
+        return f"{x:.4g}"
+    lv = _number(loss)
+    return f"overflow (loss {lv:.4g})" if lv is not None else "overflow (loss not recorded)"
+
+
+def update_shortfall(rows: list[dict], rounds_planned: int | None) -> str | None:
+    """The run-level warning when fewer than the planned rounds updated the model (None when all did)."""
+    if not isinstance(rounds_planned, int) or isinstance(rounds_planned, bool) or rounds_planned < 1:
+        return None
+    rounds = [r for r in rows if isinstance(r.get("round"), int)]
+    aborted = sorted(r["round"] for r in rounds if r.get("aborted"))
+    updated = len({r["round"] for r in rounds if not r.get("aborted")})
+    missing = rounds_planned - len({r["round"] for r in rounds})
+    if updated >= rounds_planned:
+        return None
+    parts = ([f"{len(aborted)} aborted: round{'s' if len(aborted) > 1 else ''} {', '.join(map(str, aborted))}"]
+             if aborted else []) + ([f"{missing} never run"] if missing > 0 else [])
+    return (f"rounds without an update: only {updated} of {rounds_planned} planned rounds updated the model"
+            + (f" ({'; '.join(parts)})" if parts else "") + "; the model is not what the configuration planned")
 
 
 def warning_kind(warning: str) -> str:
@@ -61,6 +98,8 @@ class RunHealth:
     def check(self, row: dict) -> list[str]:
         where = f"round {row['round']}" if "round" in row else f"step {row.get('step', '?')}"
         out = []
+        if row.get("aborted"):
+            out.append(f"round aborted: {where} did not update the model: {row['aborted']}")
         bad = [k for k in ("train_loss", "eval_loss") if (v := _number(row.get(k))) is not None and not math.isfinite(v)]
         if bad:
             out.append(f"non-finite loss: {' and '.join(f'{k} is {row[k]}' for k in bad)} in {where}; training has "
@@ -72,8 +111,8 @@ class RunHealth:
             if math.isfinite(ppl):
                 self.start_ppl = ppl  # the first evaluation is the reference from now on
         elif not ppl <= self.start_ppl:  # NaN counts as worse
-            out.append(f"perplexity above start: eval perplexity {ppl:.4g} in {where} is above its starting value "
-                       f"{self.start_ppl:.4g}; the model is getting worse (check lr, clip and DP noise)")
+            out.append(f"perplexity above start: eval perplexity {format_ppl(ppl, row.get('eval_loss'))} in {where} is "
+                       f"above its starting value {self.start_ppl:.4g}; the model is getting worse (check lr, clip and DP noise)")
         if self.unigram_ppl is not None:
             if not ppl <= self.unigram_ppl:
                 why = ("it was below it before" if self._beat_unigram
@@ -81,7 +120,8 @@ class RunHealth:
                        else "at the last planned round" if self.rounds_planned is not None
                        and row.get("round") == self.rounds_planned else None)
                 if why:
-                    out.append(f"perplexity above unigram: eval perplexity {ppl:.4g} in {where} is above the unigram "
+                    out.append(f"perplexity above unigram: eval perplexity {format_ppl(ppl, row.get('eval_loss'))} in "
+                               f"{where} is above the unigram "
                                f"perplexity {self.unigram_ppl:.4g} ({why}); the model predicts worse than token "
                                "frequencies alone")
             else:

@@ -56,7 +56,7 @@ def test_report_renders_all_outputs(run_dir):
     assert rep["ledger_ok"] and rep["facts"]["mechanism"] == "ddgauss" and rep["facts"]["secagg_threshold"] == 0.6
     assert 0 < float(rep["facts"]["epsilon"]) < 100
     md = (out / "report.md").read_text()
-    for phrase in ("Kairouz, Liu, Steinke", "WARNING: δ", "largest ε in any holder", "Privacy unit", "hash chain intact", "NIST SP 800-226", "uniform averaging", "honestly", "neighbouring relation"):
+    for phrase in ("Kairouz, Liu, Steinke", "WARNING: δ", "largest ε in the server's view of any holder", "Privacy unit", "hash chain intact", "NIST SP 800-226", "uniform averaging", "honestly", "neighbouring relation"):
         assert phrase in md
     html = (out / "report.html").read_text()
     png = base64.b64encode((out / "epsilon.png").read_bytes()).decode()

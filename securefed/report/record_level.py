@@ -1,0 +1,91 @@
+"""The report's words about record-level DP-SGD inside the holders (protocols/dp.md §7.2, §10) and about
+where the run's secret randomness came from (``deterministic_secrets``: runtime/parties.py).
+
+The record-level ε stated is only ever ``Verification.record_level``: recomputed by `verify` from the
+history each holder signed with its releases. When the privacy records do not verify, none is stated."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["record_facts", "mechanism_words", "protection_blocks", "noise_source_words", "NOT_PRIVATE"]
+
+NOT_PRIVATE = "NOT private: for tests"
+
+
+def _f(v: Any) -> str:
+    if isinstance(v, float):
+        return "∞" if math.isinf(v) else f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+def record_facts(run: dict) -> dict:
+    """{"dp_sgd": the configured train.dp_sgd (enabled, noise_multiplier, max_grad_norm, delta, clipping) or None,
+    "record_level": {holder id (str): {"epsilon", "delta", "steps"}} from the verified own ledgers, or None when
+    the records do not verify (fail closed), "deterministic_secrets", "seed"}."""
+    cfg = run.get("config") or {}
+    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    sgd = train.get("dp_sgd") if isinstance(train.get("dp_sgd"), dict) else None
+    v = run.get("verification")
+    ok = v is not None and v.ok and run["ledger"]["ok"]
+    return {"dp_sgd": {k: sgd.get(k) for k in ("enabled", "noise_multiplier", "max_grad_norm", "delta", "clipping")}
+            if sgd else None,
+            "record_level": {str(h): dict(r) for h, r in sorted(v.record_level.items())} if ok else None,
+            "deterministic_secrets": cfg.get("deterministic_secrets") is True, "seed": cfg.get("seed")}
+
+
+def on(f: dict) -> bool:
+    """Record-level DP-SGD ran (configured, or recorded in a verified own ledger)."""
+    return bool((f.get("dp_sgd") or {}).get("enabled")) or bool(f.get("record_level"))
+
+
+def noise_source_words(f: dict) -> str:
+    """Where DP-SGD's batches and noise came from, with its limit (dp.md §10)."""
+    if f.get("deterministic_secrets"):
+        return (f"{NOT_PRIVATE} — deterministic_secrets is on: each holder's DP-SGD generators are seeded from the "
+                f"configuration's seed ({_f(f.get('seed'))}, in config.yaml), so whoever reads it can recompute every "
+                "Poisson batch and every noise sample: no record-level guarantee holds against them.")
+    return ("The Poisson batches and the Gaussian noise come from torch generators seeded with 64 bits from os.urandom "
+            "per holder trainer (never from the run's seed). Limit (protocols/dp.md §10): torch's generators are not "
+            "CSPRNGs and the noise is floating point (Opacus' secure_mode is not used).")
+
+
+def mechanism_words(f: dict) -> str:
+    """The record-level mechanism, from the configuration ("" when DP-SGD did not run)."""
+    if not on(f):
+        return ""
+    sgd = f.get("dp_sgd") or {}
+    if sgd.get("enabled"):
+        what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus): every local step clips each training "
+                f"record's gradient to L2 norm {_f(sgd.get('max_grad_norm'))} and adds Gaussian noise with multiplier "
+                f"σ = {_f(sgd.get('noise_multiplier'))} to their sum, over Poisson-sampled batches.")
+    else:
+        what = ("Record-level DP-SGD inside the holders: their own signed releases record it (this run's config.yaml "
+                "does not enable train.dp_sgd, so its parameters are the holders' own).")
+    return what + " " + noise_source_words(f)
+
+
+def protection_blocks(f: dict) -> list:
+    """The record-level guarantee, labelled apart from the holder-level one: per holder, cumulative over all its
+    DP-SGD steps, per training record, at its δ ([] when DP-SGD did not run)."""
+    if not on(f):
+        return []
+    rl = f.get("record_level")
+    if rl is None:
+        return ["Record-level guarantee (DP-SGD): no record-level ε is stated: the privacy records do not verify "
+                "(see Ledger integrity)."]
+    if not rl:
+        return ["Record-level guarantee (DP-SGD): no holder's own ledger in this directory records a DP-SGD release, "
+                "so no record-level ε is stated."]
+    head = ("Record-level guarantee (DP-SGD), separate from the holder-level one: each single training record (sequence) "
+            "of a holder is protected by that holder's record-level (ε, δ) below, against anyone who sees what the holder "
+            "sent — its updates and every model built from them, the coordinator included (protocols/dp.md §10). Each ε "
+            "is cumulative over all of the holder's DP-SGD steps so far, per training record, recomputed from the "
+            "DP-SGD history the holder signed with each release.")
+    rows = [["holder", "record-level ε (cumulative, per training record)", "δ", "DP-SGD steps"]]
+    rows += [[f"holder-{h}", _f(r.get("epsilon")), _f(r.get("delta")), _f(r.get("steps"))] for h, r in rl.items()]
+    out: list = [head, ("table", rows)]
+    if f.get("deterministic_secrets"):
+        out.append(noise_source_words(f))
+    return out

@@ -1,0 +1,116 @@
+"""The report's words about rounds: which did not update the model and why, which were charged anyway,
+which holders were outside the masked sum (ckks+secagg's ``ckks_only``, secure aggregation's
+``secagg_dropped``), and what the clip telemetry does and does not show (protocols/federation.md §4.1, dp.md §9)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["aborted_rounds", "charged_aborted_words", "rounds_section", "clip_words", "sensitivity_words"]
+
+_UNCHARGED = ("empty", "none")   # events that add nothing to ε (an empty distributed round; DP off)
+
+
+def _f(v: Any) -> str:
+    if isinstance(v, float):
+        return "∞" if math.isinf(v) else f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+def aborted_rounds(run: dict) -> list[dict]:
+    """[{round, reason, charged}] for every metrics row that records an aborted round; ``charged``: the server
+    ledger's entry for that round carries an event that adds to ε (None when the ledger does not say)."""
+    by_round = {}
+    for e in run["ledger"]["entries"]:
+        by_round[e.get("round")] = e
+    out = []
+    for m in run["metrics"]:
+        if not m.get("aborted"):
+            continue
+        e = by_round.get(m.get("round"))
+        mech = (e.get("event") or {}).get("mechanism") if isinstance(e, dict) else None
+        out.append({"round": m.get("round"), "reason": str(m["aborted"]),
+                    "charged": None if mech is None else mech not in _UNCHARGED})
+    return out
+
+
+def charged_aborted_words(run: dict, f: dict) -> str:
+    """Said beside the federation's ε: aborted rounds the server ledger charges anyway ("" when none)."""
+    charged = [a["round"] for a in aborted_rounds(run) if a["charged"]]
+    if not charged:
+        return ""
+    which = ", ".join(map(str, charged))
+    why = (" In central mode the server ledger charges every round it records, aborted ones included (an empty round "
+           "is charged like any other: protocols/dp.md §6.4)." if f.get("mode") == "central" else "")
+    return (f" Aborted round{'s' if len(charged) > 1 else ''} {which} did not update the model but "
+            f"{'are' if len(charged) > 1 else 'is'} charged in this ε." + why)
+
+
+def rounds_section(run: dict, f: dict) -> tuple[str, list] | None:
+    """"Rounds that did not update the model, and holders outside the masked sum" (None when there is nothing)."""
+    blocks: list = []
+    ab = aborted_rounds(run)
+    if ab:
+        dp = f.get("mode") in ("central", "distributed")
+        rows = [["round", "why it aborted"] + (["charged in the federation's ε"] if dp else [])]
+        for a in ab:
+            rows.append([_f(a["round"]), a["reason"]] + ([{True: "yes", False: "no", None: "no ledger entry"}[a["charged"]]]
+                                                          if dp else []))
+        blocks.append(f"{len(ab)} round{'s' if len(ab) > 1 else ''} aborted: the model did not move in "
+                      f"{'them' if len(ab) > 1 else 'it'} (metrics.jsonl, field aborted).")
+        blocks.append(("table", rows))
+        if f.get("aggregation") == "ckks+secagg":
+            blocks.append("Under ckks+secagg the CKKS-routed tensors' sum is decrypted before the masked stage: a round "
+                          "that aborted in the masked stage had already released that sum, though the model did not move.")
+    ckks = [(m.get("round"), m["ckks_only"]) for m in run["metrics"] if m.get("ckks_only")]
+    if ckks:
+        blocks.append("ckks_only (metrics.jsonl): holders in the CKKS part of the sum only — their masked input never "
+                      "arrived, but their CKKS-routed tensors were decrypted into the model, so they are charged for the "
+                      "round like every survivor (protocols/federation.md §4.1 step 6): "
+                      + "; ".join(f"round {r}: holder{'s' if len(hs) > 1 else ''} {', '.join(map(str, hs))}" for r, hs in ckks)
+                      + ".")
+    dropped = [(m.get("round"), m["secagg_dropped"]) for m in run["metrics"] if m.get("secagg_dropped")]
+    if dropped:
+        blocks.append("secagg_dropped (metrics.jsonl): holders that shared their secure-aggregation keys but sent no "
+                      "masked input; the others' shares removed their pairwise masks, and nothing of their masked update "
+                      "is in the sum (protocols/secagg.md §8)"
+                      + (" — under ckks+secagg one may still be in the CKKS part (see ckks_only)"
+                         if f.get("aggregation") == "ckks+secagg" else "") + ": "
+                      + "; ".join(f"round {r}: holder{'s' if len(hs) > 1 else ''} {', '.join(map(str, hs))}"
+                                  for r, hs in dropped) + ".")
+    return ("Rounds that did not update the model, and holders outside the masked sum", blocks) if blocks else None
+
+
+def clip_words(run: dict, f: dict) -> list[str]:
+    """What the clip telemetry means: adaptive clipping's noisy fraction, and why the clip plot may be empty."""
+    out = []
+    fr = [e.get("noisy_within_clip_fraction") for e in run["ledger"]["entries"]]
+    fr = [x for x in fr if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    if fr:
+        span = _f(min(fr)) if min(fr) == max(fr) else f"{_f(min(fr))} to {_f(max(fr))}"
+        out.append(f"Adaptive clipping (Andrew et al. 2021, protocols/dp.md §9) moved the clip from "
+                   f"{_f(f.get('clip_first'))} to {_f(f.get('clip_last'))}, following each round's "
+                   f"noisy_within_clip_fraction (here {span}): a noised count of the holders "
+                   "whose update was within the clip, over the cohort. The noise keeps each holder's answer private, so "
+                   "the estimate can fall outside [0, 1]; it is not a measured fraction.")
+    if not any(isinstance(m.get("clip_fraction"), (int, float)) for m in run["metrics"]):
+        out.append("The clip fraction plot is empty: " + (
+            "under distributed DP a holder does not tell the server whether clipping changed its update (the server "
+            "must not learn it), so no clip fraction exists." if f.get("mode") == "distributed"
+            else "no round of this run recorded a clip fraction (aborted rounds record none)."))
+    return out
+
+
+def sensitivity_words(run: dict) -> str:
+    """How far one holder moves the sum: S, the accounted (quantized) bound ≥ C (protocols/dp.md §6.4)."""
+    ratios = []
+    for e in run["ledger"]["entries"]:
+        plan = e.get("plan") if isinstance(e.get("plan"), dict) else {}
+        s, c = plan.get("sensitivity_l2"), plan.get("clip")
+        if isinstance(s, (int, float)) and isinstance(c, (int, float)) and c > 0:
+            ratios.append(s / c)
+    worst = f" (largest S/C in this run's ledger: {max(ratios):.7g})" if ratios else ""
+    return ("With DP on, every holder's update has the same weight (uniform averaging: the sum is divided by the planned "
+            "cohort size), so one holder moves the sum by at most S, the sensitivity the accountant charges: the bound "
+            "on the quantized, rounded update, S ≥ C (protocols/dp.md §6.4)" + worst + ".")

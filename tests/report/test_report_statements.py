@@ -1,0 +1,235 @@
+"""What the report and the console tell a compliance officer, statement by statement (audit C): each test
+renders a signed run (tests/report/signed_run.py) or calls the wording function, and asserts the exact sentence."""
+
+import json
+
+from securefed.cli import main
+from securefed.privacy import DPConfig
+from securefed.privacy.holder_ledger import record_level_entry
+from securefed.privacy.preflight import preflight
+from securefed.report import privacy_checks, render_report, rounds, text
+from securefed.report.privacy_checks import verify_run
+from securefed.runtime.health import RunHealth, format_ppl, update_shortfall
+from tests.report.signed_run import make_signed_run
+
+DP_SGD = {"train": {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5}}}
+
+
+def _md(rd):
+    return (rd / "report" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ H1
+def test_record_level_dp_sgd_is_stated_per_holder_and_never_called_no_noise(tmp_path, capsys):
+    rd = tmp_path / "run"
+    make_signed_run(rd, cfg=DPConfig(clip=1.0), own_cap=None, dp_sgd_steps=2, config=DP_SGD)   # holder-level DP off
+    assert main(["report", str(rd)]) == 0
+    md = _md(rd)
+    # holder h signs σ = 1, q = 0.01·h, 2 steps per release, 4 releases: 8 steps (signed_run.py)
+    eps = {h: record_level_entry([[1.0, 0.01 * h, 8]], 1e-5)["epsilon"] for h in (1, 2, 3, 4)}
+    assert "Record-level guarantee (DP-SGD), separate from the holder-level one:" in md
+    assert "| holder | record-level ε (cumulative, per training record) | δ | DP-SGD steps |" in md
+    for h, e in eps.items():
+        assert f"| holder-{h} | {e:.4g} | 1e-05 | 8 |" in md
+    assert "no noise is added (ε = ∞)" not in md and "What protects the individual updates is secure aggregation alone" not in md
+    assert ("No holder-level differential privacy: updates are clipped and quantized, but no holder-level noise is added "
+            "(holder-level ε = ∞).") in md
+    assert "but no noise is added" not in md and "No DP noise" not in md
+    assert "<th>record-level ε (cumulative, per training record)</th>" in (rd / "report" / "report.html").read_text()
+    assert ("Limit (protocols/dp.md §10): torch's generators are not CSPRNGs and the noise is floating point") in md
+    rep = json.loads((rd / "report" / "report.json").read_text())
+    assert rep["facts"]["record_level"]["3"] == {"epsilon": eps[3], "delta": 1e-5, "steps": 8}
+    assert rep["verification"]["record_level"]["3"]["steps"] == 8
+    out = capsys.readouterr().out
+    assert "privacy: holder-level epsilon=inf (holder-level differential privacy off)" in out
+    assert f"privacy: holder 2 record-level epsilon={eps[2]:.6g} delta=1e-05 after 8 DP-SGD steps" in out
+
+
+def test_record_level_epsilon_is_withheld_when_the_records_do_not_verify(tmp_path):
+    rd = tmp_path / "run"
+    make_signed_run(rd, cfg=DPConfig(clip=1.0), own_cap=None, dp_sgd_steps=2, config=DP_SGD)
+    (rd / "privacy" / "end.json").unlink()   # no signed end-of-run record: not verified (dp.md §7.4)
+    rep = render_report(rd)
+    md = _md(rd)
+    assert ("Record-level guarantee (DP-SGD): no record-level ε is stated: the privacy records do not verify "
+            "(see Ledger integrity).") in md
+    assert "| DP-SGD steps |" not in md and rep["facts"]["record_level"] is None and rep["verification"]["record_level"] == {}
+
+
+# ------------------------------------------------------------------------------------------ H2
+def test_holder_budgets_show_the_own_ledger_the_servers_view_own_caps_and_unsampled_holders(tmp_path):
+    rd = tmp_path / "run"
+    # holder 4 releases in round 2 and drops out: its own ledger keeps the release, the server's view does not;
+    # the server's session has no holder caps (as the coordinator runs it): caps only in the own ledgers
+    make_signed_run(rd, rounds=3, drop_last_holder_at=2, server_caps=False)
+    (rd / "holders" / "5").mkdir()   # holder 5's state directory is here (a simulation's): no ledger, nothing released
+    v = verify_run(rd)
+    own, view = v.holder_own_epsilon[4], v.holder_view_epsilon[4]
+    assert own > view
+    render_report(rd)
+    md = _md(rd)
+    assert ("| holder | holder-level ε (own signed ledger) | holder-level ε (server's view) | cap (own ledger) | "
+            "rounds included | refused | dropped |") in md
+    assert f"| holder-4 | {own:.4g} | {view:.4g} | 20 | 2 | 0 | 1 |" in md
+    # on the roster (keys.json), never in a cohort: holder 5's directory is here, holder 6's is not
+    assert "| holder-5 | 0 (no own ledger: it released nothing) | 0 (never in a cohort) | — | 0 | 0 | 0 |" in md
+    assert "| holder-6 | not in this directory (securefed verify --holder-ledger) | 0 (never in a cohort) | — | 0 | 0 | 0 |" in md
+    worst = max(v.holder_own_epsilon.values())
+    assert (f"The largest ε in any holder's own signed ledger (no amplification) is {worst:.4g} (the own ledgers of "
+            "holder-6 are not in this directory).") in md
+    assert "holder-4 has an ε cap of 20:" in md and f"(ε spent, own ledger: {own:.4g})" in md
+
+
+# ------------------------------------------------------------------------------------------ H5
+def test_deterministic_secrets_are_said_to_be_not_private(tmp_path, capsys):
+    rd = tmp_path / "run"
+    make_signed_run(rd, config={"deterministic_secrets": True, "seed": 7})
+    assert main(["report", str(rd)]) == 0
+    md = _md(rd)
+    assert "noise from the OS CSPRNG" not in md
+    assert ("| implementation | NOT private: for tests: every noise sample and mask is derived from the configuration's "
+            "seed (7) (deterministic_secrets);") in md
+    assert ("WARNING: deterministic secrets: NOT private: for tests — every noise sample, mask and DP-SGD seed of this "
+            "run is derived from the configuration's seed (7, in config.yaml); whoever reads it can recompute them all.") in md
+    assert ("securefed report: WARNING: NOT private: for tests — deterministic_secrets derives every noise sample and "
+            "mask from the configuration's seed (7)") in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ M1
+def test_a_run_whose_every_round_aborted_says_so_prominently(tmp_path):
+    rd = tmp_path / "run"
+    make_signed_run(rd, abort_rounds=(1, 2, 3, 4))
+    rep = render_report(rd)
+    md = _md(rd)
+    assert ("WARNING: rounds without an update: only 0 of 4 planned rounds updated the model (4 aborted: rounds 1, 2, 3, "
+            "4); the model is not what the configuration planned.") in md
+    assert md.index("WARNING: rounds without an update") < md.index("## Ledger integrity")
+    assert "| 3 | only 0 holders sent masked inputs; t_min is 3 | no |" in md   # distributed: an empty round costs nothing
+    assert "| rounds that updated the model / planned | 0 / 4 (4 aborted: see Rounds that did not update the model) |" in md
+    assert rep["warnings"][0]["where"] == "run"
+
+
+def test_central_mode_says_aborted_rounds_are_charged(tmp_path):
+    rd = tmp_path / "run"
+    make_signed_run(rd, cfg=DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, clip=1.0, delta=1e-3),
+                    abort_rounds=(2,))
+    render_report(rd)
+    md = _md(rd)
+    assert ("Aborted round 2 did not update the model but is charged in this ε. In central mode the server ledger "
+            "charges every round it records, aborted ones included (an empty round is charged like any other: "
+            "protocols/dp.md §6.4).") in md
+    assert "| 2 | only 0 holders sent masked inputs; t_min is 3 | yes |" in md
+
+
+def test_health_warns_of_an_aborted_round_and_of_a_shortfall():
+    assert RunHealth().check({"round": 2, "aborted": "too few"}) == ["round aborted: round 2 did not update the model: too few"]
+    rows = [{"round": 1}, {"round": 2, "aborted": "x"}]
+    assert update_shortfall(rows, 3) == ("rounds without an update: only 1 of 3 planned rounds updated the model "
+                                         "(1 aborted: round 2; 1 never run); the model is not what the configuration planned")
+    assert update_shortfall([{"round": 1}], 1) is None
+
+
+# ------------------------------------------------------------------------------------------ M2
+def test_an_overflowed_perplexity_is_shown_as_overflow(tmp_path):
+    assert format_ppl(1.0142320547350045e304, 107100.0) == "overflow (loss 1.071e+05)"
+    assert format_ppl(float("nan"), float("nan")) == "overflow (loss nan)"
+    assert format_ppl(148.0) == "148" and format_ppl(float("inf")) == "overflow (loss not recorded)"
+    rd = tmp_path / "run"
+    make_signed_run(rd)
+    rows = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.update(eval_ppl=1.0142320547350045e304, eval_loss=107100.0)
+    rows[1]["warnings"] = ["perplexity above start: eval perplexity 1.014e+304 in round 2 is above its starting value 512.7"]
+    (rd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = json.loads((rd / "summary.json").read_text())
+    (rd / "summary.json").write_text(json.dumps({**summary, "fed_eval_ppl": 1.0142320547350045e304}))
+    render_report(rd)
+    md = _md(rd)
+    assert "| federated eval perplexity | overflow (loss 1.071e+05) |" in md
+    assert "| eval perplexity: federated / centralized | overflow (loss 1.071e+05) / — |" in md
+    assert "eval perplexity overflow (loss 1.071e+05) in round 2 is above its starting value 512.7" in md
+    assert "1.014e+304" not in md
+
+
+# ------------------------------------------------------------------------------------------ M3, M4
+def test_words_follow_the_real_aggregation_mode(tmp_path):
+    f = {"mode": "central", "aggregation": "plain", "secagg_threshold": None}
+    assert text.trust_words(f).startswith("The aggregator is trusted: under plain aggregation it sees each holder's "
+                                          "clipped update, then adds the Gaussian noise to their sum.")
+    assert "securely aggregated or plain" not in text.trust_words(f)
+    assert text.update_protection({"aggregation": "plain"}) == (
+        "Nothing hides the individual updates: under plain aggregation the coordinator sees each holder's clipped update.")
+    assert text.no_dp_mechanism({"aggregation": "plain"}, False) == (
+        "no differential privacy: updates are clipped (plain aggregation sums floats), but no noise is added (ε = ∞)")
+    pf = preflight(DPConfig(clip=1.0), population=4, cohort_size=4, rounds=3, dim=64, sampling="fixed")
+    assert "secure aggregation still hides each update" not in "\n".join(pf.lines())
+    assert ("  no DP noise (holder-level ε = ∞): nothing bounds what the released models reveal about a holder's data as "
+            "a whole; the coordinator sees each update unless secure aggregation (aggregation.mode secagg or ckks+secagg) "
+            "hides it") in pf.lines()
+    # a preflight.json written before this wording: the report says what the run's aggregation did
+    (tmp_path / "preflight.json").write_text(json.dumps({"mode": "none", "lines": [
+        "pre-flight privacy check (none): learnable", "  no DP noise (holder-level ε = ∞); secure aggregation still hides each update"]}))
+    assert privacy_checks.preflight_blocks(tmp_path, "plain")[1] == (
+        "  no DP noise (holder-level ε = ∞); under plain aggregation the coordinator sees each update")
+
+
+def test_ckks_trust_and_the_ckks_only_and_secagg_dropped_rows_are_explained():
+    f = {"mode": "none", "aggregation": "ckks+secagg"}
+    assert ("Any key holder can decrypt any upload of its key generation: if the aggregator colludes with any one key "
+            "holder, every key holder's small-tensor updates of that generation are exposed") in text.trust_words(f)
+    run = {"ledger": {"entries": []}, "metrics": [{"round": 1, "ckks_only": [1], "secagg_dropped": [1]}, {"round": 2}]}
+    title, blocks = rounds.rounds_section(run, f)
+    assert ("ckks_only (metrics.jsonl): holders in the CKKS part of the sum only — their masked input never arrived, but "
+            "their CKKS-routed tensors were decrypted into the model, so they are charged for the round like every "
+            "survivor (protocols/federation.md §4.1 step 6): round 1: holder 1.") in blocks
+    assert any(b.startswith("secagg_dropped (metrics.jsonl): holders that shared their secure-aggregation keys but sent "
+                            "no masked input") and b.endswith("round 1: holder 1.") for b in blocks)
+
+
+# ------------------------------------------------------------------------------------------ M6
+def test_preflight_warns_where_a_cap_will_stop_the_run():
+    base = dict(mode="distributed", target_epsilon=8.0, clip=1.0, delta=1e-5, force_unlearnable=True)
+    kw = dict(population=4, cohort_size=4, rounds=3, dim=918656, sampling="fixed", min_survivors=3)
+    pf = preflight(DPConfig(**base, holder_epsilon_cap=6.0), **kw)   # the audit's run: holders refused rounds 2 and 3
+    assert pf.ok and pf.warnings == (
+        "privacy.holder_epsilon_cap = 6 will be reached: a holder refuses a round whose own ε, assuming the fewest "
+        "survivors it accepts, would exceed its cap (6.905 at round 2), so each holder stops taking part from round 2 "
+        "on, before the 3 rounds it is planned to join",)
+    assert "  WARNING: privacy.holder_epsilon_cap = 6 will be reached" in "\n".join(pf.lines())
+    pf = preflight(DPConfig(**base, server_epsilon_cap=6.0), **kw)
+    assert pf.warnings == ("privacy.server_epsilon_cap = 6 is below the planned ε after 3 rounds (7.996): the federation "
+                           "will stop before round 2 (ε after 2 rounds would be 6.343), having run 1 of 3 planned rounds",)
+    assert preflight(DPConfig(**base, holder_epsilon_cap=100.0), **kw).warnings == ()
+    assert pf.to_dict()["warnings"] == list(pf.warnings)
+
+
+# ------------------------------------------------------------------------------------------ low
+def test_q_one_sensitivity_delta_and_clip_words(tmp_path):
+    rd = tmp_path / "run"
+    make_signed_run(rd, population=4)   # q = 4/4
+    render_report(rd)
+    md = _md(rd)
+    assert ("Here q = 1: every holder is in every cohort, so neither ε has amplification by sampling.") in md
+    assert "amplification by the random choice of cohorts" not in md
+    assert "one holder moves the sum by at most S, the sensitivity the accountant charges: the bound on the quantized, " \
+           "rounded update, S ≥ C (protocols/dp.md §6.4) (largest S/C in this run's ledger:" in md
+    assert "by at most C." not in md
+    assert "(δ < 1/population = 1/4)" in md
+    assert ("The clip fraction plot is empty: under distributed DP a holder does not tell the server whether clipping "
+            "changed its update (the server must not learn it), so no clip fraction exists.") in md
+    f = {"epsilon": 1.0, "delta": None, "population": 4}
+    assert text.parameter_words(f, True, False, True) == "ε = 1, δ = — (whether δ < 1/population could not be checked)"
+    f = {"ledger": {"entries": [{"noisy_within_clip_fraction": -0.4165}, {"noisy_within_clip_fraction": 1.056}]},
+         "metrics": [{"clip_fraction": 0.5}]}
+    assert rounds.clip_words(f, {"clip_first": 1.0, "clip_last": 1.105})[0].endswith(
+        "(here -0.4165 to 1.056): a noised count of the holders whose update was within the clip, over the cohort. The "
+        "noise keeps each holder's answer private, so the estimate can fall outside [0, 1]; it is not a measured fraction.")
+
+
+def test_verify_prints_no_delta_without_dp(tmp_path, capsys):
+    rd = tmp_path / "run"
+    make_signed_run(rd, cfg=DPConfig(clip=1.0), own_cap=None)
+    main(["verify", str(rd)])
+    out = capsys.readouterr().out
+    assert "privacy: holder-level epsilon=inf (differential privacy off; 4 recorded events)" in out
+    assert "delta=" not in out
