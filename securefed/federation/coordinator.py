@@ -39,6 +39,7 @@ from securefed.privacy import BudgetExhausted, PrivacySession
 from securefed.privacy.clipping import ClipInfo
 from securefed.privacy.remote import round_spec
 from securefed.primitives.quantize import dequantize_sum
+from securefed.runtime.health import format_ppl, update_shortfall
 from securefed.runtime.parties import SERVER_PARTY, EntropyFactory
 from securefed.runtime.rundir import RunDir, atomic_torch_save, atomic_write_text
 from securefed.secagg import Roster, SecAggAborted
@@ -475,9 +476,8 @@ class Coordinator:
             row["ckks_only"] = [h for h in charged if h not in survivors]
         elif result is None and charged:   # aborted after a part of the sum could be revealed: charged all the same
             row["charged_though_aborted"] = charged
-        if aborted:
+        if aborted:   # said once, with its reason, by the round's health warning below
             row["aborted"] = aborted
-            self._say(f"[yellow]round {r} aborted: {aborted}[/]")
         record_eps = [ready[h].record_epsilon for h in ready if ready[h].record_epsilon is not None]
         if record_eps:   # record-level DP-SGD inside holders: the largest holder ε so far
             row["record_epsilon_max"] = max(record_eps)
@@ -613,11 +613,10 @@ class Coordinator:
         if rec:   # as the holders reported it; `securefed verify` recomputes each from its signed releases
             summary["record_epsilon_reported_max"] = max(rec)
             summary["record_delta"] = self.cfg.train.dp_sgd.delta
-        aborted = summary["rounds_aborted"]
-        if aborted:   # never quietly: a run whose rounds did not move the model says so at its end
-            summary["warnings"] = [f"{aborted} of {len(self.metrics)} rounds aborted; the model moved in {len(done)} "
-                                   "(reasons: metrics.jsonl 'aborted', and the report)"]
-            self._say(f"[bold red]WARNING: {summary['warnings'][0]}[/]")
+        short = update_shortfall(self.metrics, self.cfg.federation.rounds)
+        if short:   # never quietly: a run whose rounds did not all move the model says so at its end (the report too)
+            summary["warnings"] = [short]
+            self._say(f"[bold red]WARNING: {short}[/]")
         self.rd.write_json(self.rd.summary, summary)
         return summary
 
@@ -672,10 +671,8 @@ def _as_float(v) -> float | None:
 
 
 def status_line(row: dict, rounds: int) -> str:
-    p, eps = _as_float(row.get("eval_ppl")), _as_float(row.get("epsilon"))
-    ppl = "" if p is None else (f" eval_ppl {p:.2f}" if math.isfinite(p) and p < 1e9 else
-                                f" eval_ppl {p:.3g}" if math.isfinite(p) else
-                                f" eval_ppl overflow (eval_loss {_as_float(row.get('eval_loss')) or float('nan'):.4g})")
+    eps = _as_float(row.get("epsilon"))
+    ppl = "" if row.get("eval_ppl") is None else f" eval_ppl {format_ppl(row['eval_ppl'], row.get('eval_loss'))}"
     dp = (eps is not None and math.isfinite(eps)) or row.get("record_epsilon_max") is not None
     loss = f"{row['train_loss']:.3f}" if row.get("train_loss") is not None else "not sent (DP)" if dp else "n/a"
     extra = f" (+{len(row['ckks_only'])} in the CKKS part only)" if row.get("ckks_only") else ""
