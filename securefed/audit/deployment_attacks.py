@@ -158,7 +158,7 @@ def checkpoint_code_execution() -> Finding:
 
     import securefed
     from securefed.federation.coordinator import Coordinator
-    from securefed.federation.holder import Holder
+    from securefed.federation.holder import Holder, HolderStateError
 
     root = Path(securefed.__file__).parent
     sites = [f"{p.relative_to(root.parent)}:{n}" for p in sorted(root.rglob("*.py")) if "audit" not in p.parts
@@ -178,16 +178,17 @@ def checkpoint_code_execution() -> Finding:
         run_id = bytes(16)
         (state / "holder_state.json").write_text(json.dumps({"version": 1, "run_id": run_id.hex(), "next_round": 2}))
         torch.save({"step": _Payload(marker)}, state / "trainer.pt")
-        holder = SimpleNamespace(welcomed=SimpleNamespace(run_id=run_id), state_dir=state,
-                                 _state_file=state / "holder_state.json", budget=None,
-                                 trainer=SimpleNamespace(load_state_dict=lambda sd: None))
+        # Holder._read_trainer_file: the one reader of trainer.pt (Holder.check_state and _load_state call it)
+        holder = SimpleNamespace(_trainer_file=state / "trainer.pt")
         for who, load in (("coordinator --resume", lambda: Coordinator._restore(coord)),
-                          ("holder restart", lambda: Holder._load_state(holder))):
+                          ("holder restart", lambda: Holder._read_trainer_file(holder))):
             refused[who] = None
             try:
                 load()      # the real code paths; only the safe loader's refusal is expected
             except pickle.UnpicklingError as e:
                 refused[who] = type(e).__name__
+            except HolderStateError as e:   # the holder names the unreadable file (federation.md §6)
+                refused[who] = f"{type(e).__name__} (from {type(e.__context__).__name__})" if e.__context__ else type(e).__name__
             executed[who] = marker.exists()
             marker.unlink(missing_ok=True)
     # mitigated only if both paths refused the payload AND no pickle-capable load is left anywhere
@@ -199,8 +200,8 @@ def checkpoint_code_execution() -> Finding:
         ("Checkpoints are loaded with full pickle before any check: whoever can write RUN_DIR/checkpoints/latest.pt "
          "or a holder's trainer.pt runs arbitrary code on --resume or at the holder's restart." if verdict == VULNERABLE
          else "A pickled code payload was planted in the coordinator's checkpoint and in a holder's trainer.pt and "
-         "read through the real Coordinator._restore (`--resume`) and Holder._load_state (a restarted holder "
-         "joining again): the loader (torch.load weights_only=True) refused both and no code ran "
+         "read through the real Coordinator._restore (`--resume`) and Holder._read_trainer_file (a restarted holder's "
+         "check): the loader (torch.load weights_only=True) refused both and no code ran "
          f"(unsafe load sites left in securefed/: {len(sites)})."), ev, ("PV-08", "TR-10", "SYS-13"),
         fix=("federation/coordinator.py:_restore and federation/holder.py:_load_state: torch.load(..., "
              "weights_only=True); holder state as JSON. Optionally authenticate the checkpoint (HMAC with a key "
