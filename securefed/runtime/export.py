@@ -15,6 +15,10 @@ __all__ = ["export_model", "versions"]
 def export_model(model, tokenizer, out: Path) -> None:
     out = Path(out)
     tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out.parent))
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()   # the run's own progress says "exporting the model"; no tqdm bar in its logs
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -24,6 +28,9 @@ def export_model(model, tokenizer, out: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def versions() -> dict:
