@@ -343,7 +343,10 @@ class Coordinator:
         if fed.sampling == "poisson":   # the rate the ledger states (sampling_rate = cohort_size / population)
             q = fed.cohort_size / self.population
             return [h for h, u in zip(ids, self.sampler.random(len(ids))) if u < q]
-        return sorted(int(h) for h in self.sampler.choice(ids, size=min(fed.cohort_size, len(ids)), replace=False))
+        # fixed size: m of the whole roster, then the available among them — each holder's chance is m/N, the rate the
+        # ledger states; m of the available only would be m/|available| > m/N (an audit: under-stated q, so ε)
+        drawn = self.sampler.choice(self.holder_ids, size=min(fed.cohort_size, len(self.holder_ids)), replace=False)
+        return sorted(int(h) for h in drawn if int(h) in set(ids))
 
     def _t_min(self, n: int) -> int | None:
         if self.cfg.aggregation.mode == "plain" or n < 3:

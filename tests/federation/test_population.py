@@ -122,3 +122,18 @@ def test_cohorts_are_not_a_function_of_the_public_seed(make):
     c.cfg = replace(c.cfg, deterministic_secrets=False)
     drawn = [c.sample_cohort(list(ALL)) for _ in range(40)]
     assert drawn != replay and len({tuple(x) for x in drawn}) > 1           # 6 possible cohorts: 40 equal is 6^-39
+
+
+def test_a_fixed_size_cohort_gives_each_holder_the_stated_rate_whoever_is_available(make):
+    """Fixed-size sampling drew m of the *available* holders, so with holders away each one's chance was
+    m/|available| > m/N, the rate the ledger states (found by this stop's population audit). Now m of the roster."""
+    import numpy as np
+
+    fed = make("federation.clients_per_round=2", "federation.sampling=fixed", start=False)
+    c = fed.coordinator
+    counts = np.zeros(5)
+    for _ in range(4000):                      # holder 4 away: each of 1-3 still joins with chance 2/4, not 2/3
+        for h in c.sample_cohort([1, 2, 3]):
+            counts[h] += 1
+    rate = counts[1:4] / 4000
+    assert np.all(np.abs(rate - 0.5) < 0.03) and counts[4] == 0     # 2/3 would be 0.667 (σ of the mean ≈ 0.008)
