@@ -19,3 +19,25 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """A tiny model on shared cores: more torch threads only contend (the in-process federation tests use it)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def make(tmp_path, fed_cache):
+    """``make(*overrides, **kw)``: an in-process federation of real Holders and a real Coordinator over the audit's
+    ScriptedChannel (securefed.audit.federation_harness.tiny_federation)."""
+    from securefed.audit.federation_harness import tiny_federation
+
+    def build(*overrides, **kw):
+        return tiny_federation(tmp_path, overrides=overrides, cache_dir=fed_cache, **kw)
+    return build

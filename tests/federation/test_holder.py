@@ -14,7 +14,6 @@ import json
 
 import pytest
 
-from securefed.audit.federation_harness import tiny_federation
 from securefed.ckks.messages import AggregateMsg
 from securefed.ckks.messages import decode as ckks_decode
 from securefed.ckks.messages import encode as ckks_encode
@@ -30,22 +29,7 @@ from securefed.secagg import encode as secagg_encode
 DP = ("privacy.mode=distributed", "privacy.mechanism=ddgauss", "privacy.noise_multiplier=1.0", "privacy.clip=1.0")
 ALL = (1, 2, 3, 4)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)      # a tiny model on shared cores: more threads only contend
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def make(tmp_path, fed_cache):
-    def build(*overrides, **kw):
-        return tiny_federation(tmp_path, overrides=overrides, cache_dir=fed_cache, **kw)
-    return build
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/federation/conftest.py
 
 
 # ------------------------------------------------------------------------- helpers

@@ -14,7 +14,6 @@ from dataclasses import replace
 
 import pytest
 
-from securefed.audit.federation_harness import tiny_federation
 from securefed.federation.coordinator import Coordinator
 from securefed.privacy import PrivacySession
 from securefed.report.privacy_checks import verify_run
@@ -25,22 +24,7 @@ NOISE = ("privacy.noise_multiplier=1.0", "privacy.clip=1.0")
 DISTRIBUTED = ("privacy.mode=distributed", "privacy.mechanism=ddgauss", *NOISE)
 CENTRAL = ("privacy.mode=central", "privacy.mechanism=gaussian", *NOISE)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def make(tmp_path, fed_cache):
-    def build(*overrides, **kw):
-        return tiny_federation(tmp_path, overrides=overrides, cache_dir=fed_cache, **kw)
-    return build
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/federation/conftest.py
 
 
 def _claims(fed, population: int) -> None:

@@ -241,23 +241,9 @@ def test_a_coordinator_resigning_a_smaller_sampling_rate_is_caught(tmp_path, cap
     """An audit re-signed the server ledger with the coordinator's own key after cutting sampling_rate (and the
     events' q) to 0.01 for a 4-of-6 cohort: ε 8.00 became 0.83 and verified. The accountant's amplification comes
     from q = cohort_size_planned / population, both recorded in the same entry: now they must agree."""
-    from securefed.privacy.ledger import signed_message, write_end_record
-    from tests.report.signed_run import RUN_ID
-
     rd = tmp_path / "run"
     _, coord, _ = make_signed_run(rd)
-    p = rd / "privacy" / "ledger.jsonl"
-    es = [json.loads(x) for x in _lines(p)]
-    prev = GENESIS
-    for e in es:                                   # what a coordinator holding its key can write
-        e["sampling_rate"] = 0.01
-        e["event"]["q"] = 0.01
-        e.pop("sig")
-        e["prev_hash"] = prev
-        e["sig"] = coord.sign(signed_message(e)).hex()
-        prev = entry_hash(e)
-    p.write_text("".join(canonical_json(e) + "\n" for e in es))
-    write_end_record(rd / "privacy", run_id=RUN_ID, signer=coord)
+    _resign_server(rd, coord, lambda e: e.update(sampling_rate=0.01))   # what a coordinator holding its key can write
     assert main(["verify", str(rd)]) == 1
     out = capsys.readouterr()
     assert "sampling_rate 0.01 is not cohort_size_planned / population = 4 / 6" in out.out + out.err
