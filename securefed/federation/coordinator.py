@@ -41,7 +41,7 @@ from securefed.privacy.remote import round_spec
 from securefed.primitives.quantize import dequantize_sum
 from securefed.runtime.health import format_ppl, update_shortfall
 from securefed.runtime.parties import SERVER_PARTY, EntropyFactory
-from securefed.runtime.rundir import RunDir, atomic_torch_save, atomic_write_text
+from securefed.runtime.rundir import DirectoryInUse, RunDir, atomic_torch_save, atomic_write_text, hold_exclusive
 from securefed.secagg import Roster, SecAggAborted
 
 __all__ = ["Coordinator", "CoordinatorOptions", "StateError", "PreflightRefused", "privacy_preflight", "status_line"]
@@ -100,6 +100,10 @@ class Coordinator:
 
         self.cfg, self.channel, self.rd, self.data, self.roster = cfg, channel, run_dir, data, roster
         self.identity, self.preflight = identity, preflight
+        try:   # one coordinator per run directory (federation.md §6): a second process is refused, not interleaved
+            hold_exclusive(run_dir.root, "the run directory")
+        except DirectoryInUse as e:
+            raise StateError(str(e)) from None
         from securefed.runtime.progress import Progress
 
         self.opt, self.resume, self.stop_after_round = options, resume, stop_after_round

@@ -204,6 +204,7 @@ class Holder:
         RunDir(self.state_dir).write_json(self.state_dir / "data_manifest.json", data.manifest)   # its own record
         self.welcomed = w
         try:
+            self._hold_state_dir()
             self._build_trainer(w, data)
             self.budget = self._open_budget(w.run_id.hex())
             self._load_state()
@@ -316,10 +317,20 @@ class Holder:
             raise HolderStateError(f"{p} is not a holder trainer checkpoint; restore it")
         return st
 
+    def _hold_state_dir(self) -> None:
+        """One process per state directory (federation.md §6): a second one is refused, never interleaved."""
+        from securefed.runtime.rundir import DirectoryInUse, hold_exclusive
+
+        try:
+            hold_exclusive(self.state_dir, f"holder {self.id}'s state directory")
+        except DirectoryInUse as e:
+            raise HolderStateError(str(e)) from None
+
     def check_state(self) -> None:
         """Before joining (`securefed client`): this holder's state files can be read — one clear error
         (HolderStateError) now, not a retried connection problem later. The run's own checks follow at the
         welcome, when the run id is known (:meth:`_load_state`)."""
+        self._hold_state_dir()
         self._read_state_file()
         self._open_budget(None)
         self._read_trainer_file(mmap=True)

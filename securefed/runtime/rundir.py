@@ -20,8 +20,8 @@ from typing import Any
 
 from securefed import jsonio
 
-__all__ = ["RunDir", "RunDirError", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "default_run_dir",
-           "check_out_dir", "is_run_dir", "describe_run"]
+__all__ = ["RunDir", "RunDirError", "DirectoryInUse", "hold_exclusive", "atomic_write_bytes", "atomic_write_text",
+           "atomic_torch_save", "default_run_dir", "check_out_dir", "is_run_dir", "describe_run"]
 
 # files whose presence makes a directory a securefed run (any one of them)
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "summary.json", "privacy/ledger.jsonl", "checkpoints/latest.pt")
@@ -29,6 +29,42 @@ RUN_MARKERS = ("config.yaml", "metrics.jsonl", "summary.json", "privacy/ledger.j
 
 class RunDirError(ValueError):
     """``--out`` / ``--resume`` / a report's RUN_DIR does not fit what was asked; the message says what to do."""
+
+
+class DirectoryInUse(RunDirError):
+    """Another process holds this run or state directory (:func:`hold_exclusive`)."""
+
+
+_HELD: dict[str, int] = {}   # lock file -> its open descriptor, held until this process exits
+
+
+def hold_exclusive(directory: str | Path, what: str) -> None:
+    """Hold an exclusive lock on ``directory`` (``.lock`` inside it, fcntl.flock) for the rest of this process.
+
+    One writer per run directory (the coordinator) and per holder state directory: an audit killed `securefed
+    simulate --backend grpc`, whose server and holder processes lived on, and `--resume` started a second set on
+    the same directories — two processes appended to each holder's ledger and broke its chain. A second process
+    now gets DirectoryInUse (the message names the lock and the pid that holds it); the same process may ask again
+    (tests and in-process simulations build several roles on one directory). The lock dies with its process."""
+    import fcntl
+
+    d = Path(directory)
+    lock = d / ".lock"
+    key = str(lock.resolve()) if d.exists() else str(lock.absolute())
+    if key in _HELD:
+        return
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise DirectoryInUse(f"{what} {d} is in use by another process (pid {holder}, lock {lock}): stop that "
+                             "process first — two processes writing one directory's ledgers would corrupt them") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[str(lock.resolve())] = fd
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

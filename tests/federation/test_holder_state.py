@@ -156,3 +156,36 @@ def test_replayable_dp_sgd_seeds_draw_new_batches_and_noise_after_a_restart(two_
     (b0, n0), (b4, n4), (b0_again, n0_again) = draws(0), draws(4), draws(0)
     assert torch.equal(b0, b0_again) and torch.equal(n0, n0_again)          # replayable
     assert not torch.equal(n0, n4) and (b0.shape != b4.shape or not torch.equal(b0, b4))
+
+
+def test_a_second_process_on_the_same_run_or_state_directory_is_refused(two_rounds, tmp_path):
+    """An audit killed `securefed simulate --backend grpc`: its server and holder processes lived on, `--resume`
+    started a second set on the same directories, and two processes appended to each holder's ledger (verify:
+    "line 7 has seq 4, expected 6"). One process per run directory and per state directory now: the second is
+    refused, naming the lock and the pid; the lock dies with its process."""
+    import subprocess
+    import sys
+    import time
+
+    from securefed.federation.coordinator import StateError
+    from securefed.runtime.rundir import RunDir
+
+    fed, sd, _ = two_rounds
+    other = tmp_path / "other-state"
+    code = ("import sys, time; from securefed.runtime.rundir import hold_exclusive as h; "
+            "[h(d, 'x') for d in sys.argv[1:]]; print('held', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(other), str(tmp_path / "other-run")], stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        holder = fed.restart_holder(1, state_dir=str(other))
+        with pytest.raises(HolderStateError, match=rf"state directory {other} is in use by another process \(pid {p.pid}"):
+            holder.check_state()
+        c = fed.coordinator
+        with pytest.raises(StateError, match="the run directory .* is in use by another process"):
+            type(c)(c.cfg, c.channel, RunDir(tmp_path / "other-run"), data=c.data, roster=c.roster, identity=c.identity)
+    finally:
+        p.kill()
+        p.wait()
+    time.sleep(0.1)
+    holder.check_state()                       # the lock died with its process
