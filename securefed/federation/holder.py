@@ -57,6 +57,7 @@ from securefed.primitives.quantize import quantize_draws
 from securefed.primitives.rng import PrefetchedEntropy
 from securefed.privacy.clipping import l2_clip
 from securefed.privacy.encoders import DiscretePlan
+from securefed.privacy.holder_ledger import history_extends
 from securefed.privacy.config import DEFAULT_DELTA
 from securefed.privacy.remote import HolderBudget, RoundSpec, spec_encode, spec_plan
 from securefed.runtime.parties import EntropyFactory
@@ -371,13 +372,26 @@ class Holder:
             else:
                 log.warning("holder %d: %s is of version 1 (no ledger anchor): it is rewritten as version %d",
                             self.id, self._state_file, STATE_VERSION)
-        # record-level DP-SGD: the checkpoint must hold at least the steps the signed releases say were spent
-        spent = [e["record_level"]["steps"] for e in entries if isinstance(e.get("record_level"), dict)]
-        if getattr(self.trainer, "dp_steps", None) is not None and spent:
+        # record-level DP-SGD: the checkpoint must hold at least the steps the signed releases say were spent, and the
+        # same history (an audit edited σ in trainer.pt between runs: the holder then re-priced its spent steps)
+        signed = [e["record_level"] for e in entries if isinstance(e.get("record_level"), dict)]
+        if signed and getattr(self.trainer, "dp_steps", None) is None:
+            raise HolderStateError(f"{led} records record-level DP-SGD releases but this holder's config has "
+                                   "dp_sgd off: its accountant would be dropped; restore the config")
+        if signed:
             if tr is None:
                 raise HolderStateError(f"{self._trainer_file} is missing but {led} records record-level DP-SGD "
-                                       f"releases of {max(spent)} steps: its accountant would restart at 0; restore it")
-            self._check_trainer_steps(tr, 0, max(spent), f"{led}'s signed releases record")
+                                       f"releases of {signed[-1]['steps']} steps: its accountant would restart at 0; "
+                                       "restore it")
+            self._check_trainer_steps(tr, 0, signed[-1]["steps"], f"{led}'s signed releases record")
+            acc = tr.get("dp_sgd_accountant")
+            hist = [list(h) for h in acc.get("history", [])] if isinstance(acc, dict) else []
+            if not history_extends(signed[-1]["history"], hist):
+                raise HolderStateError(f"{self._trainer_file}'s record-level accountant history {hist} does not extend "
+                                       f"the last signed release's {signed[-1]['history']}: restore the checkpoint")
+        elif tr is not None and tr.get("dp_sgd_accountant") is not None and getattr(self.trainer, "dp_steps", None) is None:
+            raise HolderStateError(f"{self._trainer_file} holds a record-level DP-SGD accountant but this holder's "
+                                   "config has dp_sgd off: restore the config (its spend would be dropped)")
         if tr is not None:
             self.trainer.load_state_dict(tr)
         # H7 after a crash: a round released in the ledger is never taken part in again

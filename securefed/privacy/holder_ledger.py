@@ -21,7 +21,7 @@ from securefed.privacy.accountant import Accountant, RoundEvent
 from securefed.privacy.ledger import LedgerError, decode_floats
 
 __all__ = ["HOLDER_STATUSES", "REQUIRED_FIELDS", "check_holder_entry", "holder_effective_events", "holder_epsilon",
-           "record_level_entry", "record_level_problem"]
+           "history_extends", "record_level_entry", "record_level_problem"]
 
 HOLDER_STATUSES = ("refused", "released", "settled")
 REQUIRED_FIELDS = ("version", "role", "run_id", "holder_id", "round", "status", "event", "epsilon", "cap", "delta",
@@ -112,6 +112,19 @@ def record_level_entry(history: Sequence[Sequence[float]], delta: float) -> dict
             "epsilon": _rdp_epsilon(hist, float(delta))}
 
 
+def history_extends(old: Sequence[Sequence[float]], new: Sequence[Sequence[float]]) -> bool:
+    """Whether the accountant history ``new`` is ``old`` plus more steps: the same (σ, q) entries in order, the last
+    one's steps not fewer, then any further entries (an accountant only ever appends or counts up its last entry)."""
+    old, new = [list(h) for h in old], [list(h) for h in new]
+    if len(new) < len(old):
+        return False
+    for i, (a, b) in enumerate(zip(old, new)):
+        last = i == len(old) - 1
+        if a[:2] != b[:2] or (b[2] < a[2] if last else b[2] != a[2]):
+            return False
+    return True
+
+
 def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> str | None:
     """None if every ``record_level`` of a holder's own ledger is well formed, its ε is what its history gives,
     and the steps never go back along the ledger (a restart from an older checkpoint would); else the first
@@ -122,6 +135,9 @@ def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> s
     for e in entries:
         rl = e.get("record_level") if isinstance(e, dict) else None
         if rl is None:
+            if last is not None and isinstance(e, dict) and e.get("status") == "released":
+                return (f"{_where(e)}: a release without record_level after releases with it: its record-level "
+                        "DP-SGD spend is not stated")
             continue
         where = _where(e)
         if e.get("status") != "released" or not isinstance(rl, dict):
@@ -142,5 +158,10 @@ def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> s
         if last is not None and (steps < last[0] or delta != last[1]):
             return (f"{where}: record-level DP-SGD went back from {last[0]} steps to {steps} (or changed delta): "
                     "its spend was lost")
-        last = (steps, delta)
+        if last is not None and (not history_extends(last[2], hist) or got < last[3] * (1 - rel_tol)):
+            # an audit edited trainer.pt between runs (σ 1 → 50 for the steps already spent): the holder then signed
+            # a history that re-priced its past, and the record-level ε fell along the ledger
+            return (f"{where}: the record-level history {hist} does not extend the previous release's {last[2]} "
+                    "(or its epsilon fell): spent steps were re-priced")
+        last = (steps, delta, hist, got)
     return None

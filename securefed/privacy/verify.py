@@ -237,6 +237,13 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
                     or not 1 <= m <= pop or not math.isclose(q, m / pop, rel_tol=1e-12):
                 # the amplification the accountant grants comes from q = planned cohort / population (dp.md §2)
                 raise ValueError(f"sampling_rate {q!r} is not cohort_size_planned / population = {m!r} / {pop!r}")
+            c = e.get("cohort_size")
+            if isinstance(c, bool) or not isinstance(c, int) or c < e["n_survivors"] + len(e.get("refused", ())) \
+                    or (e.get("sampling") == "fixed" and c > m):
+                # a fixed-size cohort is at most the planned m: an entry with more holders in it than m states a
+                # smaller q than its own cohort shows (an audit: m = 1 stated for cohorts of 5, ε 8.25 for 15.21)
+                raise ValueError(f"cohort_size {c!r} contradicts the entry: {e['n_survivors']} survivors and "
+                                 f"{len(e.get('refused', ()))} refusals, planned {m!r} ({e.get('sampling')} sampling)")
             if e.get("mode") == "central" and (not isinstance(e.get("plan"), dict)
                                                or e["plan"].get("n_planned") != e.get("population")):
                 # dp.md §6.4: γ (so the charged bound S) is planned for the population, whoever takes part
@@ -626,7 +633,15 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
         except _BAD as err:     # odd types the per-ledger checks let through (e.g. a survivor list of lists)
             v.problems.append(Problem("privacy records", None, None, f"cannot be cross-checked: {type(err).__name__}: {err}"))
     if not v.problems:
-        _check_sampling(server, {h: es for h, (_, es) in owns.items()}, frozenset(owns) | own_expected | witnesses, v)
+        wit = frozenset(owns) | own_expected | witnesses
+        if roster is not None:   # only roster members can witness (dp.md §2.1), and never more than the population
+            wit = frozenset(h for h in wit if h in roster)
+        pop = server[-1].get("population") if server else None
+        if isinstance(pop, int) and not isinstance(pop, bool) and len(wit) > pop:
+            v.problems.append(Problem("holders/", None, None, f"{len(wit)} holders witness the sampling rate, more than "
+                                      f"the population of {pop}: state directories or ledgers were added"))
+            return v
+        _check_sampling(server, {h: es for h, (_, es) in owns.items()}, wit, v)
     if not v.signed:
         v.notes.append("no privacy/keys.json: signatures were not checked")
     return v

@@ -189,3 +189,35 @@ def test_a_second_process_on_the_same_run_or_state_directory_is_refused(two_roun
         p.wait()
     time.sleep(0.1)
     holder.check_state()                       # the lock died with its process
+
+
+def test_a_checkpoint_whose_accountant_history_was_edited_or_dropped_is_refused(two_rounds):
+    """The audit edited σ 1 → 50 in trainer.pt's accountant between runs: the holder resumed and signed a history that
+    re-priced its spent steps (record-level ε fell along the ledger). A restarted holder's checkpoint must extend its
+    last signed history; a holder restarted with dp_sgd off must not drop the accountant (it raised AttributeError)."""
+    fed, sd, _ = two_rounds
+    tr = torch.load(sd / "trainer.pt", weights_only=True)
+    (z, q, n), = tr["dp_sgd_accountant"]["history"]
+    tr["dp_sgd_accountant"]["history"] = [(50.0, q, n)]
+    torch.save(tr, sd / "trainer.pt")
+    holder = fed.restart_holder(1)
+    with pytest.raises(HolderStateError, match="does not extend the last signed release's"):
+        holder.welcome(fed.coordinator.welcome_for(1))
+    from securefed.training.config import DPSGDConfig
+
+    tr["dp_sgd_accountant"]["history"] = [(z, q, n)]
+    torch.save(tr, sd / "trainer.pt")
+    holder = fed.restart_holder(1, dp_sgd=DPSGDConfig())
+    with pytest.raises(HolderStateError, match="dp_sgd off"):
+        holder.welcome(fed.coordinator.welcome_for(1))
+
+
+def test_a_signed_history_that_re_prices_spent_steps_is_named():
+    from securefed.privacy.holder_ledger import record_level_entry
+
+    a, b = record_level_entry([[1.0, 0.01, 10]], 1e-5), record_level_entry([[50.0, 0.01, 10], [1.0, 0.01, 5]], 1e-5)
+    es = [{"seq": 0, "round": 1, "status": "released", "record_level": a},
+          {"seq": 1, "round": 2, "status": "released", "record_level": b}]
+    assert "does not extend the previous release's" in record_level_problem(es)
+    es[1] = {"seq": 1, "round": 2, "status": "released"}
+    assert "a release without record_level after releases with it" in record_level_problem(es)

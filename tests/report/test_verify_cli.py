@@ -478,3 +478,17 @@ def test_a_settled_entry_claiming_more_noise_than_its_rounds_plan_is_caught(sign
         led.append(dict(e, epsilon=holder_epsilon([*led.entries, e], e["delta"])))
     code_v, out_v, code_r, _ = _run_both(signed_run, capsys)
     assert code_v == 1 and code_r != 0 and f"the holder settled round {settled['round']} with noise_multiplier" in out_v, out_v
+
+
+def test_a_fixed_size_cohort_larger_than_its_stated_plan_is_caught(tmp_path):
+    """An audit (stop 34): a coordinator stated cohort_size_planned 1 (q = 1/50) for fixed-size cohorts of 5 and
+    verified at ε 8.25 against 15.21 honest — the witness check had too little power. Under fixed-size sampling a
+    cohort is at most its planned size: an entry whose own cohort is larger contradicts the q it states."""
+    from securefed.privacy import DPConfig
+    from securefed.report.privacy_checks import verify_run
+
+    rd = tmp_path / "run"
+    cfg = DPConfig(mode="distributed", noise_multiplier=1.0, clip=1.0, holder_epsilon_cap=None, delta=1e-4)
+    make_signed_run(rd, rounds=3, population=50, cohort=(1,), cohorts=[(1, 2, 3, 4, 5)] * 3, cfg=cfg)
+    v = verify_run(rd)
+    assert not v.ok and "cohort_size 5 contradicts the entry" in str(v.problems[0]) and "planned 1 (fixed" in str(v.problems[0])
