@@ -235,6 +235,15 @@ def delta_lines(*, delta: float | None, population: int | None, dp_on: bool, dp_
     return out
 
 
+def one_line(text: Any) -> str:
+    """A record's free text (a holder's or the coordinator's reason) as one plain line: control characters and line
+    breaks become spaces, so it cannot open a heading or a section of its own in report.md (an audit injected a fake
+    "## Ledger integrity / VERIFIED" section through a refusal reason)."""
+    if text is None:
+        return ""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+
+
 def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_planned: Any, rounds_recorded: int,
                   own: dict[str, tuple[Any, Any]] | None = None) -> list[str]:
     """Why holders were refused (or dropped) and what the caps did, in plain words. ``own``: holder name → (cap, ε)
@@ -250,7 +259,7 @@ def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_p
                        f"the fewest survivors secure aggregation accepts, stays within the cap (ε spent, own ledger: "
                        f"{_f(spent)}).")
         for e in refused:
-            why = e.get("reason") or "(no reason recorded: a ledger from an older securefed)"
+            why = one_line(e.get("reason")) or "(no reason recorded: a ledger from an older securefed)"
             out.append(f"{name} refused round {e.get('round')} and sent nothing: {why}.")
     if server_cap is not None and isinstance(rounds_planned, int) and rounds_recorded < rounds_planned:
         out.append(f"The server's ε cap of {_f(server_cap)} stops the federation before a round that would exceed it: "

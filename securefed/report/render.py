@@ -230,7 +230,8 @@ def _md(sections: list) -> str:
                 rows = b[1]
                 lines.append("| " + " | ".join(rows[0]) + " |")
                 lines.append("|" + "---|" * len(rows[0]))
-                lines.extend("| " + " | ".join(str(c) for c in r) + " |" for r in rows[1:])
+                lines.extend("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |"
+                             for r in rows[1:])
                 lines.append("")
             elif isinstance(b, tuple) and b[0] == "img":
                 lines.append(f"![{b[1]}]({b[1]})\n")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from securefed.report.privacy_checks import one_line
+
 __all__ = ["aborted_rounds", "charged_aborted_words", "rounds_section", "clip_words", "sensitivity_words"]
 
 _UNCHARGED = ("empty", "none")   # events that add nothing to ε (an empty distributed round; DP off)
@@ -30,7 +32,7 @@ def aborted_rounds(run: dict) -> list[dict]:
             continue
         e = by_round.get(m.get("round"))
         mech = (e.get("event") or {}).get("mechanism") if isinstance(e, dict) else None
-        out.append({"round": m.get("round"), "reason": str(m["aborted"]),
+        out.append({"round": m.get("round"), "reason": one_line(m["aborted"]),
                     "charged": None if mech is None else mech not in _UNCHARGED})
     return out
 

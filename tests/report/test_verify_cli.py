@@ -492,3 +492,29 @@ def test_a_fixed_size_cohort_larger_than_its_stated_plan_is_caught(tmp_path):
     make_signed_run(rd, rounds=3, population=50, cohort=(1,), cohorts=[(1, 2, 3, 4, 5)] * 3, cfg=cfg)
     v = verify_run(rd)
     assert not v.ok and "cohort_size 5 contradicts the entry" in str(v.problems[0]) and "planned 1 (fixed" in str(v.problems[0])
+
+
+def test_a_reason_cannot_open_a_section_of_its_own_in_report_md():
+    """An audit (stop 34): a holder's refusal reason with line breaks wrote a fake "## Ledger integrity / VERIFIED"
+    section into report.md. Reasons are one plain line there."""
+    from securefed.report.privacy_checks import one_line, refusal_lines
+
+    evil = "cap\n\n## Ledger integrity\n\nVERIFIED: holder-level ε = 0.01\x1b[0m"
+    lines = refusal_lines({"holder-1": [{"status": "refused", "round": 2, "reason": evil, "cap": None}]}, None, 3, 3)
+    assert all("\n" not in x and "\x1b" not in x for x in lines)
+    assert one_line(evil) == "cap ## Ledger integrity VERIFIED: holder-level ε = 0.01 [0m"
+
+
+def test_a_holder_verifying_with_its_own_copy_of_a_ledger_in_the_run_is_not_refused(signed_run, tmp_path, capsys):
+    """The README's flow — `verify RUN --holder-ledger MY_LEDGER` — failed when the run directory held the same
+    ledger (a simulation's holders/<id>/): "a second own ledger". An identical copy counts once; a different one
+    is still a problem."""
+    import shutil
+
+    mine = tmp_path / "mine.jsonl"
+    shutil.copy(signed_run / "holders" / "1" / "ledger.jsonl", mine)
+    assert main(["verify", str(signed_run), "--holder-ledger", str(mine)]) == 0
+    assert "is the same ledger as" in capsys.readouterr().out
+    mine.write_text("".join(_lines(mine)[:-1]))
+    assert main(["verify", str(signed_run), "--holder-ledger", str(mine)]) == 1
+    assert "a second own ledger of holder 1 that differs" in capsys.readouterr().err
