@@ -388,6 +388,14 @@ def _cross_check(server: list[dict], views: dict[int, list[dict]], owns: dict[in
                 v.problems.append(Problem(label, e["seq"], e["round"], f"the holder settled round {e['round']} (its sum was "
                                           "revealed), but the server ledger has no entry for it: spend missing"))
                 return
+            if e["status"] == "settled" and (e["round"], h) not in surv:
+                # H8: a holder settles at the signed survivor list, just before it sends its unmask shares — the sum it
+                # is in can be revealed from then on; a server entry that does not charge it (an aborted round
+                # recorded with no survivors, an audit's design gap) under-states the federation's ε
+                v.problems.append(Problem(label, e["seq"], e["round"], f"the holder settled round {e['round']} (it was "
+                                          "about to reveal its share of the sum), but the server ledger does not charge "
+                                          "it as a survivor of that round"))
+                return
         for (r, hh), k in sorted(surv.items()):
             if hh == h and released.get(r, 0) < k:
                 v.problems.append(Problem(label, None, r, f"the server lists holder {h} as a survivor of round {r}, but "
@@ -616,8 +624,9 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
         if es is not None:
             if int(hid) in owns:     # a copy of one holder's ledger filed as another's would count it twice
                 first, fes = owns[int(hid)]
-                if es == fes:        # the same ledger given twice (a holder checking the run against its own copy)
-                    v.notes.append(f"{label} is the same ledger as {first}: counted once")
+                filed = {Path(x).parent.name for x in (label, first) if Path(x).parent.parent.name == "holders"}
+                if es == fes and filed <= {str(hid)}:   # the same ledger given twice (a holder checking the run
+                    v.notes.append(f"{label} is the same ledger as {first}: counted once")   # against its own copy)
                     continue
                 v.problems.append(Problem(label, None, None, f"a second own ledger of holder {hid} that differs from "
                                           f"the first ({first})"))

@@ -518,3 +518,4 @@ def test_a_holder_verifying_with_its_own_copy_of_a_ledger_in_the_run_is_not_refu
     mine.write_text("".join(_lines(mine)[:-1]))
     assert main(["verify", str(signed_run), "--holder-ledger", str(mine)]) == 1
     assert "a second own ledger of holder 1 that differs" in capsys.readouterr().err
+
