@@ -39,7 +39,7 @@ from securefed.privacy import BudgetExhausted, PrivacySession
 from securefed.privacy.clipping import ClipInfo
 from securefed.privacy.remote import round_spec
 from securefed.primitives.quantize import dequantize_sum
-from securefed.runtime.health import format_ppl, update_shortfall
+from securefed.runtime.health import as_number, format_ppl, update_shortfall
 from securefed.runtime.parties import SERVER_PARTY, EntropyFactory
 from securefed.runtime.rundir import DirectoryInUse, RunDir, atomic_torch_save, atomic_write_text, hold_exclusive
 from securefed.secagg import Roster, SecAggAborted
@@ -350,7 +350,8 @@ class Coordinator:
         # fixed size: m of the whole roster, then the available among them — each holder's chance is m/N, the rate the
         # ledger states; m of the available only would be m/|available| > m/N (an audit: under-stated q, so ε)
         drawn = self.sampler.choice(self.holder_ids, size=min(fed.cohort_size, len(self.holder_ids)), replace=False)
-        return sorted(int(h) for h in drawn if int(h) in set(ids))
+        here = set(ids)
+        return sorted(int(h) for h in drawn if int(h) in here)
 
     def _t_min(self, n: int) -> int | None:
         if self.cfg.aggregation.mode == "plain" or n < 3:
@@ -440,9 +441,8 @@ class Coordinator:
             clock.lap("train")
             try:
                 # WAL (§6) before the sum can be revealed: a crash from then on completes this round's accounting
-                # on restart (an audit killed the coordinator between the unmask and the old WAL: spend lost)
+                # on restart (an audit killed the coordinator between the unmask and the old WAL: spend lost).
                 # ckks+secagg: the CKKS part is revealed over A, the masked part over B ⊆ A
-
                 def wal(surv, revealed=revealed):
                     revealed.update(surv)     # the last call is the masked stage's (B): the shares in the masked sum
                     masked_n[:] = [len(surv)]
@@ -669,16 +669,8 @@ def _file_sha256(path) -> str | None:
     return h.hexdigest()
 
 
-def _as_float(v) -> float | None:
-    """A metrics value as a float (the files write ∞ and NaN as strings); None if absent or not a number."""
-    try:
-        return None if v is None or isinstance(v, bool) else float(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def status_line(row: dict, rounds: int) -> str:
-    eps = _as_float(row.get("epsilon"))
+    eps = as_number(row.get("epsilon"))
     ppl = "" if row.get("eval_ppl") is None else f" eval_ppl {format_ppl(row['eval_ppl'], row.get('eval_loss'))}"
     dp = (eps is not None and math.isfinite(eps)) or row.get("record_epsilon_max") is not None
     loss = f"{row['train_loss']:.3f}" if row.get("train_loss") is not None else "not sent (DP)" if dp else "n/a"

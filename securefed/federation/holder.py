@@ -56,9 +56,9 @@ from securefed.primitives.keys import IdentityKey
 from securefed.primitives.quantize import quantize_draws
 from securefed.primitives.rng import PrefetchedEntropy
 from securefed.privacy.clipping import l2_clip
+from securefed.privacy.config import DEFAULT_DELTA
 from securefed.privacy.encoders import DiscretePlan
 from securefed.privacy.holder_ledger import history_extends
-from securefed.privacy.config import DEFAULT_DELTA
 from securefed.privacy.remote import HolderBudget, RoundSpec, spec_encode, spec_plan
 from securefed.runtime.parties import EntropyFactory
 from securefed.runtime.rundir import atomic_write_text
@@ -375,23 +375,19 @@ class Holder:
         # record-level DP-SGD: the checkpoint must hold at least the steps the signed releases say were spent, and the
         # same history (an audit edited σ in trainer.pt between runs: the holder then re-priced its spent steps)
         signed = [e["record_level"] for e in entries if isinstance(e.get("record_level"), dict)]
-        if signed and getattr(self.trainer, "dp_steps", None) is None:
-            raise HolderStateError(f"{led} records record-level DP-SGD releases but this holder's config has "
-                                   "dp_sgd off: its accountant would be dropped; restore the config")
+        if getattr(self.trainer, "dp_steps", None) is None and (signed or (tr or {}).get("dp_sgd_accountant") is not None):
+            raise HolderStateError(f"{led if signed else self._trainer_file} records record-level DP-SGD spend but this "
+                                   "holder's config has dp_sgd off: its accountant would be dropped; restore the config")
         if signed:
             if tr is None:
                 raise HolderStateError(f"{self._trainer_file} is missing but {led} records record-level DP-SGD "
                                        f"releases of {signed[-1]['steps']} steps: its accountant would restart at 0; "
                                        "restore it")
             self._check_trainer_steps(tr, 0, signed[-1]["steps"], f"{led}'s signed releases record")
-            acc = tr.get("dp_sgd_accountant")
-            hist = [list(h) for h in acc.get("history", [])] if isinstance(acc, dict) else []
+            hist = self._checkpoint_history(tr)
             if not history_extends(signed[-1]["history"], hist):
                 raise HolderStateError(f"{self._trainer_file}'s record-level accountant history {hist} does not extend "
                                        f"the last signed release's {signed[-1]['history']}: restore the checkpoint")
-        elif tr is not None and tr.get("dp_sgd_accountant") is not None and getattr(self.trainer, "dp_steps", None) is None:
-            raise HolderStateError(f"{self._trainer_file} holds a record-level DP-SGD accountant but this holder's "
-                                   "config has dp_sgd off: restore the config (its spend would be dropped)")
         if tr is not None:
             self.trainer.load_state_dict(tr)
         # H7 after a crash: a round released in the ledger is never taken part in again
@@ -399,11 +395,15 @@ class Holder:
         if released:
             self.next_round = max(self.next_round, max(released) + 1)
 
+    @staticmethod
+    def _checkpoint_history(tr: dict) -> list[list]:
+        """The record-level accountant's (σ, q, steps) history a trainer checkpoint holds ([] without DP-SGD)."""
+        acc = tr.get("dp_sgd_accountant")
+        return [list(h) for h in acc.get("history", [])] if isinstance(acc, dict) else []
+
     def _check_trainer_steps(self, tr: dict, step: int, dp_steps: int | None, source: str) -> None:
         got_step = int(tr.get("step", 0)) if isinstance(tr.get("step"), int) else -1
-        acc = tr.get("dp_sgd_accountant")
-        hist = acc.get("history", []) if isinstance(acc, dict) else []
-        got_dp = sum(int(h[2]) for h in hist) if hist else 0
+        got_dp = sum(int(h[2]) for h in self._checkpoint_history(tr))
         if got_step < step or (dp_steps is not None and got_dp < dp_steps):
             raise HolderStateError(f"{self._trainer_file} holds {got_step} steps ({got_dp} record-level DP-SGD steps) "
                                    f"but {source} {step} ({dp_steps}): an older checkpoint would forget spend; "
@@ -577,10 +577,9 @@ class Holder:
         # the keyword only when it is used: a host-path holder calls train_round(θ) as it always has
         up = self.trainer.train_round(theta, delta_on_device=True) if on_device else self.trainer.train_round(theta)
         rs.delta, rs.trained = (up.delta if on_device else up.delta.numpy()), True
-        # record-level DP-SGD: the mean loss over the un-noised Poisson batches is a function of the records that
-        # no accountant covers (an audit read membership from it: ε ≥ 2.7 against 0.10 reported): not sent
-        # Holder-level DP too: the loss is a function of this holder's data outside the noised sum — the coordinator of
-        # distributed DP is not trusted with it, and central DP's would publish it in metrics.jsonl. Sent only without DP
+        # The loss is a function of this holder's data outside the noised sum, sent only without DP: under DP-SGD an
+        # audit read a record's membership from it (ε ≥ 2.7 against 0.10 reported); distributed DP's coordinator is not
+        # trusted with it, and central DP's would publish it in metrics.jsonl (dp.md §10, PV-22, PV-26)
         loss = None if self.cfg.dp_sgd.enabled or self.welcomed.privacy_mode != "none" else float(up.mean_loss)
         rs.report = Ready(rs.offer.round, self.id, int(up.tokens), loss, False, up.record_epsilon)
         # what the operator of a deployed holder sees of each round (securefed client logs at INFO): trained,

@@ -436,14 +436,24 @@ def _release_disagrees(own: dict, server_entries: list[dict]) -> str | None:
     want, got = _expected_event(se, 1.0).to_dict(), own.get("event") or {}
     if got.get("mechanism") != want.get("mechanism"):   # e.g. "empty": a release projected onto an empty sum
         return None
-    for k in _NOISE_FIELDS:
+    diff = _event_difference(got, want, _NOISE_FIELDS, skip_absent=True)
+    if diff:
+        k, a, b = diff
+        return (f"the holder released round {own['round']} under a plan with {k} = {a!r}; the server ledger's "
+                f"plan for that round gives {b!r}")
+    return None
+
+
+def _event_difference(got: dict, want: dict, keys, *, skip_absent: bool = False) -> tuple | None:
+    """The first of ``keys`` where two recorded events differ (numbers at relative 10⁻⁹), as (key, got, want)."""
+    for k in keys:
         a, b = got.get(k), want.get(k)
-        if a is None or b is None:
+        if skip_absent and (a is None or b is None):
             continue
-        same = a == b if isinstance(a, str) or isinstance(b, str) else _same(_num(a), _num(b), 1e-9)
+        same = a == b if a is None or b is None or isinstance(a, str) or isinstance(b, str) \
+            else _same(_num(a), _num(b), 1e-9)
         if not same:
-            return (f"the holder released round {own['round']} under a plan with {k} = {a!r}; the server ledger's "
-                    f"plan for that round gives {b!r}")
+            return k, a, b
     return None
 
 
@@ -456,14 +466,11 @@ def _settle_disagrees(own: dict, server_entries: list[dict]) -> str | None:
     se = server_entries[-1]
     n = own.get("survivors") if isinstance(own.get("survivors"), int) else se.get("n_survivors")
     want = _expected_event(dict(se, n_survivors=n), 1.0).to_dict()
-    got = own.get("event") or {}
-    for k, b in want.items():
-        a = got.get(k)
-        same = a == b if a is None or b is None or isinstance(a, str) or isinstance(b, str) \
-            else _same(_num(a), _num(b), 1e-9)
-        if not same:
-            return (f"the holder settled round {own['round']} with {k} = {a!r}; the server ledger's plan for that round "
-                    f"gives {b!r} at {n} survivors")
+    diff = _event_difference(own.get("event") or {}, want, want)
+    if diff:
+        k, a, b = diff
+        return (f"the holder settled round {own['round']} with {k} = {a!r}; the server ledger's plan for that round "
+                f"gives {b!r} at {n} survivors")
     return None
 
 
@@ -554,17 +561,16 @@ def check_view_entries(holder_id: int, entries: list[dict], label: str) -> list[
 def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own_ledgers: Sequence[Path], keys: Keys | None,
                    anchors: Sequence[Anchor] = (), own_expected: frozenset[int] = frozenset(),
                    end: dict | None = None, roster: Mapping[int, bytes] | None = None,
-                   roster_label: str = "roster", witnesses: frozenset[int] = frozenset()) -> Verification:
+                   roster_label: str = "roster") -> Verification:
     """Verify everything (module doc). Never raises for bad records: they become ``problems``.
 
     ``roster``: the federation's holders (id → Ed25519 key, ``roster_label`` says where it was found): each server
     entry's population must be its size, every holder it names must be on it, and keys.json's holder keys must be
     its keys (dp.md §2.1). None: the population is the coordinator's claim alone, and a note says so.
-    ``witnesses``: holders whose own ledger would be among ``own_ledgers`` had they ever been in a cohort (their state
-    is in the run directory): the sampling-rate check counts them with zero memberships when they have none.
 
     ``own_expected``: holders whose own ledger must be among ``own_ledgers`` (a simulation's holders/<id>/):
-    one the server lists as a survivor with no own ledger, or an empty one, is a problem (deleted?).
+    one the server lists as a survivor with no own ledger, or an empty one, is a problem (deleted?); each witnesses
+    the sampling rate, with zero memberships if it has no ledger.
     ``end``: the end-of-run record (privacy/end.json, dp.md §7.4); a signed run without one is not verified —
     nothing else tells a finished run from one whose ledgers were cut back to a signed prefix."""
     v = Verification(signed=keys is not None)
@@ -646,7 +652,7 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
         except _BAD as err:     # odd types the per-ledger checks let through (e.g. a survivor list of lists)
             v.problems.append(Problem("privacy records", None, None, f"cannot be cross-checked: {type(err).__name__}: {err}"))
     if not v.problems:
-        wit = frozenset(owns) | own_expected | witnesses
+        wit = frozenset(owns) | own_expected
         if roster is not None:   # only roster members can witness (dp.md §2.1), and never more than the population
             wit = frozenset(h for h in wit if h in roster)
         pop = server[-1].get("population") if server else None

@@ -27,7 +27,7 @@ from securefed.privacy.ledger import LedgerError, read_end_record
 from securefed.privacy.verify import Anchor, Keys, Problem, Verification, verify_records
 
 __all__ = ["verify_run", "run_anchors", "load_keys", "load_roster", "delta_lines", "refusal_lines", "preflight_blocks",
-           "apply_verification", "verification_dict", "plain_words"]
+           "apply_verification", "verification_dict", "plain_words", "fmt_number", "one_line"]
 
 
 def load_keys(run_dir: Path) -> Keys | None:
@@ -119,11 +119,10 @@ def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = ()
         if suffix.isdigit():
             views[int(suffix)] = p
     own = sorted((run_dir / "holders").glob("*/ledger.jsonl")) + [Path(p) for p in holder_ledgers]
-    # a simulation keeps every holder's state under holders/<id>/ (holder.yaml): each survivor's own ledger must be there
+    # a simulation keeps every holder's state under holders/<id>/ (holder.yaml): each survivor's own ledger must be there,
+    # and each such holder witnesses the sampling rate even when never sampled (a bare directory does not: an audit
+    # diluted the check with 300 empty ones)
     simulated = frozenset(int(p.parent.name) for p in (run_dir / "holders").glob("*/holder.yaml") if p.parent.name.isdigit())
-    # holders whose state directory (its holder.yaml, as simulate writes it) is in the run directory witness the sampling
-    # rate even when never sampled; a bare directory does not (an audit diluted the check with 300 empty ones)
-    local = frozenset()
     try:
         end = read_end_record(run_dir / "privacy")
     except LedgerError as e:
@@ -131,7 +130,7 @@ def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = ()
     try:
         v = verify_records(server_ledger=run_dir / "privacy" / "ledger.jsonl", view_ledgers=views, own_ledgers=own,
                            keys=keys, anchors=anchors, own_expected=simulated, end=end, roster=roster_keys,
-                           roster_label=roster_label, witnesses=simulated | local)
+                           roster_label=roster_label)
     except Exception as e:  # noqa: BLE001 - fail closed: whatever a record makes the checks raise, nothing is verified
         return Verification(problems=[Problem("privacy records", None, None,
                                               f"cannot be verified: {type(e).__name__}: {str(e)[:200]}")])
@@ -199,7 +198,8 @@ def _check_stated_epsilon(run_dir: Path, v: Verification) -> None:
 # ---------------------------------------------------------------------------------- plain words
 
 
-def _f(v: Any) -> str:
+def fmt_number(v: Any) -> str:
+    """A number for the report's words: 4 significant digits, ∞, or "—" when absent (record_level, rounds)."""
     if isinstance(v, float):
         return "∞" if math.isinf(v) else f"{v:.4g}"
     return "—" if v is None else str(v)
@@ -211,26 +211,26 @@ def delta_lines(*, delta: float | None, population: int | None, dp_on: bool, dp_
     out = []
     if dp_on and isinstance(delta, (int, float)):
         if population and delta >= 1.0 / population:
-            out.append(f"δ = {_f(delta)} is at least 1/population = 1/{population}: NO MEANINGFUL GUARANTEE. A mechanism "
+            out.append(f"δ = {fmt_number(delta)} is at least 1/population = 1/{population}: NO MEANINGFUL GUARANTEE. A mechanism "
                        "that publishes one whole holder's update with probability δ satisfies this (ε, δ) statement.")
         elif population and delta * population > 0.01:
-            out.append(f"δ = {_f(delta)} is WEAK for {population} holders: the (ε, δ) statement allows about "
+            out.append(f"δ = {fmt_number(delta)} is WEAK for {population} holders: the (ε, δ) statement allows about "
                        f"δ·population = {delta * population:.2g} of them to be exposed outright; ask for δ ≤ "
                        f"{0.01 / population:.1g} (the default is min(1e-5, population^-1.1)).")
         else:
-            out.append(f"δ = {_f(delta)} (below 1/population{f' = 1/{population}' if population else ''}): the probability "
+            out.append(f"δ = {fmt_number(delta)} (below 1/population{f' = 1/{population}' if population else ''}): the probability "
                        "that the ε statement fails for a holder.")
     if dp_sgd and dp_sgd.get("enabled"):
         d = dp_sgd.get("delta")
         smallest = min(records_per_holder.values()) if records_per_holder else None
         if isinstance(d, (int, float)) and smallest:
             if d > 1.0 / smallest:
-                out.append(f"Record-level δ = {_f(d)} exceeds 1/records = 1/{smallest} for the smallest holder: NO MEANINGFUL "
+                out.append(f"Record-level δ = {fmt_number(d)} exceeds 1/records = 1/{smallest} for the smallest holder: NO MEANINGFUL "
                            "record-level guarantee (one record in every 1/δ could be exposed outright).")
             else:
-                out.append(f"Record-level δ = {_f(d)} ≤ 1/records (smallest holder: {smallest} records): a guarantee per record.")
+                out.append(f"Record-level δ = {fmt_number(d)} ≤ 1/records (smallest holder: {smallest} records): a guarantee per record.")
         elif isinstance(d, (int, float)):
-            out.append(f"Record-level δ = {_f(d)}; the holders' record counts are not in this run directory, so "
+            out.append(f"Record-level δ = {fmt_number(d)}; the holders' record counts are not in this run directory, so "
                        "whether δ < 1/records could not be checked.")
     return out
 
@@ -255,17 +255,17 @@ def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_p
         refused = [e for e in es if e.get("status") == "refused"]
         cap, spent = own.get(name, (es[-1].get("cap"), es[-1].get("epsilon")) if es else (None, None))
         if cap is not None:
-            out.append(f"{name} has an ε cap of {_f(cap)}: it joins a round only if its own ε after that round, assuming "
+            out.append(f"{name} has an ε cap of {fmt_number(cap)}: it joins a round only if its own ε after that round, assuming "
                        f"the fewest survivors secure aggregation accepts, stays within the cap (ε spent, own ledger: "
-                       f"{_f(spent)}).")
+                       f"{fmt_number(spent)}).")
         for e in refused:
             why = one_line(e.get("reason")) or "(no reason recorded: a ledger from an older securefed)"
             out.append(f"{name} refused round {e.get('round')} and sent nothing: {why}.")
     if server_cap is not None and isinstance(rounds_planned, int) and rounds_recorded < rounds_planned:
-        out.append(f"The server's ε cap of {_f(server_cap)} stops the federation before a round that would exceed it: "
+        out.append(f"The server's ε cap of {fmt_number(server_cap)} stops the federation before a round that would exceed it: "
                    f"{rounds_recorded} of {rounds_planned} planned rounds were recorded.")
     elif server_cap is not None:
-        out.append(f"The server's ε cap of {_f(server_cap)} was never reached.")
+        out.append(f"The server's ε cap of {fmt_number(server_cap)} was never reached.")
     return out
 
 
@@ -303,7 +303,7 @@ def preflight_blocks(run_dir: Path, aggregation: str | None = None) -> list | No
                                    if dp or k not in ("delta", "noise_multiplier")] + [
             ("record-level " + k, rec.get(k)) for k in ("epsilon_planned", "delta", "noise_to_signal") if rec]:
         if val is not None:
-            rows.append([k, _f(val) if not isinstance(val, str) else ("∞" if val == "inf" else val)])
+            rows.append([k, fmt_number(val) if not isinstance(val, str) else ("∞" if val == "inf" else val)])
     if len(rows) > 1:
         blocks.append(("table", rows))
     return blocks
@@ -381,8 +381,8 @@ def plain_words(run: dict, facts: dict) -> list[str]:
     if v is not None and v.ok:
         for h, e in sorted(v.holder_own_epsilon.items()):
             view = v.holder_view_epsilon.get(h)
-            own.append(f"holder-{h}'s own signed ledger (released before it sent, settled after) gives ε = {_f(e)}"
-                       + (f", at least the server's view of it ({_f(view)})." if view is not None else "."))
+            own.append(f"holder-{h}'s own signed ledger (released before it sent, settled after) gives ε = {fmt_number(e)}"
+                       + (f", at least the server's view of it ({fmt_number(view)})." if view is not None else "."))
     caps = {name: (h.get("cap"), h.get("own_epsilon")) for name, h in run["holders"].items()
             if h.get("ok") and h.get("own_ledger")}
     return out + refusal_lines(views, priv.get("server_epsilon_cap"), fed.get("rounds"), facts.get("rounds_recorded", 0),

@@ -6,18 +6,13 @@ history each holder signed with its releases. When the privacy records do not ve
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from securefed.report.privacy_checks import fmt_number
 
 __all__ = ["record_facts", "mechanism_words", "protection_blocks", "noise_source_words", "NOT_PRIVATE"]
 
 NOT_PRIVATE = "NOT private: for tests"
-
-
-def _f(v: Any) -> str:
-    if isinstance(v, float):
-        return "∞" if math.isinf(v) else f"{v:.4g}"
-    return "—" if v is None else str(v)
 
 
 def record_facts(run: dict) -> dict:
@@ -44,7 +39,7 @@ def noise_source_words(f: dict) -> str:
     """Where DP-SGD's batches and noise came from, with its limit (dp.md §10)."""
     if f.get("deterministic_secrets"):
         return (f"{NOT_PRIVATE} — deterministic_secrets is on: each holder's DP-SGD generators are seeded from the "
-                f"configuration's seed ({_f(f.get('seed'))}, in config.yaml), so whoever reads it can recompute every "
+                f"configuration's seed ({fmt_number(f.get('seed'))}, in config.yaml), so whoever reads it can recompute every "
                 "Poisson batch and every noise sample: no record-level guarantee holds against them.")
     return ("The Poisson batches and the Gaussian noise come from torch generators seeded with 64 bits from os.urandom "
             "per holder trainer (never from the run's seed). Limit (protocols/dp.md §10): torch's generators are not "
@@ -58,8 +53,8 @@ def mechanism_words(f: dict) -> str:
     sgd = f.get("dp_sgd") or {}
     if sgd.get("enabled"):
         what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus): every local step clips each training "
-                f"record's gradient to L2 norm {_f(sgd.get('max_grad_norm'))} and adds Gaussian noise with multiplier "
-                f"σ = {_f(sgd.get('noise_multiplier'))} to their sum, over Poisson-sampled batches.")
+                f"record's gradient to L2 norm {fmt_number(sgd.get('max_grad_norm'))} and adds Gaussian noise with multiplier "
+                f"σ = {fmt_number(sgd.get('noise_multiplier'))} to their sum, over Poisson-sampled batches.")
     else:
         what = ("Record-level DP-SGD inside the holders: their own signed releases record it (this run's config.yaml "
                 "does not enable train.dp_sgd, so its parameters are the holders' own).")
@@ -67,8 +62,8 @@ def mechanism_words(f: dict) -> str:
 
 
 def protection_blocks(f: dict) -> list:
-    """The record-level guarantee, labelled apart from the holder-level one: per holder, cumulative over all its
-    DP-SGD steps, per training record, at its δ ([] when DP-SGD did not run)."""
+    """The record-level guarantee, labelled apart from the holder-level one: per holder, cumulative over the
+    DP-SGD steps its signed releases record, per training record, at its δ ([] when DP-SGD did not run)."""
     if not on(f):
         return []
     rl = f.get("record_level")
@@ -81,10 +76,11 @@ def protection_blocks(f: dict) -> list:
     head = ("Record-level guarantee (DP-SGD), separate from the holder-level one: each single training record (sequence) "
             "of a holder is protected by that holder's record-level (ε, δ) below, against anyone who sees what the holder "
             "sent — its updates and every model built from them, the coordinator included (protocols/dp.md §10). Each ε "
-            "is cumulative over all of the holder's DP-SGD steps so far, per training record, recomputed from the "
+            "is cumulative over the DP-SGD steps the holder's signed releases record (all of them, unless its state "
+            "predates releases that carry them: protocols/dp.md §11), per training record, recomputed from the "
             "DP-SGD history the holder signed with each release.")
     rows = [["holder", "record-level ε (cumulative, per training record)", "δ", "DP-SGD steps"]]
-    rows += [[f"holder-{h}", _f(r.get("epsilon")), _f(r.get("delta")), _f(r.get("steps"))] for h, r in rl.items()]
+    rows += [[f"holder-{h}", fmt_number(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps"))] for h, r in rl.items()]
     out: list = [head, ("table", rows)]
     if f.get("deterministic_secrets"):
         out.append(noise_source_words(f))

@@ -4,20 +4,13 @@ which holders were outside the masked sum (ckks+secagg's ``ckks_only``, secure a
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from securefed.report.privacy_checks import one_line
+from securefed.report.privacy_checks import fmt_number, one_line
 
 __all__ = ["aborted_rounds", "charged_aborted_words", "rounds_section", "clip_words", "sensitivity_words"]
 
 _UNCHARGED = ("empty", "none")   # events that add nothing to ε (an empty distributed round; DP off)
-
-
-def _f(v: Any) -> str:
-    if isinstance(v, float):
-        return "∞" if math.isinf(v) else f"{v:.4g}"
-    return "—" if v is None else str(v)
 
 
 def aborted_rounds(run: dict) -> list[dict]:
@@ -57,7 +50,7 @@ def rounds_section(run: dict, f: dict) -> tuple[str, list] | None:
         dp = f.get("mode") in ("central", "distributed")
         rows = [["round", "why it aborted"] + (["charged in the federation's ε"] if dp else [])]
         for a in ab:
-            rows.append([_f(a["round"]), a["reason"]] + ([{True: "yes", False: "no", None: "no ledger entry"}[a["charged"]]]
+            rows.append([fmt_number(a["round"]), a["reason"]] + ([{True: "yes", False: "no", None: "no ledger entry"}[a["charged"]]]
                                                           if dp else []))
         blocks.append(f"{len(ab)} round{'s' if len(ab) > 1 else ''} aborted: the model did not move in "
                       f"{'them' if len(ab) > 1 else 'it'} (metrics.jsonl, field aborted).")
@@ -90,9 +83,9 @@ def clip_words(run: dict, f: dict) -> list[str]:
     fr = [e.get("noisy_within_clip_fraction") for e in run["ledger"]["entries"]]
     fr = [x for x in fr if isinstance(x, (int, float)) and not isinstance(x, bool)]
     if fr:
-        span = _f(min(fr)) if min(fr) == max(fr) else f"{_f(min(fr))} to {_f(max(fr))}"
+        span = fmt_number(min(fr)) if min(fr) == max(fr) else f"{fmt_number(min(fr))} to {fmt_number(max(fr))}"
         out.append(f"Adaptive clipping (Andrew et al. 2021, protocols/dp.md §9) moved the clip from "
-                   f"{_f(f.get('clip_first'))} to {_f(f.get('clip_last'))}, following each round's "
+                   f"{fmt_number(f.get('clip_first'))} to {fmt_number(f.get('clip_last'))}, following each round's "
                    f"noisy_within_clip_fraction (here {span}): a noised count of the holders "
                    "whose update was within the clip, over the cohort. The noise keeps each holder's answer private, so "
                    "the estimate can fall outside [0, 1]; it is not a measured fraction.")

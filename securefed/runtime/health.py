@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["KINDS", "RunHealth", "format_ppl", "update_shortfall", "warning_kind"]
+__all__ = ["KINDS", "RunHealth", "as_number", "format_ppl", "update_shortfall", "warning_kind"]
 
 KINDS = ("non-finite loss", "perplexity above start", "perplexity above unigram", "round aborted",
          "rounds without an update")
@@ -42,12 +42,12 @@ PPL_OVERFLOW = 1e300  # the evaluator caps the loss at 700 before exp: e^700 ≈
 def format_ppl(ppl: Any, loss: Any = None) -> str:
     """A perplexity for people: "overflow (loss L)" when it is ≥ 1e300 or not finite, else 4 significant digits
     ("—" when absent)."""
-    x = _number(ppl)
+    x = as_number(ppl)
     if x is None:
         return "—"
     if math.isfinite(x) and x < PPL_OVERFLOW:
         return f"{x:.4g}"
-    lv = _number(loss)
+    lv = as_number(loss)
     return f"overflow (loss {lv:.4g})" if lv is not None else "overflow (loss not recorded)"
 
 
@@ -72,7 +72,7 @@ def warning_kind(warning: str) -> str:
     return warning.split(": ", 1)[0]
 
 
-def _number(v: Any) -> float | None:
+def as_number(v: Any) -> float | None:
     """A metrics value as a float ("inf"/"-inf"/"nan" strings included); None when absent or not a number."""
     if isinstance(v, bool) or v is None:
         return None
@@ -100,11 +100,11 @@ class RunHealth:
         out = []
         if row.get("aborted"):
             out.append(f"round aborted: {where} did not update the model: {row['aborted']}")
-        bad = [k for k in ("train_loss", "eval_loss") if (v := _number(row.get(k))) is not None and not math.isfinite(v)]
+        bad = [k for k in ("train_loss", "eval_loss") if (v := as_number(row.get(k))) is not None and not math.isfinite(v)]
         if bad:
             out.append(f"non-finite loss: {' and '.join(f'{k} is {row[k]}' for k in bad)} in {where}; training has "
                        "diverged (lower train.lr, check privacy.clip and the DP noise)")
-        ppl = _number(row.get("eval_ppl"))
+        ppl = as_number(row.get("eval_ppl"))
         if ppl is None:
             return out
         if self.start_ppl is None:

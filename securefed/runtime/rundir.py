@@ -49,11 +49,11 @@ def hold_exclusive(directory: str | Path, what: str) -> None:
     import fcntl
 
     d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
     lock = d / ".lock"
-    key = str(lock.resolve()) if d.exists() else str(lock.absolute())
+    key = str(lock.resolve())
     if key in _HELD:
         return
-    d.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -64,7 +64,7 @@ def hold_exclusive(directory: str | Path, what: str) -> None:
                              "process first — two processes writing one directory's ledgers would corrupt them") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _HELD[str(lock.resolve())] = fd
+    _HELD[key] = fd
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
