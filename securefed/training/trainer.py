@@ -294,8 +294,8 @@ class HolderTrainer:
     @property
     def dp_steps(self) -> int | None:
         """Record-level DP-SGD steps the accountant holds (noise-only steps included); None without DP-SGD."""
-        acc = getattr(self, "accountant", None)
-        return None if acc is None else int(sum(int(n) for _, _, n in acc.history))
+        hist = self.dp_history()
+        return None if hist is None else sum(n for _, _, n in hist)
 
     def dp_history(self) -> list[list[float]] | None:
         """The accountant's (σ, q, steps) history, as recorded in the holder's signed release entries."""
