@@ -385,9 +385,11 @@ def test_the_first_round_waits_while_holders_keep_arriving_and_not_for_one_that_
         for hid in (1, 2, 3):
             time.sleep(0.6)
             _fetched(b, hid, 1, 1)
-    threading.Thread(target=arrive, daemon=True).start()
+    t = threading.Thread(target=arrive, daemon=True)
+    t.start()
     got = b.wait_for_holders(1, want=4, timeout=1.0)
     took = time.monotonic() - t0
+    t.join(5)
     assert got == [1, 2, 3] and 1.8 + 1.0 - 0.1 < took < 1.8 + 1.0 + 1.5
     # later rounds keep the fixed deadline: holder 3 alive but not asking for round 2 is waited for 0.5 s
     b.open_round(1, got)
@@ -411,10 +413,12 @@ def test_the_waits_say_who_asked_and_how_many_replied():
         for hid in (3, 1):
             time.sleep(0.3)
             _fetched(b, hid, 1, 1)
-    threading.Thread(target=arrive, daemon=True).start()
+    t = threading.Thread(target=arrive, daemon=True)
+    t.start()
     asked = []
     assert b.wait_for_holders(1, want=2, timeout=5.0, on_change=asked.append) == [1, 3]
     assert asked == [[], [3], [1, 3]]
+    t.join(5)      # holder 1's fetch has returned: opening the round now cannot hand it the stage's payload
     b.open_round(1, [1, 3])
     b.publish(2, {1: b"x", 3: b"x"}, reply=True, max_reply=64)
 

@@ -10,6 +10,8 @@ mid-stream is undone and the round completes without that holder; central DP ove
 accounted."""
 
 
+import threading
+
 import grpc
 import numpy as np
 import pytest
@@ -153,12 +155,15 @@ def test_masked_upload_cut_mid_stream_is_undone_and_round_completes(tmp_path, ne
     coordinator subtracts those chunks back out, drops holder 4 (secure aggregation reconstructs its masks
     from the others' shares) and the model moves by exactly the mean over holders 1-3."""
     fed = NetFederation.build(tmp_path, net + ["federation.rounds=1"])
-    folded, undone = {}, set()
+    folded, undone, folded4 = {}, set(), threading.Event()
     write, abort = accumulate.MaskedFold.write, accumulate.MaskedFold.abort
 
     def counting_write(self, offset, data):
         folded[self.sender] = folded.get(self.sender, 0) + len(data)
-        return write(self, offset, data)
+        out = write(self, offset, data)
+        if self.sender == 4:
+            folded4.set()
+        return out
 
     def recording_abort(self):
         undone.add(self.sender)
@@ -179,6 +184,9 @@ def test_masked_upload_cut_mid_stream_is_undone_and_round_completes(tmp_path, ne
         def half():
             yield from frames[: len(frames) // 2]
             cut["at"] = len(frames) // 2
+            # the link breaks only once the coordinator has folded some of it (gRPC may otherwise cancel
+            # the call before the server read a frame, and there would be nothing to undo)
+            cut["folded_first"] = folded4.wait(30)
             raise ConnectionError("link lost mid-upload")
         with pytest.raises(Exception):   # noqa: B017 - whatever grpc makes of the broken request stream
             tc.stub.submit(half(), timeout=60)
@@ -186,7 +194,7 @@ def test_masked_upload_cut_mid_stream_is_undone_and_round_completes(tmp_path, ne
         return None      # the holder released its input once (H7): it never sends it again
     fed.holders[4].handle = cut_mid_stream
     fed.run_all()
-    assert cut["at"] >= 5 and fed.rcs == {h: 0 for h in range(1, N + 1)}
+    assert cut["at"] >= 5 and cut["folded_first"] and fed.rcs == {h: 0 for h in range(1, N + 1)}
     assert folded.get(4, 0) > 0 and 4 in undone and not undone & {1, 2, 3}   # folded, then subtracted back out
     (row,) = fed.coord.metrics
     assert row["clients_survived"] == 3 and "aborted" not in row
