@@ -280,21 +280,18 @@ def test_a_duplicate_key_is_refused_not_read_either_way(signed_run, capsys):
     assert code_r == 2 and "summary.json" in out_r and "duplicate key 'epsilon'" in out_r
 
 
-def test_a_round_the_holders_settled_but_the_server_never_charged_is_caught(tmp_path, capsys):
-    """An audit's crash (coordinator killed after the unmask, before its WAL): the resumed run's server ledger had no
-    entry for the round while every holder's own ledger had it settled — the sum was revealed — and verify passed.
-    Here a coordinator holding its key drops round 2 from its ledger and views, re-signed and re-closed."""
+def _coordinator_rewrites(rd, coord, keep):
+    """What a coordinator holding its own key can write: its ledger and its views of the holders, each entry filtered
+    (and edited) by ``keep(path, entry)``; every ε recomputed from the kept events, re-chained, re-signed, the run
+    re-closed and the unsigned anchors rewritten (the checkpoint goes)."""
+    from securefed.privacy.accountant import Accountant, RoundEvent
     from securefed.privacy.ledger import signed_message, write_end_record
     from tests.report.signed_run import RUN_ID
 
-    rd = tmp_path / "run"
-    _, coord, _ = make_signed_run(rd)
-    from securefed.privacy.accountant import Accountant, RoundEvent
-
     for p in [rd / "privacy" / "ledger.jsonl", *(rd / "privacy" / "holders").glob("holder-*.jsonl")]:
-        es = [json.loads(x) for x in _lines(p) if json.loads(x)["round"] != 2]
+        es = [e for e in (json.loads(x) for x in _lines(p)) if keep(p, e)]
         prev, acc = GENESIS, None
-        for i, e in enumerate(es):               # what the coordinator recomputes: ε without round 2
+        for i, e in enumerate(es):
             acc = acc or Accountant(e["accountant"])
             if e.get("status", "included") == "included":
                 acc.add(RoundEvent.from_dict(e["event"]))
@@ -305,10 +302,52 @@ def test_a_round_the_holders_settled_but_the_server_never_charged_is_caught(tmp_
             prev = entry_hash(e)
         p.write_text("".join(canonical_json(e) + "\n" for e in es))
     write_end_record(rd / "privacy", run_id=RUN_ID, signer=coord)
-    _reanchor(rd)                                # and the unsigned anchors (the checkpoint goes)
+    _reanchor(rd)
+
+
+def test_a_round_the_holders_settled_but_the_server_never_charged_is_caught(tmp_path, capsys):
+    """An audit's crash (coordinator killed after the unmask, before its WAL): the resumed run's server ledger had no
+    entry for the round while every holder's own ledger had it settled — the sum was revealed — and verify passed.
+    Here a coordinator holding its key drops round 2 from its ledger and views, re-signed and re-closed."""
+    rd = tmp_path / "run"
+    _, coord, _ = make_signed_run(rd)
+    _coordinator_rewrites(rd, coord, lambda p, e: e["round"] != 2)
     assert main(["verify", str(rd)]) == 1
     out = capsys.readouterr()
     assert "settled round 2 (its sum was revealed), but the server ledger has no entry for it" in out.out + out.err
+
+
+def test_a_holder_settled_in_a_round_whose_server_entry_does_not_charge_it_is_caught(tmp_path, capsys):
+    """H8 (dp.md §7.3): a holder settles at the signed survivor list, just before it sends its unmask shares, so the
+    sum it is in can be revealed from then on. A coordinator holding its key keeps round 2 in its ledger but takes
+    holder 1 out of that round's survivors and out of its view of holder 1 — every server-side chain and ε is
+    consistent, and holder 1's charge for round 2 is gone from the federation's ε. Holder 1's own ledger, signed with
+    its key, still settles round 2: verify refuses."""
+    from securefed.privacy.verify import _expected_event
+
+    rd = tmp_path / "run"
+    _, coord, _ = make_signed_run(rd)
+
+    def drop_holder_1_from_round_2(p, e):
+        if e["round"] != 2:
+            return True
+        if p.name == "ledger.jsonl":
+            e["survivors"] = [h for h in e["survivors"] if h != 1]
+            e["n_survivors"] = len(e["survivors"])
+            e["event"] = _expected_event(e, e["sampling_rate"]).to_dict()    # the event of 3 survivors' shares
+            return True
+        return p.name != "holder-1.jsonl"
+    _coordinator_rewrites(rd, coord, drop_holder_1_from_round_2)
+    from securefed.report.privacy_checks import verify_run
+
+    v = verify_run(rd)
+    assert len(v.problems) == 1, v.problems
+    (pr,) = v.problems
+    assert pr.round == 2 and "holders/1/ledger.jsonl" in pr.ledger
+    assert "settled round 2 (it was about to reveal its share of the sum), but the server ledger does not charge it " \
+           "as a survivor of that round" in pr.message
+    assert main(["verify", str(rd)]) == 1
+    capsys.readouterr()
 
 
 def test_private_signing_keys_inside_the_run_directory_are_named_in_a_note(signed_run, capsys):
