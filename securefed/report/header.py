@@ -16,6 +16,7 @@ from typing import Any
 
 from securefed.progress import format_seconds
 from securefed.runtime.health import PPL_OVERFLOW, format_ppl, update_shortfall
+from securefed.report.rounds import lost_rounds, rounds_that_updated
 from securefed.report.text import _find, _fmt
 
 __all__ = ["file_times", "run_facts", "run_section", "run_warnings", "warnings_section"]
@@ -65,9 +66,10 @@ def run_facts(run: dict) -> dict:
         "model_params": summary.get("model_params"),
         "holders": holders,
         "cohort_size": fed.get("clients_per_round") or holders,
-        "rounds": summary.get("rounds", len({m.get("round") for m in metrics if not m.get("aborted")})),
+        "rounds": rounds_that_updated(run),
         "rounds_planned": fed.get("rounds"),
         "rounds_aborted": sum(1 for m in metrics if m.get("aborted")),
+        "rounds_lost": sum(len(lr["rounds"]) for lr in lost_rounds(run)),
         "tokens": summary.get("tokens", metrics[-1].get("tokens_seen") if metrics else None),
         "privacy_mode": summary.get("privacy_mode") or _find(cfg.get("privacy", {}), "mode"),
         "aggregation": summary.get("aggregation") or _find(cfg.get("aggregation", {}), "mode"),
@@ -107,6 +109,8 @@ def run_section(run: dict) -> tuple[str, list]:
     phases = ", ".join(f"{k} {_seconds(v)}" for k, v in r["phase_seconds"].items())
     wall = _seconds(r["wall_seconds"]) + (f" ({phases})" if phases else "")
     ratio = r["fed_over_central_ppl"]
+    missed = ([f"{r['rounds_aborted']} aborted"] if r["rounds_aborted"] else []) + (
+        [f"{r['rounds_lost']} lost on a resume"] if r["rounds_lost"] else [])
     rows = [["fact", "value"],
             ["run id", r["run_id"]],
             ["started / finished", f"{r['started'] or '—'} / {r['finished'] or 'not finished (no summary.json)'}"],
@@ -115,7 +119,7 @@ def run_section(run: dict) -> tuple[str, list]:
             ["model", model],
             ["data holders (cohort per round)", f"{_fmt(r['holders'])} ({_fmt(r['cohort_size'])})"],
             ["rounds that updated the model / planned", f"{_fmt(r['rounds'])} / {_fmt(r['rounds_planned'])}"
-             + (f" ({r['rounds_aborted']} aborted: see Rounds that did not update the model)" if r["rounds_aborted"] else "")],
+             + (f" ({', '.join(missed)}: see Rounds that did not update the model)" if missed else "")],
             ["tokens (federated)", f"{r['tokens']:,}" if isinstance(r["tokens"], int) else _fmt(r["tokens"])],
             ["privacy / aggregation", f"{_fmt(r['privacy_mode'])}" + (" (holder level; record-level DP-SGD in the holders)"
                                                                         if r["dp_sgd"] else "") + f" / {_fmt(r['aggregation'])}"],

@@ -105,6 +105,10 @@ def load_run(run_dir: Path) -> dict:
     run = {"run_dir": str(run_dir), "config": config or {}, "summary": summary, "metrics": _jsonl(run_dir / "metrics.jsonl"),
            "baseline": _jsonl(run_dir / "baseline" / "metrics.jsonl"), "ledger": ledger, "holders": holders,
            "versions": versions, "files": header.file_times(run_dir)}
+    try:
+        rounds.lost_rounds(run)      # a malformed model_restarts: one clear error, never a report that miscounts
+    except ValueError as e:
+        raise ReportInputError(f"{summary_path}: {e}") from None
     # signatures, anchors, every ε recomputed; on any mismatch every ε is withheld (privacy_checks.py)
     privacy_checks.apply_verification(run, privacy_checks.verify_run(run_dir))
     return run

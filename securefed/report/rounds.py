@@ -8,7 +8,8 @@ from typing import Any
 
 from securefed.report.privacy_checks import fmt_number, one_line
 
-__all__ = ["aborted_rounds", "charged_aborted_words", "rounds_section", "clip_words", "sensitivity_words"]
+__all__ = ["aborted_rounds", "charged_aborted_words", "lost_rounds", "rounds_that_updated", "rounds_section", "clip_words",
+           "sensitivity_words"]
 
 _UNCHARGED = ("empty", "none")   # events that add nothing to ε (an empty distributed round; DP off)
 
@@ -28,6 +29,35 @@ def aborted_rounds(run: dict) -> list[dict]:
         out.append({"round": m.get("round"), "reason": one_line(m["aborted"]),
                     "charged": None if mech is None else mech not in _UNCHARGED})
     return out
+
+
+def lost_rounds(run: dict) -> list[dict]:
+    """[{rounds, model_after_round, resumed_at_round}] for each lossy resume in summary.json's ``model_restarts``
+    (federation.md §6: a coordinator resumed with federation.checkpoint_every > 1 goes on from an older model file,
+    so the updates of the rounds completed since are not in θ); ``rounds``: those completed rounds, aborted ones left
+    out (they never moved the model). An entry of another shape is reported as such, never skipped."""
+    aborted = {m.get("round") for m in run["metrics"] if m.get("aborted")}
+    restarts = (run.get("summary") or {}).get("model_restarts") or []
+    out = []
+    for r in restarts if isinstance(restarts, list) else [restarts]:
+        try:
+            lo, hi = (int(x) for x in r["lost_rounds"])
+            after, at = int(r["model_after_round"]), int(r["resumed_at_round"])
+        except (TypeError, ValueError, KeyError):
+            raise ValueError(f"model_restarts entry {r!r} is not "
+                             "{resumed_at_round, model_after_round, lost_rounds: [first, last]}") from None
+        out.append({"rounds": [x for x in range(lo, hi + 1) if x not in aborted], "model_after_round": after,
+                    "resumed_at_round": at})
+    return out
+
+
+def rounds_that_updated(run: dict) -> int:
+    """Rounds whose update is in the final model: those completed (summary.json's ``rounds``; counted from metrics for
+    a run without one) less those a lossy resume dropped (lost_rounds)."""
+    n = (run.get("summary") or {}).get("rounds")
+    if not isinstance(n, int) or isinstance(n, bool):
+        n = len({m.get("round") for m in run["metrics"] if not m.get("aborted")})
+    return n - len({x for lr in lost_rounds(run) for x in lr["rounds"]})
 
 
 def charged_aborted_words(run: dict, f: dict) -> str:
@@ -58,6 +88,15 @@ def rounds_section(run: dict, f: dict) -> tuple[str, list] | None:
         if f.get("aggregation") == "ckks+secagg":
             blocks.append("Under ckks+secagg the CKKS-routed tensors' sum is decrypted before the masked stage: a round "
                           "that aborted in the masked stage had already released that sum, though the model did not move.")
+    for lr in lost_rounds(run):
+        if lr["rounds"]:
+            which = ", ".join(map(str, lr["rounds"]))
+            blocks.append(f"Round{'s' if len(lr['rounds']) > 1 else ''} {which} completed, but "
+                          f"{'their updates were' if len(lr['rounds']) > 1 else 'its update was'} lost: the coordinator "
+                          f"resumed at round {lr['resumed_at_round']} from the model saved after round "
+                          f"{lr['model_after_round']} (federation.checkpoint_every > 1). "
+                          f"{'Their' if len(lr['rounds']) > 1 else 'Its'} privacy spend stays accounted; the curve "
+                          "before and after is not one run.")
     ckks = [(m.get("round"), m["ckks_only"]) for m in run["metrics"] if m.get("ckks_only")]
     if ckks:
         blocks.append("ckks_only (metrics.jsonl): holders in the CKKS part of the sum only — their masked input never "

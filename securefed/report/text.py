@@ -80,7 +80,7 @@ def facts(run: dict) -> dict:
         "fed_eval_loss": next((m["eval_loss"] for m in reversed(metrics) if m.get("eval_loss") is not None), None),
         "central_eval_loss": next((b["eval_loss"] for b in reversed(run["baseline"]) if b.get("eval_loss") is not None), None),
         "tokens": run["summary"].get("tokens"),
-        "rounds": run["summary"].get("rounds", len({m.get("round") for m in metrics if not m.get("aborted")})),
+        "rounds": rounds.rounds_that_updated(run),
         "rounds_planned": _find(cfg.get("federation", {}), "rounds"),
         **record_level.record_facts(run),
     }

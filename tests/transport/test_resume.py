@@ -9,6 +9,7 @@ engine catches, at the exact point a SIGKILL would hit: the state on disk is wha
 What the old coordinator did and this one does not, by design: re-run the round that was in flight on restart.
 """
 
+import json
 import shutil
 
 import numpy as np
@@ -152,6 +153,19 @@ def test_a_resume_that_loses_rounds_says_so_in_metrics_and_summary(tmp_path, tin
     assert [r["round"] for r in rows] == [1, 2, 3, 4] and "aborted" in rows[2]
     assert any("updates of rounds 1-2 are lost" in w for w in rows[3]["warnings"])
     assert _rounds(run) == [1, 2, 4]                     # the spend of the lost rounds stays accounted
+    # the report counts only round 4 as updating the model (1-2 lost, 3 aborted) and says why
+    assert cli.main(["report", str(run.root)]) == 0
+    rep = json.loads((run.root / "report" / "report.json").read_text())
+    assert rep["run"]["rounds"] == 1 and rep["run"]["rounds_lost"] == 2 and rep["run"]["rounds_aborted"] == 1
+    assert rep["facts"]["rounds"] == 1
+    md = (run.root / "report" / "report.md").read_text()
+    assert "1 / 4 (1 aborted, 2 lost on a resume: see Rounds that did not update the model)" in md
+    assert ("Rounds 1, 2 completed, but their updates were lost: the coordinator resumed at round 4 from the model "
+            "saved after round 0") in md
+    # a summary.json whose model_restarts is not the coordinator's shape: one clear error, nothing written
+    s = json.loads(run.summary.read_text())
+    run.summary.write_text(json.dumps(dict(s, model_restarts=[{"lost_rounds": "1-2"}])))
+    assert cli.main(["report", str(run.root)]) == 2
 
 
 @pytest.fixture(scope="module")
