@@ -158,3 +158,20 @@ def test_fixed_size_relation_doubles_sensitivity_even_without_sampling():
 def test_golden_every_accountant_path(events, golden, rel):
     kind = "prv" if golden == 7.057056439561377 else "rdp"
     assert Accountant(kind).epsilon(DELTA, events) == pytest.approx(golden, rel=rel)
+
+
+def test_fixed_size_events_with_little_noise_are_accounted_and_calibrate():
+    # An audit: WBK Thm. 9's min{4(e^{ε(2)} − 1), 2e^{ε(2)}} overflowed a float for σ ≲ 0.075 (ε(2) = 4/σ² > 709),
+    # and calibration's first probe is σ = 0.05, so every `sampling: fixed` run with a target_epsilon raised
+    # OverflowError at its first round. dp-accounting's Thm. 27 (REPLACE_ONE, σ/2) gives the same value here:
+    # at q = 0.1, σ = 0.05 one round costs ε ≈ 1606.2 at δ = 1e-5
+    ours = Accountant().epsilon(DELTA, [RoundEvent("gaussian", "fixed", 0.1, 0.05)])
+    theirs = RdpAccountant(list(R.ORDERS), neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    theirs.compose(dpa.SampledWithoutReplacementDpEvent(1000, 100, dpa.GaussianDpEvent(0.025)))
+    assert ours == pytest.approx(theirs.get_epsilon(DELTA), rel=1e-9) and ours == pytest.approx(1606.2146080984219, rel=1e-9)
+
+    def eps(s):
+        return Accountant().epsilon(DELTA, [RoundEvent("gaussian", "fixed", 0.05, s)] * 100)
+
+    sigma = calibrate_noise_multiplier(eps, 1.0)
+    assert eps(sigma) <= 1.0 < eps(sigma * 0.995)
