@@ -193,4 +193,6 @@ def eps_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[float] | None =
     with warnings.catch_warnings():  # Opacus warns when the best order is at an end of the grid
         warnings.simplefilter("ignore", UserWarning)
         eps, best = get_privacy_spent(orders=list(a[finite]), rdp=list(rdp[finite]), delta=delta)
-    return float(eps), float(best)
+    # (ε, δ)-DP is stated for ε ≥ 0: at a large δ a tiny curve converts to ε < 0 (σ = 1000, δ = 0.2: −0.22), which
+    # is below any mechanism's true ε; dp-accounting's conversion clamps at 0 the same way
+    return max(0.0, float(eps)), float(best)

@@ -175,3 +175,20 @@ def test_fixed_size_events_with_little_noise_are_accounted_and_calibrate():
 
     sigma = calibrate_noise_multiplier(eps, 1.0)
     assert eps(sigma) <= 1.0 < eps(sigma * 0.995)
+
+
+def test_epsilon_is_never_negative():
+    # An audit: the RDP conversion (Opacus' get_privacy_spent) goes below 0 for a tiny curve at a large δ — ε = −0.22
+    # for one Gaussian round with σ = 1000 at δ = 0.2 (allowed up to 1/population: 4 holders) — below any true ε;
+    # dp-accounting states 0 there, as securefed now does on every path: holder-level RDP and PRV, record-level
+    from securefed.privacy.holder_ledger import record_level_entry
+
+    theirs = RdpAccountant(list(R.ORDERS))
+    theirs.compose(dpa.GaussianDpEvent(1000.0))
+    assert theirs.get_epsilon(0.2) == 0.0
+    for kind in ("rdp", "prv"):
+        assert Accountant(kind).epsilon(0.2, [RoundEvent("gaussian", "none", 1.0, 1000.0)]) == 0.0
+        assert Accountant(kind).epsilon(0.01, [RoundEvent("gaussian", "poisson", 0.01, 50.0)]) == 0.0
+    assert record_level_entry([[50.0, 0.01, 1]], 0.01)["epsilon"] == 0.0
+    # where the conversion is positive nothing changes (golden of test_golden_poisson_gaussian)
+    assert Accountant().epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, 1.1)] * 1000) == pytest.approx(1.725290818044953, rel=1e-12)
