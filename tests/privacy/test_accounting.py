@@ -192,3 +192,22 @@ def test_epsilon_is_never_negative():
     assert record_level_entry([[50.0, 0.01, 1]], 0.01)["epsilon"] == 0.0
     # where the conversion is positive nothing changes (golden of test_golden_poisson_gaussian)
     assert Accountant().epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, 1.1)] * 1000) == pytest.approx(1.725290818044953, rel=1e-12)
+
+
+def test_calibration_probes_no_noise_far_below_its_answer():
+    # An audit: calibration evaluated ε at σ = 0.05 first, whatever the target, and Opacus' PRV needs > 5 GB for that at
+    # q = 0.01 over 100 rounds (MemoryError under a 6 GB limit): accountant "prv" with a target_epsilon could not
+    # calibrate a 100-round run. The lower end is now probed only where the answer may lie below it; same results
+    probes = []
+
+    def eps(s):
+        probes.append(s)
+        return Accountant().epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, s)] * 1000)
+
+    assert calibrate_noise_multiplier(eps, 1.0) == 1.5133914878901196   # the value before, step for step
+    assert min(probes) > 0.4                                           # sqrt(0.05 · 4): the first midpoint
+    # a target the lower end meets still searches below it, as before
+    assert calibrate_noise_multiplier(lambda s: Accountant().epsilon(DELTA, [RoundEvent("gaussian", "none", 1.0, s)]),
+                                      500.0) == 0.037004409558799196
+    prv = lambda s: Accountant("prv").epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, s)] * 100)  # noqa: E731
+    assert prv(calibrate_noise_multiplier(prv, 1.0)) <= 1.0
