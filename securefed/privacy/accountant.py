@@ -186,7 +186,7 @@ def _prv_epsilon(evs: Sequence[RoundEvent], delta: float) -> float:
         return 0.0
     acc = PRVAccountant()
     acc.history = hist
-    return float(acc.get_epsilon(delta=delta, eps_error=0.01))
+    return max(0.0, float(acc.get_epsilon(delta=delta, eps_error=0.01)))  # ε ≥ 0, as rdp.eps_from_rdp
 
 
 def calibrate_noise_multiplier(
@@ -209,12 +209,23 @@ def calibrate_noise_multiplier(
         hi *= 2.0
         if hi > 1e6:
             raise ValueError(f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon}")
+
+    def bisect(lo: float, hi: float) -> tuple[float, bool]:
+        moved = False  # whether some σ above lo was found too small, i.e. the answer lies above lo
+        while hi / lo > 1 + tol:
+            mid = math.sqrt(lo * hi)  # bisection in log σ
+            if f(mid) <= target_epsilon:
+                hi = mid
+            else:
+                lo, moved = mid, True
+        return hi, moved
+
+    # lo is probed only if the answer may lie below it: ε at σ = 0.05 over many rounds is of no use, and Opacus' PRV
+    # needs gigabytes for it (> 5 GB at q = 0.01 over 100 rounds). Where f(lo) > target this is the bisection of
+    # [lo, hi] as before, step for step
+    out, moved = bisect(lo, hi)
+    if moved or f(lo) > target_epsilon:
+        return out
     while lo > 1e-6 and f(lo) <= target_epsilon:
         lo /= 2.0
-    while hi / lo > 1 + tol:
-        mid = math.sqrt(lo * hi)  # bisection in log σ
-        if f(mid) <= target_epsilon:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return bisect(lo, hi)[0]

@@ -174,7 +174,7 @@ def _cap_warnings(config: DPConfig, *, rounds: int, joins: int, q: float, eps_ro
 
 
 def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
-    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+    from opacus.accountants.analysis.rdp import compute_rdp
 
     if r.noise_multiplier <= 0:
         problems.append("train.dp_sgd.noise_multiplier is 0: DP-SGD without noise gives no guarantee (ε = ∞)")
@@ -188,10 +188,10 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
     q = min(1.0, r.batch_size / r.records)
     eps = math.inf
     if r.noise_multiplier > 0 and r.steps > 0:
-        from securefed.privacy.rdp import ORDERS
+        from securefed.privacy.rdp import ORDERS, eps_from_rdp
 
         rdp = compute_rdp(q=q, noise_multiplier=r.noise_multiplier, steps=r.steps, orders=list(ORDERS))
-        eps = float(get_privacy_spent(orders=list(ORDERS), rdp=rdp, delta=r.delta)[0])
+        eps = eps_from_rdp(rdp, r.delta)[0]
     elif r.steps == 0:
         eps = 0.0
     # per step: noise std σ·C_rec/B per coordinate of the averaged gradient vs a clipped mean's C_rec/√d

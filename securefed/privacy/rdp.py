@@ -162,8 +162,10 @@ def wor_subsampled_rdp(base: RdpFn, q: float, orders: Sequence[float] | None = N
     top = int(max(a_all))
     eps_int = {l: base(float(l)) for l in range(2, top + 1)}
     e2 = eps_int[2]
-    # log min{4(e^{ε2} − 1), 2e^{ε2}}, with expm1 for small ε2
-    log_m2 = min(math.log(4.0) + math.log(math.expm1(e2)) if e2 > 0 else -math.inf, math.log(2.0) + e2)
+    # log min{4(e^{ε2} − 1), 2e^{ε2}}: expm1 for small ε2; log(e^{ε2} − 1) = ε2 + log(1 − e^{−ε2}) for large ε2,
+    # where e^{ε2} overflows a float (σ ≲ 0.075, which calibration's first probe at σ = 0.05 reaches)
+    log_em1 = (math.log(math.expm1(e2)) if e2 < 1.0 else e2 + math.log1p(-math.exp(-e2))) if e2 > 0 else -math.inf
+    log_m2 = min(math.log(4.0) + log_em1, math.log(2.0) + e2)
     for i, a in enumerate(a_all):
         if a != math.floor(a) or a < 2:
             continue
@@ -191,4 +193,6 @@ def eps_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[float] | None =
     with warnings.catch_warnings():  # Opacus warns when the best order is at an end of the grid
         warnings.simplefilter("ignore", UserWarning)
         eps, best = get_privacy_spent(orders=list(a[finite]), rdp=list(rdp[finite]), delta=delta)
-    return float(eps), float(best)
+    # (ε, δ)-DP is stated for ε ≥ 0: at a large δ a tiny curve converts to ε < 0 (σ = 1000, δ = 0.2: −0.22), which
+    # is below any mechanism's true ε; dp-accounting's conversion clamps at 0 the same way
+    return max(0.0, float(eps)), float(best)

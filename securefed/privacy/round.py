@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from securefed.privacy.clipping import ClipInfo, adaptive_update, bit_noise_std, data_noise_multiplier, l2_clip
+from securefed.privacy.clipping import ClipInfo, adaptive_update, data_noise_multiplier, l2_clip
 from securefed.privacy.encoders import DiscretePlan, gaussian_noise
 from securefed.primitives.quantize import QuantizationPlan, RingSpec, dequantize_sum
 from securefed.primitives.rng import Entropy, SystemEntropy
@@ -43,8 +43,10 @@ class RoundPrivacy:
         self.ring = plan.ring if plan is not None else RingSpec(session.config.ring_bits)
         self.scale = float(plan.scale) if plan is not None else 0.0
         self.encoded_dim = plan.encoded_dim if isinstance(plan, DiscretePlan) else dim
-        n = max(1, len(participants))
-        self.sigma_b = bit_noise_std(n, z) if (session.config.adaptive_clip and session.config.dp_on) else None
+        # σ_b of the plan (central: the population's, dp.md §6.4 and §9), the one every ledger entry accounts: a σ_b of
+        # the realised participants would make the data noise z_Δ, and so the release's variance, depend on whether
+        # one holder took part — a divergence the accountant never charges
+        self.sigma_b = session._sigma_b(plan, z)
         self.data_noise_multiplier = z if self.sigma_b is None else data_noise_multiplier(z, self.sigma_b)
         self.decoded = False
         self.finished = False

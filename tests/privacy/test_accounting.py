@@ -158,3 +158,56 @@ def test_fixed_size_relation_doubles_sensitivity_even_without_sampling():
 def test_golden_every_accountant_path(events, golden, rel):
     kind = "prv" if golden == 7.057056439561377 else "rdp"
     assert Accountant(kind).epsilon(DELTA, events) == pytest.approx(golden, rel=rel)
+
+
+def test_fixed_size_events_with_little_noise_are_accounted_and_calibrate():
+    # An audit: WBK Thm. 9's min{4(e^{ε(2)} − 1), 2e^{ε(2)}} overflowed a float for σ ≲ 0.075 (ε(2) = 4/σ² > 709),
+    # and calibration's first probe is σ = 0.05, so every `sampling: fixed` run with a target_epsilon raised
+    # OverflowError at its first round. dp-accounting's Thm. 27 (REPLACE_ONE, σ/2) gives the same value here:
+    # at q = 0.1, σ = 0.05 one round costs ε ≈ 1606.2 at δ = 1e-5
+    ours = Accountant().epsilon(DELTA, [RoundEvent("gaussian", "fixed", 0.1, 0.05)])
+    theirs = RdpAccountant(list(R.ORDERS), neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    theirs.compose(dpa.SampledWithoutReplacementDpEvent(1000, 100, dpa.GaussianDpEvent(0.025)))
+    assert ours == pytest.approx(theirs.get_epsilon(DELTA), rel=1e-9) and ours == pytest.approx(1606.2146080984219, rel=1e-9)
+
+    def eps(s):
+        return Accountant().epsilon(DELTA, [RoundEvent("gaussian", "fixed", 0.05, s)] * 100)
+
+    sigma = calibrate_noise_multiplier(eps, 1.0)
+    assert eps(sigma) <= 1.0 < eps(sigma * 0.995)
+
+
+def test_epsilon_is_never_negative():
+    # An audit: the RDP conversion (Opacus' get_privacy_spent) goes below 0 for a tiny curve at a large δ — ε = −0.22
+    # for one Gaussian round with σ = 1000 at δ = 0.2 (allowed up to 1/population: 4 holders) — below any true ε;
+    # dp-accounting states 0 there, as securefed now does on every path: holder-level RDP and PRV, record-level
+    from securefed.privacy.holder_ledger import record_level_entry
+
+    theirs = RdpAccountant(list(R.ORDERS))
+    theirs.compose(dpa.GaussianDpEvent(1000.0))
+    assert theirs.get_epsilon(0.2) == 0.0
+    for kind in ("rdp", "prv"):
+        assert Accountant(kind).epsilon(0.2, [RoundEvent("gaussian", "none", 1.0, 1000.0)]) == 0.0
+        assert Accountant(kind).epsilon(0.01, [RoundEvent("gaussian", "poisson", 0.01, 50.0)]) == 0.0
+    assert record_level_entry([[50.0, 0.01, 1]], 0.01)["epsilon"] == 0.0
+    # where the conversion is positive nothing changes (golden of test_golden_poisson_gaussian)
+    assert Accountant().epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, 1.1)] * 1000) == pytest.approx(1.725290818044953, rel=1e-12)
+
+
+def test_calibration_probes_no_noise_far_below_its_answer():
+    # An audit: calibration evaluated ε at σ = 0.05 first, whatever the target, and Opacus' PRV needs > 5 GB for that at
+    # q = 0.01 over 100 rounds (MemoryError under a 6 GB limit): accountant "prv" with a target_epsilon could not
+    # calibrate a 100-round run. The lower end is now probed only where the answer may lie below it; same results
+    probes = []
+
+    def eps(s):
+        probes.append(s)
+        return Accountant().epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, s)] * 1000)
+
+    assert calibrate_noise_multiplier(eps, 1.0) == 1.5133914878901196   # the value before, step for step
+    assert min(probes) > 0.4                                           # sqrt(0.05 · 4): the first midpoint
+    # a target the lower end meets still searches below it, as before
+    assert calibrate_noise_multiplier(lambda s: Accountant().epsilon(DELTA, [RoundEvent("gaussian", "none", 1.0, s)]),
+                                      500.0) == 0.037004409558799196
+    prv = lambda s: Accountant("prv").epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, s)] * 100)  # noqa: E731
+    assert prv(calibrate_noise_multiplier(prv, 1.0)) <= 1.0

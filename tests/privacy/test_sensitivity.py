@@ -21,6 +21,7 @@ from securefed.privacy import DPConfig, PrivacySession
 from securefed.privacy.accountant import Accountant, RoundEvent
 from securefed.privacy.clipping import l2_clip
 from securefed.privacy.encoders import DiscretePlan
+from securefed.privacy.events import plan_record
 
 
 def _update(kind: str, dim: int, clip: float, seed: int) -> np.ndarray:
@@ -207,3 +208,23 @@ def test_central_mode_plans_the_ring_for_the_population_whoever_takes_part(tmp_p
     for n in (1, 51, 100):
         own = plan_quantization(clip=1.0, ring_bits=16, max_clients=n)
         assert own.l2_bound(d) / own.scale <= plans[0].l2_bound(d) / plans[0].scale
+
+
+def test_central_adaptive_noise_is_the_accounted_one_whoever_takes_part(tmp_path):
+    """An audit (accounting review): with adaptive clipping the central server drew its noise with σ_b of the
+    round's realised participants n (data noise z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) included) while every ledger
+    entry, holder and verifier accounted σ_b of the plan (the population N, dp.md §6.4). The noise then was not
+    the accounted mechanism, and its variance moved with n — so with whether one holder took part: neighbouring
+    releases differ in the variance of P coordinates, a Rényi divergence ≈ Pα(Δv/v)²/4 the accountant never
+    charged (z = 1, n = 100 → 101 of N = 1000: Δv/v ≈ 2·10⁻⁴, ≈ 1·α per round at P = 10⁸ against α/2 charged).
+    Now the server noises with the plan's σ_b: the same for every cohort, and the one the ledger records."""
+    cfg = DPConfig(mode="central", mechanism="gaussian", clip=1.0, noise_multiplier=1.0, ring_bits=32, adaptive_clip=True)
+    s = PrivacySession(cfg, population=1000, cohort_size=100, rounds_planned=4, sampling="poisson", ledger_dir=tmp_path)
+    rps = {n: s.begin_round(1, cohort=list(range(n)), dim=64) for n in (0, 30, 100, 101)}
+    noise = {(rp.sigma_b, rp.data_noise_multiplier, rp.aggregate_noise_std) for rp in rps.values()}
+    assert len(noise) == 1                                   # the same mechanism whoever takes part
+    sigma_b, z_data, _ = noise.pop()
+    assert sigma_b == 50.0                                   # max(N/20, z): the plan's, public
+    rec = plan_record(rps[100].plan, 64, 1.0, s._sigma_b(rps[100].plan, 1.0))
+    assert (rec["sigma_b"], rec["data_noise_multiplier"]) == (sigma_b, z_data)   # what the ledger states
+    assert z_data == pytest.approx((1.0 - 1.0 / (4 * 50.0**2)) ** -0.5, rel=1e-15)
