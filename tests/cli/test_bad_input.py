@@ -197,3 +197,36 @@ def test_a_record_level_delta_above_one_over_the_largest_holders_records_is_refu
     err = capsys.readouterr().err
     assert code == 2 and f"exceeds 1/records = 1/{max(sizes)} of the largest holder" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------- config files: every command that reads one
+@pytest.mark.parametrize("content, message", [
+    ("federation: {rounds: [\n", "is not valid YAML (line 2, column 1: expected the node content"),
+    (b"\x7fELF\x02\x01\x01\xd0\xff", "is not UTF-8 text; name a YAML file"),
+    (None, "is a directory; name a YAML file"),
+])
+@pytest.mark.parametrize("command", ["simulate", "server", "client"])
+def test_an_unreadable_config_file_is_one_error_naming_it(command, content, message, tmp_path, capsys):
+    """A YAML slip in --config was a parser traceback and exit 1 (simulate, server and client share the loader);
+    a directory passed as --config was said not to exist."""
+    path = tmp_path / "cfg.yaml"
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    before = _files(tmp_path)
+    extra = {"server": ["--pki", str(tmp_path / "pki"), "--out", str(tmp_path / "run")]}.get(command, [])
+    assert main([command, "--config", str(path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"securefed {command}: ") and f"config file {path} {message}" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert _files(tmp_path) == before
+
+
+def test_an_override_whose_value_is_not_yaml_is_one_error(tmp_path, capsys):
+    assert main(["simulate", "--set", "federation.rounds=[1"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: override 'federation.rounds=[1': the value is not valid YAML (line 1, column 3" in err
+    assert err.count("\n") == 1 and _files(tmp_path) == []
