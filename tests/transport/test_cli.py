@@ -134,3 +134,24 @@ def test_client_with_damaged_own_state_exits_4_before_connecting(tmp_path, pki, 
     rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache), "--server", "127.0.0.1:1"])
     err = capsys.readouterr().err
     assert rc == 4 and why in err and "refusing to start" in err and "Traceback" not in err
+
+
+def test_server_on_a_port_in_use_or_a_bad_host_is_one_usage_error_and_writes_nothing(tmp_path, pki, tiny_run, capsys):
+    """A taken --port was a gRPC RuntimeError traceback (exit 1) after the run directory, its data manifest and
+    first checkpoint were written, so the retry on a free port was refused as 'holds an earlier run'."""
+    import socket
+
+    out = tmp_path / "run"
+    small = [a for t in tiny_run for a in ("--set", t)]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["server", "--pki", str(pki), "--out", str(out), "--port", str(port), *small]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"securefed server: cannot listen on 127.0.0.1:{port}: Address already in use; ")
+    assert "choose another --port" in err and "Traceback" not in err and err.count("\n") == 1
+    assert not out.exists()
+    assert cli.main(["server", "--pki", str(pki), "--out", str(out), "--host", "no-such-host.invalid", *small]) == 2
+    assert "cannot listen on no-such-host.invalid:50051: 'no-such-host.invalid' is not an address" in capsys.readouterr().err
+    assert not out.exists()
