@@ -155,3 +155,23 @@ def test_server_on_a_port_in_use_or_a_bad_host_is_one_usage_error_and_writes_not
     assert cli.main(["server", "--pki", str(pki), "--out", str(out), "--host", "no-such-host.invalid", *small]) == 2
     assert "cannot listen on no-such-host.invalid:50051: 'no-such-host.invalid' is not an address" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_keygen_refuses_existing_holder_configs_or_an_unwritable_dir_before_writing_a_key(tmp_path, capsys):
+    """Re-running the README's `keygen --holder-configs holders` into the same folder was a FileExistsError
+    traceback (exit 1) after the new PKI was written (so the retry then met 'DIR exists'); a DIR that cannot
+    be created was a traceback too."""
+    assert cli.main(["keygen", str(tmp_path / "pki"), "--holders", "2", "--holder-configs", str(tmp_path / "h")]) == 0
+    edited = (tmp_path / "h" / "holder-1.yaml").read_text() + "# my edits\n"
+    (tmp_path / "h" / "holder-1.yaml").write_text(edited)
+    capsys.readouterr()
+    assert cli.main(["keygen", str(tmp_path / "pki2"), "--holders", "2", "--holder-configs", str(tmp_path / "h")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("securefed keygen: ") and "holder-1.yaml" in err and "never overwrites" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "pki2").exists() and (tmp_path / "h" / "holder-1.yaml").read_text() == edited
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["keygen", str(tmp_path / "file" / "pki"), "--holders", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"securefed keygen: cannot write {tmp_path / 'file' / 'pki'}: Not a directory")
+    assert "Traceback" not in err
