@@ -62,6 +62,15 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as e:
         print(f"securefed server: configuration error: {e}", file=sys.stderr)
         return 2
+    if args.resume and not args.launched:   # (simulate --backend grpc checked its own --out)
+        from securefed.configio import to_dict
+        from securefed.runtime.rundir import RunDirError, check_out_dir
+
+        try:   # under other settings: the settings that differ, as simulate says them, not a checkpoint mismatch
+            check_out_dir(args.out, resume=True, resolved=to_dict(cfg))
+        except RunDirError as e:
+            print(f"securefed server: {e}", file=sys.stderr)
+            return 2
     from securefed.federation.server import serve
 
     return serve(cfg, pki=args.pki, out=args.out, host=args.host, port=args.port, resume=args.resume,
