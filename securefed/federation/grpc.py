@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -98,7 +99,9 @@ class GrpcChannel(Channel):
 
     def _write_status(self, **extra) -> None:
         if self.status_path is not None:
-            atomic_write_text(self.status_path, jsonio.dumps(dict(self.status(), **extra)) + "\n")
+            # host: `--status` can tell whether the pid it names is this machine's (not sent to holders)
+            atomic_write_text(self.status_path, jsonio.dumps(dict(self.status(), host=socket.gethostname(), **extra))
+                              + "\n")
 
     def available(self, round_index: int, *, want: int, timeout: float) -> list[int]:
         """The holders able to take round ``round_index``; while it waits, the console and RUN_DIR/status.json

@@ -175,3 +175,33 @@ def test_keygen_refuses_existing_holder_configs_or_an_unwritable_dir_before_writ
     err = capsys.readouterr().err
     assert err.startswith(f"securefed keygen: cannot write {tmp_path / 'file' / 'pki'}: Not a directory")
     assert "Traceback" not in err
+
+
+def test_status_of_a_killed_server_says_it_is_not_running(tmp_path, capsys):
+    """After `kill -9` the server's status.json still reads as live ("over": false, holders waited for); --status
+    printed it with exit 0, so an operator (or a monitoring script) saw a waiting server that was gone."""
+    import subprocess
+    import sys
+
+    def status(pid, ended=None):
+        run = tmp_path / f"run{pid}"
+        run.mkdir()
+        board = {"round": 3, "stage": 4, "over": False, "waiting": [1, 2], "ended": ended}
+        (run / "status.json").write_text(json.dumps({"port": 5, "pid": pid, "board": board, "updated": 1.0e9}))
+        return cli.main(["server", "--status", str(run)])
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert status(dead.pid) == 1
+    out, err = capsys.readouterr()
+    assert '"round": 3' in out
+    assert err.startswith(f"securefed server: NOT RUNNING: process {dead.pid}, which wrote this status, is gone")
+    assert "--resume" in err
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "securefed"])
+    try:
+        assert status(alive.pid) == 0 and "NOT RUNNING" not in capsys.readouterr().err
+    finally:
+        alive.kill()
+        alive.wait()
+    assert status(4_000_000, ended={"after_round": 6, "why": "finished"}) == 0
+    assert "run ended after round 6 (finished)" in capsys.readouterr().err
