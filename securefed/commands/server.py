@@ -15,12 +15,22 @@ from pathlib import Path
 from securefed import jsonio
 
 
+EPILOG = """exit status (protocols/transport.md §10):
+  0  all rounds done (or the server's epsilon cap reached); --status: printed
+  1  unexpected error; --status: the server that wrote it is no longer running and the run did not end
+  2  usage or config error (config, PKI, --out, --port in use, --resume under other settings): nothing written;
+     --status: no status file
+  4  checkpoint and privacy ledger disagree
+  5  too few holders (join deadline, or network.max_aborted_rounds aborted rounds in a row)"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("server", help="run the coordinator of a networked federation (gRPC + mutual TLS)",
                        description="Runs the federation's coordinator: waits for the holders on the roster, runs "
                                    "the configured rounds (sampling, privacy plan, secure aggregation, outer step, "
                                    "evaluation, ledgers, checkpoints) and writes the run directory and report. "
-                                   "Holders join with `securefed client --config HOLDER.yaml`.")
+                                   "Holders join with `securefed client --config HOLDER.yaml`.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pki", help="keygen directory (ca.pem, server/, roster.yaml): `securefed keygen`")
     p.add_argument("--out", help="run directory (checkpoints, metrics, privacy ledger, model, report)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -20,7 +20,12 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="verify a run's privacy ledgers: signatures, chains, anchors, every ε recomputed",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="""exit status:
+  0  every record verified and signed
+  1  a record is missing or does not verify (the first bad one is named; no epsilon is stated)
+  2  not a run directory, or a bad argument
+  3  consistent, but unsigned (no privacy/keys.json)""")
     p.add_argument("run_dir", help="a finished or interrupted run directory")
     p.add_argument("--holder-ledger", dest="holder_ledgers", action="append", default=[], metavar="PATH",
                    help="a holder's own ledger kept outside RUN_DIR (its state directory); repeatable")
