@@ -205,3 +205,20 @@ def test_status_of_a_killed_server_says_it_is_not_running(tmp_path, capsys):
         alive.wait()
     assert status(4_000_000, ended={"after_round": 6, "why": "finished"}) == 0
     assert "run ended after round 6 (finished)" in capsys.readouterr().err
+
+
+def test_the_server_log_says_each_line_once_without_markup(tmp_path, tiny_run, capsys):
+    """`securefed server` logs at INFO on stderr, where its console lines go too: every coordinator line (pre-flight,
+    each round's status, warnings) came twice, a warning as an INFO record wrapped in rich markup
+    ('INFO ...: [bold red]WARNING round 2: ...[/]'), and a stage whose replies were all in before the wait began
+    ended as 'round 2: secagg_start, replies: stopped at 0/4' although all 4 had replied."""
+    out = tmp_path / "run"
+    argv = ["simulate", "--backend", "grpc", "--out", str(out), "--quiet", *[a for t in tiny_run for a in ("--set", t)]]
+    assert cli.main(argv) == 0
+    log = (out / "launch" / "server.log").read_text()
+    assert "[bold" not in log and "[/]" not in log and "stopped at" not in log
+    for r in (1, 2):
+        assert len([line for line in log.splitlines() if f"round {r}/2: 4/4 holders" in line]) == 1, log
+    assert len([line for line in log.splitlines() if "pre-flight privacy check" in line]) == 1, log
+    warnings = [line for line in log.splitlines() if "perplexity above unigram" in line]   # tiny_run's last round
+    assert len(warnings) == 1 and " WARNING securefed.coordinator: WARNING round 2: " in warnings[0], log
