@@ -197,8 +197,10 @@ def test_status_of_a_killed_server_says_it_is_not_running(tmp_path, capsys):
     assert '"round": 3' in out
     assert err.startswith(f"securefed server: NOT RUNNING: process {dead.pid}, which wrote this status, is gone")
     assert "--resume" in err
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "securefed"])
+    alive = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)", "securefed"],
+                             stdout=subprocess.PIPE)
     try:
+        alive.stdout.readline()   # exec'd: its command line is its own, not the forked test's
         assert status(alive.pid) == 0 and "NOT RUNNING" not in capsys.readouterr().err
     finally:
         alive.kill()
@@ -222,3 +224,24 @@ def test_the_server_log_says_each_line_once_without_markup(tmp_path, tiny_run, c
     assert len([line for line in log.splitlines() if "pre-flight privacy check" in line]) == 1, log
     warnings = [line for line in log.splitlines() if "perplexity above unigram" in line]   # tiny_run's last round
     assert len(warnings) == 1 and " WARNING securefed.coordinator: WARNING round 2: " in warnings[0], log
+
+
+def test_a_client_started_before_its_server_says_so(tmp_path, pki, fed_cache, capsys, monkeypatch):
+    """A holder started before the coordinator (or pointed at the wrong port) waited 60 s per attempt in silence, then
+    logged 'connection problem (StatusCode.DEADLINE_EXCEEDED); retry 1 in 0.1s' -- twenty times, about 20 minutes,
+    never naming the address or that no server answers there -- and finally 'giving up after 0 failed attempts'."""
+    import socket
+
+    from securefed.federation import grpc as fed_grpc
+
+    monkeypatch.setattr(fed_grpc, "JOIN_WAIT_S", 1.0)
+    with socket.socket() as s:       # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, max_failures=1), "--server",
+                   f"127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert rc == 6
+    assert f"holder 1: joining the coordinator at 127.0.0.1:{port} (each attempt waits up to 1 s for it)" in err
+    assert f"no coordinator answers at 127.0.0.1:{port}: is `securefed server` running there?" in err
+    assert "retry 1 of 1 in" in err and "giving up after 2 failed attempts" in err
