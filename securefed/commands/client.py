@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(json_lines=args.log_json, level=args.net_log_level)
     from securefed.federation.client import main
 
+    args.resume_hint = "start the client again with the same --config: it rejoins the run from its own state"
+
     return main(args.config, overrides=args.overrides, server=args.server, simulation=args.launched)
 
 

@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         except RunDirError as e:
             print(f"securefed server: {e}", file=sys.stderr)
             return 2
+    args.resume_hint = f"the run in {args.out} continues from its last checkpoint with the same arguments and --resume"
     from securefed.federation.server import serve
 
     return serve(cfg, pki=args.pki, out=args.out, host=args.host, port=args.port, resume=args.resume,

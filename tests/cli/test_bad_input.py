@@ -230,3 +230,32 @@ def test_an_override_whose_value_is_not_yaml_is_one_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "configuration error: override 'federation.rounds=[1': the value is not valid YAML (line 1, column 3" in err
     assert err.count("\n") == 1 and _files(tmp_path) == []
+
+
+def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(tmp_path):
+    """Ctrl-C during `securefed simulate` printed a 40-line KeyboardInterrupt traceback from wherever it landed (torch's
+    RMSNorm) and nothing about the checkpoint the run can resume from (server and client alike)."""
+    import signal
+
+    tiny = ["data.max_sources=4", "data.max_bytes_per_source=30000", "data.vocab_size=512", "data.seq_len=32",
+            "train.local_steps=2", "train.batch_size=4", "federation.rounds=200", "baseline=false"]
+    out = tmp_path / "r"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    argv = [sys.executable, "-m", "securefed.cli", "simulate", "--out", str(out), *[a for t in tiny for a in ("--set", t)]]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    try:
+        for line in proc.stderr:             # interrupt once the rounds run (a checkpoint exists)
+            lines.append(line)
+            if line.startswith("round 2/200"):
+                proc.send_signal(signal.SIGINT)
+                break
+        lines += proc.stderr.readlines()
+        assert proc.wait(timeout=120) == 130, "".join(lines)
+    finally:
+        proc.kill()
+    err = "".join(lines)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert lines[-1] == (f"securefed simulate: interrupted (Ctrl-C); the run in {out} continues from its last checkpoint "
+                         f"with the same arguments and --out {out} --resume\n")
+    assert (out / "checkpoints" / "latest.pt").is_file()
