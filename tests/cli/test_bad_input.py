@@ -259,3 +259,21 @@ def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(tmp_path):
     assert lines[-1] == (f"securefed simulate: interrupted (Ctrl-C); the run in {out} continues from its last checkpoint "
                          f"with the same arguments and --out {out} --resume\n")
     assert (out / "checkpoints" / "latest.pt").is_file()
+
+
+def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(tmp_path, capsys):
+    """`securefed report FILE` said 'run directory FILE does not exist'; `verify --holder-ledger STATE_DIR` (the
+    folder the README names, not the ledger.jsonl in it) and `--roster PKI_DIR` said the folder does not exist."""
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["report", str(tmp_path / "notes.txt")]) == 2
+    assert capsys.readouterr().err == (f"securefed report: {tmp_path / 'notes.txt'} is a file, not a run directory: "
+                                       "give the --out folder of a run\n")
+    run = _fake_run(tmp_path / "run")
+    (tmp_path / "state").mkdir()
+    assert main(["verify", str(run), "--holder-ledger", str(tmp_path / "state")]) == 2
+    assert capsys.readouterr().err == (f"securefed verify: --holder-ledger {tmp_path / 'state'} is a directory; give "
+                                       "the file (ledger.jsonl in the holder's state_dir)\n")
+    assert main(["verify", str(run), "--roster", str(tmp_path / "state")]) == 2
+    assert "--roster" in capsys.readouterr().err
+    assert main(["verify", str(run), "--roster", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml does not exist; give the file (roster.yaml" in capsys.readouterr().err
