@@ -245,3 +245,35 @@ def test_a_client_started_before_its_server_says_so(tmp_path, pki, fed_cache, ca
     assert f"holder 1: joining the coordinator at 127.0.0.1:{port} (each attempt waits up to 1 s for it)" in err
     assert f"no coordinator answers at 127.0.0.1:{port}: is `securefed server` running there?" in err
     assert "retry 1 of 1 in" in err and "giving up after 2 failed attempts" in err
+
+
+def test_a_holder_with_another_tokenizer_is_told_which_setting_to_change(tmp_path, pki, fed_cache, tiny_run, capsys):
+    """A holder config left at the starter's data.vocab_size=4096 against a server run with data.vocab_size=512 (the
+    README's walkthrough with the small settings) left with exit 7 and only 'the run's tokenizer differs from this
+    holder's (tokenizer hash mismatch)': nothing said which setting differs or what to set it to."""
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out, codes = tmp_path / "run", {}
+    argv = ["server", "--pki", str(pki), "--out", str(out), "--port", str(port),
+            *[a for t in [*tiny_run, "network.join=3"] for a in ("--set", t)]]
+    server = threading.Thread(target=lambda: codes.update(server=cli.main(argv)))
+    server.start()
+    try:
+        for _ in range(600):
+            if (out / "status.json").exists():
+                break
+            time.sleep(0.1)
+        rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, data={"vocab_size": 1024}),
+                       "--server", f"127.0.0.1:{port}"])
+    finally:
+        server.join(180)
+    err = capsys.readouterr().err
+    assert rc == 7
+    assert ("holder 1: refusing the coordinator's settings: the run's tokenizer has 512 tokens and this holder's 1024: "
+            "set this holder's data.vocab_size to 512") in err
+    assert codes == {"server": 5}     # no holder took part: too few holders, after network.join
