@@ -41,7 +41,9 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
     except (RosterError, ValueError) as e:
         return usage(f"roster {lay.roster}: {e}")
     if len(roster.keys) != cfg.federation.n_holders:
-        return usage(f"the roster lists {len(roster.keys)} holders but federation.n_holders is {cfg.federation.n_holders}")
+        return usage(f"the roster lists {len(roster.keys)} holders but federation.n_holders is {cfg.federation.n_holders}: "
+                     f"--set federation.n_holders={len(roster.keys)}, or make the PKI for {cfg.federation.n_holders} "
+                     f"holders (securefed keygen DIR --holders {cfg.federation.n_holders})")
     if not 0 <= port <= 65535:
         return usage(f"--port must be in [0, 65535], got {port}")
     why = listen_problem(host, port) if port else None   # 0: the system picks a free one
