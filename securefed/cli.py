@@ -19,7 +19,7 @@ EPILOG = """examples:
   securefed keygen pki/ --holders 3           a demo PKI for the networked deployment
 
 exit status: 0 success; 2 bad usage, config or input (one message on stderr, nothing half-written);
-other codes per command (see its --help)."""
+130 interrupted (Ctrl-C: a run resumes with --resume); other codes per command (see its --help)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:   # Ctrl-C: one line saying what to do next, not a traceback from wherever it landed
+        hint = getattr(args, "resume_hint", None)
+        print(f"\nsecurefed {args.command}: interrupted (Ctrl-C)" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130   # 128 + SIGINT, as a shell reports it
 
 
 if __name__ == "__main__":

@@ -144,17 +144,39 @@ def override(data: dict, dotted: str) -> None:
         if not isinstance(nxt, dict):
             raise ConfigError(f"override {dotted!r}: {p} is not a section")
         node = nxt
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {dotted!r}: the value is not valid YAML ({_yaml_problem(e)}); put a "
+                          "string value in quotes") from None
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A config file's top-level mapping; every way it can be unreadable is one ConfigError naming the file
+    (never a parser traceback: a newcomer's first config often has a YAML slip)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a directory; name a YAML file")
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text; name a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read ({e.strerror or type(e).__name__})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML ({_yaml_problem(e)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping at the top level")
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """'line L, column C: what the parser expected' (1-based, as an editor shows them)."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark is not None else what
 
 
 def dump_yaml(obj: Any) -> str:

@@ -15,11 +15,24 @@ import argparse
 import sys
 
 
+EPILOG = """exit status (protocols/transport.md §10):
+  0  all rounds done, or the coordinator ended the run on its epsilon cap
+  1  unexpected error
+  2  usage or config error (bad or contradictory holder config, missing key or data file): nothing sent
+  3  the coordinator refused this holder's certificate
+  4  this holder's own state files are unreadable or inconsistent: nothing sent
+  5  the coordinator ended the run: too few holders
+  6  coordinator unreachable after max_failures attempts (holder config)
+  7  the run is below this holder's floors: nothing sent
+  8  the coordinator stopped before its last round (start the client again when it resumes)"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="run one data holder against a coordinator (gRPC + mutual TLS)",
                        description="Joins a federation as one data holder. Everything the holder decides for "
                                    "itself is in its own config file (see README, 'Deployment'): data paths, secure-"
-                                   "aggregation and privacy floors, its epsilon cap, hardware, key directory.")
+                                   "aggregation and privacy floors, its epsilon cap, hardware, key directory.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="this holder's YAML config (holder_id, state_dir, pki, data, policy)")
     p.add_argument("--server", help="coordinator HOST:PORT (overrides the config's server)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -35,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(json_lines=args.log_json, level=args.net_log_level)
     from securefed.federation.client import main
+
+    args.resume_hint = "start the client again with the same --config: it rejoins the run from its own state"
 
     return main(args.config, overrides=args.overrides, server=args.server, simulation=args.launched)
 

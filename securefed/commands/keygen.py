@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("keygen", help="create a demo PKI (CA, server/holder certificates, identity keys, roster)",
                        description="Writes DIR/ca.pem, DIR/server/, DIR/holders/<id>/ and DIR/roster.yaml with "
                                    "private files 0600 and directories 0700. Never overwrites existing keys. "
-                                   "Exit status: 0 written, 2 bad arguments or DIR not empty.")
+                                   "Exit status: 0 written, 2 bad arguments, DIR not empty, a holder config already in OUTDIR, or DIR "
+                                   "not writable (nothing is written).")
     p.add_argument("dir", metavar="DIR", help="output directory (must not exist or be empty)")
     p.add_argument("--holders", type=int, required=True, metavar="N", help="number of data holders (ids 1..N)")
     p.add_argument("--server-name", action="append", default=[], metavar="NAME",
@@ -29,18 +30,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from securefed.federation.holder_config import demo_holder_config_paths, write_demo_holder_configs
     from securefed.transport.pki import make_demo_pki
 
     try:
+        if args.holder_configs and args.holders > 0:   # every refusal before the first key is written
+            demo_holder_config_paths(args.holder_configs, holders=args.holders)
         lay = make_demo_pki(args.dir, holders=args.holders, server_names=tuple(args.server_name))
-    except (ValueError, TypeError, FileExistsError) as e:
-        print(f"securefed keygen: {e}", file=sys.stderr)
+        if args.holder_configs:
+            paths = write_demo_holder_configs(args.holder_configs, pki=lay.root, holders=args.holders,
+                                              server=args.server)
+            print(f"holder configs: {', '.join(str(p) for p in paths)}")
+    except (ValueError, TypeError, OSError) as e:   # FileExistsError is an OSError
+        why = f"cannot write {e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else e
+        print(f"securefed keygen: {why}", file=sys.stderr)
         return 2
-    if args.holder_configs:
-        from securefed.federation.holder_config import write_demo_holder_configs
-
-        paths = write_demo_holder_configs(args.holder_configs, pki=lay.root, holders=args.holders, server=args.server)
-        print(f"holder configs: {', '.join(str(p) for p in paths)}")
     print(f"demo PKI for {args.holders} holders in {lay.root} (roster: {lay.roster}); "
           "the CA key in ca.key is for demos only: keep a real federation's CA offline")
     return 0

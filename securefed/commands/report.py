@@ -6,8 +6,9 @@ import argparse
 import sys
 
 EPILOG = """exit status:
-  0  report written; the privacy ledger's hash chain verified
-  1  report written, but the privacy ledger is missing or its hash chain is broken (flagged in the report)
+  0  report written; every privacy record verified (as `securefed verify` checks them)
+  1  report written, but a privacy record is missing or does not verify: a signature, hash chain, anchor or
+     recomputed epsilon, or no signed end-of-run record (an unfinished run); flagged at the top, no epsilon stated
   2  no report written: RUN_DIR does not exist, is not a securefed run, or one of its files is corrupt
      (the message names the file and line)"""
 

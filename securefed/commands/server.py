@@ -2,16 +2,26 @@
 
 It runs the same Coordinator as `securefed simulate` (securefed.federation) over the gRPC channel.
 Exit codes (protocols/transport.md §10): 0 all rounds done · 1 unexpected error · 2 usage/config error ·
-4 checkpoint and privacy ledger disagree · 5 too few holders (join deadline, or repeated aborted rounds).
+4 checkpoint and privacy ledger disagree, or --out in use by another server · 5 too few holders (join deadline, or repeated aborted rounds).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from securefed import jsonio
+
+
+EPILOG = """exit status (protocols/transport.md §10):
+  0  all rounds done (or the server's epsilon cap reached); --status: printed
+  1  unexpected error; --status: the server that wrote it is no longer running and the run did not end
+  2  usage or config error (config, PKI, --out, --port in use, --resume under other settings): nothing written;
+     --status: no status file
+  4  checkpoint and privacy ledger disagree, or --out is in use by another server process
+  5  too few holders (join deadline, or network.max_aborted_rounds aborted rounds in a row)"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,11 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Runs the federation's coordinator: waits for the holders on the roster, runs "
                                    "the configured rounds (sampling, privacy plan, secure aggregation, outer step, "
                                    "evaluation, ledgers, checkpoints) and writes the run directory and report. "
-                                   "Holders join with `securefed client --config HOLDER.yaml`.")
+                                   "Holders join with `securefed client --config HOLDER.yaml`.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pki", help="keygen directory (ca.pem, server/, roster.yaml): `securefed keygen`")
     p.add_argument("--out", help="run directory (checkpoints, metrics, privacy ledger, model, report)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--status", metavar="RUN_DIR", help="print the live status of a (running or finished) run and exit")
+    p.add_argument("--status", metavar="RUN_DIR", help="print the live status of a (running or finished) run and exit: "
+                   "0, or 1 when the server that wrote it is no longer running and the run did not end")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=50051, help="0 picks a free port (written to RUN_DIR/status.json)")
     p.add_argument("--preset", default="demo", help="run preset (see `securefed simulate --list-presets`)")
@@ -38,12 +50,53 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _status(run_dir: str) -> int:
+    """0: printed (the server is running, or the run ended); 1: printed, but the server that wrote it is gone
+    before the run ended (killed or crashed: the file still reads as live); 2: no status."""
     path = Path(run_dir) / "status.json"
-    if not path.exists():
-        print(f"securefed server: no status in {run_dir}", file=sys.stderr)
+    if not path.is_file():
+        print(f"securefed server: no status in {run_dir} (not a `securefed server` run directory, or it has not "
+              "started listening yet)", file=sys.stderr)
         return 2
-    print(jsonio.dumps(jsonio.read_json(path), indent=2))
+    try:
+        st = jsonio.read_json(path)
+    except (OSError, ValueError) as e:
+        print(f"securefed server: {e}", file=sys.stderr)
+        return 2
+    print(jsonio.dumps(st, indent=2))
+    board = st.get("board") if isinstance(st, dict) else None
+    ended = board.get("ended") if isinstance(board, dict) else None
+    updated = st.get("updated") if isinstance(st, dict) else None
+    when = f"last updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(updated))}" \
+        if isinstance(updated, (int, float)) else "no update time"
+    if isinstance(ended, dict):
+        print(f"run ended after round {ended.get('after_round')} ({ended.get('why')}); {when}", file=sys.stderr)
+        return 0
+    if _gone(st):
+        print(f"securefed server: NOT RUNNING: process {st['pid']}, which wrote this status, is gone and the run did "
+              f"not end ({when}); the round shown is where it stopped: restart it with the same arguments and "
+              "--resume", file=sys.stderr)
+        return 1
     return 0
+
+
+def _gone(st: dict) -> bool:
+    """The status's writer is known not to run: its pid is not alive on this host (or is another program)."""
+    import os
+    import socket
+
+    pid = st.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or st.get("host") not in (None, socket.gethostname()):
+        return False   # written elsewhere (a shared filesystem): this machine cannot tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:   # a reused pid: another program now
+        return b"securefed" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +115,16 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as e:
         print(f"securefed server: configuration error: {e}", file=sys.stderr)
         return 2
+    if args.resume and not args.launched:   # (simulate --backend grpc checked its own --out)
+        from securefed.configio import to_dict
+        from securefed.runtime.rundir import RunDirError, check_out_dir
+
+        try:   # under other settings: the settings that differ, as simulate says them, not a checkpoint mismatch
+            check_out_dir(args.out, resume=True, resolved=to_dict(cfg))
+        except RunDirError as e:
+            print(f"securefed server: {e}", file=sys.stderr)
+            return 2
+    args.resume_hint = f"the run in {args.out} continues from its last checkpoint with the same arguments and --resume"
     from securefed.federation.server import serve
 
     return serve(cfg, pki=args.pki, out=args.out, host=args.host, port=args.port, resume=args.resume,

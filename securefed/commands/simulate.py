@@ -9,10 +9,18 @@ from securefed import jsonio
 from securefed.configio import ConfigError, dump_yaml
 
 
+EPILOG = """exit status:
+  0  the run finished (or --print-config / --list-presets printed)
+  2  nothing run: a bad config or --out, --resume without a checkpoint or under other settings, a model this
+     host cannot hold, or a pre-flight privacy refusal (one message on stderr; nothing written)
+  6  --backend ray: the --ray-address cannot be reached"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="run a federated pre-training simulation on this machine",
                        description="Run holders, secure aggregation, DP accounting and the centralized baseline "
-                                   "in one process. With no arguments: the embedded demo preset.")
+                                   "in one process. With no arguments: the embedded demo preset.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="demo", help="run preset (see --list-presets); default: demo")
     p.add_argument("--config", help="YAML file merged over the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -80,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     except RunDirError as e:
         print(f"securefed simulate: {e}", file=sys.stderr)
         return 2
+    args.resume_hint = (f"the run in {out} continues from its last checkpoint with the same arguments and --out {out} "
+                        "--resume")   # (securefed.cli on Ctrl-C)
     from securefed.federation.simulation import Simulation
 
     try:

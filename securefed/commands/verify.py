@@ -20,7 +20,12 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="verify a run's privacy ledgers: signatures, chains, anchors, every ε recomputed",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="""exit status:
+  0  every record verified and signed
+  1  a record is missing or does not verify (the first bad one is named; no epsilon is stated)
+  2  not a run directory, or a bad argument
+  3  consistent, but unsigned (no privacy/keys.json)""")
     p.add_argument("run_dir", help="a finished or interrupted run directory")
     p.add_argument("--holder-ledger", dest="holder_ledgers", action="append", default=[], metavar="PATH",
                    help="a holder's own ledger kept outside RUN_DIR (its state directory); repeatable")
@@ -47,13 +52,12 @@ def run(args: argparse.Namespace) -> int:
             print("securefed verify: --coordinator-key must be 64 hex digits", file=sys.stderr)
             return 2
         key = bytes.fromhex(args.coordinator_key)
-    for p in args.holder_ledgers:
-        if not Path(p).is_file():
-            print(f"securefed verify: --holder-ledger {p} does not exist", file=sys.stderr)
+    for flag, p, want in [*(("--holder-ledger", p, "ledger.jsonl in the holder's state_dir") for p in args.holder_ledgers),
+                          *((("--roster", args.roster, "roster.yaml of the federation's PKI"),) if args.roster else ())]:
+        if not Path(p).is_file():   # a directory is named as one, not as missing
+            why = "is a directory" if Path(p).is_dir() else "does not exist"
+            print(f"securefed verify: {flag} {p} {why}; give the file ({want})", file=sys.stderr)
             return 2
-    if args.roster is not None and not Path(args.roster).is_file():
-        print(f"securefed verify: --roster {args.roster} does not exist", file=sys.stderr)
-        return 2
     v = verify_run(rd, holder_ledgers=args.holder_ledgers, coordinator_key=key, roster=args.roster)
     out = sys.stdout if v.ok else sys.stderr
     print(v.banner(), file=out)

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from rich.markup import escape
 
 from securefed.configio import dump_yaml
 from securefed.federation.aggregation import MAX_CONTROL, CkksRoute, SecureSession, plain_sum
@@ -336,9 +337,16 @@ class Coordinator:
         self.channel.end_run(why=why, after_round=last)   # protocols/transport.md §5.4: holders learn why it ended
         return summary
 
-    def _say(self, msg: str) -> None:
+    def _say(self, msg: str, *, warning: bool = False) -> None:
+        """One line for the operator. Under `securefed server` (deployment network) its log on stderr is the
+        console: the line goes there once, at its level (printed as well, every line showed twice, and a warning
+        carried rich markup into the log as an INFO record). A simulation shows it on its progress console, a
+        warning in red."""
+        if self.opt.deployment == "network":
+            log.log(logging.WARNING if warning else logging.INFO, msg)
+            return
         log.info(msg)
-        self.progress.print(msg)
+        self.progress.print(f"[bold red]{escape(msg)}[/]" if warning else msg)
 
     def sample_cohort(self, available: list[int]) -> list[int]:
         fed, ids = self.cfg.federation, sorted(available)
@@ -517,7 +525,7 @@ class Coordinator:
         self.channel.end_round(r)
         self._say(status_line(row, fed.rounds))
         for w in row["warnings"]:
-            self._say(f"[bold red]WARNING round {r}: {w}[/]")
+            self._say(f"WARNING round {r}: {w}", warning=True)
         return row
 
     def _tokens_so_far(self) -> int:
@@ -623,7 +631,7 @@ class Coordinator:
         short = update_shortfall(self.metrics, self.cfg.federation.rounds)
         if short:   # never quietly: a run whose rounds did not all move the model says so at its end (the report too)
             summary["warnings"] = [short]
-            self._say(f"[bold red]WARNING: {short}[/]")
+            self._say(f"WARNING: {short}", warning=True)
         self.rd.write_json(self.rd.summary, summary)
         return summary
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -43,6 +44,7 @@ log = logging.getLogger("securefed.channel.grpc")
 # protocols/transport.md §10
 EXIT = {"ok": 0, "error": 1, "usage": 2, "auth": 3, "state": 4, "too_few": 5, "unreachable": 6, "policy": 7,
         "stopped": 8}
+JOIN_WAIT_S = 60.0   # one Join attempt waits this long for the coordinator to answer (gRPC wait_for_ready)
 # a holder told the run ended (§5.4): why -> (its exit code, what it logs)
 _ENDED = {"finished": (EXIT["ok"], "all rounds done"), "budget": (EXIT["ok"], "the run's privacy budget is spent"),
           "too_few": (EXIT["too_few"], "too few holders to continue"),
@@ -98,7 +100,9 @@ class GrpcChannel(Channel):
 
     def _write_status(self, **extra) -> None:
         if self.status_path is not None:
-            atomic_write_text(self.status_path, jsonio.dumps(dict(self.status(), **extra)) + "\n")
+            # host: `--status` can tell whether the pid it names is this machine's (not sent to holders)
+            atomic_write_text(self.status_path, jsonio.dumps(dict(self.status(), host=socket.gethostname(), **extra))
+                              + "\n")
 
     def available(self, round_index: int, *, want: int, timeout: float) -> list[int]:
         """The holders able to take round ``round_index``; while it waits, the console and RUN_DIR/status.json
@@ -189,7 +193,10 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
         try:
             if tc is None:
                 tc = TransportClient(target, creds, server_name=server_name)
-            holder.welcome(tc.join(encode(Hello(holder.id)), timeout=60))
+            if holder.welcomed is None and failures == 0:
+                log.info("holder %d: joining the coordinator at %s (each attempt waits up to %.0f s for it)", holder.id,
+                         target, JOIN_WAIT_S)
+            holder.welcome(tc.join(encode(Hello(holder.id)), timeout=JOIN_WAIT_S))
             tc.set_run(holder.welcomed.run_id)
             # after a dropped connection: back to the same stage of the same round (its state is in memory)
             r = at[0] if at is not None else max(holder.welcomed.next_round, holder.next_round)
@@ -219,14 +226,18 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
                 log.error("holder %d: the coordinator refused this holder's certificate", holder.id)
                 return EXIT["auth"]
             why = f"{code}"
+            if holder.welcomed is None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                why = (f"no coordinator answers at {target}: is `securefed server` running there? (--server, or "
+                       f"the holder config's server; {code.name})")
         except (FrameError, MessageError, Refused, ValueError) as e:
             why = f"{type(e).__name__}: {e}"
         failures += 1
         if failures > max_failures:
-            log.error("holder %d: giving up after %d failed attempts", holder.id, failures - 1)
+            log.error("holder %d: giving up after %d failed attempts (%s)", holder.id, failures, why)
             return EXIT["unreachable"]
         delay = backoff.next_delay()
-        log.warning("holder %d: connection problem (%s); retry %d in %.1fs", holder.id, why, failures, delay)
+        log.warning("holder %d: connection problem (%s); retry %d of %d in %.1fs", holder.id, why, failures,
+                    max_failures, delay)
         time.sleep(delay)
         tc.reconnect()
 

@@ -198,8 +198,14 @@ class Holder:
                 raise PolicyRefused(f"threshold fraction {w.secagg.threshold_fraction} is below this holder's floor "
                                     f"{floor.threshold_fraction}")
         data = self.prepare_data()
-        if data.tokenizer_sha256 != w.tokenizer_sha256:
-            raise PolicyRefused("the run's tokenizer differs from this holder's (tokenizer hash mismatch)")
+        if data.tokenizer_sha256 != w.tokenizer_sha256:   # what to change, not only that the hashes differ
+            if len(data.tokenizer) != w.vocab_size:
+                raise PolicyRefused(f"the run's tokenizer has {w.vocab_size} tokens and this holder's {len(data.tokenizer)}: "
+                                    f"set this holder's data.vocab_size to {w.vocab_size} (a trained tokenizer) or give it "
+                                    "the run's tokenizer file (data.tokenizer)")
+            raise PolicyRefused("the run's tokenizer differs from this holder's (tokenizer hash mismatch; both have "
+                                f"{w.vocab_size} tokens): give this holder the run's tokenizer file (data.tokenizer), or "
+                                "train both from the same Python's standard library")
         from securefed.runtime.rundir import RunDir
 
         RunDir(self.state_dir).write_json(self.state_dir / "data_manifest.json", data.manifest)   # its own record

@@ -189,15 +189,25 @@ def write_demo_holder_configs(outdir: str | Path, *, pki: str | Path, holders: i
 
     run = load_run_config(preset="demo")
     out = Path(outdir)
+    paths = demo_holder_config_paths(out, holders=holders)   # all free, or nothing is written
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for h in range(1, holders + 1):
+    for h, path in enumerate(paths, start=1):
         cfg = HolderConfig(holder_id=h, state_dir=str((out / f"state-{h}").resolve()), data=run.data, shard=h - 1,
                            n_shards=holders, data_seed=run.seed, pki=str(Path(pki).resolve()), server=server)
-        path = out / f"holder-{h}.yaml"
-        if path.exists():
-            raise FileExistsError(f"{path} exists; keygen never overwrites a holder's config")
         path.write_text("# this holder's own settings (protocols/federation.md §2): edit data, policy, hardware\n"
                         + dump_yaml(cfg))
-        paths.append(path)
+    return paths
+
+
+def demo_holder_config_paths(outdir: str | Path, *, holders: int) -> list[Path]:
+    """OUTDIR/holder-<id>.yaml for ids 1..holders; FileExistsError if OUTDIR is a file or any of them exists
+    (an operator's edited config is never overwritten). `securefed keygen` asks before it writes a key."""
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--holder-configs {out} is a file, not a directory")
+    paths = [out / f"holder-{h}.yaml" for h in range(1, holders + 1)]
+    taken = [str(p) for p in paths if p.exists()]
+    if taken:
+        raise FileExistsError(f"{', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''} exist(s); keygen never "
+                              "overwrites a holder's config: choose another --holder-configs folder")
     return paths

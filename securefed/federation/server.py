@@ -26,6 +26,7 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
     from securefed.runtime.progress import Progress
     from securefed.training.models import parameter_count
     from securefed.transport.pki import Layout, load_identity
+    from securefed.transport.service import listen_problem
 
     def usage(msg: str) -> int:
         print(f"securefed server: {msg}", file=sys.stderr)
@@ -40,7 +41,15 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
     except (RosterError, ValueError) as e:
         return usage(f"roster {lay.roster}: {e}")
     if len(roster.keys) != cfg.federation.n_holders:
-        return usage(f"the roster lists {len(roster.keys)} holders but federation.n_holders is {cfg.federation.n_holders}")
+        return usage(f"the roster lists {len(roster.keys)} holders but federation.n_holders is {cfg.federation.n_holders}: "
+                     f"--set federation.n_holders={len(roster.keys)}, or make the PKI for {cfg.federation.n_holders} "
+                     f"holders (securefed keygen DIR --holders {cfg.federation.n_holders})")
+    if not 0 <= port <= 65535:
+        return usage(f"--port must be in [0, 65535], got {port}")
+    why = listen_problem(host, port) if port else None   # 0: the system picks a free one
+    if why:
+        return usage(f"cannot listen on {host}:{port}: {why}; stop what holds the port or choose another --port "
+                     "(0 picks a free one and writes it to RUN_DIR/status.json)")
     rd = RunDir(out)
     if resume and not rd.checkpoint_file.exists():
         return usage(f"--resume: no checkpoint at {rd.checkpoint_file}")

@@ -77,6 +77,8 @@ def _config(path: Path) -> tuple[dict, dict]:
 def load_run(run_dir: Path) -> dict:
     """Everything the report needs, read from files (errors: see the module docstring)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a run directory: give the --out folder of a run")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     if not is_run_dir(run_dir):

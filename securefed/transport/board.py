@@ -272,6 +272,8 @@ class StageBoard:
             return self.expect <= self.done | self.failed
         with self.cond:
             n, finished = settled(), all_in()
+        if n and on_progress is not None:   # replies already in when the wait begins (a fast stage): counted, not
+            on_progress(n)                  # left at 0/n ("stopped at 0/3" on the console while all 3 replied)
         while not finished:
             with self.cond:
                 if not _wait(self.cond, lambda: all_in() or settled() != n, end - time.monotonic()):

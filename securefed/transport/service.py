@@ -29,7 +29,7 @@ from securefed import jsonio
 from securefed.transport.frames import MAX_FRAME
 from securefed.transport.pki import holder_id_from_cert
 
-__all__ = ["SERVICE", "MAX_JSON", "CALLS_PER_HOLDER", "channel_options", "server_options", "make_server", "make_channel",
+__all__ = ["SERVICE", "MAX_JSON", "CALLS_PER_HOLDER", "channel_options", "server_options", "make_server", "listen_problem", "make_channel",
            "peer_holder_id", "Handlers", "Stub", "load_client_credentials", "server_workers"]
 
 log = logging.getLogger("securefed.transport")
@@ -178,10 +178,34 @@ def make_server(handlers: Handlers, *, host: str, port: int, cert: Path, key: Pa
                          options=server_options(), maximum_concurrent_rpcs=max_workers + QUEUE_HEADROOM)
     creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())], root_certificates=ca.read_bytes(),
                                         require_client_auth=True)
-    bound = server.add_secure_port(f"{host}:{port}", creds)
+    try:
+        bound = server.add_secure_port(f"{host}:{port}", creds)
+    except RuntimeError:   # grpcio >= 1.5x raises instead of returning 0
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise OSError(f"cannot listen on {host}:{port}: {listen_problem(host, port) or 'gRPC could not bind it'}")
     return server, bound
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on now (in use, not an address of this machine), or None.
+    `securefed server` asks before it writes its run directory, so a taken port costs nothing (a gRPC
+    bind failure comes only after the run's data and first checkpoint). SO_REUSEADDR as gRPC sets it:
+    a port in TIME_WAIT is free."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError, OverflowError) as e:
+        return f"{host!r} is not an address or name this machine resolves ({e})"
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
 
 
 def load_client_credentials(*, cert: Path, key: Path, ca: Path) -> grpc.ChannelCredentials:

@@ -197,3 +197,83 @@ def test_a_record_level_delta_above_one_over_the_largest_holders_records_is_refu
     err = capsys.readouterr().err
     assert code == 2 and f"exceeds 1/records = 1/{max(sizes)} of the largest holder" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------- config files: every command that reads one
+@pytest.mark.parametrize("content, message", [
+    ("federation: {rounds: [\n", "is not valid YAML (line 2, column 1: expected the node content"),
+    (b"\x7fELF\x02\x01\x01\xd0\xff", "is not UTF-8 text; name a YAML file"),
+    (None, "is a directory; name a YAML file"),
+])
+@pytest.mark.parametrize("command", ["simulate", "server", "client"])
+def test_an_unreadable_config_file_is_one_error_naming_it(command, content, message, tmp_path, capsys):
+    """A YAML slip in --config was a parser traceback and exit 1 (simulate, server and client share the loader);
+    a directory passed as --config was said not to exist."""
+    path = tmp_path / "cfg.yaml"
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    before = _files(tmp_path)
+    extra = {"server": ["--pki", str(tmp_path / "pki"), "--out", str(tmp_path / "run")]}.get(command, [])
+    assert main([command, "--config", str(path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"securefed {command}: ") and f"config file {path} {message}" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert _files(tmp_path) == before
+
+
+def test_an_override_whose_value_is_not_yaml_is_one_error(tmp_path, capsys):
+    assert main(["simulate", "--set", "federation.rounds=[1"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: override 'federation.rounds=[1': the value is not valid YAML (line 1, column 3" in err
+    assert err.count("\n") == 1 and _files(tmp_path) == []
+
+
+def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(tmp_path):
+    """Ctrl-C during `securefed simulate` printed a 40-line KeyboardInterrupt traceback from wherever it landed (torch's
+    RMSNorm) and nothing about the checkpoint the run can resume from (server and client alike)."""
+    import signal
+
+    tiny = ["data.max_sources=4", "data.max_bytes_per_source=30000", "data.vocab_size=512", "data.seq_len=32",
+            "train.local_steps=2", "train.batch_size=4", "federation.rounds=200", "baseline=false"]
+    out = tmp_path / "r"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    argv = [sys.executable, "-m", "securefed.cli", "simulate", "--out", str(out), *[a for t in tiny for a in ("--set", t)]]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    try:
+        for line in proc.stderr:             # interrupt once the rounds run (a checkpoint exists)
+            lines.append(line)
+            if line.startswith("round 2/200"):
+                proc.send_signal(signal.SIGINT)
+                break
+        lines += proc.stderr.readlines()
+        assert proc.wait(timeout=120) == 130, "".join(lines)
+    finally:
+        proc.kill()
+    err = "".join(lines)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert lines[-1] == (f"securefed simulate: interrupted (Ctrl-C); the run in {out} continues from its last checkpoint "
+                         f"with the same arguments and --out {out} --resume\n")
+    assert (out / "checkpoints" / "latest.pt").is_file()
+
+
+def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(tmp_path, capsys):
+    """`securefed report FILE` said 'run directory FILE does not exist'; `verify --holder-ledger STATE_DIR` (the
+    folder the README names, not the ledger.jsonl in it) and `--roster PKI_DIR` said the folder does not exist."""
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["report", str(tmp_path / "notes.txt")]) == 2
+    assert capsys.readouterr().err == (f"securefed report: {tmp_path / 'notes.txt'} is a file, not a run directory: "
+                                       "give the --out folder of a run\n")
+    run = _fake_run(tmp_path / "run")
+    (tmp_path / "state").mkdir()
+    assert main(["verify", str(run), "--holder-ledger", str(tmp_path / "state")]) == 2
+    assert capsys.readouterr().err == (f"securefed verify: --holder-ledger {tmp_path / 'state'} is a directory; give "
+                                       "the file (ledger.jsonl in the holder's state_dir)\n")
+    assert main(["verify", str(run), "--roster", str(tmp_path / "state")]) == 2
+    assert "--roster" in capsys.readouterr().err
+    assert main(["verify", str(run), "--roster", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml does not exist; give the file (roster.yaml" in capsys.readouterr().err

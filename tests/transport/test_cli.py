@@ -60,7 +60,8 @@ def test_server_refuses_a_bad_config_or_roster_before_creating_the_run(tmp_path,
     assert "network.control" in capsys.readouterr().err
     # the demo preset has 4 holders: a roster of 4 with federation.n_holders=5 is refused
     assert cli.main(["server", "--pki", str(pki), "--out", str(out), "--set", "federation.n_holders=5"]) == 2
-    assert "roster lists 4 holders" in capsys.readouterr().err
+    err = capsys.readouterr().err   # and what to do about it (a newcomer's keygen --holders 3 with the demo's 4)
+    assert "roster lists 4 holders but federation.n_holders is 5: --set federation.n_holders=4, or make the PKI" in err
     assert not out.exists()
 
 
@@ -134,3 +135,146 @@ def test_client_with_damaged_own_state_exits_4_before_connecting(tmp_path, pki, 
     rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache), "--server", "127.0.0.1:1"])
     err = capsys.readouterr().err
     assert rc == 4 and why in err and "refusing to start" in err and "Traceback" not in err
+
+
+def test_server_on_a_port_in_use_or_a_bad_host_is_one_usage_error_and_writes_nothing(tmp_path, pki, tiny_run, capsys):
+    """A taken --port was a gRPC RuntimeError traceback (exit 1) after the run directory, its data manifest and
+    first checkpoint were written, so the retry on a free port was refused as 'holds an earlier run'."""
+    import socket
+
+    out = tmp_path / "run"
+    small = [a for t in tiny_run for a in ("--set", t)]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["server", "--pki", str(pki), "--out", str(out), "--port", str(port), *small]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"securefed server: cannot listen on 127.0.0.1:{port}: Address already in use; ")
+    assert "choose another --port" in err and "Traceback" not in err and err.count("\n") == 1
+    assert not out.exists()
+    assert cli.main(["server", "--pki", str(pki), "--out", str(out), "--host", "no-such-host.invalid", *small]) == 2
+    assert "cannot listen on no-such-host.invalid:50051: 'no-such-host.invalid' is not an address" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_keygen_refuses_existing_holder_configs_or_an_unwritable_dir_before_writing_a_key(tmp_path, capsys):
+    """Re-running the README's `keygen --holder-configs holders` into the same folder was a FileExistsError
+    traceback (exit 1) after the new PKI was written (so the retry then met 'DIR exists'); a DIR that cannot
+    be created was a traceback too."""
+    assert cli.main(["keygen", str(tmp_path / "pki"), "--holders", "2", "--holder-configs", str(tmp_path / "h")]) == 0
+    edited = (tmp_path / "h" / "holder-1.yaml").read_text() + "# my edits\n"
+    (tmp_path / "h" / "holder-1.yaml").write_text(edited)
+    capsys.readouterr()
+    assert cli.main(["keygen", str(tmp_path / "pki2"), "--holders", "2", "--holder-configs", str(tmp_path / "h")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("securefed keygen: ") and "holder-1.yaml" in err and "never overwrites" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "pki2").exists() and (tmp_path / "h" / "holder-1.yaml").read_text() == edited
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["keygen", str(tmp_path / "file" / "pki"), "--holders", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"securefed keygen: cannot write {tmp_path / 'file' / 'pki'}: Not a directory")
+    assert "Traceback" not in err
+
+
+def test_status_of_a_killed_server_says_it_is_not_running(tmp_path, capsys):
+    """After `kill -9` the server's status.json still reads as live ("over": false, holders waited for); --status
+    printed it with exit 0, so an operator (or a monitoring script) saw a waiting server that was gone."""
+    import subprocess
+    import sys
+
+    def status(pid, ended=None):
+        run = tmp_path / f"run{pid}"
+        run.mkdir()
+        board = {"round": 3, "stage": 4, "over": False, "waiting": [1, 2], "ended": ended}
+        (run / "status.json").write_text(json.dumps({"port": 5, "pid": pid, "board": board, "updated": 1.0e9}))
+        return cli.main(["server", "--status", str(run)])
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert status(dead.pid) == 1
+    out, err = capsys.readouterr()
+    assert '"round": 3' in out
+    assert err.startswith(f"securefed server: NOT RUNNING: process {dead.pid}, which wrote this status, is gone")
+    assert "--resume" in err
+    alive = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)", "securefed"],
+                             stdout=subprocess.PIPE)
+    try:
+        alive.stdout.readline()   # exec'd: its command line is its own, not the forked test's
+        assert status(alive.pid) == 0 and "NOT RUNNING" not in capsys.readouterr().err
+    finally:
+        alive.kill()
+        alive.wait()
+    assert status(4_000_000, ended={"after_round": 6, "why": "finished"}) == 0
+    assert "run ended after round 6 (finished)" in capsys.readouterr().err
+
+
+def test_the_server_log_says_each_line_once_without_markup(tmp_path, tiny_run, capsys):
+    """`securefed server` logs at INFO on stderr, where its console lines go too: every coordinator line (pre-flight,
+    each round's status, warnings) came twice, a warning as an INFO record wrapped in rich markup
+    ('INFO ...: [bold red]WARNING round 2: ...[/]'), and a stage whose replies were all in before the wait began
+    ended as 'round 2: secagg_start, replies: stopped at 0/4' although all 4 had replied."""
+    out = tmp_path / "run"
+    argv = ["simulate", "--backend", "grpc", "--out", str(out), "--quiet", *[a for t in tiny_run for a in ("--set", t)]]
+    assert cli.main(argv) == 0
+    log = (out / "launch" / "server.log").read_text()
+    assert "[bold" not in log and "[/]" not in log and "stopped at" not in log
+    for r in (1, 2):
+        assert len([line for line in log.splitlines() if f"round {r}/2: 4/4 holders" in line]) == 1, log
+    assert len([line for line in log.splitlines() if "pre-flight privacy check" in line]) == 1, log
+    warnings = [line for line in log.splitlines() if "perplexity above unigram" in line]   # tiny_run's last round
+    assert len(warnings) == 1 and " WARNING securefed.coordinator: WARNING round 2: " in warnings[0], log
+
+
+def test_a_client_started_before_its_server_says_so(tmp_path, pki, fed_cache, capsys, monkeypatch):
+    """A holder started before the coordinator (or pointed at the wrong port) waited 60 s per attempt in silence, then
+    logged 'connection problem (StatusCode.DEADLINE_EXCEEDED); retry 1 in 0.1s' -- twenty times, about 20 minutes,
+    never naming the address or that no server answers there -- and finally 'giving up after 0 failed attempts'."""
+    import socket
+
+    from securefed.federation import grpc as fed_grpc
+
+    monkeypatch.setattr(fed_grpc, "JOIN_WAIT_S", 1.0)
+    with socket.socket() as s:       # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, max_failures=1), "--server",
+                   f"127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert rc == 6
+    assert f"holder 1: joining the coordinator at 127.0.0.1:{port} (each attempt waits up to 1 s for it)" in err
+    assert f"no coordinator answers at 127.0.0.1:{port}: is `securefed server` running there?" in err
+    assert "retry 1 of 1 in" in err and "giving up after 2 failed attempts" in err
+
+
+def test_a_holder_with_another_tokenizer_is_told_which_setting_to_change(tmp_path, pki, fed_cache, tiny_run, capsys):
+    """A holder config left at the starter's data.vocab_size=4096 against a server run with data.vocab_size=512 (the
+    README's walkthrough with the small settings) left with exit 7 and only 'the run's tokenizer differs from this
+    holder's (tokenizer hash mismatch)': nothing said which setting differs or what to set it to."""
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out, codes = tmp_path / "run", {}
+    argv = ["server", "--pki", str(pki), "--out", str(out), "--port", str(port),
+            *[a for t in [*tiny_run, "network.join=3"] for a in ("--set", t)]]
+    server = threading.Thread(target=lambda: codes.update(server=cli.main(argv)))
+    server.start()
+    try:
+        for _ in range(600):
+            if (out / "status.json").exists():
+                break
+            time.sleep(0.1)
+        rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, data={"vocab_size": 1024}),
+                       "--server", f"127.0.0.1:{port}"])
+    finally:
+        server.join(180)
+    err = capsys.readouterr().err
+    assert rc == 7
+    assert ("holder 1: refusing the coordinator's settings: the run's tokenizer has 512 tokens and this holder's 1024: "
+            "set this holder's data.vocab_size to 512") in err
+    assert codes == {"server": 5}     # no holder took part: too few holders, after network.join

@@ -240,3 +240,18 @@ def test_distributed_dp_works_over_the_network(tmp_path, tiny_run):
     expect, _ = fed.expected_step(1, range(1, 5), denominator=4)
     noise = fed.theta() - expect           # ≈ −(Σ noise shares)/n: std ≈ zC/n = 0.25 (rounding adds a little)
     assert 0.9 * 0.25 < float(np.std(noise)) < 1.1 * 0.25
+
+
+def test_resume_under_other_settings_names_them_and_touches_nothing(done, tmp_path, capsys):
+    """`securefed server --resume` without the run's own --set overrides said 'checkpoint is for model 'tiny' with
+    N parameters, not ... with M' and exit 4 (which means checkpoint and ledger disagree) after rewriting status;
+    settings that keep the model's size (federation.rounds) were not checked at all, so config.yaml no longer said
+    what ran. Now the settings that differ are listed, as `simulate --resume` lists them (exit 2)."""
+    run = _copy(done, tmp_path)
+    stamp = {p: p.stat().st_mtime_ns for p in run.root.rglob("*")}
+    assert _server(run, "--resume", "--set", "federation.rounds=5", "--set", "data.vocab_size=1024") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"securefed server: {run.root} holds another run")
+    assert ("--resume with that run's settings (2 settings differ: federation.rounds: 1 there, 5 now; "
+            "data.vocab_size: 512 there, 1024 now)") in err
+    assert {p: p.stat().st_mtime_ns for p in run.root.rglob("*")} == stamp
