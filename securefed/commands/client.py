@@ -6,7 +6,8 @@ budget and its hardware; nothing the coordinator sends can change them. Exit cod
 error · 2 usage/config error (bad or contradictory holder config, missing key or data file) · 3 the
 coordinator refused this holder's certificate · 5 the coordinator ended the run: too few holders · 6
 coordinator unreachable after max_failures · 7 the run is below this holder's floors · 8 the coordinator
-stopped before its last round (start the client again if it resumes).
+stopped before its last round (start the client again if it resumes) · 9 another process takes part with this
+holder's identity key.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ EPILOG = """exit status (protocols/transport.md §10):
   5  the coordinator ended the run: too few holders
   6  coordinator unreachable after max_failures attempts (holder config)
   7  the run is below this holder's floors: nothing sent
-  8  the coordinator stopped before its last round (start the client again when it resumes)"""
+  8  the coordinator stopped before its last round (start the client again when it resumes)
+  9  another process takes part with this holder's identity key: stop one of them"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,9 +6,7 @@ Welcome, and whose Fetch/Submit serve the stage mailboxes (transport.board.Stage
 check the Welcome against its own floors, then for each round long-poll its next stage message, hand
 it to the same ``Holder.handle`` the in-process channel calls, and stream the reply back.
 
-Exit codes of a holder (protocols/transport.md §10): 0 all rounds done · 1 unexpected error ·
-2 usage/config error · 3 certificate refused · 6 coordinator unreachable after max_failures ·
-7 the run is below this holder's floors (nothing was sent).
+Exit codes of a holder: ``EXIT`` below, as protocols/transport.md §10 lists them.
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ log = logging.getLogger("securefed.channel.grpc")
 
 # protocols/transport.md §10
 EXIT = {"ok": 0, "error": 1, "usage": 2, "auth": 3, "state": 4, "too_few": 5, "unreachable": 6, "policy": 7,
-        "stopped": 8}
+        "stopped": 8, "identity": 9}
 JOIN_WAIT_S = 60.0   # one Join attempt waits this long for the coordinator to answer (gRPC wait_for_ready)
 # a holder told the run ended (§5.4): why -> (its exit code, what it logs)
 _ENDED = {"finished": (EXIT["ok"], "all rounds done"), "budget": (EXIT["ok"], "the run's privacy budget is spent"),
@@ -185,6 +183,7 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
                backoff=None) -> int:
     """Take part in a run as ``holder`` (a federation.holder.Holder) until it ends; an exit code."""
     from securefed.federation.holder import HolderStateError, PolicyRefused
+    from securefed.secagg import IdentityInUse
     from securefed.transport.client import FATAL_CODES, Backoff, Refused, TransportClient
 
     backoff = backoff or Backoff()
@@ -213,6 +212,14 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
         except HolderStateError as e:   # its own files: not a connection problem, never retried (federation.md §6)
             log.error("holder %d: refusing to start: %s", holder.id, e)
             return EXIT["state"]
+        except IdentityInUse as e:
+            # two clients with one identity key (two holder configs, two state directories): each would keep half of
+            # this holder's privacy spend in its own ledger, and their inputs displace each other's. Stop, never retry.
+            if tc is not None:
+                tc.close()
+            log.error("holder %d: %s. Stop one of them: one client per holder identity, with one state directory",
+                      holder.id, e)
+            return EXIT["identity"]
         except _Ended as e:
             tc.close()
             log.log(logging.INFO if e.code == EXIT["ok"] else logging.WARNING,

@@ -62,7 +62,7 @@ from securefed.privacy.holder_ledger import history_extends
 from securefed.privacy.remote import HolderBudget, RoundSpec, spec_encode, spec_plan
 from securefed.runtime.parties import EntropyFactory
 from securefed.runtime.rundir import atomic_write_text
-from securefed.secagg import Roster, SecAggAborted, SecAggClient, SecAggConfig, UnexpectedMessage
+from securefed.secagg import IdentityInUse, Roster, SecAggAborted, SecAggClient, SecAggConfig, UnexpectedMessage
 from securefed.secagg import decode as secagg_decode
 from securefed.secagg.messages import RoundStart, UnmaskRequest
 
@@ -458,6 +458,10 @@ class Holder:
             name = {Stage.CKKS_SECAGG_START: "secagg_start", Stage.CKKS_SECAGG_SHARES: "secagg_shares"}.get(
                 stage, stage.name.lower())
             return getattr(self, "_on_" + name)(rs, payload)
+        except IdentityInUse:    # not this round's problem: this holder must stop (transport.md §10, exit 9)
+            self._end_secagg(rs)
+            raise IdentityInUse(f"another process is taking part as holder {self.id} with this holder's identity key: "
+                                f"its signed secure-aggregation keys replaced this client's in round {round_index}") from None
         except (ValueError, SecAggAborted) as e:   # every codec/MUST-rule error of the stack is a ValueError
             log.warning("holder %d: round %d stage %s refused: %s", self.id, round_index, stage.name, e)
             if stage in SECAGG_STAGES and not isinstance(e, UnexpectedMessage):

@@ -12,12 +12,12 @@ from securefed.secagg.roster import Roster, RosterError
 from securefed.secagg.client import CLIENT_TRANSITIONS, ClientStage, SecAggClient
 from securefed.secagg.config import SecAggConfig, Thresholds, threshold_for
 from securefed.secagg.driver import DropoutPlan, SecAggOutcome, Stage, run_secagg_round
-from securefed.secagg.errors import MessageError, SecAggAborted, UnexpectedMessage
+from securefed.secagg.errors import IdentityInUse, MessageError, SecAggAborted, UnexpectedMessage
 from securefed.secagg.messages import decode, encode
 from securefed.secagg.server import SERVER_TRANSITIONS, SecAggServer, ServerStage
 
 __all__ = [
-    "SecAggConfig", "Thresholds", "threshold_for", "SecAggAborted", "MessageError", "UnexpectedMessage",
+    "SecAggConfig", "Thresholds", "threshold_for", "SecAggAborted", "IdentityInUse", "MessageError", "UnexpectedMessage",
     "SecAggOutcome", "DropoutPlan", "Stage", "run_secagg_round", "SecAggClient", "SecAggServer", "ClientStage",
     "ServerStage", "CLIENT_TRANSITIONS", "SERVER_TRANSITIONS", "IdentityKey", "Roster", "RosterError",
     "generate_identity", "encode", "decode",

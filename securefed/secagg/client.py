@@ -31,7 +31,7 @@ from securefed.primitives.spans import for_spans
 from securefed.primitives.rng import DeterministicEntropy, Entropy
 from securefed.secagg import common as cm
 from securefed.secagg.config import SecAggConfig
-from securefed.secagg.errors import MessageError, SecAggAborted, UnexpectedMessage
+from securefed.secagg.errors import IdentityInUse, MessageError, SecAggAborted, UnexpectedMessage
 from securefed.secagg.messages import (KIND_B, KIND_S, AdvertiseKeys, ConsistencySignature, ForwardedShares, KeyRoster,
                                        MaskedBuffer, MaskedInput, RoundStart, ShareKeys, SurvivorList, UnmaskRequest, UnmaskShares,
                                        decode, encode)
@@ -219,6 +219,11 @@ class SecAggClient:
             msg = cm.advert_message(self._phash, a.sender, a.c_public, a.s_public, a.commitment)
             if not verify_signature(self._roster.public_key(a.sender), a.signature, msg):
                 self._abort(f"advertisement of {a.sender} does not verify (substituted key, replay or other model)")
+            if a.sender == self.id and a != self._advert:
+                # signed with our own key for this round's params_hash, yet not ours: no coordinator can forge it
+                raise IdentityInUse(f"client {self.id} aborted: the key roster holds an advertisement signed with "
+                                    "this holder's own identity key that it did not send: another process is taking "
+                                    f"part as holder {self.id}")
             keys += [a.c_public, a.s_public]
         if self._advert not in m.adverts:
             self._abort("our own advertisement was not echoed")

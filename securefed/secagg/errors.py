@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["SecAggAborted", "MessageError", "UnexpectedMessage"]
+__all__ = ["SecAggAborted", "IdentityInUse", "MessageError", "UnexpectedMessage"]
 
 
 class SecAggAborted(RuntimeError):
     """The round was aborted (a MUST rule failed or too few holders survived); nothing was output."""
+
+
+class IdentityInUse(SecAggAborted):
+    """C2: the key roster holds an advertisement that verifies under this client's own identity key but is not the one
+    it sent — another process holds that key and takes part under this client's id (protocols/secagg.md §6.1)."""
 
 
 class MessageError(ValueError):

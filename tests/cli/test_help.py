@@ -59,7 +59,7 @@ def test_every_command_help_states_its_exit_status(command, capsys):
         main([command, "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "exit status" in out.lower()
-    codes = {"server": "4 checkpoint and privacy ledger disagree", "client": "7 the run is below this holder's floors",
+    codes = {"server": "4 checkpoint and privacy ledger disagree", "client": "9 another process takes part with this holder's identity key",
              "verify": "3 consistent, but unsigned", "simulate": "6 --backend ray",
              "report": "or no signed end-of-run record (an unfinished run)"}
     assert codes.get(command, "") in out

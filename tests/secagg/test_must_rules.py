@@ -91,6 +91,23 @@ def test_c2_own_advert_must_be_echoed():
     aborts(h, 1, replace(roster, adverts=roster.adverts[1:]), "echoed")
 
 
+def test_c2_an_advertisement_signed_with_our_own_key_that_is_not_ours_means_our_identity_is_in_use():
+    """Two processes with holder 1's identity key in one round: the roster echoes the other one's advertisement, signed
+    with our key for this round's params_hash (no server can forge it). IdentityInUse (a SecAggAborted): the holder
+    stops instead of dropping out of the round as from any other abort (transport.md §10, exit 9)."""
+    from securefed.secagg import IdentityInUse
+
+    h = Harness().steps(1)
+    roster = h.message_for(1)
+    mine = roster.adverts[0]
+    c, s = (X25519KeyPair.generate(DeterministicEntropy.from_int(k)).public for k in (11, 12))
+    theirs = AdvertiseKeys(1, c, s, mine.commitment, h.ids[1].sign(cm.advert_message(h.clients[1]._phash, 1, c, s,
+                                                                                     mine.commitment)))
+    with pytest.raises(IdentityInUse, match="another process is taking part as holder 1"):
+        h.clients[1].handle(encode(replace(roster, adverts=(theirs,) + roster.adverts[1:])))
+    assert h.clients[1].stage is ClientStage.ABORTED and h.clients[1]._b is None   # C10: secrets erased
+
+
 def test_c2_duplicate_and_low_order_keys():
     h = Harness().steps(1)
     roster = h.message_for(1)

@@ -225,3 +225,45 @@ def test_central_dp_round_is_noised_and_accounted(tmp_path, net):
     for h in range(1, N + 1):
         own = read_ledger(fed.run.root / "holders" / str(h) / "ledger.jsonl")
         assert [e["status"] for e in own] == ["released", "settled"] and own[-1]["mode"] == "central"
+
+
+def test_a_second_client_with_a_holders_identity_key_is_stopped_and_the_run_completes(tmp_path, net, fed_cache):
+    """A newcomer's audit (stop 35): a second `securefed client` for holder 4, with its own state directory, joined the
+    run, trained, was refused by secure aggregation in every round ("own advertisement not echoed") and exited 0 with
+    "all rounds done" — and two ledgers would each keep part of holder 4's spend. The key roster holds an advertisement
+    signed with holder 4's own key that one of the two did not send; no coordinator can forge that signature, so that
+    client stops with exit 9 saying another process holds its identity. The other one and the run finish. The second
+    client is a real `securefed client` process (its own secrets: not the fixture's deterministic ones)."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from securefed.federation.grpc import EXIT
+
+    fed = NetFederation.build(tmp_path, net + ["federation.rounds=1"])
+    twin_yaml = tmp_path / "holder-4b.yaml"
+    twin_yaml.write_text(yaml.safe_dump({
+        "holder_id": 4, "state_dir": str(tmp_path / "state-4b"), "pki": str(fed.lay.root), "max_failures": 5,
+        "data": {"max_sources": 4, "max_bytes_per_source": 30000, "vocab_size": 512, "seq_len": 32,
+                 "cache_dir": fed_cache}}))
+    twin = {}
+
+    def start_twin():     # first, and joined, before the in-process holders start
+        twin["p"] = subprocess.Popen([sys.executable, "-m", "securefed.cli", "client", "--config", str(twin_yaml),
+                                      "--server", fed.target], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        t0 = time.monotonic()
+        while 4 not in fed.channel.board.waiting and twin["p"].poll() is None and time.monotonic() - t0 < 120:
+            time.sleep(0.1)
+    fed.run_all(before_holders=start_twin)
+    out, _ = twin["p"].communicate(timeout=120)
+    assert fed.rcs[1] == fed.rcs[2] == fed.rcs[3] == 0, out
+    assert sorted([fed.rcs[4], twin["p"].returncode]) == [EXIT["ok"], EXIT["identity"]] and EXIT["identity"] == 9, out
+    if twin["p"].returncode == 9:
+        assert "another process is taking part as holder 4 with this holder's identity key" in out, out
+    (row,) = fed.coord.metrics
+    assert "aborted" not in row and row["clients_survived"] == 4
+    (entry,) = read_ledger(fed.run.privacy / "ledger.jsonl")
+    assert entry["survivors"] == [1, 2, 3, 4]
