@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = args.out or str(default_run_dir())
     try:
-        check_out_dir(out, resume=args.resume, resolved=to_dict(cfg))
+        check_out_dir(out, resume=args.resume, resolved=to_dict(cfg), runs_baseline=bool(cfg.baseline))
     except RunDirError as e:
         print(f"securefed simulate: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ Every JSON file is strict JSON (securefed.jsonio: non-finite numbers as "inf"/"-
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -174,12 +175,29 @@ def describe_run(path: str | Path) -> str:
     return f"preset {name} with changes to {', '.join(diff[:4])}{more}"
 
 
-def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None) -> None:
+def _finished(root: Path, runs_baseline: bool) -> bool:
+    """The run in ``root`` is over: its summary.json (written after the export and the signed end-of-run record) is
+    there and, where this command runs a centralized baseline after the rounds, holds the baseline's result (a run
+    stopped during its baseline resumes to finish it)."""
+    p = RunDir(root).summary
+    if not p.is_file():
+        return False
+    if not runs_baseline:
+        return True
+    try:
+        summary = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False      # a damaged summary: the resume rewrites it
+    return isinstance(summary, dict) and "central_eval_ppl" in summary
+
+
+def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None, runs_baseline: bool = False) -> None:
     """Refuse, before any work, an ``--out`` that cannot take this run (RunDirError, one message).
 
     New run: ``out`` must not exist, or be an empty directory. ``--resume``: ``out`` must hold a
-    checkpoint, and (when ``resolved``, this run's config mapping, is given) the run's config.yaml
-    must match it — resuming under other settings would mix two runs in one ledger.
+    checkpoint and not be finished (``runs_baseline``: this command runs a centralized baseline after the rounds, so
+    a run without its result is not), and (when ``resolved``, this run's config mapping, is given) the run's
+    config.yaml must match it — resuming under other settings would mix two runs in one ledger.
     """
     root = Path(out)
     if root.exists() and not root.is_dir():
@@ -196,6 +214,10 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
     if not ckpt.is_file():
         what = f"holds a run ({describe_run(root)}) but" if is_run_dir(root) else "is not a securefed run and"
         raise RunDirError(f"--resume: {root} {what} has no checkpoint ({ckpt}); nothing to resume: choose a new --out")
+    if _finished(root, runs_baseline):
+        raise RunDirError(f"--resume: {root} holds a finished run ({describe_run(root)}): nothing to resume (resuming "
+                          f"would redo its export and overwrite its summary); `securefed report {root}` and `securefed "
+                          f"verify {root}` read it; choose a new --out for another run")
     if resolved is None:
         return
     import yaml

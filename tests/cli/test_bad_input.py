@@ -95,6 +95,28 @@ def test_resume_under_other_settings_is_refused(tmp_path, capsys):
     assert "privacy.mode: 'none' there, 'distributed' now" in err
 
 
+def test_resume_of_a_finished_run_is_refused_and_one_stopped_in_its_baseline_is_not(tmp_path, capsys):
+    """A newcomer's audit (stop 35): --resume of a finished run redid its export, report and baseline and overwrote
+    summary.json's wall time (6.3 s became 0.5). A finished run (summary.json, with the baseline's result when the
+    run has a baseline) is now refused, naming it, and nothing is touched; a run killed during its baseline (the
+    coordinator's summary.json without central_eval_ppl) still resumes past this check."""
+    run = _fake_run(tmp_path / "done", checkpoint=True)
+    (run / "summary.json").write_text(json.dumps({"fed_eval_ppl": 300.0, "central_eval_ppl": 250.0, "wall_seconds": 6.3}))
+    before = _files(run)
+    assert main(["simulate", "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {run} holds a finished run (preset demo): nothing to resume" in err
+    assert f"securefed report {run}" in err and _files(run) == before
+    assert json.loads((run / "summary.json").read_text())["wall_seconds"] == 6.3
+    # stopped in the baseline: the check passes (the resume then fails on this fake checkpoint, past the check)
+    (run / "summary.json").write_text(json.dumps({"fed_eval_ppl": 300.0, "wall_seconds": 6.3}))
+    from securefed.runtime.rundir import RunDirError, check_out_dir
+
+    check_out_dir(run, resume=True, resolved=to_dict(load_run_config()), runs_baseline=True)
+    with pytest.raises(RunDirError, match="holds a finished run"):     # a server run has no baseline: finished
+        check_out_dir(run, resume=True, resolved=to_dict(load_run_config()), runs_baseline=False)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: None, "does not exist, so there is nothing to resume"),
     (lambda d: d.mkdir(), "is not a securefed run and has no checkpoint"),
