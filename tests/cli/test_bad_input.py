@@ -117,6 +117,18 @@ def test_resume_of_a_finished_run_is_refused_and_one_stopped_in_its_baseline_is_
         check_out_dir(run, resume=True, resolved=to_dict(load_run_config()), runs_baseline=False)
 
 
+def test_resume_of_a_run_that_ended_before_any_round_is_refused_though_it_has_no_baseline(tmp_path, capsys):
+    """Review: simulate runs its baseline only when metrics.jsonl has rows (Simulation._finish), so a run that ended
+    before its first round (too few holders, the budget) is finished without central_eval_ppl — and --resume of it
+    passed the check (the server, with no baseline, refuses the same directory)."""
+    run = _fake_run(tmp_path / "done", checkpoint=True)
+    (run / "metrics.jsonl").write_text("")
+    (run / "summary.json").write_text(json.dumps({"fed_eval_ppl": None, "rounds": 0, "wall_seconds": 1.0}))
+    before = _files(run)
+    assert main(["simulate", "--out", str(run), "--resume"]) == 2
+    assert f"--resume: {run} holds a finished run" in capsys.readouterr().err and _files(run) == before
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: None, "does not exist, so there is nothing to resume"),
     (lambda d: d.mkdir(), "is not a securefed run and has no checkpoint"),
