@@ -295,6 +295,23 @@ def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(tmp_path):
     assert (out / "checkpoints" / "latest.pt").is_file()
 
 
+def test_ctrl_c_before_the_first_checkpoint_does_not_send_the_user_to_resume(tmp_path, capsys, monkeypatch):
+    """Review: the Ctrl-C line said 'continues from its last checkpoint ... --resume' however early it came; interrupted
+    before the first checkpoint (data, the untrained model's evaluation), --resume is refused ('has no checkpoint')."""
+    from securefed.federation import simulation
+
+    def interrupted(self, *a, **kw):
+        (tmp_path / "r").mkdir()
+        (tmp_path / "r" / "config.yaml").write_text("seed: 0\n")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(simulation.Simulation, "__init__", interrupted)
+    out = tmp_path / "r"
+    assert main(["simulate", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "securefed simulate: interrupted (Ctrl-C)" in err and "--resume" not in err, err
+    assert f"no checkpoint was written yet: start again with a new --out (or remove {out})" in err, err
+
+
 def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(tmp_path, capsys):
     """`securefed report FILE` said 'run directory FILE does not exist'; `verify --holder-ledger STATE_DIR` (the
     folder the README names, not the ledger.jsonl in it) and `--roster PKI_DIR` said the folder does not exist."""
