@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:   # Ctrl-C: one line saying what to do next, not a traceback from wherever it landed
         hint = getattr(args, "resume_hint", None)
+        hint = hint() if callable(hint) else hint   # said as things stand when the interrupt came
         print(f"\nsecurefed {args.command}: interrupted (Ctrl-C)" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130   # 128 + SIGINT, as a shell reports it
 

@@ -124,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
         except RunDirError as e:
             print(f"securefed server: {e}", file=sys.stderr)
             return 2
-    args.resume_hint = f"the run in {args.out} continues from its last checkpoint with the same arguments and --resume"
+    from securefed.runtime.rundir import resume_hint
+
+    args.resume_hint = lambda: resume_hint(args.out, "with the same arguments and --resume")   # (securefed.cli on Ctrl-C)
     from securefed.federation.server import serve
 
     return serve(cfg, pki=args.pki, out=args.out, host=args.host, port=args.port, resume=args.resume,

@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     except RunDirError as e:
         print(f"securefed simulate: {e}", file=sys.stderr)
         return 2
-    args.resume_hint = (f"the run in {out} continues from its last checkpoint with the same arguments and --out {out} "
-                        "--resume")   # (securefed.cli on Ctrl-C)
+    from securefed.runtime.rundir import resume_hint
+
+    args.resume_hint = lambda: resume_hint(out, f"with the same arguments and --out {out} --resume")   # (securefed.cli)
     from securefed.federation.simulation import Simulation
 
     try:

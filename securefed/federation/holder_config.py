@@ -201,10 +201,21 @@ def write_demo_holder_configs(outdir: str | Path, *, pki: str | Path, holders: i
 
 def demo_holder_config_paths(outdir: str | Path, *, holders: int) -> list[Path]:
     """OUTDIR/holder-<id>.yaml for ids 1..holders; FileExistsError if OUTDIR is a file or any of them exists
-    (an operator's edited config is never overwritten). `securefed keygen` asks before it writes a key."""
+    (an operator's edited config is never overwritten), an OSError naming OUTDIR if it cannot be created. `securefed keygen` asks before it writes a key."""
+    import errno
+    import os
+
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--holder-configs {out} is a file, not a directory")
+    if not out.exists():   # a folder that cannot be made fails here, not after the PKI is written
+        top = out.absolute()
+        while not top.exists():
+            top = top.parent
+        if not top.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))
+        if not os.access(top, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out))
     paths = [out / f"holder-{h}.yaml" for h in range(1, holders + 1)]
     taken = [str(p) for p in paths if p.exists()]
     if taken:

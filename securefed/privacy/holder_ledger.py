@@ -100,7 +100,9 @@ def _rdp_epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
 
     acc = RDPAccountant()
     acc.history = [(float(z), float(q), int(n)) for z, q, n in history]
-    return max(0.0, float(acc.get_epsilon(delta))) if acc.history else 0.0   # ε ≥ 0, as rdp.eps_from_rdp
+    from securefed.privacy.rdp import clamp_epsilon
+
+    return clamp_epsilon(acc.get_epsilon(delta)) if acc.history else 0.0   # ε ≥ 0, as rdp.eps_from_rdp
 
 
 def record_level_entry(history: Sequence[Sequence[float]], delta: float) -> dict:

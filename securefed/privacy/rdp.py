@@ -41,6 +41,7 @@ __all__ = [
     "poisson_subsampled_rdp",
     "wor_subsampled_rdp",
     "eps_from_rdp",
+    "clamp_epsilon",
 ]
 
 # fractional orders help large ε; integers up to 256 serve small ε and the integer-only bounds
@@ -195,4 +196,11 @@ def eps_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[float] | None =
         eps, best = get_privacy_spent(orders=list(a[finite]), rdp=list(rdp[finite]), delta=delta)
     # (ε, δ)-DP is stated for ε ≥ 0: at a large δ a tiny curve converts to ε < 0 (σ = 1000, δ = 0.2: −0.22), which
     # is below any mechanism's true ε; dp-accounting's conversion clamps at 0 the same way
-    return max(0.0, float(eps)), float(best)
+    return clamp_epsilon(eps), float(best)
+
+
+def clamp_epsilon(eps: float) -> float:
+    """ε < 0 stated as 0 ((ε, δ)-DP is stated for ε ≥ 0); NaN stays NaN — ``max(0.0, nan)`` is 0.0, which would
+    state a failed conversion as perfect privacy."""
+    eps = float(eps)
+    return 0.0 if eps < 0.0 else eps

@@ -175,20 +175,31 @@ def describe_run(path: str | Path) -> str:
     return f"preset {name} with changes to {', '.join(diff[:4])}{more}"
 
 
+def resume_hint(out: str | Path, how: str) -> str:
+    """What to do after an interrupted run in ``out`` (Ctrl-C): --resume continues it only from a checkpoint; before
+    the first one there is nothing to resume (check_out_dir refuses it), and ``out`` holds a started run."""
+    if RunDir(out).checkpoint_file.is_file():
+        return f"the run in {out} continues from its last checkpoint {how}"
+    return f"no checkpoint was written yet: start again with a new --out (or remove {out})"
+
+
 def _finished(root: Path, runs_baseline: bool) -> bool:
     """The run in ``root`` is over: its summary.json (written after the export and the signed end-of-run record) is
     there and, where this command runs a centralized baseline after the rounds, holds the baseline's result (a run
     stopped during its baseline resumes to finish it)."""
-    p = RunDir(root).summary
+    rd = RunDir(root)
+    p = rd.summary
     if not p.is_file():
         return False
     if not runs_baseline:
         return True
     try:
         summary = json.loads(p.read_text())
+        rows = rd.metrics.read_text().strip() if rd.metrics.is_file() else ""
     except (OSError, UnicodeDecodeError, ValueError):
         return False      # a damaged summary: the resume rewrites it
-    return isinstance(summary, dict) and "central_eval_ppl" in summary
+    # the baseline runs only after rounds (Simulation._finish: none for a run that ended before its first round)
+    return isinstance(summary, dict) and ("central_eval_ppl" in summary or not rows)
 
 
 def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None, runs_baseline: bool = False) -> None:

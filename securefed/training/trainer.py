@@ -387,7 +387,9 @@ class HolderTrainer:
                 delta = theta.to("cpu")                             # (P,) float32: θ_global − θ_local
         eps = None
         if cfg.dp_sgd.enabled:
-            eps = max(0.0, float(self.accountant.get_epsilon(cfg.dp_sgd.delta)))   # ε ≥ 0 (privacy.rdp.eps_from_rdp)
+            from securefed.privacy.rdp import clamp_epsilon
+
+            eps = clamp_epsilon(self.accountant.get_epsilon(cfg.dp_sgd.delta))   # ε ≥ 0 (privacy.rdp.eps_from_rdp)
         return LocalUpdate(self.holder_id, delta, tokens, self.local_steps, float(losses) / self.local_steps, eps)
 
     def state_dict(self) -> dict:

@@ -117,6 +117,18 @@ def test_resume_of_a_finished_run_is_refused_and_one_stopped_in_its_baseline_is_
         check_out_dir(run, resume=True, resolved=to_dict(load_run_config()), runs_baseline=False)
 
 
+def test_resume_of_a_run_that_ended_before_any_round_is_refused_though_it_has_no_baseline(tmp_path, capsys):
+    """Review: simulate runs its baseline only when metrics.jsonl has rows (Simulation._finish), so a run that ended
+    before its first round (too few holders, the budget) is finished without central_eval_ppl — and --resume of it
+    passed the check (the server, with no baseline, refuses the same directory)."""
+    run = _fake_run(tmp_path / "done", checkpoint=True)
+    (run / "metrics.jsonl").write_text("")
+    (run / "summary.json").write_text(json.dumps({"fed_eval_ppl": None, "rounds": 0, "wall_seconds": 1.0}))
+    before = _files(run)
+    assert main(["simulate", "--out", str(run), "--resume"]) == 2
+    assert f"--resume: {run} holds a finished run" in capsys.readouterr().err and _files(run) == before
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: None, "does not exist, so there is nothing to resume"),
     (lambda d: d.mkdir(), "is not a securefed run and has no checkpoint"),
@@ -281,6 +293,23 @@ def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(tmp_path):
     assert lines[-1] == (f"securefed simulate: interrupted (Ctrl-C); the run in {out} continues from its last checkpoint "
                          f"with the same arguments and --out {out} --resume\n")
     assert (out / "checkpoints" / "latest.pt").is_file()
+
+
+def test_ctrl_c_before_the_first_checkpoint_does_not_send_the_user_to_resume(tmp_path, capsys, monkeypatch):
+    """Review: the Ctrl-C line said 'continues from its last checkpoint ... --resume' however early it came; interrupted
+    before the first checkpoint (data, the untrained model's evaluation), --resume is refused ('has no checkpoint')."""
+    from securefed.federation import simulation
+
+    def interrupted(self, *a, **kw):
+        (tmp_path / "r").mkdir()
+        (tmp_path / "r" / "config.yaml").write_text("seed: 0\n")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(simulation.Simulation, "__init__", interrupted)
+    out = tmp_path / "r"
+    assert main(["simulate", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "securefed simulate: interrupted (Ctrl-C)" in err and "--resume" not in err, err
+    assert f"no checkpoint was written yet: start again with a new --out (or remove {out})" in err, err
 
 
 def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(tmp_path, capsys):

@@ -211,3 +211,21 @@ def test_calibration_probes_no_noise_far_below_its_answer():
                                       500.0) == 0.037004409558799196
     prv = lambda s: Accountant("prv").epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, s)] * 100)  # noqa: E731
     assert prv(calibrate_noise_multiplier(prv, 1.0)) <= 1.0
+
+
+def test_the_clamp_at_zero_never_turns_a_nan_epsilon_into_zero(monkeypatch):
+    # Review: ε was clamped with max(0.0, ε), and max(0.0, nan) is 0.0 — a conversion that failed (NaN) would have
+    # been stated as ε = 0, perfect privacy, on every clamped path. Only ε < 0 is raised to 0; NaN stays NaN
+    import opacus.accountants.analysis.rdp as opacus_rdp
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    from securefed.privacy.holder_ledger import record_level_entry
+
+    assert R.clamp_epsilon(-0.2) == 0.0 and R.clamp_epsilon(1.5) == 1.5 and math.isinf(R.clamp_epsilon(math.inf))
+    assert math.isnan(R.clamp_epsilon(math.nan))
+    monkeypatch.setattr(opacus_rdp, "get_privacy_spent", lambda **kw: (math.nan, 2.0))
+    assert math.isnan(R.eps_from_rdp(np.full(len(R.ORDERS), 0.5), DELTA)[0])
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", lambda self, **kw: math.nan)
+    assert math.isnan(Accountant("prv").epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, 1.0)]))
+    monkeypatch.setattr(RDPAccountant, "get_epsilon", lambda self, delta, **kw: math.nan)
+    assert not record_level_entry([[1.0, 0.01, 1]], DELTA)["epsilon"] == 0.0

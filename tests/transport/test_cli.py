@@ -178,6 +178,19 @@ def test_keygen_refuses_existing_holder_configs_or_an_unwritable_dir_before_writ
     assert "Traceback" not in err
 
 
+def test_keygen_refuses_a_holder_configs_folder_it_cannot_create_before_writing_a_key(tmp_path, capsys):
+    """Review: the pre-check looked only for existing holder configs; an --holder-configs folder that cannot be created
+    (under a file) failed after the whole PKI was written, so the retry met 'DIR exists and is not empty'."""
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["keygen", str(tmp_path / "pki"), "--holders", "2", "--holder-configs",
+                     str(tmp_path / "file" / "h")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"securefed keygen: cannot write {tmp_path / 'file' / 'h'}: Not a directory"), err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "pki").exists()
+    assert cli.main(["keygen", str(tmp_path / "pki"), "--holders", "2", "--holder-configs", str(tmp_path / "h")]) == 0
+
+
 def test_status_of_a_killed_server_says_it_is_not_running(tmp_path, capsys):
     """After `kill -9` the server's status.json still reads as live ("over": false, holders waited for); --status
     printed it with exit 0, so an operator (or a monitoring script) saw a waiting server that was gone."""
