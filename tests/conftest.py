@@ -5,6 +5,21 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Every test: `securefed server` / `client` (run in-process by tests/cli and tests/transport) replace the root logger's handlers (transport.logjson.setup_logging) with
+    one bound to this test's captured stderr; put pytest's back so later tests neither lose their log capture
+    nor write to a closed stream."""
+    import logging
+
+    root, fed = logging.getLogger(), logging.getLogger("securefed")
+    saved = (list(root.handlers), root.level, fed.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    fed.setLevel(saved[2])
+
+
 @pytest.fixture(scope="session")
 def fed_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("fed-cache"))

@@ -263,7 +263,9 @@ def test_a_second_client_with_a_holders_identity_key_is_stopped_and_the_run_comp
     assert sorted([fed.rcs[4], twin["p"].returncode]) == [EXIT["ok"], EXIT["identity"]] and EXIT["identity"] == 9, out
     if twin["p"].returncode == 9:
         assert "another process is taking part as holder 4 with this holder's identity key" in out, out
+    # holder 4 survives the round or not, depending on which of the two won each stage and when the stopped one's
+    # stream broke off (the board then counts holder 4 as failed in that stage); holders 1-3 and the run never suffer
     (row,) = fed.coord.metrics
-    assert "aborted" not in row and row["clients_survived"] == 4
+    assert "aborted" not in row and row["clients_survived"] in (3, 4)
     (entry,) = read_ledger(fed.run.privacy / "ledger.jsonl")
-    assert entry["survivors"] == [1, 2, 3, 4]
+    assert entry["survivors"] in ([1, 2, 3], [1, 2, 3, 4]) and len(entry["survivors"]) == row["clients_survived"]
