@@ -28,9 +28,9 @@ from securefed.federation.channel import Channel, SinkFactory
 from securefed.federation.messages import MAX_MESSAGE, Hello, MessageError, decode_as, encode
 from securefed.federation.stages import RELEASE_STAGES, Stage, stage_label
 from securefed.runtime.rundir import atomic_write_text
-from securefed.secagg import Roster
+from securefed.secagg import IdentityInUse, Roster
 from securefed.transport.board import StageBoard
-from securefed.transport.frames import DEFAULT_CHUNK, FrameError, Kind
+from securefed.transport.frames import ACK_ALREADY_REPLIED, DEFAULT_CHUNK, FrameError, Kind
 from securefed.transport.pki import Layout
 from securefed.transport.service import Handlers, make_server, server_workers
 from securefed.transport.stream import BufferSink
@@ -183,11 +183,11 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
                backoff=None) -> int:
     """Take part in a run as ``holder`` (a federation.holder.Holder) until it ends; an exit code."""
     from securefed.federation.holder import HolderStateError, PolicyRefused
-    from securefed.secagg import IdentityInUse
     from securefed.transport.client import FATAL_CODES, Backoff, Refused, TransportClient
 
     backoff = backoff or Backoff()
     failures, tc, at = 0, None, None    # at: (round, next stage) to resume after a dropped connection
+    sent: set[tuple[int, int]] = set()  # (round, stage) this process has submitted a reply to, reconnects included
     while True:
         try:
             if tc is None:
@@ -200,7 +200,7 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
             # after a dropped connection: back to the same stage of the same round (its state is in memory)
             r = at[0] if at is not None else max(holder.welcomed.next_round, holder.next_round)
             while r <= holder.welcomed.rounds:
-                r, at = _round(holder, tc, r, at[1] if at and at[0] == r else 0), None
+                r, at = _round(holder, tc, r, at[1] if at and at[0] == r else 0, sent), None
                 failures = 0
                 backoff.reset()
             log.info("holder %d: all %d rounds done", holder.id, holder.welcomed.rounds)
@@ -265,7 +265,7 @@ class _Resume(Exception):
         self.round, self.stage, self.why = r, stage, why
 
 
-def _round(holder, tc, r: int, s: int) -> int:
+def _round(holder, tc, r: int, s: int, sent: set[tuple[int, int]]) -> int:
     """One round as the coordinator drives it: fetch the next stage message, handle it, reply.
     Returns the next round to ask for. A dropped connection raises _Resume(r, s): the holder comes
     back to the same stage of the same round (its round state is in memory; nothing is re-sent)."""
@@ -303,9 +303,19 @@ def _round(holder, tc, r: int, s: int) -> int:
         s = f.stage + 1
         if reply is None:
             continue
+        resend = (r, f.stage) in sent
+        sent.add((r, f.stage))
         try:
             tc.submit(r, f.stage, Kind.REPLY, reply, timeout=900.0 if f.stage in RELEASE_STAGES else 120.0)
         except Refused as e:   # e.g. the stage closed: the holder is dropped for it; it never sends it again
+            if e.status == ACK_ALREADY_REPLIED and not resend:
+                # transport.md §6.3: this process never sent this reply, yet one under this holder's certificate was
+                # committed — another client holds this holder's identity (a restarted holder never re-enters a
+                # round it accepted: its next round is persisted at acceptance, H7)
+                holder.end_round(r)
+                raise IdentityInUse(f"another process is taking part as holder {holder.id} with this holder's "
+                                    f"certificate: the coordinator already had its reply to round {r} stage "
+                                    f"{Stage(f.stage).name}, which this client never sent") from None
             log.warning("holder %d: round %d stage %s reply refused: %s", holder.id, r, Stage(f.stage).name, e)
         except grpc.RpcError as e:
             raise _Resume(r, s, f"submit failed: {e.code() if hasattr(e, 'code') else e}") from None

@@ -25,8 +25,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from securefed.transport.frames import (Ack, FetchRequest, FrameError, Kind, decode, encode, iter_stream_frames,
-                                        sha256_parts)
+from securefed.transport.frames import (ACK_ALREADY_REPLIED, Ack, FetchRequest, FrameError, Header, Kind, decode,
+                                        encode, iter_stream_frames, sha256_parts)
 from securefed.transport.stream import BytesSink, StreamReceiver, expect_header
 
 __all__ = ["StageBoard"]
@@ -51,6 +51,7 @@ class StageBoard:
         self.stage = -1                   # the stage accepting replies (-1: none)
         self.expect: set[int] = set()
         self.done: set[int] = set()       # submitted (committed) this stage
+        self.committed: set[tuple[int, int]] = set()   # (stage, holder) replies committed this round
         self.failed: set[int] = set()     # expected holders whose stream failed this stage
         self.streaming: dict[int, object] = {}   # holder -> the gRPC context of its reply stream open now
         self.replies: dict[int, bytes] = {}
@@ -144,16 +145,22 @@ class StageBoard:
         it = iter(frames)
         rx, key = None, None
         try:
+            first = decode(next(it))   # the header: which round and stage this reply is for
             with self.cond:
                 r, s, sink_for, cap = self.round, self.stage, self._sink, self._max_reply
+                if isinstance(first, Header) and first.round == r and (first.stage, hid) in self.committed:
+                    # §6.3: said as such, whether or not the stage is still open — a client that never sent this
+                    # reply learns that another client holds its identity
+                    log.warning("holder %d: refused a stream: a reply of this holder to round %d stage %d was "
+                                "already committed", hid, r, first.stage)
+                    return encode(Ack(ACK_ALREADY_REPLIED, "already replied"))
                 if s < 0 or hid not in self.expect:
                     raise FrameError(f"holder is not expected to reply in round {r} now")
-                if hid in self.failed or hid in self.done or hid in self.streaming:
-                    raise FrameError("holder already replied, failed or is streaming this stage")
+                if hid in self.failed or hid in self.streaming:
+                    raise FrameError("holder failed or is streaming this stage")
                 self.streaming[hid] = context   # one stream per holder at a time: no holder holds several buffers
                 key = (r, s)
-            head = expect_header(decode(next(it)), run_id=self.run_id, round_index=r, stage=s, kinds=(Kind.REPLY,),
-                                 max_len=cap)
+            head = expect_header(first, run_id=self.run_id, round_index=r, stage=s, kinds=(Kind.REPLY,), max_len=cap)
             sink = sink_for(hid) if sink_for is not None else BytesSink(cap)
             rx = StreamReceiver(head, sink)
             n = 0
@@ -169,6 +176,7 @@ class StageBoard:
                 if sink_for is None:
                     self.replies[hid] = sink.value
                 self.done.add(hid)
+                self.committed.add((s, hid))
                 self.bytes_up += n
                 self.cond.notify_all()
             return encode(Ack(0))
@@ -244,7 +252,7 @@ class StageBoard:
     def open_round(self, r: int, cohort) -> None:
         with self.cond:
             self.round, self.over, self.cohort, self.opened = r, False, frozenset(cohort), True
-            self.outbox, self.stage, self.expect = {}, -1, set()
+            self.outbox, self.stage, self.expect, self.committed = {}, -1, set(), set()
             self.cond.notify_all()
 
     def publish(self, stage: int, outbox: Mapping[int, bytes], *, reply: bool,

@@ -25,7 +25,11 @@ FATAL_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATE
 
 
 class Refused(RuntimeError):
-    """The coordinator refused a submitted stream (Ack status != 0)."""
+    """The coordinator refused a submitted stream (Ack status != 0, in ``status``)."""
+
+    def __init__(self, reason: str, status: int = 1) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 @dataclass
@@ -132,4 +136,4 @@ class TransportClient:
         if not isinstance(ack, Ack):
             raise FrameError("submit answer is not an ack")
         if ack.status != 0:
-            raise Refused(ack.reason or "refused")
+            raise Refused(ack.reason or "refused", ack.status)

@@ -127,9 +127,14 @@ class FetchRequest:
         _check_int("wait_ms", self.wait_ms, 0, 600_000)
 
 
+ACK_ALREADY_REPLIED = 2   # transport.md §4: a reply of this holder for this stage was already committed
+
+
 @dataclass(frozen=True)
 class Ack:
-    """S→C answer to a submitted stream: status 0 accepted, else refused (reason is generic)."""
+    """S→C answer to a submitted stream: status 0 accepted; ACK_ALREADY_REPLIED: this holder's reply to the stage was
+    already committed (by this client before a reconnect, or by another client with its identity, §6.3); else
+    refused (reason is generic)."""
 
     status: int
     reason: str = ""

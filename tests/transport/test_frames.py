@@ -473,3 +473,30 @@ def test_server_status_shows_who_is_asking_while_the_coordinator_waits(tmp_path)
     ch.board.done.add(2)
     assert board_line(ch.status()) == "round 1: local training, replies 1/2 (in: 2)"
     assert board_line({"board": {"ended": {"why": "finished"}}}) is None and board_line({"board": "junk"}) is None
+
+
+def test_a_second_reply_to_a_committed_stage_is_answered_already_replied_even_after_the_stage_moved_on():
+    """transport.md §4/§6.3: once holder 1's reply to a stage of this round is committed, another stream for that stage
+    under holder 1's certificate gets ACK status 2 (already replied), during the stage and after the next one opened
+    — a client that never sent that reply learns that another client holds its identity. Other refusals stay 1."""
+    from securefed.transport.board import StageBoard
+    from securefed.transport.frames import ACK_ALREADY_REPLIED
+
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+
+    def submit(hid, stage, body=b"ok"):
+        frames = list(iter_stream_frames(b.run_id, 1, stage, Kind.REPLY, [body], total_len=len(body), digest=None,
+                                         chunk_size=1 << 20))
+        return decode(b.submit(hid, iter(frames), None))
+    b.open_round(1, [1, 2])
+    b.publish(2, {1: b"x", 2: b"x"}, reply=True, max_reply=64)
+    assert submit(1, 2).status == 0
+    assert submit(1, 2).status == ACK_ALREADY_REPLIED                 # the same stage, still open
+    b.publish(3, {1: b"x", 2: b"x"}, reply=True, max_reply=64)
+    assert submit(1, 2).status == ACK_ALREADY_REPLIED                 # that stage closed; its reply was committed
+    assert submit(2, 2).status == 1                                   # holder 2 never replied to it: a late reply
+    assert submit(1, 3).status == 0 and b.replies == {1: b"ok"}
+    b.open_round(2, [1, 2])                                            # a new round: nothing committed yet
+    b.publish(2, {1: b"x", 2: b"x"}, reply=True, max_reply=64)
+    frames = list(iter_stream_frames(b.run_id, 2, 2, Kind.REPLY, [b"ok"], total_len=2, digest=None, chunk_size=1 << 20))
+    assert decode(b.submit(1, iter(frames), None)).status == 0

@@ -229,11 +229,13 @@ def test_central_dp_round_is_noised_and_accounted(tmp_path, net):
 
 def test_a_second_client_with_a_holders_identity_key_is_stopped_and_the_run_completes(tmp_path, net, fed_cache):
     """A newcomer's audit (stop 35): a second `securefed client` for holder 4, with its own state directory, joined the
-    run, trained, was refused by secure aggregation in every round ("own advertisement not echoed") and exited 0 with
-    "all rounds done" — and two ledgers would each keep part of holder 4's spend. The key roster holds an advertisement
-    signed with holder 4's own key that one of the two did not send; no coordinator can forge that signature, so that
-    client stops with exit 9 saying another process holds its identity. The other one and the run finish. The second
-    client is a real `securefed client` process (its own secrets: not the fixture's deterministic ones)."""
+    run, trained, was refused in every stage and exited 0 with "all rounds done" — and two ledgers would each keep
+    part of holder 4's spend. The coordinator now answers a submit for a stage whose reply under that certificate is
+    already committed with ACK status 2 (already replied); a client that never sent that reply knows another client
+    holds its identity and stops with exit 9 saying so (transport.md §6.3); the run finishes with the other.
+    The twin is a real `securefed client` process; the in-process holder 4 answers the Offer only after the twin's
+    answer was committed (the stage may have closed by then: the answer is the same), so it is the client told; holders
+    1-3 answer the Offer only once holder 4 has it."""
     import subprocess
     import sys
     import time
@@ -248,6 +250,22 @@ def test_a_second_client_with_a_holders_identity_key_is_stopped_and_the_run_comp
         "holder_id": 4, "state_dir": str(tmp_path / "state-4b"), "pki": str(fed.lay.root), "max_failures": 5,
         "data": {"max_sources": 4, "max_bytes_per_source": 30000, "vocab_size": 512, "seq_len": 32,
                  "cache_dir": fed_cache}}))
+    got_offer, waited = threading.Event(), {}
+
+    def hooked(h, handle):
+        def on(r, stage, payload):
+            if stage == Stage.OFFER and h == 4:
+                got_offer.set()
+                t0 = time.monotonic()
+                while (int(Stage.OFFER), 4) not in fed.channel.board.committed and time.monotonic() - t0 < 60:
+                    time.sleep(0.02)
+                waited["twin_replied"] = (int(Stage.OFFER), 4) in fed.channel.board.committed
+            elif stage == Stage.OFFER:    # holders 1-3: not before holder 4 got the Offer (it must not close unseen)
+                got_offer.wait(60)
+            return handle(r, stage, payload)
+        return on
+    for h, holder in fed.holders.items():
+        holder.handle = hooked(h, holder.handle)
     twin = {}
 
     def start_twin():     # first, and joined, before the in-process holders start
@@ -259,13 +277,11 @@ def test_a_second_client_with_a_holders_identity_key_is_stopped_and_the_run_comp
             time.sleep(0.1)
     fed.run_all(before_holders=start_twin)
     out, _ = twin["p"].communicate(timeout=120)
-    assert fed.rcs[1] == fed.rcs[2] == fed.rcs[3] == 0, out
-    assert sorted([fed.rcs[4], twin["p"].returncode]) == [EXIT["ok"], EXIT["identity"]] and EXIT["identity"] == 9, out
-    if twin["p"].returncode == 9:
-        assert "another process is taking part as holder 4 with this holder's identity key" in out, out
-    # holder 4 survives the round or not, depending on which of the two won each stage and when the stopped one's
-    # stream broke off (the board then counts holder 4 as failed in that stage); holders 1-3 and the run never suffer
+    assert waited["twin_replied"] and EXIT["identity"] == 9
+    assert fed.rcs == {1: 0, 2: 0, 3: 0, 4: EXIT["identity"]} and twin["p"].returncode == EXIT["ok"], out
     (row,) = fed.coord.metrics
-    assert "aborted" not in row and row["clients_survived"] in (3, 4)
+    assert "aborted" not in row and row["clients_survived"] == 4
     (entry,) = read_ledger(fed.run.privacy / "ledger.jsonl")
-    assert entry["survivors"] in ([1, 2, 3], [1, 2, 3, 4]) and len(entry["survivors"]) == row["clients_survived"]
+    assert entry["survivors"] == [1, 2, 3, 4]
+    assert not (fed.run.root / "holders" / "4" / "ledger.jsonl").exists() or all(
+        e["status"] != "released" for e in read_ledger(fed.run.root / "holders" / "4" / "ledger.jsonl"))
