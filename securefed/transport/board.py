@@ -148,7 +148,8 @@ class StageBoard:
             first = decode(next(it))   # the header: which round and stage this reply is for
             with self.cond:
                 r, s, sink_for, cap = self.round, self.stage, self._sink, self._max_reply
-                if isinstance(first, Header) and first.round == r and (first.stage, hid) in self.committed:
+                if isinstance(first, Header) and first.run_id == self.run_id and first.kind == Kind.REPLY \
+                        and first.round == r and (first.stage, hid) in self.committed:
                     # §6.3: said as such, whether or not the stage is still open — a client that never sent this
                     # reply learns that another client holds its identity
                     log.warning("holder %d: refused a stream: a reply of this holder to round %d stage %d was "
