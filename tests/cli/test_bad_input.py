@@ -276,7 +276,10 @@ def test_ctrl_c_says_how_to_resume_instead_of_a_traceback(tmp_path):
     out = tmp_path / "r"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     argv = [sys.executable, "-m", "securefed.cli", "simulate", "--out", str(out), *[a for t in tiny for a in ("--set", t)]]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT at its default in the child: a test run started in the background by a non-interactive shell (as CI may
+    # start it) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         for line in proc.stderr:             # interrupt once the rounds run (a checkpoint exists)
