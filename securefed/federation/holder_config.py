@@ -201,7 +201,8 @@ def write_demo_holder_configs(outdir: str | Path, *, pki: str | Path, holders: i
 
 def demo_holder_config_paths(outdir: str | Path, *, holders: int) -> list[Path]:
     """OUTDIR/holder-<id>.yaml for ids 1..holders; FileExistsError if OUTDIR is a file or any of them exists
-    (an operator's edited config is never overwritten), an OSError naming OUTDIR if it cannot be created. `securefed keygen` asks before it writes a key."""
+    (an operator's edited config is never overwritten), an OSError naming OUTDIR if it cannot be created.
+    `securefed keygen` asks before it writes a key."""
     import errno
     import os
 

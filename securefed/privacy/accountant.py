@@ -186,9 +186,7 @@ def _prv_epsilon(evs: Sequence[RoundEvent], delta: float) -> float:
         return 0.0
     acc = PRVAccountant()
     acc.history = hist
-    from securefed.privacy.rdp import clamp_epsilon
-
-    return clamp_epsilon(acc.get_epsilon(delta=delta, eps_error=0.01))  # ε ≥ 0, as rdp.eps_from_rdp
+    return R.clamp_epsilon(acc.get_epsilon(delta=delta, eps_error=0.01))  # ε ≥ 0, as rdp.eps_from_rdp
 
 
 def calibrate_noise_multiplier(

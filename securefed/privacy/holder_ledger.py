@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 
 from securefed.privacy.accountant import Accountant, RoundEvent
 from securefed.privacy.ledger import LedgerError, decode_floats
+from securefed.privacy.rdp import clamp_epsilon
 
 __all__ = ["HOLDER_STATUSES", "REQUIRED_FIELDS", "check_holder_entry", "holder_effective_events", "holder_epsilon",
            "history_extends", "record_level_entry", "record_level_problem"]
@@ -100,8 +101,6 @@ def _rdp_epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
 
     acc = RDPAccountant()
     acc.history = [(float(z), float(q), int(n)) for z, q, n in history]
-    from securefed.privacy.rdp import clamp_epsilon
-
     return clamp_epsilon(acc.get_epsilon(delta)) if acc.history else 0.0   # ε ≥ 0, as rdp.eps_from_rdp
 
 

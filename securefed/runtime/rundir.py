@@ -13,7 +13,6 @@ Every JSON file is strict JSON (securefed.jsonio: non-finite numbers as "inf"/"-
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -194,9 +193,9 @@ def _finished(root: Path, runs_baseline: bool) -> bool:
     if not runs_baseline:
         return True
     try:
-        summary = json.loads(p.read_text())
+        summary = jsonio.read_json(p, legacy=True)
         rows = rd.metrics.read_text().strip() if rd.metrics.is_file() else ""
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, jsonio.JSONFileError):
         return False      # a damaged summary: the resume rewrites it
     # the baseline runs only after rounds (Simulation._finish: none for a run that ended before its first round)
     return isinstance(summary, dict) and ("central_eval_ppl" in summary or not rows)

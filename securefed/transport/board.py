@@ -157,8 +157,8 @@ class StageBoard:
                     return encode(Ack(ACK_ALREADY_REPLIED, "already replied"))
                 if s < 0 or hid not in self.expect:
                     raise FrameError(f"holder is not expected to reply in round {r} now")
-                if hid in self.failed or hid in self.streaming:
-                    raise FrameError("holder failed or is streaming this stage")
+                if hid in self.failed or hid in self.done or hid in self.streaming:   # (a done holder's other header)
+                    raise FrameError("holder already replied, failed or is streaming this stage")
                 self.streaming[hid] = context   # one stream per holder at a time: no holder holds several buffers
                 key = (r, s)
             head = expect_header(first, run_id=self.run_id, round_index=r, stage=s, kinds=(Kind.REPLY,), max_len=cap)

@@ -29,8 +29,8 @@ from securefed import jsonio
 from securefed.transport.frames import MAX_FRAME
 from securefed.transport.pki import holder_id_from_cert
 
-__all__ = ["SERVICE", "MAX_JSON", "CALLS_PER_HOLDER", "channel_options", "server_options", "make_server", "listen_problem", "make_channel",
-           "peer_holder_id", "Handlers", "Stub", "load_client_credentials", "server_workers"]
+__all__ = ["SERVICE", "MAX_JSON", "CALLS_PER_HOLDER", "channel_options", "server_options", "make_server", "listen_problem",
+           "make_channel", "peer_holder_id", "Handlers", "Stub", "load_client_credentials", "server_workers"]
 
 log = logging.getLogger("securefed.transport")
 
