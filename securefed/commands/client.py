@@ -20,7 +20,7 @@ EPILOG = """exit status (protocols/transport.md §10):
   0  all rounds done, or the coordinator ended the run on its epsilon cap
   1  unexpected error
   2  usage or config error (bad or contradictory holder config, missing key or data file): nothing sent
-  3  the coordinator refused this holder's certificate
+  3  the coordinator refused this holder's certificate, or its certificate fails this holder's TLS checks
   4  this holder's own state files are unreadable or inconsistent: nothing sent
   5  the coordinator ended the run: too few holders
   6  coordinator unreachable after max_failures attempts (holder config)

@@ -183,7 +183,7 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
                backoff=None) -> int:
     """Take part in a run as ``holder`` (a federation.holder.Holder) until it ends; an exit code."""
     from securefed.federation.holder import HolderStateError, PolicyRefused
-    from securefed.transport.client import FATAL_CODES, Backoff, Refused, TransportClient
+    from securefed.transport.client import FATAL_CODES, Backoff, Refused, TransportClient, classify_connect_error
 
     backoff = backoff or Backoff()
     failures, tc, at = 0, None, None    # at: (round, next stage) to resume after a dropped connection
@@ -195,6 +195,10 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
             if holder.welcomed is None and failures == 0:
                 log.info("holder %d: joining the coordinator at %s (each attempt waits up to %.0f s for it)", holder.id,
                          target, JOIN_WAIT_S)
+            # a Join waits for the channel to be ready and would hide why it is not: ask gRPC first (§6.3, §7.1)
+            problem = tc.connect_problem()
+            if problem is not None and problem.final:
+                raise _Untrusted(problem.text)
             holder.welcome(tc.join(encode(Hello(holder.id)), timeout=JOIN_WAIT_S))
             tc.set_run(holder.welcomed.run_id)
             # after a dropped connection: back to the same stage of the same round (its state is in memory)
@@ -212,6 +216,10 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
         except HolderStateError as e:   # its own files: not a connection problem, never retried (federation.md §6)
             log.error("holder %d: refusing to start: %s", holder.id, e)
             return EXIT["state"]
+        except _Untrusted as e:   # this holder refuses the coordinator's certificate: retrying cannot change that
+            tc.close()
+            log.error("holder %d: cannot connect to %s: %s", holder.id, target, e)
+            return EXIT["auth"]
         except IdentityInUse as e:
             # two clients with one identity key (two holder configs, two state directories): each would keep half of
             # this holder's privacy spend in its own ledger, and their inputs displace each other's. Stop, never retry.
@@ -233,9 +241,19 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
                 log.error("holder %d: the coordinator refused this holder's certificate", holder.id)
                 return EXIT["auth"]
             why = f"{code}"
-            if holder.welcomed is None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                why = (f"no coordinator answers at {target}: is `securefed server` running there? (--server, or "
-                       f"the holder config's server; {code.name})")
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                problem = classify_connect_error(e, target=target, server_name=server_name) or \
+                    (tc.connect_problem() if tc is not None else None)
+                if problem is not None and problem.final:
+                    if tc is not None:
+                        tc.close()
+                    log.error("holder %d: cannot connect to %s: %s", holder.id, target, problem.text)
+                    return EXIT["auth"]
+                if problem is not None:
+                    why = f"{problem.text}; {code.name}"
+                elif holder.welcomed is None:
+                    why = (f"no coordinator answers at {target}: is `securefed server` running there? (--server, or "
+                           f"the holder config's server; {code.name})")
         except (FrameError, MessageError, Refused, ValueError) as e:
             why = f"{type(e).__name__}: {e}"
         failures += 1
@@ -257,6 +275,10 @@ class _Ended(Exception):
         self.after_round = after if isinstance(after, int) and not isinstance(after, bool) else "?"
         self.code, self.why_text = _ENDED.get(why, (EXIT["error"], f"an unknown reason {str(why)[:40]!r}"))
         super().__init__(self.why_text)
+
+
+class _Untrusted(Exception):
+    """The coordinator's certificate fails this holder's TLS checks (transport.md §7.1): exit 3, never retried."""
 
 
 class _Resume(Exception):

@@ -19,9 +19,53 @@ from securefed.transport.frames import (DEFAULT_CHUNK, Ack, FetchRequest, FrameE
 from securefed.transport.service import MAX_JSON, Stub, make_channel, parse_json
 from securefed.transport.stream import BytesSink, Sink, StreamReceiver, expect_header
 
-__all__ = ["Backoff", "Fetched", "TransportClient", "FATAL_CODES", "Refused"]
+__all__ = ["Backoff", "Fetched", "TransportClient", "FATAL_CODES", "Refused", "ConnectProblem", "classify_connect_error"]
 
 FATAL_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
+@dataclass(frozen=True)
+class ConnectProblem:
+    """Why a connection to the coordinator did not come up (§6.3, §7.1), in words an operator can act on.
+    ``final``: retrying cannot help — this holder refuses the coordinator's certificate (§7.1)."""
+    text: str
+    final: bool = False
+
+
+# gRPC core's words for each failure (its last connection error, in the call's details), most specific first
+_SIGNS = (
+    (("hostname verification", "no match found for server name"), True,
+     "the coordinator's certificate does not name {name}, the server name this holder checks (§7.1): connect to "
+     "the name the certificate was issued for, or set the holder config's server_name"),
+    (("tls handshake failed", "ssl handshake failed", "certificate_verify_failed", "certificate verify failed",
+      "certificate signature failure", "unable to get local issuer", "self signed certificate",
+      "certificate has expired", "certificate is not yet valid"), True,
+     "the coordinator's certificate does not verify against the CA this holder trusts (its pki's ca.pem), or has "
+     "expired: this holder's pki is from another federation, or the coordinator's certificate is ({detail})"),
+    (("socket closed", "connection reset", "end of tcp stream", "handshake read failed"), False,
+     "{target} closed the connection during the TLS handshake: the coordinator may not accept this holder's "
+     "certificate (issued by another federation's CA, or expired), or what listens there is not `securefed server`"),
+    (("connection refused",), False, "nothing accepts connections at {target} (connection refused): is `securefed "
+                                      "server` running there?"),
+    (("dns resolution failed", "name resolution", "could not resolve", "domain name not found"), False,
+     "the host of {target} cannot be resolved"),
+)
+
+
+def classify_connect_error(e: grpc.RpcError, *, target: str, server_name: str | None = None) -> ConnectProblem | None:
+    """A failed call's connection problem, from gRPC's details; None when the call reached a server (any other
+    code) or gRPC gave no recognisable reason."""
+    code = e.code() if hasattr(e, "code") else None
+    if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return None
+    detail = str(e.details() if hasattr(e, "details") else "") or ""
+    low = detail.lower()
+    name = server_name or target.rsplit(":", 1)[0]
+    for signs, final, text in _SIGNS:
+        if any(s in low for s in signs):
+            last = detail.rsplit(": ", 2)
+            return ConnectProblem(text.format(target=target, name=name, detail=": ".join(last[-2:])[:200]), final)
+    return None
 
 
 class Refused(RuntimeError):
@@ -91,6 +135,16 @@ class TransportClient:
 
     def status(self, *, timeout: float) -> dict:
         return parse_json(self.stub.status(b"", timeout=timeout), "status")
+
+    def connect_problem(self, *, timeout: float = 10.0) -> ConnectProblem | None:
+        """One call that does not wait for the channel to be ready, so gRPC's reason for a failed connection
+        comes back at once (a Join waits for readiness and would end in a bare DEADLINE_EXCEEDED, however the
+        TLS handshake failed). None: the coordinator answered (whatever it said)."""
+        try:
+            self.stub.status(b"", timeout=timeout)
+        except grpc.RpcError as e:
+            return classify_connect_error(e, target=self.target, server_name=self.server_name)
+        return None
 
     def fetch(self, round_index: int, from_stage: int, kinds: tuple[Kind, ...], *, wait_s: float,
               max_len: int | None = None, sink_for: Callable[[Header], Sink | None] | None = None) -> Fetched:

@@ -257,7 +257,76 @@ def test_a_client_started_before_its_server_says_so(tmp_path, pki, fed_cache, ca
     err = capsys.readouterr().err
     assert rc == 6
     assert f"holder 1: joining the coordinator at 127.0.0.1:{port} (each attempt waits up to 1 s for it)" in err
-    assert f"no coordinator answers at 127.0.0.1:{port}: is `securefed server` running there?" in err
+    assert f"nothing accepts connections at 127.0.0.1:{port} (connection refused): is `securefed server` running " \
+           "there?" in err
+    assert "retry 1 of 1 in" in err and "giving up after 2 failed attempts" in err
+
+
+@pytest.fixture
+def tls_server(pki):
+    """The coordinator's side of mutual TLS (transport.md §7.1) with the federation's server certificate."""
+    from securefed.transport.frames import Ack, encode
+    from securefed.transport.pki import Layout
+    from securefed.transport.service import Handlers, make_server
+
+    lay = Layout(pki)
+    handlers = Handlers(join=lambda h, req, ctx: b"{}", fetch=lambda h, req, ctx: iter(()),
+                        submit=lambda h, it, ctx: encode(Ack(0)), status=lambda: {"ok": True})
+    srv, port = make_server(handlers, host="127.0.0.1", port=0, cert=lay.server_cert, key=lay.server_key,
+                            ca=lay.ca_cert, roster_ids=frozenset({1, 2, 3, 4}))
+    srv.start()
+    yield port
+    srv.stop(0)
+
+
+def test_a_client_that_cannot_trust_the_coordinators_certificate_says_so_and_exits_3(tmp_path, pki, fed_cache, tls_server,
+                                                                                      capsys, monkeypatch):
+    """A holder whose pki is another federation's (or whose server name the certificate does not carry) waited 60 s in
+    each Join for a channel whose TLS handshake could never succeed, then said 'no coordinator answers at …: is
+    `securefed server` running there?' -- about 20 minutes of retries blaming a server that was running. It now asks
+    gRPC why the connection failed before it joins, and stops at once: retrying cannot make a certificate verify."""
+    import time
+
+    from securefed.federation import grpc as fed_grpc
+
+    monkeypatch.setattr(fed_grpc, "JOIN_WAIT_S", 60.0)
+    other = tmp_path / "other"
+    assert cli.main(["keygen", str(other), "--holders", "4"]) == 0
+    t0 = time.monotonic()
+    rc = cli.main(["client", "--config", _holder_yaml(tmp_path, other, fed_cache, max_failures=5), "--server",
+                   f"127.0.0.1:{tls_server}"])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert f"holder 1: cannot connect to 127.0.0.1:{tls_server}: the coordinator's certificate does not verify " \
+           "against the CA this holder trusts (its pki's ca.pem)" in err
+    assert "retry" not in err and "running there" not in err
+
+    rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, hid=2, max_failures=5,
+                                                      server_name="coordinator.example"),
+                   "--server", f"127.0.0.1:{tls_server}"])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "the coordinator's certificate does not name coordinator.example, the server name this holder checks" in err
+    assert time.monotonic() - t0 < 30     # no Join waited out its 60 s
+
+
+def test_a_client_whose_certificate_the_coordinator_refuses_in_the_handshake_is_told_so(tmp_path, pki, fed_cache,
+                                                                                        tls_server, capsys, monkeypatch):
+    """A holder that trusts the federation's CA but holds a certificate of another CA: the coordinator closes the TLS
+    handshake, and the holder heard only 'no coordinator answers'. Its retries now name the likely cause (not final:
+    the closed handshake does not say why)."""
+    from securefed.federation import grpc as fed_grpc
+
+    monkeypatch.setattr(fed_grpc, "JOIN_WAIT_S", 1.0)
+    other = tmp_path / "other"
+    assert cli.main(["keygen", str(other), "--holders", "4"]) == 0
+    shutil.copy(pki / "ca.pem", other / "holders" / "1" / "ca.pem")     # trusts the coordinator; a foreign certificate
+    rc = cli.main(["client", "--config", _holder_yaml(tmp_path, other, fed_cache, max_failures=1), "--server",
+                   f"127.0.0.1:{tls_server}"])
+    err = capsys.readouterr().err
+    assert rc == 6, err
+    assert f"127.0.0.1:{tls_server} closed the connection during the TLS handshake: the coordinator may not accept " \
+           "this holder's certificate" in err
     assert "retry 1 of 1 in" in err and "giving up after 2 failed attempts" in err
 
 
