@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from rich.markup import escape
 
-from securefed.configio import dump_yaml
+from securefed.configio import dump_yaml, to_dict
 from securefed.federation.aggregation import MAX_CONTROL, CkksRoute, SecureSession, plain_sum
 from securefed.federation.channel import Channel
 from securefed.federation.holder import model_sha256, session_context
@@ -199,6 +199,27 @@ class Coordinator:
             (self.rd.checkpoints / stale).unlink(missing_ok=True)
             self._stale_model = None
 
+    def _record_resume_changes(self) -> None:
+        """Settings a resumed run may change (deadlines, streaming: transport.md §8.1) are logged and written into
+        config.yaml, keeping its versions line; anything else was refused before the run started (check_out_dir)."""
+        import yaml
+
+        from securefed.runtime.config import RESUME_MAY_CHANGE, config_differences
+
+        try:
+            text = self.rd.config.read_text()
+            old = yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return          # (check_out_dir refused an unreadable config.yaml; a harness resumes without one)
+        changed = [d for d in config_differences(old if isinstance(old, dict) else {}, to_dict(self.cfg))
+                   if d[0] in RESUME_MAY_CHANGE]
+        if not changed:
+            return
+        for k, a, b in changed:
+            log.warning("resuming with %s = %r (it was %r)", k, b, a)
+        tail = "".join(line for line in text.splitlines(keepends=True) if line.startswith("# versions: "))
+        atomic_write_text(self.rd.config, dump_yaml(self.cfg) + tail)
+
     def _restore(self) -> None:
         import torch
 
@@ -274,6 +295,7 @@ class Coordinator:
         rd, fed = self.rd, self.cfg.federation
         if self.resume:
             self._restore()
+            self._record_resume_changes()
         else:
             from securefed.runtime.export import versions
 

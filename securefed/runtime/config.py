@@ -201,6 +201,14 @@ def _leaves(d: object, prefix: str = "") -> dict[str, object]:
     return out
 
 
+# Settings a resumed run may change (protocols/transport.md §8.1): how long the coordinator waits and how it streams.
+# None of them enters the model, the data, the cohort's thresholds or the privacy accounting; a deadline that
+# proved too short is what an operator most needs to change before resuming. network.min_holders is not among
+# them: it decides which rounds open.
+RESUME_MAY_CHANGE = frozenset(f"network.{k}" for k in ("join", "train", "control", "upload", "chunk_mib",
+                                                        "max_aborted_rounds", "alive_s"))
+
+
 def config_differences(a: dict, b: dict) -> list[tuple[str, object, object]]:
     """(dotted key, value in a, value in b) for every leaf setting that differs, sorted by key."""
     la, lb = _leaves(a), _leaves(b)

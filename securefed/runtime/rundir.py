@@ -207,7 +207,8 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
     New run: ``out`` must not exist, or be an empty directory. ``--resume``: ``out`` must hold a
     checkpoint and not be finished (``runs_baseline``: this command runs a centralized baseline after the rounds, so
     a run without its result is not), and (when ``resolved``, this run's config mapping, is given) the run's
-    config.yaml must match it — resuming under other settings would mix two runs in one ledger.
+    config.yaml must match it — resuming under other settings would mix two runs in one ledger — except in
+    ``config.RESUME_MAY_CHANGE`` (deadlines and streaming), which the resumed coordinator records.
     """
     root = Path(out)
     if root.exists() and not root.is_dir():
@@ -232,14 +233,15 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
         return
     import yaml
 
-    from securefed.runtime.config import config_differences
+    from securefed.runtime.config import RESUME_MAY_CHANGE, config_differences
 
     try:
         old = yaml.safe_load(RunDir(root).config.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise RunDirError(f"--resume: {root}/config.yaml cannot be read ({type(e).__name__}); the run cannot be "
                           "checked against this config") from None
-    diff = config_differences(old if isinstance(old, dict) else {}, resolved)
+    diff = [d for d in config_differences(old if isinstance(old, dict) else {}, resolved)
+            if d[0] not in RESUME_MAY_CHANGE]   # deadlines and streaming: the coordinator records the change
     if diff:
         first = ("model", "privacy", "aggregation", "federation", "data", "train", "outer")  # what matters most first
         diff.sort(key=lambda d: (first.index(d[0].split(".")[0]) if d[0].split(".")[0] in first else len(first), d[0]))

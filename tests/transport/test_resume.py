@@ -255,3 +255,33 @@ def test_resume_under_other_settings_names_them_and_touches_nothing(done, tmp_pa
     assert ("--resume with that run's settings (2 settings differ: federation.rounds: 1 there, 5 now; "
             "data.vocab_size: 512 there, 1024 now)") in err
     assert {p: p.stat().st_mtime_ns for p in run.root.rglob("*")} == stamp
+
+
+def test_resume_may_lengthen_a_deadline_and_records_it_but_not_change_min_holders(done, tmp_path, capsys, caplog):
+    """A newcomer's audit (stop 35): a holder timed out on network.train, and the operator could not resume with a
+    longer deadline -- `--resume` refused any changed setting, so the run was lost to a setting that enters neither
+    the model nor the accounting. Deadlines and streaming settings may now change on resume (transport.md §8.1);
+    the change is logged and written into config.yaml (its versions line kept). min_holders, which decides which
+    rounds open, may not."""
+    import logging
+
+    import yaml
+
+    run = _copy(done, tmp_path)
+    versions = [line for line in run.config.read_text().splitlines() if line.startswith("# versions: ")]
+    assert len(versions) == 1
+    stamp = {p: p.stat().st_mtime_ns for p in run.root.rglob("*")}
+    args = ["simulate", "--out", str(run.root), "--resume", "--preset", "", "--config", str(run.config)]
+    assert cli.main([*args, "--set", "network.min_holders=3"]) == 2
+    assert "network.min_holders: None there, 3 now" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in run.root.rglob("*")} == stamp
+    with caplog.at_level(logging.WARNING):
+        assert cli.main([*args, "--set", "network.train=1234", "--set", "network.upload=99"]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert "resuming with network.train = 1234.0 (it was 600.0)" in said
+    assert "resuming with network.upload = 99.0 (it was 600.0)" in said
+    text = run.config.read_text()
+    cfg = yaml.safe_load(text)
+    assert cfg["network"]["train"] == 1234.0 and cfg["network"]["upload"] == 99.0
+    assert [line for line in text.splitlines() if line.startswith("# versions: ")] == versions
+    assert json.loads(run.summary.read_text())["rounds"] == 1
