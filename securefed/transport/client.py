@@ -37,11 +37,11 @@ _SIGNS = (
     (("hostname verification", "no match found for server name"), True,
      "the coordinator's certificate does not name {name}, the server name this holder checks (§7.1): connect to "
      "the name the certificate was issued for, or set the holder config's server_name"),
-    (("tls handshake failed", "ssl handshake failed", "certificate_verify_failed", "certificate verify failed",
-      "certificate signature failure", "unable to get local issuer", "self signed certificate",
-      "certificate has expired", "certificate is not yet valid"), True,
-     "the coordinator's certificate does not verify against the CA this holder trusts (its pki's ca.pem), or has "
-     "expired: this holder's pki is from another federation, or the coordinator's certificate is ({detail})"),
+    (("certificate signature failure", "certificate has expired", "certificate is not yet valid",
+      "unable to get local issuer", "self signed certificate", "certificate_verify_failed", "certificate verify failed",
+      "tls handshake failed", "ssl handshake failed"), True,
+     "the coordinator's certificate does not verify against the CA this holder trusts (its pki's ca.pem; gRPC says "
+     "{detail!r}): this holder's pki is another federation's, or the coordinator's certificate has expired"),
     (("socket closed", "connection reset", "end of tcp stream", "handshake read failed"), False,
      "{target} closed the connection during the TLS handshake: the coordinator may not accept this holder's "
      "certificate (issued by another federation's CA, or expired), or what listens there is not `securefed server`"),
@@ -62,9 +62,9 @@ def classify_connect_error(e: grpc.RpcError, *, target: str, server_name: str | 
     low = detail.lower()
     name = server_name or target.rsplit(":", 1)[0]
     for signs, final, text in _SIGNS:
-        if any(s in low for s in signs):
-            last = detail.rsplit(": ", 2)
-            return ConnectProblem(text.format(target=target, name=name, detail=": ".join(last[-2:])[:200]), final)
+        hit = next((s for s in signs if s in low), None)
+        if hit is not None:
+            return ConnectProblem(text.format(target=target, name=name, detail=hit), final)
     return None
 
 

@@ -298,7 +298,7 @@ def test_a_client_that_cannot_trust_the_coordinators_certificate_says_so_and_exi
     err = capsys.readouterr().err
     assert rc == 3, err
     assert f"holder 1: cannot connect to 127.0.0.1:{tls_server}: the coordinator's certificate does not verify " \
-           "against the CA this holder trusts (its pki's ca.pem)" in err
+           "against the CA this holder trusts (its pki's ca.pem; gRPC says 'certificate signature failure')" in err
     assert "retry" not in err and "running there" not in err
 
     rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, hid=2, max_failures=5,
