@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from securefed.federation.grpc import EXIT, run_holder
 
 __all__ = ["main"]
+
+log = logging.getLogger("securefed.holder")
 
 
 def main(config: str, *, overrides=(), server: str | None = None, simulation: bool = False) -> int:
@@ -16,7 +19,7 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
     from securefed.federation.holder_config import HolderConfigError, check_holder_config, load_holder_config
     from securefed.secagg import Roster, RosterError
     from securefed.training.data import DataError
-    from securefed.transport.pki import Layout, holder_id_from_cert, load_identity
+    from securefed.transport.pki import Layout, check_tls_files, holder_id_from_cert, load_identity
     from securefed.transport.service import load_client_credentials
 
     def usage(msg: str) -> int:
@@ -33,9 +36,12 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
         identity = load_identity(d / "identity.key")
         roster = Roster.load(lay.roster)
         ca = d / "ca.pem" if (d / "ca.pem").exists() else lay.ca_cert
+        tls_warnings = check_tls_files(cert=d / "cert.pem", key=d / "key.pem", ca=ca)   # TlsFilesError: exit 2
         creds = load_client_credentials(cert=d / "cert.pem", key=d / "key.pem", ca=ca)
     except (HolderConfigError, ConfigError, RosterError, PermissionError, ValueError, OSError) as e:
         return usage(str(e))
+    for w in tls_warnings:
+        log.warning("holder %d: %s", cfg.holder_id, w)
     if cfg.hardware.torch_threads:
         import torch
 

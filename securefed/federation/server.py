@@ -25,7 +25,7 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
     from securefed.training.data import DataError
     from securefed.runtime.progress import Progress
     from securefed.training.models import parameter_count
-    from securefed.transport.pki import Layout, load_identity
+    from securefed.transport.pki import Layout, TlsFilesError, check_tls_files, load_identity
     from securefed.transport.service import listen_problem
 
     def usage(msg: str) -> int:
@@ -40,6 +40,11 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
         roster = Roster.load(lay.roster)
     except (RosterError, ValueError) as e:
         return usage(f"roster {lay.roster}: {e}")
+    try:   # a certificate the holders cannot verify would read to each of them as "no answer" (transport.md §7.1)
+        for w in check_tls_files(cert=lay.server_cert, key=lay.server_key, ca=lay.ca_cert):
+            log.warning("%s", w)
+    except (TlsFilesError, OSError) as e:
+        return usage(str(e))
     if len(roster.keys) != cfg.federation.n_holders:
         return usage(f"the roster lists {len(roster.keys)} holders but federation.n_holders is {cfg.federation.n_holders}: "
                      f"--set federation.n_holders={len(roster.keys)}, or make the PKI for {cfg.federation.n_holders} "

@@ -29,7 +29,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securefed.secagg import IdentityKey, Roster
 
-__all__ = ["HOLDER_URI", "make_demo_pki", "holder_id_from_cert", "load_identity", "write_private", "Layout"]
+__all__ = ["HOLDER_URI", "make_demo_pki", "holder_id_from_cert", "load_identity", "write_private", "Layout",
+           "check_tls_files", "TlsFilesError"]
 
 HOLDER_URI = "securefed:holder:"
 _CN_RE = re.compile(r"^holder-([1-9][0-9]{0,9})$")
@@ -146,6 +147,85 @@ def load_identity(path: str | Path) -> IdentityKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{p} does not hold an Ed25519 private key")
     return IdentityKey(key)
+
+
+class TlsFilesError(ValueError):
+    """A party's own TLS files cannot work (§7.1): one message naming the file and what to do."""
+
+
+EXPIRY_WARNING_DAYS = 14
+
+
+def check_tls_files(*, cert: Path, key: Path, ca: Path, now: dt.datetime | None = None) -> list[str]:
+    """Before a party listens or connects (transport.md §7.1): its certificate is in its validity window, is
+    issued (through the chain in ``cert``) by a certificate in ``ca`` that is in its own window, and its private
+    key is the certificate's. Any of these failing would surface only as a failed TLS handshake at the peer, read
+    as "no answer"; TlsFilesError here names it instead. Returns warnings: a certificate that expires within
+    EXPIRY_WARNING_DAYS. A signature algorithm this check cannot verify is left to the TLS library (never refused
+    here)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    for what, path, load in (("certificate", cert, x509.load_pem_x509_certificates),
+                             ("CA certificate", ca, x509.load_pem_x509_certificates),
+                             ("private key", key, lambda b: serialization.load_pem_private_key(b, password=None))):
+        try:
+            loaded = load(path.read_bytes())
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:   # TypeError: an encrypted key (gRPC needs it clear)
+            raise TlsFilesError(f"{path} is not a PEM {what} that TLS can use ({str(e).splitlines()[0][:120]})") from None
+        if what == "certificate":
+            chain = loaded
+        elif what == "CA certificate":
+            roots = loaded
+        else:
+            priv = loaded
+    leaf = chain[0]
+
+    def spki(k) -> bytes:
+        return k.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if spki(priv.public_key()) != spki(leaf.public_key()):
+        raise TlsFilesError(f"{key} is not the private key of the certificate {cert}: give the key the certificate "
+                            "was issued for")
+    warnings = []
+    for c, where in [(leaf, cert), *((c, cert) for c in chain[1:]), *((c, ca) for c in roots)]:
+        if now < c.not_valid_before_utc:
+            raise TlsFilesError(f"the certificate {c.subject.rfc4514_string()!r} in {where} is not valid before "
+                                f"{c.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is this machine's clock right?)")
+        if now > c.not_valid_after_utc:
+            raise TlsFilesError(f"the certificate {c.subject.rfc4514_string()!r} in {where} expired on "
+                                f"{c.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: have it re-issued")
+        left = c.not_valid_after_utc - now
+        if left < dt.timedelta(days=EXPIRY_WARNING_DAYS) and (c is leaf or c in roots):
+            warnings.append(f"the certificate {c.subject.rfc4514_string()!r} in {where} expires on "
+                            f"{c.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, in {left.days} days: a run still going then "
+                            "stops at its next connection")
+    # a path leaf -> (the chain's intermediates) -> a root of ca, each link's signature checked
+    node, pool = leaf, list(chain[1:])
+    for _ in range(len(chain) + 1):
+        if any(_issued_by(node, r) for r in roots):
+            return warnings
+        nxt = next((c for c in pool if _issued_by(node, c)), None)
+        if nxt is None:
+            break
+        pool.remove(nxt)
+        node = nxt
+    if any(_issued_by(node, r) is None for r in roots):
+        return warnings      # an algorithm this check cannot verify: the TLS library decides
+    raise TlsFilesError(f"the certificate {cert} is not issued by the CA in {ca}: this pki mixes two federations' "
+                        "files (use the CA certificate the federation's certificates were issued by)")
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool | None:
+    """cert's signature verifies under issuer's key (and names it as issuer); None: cannot be checked here."""
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError):
+        return False
+    except (UnsupportedAlgorithm, TypeError):
+        return None
+    return True
 
 
 def holder_id_from_cert(pem: bytes) -> int:

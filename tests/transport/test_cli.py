@@ -320,7 +320,8 @@ def test_a_client_whose_certificate_the_coordinator_refuses_in_the_handshake_is_
     monkeypatch.setattr(fed_grpc, "JOIN_WAIT_S", 1.0)
     other = tmp_path / "other"
     assert cli.main(["keygen", str(other), "--holders", "4"]) == 0
-    shutil.copy(pki / "ca.pem", other / "holders" / "1" / "ca.pem")     # trusts the coordinator; a foreign certificate
+    trust = other / "holders" / "1" / "ca.pem"      # trusts the coordinator's CA too; its certificate is foreign
+    trust.write_bytes((pki / "ca.pem").read_bytes() + trust.read_bytes())
     rc = cli.main(["client", "--config", _holder_yaml(tmp_path, other, fed_cache, max_failures=1), "--server",
                    f"127.0.0.1:{tls_server}"])
     err = capsys.readouterr().err
@@ -360,3 +361,57 @@ def test_a_holder_with_another_tokenizer_is_told_which_setting_to_change(tmp_pat
     assert ("holder 1: refusing the coordinator's settings: the run's tokenizer has 512 tokens and this holder's 1024: "
             "set this holder's data.vocab_size to 512") in err
     assert codes == {"server": 5}     # no holder took part: too few holders, after network.join
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("mixed", "is not issued by the CA in"),
+    ("key", "is not the private key of the certificate"),
+    ("garbage", "is not a PEM private key that TLS can use"),
+])
+def test_a_client_or_server_whose_own_tls_files_cannot_work_says_which_before_it_starts(tmp_path, pki, fed_cache, damage,
+                                                                                         message, capsys):
+    """A pki assembled from two federations' files (a certificate of one CA, the other CA's ca.pem), or a key that is
+    not the certificate's, failed only in the peer's TLS handshake: the client retried 'no coordinator answers' for
+    minutes, the server waited for holders that could never connect. Both now check their own files first and stop
+    with exit 2 naming the file (transport.md §7.1)."""
+    other = tmp_path / "other"
+    assert cli.main(["keygen", str(other), "--holders", "4"]) == 0
+    h, s = pki / "holders" / "1", pki / "server"
+    if damage == "mixed":
+        shutil.copy(other / "holders" / "1" / "cert.pem", h / "cert.pem")
+        shutil.copy(other / "holders" / "1" / "key.pem", h / "key.pem")
+        shutil.copy(other / "server" / "cert.pem", s / "cert.pem")
+        shutil.copy(other / "server" / "key.pem", s / "key.pem")
+    elif damage == "key":
+        shutil.copy(other / "holders" / "1" / "key.pem", h / "key.pem")
+        shutil.copy(other / "server" / "key.pem", s / "key.pem")
+    else:
+        (h / "key.pem").write_text("not a key")
+        (s / "key.pem").write_text("not a key")
+    rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache), "--server", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("securefed client: ") and message in err, err
+    assert not (tmp_path / "state1").exists()
+    out = tmp_path / "run"
+    assert cli.main(["server", "--pki", str(pki), "--out", str(out), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("securefed server: ") and message in err and str(s) in err, err
+    assert not out.exists()
+
+
+def test_tls_files_expired_not_yet_valid_or_expiring_soon(pki):
+    """The validity window of the certificate and of its CA (transport.md §7.1): the demo CA issues for 365 days."""
+    import datetime as dt
+
+    from securefed.transport.pki import TlsFilesError, check_tls_files
+
+    h = pki / "holders" / "2"
+    files = dict(cert=h / "cert.pem", key=h / "key.pem", ca=h / "ca.pem")
+    now = dt.datetime.now(dt.timezone.utc)
+    assert check_tls_files(**files) == []
+    with pytest.raises(TlsFilesError, match=r"in .*cert.pem expired on .*: have it re-issued"):
+        check_tls_files(**files, now=now + dt.timedelta(days=366))
+    with pytest.raises(TlsFilesError, match=r"is not valid before .*is this machine's clock right"):
+        check_tls_files(**files, now=now - dt.timedelta(days=1))
+    soon = check_tls_files(**files, now=now + dt.timedelta(days=360))
+    assert len(soon) == 2 and all("expires on" in w and "in 4 days" in w for w in soon)   # the certificate and its CA
