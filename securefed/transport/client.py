@@ -38,10 +38,16 @@ _SIGNS = (
      "the coordinator's certificate does not name {name}, the server name this holder checks (§7.1): connect to "
      "the name the certificate was issued for, or set the holder config's server_name"),
     (("certificate signature failure", "certificate has expired", "certificate is not yet valid",
-      "unable to get local issuer", "self signed certificate", "certificate_verify_failed", "certificate verify failed",
-      "tls handshake failed", "ssl handshake failed"), True,
+      "unable to get local issuer", "self signed certificate", "certificate_verify_failed", "certificate verify failed"),
+     True,
      "the coordinator's certificate does not verify against the CA this holder trusts (its pki's ca.pem; gRPC says "
      "{detail!r}): this holder's pki is another federation's, or the coordinator's certificate has expired"),
+    (("wrong_version_number", "packet_length_too_long", "http_request", "unexpected_record"), False,
+     "what listens at {target} does not speak TLS (gRPC says {detail!r}): is it `securefed server`? (--server, or "
+     "the holder config's server)"),
+    (("tls handshake failed", "ssl handshake failed"), False,
+     "the TLS handshake with {target} failed (gRPC says {detail!r}): what listens there may not be `securefed "
+     "server`"),
     (("socket closed", "connection reset", "end of tcp stream", "handshake read failed"), False,
      "{target} closed the connection during the TLS handshake: the coordinator may not accept this holder's "
      "certificate (issued by another federation's CA, or expired), or what listens there is not `securefed server`"),

@@ -415,3 +415,31 @@ def test_tls_files_expired_not_yet_valid_or_expiring_soon(pki):
         check_tls_files(**files, now=now - dt.timedelta(days=1))
     soon = check_tls_files(**files, now=now + dt.timedelta(days=360))
     assert len(soon) == 2 and all("expires on" in w and "in 4 days" in w for w in soon)   # the certificate and its CA
+
+
+def test_a_client_pointed_at_something_that_is_not_a_tls_server_is_told_so(tmp_path, pki, fed_cache, capsys,
+                                                                          monkeypatch):
+    """--server at a port where another service (plain HTTP) listens: the TLS handshake fails there too, but that is
+    no verdict on the coordinator's certificate -- named as such and retried, never exit 3."""
+    import http.server
+    import socketserver
+    import threading
+
+    from securefed.federation import grpc as fed_grpc
+
+    monkeypatch.setattr(fed_grpc, "JOIN_WAIT_S", 1.0)
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+    with socketserver.TCPServer(("127.0.0.1", 0), Quiet) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        port = web.server_address[1]
+        rc = cli.main(["client", "--config", _holder_yaml(tmp_path, pki, fed_cache, max_failures=1), "--server",
+                       f"127.0.0.1:{port}"])
+        web.shutdown()
+    err = capsys.readouterr().err
+    assert rc == 6, err
+    assert f"what listens at 127.0.0.1:{port} does not speak TLS (gRPC says 'wrong_version_number'): is it " \
+           "`securefed server`?" in err
+    assert "giving up after 2 failed attempts" in err
