@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -23,17 +24,27 @@ import numpy as np
 
 from securefed.privacy import rdp as R
 
-__all__ = ["RoundEvent", "event_rdp", "Accountant", "accountant_version", "calibrate_noise_multiplier", "ACCOUNTANT_SCHEME"]
+__all__ = ["RoundEvent", "event_rdp", "Accountant", "accountant_version", "calibrate_noise_multiplier", "ACCOUNTANT_SCHEME",
+           "SCHEMES", "scheme_of", "ledger_scheme"]
 
 Mechanism = Literal["none", "empty", "gaussian", "ddgauss", "skellam"]
 Sampling = Literal["poisson", "fixed", "none"]
 
 
-ACCOUNTANT_SCHEME = 2
+# The scheme a new run accounts with, and those this code recomputes (protocols/dp.md §6.5):
+#   /1  central-mode Gaussian events charged at C (not recomputable: /2 charges the decoded quantized norm, §6.4)
+#   /2  a fixed-size cohort's Gaussian (replace-one, q < 1) amplified by WBK 2019 Thm. 9
+#   /3  the same by WBK 2019 Thm. 27 with exact forward differences (rdp.wor_gaussian_rdp): up to 10x smaller ε at
+#       large σ. Every other event has the same curve under /2 and /3.
+# A run keeps the scheme of its first server ledger entry when resumed (PrivacySession), so its ε never changes
+# under it; verify recomputes each ledger with the scheme its entries name.
+ACCOUNTANT_SCHEME = 3
+SCHEMES = (2, 3)
+_VERSION_RE = re.compile(r"^securefed-(rdp|prv)/(\d+) ")
 
 
-@functools.lru_cache(maxsize=4)
-def accountant_version(kind: str) -> str:
+@functools.lru_cache(maxsize=8)
+def accountant_version(kind: str, scheme: int = ACCOUNTANT_SCHEME) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     def v(pkg: str) -> str:
@@ -42,9 +53,24 @@ def accountant_version(kind: str) -> str:
         except PackageNotFoundError:
             return "absent"
 
-    # /2: central-mode Gaussian events are charged at the norm bound of the decoded quantized update
-    # (protocols/dp.md §6.4), not at C; ledgers of /1 cannot be recomputed with this code
-    return f"securefed-{kind}/{ACCOUNTANT_SCHEME} (opacus {v('opacus')}, dp-accounting {v('dp-accounting')})"
+    return f"securefed-{kind}/{scheme} (opacus {v('opacus')}, dp-accounting {v('dp-accounting')})"
+
+
+def scheme_of(version: object) -> int:
+    """The accountant scheme an entry's ``accountant_version`` names; ValueError if none this code recomputes."""
+    m = _VERSION_RE.match(str(version))
+    if not m or int(m.group(2)) not in SCHEMES:
+        raise ValueError(f"was accounted with {str(version)[:80]!r}; this securefed recomputes schemes "
+                         f"{', '.join(f'/{s}' for s in SCHEMES)} only")
+    return int(m.group(2))
+
+
+def ledger_scheme(entries: Sequence[dict]) -> int:
+    """The one scheme of a ledger's entries (ACCOUNTANT_SCHEME for an empty ledger); ValueError if they mix."""
+    found = {scheme_of(e.get("accountant_version")) for e in entries}
+    if len(found) > 1:
+        raise ValueError(f"the ledger mixes accountant schemes {sorted(found)}: a run keeps the scheme it began with")
+    return found.pop() if found else ACCOUNTANT_SCHEME
 
 
 @dataclass(frozen=True)
@@ -87,8 +113,10 @@ class RoundEvent:
 
 
 @functools.lru_cache(maxsize=512)
-def event_rdp(ev: RoundEvent) -> np.ndarray:
-    """RDP curve of one event on rdp.ORDERS (read-only array)."""
+def event_rdp(ev: RoundEvent, scheme: int = ACCOUNTANT_SCHEME) -> np.ndarray:
+    """RDP curve of one event on rdp.ORDERS under accountant ``scheme`` (read-only array)."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"accountant scheme {scheme!r} is not one of {SCHEMES}")
     orders = np.asarray(R.ORDERS)
     if ev.mechanism == "none":
         out = np.full(orders.shape, np.inf)
@@ -98,10 +126,11 @@ def event_rdp(ev: RoundEvent) -> np.ndarray:
         if ev.sampling == "poisson":
             out = R.poisson_gaussian_rdp(ev.q, ev.noise_multiplier)
         elif ev.sampling == "fixed":
-            # WBK 2019 Thm. 9 on the Gaussian curve (replace-one sensitivity 2C); test-checked against
-            # dp-accounting's Thm. 27 computation, which is ~100x slower over 256 orders
-            z = ev.noise_multiplier / 2.0
-            out = R.wor_subsampled_rdp(lambda a: a / (2.0 * z * z), ev.q)
+            z = ev.noise_multiplier / 2.0       # replace-one sensitivity 2C
+            if scheme >= 3:                     # WBK 2019 Thm. 27, exact differences (tests: = dp-accounting's where
+                out = R.wor_gaussian_rdp(ev.q, z)   # its float64 ones are accurate, ≥ the PLD lower bound everywhere)
+            else:                               # /2: WBK 2019 Thm. 9
+                out = R.wor_subsampled_rdp(lambda a: a / (2.0 * z * z), ev.q)
         else:
             out = R.gaussian_rdp(ev.noise_multiplier)
     else:
@@ -134,10 +163,12 @@ def _discrete_rdp(ev: RoundEvent) -> np.ndarray:
 class Accountant:
     """Composes events; ``kind`` is "rdp" or "prv" (see module doc)."""
 
-    def __init__(self, kind: Literal["rdp", "prv"] = "rdp") -> None:
+    def __init__(self, kind: Literal["rdp", "prv"] = "rdp", scheme: int = ACCOUNTANT_SCHEME) -> None:
         if kind not in ("rdp", "prv"):
             raise ValueError(f"accountant must be 'rdp' or 'prv', got {kind!r}")
-        self.kind = kind
+        if scheme not in SCHEMES:
+            raise ValueError(f"accountant scheme {scheme!r} is not one of {SCHEMES}")
+        self.kind, self.scheme = kind, scheme
         self.events: list[RoundEvent] = []
 
     @staticmethod
@@ -160,16 +191,19 @@ class Accountant:
             return _prv_epsilon(evs, delta)
         total = np.zeros(len(R.ORDERS))
         for e in evs:
-            total = total + event_rdp(e)
+            total = total + event_rdp(e, self.scheme)
         return R.eps_from_rdp(total, delta)[0]
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "events": [e.to_dict() for e in self.events]}
+        return {"kind": self.kind, "scheme": self.scheme, "events": [e.to_dict() for e in self.events]}
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get("kind") != self.kind or not isinstance(state.get("events"), list):
             raise ValueError("accountant state is malformed or of another kind")
-        self.events = [RoundEvent.from_dict(e) for e in state["events"]]
+        scheme = state.get("scheme", 2)          # a state saved before schemes were recorded is of /2
+        if scheme not in SCHEMES:
+            raise ValueError(f"accountant state of scheme {scheme!r}; this securefed recomputes {SCHEMES}")
+        self.events, self.scheme = [RoundEvent.from_dict(e) for e in state["events"]], scheme
 
 
 def _prv_epsilon(evs: Sequence[RoundEvent], delta: float) -> float:

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 from securefed.primitives.keys import IdentityKey
-from securefed.privacy.accountant import Accountant, RoundEvent, accountant_version, calibrate_noise_multiplier
+from securefed.privacy.accountant import (ACCOUNTANT_SCHEME, Accountant, RoundEvent, accountant_version,
+                                          calibrate_noise_multiplier, ledger_scheme)
 from securefed.privacy.clipping import bit_noise_std, data_noise_multiplier
 from securefed.privacy.config import BudgetExhausted, DPConfig, default_delta
 from securefed.privacy.encoders import plan_discrete
@@ -67,7 +68,7 @@ def plan_sigma_b(config: DPConfig, plan, z: float) -> float | None:
 
 
 def calibrate_sigma(config: DPConfig, *, dim: int, cohort_size: int, rounds: int, sampling: str, q: float, delta: float,
-                    population: int, seed: bytes = b"securefed") -> float:
+                    population: int, seed: bytes = b"securefed", scheme: int = ACCOUNTANT_SCHEME) -> float:
     """σ for ``config.target_epsilon`` over ``rounds`` rounds of the planned cohort with no dropouts (dp.md §5)."""
     mech = config.mechanism if config.dp_on else "none"
 
@@ -76,7 +77,7 @@ def calibrate_sigma(config: DPConfig, *, dim: int, cohort_size: int, rounds: int
                           population=population)
         ev = round_event(mode=config.mode, mechanism=mech, sampling=sampling, q=q, z=z, plan=plan, dim=dim,
                          survivors=cohort_size, sigma_b=plan_sigma_b(config, plan, z))
-        return Accountant(config.accountant).epsilon(delta, [ev] * rounds)
+        return Accountant(config.accountant, scheme).epsilon(delta, [ev] * rounds)
 
     return calibrate_noise_multiplier(eps, config.target_epsilon)
 
@@ -148,7 +149,11 @@ class PrivacySession:
 
     def _replay(self) -> None:
         self.ledger = Ledger(self.ledger_dir / "ledger.jsonl", signer=self.signer)
-        self.accountant = Accountant(self.config.accountant)
+        try:   # a resumed run keeps the scheme it began with: its ε never changes under it (dp.md §6.5)
+            self.scheme = ledger_scheme(self.ledger.entries)
+        except ValueError as e:
+            raise LedgerError(f"{self.ledger.path}: {e}") from None
+        self.accountant = Accountant(self.config.accountant, self.scheme)
         self.clip = self.config.clip
         self.noise_multiplier = self.config.noise_multiplier
         for e in self.ledger.entries:
@@ -177,7 +182,7 @@ class PrivacySession:
             problems = check_view_entries(h, led.entries, str(led.path))
             if problems:
                 raise LedgerError(f"{problems[0]}: refusing to continue from a ledger that does not verify")
-            acc = Accountant("rdp")
+            acc = Accountant("rdp", self.scheme)
             for e in led.entries:
                 if e["status"] == "included":
                     acc.add(RoundEvent.from_dict(e["event"]))
@@ -210,7 +215,8 @@ class PrivacySession:
         if self.noise_multiplier is None:  # calibrate once, on the planned cohort, then it is in the ledger
             self.noise_multiplier = calibrate_sigma(self.config, dim=dim, cohort_size=self.cohort_size,
                                                     rounds=self.rounds_planned, sampling=self.sampling, q=self.q,
-                                                    delta=self.delta, seed=self.public_seed, population=self.population)
+                                                    delta=self.delta, seed=self.public_seed, population=self.population,
+                                                    scheme=self.scheme)
         return self.noise_multiplier
 
     # ---------------------------------------------------------------- rounds
@@ -281,7 +287,7 @@ class PrivacySession:
         common = {"version": 1, "round": rp.round_index, "privacy_unit": "holder", "neighbouring_relation": self.neighbouring,
                   "mode": self.config.mode, "mechanism": self._mechanism, "clip": rp.clip_bound, "noise_multiplier": z,
                   "ring_bits": self.config.ring_bits, "delta": self.delta, "accountant": self.config.accountant,
-                  "accountant_version": accountant_version(self.config.accountant), "sampling": self.sampling,
+                  "accountant_version": accountant_version(self.config.accountant, self.scheme), "sampling": self.sampling,
                   "plan": plan_rec, "n_survivors": len(surv)}
         if self.run_id is not None:
             common["run_id"] = self.run_id
@@ -300,7 +306,7 @@ class PrivacySession:
                 (rp.drop_reasons.get(h, "dropped out") + " before its update was in the sum: nothing of it was released")
                 if status == "dropped" else None)
             led.append(dict(common, role="holder", holder_id=h, status=status, event=hev.to_dict(), epsilon=acc.epsilon(self.delta),
-                            cap=self.holder_cap(h), accountant="rdp", accountant_version=accountant_version("rdp"), reason=reason))
+                            cap=self.holder_cap(h), accountant="rdp", accountant_version=accountant_version("rdp", self.scheme), reason=reason))
         ev = self._event(rp.plan, z, len(surv), sampled=True, dim=rp.dim)
         self.accountant.add(ev)
         eps = self.accountant.epsilon(self.delta)

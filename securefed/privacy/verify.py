@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from securefed.privacy import rdp as R
-from securefed.privacy.accountant import ACCOUNTANT_SCHEME, Accountant, RoundEvent, accountant_version, event_rdp
+from securefed.privacy.accountant import Accountant, RoundEvent, accountant_version, event_rdp, scheme_of
 from securefed.privacy.events import plan_from_record, round_event
 from securefed.privacy.holder_ledger import check_holder_entry, holder_effective_events, record_level_problem
 from securefed.privacy import witness as W
@@ -161,10 +161,9 @@ _VERSION = re.compile(r"^securefed-(rdp|prv)/(\d+) ")
 def _tolerance(entry: dict, label: str, v: Verification) -> float:
     """Check the pinned accountant scheme; tolerance for the comparison (ValueError if not recomputable)."""
     rec = str(entry.get("accountant_version", ""))
+    scheme = scheme_of(rec)                      # ValueError: a scheme this code cannot recompute
     m = _VERSION.match(rec)
-    if not m or int(m.group(2)) != ACCOUNTANT_SCHEME:
-        raise ValueError(f"was accounted with {rec!r}; this securefed recomputes scheme /{ACCOUNTANT_SCHEME} only")
-    mine = accountant_version(m.group(1))
+    mine = accountant_version(m.group(1), scheme)
     if rec == mine:
         return REL_TOL
     note = f"{label}: accounted with {rec}, recomputed with {mine} (tolerance {REL_TOL_OTHER_LIBS:g})"
@@ -177,8 +176,8 @@ class _Running:
     """Cumulative ε after each added event, computed as Accountant.epsilon does (same order of summation)
     but incrementally for RDP, so a ledger of R entries costs O(R) curve additions, not O(R²)."""
 
-    def __init__(self, kind: str) -> None:
-        self.acc = Accountant(kind)
+    def __init__(self, kind: str, scheme: int) -> None:
+        self.acc = Accountant(kind, scheme)
         self.total = np.zeros(len(R.ORDERS))
         self.none = False
 
@@ -186,7 +185,7 @@ class _Running:
         self.acc.add(ev)
         self.none = self.none or ev.mechanism == "none"
         if self.acc.kind == "rdp":
-            self.total = self.total + event_rdp(ev)
+            self.total = self.total + event_rdp(ev, self.acc.scheme)
 
     def epsilon(self, delta: float) -> float:
         if self.acc.kind != "rdp" or not self.acc.events:
@@ -224,6 +223,10 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
             for k in ("mode", "mechanism", "sampling", "population", "ring_bits", "accountant", "delta"):
                 if e.get(k) != first.get(k):
                     raise ValueError(f"{k} changed from {first.get(k)!r} to {e.get(k)!r}")
+            if scheme_of(e.get("accountant_version")) != scheme_of(first.get("accountant_version")):
+                # a run keeps the scheme it began with (dp.md §6.5): a later scheme would re-price earlier rounds
+                raise ValueError(f"accountant scheme changed from {first.get('accountant_version')!r} to "
+                                 f"{e.get('accountant_version')!r}")
             if e.get("n_survivors") != len(e.get("survivors", ())):
                 raise ValueError("n_survivors does not match the survivor list")
             if "n_masked" in e:   # ckks+secagg, A \ B: never where the masked shares are the noise (distributed)
@@ -254,7 +257,7 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
             want = _expected_event(e, q)
             if not _events_equal(ev, want):
                 raise ValueError(f"recorded event {ev.to_dict()} is not the event of its own plan {want.to_dict()}")
-            acc = acc or _Running(e["accountant"])
+            acc = acc or _Running(e["accountant"], scheme_of(e["accountant_version"]))
             acc.add(ev)
             eps, recorded = acc.epsilon(_num(e["delta"])), _num(e["epsilon"])
             if not _same(eps, recorded, tol):
@@ -268,7 +271,7 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
 
 
 def _verify_view(h: int, entries: list[dict], label: str, v: Verification) -> None:
-    acc = _Running("rdp")
+    acc: _Running | None = None
     for e in entries:
         try:
             if e.get("role") != "holder" or e.get("holder_id") != h:
@@ -276,6 +279,9 @@ def _verify_view(h: int, entries: list[dict], label: str, v: Verification) -> No
             if e.get("status") not in ("included", "dropped", "refused"):
                 raise ValueError(f"unknown status {e.get('status')!r}")
             tol = _tolerance(e, label, v)
+            acc = acc or _Running("rdp", scheme_of(e["accountant_version"]))
+            if scheme_of(e["accountant_version"]) != acc.acc.scheme:
+                raise ValueError("accountant scheme changed within the ledger")
             ev = RoundEvent.from_dict(e["event"])
             if not _events_equal(ev, _expected_event(e, 1.0)):
                 raise ValueError("recorded event is not the (unamplified) event of its own plan")
@@ -287,7 +293,7 @@ def _verify_view(h: int, entries: list[dict], label: str, v: Verification) -> No
         except _BAD as err:
             v.problems.append(Problem(label, e.get("seq"), e.get("round"), str(err) if not isinstance(err, KeyError) else f"lacks field {err}"))
             return
-    v.holder_view_epsilon[h] = acc.epsilon(_num(entries[-1]["delta"])) if entries else 0.0
+    v.holder_view_epsilon[h] = acc.epsilon(_num(entries[-1]["delta"])) if acc is not None else 0.0
 
 
 def _verify_own(entries: list[dict], label: str, v: Verification) -> None:
@@ -297,7 +303,10 @@ def _verify_own(entries: list[dict], label: str, v: Verification) -> None:
             if e["holder_id"] != entries[0]["holder_id"] or e["run_id"] != entries[0]["run_id"]:
                 raise ValueError("holder_id or run_id differs from the ledger's first entry")
             tol = _tolerance(e, label, v)
-            eps = Accountant("rdp").epsilon(_num(e["delta"]), holder_effective_events(entries[: i + 1]))
+            # a holder's own events carry q = 1 (no amplification), whose curve is the same under every scheme: its
+            # ledger may span a software upgrade
+            eps = Accountant("rdp", scheme_of(e["accountant_version"])).epsilon(
+                _num(e["delta"]), holder_effective_events(entries[: i + 1]))
             recorded = _num(e["epsilon"])
             if not _same(eps, recorded, tol):
                 raise ValueError(f"recorded epsilon {recorded:.6g}, but its effective events give {eps:.6g}")

@@ -57,6 +57,82 @@ def test_fixed_size_gaussian_matches_dp_accounting_replace_one():
     assert R.eps_from_rdp(1000 * general, DELTA)[0] == pytest.approx(theirs, rel=0.01)
 
 
+WBK_ORDERS = [float(a) for a in range(2, 65)]
+
+
+@pytest.mark.parametrize("q", [0.01, 0.1, 0.5])
+@pytest.mark.parametrize("z", [0.5, 1.5, 4.0])
+def test_wbk_thm27_equals_dp_accountings_where_its_float64_differences_are_exact(q, z):
+    """Scheme /3's fixed-size Gaussian (rdp.wor_gaussian_rdp): the bound dp-accounting computes
+    (``_compute_rdp_sample_wor_gaussian``, the unsampled curve's minimum applied to both), per order."""
+    from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_sample_wor_gaussian
+
+    ours = R.wor_gaussian_rdp(q, z, WBK_ORDERS)
+    theirs = np.minimum(np.asarray(_compute_rdp_sample_wor_gaussian(q, z, WBK_ORDERS)), np.asarray(WBK_ORDERS) / (2 * z * z))
+    assert ours == pytest.approx(theirs, rel=1e-9)
+
+
+def test_wbk_thm27_forward_differences_are_exact_where_float64_loses_every_digit():
+    """At z = 32 dp-accounting's float64 differences read Δ^32 φ(0) ≈ e^{−17.8}; exactly it is e^{−68.93}. Ours agree
+    with a second exact computation at twice the digits, and so the bound is never above dp-accounting's or Thm. 9's."""
+    import mpmath
+    from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_sample_wor_gaussian
+
+    z = 32.0
+    ld = R._log_even_diffs(z, 64)
+    with mpmath.workdps(2000):
+        phi = [mpmath.exp(mpmath.mpf(m * (m - 1)) / (2 * mpmath.mpf(z) ** 2)) for m in range(65)]
+        for j in (2, 8, 32, 64):
+            exact = mpmath.fsum((-1) ** (j - i) * mpmath.binomial(j, i) * phi[i] for i in range(j + 1))
+            assert ld[j // 2] == pytest.approx(float(mpmath.log(exact)), rel=1e-12, abs=1e-12)
+    assert ld[16] == pytest.approx(-68.9298, abs=1e-4)
+    for q in (0.01, 0.1):
+        ours = R.wor_gaussian_rdp(q, z, WBK_ORDERS)
+        thm9 = R.wor_subsampled_rdp(lambda a: a / (2 * z * z), q, WBK_ORDERS)
+        dpa_ = np.asarray(_compute_rdp_sample_wor_gaussian(q, z, WBK_ORDERS))
+        assert np.all(ours <= thm9 * (1 + 1e-12)) and np.all(ours <= dpa_ * (1 + 1e-12))
+        assert ours[-1] < 0.5 * thm9[-1]                 # where it matters: high orders at large σ
+
+
+@pytest.mark.parametrize("q", [0.01, 0.1, 0.5])
+@pytest.mark.parametrize("nm", [1.0, 4.0, 16.0, 64.0])
+def test_wbk_thm27_is_never_below_the_renyi_divergence_of_the_worst_pair(q, nm):
+    """Soundness, independent of any accountant: replace-one, a fixed-size cohort, C = 1, the others' sum 0:
+    P = q N(+1, σ²) + (1−q) N(0, σ²) and Q = q N(−1, σ²) + (1−q) N(0, σ²) are neighbouring outputs, so
+    D_α(P‖Q) (a numerical integral on a fine grid) is at most the mechanism's RDP at α."""
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    orders = [2.0, 3.0, 4.0, 8.0, 16.0, 32.0]
+    ours = R.wor_gaussian_rdp(q, nm / 2, orders)          # z relative to the replace-one sensitivity 2C
+    for a, bound in zip(orders, ours):
+        w = 12 * nm + 2 * a / nm * 2 + 4
+        x, dx = np.linspace(-w, w, 400_001, retstep=True)
+        lp = np.logaddexp(math.log(q) + norm.logpdf(x, 1, nm), math.log1p(-q) + norm.logpdf(x, 0, nm))
+        lq = np.logaddexp(math.log(q) + norm.logpdf(x, -1, nm), math.log1p(-q) + norm.logpdf(x, 0, nm))
+        d = float(logsumexp(a * lp + (1 - a) * lq) + math.log(dx)) / (a - 1)
+        assert d <= bound * (1 + 1e-6) + 1e-12, (a, d, bound)
+
+
+def test_scheme_2_ledgers_still_recompute_and_a_run_keeps_its_scheme():
+    """dp.md §6.5: /3 prices a fixed-size cohort's Gaussian by Thm. 27; a /2 ledger is recomputed by Thm. 9."""
+    from securefed.privacy.accountant import ACCOUNTANT_SCHEME, accountant_version, ledger_scheme, scheme_of
+
+    ev = [RoundEvent("gaussian", "fixed", 0.05, 64.0)] * 100
+    assert ACCOUNTANT_SCHEME == 3
+    old, new = Accountant("rdp", 2).epsilon(DELTA, ev), Accountant("rdp", 3).epsilon(DELTA, ev)
+    assert old == pytest.approx(1.26941, abs=1e-4) and new == pytest.approx(0.11088, abs=1e-4)   # RESULTS (A35)
+    same = [RoundEvent("gaussian", "fixed", 1.0, 2.0), RoundEvent("ddgauss", "fixed", 0.05, 1.0, l1=5000.0, l2=100.0,
+                                                                  share_std=40.0, n_shares=10, dim=1024)]
+    assert Accountant("rdp", 2).epsilon(DELTA, same) == Accountant("rdp", 3).epsilon(DELTA, same)
+    assert scheme_of(accountant_version("rdp", 2)) == 2 and ledger_scheme([]) == 3
+    with pytest.raises(ValueError, match="mixes accountant schemes"):
+        ledger_scheme([{"accountant_version": accountant_version("rdp", 2)},
+                       {"accountant_version": accountant_version("rdp", 3)}])
+    with pytest.raises(ValueError, match="recomputes schemes /2, /3 only"):
+        scheme_of("securefed-rdp/1 (opacus 1.6.0, dp-accounting 0.6.0)")
+
+
 def test_general_poisson_bound_is_valid_and_not_tighter_than_the_exact_gaussian():
     exact = R.eps_from_rdp(1000 * R.poisson_gaussian_rdp(0.01, 1.1), DELTA)[0]
     general = R.eps_from_rdp(1000 * R.poisson_subsampled_rdp(lambda a: a / (2 * 1.1**2), 0.01), DELTA)[0]

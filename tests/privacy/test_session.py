@@ -290,3 +290,42 @@ def test_resume_refuses_a_ledger_whose_epsilon_or_event_does_not_recompute(tmp_p
     p.write_text("".join(canonical_json(e) + "\n" for e in es))
     with pytest.raises(LedgerError, match="entry 0 \\(round 0\\).*events give.*refusing to continue"):
         _session(tmp_path, cfg)
+
+
+def test_a_run_begun_under_scheme_2_keeps_it_when_resumed_and_verifies(tmp_path, monkeypatch):
+    """dp.md §6.5: scheme /3 prices a fixed-size cohort's Gaussian by WBK Thm. 27 (up to 10x smaller ε at large σ).
+    A run whose ledger began under /2 (Thm. 9) keeps /2 when resumed by this code -- its earlier rounds are never
+    re-priced, so its ε never falls -- and verify recomputes each ledger under the scheme its entries name; a server
+    ledger that switches scheme is refused."""
+    from securefed.privacy import accountant as acc_mod
+    from securefed.privacy.accountant import Accountant, RoundEvent, accountant_version
+    from securefed.privacy.verify import check_server_entries
+
+    cfg = DPConfig(mode="central", mechanism="gaussian", noise_multiplier=64.0, clip=1.0)
+    kw = dict(population=160, cohort_size=8, sampling="fixed")          # q = 0.05
+    monkeypatch.setattr(acc_mod, "ACCOUNTANT_SCHEME", 2)                  # the code of stop 35 began this run
+    s = _session(tmp_path, cfg, **kw)
+    assert s.scheme == 2
+    for r in range(2):
+        _run_round(s, r, list(range(8)))
+    monkeypatch.undo()
+    t = _session(tmp_path, cfg, **kw)                                     # resumed by this code
+    assert t.scheme == 2
+    *_, e = _run_round(t, 2, list(range(8)))
+    entries = read_ledger(tmp_path / "privacy" / "ledger.jsonl")
+    assert {x["accountant_version"] for x in entries} == {accountant_version("rdp", 2)}
+    ev = RoundEvent.from_dict(e["event"])
+    assert e["epsilon"] == pytest.approx(Accountant("rdp", 2).epsilon(s.delta, [ev] * 3), rel=1e-12)
+    assert e["epsilon"] > 3 * Accountant("rdp", 3).epsilon(s.delta, [ev] * 3)
+    assert check_server_entries(entries) == []
+    views = read_ledger(tmp_path / "privacy" / "holders" / "holder-0.jsonl")
+    assert {x["accountant_version"] for x in views} == {accountant_version("rdp", 2)}
+    # a fresh run accounts under /3
+    fresh = _session(tmp_path / "new", cfg, **kw)
+    assert fresh.scheme == 3
+    *_, e3 = _run_round(fresh, 0, list(range(8)))
+    assert e3["accountant_version"] == accountant_version("rdp", 3) and e3["epsilon"] < e["epsilon"] / 3
+    # a server ledger whose last entry claims /3 (its earlier rounds re-priced): refused by verify
+    last = dict(entries[-1], accountant_version=accountant_version("rdp", 3))
+    problems = check_server_entries([*entries[:-1], last])
+    assert problems and "accountant scheme changed" in str(problems[0])
