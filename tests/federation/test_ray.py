@@ -256,3 +256,69 @@ def test_actors_starting_one_after_another_all_join_and_a_stuck_one_is_dropped(r
         assert 7.0 + 4.0 - 0.5 < took < 7.0 + 4.0 + 10.0
     finally:
         channel.close()
+
+
+def _stage_actor_class():
+    """Stands in for HolderActor in a round: ``handle`` answers b"ok", except that it blocks for good (``hang``)
+    or, once ``gate`` exists, raises (``raise_after``); ``ends`` counts its end_round calls. Shipped by value."""
+
+    class StageActor:
+        def __init__(self, mode: str = "", gate: str = "") -> None:
+            self.mode, self.gate, self.ends = mode, gate, 0
+
+        def ready(self) -> dict:
+            return {"node": "n"}
+
+        def welcome(self, data: bytes) -> None:
+            return None
+
+        def handle(self, round_index: int, stage: int, payload: bytes) -> bytes:
+            import os
+            import threading
+
+            if self.mode == "hang":
+                threading.Event().wait()
+            if self.mode == "raise_after":
+                while not os.path.exists(self.gate):
+                    threading.Event().wait(0.05)
+                raise RuntimeError("a handler bug, after its deadline")
+            return b"ok"
+
+        def end_round(self, round_index: int) -> None:
+            self.ends += 1
+
+        def ended(self) -> int:
+            return self.ends
+    return StageActor
+
+
+@pytest.mark.slow
+def test_a_hung_actor_does_not_hold_the_end_of_every_round(ray_local, tmp_path):
+    """A holder whose actor hangs in a stage misses that stage's deadline (absent: a dropout, federation.md §1);
+    its later calls wait behind the hung one. end_round waited 120 s for it at every round, a delay no
+    network.* deadline bounds (an audit: 2 rounds of 10 s took 281 s). Now the end of the round is not waited
+    for at a holder whose late call still runs; the others end the round as before. A late call that later
+    raises drops its holder when it ends, as any call that raises."""
+    from securefed.federation.ray import RayChannel
+
+    ray = ray_local
+    cls = ray.remote(_stage_actor_class())
+    gate = tmp_path / "gate"
+    actors = {1: cls.options(num_cpus=0.01).remote(), 2: cls.options(num_cpus=0.01).remote("hang"),
+              3: cls.options(num_cpus=0.01).remote("raise_after", str(gate))}
+    channel = RayChannel(actors, join_timeout=60.0)
+    try:
+        channel.open(welcome_for=lambda h: b"", run_id=b"r")
+        replies = channel.exchange(1, Stage.OFFER, {h: b"x" for h in actors}, deadline=2.0, max_reply=10)
+        assert replies == {1: b"ok"} and not channel.gone       # 2 and 3 late: absent from the stage
+        t0 = time.monotonic()
+        channel.end_round(1)
+        assert time.monotonic() - t0 < 60.0                     # was 120 s: the hung holder's end of round
+        assert ray.get(actors[1].ended.remote(), timeout=30) == 1 and not channel.gone
+        gate.touch()                                              # 3's late call ends now, with an error;
+        assert ray.get(actors[3].ended.remote(), timeout=60) == 1  # its end of round 1 ran after it
+        channel.end_round(2)
+        assert set(channel.gone) == {3} and "its handler raised during a stage it answered late" in channel.gone[3]
+        assert sorted(h for h, _ in channel._alive()) == [1, 2]
+    finally:
+        channel.close()
