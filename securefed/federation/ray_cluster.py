@@ -38,6 +38,8 @@ __all__ = ["RayOptions", "RayUnavailable", "RayUnreachable", "RayResourcesError"
 
 log = logging.getLogger("securefed.channel.ray")
 
+_RESOURCE_UNIT = 1e-4     # Ray counts CPUs and GPUs in units of 1/10000 (a smaller share is refused at actor creation)
+
 
 class RayUnavailable(ValueError):
     """Ray is not installed, or refused to start here (its message follows)."""
@@ -66,6 +68,10 @@ class RayOptions:
             raise ValueError(f"--ray-cpus-per-holder must be a number > 0, got {c!r}")
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g < 1e6:
             raise ValueError(f"--ray-gpus-per-holder must be a number >= 0, got {g!r}")
+        for flag, v, least in (("cpus", c, "at least"), ("gpus", g, "0 or at least")):   # Ray refuses a smaller
+            if v and v < _RESOURCE_UNIT:                                                  # share at actor creation
+                raise ValueError(f"--ray-{flag}-per-holder must be {least} {_RESOURCE_UNIT:g} (Ray's smallest share of "
+                                 f"a resource), got {v:g}")
         if g > 1 and g != int(g):   # Ray's rule: a fraction of one GPU, or whole GPUs
             raise ValueError(f"--ray-gpus-per-holder must be at most 1 or a whole number, got {g}")
         if not 80 <= self.object_store_mb <= 1 << 20:

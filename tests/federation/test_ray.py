@@ -38,7 +38,11 @@ def test_holders_that_fit_packs_fractional_gpus_within_one_gpu():
                                        ({"gpus_per_holder": -1}, "gpus-per-holder"),
                                        ({"gpus_per_holder": 1.5}, "at most 1 or a whole number"),
                                        ({"object_store_mb": 10}, "object-store-mb"),
-                                       ({"address": " "}, "address")])
+                                       ({"address": " "}, "address"),
+                                       # below Ray's resolution: Ray refused it at actor creation, after RUN_DIR was
+                                       # made (a traceback, exit 1, a half-written run directory)
+                                       ({"cpus_per_holder": 1e-5}, "cpus-per-holder must be at least 0.0001"),
+                                       ({"gpus_per_holder": 1e-5}, "gpus-per-holder must be 0 or at least 0.0001")])
 def test_ray_options_refuse_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):
         RayOptions(**kw)
