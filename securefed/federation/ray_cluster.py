@@ -27,6 +27,7 @@ use); ``connect`` then checks that n_holders × (CPUs, GPUs) fit the cluster at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -168,6 +169,22 @@ def _probe(address: str, timeout: float) -> None:
         raise RayUnreachable(f"cannot reach the Ray cluster at {address}: {e}") from None
 
 
+@contextlib.contextmanager
+def _bounded_join(timeout: float):
+    """Joining an address: one attempt of ``timeout`` seconds to reach its GCS. Ray's own default is 20 attempts
+    of 30 s each, so an address that accepts a TCP connection but does not answer as a Ray head (another
+    service, a head that is stuck) held the command for ~12 minutes of C++ warnings before any error.
+    RAY_* variables set by the user are kept; this process's environment is restored afterwards."""
+    bounds = {"RAY_gcs_server_port_wait_time_s": "1", "RAY_py_gcs_connect_timeout_s": str(math.ceil(timeout))}
+    set_here = [k for k in bounds if k not in os.environ]
+    os.environ.update({k: bounds[k] for k in set_here})
+    try:
+        yield
+    finally:
+        for k in set_here:
+            os.environ.pop(k, None)
+
+
 def connect(options: RayOptions, *, n_holders: int, train=None) -> RaySession:
     """Start or join Ray and check that ``n_holders`` actors fit; call before the run directory exists.
     An already initialised Ray in this process (tests, notebooks) is used as it is. ``train`` (the run's
@@ -198,7 +215,8 @@ def connect(options: RayOptions, *, n_holders: int, train=None) -> RaySession:
         if options.address != "auto":
             _probe(options.address, options.connect_timeout)
         try:
-            ctx = ray.init(address=options.address, logging_level=logging.WARNING)
+            with _bounded_join(options.connect_timeout):
+                ctx = ray.init(address=options.address, logging_level=logging.WARNING)
         except Exception as e:
             hint = ("" if os.environ.get("RAY_AUTH_MODE") else " (a cluster with token authentication, Ray's default "
                     "since 2.5x, also needs RAY_AUTH_MODE=token and its token in this process's environment)")

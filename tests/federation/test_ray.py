@@ -169,9 +169,9 @@ def _wait_dead(ray, actor, timeout=60.0):
     raise AssertionError("the killed actor still answers")
 
 
-def _cli(*args, cwd):
+def _cli(*args, cwd, timeout=300):
     return subprocess.run([sys.executable, "-m", "securefed.cli", "simulate", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -182,6 +182,30 @@ def test_cli_unreachable_address_is_one_error_before_the_run_directory(tmp_path,
     p = _cli("--backend", "ray", "--ray-address", "127.0.0.1:1", "--out", str(out), "--quiet", *sets, cwd=tmp_path)
     assert p.returncode == 6, p.stderr
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_an_address_that_accepts_but_never_answers_is_one_error_in_bounded_time(tmp_path, tiny_run):
+    """An address whose port accepts TCP but is no Ray head (another service, a stuck head) passed the TCP probe,
+    and ray.init then tried 20 times for 30 s each: ~12 minutes of C++ warnings before exit 6 (an audit stopped it
+    at 5). The join is now one attempt of the connect timeout (10 s): the same one error, in well under 4 minutes."""
+    import socket
+
+    pytest.importorskip("ray")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)           # the kernel completes the handshakes; nothing ever answers
+    address = f"127.0.0.1:{silent.getsockname()[1]}"
+    out = tmp_path / "run"
+    sets = [a for o in tiny_run for a in ("--set", o)]
+    try:
+        p = _cli("--backend", "ray", "--ray-address", address, "--out", str(out), "--quiet", *sets, cwd=tmp_path,
+                 timeout=240)
+    finally:
+        silent.close()
+    assert p.returncode == 6, p.stderr
+    assert f"securefed simulate: cannot join the Ray cluster at {address}" in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()
 
 
