@@ -253,6 +253,7 @@ def run_ray(cfg, rd, configs: dict, *, session: RaySession, data, roster, identi
     import ray
 
     from securefed.federation.coordinator import Coordinator, CoordinatorOptions
+    from securefed.federation.launch import signals_raise
     from securefed.federation.ray import RayChannel, start_holders
     from securefed.federation.ray_progress import RoundWatch
     from securefed.federation.stages import Deadlines
@@ -264,20 +265,27 @@ def run_ray(cfg, rd, configs: dict, *, session: RaySession, data, roster, identi
     options = CoordinatorOptions(deadlines=Deadlines.from_config(net), min_holders=min_holders,
                                  max_aborted_rounds=net.max_aborted_rounds, backend="ray")
     watch = RoundWatch(sorted(configs), rounds=cfg.federation.rounds, progress=progress)
-    actors = start_holders(configs, cpus=session.cpus_per_holder, gpus=session.gpus_per_holder,
-                           run_token=f"{rd.root.name}-{os.urandom(3).hex()}")
-    channel = RayChannel(actors, join_timeout=net.join, watch=watch)
-    channel.announce_start()     # the actors import while the coordinator prepares: say so now
-    try:
-        if session.dashboard_url:
-            progress.print(f"Ray dashboard: http://{session.dashboard_url}")
-        coord = Coordinator(cfg, channel, rd, data=data, roster=roster, identity=identity, options=options,
-                            progress=progress, resume=resume, stop_after_round=stop_after_round, preflight=preflight)
-        summary = coord.run()
-    finally:
-        channel.close()
-        if session.started_here:
-            ray.shutdown()
+    channel = None
+    # SIGTERM / SIGHUP raise SystemExit here, as under run_grpc, so that the finally below ends the actors and
+    # the Ray it started: Ray's own SIGTERM handler aborted this process (exit -6), and a SIGHUP (terminal
+    # closed) left Ray's per-node agents running with no parent
+    with signals_raise():
+        try:
+            actors = start_holders(configs, cpus=session.cpus_per_holder, gpus=session.gpus_per_holder,
+                                   run_token=f"{rd.root.name}-{os.urandom(3).hex()}")
+            channel = RayChannel(actors, join_timeout=net.join, watch=watch)
+            channel.announce_start()     # the actors import while the coordinator prepares: say so now
+            if session.dashboard_url:
+                progress.print(f"Ray dashboard: http://{session.dashboard_url}")
+            coord = Coordinator(cfg, channel, rd, data=data, roster=roster, identity=identity, options=options,
+                                progress=progress, resume=resume, stop_after_round=stop_after_round,
+                                preflight=preflight)
+            summary = coord.run()
+        finally:
+            if channel is not None:
+                channel.close()
+            if session.started_here:
+                ray.shutdown()
     if "stopped_after_round" not in summary:
         summary["ray"] = dict(session.record(), object_store_mb=session.options.object_store_mb,
                               dashboard=session.options.dashboard)

@@ -9,6 +9,7 @@ the resource arithmetic; the per-holder progress line, its ETA and its heartbeat
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -207,6 +208,71 @@ def test_cli_an_address_that_accepts_but_never_answers_is_one_error_in_bounded_t
     assert p.returncode == 6, p.stderr
     assert f"securefed simulate: cannot join the Ray cluster at {address}" in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()
+
+
+def _descendants(root: int) -> set[int]:
+    """root's descendant processes now (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = set(), list(children.get(root, []))
+    while todo:
+        p = todo.pop()
+        out.add(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"   # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_ends_the_holders_and_the_ray_started_for_the_run(tmp_path, tiny_run, sig):
+    """Ray's own SIGTERM handler aborted the driver (exit -6, a C++ stack dump, no cleanup) and a SIGHUP (terminal
+    closed) killed it leaving Ray's DashboardAgent and RuntimeEnvAgent running with no parent. As under --backend grpc
+    (launch.signals_raise), both now raise SystemExit(128 + signal) so that run_ray ends the actors and shuts down the
+    Ray it started: exit 143 / 129, and every process the run started ends."""
+    import signal
+
+    pytest.importorskip("ray")
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux /proc")
+    signum = getattr(signal, sig)
+    out = tmp_path / "run"
+    sets = [a for o in tiny_run + ["federation.rounds=50"] for a in ("--set", o)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen([sys.executable, "-m", "securefed.cli", "simulate", "--backend", "ray", "--threads-per-holder",
+                             "1", "--out", str(out), *sets], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    started: set[int] = set()
+    try:
+        for line in proc.stderr:              # round 1 is over: the actors and Ray's processes are up
+            if line.startswith("round 1/50"):
+                break
+        started = _descendants(proc.pid)
+        assert started, "no child processes"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=120) == 128 + signum
+        end = time.monotonic() + 60
+        while any(_running(p) for p in started) and time.monotonic() < end:
+            time.sleep(0.5)
+        left = {p: open(f"/proc/{p}/cmdline", "rb").read()[:60] for p in started if _running(p)}
+        assert not left, f"still running after the run ended: {left}"
+    finally:
+        for p in [proc.pid, *started]:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
+        proc.wait()
 
 
 def test_cli_unmet_resources_are_one_error_before_the_run_directory(tmp_path, tiny_run, capsys):
