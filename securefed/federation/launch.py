@@ -24,7 +24,7 @@ from securefed import jsonio
 from securefed.configio import dump_yaml
 from securefed.runtime.rundir import RunDir, atomic_write_text
 
-__all__ = ["run_grpc", "LaunchError"]
+__all__ = ["run_grpc", "LaunchError", "signals_raise"]
 
 log = logging.getLogger("securefed.launch")
 
@@ -66,7 +66,7 @@ def run_grpc(cfg, rd: RunDir, configs: dict, *, progress, stop_after_round: int 
         logs[name] = launch / f"{name}.log"
         procs[name] = subprocess.Popen(argv, stdout=open(logs[name], "ab"), stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
-    with _signals_raise():
+    with signals_raise():
         try:
             start("server", _cmd(*args))
             port = _wait_port(status, procs["server"], logs["server"], start_timeout)
@@ -113,22 +113,31 @@ def _kill_group(p: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def _signals_raise():
-    """SIGTERM / SIGHUP raise SystemExit in this (main) thread while the federation runs, so the
-    ``finally`` above kills the processes it started instead of leaving them running (their own
-    sessions do not get the terminal's signals). Elsewhere than the main thread: nothing to install."""
+def signals_raise():
+    """SIGTERM / SIGHUP raise SystemExit(128 + signal) in this (main) thread while the federation runs, so the
+    ``finally`` above (and run_ray's, ray_cluster.py) kills the processes it started instead of leaving them
+    running (their own sessions do not get the terminal's signals). The exit code survives a library that turns
+    the exception into its own (Ray's ray.wait raises SystemExit(1) instead). Elsewhere than the main thread:
+    nothing to install."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    got: list[int] = []
 
     def stop(signum, _frame):
+        got.append(signum)
         raise SystemExit(128 + signum)
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
+    except SystemExit:
+        if got:
+            raise SystemExit(128 + got[0]) from None
+        raise
     finally:
         for sig, handler in old.items():
-            signal.signal(sig, handler)
+            if handler is not None:    # None: a handler not installed from Python, which cannot be put back
+                signal.signal(sig, handler)
 
 
 def _wait_port(status: Path, server: subprocess.Popen, log: Path, timeout: float) -> int:

@@ -14,7 +14,10 @@ which the in-process channel cannot do. A θ_r sent to many holders is put in Ra
 Failures. An actor that dies (killed, out of memory, its node lost) makes its pending call fail with
 RayActorError: it is a dropped holder from then on, exactly as a holder process that dies under the gRPC
 channel (the round completes with ≥ t_min survivors or aborts, and the ledgers say which). A holder that
-misses a stage deadline is absent from that stage (a dropout); its late reply is discarded. A holder
+misses a stage deadline is absent from that stage (a dropout); its late reply is discarded. An actor runs
+its calls one after another, so while a late call still runs the holder's later calls wait behind it: the
+end of a round is not waited for at such a holder (a hung actor would hold every round for that wait);
+its late call's outcome is checked when it ends (a death or a handler error drops it then). A holder
 whose handler raises an unexpected error is killed and dropped (a gRPC holder process would exit).
 
 Actors are created with ``max_restarts=0``: a restarted holder would rejoin from its state directory,
@@ -130,7 +133,9 @@ class RayChannel(Channel):
         self.gone: dict[int, str] = {}       # holders out of the run for good: refused the welcome, or dead
         self.join_timeout, self.watch = join_timeout, watch
         self.nodes: dict[int, str] = {}
-        self._oneway: dict[object, int] = {}  # refs of messages without a reply (MODEL): checked for errors
+        self._oneway: dict[object, tuple[int, str]] = {}  # refs not waited for (MODEL, a busy holder's end of
+        #                                                     round): {ref: (holder, what)}, checked for errors
+        self._late: dict[int, object] = {}   # holder -> its last call that missed its deadline, while it runs
         self.bytes_up = self.bytes_down = 0
         self._announced = False
 
@@ -174,7 +179,7 @@ class RayChannel(Channel):
         return sorted(h for h, _ in self._alive())
 
     def send(self, round_index: int, stage: int, outbox: Mapping[int, bytes]) -> None:
-        self._oneway.update(self._dispatch(round_index, stage, outbox))
+        self._oneway.update({ref: (h, Stage(stage).name) for ref, h in self._dispatch(round_index, stage, outbox).items()})
 
     def exchange(self, round_index: int, stage: int, outbox: Mapping[int, bytes], *, deadline: float,
                  max_reply: int) -> dict[int, bytes]:
@@ -194,9 +199,13 @@ class RayChannel(Channel):
         return done
 
     def end_round(self, round_index: int) -> None:
+        """Every live holder ends the round; waited for (up to 120 s) except at a holder whose late call still
+        runs: its end_round runs after that call, whenever it ends (a hung actor cost every round 120 s)."""
         self._reap_oneway(wait=0)
+        self._reap_late()
         refs = {a.end_round.remote(round_index): h for h, a in self._alive()}
-        self._gather(refs, 120.0, "end of round")
+        self._oneway.update({ref: (h, "end of round") for ref, h in refs.items() if h in self._late})
+        self._gather({ref: h for ref, h in refs.items() if h not in self._late}, 120.0, "end of round")
         if self.watch is not None:
             self.watch.end_round(round_index)
 
@@ -278,6 +287,7 @@ class RayChannel(Channel):
         for ref in pending:
             log.warning("holder %d: no answer to %s within %.0fs%s; dropped for this stage", refs[ref], what, timeout,
                         " of the last answer" if extend else "")
+            self._late[refs[ref]] = ref      # its later calls run after this one (an actor's calls run in order)
             if self.watch is not None:
                 self.watch.late(refs[ref])
         self._reap_oneway(wait=0)
@@ -289,8 +299,17 @@ class RayChannel(Channel):
             return
         ready, _ = ray.wait(list(self._oneway), num_returns=len(self._oneway), timeout=wait)
         for ref in ready:
-            h = self._oneway.pop(ref)
-            self._result(h, ref, Stage.MODEL.name)
+            h, what = self._oneway.pop(ref)
+            self._result(h, ref, what)
+
+    def _reap_late(self) -> None:
+        """Holders whose late call has ended are no longer busy; the call's reply is discarded, but an actor
+        that died or a handler that raised in it drops the holder as at any other call."""
+        for h, ref in list(self._late.items()):
+            if ray.wait([ref], timeout=0)[0]:
+                del self._late[h]
+                if h not in self.gone:
+                    self._result(h, ref, "a stage it answered late")
 
     def _result(self, h: int, ref, what: str) -> tuple[bool, object]:
         """(True, value), or (False, None) with the holder dropped: its actor died (killed, out of memory,

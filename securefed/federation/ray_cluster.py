@@ -27,6 +27,7 @@ use); ``connect`` then checks that n_holders × (CPUs, GPUs) fit the cluster at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -37,6 +38,8 @@ __all__ = ["RayOptions", "RayUnavailable", "RayUnreachable", "RayResourcesError"
            "check_placement", "run_ray"]
 
 log = logging.getLogger("securefed.channel.ray")
+
+_RESOURCE_UNIT = 1e-4     # Ray counts CPUs and GPUs in units of 1/10000 (a smaller share is refused at actor creation)
 
 
 class RayUnavailable(ValueError):
@@ -66,6 +69,10 @@ class RayOptions:
             raise ValueError(f"--ray-cpus-per-holder must be a number > 0, got {c!r}")
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g < 1e6:
             raise ValueError(f"--ray-gpus-per-holder must be a number >= 0, got {g!r}")
+        for flag, v, least in (("cpus", c, "at least"), ("gpus", g, "0 or at least")):   # Ray refuses a smaller
+            if v and v < _RESOURCE_UNIT:                                                  # share at actor creation
+                raise ValueError(f"--ray-{flag}-per-holder must be {least} {_RESOURCE_UNIT:g} (Ray's smallest share of "
+                                 f"a resource), got {v:g}")
         if g > 1 and g != int(g):   # Ray's rule: a fraction of one GPU, or whole GPUs
             raise ValueError(f"--ray-gpus-per-holder must be at most 1 or a whole number, got {g}")
         if not 80 <= self.object_store_mb <= 1 << 20:
@@ -162,6 +169,22 @@ def _probe(address: str, timeout: float) -> None:
         raise RayUnreachable(f"cannot reach the Ray cluster at {address}: {e}") from None
 
 
+@contextlib.contextmanager
+def _bounded_join(timeout: float):
+    """Joining an address: one attempt of ``timeout`` seconds to reach its GCS. Ray's own default is 20 attempts
+    of 30 s each, so an address that accepts a TCP connection but does not answer as a Ray head (another
+    service, a head that is stuck) held the command for ~12 minutes of C++ warnings before any error.
+    RAY_* variables set by the user are kept; this process's environment is restored afterwards."""
+    bounds = {"RAY_gcs_server_port_wait_time_s": "1", "RAY_py_gcs_connect_timeout_s": str(math.ceil(timeout))}
+    set_here = [k for k in bounds if k not in os.environ]
+    os.environ.update({k: bounds[k] for k in set_here})
+    try:
+        yield
+    finally:
+        for k in set_here:
+            os.environ.pop(k, None)
+
+
 def connect(options: RayOptions, *, n_holders: int, train=None) -> RaySession:
     """Start or join Ray and check that ``n_holders`` actors fit; call before the run directory exists.
     An already initialised Ray in this process (tests, notebooks) is used as it is. ``train`` (the run's
@@ -192,7 +215,8 @@ def connect(options: RayOptions, *, n_holders: int, train=None) -> RaySession:
         if options.address != "auto":
             _probe(options.address, options.connect_timeout)
         try:
-            ctx = ray.init(address=options.address, logging_level=logging.WARNING)
+            with _bounded_join(options.connect_timeout):
+                ctx = ray.init(address=options.address, logging_level=logging.WARNING)
         except Exception as e:
             hint = ("" if os.environ.get("RAY_AUTH_MODE") else " (a cluster with token authentication, Ray's default "
                     "since 2.5x, also needs RAY_AUTH_MODE=token and its token in this process's environment)")
@@ -229,6 +253,7 @@ def run_ray(cfg, rd, configs: dict, *, session: RaySession, data, roster, identi
     import ray
 
     from securefed.federation.coordinator import Coordinator, CoordinatorOptions
+    from securefed.federation.launch import signals_raise
     from securefed.federation.ray import RayChannel, start_holders
     from securefed.federation.ray_progress import RoundWatch
     from securefed.federation.stages import Deadlines
@@ -240,20 +265,27 @@ def run_ray(cfg, rd, configs: dict, *, session: RaySession, data, roster, identi
     options = CoordinatorOptions(deadlines=Deadlines.from_config(net), min_holders=min_holders,
                                  max_aborted_rounds=net.max_aborted_rounds, backend="ray")
     watch = RoundWatch(sorted(configs), rounds=cfg.federation.rounds, progress=progress)
-    actors = start_holders(configs, cpus=session.cpus_per_holder, gpus=session.gpus_per_holder,
-                           run_token=f"{rd.root.name}-{os.urandom(3).hex()}")
-    channel = RayChannel(actors, join_timeout=net.join, watch=watch)
-    channel.announce_start()     # the actors import while the coordinator prepares: say so now
-    try:
-        if session.dashboard_url:
-            progress.print(f"Ray dashboard: http://{session.dashboard_url}")
-        coord = Coordinator(cfg, channel, rd, data=data, roster=roster, identity=identity, options=options,
-                            progress=progress, resume=resume, stop_after_round=stop_after_round, preflight=preflight)
-        summary = coord.run()
-    finally:
-        channel.close()
-        if session.started_here:
-            ray.shutdown()
+    channel = None
+    # SIGTERM / SIGHUP raise SystemExit here, as under run_grpc, so that the finally below ends the actors and
+    # the Ray it started: Ray's own SIGTERM handler aborted this process (exit -6), and a SIGHUP (terminal
+    # closed) left Ray's per-node agents running with no parent
+    with signals_raise():
+        try:
+            actors = start_holders(configs, cpus=session.cpus_per_holder, gpus=session.gpus_per_holder,
+                                   run_token=f"{rd.root.name}-{os.urandom(3).hex()}")
+            channel = RayChannel(actors, join_timeout=net.join, watch=watch)
+            channel.announce_start()     # the actors import while the coordinator prepares: say so now
+            if session.dashboard_url:
+                progress.print(f"Ray dashboard: http://{session.dashboard_url}")
+            coord = Coordinator(cfg, channel, rd, data=data, roster=roster, identity=identity, options=options,
+                                progress=progress, resume=resume, stop_after_round=stop_after_round,
+                                preflight=preflight)
+            summary = coord.run()
+        finally:
+            if channel is not None:
+                channel.close()
+            if session.started_here:
+                ray.shutdown()
     if "stopped_after_round" not in summary:
         summary["ray"] = dict(session.record(), object_store_mb=session.options.object_store_mb,
                               dashboard=session.options.dashboard)
