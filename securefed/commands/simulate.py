@@ -13,6 +13,8 @@ EPILOG = """exit status:
   0  the run finished (or --print-config / --list-presets printed)
   2  nothing run: a bad config or --out, --resume without a checkpoint or under other settings, a model this
      host cannot hold, or a pre-flight privacy refusal (one message on stderr; nothing written)
+  5  the run stopped early: too few holders took part (too few joined or survived, or 3 rounds in a row
+     aborted; summary.json "ended": "too_few"). Its rounds so far, ledger and report are written
   6  --backend ray: the --ray-address cannot be reached"""
 
 
@@ -113,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
     if cfg.deterministic_secrets:   # runtime/parties.py: every noise sample and mask from the seed
         print(f"securefed simulate: WARNING: NOT private: for tests — deterministic_secrets derives every noise sample "
               f"and mask from the configuration's seed ({cfg.seed})", file=sys.stderr)
+    if summary.get("ended") == "too_few":   # as `securefed server` (transport.md §10): never a quiet exit 0
+        print(f"securefed simulate: the run stopped after {summary.get('rounds', 0)} of {cfg.federation.rounds} rounds: "
+              "too few holders took part (their reasons are in the log above and in the report)", file=sys.stderr)
+        return 5
     return 0
 
 

@@ -355,6 +355,7 @@ class Coordinator:
                     self.channel.end_run(why="stopped", after_round=r)
                     return {"stopped_after_round": r}
         self.log.close()
+        self.ended = why        # "finished", "budget" or "too_few": summary.json says why the run ended
         summary = self.finish()
         self.channel.end_run(why=why, after_round=last)   # protocols/transport.md §5.4: holders learn why it ended
         return summary
@@ -643,6 +644,7 @@ class Coordinator:
             "ledger_head": self.privacy.ledger.head, "ledger_entries": len(self.privacy.ledger.entries),
             "start_eval_ppl": self.start_ppl,
             "phase_seconds": dict(self.progress.phase_seconds),
+            "ended": getattr(self, "ended", "finished"),
         }
         if self.cfg.privacy.mode != "none":   # δ means nothing without DP: not reported
             summary["delta"] = delta

@@ -268,6 +268,8 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
             return
     if entries:
         v.epsilon, v.delta = eps, _num(first["delta"])
+    else:
+        v.epsilon = 0.0       # nothing was released
 
 
 def _verify_view(h: int, entries: list[dict], label: str, v: Verification) -> None:
@@ -333,6 +335,25 @@ def _verify_own(entries: list[dict], label: str, v: Verification) -> None:
         v.record_level[int(entries[0]["holder_id"])] = {"epsilon": _num(rl["epsilon"]), "delta": _num(rl["delta"]),
                                                          "steps": int(rl["steps"])}
     v.own_ledgers += 1
+
+
+def _check_one_run(server: list[dict], views: dict[int, list[dict]], owns: dict[int, tuple[str, list[dict]]],
+                   end: dict | None, v: Verification) -> None:
+    """Every record names the same run (dp.md §7.3): the same coordinator key signs every run of a federation, so
+    a ledger, view, own ledger or end-of-run record of another run would otherwise verify beside this run's (an end
+    record of a run that released nothing, put beside a run whose ledger was deleted, would state ε = 0)."""
+    seen: list[tuple[str, str]] = []
+    for label, es in [("privacy/ledger.jsonl", server),
+                      *((f"privacy/holders/holder-{h}.jsonl", es) for h, es in sorted(views.items())),
+                      *((label, es) for label, es in owns.values())]:
+        seen.extend((label, str(e["run_id"])) for e in es if isinstance(e, dict) and e.get("run_id") is not None)
+    if isinstance(end, dict) and end.get("run_id") is not None:
+        seen.append(("privacy/end.json", str(end["run_id"])))
+    first = next(iter(seen), None)
+    other = next(((label, r) for label, r in seen if r != first[1]), None) if first else None
+    if other is not None:
+        v.problems.append(Problem(other[0], None, None, f"belongs to run {other[1][:16]}…, but {first[0]} to run "
+                                  f"{first[1][:16]}…: these records are of two runs"))
 
 
 def _cross_check(server: list[dict], views: dict[int, list[dict]], owns: dict[int, tuple[str, list[dict]]], v: Verification) -> None:
@@ -584,11 +605,16 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
     nothing else tells a finished run from one whose ledgers were cut back to a signed prefix."""
     v = Verification(signed=keys is not None)
     ckey = keys.coordinator if keys else None
-    if not Path(server_ledger).is_file():
+    if Path(server_ledger).is_file():
+        server = _read(Path(server_ledger), "privacy/ledger.jsonl", ckey, v)
+        if server is None:
+            return v
+    elif isinstance(end, dict) and end.get("ledger_entries") == 0:
+        # a run that ended before its first round released nothing and wrote no ledger; its end-of-run record (its
+        # signature checked below) says so: ε = 0, not "no ε can be stated"
+        server = []
+    else:
         v.problems.append(Problem("privacy/ledger.jsonl", None, None, "no server ledger found"))
-        return v
-    server = _read(Path(server_ledger), "privacy/ledger.jsonl", ckey, v)
-    if server is None:
         return v
     v.entries, v.head = len(server), (entry_hash(server[-1]) if server else None)
     _verify_server(server, "privacy/ledger.jsonl", v)
@@ -648,6 +674,8 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
                 continue
             _verify_own(es, label, v)
             owns[int(hid)] = (label, es)
+    if not v.problems:
+        _check_one_run(server, views, owns, end, v)
     if not v.problems:
         for e in server:
             gone = sorted(h for h in e.get("survivors", ()) if isinstance(h, int) and h in own_expected and h not in owns)

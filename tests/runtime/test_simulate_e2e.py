@@ -187,3 +187,49 @@ def test_ckks_route_dropouts_after_the_ckks_sum_are_charged_and_verify(tmp_path,
         assert set(r["ckks_only"]) <= set(e["survivors"]) and e["n_masked"] == r["clients_survived"] < e["n_survivors"]
     capsys.readouterr()
     assert main(["verify", str(run)]) == 0, capsys.readouterr()
+
+
+def test_a_simulation_that_stops_for_too_few_holders_exits_5_not_0(tmp_path, tiny_run, capsys, monkeypatch):
+    """An audit of the Ray backend (stop 36): a run whose holders all failed to start 'finished' with 0 rounds, a
+    summary and a report -- exit 0 on every backend, where `securefed server` exits 5. Here every holder's own
+    floor refuses the run's settings (privacy none < its floor distributed): simulate now says why it stopped and
+    exits 5, and summary.json records "ended": "too_few"."""
+    from securefed.federation import simulation as sim_mod
+
+    real = sim_mod.holder_configs
+
+    def strict(*a, **kw):
+        return {h: sim_mod._override(hc, {"policy": {"privacy_mode": "distributed"}}) for h, hc in real(*a, **kw).items()}
+    monkeypatch.setattr(sim_mod, "holder_configs", strict)
+    out = tmp_path / "run"
+    rc = main(["simulate", "--out", str(out), *[a for t in tiny_run for a in ("--set", t)]])
+    err = capsys.readouterr().err
+    assert rc == 5, err
+    assert "securefed simulate: the run stopped after 0 of 2 rounds: too few holders took part" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ended"] == "too_few" and summary["rounds"] == 0
+    # nothing was released and no server ledger written; the signed end-of-run record says so (verify said "no
+    # server ledger found ... No ε can be stated", exit 1)
+    assert main(["verify", str(out)]) == 0
+    assert "privacy: epsilon=0 (no round released anything" in capsys.readouterr().out
+    (out / "privacy" / "end.json").unlink()          # without the record, a missing ledger is still a problem
+    assert main(["verify", str(out)]) == 1
+    assert "no server ledger found" in capsys.readouterr().err
+
+
+def test_verify_refuses_records_of_two_runs(tmp_path, tiny_run, capsys):
+    """One coordinator key signs every run of a federation (its pki is reused), so each record verified on its own:
+    an end-of-run record the coordinator signed for another run -- say one that released nothing, beside a run whose
+    ledger was deleted, which read "epsilon=0" -- passed. Every record must now name the same run (dp.md §7.3)."""
+    from securefed.privacy.ledger import write_end_record
+    from securefed.transport.pki import Layout, load_identity
+
+    a = tmp_path / "a"
+    assert main(["simulate", "--out", str(a), *[x for t in [*tiny_run, "federation.rounds=1"] for x in ("--set", t)]]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(a)]) == 0
+    key = load_identity(Layout(a / "pki").server_identity)
+    write_end_record(a / "privacy", run_id="ab" * 16, signer=key)      # signed by the same key, for another run
+    assert main(["verify", str(a)]) == 1
+    err = capsys.readouterr().err
+    assert "privacy/end.json" in err and "belongs to run abababababababab…" in err and "records are of two runs" in err
