@@ -416,3 +416,24 @@ def test_a_hung_actor_does_not_hold_the_end_of_every_round(ray_local, tmp_path):
         assert sorted(h for h, _ in channel._alive()) == [1, 2]
     finally:
         channel.close()
+
+
+def test_the_ray_driver_can_read_any_holder_actors_state_so_ray_is_one_trust_domain(ray_local):
+    """SYS-25 (threat_models/system.md), a residual stated, not defended: Ray lets the driver run any function
+    inside an actor (``__ray_call__``), so whoever runs `simulate --backend ray` can read what a holder actor
+    holds (an audit read holder 1's identity key this way). Holders that do not trust the coordinator's operator
+    take part through `securefed client` (gRPC). If Ray ever stops allowing this, this test fails and the
+    threat model should say so."""
+    ray = ray_local
+
+    @ray.remote(num_cpus=0)
+    class Holds:
+        def __init__(self) -> None:
+            self._secret = b"identity key bytes"
+
+        def ping(self) -> bool:
+            return True
+    a = Holds.remote()
+    assert ray.get(a.ping.remote())
+    assert ray.get(a.__ray_call__.remote(lambda self: self._secret)) == b"identity key bytes"
+    ray.kill(a)
