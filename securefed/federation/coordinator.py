@@ -630,7 +630,9 @@ class Coordinator:
             export_model(self.evaluator.raw_model, self.data.tokenizer, self.rd.model)
         done = [m for m in self.metrics if not m.get("aborted")]
         evals = [m for m in self.metrics if "eval_ppl" in m]
-        self.privacy.close_run()      # the signed end-of-run record (protocols/dp.md §7.4): no more entries follow
+        model_sha = _file_sha256(self.rd.model / "model.safetensors")
+        # the signed end-of-run record (protocols/dp.md §7.4): no more entries follow; the ε is this model's
+        self.privacy.close_run(model_sha256=model_sha)
         eps, delta = self.privacy.epsilon_spent()
         summary = {
             "fed_eval_ppl": evals[-1]["eval_ppl"] if evals else None,
@@ -639,7 +641,7 @@ class Coordinator:
             "aggregation": self.cfg.aggregation.mode, "model_params": self.dim, "model_preset": self.cfg.model.preset,
             "unigram_eval_ppl": self.data.unigram_eval_ppl, "privacy_mode": self.cfg.privacy.mode,
             "run_id": self.run_id.hex(), "deployment": self.opt.deployment, "backend": self.opt.backend,
-            "holders": self.cfg.federation.n_holders, "model_sha256": _file_sha256(self.rd.model / "model.safetensors"),
+            "holders": self.cfg.federation.n_holders, "model_sha256": model_sha,
             "model_restarts": self.model_restarts,
             "ledger_head": self.privacy.ledger.head, "ledger_entries": len(self.privacy.ledger.entries),
             "start_eval_ppl": self.start_ppl,

@@ -204,13 +204,17 @@ def _heads(ledger_dir: Path) -> tuple[int, str, dict[str, dict]]:
     return len(server), (entry_hash(server[-1]) if server else GENESIS), views
 
 
-def write_end_record(ledger_dir: str | Path, *, run_id: str | None, signer: IdentityKey | None) -> dict:
+def write_end_record(ledger_dir: str | Path, *, run_id: str | None, signer: IdentityKey | None,
+                     model_sha256: str | None = None) -> dict:
     """Close the run's ledgers (§7.4): ``end.json`` names how many entries the server ledger and each view
-    ledger hold and their heads, signed like the entries (its own label). Without it a reader cannot tell a
-    finished run from one whose ledgers were cut back to a signed prefix. Written atomically."""
+    ledger hold and their heads, and the SHA-256 of the model the run exported (``model_sha256``), signed like the
+    entries (its own label). Without it a reader cannot tell a finished run from one whose ledgers were cut back to
+    a signed prefix, nor whose model the ε is. Written atomically."""
     d = Path(ledger_dir)
     n, head, views = _heads(d)
     rec = {"version": 1, "kind": "end_of_run", "run_id": run_id, "ledger_entries": n, "ledger_head": head, "views": views}
+    if model_sha256 is not None:
+        rec["model_sha256"] = model_sha256
     if signer is not None:
         rec["sig"] = signer.sign(_end_message(rec)).hex()
     tmp = d / (END_FILE + ".tmp")

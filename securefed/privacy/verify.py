@@ -337,6 +337,23 @@ def _verify_own(entries: list[dict], label: str, v: Verification) -> None:
     v.own_ledgers += 1
 
 
+def _check_model(end: dict, model_sha256: str | None, v: Verification) -> None:
+    """dp.md §7.4: the signed end-of-run record names the model the run exported; the model in the run directory
+    must be it (``model_sha256``: its SHA-256, None when the directory holds no model), or the ε stated is another
+    run's -- a whole privacy/ of another run of the same coordinator verifies on its own."""
+    named = end.get("model_sha256")
+    if named is None:
+        v.notes.append("privacy/end.json names no model (written before securefed bound it): nothing shows the ε is "
+                       "this directory's model's")
+    elif model_sha256 is None:
+        v.notes.append("no model/model.safetensors here: the model the privacy records are of "
+                       f"(SHA-256 {str(named)[:16]}…) was not checked")
+    elif named != model_sha256:
+        v.problems.append(Problem("privacy/end.json", None, None, f"names the model {str(named)[:16]}…, but "
+                                  f"model/model.safetensors is {model_sha256[:16]}…: these privacy records are not "
+                                  "this model's"))
+
+
 def _check_one_run(server: list[dict], views: dict[int, list[dict]], owns: dict[int, tuple[str, list[dict]]],
                    end: dict | None, v: Verification) -> None:
     """Every record names the same run (dp.md §7.3): the same coordinator key signs every run of a federation, so
@@ -591,7 +608,7 @@ def check_view_entries(holder_id: int, entries: list[dict], label: str) -> list[
 def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own_ledgers: Sequence[Path], keys: Keys | None,
                    anchors: Sequence[Anchor] = (), own_expected: frozenset[int] = frozenset(),
                    end: dict | None = None, roster: Mapping[int, bytes] | None = None,
-                   roster_label: str = "roster") -> Verification:
+                   roster_label: str = "roster", model_sha256: str | None = None) -> Verification:
     """Verify everything (module doc). Never raises for bad records: they become ``problems``.
 
     ``roster``: the federation's holders (id → Ed25519 key, ``roster_label`` says where it was found): each server
@@ -643,6 +660,8 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
                 bad = [f"is malformed ({type(err).__name__}: {err})"]
             if bad:
                 v.problems.append(Problem("privacy/end.json", None, None, bad[0]))
+            else:
+                _check_model(end, model_sha256, v)
     owns: dict[int, tuple[str, list[dict]]] = {}
     for path in own_ledgers:
         path = Path(path)

@@ -233,3 +233,30 @@ def test_verify_refuses_records_of_two_runs(tmp_path, tiny_run, capsys):
     assert main(["verify", str(a)]) == 1
     err = capsys.readouterr().err
     assert "privacy/end.json" in err and "belongs to run abababababababab…" in err and "records are of two runs" in err
+
+
+def test_the_end_of_run_record_binds_the_epsilon_to_the_exported_model(tmp_path, tiny_run, capsys):
+    """dp.md §7.4: the privacy/ of another run of the same coordinator is consistent on its own (its ledgers, views
+    and end record all of one run) and verified beside any model. The signed end-of-run record now names the
+    SHA-256 of the model the run exported, and verify checks the model in the directory against it."""
+    import shutil
+
+    a = tmp_path / "a"
+    assert main(["simulate", "--out", str(a), *[x for t in [*tiny_run, "federation.rounds=1"] for x in ("--set", t)]]) == 0
+    end = json.loads((a / "privacy" / "end.json").read_text())
+    assert end["model_sha256"] == json.loads((a / "summary.json").read_text())["model_sha256"]
+    capsys.readouterr()
+    assert main(["verify", str(a)]) == 0
+    model = a / "model" / "model.safetensors"
+    kept = tmp_path / "kept.safetensors"
+    shutil.copy(model, kept)
+    with open(model, "ab") as f:              # another model beside these records
+        f.write(b"\0")
+    assert main(["verify", str(a)]) == 1
+    assert "these privacy records are not this model's" in capsys.readouterr().err
+    model.unlink()                            # a directory without its model: said, not refused
+    assert main(["verify", str(a)]) == 0
+    said = capsys.readouterr()
+    assert "was not checked" in said.out + said.err
+    shutil.copy(kept, model)
+    assert main(["verify", str(a)]) == 0
