@@ -37,11 +37,15 @@ _SIGNS = (
     (("hostname verification", "no match found for server name"), True,
      "the coordinator's certificate does not name {name}, the server name this holder checks (§7.1): connect to "
      "the name the certificate was issued for, or set the holder config's server_name"),
-    (("certificate signature failure", "certificate has expired", "certificate is not yet valid",
-      "unable to get local issuer", "self signed certificate", "certificate_verify_failed", "certificate verify failed"),
+    (("certificate has expired", "certificate is not yet valid", "certificate_expired", "not yet valid"), True,
+     "the coordinator's certificate is outside its validity window by this machine's clock (gRPC says {detail!r}): "
+     "it has expired and must be re-issued, or this machine's clock is wrong"),
+    (("certificate signature failure", "unable to get local issuer", "self signed certificate",
+      "certificate_verify_failed", "certificate verify failed"),
      True,
      "the coordinator's certificate does not verify against the CA this holder trusts (its pki's ca.pem; gRPC says "
-     "{detail!r}): this holder's pki is another federation's, or the coordinator's certificate has expired"),
+     "{detail!r}): this holder's pki is another federation's, or the coordinator's certificate is not of this "
+     "federation's CA"),
     (("wrong_version_number", "packet_length_too_long", "http_request", "unexpected_record"), False,
      "what listens at {target} does not speak TLS (gRPC says {detail!r}): is it `securefed server`? (--server, or "
      "the holder config's server)"),

@@ -162,3 +162,44 @@ def test_client_refuses_mismatched_id_or_identity(pkis, tmp_path, capsys):
         Holder(load_holder_config(cfg), identity=load_identity(fake / "holders" / "1" / "identity.key"),
                roster=Roster.load(fake / "roster.yaml"))
     assert not (tmp_path / "s9").exists()
+
+
+def test_a_coordinator_certificate_expired_by_the_holders_clock_is_final_and_named(pkis, tmp_path):
+    """transport.md §6.3: a coordinator serving an expired certificate (or a holder whose clock is off) failed every
+    Join after 60 s as "no coordinator answers"; the holder now reads gRPC's reason and stops (exit 3), naming the
+    validity window and the clock."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from securefed.transport.client import classify_connect_error
+
+    lay, _ = pkis
+    ca = x509.load_pem_x509_certificate(lay.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(lay.ca_key.read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "old")]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=30)).not_valid_after(now - dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    handlers = Handlers(join=lambda h, req, ctx: b"{}", fetch=lambda h, req, ctx: iter(()),
+                        submit=lambda h, it, ctx: encode(Ack(0)), status=lambda: {})
+    srv, port = make_server(handlers, host="127.0.0.1", port=0, cert=tmp_path / "cert.pem", key=tmp_path / "key.pem",
+                            ca=lay.ca_cert, roster_ids=frozenset({1, 2}))
+    srv.start()
+    try:
+        c = _client(port, _creds(lay, 1))
+        problem = c.connect_problem()
+        c.close()
+    finally:
+        srv.stop(0)
+    assert problem is not None and problem.final, problem
+    assert "outside its validity window by this machine's clock" in problem.text
+    assert classify_connect_error(grpc.RpcError(), target="x:1") is None    # not a connection failure: no verdict
