@@ -42,7 +42,8 @@ from securefed.privacy.remote import round_spec
 from securefed.primitives.quantize import dequantize_sum
 from securefed.runtime.health import as_number, format_ppl, update_shortfall
 from securefed.runtime.parties import SERVER_PARTY, EntropyFactory
-from securefed.runtime.rundir import DirectoryInUse, RunDir, atomic_torch_save, atomic_write_text, hold_exclusive
+from securefed.runtime.rundir import (DirectoryInUse, RunDir, atomic_torch_save, atomic_write_text, file_sha256,
+                                      hold_exclusive)
 from securefed.secagg import Roster, SecAggAborted
 
 __all__ = ["Coordinator", "CoordinatorOptions", "StateError", "PreflightRefused", "privacy_preflight", "status_line"]
@@ -630,7 +631,7 @@ class Coordinator:
             export_model(self.evaluator.raw_model, self.data.tokenizer, self.rd.model)
         done = [m for m in self.metrics if not m.get("aborted")]
         evals = [m for m in self.metrics if "eval_ppl" in m]
-        model_sha = _file_sha256(self.rd.model / "model.safetensors")
+        model_sha = file_sha256(self.rd.model / "model.safetensors")
         # the signed end-of-run record (protocols/dp.md §7.4): no more entries follow; the ε is this model's
         self.privacy.close_run(model_sha256=model_sha)
         eps, delta = self.privacy.epsilon_spent()
@@ -691,16 +692,6 @@ def _torch(x: np.ndarray):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-
-
-def _file_sha256(path) -> str | None:
-    if not path.exists():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def status_line(row: dict, rounds: int) -> str:

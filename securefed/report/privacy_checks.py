@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from securefed import jsonio
 from securefed.privacy.ledger import LedgerError, read_end_record
 from securefed.privacy.verify import Anchor, Keys, Problem, Verification, verify_records
+from securefed.runtime.rundir import file_sha256
 
 __all__ = ["verify_run", "run_anchors", "load_keys", "load_roster", "delta_lines", "refusal_lines", "preflight_blocks",
            "apply_verification", "verification_dict", "plain_words", "fmt_number", "one_line"]
@@ -130,7 +131,8 @@ def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = ()
     try:
         v = verify_records(server_ledger=run_dir / "privacy" / "ledger.jsonl", view_ledgers=views, own_ledgers=own,
                            keys=keys, anchors=anchors, own_expected=simulated, end=end, roster=roster_keys,
-                           roster_label=roster_label, model_sha256=_model_sha256(run_dir))
+                           roster_label=roster_label,
+                           model_sha256=file_sha256(run_dir / "model" / "model.safetensors"))
     except Exception as e:  # noqa: BLE001 - fail closed: whatever a record makes the checks raise, nothing is verified
         return Verification(problems=[Problem("privacy records", None, None,
                                               f"cannot be verified: {type(e).__name__}: {str(e)[:200]}")])
@@ -145,20 +147,6 @@ def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = ()
     if v.ok:
         _check_stated_epsilon(run_dir, v)
     return v
-
-
-def _model_sha256(run_dir: Path) -> str | None:
-    """SHA-256 of RUN_DIR/model/model.safetensors (what the end-of-run record names, dp.md §7.4), None if absent."""
-    import hashlib
-
-    p = run_dir / "model" / "model.safetensors"
-    if not p.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _private_keys_inside(run_dir: Path) -> int:

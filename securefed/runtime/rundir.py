@@ -249,3 +249,18 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
         shown = f"{len(diff)} settings differ: {shown}" + (" ..." if len(diff) > 5 else "")
         raise RunDirError(f"{root} holds another run ({describe_run(root)}); choose a new --out, or --resume with "
                           f"that run's settings ({shown})")
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """SHA-256 (hex) of a file read in 1 MiB blocks, or None if it does not exist: the exported model's hash in
+    summary.json and the signed end-of-run record (protocols/dp.md §7.4), and what `verify` checks it against."""
+    import hashlib
+
+    p = Path(path)
+    if not p.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
