@@ -42,6 +42,10 @@ _SIGNS = (
      True,
      "the coordinator's certificate does not verify against the CA this holder trusts (its pki's ca.pem; gRPC says "
      "{detail!r}): this holder's pki is another federation's, or the coordinator's certificate has expired"),
+    (("alert_unknown_ca", "alert_bad_certificate", "alert_certificate_expired", "alert_certificate_revoked",
+      "alert_certificate_unknown", "alert_unsupported_certificate", "certificate_required"), True,
+     "the coordinator at {target} refused this holder's certificate in the TLS handshake (gRPC says {detail!r}): "
+     "this holder's pki is not the federation's, or its certificate was issued by another CA"),
     (("wrong_version_number", "packet_length_too_long", "http_request", "unexpected_record"), False,
      "what listens at {target} does not speak TLS (gRPC says {detail!r}): is it `securefed server`? (--server, or "
      "the holder config's server)"),

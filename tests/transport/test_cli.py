@@ -472,3 +472,27 @@ def test_tls_files_a_ca_file_with_an_expired_ca_no_path_uses_is_not_refused(pki,
     only_old.write_bytes(old.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(TlsFilesError, match="is not issued by the CA in"):
         check_tls_files(cert=h / "cert.pem", key=h / "key.pem", ca=only_old)
+
+
+def test_a_tls_alert_from_the_coordinator_naming_this_holders_certificate_is_final():
+    """transport.md §6.3: the coordinator's TLS alert 'unknown CA' (it refuses this holder's certificate) is exit 3,
+    never read as 'what listens there may not be securefed server' and retried max_failures times."""
+    import grpc
+
+    from securefed.transport.client import classify_connect_error
+
+    class Err(grpc.RpcError):
+        def __init__(self, details):
+            self._d = details
+
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return self._d
+    alert = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:7000: Ssl handshake failed "
+             "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000041b:SSL routines:OPENSSL_internal:TLSV1_ALERT_UNKNOWN_CA")
+    p = classify_connect_error(Err(alert), target="127.0.0.1:7000")
+    assert p.final and "refused this holder's certificate" in p.text and "alert_unknown_ca" in p.text
+    other = classify_connect_error(Err(alert.replace("TLSV1_ALERT_UNKNOWN_CA", "DECODE_ERROR")), target="127.0.0.1:7000")
+    assert not other.final
