@@ -242,8 +242,10 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
                 return EXIT["auth"]
             why = f"{code}"
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                problem = classify_connect_error(e, target=target, server_name=server_name) or \
-                    (tc.connect_problem() if tc is not None else None)
+                # mid-run, a failed call's own reason is the dropped connection (a coordinator restart reads as
+                # "socket closed"): ask afresh what stops a connection now
+                problem = (classify_connect_error(e, target=target, server_name=server_name)
+                           if holder.welcomed is None else None) or (tc.connect_problem() if tc is not None else None)
                 if problem is not None and problem.final:
                     if tc is not None:
                         tc.close()

@@ -30,7 +30,7 @@ from securefed.privacy.clipping import bit_noise_std, data_noise_multiplier
 from securefed.privacy.config import BudgetExhausted, DPConfig, default_delta
 from securefed.privacy.encoders import plan_discrete
 from securefed.privacy.events import adaptive_sigma_b, plan_record, round_event
-from securefed.privacy.ledger import END_FILE, Ledger, LedgerError, decode_floats, write_end_record
+from securefed.privacy.ledger import END_FILE, Ledger, LedgerError, decode_floats, read_ledger, write_end_record
 from securefed.privacy.round import RoundPrivacy
 from securefed.privacy.verify import check_server_entries, check_view_entries
 from securefed.primitives.quantize import plan_quantization
@@ -149,8 +149,13 @@ class PrivacySession:
 
     def _replay(self) -> None:
         self.ledger = Ledger(self.ledger_dir / "ledger.jsonl", signer=self.signer)
-        try:   # a resumed run keeps the scheme it began with: its ε never changes under it (dp.md §6.5)
-            self.scheme = ledger_scheme(self.ledger.entries)
+        # a resumed run keeps the scheme it began with: its ε never changes under it (dp.md §6.5). With no server entry
+        # yet, the holder views of a round whose server entry was never appended (a coordinator stopped between the
+        # appends) say which: a view must not change scheme either
+        begun = self.ledger.entries or [e for p in sorted((self.ledger_dir / "holders").glob("holder-*.jsonl"))
+                                        for e in read_ledger(p)[:1]]
+        try:
+            self.scheme = ledger_scheme(begun)
         except ValueError as e:
             raise LedgerError(f"{self.ledger.path}: {e}") from None
         self.accountant = Accountant(self.config.accountant, self.scheme)

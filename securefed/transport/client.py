@@ -37,7 +37,11 @@ _SIGNS = (
     (("hostname verification", "no match found for server name"), True,
      "the coordinator's certificate does not name {name}, the server name this holder checks (§7.1): connect to "
      "the name the certificate was issued for, or set the holder config's server_name"),
-    (("certificate has expired", "certificate is not yet valid", "certificate_expired", "not yet valid"), True,
+    (("alert_unknown_ca", "alert_bad_certificate", "alert_certificate_expired", "alert_certificate_revoked",
+      "alert_certificate_unknown", "alert_unsupported_certificate", "certificate_required"), True,
+     "the coordinator at {target} refused this holder's certificate in the TLS handshake (gRPC says {detail!r}): "
+     "this holder's pki is not the federation's, its certificate was issued by another CA, or it has expired"),
+    (("certificate has expired", "certificate is not yet valid", "not yet valid"), True,
      "the coordinator's certificate is outside its validity window by this machine's clock (gRPC says {detail!r}): "
      "it has expired and must be re-issued, or this machine's clock is wrong"),
     (("certificate signature failure", "unable to get local issuer", "self signed certificate",

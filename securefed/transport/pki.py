@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -186,31 +187,56 @@ def check_tls_files(*, cert: Path, key: Path, ca: Path, now: dt.datetime | None 
     if spki(priv.public_key()) != spki(leaf.public_key()):
         raise TlsFilesError(f"{key} is not the private key of the certificate {cert}: give the key the certificate "
                             "was issued for")
-    warnings = []
-    for c, where in [(leaf, cert), *((c, cert) for c in chain[1:]), *((c, ca) for c in roots)]:
+
+    def window(c: x509.Certificate, where: Path) -> str | None:
         if now < c.not_valid_before_utc:
-            raise TlsFilesError(f"the certificate {c.subject.rfc4514_string()!r} in {where} is not valid before "
-                                f"{c.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is this machine's clock right?)")
+            return (f"the certificate {c.subject.rfc4514_string()!r} in {where} is not valid before "
+                    f"{c.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is this machine's clock right?)")
         if now > c.not_valid_after_utc:
-            raise TlsFilesError(f"the certificate {c.subject.rfc4514_string()!r} in {where} expired on "
-                                f"{c.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: have it re-issued")
-        left = c.not_valid_after_utc - now
-        if left < dt.timedelta(days=EXPIRY_WARNING_DAYS) and (c is leaf or c in roots):
-            warnings.append(f"the certificate {c.subject.rfc4514_string()!r} in {where} expires on "
-                            f"{c.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, in {left.days} days: a run still going then "
-                            "stops at its next connection")
-    # a path leaf -> (the chain's intermediates) -> a root of ca, each link's signature checked
-    node, pool = leaf, list(chain[1:])
-    for _ in range(len(chain) + 1):
-        if any(_issued_by(node, r) for r in roots):
-            return warnings
-        nxt = next((c for c in pool if _issued_by(node, c)), None)
-        if nxt is None:
-            break
-        pool.remove(nxt)
-        node = nxt
-    if any(_issued_by(node, r) is None for r in roots):
-        return warnings      # an algorithm this check cannot verify: the TLS library decides
+            return (f"the certificate {c.subject.rfc4514_string()!r} in {where} expired on "
+                    f"{c.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: have it re-issued")
+        return None
+
+    def expiring(cs: list) -> list[str]:
+        out = []
+        for c, where in cs:
+            left = c.not_valid_after_utc - now
+            if left < dt.timedelta(days=EXPIRY_WARNING_DAYS):
+                out.append(f"the certificate {c.subject.rfc4514_string()!r} in {where} expires on "
+                           f"{c.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, in {left.days} days: a run still going then "
+                           "stops at its next connection")
+        return out
+
+    bad = window(leaf, cert)
+    if bad:
+        raise TlsFilesError(bad)
+
+    # the paths leaf -> (intermediates of cert) -> a root of ca, each link's signature checked. Only the certificates
+    # on a path are held to their validity window, as TLS does: a CA file may also hold a rotated-out, expired CA,
+    # and a chain an expired cross-signature, that no path needs
+    def paths(node: x509.Certificate, pool: list) -> Iterator[list]:
+        for r in roots:
+            if _issued_by(node, r):
+                yield [(r, ca)]
+        for c in pool:
+            if _issued_by(node, c):
+                for rest in paths(c, [p for p in pool if p is not c]):
+                    yield [(c, cert), *rest]
+    first_bad = None
+    for path in paths(leaf, list(chain[1:])):
+        bad = next((b for b in (window(c, w) for c, w in path) if b), None)
+        if bad is None:
+            return expiring([(leaf, cert), path[-1]])        # the certificate and its CA
+        first_bad = first_bad or bad
+    if first_bad:
+        raise TlsFilesError(first_bad)
+    if any(_issued_by(a, b) is None for a in chain for b in [*chain[1:], *roots]):
+        # an algorithm this check cannot verify: the TLS library decides (the certificates sent are checked here)
+        for c in chain[1:]:
+            bad = window(c, cert)
+            if bad:
+                raise TlsFilesError(bad)
+        return expiring([(leaf, cert)])
     raise TlsFilesError(f"the certificate {cert} is not issued by the CA in {ca}: this pki mixes two federations' "
                         "files (use the CA certificate the federation's certificates were issued by)")
 

@@ -329,3 +329,27 @@ def test_a_run_begun_under_scheme_2_keeps_it_when_resumed_and_verifies(tmp_path,
     last = dict(entries[-1], accountant_version=accountant_version("rdp", 3))
     problems = check_server_entries([*entries[:-1], last])
     assert problems and "accountant scheme changed" in str(problems[0])
+
+
+def test_a_scheme_2_round_whose_server_entry_was_never_appended_keeps_scheme_2_when_resumed(tmp_path, monkeypatch):
+    """dp.md §6.5: a coordinator of scheme /2 stopped between round 0's holder-view appends and its server append,
+    then resumed by this code: the views name the scheme the run began with (the server ledger is empty), so the
+    views never change scheme -- they verify, and the run resumes again."""
+    from securefed.privacy import accountant as acc_mod
+    from securefed.privacy.accountant import accountant_version
+    from securefed.privacy.verify import check_server_entries, check_view_entries
+
+    cfg = DPConfig(mode="central", mechanism="gaussian", noise_multiplier=64.0, clip=1.0)
+    kw = dict(population=160, cohort_size=8, sampling="fixed")
+    monkeypatch.setattr(acc_mod, "ACCOUNTANT_SCHEME", 2)
+    _run_round(_session(tmp_path, cfg, **kw), 0, list(range(8)))
+    monkeypatch.undo()
+    (tmp_path / "privacy" / "ledger.jsonl").write_text("")      # stopped before round 0's server append
+    t = _session(tmp_path, cfg, **kw)
+    assert t.scheme == 2
+    _run_round(t, 1, list(range(8)))
+    views = read_ledger(tmp_path / "privacy" / "holders" / "holder-0.jsonl")
+    assert {x["accountant_version"] for x in views} == {accountant_version("rdp", 2)}
+    assert check_view_entries(0, views, "view") == []
+    assert check_server_entries(read_ledger(tmp_path / "privacy" / "ledger.jsonl")) == []
+    assert _session(tmp_path, cfg, **kw).holder_epsilon(0) > 0          # resumes again

@@ -443,3 +443,56 @@ def test_a_client_pointed_at_something_that_is_not_a_tls_server_is_told_so(tmp_p
     assert f"what listens at 127.0.0.1:{port} does not speak TLS (gRPC says 'wrong_version_number'): is it " \
            "`securefed server`?" in err
     assert "giving up after 2 failed attempts" in err
+
+
+def test_tls_files_a_ca_file_with_an_expired_ca_no_path_uses_is_not_refused(pki, tmp_path):
+    """transport.md §7.1: only the certificates on the path leaf -> CA are held to their window, as TLS does. A CA
+    file that still holds a rotated-out, expired CA (or a chain with an expired cross-signature) is a valid setup."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from securefed.transport.pki import TlsFilesError, check_tls_files
+
+    now = dt.datetime.now(dt.timezone.utc)
+    k = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old federation CA")])
+    old = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+           .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=800))
+           .not_valid_after(now - dt.timedelta(days=30))
+           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(k, hashes.SHA256()))
+    h = pki / "holders" / "2"
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_bytes(old.public_bytes(serialization.Encoding.PEM) + (h / "ca.pem").read_bytes())
+    assert check_tls_files(cert=h / "cert.pem", key=h / "key.pem", ca=bundle) == []
+    only_old = tmp_path / "old.pem"                       # the expired CA alone: not the issuer, named as such
+    only_old.write_bytes(old.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(TlsFilesError, match="is not issued by the CA in"):
+        check_tls_files(cert=h / "cert.pem", key=h / "key.pem", ca=only_old)
+
+
+def test_a_tls_alert_from_the_coordinator_naming_this_holders_certificate_is_final():
+    """transport.md §6.3: the coordinator's TLS alert 'unknown CA' (it refuses this holder's certificate) is exit 3,
+    never read as 'what listens there may not be securefed server' and retried max_failures times."""
+    import grpc
+
+    from securefed.transport.client import classify_connect_error
+
+    class Err(grpc.RpcError):
+        def __init__(self, details):
+            self._d = details
+
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return self._d
+    alert = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:7000: Ssl handshake failed "
+             "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000041b:SSL routines:OPENSSL_internal:TLSV1_ALERT_UNKNOWN_CA")
+    p = classify_connect_error(Err(alert), target="127.0.0.1:7000")
+    assert p.final and "refused this holder's certificate" in p.text and "alert_unknown_ca" in p.text
+    other = classify_connect_error(Err(alert.replace("TLSV1_ALERT_UNKNOWN_CA", "DECODE_ERROR")), target="127.0.0.1:7000")
+    assert not other.final
