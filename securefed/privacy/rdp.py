@@ -104,9 +104,7 @@ def wor_gaussian_rdp(q: float, noise_multiplier: float, orders: Sequence[float] 
     top_even = top + (top % 2)
     ld = _log_even_diffs(z, top_even)           # ld[k] = log Δ^{2k} φ(0)
     lq = math.log(q)
-    e2 = 1.0 / (z * z)                          # ε(2)
-    log_em1 = math.log(math.expm1(e2)) if e2 < 1.0 else e2 + math.log1p(-math.exp(-e2))
-    log_m2 = min(math.log(4.0) + log_em1, math.log(2.0) + e2)
+    log_m2 = _log_second_term(1.0 / (z * z))    # ε(2) = 1/z²
     js = np.arange(3, top + 1, dtype=np.int64)
     # the j-th term without q^j C(α, j): min{log 4 + (ld[⌊j/2⌋] + ld[⌈j/2⌉])/2, log 2 + (j−1)ε(j)}
     core = np.minimum(math.log(4.0) + 0.5 * (ld[js // 2] + ld[(js + 1) // 2]),
@@ -149,7 +147,8 @@ def _log_even_diffs(z: float, n: int) -> np.ndarray:
                         need = math.inf
                         break
                     lg = float(mpmath.log10(row[0]))
-                    need = max(need, math.log10(j) + j * math.log10(2.0) + max(log10_phi[: j + 1]) - lg + 20)
+                    # max φ over 0..j is φ(j) (φ(0) = φ(1) = 1, increasing after)
+                    need = max(need, math.log10(j) + j * math.log10(2.0) + log10_phi[j] - lg + 20)
                     out[j // 2] = lg * math.log(10.0)
         if need <= digits:
             out.setflags(write=False)
@@ -235,11 +234,7 @@ def wor_subsampled_rdp(base: RdpFn, q: float, orders: Sequence[float] | None = N
     lq = math.log(q)
     top = int(max(a_all))
     eps_int = {l: base(float(l)) for l in range(2, top + 1)}
-    e2 = eps_int[2]
-    # log min{4(e^{ε2} − 1), 2e^{ε2}}: expm1 for small ε2; log(e^{ε2} − 1) = ε2 + log(1 − e^{−ε2}) for large ε2,
-    # where e^{ε2} overflows a float (σ ≲ 0.075, which calibration's first probe at σ = 0.05 reaches)
-    log_em1 = (math.log(math.expm1(e2)) if e2 < 1.0 else e2 + math.log1p(-math.exp(-e2))) if e2 > 0 else -math.inf
-    log_m2 = min(math.log(4.0) + log_em1, math.log(2.0) + e2)
+    log_m2 = _log_second_term(eps_int[2])
     for i, a in enumerate(a_all):
         if a != math.floor(a) or a < 2:
             continue
@@ -251,6 +246,14 @@ def wor_subsampled_rdp(base: RdpFn, q: float, orders: Sequence[float] | None = N
             terms.extend(list(math.log(2.0) + js * lq + _log_comb(al, js.astype(np.float64)) + (js - 1) * e))
         out[i] = min(float(logsumexp(terms)) / (al - 1), eps_int[al])
     return out
+
+
+def _log_second_term(e2: float) -> float:
+    """log min{4(e^{ε(2)} − 1), 2e^{ε(2)}}, the j = 2 term of WBK 2019 Thms. 9 and 27: expm1 for small ε(2);
+    log(e^{ε2} − 1) = ε2 + log(1 − e^{−ε2}) for large ε(2), where e^{ε2} overflows a float (σ ≲ 0.075, which
+    calibration's first probe at σ = 0.05 reaches)."""
+    log_em1 = (math.log(math.expm1(e2)) if e2 < 1.0 else e2 + math.log1p(-math.exp(-e2))) if e2 > 0 else -math.inf
+    return min(math.log(4.0) + log_em1, math.log(2.0) + e2)
 
 
 def eps_from_rdp(rdp: np.ndarray, delta: float, orders: Sequence[float] | None = None) -> tuple[float, float]:
