@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if v.epsilon is not None and math.isinf(v.epsilon):   # no holder-level DP: a δ would mean nothing
         print(f"privacy: holder-level epsilon=inf (differential privacy off; {v.entries} recorded events)")
     elif v.epsilon is not None and v.entries == 0:
-        print("privacy: epsilon=0 (no round released anything; the signed end-of-run record shows no entry was cut)")
+        print("privacy: epsilon=0 (no round released anything"
+              + ("; the signed end-of-run record shows no entry was cut)" if v.signed else ")"))
     elif v.epsilon is not None:
         print(f"privacy: epsilon={v.epsilon:.6g} delta={v.delta:g} (recomputed from {v.entries} recorded events)")
     for h in sorted(v.holder_own_epsilon):

@@ -211,6 +211,10 @@ def write_end_record(ledger_dir: str | Path, *, run_id: str | None, signer: Iden
     entries (its own label). Without it a reader cannot tell a finished run from one whose ledgers were cut back to
     a signed prefix, nor whose model the ε is. Written atomically."""
     d = Path(ledger_dir)
+    # a run that released nothing still closes a server ledger: an empty one, so that verify and the report find
+    # its records (ε = 0) instead of a missing ledger, which they refuse
+    if not (d / "ledger.jsonl").exists():
+        (d / "ledger.jsonl").touch()
     n, head, views = _heads(d)
     rec = {"version": 1, "kind": "end_of_run", "run_id": run_id, "ledger_entries": n, "ledger_head": head, "views": views}
     if model_sha256 is not None:

@@ -622,16 +622,11 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
     nothing else tells a finished run from one whose ledgers were cut back to a signed prefix."""
     v = Verification(signed=keys is not None)
     ckey = keys.coordinator if keys else None
-    if Path(server_ledger).is_file():
-        server = _read(Path(server_ledger), "privacy/ledger.jsonl", ckey, v)
-        if server is None:
-            return v
-    elif isinstance(end, dict) and end.get("ledger_entries") == 0:
-        # a run that ended before its first round released nothing and wrote no ledger; its end-of-run record (its
-        # signature checked below) says so: ε = 0, not "no ε can be stated"
-        server = []
-    else:
+    if not Path(server_ledger).is_file():
         v.problems.append(Problem("privacy/ledger.jsonl", None, None, "no server ledger found"))
+        return v
+    server = _read(Path(server_ledger), "privacy/ledger.jsonl", ckey, v)
+    if server is None:
         return v
     v.entries, v.head = len(server), (entry_hash(server[-1]) if server else None)
     _verify_server(server, "privacy/ledger.jsonl", v)

@@ -208,11 +208,16 @@ def test_a_simulation_that_stops_for_too_few_holders_exits_5_not_0(tmp_path, tin
     assert "securefed simulate: the run stopped after 0 of 2 rounds: too few holders took part" in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ended"] == "too_few" and summary["rounds"] == 0
-    # nothing was released and no server ledger written; the signed end-of-run record says so (verify said "no
-    # server ledger found ... No ε can be stated", exit 1)
+    # nothing was released: the run closes an empty server ledger with its signed end-of-run record (verify said "no
+    # server ledger found ... No ε can be stated", exit 1, and the report "PRIVACY LEDGER NOT VERIFIED")
+    assert (out / "privacy" / "ledger.jsonl").read_bytes() == b""
     assert main(["verify", str(out)]) == 0
     assert "privacy: epsilon=0 (no round released anything" in capsys.readouterr().out
-    (out / "privacy" / "end.json").unlink()          # without the record, a missing ledger is still a problem
+    assert "NOT VERIFIED" not in (out / "report" / "report.md").read_text()
+    (out / "privacy" / "end.json").unlink()          # without the record, an empty ledger may be a cut one
+    assert main(["verify", str(out)]) == 1
+    assert "no signed end-of-run record" in capsys.readouterr().err
+    (out / "privacy" / "ledger.jsonl").unlink()      # and a missing ledger is still a problem
     assert main(["verify", str(out)]) == 1
     assert "no server ledger found" in capsys.readouterr().err
 
