@@ -64,7 +64,9 @@ def insert_canaries(data, canaries: CanarySet, *, holder: int = 0, rows_per_cana
         rows[idx, : len(seq)] = torch.tensor(seq, dtype=rows.dtype)
     train = list(data.holder_train)
     train[holder] = rows
-    return dataclasses.replace(data, holder_train=train)
+    # the per-document token ids lack the canaries: drop them, so a document-unit DP-SGD holder (which packs
+    # from them) refuses this corpus instead of training on one without canaries (federation/data.document_rows)
+    return dataclasses.replace(data, holder_train=train, holder_documents=[])
 
 
 @contextmanager

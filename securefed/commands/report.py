@@ -61,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"privacy: {'holder-level ' if rec else ''}epsilon={facts['epsilon']}" + (f" delta={facts['delta']}" if dp else off)
           + f" ({what}, head {rep['ledger_head']})")
     for h, r in rec.items():   # verified from each holder's own signed releases (never stated when they do not verify)
+        unit = "document" if r.get("unit") == "document" else "training sequence"
         print(f"privacy: holder {h} record-level epsilon={r['epsilon']:.6g} delta={r['delta']:g} after {r['steps']} "
-              "DP-SGD steps (cumulative, per training record)")
+              f"DP-SGD steps (cumulative, per {unit})")
     if facts.get("deterministic_secrets"):
         print("securefed report: WARNING: NOT private: for tests — deterministic_secrets derives every noise sample and "
               f"mask from the configuration's seed ({facts.get('seed')})", file=sys.stderr)

@@ -59,7 +59,8 @@ class PreflightRefused(ValueError):
     """The pre-flight privacy check finds that this configuration cannot learn (protocols/dp.md §12)."""
 
 
-def privacy_preflight(cfg, *, dim: int, records: int | None, max_records: int | None = None):
+def privacy_preflight(cfg, *, dim: int, records: int | None, max_records: int | None = None,
+                      max_documents: int | None = None):
     """The pre-flight privacy check of a run (privacy/preflight.py), before anything is trained or written:
     PreflightError (no guarantee) or PreflightRefused (cannot learn, not forced); else the Preflight."""
     from securefed.privacy.preflight import RecordLevel, preflight
@@ -72,7 +73,7 @@ def privacy_preflight(cfg, *, dim: int, records: int | None, max_records: int | 
         joins = math.ceil(fed.rounds * n / fed.n_holders)
         rec = RecordLevel(noise_multiplier=t.dp_sgd.noise_multiplier, max_grad_norm=t.dp_sgd.max_grad_norm,
                           delta=t.dp_sgd.delta, batch_size=t.batch_size, records=records, steps=t.local_steps * joins,
-                          max_records=max_records)
+                          max_records=max_records, unit=t.dp_sgd.unit, max_documents=max_documents)
     pf = preflight(cfg.privacy, population=fed.n_holders, cohort_size=n, rounds=fed.rounds, dim=dim,
                    sampling=fed.sampling, min_survivors=t_min, record_level=rec)
     if not pf.ok:

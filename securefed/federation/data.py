@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-__all__ = ["HolderData", "federated_data", "forget_corpora", "holder_rows", "shared_trainer", "CoordinatorData",
-           "coordinator_data"]
+__all__ = ["HolderData", "federated_data", "forget_corpora", "holder_rows", "document_rows", "record_counts",
+           "shared_trainer", "CoordinatorData", "coordinator_data"]
 
 _lock = threading.Lock()
 _corpora: dict = {}
@@ -45,6 +45,14 @@ class HolderData:
     tokenizer: object
     tokenizer_sha256: str
     manifest: dict
+    # DP-SGD with unit=document: (N,) the document each row belongs to (rows padded with packing.PAD);
+    # None: rows packed from the joined documents, one row one record
+    units: object | None = None
+
+    @property
+    def records(self) -> int:
+        """The protected records this holder holds: its documents (unit=document) or its rows."""
+        return int(self.units[-1]) + 1 if self.units is not None and len(self.units) else int(self.train.shape[0])
 
 
 def holder_rows(cfg, *, progress: bool = False) -> HolderData:
@@ -53,8 +61,51 @@ def holder_rows(cfg, *, progress: bool = False) -> HolderData:
     from securefed.training.data.tokenizer import tokenizer_hash
 
     fd = federated_data(cfg.data, n_holders=cfg.n_shards, seed=cfg.data_seed, progress=progress)
-    man = dict(fd.manifest, holders=[fd.manifest["holders"][cfg.shard]])
-    return HolderData(fd.holder_train[cfg.shard], fd.tokenizer, tokenizer_hash(fd.tokenizer), man)
+    man = dict(fd.manifest, holders=[dict(fd.manifest["holders"][cfg.shard])])
+    dp = cfg.dp_sgd
+    if not (dp.enabled and dp.unit == "document"):
+        return HolderData(fd.holder_train[cfg.shard], fd.tokenizer, tokenizer_hash(fd.tokenizer), man)
+    rows, units = document_rows(fd, cfg.shard, seq_len=cfg.data.seq_len, max_rows=dp.max_rows_per_document)
+    man["holders"][0]["dp_sgd_unit"] = {"unit": "document", "documents": int(units[-1]) + 1, "rows": len(rows),
+                                        "max_rows_per_document": dp.max_rows_per_document}
+    return HolderData(rows, fd.tokenizer, tokenizer_hash(fd.tokenizer), man, units)
+
+
+def document_rows(fd, shard: int, *, seq_len: int, max_rows: int | None):
+    """(rows, units) of holder ``shard`` packed a row set per document (protocols/dp.md §10.2), renumbered so
+    that only documents with a row count as records; DataError if it has none."""
+    import numpy as np
+
+    from securefed.training.data.documents import DataError
+    from securefed.training.data.packing import pack_documents
+
+    if len(fd.holder_documents) <= shard:
+        raise DataError("this corpus carries no per-document token ids (it was changed after it was built), so "
+                        "train.dp_sgd.unit=document cannot pack it")
+    rows, units = pack_documents(fd.holder_documents[shard], seq_len=seq_len, eos_id=fd.tokenizer.eos_token_id,
+                                 max_rows=max_rows)
+    if len(rows) == 0:
+        raise DataError(f"holder data shard {shard} has no document with two or more tokens: nothing to train on")
+    _, dense = np.unique(units.numpy(), return_inverse=True)        # documents without a row are not records
+    import torch
+
+    return rows, torch.from_numpy(dense.astype(np.int64))
+
+
+def record_counts(fd, *, n_holders: int, dp_sgd, seq_len: int) -> tuple[list[int], list[int]]:
+    """Per holder (rows its DP-SGD samples from, records δ is set against): rows and rows under unit=sequence;
+    document-packed rows and documents (with a row) under unit=document — without packing anything."""
+    from securefed.training.data.packing import document_row_counts
+
+    if not (dp_sgd.enabled and dp_sgd.unit == "document") or len(fd.holder_documents) < n_holders:
+        n = [int(h.shape[0]) for h in fd.holder_train]
+        return n, n
+    rows, docs = [], []
+    for toks in fd.holder_documents[:n_holders]:
+        c = document_row_counts([int(a.size) for a in toks], seq_len=seq_len, max_rows=dp_sgd.max_rows_per_document)
+        rows.append(int(c.sum()))
+        docs.append(int((c > 0).sum()))
+    return rows, docs
 
 
 def shared_trainer(preset: str, vocab_size: int, seq_len: int, seed: int, train_cfg):

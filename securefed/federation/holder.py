@@ -233,11 +233,14 @@ class Holder:
             t0 = time.perf_counter()
             log.info("holder %d: preparing its data (reading and tokenizing its own sources)", self.id)
             self._data = holder_rows(self.cfg, progress=self.progress)
-            dp, rows = self.cfg.dp_sgd, int(self._data.train.shape[0])
-            log.info("holder %d: data ready: %d training records in %.1f s", self.id, rows, time.perf_counter() - t0)
-            if dp.enabled and dp.delta > 1.0 / rows:   # record-level δ against this holder's own record count
-                raise ValueError(f"holder {self.id}: dp_sgd.delta {dp.delta:.3g} is above 1/records = 1/{rows}: no "
-                                 "meaningful record-level guarantee; lower it")
+            dp, rows, records = self.cfg.dp_sgd, int(self._data.train.shape[0]), self._data.records
+            what = (f"{records} documents in {rows} rows of their own" if self._data.units is not None
+                    else f"{rows} training records")
+            log.info("holder %d: data ready: %s in %.1f s", self.id, what, time.perf_counter() - t0)
+            if dp.enabled and dp.delta > 1.0 / records:   # record-level δ against this holder's own record count
+                unit = "documents" if self._data.units is not None else "records"
+                raise ValueError(f"holder {self.id}: dp_sgd.delta {dp.delta:.3g} is above 1/{unit} = 1/{records}: "
+                                 "no meaningful record-level guarantee; lower it")
         return self._data
 
     def _build_trainer(self, w: Welcome, data) -> None:
@@ -258,7 +261,8 @@ class Holder:
         if self.cfg.deterministic_secrets:
             dp_seed = int.from_bytes(hashlib.sha256(f"dp-sgd|{self.cfg.secret_seed}|{self.id}".encode()).digest()[:8], "little")
         self.trainer = trainer.new_holder(self.id, data.train, seed=self.cfg.data_seed, total_steps=w.total_steps,
-                                          local_steps=w.local_steps, batch_size=w.batch_size, dp_secret_seed=dp_seed)
+                                          local_steps=w.local_steps, batch_size=w.batch_size, dp_secret_seed=dp_seed,
+                                          units=data.units)
 
     # ------------------------------------------------------------------ state (own files only)
     @property
@@ -384,6 +388,13 @@ class Holder:
         if getattr(self.trainer, "dp_steps", None) is None and (signed or (tr or {}).get("dp_sgd_accountant") is not None):
             raise HolderStateError(f"{led if signed else self._trainer_file} records record-level DP-SGD spend but this "
                                    "holder's config has dp_sgd off: its accountant would be dropped; restore the config")
+        if signed and self.cfg.dp_sgd.enabled:
+            from securefed.privacy.holder_ledger import record_unit
+
+            if record_unit(signed[-1]) != self.cfg.dp_sgd.unit:
+                raise HolderStateError(f"{led}'s signed releases spent record-level DP-SGD steps per "
+                                       f"{record_unit(signed[-1])}, but this holder's config has dp_sgd.unit "
+                                       f"{self.cfg.dp_sgd.unit}: no single ε would hold; restore the config")
         if signed:
             if tr is None:
                 raise HolderStateError(f"{self._trainer_file} is missing but {led} records record-level DP-SGD "
@@ -748,7 +759,7 @@ class Holder:
             if getattr(self.trainer, "dp_steps", None) is not None:   # signed with the release (§6)
                 from securefed.privacy.holder_ledger import record_level_entry
 
-                rl = record_level_entry(self.trainer.dp_history(), self.cfg.dp_sgd.delta)
+                rl = record_level_entry(self.trainer.dp_history(), self.cfg.dp_sgd.delta, unit=self.cfg.dp_sgd.unit)
             entry = self.budget.release(rs.spec, min_survivors=t_min, record_level=rl)
             log.info("holder %d: round %d update released (%s, %s aggregation); ledger epsilon %s", self.id,
                      rs.spec.round, stage.name, w.aggregation, _eps(entry.get("epsilon")))

@@ -98,9 +98,14 @@ class Simulation:
         from securefed.training.models import parameter_count
 
         dim = parameter_count(cfg.model.preset, vocab_size=len(self.data.tokenizer), seq_len=cfg.data.seq_len)
-        sizes = [h["sequences"] for h in self.data.manifest["holders"]]
+        from securefed.federation.data import federated_data, record_counts
+
+        fd = federated_data(cfg.data, n_holders=cfg.federation.n_holders, seed=cfg.seed, progress=self.progress)
+        sizes, units = record_counts(fd, n_holders=cfg.federation.n_holders, dp_sgd=cfg.train.dp_sgd,
+                                     seq_len=cfg.data.seq_len)
         # ε at the smallest holder (its sampling rate is the largest), δ ≤ 1/records at the largest
-        self.preflight = privacy_preflight(cfg, dim=dim, records=min(sizes), max_records=max(sizes))   # refused here
+        self.preflight = privacy_preflight(cfg, dim=dim, records=min(sizes), max_records=max(sizes),
+                                           max_documents=max(units))   # refused here
         self.ray = None
         if backend == "ray":   # an unreachable cluster or unmet resources: one error, no run directory
             from securefed.federation.ray_cluster import RayOptions, connect

@@ -39,7 +39,12 @@ class _FP32NormDPOptimizer(DPOptimizer):
     Under bf16 autocast Opacus' hooks keep bf16 per-sample gradients, and Opacus takes their norms in bf16:
     rounded up to 2⁻⁸ below the norm of the values it then upcasts and sums, so a record's clipped share
     could exceed C by that much. Here the norm is of exactly what is summed; the sum itself is already fp32
-    (Opacus casts each per-sample gradient to the fp32 parameter's dtype first)."""
+    (Opacus casts each per-sample gradient to the fp32 parameter's dtype first).
+
+    ``record_scale`` (set by the trainer for one step, unit=document): (b,) each record's own bound as a
+    fraction of C — a document's k rows get 1/k each (protocols/dp.md §10.2). The noise stays σ·C."""
+
+    record_scale: torch.Tensor | None = None
 
     def clip_and_accumulate(self) -> None:
         samples = self.grad_samples
@@ -47,7 +52,13 @@ class _FP32NormDPOptimizer(DPOptimizer):
             return super().clip_and_accumulate()
         per_param = [torch.linalg.vector_norm(g.reshape(len(g), -1), dim=-1, dtype=torch.float32) for g in samples]
         norms = torch.stack([n.to(per_param[0].device) for n in per_param], dim=1).norm(2, dim=1)
-        factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)          # Opacus' clip factor, fp32
+        bound = torch.full_like(norms, float(self.max_grad_norm))
+        scale = self.record_scale
+        if scale is not None:
+            if scale.shape != norms.shape or not bool(((scale > 0) & (scale <= 1)).all()):
+                raise ValueError(f"record_scale must be {tuple(norms.shape)} with values in (0, 1]")
+            bound = bound * scale.to(device=norms.device, dtype=torch.float32)
+        factor = (bound / (norms + 1e-6)).clamp(max=1.0)          # Opacus' clip factor, fp32
         for p, gs in zip(self.params, samples):
             if p.dtype != torch.float32:
                 raise RuntimeError(f"DP-SGD sums clipped gradients in the parameters' dtype: {p.dtype} would round "

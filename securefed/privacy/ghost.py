@@ -276,8 +276,11 @@ def _add_grad(p: torch.nn.Parameter, g: torch.Tensor) -> None:
 
 
 def clipped_backward(gsm: GhostClippingModule, loss_per_record: torch.Tensor, *,
-                     norm_inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Add Σ_i c_i·∇ℓ_i to every parameter's ``.grad``, c_i = min(1, C/(‖∇ℓ_i‖ + 1e-6)); returns ‖∇ℓ_i‖.
+                     norm_inputs: list[torch.Tensor] | None = None,
+                     bound_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Add Σ_i c_i·∇ℓ_i to every parameter's ``.grad``, c_i = min(1, s_i·C/(‖∇ℓ_i‖ + 1e-6)); returns ‖∇ℓ_i‖.
+    ``bound_scale`` s (b,), each in (0, 1] (default 1): record i's own bound s_i·C — unit=document gives each
+    of a document's k rows 1/k (protocols/dp.md §10.2).
 
     ``loss_per_record``: (b,) the records' own losses from one forward of ``gsm``. Pass 1 runs the
     hooks (per-record norms into ``p._norm_sample``); ``norm_inputs``, the tensors pass 1 differentiates
@@ -314,6 +317,10 @@ def clipped_backward(gsm: GhostClippingModule, loss_per_record: torch.Tensor, *,
     # of its slice (measured ≤ 0.2 %·C on the CPU with fixed-shape slices; dp.md §10.1), a margin, not a proof.
     slack = gsm.norm_slack or gsm.low_precision or any(n.dtype in _LOW_PRECISION for n in per_param)
     bound = gsm.max_grad_norm * (1 - 2**-6 if slack else 1)
+    if bound_scale is not None:
+        if bound_scale.shape != (b,) or not bool(((bound_scale > 0) & (bound_scale <= 1)).all()):
+            raise ValueError(f"bound_scale must be ({b},) with values in (0, 1]")
+        bound = bound * bound_scale.to(device=norms.device, dtype=torch.float32)
     coef = (bound / (norms + 1e-6)).clamp(max=1.0)  # Opacus DPOptimizer's clip factor
     if gsm.book_keeping:
         gsm.add_clipped_grads(coef)

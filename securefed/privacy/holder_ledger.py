@@ -22,7 +22,7 @@ from securefed.privacy.ledger import LedgerError, decode_floats
 from securefed.privacy.rdp import clamp_epsilon
 
 __all__ = ["HOLDER_STATUSES", "REQUIRED_FIELDS", "check_holder_entry", "holder_effective_events", "holder_epsilon",
-           "history_extends", "record_level_entry", "record_level_problem"]
+           "history_extends", "record_level_entry", "record_level_problem", "record_unit", "UNITS"]
 
 HOLDER_STATUSES = ("refused", "released", "settled")
 REQUIRED_FIELDS = ("version", "role", "run_id", "holder_id", "round", "status", "event", "epsilon", "cap", "delta",
@@ -104,13 +104,23 @@ def _rdp_epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
     return clamp_epsilon(acc.get_epsilon(delta)) if acc.history else 0.0   # ε ≥ 0, as rdp.eps_from_rdp
 
 
-def record_level_entry(history: Sequence[Sequence[float]], delta: float) -> dict:
+UNITS = ("sequence", "document")   # what one record is (protocols/dp.md §10.2); an entry without "unit": sequence
+
+
+def record_unit(rl: dict) -> str:
+    """The privacy unit a ``record_level`` entry states (entries written before units existed: sequence)."""
+    return rl.get("unit", "sequence")
+
+
+def record_level_entry(history: Sequence[Sequence[float]], delta: float, *, unit: str = "sequence") -> dict:
     """What a holder's ``released`` entry records of its record-level DP-SGD spend so far: the accountant's
-    (σ, q, steps) history, its total steps, δ and the ε they give — signed with the release, so a restart
-    can be checked against it and a verifier can recompute it."""
+    (σ, q, steps) history, its total steps, δ, the privacy unit and the ε they give — signed with the release,
+    so a restart can be checked against it and a verifier can recompute it."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     hist = [[float(z), float(q), int(n)] for z, q, n in history]
     return {"history": hist, "steps": sum(n for _, _, n in hist), "delta": float(delta),
-            "epsilon": _rdp_epsilon(hist, float(delta))}
+            "epsilon": _rdp_epsilon(hist, float(delta)), "unit": unit}
 
 
 def history_extends(old: Sequence[Sequence[float]], new: Sequence[Sequence[float]]) -> bool:
@@ -153,6 +163,11 @@ def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> s
             return f"{where}: record_level steps {steps!r} is not the history's total"
         if not isinstance(delta, (int, float)) or not 0 < delta < 1:
             return f"{where}: record_level delta must be in (0, 1)"
+        if record_unit(rl) not in UNITS:
+            return f"{where}: record_level unit {rl.get('unit')!r} is not one of {list(UNITS)}"
+        if last is not None and record_unit(rl) != last[4]:
+            return (f"{where}: the record-level privacy unit changed from {last[4]} to {record_unit(rl)} within one run: "
+                    "its steps were spent on another kind of record, so no single ε holds")
         want, got = _rdp_epsilon(hist, delta), decode_floats(rl.get("epsilon"))
         if not isinstance(got, (int, float)) or not math.isclose(want, got, rel_tol=rel_tol, abs_tol=1e-12):
             return f"{where}: record-level epsilon {got!r}, but its history gives {want:.6g}"
@@ -164,5 +179,5 @@ def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> s
             # a history that re-priced its past, and the record-level ε fell along the ledger
             return (f"{where}: the record-level history {hist} does not extend the previous release's {last[2]} "
                     "(or its epsilon fell): spent steps were re-priced")
-        last = (steps, delta, hist, got)
+        last = (steps, delta, hist, got, record_unit(rl))
     return None

@@ -52,6 +52,10 @@ class RecordLevel:
     records: int  # sequences of the smallest holder (the largest sampling rate: the largest ε)
     steps: int  # DP-SGD steps of one holder over the planned run (K × rounds it joins)
     max_records: int | None = None  # sequences of the largest holder: δ ≤ 1/records must hold for it too
+    # unit=document (dp.md §10.2): ``records``/``max_records`` stay the rows the batches are sampled from, and
+    # δ ≤ 1/documents is checked against the largest holder's documents instead
+    unit: str = "sequence"
+    max_documents: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,9 +112,12 @@ class Preflight:
                        "hides it")
         if self.record_level:
             r = self.record_level
+            doc = r.get("unit") == "document"
             out.append(f"  record-level DP-SGD: σ = {f(r['noise_multiplier'])}, batch {r['batch_size']} of {r['records']} "
-                       f"records, {r['steps']} steps: ε {f(r['epsilon_planned'])} at δ = {r['delta']:.3g}; per-step "
-                       f"noise/signal {f(r['noise_to_signal'])}")
+                       f"{'document-packed rows' if doc else 'records'}, {r['steps']} steps: ε "
+                       f"{f(r['epsilon_planned'])} at δ = {r['delta']:.3g} per "
+                       f"{'document (whole documents sampled; a document of k rows clipped to C/k per row)' if doc else 'training sequence (packed rows: a document is not one record)'}"
+                       f"; per-step noise/signal {f(r['noise_to_signal'])}")
         out.extend("  " + r for r in self.reasons)
         out.extend("  WARNING: " + w for w in self.warnings)
         return out
@@ -182,9 +189,12 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
         problems.append("record-level DP-SGD needs records >= 1, batch_size >= 1 and steps >= 0")
         return {}
     largest = max(r.records, r.max_records or 0)   # δ ≤ 1/N binds hardest at the largest holder (an audit: it was
-    if r.delta > 1.0 / largest:                     # checked at the smallest, and the largest then failed mid-run)
-        problems.append(f"train.dp_sgd.delta = {r.delta:g} exceeds 1/records = 1/{largest} of the largest holder: "
-                        "no meaningful record-level guarantee for its records; use delta <= 1/records")
+    what = "records"                                 # checked at the smallest, and the largest then failed mid-run)
+    if r.unit == "document":
+        largest, what = max(1, r.max_documents or 0), "documents"
+    if r.delta > 1.0 / largest:
+        problems.append(f"train.dp_sgd.delta = {r.delta:g} exceeds 1/{what} = 1/{largest} of the largest holder: "
+                        f"no meaningful record-level guarantee for its {what}; use delta <= 1/{what}")
     q = min(1.0, r.batch_size / r.records)
     eps = math.inf
     if r.noise_multiplier > 0 and r.steps > 0:
@@ -197,7 +207,7 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
     # per step: noise std σ·C_rec/B per coordinate of the averaged gradient vs a clipped mean's C_rec/√d
     nts = r.noise_multiplier * math.sqrt(dim) / r.batch_size
     return {"noise_multiplier": r.noise_multiplier, "max_grad_norm": r.max_grad_norm, "delta": r.delta,
-            "batch_size": r.batch_size, "records": r.records, "steps": r.steps, "sample_rate": q,
+            "batch_size": r.batch_size, "records": r.records, "steps": r.steps, "sample_rate": q, "unit": r.unit,
             "epsilon_planned": eps, "noise_to_signal": nts}
 
 

@@ -224,13 +224,16 @@ def delta_lines(*, delta: float | None, population: int | None, dp_on: bool, dp_
                        "that the ε statement fails for a holder.")
     if dp_sgd and dp_sgd.get("enabled"):
         d = dp_sgd.get("delta")
-        smallest = min(records_per_holder.values()) if records_per_holder else None
-        if isinstance(d, (int, float)) and smallest:
-            if d > 1.0 / smallest:
-                out.append(f"Record-level δ = {fmt_number(d)} exceeds 1/records = 1/{smallest} for the smallest holder: NO MEANINGFUL "
-                           "record-level guarantee (one record in every 1/δ could be exposed outright).")
+        # δ ≤ 1/N binds hardest at the holder with the most records (1/N is smallest there)
+        largest = max(records_per_holder.values()) if records_per_holder else None
+        what = "documents" if dp_sgd.get("unit") == "document" else "records"
+        if isinstance(d, (int, float)) and largest:
+            if d > 1.0 / largest:
+                out.append(f"Record-level δ = {fmt_number(d)} exceeds 1/{what} = 1/{largest} for the largest holder: NO MEANINGFUL "
+                           f"record-level guarantee for its {what} (one in every 1/δ could be exposed outright).")
             else:
-                out.append(f"Record-level δ = {fmt_number(d)} ≤ 1/records (smallest holder: {smallest} records): a guarantee per record.")
+                out.append(f"Record-level δ = {fmt_number(d)} ≤ 1/{what} (largest holder: {largest} {what}): a guarantee per "
+                           f"{what[:-1]}.")
         elif isinstance(d, (int, float)):
             out.append(f"Record-level δ = {fmt_number(d)}; the holders' record counts are not in this run directory, so "
                        "whether δ < 1/records could not be checked.")
@@ -363,7 +366,10 @@ def plain_words(run: dict, facts: dict) -> list[str]:
     if manifest.is_file():
         try:
             hs = json.loads(manifest.read_text()).get("holders")
-            records = {i + 1: int(h["sequences"]) for i, h in enumerate(hs)} if isinstance(hs, list) else None
+            # unit=document: the holder's training documents (an upper bound on those with a row: δ ≤ 1/N is
+            # checked no looser than the holders' own check)
+            key = "documents" if ((train.get("dp_sgd") or {}).get("unit") == "document") else "sequences"
+            records = {i + 1: int(h[key]) for i, h in enumerate(hs)} if isinstance(hs, list) else None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             records = None
     population = facts.get("population") or fed.get("n_holders")

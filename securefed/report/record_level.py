@@ -16,15 +16,17 @@ NOT_PRIVATE = "NOT private: for tests"
 
 
 def record_facts(run: dict) -> dict:
-    """{"dp_sgd": the configured train.dp_sgd (enabled, noise_multiplier, max_grad_norm, delta, clipping) or None,
-    "record_level": {holder id (str): {"epsilon", "delta", "steps"}} from the verified own ledgers, or None when
+    """{"dp_sgd": the configured train.dp_sgd (enabled, noise_multiplier, max_grad_norm, delta, clipping, unit,
+    max_rows_per_document) or None, "record_level": {holder id (str): {"epsilon", "delta", "steps", "unit"}} from
+    the verified own ledgers, or None when
     the records do not verify (fail closed), "deterministic_secrets", "seed"}."""
     cfg = run.get("config") or {}
     train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     sgd = train.get("dp_sgd") if isinstance(train.get("dp_sgd"), dict) else None
     v = run.get("verification")
     ok = v is not None and v.ok and run["ledger"]["ok"]
-    return {"dp_sgd": {k: sgd.get(k) for k in ("enabled", "noise_multiplier", "max_grad_norm", "delta", "clipping")}
+    return {"dp_sgd": {k: sgd.get(k) for k in ("enabled", "noise_multiplier", "max_grad_norm", "delta", "clipping",
+                                                "unit", "max_rows_per_document")}
             if sgd else None,
             "record_level": {str(h): dict(r) for h, r in sorted(v.record_level.items())} if ok else None,
             "deterministic_secrets": cfg.get("deterministic_secrets") is True, "seed": cfg.get("seed")}
@@ -51,10 +53,19 @@ def mechanism_words(f: dict) -> str:
     if not on(f):
         return ""
     sgd = f.get("dp_sgd") or {}
-    if sgd.get("enabled"):
-        what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus): every local step clips each training "
-                f"record's gradient to L2 norm {fmt_number(sgd.get('max_grad_norm'))} and adds Gaussian noise with multiplier "
-                f"σ = {fmt_number(sgd.get('noise_multiplier'))} to their sum, over Poisson-sampled batches.")
+    if sgd.get("enabled") and sgd.get("unit") == "document":
+        what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus), one record = one document: each document "
+                f"has rows of its own (never shared with another document), documents are Poisson-sampled whole, and each "
+                f"of a document's k rows is clipped to L2 norm {fmt_number(sgd.get('max_grad_norm'))}/k, so one document "
+                f"moves the clipped sum by at most {fmt_number(sgd.get('max_grad_norm'))}; Gaussian noise with multiplier "
+                f"σ = {fmt_number(sgd.get('noise_multiplier'))} is added to the sum.")
+    elif sgd.get("enabled"):
+        what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus), one record = one training sequence (a row "
+                f"of packed text): every local step clips each row's gradient to L2 norm "
+                f"{fmt_number(sgd.get('max_grad_norm'))} and adds Gaussian noise with multiplier σ = "
+                f"{fmt_number(sgd.get('noise_multiplier'))} to their sum, over Poisson-sampled batches. Rows are cut from "
+                "the holder's documents joined end to end, so a document longer than a row, or sharing one, is NOT one "
+                "record: no guarantee is stated for a whole document (train.dp_sgd.unit=document gives one).")
     else:
         what = ("Record-level DP-SGD inside the holders: their own signed releases record it (this run's config.yaml "
                 "does not enable train.dp_sgd, so its parameters are the holders' own).")
@@ -73,14 +84,16 @@ def protection_blocks(f: dict) -> list:
     if not rl:
         return ["Record-level guarantee (DP-SGD): no holder's own ledger in this directory records a DP-SGD release, "
                 "so no record-level ε is stated."]
-    head = ("Record-level guarantee (DP-SGD), separate from the holder-level one: each single training record (sequence) "
-            "of a holder is protected by that holder's record-level (ε, δ) below, against anyone who sees what the holder "
+    head = ("Record-level guarantee (DP-SGD), separate from the holder-level one: each single record of a holder — the "
+            "unit column says whether a record is a training sequence (a packed row) or a whole document — is protected "
+            "by that holder's record-level (ε, δ) below, against anyone who sees what the holder "
             "sent — its updates and every model built from them, the coordinator included (protocols/dp.md §10). Each ε "
             "is cumulative over the DP-SGD steps the holder's signed releases record (all of them, unless its state "
             "predates releases that carry them: protocols/dp.md §11), per training record, recomputed from the "
             "DP-SGD history the holder signed with each release.")
-    rows = [["holder", "record-level ε (cumulative, per training record)", "δ", "DP-SGD steps"]]
-    rows += [[f"holder-{h}", fmt_number(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps"))] for h, r in rl.items()]
+    rows = [["holder", "record-level ε (cumulative, per record)", "δ", "DP-SGD steps", "unit (one record)"]]
+    rows += [[f"holder-{h}", fmt_number(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps")),
+              r.get("unit") or "sequence"] for h, r in rl.items()]
     out: list = [head, ("table", rows)]
     if f.get("deterministic_secrets"):
         out.append(noise_source_words(f))

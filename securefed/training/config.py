@@ -30,6 +30,16 @@ class DPSGDConfig:
                   layer by layer, the clipped sum by book-keeping; never B copies of the model's gradient
     ``micro_batch_size`` (ghost only): the Poisson batch (expected ``batch_size`` sequences) is run in
     slices of at most this many, their clipped gradients summed, and noised once: one accounted step.
+
+    ``unit`` says what one protected record is (protocols/dp.md §10.2):
+      sequence  one training row of seq_len tokens. Rows are packed from the joined documents, so a document
+                longer than a row, or one that shares a row, is NOT one record: no guarantee is stated for it
+      document  one document of the holder's data (a patient's note, a source file): each document gets rows
+                of its own (its last one right-padded, never shared), documents are Poisson-sampled whole,
+                and each of a document's k rows is clipped to max_grad_norm / k, so one document moves the
+                clipped sum by at most max_grad_norm. δ is then set against the holder's document count
+    ``max_rows_per_document`` (unit=document): a document longer than this many rows is cut to them (its
+    other rows would only shrink every row's clip bound); null keeps whole documents.
     """
 
     enabled: bool = False
@@ -38,6 +48,8 @@ class DPSGDConfig:
     delta: float = 1e-5
     clipping: Literal["per_sample", "ghost"] = "per_sample"
     micro_batch_size: int | None = None
+    unit: Literal["sequence", "document"] = "sequence"
+    max_rows_per_document: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("noise_multiplier", "max_grad_norm", "delta"):
@@ -58,6 +70,16 @@ class DPSGDConfig:
             if self.clipping != "ghost":
                 raise ValueError("train.dp_sgd.micro_batch_size needs train.dp_sgd.clipping=ghost (per_sample "
                                  "mode takes each Poisson batch in one piece)")
+        if self.unit not in ("sequence", "document"):
+            raise ValueError(f"train.dp_sgd.unit must be 'sequence' or 'document', got {self.unit!r}")
+        if self.max_rows_per_document is not None:
+            m = self.max_rows_per_document
+            if isinstance(m, bool) or not isinstance(m, int):
+                raise TypeError(f"train.dp_sgd.max_rows_per_document must be an int or null, got {m!r}")
+            if m < 1:
+                raise ValueError(f"train.dp_sgd.max_rows_per_document must be >= 1, got {m}")
+            if self.unit != "document":
+                raise ValueError("train.dp_sgd.max_rows_per_document applies to train.dp_sgd.unit=document only")
 
 
 @dataclass(frozen=True)

@@ -181,11 +181,13 @@ def _nll_per_record(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
     The targets shift, not the logits: ``logits[:, :-1]`` is not contiguous, so flattening it copied all of
     them (at 20m, batch 128: 8.6 GB, ≈ 30 ms of a 190 ms DP-SGD step on the H200, RESULTS.md (G34)). The last
-    position's target is ignored instead: its loss and its gradient are exactly 0."""
+    position's target is ignored instead: its loss and its gradient are exactly 0. A negative id (a document-
+    packed row's padding, packing.PAD) is no target either; the mean is over a record's real targets."""
     m, t = ids.shape
     targets = torch.cat([ids[:, 1:], ids.new_full((m, 1), -100)], dim=1)
+    targets = targets.masked_fill(targets < 0, -100)
     nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none", ignore_index=-100)
-    return nll.view(m, t).sum(1) / (t - 1)
+    return nll.view(m, t).sum(1) / (targets >= 0).sum(1).clamp(min=1)
 
 
 _nll_compiled = None

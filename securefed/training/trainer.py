@@ -146,54 +146,74 @@ class LocalTrainer:
 
     def new_holder(self, holder_id: int, data: torch.Tensor, *, seed: int, total_steps: int,
                    local_steps: int | None = None, batch_size: int | None = None,
-                   dp_secret_seed: int | None = None) -> "HolderTrainer":
+                   dp_secret_seed: int | None = None, units: torch.Tensor | None = None) -> "HolderTrainer":
         return HolderTrainer(self, holder_id, data, seed=seed, total_steps=total_steps,
                              local_steps=local_steps or self.cfg.local_steps,
-                             batch_size=batch_size or self.cfg.batch_size, dp_secret_seed=dp_secret_seed)
+                             batch_size=batch_size or self.cfg.batch_size, dp_secret_seed=dp_secret_seed, units=units)
 
-    def _train_step(self, opt, x: torch.Tensor) -> torch.Tensor:
+    def _train_step(self, opt, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """One optimizer step on x (b, T). With train.micro_batch_size the batch goes through in slices whose
         losses are weighted by their share of it (every row has T tokens, so Σ (b_s/b)·mean_s is the whole
-        batch's mean): the gradients sum to the whole batch's, then one clip and one step."""
+        batch's mean): the gradients sum to the whole batch's, then one clip and one step.
+        ``scale`` (DP-SGD per_sample, unit=document): each row's clip bound as a fraction of max_grad_norm;
+        its PAD positions are no input token and no target (dp.md §10.2)."""
         slices = x.split(self.cfg.micro_batch_size or x.shape[0])   # TrainConfig refuses it with DP-SGD
         total = torch.zeros((), device=x.device)
         for xs in slices:
             with self._sdpa():
-                out = self._forward(input_ids=xs, labels=xs)
-                loss = out.loss * (xs.shape[0] / x.shape[0]) if len(slices) > 1 else out.loss
+                if scale is None:
+                    loss = self._forward(input_ids=xs, labels=xs).loss
+                else:
+                    # the mean of each row's own mean loss: HF's token mean would divide every row's loss by the
+                    # batch's real-token count, so one document's padding would move the other rows' gradients
+                    from securefed.training.fused import per_record_nll
+
+                    loss = per_record_nll(self._forward(input_ids=xs.clamp_min(0)).logits, xs).mean()
+                loss = loss * (xs.shape[0] / x.shape[0]) if len(slices) > 1 else loss
                 self.fabric.backward(loss)
             total += loss.detach()
         if self.cfg.grad_clip > 0 and not self.cfg.dp_sgd.enabled:  # DP-SGD clips per sample instead
             self.fabric.clip_gradients(self.model, opt, max_norm=self.cfg.grad_clip, error_if_nonfinite=False)
-        opt.step()
+        if self.cfg.dp_sgd.enabled:
+            opt.record_scale = scale       # read by the per-sample clip (privacy/dpsgd.py), then dropped
+        try:
+            opt.step()
+        finally:
+            if self.cfg.dp_sgd.enabled:
+                opt.record_scale = None
         opt.zero_grad(set_to_none=True)
         return total
 
-    def _ghost_step(self, opt, x: torch.Tensor) -> torch.Tensor:
+    def _ghost_step(self, opt, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """One DP-SGD step with ghost clipping (securefed.privacy.ghost) on the Poisson batch x (b, T):
         slices of at most dp_sgd.micro_batch_size records each add their clipped gradient sum to .grad,
-        then one noised, accounted step, as if the batch had gone through in one piece."""
+        then one noised, accounted step, as if the batch had gone through in one piece. ``scale``
+        (unit=document): each row's clip bound as a fraction of max_grad_norm; PAD positions are masked."""
         from securefed.privacy.ghost import clipped_backward
         from securefed.training.fused import per_record_nll
 
         total = torch.zeros((), device=x.device)
         fixed = self._dp_fixed_slice
-        for xs in x.split(fixed or self.cfg.dp_sgd.micro_batch_size or x.shape[0]):
+        size = fixed or self.cfg.dp_sgd.micro_batch_size or x.shape[0]
+        scales = scale.split(size) if scale is not None else [None] * len(x.split(size))
+        for xs, ss in zip(x.split(size), scales):
             real = xs.shape[0]
             if fixed and real < fixed:
                 # bf16: every slice has the same shape, so the same kernels round each record's values the same
                 # way whoever else is in the batch (dp.md §10.1); the padding rows' losses are masked to zero
                 xs = torch.cat([xs, xs.new_zeros((fixed - real, xs.shape[1]))])
+                ss = None if ss is None else torch.cat([ss, ss.new_ones(fixed - real)])
             # the bare module under Fabric's autocast: its wrapper would refuse the plain autograd call in
             # clipped_backward (it insists on fabric.backward, for fp16 loss scaling, which config refuses here)
             with self._sdpa(), self.fabric.autocast():
-                logits = self._gsm(input_ids=xs).logits                                   # (m, T, V)
+                logits = self._gsm(input_ids=xs if ss is None else xs.clamp_min(0)).logits   # (m, T, V)
                 loss_i = per_record_nll(logits, xs)                # (m,) each record's own mean loss
                 del logits
                 if real < xs.shape[0]:   # padding: a zero loss, so a zero gradient, so nothing in the clipped sum
                     loss_i = torch.where(torch.arange(xs.shape[0], device=xs.device) < real, loss_i, 0.0)
                 emb_out, self._emb_out[:] = self._emb_out[:], []
-                clipped_backward(self._gsm, loss_i, norm_inputs=emb_out if len(emb_out) == 1 else None)
+                clipped_backward(self._gsm, loss_i, norm_inputs=emb_out if len(emb_out) == 1 else None,
+                                 bound_scale=ss)
             total += loss_i[:real].detach().sum()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -243,11 +263,24 @@ class HolderTrainer:
     """One data holder's inner optimisation state: AdamW, step counter, data cursor."""
 
     def __init__(self, parent: LocalTrainer, holder_id: int, data: torch.Tensor, *, seed: int,
-                 total_steps: int, local_steps: int, batch_size: int, dp_secret_seed: int | None = None) -> None:
+                 total_steps: int, local_steps: int, batch_size: int, dp_secret_seed: int | None = None,
+                 units: torch.Tensor | None = None) -> None:
         if data.ndim != 2 or data.dtype != torch.long:
             raise ValueError(f"holder {holder_id}: training data must be a (N, T) LongTensor")
         if data.shape[0] < 1:
             raise ValueError(f"holder {holder_id}: has no training sequences")
+        # unit=document (dp.md §10.2): units[r] is row r's document; documents are Poisson-sampled whole and
+        # each of a document's k rows is clipped to C/k, so a document moves the clipped sum by at most C
+        self.units = self._unit_scale = None
+        if units is not None:
+            if not parent.cfg.dp_sgd.enabled:
+                raise ValueError(f"holder {holder_id}: document units are a DP-SGD setting (train.dp_sgd.unit)")
+            units = torch.as_tensor(units, dtype=torch.long)
+            if units.shape != (data.shape[0],) or int(units[0]) != 0 or bool((units.diff() < 0).any()) \
+                    or bool((units.diff() > 1).any()):
+                raise ValueError(f"holder {holder_id}: units must give each row's document, numbered 0, 1, … in row order")
+            counts = torch.bincount(units)
+            self.units, self._unit_scale = units, (1.0 / counts.double())[units].float()
         if local_steps < 1:
             raise ValueError(f"holder {holder_id}: local_steps (K) must be >= 1")
         self.parent, self.holder_id, self.data = parent, holder_id, data
@@ -317,11 +350,18 @@ class HolderTrainer:
             self._perm_epoch = self.epoch
         return self._perm_cache
 
-    def _next_batch(self) -> torch.Tensor:
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(rows, each row's clip-bound scale or None)."""
         if self.parent.cfg.dp_sgd.enabled:
+            q = self.batch_size / self.data.shape[0]
+            if self.units is not None:
+                # unit=document: each document independently with q = B / N rows (expected B rows), all its rows
+                docs = torch.rand(int(self.units[-1]) + 1, generator=self._dp_batch_gen) < q
+                mask = docs[self.units]
+                return self.data[mask], self._unit_scale[mask]
             # Poisson sampling (the accountant's assumption): each row independently with q = B / N
-            mask = torch.rand(self.data.shape[0], generator=self._dp_batch_gen) < self.batch_size / self.data.shape[0]
-            return self.data[mask]
+            mask = torch.rand(self.data.shape[0], generator=self._dp_batch_gen) < q
+            return self.data[mask], None
         # A holder with several GPUs (train.devices > 1): every rank walks the same permutation and takes
         # its own slice of world·batch rows, so ranks see different data (batch_size is per device).
         world, rank = self.world_size, self.parent.fabric.global_rank
@@ -330,7 +370,7 @@ class HolderTrainer:
             self.epoch, self.cursor = self.epoch + 1, 0
         idx = self._perm()[self.cursor : self.cursor + need]
         self.cursor += need
-        return self.data[idx[rank * self.batch_size : (rank + 1) * self.batch_size]]
+        return self.data[idx[rank * self.batch_size : (rank + 1) * self.batch_size]], None
 
     def train_round(self, global_flat: torch.Tensor, *, delta_on_device: bool = False) -> LocalUpdate:
         """K inner steps from θ_global; returns Δ = θ_global − θ_local (flat, float32, on the host; with
@@ -356,14 +396,14 @@ class HolderTrainer:
             for group in opt.param_groups:
                 group["lr"] = lr
             self._reseed_dp()
-            x = self._next_batch()
+            x, scale = self._next_batch()
             self.step += 1
             if x.shape[0] == 0:  # an empty Poisson batch (DP-SGD): a noise-only step, accounted
                 parent._dp_empty_step(opt)
                 continue
             # pinned staging: the copy is truly asynchronous, the CPU runs ahead of the GPU
             x = (x.pin_memory() if cuda else x).to(device, non_blocking=True)
-            losses += parent._step_fn(opt, x)
+            losses += parent._step_fn(opt, x) if scale is None else parent._step_fn(opt, x, scale.to(device))
         tokens = self.local_steps * self.batch_size * self.world_size * self.data.shape[1]
         if parent.sharded:   # Δ piece by piece (one piece on the device at a time); mean loss over ranks
             shard = ShardedDelta.from_model(parent.raw_model, theta, rank=rank, world=self.world_size)

@@ -151,7 +151,7 @@ def test_replayable_dp_sgd_seeds_draw_new_batches_and_noise_after_a_restart(two_
     def draws(step):
         t.step = step
         t._reseed_dp()
-        return t._next_batch().clone(), torch.randn(64, generator=t._dp_noise_gen)
+        return t._next_batch()[0].clone(), torch.randn(64, generator=t._dp_noise_gen)
 
     (b0, n0), (b4, n4), (b0_again, n0_again) = draws(0), draws(4), draws(0)
     assert torch.equal(b0, b0_again) and torch.equal(n0, n0_again)          # replayable
@@ -221,3 +221,13 @@ def test_a_signed_history_that_re_prices_spent_steps_is_named():
     assert "does not extend the previous release's" in record_level_problem(es)
     es[1] = {"seq": 1, "round": 2, "status": "released"}
     assert "a release without record_level after releases with it" in record_level_problem(es)
+
+
+def test_a_holder_restarted_with_another_privacy_unit_is_refused(two_rounds):
+    """Steps signed per training sequence cannot go on per document (dp.md §10.2): no single ε would hold."""
+    from securefed.training.config import DPSGDConfig
+
+    fed, sd, _ = two_rounds
+    holder = fed.restart_holder(1, dp_sgd=DPSGDConfig(enabled=True, noise_multiplier=1.0, delta=1e-4, unit="document"))
+    with pytest.raises(HolderStateError, match="per sequence, but this holder's config has dp_sgd.unit document"):
+        holder.welcome(fed.coordinator.welcome_for(1))

@@ -143,7 +143,7 @@ def test_empty_poisson_batch_is_a_noised_accounted_step():
     model = _tiny_llama()
     trainer = LocalTrainer(model, _train_cfg("ghost", sigma=1.0))
     h = trainer.new_holder(0, torch.randint(0, V, (40, 12)), seed=0, total_steps=2, dp_secret_seed=1)
-    h._next_batch = lambda: torch.empty((0, 12), dtype=torch.long)
+    h._next_batch = lambda: (torch.empty((0, 12), dtype=torch.long), None)
     theta = get_flat(model).clone()
     up = h.train_round(theta)
     assert h.accountant.history == [(1.0, 6 / 40, 3)] and up.delta.abs().sum() > 0   # noise only, yet a step

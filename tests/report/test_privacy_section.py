@@ -38,5 +38,13 @@ def test_delta_words():
                                                                  records_per_holder={1: 850, 2: 1200})[0]
     ok = delta_lines(delta=None, population=4, dp_on=False, dp_sgd={"enabled": True, "delta": 1e-5},
                      records_per_holder={1: 850})
-    assert "≤ 1/records (smallest holder: 850 records)" in ok[0]
+    assert "≤ 1/records (largest holder: 850 records)" in ok[0]
+    # δ between 1/largest and 1/smallest: the largest holder's records have no guarantee (the report said "a
+    # guarantee per record", checking the smallest holder only, which the pre-flight check had stopped doing)
+    mid = delta_lines(delta=None, population=4, dp_on=False, dp_sgd={"enabled": True, "delta": 1 / 1000},
+                      records_per_holder={1: 850, 2: 1200})
+    assert "exceeds 1/records = 1/1200 for the largest holder: NO MEANINGFUL" in mid[0]
+    doc = delta_lines(delta=None, population=4, dp_on=False, dp_sgd={"enabled": True, "delta": 1e-5, "unit": "document"},
+                      records_per_holder={1: 40, 2: 90})
+    assert "≤ 1/documents (largest holder: 90 documents): a guarantee per document" in doc[0]
     assert delta_lines(delta=None, population=4, dp_on=False) == []

@@ -28,17 +28,17 @@ def test_record_level_dp_sgd_is_stated_per_holder_and_never_called_no_noise(tmp_
     # holder h signs σ = 1, q = 0.01·h, 2 steps per release, 4 releases: 8 steps (signed_run.py)
     eps = {h: record_level_entry([[1.0, 0.01 * h, 8]], 1e-5)["epsilon"] for h in (1, 2, 3, 4)}
     assert "Record-level guarantee (DP-SGD), separate from the holder-level one:" in md
-    assert "| holder | record-level ε (cumulative, per training record) | δ | DP-SGD steps |" in md
+    assert "| holder | record-level ε (cumulative, per record) | δ | DP-SGD steps | unit (one record) |" in md
     for h, e in eps.items():
-        assert f"| holder-{h} | {e:.4g} | 1e-05 | 8 |" in md
+        assert f"| holder-{h} | {e:.4g} | 1e-05 | 8 | sequence |" in md
     assert "no noise is added (ε = ∞)" not in md and "What protects the individual updates is secure aggregation alone" not in md
     assert ("No holder-level differential privacy: updates are clipped and quantized, but no holder-level noise is added "
             "(holder-level ε = ∞).") in md
     assert "but no noise is added" not in md and "No DP noise" not in md
-    assert "<th>record-level ε (cumulative, per training record)</th>" in (rd / "report" / "report.html").read_text()
+    assert "<th>record-level ε (cumulative, per record)</th>" in (rd / "report" / "report.html").read_text()
     assert ("Limit (protocols/dp.md §10): torch's generators are not CSPRNGs and the noise is floating point") in md
     rep = json.loads((rd / "report" / "report.json").read_text())
-    assert rep["facts"]["record_level"]["3"] == {"epsilon": eps[3], "delta": 1e-5, "steps": 8}
+    assert rep["facts"]["record_level"]["3"] == {"epsilon": eps[3], "delta": 1e-5, "steps": 8, "unit": "sequence"}
     assert rep["verification"]["record_level"]["3"]["steps"] == 8
     out = capsys.readouterr().out
     assert "privacy: holder-level epsilon=inf (holder-level differential privacy off)" in out

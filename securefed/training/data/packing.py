@@ -8,6 +8,10 @@ documents are never in any holder's training data, whatever the partition.
 Packing (GPT-style): documents are joined with EOS after each one and chunked into fixed-length
 rows; the tail shorter than ``seq_len`` is dropped. The model does the label shift itself (HF
 causal LM: ``labels = input_ids``), so rows are plain ``input_ids``.
+
+Document packing (``pack_documents``, DP-SGD with ``unit: document``, protocols/dp.md §10.2): each document
+gets rows of its own, its last one right-padded with ``PAD`` (-1, never a token id), so a document's rows
+depend on that document alone — removing it removes exactly its rows and changes no other row.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import torch
 
 from .documents import Document
 
-__all__ = ["eval_rank", "split_eval", "pack", "unigram_perplexity"]
+__all__ = ["eval_rank", "split_eval", "pack", "pack_documents", "document_row_counts", "PAD", "unigram_perplexity"]
+
+PAD = -1   # a padding position of a document-packed row: no token, no target (the trainer masks it)
 
 
 def eval_rank(doc_id: str) -> bytes:
@@ -80,6 +86,43 @@ def pack(token_lists: Sequence[np.ndarray], *, seq_len: int, eos_id: int) -> tor
     flat = np.concatenate([part for ids in token_lists for part in (ids.astype(np.int64), eos)])
     n = flat.size // seq_len  # the tail (< seq_len tokens) is dropped
     return torch.from_numpy(flat[: n * seq_len].copy()).view(n, seq_len)  # (N, seq_len)
+
+
+def document_row_counts(lengths: Sequence[int], *, seq_len: int, max_rows: int | None = None) -> np.ndarray:
+    """Rows each document gets under ``pack_documents`` from its token count (EOS not included): its tokens
+    plus EOS cut into rows of ``seq_len``; a last piece with fewer than two tokens (no next-token target
+    inside it) is dropped; at most ``max_rows``."""
+    n = np.asarray(lengths, dtype=np.int64) + 1                     # + EOS
+    full, rest = np.divmod(n, seq_len)
+    rows = full + (rest >= 2)
+    return rows if max_rows is None else np.minimum(rows, max_rows)
+
+
+def pack_documents(token_lists: Sequence[np.ndarray], *, seq_len: int, eos_id: int,
+                   max_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, unit): rows (N, seq_len) LongTensor, each document's tokens + EOS in rows of its own, the last
+    right-padded with PAD; unit (N,) LongTensor, the index of the document (in ``token_lists``) each row
+    belongs to, non-decreasing. Rows per document: ``document_row_counts`` (a document with none — only
+    EOS — has no row). ``max_rows`` cuts a longer document to its first rows."""
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise ValueError(f"seq_len must be an int >= 2, got {seq_len!r}")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise ValueError(f"max_rows must be an int >= 1 or None, got {max_rows!r}")
+    counts = document_row_counts([int(a.size) for a in token_lists], seq_len=seq_len, max_rows=max_rows)
+    total = int(counts.sum())
+    rows = np.full((total, seq_len), PAD, dtype=np.int64)
+    unit = np.repeat(np.arange(len(token_lists), dtype=np.int64), counts)
+    at = 0
+    for ids, k in zip(token_lists, counts.tolist()):
+        if k == 0:
+            continue
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (int(ids.min()) < 0):
+            raise ValueError("token ids must be >= 0 (negative values mark padding)")
+        doc = np.concatenate([ids, np.array([eos_id], dtype=np.int64)])[: k * seq_len]
+        rows.reshape(-1)[at * seq_len : at * seq_len + doc.size] = doc
+        at += k
+    return torch.from_numpy(rows), torch.from_numpy(unit)
 
 
 def unigram_perplexity(train: torch.Tensor, eval: torch.Tensor, vocab_size: int) -> float:

@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,9 @@ class FederatedData:
     eval_per_source: dict[str, torch.Tensor]
     unigram_eval_ppl: float
     manifest: dict  # what was built: sources, doc counts, bytes, tokens, hashes, python version
+    # each holder's training documents' token ids (views of the tokenized corpus, no copies), in partition
+    # order: DP-SGD with unit=document packs them a row set per document (packing.pack_documents)
+    holder_documents: list[list[np.ndarray]] = field(default_factory=list)
 
 
 def load_sources(config: DataConfig) -> list[dict[str, list[Document]]]:
@@ -227,8 +230,9 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
         else:
             pool = [d for docs in train_by_source.values() for d in docs]
             holder_docs = partition(pool, n_holders, method=config.partition, seed=seed, alpha=config.dirichlet_alpha)
-        holder_train, holder_sources, holder_stats = [], [], []
+        holder_train, holder_sources, holder_stats, holder_tokens = [], [], [], []
         for i, docs in enumerate(holder_docs):
+            holder_tokens.append([ids[d.doc_id] for d in docs])
             rows = pack([ids[d.doc_id] for d in docs], seq_len=config.seq_len, eos_id=eos)  # (N_i, seq_len)
             present = {d.source for d in docs}
             srcs = tuple(s for s in groups if s in present)
@@ -274,4 +278,5 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
         "unigram_eval_ppl": ppl,
         "config": to_dict(config),
     }
-    return FederatedData(tok, holder_train, holder_sources, central, eval_global, eval_per_source, ppl, manifest)
+    return FederatedData(tok, holder_train, holder_sources, central, eval_global, eval_per_source, ppl, manifest,
+                         holder_tokens)
