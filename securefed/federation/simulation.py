@@ -100,7 +100,8 @@ class Simulation:
         dim = parameter_count(cfg.model.preset, vocab_size=len(self.data.tokenizer), seq_len=cfg.data.seq_len)
         sizes = [h["sequences"] for h in self.data.manifest["holders"]]
         # ε at the smallest holder (its sampling rate is the largest), δ ≤ 1/records at the largest
-        self.preflight = privacy_preflight(cfg, dim=dim, records=min(sizes), max_records=max(sizes))   # refused here
+        self.preflight = privacy_preflight(cfg, dim=dim, records=min(sizes), max_records=max(sizes),   # refused here
+                                           resumed_ledgers=self.rd.privacy if resume else None)
         self.ray = None
         if backend == "ray":   # an unreachable cluster or unmet resources: one error, no run directory
             from securefed.federation.ray_cluster import RayOptions, connect
