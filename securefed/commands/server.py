@@ -16,8 +16,9 @@ from securefed import jsonio
 
 
 EPILOG = """exit status (protocols/transport.md §10):
-  0  all rounds done (or the server's epsilon cap reached); --status: printed
-  1  unexpected error; --status: the server that wrote it is no longer running and the run did not end
+  0  all rounds done (or the server's epsilon cap reached); --status: printed (the run ended, its server runs on
+     this host, or - status written on another host, or naming none - this machine cannot tell: LIVENESS UNKNOWN)
+  1  unexpected error; --status: the server that wrote it is no longer running on this host and the run did not end
   2  usage or config error (config, PKI, --out, --port in use, --resume under other settings): nothing written;
      --status: no status file
   4  checkpoint and privacy ledger disagree, or --out is in use by another server process
@@ -35,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (checkpoints, metrics, privacy ledger, model, report)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--status", metavar="RUN_DIR", help="print the live status of a (running or finished) run and exit: "
-                   "0, or 1 when the server that wrote it is no longer running and the run did not end")
+                   "0, or 1 when the server that wrote it on this host is no longer running and the run did not end "
+                   "(written on another host, or naming none: it says it cannot tell, exit 0)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=50051, help="0 picks a free port (written to RUN_DIR/status.json)")
     p.add_argument("--preset", default="demo", help="run preset (see `securefed simulate --list-presets`)")
@@ -50,8 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _status(run_dir: str) -> int:
-    """0: printed (the server is running, or the run ended); 1: printed, but the server that wrote it is gone
-    before the run ended (killed or crashed: the file still reads as live); 2: no status."""
+    """0: printed, and the run ended, or its server runs on this host, or this machine cannot tell (the status was
+    written on another host, or names none: said so on stderr); 1: printed, but the server that wrote it is gone
+    from this host before the run ended (killed or crashed: the file still reads as live); 2: no status."""
     path = Path(run_dir) / "status.json"
     if not path.is_file():
         print(f"securefed server: no status in {run_dir} (not a `securefed server` run directory, or it has not "
@@ -63,40 +66,54 @@ def _status(run_dir: str) -> int:
         print(f"securefed server: {e}", file=sys.stderr)
         return 2
     print(jsonio.dumps(st, indent=2))
-    board = st.get("board") if isinstance(st, dict) else None
+    if not isinstance(st, dict):
+        st = {}
+    board = st.get("board")
     ended = board.get("ended") if isinstance(board, dict) else None
-    updated = st.get("updated") if isinstance(st, dict) else None
+    updated = st.get("updated")
     when = f"last updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(updated))}" \
         if isinstance(updated, (int, float)) else "no update time"
     if isinstance(ended, dict):
         print(f"run ended after round {ended.get('after_round')} ({ended.get('why')}); {when}", file=sys.stderr)
         return 0
-    if _gone(st):
+    state, why = _liveness(st)
+    if state == "gone":
         print(f"securefed server: NOT RUNNING: process {st['pid']}, which wrote this status, is gone and the run did "
               f"not end ({when}); the round shown is where it stopped: restart it with the same arguments and "
               "--resume", file=sys.stderr)
         return 1
+    if state == "running":
+        print(f"securefed server: running: process {st['pid']} on this host ({when})", file=sys.stderr)
+        return 0
+    print(f"securefed server: LIVENESS UNKNOWN: {why}, so this machine cannot tell whether the server that wrote it "
+          f"still runs ({when}); look on the server's machine", file=sys.stderr)
     return 0
 
 
-def _gone(st: dict) -> bool:
-    """The status's writer is known not to run: its pid is not alive on this host (or is another program)."""
+def _liveness(st: dict) -> tuple[str, str]:
+    """("running" | "gone" | "unknown", why): whether the status's writer runs, judged only where its pid is known
+    to be this host's. A status without a host (older versions, or written by hand) or from another host (a shared
+    filesystem) is "unknown": a pid says nothing about another machine's processes."""
     import os
     import socket
 
-    pid = st.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or st.get("host") not in (None, socket.gethostname()):
-        return False   # written elsewhere (a shared filesystem): this machine cannot tell
+    pid, host, here = st.get("pid"), st.get("host"), socket.gethostname()
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return "unknown", f"the status names no process id (pid {pid!r})"
+    if not isinstance(host, str) or not host:
+        return "unknown", f"the status names no host (pid {pid}; written by an older version, or by hand)"
+    if host != here:
+        return "unknown", f"the status was written on host {host!r} (pid {pid}), and this is {here!r}"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
+        return "gone", ""
     except PermissionError:
-        return False
+        return "running", ""   # it exists, under another user
     try:   # a reused pid: another program now
-        return b"securefed" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return ("running", "") if b"securefed" in Path(f"/proc/{pid}/cmdline").read_bytes() else ("gone", "")
     except OSError:
-        return False
+        return "running", ""   # no /proc to tell a reused pid by: it exists (the safe direction)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -30,7 +31,7 @@ from securefed.federation.stages import RELEASE_STAGES, Stage, stage_label
 from securefed.runtime.rundir import atomic_write_text
 from securefed.secagg import IdentityInUse, Roster
 from securefed.transport.board import StageBoard
-from securefed.transport.frames import ACK_ALREADY_REPLIED, DEFAULT_CHUNK, FrameError, Kind
+from securefed.transport.frames import ACK_ALREADY_REPLIED, ACK_TOO_LATE, DEFAULT_CHUNK, FrameError, Kind
 from securefed.transport.pki import Layout
 from securefed.transport.service import Handlers, make_server, server_workers
 from securefed.transport.stream import BufferSink
@@ -187,7 +188,7 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
 
     backoff = backoff or Backoff()
     failures, tc, at = 0, None, None    # at: (round, next stage) to resume after a dropped connection
-    sent: set[tuple[int, int]] = set()  # (round, stage) this process has submitted a reply to, reconnects included
+    sent = _Sent()                      # what this process submitted and how it was answered, reconnects included
     while True:
         try:
             if tc is None:
@@ -207,7 +208,10 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
                 r, at = _round(holder, tc, r, at[1] if at and at[0] == r else 0, sent), None
                 failures = 0
                 backoff.reset()
-            log.info("holder %d: all %d rounds done", holder.id, holder.welcomed.rounds)
+            nothing = sorted(sent.nothing)
+            log.log(logging.WARNING if nothing else logging.INFO, "holder %d: all %d rounds done%s", holder.id,
+                    holder.welcomed.rounds, f"; it contributed nothing to {len(nothing)} of them (round "
+                    f"{_ids(nothing)}): its replies arrived after their stages had ended" if nothing else "")
             tc.close()
             return EXIT["ok"]
         except PolicyRefused as e:
@@ -283,13 +287,40 @@ class _Untrusted(Exception):
     """The coordinator's certificate fails this holder's TLS checks (transport.md §7.1): exit 3, never retried."""
 
 
+@dataclass
+class _Sent:
+    """This client process's replies, across reconnects: ``stages`` (round, stage) it submitted a reply to;
+    ``in_sum`` rounds whose released update the coordinator accepted; ``late`` rounds it was told a reply arrived
+    too late (transport.md §6.1: said once per round), ``nothing`` those of them it contributed nothing to."""
+    stages: set[tuple[int, int]] = field(default_factory=set)
+    in_sum: set[int] = field(default_factory=set)
+    late: set[int] = field(default_factory=set)
+    nothing: set[int] = field(default_factory=set)
+
+
+def _too_late(holder, r: int, stage: Stage, sent: _Sent) -> None:
+    """transport.md §6.1: the coordinator answered ACK_TOO_LATE — the stage ended (its deadline) before this reply
+    arrived or completed, and the reply counts for nothing. Logged once per round, in words."""
+    first = r not in sent.late
+    sent.late.add(r)
+    if r in sent.in_sum:   # a stage after one of its release stages (consistency, unmask; ckks+secagg's masked part)
+        what = f"the update it released earlier in round {r} had reached the coordinator, this reply had not"
+    else:
+        sent.nothing.add(r)
+        what = f"this holder contributed nothing to round {r}"
+    log.log(logging.WARNING if first else logging.DEBUG,
+            "holder %d: round %d stage %s had already ended when this holder's reply arrived: %s (the "
+            "coordinator's deadline for the stage passed first: this holder is too slow for it, or its link is)",
+            holder.id, r, stage.name, what)
+
+
 class _Resume(Exception):
     def __init__(self, r: int, stage: int, why: str) -> None:
         super().__init__(why)
         self.round, self.stage, self.why = r, stage, why
 
 
-def _round(holder, tc, r: int, s: int, sent: set[tuple[int, int]]) -> int:
+def _round(holder, tc, r: int, s: int, sent: _Sent) -> int:
     """One round as the coordinator drives it: fetch the next stage message, handle it, reply.
     Returns the next round to ask for. A dropped connection raises _Resume(r, s): the holder comes
     back to the same stage of the same round (its round state is in memory; nothing is re-sent)."""
@@ -327,10 +358,12 @@ def _round(holder, tc, r: int, s: int, sent: set[tuple[int, int]]) -> int:
         s = f.stage + 1
         if reply is None:
             continue
-        resend = (r, f.stage) in sent
-        sent.add((r, f.stage))
+        resend = (r, f.stage) in sent.stages
+        sent.stages.add((r, f.stage))
         try:
             tc.submit(r, f.stage, Kind.REPLY, reply, timeout=900.0 if f.stage in RELEASE_STAGES else 120.0)
+            if f.stage in RELEASE_STAGES:
+                sent.in_sum.add(r)
         except Refused as e:   # e.g. the stage closed: the holder is dropped for it; it never sends it again
             if e.status == ACK_ALREADY_REPLIED and not resend:
                 # transport.md §6.3: this process never sent this reply, yet one under this holder's certificate was
@@ -340,6 +373,9 @@ def _round(holder, tc, r: int, s: int, sent: set[tuple[int, int]]) -> int:
                 raise IdentityInUse(f"another process is taking part as holder {holder.id} with this holder's "
                                     f"certificate: the coordinator already had its reply to round {r} stage "
                                     f"{Stage(f.stage).name}, which this client never sent") from None
-            log.warning("holder %d: round %d stage %s reply refused: %s", holder.id, r, Stage(f.stage).name, e)
+            if e.status == ACK_TOO_LATE:
+                _too_late(holder, r, Stage(f.stage), sent)
+            else:
+                log.warning("holder %d: round %d stage %s reply refused: %s", holder.id, r, Stage(f.stage).name, e)
         except grpc.RpcError as e:
             raise _Resume(r, s, f"submit failed: {e.code() if hasattr(e, 'code') else e}") from None

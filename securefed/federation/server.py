@@ -62,7 +62,8 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
         identity = load_identity(lay.server_identity)   # signs the privacy ledgers
         data = coordinator_data(cfg, progress=False)    # the public tokenizer and the evaluation split
         dim = parameter_count(cfg.model.preset, vocab_size=len(data.tokenizer), seq_len=cfg.data.seq_len)
-        pf = privacy_preflight(cfg, dim=dim, records=None)   # a holder checks its own record-level δ
+        pf = privacy_preflight(cfg, dim=dim, records=None,   # a holder checks its own record-level δ
+                               resumed_ledgers=rd.privacy if resume else None)
         if launched:
             rd.root.mkdir(parents=True, exist_ok=True)
             rd.privacy.mkdir(exist_ok=True)

@@ -104,8 +104,8 @@ class Simulation:
         sizes, units = record_counts(fd, n_holders=cfg.federation.n_holders, dp_sgd=cfg.train.dp_sgd,
                                      seq_len=cfg.data.seq_len)
         # ε at the smallest holder (its sampling rate is the largest), δ ≤ 1/records at the largest
-        self.preflight = privacy_preflight(cfg, dim=dim, records=min(sizes), max_records=max(sizes),
-                                           max_documents=max(units))   # refused here
+        self.preflight = privacy_preflight(cfg, dim=dim, records=min(sizes), max_records=max(sizes),   # refused here
+                                           max_documents=max(units), resumed_ledgers=self.rd.privacy if resume else None)
         self.ray = None
         if backend == "ray":   # an unreachable cluster or unmet resources: one error, no run directory
             from securefed.federation.ray_cluster import RayOptions, connect

@@ -28,7 +28,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from securefed.privacy.accountant import Accountant, RoundEvent
+from securefed.privacy.accountant import ACCOUNTANT_SCHEME, SCHEMES, Accountant, RoundEvent
 from securefed.privacy.config import DPConfig, default_delta
 from securefed.privacy.encoders import DiscretePlan
 from securefed.privacy.events import quantized_sensitivity, round_event
@@ -85,6 +85,7 @@ class Preflight:
     record_level: dict | None = field(default=None)
     ring_bits: int = 32
     warnings: tuple[str, ...] = ()  # caps the planned rounds will reach (the run stops or holders refuse early)
+    accountant_scheme: int = ACCOUNTANT_SCHEME  # the scheme the run accounts with (a resumed run keeps its own)
 
     @property
     def verdict(self) -> str:
@@ -102,6 +103,9 @@ class Preflight:
             out.append(f"  σ = {f(self.noise_multiplier)}, δ = {self.delta:.3g}; ε per round {f(self.epsilon_per_round)}, "
                        f"after {self.rounds} rounds {f(self.epsilon_planned)} (a holder's own, no amplification: "
                        f"{f(self.holder_epsilon_planned)})")
+            if self.accountant_scheme != ACCOUNTANT_SCHEME:
+                out.append(f"  accounted under scheme /{self.accountant_scheme}, which this run's ledger began with "
+                           f"(new runs: /{ACCOUNTANT_SCHEME}; protocols/dp.md §6.5)")
             if self.sensitivity_inflation > 1.01:
                 out.append(f"  rounding in a {self.ring_bits}-bit ring makes the sensitivity {f(self.sensitivity_inflation)}×C: "
                            "more ring bits would cost less privacy")
@@ -214,11 +218,15 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
 def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: int, dim: int,
               sampling: Literal["poisson", "fixed"], typical_update_norm: float | None = None,
               min_survivors: int | None = None, record_level: RecordLevel | None = None,
-              force: bool | None = None) -> Preflight:
+              force: bool | None = None, scheme: int = ACCOUNTANT_SCHEME) -> Preflight:
     """The pre-flight check (module doc). Raises PreflightError for parameters that give no guarantee.
-    ``force`` (default: ``config.force_unlearnable``) lets a configuration that cannot learn train anyway."""
+    ``force`` (default: ``config.force_unlearnable``) lets a configuration that cannot learn train anyway.
+    ``scheme``: the accountant scheme the run accounts with — a resumed run's is the one its ledger began with
+    (session.run_scheme; dp.md §6.5), so that every ε here, σ calibrated from a target ε included, is the ledger's."""
     if not isinstance(config, DPConfig):
         raise TypeError("config must be a DPConfig")
+    if isinstance(scheme, bool) or scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     for name, v in (("population", population), ("cohort_size", cohort_size), ("rounds", rounds), ("dim", dim)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -238,7 +246,8 @@ def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: in
     z = 0.0
     if config.dp_on:
         z = config.noise_multiplier if config.noise_multiplier is not None else calibrate_sigma(
-            config, dim=dim, cohort_size=m, rounds=rounds, sampling=sampling, q=q, delta=delta, population=population)
+            config, dim=dim, cohort_size=m, rounds=rounds, sampling=sampling, q=q, delta=delta, population=population,
+            scheme=scheme)
     plan = plan_round(config, round_index=1, dim=dim, n=m, z=z, clip=config.clip, seed=b"securefed/preflight",
                       population=population)
     sb = plan_sigma_b(config, plan, z)
@@ -257,13 +266,13 @@ def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: in
     signal = s / math.sqrt(dim)
     ratio = noise_mean / signal
     limit = math.sqrt(rounds)
-    acc = Accountant(config.accountant)
+    acc, holder_acc = Accountant(config.accountant, scheme), Accountant("rdp", scheme)   # as the session's ledgers
     eps_round = acc.epsilon(delta, [ev(m, q)]) if config.dp_on else math.inf
     eps_planned = acc.epsilon(delta, [ev(m, q)] * rounds) if config.dp_on else math.inf
     joins = max(1, math.ceil(rounds * q))
     surv_min = m if min_survivors is None else max(1, min(m, min_survivors))
-    holder_one = Accountant().epsilon(delta, [ev(surv_min, 1.0)]) if config.dp_on else math.inf
-    holder_planned = Accountant().epsilon(delta, [ev(m, 1.0)] * joins) if config.dp_on else math.inf
+    holder_one = holder_acc.epsilon(delta, [ev(surv_min, 1.0)]) if config.dp_on else math.inf
+    holder_planned = holder_acc.epsilon(delta, [ev(m, 1.0)] * joins) if config.dp_on else math.inf
     if config.holder_epsilon_cap is not None and holder_one > config.holder_epsilon_cap:
         problems.append(f"privacy.holder_epsilon_cap = {config.holder_epsilon_cap:g} is below the cost of one round to a "
                         f"holder ({holder_one:.4g}): every holder would refuse every round")
@@ -273,7 +282,7 @@ def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: in
     rec = _record_level(record_level, dim, problems) if record_level is not None else None
     warns = _cap_warnings(config, rounds=rounds, joins=joins, q=q,
                           eps_rounds=lambda k: acc.epsilon(delta, [ev(m, q)] * k),
-                          eps_holder=lambda k: Accountant().epsilon(delta, [ev(m, 1.0)] * (k - 1) + [ev(surv_min, 1.0)])
+                          eps_holder=lambda k: holder_acc.epsilon(delta, [ev(m, 1.0)] * (k - 1) + [ev(surv_min, 1.0)])
                           ) if config.dp_on and not problems else []
     if problems:
         raise PreflightError("privacy parameters give no guarantee: " + "; ".join(problems))
@@ -294,4 +303,4 @@ def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: in
                      signal_per_coordinate=signal, noise_to_signal=ratio, learnable_limit=limit,
                      sensitivity_inflation=infl, epsilon_per_round=eps_round, epsilon_planned=eps_planned,
                      holder_epsilon_planned=holder_planned, record_level=rec, ring_bits=config.ring_bits,
-                     warnings=tuple(warns))
+                     warnings=tuple(warns), accountant_scheme=scheme)

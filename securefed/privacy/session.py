@@ -35,7 +35,7 @@ from securefed.privacy.round import RoundPrivacy
 from securefed.privacy.verify import check_server_entries, check_view_entries
 from securefed.primitives.quantize import plan_quantization
 
-__all__ = ["PrivacySession", "plan_round", "plan_sigma_b", "calibrate_sigma"]
+__all__ = ["PrivacySession", "plan_round", "plan_sigma_b", "calibrate_sigma", "run_scheme"]
 
 
 def _int(name: str, v: object, lo: int) -> int:
@@ -80,6 +80,23 @@ def calibrate_sigma(config: DPConfig, *, dim: int, cohort_size: int, rounds: int
         return Accountant(config.accountant, scheme).epsilon(delta, [ev] * rounds)
 
     return calibrate_noise_multiplier(eps, config.target_epsilon)
+
+
+def run_scheme(ledger_dir: str | Path, server_entries: Sequence[dict] | None = None) -> int:
+    """The accountant scheme of the run whose ledgers are in ``ledger_dir`` (dp.md §6.5): a resumed run keeps the
+    scheme it began with, so its ε never changes under it — its server ledger's; with no server entry yet, the holder
+    views of a round whose server entry was never appended (a coordinator stopped between the appends) say which (a
+    view must not change scheme either); ACCOUNTANT_SCHEME for a run with neither. ``server_entries``: the server
+    ledger's entries, where the caller has read them already. LedgerError if the entries mix schemes or name one this
+    code does not recompute (or a ledger is malformed)."""
+    d = Path(ledger_dir)
+    if server_entries is None:
+        server_entries = read_ledger(d / "ledger.jsonl")
+    begun = list(server_entries) or [e for p in sorted((d / "holders").glob("holder-*.jsonl")) for e in read_ledger(p)[:1]]
+    try:
+        return ledger_scheme(begun)
+    except ValueError as e:
+        raise LedgerError(f"{d / 'ledger.jsonl'}: {e}") from None
 
 
 class PrivacySession:
@@ -149,15 +166,7 @@ class PrivacySession:
 
     def _replay(self) -> None:
         self.ledger = Ledger(self.ledger_dir / "ledger.jsonl", signer=self.signer)
-        # a resumed run keeps the scheme it began with: its ε never changes under it (dp.md §6.5). With no server entry
-        # yet, the holder views of a round whose server entry was never appended (a coordinator stopped between the
-        # appends) say which: a view must not change scheme either
-        begun = self.ledger.entries or [e for p in sorted((self.ledger_dir / "holders").glob("holder-*.jsonl"))
-                                        for e in read_ledger(p)[:1]]
-        try:
-            self.scheme = ledger_scheme(begun)
-        except ValueError as e:
-            raise LedgerError(f"{self.ledger.path}: {e}") from None
+        self.scheme = run_scheme(self.ledger_dir, self.ledger.entries)   # a resumed run keeps its own (dp.md §6.5)
         self.accountant = Accountant(self.config.accountant, self.scheme)
         self.clip = self.config.clip
         self.noise_multiplier = self.config.noise_multiplier

@@ -25,8 +25,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from securefed.transport.frames import (ACK_ALREADY_REPLIED, Ack, FetchRequest, FrameError, Header, Kind, decode,
-                                        encode, iter_stream_frames, sha256_parts)
+from securefed.transport.frames import (ACK_ALREADY_REPLIED, ACK_TOO_LATE, Ack, FetchRequest, FrameError, Header, Kind,
+                                        decode, encode, iter_stream_frames, sha256_parts)
 from securefed.transport.stream import BytesSink, StreamReceiver, expect_header
 
 __all__ = ["StageBoard"]
@@ -36,6 +36,10 @@ log = logging.getLogger("securefed.transport.board")
 
 def _wait(cond: threading.Condition, pred, timeout: float) -> bool:
     return cond.wait_for(pred, timeout=max(0.0, timeout))
+
+
+class _TooLate(Exception):
+    """The stage a reply is for ended (its deadline) before the reply arrived or completed (§6.1)."""
 
 
 class StageBoard:
@@ -52,6 +56,9 @@ class StageBoard:
         self.expect: set[int] = set()
         self.done: set[int] = set()       # submitted (committed) this stage
         self.committed: set[tuple[int, int]] = set()   # (stage, holder) replies committed this round
+        # (round, stage) -> the holders it expected and did not get a reply from, for the stages closed in this round
+        # and the one before: a reply from one of them now is answered ACK_TOO_LATE (§6.1), not a generic refusal
+        self.closed: dict[tuple[int, int], frozenset[int]] = {}
         self.failed: set[int] = set()     # expected holders whose stream failed this stage
         self.streaming: dict[int, object] = {}   # holder -> the gRPC context of its reply stream open now
         self.replies: dict[int, bytes] = {}
@@ -155,6 +162,10 @@ class StageBoard:
                     log.warning("holder %d: refused a stream: a reply of this holder to round %d stage %d was "
                                 "already committed", hid, r, first.stage)
                     return encode(Ack(ACK_ALREADY_REPLIED, "already replied"))
+                if isinstance(first, Header) and first.run_id == self.run_id and first.kind == Kind.REPLY \
+                        and hid in self.closed.get((first.round, first.stage), ()):
+                    raise _TooLate(f"its reply to round {first.round} stage {first.stage} arrived after that stage "
+                                   "had ended")
                 if s < 0 or hid not in self.expect:
                     raise FrameError(f"holder is not expected to reply in round {r} now")
                 if hid in self.failed or hid in self.done or hid in self.streaming:   # (a done holder's other header)
@@ -167,13 +178,13 @@ class StageBoard:
             n = 0
             for raw in it:
                 if (self.round, self.stage) != key:   # the stage closed (deadline): stop buffering now
-                    raise FrameError("the stage closed before the stream completed")
+                    raise _TooLate(f"the stage (round {r} stage {s}) ended before its reply stream completed")
                 n += len(raw)
                 rx.feed(decode(raw))
             rx.finish()
             with self.cond:
                 if (self.round, self.stage) != key:
-                    raise FrameError("the stage closed before the stream completed")
+                    raise _TooLate(f"the stage (round {r} stage {s}) ended before its reply stream completed")
                 if sink_for is None:
                     self.replies[hid] = sink.value
                 self.done.add(hid)
@@ -181,6 +192,9 @@ class StageBoard:
                 self.bytes_up += n
                 self.cond.notify_all()
             return encode(Ack(0))
+        except _TooLate as e:   # said as such: the holder learns its reply counts for nothing, not a bare "refused"
+            log.warning("holder %d: answered too late: %s", hid, e)
+            return encode(Ack(ACK_TOO_LATE, "too late: the stage had ended"))
         except StopIteration:
             log.warning("holder %d: empty submit", hid)
         except (FrameError, ValueError) as e:
@@ -252,8 +266,10 @@ class StageBoard:
 
     def open_round(self, r: int, cohort) -> None:
         with self.cond:
+            self._close_stage()   # (a round that opens over an open stage: never, but then that stage ended)
             self.round, self.over, self.cohort, self.opened = r, False, frozenset(cohort), True
-            self.outbox, self.stage, self.expect, self.committed = {}, -1, set(), set()
+            self.outbox, self.committed = {}, set()
+            self.closed = {k: v for k, v in self.closed.items() if k[0] >= r - 1}   # this round's and the last
             self.cond.notify_all()
 
     def publish(self, stage: int, outbox: Mapping[int, bytes], *, reply: bool,
@@ -262,6 +278,7 @@ class StageBoard:
             for h, payload in outbox.items():
                 self.outbox[(h, stage)] = payload
             if reply:
+                self._close_stage()   # (the driver closes each stage with wait_replies first; if not, it ends here)
                 self.stage, self.expect, self.done, self.failed = stage, set(outbox), set(), set()
                 self.replies, self._sink, self._max_reply = {}, sink, max_reply
             self.cond.notify_all()
@@ -269,7 +286,8 @@ class StageBoard:
     def wait_replies(self, deadline: float, *,
                      on_progress: Callable[[int], None] | None = None) -> tuple[dict[int, bytes], set[int]]:
         """Wait until every addressed holder replied (or failed) or ``deadline`` seconds pass; then close
-        the stage: later submissions are refused, and messages of this and earlier stages withdrawn.
+        the stage: later submissions are refused (those of holders it waited for in vain: ACK_TOO_LATE, §6.1),
+        and messages of this and earlier stages withdrawn.
         ``on_progress`` (progress) gets the number of addressed holders settled (replied or failed) each
         time it grows, called without the board's lock held."""
         end = time.monotonic() + deadline
@@ -296,7 +314,8 @@ class StageBoard:
                 log.info("round %d stage %d: no reply from %s (treated as dropped)", self.round, self.stage, missing)
             replies, done, s = dict(self.replies), set(self.done), self.stage
             self.outbox = {k: v for k, v in self.outbox.items() if k[1] > s}
-            self.stage, self.expect, self._sink = -1, set(), None
+            self._close_stage()
+            self._sink = None
             late = list(self.streaming.values())
             self.cond.notify_all()
         for context in late:   # a stream still open past the deadline (even a stalled one) is cancelled: its
@@ -307,15 +326,24 @@ class StageBoard:
     def end_round(self, r: int) -> None:
         with self.cond:
             if self.round == r:
-                self.over, self.outbox, self.stage, self.expect = True, {}, -1, set()
+                self._close_stage()
+                self.over, self.outbox = True, {}
                 self.cond.notify_all()
 
     def end_run(self, why: str, after_round: int) -> None:
         """§5.4: from now on every fetch — those long-polling now included — answers WAIT ``ended``."""
         with self.cond:
             self.ended = {"reason": "ended", "why": why, "after_round": after_round}
-            self.over, self.outbox, self.stage, self.expect = True, {}, -1, set()
+            self._close_stage()
+            self.over, self.outbox = True, {}
             self.cond.notify_all()
+
+    def _close_stage(self) -> None:
+        """(Under the lock.) The stage accepting replies ends: no more replies to it; the holders it still expected
+        are remembered, so that a reply of theirs arriving now is answered ACK_TOO_LATE (§6.1)."""
+        if self.stage >= 0:
+            self.closed[(self.round, self.stage)] = frozenset(self.expect - self.done)
+        self.stage, self.expect = -1, set()
 
     def wait_told(self, *, fresh: float, timeout: float) -> list[int]:
         """Wait (≤ ``timeout`` s) until every holder that asked for anything in the last ``fresh`` s

@@ -128,13 +128,15 @@ class FetchRequest:
 
 
 ACK_ALREADY_REPLIED = 2   # transport.md §4: a reply of this holder for this stage was already committed
+ACK_TOO_LATE = 3          # transport.md §6.1: the stage this reply is for had ended when it arrived (not committed)
 
 
 @dataclass(frozen=True)
 class Ack:
     """S→C answer to a submitted stream: status 0 accepted; ACK_ALREADY_REPLIED: this holder's reply to the stage was
-    already committed (by this client before a reconnect, or by another client with its identity, §6.3); else
-    refused (reason is generic)."""
+    already committed (by this client before a reconnect, or by another client with its identity, §6.3);
+    ACK_TOO_LATE: the stage had ended (deadline) before this reply arrived or completed, and it counts for nothing
+    (§6.1); else refused (reason is generic)."""
 
     status: int
     reason: str = ""

@@ -103,3 +103,75 @@ def test_the_dp_preset_is_refused_before_training():
                   sampling=fed.sampling)
     assert not p.ok and p.noise_to_signal > 100 * p.learnable_limit
     assert cfg.privacy.delta == 1e-5 and p.epsilon_planned <= cfg.privacy.target_epsilon
+
+
+def _scheme_2_run(tmp_path, monkeypatch, cfg, rounds=1):
+    """A run begun by the code of stop 35 (accountant scheme /2): its ledger names /2 (tests/privacy/test_session.py)."""
+    from securefed.privacy import PrivacySession
+    from securefed.privacy import accountant as acc_mod
+
+    from .test_session import _run_round
+
+    monkeypatch.setattr(acc_mod, "ACCOUNTANT_SCHEME", 2)
+    s = PrivacySession(cfg, population=160, cohort_size=8, rounds_planned=10, sampling="fixed",
+                       ledger_dir=tmp_path / "privacy")
+    for r in range(rounds):
+        _run_round(s, r, list(range(8)))
+    monkeypatch.undo()
+    return tmp_path / "privacy"
+
+
+@pytest.mark.parametrize("sigma", [{"noise_multiplier": 64.0}, {"target_epsilon": 0.2}])
+def test_a_resumed_scheme_2_run_is_pre_flighted_under_scheme_2_as_its_ledger_records(tmp_path, monkeypatch, sigma):
+    """dp.md §6.5: a run begun under scheme /2 keeps /2 when resumed (its session pins the scheme of its first server
+    ledger entry), but its pre-flight planned under /3: at q = 0.05 and σ = 64 it printed ε 0.0208 per round while the
+    ledger records 0.0715, and with a target ε it calibrated σ ≈ 11 under /3 where the run goes on with the σ ≈ 113
+    its ledger holds. The check now takes the run's scheme: its ε per round is the ledger's first entry's, which is the
+    /2 accountant's ε of that round's event."""
+    from securefed.privacy import read_ledger
+    from securefed.privacy.accountant import Accountant, RoundEvent
+    from securefed.privacy.session import run_scheme
+
+    from .test_session import DIM
+
+    cfg = DPConfig(mode="central", mechanism="gaussian", clip=1.0, force_unlearnable=True, **sigma)
+    ledgers = _scheme_2_run(tmp_path, monkeypatch, cfg)
+    (first,) = read_ledger(ledgers / "ledger.jsonl")
+    assert run_scheme(ledgers) == 2 and run_scheme(tmp_path / "fresh") == 3
+    p = preflight(cfg, population=160, cohort_size=8, rounds=10, dim=DIM, sampling="fixed", scheme=run_scheme(ledgers))
+    ev = RoundEvent.from_dict(first["event"])         # the full cohort of 8 took part: the round the check plans
+    assert p.noise_multiplier == pytest.approx(first["noise_multiplier"], rel=1e-12)
+    assert p.epsilon_per_round == pytest.approx(first["epsilon"], rel=1e-12)
+    assert p.epsilon_per_round == pytest.approx(Accountant("rdp", 2).epsilon(first["delta"], [ev]), rel=1e-12)
+    assert p.epsilon_planned == pytest.approx(Accountant("rdp", 2).epsilon(first["delta"], [ev] * 10), rel=1e-9)
+    assert p.accountant_scheme == 2 and any("scheme /2" in line for line in p.lines())
+    fresh = preflight(cfg, population=160, cohort_size=8, rounds=10, dim=DIM, sampling="fixed")   # a new run: /3
+    assert fresh.accountant_scheme == 3 and not any("scheme /" in line for line in fresh.lines())
+    assert fresh.epsilon_per_round < 0.85 * p.epsilon_per_round        # (Thm. 27 vs Thm. 9: the schemes differ here)
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        preflight(cfg, population=160, cohort_size=8, rounds=10, dim=DIM, sampling="fixed", scheme=1)
+
+
+def test_a_resumed_run_is_pre_flighted_by_the_coordinator_under_its_ledgers_scheme(tmp_path, monkeypatch, tiny_run):
+    """What `securefed server --resume` and `simulate --resume` call (federation/coordinator.py privacy_preflight):
+    the resumed run's RUN_DIR/privacy names the scheme; a ledger that cannot be read is one clear error."""
+    from securefed.federation.coordinator import privacy_preflight
+    from securefed.privacy import LedgerError, read_ledger
+    from securefed.runtime.config import load_run_config
+
+    from .test_session import DIM
+
+    run = load_run_config(overrides=[*tiny_run, "privacy.mode=central", "privacy.mechanism=gaussian",
+                                     "privacy.noise_multiplier=64", "privacy.clip=1.0", "privacy.force_unlearnable=true",
+                                     "federation.n_holders=160", "federation.clients_per_round=8",
+                                     "federation.weighting=uniform"])
+    ledgers = _scheme_2_run(tmp_path, monkeypatch, run.privacy)
+    (first,) = read_ledger(ledgers / "ledger.jsonl")
+    resumed = privacy_preflight(run, dim=DIM, records=None, resumed_ledgers=ledgers)
+    assert resumed.accountant_scheme == 2 and resumed.epsilon_per_round == pytest.approx(first["epsilon"], rel=1e-12)
+    assert privacy_preflight(run, dim=DIM, records=None).accountant_scheme == 3          # a new run
+    (ledgers / "ledger.jsonl").write_text("")        # stopped before round 0's server append: the views say /2
+    assert privacy_preflight(run, dim=DIM, records=None, resumed_ledgers=ledgers).accountant_scheme == 2
+    (ledgers / "ledger.jsonl").write_text("{not json\n")
+    with pytest.raises(LedgerError):
+        privacy_preflight(run, dim=DIM, records=None, resumed_ledgers=ledgers)

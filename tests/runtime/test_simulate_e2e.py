@@ -265,3 +265,30 @@ def test_the_end_of_run_record_binds_the_epsilon_to_the_exported_model(tmp_path,
     assert "was not checked" in said.out + said.err
     shutil.copy(kept, model)
     assert main(["verify", str(a)]) == 0
+
+
+def test_a_resumed_scheme_2_run_pre_flights_with_the_epsilon_its_ledger_records(tmp_path, tiny_run, monkeypatch):
+    """dp.md §6.5: a run begun under accountant scheme /2 keeps /2 when resumed (PrivacySession pins the scheme of its
+    first server ledger entry), but `simulate --resume` (and `server --resume`) ran the pre-flight under /3: 6 holders,
+    cohorts of 3 (q = 0.5), σ = 8 -- it printed ε 0.45 per round where the ledger records 0.69 for the same round.
+    The pre-flight of the resumed run is now its ledger's: ε per round = the first (full-cohort) entry's ε."""
+    import securefed.privacy.preflight  # noqa: F401 - imported before the patch below: its default scheme stays /3
+    from securefed.privacy import accountant as acc_mod
+    from securefed.privacy.accountant import accountant_version
+
+    cfg = load_run_config(overrides=[*tiny_run, "federation.n_holders=6", "federation.clients_per_round=3",
+                                     "federation.sampling=fixed", "privacy.mode=central", "privacy.mechanism=gaussian",
+                                     "privacy.noise_multiplier=8", "privacy.clip=1.0", "privacy.force_unlearnable=true",
+                                     "privacy.delta=1e-3", "federation.weighting=uniform",
+                                     "data.max_sources=6"])
+    out = tmp_path / "run"
+    monkeypatch.setattr(acc_mod, "ACCOUNTANT_SCHEME", 2)                   # the code of stop 35 began this run
+    Simulation(cfg, out, progress=False, stop_after_round=1).run()
+    monkeypatch.undo()
+    (first,) = read_ledger(out / "privacy" / "ledger.jsonl")
+    assert first["accountant_version"] == accountant_version("rdp", 2) and first["n_survivors"] == 3
+    resumed = Simulation(cfg, out, resume=True, progress=False)            # the pre-flight runs here
+    assert resumed.preflight.epsilon_per_round == pytest.approx(first["epsilon"], rel=1e-9)
+    assert resumed.preflight.accountant_scheme == 2
+    fresh = Simulation(cfg, tmp_path / "fresh", progress=False)            # a new run: scheme /3, cheaper here
+    assert fresh.preflight.epsilon_per_round < 0.8 * first["epsilon"]

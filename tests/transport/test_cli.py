@@ -3,6 +3,7 @@
 or incomplete holder config is one clear error and exit 2; a certificate the coordinator refuses is exit 3."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -197,11 +198,14 @@ def test_status_of_a_killed_server_says_it_is_not_running(tmp_path, capsys):
     import subprocess
     import sys
 
+    import socket
+
     def status(pid, ended=None):
         run = tmp_path / f"run{pid}"
         run.mkdir()
         board = {"round": 3, "stage": 4, "over": False, "waiting": [1, 2], "ended": ended}
-        (run / "status.json").write_text(json.dumps({"port": 5, "pid": pid, "board": board, "updated": 1.0e9}))
+        (run / "status.json").write_text(json.dumps({"port": 5, "pid": pid, "board": board, "updated": 1.0e9,
+                                                     "host": socket.gethostname()}))   # as grpc.py writes it
         return cli.main(["server", "--status", str(run)])
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -215,12 +219,49 @@ def test_status_of_a_killed_server_says_it_is_not_running(tmp_path, capsys):
                              stdout=subprocess.PIPE)
     try:
         alive.stdout.readline()   # exec'd: its command line is its own, not the forked test's
-        assert status(alive.pid) == 0 and "NOT RUNNING" not in capsys.readouterr().err
+        assert status(alive.pid) == 0
+        assert capsys.readouterr().err.startswith(f"securefed server: running: process {alive.pid} on this host")
     finally:
         alive.kill()
         alive.wait()
     assert status(4_000_000, ended={"after_round": 6, "why": "finished"}) == 0
     assert "run ended after round 6 (finished)" in capsys.readouterr().err
+
+
+def test_status_without_a_host_or_from_another_host_cannot_tell_liveness(tmp_path, capsys):
+    """A status.json that names no host (older versions, or written by hand) had its pid checked on this machine:
+    a pid gone here read as `NOT RUNNING` (exit 1), a live one as a live server (exit 0, silently), though that
+    server may run elsewhere. Only a status written on this host is judged by its pid; otherwise --status says it
+    cannot tell (exit 0, never 1), and says why."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def status(name, **fields):
+        run = tmp_path / name
+        run.mkdir()
+        board = {"round": 3, "stage": 4, "over": False, "waiting": [1, 2], "ended": None}
+        (run / "status.json").write_text(json.dumps({"port": 5, "board": board, "updated": 1.0e9, **fields}))
+        code = cli.main(["server", "--status", str(run)])
+        out, err = capsys.readouterr()
+        assert '"round": 3' in out
+        return code, err
+
+    other = socket.gethostname() + "-elsewhere"
+    for name, fields, why in [("nohost", {"pid": dead.pid}, "names no host"),
+                              ("own-pid", {"pid": os.getpid()}, "names no host"),   # a live pid: not "running" either
+                              ("emptyhost", {"pid": dead.pid, "host": ""}, "names no host"),
+                              ("other", {"pid": dead.pid, "host": other}, f"written on host {other!r}"),
+                              ("nopid", {"host": socket.gethostname()}, "names no process id")]:
+        code, err = status(name, **fields)
+        assert code == 0, (name, err)
+        assert err.startswith("securefed server: LIVENESS UNKNOWN: ") and why in err, (name, err)
+        assert "cannot tell" in err and "NOT RUNNING" not in err and "running:" not in err, (name, err)
+    code, err = status("here", pid=dead.pid, host=socket.gethostname())   # the same pid, judged on its own host
+    assert code == 1 and err.startswith(f"securefed server: NOT RUNNING: process {dead.pid}")
 
 
 def test_the_server_log_says_each_line_once_without_markup(tmp_path, tiny_run, capsys):

@@ -480,7 +480,7 @@ def test_a_second_reply_to_a_committed_stage_is_answered_already_replied_even_af
     under holder 1's certificate gets ACK status 2 (already replied), during the stage and after the next one opened
     — a client that never sent that reply learns that another client holds its identity. Other refusals stay 1."""
     from securefed.transport.board import StageBoard
-    from securefed.transport.frames import ACK_ALREADY_REPLIED
+    from securefed.transport.frames import ACK_ALREADY_REPLIED, ACK_TOO_LATE
 
     b = StageBoard(b"r" * 16, chunk_size=1 << 20)
 
@@ -494,9 +494,49 @@ def test_a_second_reply_to_a_committed_stage_is_answered_already_replied_even_af
     assert submit(1, 2).status == ACK_ALREADY_REPLIED                 # the same stage, still open
     b.publish(3, {1: b"x", 2: b"x"}, reply=True, max_reply=64)
     assert submit(1, 2).status == ACK_ALREADY_REPLIED                 # that stage closed; its reply was committed
-    assert submit(2, 2).status == 1                                   # holder 2 never replied to it: a late reply
+    assert submit(2, 2).status == ACK_TOO_LATE                        # holder 2 never replied to it: a late reply
+    assert 2 not in b.failed                                          # (which costs it nothing in stage 3)
     assert submit(1, 3).status == 0 and b.replies == {1: b"ok"}
     b.open_round(2, [1, 2])                                            # a new round: nothing committed yet
     b.publish(2, {1: b"x", 2: b"x"}, reply=True, max_reply=64)
     frames = list(iter_stream_frames(b.run_id, 2, 2, Kind.REPLY, [b"ok"], total_len=2, digest=None, chunk_size=1 << 20))
     assert decode(b.submit(1, iter(frames), None)).status == 0
+
+
+def test_a_reply_after_its_stage_ended_is_answered_too_late_and_only_to_the_holders_it_waited_for():
+    """transport.md §6.1: a reply that reaches the coordinator after its stage closed was answered ACK status 1, the
+    generic "refused", like garbage — a holder always too slow for a deadline (or a twin that always answers
+    second) took part round after round contributing nothing, and could not tell why. Now: status 3 (too late) for
+    a holder the stage waited for in vain, in this round or the last one; still 1 for a stage or round that never
+    addressed it, and nothing is committed."""
+    from securefed.transport.board import StageBoard
+    from securefed.transport.frames import ACK_TOO_LATE
+
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+
+    def submit(hid, r, stage, body=b"ok"):
+        frames = list(iter_stream_frames(b.run_id, r, stage, Kind.REPLY, [body], total_len=len(body), digest=None,
+                                         chunk_size=1 << 20))
+        return decode(b.submit(hid, iter(frames), None)).status
+    b.open_round(1, [1, 2, 3])
+    b.publish(0, {1: b"x", 2: b"x"}, reply=True, max_reply=64)   # holder 3 is not addressed in stage 0
+    assert submit(1, 1, 0) == 0
+    replies, done = b.wait_replies(0.05)                          # the deadline passes without holder 2
+    assert done == {1}
+    assert submit(2, 1, 0) == ACK_TOO_LATE                        # the stage is closed and none is open
+    b.publish(4, {1: b"x"}, reply=True, max_reply=64)
+    assert submit(2, 1, 0) == ACK_TOO_LATE                        # another stage is open now
+    assert submit(3, 1, 0) == 1                                   # never asked for a reply to stage 0
+    assert submit(2, 1, 4) == 1                                   # not addressed in the open stage
+    assert b.wait_replies(0.05) == ({}, set())                    # stage 4 closes without holder 1
+    b.end_round(1)
+    b.open_round(2, [1, 2, 3])
+    assert submit(2, 1, 0) == ACK_TOO_LATE and submit(1, 1, 4) == ACK_TOO_LATE   # the last round's stages
+    assert submit(1, 1, 0) == 1                                   # committed in time: not late (another round now)
+    b.publish(0, {1: b"x", 2: b"x", 3: b"x"}, reply=True, max_reply=64)
+    assert b.wait_replies(0.05) == ({}, set())
+    b.end_round(2)
+    b.open_round(3, [1, 2, 3])
+    assert submit(2, 1, 0) == 1                                   # two rounds back: forgotten, generic refusal
+    assert submit(3, 2, 0) == ACK_TOO_LATE
+    assert b.replies == {} and b.committed == set()

@@ -285,3 +285,48 @@ def test_a_second_client_with_a_holders_identity_key_is_stopped_and_the_run_comp
     assert entry["survivors"] == [1, 2, 3, 4]
     assert not (fed.run.root / "holders" / "4" / "ledger.jsonl").exists() or all(
         e["status"] != "released" for e in read_ledger(fed.run.root / "holders" / "4" / "ledger.jsonl"))
+
+
+def test_a_holder_whose_replies_always_arrive_after_the_stage_ended_is_told_so_once_per_round(tmp_path, tiny_run,
+                                                                                             caplog):
+    """A holder too slow for a deadline (or a twin whose every reply comes second) answered each round's Offer after
+    that stage had closed: the coordinator answered ACK 1, the generic "refused", and the client logged
+    'round 1 stage OFFER reply refused: refused' and went on, round after round, contributing nothing and finishing
+    with "all rounds done". Now (transport.md §6.1) the coordinator answers "too late" (ACK 3) and the client says,
+    once per round, that the stage had ended and this holder contributed nothing to the round, and its last line
+    names those rounds. Over the real gRPC channel: holder 4 answers each Offer only once the stage has closed
+    (network.control = 8 s)."""
+    import logging
+    import time
+
+    fed = NetFederation.build(tmp_path, tiny_run)
+    handle = fed.holders[4].handle
+    answered_late = []
+
+    def late(r, stage, payload):
+        reply = handle(r, stage, payload)
+        if stage == Stage.OFFER:
+            t0 = time.monotonic()
+            while (fed.channel.board.round, fed.channel.board.stage) == (r, int(Stage.OFFER)) \
+                    and time.monotonic() - t0 < 60:
+                time.sleep(0.05)
+            answered_late.append(r)
+        return reply
+    fed.holders[4].handle = late
+    caplog.set_level(logging.DEBUG, logger="securefed")
+    fed.run_all()
+    assert answered_late == [1, 2] and fed.rcs == {1: 0, 2: 0, 3: 0, 4: 0}
+    assert [(row["round"], row["clients_survived"]) for row in fed.coord.metrics] == [(1, 3), (2, 3)]
+    assert [e["survivors"] for e in read_ledger(fed.run.privacy / "ledger.jsonl")] == [[1, 2, 3], [1, 2, 3]]
+    said = [rec for rec in caplog.records if rec.name == "securefed.channel.grpc" and rec.levelno >= logging.WARNING]
+    for r in (1, 2):
+        told = [rec.getMessage() for rec in said if f"holder 4: round {r} stage OFFER" in rec.getMessage()]
+        assert told == [f"holder 4: round {r} stage OFFER had already ended when this holder's reply arrived: this "
+                        f"holder contributed nothing to round {r} (the coordinator's deadline for the stage passed "
+                        "first: this holder is too slow for it, or its link is)"], [x.getMessage() for x in said]
+    assert any(rec.getMessage() == "holder 4: all 2 rounds done; it contributed nothing to 2 of them (round 1, 2): its "
+               "replies arrived after their stages had ended" for rec in said), [x.getMessage() for x in said]
+    assert not any("reply refused" in rec.getMessage() for rec in caplog.records)
+    assert not any("had already ended" in rec.getMessage() and "holder 4:" not in rec.getMessage() for rec in said)
+    server = [rec.getMessage() for rec in caplog.records if rec.name == "securefed.transport.board"]
+    assert sum("holder 4: answered too late: its reply to round" in m for m in server) == 2, server
