@@ -395,6 +395,17 @@ class Holder:
                 raise HolderStateError(f"{led}'s signed releases spent record-level DP-SGD steps per "
                                        f"{record_unit(signed[-1])}, but this holder's config has dp_sgd.unit "
                                        f"{self.cfg.dp_sgd.unit}: no single ε would hold; restore the config")
+        if tr is not None and self.cfg.dp_sgd.enabled and self._checkpoint_history(tr):
+            # steps no release has signed yet (killed after the checkpoint, before the release; or a round that
+            # ended unreleased) are spent too: the next release signs them under the configured unit. A checkpoint
+            # written before it recorded its unit: the signed releases' unit, else sequence (as the ledger reads it)
+            from securefed.privacy.holder_ledger import record_unit
+
+            unit = tr.get("dp_sgd_unit") or (record_unit(signed[-1]) if signed else "sequence")
+            if unit != self.cfg.dp_sgd.unit:
+                raise HolderStateError(f"{self._trainer_file}'s record-level DP-SGD steps were spent per {unit}, but "
+                                       f"this holder's config has dp_sgd.unit {self.cfg.dp_sgd.unit}: no single ε "
+                                       "would hold; restore the config")
         if signed:
             if tr is None:
                 raise HolderStateError(f"{self._trainer_file} is missing but {led} records record-level DP-SGD "

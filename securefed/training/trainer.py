@@ -437,6 +437,9 @@ class HolderTrainer:
                  "optimizer": self.optimizer.state_dict()}
         if getattr(self, "accountant", None) is not None:
             state["dp_sgd_accountant"] = self.accountant.state_dict()
+            # what one record was in these steps (dp.md §10.2): a restart must not go on under another unit, even
+            # for steps no release has signed yet (they are in the accountant and in AdamW's state)
+            state["dp_sgd_unit"] = self.parent.cfg.dp_sgd.unit
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -445,4 +448,8 @@ class HolderTrainer:
         self.step, self.epoch, self.cursor = int(state["step"]), int(state["epoch"]), int(state["cursor"])
         self.optimizer.load_state_dict(state["optimizer"])
         if "dp_sgd_accountant" in state:
+            unit, mine = state.get("dp_sgd_unit"), self.parent.cfg.dp_sgd.unit
+            if unit is not None and unit != mine and (state["dp_sgd_accountant"].get("history") or []):
+                raise ValueError(f"checkpoint's record-level DP-SGD steps were taken per {unit}, but train.dp_sgd.unit "
+                                 f"is {mine}: no single ε would hold")
             self.accountant.load_state_dict(state["dp_sgd_accountant"])

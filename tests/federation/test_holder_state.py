@@ -231,3 +231,36 @@ def test_a_holder_restarted_with_another_privacy_unit_is_refused(two_rounds):
     holder = fed.restart_holder(1, dp_sgd=DPSGDConfig(enabled=True, noise_multiplier=1.0, delta=1e-4, unit="document"))
     with pytest.raises(HolderStateError, match="per sequence, but this holder's config has dp_sgd.unit document"):
         holder.welcome(fed.coordinator.welcome_for(1))
+
+
+class _Killed(Exception):
+    """The holder process dies here (between its checkpoint and its signed release)."""
+
+
+@pytest.mark.parametrize("first,then", [("sequence", "document"), ("document", "sequence")])
+def test_a_holder_restarted_with_another_privacy_unit_over_unsigned_steps_is_refused(tmp_path, fed_cache, first, then):
+    """A review: the unit check read only the signed releases. A holder that trained a round per sequence and was
+    killed after its checkpoint but before its release (or whose round ended unreleased) restarted with unit=document,
+    and its first release signed those per-row steps — where one document of k rows moved the clipped sum by k·C, and
+    the AdamW state carries them — as spent per document. The checkpoint records its unit, and a restart under
+    another unit is refused."""
+    from securefed.training.config import DPSGDConfig
+
+    dp = DPSGD + (f"train.dp_sgd.unit={first}",)
+    fed = tiny_federation(tmp_path, overrides=(*DP, *dp, "federation.rounds=4"), cache_dir=fed_cache)
+
+    def killed(*_a, **_k):
+        raise _Killed
+
+    fed.holders[1].budget.release = killed
+    with pytest.raises(_Killed):
+        fed.coordinator.run_round(1)
+    sd = fed.holders[1].state_dir
+    tr = torch.load(sd / "trainer.pt", weights_only=True)
+    assert tr["dp_sgd_accountant"]["history"] and not [e for e in fed.ledger(1) if e.get("record_level")]
+    holder = fed.restart_holder(1, dp_sgd=DPSGDConfig(enabled=True, noise_multiplier=1.0, delta=1e-4, unit=then))
+    with pytest.raises(HolderStateError, match=f"per {first}, but this holder's config has dp_sgd.unit {then}"):
+        holder.welcome(fed.coordinator.welcome_for(1))
+    holder = fed.restart_holder(1, dp_sgd=DPSGDConfig(enabled=True, noise_multiplier=1.0, delta=1e-4, unit=first))
+    holder.welcome(fed.coordinator.welcome_for(1))          # the same unit resumes
+    assert holder.trainer.dp_steps == 2
