@@ -53,7 +53,17 @@ def mechanism_words(f: dict) -> str:
     if not on(f):
         return ""
     sgd = f.get("dp_sgd") or {}
-    if sgd.get("enabled") and sgd.get("unit") == "document":
+    # what each holder's verified signed releases say one record was: in network mode config.yaml is the
+    # coordinator's, and each holder runs its own holder.yaml's dp_sgd — the signed unit is what ran
+    signed = {str(h): (r.get("unit") or "sequence") for h, r in (f.get("record_level") or {}).items()}
+    per_row = [f"holder-{h}" for h, u in signed.items() if u != "document"]
+    per_doc = [f"holder-{h}" for h, u in signed.items() if u == "document"]
+    if sgd.get("enabled") and sgd.get("unit") == "document" and per_row:
+        what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus). config.yaml sets train.dp_sgd.unit="
+                f"document, but the signed releases of {', '.join(per_row)} record DP-SGD steps per training sequence "
+                "(a row of packed text): for them one record is one row, and no guarantee is stated for a whole "
+                "document. The unit column below says what one record is for each holder.")
+    elif sgd.get("enabled") and sgd.get("unit") == "document":
         what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus), one record = one document: each document "
                 f"has rows of its own (never shared with another document), documents are Poisson-sampled whole, and each "
                 f"of a document's k rows is clipped to L2 norm {fmt_number(sgd.get('max_grad_norm'))}/k, so one document "
@@ -66,6 +76,9 @@ def mechanism_words(f: dict) -> str:
                 f"{fmt_number(sgd.get('noise_multiplier'))} to their sum, over Poisson-sampled batches. Rows are cut from "
                 "the holder's documents joined end to end, so a document longer than a row, or sharing one, is NOT one "
                 "record: no guarantee is stated for a whole document (train.dp_sgd.unit=document gives one).")
+        if per_doc:
+            what += (f" The signed releases of {', '.join(per_doc)} record their steps per document (their own "
+                     "train.dp_sgd.unit): the unit column below says what one record is for each holder.")
     else:
         what = ("Record-level DP-SGD inside the holders: their own signed releases record it (this run's config.yaml "
                 "does not enable train.dp_sgd, so its parameters are the holders' own).")
