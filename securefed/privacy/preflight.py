@@ -56,6 +56,7 @@ class RecordLevel:
     # δ ≤ 1/documents is checked against the largest holder's documents instead
     unit: str = "sequence"
     max_documents: int | None = None
+    sample_rate: float | None = None   # train.dp_sgd.sample_rate: a public q (else B / records, dp.md §10.3)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,10 @@ class Preflight:
                        f"{f(r['epsilon_planned'])} at δ = {r['delta']:.3g} per "
                        f"{'document (whole documents sampled; a document of k rows clipped to C/k per row)' if doc else 'training sequence (packed rows: a document is not one record)'}"
                        f"; per-step noise/signal {f(r['noise_to_signal'])}")
+            if not r.get("public_sample_rate"):
+                out.append(f"  record-level sampling rate q = batch / records = {f(r['sample_rate'])} depends on each holder's "
+                           "record count, which its record-level ε (sent to the coordinator every round) reveals; set "
+                           "train.dp_sgd.sample_rate to a public q to keep the count private (protocols/dp.md §10.3)")
         out.extend("  " + r for r in self.reasons)
         out.extend("  WARNING: " + w for w in self.warnings)
         return out
@@ -199,7 +204,7 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
     if r.delta > 1.0 / largest:
         problems.append(f"train.dp_sgd.delta = {r.delta:g} exceeds 1/{what} = 1/{largest} of the largest holder: "
                         f"no meaningful record-level guarantee for its {what}; use delta <= 1/{what}")
-    q = min(1.0, r.batch_size / r.records)
+    q = r.sample_rate if r.sample_rate is not None else min(1.0, r.batch_size / r.records)
     eps = math.inf
     if r.noise_multiplier > 0 and r.steps > 0:
         from securefed.privacy.rdp import ORDERS, eps_from_rdp
@@ -208,11 +213,13 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
         eps = eps_from_rdp(rdp, r.delta)[0]
     elif r.steps == 0:
         eps = 0.0
-    # per step: noise std σ·C_rec/B per coordinate of the averaged gradient vs a clipped mean's C_rec/√d
-    nts = r.noise_multiplier * math.sqrt(dim) / r.batch_size
-    return {"noise_multiplier": r.noise_multiplier, "max_grad_norm": r.max_grad_norm, "delta": r.delta,
-            "batch_size": r.batch_size, "records": r.records, "steps": r.steps, "sample_rate": q, "unit": r.unit,
-            "epsilon_planned": eps, "noise_to_signal": nts}
+    # per step: noise std σ·C_rec per coordinate of the summed clipped gradients vs the sum of E[batch] = q·N clipped
+    # gradients' C_rec/√d each (with q = B/N: σ·√d/B; the divisor of the sum scales both alike)
+    nts = r.noise_multiplier * math.sqrt(dim) / max(q * r.records, 1e-12)
+    out = {"noise_multiplier": r.noise_multiplier, "max_grad_norm": r.max_grad_norm, "delta": r.delta,
+           "batch_size": r.batch_size, "records": r.records, "steps": r.steps, "sample_rate": q, "unit": r.unit,
+           "epsilon_planned": eps, "noise_to_signal": nts, "public_sample_rate": r.sample_rate is not None}
+    return out
 
 
 def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: int, dim: int,

@@ -26,7 +26,7 @@ def record_facts(run: dict) -> dict:
     v = run.get("verification")
     ok = v is not None and v.ok and run["ledger"]["ok"]
     return {"dp_sgd": {k: sgd.get(k) for k in ("enabled", "noise_multiplier", "max_grad_norm", "delta", "clipping",
-                                                "unit", "max_rows_per_document")}
+                                                "unit", "max_rows_per_document", "sample_rate")}
             if sgd else None,
             "record_level": {str(h): dict(r) for h, r in sorted(v.record_level.items())} if ok else None,
             "deterministic_secrets": cfg.get("deterministic_secrets") is True, "seed": cfg.get("seed")}
@@ -82,6 +82,13 @@ def mechanism_words(f: dict) -> str:
     else:
         what = ("Record-level DP-SGD inside the holders: their own signed releases record it (this run's config.yaml "
                 "does not enable train.dp_sgd, so its parameters are the holders' own).")
+    if sgd.get("enabled") and sgd.get("sample_rate") is None:
+        what += (" Each holder samples at q = batch size / its own record count, so its record-level ε — sent to the "
+                 "coordinator every round and signed in its releases — reveals that count (protocols/dp.md §10.3); "
+                 "train.dp_sgd.sample_rate sets a public q instead.")
+    elif sgd.get("enabled"):
+        what += (f" The sampling rate q = {fmt_number(sgd.get('sample_rate'))} is public (train.dp_sgd.sample_rate): "
+                 "no holder's ε depends on its record count.")
     return what + " " + noise_source_words(f)
 
 

@@ -40,6 +40,10 @@ class DPSGDConfig:
                 clipped sum by at most max_grad_norm. δ is then set against the holder's document count
     ``max_rows_per_document`` (unit=document): a document longer than this many rows is cut to them (its
     other rows would only shrink every row's clip bound); null keeps whole documents.
+    ``sample_rate`` (protocols/dp.md §10.3): a public Poisson rate q. Unset, q = batch_size / N, where N is the
+    holder's row count — a function of its data that the record-level ε (sent to the coordinator with every
+    round, and signed in each release) gives away. Set, q is this number and batch_size only scales the noised
+    sum (a public constant), so nothing the holder sends depends on N except through the noised updates.
     """
 
     enabled: bool = False
@@ -50,6 +54,7 @@ class DPSGDConfig:
     micro_batch_size: int | None = None
     unit: Literal["sequence", "document"] = "sequence"
     max_rows_per_document: int | None = None
+    sample_rate: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("noise_multiplier", "max_grad_norm", "delta"):
@@ -70,6 +75,10 @@ class DPSGDConfig:
             if self.clipping != "ghost":
                 raise ValueError("train.dp_sgd.micro_batch_size needs train.dp_sgd.clipping=ghost (per_sample "
                                  "mode takes each Poisson batch in one piece)")
+        if self.sample_rate is not None:
+            q = self.sample_rate
+            if isinstance(q, bool) or not isinstance(q, (int, float)) or not math.isfinite(q) or not 0 < q <= 1:
+                raise ValueError(f"train.dp_sgd.sample_rate must be a number in (0, 1] or null, got {q!r}")
         if self.unit not in ("sequence", "document"):
             raise ValueError(f"train.dp_sgd.unit must be 'sequence' or 'document', got {self.unit!r}")
         if self.max_rows_per_document is not None:

@@ -287,6 +287,14 @@ class HolderTrainer:
         self.seed, self.total_steps = seed, max(1, total_steps)
         self.world_size = parent.fabric.world_size
         self.local_steps, self.batch_size = local_steps, min(batch_size, max(1, data.shape[0] // self.world_size))
+        # DP-SGD's Poisson rate: public (train.dp_sgd.sample_rate; batch_size is then only the public divisor of
+        # the noised sum, never capped by the data) or B/N, which depends on this holder's row count (dp.md §10.3)
+        self.dp_rate = None
+        if parent.cfg.dp_sgd.enabled:
+            if parent.cfg.dp_sgd.sample_rate is not None:
+                self.batch_size, self.dp_rate = batch_size, float(parent.cfg.dp_sgd.sample_rate)
+            else:
+                self.dp_rate = self.batch_size / data.shape[0]
         self.step = 0            # inner steps taken so far (drives the LR schedule)
         self.epoch, self.cursor = 0, 0
         self._perm_epoch, self._perm_cache = -1, torch.empty(0, dtype=torch.long)
@@ -317,7 +325,7 @@ class HolderTrainer:
             _, opt, accountant = attach_dp_sgd(self.parent._gsm, opt, noise_multiplier=cfg.dp_sgd.noise_multiplier,
                                                max_grad_norm=cfg.dp_sgd.max_grad_norm,
                                                expected_batch_size=self.batch_size,
-                                               sample_rate=self.batch_size / self.data.shape[0],
+                                               sample_rate=self.dp_rate,
                                                generator=self._dp_noise_gen)
             if getattr(self, "accountant", None) is not None:  # optimizer reset: the spend carries on
                 accountant.load_state_dict(self.accountant.state_dict())
@@ -353,7 +361,7 @@ class HolderTrainer:
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(rows, each row's clip-bound scale or None)."""
         if self.parent.cfg.dp_sgd.enabled:
-            q = self.batch_size / self.data.shape[0]
+            q = self.dp_rate
             if self.units is not None:
                 # unit=document: each document independently with q = B / N rows (expected B rows), all its rows
                 docs = torch.rand(int(self.units[-1]) + 1, generator=self._dp_batch_gen) < q

@@ -1,0 +1,76 @@
+"""A public DP-SGD sampling rate (train.dp_sgd.sample_rate; protocols/dp.md §10.3).
+
+With q = B/N the record-level ε a holder sends the coordinator every round (and signs in each release) is a
+function of its row count N: an audit read N off ε (B 4, σ 1, 4 steps: 2.6537 at N 30, 2.7145 at 29, 2.8475
+at 27), so removing a document showed. With a public q, ε and the accountant's history do not depend on N,
+the batch is Poisson at q, and B only divides the noised sum, uncapped by the data.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from securefed.privacy.preflight import RecordLevel, preflight  # noqa: E402
+from securefed.privacy.config import DPConfig  # noqa: E402
+from securefed.training.config import DPSGDConfig, TrainConfig  # noqa: E402
+from securefed.training.trainer import LocalTrainer  # noqa: E402
+
+V, T = 64, 12
+
+
+def _trainer(rate):
+    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    tc = TrainConfig(accelerator="cpu", precision="32-true", batch_size=4, local_steps=4, fused="off",
+                     dp_sgd=DPSGDConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=rate))
+    return LocalTrainer(transformers.LlamaForCausalLM(cfg).float(), tc)
+
+
+def _round(trainer, n):
+    data = torch.randint(0, V, (n, T), generator=torch.Generator().manual_seed(n))
+    h = trainer.new_holder(0, data, seed=0, total_steps=8, dp_secret_seed=3)
+    from securefed.training.flat import get_flat
+
+    up = h.train_round(get_flat(trainer.raw_model))
+    return h, up
+
+
+def test_with_a_public_rate_the_record_level_epsilon_does_not_depend_on_the_row_count():
+    t = _trainer(0.1)
+    (h30, u30), (h27, u27), (h3, u3) = (_round(t, n) for n in (30, 27, 3))
+    assert u30.record_epsilon == u27.record_epsilon == u3.record_epsilon
+    assert h30.dp_history() == h27.dp_history() == h3.dp_history() == [[1.0, 0.1, 4]]
+    assert h3.batch_size == 4                          # the divisor is the public B, not min(B, N) = 3
+    # without it the same holders' ε differ with N: the leak the public rate closes
+    t = _trainer(None)
+    eps = [_round(t, n)[1].record_epsilon for n in (30, 29, 27)]
+    assert len(set(eps)) == 3
+
+
+def test_a_public_rate_samples_each_row_at_that_rate():
+    t = _trainer(0.25)
+    data = torch.arange(400 * T).remainder(V).view(400, T)
+    h = t.new_holder(0, data, seed=0, total_steps=8, dp_secret_seed=5)
+    sizes = [len(h._next_batch()[0]) for _ in range(300)]
+    assert abs(sum(sizes) / len(sizes) - 100) < 3        # E[batch] = q·N = 100, whatever B (4)
+
+
+def test_the_pre_flight_uses_the_public_rate_and_says_when_the_rate_reveals_the_record_count():
+    pub = preflight(DPConfig(), population=4, cohort_size=4, rounds=4, dim=1000, sampling="fixed",
+                    record_level=RecordLevel(1.0, 1.0, 1e-5, 32, 850, 48, sample_rate=0.01))
+    assert pub.record_level["sample_rate"] == 0.01
+    assert not any("reveals" in line for line in pub.lines())
+    own = preflight(DPConfig(), population=4, cohort_size=4, rounds=4, dim=1000, sampling="fixed",
+                    record_level=RecordLevel(1.0, 1.0, 1e-5, 32, 850, 48))
+    assert any("record count, which its record-level ε (sent to the coordinator every round) reveals" in line
+               for line in own.lines())
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.1, float("nan"), True, "0.1"])
+def test_a_sample_rate_outside_0_1_is_refused(bad):
+    with pytest.raises(ValueError, match="sample_rate must be a number in"):
+        DPSGDConfig(enabled=True, sample_rate=bad)
