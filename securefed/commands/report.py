@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"privacy: {'holder-level ' if rec else ''}epsilon={facts['epsilon']}" + (f" delta={facts['delta']}" if dp else off)
           + f" ({what}, head {rep['ledger_head']})")
     for h, r in rec.items():   # verified from each holder's own signed releases (never stated when they do not verify)
-        unit = "document" if r.get("unit") == "document" else "training sequence"
+        unit = {"document": "document", "group": "group of documents (data.unit_field)"}.get(r.get("unit"), "training sequence")
         print(f"privacy: holder {h} record-level epsilon={r['epsilon']:.6g} delta={r['delta']:g} after {r['steps']} "
               f"DP-SGD steps (cumulative, per {unit})")
     if facts.get("deterministic_secrets"):

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     for h in sorted(v.holder_own_epsilon):
         print(f"holder {h}: own epsilon={v.holder_own_epsilon[h]:.6g} (server's view {v.holder_view_epsilon.get(h, float('nan')):.6g})")
     for h, rl in sorted(v.record_level.items()):   # record-level DP-SGD, from the holder's own signed releases
-        unit = "document" if rl.get("unit") == "document" else "training sequence"
+        unit = {"document": "document", "group": "group of documents (data.unit_field)"}.get(rl.get("unit"), "training sequence")
         print(f"holder {h}: record-level epsilon={rl['epsilon']:.6g} delta={rl['delta']:g} after {rl['steps']} DP-SGD "
               f"steps (per {unit}, recomputed from its signed releases)")
     return 0 if v.signed else 3

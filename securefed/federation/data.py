@@ -63,49 +63,72 @@ def holder_rows(cfg, *, progress: bool = False) -> HolderData:
     fd = federated_data(cfg.data, n_holders=cfg.n_shards, seed=cfg.data_seed, progress=progress)
     man = dict(fd.manifest, holders=[dict(fd.manifest["holders"][cfg.shard])])
     dp = cfg.dp_sgd
-    if not (dp.enabled and dp.unit == "document"):
+    if not (dp.enabled and dp.unit in ("document", "group")):
         return HolderData(fd.holder_train[cfg.shard], fd.tokenizer, tokenizer_hash(fd.tokenizer), man)
-    rows, units = document_rows(fd, cfg.shard, seq_len=cfg.data.seq_len, max_rows=dp.max_rows_per_document)
-    man["holders"][0]["dp_sgd_unit"] = {"unit": "document", "documents": int(units[-1]) + 1, "rows": len(rows),
+    rows, units = document_rows(fd, cfg.shard, seq_len=cfg.data.seq_len, max_rows=dp.max_rows_per_document,
+                                by_group=dp.unit == "group")
+    key = "groups" if dp.unit == "group" else "documents"
+    man["holders"][0]["dp_sgd_unit"] = {"unit": dp.unit, key: int(units[-1]) + 1, "rows": len(rows),
                                         "max_rows_per_document": dp.max_rows_per_document}
     return HolderData(rows, fd.tokenizer, tokenizer_hash(fd.tokenizer), man, units)
 
 
-def document_rows(fd, shard: int, *, seq_len: int, max_rows: int | None):
-    """(rows, units) of holder ``shard`` packed a row set per document (protocols/dp.md §10.2), renumbered so
-    that only documents with a row count as records; DataError if it has none."""
+def _group_order(groups: list) -> tuple[list[int], list[int]]:
+    """(document order with each group's documents together, first appearance first; each document's group index)."""
+    first: dict = {}
+    index = [first.setdefault(g, len(first)) for g in groups]
+    order = sorted(range(len(groups)), key=lambda i: index[i])        # stable: a group's documents keep their order
+    return order, index
+
+
+def document_rows(fd, shard: int, *, seq_len: int, max_rows: int | None, by_group: bool = False):
+    """(rows, units) of holder ``shard`` packed a row set per document (protocols/dp.md §10.2); with ``by_group``
+    a unit is all documents sharing a data.unit_field value, their rows side by side. Units are renumbered so
+    that only units with a row count as records; DataError if there is none, or no group to group by."""
     import numpy as np
+    import torch
 
     from securefed.training.data.documents import DataError
     from securefed.training.data.packing import pack_documents
 
     if len(fd.holder_documents) <= shard:
         raise DataError("this corpus carries no per-document token ids (it was changed after it was built), so "
-                        "train.dp_sgd.unit=document cannot pack it")
-    rows, units = pack_documents(fd.holder_documents[shard], seq_len=seq_len, eos_id=fd.tokenizer.eos_token_id,
-                                 max_rows=max_rows)
+                        "train.dp_sgd.unit=document or group cannot pack it")
+    toks = fd.holder_documents[shard]
+    if by_group:
+        groups = fd.holder_groups[shard] if len(fd.holder_groups) > shard else [None] * len(toks)
+        if any(g is None for g in groups):
+            raise DataError("train.dp_sgd.unit=group needs data.unit_field: the JSONL field or Parquet column naming "
+                            "whom each record is about (e.g. a patient id)")
+        order, index = _group_order(groups)
+        toks = [toks[i] for i in order]
+        doc_unit = np.array([index[i] for i in order], dtype=np.int64)
+    rows, units = pack_documents(toks, seq_len=seq_len, eos_id=fd.tokenizer.eos_token_id, max_rows=max_rows)
     if len(rows) == 0:
         raise DataError(f"holder data shard {shard} has no document with two or more tokens: nothing to train on")
-    _, dense = np.unique(units.numpy(), return_inverse=True)        # documents without a row are not records
-    import torch
-
+    if by_group:
+        units = torch.from_numpy(doc_unit[units.numpy()])
+    _, dense = np.unique(units.numpy(), return_inverse=True)        # units without a row are not records
     return rows, torch.from_numpy(dense.astype(np.int64))
 
 
 def record_counts(fd, *, n_holders: int, dp_sgd, seq_len: int) -> tuple[list[int], list[int]]:
     """Per holder (rows its DP-SGD samples from, records δ is set against): rows and rows under unit=sequence;
-    document-packed rows and documents (with a row) under unit=document — without packing anything."""
+    document-packed rows and documents (or groups) with a row under unit=document (group) — without packing."""
     from securefed.training.data.packing import document_row_counts
 
-    if not (dp_sgd.enabled and dp_sgd.unit == "document") or len(fd.holder_documents) < n_holders:
+    if not (dp_sgd.enabled and dp_sgd.unit in ("document", "group")) or len(fd.holder_documents) < n_holders:
         n = [int(h.shape[0]) for h in fd.holder_train]
         return n, n
-    rows, docs = [], []
-    for toks in fd.holder_documents[:n_holders]:
+    rows, units = [], []
+    for i, toks in enumerate(fd.holder_documents[:n_holders]):
         c = document_row_counts([int(a.size) for a in toks], seq_len=seq_len, max_rows=dp_sgd.max_rows_per_document)
         rows.append(int(c.sum()))
-        docs.append(int((c > 0).sum()))
-    return rows, docs
+        if dp_sgd.unit == "group" and len(fd.holder_groups) > i:
+            units.append(len({g for g, k in zip(fd.holder_groups[i], c.tolist()) if k > 0}))
+        else:
+            units.append(int((c > 0).sum()))
+    return rows, units
 
 
 def shared_trainer(preset: str, vocab_size: int, seq_len: int, seed: int, train_cfg):

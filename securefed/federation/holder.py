@@ -234,11 +234,12 @@ class Holder:
             log.info("holder %d: preparing its data (reading and tokenizing its own sources)", self.id)
             self._data = holder_rows(self.cfg, progress=self.progress)
             dp, rows, records = self.cfg.dp_sgd, int(self._data.train.shape[0]), self._data.records
-            what = (f"{records} documents in {rows} rows of their own" if self._data.units is not None
+            kind = "groups of documents (data.unit_field)" if dp.unit == "group" else "documents"
+            what = (f"{records} {kind} in {rows} rows of their own" if self._data.units is not None
                     else f"{rows} training records")
             log.info("holder %d: data ready: %s in %.1f s", self.id, what, time.perf_counter() - t0)
             if dp.enabled and dp.delta > 1.0 / records:   # record-level δ against this holder's own record count
-                unit = "documents" if self._data.units is not None else "records"
+                unit = ("groups" if dp.unit == "group" else "documents") if self._data.units is not None else "records"
                 raise ValueError(f"holder {self.id}: dp_sgd.delta {dp.delta:.3g} is above 1/{unit} = 1/{records}: "
                                  "no meaningful record-level guarantee; lower it")
         return self._data

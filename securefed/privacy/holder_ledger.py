@@ -104,7 +104,7 @@ def _rdp_epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
     return clamp_epsilon(acc.get_epsilon(delta)) if acc.history else 0.0   # ε ≥ 0, as rdp.eps_from_rdp
 
 
-UNITS = ("sequence", "document")   # what one record is (protocols/dp.md §10.2); an entry without "unit": sequence
+UNITS = ("sequence", "document", "group")   # what one record is (dp.md §10.2); an entry without "unit": sequence
 
 
 def record_unit(rl: dict) -> str:

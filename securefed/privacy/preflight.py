@@ -117,11 +117,14 @@ class Preflight:
                        "hides it")
         if self.record_level:
             r = self.record_level
-            doc = r.get("unit") == "document"
+            doc = r.get("unit") in ("document", "group")
+            per = {"document": "document (whole documents sampled; a document of k rows clipped to C/k per row)",
+                   "group": "group of documents sharing a data.unit_field value (whole groups sampled; a group of k rows "
+                            "clipped to C/k per row)"}.get(r.get("unit"), "training sequence (packed rows: a document is "
+                                                                         "not one record)")
             out.append(f"  record-level DP-SGD: σ = {f(r['noise_multiplier'])}, batch {r['batch_size']} of {r['records']} "
                        f"{'document-packed rows' if doc else 'records'}, {r['steps']} steps: ε "
-                       f"{f(r['epsilon_planned'])} at δ = {r['delta']:.3g} per "
-                       f"{'document (whole documents sampled; a document of k rows clipped to C/k per row)' if doc else 'training sequence (packed rows: a document is not one record)'}"
+                       f"{f(r['epsilon_planned'])} at δ = {r['delta']:.3g} per {per}"
                        f"; per-step noise/signal {f(r['noise_to_signal'])}")
             if not r.get("public_sample_rate"):
                 out.append(f"  record-level sampling rate q = batch / records = {f(r['sample_rate'])} depends on each holder's "
@@ -199,8 +202,8 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
         return {}
     largest = max(r.records, r.max_records or 0)   # δ ≤ 1/N binds hardest at the largest holder (an audit: it was
     what = "records"                                 # checked at the smallest, and the largest then failed mid-run)
-    if r.unit == "document":
-        largest, what = max(1, r.max_documents or 0), "documents"
+    if r.unit in ("document", "group"):
+        largest, what = max(1, r.max_documents or 0), "documents" if r.unit == "document" else "groups"
     if r.delta > 1.0 / largest:
         problems.append(f"train.dp_sgd.delta = {r.delta:g} exceeds 1/{what} = 1/{largest} of the largest holder: "
                         f"no meaningful record-level guarantee for its {what}; use delta <= 1/{what}")

@@ -226,7 +226,7 @@ def delta_lines(*, delta: float | None, population: int | None, dp_on: bool, dp_
         d = dp_sgd.get("delta")
         # δ ≤ 1/N binds hardest at the holder with the most records (1/N is smallest there)
         largest = max(records_per_holder.values()) if records_per_holder else None
-        what = "documents" if dp_sgd.get("unit") == "document" else "records"
+        what = {"document": "documents", "group": "groups"}.get(dp_sgd.get("unit"), "records")
         if isinstance(d, (int, float)) and largest:
             if d > 1.0 / largest:
                 out.append(f"Record-level δ = {fmt_number(d)} exceeds 1/{what} = 1/{largest} for the largest holder: NO MEANINGFUL "
@@ -368,7 +368,7 @@ def plain_words(run: dict, facts: dict) -> list[str]:
             hs = json.loads(manifest.read_text()).get("holders")
             # unit=document: the holder's training documents (an upper bound on those with a row: δ ≤ 1/N is
             # checked no looser than the holders' own check)
-            key = "documents" if ((train.get("dp_sgd") or {}).get("unit") == "document") else "sequences"
+            key = {"document": "documents", "group": "groups"}.get((train.get("dp_sgd") or {}).get("unit"), "sequences")
             records = {i + 1: int(h[key]) for i, h in enumerate(hs)} if isinstance(hs, list) else None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             records = None

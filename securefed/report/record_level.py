@@ -25,8 +25,10 @@ def record_facts(run: dict) -> dict:
     sgd = train.get("dp_sgd") if isinstance(train.get("dp_sgd"), dict) else None
     v = run.get("verification")
     ok = v is not None and v.ok and run["ledger"]["ok"]
-    return {"dp_sgd": {k: sgd.get(k) for k in ("enabled", "noise_multiplier", "max_grad_norm", "delta", "clipping",
-                                                "unit", "max_rows_per_document", "sample_rate")}
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    return {"dp_sgd": dict({k: sgd.get(k) for k in ("enabled", "noise_multiplier", "max_grad_norm", "delta", "clipping",
+                                                     "unit", "max_rows_per_document", "sample_rate")},
+                           unit_field=data.get("unit_field"))
             if sgd else None,
             "record_level": {str(h): dict(r) for h, r in sorted(v.record_level.items())} if ok else None,
             "deterministic_secrets": cfg.get("deterministic_secrets") is True, "seed": cfg.get("seed")}
@@ -56,19 +58,29 @@ def mechanism_words(f: dict) -> str:
     # what each holder's verified signed releases say one record was: in network mode config.yaml is the
     # coordinator's, and each holder runs its own holder.yaml's dp_sgd — the signed unit is what ran
     signed = {str(h): (r.get("unit") or "sequence") for h, r in (f.get("record_level") or {}).items()}
-    per_row = [f"holder-{h}" for h, u in signed.items() if u != "document"]
-    per_doc = [f"holder-{h}" for h, u in signed.items() if u == "document"]
-    if sgd.get("enabled") and sgd.get("unit") == "document" and per_row:
+    unit = sgd.get("unit") or "sequence"
+    others = [f"holder-{h}" for h, u in signed.items() if u != unit]
+    whole = {"document": "one record = one document: each document has rows of its own (never shared with another "
+                         "document), documents are Poisson-sampled whole, and each of a document's k rows",
+             "group": f"one record = all of a holder's documents with the same {sgd.get('unit_field') or 'data.unit_field'} "
+                      "value (e.g. one patient): each document has rows of its own, a group's documents are Poisson-sampled "
+                      "together, and each of a group's k rows"}
+    names = {"sequence": "training sequence", "document": "document", "group": "group of documents"}
+    by_unit: dict[str, list[str]] = {}
+    for h, u in signed.items():
+        if u != unit:
+            by_unit.setdefault(u, []).append(f"holder-{h}")
+    differ = "; ".join(f"the signed releases of {', '.join(hs)} record DP-SGD steps per {names.get(u, u)}"
+                       for u, hs in by_unit.items())
+    if sgd.get("enabled") and unit in whole and others:
         what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus). config.yaml sets train.dp_sgd.unit="
-                f"document, but the signed releases of {', '.join(per_row)} record DP-SGD steps per training sequence "
-                "(a row of packed text): for them one record is one row, and no guarantee is stated for a whole "
-                "document. The unit column below says what one record is for each holder.")
-    elif sgd.get("enabled") and sgd.get("unit") == "document":
-        what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus), one record = one document: each document "
-                f"has rows of its own (never shared with another document), documents are Poisson-sampled whole, and each "
-                f"of a document's k rows is clipped to L2 norm {fmt_number(sgd.get('max_grad_norm'))}/k, so one document "
-                f"moves the clipped sum by at most {fmt_number(sgd.get('max_grad_norm'))}; Gaussian noise with multiplier "
-                f"σ = {fmt_number(sgd.get('noise_multiplier'))} is added to the sum.")
+                f"{unit}, but {differ} (for a training sequence one record is one row of packed text, and no guarantee "
+                "is stated for a whole document). The unit column below says what one record is for each holder.")
+    elif sgd.get("enabled") and unit in whole:
+        what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus), {whole[unit]} is clipped to L2 norm "
+                f"{fmt_number(sgd.get('max_grad_norm'))}/k, so one record moves the clipped sum by at most "
+                f"{fmt_number(sgd.get('max_grad_norm'))}; Gaussian noise with multiplier σ = "
+                f"{fmt_number(sgd.get('noise_multiplier'))} is added to the sum.")
     elif sgd.get("enabled"):
         what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus), one record = one training sequence (a row "
                 f"of packed text): every local step clips each row's gradient to L2 norm "
@@ -76,8 +88,8 @@ def mechanism_words(f: dict) -> str:
                 f"{fmt_number(sgd.get('noise_multiplier'))} to their sum, over Poisson-sampled batches. Rows are cut from "
                 "the holder's documents joined end to end, so a document longer than a row, or sharing one, is NOT one "
                 "record: no guarantee is stated for a whole document (train.dp_sgd.unit=document gives one).")
-        if per_doc:
-            what += (f" The signed releases of {', '.join(per_doc)} record their steps per document (their own "
+        for u, hs in by_unit.items():
+            what += (f" The signed releases of {', '.join(hs)} record their steps per {names.get(u, u)} (their own "
                      "train.dp_sgd.unit): the unit column below says what one record is for each holder.")
     else:
         what = ("Record-level DP-SGD inside the holders: their own signed releases record it (this run's config.yaml "

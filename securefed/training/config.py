@@ -38,6 +38,8 @@ class DPSGDConfig:
                 of its own (its last one right-padded, never shared), documents are Poisson-sampled whole,
                 and each of a document's k rows is clipped to max_grad_norm / k, so one document moves the
                 clipped sum by at most max_grad_norm. δ is then set against the holder's document count
+      group     all of the holder's documents with the same data.unit_field value (a patient id, JSONL /
+                Parquet): as document, with a group's rows sampled, counted and clipped together
     ``max_rows_per_document`` (unit=document): a document longer than this many rows is cut to them (its
     other rows would only shrink every row's clip bound); null keeps whole documents.
     ``sample_rate`` (protocols/dp.md §10.3): a public Poisson rate q. Unset, q = batch_size / N, where N is the
@@ -52,7 +54,7 @@ class DPSGDConfig:
     delta: float = 1e-5
     clipping: Literal["per_sample", "ghost"] = "per_sample"
     micro_batch_size: int | None = None
-    unit: Literal["sequence", "document"] = "sequence"
+    unit: Literal["sequence", "document", "group"] = "sequence"
     max_rows_per_document: int | None = None
     sample_rate: float | None = None
 
@@ -79,16 +81,16 @@ class DPSGDConfig:
             q = self.sample_rate
             if isinstance(q, bool) or not isinstance(q, (int, float)) or not math.isfinite(q) or not 0 < q <= 1:
                 raise ValueError(f"train.dp_sgd.sample_rate must be a number in (0, 1] or null, got {q!r}")
-        if self.unit not in ("sequence", "document"):
-            raise ValueError(f"train.dp_sgd.unit must be 'sequence' or 'document', got {self.unit!r}")
+        if self.unit not in ("sequence", "document", "group"):
+            raise ValueError(f"train.dp_sgd.unit must be 'sequence', 'document' or 'group', got {self.unit!r}")
         if self.max_rows_per_document is not None:
             m = self.max_rows_per_document
             if isinstance(m, bool) or not isinstance(m, int):
                 raise TypeError(f"train.dp_sgd.max_rows_per_document must be an int or null, got {m!r}")
             if m < 1:
                 raise ValueError(f"train.dp_sgd.max_rows_per_document must be >= 1, got {m}")
-            if self.unit != "document":
-                raise ValueError("train.dp_sgd.max_rows_per_document applies to train.dp_sgd.unit=document only")
+            if self.unit == "sequence":
+                raise ValueError("train.dp_sgd.max_rows_per_document applies to train.dp_sgd.unit=document or group only")
 
 
 @dataclass(frozen=True)

@@ -140,9 +140,9 @@ def test_the_holder_samples_whole_documents_at_q_over_rows():
 
 
 def test_bad_units_and_settings_are_refused():
-    with pytest.raises(ValueError, match="unit must be 'sequence' or 'document'"):
+    with pytest.raises(ValueError, match="unit must be 'sequence', 'document' or 'group'"):
         DPSGDConfig(enabled=True, unit="patient")
-    with pytest.raises(ValueError, match="applies to train.dp_sgd.unit=document only"):
+    with pytest.raises(ValueError, match="applies to train.dp_sgd.unit=document or group only"):
         DPSGDConfig(enabled=True, max_rows_per_document=2)
     with pytest.raises(ValueError, match="max_rows_per_document must be >= 1"):
         DPSGDConfig(enabled=True, unit="document", max_rows_per_document=0)

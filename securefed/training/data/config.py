@@ -23,6 +23,9 @@ class DataConfig:
     # optional: one local path per holder (each holder's own data); overrides partitioning when given
     holder_paths: tuple[str, ...] = ()
     text_field: str = "text"
+    # JSONL field / Parquet column naming whom each record is about (a patient id): train.dp_sgd.unit=group then
+    # protects all of one id's documents together (protocols/dp.md §10.2). null: not read
+    unit_field: str | None = None
     partition: Literal["iid", "by_source", "dirichlet"] = "by_source"
     dirichlet_alpha: float = 0.5
     # caps on the pooled corpus (stdlib or ``source``): None = no cap. Whatever a cap leaves out is stated
@@ -46,6 +49,8 @@ class DataConfig:
                 raise TypeError(f"data.{name} must be a string, got {type(v).__name__}")
             if not v.strip():
                 raise ValueError(f"data.{name} must not be empty")
+        if self.unit_field is not None and (not isinstance(self.unit_field, str) or not self.unit_field.strip()):
+            raise ValueError(f"data.unit_field must be a non-empty string or null, got {self.unit_field!r}")
         if not isinstance(self.holder_paths, tuple) or not all(isinstance(p, str) for p in self.holder_paths):
             raise TypeError("data.holder_paths must be a tuple of strings")
         if any(not p.strip() for p in self.holder_paths):

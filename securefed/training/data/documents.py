@@ -57,6 +57,9 @@ class Document:
     doc_id: str  # "<source>/<relative path>", a safe relative path; unique within a corpus
     source: str
     text: str
+    # the value of data.unit_field (JSONL / Parquet), e.g. a patient id: the documents of one group are one
+    # record under train.dp_sgd.unit=group (protocols/dp.md §10.2); None when no unit_field is read
+    group: str | None = None
 
     @property
     def n_bytes(self) -> int:
@@ -142,12 +145,22 @@ def _manifest_order(root: Path) -> list[str]:
     return [s for s in sources if isinstance(s, str)] if isinstance(sources, (list, dict)) else []
 
 
-def _record(source: str | None, default: str, stem: str, n: int, text: str) -> Document:
+def _record(source: str | None, default: str, stem: str, n: int, text: str, group: str | None = None) -> Document:
     src = safe_name(source) if source else default
-    return Document(f"{src}/{stem}-{n:07d}.txt", src, text)
+    return Document(f"{src}/{stem}-{n:07d}.txt", src, text, group)
 
 
-def _load_jsonl(path: Path, text_field: str) -> tuple[list[Document], int]:
+def _group_value(v: object, where: str, unit_field: str) -> str:
+    """A unit_field value as the group key: a non-empty string or an integer (bool, float, null refused)."""
+    if isinstance(v, str) and v.strip():
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    raise DataError(f"{where}: unit field {unit_field!r} must be a non-empty string or an integer, got {v!r}; every "
+                    "record needs the id of whom it is about (train.dp_sgd.unit=group protects each id's records together)")
+
+
+def _load_jsonl(path: Path, text_field: str, unit_field: str | None = None) -> tuple[list[Document], int]:
     docs, skipped, default, stem = [], 0, safe_name(path.stem), safe_name(path.stem)
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:
@@ -168,11 +181,17 @@ def _load_jsonl(path: Path, text_field: str) -> tuple[list[Document], int]:
             if not isinstance(text, str) or not text.strip():
                 skipped += 1
                 continue
-            docs.append(_record(source if isinstance(source, str) else None, default, stem, lineno, text))
+            group = None
+            if unit_field is not None:
+                if unit_field not in obj:
+                    raise DataError(f"{path}, line {lineno}: no unit field {unit_field!r} (found {sorted(obj)}); every "
+                                    "record needs it when data.unit_field is set")
+                group = _group_value(obj[unit_field], f"{path}, line {lineno}", unit_field)
+            docs.append(_record(source if isinstance(source, str) else None, default, stem, lineno, text, group))
     return docs, skipped
 
 
-def _load_parquet(path: Path, text_field: str) -> tuple[list[Document], int]:
+def _load_parquet(path: Path, text_field: str, unit_field: str | None = None) -> tuple[list[Document], int]:
     import pyarrow.parquet as pq
 
     try:
@@ -184,23 +203,30 @@ def _load_parquet(path: Path, text_field: str) -> tuple[list[Document], int]:
             f"{path}: no text column {text_field!r} (columns: {schema.names}); "
             "set text_field to the column holding the document text"
         )
+    if unit_field is not None and unit_field not in schema.names:
+        raise DataError(f"{path}: no unit column {unit_field!r} (columns: {schema.names}); it is needed when "
+                        "data.unit_field is set")
     columns = [text_field] + (["source"] if "source" in schema.names else [])
+    columns += [unit_field] if unit_field is not None and unit_field not in columns else []
     table = pq.read_table(path, columns=columns)
     texts = table.column(text_field).to_pylist()
     sources = table.column("source").to_pylist() if "source" in columns else [None] * len(texts)
+    groups = table.column(unit_field).to_pylist() if unit_field is not None else [None] * len(texts)
     docs, skipped, default = [], 0, safe_name(path.stem)
-    for row, (text, source) in enumerate(zip(texts, sources, strict=True)):
+    for row, (text, source, g) in enumerate(zip(texts, sources, groups, strict=True)):
         if not isinstance(text, str) or not text.strip():
             skipped += 1
             continue
-        docs.append(_record(source if isinstance(source, str) else None, default, default, row, text))
+        group = _group_value(g, f"{path}, row {row}", unit_field) if unit_field is not None else None
+        docs.append(_record(source if isinstance(source, str) else None, default, default, row, text, group))
     return docs, skipped
 
 
-def load_documents(path: str | os.PathLike, *, text_field: str = "text") -> list[Document]:
+def load_documents(path: str | os.PathLike, *, text_field: str = "text", unit_field: str | None = None) -> list[Document]:
     """All readable documents at ``path`` (directory, ``.jsonl[.gz]`` or ``.parquet``), in a
     deterministic order: sorted by id, except that a corpus directory's manifest.json fixes the
-    order of its sources (so a written stdlib corpus reads back exactly as it was built)."""
+    order of its sources (so a written stdlib corpus reads back exactly as it was built).
+    ``unit_field``: a JSONL field / Parquet column every record must carry (Document.group)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     p = Path(path).expanduser()
@@ -208,11 +234,14 @@ def load_documents(path: str | os.PathLike, *, text_field: str = "text") -> list
         raise DataError(f"data path {p} does not exist")
     name = p.name.lower()
     if p.is_dir():
+        if unit_field is not None:
+            raise DataError(f"data path {p} is a directory: data.unit_field ({unit_field!r}) is read from JSONL or "
+                            "Parquet records; a directory's files have no such field")
         docs, skipped = _load_directory(p)
     elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-        docs, skipped = _load_jsonl(p, text_field)
+        docs, skipped = _load_jsonl(p, text_field, unit_field)
     elif name.endswith((".parquet", ".pq")):
-        docs, skipped = _load_parquet(p, text_field)
+        docs, skipped = _load_parquet(p, text_field, unit_field)
     else:
         raise DataError(f"data path {p}: expected a directory, a .jsonl or a .parquet file")
     if not docs:
@@ -257,10 +286,11 @@ def select_documents(
 
 
 def content_hash(docs: Sequence[Document]) -> str:
-    """SHA-256 over (source, id, text) of every document, in order: identifies a corpus."""
+    """SHA-256 over (source, id, text[, group]) of every document, in order: identifies a corpus."""
     h = hashlib.sha256(b"securefed-corpus-v1\x00")
     for d in docs:
-        for part in (d.source, d.doc_id, d.text):
+        # a document's group joins the hash only when there is one: corpora without unit_field hash as before
+        for part in (d.source, d.doc_id, d.text) + (() if d.group is None else ("\x00group", d.group)):
             b = part.encode("utf-8")
             h.update(len(b).to_bytes(8, "little") + b)
     return h.hexdigest()

@@ -55,6 +55,8 @@ class FederatedData:
     # each holder's training documents' token ids (views of the tokenized corpus, no copies), in partition
     # order: DP-SGD with unit=document packs them a row set per document (packing.pack_documents)
     holder_documents: list[list[np.ndarray]] = field(default_factory=list)
+    # the same documents' data.unit_field values (Document.group; None without a unit_field)
+    holder_groups: list[list[str | None]] = field(default_factory=list)
 
 
 def load_sources(config: DataConfig) -> list[dict[str, list[Document]]]:
@@ -69,9 +71,9 @@ def load_sources_capped(config: DataConfig) -> tuple[list[dict[str, list[Documen
     if config.holder_paths:  # a holder's data is all its own: only max_bytes_per_holder applies
         out, cut = [], {}
         for i, path in enumerate(config.holder_paths):
-            groups = group_by_source(load_documents(path, text_field=config.text_field))
+            groups = group_by_source(load_documents(path, text_field=config.text_field, unit_field=config.unit_field))
             renamed = {
-                f"holder{i}:{src}": [Document(f"holder{i}:{d.doc_id}", f"holder{i}:{src}", d.text) for d in docs]
+                f"holder{i}:{src}": [Document(f"holder{i}:{d.doc_id}", f"holder{i}:{src}", d.text, d.group) for d in docs]
                 for src, docs in groups.items()
             }  # prefix: two holders' "docs" directories stay two sources
             kept = cap_holder(renamed, config.max_bytes_per_holder)
@@ -79,6 +81,8 @@ def load_sources_capped(config: DataConfig) -> tuple[list[dict[str, list[Documen
                 cut[f"holder{i}"] = c
             out.append(kept)
         return out, {"applies_to": "holder_paths", **limits, "cut": cut, "sources_left_out": []}
+    if config.source == "stdlib" and config.unit_field is not None:
+        raise DataError("data.unit_field is read from JSONL or Parquet records; the stdlib corpus has none")
     if config.source == "stdlib":
         kept = stdlib_sources(max_sources=config.max_sources, max_bytes_per_source=config.max_bytes_per_source)
         sizes = stdlib_sizes()
@@ -86,7 +90,7 @@ def load_sources_capped(config: DataConfig) -> tuple[list[dict[str, list[Documen
                for s, ds in kept.items() if s in sizes and sum(d.n_bytes for d in ds) < sizes[s][1]}
         left = [s for s, (n, _) in sizes.items() if s not in kept and n]  # packages past max_sources
         return [kept], {"applies_to": "stdlib", **limits, "cut": cut, "sources_left_out": left}
-    groups = group_by_source(load_documents(config.source, text_field=config.text_field))
+    groups = group_by_source(load_documents(config.source, text_field=config.text_field, unit_field=config.unit_field))
     kept = select_documents(groups, max_sources=config.max_sources, max_bytes_per_source=config.max_bytes_per_source)
     cut = {s: c for s in kept if (c := cut_between(s, groups[s], kept[s])) is not None}
     return [kept], {"applies_to": "source", **limits, "cut": cut, "sources_left_out": [s for s in groups if s not in kept]}
@@ -230,9 +234,10 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
         else:
             pool = [d for docs in train_by_source.values() for d in docs]
             holder_docs = partition(pool, n_holders, method=config.partition, seed=seed, alpha=config.dirichlet_alpha)
-        holder_train, holder_sources, holder_stats, holder_tokens = [], [], [], []
+        holder_train, holder_sources, holder_stats, holder_tokens, holder_groups = [], [], [], [], []
         for i, docs in enumerate(holder_docs):
             holder_tokens.append([ids[d.doc_id] for d in docs])
+            holder_groups.append([d.group for d in docs])
             rows = pack([ids[d.doc_id] for d in docs], seq_len=config.seq_len, eos_id=eos)  # (N_i, seq_len)
             present = {d.source for d in docs}
             srcs = tuple(s for s in groups if s in present)
@@ -246,6 +251,8 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
             holder_sources.append(srcs)
             holder_stats.append({"sources": list(srcs), "documents": len(docs), "sequences": len(rows),
                                  "tokens": int(rows.numel())})  # fmt: skip
+            if config.unit_field is not None:   # how many ids (data.unit_field) the holder's documents are about
+                holder_stats[-1]["groups"] = len({d.group for d in docs})
         central = torch.cat(holder_train)  # (sum N_i, seq_len)
         eval_global = torch.cat(list(eval_per_source.values()))  # (M, seq_len)
         ppl = unigram_perplexity(central, eval_global, len(tok))
@@ -279,4 +286,4 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
         "config": to_dict(config),
     }
     return FederatedData(tok, holder_train, holder_sources, central, eval_global, eval_per_source, ppl, manifest,
-                         holder_tokens)
+                         holder_tokens, holder_groups)
