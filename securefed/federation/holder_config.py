@@ -171,6 +171,9 @@ def check_holder_config(cfg: HolderConfig, *, deployment: bool, simulation: bool
                 raise HolderConfigError(f"missing key file {f}")
         if (cfg.deterministic_secrets or cfg.dropout_rate or cfg.vanish_at) and not simulation:
             raise HolderConfigError("deterministic_secrets, dropout_rate and vanish_at are for simulations only")
+    if cfg.dp_sgd.enabled and cfg.dp_sgd.unit == "group" and cfg.data.unit_field is None:
+        raise HolderConfigError("dp_sgd.unit=group needs data.unit_field: the JSONL field or Parquet column naming whom "
+                                "each record is about (e.g. a patient id)")
     for p in cfg.data.holder_paths or ((cfg.data.source,) if cfg.data.source != "stdlib" else ()):
         if not Path(p).expanduser().exists():
             raise HolderConfigError(f"data path {p} does not exist")

@@ -126,3 +126,12 @@ def test_a_group_level_run_through_the_cli_signs_verifies_and_reports_its_unit(t
     text = (run / "report" / "report.md").read_text()
     assert "one record = all of a holder's documents with the same patient value" in text and "| group |" in text
     assert "groups" in text and "The sampling rate q = 0.05 is public" in text
+
+
+def test_unit_group_without_a_unit_field_is_refused_before_anything_runs(tmp_path, capsys):
+    from securefed.cli import main
+
+    code = main(["simulate", "--out", str(tmp_path / "r"), "--set", "train.dp_sgd.enabled=true",
+                 "--set", "train.dp_sgd.unit=group"])
+    assert code == 2 and "unit=group needs data.unit_field" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
