@@ -1,0 +1,67 @@
+"""A review of train.dp_sgd.unit=group and sample_rate (protocols/dp.md §10.2–10.3): a holder's own config with
+unit=group but no data.unit_field is refused when it is loaded; a holder restarted with another grouping field
+over steps spent per group is refused; the held-out split never moves one person's removal into other people's
+training documents."""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from securefed.training.config import DPSGDConfig  # noqa: E402
+
+
+def _notes(tmp_path: Path, n_people: int = 10, size: int = 700) -> tuple[Path, list[dict]]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(stdlib.glob("[a-m]*.py"))[:12]]
+    notes = [t[i:i + size] for t in texts for i in range(0, min(len(t), 6000), size)]
+    recs = [{"text": n, "patient": f"p{i % n_people}", "ward": f"w{i % 3}", "source": f"ward{i % 3}"}
+            for i, n in enumerate(notes) if n.strip()]
+    path = tmp_path / "notes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path, recs
+
+
+def test_a_holder_config_with_unit_group_and_no_unit_field_is_refused_when_loaded(tmp_path):
+    """Before: accepted, and the holder failed only after joining a run and reading its data."""
+    from securefed.federation.holder_config import HolderConfig, HolderConfigError, load_holder_config
+
+    with pytest.raises(ValueError, match="dp_sgd.unit=group needs data.unit_field"):
+        HolderConfig(holder_id=1, state_dir=str(tmp_path / "s"), dp_sgd=DPSGDConfig(enabled=True, unit="group"))
+    y = tmp_path / "holder.yaml"
+    y.write_text(f"holder_id: 1\nstate_dir: {tmp_path / 's'}\ndp_sgd: {{enabled: true, unit: group}}\n")
+    with pytest.raises(HolderConfigError, match="dp_sgd.unit=group needs data.unit_field"):
+        load_holder_config(y)
+    HolderConfig(holder_id=1, state_dir=str(tmp_path / "s"), dp_sgd=DPSGDConfig(enabled=True, unit="document"))
+
+
+def test_a_holder_restarted_with_another_grouping_field_is_refused(tmp_path, fed_cache):
+    """Before: the checkpoint and the signed releases recorded only unit=group, so steps spent per patient went
+    on per ward (or per visit) with one 'per group' ε for both."""
+    from securefed.audit.federation_harness import tiny_federation
+    from securefed.federation.holder import HolderStateError
+    from securefed.training.data import DataConfig
+
+    corpus, _ = _notes(tmp_path)
+    over = ("privacy.mode=distributed", "privacy.mechanism=ddgauss", "privacy.noise_multiplier=1.0", "privacy.clip=1.0",
+            "train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=1.0", "train.dp_sgd.delta=1.0e-2",
+            "train.dp_sgd.unit=group", "train.dp_sgd.sample_rate=0.2", f"data.source={corpus}",
+            "data.unit_field=patient", "data.partition=iid", "data.max_bytes_per_source=null", "federation.rounds=4")
+    fed = tiny_federation(tmp_path / "fed", overrides=over, cache_dir=fed_cache)
+    fed.coordinator.run_round(1)
+    fed.holders[1]._save_state()
+    data = fed.configs[1].data
+    dp = fed.configs[1].dp_sgd
+    holder = fed.restart_holder(1, data=DataConfig(**{**data.__dict__, "unit_field": "ward"}), dp_sgd=dp)
+    with pytest.raises(HolderStateError, match="per group of data.unit_field 'patient', but this holder's config has "
+                                               "data.unit_field 'ward'"):
+        holder.welcome(fed.coordinator.welcome_for(1))
+    holder = fed.restart_holder(1, data=data, dp_sgd=dp)
+    holder.welcome(fed.coordinator.welcome_for(1))            # the same field resumes
+    assert holder.trainer.dp_steps == 2
