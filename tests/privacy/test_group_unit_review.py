@@ -21,7 +21,7 @@ def _notes(tmp_path: Path, n_people: int = 10, size: int = 700) -> tuple[Path, l
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(stdlib.glob("[a-m]*.py"))[:12]]
     notes = [t[i:i + size] for t in texts for i in range(0, min(len(t), 6000), size)]
-    recs = [{"text": n, "patient": f"p{i % n_people}", "ward": f"w{i % 3}", "source": f"ward{i % 3}"}
+    recs = [{"text": n, "patient": f"p{i % n_people}", "visit": f"v{i}", "source": f"ward{i % 3}"}
             for i, n in enumerate(notes) if n.strip()]
     path = tmp_path / "notes.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -43,7 +43,7 @@ def test_a_holder_config_with_unit_group_and_no_unit_field_is_refused_when_loade
 
 def test_a_holder_restarted_with_another_grouping_field_is_refused(tmp_path, fed_cache):
     """Before: the checkpoint and the signed releases recorded only unit=group, so steps spent per patient went
-    on per ward (or per visit) with one 'per group' ε for both."""
+    on per visit with one 'per group' ε for both."""
     from securefed.audit.federation_harness import tiny_federation
     from securefed.federation.holder import HolderStateError
     from securefed.training.data import DataConfig
@@ -52,15 +52,16 @@ def test_a_holder_restarted_with_another_grouping_field_is_refused(tmp_path, fed
     over = ("privacy.mode=distributed", "privacy.mechanism=ddgauss", "privacy.noise_multiplier=1.0", "privacy.clip=1.0",
             "train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=1.0", "train.dp_sgd.delta=1.0e-2",
             "train.dp_sgd.unit=group", "train.dp_sgd.sample_rate=0.2", f"data.source={corpus}",
-            "data.unit_field=patient", "data.partition=iid", "data.max_bytes_per_source=null", "federation.rounds=4")
+            "data.unit_field=patient", "data.partition=iid", "data.max_bytes_per_source=null", "data.eval_fraction=0.3",
+            "federation.rounds=4")
     fed = tiny_federation(tmp_path / "fed", overrides=over, cache_dir=fed_cache)
     fed.coordinator.run_round(1)
     fed.holders[1]._save_state()
     data = fed.configs[1].data
     dp = fed.configs[1].dp_sgd
-    holder = fed.restart_holder(1, data=DataConfig(**{**data.__dict__, "unit_field": "ward"}), dp_sgd=dp)
+    holder = fed.restart_holder(1, data=DataConfig(**{**data.__dict__, "unit_field": "visit"}), dp_sgd=dp)
     with pytest.raises(HolderStateError, match="per group of data.unit_field 'patient', but this holder's config has "
-                                               "data.unit_field 'ward'"):
+                                               "data.unit_field 'visit'"):
         holder.welcome(fed.coordinator.welcome_for(1))
     holder = fed.restart_holder(1, data=data, dp_sgd=dp)
     holder.welcome(fed.coordinator.welcome_for(1))            # the same field resumes
@@ -113,3 +114,21 @@ def test_a_persons_documents_are_all_held_out_or_all_trained_on(tmp_path, fed_ca
     held = sum(s["eval_documents"] for s in fd.manifest["sources"].values())
     assert held and trained and len(trained) < 12
     assert held == sum(1 for r in recs if r["patient"] not in trained)   # every document of the others is held out
+
+
+def test_a_public_rate_far_from_the_batch_size_is_logged_at_the_holder(caplog):
+    """A review: a q chosen for other data ran silently, every step noise alone (q·N < 1) or q·N records at once."""
+    from tests.privacy.test_dp_sgd_public_rate import V, T, _trainer
+
+    t = _trainer(0.001)
+    with caplog.at_level("WARNING", logger="securefed"):
+        t.new_holder(0, torch.randint(0, V, (30, T)), seed=0, total_steps=8, dp_secret_seed=3)
+    assert "0.03 records a step in expectation" in caplog.text and "noise alone" in caplog.text
+    caplog.clear()
+    t = _trainer(0.5)
+    with caplog.at_level("WARNING", logger="securefed"):
+        t.new_holder(0, torch.randint(0, V, (400, T)), seed=0, total_steps=8, dp_secret_seed=3)
+        assert "200 records a step" in caplog.text and "memory" in caplog.text
+        caplog.clear()
+        t.new_holder(0, torch.randint(0, V, (30, T)), seed=0, total_steps=8, dp_secret_seed=3)
+    assert not caplog.text
