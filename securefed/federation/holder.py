@@ -238,6 +238,13 @@ class Holder:
             what = (f"{records} {kind} in {rows} rows of their own" if self._data.units is not None
                     else f"{rows} training records")
             log.info("holder %d: data ready: %s in %.1f s", self.id, what, time.perf_counter() - t0)
+            if dp.enabled and dp.unit != "group" and self.cfg.data.unit_field is not None:
+                # the ids are read (and checked) but one record is not all of one id's documents (dp.md §10.2)
+                log.warning("holder %d: data.unit_field %r is set but dp_sgd.unit is %s: one record is one %s, so a "
+                            "person with several documents is protected only by group privacy over them; set "
+                            "dp_sgd.unit=group to protect each %r value's documents together", self.id,
+                            self.cfg.data.unit_field, dp.unit, "document" if dp.unit == "document" else "training row",
+                            self.cfg.data.unit_field)
             if dp.enabled and dp.delta > 1.0 / records:   # record-level δ against this holder's own record count
                 unit = ("groups" if dp.unit == "group" else "documents") if self._data.units is not None else "records"
                 raise ValueError(f"holder {self.id}: dp_sgd.delta {dp.delta:.3g} is above 1/{unit} = 1/{records}: "
@@ -407,6 +414,13 @@ class Holder:
                 raise HolderStateError(f"{self._trainer_file}'s record-level DP-SGD steps were spent per {unit}, but "
                                        f"this holder's config has dp_sgd.unit {self.cfg.dp_sgd.unit}: no single ε "
                                        "would hold; restore the config")
+            field, mine = tr.get("dp_sgd_unit_field"), self.cfg.data.unit_field
+            if unit == "group" and field is not None and field != mine:
+                # same unit name, another grouping: the steps so far protected each value of one field, the next
+                # would protect another's — no single "per group" ε would hold for either
+                raise HolderStateError(f"{self._trainer_file}'s record-level DP-SGD steps were spent per group of "
+                                       f"data.unit_field {field!r}, but this holder's config has data.unit_field "
+                                       f"{mine!r}: no single ε would hold; restore the config")
         if signed:
             if tr is None:
                 raise HolderStateError(f"{self._trainer_file} is missing but {led} records record-level DP-SGD "
@@ -451,7 +465,11 @@ class Holder:
     def _save_state(self) -> None:
         from securefed.runtime.rundir import atomic_torch_save
 
-        atomic_torch_save(self.trainer.state_dict(), self._trainer_file)
+        state = self.trainer.state_dict()
+        if "dp_sgd_accountant" in state and self.cfg.dp_sgd.unit == "group":
+            # what one group was (dp.md §10.2): steps per patient id must not go on per another field's value
+            state["dp_sgd_unit_field"] = self.cfg.data.unit_field
+        atomic_torch_save(state, self._trainer_file)
         self._trainer_anchor = {"step": int(self.trainer.step), "dp_sgd_steps": getattr(self.trainer, "dp_steps", None)}
         self._write_state_file()
 

@@ -142,6 +142,10 @@ class HolderConfig:
             raise ValueError(f"shard must be in [0, n_shards={self.n_shards})")
         if self.data.holder_paths and (len(self.data.holder_paths) != 1 or self.n_shards != 1):
             raise ValueError("data.holder_paths: a holder names exactly one path of its own (and n_shards 1)")
+        if self.dp_sgd.enabled and self.dp_sgd.unit == "group" and self.data.unit_field is None:
+            # here, at config load, not after joining a run and reading the data (protocols/dp.md §10.2)
+            raise ValueError("dp_sgd.unit=group needs data.unit_field: the JSONL field or Parquet column naming whom "
+                             "each record is about (e.g. a patient id)")
         if not 0 <= self.dropout_rate < 1:
             raise ValueError("dropout_rate must be in [0, 1)")
         if self.save_every < 1:

@@ -293,6 +293,17 @@ class HolderTrainer:
         if parent.cfg.dp_sgd.enabled:
             if parent.cfg.dp_sgd.sample_rate is not None:
                 self.batch_size, self.dp_rate = batch_size, float(parent.cfg.dp_sgd.sample_rate)
+                # the expected batch is q·N records, whatever B: logged here only (a local line, never sent), where
+                # a q chosen for other data would make every step noise alone, or hold q·N records' gradients at once
+                n = int(self.units[-1]) + 1 if self.units is not None else data.shape[0]
+                expect = self.dp_rate * n
+                if expect < 1 or expect > 8 * batch_size:
+                    log.warning("holder %d: train.dp_sgd.sample_rate %g over its %d records gives %.3g records a step "
+                                "in expectation against train.batch_size %d: %s", holder_id, self.dp_rate, n, expect,
+                                batch_size, "most steps are noise alone (raise sample_rate)" if expect < 1 else
+                                "each step holds that many records' gradients at once (memory; per_sample clipping a "
+                                "copy of every parameter's gradient per record; set train.dp_sgd.micro_batch_size with "
+                                "clipping ghost, or lower sample_rate)")
             else:
                 self.dp_rate = self.batch_size / data.shape[0]
         self.step = 0            # inner steps taken so far (drives the LR schedule)

@@ -31,7 +31,7 @@ from ...progress import Progress
 from .caps import cap_holder, caps_statement, cut_between
 from .config import DataConfig, default_cache_dir
 from .documents import DataError, Document, content_hash, group_by_source, load_documents, select_documents
-from .packing import pack, split_eval, unigram_perplexity
+from .packing import eval_rank, pack, split_eval, unigram_perplexity
 from .partition import partition
 from .progress import Steps
 from .stdlib import python_version, stdlib_sizes, stdlib_sources, tokenizer_corpus
@@ -172,6 +172,11 @@ def _tokenizer(config: DataConfig, cache: Path) -> tuple[PreTrainedTokenizerFast
     return tok, info
 
 
+def _eval_cut(fraction: float) -> bytes:
+    """The eval_rank below which an id is held out: a share ``fraction`` of all hashes."""
+    return min(int(fraction * 2**64), 2**64 - 1).to_bytes(8, "big") + b"\x00" * 24
+
+
 def _hold_out(
     groups: dict[str, list[Document]], ids: dict[str, np.ndarray], config: DataConfig, eos_id: int
 ) -> tuple[dict[str, list[Document]], dict[str, torch.Tensor], dict[str, dict]]:
@@ -180,9 +185,18 @@ def _hold_out(
     n_tok = {d.doc_id: int(ids[d.doc_id].size) + 1 for docs in groups.values() for d in docs}  # + EOS
     train, evals, stats = {}, {}, {}
     for src, docs in groups.items():
-        tr, ev = split_eval(
-            docs, eval_fraction=config.eval_fraction, n_tokens=lambda d: n_tok[d.doc_id], min_eval_tokens=config.seq_len
-        )
+        if config.unit_field is not None:
+            # whole ids, each held out by its own hash: a person's documents are all held out or all trained on, and
+            # removing one person moves no other document between the splits (split_eval's token target and JSONL
+            # line-numbered ids would: the neighbour dataset then differs in other people's documents; dp.md §10.2)
+            held = [eval_rank("unit-field\x00" + d.group) < _eval_cut(config.eval_fraction) for d in docs]
+            tr = [d for d, h in zip(docs, held) if not h]
+            ev = [d for d, h in zip(docs, held) if h]
+        else:
+            tr, ev = split_eval(
+                docs, eval_fraction=config.eval_fraction, n_tokens=lambda d: n_tok[d.doc_id],
+                min_eval_tokens=config.seq_len,
+            )
         rows = pack([ids[d.doc_id] for d in ev], seq_len=config.seq_len, eos_id=eos_id)
         train[src] = tr
         if len(rows):
@@ -223,6 +237,12 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
                 f"(seq_len={config.seq_len}); add documents or lower seq_len"
             )
         train_by_source, eval_per_source, src_stats = _hold_out(groups, ids, config, eos)
+        if not eval_per_source and config.unit_field is not None:
+            raise DataError(
+                f"{where} leaves no held-out evaluation sequence: with data.unit_field whole ids are held out, each "
+                f"with probability data.eval_fraction ({config.eval_fraction}) by a hash of the id, and none of its "
+                f"{len({d.group for d in all_docs})} ids was; raise data.eval_fraction or add ids"
+            )
         if not eval_per_source:
             raise DataError(
                 f"{where} leaves no held-out evaluation sequence: every source has fewer than two "
