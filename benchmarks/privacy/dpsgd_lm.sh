@@ -92,13 +92,15 @@ row() { name=$1; shift; left=$(( DEADLINE - $(el) )); [ $left -gt 0 ] || left=1
 # ROWS: which ε rows, in waves separated by commas; a wave's rows run side by side on the GPU (one at a time in
 # TINY mode, two CPU cores), waves one after another; a row whose run already has its summary is not run again
 # DP_UNIT=document|group: the DP rows protect one document (train.dp_sgd.unit, protocols/dp.md §10.2; rows named eps8-document)
+# (every row then holds out the same documents, data.eval_split=independent, so all rows share one eval set)
 U=${DP_UNIT:+-$DP_UNIT}; USET=(); [ -n "${DP_UNIT:-}" ] && USET=(--set "train.dp_sgd.unit=$DP_UNIT")
-one() { case $1 in inf) row eps-inf ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; 8) row "eps8$U" --sigma "$SIG8" "${USET[@]}" ;;
+[ -n "${DP_UNIT:-}" ] && COMMON+=(--set data.eval_split=independent)
+one() { case $1 in inf) row "eps-inf$U" ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; 8) row "eps8$U" --sigma "$SIG8" "${USET[@]}" ;;
                    3) row "eps3$U" --sigma "$SIG3" "${USET[@]}" ;; 1) row "eps1$U" --sigma "$SIG1" "${USET[@]}" ;;
-                   infb) row "eps-inf-b$NP_BATCH" --batch "$NP_BATCH" --h "$NP_H" ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; esac; }
+                   infb) row "eps-inf-b$NP_BATCH$U" --batch "$NP_BATCH" --h "$NP_H" ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; esac; }
 for wave in "${WAVES[@]}"; do
   for r in $wave; do
-    n=eps$r$U; [ "$r" = inf ] && n=eps-inf; [ "$r" = infb ] && n=eps-inf-b$NP_BATCH
+    n=eps$r$U; [ "$r" = inf ] && n=eps-inf$U; [ "$r" = infb ] && n=eps-inf-b$NP_BATCH$U
     [ -f "$S/runs/$n/summary.json" ] && { echo "$n: already finished"; continue; }
     if [ "${TINY:-0}" = 1 ]; then one "$r"; else one "$r" & fi
   done

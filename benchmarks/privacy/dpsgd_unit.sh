@@ -3,7 +3,8 @@
 # same σ, batch and steps (so the same accountant events and ε — per row for one, per document for the other).
 # Rows (ROWS, space-separated): seq | doc | doc8 (max_rows_per_document=8) | doc4. Each row is one
 # `securefed simulate --preset dp-sgd` run; its summary, metrics and holders' signed record-level entries are
-# copied to $OUT/<row>/, then `dpsgd_unit.py` writes $OUT/table.md. CPU: ≈ 15 min a row on two cores.
+# copied to $OUT/<row>/, then `dpsgd_unit.py` writes $OUT/table.md. CPU: ≈ 15 min a row on two cores. Every
+# row holds out the same documents (data.eval_split=independent), so their perplexities are on one eval set.
 #   OUT=benchmarks/privacy/raw/dpsgd_unit ROWS="seq doc doc8" bash benchmarks/privacy/dpsgd_unit.sh
 set -euo pipefail
 OUT=${OUT:-benchmarks/privacy/raw/dpsgd_unit}
@@ -11,8 +12,8 @@ ROWS=${ROWS:-"seq doc doc8"}
 SF=${SF:-.venv/bin/securefed}
 PY=${PY:-.venv/bin/python}
 COMMON=(--preset dp-sgd --set train.dp_sgd.noise_multiplier=${SIGMA:-1.0} --set train.batch_size=${BATCH:-64}
-        --set train.lr=${LR:-0.02} --set federation.rounds=${ROUNDS:-12} --set train.dp_sgd.clipping=${CLIPPING:-ghost}
-        --set train.precision=32-true)
+        --set train.lr=${LR:-0.02} --set federation.rounds=${ROUNDS:-8} --set train.dp_sgd.clipping=${CLIPPING:-ghost}
+        --set train.precision=32-true --set data.eval_split=independent)   # one eval set for every row (dp.md §10.2)
 mkdir -p "$OUT"
 for row in $ROWS; do
   case $row in

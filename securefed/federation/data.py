@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-__all__ = ["HolderData", "federated_data", "forget_corpora", "holder_rows", "document_rows", "record_counts",
+__all__ = ["HolderData", "federated_data", "eval_split_for", "check_unit_caps", "forget_corpora", "holder_rows",
+           "document_rows", "record_counts",
            "shared_trainer", "CoordinatorData", "coordinator_data"]
 
 _lock = threading.Lock()
@@ -20,16 +21,47 @@ _corpora: dict = {}
 _trainers: dict = {}
 
 
-def federated_data(data_cfg, *, n_holders: int, seed: int, progress: bool):
-    """``prepare_federated_data`` once per (config, holders, seed) in this process."""
+def eval_split_for(dp_sgd, data_cfg) -> str:
+    """The held-out split (data.eval_split; "auto": what the DP-SGD unit needs, protocols/dp.md §10.2):
+    "independent" under unit=document (each document by a hash of its own text), else "budget" (unit=group
+    splits by id in the pipeline anyway). ValueError for unit=document with an explicit "budget"."""
+    doc = dp_sgd.enabled and dp_sgd.unit == "document"
+    if data_cfg.eval_split == "auto":
+        return "independent" if doc else "budget"
+    if doc and data_cfg.eval_split == "budget":
+        raise ValueError("train.dp_sgd.unit=document needs data.eval_split independent (or auto): the token-budget "
+                         "split ties each document's side to the others, so removing one moves others (dp.md §10.2)")
+    return data_cfg.eval_split
+
+
+def federated_data(data_cfg, *, n_holders: int, seed: int, progress: bool, eval_split: str = "budget"):
+    """``prepare_federated_data`` once per (config, holders, seed, eval split) in this process."""
     from securefed.training.data import prepare_federated_data
 
-    key = (data_cfg, n_holders, seed)
+    key = (data_cfg, n_holders, seed, eval_split)
     with _lock:
         if key not in _corpora:
             _corpora.clear()   # one corpus at a time: a process runs one federation
-            _corpora[key] = prepare_federated_data(data_cfg, n_holders=n_holders, seed=seed, progress=progress)
+            _corpora[key] = prepare_federated_data(data_cfg, n_holders=n_holders, seed=seed, progress=progress,
+                                                   eval_split=eval_split)
         return _corpora[key]
+
+
+def check_unit_caps(fd, dp_sgd) -> None:
+    """DP-SGD per document or group needs the holder's own data uncapped (dp.md §10.2): a cap takes documents in
+    order while they fit, so removing one document can let another in, and the neighbour dataset is then not D
+    minus one unit. DataError when a cap on the user's data (not the public stdlib demo corpus) left anything out."""
+    from securefed.training.data.documents import DataError
+
+    caps = fd.manifest.get("caps") or {}
+    if not (dp_sgd.enabled and dp_sgd.unit in ("document", "group")) or caps.get("applies_to") == "stdlib":
+        return
+    if caps.get("cut") or caps.get("sources_left_out"):
+        raise DataError(f"train.dp_sgd.unit={dp_sgd.unit}: the data caps left documents out (data_manifest caps: "
+                        f"{sorted(caps.get('cut') or {}) + list(caps.get('sources_left_out') or [])}); a cap takes "
+                        "documents while they fit, so one document's removal could let another in and the guarantee "
+                        "would not be per document. Set data.max_bytes_per_source, data.max_sources and "
+                        "data.max_bytes_per_holder to null (or choose the data yourself)")
 
 
 def forget_corpora() -> None:
@@ -60,9 +92,11 @@ def holder_rows(cfg, *, progress: bool = False) -> HolderData:
     in a simulation — shard ``cfg.shard`` of ``cfg.data`` split ``cfg.n_shards`` ways."""
     from securefed.training.data.tokenizer import tokenizer_hash
 
-    fd = federated_data(cfg.data, n_holders=cfg.n_shards, seed=cfg.data_seed, progress=progress)
-    man = dict(fd.manifest, holders=[dict(fd.manifest["holders"][cfg.shard])])
     dp = cfg.dp_sgd
+    fd = federated_data(cfg.data, n_holders=cfg.n_shards, seed=cfg.data_seed, progress=progress,
+                        eval_split=eval_split_for(dp, cfg.data))
+    check_unit_caps(fd, dp)
+    man = dict(fd.manifest, holders=[dict(fd.manifest["holders"][cfg.shard])])
     if not (dp.enabled and dp.unit in ("document", "group")):
         return HolderData(fd.holder_train[cfg.shard], fd.tokenizer, tokenizer_hash(fd.tokenizer), man)
     rows, units = document_rows(fd, cfg.shard, seq_len=cfg.data.seq_len, max_rows=dp.max_rows_per_document,
@@ -117,6 +151,7 @@ def record_counts(fd, *, n_holders: int, dp_sgd, seq_len: int) -> tuple[list[int
     document-packed rows and documents (or groups) with a row under unit=document (group) — without packing."""
     from securefed.training.data.packing import document_row_counts
 
+    check_unit_caps(fd, dp_sgd)
     if not (dp_sgd.enabled and dp_sgd.unit in ("document", "group")) or len(fd.holder_documents) < n_holders:
         n = [int(h.shape[0]) for h in fd.holder_train]
         return n, n
@@ -157,5 +192,6 @@ def coordinator_data(cfg, *, progress: bool) -> CoordinatorData:
     """The public tokenizer and the coordinator's own evaluation rows (RunConfig.evaluation)."""
     from securefed.training.data.tokenizer import tokenizer_hash
 
-    fd = federated_data(cfg.data, n_holders=cfg.federation.n_holders, seed=cfg.seed, progress=progress)
+    fd = federated_data(cfg.data, n_holders=cfg.federation.n_holders, seed=cfg.seed, progress=progress,
+                        eval_split=eval_split_for(cfg.train.dp_sgd, cfg.data))
     return CoordinatorData(fd.tokenizer, tokenizer_hash(fd.tokenizer), fd.eval_global, fd.unigram_eval_ppl, fd.manifest)

@@ -98,9 +98,10 @@ class Simulation:
         from securefed.training.models import parameter_count
 
         dim = parameter_count(cfg.model.preset, vocab_size=len(self.data.tokenizer), seq_len=cfg.data.seq_len)
-        from securefed.federation.data import federated_data, record_counts
+        from securefed.federation.data import eval_split_for, federated_data, record_counts
 
-        fd = federated_data(cfg.data, n_holders=cfg.federation.n_holders, seed=cfg.seed, progress=self.progress)
+        fd = federated_data(cfg.data, n_holders=cfg.federation.n_holders, seed=cfg.seed, progress=self.progress,
+                            eval_split=eval_split_for(cfg.train.dp_sgd, cfg.data))
         sizes, units = record_counts(fd, n_holders=cfg.federation.n_holders, dp_sgd=cfg.train.dp_sgd,
                                      seq_len=cfg.data.seq_len)
         # ε at the smallest holder (its sampling rate is the largest), δ ≤ 1/records at the largest
@@ -181,10 +182,10 @@ class Simulation:
         rd = self.rd
         metrics = RunDir.read_jsonl(rd.metrics)
         if self.cfg.baseline and metrics:
-            from securefed.federation.data import federated_data
+            from securefed.federation.data import eval_split_for, federated_data
 
             fd = federated_data(self.cfg.data, n_holders=self.cfg.federation.n_holders, seed=self.cfg.seed,
-                                progress=False)
+                                progress=False, eval_split=eval_split_for(self.cfg.train.dp_sgd, self.cfg.data))
             points = [m["tokens_seen"] for m in metrics if "eval_ppl" in m]
             curve = run_centralized_baseline(self.cfg, fd, points, progress=self.progress)   # its own phase
             rd.write_jsonl(rd.baseline / "metrics.jsonl", curve)

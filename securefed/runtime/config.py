@@ -148,6 +148,9 @@ class RunConfig:
                 raise ValueError(f"baseline_lr must be > 0 and finite, got {self.baseline_lr}")
         if self.privacy.mode == "distributed" and self.aggregation.mode == "plain":
             raise ValueError("privacy.mode=distributed needs secure aggregation (aggregation.mode secagg)")
+        if self.train.dp_sgd.enabled and self.train.dp_sgd.unit == "document" and self.data.eval_split == "budget":
+            raise ValueError("train.dp_sgd.unit=document needs data.eval_split independent (or auto): the token-budget "
+                             "split ties each document's side to the others, so removing one moves others (dp.md §10.2)")
         if self.train.dp_sgd.enabled and self.train.dp_sgd.unit == "group" and self.data.unit_field is None:
             raise ValueError("train.dp_sgd.unit=group needs data.unit_field: the JSONL field or Parquet column naming "
                              "whom each record is about (e.g. a patient id)")

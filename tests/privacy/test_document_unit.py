@@ -9,6 +9,8 @@ shown, and a holder refuses a config whose unit differs from what it already spe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -192,3 +194,60 @@ def test_a_document_level_run_through_the_cli_signs_verifies_and_reports_its_uni
     assert main(["report", str(run)]) == 0
     text = (run / "report" / "report.md").read_text()
     assert "one record = one document" in text and "| document |" in text
+
+
+def _doc_rows(tmp_path, recs, name, cache, **data):
+    import json
+
+    from securefed.federation.data import forget_corpora, holder_rows
+    from securefed.federation.holder_config import HolderConfig
+    from securefed.training.data import DataConfig
+
+    p = tmp_path / name
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    forget_corpora()
+    cfg = HolderConfig(holder_id=1, state_dir=str(tmp_path / "st"), dp_sgd=DPSGDConfig(
+        enabled=True, unit="document", delta=1e-3), data=DataConfig(**{
+            "holder_paths": (str(p),), "vocab_size": 512, "seq_len": 32, "eval_fraction": 0.3, "cache_dir": cache,
+            **data}))
+    return holder_rows(cfg)
+
+
+def test_removing_one_document_from_a_holders_own_file_removes_exactly_its_rows(tmp_path, fed_cache):
+    """The held-out split must not tie documents together: split_eval's token target and JSONL's line-numbered
+    ids moved other documents between train and eval when one line was removed (the review of unit=group found
+    it for ids; unit=document had it too). Under unit=document each document is held out by a hash of its text."""
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(stdlib.glob("[a-m]*.py"))[:8]]
+    recs = [{"text": t[i:i + 900], "source": f"s{n % 2}"} for n, t in enumerate(texts) for i in range(0, 4500, 900)]
+    full = _doc_rows(tmp_path, recs, "a.jsonl", fed_cache)
+    moved_any = False
+    for j in range(0, len(recs), 3):
+        nb = _doc_rows(tmp_path, recs[:j] + recs[j + 1:], "b.jsonl", fed_cache)
+        if nb.train.shape == full.train.shape and torch.equal(nb.train, full.train):
+            continue                                        # j was held out: the training set is unchanged
+        moved_any = True
+        assert nb.records == full.records - 1, j
+        gone = [u for u in range(full.records) if torch.equal(full.train[full.units != u], nb.train)]
+        assert len(gone) == 1, j                            # D' is D without exactly one document's rows, in order
+    assert moved_any
+
+
+def test_a_capped_holder_is_refused_under_a_document_unit(tmp_path, fed_cache):
+    from securefed.training.data.documents import DataError
+
+    recs = [{"text": ("word " * 200) + str(i)} for i in range(40)]
+    with pytest.raises(DataError, match="the data caps left documents out"):
+        _doc_rows(tmp_path, recs, "c.jsonl", fed_cache, max_bytes_per_holder=20000)
+    assert _doc_rows(tmp_path, recs, "c.jsonl", fed_cache).records > 0
+
+
+def test_a_token_budget_split_under_a_document_unit_is_one_config_error(tmp_path, capsys):
+    from securefed.cli import main
+
+    code = main(["simulate", "--out", str(tmp_path / "r"), "--set", "train.dp_sgd.enabled=true",
+                 "--set", "train.dp_sgd.unit=document", "--set", "data.eval_split=budget"])
+    assert code == 2 and "needs data.eval_split independent" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -61,6 +61,7 @@ class _FD:
     def __init__(self, docs, groups):
         self.holder_documents, self.holder_groups, self.tokenizer = [docs], [groups], _Tok()
         self.holder_train = [torch.zeros((1, 12), dtype=torch.long)]
+        self.manifest = {"caps": {"applies_to": "holder_paths", "cut": {}, "sources_left_out": []}}
 
 
 T, V, C = 12, 64, 1e-3

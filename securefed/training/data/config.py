@@ -36,6 +36,11 @@ class DataConfig:
     # optional cap does (whole documents, in order, up to this many bytes per holder), and is stated too
     max_bytes_per_holder: int | None = None
     eval_fraction: float = 0.1
+    # how documents are held out for evaluation: "budget" (about eval_fraction of each source's tokens,
+    # split_eval), "independent" (each document by a hash of its own text: what DP-SGD per document needs,
+    # protocols/dp.md §10.2), "auto" (independent under train.dp_sgd.unit=document, else budget). With unit_field
+    # set, whole ids are held out by a hash of the id whatever this says
+    eval_split: Literal["auto", "budget", "independent"] = "auto"
     # "train" (byte-level BPE on the public tokenizer corpus) or a path to tokenizer.json / a dir
     tokenizer: str = "train"
     vocab_size: int = 4096  # used when tokenizer == "train"
@@ -76,6 +81,8 @@ class DataConfig:
                 raise TypeError(f"data.max_sources must be an int or null, got {self.max_sources!r}")
             if self.max_sources < 1:
                 raise ValueError(f"data.max_sources must be >= 1 or null, got {self.max_sources}")
+        if self.eval_split not in ("auto", "budget", "independent"):
+            raise ValueError(f"data.eval_split must be 'auto', 'budget' or 'independent', got {self.eval_split!r}")
         f = self.eval_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)):
             raise TypeError("data.eval_fraction must be a number")

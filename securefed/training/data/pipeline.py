@@ -178,10 +178,12 @@ def _eval_cut(fraction: float) -> bytes:
 
 
 def _hold_out(
-    groups: dict[str, list[Document]], ids: dict[str, np.ndarray], config: DataConfig, eos_id: int
+    groups: dict[str, list[Document]], ids: dict[str, np.ndarray], config: DataConfig, eos_id: int,
+    independent: bool = False,
 ) -> tuple[dict[str, list[Document]], dict[str, torch.Tensor], dict[str, dict]]:
     """Per source: (training documents, packed eval rows, stats); sources too small for one eval
-    row are left out of the eval dict (their stats say eval_sequences = 0)."""
+    row are left out of the eval dict (their stats say eval_sequences = 0). ``independent`` (DP-SGD with
+    unit=document): each document held out by a hash of its own text, so no document's removal moves another."""
     n_tok = {d.doc_id: int(ids[d.doc_id].size) + 1 for docs in groups.values() for d in docs}  # + EOS
     train, evals, stats = {}, {}, {}
     for src, docs in groups.items():
@@ -190,6 +192,13 @@ def _hold_out(
             # removing one person moves no other document between the splits (split_eval's token target and JSONL
             # line-numbered ids would: the neighbour dataset then differs in other people's documents; dp.md §10.2)
             held = [eval_rank("unit-field\x00" + d.group) < _eval_cut(config.eval_fraction) for d in docs]
+            tr = [d for d, h in zip(docs, held) if not h]
+            ev = [d for d, h in zip(docs, held) if h]
+        elif independent:
+            # unit=document: split_eval's token target and JSONL's line-numbered ids tie each document's side to the
+            # others (removing one moved others between train and eval); a hash of the text ties it to nothing else
+            held = [eval_rank("document-text\x00" + hashlib.sha256(d.text.encode("utf-8")).hexdigest())
+                    < _eval_cut(config.eval_fraction) for d in docs]
             tr = [d for d, h in zip(docs, held) if not h]
             ev = [d for d, h in zip(docs, held) if h]
         else:
@@ -213,8 +222,13 @@ def _hold_out(
 
 
 def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
-                           progress: bool | Progress = True) -> FederatedData:
-    """Build every holder's training rows, the eval splits and the shared tokenizer (see module doc)."""
+                           progress: bool | Progress = True, eval_split: str = "budget") -> FederatedData:
+    """Build every holder's training rows, the eval splits and the shared tokenizer (see module doc).
+    ``eval_split``: "budget" (split_eval: about eval_fraction of each source's tokens) or "independent" (each
+    document by a hash of its text, DP-SGD unit=document: protocols/dp.md §10.2); with data.unit_field, each
+    id by a hash of the id, whatever this says."""
+    if eval_split not in ("budget", "independent"):
+        raise ValueError(f"eval_split must be 'budget' or 'independent', got {eval_split!r}")
     _check_args(config, n_holders, seed)
     cache = default_cache_dir(config.cache_dir)
     stdlib = config.source == "stdlib" and not config.holder_paths
@@ -236,7 +250,14 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
                 f"{where} holds {total} tokens after tokenization, less than one sequence "
                 f"(seq_len={config.seq_len}); add documents or lower seq_len"
             )
-        train_by_source, eval_per_source, src_stats = _hold_out(groups, ids, config, eos)
+        independent = eval_split == "independent"
+        train_by_source, eval_per_source, src_stats = _hold_out(groups, ids, config, eos, independent)
+        if not eval_per_source and independent and config.unit_field is None:
+            raise DataError(
+                f"{where} leaves no held-out evaluation sequence: with train.dp_sgd.unit=document each document is "
+                f"held out with probability data.eval_fraction ({config.eval_fraction}) by a hash of its text, and "
+                f"none of its {len(all_docs)} documents was; raise data.eval_fraction or add documents"
+            )
         if not eval_per_source and config.unit_field is not None:
             raise DataError(
                 f"{where} leaves no held-out evaluation sequence: with data.unit_field whole ids are held out, each "
@@ -303,6 +324,7 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
             "dirichlet_alpha": config.dirichlet_alpha,
         },
         "unigram_eval_ppl": ppl,
+        "eval_split": "by unit_field id" if config.unit_field is not None else eval_split,
         "config": to_dict(config),
     }
     return FederatedData(tok, holder_train, holder_sources, central, eval_global, eval_per_source, ppl, manifest,
