@@ -57,6 +57,7 @@ class RecordLevel:
     unit: str = "sequence"
     max_documents: int | None = None
     sample_rate: float | None = None   # train.dp_sgd.sample_rate: a public q (else B / records, dp.md §10.3)
+    documents: int | None = None       # unit=document / group: the smallest holder's units (its signal per step)
 
 
 @dataclass(frozen=True)
@@ -217,8 +218,10 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
     elif r.steps == 0:
         eps = 0.0
     # per step: noise std σ·C_rec per coordinate of the summed clipped gradients vs the sum of E[batch] = q·N clipped
-    # gradients' C_rec/√d each (with q = B/N: σ·√d/B; the divisor of the sum scales both alike)
-    nts = r.noise_multiplier * math.sqrt(dim) / max(q * r.records, 1e-12)
+    # gradients' C_rec/√d each (with q = B/N: σ·√d/B; the divisor of the sum scales both alike). Under unit=document
+    # or group a unit's k rows share one C_rec, so the signal is q·(units), not q·(rows): far less per step
+    units = r.documents if r.unit in ("document", "group") and r.documents else r.records
+    nts = r.noise_multiplier * math.sqrt(dim) / max(q * units, 1e-12)
     out = {"noise_multiplier": r.noise_multiplier, "max_grad_norm": r.max_grad_norm, "delta": r.delta,
            "batch_size": r.batch_size, "records": r.records, "steps": r.steps, "sample_rate": q, "unit": r.unit,
            "epsilon_planned": eps, "noise_to_signal": nts, "public_sample_rate": r.sample_rate is not None}

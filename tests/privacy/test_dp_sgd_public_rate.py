@@ -74,3 +74,14 @@ def test_the_pre_flight_uses_the_public_rate_and_says_when_the_rate_reveals_the_
 def test_a_sample_rate_outside_0_1_is_refused(bad):
     with pytest.raises(ValueError, match="sample_rate must be a number in"):
         DPSGDConfig(enabled=True, sample_rate=bad)
+
+
+def test_per_document_the_pre_flight_signal_is_one_clip_per_document_not_per_row():
+    """A document's k rows share one C: per step the clipped sum holds about q·documents clips, not q·rows. The demo's
+    holders (20–33 documents in ~900 rows) printed the per-row 18.3 for a unit that then ended at perplexity 4,936."""
+    rows = RecordLevel(1.0, 1.0, 1e-5, 64, 900, 96)
+    docs = RecordLevel(1.0, 1.0, 1e-5, 64, 900, 96, unit="document", max_documents=33, documents=20)
+    a = preflight(DPConfig(), population=4, cohort_size=4, rounds=8, dim=10_000, sampling="fixed", record_level=rows)
+    b = preflight(DPConfig(), population=4, cohort_size=4, rounds=8, dim=10_000, sampling="fixed", record_level=docs)
+    assert b.record_level["noise_to_signal"] == pytest.approx(a.record_level["noise_to_signal"] * 900 / 20)
+    assert b.record_level["epsilon_planned"] == a.record_level["epsilon_planned"]      # the same events, per document
