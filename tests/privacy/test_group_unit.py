@@ -136,3 +136,23 @@ def test_unit_group_without_a_unit_field_is_refused_before_anything_runs(tmp_pat
                  "--set", "train.dp_sgd.unit=group"])
     assert code == 2 and "unit=group needs data.unit_field" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_readmes_holder_config_is_a_valid_group_level_config(tmp_path):
+    """The README's holder.yaml (a patient-level DP-SGD holder) loads as it is written."""
+    from securefed.federation.holder_config import load_holder_config
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b.split("```", 1)[0] for b in readme.split("```yaml\n")[1:] if b.startswith("holder_id: 3"))
+    y = tmp_path / "holder.yaml"
+    y.write_text(block)
+    cfg = load_holder_config(y)
+    assert cfg.dp_sgd.unit == "group" and cfg.data.unit_field == "patient_id" and cfg.dp_sgd.sample_rate == 0.002
+
+
+def test_ids_that_differ_only_in_unicode_form_or_surrounding_spaces_are_one_person(tmp_path):
+    """A review: NFC "é" and NFD "é", and " p1" and "p1", were two groups (two records for one person)."""
+    p = _jsonl(tmp_path / "n.jsonl", [{"text": "a b", "pid": "Jos\u00e9"}, {"text": "c d", "pid": "Jose\u0301"},
+                                       {"text": "e f", "pid": " p1 "}, {"text": "g h", "pid": "p1"}])
+    groups = [d.group for d in load_documents(p, unit_field="pid")]
+    assert groups[0] == groups[1] and groups[2] == groups[3] and groups[0] != groups[2]

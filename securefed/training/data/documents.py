@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,9 +152,11 @@ def _record(source: str | None, default: str, stem: str, n: int, text: str, grou
 
 
 def _group_value(v: object, where: str, unit_field: str) -> str:
-    """A unit_field value as the group key: a non-empty string or an integer (bool, float, null refused)."""
+    """A unit_field value as the group key: a non-empty string or an integer (bool, float, null refused). Strings
+    are NFC-normalised and stripped, so one person's id written two ways stays one group (merging is the safe
+    direction: a group only ever gets larger)."""
     if isinstance(v, str) and v.strip():
-        return v
+        return unicodedata.normalize("NFC", v.strip())
     if isinstance(v, int) and not isinstance(v, bool):
         return str(v)
     raise DataError(f"{where}: unit field {unit_field!r} must be a non-empty string or an integer, got {v!r}; every "
