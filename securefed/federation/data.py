@@ -54,7 +54,7 @@ def check_unit_caps(fd, dp_sgd) -> None:
     from securefed.training.data.documents import DataError
 
     caps = fd.manifest.get("caps") or {}
-    if not (dp_sgd.enabled and dp_sgd.unit in ("document", "group")) or caps.get("applies_to") == "stdlib":
+    if not dp_sgd.whole_units or caps.get("applies_to") == "stdlib":
         return
     if caps.get("cut") or caps.get("sources_left_out"):
         raise DataError(f"train.dp_sgd.unit={dp_sgd.unit}: the data caps left documents out (data_manifest caps: "
@@ -97,7 +97,7 @@ def holder_rows(cfg, *, progress: bool = False) -> HolderData:
                         eval_split=eval_split_for(dp, cfg.data))
     check_unit_caps(fd, dp)
     man = dict(fd.manifest, holders=[dict(fd.manifest["holders"][cfg.shard])])
-    if not (dp.enabled and dp.unit in ("document", "group")):
+    if not dp.whole_units:
         return HolderData(fd.holder_train[cfg.shard], fd.tokenizer, tokenizer_hash(fd.tokenizer), man)
     rows, units = document_rows(fd, cfg.shard, seq_len=cfg.data.seq_len, max_rows=dp.max_rows_per_document,
                                 by_group=dp.unit == "group")
@@ -152,7 +152,7 @@ def record_counts(fd, *, n_holders: int, dp_sgd, seq_len: int) -> tuple[list[int
     from securefed.training.data.packing import document_row_counts
 
     check_unit_caps(fd, dp_sgd)
-    if not (dp_sgd.enabled and dp_sgd.unit in ("document", "group")) or len(fd.holder_documents) < n_holders:
+    if not dp_sgd.whole_units or len(fd.holder_documents) < n_holders:
         n = [int(h.shape[0]) for h in fd.holder_train]
         return n, n
     rows, units = [], []

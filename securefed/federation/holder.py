@@ -396,26 +396,24 @@ class Holder:
         if getattr(self.trainer, "dp_steps", None) is None and (signed or (tr or {}).get("dp_sgd_accountant") is not None):
             raise HolderStateError(f"{led if signed else self._trainer_file} records record-level DP-SGD spend but this "
                                    "holder's config has dp_sgd off: its accountant would be dropped; restore the config")
-        if signed and self.cfg.dp_sgd.enabled:
+        if self.cfg.dp_sgd.enabled:
+            # the unit every spent step was priced in — the signed releases', and the checkpoint's, whose steps no
+            # release may have signed yet (killed after the checkpoint, before the release; or a round that ended
+            # unreleased) — must be the configured one: no single ε holds across two units. A checkpoint written
+            # before it recorded its unit: the signed releases' unit, else sequence (as the ledger reads it)
             from securefed.privacy.holder_ledger import record_unit
 
-            if record_unit(signed[-1]) != self.cfg.dp_sgd.unit:
-                raise HolderStateError(f"{led}'s signed releases spent record-level DP-SGD steps per "
-                                       f"{record_unit(signed[-1])}, but this holder's config has dp_sgd.unit "
-                                       f"{self.cfg.dp_sgd.unit}: no single ε would hold; restore the config")
-        if tr is not None and self.cfg.dp_sgd.enabled and self._checkpoint_history(tr):
-            # steps no release has signed yet (killed after the checkpoint, before the release; or a round that
-            # ended unreleased) are spent too: the next release signs them under the configured unit. A checkpoint
-            # written before it recorded its unit: the signed releases' unit, else sequence (as the ledger reads it)
-            from securefed.privacy.holder_ledger import record_unit
-
-            unit = tr.get("dp_sgd_unit") or (record_unit(signed[-1]) if signed else "sequence")
-            if unit != self.cfg.dp_sgd.unit:
-                raise HolderStateError(f"{self._trainer_file}'s record-level DP-SGD steps were spent per {unit}, but "
-                                       f"this holder's config has dp_sgd.unit {self.cfg.dp_sgd.unit}: no single ε "
-                                       "would hold; restore the config")
-            field, mine = tr.get("dp_sgd_unit_field"), self.cfg.data.unit_field
-            if unit == "group" and field is not None and field != mine:
+            spent = [(led, record_unit(signed[-1]))] if signed else []
+            if tr is not None and self._checkpoint_history(tr):
+                spent.append((self._trainer_file, tr.get("dp_sgd_unit") or (record_unit(signed[-1]) if signed
+                                                                             else "sequence")))
+            for where, unit in spent:
+                if unit != self.cfg.dp_sgd.unit:
+                    raise HolderStateError(f"{where}'s record-level DP-SGD steps were spent per {unit}, but this "
+                                           f"holder's config has dp_sgd.unit {self.cfg.dp_sgd.unit}: no single ε "
+                                           "would hold; restore the config")
+            field, mine = (tr or {}).get("dp_sgd_unit_field"), self.cfg.data.unit_field
+            if self.cfg.dp_sgd.unit == "group" and field is not None and field != mine:
                 # same unit name, another grouping: the steps so far protected each value of one field, the next
                 # would protect another's — no single "per group" ε would hold for either
                 raise HolderStateError(f"{self._trainer_file}'s record-level DP-SGD steps were spent per group of "

@@ -222,10 +222,9 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
     # or group a unit's k rows share one C_rec, so the signal is q·(units), not q·(rows): far less per step
     units = r.documents if r.unit in ("document", "group") and r.documents else r.records
     nts = r.noise_multiplier * math.sqrt(dim) / max(q * units, 1e-12)
-    out = {"noise_multiplier": r.noise_multiplier, "max_grad_norm": r.max_grad_norm, "delta": r.delta,
-           "batch_size": r.batch_size, "records": r.records, "steps": r.steps, "sample_rate": q, "unit": r.unit,
-           "epsilon_planned": eps, "noise_to_signal": nts, "public_sample_rate": r.sample_rate is not None}
-    return out
+    return {"noise_multiplier": r.noise_multiplier, "max_grad_norm": r.max_grad_norm, "delta": r.delta,
+            "batch_size": r.batch_size, "records": r.records, "steps": r.steps, "sample_rate": q, "unit": r.unit,
+            "epsilon_planned": eps, "noise_to_signal": nts, "public_sample_rate": r.sample_rate is not None}
 
 
 def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: int, dim: int,

@@ -59,7 +59,6 @@ def mechanism_words(f: dict) -> str:
     # coordinator's, and each holder runs its own holder.yaml's dp_sgd — the signed unit is what ran
     signed = {str(h): (r.get("unit") or "sequence") for h, r in (f.get("record_level") or {}).items()}
     unit = sgd.get("unit") or "sequence"
-    others = [f"holder-{h}" for h, u in signed.items() if u != unit]
     whole = {"document": "one record = one document: each document has rows of its own (never shared with another "
                          "document), documents are Poisson-sampled whole, and each of a document's k rows",
              "group": f"one record = all of a holder's documents with the same {sgd.get('unit_field') or 'data.unit_field'} "
@@ -72,7 +71,7 @@ def mechanism_words(f: dict) -> str:
             by_unit.setdefault(u, []).append(f"holder-{h}")
     differ = "; ".join(f"the signed releases of {', '.join(hs)} record DP-SGD steps per {names.get(u, u)}"
                        for u, hs in by_unit.items())
-    if sgd.get("enabled") and unit in whole and others:
+    if sgd.get("enabled") and unit in whole and by_unit:
         what = (f"Record-level DP-SGD inside each holder (train.dp_sgd, Opacus). config.yaml sets train.dp_sgd.unit="
                 f"{unit}, but {differ} (for a training sequence one record is one row of packed text, and no guarantee "
                 "is stated for a whole document). The unit column below says what one record is for each holder.")
@@ -117,7 +116,8 @@ def protection_blocks(f: dict) -> list:
         return ["Record-level guarantee (DP-SGD): no holder's own ledger in this directory records a DP-SGD release, "
                 "so no record-level ε is stated."]
     head = ("Record-level guarantee (DP-SGD), separate from the holder-level one: each single record of a holder — the "
-            "unit column says whether a record is a training sequence (a packed row) or a whole document — is protected "
+            "unit column says whether a record is a training sequence (a packed row), a whole document or a group of "
+            "documents about one person — is protected "
             "by that holder's record-level (ε, δ) below, against anyone who sees what the holder "
             "sent — its updates and every model built from them, the coordinator included (protocols/dp.md §10). Each ε "
             "is cumulative over the DP-SGD steps the holder's signed releases record (all of them, unless its state "

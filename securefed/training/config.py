@@ -58,6 +58,11 @@ class DPSGDConfig:
     max_rows_per_document: int | None = None
     sample_rate: float | None = None
 
+    @property
+    def whole_units(self) -> bool:
+        """DP-SGD on, one record = a document or a group: rows packed per document, units sampled whole (§10.2)."""
+        return self.enabled and self.unit in ("document", "group")
+
     def __post_init__(self) -> None:
         for name in ("noise_multiplier", "max_grad_norm", "delta"):
             v = getattr(self, name)

@@ -281,6 +281,7 @@ class HolderTrainer:
                 raise ValueError(f"holder {holder_id}: units must give each row's document, numbered 0, 1, … in row order")
             counts = torch.bincount(units)
             self.units, self._unit_scale = units, (1.0 / counts.double())[units].float()
+        self._records = len(counts) if units is not None else data.shape[0]   # what one Poisson draw is over
         if local_steps < 1:
             raise ValueError(f"holder {holder_id}: local_steps (K) must be >= 1")
         self.parent, self.holder_id, self.data = parent, holder_id, data
@@ -295,7 +296,7 @@ class HolderTrainer:
                 self.batch_size, self.dp_rate = batch_size, float(parent.cfg.dp_sgd.sample_rate)
                 # the expected batch is q·N records, whatever B: logged here only (a local line, never sent), where
                 # a q chosen for other data would make every step noise alone, or hold q·N records' gradients at once
-                n = int(self.units[-1]) + 1 if self.units is not None else data.shape[0]
+                n = self._records
                 expect = self.dp_rate * n
                 if expect < 1 or expect > 8 * batch_size:
                     log.warning("holder %d: train.dp_sgd.sample_rate %g over its %d records gives %.3g records a step "
@@ -375,7 +376,7 @@ class HolderTrainer:
             q = self.dp_rate
             if self.units is not None:
                 # unit=document: each document independently with q = B / N rows (expected B rows), all its rows
-                docs = torch.rand(int(self.units[-1]) + 1, generator=self._dp_batch_gen) < q
+                docs = torch.rand(self._records, generator=self._dp_batch_gen) < q
                 mask = docs[self.units]
                 return self.data[mask], self._unit_scale[mask]
             # Poisson sampling (the accountant's assumption): each row independently with q = B / N
