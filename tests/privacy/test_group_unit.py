@@ -156,3 +156,11 @@ def test_ids_that_differ_only_in_unicode_form_or_surrounding_spaces_are_one_pers
                                        {"text": "e f", "pid": " p1 "}, {"text": "g h", "pid": "p1"}])
     groups = [d.group for d in load_documents(p, unit_field="pid")]
     assert groups[0] == groups[1] and groups[2] == groups[3] and groups[0] != groups[2]
+
+
+def test_a_refused_id_is_not_echoed_into_the_error(tmp_path):
+    """An id is the holder's data (a patient's name, say): the error names its kind and line, never its value."""
+    p = _jsonl(tmp_path / "n.jsonl", [{"text": "a b", "pid": ["Jane Q. Patient"]}])
+    with pytest.raises(DataError) as e:
+        load_documents(p, unit_field="pid")
+    assert "n.jsonl, line 1" in str(e.value) and "a list" in str(e.value) and "Jane" not in str(e.value)

@@ -151,6 +151,11 @@ def _record(source: str | None, default: str, stem: str, n: int, text: str, grou
     return Document(f"{src}/{stem}-{n:07d}.txt", src, text, group)
 
 
+def _kind(v: object) -> str:
+    """What a refused id is, without its value: an id is the holder's data (a patient's), never echoed to a log."""
+    return "an empty string" if isinstance(v, str) else ("null" if v is None else f"a {type(v).__name__}")
+
+
 def _group_value(v: object, where: str, unit_field: str) -> str:
     """A unit_field value as the group key: a non-empty string or an integer (bool, float, null refused). Strings
     are NFC-normalised and stripped, so one person's id written two ways stays one group (merging is the safe
@@ -159,7 +164,7 @@ def _group_value(v: object, where: str, unit_field: str) -> str:
         return unicodedata.normalize("NFC", v.strip())
     if isinstance(v, int) and not isinstance(v, bool):
         return str(v)
-    raise DataError(f"{where}: unit field {unit_field!r} must be a non-empty string or an integer, got {v!r}; every "
+    raise DataError(f"{where}: unit field {unit_field!r} must be a non-empty string or an integer, got {_kind(v)}; every "
                     "record needs the id of whom it is about (train.dp_sgd.unit=group protects each id's records together)")
 
 
