@@ -16,6 +16,7 @@ Every row evaluates every round, so a row cut short by the time limit still pair
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -74,16 +75,23 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
+    from securefed.federation.data import eval_split_for, record_counts
     from securefed.runtime.config import load_run_config
     from securefed.training.data import prepare_federated_data
 
     preset, sets = row_sets(a)
     cfg = load_run_config(preset=preset, overrides=tuple(sets))
+    # what a DP row of this --unit samples from: its data config split and packed as the holders will
+    dp = dataclasses.replace(cfg.train.dp_sgd, enabled=True, unit=a.unit)
     t = time.perf_counter()
-    data = prepare_federated_data(cfg.data, n_holders=N_HOLDERS, seed=cfg.seed, progress=False)
-    out = {"content_hash": data.manifest["content_hash"], "records_per_holder": [int(h.shape[0]) for h in data.holder_train],
-           "eval_sequences": int(data.eval_global.shape[0]), "unigram_eval_ppl": data.unigram_eval_ppl,
-           "seconds": round(time.perf_counter() - t, 1)}
+    data = prepare_federated_data(cfg.data, n_holders=N_HOLDERS, seed=cfg.seed, progress=False,
+                                  eval_split=eval_split_for(dp, cfg.data))
+    rows, units = record_counts(data, n_holders=N_HOLDERS, dp_sgd=dp, seq_len=cfg.data.seq_len)
+    # records_per_holder: the rows each holder's Poisson rate is set against (q = batch / rows), what σ is
+    # calibrated at; units_per_holder: the protected records (rows, documents or groups) δ is set against
+    out = {"content_hash": data.manifest["content_hash"], "unit": a.unit, "records_per_holder": rows,
+           "units_per_holder": units, "eval_sequences": int(data.eval_global.shape[0]),
+           "unigram_eval_ppl": data.unigram_eval_ppl, "seconds": round(time.perf_counter() - t, 1)}
     print(json.dumps(out))
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
@@ -350,6 +358,9 @@ def main() -> None:
         p.add_argument("--name", default="row")
         p.add_argument("--runs", default="runs/dpsgd-lm")
         p.add_argument("--out", default=None)
+        if name == "prepare":
+            p.add_argument("--unit", default="sequence", choices=("sequence", "document", "group"),
+                           help="the DP rows' train.dp_sgd.unit: count the rows they sample from")
     t = sub.add_parser("throughput")
     t.add_argument("--size", default="20m")
     t.add_argument("--vocab", type=int, default=32768)

@@ -48,12 +48,18 @@ if [ "${TINY:-0}" = 1 ]; then O=$OUT; else O=$S/out; fi
 mkdir -p "$S" "$OUT" "$O"
 export PYTHONUNBUFFERED=1 SECUREFED_CACHE=$S/cache TOKENIZERS_PARALLELISM=true
 D=benchmarks/privacy/dpsgd_lm.py
+# DP_UNIT=document|group: the DP rows protect one document (train.dp_sgd.unit, protocols/dp.md §10.2; rows named eps8-document)
+# (every row then holds out the same documents, data.eval_split=independent, so all rows share one eval set).
+# prepare then counts the document-packed rows the DP rows sample from, and unless SIGMAS is given the σ for
+# ε = 1 / 3 / 8 are calibrated here, on this machine, at the smallest holder's rows (q = BATCH / rows, H·ROUNDS steps)
+U=${DP_UNIT:+-$DP_UNIT}; USET=(); UPREP=(--unit "${DP_UNIT:-sequence}"); [ -n "${DP_UNIT:-}" ] && USET=(--set "train.dp_sgd.unit=$DP_UNIT")
+EVSET=(); [ -n "${DP_UNIT:-}" ] && EVSET=(--set data.eval_split=independent)
 if [ "${TINY:-0}" = 1 ]; then
   P=${PYTHON:-python3}; export PYTHONPATH=$PWD
-  COMMON=(--tiny --batch 16 --micro 8 --h 2 --rounds 2 --runs "$S/runs")
+  COMMON=(--tiny --batch 16 --micro 8 --h 2 --rounds 2 --runs "$S/runs" "${EVSET[@]}")
   TP=(--size tiny --vocab 4096 --seq 128 --batch 8 --warmup 1 --steps 3 --windows 1)
   DEADLINE=${DEADLINE:-900}
-  $P $D prepare "${COMMON[@]}" --out "$O/prepare.json" || exit 1
+  $P $D prepare "${COMMON[@]}" "${UPREP[@]}" --out "$O/prepare.json" || exit 1
   N=$($P -c "import json,sys; print(min(json.load(open(sys.argv[1]))['records_per_holder']))" "$O/prepare.json")
   # tiny: σ from the accountant at this corpus' smallest holder (the GPU σ below are frozen)
   read -r SIG1 SIG3 SIG8 < <($P $D calibrate --records "$N" --batch 16 --steps 4 2>/dev/null |
@@ -69,11 +75,12 @@ else
   # (defaults: run 1, 2026-12-03, 16 steps — too short to learn, see dpsgd_lm.md; the longer plan is there)
   B=${BATCH:-128} H=${H:-8} R=${ROUNDS:-2} PLANNED=${PLANNED:-61305}
   read -r SIG1 SIG3 SIG8 <<< "${SIGMAS:-0.8643 0.5509 0.3691}"
-  COMMON=(--corpus "$C" --batch "$B" --micro "${DP_MICRO:-32}" --h "$H" --rounds "$R" --lr 3e-3 --warmup 2 --runs "$S/runs")
+  COMMON=(--corpus "$C" --batch "$B" --micro "${DP_MICRO:-32}" --h "$H" --rounds "$R" --lr 3e-3 --warmup 2 --runs "$S/runs"
+          "${EVSET[@]}")
   TP=(--size 20m --vocab 32768 --seq 1024 --batch 32 --warmup 3 --steps 50 --windows 3)
   DEADLINE=${DEADLINE:-465}
   ( { [ -f "$C/build.json" ] || python3 benchmarks/gpu/build_corpus.py build "$C" --linux .cache/gpu-text/linux-subset.tar.xz > "$O/build.log" 2>&1; } &&
-    $P $D prepare "${COMMON[@]}" --out "$O/prepare.json" > "$O/prepare.log" 2>&1 ) &
+    $P $D prepare "${COMMON[@]}" "${UPREP[@]}" --out "$O/prepare.json" > "$O/prepare.log" 2>&1 ) &
   CORPUS=$!
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$O/gpu.txt" 2>&1
   if [ "${SKIP_THROUGHPUT:-0}" = 1 ]; then echo "throughput skipped (SKIP_THROUGHPUT=1)"; else
@@ -83,6 +90,12 @@ else
   wait $CORPUS; rc=$?; echo "corpus + tokenize rc=$rc $(el)s"; [ $rc = 0 ] || { tail -n 20 "$O"/build.log "$O"/prepare.log; exit 1; }
 fi
 cat "$O/prepare.json"
+if [ "${TINY:-0}" != 1 ] && [ -n "${DP_UNIT:-}" ] && [ -z "${SIGMAS:-}" ]; then
+  PLANNED=$($P -c "import json,sys; print(min(json.load(open(sys.argv[1]))['records_per_holder']))" "$O/prepare.json")
+  read -r SIG1 SIG3 SIG8 < <($P $D calibrate --records "$PLANNED" --batch "$B" --steps $(( H * R )) | tee "$O/calibrate.json" |
+    $P -c "import json,sys; s=json.load(sys.stdin)['sigma']; print(s['1'], s['3'], s['8'])")
+  echo "sigma calibrated here for DP_UNIT=$DP_UNIT at $PLANNED rows, batch $B, $(( H * R )) steps"
+fi
 echo "sigma: eps1=$SIG1 eps3=$SIG3 eps8=$SIG8"
 [ "${TINY:-0}" = 1 ] || $P -c "import json,sys; n=min(json.load(open(sys.argv[1]))['records_per_holder']); p=int(sys.argv[2]); print(
   'records per holder: min', n, '(as planned)' if n == p else f'- NOT the planned {p}: the sigma above miss their eps; the holders report the true eps')" "$O/prepare.json" "$PLANNED"
@@ -91,10 +104,6 @@ row() { name=$1; shift; left=$(( DEADLINE - $(el) )); [ $left -gt 0 ] || left=1
         timeout -k 10 -s INT $left $P $D row "${COMMON[@]}" --name "$name" "$@" > "$O/$name.log" 2>&1; echo "$name rc=$? $(el)s"; }
 # ROWS: which ε rows, in waves separated by commas; a wave's rows run side by side on the GPU (one at a time in
 # TINY mode, two CPU cores), waves one after another; a row whose run already has its summary is not run again
-# DP_UNIT=document|group: the DP rows protect one document (train.dp_sgd.unit, protocols/dp.md §10.2; rows named eps8-document)
-# (every row then holds out the same documents, data.eval_split=independent, so all rows share one eval set)
-U=${DP_UNIT:+-$DP_UNIT}; USET=(); [ -n "${DP_UNIT:-}" ] && USET=(--set "train.dp_sgd.unit=$DP_UNIT")
-[ -n "${DP_UNIT:-}" ] && COMMON+=(--set data.eval_split=independent)
 one() { case $1 in inf) row "eps-inf$U" ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; 8) row "eps8$U" --sigma "$SIG8" "${USET[@]}" ;;
                    3) row "eps3$U" --sigma "$SIG3" "${USET[@]}" ;; 1) row "eps1$U" --sigma "$SIG1" "${USET[@]}" ;;
                    infb) row "eps-inf-b$NP_BATCH$U" --batch "$NP_BATCH" --h "$NP_H" ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; esac; }
