@@ -79,7 +79,8 @@ def privacy_preflight(cfg, *, dim: int, records: int | None, max_records: int | 
         rec = RecordLevel(noise_multiplier=t.dp_sgd.noise_multiplier, max_grad_norm=t.dp_sgd.max_grad_norm,
                           delta=t.dp_sgd.delta, batch_size=t.batch_size, records=records, steps=t.local_steps * joins,
                           max_records=max_records, unit=t.dp_sgd.unit, max_documents=max_documents,
-                          sample_rate=t.dp_sgd.sample_rate, documents=documents)
+                          sample_rate=t.dp_sgd.sample_rate, documents=documents,
+                          padded_rows=t.dp_sgd.padded_batch(t.batch_size))
     kw = {} if resumed_ledgers is None else {"scheme": run_scheme(resumed_ledgers)}
     pf = preflight(cfg.privacy, population=fed.n_holders, cohort_size=n, rounds=fed.rounds, dim=dim,
                    sampling=fed.sampling, min_survivors=t_min, record_level=rec, **kw)

@@ -268,9 +268,12 @@ class Holder:
         dp_seed = None
         if self.cfg.deterministic_secrets:
             dp_seed = int.from_bytes(hashlib.sha256(f"dp-sgd|{self.cfg.secret_seed}|{self.id}".encode()).digest()[:8], "little")
-        self.trainer = trainer.new_holder(self.id, data.train, seed=self.cfg.data_seed, total_steps=w.total_steps,
-                                          local_steps=w.local_steps, batch_size=w.batch_size, dp_secret_seed=dp_seed,
-                                          units=data.units)
+        try:
+            self.trainer = trainer.new_holder(self.id, data.train, seed=self.cfg.data_seed, total_steps=w.total_steps,
+                                              local_steps=w.local_steps, batch_size=w.batch_size,
+                                              dp_secret_seed=dp_seed, units=data.units)
+        except ValueError as e:   # the run's settings against this holder's own data and dp_sgd (e.g. dp.md §10.4)
+            raise PolicyRefused(str(e)) from None
 
     # ------------------------------------------------------------------ state (own files only)
     @property
@@ -787,7 +790,8 @@ class Holder:
             if getattr(self.trainer, "dp_steps", None) is not None:   # signed with the release (§6)
                 from securefed.privacy.holder_ledger import record_level_entry
 
-                rl = record_level_entry(self.trainer.dp_history(), self.cfg.dp_sgd.delta, unit=self.cfg.dp_sgd.unit)
+                rl = record_level_entry(self.trainer.dp_history(), self.cfg.dp_sgd.delta, unit=self.cfg.dp_sgd.unit,
+                                        padded_rows=self.trainer.dp_padded_rows)
             entry = self.budget.release(rs.spec, min_survivors=t_min, record_level=rl)
             log.info("holder %d: round %d update released (%s, %s aggregation); ledger epsilon %s", self.id,
                      rs.spec.round, stage.name, w.aggregation, _eps(entry.get("epsilon")))

@@ -30,7 +30,7 @@ from securefed.privacy.ghost import GhostClippingModule, exact_fp32_matmul
 warnings.filterwarnings("ignore", message=r"Full backward hook is firing when gradients are computed with respect to "
                         r"module outputs since no inputs require gradients", category=UserWarning)
 
-__all__ = ["attach_dp_sgd", "wrap_for_dp_sgd"]
+__all__ = ["attach_dp_sgd", "batch_tail_bound", "padded_batch_rows", "wrap_for_dp_sgd", "HIDE_TAIL"]
 
 
 class _FP32NormDPOptimizer(DPOptimizer):
@@ -135,3 +135,69 @@ def attach_dp_sgd(
     accountant = RDPAccountant()
     dp_opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=float(sample_rate)))
     return gsm, dp_opt, accountant
+
+
+# train.dp_sgd.hide_batch_size (protocols/dp.md §10.4): the chance, per step, that a Poisson batch outgrows the padded
+# batch and its larger compute shows; T steps add at most T·HIDE_TAIL to the timing channel's δ (10⁻⁹ at 10⁶ steps)
+HIDE_TAIL = 1e-15
+_T_GRID = None
+
+
+def _log_tail_bound(log_mgf, c: int) -> float:
+    """min over the t grid of log(exp(-t(c+1))·E[e^{tS}]) >= log P[S > c] (Chernoff; any t is a valid bound)."""
+    return float((log_mgf - _t_grid()[:, 0] * (c + 1)).min())
+
+
+def _t_grid():
+    import numpy as np
+
+    global _T_GRID
+    if _T_GRID is None:
+        _T_GRID = np.geomspace(1e-6, 60.0, 4000)[:, None]
+    return _T_GRID
+
+
+def _smallest(ok, hi: int) -> int:
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    return lo
+
+
+def padded_batch_rows(expected_rows: int, max_rows_per_unit: int, *, tail: float = HIDE_TAIL) -> int:
+    """The rows every hidden step pads to (dp.md §10.4): the smallest c with P[S > c] <= ``tail`` for EVERY holder
+    whose Poisson batch S = Σ_u k_u·Bernoulli(q) has E[S] = q·Σ k_u <= ``expected_rows`` and each k_u <=
+    ``max_rows_per_unit``. A function of public numbers only (the configured batch size and the per-unit row cap),
+    so the padding itself says nothing of the holder's data.
+
+    Chernoff: log E[e^{tS}] = Σ log(1 − q + q·e^{t·k_u}) <= Σ q(e^{t·k_u} − 1) <= E[S]·(e^{tK} − 1)/K, since
+    e^{tk} − 1 is convex in k and 0 at k = 0 (k <= K); the Poisson(E[S]) bound at K = 1."""
+    import numpy as np
+
+    if expected_rows < 1 or max_rows_per_unit < 1 or not 0 < tail < 1:
+        raise ValueError("padded_batch_rows: expected_rows >= 1, max_rows_per_unit >= 1 and 0 < tail < 1 required")
+    t, k = _t_grid()[:, 0], max_rows_per_unit
+    log_mgf = expected_rows * np.expm1(np.minimum(t * k, 700.0)) / k
+    log_tail = math.log(tail)
+    hi = expected_rows * 4 + 64 * k
+    while _log_tail_bound(log_mgf, hi) > log_tail:
+        hi *= 2
+    return _smallest(lambda c: _log_tail_bound(log_mgf, c) <= log_tail, hi)
+
+
+def batch_tail_bound(rows_per_unit, q: float, c: int) -> float:
+    """A holder's own Chernoff bound on P[S > c] for its Poisson batch S = Σ_u k_u·Bernoulli(q) (its data: local
+    only, never sent): with a public sample_rate, q·N may exceed the configured batch the padding assumed."""
+    import numpy as np
+
+    k = np.asarray(rows_per_unit, dtype=np.int64)
+    if not 0 < q <= 1:
+        raise ValueError(f"batch_tail_bound: 0 < q <= 1 required, got {q}")
+    if c >= int(k.sum()):
+        return 0.0
+    if q == 1:
+        return 1.0
+    sizes, counts = np.unique(k, return_counts=True)
+    log_mgf = (counts * np.logaddexp(math.log1p(-q), math.log(q) + _t_grid() * sizes)).sum(axis=1)
+    return min(1.0, math.exp(_log_tail_bound(log_mgf, c)))

@@ -22,7 +22,7 @@ from securefed.privacy.ledger import LedgerError, decode_floats
 from securefed.privacy.rdp import clamp_epsilon
 
 __all__ = ["HOLDER_STATUSES", "REQUIRED_FIELDS", "check_holder_entry", "holder_effective_events", "holder_epsilon",
-           "history_extends", "record_level_entry", "record_level_problem", "record_unit", "UNITS"]
+           "hidden_batch_rows", "history_extends", "record_level_entry", "record_level_problem", "record_unit", "UNITS"]
 
 HOLDER_STATUSES = ("refused", "released", "settled")
 REQUIRED_FIELDS = ("version", "role", "run_id", "holder_id", "round", "status", "event", "epsilon", "cap", "delta",
@@ -112,15 +112,27 @@ def record_unit(rl: dict) -> str:
     return rl.get("unit", "sequence")
 
 
-def record_level_entry(history: Sequence[Sequence[float]], delta: float, *, unit: str = "sequence") -> dict:
+def record_level_entry(history: Sequence[Sequence[float]], delta: float, *, unit: str = "sequence",
+                       padded_rows: int | None = None) -> dict:
     """What a holder's ``released`` entry records of its record-level DP-SGD spend so far: the accountant's
     (σ, q, steps) history, its total steps, δ, the privacy unit and the ε they give — signed with the release,
-    so a restart can be checked against it and a verifier can recompute it."""
+    so a restart can be checked against it and a verifier can recompute it. ``padded_rows``
+    (train.dp_sgd.hide_batch_size, dp.md §10.4): the rows every step of this process padded its batch to."""
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     hist = [[float(z), float(q), int(n)] for z, q, n in history]
-    return {"history": hist, "steps": sum(n for _, _, n in hist), "delta": float(delta),
-            "epsilon": _rdp_epsilon(hist, float(delta)), "unit": unit}
+    out = {"history": hist, "steps": sum(n for _, _, n in hist), "delta": float(delta),
+           "epsilon": _rdp_epsilon(hist, float(delta)), "unit": unit}
+    if padded_rows is not None:
+        out["padded_rows"] = int(padded_rows)
+    return out
+
+
+def hidden_batch_rows(entries: Sequence[dict]) -> int | None:
+    """The padded batch (dp.md §10.4) when EVERY release with record_level says its steps ran padded to the same
+    rows; None when any did not (a restart without hide_batch_size: those steps' batch sizes showed)."""
+    rows = {e["record_level"].get("padded_rows") for e in entries if isinstance(e.get("record_level"), dict)}
+    return rows.pop() if len(rows) == 1 and None not in rows else None
 
 
 def history_extends(old: Sequence[Sequence[float]], new: Sequence[Sequence[float]]) -> bool:
@@ -165,6 +177,9 @@ def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> s
             return f"{where}: record_level delta must be in (0, 1)"
         if record_unit(rl) not in UNITS:
             return f"{where}: record_level unit {rl.get('unit')!r} is not one of {list(UNITS)}"
+        pad = rl.get("padded_rows")
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 1):
+            return f"{where}: record_level padded_rows {pad!r} must be a positive integer (dp.md §10.4)"
         if last is not None and record_unit(rl) != last[4]:
             return (f"{where}: the record-level privacy unit changed from {last[4]} to {record_unit(rl)} within one run: "
                     "its steps were spent on another kind of record, so no single ε holds")

@@ -58,6 +58,7 @@ class RecordLevel:
     max_documents: int | None = None
     sample_rate: float | None = None   # train.dp_sgd.sample_rate: a public q (else B / records, dp.md §10.3)
     documents: int | None = None       # unit=document / group: the smallest holder's units (its signal per step)
+    padded_rows: int | None = None     # train.dp_sgd.hide_batch_size: the rows every step pads to (dp.md §10.4)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,13 @@ class Preflight:
                 out.append(f"  record-level sampling rate q = batch / records = {f(r['sample_rate'])} depends on each holder's "
                            "record count, which its record-level ε (sent to the coordinator every round) reveals; set "
                            "train.dp_sgd.sample_rate to a public q to keep the count private (protocols/dp.md §10.3)")
+            if r.get("padded_rows"):
+                out.append(f"  record-level batch size hidden: every DP-SGD step runs one padded batch of at least "
+                           f"{r['padded_rows']} rows ({r['padded_rows'] / r['batch_size']:.2f}× the expected batch), "
+                           "whatever its Poisson draw (dp.md §10.4)")
+            else:
+                out.append("  record-level batch size NOT hidden: a step's compute, so a reply's timing, grows with its "
+                           "Poisson batch; train.dp_sgd.hide_batch_size pads every step to one size (dp.md §10.4)")
         out.extend("  " + r for r in self.reasons)
         out.extend("  WARNING: " + w for w in self.warnings)
         return out
@@ -224,7 +232,8 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
     nts = r.noise_multiplier * math.sqrt(dim) / max(q * units, 1e-12)
     return {"noise_multiplier": r.noise_multiplier, "max_grad_norm": r.max_grad_norm, "delta": r.delta,
             "batch_size": r.batch_size, "records": r.records, "steps": r.steps, "sample_rate": q, "unit": r.unit,
-            "epsilon_planned": eps, "noise_to_signal": nts, "public_sample_rate": r.sample_rate is not None}
+            "epsilon_planned": eps, "noise_to_signal": nts, "public_sample_rate": r.sample_rate is not None,
+            "padded_rows": r.padded_rows}
 
 
 def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: int, dim: int,

@@ -34,8 +34,8 @@ import numpy as np
 from securefed.privacy import rdp as R
 from securefed.privacy.accountant import Accountant, RoundEvent, accountant_version, event_rdp, scheme_of
 from securefed.privacy.events import plan_from_record, round_event
-from securefed.privacy.holder_ledger import (check_holder_entry, holder_effective_events, record_level_problem,
-                                             record_unit)
+from securefed.privacy.holder_ledger import (check_holder_entry, hidden_batch_rows, holder_effective_events,
+                                             record_level_problem, record_unit)
 from securefed.privacy import witness as W
 from securefed.privacy.ledger import LedgerError, decode_floats, end_record_problems, entry_hash, read_ledger
 
@@ -334,7 +334,8 @@ def _verify_own(entries: list[dict], label: str, v: Verification) -> None:
     if last and entries:
         rl = last[-1]
         v.record_level[int(entries[0]["holder_id"])] = {"epsilon": _num(rl["epsilon"]), "delta": _num(rl["delta"]),
-                                                         "steps": int(rl["steps"]), "unit": record_unit(rl)}
+                                                         "steps": int(rl["steps"]), "unit": record_unit(rl),
+                                                         "padded_rows": hidden_batch_rows(entries)}
     v.own_ledgers += 1
 
 

@@ -27,7 +27,8 @@ def record_facts(run: dict) -> dict:
     ok = v is not None and v.ok and run["ledger"]["ok"]
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     return {"dp_sgd": dict({k: sgd.get(k) for k in ("enabled", "noise_multiplier", "max_grad_norm", "delta", "clipping",
-                                                     "unit", "max_rows_per_document", "sample_rate")},
+                                                     "unit", "max_rows_per_document", "sample_rate",
+                                                     "hide_batch_size")},
                            unit_field=data.get("unit_field"))
             if sgd else None,
             "record_level": {str(h): dict(r) for h, r in sorted(v.record_level.items())} if ok else None,
@@ -100,7 +101,32 @@ def mechanism_words(f: dict) -> str:
     elif sgd.get("enabled"):
         what += (f" The sampling rate q = {fmt_number(sgd.get('sample_rate'))} is public (train.dp_sgd.sample_rate): "
                  "no holder's ε depends on its record count.")
-    return what + " " + noise_source_words(f)
+    return what + hiding_words(f) + " " + noise_source_words(f)
+
+
+def hiding_words(f: dict) -> str:
+    """Whether a step's compute showed its Poisson batch size (dp.md §10.4): per holder from its verified signed
+    releases (each signs the rows it padded to; its own holder.yaml decides in network mode), else from config."""
+    signed = {str(h): r.get("padded_rows") for h, r in (f.get("record_level") or {}).items()}
+    if signed:
+        hidden = sorted(h for h, rows in signed.items() if rows)
+        shown = sorted(h for h, rows in signed.items() if not rows)
+    else:
+        on_cfg = bool((f.get("dp_sgd") or {}).get("hide_batch_size"))
+        hidden, shown = (["every holder"], []) if on_cfg else ([], ["every holder"])
+
+    def names(hs: list[str]) -> str:
+        return ", ".join(h if h == "every holder" else f"holder-{h}" for h in hs)
+
+    out = ""
+    if hidden:
+        out += (f" Every DP-SGD step of {names(hidden)} ran one padded batch (train.dp_sgd.hide_batch_size), so a step's "
+                "compute did not show how many records its Poisson draw took (protocols/dp.md §10.4).")
+    if shown:
+        out += (f" A DP-SGD step's compute grows with its Poisson batch, so the time a reply of {names(shown)} took shows "
+                "roughly how many records it drew, outside the accountant (protocols/dp.md §10.4); "
+                "train.dp_sgd.hide_batch_size pads every step to one size.")
+    return out
 
 
 def protection_blocks(f: dict) -> list:

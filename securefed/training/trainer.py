@@ -184,20 +184,24 @@ class LocalTrainer:
         opt.zero_grad(set_to_none=True)
         return total
 
-    def _ghost_step(self, opt, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    def _ghost_step(self, opt, x: torch.Tensor, scale: torch.Tensor | None = None, *,
+                    real: int | None = None) -> torch.Tensor:
         """One DP-SGD step with ghost clipping (securefed.privacy.ghost) on the Poisson batch x (b, T):
         slices of at most dp_sgd.micro_batch_size records each add their clipped gradient sum to .grad,
         then one noised, accounted step, as if the batch had gone through in one piece. ``scale``
-        (unit=document): each row's clip bound as a fraction of max_grad_norm; PAD positions are masked."""
+        (unit=document): each row's clip bound as a fraction of max_grad_norm; PAD positions are masked.
+        ``real`` (hide_batch_size, dp.md §10.4): only x's first ``real`` rows are records, the rest padding
+        whose losses are masked to zero; every slice runs, all-padding ones too."""
         from securefed.privacy.ghost import clipped_backward
         from securefed.training.fused import per_record_nll
 
         total = torch.zeros((), device=x.device)
         fixed = self._dp_fixed_slice
         size = fixed or self.cfg.dp_sgd.micro_batch_size or x.shape[0]
+        records = x.shape[0] if real is None else real
         scales = scale.split(size) if scale is not None else [None] * len(x.split(size))
-        for xs, ss in zip(x.split(size), scales):
-            real = xs.shape[0]
+        for i, (xs, ss) in enumerate(zip(x.split(size), scales)):
+            real = min(xs.shape[0], max(0, records - i * size))   # this slice's records; the rest is padding
             if fixed and real < fixed:
                 # bf16: every slice has the same shape, so the same kernels round each record's values the same
                 # way whoever else is in the batch (dp.md §10.1); the padding rows' losses are masked to zero
@@ -217,7 +221,7 @@ class LocalTrainer:
             total += loss_i[:real].detach().sum()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return total / x.shape[0]
+        return total / max(records, 1)
 
     def _dp_empty_step(self, opt) -> None:
         """One DP-SGD step on an empty Poisson batch: the mechanism still runs (clipped sum = 0, plus
@@ -307,6 +311,29 @@ class HolderTrainer:
                                 "clipping ghost, or lower sample_rate)")
             else:
                 self.dp_rate = self.batch_size / data.shape[0]
+        # train.dp_sgd.hide_batch_size (dp.md §10.4): every step pads its Poisson batch to the same rows, in the
+        # same slices, so a step's compute does not reveal how many records were drawn (nor an empty draw)
+        # The padded size is a function of public numbers only (the configured batch, the per-document row cap)
+        self._dp_pad_rows = None
+        if parent.cfg.dp_sgd.enabled and parent.cfg.dp_sgd.hide_batch_size:
+            from securefed.privacy.dpsgd import HIDE_TAIL, batch_tail_bound
+
+            dps = parent.cfg.dp_sgd
+            cap = dps.padded_batch(batch_size)
+            if cap is None:
+                raise ValueError(f"holder {holder_id}: train.dp_sgd.hide_batch_size with unit={dps.unit}: no public "
+                                 "bound on a unit's rows (document: set max_rows_per_document; group: none exists), so "
+                                 "the padded batch would depend on this holder's data (protocols/dp.md §10.4)")
+            size = parent._dp_fixed_slice or dps.micro_batch_size or cap
+            self._dp_pad_rows = math.ceil(cap / size) * size
+            # only with a public sample_rate can this holder's own q·N exceed the batch the padding was sized for
+            own = batch_tail_bound(counts.tolist() if units is not None else [1] * data.shape[0], self.dp_rate, cap)
+            if own > HIDE_TAIL:
+                raise ValueError(f"holder {holder_id}: train.dp_sgd.hide_batch_size: at sample_rate {self.dp_rate:g} "
+                                 f"this holder's Poisson batches outgrow the padded batch of {cap} rows (sized for "
+                                 f"train.batch_size {batch_size}) with probability up to {own:.2g} a step, and each "
+                                 "such step's compute would show it: lower train.dp_sgd.sample_rate or raise "
+                                 "train.batch_size (protocols/dp.md §10.4)")
         self.step = 0            # inner steps taken so far (drives the LR schedule)
         self.epoch, self.cursor = 0, 0
         self._perm_epoch, self._perm_cache = -1, torch.empty(0, dtype=torch.long)
@@ -350,6 +377,11 @@ class HolderTrainer:
         hist = self.dp_history()
         return None if hist is None else sum(n for _, _, n in hist)
 
+    @property
+    def dp_padded_rows(self) -> int | None:
+        """train.dp_sgd.hide_batch_size: the rows every DP-SGD step pads its Poisson batch to (dp.md §10.4)."""
+        return self._dp_pad_rows
+
     def dp_history(self) -> list[list[float]] | None:
         """The accountant's (σ, q, steps) history, as recorded in the holder's signed release entries."""
         acc = getattr(self, "accountant", None)
@@ -392,6 +424,22 @@ class HolderTrainer:
         self.cursor += need
         return self.data[idx[rank * self.batch_size : (rank + 1) * self.batch_size]], None
 
+    def _pad_batch(self, x: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """hide_batch_size (dp.md §10.4): (x padded with zero rows to the holder's padded batch, its scale padded
+        with ones, the real rows). A batch above the pad (probability <= 10⁻¹⁵ a step) is padded to the next
+        whole slice: its compute shows, which §10.4 counts against the timing channel's δ."""
+        real, pad = x.shape[0], self._dp_pad_rows
+        if real > pad:
+            size = self.parent._dp_fixed_slice or self.parent.cfg.dp_sgd.micro_batch_size or pad
+            log.warning("holder %d: a Poisson batch outgrew train.dp_sgd.hide_batch_size's padded batch (a "
+                        "probability <= 1e-15 event, dp.md §10.4): this step's compute shows its size", self.holder_id)
+            pad = math.ceil(real / size) * size
+        xp = x.new_zeros((pad, self.data.shape[1]))
+        xp[:real] = x
+        if scale is not None:
+            scale = torch.cat([scale, scale.new_ones(pad - real)])
+        return xp, scale, real
+
     def train_round(self, global_flat: torch.Tensor, *, delta_on_device: bool = False) -> LocalUpdate:
         """K inner steps from θ_global; returns Δ = θ_global − θ_local (flat, float32, on the host; with
         ``delta_on_device`` left where it was formed, for privacy.device_encode to clip and round there)."""
@@ -418,6 +466,11 @@ class HolderTrainer:
             self._reseed_dp()
             x, scale = self._next_batch()
             self.step += 1
+            if self._dp_pad_rows is not None:   # hide_batch_size: the same padded batch every step, empty or not
+                x, scale, real = self._pad_batch(x, scale)
+                x = (x.pin_memory() if cuda else x).to(device, non_blocking=True)
+                losses += parent._ghost_step(opt, x, None if scale is None else scale.to(device), real=real)
+                continue
             if x.shape[0] == 0:  # an empty Poisson batch (DP-SGD): a noise-only step, accounted
                 parent._dp_empty_step(opt)
                 continue

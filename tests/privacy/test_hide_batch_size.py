@@ -1,0 +1,238 @@
+"""train.dp_sgd.hide_batch_size (protocols/dp.md §10.4): a DP-SGD step's compute does not depend on its Poisson batch.
+
+The accountant assumes the sampled batch size is secret, yet a step's time grows with it, and the coordinator sees
+when each holder's reply arrives. With hide_batch_size every step pads its batch to one size (exceeded with
+probability <= 10⁻¹⁵ a step) and runs the same slices of the same shape, empty draws included. The properties: the
+cap's tail bound holds against the exact distribution (rows and documents); every step runs the same forward
+shapes whatever was drawn; padding changes nothing in the clipped sum; config refuses what cannot pad.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+transformers = pytest.importorskip("transformers")
+
+from securefed.privacy import ghost  # noqa: E402
+from securefed.privacy.dpsgd import HIDE_TAIL, attach_dp_sgd, batch_tail_bound, padded_batch_rows  # noqa: E402
+from securefed.training.config import DPSGDConfig, TrainConfig  # noqa: E402
+from securefed.training.trainer import LocalTrainer  # noqa: E402
+
+V, T = 64, 12
+
+
+def _exact_tail(k: list[int], q: float) -> np.ndarray:
+    """P[S > c] for c = 0 … Σk, S = Σ k_u·Bernoulli(q), by exact convolution."""
+    pmf = np.zeros(sum(k) + 1)
+    pmf[0] = 1.0
+    for ku in k:
+        nxt = pmf * (1 - q)
+        nxt[ku:] += pmf[: len(pmf) - ku] * q
+        pmf = nxt
+    ge = np.cumsum(pmf[::-1])[::-1]                  # P[S >= c], summed from the small end: no 1 − x cancellation
+    return np.append(ge[1:], 0.0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(k=st.lists(st.integers(1, 6), min_size=1, max_size=150), kmax=st.integers(6, 9), b=st.integers(1, 40),
+       tail=st.sampled_from([1e-3, 1e-6, 1e-9]))
+def test_the_padded_batch_is_outgrown_with_at_most_its_tail_by_any_data(k, kmax, b, tail):
+    """The pad is a function of (B, K) only; whatever the holder's documents (each <= K rows) and at q = B/rows,
+    the exact P[S > pad] is within the tail."""
+    q = min(1.0, b / sum(k))
+    pad = padded_batch_rows(b, kmax, tail=tail)
+    assert _exact_tail(k, q)[min(pad, sum(k))] <= tail * (1 + 1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.lists(st.integers(1, 9), min_size=1, max_size=120), q=st.floats(0.001, 1.0), c=st.integers(0, 400))
+def test_a_holders_own_tail_bound_is_an_upper_bound(k, q, c):
+    exact = _exact_tail(k, q)
+    assert batch_tail_bound(k, q, c) >= exact[min(c, sum(k))] * (1 - 1e-9) - 1e-300
+
+
+def test_the_padded_batch_is_not_needlessly_large():
+    # expected batch 128 (10,000 rows at q 0.0128, sd 11.2): the exact 1e-15 quantile is ≈ 8.9 sd above it; the
+    # Poisson-Chernoff pad a few rows above that (what hiding costs; the config's docstring states it)
+    pad = padded_batch_rows(128, 1)
+    quantile = int(np.argmax(_exact_tail([1] * 10_000, 0.0128) <= HIDE_TAIL))
+    assert quantile <= pad <= quantile + 3 * math.sqrt(128)
+    assert padded_batch_rows(2048, 1) < 1.2 * 2048 and padded_batch_rows(64, 1) < 2.25 * 64
+    with pytest.raises(ValueError):
+        padded_batch_rows(0, 1)
+    with pytest.raises(ValueError):
+        padded_batch_rows(8, 0)
+
+
+def test_config_refuses_hiding_it_cannot_do():
+    with pytest.raises(ValueError, match="clipping=ghost"):
+        DPSGDConfig(enabled=True, hide_batch_size=True)             # per_sample: one piece, no slices to pad
+    with pytest.raises(TypeError, match="hide_batch_size"):
+        DPSGDConfig(enabled=True, clipping="ghost", hide_batch_size="yes")
+    with pytest.raises(ValueError, match="unit=group"):           # a person's rows have no public bound
+        DPSGDConfig(enabled=True, clipping="ghost", unit="group", max_rows_per_document=4, hide_batch_size=True)
+    with pytest.raises(ValueError, match="max_rows_per_document"):
+        DPSGDConfig(enabled=True, clipping="ghost", unit="document", hide_batch_size=True)
+    DPSGDConfig(enabled=True, clipping="ghost", hide_batch_size=True)
+    assert DPSGDConfig(enabled=True, clipping="ghost", unit="document", max_rows_per_document=4,
+                       hide_batch_size=True).padded_batch(64) == padded_batch_rows(64, 4)
+
+
+def _tiny_llama():
+    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).float()
+
+
+def _trainer(*, hide: bool, unit: str = "sequence", micro: int | None = 4, sigma: float = 1.0, rate=None,
+             max_rows=None):
+    max_rows = max_rows or (2 if unit == "document" else None)
+    cfg = TrainConfig(accelerator="cpu", precision="32-true", batch_size=4, local_steps=6, fused="off",
+                      dp_sgd=DPSGDConfig(enabled=True, noise_multiplier=sigma, max_grad_norm=1.0, clipping="ghost",
+                                         micro_batch_size=micro, unit=unit, hide_batch_size=hide, sample_rate=rate,
+                                         max_rows_per_document=max_rows))
+    return LocalTrainer(_tiny_llama(), cfg)
+
+
+@pytest.mark.parametrize("unit", ["sequence", "document"])
+def test_every_step_runs_the_same_slices_whatever_the_poisson_draw(unit, monkeypatch):
+    """Over many steps the Poisson batches vary (0 to 10+ rows); with hiding, every step's forward passes have the
+    same count and shapes; without it they follow the batch."""
+    gen = torch.Generator().manual_seed(1)
+    data = torch.randint(2, V, (40, T), generator=gen)
+    units = torch.arange(40) // 2 if unit == "document" else None      # 20 documents of 2 rows
+    shapes: list = []
+    real = ghost.clipped_backward
+
+    def spy(module, loss_i, **kw):
+        shapes[-1].append(tuple(loss_i.shape))
+        return real(module, loss_i, **kw)
+
+    monkeypatch.setattr(ghost, "clipped_backward", spy)
+    per_step: dict[bool, list] = {}
+    sizes: list[int] = []
+    for hide in (False, True):
+        trainer = _trainer(hide=hide, unit=unit)
+        h = trainer.new_holder(0, data, seed=0, total_steps=60, dp_secret_seed=7, units=units)
+        flat = torch.cat([p.detach().reshape(-1) for p in trainer.raw_model.parameters()]).float()
+        orig_next = h._next_batch
+
+        def recording_next():
+            x, s = orig_next()
+            sizes.append(x.shape[0])
+            shapes.append([])
+            return x, s
+
+        h._next_batch = recording_next
+        for _ in range(3):
+            h.train_round(flat)
+        per_step[hide] = [tuple(s) for s in shapes]
+        shapes.clear()
+    assert len(set(sizes)) >= 3 and 0 in sizes or len(set(sizes)) >= 4      # the draws really varied
+    hidden = per_step[True]
+    assert len(set(hidden)) == 1 and len(hidden[0]) >= 2                     # one padded shape, several slices
+    assert len(set(per_step[False])) > 1                                      # without hiding the shapes vary
+
+
+def _clipped_sum(trainer, opt, x, scale=None, *, pad_to=None):
+    before = torch.cat([p.detach().reshape(-1).clone() for p in trainer.raw_model.parameters()]).double()
+    real = None
+    if pad_to is not None:
+        real = x.shape[0]
+        x = torch.cat([x, x.new_zeros((pad_to - real, x.shape[1]))])
+        scale = None if scale is None else torch.cat([scale, scale.new_ones(pad_to - real)])
+    trainer._ghost_step(opt, x, scale, real=real)
+    after = torch.cat([p.detach().reshape(-1) for p in trainer.raw_model.parameters()]).double()
+    return before - after
+
+
+@pytest.mark.parametrize("doc", [False, True])
+def test_padding_rows_add_nothing_to_the_clipped_sum(doc):
+    """Noise 0, SGD at lr 1: the step is the clipped sum; the padded step's equals the unpadded one's."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(2, V, (5, T), generator=gen)
+    scale = torch.tensor([0.5, 0.5, 1.0, 1 / 3, 1 / 3]) if doc else None
+    sums = []
+    for pad in (None, 12):
+        trainer = _trainer(hide=False, sigma=0.0)
+        _, opt, _ = attach_dp_sgd(trainer._gsm, torch.optim.SGD(trainer.raw_model.parameters(), lr=1.0),
+                                  noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=1, sample_rate=0.5)
+        sums.append(_clipped_sum(trainer, opt, x, scale, pad_to=pad))
+    assert sums[0].abs().max() > 0
+    torch.testing.assert_close(sums[1], sums[0], rtol=1e-5, atol=1e-7)
+
+
+def test_the_padding_depends_on_public_numbers_only_and_a_holder_refuses_a_rate_that_outgrows_it():
+    trainer = _trainer(hide=True)
+    pads = {n: trainer.new_holder(0, torch.randint(2, V, (n, T)), seed=0, total_steps=6)._dp_pad_rows
+            for n in (9, 40, 57, 300)}
+    assert len(set(pads.values())) == 1 and next(iter(pads.values())) % 4 == 0, pads   # whole slices of 4
+    # documents: the pad is set by max_rows_per_document, not by how long this holder's documents are
+    doc = _trainer(hide=True, unit="document", max_rows=3)
+    short = doc.new_holder(0, torch.randint(2, V, (30, T)), seed=0, total_steps=6, units=torch.arange(30))
+    long = doc.new_holder(0, torch.randint(2, V, (30, T)), seed=0, total_steps=6, units=torch.arange(30) // 3)
+    assert short._dp_pad_rows == long._dp_pad_rows
+    with pytest.raises(ValueError, match="max_rows_per_document"):
+        LocalTrainer(_tiny_llama(), TrainConfig(
+            accelerator="cpu", precision="32-true", batch_size=4, fused="off",
+            dp_sgd=DPSGDConfig(enabled=True, clipping="ghost", unit="document", hide_batch_size=True))
+        ).new_holder(0, torch.randint(2, V, (6, T)), seed=0, total_steps=6, units=torch.arange(6) // 2)
+    # a public rate whose q·N is 10× the configured batch: the pad would be outgrown, and the holder says so
+    fast = _trainer(hide=True, rate=0.5)
+    with pytest.raises(ValueError, match="outgrow the padded batch"):
+        fast.new_holder(0, torch.randint(2, V, (80, T)), seed=0, total_steps=6)
+    fast.new_holder(0, torch.randint(2, V, (8, T)), seed=0, total_steps=6)       # q·N = B: fine
+
+
+def test_a_hidden_run_through_the_cli_pads_signs_verifies_and_reports_it(tmp_path, tiny_run, capsys):
+    """simulate → verify → report with hide_batch_size: the pre-flight prints the padded batch, each holder signs the
+    rows it padded to with every release, verify carries it, and the report says the batch size was hidden; a run
+    without it says the opposite, and a holder ledger with a malformed padded_rows does not verify."""
+    import json
+
+    from securefed.cli import main
+    from securefed.privacy.holder_ledger import hidden_batch_rows, record_level_entry, record_level_problem
+
+    run = tmp_path / "run"
+    over = tiny_run + ["federation.rounds=2", "train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=1.0",
+                       "train.dp_sgd.delta=1.0e-4", "train.dp_sgd.clipping=ghost", "train.dp_sgd.micro_batch_size=2",
+                       "train.dp_sgd.hide_batch_size=true"]
+    assert main(["simulate", "--out", str(run)] + [a for o in over for a in ("--set", o)]) == 0
+    out = capsys.readouterr()
+    assert "record-level batch size hidden: every DP-SGD step runs one padded batch" in out.out + out.err
+    own = [json.loads(x) for x in (run / "holders" / "1" / "ledger.jsonl").read_text().splitlines()]
+    pads = {e["record_level"]["padded_rows"] for e in own if e.get("status") == "released"}
+    assert len(pads) == 1 and next(iter(pads)) % 2 == 0 and hidden_batch_rows(own) == next(iter(pads))
+    assert main(["verify", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 0
+    text = (run / "report" / "report.md").read_text()
+    assert "ran one padded batch" in text and "shows roughly how many records" not in text
+    # a release that did not pad (a restart without the setting) makes the holder's whole run "not hidden"
+    plain = record_level_entry([[1.0, 0.1, 2]], 1e-4)
+    assert hidden_batch_rows([{"record_level": record_level_entry([[1.0, 0.1, 2]], 1e-4, padded_rows=8)},
+                              {"record_level": plain}]) is None
+    bad = {"status": "released", "round": 0, "seq": 1, "record_level": dict(plain, padded_rows="8")}
+    assert "padded_rows" in (record_level_problem([bad]) or "")
+
+
+def test_the_pre_flight_says_when_the_batch_size_is_not_hidden():
+    from securefed.federation.coordinator import privacy_preflight
+    from securefed.runtime.config import load_run_config
+
+    base = ("train.dp_sgd.enabled=true", "train.dp_sgd.clipping=ghost", "train.dp_sgd.delta=1.0e-4")
+    lines = {}
+    for hide in ("false", "true"):
+        cfg = load_run_config(preset="demo", overrides=base + (f"train.dp_sgd.hide_batch_size={hide}",))
+        pf = privacy_preflight(cfg, dim=10_000, records=900, max_records=1000)
+        lines[hide] = "\n".join(pf.lines())
+        assert pf.record_level["padded_rows"] == cfg.train.dp_sgd.padded_batch(cfg.train.batch_size)
+    assert "batch size NOT hidden" in lines["false"] and "hide_batch_size pads" in lines["false"]
+    assert "batch size hidden" in lines["true"] and "NOT hidden" not in lines["true"]
