@@ -415,13 +415,17 @@ class Holder:
                     raise HolderStateError(f"{where}'s record-level DP-SGD steps were spent per {unit}, but this "
                                            f"holder's config has dp_sgd.unit {self.cfg.dp_sgd.unit}: no single ε "
                                            "would hold; restore the config")
-            field, mine = (tr or {}).get("dp_sgd_unit_field"), self.cfg.data.unit_field
-            if self.cfg.dp_sgd.unit == "group" and field is not None and field != mine:
-                # same unit name, another grouping: the steps so far protected each value of one field, the next
-                # would protect another's — no single "per group" ε would hold for either
-                raise HolderStateError(f"{self._trainer_file}'s record-level DP-SGD steps were spent per group of "
-                                       f"data.unit_field {field!r}, but this holder's config has data.unit_field "
-                                       f"{mine!r}: no single ε would hold; restore the config")
+            mine = self.cfg.data.unit_field
+            fields = [(self._trainer_file, (tr or {}).get("dp_sgd_unit_field"))]
+            if signed and "unit_field" in signed[-1]:
+                fields.append((led, signed[-1]["unit_field"]))
+            for where, field in fields:
+                if self.cfg.dp_sgd.unit == "group" and field is not None and field != mine:
+                    # same unit name, another grouping: the steps so far protected each value of one field, the next
+                    # would protect another's — no single "per group" ε would hold for either
+                    raise HolderStateError(f"{where}'s record-level DP-SGD steps were spent per group of "
+                                           f"data.unit_field {field!r}, but this holder's config has data.unit_field "
+                                           f"{mine!r}: no single ε would hold; restore the config")
         if signed:
             if tr is None:
                 raise HolderStateError(f"{self._trainer_file} is missing but {led} records record-level DP-SGD "
@@ -791,7 +795,7 @@ class Holder:
                 from securefed.privacy.holder_ledger import record_level_entry
 
                 rl = record_level_entry(self.trainer.dp_history(), self.cfg.dp_sgd.delta, unit=self.cfg.dp_sgd.unit,
-                                        padded_rows=self.trainer.dp_padded_rows)
+                                        padded_rows=self.trainer.dp_padded_rows, unit_field=self.cfg.data.unit_field)
             entry = self.budget.release(rs.spec, min_survivors=t_min, record_level=rl)
             log.info("holder %d: round %d update released (%s, %s aggregation); ledger epsilon %s", self.id,
                      rs.spec.round, stage.name, w.aggregation, _eps(entry.get("epsilon")))

@@ -113,11 +113,13 @@ def record_unit(rl: dict) -> str:
 
 
 def record_level_entry(history: Sequence[Sequence[float]], delta: float, *, unit: str = "sequence",
-                       padded_rows: int | None = None) -> dict:
+                       padded_rows: int | None = None, unit_field: str | None = None) -> dict:
     """What a holder's ``released`` entry records of its record-level DP-SGD spend so far: the accountant's
     (σ, q, steps) history, its total steps, δ, the privacy unit and the ε they give — signed with the release,
     so a restart can be checked against it and a verifier can recompute it. ``padded_rows``
-    (train.dp_sgd.hide_batch_size, dp.md §10.4): the rows every step of this process padded its batch to."""
+    (train.dp_sgd.hide_batch_size, dp.md §10.4): the rows every step of this process padded its batch to.
+    ``unit_field`` (unit=group): the name of the data field whose values are the groups (e.g. "patient_id"; a
+    field name from the holder's config, never a value), so a verifier sees what one record is."""
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     hist = [[float(z), float(q), int(n)] for z, q, n in history]
@@ -125,6 +127,8 @@ def record_level_entry(history: Sequence[Sequence[float]], delta: float, *, unit
            "epsilon": _rdp_epsilon(hist, float(delta)), "unit": unit}
     if padded_rows is not None:
         out["padded_rows"] = int(padded_rows)
+    if unit == "group" and unit_field is not None:
+        out["unit_field"] = str(unit_field)
     return out
 
 
@@ -177,6 +181,12 @@ def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> s
             return f"{where}: record_level delta must be in (0, 1)"
         if record_unit(rl) not in UNITS:
             return f"{where}: record_level unit {rl.get('unit')!r} is not one of {list(UNITS)}"
+        field = rl.get("unit_field")
+        if field is not None and (not isinstance(field, str) or not field or record_unit(rl) != "group"):
+            return f"{where}: record_level unit_field must be a non-empty field name, and only with unit group"
+        if last is not None and record_unit(rl) == "group" and field != last[5]:
+            return (f"{where}: the record-level groups changed from data.unit_field {last[5]!r} to {field!r} within "
+                    "one run: its steps protected each value of another field, so no single per-group ε holds")
         pad = rl.get("padded_rows")
         if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 1):
             return f"{where}: record_level padded_rows {pad!r} must be a positive integer (dp.md §10.4)"
@@ -194,5 +204,5 @@ def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> s
             # a history that re-priced its past, and the record-level ε fell along the ledger
             return (f"{where}: the record-level history {hist} does not extend the previous release's {last[2]} "
                     "(or its epsilon fell): spent steps were re-priced")
-        last = (steps, delta, hist, got, record_unit(rl))
+        last = (steps, delta, hist, got, record_unit(rl), field)
     return None

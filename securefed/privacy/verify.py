@@ -335,7 +335,8 @@ def _verify_own(entries: list[dict], label: str, v: Verification) -> None:
         rl = last[-1]
         v.record_level[int(entries[0]["holder_id"])] = {"epsilon": _num(rl["epsilon"]), "delta": _num(rl["delta"]),
                                                          "steps": int(rl["steps"]), "unit": record_unit(rl),
-                                                         "padded_rows": hidden_batch_rows(entries)}
+                                                         "padded_rows": hidden_batch_rows(entries),
+                                                         "unit_field": rl.get("unit_field")}
     v.own_ledgers += 1
 
 

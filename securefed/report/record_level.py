@@ -60,9 +60,12 @@ def mechanism_words(f: dict) -> str:
     # coordinator's, and each holder runs its own holder.yaml's dp_sgd — the signed unit is what ran
     signed = {str(h): (r.get("unit") or "sequence") for h, r in (f.get("record_level") or {}).items()}
     unit = sgd.get("unit") or "sequence"
+    # the grouping field the holders signed (their own data.unit_field), else config.yaml's
+    fields = {r.get("unit_field") for r in (f.get("record_level") or {}).values() if r.get("unit") == "group"}
+    field = fields.pop() if len(fields) == 1 and None not in fields else sgd.get("unit_field")
     whole = {"document": "one record = one document: each document has rows of its own (never shared with another "
                          "document), documents are Poisson-sampled whole, and each of a document's k rows",
-             "group": f"one record = all of a holder's documents with the same {sgd.get('unit_field') or 'data.unit_field'} "
+             "group": f"one record = all of a holder's documents with the same {field or 'data.unit_field'} "
                       "value (e.g. one patient): each document has rows of its own, a group's documents are Poisson-sampled "
                       "together, and each of a group's k rows"}
     names = {"sequence": "training sequence", "document": "document", "group": "group of documents"}

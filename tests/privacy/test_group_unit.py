@@ -121,6 +121,7 @@ def test_a_group_level_run_through_the_cli_signs_verifies_and_reports_its_unit(t
     own = [json.loads(x) for x in (run / "holders" / "1" / "ledger.jsonl").read_text().splitlines()]
     rl = [e["record_level"] for e in own if e.get("status") == "released"]
     assert rl and all(r["unit"] == "group" and r["history"][0][1] == 0.05 for r in rl)
+    assert all(r["unit_field"] == "patient" for r in rl)          # the grouping field is signed with each release
     assert main(["verify", str(run)]) == 0
     assert "per group of documents (data.unit_field)" in capsys.readouterr().out
     assert main(["report", str(run)]) == 0
@@ -164,3 +165,21 @@ def test_a_refused_id_is_not_echoed_into_the_error(tmp_path):
     with pytest.raises(DataError) as e:
         load_documents(p, unit_field="pid")
     assert "n.jsonl, line 1" in str(e.value) and "a list" in str(e.value) and "Jane" not in str(e.value)
+
+
+def test_the_signed_grouping_field_may_not_change_and_is_only_a_field_name():
+    """A release's record_level names the grouping field (never a value); a later release with another field, or a
+    field under another unit, does not verify."""
+    from securefed.privacy.holder_ledger import record_level_entry, record_level_problem
+
+    def rel(seq, rl):
+        return {"status": "released", "round": seq, "seq": seq, "record_level": rl}
+
+    a = record_level_entry([[1.0, 0.05, 2]], 1e-4, unit="group", unit_field="patient")
+    b = record_level_entry([[1.0, 0.05, 4]], 1e-4, unit="group", unit_field="patient")
+    assert a["unit_field"] == "patient" and record_level_problem([rel(1, a), rel(2, b)]) is None
+    c = record_level_entry([[1.0, 0.05, 4]], 1e-4, unit="group", unit_field="visit")
+    assert "groups changed from data.unit_field 'patient' to 'visit'" in record_level_problem([rel(1, a), rel(2, c)])
+    d = dict(record_level_entry([[1.0, 0.05, 2]], 1e-4, unit="document"), unit_field="patient")
+    assert "only with unit group" in record_level_problem([rel(1, d)])
+    assert "unit_field" not in record_level_entry([[1.0, 0.05, 2]], 1e-4, unit="document", unit_field="patient")

@@ -39,7 +39,7 @@ def test_record_level_dp_sgd_is_stated_per_holder_and_never_called_no_noise(tmp_
     assert ("Limit (protocols/dp.md §10): torch's generators are not CSPRNGs and the noise is floating point") in md
     rep = json.loads((rd / "report" / "report.json").read_text())
     assert rep["facts"]["record_level"]["3"] == {"epsilon": eps[3], "delta": 1e-5, "steps": 8, "unit": "sequence",
-                                                     "padded_rows": None}
+                                                     "padded_rows": None, "unit_field": None}
     assert rep["verification"]["record_level"]["3"]["steps"] == 8
     out = capsys.readouterr().out
     assert "privacy: holder-level epsilon=inf (holder-level differential privacy off)" in out
