@@ -213,7 +213,7 @@ class StageBoard:
                 rx.abort()
             if key is not None:
                 with self.cond:
-                    self.streaming.pop(hid, None)
+                    self.streaming.pop(hid).stop()   # its thread ends now, not left holding a frame nobody takes
         if key is not None:      # an expected holder's stream failed: it is dropped for this stage (S6),
             with self.cond:      # so the stage need not wait for its deadline on its account
                 if (self.round, self.stage) == key:

@@ -613,3 +613,25 @@ def test_a_reply_whose_stage_closes_after_its_last_frame_but_before_it_ended_is_
     b.publish(2, {1: b"x"}, reply=True, sink=lambda h: Sink(64), max_reply=64)
     assert decode(b.submit(1, trailer_after_close(), None)).status == ACK_TOO_LATE
     assert closed.is_set() and committed == [] and b.committed == set()
+
+
+def test_a_refused_reply_stream_leaves_no_reader_thread_behind():
+    """A stream refused mid-way (a chunk out of order) stopped being read by its handler while its reader thread
+    held the next frame, waiting for a handler that had returned: one thread and one frame per refused stream, kept
+    for good. Every way out of the handler stops its reader."""
+    import threading
+    import time
+
+    from securefed.transport.board import StageBoard
+
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+    frames = list(iter_stream_frames(b.run_id, 1, 2, Kind.REPLY, [b"x" * 200], total_len=200, digest=None,
+                                     chunk_size=40))
+    b.open_round(1, [1])
+    b.publish(2, {1: b"x"}, reply=True, max_reply=1 << 10)
+    assert decode(b.submit(1, iter([frames[0], frames[2], *frames[1:]]), None)).status == 1
+    t0 = time.monotonic()
+    while any(t.name == "frame-reader" for t in threading.enumerate()) and time.monotonic() - t0 < 5:
+        time.sleep(0.01)
+    assert not [t for t in threading.enumerate() if t.name == "frame-reader"]
+    assert b.streaming == {} and b.failed == {1}
