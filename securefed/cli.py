@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # gRPC core logs at INFO each failed TLS handshake and more, interleaved with securefed's own line that names
     # the cause (transport.md §6.3); its ERROR lines stay. GRPC_VERBOSITY set by the user wins (DEBUG shows all).
+    # A coordinator cannot log a peer's failed handshake itself (no grpc Python hook; transport.md §7.1): an operator
+    # who wants core's line per failure (OpenSSL's reason, no peer address, not rate-limited) sets it to INFO.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 
 from securefed.transport.frames import (ACK_ALREADY_REPLIED, ACK_TOO_LATE, Ack, FetchRequest, FrameError, Header, Kind,
                                         decode, encode, iter_stream_frames, sha256_parts)
-from securefed.transport.stream import BytesSink, StreamReceiver, expect_header
+from securefed.transport.stream import BytesSink, FrameReader, ReadStopped, StreamReceiver, expect_header
 
 __all__ = ["StageBoard"]
 
@@ -60,7 +60,7 @@ class StageBoard:
         # and the one before: a reply from one of them now is answered ACK_TOO_LATE (§6.1), not a generic refusal
         self.closed: dict[tuple[int, int], frozenset[int]] = {}
         self.failed: set[int] = set()     # expected holders whose stream failed this stage
-        self.streaming: dict[int, object] = {}   # holder -> the gRPC context of its reply stream open now
+        self.streaming: dict[int, FrameReader] = {}   # holder -> the reader of its reply stream open now
         self.replies: dict[int, bytes] = {}
         self._sink: Callable[[int], object] | None = None
         self._max_reply = 0
@@ -149,6 +149,8 @@ class StageBoard:
                                       chunk_size=self.chunk_size)
 
     def submit(self, hid: int, frames, context) -> bytes:
+        """One reply stream: ACK 0 once committed, 2 already replied (§6.3), 3 too late — its stage had ended when it
+        arrived, or ended while it was still open (§6.1) — else 1 (refused, the real reason logged)."""
         it = iter(frames)
         rx, key = None, None
         try:
@@ -170,21 +172,26 @@ class StageBoard:
                     raise FrameError(f"holder is not expected to reply in round {r} now")
                 if hid in self.failed or hid in self.done or hid in self.streaming:   # (a done holder's other header)
                     raise FrameError("holder already replied, failed or is streaming this stage")
-                self.streaming[hid] = context   # one stream per holder at a time: no holder holds several buffers
+                # one stream per holder at a time (no holder holds several buffers); its stage's close stops it
+                reader = self.streaming[hid] = FrameReader(it)
                 key = (r, s)
             head = expect_header(first, run_id=self.run_id, round_index=r, stage=s, kinds=(Kind.REPLY,), max_len=cap)
             sink = sink_for(hid) if sink_for is not None else BytesSink(cap)
             rx = StreamReceiver(head, sink)
             n = 0
-            for raw in it:
-                if (self.round, self.stage) != key:   # the stage closed (deadline): stop buffering now
-                    raise _TooLate(f"the stage (round {r} stage {s}) ended before its reply stream completed")
-                n += len(raw)
-                rx.feed(decode(raw))
-            rx.finish()
+            try:
+                for raw in reader.start():
+                    n += len(raw)
+                    rx.feed(decode(raw))
+            except ReadStopped:   # §6.1: the stage closed (its deadline) while this stream was open, even stalled:
+                raise _TooLate(f"the stage (round {r} stage {s}) ended before its reply stream completed") from None
             with self.cond:
                 if (self.round, self.stage) != key:
                     raise _TooLate(f"the stage (round {r} stage {s}) ended before its reply stream completed")
+                # committed under the lock that closes stages: a reply counts (ACK 0) if and only if its stage was
+                # still open when it completed — a masked input's fold commits into the sum here, so a holder
+                # answered "too late" is never in the sum (§6.1). (A plain update's BytesSink copies itself here.)
+                rx.finish()
                 if sink_for is None:
                     self.replies[hid] = sink.value
                 self.done.add(hid)
@@ -206,7 +213,7 @@ class StageBoard:
                 rx.abort()
             if key is not None:
                 with self.cond:
-                    self.streaming.pop(hid, None)
+                    self.streaming.pop(hid).stop()   # its thread ends now, not left holding a frame nobody takes
         if key is not None:      # an expected holder's stream failed: it is dropped for this stage (S6),
             with self.cond:      # so the stage need not wait for its deadline on its account
                 if (self.round, self.stage) == key:
@@ -314,13 +321,9 @@ class StageBoard:
                 log.info("round %d stage %d: no reply from %s (treated as dropped)", self.round, self.stage, missing)
             replies, done, s = dict(self.replies), set(self.done), self.stage
             self.outbox = {k: v for k, v in self.outbox.items() if k[1] > s}
-            self._close_stage()
+            self._close_stage()      # streams still open (even stalled ones) are answered too late now (§6.1)
             self._sink = None
-            late = list(self.streaming.values())
             self.cond.notify_all()
-        for context in late:   # a stream still open past the deadline (even a stalled one) is cancelled: its
-            if context is not None:   # buffer or fold is undone now, not when the holder gives up
-                context.cancel()
         return replies, done
 
     def end_round(self, r: int) -> None:
@@ -340,9 +343,13 @@ class StageBoard:
 
     def _close_stage(self) -> None:
         """(Under the lock.) The stage accepting replies ends: no more replies to it; the holders it still expected
-        are remembered, so that a reply of theirs arriving now is answered ACK_TOO_LATE (§6.1)."""
+        are remembered, so that a reply of theirs arriving now is answered ACK_TOO_LATE (§6.1). A reply stream still
+        open is stopped: its handler undoes its buffer or fold and answers ACK_TOO_LATE at once, which ends the call
+        — nothing of it is kept past the deadline, and its holder is told why, not cancelled (§6.1)."""
         if self.stage >= 0:
             self.closed[(self.round, self.stage)] = frozenset(self.expect - self.done)
+        for reader in self.streaming.values():
+            reader.stop()
         self.stage, self.expect = -1, set()
 
     def wait_told(self, *, fresh: float, timeout: float) -> list[int]:

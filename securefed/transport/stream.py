@@ -11,17 +11,23 @@ offsets, no byte past total_len; then the TRAILER, whose SHA-256 must match the 
 - ``securefed.transport.accumulate.MaskedFold``: folds a MaskedInput's ring words into the round's
   running sum as they arrive, with an undo journal, so a stream that later fails is subtracted back
   out (memory O(P) for the whole round, §4.3).
+
+``FrameReader`` reads an incoming stream's frames in a thread of its own, so that the coordinator can stop
+waiting for a reply stream the instant its stage closes and answer it "too late" (§6.1) — a handler blocked
+on gRPC's request iterator can only be freed by cancelling the call.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+from collections.abc import Iterator
 from typing import Protocol
 
 from securefed.transport.frames import Chunk, FrameError, Header, Kind, Trailer
 
-__all__ = ["Sink", "BytesSink", "BufferSink", "StreamReceiver", "expect_header"]
+__all__ = ["Sink", "BytesSink", "BufferSink", "StreamReceiver", "expect_header", "FrameReader", "ReadStopped"]
 
 
 class Sink(Protocol):
@@ -171,3 +177,67 @@ class StreamReceiver:
     def _fail(self) -> None:
         self.closed = True
         self.sink.abort()
+
+
+class ReadStopped(Exception):
+    """``FrameReader.stop()`` was called: the stream's reader no longer waits for its frames."""
+
+
+class FrameReader:
+    """The frames of one incoming stream, read by a thread of its own (protocols/transport.md §6.1).
+
+    gRPC's request iterator has no timeout: a handler waiting for a stalled sender's next frame can be freed only by
+    cancelling the call, and the sender then sees CANCELLED, not the coordinator's answer. Here the handler waits on
+    this reader instead, and ``stop()`` (the stage closed) wakes it at once with ``ReadStopped``: it undoes what the
+    stream delivered and returns its answer, which ends the call; the reading thread ends with the call (gRPC ends
+    the request iterator). At most one frame waits here (≤ MAX_FRAME bytes); flow control keeps the rest at the
+    sender. Errors of the iterator (a lost connection) are raised in the consumer, as if it read them itself.
+    """
+
+    def __init__(self, frames: Iterator[bytes]) -> None:
+        self._frames = frames
+        self._cond = threading.Condition()
+        self._frame: bytes | None = None
+        self._end: BaseException | None = None   # StopIteration at the stream's end, else what reading raised
+        self._stopped = False
+
+    def start(self) -> "FrameReader":
+        threading.Thread(target=self._read, name="frame-reader", daemon=True).start()
+        return self
+
+    def _read(self) -> None:
+        end: BaseException = StopIteration()
+        try:
+            for raw in self._frames:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._frame is None or self._stopped)
+                    if self._stopped:
+                        return
+                    self._frame = raw
+                    self._cond.notify_all()
+        except BaseException as e:   # noqa: BLE001 - handed to the consumer, which decides
+            end = e
+        with self._cond:
+            self._end = end
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        """Stop waiting: the consumer's next (or current) wait raises ReadStopped; a frame held is dropped."""
+        with self._cond:
+            self._stopped, self._frame = True, None
+            self._cond.notify_all()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._frame is not None or self._end is not None or self._stopped)
+                if self._stopped:
+                    raise ReadStopped()
+                if self._frame is not None:
+                    raw, self._frame = self._frame, None
+                    self._cond.notify_all()
+                elif isinstance(self._end, StopIteration):
+                    return
+                else:
+                    raise self._end
+            yield raw

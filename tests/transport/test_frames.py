@@ -540,3 +540,98 @@ def test_a_reply_after_its_stage_ended_is_answered_too_late_and_only_to_the_hold
     assert submit(2, 1, 0) == 1                                   # two rounds back: forgotten, generic refusal
     assert submit(3, 2, 0) == ACK_TOO_LATE
     assert b.replies == {} and b.committed == set()
+
+
+def test_a_reply_stream_still_open_when_its_stage_closes_is_answered_too_late_at_once_and_undone():
+    """transport.md §6.1: a reply stream still open at the stage's deadline was cancelled (the holder saw gRPC
+    CANCELLED and reconnected as after a network failure, never told why). Now its handler, waiting for the next
+    frame of a stalled sender, is woken when the stage closes: the sink is undone and the answer is ACK status 3 at
+    once — while the sender still holds its stream open — and nothing of it is committed or kept."""
+    import threading
+    import time
+
+    from securefed.transport.board import StageBoard
+    from securefed.transport.frames import ACK_TOO_LATE
+
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+    aborted, resume = [], threading.Event()
+
+    class Sink(BytesSink):
+        def abort(self):
+            aborted.append(len(self._buf) + len(self._whole or b""))
+            super().abort()
+
+    body = b"x" * 100
+    frames = list(iter_stream_frames(b.run_id, 1, 2, Kind.REPLY, [body], total_len=100, digest=None, chunk_size=40))
+
+    def stalled():                    # header and the first chunk, then nothing until the test lets go
+        yield from frames[:2]
+        resume.wait(30)
+        yield from frames[2:]
+    b.open_round(1, [1, 2])
+    b.publish(2, {1: b"x", 2: b"x"}, reply=True, sink=lambda h: Sink(1 << 10), max_reply=1 << 10)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("ack", decode(b.submit(1, stalled(), None))), daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    while 1 not in b.streaming and time.monotonic() - t0 < 10:
+        time.sleep(0.01)
+    assert 1 in b.streaming
+    assert b.wait_replies(0.2) == ({}, set())          # the deadline passes: holder 1's stream is still open
+    t.join(5)
+    assert not t.is_alive() and not resume.is_set(), "the answer waited for the stalled sender"
+    assert out["ack"].status == ACK_TOO_LATE
+    assert aborted == [40] and b.streaming == {} and b.done == set() and b.committed == set()
+    resume.set()
+
+
+def test_a_reply_whose_stage_closes_after_its_last_frame_but_before_it_ended_is_never_committed():
+    """transport.md §6.1: the stage closes after the sender's trailer was read but before its stream ended. The board
+    committed the sink (a masked input's fold: into the sum) and then answered 3, "too late": the holder was told it
+    contributed nothing while its input was used. The commit now takes the lock that closes stages, after checking
+    the stage is still open: a reply answered 3 is never committed."""
+    import threading
+
+    from securefed.transport.board import StageBoard
+    from securefed.transport.frames import ACK_TOO_LATE
+
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+    committed, closed = [], threading.Event()
+
+    class Sink(BytesSink):
+        def commit(self):
+            committed.append(True)
+            super().commit()
+
+    frames = list(iter_stream_frames(b.run_id, 1, 2, Kind.REPLY, [b"ok"], total_len=2, digest=None, chunk_size=40))
+
+    def trailer_after_close():       # the close wins the race for the lock: the board must not commit
+        yield from frames
+        b.wait_replies(0.0)
+        closed.set()
+    b.open_round(1, [1])
+    b.publish(2, {1: b"x"}, reply=True, sink=lambda h: Sink(64), max_reply=64)
+    assert decode(b.submit(1, trailer_after_close(), None)).status == ACK_TOO_LATE
+    assert closed.is_set() and committed == [] and b.committed == set()
+
+
+def test_a_refused_reply_stream_leaves_no_reader_thread_behind():
+    """A stream refused mid-way (a chunk out of order) stopped being read by its handler while its reader thread
+    held the next frame, waiting for a handler that had returned: one thread and one frame per refused stream, kept
+    for good. Every way out of the handler stops its reader."""
+    import threading
+    import time
+
+    from securefed.transport.board import StageBoard
+
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+    frames = list(iter_stream_frames(b.run_id, 1, 2, Kind.REPLY, [b"x" * 200], total_len=200, digest=None,
+                                     chunk_size=40))
+    b.open_round(1, [1])
+    b.publish(2, {1: b"x"}, reply=True, max_reply=1 << 10)
+    assert decode(b.submit(1, iter([frames[0], frames[2], *frames[1:]]), None)).status == 1
+    t0 = time.monotonic()
+    while any(t.name == "frame-reader" for t in threading.enumerate()) and time.monotonic() - t0 < 5:
+        time.sleep(0.01)
+    assert not [t for t in threading.enumerate() if t.name == "frame-reader"]
+    assert b.streaming == {} and b.failed == {1}

@@ -203,3 +203,74 @@ def test_a_coordinator_certificate_expired_by_the_holders_clock_is_final_and_nam
     assert problem is not None and problem.final, problem
     assert "outside its validity window by this machine's clock" in problem.text
     assert classify_connect_error(grpc.RpcError(), target="x:1") is None    # not a connection failure: no verdict
+
+
+_HANDSHAKES = r'''
+import json, logging, sys, time
+import grpc
+from securefed.transport.pki import Layout
+from securefed.transport.service import Handlers, Stub, load_client_credentials, make_channel, make_server
+
+records, calls = [], []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.name + ": " + record.getMessage())
+logging.getLogger().addHandler(Keep())
+logging.getLogger().setLevel(logging.DEBUG)
+lay, other = Layout(sys.argv[1]), Layout(sys.argv[2])
+seen = lambda *a: calls.append(1) or b"{}"
+srv, port = make_server(Handlers(join=seen, fetch=seen, submit=seen, status=lambda: calls.append(1) or {}),
+                        host="127.0.0.1", port=0, cert=lay.server_cert, key=lay.server_key, ca=lay.ca_cert,
+                        roster_ids=frozenset({1}))
+srv.start()
+d = other.holder_dir(1)
+for name, ch in (
+        ("another CA", make_channel(f"127.0.0.1:{port}", load_client_credentials(cert=d / "cert.pem", key=d / "key.pem",
+                                                                             ca=lay.ca_cert))),
+        ("no certificate", make_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(lay.ca_cert.read_bytes()))),
+        ("plain text", grpc.insecure_channel(f"127.0.0.1:{port}"))):
+    print("=== " + name, file=sys.stderr, flush=True)
+    try:
+        Stub(ch).status(b"", timeout=3)
+    except grpc.RpcError:
+        pass
+    ch.close()
+    time.sleep(0.3)
+print("=== end", file=sys.stderr, flush=True)
+srv.stop(0)
+print(json.dumps({"records": records, "calls": len(calls)}))
+'''
+
+
+@pytest.mark.parametrize("verbosity", ["INFO", "ERROR"])
+def test_a_failed_handshake_reaches_no_securefed_code_and_only_grpc_core_says_it_on_stderr(pkis, verbosity):
+    """transport.md §7.1, a stated limit: a peer whose TLS handshake fails (a certificate of another CA, none, plain
+    text to the TLS port) reaches no handler, interceptor or Python logger of the coordinator — grpc Python offers no
+    hook for it. The one trace is gRPC core's own line on stderr, one per failed attempt with OpenSSL's reason and
+    without the peer's address, printed only with GRPC_VERBOSITY=INFO; `securefed` sets ERROR unless the operator
+    sets it, and then there is none. If a grpc upgrade changes any of this, §7.1 and threat_models/transport.md
+    (TR-01) must change with it."""
+    import subprocess
+    import sys
+
+    lay, other = pkis
+    env = dict(os.environ, GRPC_VERBOSITY=verbosity)
+    env.pop("GRPC_TRACE", None)
+    p = subprocess.run([sys.executable, "-c", _HANDSHAKES, str(lay.root), str(other.root)], env=env, text=True,
+                       capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out == {"records": [], "calls": 0}, out          # nothing reached securefed's code or Python's logging
+    said, attempt = {}, None
+    for line in p.stderr.splitlines():
+        if line.startswith("=== "):
+            attempt = line[4:]
+        elif "Handshake failed" in line:
+            said.setdefault(attempt, []).append(line)
+    if verbosity == "ERROR":
+        assert said == {}, said
+        return
+    assert sorted(said) == ["another CA", "no certificate", "plain text"] and all(len(v) == 1 for v in said.values())
+    assert "certificate" in said["another CA"][0].lower()
+    assert any(s in said["no certificate"][0] for s in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_REQUIRED"))
+    assert any(s in said["plain text"][0] for s in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST"))

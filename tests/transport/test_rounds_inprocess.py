@@ -330,3 +330,83 @@ def test_a_holder_whose_replies_always_arrive_after_the_stage_ended_is_told_so_o
     assert not any("had already ended" in rec.getMessage() and "holder 4:" not in rec.getMessage() for rec in said)
     server = [rec.getMessage() for rec in caplog.records if rec.name == "securefed.transport.board"]
     assert sum("holder 4: answered too late: its reply to round" in m for m in server) == 2, server
+
+
+def test_a_masked_upload_still_open_at_the_deadline_is_answered_too_late_and_undone(tmp_path, tiny_run, caplog,
+                                                                                     monkeypatch):
+    """transport.md §6.1: holder 4's masked input stream is still open when the stage's deadline passes (every word
+    sent and folded into the sum, the trailer held back). The coordinator cancelled such a stream: the holder saw gRPC
+    CANCELLED, logged a "connection problem", reconnected, and never learnt that round 1 went on without it. Now the
+    coordinator answers ACK status 3 at once, while the stream is still open, and has already undone the fold and
+    freed the stream; the holder says once that round 1's SECAGG_MASKED stage had ended and it contributed nothing to
+    round 1, with no reconnect. Its own ledger keeps the release it recorded before uploading (charged at the worst
+    case, never settled, as for any late reply) and the model moves by the mean over holders 1-3 only. Real gRPC."""
+    import logging
+    import time
+
+    import securefed.federation.grpc as fgrpc
+    from securefed.transport import client as tclient
+
+    fed = NetFederation.build(tmp_path, tiny_run + ["federation.rounds=1", "network.upload=10"])
+    four, release, seen = set(), threading.Event(), {}
+    handle, real_frames, real_too_late = fed.holders[4].handle, tclient.iter_stream_frames, fgrpc._too_late
+    undone, abort = set(), accumulate.MaskedFold.abort
+
+    def on(r, stage, payload):
+        four.add(threading.get_ident())           # holder 4's thread: the one whose masked upload stalls
+        return handle(r, stage, payload)
+
+    def frames(run_id, r, stage, kind, parts, **kw):
+        out = real_frames(run_id, r, stage, kind, parts, **kw)
+        if stage != Stage.SECAGG_MASKED or threading.get_ident() not in four:
+            return out
+
+        def held():                               # (consumed by gRPC's sending thread)
+            *body, trailer = list(out)
+            yield from body
+            seen["stalled_at"] = time.monotonic()
+            release.wait(120)                     # the stream stays open until the test lets go
+            yield trailer
+        return held()
+
+    def too_late(holder, r, stage, sent):
+        seen["answered"] = (time.monotonic(), r, stage, not release.is_set(),
+                            4 in fed.channel.board.streaming, 4 in undone)
+        release.set()
+        return real_too_late(holder, r, stage, sent)
+
+    def recording_abort(self):
+        undone.add(self.sender)
+        return abort(self)
+    fed.holders[4].handle = on
+    monkeypatch.setattr(tclient, "iter_stream_frames", frames)
+    monkeypatch.setattr(fgrpc, "_too_late", too_late)
+    monkeypatch.setattr(accumulate.MaskedFold, "abort", recording_abort)
+    caplog.set_level(logging.DEBUG, logger="securefed")
+    try:
+        fed.run_all()
+    finally:
+        release.set()
+    t_ack, r, stage, still_open, streaming, was_undone = seen["answered"]
+    assert (r, stage, still_open, streaming, was_undone) == (1, Stage.SECAGG_MASKED, True, False, True)
+    assert t_ack - seen["stalled_at"] < 10 + 5    # at the deadline (10 s after the stage opened), not at the stream's end
+    assert fed.rcs == {h: 0 for h in range(1, N + 1)}
+    (row,) = fed.coord.metrics
+    assert row["clients_survived"] == 3 and "aborted" not in row
+    assert read_ledger(fed.run.privacy / "ledger.jsonl")[0]["survivors"] == [1, 2, 3]
+    expect, tol = fed.expected_step(1, [1, 2, 3], denominator=3)
+    assert np.all(np.abs(fed.theta() - expect) <= tol)      # holder 4's folded words came back out
+    assert not list((fed.run.root / "spool").iterdir())
+    own4 = read_ledger(fed.run.root / "holders" / "4" / "ledger.jsonl")
+    assert [e["status"] for e in own4] == ["released"]      # as for any late reply: charged, never settled
+    said = [rec.getMessage() for rec in caplog.records if rec.name == "securefed.channel.grpc"
+            and rec.levelno >= logging.WARNING and rec.getMessage().startswith("holder 4:")]
+    assert said == ["holder 4: round 1 stage SECAGG_MASKED had already ended when this holder's reply arrived: this "
+                    "holder contributed nothing to round 1 (the coordinator's deadline for the stage passed first: "
+                    "this holder is too slow for it, or its link is)",
+                    "holder 4: all 1 rounds done; it contributed nothing to 1 of them (round 1): its replies arrived "
+                    "after their stages had ended"], said            # once, and no "connection problem" or retry
+    server = [rec.getMessage() for rec in caplog.records if rec.name == "securefed.transport.board"]
+    assert [m for m in server if m.startswith("holder 4:")] == [
+        f"holder 4: answered too late: the stage (round 1 stage {int(Stage.SECAGG_MASKED)}) ended before its reply "
+        "stream completed"], server
