@@ -202,11 +202,13 @@ class LocalTrainer:
         scales = scale.split(size) if scale is not None else [None] * len(x.split(size))
         for i, (xs, ss) in enumerate(zip(x.split(size), scales)):
             real = min(xs.shape[0], max(0, records - i * size))   # this slice's records; the rest is padding
-            if fixed and real < fixed:
+            if fixed and xs.shape[0] < fixed:
                 # bf16: every slice has the same shape, so the same kernels round each record's values the same
-                # way whoever else is in the batch (dp.md §10.1); the padding rows' losses are masked to zero
-                xs = torch.cat([xs, xs.new_zeros((fixed - real, xs.shape[1]))])
-                ss = None if ss is None else torch.cat([ss, ss.new_ones(fixed - real)])
+                # way whoever else is in the batch (dp.md §10.1); the padding rows' losses are masked to zero.
+                # Padded to `fixed` rows from the rows it HAS (hide_batch_size's slices arrive full, some of them
+                # padding): never from `real`, which would make a slice's shape follow the Poisson draw
+                xs = torch.cat([xs, xs.new_zeros((fixed - xs.shape[0], xs.shape[1]))])
+                ss = None if ss is None else torch.cat([ss, ss.new_ones(fixed - ss.shape[0])])
             # the bare module under Fabric's autocast: its wrapper would refuse the plain autograd call in
             # clipped_backward (it insists on fabric.backward, for fp16 loss scaling, which config refuses here)
             with self._sdpa(), self.fabric.autocast():
@@ -329,11 +331,21 @@ class HolderTrainer:
             # only with a public sample_rate can this holder's own q·N exceed the batch the padding was sized for
             own = batch_tail_bound(counts.tolist() if units is not None else [1] * data.shape[0], self.dp_rate, cap)
             if own > HIDE_TAIL:
+                # the message names public numbers only (the rate, the pad, the batch): it becomes a PolicyRefused whose
+                # text reaches the coordinator (Ray: the reason a holder leaves the run), and the probability
+                # would give away q·N, the record count a public sample_rate exists to hide (dp.md §10.3); the
+                # holder's own operator gets it in a local log line
+                log.warning("holder %d: at sample_rate %g its Poisson batches outgrow the padded batch of %d rows with "
+                            "probability up to %.2g a step (%d records)", holder_id, self.dp_rate, cap, own,
+                            self._records)
                 raise ValueError(f"holder {holder_id}: train.dp_sgd.hide_batch_size: at sample_rate {self.dp_rate:g} "
-                                 f"this holder's Poisson batches outgrow the padded batch of {cap} rows (sized for "
-                                 f"train.batch_size {batch_size}) with probability up to {own:.2g} a step, and each "
-                                 "such step's compute would show it: lower train.dp_sgd.sample_rate or raise "
+                                 f"this holder's Poisson batches could outgrow the padded batch of {cap} rows (sized "
+                                 f"for train.batch_size {batch_size}) with probability above {HIDE_TAIL:g} a step, and "
+                                 "each such step's compute would show it: lower train.dp_sgd.sample_rate or raise "
                                  "train.batch_size (protocols/dp.md §10.4)")
+        # what the signed releases may say of EVERY step the accountant holds (dp.md §10.4): the pad, until a
+        # checkpoint brings steps that ran unpadded or padded to another size (load_state_dict)
+        self._dp_pad_signed = self._dp_pad_rows
         self.step = 0            # inner steps taken so far (drives the LR schedule)
         self.epoch, self.cursor = 0, 0
         self._perm_epoch, self._perm_cache = -1, torch.empty(0, dtype=torch.long)
@@ -379,8 +391,10 @@ class HolderTrainer:
 
     @property
     def dp_padded_rows(self) -> int | None:
-        """train.dp_sgd.hide_batch_size: the rows every DP-SGD step pads its Poisson batch to (dp.md §10.4)."""
-        return self._dp_pad_rows
+        """train.dp_sgd.hide_batch_size: the rows every DP-SGD step the accountant holds was padded to (dp.md
+        §10.4), restored checkpoint's steps included; None when any of them ran unpadded or padded to another size
+        (a restart that turned hide_batch_size on, or changed the batch: those steps' compute showed their draws)."""
+        return self._dp_pad_signed
 
     def dp_history(self) -> list[list[float]] | None:
         """The accountant's (σ, q, steps) history, as recorded in the holder's signed release entries."""
@@ -513,6 +527,9 @@ class HolderTrainer:
             # what one record was in these steps (dp.md §10.2): a restart must not go on under another unit, even
             # for steps no release has signed yet (they are in the accountant and in AdamW's state)
             state["dp_sgd_unit"] = self.parent.cfg.dp_sgd.unit
+            # the rows every one of these steps was padded to (None: not all were; dp.md §10.4): a restart must not
+            # sign "padded" over steps whose compute showed their Poisson batch, though no release has signed them yet
+            state["dp_sgd_padded_rows"] = self.dp_padded_rows
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -526,3 +543,12 @@ class HolderTrainer:
                 raise ValueError(f"checkpoint's record-level DP-SGD steps were taken per {unit}, but train.dp_sgd.unit "
                                  f"is {mine}: no single ε would hold")
             self.accountant.load_state_dict(state["dp_sgd_accountant"])
+            # a checkpoint written before hide_batch_size existed has no dp_sgd_padded_rows: its steps ran unpadded
+            # (the accountant is replaced whole, so is what may be signed of its steps)
+            self._dp_pad_signed = self._dp_pad_rows
+            if self.accountant.history and state.get("dp_sgd_padded_rows") != self._dp_pad_rows:
+                if self._dp_pad_rows is not None:
+                    log.warning("holder %d: the checkpoint's %d record-level DP-SGD steps were not all padded to %d rows "
+                                "(train.dp_sgd.hide_batch_size, dp.md §10.4): this holder's releases will not say its "
+                                "batch sizes were hidden", self.holder_id, self.dp_steps, self._dp_pad_rows)
+                self._dp_pad_signed = None
