@@ -122,15 +122,15 @@ def test_every_step_runs_the_same_slices_whatever_the_poisson_draw(unit, monkeyp
         trainer = _trainer(hide=hide, unit=unit)
         h = trainer.new_holder(0, data, seed=0, total_steps=60, dp_secret_seed=7, units=units)
         flat = torch.cat([p.detach().reshape(-1) for p in trainer.raw_model.parameters()]).float()
-        orig_next = h._next_batch
+        orig_draw = h._dp_draw
 
-        def recording_next():
-            x, s = orig_next()
-            sizes.append(x.shape[0])
+        def recording_draw():
+            mask = orig_draw()
+            sizes.append(int(mask.sum()))
             shapes.append([])
-            return x, s
+            return mask
 
-        h._next_batch = recording_next
+        h._dp_draw = recording_draw
         for _ in range(3):
             h.train_round(flat)
         per_step[hide] = [tuple(s) for s in shapes]
@@ -262,15 +262,15 @@ def test_bf16_hidden_steps_keep_every_slice_at_the_fixed_shape(monkeypatch):
     monkeypatch.setattr(ghost, "clipped_backward", spy)
     h = trainer.new_holder(0, torch.randint(2, V, (40, T), generator=torch.Generator().manual_seed(1)), seed=0,
                            total_steps=60, dp_secret_seed=7)
-    orig, sizes = h._next_batch, []
+    orig, sizes = h._dp_draw, []
 
-    def recording_next():
-        x, s = orig()
-        sizes.append(x.shape[0])
+    def recording_draw():
+        mask = orig()
+        sizes.append(int(mask.sum()))
         shapes.append([])
-        return x, s
+        return mask
 
-    h._next_batch = recording_next
+    h._dp_draw = recording_draw
     h.train_round(torch.cat([p.detach().reshape(-1) for p in trainer.raw_model.parameters()]).float())
     assert len(set(sizes)) >= 2 and any(0 < n % fixed for n in sizes)           # partial slices were drawn
     assert all(s == [fixed] * (h.dp_padded_rows // fixed) for s in shapes), (sizes, shapes)
@@ -341,3 +341,43 @@ def test_the_report_never_states_hiding_from_config_alone():
         assert "ran one padded batch" not in words and "cannot state" in words
     signed = hiding_words({"dp_sgd": cfg, "record_level": {"1": {"padded_rows": 8}, "2": {"padded_rows": None}}})
     assert "holder-1 ran one padded batch" in signed and "reply of holder-2 took shows" in signed
+
+
+class _RowReads(torch.Tensor):
+    """A holder's data that records how many rows each indexing of it reads (and hands back plain tensors)."""
+
+    reads: list[int] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.__getitem__ and isinstance(args[1], torch.Tensor):
+            idx = args[1]
+            cls.reads.append(int(idx.sum()) if idx.dtype == torch.bool else int(idx.numel()))
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("unit", ["sequence", "document"])
+def test_a_hidden_step_reads_the_same_rows_of_the_holders_data_whatever_its_draw(unit):
+    """The host's gather is part of a step's time: hidden, every step reads the padded batch's rows of the data (the
+    padding's at random, then zeroed), so not even the copy grows with the draw; the batch it builds is the drawn
+    rows, then zeros (scale 1), exactly as the unpadded step's rows."""
+    data = torch.randint(2, V, (40, T), generator=torch.Generator().manual_seed(1))
+    units = torch.arange(40) // 2 if unit == "document" else None
+    h = _trainer(hide=True, unit=unit).new_holder(0, data, seed=0, total_steps=60, dp_secret_seed=3, units=units)
+    plain = _trainer(hide=False, unit=unit).new_holder(0, data, seed=0, total_steps=60, dp_secret_seed=3, units=units)
+    h.data = data.as_subclass(_RowReads)
+    _RowReads.reads = []
+    drawn = set()
+    for step in range(30):
+        h.step = plain.step = step
+        h._reseed_dp(), plain._reseed_dp()
+        x, scale, real = h._next_padded_batch()
+        want, want_scale = plain._next_batch()
+        drawn.add(real)
+        assert x.shape == (h.dp_padded_rows, T) and real == want.shape[0]
+        assert torch.equal(x[:real], want) and not x[real:].any()
+        if unit == "document":
+            assert torch.equal(scale[:real], want_scale) and bool((scale[real:] == 1).all())
+    assert len(drawn) >= 3 and min(drawn) < 4 < max(drawn)                  # the draws really varied
+    assert _RowReads.reads and set(_RowReads.reads) == {h.dp_padded_rows}    # every read: the padded batch's rows
