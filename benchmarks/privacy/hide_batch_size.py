@@ -39,13 +39,13 @@ def run_mode(hide: bool, a: argparse.Namespace) -> dict:
     data = torch.randint(0, a.vocab, (a.rows, a.seq), generator=torch.Generator().manual_seed(0))
     h = trainer.new_holder(0, data, seed=0, total_steps=a.steps + a.warmup, dp_secret_seed=11)
     sizes, times = [], []
-    orig_next, orig_ghost = h._next_batch, trainer._ghost_step
+    orig_draw, orig_ghost = h._dp_draw, trainer._ghost_step
     pending: dict = {}
 
-    def next_batch():
-        x, s = orig_next()
-        pending["n"] = x.shape[0]
-        return x, s
+    def draw():
+        mask = orig_draw()
+        pending["n"] = int(mask.sum())
+        return mask
 
     def timed_ghost(*args, **kw):
         if cuda:
@@ -58,7 +58,7 @@ def run_mode(hide: bool, a: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - t)
         return out
 
-    h._next_batch = next_batch
+    h._dp_draw = draw
     trainer._ghost_step = trainer._step_fn = timed_ghost
     flat = torch.cat([p.detach().reshape(-1) for p in trainer.raw_model.parameters()]).float()
     h.local_steps = a.warmup

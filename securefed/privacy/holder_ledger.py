@@ -117,7 +117,8 @@ def record_level_entry(history: Sequence[Sequence[float]], delta: float, *, unit
     """What a holder's ``released`` entry records of its record-level DP-SGD spend so far: the accountant's
     (σ, q, steps) history, its total steps, δ, the privacy unit and the ε they give — signed with the release,
     so a restart can be checked against it and a verifier can recompute it. ``padded_rows``
-    (train.dp_sgd.hide_batch_size, dp.md §10.4): the rows every step of this process padded its batch to.
+    (train.dp_sgd.hide_batch_size, dp.md §10.4): the rows every step in ``history`` padded its batch to (a restored
+    checkpoint's steps included: HolderTrainer.dp_padded_rows is None when any of them did not).
     ``unit_field`` (unit=group): the name of the data field whose values are the groups (e.g. "patient_id"; a
     field name from the holder's config, never a value), so a verifier sees what one record is."""
     if unit not in UNITS:

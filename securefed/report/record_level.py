@@ -109,14 +109,19 @@ def mechanism_words(f: dict) -> str:
 
 def hiding_words(f: dict) -> str:
     """Whether a step's compute showed its Poisson batch size (dp.md §10.4): per holder from its verified signed
-    releases (each signs the rows it padded to; its own holder.yaml decides in network mode), else from config."""
+    releases (each signs the rows it padded to; its own holder.yaml decides in network mode). Hiding is never
+    stated from config.yaml alone: without a verified signed release (records that do not verify, or a network run
+    whose holders' own ledgers are not here) the configured setting is named, not claimed to have run."""
     signed = {str(h): r.get("padded_rows") for h, r in (f.get("record_level") or {}).items()}
     if signed:
         hidden = sorted(h for h, rows in signed.items() if rows)
         shown = sorted(h for h, rows in signed.items() if not rows)
+    elif (f.get("dp_sgd") or {}).get("hide_batch_size"):
+        return (" config.yaml sets train.dp_sgd.hide_batch_size, but no verified signed release of a holder records "
+                "a padded batch (each holder's own dp_sgd decides what it runs), so this report cannot state that a "
+                "step's compute did not show its Poisson batch size (protocols/dp.md §10.4).")
     else:
-        on_cfg = bool((f.get("dp_sgd") or {}).get("hide_batch_size"))
-        hidden, shown = (["every holder"], []) if on_cfg else ([], ["every holder"])
+        hidden, shown = [], ["every holder"]
 
     def names(hs: list[str]) -> str:
         return ", ".join(h if h == "every holder" else f"holder-{h}" for h in hs)

@@ -49,7 +49,7 @@ class DPSGDConfig:
     ``hide_batch_size`` (clipping=ghost; protocols/dp.md §10.4): every step runs the same padded batch, so its
     compute, and the time a holder's reply takes, does not show how many records the Poisson draw took (the
     accountant assumes the batch size is secret). The padded batch is the size a Poisson batch exceeds with
-    probability <= 10⁻¹⁵ a step (privacy.dpsgd.poisson_batch_cap); it costs that much more compute a step
+    probability <= 10⁻¹⁵ a step (privacy.dpsgd.padded_batch_rows); it costs that much more compute a step
     (≈ 8.5–9.6 standard deviations above the expected batch: +19 % at 2,048 of 61,074 rows, 2.2× at 64).
     """
 

@@ -202,11 +202,13 @@ class LocalTrainer:
         scales = scale.split(size) if scale is not None else [None] * len(x.split(size))
         for i, (xs, ss) in enumerate(zip(x.split(size), scales)):
             real = min(xs.shape[0], max(0, records - i * size))   # this slice's records; the rest is padding
-            if fixed and real < fixed:
+            if fixed and xs.shape[0] < fixed:
                 # bf16: every slice has the same shape, so the same kernels round each record's values the same
-                # way whoever else is in the batch (dp.md §10.1); the padding rows' losses are masked to zero
-                xs = torch.cat([xs, xs.new_zeros((fixed - real, xs.shape[1]))])
-                ss = None if ss is None else torch.cat([ss, ss.new_ones(fixed - real)])
+                # way whoever else is in the batch (dp.md §10.1); the padding rows' losses are masked to zero.
+                # Padded to `fixed` rows from the rows it HAS (hide_batch_size's slices arrive full, some of them
+                # padding): never from `real`, which would make a slice's shape follow the Poisson draw
+                xs = torch.cat([xs, xs.new_zeros((fixed - xs.shape[0], xs.shape[1]))])
+                ss = None if ss is None else torch.cat([ss, ss.new_ones(fixed - ss.shape[0])])
             # the bare module under Fabric's autocast: its wrapper would refuse the plain autograd call in
             # clipped_backward (it insists on fabric.backward, for fp16 loss scaling, which config refuses here)
             with self._sdpa(), self.fabric.autocast():
@@ -329,11 +331,21 @@ class HolderTrainer:
             # only with a public sample_rate can this holder's own q·N exceed the batch the padding was sized for
             own = batch_tail_bound(counts.tolist() if units is not None else [1] * data.shape[0], self.dp_rate, cap)
             if own > HIDE_TAIL:
+                # the message names public numbers only (the rate, the pad, the batch): it becomes a PolicyRefused whose
+                # text reaches the coordinator (Ray: the reason a holder leaves the run), and the probability
+                # would give away q·N, the record count a public sample_rate exists to hide (dp.md §10.3); the
+                # holder's own operator gets it in a local log line
+                log.warning("holder %d: at sample_rate %g its Poisson batches outgrow the padded batch of %d rows with "
+                            "probability up to %.2g a step (%d records)", holder_id, self.dp_rate, cap, own,
+                            self._records)
                 raise ValueError(f"holder {holder_id}: train.dp_sgd.hide_batch_size: at sample_rate {self.dp_rate:g} "
-                                 f"this holder's Poisson batches outgrow the padded batch of {cap} rows (sized for "
-                                 f"train.batch_size {batch_size}) with probability up to {own:.2g} a step, and each "
-                                 "such step's compute would show it: lower train.dp_sgd.sample_rate or raise "
+                                 f"this holder's Poisson batches could outgrow the padded batch of {cap} rows (sized "
+                                 f"for train.batch_size {batch_size}) with probability above {HIDE_TAIL:g} a step, and "
+                                 "each such step's compute would show it: lower train.dp_sgd.sample_rate or raise "
                                  "train.batch_size (protocols/dp.md §10.4)")
+        # what the signed releases may say of EVERY step the accountant holds (dp.md §10.4): the pad, until a
+        # checkpoint brings steps that ran unpadded or padded to another size (load_state_dict)
+        self._dp_pad_signed = self._dp_pad_rows
         self.step = 0            # inner steps taken so far (drives the LR schedule)
         self.epoch, self.cursor = 0, 0
         self._perm_epoch, self._perm_cache = -1, torch.empty(0, dtype=torch.long)
@@ -350,6 +362,8 @@ class HolderTrainer:
             secret = int.from_bytes(os.urandom(8), "little") if dp_secret_seed is None else int(dp_secret_seed)
             self._dp_batch_gen = torch.Generator().manual_seed(secret)
             self._dp_noise_gen = torch.Generator(device=parent.fabric.device).manual_seed(secret ^ 0x5DEECE66D)
+            # hide_batch_size: which rows the padding reads before zeroing them (nothing of them is used)
+            self._dp_pad_gen = torch.Generator().manual_seed(secret ^ 0x9E3779B97F4A7C15)
         self.optimizer = self._make_optimizer()
 
     def _make_optimizer(self):
@@ -379,8 +393,10 @@ class HolderTrainer:
 
     @property
     def dp_padded_rows(self) -> int | None:
-        """train.dp_sgd.hide_batch_size: the rows every DP-SGD step pads its Poisson batch to (dp.md §10.4)."""
-        return self._dp_pad_rows
+        """train.dp_sgd.hide_batch_size: the rows every DP-SGD step the accountant holds was padded to (dp.md
+        §10.4), restored checkpoint's steps included; None when any of them ran unpadded or padded to another size
+        (a restart that turned hide_batch_size on, or changed the batch: those steps' compute showed their draws)."""
+        return self._dp_pad_signed
 
     def dp_history(self) -> list[list[float]] | None:
         """The accountant's (σ, q, steps) history, as recorded in the holder's signed release entries."""
@@ -402,18 +418,21 @@ class HolderTrainer:
             self._perm_epoch = self.epoch
         return self._perm_cache
 
+    def _dp_draw(self) -> torch.Tensor:
+        """DP-SGD's Poisson draw: a (rows,) mask of the rows this step samples."""
+        q = self.dp_rate
+        if self.units is not None:
+            # unit=document: each document independently with q = B / N rows (expected B rows), all its rows
+            docs = torch.rand(self._records, generator=self._dp_batch_gen) < q
+            return docs[self.units]
+        # Poisson sampling (the accountant's assumption): each row independently with q = B / N
+        return torch.rand(self.data.shape[0], generator=self._dp_batch_gen) < q
+
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(rows, each row's clip-bound scale or None)."""
         if self.parent.cfg.dp_sgd.enabled:
-            q = self.dp_rate
-            if self.units is not None:
-                # unit=document: each document independently with q = B / N rows (expected B rows), all its rows
-                docs = torch.rand(self._records, generator=self._dp_batch_gen) < q
-                mask = docs[self.units]
-                return self.data[mask], self._unit_scale[mask]
-            # Poisson sampling (the accountant's assumption): each row independently with q = B / N
-            mask = torch.rand(self.data.shape[0], generator=self._dp_batch_gen) < q
-            return self.data[mask], None
+            mask = self._dp_draw()
+            return self.data[mask], None if self.units is None else self._unit_scale[mask]
         # A holder with several GPUs (train.devices > 1): every rank walks the same permutation and takes
         # its own slice of world·batch rows, so ranks see different data (batch_size is per device).
         world, rank = self.world_size, self.parent.fabric.global_rank
@@ -424,21 +443,30 @@ class HolderTrainer:
         self.cursor += need
         return self.data[idx[rank * self.batch_size : (rank + 1) * self.batch_size]], None
 
-    def _pad_batch(self, x: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """hide_batch_size (dp.md §10.4): (x padded with zero rows to the holder's padded batch, its scale padded
-        with ones, the real rows). A batch above the pad (probability <= 10⁻¹⁵ a step) is padded to the next
-        whole slice: its compute shows, which §10.4 counts against the timing channel's δ."""
-        real, pad = x.shape[0], self._dp_pad_rows
+    def _next_padded_batch(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """hide_batch_size (dp.md §10.4): (the padded batch: the drawn rows then zero rows, the rows' clip-bound
+        scales (padding: 1) or None, the drawn rows). Gathered at the padded size in one piece: every step reads P
+        rows of the holder's data (the padding's from rows picked at random, then zeroed), so even the host's gather
+        and copies do not grow with the draw — a gather of the drawn rows alone took ≈ 1.4 µs a row of 1,024
+        tokens on a CPU, 0.7 ms for an empty draw and 3.6 ms for 2,355 rows. A batch above the pad (probability
+        <= 10⁻¹⁵ a step) is padded to the next whole slice: its compute shows, which §10.4 counts against the
+        timing channel's δ."""
+        mask = self._dp_draw()
+        idx = mask.nonzero().squeeze(1)       # a pass over every row whatever the draw; its output, 8 bytes a row
+        real, pad = idx.shape[0], self._dp_pad_rows
         if real > pad:
             size = self.parent._dp_fixed_slice or self.parent.cfg.dp_sgd.micro_batch_size or pad
             log.warning("holder %d: a Poisson batch outgrew train.dp_sgd.hide_batch_size's padded batch (a "
                         "probability <= 1e-15 event, dp.md §10.4): this step's compute shows its size", self.holder_id)
             pad = math.ceil(real / size) * size
-        xp = x.new_zeros((pad, self.data.shape[1]))
-        xp[:real] = x
-        if scale is not None:
-            scale = torch.cat([scale, scale.new_ones(pad - real)])
-        return xp, scale, real
+        # the padding's rows: random rows (a generator of their own, never the Poisson draw's), so reading them costs
+        # what reading drawn rows does (a repeated row would stay in cache); then zeroed, the padding's content
+        rows = torch.randint(0, self.data.shape[0], (pad,), generator=self._dp_pad_gen)
+        rows[:real] = idx
+        drawn = torch.arange(pad) < real
+        x = torch.where(drawn[:, None], self.data[rows], 0)
+        scale = None if self.units is None else torch.where(drawn, self._unit_scale[rows], 1.0)
+        return x, scale, real
 
     def train_round(self, global_flat: torch.Tensor, *, delta_on_device: bool = False) -> LocalUpdate:
         """K inner steps from θ_global; returns Δ = θ_global − θ_local (flat, float32, on the host; with
@@ -464,13 +492,14 @@ class HolderTrainer:
             for group in opt.param_groups:
                 group["lr"] = lr
             self._reseed_dp()
-            x, scale = self._next_batch()
-            self.step += 1
             if self._dp_pad_rows is not None:   # hide_batch_size: the same padded batch every step, empty or not
-                x, scale, real = self._pad_batch(x, scale)
+                x, scale, real = self._next_padded_batch()
+                self.step += 1
                 x = (x.pin_memory() if cuda else x).to(device, non_blocking=True)
                 losses += parent._ghost_step(opt, x, None if scale is None else scale.to(device), real=real)
                 continue
+            x, scale = self._next_batch()
+            self.step += 1
             if x.shape[0] == 0:  # an empty Poisson batch (DP-SGD): a noise-only step, accounted
                 parent._dp_empty_step(opt)
                 continue
@@ -513,6 +542,9 @@ class HolderTrainer:
             # what one record was in these steps (dp.md §10.2): a restart must not go on under another unit, even
             # for steps no release has signed yet (they are in the accountant and in AdamW's state)
             state["dp_sgd_unit"] = self.parent.cfg.dp_sgd.unit
+            # the rows every one of these steps was padded to (None: not all were; dp.md §10.4): a restart must not
+            # sign "padded" over steps whose compute showed their Poisson batch, though no release has signed them yet
+            state["dp_sgd_padded_rows"] = self.dp_padded_rows
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -526,3 +558,12 @@ class HolderTrainer:
                 raise ValueError(f"checkpoint's record-level DP-SGD steps were taken per {unit}, but train.dp_sgd.unit "
                                  f"is {mine}: no single ε would hold")
             self.accountant.load_state_dict(state["dp_sgd_accountant"])
+            # a checkpoint written before hide_batch_size existed has no dp_sgd_padded_rows: its steps ran unpadded
+            # (the accountant is replaced whole, so is what may be signed of its steps)
+            self._dp_pad_signed = self._dp_pad_rows
+            if self.accountant.history and state.get("dp_sgd_padded_rows") != self._dp_pad_rows:
+                if self._dp_pad_rows is not None:
+                    log.warning("holder %d: the checkpoint's %d record-level DP-SGD steps were not all padded to %d rows "
+                                "(train.dp_sgd.hide_batch_size, dp.md §10.4): this holder's releases will not say its "
+                                "batch sizes were hidden", self.holder_id, self.dp_steps, self._dp_pad_rows)
+                self._dp_pad_signed = None

@@ -122,15 +122,15 @@ def test_every_step_runs_the_same_slices_whatever_the_poisson_draw(unit, monkeyp
         trainer = _trainer(hide=hide, unit=unit)
         h = trainer.new_holder(0, data, seed=0, total_steps=60, dp_secret_seed=7, units=units)
         flat = torch.cat([p.detach().reshape(-1) for p in trainer.raw_model.parameters()]).float()
-        orig_next = h._next_batch
+        orig_draw = h._dp_draw
 
-        def recording_next():
-            x, s = orig_next()
-            sizes.append(x.shape[0])
+        def recording_draw():
+            mask = orig_draw()
+            sizes.append(int(mask.sum()))
             shapes.append([])
-            return x, s
+            return mask
 
-        h._next_batch = recording_next
+        h._dp_draw = recording_draw
         for _ in range(3):
             h.train_round(flat)
         per_step[hide] = [tuple(s) for s in shapes]
@@ -236,3 +236,148 @@ def test_the_pre_flight_says_when_the_batch_size_is_not_hidden():
         assert pf.record_level["padded_rows"] == cfg.train.dp_sgd.padded_batch(cfg.train.batch_size)
     assert "batch size NOT hidden" in lines["false"] and "hide_batch_size pads" in lines["false"]
     assert "batch size hidden" in lines["true"] and "NOT hidden" not in lines["true"]
+
+
+# ----------------------------------------------------------------------------------------------- review regressions
+def _bf16_trainer(*, hide: bool, sigma: float = 1.0):
+    cfg = TrainConfig(accelerator="cpu", precision="bf16-mixed", batch_size=4, local_steps=6, fused="off",
+                      dp_sgd=DPSGDConfig(enabled=True, noise_multiplier=sigma, max_grad_norm=1.0, clipping="ghost",
+                                         micro_batch_size=4, hide_batch_size=hide))
+    return LocalTrainer(_tiny_llama(), cfg)
+
+
+def test_bf16_hidden_steps_keep_every_slice_at_the_fixed_shape(monkeypatch):
+    """bf16-mixed (the CUDA default) slices the batch at one fixed shape (dp.md §10.1). A hidden step's slices arrive
+    full, some rows padding: each must stay at the fixed shape. (Padded again by fixed − real, the partial slice grew to
+    2·fixed − real rows: a step's total rows were 2·P − |batch|, the draw read off the compute exactly.)"""
+    trainer = _bf16_trainer(hide=True)
+    fixed = trainer._dp_fixed_slice
+    shapes: list = []
+    real = ghost.clipped_backward
+
+    def spy(module, loss_i, **kw):
+        shapes[-1].append(int(loss_i.shape[0]))
+        return real(module, loss_i, **kw)
+
+    monkeypatch.setattr(ghost, "clipped_backward", spy)
+    h = trainer.new_holder(0, torch.randint(2, V, (40, T), generator=torch.Generator().manual_seed(1)), seed=0,
+                           total_steps=60, dp_secret_seed=7)
+    orig, sizes = h._dp_draw, []
+
+    def recording_draw():
+        mask = orig()
+        sizes.append(int(mask.sum()))
+        shapes.append([])
+        return mask
+
+    h._dp_draw = recording_draw
+    h.train_round(torch.cat([p.detach().reshape(-1) for p in trainer.raw_model.parameters()]).float())
+    assert len(set(sizes)) >= 2 and any(0 < n % fixed for n in sizes)           # partial slices were drawn
+    assert all(s == [fixed] * (h.dp_padded_rows // fixed) for s in shapes), (sizes, shapes)
+
+
+def test_bf16_padding_rows_add_nothing_to_the_clipped_sum():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(2, V, (5, T), generator=gen)
+    sums = []
+    for pad in (None, 12):
+        trainer = _bf16_trainer(hide=False, sigma=0.0)
+        _, opt, _ = attach_dp_sgd(trainer._gsm, torch.optim.SGD(trainer.raw_model.parameters(), lr=1.0),
+                                  noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=1, sample_rate=0.5)
+        sums.append(_clipped_sum(trainer, opt, x, pad_to=pad))
+    assert sums[0].abs().max() > 0
+    torch.testing.assert_close(sums[1], sums[0], rtol=0, atol=0)     # the same fixed-shape slices, zeros added
+
+
+def test_a_refused_public_rate_names_no_function_of_the_holders_data():
+    """The refusal becomes a PolicyRefused whose text reaches the coordinator (Ray: why a holder left): it must not
+    carry this holder's Chernoff tail, a function of q·N — the record count a public sample_rate hides (§10.3)."""
+    fast = _trainer(hide=True, rate=0.5)
+    msgs = set()
+    for n in (36, 40, 44, 80):              # tails 3e-5, 2e-3, 0.02, 1: each would be told apart
+        with pytest.raises(ValueError, match="outgrow the padded batch") as e:
+            fast.new_holder(0, torch.randint(2, V, (n, T)), seed=0, total_steps=6)
+        msgs.add(str(e.value))
+    assert len(msgs) == 1, msgs
+
+
+def test_a_restart_over_unpadded_steps_does_not_sign_them_padded():
+    """Steps that ran unpadded (a checkpoint of a process without hide_batch_size, never released: a round that was
+    trained, answered and aborted) showed their batch sizes: the restarted, hiding holder must not sign padded_rows
+    over them. A checkpoint of hidden steps at the same pad keeps it."""
+    data = torch.randint(2, V, (40, T), generator=torch.Generator().manual_seed(2))
+    flat = torch.cat([p.detach().reshape(-1) for p in _tiny_llama().parameters()]).float()
+
+    def holder(hide):
+        return _trainer(hide=hide).new_holder(0, data, seed=0, total_steps=60, dp_secret_seed=5)
+
+    plain, hidden = holder(False), holder(True)
+    for h in (plain, hidden):
+        h.local_steps = 2
+        h.train_round(flat)
+    assert hidden.dp_padded_rows and plain.dp_padded_rows is None
+    resumed = holder(True)
+    resumed.load_state_dict(plain.state_dict())
+    assert resumed.dp_steps == 2 and resumed.dp_padded_rows is None
+    assert resumed.state_dict()["dp_sgd_padded_rows"] is None          # and it stays so across the next restart
+    again = holder(True)
+    again.load_state_dict(resumed.state_dict())
+    assert again.dp_padded_rows is None
+    kept = holder(True)
+    kept.load_state_dict(hidden.state_dict())
+    assert kept.dp_padded_rows == hidden.dp_padded_rows
+    legacy = {k: v for k, v in hidden.state_dict().items() if k != "dp_sgd_padded_rows"}   # before the field existed
+    old = holder(True)
+    old.load_state_dict(legacy)
+    assert old.dp_padded_rows is None
+
+
+def test_the_report_never_states_hiding_from_config_alone():
+    from securefed.report.record_level import hiding_words
+
+    cfg = {"enabled": True, "hide_batch_size": True}
+    for rl in (None, {}):        # records that do not verify; a network run without the holders' own ledgers
+        words = hiding_words({"dp_sgd": cfg, "record_level": rl})
+        assert "ran one padded batch" not in words and "cannot state" in words
+    signed = hiding_words({"dp_sgd": cfg, "record_level": {"1": {"padded_rows": 8}, "2": {"padded_rows": None}}})
+    assert "holder-1 ran one padded batch" in signed and "reply of holder-2 took shows" in signed
+
+
+class _RowReads(torch.Tensor):
+    """A holder's data that records how many rows each indexing of it reads (and hands back plain tensors)."""
+
+    reads: list[int] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.__getitem__ and isinstance(args[1], torch.Tensor):
+            idx = args[1]
+            cls.reads.append(int(idx.sum()) if idx.dtype == torch.bool else int(idx.numel()))
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("unit", ["sequence", "document"])
+def test_a_hidden_step_reads_the_same_rows_of_the_holders_data_whatever_its_draw(unit):
+    """The host's gather is part of a step's time: hidden, every step reads the padded batch's rows of the data (the
+    padding's at random, then zeroed), so not even the copy grows with the draw; the batch it builds is the drawn
+    rows, then zeros (scale 1), exactly as the unpadded step's rows."""
+    data = torch.randint(2, V, (40, T), generator=torch.Generator().manual_seed(1))
+    units = torch.arange(40) // 2 if unit == "document" else None
+    h = _trainer(hide=True, unit=unit).new_holder(0, data, seed=0, total_steps=60, dp_secret_seed=3, units=units)
+    plain = _trainer(hide=False, unit=unit).new_holder(0, data, seed=0, total_steps=60, dp_secret_seed=3, units=units)
+    h.data = data.as_subclass(_RowReads)
+    _RowReads.reads = []
+    drawn = set()
+    for step in range(30):
+        h.step = plain.step = step
+        h._reseed_dp(), plain._reseed_dp()
+        x, scale, real = h._next_padded_batch()
+        want, want_scale = plain._next_batch()
+        drawn.add(real)
+        assert x.shape == (h.dp_padded_rows, T) and real == want.shape[0]
+        assert torch.equal(x[:real], want) and not x[real:].any()
+        if unit == "document":
+            assert torch.equal(scale[:real], want_scale) and bool((scale[real:] == 1).all())
+    assert len(drawn) >= 3 and min(drawn) < 4 < max(drawn)                  # the draws really varied
+    assert _RowReads.reads and set(_RowReads.reads) == {h.dp_padded_rows}    # every read: the padded batch's rows
