@@ -135,7 +135,8 @@ class Preflight:
             if r.get("padded_rows"):
                 out.append(f"  record-level batch size hidden: every DP-SGD step runs one padded batch of at least "
                            f"{r['padded_rows']} rows ({r['padded_rows'] / r['batch_size']:.2f}× the expected batch), "
-                           "whatever its Poisson draw (dp.md §10.4)")
+                           "whatever its Poisson draw, rounded up to whole ghost slices (train.dp_sgd.micro_batch_size; "
+                           "under bf16 without it, whole batches) (dp.md §10.4)")
             else:
                 out.append("  record-level batch size NOT hidden: a step's compute, so a reply's timing, grows with its "
                            "Poisson batch; train.dp_sgd.hide_batch_size pads every step to one size (dp.md §10.4)")
