@@ -4,7 +4,7 @@ train.dp_sgd.hide_batch_size (protocols/dp.md §10.4)?
 Per mode, the trainer's own HolderTrainer runs STEPS DP-SGD steps (ghost clipping, slices of MICRO) of one model on
 one holder's rows; each step's Poisson batch size and wall time are recorded. Reported: the Pearson correlation of
 time with batch size, the slope (seconds per record) and a least-squares estimate of each step's batch size from its
-time alone (what a coordinator timing replies could read), and the mean step time of each mode (hiding's cost).
+time alone (what a coordinator timing replies could read), and the median step time of each mode (hiding's cost).
 
     python benchmarks/privacy/hide_batch_size.py --out benchmarks/privacy/raw/hide_batch_size/cpu.json
     (CPU, tiny Llama, ≈ 1 min; --size 20m --vocab 32768 --seq 1024 --batch 128 --micro 32 on a GPU)
@@ -74,12 +74,14 @@ def run_mode(hide: bool, a: argparse.Namespace) -> dict:
     syy = sum((y - my) ** 2 for y in times)
     r = sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else 0.0
     slope = sxy / sxx if sxx > 0 else 0.0
-    # a coordinator's estimate of each batch size from its step's time alone (the fit of this very run: its best case)
-    est = [mx + (y - my) / slope for y in times] if slope > 0 else [mx] * n
+    # a coordinator's best linear estimate of each batch size from its step's time alone (least squares of batch on
+    # time, fitted on this very run: its best case); its error is the batch's sd when time says nothing
+    est = [mx + sxy / syy * (y - my) for y in times] if syy > 0 else [mx] * n
     rmse = (sum((e - x) ** 2 for e, x in zip(est, sizes)) / n) ** 0.5
     return {"hide_batch_size": hide, "steps_timed": n, "padded_rows": h.dp_padded_rows,
             "batch_mean": mx, "batch_sd": statistics.pstdev(sizes), "batch_min": min(sizes), "batch_max": max(sizes),
-            "step_s_mean": my, "step_s_sd": statistics.pstdev(times), "pearson_r_time_vs_batch": r,
+            "step_s_mean": my, "step_s_median": statistics.median(times), "step_s_sd": statistics.pstdev(times),
+            "pearson_r_time_vs_batch": r,
             "slope_s_per_record": slope, "batch_from_time_rmse": rmse,
             "pairs": [[x, round(y, 6)] for x, y in zip(sizes, times)]}
 
@@ -101,15 +103,15 @@ def main() -> None:
 
     out = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
            "args": vars(a), "modes": rows,
-           "hidden_over_plain_step_time": rows[1]["step_s_mean"] / rows[0]["step_s_mean"]}
+           "hidden_over_plain_step_time_median": rows[1]["step_s_median"] / rows[0]["step_s_median"]}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     for m in rows:
         print(f"hide={m['hide_batch_size']!s:5}  batch {m['batch_min']}–{m['batch_max']} (mean {m['batch_mean']:.1f}, "
-              f"sd {m['batch_sd']:.1f}), padded {m['padded_rows']}: step {m['step_s_mean'] * 1e3:.1f} ms "
+              f"sd {m['batch_sd']:.1f}), padded {m['padded_rows']}: step median {m['step_s_median'] * 1e3:.1f} ms "
               f"(sd {m['step_s_sd'] * 1e3:.2f}), r(time, batch) {m['pearson_r_time_vs_batch']:+.3f}, batch read off "
               f"the time ± {m['batch_from_time_rmse']:.1f} records")
-    print(f"hidden / plain step time: {out['hidden_over_plain_step_time']:.2f}; wrote {a.out}")
+    print(f"hidden / plain median step time: {out['hidden_over_plain_step_time_median']:.2f}; wrote {a.out}")
 
 
 if __name__ == "__main__":
