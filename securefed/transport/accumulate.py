@@ -169,12 +169,22 @@ class MaskedFold:
         if k != self.acc.ring_bits or p != self.acc.length:
             raise FrameError("MaskedInput ring bits or length differ from the round's")
 
+    def _complete(self) -> bool:
+        return len(self.prefix) == MASKED_PREFIX and not self.carry and self.next_elem == self.acc.length
+
+    def check(self) -> None:
+        """FrameError if the input is incomplete, undoing nothing: the caller refuses it (and aborts) before taking
+        the lock it commits under (stream.StreamReceiver.check)."""
+        with self._lock:
+            if not self.done and not self._complete():
+                raise FrameError("masked input is incomplete")
+
     def commit(self) -> None:
         """Accept the (verified) stream: atomically with respect to ``seal`` (the stage closing)."""
         with self._lock:
             if self.done:
                 raise FrameError("masked stream already closed")
-            complete = len(self.prefix) == MASKED_PREFIX and not self.carry and self.next_elem == self.acc.length
+            complete = self._complete()
             with self.acc._lock:
                 if complete and not self.acc.sealed:
                     try:             # the protocol must accept the sender first, else the words come back out

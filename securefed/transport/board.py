@@ -185,6 +185,7 @@ class StageBoard:
                     rx.feed(decode(raw))
             except ReadStopped:   # §6.1: the stage closed (its deadline) while this stream was open, even stalled:
                 raise _TooLate(f"the stage (round {r} stage {s}) ended before its reply stream completed") from None
+            rx.check()   # an incomplete stream is refused here, and its fold undone (finally), outside the lock
             with self.cond:
                 if (self.round, self.stage) != key:
                     raise _TooLate(f"the stage (round {r} stage {s}) ended before its reply stream completed")

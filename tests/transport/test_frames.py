@@ -693,3 +693,44 @@ def test_a_masked_input_streaming_when_its_stage_closes_is_answered_too_late_not
         t.join(10)
         assert out["ack"].status == ACK_TOO_LATE, (when, out["ack"])
         assert not acc.total.any() and acc.committed == set() and b.streaming == {} and b.failed == set()
+
+
+def test_an_incomplete_masked_input_is_undone_outside_the_boards_lock(tmp_path, monkeypatch):
+    """726e496 moved a stream's commit under the board's lock (§6.1); a commit that fails undoes the fold right there,
+    reading back a journal of up to 4·P bytes (measured: 0.13 s per 400 MB, 0.5 s per 1.6 GB with every fetch, submit
+    and the stage's close waiting on the lock). Any holder could make it fail: send every byte but no trailer, or a
+    header one word short of the model with a valid trailer. The board now refuses an incomplete stream before it
+    takes the lock, and its undo runs with the lock free."""
+    import threading
+
+    import numpy as np
+
+    from securefed.transport import accumulate
+    from securefed.transport.accumulate import RingAccumulator, masked_prefix
+    from securefed.transport.board import StageBoard
+
+    P = 1000
+    whole = masked_prefix(1, 32, P) + np.arange(1, P + 1, dtype="<u4").tobytes()
+    held, real_abort = [], accumulate.MaskedFold.abort
+
+    def abort(self):
+        got = []
+        t = threading.Thread(target=lambda: got.append(b.cond.acquire(timeout=2) and (b.cond.release() or True)))
+        t.start()
+        t.join()
+        held.append(not got[0])
+        real_abort(self)
+    monkeypatch.setattr(accumulate.MaskedFold, "abort", abort)
+    for case in ("no trailer", "one word short"):
+        b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+        acc = RingAccumulator(P, 32, tmp_path / case.replace(" ", "-"))
+        payload = whole[:-4] if case == "one word short" else whole
+        frames = list(iter_stream_frames(b.run_id, 1, 2, Kind.REPLY, [payload], total_len=len(payload),
+                                         chunk_size=1000))
+        if case == "no trailer":
+            frames = frames[:-1]
+        b.open_round(1, [1])
+        b.publish(2, {1: b"x"}, reply=True, sink=acc.open, max_reply=len(whole))
+        assert decode(b.submit(1, iter(frames), None)).status == 1, case
+        assert not acc.total.any() and acc.committed == set() and b.failed == {1}, case
+    assert held and not any(held), held
