@@ -59,6 +59,11 @@ class _TranscriptSink:
         self.f.write(data)
         self.inner.write(offset, data)
 
+    def check(self) -> None:
+        check = getattr(self.inner, "check", None)
+        if check is not None:
+            check()
+
     def commit(self) -> None:
         self.f.close()
         self.inner.commit()

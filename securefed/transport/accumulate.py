@@ -19,6 +19,7 @@ says), before any word is folded.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import tempfile
@@ -34,6 +35,8 @@ from securefed.transport.frames import FrameError
 __all__ = ["RingAccumulator", "MaskedFold", "MASKED_PREFIX", "masked_prefix"]
 
 MASKED_PREFIX = MASKED_HEADER     # the secagg serializer's header (secagg/messages.py), 19 bytes
+log = logging.getLogger("securefed.transport.accumulate")
+
 _PREFIX = struct.Struct(">4sBBIBQ")
 _MASKED_TYPE = 5
 
@@ -155,8 +158,10 @@ class MaskedFold:
             raise FrameError(f"masked input has elements outside Z_2^{self.acc.ring_bits}")
         if _stable(data) and self.next_elem == 0 and words.size == self.acc.length and not self.carry:
             self.whole = words                          # the whole input, immutable: kept as the undo record
-        else:
-            self._journal().write(buf[:usable])         # undo record first, then fold
+        else:   # undo record first, then fold: flushed, so a word is folded only once its record is on disk (a
+            j = self._journal()                         # full spool fails this stream here, not its undo later)
+            j.write(buf[:usable])
+            j.flush()
         self.acc._apply(self.next_elem, words, +1)
         self.next_elem += words.size
 
@@ -169,12 +174,22 @@ class MaskedFold:
         if k != self.acc.ring_bits or p != self.acc.length:
             raise FrameError("MaskedInput ring bits or length differ from the round's")
 
+    def _complete(self) -> bool:
+        return len(self.prefix) == MASKED_PREFIX and not self.carry and self.next_elem == self.acc.length
+
+    def check(self) -> None:
+        """FrameError if the input is incomplete, undoing nothing: the caller refuses it (and aborts) before taking
+        the lock it commits under (stream.StreamReceiver.check)."""
+        with self._lock:
+            if not self.done and not self._complete():
+                raise FrameError("masked input is incomplete")
+
     def commit(self) -> None:
         """Accept the (verified) stream: atomically with respect to ``seal`` (the stage closing)."""
         with self._lock:
             if self.done:
                 raise FrameError("masked stream already closed")
-            complete = len(self.prefix) == MASKED_PREFIX and not self.carry and self.next_elem == self.acc.length
+            complete = self._complete()
             with self.acc._lock:
                 if complete and not self.acc.sealed:
                     try:             # the protocol must accept the sender first, else the words come back out
@@ -193,10 +208,19 @@ class MaskedFold:
         self._drop_journal()
 
     def _drop_journal(self) -> None:
+        """Let the spent journal go. Best effort: the fold is committed or undone by now, and an error here (a
+        full or failing spool) must not turn either into its opposite (transport.md §6.1: status 0 iff committed)."""
         self.whole = None
         if self.journal is not None:
-            self.journal.close()
-            self.journal_path.unlink(missing_ok=True)
+            try:
+                self.journal.close()
+            except OSError as e:
+                log.warning("holder %d: closing a spent undo journal failed: %s", self.sender, e)
+            try:
+                self.journal_path.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("holder %d: could not delete the spent undo journal %s: %s", self.sender,
+                            self.journal_path, e)
 
     def abort(self) -> None:
         """Subtract every folded word back out (read from the undo journal), then delete it."""
@@ -212,7 +236,10 @@ class MaskedFold:
         if self.whole is not None:
             self.acc._apply(0, self.whole, -1)
         if self.journal is not None:
-            self.journal.close()
+            try:
+                self.journal.close()
+            except OSError:          # only a record that never reached the disk: its words were never folded
+                pass
             chunk = 1 << 20                             # elements per read: bounded memory
             with open(self.journal_path, "rb") as f:
                 start = 0

@@ -185,6 +185,7 @@ class StageBoard:
                     rx.feed(decode(raw))
             except ReadStopped:   # §6.1: the stage closed (its deadline) while this stream was open, even stalled:
                 raise _TooLate(f"the stage (round {r} stage {s}) ended before its reply stream completed") from None
+            rx.check()   # an incomplete stream is refused here, and its fold undone (finally), outside the lock
             with self.cond:
                 if (self.round, self.stage) != key:
                     raise _TooLate(f"the stage (round {r} stage {s}) ended before its reply stream completed")
@@ -204,10 +205,18 @@ class StageBoard:
             return encode(Ack(ACK_TOO_LATE, "too late: the stage had ended"))
         except StopIteration:
             log.warning("holder %d: empty submit", hid)
-        except (FrameError, ValueError) as e:
-            log.warning("holder %d: refused a stream: %s", hid, e)
-        except Exception as e:  # connection lost mid-stream (grpc raises from the request iterator)
-            log.warning("holder %d: stream broke off: %s", hid, type(e).__name__)
+        except Exception as e:
+            if key is not None and self._ended(key):
+                # §6.1: its stage closed while this stream was open: whatever failed after that — a chunk taken
+                # before the close written into a fold the driver's seal has since undone, a fold opened after the
+                # seal — the reply counts for nothing because it was late, and is answered so (3), not refused (1)
+                log.warning("holder %d: answered too late: the stage (round %d stage %d) ended while its reply stream "
+                            "was open (then: %s)", hid, key[0], key[1], e)
+                return encode(Ack(ACK_TOO_LATE, "too late: the stage had ended"))
+            if isinstance(e, (FrameError, ValueError)):
+                log.warning("holder %d: refused a stream: %s", hid, e)
+            else:   # connection lost mid-stream (grpc raises from the request iterator)
+                log.warning("holder %d: stream broke off: %s", hid, type(e).__name__)
         finally:
             if rx is not None:
                 rx.abort()
@@ -220,6 +229,11 @@ class StageBoard:
                     self.failed.add(hid)
                     self.cond.notify_all()
         return encode(Ack(1, "refused"))
+
+    def _ended(self, key: tuple[int, int]) -> bool:
+        """The stage ``key`` (round, stage) no longer accepts replies: it was closed (§6.1)."""
+        with self.cond:
+            return (self.round, self.stage) != key
 
     # ------------------------------------------------------------------ driver side
     def wait_for_holders(self, r: int, *, want: int, timeout: float, fresh: float = 45.0,

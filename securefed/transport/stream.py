@@ -154,6 +154,21 @@ class StreamReceiver:
             raise FrameError("stream SHA-256 does not match its trailer")
         self.verified = True
 
+    def check(self) -> None:
+        """What ``finish()`` requires — every byte came and the trailer verified them, and the sink's own ``check()``
+        where it has one (a masked input: every word of the model) — raising FrameError *without* undoing the sink.
+        So a caller that commits under a lock (the coordinator's board, §6.1) refuses an incomplete stream first and
+        undoes it (``abort()``, reading back a journal of up to 4·P bytes) outside that lock."""
+        if self.closed:
+            raise FrameError("stream already closed")
+        if self.received != self.header.total_len:
+            raise FrameError(f"stream truncated: {self.received} of {self.header.total_len} bytes")
+        if not self.verified:
+            raise FrameError("stream ended without its trailer")
+        check = getattr(self.sink, "check", None)
+        if check is not None:
+            check()
+
     def finish(self) -> None:
         """The stream ended: commit the sink only if every byte came and the trailer verified them (§4.2)."""
         if self.closed:

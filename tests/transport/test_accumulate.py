@@ -197,3 +197,87 @@ def test_a_read_only_view_is_its_own_undo_record_and_a_writable_one_is_journalle
     assert g.whole is None and list(tmp_path.iterdir())                    # journalled
     g.abort()
     assert np.array_equal(acc.total, a) and not list(tmp_path.iterdir())
+
+
+class _FullDisk:
+    """An undo journal on a disk that fills up: writes are buffered (as io.BufferedWriter's are) and reach the file
+    at flush(); once ``full`` is set a flush fails with ENOSPC and what it held is lost; close() flushes, then closes."""
+
+    full = False
+
+    def __init__(self, f):
+        self.f, self.pending = f, []
+
+    def write(self, data):
+        self.pending.append(bytes(data))
+        return len(data)
+
+    def flush(self):
+        pending, self.pending = self.pending, []
+        if _FullDisk.full:
+            import errno
+            raise OSError(errno.ENOSPC, "No space left on device")
+        for p in pending:
+            self.f.write(p)
+        self.f.flush()
+
+    def close(self):
+        try:
+            self.flush()
+        finally:
+            self.f.close()
+
+
+def _journal_on_full_disk(monkeypatch):
+    from securefed.transport import accumulate
+
+    real = accumulate.MaskedFold._journal
+    monkeypatch.setattr(_FullDisk, "full", False)
+    monkeypatch.setattr(accumulate.MaskedFold, "_journal",
+                        lambda self: self.journal if isinstance(self.journal, _FullDisk) else
+                        setattr(self, "journal", _FullDisk(real(self))) or self.journal)
+
+
+def test_a_journal_write_the_disk_refuses_is_never_folded_and_the_rest_is_undone(tmp_path, monkeypatch):
+    """§4.3: the words were folded right after a *buffered* journal write; when the spool's disk then filled up, the
+    flush at abort raised before a word was read back, and the whole partial fold stayed in the sum (the round's
+    unmasking wrong). A word is now folded only once its undo record is on disk, and abort undoes what was."""
+    _journal_on_full_disk(monkeypatch)
+    P = 3000
+    data = _msg(1, np.arange(1, P + 1, dtype=np.uint32))
+    acc = RingAccumulator(P, 32, tmp_path)
+    f = acc.open(1)
+    f.write(0, data[:2000])
+    _FullDisk.full = True
+    with pytest.raises(OSError):
+        f.write(2000, data[2000:4000])
+        f.write(4000, data[4000:])             # (before: no error while streaming; the stream then fails anyway)
+        raise OSError("the stream failed")
+    f.abort()
+    assert not acc.total.any()
+    assert acc.committed == set()
+
+
+def test_a_committed_masked_input_is_answered_accepted_whatever_its_journals_cleanup_says(tmp_path, monkeypatch):
+    """transport.md §6.1: status 0 if and only if the reply was committed. The fold's commit dropped its spent undo
+    journal after accepting the sender; an error there (closing it: ENOSPC) escaped rx.finish(), and the board
+    answered status 1 and marked the holder failed while secagg had accepted it and its words were in the sum."""
+    from securefed.transport.accumulate import masked_prefix
+    from securefed.transport.board import StageBoard
+    from securefed.transport.frames import Kind, decode, iter_stream_frames
+
+    _journal_on_full_disk(monkeypatch)
+    P = 1000
+    payload = masked_prefix(1, 32, P) + np.arange(1, P + 1, dtype="<u4").tobytes()
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+    acc, accepted = RingAccumulator(P, 32, tmp_path), []
+
+    def on_commit(sender):
+        accepted.append(sender)
+        _FullDisk.full = True                  # the disk fills up in the instant after the commit
+    b.open_round(1, [1])
+    b.publish(2, {1: b""}, reply=True, sink=lambda h: acc.open(h, on_commit=on_commit), max_reply=len(payload))
+    frames = iter_stream_frames(b.run_id, 1, 2, Kind.REPLY, [payload], total_len=len(payload), chunk_size=1000)
+    assert decode(b.submit(1, frames, None)).status == 0
+    assert accepted == [1] and acc.committed == {1} and b.done == {1} and b.failed == set()
+    assert np.array_equal(acc.total, np.arange(1, P + 1, dtype=np.uint32))

@@ -635,3 +635,102 @@ def test_a_refused_reply_stream_leaves_no_reader_thread_behind():
         time.sleep(0.01)
     assert not [t for t in threading.enumerate() if t.name == "frame-reader"]
     assert b.streaming == {} and b.failed == {1}
+
+
+def test_a_masked_input_streaming_when_its_stage_closes_is_answered_too_late_not_refused(tmp_path):
+    """transport.md §6.1: a reply stream still open when its stage closes is answered status 3. The driver seals the
+    ring sum right after the close (aggregation.SecureSession.finish: collect, then acc.seal()), which undoes the open
+    fold; a handler that had taken its next chunk from the reader before the close then wrote it into the undone fold,
+    got "masked stream already closed" and answered status 1, a bare refusal (in a measured race, 38 of 60 streams
+    closed mid-way): the holder logged "reply refused", not that it contributed nothing to the round. Likewise a handler
+    that opened its fold only after the seal. Whatever fails once the stream's stage has ended is answered 3."""
+    import threading
+
+    import numpy as np
+
+    from securefed.transport.accumulate import RingAccumulator, masked_prefix
+    from securefed.transport.board import StageBoard
+    from securefed.transport.frames import ACK_TOO_LATE
+
+    P = 1000
+    payload = masked_prefix(1, 32, P) + np.arange(P, dtype="<u4").tobytes()
+    for when in ("chunk in hand", "fold opened after the seal"):
+        b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+        acc = RingAccumulator(P, 32, tmp_path / when.replace(" ", "-"))
+        in_hand, go = threading.Event(), threading.Event()
+
+        class Sink:                   # the fold, reached by the handler only once the stage has closed and been sealed
+            def __init__(self, h):
+                if when == "fold opened after the seal":
+                    in_hand.set()
+                    go.wait(10)
+                self.fold = acc.open(h)
+
+            def write(self, offset, data):
+                if offset and not go.is_set():
+                    in_hand.set()
+                    go.wait(10)
+                self.fold.write(offset, data)
+
+            def commit(self):
+                self.fold.commit()
+
+            def abort(self):
+                self.fold.abort()
+
+        frames = list(iter_stream_frames(b.run_id, 1, 2, Kind.REPLY, [payload], total_len=len(payload),
+                                         chunk_size=1000))
+        b.open_round(1, [1])
+        b.publish(2, {1: b"x"}, reply=True, sink=Sink, max_reply=len(payload))
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("ack", decode(b.submit(1, iter(frames), None))),
+                             daemon=True)
+        t.start()
+        assert in_hand.wait(10)
+        assert b.wait_replies(0.0) == ({}, set())      # the deadline passes with the stream open ...
+        acc.seal()                                     # ... and the driver seals the sum at once
+        go.set()
+        t.join(10)
+        assert out["ack"].status == ACK_TOO_LATE, (when, out["ack"])
+        assert not acc.total.any() and acc.committed == set() and b.streaming == {} and b.failed == set()
+
+
+def test_an_incomplete_masked_input_is_undone_outside_the_boards_lock(tmp_path, monkeypatch):
+    """726e496 moved a stream's commit under the board's lock (§6.1); a commit that fails undoes the fold right there,
+    reading back a journal of up to 4·P bytes (measured: 0.13 s per 400 MB, 0.5 s per 1.6 GB with every fetch, submit
+    and the stage's close waiting on the lock). Any holder could make it fail: send every byte but no trailer, or a
+    header one word short of the model with a valid trailer. The board now refuses an incomplete stream before it
+    takes the lock, and its undo runs with the lock free."""
+    import threading
+
+    import numpy as np
+
+    from securefed.transport import accumulate
+    from securefed.transport.accumulate import RingAccumulator, masked_prefix
+    from securefed.transport.board import StageBoard
+
+    P = 1000
+    whole = masked_prefix(1, 32, P) + np.arange(1, P + 1, dtype="<u4").tobytes()
+    held, real_abort = [], accumulate.MaskedFold.abort
+
+    def abort(self):
+        got = []
+        t = threading.Thread(target=lambda: got.append(b.cond.acquire(timeout=2) and (b.cond.release() or True)))
+        t.start()
+        t.join()
+        held.append(not got[0])
+        real_abort(self)
+    monkeypatch.setattr(accumulate.MaskedFold, "abort", abort)
+    for case in ("no trailer", "one word short"):
+        b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+        acc = RingAccumulator(P, 32, tmp_path / case.replace(" ", "-"))
+        payload = whole[:-4] if case == "one word short" else whole
+        frames = list(iter_stream_frames(b.run_id, 1, 2, Kind.REPLY, [payload], total_len=len(payload),
+                                         chunk_size=1000))
+        if case == "no trailer":
+            frames = frames[:-1]
+        b.open_round(1, [1])
+        b.publish(2, {1: b"x"}, reply=True, sink=acc.open, max_reply=len(whole))
+        assert decode(b.submit(1, iter(frames), None)).status == 1, case
+        assert not acc.total.any() and acc.committed == set() and b.failed == {1}, case
+    assert held and not any(held), held
