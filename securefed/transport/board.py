@@ -29,7 +29,11 @@ from securefed.transport.frames import (ACK_ALREADY_REPLIED, ACK_TOO_LATE, Ack, 
                                         decode, encode, iter_stream_frames, sha256_parts)
 from securefed.transport.stream import BytesSink, FrameReader, ReadStopped, StreamReceiver, expect_header
 
-__all__ = ["StageBoard"]
+__all__ = ["StageBoard", "HEADER_TIMEOUT_S"]
+
+# A reply stream's header must arrive this soon after the stream opens (transport.md §6.1): a holder sends it at
+# once; a client that opens Submit streams and sends nothing would otherwise hold each call until it leaves
+HEADER_TIMEOUT_S = 30.0
 
 log = logging.getLogger("securefed.transport.board")
 
@@ -151,10 +155,13 @@ class StageBoard:
     def submit(self, hid: int, frames, context) -> bytes:
         """One reply stream: ACK 0 once committed, 2 already replied (§6.3), 3 too late — its stage had ended when it
         arrived, or ended while it was still open (§6.1) — else 1 (refused, the real reason logged)."""
-        it = iter(frames)
         rx, key = None, None
+        reader = FrameReader(iter(frames)).start()
         try:
-            first = decode(next(it))   # the header: which round and stage this reply is for
+            try:   # the header: which round and stage this reply is for; one that never comes ends the call (§6.1)
+                first = decode(reader.take(HEADER_TIMEOUT_S))
+            except TimeoutError:
+                raise FrameError(f"no header within {HEADER_TIMEOUT_S:g} s of opening the stream") from None
             with self.cond:
                 r, s, sink_for, cap = self.round, self.stage, self._sink, self._max_reply
                 if isinstance(first, Header) and first.run_id == self.run_id and first.kind == Kind.REPLY \
@@ -173,14 +180,14 @@ class StageBoard:
                 if hid in self.failed or hid in self.done or hid in self.streaming:   # (a done holder's other header)
                     raise FrameError("holder already replied, failed or is streaming this stage")
                 # one stream per holder at a time (no holder holds several buffers); its stage's close stops it
-                reader = self.streaming[hid] = FrameReader(it)
+                self.streaming[hid] = reader
                 key = (r, s)
             head = expect_header(first, run_id=self.run_id, round_index=r, stage=s, kinds=(Kind.REPLY,), max_len=cap)
             sink = sink_for(hid) if sink_for is not None else BytesSink(cap)
             rx = StreamReceiver(head, sink)
             n = 0
             try:
-                for raw in reader.start():
+                for raw in reader:
                     n += len(raw)
                     rx.feed(decode(raw))
             except ReadStopped:   # §6.1: the stage closed (its deadline) while this stream was open, even stalled:
@@ -222,7 +229,8 @@ class StageBoard:
                 rx.abort()
             if key is not None:
                 with self.cond:
-                    self.streaming.pop(hid).stop()   # its thread ends now, not left holding a frame nobody takes
+                    self.streaming.pop(hid)
+            reader.stop()   # its thread ends now, not left holding a frame nobody takes
         if key is not None:      # an expected holder's stream failed: it is dropped for this stage (S6),
             with self.cond:      # so the stage need not wait for its deadline on its account
                 if (self.round, self.stage) == key:

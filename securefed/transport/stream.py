@@ -242,17 +242,29 @@ class FrameReader:
             self._stopped, self._frame = True, None
             self._cond.notify_all()
 
+    def take(self, timeout: float | None = None) -> bytes:
+        """The next frame. StopIteration at the stream's end, ReadStopped once stopped, TimeoutError when no frame
+        came within ``timeout`` seconds (the reader is stopped then: a header that never comes, §6.1)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._frame is not None or self._end is not None or self._stopped,
+                                       timeout=timeout):
+                self._stopped, self._frame = True, None
+                self._cond.notify_all()
+                raise TimeoutError(f"no frame within {timeout:g} s")
+            if self._stopped:
+                raise ReadStopped()
+            if self._frame is not None:
+                raw, self._frame = self._frame, None
+                self._cond.notify_all()
+                return raw
+            if isinstance(self._end, StopIteration):
+                raise StopIteration
+            raise self._end
+
     def __iter__(self) -> Iterator[bytes]:
         while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._frame is not None or self._end is not None or self._stopped)
-                if self._stopped:
-                    raise ReadStopped()
-                if self._frame is not None:
-                    raw, self._frame = self._frame, None
-                    self._cond.notify_all()
-                elif isinstance(self._end, StopIteration):
-                    return
-                else:
-                    raise self._end
+            try:
+                raw = self.take()
+            except StopIteration:
+                return
             yield raw

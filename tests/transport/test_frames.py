@@ -734,3 +734,34 @@ def test_an_incomplete_masked_input_is_undone_outside_the_boards_lock(tmp_path, 
         assert decode(b.submit(1, iter(frames), None)).status == 1, case
         assert not acc.total.any() and acc.committed == set() and b.failed == {1}, case
     assert held and not any(held), held
+
+
+def test_a_submit_that_never_sends_its_header_is_answered_and_ends(monkeypatch):
+    """transport.md §6.1: a Submit stream whose header never comes (a client that opens streams and sends nothing)
+    held its handler inside gRPC's request iterator until the client left. It is now refused after the header
+    timeout, its reader stopped; a stream that is merely empty is refused at once, as before."""
+    import threading
+    import time
+
+    from securefed.transport import board as board_mod
+    from securefed.transport.board import StageBoard
+
+    monkeypatch.setattr(board_mod, "HEADER_TIMEOUT_S", 0.3)
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+    b.open_round(1, [1])
+    b.publish(2, {1: b"x"}, reply=True, max_reply=1 << 10)
+    gone = threading.Event()
+
+    def silent():
+        gone.wait(30)   # sends nothing until the test ends
+        return
+        yield b""
+
+    t0 = time.monotonic()
+    assert decode(b.submit(1, silent(), None)).status == 1
+    assert time.monotonic() - t0 < 5 and b.streaming == {}
+    gone.set()
+    assert decode(b.submit(1, iter([]), None)).status == 1
+    frames = list(iter_stream_frames(b.run_id, 1, 2, Kind.REPLY, [b"x" * 200], total_len=200, digest=None,
+                                     chunk_size=40))
+    assert decode(b.submit(1, iter(frames), None)).status == 0      # a holder that sends at once is unaffected
