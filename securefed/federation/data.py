@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from securefed.training.data.config import eval_split_for   # the rule's owner is the data config (dp.md §10.2)
+
 __all__ = ["HolderData", "federated_data", "eval_split_for", "check_unit_caps", "forget_corpora", "holder_rows",
            "document_rows", "record_counts",
            "shared_trainer", "CoordinatorData", "coordinator_data"]
@@ -19,19 +21,6 @@ __all__ = ["HolderData", "federated_data", "eval_split_for", "check_unit_caps", 
 _lock = threading.Lock()
 _corpora: dict = {}
 _trainers: dict = {}
-
-
-def eval_split_for(dp_sgd, data_cfg) -> str:
-    """The held-out split (data.eval_split; "auto": what the DP-SGD unit needs, protocols/dp.md §10.2):
-    "independent" under unit=document (each document by a hash of its own text), else "budget" (unit=group
-    splits by id in the pipeline anyway). ValueError for unit=document with an explicit "budget"."""
-    doc = dp_sgd.enabled and dp_sgd.unit == "document"
-    if data_cfg.eval_split == "auto":
-        return "independent" if doc else "budget"
-    if doc and data_cfg.eval_split == "budget":
-        raise ValueError("train.dp_sgd.unit=document needs data.eval_split independent (or auto): the token-budget "
-                         "split ties each document's side to the others, so removing one moves others (dp.md §10.2)")
-    return data_cfg.eval_split
 
 
 def federated_data(data_cfg, *, n_holders: int, seed: int, progress: bool, eval_split: str = "budget"):

@@ -106,7 +106,8 @@ class Simulation:
                                      seq_len=cfg.data.seq_len)
         # ε at the smallest holder (its sampling rate is the largest), δ ≤ 1/records at the largest
         self.preflight = privacy_preflight(cfg, dim=dim, records=min(sizes), max_records=max(sizes),   # refused here
-                                           max_documents=max(units), documents=min(units), resumed_ledgers=self.rd.privacy if resume else None)
+                                           max_documents=max(units), documents=min(units),
+                                           resumed_ledgers=self.rd.privacy if resume else None)
         self.ray = None
         if backend == "ray":   # an unreachable cluster or unmet resources: one error, no run directory
             from securefed.federation.ray_cluster import RayOptions, connect

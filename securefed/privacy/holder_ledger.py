@@ -185,7 +185,8 @@ def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> s
         field = rl.get("unit_field")
         if field is not None and (not isinstance(field, str) or not field or record_unit(rl) != "group"):
             return f"{where}: record_level unit_field must be a non-empty field name, and only with unit group"
-        if last is not None and record_unit(rl) == "group" and field != last[5]:
+        # a release before the field was signed (None) may be followed by one naming it; never another field
+        if last is not None and record_unit(rl) == "group" and last[5] is not None and field != last[5]:
             return (f"{where}: the record-level groups changed from data.unit_field {last[5]!r} to {field!r} within "
                     "one run: its steps protected each value of another field, so no single per-group ε holds")
         pad = rl.get("padded_rows")

@@ -21,7 +21,7 @@ from securefed.configio import ConfigError, from_dict, load_yaml, override
 from securefed.privacy.config import DPConfig
 from securefed.secagg.config import SecAggConfig
 from securefed.training.config import OuterConfig, TrainConfig, get_preset
-from securefed.training.data.config import DataConfig
+from securefed.training.data.config import DataConfig, eval_split_for
 
 __all__ = ["ModelSection", "FederationConfig", "AggregationConfig", "NetworkConfig", "LoggingConfig", "RunConfig",
            "load_run_config", "list_presets", "closest_preset"]
@@ -148,9 +148,7 @@ class RunConfig:
                 raise ValueError(f"baseline_lr must be > 0 and finite, got {self.baseline_lr}")
         if self.privacy.mode == "distributed" and self.aggregation.mode == "plain":
             raise ValueError("privacy.mode=distributed needs secure aggregation (aggregation.mode secagg)")
-        if self.train.dp_sgd.enabled and self.train.dp_sgd.unit == "document" and self.data.eval_split == "budget":
-            raise ValueError("train.dp_sgd.unit=document needs data.eval_split independent (or auto): the token-budget "
-                             "split ties each document's side to the others, so removing one moves others (dp.md §10.2)")
+        eval_split_for(self.train.dp_sgd, self.data)   # ValueError for unit=document with "budget" (dp.md §10.2)
         if self.train.dp_sgd.enabled and self.train.dp_sgd.unit == "group" and self.data.unit_field is None:
             raise ValueError("train.dp_sgd.unit=group needs data.unit_field: the JSONL field or Parquet column naming "
                              "whom each record is about (e.g. a patient id)")

@@ -71,14 +71,12 @@ class DPSGDConfig:
 
     def padded_batch(self, batch_size: int) -> int | None:
         """hide_batch_size: the rows every step's Poisson batch is padded to at least (dp.md §10.4), from public
-        numbers only — the configured batch and 1 row per record, or max_rows_per_document per document;
-        the trainer rounds it up to whole slices. None when not hiding, or when a per-document cap is missing (the
-        holder then refuses to start)."""
+        numbers only — the configured batch and 1 row per record, or max_rows_per_document per document (which
+        __post_init__ requires; it refuses unit=group); the trainer rounds it up to whole slices. None when not
+        hiding."""
         if not (self.enabled and self.hide_batch_size):
             return None
-        k = self.max_rows_per_document if self.whole_units else 1
-        if k is None or self.unit == "group":   # refused by __post_init__; a group's rows have no public bound
-            return None
+        k = self.max_rows_per_document if self.unit == "document" else 1
         from securefed.privacy.dpsgd import padded_batch_rows
 
         return padded_batch_rows(batch_size, k)

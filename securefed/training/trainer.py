@@ -321,13 +321,9 @@ class HolderTrainer:
             from securefed.privacy.dpsgd import HIDE_TAIL, batch_tail_bound
 
             dps = parent.cfg.dp_sgd
-            cap = dps.padded_batch(batch_size)
-            if cap is None:
-                raise ValueError(f"holder {holder_id}: train.dp_sgd.hide_batch_size with unit={dps.unit}: no public "
-                                 "bound on a unit's rows (document: set max_rows_per_document; group: none exists), so "
-                                 "the padded batch would depend on this holder's data (protocols/dp.md §10.4)")
-            size = parent._dp_fixed_slice or dps.micro_batch_size or cap
-            self._dp_pad_rows = math.ceil(cap / size) * size
+            cap = dps.padded_batch(batch_size)        # public numbers only (DPSGDConfig refuses what has none)
+            self._dp_pad_slice = parent._dp_fixed_slice or dps.micro_batch_size or cap
+            self._dp_pad_rows = math.ceil(cap / self._dp_pad_slice) * self._dp_pad_slice
             # only with a public sample_rate can this holder's own q·N exceed the batch the padding was sized for
             own = batch_tail_bound(counts.tolist() if units is not None else [1] * data.shape[0], self.dp_rate, cap)
             if own > HIDE_TAIL:
@@ -455,7 +451,7 @@ class HolderTrainer:
         idx = mask.nonzero().squeeze(1)       # a pass over every row whatever the draw; its output, 8 bytes a row
         real, pad = idx.shape[0], self._dp_pad_rows
         if real > pad:
-            size = self.parent._dp_fixed_slice or self.parent.cfg.dp_sgd.micro_batch_size or pad
+            size = self._dp_pad_slice
             log.warning("holder %d: a Poisson batch outgrew train.dp_sgd.hide_batch_size's padded batch (a "
                         "probability <= 1e-15 event, dp.md §10.4): this step's compute shows its size", self.holder_id)
             pad = math.ceil(real / size) * size

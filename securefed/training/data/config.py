@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["DataConfig", "default_cache_dir"]
+__all__ = ["DataConfig", "default_cache_dir", "eval_split_for"]
 
 
 def _is_int(v: object) -> bool:
@@ -96,3 +96,16 @@ def default_cache_dir(configured: str | None = None) -> Path:
     """``configured``, else ``$SECUREFED_CACHE``, else ``~/.cache/securefed``."""
     raw = configured or os.environ.get("SECUREFED_CACHE") or "~/.cache/securefed"
     return Path(raw).expanduser()
+
+
+def eval_split_for(dp_sgd, data_cfg) -> str:
+    """The held-out split (data.eval_split; "auto": what the DP-SGD unit needs, protocols/dp.md §10.2):
+    "independent" under unit=document (each document by a hash of its own text), else "budget" (unit=group
+    splits by id in the pipeline anyway). ValueError for unit=document with an explicit "budget"."""
+    doc = dp_sgd.enabled and dp_sgd.unit == "document"
+    if data_cfg.eval_split == "auto":
+        return "independent" if doc else "budget"
+    if doc and data_cfg.eval_split == "budget":
+        raise ValueError("train.dp_sgd.unit=document needs data.eval_split independent (or auto): the token-budget "
+                         "split ties each document's side to the others, so removing one moves others (dp.md §10.2)")
+    return data_cfg.eval_split
