@@ -27,6 +27,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from rich.markup import escape
@@ -60,11 +61,14 @@ class PreflightRefused(ValueError):
     """The pre-flight privacy check finds that this configuration cannot learn (protocols/dp.md §12)."""
 
 
-def privacy_preflight(cfg, *, dim: int, records: int | None, max_records: int | None = None,
-                      max_documents: int | None = None, documents: int | None = None,
+def privacy_preflight(cfg, *, dim: int, records: Sequence[int] | None, documents: Sequence[int] | None = None,
                       resumed_ledgers: Path | None = None):
     """The pre-flight privacy check of a run (privacy/preflight.py), before anything is trained or written:
     PreflightError (no guarantee) or PreflightRefused (cannot learn, not forced); else the Preflight.
+    ``records`` / ``documents``: per holder, in holder order (holder i+1 is shard i), the rows its DP-SGD samples
+    from and its documents or groups (federation.data.record_counts); None where the holders check their own
+    (network mode). Each holder is checked at its own batch size and local steps (federation.holder_batch_sizes /
+    holder_local_steps), and the check states the one with the largest record-level ε.
     ``resumed_ledgers``: a resumed run's RUN_DIR/privacy — the check accounts under the scheme its ledger began
     with, as the run will (dp.md §6.5); LedgerError (a ValueError) if that cannot be read."""
     from securefed.privacy.preflight import RecordLevel, preflight
@@ -76,11 +80,17 @@ def privacy_preflight(cfg, *, dim: int, records: int | None, max_records: int | 
     rec = None
     if t.dp_sgd.enabled and records:
         joins = math.ceil(fed.rounds * n / fed.n_holders)
-        rec = RecordLevel(noise_multiplier=t.dp_sgd.noise_multiplier, max_grad_norm=t.dp_sgd.max_grad_norm,
-                          delta=t.dp_sgd.delta, batch_size=t.batch_size, records=records, steps=t.local_steps * joins,
-                          max_records=max_records, unit=t.dp_sgd.unit, max_documents=max_documents,
-                          sample_rate=t.dp_sgd.sample_rate, documents=documents,
-                          padded_rows=t.dp_sgd.padded_batch(t.batch_size))
+        units = list(documents) if documents else list(records)
+        rec = []
+        for i, rows in enumerate(records):
+            k = fed.holder_local_steps[i] if fed.holder_local_steps else t.local_steps
+            bs = fed.holder_batch_sizes[i] if fed.holder_batch_sizes else t.batch_size
+            rec.append(RecordLevel(noise_multiplier=t.dp_sgd.noise_multiplier, max_grad_norm=t.dp_sgd.max_grad_norm,
+                                   delta=t.dp_sgd.delta, batch_size=bs, records=rows, steps=k * joins,
+                                   max_records=max(records), unit=t.dp_sgd.unit, max_documents=max(units),
+                                   sample_rate=t.dp_sgd.sample_rate,
+                                   documents=units[i], padded_rows=t.dp_sgd.padded_batch(bs),
+                                   epsilon_cap=t.dp_sgd.epsilon_cap, rounds_steps=k, holder=i + 1))
     kw = {} if resumed_ledgers is None else {"scheme": run_scheme(resumed_ledgers)}
     pf = preflight(cfg.privacy, population=fed.n_holders, cohort_size=n, rounds=fed.rounds, dim=dim,
                    sampling=fed.sampling, min_survivors=t_min, record_level=rec, **kw)

@@ -225,6 +225,18 @@ class Holder:
             self._trainer_anchor = None
             raise
         log.info("holder %d joined run %s (next round %d)", self.id, w.run_id.hex(), self.next_round)
+        dp = self.cfg.dp_sgd
+        if dp.enabled:   # dp.md §10.5: what the run's plan would spend, and who decides it
+            planned = self.trainer.dp_epsilon_after(w.local_steps * max(0, w.rounds - self.next_round + 1))
+            if dp.epsilon_cap is None:
+                log.warning("holder %d: no dp_sgd.epsilon_cap: the coordinator's batch size, local steps and rounds "
+                            "decide this holder's record-level epsilon (%.4g at delta %.3g if it joins every round "
+                            "left); set dp_sgd.epsilon_cap to bound it (protocols/dp.md §10.5)", self.id, planned,
+                            dp.delta)
+            elif planned > dp.epsilon_cap:
+                log.warning("holder %d: joining every round left would take its record-level epsilon to %.4g, above "
+                            "its dp_sgd.epsilon_cap %g: it will refuse rounds once the next would pass the cap",
+                            self.id, planned, dp.epsilon_cap)
 
     def prepare_data(self):
         from securefed.federation.data import holder_rows
@@ -577,6 +589,7 @@ class Holder:
             why = self._check_spec(offer.spec, len(offer.cohort))
         except ValueError as e:   # a plan no encoder can be built from (a share std below ½, a ring it would wrap)
             why = f"the offered plan cannot be encoded with: {e}"
+        why = why or self._record_level_problem()   # at the offer only: at the plan its steps are already trained
         if why:
             return self._refuse(r, why, offer.spec)
         self._round = _Round(offer)
@@ -616,6 +629,20 @@ class Holder:
             return None if pol.epsilon_cap is None else "mode none: epsilon would be infinite, above this holder's cap"
         ok, proj = self.budget.admits(spec, min_survivors=t_min)
         return None if ok else _over_cap("joining", proj, spec, t_min, pol.epsilon_cap)
+
+    def _record_level_problem(self) -> str | None:
+        """dp.md §10.5: the round's DP-SGD steps (the welcome's local steps at this holder's own rate) would take
+        its record-level ε above its own dp_sgd.epsilon_cap. Checked before it trains: the accountant counts every
+        step trained, released or not. The coordinator chooses the batch size, local steps and rounds; the cap is
+        what the holder's own config lets them spend."""
+        cap = self.cfg.dp_sgd.epsilon_cap
+        if not self.cfg.dp_sgd.enabled or cap is None or self.trainer is None:
+            return None
+        proj = self.trainer.dp_epsilon_after(self.welcomed.local_steps)
+        if proj is None or proj <= cap:
+            return None
+        return (f"its {self.welcomed.local_steps} DP-SGD steps would take this holder's record-level epsilon to "
+                f"{proj:.4g} (at delta {self.cfg.dp_sgd.delta:.3g}), above its dp_sgd.epsilon_cap {cap:g}")
 
     def _on_model(self, rs: _Round, payload: bytes | bytearray) -> None:
         import torch

@@ -104,9 +104,8 @@ class Simulation:
                             eval_split=eval_split_for(cfg.train.dp_sgd, cfg.data))
         sizes, units = record_counts(fd, n_holders=cfg.federation.n_holders, dp_sgd=cfg.train.dp_sgd,
                                      seq_len=cfg.data.seq_len)
-        # ε at the smallest holder (its sampling rate is the largest), δ ≤ 1/records at the largest
-        self.preflight = privacy_preflight(cfg, dim=dim, records=min(sizes), max_records=max(sizes),   # refused here
-                                           max_documents=max(units), documents=min(units),
+        # every holder at its own batch, local steps and records; δ ≤ 1/records at the largest
+        self.preflight = privacy_preflight(cfg, dim=dim, records=sizes, documents=units,   # refused here
                                            resumed_ledgers=self.rd.privacy if resume else None)
         self.ray = None
         if backend == "ray":   # an unreachable cluster or unmet resources: one error, no run directory

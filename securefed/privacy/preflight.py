@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, Sequence
 
 from securefed.privacy.accountant import ACCOUNTANT_SCHEME, SCHEMES, Accountant, RoundEvent
 from securefed.privacy.config import DPConfig, default_delta
@@ -59,6 +59,9 @@ class RecordLevel:
     sample_rate: float | None = None   # train.dp_sgd.sample_rate: a public q (else B / records, dp.md §10.3)
     documents: int | None = None       # unit=document / group: the smallest holder's units (its signal per step)
     padded_rows: int | None = None     # train.dp_sgd.hide_batch_size: the rows every step pads to (dp.md §10.4)
+    epsilon_cap: float | None = None   # train.dp_sgd.epsilon_cap: the holder refuses a round that would pass it (§10.5)
+    rounds_steps: int | None = None    # DP-SGD steps of one round it joins (for the cap; default: steps)
+    holder: int | None = None          # whose numbers these are (one RecordLevel per holder: the check states the worst)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,9 @@ class Preflight:
                    "group": "group of documents sharing a data.unit_field value (whole groups sampled; a group of k rows "
                             "clipped to C/k per row)"}.get(r.get("unit"), "training sequence (packed rows: a document is "
                                                                          "not one record)")
+            if (r.get("holders") or 1) > 1 and r.get("holder") is not None:
+                out.append(f"  the largest record-level ε of {r['holders']} holders is holder-{r['holder']}'s, each checked "
+                           "at its own batch, local steps and records:")
             out.append(f"  record-level DP-SGD: σ = {f(r['noise_multiplier'])}, batch {r['batch_size']} of {r['records']} "
                        f"{'document-packed rows' if doc else 'records'}, {r['steps']} steps: ε "
                        f"{f(r['epsilon_planned'])} at δ = {r['delta']:.3g} per {per}"
@@ -132,9 +138,20 @@ class Preflight:
                 out.append(f"  record-level sampling rate q = batch / records = {f(r['sample_rate'])} depends on each holder's "
                            "record count, which its record-level ε (sent to the coordinator every round) reveals; set "
                            "train.dp_sgd.sample_rate to a public q to keep the count private (protocols/dp.md §10.3)")
+            if r.get("epsilon_cap") is None:
+                out.append("  no record-level cap (train.dp_sgd.epsilon_cap): the run's batch size, local steps and rounds "
+                           "decide each holder's record-level ε (dp.md §10.5)")
+            elif r.get("cap_round"):
+                out.append(f"  train.dp_sgd.epsilon_cap = {f(r['epsilon_cap'])} will be reached: "
+                           f"{'holder-' + str(r['holder']) if r.get('holder') is not None else 'a holder'} refuses its "
+                           f"{r['cap_round']}{_nth(r['cap_round'])} round and every later one (each would pass the cap)")
+            else:
+                out.append(f"  record-level cap train.dp_sgd.epsilon_cap = {f(r['epsilon_cap'])}: not reached by the plan")
             if r.get("padded_rows"):
-                out.append(f"  record-level batch size hidden: every DP-SGD step runs one padded batch of at least "
-                           f"{r['padded_rows']} rows ({r['padded_rows'] / r['batch_size']:.2f}× the expected batch), "
+                by = r.get("padded_rows_by_holder")
+                rows = (", ".join(f"holder-{h} {p}" for h, p in by.items()) if by else f"at least {r['padded_rows']} rows "
+                        f"({r['padded_rows'] / r['batch_size']:.2f}× the expected batch)")
+                out.append(f"  record-level batch size hidden: every DP-SGD step runs one padded batch ({rows}), "
                            "whatever its Poisson draw, rounded up to whole ghost slices (train.dp_sgd.micro_batch_size; "
                            "under bf16 without it, whole batches) (dp.md §10.4)")
             else:
@@ -194,11 +211,37 @@ def _cap_warnings(config: DPConfig, *, rounds: int, joins: int, q: float, eps_ro
     cap = config.holder_epsilon_cap
     k = _first_over(cap, joins, eps_holder) if cap is not None else None
     if k is not None:
-        nth = f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+        nth = f"{k}{_nth(k)}"
         when = f"round {k}" if q >= 1 else f"its {nth} round in a cohort (about round {min(rounds, math.ceil(k / q))} at q = {q:.3g})"
         out.append(f"privacy.holder_epsilon_cap = {cap:g} will be reached: a holder refuses a round whose own ε, assuming "
                    f"the fewest survivors it accepts, would exceed its cap ({eps_holder(k):.4g} at {when}), so each holder "
                    f"stops taking part from {when} on, before the {joins} rounds it is planned to join")
+    return out
+
+
+def _nth(k: int) -> str:
+    return "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+
+
+def _record_levels(levels: RecordLevel | Sequence[RecordLevel], dim: int, problems: list[str]) -> dict | None:
+    """Record-level DP-SGD of every holder (one RecordLevel each: its own batch, steps and records, as
+    federation.holder_batch_sizes / holder_local_steps give them): each one's problems, and the numbers of the
+    holder whose planned ε is the largest (the check states the worst, never the configured default's)."""
+    levels = [levels] if isinstance(levels, RecordLevel) else list(levels)
+    if not levels:
+        return None
+    found: list[dict] = []
+    for r in levels:
+        own: list[str] = []
+        found.append(_record_level(r, dim, own))
+        problems.extend(p for p in own if p not in problems)
+    if any(not d for d in found):
+        return {}
+    worst = max(found, key=lambda d: (d["epsilon_planned"], d["noise_to_signal"]))
+    out = dict(worst, holders=len(found))
+    pads = {d["holder"]: d["padded_rows"] for d in found}
+    if len(set(pads.values())) > 1:
+        out["padded_rows_by_holder"] = {str(h): p for h, p in pads.items()}
     return out
 
 
@@ -226,6 +269,21 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
         eps = eps_from_rdp(rdp, r.delta)[0]
     elif r.steps == 0:
         eps = 0.0
+    cap_round = None   # dp.md §10.5: the first of its rounds the holder refuses under train.dp_sgd.epsilon_cap
+    per_round = r.rounds_steps or r.steps
+    if r.epsilon_cap is not None and r.noise_multiplier > 0 and per_round > 0 and eps > r.epsilon_cap:
+        from securefed.privacy.rdp import ORDERS, eps_from_rdp
+
+        def after(k: int) -> float:
+            rdp = compute_rdp(q=q, noise_multiplier=r.noise_multiplier, steps=k * per_round, orders=list(ORDERS))
+            return eps_from_rdp(rdp, r.delta)[0]
+
+        if after(1) > r.epsilon_cap:
+            who = "" if r.holder is None else f" of holder {r.holder}"
+            problems.append(f"train.dp_sgd.epsilon_cap = {r.epsilon_cap:g} is below the record-level cost of one round"
+                            f"{who} ({after(1):.4g} for its {per_round} DP-SGD steps): it would refuse every round")
+        else:
+            cap_round = _first_over(r.epsilon_cap, max(1, r.steps // per_round), after)
     # per step: noise std σ·C_rec per coordinate of the summed clipped gradients vs the sum of E[batch] = q·N clipped
     # gradients' C_rec/√d each (with q = B/N: σ·√d/B; the divisor of the sum scales both alike). Under unit=document
     # or group a unit's k rows share one C_rec, so the signal is q·(units), not q·(rows): far less per step
@@ -234,12 +292,12 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
     return {"noise_multiplier": r.noise_multiplier, "max_grad_norm": r.max_grad_norm, "delta": r.delta,
             "batch_size": r.batch_size, "records": r.records, "steps": r.steps, "sample_rate": q, "unit": r.unit,
             "epsilon_planned": eps, "noise_to_signal": nts, "public_sample_rate": r.sample_rate is not None,
-            "padded_rows": r.padded_rows}
+            "padded_rows": r.padded_rows, "holder": r.holder, "epsilon_cap": r.epsilon_cap, "cap_round": cap_round}
 
 
 def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: int, dim: int,
               sampling: Literal["poisson", "fixed"], typical_update_norm: float | None = None,
-              min_survivors: int | None = None, record_level: RecordLevel | None = None,
+              min_survivors: int | None = None, record_level: RecordLevel | Sequence[RecordLevel] | None = None,
               force: bool | None = None, scheme: int = ACCOUNTANT_SCHEME) -> Preflight:
     """The pre-flight check (module doc). Raises PreflightError for parameters that give no guarantee.
     ``force`` (default: ``config.force_unlearnable``) lets a configuration that cannot learn train anyway.
@@ -301,7 +359,7 @@ def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: in
     if config.server_epsilon_cap is not None and eps_round > config.server_epsilon_cap:
         problems.append(f"privacy.server_epsilon_cap = {config.server_epsilon_cap:g} is below the cost of one round "
                         f"({eps_round:.4g}): the federation would stop before its first round")
-    rec = _record_level(record_level, dim, problems) if record_level is not None else None
+    rec = _record_levels(record_level, dim, problems) if record_level is not None else None
     warns = _cap_warnings(config, rounds=rounds, joins=joins, q=q,
                           eps_rounds=lambda k: acc.epsilon(delta, [ev(m, q)] * k),
                           eps_holder=lambda k: holder_acc.epsilon(delta, [ev(m, 1.0)] * (k - 1) + [ev(surv_min, 1.0)])

@@ -51,6 +51,10 @@ class DPSGDConfig:
     accountant assumes the batch size is secret). The padded batch is the size a Poisson batch exceeds with
     probability <= 10⁻¹⁵ a step (privacy.dpsgd.padded_batch_rows); it costs that much more compute a step
     (≈ 8.5–9.6 standard deviations above the expected batch: +19 % at 2,048 of 61,074 rows, 2.2× at 64).
+    ``epsilon_cap`` (protocols/dp.md §10.5): the most record-level ε (at ``delta``) this holder spends in a run.
+    The coordinator chooses the batch size, the local steps and the rounds, so without a cap it chooses the
+    holder's record-level ε; with one, the holder refuses any round whose DP-SGD steps would take its ε above it,
+    before it trains (its accountant counts steps trained whether or not they are released).
     """
 
     enabled: bool = False
@@ -63,6 +67,7 @@ class DPSGDConfig:
     max_rows_per_document: int | None = None
     sample_rate: float | None = None
     hide_batch_size: bool = False
+    epsilon_cap: float | None = None
 
     @property
     def whole_units(self) -> bool:
@@ -90,6 +95,10 @@ class DPSGDConfig:
                 raise ValueError(f"train.dp_sgd.{name} must be finite, got {v}")
         if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or not 0 < self.delta < 1:
             raise ValueError("train.dp_sgd: noise_multiplier >= 0, max_grad_norm > 0 and 0 < delta < 1 required")
+        if self.epsilon_cap is not None:
+            c = self.epsilon_cap
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
+                raise ValueError(f"train.dp_sgd.epsilon_cap must be a finite number > 0 or null, got {c!r}")
         if self.clipping not in ("per_sample", "ghost"):
             raise ValueError(f"train.dp_sgd.clipping must be 'per_sample' or 'ghost', got {self.clipping!r}")
         if self.micro_batch_size is not None:

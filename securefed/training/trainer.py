@@ -394,6 +394,22 @@ class HolderTrainer:
         (a restart that turned hide_batch_size on, or changed the batch: those steps' compute showed their draws)."""
         return self._dp_pad_signed
 
+    def dp_epsilon_after(self, steps: int) -> float | None:
+        """Record-level ε (at train.dp_sgd.delta) once ``steps`` more DP-SGD steps at this holder's rate have run,
+        on top of every step the accountant holds (dp.md §10.5: checked before a round trains); None without
+        DP-SGD."""
+        hist = self.dp_history()
+        if hist is None:
+            return None
+        from securefed.privacy.rdp import clamp_epsilon
+        from opacus.accountants import RDPAccountant
+
+        acc = RDPAccountant()
+        acc.history = [(z, q, n) for z, q, n in hist]
+        if steps > 0:
+            acc.history.append((float(self.parent.cfg.dp_sgd.noise_multiplier), float(self.dp_rate), int(steps)))
+        return clamp_epsilon(acc.get_epsilon(self.parent.cfg.dp_sgd.delta)) if acc.history else 0.0
+
     def dp_history(self) -> list[list[float]] | None:
         """The accountant's (σ, q, steps) history, as recorded in the holder's signed release entries."""
         acc = getattr(self, "accountant", None)

@@ -231,7 +231,7 @@ def test_the_pre_flight_says_when_the_batch_size_is_not_hidden():
     lines = {}
     for hide in ("false", "true"):
         cfg = load_run_config(preset="demo", overrides=base + (f"train.dp_sgd.hide_batch_size={hide}",))
-        pf = privacy_preflight(cfg, dim=10_000, records=900, max_records=1000)
+        pf = privacy_preflight(cfg, dim=10_000, records=[900, 1000])
         lines[hide] = "\n".join(pf.lines())
         assert pf.record_level["padded_rows"] == cfg.train.dp_sgd.padded_batch(cfg.train.batch_size)
     assert "batch size NOT hidden" in lines["false"] and "hide_batch_size pads" in lines["false"]
