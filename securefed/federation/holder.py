@@ -7,7 +7,9 @@ checks everything it is sent (rules H1–H9 below) and answers a message it does
 logged refusal or silence — never a traceback, never a second release.
 
     H1  a Welcome must fit this holder's floors (aggregation mode, ring, threshold, graph, privacy
-        mode, σ) and its own tokenizer; else it leaves the run (PolicyRefused, exit 7).
+        mode, σ, and under ckks+secagg its CKKS floor: survivors, verified sums, flooding, routed
+        tensors, key scope and lifetime; never with distributed DP) and its own tokenizer; else it
+        leaves the run (PolicyRefused, exit 7).
     H2  an Offer is for a round it has not yet taken part in, names it, and carries a privacy plan of
         the welcomed mode, ring and δ, at or above its floors, for a cohort of at least its minimum; a
         central plan is made for a population equal to its roster's size (dp.md §2.1).
@@ -197,6 +199,9 @@ class Holder:
             if w.secagg.threshold_fraction < floor.threshold_fraction:
                 raise PolicyRefused(f"threshold fraction {w.secagg.threshold_fraction} is below this holder's floor "
                                     f"{floor.threshold_fraction}")
+        if w.aggregation == "ckks+secagg" and w.privacy_mode == "distributed":
+            # H1: the CKKS part carries no noise share (ckks.md §9; runtime/config.py refuses the pair too)
+            raise PolicyRefused("distributed DP with aggregation ckks+secagg: the CKKS part would carry no noise share")
         data = self.prepare_data()
         if data.tokenizer_sha256 != w.tokenizer_sha256:   # what to change, not only that the hashes differ
             if len(data.tokenizer) != w.vocab_size:
@@ -213,13 +218,18 @@ class Holder:
         try:
             self._hold_state_dir()
             self._build_trainer(w, data)
+            if w.aggregation == "ckks+secagg":
+                from securefed.ckks.routing import plan_routes
+
+                self._route_plan = plan_routes(self._layout, w.ckks)
+                # H1: the CKKS settings at or above this holder's own floor (federation.md §4.2, ckks.md §2–§5)
+                why = pol.ckks.refusal(w.ckks, [(e.name, e.numel) for e in self._route_plan.entries if e.route == "ckks"])
+                if why:
+                    raise PolicyRefused(why)
             self.budget = self._open_budget(w.run_id.hex())
             self._load_state()
             if w.aggregation == "ckks+secagg":
                 self.ckks = HolderRole(HolderSecrets(self.id, self.identity), w.ckks)
-                from securefed.ckks.routing import plan_routes
-
-                self._route_plan = plan_routes(self._layout, w.ckks)
         except BaseException:   # H1: a refused welcome leaves a holder that answers nothing, not a half-joined one
             self.welcomed, self.budget, self.trainer, self.ckks, self.next_round = None, None, None, None, 1
             self._trainer_anchor = None

@@ -144,6 +144,33 @@ def test_h1_a_reconnect_cannot_change_the_settings_the_floors_were_checked_again
     assert holder.welcomed.aggregation == "secagg" and fed.ledger(1) == []
 
 
+CKKS_CASES = {"one-survivor": {"min_survivors": 1}, "unverified": {"verify_aggregate": False},
+              "no-flooding": {"decrypt_flood_bits": 0}, "roster-keys": {"key_scope": "roster"},
+              "long-lived-keys": {"rotate_key_every_rounds": 50}, "large-tensors": {"max_elements": 1 << 20},
+              "distributed": None}
+
+
+@pytest.mark.parametrize("case", sorted(CKKS_CASES))
+def test_h1_a_ckks_welcome_below_the_holders_own_ckks_floor_leaves_the_run_having_written_nothing(make, case):
+    """The CKKS policy is the coordinator's to send, not to choose: an audit's coordinator sent min_survivors 1, the
+    decryptor released holder 2's CKKS part alone (|released − x₂| 3.5e-12) while holder 2 settled at 4 survivors.
+    Each field that weakens it is held to the holder's own policy.ckks (defaults: ckks.md's), and distributed DP is
+    refused with CKKS (that part would carry no noise share)."""
+    from securefed.federation.holder_config import CkksFloor
+
+    fed = make(*CKKS, policies={1: {"ckks": CkksFloor(max_key_rounds=2)}}, start=False)   # its own floor, not the run's
+    holder, w = fed.holders[1], decode_as(fed.coordinator.welcome_for(1), Welcome)
+    bad = (_welcome(fed, privacy_mode="distributed") if CKKS_CASES[case] is None
+           else _welcome(fed, ckks=dataclasses.replace(w.ckks, **CKKS_CASES[case])))
+    with pytest.raises(PolicyRefused) as e:
+        holder.welcome(bad)
+    assert "CKKS" in str(e.value) and "ckks_size" not in str(e.value)
+    assert holder.welcomed is None and holder.budget is None and holder.ckks is None
+    assert not (holder.state_dir / "ledger.jsonl").exists() and not (holder.state_dir / "holder_state.json").exists()
+    holder.welcome(fed.coordinator.welcome_for(1))                  # the run's own settings are at the floor
+    assert holder.welcomed.ckks == w.ckks
+
+
 # ------------------------------------------------------------------------- H2
 def test_h2_an_offer_of_a_round_already_taken_part_in_is_refused(make, monkeypatch):
     fed = make()
