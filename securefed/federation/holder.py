@@ -8,8 +8,8 @@ logged refusal or silence — never a traceback, never a second release.
 
     H1  a Welcome must fit this holder's floors (aggregation mode, ring, threshold, graph, privacy
         mode, σ, and under ckks+secagg its CKKS floor: survivors, verified sums, flooding, routed
-        tensors, key scope and lifetime; never with distributed DP) and its own tokenizer; else it
-        leaves the run (PolicyRefused, exit 7).
+        tensors, key scope and lifetime; never with distributed DP), its own tokenizer, and a batch its
+        rows fill (a cut batch shows its row count); else it leaves the run (PolicyRefused, exit 7).
     H2  an Offer is for a round it has not yet taken part in, names it, and carries a privacy plan of
         the welcomed mode, ring and δ, at or above its floors, for a cohort of at least its minimum; a
         central plan is made for a population equal to its roster's size (dp.md §2.1).
@@ -284,6 +284,11 @@ class Holder:
                                               dp_secret_seed=dp_seed, units=data.units)
         except ValueError as e:   # the run's settings against this holder's own data and dp_sgd (e.g. dp.md §10.4)
             raise PolicyRefused(str(e)) from None
+        if self.trainer.batch_size != w.batch_size:
+            # H1 (federation.md §4.2): a batch cut to the rows it holds would put its row count in every Ready's
+            # tokens (K·min(B, N)·T: an audit's coordinator sent B = 2^40 and read N = 378) and in each step's time
+            raise PolicyRefused(f"the run's batch_size {w.batch_size} is more rows than this holder trains on per step; "
+                                "a smaller batch would show the coordinator how many rows it holds")
 
     # ------------------------------------------------------------------ state (own files only)
     @property

@@ -144,6 +144,23 @@ def test_h1_a_reconnect_cannot_change_the_settings_the_floors_were_checked_again
     assert holder.welcomed.aggregation == "secagg" and fed.ledger(1) == []
 
 
+def test_h1_a_batch_above_the_holders_rows_is_refused_so_no_reply_shows_its_row_count(make):
+    """The trainer cuts a batch to the rows a holder has, and Ready's tokens are K·min(B, N)·T: an audit's coordinator
+    sent batch_size 2^40 and read N = 378 off the first Ready (under distributed DP too). The holder leaves instead."""
+    fed = make(*DP, start=False)
+    holder = fed.holders[1]
+    with pytest.raises(PolicyRefused, match="batch_size 1099511627776 is more rows") as e:
+        holder.welcome(_welcome(fed, batch_size=1 << 40))
+    rows = int(holder.prepare_data().train.shape[0])
+    assert str(rows) not in str(e.value)                                    # public numbers only
+    assert holder.welcomed is None and not (holder.state_dir / "ledger.jsonl").exists()
+    fed.start()                                                             # the run's own batch: K·B·T, public
+    assert decode_as(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept
+    holder.handle(1, Stage.MODEL, fed.model_bytes())
+    w = holder.welcomed
+    assert holder._round.report.tokens == w.local_steps * w.batch_size * w.seq_len == 2 * 4 * 32
+
+
 CKKS_CASES = {"one-survivor": {"min_survivors": 1}, "unverified": {"verify_aggregate": False},
               "no-flooding": {"decrypt_flood_bits": 0}, "roster-keys": {"key_scope": "roster"},
               "long-lived-keys": {"rotate_key_every_rounds": 50}, "large-tensors": {"max_elements": 1 << 20},
