@@ -266,9 +266,14 @@ class Holder:
         from securefed.training.flat import get_flat, param_layout
 
         hw = self.cfg.hardware
-        tcfg = replace(w.train, accelerator=hw.accelerator, devices=hw.devices, precision=hw.precision,
-                       strategy=hw.strategy, compile=hw.compile, dp_sgd=self.cfg.dp_sgd)
-        trainer = shared_trainer(w.model_preset, w.vocab_size, w.seq_len, w.seed, tcfg)
+        try:
+            tcfg = replace(w.train, accelerator=hw.accelerator, devices=hw.devices, precision=hw.precision,
+                           strategy=hw.strategy, compile=hw.compile, dp_sgd=self.cfg.dp_sgd)
+            trainer = shared_trainer(w.model_preset, w.vocab_size, w.seq_len, w.seed, tcfg)
+        except ValueError as e:
+            # H1: a recipe this holder's own dp_sgd or hardware cannot run with, or a model it does not know, is a
+            # refusal (exit 7), not a ValueError that `securefed client` would retry as a connection problem
+            raise PolicyRefused(f"the run's model or training settings do not fit this holder's own config: {e}") from None
         if len(data.tokenizer) != w.vocab_size:
             raise PolicyRefused(f"the run's vocabulary ({w.vocab_size}) differs from this holder's tokenizer")
         theta0 = get_flat(trainer.raw_model)
@@ -452,7 +457,11 @@ class Holder:
                 raise HolderStateError(f"{self._trainer_file}'s record-level accountant history {hist} does not extend "
                                        f"the last signed release's {signed[-1]['history']}: restore the checkpoint")
         if tr is not None:
-            self.trainer.load_state_dict(tr)
+            try:
+                self.trainer.load_state_dict(tr)
+            except (ValueError, RuntimeError) as e:   # H1: the same run id, another model or optimizer since it joined
+                raise PolicyRefused(f"the run's model or training settings differ from those {self._trainer_file} was "
+                                    f"trained with ({type(e).__name__}): the coordinator changed the run") from None
         # H7 after a crash: a round released in the ledger is never taken part in again
         released = self.budget.released_rounds()
         if released:

@@ -161,6 +161,34 @@ def test_h1_a_batch_above_the_holders_rows_is_refused_so_no_reply_shows_its_row_
     assert holder._round.report.tokens == w.local_steps * w.batch_size * w.seq_len == 2 * 4 * 32
 
 
+@pytest.mark.parametrize("case", ["micro-batch", "activation-checkpointing", "unknown-preset", "another-model-after-a-restart"])
+def test_h1_a_welcome_the_holders_own_config_cannot_train_with_is_a_refusal_not_an_error(make, case):
+    """A recipe that contradicts the holder's own dp_sgd, an unknown preset, or (to a restarted holder) another model of
+    the same run raised ValueError out of welcome(): `securefed client` retried it as a connection problem 20 times
+    and exited 6 (unreachable). It is a refusal: PolicyRefused, exit 7, nothing written."""
+    from securefed.training.config import DPSGDConfig
+
+    own_dp = {1: {"dp_sgd": DPSGDConfig(enabled=True, noise_multiplier=1.0, delta=1e-3)}}
+    fed = make(holder_fields=own_dp if case in ("micro-batch", "activation-checkpointing") else None,
+               start=case == "another-model-after-a-restart")
+    w = decode_as(fed.coordinator.welcome_for(1), Welcome)
+    if case == "another-model-after-a-restart":
+        fed.coordinator.run_round(1)
+        fed.holders[1].end_round(1)
+        from securefed.training.models import parameter_count
+        bad = _welcome(fed, model_preset="20m", dim=parameter_count("20m", vocab_size=w.vocab_size, seq_len=w.seq_len))
+        holder = fed.restart_holder(1)
+        ledger = fed.ledger(1)
+    else:
+        train = {"micro-batch": {"micro_batch_size": 2}, "activation-checkpointing": {"activation_checkpointing": True}}
+        bad = (_welcome(fed, model_preset="no-such-preset") if case == "unknown-preset"
+               else _welcome(fed, train=dataclasses.replace(w.train, **train[case])))
+        holder, ledger = fed.holders[1], []
+    with pytest.raises(PolicyRefused, match="the run's model or training settings"):
+        holder.welcome(bad)
+    assert holder.welcomed is None and holder.budget is None and fed.ledger(1) == ledger
+
+
 CKKS_CASES = {"one-survivor": {"min_survivors": 1}, "unverified": {"verify_aggregate": False},
               "no-flooding": {"decrypt_flood_bits": 0}, "roster-keys": {"key_scope": "roster"},
               "long-lived-keys": {"rotate_key_every_rounds": 50}, "large-tensors": {"max_elements": 1 << 20},
