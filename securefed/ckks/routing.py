@@ -84,8 +84,8 @@ class RoutingPolicy:
                 f"coeff_mod_bit_sizes sum to {sum(sizes)} bits > {MAX_LOG_Q_128[self.poly_modulus_degree]}"
                 f", the 128-bit limit for N = {self.poly_modulus_degree}"
             )
-        if self.min_survivors < 1:
-            raise ValueError("min_survivors must be >= 1")
+        if self.min_survivors < 2:   # D2 (ckks.md): a decryption of one upload is that holder's own update
+            raise ValueError("min_survivors must be >= 2: a sum of one upload is that holder's update")
         if self.rotate_key_every_rounds < 1:
             raise ValueError("rotate_key_every_rounds must be >= 1")
         if not 0 <= self.decrypt_flood_bits <= self.scale_bits:

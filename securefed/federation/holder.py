@@ -7,7 +7,9 @@ checks everything it is sent (rules H1–H9 below) and answers a message it does
 logged refusal or silence — never a traceback, never a second release.
 
     H1  a Welcome must fit this holder's floors (aggregation mode, ring, threshold, graph, privacy
-        mode, σ) and its own tokenizer; else it leaves the run (PolicyRefused, exit 7).
+        mode, σ, and under ckks+secagg its CKKS floor: survivors, verified sums, flooding, routed
+        tensors, key scope and lifetime; never with distributed DP), its own tokenizer, and a batch its
+        rows fill (a cut batch shows its row count); else it leaves the run (PolicyRefused, exit 7).
     H2  an Offer is for a round it has not yet taken part in, names it, and carries a privacy plan of
         the welcomed mode, ring and δ, at or above its floors, for a cohort of at least its minimum; a
         central plan is made for a population equal to its roster's size (dp.md §2.1).
@@ -197,6 +199,9 @@ class Holder:
             if w.secagg.threshold_fraction < floor.threshold_fraction:
                 raise PolicyRefused(f"threshold fraction {w.secagg.threshold_fraction} is below this holder's floor "
                                     f"{floor.threshold_fraction}")
+        if w.aggregation == "ckks+secagg" and w.privacy_mode == "distributed":
+            # H1: the CKKS part carries no noise share (ckks.md §9; runtime/config.py refuses the pair too)
+            raise PolicyRefused("distributed DP with aggregation ckks+secagg: the CKKS part would carry no noise share")
         data = self.prepare_data()
         if data.tokenizer_sha256 != w.tokenizer_sha256:   # what to change, not only that the hashes differ
             if len(data.tokenizer) != w.vocab_size:
@@ -213,13 +218,18 @@ class Holder:
         try:
             self._hold_state_dir()
             self._build_trainer(w, data)
+            if w.aggregation == "ckks+secagg":
+                from securefed.ckks.routing import plan_routes
+
+                self._route_plan = plan_routes(self._layout, w.ckks)
+                # H1: the CKKS settings at or above this holder's own floor (federation.md §4.2, ckks.md §2–§5)
+                why = pol.ckks.refusal(w.ckks, [(e.name, e.numel) for e in self._route_plan.entries if e.route == "ckks"])
+                if why:
+                    raise PolicyRefused(why)
             self.budget = self._open_budget(w.run_id.hex())
             self._load_state()
             if w.aggregation == "ckks+secagg":
                 self.ckks = HolderRole(HolderSecrets(self.id, self.identity), w.ckks)
-                from securefed.ckks.routing import plan_routes
-
-                self._route_plan = plan_routes(self._layout, w.ckks)
         except BaseException:   # H1: a refused welcome leaves a holder that answers nothing, not a half-joined one
             self.welcomed, self.budget, self.trainer, self.ckks, self.next_round = None, None, None, None, 1
             self._trainer_anchor = None
@@ -268,9 +278,14 @@ class Holder:
         from securefed.training.flat import get_flat, param_layout
 
         hw = self.cfg.hardware
-        tcfg = replace(w.train, accelerator=hw.accelerator, devices=hw.devices, precision=hw.precision,
-                       strategy=hw.strategy, compile=hw.compile, dp_sgd=self.cfg.dp_sgd)
-        trainer = shared_trainer(w.model_preset, w.vocab_size, w.seq_len, w.seed, tcfg)
+        try:
+            tcfg = replace(w.train, accelerator=hw.accelerator, devices=hw.devices, precision=hw.precision,
+                           strategy=hw.strategy, compile=hw.compile, dp_sgd=self.cfg.dp_sgd)
+            trainer = shared_trainer(w.model_preset, w.vocab_size, w.seq_len, w.seed, tcfg)
+        except ValueError as e:
+            # H1: a recipe this holder's own dp_sgd or hardware cannot run with, or a model it does not know, is a
+            # refusal (exit 7), not a ValueError that `securefed client` would retry as a connection problem
+            raise PolicyRefused(f"the run's model or training settings do not fit this holder's own config: {e}") from None
         if len(data.tokenizer) != w.vocab_size:
             raise PolicyRefused(f"the run's vocabulary ({w.vocab_size}) differs from this holder's tokenizer")
         theta0 = get_flat(trainer.raw_model)
@@ -286,6 +301,11 @@ class Holder:
                                               dp_secret_seed=dp_seed, units=data.units)
         except ValueError as e:   # the run's settings against this holder's own data and dp_sgd (e.g. dp.md §10.4)
             raise PolicyRefused(str(e)) from None
+        if self.trainer.batch_size != w.batch_size:
+            # H1 (federation.md §4.2): a batch cut to the rows it holds would put its row count in every Ready's
+            # tokens (K·min(B, N)·T: an audit's coordinator sent B = 2^40 and read N = 378) and in each step's time
+            raise PolicyRefused(f"the run's batch_size {w.batch_size} is more rows than this holder trains on per step; "
+                                "a smaller batch would show the coordinator how many rows it holds")
 
     # ------------------------------------------------------------------ state (own files only)
     @property
@@ -449,7 +469,11 @@ class Holder:
                 raise HolderStateError(f"{self._trainer_file}'s record-level accountant history {hist} does not extend "
                                        f"the last signed release's {signed[-1]['history']}: restore the checkpoint")
         if tr is not None:
-            self.trainer.load_state_dict(tr)
+            try:
+                self.trainer.load_state_dict(tr)
+            except (ValueError, RuntimeError) as e:   # H1: the same run id, another model or optimizer since it joined
+                raise PolicyRefused(f"the run's model or training settings differ from those {self._trainer_file} was "
+                                    f"trained with ({type(e).__name__}): the coordinator changed the run") from None
         # H7 after a crash: a round released in the ledger is never taken part in again
         released = self.budget.released_rounds()
         if released:

@@ -28,7 +28,7 @@ from securefed.secagg import SecAggConfig
 from securefed.training.data import DataConfig
 from securefed.training.trainer import DPSGDConfig
 
-__all__ = ["HolderPolicy", "HolderHardware", "HolderConfig", "HolderConfigError", "load_holder_config",
+__all__ = ["CkksFloor", "HolderPolicy", "HolderHardware", "HolderConfig", "HolderConfigError", "load_holder_config",
            "check_holder_config", "PRIVACY_ORDER"]
 
 # a floor of "central" accepts central or distributed; "distributed" accepts only distributed
@@ -37,6 +37,52 @@ PRIVACY_ORDER = {"none": 0, "central": 1, "distributed": 2}
 
 class HolderConfigError(ValueError):
     """The holder's own configuration is invalid, contradicts itself or names missing files."""
+
+
+@dataclass(frozen=True)
+class CkksFloor:
+    """The weakest CKKS settings (the Welcome's ``ckks``, protocols/ckks.md §2–§5) this holder accepts under
+    ``ckks+secagg``: any key holder with the coordinator decrypts what is routed there, so the routing, the
+    decryptor's checks and the flooding are the holder's to fix, not the coordinator's (federation.md H1).
+    An audit's coordinator sent min_survivors 1 and the honest decryptor released one holder's CKKS part."""
+
+    min_survivors: int = 2                    # D2: a decryption sums at least this many uploads
+    verify_aggregate: bool = True             # D3: the decryptor re-sums the signed uploads itself
+    min_flood_bits: int = 40                  # §4.3: flooding σ_f = 2^(flood − scale_bits) against key recovery
+    max_tensor_elements: int | None = 4096    # §2: the largest tensor it lets go to CKKS (None: any)
+    key_scope: Literal["cohort", "roster"] = "cohort"   # §3.1: "roster" also accepts keys held by the whole roster
+    max_key_rounds: int = 1                   # §3.4: rotate_key_every_rounds at most this
+
+    def __post_init__(self) -> None:
+        if self.min_survivors < 2:
+            raise ValueError("policy.ckks.min_survivors must be >= 2: a decryption of one upload is that holder's update")
+        if not 0 <= self.min_flood_bits <= 200 or self.max_key_rounds < 1:
+            raise ValueError("policy.ckks.min_flood_bits must be in [0, 200] and max_key_rounds >= 1")
+        if self.max_tensor_elements is not None and self.max_tensor_elements < 0:
+            raise ValueError("policy.ckks.max_tensor_elements must be >= 0 or null")
+        if self.key_scope not in ("cohort", "roster"):
+            raise ValueError("policy.ckks.key_scope must be 'cohort' or 'roster'")
+
+    def refusal(self, ckks, tensors) -> str | None:
+        """Why the run's RoutingPolicy ``ckks`` is below this floor (None: it is not). ``tensors``: the
+        (name, numel) pairs the run's route plan sends to CKKS. Public numbers only."""
+        if ckks.min_survivors < self.min_survivors:
+            return (f"CKKS min_survivors {ckks.min_survivors} is below this holder's floor {self.min_survivors} "
+                    "(a decryptor could release a sum of that few updates)")
+        if self.verify_aggregate and not ckks.verify_aggregate:
+            return "CKKS verify_aggregate is off: the decryptor would decrypt whatever sum the coordinator hands it"
+        if ckks.decrypt_flood_bits < self.min_flood_bits:
+            return f"CKKS decrypt_flood_bits {ckks.decrypt_flood_bits} is below this holder's floor {self.min_flood_bits}"
+        if self.key_scope == "cohort" and ckks.key_scope != "cohort":
+            return "CKKS key_scope 'roster' is wider than this holder's floor 'cohort'"
+        if ckks.rotate_key_every_rounds > self.max_key_rounds:
+            return (f"CKKS keys kept {ckks.rotate_key_every_rounds} rounds, above this holder's floor of "
+                    f"{self.max_key_rounds}")
+        big = [(n, k) for n, k in tensors if self.max_tensor_elements is not None and k > self.max_tensor_elements]
+        if big:
+            return (f"the run routes {len(big)} tensors above this holder's {self.max_tensor_elements} elements to CKKS "
+                    f"(e.g. {big[0][0]}, {big[0][1]} elements)")
+        return None
 
 
 @dataclass(frozen=True)
@@ -53,6 +99,7 @@ class HolderPolicy:
     min_noise_multiplier: float = 0.0
     epsilon_cap: float | None = None
     delta: float | None = None    # None: the run's δ if at most 10⁻⁵ (recorded, then fixed); a larger δ needs it set here
+    ckks: CkksFloor = field(default_factory=CkksFloor)   # under ckks+secagg (federation.md H1)
 
     def __post_init__(self) -> None:
         if not self.aggregation or len(set(self.aggregation)) != len(self.aggregation):

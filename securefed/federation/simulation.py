@@ -23,7 +23,7 @@ from pathlib import Path
 
 from securefed.configio import dump_yaml
 from securefed.federation.coordinator import Coordinator, CoordinatorOptions
-from securefed.federation.holder_config import HolderConfig, HolderHardware, HolderPolicy
+from securefed.federation.holder_config import CkksFloor, HolderConfig, HolderHardware, HolderPolicy
 from securefed.runtime.progress import Progress
 from securefed.runtime.rundir import RunDir, atomic_write_text
 
@@ -38,11 +38,15 @@ def holder_configs(cfg, run_dir: Path, *, server: str = "127.0.0.1:50051",
     ``mask_threads`` (secure aggregation's expansion and rounding threads, per holder process): default
     (cores − 2) / n_holders, the holders' processes sharing this machine's cores."""
     agg, fed, priv = cfg.aggregation, cfg.federation, cfg.privacy
-    sa = agg.secagg
+    sa, ck = agg.secagg, agg.ckks
     graph = "complete" if sa.neighbours is None else "auto" if sa.neighbours == 0 else sa.neighbours
     policy = HolderPolicy(aggregation=(agg.mode,), min_ring_bits=sa.ring_bits, min_threshold_fraction=sa.threshold_fraction,
                           graph=graph, min_cohort=1 if agg.mode == "plain" else 3, privacy_mode=priv.mode,
-                          epsilon_cap=priv.holder_epsilon_cap, delta=priv.delta)   # the δ the user set, if any
+                          epsilon_cap=priv.holder_epsilon_cap, delta=priv.delta,   # the δ the user set, if any
+                          ckks=CkksFloor(min_survivors=ck.min_survivors, verify_aggregate=ck.verify_aggregate,
+                                         min_flood_bits=ck.decrypt_flood_bits, key_scope=ck.key_scope,
+                                         max_tensor_elements=None if ck.include else ck.max_elements,
+                                         max_key_rounds=ck.rotate_key_every_rounds))
     t = cfg.train
     hw = HolderHardware(accelerator=t.accelerator, devices=t.devices, precision=t.precision, strategy=t.strategy,
                         compile=t.compile, torch_threads=torch_threads, encode_on=t.encode_on,

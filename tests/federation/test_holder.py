@@ -144,6 +144,78 @@ def test_h1_a_reconnect_cannot_change_the_settings_the_floors_were_checked_again
     assert holder.welcomed.aggregation == "secagg" and fed.ledger(1) == []
 
 
+def test_h1_a_batch_above_the_holders_rows_is_refused_so_no_reply_shows_its_row_count(make):
+    """The trainer cuts a batch to the rows a holder has, and Ready's tokens are K·min(B, N)·T: an audit's coordinator
+    sent batch_size 2^40 and read N = 378 off the first Ready (under distributed DP too). The holder leaves instead."""
+    fed = make(*DP, start=False)
+    holder = fed.holders[1]
+    with pytest.raises(PolicyRefused, match="batch_size 1099511627776 is more rows") as e:
+        holder.welcome(_welcome(fed, batch_size=1 << 40))
+    rows = int(holder.prepare_data().train.shape[0])
+    assert str(rows) not in str(e.value)                                    # public numbers only
+    assert holder.welcomed is None and not (holder.state_dir / "ledger.jsonl").exists()
+    fed.start()                                                             # the run's own batch: K·B·T, public
+    assert decode_as(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept
+    holder.handle(1, Stage.MODEL, fed.model_bytes())
+    w = holder.welcomed
+    assert holder._round.report.tokens == w.local_steps * w.batch_size * w.seq_len == 2 * 4 * 32
+
+
+@pytest.mark.parametrize("case", ["micro-batch", "activation-checkpointing", "unknown-preset", "another-model-after-a-restart"])
+def test_h1_a_welcome_the_holders_own_config_cannot_train_with_is_a_refusal_not_an_error(make, case):
+    """A recipe that contradicts the holder's own dp_sgd, an unknown preset, or (to a restarted holder) another model of
+    the same run raised ValueError out of welcome(): `securefed client` retried it as a connection problem 20 times
+    and exited 6 (unreachable). It is a refusal: PolicyRefused, exit 7, nothing written."""
+    from securefed.training.config import DPSGDConfig
+
+    own_dp = {1: {"dp_sgd": DPSGDConfig(enabled=True, noise_multiplier=1.0, delta=1e-3)}}
+    fed = make(holder_fields=own_dp if case in ("micro-batch", "activation-checkpointing") else None,
+               start=case == "another-model-after-a-restart")
+    w = decode_as(fed.coordinator.welcome_for(1), Welcome)
+    if case == "another-model-after-a-restart":
+        fed.coordinator.run_round(1)
+        fed.holders[1].end_round(1)
+        from securefed.training.models import parameter_count
+        bad = _welcome(fed, model_preset="20m", dim=parameter_count("20m", vocab_size=w.vocab_size, seq_len=w.seq_len))
+        holder = fed.restart_holder(1)
+        ledger = fed.ledger(1)
+    else:
+        train = {"micro-batch": {"micro_batch_size": 2}, "activation-checkpointing": {"activation_checkpointing": True}}
+        bad = (_welcome(fed, model_preset="no-such-preset") if case == "unknown-preset"
+               else _welcome(fed, train=dataclasses.replace(w.train, **train[case])))
+        holder, ledger = fed.holders[1], []
+    with pytest.raises(PolicyRefused, match="the run's model or training settings"):
+        holder.welcome(bad)
+    assert holder.welcomed is None and holder.budget is None and fed.ledger(1) == ledger
+
+
+CKKS_CASES = {"one-survivor": {"min_survivors": 1}, "unverified": {"verify_aggregate": False},
+              "no-flooding": {"decrypt_flood_bits": 0}, "roster-keys": {"key_scope": "roster"},
+              "long-lived-keys": {"rotate_key_every_rounds": 50}, "large-tensors": {"max_elements": 1 << 20},
+              "distributed": None}
+
+
+@pytest.mark.parametrize("case", sorted(CKKS_CASES))
+def test_h1_a_ckks_welcome_below_the_holders_own_ckks_floor_leaves_the_run_having_written_nothing(make, case):
+    """The CKKS policy is the coordinator's to send, not to choose: an audit's coordinator sent min_survivors 1, the
+    decryptor released holder 2's CKKS part alone (|released − x₂| 3.5e-12) while holder 2 settled at 4 survivors.
+    Each field that weakens it is held to the holder's own policy.ckks (defaults: ckks.md's), and distributed DP is
+    refused with CKKS (that part would carry no noise share)."""
+    from securefed.federation.holder_config import CkksFloor
+
+    fed = make(*CKKS, policies={1: {"ckks": CkksFloor(max_key_rounds=2)}}, start=False)   # its own floor, not the run's
+    holder, w = fed.holders[1], decode_as(fed.coordinator.welcome_for(1), Welcome)
+    bad = (_welcome(fed, privacy_mode="distributed") if CKKS_CASES[case] is None
+           else _welcome(fed, ckks=dataclasses.replace(w.ckks, **CKKS_CASES[case])))
+    with pytest.raises(PolicyRefused) as e:
+        holder.welcome(bad)
+    assert "CKKS" in str(e.value) and "ckks_size" not in str(e.value)
+    assert holder.welcomed is None and holder.budget is None and holder.ckks is None
+    assert not (holder.state_dir / "ledger.jsonl").exists() and not (holder.state_dir / "holder_state.json").exists()
+    holder.welcome(fed.coordinator.welcome_for(1))                  # the run's own settings are at the floor
+    assert holder.welcomed.ckks == w.ckks
+
+
 # ------------------------------------------------------------------------- H2
 def test_h2_an_offer_of_a_round_already_taken_part_in_is_refused(make, monkeypatch):
     fed = make()
