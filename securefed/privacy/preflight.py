@@ -148,12 +148,15 @@ class Preflight:
             else:
                 out.append(f"  record-level cap train.dp_sgd.epsilon_cap = {f(r['epsilon_cap'])}: not reached by the plan")
             if r.get("padded_rows"):
+                from securefed.privacy.dpsgd import HIDE_TAIL
+
                 by = r.get("padded_rows_by_holder")
                 rows = (", ".join(f"holder-{h} {p}" for h, p in by.items()) if by else f"at least {r['padded_rows']} rows "
                         f"({r['padded_rows'] / r['batch_size']:.2f}× the expected batch)")
                 out.append(f"  record-level batch size hidden: every DP-SGD step runs one padded batch ({rows}), "
                            "whatever its Poisson draw, rounded up to whole ghost slices (train.dp_sgd.micro_batch_size; "
-                           "under bf16 without it, whole batches) (dp.md §10.4)")
+                           f"under bf16 without it, whole batches); a batch that outgrows it shows, so against anyone "
+                           f"timing the replies δ is larger by at most {r['steps']} steps × {HIDE_TAIL:g} (dp.md §10.4)")
             else:
                 out.append("  record-level batch size NOT hidden: a step's compute, so a reply's timing, grows with its "
                            "Poisson batch; train.dp_sgd.hide_batch_size pads every step to one size (dp.md §10.4)")

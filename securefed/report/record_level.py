@@ -137,6 +137,20 @@ def hiding_words(f: dict) -> str:
     return out
 
 
+def _timing_delta_words(rl: dict) -> str:
+    """dp.md §10.4 rule 4: a hidden holder's Poisson batch outgrows its pad with probability ≤ HIDE_TAIL a step, and
+    that step's compute shows; against an observer of reply times its δ is larger by at most steps × HIDE_TAIL."""
+    from securefed.privacy.dpsgd import HIDE_TAIL
+
+    extra = {h: int(r.get("steps") or 0) * HIDE_TAIL for h, r in rl.items() if r.get("padded_rows")}
+    if not extra:
+        return ""
+    each = ", ".join(f"holder-{h} {fmt_number(x)}" for h, x in extra.items())
+    return (f"Timing: a step whose Poisson batch outgrew its padded batch (probability ≤ {HIDE_TAIL:g} a step) ran longer "
+            f"and showed it, so against anyone timing the replies each of these holders' δ is larger by at most its steps "
+            f"× {HIDE_TAIL:g}: {each} (protocols/dp.md §10.4).")
+
+
 def protection_blocks(f: dict) -> list:
     """The record-level guarantee, labelled apart from the holder-level one: per holder, cumulative over the
     DP-SGD steps its signed releases record, per training record, at its δ ([] when DP-SGD did not run)."""
@@ -161,6 +175,9 @@ def protection_blocks(f: dict) -> list:
     rows += [[f"holder-{h}", fmt_number(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps")),
               r.get("unit") or "sequence"] for h, r in rl.items()]
     out: list = [head, ("table", rows)]
+    timing = _timing_delta_words(rl)
+    if timing:
+        out.append(timing)
     if f.get("deterministic_secrets"):
         out.append(noise_source_words(f))
     return out

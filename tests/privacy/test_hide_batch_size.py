@@ -381,3 +381,19 @@ def test_a_hidden_step_reads_the_same_rows_of_the_holders_data_whatever_its_draw
             assert torch.equal(scale[:real], want_scale) and bool((scale[real:] == 1).all())
     assert len(drawn) >= 3 and min(drawn) < 4 < max(drawn)                  # the draws really varied
     assert _RowReads.reads and set(_RowReads.reads) == {h.dp_padded_rows}    # every read: the padded batch's rows
+
+
+def test_the_report_states_the_timing_delta_of_hidden_holders():
+    """dp.md §10.4 rule 4: T padded steps add at most T·HIDE_TAIL to the δ against an observer of reply times; the
+    report says so per hidden holder, from its signed steps, and says nothing of it for a holder that did not pad."""
+    from securefed.privacy.dpsgd import HIDE_TAIL
+    from securefed.report.record_level import protection_blocks
+
+    rl = {"1": {"epsilon": 2.0, "delta": 1e-5, "steps": 3200, "unit": "sequence", "padded_rows": 96},
+          "2": {"epsilon": 2.1, "delta": 1e-5, "steps": 3200, "unit": "sequence"}}
+    text = " ".join(b for b in protection_blocks({"dp_sgd": {"enabled": True}, "record_level": rl}) if isinstance(b, str))
+    assert HIDE_TAIL == 1e-15 and "holder-1 3.2e-12" in text
+    assert "holder-2" not in text.split("Timing:")[1]
+    rl["1"].pop("padded_rows")
+    text = " ".join(b for b in protection_blocks({"dp_sgd": {"enabled": True}, "record_level": rl}) if isinstance(b, str))
+    assert "Timing:" not in text
