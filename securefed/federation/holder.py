@@ -175,8 +175,12 @@ class Holder:
 
     def welcome(self, data: bytes) -> None:
         """Check the run against this holder's floors; set up data, trainer and budget. PolicyRefused if
-        the run is below a floor; MessageError if the welcome is malformed."""
-        w = decode_as(data, Welcome)
+        the run is below a floor or its Welcome does not decode (a setting no config allows, such as CKKS
+        min_survivors 1, fails in decoding: retrying cannot change it); MessageError if it is another holder's."""
+        try:
+            w = decode_as(data, Welcome)
+        except MessageError as e:   # H1: refused (exit 7), not retried as a connection problem (exit 6)
+            raise PolicyRefused(f"the coordinator's Welcome is not one this holder can accept: {e}") from None
         if w.holder_id != self.id:
             raise MessageError(f"welcome is addressed to holder {w.holder_id}, not {self.id}")
         if self.welcomed is not None:

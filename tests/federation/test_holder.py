@@ -205,11 +205,17 @@ def test_h1_a_ckks_welcome_below_the_holders_own_ckks_floor_leaves_the_run_havin
 
     fed = make(*CKKS, policies={1: {"ckks": CkksFloor(max_key_rounds=2)}}, start=False)   # its own floor, not the run's
     holder, w = fed.holders[1], decode_as(fed.coordinator.welcome_for(1), Welcome)
-    bad = (_welcome(fed, privacy_mode="distributed") if CKKS_CASES[case] is None
-           else _welcome(fed, ckks=dataclasses.replace(w.ckks, **CKKS_CASES[case])))
-    with pytest.raises(PolicyRefused) as e:
+    if case == "one-survivor":   # no RoutingPolicy can be built with it (D2): a coordinator crafts the bytes
+        weak = dataclasses.replace(w.ckks)
+        object.__setattr__(weak, "min_survivors", 1)
+        bad = _welcome(fed, ckks=weak)
+    else:
+        bad = (_welcome(fed, privacy_mode="distributed") if CKKS_CASES[case] is None
+               else _welcome(fed, ckks=dataclasses.replace(w.ckks, **CKKS_CASES[case])))
+    with pytest.raises(PolicyRefused) as e:   # exit 7, never retried as a connection problem
         holder.welcome(bad)
-    assert "CKKS" in str(e.value) and "ckks_size" not in str(e.value)
+    assert ("min_survivors must be >= 2" if case == "one-survivor" else "CKKS") in str(e.value)
+    assert "ckks_size" not in str(e.value)
     assert holder.welcomed is None and holder.budget is None and holder.ckks is None
     assert not (holder.state_dir / "ledger.jsonl").exists() and not (holder.state_dir / "holder_state.json").exists()
     holder.welcome(fed.coordinator.welcome_for(1))                  # the run's own settings are at the floor
