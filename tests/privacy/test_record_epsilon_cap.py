@@ -118,3 +118,29 @@ def test_with_no_cap_the_holder_says_who_decides_its_record_level_epsilon(tiny_r
     assert main(["simulate", "--out", str(run)] + _sets(tiny_run + SKEW[1:4] + ["federation.rounds=1"])) == 0
     said = [r.getMessage() for r in caplog.records if "no dp_sgd.epsilon_cap" in r.getMessage()]
     assert len(said) == 4 and "the coordinator's batch size, local steps and rounds decide" in said[0]
+
+
+@pytest.mark.parametrize("sigma, q, cap, refuses", [(6.0, 0.0107, 0.06, None),   # every round refused: an error
+                                                    (1.0, 0.02, 0.9, 2),          # round 1 runs (0.892), round 2 not
+                                                    (4.0, 0.01, 0.0672, 4)])      # it stated 0.0286 after 6: "not reached"
+def test_the_pre_flight_prices_record_level_steps_with_the_holders_own_accountant(sigma, q, cap, refuses):
+    """The check priced DP-SGD steps on its own RDP order grid, the holder (and verify) on Opacus': at σ 6 it stated
+    ε 0.0114 for one round and "cap 0.06 not reached by the plan" while every holder, at 0.0659, refused every round; at q 0.02 it
+    stated 0.909 for one round and refused the run (cap 0.9) that the holders would run a round of (0.892). It
+    states what the holder signs and names the round the holder refuses (dp.md §10.5)."""
+    from securefed.privacy.config import DPConfig
+    from securefed.privacy.preflight import PreflightError, RecordLevel, preflight
+
+    k, joins, delta = 2, 6, 1e-4
+    spent = [_rdp_epsilon([[sigma, q, k * j]], delta) for j in range(1, joins + 1)]
+    holder_refuses = next((j for j in range(1, joins + 1) if spent[j - 1] > cap), None)
+    rec = RecordLevel(sigma, 1.0, delta, 4, 400, k * joins, sample_rate=q, epsilon_cap=cap, rounds_steps=k, holder=1)
+    kw = dict(population=4, cohort_size=4, rounds=joins, dim=10_000, sampling="fixed", force=True)
+    if refuses is None:
+        assert holder_refuses == 1
+        with pytest.raises(PreflightError, match="below the record-level cost of one round"):
+            preflight(DPConfig(), record_level=rec, **kw)
+        return
+    got = preflight(DPConfig(), record_level=rec, **kw).record_level
+    assert got["epsilon_planned"] == pytest.approx(spent[-1], rel=1e-9)
+    assert got["cap_round"] == holder_refuses == refuses
