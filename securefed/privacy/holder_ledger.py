@@ -22,7 +22,7 @@ from securefed.privacy.ledger import LedgerError, decode_floats
 from securefed.privacy.rdp import clamp_epsilon
 
 __all__ = ["HOLDER_STATUSES", "REQUIRED_FIELDS", "check_holder_entry", "holder_effective_events", "holder_epsilon",
-           "hidden_batch_rows", "history_extends", "record_level_entry", "record_level_problem", "record_unit", "UNITS"]
+           "record_level_epsilon", "hidden_batch_rows", "history_extends", "record_level_entry", "record_level_problem", "record_unit", "UNITS"]
 
 HOLDER_STATUSES = ("refused", "released", "settled")
 REQUIRED_FIELDS = ("version", "role", "run_id", "holder_id", "round", "status", "event", "epsilon", "cap", "delta",
@@ -96,7 +96,7 @@ def holder_epsilon(entries: Sequence[dict], delta: float) -> float:
 
 
 # ------------------------------------------------------------------ record-level DP-SGD (dp.md §7.2)
-def _rdp_epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
+def record_level_epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
     from opacus.accountants import RDPAccountant   # the accountant the holder's DP-SGD optimizer steps
 
     acc = RDPAccountant()
@@ -125,7 +125,7 @@ def record_level_entry(history: Sequence[Sequence[float]], delta: float, *, unit
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     hist = [[float(z), float(q), int(n)] for z, q, n in history]
     out = {"history": hist, "steps": sum(n for _, _, n in hist), "delta": float(delta),
-           "epsilon": _rdp_epsilon(hist, float(delta)), "unit": unit}
+           "epsilon": record_level_epsilon(hist, float(delta)), "unit": unit}
     if padded_rows is not None:
         out["padded_rows"] = int(padded_rows)
     if unit == "group" and unit_field is not None:
@@ -195,7 +195,7 @@ def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> s
         if last is not None and record_unit(rl) != last[4]:
             return (f"{where}: the record-level privacy unit changed from {last[4]} to {record_unit(rl)} within one run: "
                     "its steps were spent on another kind of record, so no single ε holds")
-        want, got = _rdp_epsilon(hist, delta), decode_floats(rl.get("epsilon"))
+        want, got = record_level_epsilon(hist, delta), decode_floats(rl.get("epsilon"))
         if not isinstance(got, (int, float)) or not math.isclose(want, got, rel_tol=rel_tol, abs_tol=1e-12):
             return f"{where}: record-level epsilon {got!r}, but its history gives {want:.6g}"
         if last is not None and (steps < last[0] or delta != last[1]):

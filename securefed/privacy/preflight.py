@@ -253,7 +253,7 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
     # refuses against (dp.md §10.5) and what verify recomputes. This module's order grid differs from Opacus' (an
     # audit: σ 6, 2 steps at q 0.0107 read ε 0.0114 here and 0.0659 there, so "cap 0.06 not reached" while every
     # holder refused every round)
-    from securefed.privacy.holder_ledger import _rdp_epsilon
+    from securefed.privacy.holder_ledger import record_level_epsilon
 
     if r.noise_multiplier <= 0:
         problems.append("train.dp_sgd.noise_multiplier is 0: DP-SGD without noise gives no guarantee (ε = ∞)")
@@ -270,14 +270,14 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
     q = r.sample_rate if r.sample_rate is not None else min(1.0, r.batch_size / r.records)
     eps = math.inf
     if r.noise_multiplier > 0 and r.steps > 0:
-        eps = _rdp_epsilon([[r.noise_multiplier, q, r.steps]], r.delta)
+        eps = record_level_epsilon([[r.noise_multiplier, q, r.steps]], r.delta)
     elif r.steps == 0:
         eps = 0.0
     cap_round = None   # dp.md §10.5: the first of its rounds the holder refuses under train.dp_sgd.epsilon_cap
     per_round = r.rounds_steps or r.steps
     if r.epsilon_cap is not None and r.noise_multiplier > 0 and per_round > 0 and eps > r.epsilon_cap:
         def after(k: int) -> float:
-            return _rdp_epsilon([[r.noise_multiplier, q, k * per_round]], r.delta)
+            return record_level_epsilon([[r.noise_multiplier, q, k * per_round]], r.delta)
 
         if after(1) > r.epsilon_cap:
             who = "" if r.holder is None else f" of holder {r.holder}"

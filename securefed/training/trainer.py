@@ -401,14 +401,11 @@ class HolderTrainer:
         hist = self.dp_history()
         if hist is None:
             return None
-        from securefed.privacy.rdp import clamp_epsilon
-        from opacus.accountants import RDPAccountant
+        from securefed.privacy.holder_ledger import record_level_epsilon   # as its releases sign it and verify reads it
 
-        acc = RDPAccountant()
-        acc.history = [(z, q, n) for z, q, n in hist]
-        if steps > 0:
-            acc.history.append((float(self.parent.cfg.dp_sgd.noise_multiplier), float(self.dp_rate), int(steps)))
-        return clamp_epsilon(acc.get_epsilon(self.parent.cfg.dp_sgd.delta)) if acc.history else 0.0
+        dps = self.parent.cfg.dp_sgd
+        return record_level_epsilon(hist + ([[dps.noise_multiplier, self.dp_rate, int(steps)]] if steps > 0 else []),
+                                    dps.delta)
 
     def dp_history(self) -> list[list[float]] | None:
         """The accountant's (σ, q, steps) history, as recorded in the holder's signed release entries."""

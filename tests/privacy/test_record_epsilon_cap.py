@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from securefed.privacy.holder_ledger import _rdp_epsilon
+from securefed.privacy.holder_ledger import record_level_epsilon
 
 SKEW = ["federation.rounds=4", "train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=1.0",
         "train.dp_sgd.delta=1.0e-4", "federation.holder_local_steps=[2,2,2,8]"]
@@ -45,7 +45,7 @@ def test_a_holder_refuses_before_training_every_round_that_would_pass_its_record
     assert [e["round"] for e in released] == [1, 2] and [e["round"] for e in refused] == [3, 4]
     for e in released:   # what it signed is what it spent, and never past the cap
         rl = e["record_level"]
-        assert rl["epsilon"] == pytest.approx(_rdp_epsilon(rl["history"], rl["delta"])) and rl["epsilon"] <= 0.8
+        assert rl["epsilon"] == pytest.approx(record_level_epsilon(rl["history"], rl["delta"])) and rl["epsilon"] <= 0.8
     assert released[-1]["record_level"]["steps"] == 16          # nothing trained past round 2
     assert all("dp_sgd.epsilon_cap 0.8" in e["reason"] for e in refused)
     for h in (1, 2, 3):
@@ -72,7 +72,7 @@ def test_the_pre_flight_states_the_worst_holder_at_its_own_batch_and_steps():
         cfg = load_run_config(preset="demo", overrides=base + over)
         rec = privacy_preflight(cfg, dim=10_000, records=sizes).record_level
         assert (rec["holder"], rec["steps"], rec["batch_size"], rec["holders"]) == (worst, steps, batch, 4)
-        spent = _rdp_epsilon([[1.0, batch / sizes[worst - 1], steps]], 1e-4)
+        spent = record_level_epsilon([[1.0, batch / sizes[worst - 1], steps]], 1e-4)
         assert rec["epsilon_planned"] >= spent - 1e-9 and rec["epsilon_planned"] == pytest.approx(spent, rel=0.02)
 
 
@@ -132,7 +132,7 @@ def test_the_pre_flight_prices_record_level_steps_with_the_holders_own_accountan
     from securefed.privacy.preflight import PreflightError, RecordLevel, preflight
 
     k, joins, delta = 2, 6, 1e-4
-    spent = [_rdp_epsilon([[sigma, q, k * j]], delta) for j in range(1, joins + 1)]
+    spent = [record_level_epsilon([[sigma, q, k * j]], delta) for j in range(1, joins + 1)]
     holder_refuses = next((j for j in range(1, joins + 1) if spent[j - 1] > cap), None)
     rec = RecordLevel(sigma, 1.0, delta, 4, 400, k * joins, sample_rate=q, epsilon_cap=cap, rounds_steps=k, holder=1)
     kw = dict(population=4, cohort_size=4, rounds=joins, dim=10_000, sampling="fixed", force=True)
