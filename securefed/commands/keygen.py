@@ -47,6 +47,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"demo PKI for {args.holders} holders in {lay.root} (roster: {lay.roster}); "
           "the CA key in ca.key is for demos only: keep a real federation's CA offline")
+    # the key a holder pins to check a run's ledgers (`securefed verify --coordinator-key`, dp.md §7): it must come
+    # from here, out of band, never from the run directory the coordinator writes (keys.json)
+    from securefed.transport.pki import load_identity
+
+    print(f"coordinator key: {load_identity(lay.server_identity).public_bytes.hex()} (Ed25519, signs the run's privacy "
+          "ledgers): give it to each holder with the roster, out of band, for `securefed verify RUN_DIR "
+          "--coordinator-key HEX`")
     return 0
 
 

@@ -222,6 +222,7 @@ class Holder:
         try:
             self._hold_state_dir()
             self._build_trainer(w, data)
+            self._check_record_level_cap(w)
             if w.aggregation == "ckks+secagg":
                 from securefed.ckks.routing import plan_routes
 
@@ -251,6 +252,20 @@ class Holder:
                 log.warning("holder %d: joining every round left would take its record-level epsilon to %.4g, above "
                             "its dp_sgd.epsilon_cap %g: it will refuse rounds once the next would pass the cap",
                             self.id, planned, dp.epsilon_cap)
+
+    def _check_record_level_cap(self, w: Welcome) -> None:
+        """dp.md §10.5: a dp_sgd.epsilon_cap below one round's record-level cost (the Welcome's local steps at this
+        holder's own rate, from an empty accountant: the trainer is fresh here) would refuse every round. Said now, as
+        the pre-flight says it in a simulation: a refusal (H1, exit 7), not a client that joins, refuses each round and
+        ends with "all rounds done" having taken part in none."""
+        dp = self.cfg.dp_sgd
+        one = self.trainer.dp_epsilon_after(w.local_steps) if dp.enabled and dp.epsilon_cap is not None else None
+        if one is not None and one > dp.epsilon_cap:
+            raise PolicyRefused(f"its dp_sgd.epsilon_cap {dp.epsilon_cap:g} is below the record-level cost of one round "
+                                f"of this run ({one:.4g} at delta {dp.delta:.3g}: the run's {w.local_steps} local steps "
+                                f"at batch {w.batch_size}), so it would refuse every round (protocols/dp.md §10.5); "
+                                f"raise dp_sgd.epsilon_cap above {one:.4g}, or ask the coordinator for fewer local steps "
+                                "or a smaller batch")
 
     def prepare_data(self):
         from securefed.federation.data import holder_rows

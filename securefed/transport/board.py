@@ -64,6 +64,9 @@ class StageBoard:
         # and the one before: a reply from one of them now is answered ACK_TOO_LATE (§6.1), not a generic refusal
         self.closed: dict[tuple[int, int], frozenset[int]] = {}
         self.failed: set[int] = set()     # expected holders whose stream failed this stage
+        # holders of the round in progress that asked for a later round: they left it (a restarted holder never
+        # re-enters a round it accepted, federation.md H7) and are dropped from its stages at once (§6.1)
+        self.left: set[int] = set()
         self.streaming: dict[int, FrameReader] = {}   # holder -> the reader of its reply stream open now
         self.replies: dict[int, bytes] = {}
         self._sink: Callable[[int], object] | None = None
@@ -98,6 +101,8 @@ class StageBoard:
             return                   # the call has already ended (None: called in-process, no RPC)
         with self.cond:
             self.waiting[hid] = (r, time.monotonic())
+            if r > self.round and not self.over and hid in self.cohort and hid not in self.left:
+                self._leave(hid, r)
             self.cond.notify_all()
 
             def item():
@@ -137,6 +142,20 @@ class StageBoard:
             if ending:
                 self.told.add(hid)
                 self.cond.notify_all()
+
+    def _leave(self, hid: int, asked: int) -> None:
+        """(Under the lock.) Holder ``hid`` of the round in progress asks for round ``asked`` > it: it will never reply
+        to this round (a holder restarted after accepting it resumes at the next one, federation.md H7), so it is
+        dropped from this round's stages now — as if each stage's deadline had passed for it — rather than left to
+        hold the stage open until that deadline (transport.md §6.1; the train deadline defaults to 600 s)."""
+        self.left.add(hid)
+        dropped = self.stage >= 0 and hid in self.expect and hid not in self.done and hid not in self.streaming
+        if dropped:
+            self.failed.add(hid)
+        log.warning("holder %d asks for round %d while round %d is in progress: it has left round %d (restarted after "
+                    "accepting it: a holder never re-enters a round it accepted)%s", hid, asked, self.round, self.round,
+                    f"; dropped from stage {self.stage} now, not at its deadline" if dropped else
+                    "; dropped from its remaining stages")
 
     def _frames(self, r: int, s: int, kind: Kind, payload: bytes):
         if len(payload) > (1 << 20):     # one θ is sent to every holder: hash it once per round
@@ -297,7 +316,7 @@ class StageBoard:
         with self.cond:
             self._close_stage()   # (a round that opens over an open stage: never, but then that stage ended)
             self.round, self.over, self.cohort, self.opened = r, False, frozenset(cohort), True
-            self.outbox, self.committed = {}, set()
+            self.outbox, self.committed, self.left = {}, set(), set()
             self.closed = {k: v for k, v in self.closed.items() if k[0] >= r - 1}   # this round's and the last
             self.cond.notify_all()
 
@@ -308,7 +327,8 @@ class StageBoard:
                 self.outbox[(h, stage)] = payload
             if reply:
                 self._close_stage()   # (the driver closes each stage with wait_replies first; if not, it ends here)
-                self.stage, self.expect, self.done, self.failed = stage, set(outbox), set(), set()
+                # a holder that left this round (asked for a later one) is not waited for (§6.1)
+                self.stage, self.expect, self.done, self.failed = stage, set(outbox), set(), set(outbox) & self.left
                 self.replies, self._sink, self._max_reply = {}, sink, max_reply
             self.cond.notify_all()
 

@@ -331,3 +331,24 @@ def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(tmp_path, caps
     assert "--roster" in capsys.readouterr().err
     assert main(["verify", str(run), "--roster", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml does not exist; give the file (roster.yaml" in capsys.readouterr().err
+
+
+def test_a_holders_data_folder_of_jsonl_files_is_named_as_such_not_as_empty(tmp_path, capsys, monkeypatch, fed_cache):
+    """A newcomer pointed a holder's data.holder_paths at the folder holding its notes.jsonl: `securefed client` said
+    'data directory … is empty: no text files under it', of a folder with the data in it (a directory is read as
+    text files; JSONL and Parquet only as a path of their own). It now names the files and what to give instead."""
+    from securefed import cli
+
+    monkeypatch.setattr(cli, "COMMANDS", tuple(dict.fromkeys((*cli.COMMANDS, "keygen", "client"))))
+    assert main(["keygen", str(tmp_path / "pki"), "--holders", "1"]) == 0
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.jsonl").write_text(json.dumps({"text": "Patient presented with a cough."}) + "\n")
+    (tmp_path / "h.yaml").write_text(yaml.safe_dump({
+        "holder_id": 1, "state_dir": str(tmp_path / "state"), "pki": str(tmp_path / "pki"), "max_failures": 0,
+        "data": {"holder_paths": [str(tmp_path / "notes")], "vocab_size": 512, "seq_len": 32, "cache_dir": fed_cache}}))
+    capsys.readouterr()
+    assert main(["client", "--config", str(tmp_path / "h.yaml"), "--server", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "is empty" not in err and "Traceback" not in err
+    assert (f"data directory {tmp_path / 'notes'} holds 1 JSONL/Parquet file(s) (notes.jsonl) and no text files" in err
+            and "name a .jsonl or .parquet file itself as the data path" in err), err

@@ -189,6 +189,28 @@ def test_h1_a_welcome_the_holders_own_config_cannot_train_with_is_a_refusal_not_
     assert holder.welcomed is None and holder.budget is None and fed.ledger(1) == ledger
 
 
+
+def test_h1_a_record_level_cap_below_one_rounds_cost_leaves_the_run_having_written_nothing(make):
+    """dp.md §10.5: a newcomer's hospital holder with dp_sgd.epsilon_cap 0.001 (one round cost 0.99) joined, was told
+    "it will refuse rounds once the next would pass the cap", refused every round and exited 0 with "all 2 rounds
+    done", having taken part in none. A simulation's pre-flight calls that cap an error; the holder now says it at
+    the Welcome: a refusal (exit 7) naming the cap, one round's cost and what to change, with nothing written. A cap
+    that one round fits is accepted (its later rounds are refused at the offer, as before)."""
+    from securefed.training.config import DPSGDConfig
+
+    own = DPSGDConfig(enabled=True, noise_multiplier=1.0, delta=1e-3, epsilon_cap=0.001)
+    fed = make(holder_fields={1: {"dp_sgd": own}, 2: {"dp_sgd": dataclasses.replace(own, epsilon_cap=50.0)}},
+               start=False)
+    holder = fed.holders[1]
+    with pytest.raises(PolicyRefused, match=r"its dp_sgd.epsilon_cap 0.001 is below the record-level cost of one round "
+                                            r"of this run \([0-9.]+ at delta 0.001: the run's 2 local steps at batch 4\)"
+                                            r", so it would refuse every round") as e:
+        holder.welcome(fed.coordinator.welcome_for(1))
+    assert "raise dp_sgd.epsilon_cap above" in str(e.value)
+    assert holder.welcomed is None and holder.budget is None and fed.ledger(1) == []
+    fed.holders[2].welcome(fed.coordinator.welcome_for(2))
+    assert fed.holders[2].welcomed is not None
+
 CKKS_CASES = {"one-survivor": {"min_survivors": 1}, "unverified": {"verify_aggregate": False},
               "no-flooding": {"decrypt_flood_bits": 0}, "roster-keys": {"key_scope": "roster"},
               "long-lived-keys": {"rotate_key_every_rounds": 50}, "large-tensors": {"max_elements": 1 << 20},

@@ -159,6 +159,19 @@ def test_server_on_a_port_in_use_or_a_bad_host_is_one_usage_error_and_writes_not
     assert not out.exists()
 
 
+def test_keygen_prints_the_coordinator_key_a_holder_pins_in_verify(tmp_path, capsys):
+    """The README's verify step takes `--coordinator-key HEX`, "known independently of the coordinator", but nothing
+    said what it is: a newcomer found it only in the run's own keys.json (which whoever rewrites the ledgers can
+    rewrite) or by deriving it from pki/server/identity.key by hand. keygen now prints it."""
+    from securefed.transport.pki import load_identity
+
+    assert cli.main(["keygen", str(tmp_path / "pki"), "--holders", "2"]) == 0
+    out = capsys.readouterr().out
+    key = load_identity(tmp_path / "pki" / "server" / "identity.key").public_bytes.hex()
+    assert f"coordinator key: {key} (Ed25519, signs the run's privacy ledgers)" in out
+    assert "--coordinator-key HEX" in out
+
+
 def test_keygen_refuses_existing_holder_configs_or_an_unwritable_dir_before_writing_a_key(tmp_path, capsys):
     """Re-running the README's `keygen --holder-configs holders` into the same folder was a FileExistsError
     traceback (exit 1) after the new PKI was written (so the retry then met 'DIR exists'); a DIR that cannot

@@ -410,3 +410,45 @@ def test_a_masked_upload_still_open_at_the_deadline_is_answered_too_late_and_und
     assert [m for m in server if m.startswith("holder 4:")] == [
         f"holder 4: answered too late: the stage (round 1 stage {int(Stage.SECAGG_MASKED)}) ended before its reply "
         "stream completed"], server
+
+
+def test_a_holder_restarted_after_accepting_a_round_is_dropped_from_it_when_it_asks_for_the_next(tmp_path, tiny_run,
+                                                                                                caplog):
+    """A newcomer's run: a `securefed client` stopped with Ctrl-C while training round 2 and started again
+    rejoined at round 3 ("next round 3": it never re-enters a round it accepted, federation.md H7), and the coordinator
+    went on waiting for its round-2 reply until the train deadline (600 s by default), its console saying only
+    "replies 3/4: still working". A holder of the round in progress that asks for a later round has left it: the
+    board drops it from the round's stages at once, says so, and the round completes without it (transport.md §6.1).
+    Over the real gRPC channel: holder 4 accepts round 1's Offer, then — as its restarted client does — asks for
+    round 2 with its certificate; network.train is 120 s, so waiting it out would fail the time bound below."""
+    import logging
+    import time
+
+    fed = NetFederation.build(tmp_path, tiny_run)
+    handle, waited = fed.holders[4].handle, {}
+
+    def restarted(r, stage, payload):
+        if (r, stage) != (1, Stage.MODEL):
+            return handle(r, stage, payload)
+        assert fed.holders[4].next_round == 2            # round 1 accepted: a restart resumes at round 2 (H7)
+        c = TransportClient(fed.target, fed.creds(4))    # the restarted client: its own next round
+        c.set_run(fed.coord.run_id)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 200:
+            got = c.fetch(2, 0, (Kind.STAGE,), wait_s=20)
+            if got.kind == Kind.STAGE:                   # round 2 opened: round 1 ended without this holder
+                break
+        waited["s"] = time.monotonic() - t0
+        c.close()
+        return None                                      # (this client then finds round 1 over, and takes round 2)
+    fed.holders[4].handle = restarted
+    caplog.set_level(logging.INFO, logger="securefed")
+    fed.run_all()
+    assert waited["s"] < 60, waited                      # not the 120 s train deadline
+    assert fed.rcs == {1: 0, 2: 0, 3: 0, 4: 0}
+    assert [(row["round"], row["clients_survived"]) for row in fed.coord.metrics] == [(1, 3), (2, 4)]
+    assert [e["survivors"] for e in read_ledger(fed.run.privacy / "ledger.jsonl")] == [[1, 2, 3], [1, 2, 3, 4]]
+    own4 = read_ledger(fed.run.root / "holders" / "4" / "ledger.jsonl")
+    assert [(e["round"], e["status"]) for e in own4] == [(2, "released"), (2, "settled")]   # nothing of round 1
+    said = [rec.getMessage() for rec in caplog.records if rec.name == "securefed.transport.board"]
+    assert any(m.startswith("holder 4 asks for round 2 while round 1 is in progress: it has left round 1") for m in said), said

@@ -108,6 +108,16 @@ def _walk_files(root: Path) -> list[Path]:
 def _load_directory(root: Path) -> tuple[list[Document], int]:
     files = _walk_files(root)
     if not files:
+        # a folder of .jsonl / .parquet files is not read as one: say so, not "empty"
+        records = sorted(p.name for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(
+            (".jsonl", ".jsonl.gz", ".ndjson", ".parquet", ".pq")))
+        if records:
+            raise DataError(
+                f"data directory {root} holds {len(records)} JSONL/Parquet file(s) ({', '.join(records[:3])}"
+                f"{', …' if len(records) > 3 else ''}) and no text files: a directory is read as text files (suffixes "
+                f"{' '.join(sorted(TEXT_SUFFIXES))}, none, or those + .gz); name a .jsonl or .parquet file itself as "
+                "the data path (join several into one first)"
+            )
         raise DataError(
             f"data directory {root} is empty: no text files under it (suffixes "
             f"{' '.join(sorted(TEXT_SUFFIXES))}, none, or those + .gz)"
