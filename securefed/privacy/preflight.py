@@ -43,21 +43,22 @@ class PreflightError(ValueError):
 
 @dataclass(frozen=True)
 class RecordLevel:
-    """Record-level DP-SGD inside each holder (``train.dp_sgd``), as the check needs it."""
+    """Record-level DP-SGD inside one holder (``train.dp_sgd``), as the check needs it; the check takes one per
+    holder (each at its own batch, steps and records) and states the one with the largest ε."""
 
     noise_multiplier: float
     max_grad_norm: float
     delta: float
     batch_size: int  # expected (Poisson) batch
-    records: int  # sequences of the smallest holder (the largest sampling rate: the largest ε)
-    steps: int  # DP-SGD steps of one holder over the planned run (K × rounds it joins)
+    records: int  # the rows this holder's batches are sampled from (q = batch / records)
+    steps: int  # DP-SGD steps of this holder over the planned run (its K × the rounds it is expected to join)
     max_records: int | None = None  # sequences of the largest holder: δ ≤ 1/records must hold for it too
     # unit=document (dp.md §10.2): ``records``/``max_records`` stay the rows the batches are sampled from, and
     # δ ≤ 1/documents is checked against the largest holder's documents instead
     unit: str = "sequence"
     max_documents: int | None = None
     sample_rate: float | None = None   # train.dp_sgd.sample_rate: a public q (else B / records, dp.md §10.3)
-    documents: int | None = None       # unit=document / group: the smallest holder's units (its signal per step)
+    documents: int | None = None       # unit=document / group: this holder's units (its signal per step)
     padded_rows: int | None = None     # train.dp_sgd.hide_batch_size: the rows every step pads to (dp.md §10.4)
     epsilon_cap: float | None = None   # train.dp_sgd.epsilon_cap: the holder refuses a round that would pass it (§10.5)
     rounds_steps: int | None = None    # DP-SGD steps of one round it joins (for the cap; default: steps)
