@@ -324,7 +324,8 @@ class Holder:
             # H1 (federation.md §4.2): a batch cut to the rows it holds would put its row count in every Ready's
             # tokens (K·min(B, N)·T: an audit's coordinator sent B = 2^40 and read N = 378) and in each step's time
             raise PolicyRefused(f"the run's batch_size {w.batch_size} is more rows than this holder trains on per step; "
-                                "a smaller batch would show the coordinator how many rows it holds")
+                                "a smaller batch would show the coordinator how many rows it holds. Give this holder "
+                                "more data, or ask the coordinator for a smaller train.batch_size (federation.md H1)")
 
     # ------------------------------------------------------------------ state (own files only)
     @property
