@@ -258,9 +258,8 @@ class Holder:
         holder's own rate, from an empty accountant: the trainer is fresh here) would refuse every round. Said now, as
         the pre-flight says it in a simulation: a refusal (H1, exit 7), not a client that joins, refuses each round and
         ends with "all rounds done" having taken part in none."""
-        dp = self.cfg.dp_sgd
-        one = self.trainer.dp_epsilon_after(w.local_steps) if dp.enabled and dp.epsilon_cap is not None else None
-        if one is not None and one > dp.epsilon_cap:
+        dp, one = self.cfg.dp_sgd, self._over_record_cap()
+        if one is not None:
             raise PolicyRefused(f"its dp_sgd.epsilon_cap {dp.epsilon_cap:g} is below the record-level cost of one round "
                                 f"of this run ({one:.4g} at delta {dp.delta:.3g}: the run's {w.local_steps} local steps "
                                 f"at batch {w.batch_size}), so it would refuse every round (protocols/dp.md §10.5); "
@@ -674,19 +673,26 @@ class Holder:
         ok, proj = self.budget.admits(spec, min_survivors=t_min)
         return None if ok else _over_cap("joining", proj, spec, t_min, pol.epsilon_cap)
 
-    def _record_level_problem(self) -> str | None:
-        """dp.md §10.5: the round's DP-SGD steps (the welcome's local steps at this holder's own rate) would take
-        its record-level ε above its own dp_sgd.epsilon_cap. Checked before it trains: the accountant counts every
-        step trained, released or not. The coordinator chooses the batch size, local steps and rounds; the cap is
-        what the holder's own config lets them spend."""
-        cap = self.cfg.dp_sgd.epsilon_cap
-        if not self.cfg.dp_sgd.enabled or cap is None or self.trainer is None:
+    def _over_record_cap(self) -> float | None:
+        """dp.md §10.5: this holder's record-level ε after one more round's DP-SGD steps (the welcome's local steps at
+        its own rate, on top of every step its accountant holds) when that passes its own dp_sgd.epsilon_cap; else
+        None. The coordinator chooses the batch size, local steps and rounds; the cap is what the holder's own config
+        lets them spend."""
+        dp = self.cfg.dp_sgd
+        if not dp.enabled or dp.epsilon_cap is None or self.trainer is None:
             return None
         proj = self.trainer.dp_epsilon_after(self.welcomed.local_steps)
-        if proj is None or proj <= cap:
+        return proj if proj > dp.epsilon_cap else None
+
+    def _record_level_problem(self) -> str | None:
+        """Why this round would pass the record-level cap (dp.md §10.5), checked at the offer, before it trains: the
+        accountant counts every step trained, released or not."""
+        proj = self._over_record_cap()
+        if proj is None:
             return None
+        dp = self.cfg.dp_sgd
         return (f"its {self.welcomed.local_steps} DP-SGD steps would take this holder's record-level epsilon to "
-                f"{proj:.4g} (at delta {self.cfg.dp_sgd.delta:.3g}), above its dp_sgd.epsilon_cap {cap:g}")
+                f"{proj:.4g} (at delta {dp.delta:.3g}), above its dp_sgd.epsilon_cap {dp.epsilon_cap:g}")
 
     def _on_model(self, rs: _Round, payload: bytes | bytearray) -> None:
         import torch

@@ -22,7 +22,8 @@ from securefed.privacy.ledger import LedgerError, decode_floats
 from securefed.privacy.rdp import clamp_epsilon
 
 __all__ = ["HOLDER_STATUSES", "REQUIRED_FIELDS", "check_holder_entry", "holder_effective_events", "holder_epsilon",
-           "record_level_epsilon", "hidden_batch_rows", "history_extends", "record_level_entry", "record_level_problem", "record_unit", "UNITS"]
+           "record_level_epsilon", "hidden_batch_rows", "history_extends", "record_level_entry", "record_level_problem",
+           "record_unit", "UNITS"]
 
 HOLDER_STATUSES = ("refused", "released", "settled")
 REQUIRED_FIELDS = ("version", "role", "run_id", "holder_id", "round", "status", "event", "epsilon", "cap", "delta",

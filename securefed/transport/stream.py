@@ -161,23 +161,23 @@ class StreamReceiver:
         undoes it (``abort()``, reading back a journal of up to 4·P bytes) outside that lock."""
         if self.closed:
             raise FrameError("stream already closed")
+        self._whole()
+        check = getattr(self.sink, "check", None)
+        if check is not None:
+            check()
+
+    def _whole(self) -> None:
         if self.received != self.header.total_len:
             raise FrameError(f"stream truncated: {self.received} of {self.header.total_len} bytes")
         if not self.verified:
             raise FrameError("stream ended without its trailer")
-        check = getattr(self.sink, "check", None)
-        if check is not None:
-            check()
 
     def finish(self) -> None:
         """The stream ended: commit the sink only if every byte came and the trailer verified them (§4.2)."""
         if self.closed:
             raise FrameError("stream already closed")
         try:
-            if self.received != self.header.total_len:
-                raise FrameError(f"stream truncated: {self.received} of {self.header.total_len} bytes")
-            if not self.verified:
-                raise FrameError("stream ended without its trailer")
+            self._whole()
             self.sink.commit()
             self.closed = True
         except BaseException:

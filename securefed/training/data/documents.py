@@ -45,6 +45,8 @@ TEXT_SUFFIXES = frozenset(
     ".txt .md .rst .py .pyi .c .h .cc .cpp .hpp .rs .go .java .js .ts .sh .tex .html .htm .xml "
     ".yaml .yml .toml .cfg .ini .csv .org .adoc .debian".split()
 )
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")   # record files (one document per record), read by name
+PARQUET_SUFFIXES = (".parquet", ".pq")
 CORPUS_MANIFEST = "manifest.json"  # written by `securefed corpus build`; fixes the source order
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
@@ -109,8 +111,8 @@ def _load_directory(root: Path) -> tuple[list[Document], int]:
     files = _walk_files(root)
     if not files:
         # a folder of .jsonl / .parquet files is not read as one: say so, not "empty"
-        records = sorted(p.name for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(
-            (".jsonl", ".jsonl.gz", ".ndjson", ".parquet", ".pq")))
+        records = sorted(p.name for p in root.rglob("*")
+                         if p.is_file() and p.name.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES))
         if records:
             raise DataError(
                 f"data directory {root} holds {len(records)} JSONL/Parquet file(s) ({', '.join(records[:3])}"
@@ -256,9 +258,9 @@ def load_documents(path: str | os.PathLike, *, text_field: str = "text", unit_fi
             raise DataError(f"data path {p} is a directory: data.unit_field ({unit_field!r}) is read from JSONL or "
                             "Parquet records; a directory's files have no such field")
         docs, skipped = _load_directory(p)
-    elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+    elif name.endswith(JSONL_SUFFIXES):
         docs, skipped = _load_jsonl(p, text_field, unit_field)
-    elif name.endswith((".parquet", ".pq")):
+    elif name.endswith(PARQUET_SUFFIXES):
         docs, skipped = _load_parquet(p, text_field, unit_field)
     else:
         raise DataError(f"data path {p}: expected a directory, a .jsonl or a .parquet file")
