@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -199,6 +200,19 @@ def partner_of(name: str) -> str:
     p = name.split("-")
     size, part, tok, seed = p[0], p[1], p[-2], p[-1]
     return f"{size}-{part}-central-*-{tok}-{seed}" if part == "iid" else f"{size}-iid-central-*-{tok}-{seed}"
+
+
+def _central_lr(name: str) -> float | None:
+    """The lr a centralized row's name carries (``…-central-lr0.003-…``); None for a name without one."""
+    m = re.search(r"-central-lr([0-9.e+-]+?)-t", name)
+    return float(m.group(1)) if m else None
+
+
+def _lrs(t: dict) -> str:
+    """The table's centralized-lr cell: the partner's lr, and in brackets every lr tried where there were several."""
+    best = f"{t['central_lr']:g}" if t["central_lr"] is not None else "—"
+    tried = t["central_lrs_tried"]
+    return best if len(tried) < 2 else f"{best} ({', '.join(f'{x:g}' for x in tried)})"
 
 
 def tuned_pairs(pairs: list[dict]) -> list[dict]:
@@ -378,12 +392,15 @@ def cmd_table(a: argparse.Namespace) -> None:
     table = []
     for p in tuned_pairs(pairs):
         f, meta = p["final"], parse_row(p["fed"])
+        # the centralized lrs this row was paired with: the table names the best and every one tried
+        tried = sorted({_central_lr(q["central"]) for q in pairs if q["fed"] == p["fed"] and q["final"]} - {None})
         n_params = size_params.get(meta["size"])
         complete = p["complete"] and f["tokens"] >= 0.99 * meta["tokens_planned"]
         table.append(meta | {"fed": p["fed"], "central": p["central"], "central_other_seed": p["central_other_seed"],
                              "tokens": f["tokens"], "params": n_params,
                              "tokens_per_param": f["tokens"] / n_params if n_params else None,
                              "fed_ppl": f["fed_ppl"], "central_ppl": f["central_ppl"], "ratio": f["ratio"],
+                             "central_lr": _central_lr(p["central"]), "central_lrs_tried": tried,
                              "complete": complete, "goal": GOALS.get(meta["size"]) if meta["partition"] == "iid" else None,
                              "source": sources[p["fed"]], "central_source": sources[p["central"]]})
     table.sort(key=lambda t: (t["params"] or 0, -t["tokens"], t["ratio"]))
@@ -393,8 +410,9 @@ def cmd_table(a: argparse.Namespace) -> None:
     (out / "study_table.json").write_text(json.dumps({"raw": where, "command": "python3 benchmarks/gpu/study.py table "
                                                       "--out benchmarks/gpu --plot benchmarks/gpu/ratio_vs_size.png",
                                                       "rows": table}, indent=1) + "\n")
-    lines = ["| size | partition | outer optimizer | H | seed | tokens | tokens / param | fed | central | **fed / central** | goal | raw |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | partition | outer optimizer | H | seed | tokens | tokens / param | fed | central | central lr (tried) "
+             "| **fed / central** | goal | raw |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in table:
         opt = "FedAvg" if t["outer"] == "fedavg" else f"Nesterov {t['outer_lr']:g} / {t['momentum']:g}"
         if t["outer"] != "fedavg" and t["momentum_warmup"]:
@@ -410,7 +428,7 @@ def cmd_table(a: argparse.Namespace) -> None:
         flags = "" if t["complete"] else " (partial)"
         goal = f"≤ {t['goal']}" if t["goal"] else ("non-IID ≤ 1.03 × IID" if t["partition"] != "iid" else "")
         lines.append(f"| {t['size']} | {t['partition']} | {opt} | {t['h']} | {seed} | {t['tokens'] / 1e6:,.1f}M | "
-                     f"{tpp} | {t['fed_ppl']:.3f} | {t['central_ppl']:.3f} | **{t['ratio']:.3f}**{flags} | "
+                     f"{tpp} | {t['fed_ppl']:.3f} | {t['central_ppl']:.3f} | {_lrs(t)} | **{t['ratio']:.3f}**{flags} | "
                      f"{goal} | `{t['source']}` |")
     (out / "study_table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

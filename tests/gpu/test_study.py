@@ -219,6 +219,28 @@ def test_table_collects_rows_from_folders_and_archives_keeping_the_longest_copy(
     assert "**1.100**" in (out / "study_table.md").read_text() and (out / "p.png").stat().st_size > 0
 
 
+def test_table_pairs_each_row_with_its_best_centralized_lr_and_names_every_lr_tried(tmp_path):
+    """Two centralized rows at different lrs (75m's 2e-3 and 3e-3, RESULTS.md (A40)): the ratio is taken against
+    the better one, and the table says which lr that was and which were tried."""
+    def metrics(ppl):
+        return "".join(json.dumps({"round": i + 1, "tokens_seen": 100 * (i + 1), "eval_ppl": ppl / (i + 1)}) + "\n"
+                       for i in range(3))
+    raw = tmp_path / "raw" / "x"
+    fed = "75m-iid-fed-nesterov-olr0.7-h32-ilr1-mw21-t3e+02-s0"
+    for name, ppl in ((fed, 33.0), ("75m-iid-central-lr0.002-t3e+02-s0", 30.0),
+                      ("75m-iid-central-lr0.003-t3e+02-s0", 31.5)):
+        (raw / name).mkdir(parents=True)
+        (raw / name / "metrics.jsonl").write_text(metrics(ppl))
+        (raw / name / "summary.json").write_text(json.dumps({"model_params": 60}))
+    out = tmp_path / "out"
+    study.cmd_table(argparse.Namespace(raw=str(tmp_path / "raw"), out=str(out), plot=None, central_seed=0, min_tokens=0))
+    (row,) = json.loads((out / "study_table.json").read_text())["rows"]
+    assert row["ratio"] == pytest.approx(1.1) and row["central_lr"] == 0.002
+    assert row["central_lrs_tried"] == [0.002, 0.003]
+    assert "| 0.002 (0.002, 0.003) | **1.100** |" in (out / "study_table.md").read_text()
+    assert study._central_lr("20m-iid-central-t4e+02-s0") is None
+
+
 def test_dpsgd_lm_plot_reads_archived_loose_and_console_rows(tmp_path):
     """dpsgd_lm.py plot: rows from a run's archive and loose files (metrics + argv), and from a console whose
     files were lost, where only the lines with both eval_ppl and round visible count."""
