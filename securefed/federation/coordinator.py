@@ -79,7 +79,10 @@ def privacy_preflight(cfg, *, dim: int, records: Sequence[int] | None, documents
     t_min = cfg.aggregation.secagg.thresholds(n).min_survivors if secure and n >= 3 else None
     rec = None
     if t.dp_sgd.enabled and records:
-        joins = math.ceil(fed.rounds * n / fed.n_holders)
+        # every round: under cohort sampling any holder may be drawn into all R cohorts, and nothing but its own cap
+        # stops it spending their steps. The expected ⌈R·m/N⌉ (used before PV-33) read ε 1.255 for a run in which a
+        # holder could spend 1.280 (R 8, m 3 of N 4, K 1), with no cap or warning to catch it (dp.md §10.5, §12)
+        joins = fed.rounds
         units = list(documents) if documents else list(records)
         rec = []
         for i, rows in enumerate(records):

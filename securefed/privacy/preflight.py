@@ -6,7 +6,7 @@ Pure: from the resolved configuration pieces (no data, no model, no files) it co
 - the signal per coordinate of the clipped mean: s/√d with s = min(C, typical update norm) — what a
   mean of m aligned updates of norm s puts on an average coordinate;
 - their ratio (noise-to-signal), the release ε of one round and of the planned rounds, and a holder's
-  own ε (no amplification) over the rounds it is expected to join.
+  own ε (no amplification) over every round (the most it can join: PV-33).
 
 It decides ``learnable``: the ratio must be at most √R (R planned rounds). That is optimistic — it
 assumes the signal adds up coherently over R rounds while the noise adds up as √R — so a refusal is a
@@ -51,7 +51,7 @@ class RecordLevel:
     delta: float
     batch_size: int  # expected (Poisson) batch
     records: int  # the rows this holder's batches are sampled from (q = batch / records)
-    steps: int  # DP-SGD steps of this holder over the planned run (its K × the rounds it is expected to join)
+    steps: int  # DP-SGD steps of this holder over the planned run (its K × every planned round: the most it can join, PV-33)
     max_records: int | None = None  # sequences of the largest holder: δ ≤ 1/records must hold for it too
     # unit=document (dp.md §10.2): ``records``/``max_records`` stay the rows the batches are sampled from, and
     # δ ≤ 1/documents is checked against the largest holder's documents instead
@@ -108,8 +108,9 @@ class Preflight:
                        f"{f(self.signal_per_coordinate)} (C/√d with C = {f(self.clip)}, d = {self.dim}): noise/signal "
                        f"{f(self.noise_to_signal)} (learnable up to √R = {f(self.learnable_limit)})")
             out.append(f"  σ = {f(self.noise_multiplier)}, δ = {self.delta:.3g}; ε per round {f(self.epsilon_per_round)}, "
-                       f"after {self.rounds} rounds {f(self.epsilon_planned)} (a holder's own, no amplification: "
-                       f"{f(self.holder_epsilon_planned)})")
+                       f"after {self.rounds} rounds {f(self.epsilon_planned)} (a holder's own, no amplification, "
+                       f"{'if it is in all ' + str(self.rounds) + ' cohorts' if self.cohort_size < self.population else 'over them'}"
+                       f": {f(self.holder_epsilon_planned)})")
             if self.accountant_scheme != ACCOUNTANT_SCHEME:
                 out.append(f"  accounted under scheme /{self.accountant_scheme}, which this run's ledger began with "
                            f"(new runs: /{ACCOUNTANT_SCHEME}; protocols/dp.md §6.5)")
@@ -131,8 +132,11 @@ class Preflight:
             if (r.get("holders") or 1) > 1 and r.get("holder") is not None:
                 out.append(f"  the largest record-level ε of {r['holders']} holders is holder-{r['holder']}'s, each checked "
                            "at its own batch, local steps and records:")
+            every = (f" (if it is in all {self.rounds} cohorts: a holder joins about {math.ceil(self.rounds * self.cohort_size / self.population)}"
+                     " on average, and nothing but its own cap stops it joining more)"
+                     if self.cohort_size < self.population else "")
             out.append(f"  record-level DP-SGD: σ = {f(r['noise_multiplier'])}, batch {r['batch_size']} of {r['records']} "
-                       f"{'document-packed rows' if doc else 'records'}, {r['steps']} steps: ε "
+                       f"{'document-packed rows' if doc else 'records'}, {r['steps']} steps{every}: ε "
                        f"{f(r['epsilon_planned'])} at δ = {r['delta']:.3g} per {per}"
                        f"; per-step noise/signal {f(r['noise_to_signal'])}")
             if not r.get("public_sample_rate"):
@@ -219,7 +223,7 @@ def _cap_warnings(config: DPConfig, *, rounds: int, joins: int, q: float, eps_ro
         when = f"round {k}" if q >= 1 else f"its {nth} round in a cohort (about round {min(rounds, math.ceil(k / q))} at q = {q:.3g})"
         out.append(f"privacy.holder_epsilon_cap = {cap:g} will be reached: a holder refuses a round whose own ε, assuming "
                    f"the fewest survivors it accepts, would exceed its cap ({eps_holder(k):.4g} at {when}), so each holder "
-                   f"stops taking part from {when} on, before the {joins} rounds it is planned to join")
+                   f"stops taking part from {when} on, before the {joins} rounds it may join")
     return out
 
 
@@ -351,7 +355,9 @@ def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: in
     acc, holder_acc = Accountant(config.accountant, scheme), Accountant("rdp", scheme)   # as the session's ledgers
     eps_round = acc.epsilon(delta, [ev(m, q)]) if config.dp_on else math.inf
     eps_planned = acc.epsilon(delta, [ev(m, q)] * rounds) if config.dp_on else math.inf
-    joins = max(1, math.ceil(rounds * q))
+    # a holder's own ε at the most rounds it can join: every one (PV-33). Under cohort sampling a holder drawn more
+    # often than the expected ⌈R·q⌉ spends more, and nothing but its own cap stops it
+    joins = rounds
     surv_min = m if min_survivors is None else max(1, min(m, min_survivors))
     holder_one = holder_acc.epsilon(delta, [ev(surv_min, 1.0)]) if config.dp_on else math.inf
     holder_planned = holder_acc.epsilon(delta, [ev(m, 1.0)] * joins) if config.dp_on else math.inf

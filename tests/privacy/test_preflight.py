@@ -175,3 +175,16 @@ def test_a_resumed_run_is_pre_flighted_by_the_coordinator_under_its_ledgers_sche
     (ledgers / "ledger.jsonl").write_text("{not json\n")
     with pytest.raises(LedgerError):
         privacy_preflight(run, dim=DIM, records=None, resumed_ledgers=ledgers)
+
+
+def test_a_holders_own_epsilon_is_projected_over_every_cohort_it_can_be_in():
+    """PV-33: under cohort sampling (3 of 10 holders a round) the check stated a holder's own ε over the expected
+    ⌈R·q⌉ = 2 rounds (3.19), but any holder may be drawn into all 6 cohorts and spend 5.98 (dp-accounting RDP,
+    add/remove, Gaussian z = σ·C/S composed 6 times at q = 1): nothing but its own cap stops it. The golden
+    value is dp-accounting's, not securefed's accountant."""
+    cfg = DPConfig(mode="central", mechanism="gaussian", clip=1.0, noise_multiplier=2.0, delta=1e-5)
+    p = preflight(cfg, population=10, cohort_size=3, rounds=6, dim=10_000, sampling="poisson", force=True)
+    every, expected = 5.978535753141434, 3.188996291706574     # dp_accounting 0.6.0 RdpAccountant, 6 and 2 rounds
+    assert p.holder_epsilon_planned >= every and p.holder_epsilon_planned == pytest.approx(every, rel=0.01)
+    assert p.holder_epsilon_planned > expected * 1.5
+    assert "if it is in all 6 cohorts" in "\n".join(p.lines())

@@ -144,3 +144,21 @@ def test_the_pre_flight_prices_record_level_steps_with_the_holders_own_accountan
     got = preflight(DPConfig(), record_level=rec, **kw).record_level
     assert got["epsilon_planned"] == pytest.approx(spent[-1], rel=1e-9)
     assert got["cap_round"] == holder_refuses == refuses
+
+
+def test_the_pre_flight_projects_a_sampled_holder_over_every_round_it_can_join():
+    """PV-33: with cohorts of 3 of 4 holders over 8 rounds the check priced each holder at the expected ⌈8·3/4⌉ = 6
+    rounds (ε 1.2551 for holder 4, σ 1, q 16/850, 6 steps), but a holder drawn into every cohort trains 8 rounds and
+    spends 1.2795 (dp-accounting 0.6.0 RdpAccountant, Poisson-sampled Gaussian, 8 steps, δ 1e-5) with no cap to stop
+    it: an audit's run had holder 2 in all 8 cohorts. The check now states the most a holder can spend."""
+    from securefed.federation.coordinator import privacy_preflight
+    from securefed.runtime.config import load_run_config
+
+    cfg = load_run_config(preset="dp-sgd", overrides=("federation.rounds=8", "train.local_steps=1",
+                                                      "federation.clients_per_round=3"))
+    pf = privacy_preflight(cfg, dim=10_000, records=[1214, 1203, 1014, 850])
+    rec = pf.record_level
+    every = 1.27951543100789            # independent: dp-accounting, [[1.0, 16/850, 8]] at δ 1e-5
+    assert (rec["holder"], rec["steps"]) == (4, 8)
+    assert rec["epsilon_planned"] >= every and rec["epsilon_planned"] == pytest.approx(every, rel=0.01)
+    assert "if it is in all 8 cohorts" in "\n".join(pf.lines())

@@ -195,7 +195,7 @@ def test_preflight_warns_where_a_cap_will_stop_the_run():
     assert pf.ok and pf.warnings == (
         "privacy.holder_epsilon_cap = 6 will be reached: a holder refuses a round whose own ε, assuming the fewest "
         "survivors it accepts, would exceed its cap (6.905 at round 2), so each holder stops taking part from round 2 "
-        "on, before the 3 rounds it is planned to join",)
+        "on, before the 3 rounds it may join",)
     assert "  WARNING: privacy.holder_epsilon_cap = 6 will be reached" in "\n".join(pf.lines())
     pf = preflight(DPConfig(**base, server_epsilon_cap=6.0), **kw)
     assert pf.warnings == ("privacy.server_epsilon_cap = 6 is below the planned ε after 3 rounds (7.996): the federation "
