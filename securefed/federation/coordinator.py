@@ -189,13 +189,15 @@ class Coordinator:
         k = self.local_steps(h)
         per_holder_rounds = math.ceil(fed.rounds * fed.cohort_size / fed.n_holders)
         agg = cfg.aggregation
+        included = self.privacy.holder_included_rounds(h)
         return encode(Welcome(
             run_id=self.run_id, holder_id=h, rounds=fed.rounds, next_round=self.next_round,
             model_preset=cfg.model.preset, vocab_size=len(self.data.tokenizer), seq_len=cfg.data.seq_len, dim=self.dim,
             tokenizer_sha256=self.data.tokenizer_sha256, init_sha256=self.init_sha256, seed=cfg.seed,
             aggregation=agg.mode, secagg=agg.secagg, ckks=agg.ckks if agg.mode == "ckks+secagg" else None,
             privacy_mode=cfg.privacy.mode, sampling=fed.sampling, train=cfg.train, local_steps=k,
-            batch_size=self.batch_size(h), total_steps=per_holder_rounds * k))
+            batch_size=self.batch_size(h), total_steps=per_holder_rounds * k,
+            included_rounds=len(included), last_included_round=max(included, default=0)))
 
     # ------------------------------------------------------------------ checkpoint (§6)
     def _save_model(self, after_round: int) -> None:
