@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 import securefed
@@ -20,7 +21,23 @@ EPILOG = """examples:
   securefed keygen pki/ --holders 3           a demo PKI for the networked deployment
 
 exit status: 0 success; 2 bad usage, config or input (one message on stderr, nothing half-written);
-130 interrupted (Ctrl-C: a run resumes with --resume); other codes per command (see its --help)."""
+130 interrupted (Ctrl-C: a run resumes with --resume); 143 / 129 stopped by SIGTERM / SIGHUP (the same);
+other codes per command (see its --help)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a service manager's stop, `kill`, a closed terminal), raised in the main thread: the same
+    way out as Ctrl-C — every ``finally`` runs, one line says what to do next, exit 128 + the signal. Without it the
+    process vanished mid-round with no line at all (the crash review: `kill` of `securefed server` left a log that
+    simply ended, exit -15)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminated(signum, _frame) -> None:
+    raise Terminated(signum)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,13 +68,28 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import threading
+
+    # (main thread only, and put back on return: tests and tools call main() in-process)
+    old = ({sig: signal.signal(sig, _terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
+           if threading.current_thread() is threading.main_thread() else {})
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:   # Ctrl-C: one line saying what to do next, not a traceback from wherever it landed
+    except KeyboardInterrupt as e:   # Ctrl-C, SIGTERM, SIGHUP: one line saying what to do next, not a traceback
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
         hint = getattr(args, "resume_hint", None)
         hint = hint() if callable(hint) else hint   # said as things stand when the interrupt came
-        print(f"\nsecurefed {args.command}: interrupted (Ctrl-C)" + (f"; {hint}" if hint else ""), file=sys.stderr)
-        return 130   # 128 + SIGINT, as a shell reports it
+        how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        try:
+            print(f"\nsecurefed {args.command}: interrupted ({how})" + (f"; {hint}" if hint else ""), file=sys.stderr,
+                  flush=True)
+        except OSError:   # a closed terminal (SIGHUP): nowhere to say it
+            pass
+        return 128 + int(signum)   # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+    finally:
+        for sig, handler in old.items():
+            if handler is not None:   # None: installed outside Python, cannot be put back
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

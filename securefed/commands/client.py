@@ -21,7 +21,8 @@ EPILOG = """exit status (protocols/transport.md §10):
   1  unexpected error
   2  usage or config error (bad or contradictory holder config, missing key or data file): nothing sent
   3  the coordinator refused this holder's certificate, or its certificate fails this holder's TLS checks
-  4  this holder's own state files are unreadable or inconsistent: nothing sent
+  4  this holder's own state files are unreadable, inconsistent or cannot be written (disk full, read-only):
+     nothing unrecorded sent; start it again once they can be written
   5  the coordinator ended the run: too few holders
   6  coordinator unreachable after max_failures attempts (holder config)
   7  the run is below this holder's floors: nothing sent

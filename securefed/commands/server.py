@@ -2,7 +2,7 @@
 
 It runs the same Coordinator as `securefed simulate` (securefed.federation) over the gRPC channel.
 Exit codes (protocols/transport.md §10): 0 all rounds done · 1 unexpected error · 2 usage/config error ·
-4 checkpoint and privacy ledger disagree, or --out in use by another server · 5 too few holders (join deadline, or repeated aborted rounds).
+4 checkpoint and privacy ledger disagree, --out in use by another server, or --out cannot be written · 5 too few holders (join deadline, or repeated aborted rounds).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ EPILOG = """exit status (protocols/transport.md §10):
   1  unexpected error; --status: the server that wrote it is no longer running on this host and the run did not end
   2  usage or config error (config, PKI, --out, --port in use, --resume under other settings): nothing written;
      --status: no status file
-  4  checkpoint and privacy ledger disagree, or --out is in use by another server process
+  4  checkpoint and privacy ledger disagree, --out is in use by another server process, or it cannot be
+     written (disk full, read-only): restart with --resume once it can
   5  too few holders (join deadline, or network.max_aborted_rounds aborted rounds in a row)"""
 
 

@@ -13,6 +13,8 @@ EPILOG = """exit status:
   0  the run finished (or --print-config / --list-presets printed)
   2  nothing run: a bad config or --out, --resume without a checkpoint or under other settings, a model this
      host cannot hold, or a pre-flight privacy refusal (one message on stderr; nothing written)
+  4  the run directory cannot be written (disk full, read-only; the file is named): --resume once it can;
+     or --resume of a checkpoint that cannot be read or does not match the run's privacy ledgers
   5  the run stopped early: too few holders took part (too few joined or survived, or 3 rounds in a row
      aborted; summary.json "ended": "too_few"). Its rounds so far, ledger and report are written
   6  --backend ray: the --ray-address cannot be reached"""
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from securefed.runtime.rundir import resume_hint
 
     args.resume_hint = lambda: resume_hint(out, f"with the same arguments and --out {out} --resume")   # (securefed.cli)
+    from securefed.federation.coordinator import StateError
     from securefed.federation.simulation import Simulation
 
     try:
@@ -106,10 +109,23 @@ def run(args: argparse.Namespace) -> int:
     except ConnectionError as e:      # ray_cluster.RayUnreachable: the cluster address cannot be reached
         print(f"securefed simulate: {e}", file=sys.stderr)
         return 6
+    except StateError as e:           # --resume: a checkpoint unreadable, or not matching its ledgers
+        print(f"securefed simulate: {e}", file=sys.stderr)
+        return 4
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"securefed simulate: {e}", file=sys.stderr)
         return 2
-    summary = sim.run()
+    from securefed.privacy.ledger import LedgerWriteError
+    from securefed.runtime.rundir import WriteError
+
+    try:
+        summary = sim.run()
+    except (WriteError, LedgerWriteError) as e:   # as `securefed server`: one error, never a traceback (SYS-27)
+        print(f"securefed simulate: stopped: {e}. Once {out} can be written, {args.resume_hint()}", file=sys.stderr)
+        return 4
+    except StateError as e:
+        print(f"securefed simulate: {e}", file=sys.stderr)
+        return 4
     print(jsonio.dumps(summary, indent=2))   # strict: "inf", never Infinity
     print(f"run directory: {out}  (report: {out}/report/report.html)")
     if cfg.deterministic_secrets:   # runtime/parties.py: every noise sample and mask from the seed

@@ -17,6 +17,7 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
     from securefed.configio import ConfigError
     from securefed.federation.holder import Holder, HolderStateError
     from securefed.federation.holder_config import HolderConfigError, check_holder_config, load_holder_config
+    from securefed.runtime.rundir import WriteError
     from securefed.secagg import Roster, RosterError
     from securefed.training.data import DataError
     from securefed.transport.pki import Layout, check_tls_files, holder_id_from_cert, load_identity
@@ -50,7 +51,7 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
         holder = Holder(cfg, identity=identity, roster=roster)
         holder.check_state()    # its own state files readable: one clear error now, not retries later
         holder.prepare_data()   # this holder's own data, before anything is sent
-    except HolderStateError as e:
+    except (HolderStateError, WriteError) as e:   # its own state_dir: unreadable, inconsistent, or cannot be written
         print(f"securefed client: refusing to start: {e}", file=sys.stderr)
         return EXIT["state"]
     except (DataError, ValueError, OSError) as e:

@@ -149,9 +149,10 @@ class Coordinator:
         self.outer = OuterOptimizer(theta0, cfg.outer)
         self.entropy = EntropyFactory(seed=cfg.seed, deterministic=cfg.deterministic_secrets)
         if resume:   # the run id goes into every ledger entry: take it from the checkpoint before the session
-            import torch
-
-            self.run_id = bytes.fromhex(torch.load(self.rd.checkpoint_file, weights_only=True)["run_id"])
+            run_id = _load_checkpoint(self.rd.checkpoint_file).get("run_id")
+            if not isinstance(run_id, str) or len(run_id) != 32:
+                raise StateError(f"{self.rd.checkpoint_file} names no run id: restore it from a backup")
+            self.run_id = bytes.fromhex(run_id)
         else:
             self.run_id = (hashlib.sha256(f"securefed-run|{cfg.seed}".encode()).digest()[:16]
                            if cfg.deterministic_secrets else os.urandom(16))
@@ -192,13 +193,15 @@ class Coordinator:
         k = self.local_steps(h)
         per_holder_rounds = math.ceil(fed.rounds * fed.cohort_size / fed.n_holders)
         agg = cfg.aggregation
+        included = self.privacy.holder_included_rounds(h)
         return encode(Welcome(
             run_id=self.run_id, holder_id=h, rounds=fed.rounds, next_round=self.next_round,
             model_preset=cfg.model.preset, vocab_size=len(self.data.tokenizer), seq_len=cfg.data.seq_len, dim=self.dim,
             tokenizer_sha256=self.data.tokenizer_sha256, init_sha256=self.init_sha256, seed=cfg.seed,
             aggregation=agg.mode, secagg=agg.secagg, ckks=agg.ckks if agg.mode == "ckks+secagg" else None,
             privacy_mode=cfg.privacy.mode, sampling=fed.sampling, train=cfg.train, local_steps=k,
-            batch_size=self.batch_size(h), total_steps=per_holder_rounds * k))
+            batch_size=self.batch_size(h), total_steps=per_holder_rounds * k,
+            included_rounds=len(included), last_included_round=max(included, default=0)))
 
     # ------------------------------------------------------------------ checkpoint (§6)
     def _save_model(self, after_round: int) -> None:
@@ -244,9 +247,7 @@ class Coordinator:
         atomic_write_text(self.rd.config, dump_yaml(self.cfg) + tail)
 
     def _restore(self) -> None:
-        import torch
-
-        st = torch.load(self.rd.checkpoint_file, weights_only=True)  # no pickle: a planted checkpoint must not run code
+        st = _load_checkpoint(self.rd.checkpoint_file)   # no pickle: a planted checkpoint must not run code
         if st.get("version") != 4 or st.get("model_preset") != self.cfg.model.preset or st.get("dim") != self.dim:
             raise StateError(f"checkpoint is for model {st.get('model_preset')!r} with {st.get('dim')} parameters "
                              f"(version {st.get('version')}), not {self.cfg.model.preset!r} with {self.dim}")
@@ -260,7 +261,7 @@ class Coordinator:
         self.run_id, self.next_round = bytes.fromhex(st["run_id"]), int(st["next_round"])
         self.metrics, self.wall, self.start_ppl = list(st["metrics"]), float(st.get("wall", 0.0)), st.get("start_ppl")
         self.model_file = st["model_file"]
-        heavy = torch.load(self.rd.checkpoints / self.model_file, weights_only=True)
+        heavy = _load_checkpoint(self.rd.checkpoints / str(self.model_file))
         self.outer.load_state_dict(heavy["outer"])
         self.model_restarts = list(st.get("model_restarts", []))
         last_done = self.next_round - 1
@@ -695,6 +696,25 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = round(now - self.t, 4)
         self.t = now
+
+
+def _load_checkpoint(path) -> dict:
+    """A checkpoint file of this run (weights_only: never runs code, SYS-13), or StateError naming it: a truncated,
+    corrupt or missing one was a torch traceback (exit 1) or an 'Errno 2' usage error on --resume (the crash review)."""
+    import torch
+
+    try:
+        st = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise StateError(f"{path} is missing, but the run's checkpoint needs it: restore it from a backup (the "
+                         "privacy ledgers hold the spend; a new --out starts the run afresh)") from None
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: one error naming it
+        raise StateError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+                         "): restore it from a backup (the privacy ledgers hold the spend; a new --out starts the run "
+                         "afresh)") from None
+    if not isinstance(st, dict):
+        raise StateError(f"{path} is not a checkpoint of this run: restore it from a backup")
+    return st
 
 
 def _decode(data: bytes, kinds, h: int, r: int):

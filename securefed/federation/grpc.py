@@ -184,6 +184,8 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
                backoff=None) -> int:
     """Take part in a run as ``holder`` (a federation.holder.Holder) until it ends; an exit code."""
     from securefed.federation.holder import HolderStateError, PolicyRefused
+    from securefed.privacy.ledger import LedgerWriteError
+    from securefed.runtime.rundir import WriteError
     from securefed.transport.client import FATAL_CODES, Backoff, Refused, TransportClient, classify_connect_error
 
     backoff = backoff or Backoff()
@@ -219,6 +221,14 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
             return EXIT["policy"]
         except HolderStateError as e:   # its own files: not a connection problem, never retried (federation.md §6)
             log.error("holder %d: refusing to start: %s", holder.id, e)
+            return EXIT["state"]
+        except (WriteError, LedgerWriteError) as e:
+            # its own files cannot be written (disk full, read-only): what it failed to record is not sent, and the
+            # files hold what they held before (federation.md §6); a retry would fail the same way
+            if tc is not None:
+                tc.close()
+            log.error("holder %d: stopping: %s. Nothing unrecorded was sent; once the state_dir can be written, start "
+                      "the client again with the same --config: it rejoins the run from its own state", holder.id, e)
             return EXIT["state"]
         except _Untrusted as e:   # this holder refuses the coordinator's certificate: retrying cannot change that
             tc.close()

@@ -495,6 +495,19 @@ class Holder:
                                     f"trained with ({type(e).__name__}): the coordinator changed the run") from None
         # H7 after a crash: a round released in the ledger is never taken part in again
         released = self.budget.released_rounds()
+        w = self.welcomed
+        if w.included_rounds > len(released):
+            # the coordinator's ledger has this holder's update in more sums than its own ledger released: a new or
+            # emptied state_dir, or an old backup (an audit restarted a holder with another state_dir mid-run: it
+            # rejoined with its DP-SGD accountant at 0 steps and its ledger without its first rounds, said nowhere
+            # before `securefed verify`). Fail closed; a coordinator that lies here can only stop this holder.
+            where = (f"{self.state_dir} holds no state of this run" if st is None else
+                     f"{led} records {len(released)} release(s)")
+            raise HolderStateError(
+                f"the coordinator's ledger has this holder's update in {w.included_rounds} released sum(s), the last in "
+                f"round {w.last_included_round}, but {where}: this is not the state_dir it took part with, or its "
+                "state was lost or restored from an older backup; restore the newest state (going on would forget "
+                "that privacy spend)")
         if released:
             self.next_round = max(self.next_round, max(released) + 1)
 

@@ -122,13 +122,18 @@ class Welcome:
     local_steps: int
     batch_size: int
     total_steps: int
+    # how many released sums the coordinator's ledger records this holder's update in, and the last one's round
+    # (federation.md §6): a holder whose own state records fewer releases lost its state, and refuses to go on
+    included_rounds: int = 0
+    last_included_round: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.run_id, bytes) or len(self.run_id) != 16:
             raise MessageError("run_id must be 16 bytes")
         _holder("holder_id", self.holder_id)
         for name, lo in (("rounds", 1), ("next_round", 1), ("vocab_size", 2), ("seq_len", 2), ("dim", 1),
-                         ("local_steps", 1), ("batch_size", 1), ("total_steps", 1), ("seed", 0)):
+                         ("local_steps", 1), ("batch_size", 1), ("total_steps", 1), ("seed", 0),
+                         ("included_rounds", 0), ("last_included_round", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v < 2**62:
                 raise MessageError(f"{name} must be an int >= {lo}, got {v!r}")

@@ -10,7 +10,8 @@ from securefed import jsonio
 from securefed.federation.coordinator import Coordinator, CoordinatorOptions, StateError, privacy_preflight
 from securefed.federation.grpc import EXIT, GrpcChannel
 from securefed.federation.stages import Deadlines
-from securefed.runtime.rundir import RunDir
+from securefed.privacy.ledger import LedgerWriteError
+from securefed.runtime.rundir import RunDir, WriteError
 
 __all__ = ["serve"]
 
@@ -70,7 +71,7 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
             rd.checkpoints.mkdir(exist_ok=True)
         else:
             rd.create(resume=resume)
-    except (DataError, FileExistsError, PermissionError, ValueError) as e:
+    except (DataError, FileExistsError, OSError, ValueError) as e:   # (PermissionError, WriteError: OSErrors)
         return usage(str(e))
     net = cfg.network
     secure = cfg.aggregation.mode != "plain"
@@ -87,6 +88,14 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
         summary = coord.run()
     except StateError as e:
         print(f"securefed server: {e}", file=sys.stderr)
+        return EXIT["state"]
+    except (WriteError, LedgerWriteError) as e:
+        # the run directory cannot be written (disk full, read-only): every file is whole, as of its last write, and
+        # --resume completes or aborts the round in flight (federation.md §6); never a traceback, never exit 2
+        from securefed.runtime.rundir import resume_hint
+
+        print(f"securefed server: stopped: {e}. Once {rd.root} can be written, "
+              f"{resume_hint(rd.root, 'with the same arguments and --resume')}", file=sys.stderr)
         return EXIT["state"]
     except OSError as e:
         return usage(str(e))

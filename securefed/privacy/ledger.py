@@ -19,6 +19,7 @@ Appends are one ``os.write`` of the whole line on an O_APPEND descriptor followe
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -28,7 +29,7 @@ from typing import Any
 
 from securefed.primitives.keys import IdentityKey, verify_signature
 
-__all__ = ["GENESIS", "SIGNATURE_LABEL", "LedgerError", "canonical_json", "entry_hash", "read_ledger", "Ledger",
+__all__ = ["GENESIS", "SIGNATURE_LABEL", "LedgerError", "LedgerWriteError", "canonical_json", "entry_hash", "read_ledger", "Ledger",
            "signed_message", "entry_signature_ok", "END_FILE", "write_end_record", "read_end_record",
            "end_record_problems"]
 
@@ -40,6 +41,13 @@ END_FILE = "end.json"
 
 class LedgerError(ValueError):
     """The ledger file is malformed or its hash chain is broken."""
+
+
+class LedgerWriteError(OSError):
+    """An entry could not be appended (disk full, read-only, I/O error). The file was cut back to its length before
+    the append, so it holds every earlier entry and no part of this one: the entry was not recorded, and whatever it
+    was to record must not happen (an audit filled a holder's disk: the short write left a torn line, and the
+    next append wrote after it, breaking the chain in the middle of the file)."""
 
 
 def _encode_floats(obj: Any) -> Any:
@@ -159,7 +167,14 @@ class Ledger:
             raise LedgerError(f"ledger has {len(self.entries)} entries, not {n}")
         return entry_hash(self.entries[n - 1]) if n else GENESIS
 
+    def _write_error(self, e: OSError, kept: str) -> LedgerWriteError:
+        err = LedgerWriteError(f"{self.path}: entry {len(self.entries)} could not be appended ({e.strerror or e}); "
+                               f"{kept}")
+        err.errno = e.errno
+        return err
+
     def append(self, fields: dict) -> dict:
+        """Append one entry (durably: written and fsync'd) or raise :class:`LedgerWriteError` with the file as it was."""
         if "seq" in fields or "prev_hash" in fields:
             raise ValueError("seq and prev_hash are set by the ledger")
         if "sig" in fields:
@@ -168,21 +183,36 @@ class Ledger:
         if self.signer is not None:
             entry["sig"] = self.signer.sign(signed_message(json.loads(canonical_json(entry)))).hex()
         line = (canonical_json(entry) + "\n").encode("ascii")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            if os.write(fd, line) != len(line):  # pragma: no cover - regular files write fully
-                raise OSError("short write to the ledger")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise self._write_error(e, "the ledger is unchanged") from None
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line) != len(line):   # a full disk writes part of the line
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.fsync(fd)
+        except OSError as e:
+            try:   # all or nothing: no torn line for the next append to write after
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+                kept = "the ledger is unchanged"
+            except OSError:
+                kept = "a torn last line may remain: remove that line only"
+            raise self._write_error(e, kept) from None
         finally:
             os.close(fd)
         if new:  # make the new directory entry durable too
-            dfd = os.open(self.path.parent, os.O_RDONLY)
             try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+                dfd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            except OSError as e:
+                raise self._write_error(e, "the entry may not be durable") from None
         stored = json.loads(canonical_json(entry))
         self.entries.append(stored)
         return stored

@@ -203,6 +203,11 @@ class PrivacySession:
             self._holder_ledgers[h], self._holder_acc[h] = led, acc
         return self._holder_ledgers[h], self._holder_acc[h]
 
+    def holder_included_rounds(self, h: int) -> list[int]:
+        """The rounds whose released sum this ledger records holder ``h``'s update in (its view's ``included``
+        entries): what a holder rejoining with no state of its own is told it has spent (federation.md §6)."""
+        return [int(e["round"]) for e in self._holder(h)[0].entries if e.get("status") == "included"]
+
     def holder_cap(self, h: int) -> float | None:
         return self.holder_caps.get(h, self.config.holder_epsilon_cap)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from securefed import jsonio
 
-__all__ = ["RunDir", "RunDirError", "DirectoryInUse", "hold_exclusive", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["RunDir", "RunDirError", "DirectoryInUse", "WriteError", "hold_exclusive", "atomic_write_bytes", "atomic_write_text",
            "atomic_torch_save", "default_run_dir", "check_out_dir", "is_run_dir", "describe_run"]
 
 # files whose presence makes a directory a securefed run (any one of them)
@@ -33,6 +33,24 @@ class RunDirError(ValueError):
 
 class DirectoryInUse(RunDirError):
     """Another process holds this run or state directory (:func:`hold_exclusive`)."""
+
+
+class WriteError(OSError):
+    """A file of a run or state directory could not be written (disk full, read-only, quota, I/O error). The message
+    names the file; an atomic write leaves its previous version in place. `securefed server` and `client` stop on it
+    with one error (exit 4), never a traceback: an audit filled the disk under each, and both died with torch's
+    "basic_ios::clear: iostream error" traceback naming no file."""
+
+
+def write_error(path: str | Path, e: BaseException, kept: str = "its previous version is kept") -> WriteError:
+    """A :class:`WriteError` naming ``path`` and why (``e``: the OSError, or torch's RuntimeError for the same)."""
+    if isinstance(e, OSError) and e.strerror:
+        reason = e.strerror
+    else:   # torch: "basic_ios::clear: iostream error" and the like, which say only that the write failed
+        reason = f"the write failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:120]}"
+    err = WriteError(f"cannot write {path} ({reason}): {kept}; free space or make the directory writable")
+    err.errno = getattr(e, "errno", None)
+    return err
 
 
 _HELD: dict[str, int] = {}   # lock file -> its open descriptor, held until this process exits
@@ -49,12 +67,15 @@ def hold_exclusive(directory: str | Path, what: str) -> None:
     import fcntl
 
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     lock = d / ".lock"
-    key = str(lock.resolve())
-    if key in _HELD:
-        return
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        key = str(lock.resolve())
+        if key in _HELD:
+            return
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise write_error(lock, e, f"{what} cannot be locked") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -62,22 +83,32 @@ def hold_exclusive(directory: str | Path, what: str) -> None:
         os.close(fd)
         raise DirectoryInUse(f"{what} {d} is in use by another process (pid {holder}, lock {lock}): stop that "
                              "process first — two processes writing one directory's ledgers would corrupt them") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:
+        os.close(fd)
+        raise write_error(lock, e, f"{what} cannot be locked") from None
     _HELD[key] = fd
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write ``path`` whole or not at all (WriteError naming it; the previous version stays)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
         raise
 
 
@@ -88,17 +119,26 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch  # lazily: network holder processes use this module without paying for torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:   # torch reports a failed write (ENOSPC, EFBIG, EIO) as a RuntimeError of its stream
+            raise write_error(path, e) from None
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise write_error(path, e) from None
         raise
+
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:

@@ -264,3 +264,33 @@ def test_a_holder_restarted_with_another_privacy_unit_over_unsigned_steps_is_ref
     holder = fed.restart_holder(1, dp_sgd=DPSGDConfig(enabled=True, noise_multiplier=1.0, delta=1e-4, unit=first))
     holder.welcome(fed.coordinator.welcome_for(1))          # the same unit resumes
     assert holder.trainer.dp_steps == 2
+
+
+@pytest.mark.parametrize("how", ["emptied", "an older backup"])
+def test_a_holder_whose_whole_state_is_gone_or_old_is_told_by_the_coordinators_ledger_and_refuses(tmp_path, fed_cache,
+                                                                                                  how):
+    """Every file of the state directory gone (a new or wiped state_dir: nothing is left to compare), or all of
+    them restored, consistently, from a backup older than the last release: each file agrees with the others, so
+    only the coordinator's ledger can tell. The crash review restarted `securefed client` with another state_dir
+    mid-run: it rejoined with its DP-SGD accountant at 0 steps (record-level ε 0.81 in round 3, as if round 1) and
+    its own ledger without rounds 1-2, said nowhere until `securefed verify` failed after the run. The Welcome now
+    carries how many released sums the coordinator's ledger has this holder in; a holder whose own ledger released
+    fewer refuses (HolderStateError, exit 4 in `securefed client`) and writes nothing."""
+    fed = tiny_federation(tmp_path, overrides=(*DPSGD, "federation.rounds=4"), cache_dir=fed_cache)
+    sd = fed.holders[1].state_dir
+    fed.coordinator.run_round(1)
+    fed.holders[1]._save_state()
+    backup = tmp_path / "backup"
+    shutil.copytree(sd, backup)
+    fed.coordinator.run_round(2)
+    shutil.rmtree(sd)
+    if how == "an older backup":
+        shutil.copytree(backup, sd)
+    holder = fed.restart_holder(1)
+    holder.check_state()
+    want = "update in 2 released sum\\(s\\), the last in round 2, but " + (
+        ".* holds no state of this run" if how == "emptied" else ".*ledger.jsonl records 1 release\\(s\\)")
+    with pytest.raises(HolderStateError, match=want):
+        holder.welcome(fed.coordinator.welcome_for(1))
+    assert holder.welcomed is None and holder.budget is None
+    assert not (sd / "ledger.jsonl").exists() or read_ledger(sd / "ledger.jsonl") == read_ledger(backup / "ledger.jsonl")

@@ -140,3 +140,42 @@ def test_signed_ledger_refuses_unsigned_or_forged_entries(tmp_path):
     with pytest.raises(LedgerError, match="entry 2 .*not signed"):
         read_ledger(p, public_key=key.public_bytes)
     assert len(read_ledger(p)) == 3  # without a key only the chain is checked (what verify reports as UNSIGNED)
+
+
+_FULL_DISK = r'''
+import os, resource, sys
+from securefed.privacy.ledger import Ledger, LedgerWriteError, read_ledger
+path = sys.argv[1]
+led = Ledger(path)
+led.append({"round": 1, "pad": "a" * 500})
+size = os.path.getsize(path)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 300, hard))   # the kernel writes 300 bytes of the next line, then stops
+try:
+    led.append({"round": 2, "pad": "b" * 2000})
+except LedgerWriteError as e:
+    print("REFUSED", e)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+print("SIZE", size, os.path.getsize(path))
+led.append({"round": 3})                                            # the same process goes on once the disk has room
+print("ROUNDS", [e["round"] for e in read_ledger(path)])
+'''
+
+
+def test_an_append_the_disk_cuts_short_leaves_the_ledger_as_it_was(tmp_path):
+    """A full disk (here a real file-size limit: the kernel writes part of the line and then refuses) must not leave a
+    torn line: the append raises LedgerWriteError naming the file, the file is cut back to its last whole entry, and
+    the next append extends an intact chain. (Before: a torn line stayed, `securefed` refused the ledger as torn, and
+    a process that appended again wrote after the fragment: "line 2 is not valid JSON", mid-file.)"""
+    import subprocess
+    import sys
+
+    p = tmp_path / "l.jsonl"
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(p)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert "could not be appended" in lines["REFUSED"] and str(p) in lines["REFUSED"] and "unchanged" in lines["REFUSED"]
+    before, after = lines["SIZE"].split()
+    assert before == after
+    assert lines["ROUNDS"] == "[1, 3]"
+    assert [e["round"] for e in read_ledger(p)] == [1, 3]

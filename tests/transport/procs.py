@@ -15,10 +15,19 @@ class Procs:
     def __init__(self, logdir: Path) -> None:
         self.logdir, self.procs = logdir, {}
 
-    def start(self, name: str, module: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    def start(self, name: str, module: str, *args: str, env: dict | None = None,
+              max_file_bytes: int | None = None) -> subprocess.Popen:
+        """``max_file_bytes``: the process may write no file larger (RLIMIT_FSIZE: the kernel's own short write, then
+        EFBIG), a full disk without root or a small filesystem."""
         out = open(self.logdir / f"{name}.log", "ab")
+
+        def limit() -> None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         p = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=out, stderr=subprocess.STDOUT,
-                             start_new_session=True, env={**os.environ, **(env or {})})
+                             start_new_session=True, env={**os.environ, **(env or {})},
+                             preexec_fn=limit if max_file_bytes is not None else None)
         self.procs[name] = p
         return p
 

@@ -285,3 +285,26 @@ def test_resume_may_lengthen_a_deadline_and_records_it_but_not_change_min_holder
     assert cfg["network"]["train"] == 1234.0 and cfg["network"]["upload"] == 99.0
     assert [line for line in text.splitlines() if line.startswith("# versions: ")] == versions
     assert json.loads(run.summary.read_text())["rounds"] == 1
+
+
+@pytest.mark.parametrize("damage", ["latest.pt truncated", "model file truncated", "model file missing"])
+def test_resume_of_a_corrupt_or_missing_checkpoint_is_one_error_naming_it(done, tmp_path, capsys, damage):
+    """The crash review truncated checkpoints/latest.pt and ran `securefed server --resume`: torch's
+    'PytorchStreamReader failed reading zip archive' traceback, exit 1; a missing model-N.pt was '[Errno 2]' as a
+    usage error (exit 2). Now: StateError naming the file, exit 4, and the ledgers untouched."""
+    import torch
+
+    run = _copy(done, tmp_path)
+    model = run.checkpoints / torch.load(run.checkpoint_file, weights_only=True)["model_file"]
+    path = run.checkpoint_file if damage.startswith("latest") else model
+    if damage.endswith("missing"):
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    before = (run.privacy / "ledger.jsonl").read_bytes()
+    capsys.readouterr()
+    assert _server(run, "--resume") == 4
+    err = capsys.readouterr().err
+    assert f"securefed server: {path} " in err and ("cannot be read" in err or "is missing" in err), err
+    assert "restore it from a backup" in err and "Traceback" not in err
+    assert (run.privacy / "ledger.jsonl").read_bytes() == before
