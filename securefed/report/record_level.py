@@ -139,16 +139,18 @@ def hiding_words(f: dict) -> str:
 
 def _timing_delta_words(rl: dict) -> str:
     """dp.md §10.4 rule 4: a hidden holder's Poisson batch outgrows its pad with probability ≤ HIDE_TAIL a step, and
-    that step's compute shows; against an observer of reply times its δ is larger by at most steps × HIDE_TAIL."""
-    from securefed.privacy.dpsgd import HIDE_TAIL
+    that step's compute shows; against an observer of reply times its δ is larger by at most (1 + e^ε)·steps ×
+    HIDE_TAIL, at its record-level ε (dpsgd.timing_delta; PV-34: steps × HIDE_TAIL alone understated it)."""
+    from securefed.privacy.dpsgd import HIDE_TAIL, timing_delta
 
-    extra = {h: int(r.get("steps") or 0) * HIDE_TAIL for h, r in rl.items() if r.get("padded_rows")}
+    extra = {h: timing_delta(float(r.get("epsilon") or 0.0), int(r.get("steps") or 0))
+             for h, r in rl.items() if r.get("padded_rows")}
     if not extra:
         return ""
     each = ", ".join(f"holder-{h} {fmt_number(x)}" for h, x in extra.items())
     return (f"Timing: a step whose Poisson batch outgrew its padded batch (probability ≤ {HIDE_TAIL:g} a step) ran longer "
-            f"and showed it, so against anyone timing the replies each of these holders' δ is larger by at most its steps "
-            f"× {HIDE_TAIL:g}: {each} (protocols/dp.md §10.4).")
+            f"and showed it, so against anyone timing the replies each of these holders' record-level δ is larger by at "
+            f"most (1 + e^ε) × its steps × {HIDE_TAIL:g}, at its ε above: {each} (protocols/dp.md §10.4).")
 
 
 def protection_blocks(f: dict) -> list:
