@@ -3,6 +3,8 @@ renders a signed run (tests/report/signed_run.py) or calls the wording function,
 
 import json
 
+import pytest
+
 from securefed.cli import main
 from securefed.privacy import DPConfig
 from securefed.privacy.holder_ledger import record_level_entry
@@ -234,3 +236,21 @@ def test_verify_prints_no_delta_without_dp(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "privacy: holder-level epsilon=inf (differential privacy off; 4 recorded events)" in out
     assert "delta=" not in out
+
+
+@pytest.mark.parametrize("sampling_rate", [1.0, 0.5])
+@pytest.mark.parametrize("aggregation", ["plain", "secagg"])
+def test_a_central_dp_holder_epsilon_is_never_said_to_hold_against_the_aggregator(aggregation, sampling_rate):
+    """PV-35: under central DP the aggregator sees the sum (plain: each clipped update) before it adds the noise, so no
+    holder-level ε holds against it; the "Two ε are kept" paragraph said each holder's own ε was "valid even against the
+    coordinator" in every mode, contradicting the Trust model section. Distributed DP keeps the sentence."""
+    from securefed.report.text import protection_words
+
+    f = {"privacy_unit": "holder", "aggregation": aggregation, "sampling_rate": sampling_rate, "sampling": "poisson",
+         "cohort_size_planned": 2, "population": 4}
+    central = " ".join(protection_words(dict(f, mode="central"), True, "ε words"))
+    assert "valid even against the coordinator" not in central and "not against the aggregator" in central
+    assert ("each holder's clipped update" in central) == (aggregation == "plain")
+    if aggregation == "secagg":
+        dist = " ".join(protection_words(dict(f, mode="distributed"), True, "ε words"))
+        assert "valid even against the coordinator" in dist and "not against the aggregator" not in dist
