@@ -153,6 +153,20 @@ def _timing_delta_words(rl: dict) -> str:
             f"most (1 + e^ε) × its steps × {HIDE_TAIL:g}, at its ε above: {each} (protocols/dp.md §10.4).")
 
 
+def count_caveat(f: dict) -> str:
+    """PV-36: with q = batch / records (train.dp_sgd.sample_rate unset, dp.md §10.3) the guarantee "against the
+    coordinator" does not cover whether a record is there: the ε each holder sends every round and the q it signs are
+    functions of its record count, and a record (a document of k rows, a group) moves that count. "" with a public q."""
+    sgd = f.get("dp_sgd") or {}
+    if not sgd.get("enabled") or sgd.get("sample_rate") is not None:
+        return ""
+    return ("Except for membership: each holder samples at q = batch size / its own record count, and the ε it sends the "
+            "coordinator every round and the q it signs give that count away, so the coordinator — and any reader of "
+            "the ledgers — who knows the rest of a holder's data can tell whether one record (a document of k rows, a "
+            "group) was added or removed; against them the guarantee covers what a record changes in the updates, not "
+            "whether it is there. train.dp_sgd.sample_rate (a public q) closes this (protocols/dp.md §10.3).")
+
+
 def protection_blocks(f: dict) -> list:
     """The record-level guarantee, labelled apart from the holder-level one: per holder, cumulative over the
     DP-SGD steps its signed releases record, per training record, at its δ ([] when DP-SGD did not run)."""
@@ -173,6 +187,9 @@ def protection_blocks(f: dict) -> list:
             "is cumulative over the DP-SGD steps the holder's signed releases record (all of them, unless its state "
             "predates releases that carry them: protocols/dp.md §11), per training record, recomputed from the "
             "DP-SGD history the holder signed with each release.")
+    caveat = count_caveat(f)
+    if caveat:
+        head += " " + caveat
     rows = [["holder", "record-level ε (cumulative, per record)", "δ", "DP-SGD steps", "unit (one record)"]]
     rows += [[f"holder-{h}", fmt_number(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps")),
               r.get("unit") or "sequence"] for h, r in rl.items()]

@@ -254,3 +254,24 @@ def test_a_central_dp_holder_epsilon_is_never_said_to_hold_against_the_aggregato
     if aggregation == "secagg":
         dist = " ".join(protection_words(dict(f, mode="distributed"), True, "ε words"))
         assert "valid even against the coordinator" in dist and "not against the aggregator" not in dist
+
+
+def test_the_record_level_guarantee_against_the_coordinator_excludes_membership_when_q_is_not_public():
+    """PV-36: with q = B/N (train.dp_sgd.sample_rate unset) the ε a holder sends every round and the q it signs are
+    functions of its record count N: for σ 1, batch 4, 6 steps at δ 1e-3 (Opacus RDP, as the holder signs) ε reads
+    0.398051 at N = 659 rows and 0.398230 at 658, so removing even one row shows, and a document of k rows moves N by k
+    (an audit's holder: 659 rows with one 400-row document). The report said the record-level guarantee held against the
+    coordinator without exception; it now says it does not cover membership unless q is public."""
+    from securefed.privacy.holder_ledger import record_level_epsilon
+    from securefed.report.record_level import protection_blocks
+    from securefed.report.text import trust_words
+
+    assert record_level_epsilon([[1.0, 4 / 659, 6]], 1e-3) == pytest.approx(0.3980509879648306, rel=1e-9)
+    assert record_level_epsilon([[1.0, 4 / 658, 6]], 1e-3) == pytest.approx(0.39822994540126766, rel=1e-9)
+    rl = {"1": {"epsilon": 0.398, "delta": 1e-3, "steps": 6, "unit": "document"}}
+    for q, caveat in ((None, True), (0.01, False)):
+        f = {"dp_sgd": {"enabled": True, "sample_rate": q}, "record_level": rl, "mode": "none", "aggregation": "secagg",
+             "secagg_threshold": 2}
+        head = " ".join(b for b in protection_blocks(f) if isinstance(b, str))
+        assert ("the coordinator included" in head) and (("Except for membership" in head) == caveat)
+        assert ("not whether a record is there" in trust_words(f)) == caveat
