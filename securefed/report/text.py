@@ -228,7 +228,7 @@ def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
                      "released models carry no formal guarantee about any holder's data. ")
         return [first + update_protection(f), eps_words]
     q1 = f.get("sampling_rate") == 1 or f.get("sampling_rate") == 1.0
-    # whom a holder's own ε holds against (PV-35): under distributed DP the noise is added by the holders before anything
+    # whom a holder's own ε holds against (PV-37): under distributed DP the noise is added by the holders before anything
     # leaves them, so even against the coordinator; under central DP the aggregator sees the sum before it adds the
     # noise (under plain aggregation, each holder's clipped update), so against it no holder-level ε holds at all
     if f.get("mode") == "central":

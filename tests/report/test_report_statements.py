@@ -241,7 +241,7 @@ def test_verify_prints_no_delta_without_dp(tmp_path, capsys):
 @pytest.mark.parametrize("sampling_rate", [1.0, 0.5])
 @pytest.mark.parametrize("aggregation", ["plain", "secagg"])
 def test_a_central_dp_holder_epsilon_is_never_said_to_hold_against_the_aggregator(aggregation, sampling_rate):
-    """PV-35: under central DP the aggregator sees the sum (plain: each clipped update) before it adds the noise, so no
+    """PV-37: under central DP the aggregator sees the sum (plain: each clipped update) before it adds the noise, so no
     holder-level ε holds against it; the "Two ε are kept" paragraph said each holder's own ε was "valid even against the
     coordinator" in every mode, contradicting the Trust model section. Distributed DP keeps the sentence."""
     from securefed.report.text import protection_words
