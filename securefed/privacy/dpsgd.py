@@ -30,7 +30,7 @@ from securefed.privacy.ghost import GhostClippingModule, exact_fp32_matmul
 warnings.filterwarnings("ignore", message=r"Full backward hook is firing when gradients are computed with respect to "
                         r"module outputs since no inputs require gradients", category=UserWarning)
 
-__all__ = ["attach_dp_sgd", "batch_tail_bound", "padded_batch_rows", "wrap_for_dp_sgd", "HIDE_TAIL"]
+__all__ = ["attach_dp_sgd", "batch_tail_bound", "padded_batch_rows", "timing_delta", "wrap_for_dp_sgd", "HIDE_TAIL"]
 
 
 class _FP32NormDPOptimizer(DPOptimizer):
@@ -138,8 +138,23 @@ def attach_dp_sgd(
 
 
 # train.dp_sgd.hide_batch_size (protocols/dp.md §10.4): the chance, per step, that a Poisson batch outgrows the padded
-# batch and its larger compute shows; T steps add at most T·HIDE_TAIL to the timing channel's δ (10⁻⁹ at 10⁶ steps)
+# batch and its larger compute shows; T steps add at most (1 + e^ε)·T·HIDE_TAIL to the timing channel's δ (timing_delta)
 HIDE_TAIL = 1e-15
+
+
+def timing_delta(epsilon: float, steps: int, tail: float = HIDE_TAIL) -> float:
+    """dp.md §10.4 rule 4: what the padded batch's tail adds to the record-level δ against an observer of reply times.
+
+    The mechanism with timing, M = (update, time), equals the constant-time M' = (update, const) except on the event E
+    that some step's batch outgrew the pad, P[E] <= p = steps·tail under every dataset. M' is (ε, δ)-DP, so for any
+    neighbours D, D' and any set S: P[M(D) ∈ S] <= P[M'(D) ∈ S] + p <= e^ε·P[M'(D') ∈ S] + δ + p
+    <= e^ε·(P[M(D') ∈ S] + p) + δ + p, i.e. M is (ε, δ + (1 + e^ε)·p)-DP. (Stating p alone — PV-34 — dropped the e^ε·p
+    of the last step: p is a probability under D', and the (ε, δ) bound multiplies it by e^ε.)"""
+    if steps <= 0:
+        return 0.0
+    if not math.isfinite(epsilon) or epsilon > 700:
+        return math.inf
+    return (1.0 + math.exp(max(0.0, epsilon))) * int(steps) * float(tail)
 _T_GRID = None
 
 

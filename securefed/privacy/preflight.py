@@ -153,7 +153,10 @@ class Preflight:
             else:
                 out.append(f"  record-level cap train.dp_sgd.epsilon_cap = {f(r['epsilon_cap'])}: not reached by the plan")
             if r.get("padded_rows"):
-                from securefed.privacy.dpsgd import HIDE_TAIL
+                from securefed.privacy.dpsgd import HIDE_TAIL, timing_delta
+
+                # a preflight.json written before PV-34 has no timing_delta: the worst holder's numbers give it
+                td = r.get("timing_delta", timing_delta(r["epsilon_planned"], r["steps"]))
 
                 by = r.get("padded_rows_by_holder")
                 rows = (", ".join(f"holder-{h} {p}" for h, p in by.items()) if by else f"at least {r['padded_rows']} rows "
@@ -161,7 +164,8 @@ class Preflight:
                 out.append(f"  record-level batch size hidden: every DP-SGD step runs one padded batch ({rows}), "
                            "whatever its Poisson draw, rounded up to whole ghost slices (train.dp_sgd.micro_batch_size; "
                            f"under bf16 without it, whole batches); a batch that outgrows it shows, so against anyone "
-                           f"timing the replies δ is larger by at most {r['steps']} steps × {HIDE_TAIL:g} (dp.md §10.4)")
+                           f"timing the replies the record-level δ is larger by at most (1 + e^ε) × steps × "
+                           f"{HIDE_TAIL:g} = {td:.3g} at the planned ε (dp.md §10.4)")
             else:
                 out.append("  record-level batch size NOT hidden: a step's compute, so a reply's timing, grows with its "
                            "Poisson batch; train.dp_sgd.hide_batch_size pads every step to one size (dp.md §10.4)")
@@ -247,6 +251,13 @@ def _record_levels(levels: RecordLevel | Sequence[RecordLevel], dim: int, proble
         return {}
     worst = max(found, key=lambda d: (d["epsilon_planned"], d["noise_to_signal"]))
     out = dict(worst, holders=len(found))
+    # dp.md §10.4 rule 4 (PV-34): the timing channel's extra δ, (1 + e^ε)·steps·HIDE_TAIL, is largest at the holder whose
+    # ε and steps give the most — not necessarily the one with the largest ε (another may run more steps)
+    from securefed.privacy.dpsgd import timing_delta
+
+    hidden = [timing_delta(d["epsilon_planned"], d["steps"]) for d in found if d.get("padded_rows")]
+    if hidden:
+        out["timing_delta"] = max(hidden)
     pads = {d["holder"]: d["padded_rows"] for d in found}
     if len(set(pads.values())) > 1:
         out["padded_rows_by_holder"] = {str(h): p for h, p in pads.items()}

@@ -139,16 +139,32 @@ def hiding_words(f: dict) -> str:
 
 def _timing_delta_words(rl: dict) -> str:
     """dp.md §10.4 rule 4: a hidden holder's Poisson batch outgrows its pad with probability ≤ HIDE_TAIL a step, and
-    that step's compute shows; against an observer of reply times its δ is larger by at most steps × HIDE_TAIL."""
-    from securefed.privacy.dpsgd import HIDE_TAIL
+    that step's compute shows; against an observer of reply times its δ is larger by at most (1 + e^ε)·steps ×
+    HIDE_TAIL, at its record-level ε (dpsgd.timing_delta; PV-34: steps × HIDE_TAIL alone understated it)."""
+    from securefed.privacy.dpsgd import HIDE_TAIL, timing_delta
 
-    extra = {h: int(r.get("steps") or 0) * HIDE_TAIL for h, r in rl.items() if r.get("padded_rows")}
+    extra = {h: timing_delta(float(r.get("epsilon") or 0.0), int(r.get("steps") or 0))
+             for h, r in rl.items() if r.get("padded_rows")}
     if not extra:
         return ""
     each = ", ".join(f"holder-{h} {fmt_number(x)}" for h, x in extra.items())
     return (f"Timing: a step whose Poisson batch outgrew its padded batch (probability ≤ {HIDE_TAIL:g} a step) ran longer "
-            f"and showed it, so against anyone timing the replies each of these holders' δ is larger by at most its steps "
-            f"× {HIDE_TAIL:g}: {each} (protocols/dp.md §10.4).")
+            f"and showed it, so against anyone timing the replies each of these holders' record-level δ is larger by at "
+            f"most (1 + e^ε) × its steps × {HIDE_TAIL:g}, at its ε above: {each} (protocols/dp.md §10.4).")
+
+
+def count_caveat(f: dict) -> str:
+    """PV-36: with q = batch / records (train.dp_sgd.sample_rate unset, dp.md §10.3) the guarantee "against the
+    coordinator" does not cover whether a record is there: the ε each holder sends every round and the q it signs are
+    functions of its record count, and a record (a document of k rows, a group) moves that count. "" with a public q."""
+    sgd = f.get("dp_sgd") or {}
+    if not sgd.get("enabled") or sgd.get("sample_rate") is not None:
+        return ""
+    return ("Except for membership: each holder samples at q = batch size / its own record count, and the ε it sends the "
+            "coordinator every round and the q it signs give that count away, so the coordinator — and any reader of "
+            "the ledgers — who knows the rest of a holder's data can tell whether one record (a document of k rows, a "
+            "group) was added or removed; against them the guarantee covers what a record changes in the updates, not "
+            "whether it is there. train.dp_sgd.sample_rate (a public q) closes this (protocols/dp.md §10.3).")
 
 
 def protection_blocks(f: dict) -> list:
@@ -171,6 +187,9 @@ def protection_blocks(f: dict) -> list:
             "is cumulative over the DP-SGD steps the holder's signed releases record (all of them, unless its state "
             "predates releases that carry them: protocols/dp.md §11), per training record, recomputed from the "
             "DP-SGD history the holder signed with each release.")
+    caveat = count_caveat(f)
+    if caveat:
+        head += " " + caveat
     rows = [["holder", "record-level ε (cumulative, per record)", "δ", "DP-SGD steps", "unit (one record)"]]
     rows += [[f"holder-{h}", fmt_number(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps")),
               r.get("unit") or "sequence"] for h, r in rl.items()]

@@ -228,12 +228,21 @@ def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
                      "released models carry no formal guarantee about any holder's data. ")
         return [first + update_protection(f), eps_words]
     q1 = f.get("sampling_rate") == 1 or f.get("sampling_rate") == 1.0
+    # whom a holder's own ε holds against (PV-37): under distributed DP the noise is added by the holders before anything
+    # leaves them, so even against the coordinator; under central DP the aggregator sees the sum before it adds the
+    # noise (under plain aggregation, each holder's clipped update), so against it no holder-level ε holds at all
+    if f.get("mode") == "central":
+        seen = ("each holder's clipped update" if f.get("aggregation") == "plain" else "the sum of the updates")
+        valid = ("valid against anyone who sees the released models and knows who took part, but not against the "
+                 f"aggregator: central DP's server sees {seen} before it adds the noise (see Trust model)")
+    else:
+        valid = "valid even against the coordinator"
     two = ("Two ε are kept: the ledger above is the guarantee for the released models; each holder's own ledger counts "
-           "only the rounds its data was in (valid even against the coordinator). Here q = 1: every holder is in every "
+           f"only the rounds its data was in ({valid}). Here q = 1: every holder is in every "
            "cohort, so neither ε has amplification by sampling." if q1 else
            "Two ε are kept: the ledger above is the guarantee for the released models, with amplification by the random "
            "choice of cohorts (valid against anyone who does not know the cohorts); each holder's own ledger counts only "
-           "the rounds its data was in, without that amplification (valid even against the coordinator). The ledger "
+           f"the rounds its data was in, without that amplification ({valid}). The ledger "
            "files themselves list who took part in each round: keep them with the coordinator's records; against a "
            "reader of the ledger only the holder ε holds.")
     return [f"Privacy unit: {f['privacy_unit']} — each data holder's entire pseudo-gradient in a round is bounded in size "
@@ -283,6 +292,9 @@ def trust_words(f: dict) -> str:
     if record_level.on(f):
         t += (" Record-level DP-SGD inside each holder bounds what anyone, the coordinator included, can infer about "
               "one training record from what a holder sent (at that holder's record-level ε).")
+        if record_level.count_caveat(f):   # PV-36: q = B/N gives the record count away, and with it membership
+            t += (" With q = batch size / record count (train.dp_sgd.sample_rate unset), not whether a record is there: "
+                  "the ε and q a holder sends and signs reveal its record count (protocols/dp.md §10.3).")
     if f.get("deterministic_secrets"):
         t += (f" {NOT_PRIVATE}: deterministic_secrets is on, so every mask and noise sample is derived from the "
               "configuration's seed: whoever reads config.yaml can unmask every update and remove every noise sample.")

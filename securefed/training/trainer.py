@@ -461,8 +461,7 @@ class HolderTrainer:
         <= 10⁻¹⁵ a step) is padded to the next whole slice: its compute shows, which §10.4 counts against the
         timing channel's δ."""
         mask = self._dp_draw()
-        idx = mask.nonzero().squeeze(1)       # a pass over every row whatever the draw; its output, 8 bytes a row
-        real, pad = idx.shape[0], self._dp_pad_rows
+        real, pad = int(mask.sum()), self._dp_pad_rows   # a pass over every row whatever the draw
         if real > pad:
             size = self._dp_pad_slice
             log.warning("holder %d: a Poisson batch outgrew train.dp_sgd.hide_batch_size's padded batch (a "
@@ -471,7 +470,12 @@ class HolderTrainer:
         # the padding's rows: random rows (a generator of their own, never the Poisson draw's), so reading them costs
         # what reading drawn rows does (a repeated row would stay in cache); then zeroed, the padding's content
         rows = torch.randint(0, self.data.shape[0], (pad,), generator=self._dp_pad_gen)
-        rows[:real] = idx
+        # the drawn rows' indices, in row order, into rows[:real] — as one write per row of the holder's data whatever
+        # the draw (an undrawn row writes to a slot past the pad, then dropped), not a write per drawn row (nonzero()
+        # and a copy of its output grew with the draw: the host work dp.md §10.4 rule 4 had left outside the timing δ)
+        n = self.data.shape[0]
+        dest = torch.where(mask, torch.cumsum(mask, 0) - 1, pad)
+        rows = torch.cat([rows, rows.new_zeros(1)]).scatter_(0, dest, torch.arange(n))[:pad]
         drawn = torch.arange(pad) < real
         x = torch.where(drawn[:, None], self.data[rows], 0)
         scale = None if self.units is None else torch.where(drawn, self._unit_scale[rows], 1.0)

@@ -384,7 +384,7 @@ def test_a_hidden_step_reads_the_same_rows_of_the_holders_data_whatever_its_draw
 
 
 def test_the_report_states_the_timing_delta_of_hidden_holders():
-    """dp.md §10.4 rule 4: T padded steps add at most T·HIDE_TAIL to the δ against an observer of reply times; the
+    """dp.md §10.4 rule 4: T padded steps add at most (1 + e^ε)·T·HIDE_TAIL to the δ against an observer of reply times; the
     report says so per hidden holder, from its signed steps, and says nothing of it for a holder that did not pad."""
     from securefed.privacy.dpsgd import HIDE_TAIL
     from securefed.report.record_level import protection_blocks
@@ -392,8 +392,34 @@ def test_the_report_states_the_timing_delta_of_hidden_holders():
     rl = {"1": {"epsilon": 2.0, "delta": 1e-5, "steps": 3200, "unit": "sequence", "padded_rows": 96},
           "2": {"epsilon": 2.1, "delta": 1e-5, "steps": 3200, "unit": "sequence"}}
     text = " ".join(b for b in protection_blocks({"dp_sgd": {"enabled": True}, "record_level": rl}) if isinstance(b, str))
-    assert HIDE_TAIL == 1e-15 and "holder-1 3.2e-12" in text
+    # (1 + e^ε)·steps·HIDE_TAIL (PV-34), by hand: (1 + e^2.0)·3200·1e-15 = 2.6845e-11 (3.2e-12 before: e^ε·p missing)
+    assert HIDE_TAIL == 1e-15 and "holder-1 2.684e-11" in text
     assert "holder-2" not in text.split("Timing:")[1]
     rl["1"].pop("padded_rows")
     text = " ".join(b for b in protection_blocks({"dp_sgd": {"enabled": True}, "record_level": rl}) if isinstance(b, str))
     assert "Timing:" not in text
+
+
+def test_the_timing_delta_carries_the_e_to_the_epsilon_of_the_bound_it_is_added_to():
+    """PV-34: M = (update, reply time) equals the constant-time M' except on the tail event E (P[E] <= p = T·HIDE_TAIL
+    under each dataset), so P[M(D) ∈ S] <= e^ε·(P[M(D') ∈ S] + p) + δ + p: the timing channel adds (1 + e^ε)·p to δ,
+    not p. The report and the pre-flight stated p. Golden values: dp-accounting 0.6.0's RDP accountant (fine order
+    grid) gives ε 1.54028 for (σ 1, q 16/850, 48 steps) and 0.48470 for (σ 1, q 16/100000, 4800 steps) at δ 1e-5,
+    so (1 + e^ε)·T·1e-15 = 2.7196e-13 and 1.2594e-11; the pre-flight states the larger — the holder with more steps,
+    not the one with the larger ε."""
+    import math
+
+    from securefed.privacy.config import DPConfig
+    from securefed.privacy.dpsgd import timing_delta
+    from securefed.privacy.preflight import RecordLevel, preflight
+
+    assert timing_delta(2.0, 3200) == pytest.approx(2.6844979516578082e-11, rel=1e-12)
+    assert timing_delta(0.0, 10) == pytest.approx(2e-14, rel=1e-12) and timing_delta(3.0, 0) == 0.0
+    assert timing_delta(math.inf, 5) == math.inf
+    pad = DPSGDConfig(enabled=True, clipping="ghost", hide_batch_size=True).padded_batch(16)
+    levels = [RecordLevel(1.0, 1.0, 1e-5, 16, 850, 48, padded_rows=pad, holder=1),
+              RecordLevel(1.0, 1.0, 1e-5, 16, 100_000, 4800, padded_rows=pad, holder=2)]
+    p = preflight(DPConfig(), population=2, cohort_size=2, rounds=4, dim=1000, sampling="fixed", record_level=levels)
+    assert p.record_level["holder"] == 1                                   # the largest ε ...
+    assert p.record_level["timing_delta"] == pytest.approx(1.2593721023110297e-11, rel=2e-3)   # ... not the largest δ
+    assert "(1 + e^ε) × steps × 1e-15 = 1.26e-11" in "\n".join(p.lines())

@@ -3,6 +3,8 @@ renders a signed run (tests/report/signed_run.py) or calls the wording function,
 
 import json
 
+import pytest
+
 from securefed.cli import main
 from securefed.privacy import DPConfig
 from securefed.privacy.holder_ledger import record_level_entry
@@ -234,3 +236,42 @@ def test_verify_prints_no_delta_without_dp(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "privacy: holder-level epsilon=inf (differential privacy off; 4 recorded events)" in out
     assert "delta=" not in out
+
+
+@pytest.mark.parametrize("sampling_rate", [1.0, 0.5])
+@pytest.mark.parametrize("aggregation", ["plain", "secagg"])
+def test_a_central_dp_holder_epsilon_is_never_said_to_hold_against_the_aggregator(aggregation, sampling_rate):
+    """PV-37: under central DP the aggregator sees the sum (plain: each clipped update) before it adds the noise, so no
+    holder-level ε holds against it; the "Two ε are kept" paragraph said each holder's own ε was "valid even against the
+    coordinator" in every mode, contradicting the Trust model section. Distributed DP keeps the sentence."""
+    from securefed.report.text import protection_words
+
+    f = {"privacy_unit": "holder", "aggregation": aggregation, "sampling_rate": sampling_rate, "sampling": "poisson",
+         "cohort_size_planned": 2, "population": 4}
+    central = " ".join(protection_words(dict(f, mode="central"), True, "ε words"))
+    assert "valid even against the coordinator" not in central and "not against the aggregator" in central
+    assert ("each holder's clipped update" in central) == (aggregation == "plain")
+    if aggregation == "secagg":
+        dist = " ".join(protection_words(dict(f, mode="distributed"), True, "ε words"))
+        assert "valid even against the coordinator" in dist and "not against the aggregator" not in dist
+
+
+def test_the_record_level_guarantee_against_the_coordinator_excludes_membership_when_q_is_not_public():
+    """PV-36: with q = B/N (train.dp_sgd.sample_rate unset) the ε a holder sends every round and the q it signs are
+    functions of its record count N: for σ 1, batch 4, 6 steps at δ 1e-3 (Opacus RDP, as the holder signs) ε reads
+    0.398051 at N = 659 rows and 0.398230 at 658, so removing even one row shows, and a document of k rows moves N by k
+    (an audit's holder: 659 rows with one 400-row document). The report said the record-level guarantee held against the
+    coordinator without exception; it now says it does not cover membership unless q is public."""
+    from securefed.privacy.holder_ledger import record_level_epsilon
+    from securefed.report.record_level import protection_blocks
+    from securefed.report.text import trust_words
+
+    assert record_level_epsilon([[1.0, 4 / 659, 6]], 1e-3) == pytest.approx(0.3980509879648306, rel=1e-9)
+    assert record_level_epsilon([[1.0, 4 / 658, 6]], 1e-3) == pytest.approx(0.39822994540126766, rel=1e-9)
+    rl = {"1": {"epsilon": 0.398, "delta": 1e-3, "steps": 6, "unit": "document"}}
+    for q, caveat in ((None, True), (0.01, False)):
+        f = {"dp_sgd": {"enabled": True, "sample_rate": q}, "record_level": rl, "mode": "none", "aggregation": "secagg",
+             "secagg_threshold": 2}
+        head = " ".join(b for b in protection_blocks(f) if isinstance(b, str))
+        assert ("the coordinator included" in head) and (("Except for membership" in head) == caveat)
+        assert ("not whether a record is there" in trust_words(f)) == caveat
