@@ -55,7 +55,7 @@ def test_holder_floor_accepts_its_own_settings_and_auto_graph_when_allowed():
 
 def test_resume_does_not_unpickle_arbitrary_objects():
     f = da.checkpoint_code_execution()
-    assert f.evidence["refused_with"] == {"coordinator --resume": "UnpicklingError",
+    assert f.evidence["refused_with"] == {"coordinator --resume": "StateError (from UnpicklingError)",
                                           "holder restart": "HolderStateError (from UnpicklingError)"}
     assert not any(f.evidence["payload_executed"].values())
     assert not f.evidence["unsafe_load_sites"]

@@ -157,7 +157,7 @@ def checkpoint_code_execution() -> Finding:
     import torch
 
     import securefed
-    from securefed.federation.coordinator import Coordinator
+    from securefed.federation.coordinator import Coordinator, StateError
     from securefed.federation.holder import Holder, HolderStateError
 
     root = Path(securefed.__file__).parent
@@ -187,7 +187,7 @@ def checkpoint_code_execution() -> Finding:
                 load()      # the real code paths; only the safe loader's refusal is expected
             except pickle.UnpicklingError as e:
                 refused[who] = type(e).__name__
-            except HolderStateError as e:   # the holder names the unreadable file (federation.md §6)
+            except (HolderStateError, StateError) as e:   # each names the unreadable file (federation.md §6)
                 refused[who] = f"{type(e).__name__} (from {type(e.__context__).__name__})" if e.__context__ else type(e).__name__
             executed[who] = marker.exists()
             marker.unlink(missing_ok=True)

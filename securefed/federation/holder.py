@@ -186,7 +186,11 @@ class Holder:
         if self.welcomed is not None:
             if w.run_id != self.welcomed.run_id:
                 raise PolicyRefused("the coordinator now runs a different run id")
-            if replace(w, next_round=self.welcomed.next_round) != self.welcomed:
+            # what moves as the run goes on (the next round; how many released sums hold this holder, PV-35) is
+            # no setting: a coordinator resumed after round 2 sends 2 where this holder joined at 0
+            moving = dict(next_round=self.welcomed.next_round, included_rounds=self.welcomed.included_rounds,
+                          last_included_round=self.welcomed.last_included_round)
+            if replace(w, **moving) != self.welcomed:
                 # a reconnect must not smuggle in settings the floors were never checked against (H1)
                 raise PolicyRefused("the coordinator changed the run's settings since this holder joined")
             self.welcomed = w

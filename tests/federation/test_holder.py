@@ -133,12 +133,15 @@ def test_h1_the_honest_welcome_is_accepted_and_a_different_run_is_not(make):
                                     {"privacy_mode": "none"}, {"dim": 10}, {"local_steps": 50}])
 def test_h1_a_reconnect_cannot_change_the_settings_the_floors_were_checked_against(make, change):
     """gRPC: a holder whose connection dropped joins again and gets a new Welcome of the same run; it
-    must be the run it joined (only next_round moves), or the floors would be bypassed (plain = Δ in clear)."""
+    must be the run it joined (only next_round and the released sums that hold it move: a coordinator resumed after
+    a round sends included_rounds 1 where the holder joined at 0, which an e2e run refused as a changed setting), or
+    the floors would be bypassed (plain = Δ in clear)."""
     fed = make(*DP)
     holder = fed.holders[1]
     before = holder.welcomed
-    holder.welcome(_welcome(fed, next_round=2))                       # the honest re-join
-    assert holder.welcomed == dataclasses.replace(before, next_round=2)
+    moved = dict(next_round=2, included_rounds=1, last_included_round=1)
+    holder.welcome(_welcome(fed, **moved))                            # the honest re-join
+    assert holder.welcomed == dataclasses.replace(before, **moved)
     with pytest.raises(PolicyRefused, match="changed the run's settings"):
         holder.welcome(_welcome(fed, **change))
     assert holder.welcomed.aggregation == "secagg" and fed.ledger(1) == []
