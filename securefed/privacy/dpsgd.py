@@ -155,6 +155,8 @@ def timing_delta(epsilon: float, steps: int, tail: float = HIDE_TAIL) -> float:
     if not math.isfinite(epsilon) or epsilon > 700:
         return math.inf
     return (1.0 + math.exp(max(0.0, epsilon))) * int(steps) * float(tail)
+
+
 _T_GRID = None
 
 

@@ -129,6 +129,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         try:
             torch.save(obj, tmp)
         except RuntimeError as e:   # torch reports a failed write (ENOSPC, EFBIG, EIO) as a RuntimeError of its stream
+            if not _failed_write(e):
+                raise              # any other RuntimeError is a bug, not a disk to free: never said to be one
             raise write_error(path, e) from None
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -139,6 +141,13 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             raise write_error(path, e) from None
         raise
 
+
+def _failed_write(e: RuntimeError) -> bool:
+    """torch.save's own words for a write the file system refused: its iostream ("basic_ios::clear: iostream error",
+    a full tmpfs) or its zip writer ("PytorchStreamWriter failed writing file …"; "[enforce fail at
+    inline_container.cc:…] . unexpected pos …" under a file-size limit, measured on torch 2.13)."""
+    text = str(e)
+    return any(w in text for w in ("iostream", "PytorchStreamWriter", "inline_container", "write failed"))
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:

@@ -115,3 +115,18 @@ def test_a_simulation_whose_disk_is_full_stops_with_one_error_naming_the_file(tm
     log = procs.log("sim")
     assert rc == 4, log[-3000:]
     assert "Traceback" not in log and "securefed simulate: stopped: cannot write" in log, log[-3000:]
+
+
+def test_a_checkpoint_torch_cannot_serialise_is_a_bug_not_a_full_disk(tmp_path):
+    """atomic_torch_save turns torch's own failed-write RuntimeErrors into WriteError ("free space"); any other
+    RuntimeError out of torch.save is a bug and must say so, not send the operator to free disk space."""
+    from securefed.runtime.rundir import WriteError, atomic_torch_save
+
+    class Bad:
+        def __reduce__(self):
+            raise RuntimeError("a bug in a state dict")
+
+    with pytest.raises(RuntimeError, match="a bug in a state dict") as e:
+        atomic_torch_save({"x": Bad()}, tmp_path / "c.pt")
+    assert not isinstance(e.value, WriteError)
+    assert list(tmp_path.iterdir()) == []          # no temporary file left behind
