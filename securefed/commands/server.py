@@ -22,7 +22,8 @@ EPILOG = """exit status (protocols/transport.md §10):
   2  usage or config error (config, PKI, --out, --port in use, --resume under other settings): nothing written;
      --status: no status file
   4  checkpoint and privacy ledger disagree, --out is in use by another server process, or it cannot be
-     written (disk full, read-only): restart with --resume once it can
+     written once the run has begun (disk full, read-only): restart with --resume once it can (an --out that
+     cannot be created at start: exit 2)
   5  too few holders (join deadline, or network.max_aborted_rounds aborted rounds in a row)"""
 
 
