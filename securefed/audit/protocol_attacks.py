@@ -239,7 +239,8 @@ def bad_shares() -> Finding:
         ev[variant] = outcome
     wrong_results = [v for v, o in ev.items() if o.get("sum_correct") is False]
     return Finding("SEC-06", "Malformed and inconsistent Shamir shares", MITIGATED if not wrong_results else "VULNERABLE",
-                   "A corrupted share either makes the server abort (reconstructed b_i fails its commitment; s_i fails "
-                   "its advertised public key, S7) or drops its sender (S6); no variant produced a wrong sum. "
-                   "Residual: one holder can abort a round this way (denial of service), and the server cannot tell "
-                   "which share was wrong.", ev, ("SA-13", "SA-12", "SYS-07"))
+                   "A malformed share drops its sender (S6); a wrong value is skipped: the server rebuilds the secret "
+                   "from another t shares that pass its check (b_i against its commitment, s_i against its advertised "
+                   "public key; secagg.md §6.4, SA-21), and aborts (S7) only when none does; no variant produced a "
+                   "wrong sum. Residual: a holder that dealt inconsistent shares of its own b_i still aborts the round "
+                   "(denial of service; verifiable secret sharing would stop it).", ev, ("SA-13", "SA-12", "SA-21", "SYS-07"))

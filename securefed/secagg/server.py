@@ -10,7 +10,9 @@ caller's threads) it does so over 16-byte-aligned ranges of the sum in parallel,
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -27,7 +29,11 @@ from securefed.secagg.messages import (KIND_B, KIND_S, AdvertiseKeys, Consistenc
                                        MaskedInput, RoundStart, ShareKeys, SurvivorList, UnmaskRequest, UnmaskShares,
                                        decode, encode)
 
-__all__ = ["ServerStage", "SERVER_TRANSITIONS", "SecAggServer"]
+__all__ = ["ServerStage", "SERVER_TRANSITIONS", "SecAggServer", "MAX_RECOVERY_TRIES"]
+
+log = logging.getLogger("securefed.secagg")
+# §6.4: reconstructions tried per secret when the first t shares fail their check (a holder sent wrong shares)
+MAX_RECOVERY_TRIES = 256
 
 
 class ServerStage(enum.Enum):
@@ -80,6 +86,7 @@ class SecAggServer:
         self.adverts: dict[int, AdvertiseKeys] = {}
         self.u2: dict[int, ShareKeys] = {}
         self.u3: tuple[int, ...] = ()
+        self.share_suspects: frozenset[int] = frozenset()   # senders whose shares fit no verified secret (§6.4)
         self.total = np.zeros(vector_length, dtype=self.ring.dtype)  # (P,) running ring sum, O(P)
         self._transcript, self._seq = (Path(transcript_dir) if transcript_dir else None), 0
         if self._transcript:
@@ -227,35 +234,44 @@ class SecAggServer:
             for j, kind, s in m.shares:
                 shares.setdefault((j, kind), {})[holder] = shamir.share_from_bytes(s)
 
-        def secret(j: int, kind: int) -> bytes:
+        suspects: set[int] = set()   # senders of a share that did not fit a verified secret (§6.4)
+
+        def secret(j: int, kind: int, check: Callable[[bytes], bool], what: str) -> bytes:
             have = shares.get((j, kind), {})
             if len(have) < t:
                 raise SecAggAborted(f"fewer than t shares to unmask holder {j}")
-            try:
-                return shamir.reconstruct(have, threshold=t)
-            except ValueError:
-                raise SecAggAborted(f"inconsistent shares for holder {j}") from None
+            found = _recover(have, t, check, suspects)
+            if found is None:   # S7: j dealt inconsistent shares, or more than |shares| - t senders lied
+                raise SecAggAborted(f"no {t} of the {len(have)} shares of holder {j} reconstruct {what}")
+            return found
+
+        def is_commitment_of(i: int):
+            return lambda b: cm.commitment(self._phash, i, b) == self.adverts[i].commitment
+
+        def is_key_of(j: int):
+            return lambda s: X25519KeyPair.from_private_bytes(s).public == self.adverts[j].s_public
 
         keys: list[tuple[bytes, int]] = []
         r, sid = self.start.round_index, self.sid
         for i in self.u3:  # §6.4: remove self masks of survivors
-            b = secret(i, KIND_B)
-            if cm.commitment(self._phash, i, b) != self.adverts[i].commitment:
-                raise SecAggAborted(f"reconstructed self-mask seed of {i} does not match its commitment")
+            b = secret(i, KIND_B, is_commitment_of(i), "a self-mask seed matching its commitment")
             keys.append((cm.self_mask_key(b, sid=sid, round_index=r, i=i), -1))
         alive = set(self.u3)
         for j in self.dropped_after_sharing:  # §6.4: remove pairwise masks between dropped and survivors
             partners = sorted(self.graph.neighbours(j) & alive)
             if not partners:
                 continue
-            s_j = X25519KeyPair.from_private_bytes(secret(j, KIND_S))
-            if s_j.public != self.adverts[j].s_public:
-                raise SecAggAborted(f"reconstructed masking key of {j} does not match its advertisement")
+            s_j = X25519KeyPair.from_private_bytes(secret(j, KIND_S, is_key_of(j),
+                                                          "a masking key matching its advertisement"))
             for i in partners:
                 k = cm.pairwise_key(s_j.shared(self.adverts[i].s_public), sid=sid, round_index=r, i=i, j=j)
                 keys.append((k, -cm.sigma(i, j)))
         accumulate_masks(self.total, keys, self.ring, chunk_elements=self._config.chunk_elements, executor=self.executor)
         self.survivors = frozenset(self.u3)
+        self.share_suspects = frozenset(suspects)
+        if suspects:   # (several liars can cancel out in one subset: these ids are likely, not proven, liars)
+            log.warning("round %d: unmasking shares from holders %s did not fit the secrets their checks verified; "
+                        "the sum was rebuilt from other shares (secagg.md §6.4)", r, sorted(suspects))
         return {}
 
     @property
@@ -263,3 +279,45 @@ class SecAggServer:
         if self.stage is not ServerStage.FINISHED:
             raise ValueError(f"no result in stage {self.stage.value}")
         return self.total
+
+
+def _recover(have: Mapping[int, int], t: int, check: Callable[[bytes], bool], suspects: set[int]) -> bytes | None:
+    """The secret of ``have`` (sender -> share) that passes ``check``, or None (protocols/secagg.md §6.4, S7).
+
+    One holder in U4 could otherwise abort every round after the others released their masked inputs by
+    sending a wrong share (audit: malicious holder, threat SA-21). ``check`` — b_i against commit_i, s_j^SK
+    against s_j^PK — is binding, so trying other t-subsets can only find the dealt secret, never a wrong one.
+    Senders already in ``suspects`` are tried last; after a success every sender whose share does not lie on
+    the same polynomial joins them, so the next secrets are usually found at the first try. One wrong share
+    always changes the interpolated f(0), so against a single liar the subset found holds only dealt shares and
+    ``suspects`` is exactly the liar; several liars can make their errors cancel in one subset (Σ λ_h·e_h = 0),
+    so ``suspects`` only orders the search: it is no proof against anyone."""
+    order = sorted(have, key=lambda h: (h in suspects, h))
+    tried: set[tuple[int, ...]] = set()
+    for e in range(len(order) - t + 1):                 # leave out e senders, fewest first
+        for out in itertools.combinations(order, e):
+            subset = tuple(h for h in order if h not in out)[:t]
+            if subset in tried:
+                continue
+            if len(tried) >= MAX_RECOVERY_TRIES:
+                return None
+            tried.add(subset)
+            try:
+                s = shamir.reconstruct({h: have[h] for h in subset}, threshold=t)
+            except ValueError:                          # f(0) is not a 32-byte secret
+                continue
+            if not check(s):
+                continue
+            base = {h: have[h] for h in subset[:t - 1]}
+            for h in order:                             # t−1 dealt shares and h's: the same f(0) iff h's is dealt
+                if h not in subset and _reconstruct_or_none({**base, h: have[h]}, t) != s:
+                    suspects.add(h)
+            return s
+    return None
+
+
+def _reconstruct_or_none(shares: Mapping[int, int], t: int) -> bytes | None:
+    try:
+        return shamir.reconstruct(shares, threshold=t)
+    except ValueError:
+        return None

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from securefed.primitives import shamir
 from securefed.primitives.keys import X25519KeyPair
 from securefed.primitives.rng import DeterministicEntropy
 from securefed.secagg import SecAggAborted, SecAggConfig, UnexpectedMessage, decode, encode, generate_identity
@@ -304,15 +305,37 @@ def test_s5_wrong_share_kind_drops_holder():
     assert np.array_equal(h.server.result, ring_sum(h.inputs, (1, 2, 3, 4, 5, 7)))
 
 
-def test_s7_corrupted_share_aborts_instead_of_wrong_sum():
+def _unmask_replies(h, corrupt):
+    """Every member of U4 answers the UnmaskRequest; ``corrupt(sender, peer)`` says which shares are sent wrong."""
+    rng = np.random.default_rng(5)   # a random wrong value: +1 everywhere can cancel (λ_1 + λ_3 = 0 over {1, 3, 5, 7})
+    bump = lambda s: ((int.from_bytes(s, "big") + int(rng.integers(1, 2**62))) % shamir.PRIME).to_bytes(66, "big")
+    replies = {}
+    for i in h.outbox:
+        m = decode(h.clients[i].handle(h.outbox[i]))
+        replies[i] = encode(UnmaskShares(i, tuple((j, k, bump(s) if corrupt(i, j) else s) for j, k, s in m.shares)))
+    return replies
+
+
+def test_s7_a_holder_sending_wrong_unmask_shares_cannot_abort_the_round_or_change_the_sum():
+    """§6.4 (threat SA-21): holder 1 — the lowest x, whose shares the first t would include — sends every unmasking
+    share wrong (b-shares of the survivors, s-share of the dropped holder 6). The server finds t shares that pass
+    their checks (commit_i, s_j^PK) without it: the sum is exactly Σ_{U3} x_i, and holder 1 is named."""
     h = _unmask_harness()
-    replies = {i: h.clients[i].handle(h.outbox[i]) for i in h.outbox}
-    m = decode(replies[1])
-    bump = lambda s: (int.from_bytes(s, "big") + 1).to_bytes(66, "big")
-    replies[1] = encode(UnmaskShares(1, tuple((j, k, bump(s)) if j == 2 else (j, k, s) for j, k, s in m.shares)))
-    for i, r in replies.items():
+    for i, r in _unmask_replies(h, lambda i, j: i == 1).items():
         h.server.receive(i, r)
-    with pytest.raises(SecAggAborted, match="commitment|inconsistent"):
+    assert h.server.close_stage() == {}
+    u3 = [1, 2, 3, 4, 5, 7]
+    assert np.array_equal(h.server.result, ring_sum(h.inputs, u3))
+    assert h.server.share_suspects == {1}
+
+
+def test_s7_when_no_t_shares_pass_the_check_the_server_aborts_instead_of_a_wrong_sum():
+    """A secret whose shares are wrong at more than |U4| − t senders (t = 4 of 6 here: 3 wrong) — as a dealer that
+    dealt inconsistent shares — cannot be rebuilt: abort (S7), never a wrong sum."""
+    h = _unmask_harness()
+    for i, r in _unmask_replies(h, lambda i, j: j == 2 and i in (1, 3, 4)).items():
+        h.server.receive(i, r)
+    with pytest.raises(SecAggAborted, match="no 4 of the 6 shares of holder 2"):
         h.server.close_stage()
 
 

@@ -1,0 +1,48 @@
+"""A malicious holder — enrolled, with a valid identity key — against the coordinator and the honest holders
+(threat_models/secure_aggregation.md SA-21): the real Coordinator and Holders in process, one holder's replies
+rewritten after its honest Holder.handle made them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from securefed.federation.stages import Stage
+from securefed.primitives import shamir
+from securefed.secagg import decode as secagg_decode
+from securefed.secagg import encode as secagg_encode
+from securefed.secagg.messages import UnmaskShares
+
+DP = ("privacy.mode=distributed", "privacy.mechanism=ddgauss", "privacy.noise_multiplier=1.0", "privacy.clip=1.0")
+
+
+def _wrong_unmask_shares(fed, h: int) -> None:
+    """Holder ``h`` answers the UnmaskRequest with every share replaced by another field element."""
+    handle, rng = fed.holders[h].handle, np.random.default_rng(11)
+
+    def lie(r, stage, payload):
+        reply = handle(r, stage, payload)
+        if stage != Stage.SECAGG_UNMASK or reply is None:
+            return reply
+        m = secagg_decode(reply)
+        wrong = tuple((j, k, ((int.from_bytes(s, "big") + int(rng.integers(1, 2**62))) % shamir.PRIME).to_bytes(66, "big"))
+                      for j, k, s in m.shares)
+        return secagg_encode(UnmaskShares(m.sender, wrong))
+    fed.holders[h].handle = lie
+
+
+def test_a_holder_sending_wrong_unmask_shares_neither_aborts_the_round_nor_changes_its_sum(tmp_path, fed_cache):
+    """secagg.md §6.4: holder 1 (the lowest id: its shares are among the first t) sends wrong unmasking shares
+    after every holder released its masked input. It used to abort the round ("inconsistent shares"): each honest
+    holder's ledger charged a release with no sum released, every round, by one holder. Now the sum is rebuilt from
+    the others' shares: the round completes with all 4, and the model is bit for bit the honest run's."""
+    from securefed.audit.federation_harness import tiny_federation
+
+    honest = tiny_federation(tmp_path / "honest", overrides=DP, cache_dir=fed_cache)
+    honest_row = honest.coordinator.run_round(1)
+    fed = tiny_federation(tmp_path / "attacked", overrides=DP, cache_dir=fed_cache)
+    _wrong_unmask_shares(fed, 1)
+    row = fed.coordinator.run_round(1)
+    assert "aborted" not in row and "charged_though_aborted" not in row
+    assert row["clients_survived"] == honest_row["clients_survived"] == 4
+    assert fed.model_bytes() == honest.model_bytes()
+    assert [e["status"] for e in fed.ledger(2)] == ["released", "settled"]
