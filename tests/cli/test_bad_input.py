@@ -352,3 +352,34 @@ def test_a_holders_data_folder_of_jsonl_files_is_named_as_such_not_as_empty(tmp_
     assert "is empty" not in err and "Traceback" not in err
     assert (f"data directory {tmp_path / 'notes'} holds 1 JSONL/Parquet file(s) (notes.jsonl) and no text files" in err
             and "name a .jsonl or .parquet file itself as the data path" in err), err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "notes" / "n9.txt").write_bytes("Befund: Übelkeit, Müller".encode("latin-1")),
+     "notes/n9.txt: not UTF-8 text (byte 0xdc at offset 8; Latin-1 / Windows-1252?); convert it to UTF-8 (e.g. iconv"),
+    (lambda d: (d / "notes" / "n9.txt").symlink_to(d.parent / "key.pem"),
+     "notes/n9.txt is a symbolic link (to "),
+    (lambda d: ((d / "循環器").mkdir(), (d / "循環器" / "a.txt").write_text("循環器 " * 50)),
+     None),   # a folder named in another script is its own source, read
+])
+def test_a_holders_folder_is_read_exactly_or_refused_naming_the_file(make, message, tmp_path, capsys, tiny_run):
+    """A reviewer's own data through `securefed simulate`: a Latin-1 note among UTF-8 ones was skipped quietly (the run
+    trained on the rest, or said 'no held-out evaluation sequence'); a link to a file outside the folder was trained
+    on (SYS-28). Now: one line naming the file and the fix, exit 2, nothing written."""
+    data = tmp_path / "data"
+    (data / "notes").mkdir(parents=True)
+    for k in range(4):
+        (data / "notes" / f"n{k}.txt").write_text(" ".join(f"word{k}{i % 37}" for i in range(400)))
+    (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    make(data)
+    argv = ["simulate", "--quiet", "--out", str(tmp_path / "run"), "--set", f"data.source={data}", *sum(
+        (["--set", s] for s in tiny_run), []), "--set", "federation.n_holders=3", "--set", "data.partition=iid"]
+    if message is None:
+        assert main([*argv, "--set", "federation.rounds=1"]) == 0
+        man = json.loads((tmp_path / "run" / "data_manifest.json").read_text())
+        assert sorted(man["sources"]) == ["notes", "循環器"]
+        return
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"securefed simulate: {data}/") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()

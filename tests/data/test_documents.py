@@ -22,7 +22,7 @@ def test_directory_sources_are_top_level_subdirs_and_root_files(tmp_path):
     (root / "code" / "notes.txt.gz").write_bytes(gzip.compress(b"zipped notes"))
     (root / "code" / "README").write_text("no suffix, still text")
     (root / "code" / "blob.bin").write_bytes(b"\x00\x01")  # unknown suffix: not read
-    (root / "code" / "bad.txt").write_bytes(b"\xff\xfe\x00binary")  # not UTF-8: skipped
+    (root / "code" / "core").write_bytes(b"\x7fELF\x00")  # no suffix and not text: left out (and said)
     (root / "top.rst").write_text("root level")
     (root / ".hidden").mkdir()
     (root / ".hidden" / "h.txt").write_text("hidden")
@@ -68,9 +68,9 @@ def test_bad_paths_each_have_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="is empty"):
         load_documents(tmp_path / "empty")
     (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / "a.txt").write_bytes(b"\xff\xfe\xfd")
+    (tmp_path / "junk" / "a.txt").write_bytes(b"")
     (tmp_path / "junk" / "b.txt").write_text("  \n")
-    with pytest.raises(DataError, match=r"no readable documents .*2 empty or non-UTF-8"):
+    with pytest.raises(DataError, match=r"no readable documents .*2 empty or null entries"):
         load_documents(tmp_path / "junk")
     (tmp_path / "x.csvz").write_text("a")
     with pytest.raises(DataError, match="expected a directory, a .jsonl or a .parquet"):

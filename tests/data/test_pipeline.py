@@ -191,6 +191,23 @@ def test_a_cut_source_directory_is_stated(tmp_path, cache_dir, write_tree, capsy
     assert "1 source(s) left out by data.max_sources=2" in err
 
 
+def test_a_source_whose_one_file_is_over_the_cap_is_said_cut_by_that_cap_also_in_an_error(tmp_path, cache_dir,
+                                                                                            write_tree):
+    """A reviewer's folder: a 29 MB export in one file beside two small notes. The default max_bytes_per_source cut
+    the export's source to nothing; the run said only "1 training documents cannot be split among 3 holders", and the
+    manifest blamed max_sources. Now the error names the cap, and the cap the manifest names is the one that cut."""
+    root = write_tree(tmp_path / "corpus", {"b": 3, "c": 3}, docs_per_source=4, words=300)
+    (root / "a").mkdir()
+    (root / "a" / "export.txt").write_text("lorem ipsum dolor " * 3000)   # 54 kB: over the cap below
+    cfg = dict(source=str(root), max_bytes_per_source=20_000, vocab_size=400, seq_len=24, cache_dir=str(cache_dir))
+    fd = prepare_federated_data(DataConfig(**cfg), n_holders=2, seed=0, progress=False)
+    caps = fd.manifest["caps"]
+    assert caps["sources_left_out"] == [] and caps["cut"]["a"] == {"documents": [0, 1], "bytes": [0, 54_000]}
+    with pytest.raises(DataError, match=r"cannot be split among 9 holders \(CAPPED data.source: 3 source\(s\) cut to "
+                                        r"data.max_bytes_per_source=20000"):
+        prepare_federated_data(DataConfig(**cfg), n_holders=9, seed=0, progress=False)
+
+
 def test_the_stdlib_demo_caps_are_stated(small_config, capsys):
     fd = prepare_federated_data(small_config(), n_holders=2, seed=0, progress=True)
     caps = fd.manifest["caps"]

@@ -48,7 +48,9 @@ def collect_sources(
         if item == "stdlib":
             groups = stdlib_sources(max_sources=max_sources, max_bytes_per_source=max_bytes_per_source)
         else:
-            groups = select_documents(group_by_source(load_documents(item, text_field=text_field)),
+            # strict=False: a public tree (/usr/share/doc) holds a few Latin-1 pages and many links; they are
+            # skipped with a warning naming them, not refused (a holder's training data is read strictly)
+            groups = select_documents(group_by_source(load_documents(item, text_field=text_field, strict=False)),
                                       max_sources=max_sources, max_bytes_per_source=max_bytes_per_source)  # fmt: skip
         for src, docs in groups.items():
             if src in out:

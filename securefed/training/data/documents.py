@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .textfiles import TEXT_SUFFIXES, DataError, NotText, encoding_of, read_text, say_left_out, shown, walk_files
 
 __all__ = [
     "DataError",
@@ -38,21 +42,11 @@ __all__ = [
     "CORPUS_MANIFEST",
 ]
 
-# Suffixes read as text from directories; ``name.<suffix>.gz`` is read too (installed doc trees
-# such as /usr/share/doc keep most files gzipped).
-# Files without a suffix (README, copyright, changelog) are read too when they decode as UTF-8.
-TEXT_SUFFIXES = frozenset(
-    ".txt .md .rst .py .pyi .c .h .cc .cpp .hpp .rs .go .java .js .ts .sh .tex .html .htm .xml "
-    ".yaml .yml .toml .cfg .ini .csv .org .adoc .debian".split()
-)
+# which files of a directory are read, in what encoding, and what is refused: textfiles.py
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")   # record files (one document per record), read by name
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CORPUS_MANIFEST = "manifest.json"  # written by `securefed corpus build`; fixes the source order
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-
-
-class DataError(ValueError):
-    """Local data is missing, empty, unreadable or too small for the requested setup."""
+_UNSAFE = re.compile(r"[^\w.+-]+")   # \w: letters and digits of any script (循環器, Ärzte stay themselves)
 
 
 @dataclass(frozen=True)
@@ -70,45 +64,14 @@ class Document:
 
 
 def safe_name(name: str) -> str:
-    """A name usable as one path component (sources become directory names)."""
-    cleaned = _UNSAFE.sub("_", name).strip("._")
+    """A name usable as one path component (sources become directory names): letters and digits of any
+    script, ``._+-``; anything else (spaces, slashes, bytes that are not UTF-8) becomes ``_``."""
+    cleaned = _UNSAFE.sub("_", unicodedata.normalize("NFC", name)).strip("._")
     return cleaned or "source"
 
 
-def _is_text_file(p: Path) -> bool:
-    name = p.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    suffix = Path(name).suffix
-    return suffix in TEXT_SUFFIXES or suffix == ""
-
-
-def _read_text(p: Path) -> str | None:
-    """The file's text, or None when it is not UTF-8 text (binary, NUL bytes, bad gzip)."""
-    try:
-        raw = gzip.decompress(p.read_bytes()) if p.name.lower().endswith(".gz") else p.read_bytes()
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
-        return None
-    if "\x00" in text:
-        return None
-    return text
-
-
-def _walk_files(root: Path) -> list[Path]:
-    """Text files under ``root``, sorted, skipping hidden entries, caches and directory symlinks."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: no cycles, no escapes
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-        for f in filenames:
-            p = Path(dirpath, f)
-            if not f.startswith(".") and _is_text_file(p) and p.is_file():
-                out.append(p)
-    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
-
-
-def _load_directory(root: Path) -> tuple[list[Document], int]:
-    files = _walk_files(root)
+def _load_directory(root: Path, strict: bool = True) -> tuple[list[Document], int]:
+    files, left = walk_files(root, strict=strict)
     if not files:
         # a folder of .jsonl / .parquet files is not read as one: say so, not "empty"
         records = sorted(p.name for p in root.rglob("*")
@@ -124,27 +87,45 @@ def _load_directory(root: Path) -> tuple[list[Document], int]:
             f"data directory {root} is empty: no text files under it (suffixes "
             f"{' '.join(sorted(TEXT_SUFFIXES))}, none, or those + .gz)"
         )
-    docs, skipped, seen = [], 0, set()
+    docs, skipped = [], 0
+    seen: dict[str, Path] = {}      # document id -> the file it came from
+    named: dict[str, str] = {}      # source -> the folder (or root) name it came from
     for p in files:
         rel = p.relative_to(root)
         if rel.as_posix() == CORPUS_MANIFEST:
             continue
-        text = _read_text(p)
-        if text is None or not text.strip():
+        try:
+            text = read_text(p)
+        except NotText:
+            if strict and Path(p.name.lower().removesuffix(".gz")).suffix:  # a text suffix: it claims to be text
+                raise
+            left.append(f"{shown(rel)} (not text)")   # no suffix (a binary beside README, copyright): documented
+            continue
+        except DataError:
+            if strict:
+                raise
+            left.append(f"{shown(rel)} (unreadable)")
+            continue
+        if not text.strip():
             skipped += 1
             continue
-        if len(rel.parts) == 1:
-            source, inner = safe_name(root.resolve().name), rel.as_posix()
-        else:
-            source, inner = safe_name(rel.parts[0]), Path(*rel.parts[1:]).as_posix()
+        top = root.resolve().name if len(rel.parts) == 1 else rel.parts[0]
+        source = safe_name(top)
+        inner = rel.as_posix() if len(rel.parts) == 1 else Path(*rel.parts[1:]).as_posix()
+        if named.setdefault(source, top) != top:   # "Herz Notes" and "Herz_Notes", or two names of another script
+            raise DataError(f"{shown(root)}: the folders {named[source]!r} and {top!r} both become source {source!r} "
+                            "(a source name keeps letters, digits and ._+-); rename one of them")
         if inner.lower().endswith(".gz"):
             inner = inner[:-3]  # the id names the text, which is what a written corpus stores
         doc_id = f"{source}/{inner}"
-        if doc_id in seen:  # e.g. both NEWS and NEWS.gz: keep the first (sorted) one
-            skipped += 1
-            continue
-        seen.add(doc_id)
+        if doc_id in seen:
+            if rel.as_posix().removesuffix(".gz") == seen[doc_id].relative_to(root).as_posix().removesuffix(".gz"):
+                skipped += 1   # both NEWS and NEWS.gz: one text twice; keep the first (sorted) one
+                continue
+            raise DataError(f"{shown(seen[doc_id])} and {shown(p)} both become document {doc_id!r}; rename one of them")
+        seen[doc_id] = p
         docs.append(Document(doc_id, source, text))
+    say_left_out(root, left)
     return docs, skipped
 
 
@@ -165,7 +146,10 @@ def _record(source: str | None, default: str, stem: str, n: int, text: str, grou
 
 def _kind(v: object) -> str:
     """What a refused id is, without its value: an id is the holder's data (a patient's), never echoed to a log."""
-    return "an empty string" if isinstance(v, str) else ("null" if v is None else f"a {type(v).__name__}")
+    if isinstance(v, str) or v is None:
+        return "an empty string" if isinstance(v, str) else "null"
+    name = type(v).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"   # "an int", "a list"
 
 
 def _group_value(v: object, where: str, unit_field: str) -> str:
@@ -180,35 +164,76 @@ def _group_value(v: object, where: str, unit_field: str) -> str:
                     "record needs the id of whom it is about (train.dp_sgd.unit=group protects each id's records together)")
 
 
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a JSONL file: UTF-8, or the UTF-8/16/32 its byte-order mark names; DataError naming
+    the file, the line and the fix for bytes that are not text in that encoding or a gzip file that is not valid."""
+    where = shown(path)
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as raw:
+            enc = encoding_of(raw.read(4))
+            raw.seek(0)
+            if enc in ("utf-8", "utf-8-sig"):   # line by line from the bytes: an error names its exact line
+                for lineno, b in enumerate(raw, start=1):
+                    try:
+                        yield lineno, b.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                    except UnicodeDecodeError as e:
+                        raise DataError(f"{where}, line {lineno}: not UTF-8 (byte 0x{b[e.start]:02x}; Latin-1 / "
+                                        "Windows-1252?); convert the file to UTF-8 (e.g. iconv -f WINDOWS-1252 -t "
+                                        "UTF-8)") from None
+            else:
+                lineno = 0
+                try:
+                    for lineno, line in enumerate(io.TextIOWrapper(raw, encoding=enc), start=1):
+                        yield lineno, line
+                except UnicodeDecodeError:
+                    raise DataError(f"{where}, after line {lineno}: not {enc.upper()} text although the file starts "
+                                    "with its byte-order mark; convert the file to UTF-8") from None
+    except OSError as e:   # unreadable, or gzip.BadGzipFile
+        raise DataError(f"{where}: cannot be read ({e.strerror or e})") from None
+    except (EOFError, zlib.error) as e:
+        raise DataError(f"{where}: not a valid gzip file, or one cut short ({e}); re-compress it") from None
+
+
 def _load_jsonl(path: Path, text_field: str, unit_field: str | None = None) -> tuple[list[Document], int]:
     docs, skipped, default, stem = [], 0, safe_name(path.stem), safe_name(path.stem)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or text_field not in obj:
-                keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                raise DataError(
-                    f"{path}, line {lineno}: no text field {text_field!r} (found {keys}); "
-                    "set text_field to the field holding the document text"
-                )
-            text, source = obj[text_field], obj.get("source")
-            if not isinstance(text, str) or not text.strip():
-                skipped += 1
-                continue
-            group = None
-            if unit_field is not None:
-                if unit_field not in obj:
-                    raise DataError(f"{path}, line {lineno}: no unit field {unit_field!r} (found {sorted(obj)}); every "
-                                    "record needs it when data.unit_field is set")
-                group = _group_value(obj[unit_field], f"{path}, line {lineno}", unit_field)
-            docs.append(_record(source if isinstance(source, str) else None, default, stem, lineno, text, group))
+    for lineno, line in _jsonl_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or text_field not in obj:
+            keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise DataError(
+                f"{path}, line {lineno}: no text field {text_field!r} (found {keys}); "
+                "set text_field to the field holding the document text"
+            )
+        text, source = obj[text_field], obj.get("source")
+        if text is not None and not isinstance(text, str):   # a list of paragraphs, a number: never skipped
+            raise DataError(f"{path}, line {lineno}: text field {text_field!r} is {_kind(text)}, not a string; "
+                            "write each record's text as one JSON string (null or \"\" for a record without text)")
+        if text is None or not text.strip():
+            skipped += 1
+            continue
+        group = None
+        if unit_field is not None:
+            if unit_field not in obj:
+                raise DataError(f"{path}, line {lineno}: no unit field {unit_field!r} (found {sorted(obj)}); every "
+                                "record needs it when data.unit_field is set")
+            group = _group_value(obj[unit_field], f"{path}, line {lineno}", unit_field)
+        docs.append(_record(source if isinstance(source, str) else None, default, stem, lineno, text, group))
     return docs, skipped
+
+
+def _is_string_type(t) -> bool:
+    """A Parquet/Arrow column type whose values read as str (or are all null)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+            or getattr(pa.types, "is_string_view", lambda _: False)(t))
 
 
 def _load_parquet(path: Path, text_field: str, unit_field: str | None = None) -> tuple[list[Document], int]:
@@ -226,9 +251,15 @@ def _load_parquet(path: Path, text_field: str, unit_field: str | None = None) ->
     if unit_field is not None and unit_field not in schema.names:
         raise DataError(f"{path}: no unit column {unit_field!r} (columns: {schema.names}); it is needed when "
                         "data.unit_field is set")
+    if not _is_string_type(schema.field(text_field).type):   # ints, bytes, lists: never skipped row by row
+        raise DataError(f"{path}: text column {text_field!r} holds {schema.field(text_field).type}, not strings; write it "
+                        "as a string (UTF-8) column (bytes decoded, a list of paragraphs joined)")
     columns = [text_field] + (["source"] if "source" in schema.names else [])
     columns += [unit_field] if unit_field is not None and unit_field not in columns else []
-    table = pq.read_table(path, columns=columns)
+    try:
+        table = pq.read_table(path, columns=columns)
+    except Exception as e:  # a readable footer over a damaged body
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     texts = table.column(text_field).to_pylist()
     sources = table.column("source").to_pylist() if "source" in columns else [None] * len(texts)
     groups = table.column(unit_field).to_pylist() if unit_field is not None else [None] * len(texts)
@@ -242,11 +273,14 @@ def _load_parquet(path: Path, text_field: str, unit_field: str | None = None) ->
     return docs, skipped
 
 
-def load_documents(path: str | os.PathLike, *, text_field: str = "text", unit_field: str | None = None) -> list[Document]:
+def load_documents(path: str | os.PathLike, *, text_field: str = "text", unit_field: str | None = None,
+                   strict: bool = True) -> list[Document]:
     """All readable documents at ``path`` (directory, ``.jsonl[.gz]`` or ``.parquet``), in a
     deterministic order: sorted by id, except that a corpus directory's manifest.json fixes the
     order of its sources (so a written stdlib corpus reads back exactly as it was built).
-    ``unit_field``: a JSONL field / Parquet column every record must carry (Document.group)."""
+    ``unit_field``: a JSONL field / Parquet column every record must carry (Document.group).
+    ``strict`` (training data): a directory's file that cannot be read as text is a DataError naming it;
+    False (public trees for ``securefed corpus``): it is skipped, with a warning naming it (textfiles.py)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     p = Path(path).expanduser()
@@ -257,7 +291,7 @@ def load_documents(path: str | os.PathLike, *, text_field: str = "text", unit_fi
         if unit_field is not None:
             raise DataError(f"data path {p} is a directory: data.unit_field ({unit_field!r}) is read from JSONL or "
                             "Parquet records; a directory's files have no such field")
-        docs, skipped = _load_directory(p)
+        docs, skipped = _load_directory(p, strict)
     elif name.endswith(JSONL_SUFFIXES):
         docs, skipped = _load_jsonl(p, text_field, unit_field)
     elif name.endswith(PARQUET_SUFFIXES):
@@ -265,7 +299,7 @@ def load_documents(path: str | os.PathLike, *, text_field: str = "text", unit_fi
     else:
         raise DataError(f"data path {p}: expected a directory, a .jsonl or a .parquet file")
     if not docs:
-        raise DataError(f"no readable documents in {p} ({skipped} empty or non-UTF-8 entries skipped)")
+        raise DataError(f"no readable documents in {p} ({skipped} empty or null entries skipped)")
     ids = [d.doc_id for d in docs]
     if len(set(ids)) != len(ids):
         raise DataError(f"{p}: duplicate document ids (two records map to the same source/file name)")

@@ -18,7 +18,8 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,8 +93,14 @@ def load_sources_capped(config: DataConfig) -> tuple[list[dict[str, list[Documen
         return [kept], {"applies_to": "stdlib", **limits, "cut": cut, "sources_left_out": left}
     groups = group_by_source(load_documents(config.source, text_field=config.text_field, unit_field=config.unit_field))
     kept = select_documents(groups, max_sources=config.max_sources, max_bytes_per_source=config.max_bytes_per_source)
-    cut = {s: c for s in kept if (c := cut_between(s, groups[s], kept[s])) is not None}
-    return [kept], {"applies_to": "source", **limits, "cut": cut, "sources_left_out": [s for s in groups if s not in kept]}
+    # a source none of whose documents fits max_bytes_per_source is cut to nothing by that cap (its one 29 MB file),
+    # not "left out by max_sources": any source with one document that fits is kept until max_sources is reached
+    cap = config.max_bytes_per_source
+    too_big = {s for s in groups if s not in kept and cap is not None and min(d.n_bytes for d in groups[s]) > cap}
+    cut = {s: c for s in groups if (s in kept or s in too_big)
+           and (c := cut_between(s, groups[s], kept.get(s, []))) is not None}
+    left = [s for s in groups if s not in kept and s not in too_big]
+    return [kept], {"applies_to": "source", **limits, "cut": cut, "sources_left_out": left}
 
 
 def _encode(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> list[np.ndarray]:
@@ -142,6 +149,20 @@ def tokenize_documents(
         flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
         _save_atomic(path, tokens=flat, offsets=offsets)
     return {d.doc_id: a for d, a in zip(docs, arrays, strict=True)}
+
+
+@contextmanager
+def _caps_named(caps: dict) -> Iterator[None]:
+    """A DataError raised once the caps have cut the data names what they left out: a 29 MB folder that reads as
+    "1 training documents cannot be split among 3 holders" is max_bytes_per_source's doing, which the summary line
+    that would have said so never reached."""
+    try:
+        yield
+    except DataError as e:
+        capped = caps_statement(caps)
+        if capped is None:
+            raise
+        raise DataError(f"{e} ({capped})") from None
 
 
 def _check_args(config: DataConfig, n_holders: int, seed: int) -> None:
@@ -237,72 +258,73 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
     with Steps(progress) as steps:
         with steps.step("reading documents"):
             parts, caps = load_sources_capped(config)  # one mapping per holder path, or one for the whole pool
-        groups = {src: docs for p in parts for src, docs in p.items()}
-        all_docs = [d for docs in groups.values() for d in docs]
-        with steps.step("tokenizer"):
-            tok, tok_info = _tokenizer(config, cache)
-        eos = tok.eos_token_id
-        ids = tokenize_documents(all_docs, tok, cache_dir=cache, steps=steps)
+        with _caps_named(caps):   # an error of data a cap cut says so (the cap, not the data, may be short)
+            groups = {src: docs for p in parts for src, docs in p.items()}
+            all_docs = [d for docs in groups.values() for d in docs]
+            with steps.step("tokenizer"):
+                tok, tok_info = _tokenizer(config, cache)
+            eos = tok.eos_token_id
+            ids = tokenize_documents(all_docs, tok, cache_dir=cache, steps=steps)
 
-        total = sum(int(a.size) + 1 for a in ids.values())
-        if total < config.seq_len:
-            raise DataError(
-                f"{where} holds {total} tokens after tokenization, less than one sequence "
-                f"(seq_len={config.seq_len}); add documents or lower seq_len"
-            )
-        independent = eval_split == "independent"
-        train_by_source, eval_per_source, src_stats = _hold_out(groups, ids, config, eos, independent)
-        if not eval_per_source and independent and config.unit_field is None:
-            raise DataError(
-                f"{where} leaves no held-out evaluation sequence: with train.dp_sgd.unit=document each document is "
-                f"held out with probability data.eval_fraction ({config.eval_fraction}) by a hash of its text, and "
-                f"none of its {len(all_docs)} documents was; raise data.eval_fraction or add documents"
-            )
-        if not eval_per_source and config.unit_field is not None:
-            raise DataError(
-                f"{where} leaves no held-out evaluation sequence: with data.unit_field whole ids are held out, each "
-                f"with probability data.eval_fraction ({config.eval_fraction}) by a hash of the id, and none of its "
-                f"{len({d.group for d in all_docs})} ids was; raise data.eval_fraction or add ids"
-            )
-        if not eval_per_source:
-            raise DataError(
-                f"{where} leaves no held-out evaluation sequence: every source has fewer than two "
-                f"documents or too little text for one sequence of seq_len={config.seq_len}"
-            )
-
-        if config.holder_paths:  # each holder keeps its own documents (minus its held-out ones)
-            holder_docs = [[d for src in p for d in train_by_source[src]] for p in parts]
-        else:
-            pool = [d for docs in train_by_source.values() for d in docs]
-            holder_docs = partition(pool, n_holders, method=config.partition, seed=seed, alpha=config.dirichlet_alpha)
-        holder_train, holder_sources, holder_stats, holder_tokens, holder_groups = [], [], [], [], []
-        for i, docs in enumerate(holder_docs):
-            holder_tokens.append([ids[d.doc_id] for d in docs])
-            holder_groups.append([d.group for d in docs])
-            rows = pack([ids[d.doc_id] for d in docs], seq_len=config.seq_len, eos_id=eos)  # (N_i, seq_len)
-            present = {d.source for d in docs}
-            srcs = tuple(s for s in groups if s in present)
-            if len(rows) == 0:
-                n = sum(int(ids[d.doc_id].size) + 1 for d in docs)
+            total = sum(int(a.size) + 1 for a in ids.values())
+            if total < config.seq_len:
                 raise DataError(
-                    f"holder {i} (sources {list(srcs)}) has {n} training tokens, less than one sequence "
-                    f"(seq_len={config.seq_len}); give it more data, use fewer holders or a shorter seq_len"
+                    f"{where} holds {total} tokens after tokenization, less than one sequence "
+                    f"(seq_len={config.seq_len}); add documents or lower seq_len"
                 )
-            holder_train.append(rows)
-            holder_sources.append(srcs)
-            holder_stats.append({"sources": list(srcs), "documents": len(docs), "sequences": len(rows),
-                                 "tokens": int(rows.numel())})  # fmt: skip
-            if config.unit_field is not None:   # how many ids (data.unit_field) the holder's documents are about
-                holder_stats[-1]["groups"] = len({d.group for d in docs})
-        central = torch.cat(holder_train)  # (sum N_i, seq_len)
-        eval_global = torch.cat(list(eval_per_source.values()))  # (M, seq_len)
-        ppl = unigram_perplexity(central, eval_global, len(tok))
-        capped = caps_statement(caps)  # never silent: a cap on anyone's data is said here and in the manifest
-        steps.done(
-            f"data: {len(groups)} sources, {len(all_docs)} documents, {n_holders} holders, {len(central)} train / "
-            f"{len(eval_global)} eval rows of {config.seq_len}, unigram ppl {ppl:.1f} "
-            f"({time.perf_counter() - t0:.1f} s)" + (f"; {capped}" if capped else "")
-        )
+            independent = eval_split == "independent"
+            train_by_source, eval_per_source, src_stats = _hold_out(groups, ids, config, eos, independent)
+            if not eval_per_source and independent and config.unit_field is None:
+                raise DataError(
+                    f"{where} leaves no held-out evaluation sequence: with train.dp_sgd.unit=document each document is "
+                    f"held out with probability data.eval_fraction ({config.eval_fraction}) by a hash of its text, and "
+                    f"none of its {len(all_docs)} documents was; raise data.eval_fraction or add documents"
+                )
+            if not eval_per_source and config.unit_field is not None:
+                raise DataError(
+                    f"{where} leaves no held-out evaluation sequence: with data.unit_field whole ids are held out, each "
+                    f"with probability data.eval_fraction ({config.eval_fraction}) by a hash of the id, and none of its "
+                    f"{len({d.group for d in all_docs})} ids was; raise data.eval_fraction or add ids"
+                )
+            if not eval_per_source:
+                raise DataError(
+                    f"{where} leaves no held-out evaluation sequence: every source has fewer than two "
+                    f"documents or too little text for one sequence of seq_len={config.seq_len}"
+                )
+
+            if config.holder_paths:  # each holder keeps its own documents (minus its held-out ones)
+                holder_docs = [[d for src in p for d in train_by_source[src]] for p in parts]
+            else:
+                pool = [d for docs in train_by_source.values() for d in docs]
+                holder_docs = partition(pool, n_holders, method=config.partition, seed=seed, alpha=config.dirichlet_alpha)
+            holder_train, holder_sources, holder_stats, holder_tokens, holder_groups = [], [], [], [], []
+            for i, docs in enumerate(holder_docs):
+                holder_tokens.append([ids[d.doc_id] for d in docs])
+                holder_groups.append([d.group for d in docs])
+                rows = pack([ids[d.doc_id] for d in docs], seq_len=config.seq_len, eos_id=eos)  # (N_i, seq_len)
+                present = {d.source for d in docs}
+                srcs = tuple(s for s in groups if s in present)
+                if len(rows) == 0:
+                    n = sum(int(ids[d.doc_id].size) + 1 for d in docs)
+                    raise DataError(
+                        f"holder {i} (sources {list(srcs)}) has {n} training tokens, less than one sequence "
+                        f"(seq_len={config.seq_len}); give it more data, use fewer holders or a shorter seq_len"
+                    )
+                holder_train.append(rows)
+                holder_sources.append(srcs)
+                holder_stats.append({"sources": list(srcs), "documents": len(docs), "sequences": len(rows),
+                                     "tokens": int(rows.numel())})  # fmt: skip
+                if config.unit_field is not None:   # how many ids (data.unit_field) the holder's documents are about
+                    holder_stats[-1]["groups"] = len({d.group for d in docs})
+            central = torch.cat(holder_train)  # (sum N_i, seq_len)
+            eval_global = torch.cat(list(eval_per_source.values()))  # (M, seq_len)
+            ppl = unigram_perplexity(central, eval_global, len(tok))
+            capped = caps_statement(caps)  # never silent: a cap on anyone's data is said here and in the manifest
+            steps.done(
+                f"data: {len(groups)} sources, {len(all_docs)} documents, {n_holders} holders, {len(central)} train / "
+                f"{len(eval_global)} eval rows of {config.seq_len}, unigram ppl {ppl:.1f} "
+                f"({time.perf_counter() - t0:.1f} s)" + (f"; {capped}" if capped else "")
+            )
     manifest = {
         "format": "securefed-data-manifest-v1",
         "python_version": python_version(),

@@ -21,7 +21,16 @@ import platform
 import sysconfig
 from pathlib import Path
 
-from .documents import DataError, Document, _read_text
+from .documents import DataError, Document
+from .textfiles import read_text
+
+
+def _read_text(p: Path) -> str | None:
+    """A public stdlib file's text, or None: a file that is not text is simply not part of the public corpus."""
+    try:
+        return read_text(p)
+    except DataError:
+        return None
 
 __all__ = [
     "PREFERRED_SOURCES",
