@@ -102,6 +102,10 @@ def privacy_preflight(cfg, *, dim: int, records: Sequence[int] | None, documents
     return pf
 
 
+# the most devices one data-parallel holder trains on: a Ready claiming more tokens than K·B·T on this many is a lie
+MAX_DEVICES_PER_HOLDER = 1024
+
+
 @dataclass(frozen=True)
 class CoordinatorOptions:
     deadlines: Deadlines = field(default_factory=Deadlines)
@@ -421,6 +425,23 @@ class Coordinator:
         top = max(tokens.values())
         return {h: t / top for h, t in tokens.items()}
 
+    def _claims_checked(self, r: int, h: int, msg: Ready) -> Ready:
+        """A Ready's ``tokens`` and ``loss`` are the holder's own claims; they enter only the metrics (the weights are
+        the coordinator's K·B, §4.1). One no honest holder can make is replaced, with a warning, so that one holder
+        cannot make ``tokens_seen`` 1.8e16 or the reported loss infinite (audit: a malicious holder). An honest
+        holder trains K steps of B rows of T tokens on each of its devices (a data-parallel holder, on several)."""
+        per_device = self.local_steps(h) * self.batch_size(h) * self.cfg.data.seq_len
+        tokens, loss = msg.tokens, msg.loss
+        if not (tokens > 0 and tokens % per_device == 0 and tokens // per_device <= MAX_DEVICES_PER_HOLDER):
+            log.warning("round %d: holder %d reported %d tokens, not K·B·T = %d on 1 to %d devices; counted %d",
+                        r, h, tokens, per_device, MAX_DEVICES_PER_HOLDER, per_device)
+            tokens = per_device
+        if loss is not None and loss < 0:
+            log.warning("round %d: holder %d reported a negative loss (%g), which no cross-entropy is; left out of the "
+                        "train loss", r, h, loss)
+            loss = None
+        return msg if (tokens, loss) == (msg.tokens, msg.loss) else replace(msg, tokens=tokens, loss=loss)
+
     def run_round(self, r: int) -> dict | None:
         cfg, fed, dl = self.cfg, self.cfg.federation, self.opt.deadlines
         t0 = time.perf_counter()
@@ -489,7 +510,7 @@ class Coordinator:
             for h, data in self.channel.exchange(r, Stage.PLAN, plans, deadline=dl.train, max_reply=MAX_CONTROL).items():
                 msg = _decode(data, (Ready, Decision), h, r)
                 if isinstance(msg, Ready):
-                    ready[h] = msg
+                    ready[h] = self._claims_checked(r, h, msg)
                 elif isinstance(msg, Decision):
                     refusals[str(h)] = msg.reason
                     rp.drop_reasons[h] = f"refused the plan: {msg.reason}"   # a dropout to the protocol, with its why
@@ -523,8 +544,9 @@ class Coordinator:
         row.update({
             "clients_refused": len(refused), "clients_survived": len(survivors),
             # None where no holder reports one (record-level DP-SGD holders do not: their loss is not private)
-            "train_loss": (float(np.mean(losses)) if (losses := [ready[h].loss for h in ready if ready[h].loss is not None])
-                           else None),
+            # each term divided first: the mean of claims near the float limit (a holder's 1e308) stays finite
+            "train_loss": (math.fsum(x / len(losses) for x in losses)
+                           if (losses := [ready[h].loss for h in ready if ready[h].loss is not None]) else None),
             "tokens_seen": (self._tokens_so_far()) + sum(ready[h].tokens for h in survivors),
             "bytes_up": self.channel.bytes_up, "bytes_down": self.channel.bytes_down,
             # exact only without DP: under DP it is data the guarantee does not cover (the ledger holds the noised one)

@@ -148,6 +148,14 @@ class RunConfig:
                 raise ValueError(f"baseline_lr must be > 0 and finite, got {self.baseline_lr}")
         if self.privacy.mode == "distributed" and self.aggregation.mode == "plain":
             raise ValueError("privacy.mode=distributed needs secure aggregation (aggregation.mode secagg)")
+        if self.aggregation.mode != "plain" and self.federation.cohort_size < 3:
+            # federation.md §4.1 step 4 (secagg.md thresholds): a secure round needs 3 or more accepters (the sum of two
+            # reveals each one's update to the other); with fewer every round aborted, and the run ended "done", exit 0
+            what = ("federation.clients_per_round" if self.federation.clients_per_round is not None
+                    else "federation.n_holders")
+            raise ValueError(f"aggregation.mode={self.aggregation.mode} needs at least 3 holders in a round, and "
+                             f"{what} is {self.federation.cohort_size}: every round would abort. Use 3 or more, or "
+                             "aggregation.mode=plain (no protection of the individual updates)")
         eval_split_for(self.train.dp_sgd, self.data)   # ValueError for unit=document with "budget" (dp.md §10.2)
         if self.train.dp_sgd.enabled and self.train.dp_sgd.unit == "group" and self.data.unit_field is None:
             raise ValueError("train.dp_sgd.unit=group needs data.unit_field: the JSONL field or Parquet column naming "

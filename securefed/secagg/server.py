@@ -287,8 +287,10 @@ def _recover(have: Mapping[int, int], t: int, check: Callable[[bytes], bool], su
     One holder in U4 could otherwise abort every round after the others released their masked inputs by
     sending a wrong share (audit: malicious holder, threat SA-21). ``check`` — b_i against commit_i, s_j^SK
     against s_j^PK — is binding, so trying other t-subsets can only find the dealt secret, never a wrong one.
-    Senders already in ``suspects`` are tried last; after a success every sender whose share does not lie on
-    the same polynomial joins them, so the next secrets are usually found at the first try. One wrong share
+    Senders already in ``suspects`` are tried last; after a success that needed more than one try, every sender
+    whose share does not lie on the same polynomial joins them, so the next secrets are usually found at the
+    first try (when the first t pass, nothing more is reconstructed: that scan costs one interpolation per
+    sender, and an honest round must not pay it for every secret). One wrong share
     always changes the interpolated f(0), so against a single liar the subset found holds only dealt shares and
     ``suspects`` is exactly the liar; several liars can make their errors cancel in one subset (Σ λ_h·e_h = 0),
     so ``suspects`` only orders the search: it is no proof against anyone."""
@@ -308,6 +310,8 @@ def _recover(have: Mapping[int, int], t: int, check: Callable[[bytes], bool], su
                 continue
             if not check(s):
                 continue
+            if len(tried) == 1:                         # the first t passed: an honest round pays no more
+                return s
             base = {h: have[h] for h in subset[:t - 1]}
             for h in order:                             # t−1 dealt shares and h's: the same f(0) iff h's is dealt
                 if h not in subset and _reconstruct_or_none({**base, h: have[h]}, t) != s:

@@ -43,6 +43,11 @@ def _fake_run(d, preset="demo", *, checkpoint=False, overrides=()):
     (["--config", "missing.yaml"], "configuration error: config file missing.yaml does not exist"),
     (["--set", "model.preset=13b"], "unknown model preset '13b'"),
     (["--set", "rounds"], "must look like section.key=value"),
+    # a secure round needs 3 accepters: with 2 holders every round aborted and the run ended "done", exit 0
+    (["--set", "federation.n_holders=2"], "aggregation.mode=secagg needs at least 3 holders in a round, and "
+     "federation.n_holders is 2: every round would abort"),
+    (["--set", "federation.n_holders=8", "--set", "federation.clients_per_round=2"],
+     "and federation.clients_per_round is 2: every round would abort"),
     (["--preset", "gpu-20m", "--set", "outer.name=fedavg"],   # the preset's Nesterov warmup does not carry over
      "outer.momentum_warmup=28 ramps the outer momentum, and fedavg has none: use outer.name=nesterov or fedmom, "
      "or --set outer.momentum_warmup=0"),

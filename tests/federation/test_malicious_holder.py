@@ -46,3 +46,44 @@ def test_a_holder_sending_wrong_unmask_shares_neither_aborts_the_round_nor_chang
     assert row["clients_survived"] == honest_row["clients_survived"] == 4
     assert fed.model_bytes() == honest.model_bytes()
     assert [e["status"] for e in fed.ledger(2)] == ["released", "settled"]
+
+
+def _lying_ready(fed, h: int, **claims) -> None:
+    """Holder ``h`` answers the Plan with a Ready whose claims are replaced (its update is the honest one)."""
+    from dataclasses import replace
+
+    from securefed.federation.messages import Ready, decode, encode
+
+    handle = fed.holders[h].handle
+
+    def lie(r, stage, payload):
+        reply = handle(r, stage, payload)
+        if stage != Stage.PLAN or reply is None:
+            return reply
+        msg = decode(reply)
+        return encode(replace(msg, **claims)) if isinstance(msg, Ready) else reply
+    fed.holders[h].handle = lie
+
+
+def test_a_holders_token_and_loss_claims_cannot_corrupt_the_round_record(tmp_path, fed_cache):
+    """Two holders claim 2**53 - 1 tokens and a loss of 1e308 (the largest the message takes). tokens_seen became
+    1.8e16 and the mean loss inf (a false "training diverged" warning). The claims are the holders' own and enter
+    only the metrics: one that no honest holder can make (tokens not K·B·T on 1..1024 devices, a negative loss) is
+    replaced, and the mean of finite claims stays finite. The updates are unaffected: the model is the honest run's."""
+    import math
+
+    from securefed.audit.federation_harness import tiny_federation
+
+    honest = tiny_federation(tmp_path / "honest", cache_dir=fed_cache)
+    honest_row = honest.coordinator.run_round(1)
+    fed = tiny_federation(tmp_path / "attacked", cache_dir=fed_cache)
+    _lying_ready(fed, 1, tokens=2**53 - 1, loss=1e308)
+    _lying_ready(fed, 2, tokens=2**53 - 1, loss=1e308)
+    _lying_ready(fed, 3, loss=-5.0)
+    row = fed.coordinator.run_round(1)
+    assert row["clients_survived"] == honest_row["clients_survived"] == 4
+    c = honest.coordinator
+    assert honest_row["tokens_seen"] == 4 * c.local_steps(1) * c.batch_size(1) * c.cfg.data.seq_len   # honest: kept
+    assert row["tokens_seen"] == honest_row["tokens_seen"]
+    assert math.isfinite(row["train_loss"]) and row["train_loss"] > 1e307   # the claims' mean, not inf
+    assert fed.model_bytes() == honest.model_bytes()

@@ -98,7 +98,7 @@ def test_cohorts_are_not_a_function_of_the_public_seed(make):
     is now seeded from the OS; with it (tests) the stream stays the seed's."""
     import numpy as np
 
-    fed = make("federation.clients_per_round=2", "federation.sampling=fixed", start=False)
+    fed = make("federation.clients_per_round=2", "federation.sampling=fixed", "aggregation.mode=plain", start=False)
     c = fed.coordinator
     public = np.random.default_rng(c.cfg.seed)
     replay = [sorted(int(h) for h in public.choice(list(ALL), size=2, replace=False)) for _ in range(40)]
@@ -113,7 +113,7 @@ def test_a_fixed_size_cohort_gives_each_holder_the_stated_rate_whoever_is_availa
     m/|available| > m/N, the rate the ledger states (found by this stop's population audit). Now m of the roster."""
     import numpy as np
 
-    fed = make("federation.clients_per_round=2", "federation.sampling=fixed", start=False)
+    fed = make("federation.clients_per_round=2", "federation.sampling=fixed", "aggregation.mode=plain", start=False)
     c = fed.coordinator
     counts = np.zeros(5)
     for _ in range(4000):                      # holder 4 away: each of 1-3 still joins with chance 2/4, not 2/3
