@@ -12,6 +12,7 @@ turns it into the round's mean; nothing here sees an individual update except ``
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -226,10 +227,11 @@ class CkksRoute:
         return self.key_holders
 
     def sum(self, channel: Channel, r: int, ready: list[int], deadlines: Deadlines, *,
-            before_decrypt=None) -> tuple[np.ndarray, tuple[int, ...]]:
+            before_decrypt=None, clip: float | None = None) -> tuple[np.ndarray, tuple[int, ...]]:
         """CKKS uploads of ``ready``; the decrypted sum (float64) and its survivors A (§5). ``before_decrypt(A)``:
         called before the aggregate goes to the decryptor — the last moment before this part of the sum is
-        revealed (the coordinator's privacy WAL, federation.md §6)."""
+        revealed (the coordinator's privacy WAL, federation.md §6). ``clip``: each upload is a part of an update
+        clipped to it (weights ≤ 1), so a released sum longer than |A|·clip is refused (§5.3 D6)."""
         cohort = frozenset(ready)
         holders = cohort if self.policy.key_scope == "cohort" else cohort | self.key_holders
         if self._needs_rotation(r, cohort):
@@ -263,6 +265,13 @@ class CkksRoute:
         total = np.frombuffer(out, dtype="<f8").astype(np.float64)
         if not np.all(np.isfinite(total)):
             raise SecAggAborted("the decrypted CKKS sum is not finite")
+        if clip is not None:   # §5.3 D6: the decryptor is a holder; what it releases is checked against what A can sum to
+            n = len(survivors)
+            bound = n * clip + math.sqrt(self.size) * self.policy.error_bound(n, clip)
+            norm = float(np.linalg.norm(total))
+            if norm > bound:
+                raise SecAggAborted(f"the decryptor {decryptor} released a CKKS sum of norm {norm:.6g}, more than the "
+                                    f"{n} clipped uploads can sum to ({bound:.6g}): a wrong sum, not applied")
         return total, survivors
 
 

@@ -87,3 +87,31 @@ def test_a_holders_token_and_loss_claims_cannot_corrupt_the_round_record(tmp_pat
     assert row["tokens_seen"] == honest_row["tokens_seen"]
     assert math.isfinite(row["train_loss"]) and row["train_loss"] > 1e307   # the claims' mean, not inf
     assert fed.model_bytes() == honest.model_bytes()
+
+
+CKKS = ("aggregation.mode=ckks+secagg", "aggregation.ckks.enabled=true", "federation.weighting=uniform",
+        "privacy.clip=1.0")
+
+
+def test_a_ckks_decryptor_releasing_a_poisoned_sum_is_refused_and_the_model_does_not_move(tmp_path, fed_cache):
+    """ckks.md §5.3 D6: the decryptor (the cohort's smallest member, a holder) released whatever it liked as the CKKS
+    sum, and the coordinator applied it if it was finite. Each upload is a part of an update clipped to C with weight
+    ≤ 1, so a released sum longer than |A|·C (+ the §4.4 error) is refused: the round aborts, nothing is applied. An
+    honest decryptor's sum passes (the same run without the lie completes with all 4)."""
+    from securefed.audit.federation_harness import tiny_federation
+
+    honest = tiny_federation(tmp_path / "honest", overrides=CKKS, cache_dir=fed_cache)
+    assert "aborted" not in honest.coordinator.run_round(1)
+    fed = tiny_federation(tmp_path / "attacked", overrides=CKKS, cache_dir=fed_cache)
+    before = fed.model_bytes()
+    handle = fed.holders[1].handle
+
+    def poison(r, stage, payload):
+        reply = handle(r, stage, payload)
+        if stage != Stage.CKKS_DECRYPT or reply is None:
+            return reply
+        return (np.frombuffer(reply, dtype="<f8") + 10.0).astype("<f8").tobytes()   # every coordinate +10
+    fed.holders[1].handle = poison
+    row = fed.coordinator.run_round(1)
+    assert "released a CKKS sum of norm" in row["aborted"]
+    assert fed.model_bytes() == before
