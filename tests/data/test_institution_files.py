@@ -163,3 +163,26 @@ def test_a_parquet_text_column_that_is_not_strings_is_named_with_its_type(tmp_pa
     else:
         with pytest.raises(DataError, match=rf"text column 'text' holds {shown}.*, not strings"):
             load_documents(p)
+
+
+def test_a_record_source_that_is_not_a_string_or_merges_with_another_is_an_error(tmp_path):
+    """A JSONL `source` of 17 was ignored (the record went to the file's default source) and sources "Herz Notes"
+    and "Herz_Notes" became one, quietly: the partition by source is what non-IID holders and the manifest see.
+    A string source of any script is kept as it is; null or a missing field is the file's default."""
+    def jsonl(name, records):
+        p = tmp_path / name
+        p.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        return p
+
+    ok = load_documents(jsonl("ok.jsonl", [{"text": "a", "source": "循環器"}, {"text": "b", "source": None},
+                                           {"text": "c"}, {"text": "d", "source": "Herz"}]))
+    assert sorted({d.source for d in ok}) == ["Herz", "ok", "循環器"]
+    with pytest.raises(DataError, match=r"num\.jsonl, line 2: field 'source' is an int, not a string"):
+        load_documents(jsonl("num.jsonl", [{"text": "a", "source": "x"}, {"text": "b", "source": 17}]))
+    with pytest.raises(DataError, match=r"merge\.jsonl, line 2: source 'Herz_Notes' and source 'Herz Notes' both "
+                                        r"become source 'Herz_Notes'"):
+        load_documents(jsonl("merge.jsonl", [{"text": "a", "source": "Herz Notes"}, {"text": "b", "source": "Herz_Notes"}]))
+    table = pa.table({"text": ["a", "b"], "source": [1, 2]})
+    pq.write_table(table, tmp_path / "ints.parquet")
+    with pytest.raises(DataError, match=r"ints\.parquet, row 0: field 'source' is an int"):
+        load_documents(tmp_path / "ints.parquet")

@@ -139,8 +139,19 @@ def _manifest_order(root: Path) -> list[str]:
     return [s for s in sources if isinstance(s, str)] if isinstance(sources, (list, dict)) else []
 
 
-def _record(source: str | None, default: str, stem: str, n: int, text: str, group: str | None = None) -> Document:
+def _record(source: object, default: str, stem: str, n: int, text: str, group: str | None = None, *,
+            named: dict[str, str], where: str) -> Document:
+    """One JSONL/Parquet record. ``source`` (its ``source`` field, or null): a string names the record's source;
+    anything else was ignored quietly (the file's default used instead), and two names that become one source
+    name ("A B" and "A_B") were merged quietly — both are now a DataError naming the record (``named``: source ->
+    the value it came from, for the whole file)."""
+    if source is not None and not isinstance(source, str):
+        raise DataError(f"{where}: field 'source' is {_kind(source)}, not a string; write the source's name as a "
+                        "JSON string (or leave the field out: the file's name is the source)")
     src = safe_name(source) if source else default
+    if source and named.setdefault(src, source) != source:
+        raise DataError(f"{where}: source {source!r} and source {named[src]!r} both become source {src!r} (a source "
+                        "name keeps letters, digits and ._+-); write one name for one source")
     return Document(f"{src}/{stem}-{n:07d}.txt", src, text, group)
 
 
@@ -196,6 +207,7 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def _load_jsonl(path: Path, text_field: str, unit_field: str | None = None) -> tuple[list[Document], int]:
     docs, skipped, default, stem = [], 0, safe_name(path.stem), safe_name(path.stem)
+    named: dict[str, str] = {}
     for lineno, line in _jsonl_lines(path):
         if not line.strip():
             continue
@@ -222,7 +234,7 @@ def _load_jsonl(path: Path, text_field: str, unit_field: str | None = None) -> t
                 raise DataError(f"{path}, line {lineno}: no unit field {unit_field!r} (found {sorted(obj)}); every "
                                 "record needs it when data.unit_field is set")
             group = _group_value(obj[unit_field], f"{path}, line {lineno}", unit_field)
-        docs.append(_record(source if isinstance(source, str) else None, default, stem, lineno, text, group))
+        docs.append(_record(source, default, stem, lineno, text, group, named=named, where=f"{path}, line {lineno}"))
     return docs, skipped
 
 
@@ -264,12 +276,13 @@ def _load_parquet(path: Path, text_field: str, unit_field: str | None = None) ->
     sources = table.column("source").to_pylist() if "source" in columns else [None] * len(texts)
     groups = table.column(unit_field).to_pylist() if unit_field is not None else [None] * len(texts)
     docs, skipped, default = [], 0, safe_name(path.stem)
+    named: dict[str, str] = {}
     for row, (text, source, g) in enumerate(zip(texts, sources, groups, strict=True)):
         if not isinstance(text, str) or not text.strip():
             skipped += 1
             continue
         group = _group_value(g, f"{path}, row {row}", unit_field) if unit_field is not None else None
-        docs.append(_record(source if isinstance(source, str) else None, default, default, row, text, group))
+        docs.append(_record(source, default, default, row, text, group, named=named, where=f"{path}, row {row}"))
     return docs, skipped
 
 
