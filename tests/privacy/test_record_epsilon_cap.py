@@ -82,11 +82,12 @@ def test_hidden_batches_are_stated_per_holder_where_their_batch_sizes_differ():
 
     cfg = load_run_config(preset="demo", overrides=("train.dp_sgd.enabled=true", "train.dp_sgd.clipping=ghost",
                                                     "train.dp_sgd.delta=1.0e-4", "train.dp_sgd.hide_batch_size=true",
-                                                    "federation.n_holders=2", "federation.holder_batch_sizes=[8,64]"))
-    pf = privacy_preflight(cfg, dim=10_000, records=[900, 1000])
+                                                    "federation.n_holders=3", "federation.holder_batch_sizes=[8,64,8]"))
+    pf = privacy_preflight(cfg, dim=10_000, records=[900, 1000, 900])
     by = pf.record_level["padded_rows_by_holder"]
-    assert by == {"1": cfg.train.dp_sgd.padded_batch(8), "2": cfg.train.dp_sgd.padded_batch(64)} and by["1"] < by["2"]
-    assert f"holder-1 {by['1']}, holder-2 {by['2']}" in "\n".join(pf.lines())
+    assert by == {"1": cfg.train.dp_sgd.padded_batch(8), "2": cfg.train.dp_sgd.padded_batch(64),
+                  "3": cfg.train.dp_sgd.padded_batch(8)} and by["1"] < by["2"]
+    assert f"holder-1 {by['1']}, holder-2 {by['2']}, holder-3 {by['3']}" in "\n".join(pf.lines())
 
 
 def test_a_cap_below_one_rounds_record_level_cost_is_one_clear_error(tiny_run, tmp_path, capsys):
