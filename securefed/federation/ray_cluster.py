@@ -35,7 +35,7 @@ import socket
 from dataclasses import dataclass
 
 __all__ = ["RayOptions", "RayUnavailable", "RayUnreachable", "RayResourcesError", "RaySession", "connect",
-           "check_placement", "run_ray"]
+           "check_placement", "run_ray", "keep_sigterm", "shutdown"]
 
 log = logging.getLogger("securefed.channel.ray")
 
@@ -170,6 +170,39 @@ def _probe(address: str, timeout: float) -> None:
 
 
 @contextlib.contextmanager
+def keep_sigterm():
+    """This process's SIGTERM handler as it was before the block, put back after it (main thread only).
+
+    Why: ``ray.init`` installs Ray's own handler (``sys.exit(15)``, then its node's: kill Ray's processes and
+    ``sys.exit(1)``), and ``ray.shutdown`` leaves SIGTERM at the kernel's default (terminate) while Python still
+    names the old handler. The `securefed simulate` driver kept either for the rest of the run: a SIGTERM
+    between Ray's start and the rounds, or during the centralized baseline and the report after them, ended it
+    with exit 1, 15 or -15 and no line, where cli.py promises 143 and "interrupted ...; --resume"
+    (tests/federation/test_ray.py::test_ray_leaves_the_drivers_sigterm_handler_as_it_found_it). Ray started
+    here is still ended at exit: its atexit handler kills its processes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if saved is not None:     # None: a handler not installed from Python, which cannot be put back
+            signal.signal(signal.SIGTERM, saved)     # re-installed in the kernel too, where shutdown reset it
+
+
+def shutdown() -> None:
+    """``ray.shutdown()``, leaving this process's SIGTERM handler as it was (keep_sigterm)."""
+    import ray
+
+    with keep_sigterm():
+        ray.shutdown()
+
+
+@contextlib.contextmanager
 def _bounded_join(timeout: float):
     """Joining an address: one attempt of ``timeout`` seconds to reach its GCS. Ray's own default is 20 attempts
     of 30 s each, so an address that accepts a TCP connection but does not answer as a Ray head (another
@@ -205,8 +238,9 @@ def connect(options: RayOptions, *, n_holders: int, train=None) -> RaySession:
         local = [{"CPU": float(cores), "GPU": float(n_gpus)}]
         _check_fit(local, _cpus(options, local, n_holders), gpus, n_holders, where)   # before Ray's ~10 s start
         try:
-            ctx = ray.init(num_cpus=cores, num_gpus=n_gpus, object_store_memory=options.object_store_mb << 20,
-                           include_dashboard=options.dashboard, logging_level=logging.WARNING)
+            with keep_sigterm():
+                ctx = ray.init(num_cpus=cores, num_gpus=n_gpus, object_store_memory=options.object_store_mb << 20,
+                               include_dashboard=options.dashboard, logging_level=logging.WARNING)
         except Exception as e:   # Ray raises bare Exceptions (e.g. the dashboard's missing packages)
             raise RayUnavailable(f"Ray did not start on this machine: {e}") from None
         started_here, url = True, getattr(ctx, "dashboard_url", None)
@@ -215,7 +249,7 @@ def connect(options: RayOptions, *, n_holders: int, train=None) -> RaySession:
         if options.address != "auto":
             _probe(options.address, options.connect_timeout)
         try:
-            with _bounded_join(options.connect_timeout):
+            with _bounded_join(options.connect_timeout), keep_sigterm():
                 ctx = ray.init(address=options.address, logging_level=logging.WARNING)
         except Exception as e:
             hint = ("" if os.environ.get("RAY_AUTH_MODE") else " (a cluster with token authentication, Ray's default "
@@ -228,7 +262,7 @@ def connect(options: RayOptions, *, n_holders: int, train=None) -> RaySession:
         _check_fit(nodes, cpus, gpus, n_holders, where)
     except RayResourcesError:
         if started_here or options.address is not None:
-            ray.shutdown()
+            shutdown()
         raise
     cluster = {"nodes": len(nodes), "CPU": sum(r.get("CPU", 0.0) for r in nodes),
                "GPU": sum(r.get("GPU", 0.0) for r in nodes)}
@@ -285,7 +319,7 @@ def run_ray(cfg, rd, configs: dict, *, session: RaySession, data, roster, identi
             if channel is not None:
                 channel.close()
             if session.started_here:
-                ray.shutdown()
+                shutdown()
     if "stopped_after_round" not in summary:
         summary["ray"] = dict(session.record(), object_store_mb=session.options.object_store_mb,
                               dashboard=session.options.dashboard)
