@@ -321,6 +321,9 @@ def run_ray(cfg, rd, configs: dict, *, session: RaySession, data, roster, identi
             if session.started_here:
                 shutdown()
     if "stopped_after_round" not in summary:
+        # holders out of the run for good (dead, not started by the join deadline, refused the welcome), with why:
+        # said in the log as it happened, and kept here (as the gRPC launcher keeps launch/exit_codes.json)
         summary["ray"] = dict(session.record(), object_store_mb=session.options.object_store_mb,
-                              dashboard=session.options.dashboard)
+                              dashboard=session.options.dashboard,
+                              holders_lost={str(h): why for h, why in sorted(channel.gone.items())})
     return summary

@@ -151,6 +151,8 @@ def test_actors_killed_mid_round_are_dropped_holders(tmp_path, tiny_run, ray_loc
     assert "aborted" not in rows[0] and "aborted" in rows[1]
     assert ledger[0]["survivors"] == [1, 2, 4] and ledger[1]["survivors"] == []
     assert summary["rounds"] == 1 and summary["rounds_aborted"] == 1 and summary["backend"] == "ray"
+    lost = summary["ray"]["holders_lost"]          # each, with why, in summary.json (not only in the log)
+    assert sorted(lost) == ["1", "2", "3"] and all("died" in why for why in lost.values()), lost
     # each holder's own ledger: 3 never released round 1; 4 released round 2 but its sum was never formed
     released = {h: [e["round"] for e in read_ledger(out / "holders" / str(h) / "ledger.jsonl")
                     if e["status"] == "released"] for h in (1, 2, 3, 4)}
