@@ -28,7 +28,8 @@ from securefed.privacy.verify import Anchor, Keys, Problem, Verification, verify
 from securefed.runtime.rundir import file_sha256
 
 __all__ = ["verify_run", "run_anchors", "load_keys", "load_roster", "delta_lines", "refusal_lines", "preflight_blocks",
-           "apply_verification", "verification_dict", "plain_words", "fmt_number", "one_line"]
+           "apply_verification", "verification_dict", "plain_words", "fmt_number", "one_line", "not_asked_rounds",
+           "was_asked"]
 
 
 def load_keys(run_dir: Path) -> Keys | None:
@@ -249,15 +250,39 @@ def one_line(text: Any) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
 
 
+# the coordinator sends no Offer to a secure-aggregation cohort below 3 holders (federation/coordinator.run_round) and
+# records each of them as "refused" with this reason: the holder never saw the round
+NO_OFFER_REASON = "no answer"
+SECURE_MIN_COHORT = 3
+
+
+def not_asked_rounds(metrics: list[dict]) -> set:
+    """Rounds whose sampled cohort was too small for secure aggregation, so the coordinator asked no holder (each is
+    recorded as refused with "no answer"): from metrics.jsonl's clients_sampled and aggregation."""
+    return {m.get("round") for m in metrics
+            if m.get("aggregation") not in (None, "plain") and isinstance(m.get("clients_sampled"), int)
+            and not isinstance(m.get("clients_sampled"), bool) and m["clients_sampled"] < SECURE_MIN_COHORT}
+
+
+def was_asked(entry: dict, not_asked: set) -> bool:
+    """False for a view entry that the ledger calls "refused" but whose holder was never offered the round."""
+    return not (entry.get("status") == "refused" and entry.get("reason") == NO_OFFER_REASON
+                and entry.get("round") in not_asked)
+
+
 def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_planned: Any, rounds_recorded: int,
-                  own: dict[str, tuple[Any, Any]] | None = None) -> list[str]:
+                  own: dict[str, tuple[Any, Any]] | None = None, not_asked: set | None = None) -> list[str]:
     """Why holders were refused (or dropped) and what the caps did, in plain words. ``own``: holder name → (cap, ε)
     from its own signed ledger, which is where a holder's cap lives (the coordinator strips caps from its session);
-    the view's cap and ε are used only for a holder whose own ledger is not in the directory."""
+    the view's cap and ε are used only for a holder whose own ledger is not in the directory. ``not_asked``: rounds
+    whose cohort was below what secure aggregation needs (not_asked_rounds): the ledger records their holders as
+    refused with "no answer", but the coordinator never offered them the round, so they are not said to refuse."""
     out = []
     own = own or {}
+    not_asked = not_asked or set()
     for name, es in sorted(view_ledgers.items()):
-        refused = [e for e in es if e.get("status") == "refused"]
+        refused = [e for e in es if e.get("status") == "refused" and was_asked(e, not_asked)]
+        skipped = [e.get("round") for e in es if not was_asked(e, not_asked)]
         cap, spent = own.get(name, (es[-1].get("cap"), es[-1].get("epsilon")) if es else (None, None))
         if cap is not None:
             out.append(f"{name} has an ε cap of {fmt_number(cap)}: it joins a round only if its own ε after that round, assuming "
@@ -266,6 +291,11 @@ def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_p
         for e in refused:
             why = one_line(e.get("reason")) or "(no reason recorded: a ledger from an older securefed)"
             out.append(f"{name} refused round {e.get('round')} and sent nothing: {why}.")
+        for r in skipped:
+            out.append(f"{name} was drawn into round {r}'s cohort but never asked: the cohort was below the "
+                       f"{SECURE_MIN_COHORT} holders secure aggregation needs, so the coordinator aborted the round "
+                       "before offering it to anyone (the ledger records this as refused, reason \"no answer\"); the "
+                       "holder refused nothing, sent nothing and spent nothing.")
     if server_cap is not None and isinstance(rounds_planned, int) and rounds_recorded < rounds_planned:
         out.append(f"The server's ε cap of {fmt_number(server_cap)} stops the federation before a round that would exceed it: "
                    f"{rounds_recorded} of {rounds_planned} planned rounds were recorded.")
@@ -394,4 +424,4 @@ def plain_words(run: dict, facts: dict) -> list[str]:
     caps = {name: (h.get("cap"), h.get("own_epsilon")) for name, h in run["holders"].items()
             if h.get("ok") and h.get("own_ledger")}
     return out + refusal_lines(views, priv.get("server_epsilon_cap"), fed.get("rounds"), facts.get("rounds_recorded", 0),
-                               caps) + own
+                               caps, not_asked_rounds(run["metrics"])) + own

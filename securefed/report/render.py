@@ -103,8 +103,9 @@ def load_run(run_dir: Path) -> dict:
             ledger["head"] = entry_hash(ledger["entries"][-1]) if ledger["entries"] else None
         except LedgerError as e:
             ledger["error"] = str(e)
-    holders = _holders(run_dir)
-    run = {"run_dir": str(run_dir), "config": config or {}, "summary": summary, "metrics": _jsonl(run_dir / "metrics.jsonl"),
+    metrics = _jsonl(run_dir / "metrics.jsonl")
+    holders = _holders(run_dir, privacy_checks.not_asked_rounds(metrics))
+    run = {"run_dir": str(run_dir), "config": config or {}, "summary": summary, "metrics": metrics,
            "baseline": _jsonl(run_dir / "baseline" / "metrics.jsonl"), "ledger": ledger, "holders": holders,
            "versions": versions, "files": header.file_times(run_dir)}
     try:
@@ -131,9 +132,11 @@ def _holder_ids(run_dir: Path) -> set[int]:
     return ids
 
 
-def _holders(run_dir: Path) -> dict[str, dict]:
+def _holders(run_dir: Path, not_asked: set = frozenset()) -> dict[str, dict]:
     """Per holder (sampled or not): the server's view ledger (its ε, rounds included / refused / dropped) and the
-    holder's own ledger's cap. ``own_epsilon`` is set from the verification (privacy_checks.apply_verification)."""
+    holder's own ledger's cap. ``own_epsilon`` is set from the verification (privacy_checks.apply_verification).
+    ``not_asked``: rounds whose cohort was too small to be offered (privacy_checks.not_asked_rounds): their "refused"
+    view entries are counted as ``not_asked``, not as refusals."""
     holders: dict[str, dict] = {}
     for h in sorted(_holder_ids(run_dir)):
         name, vp, op = f"holder-{h}", run_dir / "privacy" / "holders" / f"holder-{h}.jsonl", run_dir / "holders" / str(h) / "ledger.jsonl"
@@ -144,7 +147,9 @@ def _holders(run_dir: Path) -> dict[str, dict]:
             if vp.is_file():
                 es = read_ledger(vp)
                 row.update(view_epsilon=_num(es[-1]["epsilon"]) if es else 0.0,
-                           included=sum(e["status"] == "included" for e in es), refused=sum(e["status"] == "refused" for e in es),
+                           included=sum(e["status"] == "included" for e in es),
+                           refused=sum(e["status"] == "refused" and privacy_checks.was_asked(e, not_asked) for e in es),
+                           not_asked=sum(not privacy_checks.was_asked(e, not_asked) for e in es),
                            dropped=sum(e["status"] == "dropped" for e in es))
             if op.is_file():   # the coordinator strips caps from its own session: the holder's ledger has its cap
                 own = read_ledger(op)

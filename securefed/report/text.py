@@ -182,7 +182,10 @@ def holder_rows(holders: dict) -> list[list]:
                else "not in this directory (securefed verify --holder-ledger)")
         view = _fmt(h["view_epsilon"]) if h.get("in_cohort") else "0 (never in a cohort)"
         cap = "—" if not h.get("own_ledger") else ("none set" if h.get("cap") is None else _fmt(h["cap"]))
-        rows.append([name, own, view, cap, h.get("included", 0), h.get("refused", 0), h.get("dropped", 0)])
+        refused = h.get("refused", 0)
+        if h.get("not_asked"):   # drawn into a cohort too small to be offered the round: it refused nothing
+            refused = f"{refused} (+{h['not_asked']} drawn but never asked: cohort below 3)"
+        rows.append([name, own, view, cap, h.get("included", 0), refused, h.get("dropped", 0)])
     return rows
 
 
@@ -245,9 +248,42 @@ def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
            f"the rounds its data was in, without that amplification ({valid}). The ledger "
            "files themselves list who took part in each round: keep them with the coordinator's records; against a "
            "reader of the ledger only the holder ε holds.")
-    return [f"Privacy unit: {f['privacy_unit']} — each data holder's entire pseudo-gradient in a round is bounded in size "
-            f"(clipped to L2 norm C) and then hidden by noise, so the released models reveal little about whether any one "
-            f"holder took part.", eps_words, two] + ([] if q1 else [sampling_words(f)])
+    return [holder_level_lead(f), eps_words, two] + ([] if q1 else [sampling_words(f)])
+
+
+# the two runs the holder-level (ε, δ) compares, by the ledger's neighbouring relation (protocols/dp.md §2)
+RELATION_WORDS = {
+    "replace-one": ("the run with one holder's data and the run with another holder's data in its place (replace-one: "
+                    "the population is public, so which holders took part is not hidden; the ledgers and this report "
+                    "name them)"),
+    "zero-out (add/remove)": ("the run with one holder's real update and the run with a zero update in its place "
+                              "(zero-out: the holder takes part in both, so whether it took part is not hidden; the "
+                              "ledgers and this report name who did)"),
+    "add/remove": "the run with one holder's data and the run without it (add/remove one holder)",
+}
+
+
+def holder_level_lead(f: dict) -> str:
+    """The first sentence of "What was protected" under holder-level DP: who adds the noise, after whom, and what the
+    (ε, δ) bounds, with e^ε as a number — never "reveals little" whatever ε is, never "hidden by noise" where the
+    aggregator saw the updates first, and never "whether a holder took part" where the neighbouring relation keeps
+    participation the same in both runs (PV-38)."""
+    if f.get("mode") == "central":
+        noised = ("then noised by the aggregator after it has seen "
+                  + ("each holder's clipped update (plain aggregation)" if f.get("aggregation") == "plain"
+                     else "their sum"))
+    else:
+        noised = "then noised by each holder before it leaves (its share of the noise of the sum)"
+    rel = RELATION_WORDS.get(f.get("neighbouring_relation"),
+                             f"two runs under the ledger's neighbouring relation ({_fmt(f.get('neighbouring_relation'))})")
+    eps = f.get("epsilon")
+    eps = float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else None
+    factor = ("e^ε (ε below)" if eps is None else "an unbounded factor (ε = ∞)" if math.isinf(eps)
+              else f"a factor e^ε = e^{_fmt(eps)} ≈ {math.exp(eps):.3g}")
+    lead = (f"Privacy unit: {f['privacy_unit']} — each data holder's entire pseudo-gradient in a round is bounded in "
+            f"size (clipped to L2 norm C) and {noised}. To whoever sees only the released models, the probability of "
+            f"any outcome differs by at most {factor}, plus δ, between {rel}.")
+    return lead + (" " + update_protection(f) if f.get("mode") == "central" and f.get("aggregation") == "plain" else "")
 
 
 def sampling_words(f: dict) -> str:

@@ -275,3 +275,57 @@ def test_the_record_level_guarantee_against_the_coordinator_excludes_membership_
         head = " ".join(b for b in protection_blocks(f) if isinstance(b, str))
         assert ("the coordinator included" in head) and (("Except for membership" in head) == caveat)
         assert ("not whether a record is there" in trust_words(f)) == caveat
+
+
+@pytest.mark.parametrize("mode, aggregation, relation", [
+    ("central", "secagg", "replace-one"), ("central", "plain", "replace-one"), ("central", "secagg", "add/remove"),
+    ("distributed", "secagg", "replace-one"), ("distributed", "secagg", "zero-out (add/remove)")])
+def test_the_holder_level_lead_states_e_to_the_epsilon_and_what_the_neighbours_differ_in(mode, aggregation, relation):
+    """PV-38: the lead of "What was protected" said the models "reveal little about whether any one holder took part"
+    in every holder-level DP run: at the review's central run (σ 1, q = 1, 3 rounds, replace-one) ε = 22.13 (dp-accounting
+    agrees), e^ε ≈ 4.07e9, nothing "little"; under replace-one (fixed cohorts) and zero-out (distributed, Poisson) a
+    holder takes part in both neighbouring runs, so participation is not what ε protects; and a central run's
+    updates are not "hidden by noise" from the aggregator, who sees them first (under plain aggregation, each one)."""
+    f = {"privacy_unit": "holder", "mode": mode, "aggregation": aggregation, "neighbouring_relation": relation,
+         "epsilon": 22.126645431335483, "sampling_rate": 1.0}
+    lead = text.protection_words(f, True, "ε words")[0]
+    assert "reveal little" not in lead and "hidden by noise" not in lead
+    assert "differs by at most a factor e^ε = e^22.13 ≈ 4.07e+09, plus δ, between " in lead   # exp(22.1266) = 4.07e9
+    took_part_hidden = relation == "add/remove"
+    assert ("whether it took part is not hidden" in lead or "which holders took part is not hidden" in lead) \
+        == (not took_part_hidden)
+    if relation == "add/remove":
+        assert lead.endswith("between the run with one holder's data and the run without it (add/remove one holder).")
+    if mode == "central":
+        seen = "each holder's clipped update (plain aggregation)" if aggregation == "plain" else "their sum"
+        assert f"then noised by the aggregator after it has seen {seen}." in lead
+        assert ("Nothing hides the individual updates: under plain aggregation the coordinator sees each holder's "
+                "clipped update." in lead) == (aggregation == "plain")
+    else:
+        assert "then noised by each holder before it leaves (its share of the noise of the sum)." in lead
+    # no verified ε (records that do not verify): no number, and still no "reveal little"
+    assert "differs by at most e^ε (ε below), plus δ" in text.holder_level_lead(dict(f, epsilon="unknown"))
+
+
+def test_a_holder_drawn_into_a_cohort_too_small_to_be_offered_is_not_said_to_refuse(tmp_path):
+    """PV-39: under Poisson cohorts a draw of fewer than 3 holders cannot run secure aggregation; the coordinator sends
+    no Offer and records each drawn holder as "refused" with reason "no answer". The review's run (6 holders, q = 0.5,
+    distributed DP) drew 1 holder in rounds 1 and 2, and the report said "holder-6 refused round 1 and sent nothing:
+    no answer" and counted a refusal in the Holder budgets table: the holder was never asked."""
+    views = {"holder-6": [{"round": 1, "status": "refused", "reason": "no answer", "epsilon": 0.0, "cap": None},
+                          {"round": 3, "status": "included", "reason": None, "epsilon": 4.75, "cap": None}],
+             "holder-5": [{"round": 3, "status": "refused", "reason": "no answer", "epsilon": 0.0, "cap": None}]}
+    metrics = [{"round": 1, "clients_sampled": 1, "aggregation": "secagg", "aborted": "0 of 1 sampled holders took part: too few"},
+               {"round": 3, "clients_sampled": 3, "aggregation": "secagg"}]
+    assert privacy_checks.not_asked_rounds(metrics) == {1}
+    assert privacy_checks.not_asked_rounds([dict(metrics[0], aggregation="plain")]) == set()   # plain offers any cohort
+    lines = privacy_checks.refusal_lines(views, None, 3, 3, {}, privacy_checks.not_asked_rounds(metrics))
+    assert not any(line.startswith("holder-6 refused round 1") for line in lines)
+    assert ("holder-6 was drawn into round 1's cohort but never asked: the cohort was below the 3 holders secure "
+            "aggregation needs, so the coordinator aborted the round before offering it to anyone (the ledger records "
+            "this as refused, reason \"no answer\"); the holder refused nothing, sent nothing and spent nothing.") in lines
+    assert "holder-5 refused round 3 and sent nothing: no answer." in lines   # offered (cohort of 3), did not answer
+    rows = text.holder_rows({"holder-6": {"ok": True, "own_epsilon": 4.75, "view_epsilon": 4.75, "in_cohort": True,
+                                          "own_ledger": True, "cap": None, "included": 1, "refused": 0, "not_asked": 1,
+                                          "dropped": 0}})
+    assert rows[1][5] == "0 (+1 drawn but never asked: cohort below 3)"
