@@ -167,6 +167,18 @@ def count_caveat(f: dict) -> str:
             "whether it is there. train.dp_sgd.sample_rate (a public q) closes this (protocols/dp.md §10.3).")
 
 
+def timing_caveat(rl: dict) -> str:
+    """PV-40: the guarantee "against the coordinator" assumes each Poisson batch secret, but a holder whose signed
+    releases record no padded batch shows its batch sizes in the time its replies take (dp.md §10.4). "" when every
+    holder padded."""
+    shown = sorted(h for h, r in rl.items() if not r.get("padded_rows"))
+    if not shown:
+        return ""
+    return (f"Nor, for {', '.join(f'holder-{h}' for h in shown)}, against whoever times its replies (the coordinator "
+            "does): its steps were not padded, so a reply's time shows roughly how many records each Poisson draw took, "
+            "which the accountant assumes secret; train.dp_sgd.hide_batch_size closes this (protocols/dp.md §10.4).")
+
+
 def protection_blocks(f: dict) -> list:
     """The record-level guarantee, labelled apart from the holder-level one: per holder, cumulative over the
     DP-SGD steps its signed releases record, per training record, at its δ ([] when DP-SGD did not run)."""
@@ -190,6 +202,9 @@ def protection_blocks(f: dict) -> list:
     caveat = count_caveat(f)
     if caveat:
         head += " " + caveat
+    shown = timing_caveat(rl)
+    if shown:
+        head += " " + shown
     rows = [["holder", "record-level ε (cumulative, per record)", "δ", "DP-SGD steps", "unit (one record)"]]
     rows += [[f"holder-{h}", fmt_number(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps")),
               r.get("unit") or "sequence"] for h, r in rl.items()]

@@ -329,3 +329,21 @@ def test_a_holder_drawn_into_a_cohort_too_small_to_be_offered_is_not_said_to_ref
                                           "own_ledger": True, "cap": None, "included": 1, "refused": 0, "not_asked": 1,
                                           "dropped": 0}})
     assert rows[1][5] == "0 (+1 drawn but never asked: cohort below 3)"
+
+
+def test_the_record_level_guarantee_against_the_coordinator_excludes_reply_timing_when_batches_are_not_padded():
+    """PV-40: the record-level paragraph said each record is protected "against anyone who sees what the holder sent
+    ..., the coordinator included" while the Mechanism section said the same holders' reply times show their Poisson
+    batch sizes outside the accountant (the review's sequence-unit run: no holder padded). The paragraph now names the
+    unpadded holders and says the guarantee does not hold against whoever times their replies."""
+    from securefed.report.record_level import protection_blocks
+
+    rl = {"1": {"epsilon": 1.6607, "delta": 1e-5, "steps": 6, "unit": "sequence", "padded_rows": None},
+          "2": {"epsilon": 1.8883, "delta": 1e-5, "steps": 6, "unit": "sequence", "padded_rows": 64}}
+    f = {"dp_sgd": {"enabled": True, "sample_rate": 0.01}, "record_level": rl}
+    head = protection_blocks(f)[0]
+    assert ("Nor, for holder-1, against whoever times its replies (the coordinator does): its steps were not padded, so "
+            "a reply's time shows roughly how many records each Poisson draw took, which the accountant assumes secret; "
+            "train.dp_sgd.hide_batch_size closes this (protocols/dp.md §10.4).") in head
+    rl["1"]["padded_rows"] = 64
+    assert "whoever times its replies" not in protection_blocks(f)[0]
