@@ -107,7 +107,8 @@ def sections(run: dict, f: dict) -> list:
                       "guarantee may fail entirely; treat this run as a demonstration, not as meaningful protection.")
     trust = trust_words(f)
     holders = run["holders"]
-    broken = [name for name, h in holders.items() if not h.get("ok")]
+    # a ledger that could not be read, not one whose ε is withheld because the run's records do not verify (PV-41)
+    broken = [name for name, h in holders.items() if not h.get("ok") and not str(h.get("error", "")).startswith("ε withheld")]
     owns = [h["own_epsilon"] for h in holders.values() if h.get("ok") and isinstance(h.get("own_epsilon"), (int, float))]
     # own ledgers a verifier lacks (a deployment keeps them with the holders); a local holder without one released nothing
     missing = [name for name, h in holders.items() if h.get("ok") and h.get("own_epsilon") is None
@@ -240,7 +241,12 @@ def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
                  f"aggregator: central DP's server sees {seen} before it adds the noise (see Trust model)")
     else:
         valid = "valid even against the coordinator"
+    unknown_q = f.get("sampling_rate") is None   # no verified ledger entry: nothing says whether cohorts were sampled
     two = ("Two ε are kept: the ledger above is the guarantee for the released models; each holder's own ledger counts "
+           f"only the rounds its data was in ({valid}). Whether the cohorts were sampled, and so whether the "
+           "federation's ε is amplified by sampling, is not stated: no verified ledger entry records the sampling rate."
+           if unknown_q else
+           "Two ε are kept: the ledger above is the guarantee for the released models; each holder's own ledger counts "
            f"only the rounds its data was in ({valid}). Here q = 1: every holder is in every "
            "cohort, so neither ε has amplification by sampling." if q1 else
            "Two ε are kept: the ledger above is the guarantee for the released models, with amplification by the random "
@@ -248,7 +254,7 @@ def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
            f"the rounds its data was in, without that amplification ({valid}). The ledger "
            "files themselves list who took part in each round: keep them with the coordinator's records; against a "
            "reader of the ledger only the holder ε holds.")
-    return [holder_level_lead(f), eps_words, two] + ([] if q1 else [sampling_words(f)])
+    return [holder_level_lead(f), eps_words, two] + ([] if q1 or unknown_q else [sampling_words(f)])
 
 
 # the two runs the holder-level (ε, δ) compares, by the ledger's neighbouring relation (protocols/dp.md §2)

@@ -347,3 +347,20 @@ def test_the_record_level_guarantee_against_the_coordinator_excludes_reply_timin
             "train.dp_sgd.hide_batch_size closes this (protocols/dp.md §10.4).") in head
     rl["1"]["padded_rows"] = 64
     assert "whoever times its replies" not in protection_blocks(f)[0]
+
+
+def test_an_unfinished_run_neither_calls_the_holders_ledgers_broken_nor_claims_amplification(tmp_path):
+    """PV-41: a run stopped with Ctrl-C (the review's: distributed DP, 4 holders, q = 1, 2 of 4 rounds) has no signed
+    end-of-run record, so every ε is withheld — and the report said "the ledger of holder-1, holder-2, holder-3,
+    holder-4 is broken" (they verify; the run is unfinished) and that the federation's ε had "amplification by the
+    random choice of cohorts" at "the stated sampling rate (— sampling)", for a run where every holder was in every
+    cohort: the withheld entries left the sampling rate unknown, and unknown read as sampled."""
+    rd = tmp_path / "run"
+    make_signed_run(rd, population=4)   # q = 4/4
+    (rd / "privacy" / "end.json").unlink()   # as an interrupted run leaves it (dp.md §7.4)
+    render_report(rd)
+    md = _md(rd)
+    assert "is broken" not in md and "No ε is stated: the privacy records do not verify (see Ledger integrity)." in md
+    assert "amplification by the random choice of cohorts" not in md and "honestly and secretly" not in md
+    assert ("Whether the cohorts were sampled, and so whether the federation's ε is amplified by sampling, is not "
+            "stated: no verified ledger entry records the sampling rate.") in md
