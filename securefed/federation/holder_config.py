@@ -187,8 +187,12 @@ class HolderConfig:
             raise ValueError("state_dir must name a directory")
         if self.n_shards < 1 or not 0 <= self.shard < self.n_shards:
             raise ValueError(f"shard must be in [0, n_shards={self.n_shards})")
-        if self.data.holder_paths and (len(self.data.holder_paths) != 1 or self.n_shards != 1):
-            raise ValueError("data.holder_paths: a holder names exactly one path of its own (and n_shards 1)")
+        # a deployed holder (n_shards 1) names exactly one path, its own; in a simulation shard i of n is holder i's
+        # own path, so the list has one per holder (`securefed simulate --set data.holder_paths=[...]`, README)
+        if self.data.holder_paths and len(self.data.holder_paths) != self.n_shards:
+            raise ValueError("data.holder_paths: a holder names exactly one path of its own" if self.n_shards == 1 else
+                             f"data.holder_paths lists {len(self.data.holder_paths)} paths for {self.n_shards} holders: "
+                             "one path per holder")
         if self.dp_sgd.enabled and self.dp_sgd.unit == "group" and self.data.unit_field is None:
             # here, at config load, not after joining a run and reading the data (protocols/dp.md §10.2)
             raise ValueError("dp_sgd.unit=group needs data.unit_field: the JSONL field or Parquet column naming whom "

@@ -292,3 +292,28 @@ def test_a_resumed_scheme_2_run_pre_flights_with_the_epsilon_its_ledger_records(
     assert resumed.preflight.accountant_scheme == 2
     fresh = Simulation(cfg, tmp_path / "fresh", progress=False)            # a new run: scheme /3, cheaper here
     assert fresh.preflight.epsilon_per_round < 0.8 * first["epsilon"]
+
+
+def test_each_holder_its_own_folder_through_simulate(tmp_path, tiny_run, capsys):
+    """README: `data.holder_paths` gives each simulated holder one path of its own. simulate built every holder's
+    config with the whole list and HolderConfig refused it ("a holder names exactly one path of its own"): a
+    traceback, no run. Now shard i of n is holder i's path; a deployed holder (n_shards 1) still names exactly one."""
+    from securefed.federation.holder_config import HolderConfig
+    from securefed.training.data import DataConfig
+
+    paths = []
+    for h in range(4):
+        d = tmp_path / "data" / f"ward{h}"
+        d.mkdir(parents=True)
+        for j in range(3):
+            (d / f"note{j}.txt").write_text(f"ward {h} note {j}: " + "the patient was seen and discharged. " * 120)
+        paths.append(str(d))
+    run = tmp_path / "run"
+    sets = [o for o in tiny_run if not o.startswith(("data.max_sources", "data.max_bytes_per_source"))]
+    sets += ["federation.rounds=1", "data.holder_paths=[" + ",".join(paths) + "]"]
+    assert main(["simulate", "--quiet", "--out", str(run)] + [a for s in sets for a in ("--set", s)]) == 0
+    manifest = json.loads((run / "data_manifest.json").read_text())
+    assert manifest["partition"]["method"] == "holder_paths"
+    assert [h["sources"] for h in manifest["holders"]] == [[f"holder{i}:ward{i}"] for i in range(4)]   # each its own
+    with pytest.raises(ValueError, match="a holder names exactly one path of its own"):
+        HolderConfig(holder_id=1, state_dir=str(tmp_path / "s"), data=DataConfig(holder_paths=tuple(paths[:2])))
