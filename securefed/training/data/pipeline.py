@@ -2,13 +2,16 @@
 
     select documents per source (stdlib packages, a local path, or one path per holder)
     tokenizer  = BPE trained on the PUBLIC stdlib modules (cached), or loaded from a file
-    token ids  per document (cached by corpus hash + tokenizer hash)
+    token ids  per document (cached by corpus hash + tokenizer hash: the public stdlib corpus only)
     per source: hash-ranked held-out documents -> eval_per_source; the rest -> training pool
     partition the training pool among holders (iid / by_source / dirichlet), or holder_paths
     pack each holder's documents into (N_i, seq_len) rows; central_train = their union
 
 The order matters for privacy and honesty: the eval split is taken before partitioning, so no eval
 document is in any holder's training data, and the tokenizer never sees a holder's document.
+A holder's own documents are never written to the cache either: token ids decode back to the text with the public
+tokenizer, and a cache under ~/.cache (shared by every run of the account, kept after the data is deleted) would be a
+second copy of regulated records outside the holder's state directory (threat_models/system.md SYS-29).
 """
 
 from __future__ import annotations
@@ -264,7 +267,8 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
             with steps.step("tokenizer"):
                 tok, tok_info = _tokenizer(config, cache)
             eos = tok.eos_token_id
-            ids = tokenize_documents(all_docs, tok, cache_dir=cache, steps=steps)
+            # only the public corpus is cached (module doc, SYS-29): a local path may hold a holder's records
+            ids = tokenize_documents(all_docs, tok, cache_dir=cache if stdlib else None, steps=steps)
 
             total = sum(int(a.size) + 1 for a in ids.values())
             if total < config.seq_len:
