@@ -80,6 +80,7 @@ def overrides(a: argparse.Namespace) -> tuple[list[str], dict]:
     sets = [
         f"seed={a.seed}", f"model.preset={a.size}",
         f"data.source={corpus / 'pile'}", f"data.tokenizer={corpus / 'tokenizer'}",
+        "data.token_cache=true",   # the public issue-14 corpus: `prepare` tokenizes once, every row reads the cache
         f"data.partition={a.partition if fed else 'iid'}", "data.max_sources=null",
         "data.max_bytes_per_source=1000000000", f"data.seq_len={s['seq']}", f"data.eval_fraction={a.eval_fraction}",
         f"train.local_steps={a.h}", f"train.batch_size={batch}",

@@ -48,6 +48,7 @@ def row_sets(a: argparse.Namespace) -> tuple[str, list[str]]:
     else:
         preset, c = "gpu-20m", Path(a.corpus)
         sets = [f"model.preset={a.size}", f"data.source={c / 'pile'}", f"data.tokenizer={c / 'tokenizer'}",
+                "data.token_cache=true",   # the public issue-14 corpus: tokenized once, cached for every row
                 "data.partition=iid", "data.max_sources=null", "data.max_bytes_per_source=1000000000",
                 "data.seq_len=1024", "data.eval_fraction=0.01", "train.eval_batch_size=64"]
     sets += [f"seed={a.seed}", f"train.local_steps={a.h}", f"train.batch_size={a.batch}", f"train.lr={a.lr}",

@@ -144,6 +144,14 @@ class Holder:
             raise ValueError(f"holder {self.id}: identity key does not match its roster entry")
         self.state_dir = Path(cfg.state_dir).expanduser()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.state_dir.stat().st_mode & 0o077:   # made beforehand, wider: its ledger and optimizer state are the holder's
+            try:
+                self.state_dir.chmod(0o700)
+                log.warning("holder %d: state directory %s was readable by others; made 0700 (threat SYS-30)",
+                            self.id, self.state_dir)
+            except OSError as e:
+                log.warning("holder %d: state directory %s is readable by others and could not be made 0700 (%s)",
+                            self.id, self.state_dir, e.strerror or e)
         self.entropy = EntropyFactory(seed=cfg.secret_seed, deterministic=cfg.deterministic_secrets)
         self.progress = progress
         self.welcomed: Welcome | None = None

@@ -186,7 +186,8 @@ class Ledger:
         new = not self.path.exists()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # 0600: the entries list who took part in each round, which the amplification assumes secret (dp.md §11)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as e:
             raise self._write_error(e, "the ledger is unchanged") from None
         size = os.fstat(fd).st_size
@@ -252,7 +253,7 @@ def write_end_record(ledger_dir: str | Path, *, run_id: str | None, signer: Iden
     if signer is not None:
         rec["sig"] = signer.sign(_end_message(rec)).hex()
     tmp = d / (END_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         data = (canonical_json(rec) + "\n").encode("ascii")
         if os.write(fd, data) != len(data):  # pragma: no cover - regular files write fully

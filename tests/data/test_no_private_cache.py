@@ -46,3 +46,21 @@ def test_a_holders_own_records_leave_no_token_ids_in_the_cache(tmp_path):
     pub = prepare_federated_data(DataConfig(max_sources=2, max_bytes_per_source=20_000, vocab_size=400, seq_len=24,
                                             cache_dir=str(cache)), n_holders=2, seed=0, progress=False)
     assert pub.holder_train and list(cache.glob("tokens/*.npz"))
+
+
+def test_a_local_corpus_is_cached_only_when_marked_public(tmp_path):
+    """data.token_cache (default false) marks a local data.source public, so its token ids may be cached: what the GPU
+    study's corpus needs (its rows reuse one tokenization). Unmarked, or as data.holder_paths, nothing is cached."""
+    corpus = tmp_path / "pile"
+    for s in range(2):
+        d = corpus / f"src{s}"
+        d.mkdir(parents=True)
+        for j in range(4):
+            (d / f"f{j}.txt").write_text(f"public text {s} {j} " + "lorem ipsum dolor sit amet " * 60)
+    base = dict(source=str(corpus), max_sources=None, vocab_size=400, seq_len=24)
+    for marked, holder_paths, cached in ((False, (), False), (True, (), True),
+                                         (True, (str(corpus / "src0"), str(corpus / "src1")), False)):
+        cache = tmp_path / f"cache-{marked}-{bool(holder_paths)}"
+        cfg = DataConfig(**base, token_cache=marked, holder_paths=holder_paths, cache_dir=str(cache))
+        prepare_federated_data(cfg, n_holders=2, seed=0, progress=False)
+        assert bool(list(cache.glob("tokens/*"))) is cached, (marked, holder_paths)

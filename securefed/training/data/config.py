@@ -46,6 +46,10 @@ class DataConfig:
     vocab_size: int = 4096  # used when tokenizer == "train"
     seq_len: int = 128
     cache_dir: str | None = None  # default: $SECUREFED_CACHE or ~/.cache/securefed
+    # cache the token ids of a local data.source under cache_dir, so later runs skip tokenization. Only for a PUBLIC
+    # corpus (the GPU study's): the ids decode back to the text with the tokenizer, and the cache outlives the data
+    # (threat_models/system.md SYS-29). The stdlib corpus is always cached; data.holder_paths never are.
+    token_cache: bool = False
 
     def __post_init__(self) -> None:
         for name in ("source", "text_field", "tokenizer"):
@@ -88,6 +92,8 @@ class DataConfig:
             raise TypeError("data.eval_fraction must be a number")
         if not 0.0 < f < 1.0:
             raise ValueError(f"data.eval_fraction must be in (0, 1), got {f}")
+        if not isinstance(self.token_cache, bool):
+            raise TypeError(f"data.token_cache must be true or false, got {self.token_cache!r}")
         if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir.strip()):
             raise ValueError("data.cache_dir must be a non-empty string or null")
 

@@ -2,7 +2,7 @@
 
     select documents per source (stdlib packages, a local path, or one path per holder)
     tokenizer  = BPE trained on the PUBLIC stdlib modules (cached), or loaded from a file
-    token ids  per document (cached by corpus hash + tokenizer hash: the public stdlib corpus only)
+    token ids  per document (cached by corpus hash + tokenizer hash: public corpora only — stdlib, data.token_cache)
     per source: hash-ranked held-out documents -> eval_per_source; the rest -> training pool
     partition the training pool among holders (iid / by_source / dirichlet), or holder_paths
     pack each holder's documents into (N_i, seq_len) rows; central_train = their union
@@ -267,8 +267,10 @@ def prepare_federated_data(config: DataConfig, *, n_holders: int, seed: int,
             with steps.step("tokenizer"):
                 tok, tok_info = _tokenizer(config, cache)
             eos = tok.eos_token_id
-            # only the public corpus is cached (module doc, SYS-29): a local path may hold a holder's records
-            ids = tokenize_documents(all_docs, tok, cache_dir=cache if stdlib else None, steps=steps)
+            # only a public corpus is cached (module doc, SYS-29): stdlib, or a data.source its owner marks public
+            # with data.token_cache (the GPU study's corpus); a local path may hold a holder's records
+            public = stdlib or (config.token_cache and not config.holder_paths)
+            ids = tokenize_documents(all_docs, tok, cache_dir=cache if public else None, steps=steps)
 
             total = sum(int(a.size) + 1 for a in ids.values())
             if total < config.seq_len:
