@@ -631,7 +631,7 @@ class Coordinator:
                 raise SecAggAborted(f"only {len(ready)} holders finished training: secure aggregation needs 3")
             ckks_total, masked_cohort = None, ready
             if mode == "ckks+secagg":
-                ckks_total, a = self.ckks.sum(self.channel, r, ready, dl, before_decrypt=wal, clip=cfg.privacy.clip)
+                ckks_total, a = self.ckks.sum(self.channel, r, ready, dl, before_decrypt=wal, clip=float(rp.clip_bound))
                 masked_cohort = list(a)   # CKKS first: a holder rejected there never enters the masked sum
                 if len(masked_cohort) < 3:
                     raise SecAggAborted(f"only {len(masked_cohort)} CKKS uploads accepted: secure aggregation needs 3")
