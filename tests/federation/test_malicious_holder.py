@@ -97,11 +97,10 @@ def test_a_ckks_decryptor_releasing_a_poisoned_sum_is_refused_and_the_model_does
     """ckks.md §5.3 D6: the decryptor (the cohort's smallest member, a holder) released whatever it liked as the CKKS
     sum, and the coordinator applied it if it was finite. Each upload is a part of an update clipped to C with weight
     ≤ 1, so a released sum longer than |A|·C (+ the §4.4 error) is refused: the round aborts, nothing is applied. An
-    honest decryptor's sum passes (the same run without the lie completes with all 4)."""
+    honest decryptor's sum passes: every ckks+secagg run of the suite goes through the same check (e.g.
+    tests/runtime/test_simulate_e2e.py::test_hybrid_ckks_route_equals_plain_fedavg_within_documented_error)."""
     from securefed.audit.federation_harness import tiny_federation
 
-    honest = tiny_federation(tmp_path / "honest", overrides=CKKS, cache_dir=fed_cache)
-    assert "aborted" not in honest.coordinator.run_round(1)
     fed = tiny_federation(tmp_path / "attacked", overrides=CKKS, cache_dir=fed_cache)
     before = fed.model_bytes()
     handle = fed.holders[1].handle
