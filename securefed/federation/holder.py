@@ -149,9 +149,10 @@ class Holder:
                 self.state_dir.chmod(0o700)
                 log.warning("holder %d: state directory %s was readable by others; made 0700 (threat SYS-30)",
                             self.id, self.state_dir)
-            except OSError as e:
-                log.warning("holder %d: state directory %s is readable by others and could not be made 0700 (%s)",
-                            self.id, self.state_dir, e.strerror or e)
+            except OSError as e:   # fail closed: its optimizer state is a function of its data's gradients
+                raise HolderStateError(f"holder {self.id}: state directory {self.state_dir} is readable by others and "
+                                       f"could not be made 0700 ({e.strerror or e}); use a directory this account owns "
+                                       "(threat SYS-30)") from None
         self.entropy = EntropyFactory(seed=cfg.secret_seed, deterministic=cfg.deterministic_secrets)
         self.progress = progress
         self.welcomed: Welcome | None = None

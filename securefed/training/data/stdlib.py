@@ -24,14 +24,6 @@ from pathlib import Path
 from .documents import DataError, Document
 from .textfiles import read_text
 
-
-def _read_text(p: Path) -> str | None:
-    """A public stdlib file's text, or None: a file that is not text is simply not part of the public corpus."""
-    try:
-        return read_text(p)
-    except DataError:
-        return None
-
 __all__ = [
     "PREFERRED_SOURCES",
     "stdlib_dir",
@@ -40,6 +32,15 @@ __all__ = [
     "python_version",
     "stdlib_sizes",
 ]
+
+
+def _read_text(p: Path) -> str | None:
+    """A public stdlib file's text, or None: a file that is not text is simply not part of the public corpus."""
+    try:
+        return read_text(p)
+    except DataError:
+        return None
+
 
 # Large, topically distinct packages first (in every CPython 3.10-3.13); the rest follow by name.
 PREFERRED_SOURCES = (
