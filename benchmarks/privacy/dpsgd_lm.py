@@ -309,17 +309,17 @@ def cmd_plot(a: argparse.Namespace) -> None:
     raw = Path(a.raw)
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = {None: "k", 8: "C0", 3: "C1", 1: "C3"}
-    plans: dict[str, str] = {}
+    plans: dict[str, tuple[str, str]] = {}
     for run in sorted(d for d in raw.iterdir() if d.is_dir()):
         for row, r in sorted(_curves_of_run(run).items()):
             if not r["points"]:
                 continue
             g = r["args"]
             plan = f"{g['batch']:,} × {g['h'] * g['rounds']}"
-            ls = plans.setdefault(plan, ["-", "--", ":", "-."][len(plans) % 4])
+            ls, mk = plans.setdefault(plan, (["-", "--", ":", "-."][len(plans) % 4], "osD^vP"[len(plans) % 6]))
             eps = None if g["sigma"] is None else round(r["eps"] or 0)
             label = f"{'∞' if eps is None else f'ε = {eps}'}, batch × steps {plan} ({run.name})"
-            ax.plot(*zip(*r["points"]), ls, marker="o", markersize=3, color=colours.get(eps, "C4"), label=label)
+            ax.plot(*zip(*r["points"]), ls, marker=mk, markersize=3.5, color=colours.get(eps, "C4"), label=label)
     ax.axhline(a.unigram, color="0.5", linestyle="--", linewidth=0.8, label=f"unigram ({a.unigram:,.0f})")
     ax.set(xscale="log", yscale="log", xlabel="training tokens (all holders)", ylabel="eval perplexity",
            title="record-level DP-SGD, 20m, 4 holders, secure aggregation (δ = 1e-5)")
