@@ -694,12 +694,20 @@ class Coordinator:
             "phase_seconds": dict(self.progress.phase_seconds),
             "ended": getattr(self, "ended", "finished"),
         }
+        # what `epsilon` protects, never left to the reader (protocols/dp.md §1–2): one holder's whole contribution,
+        # between the two runs its relation names; "inf" with privacy_mode none means no holder-level guarantee
+        summary["epsilon_unit"] = "holder"
         if self.cfg.privacy.mode != "none":   # δ means nothing without DP: not reported
             summary["delta"] = delta
+            summary["neighbouring_relation"] = self.privacy.neighbouring
         rec = [m["record_epsilon_max"] for m in self.metrics if m.get("record_epsilon_max") is not None]
         if rec:   # as the holders reported it; `securefed verify` recomputes each from its signed releases
             summary["record_epsilon_reported_max"] = max(rec)
             summary["record_delta"] = self.cfg.train.dp_sgd.delta
+            # one record of one holder (dp.md §10.2): a training sequence, a document or a group; Poisson-sampled
+            # DP-SGD's RDP is for adding or removing that one record (§10)
+            summary["record_unit"] = self.cfg.train.dp_sgd.unit
+            summary["record_neighbouring_relation"] = "add/remove"
         short = update_shortfall(self.metrics, self.cfg.federation.rounds)
         if short:   # never quietly: a run whose rounds did not all move the model says so at its end (the report too)
             summary["warnings"] = [short]

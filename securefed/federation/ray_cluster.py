@@ -207,7 +207,8 @@ def _bounded_join(timeout: float):
     """Joining an address: one attempt of ``timeout`` seconds to reach its GCS. Ray's own default is 20 attempts
     of 30 s each, so an address that accepts a TCP connection but does not answer as a Ray head (another
     service, a head that is stuck) held the command for ~12 minutes of C++ warnings before any error.
-    RAY_* variables set by the user are kept; this process's environment is restored afterwards."""
+    RAY_* variables set by the user are kept; this process's environment is restored afterwards. Wrap the
+    first ``import ray`` as well as ``ray.init``: the connect timeout is a C++ setting read at import."""
     bounds = {"RAY_gcs_server_port_wait_time_s": "1", "RAY_py_gcs_connect_timeout_s": str(math.ceil(timeout))}
     set_here = [k for k in bounds if k not in os.environ]
     os.environ.update({k: bounds[k] for k in set_here})
@@ -224,10 +225,20 @@ def connect(options: RayOptions, *, n_holders: int, train=None) -> RaySession:
     TrainConfig): checked against the GPUs asked per holder first (check_placement)."""
     if train is not None:
         check_placement(train, options.gpus_per_holder)
+    import sys
+
+    first_import = "ray" not in sys.modules
     try:
-        import ray
+        # Ray's C++ settings (RAY_py_gcs_connect_timeout_s among them) are read once, when ray is first imported:
+        # the join's bound must be in the environment by then, or Ray's own 30 s applies (a review measured 47 s
+        # for an address that never answers, against the 10 s promised; now ≈ 20 s: Ray's two 5 s probes + 10 s)
+        with _bounded_join(options.connect_timeout) if options.address is not None else contextlib.nullcontext():
+            import ray
     except ImportError:
         raise RayUnavailable("--backend ray needs Ray: pip install 'securefed[ray]'") from None
+    if options.address is not None and not first_import:
+        log.info("Ray was imported before the join: its own connect timeout (30 s) applies, not %g s",
+                 options.connect_timeout)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")      # no usage reports from simulations
     gpus, started_here, url = float(options.gpus_per_holder), False, None
     if ray.is_initialized():

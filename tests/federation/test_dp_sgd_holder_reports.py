@@ -35,3 +35,9 @@ def test_dp_sgd_holders_send_no_loss_and_keep_every_released_step_across_a_stop(
     assert all(r["train_loss"] is None for r in rows)                # never sent
     eps = [r["record_epsilon_max"] for r in rows]
     assert eps[0] < eps[1] < eps[2]                                  # each round's steps are counted
+    # summary.json says which ε is which: holder-level none (ε "inf", no δ), record-level per training sequence
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["epsilon"], summary["epsilon_unit"]) == ("inf", "holder")
+    assert "delta" not in summary and "neighbouring_relation" not in summary
+    assert summary["record_epsilon_reported_max"] == eps[-1] and summary["record_delta"] == 1.0e-4
+    assert (summary["record_unit"], summary["record_neighbouring_relation"]) == ("sequence", "add/remove")

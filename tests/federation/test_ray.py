@@ -192,22 +192,41 @@ def test_cli_unreachable_address_is_one_error_before_the_run_directory(tmp_path,
 def test_cli_an_address_that_accepts_but_never_answers_is_one_error_in_bounded_time(tmp_path, tiny_run):
     """An address whose port accepts TCP but is no Ray head (another service, a stuck head) passed the TCP probe,
     and ray.init then tried 20 times for 30 s each: ~12 minutes of C++ warnings before exit 6 (an audit stopped it
-    at 5). The join is now one attempt of the connect timeout (10 s): the same one error, in well under 4 minutes."""
+    at 5). The join is now one attempt of the connect timeout (10 s): the same one error, in well under 4 minutes.
+    A review found the 10 s never applied (Ray reads it at import, before it was set): 30 s of Ray's own, 47 s in all.
+    Timed from the first connection the address receives (securefed's TCP probe), not from the process start:
+    Ray's two 5 s probes and the 10 s attempt are ≈ 21 s there, Ray's own 30 s ≈ 41 s."""
     import socket
+    import threading
+    import time
 
     pytest.importorskip("ray")
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)           # the kernel completes the handshakes; nothing ever answers
     address = f"127.0.0.1:{silent.getsockname()[1]}"
+    first: list[float] = []
+    held = []
+
+    def first_connection():
+        try:
+            held.append(silent.accept()[0])     # kept open, never answered
+            first.append(time.monotonic())
+        except OSError:
+            pass
+    threading.Thread(target=first_connection, daemon=True).start()
     out = tmp_path / "run"
     sets = [a for o in tiny_run for a in ("--set", o)]
     try:
         p = _cli("--backend", "ray", "--ray-address", address, "--out", str(out), "--quiet", *sets, cwd=tmp_path,
                  timeout=240)
+        ended = time.monotonic()
     finally:
+        for c in held:
+            c.close()
         silent.close()
     assert p.returncode == 6, p.stderr
+    assert first and ended - first[0] < 32, f"the join took {ended - first[0]:.1f} s after the first connection"
     assert f"securefed simulate: cannot join the Ray cluster at {address}" in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()
 

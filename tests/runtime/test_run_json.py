@@ -32,6 +32,7 @@ def test_every_json_file_of_a_run_is_strict_json(tmp_path, small_overrides, caps
                 _strict(line, f"{p.relative_to(out)}:{i}")
     summary = _strict((out / "summary.json").read_text(), "summary.json")
     assert summary["epsilon"] == "inf"  # no DP: infinite, written as the ledger writes it
+    assert summary["epsilon_unit"] == "holder" and "delta" not in summary and "neighbouring_relation" not in summary
     assert _strict((out / "metrics.jsonl").read_text().splitlines()[0], "metrics")["epsilon"] == "inf"
     # what `securefed simulate` prints is the same strict JSON (a pipe into jq must not meet Infinity), then
     # one line naming the run directory

@@ -185,6 +185,9 @@ def test_ckks_route_dropouts_after_the_ckks_sum_are_charged_and_verify(tmp_path,
     for r in split:
         e = server[r["round"]]
         assert set(r["ckks_only"]) <= set(e["survivors"]) and e["n_masked"] == r["clients_survived"] < e["n_survivors"]
+    summary = json.loads((run / "summary.json").read_text())   # the ε says what it protects: one holder, replace-one
+    assert (summary["epsilon_unit"], summary["neighbouring_relation"]) == ("holder", "replace-one")
+    assert math.isfinite(summary["epsilon"]) and 0 < summary["delta"] < 1 and "record_unit" not in summary
     capsys.readouterr()
     assert main(["verify", str(run)]) == 0, capsys.readouterr()
 

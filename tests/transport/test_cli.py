@@ -277,23 +277,6 @@ def test_status_without_a_host_or_from_another_host_cannot_tell_liveness(tmp_pat
     assert code == 1 and err.startswith(f"securefed server: NOT RUNNING: process {dead.pid}")
 
 
-def test_the_server_log_says_each_line_once_without_markup(tmp_path, tiny_run, capsys):
-    """`securefed server` logs at INFO on stderr, where its console lines go too: every coordinator line (pre-flight,
-    each round's status, warnings) came twice, a warning as an INFO record wrapped in rich markup
-    ('INFO ...: [bold red]WARNING round 2: ...[/]'), and a stage whose replies were all in before the wait began
-    ended as 'round 2: secagg_start, replies: stopped at 0/4' although all 4 had replied."""
-    out = tmp_path / "run"
-    argv = ["simulate", "--backend", "grpc", "--out", str(out), "--quiet", *[a for t in tiny_run for a in ("--set", t)]]
-    assert cli.main(argv) == 0
-    log = (out / "launch" / "server.log").read_text()
-    assert "[bold" not in log and "[/]" not in log and "stopped at" not in log
-    for r in (1, 2):
-        assert len([line for line in log.splitlines() if f"round {r}/2: 4/4 holders" in line]) == 1, log
-    assert len([line for line in log.splitlines() if "pre-flight privacy check" in line]) == 1, log
-    warnings = [line for line in log.splitlines() if "perplexity above unigram" in line]   # tiny_run's last round
-    assert len(warnings) == 1 and " WARNING securefed.coordinator: WARNING round 2: " in warnings[0], log
-
-
 def test_a_client_started_before_its_server_says_so(tmp_path, pki, fed_cache, capsys, monkeypatch):
     """A holder started before the coordinator (or pointed at the wrong port) waited 60 s per attempt in silence, then
     logged 'connection problem (StatusCode.DEADLINE_EXCEEDED); retry 1 in 0.1s' -- twenty times, about 20 minutes,
