@@ -55,6 +55,9 @@ class DPSGDConfig:
     The coordinator chooses the batch size, the local steps and the rounds, so without a cap it chooses the
     holder's record-level ε; with one, the holder refuses any round whose DP-SGD steps would take its ε above it,
     before it trains (its accountant counts steps trained whether or not they are released).
+    ``adam_bias_correction`` (protocols/dp.md §10.6): AdamW's second moment less the noise's known variance
+    Φ = (σ·C/B)², floored at ``adam_bc_floor_ratio``·Φ (DP-AdamBC, securefed.privacy.dp_adam): post-processing,
+    no ε changes.
     """
 
     enabled: bool = False
@@ -68,6 +71,8 @@ class DPSGDConfig:
     sample_rate: float | None = None
     hide_batch_size: bool = False
     epsilon_cap: float | None = None
+    adam_bias_correction: bool = False
+    adam_bc_floor_ratio: float = 0.1
 
     @property
     def whole_units(self) -> bool:
@@ -127,6 +132,14 @@ class DPSGDConfig:
                              "Poisson batch with masked rows in ghost-clipping slices)")
         if self.unit not in ("sequence", "document", "group"):
             raise ValueError(f"train.dp_sgd.unit must be 'sequence', 'document' or 'group', got {self.unit!r}")
+        if not isinstance(self.adam_bias_correction, bool):
+            raise TypeError(f"train.dp_sgd.adam_bias_correction must be true or false, got {self.adam_bias_correction!r}")
+        if self.adam_bias_correction and not self.enabled:   # a setting that would do nothing: never quietly
+            raise ValueError("train.dp_sgd.adam_bias_correction needs train.dp_sgd.enabled=true (it takes DP-SGD's "
+                             "noise variance out of AdamW's second moment; without DP-SGD there is none)")
+        f = self.adam_bc_floor_ratio
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
+            raise ValueError(f"train.dp_sgd.adam_bc_floor_ratio must be a finite number > 0, got {f!r}")
         if self.max_rows_per_document is not None:
             m = self.max_rows_per_document
             if isinstance(m, bool) or not isinstance(m, int):

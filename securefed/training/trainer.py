@@ -366,8 +366,17 @@ class HolderTrainer:
         cfg = self.parent.cfg
         # fused AdamW on whole CUDA tensors; over FSDP2's DTensor shards torch's default (foreach) path
         fused = self.parent.fabric.device.type == "cuda" and not self.parent.sharded
-        opt = torch.optim.AdamW(self.parent.raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                weight_decay=cfg.weight_decay, fused=fused)
+        if cfg.dp_sgd.enabled and cfg.dp_sgd.adam_bias_correction:
+            from securefed.privacy.dp_adam import AdamWBC, noise_variance
+
+            # DP-AdamBC (dp.md §10.6): the noise's variance out of the second moment (Opacus divides by this batch)
+            phi = noise_variance(cfg.dp_sgd.noise_multiplier, cfg.dp_sgd.max_grad_norm, self.batch_size)
+            floor = cfg.dp_sgd.adam_bc_floor_ratio * phi if phi > 0 else 1e-16   # σ = 0: AdamW's eps², squared
+            opt = AdamWBC(self.parent.raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                          weight_decay=cfg.weight_decay, phi=phi, floor=floor)
+        else:
+            opt = torch.optim.AdamW(self.parent.raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                    weight_decay=cfg.weight_decay, fused=fused)
         if cfg.dp_sgd.enabled:
             from securefed.privacy.dpsgd import attach_dp_sgd
 
