@@ -54,6 +54,8 @@ D=benchmarks/privacy/dpsgd_lm.py
 # ε = 1 / 3 / 8 are calibrated here, on this machine, at the smallest holder's rows (q = BATCH / rows, H·ROUNDS steps)
 U=${DP_UNIT:+-$DP_UNIT}; USET=(); UPREP=(--unit "${DP_UNIT:-sequence}"); [ -n "${DP_UNIT:-}" ] && USET=(--set "train.dp_sgd.unit=$DP_UNIT")
 EVSET=(); [ -n "${DP_UNIT:-}" ] && EVSET=(--set data.eval_split=independent)
+# DP_BC=1: the DP rows with DP-AdamBC (train.dp_sgd.adam_bias_correction, protocols/dp.md §10.6), named eps8-bc, …
+BCS=""; [ "${DP_BC:-0}" = 1 ] && { BCS=-bc; USET+=(--set train.dp_sgd.adam_bias_correction=true); }
 if [ "${TINY:-0}" = 1 ]; then
   P=${PYTHON:-python3}; export PYTHONPATH=$PWD
   COMMON=(--tiny --batch 16 --micro 8 --h 2 --rounds 2 --runs "$S/runs" "${EVSET[@]}")
@@ -104,12 +106,12 @@ row() { name=$1; shift; left=$(( DEADLINE - $(el) )); [ $left -gt 0 ] || left=1
         timeout -k 10 -s INT $left $P $D row "${COMMON[@]}" --name "$name" "$@" > "$O/$name.log" 2>&1; echo "$name rc=$? $(el)s"; }
 # ROWS: which ε rows, in waves separated by commas; a wave's rows run side by side on the GPU (one at a time in
 # TINY mode, two CPU cores), waves one after another; a row whose run already has its summary is not run again
-one() { case $1 in inf) row "eps-inf$U" ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; 8) row "eps8$U" --sigma "$SIG8" "${USET[@]}" ;;
-                   3) row "eps3$U" --sigma "$SIG3" "${USET[@]}" ;; 1) row "eps1$U" --sigma "$SIG1" "${USET[@]}" ;;
+one() { case $1 in inf) row "eps-inf$U" ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; 8) row "eps8$U$BCS" --sigma "$SIG8" "${USET[@]}" ;;
+                   3) row "eps3$U$BCS" --sigma "$SIG3" "${USET[@]}" ;; 1) row "eps1$U$BCS" --sigma "$SIG1" "${USET[@]}" ;;
                    infb) row "eps-inf-b$NP_BATCH$U" --batch "$NP_BATCH" --h "$NP_H" ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; esac; }
 for wave in "${WAVES[@]}"; do
   for r in $wave; do
-    n=eps$r$U; [ "$r" = inf ] && n=eps-inf$U; [ "$r" = infb ] && n=eps-inf-b$NP_BATCH$U
+    n=eps$r$U$BCS; [ "$r" = inf ] && n=eps-inf$U; [ "$r" = infb ] && n=eps-inf-b$NP_BATCH$U
     [ -f "$S/runs/$n/summary.json" ] && { echo "$n: already finished"; continue; }
     if [ "${TINY:-0}" = 1 ]; then one "$r"; else one "$r" & fi
   done
