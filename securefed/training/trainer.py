@@ -371,7 +371,7 @@ class HolderTrainer:
 
             # DP-AdamBC (dp.md §10.6): the noise's variance out of the second moment (Opacus divides by this batch)
             phi = noise_variance(cfg.dp_sgd.noise_multiplier, cfg.dp_sgd.max_grad_norm, self.batch_size)
-            floor = cfg.dp_sgd.adam_bc_floor_ratio * phi if phi > 0 else 1e-16   # σ = 0: AdamW's eps², squared
+            floor = cfg.dp_sgd.adam_bc_floor_ratio * phi if phi > 0 else 1e-16   # σ = 0: (AdamW's eps 1e-8)²
             opt = AdamWBC(self.parent.raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                           weight_decay=cfg.weight_decay, phi=phi, floor=floor)
         else:
