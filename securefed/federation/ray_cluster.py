@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 __all__ = ["RayOptions", "RayUnavailable", "RayUnreachable", "RayResourcesError", "RaySession", "connect",
@@ -225,8 +226,6 @@ def connect(options: RayOptions, *, n_holders: int, train=None) -> RaySession:
     TrainConfig): checked against the GPUs asked per holder first (check_placement)."""
     if train is not None:
         check_placement(train, options.gpus_per_holder)
-    import sys
-
     first_import = "ray" not in sys.modules
     try:
         # Ray's C++ settings (RAY_py_gcs_connect_timeout_s among them) are read once, when ray is first imported:

@@ -33,7 +33,7 @@ class AdamWBC(torch.optim.Optimizer):
     """AdamW whose denominator is √max(v̂ − Φ, γ) (module docstring). ``phi`` ≥ 0, ``floor`` (γ) > 0."""
 
     def __init__(self, params, *, lr: float, betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
-                 phi: float, floor: float = 5e-8):
+                 phi: float, floor: float):
         for name, v in (("lr", lr), ("weight_decay", weight_decay), ("phi", phi)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")

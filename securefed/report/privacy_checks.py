@@ -367,7 +367,7 @@ def apply_verification(run: dict, v: Verification) -> None:
     led["entries"] = []
     led["head"] = earlier if isinstance(earlier, str) else None
     for name in list(run["holders"]):
-        run["holders"][name] = {"ok": False, "error": "ε withheld: the privacy records do not verify"}
+        run["holders"][name] = {"ok": False, "withheld": True, "error": "ε withheld: the privacy records do not verify"}
     run["summary"] = {k: val for k, val in run["summary"].items() if k not in ("epsilon", "delta")}
     run["metrics"] = [{k: val for k, val in m.items() if k not in ("epsilon", "delta", "record_epsilon_max")}
                       for m in run["metrics"]]

@@ -108,7 +108,7 @@ def sections(run: dict, f: dict) -> list:
     trust = trust_words(f)
     holders = run["holders"]
     # a ledger that could not be read, not one whose ε is withheld because the run's records do not verify (PV-41)
-    broken = [name for name, h in holders.items() if not h.get("ok") and not str(h.get("error", "")).startswith("ε withheld")]
+    broken = [name for name, h in holders.items() if not h.get("ok") and not h.get("withheld")]
     owns = [h["own_epsilon"] for h in holders.values() if h.get("ok") and isinstance(h.get("own_epsilon"), (int, float))]
     # own ledgers a verifier lacks (a deployment keeps them with the holders); a local holder without one released nothing
     missing = [name for name, h in holders.items() if h.get("ok") and h.get("own_epsilon") is None
@@ -176,7 +176,7 @@ def holder_rows(holders: dict) -> list[list]:
     for name, h in holders.items():
         if not h.get("ok"):
             err = h["error"]
-            rows.append([name, err if err.startswith("ε withheld") else "LEDGER BROKEN: " + err, "", "", "", "", ""])
+            rows.append([name, err if h.get("withheld") else "LEDGER BROKEN: " + err, "", "", "", "", ""])
             continue
         own = (_fmt(h["own_epsilon"]) if h.get("own_epsilon") is not None
                else "0 (no own ledger: it released nothing)" if h.get("state_dir") and not h.get("own_ledger")

@@ -55,7 +55,7 @@ def test_noise_variance_is_what_the_dp_optimizer_adds_per_coordinate():
 
 @pytest.mark.parametrize("bad", [{"phi": -1.0}, {"phi": math.nan}, {"floor": 0.0}, {"floor": True}, {"lr": -1e-3}])
 def test_bad_settings_are_one_clear_error(bad):
-    kw = {"lr": 1e-3, "phi": 1e-6} | bad
+    kw = {"lr": 1e-3, "phi": 1e-6, "floor": 1e-7} | bad
     with pytest.raises(ValueError, match=next(iter(bad))):
         AdamWBC(_params(), **kw)
 
