@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One lease, several GPU jobs one after another with no idle GPU between them (stop 43's plan: benchmarks/gpu/README.md).
+# The jobs run detached on the machine; every call polls and copies what has finished into its $OUT, so a lease
+# that ends early still returns the rows it completed.
+#
+#   bash benchmarks/gpu/chain.sh start   # installs the wheels, builds the corpus, starts the chain; polls ≤ LIMIT s
+#   bash benchmarks/gpu/chain.sh poll    # polls ≤ LIMIT s more (repeat while the machine stays warm)
+#
+# carry [".whl", ".cache/gpu-text"]. The chain (each step alone on the GPU):
+#   1. issue 15, GPU plan 2d: the ε = 8 row at batch 512 × 128 steps per holder (σ 0.4947), 268.4M tokens
+#   2. issue 14, GPU plan 4b: the 75m centralized row at lr 1e-3 (352M tokens)
+#   3. issue 15, GPU plan 2d′: the ε = 8 row of 2d with DP-AdamBC (row eps8-bc)
+#   4. issue 15, 2d's non-private partner (the same plan without DP: run 7's `infb` row repeated)
+set -u
+LIMIT=${LIMIT:-560}
+t0=$(date +%s)
+L=/tmp/chain
+mkdir -p $L
+collect() {
+  cp $L/chain.log "$OUT/" 2>/dev/null
+  [ -f /tmp/sf-dpsgd/main.log ] && cp /tmp/sf-dpsgd/main.log "$OUT/dpsgd_main.log"
+  [ -d /tmp/sf-dpsgd/b512 ] && cp -r /tmp/sf-dpsgd/b512/. "$OUT/" 2>/dev/null
+  # the 75m row's progress, even unfinished
+  [ -d /tmp/sf/long ] && (cd /tmp/sf/long && tar czf "$OUT/long_pair.tgz" */metrics.jsonl */summary.json *.cmd.json logs prepare.json 2>/dev/null)
+  # the DP rows' progress, even unfinished
+  [ -d /tmp/sf-dpsgd/runs ] && (cd /tmp/sf-dpsgd/runs && tar czf "$OUT/dpsgd_runs.tgz" */metrics.jsonl */summary.json *.cmd.json 2>/dev/null)
+}
+case "${1:-}" in
+start)
+  if pgrep -f "[c]hain.sh run" > /dev/null; then echo "the chain is already running"; else
+    (setsid nohup bash "$0" run > $L/chain.log 2>&1 < /dev/null &); fi ;;
+poll) ;;
+run)
+  el() { echo $(( $(date +%s) - t0 )); }
+  export PYTHONPATH=/tmp/site:$PWD
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  # one corpus for both scripts: dpsgd_lm.sh reuses /tmp/sf/corpus when it is there
+  [ -f /tmp/sf/corpus/build.json ] || python3 benchmarks/gpu/build_corpus.py build /tmp/sf/corpus \
+    --linux .cache/gpu-text/linux-subset.tar.xz > $L/build.log 2>&1 || { echo "corpus failed"; tail -n 20 $L/build.log; exit 1; }
+  echo "corpus $(el)s"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  mkdir -p /tmp/sf-dpsgd/b512
+  D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
+      SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512)
+  env "${D2[@]}" ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh > /tmp/sf-dpsgd/main.log 2>&1; echo "2d eps8 done $(el)s"
+  mkdir -p /tmp/sf-lp
+  CENTRAL_LR=1e-3 SIZE=75m TOKENS=3.52e8 H=32 SKIP_FED=1 START_LIMIT=1500 OUT=/tmp/sf-lp \
+    bash benchmarks/gpu/long_pair.sh start > $L/long_pair.log 2>&1; echo "4b done $(el)s"
+  env "${D2[@]}" DP_BC=1 ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d' eps8-bc done $(el)s"
+  env "${D2[@]}" ROWS="inf" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d inf done $(el)s"
+  echo "chain finished $(el)s"
+  exit 0 ;;
+*) echo "usage: $0 start|poll"; exit 2 ;;
+esac
+sleep 10
+while pgrep -f "[c]hain.sh run" > /dev/null && [ $(( $(date +%s) - t0 )) -lt "$LIMIT" ]; do
+  sleep 20; collect
+done
+collect
+echo "--- after $(( $(date +%s) - t0 ))s:"; cat $L/chain.log
+tail -n 5 /tmp/sf-dpsgd/main.log 2>/dev/null; tail -n 4 $L/long_pair.log 2>/dev/null
+pgrep -f "[c]hain.sh run" > /dev/null && echo "chain still running" || echo "chain not running"
