@@ -7,11 +7,13 @@
 #   bash benchmarks/gpu/chain.sh poll    # polls ≤ LIMIT s more (repeat while the machine stays warm)
 #
 # carry [".whl", ".cache/gpu-text"]. The chain (each step alone on the GPU):
-#   1. issue 15, GPU plan 2d: the ε = 8 row at batch 512 × 128 steps per holder (σ 0.4947), 268.4M tokens
-#   2. issue 15, GPU plan 2d′: the ε = 8 row of 2d with DP-AdamBC (row eps8-bc)
-#   3. issue 15, 2d's non-private partner (the same plan without DP: run 7's `infb` row repeated)
-#   4. issue 14, GPU plan 4b: the 75m centralized row at lr 1e-3 (352M tokens; the schedule is fixed by the tokens,
-#      so a row cut short still compares with lr 2e-3's at the evaluations it reached)
+#   1. issue 14: the 20m IID federated row at H = 16 on the 465.6M-token schedule (222 rounds, Nesterov 0.7 / 0.9, the
+#      momentum warmed up over the first quarter, 56 rounds; plain aggregation as the H = 32 and H = 128 rows). Its
+#      centralized partner is seed 0's of benchmarks/gpu/raw/issue14/long_pair_h32 (the same schedule). The schedule
+#      is fixed by the tokens, so a row cut short still compares at the evaluations it reached.
+#   2. issue 15, GPU plan 2d: the ε = 8 row at batch 512 × 128 steps per holder (σ 0.4947), 268.4M tokens
+#   3. issue 15, GPU plan 2d′: the ε = 8 row of 2d with DP-AdamBC (row eps8-bc)
+#   4. issue 15, 2d's non-private partner (the same plan without DP: run 7's `infb` row repeated)
 set -u
 LIMIT=${LIMIT:-560}
 t0=$(date +%s)
@@ -21,7 +23,7 @@ collect() {
   cp $L/chain.log "$OUT/" 2>/dev/null
   [ -f /tmp/sf-dpsgd/main.log ] && cp /tmp/sf-dpsgd/main.log "$OUT/dpsgd_main.log"
   [ -d /tmp/sf-dpsgd/b512 ] && cp -r /tmp/sf-dpsgd/b512/. "$OUT/" 2>/dev/null
-  # the 75m row's progress, even unfinished
+  # the issue-14 row's progress, even unfinished
   [ -d /tmp/sf/long ] && (cd /tmp/sf/long && tar czf "$OUT/long_pair.tgz" */metrics.jsonl */summary.json *.cmd.json logs prepare.json 2>/dev/null)
   # the DP rows' progress, even unfinished
   [ -d /tmp/sf-dpsgd/runs ] && (cd /tmp/sf-dpsgd/runs && tar czf "$OUT/dpsgd_runs.tgz" */metrics.jsonl */summary.json *.cmd.json 2>/dev/null)
@@ -39,15 +41,15 @@ run)
   [ -f /tmp/sf/corpus/build.json ] || python3 benchmarks/gpu/build_corpus.py build /tmp/sf/corpus \
     --linux .cache/gpu-text/linux-subset.tar.xz > $L/build.log 2>&1 || { echo "corpus failed"; tail -n 20 $L/build.log; exit 1; }
   echo "corpus $(el)s"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  mkdir -p /tmp/sf-lp
+  H=16 SKIP_CENTRAL=1 START_LIMIT=1500 OUTER=nesterov OUTER_LR=0.7 INNER_RATIO=1.0 MOMENTUM_WARMUP=56 OUT=/tmp/sf-lp \
+    bash benchmarks/gpu/long_pair.sh start > $L/long_pair.log 2>&1; echo "H16 done $(el)s"
   mkdir -p /tmp/sf-dpsgd/b512
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
       SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512)
   env "${D2[@]}" ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh > /tmp/sf-dpsgd/main.log 2>&1; echo "2d eps8 done $(el)s"
   env "${D2[@]}" DP_BC=1 ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d' eps8-bc done $(el)s"
   env "${D2[@]}" ROWS="inf" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d inf done $(el)s"
-  mkdir -p /tmp/sf-lp
-  CENTRAL_LR=1e-3 SIZE=75m TOKENS=3.52e8 H=32 SKIP_FED=1 START_LIMIT=1500 OUT=/tmp/sf-lp \
-    bash benchmarks/gpu/long_pair.sh start > $L/long_pair.log 2>&1; echo "4b done $(el)s"
   echo "chain finished $(el)s"
   exit 0 ;;
 *) echo "usage: $0 start|poll"; exit 2 ;;
