@@ -294,7 +294,8 @@ def plain_sum(channel: Channel, r: int, ready: list[int], *, dim: int, clip: flo
         try:
             if x is None:
                 raise ValueError("wrong length")
-            y = l2_clip(x, clip)[0]                  # ValueError on a non-finite coordinate (its norm is not finite)
+            # ValueError on a non-finite coordinate (its norm is not finite); within C the update itself, read only
+            y = l2_clip(x, clip, copy=False)[0]
         except ValueError:
             log.warning("round %d: holder %d's plain update is malformed; dropped", r, h)
             continue

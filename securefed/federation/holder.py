@@ -821,7 +821,15 @@ class Holder:
         if on_device is not None:
             rs.masked_part, info = on_device
         else:
-            x, info = l2_clip(rs.delta * np.float32(plan.weight), spec.clip)   # w·Δ, then the clip bound C
+            d, w32 = rs.delta, np.float32(plan.weight)
+            if d.dtype == np.float32 and d.flags.writeable and d.flags.c_contiguous:
+                # the round's own Δ (the trainer's, let go below): w·Δ and the clip where it is, the same values as
+                # the copies, without two fresh vectors a round (each a page-faulting pass: stop 43)
+                if w32 != 1:
+                    np.multiply(d, w32, out=d)
+                x, info = l2_clip(d, spec.clip, inplace=True)            # w·Δ, then the clip bound C
+            else:
+                x, info = l2_clip(d * w32, spec.clip)
             if w.aggregation == "plain":
                 rs.plain = x
             elif w.aggregation == "ckks+secagg":

@@ -773,3 +773,44 @@ def test_a_holder_whose_training_diverged_says_so_instead_of_dropping_silently(m
     assert all("its local training diverged" in why for why in row["refusals"].values())
     (entry,) = fed.ledger(1)
     assert entry["status"] == "refused" and entry["reason"].startswith("its local training diverged")
+
+
+# ------------------------------------------------------------------------- the plain upload's words
+@pytest.mark.parametrize("clip", [1e-4, 1e6])
+def test_a_plain_upload_is_the_weighted_clipped_update_to_the_bit(make, clip):
+    """Stop 43: a plain round's holder weights and clips its own Δ in place (no fresh vectors), and the coordinator
+    reads an update within C where it arrived. The words sent are still exactly l2_clip(w·Δ) of the Δ trained —
+    every update clipped (C 1e-4) and none (C 1e6) — and the coordinator's sum is their float64 sum, exactly."""
+    import numpy as np
+
+    from securefed.privacy.clipping import l2_clip
+
+    fed = make("aggregation.mode=plain", f"privacy.clip={clip}", "federation.weighting=tokens",
+               "federation.holder_local_steps=[2,1,1,1]")
+    trained = {}
+    for h, holder in fed.holders.items():
+        tr = holder.trainer
+        run = tr.train_round
+
+        def keep(theta, *a, h=h, run=run, **kw):
+            up = run(theta, *a, **kw)
+            trained[h] = up.delta.numpy().copy()          # Δ as trained, before the holder weights it
+            return up
+        tr.train_round = keep
+    before = fed.coordinator.outer.params.clone()
+    row = fed.coordinator.run_round(1)
+    assert row["clients_survived"] == 4 and set(trained) == set(ALL)
+    want_sum = np.zeros(trained[1].shape[0])
+    weights = {}
+    for h in ALL:
+        (plan,) = fed.channel.sent(stage=Stage.PLAN, holder=h)
+        weights[h] = decode_as(plan.payload, Plan).weight
+        want, info = l2_clip(trained[h] * np.float32(weights[h]), clip)
+        assert info.clipped == (clip < 1)
+        (up,) = fed.channel.sent(stage=Stage.PLAIN_UPLOAD, holder=h)
+        assert up.reply == want.tobytes()
+        want_sum += want
+    assert weights == {1: 1.0, 2: 0.5, 3: 0.5, 4: 0.5}                 # weighted by K·B tokens
+    mean = (want_sum.astype(np.float32) / np.float32(sum(weights.values()))).astype(np.float32)
+    # FedAvg outer lr 1 (the tiny federation's): θ_{r+1} = θ_r − mean, so the step taken is the exact mean
+    assert np.array_equal((before - fed.coordinator.outer.params).numpy(), (before.numpy() - (before.numpy() - mean)))

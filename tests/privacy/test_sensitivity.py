@@ -163,6 +163,29 @@ def test_l2_clip_span_by_span_is_the_whole_vector_clip(dim, rel, f32, seed):
     assert float(np.linalg.norm(y.astype(np.float64))) <= 2.0
 
 
+@settings(max_examples=12, deadline=None)
+@given(dim=st.sampled_from([1, 7, (1 << 16) + 1, 3 * (1 << 16) + 17]), rel=st.floats(0.2, 3.0), seed=st.integers(0, 10**6))
+def test_l2_clip_in_place_and_without_a_copy_give_the_copys_values(dim, rel, seed):
+    """The plain round's holder clips its own Δ in place and the coordinator reads an update within C where it
+    arrived (stop 43: two fewer fresh vectors a holder a round): the same float32 words as the copy, always."""
+    x = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    clip = float(np.linalg.norm(x.astype(np.float64))) / rel
+    want, info = l2_clip(x, clip)
+    view = np.frombuffer(x.tobytes(), dtype="<f4")                 # read only, as the coordinator receives it
+    got, info_v = l2_clip(view, clip, copy=False)
+    assert got.tobytes() == want.tobytes() and info_v == info
+    assert (got is view) == (not info.clipped and info.norm <= clip * (1 - 1e-6))   # a clipped one is a new vector
+    own = x.copy()
+    got_i, info_i = l2_clip(own, clip, inplace=True)
+    assert got_i is own and own.tobytes() == want.tobytes() and info_i == info
+    with pytest.raises(ValueError, match="in place"):
+        l2_clip(view, clip, inplace=True)                          # never written through a read-only view
+    with pytest.raises(ValueError, match="in place"):
+        l2_clip(x.astype(np.float64), clip, inplace=True)
+    y64, _ = l2_clip(x.astype(np.float64), clip, copy=False)        # not float32: always a float32 vector
+    assert y64.dtype == np.float32 and y64.tobytes() == want.tobytes()
+
+
 def test_conditional_rounding_is_a_hard_bound_and_nearly_unbiased():
     plan = plan_quantization(clip=1.0, ring_bits=16, max_clients=100)  # γC = 326
     dim = 20_000
