@@ -6,15 +6,17 @@
 #   bash benchmarks/gpu/chain.sh start   # installs the wheels, builds the corpus, starts the chain; polls ≤ LIMIT s
 #   bash benchmarks/gpu/chain.sh poll    # polls ≤ LIMIT s more (repeat while the machine stays warm)
 #
-# carry [".whl", ".cache/gpu-text"]. The chain (each step alone on the GPU; stop 43 put the two DP rows first when
-# failed starts had left 989 s of the lease: they complete in ≈ 800 s, the H = 16 row needs ≈ 950 s):
-#   1. issue 15, GPU plan 2d: the ε = 8 row at batch 512 × 128 steps per holder (σ 0.4947), 268.4M tokens
-#   2. issue 15, GPU plan 2d′: the ε = 8 row of 2d with DP-AdamBC (row eps8-bc)
-#   3. issue 14: the 20m IID federated row at H = 16 on the 465.6M-token schedule (222 rounds, Nesterov 0.7 / 0.9, the
-#      momentum warmed up over the first quarter, 56 rounds; plain aggregation as the H = 32 and H = 128 rows). Its
-#      centralized partner is seed 0's of benchmarks/gpu/raw/issue14/long_pair_h32 (the same schedule). The schedule
-#      is fixed by the tokens, so a row cut short still compares at the evaluations it reached.
-#   4. issue 15, 2d's non-private partner (the same plan without DP: run 7's `infb` row repeated)
+# carry [".whl", ".cache/gpu-text"]. The chain, each step alone on the GPU (FIRST=h16, the default, for a whole lease:
+# the paper-claim issue's row first; FIRST=dp when less than ≈ 1,000 s is left after the start: the two DP rows
+# complete in ≈ 800 s, the H = 16 row needs ≈ 950 s):
+#   - issue 14: the 20m IID federated row at H = 16 on the 465.6M-token schedule (222 rounds, Nesterov 0.7 / 0.9, the
+#     momentum warmed up over the first quarter, 56 rounds; plain aggregation as the H = 32 and H = 128 rows). Its
+#     centralized partner is seed 0's of benchmarks/gpu/raw/issue14/long_pair_h32 (the same schedule). The schedule
+#     is fixed by the tokens, so a row cut short still compares at the evaluations it reached.
+#   - issue 15, GPU plan 2d: the ε = 8 row at batch 512 × 128 steps per holder (σ 0.4947), 268.4M tokens
+#   - issue 15, GPU plan 2d′: the ε = 8 row of 2d with DP-AdamBC (row eps8-bc)
+#   - (FIRST=dp: the H = 16 row here)
+#   - issue 15, 2d's non-private partner (the same plan without DP: run 7's `infb` row repeated)
 set -u
 LIMIT=${LIMIT:-560}
 t0=$(date +%s)
@@ -42,14 +44,17 @@ run)
   [ -f /tmp/sf/corpus/build.json ] || python3 benchmarks/gpu/build_corpus.py build /tmp/sf/corpus \
     --linux .cache/gpu-text/linux-subset.tar.xz > $L/build.log 2>&1 || { echo "corpus failed"; tail -n 20 $L/build.log; exit 1; }
   echo "corpus $(el)s"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  h16() {
+    mkdir -p /tmp/sf-lp
+    H=16 SKIP_CENTRAL=1 START_LIMIT=1500 OUTER=nesterov OUTER_LR=0.7 INNER_RATIO=1.0 MOMENTUM_WARMUP=56 OUT=/tmp/sf-lp \
+      bash benchmarks/gpu/long_pair.sh start > $L/long_pair.log 2>&1; echo "H16 done $(el)s"; }
+  [ "${FIRST:-h16}" = h16 ] && h16
   mkdir -p /tmp/sf-dpsgd/b512
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
       SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512)
   env "${D2[@]}" ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh > /tmp/sf-dpsgd/main.log 2>&1; echo "2d eps8 done $(el)s"
   env "${D2[@]}" DP_BC=1 ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d' eps8-bc done $(el)s"
-  mkdir -p /tmp/sf-lp
-  H=16 SKIP_CENTRAL=1 START_LIMIT=1500 OUTER=nesterov OUTER_LR=0.7 INNER_RATIO=1.0 MOMENTUM_WARMUP=56 OUT=/tmp/sf-lp \
-    bash benchmarks/gpu/long_pair.sh start > $L/long_pair.log 2>&1; echo "H16 done $(el)s"
+  [ "${FIRST:-h16}" = h16 ] || h16
   env "${D2[@]}" ROWS="inf" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d inf done $(el)s"
   echo "chain finished $(el)s"
   exit 0 ;;
