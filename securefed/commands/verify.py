@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
               + ("; the signed end-of-run record shows no entry was cut)" if v.signed else ")"))
     elif v.epsilon is not None:
         print(f"privacy: epsilon={v.epsilon:.6g} delta={v.delta:g} (recomputed from {v.entries} recorded events)")
+        for c, e in sorted(v.colluding_epsilon.items()):   # distributed DP, dp.md §11
+            print(f"privacy: epsilon={e:.6g} if {c} holder(s) of each sum collude with the server "
+                  "(their noise shares subtracted)")
     for h in sorted(v.holder_own_epsilon):
         print(f"holder {h}: own epsilon={v.holder_own_epsilon[h]:.6g} (server's view {v.holder_view_epsilon.get(h, float('nan')):.6g})")
     for h, rl in sorted(v.record_level.items()):   # record-level DP-SGD, from the holder's own signed releases

@@ -108,6 +108,9 @@ class Verification:
     sampling_check: dict | None = None
     # record-level DP-SGD per holder, from its own last signed release (dp.md §7.2): {"epsilon", "delta", "steps"}
     record_level: dict[int, dict] = field(default_factory=dict)
+    # distributed DP: the server ledger's ε if c of the holders in each sum collude with the server (dp.md §11):
+    # {c: ε}, c = 1, 2, 3 and every survivor but one, as far as the largest sum had them; {} in other modes
+    colluding_epsilon: dict[int, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -269,8 +272,33 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
             return
     if entries:
         v.epsilon, v.delta = eps, _num(first["delta"])
+        if first.get("mode") == "distributed":
+            v.colluding_epsilon = colluding_epsilon(entries)
     else:
         v.epsilon = 0.0       # nothing was released
+
+
+def colluding_epsilon(entries: Sequence[dict]) -> dict[int, float]:
+    """dp.md §11: the release ε of a (verified) distributed-DP server ledger if ``c`` holders of every sum collude
+    with the server. They subtract their own noise shares, so a round's event is that of its plan with the
+    other survivors' shares only: max(1, m − c) of its m (the target's own share is honest, and a sum without the
+    target releases nothing of it; a sum with no survivor stays empty). c = 1, 2, 3 and m_max − 1 (every other
+    survivor: the target's own share alone), as far as the largest sum's m_max allows."""
+    first = entries[0]
+    m_max = max(int(e["n_survivors"]) for e in entries)
+    out = {}
+    for c in sorted({1, 2, 3, m_max - 1}):
+        if not 1 <= c <= m_max - 1:
+            continue
+        acc = _Running(first["accountant"], scheme_of(first["accountant_version"]))
+        for e in entries:
+            m = int(e["n_survivors"])
+            plan, dim, sigma_b = plan_from_record(e.get("plan"))
+            acc.add(round_event(mode=e["mode"], mechanism=e["mechanism"], sampling=e["sampling"],
+                                q=_num(e["sampling_rate"]), z=_num(e["noise_multiplier"]), plan=plan, dim=dim,
+                                survivors=max(1, m - c) if m else 0, sigma_b=sigma_b))
+        out[c] = acc.epsilon(_num(first["delta"]))
+    return out
 
 
 def _verify_view(h: int, entries: list[dict], label: str, v: Verification) -> None:

@@ -379,11 +379,24 @@ def verification_dict(v: Verification) -> dict:
             "epsilon": v.epsilon if v.ok else None, "delta": v.delta if v.ok else None,
             "holder_view_epsilon": {str(h): e for h, e in v.holder_view_epsilon.items()} if v.ok else {},
             "holder_own_epsilon": {str(h): e for h, e in v.holder_own_epsilon.items()} if v.ok else {},
-            "record_level": {str(h): dict(r) for h, r in v.record_level.items()} if v.ok else {}}
+            "record_level": {str(h): dict(r) for h, r in v.record_level.items()} if v.ok else {},
+            "colluding_epsilon": {str(c): e for c, e in v.colluding_epsilon.items()} if v.ok else {}}
+
+
+def colluding_line(eps_by_c: dict[int, float], eps: float | None) -> str:
+    """dp.md §11: what collusion with the server does to the distributed guarantee, in numbers."""
+    m1 = max(eps_by_c)
+    parts = [f"ε = {fmt_number(e)} if {c} holder{'s' if c > 1 else ''} of each sum collude{'' if c > 1 else 's'}"
+             + (" (every other survivor of the largest sum: only the holder's own noise share is left there)"
+                if c == m1 else "") for c, e in sorted(eps_by_c.items())]
+    return ("Collusion: holders of a sum who collude with the server subtract their own noise shares, so only the "
+            f"others' noise protects a holder. The stated ε ({fmt_number(eps)}) assumes none does; recomputed from "
+            f"the same ledger, {'; '.join(parts)}.")
 
 
 def plain_words(run: dict, facts: dict) -> list[str]:
-    """The report's 'Refusals, caps and δ' lines (empty when there is nothing to say)."""
+    """The report's 'Refusals, caps and δ' lines (empty when there is nothing to say), with what collusion does to
+    a distributed-DP ε (dp.md §11)."""
     from securefed.privacy.ledger import LedgerError, read_ledger
 
     run_dir = Path(run["run_dir"])
@@ -421,6 +434,8 @@ def plain_words(run: dict, facts: dict) -> list[str]:
             view = v.holder_view_epsilon.get(h)
             own.append(f"holder-{h}'s own signed ledger (released before it sent, settled after) gives ε = {fmt_number(e)}"
                        + (f", at least the server's view of it ({fmt_number(view)})." if view is not None else "."))
+    if v is not None and v.ok and v.colluding_epsilon:
+        own += [colluding_line(v.colluding_epsilon, v.epsilon)]
     caps = {name: (h.get("cap"), h.get("own_epsilon")) for name, h in run["holders"].items()
             if h.get("ok") and h.get("own_ledger")}
     return out + refusal_lines(views, priv.get("server_epsilon_cap"), fed.get("rounds"), facts.get("rounds_recorded", 0),

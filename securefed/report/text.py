@@ -319,7 +319,9 @@ def trust_words(f: dict) -> str:
              f"threshold: {_fmt(f['secagg_threshold'])}). The DP guarantee assumes the holders whose inputs "
              "are in the sum added their noise shares honestly; noise missing because holders dropped out is "
              "accounted (each round's ε uses the survivors' actual noise). Holders colluding with the server "
-             "remove their own shares from the noise: the guarantee degrades to that of the honest shares.")
+             "remove their own shares from the noise: the guarantee degrades to that of the honest shares (the ε "
+             "that then holds, recomputed from the ledger for 1, 2, 3 and all but one colluding holders of each sum, "
+             "is under Refusals, caps and δ).")
     elif f["mode"] == "central":
         sees = ("under plain aggregation it sees each holder's clipped update, then adds the Gaussian noise to their sum"
                 if agg == "plain" else "it sees the securely aggregated sum before adding the Gaussian noise")

@@ -558,3 +558,40 @@ def test_a_holder_verifying_with_its_own_copy_of_a_ledger_in_the_run_is_not_refu
     assert main(["verify", str(signed_run), "--holder-ledger", str(mine)]) == 1
     assert "a second own ledger of holder 1 that differs" in capsys.readouterr().err
 
+
+
+def test_the_report_states_epsilon_if_holders_collude_and_it_is_the_epsilon_of_fewer_honest_shares(tmp_path, capsys):
+    """dp.md §11: under distributed DP, holders of a sum who collude with the server subtract their noise shares.
+    `verify` recomputes the ledger's ε with c of each sum's m survivors colluding (max(1, m − c) honest shares),
+    and the report states it. Checked against the real accounting of a run where one holder of four dropped out
+    (three shares in the sum): its ε is the four-holder run's ε with one colluder, and so on down."""
+    from securefed.privacy import DPConfig
+    from securefed.report.privacy_checks import verify_run
+
+    cfg = DPConfig(mode="distributed", noise_multiplier=1.0, clip=1.0, holder_epsilon_cap=None, delta=1e-4)
+    full, dropped = tmp_path / "full", tmp_path / "dropped"
+    make_signed_run(full, rounds=1, cfg=cfg)
+    make_signed_run(dropped, rounds=1, cfg=cfg, drop_last_holder_at=1)
+    va, vb = verify_run(full), verify_run(dropped)
+    assert va.ok and vb.ok and sorted(va.colluding_epsilon) == [1, 2, 3] and sorted(vb.colluding_epsilon) == [1, 2]
+    assert np.isclose(va.colluding_epsilon[1], vb.epsilon, rtol=1e-12)
+    assert np.isclose(va.colluding_epsilon[2], vb.colluding_epsilon[1], rtol=1e-12)
+    assert va.epsilon < va.colluding_epsilon[1] < va.colluding_epsilon[2] < va.colluding_epsilon[3]
+    longer = tmp_path / "longer"                                     # three rounds, the last with a dropout
+    make_signed_run(longer, rounds=3, cfg=cfg, drop_last_holder_at=3)
+    vc = verify_run(longer)
+    assert vc.ok and vc.epsilon < vc.colluding_epsilon[1] < vc.colluding_epsilon[2] < vc.colluding_epsilon[3]
+    assert main(["verify", str(full)]) == 0
+    out = capsys.readouterr().out
+    assert f"epsilon={va.colluding_epsilon[3]:.6g} if 3 holder(s) of each sum collude" in out, out
+    assert main(["report", str(full)]) == 0
+    capsys.readouterr()
+    md = (full / "report" / "report.md").read_text()
+    rep = json.loads((full / "report" / "report.json").read_text())
+    assert set(rep["verification"]["colluding_epsilon"]) == {"1", "2", "3"}
+    assert "Collusion:" in md and "if 1 holder of each sum colludes" in md and "if 3 holders of each sum collude" in md
+    central = tmp_path / "central"                                  # the server's own noise: collusion changes nothing
+    make_signed_run(central, rounds=1, cfg=DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, clip=1.0,
+                                                   holder_epsilon_cap=None, delta=1e-4))
+    vd = verify_run(central)
+    assert vd.ok and vd.colluding_epsilon == {}
