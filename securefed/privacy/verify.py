@@ -273,12 +273,12 @@ def _verify_server(entries: list[dict], label: str, v: Verification) -> None:
     if entries:
         v.epsilon, v.delta = eps, _num(first["delta"])
         if first.get("mode") == "distributed":
-            v.colluding_epsilon = colluding_epsilon(entries)
+            v.colluding_epsilon = epsilon_if_colluding(entries)
     else:
         v.epsilon = 0.0       # nothing was released
 
 
-def colluding_epsilon(entries: Sequence[dict]) -> dict[int, float]:
+def epsilon_if_colluding(entries: Sequence[dict]) -> dict[int, float]:
     """dp.md §11: the release ε of a (verified) distributed-DP server ledger if ``c`` holders of every sum collude
     with the server. They subtract their own noise shares, so a round's event is that of its plan with the
     other survivors' shares only: max(1, m − c) of its m (the target's own share is honest, and a sum without the
