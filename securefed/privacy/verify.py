@@ -39,7 +39,8 @@ from securefed.privacy.holder_ledger import (check_holder_entry, hidden_batch_ro
 from securefed.privacy import witness as W
 from securefed.privacy.ledger import LedgerError, decode_floats, end_record_problems, entry_hash, read_ledger
 
-__all__ = ["Keys", "Anchor", "Problem", "Verification", "verify_records", "check_server_entries", "check_view_entries"]
+__all__ = ["Keys", "Anchor", "Problem", "Verification", "verify_records", "check_server_entries", "check_view_entries",
+           "epsilon_if_colluding"]
 
 REL_TOL = 1e-9  # same accountant build: recomputation is deterministic up to summation order
 REL_TOL_OTHER_LIBS = 1e-6  # same scheme, other opacus/dp-accounting versions
