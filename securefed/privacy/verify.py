@@ -292,12 +292,9 @@ def epsilon_if_colluding(entries: Sequence[dict]) -> dict[int, float]:
         if not 1 <= c <= m_max - 1:
             continue
         acc = _Running(first["accountant"], scheme_of(first["accountant_version"]))
-        for e in entries:
+        for e in entries:   # the entry's own event (as _verify_server checked it) with fewer honest shares
             m = int(e["n_survivors"])
-            plan, dim, sigma_b = plan_from_record(e.get("plan"))
-            acc.add(round_event(mode=e["mode"], mechanism=e["mechanism"], sampling=e["sampling"],
-                                q=_num(e["sampling_rate"]), z=_num(e["noise_multiplier"]), plan=plan, dim=dim,
-                                survivors=max(1, m - c) if m else 0, sigma_b=sigma_b))
+            acc.add(_expected_event(dict(e, n_survivors=max(1, m - c) if m else 0), _num(e["sampling_rate"])))
         out[c] = acc.epsilon(_num(first["delta"]))
     return out
 
