@@ -96,7 +96,7 @@ def test_inproc_and_grpc_give_the_same_model_and_ledger(tmp_path, tmp_path_facto
     if case.startswith("distributed"):
         assert all(e["mechanism"] == "ddgauss" for e in ledger_a)
         assert all(r.get("record_epsilon_max", 0) > 0 for r in rows_a)
-        _capped_holder_refused(tmp_path / "grpc", ledger_b, rows_b)
+        _capped_holder_refused(tmp_path / "grpc", b, ledger_b, rows_b)
     if case == "holder-killed-mid-round":
         assert ledger_b[-1]["survivors"] == [1, 3, 4] and rows_b[-1]["clients_survived"] == 3
 
@@ -111,7 +111,7 @@ def test_inproc_and_ray_give_the_same_model_and_ledger(tmp_path, tmp_path_factor
     _same_federation(a, ledger_a, rows_a, b, ledger_b, rows_b)
     if case.startswith("distributed"):
         assert all(e["mechanism"] == "ddgauss" for e in ledger_b) and all(r["record_epsilon_max"] > 0 for r in rows_b)
-        _capped_holder_refused(tmp_path / "ray", ledger_b, rows_b)
+        _capped_holder_refused(tmp_path / "ray", b, ledger_b, rows_b)
     if case == "holder-killed-mid-round":   # the actor's process died: dropped, as a killed gRPC holder
         assert ledger_b[-1]["survivors"] == [1, 3, 4] and rows_b[-1]["clients_survived"] == 3
 
@@ -135,7 +135,7 @@ def test_system_entropy_gives_the_same_perplexity_within_quantization_error(tmp_
     assert len(warnings) == 1 and " WARNING securefed.coordinator: WARNING round 2: " in warnings[0], log
 
 
-def _capped_holder_refused(out, ledger, rows):
+def _capped_holder_refused(out, summary, ledger, rows):
     """Issue 12, through the deployment code path (`securefed server` + `securefed client` processes) and Ray:
     holder 2, capped below one round (CAPPED), refuses every round before training, and its own ledger says why."""
     own = read_ledger(out / "holders" / "2" / "ledger.jsonl")
@@ -144,6 +144,7 @@ def _capped_holder_refused(out, ledger, rows):
     assert not (out / "holders" / "2" / "trainer.pt").exists()      # it never trained
     assert [r["clients_survived"] for r in rows] == [3, 3] and all("2" in r["refusals"] for r in rows)
     assert all(e["refused"] == [2] and 2 not in e["survivors"] for e in ledger)
+    assert summary["rounds"] == 2
 
 
 @pytest.mark.parametrize("case,oom", [("holder-killed-mid-round", False), ("secagg-poisson-per-holder-K", False),
