@@ -6,17 +6,18 @@
 #   bash benchmarks/gpu/chain.sh start   # installs the wheels, builds the corpus, starts the chain; polls ≤ LIMIT s
 #   bash benchmarks/gpu/chain.sh poll    # polls ≤ LIMIT s more (repeat while the machine stays warm)
 #
-# carry [".whl", ".cache/gpu-text"]. The chain, each step alone on the GPU (FIRST=h16, the default, for a whole lease:
-# the paper-claim issue's row first; FIRST=dp when less than ≈ 1,000 s is left after the start: the two DP rows
-# complete in ≈ 800 s, the H = 16 row needs ≈ 950 s):
-#   - issue 14: the 20m IID federated row at H = 16 on the 465.6M-token schedule (222 rounds, Nesterov 0.7 / 0.9, the
-#     momentum warmed up over the first quarter, 56 rounds; plain aggregation as the H = 32 and H = 128 rows). Its
-#     centralized partner is seed 0's of benchmarks/gpu/raw/issue14/long_pair_h32 (the same schedule). The schedule
-#     is fixed by the tokens, so a row cut short still compares at the evaluations it reached.
-#   - issue 15, GPU plan 2d: the ε = 8 row at batch 512 × 128 steps per holder (σ 0.4947), 268.4M tokens
-#   - issue 15, GPU plan 2d′: the ε = 8 row of 2d with DP-AdamBC (row eps8-bc)
-#   - (FIRST=dp: the H = 16 row here)
-#   - issue 15, 2d's non-private partner (the same plan without DP: run 7's `infb` row repeated)
+# carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (stop 44's default
+# "m75h16 h16s1": a whole lease, ≥ ≈ 1,350 s left after the start; with less, JOBS="h16s1 2dbc"):
+#   issue 14 (the schedule is fixed by the tokens, so a row cut short still compares at the evaluations it reached):
+#   - m75h16: the 75m IID federated row at H = 16 on the 352.3M-token schedule (5 tokens per parameter, 168 rounds,
+#     Nesterov 0.7 / 0.9, the momentum warmed up over the first quarter, 42; plain aggregation) — against the
+#     centralized 75m row at lr 2e-3 of benchmarks/gpu/raw/issue14/central_75m (same schedule, seed 0). ≈ 1,250 s.
+#   - h16, h16s1, h16s2: the 20m IID federated row at H = 16 on the 465.6M-token schedule (222 rounds, Nesterov
+#     0.7 / 0.9, the momentum warmed up over 56), seed 0 / 1 / 2 — against the centralized rows of the same seed
+#     (seed 0: raw/issue14/long_pair_h32; seeds 1, 2: raw/issue14/nesterov_mw28_h32_s1, _s2). ≈ 950 s each.
+#   issue 15 (20m, 4 holders, ε = 8, δ = 1e-5, 268.4M tokens):
+#   - 2d: ε = 8 at batch 512 × 128 steps per holder (σ 0.4947); 2dbc: the same with DP-AdamBC (row eps8-bc);
+#     2dinf: their non-private partner (run 7's eps-inf-b512 repeated). ≈ 350 s each.
 set -u
 LIMIT=${LIMIT:-560}
 t0=$(date +%s)
@@ -44,18 +45,26 @@ run)
   [ -f /tmp/sf/corpus/build.json ] || python3 benchmarks/gpu/build_corpus.py build /tmp/sf/corpus \
     --linux .cache/gpu-text/linux-subset.tar.xz > $L/build.log 2>&1 || { echo "corpus failed"; tail -n 20 $L/build.log; exit 1; }
   echo "corpus $(el)s"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  h16() {
+  long() {   # long <name> <env…>: one federated row of long_pair.sh, waited for (never two jobs on the GPU at once)
+    local name=$1; shift
     mkdir -p /tmp/sf-lp
-    H=16 SKIP_CENTRAL=1 START_LIMIT=1500 OUTER=nesterov OUTER_LR=0.7 INNER_RATIO=1.0 MOMENTUM_WARMUP=56 OUT=/tmp/sf-lp \
-      bash benchmarks/gpu/long_pair.sh start > $L/long_pair.log 2>&1; echo "H16 done $(el)s"; }
-  [ "${FIRST:-h16}" = h16 ] && h16
-  mkdir -p /tmp/sf-dpsgd/b512
+    env SKIP_CENTRAL=1 START_LIMIT=3000 OUTER=nesterov OUTER_LR=0.7 INNER_RATIO=1.0 OUT=/tmp/sf-lp "$@" \
+      bash benchmarks/gpu/long_pair.sh start >> $L/long_pair.log 2>&1; echo "$name done $(el)s"; }
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
       SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512)
-  env "${D2[@]}" ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh > /tmp/sf-dpsgd/main.log 2>&1; echo "2d eps8 done $(el)s"
-  env "${D2[@]}" DP_BC=1 ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d' eps8-bc done $(el)s"
-  [ "${FIRST:-h16}" = h16 ] || h16
-  env "${D2[@]}" ROWS="inf" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d inf done $(el)s"
+  mkdir -p /tmp/sf-dpsgd/b512
+  for job in ${JOBS:-m75h16 h16s1}; do
+    case $job in
+      m75h16) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 ;;
+      h16) long $job H=16 MOMENTUM_WARMUP=56 SEED=0 ;;
+      h16s1) long $job H=16 MOMENTUM_WARMUP=56 SEED=1 ;;
+      h16s2) long $job H=16 MOMENTUM_WARMUP=56 SEED=2 ;;
+      2d) env "${D2[@]}" ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d eps8 done $(el)s" ;;
+      2dbc) env "${D2[@]}" DP_BC=1 ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d' eps8-bc done $(el)s" ;;
+      2dinf) env "${D2[@]}" ROWS="inf" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d inf done $(el)s" ;;
+      *) echo "unknown job $job (m75h16, h16, h16s1, h16s2, 2d, 2dbc, 2dinf)" ;;
+    esac
+  done
   echo "chain finished $(el)s"
   exit 0 ;;
 *) echo "usage: $0 start|poll"; exit 2 ;;

@@ -250,7 +250,8 @@ def cmd_summarize(a: argparse.Namespace) -> None:
 
 def _curves_of_run(run: Path) -> dict[str, dict]:
     """{row: {"args": …, "points": [(tokens, eval_ppl)], "eps": ε at the end or None}} of one committed run folder:
-    the rows in its dpsgd_lm.tgz and loose beside it (<row>.metrics.jsonl + <row>.cmd.json)."""
+    the rows in its .tgz files (<row>.metrics.jsonl, or <row>/metrics.jsonl as benchmarks/gpu/chain.sh copies
+    them, beside <row>.cmd.json) and loose beside them."""
     import tarfile
 
     files: dict[str, bytes] = {}
@@ -259,6 +260,8 @@ def _curves_of_run(run: Path) -> dict[str, dict]:
             for m in tar.getmembers():
                 if m.isfile() and m.name.endswith((".metrics.jsonl", ".cmd.json")):
                     files[Path(m.name).name] = tar.extractfile(m).read()
+                elif m.isfile() and Path(m.name).name == "metrics.jsonl":  # chain.sh's copy: <row>/metrics.jsonl
+                    files[Path(m.name).parent.name + ".metrics.jsonl"] = tar.extractfile(m).read()
     for f in sorted(run.glob("*.metrics.jsonl")) + sorted(run.glob("*.cmd.json")):
         files[f.name] = f.read_bytes()
     rows = _curves_of_console(run / "console.txt") if (run / "console.txt").exists() else {}
