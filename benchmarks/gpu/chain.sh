@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One lease, several GPU jobs one after another with no idle GPU between them (stop 43's plan: benchmarks/gpu/README.md).
+# One lease, several GPU jobs one after another with no idle GPU between them (benchmarks/gpu/README.md, "Order for
+# the next lease").
 # The jobs run detached on the machine; every call polls and copies what has finished into its $OUT, so a lease
 # that ends early still returns the rows it completed.
 #
@@ -13,8 +14,8 @@
 #     Nesterov 0.7 / 0.9, the momentum warmed up over the first quarter, 42; plain aggregation) — against the
 #     centralized 75m row at lr 2e-3 of benchmarks/gpu/raw/issue14/central_75m (same schedule, seed 0). ≈ 1,250 s.
 #   - h16, h16s1, h16s2: the 20m IID federated row at H = 16 on the 465.6M-token schedule (222 rounds, Nesterov
-#     0.7 / 0.9, the momentum warmed up over 56), seed 0 / 1 / 2 — against the centralized rows of the same seed
-#     (seed 0: raw/issue14/long_pair_h32; seeds 1, 2: raw/issue14/nesterov_mw28_h32_s1, _s2). ≈ 950 s each.
+#     0.7 / 0.9, the momentum warmed up over 56), seed 0 / 1 / 2 — against seed 0's centralized row
+#     (raw/issue14/long_pair_h32; no other centralized seed was run, as for H = 32's seeds). ≈ 950 s each.
 #   issue 15 (20m, 4 holders, ε = 8, δ = 1e-5, 268.4M tokens):
 #   - 2d: ε = 8 at batch 512 × 128 steps per holder (σ 0.4947); 2dbc: the same with DP-AdamBC (row eps8-bc);
 #     2dinf: their non-private partner (run 7's eps-inf-b512 repeated). ≈ 350 s each.
