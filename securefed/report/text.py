@@ -252,8 +252,10 @@ def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
            "Two ε are kept: the ledger above is the guarantee for the released models, with amplification by the random "
            "choice of cohorts (valid against anyone who does not know the cohorts); each holder's own ledger counts only "
            f"the rounds its data was in, without that amplification ({valid}). The ledger "
-           "files themselves list who took part in each round: keep them with the coordinator's records; against a "
-           "reader of the ledger only the holder ε holds.")
+           "files themselves list who took part in each round, and this report's Holder budgets table says how many "
+           "rounds each holder was in (its rounds, and its own ε, which grows with them): keep both with the "
+           "coordinator's records; against a reader of either only the holder ε holds. To show the amplified ε "
+           "to others, show the federation's ε and the models, not the ledgers or this table (protocols/dp.md §11).")
     return [holder_level_lead(f), eps_words, two] + ([] if q1 or unknown_q else [sampling_words(f)])
 
 

@@ -364,3 +364,20 @@ def test_an_unfinished_run_neither_calls_the_holders_ledgers_broken_nor_claims_a
     assert "amplification by the random choice of cohorts" not in md and "honestly and secretly" not in md
     assert ("Whether the cohorts were sampled, and so whether the federation's ε is amplified by sampling, is not "
             "stated: no verified ledger entry records the sampling rate.") in md
+
+
+@pytest.mark.parametrize("mode", ["distributed", "central"])
+def test_a_sampled_runs_report_says_its_holder_table_reveals_participation(mode):
+    """Under sampling (q < 1) the federation's ε is amplified only against readers who do not know the cohorts. The
+    report's Holder budgets table gives each holder's rounds and its own ε (a function of them), so the report must
+    say that its own table, like the ledgers, is a record against whose reader only the holder ε holds; at q = 1
+    there is no amplification to lose and the sentence is not needed."""
+    from securefed.report.text import protection_words
+
+    f = {"privacy_unit": "holder", "aggregation": "secagg", "sampling": "poisson", "cohort_size_planned": 2,
+         "population": 4, "mode": mode}
+    sampled = " ".join(protection_words(dict(f, sampling_rate=0.5), True, "ε words"))
+    assert "this report's Holder budgets table says how many rounds each holder was in" in sampled
+    assert "against a reader of either only the holder ε holds" in sampled
+    every = " ".join(protection_words(dict(f, sampling_rate=1.0), True, "ε words"))
+    assert "Holder budgets table says" not in every and "neither ε has amplification by sampling" in every
