@@ -8,7 +8,7 @@
 #   bash benchmarks/gpu/chain.sh poll    # polls ≤ LIMIT s more (repeat while the machine stays warm)
 #
 # carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (stop 44's default
-# "m75h16 h16s1": a whole lease, ≥ ≈ 1,350 s left after the start; with less, JOBS="h16s1 2dbc"):
+# "m75h16 2dbc h16s1": a whole lease, ≥ ≈ 1,350 s left after the start; with less, JOBS="h16s1 2dbc"):
 #   issue 14 (the schedule is fixed by the tokens, so a row cut short still compares at the evaluations it reached):
 #   - m75h16: the 75m IID federated row at H = 16 on the 352.3M-token schedule (5 tokens per parameter, 168 rounds,
 #     Nesterov 0.7 / 0.9, the momentum warmed up over the first quarter, 42; plain aggregation) — against the
@@ -54,7 +54,7 @@ run)
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
       SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512)
   mkdir -p /tmp/sf-dpsgd/b512
-  for job in ${JOBS:-m75h16 h16s1}; do
+  for job in ${JOBS:-m75h16 2dbc h16s1}; do
     case $job in
       m75h16) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 ;;
       h16) long $job H=16 MOMENTUM_WARMUP=56 SEED=0 ;;
