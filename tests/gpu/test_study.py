@@ -267,6 +267,14 @@ def test_dpsgd_lm_plot_reads_archived_loose_and_console_rows(tmp_path):
     rows = dp._curves_of_run(run)
     assert rows["eps8"]["points"] == [(100, 50.0), (200, 25.0)] and rows["eps8"]["eps"] == 7.9
     assert rows["eps-inf"]["args"]["sigma"] is None
+    # benchmarks/gpu/chain.sh returns the runs folder as it is: <row>/metrics.jsonl beside <row>.cmd.json
+    chained = raw / "run8"
+    chained.mkdir()
+    with tarfile.open(chained / "dpsgd_runs.tgz", "w:gz") as tar:
+        tar.add(stage / "eps8.metrics.jsonl", arcname="eps8-bc/metrics.jsonl")
+        tar.add(stage / "eps8.cmd.json", arcname="eps8-bc.cmd.json")
+    ch = dp._curves_of_run(chained)
+    assert list(ch) == ["eps8-bc"] and ch["eps8-bc"]["points"] == [(100, 50.0), (200, 25.0)]
     old = raw / "run4"
     old.mkdir()
     (old / "console.txt").write_text(
