@@ -451,19 +451,21 @@ def plot_sizes(table: list[dict], out: Path) -> None:
               ("by_source", True): ("^", "C2", "non-IID (by source), Nesterov + momentum warmup"),
               ("by_source", False): ("v", "C1", "non-IID (by source), other optimizers")}
     used, placed = set(), []
+    ratios = [t["ratio"] for t in shown] or [1.0]
+    step = 0.03 * max(max(ratios) - min(ratios), 0.05)   # about one label's height on this axis
     for t in sorted(shown, key=lambda t: (t["params"], t["ratio"])):
         key = (t["partition"], t["outer"] != "fedavg" and bool(t["momentum_warmup"]))
         m, c, label = styles[key]
         ax.plot(t["params"], t["ratio"], m, color=c, markersize=7, label=None if key in used else label)
         used.add(key)
-        text = f"s{t['seed']}, {t['tokens_per_param']:.0f} tok/param"
+        text = f"s{t['seed']}, H {t['h']}, {t['tokens_per_param']:.0f} tok/param"
         if t["outer"] != "fedavg" and t["momentum"] != 0.9:
             text += f", β {t['momentum']:g}"
         # labels of near-equal ratios at one size would overprint: step each one up past the last
         dy = 0.0
         for n, r in placed:
-            if n == t["params"] and abs(t["ratio"] + dy - r) < 0.004:
-                dy = r + 0.004 - t["ratio"]
+            if n == t["params"] and abs(t["ratio"] + dy - r) < step:
+                dy = r + step - t["ratio"]
         placed.append((t["params"], t["ratio"] + dy))
         ax.annotate(text, (t["params"], t["ratio"]), xytext=(t["params"] * 1.05, t["ratio"] + dy), fontsize=6.5,
                     va="center", arrowprops={"arrowstyle": "-", "linewidth": 0.4, "color": "0.5"} if dy else None)
