@@ -33,6 +33,26 @@ collect() {
   # the DP rows' progress, even unfinished
   [ -d /tmp/sf-dpsgd/runs ] && (cd /tmp/sf-dpsgd/runs && tar czf "$OUT/dpsgd_runs.tgz" */metrics.jsonl */summary.json *.cmd.json 2>/dev/null)
 }
+progress() {   # each row's rounds done / planned, its recent pace and what is left, so a call can tell what will finish
+  python3 - /tmp/sf/long /tmp/sf-dpsgd/runs <<'PY'
+import glob, json, os, statistics, sys
+for root in sys.argv[1:]:
+    for cmd in sorted(glob.glob(root + "/*.cmd.json")):
+        row = cmd[:-len(".cmd.json")]
+        try:
+            argv = json.load(open(cmd))["argv"]
+            planned = next(int(x.split("=", 1)[1]) for x in argv if x.startswith("federation.rounds="))
+            rows = [json.loads(x) for x in open(row + "/metrics.jsonl")] if os.path.exists(row + "/metrics.jsonl") else []
+        except (OSError, ValueError, KeyError, StopIteration) as e:
+            print(f"{os.path.basename(row)}: unreadable ({e})")
+            continue
+        done = "done" if os.path.exists(row + "/summary.json") else ""
+        pace = statistics.median(r["seconds"] for r in rows[-5:]) if rows else None
+        ev = [round(r["eval_ppl"], 2) for r in rows if "eval_ppl" in r][-1:]
+        left = f", ~{pace * (planned - len(rows)):.0f} s left at {pace:.2f} s/round" if pace and not done else ""
+        print(f"{os.path.basename(row)}: round {len(rows)}/{planned}{left}, last eval {ev or '-'} {done}")
+PY
+}
 case "${1:-}" in
 start)
   if pgrep -f "[c]hain.sh run" > /dev/null; then echo "the chain is already running"; else
@@ -77,4 +97,5 @@ done
 collect
 echo "--- after $(( $(date +%s) - t0 ))s:"; cat $L/chain.log
 tail -n 5 /tmp/sf-dpsgd/main.log 2>/dev/null; tail -n 4 $L/long_pair.log 2>/dev/null
+progress | tee "$OUT/progress.txt"
 pgrep -f "[c]hain.sh run" > /dev/null && echo "chain still running" || echo "chain not running"
