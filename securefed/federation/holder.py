@@ -57,7 +57,7 @@ from securefed.federation.stages import SECAGG_STAGES, Stage, secagg_stages
 from securefed.primitives.keys import IdentityKey
 from securefed.primitives.quantize import quantize_draws
 from securefed.primitives.rng import PrefetchedEntropy
-from securefed.privacy.clipping import l2_clip
+from securefed.privacy.clipping import clippable_in_place, l2_clip
 from securefed.privacy.config import DEFAULT_DELTA
 from securefed.privacy.encoders import DiscretePlan
 from securefed.privacy.holder_ledger import history_extends
@@ -822,7 +822,7 @@ class Holder:
             rs.masked_part, info = on_device
         else:
             d, w32 = rs.delta, np.float32(plan.weight)
-            if d.dtype == np.float32 and d.flags.writeable and d.flags.c_contiguous:
+            if clippable_in_place(d):
                 # the round's own Δ (the trainer's, let go below): w·Δ and the clip where it is, the same values as
                 # the copies, without two fresh vectors a round (each a page-faulting pass: stop 43)
                 if w32 != 1:

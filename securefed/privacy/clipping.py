@@ -22,7 +22,7 @@ import numpy as np
 from securefed.primitives.quantize import SPAN, sum_sq_f64
 from securefed.primitives.spans import for_spans
 
-__all__ = ["ClipInfo", "CLIP_MARGIN", "l2_clip", "ADAPTIVE_LR", "bit_noise_std", "data_noise_multiplier", "adaptive_update"]
+__all__ = ["ClipInfo", "CLIP_MARGIN", "l2_clip", "clippable_in_place", "ADAPTIVE_LR", "bit_noise_std", "data_noise_multiplier", "adaptive_update"]
 
 ADAPTIVE_LR = 0.2
 CLIP_MARGIN = 1 - 1e-6   # a clipped update is scaled to C·CLIP_MARGIN: float32 rounding cannot push it above C
@@ -34,6 +34,11 @@ class ClipInfo:
 
     norm: float
     clipped: bool
+
+
+def clippable_in_place(delta: np.ndarray) -> bool:
+    """Whether ``l2_clip(delta, …, inplace=True)`` accepts ``delta``: a writable, contiguous float32 vector."""
+    return delta.dtype == np.float32 and delta.flags.writeable and delta.flags.c_contiguous
 
 
 def l2_clip(delta: np.ndarray, clip: float, *, inplace: bool = False,
@@ -55,7 +60,7 @@ def l2_clip(delta: np.ndarray, clip: float, *, inplace: bool = False,
         raise ValueError("delta must be a flat (1-D) vector")
     if not isinstance(clip, (int, float)) or isinstance(clip, bool) or not math.isfinite(clip) or clip <= 0:
         raise ValueError(f"clip must be a finite number > 0, got {clip!r}")
-    if inplace and not (delta.dtype == np.float32 and delta.flags.writeable and delta.flags.c_contiguous):
+    if inplace and not clippable_in_place(delta):
         raise ValueError("clipping in place needs a writable, contiguous float32 vector")
     n = delta.shape[0]
     norm = math.sqrt(sum_sq_f64(delta))
