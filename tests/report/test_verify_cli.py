@@ -559,7 +559,6 @@ def test_a_holder_verifying_with_its_own_copy_of_a_ledger_in_the_run_is_not_refu
     assert "a second own ledger of holder 1 that differs" in capsys.readouterr().err
 
 
-
 def test_the_report_states_epsilon_if_holders_collude_and_it_is_the_epsilon_of_fewer_honest_shares(tmp_path, capsys):
     """dp.md §11: under distributed DP, holders of a sum who collude with the server subtract their noise shares.
     `verify` recomputes the ledger's ε with c of each sum's m survivors colluding (max(1, m − c) honest shares),
