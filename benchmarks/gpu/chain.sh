@@ -7,15 +7,17 @@
 #   bash benchmarks/gpu/chain.sh start   # installs the wheels, builds the corpus, starts the chain; polls ≤ LIMIT s
 #   bash benchmarks/gpu/chain.sh poll    # polls ≤ LIMIT s more (repeat while the machine stays warm)
 #
-# carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (stop 44's default
-# "m75h16 2dbc h16s1": a whole lease, ≥ ≈ 1,350 s left after the start; with less, JOBS="h16s1 2dbc"):
+# carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (stop 45's default
+# "h16s1 2dbc": a whole lease, ≥ ≈ 1,450 s left after the start; then "h16s2 2dbc" or "h16s2" in the next):
 #   issue 14 (the schedule is fixed by the tokens, so a row cut short still compares at the evaluations it reached):
 #   - m75h16: the 75m IID federated row at H = 16 on the 352.3M-token schedule (5 tokens per parameter, 168 rounds,
 #     Nesterov 0.7 / 0.9, the momentum warmed up over the first quarter, 42; plain aggregation) — against the
-#     centralized 75m row at lr 2e-3 of benchmarks/gpu/raw/issue14/central_75m (same schedule, seed 0). ≈ 1,250 s.
+#     centralized 75m row at lr 2e-3 of benchmarks/gpu/raw/issue14/central_75m (same schedule, seed 0). Ran in stop 45:
+#     1,607 s with the corpus (7.9 s a round). m75h16bs: the same row split by source (the non-IID cell at 75m).
 #   - h16, h16s1, h16s2: the 20m IID federated row at H = 16 on the 465.6M-token schedule (222 rounds, Nesterov
 #     0.7 / 0.9, the momentum warmed up over 56), seed 0 / 1 / 2 — against seed 0's centralized row
-#     (raw/issue14/long_pair_h32; no other centralized seed was run, as for H = 32's seeds). ≈ 950 s each.
+#     (raw/issue14/long_pair_h32; no other centralized seed was run, as for H = 32's seeds). ≈ 1,060 s each with the
+#     corpus (stop 44). h16bs: seed 0 split by source (20m's non-IID cell at H = 16).
 #   issue 15 (20m, 4 holders, ε = 8, δ = 1e-5, 268.4M tokens):
 #   - 2d: ε = 8 at batch 512 × 128 steps per holder (σ 0.4947); 2dbc: the same with DP-AdamBC (row eps8-bc);
 #     2dinf: their non-private partner (run 7's eps-inf-b512 repeated). ≈ 350 s each.
@@ -74,16 +76,18 @@ run)
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
       SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512)
   mkdir -p /tmp/sf-dpsgd/b512
-  for job in ${JOBS:-m75h16 2dbc h16s1}; do
+  for job in ${JOBS:-h16s1 2dbc}; do
     case $job in
       m75h16) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 ;;
+      m75h16bs) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 PARTITION=by_source ;;
       h16) long $job H=16 MOMENTUM_WARMUP=56 SEED=0 ;;
       h16s1) long $job H=16 MOMENTUM_WARMUP=56 SEED=1 ;;
       h16s2) long $job H=16 MOMENTUM_WARMUP=56 SEED=2 ;;
+      h16bs) long $job H=16 MOMENTUM_WARMUP=56 SEED=0 PARTITION=by_source ;;
       2d) env "${D2[@]}" ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d eps8 done $(el)s" ;;
       2dbc) env "${D2[@]}" DP_BC=1 ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d' eps8-bc done $(el)s" ;;
       2dinf) env "${D2[@]}" ROWS="inf" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d inf done $(el)s" ;;
-      *) echo "unknown job $job (m75h16, h16, h16s1, h16s2, 2d, 2dbc, 2dinf)" ;;
+      *) echo "unknown job $job (m75h16, m75h16bs, h16, h16s1, h16s2, h16bs, 2d, 2dbc, 2dinf)" ;;
     esac
   done
   echo "chain finished $(el)s"
