@@ -23,7 +23,8 @@ content also occurs in the corpus.
     python benchmarks/gpu/build_corpus.py pack-linux /tmp/ksrc/linux-source-6.1 .cache/gpu-text/linux-subset.tar.xz
     # on the GPU machine (~2-3 minutes with 16 cores):
     python3 benchmarks/gpu/build_corpus.py build /tmp/sf/corpus --linux .cache/gpu-text/linux-subset.tar.xz
-    # -> /tmp/sf/corpus/pile (corpus dir + manifest.json), /tmp/sf/corpus/tokenizer, /tmp/sf/corpus/build.json
+    # -> /tmp/sf/corpus/pile (corpus dir + manifest.json), /tmp/sf/corpus/tokenizer, /tmp/sf/corpus/build.json,
+    #    /tmp/sf/corpus/public (the tokenizer's public text as a corpus of one source: a public initial model's)
 """
 
 from __future__ import annotations
@@ -239,6 +240,9 @@ def build(out: Path, *, sites: list[Path], linux: Path | None, doc_bytes: int, m
                 used += len(text)
     tok = wrap(train_bpe([d.text for d in pub], vocab_size=vocab))
     tok.save_pretrained(str(out / "tokenizer"))
+    # the same public text as a corpus of one source, OUT/public: what a public initial model trains on
+    # (model.init_from, protocols/dp.md §13; benchmarks/privacy/dpsgd_lm.sh PUBLIC_INIT=1)
+    write_corpus({"public": pub}, out / "public", inputs=[str(r) for r, _ in roots], limits={}, overwrite=True)
     t_tok = time.perf_counter() - t0 - t_read - t_write
     info = {
         "corpus_content_hash": manifest["content_hash"], "documents": manifest["documents"],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import sys
 import time
@@ -68,6 +69,37 @@ def row_sets(a: argparse.Namespace) -> tuple[str, list[str]]:
         if a.clipping == "ghost" and a.micro:
             sets.append(f"train.dp_sgd.micro_batch_size={a.micro}")
     return preset, sets + list(a.set or [])
+
+
+def pretrain_sets(a: argparse.Namespace) -> tuple[str, list[str]]:
+    """(preset, --set overrides) of the public initial model (model.init_from, protocols/dp.md §13): the rows'
+    model and tokenizer trained centrally — one holder, plain aggregation, FedAvg at lr 1, which is one AdamW
+    trajectory — on CORPUS/public, the public text the tokenizer was trained on (build_corpus.py), for --tokens."""
+    c = Path(a.corpus)
+    rounds = max(1, math.ceil(a.tokens / (a.batch * a.h * 1024)))
+    return "gpu-20m", [f"model.preset={a.size}", f"data.source={c / 'public'}", f"data.tokenizer={c / 'tokenizer'}",
+                       "data.partition=iid", "data.max_sources=null", "data.max_bytes_per_source=1000000000",
+                       "data.seq_len=1024", "data.eval_fraction=0.01", "train.eval_batch_size=64",
+                       f"seed={a.seed}", f"train.local_steps={a.h}", f"train.batch_size={a.batch}", f"train.lr={a.lr}",
+                       f"train.warmup_steps={a.warmup}", "train.min_lr_ratio=0.1", "train.grad_clip=1.0",
+                       "train.compile=true", "train.dp_sgd.enabled=false",
+                       "federation.n_holders=1", f"federation.rounds={rounds}", f"federation.eval_every={rounds}",
+                       "federation.checkpoint_every=100", "baseline=false", "privacy.mode=none", "privacy.clip=1e6",
+                       "aggregation.mode=plain", "outer.name=fedavg", "outer.lr=1.0", "outer.momentum_warmup=0"]
+
+
+def cmd_pretrain(a: argparse.Namespace) -> None:
+    from securefed.cli import main as securefed_main
+
+    preset, sets = pretrain_sets(a)
+    argv = ["simulate", "--preset", preset, "--out", a.out, "--quiet", *[x for s in sets for x in ("--set", s)]]
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{a.out}.cmd.json").write_text(json.dumps({"argv": argv, "args": vars(a)}, indent=1))
+    print(f"[dpsgd_lm] public initial model: securefed {' '.join(argv)}", flush=True)
+    t = time.perf_counter()
+    rc = securefed_main(argv)
+    print(f"[dpsgd_lm] public initial model: rc={rc} in {time.perf_counter() - t:.0f} s", flush=True)
+    sys.exit(rc)
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
@@ -390,9 +422,19 @@ def main() -> None:
     pl.add_argument("--raw", default=str(REPO / "benchmarks" / "privacy" / "raw" / "dpsgd_lm"))
     pl.add_argument("--unigram", type=float, default=1057.05, help="the corpus' unigram eval perplexity (prepare.json)")
     pl.add_argument("--out", required=True)
+    pt = sub.add_parser("pretrain", help="the public initial model the PUBLIC_INIT=1 rows start from (dp.md §13)")
+    pt.add_argument("--corpus", required=True, help="build_corpus.py's OUT (its public/ and tokenizer/)")
+    pt.add_argument("--size", default="20m")
+    pt.add_argument("--tokens", type=float, default=4e7)
+    pt.add_argument("--batch", type=int, default=64)
+    pt.add_argument("--h", type=int, default=64, help="steps per round (one holder: rounds only set evaluations)")
+    pt.add_argument("--lr", type=float, default=3e-3)
+    pt.add_argument("--warmup", type=int, default=20)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--out", required=True, help="the run directory; its model/ is the rows' model.init_from")
     a = ap.parse_args()
     {"calibrate": cmd_calibrate, "prepare": cmd_prepare, "row": cmd_row, "throughput": cmd_throughput,
-     "summarize": cmd_summarize, "plot": cmd_plot}[a.cmd](a)
+     "summarize": cmd_summarize, "plot": cmd_plot, "pretrain": cmd_pretrain}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@
 # NP_MICRO=N: the ε = ∞ row's step in slices of N sequences (train.micro_batch_size; batch 2,048 does not fit one forward).
 # DP_MICRO=N: the DP rows' Poisson batches in ghost-clipping slices of N (default 32; 128 with Liger's block kernels runs
 #   1.19× faster at 39 GiB, RESULTS.md (zp15); the clipped sum is the same for any slicing, up to rounding).
+# PUBLIC_INIT=1 (GPU): every row starts from a public initial model (model.init_from, protocols/dp.md §13) that
+#   `dpsgd_lm.py pretrain` first trains centrally on the corpus' public/ text (the tokenizer's, no holder's; PUBLIC_TOKENS,
+#   default 4e7); rows named eps8-pub, eps-inf-pub, …. Give it an S of its own so its rows pair only with each other.
 # ROWS="inf 8,3 1" runs ∞ and 8 side by side, then 3 and 1 (default: all four at once). Longer than a call: start
 # it detached (setsid nohup … &) with OUT on the machine's disk and DEADLINE past the call; pack $OUT in a later call.
 set -u
@@ -99,6 +102,16 @@ if [ "${TINY:-0}" != 1 ] && [ -n "${DP_UNIT:-}" ] && [ -z "${SIGMAS:-}" ]; then
   echo "sigma calibrated here for DP_UNIT=$DP_UNIT at $PLANNED rows, batch $B, $(( H * R )) steps"
 fi
 echo "sigma: eps1=$SIG1 eps3=$SIG3 eps8=$SIG8"
+# PUBLIC_INIT=1: the public initial model, then every row from it (suffix -pub)
+PUB=""; ISET=()
+if [ "${PUBLIC_INIT:-0}" = 1 ]; then
+  [ "${TINY:-0}" = 1 ] && { echo "PUBLIC_INIT needs the GPU corpus' public/ text (benchmarks/privacy/public_init.sh is the CPU form)"; exit 2; }
+  [ -f "$S/public-init/model/model.safetensors" ] || $P $D pretrain --corpus "$C" --tokens "${PUBLIC_TOKENS:-4e7}" \
+      --out "$S/public-init" > "$O/public-init.log" 2>&1 || { echo "public initial model failed"; tail -n 20 "$O/public-init.log"; exit 1; }
+  cp "$S/public-init/summary.json" "$O/public-init.summary.json"; cp "$S/public-init/metrics.jsonl" "$O/public-init.metrics.jsonl"
+  echo "public initial model $(el)s: $($P -c "import json,sys; s=json.load(open(sys.argv[1])); print('eval ppl', round(s['fed_eval_ppl'], 2), 'on its own public text,', s['tokens'], 'tokens')" "$S/public-init/summary.json")"
+  PUB=-pub; ISET=(--set "model.init_from=$S/public-init/model")
+fi
 [ "${TINY:-0}" = 1 ] || $P -c "import json,sys; n=min(json.load(open(sys.argv[1]))['records_per_holder']); p=int(sys.argv[2]); print(
   'records per holder: min', n, '(as planned)' if n == p else f'- NOT the planned {p}: the sigma above miss their eps; the holders report the true eps')" "$O/prepare.json" "$PLANNED"
 # each row stops (SIGINT, then KILL 10 s later) at the deadline; the rounds it finished are on disk
@@ -106,12 +119,14 @@ row() { name=$1; shift; left=$(( DEADLINE - $(el) )); [ $left -gt 0 ] || left=1
         timeout -k 10 -s INT $left $P $D row "${COMMON[@]}" --name "$name" "$@" > "$O/$name.log" 2>&1; echo "$name rc=$? $(el)s"; }
 # ROWS: which ε rows, in waves separated by commas; a wave's rows run side by side on the GPU (one at a time in
 # TINY mode, two CPU cores), waves one after another; a row whose run already has its summary is not run again
-one() { case $1 in inf) row "eps-inf$U" ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; 8) row "eps8$U$BCS" --sigma "$SIG8" "${USET[@]}" ;;
-                   3) row "eps3$U$BCS" --sigma "$SIG3" "${USET[@]}" ;; 1) row "eps1$U$BCS" --sigma "$SIG1" "${USET[@]}" ;;
-                   infb) row "eps-inf-b$NP_BATCH$U" --batch "$NP_BATCH" --h "$NP_H" ${NP_MICRO:+--np-micro "$NP_MICRO"} ;; esac; }
+one() { case $1 in inf) row "eps-inf$U$PUB" ${NP_MICRO:+--np-micro "$NP_MICRO"} "${ISET[@]}" ;;
+                   8) row "eps8$U$BCS$PUB" --sigma "$SIG8" "${USET[@]}" "${ISET[@]}" ;;
+                   3) row "eps3$U$BCS$PUB" --sigma "$SIG3" "${USET[@]}" "${ISET[@]}" ;;
+                   1) row "eps1$U$BCS$PUB" --sigma "$SIG1" "${USET[@]}" "${ISET[@]}" ;;
+                   infb) row "eps-inf-b$NP_BATCH$U$PUB" --batch "$NP_BATCH" --h "$NP_H" ${NP_MICRO:+--np-micro "$NP_MICRO"} "${ISET[@]}" ;; esac; }
 for wave in "${WAVES[@]}"; do
   for r in $wave; do
-    n=eps$r$U$BCS; [ "$r" = inf ] && n=eps-inf$U; [ "$r" = infb ] && n=eps-inf-b$NP_BATCH$U
+    n=eps$r$U$BCS$PUB; [ "$r" = inf ] && n=eps-inf$U$PUB; [ "$r" = infb ] && n=eps-inf-b$NP_BATCH$U$PUB
     [ -f "$S/runs/$n/summary.json" ] && { echo "$n: already finished"; continue; }
     if [ "${TINY:-0}" = 1 ]; then one "$r"; else one "$r" & fi
   done

@@ -144,7 +144,10 @@ class Coordinator:
             raise ValueError(f"the roster lists {len(self.holder_ids)} holders, but federation.n_holders (the population "
                              f"the sampling rate and the privacy ledger use) is {fed.n_holders}: they must be equal")
         self.population = len(self.holder_ids)
-        model = build_model(cfg.model.preset, vocab_size=len(data.tokenizer), seq_len=cfg.data.seq_len, seed=cfg.seed)
+        # θ0: the seed's random init, or a public checkpoint's (model.init_from, dp.md §13; its tokenizer was
+        # checked against the run's by federation.data.coordinator_data)
+        model = build_model(cfg.model.preset, vocab_size=len(data.tokenizer), seq_len=cfg.data.seq_len, seed=cfg.seed,
+                            init_from=cfg.model.init_from)
         self.evaluator = LocalTrainer(model, replace(cfg.train, dp_sgd=DPSGDConfig()))
         self.layout = param_layout(model)
         theta0 = get_flat(model)
@@ -688,6 +691,7 @@ class Coordinator:
             "unigram_eval_ppl": self.data.unigram_eval_ppl, "privacy_mode": self.cfg.privacy.mode,
             "run_id": self.run_id.hex(), "deployment": self.opt.deployment, "backend": self.opt.backend,
             "holders": self.cfg.federation.n_holders, "model_sha256": model_sha,
+            "init_from": self.cfg.model.init_from, "init_sha256": self.init_sha256,
             "model_restarts": self.model_restarts,
             "ledger_head": self.privacy.ledger.head, "ledger_entries": len(self.privacy.ledger.entries),
             "start_eval_ppl": self.start_ppl,

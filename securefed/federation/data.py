@@ -183,4 +183,9 @@ def coordinator_data(cfg, *, progress: bool) -> CoordinatorData:
 
     fd = federated_data(cfg.data, n_holders=cfg.federation.n_holders, seed=cfg.seed, progress=progress,
                         eval_split=eval_split_for(cfg.train.dp_sgd, cfg.data))
-    return CoordinatorData(fd.tokenizer, tokenizer_hash(fd.tokenizer), fd.eval_global, fd.unigram_eval_ppl, fd.manifest)
+    tok_sha = tokenizer_hash(fd.tokenizer)
+    if cfg.model.init_from is not None:   # a saved θ0 (dp.md §13) reads token ids: they must be this run's
+        from securefed.training.data.tokenizer import check_saved_tokenizer
+
+        check_saved_tokenizer(cfg.model.init_from, tok_sha)   # DataError, before any run directory exists
+    return CoordinatorData(fd.tokenizer, tok_sha, fd.eval_global, fd.unigram_eval_ppl, fd.manifest)

@@ -64,6 +64,8 @@ def run_facts(run: dict) -> dict:
         "preset_changes": changed,
         "model_preset": summary.get("model_preset") or _find(cfg.get("model", {}), "preset"),
         "model_params": summary.get("model_params"),
+        "init_from": summary.get("init_from") or _find(cfg.get("model", {}), "init_from"),
+        "init_sha256": summary.get("init_sha256"),
         "holders": holders,
         "cohort_size": fed.get("clients_per_round") or holders,
         "rounds": rounds_that_updated(run),
@@ -117,6 +119,9 @@ def run_section(run: dict) -> tuple[str, list]:
             ["versions", versions],
             ["run preset", preset],
             ["model", model],
+            ["initial weights", "random (the run's seed)" if not r["init_from"] else
+             f"{r['init_from']}" + (f" (θ0 sha256 {str(r['init_sha256'])[:16]}…)" if r["init_sha256"] else "")
+             + ": a checkpoint this run's privacy guarantees do not cover, which must be public (protocols/dp.md §13)"],
             ["data holders (cohort per round)", f"{_fmt(r['holders'])} ({_fmt(r['cohort_size'])})"],
             ["rounds that updated the model / planned", f"{_fmt(r['rounds'])} / {_fmt(r['rounds_planned'])}"
              + (f" ({', '.join(missed)}: see Rounds that did not update the model)" if missed else "")],

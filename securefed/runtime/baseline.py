@@ -55,7 +55,8 @@ def run_centralized_baseline(cfg, data: BaselineData, token_points: list[int], *
     chunk = max(1, math.ceil(total_steps / _MAX_UPDATES))
     curve: list[dict] = []
     with progress.phase("baseline", total=total_steps, label="centralized baseline") as task:
-        model = build_model(cfg.model.preset, vocab_size=len(data.tokenizer), seq_len=cfg.data.seq_len, seed=cfg.seed)
+        model = build_model(cfg.model.preset, vocab_size=len(data.tokenizer), seq_len=cfg.data.seq_len, seed=cfg.seed,
+                            init_from=cfg.model.init_from)   # the federated run's θ0, whichever it is
         # one centralized trajectory keeps one AdamW state: never reset between the chunks below
         train_cfg = dataclasses.replace(cfg.train, batch_size=batch, lr=lr, reset_optimizer=False)
         trainer = LocalTrainer(model, train_cfg)

@@ -30,9 +30,20 @@ __all__ = ["ModelSection", "FederationConfig", "AggregationConfig", "NetworkConf
 @dataclass(frozen=True)
 class ModelSection:
     preset: str = "tiny"
+    # θ0 from a saved model (a directory written by save_pretrained: a run's RUN_DIR/model) instead of the seed's
+    # random init, for the federated run and its centralized baseline alike. It must be PUBLIC: the run's privacy
+    # guarantees cover the holders' data, not what this checkpoint learnt from (protocols/dp.md §13). Its tokenizer,
+    # when it has one, must be the run's (checked when the data is loaded).
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         get_preset(self.preset)  # unknown preset -> one clear ValueError
+        if self.init_from is not None:
+            if not isinstance(self.init_from, str) or not self.init_from.strip():
+                raise ValueError("model.init_from must be the path of a saved model directory, or null")
+            if not (Path(self.init_from).expanduser() / "model.safetensors").is_file():
+                raise ValueError(f"model.init_from: {self.init_from} has no model.safetensors (a directory written "
+                                 f"by save_pretrained, such as a run's RUN_DIR/model)")
 
 
 @dataclass(frozen=True)

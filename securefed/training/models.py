@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from securefed.training.config import PRESETS, ModelPreset, get_preset  # re-exported (torch-free home)
 
-__all__ = ["ModelPreset", "PRESETS", "get_preset", "build_model", "count_parameters"]
+__all__ = ["ModelPreset", "PRESETS", "get_preset", "build_model", "count_parameters", "load_initial_weights"]
 
 
 def llama_config(preset: ModelPreset, *, vocab_size: int, seq_len: int, attn_implementation: str = "sdpa") -> LlamaConfig:
@@ -46,15 +46,56 @@ def llama_config(preset: ModelPreset, *, vocab_size: int, seq_len: int, attn_imp
 
 
 def build_model(preset: str | ModelPreset, *, vocab_size: int, seq_len: int, seed: int,
-                attn_implementation: str = "sdpa") -> LlamaForCausalLM:
-    """A freshly initialised model; the same (preset, vocab, seq_len, seed) gives the same weights."""
+                attn_implementation: str = "sdpa", init_from: str | None = None) -> LlamaForCausalLM:
+    """A freshly initialised model; the same (preset, vocab, seq_len, seed) gives the same weights. With
+    ``init_from`` (model.init_from), the weights of that saved model instead (:func:`load_initial_weights`)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     cfg = llama_config(p, vocab_size=vocab_size, seq_len=seq_len, attn_implementation=attn_implementation)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)
+    if init_from is not None:
+        load_initial_weights(model, init_from, preset=p.name)
     return model
+
+
+def load_initial_weights(model: LlamaForCausalLM, path: str, *, preset: str) -> None:
+    """model.init_from: copy the weights of a model saved with ``save_pretrained`` (a run's RUN_DIR/model, or any
+    LlamaForCausalLM of the same shape) into ``model``. Every tensor must be there with this preset's shape (a tied
+    lm_head may be absent): otherwise one ValueError naming the first difference, and nothing is loaded."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    f = Path(path).expanduser() / "model.safetensors"
+    if not f.is_file():
+        raise ValueError(f"model.init_from: {f} does not exist (a directory written by save_pretrained, such as a "
+                         f"run's RUN_DIR/model, with one model.safetensors)")
+    try:
+        saved = load_file(str(f))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"model.init_from: {f} is not a readable safetensors file: {e}") from None
+    own = model.state_dict()
+    tied = model.config.tie_word_embeddings
+    for name, t in own.items():
+        if name not in saved:
+            if tied and name == "lm_head.weight":
+                continue
+            raise ValueError(f"model.init_from: {f} has no tensor {name!r}: it is not a {preset} model")
+        if tuple(saved[name].shape) != tuple(t.shape):
+            raise ValueError(f"model.init_from: {f}'s {name} has shape {tuple(saved[name].shape)}, preset {preset} "
+                             f"with this vocabulary needs {tuple(t.shape)} (another preset, or another tokenizer?)")
+    extra = sorted(set(saved) - set(own))
+    if extra:
+        raise ValueError(f"model.init_from: {f} holds tensors a {preset} model has not ({extra[0]!r}, …)")
+    with torch.no_grad():
+        for name, t in own.items():
+            if name in saved:
+                t.copy_(saved[name].to(t.dtype))
+    if tied:
+        model.tie_weights()
 
 
 def parameter_count(preset: str | ModelPreset, *, vocab_size: int, seq_len: int) -> int:

@@ -42,6 +42,8 @@ def _fake_run(d, preset="demo", *, checkpoint=False, overrides=()):
     (["--preset", "nope"], "configuration error: unknown run preset 'nope'"),
     (["--config", "missing.yaml"], "configuration error: config file missing.yaml does not exist"),
     (["--set", "model.preset=13b"], "unknown model preset '13b'"),
+    (["--set", "model.init_from=nowhere"], "model.init_from: nowhere has no model.safetensors (a directory written "
+     "by save_pretrained, such as a run's RUN_DIR/model)"),
     (["--set", "rounds"], "must look like section.key=value"),
     # a secure round needs 3 accepters: with 2 holders every round aborted and the run ended "done", exit 0
     (["--set", "federation.n_holders=2"], "aggregation.mode=secagg needs at least 3 holders in a round, and "

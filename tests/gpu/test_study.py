@@ -151,6 +151,31 @@ def test_every_row_kind_loads_on_its_preset(kw):
         assert cfg.outer.momentum == a.momentum
 
 
+def test_dpsgd_lm_public_initial_model_is_one_central_trajectory_on_public_text_and_rows_start_from_it(tmp_path):
+    """PUBLIC_INIT=1 (protocols/dp.md §13): `dpsgd_lm.py pretrain` is one holder, plain aggregation, FedAvg at lr 1
+    (one AdamW trajectory) on CORPUS/public with the rows' tokenizer and model, for about --tokens; a row given
+    model.init_from loads it."""
+    from securefed.runtime.config import load_run_config
+    from securefed.training.models import build_model
+
+    spec = importlib.util.spec_from_file_location("dpsgd_lm", _GPU.parent / "privacy" / "dpsgd_lm.py")
+    dp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dp)
+    a = argparse.Namespace(corpus="/c", size="20m", tokens=4e7, batch=64, h=64, lr=3e-3, warmup=20, seed=0)
+    preset, sets = dp.pretrain_sets(a)
+    cfg = load_run_config(preset=preset, overrides=tuple(sets))
+    assert (cfg.federation.n_holders, cfg.aggregation.mode, cfg.outer.name, cfg.outer.lr, cfg.baseline) == (
+        1, "plain", "fedavg", 1.0, False)
+    assert (cfg.data.source, cfg.data.tokenizer, cfg.model.preset) == ("/c/public", "/c/tokenizer", "20m")
+    assert cfg.federation.rounds * cfg.train.local_steps * cfg.train.batch_size * 1024 == 40 * 2**20   # ≥ 4e7 tokens
+    assert not cfg.train.dp_sgd.enabled and cfg.federation.eval_every == cfg.federation.rounds
+    build_model("tiny", vocab_size=64, seq_len=32, seed=0).save_pretrained(tmp_path / "m", safe_serialization=True)
+    row = argparse.Namespace(tiny=False, size="20m", corpus="/c", seed=0, batch=512, micro=128, np_micro=512, h=32,
+                             rounds=4, lr=3e-3, warmup=2, sigma=0.4947, clipping="ghost",
+                             set=[f"model.init_from={tmp_path / 'm'}"])
+    assert load_run_config(preset="gpu-20m", overrides=tuple(dp.row_sets(row)[1])).model.init_from == str(tmp_path / "m")
+
+
 def test_dpsgd_lm_rows_load_on_gpu_20m():
     """benchmarks/privacy/dpsgd_lm.py's rows are FedAvg on gpu-20m's data and trainer, DP-SGD on or off."""
     from securefed.runtime.config import load_run_config

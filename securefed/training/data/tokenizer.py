@@ -89,6 +89,19 @@ def tokenizer_hash(fast: PreTrainedTokenizerFast) -> str:
     return hashlib.sha256((state + "\x00" + specials).encode("utf-8")).hexdigest()
 
 
+def check_saved_tokenizer(model_dir: str | os.PathLike, expected_sha256: str) -> None:
+    """model.init_from: a saved model's token ids mean something only under its own tokenizer. When the directory
+    holds one (tokenizer.json), it must be the run's (the same :func:`tokenizer_hash`); DataError otherwise."""
+    p = Path(model_dir).expanduser()
+    if not (p / "tokenizer.json").is_file():
+        return
+    saved = tokenizer_hash(load_tokenizer(p))
+    if saved != expected_sha256:
+        raise DataError(f"model.init_from: {p} was saved with another tokenizer (sha256 {saved[:12]}…) than this "
+                        f"run's ({expected_sha256[:12]}…): its embeddings would read other tokens. Set data.tokenizer "
+                        f"to {p}, or start from a model trained with this run's tokenizer")
+
+
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     """Load a ``tokenizer.json`` file or a directory saved with ``save_pretrained``."""
     p = Path(path).expanduser()
