@@ -87,9 +87,15 @@ def load_initial_weights(model: LlamaForCausalLM, path: str, *, preset: str) -> 
         if tuple(saved[name].shape) != tuple(t.shape):
             raise ValueError(f"model.init_from: {f}'s {name} has shape {tuple(saved[name].shape)}, preset {preset} "
                              f"with this vocabulary needs {tuple(t.shape)} (another preset, or another tokenizer?)")
+        if not torch.isfinite(saved[name]).all():   # a diverged checkpoint: every round after would be refused
+            raise ValueError(f"model.init_from: {f}'s {name} is not finite everywhere")
     extra = sorted(set(saved) - set(own))
     if extra:
         raise ValueError(f"model.init_from: {f} holds tensors a {preset} model has not ({extra[0]!r}, …)")
+    if tied and "lm_head.weight" in saved and not torch.equal(saved["lm_head.weight"], saved["model.embed_tokens.weight"]):
+        # one tensor here: loading both would keep whichever came last, silently
+        raise ValueError(f"model.init_from: {f} has an output layer of its own, and preset {preset} ties it to the "
+                         f"input embeddings")
     with torch.no_grad():
         for name, t in own.items():
             if name in saved:

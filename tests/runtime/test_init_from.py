@@ -28,6 +28,17 @@ def test_the_saved_weights_are_loaded_exactly_and_another_shape_is_refused(tmp_p
     with pytest.raises(ValueError, match=r"model.embed_tokens.weight has shape \(300, .*needs \(301, "):
         load_initial_weights(other, str(tmp_path / "m"), preset="tiny")
     assert torch.equal(get_flat(other), before)                       # nothing loaded
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(tmp_path / "m" / "model.safetensors"))
+    for name, change in (("untied", lambda d: d.__setitem__("lm_head.weight", d["model.embed_tokens.weight"] + 1)),
+                         ("nan", lambda d: d["model.norm.weight"].__setitem__(0, float("nan")))):
+        d = {k: v.clone() for k, v in sd.items()}
+        change(d)
+        (tmp_path / name).mkdir()
+        save_file(d, str(tmp_path / name / "model.safetensors"))
+        with pytest.raises(ValueError, match="ties it to the input embeddings" if name == "untied" else "not finite"):
+            load_initial_weights(fresh, str(tmp_path / name), preset="tiny")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="is not a readable safetensors file"):
