@@ -40,6 +40,14 @@ def calibrate(*, records: int, batch: int, steps: int, targets: list[float]) -> 
                                               accountant="rdp", epsilon_tolerance=0.005) for eps in targets}
 
 
+def _corpus_sets(a: argparse.Namespace, part: str) -> list[str]:
+    """The GPU rows' model and data: --size on build_corpus.py's CORPUS/<part> (pile, or public) with its tokenizer."""
+    c = Path(a.corpus)
+    return [f"model.preset={a.size}", f"data.source={c / part}", f"data.tokenizer={c / 'tokenizer'}",
+            "data.partition=iid", "data.max_sources=null", "data.max_bytes_per_source=1000000000",
+            "data.seq_len=1024", "data.eval_fraction=0.01", "train.eval_batch_size=64"]
+
+
 def row_sets(a: argparse.Namespace) -> tuple[str, list[str]]:
     """(preset, --set overrides) of one row; --tiny: the CPU demo data and model."""
     if a.tiny:
@@ -47,11 +55,8 @@ def row_sets(a: argparse.Namespace) -> tuple[str, list[str]]:
         sets = ["model.preset=tiny", "data.max_bytes_per_source=200000", "data.seq_len=128", "train.accelerator=cpu",
                 "train.precision=32-true"]
     else:
-        preset, c = "gpu-20m", Path(a.corpus)
-        sets = [f"model.preset={a.size}", f"data.source={c / 'pile'}", f"data.tokenizer={c / 'tokenizer'}",
-                "data.token_cache=true",   # the public issue-14 corpus: tokenized once, cached for every row
-                "data.partition=iid", "data.max_sources=null", "data.max_bytes_per_source=1000000000",
-                "data.seq_len=1024", "data.eval_fraction=0.01", "train.eval_batch_size=64"]
+        preset = "gpu-20m"
+        sets = _corpus_sets(a, "pile") + ["data.token_cache=true"]   # the issue-14 corpus: tokenized once for every row
     sets += [f"seed={a.seed}", f"train.local_steps={a.h}", f"train.batch_size={a.batch}", f"train.lr={a.lr}",
              f"train.warmup_steps={a.warmup}", "train.min_lr_ratio=0.1", "train.grad_clip=1.0",
              f"federation.n_holders={N_HOLDERS}", f"federation.rounds={a.rounds}", "federation.eval_every=1",
@@ -75,17 +80,13 @@ def pretrain_sets(a: argparse.Namespace) -> tuple[str, list[str]]:
     """(preset, --set overrides) of the public initial model (model.init_from, protocols/dp.md §13): the rows'
     model and tokenizer trained centrally — one holder, plain aggregation, FedAvg at lr 1, which is one AdamW
     trajectory — on CORPUS/public, the public text the tokenizer was trained on (build_corpus.py), for --tokens."""
-    c = Path(a.corpus)
     rounds = max(1, math.ceil(a.tokens / (a.batch * a.h * 1024)))
-    return "gpu-20m", [f"model.preset={a.size}", f"data.source={c / 'public'}", f"data.tokenizer={c / 'tokenizer'}",
-                       "data.partition=iid", "data.max_sources=null", "data.max_bytes_per_source=1000000000",
-                       "data.seq_len=1024", "data.eval_fraction=0.01", "train.eval_batch_size=64",
-                       f"seed={a.seed}", f"train.local_steps={a.h}", f"train.batch_size={a.batch}", f"train.lr={a.lr}",
-                       f"train.warmup_steps={a.warmup}", "train.min_lr_ratio=0.1", "train.grad_clip=1.0",
-                       "train.compile=true", "train.dp_sgd.enabled=false",
-                       "federation.n_holders=1", f"federation.rounds={rounds}", f"federation.eval_every={rounds}",
-                       "federation.checkpoint_every=100", "baseline=false", "privacy.mode=none", "privacy.clip=1e6",
-                       "aggregation.mode=plain", "outer.name=fedavg", "outer.lr=1.0", "outer.momentum_warmup=0"]
+    return "gpu-20m", _corpus_sets(a, "public") + [
+        f"seed={a.seed}", f"train.local_steps={a.h}", f"train.batch_size={a.batch}", f"train.lr={a.lr}",
+        f"train.warmup_steps={a.warmup}", "train.min_lr_ratio=0.1", "train.grad_clip=1.0", "train.compile=true",
+        "train.dp_sgd.enabled=false", "federation.n_holders=1", f"federation.rounds={rounds}",
+        f"federation.eval_every={rounds}", "federation.checkpoint_every=100", "baseline=false", "privacy.mode=none",
+        "privacy.clip=1e6", "aggregation.mode=plain", "outer.name=fedavg", "outer.lr=1.0", "outer.momentum_warmup=0"]
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:

@@ -81,3 +81,12 @@ def test_a_checkpoint_saved_with_another_tokenizer_is_refused(tmp_path, tiny_run
     err = capsys.readouterr().err
     assert "model.init_from" in err and "was saved with another tokenizer" in err
     assert not (tmp_path / "b").exists()           # refused before the run directory is made
+
+
+def test_a_checkpoint_without_its_tokenizer_is_loaded_with_a_warning_that_it_could_not_be_checked(tmp_path, caplog):
+    from securefed.training.data.tokenizer import check_saved_tokenizer
+
+    build_model("tiny", vocab_size=300, seq_len=32, seed=7).save_pretrained(tmp_path / "m", safe_serialization=True)
+    with caplog.at_level("WARNING", logger="securefed.training.data.tokenizer"):
+        check_saved_tokenizer(tmp_path / "m", "0" * 64)
+    assert "holds no tokenizer.json" in caplog.text and "cannot be checked" in caplog.text

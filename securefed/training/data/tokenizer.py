@@ -91,9 +91,12 @@ def tokenizer_hash(fast: PreTrainedTokenizerFast) -> str:
 
 def check_saved_tokenizer(model_dir: str | os.PathLike, expected_sha256: str) -> None:
     """model.init_from: a saved model's token ids mean something only under its own tokenizer. When the directory
-    holds one (tokenizer.json), it must be the run's (the same :func:`tokenizer_hash`); DataError otherwise."""
+    holds one (tokenizer.json), it must be the run's (the same :func:`tokenizer_hash`); DataError otherwise. Without
+    one only the vocabulary size is checked (by the weights' shapes), and the log says so."""
     p = Path(model_dir).expanduser()
     if not (p / "tokenizer.json").is_file():
+        log.warning("model.init_from: %s holds no tokenizer.json, so whether its token ids are this run's cannot be "
+                    "checked (only the vocabulary size is); save the model with its tokenizer", p)
         return
     saved = tokenizer_hash(load_tokenizer(p))
     if saved != expected_sha256:
