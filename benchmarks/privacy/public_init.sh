@@ -26,11 +26,15 @@ PY
   --set federation.eval_every=10 > "$OUT/pub.log"
 run() {   # run <name> <set…>: the dp-sgd preset with these overrides, two at a time
   [ -f "$OUT/$1/summary.json" ] || $PY -m securefed.cli simulate --preset dp-sgd --out "$OUT/$1" --quiet "${@:2}" > "$OUT/$1.log"; }
-run dp-random & run none-random --set train.dp_sgd.enabled=false & wait
+done_or_stop() {   # a pair's runs both finished, or the first that did not is named with its log's end
+  for n in "$@"; do [ -f "$OUT/$n/summary.json" ] || { echo "$n failed:"; tail -n 5 "$OUT/$n.log"; exit 1; }; done; }
+run dp-random & run none-random --set train.dp_sgd.enabled=false & wait; done_or_stop dp-random none-random
 run dp-public --set model.init_from="$OUT/pub/model" & \
   run none-public --set model.init_from="$OUT/pub/model" --set train.dp_sgd.enabled=false & wait
+done_or_stop dp-public none-public
 run dp8-random --set train.dp_sgd.noise_multiplier=0.531005859375 & \
   run dp8-public --set train.dp_sgd.noise_multiplier=0.531005859375 --set model.init_from="$OUT/pub/model" & wait
+done_or_stop dp8-random dp8-public
 $PY - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
