@@ -7,8 +7,8 @@
 #   bash benchmarks/gpu/chain.sh start   # installs the wheels, builds the corpus, starts the chain; polls ≤ LIMIT s
 #   bash benchmarks/gpu/chain.sh poll    # polls ≤ LIMIT s more (repeat while the machine stays warm)
 #
-# carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (stop 45's default
-# "h16s1 2dpub": a whole lease, ≥ ≈ 1,750 s left after the start; then "h16s2 2dbc" in the next):
+# carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (stop 46's default
+# "h16s2 2dpub": ≈ 1,150 + 735 s; with less, 2dpub's eps8-pub still evaluates every round it reaches):
 #   issue 14 (the schedule is fixed by the tokens, so a row cut short still compares at the evaluations it reached):
 #   - m75h16: the 75m IID federated row at H = 16 on the 352.3M-token schedule (5 tokens per parameter, 168 rounds,
 #     Nesterov 0.7 / 0.9, the momentum warmed up over the first quarter, 42; plain aggregation) — against the
@@ -22,8 +22,9 @@
 #   - 2d: ε = 8 at batch 512 × 128 steps per holder (σ 0.4947); 2dbc: the same with DP-AdamBC (row eps8-bc);
 #     2dinf: their non-private partner (run 7's eps-inf-b512 repeated). ≈ 350 s each.
 #   - 2dpub: 2d and its non-private partner, both from a public initial model (model.init_from, protocols/dp.md §13)
-#     trained first on the corpus' public text (40M tokens): rows eps8-pub and eps-inf-pub side by side (a row cut
-#     by the lease still pairs at every round both reached). ≈ 100 s of data, 100 s of public model, ≈ 450 s of rows.
+#     trained first on the corpus' public text (40M tokens): rows eps8-pub, then eps-inf-pub — one after the other:
+#     side by side (stop 46) the non-private row held 45 GiB and eps8-pub's per-sample embedding gradient ran out of
+#     the H100's memory at its first step. ≈ 85 s of data, 154 s of public model, ≈ 350 + 145 s of rows (stop 46).
 set -u
 LIMIT=${LIMIT:-560}
 t0=$(date +%s)
@@ -83,7 +84,7 @@ run)
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
       SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512)
   mkdir -p /tmp/sf-dpsgd/b512
-  for job in ${JOBS:-h16s1 2dpub}; do
+  for job in ${JOBS:-h16s2 2dpub}; do
     case $job in
       m75h16) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 ;;
       m75h16bs) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 PARTITION=by_source ;;
@@ -95,7 +96,7 @@ run)
       2dbc) env "${D2[@]}" DP_BC=1 ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d' eps8-bc done $(el)s" ;;
       2dinf) env "${D2[@]}" ROWS="inf" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d inf done $(el)s" ;;
       2dpub) mkdir -p /tmp/sf-dpsgd-pub/b512
-             env "${D2[@]}" PUBLIC_INIT=1 S=/tmp/sf-dpsgd-pub OUT=/tmp/sf-dpsgd-pub/b512 ROWS="8 inf" \
+             env "${D2[@]}" PUBLIC_INIT=1 S=/tmp/sf-dpsgd-pub OUT=/tmp/sf-dpsgd-pub/b512 ROWS="8,inf" \
                bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d from a public init done $(el)s" ;;
       *) echo "unknown job $job (m75h16, m75h16bs, h16, h16s1, h16s2, h16bs, 2d, 2dbc, 2dinf, 2dpub)" ;;
     esac
