@@ -219,6 +219,16 @@ class Holder:
         if w.aggregation == "ckks+secagg" and w.privacy_mode == "distributed":
             # H1: the CKKS part carries no noise share (ckks.md §9; runtime/config.py refuses the pair too)
             raise PolicyRefused("distributed DP with aggregation ckks+secagg: the CKKS part would carry no noise share")
+        if pol.init_sha256 is not None and w.init_sha256 != pol.init_sha256:   # H1, dp.md §13.4
+            raise PolicyRefused(f"the run starts from initial weights with SHA-256 {w.init_sha256[:16]}…, not the "
+                                f"{pol.init_sha256[:16]}… this holder's policy.init_sha256 requires")
+        if pol.init_sha256 is not None and w.next_round > 1 and self._read_state_file() is None:
+            # only round 1's model can be held to θ0's hash (H2); a holder joining later would train a θ it cannot
+            # tie to the initial model it requires: fail closed (dp.md §13.4)
+            raise PolicyRefused(f"the run is at round {w.next_round}: this holder would join after round 1, so it "
+                                "cannot check that the model it is sent descends from the initial model its "
+                                "policy.init_sha256 requires; join a run from its first round, or set "
+                                "policy.init_sha256 to null")
         data = self.prepare_data()
         if data.tokenizer_sha256 != w.tokenizer_sha256:   # what to change, not only that the hashes differ
             if len(data.tokenizer) != w.vocab_size:
@@ -659,6 +669,12 @@ class Holder:
         except ValueError as e:   # a plan no encoder can be built from (a share std below ½, a ring it would wrap)
             why = f"the offered plan cannot be encoded with: {e}"
         why = why or self._record_level_problem()   # at the offer only: at the plan its steps are already trained
+        if not why and r == 1 and offer.model_sha256 != self.welcomed.init_sha256:
+            # H2, dp.md §13.4: round 1 trains θ0 itself, so its θ must be the initial model the Welcome declared (and
+            # summary.json and the report then state): a coordinator declaring a public θ0 and sending another is
+            # refused here, by every holder of round 1's cohort
+            why = (f"round 1's model (SHA-256 {offer.model_sha256[:16]}…) is not the initial model the run declared "
+                   f"({self.welcomed.init_sha256[:16]}…)")
         if why:
             return self._refuse(r, why, offer.spec)
         self._round = _Round(offer)

@@ -100,8 +100,15 @@ class HolderPolicy:
     epsilon_cap: float | None = None
     delta: float | None = None    # None: the run's δ if at most 10⁻⁵ (recorded, then fixed); a larger δ needs it set here
     ckks: CkksFloor = field(default_factory=CkksFloor)   # under ckks+secagg (federation.md H1)
+    # the initial model this holder trains (dp.md §13.4, H1): SHA-256 of θ0's little-endian float32 bytes, as the
+    # run's summary.json (init_sha256) and report show it; None: whatever θ0 the run declares
+    init_sha256: str | None = None
 
     def __post_init__(self) -> None:
+        if self.init_sha256 is not None and (not isinstance(self.init_sha256, str) or len(self.init_sha256) != 64
+                                             or any(c not in "0123456789abcdef" for c in self.init_sha256)):
+            raise ValueError("policy.init_sha256 must be 64 lowercase hex digits (the run's summary.json init_sha256) "
+                             "or null")
         if not self.aggregation or len(set(self.aggregation)) != len(self.aggregation):
             raise ValueError("policy.aggregation must list the accepted modes, each once")
         if not 16 <= self.min_ring_bits <= 32:

@@ -248,6 +248,44 @@ def test_h1_a_ckks_welcome_below_the_holders_own_ckks_floor_leaves_the_run_havin
 
 
 # ------------------------------------------------------------------------- H2
+def test_h1_a_holder_that_requires_an_initial_model_refuses_another_and_a_run_it_would_join_after_round_1(make):
+    """dp.md §13.4: policy.init_sha256 holds the run's declared θ0 to the one this holder's compliance approved; a
+    fresh holder joining a run already past round 1 cannot tie the θ it is sent to that θ0, so it leaves too."""
+    from securefed.federation.holder_config import HolderPolicy
+
+    fed = make(policies={1: {"init_sha256": "ab" * 32}}, start=False)
+    declared = decode_as(fed.coordinator.welcome_for(1), Welcome).init_sha256
+    assert declared == model_sha256(fed.model_bytes())           # round 1's θ is the declared θ0
+    holder = fed.holders[1]
+    with pytest.raises(PolicyRefused, match=r"initial weights with SHA-256 .* policy.init_sha256 requires"):
+        holder.welcome(fed.coordinator.welcome_for(1))
+    assert holder.welcomed is None and not (holder.state_dir / "ledger.jsonl").exists()
+    assert not (holder.state_dir / "holder_state.json").exists()
+    late = fed.holders[2]                                          # requires the very θ0 the run declares
+    late.cfg = dataclasses.replace(late.cfg, policy=dataclasses.replace(late.cfg.policy, init_sha256=declared))
+    with pytest.raises(PolicyRefused, match="would join after round 1"):
+        late.welcome(_welcome(fed, h=2, next_round=5))
+    assert late.welcomed is None and not (late.state_dir / "holder_state.json").exists()
+    late.welcome(fed.coordinator.welcome_for(2))                  # from round 1 it joins
+    assert late.welcomed.init_sha256 == declared
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        HolderPolicy(init_sha256="AB" * 32)
+
+
+def test_h2_round_1s_model_must_be_the_initial_model_the_welcome_declared(make, monkeypatch):
+    """dp.md §13.4: a coordinator declaring one θ0 (what summary.json and the report then name) and training another
+    is refused by every holder of round 1's cohort, and the refusal is in its ledger; later rounds' θ are free."""
+    fed = make()
+    holder = fed.holders[1]
+    trained = count_training(holder, monkeypatch)
+    _, spec = offer(fed, 1)
+    reason = refusal(holder.handle(1, Stage.OFFER, encode(Offer(1, ALL, "cd" * 32, spec))), 1)
+    assert reason.startswith("round 1's model (SHA-256 cdcdcdcdcdcdcdcd…) is not the initial model the run declared")
+    assert view(fed.ledger(1)) == [("refused", 1, None, reason)] and not trained
+    _, spec2 = offer(fed, 2)
+    assert decode_as(holder.handle(2, Stage.OFFER, encode(Offer(2, ALL, "cd" * 32, spec2))), Decision).accept
+
+
 def test_h2_an_offer_of_a_round_already_taken_part_in_is_refused(make, monkeypatch):
     fed = make()
     holder = fed.holders[1]
