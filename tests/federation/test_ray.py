@@ -270,7 +270,10 @@ def test_sigterm_or_sighup_ends_the_holders_and_the_ray_started_for_the_run(tmp_
         pytest.skip("needs Linux /proc")
     signum = getattr(signal, sig)
     out = tmp_path / "run"
-    sets = [a for o in tiny_run + ["federation.rounds=50"] for a in ("--set", o)]
+    # 3 holders (the fewest a secure round takes): each actor is a process that imports torch and the trainer,
+    # seconds of CPU on 2 cores; what is checked (exit code, every process the run started gone) is the same
+    sets = [a for o in tiny_run + ["federation.rounds=50", "federation.n_holders=3", "data.max_sources=3"]
+            for a in ("--set", o)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen([sys.executable, "-m", "securefed.cli", "simulate", "--backend", "ray", "--threads-per-holder",
                              "1", "--out", str(out), *sets], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
