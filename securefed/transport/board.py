@@ -72,6 +72,7 @@ class StageBoard:
         self._sink: Callable[[int], object] | None = None
         self._max_reply = 0
         self.waiting: dict[int, tuple[int, float]] = {}    # holder -> (round it asked for, when)
+        self.polling: dict[int, int] = {}   # holder -> fetches of it open now: alive whatever its last ask's age (§5.3)
         self.bytes_up = self.bytes_down = 0
         self.opened = False               # a round was opened by this process
         self._digest_cache: tuple[bytes, int, bytes] | None = None
@@ -101,9 +102,24 @@ class StageBoard:
             return                   # the call has already ended (None: called in-process, no RPC)
         with self.cond:
             self.waiting[hid] = (r, time.monotonic())
+            self.polling[hid] = self.polling.get(hid, 0) + 1
             if r > self.round and not self.over and hid in self.cohort and hid not in self.left:
                 self._leave(hid, r)
             self.cond.notify_all()
+        try:
+            yield from self._answer_fetch(hid, r, s, deadline, cancelled)
+        finally:
+            with self.cond:
+                self.polling[hid] -= 1
+                if not self.polling[hid]:
+                    del self.polling[hid]
+                if not cancelled.is_set():   # answered: the holder was there until now; gone: its last ask counts
+                    self.waiting[hid] = (self.waiting[hid][0], time.monotonic())
+                self.cond.notify_all()
+
+    def _answer_fetch(self, hid: int, r: int, s: int, deadline: float, cancelled: threading.Event):
+        """fetch's long poll: the round's message for ``hid`` once there is one, else WAIT with the reason."""
+        with self.cond:
 
             def item():
                 if self.round != r:
@@ -276,16 +292,14 @@ class StageBoard:
         first = not self.opened
 
         def asking():
-            now = time.monotonic()
-            return sorted(h for h, (rr, t) in self.waiting.items() if rr >= r and now - t < fresh)
+            alive = self._alive(fresh)
+            return sorted(h for h, (rr, _) in self.waiting.items() if rr >= r and h in alive)
 
         def ready():
             ask = asking()
             if len(ask) >= want:
                 return True
-            now = time.monotonic()
-            alive = {h for h, (_, t) in self.waiting.items() if now - t < fresh}
-            return not first and bool(ask) and alive <= set(ask)
+            return not first and bool(ask) and self._alive(fresh) <= set(ask)
         with self.cond:
             if self.round < r - 1:          # fresh start or resume: earlier rounds count as over
                 self.round, self.over = r - 1, True
@@ -298,7 +312,7 @@ class StageBoard:
                 shown = now
                 on_change(now)              # outside the lock: it may write files (status.json)
             with self.cond:
-                woke = _wait(self.cond, lambda: ready() or not set(asking()) <= seen, end - time.monotonic())
+                woke = self._wait_fresh(lambda: ready() or not set(asking()) <= seen, end, fresh)
                 now, over = asking(), not woke or ready()
                 if not over:
                     seen |= set(now)                # a holder asked for the first time in this wait:
@@ -311,6 +325,25 @@ class StageBoard:
         with self.cond:
             self.bytes_up = self.bytes_down = 0
             return asking()
+
+    def _alive(self, fresh: float) -> set[int]:
+        """(Under the lock.) Holders alive (§5.3): a fetch of theirs is open now, or they asked for anything in the
+        last ``fresh`` seconds. A long poll outlasting ``fresh`` is alive, not stale."""
+        now = time.monotonic()
+        return {h for h, (_, t) in self.waiting.items() if h in self.polling or now - t < fresh}
+
+    def _wait_fresh(self, pred, end: float, fresh: float) -> bool:
+        """(Under the lock.) _wait until ``pred`` or ``end``, waking also when a holder's ``fresh`` window runs out:
+        nothing notifies then, and a holder that died must stop being waited for when it does (§5.3), not at the
+        next fetch of another holder."""
+        while True:
+            now = time.monotonic()
+            expiries = [t + fresh for h, (_, t) in self.waiting.items() if h not in self.polling and t + fresh > now]
+            until = min([end, *(e + 0.01 for e in expiries)])
+            if _wait(self.cond, pred, until - now):
+                return True
+            if time.monotonic() >= end:
+                return False
 
     def open_round(self, r: int, cohort) -> None:
         with self.cond:
@@ -398,8 +431,7 @@ class StageBoard:
         """Wait (≤ ``timeout`` s) until every holder that asked for anything in the last ``fresh`` s
         was told the run ended; the holders still untold."""
         with self.cond:
-            now = time.monotonic()
-            alive = {h for h, (_, t) in self.waiting.items() if now - t <= fresh}
+            alive = self._alive(fresh)
             _wait(self.cond, lambda: alive <= self.told, timeout)
             return sorted(alive - self.told)
 

@@ -398,6 +398,36 @@ def test_the_first_round_waits_while_holders_keep_arriving_and_not_for_one_that_
     assert b.wait_for_holders(2, want=4, timeout=0.5) == [1] and time.monotonic() - t1 < 0.5 + 1.2
 
 
+def test_a_later_round_stops_waiting_for_a_dead_holder_when_its_window_ends_and_long_polls_count_as_alive():
+    """transport.md §5.3: a later round waits for every holder alive — a fetch of its open now, or an ask in the last
+    `alive_s`. Found by a reviewer of the suite's timings: nothing woke the wait when a dead holder's window ran out,
+    so the round stayed shut until some other fetch arrived (up to a 30 s long poll), and by then the holders
+    long-polling since before the window looked stale too — the round opened with a subset, or none."""
+    import threading
+    import time
+
+    from securefed.transport.board import StageBoard
+
+    b = StageBoard(b"r" * 16, chunk_size=1 << 20)
+    b.open_round(1, [1, 2, 3])
+    b.end_round(1)
+    polls = [threading.Thread(target=_fetched, args=(b, h, 2, 60_000), daemon=True) for h in (2, 3)]
+    for t in polls:
+        t.start()
+    while len(b.waiting) < 2:
+        time.sleep(0.01)
+    time.sleep(1.3)                      # holders 2 and 3 asked longer ago than the window: alive, long-polling
+    _fetched(b, 1, 1, 1)                 # holder 1 asks once about round 1, then dies
+    t0 = time.monotonic()
+    got = b.wait_for_holders(2, want=3, timeout=20.0, fresh=1.0)
+    took = time.monotonic() - t0
+    assert got == [2, 3] and 0.8 < took < 3.0, (got, took)
+    b.end_run("finished", 1)
+    for t in polls:
+        t.join(10)
+    assert not b.polling                 # every call that ended left the count
+
+
 def test_the_waits_say_who_asked_and_how_many_replied():
     """What the coordinator's progress shows while it waits (GrpcChannel): the holders asking for the round, at
     the start and as each one asks, the final set included; then the replies settled as each one arrives.
