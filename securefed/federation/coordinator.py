@@ -35,7 +35,7 @@ from rich.markup import escape
 from securefed.configio import dump_yaml, to_dict
 from securefed.federation.aggregation import MAX_CONTROL, CkksRoute, SecureSession, plain_sum
 from securefed.federation.channel import Channel
-from securefed.federation.holder import model_sha256, session_context
+from securefed.federation.holder import announce_model, model_sha256, session_context, withdraw_model
 from securefed.federation.messages import Decision, MessageError, Offer, Plan, Ready, Welcome, decode, encode
 from securefed.federation.stages import Deadlines, Stage
 from securefed.privacy import BudgetExhausted, PrivacySession
@@ -457,8 +457,9 @@ class Coordinator:
             log.error("round %d: only %d holders available (need %d)", r, len(available), need)
             self._checkpoint()
             return None
-        theta_bytes = self.outer.params.numpy().astype("<f4", copy=False).tobytes()   # θ_r, one copy (5.3 GB at 1.3b)
-        mhash = model_sha256(theta_bytes)
+        # θ_r, one copy (5.3 GB at 1.3b), hashed as it is copied; in-process holders are handed this very object,
+        # which model_sha256 does not hash again for their H4 check (federation.md §4.2)
+        theta_bytes, mhash = announce_model(self.outer.params.numpy().astype("<f4", copy=False))
         cohort = self.sample_cohort(available)
         secure = cfg.aggregation.mode != "plain"
         rp0 = self.privacy.begin_round(r, cohort=cohort, dim=self.dim, min_survivors=self._t_min(len(cohort)))
@@ -507,6 +508,7 @@ class Coordinator:
             clock.lap("secagg_keys")
         if aborted is None:
             self.channel.send(r, Stage.MODEL, {h: theta_bytes for h in participants})
+            withdraw_model()
             weights = self._weights(list(rp.participants))
             spec = round_spec(rp)
             plans = {h: encode(Plan(r, spec, weight=float(weights[h]))) for h in participants}

@@ -39,6 +39,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,7 +69,7 @@ from securefed.secagg import IdentityInUse, Roster, SecAggAborted, SecAggClient,
 from securefed.secagg import decode as secagg_decode
 from securefed.secagg.messages import RoundStart, UnmaskRequest
 
-__all__ = ["Holder", "PolicyRefused", "session_context", "model_sha256"]
+__all__ = ["Holder", "PolicyRefused", "session_context", "model_sha256", "announce_model", "withdraw_model"]
 
 log = logging.getLogger("securefed.holder")
 
@@ -114,8 +115,42 @@ def session_context(run_id: bytes, model_hash: bytes) -> bytes:
     return b"securefed/federation/v1|" + run_id + model_hash
 
 
-def model_sha256(theta_bytes: bytes) -> str:
+# θ_r as this process's coordinator hashed it for the Offer (announce_model), with that hash: the in-process channel
+# hands every holder this very object, whose bytes cannot change, so H4's check of it need not hash 4·P bytes again
+_announced: tuple[bytes, str] | None = None
+
+
+def model_sha256(theta_bytes: bytes | bytearray) -> str:
+    """SHA-256 (hex) of θ's float32 little-endian bytes: the Offer's θ hash, which a holder checks the θ it receives
+    against (H4, protocols/federation.md §4.2). The very ``bytes`` object this process's coordinator announced is
+    answered with the hash taken of it then; any other object — another process's copy, a writable buffer, equal
+    bytes in a new object — is hashed."""
+    a = _announced
+    if a is not None and theta_bytes is a[0]:
+        return a[1]
     return hashlib.sha256(theta_bytes).hexdigest()
+
+
+def announce_model(theta: np.ndarray) -> tuple[bytes, str]:
+    """θ_r's bytes for the holders and their hash for the Offer (federation.md §4.1), from the coordinator's float32
+    little-endian θ: copied into one immutable ``bytes`` object while a second thread hashes the same memory
+    (hashlib lets go of the GIL; nothing writes θ meanwhile, so both read the same bytes). The object is remembered
+    with its hash until :func:`withdraw_model` or the next announcement; :func:`model_sha256` answers for it."""
+    global _announced
+    words = np.ascontiguousarray(theta)
+    if words.dtype != np.dtype("<f4") or words.ndim != 1:
+        raise TypeError("θ is announced as a flat float32 little-endian vector")
+    with ThreadPoolExecutor(1, thread_name_prefix="securefed-theta-hash") as pool:
+        digest = pool.submit(lambda: hashlib.sha256(memoryview(words).cast("B")).hexdigest())
+        theta_bytes = words.tobytes()
+        _announced = (theta_bytes, digest.result())
+    return _announced
+
+
+def withdraw_model() -> None:
+    """Forget the announced θ (its holders have it): the memo no longer keeps 4·P bytes alive."""
+    global _announced
+    _announced = None
 
 
 @dataclass
@@ -744,9 +779,18 @@ class Holder:
         if len(payload) != 4 * self.welcomed.dim or model_sha256(payload) != rs.offer.model_sha256:
             raise ValueError("the model is not the one the offer announced (H4)")
         words = np.frombuffer(payload, dtype="<f4")   # a view; the trainer copies θ into the model (never aliases it)
-        # a writable buffer of this round (the gRPC holder's BufferSink) is read in place; immutable bytes (the
-        # in-process channel's shared θ) are copied, since torch does not take read-only memory
-        theta = torch.from_numpy(words if words.flags.writeable and words.dtype.isnative else words.astype(np.float32))
+        if not words.dtype.isnative:
+            words = words.astype(np.float32)
+        # read in place: a writable buffer of this round (the gRPC holder's BufferSink), and immutable bytes too (the
+        # in-process channel's θ, shared by every holder): train_round only reads θ (tests/federation/test_holder.py
+        # ::test_the_holder_never_writes_into_the_model_it_received), so the copy that read-only memory once got
+        # (4·P bytes per holder and round) is not made; torch warns of memory it may not write, which it does not
+        if words.flags.writeable:
+            theta = torch.from_numpy(words)
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                theta = torch.from_numpy(words)
         on_device = self._encodes_on_device(rs)
         t0 = time.perf_counter()
         # the keyword only when it is used: a host-path holder calls train_round(θ) as it always has

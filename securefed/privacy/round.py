@@ -124,7 +124,8 @@ class RoundPrivacy:
         return noise.astype(np.float32)
 
     def noise_plain_sum(self, sum_f32: np.ndarray, entropy: Entropy) -> np.ndarray:
-        """Plain path: central -> add N(0, (z_Δ C)²); none -> identity; distributed -> refused."""
+        """Plain path: central -> add N(0, (z_Δ C)²); none -> identity (the caller's float32 array itself, not a
+        copy: both callers pass a sum formed for this call); distributed -> refused."""
         if self.mode == "distributed":
             raise ValueError("distributed DP needs secure aggregation: the plain aggregation path is refused")
         x = np.asarray(sum_f32, dtype=np.float32)
@@ -132,7 +133,7 @@ class RoundPrivacy:
             raise ValueError(f"sum must have length {self.dim}")
         self._entropy = entropy
         self.decoded = True
-        return self._central_noise(x, entropy) if self.mode == "central" else x.copy()
+        return self._central_noise(x, entropy) if self.mode == "central" else x
 
     def finish(self, *, survivors: Sequence[int], clip_infos: Mapping[int, ClipInfo], completing: bool = False,
                in_masked_sum: int | None = None) -> dict:

@@ -12,6 +12,7 @@ first step is FedAvg at the outer lr and full momentum is reached at step W.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from securefed.training.config import OuterConfig  # re-exported (torch-free home)
@@ -37,7 +38,10 @@ class OuterOptimizer:
     def step(self, mean_delta: torch.Tensor) -> torch.Tensor:
         if mean_delta.shape != self.theta.shape:
             raise ValueError(f"pseudo-gradient has shape {tuple(mean_delta.shape)}, model {tuple(self.theta.shape)}")
-        if not torch.isfinite(mean_delta).all():
+        # on the host numpy's check: torch.isfinite(·).all() took 0.31 s per 52M floats on 2 cores against 0.016 s
+        # (benchmarks/round_overhead.md); the same answer
+        host = mean_delta.device.type == "cpu" and mean_delta.dtype in (torch.float32, torch.float64)
+        if not (np.isfinite(mean_delta.detach().numpy()).all() if host else torch.isfinite(mean_delta).all()):
             raise ValueError("aggregated pseudo-gradient contains non-finite values")
         self.opt.param_groups[0]["momentum"] = self.momentum_at(self.steps)
         self.theta.grad = mean_delta.to(self.theta.dtype)   # read, never written (foreach=False): no copy (5.3 GB at 1.3b)

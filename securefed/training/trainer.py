@@ -492,7 +492,9 @@ class HolderTrainer:
 
     def train_round(self, global_flat: torch.Tensor, *, delta_on_device: bool = False) -> LocalUpdate:
         """K inner steps from θ_global; returns Δ = θ_global − θ_local (flat, float32, on the host; with
-        ``delta_on_device`` left where it was formed, for privacy.device_encode to clip and round there)."""
+        ``delta_on_device`` left where it was formed, for privacy.device_encode to clip and round there).
+        ``global_flat`` is only read, never written: an in-process holder passes the coordinator's immutable θ_r
+        bytes, shared by every holder of the round, without copying them (federation/holder.py ``_on_model``)."""
         parent, cfg = self.parent, self.parent.cfg
         device = parent.fabric.device
         cuda = device.type == "cuda"

@@ -10,14 +10,18 @@ what the holder's own ledger (``state_dir/ledger.jsonl``) must hold afterwards, 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
+import numpy as np
 import pytest
 
 from securefed.ckks.messages import AggregateMsg
 from securefed.ckks.messages import decode as ckks_decode
 from securefed.ckks.messages import encode as ckks_encode
-from securefed.federation.holder import HolderStateError, PolicyRefused, model_sha256
+from securefed.federation import holder as holder_module
+from securefed.federation.holder import (HolderStateError, PolicyRefused, announce_model, model_sha256,
+                                       withdraw_model)
 from securefed.federation.messages import (CkksUploadRequest, Decision, Offer, Plan, Ready, Welcome, decode, decode_as,
                                            encode)
 from securefed.federation.stages import Stage
@@ -413,6 +417,58 @@ def test_h4_a_model_that_does_not_hash_to_the_offer_is_not_trained_on(make, monk
     assert fed.ledger(1) == [] and holder._round.delta is None and holder._round.masked_part is None
     holder.handle(1, Stage.MODEL, fed.model_bytes())                       # the announced model still is
     assert trained == [1]
+
+
+@pytest.mark.parametrize("case", ["announced-another-sent", "another-announced-and-sent"])
+def test_h4_the_announced_model_is_no_way_past_the_check(make, monkeypatch, case):
+    """The coordinator's θ hash is remembered with the bytes object it hashed (announce_model), so that in-process
+    holders handed that object do not hash it again: any other object is hashed, and a θ that does not hash to the
+    Offer's is refused either way — whether the good θ was announced and another sent, or another announced and sent."""
+    fed = make()
+    holder = fed.holders[1]
+    assert decode_as(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept   # the good θ's hash
+    announced, _ = announce_model(fed.coordinator.outer.params.numpy() * (1 if case == "announced-another-sent" else 0))
+    bad = bytes(len(announced)) if case == "announced-another-sent" else announced
+    trained = count_training(holder, monkeypatch)
+    try:
+        assert holder.handle(1, Stage.MODEL, bad) is None and not trained
+    finally:
+        withdraw_model()
+    assert fed.ledger(1) == [] and holder._round.delta is None
+
+
+def test_h4_the_announced_object_is_not_hashed_again_and_theta_is_announced_as_float32(make, monkeypatch):
+    fed = make()
+    holder = fed.holders[1]
+    assert decode_as(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept
+    theta, digest = announce_model(fed.coordinator.outer.params.numpy())
+    assert theta == fed.model_bytes() and digest == hashlib.sha256(theta).hexdigest() == model_sha256(theta)
+    hashed = []
+    real = hashlib.sha256
+    monkeypatch.setattr(holder_module.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    trained = count_training(holder, monkeypatch)
+    try:
+        holder.handle(1, Stage.MODEL, theta)
+        assert trained == [1] and hashed == []                 # the announced object: checked by its remembered hash
+        assert model_sha256(bytes(bytearray(theta))) == model_sha256(theta) and hashed == [1]   # equal bytes: hashed
+    finally:
+        withdraw_model()
+    assert model_sha256(theta) and hashed == [1, 1]            # withdrawn: hashed again
+    with pytest.raises(TypeError):
+        announce_model(fed.coordinator.outer.params.numpy().astype(np.float64))   # θ is float32 on the wire
+
+
+def test_the_holder_never_writes_into_the_model_it_received(make):
+    """The in-process channel hands every holder the coordinator's one θ bytes object, which the holder reads in
+    place (no copy): training must leave those bytes as they were, or the next holder would train on another θ."""
+    fed = make()
+    holder = fed.holders[1]
+    assert decode_as(holder.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept
+    theta = fed.model_bytes()
+    before = hashlib.sha256(theta).digest()
+    holder.handle(1, Stage.MODEL, theta)
+    assert holder._round.trained and holder._round.delta is not None
+    assert hashlib.sha256(theta).digest() == before
 
 
 # ------------------------------------------------------------------------- H5
