@@ -273,18 +273,27 @@ SPAN = 1 << 16   # coordinates per step of the norm and max passes: their float6
 
 
 def sum_sq_f64(x: np.ndarray) -> float:
-    """‖x‖² of a flat float vector, accumulated in float64 span by span (``SPAN`` coordinates per float64
-    dot product, the partial sums added in order) without a float64 copy of the whole vector; the same sum
-    for x in float32 or float64 (the widening is exact). ``privacy.clipping.l2_clip`` and :func:`quantize`
+    """‖x‖² of a flat float (or integer, |x_j| < 2^53) vector, accumulated in float64 span by span (``SPAN``
+    coordinates per pairwise sum, the partial sums added in order) without a float64 copy of the whole vector; the
+    same sum for x in float32 or float64 (the widening is exact). ``privacy.clipping.l2_clip`` and :func:`quantize`
     both take their norm this way; ``privacy.device_encode`` mirrors it on the GPU."""
-    n = x.shape[0]      # one thread: np.dot is OpenBLAS's, whose own threads fight any of ours (RESULTS.md (r13))
+    n = x.shape[0]
     buf = np.empty(min(n, SPAN), np.float64)
     sq = 0.0
     for s in range(0, n, SPAN):
         c = buf[: min(SPAN, n - s)]
         c[...] = x[s : s + SPAN]
-        sq += float(np.dot(c, c))
+        sq += _span_sq(c)
     return sq
+
+
+def _span_sq(c: np.ndarray) -> float:
+    """Σ c_j² of one float64 span, which it overwrites: numpy's own pairwise sum, the same bits on every machine
+    and thread count. np.dot was OpenBLAS's ddot, whose summation order follows its thread count (two threads and
+    one gave ‖Δ‖² differing in the last bits, so a clipped Δ depended on the host) and which woke its threads at
+    every span: 2.19 s for 52M coordinates on 2 busy cores against 0.077 s (benchmarks/round_overhead.md)."""
+    np.multiply(c, c, out=c)
+    return float(c.sum())
 
 
 def max_abs(x: np.ndarray) -> float:
@@ -322,7 +331,8 @@ def _round_chunk(x: np.ndarray, out: np.ndarray, start: int, m: int, plan: Quant
     lc += u < yc                                               # + 1 with probability frac (to 2^-32)
     # lo is an exact integer in float64; wrap it into the ring: int64 two's complement, then truncate
     out[start : start + m] = lc.astype(np.int64).astype(plan.ring.dtype, casting="unsafe")
-    return float(np.dot(lc, lc))                               # ‖q‖² of the chunk (exact integers, float64 sums)
+    yc[...] = lc
+    return _span_sq(yc)                                        # ‖q‖² of the chunk (integers, float64 sums)
 
 
 _WINDOW = 64

@@ -27,7 +27,8 @@ import numpy as np
 
 from securefed.primitives import hadamard
 from securefed.primitives.discrete_noise import discrete_gaussian, skellam
-from securefed.primitives.quantize import BETA, MAX_ROUNDING_TRIES, RingSpec, accept_threshold, from_ring, rounded_l2_bound, stochastic_round, to_ring
+from securefed.primitives.quantize import (BETA, MAX_ROUNDING_TRIES, RingSpec, accept_threshold, from_ring, rounded_l2_bound,
+                                          stochastic_round, sum_sq_f64, to_ring)
 from securefed.primitives.rng import Entropy, uniform_float64
 
 __all__ = ["K_STD", "BETA", "DiscretePlan", "plan_discrete", "rounded_l2_bound", "gaussian_noise"]
@@ -107,8 +108,7 @@ class DiscretePlan:
         bound_sq = accept_threshold(self.data_l2, y.size)  # the float64 check implies the exact one
         for _ in range(MAX_ROUNDING_TRIES):
             r = stochastic_round(y, entropy)
-            rf = r.astype(np.float64)
-            if float(np.dot(rf, rf)) <= bound_sq:
+            if sum_sq_f64(r) <= bound_sq:   # span by span in float64, the same bits on every host (quantize._span_sq)
                 break
         else:  # pragma: no cover - probability ≈ 1e-43
             raise RuntimeError("conditional randomised rounding did not succeed")
