@@ -146,3 +146,21 @@ def test_dequantize_sum_refuses_other_shapes_and_dtypes():
         dequantize_sum(np.zeros(0, np.uint16), plan)
     with pytest.raises(ValueError, match="flat"):
         dequantize_sum(np.zeros((2, 2), np.uint32), plan)
+
+
+def test_the_norm_has_the_same_bits_whatever_the_blas_thread_count():
+    """sum_sq_f64 is the norm every clip and every quantization takes (dp.md §3.1): with OpenBLAS's ddot its summation
+    order followed the thread count, and 5M coordinates gave other last bits with 1 and 2 threads — so a clipped Δ
+    depended on the host. numpy's own pairwise sum per span has one order."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from securefed.primitives.quantize import sum_sq_f64; "
+            "x = np.random.default_rng(7).standard_normal(5_000_003).astype(np.float32); print(repr(sum_sq_f64(x)))")
+    out = set()
+    for threads in ("1", "2", "4"):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        out.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                               check=True).stdout.strip())
+    assert len(out) == 1, out
