@@ -26,7 +26,7 @@ from typing import Literal
 from securefed.configio import ConfigError, from_dict, load_yaml, override
 from securefed.secagg import SecAggConfig
 from securefed.training.data import DataConfig
-from securefed.training.trainer import DPSGDConfig
+from securefed.training.config import DPSGDConfig   # torch-free (the trainer re-exports it)
 
 __all__ = ["CkksFloor", "HolderPolicy", "HolderHardware", "HolderConfig", "HolderConfigError", "load_holder_config",
            "check_holder_config", "PRIVACY_ORDER"]

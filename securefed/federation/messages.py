@@ -28,7 +28,7 @@ from securefed.ckks import RoutingPolicy
 from securefed.configio import ConfigError, from_dict, to_dict
 from securefed.privacy.remote import RoundSpec
 from securefed.secagg import SecAggConfig
-from securefed.training.trainer import TrainConfig
+from securefed.training.config import TrainConfig   # torch-free (the trainer re-exports it)
 
 __all__ = ["MAGIC", "VERSION", "MAX_MESSAGE", "MessageError", "MsgType", "Hello", "Welcome", "Offer", "Decision",
            "Plan", "Ready", "CkksRotate", "CkksAdverts", "CkksKeys", "CkksShare", "CkksUploadRequest", "encode",
