@@ -283,17 +283,17 @@ def sum_sq_f64(x: np.ndarray) -> float:
     for s in range(0, n, SPAN):
         c = buf[: min(SPAN, n - s)]
         c[...] = x[s : s + SPAN]
-        sq += _span_sq(c)
+        sq += _span_sq(c, c)
     return sq
 
 
-def _span_sq(c: np.ndarray) -> float:
-    """Σ c_j² of one float64 span, which it overwrites: numpy's own pairwise sum, the same bits on every machine
-    and thread count. np.dot was OpenBLAS's ddot, whose summation order follows its thread count (two threads and
+def _span_sq(c: np.ndarray, out: np.ndarray) -> float:
+    """Σ c_j² of one float64 span (``out``: scratch of its length, ``c`` itself allowed): numpy's own pairwise sum,
+    the same bits on every machine and thread count. np.dot was OpenBLAS's ddot, whose summation order follows its thread count (two threads and
     one gave ‖Δ‖² differing in the last bits, so a clipped Δ depended on the host) and which woke its threads at
     every span: 2.19 s for 52M coordinates on 2 busy cores against 0.077 s (benchmarks/round_overhead.md)."""
-    np.multiply(c, c, out=c)
-    return float(c.sum())
+    np.multiply(c, c, out=out)
+    return float(out.sum())
 
 
 def max_abs(x: np.ndarray) -> float:
@@ -331,8 +331,7 @@ def _round_chunk(x: np.ndarray, out: np.ndarray, start: int, m: int, plan: Quant
     lc += u < yc                                               # + 1 with probability frac (to 2^-32)
     # lo is an exact integer in float64; wrap it into the ring: int64 two's complement, then truncate
     out[start : start + m] = lc.astype(np.int64).astype(plan.ring.dtype, casting="unsafe")
-    yc[...] = lc
-    return _span_sq(yc)                                        # ‖q‖² of the chunk (integers, float64 sums)
+    return _span_sq(lc, yc)                                    # ‖q‖² of the chunk (integers, float64 sums)
 
 
 _WINDOW = 64
