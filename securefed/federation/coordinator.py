@@ -533,6 +533,7 @@ class Coordinator:
                 aborted = str(e)
             clock.lap("aggregate")
             dropped = result[3] if result else ()
+        withdraw_model()   # idempotent: also where the round aborted before θ was sent (the memo keeps no 4·P bytes)
         survivors = list(result[1]) if result else []
         # the charge (§4.1 step 6): every holder whose update entered a sum revealed to this process. Under ckks+secagg
         # that is A, not the masked survivors B ⊆ A: a holder of A \ B sent its CKKS part, decrypted into the model.

@@ -458,6 +458,16 @@ def test_h4_the_announced_object_is_not_hashed_again_and_theta_is_announced_as_f
         announce_model(fed.coordinator.outer.params.numpy().astype(np.float64))   # θ is float32 on the wire
 
 
+def test_a_round_that_aborts_before_theta_is_sent_keeps_no_announced_copy(make):
+    """θ_r is announced (copied and hashed) before the Offer; a round whose Offers too few accept ends before θ is
+    sent, and the coordinator's memo of the copy (4·P bytes: 5.3 GB at 1.3b) must go with it, not live on to the
+    next round's announcement."""
+    fed = make(tamper=lambda r, s, h, p: None if (s == Stage.OFFER and h != 1) else p)
+    row = fed.coordinator.run_round(1)
+    assert row["clients_survived"] == 0 and fed.channel.sent(stage=Stage.MODEL) == []
+    assert holder_module._announced is None
+
+
 def test_the_holder_never_writes_into_the_model_it_received(make):
     """The in-process channel hands every holder the coordinator's one θ bytes object, which the holder reads in
     place (no copy): training must leave those bytes as they were, or the next holder would train on another θ."""
