@@ -25,6 +25,7 @@
 #     trained first on the corpus' public text (40M tokens): rows eps8-pub, then eps-inf-pub — one after the other:
 #     side by side (stop 46) the non-private row held 45 GiB and eps8-pub's per-sample embedding gradient ran out of
 #     the H100's memory at its first step. ≈ 85 s of data, 154 s of public model, ≈ 350 + 145 s of rows (stop 46).
+#     PUB_ROWS=8 runs eps8-pub alone (a short lease): its partner is then stop 46's eps-inf-pub (raw run9_pub).
 set -u
 LIMIT=${LIMIT:-560}
 t0=$(date +%s)
@@ -96,7 +97,7 @@ run)
       2dbc) env "${D2[@]}" DP_BC=1 ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d' eps8-bc done $(el)s" ;;
       2dinf) env "${D2[@]}" ROWS="inf" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d inf done $(el)s" ;;
       2dpub) mkdir -p /tmp/sf-dpsgd-pub/b512
-             env "${D2[@]}" PUBLIC_INIT=1 S=/tmp/sf-dpsgd-pub OUT=/tmp/sf-dpsgd-pub/b512 ROWS="8,inf" \
+             env "${D2[@]}" PUBLIC_INIT=1 S=/tmp/sf-dpsgd-pub OUT=/tmp/sf-dpsgd-pub/b512 ROWS="${PUB_ROWS:-8,inf}" \
                bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d from a public init done $(el)s" ;;
       *) echo "unknown job $job (m75h16, m75h16bs, h16, h16s1, h16s2, h16bs, 2d, 2dbc, 2dinf, 2dpub)" ;;
     esac
