@@ -7,8 +7,8 @@
 #   bash benchmarks/gpu/chain.sh start   # installs the wheels, builds the corpus, starts the chain; polls ≤ LIMIT s
 #   bash benchmarks/gpu/chain.sh poll    # polls ≤ LIMIT s more (repeat while the machine stays warm)
 #
-# carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (stop 46's default
-# "h16s2 2dpub": ≈ 1,150 + 735 s; with less, 2dpub's eps8-pub still evaluates every round it reaches):
+# carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (stop 47's default
+# "h16s2 2dbc": ≈ 1,150 + 435 s; 2dbc evaluates every round, so a cut row still pairs with run 8 where it got):
 #   issue 14 (the schedule is fixed by the tokens, so a row cut short still compares at the evaluations it reached):
 #   - m75h16: the 75m IID federated row at H = 16 on the 352.3M-token schedule (5 tokens per parameter, 168 rounds,
 #     Nesterov 0.7 / 0.9, the momentum warmed up over the first quarter, 42; plain aggregation) — against the
@@ -26,6 +26,8 @@
 #     side by side (stop 46) the non-private row held 45 GiB and eps8-pub's per-sample embedding gradient ran out of
 #     the H100's memory at its first step. ≈ 85 s of data, 154 s of public model, ≈ 350 + 145 s of rows (stop 46).
 #     PUB_ROWS=8 runs eps8-pub alone (a short lease): its partner is then stop 46's eps-inf-pub (raw run9_pub).
+#     Stop 47 ran eps8-pub alone (52.01, 3.44x stop 46's eps-inf-pub). 2dpubbc: eps8-bc-pub, DP-AdamBC from the same
+#     public model (≈ 350 s more; reuses 2dpub's public model and data when it runs after 2dpub in one lease).
 set -u
 LIMIT=${LIMIT:-560}
 t0=$(date +%s)
@@ -85,7 +87,7 @@ run)
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
       SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512)
   mkdir -p /tmp/sf-dpsgd/b512
-  for job in ${JOBS:-h16s2 2dpub}; do
+  for job in ${JOBS:-h16s2 2dbc}; do
     case $job in
       m75h16) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 ;;
       m75h16bs) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 PARTITION=by_source ;;
@@ -99,7 +101,10 @@ run)
       2dpub) mkdir -p /tmp/sf-dpsgd-pub/b512
              env "${D2[@]}" PUBLIC_INIT=1 S=/tmp/sf-dpsgd-pub OUT=/tmp/sf-dpsgd-pub/b512 ROWS="${PUB_ROWS:-8,inf}" \
                bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d from a public init done $(el)s" ;;
-      *) echo "unknown job $job (m75h16, m75h16bs, h16, h16s1, h16s2, h16bs, 2d, 2dbc, 2dinf, 2dpub)" ;;
+      2dpubbc) mkdir -p /tmp/sf-dpsgd-pub/b512   # after 2dpub in the same lease: its public model, its rows' partner
+             env "${D2[@]}" PUBLIC_INIT=1 DP_BC=1 S=/tmp/sf-dpsgd-pub OUT=/tmp/sf-dpsgd-pub/b512 ROWS="8" \
+               bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d' from a public init done $(el)s" ;;
+      *) echo "unknown job $job (m75h16, m75h16bs, h16, h16s1, h16s2, h16bs, 2d, 2dbc, 2dinf, 2dpub, 2dpubbc)" ;;
     esac
   done
   echo "chain finished $(el)s"
