@@ -553,9 +553,10 @@ class HolderTrainer:
                 delta = theta.to("cpu")                             # (P,) float32: θ_global − θ_local
         eps = None
         if cfg.dp_sgd.enabled:
-            from securefed.privacy.rdp import clamp_epsilon
+            from securefed.privacy.holder_ledger import record_level_epsilon
 
-            eps = clamp_epsilon(self.accountant.get_epsilon(cfg.dp_sgd.delta))   # ε ≥ 0 (privacy.rdp.eps_from_rdp)
+            # the accountant's own value (ε ≥ 0), computed as the release will sign it: computed once for both
+            eps = record_level_epsilon(self.dp_history(), cfg.dp_sgd.delta)
         return LocalUpdate(self.holder_id, delta, tokens, self.local_steps, float(losses) / self.local_steps, eps)
 
     def state_dict(self) -> dict:
