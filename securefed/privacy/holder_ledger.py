@@ -101,12 +101,13 @@ def holder_epsilon(entries: Sequence[dict], delta: float) -> float:
 def record_level_epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
     """Record-level ε at ``delta`` of the (σ, q, steps) ``history``, by the accountant the holder's DP-SGD optimizer
     steps (Opacus RDP). A pure function of its arguments, remembered: a holder asks it of one history at the end of
-    training and again when it signs the release (and at the Offer under a cap), ≈ 0.1–0.3 s each (Opacus'
-    fractional orders), on the round's critical path."""
+    training and again when it signs the release (and at the Offer under a cap), ≈ 0.1–0.5 s each (Opacus'
+    fractional orders), on the round's critical path; a run's closing verification asks it of every release again
+    (4,096 histories: every holder-round of a 4-holder run of 1,024 rounds, each a few floats)."""
     return _record_level_epsilon(tuple((float(z), float(q), int(n)) for z, q, n in history), float(delta))
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def _record_level_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
     from opacus.accountants import RDPAccountant
 
