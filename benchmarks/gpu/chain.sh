@@ -85,7 +85,7 @@ run)
     env SKIP_CENTRAL=1 START_LIMIT=3000 OUTER=nesterov OUTER_LR=0.7 INNER_RATIO=1.0 OUT=/tmp/sf-lp "$@" \
       bash benchmarks/gpu/long_pair.sh start >> $L/long_pair.log 2>&1; echo "$name done $(el)s"; }
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
-      SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512)
+      SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512 TOKEN_CACHE=/tmp/sf/cache)   # long_pair.sh's token ids
   mkdir -p /tmp/sf-dpsgd/b512
   for job in ${JOBS:-h16s2 2dbc}; do
     case $job in

@@ -49,7 +49,9 @@ S=${S:-/tmp/sf-dpsgd}
 # ($OUT/dpsgd_lm.tgz) beside summary.json and throughput.json; in TINY mode $O is $OUT itself.
 if [ "${TINY:-0}" = 1 ]; then O=$OUT; else O=$S/out; fi
 mkdir -p "$S" "$OUT" "$O"
-export PYTHONUNBUFFERED=1 SECUREFED_CACHE=$S/cache TOKENIZERS_PARALLELISM=true
+# TOKEN_CACHE: where the corpus' token ids are cached (by corpus and tokenizer hash, so rows of any S may share it):
+# benchmarks/gpu/chain.sh points it at long_pair.sh's, so a DP job after an issue-14 job tokenizes nothing again
+export PYTHONUNBUFFERED=1 SECUREFED_CACHE=${TOKEN_CACHE:-$S/cache} TOKENIZERS_PARALLELISM=true
 D=benchmarks/privacy/dpsgd_lm.py
 # DP_UNIT=document|group: the DP rows protect one document (train.dp_sgd.unit, protocols/dp.md §10.2; rows named eps8-document)
 # (every row then holds out the same documents, data.eval_split=independent, so all rows share one eval set).
