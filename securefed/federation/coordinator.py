@@ -508,7 +508,6 @@ class Coordinator:
             clock.lap("secagg_keys")
         if aborted is None:
             self.channel.send(r, Stage.MODEL, {h: theta_bytes for h in participants})
-            withdraw_model()
             weights = self._weights(list(rp.participants))
             spec = round_spec(rp)
             plans = {h: encode(Plan(r, spec, weight=float(weights[h]))) for h in participants}
@@ -533,7 +532,9 @@ class Coordinator:
                 aborted = str(e)
             clock.lap("aggregate")
             dropped = result[3] if result else ()
-        withdraw_model()   # idempotent: also where the round aborted before θ was sent (the memo keeps no 4·P bytes)
+        # θ sent (theta_bytes, held to the end of this call anyway), or the round aborted before it was: either way the
+        # memo must not keep 4·P bytes alive until the next round's announcement
+        withdraw_model()
         survivors = list(result[1]) if result else []
         # the charge (§4.1 step 6): every holder whose update entered a sum revealed to this process. Under ckks+secagg
         # that is A, not the masked survivors B ⊆ A: a holder of A \ B sent its CKKS part, decrypted into the model.

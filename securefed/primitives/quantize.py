@@ -289,9 +289,10 @@ def sum_sq_f64(x: np.ndarray) -> float:
 
 def _span_sq(c: np.ndarray, out: np.ndarray) -> float:
     """Σ c_j² of one float64 span (``out``: scratch of its length, ``c`` itself allowed): numpy's own pairwise sum,
-    the same bits on every machine and thread count. np.dot was OpenBLAS's ddot, whose summation order follows its thread count (two threads and
-    one gave ‖Δ‖² differing in the last bits, so a clipped Δ depended on the host) and which woke its threads at
-    every span: 2.19 s for 52M coordinates on 2 busy cores against 0.077 s (benchmarks/round_overhead.md)."""
+    the same bits on every machine and thread count. np.dot was OpenBLAS's ddot, whose summation order follows its
+    thread count (two threads and one gave ‖Δ‖² differing in the last bits, so a clipped Δ depended on the host) and
+    which woke its threads at every span: 2.19 s for 52M coordinates on 2 busy cores against 0.077 s
+    (benchmarks/round_overhead.md)."""
     np.multiply(c, c, out=out)
     return float(out.sum())
 
