@@ -348,9 +348,9 @@ def cmd_plot(a: argparse.Namespace) -> None:
     plans: dict[str, tuple[str, str]] = {}
     for run in sorted(d for d in raw.iterdir() if d.is_dir()):
         for row, r in sorted(_curves_of_run(run).items()):
-            if not r["points"]:
-                continue
             g = r["args"]
+            if not r["points"] or g.get("cmd") == "pretrain":   # the public initial model: its own text, not an ε row
+                continue
             plan = f"{g['batch']:,} × {g['h'] * g['rounds']}"
             ls, mk = plans.setdefault(plan, (["-", "--", ":", "-."][len(plans) % 4], "osD^vP"[len(plans) % 6]))
             eps = None if g["sigma"] is None else round(r["eps"] or 0)

@@ -137,8 +137,8 @@ def test_a_ray_row_asks_simulate_for_a_quarter_gpu_per_holder_and_central_rows_r
                                 dict(momentum_warmup=28), dict(momentum=0.8, momentum_warmup=28), dict(size="75m"),
                                 dict(size="125m", outer="fedavg")])
 def test_every_row_kind_loads_on_its_preset(kw):
-    """A row's overrides on top of its preset (gpu-20m's own outer optimizer is Nesterov with a 28-round warmup,
-    RESULTS.md (v14)) give a valid config whose outer optimizer is the row's, warmup included."""
+    """A row's overrides on top of its preset (gpu-20m's own outer optimizer is Nesterov with a 56-round warmup,
+    RESULTS.md (B48)) give a valid config whose outer optimizer is the row's, warmup included."""
     from securefed.runtime.config import load_run_config
 
     a = _args(**kw)
