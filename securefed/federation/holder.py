@@ -170,6 +170,7 @@ class _Round:
     ckks_cohort: frozenset[int] = frozenset()
     answered: set[int] = field(default_factory=set)   # release stages already answered (H7)
     trained: bool = False
+    saved: bool = False                       # the trainer's state after this round's training is on disk (H7)
 
 
 class Holder:
@@ -647,7 +648,9 @@ class Holder:
         if self._round is not None and self._round.offer.round == round_index:
             self._end_secagg(self._round)          # C10: whatever the round left, secrets and masks go
             last = round_index >= self.welcomed.rounds
-            if self._round.trained and (round_index % self.cfg.save_every == 0 or last):
+            # a DP-SGD holder's release saved this very state (nothing trains after it): not written twice a round
+            # (trainer.pt holds AdamW's moments, 2·P floats: 186 MB at 20m, 10 GB at 1.3b)
+            if self._round.trained and not self._round.saved and (round_index % self.cfg.save_every == 0 or last):
                 self._save_state()
             self._round = None
 
@@ -961,6 +964,7 @@ class Holder:
                 # restart skips a released round (H7): its accountant must be on disk first, not at the next
                 # checkpoint (an audit lost 4 of 16 steps across a stop with checkpoint_every=2)
                 self._save_state()
+                rs.saved = True
             rl = None
             if getattr(self.trainer, "dp_steps", None) is not None:   # signed with the release (§6)
                 from securefed.privacy.holder_ledger import record_level_entry

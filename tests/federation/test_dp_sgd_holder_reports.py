@@ -72,3 +72,24 @@ def test_a_holder_computes_each_rounds_record_level_epsilon_once_and_signs_the_v
     assert 0 < len(calls) <= len(histories)          # before: 24 here, four per holder and round
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["record_epsilon_max"] == max(signed)
+
+
+def test_a_dp_sgd_holder_writes_its_trainer_state_once_a_round_and_that_write_holds_the_rounds_steps(tmp_path, tiny_run,
+                                                                                                   monkeypatch):
+    """The release writes trainer.pt (the accountant's steps must be on disk before the update leaves, H7); the end of
+    the round wrote the same state again at every checkpoint round (checkpoint_every = 1: every round). trainer.pt
+    holds AdamW's moments (2·P floats: 186 MB at 20m); on the GPU host its write was the DP rows' whole masked-input
+    stage (≈ 0.3 s a holder, benchmarks/RESULTS.md (D48)), so it is written once a round, at the release."""
+    from securefed.runtime import rundir
+
+    writes = []
+    real = rundir.atomic_torch_save
+    monkeypatch.setattr(rundir, "atomic_torch_save",
+                        lambda obj, path: (writes.append((path.parent.name, path.name)), real(obj, path))[1])
+    over = tiny_run + ["federation.n_holders=3", "data.max_sources=3", "federation.rounds=2", "federation.checkpoint_every=1",
+                       "train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=1.0", "train.dp_sgd.delta=1.0e-4"]
+    run = tmp_path / "run"
+    Simulation(load_run_config(overrides=over), run, progress=False, threads_per_holder=1).run()
+    trainer_writes = sorted(w for w in writes if w[1] == "trainer.pt")
+    assert trainer_writes == sorted([(str(h), "trainer.pt") for h in (1, 2, 3)] * 2)   # before: 12 (twice a round)
+    assert all(_steps(run, h) == 2 * 2 for h in (1, 2, 3))        # K = 2 steps × 2 rounds, the last write has both
