@@ -28,6 +28,8 @@
 #     PUB_ROWS=8 runs eps8-pub alone (a short lease): its partner is then stop 46's eps-inf-pub (raw run9_pub).
 #     Stop 47 ran eps8-pub alone (52.01, 3.44x stop 46's eps-inf-pub). 2dpubbc: eps8-bc-pub, DP-AdamBC from the same
 #     public model (≈ 350 s more; reuses 2dpub's public model and data when it runs after 2dpub in one lease).
+#   - 2dlr / 2dpublr: 2d / 2dpub's ε = 8 row at inner lr DP_LR (default 0.01) instead of 3e-3 (rows eps8-lr0.01,
+#     eps8-lr0.01-pub): on the CPU preset DP-SGD's best lr was above the non-private one (RESULTS.md (E48)).
 set -u
 LIMIT=${LIMIT:-560}
 t0=$(date +%s)
@@ -104,7 +106,12 @@ run)
       2dpubbc) mkdir -p /tmp/sf-dpsgd-pub/b512   # after 2dpub in the same lease: its public model, its rows' partner
              env "${D2[@]}" PUBLIC_INIT=1 DP_BC=1 S=/tmp/sf-dpsgd-pub OUT=/tmp/sf-dpsgd-pub/b512 ROWS="8" \
                bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d' from a public init done $(el)s" ;;
-      *) echo "unknown job $job (m75h16, m75h16bs, h16, h16s1, h16s2, h16bs, 2d, 2dbc, 2dinf, 2dpub, 2dpubbc)" ;;
+      2dlr) env "${D2[@]}" DP_LR=${DP_LR:-0.01} ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1
+            echo "2d at lr ${DP_LR:-0.01} done $(el)s" ;;
+      2dpublr) mkdir -p /tmp/sf-dpsgd-pub/b512   # after 2dpub in the same lease, as 2dpubbc
+             env "${D2[@]}" PUBLIC_INIT=1 DP_LR=${DP_LR:-0.01} S=/tmp/sf-dpsgd-pub OUT=/tmp/sf-dpsgd-pub/b512 ROWS="8" \
+               bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d from a public init at lr ${DP_LR:-0.01} done $(el)s" ;;
+      *) echo "unknown job $job (m75h16, m75h16bs, h16, h16s1, h16s2, h16bs, 2d, 2dbc, 2dinf, 2dpub, 2dpubbc, 2dlr, 2dpublr)" ;;
     esac
   done
   echo "chain finished $(el)s"

@@ -61,6 +61,9 @@ U=${DP_UNIT:+-$DP_UNIT}; USET=(); UPREP=(--unit "${DP_UNIT:-sequence}"); [ -n "$
 EVSET=(); [ -n "${DP_UNIT:-}" ] && EVSET=(--set data.eval_split=independent)
 # DP_BC=1: the DP rows with DP-AdamBC (train.dp_sgd.adam_bias_correction, protocols/dp.md §10.6), named eps8-bc, …
 BCS=""; [ "${DP_BC:-0}" = 1 ] && { BCS=-bc; USET+=(--set train.dp_sgd.adam_bias_correction=true); }
+# DP_LR=X: the DP rows at inner lr X instead of 3e-3, the rate tuned without DP (named eps8-lr0.01, …): on the CPU
+# dp-sgd preset DP-SGD's best lr was above the non-private one (benchmarks/RESULTS.md (E48), benchmarks/privacy/dp_lr.sh)
+[ -n "${DP_LR:-}" ] && { BCS=$BCS-lr$DP_LR; USET+=(--lr "$DP_LR"); }
 if [ "${TINY:-0}" = 1 ]; then
   P=${PYTHON:-python3}; export PYTHONPATH=$PWD
   COMMON=(--tiny --batch 16 --micro 8 --h 2 --rounds 2 --runs "$S/runs" "${EVSET[@]}")
