@@ -5,7 +5,7 @@
 #   `securefed simulate --preset dp-sgd` run, two at a time; the public model is public_init.sh's ($PUB, built by
 #   that script first when missing). Then the table: each row's perplexity, and each DP row against the best
 #   non-private row of its init (the tuned baseline), at its own lr and at lr 3e-3.
-# OUT (default /tmp/sf-dp-lr) holds the runs; ≈ 75 s a run on 2 cores, ≈ 16 min for the 24 rows.
+# OUT (default /tmp/sf-dp-lr) holds the runs; ≈ 35 min for the 24 rows on 2 cores (the public-init rows are the slower).
 set -eu
 OUT=${OUT:-/tmp/sf-dp-lr}
 PUB=${PUB:-/tmp/sf-public-init}
