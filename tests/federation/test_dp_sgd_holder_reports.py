@@ -78,8 +78,8 @@ def test_a_dp_sgd_holder_writes_its_trainer_state_once_a_round_and_that_write_ho
                                                                                                    monkeypatch):
     """The release writes trainer.pt (the accountant's steps must be on disk before the update leaves, H7); the end of
     the round wrote the same state again at every checkpoint round (checkpoint_every = 1: every round). trainer.pt
-    holds AdamW's moments (2·P floats: 186 MB at 20m); on the GPU host its write was the DP rows' whole masked-input
-    stage (≈ 0.3 s a holder, benchmarks/RESULTS.md (D48)), so it is written once a round, at the release."""
+    holds AdamW's moments (2·P floats: 186 MB at 20m, ≈ 10 GB at 1.3b; by a CPU measurement its release write is
+    what a DP-SGD round's masked-input stage adds, benchmarks/RESULTS.md (D48)), so it is written once a round."""
     from securefed.runtime import rundir
 
     writes = []
