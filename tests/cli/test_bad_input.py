@@ -51,7 +51,7 @@ def _fake_run(d, preset="demo", *, checkpoint=False, overrides=()):
     (["--set", "federation.n_holders=8", "--set", "federation.clients_per_round=2"],
      "and federation.clients_per_round is 2: every round would abort"),
     (["--preset", "gpu-20m", "--set", "outer.name=fedavg"],   # the preset's Nesterov warmup does not carry over
-     "outer.momentum_warmup=28 ramps the outer momentum, and fedavg has none: use outer.name=nesterov or fedmom, "
+     "outer.momentum_warmup=56 ramps the outer momentum, and fedavg has none: use outer.name=nesterov or fedmom, "
      "or --set outer.momentum_warmup=0"),
 ])
 def test_bad_config(argv, message, tmp_path, capsys):
