@@ -180,7 +180,8 @@ class HolderConfig:
     server_name: str | None = None
     pki: str | None = None
     max_failures: int = 20
-    save_every: int = 1                # save the optimizer state every this many rounds (GBs per save at 1.3B)
+    save_every: int = 1                # save the optimizer state every this many rounds (GBs per save at 1.3B); a
+                                       # DP-SGD holder saves it at every release anyway (H7), and then not again
     # simulation and tests only: secrets from a seed (never with real data), simulated vanishing
     deterministic_secrets: bool = False
     secret_seed: int = 0
