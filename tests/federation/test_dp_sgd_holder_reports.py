@@ -46,9 +46,10 @@ def test_dp_sgd_holders_send_no_loss_and_keep_every_released_step_across_a_stop(
 def test_a_holder_computes_each_rounds_record_level_epsilon_once_and_signs_the_value_it_reported(tmp_path, tiny_run,
                                                                                               monkeypatch):
     """The record-level ε of a round's history is asked at the end of training and again when the release is signed;
-    Opacus computes it in ≈ 0.1–0.3 s (its fractional orders), and on the GPU the second computation was most of the
-    masked-input stage of a DP-SGD round (1.3–2.0 s of 4 in-process holders: benchmarks/RESULTS.md (D47)). It is
-    computed once per distinct history, and the ε each holder reported is the one its ledger signed."""
+    Opacus computes it in ≈ 0.1–0.3 s (its fractional orders); on the CPU the second computation was most of a DP-SGD
+    round's masked-input stage (0.53 → 0.10 s, benchmarks/RESULTS.md (D47); on the GPU that stage is the trainer.pt
+    write, (D48)). It is computed once per distinct history, and the ε each holder reported is the one its ledger
+    signed."""
     from opacus.accountants import RDPAccountant
 
     from securefed.privacy import holder_ledger
