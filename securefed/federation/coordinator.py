@@ -673,6 +673,14 @@ class Coordinator:
         return {"eval_loss": loss, "eval_ppl": math.exp(loss) if loss < 700.0 else math.inf}
 
     # ------------------------------------------------------------------ the end of the run
+    def _simulated_own_ledgers(self) -> dict[int, Path]:
+        """The own ledgers of the roster's holders whose state this run directory keeps (a simulation's
+        holders/<id>/holder.yaml, whatever the backend), which the end record closes (dp.md §7.4); {} for a
+        deployment, whose holders keep their ledgers at their own sites."""
+        base = self.rd.root / "holders"
+        return {h: base / str(h) / "ledger.jsonl" for h in sorted(self.roster.keys)
+                if (base / str(h) / "holder.yaml").is_file()}
+
     def finish(self) -> dict:
         """Run-directory contract: model/ (with its SHA-256), summary.json (the report is the caller's)."""
         from securefed.runtime.export import export_model
@@ -685,7 +693,7 @@ class Coordinator:
         evals = [m for m in self.metrics if "eval_ppl" in m]
         model_sha = file_sha256(self.rd.model / "model.safetensors")
         # the signed end-of-run record (protocols/dp.md §7.4): no more entries follow; the ε is this model's
-        self.privacy.close_run(model_sha256=model_sha)
+        self.privacy.close_run(model_sha256=model_sha, own_ledgers=self._simulated_own_ledgers())
         eps, delta = self.privacy.epsilon_spent()
         summary = {
             "fed_eval_ppl": evals[-1]["eval_ppl"] if evals else None,

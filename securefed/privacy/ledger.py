@@ -31,7 +31,7 @@ from securefed.primitives.keys import IdentityKey, verify_signature
 
 __all__ = ["GENESIS", "SIGNATURE_LABEL", "LedgerError", "LedgerWriteError", "canonical_json", "entry_hash", "read_ledger", "Ledger",
            "signed_message", "entry_signature_ok", "END_FILE", "write_end_record", "read_end_record",
-           "end_record_problems"]
+           "end_record_problems", "own_ledger_heads", "end_record_own_problems"]
 
 GENESIS = "0" * 64
 SIGNATURE_LABEL = b"securefed/privacy-ledger/v1/entry\x00"  # domain separation (protocols/dp.md §7.1)
@@ -235,12 +235,28 @@ def _heads(ledger_dir: Path) -> tuple[int, str, dict[str, dict]]:
     return len(server), (entry_hash(server[-1]) if server else GENESIS), views
 
 
+def own_ledger_heads(paths: dict[int, Path]) -> dict[str, dict]:
+    """{holder: {"entries", "head"}} of the holders' own ledgers at ``paths`` (§7.4: a simulation's
+    holders/<id>/ledger.jsonl; a missing file holds 0 entries). A ledger that does not read (a holder process still
+    writing its line) is left out: the verifier then checks it as before, by itself."""
+    out = {}
+    for h, p in sorted(paths.items()):
+        try:
+            es = read_ledger(p)
+        except LedgerError:
+            continue
+        out[str(h)] = {"entries": len(es), "head": entry_hash(es[-1]) if es else GENESIS}
+    return out
+
+
 def write_end_record(ledger_dir: str | Path, *, run_id: str | None, signer: IdentityKey | None,
-                     model_sha256: str | None = None) -> dict:
+                     model_sha256: str | None = None, own_ledgers: dict[int, Path] | None = None) -> dict:
     """Close the run's ledgers (§7.4): ``end.json`` names how many entries the server ledger and each view
     ledger hold and their heads, and the SHA-256 of the model the run exported (``model_sha256``), signed like the
     entries (its own label). Without it a reader cannot tell a finished run from one whose ledgers were cut back to
-    a signed prefix, nor whose model the ε is. Written atomically."""
+    a signed prefix, nor whose model the ε is. ``own_ledgers``: the holders' own ledgers the coordinator can read
+    (a simulation's), closed in ``"own"`` the same way — a verifier then finds a holder's whole directory deleted,
+    or its ledger's tail cut, although neither needs a key. Written atomically."""
     d = Path(ledger_dir)
     # a run that released nothing still closes a server ledger: an empty one, so that verify and the report find
     # its records (ε = 0) instead of a missing ledger, which they refuse
@@ -250,6 +266,8 @@ def write_end_record(ledger_dir: str | Path, *, run_id: str | None, signer: Iden
     rec = {"version": 1, "kind": "end_of_run", "run_id": run_id, "ledger_entries": n, "ledger_head": head, "views": views}
     if model_sha256 is not None:
         rec["model_sha256"] = model_sha256
+    if own_ledgers:
+        rec["own"] = own_ledger_heads(own_ledgers)
     if signer is not None:
         rec["sig"] = signer.sign(_end_message(rec)).hex()
     tmp = d / (END_FILE + ".tmp")
@@ -263,6 +281,33 @@ def write_end_record(ledger_dir: str | Path, *, run_id: str | None, signer: Iden
         os.close(fd)
     os.replace(tmp, d / END_FILE)
     return rec
+
+
+def end_record_own_problems(rec: dict, owns: dict[int, list[dict]]) -> list[str]:
+    """Why the holders' own ledgers ``owns`` (holder → entries) do not hold what a verified end record closes in
+    ``"own"`` ([] if they do, or if the record has none, as a deployment's or an older run's). Each must begin with
+    exactly the closed entries (a holder process may append after the coordinator closed: a late release is still
+    recorded); a holder closed at 0 entries need not be there (§7.4)."""
+    want_all = rec.get("own")
+    if want_all is None:
+        return []
+    if not isinstance(want_all, dict):
+        return ["has a malformed \"own\" field"]
+    for h in sorted(want_all, key=lambda x: (len(x), x)):
+        want = want_all[h]
+        n, head = (want.get("entries"), want.get("head")) if isinstance(want, dict) else (None, None)
+        if not h.isdigit() or isinstance(n, bool) or not isinstance(n, int) or n < 0 or not isinstance(head, str):
+            return [f"has a malformed \"own\" entry for holder {h!r}"]
+        if n == 0:
+            continue
+        es = owns.get(int(h))
+        if not es:
+            return [f"closes holder {h}'s own ledger at {n} entries, but it is not here (holders/{h}/ledger.jsonl "
+                    "deleted? a ledger kept elsewhere is passed with --holder-ledger)"]
+        if len(es) < n or entry_hash(es[n - 1]) != head:
+            return [f"closes holder {h}'s own ledger at {n} entries (head {head[:16]}…), but it holds {len(es)} "
+                    "that do not begin with them: entries were cut or rewritten"]
+    return []
 
 
 def read_end_record(ledger_dir: str | Path) -> dict | None:

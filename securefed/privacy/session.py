@@ -339,10 +339,12 @@ class PrivacySession:
         self.clip = next_clip
         return {k: decode_floats(v) for k, v in entry.items()}
 
-    def close_run(self, *, model_sha256: str | None = None) -> dict:
-        """Write the signed end-of-run record over every ledger of this session and the exported model
+    def close_run(self, *, model_sha256: str | None = None, own_ledgers: dict | None = None) -> dict:
+        """Write the signed end-of-run record over every ledger of this session, the holders' own ledgers the
+        coordinator can read (``own_ledgers``: holder → path, a simulation's) and the exported model
         (protocols/dp.md §7.4)."""
-        return write_end_record(self.ledger_dir, run_id=self.run_id, signer=self.signer, model_sha256=model_sha256)
+        return write_end_record(self.ledger_dir, run_id=self.run_id, signer=self.signer, model_sha256=model_sha256,
+                                own_ledgers=own_ledgers)
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -37,7 +37,8 @@ from securefed.privacy.events import plan_from_record, round_event
 from securefed.privacy.holder_ledger import (check_holder_entry, hidden_batch_rows, holder_effective_events,
                                              record_level_problem, record_unit)
 from securefed.privacy import witness as W
-from securefed.privacy.ledger import LedgerError, decode_floats, end_record_problems, entry_hash, read_ledger
+from securefed.privacy.ledger import (LedgerError, decode_floats, end_record_own_problems, end_record_problems, entry_hash,
+                                      read_ledger)
 
 __all__ = ["Keys", "Anchor", "Problem", "Verification", "verify_records", "check_server_entries", "check_view_entries",
            "epsilon_if_colluding"]
@@ -719,6 +720,13 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
             owns[int(hid)] = (label, es)
     if not v.problems:
         _check_one_run(server, views, owns, end, v)
+    if not v.problems and isinstance(end, dict):   # verified above: the holders' own ledgers it closes (§7.4)
+        try:
+            bad = end_record_own_problems(end, {h: es for h, (_, es) in owns.items()})
+        except _BAD as err:
+            bad = [f"is malformed ({type(err).__name__}: {err})"]
+        if bad:
+            v.problems.append(Problem("privacy/end.json", None, None, bad[0]))
     if not v.problems:
         for e in server:
             gone = sorted(h for h in e.get("survivors", ()) if isinstance(h, int) and h in own_expected and h not in owns)

@@ -320,3 +320,31 @@ def test_each_holder_its_own_folder_through_simulate(tmp_path, tiny_run, capsys)
     assert [h["sources"] for h in manifest["holders"]] == [[f"holder{i}:ward{i}"] for i in range(4)]   # each its own
     with pytest.raises(ValueError, match="a holder names exactly one path of its own"):
         HolderConfig(holder_id=1, state_dir=str(tmp_path / "s"), data=DataConfig(holder_paths=tuple(paths[:2])))
+
+
+def test_the_end_of_run_record_closes_the_holders_own_ledgers_a_keyless_edit_cannot_drop(tmp_path, tiny_run, capsys):
+    """An audit (stop 49) deleted a simulated holder's whole directory (holders/4/, its holder.yaml with it, so
+    nothing said a ledger was expected there), or cut the last line of a holder's own ledger (its 'settled' entry):
+    neither needs a key, and verify exited 0, stating the remaining holders' record-level ε or a larger own ε.
+    The signed end-of-run record now closes every simulated holder's own ledger (dp.md §7.4): both are caught."""
+    import shutil
+
+    a = tmp_path / "a"
+    assert main(["simulate", "--quiet", "--out", str(a), *[x for t in tiny_run for x in ("--set", t)]]) == 0
+    end = json.loads((a / "privacy" / "end.json").read_text())
+    assert sorted(end["own"]) == ["1", "2", "3", "4"] and all(v["entries"] > 0 for v in end["own"].values())
+    capsys.readouterr()
+    assert main(["verify", str(a)]) == 0
+    for name, tamper in [
+        ("a holder's directory deleted", lambda d: shutil.rmtree(d / "holders" / "4")),
+        ("the last entry of a holder's own ledger cut", lambda d: (d / "holders" / "1" / "ledger.jsonl").write_text(
+            "".join((d / "holders" / "1" / "ledger.jsonl").read_text().splitlines(keepends=True)[:-1]))),
+    ]:
+        b = tmp_path / name.replace(" ", "_").replace("'", "")
+        shutil.copytree(a, b)
+        tamper(b)
+        capsys.readouterr()
+        assert main(["verify", str(b)]) == 1, name
+        err = capsys.readouterr().err
+        assert "privacy/end.json" in err and "own ledger" in err, (name, err)
+        assert main(["report", str(b)]) == 1, name
