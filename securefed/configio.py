@@ -20,7 +20,7 @@ import yaml
 T = TypeVar("T")
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")   # 1e-6, 2.5E3: a number in YAML 1.2 and JSON
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "load_yaml", "dump_yaml", "override"]
+__all__ = ["ConfigError", "from_dict", "to_dict", "parse_yaml", "load_yaml", "dump_yaml", "override"]
 
 
 class ConfigError(ValueError):
@@ -130,6 +130,16 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, the one YAML parse of securefed: every way ``text`` cannot be parsed is a
+    ``yaml.YAMLError`` — a document nested deeper than the parser can recurse ("[" * 100000) included, which
+    ``safe_load`` lets out as a RecursionError — so a caller's one ``except yaml.YAMLError`` covers it."""
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply for the YAML parser") from None
+
+
 def override(data: dict, dotted: str) -> None:
     """Apply one ``a.b.c=value`` override (value parsed as YAML) to a nested dict in place."""
     if "=" not in dotted:
@@ -145,9 +155,10 @@ def override(data: dict, dotted: str) -> None:
             raise ConfigError(f"override {dotted!r}: {p} is not a section")
         node = nxt
     try:
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_yaml(raw)
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {dotted!r}: the value is not valid YAML ({_yaml_problem(e)}); put a "
+        shown = dotted if len(dotted) <= 80 else dotted[:60] + "…"   # a 100 kB value is not echoed whole
+        raise ConfigError(f"override {shown!r}: the value is not valid YAML ({_yaml_problem(e)}); put a "
                           "string value in quotes") from None
 
 
@@ -160,15 +171,17 @@ def load_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file {p} is not UTF-8 text; name a YAML file") from None
     except OSError as e:
         raise ConfigError(f"config file {p} cannot be read ({e.strerror or type(e).__name__})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML ({_yaml_problem(e)})") from None
+    if data is None:   # an empty file (or only comments): no settings
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        raise ConfigError(f"config file {p} must hold a mapping at the top level, not {type(data).__name__}")
     return data
 
 

@@ -237,11 +237,12 @@ class Coordinator:
         config.yaml, keeping its versions line; anything else was refused before the run started (check_out_dir)."""
         import yaml
 
+        from securefed.configio import parse_yaml
         from securefed.runtime.config import RESUME_MAY_CHANGE, config_differences
 
         try:
             text = self.rd.config.read_text()
-            old = yaml.safe_load(text)
+            old = parse_yaml(text)
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             return          # (check_out_dir refused an unreadable config.yaml; a harness resumes without one)
         changed = [d for d in config_differences(old if isinstance(old, dict) else {}, to_dict(self.cfg))

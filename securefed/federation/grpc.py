@@ -11,7 +11,6 @@ Exit codes of a holder: ``EXIT`` below, as protocols/transport.md §10 lists the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -330,6 +329,21 @@ class _Resume(Exception):
         self.round, self.stage, self.why = r, stage, why
 
 
+def _wait_info(payload: bytes) -> dict:
+    """A WAIT frame's JSON object (transport.md §5: its reason, next_round, why, after_round); anything else the
+    coordinator sends — not UTF-8, not strict JSON, nested too deeply, not an object — is a FrameError: the
+    holder trusts nothing it is sent, and its connection loop treats it as a failed attempt."""
+    if not payload:
+        return {}
+    try:
+        info = jsonio.loads(bytes(payload).decode("utf-8"))
+    except ValueError as e:   # UnicodeDecodeError, json.JSONDecodeError; too deep a nesting (jsonio.loads)
+        raise FrameError(f"the coordinator's WAIT payload is not JSON ({type(e).__name__}: {e})"[:200]) from None
+    if not isinstance(info, dict):
+        raise FrameError(f"the coordinator's WAIT payload is not a JSON object (got {type(info).__name__})")
+    return info
+
+
 def _round(holder, tc, r: int, s: int, sent: _Sent) -> int:
     """One round as the coordinator drives it: fetch the next stage message, handle it, reply.
     Returns the next round to ask for. A dropped connection raises _Resume(r, s): the holder comes
@@ -349,7 +363,7 @@ def _round(holder, tc, r: int, s: int, sent: _Sent) -> int:
                 raise
             raise _Resume(r, s, f"fetch failed: {e.code() if hasattr(e, 'code') else e}") from None
         if f.kind == Kind.WAIT:
-            info = json.loads(f.payload.decode("utf-8")) if f.payload else {}
+            info = _wait_info(f.payload)
             why = info.get("reason")
             if why in ("not_open", "not_yet"):
                 continue

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from securefed import jsonio
 from securefed.ckks.holder import HolderRole, expected_leader
 from securefed.ckks.keyshare import HolderPublic, HolderSecrets, KeyShareError
 from securefed.ckks.messages import AggregateMsg, KeyAdvertMsg, KeyShareMsg
@@ -421,8 +422,8 @@ class Holder:
         if not p.exists():
             return None
         try:
-            st = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            st = jsonio.loads(p.read_text(encoding="utf-8"), legacy=True)   # (written by json.dumps below)
+        except (OSError, ValueError) as e:   # UnicodeDecodeError, JSONDecodeError, nested too deeply, a duplicate key
             raise HolderStateError(f"{p} cannot be read ({type(e).__name__}: {e}); restore it from a backup") from None
         ok = isinstance(st, dict) and st.get("version") in (1, STATE_VERSION) and isinstance(st.get("run_id"), str) \
             and isinstance(st.get("next_round"), int) and not isinstance(st.get("next_round"), bool)

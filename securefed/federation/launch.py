@@ -97,7 +97,12 @@ def run_grpc(cfg, rd: RunDir, configs: dict, *, progress, stop_after_round: int 
                     _kill_group(p)
     if stop_after_round is not None and not rd.summary.exists():
         return {"stopped_after_round": stop_after_round}
-    summary = json.loads(rd.summary.read_text())
+    try:
+        summary = jsonio.read_json(rd.summary)
+    except (OSError, jsonio.JSONFileError) as e:
+        raise LaunchError(f"the run ended but its summary cannot be read: {e}") from None
+    if not isinstance(summary, dict):
+        raise LaunchError(f"the run ended but {rd.summary} does not hold a JSON object")
     if rc == 5:
         summary["stopped"] = "too few holders"
     return summary
@@ -146,12 +151,9 @@ def _wait_port(status: Path, server: subprocess.Popen, log: Path, timeout: float
         if server.poll() is not None:
             raise LaunchError(f"the coordinator exited with code {server.returncode} before listening; its log "
                               f"({log}) ends:\n{_tail(log)}")
-        try:
-            port = json.loads(status.read_text()).get("port")
-            if isinstance(port, int) and port > 0:
-                return port
-        except (OSError, ValueError):
-            pass
+        port = (_read_status(status) or {}).get("port")   # None while it is absent, torn or not an object
+        if isinstance(port, int) and not isinstance(port, bool) and port > 0:
+            return port
         time.sleep(0.2)
     raise LaunchError(f"the coordinator did not start listening within {timeout:.0f}s; its log ({log}) ends:\n{_tail(log)}")
 

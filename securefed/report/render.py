@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from securefed import jsonio
+from securefed.configio import parse_yaml
 from securefed.privacy.ledger import LedgerError, entry_hash, read_ledger
 from securefed.report import header, privacy_checks, rounds, text
 from securefed.runtime.health import PPL_OVERFLOW
@@ -59,7 +60,7 @@ def _config(path: Path) -> tuple[dict, dict]:
         return {}, {}
     raw = path.read_text(encoding="utf-8", errors="replace")
     try:
-        config = yaml.safe_load(raw)
+        config = parse_yaml(raw)
     except yaml.YAMLError as e:
         raise ReportInputError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if config is not None and not isinstance(config, dict):

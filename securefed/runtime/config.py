@@ -17,7 +17,7 @@ from typing import Literal
 # Only config modules here: this file must import without torch, transformers, lightning or tenseal,
 # so that `securefed simulate` refuses a bad config at once (tests/runtime/test_config_fast.py).
 from securefed.ckks.routing import RoutingPolicy
-from securefed.configio import ConfigError, from_dict, load_yaml, override
+from securefed.configio import ConfigError, from_dict, load_yaml, override, parse_yaml
 from securefed.privacy.config import DPConfig
 from securefed.secagg.config import SecAggConfig
 from securefed.training.config import OuterConfig, TrainConfig, get_preset
@@ -207,7 +207,13 @@ def load_run_config(*, preset: str | None = "demo", config_file: str | Path | No
         import yaml
 
         text = resources.files("securefed.presets").joinpath(f"{preset}.yaml").read_text()
-        data = yaml.safe_load(text) or {}
+        try:
+            data = parse_yaml(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"run preset {preset!r} is not valid YAML ({e}); reinstall securefed") from None
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"run preset {preset!r} must hold a mapping at the top level; reinstall securefed")
     if config_file:
         data = _merge(data, load_yaml(config_file))
     for o in overrides:

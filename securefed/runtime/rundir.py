@@ -205,13 +205,14 @@ def describe_run(path: str | Path) -> str:
     needs to recognise an existing run directory."""
     import yaml
 
+    from securefed.configio import parse_yaml
     from securefed.runtime.config import closest_preset
 
     cfg = Path(path) / "config.yaml"
     if not cfg.is_file():
         return "no config.yaml"
     try:
-        data = yaml.safe_load(cfg.read_text())
+        data = parse_yaml(cfg.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         return f"config.yaml unreadable: {type(e).__name__}"
     if not isinstance(data, dict):
@@ -282,14 +283,19 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
         return
     import yaml
 
+    from securefed.configio import parse_yaml
     from securefed.runtime.config import RESUME_MAY_CHANGE, config_differences
 
     try:
-        old = yaml.safe_load(RunDir(root).config.read_text())
+        old = parse_yaml(RunDir(root).config.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise RunDirError(f"--resume: {root}/config.yaml cannot be read ({type(e).__name__}); the run cannot be "
-                          "checked against this config") from None
-    diff = [d for d in config_differences(old if isinstance(old, dict) else {}, resolved)
+        raise RunDirError(f"--resume: {root}/config.yaml cannot be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'no detail'}); the run cannot be checked against "
+                          "this config") from None
+    if not isinstance(old, dict):   # fail closed: a run whose settings cannot be read is never resumed as if it matched
+        raise RunDirError(f"--resume: {root}/config.yaml does not hold a mapping (got {type(old).__name__}); the run "
+                          "cannot be checked against this config")
+    diff = [d for d in config_differences(old, resolved)
             if d[0] not in RESUME_MAY_CHANGE]   # deadlines and streaming: the coordinator records the change
     if diff:
         first = ("model", "privacy", "aggregation", "federation", "data", "train", "outer")  # what matters most first

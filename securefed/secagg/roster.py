@@ -15,6 +15,8 @@ from types import MappingProxyType
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from securefed import jsonio
+from securefed.configio import parse_yaml
 from securefed.primitives.keys import KEY_BYTES, MAX_HOLDER_ID, IdentityKey
 
 __all__ = ["Roster", "RosterError"]
@@ -93,10 +95,13 @@ class Roster:
     @classmethod
     def load(cls, path: str | Path) -> "Roster":
         p = Path(path)
-        text = p.read_text()
         try:
-            data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise RosterError(f"roster file {p} is not UTF-8 text") from None
+        try:   # strict JSON (no duplicate key, no NaN); any parse failure, too deep a nesting included, is one error
+            data = jsonio.loads(text) if p.suffix == ".json" else parse_yaml(text)
+        except (ValueError, yaml.YAMLError) as e:   # json.JSONDecodeError is a ValueError
             raise RosterError(f"roster file {p} does not parse: {e}") from None
         return cls.from_dict(data)
 

@@ -15,7 +15,6 @@ the roster, else the call ends with PERMISSION_DENIED and one generic message (n
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -232,10 +231,10 @@ def parse_json(data: bytes, what: str) -> dict:
     """A bounded JSON object; ValueError otherwise."""
     if not isinstance(data, bytes) or len(data) > MAX_JSON:
         raise ValueError(f"{what}: not bytes or larger than {MAX_JSON}")
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError(f"{what}: not JSON") from None
+    try:   # strict (no duplicate key, no NaN); nested too deeply for the parser is a ValueError too (jsonio.loads)
+        obj = jsonio.loads(data.decode("utf-8"))
+    except ValueError as e:   # UnicodeDecodeError and json.JSONDecodeError are ValueErrors
+        raise ValueError(f"{what}: not JSON ({type(e).__name__}: {e})"[:200]) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{what}: not a JSON object")
     return obj

@@ -20,6 +20,8 @@ from pathlib import Path, PurePosixPath
 
 from transformers import PreTrainedTokenizerFast
 
+from securefed import jsonio
+
 from .documents import (
     CORPUS_MANIFEST,
     DataError,
@@ -124,9 +126,10 @@ def corpus_stats(
     p = Path(path).expanduser()
     if p.is_dir() and (p / CORPUS_MANIFEST).is_file():
         try:
-            manifest = json.loads((p / CORPUS_MANIFEST).read_text(encoding="utf-8"))
-        except ValueError as e:
+            manifest = jsonio.loads((p / CORPUS_MANIFEST).read_text(encoding="utf-8"), legacy=True)
+        except ValueError as e:   # not UTF-8, not JSON, nested too deeply, a duplicate key
             raise DataError(f"{p / CORPUS_MANIFEST} is not valid JSON: {e}") from None
-        if isinstance(manifest, dict):
-            manifest["content_hash_ok"] = manifest.get("content_hash") == content_hash(docs)
+        if not isinstance(manifest, dict):
+            raise DataError(f"{p / CORPUS_MANIFEST} does not hold a JSON object (got {type(manifest).__name__})")
+        manifest["content_hash_ok"] = manifest.get("content_hash") == content_hash(docs)
     return rows, manifest

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import os
 import re
 import unicodedata
@@ -27,6 +26,8 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from securefed import jsonio
 
 from .textfiles import TEXT_SUFFIXES, DataError, NotText, encoding_of, read_text, say_left_out, shown, walk_files
 
@@ -132,9 +133,9 @@ def _load_directory(root: Path, strict: bool = True) -> tuple[list[Document], in
 def _manifest_order(root: Path) -> list[str]:
     """Source order recorded by ``securefed corpus build`` (empty when there is no manifest)."""
     try:
-        data = json.loads((root / CORPUS_MANIFEST).read_text(encoding="utf-8"))
-        sources = data["sources"]
-    except (OSError, ValueError, KeyError, TypeError):
+        data = jsonio.loads((root / CORPUS_MANIFEST).read_text(encoding="utf-8"), legacy=True)
+        sources = data["sources"] if isinstance(data, dict) else None
+    except (OSError, ValueError, KeyError):   # ValueError: not UTF-8, not JSON, nested too deeply (jsonio.loads)
         return []
     return [s for s in sources if isinstance(s, str)] if isinstance(sources, (list, dict)) else []
 
@@ -212,9 +213,9 @@ def _load_jsonl(path: Path, text_field: str, unit_field: str | None = None) -> t
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+            obj = jsonio.loads(line, legacy=True)   # legacy: a bare NaN in a record stays readable, as before
+        except ValueError as e:   # json.JSONDecodeError; nested too deeply or a duplicate key (jsonio.loads)
+            raise DataError(f"{path}, line {lineno}: not valid JSON ({getattr(e, 'msg', e)})") from None
         if not isinstance(obj, dict) or text_field not in obj:
             keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
             raise DataError(
