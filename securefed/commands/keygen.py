@@ -30,10 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from securefed.federation.holder_config import demo_holder_config_paths, write_demo_holder_configs
+    from securefed.federation.holder_config import check_server_address, demo_holder_config_paths, write_demo_holder_configs
     from securefed.transport.pki import make_demo_pki
 
     try:
+        if args.holder_configs:
+            check_server_address(args.server, "--server")
         if args.holder_configs and args.holders > 0:   # every refusal before the first key is written
             demo_holder_config_paths(args.holder_configs, holders=args.holders)
         lay = make_demo_pki(args.dir, holders=args.holders, server_names=tuple(args.server_name))

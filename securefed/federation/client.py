@@ -16,7 +16,8 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
     """Load and check this holder's own config, its keys and data, then take part; an exit code."""
     from securefed.configio import ConfigError
     from securefed.federation.holder import Holder, HolderStateError
-    from securefed.federation.holder_config import HolderConfigError, check_holder_config, load_holder_config
+    from securefed.federation.holder_config import (HolderConfigError, check_holder_config, check_server_address,
+                                                    load_holder_config)
     from securefed.runtime.rundir import WriteError
     from securefed.secagg import Roster, RosterError
     from securefed.training.data import DataError
@@ -30,6 +31,8 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
     try:
         cfg = load_holder_config(config, overrides)
         check_holder_config(cfg, deployment=True, simulation=simulation)
+        if server is not None:
+            check_server_address(server, "--server")
         lay = Layout(cfg.pki)
         d = lay.holder_dir(cfg.holder_id)
         if holder_id_from_cert((d / "cert.pem").read_bytes()) != cfg.holder_id:

@@ -199,8 +199,11 @@ class HolderConfig:
         # own path, so the list has one per holder (`securefed simulate --set data.holder_paths=[...]`, README)
         if self.data.holder_paths and len(self.data.holder_paths) != self.n_shards:
             raise ValueError("data.holder_paths: a holder names exactly one path of its own" if self.n_shards == 1 else
-                             f"data.holder_paths lists {len(self.data.holder_paths)} paths for {self.n_shards} holders: "
-                             "one path per holder")
+                             f"data.holder_paths lists {len(self.data.holder_paths)} path(s) for n_shards = {self.n_shards} "
+                             f"holders: one path per holder"
+                             + ("; a holder naming its own data (one path) removes shard and n_shards, which pick its share "
+                                "of the starter config's stdlib corpus (`securefed keygen --holder-configs` writes them)"
+                                if len(self.data.holder_paths) == 1 else ""))
         if self.dp_sgd.enabled and self.dp_sgd.unit == "group" and self.data.unit_field is None:
             # here, at config load, not after joining a run and reading the data (protocols/dp.md §10.2)
             raise ValueError("dp_sgd.unit=group needs data.unit_field: the JSONL field or Parquet column naming whom "
@@ -223,9 +226,26 @@ def load_holder_config(path: str | Path, overrides: tuple[str, ...] | list[str] 
         raise HolderConfigError(f"holder config {path}: {e}") from None
 
 
+def check_server_address(addr: object, what: str = "server") -> str:
+    """``addr`` if it is HOST:PORT (a name, an IPv4 address or a bracketed IPv6 one, port 1-65535); HolderConfigError
+    otherwise. A newcomer's ``--server localhost`` was taken, and the holder then retried a target gRPC could not
+    parse for 20 minutes."""
+    text = addr if isinstance(addr, str) else ""
+    host, sep, port = text.rpartition(":")
+    ok = bool(sep) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535 and bool(host) and not any(
+        c.isspace() or c == "/" for c in host)
+    if ok and ":" in host:    # IPv6 needs its brackets: [::1]:50051
+        ok = host.startswith("[") and host.endswith("]") and len(host) > 2
+    if not ok:
+        raise HolderConfigError(f"{what} {addr!r} is not HOST:PORT (e.g. coordinator.example.org:50051, "
+                                "127.0.0.1:50051 or [::1]:50051)")
+    return text
+
+
 def check_holder_config(cfg: HolderConfig, *, deployment: bool, simulation: bool = False) -> None:
     """Files this holder needs exist (before anything is sent); HolderConfigError otherwise."""
     if deployment:
+        check_server_address(cfg.server)
         if not cfg.pki:
             raise HolderConfigError("pki: a deployed holder needs its key directory (securefed keygen layout)")
         d = Path(cfg.pki) / "holders" / str(cfg.holder_id)

@@ -176,6 +176,9 @@ class RunDir:
 
     def create(self, *, resume: bool) -> None:
         if self.root.exists() and any(self.root.iterdir()) and not resume:
+            if self.checkpoint_file.exists() and _finished(self.root, False):   # --resume would refuse it too
+                raise FileExistsError(f"{self.root} holds a finished run: choose another --out (`securefed report` and "
+                                      "`securefed verify` read it)")
             if self.checkpoint_file.exists():
                 raise FileExistsError(f"{self.root} holds an earlier run: pass --resume to continue it, or choose another --out")
             raise FileExistsError(f"{self.root} exists and is not empty: choose another --out")
@@ -265,8 +268,12 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
         raise RunDirError(f"--out {root} is a file, not a directory; choose a new --out")
     if not resume:
         if root.is_dir() and any(root.iterdir()):
+            if is_run_dir(root) and _finished(root, runs_baseline):   # a walkthrough followed the hint: --resume refused it
+                raise RunDirError(f"{root} holds a finished run ({describe_run(root)}); choose a new --out (`securefed "
+                                  f"report {root}` and `securefed verify {root}` read it)")
             if is_run_dir(root):
-                raise RunDirError(f"{root} holds another run ({describe_run(root)}); choose a new --out or --resume")
+                raise RunDirError(f"{root} holds another run ({describe_run(root)}); choose a new --out, or --resume "
+                                  "to continue it")
             raise RunDirError(f"{root} exists and is not empty (and holds no securefed run); choose a new --out")
         return
     if not root.is_dir():
@@ -302,8 +309,8 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
         diff.sort(key=lambda d: (first.index(d[0].split(".")[0]) if d[0].split(".")[0] in first else len(first), d[0]))
         shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:5])
         shown = f"{len(diff)} settings differ: {shown}" + (" ..." if len(diff) > 5 else "")
-        raise RunDirError(f"{root} holds another run ({describe_run(root)}); choose a new --out, or --resume with "
-                          f"that run's settings ({shown})")
+        raise RunDirError(f"--resume: {root} holds a run ({describe_run(root)}) made with other settings; resume it with "
+                          f"that run's settings ({shown}), or choose a new --out")
 
 
 def file_sha256(path: str | Path) -> str | None:

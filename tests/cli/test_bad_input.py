@@ -4,6 +4,7 @@
 import json
 import os
 import subprocess
+import time
 import sys
 
 import pytest
@@ -84,8 +85,22 @@ def test_reused_out_holding_another_run(tmp_path, capsys):
     before = _files(run)
     assert main(["simulate", "--out", str(run)]) == 2
     err = capsys.readouterr().err
-    assert f"securefed simulate: {run} holds another run (preset dp); choose a new --out or --resume" in err
+    assert f"securefed simulate: {run} holds another run (preset dp); choose a new --out, or --resume to continue it" in err
     assert "ledger entry" not in err and _files(run) == before
+
+
+def test_reused_out_holding_a_finished_run_does_not_suggest_resume(tmp_path, capsys):
+    """A newcomer's walkthrough (stop 49): `simulate --out` on a finished run said "choose a new --out or --resume",
+    and --resume then refused it as finished. A finished run is now named as such, and --resume is not offered."""
+    run = _fake_run(tmp_path / "runs" / "done", checkpoint=True)
+    (run / "summary.json").write_text('{"rounds": 1}\n')
+    before = _files(run)
+    assert main(["simulate", "--out", str(run), "--set", "baseline=false"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} holds a finished run (preset demo" in err and "choose a new --out" in err and "--resume" not in err, err
+    assert main(["simulate", "--out", str(run), "--set", "baseline=false", "--resume"]) == 2
+    assert "holds a finished run" in capsys.readouterr().err
+    assert _files(run) == before
 
 
 def test_reused_out_names_the_changes_to_its_preset(tmp_path, capsys):
@@ -98,7 +113,7 @@ def test_resume_under_other_settings_is_refused(tmp_path, capsys):
     run = _fake_run(tmp_path / "c", checkpoint=True)
     assert main(["simulate", "--out", str(run), "--resume", "--preset", "dp"]) == 2
     err = capsys.readouterr().err
-    assert f"{run} holds another run (preset demo); choose a new --out, or --resume with that run's settings" in err
+    assert f"--resume: {run} holds a run (preset demo) made with other settings; resume it with that run's settings" in err
     assert "privacy.mode: 'none' there, 'distributed' now" in err
 
 
@@ -390,3 +405,57 @@ def test_a_holders_folder_is_read_exactly_or_refused_naming_the_file(make, messa
     err = capsys.readouterr().err
     assert err.startswith(f"securefed simulate: {data}/") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("address", ["localhost", "127.0.0.1:notaport", "nohostport", "host:0", "host:70000", ":50051",
+                                     "::1:50051", "http://host:50051"])
+def test_a_server_address_that_is_not_host_port_is_one_error_before_anything_is_sent(tmp_path, capsys, monkeypatch,
+                                                                                       fed_cache, address):
+    """A newcomer's walkthrough (stop 49): `securefed client --server localhost` was taken, and the holder retried a
+    target gRPC could not use for about 20 minutes (20 failures of 60 s); `keygen --server nohostport` exited 0 and
+    wrote it into every holder config. Both now refuse it at once (exit 2), naming the form."""
+    from securefed import cli
+
+    monkeypatch.setattr(cli, "COMMANDS", tuple(dict.fromkeys((*cli.COMMANDS, "keygen", "client"))))
+    assert main(["keygen", str(tmp_path / "pki"), "--holders", "1"]) == 0
+    assert main(["keygen", str(tmp_path / "pki2"), "--holders", "1", "--holder-configs", str(tmp_path / "hc"),
+                 "--server", address]) == 2
+    assert not (tmp_path / "hc").exists() and not (tmp_path / "pki2").exists()
+    (tmp_path / "h.yaml").write_text(yaml.safe_dump({
+        "holder_id": 1, "state_dir": str(tmp_path / "state"), "pki": str(tmp_path / "pki"), "max_failures": 0,
+        "data": {"vocab_size": 512, "seq_len": 32, "cache_dir": fed_cache}}))
+    capsys.readouterr()
+    t0 = time.monotonic()
+    assert main(["client", "--config", str(tmp_path / "h.yaml"), "--server", address]) == 2
+    err = capsys.readouterr().err
+    assert f"--server {address!r} is not HOST:PORT" in err and "Traceback" not in err, err
+    assert time.monotonic() - t0 < 30
+    (tmp_path / "h2.yaml").write_text(yaml.safe_dump({**yaml.safe_load((tmp_path / "h.yaml").read_text()), "server": address}))
+    assert main(["client", "--config", str(tmp_path / "h2.yaml")]) == 2
+    assert f"server {address!r} is not HOST:PORT" in capsys.readouterr().err
+
+
+def test_server_out_holding_a_finished_run_does_not_suggest_resume(tmp_path):
+    """The same for `securefed server --out` (RunDir.create): "holds an earlier run: pass --resume" of a finished run."""
+    from securefed.runtime.rundir import RunDir
+
+    run = _fake_run(tmp_path / "net", checkpoint=True)
+    with pytest.raises(FileExistsError, match="holds an earlier run: pass --resume"):
+        RunDir(run).create(resume=False)
+    (run / "summary.json").write_text('{"rounds": 1}\n')
+    with pytest.raises(FileExistsError) as e:
+        RunDir(run).create(resume=False)
+    assert "holds a finished run: choose another --out" in str(e.value) and "--resume" not in str(e.value)
+
+
+def test_a_starter_holder_config_given_its_own_data_path_says_to_drop_the_shard(tmp_path):
+    """A newcomer's walkthrough (stop 49): keygen's starter holder-3.yaml (shard 2 of n_shards 4, the stdlib demo) with
+    data.holder_paths set to the holder's own file, as the README shows, said only "lists 1 paths for 4 holders"."""
+    from securefed.federation.holder_config import load_holder_config
+
+    (tmp_path / "notes.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "h.yaml").write_text(yaml.safe_dump({"holder_id": 3, "state_dir": str(tmp_path / "s"), "shard": 2,
+                                                     "n_shards": 4, "data": {"holder_paths": [str(tmp_path / "notes.jsonl")]}}))
+    with pytest.raises(ValueError) as e:
+        load_holder_config(str(tmp_path / "h.yaml"))
+    assert "1 path(s) for n_shards = 4 holders" in str(e.value) and "removes shard and n_shards" in str(e.value)

@@ -251,8 +251,8 @@ def test_resume_under_other_settings_names_them_and_touches_nothing(done, tmp_pa
     stamp = {p: p.stat().st_mtime_ns for p in run.root.rglob("*")}
     assert _server(run, "--resume", "--set", "federation.rounds=5", "--set", "data.vocab_size=1024") == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"securefed server: {run.root} holds another run")
-    assert ("--resume with that run's settings (2 settings differ: federation.rounds: 1 there, 5 now; "
+    assert err.startswith(f"securefed server: --resume: {run.root} holds a run")
+    assert ("made with other settings; resume it with that run's settings (2 settings differ: federation.rounds: 1 there, 5 now; "
             "data.vocab_size: 512 there, 1024 now)") in err
     assert {p: p.stat().st_mtime_ns for p in run.root.rglob("*")} == stamp
 
