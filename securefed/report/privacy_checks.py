@@ -36,7 +36,10 @@ def load_keys(run_dir: Path) -> Keys | None:
     p = Path(run_dir) / "privacy" / "keys.json"
     if not p.is_file():
         return None
-    return Keys.from_json(json.loads(p.read_text()))
+    try:     # strict: a duplicate key (dp.md §7.3 (7)) or a too-deep document is refused, never read either way
+        return Keys.from_json(jsonio.loads(p.read_text(encoding="utf-8")))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
 
 
 def _checkpoint_anchor(path: Path) -> Anchor | None:
@@ -322,8 +325,8 @@ def preflight_blocks(run_dir: Path, aggregation: str | None = None) -> list | No
     if not p.is_file():
         return None
     try:
-        d = json.loads(p.read_text())
-    except json.JSONDecodeError:
+        d = jsonio.loads(p.read_text(encoding="utf-8"), legacy=True)
+    except (ValueError, OSError):           # JSONDecodeError, UnicodeDecodeError, too deep, a duplicate key
         return ["preflight.json is not valid JSON."]
     if not isinstance(d, dict):
         return ["preflight.json is malformed."]
@@ -359,8 +362,8 @@ def apply_verification(run: dict, v: Verification) -> None:
     report_json = Path(run["run_dir"]) / "report" / "report.json"
     if report_json.is_file():  # keep an earlier report's anchor, so re-rendering does not launder the tampering
         try:
-            earlier = json.loads(report_json.read_text()).get("ledger_head")
-        except (json.JSONDecodeError, AttributeError):
+            earlier = jsonio.read_json(report_json, legacy=True).get("ledger_head")
+        except (ValueError, AttributeError):    # JSONFileError (a ValueError): not JSON, too deep; not an object
             earlier = None
     led["ok"] = False
     led["error"] = led.get("error") or v.banner()
@@ -408,7 +411,7 @@ def plain_words(run: dict, facts: dict) -> list[str]:
     manifest = run_dir / "data_manifest.json"
     if manifest.is_file():
         try:
-            hs = json.loads(manifest.read_text()).get("holders")
+            hs = jsonio.loads(manifest.read_text(encoding="utf-8"), legacy=True).get("holders")
             # unit=document: the holder's training documents (an upper bound on those with a row: δ ≤ 1/N is
             # checked no looser than the holders' own check)
             key = {"document": "documents", "group": "groups"}.get((train.get("dp_sgd") or {}).get("unit"), "sequences")

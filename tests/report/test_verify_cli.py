@@ -280,6 +280,26 @@ def test_a_duplicate_key_is_refused_not_read_either_way(signed_run, capsys):
     assert code_r == 2 and "summary.json" in out_r and "duplicate key 'epsilon'" in out_r
 
 
+@pytest.mark.parametrize("text, said", [
+    ("[" * 100000, "nested too deeply"),
+    (None, "duplicate key 'coordinator'"),
+])
+def test_a_keys_json_too_deep_or_with_a_duplicate_key_is_one_clear_problem(signed_run, capsys, text, said):
+    """A review (stop 49): privacy/keys.json of "[" × 100,000 ended verify and report in a RecursionError traceback
+    (load_keys caught ValueError only), and one with a second "coordinator" key was read (the last one wins), though
+    dp.md §7.3 (7) refuses a duplicate key wherever securefed reads JSON. Both are now one problem naming keys.json."""
+    p = signed_run / "privacy" / "keys.json"
+    if text is None:    # the first key is the real one: a reader taking the last would check another
+        d = json.loads(p.read_text())
+        text = p.read_text()[:-1] + f', "coordinator": "{"ab" * 32}"}}'
+        assert d["coordinator"] != "ab" * 32
+    p.write_text(text)
+    code_v, out_v, code_r, out_r = _run_both(signed_run, capsys)
+    assert code_v == 1 and code_r == 1, (out_v, out_r)
+    for out in (out_v, out_r):
+        assert "Traceback" not in out and "privacy/keys.json" in out and said in out, out
+
+
 def _coordinator_rewrites(rd, coord, keep):
     """What a coordinator holding its own key can write: its ledger and its views of the holders, each entry filtered
     (and edited) by ``keep(path, entry)``; every ε recomputed from the kept events, re-chained, re-signed, the run
