@@ -17,7 +17,10 @@ from securefed.audit import protocol_attacks as pro
 from securefed.audit import release_attacks as rel
 from securefed.audit.findings import MITIGATED, RESIDUAL, VULNERABLE, Finding, Scenario, timed
 
-__all__ = ["SCENARIOS", "run_security", "run_audit"]
+__all__ = ["SCENARIOS", "run_security", "run_audit", "check_audit_out", "AUDIT_FILES"]
+
+# every file run_audit writes into its folder; a folder holding these and nothing else is an earlier audit report
+AUDIT_FILES = frozenset({"config.json", "report.json", "report.md", "report.html"})
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("SEC-01", "Server lies about dropouts", pro.lying_dropouts, MITIGATED),
@@ -53,14 +56,44 @@ def run_security() -> list[Finding]:
     return out
 
 
+def _is_earlier_audit(d: Path) -> bool:
+    entries = list(d.iterdir())
+    if not all(e.name in AUDIT_FILES and e.is_file() and not e.is_symlink() for e in entries):
+        return False
+    try:
+        cfg = jsonio.loads((d / "config.json").read_text(encoding="utf-8"), legacy=True)
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and {"profile", "scenarios"} <= cfg.keys()
+
+
+def check_audit_out(out: Path) -> None:
+    """Refuse (FileExistsError, one line) a report folder whose files the audit would overwrite: a file, a
+    symbolic link, or a non-empty folder that is not an earlier audit report (its own config.json and report.*)."""
+    out = Path(out)
+    if out.is_symlink():
+        raise FileExistsError(f"--out {out} is a symbolic link; name a real folder")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose a new folder")
+    names = sorted(e.name for e in out.iterdir())
+    if names and not _is_earlier_audit(out):
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise FileExistsError(f"--out {out} is not empty and is not an earlier audit report (it holds {shown}); the "
+                              "audit writes config.json and report.{json,md,html} there: choose a new or empty folder")
+
+
 def run_audit(profile: str, out: Path, *, privacy: bool = True) -> dict:
-    """Run both suites, write out/report.{md,html,json} and out/config.json; return the result."""
+    """Run both suites, write out/report.{md,html,json} and out/config.json; return the result. ``out`` must be
+    new, empty, or an earlier audit report (check_audit_out: FileExistsError before any work)."""
     from securefed.audit.privacy_audit import PROFILES, privacy_audit
     from securefed.audit.report import write_report
 
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     out = Path(out)
+    check_audit_out(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     findings = run_security()

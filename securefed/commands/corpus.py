@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Collect documents per source from the stdlib and/or local paths, apply the "
                                        "limits, and write OUT/<source>/<file> plus OUT/manifest.json (inputs, limits, "
                                        "content hash). Written aside and renamed: never half-written.")
-    b.add_argument("out", help="directory to create (must be new or empty unless --overwrite)")
+    b.add_argument("out", help="directory to create (must be new or empty, or an earlier corpus with --overwrite)")
     b.add_argument("--from", dest="inputs", action="append", metavar="stdlib|PATH",
                    help="'stdlib' (default) or a directory / .jsonl / .parquet (repeatable), "
                         "e.g. --from /usr/share/doc")  # fmt: skip
@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="whole documents per source up to this many UTF-8 bytes (default 400000); the manifest "
                         "records the limit")
     b.add_argument("--text-field", default="text", help="JSONL/Parquet text field (default: text)")
-    b.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace OUT as a whole if it is an earlier corpus (its manifest.json and source folders, "
+                        "nothing else); any other non-empty OUT or a file is refused with exit 2")
 
     i = actions.add_parser("inspect", help="print sources, documents, bytes and tokens of a data path",
                            description="A table of sources with documents, bytes, tokens and bytes/token for any "
@@ -71,8 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _build(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from securefed.training.data.corpus import collect_sources, write_corpus
+    from securefed.training.data.corpus import check_corpus_out, collect_sources, write_corpus
 
+    check_corpus_out(args.out, overwrite=args.overwrite)   # before reading any input: refused at once
     inputs = args.inputs or ["stdlib"]
     max_sources = None if args.all_sources else args.max_sources
     groups = collect_sources(inputs, text_field=args.text_field, max_sources=max_sources,
@@ -127,6 +130,8 @@ def _tokenizer(args: argparse.Namespace) -> int:
     from securefed.training.data.tokenizer import train_bpe, wrap
 
     out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a directory; choose a new directory")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
     inputs = args.inputs or ["stdlib-modules"]

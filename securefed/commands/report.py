@@ -10,7 +10,9 @@ EPILOG = """exit status:
   1  report written, but a privacy record is missing or does not verify: a signature, hash chain, anchor or
      recomputed epsilon, or no signed end-of-run record (an unfinished run); flagged at the top, no epsilon stated
   2  no report written: RUN_DIR does not exist, is not a securefed run, or one of its files is corrupt
-     (the message names the file and line)"""
+     (the message names the file and line); or --out would lose files: it is RUN_DIR itself, a folder that
+     contains RUN_DIR, a folder inside one of RUN_DIR's own entries, a file, or a non-empty folder that is
+     not an earlier report (nothing is written or removed)"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "is built aside and renamed into place: a failure leaves any earlier one intact.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished or interrupted run directory (securefed simulate/server --out)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/report); replaced as a whole")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/report): new, empty, or an earlier report, which is "
+                        "replaced as a whole; anything else (RUN_DIR itself, a folder around it, a file, a folder "
+                        "with other files) is refused with exit 2")
     p.set_defaults(func=run)
 
 

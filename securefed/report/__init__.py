@@ -1,5 +1,5 @@
 """securefed.report: renders RUN_DIR/report from the run directory's files only (see render.py)."""
 
-from securefed.report.render import ReportInputError, load_run, render_report
+from securefed.report.render import ReportInputError, ReportOutError, check_report_out, load_run, render_report
 
-__all__ = ["render_report", "load_run", "ReportInputError"]
+__all__ = ["render_report", "load_run", "check_report_out", "ReportInputError", "ReportOutError"]

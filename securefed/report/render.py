@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,7 +33,7 @@ from securefed.report import header, privacy_checks, rounds, text
 from securefed.runtime.health import PPL_OVERFLOW
 from securefed.runtime.rundir import RUN_MARKERS, RunDirError, is_run_dir
 
-__all__ = ["render_report", "load_run", "ReportInputError"]
+__all__ = ["render_report", "load_run", "check_report_out", "ReportInputError", "ReportOutError", "REPORT_FILES"]
 
 
 class ReportInputError(ValueError):
@@ -276,10 +277,71 @@ def _html(title: str, sections: list, out: Path, alarm: str | None) -> str:
     return "\n".join(parts)
 
 
+# every file `securefed report` writes into its folder (_render, _plots): a folder holding these and nothing else is
+# an earlier report, the one kind of folder --out may replace as a whole
+REPORT_FILES = frozenset({"report.json", "report.md", "report.html", "epsilon.png", "perplexity.png", "clip_fraction.png"})
+
+
+class ReportOutError(ReportInputError):
+    """``--out`` names a place the report must not replace (the run directory, a folder around it, a file, a folder
+    that is not an earlier report); nothing was written and nothing removed."""
+
+
+def _is_earlier_report(d: Path) -> bool:
+    """``d`` holds only files a report writes, report.json among them with a report's keys: provably an earlier
+    report (what replacing it loses, re-rendering writes again)."""
+    entries = list(d.iterdir())
+    if not all(e.name in REPORT_FILES and e.is_file() and not e.is_symlink() for e in entries):
+        return False
+    try:
+        rep = jsonio.loads((d / "report.json").read_text(encoding="utf-8"), legacy=True)
+    except (OSError, ValueError):   # absent, unreadable, not UTF-8, not JSON
+        return False
+    return isinstance(rep, dict) and {"run_dir", "ledger_head", "verification", "facts"} <= rep.keys()
+
+
+def check_report_out(run_dir: str | Path, final: str | Path) -> None:
+    """Refuse (ReportOutError, one line) a report folder whose replacement would lose anything: the run directory
+    itself, a folder that contains it, a folder inside one of the run's own entries, a file, or a non-empty folder
+    that is not an earlier report. Absent, empty, or an earlier report: the report replaces it as a whole."""
+    final = Path(final)
+    run = Path(run_dir).resolve()
+    default = Path(run_dir) / "report"
+    if final.is_symlink():
+        raise ReportOutError(f"--out {final} is a symbolic link; name a real folder (default: {default})")
+    target = final.resolve()
+    if target == run:
+        raise ReportOutError(f"--out {final} is the run directory itself; the report replaces its folder as a whole, "
+                             f"so it would delete the run: choose a new folder (default: {default})")
+    if target in run.parents:
+        raise ReportOutError(f"--out {final} contains the run directory {run_dir}; the report replaces its folder as a "
+                             f"whole, so it would delete the run: choose a new folder (default: {default})")
+    if run in target.parents:
+        top = run / target.relative_to(run).parts[0]
+        if top != target and (top.exists() or top.is_symlink()):
+            raise ReportOutError(f"--out {final} is inside the run's own {top.name}/; a report there would change the "
+                                 f"run's files: choose a new folder (default: {default})")
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise ReportOutError(f"--out {final} is a file, not a folder; the report would replace it: choose a new folder "
+                             f"(default: {default})")
+    others = sorted(e.name for e in final.iterdir())
+    if others and not _is_earlier_report(final):
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ReportOutError(f"--out {final} is not empty and is not an earlier report (it holds {shown}); the report "
+                             f"replaces its folder as a whole: choose a new or empty folder (default: {default})")
+
+
 def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict:
-    """Write the report files; returns the report.json content (``ledger_ok`` says if the chain verified)."""
-    run = load_run(Path(run_dir))
+    """Write the report files; returns the report.json content (``ledger_ok`` says if the chain verified).
+
+    The folder (default RUN_DIR/report) is built aside and replaces ``out_dir`` as a whole; ``check_report_out``
+    first refuses (ReportOutError) any ``out_dir`` whose replacement would lose files."""
     final = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
+    if Path(run_dir).is_dir():   # (not a directory: load_run says so)
+        check_report_out(run_dir, final)
+    run = load_run(Path(run_dir))
     final.parent.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
@@ -292,10 +354,11 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dic
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an earlier ``final`` (checked by check_report_out) is moved to a fresh hidden
+    name beside it first and removed only once the new one is in place."""
     if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old)   # a directory renamed onto an empty directory replaces it (POSIX)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     else:

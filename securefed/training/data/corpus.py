@@ -13,6 +13,7 @@ interrupted build never leaves a half-written corpus.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from .documents import (
 )
 from .stdlib import python_version, stdlib_sources
 
-__all__ = ["collect_sources", "write_corpus", "corpus_stats", "CORPUS_FORMAT"]
+__all__ = ["collect_sources", "write_corpus", "check_corpus_out", "corpus_stats", "CORPUS_FORMAT"]
 
 CORPUS_FORMAT = "securefed-corpus-v1"
 
@@ -68,14 +69,53 @@ def _safe_relpath(doc_id: str) -> PurePosixPath:
     return rel
 
 
+def _is_earlier_corpus(d: Path) -> bool:
+    """``d`` holds this command's own manifest (format CORPUS_FORMAT) and, beside it, only the source folders that
+    manifest names: provably a corpus that `securefed corpus build` wrote."""
+    m = d / CORPUS_MANIFEST
+    if m.is_symlink() or not m.is_file():
+        return False
+    try:
+        manifest = jsonio.loads(m.read_text(encoding="utf-8"), legacy=True)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("format") != CORPUS_FORMAT \
+            or not isinstance(manifest.get("sources"), dict):
+        return False
+    own = {PurePosixPath(s).parts[0] for s in manifest["sources"] if PurePosixPath(s).parts}
+    return all(e.name == CORPUS_MANIFEST or (e.name in own and e.is_dir() and not e.is_symlink()) for e in d.iterdir())
+
+
+def check_corpus_out(out: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse (FileExistsError, one line) an OUT the build would lose files in: a file, a symbolic link, or a
+    non-empty directory — which ``overwrite`` replaces only when it is an earlier corpus (its own manifest.json and
+    source folders, nothing else)."""
+    out = Path(out).expanduser()
+    if out.is_symlink():
+        raise FileExistsError(f"{out} is a symbolic link; name a real directory")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a directory; choose a new directory")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose a new directory or pass --overwrite "
+                              "(which replaces only an earlier corpus)")
+    if not _is_earlier_corpus(out):
+        raise FileExistsError(f"{out} is not a corpus written by `securefed corpus build` (no {CORPUS_FORMAT} "
+                              f"{CORPUS_MANIFEST}, or files its manifest does not name); --overwrite replaces only an "
+                              "earlier corpus: choose a new or empty directory")
+
+
 def write_corpus(
     groups: dict[str, list[Document]], out: str | Path, *, inputs: Sequence[str], limits: dict,
     overwrite: bool = False,
 ) -> dict:
-    """Write ``groups`` as a corpus directory at ``out``; returns its manifest."""
+    """Write ``groups`` as a corpus directory at ``out``; returns its manifest. ``out`` must be new or empty, or
+    (``overwrite``) an earlier corpus, which is replaced as a whole (check_corpus_out)."""
     out = Path(out).expanduser()
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new directory or pass --overwrite")
+    check_corpus_out(out, overwrite=overwrite)
     docs = [d for ds in groups.values() for d in ds]
     manifest = {
         "format": CORPUS_FORMAT,
@@ -95,10 +135,9 @@ def write_corpus(
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(d.text.encode("utf-8"))  # bytes: no newline translation
         (tmp / CORPUS_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
+        if out.exists():   # new and empty, or an earlier corpus (checked above): moved aside, removed once replaced
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old)   # a directory renamed onto an empty directory replaces it (POSIX)
             tmp.rename(out)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -1,0 +1,81 @@
+"""`securefed report RUN_DIR --out DIR` replaces DIR as a whole, so it refuses (exit 2, one line, nothing written or
+removed) any DIR whose replacement would lose a file: the run directory, a folder around it, a folder inside one of
+the run's own entries, a file, a non-empty folder that is not an earlier report. An earlier report is replaced."""
+
+import pytest
+
+from securefed.cli import main
+from tests.report.signed_run import make_signed_run
+
+
+def _tree(root):
+    """Every path under ``root`` with its bytes (None for a folder): what a refused command must leave as it was."""
+    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def world(tmp_path):
+    rd = tmp_path / "runs" / "dp"
+    make_signed_run(rd)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("a user's own file")
+    (tmp_path / "notes.txt").write_text("a user's own file")
+    return tmp_path, rd
+
+
+@pytest.mark.parametrize("where,said", [
+    ("run", "is the run directory itself"),
+    ("run/.", "is the run directory itself"),
+    ("parent", "contains the run directory"),
+    ("grandparent", "contains the run directory"),
+    ("mine", "is not an earlier report"),
+    ("file", "is a file, not a folder"),
+    ("run/privacy", "is not an earlier report"),
+    ("run/config.yaml", "is a file, not a folder"),
+    ("run/privacy/report", "inside the run's own privacy/"),
+])
+def test_out_that_would_lose_files_is_refused(world, where, said, capsys):
+    root, rd = world
+    out = {"run": rd, "run/.": rd / ".", "parent": rd.parent, "grandparent": root, "mine": root / "mine",
+           "file": root / "notes.txt", "run/privacy": rd / "privacy", "run/config.yaml": rd / "config.yaml",
+           "run/privacy/report": rd / "privacy" / "report"}[where]
+    assert (rd / "config.yaml").is_file()
+    before = _tree(root)
+    assert main(["report", str(rd), "--out", str(out)]) == 2
+    err = capsys.readouterr()
+    assert said in err.err and len(err.err.strip().splitlines()) == 1 and "report written" not in err.out
+    assert _tree(root) == before   # every file still there, unchanged, and no temporary folder left behind
+
+
+def test_earlier_report_new_or_empty_folder_is_written(world, capsys):
+    root, rd = world
+    out = root / "reports" / "dp"
+    assert main(["report", str(rd), "--out", str(out)]) == 0
+    first = _tree(out)
+    assert {"report.json", "report.md", "report.html", "epsilon.png"} <= set(first)
+    (out / "report.md").write_text("stale")                 # an earlier report: replaced as a whole
+    (root / "reports" / ".dp.old").mkdir()                  # the name the old code cleared for its swap: a user's now
+    (root / "reports" / ".dp.old" / "keep.txt").write_text("a user's file")
+    assert main(["report", str(rd), "--out", str(out)]) == 0
+    assert (out / "report.md").read_text() != "stale" and set(_tree(out)) == set(first)
+    assert (root / "reports" / ".dp.old" / "keep.txt").read_text() == "a user's file"
+    assert sorted(p.name for p in out.parent.iterdir()) == [".dp.old", "dp"]   # no temporary folder left
+    # the default folder, RUN_DIR/report, re-rendered twice
+    assert main(["report", str(rd)]) == 0 and main(["report", str(rd)]) == 0
+    assert (rd / "report" / "report.html").is_file()
+    assert not [p.name for p in rd.iterdir() if p.name.startswith(".")]
+    # an empty folder, and a new folder inside the run (nothing of the run's is lost)
+    (root / "empty").mkdir()
+    assert main(["report", str(rd), "--out", str(root / "empty")]) == 0
+    assert main(["report", str(rd), "--out", str(rd / "report-2")]) == 0
+    assert (root / "empty" / "report.html").is_file() and (rd / "report-2" / "report.html").is_file()
+
+
+def test_earlier_report_with_a_users_file_is_refused(world, capsys):
+    root, rd = world
+    assert main(["report", str(rd)]) == 0
+    (rd / "report" / "my-notes.md").write_text("a user's own file")
+    before = _tree(root)
+    assert main(["report", str(rd)]) == 2
+    assert "is not an earlier report" in capsys.readouterr().err and _tree(root) == before
