@@ -204,9 +204,14 @@ class Simulation:
             rd.write_json(rd.summary, summary)
         phases()
         from securefed.report import render_report
+        from securefed.report.render import ReportOutError
 
         with self.progress.phase("report", label="rendering the report"):
-            render_report(rd.root)
+            try:
+                render_report(rd.root)
+            except ReportOutError as e:   # a user's file in RUN/report: kept; the run itself is whole
+                print(f"securefed simulate: the report was not written: {e}; `securefed report {rd.root} --out NEW` "
+                      "writes it elsewhere", file=sys.stderr)
         phases()
         return summary
 

@@ -79,3 +79,29 @@ def test_earlier_report_with_a_users_file_is_refused(world, capsys):
     before = _tree(root)
     assert main(["report", str(rd)]) == 2
     assert "is not an earlier report" in capsys.readouterr().err and _tree(root) == before
+
+
+def test_a_simulation_whose_report_folder_holds_a_users_file_keeps_it_and_says_so(tmp_path, tiny_run, capsys,
+                                                                                monkeypatch):
+    """The run's own report step: a file a user put into RUN/report during the run is kept (the folder is not
+    replaced), the run is whole (exit 0, summary written), and one line says how to write the report elsewhere."""
+    from securefed.cli import main
+
+    out = tmp_path / "run"
+    import securefed.federation.coordinator as coord_mod
+
+    real_finish = coord_mod.Coordinator.finish
+
+    def finish_and_drop_a_file(self):
+        summary = real_finish(self)
+        (self.rd.root / "report").mkdir(exist_ok=True)
+        (self.rd.root / "report" / "my-notes.txt").write_text("mine")
+        return summary
+
+    monkeypatch.setattr(coord_mod.Coordinator, "finish", finish_and_drop_a_file)
+    rc = main(["simulate", "--quiet", "--out", str(out), *[a for t in [*tiny_run, "federation.rounds=1"]
+                                                            for a in ("--set", t)]])
+    err = capsys.readouterr().err
+    assert rc == 0 and (out / "summary.json").is_file()
+    assert (out / "report" / "my-notes.txt").read_text() == "mine"
+    assert "the report was not written" in err and "--out NEW" in err and "Traceback" not in err, err
