@@ -150,7 +150,44 @@ def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = ()
                        "the directory without pki/ and pins --coordinator-key from elsewhere")
     if v.ok:
         _check_stated_epsilon(run_dir, v)
+    if v.ok:
+        _check_stated_privacy_facts(run_dir, v)
     return v
+
+
+def _check_stated_privacy_facts(run_dir: Path, v: Verification) -> None:
+    """summary.json's other privacy statements against the verified records (a review, stop 49, edited each and both
+    commands exited 0): the privacy mode against the server ledger's, and the record-level ε and δ it states against
+    the holders' own signed releases — never below them (a deployment's verifier may hold only some holders' ledgers,
+    so a larger stated value is not a problem; a smaller one understates what a holder signed)."""
+    from securefed.privacy.ledger import read_ledger
+
+    p = run_dir / "summary.json"
+    if not p.is_file():
+        return
+    d = jsonio.read_json(p, legacy=True)             # run_anchors has read it already
+    if not isinstance(d, dict):
+        return
+    modes = {e.get("mode") for e in read_ledger(run_dir / "privacy" / "ledger.jsonl")}   # verified above
+    stated = d.get("privacy_mode")
+    if stated is not None and len(modes) == 1 and stated not in modes:
+        v.problems.append(Problem("summary.json", None, None, f"states privacy_mode {stated!r}; the server ledger "
+                                  f"records {next(iter(modes))!r}"))
+        return
+    signed = [(h, r) for h, r in v.record_level.items() if isinstance(r, dict)]
+    for key, field_ in (("record_epsilon_reported_max", "epsilon"), ("record_delta", "delta")):
+        vals = [(h, r[field_]) for h, r in signed if isinstance(r.get(field_), (int, float))]
+        if key not in d or not vals:
+            continue
+        h, top = max(vals, key=lambda x: x[1])
+        try:
+            said = jsonio.decode_float(d[key])
+        except ValueError:
+            said = None
+        if said is None or said < top * (1 - 1e-9):
+            v.problems.append(Problem("summary.json", None, None, f"states {key} {d[key]!r}; holder {h}'s own signed "
+                                      f"release gives {top:.6g}"))
+            return
 
 
 def _private_keys_inside(run_dir: Path) -> int:

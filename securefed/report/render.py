@@ -288,11 +288,14 @@ class ReportOutError(ReportInputError):
 
 
 def _is_earlier_report(d: Path) -> bool:
-    """``d`` holds only files a report writes, report.json among them with a report's keys: provably an earlier
-    report (what replacing it loses, re-rendering writes again)."""
+    """``d`` holds only files a report writes, and its report.json, if there, has a report's keys: an earlier
+    report (what replacing it loses, re-rendering writes again; a report folder whose report.json was deleted is
+    one too)."""
     entries = list(d.iterdir())
     if not all(e.name in REPORT_FILES and e.is_file() and not e.is_symlink() for e in entries):
         return False
+    if not (d / "report.json").exists():
+        return True
     try:
         rep = jsonio.loads((d / "report.json").read_text(encoding="utf-8"), legacy=True)
     except (OSError, ValueError):   # absent, unreadable, not UTF-8, not JSON

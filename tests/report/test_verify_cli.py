@@ -300,6 +300,27 @@ def test_a_keys_json_too_deep_or_with_a_duplicate_key_is_one_clear_problem(signe
         assert "Traceback" not in out and "privacy/keys.json" in out and said in out, out
 
 
+@pytest.mark.parametrize("field, value, said", [
+    ("privacy_mode", "central", "states privacy_mode 'central'; the server ledger records 'distributed'"),
+    ("record_epsilon_reported_max", 0.01, "states record_epsilon_reported_max 0.01; holder"),
+    ("record_delta", 1e-9, "states record_delta 1e-09; holder"),
+])
+def test_summary_privacy_statements_below_the_signed_records_do_not_verify(tmp_path, capsys, field, value, said):
+    """A review (stop 49) edited summary.json's privacy mode, its record-level ε and its record-level δ: verify and
+    report exited 0, and the report's header read the edited mode. Each is now checked against the verified records:
+    the mode against the server ledger's, the record-level ε and δ never below a holder's own signed release."""
+    rd = tmp_path / "run"
+    make_signed_run(rd, dp_sgd_steps=4)
+    p = rd / "summary.json"
+    honest = dict(json.loads(p.read_text()), privacy_mode="distributed", record_epsilon_reported_max=50.0,
+                  record_delta=1e-5)
+    p.write_text(json.dumps(honest))
+    assert main(["verify", str(rd)]) == 0, capsys.readouterr()
+    p.write_text(json.dumps(dict(honest, **{field: value})))
+    code_v, out_v, code_r, out_r = _run_both(rd, capsys)
+    assert code_v == 1 and code_r == 1 and said in out_v and said in out_r, (out_v, out_r)
+
+
 def _coordinator_rewrites(rd, coord, keep):
     """What a coordinator holding its own key can write: its ledger and its views of the holders, each entry filtered
     (and edited) by ``keep(path, entry)``; every ε recomputed from the kept events, re-chained, re-signed, the run
