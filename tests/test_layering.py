@@ -11,7 +11,7 @@ ROOT = Path(securefed.__file__).parent
 # export, baseline) and report → transport (the gRPC wire) → federation (the round, written once, and its
 # channels) → audit (attack scenarios driving the federation) → commands / cli. No exemptions.
 LAYERS = {
-    "configio": 0, "jsonio": 0, "progress": 0, "presets": 0, "primitives": 1, "secagg": 2, "ckks": 2, "privacy": 3,
+    "configio": 0, "jsonio": 0, "outdir": 0, "progress": 0, "presets": 0, "primitives": 1, "secagg": 2, "ckks": 2, "privacy": 3,
     "training": 4, "report": 5, "runtime": 5, "transport": 6, "federation": 7, "audit": 8, "commands": 9, "cli": 9,
 }
 

@@ -70,17 +70,15 @@ def _is_earlier_audit(d: Path) -> bool:
 def check_audit_out(out: Path) -> None:
     """Refuse (FileExistsError, one line) a report folder whose files the audit would overwrite: a file, a
     symbolic link, or a non-empty folder that is not an earlier audit report (its own config.json and report.*)."""
-    out = Path(out)
-    if out.is_symlink():
+    from securefed.outdir import out_problem
+
+    why = out_problem(out, _is_earlier_audit)
+    if why == "symlink":
         raise FileExistsError(f"--out {out} is a symbolic link; name a real folder")
-    if not out.exists():
-        return
-    if not out.is_dir():
+    if why == "file":
         raise FileExistsError(f"--out {out} is a file, not a folder; choose a new folder")
-    names = sorted(e.name for e in out.iterdir())
-    if names and not _is_earlier_audit(out):
-        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        raise FileExistsError(f"--out {out} is not empty and is not an earlier audit report (it holds {shown}); the "
+    if why is not None:
+        raise FileExistsError(f"--out {out} is not empty and is not an earlier audit report (it {why}); the "
                               "audit writes config.json and report.{json,md,html} there: choose a new or empty folder")
 
 

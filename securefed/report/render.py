@@ -307,10 +307,13 @@ def check_report_out(run_dir: str | Path, final: str | Path) -> None:
     """Refuse (ReportOutError, one line) a report folder whose replacement would lose anything: the run directory
     itself, a folder that contains it, a folder inside one of the run's own entries, a file, or a non-empty folder
     that is not an earlier report. Absent, empty, or an earlier report: the report replaces it as a whole."""
+    from securefed.outdir import out_problem
+
     final = Path(final)
     run = Path(run_dir).resolve()
     default = Path(run_dir) / "report"
-    if final.is_symlink():
+    why = out_problem(final, _is_earlier_report)
+    if why == "symlink":
         raise ReportOutError(f"--out {final} is a symbolic link; name a real folder (default: {default})")
     target = final.resolve()
     if target == run:
@@ -324,15 +327,11 @@ def check_report_out(run_dir: str | Path, final: str | Path) -> None:
         if top != target and (top.exists() or top.is_symlink()):
             raise ReportOutError(f"--out {final} is inside the run's own {top.name}/; a report there would change the "
                                  f"run's files: choose a new folder (default: {default})")
-    if not final.exists():
-        return
-    if not final.is_dir():
+    if why == "file":
         raise ReportOutError(f"--out {final} is a file, not a folder; the report would replace it: choose a new folder "
                              f"(default: {default})")
-    others = sorted(e.name for e in final.iterdir())
-    if others and not _is_earlier_report(final):
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise ReportOutError(f"--out {final} is not empty and is not an earlier report (it holds {shown}); the report "
+    if why is not None:
+        raise ReportOutError(f"--out {final} is not empty and is not an earlier report (it {why}); the report "
                              f"replaces its folder as a whole: choose a new or empty folder (default: {default})")
 
 

@@ -90,14 +90,15 @@ def check_corpus_out(out: str | Path, *, overwrite: bool = False) -> None:
     """Refuse (FileExistsError, one line) an OUT the build would lose files in: a file, a symbolic link, or a
     non-empty directory — which ``overwrite`` replaces only when it is an earlier corpus (its own manifest.json and
     source folders, nothing else)."""
+    from securefed.outdir import out_problem
+
     out = Path(out).expanduser()
-    if out.is_symlink():
+    why = out_problem(out, lambda d: False)     # every non-empty directory is in the way, unless overwrite
+    if why == "symlink":
         raise FileExistsError(f"{out} is a symbolic link; name a real directory")
-    if not out.exists():
-        return
-    if not out.is_dir():
+    if why == "file":
         raise FileExistsError(f"{out} is a file, not a directory; choose a new directory")
-    if not any(out.iterdir()):
+    if why is None:
         return
     if not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose a new directory or pass --overwrite "

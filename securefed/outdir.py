@@ -1,0 +1,26 @@
+"""What stands at an output path a command writes as a whole (one place for `report --out`, `audit --out` and
+`corpus build`): a command replaces only what it provably wrote itself, never a user's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["out_problem"]
+
+
+def out_problem(path: str | Path, is_own: Callable[[Path], bool]) -> str | None:
+    """None if ``path`` may be written as a whole: absent, an empty folder, or a folder ``is_own`` recognises as this
+    command's earlier output. Otherwise what is in the way, for the caller's one-line error: ``"symlink"``, ``"file"``,
+    or ``"holds a, b, c, ..."`` (a non-empty folder that is not the command's own; its first names)."""
+    p = Path(path)
+    if p.is_symlink():
+        return "symlink"
+    if not p.exists():
+        return None
+    if not p.is_dir():
+        return "file"
+    names = sorted(e.name for e in p.iterdir())
+    if not names or is_own(p):
+        return None
+    return "holds " + ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
