@@ -7,9 +7,9 @@
 #   bash benchmarks/gpu/chain.sh start   # installs the wheels, builds the corpus, starts the chain; polls ≤ LIMIT s
 #   bash benchmarks/gpu/chain.sh poll    # polls ≤ LIMIT s more (repeat while the machine stays warm)
 #
-# carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (stop 48's default
-# "h16bs 2dlr": ≈ 1,050 + 300 s, as stop 48's "h16s2 2dbc" took 1,354 s; 2dlr evaluates every round, so a cut row
-# still pairs with run 7's non-private row where it got):
+# carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (the default since
+# stop 49: "h16bs 2dinflr", ≈ 1,050 + 300 s, as stop 48's "h16s2 2dbc" took 1,354 s; the DP jobs evaluate every
+# round, so a row cut short still compares at the rounds it reached):
 #   issue 14 (the schedule is fixed by the tokens, so a row cut short still compares at the evaluations it reached):
 #   - m75h16: the 75m IID federated row at H = 16 on the 352.3M-token schedule (5 tokens per parameter, 168 rounds,
 #     Nesterov 0.7 / 0.9, the momentum warmed up over the first quarter, 42; plain aggregation) — against the
@@ -29,6 +29,8 @@
 #     PUB_ROWS=8 runs eps8-pub alone (a short lease): its partner is then stop 46's eps-inf-pub (raw run9_pub).
 #     Stop 47 ran eps8-pub alone (52.01, 3.44x stop 46's eps-inf-pub). 2dpubbc: eps8-bc-pub, DP-AdamBC from the same
 #     public model (≈ 350 s more; reuses 2dpub's public model and data when it runs after 2dpub in one lease).
+#   - 2dlrbc: 2dlr with DP-AdamBC (row eps8-bc-lr0.01); 2dinflr: the non-private partner at lr NP_LR (default 0.01,
+#     row eps-inf-lr0.01): run 12 (stop 49) read ε = 8 at lr 1e-2 717.3 (3e-3: 871.6; 3e-2 worse), its partner untuned.
 #   - 2dlr / 2dpublr: 2d / 2dpub's ε = 8 row at inner lr DP_LR (default 0.01) instead of 3e-3 (rows eps8-lr0.01,
 #     eps8-lr0.01-pub): on the CPU preset DP-SGD's best lr was above the non-private one (RESULTS.md (E48)).
 set -u
@@ -90,7 +92,7 @@ run)
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
       SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512 TOKEN_CACHE=/tmp/sf/cache)   # long_pair.sh's token ids
   mkdir -p /tmp/sf-dpsgd/b512
-  for job in ${JOBS:-h16bs 2dlr}; do
+  for job in ${JOBS:-h16bs 2dinflr}; do
     case $job in
       m75h16) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 ;;
       m75h16bs) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 PARTITION=by_source ;;
@@ -109,10 +111,14 @@ run)
                bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d' from a public init done $(el)s" ;;
       2dlr) env "${D2[@]}" DP_LR=${DP_LR:-0.01} ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1
             echo "2d at lr ${DP_LR:-0.01} done $(el)s" ;;
+      2dlrbc) env "${D2[@]}" DP_LR=${DP_LR:-0.01} DP_BC=1 ROWS="8" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1
+            echo "2d' at lr ${DP_LR:-0.01} done $(el)s" ;;
+      2dinflr) env "${D2[@]}" NP_LR=${NP_LR:-0.01} ROWS="inf" bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1
+            echo "2d inf at lr ${NP_LR:-0.01} done $(el)s" ;;
       2dpublr) mkdir -p /tmp/sf-dpsgd-pub/b512   # after 2dpub in the same lease, as 2dpubbc
              env "${D2[@]}" PUBLIC_INIT=1 DP_LR=${DP_LR:-0.01} S=/tmp/sf-dpsgd-pub OUT=/tmp/sf-dpsgd-pub/b512 ROWS="8" \
                bash benchmarks/privacy/dpsgd_lm.sh >> /tmp/sf-dpsgd/main.log 2>&1; echo "2d from a public init at lr ${DP_LR:-0.01} done $(el)s" ;;
-      *) echo "unknown job $job (m75h16, m75h16bs, h16, h16s1, h16s2, h16bs, 2d, 2dbc, 2dinf, 2dpub, 2dpubbc, 2dlr, 2dpublr)" ;;
+      *) echo "unknown job $job (m75h16, m75h16bs, h16, h16s1, h16s2, h16bs, 2d, 2dbc, 2dinf, 2dpub, 2dpubbc, 2dlr, 2dlrbc, 2dinflr, 2dpublr)" ;;
     esac
   done
   echo "chain finished $(el)s"

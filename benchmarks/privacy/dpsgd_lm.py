@@ -354,7 +354,8 @@ def cmd_plot(a: argparse.Namespace) -> None:
             plan = f"{g['batch']:,} × {g['h'] * g['rounds']}"
             ls, mk = plans.setdefault(plan, (["-", "--", ":", "-."][len(plans) % 4], "osD^vP"[len(plans) % 6]))
             eps = None if g["sigma"] is None else round(r["eps"] or 0)
-            label = f"{'∞' if eps is None else f'ε = {eps}'}, batch × steps {plan} ({run.name})"
+            lr = f", lr {g['lr']:g}" if g.get("lr") not in (None, 0.003) else ""   # every row before run 12: 3e-3
+            label = f"{'∞' if eps is None else f'ε = {eps}'}, batch × steps {plan}{lr} ({run.name})"
             ax.plot(*zip(*r["points"]), ls, marker=mk, markersize=3.5, color=colours.get(eps, "C4"), label=label)
     ax.axhline(a.unigram, color="0.5", linestyle="--", linewidth=0.8, label=f"unigram ({a.unigram:,.0f})")
     ax.set(xscale="log", yscale="log", xlabel="training tokens (all holders)", ylabel="eval perplexity",

@@ -64,6 +64,8 @@ BCS=""; [ "${DP_BC:-0}" = 1 ] && { BCS=-bc; USET+=(--set train.dp_sgd.adam_bias_
 # DP_LR=X: the DP rows at inner lr X instead of 3e-3, the rate tuned without DP (named eps8-lr0.01, …): on the CPU
 # dp-sgd preset DP-SGD's best lr was above the non-private one (benchmarks/RESULTS.md (E48), benchmarks/privacy/dp_lr.sh)
 [ -n "${DP_LR:-}" ] && { BCS=$BCS-lr$DP_LR; USET+=(--lr "$DP_LR"); }
+# NP_LR=X: the non-private row at inner lr X (named eps-inf-lr0.01): its own lr, for a tuned partner (run 12)
+NPS=""; NPSET=(); [ -n "${NP_LR:-}" ] && { NPS=-lr$NP_LR; NPSET=(--lr "$NP_LR"); }
 if [ "${TINY:-0}" = 1 ]; then
   P=${PYTHON:-python3}; export PYTHONPATH=$PWD
   COMMON=(--tiny --batch 16 --micro 8 --h 2 --rounds 2 --runs "$S/runs" "${EVSET[@]}")
@@ -124,14 +126,14 @@ row() { name=$1; shift; left=$(( DEADLINE - $(el) )); [ $left -gt 0 ] || left=1
         timeout -k 10 -s INT $left $P $D row "${COMMON[@]}" --name "$name" "$@" > "$O/$name.log" 2>&1; echo "$name rc=$? $(el)s"; }
 # ROWS: which ε rows, in waves separated by commas; a wave's rows run side by side on the GPU (one at a time in
 # TINY mode, two CPU cores), waves one after another; a row whose run already has its summary is not run again
-one() { case $1 in inf) row "eps-inf$U$PUB" ${NP_MICRO:+--np-micro "$NP_MICRO"} "${ISET[@]}" ;;
+one() { case $1 in inf) row "eps-inf$U$NPS$PUB" ${NP_MICRO:+--np-micro "$NP_MICRO"} "${NPSET[@]}" "${ISET[@]}" ;;
                    8) row "eps8$U$BCS$PUB" --sigma "$SIG8" "${USET[@]}" "${ISET[@]}" ;;
                    3) row "eps3$U$BCS$PUB" --sigma "$SIG3" "${USET[@]}" "${ISET[@]}" ;;
                    1) row "eps1$U$BCS$PUB" --sigma "$SIG1" "${USET[@]}" "${ISET[@]}" ;;
                    infb) row "eps-inf-b$NP_BATCH$U$PUB" --batch "$NP_BATCH" --h "$NP_H" ${NP_MICRO:+--np-micro "$NP_MICRO"} "${ISET[@]}" ;; esac; }
 for wave in "${WAVES[@]}"; do
   for r in $wave; do
-    n=eps$r$U$BCS$PUB; [ "$r" = inf ] && n=eps-inf$U$PUB; [ "$r" = infb ] && n=eps-inf-b$NP_BATCH$U$PUB
+    n=eps$r$U$BCS$PUB; [ "$r" = inf ] && n=eps-inf$U$NPS$PUB; [ "$r" = infb ] && n=eps-inf-b$NP_BATCH$U$PUB
     [ -f "$S/runs/$n/summary.json" ] && { echo "$n: already finished"; continue; }
     if [ "${TINY:-0}" = 1 ]; then one "$r"; else one "$r" & fi
   done
