@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["out_problem"]
+__all__ = ["out_problem", "replace_dir"]
 
 
 def out_problem(path: str | Path, is_own: Callable[[Path], bool]) -> str | None:
@@ -24,3 +27,16 @@ def out_problem(path: str | Path, is_own: Callable[[Path], bool]) -> str | None:
     if not names or is_own(p):
         return None
     return "holds " + ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Rename the folder ``tmp`` (built aside, beside ``final``) to ``final``. An earlier ``final`` — one
+    :func:`out_problem` let through — is first moved to a fresh hidden name beside it and removed only once the new
+    one is in place (a fixed ``.NAME.old`` would delete whatever a user kept under that name)."""
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old)   # a directory renamed onto an empty directory replaces it (POSIX)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)

@@ -104,6 +104,7 @@ class Verification:
     holder_view_epsilon: dict[int, float] = field(default_factory=dict)  # server's view of each holder (recomputed)
     holder_own_epsilon: dict[int, float] = field(default_factory=dict)  # each holder's own ledger (recomputed, server δ)
     own_ledgers: int = 0
+    modes: frozenset = frozenset()  # every privacy mode the server ledger's entries record
     # the server ledger's ε after each entry of a round (recomputed; a re-executed round has two)
     round_epsilon: dict[int, list[float]] = field(default_factory=dict)
     # the holders' witnessed cohort memberships against the stated sampling rate (dp.md §2.1); None if not run
@@ -659,6 +660,7 @@ def verify_records(*, server_ledger: Path, view_ledgers: Mapping[int, Path], own
     if server is None:
         return v
     v.entries, v.head = len(server), (entry_hash(server[-1]) if server else None)
+    v.modes = frozenset(e.get("mode") for e in server if isinstance(e, dict) and isinstance(e.get("mode"), str))
     _verify_server(server, "privacy/ledger.jsonl", v)
     _check_anchors(server, anchors, v)
     if not v.problems:

@@ -160,19 +160,16 @@ def _check_stated_privacy_facts(run_dir: Path, v: Verification) -> None:
     commands exited 0): the privacy mode against the server ledger's, and the record-level ε and δ it states against
     the holders' own signed releases — never below them (a deployment's verifier may hold only some holders' ledgers,
     so a larger stated value is not a problem; a smaller one understates what a holder signed)."""
-    from securefed.privacy.ledger import read_ledger
-
     p = run_dir / "summary.json"
     if not p.is_file():
         return
     d = jsonio.read_json(p, legacy=True)             # run_anchors has read it already
     if not isinstance(d, dict):
         return
-    modes = {e.get("mode") for e in read_ledger(run_dir / "privacy" / "ledger.jsonl")}   # verified above
     stated = d.get("privacy_mode")
-    if stated is not None and len(modes) == 1 and stated not in modes:
+    if stated is not None and len(v.modes) == 1 and stated not in v.modes:
         v.problems.append(Problem("summary.json", None, None, f"states privacy_mode {stated!r}; the server ledger "
-                                  f"records {next(iter(modes))!r}"))
+                                  f"records {next(iter(v.modes))!r}"))
         return
     signed = [(h, r) for h, r in v.record_level.items() if isinstance(r, dict)]
     for key, field_ in (("record_epsilon_reported_max", "epsilon"), ("record_delta", "delta")):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 
 from securefed import jsonio
 from securefed.configio import parse_yaml
+from securefed.outdir import out_problem, replace_dir
 from securefed.privacy.ledger import LedgerError, entry_hash, read_ledger
 from securefed.report import header, privacy_checks, rounds, text
 from securefed.runtime.health import PPL_OVERFLOW
@@ -307,8 +307,6 @@ def check_report_out(run_dir: str | Path, final: str | Path) -> None:
     """Refuse (ReportOutError, one line) a report folder whose replacement would lose anything: the run directory
     itself, a folder that contains it, a folder inside one of the run's own entries, a file, or a non-empty folder
     that is not an earlier report. Absent, empty, or an earlier report: the report replaces it as a whole."""
-    from securefed.outdir import out_problem
-
     final = Path(final)
     run = Path(run_dir).resolve()
     default = Path(run_dir) / "report"
@@ -348,23 +346,11 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dic
     out = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         report = _render(run, out)
-        _swap_into_place(out, final)
+        replace_dir(out, final)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
     return report
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an earlier ``final`` (checked by check_report_out) is moved to a fresh hidden
-    name beside it first and removed only once the new one is in place."""
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.replace(final, old)   # a directory renamed onto an empty directory replaces it (POSIX)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
 
 
 def _render(run: dict, out: Path) -> dict:

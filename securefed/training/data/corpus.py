@@ -13,7 +13,6 @@ interrupted build never leaves a half-written corpus.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from transformers import PreTrainedTokenizerFast
 
 from securefed import jsonio
+from securefed.outdir import out_problem, replace_dir
 
 from .documents import (
     CORPUS_MANIFEST,
@@ -90,8 +90,6 @@ def check_corpus_out(out: str | Path, *, overwrite: bool = False) -> None:
     """Refuse (FileExistsError, one line) an OUT the build would lose files in: a file, a symbolic link, or a
     non-empty directory — which ``overwrite`` replaces only when it is an earlier corpus (its own manifest.json and
     source folders, nothing else)."""
-    from securefed.outdir import out_problem
-
     out = Path(out).expanduser()
     why = out_problem(out, lambda d: False)     # every non-empty directory is in the way, unless overwrite
     if why == "symlink":
@@ -136,13 +134,7 @@ def write_corpus(
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(d.text.encode("utf-8"))  # bytes: no newline translation
         (tmp / CORPUS_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.exists():   # new and empty, or an earlier corpus (checked above): moved aside, removed once replaced
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old)   # a directory renamed onto an empty directory replaces it (POSIX)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)   # new and empty, or an earlier corpus (checked above)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
