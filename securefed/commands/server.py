@@ -78,17 +78,21 @@ def _status(run_dir: str) -> int:
     if isinstance(ended, dict):
         print(f"run ended after round {ended.get('after_round')} ({ended.get('why')}); {when}", file=sys.stderr)
         return 0
+    from securefed.federation.launch import board_line
+
+    now = board_line(st)   # the stage in words ("round 2: local training, replies 3/4"), not only its number
+    now = f"\nthe status says: {now}" if now else ""
     state, why = _liveness(st)
     if state == "gone":
         print(f"securefed server: NOT RUNNING: process {st['pid']}, which wrote this status, is gone and the run did "
               f"not end ({when}); the round shown is where it stopped: restart it with the same arguments and "
-              "--resume", file=sys.stderr)
+              f"--resume{now}", file=sys.stderr)
         return 1
     if state == "running":
-        print(f"securefed server: running: process {st['pid']} on this host ({when})", file=sys.stderr)
+        print(f"securefed server: running: process {st['pid']} on this host ({when}){now}", file=sys.stderr)
         return 0
     print(f"securefed server: LIVENESS UNKNOWN: {why}, so this machine cannot tell whether the server that wrote it "
-          f"still runs ({when}); look on the server's machine", file=sys.stderr)
+          f"still runs ({when}); look on the server's machine{now}", file=sys.stderr)
     return 0
 
 

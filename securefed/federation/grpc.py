@@ -93,8 +93,10 @@ class GrpcChannel(Channel):
         self._write_status()
 
     def status(self) -> dict:
-        return {"port": self.port, "pid": os.getpid(), "board": self.board.status() if self.board else None,
-                "updated": time.time()}
+        board = self.board.status() if self.board else None
+        if board is not None:   # the stage in words beside its number (`server --status` printed only "stage": 3)
+            board["stage_name"] = stage_label(board["stage"]) if board.get("stage", -1) >= 0 else None
+        return {"port": self.port, "pid": os.getpid(), "board": board, "updated": time.time()}
 
     def _write_status(self, **extra) -> None:
         if self.status_path is not None:

@@ -216,7 +216,8 @@ def test_status_of_a_killed_server_says_it_is_not_running(tmp_path, capsys):
     def status(pid, ended=None):
         run = tmp_path / f"run{pid}"
         run.mkdir()
-        board = {"round": 3, "stage": 4, "over": False, "waiting": [1, 2], "ended": ended}
+        board = {"round": 3, "stage": 4, "over": False, "waiting": [1, 2], "ended": ended, "expect": [1, 2],
+                 "done": [1]}
         (run / "status.json").write_text(json.dumps({"port": 5, "pid": pid, "board": board, "updated": 1.0e9,
                                                      "host": socket.gethostname()}))   # as grpc.py writes it
         return cli.main(["server", "--status", str(run)])
@@ -228,6 +229,8 @@ def test_status_of_a_killed_server_says_it_is_not_running(tmp_path, capsys):
     assert '"round": 3' in out
     assert err.startswith(f"securefed server: NOT RUNNING: process {dead.pid}, which wrote this status, is gone")
     assert "--resume" in err
+    # the stage in words, not only its number (a review: `"stage": 4` told an operator nothing)
+    assert "the status says: round 3: local training, replies 1/2 (in: 1)" in err
     alive = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)", "securefed"],
                              stdout=subprocess.PIPE)
     try:

@@ -502,6 +502,7 @@ def test_server_status_shows_who_is_asking_while_the_coordinator_waits(tmp_path)
     ch.board.publish(int(Stage.PLAN), {1: b"x", 2: b"x"}, reply=True, max_reply=64)
     ch.board.done.add(2)
     assert board_line(ch.status()) == "round 1: local training, replies 1/2 (in: 2)"
+    assert ch.status()["board"]["stage_name"] == "local training"   # status.json names the stage, not only its number
     assert board_line({"board": {"ended": {"why": "finished"}}}) is None and board_line({"board": "junk"}) is None
 
 
