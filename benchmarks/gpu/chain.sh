@@ -8,8 +8,8 @@
 #   bash benchmarks/gpu/chain.sh poll    # polls ≤ LIMIT s more (repeat while the machine stays warm)
 #
 # carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (the default since
-# stop 49: "h16bs 2dinflr", ≈ 1,050 + 300 s, as stop 48's "h16s2 2dbc" took 1,354 s; the DP jobs evaluate every
-# round, so a row cut short still compares at the rounds it reached):
+# stop 50: "h16bs", ≈ 1,050 s; a lease with ≈ 400 s left after it: a second `start` with one DP job, which then
+# reuses the corpus; the DP jobs evaluate every round, so a row cut short still compares at the rounds it reached):
 #   issue 14 (the schedule is fixed by the tokens, so a row cut short still compares at the evaluations it reached):
 #   - m75h16: the 75m IID federated row at H = 16 on the 352.3M-token schedule (5 tokens per parameter, 168 rounds,
 #     Nesterov 0.7 / 0.9, the momentum warmed up over the first quarter, 42; plain aggregation) — against the
@@ -30,7 +30,8 @@
 #     Stop 47 ran eps8-pub alone (52.01, 3.44x stop 46's eps-inf-pub). 2dpubbc: eps8-bc-pub, DP-AdamBC from the same
 #     public model (≈ 350 s more; reuses 2dpub's public model and data when it runs after 2dpub in one lease).
 #   - 2dlrbc: 2dlr with DP-AdamBC (row eps8-bc-lr0.01); 2dinflr: the non-private partner at lr NP_LR (default 0.01,
-#     row eps-inf-lr0.01): run 12 (stop 49) read ε = 8 at lr 1e-2 717.3 (3e-3: 871.6; 3e-2 worse), its partner untuned.
+#     row eps-inf-lr0.01): run 12 (stop 49) read ε = 8 at lr 1e-2 717.3 (3e-3: 871.6; 3e-2 worse); run 13 (stop 50)
+#     DP-AdamBC at 1e-2 615.4 (2e-2: 725.5) and the non-private row at 1e-2 253.2 (at 3e-3: 160.3, the partner).
 #   - 2dlr / 2dpublr: 2d / 2dpub's ε = 8 row at inner lr DP_LR (default 0.01) instead of 3e-3 (rows eps8-lr0.01,
 #     eps8-lr0.01-pub): on the CPU preset DP-SGD's best lr was above the non-private one (RESULTS.md (E48)).
 set -u
@@ -79,7 +80,9 @@ poll) ;;
 run)
   el() { echo $(( $(date +%s) - t0 )); }
   export PYTHONPATH=/tmp/site:$PWD
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  # once a machine: a second `start` on a warm machine found them there (pip printed 19 "already exists" lines)
+  [ -f /tmp/site/.installed ] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --target /tmp/site .whl/*.whl && touch /tmp/site/.installed; } || exit 1
   # one corpus for both scripts: dpsgd_lm.sh reuses /tmp/sf/corpus when it is there
   [ -f /tmp/sf/corpus/build.json ] || python3 benchmarks/gpu/build_corpus.py build /tmp/sf/corpus \
     --linux .cache/gpu-text/linux-subset.tar.xz > $L/build.log 2>&1 || { echo "corpus failed"; tail -n 20 $L/build.log; exit 1; }
@@ -92,7 +95,7 @@ run)
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
       SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512 TOKEN_CACHE=/tmp/sf/cache)   # long_pair.sh's token ids
   mkdir -p /tmp/sf-dpsgd/b512
-  for job in ${JOBS:-h16bs 2dinflr}; do
+  for job in ${JOBS:-h16bs}; do
     case $job in
       m75h16) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 ;;
       m75h16bs) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 PARTITION=by_source ;;

@@ -343,7 +343,7 @@ def cmd_plot(a: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     raw = Path(a.raw)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(12, 5.5))
     colours = {None: "k", 8: "C0", 3: "C1", 1: "C3"}
     plans: dict[str, tuple[str, str]] = {}
     for run in sorted(d for d in raw.iterdir() if d.is_dir()):
@@ -355,13 +355,14 @@ def cmd_plot(a: argparse.Namespace) -> None:
             ls, mk = plans.setdefault(plan, (["-", "--", ":", "-."][len(plans) % 4], "osD^vP"[len(plans) % 6]))
             eps = None if g["sigma"] is None else round(r["eps"] or 0)
             lr = f", lr {g['lr']:g}" if g.get("lr") not in (None, 0.003) else ""   # every row before run 12: 3e-3
-            label = f"{'∞' if eps is None else f'ε = {eps}'}, batch × steps {plan}{lr} ({run.name})"
+            bc = ", DP-AdamBC" if "train.dp_sgd.adam_bias_correction=true" in (g.get("set") or []) else ""
+            label = f"{'∞' if eps is None else f'ε = {eps}'}, batch × steps {plan}{lr}{bc} ({run.name})"
             ax.plot(*zip(*r["points"]), ls, marker=mk, markersize=3.5, color=colours.get(eps, "C4"), label=label)
     ax.axhline(a.unigram, color="0.5", linestyle="--", linewidth=0.8, label=f"unigram ({a.unigram:,.0f})")
     ax.set(xscale="log", yscale="log", xlabel="training tokens (all holders)", ylabel="eval perplexity",
            title="record-level DP-SGD, 20m, 4 holders, secure aggregation (δ = 1e-5)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6.5)
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside the axes: 20+ rows hid curves
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
     plt.close(fig)

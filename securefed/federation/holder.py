@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import struct
 import threading
 import time
 import warnings
@@ -55,7 +56,7 @@ from securefed.ckks.messages import encode as ckks_encode
 from securefed.federation.holder_config import PRIVACY_ORDER, HolderConfig
 from securefed.federation.messages import (CkksAdverts, CkksKeys, CkksRotate, CkksShare, CkksUploadRequest, Decision,
                                            MessageError, Offer, Plan, Ready, Welcome, decode_as, encode)
-from securefed.federation.stages import SECAGG_STAGES, Stage, secagg_stages
+from securefed.federation.stages import SECAGG_STAGES, Stage, holder_stages, secagg_stages
 from securefed.primitives.keys import IdentityKey
 from securefed.primitives.quantize import quantize_draws
 from securefed.primitives.rng import PrefetchedEntropy
@@ -170,6 +171,7 @@ class _Round:
     encode_entropy: PrefetchedEntropy | None = None   # rounding bits drawn while training (secagg.md §6.5)
     ckks_cohort: frozenset[int] = frozenset()
     answered: set[int] = field(default_factory=set)   # release stages already answered (H7)
+    refused: bool = False                     # refused (or left) this round: final, no later plan or release
     trained: bool = False
     saved: bool = False                       # the trainer's state after this round's training is on disk (H7)
 
@@ -627,8 +629,10 @@ class Holder:
         if self._vanishes(round_index, stage):
             return None
         try:
-            if stage in SECAGG_STAGES and stage not in secagg_stages(self.welcomed.aggregation):
+            if stage not in holder_stages(self.welcomed.aggregation):
                 raise ValueError(f"stage {stage.name} is not a stage of aggregation {self.welcomed.aggregation!r}")
+            if stage > Stage.PLAN and rs.spec is None:   # every later stage follows an accepted plan (the table, §4)
+                raise ValueError(f"stage {stage.name} before this holder accepted a plan for the round")
             name = {Stage.CKKS_SECAGG_START: "secagg_start", Stage.CKKS_SECAGG_SHARES: "secagg_shares"}.get(
                 stage, stage.name.lower())
             return getattr(self, "_on_" + name)(rs, payload)
@@ -642,6 +646,16 @@ class Holder:
                 self._end_secagg(rs)   # C10: secrets and the mask buffer erased
             # UnexpectedMessage (a repeated or out-of-order stage message) leaves the client as it was: it
             # still answers the next stage once, instead of dropping out of a round it already released in
+            return None
+        except (TypeError, KeyError, AttributeError, IndexError, OverflowError, struct.error) as e:
+            # A message no check above refused yet no handler could process (the class a stage/payload fuzz of every
+            # mode found as tracebacks that ended `securefed client`): fail closed — this round's secrets go, no
+            # reply, one line; the holder stays for the next round. Its own faults (a ledger it cannot write: OSError,
+            # HolderStateError) still stop it.
+            log.error("holder %d: round %d stage %s: a message this holder cannot process (%s: %s); it leaves the "
+                      "round", self.id, round_index, stage.name, type(e).__name__, e)
+            self._end_secagg(rs)
+            rs.refused = True
             return None
 
     def end_round(self, round_index: int) -> None:
@@ -842,8 +856,11 @@ class Holder:
     def _on_plan(self, rs: _Round, payload: bytes) -> bytes:
         plan = decode_as(payload, Plan)
         spec, offered = plan.spec, rs.offer.spec
-        if rs.spec is not None:
-            raise ValueError("a second plan for this round")
+        if rs.spec is not None or rs.refused:
+            # a refusal is final: a second Plan was accepted and released (in-process and Ray channels, where a
+            # coordinator can ask one stage twice), and each refusable one appended a signed entry (a review)
+            raise ValueError("a second plan for this round" + (" after this holder refused or left it" if rs.refused
+                                                                 else ""))
         same = ("mode", "mechanism", "clip", "noise_multiplier", "delta", "ring_bits", "dim", "sampling")
         if plan.round != rs.offer.round or any(getattr(spec, k) != getattr(offered, k) for k in same):
             raise ValueError("the plan differs from the offer (H5)")
@@ -874,6 +891,7 @@ class Holder:
             why = "its local training diverged: the update is not finite (a lower train.lr?)"
         if why:
             self._end_secagg(rs)   # a dropout of U2 \\ U3 to the protocol: its pairs are unmasked without it
+            rs.refused = True
             return self._refuse(plan.round, why, spec)
         rs.spec = spec
         entropy = rs.encode_entropy or self.entropy.for_party(plan.round, self.id, "encode")   # the same bits

@@ -30,7 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-__all__ = ["Stage", "SECAGG_STAGES", "KEY_STAGES", "secagg_stages", "RELEASE_STAGES", "Deadlines", "stage_label"]
+__all__ = ["Stage", "SECAGG_STAGES", "KEY_STAGES", "secagg_stages", "RELEASE_STAGES", "CKKS_STAGES", "holder_stages",
+           "Deadlines", "stage_label"]
 
 
 class Stage(IntEnum):
@@ -65,6 +66,18 @@ def secagg_stages(mode: str) -> tuple[Stage, ...]:
     return (*KEY_STAGES[mode], Stage.SECAGG_MASKED, Stage.SECAGG_CONSISTENCY, Stage.SECAGG_UNMASK)
 # the stages whose reply carries (a function of) the holder's data: released at most once per round
 RELEASE_STAGES = (Stage.CKKS_UPLOAD, Stage.PLAIN_UPLOAD, Stage.SECAGG_MASKED)
+CKKS_STAGES = (Stage.CKKS_ROTATE, Stage.CKKS_KEYS, Stage.CKKS_SHARE, Stage.CKKS_UPLOAD, Stage.CKKS_DECRYPT)
+
+
+def holder_stages(mode: str) -> frozenset[Stage]:
+    """Every stage a holder of aggregation ``mode`` takes part in (the table above; federation.md §4). A holder
+    answers no other: a coordinator publishing another mode's stage (a gRPC holder fetches any later stage number)
+    reached CKKS code of a secagg holder, or asked a plain holder for secure-aggregation stages (tracebacks)."""
+    own = {"plain": (Stage.PLAIN_UPLOAD,), "secagg": secagg_stages("secagg"),
+           "ckks+secagg": (*CKKS_STAGES, *secagg_stages("ckks+secagg"))}
+    if mode not in own:
+        raise ValueError(f"unknown aggregation mode {mode!r}")
+    return frozenset((Stage.OFFER, Stage.MODEL, Stage.PLAN, *own[mode]))
 
 
 @dataclass(frozen=True)

@@ -918,3 +918,67 @@ def test_a_plain_upload_is_the_weighted_clipped_update_to_the_bit(make, clip):
     mean = (want_sum.astype(np.float32) / np.float32(sum(weights.values()))).astype(np.float32)
     # FedAvg outer lr 1 (the tiny federation's): θ_{r+1} = θ_r − mean, so the step taken is the exact mean
     assert np.array_equal((before - fed.coordinator.outer.params).numpy(), (before.numpy() - (before.numpy() - mean)))
+
+
+# ------------------------------------------------------------------------- stages a holder of a mode never answers
+_PROBES = {   # a payload of each kind a coordinator could publish at any stage number (a gRPC holder fetches any later one)
+    "garbage": b"\x00\xffSFFM" * 7, "empty": b"",
+    "CkksRotate": lambda r: encode(__import__("securefed.federation.messages", fromlist=["CkksRotate"]).CkksRotate(
+        r, 1, (1, 2, 3, 4))),
+    "CkksUploadRequest": lambda r: encode(CkksUploadRequest(r, 1, "k", (1, 2, 3, 4))),
+    "UnmaskRequest": lambda r: secagg_encode(__import__("securefed.secagg.messages", fromlist=["UnmaskRequest"])
+                                             .UnmaskRequest((1, 2, 3), (), ())),
+}
+
+
+@pytest.mark.parametrize("mode", ["secagg", "plain", "ckks+secagg"])
+def test_a_stage_of_another_mode_or_before_the_plan_is_silence_never_a_traceback(make, mode, caplog):
+    """federation.md §4.2 ("a logged refusal or silence — never a traceback"). A review published other modes' stages
+    to a holder: CKKS stages reached `self.ckks` (None) of a secagg or plain holder, secure-aggregation stages a plain
+    holder's `secagg_stages("plain")` (KeyError), CKKS_UPLOAD before the Plan `rs.spec` (None) — AttributeError /
+    KeyError ended `securefed client` with a traceback. Every stage × payload, before the model, after it, and (for
+    the other modes' stages) after the honest Plan: silence, nothing in the ledger; the round then goes on honestly."""
+    from securefed.federation.stages import holder_stages
+
+    fed = make(*{"secagg": (), "plain": ("aggregation.mode=plain",),
+                 "ckks+secagg": ("aggregation.mode=ckks+secagg", "aggregation.ckks.enabled=true")}[mode])
+    h = fed.holders[1]
+    own = holder_stages(mode)
+
+    def probe(stages):
+        for stage in stages:
+            for name, p in _PROBES.items():
+                assert h.handle(1, int(stage), p(1) if callable(p) else p) is None, (stage, name)
+
+    assert decode_as(h.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept
+    later = [s for s in Stage if s > Stage.PLAN]
+    probe(later)                                               # before the model: no plan yet, every later stage
+    h.handle(1, Stage.MODEL, fed.model_bytes())
+    probe(later)                                               # trained, no plan yet
+    assert fed.ledger(1) == []
+    assert isinstance(decode(h.handle(1, Stage.PLAN, plan(fed, 1)[0])), Ready)
+    probe([s for s in Stage if s not in own])                  # planned: another mode's stages
+    assert fed.ledger(1) == []                                 # nothing released, nothing refused
+    assert "is not a stage of aggregation" in caplog.text and "before this holder accepted a plan" in caplog.text
+    if mode == "plain":                                        # the round is intact: the honest upload still goes
+        assert h.handle(1, Stage.PLAIN_UPLOAD, b"") is not None
+        assert view(fed.ledger(1)) == [("released", 1, 4, None)]
+
+
+@pytest.mark.parametrize("mode", [(), ("aggregation.mode=plain",)])
+def test_a_refused_plan_is_final_and_repeated_plans_do_not_grow_the_ledger(make, mode):
+    """A review (in-process and Ray channels, where a coordinator can ask one stage twice): after a Plan refusal
+    (its signed `refused` entry, "holder 1 refuses round 1") a second Plan of the same round was accepted and the
+    round released — the ledger read refused → released → settled — and each refusable Plan appended one more signed,
+    fsync'd entry (300 Plans: 300 entries, 245 kB). A refusal is final; later Plans of the round get silence."""
+    fed = make(*mode, policies={1: {"min_cohort": 3}} if mode else None)   # (plain's own default minimum is 2)
+    h = fed.holders[1]
+    assert decode_as(h.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept
+    h.handle(1, Stage.MODEL, fed.model_bytes())
+    bad = plan(fed, 1, cohort=(1, 2))[0]                       # 2 participants: below the holder's minimum of 3
+    assert "minimum" in refusal(h.handle(1, Stage.PLAN, bad), 1)
+    assert [h.handle(1, Stage.PLAN, bad) for _ in range(20)] == [None] * 20
+    assert h.handle(1, Stage.PLAN, plan(fed, 1)[0]) is None    # the honest plan, after the refusal: no Ready
+    if mode:
+        assert h.handle(1, Stage.PLAIN_UPLOAD, b"") is None    # and nothing to release
+    assert [e["status"] for e in fed.ledger(1)] == ["refused"]
