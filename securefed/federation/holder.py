@@ -707,6 +707,11 @@ class Holder:
             return None
         if self.id not in offer.cohort:
             return None
+        if not 1 <= r <= self.welcomed.rounds:
+            # a round the run does not have: taken up, it moved next_round there for good (an Offer for round
+            # 2³¹ − 1 locked the holder out of the rest of the run: a review). Silence; nothing saved or appended
+            log.warning("holder %d: offer for round %d of a run of %d rounds; ignored", self.id, r, self.welcomed.rounds)
+            return None
         if not set(offer.cohort) <= set(self.roster.keys):   # H2: a cohort of made-up ids inflates n_shares
             return self._refuse(r, "the offered cohort names holders that are not on the roster", None)
         if r < self.next_round:   # H2, H7: never a round it already took part in

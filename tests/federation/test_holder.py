@@ -982,3 +982,17 @@ def test_a_refused_plan_is_final_and_repeated_plans_do_not_grow_the_ledger(make,
     if mode:
         assert h.handle(1, Stage.PLAIN_UPLOAD, b"") is None    # and nothing to release
     assert [e["status"] for e in fed.ledger(1)] == ["refused"]
+
+
+def test_an_offer_for_a_round_the_run_does_not_have_is_ignored_and_moves_nothing(make):
+    """A review's coordinator offered round 2³¹ − 1: the holder accepted and saved next_round = 2³¹, so it refused
+    every real round after ("already taken part in"). A round beyond the Welcome's `rounds` is silence: nothing saved,
+    nothing in the ledger, and round 1 is still taken up."""
+    fed = make()
+    h = fed.holders[1]
+    for r in (h.welcomed.rounds + 1, 2**31 - 1):
+        assert h.handle(r, Stage.OFFER, offer(fed, r)[0]) is None
+    assert fed.ledger(1) == [] and h.next_round == 1
+    assert not (h.state_dir / "holder_state.json").exists() or state(h)["next_round"] == 1
+    assert decode_as(h.handle(1, Stage.OFFER, offer(fed, 1)[0]), Decision).accept
+    assert state(h)["next_round"] == 2
