@@ -123,6 +123,10 @@ def _liveness(st: dict) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.launched:   # started by `simulate --backend grpc`: it dies with that process, however it dies
+        from securefed.federation.launch import die_with_launcher
+
+        die_with_launcher()
     if args.status:
         return _status(args.status)
     if not args.pki or not args.out:

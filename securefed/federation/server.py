@@ -103,13 +103,8 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
         channel.close()
     rc = EXIT["too_few"] if getattr(coord, "exit_reason", None) == "too_few" else EXIT["ok"]
     if "stopped_after_round" not in summary and not launched:
-        from securefed.report import render_report
-        from securefed.report.render import ReportOutError
+        from securefed.report.render import render_run_report
 
-        try:
-            render_report(rd.root)
-        except ReportOutError as e:       # a user's file in RUN/report: kept; the run itself is whole
-            print(f"securefed server: the report was not written: {e}; `securefed report {rd.root} --out NEW` writes "
-                  "it elsewhere", file=sys.stderr)
+        render_run_report(rd.root, command="server")   # (one line where it cannot be written: the run is whole)
     print(jsonio.dumps(summary), flush=True)
     return rc

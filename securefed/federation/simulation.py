@@ -198,21 +198,23 @@ class Simulation:
             if summary["central_eval_ppl"] and summary["fed_eval_ppl"]:
                 summary["fed_over_central_ppl"] = summary["fed_eval_ppl"] / summary["central_eval_ppl"]
 
-        def phases() -> None:   # this process's phases; the coordinator's (grpc: another process) kept
-            summary["phase_seconds"] = {**summary.get("phase_seconds", {}), **self.progress.phase_seconds}
-            summary["wall_seconds"] = sum(summary["phase_seconds"].values())
-            rd.write_json(rd.summary, summary)
-        phases()
-        from securefed.report import render_report
-        from securefed.report.render import ReportOutError
+        self._write_summary(summary)
+        return self._report(summary)
+
+    def _write_summary(self, summary: dict) -> None:
+        """summary.json with this process's phases added (the coordinator's, grpc: another process's, kept)."""
+        summary["phase_seconds"] = {**summary.get("phase_seconds", {}), **self.progress.phase_seconds}
+        summary["wall_seconds"] = sum(summary["phase_seconds"].values())
+        self.rd.write_json(self.rd.summary, summary)
+
+    def _report(self, summary: dict) -> dict:
+        """The last step, after summary.json: the report (one line, not a traceback, where it cannot be written: the
+        run itself is whole), then summary.json again with the report's time."""
+        from securefed.report.render import render_run_report
 
         with self.progress.phase("report", label="rendering the report"):
-            try:
-                render_report(rd.root)
-            except ReportOutError as e:   # a user's file in RUN/report: kept; the run itself is whole
-                print(f"securefed simulate: the report was not written: {e}; `securefed report {rd.root} --out NEW` "
-                      "writes it elsewhere", file=sys.stderr)
-        phases()
+            render_run_report(self.rd.root, command="simulate")
+        self._write_summary(summary)
         return summary
 
 

@@ -263,9 +263,14 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
     config.yaml must match it — resuming under other settings would mix two runs in one ledger — except in
     ``config.RESUME_MAY_CHANGE`` (deadlines and streaming), which the resumed coordinator records.
     """
+    from securefed.outdir import uncreatable
+
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise RunDirError(f"--out {root} is a file, not a directory; choose a new --out")
+    why = uncreatable(root)
+    if why and not resume:   # (--resume of an absent directory: "nothing to resume", below)
+        raise RunDirError(f"--out {root} cannot be created: {why}; choose another --out")
     if not resume:
         if root.is_dir() and any(root.iterdir()):
             if is_run_dir(root) and _finished(root, runs_baseline):   # a walkthrough followed the hint: --resume refused it

@@ -435,6 +435,24 @@ def test_a_server_address_that_is_not_host_port_is_one_error_before_anything_is_
     assert f"server {address!r} is not HOST:PORT" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    lambda t: ["simulate", "--out", f"{t}/file.txt/run"],
+    lambda t: ["report", str(_fake_run(t / "run")), "--out", f"{t}/file.txt/report"],
+    lambda t: ["audit", "--security-only", "--out", f"{t}/file.txt/audit"],
+    lambda t: ["corpus", "build", f"{t}/file.txt/corpus"],
+    lambda t: ["corpus", "tokenizer", f"{t}/file.txt/tokenizer"],
+], ids=["simulate", "report", "audit", "corpus-build", "corpus-tokenizer"])
+def test_an_output_path_under_a_file_is_refused_in_one_line_before_any_work(argv, tmp_path, capsys):
+    """The crash review's class: an expected failure each command did not catch. An --out under a file was a
+    NotADirectoryError traceback (simulate after preparing its data, report, audit, corpus tokenizer after training
+    the tokenizer) or "[Errno 17] File exists: '…'" (corpus build)."""
+    (tmp_path / "file.txt").write_text("a user's file")
+    assert main(argv(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert f"cannot be created: {tmp_path / 'file.txt'} is a file, not a folder" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_server_out_holding_a_finished_run_does_not_suggest_resume(tmp_path):
     """The same for `securefed server --out` (RunDir.create): "holds an earlier run: pass --resume" of a finished run."""
     from securefed.runtime.rundir import RunDir
