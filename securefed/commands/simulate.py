@@ -10,7 +10,8 @@ from securefed.configio import ConfigError, dump_yaml
 
 
 EPILOG = """exit status:
-  0  the run finished (or --print-config / --list-presets printed)
+  0  the run finished (or --print-config / --list-presets printed); --resume of a run stopped after its
+     summary.json: its report written, nothing else redone
   1  --backend grpc: the coordinator or a holder process failed unexpectedly or was killed (named, with its last
      words and its log in RUN_DIR/launch/): --resume continues the run
   2  nothing run: a bad config or --out, --resume without a checkpoint or under other settings, a model this
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from securefed.runtime.rundir import resume_hint
 
-    args.resume_hint = lambda: resume_hint(out, f"with the same arguments and --out {out} --resume")   # (securefed.cli)
+    args.resume_hint = lambda: resume_hint(out, f"with the same arguments and --out {out} --resume",   # (securefed.cli)
+                                           runs_baseline=bool(cfg.baseline))
     from securefed.federation.coordinator import StateError
     from securefed.federation.simulation import Simulation
 
