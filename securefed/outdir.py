@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["out_problem", "replace_dir"]
+__all__ = ["out_problem", "uncreatable", "os_error_text", "replace_dir"]
 
 
 def out_problem(path: str | Path, is_own: Callable[[Path], bool]) -> str | None:
@@ -27,6 +27,32 @@ def out_problem(path: str | Path, is_own: Callable[[Path], bool]) -> str | None:
     if not names or is_own(p):
         return None
     return "holds " + ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def uncreatable(path: str | Path) -> str | None:
+    """Why no folder can be made at the absent ``path`` — its nearest existing ancestor is a file, or this user cannot
+    write there — for the caller's one-line refusal before any work; None when it exists or can be made. (An output
+    path under a file was a NotADirectoryError traceback from `simulate`, `report --out`, `audit --out` and `corpus
+    tokenizer`, some after minutes of work.)"""
+    p = Path(path).expanduser().absolute()
+    if p.exists() or p.is_symlink():
+        return None
+    up = next((a for a in p.parents if a.exists()), None)
+    if up is None:
+        return None
+    if not up.is_dir():
+        return f"{up} is a file, not a folder"
+    if not os.access(up, os.W_OK | os.X_OK):
+        return f"{up} is not writable by this user"
+    return None
+
+
+def os_error_text(e: OSError) -> str:
+    """An OSError in one line, "PATH: reason" (Python's own "[Errno 28] No space left on device: 'PATH'" reads as a
+    crash), or its message where it names no file."""
+    if e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -174,10 +174,10 @@ def test_the_launcher_waits_past_a_too_deep_or_non_object_status_json(tmp_path, 
     from securefed.federation.launch import LaunchError, _wait_port
 
     (tmp_path / "status.json").write_text(text)
-    server = types.SimpleNamespace(poll=lambda: None)
+    server = types.SimpleNamespace(poll=lambda: None, pid=77)
     with pytest.raises(LaunchError, match="did not start listening"):
         _wait_port(tmp_path / "status.json", server, tmp_path / "server.log", 0.3)
-    (tmp_path / "status.json").write_text('{"port": 4242}')
+    (tmp_path / "status.json").write_text('{"port": 4242, "pid": 77}')
     assert _wait_port(tmp_path / "status.json", server, tmp_path / "server.log", 5.0) == 4242
 
 

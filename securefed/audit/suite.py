@@ -70,8 +70,11 @@ def _is_earlier_audit(d: Path) -> bool:
 def check_audit_out(out: Path) -> None:
     """Refuse (FileExistsError, one line) a report folder whose files the audit would overwrite: a file, a
     symbolic link, or a non-empty folder that is not an earlier audit report (its own config.json and report.*)."""
-    from securefed.outdir import out_problem
+    from securefed.outdir import out_problem, uncreatable
 
+    why = uncreatable(out)
+    if why:
+        raise FileExistsError(f"--out {out} cannot be created: {why}; choose another folder")
     why = out_problem(out, _is_earlier_audit)
     if why == "symlink":
         raise FileExistsError(f"--out {out} is a symbolic link; name a real folder")

@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.launched:   # started by `simulate --backend grpc`: it dies with that process, however it dies
+        from securefed.federation.launch import die_with_launcher
+
+        die_with_launcher()
     from securefed.transport.logjson import setup_logging
 
     setup_logging(json_lines=args.log_json, level=args.net_log_level)

@@ -129,7 +129,12 @@ def _tokenizer(args: argparse.Namespace) -> int:
     from securefed.training.data.stdlib import tokenizer_corpus
     from securefed.training.data.tokenizer import train_bpe, wrap
 
+    from securefed.outdir import uncreatable
+
     out = Path(args.out).expanduser()
+    why = uncreatable(out)
+    if why:
+        raise FileExistsError(f"{out} cannot be created: {why}; choose another directory")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file, not a directory; choose a new directory")
     if out.exists() and any(out.iterdir()):
@@ -160,4 +165,9 @@ def run(args: argparse.Namespace) -> int:
         return action(args)
     except (DataError, FileExistsError, ValueError) as e:
         print(f"securefed corpus {args.corpus_action}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:   # a write that failed past the checks (disk full): one line, never a traceback
+        from securefed.outdir import os_error_text
+
+        print(f"securefed corpus {args.corpus_action}: {os_error_text(e)}", file=sys.stderr)
         return 2

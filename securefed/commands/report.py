@@ -12,7 +12,8 @@ EPILOG = """exit status:
   2  no report written: RUN_DIR does not exist, is not a securefed run, or one of its files is corrupt
      (the message names the file and line); or --out would lose files: it is RUN_DIR itself, a folder that
      contains RUN_DIR, a folder inside one of RUN_DIR's own entries, a file, or a non-empty folder that is
-     not an earlier report (nothing is written or removed)"""
+     not an earlier report, or cannot be created (nothing is written or removed); or the report cannot be
+     written (disk full: the message names the file; an earlier report is kept)"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
         rep = render_report(args.run_dir, args.out)
     except (FileNotFoundError, RunDirError, ReportInputError) as e:
         print(f"securefed report: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:   # the report cannot be written (disk full): built aside, so any earlier one is kept
+        from securefed.outdir import os_error_text
+
+        print(f"securefed report: the report was not written: {os_error_text(e)} (an earlier report is kept)",
+              file=sys.stderr)
         return 2
     out = args.out or f"{args.run_dir}/report"
     print(f"report written to {out}/report.html")

@@ -16,7 +16,8 @@ from securefed import jsonio
 
 
 EPILOG = """exit status (protocols/transport.md §10):
-  0  all rounds done (or the server's epsilon cap reached); --status: printed (the run ended, its server runs on
+  0  all rounds done (or the server's epsilon cap reached); --resume of a run stopped after its summary.json: its
+     report written, nothing else redone; --status: printed (the run ended, its server runs on
      this host, or - status written on another host, or naming none - this machine cannot tell: LIVENESS UNKNOWN)
   1  unexpected error; --status: the server that wrote it is no longer running on this host and the run did not end
   2  usage or config error (config, PKI, --out, --port in use, --resume under other settings): nothing written;
@@ -123,6 +124,10 @@ def _liveness(st: dict) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.launched:   # started by `simulate --backend grpc`: it dies with that process, however it dies
+        from securefed.federation.launch import die_with_launcher
+
+        die_with_launcher()
     if args.status:
         return _status(args.status)
     if not args.pki or not args.out:

@@ -10,11 +10,16 @@ from securefed.configio import ConfigError, dump_yaml
 
 
 EPILOG = """exit status:
-  0  the run finished (or --print-config / --list-presets printed)
+  0  the run finished (or --print-config / --list-presets printed); --resume of a run stopped after its
+     summary.json: its report written, nothing else redone
+  1  --backend grpc: the coordinator or a holder process failed unexpectedly or was killed (named, with its last
+     words and its log in RUN_DIR/launch/): --resume continues the run
   2  nothing run: a bad config or --out, --resume without a checkpoint or under other settings, a model this
-     host cannot hold, or a pre-flight privacy refusal (one message on stderr; nothing written)
+     host cannot hold, or a pre-flight privacy refusal (one message on stderr; nothing written); --backend
+     grpc: also such a refusal by the coordinator or a holder process, in its own words
   4  the run directory cannot be written (disk full, read-only; the file is named): --resume once it can;
-     or --resume of a checkpoint that cannot be read or does not match the run's privacy ledgers
+     or --resume of a checkpoint that cannot be read or does not match the run's privacy ledgers, or of a run
+     directory in use by another process (--backend grpc: the coordinator's message, in its own words)
   5  the run stopped early: too few holders took part (too few joined or survived, or 3 rounds in a row
      aborted; summary.json "ended": "too_few"). Its rounds so far, ledger and report are written
   6  --backend ray: the --ray-address cannot be reached"""
@@ -94,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from securefed.runtime.rundir import resume_hint
 
-    args.resume_hint = lambda: resume_hint(out, f"with the same arguments and --out {out} --resume")   # (securefed.cli)
+    args.resume_hint = lambda: resume_hint(out, f"with the same arguments and --out {out} --resume",   # (securefed.cli)
+                                           runs_baseline=bool(cfg.baseline))
     from securefed.federation.coordinator import StateError
     from securefed.federation.simulation import Simulation
 
@@ -115,6 +121,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"securefed simulate: {e}", file=sys.stderr)
         return 2
+    except OSError as e:   # the run directory cannot be made (past check_out_dir: a race, a full disk): nothing run
+        from securefed.outdir import os_error_text
+
+        print(f"securefed simulate: {os_error_text(e)}", file=sys.stderr)
+        return 2
+    from securefed.federation.launch import LaunchError
     from securefed.privacy.ledger import LedgerWriteError
     from securefed.runtime.rundir import WriteError
 
@@ -126,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     except StateError as e:
         print(f"securefed simulate: {e}", file=sys.stderr)
         return 4
+    except LaunchError as e:   # --backend grpc: a coordinator or holder process refused or failed (a review: traceback)
+        return _launch_failed(e, args.resume_hint)
     print(jsonio.dumps(summary, indent=2))   # strict: "inf", never Infinity
     print(f"run directory: {out}  (report: {out}/report/report.html)")
     if cfg.deterministic_secrets:   # runtime/parties.py: every noise sample and mask from the seed
@@ -136,6 +150,17 @@ def run(args: argparse.Namespace) -> int:
               "too few holders took part (their reasons are in the log above and in the report)", file=sys.stderr)
         return 5
     return 0
+
+
+def _launch_failed(e, resume_hint) -> int:
+    """--backend grpc: one message for a process of the local federation that refused or failed — its own words, its
+    exit status and its log (launch.LaunchError) — and simulate's exit status: the process's own 2 (its configuration)
+    or 4 (its run or state directory: unreadable, in use, or not writable), whose meanings are simulate's own; else 1
+    (it failed unexpectedly or was killed: the run continues from its last checkpoint)."""
+    code = e.code if e.code in (2, 4) else 1
+    tail = f"; {resume_hint()}" if code == 1 else ""
+    print(f"securefed simulate: {e}{tail}", file=sys.stderr)
+    return code
 
 
 def _host_memory_refusal(cfg) -> str | None:

@@ -296,6 +296,7 @@ class Coordinator:
             self.model_restarts.append({"resumed_at_round": self.next_round, "model_after_round": lost[0] - 1,
                                         "lost_rounds": lost})
             self._restart_warning = why
+        self._fill_privacy_fields()
         self.rd.write_jsonl(self.rd.metrics, self.metrics)
         if replayed or st.get("pending") or st.get("in_flight") is not None:
             self._checkpoint()
@@ -592,11 +593,7 @@ class Coordinator:
         self._checkpoint(pending=pending)          # WAL: the round's accounting is in the checkpoint first
         entry = rp.finish(survivors=charged, clip_infos={h: ClipInfo(0.0, bool(c)) for h, c in clipped.items()},
                           in_masked_sum=pending["n_masked"])
-        row["epsilon"] = entry.get("epsilon")          # ∞ without DP ("inf" in the files): the truth, not a gap
-        if entry.get("noisy_within_clip_fraction") is not None:   # adaptive clipping's released (noised) fraction
-            row["noisy_clip_fraction"] = entry["noisy_within_clip_fraction"]
-        if cfg.privacy.mode != "none":
-            row["delta"] = entry.get("delta")
+        self._privacy_fields(row, entry)   # (a restart before the checkpoint below fills them in _restore)
         self.log.append(row)
         self._checkpoint()
         self.channel.end_round(r)
@@ -604,6 +601,30 @@ class Coordinator:
         for w in row["warnings"]:
             self._say(f"WARNING round {r}: {w}", warning=True)
         return row
+
+    def _privacy_fields(self, row: dict, entry: dict) -> None:
+        """The fields of a round's metrics row taken from its server ledger entry — everything the row gets after the
+        write-ahead checkpoint that already holds the row."""
+        row["epsilon"] = entry.get("epsilon")          # ∞ without DP ("inf" in the files): the truth, not a gap
+        if entry.get("noisy_within_clip_fraction") is not None:   # adaptive clipping's released (noised) fraction
+            row["noisy_clip_fraction"] = entry["noisy_within_clip_fraction"]
+        if self.cfg.privacy.mode != "none":
+            row["delta"] = entry.get("delta")
+
+    def _fill_privacy_fields(self) -> None:
+        """A restart completes a round's accounting from the checkpoint (``pending``), or finds it already appended;
+        either way the checkpoint's row of that round was saved before its ε and δ were known. A crash review killed
+        the coordinator in that window: the row stayed without them in metrics.jsonl for good. Each row without ε
+        whose round has a server entry takes them from it (the latest, as run_round's own entry would be), as does
+        the aborted row of a round that was in flight after its sum was revealed (charged, as in an uninterrupted
+        run, whose aborted-but-charged rows carry their ε too)."""
+        from securefed.privacy.ledger import decode_floats
+
+        latest = {e.get("round"): e for e in self.privacy.ledger.entries}
+        for row in self.metrics:
+            entry = latest.get(row.get("round"))
+            if entry is not None and "epsilon" not in row:
+                self._privacy_fields(row, {k: decode_floats(v) for k, v in entry.items()})
 
     def _tokens_so_far(self) -> int:
         for m in reversed(self.metrics):

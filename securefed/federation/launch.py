@@ -3,7 +3,8 @@
 The coordinator (`securefed server`) and every holder (`securefed client --config holders/<id>/holder.yaml`)
 run as separate processes on loopback, with the fresh mutual-TLS keys in RUN_DIR/pki. This process
 only starts them, shows their progress from RUN_DIR/metrics.jsonl, and collects their exit codes. It
-owns them: however it ends (an error, Ctrl-C, SIGTERM, SIGHUP), their process groups are killed with it.
+owns them: however it ends (an error, Ctrl-C, SIGTERM, SIGHUP), their process groups are killed with it; killed
+itself (SIGKILL, which runs no ``finally``), they die with it (:func:`die_with_launcher`).
 """
 
 from __future__ import annotations
@@ -24,24 +25,98 @@ from securefed import jsonio
 from securefed.configio import dump_yaml
 from securefed.runtime.rundir import RunDir, atomic_write_text
 
-__all__ = ["run_grpc", "LaunchError", "signals_raise"]
+__all__ = ["run_grpc", "LaunchError", "signals_raise", "die_with_launcher", "LAUNCHER_ENV"]
 
 log = logging.getLogger("securefed.launch")
 
 
+# set in the environment of every process run_grpc starts: the launcher's pid (die_with_launcher)
+LAUNCHER_ENV = "SECUREFED_LAUNCHER_PID"
+
+
 class LaunchError(RuntimeError):
-    """A process of the local federation failed; the message names it and ends with its log."""
+    """A process of the local federation failed. The message is one line: which process, its exit status and its own
+    last message (``cause``, from its log), and where its log is. ``code``: its exit status (negative: killed by that
+    signal; None: it did not exit, or the failure is the launcher's own)."""
+
+    def __init__(self, message: str, *, code: int | None = None, cause: str = "", log: Path | None = None) -> None:
+        super().__init__(message)
+        self.code, self.cause, self.log = code, cause, log
+
+
+def _exited(process: str, code: int, log: Path, start: int, when: str = "") -> LaunchError:
+    """A LaunchError for ``process`` that exited with ``code``: its own message (what `securefed server` / `client`
+    print on a refusal, such as an unreadable checkpoint or a run directory in use) read from its log, which may
+    hold earlier runs' lines before byte ``start``."""
+    how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+    cause = _own_message(log, start)
+    return LaunchError(f"{process} {how}{when}: " + (cause or "it said nothing") + f" (its log: {log})",
+                       code=code, cause=cause, log=log)
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
+def _own_message(path: Path, start: int = 0, limit: int = 2000) -> str:
+    """A process's own last word in its log since byte ``start``: from its last ``securefed server:`` / ``securefed
+    client:`` line (what each command prints when it refuses or stops; a pre-flight refusal spans lines) to the end,
+    else its last line (an unexpected error's exception)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    own = [i for i, line in enumerate(lines) if line.startswith(("securefed server: ", "securefed client: "))]
+    said = "\n".join(lines[own[-1]:]) if own else (lines[-1] if lines else "")
+    return said if len(said) <= limit else said[:limit] + " …"
 
 
 def _cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "securefed.cli", *args]
 
 
-def _tail(path: Path, n: int = 2000) -> str:
+def die_with_launcher() -> None:
+    """Called first by a process that run_grpc started (`securefed server --launched`, `client --launched`): die with
+    the launcher. Each leads its own session (the terminal's Ctrl-C reaches only the launcher, which stops them), and
+    a launcher killed by SIGKILL runs no ``finally``: the crash review's kill -9 of `simulate --backend grpc` left the
+    coordinator and holders running on alone — no report, no launch/exit_codes.json, and a --resume at once was
+    refused ("in use by another process"). Linux: PR_SET_PDEATHSIG, SIGKILL when the launcher's thread that started
+    this process ends (run_grpc starts every process from one thread, and waits for them there); elsewhere a thread
+    watches the parent pid. SIGKILL, as the launcher got: every file of the run is written atomically (a crash at any
+    point resumes). No-op without the launcher's pid in the environment (a process started by hand)."""
     try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
+        launcher = int(os.environ.pop(LAUNCHER_ENV))
+    except (KeyError, ValueError):
+        return
+    if not _parent_death_signal(signal.SIGKILL):
+        def watch() -> None:
+            while os.getppid() == launcher:
+                time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGKILL)
+        threading.Thread(target=watch, name="die-with-launcher", daemon=True).start()
+    if os.getppid() != launcher:   # the launcher died before the signal was asked for: nobody is left to send it
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _parent_death_signal(sig: int) -> bool:
+    """prctl(PR_SET_PDEATHSIG, sig) on Linux; False where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl(1, sig, 0, 0, 0) == 0   # 1: PR_SET_PDEATHSIG (linux/prctl.h)
 
 
 def run_grpc(cfg, rd: RunDir, configs: dict, *, progress, stop_after_round: int | None = None,
@@ -50,7 +125,7 @@ def run_grpc(cfg, rd: RunDir, configs: dict, *, progress, stop_after_round: int 
     launch.mkdir(exist_ok=True)
     run_yaml = launch / "run.yaml"
     atomic_write_text(run_yaml, dump_yaml(cfg))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{LAUNCHER_ENV: str(os.getpid())})
     status = rd.root / "status.json"
     status.unlink(missing_ok=True)
     args = ["server", "--pki", str(rd.root / "pki"), "--out", str(rd.root), "--preset", "", "--config", str(run_yaml),
@@ -61,24 +136,25 @@ def run_grpc(cfg, rd: RunDir, configs: dict, *, progress, stop_after_round: int 
         args += ["--stop-after-round", str(stop_after_round)]
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, Path] = {}
+    starts: dict[str, int] = {}   # where this launch's lines begin in each log (a resume appends to the same logs)
 
     def start(name: str, argv: list[str]) -> None:
         logs[name] = launch / f"{name}.log"
-        procs[name] = subprocess.Popen(argv, stdout=open(logs[name], "ab"), stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True)
+        starts[name] = logs[name].stat().st_size if logs[name].exists() else 0
+        with open(logs[name], "ab") as out:
+            procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     with signals_raise():
         try:
             start("server", _cmd(*args))
-            port = _wait_port(status, procs["server"], logs["server"], start_timeout)
+            port = _wait_port(status, procs["server"], logs["server"], start_timeout, start=starts["server"])
             for h, hc in sorted(configs.items()):
                 path = Path(hc.state_dir) / "holder.yaml"
                 atomic_write_text(path, dump_yaml(replace(hc, server=f"127.0.0.1:{port}")))
                 start(f"holder-{h}", _cmd("client", "--config", str(path), "--launched"))
-            _follow(rd, procs, logs, progress, cfg.federation.rounds)
+            _follow(rd, procs, logs, progress, cfg.federation.rounds, starts)
             rc = procs["server"].wait()
             if rc not in (0, 5):
-                raise LaunchError(f"the coordinator exited with code {rc}; its log ({logs['server']}) ends:\n"
-                                  f"{_tail(logs['server'])}")
+                raise _exited("the coordinator (securefed server)", rc, logs["server"], starts["server"])
             deadline = time.monotonic() + 30
             for name, p in procs.items():
                 if name != "server":
@@ -145,20 +221,25 @@ def signals_raise():
                 signal.signal(sig, handler)
 
 
-def _wait_port(status: Path, server: subprocess.Popen, log: Path, timeout: float) -> int:
+def _wait_port(status: Path, server: subprocess.Popen, log: Path, timeout: float, *, start: int = 0) -> int:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if server.poll() is not None:
-            raise LaunchError(f"the coordinator exited with code {server.returncode} before listening; its log "
-                              f"({log}) ends:\n{_tail(log)}")
-        port = (_read_status(status) or {}).get("port")   # None while it is absent, torn or not an object
-        if isinstance(port, int) and not isinstance(port, bool) and port > 0:
+            raise _exited("the coordinator (securefed server)", server.returncode, log, start, " before listening")
+        st = _read_status(status) or {}   # {} while it is absent, torn or not an object
+        port = st.get("port")
+        # only the status of the process started here: another coordinator still running on this directory (one left
+        # by a launcher killed before die_with_launcher) rewrites the file with its own port, and the holders started
+        # next would have joined that one (the crash review)
+        if st.get("pid") == server.pid and isinstance(port, int) and not isinstance(port, bool) and port > 0:
             return port
         time.sleep(0.2)
-    raise LaunchError(f"the coordinator did not start listening within {timeout:.0f}s; its log ({log}) ends:\n{_tail(log)}")
+    said = _own_message(log, start)
+    raise LaunchError(f"the coordinator (securefed server) did not start listening within {timeout:.0f}s"
+                      + (f"; it last said: {said}" if said else "") + f" (its log: {log})", cause=said, log=log)
 
 
-def _follow(rd: RunDir, procs: dict, logs: dict, progress, rounds: int) -> None:
+def _follow(rd: RunDir, procs: dict, logs: dict, progress, rounds: int, starts: dict | None = None) -> None:
     """Print each finished round's line (and a heartbeat) while the coordinator runs; a holder that
     exits with a configuration error (2) stops the whole local federation with its message."""
     from securefed.federation.coordinator import status_line
@@ -169,7 +250,8 @@ def _follow(rd: RunDir, procs: dict, logs: dict, progress, rounds: int) -> None:
         time.sleep(0.5)
         for name, p in procs.items():
             if name != "server" and p.poll() == 2:
-                raise LaunchError(f"{name} refused its configuration; its log ({logs[name]}) ends:\n{_tail(logs[name])}")
+                raise _exited(f"{name} (securefed client)", 2, logs[name], (starts or {}).get(name, 0),
+                              " (it refused its configuration)")
         rows = RunDir.read_jsonl(rd.metrics) if rd.metrics.exists() else []
         for row in rows[seen:]:
             if "clients_survived" in row and "seconds" in row:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 from securefed import jsonio
@@ -11,7 +12,7 @@ from securefed.federation.coordinator import Coordinator, CoordinatorOptions, St
 from securefed.federation.grpc import EXIT, GrpcChannel
 from securefed.federation.stages import Deadlines
 from securefed.privacy.ledger import LedgerWriteError
-from securefed.runtime.rundir import RunDir, WriteError
+from securefed.runtime.rundir import DirectoryInUse, RunDir, WriteError, hold_exclusive, unreported
 
 __all__ = ["serve"]
 
@@ -32,6 +33,9 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
     def usage(msg: str) -> int:
         print(f"securefed server: {msg}", file=sys.stderr)
         return EXIT["usage"]
+
+    if resume and not launched and unreported(out):   # (launched: simulate writes the report, after its baseline)
+        return _complete(RunDir(out))
 
     lay = Layout(pki)
     for f in (lay.roster, lay.ca_cert, lay.server_cert, lay.server_key, lay.server_identity):
@@ -103,13 +107,57 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
         channel.close()
     rc = EXIT["too_few"] if getattr(coord, "exit_reason", None) == "too_few" else EXIT["ok"]
     if "stopped_after_round" not in summary and not launched:
-        from securefed.report import render_report
-        from securefed.report.render import ReportOutError
+        from securefed.report.render import render_run_report
 
-        try:
-            render_report(rd.root)
-        except ReportOutError as e:       # a user's file in RUN/report: kept; the run itself is whole
-            print(f"securefed server: the report was not written: {e}; `securefed report {rd.root} --out NEW` writes "
-                  "it elsewhere", file=sys.stderr)
+        render_run_report(rd.root, command="server")   # (one line where it cannot be written: the run is whole)
     print(jsonio.dumps(summary), flush=True)
     return rc
+
+
+def _complete(rd: RunDir) -> int:
+    """--resume of a run that finished its rounds but stopped before its report (rundir.unreported: killed after
+    summary.json): write the report and mark status.json ended — nothing else, the export, signed end-of-run record
+    and summary stand. A crash review: --resume refused such a run as finished though its hint said --resume, and
+    the report was never written. Holders still asking learn nothing from this process: after the last round they
+    stop by themselves; after an early end (too few, the budget) they retry, then exit 6 (transport.md §5.4)."""
+    from securefed.report.render import render_run_report
+
+    try:
+        hold_exclusive(rd.root, "the run directory")
+    except DirectoryInUse as e:
+        print(f"securefed server: {e}", file=sys.stderr)
+        return EXIT["state"]
+    try:
+        summary = jsonio.read_json(rd.summary, legacy=True)
+    except (OSError, jsonio.JSONFileError) as e:   # (unreported read it a moment ago)
+        print(f"securefed server: {rd.summary} cannot be read: {e}", file=sys.stderr)
+        return EXIT["state"]
+    summary = summary if isinstance(summary, dict) else {}
+    log.warning("%s finished its rounds before the server stopped: writing its report", rd.root)
+    _mark_ended(rd, summary)
+    render_run_report(rd.root, command="server")
+    print(jsonio.dumps(summary), flush=True)
+    return EXIT["too_few"] if summary.get("ended") == "too_few" else EXIT["ok"]
+
+
+def _mark_ended(rd: RunDir, summary: dict) -> None:
+    """status.json as GrpcChannel.end_run leaves it (board.ended), so `--status` says the run ended rather than NOT
+    RUNNING with a --resume to do."""
+    from securefed.runtime.rundir import atomic_write_text
+
+    path = rd.root / "status.json"
+    try:
+        status = jsonio.read_json(path)
+        rows = RunDir.read_jsonl(rd.metrics) if rd.metrics.is_file() else []
+    except (OSError, jsonio.JSONFileError):
+        return   # none (or unreadable): --status says there is no status, as before
+    board = status.get("board") if isinstance(status, dict) else None
+    if not isinstance(board, dict) or board.get("ended"):
+        return
+    last = max((r["round"] for r in rows if isinstance(r.get("round"), int)), default=0)
+    board["ended"] = {"reason": "ended", "why": summary.get("ended", "finished"), "after_round": last}
+    status["updated"] = time.time()
+    try:
+        atomic_write_text(path, jsonio.dumps(status) + "\n")
+    except WriteError as e:
+        log.warning("%s", e)

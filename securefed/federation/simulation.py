@@ -9,6 +9,7 @@
     backend ray:    one Ray actor per holder (local Ray, or a cluster), the coordinator here (ray_cluster.py)
     the Coordinator runs the rounds (federation/coordinator.py) → model/, metrics.jsonl, summary.json
     centralized baseline at equal tokens (baseline/metrics.jsonl) → summary.json; report/
+    --resume of a run stopped between its summary.json and its report: the report only (Simulation._complete)
 
 Every backend runs the same Coordinator and Holder code; a run with seeded test entropy gives the same
 model hash and ledger on each (tests/federation/test_conformance.py).
@@ -25,7 +26,7 @@ from securefed.configio import dump_yaml
 from securefed.federation.coordinator import Coordinator, CoordinatorOptions
 from securefed.federation.holder_config import CkksFloor, HolderConfig, HolderHardware, HolderPolicy
 from securefed.runtime.progress import Progress
-from securefed.runtime.rundir import RunDir, atomic_write_text
+from securefed.runtime.rundir import RunDir, atomic_write_text, unreported
 
 __all__ = ["Simulation", "run_simulation", "holder_configs"]
 
@@ -95,6 +96,10 @@ class Simulation:
         self.rd = RunDir(out)
         if resume and not self.rd.checkpoint_file.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.rd.checkpoint_file}")
+        # the rounds, export, end record and summary are done; only the report is missing: nothing to prepare
+        self.report_only = resume and unreported(self.rd.root, runs_baseline=bool(cfg.baseline))
+        if self.report_only:
+            return
         # everything that can fail on bad input happens before the run directory is touched
         with self.progress.phase("data", label="preparing the data"):
             self.data = coordinator_data(cfg, progress=self.progress)
@@ -134,6 +139,8 @@ class Simulation:
             atomic_write_text(d / "holder.yaml", dump_yaml(hc))
 
     def run(self) -> dict:
+        if self.report_only:
+            return self._complete()
         lay, roster = self._pki()
         # in-process holders share one pool of (cores − 2) threads (holder.py: one pool per size per process)
         shared = max(1, (os.cpu_count() or 2) - 2) if self.backend == "inproc" else None
@@ -198,22 +205,50 @@ class Simulation:
             if summary["central_eval_ppl"] and summary["fed_eval_ppl"]:
                 summary["fed_over_central_ppl"] = summary["fed_eval_ppl"] / summary["central_eval_ppl"]
 
-        def phases() -> None:   # this process's phases; the coordinator's (grpc: another process) kept
-            summary["phase_seconds"] = {**summary.get("phase_seconds", {}), **self.progress.phase_seconds}
-            summary["wall_seconds"] = sum(summary["phase_seconds"].values())
-            rd.write_json(rd.summary, summary)
-        phases()
-        from securefed.report import render_report
-        from securefed.report.render import ReportOutError
+        self._write_summary(summary)
+        return self._report(summary)
+
+    def _write_summary(self, summary: dict) -> None:
+        """summary.json with this process's phases added (the coordinator's, grpc: another process's, kept)."""
+        summary["phase_seconds"] = {**summary.get("phase_seconds", {}), **self.progress.phase_seconds}
+        summary["wall_seconds"] = sum(summary["phase_seconds"].values())
+        self.rd.write_json(self.rd.summary, summary)
+
+    def _report(self, summary: dict) -> dict:
+        """The last step, after summary.json: the report (one line, not a traceback, where it cannot be written: the
+        run itself is whole), then summary.json again with the report's time."""
+        from securefed.report.render import render_run_report
 
         with self.progress.phase("report", label="rendering the report"):
-            try:
-                render_report(rd.root)
-            except ReportOutError as e:   # a user's file in RUN/report: kept; the run itself is whole
-                print(f"securefed simulate: the report was not written: {e}; `securefed report {rd.root} --out NEW` "
-                      "writes it elsewhere", file=sys.stderr)
-        phases()
+            render_run_report(self.rd.root, command="simulate")
+        self._write_summary(summary)
         return summary
+
+    def _complete(self) -> dict:
+        """--resume of a run that finished its rounds (summary.json, with the baseline's result where it runs one) but
+        stopped before its report (rundir.unreported): write the report, nothing else — its export, signed end-of-run
+        record and summary stand (resuming the coordinator would redo them). A crash review stopped runs right after
+        summary.json: the hint said --resume, --resume refused the run as finished, and the report was never written."""
+        from securefed import jsonio
+        from securefed.federation.coordinator import StateError
+        from securefed.runtime.rundir import DirectoryInUse, hold_exclusive
+
+        try:   # one process per run directory (federation.md §6), as for a resume of its rounds
+            hold_exclusive(self.rd.root, "the run directory")
+        except DirectoryInUse as e:
+            raise StateError(str(e)) from None
+        try:
+            summary = jsonio.read_json(self.rd.summary, legacy=True)
+        except (OSError, jsonio.JSONFileError) as e:   # (unreported read it a moment ago)
+            raise StateError(f"{self.rd.summary} cannot be read: {e}") from None
+        if not isinstance(summary, dict):
+            raise StateError(f"{self.rd.summary} does not hold a JSON object")
+        msg = f"{self.rd.root} finished its rounds before it stopped: writing its report (its model and ledgers stand)"
+        if self.progress.enabled:
+            self.progress.print(msg)
+        else:
+            print(f"securefed simulate: {msg}", file=sys.stderr)
+        return self._report(summary)
 
 
 def _override(hc: HolderConfig, fields: dict) -> HolderConfig:

@@ -233,6 +233,14 @@ def _check_stated_epsilon(run_dir: Path, v: Verification) -> None:
                 v.problems.append(Problem("metrics.jsonl", None, r, f"states epsilon {row['epsilon']!r} after round {r}; "
                                           f"the server ledger gives {v.round_epsilon[r][-1]:.6g}"))
                 return
+        # a row without ε for a round the ledger charged: nothing false is stated, but a reader of metrics.jsonl alone
+        # would miss that round's spend (a crash review: a coordinator stopped between the round's checkpoint and
+        # its ledger append left it so; Coordinator._restore now fills it from the ledger)
+        gaps = [r for row in rows if "epsilon" not in row and (r := row.get("round")) in v.round_epsilon]
+        if gaps:
+            v.notes.append(f"metrics.jsonl states no epsilon after round{'s' if len(gaps) > 1 else ''} "
+                           f"{', '.join(map(str, gaps))}, which the server ledger charged (epsilon "
+                           f"{v.round_epsilon[gaps[-1]][-1]:.6g} after round {gaps[-1]}): the ledger is the record")
 
 
 # ---------------------------------------------------------------------------------- plain words

@@ -27,13 +27,14 @@ import yaml
 
 from securefed import jsonio
 from securefed.configio import parse_yaml
-from securefed.outdir import out_problem, replace_dir
+from securefed.outdir import os_error_text, out_problem, replace_dir, uncreatable
 from securefed.privacy.ledger import LedgerError, entry_hash, read_ledger
 from securefed.report import header, privacy_checks, rounds, text
 from securefed.runtime.health import PPL_OVERFLOW
 from securefed.runtime.rundir import RUN_MARKERS, RunDirError, is_run_dir
 
-__all__ = ["render_report", "load_run", "check_report_out", "ReportInputError", "ReportOutError", "REPORT_FILES"]
+__all__ = ["render_report", "render_run_report", "load_run", "check_report_out", "ReportInputError", "ReportOutError",
+           "REPORT_FILES"]
 
 
 class ReportInputError(ValueError):
@@ -310,6 +311,9 @@ def check_report_out(run_dir: str | Path, final: str | Path) -> None:
     final = Path(final)
     run = Path(run_dir).resolve()
     default = Path(run_dir) / "report"
+    why = uncreatable(final)
+    if why:
+        raise ReportOutError(f"--out {final} cannot be created: {why}; choose another folder (default: {default})")
     why = out_problem(final, _is_earlier_report)
     if why == "symlink":
         raise ReportOutError(f"--out {final} is a symbolic link; name a real folder (default: {default})")
@@ -351,6 +355,26 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dic
         shutil.rmtree(out, ignore_errors=True)
         raise
     return report
+
+
+def render_run_report(run_dir: str | Path, *, command: str) -> bool:
+    """The report a run writes at its end (`securefed simulate`, `securefed server`, and their --resume of a run
+    stopped before it): True when written. Else one line on stderr says why and how to write it, and the run itself
+    stays whole: a user's file in RUN_DIR/report is kept (ReportOutError); a full disk was an OSError traceback after
+    a finished run."""
+    import sys
+
+    try:
+        render_report(run_dir)
+        return True
+    except ReportOutError as e:
+        print(f"securefed {command}: the report was not written: {e}; `securefed report {run_dir} --out NEW` writes it "
+              "elsewhere", file=sys.stderr)
+    except (ReportInputError, OSError) as e:
+        why = os_error_text(e) if isinstance(e, OSError) else str(e)
+        print(f"securefed {command}: the report was not written: {why}; `securefed report {run_dir}` writes it once it "
+              "can", file=sys.stderr)
+    return False
 
 
 def _render(run: dict, out: Path) -> dict:

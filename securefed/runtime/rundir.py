@@ -21,7 +21,8 @@ from typing import Any
 from securefed import jsonio
 
 __all__ = ["RunDir", "RunDirError", "DirectoryInUse", "WriteError", "hold_exclusive", "atomic_write_bytes", "atomic_write_text",
-           "atomic_torch_save", "default_run_dir", "check_out_dir", "is_run_dir", "describe_run"]
+           "atomic_torch_save", "default_run_dir", "check_out_dir", "is_run_dir", "describe_run", "resume_hint",
+           "unreported"]
 
 # files whose presence makes a directory a securefed run (any one of them)
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "summary.json", "privacy/ledger.jsonl", "checkpoints/latest.pt")
@@ -179,6 +180,9 @@ class RunDir:
             if self.checkpoint_file.exists() and _finished(self.root, False):   # --resume would refuse it too
                 raise FileExistsError(f"{self.root} holds a finished run: choose another --out (`securefed report` and "
                                       "`securefed verify` read it)")
+            if self.checkpoint_file.exists() and unreported(self.root):
+                raise FileExistsError(f"{self.root} holds a run that finished its rounds but has no report: pass "
+                                      "--resume to write it, or choose another --out")
             if self.checkpoint_file.exists():
                 raise FileExistsError(f"{self.root} holds an earlier run: pass --resume to continue it, or choose another --out")
             raise FileExistsError(f"{self.root} exists and is not empty: choose another --out")
@@ -227,18 +231,44 @@ def describe_run(path: str | Path) -> str:
     return f"preset {name} with changes to {', '.join(diff[:4])}{more}"
 
 
-def resume_hint(out: str | Path, how: str) -> str:
-    """What to do after an interrupted run in ``out`` (Ctrl-C): --resume continues it only from a checkpoint; before
-    the first one there is nothing to resume (check_out_dir refuses it), and ``out`` holds a started run."""
+def resume_hint(out: str | Path, how: str, *, runs_baseline: bool = False) -> str:
+    """What to do after an interrupted run in ``out`` (Ctrl-C, SIGTERM), as check_out_dir will judge a --resume of it
+    (``runs_baseline`` as there): continue it from its checkpoint; write the report of a run stopped after its
+    summary.json (--resume does only that); nothing, for a run that is complete; before the first checkpoint there is
+    nothing to resume, and ``out`` holds a started run. (A crash review: stopped between summary.json and the report,
+    the hint said --resume, which refused the run as finished, and its report was never written.)"""
+    if _finished(Path(out), runs_baseline):
+        return f"the run in {out} is complete: `securefed report {out}` and `securefed verify {out}` read it"
+    if unreported(out, runs_baseline=runs_baseline):
+        return f"the run in {out} finished its rounds: its report is written {how} (or by `securefed report {out}`)"
     if RunDir(out).checkpoint_file.is_file():
         return f"the run in {out} continues from its last checkpoint {how}"
     return f"no checkpoint was written yet: start again with a new --out (or remove {out})"
 
 
+def unreported(root: str | Path, *, runs_baseline: bool = False) -> bool:
+    """The run in ``root`` finished its rounds — its summary.json is written, with the baseline's result where this
+    command runs one — but its report is not: stopped after summary.json (written after the export and the signed
+    end-of-run record) and before report/ was renamed into place, or the report could not be written. A --resume
+    writes the report and nothing else (Simulation, `securefed server`)."""
+    return _summary_done(Path(root), runs_baseline) and not _reported(Path(root))
+
+
+def _reported(root: Path) -> bool:
+    """report/ is the one the run wrote: it is renamed into place whole (render_report), report.json with it."""
+    return (RunDir(root).report / "report.json").is_file()
+
+
 def _finished(root: Path, runs_baseline: bool) -> bool:
-    """The run in ``root`` is over: its summary.json (written after the export and the signed end-of-run record) is
-    there and, where this command runs a centralized baseline after the rounds, holds the baseline's result (a run
-    stopped during its baseline resumes to finish it)."""
+    """The run in ``root`` is over: its summary is done (:func:`_summary_done`) and its report written. A run stopped
+    between the two is not (:func:`unreported`: --resume writes the report)."""
+    return _summary_done(root, runs_baseline) and _reported(root)
+
+
+def _summary_done(root: Path, runs_baseline: bool) -> bool:
+    """The run in ``root`` finished its rounds: its summary.json (written after the export and the signed end-of-run
+    record) is there and, where this command runs a centralized baseline after the rounds, holds the baseline's
+    result (a run stopped during its baseline resumes to finish it)."""
     rd = RunDir(root)
     p = rd.summary
     if not p.is_file():
@@ -259,18 +289,27 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
 
     New run: ``out`` must not exist, or be an empty directory. ``--resume``: ``out`` must hold a
     checkpoint and not be finished (``runs_baseline``: this command runs a centralized baseline after the rounds, so
-    a run without its result is not), and (when ``resolved``, this run's config mapping, is given) the run's
+    a run without its result is not; a run stopped after its summary.json but before its report is not either: the
+    resume writes the report), and (when ``resolved``, this run's config mapping, is given) the run's
     config.yaml must match it — resuming under other settings would mix two runs in one ledger — except in
     ``config.RESUME_MAY_CHANGE`` (deadlines and streaming), which the resumed coordinator records.
     """
+    from securefed.outdir import uncreatable
+
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise RunDirError(f"--out {root} is a file, not a directory; choose a new --out")
+    why = uncreatable(root)
+    if why and not resume:   # (--resume of an absent directory: "nothing to resume", below)
+        raise RunDirError(f"--out {root} cannot be created: {why}; choose another --out")
     if not resume:
         if root.is_dir() and any(root.iterdir()):
             if is_run_dir(root) and _finished(root, runs_baseline):   # a walkthrough followed the hint: --resume refused it
                 raise RunDirError(f"{root} holds a finished run ({describe_run(root)}); choose a new --out (`securefed "
                                   f"report {root}` and `securefed verify {root}` read it)")
+            if is_run_dir(root) and unreported(root, runs_baseline=runs_baseline):
+                raise RunDirError(f"{root} holds a run that finished its rounds but has no report "
+                                  f"({describe_run(root)}); choose a new --out, or --resume to write its report")
             if is_run_dir(root):
                 raise RunDirError(f"{root} holds another run ({describe_run(root)}); choose a new --out, or --resume "
                                   "to continue it")

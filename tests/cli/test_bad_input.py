@@ -36,6 +36,14 @@ def _fake_run(d, preset="demo", *, checkpoint=False, overrides=()):
     return d
 
 
+def _finished(run, summary: str) -> None:
+    """The run's summary.json and the report written after it: a finished run (a summary without its report is a
+    run stopped before its report, whose --resume writes it: tests/runtime/test_resume_after_summary.py)."""
+    (run / "summary.json").write_text(summary)
+    (run / "report").mkdir(exist_ok=True)
+    (run / "report" / "report.json").write_text("{}\n")
+
+
 # ------------------------------------------------------------------------------------------- simulate
 @pytest.mark.parametrize("argv, message", [
     (["--set", "train.local_steps=0"], "configuration error: train: train.local_steps (K) must be >= 1, got 0"),
@@ -93,7 +101,7 @@ def test_reused_out_holding_a_finished_run_does_not_suggest_resume(tmp_path, cap
     """A newcomer's walkthrough (stop 49): `simulate --out` on a finished run said "choose a new --out or --resume",
     and --resume then refused it as finished. A finished run is now named as such, and --resume is not offered."""
     run = _fake_run(tmp_path / "runs" / "done", checkpoint=True)
-    (run / "summary.json").write_text('{"rounds": 1}\n')
+    _finished(run, '{"rounds": 1}\n')
     before = _files(run)
     assert main(["simulate", "--out", str(run), "--set", "baseline=false"]) == 2
     err = capsys.readouterr().err
@@ -123,7 +131,7 @@ def test_resume_of_a_finished_run_is_refused_and_one_stopped_in_its_baseline_is_
     run has a baseline) is now refused, naming it, and nothing is touched; a run killed during its baseline (the
     coordinator's summary.json without central_eval_ppl) still resumes past this check."""
     run = _fake_run(tmp_path / "done", checkpoint=True)
-    (run / "summary.json").write_text(json.dumps({"fed_eval_ppl": 300.0, "central_eval_ppl": 250.0, "wall_seconds": 6.3}))
+    _finished(run, json.dumps({"fed_eval_ppl": 300.0, "central_eval_ppl": 250.0, "wall_seconds": 6.3}))
     before = _files(run)
     assert main(["simulate", "--out", str(run), "--resume"]) == 2
     err = capsys.readouterr().err
@@ -145,7 +153,7 @@ def test_resume_of_a_run_that_ended_before_any_round_is_refused_though_it_has_no
     passed the check (the server, with no baseline, refuses the same directory)."""
     run = _fake_run(tmp_path / "done", checkpoint=True)
     (run / "metrics.jsonl").write_text("")
-    (run / "summary.json").write_text(json.dumps({"fed_eval_ppl": None, "rounds": 0, "wall_seconds": 1.0}))
+    _finished(run, json.dumps({"fed_eval_ppl": None, "rounds": 0, "wall_seconds": 1.0}))
     before = _files(run)
     assert main(["simulate", "--out", str(run), "--resume"]) == 2
     assert f"--resume: {run} holds a finished run" in capsys.readouterr().err and _files(run) == before
@@ -435,6 +443,24 @@ def test_a_server_address_that_is_not_host_port_is_one_error_before_anything_is_
     assert f"server {address!r} is not HOST:PORT" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    lambda t: ["simulate", "--out", f"{t}/file.txt/run"],
+    lambda t: ["report", str(_fake_run(t / "run")), "--out", f"{t}/file.txt/report"],
+    lambda t: ["audit", "--security-only", "--out", f"{t}/file.txt/audit"],
+    lambda t: ["corpus", "build", f"{t}/file.txt/corpus"],
+    lambda t: ["corpus", "tokenizer", f"{t}/file.txt/tokenizer"],
+], ids=["simulate", "report", "audit", "corpus-build", "corpus-tokenizer"])
+def test_an_output_path_under_a_file_is_refused_in_one_line_before_any_work(argv, tmp_path, capsys):
+    """The crash review's class: an expected failure each command did not catch. An --out under a file was a
+    NotADirectoryError traceback (simulate after preparing its data, report, audit, corpus tokenizer after training
+    the tokenizer) or "[Errno 17] File exists: '…'" (corpus build)."""
+    (tmp_path / "file.txt").write_text("a user's file")
+    assert main(argv(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert f"cannot be created: {tmp_path / 'file.txt'} is a file, not a folder" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_server_out_holding_a_finished_run_does_not_suggest_resume(tmp_path):
     """The same for `securefed server --out` (RunDir.create): "holds an earlier run: pass --resume" of a finished run."""
     from securefed.runtime.rundir import RunDir
@@ -442,7 +468,10 @@ def test_server_out_holding_a_finished_run_does_not_suggest_resume(tmp_path):
     run = _fake_run(tmp_path / "net", checkpoint=True)
     with pytest.raises(FileExistsError, match="holds an earlier run: pass --resume"):
         RunDir(run).create(resume=False)
-    (run / "summary.json").write_text('{"rounds": 1}\n')
+    (run / "summary.json").write_text('{"rounds": 1}\n')   # stopped before its report: --resume writes it
+    with pytest.raises(FileExistsError, match="holds a run that finished its rounds but has no report: pass --resume"):
+        RunDir(run).create(resume=False)
+    _finished(run, '{"rounds": 1}\n')
     with pytest.raises(FileExistsError) as e:
         RunDir(run).create(resume=False)
     assert "holds a finished run: choose another --out" in str(e.value) and "--resume" not in str(e.value)

@@ -43,10 +43,11 @@ def test_a_crash_after_the_sum_is_revealed_keeps_the_rounds_spend(tmp_path, tiny
         Simulation(cfg, run, progress=False, threads_per_holder=1).run()
     monkeypatch.setattr(OuterOptimizer, "step", real)
     Simulation(cfg, run, resume=True, progress=False, threads_per_holder=1).run()
-    rounds = [e["round"] for e in read_ledger(run / "privacy" / "ledger.jsonl")]
-    assert rounds == [1, 2, 3]                                        # round 2's spend is in the ledger, once
+    ledger = read_ledger(run / "privacy" / "ledger.jsonl")
+    assert [e["round"] for e in ledger] == [1, 2, 3]                  # round 2's spend is in the ledger, once
     rows = {r["round"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
     assert "sum was revealed" in rows[2]["aborted"]                   # its update was discarded, and said so
+    assert (rows[2]["epsilon"], rows[2]["delta"]) == (ledger[1]["epsilon"], ledger[1]["delta"])   # and its charge
     from securefed.cli import main
     assert main(["verify", str(run)]) == 0
 
@@ -74,3 +75,67 @@ def test_a_crash_after_a_ckks_sum_with_a_holder_lost_before_its_masked_input_ver
     assert first["round"] == 1 and 1 in first["survivors"] and first["n_masked"] == first["n_survivors"] - 1
     from securefed.cli import main
     assert main(["verify", str(run)]) == 0
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_crash_around_the_ledger_append_leaves_no_metrics_row_without_its_epsilon(tmp_path, tiny_run, monkeypatch,
+                                                                                   when):
+    """A crash review killed the coordinator after the checkpoint that holds round 1's metrics row (and its pending
+    accounting) but before the row got its ε and δ from the ledger entry — before the append (the restart completes
+    the accounting) or after it (the entry is there): either way the row stayed without them in metrics.jsonl. The
+    restart fills them (and adaptive clipping's noised fraction) from the server entry, as the uninterrupted round
+    would have."""
+    from securefed.privacy.round import RoundPrivacy
+
+    over = tiny_run + ["federation.rounds=2", "privacy.mode=central", "privacy.mechanism=gaussian",
+                       "privacy.noise_multiplier=1.0", "privacy.clip=1.0", "privacy.adaptive_clip=true",
+                       "federation.weighting=uniform", "privacy.force_unlearnable=true"]
+    cfg = load_run_config(overrides=over)
+    run = tmp_path / "run"
+    real = RoundPrivacy.finish
+
+    def finish(self, **kw):             # round 1's accounting, as run_round (not a restart's completion) calls it
+        crash = self.round_index == 1 and not kw.get("completing")
+        if crash and when == "before":
+            raise _Crash
+        entry = real(self, **kw)
+        if crash:
+            raise _Crash
+        return entry
+    monkeypatch.setattr(RoundPrivacy, "finish", finish)
+    with pytest.raises(_Crash):
+        Simulation(cfg, run, progress=False, threads_per_holder=1).run()
+    assert len(read_ledger(run / "privacy" / "ledger.jsonl")) == (0 if when == "before" else 1)
+    monkeypatch.setattr(RoundPrivacy, "finish", real)
+    Simulation(cfg, run, resume=True, progress=False, threads_per_holder=1).run()
+    ledger = {e["round"]: e for e in read_ledger(run / "privacy" / "ledger.jsonl")}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == sorted(ledger) == [1, 2] and not rows[0].get("aborted")
+    for row in rows:
+        e = ledger[row["round"]]
+        assert (row["epsilon"], row["delta"], row["noisy_clip_fraction"]) == \
+               (e["epsilon"], e["delta"], e["noisy_within_clip_fraction"])
+    from securefed.cli import main
+    assert main(["verify", str(run)]) == 0
+
+
+def test_verify_notes_a_metrics_row_without_the_epsilon_the_ledger_charged(tmp_path, tiny_run, capsys):
+    """Runs left by earlier versions keep such rows: verify says so (a note: nothing false is stated), and still
+    fails a row whose ε differs from the ledger's."""
+    from securefed.cli import main
+
+    over = tiny_run + ["federation.rounds=2", "privacy.mode=central", "privacy.mechanism=gaussian",
+                       "privacy.noise_multiplier=1.0", "privacy.clip=1.0", "federation.weighting=uniform",
+                       "privacy.force_unlearnable=true"]
+    run = tmp_path / "run"
+    Simulation(load_run_config(overrides=over), run, progress=False, threads_per_holder=1).run()
+    assert main(["verify", str(run)]) == 0 and "metrics.jsonl" not in capsys.readouterr().out
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    eps = rows[0].pop("epsilon")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["verify", str(run)]) == 0
+    assert f"note: metrics.jsonl states no epsilon after round 1, which the server ledger charged (epsilon {eps:.6g} " \
+           "after round 1): the ledger is the record" in capsys.readouterr().out
+    rows[0]["epsilon"] = eps * 2
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["verify", str(run)]) == 1

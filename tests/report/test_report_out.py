@@ -105,3 +105,29 @@ def test_a_simulation_whose_report_folder_holds_a_users_file_keeps_it_and_says_s
     assert rc == 0 and (out / "summary.json").is_file()
     assert (out / "report" / "my-notes.txt").read_text() == "mine"
     assert "the report was not written" in err and "--out NEW" in err and "Traceback" not in err, err
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_keeps_the_earlier_one(world, monkeypatch, capsys):
+    """A full disk while the report is rendered: `report` (exit 2) and the end of `simulate` / `server`
+    (render_run_report) each say so in one line naming the file — both were OSError tracebacks."""
+    import errno
+    import os
+
+    import securefed.report.render as render
+
+    root, rd = world
+    assert main(["report", str(rd)]) == 0
+    before = _tree(rd / "report")
+
+    def full(run, out):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "epsilon.png"))
+    monkeypatch.setattr(render, "_render", full)
+    capsys.readouterr()
+    assert main(["report", str(rd)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("securefed report: the report was not written: ") and "No space left on device" in err
+    assert len(err.strip().splitlines()) == 1 and _tree(rd / "report") == before
+    assert render.render_run_report(rd, command="simulate") is False
+    err = capsys.readouterr().err
+    assert err.startswith("securefed simulate: the report was not written: ") and "epsilon.png: No space left" in err
+    assert len(err.strip().splitlines()) == 1 and _tree(rd / "report") == before

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from transformers import PreTrainedTokenizerFast
 
 from securefed import jsonio
-from securefed.outdir import out_problem, replace_dir
+from securefed.outdir import out_problem, replace_dir, uncreatable
 
 from .documents import (
     CORPUS_MANIFEST,
@@ -91,6 +91,9 @@ def check_corpus_out(out: str | Path, *, overwrite: bool = False) -> None:
     non-empty directory — which ``overwrite`` replaces only when it is an earlier corpus (its own manifest.json and
     source folders, nothing else)."""
     out = Path(out).expanduser()
+    why = uncreatable(out)
+    if why:
+        raise FileExistsError(f"{out} cannot be created: {why}; choose another directory")
     why = out_problem(out, lambda d: False)     # every non-empty directory is in the way, unless overwrite
     if why == "symlink":
         raise FileExistsError(f"{out} is a symbolic link; name a real directory")
