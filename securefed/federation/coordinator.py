@@ -39,6 +39,7 @@ from securefed.federation.holder import announce_model, model_sha256, session_co
 from securefed.federation.messages import Decision, MessageError, Offer, Plan, Ready, Welcome, decode, encode
 from securefed.federation.stages import Deadlines, Stage
 from securefed.privacy import BudgetExhausted, PrivacySession
+from securefed.privacy.accountant import epsilon_text
 from securefed.privacy.clipping import ClipInfo
 from securefed.privacy.remote import round_spec
 from securefed.primitives.quantize import dequantize_sum
@@ -810,6 +811,6 @@ def status_line(row: dict, rounds: int) -> str:
     dp = (eps is not None and math.isfinite(eps)) or row.get("record_epsilon_max") is not None
     loss = f"{row['train_loss']:.3f}" if row.get("train_loss") is not None else "not sent (DP)" if dp else "n/a"
     extra = f" (+{len(row['ckks_only'])} in the CKKS part only)" if row.get("ckks_only") else ""
-    priv = f", epsilon {eps:.4g}" if eps is not None and math.isfinite(eps) else ""
+    priv = f", epsilon {epsilon_text(eps)}" if eps is not None and math.isfinite(eps) else ""
     return (f"round {row['round']}/{rounds}: {row['clients_survived']}/{row['clients_sampled']} holders{extra}, "
             f"train_loss {loss}{ppl}{priv}, up {row['bytes_up'] / 1e6:.2f} MB, {row['seconds']:.1f}s")

@@ -60,6 +60,7 @@ from securefed.federation.stages import SECAGG_STAGES, Stage, holder_stages, sec
 from securefed.primitives.keys import IdentityKey
 from securefed.primitives.quantize import quantize_draws
 from securefed.primitives.rng import PrefetchedEntropy
+from securefed.privacy.accountant import epsilon_text
 from securefed.privacy.clipping import clippable_in_place, l2_clip
 from securefed.privacy.config import DEFAULT_DELTA
 from securefed.privacy.encoders import DiscretePlan
@@ -828,7 +829,7 @@ class Holder:
         # released (with the ε its own ledger then holds), settled
         log.info("holder %d: round %d/%d trained: %d tokens, loss %.4g, %.1f s%s", self.id, rs.offer.round,
                  self.welcomed.rounds, up.tokens, up.mean_loss, time.perf_counter() - t0,
-                 "" if up.record_epsilon is None else f", record-level epsilon {up.record_epsilon:.4g}")
+                 "" if up.record_epsilon is None else f", record-level epsilon {epsilon_text(up.record_epsilon)}")
         return None
 
     def _encodes_on_device(self, rs: _Round) -> bool:
@@ -1102,7 +1103,7 @@ class Holder:
 def _eps(e) -> str:
     """A ledger entry's ε for the holder's log (the ledger may hold it as a number or as "inf")."""
     v = math.inf if e is None else float(e)
-    return "inf (no holder-level DP noise)" if math.isinf(v) else f"{v:.4g}"
+    return "inf (no holder-level DP noise)" if math.isinf(v) else epsilon_text(v)
 
 
 def _own_noise(spec: RoundSpec) -> float:
@@ -1112,7 +1113,7 @@ def _own_noise(spec: RoundSpec) -> float:
 
 
 def _over_cap(what: str, proj: float, spec: RoundSpec, t_min: int | None, cap: float | None) -> str:
-    return (f"{what} would take this holder to epsilon {proj:.4g} (at delta {spec.delta:.3g}, assuming only "
+    return (f"{what} would take this holder to epsilon {epsilon_text(proj)} (at delta {spec.delta:.3g}, assuming only "
             f"{spec.min_survivors(t_min)} survivors), above its cap {cap}")
 
 

@@ -25,7 +25,25 @@ import numpy as np
 from securefed.privacy import rdp as R
 
 __all__ = ["RoundEvent", "event_rdp", "Accountant", "accountant_version", "calibrate_noise_multiplier", "ACCOUNTANT_SCHEME",
-           "SCHEMES", "scheme_of", "ledger_scheme"]
+           "SCHEMES", "scheme_of", "ledger_scheme", "epsilon_text"]
+
+
+def epsilon_text(eps, digits: int = 4) -> str:
+    """An ε for people (console, logs, report, pre-flight): ``digits`` significant digits rounded UP, so a shown ε is
+    never below the accountant's bound (an accountant review: the report said "ε = 13.04" for 13.0449, the console
+    "10.8" for 10.8017); ∞ for inf, "—" when absent. Machine-readable files keep the full value."""
+    if eps is None:
+        return "—"
+    if isinstance(eps, str):
+        return "∞" if eps == "inf" else eps
+    v = float(eps)
+    if math.isinf(v):
+        return "∞"
+    if v <= 0 or math.isnan(v):
+        return f"{v:g}"
+    scale = 10.0 ** (math.floor(math.log10(v)) - digits + 1)
+    up = math.ceil(v / scale * (1 - 1e-12)) * scale   # (1 − 1e-12: 8.0 stays 8, not 8.001)
+    return f"{up:.{digits}g}" if up < 10 ** digits else f"{up:.0f}"
 
 Mechanism = Literal["none", "empty", "gaussian", "ddgauss", "skellam"]
 Sampling = Literal["poisson", "fixed", "none"]

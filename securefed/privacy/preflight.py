@@ -28,7 +28,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Sequence
 
-from securefed.privacy.accountant import ACCOUNTANT_SCHEME, SCHEMES, Accountant, RoundEvent
+from securefed.privacy.accountant import ACCOUNTANT_SCHEME, SCHEMES, Accountant, RoundEvent, epsilon_text
 from securefed.privacy.config import DPConfig, default_delta
 from securefed.privacy.encoders import DiscretePlan
 from securefed.privacy.events import quantized_sensitivity, round_event
@@ -107,10 +107,10 @@ class Preflight:
             out.append(f"  noise per coordinate of the decoded mean {f(self.noise_std_mean)} vs clipped signal "
                        f"{f(self.signal_per_coordinate)} (C/√d with C = {f(self.clip)}, d = {self.dim}): noise/signal "
                        f"{f(self.noise_to_signal)} (learnable up to √R = {f(self.learnable_limit)})")
-            out.append(f"  σ = {f(self.noise_multiplier)}, δ = {self.delta:.3g}; ε per round {f(self.epsilon_per_round)}, "
-                       f"after {self.rounds} rounds {f(self.epsilon_planned)} (a holder's own, no amplification, "
+            out.append(f"  σ = {f(self.noise_multiplier)}, δ = {self.delta:.3g}; ε per round {epsilon_text(self.epsilon_per_round)}, "
+                       f"after {self.rounds} rounds {epsilon_text(self.epsilon_planned)} (a holder's own, no amplification, "
                        f"{'if it is in all ' + str(self.rounds) + ' cohorts' if self.cohort_size < self.population else 'over them'}"
-                       f": {f(self.holder_epsilon_planned)})")
+                       f": {epsilon_text(self.holder_epsilon_planned)})")
             if self.accountant_scheme != ACCOUNTANT_SCHEME:
                 out.append(f"  accounted under scheme /{self.accountant_scheme}, which this run's ledger began with "
                            f"(new runs: /{ACCOUNTANT_SCHEME}; protocols/dp.md §6.5)")
@@ -137,7 +137,7 @@ class Preflight:
                      if self.cohort_size < self.population else "")
             out.append(f"  record-level DP-SGD: σ = {f(r['noise_multiplier'])}, batch {r['batch_size']} of {r['records']} "
                        f"{'document-packed rows' if doc else 'records'}, {r['steps']} steps{every}: ε "
-                       f"{f(r['epsilon_planned'])} at δ = {r['delta']:.3g} per {per}"
+                       f"{epsilon_text(r['epsilon_planned'])} at δ = {r['delta']:.3g} per {per}"
                        f"; per-step noise/signal {f(r['noise_to_signal'])}")
             if not r.get("public_sample_rate"):
                 out.append(f"  record-level sampling rate q = batch / records = {f(r['sample_rate'])} depends on each holder's "

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from securefed import jsonio
+from securefed.privacy.accountant import epsilon_text
 from securefed.privacy.ledger import LedgerError, read_end_record
 from securefed.privacy.verify import Anchor, Keys, Problem, Verification, verify_records
 from securefed.runtime.rundir import file_sha256
@@ -332,7 +333,7 @@ def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_p
         if cap is not None:
             out.append(f"{name} has an ε cap of {fmt_number(cap)}: it joins a round only if its own ε after that round, assuming "
                        f"the fewest survivors secure aggregation accepts, stays within the cap (ε spent, own ledger: "
-                       f"{fmt_number(spent)}).")
+                       f"{epsilon_text(spent)}).")
         for e in refused:
             why = one_line(e.get("reason")) or "(no reason recorded: a ledger from an older securefed)"
             out.append(f"{name} refused round {e.get('round')} and sent nothing: {why}.")
@@ -431,11 +432,11 @@ def verification_dict(v: Verification) -> dict:
 def colluding_line(eps_by_c: dict[int, float], eps: float | None) -> str:
     """dp.md §11: what collusion with the server does to the distributed guarantee, in numbers."""
     m1 = max(eps_by_c)
-    parts = [f"ε = {fmt_number(e)} if {c} holder{'s' if c > 1 else ''} of each sum collude{'' if c > 1 else 's'}"
+    parts = [f"ε = {epsilon_text(e)} if {c} holder{'s' if c > 1 else ''} of each sum collude{'' if c > 1 else 's'}"
              + (" (every other survivor of the largest sum: only the holder's own noise share is left there)"
                 if c == m1 else "") for c, e in sorted(eps_by_c.items())]
     return ("Collusion: holders of a sum who collude with the server subtract their own noise shares, so only the "
-            f"others' noise protects a holder. The stated ε ({fmt_number(eps)}) assumes none does; recomputed from "
+            f"others' noise protects a holder. The stated ε ({epsilon_text(eps)}) assumes none does; recomputed from "
             f"the same ledger, {'; '.join(parts)}.")
 
 
@@ -477,7 +478,7 @@ def plain_words(run: dict, facts: dict) -> list[str]:
     if v is not None and v.ok:
         for h, e in sorted(v.holder_own_epsilon.items()):
             view = v.holder_view_epsilon.get(h)
-            own.append(f"holder-{h}'s own signed ledger (released before it sent, settled after) gives ε = {fmt_number(e)}"
+            own.append(f"holder-{h}'s own signed ledger (released before it sent, settled after) gives ε = {epsilon_text(e)}"
                        + (f", at least the server's view of it ({fmt_number(view)})." if view is not None else "."))
     if v is not None and v.ok and v.colluding_epsilon:
         own += [colluding_line(v.colluding_epsilon, v.epsilon)]

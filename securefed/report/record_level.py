@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from securefed.privacy.accountant import epsilon_text
 from securefed.report.privacy_checks import fmt_number
 
 __all__ = ["record_facts", "mechanism_words", "protection_blocks", "noise_source_words", "NOT_PRIVATE"]
@@ -206,7 +207,7 @@ def protection_blocks(f: dict) -> list:
     if shown:
         head += " " + shown
     rows = [["holder", "record-level ε (cumulative, per record)", "δ", "DP-SGD steps", "unit (one record)"]]
-    rows += [[f"holder-{h}", fmt_number(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps")),
+    rows += [[f"holder-{h}", epsilon_text(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps")),
               r.get("unit") or "sequence"] for h, r in rl.items()]
     out: list = [head, ("table", rows)]
     timing = _timing_delta_words(rl)

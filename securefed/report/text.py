@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from securefed.privacy.accountant import epsilon_text
 from securefed.report import privacy_checks, record_level, rounds
 from securefed.report.record_level import NOT_PRIVATE
 from securefed.runtime.health import format_ppl
@@ -50,13 +51,18 @@ def facts(run: dict) -> dict:
     cfg = run["config"]
     priv = cfg.get("privacy", {}) if isinstance(cfg.get("privacy"), dict) else {}
     agg = metrics[-1].get("aggregation") if metrics else _find(cfg.get("aggregation", {}), "mode")
+    mode = last.get("mode", priv.get("mode", "unknown"))
+    # δ and the neighbouring relation qualify a holder-level ε; without holder-level DP the ledger still carries the
+    # configured ones beside ε = inf, which report.json repeated (an accountant review): stated only with DP, as in
+    # summary.json
+    holder_dp = mode in ("central", "distributed")
     return {
-        "mode": last.get("mode", priv.get("mode", "unknown")),
+        "mode": mode,
         "mechanism": last.get("mechanism", "unknown"),
         "privacy_unit": last.get("privacy_unit", "holder"),
-        "neighbouring_relation": last.get("neighbouring_relation", "unknown"),
+        "neighbouring_relation": last.get("neighbouring_relation", "unknown") if holder_dp else None,
         "epsilon": last.get("epsilon", "unknown") if es else "unknown",
-        "delta": last.get("delta"),
+        "delta": last.get("delta") if holder_dp else None,
         "noise_multiplier": last.get("noise_multiplier"),
         "clip_first": es[0].get("clip") if es else priv.get("clip"),
         "clip_last": last.get("next_clip"),
@@ -95,7 +101,7 @@ def sections(run: dict, f: dict) -> list:
                else f"NOT VERIFIED — {led['error']}. Treat every privacy number in this report as untrustworthy.")
     integrity = [verdict] + ([ver.banner()] if ver is not None and led["ok"] else []) + (
         [f"Problem: {p}" for p in ver.problems] + [f"Note: {n}" for n in ver.notes] if ver is not None else [])
-    eps_words = (f"After {f['rounds_recorded']} recorded rounds the federation has spent ε = {_fmt(f['epsilon'])} at "
+    eps_words = (f"After {f['rounds_recorded']} recorded rounds the federation has spent ε = {epsilon_text(f['epsilon'])} at "
                  f"δ = {_fmt(f['delta'])}." + rounds.charged_aborted_words(run, f) if dp
                  else "Holder-level differential privacy was off in this run: the holder-level ε is infinite (the "
                       "record-level guarantee is stated separately below)." if rec
@@ -117,11 +123,11 @@ def sections(run: dict, f: dict) -> list:
         eps_words += (f" The largest ε in any holder's own ledger is unknown: the ledger of {', '.join(broken)} "
                       "is broken.")
     elif owns and dp and led["ok"]:
-        eps_words += (f" The largest ε in any holder's own signed ledger (no amplification) is {_fmt(max(owns))}"
+        eps_words += (f" The largest ε in any holder's own signed ledger (no amplification) is {epsilon_text(max(owns))}"
                       + (f" (the own ledgers of {', '.join(missing)} are not in this directory)." if missing else "."))
     elif dp and led["ok"] and (views := [h["view_epsilon"] for h in holders.values() if h.get("ok") and h.get("in_cohort")]):
         eps_words += (" No holder's own ledger is in this directory (securefed verify --holder-ledger checks them); the "
-                      f"largest ε in the server's view of any holder (no amplification) is {_fmt(max(views))}, which a "
+                      f"largest ε in the server's view of any holder (no amplification) is {epsilon_text(max(views))}, which a "
                       "holder's own ledger can only exceed.")
     hrows = holder_rows(holders)
     params = [["parameter", "value"]] + [[k, _fmt(f[k])] for k in (
@@ -178,10 +184,10 @@ def holder_rows(holders: dict) -> list[list]:
             err = h["error"]
             rows.append([name, err if h.get("withheld") else "LEDGER BROKEN: " + err, "", "", "", "", ""])
             continue
-        own = (_fmt(h["own_epsilon"]) if h.get("own_epsilon") is not None
+        own = (epsilon_text(h["own_epsilon"]) if h.get("own_epsilon") is not None
                else "0 (no own ledger: it released nothing)" if h.get("state_dir") and not h.get("own_ledger")
                else "not in this directory (securefed verify --holder-ledger)")
-        view = _fmt(h["view_epsilon"]) if h.get("in_cohort") else "0 (never in a cohort)"
+        view = epsilon_text(h["view_epsilon"]) if h.get("in_cohort") else "0 (never in a cohort)"
         cap = "—" if not h.get("own_ledger") else ("none set" if h.get("cap") is None else _fmt(h["cap"]))
         refused = h.get("refused", 0)
         if h.get("not_asked"):   # drawn into a cohort too small to be offered the round: it refused nothing
@@ -287,7 +293,7 @@ def holder_level_lead(f: dict) -> str:
     eps = f.get("epsilon")
     eps = float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else None
     factor = ("e^ε (ε below)" if eps is None else "an unbounded factor (ε = ∞)" if math.isinf(eps)
-              else f"a factor e^ε = e^{_fmt(eps)} ≈ {math.exp(eps):.3g}")
+              else f"a factor e^ε = e^{epsilon_text(eps)} ≈ {math.exp(eps):.3g}")
     lead = (f"Privacy unit: {f['privacy_unit']} — each data holder's entire pseudo-gradient in a round is bounded in "
             f"size (clipped to L2 norm C) and {noised}. To whoever sees only the released models, the probability of "
             f"any outcome differs by at most {factor}, plus δ, between {rel}.")
@@ -371,7 +377,7 @@ def parameter_words(f: dict, dp: bool, rec: bool, ok: bool) -> str:
     if not ok:
         return "not stated: the privacy records do not verify"
     out = "none: differential privacy was off (ε = ∞)" if not dp and not rec else (
-        "holder level: none (ε = ∞)" if not dp else f"ε = {_fmt(f['epsilon'])}, δ = {_fmt(f['delta'])}")
+        "holder level: none (ε = ∞)" if not dp else f"ε = {epsilon_text(f['epsilon'])}, δ = {_fmt(f['delta'])}")
     d, n = f.get("delta"), f.get("population")
     if dp and isinstance(d, (int, float)) and isinstance(n, int) and n > 0:
         out += f" (δ < 1/population = 1/{n})" if d < 1 / n else f" (δ ≥ 1/population = 1/{n}: no meaningful guarantee)"

@@ -9,6 +9,8 @@ import math
 import dp_accounting as dpa
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
@@ -305,3 +307,21 @@ def test_the_clamp_at_zero_never_turns_a_nan_epsilon_into_zero(monkeypatch):
     assert math.isnan(Accountant("prv").epsilon(DELTA, [RoundEvent("gaussian", "poisson", 0.01, 1.0)]))
     monkeypatch.setattr(RDPAccountant, "get_epsilon", lambda self, delta, **kw: math.nan)
     assert not record_level_entry([[1.0, 0.01, 1]], DELTA)["epsilon"] == 0.0
+
+
+@given(st.floats(min_value=1e-9, max_value=1e9, allow_nan=False, allow_infinity=False))
+def test_a_shown_epsilon_is_never_below_the_bound_and_at_most_one_last_digit_above(eps):
+    """An accountant review: the report showed "ε = 13.04" for 13.0449, the console "10.8" for 10.8017 — rounded to
+    nearest, below the accountant's bound. epsilon_text rounds up at 4 significant digits."""
+    from securefed.privacy.accountant import epsilon_text
+
+    shown = float(epsilon_text(eps))
+    assert shown >= eps * (1 - 1e-12)
+    assert shown - eps <= 10 ** (math.floor(math.log10(eps)) - 3) * (1 + 1e-9)
+
+
+def test_epsilon_text_examples():
+    from securefed.privacy.accountant import epsilon_text
+
+    assert [epsilon_text(v) for v in (13.0449, 10.8017, 8.0, 7.9957, float("inf"), "inf", None)] == \
+        ["13.05", "10.81", "8", "7.996", "∞", "∞", "—"]

@@ -2,11 +2,13 @@
 renders a signed run (tests/report/signed_run.py) or calls the wording function, and asserts the exact sentence."""
 
 import json
+import math
 
 import pytest
 
 from securefed.cli import main
 from securefed.privacy import DPConfig
+from securefed.privacy.accountant import epsilon_text
 from securefed.privacy.holder_ledger import record_level_entry
 from securefed.privacy.preflight import preflight
 from securefed.report import privacy_checks, render_report, rounds, text
@@ -27,12 +29,17 @@ def test_record_level_dp_sgd_is_stated_per_holder_and_never_called_no_noise(tmp_
     make_signed_run(rd, cfg=DPConfig(clip=1.0), own_cap=None, dp_sgd_steps=2, config=DP_SGD)   # holder-level DP off
     assert main(["report", str(rd)]) == 0
     md = _md(rd)
+    # no holder-level DP: report.json states no holder-level δ or relation beside ε = inf (the ledger carries the
+    # configured ones; an accountant review found them repeated there), as summary.json
+    facts = json.loads((rd / "report" / "report.json").read_text())["facts"]
+    assert facts["epsilon"] == "inf" and facts["delta"] is None and facts["neighbouring_relation"] is None
     # holder h signs σ = 1, q = 0.01·h, 2 steps per release, 4 releases: 8 steps (signed_run.py)
     eps = {h: record_level_entry([[1.0, 0.01 * h, 8]], 1e-5)["epsilon"] for h in (1, 2, 3, 4)}
     assert "Record-level guarantee (DP-SGD), separate from the holder-level one:" in md
     assert "| holder | record-level ε (cumulative, per record) | δ | DP-SGD steps | unit (one record) |" in md
-    for h, e in eps.items():
-        assert f"| holder-{h} | {e:.4g} | 1e-05 | 8 | sequence |" in md
+    for h, e in eps.items():   # shown rounded up (epsilon_text): never below the bound (1.02638 → 1.027)
+        shown = f"{math.ceil(e * 1000) / 1000:.4g}" if e < 10 else None
+        assert f"| holder-{h} | {shown} | 1e-05 | 8 | sequence |" in md and float(shown) >= e
     assert "no noise is added (ε = ∞)" not in md and "What protects the individual updates is secure aggregation alone" not in md
     assert ("No holder-level differential privacy: updates are clipped and quantized, but no holder-level noise is added "
             "(holder-level ε = ∞).") in md
@@ -71,16 +78,18 @@ def test_holder_budgets_show_the_own_ledger_the_servers_view_own_caps_and_unsamp
     assert own > view
     render_report(rd)
     md = _md(rd)
+    own_s, view_s = epsilon_text(own), epsilon_text(view)   # shown rounded up: never below the bound
+    assert float(own_s) >= own and float(view_s) >= view
     assert ("| holder | holder-level ε (own signed ledger) | holder-level ε (server's view) | cap (own ledger) | "
             "rounds included | refused | dropped |") in md
-    assert f"| holder-4 | {own:.4g} | {view:.4g} | 20 | 2 | 0 | 1 |" in md
+    assert f"| holder-4 | {own_s} | {view_s} | 20 | 2 | 0 | 1 |" in md
     # on the roster (keys.json), never in a cohort: holder 5's directory is here, holder 6's is not
     assert "| holder-5 | 0 (no own ledger: it released nothing) | 0 (never in a cohort) | — | 0 | 0 | 0 |" in md
     assert "| holder-6 | not in this directory (securefed verify --holder-ledger) | 0 (never in a cohort) | — | 0 | 0 | 0 |" in md
     worst = max(v.holder_own_epsilon.values())
-    assert (f"The largest ε in any holder's own signed ledger (no amplification) is {worst:.4g} (the own ledgers of "
+    assert (f"The largest ε in any holder's own signed ledger (no amplification) is {epsilon_text(worst)} (the own ledgers of "
             "holder-6 are not in this directory).") in md
-    assert "holder-4 has an ε cap of 20:" in md and f"(ε spent, own ledger: {own:.4g})" in md
+    assert "holder-4 has an ε cap of 20:" in md and f"(ε spent, own ledger: {own_s})" in md
 
 
 # ------------------------------------------------------------------------------------------ H5
