@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     """0: written and every privacy record verified (signatures, chains, anchors, recomputed ε; see
     `securefed verify`); 1: written, but a record is missing or does not verify (no ε is stated); 2: nothing
     written (not a run, or a corrupt file: the message names it)."""
+    from securefed.privacy.accountant import epsilon_text
     from securefed.report import ReportInputError, render_report
     from securefed.runtime.rundir import RunDirError
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
           + f" ({what}, head {rep['ledger_head']})")
     for h, r in rec.items():   # verified from each holder's own signed releases (never stated when they do not verify)
         unit = {"document": "document", "group": "group of documents (data.unit_field)"}.get(r.get("unit"), "training sequence")
-        print(f"privacy: holder {h} record-level epsilon={r['epsilon']:.6g} delta={r['delta']:g} after {r['steps']} "
+        print(f"privacy: holder {h} record-level epsilon={epsilon_text(r['epsilon'], 6)} delta={r['delta']:g} after {r['steps']} "
               f"DP-SGD steps (cumulative, per {unit})")
     if facts.get("deterministic_secrets"):
         print("securefed report: WARNING: NOT private: for tests — deterministic_secrets derives every noise sample and "

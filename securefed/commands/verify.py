@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """0: verified and signed; 1: a record does not verify; 2: not a run directory or bad arguments;
     3: consistent, but unsigned (no privacy/keys.json)."""
+    from securefed.privacy.accountant import epsilon_text
     from securefed.report.privacy_checks import verify_run
 
     rd = Path(args.run_dir)
@@ -73,14 +74,14 @@ def run(args: argparse.Namespace) -> int:
         print("privacy: epsilon=0 (no round released anything"
               + ("; the signed end-of-run record shows no entry was cut)" if v.signed else ")"))
     elif v.epsilon is not None:
-        print(f"privacy: epsilon={v.epsilon:.6g} delta={v.delta:g} (recomputed from {v.entries} recorded events)")
+        print(f"privacy: epsilon={epsilon_text(v.epsilon, 6)} delta={v.delta:g} (recomputed from {v.entries} recorded events)")
         for c, e in sorted(v.colluding_epsilon.items()):   # distributed DP, dp.md §11
-            print(f"privacy: epsilon={e:.6g} if {c} holder(s) of each sum collude with the server "
+            print(f"privacy: epsilon={epsilon_text(e, 6)} if {c} holder(s) of each sum collude with the server "
                   "(their noise shares subtracted)")
     for h in sorted(v.holder_own_epsilon):
-        print(f"holder {h}: own epsilon={v.holder_own_epsilon[h]:.6g} (server's view {v.holder_view_epsilon.get(h, float('nan')):.6g})")
+        print(f"holder {h}: own epsilon={epsilon_text(v.holder_own_epsilon[h], 6)} (server's view {epsilon_text(v.holder_view_epsilon.get(h), 6)})")
     for h, rl in sorted(v.record_level.items()):   # record-level DP-SGD, from the holder's own signed releases
         unit = {"document": "document", "group": "group of documents (data.unit_field)"}.get(rl.get("unit"), "training sequence")
-        print(f"holder {h}: record-level epsilon={rl['epsilon']:.6g} delta={rl['delta']:g} after {rl['steps']} DP-SGD "
+        print(f"holder {h}: record-level epsilon={epsilon_text(rl['epsilon'], 6)} delta={rl['delta']:g} after {rl['steps']} DP-SGD "
               f"steps (per {unit}, recomputed from its signed releases)")
     return 0 if v.signed else 3
