@@ -652,7 +652,10 @@ class Holder:
             # A message no check above refused yet no handler could process (the class a stage/payload fuzz of every
             # mode found as tracebacks that ended `securefed client`): fail closed — this round's secrets go, no
             # reply, one line; the holder stays for the next round. Its own faults (a ledger it cannot write: OSError,
-            # HolderStateError) still stop it.
+            # HolderStateError) still stop it, and so does any error while it trains (MODEL: θ is hash-checked
+            # before it trains, H4, so what fails there is this holder's own code or data, not the message).
+            if stage == Stage.MODEL:
+                raise
             log.error("holder %d: round %d stage %s: a message this holder cannot process (%s: %s); it leaves the "
                       "round", self.id, round_index, stage.name, type(e).__name__, e)
             self._end_secagg(rs)
