@@ -25,6 +25,7 @@ from securefed.federation.holder import (HolderStateError, PolicyRefused, announ
 from securefed.federation.messages import (CkksUploadRequest, Decision, Offer, Plan, Ready, Welcome, decode, decode_as,
                                            encode)
 from securefed.federation.stages import Stage
+from securefed.privacy.accountant import epsilon_text
 from securefed.privacy.remote import HolderBudget, round_spec
 from securefed.secagg import SecAggConfig
 from securefed.secagg import decode as secagg_decode
@@ -394,7 +395,7 @@ def test_h3_a_round_that_would_cross_the_cap_is_refused_before_training(make, mo
     holder = fed.holders[1]
     trained = count_training(holder, monkeypatch)
     reason = refusal(holder.handle(1, Stage.OFFER, data), 1)
-    assert reason == (f"joining would take this holder to epsilon {projected:.4g} (at delta {spec.delta:.3g}, "
+    assert reason == (f"joining would take this holder to epsilon {epsilon_text(projected)} (at delta {spec.delta:.3g}, "
                       f"assuming only {t_min} survivors), above its cap 0.5")
     assert view(fed.ledger(1)) == [("refused", 1, None, reason)] and fed.ledger(1)[0]["cap"] == 0.5
     assert holder.handle(1, Stage.MODEL, fed.model_bytes()) is None and not trained
