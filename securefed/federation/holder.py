@@ -324,9 +324,9 @@ class Holder:
         dp, one = self.cfg.dp_sgd, self._over_record_cap()
         if one is not None:
             raise PolicyRefused(f"its dp_sgd.epsilon_cap {dp.epsilon_cap:g} is below the record-level cost of one round "
-                                f"of this run ({one:.4g} at delta {dp.delta:.3g}: the run's {w.local_steps} local steps "
+                                f"of this run ({epsilon_text(one)} at delta {dp.delta:.3g}: the run's {w.local_steps} local steps "
                                 f"at batch {w.batch_size}), so it would refuse every round (protocols/dp.md §10.5); "
-                                f"raise dp_sgd.epsilon_cap above {one:.4g}, or ask the coordinator for fewer local steps "
+                                f"raise dp_sgd.epsilon_cap above {epsilon_text(one)}, or ask the coordinator for fewer local steps "
                                 "or a smaller batch")
 
     def prepare_data(self):
@@ -796,7 +796,7 @@ class Holder:
             return None
         dp = self.cfg.dp_sgd
         return (f"its {self.welcomed.local_steps} DP-SGD steps would take this holder's record-level epsilon to "
-                f"{proj:.4g} (at delta {dp.delta:.3g}), above its dp_sgd.epsilon_cap {dp.epsilon_cap:g}")
+                f"{epsilon_text(proj)} (at delta {dp.delta:.3g}), above its dp_sgd.epsilon_cap {dp.epsilon_cap:g}")
 
     def _on_model(self, rs: _Round, payload: bytes | bytearray) -> None:
         import torch

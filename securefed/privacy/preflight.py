@@ -377,7 +377,7 @@ def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: in
                         f"holder ({holder_one:.4g}): every holder would refuse every round")
     if config.server_epsilon_cap is not None and eps_round > config.server_epsilon_cap:
         problems.append(f"privacy.server_epsilon_cap = {config.server_epsilon_cap:g} is below the cost of one round "
-                        f"({eps_round:.4g}): the federation would stop before its first round")
+                        f"({epsilon_text(eps_round)}): the federation would stop before its first round")
     rec = _record_levels(record_level, dim, problems) if record_level is not None else None
     warns = _cap_warnings(config, rounds=rounds, joins=joins, q=q,
                           eps_rounds=lambda k: acc.epsilon(delta, [ev(m, q)] * k),

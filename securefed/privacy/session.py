@@ -25,7 +25,7 @@ from typing import Literal, Mapping, Sequence
 
 from securefed.primitives.keys import IdentityKey
 from securefed.privacy.accountant import (ACCOUNTANT_SCHEME, Accountant, RoundEvent, accountant_version,
-                                          calibrate_noise_multiplier, ledger_scheme)
+                                          calibrate_noise_multiplier, epsilon_text, ledger_scheme)
 from securefed.privacy.clipping import bit_noise_std, data_noise_multiplier
 from securefed.privacy.config import BudgetExhausted, DPConfig, default_delta
 from securefed.privacy.encoders import plan_discrete
@@ -258,7 +258,7 @@ class PrivacySession:
         z = self._resolve_sigma(dim) if cfg.dp_on else 0.0
         eps_now = self.accountant.epsilon(self.delta)
         if cfg.server_epsilon_cap is not None and eps_now >= cfg.server_epsilon_cap:
-            raise BudgetExhausted(f"server epsilon cap {cfg.server_epsilon_cap} already spent (epsilon {eps_now:.4g})")
+            raise BudgetExhausted(f"server epsilon cap {cfg.server_epsilon_cap} already spent (epsilon {epsilon_text(eps_now)})")
         own = dict(refused) if isinstance(refused, Mapping) else {h: "refused the round" for h in refused}
         if not set(own) <= set(ids):
             raise ValueError("refused holders must be members of the cohort")
@@ -279,8 +279,8 @@ class PrivacySession:
                 proj = self._holder(h)[1].epsilon(self.delta, [self._event(plan, z, m, sampled=False, dim=dim)])
                 if proj > cap:
                     newly.append(h)
-                    reasons[h] = (f"joining would take this holder's epsilon to {proj:.4g} (assuming {m} of {n} survive) "
-                                  f"> its cap {cap:.4g}; it has spent {self.holder_epsilon(h):.4g}")
+                    reasons[h] = (f"joining would take this holder's epsilon to {epsilon_text(proj)} (assuming {m} of {n} survive) "
+                                  f"> its cap {cap:.4g}; it has spent {epsilon_text(self.holder_epsilon(h))}")
             if not newly:
                 break
             refused.extend(newly)
@@ -288,7 +288,7 @@ class PrivacySession:
         if participants and cfg.server_epsilon_cap is not None:
             proj = self.accountant.epsilon(self.delta, [self._event(plan, z, len(participants), sampled=True, dim=dim)])
             if proj > cfg.server_epsilon_cap:
-                raise BudgetExhausted(f"round {round_index} would take the server to epsilon {proj:.4g} > cap {cfg.server_epsilon_cap}")
+                raise BudgetExhausted(f"round {round_index} would take the server to epsilon {epsilon_text(proj)} > cap {cfg.server_epsilon_cap}")
         self._open = RoundPrivacy(self, round_index, ids, tuple(participants), tuple(refused), dim, plan, z)
         self._open.refusal_reasons = {h: reasons[h] for h in refused}
         return self._open
