@@ -125,11 +125,10 @@ def _inspect(args: argparse.Namespace) -> int:
 def _tokenizer(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from securefed.outdir import uncreatable
     from securefed.training.data.corpus import collect_sources
     from securefed.training.data.stdlib import tokenizer_corpus
     from securefed.training.data.tokenizer import train_bpe, wrap
-
-    from securefed.outdir import uncreatable
 
     out = Path(args.out).expanduser()
     why = uncreatable(out)
