@@ -5,7 +5,7 @@ budget and its hardware; nothing the coordinator sends can change them. Exit cod
 (protocols/transport.md §10): 0 all rounds done, or the coordinator ended the run on its ε cap · 1 unexpected
 error · 2 usage/config error (bad or contradictory holder config, missing key or data file) · 3 the
 coordinator refused this holder's certificate · 5 the coordinator ended the run: too few holders · 6
-coordinator unreachable after max_failures · 7 the run is below this holder's floors · 8 the coordinator
+coordinator unreachable after max_failures, or silent past patience_s · 7 the run is below this holder's floors · 8 the coordinator
 stopped before its last round (start the client again if it resumes) · 9 another process takes part with this
 holder's identity key.
 """
@@ -24,7 +24,7 @@ EPILOG = """exit status (protocols/transport.md §10):
   4  this holder's own state files are unreadable, inconsistent or cannot be written (disk full, read-only):
      nothing unrecorded sent; start it again once they can be written
   5  the coordinator ended the run: too few holders
-  6  coordinator unreachable after max_failures attempts (holder config)
+  6  coordinator unreachable after max_failures attempts, or silent past patience_s (holder config)
   7  the run is below this holder's floors: nothing sent
   8  the coordinator stopped before its last round (start the client again when it resumes)
   9  another process takes part with this holder's identity key: stop one of them"""

@@ -60,4 +60,4 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
     except (DataError, ValueError, OSError) as e:
         return usage(str(e))
     return run_holder(holder, target=server or cfg.server, creds=creds, server_name=cfg.server_name,
-                      max_failures=cfg.max_failures)
+                      max_failures=cfg.max_failures, patience_s=cfg.patience_s)

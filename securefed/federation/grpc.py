@@ -182,8 +182,9 @@ class GrpcChannel(Channel):
 
 # ---------------------------------------------------------------------------------------- holder side
 def run_holder(holder, *, target: str, creds, server_name: str | None = None, max_failures: int = 20,
-               backoff=None) -> int:
-    """Take part in a run as ``holder`` (a federation.holder.Holder) until it ends; an exit code."""
+               patience_s: float = 86400.0, backoff=None) -> int:
+    """Take part in a run as ``holder`` (a federation.holder.Holder) until it ends; an exit code. ``patience_s``:
+    the longest it waits for the coordinator's next stage message once welcomed (transport.md §6.4)."""
     from securefed.federation.holder import HolderStateError, PolicyRefused
     from securefed.privacy.ledger import LedgerWriteError
     from securefed.runtime.rundir import WriteError
@@ -191,7 +192,7 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
 
     backoff = backoff or Backoff()
     failures, tc, at = 0, None, None    # at: (round, next stage) to resume after a dropped connection
-    sent = _Sent()                      # what this process submitted and how it was answered, reconnects included
+    sent = _Sent(patience_s=patience_s)  # what this process submitted and how it was answered, reconnects included
     while True:
         try:
             if tc is None:
@@ -203,7 +204,10 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
             problem = tc.connect_problem()
             if problem is not None and problem.final:
                 raise _Untrusted(problem.text)
+            first = holder.welcomed is None
             holder.welcome(tc.join(encode(Hello(holder.id)), timeout=JOIN_WAIT_S))
+            if first:   # §6.4: patience counts from the welcome, not from the attempts to reach the coordinator
+                sent.heard_at = time.monotonic()
             tc.set_run(holder.welcomed.run_id)
             # after a dropped connection: back to the same stage of the same round (its state is in memory)
             r = at[0] if at is not None else max(holder.welcomed.next_round, holder.next_round)
@@ -243,6 +247,11 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
             log.error("holder %d: %s. Stop one of them: one client per holder identity, with one state directory",
                       holder.id, e)
             return EXIT["identity"]
+        except _Stalled as e:   # transport.md §6.4: a coordinator that never moves on does not keep this holder for ever
+            tc.close()
+            log.error("holder %d: %s: leaving the run (patience_s in the holder config). Start the client again with "
+                      "the same --config to rejoin; it continues from its own state", holder.id, e)
+            return EXIT["unreachable"]
         except _Ended as e:
             tc.close()
             log.log(logging.INFO if e.code == EXIT["ok"] else logging.WARNING,
@@ -294,6 +303,10 @@ class _Ended(Exception):
         super().__init__(self.why_text)
 
 
+class _Stalled(Exception):
+    """The coordinator answered "wait" for longer than the holder's patience_s (transport.md §6.4): exit 6."""
+
+
 class _Untrusted(Exception):
     """The coordinator's certificate fails this holder's TLS checks (transport.md §7.1): exit 3, never retried."""
 
@@ -302,7 +315,11 @@ class _Untrusted(Exception):
 class _Sent:
     """This client process's replies, across reconnects: ``stages`` (round, stage) it submitted a reply to;
     ``in_sum`` rounds whose released update the coordinator accepted; ``late`` rounds it was told a reply arrived
-    too late (transport.md §6.1: said once per round), ``nothing`` those of them it contributed nothing to."""
+    too late (transport.md §6.1: said once per round), ``nothing`` those of them it contributed nothing to;
+    ``heard_at`` when the coordinator last sent a stage message (time.monotonic; the welcome counts), against which
+    ``patience_s`` is measured (§6.4)."""
+    patience_s: float = 86400.0
+    heard_at: float = field(default_factory=time.monotonic)
     stages: set[tuple[int, int]] = field(default_factory=set)
     in_sum: set[int] = field(default_factory=set)
     late: set[int] = field(default_factory=set)
@@ -359,7 +376,10 @@ def _round(holder, tc, r: int, s: int, sent: _Sent) -> int:
             h.total_len == 4 * dim else None
     while True:
         try:
-            f = tc.fetch(r, s, (Kind.STAGE,), wait_s=30.0, max_len=max(4 * dim, MAX_MESSAGE), sink_for=theta_buffer)
+            # a long poll of up to 30 s, never past this holder's patience (§6.4)
+            left = sent.patience_s - (time.monotonic() - sent.heard_at)
+            f = tc.fetch(r, s, (Kind.STAGE,), wait_s=min(30.0, max(1.0, left)), max_len=max(4 * dim, MAX_MESSAGE),
+                         sink_for=theta_buffer)
         except grpc.RpcError as e:
             if getattr(e, "code", lambda: None)() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                 raise
@@ -368,6 +388,10 @@ def _round(holder, tc, r: int, s: int, sent: _Sent) -> int:
             info = _wait_info(f.payload)
             why = info.get("reason")
             if why in ("not_open", "not_yet"):
+                quiet = time.monotonic() - sent.heard_at
+                if quiet > sent.patience_s:   # §6.4: reconnects do not restart this clock, a stage message does
+                    raise _Stalled(f"the coordinator has sent no stage message for {quiet:.0f} s (round {r}: "
+                                   f"{'the round has not opened' if why == 'not_open' else 'its next stage has not come'})")
                 continue
             if why == "ended":
                 raise _Ended(info)
@@ -376,6 +400,7 @@ def _round(holder, tc, r: int, s: int, sent: _Sent) -> int:
                 nxt = info.get("next_round")
                 return nxt if isinstance(nxt, int) and not isinstance(nxt, bool) and nxt > r else r + 1
             raise FrameError(f"the coordinator answered {why!r}")
+        sent.heard_at = time.monotonic()
         vanish = holder.cfg.vanish_at
         if vanish is not None and (r, f.stage) >= tuple(vanish):   # tests: a holder killed mid-round
             log.error("holder %d: test hook vanish_at %s: killing this process", holder.id, vanish)

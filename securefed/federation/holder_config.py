@@ -180,6 +180,9 @@ class HolderConfig:
     server_name: str | None = None
     pki: str | None = None
     max_failures: int = 20
+    # the longest this holder waits for the coordinator's next stage message once welcomed (a round that does not
+    # open, a stage that does not come) before it leaves with exit 6 (transport.md §6.4); above any stage deadline
+    patience_s: float = 86400.0
     save_every: int = 1                # save the optimizer state every this many rounds (GBs per save at 1.3B); a
                                        # DP-SGD holder saves it at every release anyway (H7), and then not again
     # simulation and tests only: secrets from a seed (never with real data), simulated vanishing
@@ -214,6 +217,9 @@ class HolderConfig:
             raise ValueError("save_every must be >= 1")
         if self.max_failures < 0:
             raise ValueError("max_failures must be >= 0")
+        if not (isinstance(self.patience_s, (int, float)) and not isinstance(self.patience_s, bool)
+                and 0 < self.patience_s <= 30 * 86400):
+            raise ValueError("patience_s must be a number of seconds in (0, 2592000] (30 days)")
 
 
 def load_holder_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> HolderConfig:

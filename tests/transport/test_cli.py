@@ -75,6 +75,7 @@ def test_server_refuses_a_bad_config_or_roster_before_creating_the_run(tmp_path,
     ({"data": {"source": "/no/such/corpus"}}, "data path /no/such/corpus does not exist"),
     ({"data": {"tokenizer": "/no/such/tokenizer.json"}}, "does not exist"),
     ({"state_dir": "/no/such/parent/state"}, "state_dir's parent"),
+    ({"patience_s": 0}, "patience_s must be a number of seconds"),          # transport.md §6.4
 ])
 def test_client_bad_holder_config_is_one_usage_error_before_anything_is_sent(tmp_path, pki, fed_cache, capsys,
                                                                              fields, why):

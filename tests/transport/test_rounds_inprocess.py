@@ -454,3 +454,40 @@ def test_a_holder_restarted_after_accepting_a_round_is_dropped_from_it_when_it_a
     assert [(e["round"], e["status"]) for e in own4] == [(2, "released"), (2, "settled")]   # nothing of round 1
     said = [rec.getMessage() for rec in caplog.records if rec.name == "securefed.transport.board"]
     assert any(m.startswith("holder 4 asks for round 2 while round 1 is in progress: it has left round 1") for m in said), said
+
+
+def test_a_holder_kept_waiting_past_its_patience_leaves_with_exit_6_naming_the_wait(tmp_path, tiny_run, caplog):
+    """transport.md §6.4: a coordinator that welcomes a holder and then never opens its round (here: waiting for the
+    other three holders, which never come) answered "wait" to every ask, and the holder asked for ever. Over the real
+    gRPC channel, holder 1 alone with patience_s = 1 s leaves with exit 6 within seconds, naming what it waited for,
+    long before the coordinator's own join deadline (8 s) ends the run."""
+    import logging
+    import time
+
+    from securefed.federation.grpc import EXIT, run_holder
+    from securefed.transport.client import Backoff
+
+    fed = NetFederation.build(tmp_path, tiny_run + ["network.join=8"])
+    fed.channel.alive_s = 1.0   # the ended coordinator waits this long to tell the holder it has left (§5.4)
+    done = threading.Event()
+
+    def coordinator():
+        try:
+            fed.coord.run()
+        except BaseException:   # noqa: BLE001 - too few holders: the coordinator's own exit, not this test's subject
+            pass
+        done.set()
+    threading.Thread(target=coordinator, daemon=True).start()
+    while fed.channel.port is None and not done.is_set():
+        time.sleep(0.05)
+    caplog.set_level(logging.INFO, logger="securefed")
+    t0 = time.monotonic()
+    rc = run_holder(fed.holders[1], target=fed.target, creds=fed.creds(1), max_failures=5, patience_s=1.0,
+                    backoff=Backoff(base=0.05, cap=0.2))
+    took = time.monotonic() - t0
+    assert done.wait(60), "the coordinator did not end at its join deadline"
+    fed.channel.close()
+    said = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert rc == EXIT["unreachable"] and took < 6, (rc, took, said)
+    assert any("the coordinator has sent no stage message for" in m and "round 1: the round has not opened" in m
+               and "patience_s" in m for m in said), said
