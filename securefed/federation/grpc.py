@@ -76,11 +76,12 @@ class GrpcChannel(Channel):
             try:
                 hello = decode_as(request, Hello)
             except MessageError as e:
-                log.warning("holder %d: malformed hello: %s", hid, e)
+                self.board.say(hid, logging.WARNING, "holder %d: malformed hello: %s", hid, e)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed hello")
             if hello.holder_id != hid:   # the id comes from the TLS certificate, never from a message
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, "not authorized")
-            log.info("holder %d joined (%s)", hid, context.peer())
+            # one line per Join, at most ratelog.PER_MINUTE a minute per holder (transport.md §2)
+            self.board.say(hid, logging.INFO, "holder %d joined (%s)", hid, context.peer())
             return welcome_for(hid)
 
         handlers = Handlers(join=join, fetch=self.board.fetch, submit=self.board.submit, status=self.status)

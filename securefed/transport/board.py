@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 
 from securefed.transport.frames import (ACK_ALREADY_REPLIED, ACK_TOO_LATE, Ack, FetchRequest, FrameError, Header, Kind,
                                         decode, encode, iter_stream_frames, sha256_parts)
+from securefed.transport.ratelog import HolderLog
 from securefed.transport.stream import BytesSink, FrameReader, ReadStopped, StreamReceiver, expect_header
 
 __all__ = ["StageBoard", "HEADER_TIMEOUT_S"]
@@ -79,6 +80,8 @@ class StageBoard:
         self._digest_lock = threading.Lock()   # holders fetch θ at once: one of them hashes it, the others wait
         self.ended: dict | None = None    # the run is over: what every fetch answers from now on (§5.4)
         self.told: set[int] = set()       # holders the end was sent to
+        # what one holder's calls make this process log: at most ratelog.PER_MINUTE lines a minute per holder (§2)
+        self.say = HolderLog(log).say
 
     # ------------------------------------------------------------------ RPC side
     def fetch(self, hid: int, request: bytes, context):
@@ -87,7 +90,7 @@ class StageBoard:
             if not isinstance(req, FetchRequest) or req.run_id != self.run_id:
                 raise FrameError("fetch request for another run or malformed")
         except FrameError as e:
-            log.warning("holder %d: bad fetch request: %s", hid, e)
+            self.say(hid, logging.WARNING, "holder %d: bad fetch request: %s", hid, e)
             yield from self._frames(0, 0, Kind.WAIT, json.dumps({"reason": "bad_request"}).encode())
             return
         r, s = req.round, req.stage
@@ -203,8 +206,8 @@ class StageBoard:
                         and first.round == r and (first.stage, hid) in self.committed:
                     # §6.3: said as such, whether or not the stage is still open — a client that never sent this
                     # reply learns that another client holds its identity
-                    log.warning("holder %d: refused a stream: a reply of this holder to round %d stage %d was "
-                                "already committed", hid, r, first.stage)
+                    self.say(hid, logging.WARNING, "holder %d: refused a stream: a reply of this holder to round %d stage "
+                             "%d was already committed", hid, r, first.stage)
                     return encode(Ack(ACK_ALREADY_REPLIED, "already replied"))
                 if isinstance(first, Header) and first.run_id == self.run_id and first.kind == Kind.REPLY \
                         and hid in self.closed.get((first.round, first.stage), ()):
@@ -243,22 +246,22 @@ class StageBoard:
                 self.cond.notify_all()
             return encode(Ack(0))
         except _TooLate as e:   # said as such: the holder learns its reply counts for nothing, not a bare "refused"
-            log.warning("holder %d: answered too late: %s", hid, e)
+            self.say(hid, logging.WARNING, "holder %d: answered too late: %s", hid, e)
             return encode(Ack(ACK_TOO_LATE, "too late: the stage had ended"))
         except StopIteration:
-            log.warning("holder %d: empty submit", hid)
+            self.say(hid, logging.WARNING, "holder %d: empty submit", hid)
         except Exception as e:
             if key is not None and self._ended(key):
                 # §6.1: its stage closed while this stream was open: whatever failed after that — a chunk taken
                 # before the close written into a fold the driver's seal has since undone, a fold opened after the
                 # seal — the reply counts for nothing because it was late, and is answered so (3), not refused (1)
-                log.warning("holder %d: answered too late: the stage (round %d stage %d) ended while its reply stream "
-                            "was open (then: %s)", hid, key[0], key[1], e)
+                self.say(hid, logging.WARNING, "holder %d: answered too late: the stage (round %d stage %d) ended while its "
+                         "reply stream was open (then: %s)", hid, key[0], key[1], e)
                 return encode(Ack(ACK_TOO_LATE, "too late: the stage had ended"))
             if isinstance(e, (FrameError, ValueError)):
-                log.warning("holder %d: refused a stream: %s", hid, e)
+                self.say(hid, logging.WARNING, "holder %d: refused a stream: %s", hid, e)
             else:   # connection lost mid-stream (grpc raises from the request iterator)
-                log.warning("holder %d: stream broke off: %s", hid, type(e).__name__)
+                self.say(hid, logging.WARNING, "holder %d: stream broke off: %s", hid, type(e).__name__)
         finally:
             if rx is not None:
                 rx.abort()

@@ -27,6 +27,7 @@ import grpc
 from securefed import jsonio
 from securefed.transport.frames import MAX_FRAME
 from securefed.transport.pki import holder_id_from_cert
+from securefed.transport.ratelog import HolderLog
 
 __all__ = ["SERVICE", "MAX_JSON", "CALLS_PER_HOLDER", "channel_options", "server_options", "make_server", "listen_problem",
            "make_channel", "peer_holder_id", "Handlers", "Stub", "load_client_credentials", "server_workers"]
@@ -64,8 +65,10 @@ def server_options() -> list[tuple[str, object]]:
             ("grpc.so_reuseport", 0), *_WINDOW, *_KEEPALIVE]
 
 
-def peer_holder_id(context: grpc.ServicerContext, roster_ids: frozenset[int] | set[int]) -> int:
-    """The authenticated holder id of this call's peer, or abort PERMISSION_DENIED (§7.2)."""
+def peer_holder_id(context: grpc.ServicerContext, roster_ids: frozenset[int] | set[int], *,
+                   say: Callable | None = None) -> int:
+    """The authenticated holder id of this call's peer, or abort PERMISSION_DENIED (§7.2). ``say``: a
+    ``ratelog.HolderLog.say`` the refusal is logged through (its lines rate-limited, §2)."""
     auth = context.auth_context()
     pems = auth.get("x509_pem_cert") or []
     try:
@@ -75,7 +78,10 @@ def peer_holder_id(context: grpc.ServicerContext, roster_ids: frozenset[int] | s
         if hid not in roster_ids:
             raise ValueError("holder not on the roster")
     except ValueError as e:
-        log.warning("refused a call from %s: %s", context.peer(), e)
+        if say is not None:
+            say(None, logging.WARNING, "refused a call from %s: %s", context.peer(), e)
+        else:
+            log.warning("refused a call from %s: %s", context.peer(), e)
         context.abort(grpc.StatusCode.PERMISSION_DENIED, "not authorized")
         raise  # unreachable: abort raises
     return hid
@@ -141,13 +147,14 @@ def make_server(handlers: Handlers, *, host: str, port: int, cert: Path, key: Pa
     """A started-later gRPC server with mTLS bound to host:port (port 0: pick a free one)."""
 
     slots = _HolderSlots(CALLS_PER_HOLDER)
+    refusals = HolderLog(log)   # a certificate not on the roster may call as often as it likes: its lines are limited
     if max_workers < server_workers(len(roster_ids)):
         raise ValueError(f"max_workers {max_workers} leaves some holder less than its {CALLS_PER_HOLDER} calls: "
                          "use server_workers(len(roster))")
 
     def authed(fn):                  # unary response: the holder's slot is held for the call
         def call(request, context):
-            hid = peer_holder_id(context, roster_ids)
+            hid = peer_holder_id(context, roster_ids, say=refusals.say)
             slots.take(hid, context)
             try:
                 return fn(hid, request, context)
@@ -157,7 +164,7 @@ def make_server(handlers: Handlers, *, host: str, port: int, cert: Path, key: Pa
 
     def authed_stream(fn):           # streamed response: held until the last frame is out or the call ends
         def call(request, context):
-            hid = peer_holder_id(context, roster_ids)
+            hid = peer_holder_id(context, roster_ids, say=refusals.say)
             slots.take(hid, context)
             try:
                 yield from fn(hid, request, context)
