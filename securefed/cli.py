@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:   # Ctrl-C, SIGTERM, SIGHUP: one line saying what to do next, not a traceback
-        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        signum = getattr(e, "signum", signal.SIGINT)   # Terminated here, or launch.Stopped from a launcher's guard
         hint = getattr(args, "resume_hint", None)
         hint = hint() if callable(hint) else hint   # said as things stand when the interrupt came
         how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name

@@ -25,7 +25,7 @@ from securefed import jsonio
 from securefed.configio import dump_yaml
 from securefed.runtime.rundir import RunDir, atomic_write_text
 
-__all__ = ["run_grpc", "LaunchError", "signals_raise", "die_with_launcher", "LAUNCHER_ENV"]
+__all__ = ["run_grpc", "LaunchError", "Stopped", "signals_raise", "die_with_launcher", "LAUNCHER_ENV"]
 
 log = logging.getLogger("securefed.launch")
 
@@ -193,13 +193,24 @@ def _kill_group(p: subprocess.Popen) -> None:
     p.wait()
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP ended the federation (:func:`signals_raise`): the way out of Ctrl-C, with ``signum``, so the
+    command says "interrupted (SIGTERM); ... --resume" and exits 128 + the signal (securefed.cli)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def signals_raise():
     """SIGTERM / SIGHUP raise SystemExit(128 + signal) in this (main) thread while the federation runs, so the
     ``finally`` above (and run_ray's, ray_cluster.py) kills the processes it started instead of leaving them
-    running (their own sessions do not get the terminal's signals). The exit code survives a library that turns
-    the exception into its own (Ray's ray.wait raises SystemExit(1) instead). Elsewhere than the main thread:
-    nothing to install."""
+    running (their own sessions do not get the terminal's signals). What leaves the block is :class:`Stopped`
+    (a KeyboardInterrupt naming the signal), whatever a library made of the SystemExit on the way (Ray's ray.wait
+    raises SystemExit(1) instead): as a SystemExit it went past the command's interrupt line, so a `simulate
+    --backend ray` or `grpc` stopped by SIGTERM in its rounds or just after summary.json exited 143 with no word
+    of --resume (a crash review; protocols/federation.md §6). Elsewhere than the main thread: nothing to install."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -211,9 +222,9 @@ def signals_raise():
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
-    except SystemExit:
+    except BaseException:
         if got:
-            raise SystemExit(128 + got[0]) from None
+            raise Stopped(got[0]) from None
         raise
     finally:
         for sig, handler in old.items():

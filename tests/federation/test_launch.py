@@ -143,3 +143,39 @@ def test_server_and_client_started_by_the_launcher_ask_to_die_with_it(tmp_path, 
     assert main(["client", "--launched", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert calls == [1, 1]
     assert main(["server", "--status", str(tmp_path)]) == 2 and calls == [1, 1]   # by hand: not asked
+
+
+@pytest.mark.parametrize("backend", ["ray", "grpc"])
+@pytest.mark.parametrize("ray_rewrites_it", [False, True], ids=["as-raised", "ray-made-it-SystemExit(1)"])
+def test_sigterm_during_a_launchers_rounds_says_how_to_resume(tmp_path, capsys, monkeypatch, backend, ray_rewrites_it):
+    """A crash review of `simulate --backend ray` (scripts in /tmp/revray/): SIGTERM during the rounds, between the
+    holders' releases and the ledger append, or just after summary.json exited 143 with no line at all — the launcher's
+    guard (signals_raise) raised SystemExit, which went past the command's "interrupted (SIGTERM); ... --resume" line
+    (Ctrl-C and the in-process backend said it). The guard's exception is now a KeyboardInterrupt naming the signal,
+    also when a library turned its SystemExit into its own (Ray's ray.wait: SystemExit(1)). federation.md §6."""
+    from securefed.federation import simulation
+    from securefed.federation.launch import signals_raise
+
+    out = tmp_path / "r"
+
+    def init(self, *a, **kw):   # a run directory with a checkpoint: what --resume continues
+        (out / "checkpoints").mkdir(parents=True)
+        (out / "checkpoints" / "latest.pt").write_bytes(b"x")
+        (out / "config.yaml").write_text("seed: 0\n")
+
+    def run(self):              # the launcher's rounds (run_ray / run_grpc run under this guard)
+        with signals_raise():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+            except SystemExit:
+                if ray_rewrites_it:
+                    raise SystemExit(1) from None
+                raise
+        raise AssertionError("not stopped")
+    monkeypatch.setattr(simulation.Simulation, "__init__", init)
+    monkeypatch.setattr(simulation.Simulation, "run", run)
+    assert main(["simulate", "--backend", backend, "--out", str(out)]) == 143
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (f"securefed simulate: interrupted (SIGTERM); the run in {out} continues from "
+                                            f"its last checkpoint with the same arguments and --out {out} --resume"), err

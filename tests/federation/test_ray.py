@@ -261,7 +261,7 @@ def _running(pid: int) -> bool:
 def test_sigterm_or_sighup_ends_the_holders_and_the_ray_started_for_the_run(tmp_path, tiny_run, sig):
     """Ray's own SIGTERM handler aborted the driver (exit -6, a C++ stack dump, no cleanup) and a SIGHUP (terminal
     closed) killed it leaving Ray's DashboardAgent and RuntimeEnvAgent running with no parent. As under --backend grpc
-    (launch.signals_raise), both now raise SystemExit(128 + signal) so that run_ray ends the actors and shuts down the
+    (launch.signals_raise), both now raise in the driver (launch.Stopped) so that run_ray ends the actors and shuts down the
     Ray it started: exit 143 / 129, and every process the run started ends."""
     import signal
 
