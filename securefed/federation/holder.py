@@ -308,13 +308,13 @@ class Holder:
             planned = self.trainer.dp_epsilon_after(w.local_steps * max(0, w.rounds - self.next_round + 1))
             if dp.epsilon_cap is None:
                 log.warning("holder %d: no dp_sgd.epsilon_cap: the coordinator's batch size, local steps and rounds "
-                            "decide this holder's record-level epsilon (%.4g at delta %.3g if it joins every round "
-                            "left); set dp_sgd.epsilon_cap to bound it (protocols/dp.md §10.5)", self.id, planned,
-                            dp.delta)
+                            "decide this holder's record-level epsilon (%s at delta %.3g if it joins every round "
+                            "left); set dp_sgd.epsilon_cap to bound it (protocols/dp.md §10.5)", self.id,
+                            epsilon_text(planned), dp.delta)
             elif planned > dp.epsilon_cap:
-                log.warning("holder %d: joining every round left would take its record-level epsilon to %.4g, above "
+                log.warning("holder %d: joining every round left would take its record-level epsilon to %s, above "
                             "its dp_sgd.epsilon_cap %g: it will refuse rounds once the next would pass the cap",
-                            self.id, planned, dp.epsilon_cap)
+                            self.id, epsilon_text(planned), dp.epsilon_cap)
 
     def _check_record_level_cap(self, w: Welcome) -> None:
         """dp.md §10.5: a dp_sgd.epsilon_cap below one round's record-level cost (the Welcome's local steps at this

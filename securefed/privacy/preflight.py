@@ -218,15 +218,15 @@ def _cap_warnings(config: DPConfig, *, rounds: int, joins: int, q: float, eps_ro
     k = _first_over(cap, rounds, eps_rounds) if cap is not None else None
     if k is not None:
         out.append(f"privacy.server_epsilon_cap = {cap:g} is below the planned ε after {rounds} rounds "
-                   f"({eps_rounds(rounds):.4g}): the federation will stop before round {k} (ε after {k} rounds would be "
-                   f"{eps_rounds(k):.4g}), having run {k - 1} of {rounds} planned rounds")
+                   f"({epsilon_text(eps_rounds(rounds))}): the federation will stop before round {k} (ε after {k} rounds would be "
+                   f"{epsilon_text(eps_rounds(k))}), having run {k - 1} of {rounds} planned rounds")
     cap = config.holder_epsilon_cap
     k = _first_over(cap, joins, eps_holder) if cap is not None else None
     if k is not None:
         nth = f"{k}{_nth(k)}"
         when = f"round {k}" if q >= 1 else f"its {nth} round in a cohort (about round {min(rounds, math.ceil(k / q))} at q = {q:.3g})"
         out.append(f"privacy.holder_epsilon_cap = {cap:g} will be reached: a holder refuses a round whose own ε, assuming "
-                   f"the fewest survivors it accepts, would exceed its cap ({eps_holder(k):.4g} at {when}), so each holder "
+                   f"the fewest survivors it accepts, would exceed its cap ({epsilon_text(eps_holder(k))} at {when}), so each holder "
                    f"stops taking part from {when} on, before the {joins} rounds it may join")
     return out
 
@@ -298,7 +298,7 @@ def _record_level(r: RecordLevel, dim: int, problems: list[str]) -> dict:
         if after(1) > r.epsilon_cap:
             who = "" if r.holder is None else f" of holder {r.holder}"
             problems.append(f"train.dp_sgd.epsilon_cap = {r.epsilon_cap:g} is below the record-level cost of one round"
-                            f"{who} ({after(1):.4g} for its {per_round} DP-SGD steps): it would refuse every round")
+                            f"{who} ({epsilon_text(after(1))} for its {per_round} DP-SGD steps): it would refuse every round")
         else:
             cap_round = _first_over(r.epsilon_cap, max(1, r.steps // per_round), after)
     # per step: noise std σ·C_rec per coordinate of the summed clipped gradients vs the sum of E[batch] = q·N clipped

@@ -384,7 +384,9 @@ def preflight_blocks(run_dir: Path, aggregation: str | None = None) -> list | No
                                    if dp or k not in ("delta", "noise_multiplier")] + [
             ("record-level " + k, rec.get(k)) for k in ("epsilon_planned", "delta", "noise_to_signal") if rec]:
         if val is not None:
-            rows.append([k, fmt_number(val) if not isinstance(val, str) else ("∞" if val == "inf" else val)])
+            # an ε rounded up, never below the bound (PV-47); the other figures at 4 significant digits
+            rows.append([k, epsilon_text(val) if "epsilon" in k
+                         else fmt_number(val) if not isinstance(val, str) else ("∞" if val == "inf" else val)])
     if len(rows) > 1:
         blocks.append(("table", rows))
     return blocks
@@ -479,7 +481,7 @@ def plain_words(run: dict, facts: dict) -> list[str]:
         for h, e in sorted(v.holder_own_epsilon.items()):
             view = v.holder_view_epsilon.get(h)
             own.append(f"holder-{h}'s own signed ledger (released before it sent, settled after) gives ε = {epsilon_text(e)}"
-                       + (f", at least the server's view of it ({fmt_number(view)})." if view is not None else "."))
+                       + (f", at least the server's view of it ({epsilon_text(view)})." if view is not None else "."))
     if v is not None and v.ok and v.colluding_epsilon:
         own += [colluding_line(v.colluding_epsilon, v.epsilon)]
     caps = {name: (h.get("cap"), h.get("own_epsilon")) for name, h in run["holders"].items()

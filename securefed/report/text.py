@@ -130,7 +130,7 @@ def sections(run: dict, f: dict) -> list:
                       f"largest ε in the server's view of any holder (no amplification) is {epsilon_text(max(views))}, which a "
                       "holder's own ledger can only exceed.")
     hrows = holder_rows(holders)
-    params = [["parameter", "value"]] + [[k, _fmt(f[k])] for k in (
+    params = [["parameter", "value"]] + [[k, epsilon_text(f[k]) if k == "epsilon" else _fmt(f[k])] for k in (
         "mode", "mechanism", "noise_multiplier", "clip_first", "clip_last", "adaptive_clip", "ring_bits", "population",
         "cohort_size_planned", "sampling", "sampling_rate", "delta", "epsilon", "server_epsilon_cap", "holder_epsilon_cap",
         "accountant", "rounds_recorded", "reexecuted_rounds") if dp or k != "delta"]  # no δ without DP

@@ -119,6 +119,18 @@ def test_with_no_cap_the_holder_says_who_decides_its_record_level_epsilon(tiny_r
     assert main(["simulate", "--out", str(run)] + _sets(tiny_run + SKEW[1:4] + ["federation.rounds=1"])) == 0
     said = [r.getMessage() for r in caplog.records if "no dp_sgd.epsilon_cap" in r.getMessage()]
     assert len(said) == 4 and "the coordinator's batch size, local steps and rounds decide" in said[0]
+    # the ε it states is its signed one after the run's one round, rounded up (epsilon_text), never to nearest below it
+    # ("%.4g": 1.018 logged for the 1.01849 a holder then signed, a compliance review)
+    import json
+    import re
+
+    from securefed.privacy.accountant import epsilon_text
+
+    for msg in said:
+        h = int(re.match(r"holder (\d+):", msg).group(1))
+        signed = [json.loads(line) for line in (run / "holders" / str(h) / "ledger.jsonl").read_text().splitlines()]
+        eps = [e["record_level"]["epsilon"] for e in signed if e.get("record_level")][-1]
+        assert f"record-level epsilon ({epsilon_text(eps)} at delta" in msg
 
 
 @pytest.mark.parametrize("sigma, q, cap, refuses", [(6.0, 0.0107, 0.06, None),   # every round refused: an error

@@ -203,9 +203,10 @@ def test_preflight_warns_where_a_cap_will_stop_the_run():
     base = dict(mode="distributed", target_epsilon=8.0, clip=1.0, delta=1e-5, force_unlearnable=True)
     kw = dict(population=4, cohort_size=4, rounds=3, dim=918656, sampling="fixed", min_survivors=3)
     pf = preflight(DPConfig(**base, holder_epsilon_cap=6.0), **kw)   # the audit's run: holders refused rounds 2 and 3
+    # (6.9055… after 2 rounds, shown rounded up: "6.905" was below the bound)
     assert pf.ok and pf.warnings == (
         "privacy.holder_epsilon_cap = 6 will be reached: a holder refuses a round whose own ε, assuming the fewest "
-        "survivors it accepts, would exceed its cap (6.905 at round 2), so each holder stops taking part from round 2 "
+        "survivors it accepts, would exceed its cap (6.906 at round 2), so each holder stops taking part from round 2 "
         "on, before the 3 rounds it may join",)
     assert "  WARNING: privacy.holder_epsilon_cap = 6 will be reached" in "\n".join(pf.lines())
     pf = preflight(DPConfig(**base, server_epsilon_cap=6.0), **kw)
@@ -390,3 +391,28 @@ def test_a_sampled_runs_report_says_its_holder_table_reveals_participation(mode)
     assert "against a reader of either only the holder ε holds" in sampled
     every = " ".join(protection_words(dict(f, sampling_rate=1.0), True, "ε words"))
     assert "Holder budgets table says" not in every and "neither ε has amplification by sampling" in every
+
+
+def test_every_epsilon_in_the_report_tables_and_plain_words_is_rounded_up(tmp_path):
+    """A compliance review (stop 51): PV-47 routed the report's sentences through epsilon_text, but the Parameters
+    table ("epsilon 34.66" for 34.664), the plain words' "at least the server's view of it (5.32)" for 5.32014, and the
+    pre-flight table ("record-level epsilon_planned 1.018" for 1.01849, beside "ε 1.019" in its own text) still rounded
+    to nearest at 4 digits, below the accountant's bound."""
+    rd = tmp_path / "run"
+    make_signed_run(rd, cfg=DPConfig(mode="distributed", noise_multiplier=0.8, clip=1.0, delta=1e-5))
+    eps = json.loads((rd / "privacy" / "ledger.jsonl").read_text().splitlines()[-1])["epsilon"]
+    assert f"{eps:.4g}" != epsilon_text(eps) and float(f"{eps:.4g}") < eps   # σ 0.8: 34.664 → "34.66" was shown
+    (rd / "preflight.json").write_text(json.dumps({
+        "mode": "distributed", "verdict": "learnable", "epsilon_per_round": 5.320141714610793, "epsilon_planned": eps,
+        "holder_epsilon_planned": eps, "record_level": {"epsilon_planned": 1.0184861530483595, "delta": 1e-5}}))
+    assert main(["report", str(rd)]) == 0
+    md = _md(rd)
+    assert f"| epsilon | {epsilon_text(eps)} |" in md
+    v = verify_run(rd)
+    for h, view in v.holder_view_epsilon.items():
+        assert f"at least the server's view of it ({epsilon_text(view)})." in md
+    for k, e in [("epsilon_per_round", 5.320141714610793), ("epsilon_planned", eps), ("holder_epsilon_planned", eps),
+                 ("record-level epsilon_planned", 1.0184861530483595)]:
+        assert f"| {k} | {epsilon_text(e)} |" in md and float(epsilon_text(e)) >= e
+    html = (rd / "report" / "report.html").read_text()
+    assert f"<td>{epsilon_text(eps)}</td>" in html and f"<td>{eps:.4g}</td>" not in html
