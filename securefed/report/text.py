@@ -139,8 +139,7 @@ def sections(run: dict, f: dict) -> list:
     nist = [["factor (NIST SP 800-226)", "this run"],
             ["unit of privacy", unit_words(dp, rec)],
             ["privacy parameters ε, δ", parameter_words(f, dp, rec, led["ok"])],
-            ["neighbouring relation", f"{_fmt(f['neighbouring_relation'])} one holder ({_fmt(f['sampling'])} sampling of cohorts)"
-             + ("; record level: add/remove one training record (Poisson batches)" if rec else "")],
+            ["neighbouring relation", relation_words(f, dp, rec)],
             ["accounting", f"{_fmt(f['accountant'])}; composition over all recorded rounds, re-executed rounds counted again"
              + ("; record level: each holder's Opacus RDP accountant over its DP-SGD steps" if rec else "")],
             ["trust model / threat", trust],
@@ -371,6 +370,16 @@ def unit_words(dp: bool, rec: bool) -> str:
         return ("one training record inside a holder (record-level DP-SGD); no holder-level guarantee: holder-level "
                 "DP was off")
     return "none: differential privacy was off"
+
+
+def relation_words(f: dict, dp: bool, rec: bool) -> str:
+    """The NIST table's neighbouring relation: the ledger's holder-level one only with holder-level DP (without it a
+    relation bounds nothing; the row read "— one holder"), and the record-level one with DP-SGD."""
+    if not dp and not rec:
+        return "none: differential privacy was off"
+    holder = (f"holder level: {_fmt(f['neighbouring_relation'])}, one holder ({_fmt(f['sampling'])} sampling of cohorts)"
+              if dp else "holder level: none (holder-level DP was off)")
+    return holder + ("; record level: add/remove one training record (Poisson batches)" if rec else "")
 
 
 def parameter_words(f: dict, dp: bool, rec: bool, ok: bool) -> str:

@@ -416,3 +416,21 @@ def test_every_epsilon_in_the_report_tables_and_plain_words_is_rounded_up(tmp_pa
         assert f"| {k} | {epsilon_text(e)} |" in md and float(epsilon_text(e)) >= e
     html = (rd / "report" / "report.html").read_text()
     assert f"<td>{epsilon_text(eps)}</td>" in html and f"<td>{eps:.4g}</td>" not in html
+
+
+@pytest.mark.parametrize("mode, dp_sgd, row", [
+    ("none", False, "| neighbouring relation | none: differential privacy was off |"),
+    ("none", True, "| neighbouring relation | holder level: none (holder-level DP was off); record level: add/remove one "
+                   "training record (Poisson batches) |"),
+    ("distributed", False, "| neighbouring relation | holder level: replace-one, one holder (fixed sampling of cohorts) |")])
+def test_the_nist_neighbouring_relation_names_a_holder_level_relation_only_with_holder_level_dp(tmp_path, mode, dp_sgd,
+                                                                                               row):
+    """A compliance review (stop 51): without holder-level DP the NIST table's relation row read "— one holder (fixed
+    sampling of cohorts)", a relation with no name for a guarantee that does not exist."""
+    rd = tmp_path / "run"
+    cfg = DPConfig(clip=1.0) if mode == "none" else DPConfig(mode=mode, noise_multiplier=1.0, clip=1.0, delta=1e-5)
+    make_signed_run(rd, cfg=cfg, **({"own_cap": None} if mode == "none" else {}),
+                    **({"dp_sgd_steps": 2, "config": DP_SGD} if dp_sgd else {}))
+    assert main(["report", str(rd)]) == 0
+    md = _md(rd)
+    assert row in md and "| — one holder" not in md
