@@ -72,6 +72,26 @@ def charged_aborted_words(run: dict, f: dict) -> str:
             f"{'are' if len(charged) > 1 else 'is'} charged in this ε." + why)
 
 
+def over_target_words(run: dict, f: dict) -> str:
+    """Said beside the federation's ε when it is above the configured privacy.target_epsilon ("" otherwise): σ was
+    calibrated for the planned rounds with every planned noise share in every sum (dp.md §5), but each round is
+    charged at the noise actually present (§6.1), so a signer who approved the target reads why the run spent more."""
+    target, eps = f.get("target_epsilon"), f.get("epsilon")
+    if not isinstance(target, (int, float)) or not isinstance(eps, (int, float)) or eps <= target:
+        return ""
+    short = [e["round"] for e in run["ledger"]["entries"]
+             if isinstance(e.get("event"), dict) and e["event"].get("mechanism") not in ("empty", "gaussian", "none")
+             and isinstance(e.get("cohort_size_planned"), int) and e["event"].get("n_shares", 0) < e["cohort_size_planned"]]
+    why = (f" Round{'s' if len(short) > 1 else ''} {', '.join(map(str, short))} summed fewer noise shares than the "
+           "planned cohort's (holders dropped out or were not drawn), and every round is charged at the noise actually "
+           "present (protocols/dp.md §6.1)." if short else "")
+    cap = ("" if f.get("server_epsilon_cap") is not None
+           else " No privacy.server_epsilon_cap was set, so nothing stopped the run at the target.")
+    return (f" This is ABOVE the target ε = {fmt_number(float(target))} that the noise was calibrated for (over "
+            f"{fmt_number(f.get('rounds_planned'))} planned rounds, every planned holder's noise share in every sum)."
+            + why + cap)
+
+
 def rounds_section(run: dict, f: dict) -> tuple[str, list] | None:
     """"Rounds that did not update the model, and holders outside the masked sum" (None when there is nothing)."""
     blocks: list = []

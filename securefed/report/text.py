@@ -64,6 +64,7 @@ def facts(run: dict) -> dict:
         "epsilon": last.get("epsilon", "unknown") if es else "unknown",
         "delta": last.get("delta") if holder_dp else None,
         "noise_multiplier": last.get("noise_multiplier"),
+        "target_epsilon": priv.get("target_epsilon") if holder_dp else None,
         "clip_first": es[0].get("clip") if es else priv.get("clip"),
         "clip_last": last.get("next_clip"),
         "adaptive_clip": priv.get("adaptive_clip"),
@@ -102,7 +103,7 @@ def sections(run: dict, f: dict) -> list:
     integrity = [verdict] + ([ver.banner()] if ver is not None and led["ok"] else []) + (
         [f"Problem: {p}" for p in ver.problems] + [f"Note: {n}" for n in ver.notes] if ver is not None else [])
     eps_words = (f"After {f['rounds_recorded']} recorded rounds the federation has spent ε = {epsilon_text(f['epsilon'])} at "
-                 f"δ = {_fmt(f['delta'])}." + rounds.charged_aborted_words(run, f) if dp
+                 f"δ = {_fmt(f['delta'])}." + rounds.charged_aborted_words(run, f) + rounds.over_target_words(run, f) if dp
                  else "Holder-level differential privacy was off in this run: the holder-level ε is infinite (the "
                       "record-level guarantee is stated separately below)." if rec
                  else "Differential privacy was off in this run: ε is infinite.")
@@ -131,9 +132,9 @@ def sections(run: dict, f: dict) -> list:
                       "holder's own ledger can only exceed.")
     hrows = holder_rows(holders)
     params = [["parameter", "value"]] + [[k, epsilon_text(f[k]) if k == "epsilon" else _fmt(f[k])] for k in (
-        "mode", "mechanism", "noise_multiplier", "clip_first", "clip_last", "adaptive_clip", "ring_bits", "population",
+        "mode", "mechanism", "noise_multiplier", "target_epsilon", "clip_first", "clip_last", "adaptive_clip", "ring_bits", "population",
         "cohort_size_planned", "sampling", "sampling_rate", "delta", "epsilon", "server_epsilon_cap", "holder_epsilon_cap",
-        "accountant", "rounds_recorded", "reexecuted_rounds") if dp or k != "delta"]  # no δ without DP
+        "accountant", "rounds_recorded", "reexecuted_rounds") if dp or k not in ("delta", "target_epsilon")]  # no δ without DP
     if rec and f.get("dp_sgd"):
         params += [[f"dp_sgd.{k}", _fmt(v)] for k, v in f["dp_sgd"].items()]
     nist = [["factor (NIST SP 800-226)", "this run"],

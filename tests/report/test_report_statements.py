@@ -434,3 +434,31 @@ def test_the_nist_neighbouring_relation_names_a_holder_level_relation_only_with_
     assert main(["report", str(rd)]) == 0
     md = _md(rd)
     assert row in md and "| — one holder" not in md
+
+
+def test_an_epsilon_above_the_calibration_target_says_so_and_why(tmp_path):
+    """A compliance review (stop 51): σ calibrated to target_epsilon 8 over 3 rounds; holders dropped out in rounds 1
+    and 3, and the federation's ε, charged at the noise actually present (dp.md §6.1), ended at 9.087. The report
+    stated 9.087 and, in its pre-flight section, "after 3 rounds 7.996", with no word that the run passed the target a
+    signer approved, nor why."""
+    rd = tmp_path / "run"
+    # σ calibrated to 30 over 4 rounds of 4; holder 4 drops out in round 2 (3 noise shares): 31.67 > 30
+    make_signed_run(rd, cfg=DPConfig(mode="distributed", target_epsilon=30.0, clip=1.0, delta=1e-5),
+                    drop_last_holder_at=2, config={"privacy": {"target_epsilon": 30.0}})
+    eps = json.loads((rd / "privacy" / "ledger.jsonl").read_text().splitlines()[-1])["epsilon"]
+    assert eps > 30.0
+    assert main(["report", str(rd)]) == 0
+    md = _md(rd)
+    assert (f"the federation has spent ε = {epsilon_text(eps)} at δ = 1e-05. This is ABOVE the target ε = 30 that the "
+            "noise was calibrated for (over 4 planned rounds, every planned holder's noise share in every sum). Round 2 "
+            "summed fewer noise shares than the planned cohort's (holders dropped out or were not drawn), and every round "
+            "is charged at the noise actually present (protocols/dp.md §6.1). No privacy.server_epsilon_cap was set, so "
+            "nothing stopped the run at the target.") in md
+    assert "| target_epsilon | 30 |" in md
+    assert json.loads((rd / "report" / "report.json").read_text())["facts"]["target_epsilon"] == 30.0
+    # at or below the target, nothing is added
+    rd2 = tmp_path / "run2"
+    make_signed_run(rd2, cfg=DPConfig(mode="distributed", target_epsilon=30.0, clip=1.0, delta=1e-5),
+                    config={"privacy": {"target_epsilon": 30.0}})
+    assert main(["report", str(rd2)]) == 0
+    assert "ABOVE the target" not in _md(rd2)
