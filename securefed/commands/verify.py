@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     """0: verified and signed; 1: a record does not verify; 2: not a run directory or bad arguments;
     3: consistent, but unsigned (no privacy/keys.json)."""
     from securefed.privacy.accountant import epsilon_text
+    from securefed.privacy.ledger import read_ledger
     from securefed.report.privacy_checks import verify_run
 
     rd = Path(args.run_dir)
@@ -74,12 +75,22 @@ def run(args: argparse.Namespace) -> int:
         print("privacy: epsilon=0 (no round released anything"
               + ("; the signed end-of-run record shows no entry was cut)" if v.signed else ")"))
     elif v.epsilon is not None:
-        print(f"privacy: epsilon={epsilon_text(v.epsilon, 6)} delta={v.delta:g} (recomputed from {v.entries} recorded events)")
+        # the unit, the relation and, under sampling, against whom the amplified ε holds: verify's output alone read
+        # "epsilon=7.99554" for a 3-of-6 run whose holders' own, unamplified ε is the one valid against the coordinator
+        entries = read_ledger(rd / "privacy" / "ledger.jsonl")
+        q = min((e["event"].get("q", 1.0) for e in entries if isinstance(e.get("event"), dict)), default=1.0)
+        print(f"privacy: holder-level epsilon={epsilon_text(v.epsilon, 6)} delta={v.delta:g} "
+              f"({entries[-1].get('neighbouring_relation')} neighbours, one holder; recomputed from {v.entries} "
+              "recorded events)")
+        if q < 1:
+            print(f"privacy: that epsilon is amplified by sampling the cohorts (q={q:g}): it holds only against whoever "
+                  "does not know the cohorts; against the coordinator, and any reader of the ledgers, each holder's own "
+                  "epsilon below holds")
         for c, e in sorted(v.colluding_epsilon.items()):   # distributed DP, dp.md §11
             print(f"privacy: epsilon={epsilon_text(e, 6)} if {c} holder(s) of each sum collude with the server "
                   "(their noise shares subtracted)")
     for h in sorted(v.holder_own_epsilon):
-        print(f"holder {h}: own epsilon={epsilon_text(v.holder_own_epsilon[h], 6)} (server's view {epsilon_text(v.holder_view_epsilon.get(h), 6)})")
+        print(f"holder {h}: own holder-level epsilon={epsilon_text(v.holder_own_epsilon[h], 6)} (no amplification; server's view {epsilon_text(v.holder_view_epsilon.get(h), 6)})")
     for h, rl in sorted(v.record_level.items()):   # record-level DP-SGD, from the holder's own signed releases
         unit = {"document": "document", "group": "group of documents (data.unit_field)"}.get(rl.get("unit"), "training sequence")
         print(f"holder {h}: record-level epsilon={epsilon_text(rl['epsilon'], 6)} delta={rl['delta']:g} after {rl['steps']} DP-SGD "

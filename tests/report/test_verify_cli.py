@@ -635,3 +635,28 @@ def test_the_report_states_epsilon_if_holders_collude_and_it_is_the_epsilon_of_f
                                                    holder_epsilon_cap=None, delta=1e-4))
     vd = verify_run(central)
     assert vd.ok and vd.colluding_epsilon == {}
+
+
+def test_verify_names_the_unit_the_relation_and_against_whom_an_amplified_epsilon_holds(tmp_path, capsys):
+    """A compliance review (stop 51): verify's one line "privacy: epsilon=7.99554 delta=1e-05" named neither the unit
+    nor the neighbouring relation, and for a 3-of-6 run it did not say that this ε is amplified by sampling and holds
+    only against whoever does not know the cohorts (not the coordinator), while the report said so."""
+    from securefed.cli import main
+    from securefed.privacy import DPConfig
+    from tests.report.signed_run import make_signed_run
+
+    cfg = DPConfig(mode="distributed", noise_multiplier=1.0, clip=1.0, delta=1e-5)
+    rd = tmp_path / "sampled"
+    make_signed_run(rd, cfg=cfg, population=6, cohort=(1, 2, 3, 4))        # a fixed cohort of 4 of 6: q = 2/3
+    assert main(["verify", str(rd)]) == 0
+    out = capsys.readouterr().out
+    assert "privacy: holder-level epsilon=" in out and "(replace-one neighbours, one holder; recomputed from 4" in out
+    assert ("privacy: that epsilon is amplified by sampling the cohorts (q=0.666667): it holds only against whoever does "
+            "not know the cohorts; against the coordinator, and any reader of the ledgers, each holder's own epsilon "
+            "below holds") in out
+    assert "holder 1: own holder-level epsilon=" in out and "(no amplification; server's view" in out
+    rd = tmp_path / "every"
+    make_signed_run(rd, cfg=cfg, population=4, cohort=(1, 2, 3, 4))        # q = 1: nothing amplified
+    assert main(["verify", str(rd)]) == 0
+    out = capsys.readouterr().out
+    assert "privacy: holder-level epsilon=" in out and "amplified" not in out
