@@ -27,6 +27,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from securefed.audit import VULNERABLE, run_audit
     from securefed.audit.suite import check_audit_out
+    from securefed.privacy.accountant import epsilon_text
 
     day = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
     out = Path(args.out or f"audits/reports/{day}" + ("" if args.profile == "full" else f"-{args.profile}"))
@@ -40,7 +41,7 @@ def run(args) -> int:
         print(f"{f['id']:7} {f['verdict']:20} {f['title']}")
     if res["privacy"]:
         for r in res["privacy"]["table"]:
-            print(f"privacy: {r['run']:32} accountant eps {r['accountant_epsilon']:.3g}  "
+            print(f"privacy: {r['run']:32} accountant eps {epsilon_text(r['accountant_epsilon'], 3)}  "
                   f"lower bound {r['epsilon_lower_bound']:.3g} ({r['confidence']:.0%})")
     print(f"report: {out / 'report.md'} and report.html ({res['seconds']} s)")
     if res["unexpected"]:

@@ -337,6 +337,15 @@ def refusal_lines(view_ledgers: dict[str, list[dict]], server_cap: Any, rounds_p
         for e in refused:
             why = one_line(e.get("reason")) or "(no reason recorded: a ledger from an older securefed)"
             out.append(f"{name} refused round {e.get('round')} and sent nothing: {why}.")
+        # a dropout is said with the reason the ledger records (a holder whose training diverged refuses its Plan after
+        # the keys: to the protocol a dropout, and the table counted it as one without a word of why — a review)
+        dropped: dict[str, list] = {}
+        for e in es:
+            if e.get("status") == "dropped":
+                dropped.setdefault(one_line(e.get("reason")) or "no reason recorded", []).append(e.get("round"))
+        for why, rounds in dropped.items():
+            out.append(f"{name} dropped out of round{'s' if len(rounds) > 1 else ''} "
+                       f"{', '.join(str(r) for r in rounds)}: {why}.")
         for r in skipped:
             out.append(f"{name} was drawn into round {r}'s cohort but never asked: the cohort was below the "
                        f"{SECURE_MIN_COHORT} holders secure aggregation needs, so the coordinator aborted the round "

@@ -277,6 +277,14 @@ RELATION_WORDS = {
 }
 
 
+def _up_3g(v: float) -> str:
+    """``v`` > 0 at three significant digits rounded UP (e^ε as a bound, never below it: PV-47), in ``g`` form."""
+    if not math.isfinite(v):
+        return "∞"
+    scale = 10.0 ** (math.floor(math.log10(v)) - 2)
+    return f"{math.ceil(v / scale * (1 - 1e-12)) * scale:.3g}"
+
+
 def holder_level_lead(f: dict) -> str:
     """The first sentence of "What was protected" under holder-level DP: who adds the noise, after whom, and what the
     (ε, δ) bounds, with e^ε as a number — never "reveals little" whatever ε is, never "hidden by noise" where the
@@ -293,7 +301,7 @@ def holder_level_lead(f: dict) -> str:
     eps = f.get("epsilon")
     eps = float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else None
     factor = ("e^ε (ε below)" if eps is None else "an unbounded factor (ε = ∞)" if math.isinf(eps)
-              else f"a factor e^ε = e^{epsilon_text(eps)} ≈ {math.exp(eps):.3g}")
+              else f"a factor e^ε = e^{epsilon_text(eps)} ≤ {_up_3g(math.exp(eps))}")
     lead = (f"Privacy unit: {f['privacy_unit']} — each data holder's entire pseudo-gradient in a round is bounded in "
             f"size (clipped to L2 norm C) and {noised}. To whoever sees only the released models, the probability of "
             f"any outcome differs by at most {factor}, plus δ, between {rel}.")

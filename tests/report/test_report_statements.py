@@ -300,7 +300,10 @@ def test_the_holder_level_lead_states_e_to_the_epsilon_and_what_the_neighbours_d
          "epsilon": 22.126645431335483, "sampling_rate": 1.0}
     lead = text.protection_words(f, True, "ε words")[0]
     assert "reveal little" not in lead and "hidden by noise" not in lead
-    assert "differs by at most a factor e^ε = e^22.13 ≈ 4.07e+09, plus δ, between " in lead   # exp(22.1266) = 4.07e9
+    # exp(22.1266) = 4.0687e9, rounded up like every shown ε (PV-47): never a factor below the bound
+    assert "differs by at most a factor e^ε = e^22.13 ≤ 4.07e+09, plus δ, between " in lead
+    from securefed.report.text import _up_3g
+    assert [_up_3g(x) for x in (math.exp(8), 1.6487, 2.0, 1234.0)] == ["2.99e+03", "1.65", "2", "1.24e+03"]
     took_part_hidden = relation == "add/remove"
     assert ("whether it took part is not hidden" in lead or "which holders took part is not hidden" in lead) \
         == (not took_part_hidden)
@@ -462,3 +465,21 @@ def test_an_epsilon_above_the_calibration_target_says_so_and_why(tmp_path):
                     config={"privacy": {"target_epsilon": 30.0}})
     assert main(["report", str(rd2)]) == 0
     assert "ABOVE the target" not in _md(rd2)
+
+
+def test_a_dropout_is_said_in_plain_words_with_the_reason_its_ledger_records():
+    """A compliance review: a holder whose local training diverged refuses its Plan after the secure-aggregation keys —
+    to the protocol a dropout, which the server's view ledger records as "dropped" with the holder's own reason — and
+    the Holder budgets table said "refused 0, dropped 1" while the plain words said nothing of it. Each dropout is now
+    said with the reason the ledger records, a holder's rounds grouped by reason."""
+    diverged = ("refused the plan: its local training diverged: the update is not finite (a lower train.lr?) before "
+                "its update was in the sum: nothing of it was released")
+    gone = "dropped out before its update was in the sum: nothing of it was released"
+    views = {"holder-2": [{"round": 1, "status": "dropped", "reason": diverged, "epsilon": 0.0, "cap": None},
+                          {"round": 2, "status": "dropped", "reason": gone, "epsilon": 0.0, "cap": None},
+                          {"round": 3, "status": "dropped", "reason": gone, "epsilon": 0.0, "cap": None}],
+             "holder-1": [{"round": 1, "status": "included", "reason": None, "epsilon": 1.0, "cap": None}]}
+    lines = privacy_checks.refusal_lines(views, None, 3, 3, {}, set())
+    assert f"holder-2 dropped out of round 1: {diverged}." in lines
+    assert f"holder-2 dropped out of rounds 2, 3: {gone}." in lines
+    assert not any(line.startswith("holder-1") for line in lines)
