@@ -11,7 +11,8 @@ from typing import Any
 from securefed.privacy.accountant import epsilon_text
 from securefed.report.privacy_checks import fmt_number
 
-__all__ = ["record_facts", "mechanism_words", "protection_blocks", "noise_source_words", "NOT_PRIVATE"]
+__all__ = ["record_facts", "mechanism_words", "protection_blocks", "noise_source_words", "coordinator_exceptions",
+           "NOT_PRIVATE"]
 
 NOT_PRIVATE = "NOT private: for tests"
 
@@ -168,16 +169,28 @@ def count_caveat(f: dict) -> str:
             "whether it is there. train.dp_sgd.sample_rate (a public q) closes this (protocols/dp.md §10.3).")
 
 
-def timing_caveat(rl: dict) -> str:
+def timing_caveat(rl: dict | None) -> str:
     """PV-40: the guarantee "against the coordinator" assumes each Poisson batch secret, but a holder whose signed
     releases record no padded batch shows its batch sizes in the time its replies take (dp.md §10.4). "" when every
-    holder padded."""
+    holder padded. Without a verified signed release (``rl`` None or empty) no padding is claimed (hiding_words)."""
+    if not rl:
+        return ("Nor against whoever times the holders' replies (the coordinator does), unless a holder padded its "
+                "steps: no verified signed release here records a padded batch, and an unpadded step's time shows "
+                "roughly how many records its Poisson draw took, which the accountant assumes secret "
+                "(train.dp_sgd.hide_batch_size; protocols/dp.md §10.4).")
     shown = sorted(h for h, r in rl.items() if not r.get("padded_rows"))
     if not shown:
         return ""
     return (f"Nor, for {', '.join(f'holder-{h}' for h in shown)}, against whoever times its replies (the coordinator "
             "does): its steps were not padded, so a reply's time shows roughly how many records each Poisson draw took, "
             "which the accountant assumes secret; train.dp_sgd.hide_batch_size closes this (protocols/dp.md §10.4).")
+
+
+def coordinator_exceptions(f: dict) -> list[str]:
+    """What the record-level guarantee "against the coordinator" does not cover (PV-36 membership by the record count,
+    PV-40 reply timing), the one source for every place that states that guarantee: the "What was protected" paragraph,
+    the Trust model and the NIST table's trust row (PV-50: the last two named only the count)."""
+    return [c for c in (count_caveat(f), timing_caveat(f.get("record_level"))) if c]
 
 
 def protection_blocks(f: dict) -> list:
@@ -200,12 +213,8 @@ def protection_blocks(f: dict) -> list:
             "is cumulative over the DP-SGD steps the holder's signed releases record (all of them, unless its state "
             "predates releases that carry them: protocols/dp.md §11), per training record, recomputed from the "
             "DP-SGD history the holder signed with each release.")
-    caveat = count_caveat(f)
-    if caveat:
+    for caveat in coordinator_exceptions(f):
         head += " " + caveat
-    shown = timing_caveat(rl)
-    if shown:
-        head += " " + shown
     rows = [["holder", "record-level ε (cumulative, per record)", "δ", "DP-SGD steps", "unit (one record)"]]
     rows += [[f"holder-{h}", epsilon_text(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps")),
               r.get("unit") or "sequence"] for h, r in rl.items()]

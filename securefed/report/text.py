@@ -351,10 +351,9 @@ def trust_words(f: dict) -> str:
         t += " " + CKKS_TRUST
     if record_level.on(f):
         t += (" Record-level DP-SGD inside each holder bounds what anyone, the coordinator included, can infer about "
-              "one training record from what a holder sent (at that holder's record-level ε).")
-        if record_level.count_caveat(f):   # PV-36: q = B/N gives the record count away, and with it membership
-            t += (" With q = batch size / record count (train.dp_sgd.sample_rate unset), not whether a record is there: "
-                  "the ε and q a holder sends and signs reveal its record count (protocols/dp.md §10.3).")
+              "one record (the unit its signed releases name) from what a holder sent (at that holder's record-level ε).")
+        for caveat in record_level.coordinator_exceptions(f):   # membership (PV-36), reply timing (PV-40, PV-50)
+            t += " " + caveat
     if f.get("deterministic_secrets"):
         t += (f" {NOT_PRIVATE}: deterministic_secrets is on, so every mask and noise sample is derived from the "
               "configuration's seed: whoever reads config.yaml can unmask every update and remove every noise sample.")

@@ -284,7 +284,7 @@ def test_the_record_level_guarantee_against_the_coordinator_excludes_membership_
              "secagg_threshold": 2}
         head = " ".join(b for b in protection_blocks(f) if isinstance(b, str))
         assert ("the coordinator included" in head) and (("Except for membership" in head) == caveat)
-        assert ("not whether a record is there" in trust_words(f)) == caveat
+        assert ("Except for membership" in trust_words(f)) == caveat   # the same sentence (coordinator_exceptions)
 
 
 @pytest.mark.parametrize("mode, aggregation, relation", [
@@ -483,3 +483,31 @@ def test_a_dropout_is_said_in_plain_words_with_the_reason_its_ledger_records():
     assert f"holder-2 dropped out of round 1: {diverged}." in lines
     assert f"holder-2 dropped out of rounds 2, 3: {gone}." in lines
     assert not any(line.startswith("holder-1") for line in lines)
+
+
+def test_the_trust_model_and_the_nist_trust_row_state_the_record_level_exceptions_the_plain_words_state(tmp_path):
+    """PV-50: "What was protected" excepted reply timing from the record-level guarantee against the coordinator for
+    holders whose steps were not padded (PV-40), while the Trust model and the NIST table's trust row, which a signer
+    reads as the threat model, said DP-SGD bounds what "anyone, the coordinator included" can infer, naming only the
+    record-count exception. All three now state the exceptions from one function (record_level.coordinator_exceptions)."""
+    from securefed.report.record_level import coordinator_exceptions
+
+    rd = tmp_path / "run"
+    make_signed_run(rd, cfg=DPConfig(clip=1.0), own_cap=None, dp_sgd_steps=2, config=DP_SGD)   # nobody padded
+    render_report(rd)
+    md = _md(rd)
+    timing = ("Nor, for holder-1, holder-2, holder-3, holder-4, against whoever times its replies (the coordinator "
+              "does): its steps were not padded")
+    protected = md.split("## What was protected, in plain words")[1].split("## ")[0]
+    trust = md.split("## Trust model")[1].split("## ")[0]
+    nist = next(line for line in md.splitlines() if line.startswith("| trust model / threat |"))
+    for where in (protected, trust, nist):
+        assert timing in where and "Except for membership" in where
+    html = (rd / "report" / "report.html").read_text()
+    assert html.count("against whoever times its replies") == 3
+    # the one source: with every holder padded and a public q nothing is excepted; unverified records claim no padding
+    rl = {"1": {"epsilon": 1.0, "delta": 1e-5, "steps": 6, "unit": "document", "padded_rows": 64}}
+    assert coordinator_exceptions({"dp_sgd": {"enabled": True, "sample_rate": 0.01}, "record_level": rl}) == []
+    unverified = coordinator_exceptions({"dp_sgd": {"enabled": True, "sample_rate": 0.01, "hide_batch_size": True},
+                                         "record_level": None})
+    assert len(unverified) == 1 and "no verified signed release here records a padded batch" in unverified[0]
