@@ -182,6 +182,9 @@ class Coordinator:
         self._agg_laps: dict[str, float] = {}   # the secure aggregate stage's phases in the current round
         self.model_file: str | None = None
         self.model_restarts: list[dict] = []          # lossy resumes (checkpoint_every > 1), kept in the checkpoint
+        # every resume, lossless or not ({resumed_at_round, in_flight_round}), kept in the checkpoint: the one record of
+        # the run's interruptions that summary.json and the report state (a signer needs the run's history)
+        self.resumes: list[dict] = []
         self._restart_warning: str | None = None      # said once, in the first round after a lossy resume
 
     # ------------------------------------------------------------------ per-holder settings
@@ -226,7 +229,7 @@ class Coordinator:
                  "sampler": self.sampler.bit_generator.state, "privacy": self.privacy.state_dict(), "pending": pending,
                  "metrics": self.metrics, "ckks_generation": self.ckks.generation if self.ckks else 0,
                  "roster": self.roster.to_dict(), "wall": self.wall, "start_ppl": self.start_ppl,
-                 "model_restarts": self.model_restarts}
+                 "model_restarts": self.model_restarts, "resumes": self.resumes}
         atomic_torch_save(state, self.rd.checkpoint_file)
         stale = getattr(self, "_stale_model", None)
         if stale and stale != self.model_file:   # the light checkpoint no longer names it
@@ -273,12 +276,14 @@ class Coordinator:
         heavy = _load_checkpoint(self.rd.checkpoints / str(self.model_file))
         self.outer.load_state_dict(heavy["outer"])
         self.model_restarts = list(st.get("model_restarts", []))
+        self.resumes = list(st.get("resumes", []))
         last_done = self.next_round - 1
+        in_flight = None
         self.sampler.bit_generator.state = st["sampler"]
         if self.ckks:
             self.ckks.generation = int(st["ckks_generation"])
         if st.get("in_flight") is not None:   # killed mid-round: that round index is never run again
-            r = int(st["in_flight"])
+            r = in_flight = int(st["in_flight"])
             revealed = bool(st.get("pending")) and st["pending"].get("round") == r
             log.warning("round %d was in flight when the coordinator stopped: it counts as aborted%s", r,
                         " (its sum had been revealed: its privacy spend is accounted, its update discarded)"
@@ -297,10 +302,11 @@ class Coordinator:
             self.model_restarts.append({"resumed_at_round": self.next_round, "model_after_round": lost[0] - 1,
                                         "lost_rounds": lost})
             self._restart_warning = why
+        self.resumes.append({"resumed_at_round": self.next_round, "in_flight_round": in_flight})
+        log.info("resumed from the checkpoint at round %d (resume %d of this run)", self.next_round, len(self.resumes))
         self._fill_privacy_fields()
         self.rd.write_jsonl(self.rd.metrics, self.metrics)
-        if replayed or st.get("pending") or st.get("in_flight") is not None:
-            self._checkpoint()
+        self._checkpoint()   # the resume is on record before anything else runs
 
     def _complete_pending(self, st: dict) -> bool:
         """A round whose accounting was checkpointed but not (fully) appended is completed, once."""
@@ -727,7 +733,7 @@ class Coordinator:
             "run_id": self.run_id.hex(), "deployment": self.opt.deployment, "backend": self.opt.backend,
             "holders": self.cfg.federation.n_holders, "model_sha256": model_sha,
             "init_from": self.cfg.model.init_from, "init_sha256": self.init_sha256,
-            "model_restarts": self.model_restarts,
+            "model_restarts": self.model_restarts, "resumes": self.resumes,
             "ledger_head": self.privacy.ledger.head, "ledger_entries": len(self.privacy.ledger.entries),
             "start_eval_ppl": self.start_ppl,
             "phase_seconds": dict(self.progress.phase_seconds),

@@ -16,7 +16,7 @@ from typing import Any
 
 from securefed.progress import format_seconds
 from securefed.runtime.health import PPL_OVERFLOW, format_ppl, update_shortfall
-from securefed.report.rounds import lost_rounds, rounds_that_updated
+from securefed.report.rounds import lost_rounds, resume_words, rounds_that_updated
 from securefed.report.text import _find, _fmt
 
 __all__ = ["file_times", "run_facts", "run_section", "run_warnings", "warnings_section"]
@@ -72,6 +72,7 @@ def run_facts(run: dict) -> dict:
         "rounds_planned": fed.get("rounds"),
         "rounds_aborted": sum(1 for m in metrics if m.get("aborted")),
         "rounds_lost": sum(len(lr["rounds"]) for lr in lost_rounds(run)),
+        "resumes": resume_words(run),
         "tokens": summary.get("tokens", metrics[-1].get("tokens_seen") if metrics else None),
         "privacy_mode": summary.get("privacy_mode") or _find(cfg.get("privacy", {}), "mode"),
         "aggregation": summary.get("aggregation") or _find(cfg.get("aggregation", {}), "mode"),
@@ -125,6 +126,7 @@ def run_section(run: dict) -> tuple[str, list]:
             ["data holders (cohort per round)", f"{_fmt(r['holders'])} ({_fmt(r['cohort_size'])})"],
             ["rounds that updated the model / planned", f"{_fmt(r['rounds'])} / {_fmt(r['rounds_planned'])}"
              + (f" ({', '.join(missed)}: see Rounds that did not update the model)" if missed else "")],
+            ["stopped and resumed", r["resumes"]],
             ["tokens (federated)", f"{r['tokens']:,}" if isinstance(r["tokens"], int) else _fmt(r["tokens"])],
             ["privacy / aggregation", f"{_fmt(r['privacy_mode'])}" + (" (holder level; record-level DP-SGD in the holders)"
                                                                         if r["dp_sgd"] else "") + f" / {_fmt(r['aggregation'])}"],

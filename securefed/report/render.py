@@ -113,6 +113,7 @@ def load_run(run_dir: Path) -> dict:
            "versions": versions, "files": header.file_times(run_dir)}
     try:
         rounds.lost_rounds(run)      # a malformed model_restarts: one clear error, never a report that miscounts
+        rounds.resume_words(run)     # a malformed resumes record, the same
     except ValueError as e:
         raise ReportInputError(f"{summary_path}: {e}") from None
     # signatures, anchors, every ε recomputed; on any mismatch every ε is withheld (privacy_checks.py)

@@ -8,8 +8,8 @@ from typing import Any
 
 from securefed.report.privacy_checks import fmt_number, one_line
 
-__all__ = ["aborted_rounds", "charged_aborted_words", "lost_rounds", "rounds_that_updated", "rounds_section", "clip_words",
-           "sensitivity_words"]
+__all__ = ["aborted_rounds", "charged_aborted_words", "lost_rounds", "resume_words", "rounds_that_updated",
+           "rounds_section", "clip_words", "sensitivity_words"]
 
 _UNCHARGED = ("empty", "none")   # events that add nothing to ε (an empty distributed round; DP off)
 
@@ -49,6 +49,44 @@ def lost_rounds(run: dict) -> list[dict]:
         out.append({"rounds": [x for x in range(lo, hi + 1) if x not in aborted], "model_after_round": after,
                     "resumed_at_round": at})
     return out
+
+
+def resume_words(run: dict) -> str:
+    """Whether the run was stopped and resumed, when, and what each resume cost, from summary.json's ``resumes`` (the
+    coordinator's record, kept in its checkpoint: federation.md §6): a round in flight is aborted (charged or not, as
+    its ledger entry says: aborted_rounds), a lossy resume's rounds are lost (lost_rounds). Neither the report nor
+    summary.json said a run had been resumed at all (a compliance review): a signer reads the run's history here."""
+    summary = run.get("summary") or {}
+    if not summary:
+        return "not stated: the run did not finish (no summary.json)"
+    resumes = summary.get("resumes")
+    if resumes is None:
+        return "not recorded (summary.json from before resumes were recorded)"
+    if not isinstance(resumes, list) or not all(isinstance(r, dict) for r in resumes):
+        raise ValueError(f"resumes {resumes!r} is not a list of {{resumed_at_round, in_flight_round}}")
+    if not resumes:
+        return "no: it ran from its start to its end without being stopped and resumed"
+    charged = {a["round"]: a["charged"] for a in aborted_rounds(run)}
+    lost = {lr["resumed_at_round"]: lr for lr in lost_rounds(run)}
+    each = []
+    for r in resumes:
+        at, flight = r.get("resumed_at_round"), r.get("in_flight_round")
+        costs = []
+        if flight is not None:
+            spend = {True: "; it is charged in the federation's ε", False: "; nothing was charged for it",
+                     None: "; no ledger entry for it"}[charged.get(flight)]
+            costs.append(f"round {flight} was in flight when it stopped: aborted, its update not in the model{spend}")
+        lr = lost.get(at)
+        if lr and lr["rounds"]:
+            costs.append(f"the updates of round{'s' if len(lr['rounds']) > 1 else ''} "
+                         f"{', '.join(map(str, lr['rounds']))} were lost (the model went on from its state after round "
+                         f"{lr['model_after_round']}; their privacy spend stays charged)")
+        each.append(f"at round {fmt_number(at)} (" + ("; ".join(costs) if costs else
+                    "nothing lost: no round aborted, lost or run twice") + ")")
+    n = len(resumes)
+    return (f"yes: stopped and resumed from its checkpoint {'once' if n == 1 else f'{n} times'}, "
+            + "; ".join(each) + ". Every privacy ledger was verified and continued on each resume, nothing counted "
+            "twice (protocols/dp.md §8)")
 
 
 def rounds_that_updated(run: dict) -> int:
