@@ -86,9 +86,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"privacy: that epsilon is amplified by sampling the cohorts (q={q:g}): it holds only against whoever "
                   "does not know the cohorts; against the coordinator, and any reader of the ledgers, each holder's own "
                   "epsilon below holds")
-        for c, e in sorted(v.colluding_epsilon.items()):   # distributed DP, dp.md §11
+        for c, e in sorted(v.colluding_epsilon.items()):   # distributed DP, dp.md §11: never amplified
             print(f"privacy: epsilon={epsilon_text(e, 6)} if {c} holder(s) of each sum collude with the server "
-                  "(their noise shares subtracted)")
+                  "(their noise shares subtracted" + ("; no amplification: the server knows the cohorts, so this is "
+                                                      "for a holder in every sum)" if q < 1 else ")"))
     for h in sorted(v.holder_own_epsilon):
         print(f"holder {h}: own holder-level epsilon={epsilon_text(v.holder_own_epsilon[h], 6)} (no amplification; server's view {epsilon_text(v.holder_view_epsilon.get(h), 6)})")
     for h, rl in sorted(v.record_level.items()):   # record-level DP-SGD, from the holder's own signed releases

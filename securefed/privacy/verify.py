@@ -112,7 +112,8 @@ class Verification:
     # record-level DP-SGD per holder, from its own last signed release (dp.md §7.2): {"epsilon", "delta", "steps"}
     record_level: dict[int, dict] = field(default_factory=dict)
     # distributed DP: the server ledger's ε if c of the holders in each sum collude with the server (dp.md §11):
-    # {c: ε}, c = 1, 2, 3 and every survivor but one, as far as the largest sum had them; {} in other modes
+    # {c: ε}, c = 1, 2, 3 and every survivor but one, as far as the largest sum had them; {} in other modes; never
+    # amplified (the server knows the cohorts): a holder in every sum
     colluding_epsilon: dict[int, float] = field(default_factory=dict)
 
     @property
@@ -286,7 +287,10 @@ def epsilon_if_colluding(entries: Sequence[dict]) -> dict[int, float]:
     with the server. They subtract their own noise shares, so a round's event is that of its plan with the
     other survivors' shares only: max(1, m − c) of its m (the target's own share is honest, and a sum without the
     target releases nothing of it; a sum with no survivor stays empty). c = 1, 2, 3 and m_max − 1 (every other
-    survivor: the target's own share alone), as far as the largest sum's m_max allows."""
+    survivor: the target's own share alone), as far as the largest sum's m_max allows.
+    Never amplified by sampling: the coalition includes the server, which knows every cohort (§2), so each round is
+    charged at q = 1, the ε of a holder in every sum — an upper bound for each holder (a compliance review: under
+    q = 4/6 the amplified figure read 5.066 with one colluder where a holder in all 4 sums is at 5.482)."""
     first = entries[0]
     m_max = max(int(e["n_survivors"]) for e in entries)
     out = {}
@@ -296,7 +300,7 @@ def epsilon_if_colluding(entries: Sequence[dict]) -> dict[int, float]:
         acc = _Running(first["accountant"], scheme_of(first["accountant_version"]))
         for e in entries:   # the entry's own event (as _verify_server checked it) with fewer honest shares
             m = int(e["n_survivors"])
-            acc.add(_expected_event(dict(e, n_survivors=max(1, m - c) if m else 0), _num(e["sampling_rate"])))
+            acc.add(_expected_event(dict(e, n_survivors=max(1, m - c) if m else 0), 1.0))
         out[c] = acc.epsilon(_num(first["delta"]))
     return out
 

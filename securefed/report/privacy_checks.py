@@ -440,15 +440,20 @@ def verification_dict(v: Verification) -> dict:
             "colluding_epsilon": {str(c): e for c, e in v.colluding_epsilon.items()} if v.ok else {}}
 
 
-def colluding_line(eps_by_c: dict[int, float], eps: float | None) -> str:
-    """dp.md §11: what collusion with the server does to the distributed guarantee, in numbers."""
+def colluding_line(eps_by_c: dict[int, float], eps: float | None, sampled: bool = False) -> str:
+    """dp.md §11: what collusion with the server does to the distributed guarantee, in numbers. ``sampled``: the
+    cohorts were sampled (q < 1), so the stated ε is amplified and the colluding ε (never amplified: the server knows
+    the cohorts, verify.epsilon_if_colluding) is that of a holder in every sum."""
     m1 = max(eps_by_c)
     parts = [f"ε = {epsilon_text(e)} if {c} holder{'s' if c > 1 else ''} of each sum collude{'' if c > 1 else 's'}"
              + (" (every other survivor of the largest sum: only the holder's own noise share is left there)"
                 if c == m1 else "") for c, e in sorted(eps_by_c.items())]
+    how = ("recomputed from the same ledger without amplification by sampling (the server knows the cohorts), for a "
+           "holder in every sum" if sampled else "recomputed from the same ledger")
+    stated = (f"The stated ε ({epsilon_text(eps)}) assumes none does, and, amplified by sampling, holds only against "
+              "whoever does not know the cohorts" if sampled else f"The stated ε ({epsilon_text(eps)}) assumes none does")
     return ("Collusion: holders of a sum who collude with the server subtract their own noise shares, so only the "
-            f"others' noise protects a holder. The stated ε ({epsilon_text(eps)}) assumes none does; recomputed from "
-            f"the same ledger, {'; '.join(parts)}.")
+            f"others' noise protects a holder. {stated}; {how}, {'; '.join(parts)}.")
 
 
 def plain_words(run: dict, facts: dict) -> list[str]:
@@ -492,7 +497,8 @@ def plain_words(run: dict, facts: dict) -> list[str]:
             own.append(f"holder-{h}'s own signed ledger (released before it sent, settled after) gives ε = {epsilon_text(e)}"
                        + (f", at least the server's view of it ({epsilon_text(view)})." if view is not None else "."))
     if v is not None and v.ok and v.colluding_epsilon:
-        own += [colluding_line(v.colluding_epsilon, v.epsilon)]
+        q = facts.get("sampling_rate")
+        own += [colluding_line(v.colluding_epsilon, v.epsilon, isinstance(q, (int, float)) and q < 1)]
     caps = {name: (h.get("cap"), h.get("own_epsilon")) for name, h in run["holders"].items()
             if h.get("ok") and h.get("own_ledger")}
     return out + refusal_lines(views, priv.get("server_epsilon_cap"), fed.get("rounds"), facts.get("rounds_recorded", 0),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from securefed.cli import main
+from securefed.privacy.accountant import epsilon_text
 from securefed.privacy.holder_ledger import holder_effective_events
 from securefed.privacy.ledger import GENESIS, canonical_json, entry_hash
 from tests.report.signed_run import make_signed_run
@@ -614,7 +615,9 @@ def test_the_report_states_epsilon_if_holders_collude_and_it_is_the_epsilon_of_f
     make_signed_run(dropped, rounds=1, cfg=cfg, drop_last_holder_at=1)
     va, vb = verify_run(full), verify_run(dropped)
     assert va.ok and vb.ok and sorted(va.colluding_epsilon) == [1, 2, 3] and sorted(vb.colluding_epsilon) == [1, 2]
-    assert np.isclose(va.colluding_epsilon[1], vb.epsilon, rtol=1e-12)
+    # cohorts of 4 of 6 (q = 2/3): the colluders' server knows the cohorts, so no amplification (PV-52): one colluder
+    # leaves a holder what the server's (unamplified) view charges holder 1 in a sum of three shares
+    assert np.isclose(va.colluding_epsilon[1], vb.holder_view_epsilon[1], rtol=1e-12)
     assert np.isclose(va.colluding_epsilon[2], vb.colluding_epsilon[1], rtol=1e-12)
     assert va.epsilon < va.colluding_epsilon[1] < va.colluding_epsilon[2] < va.colluding_epsilon[3]
     longer = tmp_path / "longer"                                     # three rounds, the last with a dropout
@@ -623,13 +626,16 @@ def test_the_report_states_epsilon_if_holders_collude_and_it_is_the_epsilon_of_f
     assert vc.ok and vc.epsilon < vc.colluding_epsilon[1] < vc.colluding_epsilon[2] < vc.colluding_epsilon[3]
     assert main(["verify", str(full)]) == 0
     out = capsys.readouterr().out
-    assert f"epsilon={va.colluding_epsilon[3]:.6g} if 3 holder(s) of each sum collude" in out, out
+    assert f"epsilon={epsilon_text(va.colluding_epsilon[3], 6)} if 3 holder(s) of each sum collude" in out, out
+    assert "no amplification: the server knows the cohorts, so this is for a holder in every sum" in out
     assert main(["report", str(full)]) == 0
     capsys.readouterr()
     md = (full / "report" / "report.md").read_text()
     rep = json.loads((full / "report" / "report.json").read_text())
     assert set(rep["verification"]["colluding_epsilon"]) == {"1", "2", "3"}
     assert "Collusion:" in md and "if 1 holder of each sum colludes" in md and "if 3 holders of each sum collude" in md
+    assert ("recomputed from the same ledger without amplification by sampling (the server knows the cohorts), for a "
+            "holder in every sum") in md
     central = tmp_path / "central"                                  # the server's own noise: collusion changes nothing
     make_signed_run(central, rounds=1, cfg=DPConfig(mode="central", mechanism="gaussian", noise_multiplier=1.0, clip=1.0,
                                                    holder_epsilon_cap=None, delta=1e-4))
@@ -660,3 +666,23 @@ def test_verify_names_the_unit_the_relation_and_against_whom_an_amplified_epsilo
     assert main(["verify", str(rd)]) == 0
     out = capsys.readouterr().out
     assert "privacy: holder-level epsilon=" in out and "amplified" not in out
+
+
+def test_the_epsilon_if_holders_collude_with_the_server_is_never_amplified_by_sampling(tmp_path):
+    """PV-52 (a compliance review, distributed Skellam, Poisson cohorts of 4 of 6 over 4 rounds): verify and the report
+    stated "ε = 5.066 if 1 holder of each sum colludes with the server", amplified by sampling at q = 2/3 — but the
+    coalition includes the server, which knows every cohort, and against it a holder in all 4 sums is at 5.482 (its
+    own, unamplified view recomputed with one share fewer). Now never amplified: for a holder in every sum, it is the
+    server's view of such a holder with c shares fewer, and at least what that holder's own ledger states."""
+    from securefed.privacy import DPConfig
+    from securefed.report.privacy_checks import verify_run
+
+    cfg = DPConfig(mode="distributed", noise_multiplier=1.0, clip=1.0, holder_epsilon_cap=None, delta=1e-4)
+    rd, three = tmp_path / "run", tmp_path / "three"
+    make_signed_run(rd, rounds=1, cfg=cfg, population=8, cohort=(1, 2, 3, 4))          # q = 4/8
+    # the same sum with one share fewer: holder 4 released, then dropped (shares sized for 4, three in the sum)
+    make_signed_run(three, rounds=1, cfg=cfg, population=8, cohort=(1, 2, 3, 4), drop_last_holder_at=1)
+    v, w = verify_run(rd), verify_run(three)
+    assert v.ok and w.ok and v.epsilon < v.holder_view_epsilon[1]                        # amplification is real
+    assert np.isclose(v.colluding_epsilon[1], w.holder_view_epsilon[1], rtol=1e-12)
+    assert v.colluding_epsilon[1] > v.holder_own_epsilon[1]
