@@ -12,7 +12,7 @@ from securefed.privacy.accountant import epsilon_text
 from securefed.report.privacy_checks import fmt_number
 
 __all__ = ["record_facts", "mechanism_words", "protection_blocks", "noise_source_words", "coordinator_exceptions",
-           "NOT_PRIVATE"]
+           "record_unit_words", "NOT_PRIVATE"]
 
 NOT_PRIVATE = "NOT private: for tests"
 
@@ -35,6 +35,28 @@ def record_facts(run: dict) -> dict:
             if sgd else None,
             "record_level": {str(h): dict(r) for h, r in sorted(v.record_level.items())} if ok else None,
             "deterministic_secrets": cfg.get("deterministic_secrets") is True, "seed": cfg.get("seed")}
+
+
+# what one record is, by train.dp_sgd.unit (dp.md §10.2)
+UNIT_NAMES = {"sequence": "training sequence", "document": "document", "group": "group of documents"}
+
+
+def record_unit_words(f: dict) -> str:
+    """What one record is in this run, for the NIST table's unit and relation rows: from the units the holders'
+    verified signed releases name (in network mode each holder's own holder.yaml decides), else config.yaml's
+    (PV-53: the rows said "one training record" and "add/remove one training record" in document and group runs)."""
+    sgd = f.get("dp_sgd") or {}
+    signed = {str(h): (r.get("unit") or "sequence") for h, r in (f.get("record_level") or {}).items()}
+    fields = {r.get("unit_field") for r in (f.get("record_level") or {}).values() if r.get("unit") == "group"}
+    field = fields.pop() if len(fields) == 1 and None not in fields else sgd.get("unit_field")
+
+    def one(u: str) -> str:
+        return (f"one {UNIT_NAMES.get(u, u)}" + (f" sharing a {field or 'data.unit_field'} value (e.g. one patient)"
+                                                  if u == "group" else " (a packed row)" if u == "sequence" else ""))
+    units = set(signed.values()) or {sgd.get("unit") or "sequence"}
+    if len(units) == 1:
+        return one(units.pop())
+    return "; ".join(f"holder-{h}: {one(u)}" for h, u in sorted(signed.items()))
 
 
 def on(f: dict) -> bool:
@@ -70,7 +92,7 @@ def mechanism_words(f: dict) -> str:
              "group": f"one record = all of a holder's documents with the same {field or 'data.unit_field'} "
                       "value (e.g. one patient): each document has rows of its own, a group's documents are Poisson-sampled "
                       "together, and each of a group's k rows"}
-    names = {"sequence": "training sequence", "document": "document", "group": "group of documents"}
+    names = UNIT_NAMES
     by_unit: dict[str, list[str]] = {}
     for h, u in signed.items():
         if u != unit:
@@ -195,7 +217,7 @@ def coordinator_exceptions(f: dict) -> list[str]:
 
 def protection_blocks(f: dict) -> list:
     """The record-level guarantee, labelled apart from the holder-level one: per holder, cumulative over the
-    DP-SGD steps its signed releases record, per training record, at its δ ([] when DP-SGD did not run)."""
+    DP-SGD steps its signed releases record, per record (its signed unit), at its δ ([] when DP-SGD did not run)."""
     if not on(f):
         return []
     rl = f.get("record_level")
@@ -211,7 +233,7 @@ def protection_blocks(f: dict) -> list:
             "by that holder's record-level (ε, δ) below, against anyone who sees what the holder "
             "sent — its updates and every model built from them, the coordinator included (protocols/dp.md §10). Each ε "
             "is cumulative over the DP-SGD steps the holder's signed releases record (all of them, unless its state "
-            "predates releases that carry them: protocols/dp.md §11), per training record, recomputed from the "
+            "predates releases that carry them: protocols/dp.md §11), per record (the unit column), recomputed from the "
             "DP-SGD history the holder signed with each release.")
     for caveat in coordinator_exceptions(f):
         head += " " + caveat

@@ -138,7 +138,7 @@ def sections(run: dict, f: dict) -> list:
     if rec and f.get("dp_sgd"):
         params += [[f"dp_sgd.{k}", _fmt(v)] for k, v in f["dp_sgd"].items()]
     nist = [["factor (NIST SP 800-226)", "this run"],
-            ["unit of privacy", unit_words(dp, rec)],
+            ["unit of privacy", unit_words(f, dp, rec)],
             ["privacy parameters ε, δ", parameter_words(f, dp, rec, led["ok"])],
             ["neighbouring relation", relation_words(f, dp, rec)],
             ["accounting", f"{_fmt(f['accountant'])}; composition over all recorded rounds, re-executed rounds counted again"
@@ -369,13 +369,14 @@ def trust_without_dp(f: dict) -> str:
             "which bounds no holder-level inference from the released models.")
 
 
-def unit_words(dp: bool, rec: bool) -> str:
+def unit_words(f: dict, dp: bool, rec: bool) -> str:
+    record = record_level.record_unit_words(f) if rec else ""
     if dp:
         return ("one data holder (all of its records together): the guarantee covers a holder's whole contribution, "
-                "which is stronger than record-level DP." + (" Record-level DP-SGD adds a guarantee per training record "
-                                                             "inside each holder." if rec else ""))
+                "which is stronger than record-level DP." + (f" Record-level DP-SGD adds a guarantee per record inside "
+                                                             f"each holder: {record}." if rec else ""))
     if rec:
-        return ("one training record inside a holder (record-level DP-SGD); no holder-level guarantee: holder-level "
+        return (f"one record inside a holder (record-level DP-SGD): {record}; no holder-level guarantee: holder-level "
                 "DP was off")
     return "none: differential privacy was off"
 
@@ -387,7 +388,8 @@ def relation_words(f: dict, dp: bool, rec: bool) -> str:
         return "none: differential privacy was off"
     holder = (f"holder level: {_fmt(f['neighbouring_relation'])}, one holder ({_fmt(f['sampling'])} sampling of cohorts)"
               if dp else "holder level: none (holder-level DP was off)")
-    return holder + ("; record level: add/remove one training record (Poisson batches)" if rec else "")
+    return holder + (f"; record level: add/remove one record, {record_level.record_unit_words(f)} (Poisson batches)"
+                     if rec else "")
 
 
 def parameter_words(f: dict, dp: bool, rec: bool, ok: bool) -> str:

@@ -424,7 +424,7 @@ def test_every_epsilon_in_the_report_tables_and_plain_words_is_rounded_up(tmp_pa
 @pytest.mark.parametrize("mode, dp_sgd, row", [
     ("none", False, "| neighbouring relation | none: differential privacy was off |"),
     ("none", True, "| neighbouring relation | holder level: none (holder-level DP was off); record level: add/remove one "
-                   "training record (Poisson batches) |"),
+                   "record, one training sequence (a packed row) (Poisson batches) |"),
     ("distributed", False, "| neighbouring relation | holder level: replace-one, one holder (fixed sampling of cohorts) |")])
 def test_the_nist_neighbouring_relation_names_a_holder_level_relation_only_with_holder_level_dp(tmp_path, mode, dp_sgd,
                                                                                                row):
