@@ -92,8 +92,30 @@ def run(args: argparse.Namespace) -> int:
                                                       "for a holder in every sum)" if q < 1 else ")"))
     for h in sorted(v.holder_own_epsilon):
         print(f"holder {h}: own holder-level epsilon={epsilon_text(v.holder_own_epsilon[h], 6)} (no amplification; server's view {epsilon_text(v.holder_view_epsilon.get(h), 6)})")
-    for h, rl in sorted(v.record_level.items()):   # record-level DP-SGD, from the holder's own signed releases
-        unit = {"document": "document", "group": "group of documents (data.unit_field)"}.get(rl.get("unit"), "training sequence")
-        print(f"holder {h}: record-level epsilon={epsilon_text(rl['epsilon'], 6)} delta={rl['delta']:g} after {rl['steps']} DP-SGD "
-              f"steps (per {unit}, recomputed from its signed releases)")
+    if v.record_level:
+        _print_record_level(rd, v)
     return 0 if v.signed else 3
+
+
+def _print_record_level(rd: Path, v) -> None:
+    """Each holder's record-level (DP-SGD) ε with its unit and relation as its verified signed releases record them,
+    then what that guarantee does not cover against the coordinator (PV-54: the lines named a unit in words of their
+    own, no relation and no exception). The words are the report's (record_level.record_unit_words,
+    coordinator_exceptions): one source per fact."""
+    from securefed.privacy.accountant import epsilon_text
+    from securefed.privacy.holder_ledger import RECORD_RELATION
+    from securefed.report.record_level import coordinator_exceptions, record_facts, record_unit_words
+    from securefed.report.render import ReportInputError, _config
+
+    try:
+        config = _config(rd / "config.yaml")[0]
+    except (ReportInputError, OSError):
+        config = {}      # as the report: the membership exception is named from config.yaml's dp_sgd (a known gap:
+        #                  a holder's own holder.yaml decides its q, and its signed releases do not say whether it was public)
+    f = record_facts({"config": config, "verification": v, "ledger": {"ok": True}})
+    for h, rl in (f["record_level"] or {}).items():   # from the holder's own signed releases
+        one = record_unit_words(dict(f, record_level={h: rl}))
+        print(f"holder {h}: record-level epsilon={epsilon_text(rl['epsilon'], 6)} delta={rl['delta']:g} after "
+              f"{rl['steps']} DP-SGD steps ({RECORD_RELATION} neighbours, {one}; recomputed from its signed releases)")
+    for c in coordinator_exceptions(f):
+        print(f"privacy: record-level exception (protocols/dp.md §10): {c}")

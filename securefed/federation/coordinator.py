@@ -712,6 +712,7 @@ class Coordinator:
 
     def finish(self) -> dict:
         """Run-directory contract: model/ (with its SHA-256), summary.json (the report is the caller's)."""
+        from securefed.privacy.holder_ledger import RECORD_RELATION, signed_record_units
         from securefed.runtime.export import export_model
         from securefed.training.flat import set_flat
 
@@ -749,10 +750,15 @@ class Coordinator:
         if rec:   # as the holders reported it; `securefed verify` recomputes each from its signed releases
             summary["record_epsilon_reported_max"] = max(rec)
             summary["record_delta"] = self.cfg.train.dp_sgd.delta
-            # one record of one holder (dp.md §10.2): a training sequence, a document or a group; Poisson-sampled
-            # DP-SGD's RDP is for adding or removing that one record (§10)
-            summary["record_unit"] = self.cfg.train.dp_sgd.unit
-            summary["record_neighbouring_relation"] = "add/remove"
+            # one record of one holder (dp.md §10.2): a training sequence, a document or a group, as the holders'
+            # own signed releases name it — never config.yaml's train.dp_sgd.unit, which is the coordinator's (each
+            # holder's own holder.yaml decides; PV-55). A deployment's coordinator reads no holder's ledger: no unit
+            # is stated, and `securefed verify --holder-ledger` gives each. Poisson-sampled DP-SGD's RDP is for
+            # adding or removing that one record (§10)
+            unit = signed_record_units(self._simulated_own_ledgers())
+            if unit is not None:
+                summary["record_unit"] = unit
+            summary["record_neighbouring_relation"] = RECORD_RELATION
         short = update_shortfall(self.metrics, self.cfg.federation.rounds)
         if short:   # never quietly: a run whose rounds did not all move the model says so at its end (the report too)
             summary["warnings"] = [short]

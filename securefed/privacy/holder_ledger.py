@@ -24,7 +24,7 @@ from securefed.privacy.rdp import clamp_epsilon
 
 __all__ = ["HOLDER_STATUSES", "REQUIRED_FIELDS", "check_holder_entry", "holder_effective_events", "holder_epsilon",
            "record_level_epsilon", "hidden_batch_rows", "history_extends", "record_level_entry", "record_level_problem",
-           "record_unit", "UNITS"]
+           "record_unit", "UNITS", "RECORD_RELATION", "signed_record_units"]
 
 HOLDER_STATUSES = ("refused", "released", "settled")
 REQUIRED_FIELDS = ("version", "role", "run_id", "holder_id", "round", "status", "event", "epsilon", "cap", "delta",
@@ -122,6 +122,31 @@ UNITS = ("sequence", "document", "group")   # what one record is (dp.md §10.2);
 def record_unit(rl: dict) -> str:
     """The privacy unit a ``record_level`` entry states (entries written before units existed: sequence)."""
     return rl.get("unit", "sequence")
+
+
+# the record-level neighbouring relation (dp.md §10): Poisson-sampled DP-SGD's RDP is for adding or removing one
+# record, whatever the unit; the one source for summary.json, `securefed verify` and the report's NIST row
+RECORD_RELATION = "add/remove"
+
+
+def signed_record_units(ledgers: dict) -> str | dict[str, str] | None:
+    """What one record is in a run, from the last signed ``record_level`` of each holder's own ledger ({holder id:
+    path}; a missing or unreadable one is skipped): the unit when every holder that signed one names the same, else
+    {holder id (str): unit}; None when none signed one (a deployment's coordinator reads no holder's ledger: its own
+    config.yaml does not decide what the holders ran, so it states no unit; PV-55)."""
+    from securefed.privacy.ledger import LedgerError, read_ledger
+
+    units: dict[str, str] = {}
+    for h, path in sorted(ledgers.items()):
+        try:
+            signed = [e["record_level"] for e in read_ledger(path) if isinstance(e.get("record_level"), dict)]
+        except (LedgerError, OSError):
+            continue
+        if signed:
+            units[str(h)] = record_unit(signed[-1])
+    if not units:
+        return None
+    return next(iter(units.values())) if len(set(units.values())) == 1 else units
 
 
 def record_level_entry(history: Sequence[Sequence[float]], delta: float, *, unit: str = "sequence",

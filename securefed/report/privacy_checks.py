@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from securefed import jsonio
 from securefed.privacy.accountant import epsilon_text
 from securefed.privacy.ledger import LedgerError, read_end_record
+from securefed.privacy.holder_ledger import RECORD_RELATION, record_unit
 from securefed.privacy.verify import Anchor, Keys, Problem, Verification, verify_records
 from securefed.runtime.rundir import file_sha256
 
@@ -186,6 +187,19 @@ def _check_stated_privacy_facts(run_dir: Path, v: Verification) -> None:
             v.problems.append(Problem("summary.json", None, None, f"states {key} {d[key]!r}; holder {h}'s own signed "
                                       f"release gives {top:.6g}"))
             return
+    # what one record is (PV-55): the coordinator's config.yaml does not decide the holders' unit, their own configs
+    # do, so a stated unit must be the one each verified holder signed (a string for all, or {holder id: unit})
+    unit = d.get("record_unit")
+    for h, r in signed if unit is not None else ():
+        said = unit.get(str(h)) if isinstance(unit, dict) else unit
+        if said != record_unit(r):
+            v.problems.append(Problem("summary.json", None, None, f"states record_unit {said!r} for holder {h}; its own "
+                                      f"signed releases record {record_unit(r)!r} (protocols/dp.md §10.2)"))
+            return
+    rel = d.get("record_neighbouring_relation")
+    if rel is not None and signed and rel != RECORD_RELATION:
+        v.problems.append(Problem("summary.json", None, None, f"states record_neighbouring_relation {rel!r}; DP-SGD's "
+                                  f"record-level relation is {RECORD_RELATION!r} (protocols/dp.md §10)"))
 
 
 def _private_keys_inside(run_dir: Path) -> int:

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from securefed.privacy.accountant import epsilon_text
+from securefed.privacy.holder_ledger import RECORD_RELATION
 from securefed.report import privacy_checks, record_level, rounds
 from securefed.report.record_level import NOT_PRIVATE
 from securefed.runtime.health import format_ppl
@@ -388,8 +389,8 @@ def relation_words(f: dict, dp: bool, rec: bool) -> str:
         return "none: differential privacy was off"
     holder = (f"holder level: {_fmt(f['neighbouring_relation'])}, one holder ({_fmt(f['sampling'])} sampling of cohorts)"
               if dp else "holder level: none (holder-level DP was off)")
-    return holder + (f"; record level: add/remove one record, {record_level.record_unit_words(f)} (Poisson batches)"
-                     if rec else "")
+    return holder + (f"; record level: {RECORD_RELATION} one record, {record_level.record_unit_words(f)} "
+                     "(Poisson batches)" if rec else "")
 
 
 def parameter_words(f: dict, dp: bool, rec: bool, ok: bool) -> str:

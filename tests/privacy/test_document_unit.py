@@ -190,7 +190,7 @@ def test_a_document_level_run_through_the_cli_signs_verifies_and_reports_its_uni
     q = rl[-1]["history"][0][1]
     assert q == pytest.approx(4 / unit["rows"])          # documents sampled at B / rows
     assert main(["verify", str(run)]) == 0
-    assert "record-level epsilon=" in (o := capsys.readouterr().out) and "per document, recomputed" in o
+    assert "record-level epsilon=" in (o := capsys.readouterr().out) and "(add/remove neighbours, one document; recomputed" in o
     assert main(["report", str(run)]) == 0
     text = (run / "report" / "report.md").read_text()
     assert "one record = one document" in text and "| document |" in text

@@ -32,12 +32,14 @@ def _own_entry(s, rp, h, status, event, survivors, entries, cap=None, record_lev
 
 
 def make_signed_run(rd, *, rounds=4, signed=True, cfg=None, population=6, cohort=(1, 2, 3, 4), drop_last_holder_at=None,
-                    sampling="fixed", cohorts=None, dp_sgd_steps=None, abort_rounds=(), server_caps=True, config=None, own_cap=20.0):
+                    sampling="fixed", cohorts=None, dp_sgd_steps=None, abort_rounds=(), server_caps=True, config=None, own_cap=20.0,
+                    dp_sgd_units=None):
     """``cohorts``: each round's cohort (default: ``cohort`` every round, whose size is the planned one).
     ``dp_sgd_steps``: record-level DP-SGD steps per round (σ = 1, q = 0.01) signed into each release, as a DP-SGD
     holder does. ``abort_rounds``: rounds in which every participant released but none sent its masked input
     (the round aborts, the model does not move). ``server_caps=False``: the coordinator's session has no holder cap,
-    as the engine runs it (the caps live only in the holders' own ledgers). ``config``: merged into config.yaml."""
+    as the engine runs it (the caps live only in the holders' own ledgers). ``config``: merged into config.yaml.
+    ``dp_sgd_units``: {holder: unit} each holder signs with its DP-SGD steps (default: sequence)."""
     cfg = cfg or DPConfig(mode="distributed", noise_multiplier=1.0, clip=1.0, holder_epsilon_cap=20.0, delta=1e-3)
     cohorts = [tuple(cohort)] * rounds if cohorts is None else [tuple(c) for c in cohorts]
     (rd / "privacy").mkdir(parents=True)
@@ -68,7 +70,8 @@ def make_signed_run(rd, *, rounds=4, signed=True, cfg=None, population=6, cohort
             rl = None
             if dp_sgd_steps:   # the holder's DP-SGD accountant so far: σ = 1, q = 0.01, dp_sgd_steps per release
                 done = sum(1 for x in own[h].entries if x["status"] == "released")
-                rl = record_level_entry([[1.0, 0.01 * h, dp_sgd_steps * (done + 1)]], 1e-5)
+                rl = record_level_entry([[1.0, 0.01 * h, dp_sgd_steps * (done + 1)]], 1e-5,
+                                        unit=(dp_sgd_units or {}).get(h, "sequence"))
             own[h].append(_own_entry(s, rp, h, "released", worst, None, own[h].entries, cap=own_cap,
                                      record_level=rl))  # before sending
             enc, _ = rp.encode(h, rng.normal(size=DIM).astype(np.float32) * 0.2, e)

@@ -686,3 +686,55 @@ def test_the_epsilon_if_holders_collude_with_the_server_is_never_amplified_by_sa
     assert v.ok and w.ok and v.epsilon < v.holder_view_epsilon[1]                        # amplification is real
     assert np.isclose(v.colluding_epsilon[1], w.holder_view_epsilon[1], rtol=1e-12)
     assert v.colluding_epsilon[1] > v.holder_own_epsilon[1]
+
+
+def test_verify_names_each_record_level_unit_and_relation_the_holders_signed_and_the_exceptions(tmp_path, capsys):
+    """PV-54 (a compliance review): verify's record-level lines read "per document" in words of their own, named no
+    neighbouring relation and none of the exceptions the report states (reply timing of holders whose steps were not
+    padded; membership through the record count). They now take the unit and the relation from the holders' verified
+    signed releases, in the report's words (record_level.record_unit_words, coordinator_exceptions)."""
+    from securefed.report.record_level import coordinator_exceptions, record_unit_words
+
+    rd = tmp_path / "run"
+    make_signed_run(rd, dp_sgd_steps=4, dp_sgd_units={1: "document", 2: "document", 3: "sequence", 4: "document"},
+                    config={"train": {"dp_sgd": {"enabled": True, "unit": "sequence", "delta": 1e-5}}})
+    assert main(["verify", str(rd)]) == 0
+    out = capsys.readouterr().out
+    rl = {"unit": "document"}
+    assert record_unit_words({"record_level": {"1": rl}}) == "one document"
+    assert "holder 1: record-level epsilon=" in out and "(add/remove neighbours, one document; recomputed from its" in out
+    assert "holder 3: record-level epsilon=" in out and "(add/remove neighbours, one training sequence (a packed row);" in out
+    assert "per training sequence" not in out                       # the old wording of its own is gone
+    f = {"dp_sgd": {"enabled": True, "unit": "sequence", "sample_rate": None},
+         "record_level": {str(h): {"unit": "sequence"} for h in (1, 2, 3, 4)}}
+    said = coordinator_exceptions(f)
+    assert len(said) == 2 and all(f"privacy: record-level exception (protocols/dp.md §10): {c}" in out for c in said)
+
+
+def test_a_summary_record_unit_other_than_the_holders_signed_one_does_not_verify(tmp_path, capsys):
+    """PV-55: summary.json's record_unit was config.yaml's train.dp_sgd.unit (the coordinator's; in a deployment each
+    holder's own holder.yaml decides) and verify did not check it: a document run stated "sequence" and verified.
+    It must now be the unit each verified holder signed (a string, or one per holder where they differ)."""
+    rd = tmp_path / "run"
+    units = {1: "document", 2: "document", 3: "sequence", 4: "document"}
+    make_signed_run(rd, dp_sgd_steps=4, dp_sgd_units=units)
+    p = rd / "summary.json"
+    honest = json.loads(p.read_text())
+    honest.pop("record_unit", None)
+    for unit, code in [({str(h): u for h, u in units.items()}, 0), ("sequence", 1), ("document", 1),
+                       (dict({str(h): u for h, u in units.items()}, **{"3": "document"}), 1)]:
+        p.write_text(json.dumps(dict(honest, record_unit=unit, record_neighbouring_relation="add/remove")))
+        code_v, out_v, code_r, out_r = _run_both(rd, capsys)
+        assert (code_v, code_r) == (code, code), (unit, out_v, out_r)
+        if code:
+            assert "summary.json" in out_v and "states record_unit" in out_v and "its own signed releases record" in out_v
+    p.write_text(json.dumps(dict(honest, record_neighbouring_relation="replace-one")))
+    assert main(["verify", str(rd)]) == 1 and "states record_neighbouring_relation 'replace-one'" in capsys.readouterr().err
+    from securefed.privacy.holder_ledger import signed_record_units   # what the coordinator now writes
+
+    rd2 = tmp_path / "same"
+    make_signed_run(rd2, dp_sgd_steps=4, dp_sgd_units={h: "document" for h in units})
+    assert signed_record_units({h: rd / "holders" / str(h) / "ledger.jsonl" for h in units}) == {
+        str(h): u for h, u in units.items()}
+    assert signed_record_units({h: rd2 / "holders" / str(h) / "ledger.jsonl" for h in units}) == "document"
+    assert signed_record_units({}) is None                          # a deployment's coordinator states no unit
