@@ -16,8 +16,9 @@ import pytest
 from securefed.transport.board import StageBoard
 from securefed.transport.frames import Ack, FetchRequest, Kind, decode, encode
 from securefed.transport.pki import make_demo_pki
-from securefed.transport.service import (CALLS_PER_HOLDER, Handlers, Stub, load_client_credentials, make_channel,
-                                         make_server, server_workers)
+from securefed.transport.service import CALLS_PER_HOLDER, Handlers, make_server, server_workers
+
+from .wire import holder_stub
 
 RUN = b"\x05" * 16
 
@@ -35,14 +36,6 @@ def coordinator(tmp_path_factory):
     srv.stop(0)
 
 
-def _stub(lay, port, hid):
-    d = lay.holder_dir(hid)
-    creds = load_client_credentials(cert=d / "cert.pem", key=d / "key.pem", ca=lay.ca_cert)
-    ch = make_channel(f"127.0.0.1:{port}", creds)
-    grpc.channel_ready_future(ch).result(timeout=10)
-    return Stub(ch), ch
-
-
 def _poll(stub, wait_ms):
     return stub.fetch(encode(FetchRequest(RUN, 1, 0, wait_ms)), timeout=wait_ms / 1000 + 30)
 
@@ -55,7 +48,7 @@ def _settle(calls, want_done, timeout=10.0):
 
 def test_a_flooding_holder_gets_its_own_share_and_no_more(coordinator):
     lay, port = coordinator
-    flood, ch1 = _stub(lay, port, 1)
+    flood, ch1 = holder_stub(lay, port, 1)
     calls = [_poll(flood, 60_000) for _ in range(10)]
     _settle(calls, 10 - CALLS_PER_HOLDER)
     refused = [c for c in calls if c.done()]
@@ -66,7 +59,7 @@ def test_a_flooding_holder_gets_its_own_share_and_no_more(coordinator):
     again = _poll(flood, 60_000)                           # a re-sent call is refused at once as well
     assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    honest, ch2 = _stub(lay, port, 2)                      # another holder is served throughout
+    honest, ch2 = holder_stub(lay, port, 2)                      # another holder is served throughout
     assert honest.status(b"", timeout=5)
     frames = [decode(f) for f in _poll(honest, 200)]
     assert frames[0].kind == Kind.WAIT

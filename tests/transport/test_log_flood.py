@@ -10,24 +10,15 @@ another holder's are still logged, and the next minute says how many were left o
 
 import logging
 
-import grpc
-
 from securefed.federation.grpc import GrpcChannel
 from securefed.federation.messages import Hello, encode
 from securefed.secagg import Roster
 from securefed.transport.pki import make_demo_pki
 from securefed.transport.ratelog import PER_MINUTE, HolderLog
-from securefed.transport.service import Stub, load_client_credentials, make_channel
+
+from .wire import holder_stub
 
 RUN = b"\x06" * 16
-
-
-def _stub(lay, port, hid):
-    d = lay.holder_dir(hid)
-    creds = load_client_credentials(cert=d / "cert.pem", key=d / "key.pem", ca=lay.ca_cert)
-    ch = make_channel(f"127.0.0.1:{port}", creds)
-    grpc.channel_ready_future(ch).result(timeout=10)
-    return Stub(ch), ch
 
 
 def test_a_holder_flooding_joins_and_refused_streams_cannot_flood_the_coordinators_log(tmp_path, caplog):
@@ -36,11 +27,11 @@ def test_a_holder_flooding_joins_and_refused_streams_cannot_flood_the_coordinato
     channel.open(welcome_for=lambda h: b"{}", run_id=RUN)
     caplog.set_level(logging.INFO, logger="securefed")
     try:
-        flood, ch1 = _stub(lay, channel.port, 1)
+        flood, ch1 = holder_stub(lay, channel.port, 1)
         for _ in range(3 * PER_MINUTE):
             assert flood.join(encode(Hello(1)), timeout=10) == b"{}"
             assert flood.submit(iter([b"GARBAGE"]), timeout=10)        # refused: an ACK, one warning line each
-        honest, ch2 = _stub(lay, channel.port, 2)
+        honest, ch2 = holder_stub(lay, channel.port, 2)
         assert honest.join(encode(Hello(2)), timeout=10) == b"{}"
         ch1.close(), ch2.close()
     finally:
