@@ -92,7 +92,9 @@ def test_wbk_thm27_forward_differences_are_exact_where_float64_loses_every_digit
         ours = R.wor_gaussian_rdp(q, z, WBK_ORDERS)
         thm9 = R.wor_subsampled_rdp(lambda a: a / (2 * z * z), q, WBK_ORDERS)
         dpa_ = np.asarray(_compute_rdp_sample_wor_gaussian(q, z, WBK_ORDERS))
-        assert np.all(ours <= thm9 * (1 + 1e-12)) and np.all(ours <= dpa_ * (1 + 1e-12))
+        # dp-accounting's float64 differences err either way by ~1e-11 where they are still near-exact (q 0.1, α 64:
+        # ours 7.1e-12 above theirs with numpy 2.4.6 / scipy 1.17.1); where they lose every digit, ours is far below
+        assert np.all(ours <= thm9 * (1 + 1e-12)) and np.all(ours <= dpa_ * (1 + 1e-10))
         assert ours[-1] < 0.5 * thm9[-1]                 # where it matters: high orders at large σ
 
 

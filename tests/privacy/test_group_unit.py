@@ -123,7 +123,9 @@ def test_a_group_level_run_through_the_cli_signs_verifies_and_reports_its_unit(t
     assert rl and all(r["unit"] == "group" and r["history"][0][1] == 0.05 for r in rl)
     assert all(r["unit_field"] == "patient" for r in rl)          # the grouping field is signed with each release
     assert main(["verify", str(run)]) == 0
-    assert "per group of documents (data.unit_field)" in capsys.readouterr().out
+    # the report's words for the signed unit, with its grouping field (PV-54)
+    assert "(add/remove neighbours, one group of documents sharing a patient value (e.g. one patient); recomputed" \
+        in capsys.readouterr().out
     assert main(["report", str(run)]) == 0
     text = (run / "report" / "report.md").read_text()
     assert "one record = all of a holder's documents with the same patient value" in text and "| group |" in text
