@@ -65,9 +65,8 @@ def server_options() -> list[tuple[str, object]]:
             ("grpc.so_reuseport", 0), *_WINDOW, *_KEEPALIVE]
 
 
-def peer_holder_id(context: grpc.ServicerContext, roster_ids: frozenset[int] | set[int], *,
-                   say: Callable | None = None) -> int:
-    """The authenticated holder id of this call's peer, or abort PERMISSION_DENIED (§7.2). ``say``: a
+def peer_holder_id(context: grpc.ServicerContext, roster_ids: frozenset[int] | set[int], say: Callable) -> int:
+    """The authenticated holder id of this call's peer, or abort PERMISSION_DENIED (§7.2). ``say``: the
     ``ratelog.HolderLog.say`` the refusal is logged through (its lines rate-limited, §2)."""
     auth = context.auth_context()
     pems = auth.get("x509_pem_cert") or []
@@ -78,10 +77,7 @@ def peer_holder_id(context: grpc.ServicerContext, roster_ids: frozenset[int] | s
         if hid not in roster_ids:
             raise ValueError("holder not on the roster")
     except ValueError as e:
-        if say is not None:
-            say(None, logging.WARNING, "refused a call from %s: %s", context.peer(), e)
-        else:
-            log.warning("refused a call from %s: %s", context.peer(), e)
+        say(None, logging.WARNING, "refused a call from %s: %s", context.peer(), e)
         context.abort(grpc.StatusCode.PERMISSION_DENIED, "not authorized")
         raise  # unreachable: abort raises
     return hid
@@ -154,7 +150,7 @@ def make_server(handlers: Handlers, *, host: str, port: int, cert: Path, key: Pa
 
     def authed(fn):                  # unary response: the holder's slot is held for the call
         def call(request, context):
-            hid = peer_holder_id(context, roster_ids, say=refusals.say)
+            hid = peer_holder_id(context, roster_ids, refusals.say)
             slots.take(hid, context)
             try:
                 return fn(hid, request, context)
@@ -164,7 +160,7 @@ def make_server(handlers: Handlers, *, host: str, port: int, cert: Path, key: Pa
 
     def authed_stream(fn):           # streamed response: held until the last frame is out or the call ends
         def call(request, context):
-            hid = peer_holder_id(context, roster_ids, say=refusals.say)
+            hid = peer_holder_id(context, roster_ids, refusals.say)
             slots.take(hid, context)
             try:
                 yield from fn(hid, request, context)
