@@ -374,7 +374,7 @@ def preflight(config: DPConfig, *, population: int, cohort_size: int, rounds: in
     holder_planned = holder_acc.epsilon(delta, [ev(m, 1.0)] * joins) if config.dp_on else math.inf
     if config.holder_epsilon_cap is not None and holder_one > config.holder_epsilon_cap:
         problems.append(f"privacy.holder_epsilon_cap = {config.holder_epsilon_cap:g} is below the cost of one round to a "
-                        f"holder ({holder_one:.4g}): every holder would refuse every round")
+                        f"holder ({epsilon_text(holder_one)}): every holder would refuse every round")
     if config.server_epsilon_cap is not None and eps_round > config.server_epsilon_cap:
         problems.append(f"privacy.server_epsilon_cap = {config.server_epsilon_cap:g} is below the cost of one round "
                         f"({epsilon_text(eps_round)}): the federation would stop before its first round")

@@ -188,3 +188,19 @@ def test_a_holders_own_epsilon_is_projected_over_every_cohort_it_can_be_in():
     assert p.holder_epsilon_planned >= every and p.holder_epsilon_planned == pytest.approx(every, rel=0.01)
     assert p.holder_epsilon_planned > expected * 1.5
     assert "if it is in all 6 cohorts" in "\n".join(p.lines())
+
+
+
+def test_a_cap_below_one_rounds_cost_states_that_cost_rounded_up():
+    """PV-47: a shown ε is never below the accountant's bound. The holder-cap refusal still said its one-round ε at
+    4 digits rounded to nearest — "10.8" for 10.8017 (the reread of stop 51; the server-cap one was mended before)."""
+    import re
+
+    kw = dict(population=4, cohort_size=4, rounds=4, dim=1000, sampling="fixed")
+    for mode, cap in (("distributed", "holder_epsilon_cap"), ("central", "server_epsilon_cap")):
+        base = DPConfig(mode=mode, mechanism="gaussian" if mode == "central" else "ddgauss", noise_multiplier=1.0)
+        one = preflight(base, **kw).epsilon_per_round          # q = 1: a holder's one round costs at least this
+        with pytest.raises(PreflightError) as e:
+            preflight(DPConfig(**{**base.__dict__, cap: 0.5}), **kw)
+        shown = re.search(rf"{cap} = 0.5 is below the cost of one round[^(]*\(([^)]+)\)", str(e.value))
+        assert shown and float(shown.group(1)) >= one, (str(e.value), one)
