@@ -8,8 +8,9 @@
 #   bash benchmarks/gpu/chain.sh poll    # polls ≤ LIMIT s more (repeat while the machine stays warm)
 #
 # carry [".whl", ".cache/gpu-text"]. JOBS names the jobs, run in that order, each alone on the GPU (the default since
-# stop 50: "h16bs", ≈ 1,050 s; a lease with ≈ 400 s left after it: a second `start` with one DP job, which then
-# reuses the corpus; the DP jobs evaluate every round, so a row cut short still compares at the rounds it reached):
+# stop 52: "2dpub 2dpubbc", ≈ 1,100 s — h16bs ran in stop 52; a lease with ≈ 400 s left after a job: a second
+# `start` with one DP job, which then reuses the corpus; the DP jobs evaluate every round, so a row cut short still
+# compares at the rounds it reached):
 #   issue 14 (the schedule is fixed by the tokens, so a row cut short still compares at the evaluations it reached):
 #   - m75h16: the 75m IID federated row at H = 16 on the 352.3M-token schedule (5 tokens per parameter, 168 rounds,
 #     Nesterov 0.7 / 0.9, the momentum warmed up over the first quarter, 42; plain aggregation) — against the
@@ -95,7 +96,7 @@ run)
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
       SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512 TOKEN_CACHE=/tmp/sf/cache)   # long_pair.sh's token ids
   mkdir -p /tmp/sf-dpsgd/b512
-  for job in ${JOBS:-h16bs}; do
+  for job in ${JOBS:-2dpub 2dpubbc}; do
     case $job in
       m75h16) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 ;;
       m75h16bs) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 PARTITION=by_source ;;
