@@ -100,18 +100,18 @@ def run(args: argparse.Namespace) -> int:
 def _print_record_level(rd: Path, v) -> None:
     """Each holder's record-level (DP-SGD) ε with its unit and relation as its verified signed releases record them,
     then what that guarantee does not cover against the coordinator (PV-54: the lines named a unit in words of their
-    own, no relation and no exception). The words are the report's (record_level.record_unit_words,
-    coordinator_exceptions): one source per fact."""
+    own, no relation and no exception) and the padded holders' timing δ. The words are the report's
+    (record_level.record_unit_words, coordinator_exceptions, timing_delta_words): one source per fact."""
     from securefed.privacy.accountant import epsilon_text
     from securefed.privacy.holder_ledger import RECORD_RELATION
-    from securefed.report.record_level import coordinator_exceptions, record_facts, record_unit_words
+    from securefed.report.record_level import (coordinator_exceptions, record_facts, record_unit_words,
+                                                timing_delta_words)
     from securefed.report.render import ReportInputError, _config
 
     try:
         config = _config(rd / "config.yaml")[0]
     except (ReportInputError, OSError):
-        config = {}      # as the report: the membership exception is named from config.yaml's dp_sgd (a known gap:
-        #                  a holder's own holder.yaml decides its q, and its signed releases do not say whether it was public)
+        config = {}      # config.yaml only names the unit where no holder signed one; q and padding are the signed ones
     f = record_facts({"config": config, "verification": v, "ledger": {"ok": True}})
     for h, rl in (f["record_level"] or {}).items():   # from the holder's own signed releases
         one = record_unit_words(dict(f, record_level={h: rl}))
@@ -119,3 +119,6 @@ def _print_record_level(rd: Path, v) -> None:
               f"{rl['steps']} DP-SGD steps ({RECORD_RELATION} neighbours, {one}; recomputed from its signed releases)")
     for c in coordinator_exceptions(f):
         print(f"privacy: record-level exception (protocols/dp.md §10): {c}")
+    timing = timing_delta_words(f["record_level"] or {})
+    if timing:   # the padded holders' δ against a reply timer, as the report states it (dp.md §10.4 rule 4)
+        print(f"privacy: record-level timing δ (protocols/dp.md §10.4): {timing.removeprefix('Timing: ')}")

@@ -998,7 +998,8 @@ class Holder:
                 from securefed.privacy.holder_ledger import record_level_entry
 
                 rl = record_level_entry(self.trainer.dp_history(), self.cfg.dp_sgd.delta, unit=self.cfg.dp_sgd.unit,
-                                        padded_rows=self.trainer.dp_padded_rows, unit_field=self.cfg.data.unit_field)
+                                        padded_rows=self.trainer.dp_padded_rows, unit_field=self.cfg.data.unit_field,
+                                        sample_rate=self.trainer.dp_public_rate)
             entry = self.budget.release(rs.spec, min_survivors=t_min, record_level=rl)
             log.info("holder %d: round %d update released (%s, %s aggregation); ledger epsilon %s", self.id,
                      rs.spec.round, stage.name, w.aggregation, _eps(entry.get("epsilon")))

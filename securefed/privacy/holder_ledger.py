@@ -24,7 +24,7 @@ from securefed.privacy.rdp import clamp_epsilon
 
 __all__ = ["HOLDER_STATUSES", "REQUIRED_FIELDS", "check_holder_entry", "holder_effective_events", "holder_epsilon",
            "record_level_epsilon", "hidden_batch_rows", "history_extends", "record_level_entry", "record_level_problem",
-           "record_unit", "UNITS", "RECORD_RELATION", "signed_record_units"]
+           "record_unit", "public_sample_rate", "UNITS", "RECORD_RELATION", "signed_record_units"]
 
 HOLDER_STATUSES = ("refused", "released", "settled")
 REQUIRED_FIELDS = ("version", "role", "run_id", "holder_id", "round", "status", "event", "epsilon", "cap", "delta",
@@ -150,14 +150,17 @@ def signed_record_units(ledgers: dict) -> str | dict[str, str] | None:
 
 
 def record_level_entry(history: Sequence[Sequence[float]], delta: float, *, unit: str = "sequence",
-                       padded_rows: int | None = None, unit_field: str | None = None) -> dict:
+                       padded_rows: int | None = None, unit_field: str | None = None,
+                       sample_rate: float | None = None) -> dict:
     """What a holder's ``released`` entry records of its record-level DP-SGD spend so far: the accountant's
     (σ, q, steps) history, its total steps, δ, the privacy unit and the ε they give — signed with the release,
     so a restart can be checked against it and a verifier can recompute it. ``padded_rows``
     (train.dp_sgd.hide_batch_size, dp.md §10.4): the rows every step in ``history`` padded its batch to (a restored
     checkpoint's steps included: HolderTrainer.dp_padded_rows is None when any of them did not).
     ``unit_field`` (unit=group): the name of the data field whose values are the groups (e.g. "patient_id"; a
-    field name from the holder's config, never a value), so a verifier sees what one record is."""
+    field name from the holder's config, never a value), so a verifier sees what one record is. ``sample_rate``
+    (train.dp_sgd.sample_rate, dp.md §10.3): the public q every step in ``history`` ran at (HolderTrainer.
+    dp_public_rate; None when q = B/N), so a reader knows the signed ε does not give the record count away."""
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     hist = [[float(z), float(q), int(n)] for z, q, n in history]
@@ -167,7 +170,17 @@ def record_level_entry(history: Sequence[Sequence[float]], delta: float, *, unit
         out["padded_rows"] = int(padded_rows)
     if unit == "group" and unit_field is not None:
         out["unit_field"] = str(unit_field)
+    if sample_rate is not None:
+        out["sample_rate"] = float(sample_rate)
     return out
+
+
+def public_sample_rate(entries: Sequence[dict]) -> float | None:
+    """The public q (dp.md §10.3) when EVERY release with record_level signs the same ``sample_rate`` (which
+    record_level_problem has checked against its history); None when any did not: q = B/N there, a function of the
+    holder's record count, which its ε sent every round then gave away (PV-56)."""
+    rates = {e["record_level"].get("sample_rate") for e in entries if isinstance(e.get("record_level"), dict)}
+    return rates.pop() if len(rates) == 1 and None not in rates else None
 
 
 def hidden_batch_rows(entries: Sequence[dict]) -> int | None:
@@ -229,6 +242,11 @@ def record_level_problem(entries: Sequence[dict], *, rel_tol: float = 1e-9) -> s
         pad = rl.get("padded_rows")
         if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 1):
             return f"{where}: record_level padded_rows {pad!r} must be a positive integer (dp.md §10.4)"
+        rate = rl.get("sample_rate")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1
+                                 or any(q != rate for _, q, _ in hist)):
+            return (f"{where}: record_level sample_rate {rate!r} must be the public q in (0, 1] every step of its "
+                    "history ran at (dp.md §10.3)")
         if last is not None and record_unit(rl) != last[4]:
             return (f"{where}: the record-level privacy unit changed from {last[4]} to {record_unit(rl)} within one run: "
                     "its steps were spent on another kind of record, so no single ε holds")

@@ -35,7 +35,7 @@ from securefed.privacy import rdp as R
 from securefed.privacy.accountant import Accountant, RoundEvent, accountant_version, event_rdp, scheme_of
 from securefed.privacy.events import plan_from_record, round_event
 from securefed.privacy.holder_ledger import (check_holder_entry, hidden_batch_rows, holder_effective_events,
-                                             record_level_problem, record_unit)
+                                             public_sample_rate, record_level_problem, record_unit)
 from securefed.privacy import witness as W
 from securefed.privacy.ledger import (LedgerError, decode_floats, end_record_own_problems, end_record_problems, entry_hash,
                                       read_ledger)
@@ -368,6 +368,7 @@ def _verify_own(entries: list[dict], label: str, v: Verification) -> None:
         v.record_level[int(entries[0]["holder_id"])] = {"epsilon": _num(rl["epsilon"]), "delta": _num(rl["delta"]),
                                                          "steps": int(rl["steps"]), "unit": record_unit(rl),
                                                          "padded_rows": hidden_batch_rows(entries),
+                                                         "sample_rate": public_sample_rate(entries),
                                                          "unit_field": rl.get("unit_field")}
     v.own_ledgers += 1
 

@@ -12,7 +12,7 @@ from securefed.privacy.accountant import epsilon_text
 from securefed.report.privacy_checks import fmt_number
 
 __all__ = ["record_facts", "mechanism_words", "protection_blocks", "noise_source_words", "coordinator_exceptions",
-           "record_unit_words", "NOT_PRIVATE"]
+           "record_unit_words", "timing_delta_words", "count_holders", "NOT_PRIVATE"]
 
 NOT_PRIVATE = "NOT private: for tests"
 
@@ -121,14 +121,37 @@ def mechanism_words(f: dict) -> str:
     else:
         what = ("Record-level DP-SGD inside the holders: their own signed releases record it (this run's config.yaml "
                 "does not enable train.dp_sgd, so its parameters are the holders' own).")
-    if sgd.get("enabled") and sgd.get("sample_rate") is None:
-        what += (" Each holder samples at q = batch size / its own record count, so its record-level ε — sent to the "
+    who = count_holders(f)
+    if who is None or who:
+        whom = ("Each holder samples" if who is None or len(who) == len(f.get("record_level") or {}) else
+                f"{_holders(who)} sample" if len(who) > 1 else f"{_holders(who)} samples")
+        what += (f" {whom} at q = batch size / its own record count, so its record-level ε — sent to the "
                  "coordinator every round and signed in its releases — reveals that count (protocols/dp.md §10.3); "
                  "train.dp_sgd.sample_rate sets a public q instead.")
-    elif sgd.get("enabled"):
-        what += (f" The sampling rate q = {fmt_number(sgd.get('sample_rate'))} is public (train.dp_sgd.sample_rate): "
-                 "no holder's ε depends on its record count.")
+        if who is None:
+            what += " (No verified signed release here records a public q.)"
+    else:
+        rates = sorted({r.get("sample_rate") for r in (f.get("record_level") or {}).values()})
+        what += (f" The sampling rate q = {' / '.join(fmt_number(q) for q in rates)} is public "
+                 "(train.dp_sgd.sample_rate, signed in every holder's releases): no holder's ε depends on its record "
+                 "count.")
     return what + hiding_words(f) + " " + noise_source_words(f)
+
+
+def _holders(hs: list[str]) -> str:
+    return ", ".join(f"holder-{h}" for h in hs)
+
+
+def count_holders(f: dict) -> list[str] | None:
+    """dp.md §10.3: the holders whose DP-SGD q = batch / records, a function of their record count — from the
+    holders' verified signed releases (each runs its own holder.yaml's train.dp_sgd: config.yaml is the
+    coordinator's word, PV-56): [] when every holder signed a public q (or none ran DP-SGD); None (every holder)
+    when DP-SGD is configured but no verified signed release says which q ran (records that do not verify, or a
+    network run's directory without the holders' own ledgers)."""
+    rl = f.get("record_level")
+    if rl:
+        return sorted((h for h, r in rl.items() if r.get("sample_rate") is None), key=lambda h: int(h))
+    return None if (f.get("dp_sgd") or {}).get("enabled") else []
 
 
 def hiding_words(f: dict) -> str:
@@ -161,7 +184,7 @@ def hiding_words(f: dict) -> str:
     return out
 
 
-def _timing_delta_words(rl: dict) -> str:
+def timing_delta_words(rl: dict) -> str:
     """dp.md §10.4 rule 4: a hidden holder's Poisson batch outgrows its pad with probability ≤ HIDE_TAIL a step, and
     that step's compute shows; against an observer of reply times its δ is larger by at most (1 + e^ε)·steps ×
     HIDE_TAIL, at its record-level ε (dpsgd.timing_delta; PV-34: steps × HIDE_TAIL alone understated it)."""
@@ -180,13 +203,18 @@ def _timing_delta_words(rl: dict) -> str:
 def count_caveat(f: dict) -> str:
     """PV-36: with q = batch / records (train.dp_sgd.sample_rate unset, dp.md §10.3) the guarantee "against the
     coordinator" does not cover whether a record is there: the ε each holder sends every round and the q it signs are
-    functions of its record count, and a record (a document of k rows, a group) moves that count. "" with a public q."""
-    sgd = f.get("dp_sgd") or {}
-    if not sgd.get("enabled") or sgd.get("sample_rate") is not None:
+    functions of its record count, and a record (a document of k rows, a group) moves that count. Who: the holders
+    whose verified signed releases record no public q (count_holders; PV-56: it was config.yaml's word, so a
+    holder running its own q = B/N under a coordinator config with a public rate had no caveat). "" when none."""
+    who = count_holders(f)
+    if who == []:
         return ""
-    return ("Except for membership: each holder samples at q = batch size / its own record count, and the ε it sends the "
-            "coordinator every round and the q it signs give that count away, so the coordinator — and any reader of "
-            "the ledgers — who knows the rest of a holder's data can tell whether one record (a document of k rows, a "
+    every = who is None or len(who) == len(f.get("record_level") or {})
+    whom = "each holder samples" if every else (f"{_holders(who)} sample" if len(who) > 1 else f"{_holders(who)} samples")
+    unverified = " (no verified signed release here records a public q)" if who is None else ""
+    return (f"Except for membership: {whom} at q = batch size / its own record count{unverified}, and the ε it sends "
+            "the coordinator every round and the q it signs give that count away, so the coordinator — and any reader "
+            "of the ledgers — who knows the rest of a holder's data can tell whether one record (a document of k rows, a "
             "group) was added or removed; against them the guarantee covers what a record changes in the updates, not "
             "whether it is there. train.dp_sgd.sample_rate (a public q) closes this (protocols/dp.md §10.3).")
 
@@ -241,7 +269,7 @@ def protection_blocks(f: dict) -> list:
     rows += [[f"holder-{h}", epsilon_text(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps")),
               r.get("unit") or "sequence"] for h, r in rl.items()]
     out: list = [head, ("table", rows)]
-    timing = _timing_delta_words(rl)
+    timing = timing_delta_words(rl)
     if timing:
         out.append(timing)
     if f.get("deterministic_secrets"):

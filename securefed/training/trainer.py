@@ -397,6 +397,16 @@ class HolderTrainer:
         return None if hist is None else sum(n for _, _, n in hist)
 
     @property
+    def dp_public_rate(self) -> float | None:
+        """train.dp_sgd.sample_rate when every DP-SGD step the accountant holds ran at that public q (dp.md §10.3),
+        a restored checkpoint's steps included; None when q = B/N (a function of this holder's record count) or any
+        step ran at another q (a restart that set sample_rate: the earlier steps' q gave the count away)."""
+        rate, hist = self.dp_rate if self.parent.cfg.dp_sgd.sample_rate is not None else None, self.dp_history()
+        if rate is None or not hist or any(q != rate for _, q, _ in hist):
+            return None
+        return rate
+
+    @property
     def dp_padded_rows(self) -> int | None:
         """train.dp_sgd.hide_batch_size: the rows every DP-SGD step the accountant holds was padded to (dp.md
         §10.4), restored checkpoint's steps included; None when any of them ran unpadded or padded to another size

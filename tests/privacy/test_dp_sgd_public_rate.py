@@ -85,3 +85,57 @@ def test_per_document_the_pre_flight_signal_is_one_clip_per_document_not_per_row
     b = preflight(DPConfig(), population=4, cohort_size=4, rounds=8, dim=10_000, sampling="fixed", record_level=docs)
     assert b.record_level["noise_to_signal"] == pytest.approx(a.record_level["noise_to_signal"] * 900 / 20)
     assert b.record_level["epsilon_planned"] == a.record_level["epsilon_planned"]      # the same events, per document
+
+
+def test_a_holder_signs_a_public_rate_only_when_every_step_it_holds_ran_at_it():
+    """PV-56: the report's membership exception is decided by what each holder signs, so the signed sample_rate must
+    be true of every step the accountant holds: a restart that set sample_rate over steps at q = B/N (whose ε, sent
+    every round, already gave the count away) signs none; and a ledger entry whose history contradicts the rate it
+    signs does not verify."""
+    from securefed.privacy.holder_ledger import public_sample_rate, record_level_entry, record_level_problem
+    from securefed.training.flat import get_flat
+
+    data = torch.randint(0, V, (30, T), generator=torch.Generator().manual_seed(1))
+    counted = _trainer(None)
+    h = counted.new_holder(0, data, seed=0, total_steps=8, dp_secret_seed=3)
+    h.train_round(get_flat(counted.raw_model))
+    assert h.dp_public_rate is None
+    public = _trainer(0.1)
+    p = public.new_holder(0, data, seed=0, total_steps=8, dp_secret_seed=3)
+    p.train_round(get_flat(public.raw_model))
+    assert p.dp_public_rate == 0.1
+    resumed = public.new_holder(0, data, seed=0, total_steps=8, dp_secret_seed=3)
+    resumed.load_state_dict(h.state_dict())          # the count-q steps come along
+    resumed.train_round(get_flat(public.raw_model))
+    assert resumed.dp_history()[0][1] == pytest.approx(4 / 30) and resumed.dp_public_rate is None
+    signed = [{"status": "released", "round": r, "seq": r, "record_level": record_level_entry(
+        [[1.0, 0.1, 4 * r]], 1e-5, sample_rate=0.1)} for r in (1, 2)]
+    assert record_level_problem(signed) is None and public_sample_rate(signed) == 0.1
+    assert public_sample_rate([signed[0], {"record_level": record_level_entry([[1.0, 0.1, 8]], 1e-5)}]) is None
+    lie = {"status": "released", "round": 1, "seq": 1, "record_level": record_level_entry([[1.0, 0.1, 4]], 1e-5,
+                                                                                         sample_rate=0.05)}
+    assert "sample_rate" in (record_level_problem([lie]) or "")
+
+
+def test_the_membership_exception_follows_what_each_holder_signed_not_the_coordinators_config(tmp_path, tiny_run, capsys):
+    """PV-56: config.yaml (the coordinator's) set a public train.dp_sgd.sample_rate, but holder 2 ran its own
+    holder.yaml's DP-SGD at q = B/N — its ε sent every round gave its record count away — and the report and verify
+    said nothing: the exception was read from config.yaml. It is now read from the rates the holders signed."""
+    from securefed.cli import main
+    from securefed.federation.simulation import Simulation
+    from securefed.runtime.config import load_run_config
+
+    run = tmp_path / "run"
+    over = tiny_run + ["train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=1.0", "train.dp_sgd.delta=1.0e-4",
+                       "train.dp_sgd.sample_rate=0.02"]
+    cfg = load_run_config(overrides=over)
+    Simulation(cfg, run, progress=False, threads_per_holder=1,
+               holder_overrides={2: {"dp_sgd": {"sample_rate": None}}}).run()
+    assert main(["verify", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert main(["report", str(run)]) == 0
+    capsys.readouterr()
+    md = (run / "report" / "report.md").read_text()
+    said = "Except for membership: holder-2 samples at q = batch size / its own record count"
+    assert said in md and said in out
+    assert "holder-1 samples" not in md and "holder-2 samples at q = batch size / its own record count, so" in md

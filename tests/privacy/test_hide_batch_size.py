@@ -211,10 +211,14 @@ def test_a_hidden_run_through_the_cli_pads_signs_verifies_and_reports_it(tmp_pat
     pads = {e["record_level"]["padded_rows"] for e in own if e.get("status") == "released"}
     assert len(pads) == 1 and next(iter(pads)) % 2 == 0 and hidden_batch_rows(own) == next(iter(pads))
     assert main(["verify", str(run)]) == 0
-    capsys.readouterr()
+    said = capsys.readouterr().out
     assert main(["report", str(run)]) == 0
     text = (run / "report" / "report.md").read_text()
     assert "ran one padded batch" in text and "shows roughly how many records" not in text
+    # verify states the padded holders' timing δ as the report does (one source: record_level.timing_delta_words)
+    timing = next(line for line in said.splitlines() if line.startswith("privacy: record-level timing δ"))
+    assert "record-level δ is larger by at most (1 + e^ε) × its steps" in timing and "holder-1 " in timing
+    assert timing.split("(protocols/dp.md §10.4): ")[1] in text.replace("Timing: ", "")
     # a release that did not pad (a restart without the setting) makes the holder's whole run "not hidden"
     plain = record_level_entry([[1.0, 0.1, 2]], 1e-4)
     assert hidden_batch_rows([{"record_level": record_level_entry([[1.0, 0.1, 2]], 1e-4, padded_rows=8)},

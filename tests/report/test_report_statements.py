@@ -48,7 +48,7 @@ def test_record_level_dp_sgd_is_stated_per_holder_and_never_called_no_noise(tmp_
     assert ("Limit (protocols/dp.md §10): torch's generators are not CSPRNGs and the noise is floating point") in md
     rep = json.loads((rd / "report" / "report.json").read_text())
     assert rep["facts"]["record_level"]["3"] == {"epsilon": eps[3], "delta": 1e-5, "steps": 8, "unit": "sequence",
-                                                     "padded_rows": None, "unit_field": None}
+                                                     "padded_rows": None, "unit_field": None, "sample_rate": None}
     assert rep["verification"]["record_level"]["3"]["steps"] == 8
     out = capsys.readouterr().out
     assert "privacy: holder-level epsilon=inf (holder-level differential privacy off)" in out
@@ -278,8 +278,8 @@ def test_the_record_level_guarantee_against_the_coordinator_excludes_membership_
 
     assert record_level_epsilon([[1.0, 4 / 659, 6]], 1e-3) == pytest.approx(0.3980509879648306, rel=1e-9)
     assert record_level_epsilon([[1.0, 4 / 658, 6]], 1e-3) == pytest.approx(0.39822994540126766, rel=1e-9)
-    rl = {"1": {"epsilon": 0.398, "delta": 1e-3, "steps": 6, "unit": "document"}}
     for q, caveat in ((None, True), (0.01, False)):
+        rl = {"1": {"epsilon": 0.398, "delta": 1e-3, "steps": 6, "unit": "document", "sample_rate": q}}
         f = {"dp_sgd": {"enabled": True, "sample_rate": q}, "record_level": rl, "mode": "none", "aggregation": "secagg",
              "secagg_threshold": 2}
         head = " ".join(b for b in protection_blocks(f) if isinstance(b, str))
@@ -506,8 +506,21 @@ def test_the_trust_model_and_the_nist_trust_row_state_the_record_level_exception
     html = (rd / "report" / "report.html").read_text()
     assert html.count("against whoever times its replies") == 3
     # the one source: with every holder padded and a public q nothing is excepted; unverified records claim no padding
-    rl = {"1": {"epsilon": 1.0, "delta": 1e-5, "steps": 6, "unit": "document", "padded_rows": 64}}
+    rl = {"1": {"epsilon": 1.0, "delta": 1e-5, "steps": 6, "unit": "document", "padded_rows": 64, "sample_rate": 0.01}}
     assert coordinator_exceptions({"dp_sgd": {"enabled": True, "sample_rate": 0.01}, "record_level": rl}) == []
     unverified = coordinator_exceptions({"dp_sgd": {"enabled": True, "sample_rate": 0.01, "hide_batch_size": True},
                                          "record_level": None})
-    assert len(unverified) == 1 and "no verified signed release here records a padded batch" in unverified[0]
+    # PV-56: unverified records claim no public q either (config.yaml's sample_rate is the coordinator's word)
+    assert len(unverified) == 2 and "no verified signed release here records a padded batch" in unverified[1]
+    assert "no verified signed release here records a public q" in unverified[0]
+    from securefed.report.record_level import mechanism_words
+
+    for none in (None, {}):   # records that do not verify; a network run's directory without the holders' ledgers
+        words = mechanism_words({"dp_sgd": {"enabled": True, "sample_rate": 0.01}, "record_level": none})
+        assert "No verified signed release here records a public q." in words and "is public" not in words
+    one = rl["1"]
+    mixed = {"1": dict(one), "2": dict(one, sample_rate=None), "3": dict(one, sample_rate=None)}
+    words = mechanism_words({"dp_sgd": {"enabled": True, "sample_rate": 0.01}, "record_level": mixed})
+    assert "holder-2, holder-3 sample at q = batch size / its own record count" in words
+    assert coordinator_exceptions({"dp_sgd": {"enabled": False}, "record_level": {"1": dict(one, sample_rate=None)}})[0] \
+        .startswith("Except for membership: each holder samples")   # config.yaml without DP-SGD: the holders' word
