@@ -37,11 +37,12 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
         d = lay.holder_dir(cfg.holder_id)
         if holder_id_from_cert((d / "cert.pem").read_bytes()) != cfg.holder_id:
             raise HolderConfigError(f"the certificate in {d} does not name holder {cfg.holder_id}")
-        identity = load_identity(d / "identity.key")
+        identity = load_identity(lay.holder_identity(cfg.holder_id))
         roster = Roster.load(lay.roster)
         ca = d / "ca.pem" if (d / "ca.pem").exists() else lay.ca_cert
-        tls_warnings = check_tls_files(cert=d / "cert.pem", key=d / "key.pem", ca=ca)   # TlsFilesError: exit 2
-        creds = load_client_credentials(cert=d / "cert.pem", key=d / "key.pem", ca=ca)
+        key = lay.holder_key(cfg.holder_id)
+        tls_warnings = check_tls_files(cert=d / "cert.pem", key=key, ca=ca)   # TlsFilesError: exit 2
+        creds = load_client_credentials(cert=d / "cert.pem", key=key, ca=ca)
     except (HolderConfigError, ConfigError, RosterError, PermissionError, ValueError, OSError) as e:
         return usage(str(e))
     for w in tls_warnings:

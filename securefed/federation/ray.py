@@ -62,7 +62,7 @@ class HolderActor:
         torch.set_num_threads(torch_threads)
         lay = Layout(cfg.pki)
         self.cfg = cfg
-        self.holder = Holder(cfg, identity=load_identity(lay.holder_dir(cfg.holder_id) / "identity.key"),
+        self.holder = Holder(cfg, identity=load_identity(lay.holder_identity(cfg.holder_id)),
                              roster=Roster.load(lay.roster))
         self.holder.prepare_data()      # its own rows, before the coordinator sends anything
 

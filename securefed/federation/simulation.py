@@ -1,7 +1,11 @@
 """`securefed simulate`: one whole federation on this machine, through a chosen channel.
 
     prepare data (public tokenizer; the coordinator's evaluation split)       before RUN_DIR exists
-    RUN_DIR/pki            fresh keys for every holder (identity for secure aggregation, mTLS certificates)
+    RUN_DIR/pki            a fresh demo PKI for this run (make_demo_pki): the CA, the coordinator's TLS and
+                           ledger-signing keys, every holder's TLS and identity keys, their certificates, the roster.
+                           Its private keys live only while the run can still be resumed: once summary.json is final
+                           they are removed; certificates, roster and privacy/keys.json stay for `securefed verify`
+                           (Simulation._remove_private_keys, protocols/federation.md §6)
     RUN_DIR/holders/<id>/  each holder's own config (holder.yaml) and state: its ledger, optimizer state
     backend inproc: the holders live in this process (InProcChannel)
     backend grpc:   `securefed server` and one `securefed client` per holder as separate processes on
@@ -9,7 +13,8 @@
     backend ray:    one Ray actor per holder (local Ray, or a cluster), the coordinator here (ray_cluster.py)
     the Coordinator runs the rounds (federation/coordinator.py) → model/, metrics.jsonl, summary.json
     centralized baseline at equal tokens (baseline/metrics.jsonl) → summary.json; report/
-    --resume of a run stopped between its summary.json and its report: the report only (Simulation._complete)
+    --resume of a run stopped between its summary.json and its report: the report only (Simulation._complete);
+    --resume of a complete run is refused (rundir.check_out_dir), as `securefed simulate --resume` refuses it
 
 Every backend runs the same Coordinator and Holder code; a run with seeded test entropy gives the same
 model hash and ledger on each (tests/federation/test_conformance.py).
@@ -96,6 +101,10 @@ class Simulation:
         self.rd = RunDir(out)
         if resume and not self.rd.checkpoint_file.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.rd.checkpoint_file}")
+        if resume:   # a complete run (its private keys removed) is refused here too, not only by the CLI: RunDirError
+            from securefed.runtime.rundir import check_out_dir
+
+            check_out_dir(self.rd.root, resume=True, runs_baseline=bool(cfg.baseline))
         # the rounds, export, end record and summary are done; only the report is missing: nothing to prepare
         self.report_only = resume and unreported(self.rd.root, runs_baseline=bool(cfg.baseline))
         if self.report_only:
@@ -130,6 +139,13 @@ class Simulation:
         lay = Layout(self.rd.root / "pki")
         if not self.resume or not lay.roster.exists():
             make_demo_pki(lay.root, holders=self.cfg.federation.n_holders)
+        elif missing := [p for p in lay.private_files() if not p.is_file()]:
+            # a run past its summary.json has none (its resume writes the report only, or is refused in __init__);
+            # here they were deleted by hand: one error (exit 4), not load_identity's traceback
+            from securefed.federation.coordinator import StateError
+
+            raise StateError(f"--resume: {len(missing)} private keys of this run are missing from {lay.root} (first "
+                             f"{missing[0]}): the run cannot go on with its own keys; start it again with a new --out")
         return lay, Roster.load(lay.roster)
 
     def _write_holder_configs(self, configs: dict[int, HolderConfig]) -> None:
@@ -177,7 +193,7 @@ class Simulation:
             import torch
 
             torch.set_num_threads(self.threads)
-        holders = {h: Holder(hc, identity=load_identity(lay.holder_dir(h) / "identity.key"), roster=roster)
+        holders = {h: Holder(hc, identity=load_identity(lay.holder_identity(h)), roster=roster)
                    for h, hc in configs.items()}
         channel = InProcChannel(holders, progress=self.progress)
         coord = Coordinator(self.cfg, channel, self.rd, data=self.data, roster=roster,
@@ -215,10 +231,11 @@ class Simulation:
         self.rd.write_json(self.rd.summary, summary)
 
     def _report(self, summary: dict) -> dict:
-        """The last step, after summary.json: the report (one line, not a traceback, where it cannot be written: the
-        run itself is whole), then summary.json again with the report's time."""
+        """The last step, after summary.json: the private keys go, then the report (one line, not a traceback, where it
+        cannot be written: the run itself is whole), then summary.json again with the report's time."""
         from securefed.report.render import render_run_report
 
+        self._remove_private_keys()
         with self.progress.phase("report", label="rendering the report"):
             render_run_report(self.rd.root, command="simulate")
         self._write_summary(summary)
@@ -243,12 +260,45 @@ class Simulation:
             raise StateError(f"{self.rd.summary} cannot be read: {e}") from None
         if not isinstance(summary, dict):
             raise StateError(f"{self.rd.summary} does not hold a JSON object")
-        msg = f"{self.rd.root} finished its rounds before it stopped: writing its report (its model and ledgers stand)"
+        self._say(f"{self.rd.root} finished its rounds before it stopped: writing its report (its model and ledgers "
+                  "stand)")
+        return self._report(summary)
+
+    def _remove_private_keys(self) -> None:
+        """protocols/federation.md §6 (the end of a run; threat SYS-34). Once summary.json is final nothing reads a
+        private key of RUN_DIR/pki: a --resume writes the report only (_complete), and `securefed report`, `verify` and
+        `verify --holder-ledger` read the roster, certificates and privacy/keys.json. So every private key make_demo_pki
+        generated there for this run (Layout.private_files: the CA key, the coordinator's TLS and ledger-signing keys,
+        each holder's TLS and identity keys) is unlinked — before the report, which then does not note keys that are
+        gone. A run stopped before (stop_after_round, a crash, an interrupt, its baseline unfinished) keeps them for
+        its --resume. Only RUN_DIR/pki, which this command made: a `securefed server` / `client` --pki is its user's.
+        One line says they were removed, or which could not be (never that they are gone when they are not)."""
+        from securefed.transport.pki import Layout
+
+        lay = Layout(self.rd.root / "pki")
+        removed, left = 0, []
+        for p in lay.private_files():
+            try:
+                p.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass                     # removed at this run's end already (its report was then not written)
+            except OSError as e:
+                left.append(f"{p} ({e.strerror or type(e).__name__})")
+        if left:
+            self._say(f"WARNING: {len(left)} private key(s) of this complete run could not be removed: "
+                      f"{', '.join(left)}; delete them: whoever has the run directory could re-sign its ledgers")
+        elif removed:
+            self._say(f"removed the {removed} private keys this run generated in {lay.root} (CA, coordinator and "
+                      "holders' TLS and signing keys: nothing needs them now the run is complete); its certificates, "
+                      "roster and public keys stay for `securefed verify`")
+
+    def _say(self, msg: str) -> None:
+        """One line for the user: on the progress display, or on stderr when it is off (--quiet)."""
         if self.progress.enabled:
             self.progress.print(msg)
         else:
             print(f"securefed simulate: {msg}", file=sys.stderr)
-        return self._report(summary)
 
 
 def _override(hc: HolderConfig, fields: dict) -> HolderConfig:

@@ -147,9 +147,10 @@ def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = ()
     if keys is not None and (held := _private_keys_inside(run_dir)):
         # dp.md §7.3: a signature proves nothing against whoever holds the signing key
         v.notes.append(f"this directory holds {held} private signing key{'s' if held > 1 else ''} (pki/, as "
-                       "`securefed simulate` writes them: one operator holds every key): anyone who can write here can "
-                       "re-sign its ledgers. The signatures show the records unchanged only to a verifier who received "
-                       "the directory without pki/ and pins --coordinator-key from elsewhere")
+                       "`securefed simulate` keeps them until its run is complete: one operator holds every key): "
+                       "anyone who can write here can re-sign its ledgers. The signatures show the records unchanged "
+                       "only to a verifier who received the directory without pki/ and pins --coordinator-key from "
+                       "elsewhere")
     if v.ok:
         _check_stated_epsilon(run_dir, v)
     if v.ok:

@@ -9,6 +9,8 @@
     DIR/holders/<id>/identity.key           holder's Ed25519 identity (secagg signatures), PKCS#8 PEM
     DIR/roster.yaml                         holder id -> Ed25519 public key (protocols/secagg.md §9)
 
+``Layout.private_files`` lists the private ones (``ca.key``, every ``key.pem`` and ``identity.key``).
+
 The holder id is carried by the certificate (SAN URI ``securefed:holder:<id>``, CN as a fallback);
 the server takes the id from the TLS-verified peer certificate only (never from a message).
 """
@@ -51,6 +53,21 @@ class Layout:
 
     def holder_dir(self, hid: int) -> Path:
         return self.root / "holders" / str(hid)
+
+    def holder_key(self, hid: int) -> Path:
+        return self.holder_dir(hid) / "key.pem"
+
+    def holder_identity(self, hid: int) -> Path:
+        return self.holder_dir(hid) / "identity.key"
+
+    def private_files(self) -> list[Path]:
+        """Every private key :func:`make_demo_pki` writes here (each through :func:`write_private`): the CA key, the
+        coordinator's TLS and identity keys, and each holder's TLS and identity keys, for every holder directory
+        present. Certificates (``*.pem`` but ``key.pem``) and the roster are public. Paths whether or not they exist;
+        ``tests/transport/test_mtls.py`` checks that no other file of a fresh PKI holds a private key."""
+        holders = sorted(int(d.name) for d in (self.root / "holders").glob("*") if d.name.isdigit())
+        return [self.ca_key, self.server_key, self.server_identity,
+                *(p for h in holders for p in (self.holder_key(h), self.holder_identity(h)))]
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -125,11 +142,11 @@ def make_demo_pki(out: str | Path, *, holders: int, server_names: tuple[str, ...
         hkey = ec.generate_private_key(ec.SECP256R1())
         cert = _cert(f"holder-{hid}", hkey, ca, ca_key, ca=False,
                      sans=[x509.UniformResourceIdentifier(f"{HOLDER_URI}{hid}")], server=False)
-        write_private(d / "key.pem", _pem_key(hkey))
+        write_private(lay.holder_key(hid), _pem_key(hkey))
         (d / "cert.pem").write_bytes(_pem(cert))
         (d / "ca.pem").write_bytes(_pem(ca))
         ident = Ed25519PrivateKey.generate()             # OS CSPRNG
-        write_private(d / "identity.key", _pem_key(ident))
+        write_private(lay.holder_identity(hid), _pem_key(ident))
         identities[hid] = IdentityKey(ident)
     Roster.from_identities(identities).save(lay.roster)
     for d in [lay.root, *lay.root.rglob("*")]:

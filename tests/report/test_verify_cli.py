@@ -393,8 +393,9 @@ def test_a_holder_settled_in_a_round_whose_server_entry_does_not_charge_it_is_ca
 
 
 def test_private_signing_keys_inside_the_run_directory_are_named_in_a_note(signed_run, capsys):
-    """dp.md §7.3: `securefed simulate` keeps every party's private key in RUN_DIR/pki/, so whoever has the
-    directory can re-sign it. Both commands say so; without pki/ they do not."""
+    """dp.md §7.3: `securefed simulate` keeps every party's private key in RUN_DIR/pki/ until its run is complete (a
+    run stopped early, or one written before SYS-34, still holds them), so whoever has the directory can re-sign it.
+    Both commands say so; without pki/ they do not."""
     code_v, out_v, code_r, out_r = _run_both(signed_run, capsys)
     assert code_v == 0 and "private signing key" not in out_v
     for rel in ("pki/server/identity.key", "pki/holders/1/identity.key"):

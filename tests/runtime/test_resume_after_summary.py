@@ -74,11 +74,18 @@ def test_the_hint_and_the_checks_agree_that_resume_writes_the_report(stopped, tm
 
 
 def test_simulate_resume_writes_the_report_and_nothing_else(stopped, tmp_path, capsys):
+    """Also SYS-34: the private keys went once summary.json was final, before the report the stop cut short; the
+    report-only --resume needs none (and says nothing of keys: none left to remove), verify passes without them."""
+    from securefed.transport.pki import Layout
+
     run, sets = _copy(stopped, tmp_path)
+    keys = Layout(run / "pki").private_files()
+    assert len(keys) == 3 + 2 * 4 and not any(p.exists() for p in keys) and (run / "pki" / "roster.yaml").is_file()
     before, summary = _untouched(run), json.loads((run / "summary.json").read_text())
     assert main(["simulate", "--out", str(run), "--resume", "--quiet", *sets]) == 0
     out, err = capsys.readouterr()
     assert "finished its rounds before it stopped: writing its report" in err and "Traceback" not in err
+    assert "private key" not in err
     assert (run / "report" / "report.json").is_file() and _untouched(run) == before
     after = json.loads((run / "summary.json").read_text())
     assert after["phase_seconds"].keys() == summary["phase_seconds"].keys() | {"report"}
@@ -86,9 +93,28 @@ def test_simulate_resume_writes_the_report_and_nothing_else(stopped, tmp_path, c
            {k: v for k, v in summary.items() if k not in ("phase_seconds", "wall_seconds")}
     assert json.loads(out[:out.rindex("}") + 1])["run_id"] == summary["run_id"]
     assert main(["verify", str(run)]) == 0
+    assert "private signing key" not in capsys.readouterr().out
     assert resume_hint(run, "with --resume").startswith(f"the run in {run} is complete")
     assert main(["simulate", "--out", str(run), "--resume", "--quiet", *sets]) == 2   # now it is finished
-    assert "holds a finished run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a finished run" in err and "Traceback" not in err
+
+
+def test_a_report_only_resume_removes_the_private_keys_it_finds(stopped, tmp_path, capsys):
+    """SYS-34 on the report-only path: a run stopped after summary.json that still holds private keys in pki/ (as a run
+    of an earlier version did) has them removed by the --resume that completes it, in one line."""
+    from securefed.transport.pki import Layout
+
+    run, sets = _copy(stopped, tmp_path)
+    lay = Layout(run / "pki")
+    for p in (lay.server_identity, lay.holder_identity(2), lay.holder_key(3)):
+        p.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    assert main(["simulate", "--out", str(run), "--resume", "--quiet", *sets]) == 0
+    err = capsys.readouterr().err
+    assert f"removed the 3 private keys this run generated in {lay.root}" in err and "Traceback" not in err
+    assert not any(p.exists() for p in lay.private_files()) and (run / "report" / "report.json").is_file()
+    assert main(["verify", str(run)]) == 0
+    assert "private signing key" not in capsys.readouterr().out
 
 
 def test_server_resume_writes_the_report_and_marks_its_status_ended(stopped, tmp_path, capsys):

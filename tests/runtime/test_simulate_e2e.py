@@ -51,6 +51,39 @@ def test_cli_demo_writes_the_run_directory_contract(tmp_path, small_overrides, c
     tok = AutoTokenizer.from_pretrained(out / "model")
     ids = tok("def main():", return_tensors="pt").input_ids
     assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
+    _complete_run_keeps_no_private_key(out, capsys, args, small_overrides)
+
+
+def _complete_run_keeps_no_private_key(out, capsys, args, overrides):
+    """SYS-34 (federation.md §6): the run is complete, so every private key simulate generated in pki/ is gone — the
+    CA's, the coordinator's TLS and ledger-signing keys, each holder's TLS and identity keys: 3 + 2·4 = 11 — said in one
+    line; the certificates, roster and public keys stay, and verify and report need nothing more (no note of keys held).
+    A --resume of it is refused as before, in one line (exit 2, no traceback), by the CLI and by Simulation alike."""
+    from securefed.runtime.rundir import RunDirError
+    from securefed.transport.pki import Layout
+
+    err = capsys.readouterr().err
+    lay = Layout(out / "pki")
+    assert len(lay.private_files()) == 11 and not any(p.exists() for p in lay.private_files())
+    assert not [p for p in (out / "pki").rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
+    assert err.count("private keys") == 1 and f"removed the 11 private keys this run generated in {lay.root}" in err
+    for p in (lay.ca_cert, lay.server_cert, lay.roster, *(lay.holder_dir(h) / "cert.pem" for h in range(1, 5))):
+        assert p.is_file(), p
+    assert main(["verify", str(out)]) == 0
+    said = capsys.readouterr()
+    assert "private signing key" not in said.out + said.err
+    coordinator = json.loads((out / "privacy" / "keys.json").read_text())["coordinator"]   # pinned, as a reviewer would
+    own = out / "holders" / "1" / "ledger.jsonl"
+    assert main(["verify", str(out), "--coordinator-key", coordinator, "--roster", str(lay.roster),
+                 "--holder-ledger", str(own)]) == 0, capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "private signing key" not in (out / "report" / "report.md").read_text()
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run" in err and "Traceback" not in err
+    with pytest.raises(RunDirError, match="holds a finished run"):
+        Simulation(load_run_config(overrides=overrides), out, progress=False, resume=True)
 
 
 def _final_theta(run_dir) -> torch.Tensor:
@@ -129,11 +162,18 @@ def test_bad_input_leaves_no_run_directory(tmp_path, small_overrides, capsys):
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, small_overrides):
+    from securefed.transport.pki import Layout
+
     cfg = load_run_config(overrides=small_overrides + ["federation.rounds=1", "baseline=false"])
     Simulation(cfg, tmp_path / "r", progress=False, stop_after_round=1).run()
+    keys = Layout(tmp_path / "r" / "pki").private_files()      # stopped early: its --resume needs them (SYS-34)
+    assert len(keys) == 3 + 2 * 4 and all(p.is_file() for p in keys)
     other = load_run_config(overrides=small_overrides + ["federation.rounds=1", "baseline=false", "model.preset=20m"])
     with pytest.raises(StateError, match="checkpoint is for model"):
         Simulation(other, tmp_path / "r", progress=False, resume=True).run()
+    keys[-1].unlink()                                           # deleted by hand: one error, not a traceback
+    with pytest.raises(StateError, match="1 private keys of this run are missing"):
+        Simulation(cfg, tmp_path / "r", progress=False, resume=True).run()
 
 
 @pytest.mark.slow   # 3 rounds of 6 holders: 24-40 s on 2 shared cores
@@ -225,18 +265,25 @@ def test_a_simulation_that_stops_for_too_few_holders_exits_5_not_0(tmp_path, tin
     assert "no server ledger found" in capsys.readouterr().err
 
 
-def test_verify_refuses_records_of_two_runs(tmp_path, tiny_run, capsys):
+def test_verify_refuses_records_of_two_runs(tmp_path, tiny_run, capsys, monkeypatch):
     """One coordinator key signs every run of a federation (its pki is reused), so each record verified on its own:
     an end-of-run record the coordinator signed for another run -- say one that released nothing, beside a run whose
     ledger was deleted, which read "epsilon=0" -- passed. Every record must now name the same run (dp.md §7.3)."""
     from securefed.privacy.ledger import write_end_record
     from securefed.transport.pki import Layout, load_identity
 
+    kept = {}
+    remove = Simulation._remove_private_keys
+
+    def keep_the_coordinators_key(self):   # a deployment's coordinator keeps its key; simulate removes its own (SYS-34)
+        kept["key"] = load_identity(Layout(self.rd.root / "pki").server_identity)
+        remove(self)
+    monkeypatch.setattr(Simulation, "_remove_private_keys", keep_the_coordinators_key)
     a = tmp_path / "a"
     assert main(["simulate", "--out", str(a), *[x for t in [*tiny_run, "federation.rounds=1"] for x in ("--set", t)]]) == 0
     capsys.readouterr()
     assert main(["verify", str(a)]) == 0
-    key = load_identity(Layout(a / "pki").server_identity)
+    key = kept["key"]
     write_end_record(a / "privacy", run_id="ab" * 16, signer=key)      # signed by the same key, for another run
     assert main(["verify", str(a)]) == 1
     err = capsys.readouterr().err

@@ -107,6 +107,15 @@ def test_keygen_permissions_and_roster(pkis, tmp_path):
     assert b"PRIVATE" not in lay.roster.read_bytes()
 
 
+def test_layout_lists_every_private_key_a_fresh_pki_holds(pkis):
+    """Layout.private_files is what `securefed simulate` removes at a run's end (threat SYS-34): it must name every
+    file of make_demo_pki that holds a private key — the CA's, the coordinator's TLS and identity keys, 2 per holder
+    (3 + 2·3 = 9 here) — and nothing public, so a key added to make_demo_pki and not to the list fails here."""
+    lay, _ = pkis
+    private = {p for p in lay.root.rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()}
+    assert set(lay.private_files()) == private and len(private) == 3 + 2 * 3
+
+
 def test_keygen_never_overwrites(pkis):
     lay, _ = pkis
     with pytest.raises(FileExistsError):
