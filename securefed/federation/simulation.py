@@ -236,6 +236,7 @@ class Simulation:
         from securefed.report.render import render_run_report
 
         self._remove_private_keys()
+        self._remove_holder_optimizer_state()
         with self.progress.phase("report", label="rendering the report"):
             render_run_report(self.rd.root, command="simulate")
         self._write_summary(summary)
@@ -292,6 +293,27 @@ class Simulation:
             self._say(f"removed the {removed} private keys this run generated in {lay.root} (CA, coordinator and "
                       "holders' TLS and signing keys: nothing needs them now the run is complete); its certificates, "
                       "roster and public keys stay for `securefed verify`")
+
+    def _remove_holder_optimizer_state(self) -> None:
+        """protocols/federation.md §6 (threat SYS-35): each simulated holder's trainer.pt (RUN_DIR/holders/<id>/) holds
+        its AdamW moments — running averages of the gradients of that holder's own data alone, the per-holder
+        information secure aggregation exists to hide from everyone but the holder (asset A2) — and only a restart of
+        that holder reads it. Once summary.json is final no holder restarts (a --resume writes the report only, or is
+        refused), so it goes with the keys. The holder's ledger, holder.yaml and holder_state.json stay (`verify
+        --holder-ledger` reads the ledger). A deployed holder's state directory is its own and never touched here."""
+        left, removed = [], 0
+        for p in sorted((self.rd.root / "holders").glob("*/trainer.pt")):
+            try:
+                p.unlink()
+                removed += 1
+            except OSError as e:
+                left.append(f"{p} ({e.strerror or type(e).__name__})")
+        if left:
+            self._say(f"WARNING: {len(left)} holder optimizer state file(s) of this complete run could not be removed: "
+                      f"{', '.join(left)}; delete them: each holds moments of one holder's own gradients")
+        elif removed:
+            self._say(f"removed the {removed} holders' optimizer states (holders/<id>/trainer.pt: moments of each "
+                      "holder's own gradients, which no holder needs now the run is complete)")
 
     def _say(self, msg: str) -> None:
         """One line for the user: on the progress display, or on stderr when it is off (--quiet)."""

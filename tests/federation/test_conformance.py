@@ -143,7 +143,8 @@ def _capped_holder_refused(out, summary, ledger, rows):
     own = read_ledger(out / "holders" / "2" / "ledger.jsonl")
     assert [e["status"] for e in own] == ["refused", "refused"]
     assert all("above its cap 0.05" in e["reason"] and e["cap"] == 0.05 for e in own)
-    assert not (out / "holders" / "2" / "trainer.pt").exists()      # it never trained
+    # it never trained: its state file records no trainer state written (a complete run's trainer.pt are removed anyway)
+    assert not (json.loads((out / "holders" / "2" / "holder_state.json").read_text()).get("trainer") or {}).get("step")
     assert [r["clients_survived"] for r in rows] == [3, 3] and all("2" in r["refusals"] for r in rows)
     assert all(e["refused"] == [2] and 2 not in e["survivors"] for e in ledger)
     assert summary["rounds"] == 2

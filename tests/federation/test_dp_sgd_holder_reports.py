@@ -20,6 +20,13 @@ def _steps(run, h):
     return sum(n for *_, n in st["dp_sgd_accountant"]["history"])
 
 
+def _signed_steps(run, h):
+    from securefed.privacy.ledger import read_ledger
+
+    return [e for e in read_ledger(run / "holders" / str(h) / "ledger.jsonl") if e.get("record_level")][-1][
+        "record_level"]["steps"]
+
+
 def test_dp_sgd_holders_send_no_loss_and_keep_every_released_step_across_a_stop(tmp_path, tiny_run):
     over = tiny_run + ["federation.n_holders=3", "data.max_sources=3", "federation.rounds=3", "federation.checkpoint_every=2",
                        "train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=1.0", "train.dp_sgd.delta=1.0e-4"]
@@ -29,7 +36,9 @@ def test_dp_sgd_holders_send_no_loss_and_keep_every_released_step_across_a_stop(
     # round 1 was released but is not a checkpoint round (2): its 2 steps are on disk all the same
     assert all(_steps(run, h) == 2 for h in (1, 2, 3))
     Simulation(cfg, run, resume=True, progress=False, threads_per_holder=1).run()
-    assert all(_steps(run, h) == 2 * 3 for h in (1, 2, 3))          # K = 2 steps × 3 rounds, none lost
+    # K = 2 steps × 3 rounds, none lost: the last release signs them (the complete run's trainer.pt is gone, SYS-35)
+    assert all(_signed_steps(run, h) == 2 * 3 and not (run / "holders" / str(h) / "trainer.pt").exists()
+               for h in (1, 2, 3))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert all(r["train_loss"] is None for r in rows)                # never sent
@@ -83,14 +92,19 @@ def test_a_dp_sgd_holder_writes_its_trainer_state_once_a_round_and_that_write_ho
     what a DP-SGD round's masked-input stage adds, benchmarks/RESULTS.md (D48)), so it is written once a round."""
     from securefed.runtime import rundir
 
-    writes = []
+    writes, last_steps = [], {}
     real = rundir.atomic_torch_save
-    monkeypatch.setattr(rundir, "atomic_torch_save",
-                        lambda obj, path: (writes.append((path.parent.name, path.name)), real(obj, path))[1])
+
+    def save(obj, path):
+        writes.append((path.parent.name, path.name))
+        if path.name == "trainer.pt":   # what the holder's last write held (the complete run then removes it, SYS-35)
+            last_steps[path.parent.name] = sum(n for *_, n in obj["dp_sgd_accountant"]["history"])
+        return real(obj, path)
+    monkeypatch.setattr(rundir, "atomic_torch_save", save)
     over = tiny_run + ["federation.n_holders=3", "data.max_sources=3", "federation.rounds=2", "federation.checkpoint_every=1",
                        "train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=1.0", "train.dp_sgd.delta=1.0e-4"]
     run = tmp_path / "run"
     Simulation(load_run_config(overrides=over), run, progress=False, threads_per_holder=1).run()
     trainer_writes = sorted(w for w in writes if w[1] == "trainer.pt")
     assert trainer_writes == sorted([(str(h), "trainer.pt") for h in (1, 2, 3)] * 2)   # before: 12 (twice a round)
-    assert all(_steps(run, h) == 2 * 2 for h in (1, 2, 3))        # K = 2 steps × 2 rounds, the last write has both
+    assert all(last_steps[str(h)] == 2 * 2 for h in (1, 2, 3))    # K = 2 steps × 2 rounds, the last write has both

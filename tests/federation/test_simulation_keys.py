@@ -63,3 +63,35 @@ def test_a_resume_whose_keys_were_deleted_is_one_error(tmp_path, which):
     (lay.server_identity if which == "server_identity" else lay.holder_key(2)).unlink()
     with pytest.raises(StateError, match=r"--resume: 1 private keys of this run are missing from .*start it again"):
         sim._pki()
+
+
+def test_the_holders_optimizer_states_go_and_their_ledgers_stay(tmp_path, capsys, monkeypatch):
+    """SYS-35: each simulated holder's trainer.pt holds AdamW moments of its own gradients alone (what secure
+    aggregation hides); a complete run needs none of them. The ledgers and state files stay; a file that cannot be
+    removed is named, never said gone."""
+    sim, _ = _ended(tmp_path)
+    holders = sim.rd.root / "holders"
+    for h in (1, 2, 3):
+        (holders / str(h)).mkdir(parents=True)
+        for f in ("trainer.pt", "ledger.jsonl", "holder_state.json", "holder.yaml"):
+            (holders / str(h) / f).write_bytes(b"x")
+    stuck = holders / "3" / "trainer.pt"
+    unlink = Path.unlink
+
+    def refuse(self, *a, **k):
+        if self == stuck:
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, *a, **k)
+    monkeypatch.setattr(Path, "unlink", refuse)
+    sim._remove_holder_optimizer_state()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "removed the" not in err
+    assert f"WARNING: 1 holder optimizer state file(s) of this complete run could not be removed: {stuck}" in err
+    monkeypatch.setattr(Path, "unlink", unlink)
+    sim._remove_holder_optimizer_state()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "removed the 1 holders' optimizer states" in err
+    assert not list(holders.glob("*/trainer.pt"))
+    assert sorted(p.name for p in (holders / "1").iterdir()) == ["holder.yaml", "holder_state.json", "ledger.jsonl"]
+    sim._remove_holder_optimizer_state()                 # nothing left: nothing said
+    assert capsys.readouterr().err == ""

@@ -67,6 +67,11 @@ def _complete_run_keeps_no_private_key(out, capsys, args, overrides):
     assert len(lay.private_files()) == 11 and not any(p.exists() for p in lay.private_files())
     assert not [p for p in (out / "pki").rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
     assert err.count("private keys") == 1 and f"removed the 11 private keys this run generated in {lay.root}" in err
+    # SYS-35: the holders' AdamW moments (of each one's own gradients) went too; their ledgers and state files stay
+    assert err.count("optimizer states") == 1 and "removed the 4 holders' optimizer states" in err
+    for h in range(1, 5):
+        hd = out / "holders" / str(h)
+        assert not (hd / "trainer.pt").exists() and (hd / "ledger.jsonl").is_file() and (hd / "holder_state.json").is_file()
     for p in (lay.ca_cert, lay.server_cert, lay.roster, *(lay.holder_dir(h) / "cert.pem" for h in range(1, 5))):
         assert p.is_file(), p
     assert main(["verify", str(out)]) == 0
@@ -168,6 +173,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, small_overrides)
     Simulation(cfg, tmp_path / "r", progress=False, stop_after_round=1).run()
     keys = Layout(tmp_path / "r" / "pki").private_files()      # stopped early: its --resume needs them (SYS-34)
     assert len(keys) == 3 + 2 * 4 and all(p.is_file() for p in keys)
+    assert all((tmp_path / "r" / "holders" / str(h) / "trainer.pt").is_file() for h in range(1, 5))   # and these (SYS-35)
     other = load_run_config(overrides=small_overrides + ["federation.rounds=1", "baseline=false", "model.preset=20m"])
     with pytest.raises(StateError, match="checkpoint is for model"):
         Simulation(other, tmp_path / "r", progress=False, resume=True).run()
