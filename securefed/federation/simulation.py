@@ -277,15 +277,7 @@ class Simulation:
         from securefed.transport.pki import Layout
 
         lay = Layout(self.rd.root / "pki")
-        removed, left = 0, []
-        for p in lay.private_files():
-            try:
-                p.unlink()
-                removed += 1
-            except FileNotFoundError:
-                pass                     # removed at this run's end already (its report was then not written)
-            except OSError as e:
-                left.append(f"{p} ({e.strerror or type(e).__name__})")
+        removed, left = _unlink_each(lay.private_files())
         if left:
             self._say(f"WARNING: {len(left)} private key(s) of this complete run could not be removed: "
                       f"{', '.join(left)}; delete them: whoever has the run directory could re-sign its ledgers")
@@ -301,13 +293,7 @@ class Simulation:
         that holder reads it. Once summary.json is final no holder restarts (a --resume writes the report only, or is
         refused), so it goes with the keys. The holder's ledger, holder.yaml and holder_state.json stay (`verify
         --holder-ledger` reads the ledger). A deployed holder's state directory is its own and never touched here."""
-        left, removed = [], 0
-        for p in sorted((self.rd.root / "holders").glob("*/trainer.pt")):
-            try:
-                p.unlink()
-                removed += 1
-            except OSError as e:
-                left.append(f"{p} ({e.strerror or type(e).__name__})")
+        removed, left = _unlink_each(sorted((self.rd.root / "holders").glob("*/trainer.pt")))
         if left:
             self._say(f"WARNING: {len(left)} holder optimizer state file(s) of this complete run could not be removed: "
                       f"{', '.join(left)}; delete them: each holds moments of one holder's own gradients")
@@ -321,6 +307,21 @@ class Simulation:
             self.progress.print(msg)
         else:
             print(f"securefed simulate: {msg}", file=sys.stderr)
+
+
+def _unlink_each(paths) -> tuple[int, list[str]]:
+    """Unlink each path: (how many were removed, "path (why)" for each that could not be). One already gone (removed
+    at this run's end already, its report then not written) is neither."""
+    removed, left = 0, []
+    for p in paths:
+        try:
+            p.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            left.append(f"{p} ({e.strerror or type(e).__name__})")
+    return removed, left
 
 
 def _override(hc: HolderConfig, fields: dict) -> HolderConfig:

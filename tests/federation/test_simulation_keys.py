@@ -21,6 +21,18 @@ def _ended(tmp_path) -> tuple[Simulation, Layout]:
     return sim, make_demo_pki(tmp_path / "run" / "pki", holders=3)
 
 
+def _refuse_unlink(monkeypatch, stuck: Path):
+    """Path.unlink fails with EACCES for ``stuck`` alone; returns the real unlink (to put back)."""
+    unlink = Path.unlink
+
+    def refuse(self, *a, **k):
+        if self == stuck:
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, *a, **k)
+    monkeypatch.setattr(Path, "unlink", refuse)
+    return unlink
+
+
 def test_every_private_key_goes_and_every_public_file_stays(tmp_path, capsys):
     sim, lay = _ended(tmp_path)
     public = {p: p.read_bytes() for p in lay.root.rglob("*") if p.is_file() and p not in lay.private_files()}
@@ -38,13 +50,7 @@ def test_every_private_key_goes_and_every_public_file_stays(tmp_path, capsys):
 def test_a_key_that_cannot_be_removed_is_named_never_said_gone(tmp_path, capsys, monkeypatch):
     sim, lay = _ended(tmp_path)
     stuck = lay.server_identity
-    unlink = Path.unlink
-
-    def refuse(self, *a, **k):
-        if self == stuck:
-            raise PermissionError(13, "Permission denied", str(self))
-        return unlink(self, *a, **k)
-    monkeypatch.setattr(Path, "unlink", refuse)
+    _refuse_unlink(monkeypatch, stuck)
     sim._remove_private_keys()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "removed the" not in err
@@ -76,13 +82,7 @@ def test_the_holders_optimizer_states_go_and_their_ledgers_stay(tmp_path, capsys
         for f in ("trainer.pt", "ledger.jsonl", "holder_state.json", "holder.yaml"):
             (holders / str(h) / f).write_bytes(b"x")
     stuck = holders / "3" / "trainer.pt"
-    unlink = Path.unlink
-
-    def refuse(self, *a, **k):
-        if self == stuck:
-            raise PermissionError(13, "Permission denied", str(self))
-        return unlink(self, *a, **k)
-    monkeypatch.setattr(Path, "unlink", refuse)
+    unlink = _refuse_unlink(monkeypatch, stuck)
     sim._remove_holder_optimizer_state()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "removed the" not in err
