@@ -633,6 +633,14 @@ class Coordinator:
             if entry is not None and "epsilon" not in row:
                 self._privacy_fields(row, {k: decode_floats(v) for k, v in entry.items()})
 
+    def _wall_seconds(self) -> float:
+        """summary.json's wall_seconds: every phase (README: "all phases"). The rounds count across resumes (``wall``,
+        kept in the checkpoint), or this process's rounds phase where that is longer; the other phases (start, data,
+        export) are this process's. (A newcomer's walkthrough: a `securefed server` run said wall 269.5 s — its rounds
+        alone — beside phases summing to 320.3 s; simulate adds its own phases and recomputes it.)"""
+        phases = self.progress.phase_seconds
+        return max(self.wall, phases.get("rounds", 0.0)) + sum(v for k, v in phases.items() if k != "rounds")
+
     def _tokens_so_far(self) -> int:
         for m in reversed(self.metrics):
             if "tokens_seen" in m:
@@ -728,7 +736,7 @@ class Coordinator:
         summary = {
             "fed_eval_ppl": evals[-1]["eval_ppl"] if evals else None,
             "rounds": len(done), "rounds_aborted": len(self.metrics) - len(done),
-            "tokens": self._tokens_so_far(), "epsilon": eps, "wall_seconds": self.wall,
+            "tokens": self._tokens_so_far(), "epsilon": eps, "wall_seconds": self._wall_seconds(),
             "aggregation": self.cfg.aggregation.mode, "model_params": self.dim, "model_preset": self.cfg.model.preset,
             "unigram_eval_ppl": self.data.unigram_eval_ppl, "privacy_mode": self.cfg.privacy.mode,
             "run_id": self.run_id.hex(), "deployment": self.opt.deployment, "backend": self.opt.backend,

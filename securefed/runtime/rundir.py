@@ -265,6 +265,14 @@ def _finished(root: Path, runs_baseline: bool) -> bool:
     return _summary_done(root, runs_baseline) and _reported(root)
 
 
+def _over(root: Path, runs_baseline: bool) -> bool:
+    """Finished under this command's settings, or under the run's own: its report — the last step, after the
+    baseline its own config ran — is written over a summary.json. (A newcomer's walkthrough: `--resume` of a finished
+    run without its `--set baseline=false` was told "made with other settings; resume it with that run's settings",
+    and then "holds a finished run".)"""
+    return _finished(root, runs_baseline) or (_reported(root) and RunDir(root).summary.is_file())
+
+
 def _summary_done(root: Path, runs_baseline: bool) -> bool:
     """The run in ``root`` finished its rounds: its summary.json (written after the export and the signed end-of-run
     record) is there and, where this command runs a centralized baseline after the rounds, holds the baseline's
@@ -304,12 +312,18 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
         raise RunDirError(f"--out {root} cannot be created: {why}; choose another --out")
     if not resume:
         if root.is_dir() and any(root.iterdir()):
-            if is_run_dir(root) and _finished(root, runs_baseline):   # a walkthrough followed the hint: --resume refused it
+            if is_run_dir(root) and _over(root, runs_baseline):   # a walkthrough followed the hint: --resume refused it
                 raise RunDirError(f"{root} holds a finished run ({describe_run(root)}); choose a new --out (`securefed "
                                   f"report {root}` and `securefed verify {root}` read it)")
             if is_run_dir(root) and unreported(root, runs_baseline=runs_baseline):
                 raise RunDirError(f"{root} holds a run that finished its rounds but has no report "
                                   f"({describe_run(root)}); choose a new --out, or --resume to write its report")
+            if is_run_dir(root) and not RunDir(root).checkpoint_file.is_file():
+                # a newcomer's walkthrough: Ctrl-C before the first checkpoint, the same command again was sent to
+                # --resume, which refused it ("no checkpoint"): the advice went round in a circle
+                raise RunDirError(f"{root} holds another run ({describe_run(root)}) that stopped before its first "
+                                  f"checkpoint, so there is nothing to resume; choose a new --out, or remove {root} to "
+                                  "start again there")
             if is_run_dir(root):
                 raise RunDirError(f"{root} holds another run ({describe_run(root)}); choose a new --out, or --resume "
                                   "to continue it")
@@ -321,7 +335,7 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
     if not ckpt.is_file():
         what = f"holds a run ({describe_run(root)}) but" if is_run_dir(root) else "is not a securefed run and"
         raise RunDirError(f"--resume: {root} {what} has no checkpoint ({ckpt}); nothing to resume: choose a new --out")
-    if _finished(root, runs_baseline):
+    if _over(root, runs_baseline):
         raise RunDirError(f"--resume: {root} holds a finished run ({describe_run(root)}): nothing to resume (resuming "
                           f"would redo its export and overwrite its summary); `securefed report {root}` and `securefed "
                           f"verify {root}` read it; choose a new --out for another run")

@@ -2,6 +2,7 @@
 (half-)written. `simulate` refuses these before importing torch (timing: benchmarks/firsthour/)."""
 
 import json
+import shutil
 import os
 import subprocess
 import time
@@ -89,12 +90,39 @@ def test_tensorboard_without_its_package(tmp_path, capsys, monkeypatch):
 
 
 def test_reused_out_holding_another_run(tmp_path, capsys):
-    run = _fake_run(tmp_path / "runs" / "a", preset="dp")
+    run = _fake_run(tmp_path / "runs" / "a", preset="dp", checkpoint=True)
     before = _files(run)
     assert main(["simulate", "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"securefed simulate: {run} holds another run (preset dp); choose a new --out, or --resume to continue it" in err
     assert "ledger entry" not in err and _files(run) == before
+
+
+def test_reused_out_holding_a_run_without_a_checkpoint_does_not_suggest_resume(tmp_path, capsys):
+    """A newcomer's walkthrough (stop 52): Ctrl-C before the first checkpoint said "start again with a new --out (or
+    remove the directory)"; the same command again said "holds another run … or --resume to continue it", and
+    --resume said "has no checkpoint … nothing to resume". The second answer now says why --resume cannot help."""
+    run = _fake_run(tmp_path / "runs" / "a", preset="dp")
+    before = _files(run)
+    assert main(["simulate", "--out", str(run), "--preset", "dp"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{run} holds another run (preset dp) that stopped before its first checkpoint, so there is nothing to "
+            f"resume; choose a new --out, or remove {run} to start again there") in err and "--resume" not in err, err
+    assert _files(run) == before
+
+
+def test_a_finished_run_is_named_finished_whatever_the_settings_given(tmp_path, capsys):
+    """A newcomer's walkthrough (stop 52): `--resume` of a finished run made with `--set baseline=false`, given without
+    it, said "made with other settings; resume it with that run's settings" — which then said "holds a finished run".
+    A run whose report is written over its summary.json is finished under any settings."""
+    run = _fake_run(tmp_path / "runs" / "done", checkpoint=True, overrides=("baseline=false",))
+    _finished(run, '{"rounds": 1}\n')
+    before = _files(run)
+    for extra in (["--resume"], []):
+        assert main(["simulate", "--out", str(run), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "holds a finished run" in err and "other settings" not in err and "or --resume" not in err, err
+    assert _files(run) == before
 
 
 def test_reused_out_holding_a_finished_run_does_not_suggest_resume(tmp_path, capsys):
@@ -138,13 +166,18 @@ def test_resume_of_a_finished_run_is_refused_and_one_stopped_in_its_baseline_is_
     assert f"--resume: {run} holds a finished run (preset demo): nothing to resume" in err
     assert f"securefed report {run}" in err and _files(run) == before
     assert json.loads((run / "summary.json").read_text())["wall_seconds"] == 6.3
-    # stopped in the baseline: the check passes (the resume then fails on this fake checkpoint, past the check)
+    # stopped in the baseline (the coordinator's summary.json, no report yet): the check passes (the resume then fails
+    # on this fake checkpoint, past the check)
     (run / "summary.json").write_text(json.dumps({"fed_eval_ppl": 300.0, "wall_seconds": 6.3}))
     from securefed.runtime.rundir import RunDirError, check_out_dir
 
-    check_out_dir(run, resume=True, resolved=to_dict(load_run_config()), runs_baseline=True)
     with pytest.raises(RunDirError, match="holds a finished run"):     # a server run has no baseline: finished
         check_out_dir(run, resume=True, resolved=to_dict(load_run_config()), runs_baseline=False)
+    # its report written, it is finished whatever this command runs (stop 52: a baseline it never ran is not redone)
+    with pytest.raises(RunDirError, match="holds a finished run"):
+        check_out_dir(run, resume=True, resolved=to_dict(load_run_config()), runs_baseline=True)
+    shutil.rmtree(run / "report")
+    check_out_dir(run, resume=True, resolved=to_dict(load_run_config()), runs_baseline=True)
 
 
 def test_resume_of_a_run_that_ended_before_any_round_is_refused_though_it_has_no_baseline(tmp_path, capsys):

@@ -110,6 +110,9 @@ def test_e2e_five_holders_sigkill_holder_and_server_resume(tmp_path, tiny_run):
     assert "round 3 was in flight" in procs.log("server2")
     summary = read_json(rd.summary)
     assert summary["rounds"] == 3 and summary["rounds_aborted"] == 1 and summary["deployment"] == "network"
+    # wall_seconds is every phase (a newcomer's walkthrough: the server's was its rounds alone, below the phases' sum)
+    assert set(summary["phase_seconds"]) >= {"rounds", "export"}
+    assert summary["wall_seconds"] >= sum(summary["phase_seconds"].values()) - 1e-6
     assert summary["model_params"] == ck["dim"] and summary["ledger_head"] == entry_hash(ledger[-1])
     assert (rd.model / "config.json").exists() and (rd.report / "report.md").exists()
 
