@@ -93,6 +93,30 @@ def hold_exclusive(directory: str | Path, what: str) -> None:
     _HELD[key] = fd
 
 
+def in_use_by(directory: str | Path) -> str | None:
+    """The pid (as its .lock says) of another process holding ``directory``'s lock (:func:`hold_exclusive`), or None
+    when no other process holds it. Only probes: the lock is released at once."""
+    import fcntl
+
+    lock = Path(directory) / ".lock"
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if str(lock.resolve()) in _HELD:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all (WriteError naming it; the previous version stays)."""
     try:
@@ -320,7 +344,12 @@ def check_out_dir(out: str | Path, *, resume: bool, resolved: dict | None = None
                                   f"({describe_run(root)}); choose a new --out, or --resume to write its report")
             if is_run_dir(root) and not RunDir(root).checkpoint_file.is_file():
                 # a newcomer's walkthrough: Ctrl-C before the first checkpoint, the same command again was sent to
-                # --resume, which refused it ("no checkpoint"): the advice went round in a circle
+                # --resume, which refused it ("no checkpoint"): the advice went round in a circle. A run still going
+                # before its first checkpoint is not "stopped": never advise removing a live run's directory
+                pid = in_use_by(root)
+                if pid is not None:
+                    raise RunDirError(f"{root} holds a run in progress ({describe_run(root)}; process {pid}); let it "
+                                      "finish or stop it, or choose a new --out")
                 raise RunDirError(f"{root} holds another run ({describe_run(root)}) that stopped before its first "
                                   f"checkpoint, so there is nothing to resume; choose a new --out, or remove {root} to "
                                   "start again there")

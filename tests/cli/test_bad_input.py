@@ -109,6 +109,20 @@ def test_reused_out_holding_a_run_without_a_checkpoint_does_not_suggest_resume(t
     assert (f"{run} holds another run (preset dp) that stopped before its first checkpoint, so there is nothing to "
             f"resume; choose a new --out, or remove {run} to start again there") in err and "--resume" not in err, err
     assert _files(run) == before
+    # still running before its first checkpoint (another process holds its lock): never "remove it"
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'4242'); "
+                               "print('held', flush=True); time.sleep(60)", str(run / ".lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["simulate", "--out", str(run), "--preset", "dp"]) == 2
+        err = capsys.readouterr().err
+        assert f"{run} holds a run in progress (preset dp; process 4242); let it finish or stop it" in err, err
+        assert "remove" not in err
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_finished_run_is_named_finished_whatever_the_settings_given(tmp_path, capsys):
