@@ -442,4 +442,6 @@ class StageBoard:
         with self.cond:
             return {"round": self.round, "over": self.over, "stage": self.stage, "cohort": sorted(self.cohort),
                     "expect": sorted(self.expect), "done": sorted(self.done),
-                    "waiting": sorted(self.waiting), "ended": self.ended}
+                    # once the run has ended nobody waits for a round (a walkthrough read the ended run's status with
+                    # every holder listed as waiting)
+                    "waiting": [] if self.ended else sorted(self.waiting), "ended": self.ended}

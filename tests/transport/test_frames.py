@@ -367,6 +367,7 @@ def test_the_run_end_reaches_holders_polling_now_and_asking_later():
     assert b.wait_told(fresh=45, timeout=0.2) == [2]           # holder 2 has not asked since
     assert _fetched(b, 2, 3, 60_000)[1]["reason"] == "ended"   # a later fetch: answered at once
     assert b.wait_told(fresh=45, timeout=0.2) == [] and b.status()["ended"]["why"] == "too_few"
+    assert b.status()["waiting"] == []    # the run ended: no holder is listed as waiting for a round
 
 
 def test_the_first_round_waits_while_holders_keep_arriving_and_not_for_one_that_never_comes():
