@@ -123,9 +123,8 @@ def mechanism_words(f: dict) -> str:
                 "does not enable train.dp_sgd, so its parameters are the holders' own).")
     who = count_holders(f)
     if who is None or who:
-        whom = ("Each holder samples" if who is None or len(who) == len(f.get("record_level") or {}) else
-                f"{_holders(who)} sample" if len(who) > 1 else f"{_holders(who)} samples")
-        what += (f" {whom} at q = batch size / its own record count, so its record-level ε — sent to the "
+        whom = _samplers(f, who)
+        what += (f" {whom.replace('each', 'Each', 1)} at q = batch size / its own record count, so its record-level ε — sent to the "
                  "coordinator every round and signed in its releases — reveals that count (protocols/dp.md §10.3); "
                  "train.dp_sgd.sample_rate sets a public q instead.")
         if who is None:
@@ -138,8 +137,11 @@ def mechanism_words(f: dict) -> str:
     return what + hiding_words(f) + " " + noise_source_words(f)
 
 
-def _holders(hs: list[str]) -> str:
-    return ", ".join(f"holder-{h}" for h in hs)
+def _samplers(f: dict, who: list[str] | None) -> str:
+    """Who samples at q = B/N (count_holders' answer, not []), as the subject of a sentence."""
+    if who is None or len(who) == len(f.get("record_level") or {}):
+        return "each holder samples"
+    return ", ".join(f"holder-{h}" for h in who) + (" sample" if len(who) > 1 else " samples")
 
 
 def count_holders(f: dict) -> list[str] | None:
@@ -209,8 +211,7 @@ def count_caveat(f: dict) -> str:
     who = count_holders(f)
     if who == []:
         return ""
-    every = who is None or len(who) == len(f.get("record_level") or {})
-    whom = "each holder samples" if every else (f"{_holders(who)} sample" if len(who) > 1 else f"{_holders(who)} samples")
+    whom = _samplers(f, who)
     unverified = " (no verified signed release here records a public q)" if who is None else ""
     return (f"Except for membership: {whom} at q = batch size / its own record count{unverified}, and the ε it sends "
             "the coordinator every round and the q it signs give that count away, so the coordinator — and any reader "
