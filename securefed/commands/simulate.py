@@ -141,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
     except LaunchError as e:   # --backend grpc: a coordinator or holder process refused or failed (a review: traceback)
         return _launch_failed(e, args.resume_hint)
     print(jsonio.dumps(summary, indent=2))   # strict: "inf", never Infinity
-    print(f"run directory: {out}  (report: {out}/report/report.html)")
+    from securefed.report.render import where_line
+
+    print(where_line(out, sim.report_written))
     if cfg.deterministic_secrets:   # runtime/parties.py: every noise sample and mask from the seed
         print(f"securefed simulate: WARNING: NOT private: for tests — deterministic_secrets derives every noise sample "
               f"and mask from the configuration's seed ({cfg.seed})", file=sys.stderr)

@@ -107,9 +107,10 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
         channel.close()
     rc = EXIT["too_few"] if getattr(coord, "exit_reason", None) == "too_few" else EXIT["ok"]
     if "stopped_after_round" not in summary and not launched:
-        from securefed.report.render import render_run_report
+        from securefed.report.render import render_run_report, where_line
 
-        render_run_report(rd.root, command="server")   # (one line where it cannot be written: the run is whole)
+        written = render_run_report(rd.root, command="server")   # (one line where it cannot be written: the run is whole)
+        print(f"securefed server: {where_line(rd.root, written)}", file=sys.stderr)   # (stdout: the summary alone)
     print(jsonio.dumps(summary), flush=True)
     return rc
 
@@ -135,7 +136,9 @@ def _complete(rd: RunDir) -> int:
     summary = summary if isinstance(summary, dict) else {}
     log.warning("%s finished its rounds before the server stopped: writing its report", rd.root)
     _mark_ended(rd, summary)
-    render_run_report(rd.root, command="server")
+    from securefed.report.render import where_line
+
+    print(f"securefed server: {where_line(rd.root, render_run_report(rd.root, command='server'))}", file=sys.stderr)
     print(jsonio.dumps(summary), flush=True)
     return EXIT["too_few"] if summary.get("ended") == "too_few" else EXIT["ok"]
 

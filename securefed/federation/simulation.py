@@ -107,6 +107,7 @@ class Simulation:
             check_out_dir(self.rd.root, resume=True, runs_baseline=bool(cfg.baseline))
         # the rounds, export, end record and summary are done; only the report is missing: nothing to prepare
         self.report_only = resume and unreported(self.rd.root, runs_baseline=bool(cfg.baseline))
+        self.report_written = False   # (_report: True once this run's report is written)
         if self.report_only:
             return
         # everything that can fail on bad input happens before the run directory is touched
@@ -238,7 +239,7 @@ class Simulation:
         self._remove_private_keys()
         self._remove_holder_optimizer_state()
         with self.progress.phase("report", label="rendering the report"):
-            render_run_report(self.rd.root, command="simulate")
+            self.report_written = render_run_report(self.rd.root, command="simulate")
         self._write_summary(summary)
         return summary
 

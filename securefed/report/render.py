@@ -378,6 +378,14 @@ def render_run_report(run_dir: str | Path, *, command: str) -> bool:
     return False
 
 
+def where_line(run_dir: str | Path, written: bool) -> str:
+    """The last line a run's command prints (`securefed simulate`, `securefed server`, and their report-only
+    --resume): where the run is and its report — only where the report was written this time (render_run_report's
+    own line said why not, and how to write it)."""
+    report = f"report: {Path(run_dir) / 'report' / 'report.html'}" if written else "no report written: see above"
+    return f"run directory: {run_dir}  ({report})"
+
+
 def _render(run: dict, out: Path) -> dict:
     plots = _plots(run, out)
     facts = text.facts(run)

@@ -101,10 +101,12 @@ def test_a_simulation_whose_report_folder_holds_a_users_file_keeps_it_and_says_s
     monkeypatch.setattr(coord_mod.Coordinator, "finish", finish_and_drop_a_file)
     rc = main(["simulate", "--quiet", "--out", str(out), *[a for t in [*tiny_run, "federation.rounds=1"]
                                                             for a in ("--set", t)]])
-    err = capsys.readouterr().err
+    printed, err = capsys.readouterr()
     assert rc == 0 and (out / "summary.json").is_file()
     assert (out / "report" / "my-notes.txt").read_text() == "mine"
     assert "the report was not written" in err and "--out NEW" in err and "Traceback" not in err, err
+    # its last line names no report it did not write (it said "(report: RUN_DIR/report/report.html)" regardless)
+    assert printed.strip().splitlines()[-1] == f"run directory: {out}  (no report written: see above)"
 
 
 def test_a_report_that_cannot_be_written_is_one_line_and_keeps_the_earlier_one(world, monkeypatch, capsys):

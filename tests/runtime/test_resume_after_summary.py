@@ -129,6 +129,7 @@ def test_server_resume_writes_the_report_and_marks_its_status_ended(stopped, tmp
     out, err = capsys.readouterr()
     assert "Traceback" not in err and (run / "report" / "report.json").is_file() and _untouched(run) == before
     assert json.loads(out.strip().splitlines()[-1])["rounds"] == 1
+    assert f"securefed server: run directory: {run}  (report: {run / 'report' / 'report.html'})" in err
     assert main(["server", "--status", str(run)]) == 0
     assert "run ended after round 1 (finished)" in capsys.readouterr().err
     assert main(["server", "--pki", str(run / "pki"), "--out", str(run), "--resume", "--port", "0", *sets]) == 2

@@ -108,6 +108,9 @@ def test_e2e_five_holders_sigkill_holder_and_server_resume(tmp_path, tiny_run):
     assert ck["next_round"] == 5 and ck["in_flight"] is None and ck["pending"] is None
     assert ck["privacy"]["ledger_entries"] == 3
     assert "round 3 was in flight" in procs.log("server2")
+    # its last line says where the run and its report are, as simulate's does (stdout stays the summary's JSON alone)
+    assert f"securefed server: run directory: {rd.root}  (report: {rd.root / 'report' / 'report.html'})" \
+        in procs.log("server2")
     summary = read_json(rd.summary)
     assert summary["rounds"] == 3 and summary["rounds_aborted"] == 1 and summary["deployment"] == "network"
     # wall_seconds is every phase (a newcomer's walkthrough: the server's was its rounds alone, below the phases' sum)
