@@ -356,7 +356,8 @@ def cmd_plot(a: argparse.Namespace) -> None:
             eps = None if g["sigma"] is None else round(r["eps"] or 0)
             lr = f", lr {g['lr']:g}" if g.get("lr") not in (None, 0.003) else ""   # every row before run 12: 3e-3
             bc = ", DP-AdamBC" if "train.dp_sgd.adam_bias_correction=true" in (g.get("set") or []) else ""
-            label = f"{'∞' if eps is None else f'ε = {eps}'}, batch × steps {plan}{lr}{bc} ({run.name})"
+            pub = ", from a public model" if any(str(x).startswith("model.init_from=") for x in g.get("set") or []) else ""
+            label = f"{'∞' if eps is None else f'ε = {eps}'}, batch × steps {plan}{lr}{bc}{pub} ({run.name})"
             ax.plot(*zip(*r["points"]), ls, marker=mk, markersize=3.5, color=colours.get(eps, "C4"), label=label)
     ax.axhline(a.unigram, color="0.5", linestyle="--", linewidth=0.8, label=f"unigram ({a.unigram:,.0f})")
     ax.set(xscale="log", yscale="log", xlabel="training tokens (all holders)", ylabel="eval perplexity",
