@@ -96,7 +96,7 @@ run)
   D2=(BATCH=512 H=32 ROUNDS=4 DP_MICRO=128 NP_MICRO=512 PLANNED=61074 SIGMAS="1.0571 0.7001 0.4947"
       SKIP_THROUGHPUT=1 DEADLINE=1000 OUT=/tmp/sf-dpsgd/b512 TOKEN_CACHE=/tmp/sf/cache)   # long_pair.sh's token ids
   mkdir -p /tmp/sf-dpsgd/b512
-  for job in ${JOBS:-2dpub 2dpubbc}; do
+  for job in ${JOBS:-m75h16bs}; do
     case $job in
       m75h16) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 ;;
       m75h16bs) long $job SIZE=75m TOKENS=3.52e8 H=16 MOMENTUM_WARMUP=42 PARTITION=by_source ;;
