@@ -379,9 +379,9 @@ def render_run_report(run_dir: str | Path, *, command: str) -> bool:
 
 
 def where_line(run_dir: str | Path, written: bool) -> str:
-    """The last line a run's command prints (`securefed simulate`, `securefed server`, and their report-only
-    --resume): where the run is and its report — only where the report was written this time (render_run_report's
-    own line said why not, and how to write it)."""
+    """The line a finished run's command ends with (`securefed simulate` on stdout after the summary, `securefed
+    server` on stderr before it, and their report-only --resume): where the run is and its report — named only where
+    it was written this time (else render_run_report's own line said why not, and how to write it)."""
     report = f"report: {Path(run_dir) / 'report' / 'report.html'}" if written else "no report written: see above"
     return f"run directory: {run_dir}  ({report})"
 
