@@ -124,7 +124,10 @@ def test_system_entropy_gives_the_same_perplexity_within_quantization_error(tmp_
     coordinator line (pre-flight, each round's status, warnings) came twice, a warning as an INFO record wrapped in
     rich markup ('INFO ...: [bold red]WARNING round 2: ...[/]'), and a stage whose replies were all in before the
     wait began ended as 'round 2: secagg_start, replies: stopped at 0/4' although all 4 had replied."""
-    overrides = [o for o in tiny_run if not o.startswith("deterministic_secrets")]
+    # 3 holders, the fewest a secure round takes (tiny_run has 4): the same secure sum, and one `securefed client`
+    # process fewer (each imports torch and the trainer: ~10 s of CPU)
+    overrides = [o for o in tiny_run if not o.startswith("deterministic_secrets")] + ["federation.n_holders=3",
+                                                                                         "data.max_sources=3"]
     a, _, _ = _run(tmp_path, overrides, "inproc")
     b, _, _ = _run(tmp_path, overrides, "grpc")
     # 32-bit ring, C = 100 (demo): stochastic rounding moves each coordinate by < 2^-24·C — far below 1e-4 in ppl
@@ -132,7 +135,7 @@ def test_system_entropy_gives_the_same_perplexity_within_quantization_error(tmp_
     log = (tmp_path / "grpc" / "launch" / "server.log").read_text()
     assert "[bold" not in log and "[/]" not in log and "stopped at" not in log
     for r in (1, 2):
-        assert len([line for line in log.splitlines() if f"round {r}/2: 4/4 holders" in line]) == 1, log
+        assert len([line for line in log.splitlines() if f"round {r}/2: 3/3 holders" in line]) == 1, log
     assert len([line for line in log.splitlines() if "pre-flight privacy check" in line]) == 1, log
     warnings = [line for line in log.splitlines() if "perplexity above unigram" in line]   # tiny_run's last round
     assert len(warnings) == 1 and " WARNING securefed.coordinator: WARNING round 2: " in warnings[0], log
