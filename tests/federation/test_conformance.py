@@ -31,14 +31,17 @@ from securefed.runtime.config import load_run_config
 
 pytestmark = pytest.mark.slow
 
+# (3 holders, the fewest a secure round takes, where a case's checks do not count holders: each holder over gRPC is a
+# `securefed client` process importing torch and the trainer, ~10 s of CPU; the others need 4 or 5)
+THREE = ["federation.n_holders=3", "data.max_sources=3"]
 CASES = {
     "secagg-poisson-per-holder-K": ["federation.sampling=poisson", "federation.n_holders=5", "data.max_sources=5",
                                     "federation.clients_per_round=4", "federation.rounds=3",
                                     "federation.holder_local_steps=[1,2,3,2,1]"],
     "ckks+secagg-central-DP": ["aggregation.mode=ckks+secagg", "aggregation.ckks.enabled=true", "privacy.mode=central",
                                "privacy.mechanism=gaussian", "privacy.noise_multiplier=0.5", "privacy.clip=1.0",
-                               "federation.weighting=uniform", "privacy.force_unlearnable=true"],
-    "plain": ["aggregation.mode=plain"],
+                               "federation.weighting=uniform", "privacy.force_unlearnable=true", *THREE],
+    "plain": ["aggregation.mode=plain", *THREE],
     "distributed-DP-with-DP-SGD-holders": ["privacy.mode=distributed", "privacy.noise_multiplier=0.5",
                                            "privacy.clip=1.0", "federation.weighting=uniform",
                                            "train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=0.8",
@@ -124,10 +127,8 @@ def test_system_entropy_gives_the_same_perplexity_within_quantization_error(tmp_
     coordinator line (pre-flight, each round's status, warnings) came twice, a warning as an INFO record wrapped in
     rich markup ('INFO ...: [bold red]WARNING round 2: ...[/]'), and a stage whose replies were all in before the
     wait began ended as 'round 2: secagg_start, replies: stopped at 0/4' although all 4 had replied."""
-    # 3 holders, the fewest a secure round takes (tiny_run has 4): the same secure sum, and one `securefed client`
-    # process fewer (each imports torch and the trainer: ~10 s of CPU)
-    overrides = [o for o in tiny_run if not o.startswith("deterministic_secrets")] + ["federation.n_holders=3",
-                                                                                         "data.max_sources=3"]
+    # 3 holders (THREE; tiny_run has 4): the same secure sum, and one `securefed client` process fewer
+    overrides = [o for o in tiny_run if not o.startswith("deterministic_secrets")] + THREE
     a, _, _ = _run(tmp_path, overrides, "inproc")
     b, _, _ = _run(tmp_path, overrides, "grpc")
     # 32-bit ring, C = 100 (demo): stochastic rounding moves each coordinate by < 2^-24·C — far below 1e-4 in ppl
@@ -192,9 +193,9 @@ def test_holders_are_told_why_a_run_ended_early_and_exit_by_themselves_over_grpc
     its own with the reason's code (0, 8) and logs it, instead of retrying a coordinator that is gone and being
     terminated (-15). The server process exits too (before, a long poll still open at its exit could keep it
     alive for good, and `simulate --backend grpc` with it)."""
-    # 3 holders, the fewest a secure round takes (tiny_run has 4): every holder is still told and exits by itself,
-    # and one `securefed client` process fewer (each imports torch and the trainer: ~10 s of CPU) is ~4 s off each case
-    overrides = tiny_run + ["federation.rounds=3", "federation.n_holders=3", "data.max_sources=3"]
+    # 3 holders (THREE; tiny_run has 4): every holder is still told and exits by itself, one `securefed client`
+    # process fewer
+    overrides = tiny_run + ["federation.rounds=3", *THREE]
     kw = {}
     if how == "budget":
         overrides += ["privacy.mode=central", "privacy.mechanism=gaussian", "privacy.noise_multiplier=0.5",
