@@ -107,12 +107,17 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
         channel.close()
     rc = EXIT["too_few"] if getattr(coord, "exit_reason", None) == "too_few" else EXIT["ok"]
     if "stopped_after_round" not in summary and not launched:
-        from securefed.report.render import render_run_report, where_line
-
-        written = render_run_report(rd.root, command="server")   # (one line where it cannot be written: the run is whole)
-        print(f"securefed server: {where_line(rd.root, written)}", file=sys.stderr)   # (stdout: the summary alone)
+        _write_report(rd)
     print(jsonio.dumps(summary), flush=True)
     return rc
+
+
+def _write_report(rd: RunDir) -> None:
+    """The report of a finished run (one line where it cannot be written: the run is whole), then the line saying
+    where the run and its report are — on stderr: stdout is the summary's JSON alone."""
+    from securefed.report.render import render_run_report, where_line
+
+    print(f"securefed server: {where_line(rd.root, render_run_report(rd.root, command='server'))}", file=sys.stderr)
 
 
 def _complete(rd: RunDir) -> int:
@@ -121,8 +126,6 @@ def _complete(rd: RunDir) -> int:
     and summary stand. A crash review: --resume refused such a run as finished though its hint said --resume, and
     the report was never written. Holders still asking learn nothing from this process: after the last round they
     stop by themselves; after an early end (too few, the budget) they retry, then exit 6 (transport.md §5.4)."""
-    from securefed.report.render import render_run_report
-
     try:
         hold_exclusive(rd.root, "the run directory")
     except DirectoryInUse as e:
@@ -136,9 +139,7 @@ def _complete(rd: RunDir) -> int:
     summary = summary if isinstance(summary, dict) else {}
     log.warning("%s finished its rounds before the server stopped: writing its report", rd.root)
     _mark_ended(rd, summary)
-    from securefed.report.render import where_line
-
-    print(f"securefed server: {where_line(rd.root, render_run_report(rd.root, command='server'))}", file=sys.stderr)
+    _write_report(rd)
     print(jsonio.dumps(summary), flush=True)
     return EXIT["too_few"] if summary.get("ended") == "too_few" else EXIT["ok"]
 
