@@ -336,16 +336,23 @@ def test_round_watch_shows_a_phase_outside_rounds_when_it_begins():
 
 def _slow_start_class():
     """Stands in for HolderActor's start (imports and data take ``delay`` s); the channel calls only
-    ready() and welcome() while opening the run. Defined in a function so that Ray ships it by value
-    (its workers cannot import this test module)."""
+    ready() and welcome() while opening the run. ready() sleeps ``delay`` s from its first call, so that the
+    test's timeline starts once the actors' processes are up (``up``): Ray's own start of a worker process
+    took over 4 s on two loaded cores (CI, two pytest workers) and dropped every actor in an earlier form
+    that slept in __init__. Defined in a function so that Ray ships it by value (its workers cannot import
+    this test module)."""
 
     class SlowStart:
         def __init__(self, delay: float) -> None:
-            time.sleep(delay)
+            self.delay = delay
+
+        def up(self) -> bool:
+            return True
 
         def ready(self) -> dict:
             import os
 
+            time.sleep(self.delay)
             return {"pid": os.getpid(), "node": "n"}
 
         def welcome(self, data: bytes) -> None:
@@ -356,22 +363,24 @@ def _slow_start_class():
 @pytest.mark.slow
 def test_actors_starting_one_after_another_all_join_and_a_stuck_one_is_dropped(ray_local):
     """The join deadline counts from the last actor that came up (RayChannel.open): actors ready 0.5,
-    3.5 and 7 s after they are created all join with join_timeout 4 s (a fixed 4 s deadline would drop
-    the last), and one that never comes up is dropped and killed ~4 s after the last start."""
+    4 and 8 s after the run opens all join with join_timeout 6 s (a fixed 6 s deadline would drop the
+    last; each gap leaves 2 s to spare), and one that never comes up is dropped and killed ~6 s after the
+    last start."""
     from securefed.federation.ray import RayChannel
 
     ray = ray_local
     cls = ray.remote(_slow_start_class())
-    delays = {1: 0.5, 2: 3.5, 3: 7.0, 4: 600.0}
-    t0 = time.monotonic()
+    delays = {1: 0.5, 2: 4.0, 3: 8.0, 4: 600.0}
     actors = {h: cls.options(num_cpus=0.01).remote(d) for h, d in delays.items()}
-    channel = RayChannel(actors, join_timeout=4.0)
+    assert ray.get([a.up.remote() for a in actors.values()], timeout=120) == [True] * 4
+    t0 = time.monotonic()
+    channel = RayChannel(actors, join_timeout=6.0)
     channel.open(welcome_for=lambda h: b"", run_id=b"r")
     took = time.monotonic() - t0
     try:
         assert set(channel.gone) == {4} and "did not start" in channel.gone[4]
         assert sorted(h for h, _ in channel._alive()) == [1, 2, 3]
-        assert 7.0 + 4.0 - 0.5 < took < 7.0 + 4.0 + 10.0
+        assert 8.0 + 6.0 - 0.5 < took < 8.0 + 6.0 + 10.0
     finally:
         channel.close()
 
