@@ -71,8 +71,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from securefed.training.data.corpus import check_corpus_out, collect_sources, write_corpus
 
     check_corpus_out(args.out, overwrite=args.overwrite)   # before reading any input: refused at once
@@ -82,8 +80,8 @@ def _build(args: argparse.Namespace) -> int:
                              max_bytes_per_source=args.max_bytes_per_source)  # fmt: skip
     limits = {"max_sources": max_sources, "max_bytes_per_source": args.max_bytes_per_source}
     m = write_corpus(groups, args.out, inputs=inputs, limits=limits, overwrite=args.overwrite)
-    Console().print(f"wrote {args.out}: {len(m['sources'])} sources, {m['documents']} documents, "
-                    f"{m['bytes']:,} bytes (content hash {m['content_hash'][:16]}…)")  # fmt: skip
+    print(f"wrote {args.out}: {len(m['sources'])} sources, {m['documents']} documents, "
+          f"{m['bytes']:,} bytes (content hash {m['content_hash'][:16]}…)")  # one line, never wrapped  # fmt: skip
     return 0
 
 
@@ -113,12 +111,13 @@ def _inspect(args: argparse.Namespace) -> int:
                   f"{tot['bytes'] / max(tot['tokens'], 1):.2f}", end_section=True)  # fmt: skip
     console = Console()
     console.print(table)
-    console.print(f"tokenizer: {args.tokenizer} (vocab {len(tok)})")
+    console.print(f"tokenizer: {args.tokenizer} (vocab {len(tok)})", soft_wrap=True)
     if manifest is not None:
         ok = manifest.get("content_hash_ok")
         console.print(f"manifest: {manifest.get('format')}, built with {manifest.get('python_version')}, "
                       f"inputs {manifest.get('inputs')}; content hash "
-                      + ("[green]matches[/]" if ok else "[red]DIFFERS (files changed since the build)[/]"))  # fmt: skip
+                      + ("[green]matches[/]" if ok else "[red]DIFFERS (files changed since the build)[/]"),
+                      soft_wrap=True)  # one line each, never wrapped mid-line  # fmt: skip
     return 0
 
 
@@ -147,7 +146,12 @@ def _tokenizer(args: argparse.Namespace) -> int:
             groups = collect_sources([item], text_field=args.text_field, max_sources=None,
                                      max_bytes_per_source=1 << 62)  # fmt: skip
             docs.extend(d for ds in groups.values() for d in ds)
-    fast = wrap(train_bpe([d.text for d in docs], vocab_size=args.vocab_size, show_progress=True))
+    # the tokenizers library's bars print bare newlines where stdout is not a terminal (a pipe, a log):
+    # there, one line on stderr says what runs instead
+    bars = sys.stdout.isatty()
+    if not bars:
+        print(f"training a {args.vocab_size}-token byte-level BPE on {len(docs)} public documents…", file=sys.stderr)
+    fast = wrap(train_bpe([d.text for d in docs], vocab_size=args.vocab_size, show_progress=bars))
     fast.save_pretrained(str(out))
     print(f"saved a {len(fast)}-token byte-level BPE trained on {len(docs)} public documents to {out}")
     return 0

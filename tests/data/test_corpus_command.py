@@ -63,6 +63,21 @@ def test_tokenizer_command_saves_an_autotokenizer(tmp_path, write_tree):
     assert tok.decode(tok("kappa12 beta7")["input_ids"]) == "kappa12 beta7"
 
 
+def test_build_and_tokenizer_say_one_line_each_in_a_pipe(tmp_path, capfd, write_tree):
+    """Seen by a newcomer: `corpus build` wrapped its line at 80 columns mid-hash (rich's width where stdout
+    is not a terminal), and `corpus tokenizer` printed bare newlines first (the tokenizers library's bars,
+    written to the process's stdout by Rust). Now: one line each on stdout, whatever the path's length."""
+    public = write_tree(tmp_path / "public", {"a": 1}, docs_per_source=3, words=300)
+    out = tmp_path / ("a-long-folder-name-" * 5) / "corpus"
+    assert run("corpus", "build", str(out), "--from", str(public)) == 0
+    said = capfd.readouterr().out
+    assert said.count("\n") == 1 and said.startswith(f"wrote {out}: 1 sources") and "(content hash " in said
+    assert run("corpus", "tokenizer", str(tmp_path / "tok"), "--from", str(public), "--vocab-size", "300") == 0
+    said = capfd.readouterr()
+    assert said.out.splitlines() == [f"saved a 300-token byte-level BPE trained on 3 public documents to {tmp_path / 'tok'}"]
+    assert "training a 300-token byte-level BPE on 3 public documents" in said.err
+
+
 def _tree(root):
     return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
