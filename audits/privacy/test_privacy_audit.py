@@ -60,10 +60,12 @@ def test_insert_canaries_writes_the_canary_into_the_chosen_holders_rows_only():
     @dataclasses.dataclass(frozen=True)
     class Data:
         holder_train: list
+        holder_documents: list
 
     rows = [torch.zeros(40, 16, dtype=torch.long), torch.zeros(40, 16, dtype=torch.long)]
     c = CanarySet(prefix=(5, 6), alphabet=tuple(range(10)), inserted=((1, 2, 3), (4, 5, 6)), control=((7, 8, 9),))
-    out = insert_canaries(Data(rows), c, holder=0, rows_per_canary=5)
+    out = insert_canaries(Data(rows, [["per-document ids without the canaries"]] * 2), c, holder=0, rows_per_canary=5)
+    assert out.holder_documents == []       # a document-unit DP-SGD holder refuses rather than train without them
     hits = [tuple(r[:5].tolist()) for r in out.holder_train[0]]
     assert hits.count((5, 6, 1, 2, 3)) == 5 and hits.count((5, 6, 4, 5, 6)) == 5
     assert torch.equal(out.holder_train[1], rows[1]) and torch.equal(rows[0], torch.zeros(40, 16, dtype=torch.long))
