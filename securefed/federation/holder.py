@@ -467,9 +467,13 @@ class Holder:
         (HolderStateError) now, not a retried connection problem later. The run's own checks follow at the
         welcome, when the run id is known (:meth:`_load_state`)."""
         self._hold_state_dir()
-        self._read_state_file()
-        self._open_budget(None)
-        self._read_trainer_file(mmap=True)
+        st = self._read_state_file()
+        budget = self._open_budget(None)
+        tr = self._read_trainer_file(mmap=True)
+        # the anchors need no run id: a ledger cut back or deleted, or a checkpoint lost or older than the state file
+        # records, is refused here, before the Join (federation.md §6), not after it — nor retried as a connection
+        # problem (exit 6) while the coordinator is down, which is when a crashed federation is restarted
+        self._check_anchors(st, budget.ledger, tr)
 
     def _load_state(self) -> None:
         """Resume this holder's own state, refusing (HolderStateError) anything that would lose or repeat spend
@@ -479,31 +483,13 @@ class Holder:
         st, entries = self._read_state_file(), self.budget.ledger.entries
         led = self.budget.ledger.path
         tr = self._read_trainer_file()
-        if st is None:
-            if entries or tr is not None:
-                what = f"{led} holds {len(entries)} entries" if entries else f"{self._trainer_file} exists"
-                raise HolderStateError(f"{self._state_file} is missing but {what}: this holder's state was lost or "
-                                       "deleted; restore it from a backup (starting afresh could lose privacy spend "
-                                       "or take part in a round twice)")
-        else:
-            if st["run_id"] != run:
-                raise HolderStateError(f"holder state in {self.state_dir} belongs to another run; use a new state_dir")
+        if st is not None and st["run_id"] != run:
+            raise HolderStateError(f"holder state in {self.state_dir} belongs to another run; use a new state_dir")
+        self._check_anchors(st, self.budget.ledger, tr)
+        if st is not None:
             self.next_round = int(st["next_round"])
             if st["version"] == STATE_VERSION:
-                n, head = st["ledger_entries"], st["ledger_head"]
-                if len(entries) < n or self.budget.ledger.head_at(n) != head:
-                    raise HolderStateError(
-                        f"{led} has {len(entries)} entries but {self._state_file} anchors {n} (head {head[:16]}…): the "
-                        "ledger was cut back, deleted or replaced; restore it from a backup (its releases' spend "
-                        "would be lost)")
-                want = st.get("trainer")
-                if want is not None:
-                    if tr is None:
-                        raise HolderStateError(f"{self._trainer_file} is missing but {self._state_file} records a "
-                                               "checkpoint; restore it from a backup")
-                    self._check_trainer_steps(tr, want.get("step") or 0, want.get("dp_sgd_steps"),
-                                              f"{self._state_file} records")
-                self._trainer_anchor = want
+                self._trainer_anchor = st.get("trainer")
             else:
                 log.warning("holder %d: %s is of version 1 (no ledger anchor): it is rewritten as version %d",
                             self.id, self._state_file, STATE_VERSION)
@@ -573,6 +559,35 @@ class Holder:
                 "that privacy spend)")
         if released:
             self.next_round = max(self.next_round, max(released) + 1)
+
+    def _check_anchors(self, st: dict | None, ledger, tr: dict | None) -> None:
+        """HolderStateError unless the state file, the ledger and the checkpoint agree (federation.md §6): no file
+        missing that the others imply, the ledger extending the state file's anchor (its length and head), the
+        checkpoint holding at least the steps the state file records. Needs no run id: `check_state` asks it before
+        the holder connects, `_load_state` again at the welcome."""
+        entries = ledger.entries
+        if st is None:
+            if entries or tr is not None:
+                what = f"{ledger.path} holds {len(entries)} entries" if entries else f"{self._trainer_file} exists"
+                raise HolderStateError(f"{self._state_file} is missing but {what}: this holder's state was lost or "
+                                       "deleted; restore it from a backup (starting afresh could lose privacy spend "
+                                       "or take part in a round twice)")
+            return
+        if st["version"] != STATE_VERSION:
+            return
+        n, head = st["ledger_entries"], st["ledger_head"]
+        if len(entries) < n or ledger.head_at(n) != head:
+            raise HolderStateError(
+                f"{ledger.path} has {len(entries)} entries but {self._state_file} anchors {n} (head {head[:16]}…): the "
+                "ledger was cut back, deleted or replaced; restore it from a backup (its releases' spend "
+                "would be lost)")
+        want = st.get("trainer")
+        if want is not None:
+            if tr is None:
+                raise HolderStateError(f"{self._trainer_file} is missing but {self._state_file} records a "
+                                       "checkpoint; restore it from a backup")
+            self._check_trainer_steps(tr, want.get("step") or 0, want.get("dp_sgd_steps"),
+                                      f"{self._state_file} records")
 
     @staticmethod
     def _checkpoint_history(tr: dict) -> list[list]:
