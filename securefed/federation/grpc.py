@@ -54,6 +54,19 @@ def _ids(ids: list[int], shown: int = 12) -> str:
     return ", ".join(map(str, ids[:shown])) + (f", … ({len(ids)})" if len(ids) > shown else "")
 
 
+def _say_refusals(holder) -> None:
+    """The run's rounds this holder refused, from its own signed ledger (restarts included): a holder whose cap
+    was reached sat out the rest of the run and still ends with exit 0 and "all rounds done" (a review)."""
+    budget = getattr(holder, "budget", None)
+    refused = budget.refused_rounds() if budget is not None else {}
+    if refused:
+        took = sorted(budget.released_rounds())
+        last = refused[max(refused)]
+        log.warning("holder %d: it took part in %d of the run's rounds%s and refused %d (round %s); the last refusal: %s",
+                    holder.id, len(took), f" (round {_ids(took)})" if took else "", len(refused), _ids(sorted(refused)),
+                    last)
+
+
 class GrpcChannel(Channel):
     def __init__(self, *, pki: str | Path, roster: Roster, host: str = "127.0.0.1", port: int = 0,
                  chunk_size: int = DEFAULT_CHUNK, status_path: Path | None = None, alive_s: float = 45.0,
@@ -220,6 +233,7 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
             log.log(logging.WARNING if nothing else logging.INFO, "holder %d: all %d rounds done%s", holder.id,
                     holder.welcomed.rounds, f"; it contributed nothing to {len(nothing)} of them (round "
                     f"{_ids(nothing)}): its replies arrived after their stages had ended" if nothing else "")
+            _say_refusals(holder)
             tc.close()
             return EXIT["ok"]
         except PolicyRefused as e:

@@ -263,6 +263,11 @@ class HolderBudget:
         return {int(e["round"]) for e in self.ledger.entries
                 if e.get("status") == "released" and e.get("run_id") == self.run_id}
 
+    def refused_rounds(self) -> dict[int, str]:
+        """This run's rounds this holder refused, each with its (last) signed reason."""
+        return {int(e["round"]): str(e.get("reason") or "") for e in self.ledger.entries
+                if e.get("status") == "refused" and e.get("run_id") == self.run_id}
+
     def _append(self, spec: RoundSpec | None, round_index: int, status: str, event: RoundEvent | None,
                 survivors: int | None = None, reason: str | None = None, record_level: dict | None = None) -> dict:
         fields = {"version": 1, "role": "holder", "run_id": self.run_id, "holder_id": self.holder_id,

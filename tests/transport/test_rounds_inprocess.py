@@ -333,6 +333,33 @@ def test_a_holder_whose_replies_always_arrive_after_the_stage_ended_is_told_so_o
     assert sum("holder 4: answered too late: its reply to round" in m for m in server) == 2, server
 
 
+def test_a_holder_that_refused_rounds_says_so_at_its_end(tmp_path, tiny_run, caplog):
+    """A review of the deployed path: a holder whose ε cap was reached refused each later round (signed `refused`
+    entries in its ledger) and still ended with exit 0 and only "all N rounds done", not saying that it sat out
+    most of the run. Now its last lines name the rounds it took part in and those it refused, with the last
+    reason, from its own ledger (restarts included). Holder 2 refuses round 2 (its record-level check answers
+    a reason from the second offer on); the run goes on with holders 1, 3, 4."""
+    import logging
+
+    fed = NetFederation.build(tmp_path, tiny_run)
+    h2, asked = fed.holders[2], []
+    original = h2._record_level_problem
+
+    def problem():
+        asked.append(1)
+        return "this test's cap is reached" if len(asked) > 1 else original()
+    h2._record_level_problem = problem
+    caplog.set_level(logging.INFO, logger="securefed")
+    fed.run_all()
+    assert fed.rcs == {1: 0, 2: 0, 3: 0, 4: 0}
+    assert [(row["round"], row["clients_survived"]) for row in fed.coord.metrics] == [(1, 4), (2, 3)]
+    said = [rec.getMessage() for rec in caplog.records if rec.name == "securefed.channel.grpc"
+            and rec.levelno == logging.WARNING]
+    assert "holder 2: it took part in 1 of the run's rounds (round 1) and refused 1 (round 2); the last refusal: " \
+           "this test's cap is reached" in said, said
+    assert not any("refused" in m and "holder 2:" not in m for m in said), said
+
+
 def test_a_masked_upload_still_open_at_the_deadline_is_answered_too_late_and_undone(tmp_path, tiny_run, caplog,
                                                                                      monkeypatch):
     """transport.md §6.1: holder 4's masked input stream is still open when the stage's deadline passes (every word
