@@ -68,14 +68,18 @@ def _status(run_dir: str) -> int:
     except (OSError, ValueError) as e:
         print(f"securefed server: {e}", file=sys.stderr)
         return 2
+    if not isinstance(st, dict):   # a JSON list or number: not a status this command could judge
+        print(f"securefed server: {path} is not a status (not a JSON object)", file=sys.stderr)
+        return 2
     print(jsonio.dumps(st, indent=2))
-    if not isinstance(st, dict):
-        st = {}
     board = st.get("board")
     ended = board.get("ended") if isinstance(board, dict) else None
     updated = st.get("updated")
-    when = f"last updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(updated))}" \
-        if isinstance(updated, (int, float)) else "no update time"
+    try:   # a hand-edited or corrupt time (1e300, nan) is said as such, not a traceback
+        when = f"last updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(updated))}" \
+            if isinstance(updated, (int, float)) and not isinstance(updated, bool) else "no update time"
+    except (OverflowError, OSError, ValueError):
+        when = f"an unreadable update time ({updated!r})"
     if isinstance(ended, dict):
         print(f"run ended after round {ended.get('after_round')} ({ended.get('why')}); {when}", file=sys.stderr)
         return 0
@@ -105,7 +109,7 @@ def _liveness(st: dict) -> tuple[str, str]:
     import socket
 
     pid, host, here = st.get("pid"), st.get("host"), socket.gethostname()
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 31:   # os.kill takes a C pid_t
         return "unknown", f"the status names no process id (pid {pid!r})"
     if not isinstance(host, str) or not host:
         return "unknown", f"the status names no host (pid {pid}; written by an older version, or by hand)"
