@@ -56,10 +56,13 @@ def serve(cfg, *, pki: str | Path, out: str | Path, host: str = "127.0.0.1", por
                      f"holders (securefed keygen DIR --holders {cfg.federation.n_holders})")
     if not 0 <= port <= 65535:
         return usage(f"--port must be in [0, 65535], got {port}")
-    why = listen_problem(host, port) if port else None   # 0: the system picks a free one
+    # port 0 too: the system picks a free port, but the host must still be one of this machine's (a --host not of
+    # this machine with --port 0 failed only at gRPC's bind, after the run directory and first checkpoint were written)
+    why = listen_problem(host, port)
     if why:
-        return usage(f"cannot listen on {host}:{port}: {why}; stop what holds the port or choose another --port "
-                     "(0 picks a free one and writes it to RUN_DIR/status.json)")
+        return usage(f"cannot listen on {host}:{port}: {why}; " + (
+            "stop what holds the port or choose another --port (0 picks a free one and writes it to "
+            "RUN_DIR/status.json)" if port else "--host must be an address of this machine (0.0.0.0 for all)"))
     rd = RunDir(out)
     if resume and not rd.checkpoint_file.exists():
         return usage(f"--resume: no checkpoint at {rd.checkpoint_file}")
