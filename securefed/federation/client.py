@@ -47,6 +47,14 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
         return usage(str(e))
     for w in tls_warnings:
         log.warning("holder %d: %s", cfg.holder_id, w)
+    if cfg.hardware.accelerator == "cuda":   # else Fabric raised it as a traceback (exit 1) after the holder had joined
+        import torch
+
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have < cfg.hardware.devices:
+            return usage(f"hardware.accelerator is cuda with hardware.devices {cfg.hardware.devices}, but this machine "
+                         f"has {have} usable CUDA device(s): set hardware.accelerator to auto or cpu in {config}, or "
+                         "lower hardware.devices")
     if cfg.hardware.torch_threads:
         import torch
 
