@@ -245,6 +245,13 @@ def _check_stated_epsilon(run_dir: Path, v: Verification) -> None:
             return
         for row in rows:
             r = row.get("round")
+            if "epsilon" in row and r not in v.round_epsilon:
+                # the coordinator writes a row's ε only from its round's server entry (Coordinator._privacy_fields): an ε
+                # for a round the ledger never charged (an appended row, a round past the last) is stated by nothing
+                v.problems.append(Problem("metrics.jsonl", None, r if isinstance(r, int) else None,
+                                          f"states epsilon {row['epsilon']!r} after round {r!r}, for which the server "
+                                          "ledger has no entry"))
+                return
             if "epsilon" in row and r in v.round_epsilon and not any(same(row["epsilon"], x) for x in v.round_epsilon[r]):
                 v.problems.append(Problem("metrics.jsonl", None, r, f"states epsilon {row['epsilon']!r} after round {r}; "
                                           f"the server ledger gives {v.round_epsilon[r][-1]:.6g}"))
