@@ -5,7 +5,7 @@ budget and its hardware; nothing the coordinator sends can change them. Exit cod
 (protocols/transport.md §10): 0 all rounds done, or the coordinator ended the run on its ε cap · 1 unexpected
 error · 2 usage/config error (bad or contradictory holder config, missing key or data file) · 3 the
 coordinator refused this holder's certificate · 5 the coordinator ended the run: too few holders · 6
-coordinator unreachable after max_failures, or silent past patience_s · 7 the run is below this holder's floors · 8 the coordinator
+coordinator unreachable after max_failures, or silent past patience_s · 7 the run is below this holder's floors (at the welcome, or in every round offered) · 8 the coordinator
 stopped before its last round (start the client again if it resumes) · 9 another process takes part with this
 holder's identity key.
 """
@@ -25,7 +25,7 @@ EPILOG = """exit status (protocols/transport.md §10):
      nothing unrecorded sent; start it again once they can be written
   5  the coordinator ended the run: too few holders
   6  coordinator unreachable after max_failures attempts, or silent past patience_s (holder config)
-  7  the run is below this holder's floors: nothing sent
+  7  the run is below this holder's floors: nothing sent (at the welcome, or every round offered refused)
   8  the coordinator stopped before its last round (start the client again when it resumes)
   9  another process takes part with this holder's identity key: stop one of them"""
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 __all__ = ["Channel", "SinkFactory", "deliver"]
 
@@ -75,8 +75,9 @@ class Channel(ABC):
     @abstractmethod
     def end_round(self, round_index: int) -> None: ...
 
-    def end_run(self, *, why: str, after_round: int) -> None:  # noqa: B027 - optional
-        """Channels whose holders are driven by the coordinator (in-process, Ray) have nothing to tell."""
+    def end_run(self, *, why: str, after_round: int, expect: Collection[int] = (), within: float = 0.0) -> None:  # noqa: B027 - optional
+        """Channels whose holders are driven by the coordinator (in-process, Ray) have nothing to tell. ``expect``:
+        holders to wait for (≤ ``within`` s) to be told, though none has asked yet (a resumed run that ended at once)."""
 
     def close(self) -> None:  # noqa: B027 - optional
         pass

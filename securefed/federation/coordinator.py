@@ -293,14 +293,23 @@ class Coordinator:
             self.metrics.append({"round": r, "aborted": why,
                                  "clients_sampled": 0, "clients_survived": 0, "aggregation": self.cfg.aggregation.mode})
             self.next_round = r + 1
-        if heavy["after_round"] < last_done:   # checkpoint_every > 1: rounds since are in the ledger, not in θ
-            lost = [int(heavy["after_round"]) + 1, last_done]
-            why = (f"the model resumed from its state after round {lost[0] - 1}: the updates of rounds "
-                   f"{lost[0]}-{lost[1]} are lost (their privacy spend stays accounted; federation.checkpoint_every "
-                   f"is {self.cfg.federation.checkpoint_every}), so the curve before and after is not one run")
+        # checkpoint_every > 1: rounds completed since the model file are in the ledger, not in θ. Aborted ones never
+        # moved the model: a resume after a resume that aborted the round in flight claimed that round "lost" (a review)
+        # Nor are rounds an earlier resume already declared lost declared again (the report adds them up)
+        aborted = {m.get("round") for m in self.metrics if m.get("aborted")}
+        declared = {r for m in self.model_restarts for r in range(int(m["lost_rounds"][0]), int(m["lost_rounds"][1]) + 1)}
+        done_since = [r for r in range(int(heavy["after_round"]) + 1, last_done + 1) if r not in aborted | declared]
+        if done_since:
+            lost = [done_since[0], done_since[-1]]   # summary.json's shape; the report leaves aborted rounds out
+            said = (f"round {lost[0]}" if len(done_since) == 1 else f"rounds {lost[0]}-{lost[1]}"
+                    + ("" if len(done_since) == lost[1] - lost[0] + 1 else " (the aborted ones aside)"))
+            why = (f"the model resumed from its state after round {int(heavy['after_round'])}: the updates of "
+                   f"{said} are lost (their privacy spend stays accounted; "
+                   f"federation.checkpoint_every is {self.cfg.federation.checkpoint_every}), so the curve before and "
+                   "after is not one run")
             log.warning(why)
-            self.model_restarts.append({"resumed_at_round": self.next_round, "model_after_round": lost[0] - 1,
-                                        "lost_rounds": lost})
+            self.model_restarts.append({"resumed_at_round": self.next_round,
+                                        "model_after_round": int(heavy["after_round"]), "lost_rounds": lost})
             self._restart_warning = why
         self.resumes.append({"resumed_at_round": self.next_round, "in_flight_round": in_flight})
         log.info("resumed from the checkpoint at round %d (resume %d of this run)", self.next_round, len(self.resumes))
@@ -369,7 +378,7 @@ class Coordinator:
     def run(self) -> dict:
         fed = self.cfg.federation
         self.start()
-        aborted_in_a_row, last, why = 0, self.next_round - 1, "finished"
+        aborted_in_a_row, last, why, ran = 0, self.next_round - 1, "finished", 0
         with self.progress.phase("rounds", total=fed.rounds - self.next_round + 1, label="federated rounds") as phase:
             for r in range(self.next_round, fed.rounds + 1):
                 t0 = time.perf_counter()
@@ -381,7 +390,7 @@ class Coordinator:
                     break
                 self.wall += time.perf_counter() - t0
                 phase.advance()
-                last = r
+                last, ran = r, ran + 1
                 if row is None:
                     self.exit_reason = why = "too_few"
                     break
@@ -397,7 +406,12 @@ class Coordinator:
         self.log.close()
         self.ended = why        # "finished", "budget" or "too_few": summary.json says why the run ended
         summary = self.finish()
-        self.channel.end_run(why=why, after_round=last)   # protocols/transport.md §5.4: holders learn why it ended
+        # protocols/transport.md §5.4: holders learn why it ended. Resumed with no round left to run (killed after
+        # the last round's sum), no holder has asked this process anything yet: the roster is waited for, for as
+        # long as a first round would wait for it, so the holders cut off mid-round are told and exit 0
+        idle_resume = self.resume and ran == 0
+        self.channel.end_run(why=why, after_round=last, expect=sorted(self.roster.keys) if idle_resume else (),
+                             within=self.opt.deadlines.join if idle_resume else 0.0)
         return summary
 
     def _say(self, msg: str, *, warning: bool = False) -> None:

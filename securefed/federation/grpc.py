@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,17 +54,24 @@ def _ids(ids: list[int], shown: int = 12) -> str:
     return ", ".join(map(str, ids[:shown])) + (f", … ({len(ids)})" if len(ids) > shown else "")
 
 
-def _say_refusals(holder) -> None:
+def _say_refusals(holder) -> bool:
     """The run's rounds this holder refused, from its own signed ledger (restarts included): a holder whose cap
-    was reached sat out the rest of the run and still ends with exit 0 and "all rounds done" (a review)."""
+    was reached sat out the rest of the run and still ended with exit 0 and only "all rounds done" (a review).
+    True when it refused rounds and took part in none: the run was below its floors or budget throughout, and
+    the client exits 7 (transport.md §10), as when the Welcome is below them — nothing of its data was sent."""
     budget = getattr(holder, "budget", None)
     refused = budget.refused_rounds() if budget is not None else {}
-    if refused:
-        took = sorted(budget.released_rounds())
-        last = refused[max(refused)]
-        log.warning("holder %d: it took part in %d of the run's rounds%s and refused %d (round %s); the last refusal: %s",
-                    holder.id, len(took), f" (round {_ids(took)})" if took else "", len(refused), _ids(sorted(refused)),
-                    last)
+    if not refused:
+        return False
+    took = sorted(budget.released_rounds())
+    last = refused[max(refused)]
+    if not took:
+        log.error("holder %d: it refused every round it was offered (%d: round %s) and took part in none; the last "
+                  "refusal: %s", holder.id, len(refused), _ids(sorted(refused)), last)
+        return True
+    log.warning("holder %d: it took part in %d of the run's rounds (round %s) and refused %d (round %s); the last "
+                "refusal: %s", holder.id, len(took), _ids(took), len(refused), _ids(sorted(refused)), last)
+    return False
 
 
 class GrpcChannel(Channel):
@@ -171,19 +178,26 @@ class GrpcChannel(Channel):
         self.board.end_round(round_index)
         self._write_status()
 
-    def end_run(self, *, why: str, after_round: int) -> None:
+    def end_run(self, *, why: str, after_round: int, expect: Collection[int] = (), within: float = 0.0) -> None:
         """protocols/transport.md §5.4. After the last round holders stop asking by themselves; after an
         early end every holder still alive (asked for anything in the last ``alive_s``) is told why
-        before the server stops, so none is left retrying a coordinator that is gone."""
+        before the server stops, so none is left retrying a coordinator that is gone. ``expect``: holders
+        told though none has asked yet, waited for up to ``within`` s — a coordinator resumed after its last
+        round's sum (nothing left to run) ended within a second, while the holders of that round, cut off
+        mid-stage, retried for ≈ 20 minutes and exited 6 (a review)."""
         if self.board is None:
             return
         self.board.end_run(why, after_round)
         self._write_status()
-        if why != "finished":
-            untold = self.board.wait_told(fresh=self.alive_s, timeout=self.alive_s)
+        if why != "finished" or expect:
+            wait = max(self.alive_s, within) if expect else self.alive_s
+            if expect:
+                log.info("the run ended (%s) with no round left to run: waiting up to %.0fs for holders %s to ask "
+                         "again and be told", why, wait, _ids(sorted(expect)))
+            untold = self.board.wait_told(fresh=self.alive_s, timeout=wait, also=frozenset(expect))
             if untold:
-                log.warning("the run ended (%s) but holders %s did not ask again within %.0fs: they will retry, "
-                            "then exit 6", why, untold, self.alive_s)
+                log.warning("the run ended (%s) but holders %s did not ask again within %.0fs: %s", why, untold, wait,
+                            "those still running will retry, then exit 6" if expect else "they will retry, then exit 6")
 
     def close(self) -> None:
         if self.server is not None:
@@ -233,9 +247,9 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
             log.log(logging.WARNING if nothing else logging.INFO, "holder %d: all %d rounds done%s", holder.id,
                     holder.welcomed.rounds, f"; it contributed nothing to {len(nothing)} of them (round "
                     f"{_ids(nothing)}): its replies arrived after their stages had ended" if nothing else "")
-            _say_refusals(holder)
+            refused_all = _say_refusals(holder)
             tc.close()
-            return EXIT["ok"]
+            return EXIT["policy"] if refused_all else EXIT["ok"]
         except PolicyRefused as e:
             log.error("holder %d: refusing the coordinator's settings: %s", holder.id, e)
             return EXIT["policy"]

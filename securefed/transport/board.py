@@ -430,11 +430,12 @@ class StageBoard:
             reader.stop()
         self.stage, self.expect = -1, set()
 
-    def wait_told(self, *, fresh: float, timeout: float) -> list[int]:
-        """Wait (≤ ``timeout`` s) until every holder that asked for anything in the last ``fresh`` s
+    def wait_told(self, *, fresh: float, timeout: float, also: frozenset[int] = frozenset()) -> list[int]:
+        """Wait (≤ ``timeout`` s) until every holder that asked for anything in the last ``fresh`` s, and each of
+        ``also`` (holders expected to come back: a resumed run that ended without a round, transport.md §5.4),
         was told the run ended; the holders still untold."""
         with self.cond:
-            alive = self._alive(fresh)
+            alive = self._alive(fresh) | set(also)
             _wait(self.cond, lambda: alive <= self.told, timeout)
             return sorted(alive - self.told)
 

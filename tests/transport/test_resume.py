@@ -139,6 +139,35 @@ def test_resume_records_the_round_in_flight_as_aborted_and_goes_on(tmp_path, tin
 
 
 @pytest.mark.slow
+def test_a_second_resume_declares_no_round_lost_that_was_aborted_or_already_declared(tmp_path, tiny_run, monkeypatch):
+    """checkpoint_every = 3, the model file θ₀ throughout: the coordinator dies in round 2 (the resume declares
+    round 1's update lost, round 2 aborted), then in round 3 before any round completed since. The second resume
+    declared "rounds 1-2 lost" again (a review: round 1 counted twice in the report's lost rounds, and round 2, which
+    never moved the model, called lost); it declares nothing now."""
+    cfg = _cfg(tiny_run, "federation.rounds=4", "federation.checkpoint_every=3")
+    run = RunDir(tmp_path / "run")
+    _dies_in_round(2, cfg, run, monkeypatch)
+    finish = coordinator_module.SecureSession.finish
+
+    def dies(session, ready, **kw):
+        if session.r == 3:
+            raise Crash()
+        return finish(session, ready, **kw)
+    monkeypatch.setattr(coordinator_module.SecureSession, "finish", dies)
+    with pytest.raises(Crash):
+        Simulation(cfg, run.root, progress=False, resume=True).run()
+    monkeypatch.undo()
+    summary = Simulation(cfg, run.root, progress=False, resume=True).run()
+    assert summary["model_restarts"] == [{"resumed_at_round": 3, "model_after_round": 0, "lost_rounds": [1, 1]}]
+    rows = RunDir.read_jsonl(run.metrics)
+    assert [r["round"] for r in rows] == [1, 2, 3, 4] and "aborted" in rows[1] and "aborted" in rows[2]
+    assert not any("are lost" in w for w in rows[3].get("warnings", []))
+    assert cli.main(["report", str(run.root)]) == 0
+    rep = json.loads((run.root / "report" / "report.json").read_text())
+    assert rep["run"]["rounds"] == 1 and rep["run"]["rounds_lost"] == 1 and rep["run"]["rounds_aborted"] == 2
+
+
+@pytest.mark.slow
 def test_a_resume_that_loses_rounds_says_so_in_metrics_and_summary(tmp_path, tiny_run, monkeypatch):
     """checkpoint_every = 3: the coordinator dies in round 3, after rounds 1-2 were accounted but with the model
     file still θ₀. The restart goes on from θ₀ (the lost updates cannot be re-run) and says so: a warning in
@@ -308,3 +337,72 @@ def test_resume_of_a_corrupt_or_missing_checkpoint_is_one_error_naming_it(done, 
     assert f"securefed server: {path} " in err and ("cannot be read" in err or "is missing" in err), err
     assert "restore it from a backup" in err and "Traceback" not in err
     assert (run.privacy / "ledger.jsonl").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_holders_cut_off_in_the_last_round_are_told_by_a_resume_with_nothing_left_to_run(tmp_path, tiny_run,
+                                                                                        monkeypatch):
+    """A review of the deployed path: the coordinator was killed in the last round after its sum (the accounting
+    pending), so `--resume` completed that accounting, had no round left to run, wrote the report and stopped
+    within a second — before any holder, cut off mid-round and retrying every ≈ 60 s, asked again. They retried
+    for ≈ 20 minutes and exited 6 ("is securefed server running there?") for a run that had finished. Now the
+    resumed coordinator waits (up to network.join) for the roster to ask again and tells each that the run
+    finished: they exit 0, and the wait ends as soon as the last one is told. Real gRPC, real holders (threads)."""
+    import threading
+    import time
+
+    from securefed.federation.coordinator import CoordinatorOptions
+    from securefed.federation.data import coordinator_data
+    from securefed.federation.grpc import EXIT, GrpcChannel, run_holder
+    from securefed.federation.stages import Deadlines
+    from securefed.transport.client import Backoff
+    from securefed.transport.pki import load_identity
+
+    fed = NetFederation.build(tmp_path, tiny_run + ["network.join=60"])
+    finish = RoundPrivacy.finish
+
+    def dies_at_the_ledger(self, **kw):   # round 2 (the last): its sum revealed, its accounting checkpointed
+        if self.round_index == 2 and not kw.get("completing"):
+            raise Crash()
+        return finish(self, **kw)
+    monkeypatch.setattr(RoundPrivacy, "finish", dies_at_the_ledger)
+    died = threading.Event()
+
+    def first_coordinator():
+        try:
+            fed.coord.run()
+        except Crash:
+            died.set()
+    threading.Thread(target=first_coordinator, daemon=True).start()
+    while fed.channel.port is None:
+        time.sleep(0.05)
+    port, rcs = fed.channel.port, {}
+
+    def holder(h):
+        rcs[h] = run_holder(fed.holders[h], target=f"127.0.0.1:{port}", creds=fed.creds(h), max_failures=400,
+                            backoff=Backoff(base=0.2, cap=0.5))
+    threads = [threading.Thread(target=holder, args=(h,), daemon=True) for h in fed.holders]
+    for t in threads:
+        t.start()
+    assert died.wait(300), "the coordinator did not reach round 2's accounting"
+    monkeypatch.undo()
+    fed.channel.close()                   # the process is gone: its holders, mid-round 2, retry
+    assert _checkpoint(fed.run)["pending"]["round"] == 2
+    time.sleep(1.0)
+    cfg = fed.cfg
+    channel = GrpcChannel(pki=fed.lay.root, roster=fed.roster, port=port)
+    resumed = Coordinator(cfg, channel, fed.run, data=coordinator_data(cfg, progress=False), roster=fed.roster,
+                          identity=load_identity(fed.lay.server_identity), resume=True,
+                          options=CoordinatorOptions(deadlines=Deadlines.from_config(cfg.network), min_holders=4,
+                                                     deployment="network", backend="grpc"))
+    t0 = time.monotonic()
+    try:
+        summary = resumed.run()
+        took = time.monotonic() - t0
+    finally:
+        channel.close()
+    for t in threads:
+        t.join(60)
+    assert summary["rounds"] == 2 and _rounds(fed.run) == [1, 2]
+    assert rcs == {h: EXIT["ok"] for h in range(1, 5)}, rcs
+    assert took < 45, f"the resumed coordinator waited {took:.0f} s for holders that had all been told"

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from securefed.federation.grpc import GrpcChannel
+from securefed.federation.grpc import EXIT, GrpcChannel
 from securefed.federation.messages import Hello
 from securefed.federation.messages import encode as encode_message
 from securefed.federation.stages import Stage
@@ -333,12 +333,14 @@ def test_a_holder_whose_replies_always_arrive_after_the_stage_ended_is_told_so_o
     assert sum("holder 4: answered too late: its reply to round" in m for m in server) == 2, server
 
 
-def test_a_holder_that_refused_rounds_says_so_at_its_end(tmp_path, tiny_run, caplog):
-    """A review of the deployed path: a holder whose ε cap was reached refused each later round (signed `refused`
-    entries in its ledger) and still ended with exit 0 and only "all N rounds done", not saying that it sat out
-    most of the run. Now its last lines name the rounds it took part in and those it refused, with the last
-    reason, from its own ledger (restarts included). Holder 2 refuses round 2 (its record-level check answers
-    a reason from the second offer on); the run goes on with holders 1, 3, 4."""
+@pytest.mark.parametrize("first_refused", [2, 1])
+def test_a_holder_that_refused_rounds_says_so_at_its_end(tmp_path, tiny_run, caplog, first_refused):
+    """A review of the deployed path: a holder whose ε cap was reached, or whose noise floor was above the run's
+    (a round's plan carries it, not the Welcome), refused each later round (signed `refused` entries in its ledger)
+    and still ended with exit 0 and only "all N rounds done". Now its last lines name the rounds it took part in
+    and those it refused, with the last reason, from its own ledger (restarts included); one that refused every
+    round it was offered exits 7 (transport.md §10), as a Welcome below its floors does. Holder 2 refuses from
+    round ``first_refused`` on (its record-level check answers a reason); the run goes on with holders 1, 3, 4."""
     import logging
 
     fed = NetFederation.build(tmp_path, tiny_run)
@@ -347,17 +349,21 @@ def test_a_holder_that_refused_rounds_says_so_at_its_end(tmp_path, tiny_run, cap
 
     def problem():
         asked.append(1)
-        return "this test's cap is reached" if len(asked) > 1 else original()
+        return "this test's cap is reached" if len(asked) >= first_refused else original()
     h2._record_level_problem = problem
     caplog.set_level(logging.INFO, logger="securefed")
     fed.run_all()
-    assert fed.rcs == {1: 0, 2: 0, 3: 0, 4: 0}
-    assert [(row["round"], row["clients_survived"]) for row in fed.coord.metrics] == [(1, 4), (2, 3)]
-    said = [rec.getMessage() for rec in caplog.records if rec.name == "securefed.channel.grpc"
-            and rec.levelno == logging.WARNING]
-    assert "holder 2: it took part in 1 of the run's rounds (round 1) and refused 1 (round 2); the last refusal: " \
-           "this test's cap is reached" in said, said
-    assert not any("refused" in m and "holder 2:" not in m for m in said), said
+    assert fed.rcs == {1: 0, 2: 0 if first_refused == 2 else EXIT["policy"], 3: 0, 4: 0}
+    assert [(row["round"], row["clients_survived"]) for row in fed.coord.metrics] == \
+        [(1, 4 if first_refused == 2 else 3), (2, 3)]
+    said = [(rec.levelno, rec.getMessage()) for rec in caplog.records if rec.name == "securefed.channel.grpc"
+            and rec.levelno >= logging.WARNING]
+    told = ((logging.WARNING, "holder 2: it took part in 1 of the run's rounds (round 1) and refused 1 (round 2); "
+                              "the last refusal: this test's cap is reached") if first_refused == 2 else
+            (logging.ERROR, "holder 2: it refused every round it was offered (2: round 1, 2) and took part in none; "
+                            "the last refusal: this test's cap is reached"))
+    assert told in said, said
+    assert not any("refus" in m and "holder 2:" not in m for _, m in said), said
 
 
 def test_a_masked_upload_still_open_at_the_deadline_is_answered_too_late_and_undone(tmp_path, tiny_run, caplog,
