@@ -22,7 +22,8 @@ EPILOG = """exit status (protocols/transport.md §10):
   1  unexpected error; --status: the server that wrote it is no longer running on this host and the run did not end
   2  usage or config error (config, PKI, --out, --port in use, --resume under other settings): nothing written;
      --status: no status file
-  4  checkpoint and privacy ledger disagree, --out is in use by another server process, or it cannot be
+  4  checkpoint and privacy ledger disagree, --resume with another PKI's roster than the run's (its checkpoint
+     records the roster), --out is in use by another server process, or it cannot be
      written once the run has begun (disk full, read-only): restart with --resume once it can (an --out that
      cannot be created at start: exit 2)
   5  too few holders (join deadline, or network.max_aborted_rounds aborted rounds in a row)"""

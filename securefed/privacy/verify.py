@@ -123,7 +123,8 @@ class Verification:
     def banner(self) -> str:
         if self.problems:
             more = f" ({len(self.problems) - 1} more problem(s) listed below)" if len(self.problems) > 1 else ""
-            return f"PRIVACY RECORDS DO NOT VERIFY — first bad entry: {self.problems[0]}{more}. No ε can be stated."
+            first = str(self.problems[0]).rstrip(".")   # a message that ends its sentence: one full stop, not two
+            return f"PRIVACY RECORDS DO NOT VERIFY — first bad entry: {first}{more}. No ε can be stated."
         what = f"{self.entries} server entries, {len(self.holder_view_epsilon)} holder views, {self.own_ledgers} holders' own ledgers"
         if not self.signed:
             return (f"UNSIGNED privacy records: {what}; chains, anchors and every ε recomputed agree, but without "

@@ -38,7 +38,8 @@ def lost_rounds(run: dict) -> list[dict]:
     out (they never moved the model). An entry of another shape is reported as such, never skipped."""
     aborted = {m.get("round") for m in run["metrics"] if m.get("aborted")}
     restarts = (run.get("summary") or {}).get("model_restarts") or []
-    out = []
+    out, declared = [], set()   # a round an earlier resume declared lost is not lost again (older coordinators
+    # re-declared it on a second resume, and the report counted it twice)
     for r in restarts if isinstance(restarts, list) else [restarts]:
         try:
             lo, hi = (int(x) for x in r["lost_rounds"])
@@ -46,8 +47,9 @@ def lost_rounds(run: dict) -> list[dict]:
         except (TypeError, ValueError, KeyError):
             raise ValueError(f"model_restarts entry {r!r} is not "
                              "{resumed_at_round, model_after_round, lost_rounds: [first, last]}") from None
-        out.append({"rounds": [x for x in range(lo, hi + 1) if x not in aborted], "model_after_round": after,
-                    "resumed_at_round": at})
+        rounds = [x for x in range(lo, hi + 1) if x not in aborted and x not in declared]
+        declared.update(rounds)
+        out.append({"rounds": rounds, "model_after_round": after, "resumed_at_round": at})
     return out
 
 
@@ -67,13 +69,16 @@ def resume_words(run: dict) -> str:
     if not resumes:
         return "no: it ran from its start to its end without being stopped and resumed"
     charged = {a["round"]: a["charged"] for a in aborted_rounds(run)}
+    no_dp = not any((e.get("event") or {}).get("mechanism") not in _UNCHARGED for e in run["ledger"]["entries"]
+                    if isinstance(e, dict))
     lost = {lr["resumed_at_round"]: lr for lr in lost_rounds(run)}
     each = []
     for r in resumes:
         at, flight = r.get("resumed_at_round"), r.get("in_flight_round")
         costs = []
         if flight is not None:
-            spend = {True: "; it is charged in the federation's ε", False: "; nothing was charged for it",
+            spend = {True: "; it is charged in the federation's ε",
+                     False: "; the run has no DP, so no round is charged" if no_dp else "; nothing was charged for it",
                      None: "; no ledger entry for it"}[charged.get(flight)]
             costs.append(f"round {flight} was in flight when it stopped: aborted, its update not in the model{spend}")
         lr = lost.get(at)

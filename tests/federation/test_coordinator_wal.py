@@ -176,3 +176,25 @@ def test_every_resume_is_recorded_with_what_it_cost_in_the_summary_and_the_repor
 
     assert resume_words({"summary": {"resumes": []}, "metrics": [], "ledger": {"entries": []}}).startswith("no: it ran")
     assert resume_words({"summary": {"rounds": 3}, "metrics": [], "ledger": {"entries": []}}).startswith("not recorded")
+
+
+def test_the_report_counts_a_lost_round_once_and_says_a_run_without_dp_charges_nothing():
+    """A review: summary.json of an older coordinator declared round 1 lost on two resumes ([1, 1], then [1, 2] with
+    round 2 aborted), and the report added them up (2 lost); and in a run without DP a round aborted on a resume read
+    "nothing was charged for it", as if a budget existed. The report now counts each lost round once, and says a
+    run without DP charges no round."""
+    from securefed.report.rounds import lost_rounds, resume_words
+
+    none = {"event": {"mechanism": "none"}}
+    run = {"summary": {"rounds": 1, "resumes": [{"resumed_at_round": 3, "in_flight_round": 2},
+                                                {"resumed_at_round": 4, "in_flight_round": 3}],
+                       "model_restarts": [{"resumed_at_round": 3, "model_after_round": 0, "lost_rounds": [1, 1]},
+                                          {"resumed_at_round": 4, "model_after_round": 0, "lost_rounds": [1, 2]}]},
+           "metrics": [{"round": 1}, {"round": 2, "aborted": "restarted"}, {"round": 3, "aborted": "restarted"},
+                       {"round": 4}],
+           "ledger": {"entries": [dict(none, round=r) for r in (1, 2, 3, 4)]}}
+    assert [lr["rounds"] for lr in lost_rounds(run)] == [[1], []]
+    said = resume_words(run)
+    assert said.count("the run has no DP, so no round is charged") == 2 and "nothing was charged" not in said
+    assert said.count("were lost") == 1 and "the updates of round 1 were lost" in said
+

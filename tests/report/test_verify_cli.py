@@ -739,3 +739,13 @@ def test_a_summary_record_unit_other_than_the_holders_signed_one_does_not_verify
         str(h): u for h, u in units.items()}
     assert signed_record_units({h: rd2 / "holders" / str(h) / "ledger.jsonl" for h in units}) == "document"
     assert signed_record_units({}) is None                          # a deployment's coordinator states no unit
+
+
+def test_the_banner_ends_one_sentence_with_one_full_stop():
+    """A problem whose message ends its own sentence read "….. No ε can be stated." (a newcomer's walkthrough)."""
+    from securefed.privacy.verify import Problem, Verification
+
+    v = Verification()
+    v.problems.append(Problem("ledger.jsonl", 3, 2, "the chain is broken here."))
+    assert v.banner() == ("PRIVACY RECORDS DO NOT VERIFY — first bad entry: ledger.jsonl entry 3 (round 2): the "
+                          "chain is broken here. No ε can be stated.")
