@@ -47,6 +47,12 @@ def main(config: str, *, overrides=(), server: str | None = None, simulation: bo
         return usage(str(e))
     for w in tls_warnings:
         log.warning("holder %d: %s", cfg.holder_id, w)
+    if cfg.hardware.devices > 1:
+        # Fabric's launcher re-runs this process once per extra device: each copy would join as this holder (same
+        # identity, same state_dir) — the Holder does not drive worker ranks yet (simulate refuses it likewise)
+        return usage(f"hardware.devices={cfg.hardware.devices}: a holder on several devices is not yet part of a "
+                     "federation run (it trains and is measured by benchmarks/gpu/fsdp.py; README: Holders bigger "
+                     f"than one GPU); set hardware.devices to 1 in {config}")
     if cfg.hardware.accelerator == "cuda":   # else Fabric raised it as a traceback (exit 1) after the holder had joined
         import torch
 
