@@ -317,7 +317,12 @@ def sampling_words(f: dict) -> str:
             f"({_fmt(f['sampling'])} sampling): amplification by sampling trusts the coordinator's sampler. `securefed "
             "verify` checks the population against the roster and the population each holder signed, and the cohort "
             "memberships the holders' own ledgers witness against q (see Ledger integrity); it cannot check that the "
-            "draws were secret. The holders' own ε, which needs no such trust, is in the Holder budgets table below.")
+            "draws were secret. The holders' own ε, which needs no such trust, is in the Holder budgets table below."
+            + (" WARNING: under Poisson sampling a round whose draw fell below the minimum cohort aborted, so whether a "
+               "round ran depended on whether a holder was drawn; the federation's amplified ε does not account for "
+               "this and can be too low (a review's exact computation for 6 holders at q = 0.5: ε ≥ 8.19 where 7.999 "
+               "was stated; protocols/dp.md §11). securefed now refuses DP with Poisson sampling; the holders' own ε "
+               "is not affected." if f.get("sampling") == "poisson" else ""))
 
 
 CKKS_TRUST = ("CKKS route (protocols/ckks.md): the small tensors routed to CKKS are encrypted under one key that a leader "

@@ -171,6 +171,16 @@ class RunConfig:
         if self.train.dp_sgd.enabled and self.train.dp_sgd.unit == "group" and self.data.unit_field is None:
             raise ValueError("train.dp_sgd.unit=group needs data.unit_field: the JSONL field or Parquet column naming "
                              "whom each record is about (e.g. a patient id)")
+        if self.privacy.mode != "none" and self.federation.sampling == "poisson":
+            # protocols/dp.md §11 (PV-58): a round whose Poisson draw falls below the minimum cohort (3 under secure
+            # aggregation: federation.md §4.1 step 4; 1 under plain) aborts, so whether a round runs depends on whether
+            # a holder was drawn — a release the sampled-Gaussian accountant does not describe. A review's exact
+            # computation (6 holders, q = 0.5, central DP): ε ≥ 8.19 at δ 1e-5 where the ledger stated 7.999. Refused
+            # until that abort is accounted; fixed-size cohorts never fall below the minimum
+            raise ValueError("federation.sampling=poisson is refused with DP on (privacy.mode="
+                             f"{self.privacy.mode}): a round whose random cohort falls below the minimum aborts, so "
+                             "whether a round runs depends on whether a holder was drawn, and the amplified ε would be "
+                             "understated (protocols/dp.md §11). Use federation.sampling=fixed (the default)")
         if self.privacy.mode != "none" and self.federation.weighting != "uniform":
             raise ValueError("with DP on, federation.weighting must be 'uniform' (the accountant's sensitivity assumes it)")
         if self.aggregation.mode == "ckks+secagg" and not self.aggregation.ckks.enabled:

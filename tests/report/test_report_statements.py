@@ -524,3 +524,15 @@ def test_the_trust_model_and_the_nist_trust_row_state_the_record_level_exception
     assert "holder-2, holder-3 sample at q = batch size / its own record count" in words
     assert coordinator_exceptions({"dp_sgd": {"enabled": False}, "record_level": {"1": dict(one, sample_rate=None)}})[0] \
         .startswith("Except for membership: each holder samples")   # config.yaml without DP-SGD: the holders' word
+
+
+def test_a_poisson_sampled_dp_run_recorded_earlier_is_told_its_amplified_epsilon_can_be_too_low():
+    """PV-58: runs recorded before DP with Poisson cohorts was refused carry an amplified ε that does not account for
+    rounds aborted by a draw below the minimum cohort; their report says so. Fixed-size cohorts are not flagged."""
+    from securefed.report.text import sampling_words
+
+    f = {"sampling": "poisson", "sampling_rate": 0.5, "cohort_size_planned": 3, "population": 6}
+    said = sampling_words(f)
+    assert "WARNING: under Poisson sampling a round whose draw fell below the minimum cohort aborted" in said
+    assert "can be too low" in said and "protocols/dp.md §11" in said
+    assert "WARNING" not in sampling_words(dict(f, sampling="fixed"))

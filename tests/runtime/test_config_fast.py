@@ -40,3 +40,22 @@ def test_config_dataclasses_keep_their_old_homes():
     from securefed.training.data import partition, prepare_federated_data
 
     assert callable(partition) and callable(prepare_federated_data) and CkksServer and RoutingPolicy
+
+
+def test_holder_level_dp_with_poisson_cohorts_is_refused_and_poisson_without_dp_is_not():
+    """PV-58 (protocols/dp.md §11): a Poisson draw below the minimum cohort aborts its round, so whether a round runs
+    depends on whether a holder was drawn, which the amplified ε does not account for (a review: 6 holders at q = 0.5,
+    ε ≥ 8.19 where 7.999 was stated). Refused with DP on, in both modes; fixed-size cohorts and Poisson without DP
+    load as before."""
+    import pytest
+
+    from securefed.runtime.config import load_run_config
+
+    poisson = ["federation.sampling=poisson", "federation.n_holders=6", "federation.clients_per_round=3"]
+    for dp in (["privacy.mode=central", "privacy.mechanism=gaussian", "privacy.noise_multiplier=1.0",
+                "federation.weighting=uniform"],
+               ["privacy.mode=distributed", "privacy.noise_multiplier=1.0", "federation.weighting=uniform"]):
+        with pytest.raises(ValueError, match=r"federation.sampling=poisson is refused with DP on .*dp.md §11"):
+            load_run_config(overrides=[*poisson, *dp])
+        assert load_run_config(overrides=[*poisson[1:], *dp]).federation.sampling == "fixed"
+    assert load_run_config(overrides=poisson).federation.sampling == "poisson"
