@@ -390,7 +390,11 @@ def _no_dp_line(line: str, aggregation: str | None) -> str:
     who = ("under plain aggregation the coordinator sees each update" if aggregation == "plain"
            else f"secure aggregation ({aggregation}) hides each update from the coordinator"
            if aggregation in ("secagg", "ckks+secagg") else None)
-    return f"  {head}; {who}" if who else line
+    # the check's own caveat (what the released models may reveal) is kept: only the aggregation clause is made
+    # true to the run (it was dropped with that clause, leaving the report's pre-flight section with the protection
+    # and without the caveat)
+    caveat = "nothing bounds what the released models reveal about a holder's data as a whole"
+    return (f"  {head}: {caveat}; {who}" if caveat in line else f"  {head}; {who}") if who else line
 
 
 def preflight_blocks(run_dir: Path, aggregation: str | None = None) -> list | None:

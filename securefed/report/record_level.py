@@ -12,6 +12,7 @@ from securefed.privacy.accountant import epsilon_text
 from securefed.report.privacy_checks import fmt_number
 
 __all__ = ["record_facts", "mechanism_words", "protection_blocks", "noise_source_words", "coordinator_exceptions",
+           "weak_epsilon_words", "WEAK_EPSILON",
            "record_unit_words", "timing_delta_words", "count_holders", "NOT_PRIVATE"]
 
 NOT_PRIVATE = "NOT private: for tests"
@@ -244,6 +245,26 @@ def coordinator_exceptions(f: dict) -> list[str]:
     return [c for c in (count_caveat(f), timing_caveat(f.get("record_level"))) if c]
 
 
+# the README's own ceiling ("ask for ... ε ≤ 8"): above it the report says plainly that the guarantee is weak
+WEAK_EPSILON = 8.0
+
+
+def weak_epsilon_words(level: str, epsilons: list) -> str:
+    """A plain warning when the largest finite ``level`` ε is above WEAK_EPSILON ("" otherwise): the report stated
+    ε = 18.61 per record with no word that such an ε bounds almost nothing (review C)."""
+    import math
+
+    vals = [float(e) for e in epsilons if isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e)]
+    if not vals or max(vals) <= WEAK_EPSILON:
+        return ""
+    eps = max(vals)
+    factor = f"{math.exp(eps):.3g}" if eps < 700 else "an astronomically large number"
+    return (f"WARNING: a {level} ε of {epsilon_text(eps)} is a WEAK guarantee: it lets the probability of any outcome "
+            f"differ by a factor up to e^ε ≈ {factor} between the two compared runs, which rules out little (ε ≤ 1 is "
+            f"usually read as strong; the README asks for ε ≤ {WEAK_EPSILON:g}). Do not describe this run as giving "
+            "meaningful protection at this level.")
+
+
 def protection_blocks(f: dict) -> list:
     """The record-level guarantee, labelled apart from the holder-level one: per holder, cumulative over the
     DP-SGD steps its signed releases record, per record (its signed unit), at its δ ([] when DP-SGD did not run)."""
@@ -270,6 +291,9 @@ def protection_blocks(f: dict) -> list:
     rows += [[f"holder-{h}", epsilon_text(r.get("epsilon")), fmt_number(r.get("delta")), fmt_number(r.get("steps")),
               r.get("unit") or "sequence"] for h, r in rl.items()]
     out: list = [head, ("table", rows)]
+    weak = weak_epsilon_words("record-level", [r.get("epsilon") for r in rl.values()])
+    if weak:
+        out.append(weak)
     timing = timing_delta_words(rl)
     if timing:
         out.append(timing)

@@ -223,6 +223,17 @@ def update_protection(f: dict) -> str:
     return f"Aggregation {_fmt(agg)}: see Trust model for who sees the individual updates."
 
 
+def memorization_words(f: dict) -> str:
+    """What a reader must be told plainly when neither holder-level nor record-level DP ran: whatever hides the
+    updates in transit, nothing bounds what the released model itself retains of the training text."""
+    out = ("WARNING: without differential privacy the released model can memorize its training text and reproduce "
+           "parts of it verbatim — names, identifiers, whole records — to anyone who can query it or read its weights.")
+    if f.get("aggregation") in ("secagg", "ckks+secagg"):
+        out += (" Secure aggregation does not prevent this: it hides each holder's update from the coordinator, not "
+                "what the trained model retains.")
+    return out
+
+
 def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
     """The "What was protected" paragraphs, true to the run's privacy mode."""
     if not dp:
@@ -237,6 +248,7 @@ def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
             first = (f"Privacy unit: {f['privacy_unit']} — each data holder's pseudo-gradient in a round is clipped to L2 "
                      f"norm C = {_fmt(f['clip_first'])}{q}, but no noise is added: differential privacy was off, so the "
                      "released models carry no formal guarantee about any holder's data. ")
+            return [first + update_protection(f), eps_words, memorization_words(f)]
         return [first + update_protection(f), eps_words]
     q1 = f.get("sampling_rate") == 1 or f.get("sampling_rate") == 1.0
     # whom a holder's own ε holds against (PV-37): under distributed DP the noise is added by the holders before anything
@@ -263,7 +275,9 @@ def protection_words(f: dict, dp: bool, eps_words: str) -> list[str]:
            "rounds each holder was in (its rounds, and its own ε, which grows with them): keep both with the "
            "coordinator's records; against a reader of either only the holder ε holds. To show the amplified ε "
            "to others, show the federation's ε and the models, not the ledgers or this table (protocols/dp.md §11).")
-    return [holder_level_lead(f), eps_words, two] + ([] if q1 or unknown_q else [sampling_words(f)])
+    weak = record_level.weak_epsilon_words("holder-level", [f.get("epsilon")]) if "No ε is stated" not in eps_words else ""
+    return ([holder_level_lead(f), eps_words] + ([weak] if weak else []) + [two]
+            + ([] if q1 or unknown_q else [sampling_words(f)]))
 
 
 # the two runs the holder-level (ε, δ) compares, by the ledger's neighbouring relation (protocols/dp.md §2)
