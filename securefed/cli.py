@@ -22,6 +22,7 @@ EPILOG = """examples:
 
 exit status: 0 success; 2 bad usage, config or input (one message on stderr, nothing half-written);
 130 interrupted (Ctrl-C: a run resumes with --resume); 143 / 129 stopped by SIGTERM / SIGHUP (the same);
+141 its output's reader went away (`| head`): the work was done, the rest of its output not printed;
 other codes per command (see its --help)."""
 
 
@@ -40,13 +41,21 @@ def _terminated(signum, _frame) -> None:
     raise Terminated(signum)
 
 
+def _log_level(text: str) -> str:
+    """--log-level's value, case-insensitive; a typo (`--log-level DEBG`) is a usage error (exit 2), not quietly WARNING."""
+    level = str(text).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise argparse.ArgumentTypeError(f"expected DEBUG, INFO, WARNING or ERROR, got {text!r}")
+    return level
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="securefed", description=(
         "Privacy-hardened federated pre-training of causal LMs: secure aggregation, CKKS, DP accounting."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"securefed {securefed.__version__}",
                         help="print the version and exit")
-    parser.add_argument("--log-level", default="WARNING", metavar="LEVEL",
+    parser.add_argument("--log-level", default="WARNING", metavar="LEVEL", type=_log_level,
                         help="Python logging level: DEBUG, INFO, WARNING (default), ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands",
                                 description="`securefed COMMAND --help` explains each one")
@@ -74,7 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     old = ({sig: signal.signal(sig, _terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
            if threading.current_thread() is threading.main_thread() else {})
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()   # a reader that went away (`| head`) is met here, in the handler below, not at exit
+        return code
+    except BrokenPipeError:
+        # `securefed verify RUN | head -1`: the command's work is done (a report written, a run finished); what it had
+        # left to print has no reader. Without this: a BrokenPipeError traceback and exit 1 ("a record does not
+        # verify" for verify/report). Point stdout at /dev/null so the exit's own flush cannot raise again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):   # a stdout without a file descriptor (in-process callers)
+            pass
+        return 128 + int(signal.SIGPIPE)   # 141, as a shell reports a process ended by SIGPIPE
     except KeyboardInterrupt as e:   # Ctrl-C, SIGTERM, SIGHUP: one line saying what to do next, not a traceback
         signum = getattr(e, "signum", signal.SIGINT)   # Terminated here, or launch.Stopped from a launcher's guard
         hint = getattr(args, "resume_hint", None)
