@@ -419,7 +419,9 @@ class Coordinator:
         console: the line goes there once, at its level (printed as well, every line showed twice, and a warning
         carried rich markup into the log as an INFO record). A simulation shows it on its progress console, a
         warning in red."""
-        if self.opt.deployment == "network":
+        if self.opt.deployment == "network" or (warning and not self.progress.enabled):
+            # `simulate --quiet` (no progress console): a warning still reaches stderr through the log at its level
+            # (README: a run that goes wrong says so while it runs); it was an INFO record, shown by nothing
             log.log(logging.WARNING if warning else logging.INFO, msg)
             return
         log.info(msg)
