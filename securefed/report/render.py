@@ -65,7 +65,10 @@ def _config(path: Path) -> tuple[dict, dict]:
         config = parse_yaml(raw)
     except yaml.YAMLError as e:
         raise ReportInputError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if config is not None and not isinstance(config, dict):
+    if config is None:   # an empty (truncated) file: the report stated "run preset: unknown (no config.yaml)", exit 0
+        raise ReportInputError(f"{path} is empty: it holds none of the run's settings (a run writes its whole resolved "
+                               "config there when it starts)")
+    if not isinstance(config, dict):
         raise ReportInputError(f"{path} does not hold a mapping (got {type(config).__name__})")
     versions: dict = {}
     for line in raw.splitlines():
