@@ -153,9 +153,35 @@ def verify_run(run_dir: str | Path, *, holder_ledgers: Sequence[str | Path] = ()
                        "elsewhere")
     if v.ok:
         _check_stated_epsilon(run_dir, v)
+    if v.ok and end is not None:
+        _check_rounds_recorded(run_dir, v)
     if v.ok:
         _check_stated_privacy_facts(run_dir, v)
     return v
+
+
+def _check_rounds_recorded(run_dir: Path, v: Verification) -> None:
+    """A finished run (its signed end record) keeps metrics.jsonl with a row for every round its server ledger
+    charged: the coordinator writes each row with the round (and a resume writes the row of the round in flight). A
+    newcomer's review (E): metrics.jsonl deleted or emptied was VERIFIED, and the report then said the ledger's rounds
+    were "never run" (exit 0) — a run file missing, which README's `verify` exit 1 covers."""
+    if not v.round_epsilon:
+        return
+    p = run_dir / "metrics.jsonl"
+    if not p.is_file():
+        v.problems.append(Problem("metrics.jsonl", None, None, f"missing: the finished run's per-round record (the "
+                                  f"server ledger charged {len(v.round_epsilon)} rounds)"))
+        return
+    try:
+        rows = jsonio.read_jsonl(p, legacy=True)
+    except jsonio.JSONFileError as e:
+        v.problems.append(Problem("metrics.jsonl", None, None, str(e)))
+        return
+    missing = sorted(set(v.round_epsilon) - {row.get("round") for row in rows})
+    if missing:
+        v.problems.append(Problem("metrics.jsonl", None, missing[0], f"has no row for round"
+                                  f"{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}, which the server "
+                                  "ledger charged: the run's per-round record was cut or removed"))
 
 
 def _check_stated_privacy_facts(run_dir: Path, v: Verification) -> None:
