@@ -26,7 +26,7 @@ EPILOG = """exit status (protocols/transport.md §10):
      records the roster), --out is in use by another server process, or it cannot be
      written once the run has begun (disk full, read-only): restart with --resume once it can (an --out that
      cannot be created at start: exit 2)
-  5  too few holders (join deadline, or network.max_aborted_rounds aborted rounds in a row)"""
+  5  too few holders (join deadline, network.max_aborted_rounds aborted rounds in a row, or every round aborted)"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -21,7 +21,8 @@ EPILOG = """exit status:
      or --resume of a checkpoint that cannot be read or does not match the run's privacy ledgers, or of a run
      directory in use by another process (--backend grpc: the coordinator's message, in its own words)
   5  the run stopped early: too few holders took part (too few joined or survived, or 3 rounds in a row
-     aborted; summary.json "ended": "too_few"). Its rounds so far, ledger and report are written
+     aborted, or every round of the run aborted; summary.json "ended": "too_few"). Its rounds so far, ledger
+     and report are written
   6  --backend ray: the --ray-address cannot be reached"""
 
 

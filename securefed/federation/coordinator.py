@@ -403,6 +403,11 @@ class Coordinator:
                     self.log.close()
                     self.channel.end_run(why="stopped", after_round=r)
                     return {"stopped_after_round": r}
+        if why == "finished" and self.metrics and all(m.get("aborted") for m in self.metrics):
+            # every round aborted (too few accepted or survived each one, or each failed: a CKKS route whose messages
+            # no holder can take): the model never moved, and the run "finished" with exit 0 (a newcomer's review)
+            self._say(f"stopping: all {len(self.metrics)} rounds aborted; the model was never updated", warning=True)
+            self.exit_reason = why = "too_few"
         self.log.close()
         self.ended = why        # "finished", "budget" or "too_few": summary.json says why the run ended
         summary = self.finish()

@@ -238,6 +238,22 @@ def test_ckks_route_dropouts_after_the_ckks_sum_are_charged_and_verify(tmp_path,
     assert main(["verify", str(run)]) == 0, capsys.readouterr()
 
 
+def test_a_simulation_whose_every_round_aborted_exits_5_not_0(tmp_path, tiny_run, capsys, monkeypatch):
+    """A newcomer's review: a run whose every round aborted (there, a CKKS route whose messages no holder could take;
+    here, every holder refuses every round at its offer) left the model untouched and ended "finished", exit 0,
+    when it was shorter than network.max_aborted_rounds. Now it says so and exits 5, "ended": "too_few"."""
+    from securefed.federation.holder import Holder
+
+    monkeypatch.setattr(Holder, "_record_level_problem", lambda self: "this test refuses every round")
+    out = tmp_path / "run"
+    rc = main(["simulate", "--out", str(out), *[a for t in tiny_run for a in ("--set", t)]])
+    err = capsys.readouterr().err
+    assert rc == 5, err
+    assert "all 2 rounds aborted; the model was never updated" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ended"] == "too_few" and summary["rounds"] == 0
+
+
 def test_a_simulation_that_stops_for_too_few_holders_exits_5_not_0(tmp_path, tiny_run, capsys, monkeypatch):
     """An audit of the Ray backend (stop 36): a run whose holders all failed to start 'finished' with 0 rounds, a
     summary and a report -- exit 0 on every backend, where `securefed server` exits 5. Here every holder's own
