@@ -257,23 +257,50 @@ def _follow(rd: RunDir, procs: dict, logs: dict, progress, rounds: int, starts: 
 
     server = procs["server"]
     seen, last = 0, time.monotonic()
+
+    def relay() -> int:
+        nonlocal seen, last
+        rows = RunDir.read_jsonl(rd.metrics) if rd.metrics.exists() else []
+        for row in rows[seen:]:
+            if "clients_survived" in row and "seconds" in row:
+                progress.print(status_line(row, rounds))
+            # the round's warnings (an aborted round and its reason, a perplexity above the start's or the unigram's),
+            # as the in-process and Ray backends say them: they were only in RUN_DIR/launch/server.log (a review)
+            for w in row.get("warnings") or []:
+                _warn(progress, f"WARNING round {row.get('round')}: {w}")
+            last = time.monotonic()
+        seen = max(seen, len(rows))
+        return len(rows)
+
     while server.poll() is None:
         time.sleep(0.5)
         for name, p in procs.items():
             if name != "server" and p.poll() == 2:
                 raise _exited(f"{name} (securefed client)", 2, logs[name], (starts or {}).get(name, 0),
                               " (it refused its configuration)")
-        rows = RunDir.read_jsonl(rd.metrics) if rd.metrics.exists() else []
-        for row in rows[seen:]:
-            if "clients_survived" in row and "seconds" in row:
-                progress.print(status_line(row, rounds))
-            last = time.monotonic()
-        seen = max(seen, len(rows))
+        n_rows = relay()
         if time.monotonic() - last > 30:
             now = board_line(_read_status(rd.root / "status.json"))
-            progress.print(f"waiting for round {seen + 1}/{rounds} ({len(rows)} rounds so far)"
+            progress.print(f"waiting for round {seen + 1}/{rounds} ({n_rows} rounds so far)"
                            + (f": {now}" if now else ""))
             last = time.monotonic()
+    relay()   # rows the coordinator wrote after the last look, before it exited
+    try:      # and the run's own closing warnings (rounds that did not move the model)
+        summary = jsonio.read_json(rd.summary) if rd.summary.exists() else {}
+    except (OSError, jsonio.JSONFileError):
+        summary = {}
+    for w in (summary.get("warnings") or []) if isinstance(summary, dict) else []:
+        _warn(progress, f"WARNING: {w}")
+
+
+def _warn(progress, msg: str) -> None:
+    """A warning of the coordinator process on this console (a log record at WARNING when the console is off)."""
+    if getattr(progress, "enabled", False):
+        from rich.markup import escape
+
+        progress.print(f"[yellow]{escape(msg)}[/]")
+    else:
+        log.warning(msg)
 
 
 def _read_status(path: Path) -> dict | None:

@@ -179,3 +179,34 @@ def test_sigterm_during_a_launchers_rounds_says_how_to_resume(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == (f"securefed simulate: interrupted (SIGTERM); the run in {out} continues from "
                                             f"its last checkpoint with the same arguments and --out {out} --resume"), err
+
+
+def test_the_launcher_relays_the_coordinators_round_and_closing_warnings(tmp_path, caplog):
+    """A newcomer's review: under `simulate --backend grpc` an aborted round, a perplexity above the unigram's and
+    "only 2 of 3 planned rounds updated the model" were only in RUN_DIR/launch/server.log, where the in-process and
+    Ray backends print them. The launcher now relays each row's warnings (also rows written just before the
+    coordinator exited) and summary.json's closing warnings — here with the console off, as WARNING records."""
+    import json
+    import logging
+
+    from securefed.federation.launch import _follow
+    from securefed.progress import Progress
+    from securefed.runtime.rundir import RunDir
+
+    rd = RunDir(tmp_path / "run")
+    rd.root.mkdir()
+    rows = [{"round": 1, "clients_survived": 4, "clients_sampled": 4, "bytes_up": 1e6, "seconds": 1.0, "warnings": []},
+            {"round": 2, "aborted": "0 of 4 sampled holders took part: too few", "clients_survived": 0,
+             "clients_sampled": 4, "warnings": ["round aborted: 0 of 4 sampled holders took part: too few"]}]
+    rd.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rd.summary.write_text(json.dumps({"warnings": ["only 1 of 2 planned rounds updated the model"]}))
+
+    class Exited:   # the coordinator process, already gone: only the final look reads the rows
+        def poll(self):
+            return 0
+
+    caplog.set_level(logging.WARNING, logger="securefed.launch")
+    _follow(rd, {"server": Exited()}, {}, Progress(enabled=False), 2)
+    said = [r.getMessage() for r in caplog.records if r.name == "securefed.launch"]
+    assert said == ["WARNING round 2: round aborted: 0 of 4 sampled holders took part: too few",
+                    "WARNING: only 1 of 2 planned rounds updated the model"], said
