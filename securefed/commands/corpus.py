@@ -11,15 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+from securefed.commands import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,9 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--from", dest="inputs", action="append", metavar="stdlib|PATH",
                    help="'stdlib' (default) or a directory / .jsonl / .parquet (repeatable), "
                         "e.g. --from /usr/share/doc")  # fmt: skip
-    b.add_argument("--max-sources", type=_positive_int, default=8, metavar="N", help="sources kept per input (default 8)")
+    b.add_argument("--max-sources", type=positive_int, default=8, metavar="N", help="sources kept per input (default 8)")
     b.add_argument("--all-sources", action="store_true", help="keep every source (no --max-sources limit)")
-    b.add_argument("--max-bytes-per-source", type=_positive_int, default=400_000, metavar="BYTES",
+    b.add_argument("--max-bytes-per-source", type=positive_int, default=400_000, metavar="BYTES",
                    help="whole documents per source up to this many UTF-8 bytes (default 400000); the manifest "
                         "records the limit")
     b.add_argument("--text-field", default="text", help="JSONL/Parquet text field (default: text)")
@@ -53,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("path", help="a corpus directory, a directory of text files, a .jsonl or a .parquet")
     i.add_argument("--tokenizer", default="train",
                    help="'train' (public BPE, cached), a tokenizer.json or a saved tokenizer dir")  # fmt: skip
-    i.add_argument("--vocab-size", type=_positive_int, default=4096, metavar="N",
+    i.add_argument("--vocab-size", type=positive_int, default=4096, metavar="N",
                    help="vocabulary of the trained tokenizer (with --tokenizer train; default 4096)")
     i.add_argument("--text-field", default="text", help="JSONL/Parquet text field (default: text)")
     i.add_argument("--cache-dir", help="tokenizer cache (default: $SECUREFED_CACHE or ~/.cache/securefed)")
@@ -65,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("out", help="directory for the saved tokenizer (loadable with AutoTokenizer)")
     t.add_argument("--from", dest="inputs", action="append", metavar="stdlib-modules|PATH",
                    help="public text only (default: the stdlib's single-file modules); never a holder's data")
-    t.add_argument("--vocab-size", type=_positive_int, default=4096, metavar="N", help="vocabulary size (default 4096)")
+    t.add_argument("--vocab-size", type=positive_int, default=4096, metavar="N", help="vocabulary size (default 4096)")
     t.add_argument("--text-field", default="text", help="JSONL/Parquet text field (default: text)")
     p.set_defaults(func=run, corpus_parser=p)
 

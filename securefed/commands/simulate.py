@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from securefed import jsonio
+from securefed.commands import positive_int
 from securefed.configio import ConfigError, dump_yaml
 
 
@@ -26,18 +27,6 @@ EPILOG = """exit status:
   6  --backend ray: the --ray-address cannot be reached"""
 
 
-def _positive_int(text: str) -> int:
-    """--threads-per-holder: 0 or less was a ValueError traceback (exit 1) after the data was prepared, leaving a
-    half-made run directory that then refused the same --out; now a usage error before anything is done."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="run a federated pre-training simulation on this machine",
                        description="Run holders, secure aggregation, DP accounting and the centralized baseline "
@@ -54,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "separate processes on loopback with fresh mutual-TLS keys (the deployment code path); "
                         "ray: each holder a Ray actor, training in parallel, on this machine or a cluster "
                         "(pip install 'securefed[ray]')")
-    p.add_argument("--threads-per-holder", type=_positive_int, metavar="N",
+    p.add_argument("--threads-per-holder", type=positive_int, metavar="N",
                    help="torch threads of each holder's training (both backends; 1 makes runs bit-comparable)")
     ray = p.add_argument_group("backend ray", "where the holder actors run (not part of config.yaml: they do not "
                                               "change what the run computes; summary.json records them)")

@@ -15,25 +15,12 @@ import shutil
 
 import pytest
 
-from securefed.audit.federation_harness import tiny_federation
 from securefed.federation.holder import HolderStateError
 
-DP = ("privacy.mode=distributed", "privacy.mechanism=ddgauss", "privacy.noise_multiplier=1.0", "privacy.clip=1.0")
-DPSGD = ("train.dp_sgd.enabled=true", "train.dp_sgd.noise_multiplier=1.0", "train.dp_sgd.delta=1.0e-4")
+# the same holder after two released rounds as tests/federation/test_holder_state.py (its fixture, not a copy)
+from .test_holder_state import two_rounds  # noqa: F401,E402 - a pytest fixture, used by name
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/federation/conftest.py
-
-
-@pytest.fixture
-def two_rounds(tmp_path, fed_cache):
-    fed = tiny_federation(tmp_path, overrides=(*DP, *DPSGD, "federation.rounds=4"), cache_dir=fed_cache)
-    fed.coordinator.run_round(1)
-    sd = fed.holders[1].state_dir
-    fed.holders[1]._save_state()
-    shutil.copy(sd / "trainer.pt", tmp_path / "trainer-round-1.pt")
-    fed.coordinator.run_round(2)
-    fed.holders[1]._save_state()
-    return fed, sd, tmp_path / "trainer-round-1.pt"
 
 
 def _damage(case: str, sd, older_trainer) -> None:
