@@ -18,7 +18,7 @@ import pytest
 from securefed.federation.holder import HolderStateError
 
 # the same holder after two released rounds as tests/federation/test_holder_state.py (its fixture, not a copy)
-from .test_holder_state import two_rounds  # noqa: F401,E402 - a pytest fixture, used by name
+from test_holder_state import two_rounds  # noqa: F401 - a pytest fixture, used by name (rootdir-relative import: no __init__.py here)
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/federation/conftest.py
 
