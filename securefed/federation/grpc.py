@@ -285,7 +285,8 @@ def run_holder(holder, *, target: str, creds, server_name: str | None = None, ma
             tc.close()
             log.log(logging.INFO if e.code == EXIT["ok"] else logging.WARNING,
                     "holder %d: the coordinator ended the run after round %s: %s", holder.id, e.after_round, e.why_text)
-            return e.code
+            refused_all = _say_refusals(holder)   # as at the end of the last round: never a quiet exit 0
+            return EXIT["policy"] if refused_all and e.code == EXIT["ok"] else e.code
         except _Resume as e:
             at, why = (e.round, e.stage), e.why
         except grpc.RpcError as e:
